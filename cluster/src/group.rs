@@ -1,0 +1,395 @@
+//! One local replica of one shard group: a raft-rs `RawNode` over [`ShardStorage`], the shard's
+//! [`StateMachine`], and the proposals waiting for their entries to apply.
+//!
+//! The driver calls a group in a fixed order per loop turn (see `driver.rs`): proposals and ticks
+//! first, then [`Group::handle_ready`] (phase one of the Raft `Ready` contract: everything up to
+//! staging the writes), then, once the turn's single durable write has completed,
+//! [`Group::handle_persisted`] (phase two: persisted messages, `advance`, the `LightReady`,
+//! `advance_apply`, snapshotting). Proposals are matched to applied entries by `(term, index)`
+//! (see `pending.rs`).
+//!
+//! A group never panics the driver on purpose: every failure is a [`GroupError`], and the driver
+//! stops the group (STYLE.md P3, P4). It does not know what commands mean: entries are opaque
+//! bytes handed to the state machine.
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, Ready, StateRole};
+
+use crate::metrics::{bump, Metrics};
+use crate::pending::{answer_dropped, PendingProposals};
+use crate::reply::Reply;
+use crate::storage::{new_snapshot, ShardStorage, StoreError, WriteBatch};
+use crate::{ClusterConfig, NodeId, ProposeError, ShardId, StateMachine};
+
+/// Why a shard group had to stop.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GroupError {
+    #[error("raft storage failed")]
+    Storage(#[from] StoreError),
+    #[error("raft rejected an operation")]
+    Raft(#[from] raft::Error),
+    #[error("decode conf change entry {index}")]
+    ConfChange {
+        index: u64,
+        #[source]
+        source: protobuf::ProtobufError,
+    },
+    #[error("restore state machine from snapshot {index}: {reason}")]
+    Restore { index: u64, reason: String },
+    #[error("committed entry {found} delivered after applied index {applied}")]
+    OutOfOrder { found: u64, applied: u64 },
+    #[error("panicked: {0}")]
+    Panicked(String),
+}
+
+/// Sends Raft messages to other nodes. One call per destination and loop phase, so a network
+/// implementation can batch a frame per peer (DESIGN.md §3).
+pub(crate) trait Transport: Send {
+    fn send(&mut self, shard: ShardId, to: NodeId, messages: Vec<Message>);
+}
+
+/// How a proposal stepped into the group ended up.
+pub(crate) enum Proposed<O> {
+    /// Appended to the leader's log; the reply is answered when it applies or is dropped.
+    Accepted,
+    /// Refused before reaching the log; the reply comes back to be answered with the error.
+    Refused(Reply<O>, ProposeError),
+}
+
+pub(crate) struct Group<S: StateMachine> {
+    shard: ShardId,
+    node: RawNode<ShardStorage>,
+    machine: S,
+    pending: PendingProposals<S::Output>,
+    role: StateRole,
+    leader_id: NodeId,
+    applied_index: u64,
+    applied_term: u64,
+    /// Commit index found on disk at start: the group is caught up once it applied this far.
+    recovered_commit: u64,
+    snapshot_interval: u64,
+    /// The `Ready` between phase one and phase two of the current turn.
+    in_flight: Option<Ready>,
+}
+
+impl<S: StateMachine> Group<S> {
+    /// Restores `machine` from the stored snapshot (if any) and builds the Raft node on top of
+    /// `storage`, which must hold durable, committed-to-disk state.
+    pub(crate) fn open(
+        shard: ShardId,
+        storage: ShardStorage,
+        snapshot: Option<Snapshot>,
+        mut machine: S,
+        config: &ClusterConfig,
+    ) -> Result<Self, GroupError> {
+        let (applied_index, applied_term) = match &snapshot {
+            Some(snapshot) => {
+                let meta = snapshot.get_metadata();
+                machine
+                    .restore(&snapshot.data)
+                    .map_err(|reason| GroupError::Restore {
+                        index: meta.index,
+                        reason,
+                    })?;
+                (meta.index, meta.term)
+            }
+            None => (0, 0),
+        };
+        let recovered_commit = storage.hard_state().commit;
+        let raft_config = raft_config(config, applied_index);
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        // raft-rs asserts on inconsistent initial state; `ShardStorage::load` rejects the known
+        // cases first, this catches the rest so a bad disk never takes the whole node down.
+        let node = catch(|| RawNode::new(&raft_config, storage, &logger))??;
+        Ok(Group {
+            shard,
+            role: node.raft.state,
+            leader_id: node.raft.leader_id,
+            node,
+            machine,
+            pending: PendingProposals::new(),
+            applied_index,
+            applied_term,
+            recovered_commit,
+            snapshot_interval: config.snapshot_interval,
+            in_flight: None,
+        })
+    }
+
+    /// Starts an election right away when this node is the only voter, which is always the case
+    /// for a single-node cluster; with peers the election timeout decides instead, so restarting
+    /// nodes do not disrupt a healthy leader.
+    pub(crate) fn campaign_if_sole_voter(&mut self, node_id: NodeId) -> Result<(), GroupError> {
+        let conf_state = self.node.store().conf_state();
+        if conf_state.voters == [node_id] && conf_state.voters_outgoing.is_empty() {
+            self.node.campaign()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn propose(
+        &mut self,
+        command: Vec<u8>,
+        reply: Reply<S::Output>,
+        metrics: &Metrics,
+    ) -> Result<Proposed<S::Output>, GroupError> {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+            return Ok(Proposed::Refused(reply, ProposeError::NotLeader));
+        }
+        match self.node.propose(COMMAND_CONTEXT.to_vec(), command) {
+            Ok(()) => {}
+            // As leader, raft-rs only drops a proposal when the uncommitted log is at
+            // `max_uncommitted_size`: back-pressure, like a full inbox.
+            Err(raft::Error::ProposalDropped) => {
+                bump(&metrics.busy_rejections);
+                return Ok(Proposed::Refused(reply, ProposeError::Busy));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        let term = self.node.raft.term;
+        let index = self.node.raft.raft_log.last_index();
+        self.pending.push(term, index, reply, metrics);
+        bump(&metrics.proposals);
+        Ok(Proposed::Accepted)
+    }
+
+    pub(crate) fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    pub(crate) fn has_ready(&self) -> bool {
+        self.node.has_ready()
+    }
+
+    /// Phase one of the `Ready` contract, in raft-rs' documented order: send `messages`, apply a
+    /// snapshot, apply `committed_entries`, stage `entries` and the hard state. The staged writes
+    /// become durable in the driver's single write for the turn, before [`Self::handle_persisted`].
+    pub(crate) fn handle_ready(
+        &mut self,
+        transport: &mut dyn Transport,
+        metrics: &Metrics,
+    ) -> Result<(), GroupError> {
+        assert!(self.in_flight.is_none(), "ready taken twice in one turn");
+        let mut ready = self.node.ready();
+        // Only a follower's messages wait for persistence; a leader's may go before its own
+        // append is durable (Raft thesis §10.2.1), which is what `messages` holds.
+        send(self.shard, transport, ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            self.apply_received_snapshot(ready.snapshot(), metrics)?;
+        }
+        self.apply_committed(ready.take_committed_entries(), metrics)?;
+        self.node.mut_store().stage_entries(ready.entries())?;
+        if let Some(hard_state) = ready.hs() {
+            self.node.mut_store().stage_hard_state(hard_state)?;
+        }
+        if let Some(soft_state) = ready.ss() {
+            self.on_soft_state(soft_state.raft_state, soft_state.leader_id, metrics);
+        }
+        self.in_flight = Some(ready);
+        Ok(())
+    }
+
+    /// Phase two, after the turn's writes are durable: `persisted_messages`, `advance`, the
+    /// `LightReady` (commit index, messages, committed entries), `advance_apply`, then a snapshot
+    /// if enough entries were applied since the last one.
+    pub(crate) fn handle_persisted(
+        &mut self,
+        transport: &mut dyn Transport,
+        metrics: &Metrics,
+    ) -> Result<(), GroupError> {
+        let Some(mut ready) = self.in_flight.take() else {
+            return Ok(());
+        };
+        send(self.shard, transport, ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().stage_commit(commit)?;
+        }
+        send(self.shard, transport, light.take_messages());
+        self.apply_committed(light.take_committed_entries(), metrics)?;
+        self.node.advance_apply();
+        self.maybe_snapshot(metrics)
+    }
+
+    /// Moves this group's staged writes into the turn's batch.
+    pub(crate) fn take_staged(&mut self, batch: &mut WriteBatch) {
+        batch.take_from(self.node.mut_store());
+    }
+
+    /// True once the group knows a leader and applied everything that was committed on disk
+    /// when it started.
+    pub(crate) fn is_caught_up(&self) -> bool {
+        self.leader_id != 0 && self.applied_index >= self.recovered_commit
+    }
+
+    fn apply_committed(
+        &mut self,
+        entries: Vec<Entry>,
+        metrics: &Metrics,
+    ) -> Result<(), GroupError> {
+        for entry in entries {
+            if entry.index != self.applied_index + 1 {
+                return Err(GroupError::OutOfOrder {
+                    found: entry.index,
+                    applied: self.applied_index,
+                });
+            }
+            let reply = self.pending.take(entry.term, entry.index, metrics);
+            let output = self.apply_entry(&entry)?;
+            self.applied_index = entry.index;
+            self.applied_term = entry.term;
+            bump(&metrics.applied_entries);
+            // Answer last, so a caller that sees the answer also sees the apply counted.
+            match (reply, output) {
+                (Some(reply), Some(output)) => reply.send(Ok(output)),
+                (Some(reply), None) => answer_dropped(reply, metrics),
+                (None, _) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one committed entry; only command entries produce an output.
+    fn apply_entry(&mut self, entry: &Entry) -> Result<Option<S::Output>, GroupError> {
+        match entry.get_entry_type() {
+            EntryType::EntryNormal if entry.context.as_ref() == COMMAND_CONTEXT => {
+                Ok(Some(self.machine.apply(entry.index, &entry.data)))
+            }
+            // The empty entry a new leader appends (Raft §8) carries no command.
+            EntryType::EntryNormal => Ok(None),
+            EntryType::EntryConfChange => {
+                let change = decode_conf_change::<ConfChange>(entry)?;
+                let conf_state = self.node.apply_conf_change(&change)?;
+                self.node.mut_store().stage_conf_state(&conf_state)?;
+                Ok(None)
+            }
+            EntryType::EntryConfChangeV2 => {
+                let change = decode_conf_change::<ConfChangeV2>(entry)?;
+                let conf_state = self.node.apply_conf_change(&change)?;
+                self.node.mut_store().stage_conf_state(&conf_state)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn apply_received_snapshot(
+        &mut self,
+        snapshot: &Snapshot,
+        metrics: &Metrics,
+    ) -> Result<(), GroupError> {
+        let meta = snapshot.get_metadata();
+        self.machine
+            .restore(&snapshot.data)
+            .map_err(|reason| GroupError::Restore {
+                index: meta.index,
+                reason,
+            })?;
+        self.node.mut_store().stage_received_snapshot(snapshot)?;
+        self.applied_index = meta.index;
+        self.applied_term = meta.term;
+        self.pending.drop_all(metrics);
+        Ok(())
+    }
+
+    fn on_soft_state(&mut self, role: StateRole, leader_id: NodeId, metrics: &Metrics) {
+        if self.role == StateRole::Leader && role != StateRole::Leader {
+            // raft-rs forgets our uncommitted proposals silently when it steps down; they may
+            // still commit under the next leader, but nobody here will know (floors pitfall 13).
+            self.pending.drop_all(metrics);
+        }
+        if leader_id != 0 && leader_id != self.leader_id {
+            bump(&metrics.leader_changes);
+            tracing::info!(shard = self.shard, leader_id, ?role, "shard leader changed");
+        }
+        self.role = role;
+        self.leader_id = leader_id;
+    }
+
+    /// Snapshots the state machine and compacts the log once `snapshot_interval` entries were
+    /// applied since the last snapshot. Runs at the end of a turn, when everything applied is
+    /// also committed in the staged hard state, so the stored snapshot never gets ahead of the
+    /// stored commit index.
+    fn maybe_snapshot(&mut self, metrics: &Metrics) -> Result<(), GroupError> {
+        let snapshot_index = self.node.store().snapshot_index();
+        if self.applied_index - snapshot_index < self.snapshot_interval {
+            return Ok(());
+        }
+        let data = self.machine.snapshot();
+        let conf_state = self.node.store().conf_state().clone();
+        let snapshot = new_snapshot(self.applied_index, self.applied_term, conf_state, data);
+        self.node.mut_store().stage_compaction(&snapshot)?;
+        bump(&metrics.snapshots_taken);
+        tracing::debug!(
+            shard = self.shard,
+            index = self.applied_index,
+            "took snapshot"
+        );
+        Ok(())
+    }
+}
+
+/// Formats an error with its whole `source` chain, for log lines and error reasons.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// Runs `f`, turning a panic into [`GroupError::Panicked`].
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, GroupError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        GroupError::Panicked(message)
+    })
+}
+
+/// The raft-rs configuration for one group; `applied` is where the restored state machine is.
+pub(crate) fn raft_config(config: &ClusterConfig, applied: u64) -> raft::Config {
+    raft::Config {
+        id: config.node_id,
+        election_tick: config.election_tick,
+        heartbeat_tick: config.heartbeat_tick,
+        applied,
+        max_size_per_msg: config.max_size_per_msg,
+        max_inflight_msgs: config.max_inflight_msgs,
+        max_uncommitted_size: config.max_uncommitted_bytes,
+        check_quorum: true,
+        pre_vote: true,
+        ..raft::Config::default()
+    }
+}
+
+fn send(shard: ShardId, transport: &mut dyn Transport, mut messages: Vec<Message>) {
+    if messages.is_empty() {
+        return;
+    }
+    messages.sort_by_key(|message| message.to);
+    while let Some(last) = messages.last() {
+        let to = last.to;
+        let split = messages.partition_point(|message| message.to < to);
+        let batch = messages.split_off(split);
+        transport.send(shard, to, batch);
+    }
+}
+
+fn decode_conf_change<M: PbMessage>(entry: &Entry) -> Result<M, GroupError> {
+    M::parse_from_bytes(&entry.data).map_err(|source| GroupError::ConfChange {
+        index: entry.index,
+        source,
+    })
+}
+
+/// Entry context marking a client command, so the empty entries raft-rs appends on leader
+/// election are told apart from (possibly empty) commands deterministically on every replica.
+const COMMAND_CONTEXT: &[u8] = &[1];

@@ -1,0 +1,502 @@
+//! Multi-raft replication of opaque commands for shard state machines.
+//!
+//! Rooms (and users) hash to **shards** ([`shard_for`]); each shard is one raft-rs group whose
+//! replicated log feeds a deterministic [`StateMachine`] (DESIGN.md §3). This crate knows nothing
+//! about MLS or MIMI: a command is a byte string, an output is whatever the state machine
+//! returns, and deciding what a command means happens in `apply`, on the ordered log
+//! (STYLE.md P5).
+//!
+//! One driver thread runs every local group ([`Cluster::start`]); callers talk to it through a
+//! cloneable [`ClusterHandle`] over a bounded inbox. A proposal is answered once its entry is
+//! durable and applied, or with a [`ProposeError`]. Raft state lives in one sled database under
+//! `data_dir/raft`; every loop turn persists all groups' writes with one flush and one
+//! `fdatasync` (see the `driver` and `storage` modules for the durability argument).
+//!
+//! Today a cluster is a single node whose groups each have that node as their only voter.
+//! The transport seam for peers exists (messages are routed per destination), but nothing sends
+//! across nodes yet.
+//!
+//! ```
+//! use mimid_cluster::{shard_for, Cluster, ClusterConfig, StateMachine};
+//!
+//! /// Sums the bytes of every command.
+//! #[derive(Default)]
+//! struct Sum(u64);
+//!
+//! impl StateMachine for Sum {
+//!     type Output = u64;
+//!     fn apply(&mut self, _index: u64, command: &[u8]) -> u64 {
+//!         self.0 += command.iter().map(|b| u64::from(*b)).sum::<u64>();
+//!         self.0
+//!     }
+//!     fn snapshot(&self) -> Vec<u8> {
+//!         self.0.to_be_bytes().to_vec()
+//!     }
+//!     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+//!         let bytes = snapshot.try_into().map_err(|_| "snapshot is not 8 bytes".to_owned())?;
+//!         self.0 = u64::from_be_bytes(bytes);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let cluster = Cluster::start(ClusterConfig::new(1, dir.path()), |_shard| Sum::default()).unwrap();
+//! let handle = cluster.handle();
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! let shard = shard_for(b"room-1", handle.shard_count());
+//! handle.propose(shard, vec![2, 3], Box::new(move |result| tx.send(result).unwrap())).unwrap();
+//! assert_eq!(rx.recv().unwrap(), Ok(5));
+//! cluster.shutdown();
+//! ```
+
+#![warn(missing_docs)]
+
+mod driver;
+mod group;
+mod metrics;
+mod pending;
+mod reply;
+mod storage;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::RwLock;
+use raft::eraftpb::ConfState;
+
+use crate::driver::{Driver, DriverSettings, Proposal};
+use crate::group::{error_chain, raft_config, Group, GroupError};
+use crate::metrics::{bump, Metrics};
+use crate::reply::Reply;
+use crate::storage::{RaftDb, WriteBatch};
+
+pub use crate::metrics::ClusterMetrics;
+pub use crate::storage::StoreError;
+
+/// Identifier of a shard, i.e. of one Raft group. Shards are numbered `0..shards`.
+pub type ShardId = u64;
+
+/// Identifier of a node of the cluster (a Raft peer id; never 0).
+pub type NodeId = u64;
+
+/// A deterministic state machine for one shard. `apply` is called on committed entries in log
+/// order, exactly once per entry per process lifetime (after a restart, entries after the last
+/// snapshot are applied again to an instance restored from that snapshot).
+///
+/// Every replica must compute the same outputs from the same log: no clock, randomness or
+/// hash-map iteration order inside (STYLE.md P2). `apply` cannot fail; a command the state
+/// machine rejects is an `Output` that says so (STYLE.md §3).
+pub trait StateMachine: Send + 'static {
+    /// What applying one command produces; handed to the proposer's `done` callback.
+    type Output: Send + 'static;
+    /// Applies the committed command at log `index`.
+    fn apply(&mut self, index: u64, command: &[u8]) -> Self::Output;
+    /// Serialises the whole state, as of the last applied entry.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the whole state with one produced by [`StateMachine::snapshot`]. An error stops
+    /// the shard (at start: [`Cluster::start`] fails).
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+}
+
+/// Configuration of the local node's replication layer.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's Raft id (must not be 0). Default 1.
+    pub node_id: NodeId,
+    /// Data directory; sled lives in `data_dir/raft`.
+    pub data_dir: PathBuf,
+    /// Number of shard groups. Fixed for the life of the data directory (start refuses a
+    /// different count, because keys would hash to other shards). Default 16.
+    pub shards: u64,
+    /// Raft logical clock period. Default 100 ms.
+    pub tick_interval: Duration,
+    /// Ticks without a heartbeat before a follower campaigns. Default 10.
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats. Default 2.
+    pub heartbeat_tick: usize,
+    /// Proposals stepped per loop turn, bounding the work per `Ready` (floors pitfall 13).
+    /// Default 1024.
+    pub max_proposals_per_turn: usize,
+    /// Capacity of the driver's inbox; a full inbox answers [`ProposeError::Busy`].
+    /// Default 65 536.
+    pub inbox_capacity: usize,
+    /// Applied entries per shard between two snapshots (each followed by log compaction).
+    /// Default 10 000.
+    pub snapshot_interval: u64,
+    /// Byte budget of one append message to a follower. Default 1 MiB.
+    pub max_size_per_msg: u64,
+    /// Append messages in flight per follower. Default 256.
+    pub max_inflight_msgs: usize,
+    /// Bytes of proposed but uncommitted entries a leader accepts per shard before answering
+    /// [`ProposeError::Busy`]; must be at least `max_size_per_msg`. Default 64 MiB.
+    pub max_uncommitted_bytes: u64,
+    /// `fdatasync` sled's files after each turn's flush (sled's own flush is only
+    /// `sync_file_range`, floors pitfall 16). Turn off only to measure the cost. Default true.
+    pub fsync: bool,
+}
+
+impl ClusterConfig {
+    /// The defaults documented on each field, for node `node_id` storing under `data_dir`.
+    pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        ClusterConfig {
+            node_id,
+            data_dir: data_dir.into(),
+            shards: 16,
+            tick_interval: Duration::from_millis(100),
+            election_tick: 10,
+            heartbeat_tick: 2,
+            max_proposals_per_turn: 1024,
+            inbox_capacity: 65_536,
+            snapshot_interval: 10_000,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            max_uncommitted_bytes: 64 * 1024 * 1024,
+            fsync: true,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ClusterError> {
+        let invalid = |reason: &str| Err(ClusterError::InvalidConfig(reason.to_owned()));
+        if self.node_id == 0 {
+            return invalid("node_id must not be 0");
+        }
+        if self.shards == 0 {
+            return invalid("shards must be at least 1");
+        }
+        if usize::try_from(self.shards).is_err() {
+            return invalid("shards does not fit in memory");
+        }
+        if self.tick_interval.is_zero() {
+            return invalid("tick_interval must be positive");
+        }
+        if self.max_proposals_per_turn == 0 {
+            return invalid("max_proposals_per_turn must be at least 1");
+        }
+        if self.inbox_capacity == 0 {
+            return invalid("inbox_capacity must be at least 1");
+        }
+        if self.snapshot_interval == 0 {
+            return invalid("snapshot_interval must be at least 1");
+        }
+        // Tick ratios and message/uncommitted sizes are checked by raft-rs itself.
+        raft_config(self, 0)
+            .validate()
+            .map_err(|err| ClusterError::InvalidConfig(err.to_string()))
+    }
+}
+
+/// Why a proposal was not applied. When `propose` returns one of these, `done` is never called;
+/// otherwise `done` receives exactly one result.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// The inbox or the shard's uncommitted log is full; retry later (HTTP 503).
+    #[error("replication is overloaded")]
+    Busy,
+    /// This node does not lead the shard (or leadership is being transferred).
+    #[error("this node does not lead the shard")]
+    NotLeader,
+    /// The entry was overwritten by another leader's, or this node stopped leading before it
+    /// committed. After a leadership loss the entry may still commit under the next leader:
+    /// the outcome is unknown, so retries must be idempotent in `apply`.
+    #[error("proposal dropped before it was applied")]
+    Dropped,
+    /// The driver stopped, or the shard group failed. A proposal already in the log may still
+    /// be applied after a restart.
+    #[error("the shard group is stopped")]
+    Stopped,
+    /// The shard id is not below the configured shard count.
+    #[error("no such shard")]
+    UnknownShard,
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A configuration value is out of range.
+    #[error("invalid cluster configuration: {0}")]
+    InvalidConfig(String),
+    /// The Raft database could not be opened, read or written.
+    #[error("raft storage failed")]
+    Storage(#[from] StoreError),
+    /// A shard group could not be recovered from its stored state.
+    #[error("recover shard {shard}: {reason}")]
+    Recover {
+        /// The shard that failed.
+        shard: ShardId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The driver thread could not be spawned.
+    #[error("spawn raft driver thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Called exactly once with the outcome of an accepted proposal, on the driver thread: keep it
+/// short and non-blocking (hand the result to a channel or an actor), since every shard waits
+/// for it.
+pub type Done<O> = Box<dyn FnOnce(Result<O, ProposeError>) + Send>;
+
+/// The running replication layer of this node. Dropping it stops the driver like
+/// [`Cluster::shutdown`].
+pub struct Cluster<S: StateMachine> {
+    handle: ClusterHandle<S>,
+    stop: Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<S: StateMachine> Cluster<S> {
+    /// Opens sled, recovers every shard (restore latest snapshot into a fresh state machine from
+    /// `factory`, then raft re-applies committed entries after it), bootstraps shards that have
+    /// no state as single-voter groups of `node_id`, campaigns, and starts the driver thread (a
+    /// named std thread, no async runtime).
+    ///
+    /// See the crate docs for an example.
+    pub fn start(
+        config: ClusterConfig,
+        mut factory: impl FnMut(ShardId) -> S,
+    ) -> Result<Self, ClusterError> {
+        config.validate()?;
+        let mut db = RaftDb::open(&config.data_dir.join("raft"), config.shards, config.fsync)?;
+        let mut loaded = Vec::new();
+        let mut bootstrap = WriteBatch::default();
+        for shard in 0..config.shards {
+            let (mut storage, snapshot) = db.load_shard(shard)?;
+            if !storage.is_initialized() {
+                storage.stage_bootstrap(ConfState::from((vec![config.node_id], vec![])))?;
+                bootstrap.take_from(&mut storage);
+            }
+            loaded.push((shard, storage, snapshot));
+        }
+        // Raft nodes read their storage on creation, so bootstrap state is written first.
+        db.write(bootstrap)?;
+        let mut groups = Vec::with_capacity(loaded.len());
+        for (shard, storage, snapshot) in loaded {
+            let recover = |err: GroupError| ClusterError::Recover {
+                shard,
+                reason: error_chain(&err),
+            };
+            let mut group =
+                Group::open(shard, storage, snapshot, factory(shard), &config).map_err(recover)?;
+            group
+                .campaign_if_sole_voter(config.node_id)
+                .map_err(recover)?;
+            groups.push(group);
+        }
+        Self::spawn(config, db, groups)
+    }
+
+    fn spawn(
+        config: ClusterConfig,
+        db: RaftDb,
+        groups: Vec<Group<S>>,
+    ) -> Result<Self, ClusterError> {
+        let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(config.inbox_capacity);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let shared = Arc::new(Shared {
+            open: RwLock::new(true),
+            ready: AtomicBool::new(false),
+            metrics: Metrics::default(),
+        });
+        let settings = DriverSettings {
+            tick_interval: config.tick_interval,
+            max_proposals_per_turn: config.max_proposals_per_turn,
+        };
+        let driver = Driver::new(db, groups, inbox_rx, stop_rx, Arc::clone(&shared), settings);
+        let thread = std::thread::Builder::new()
+            .name(format!("mimid-raft-{}", config.node_id))
+            .spawn(move || driver.run())
+            .map_err(ClusterError::Spawn)?;
+        Ok(Cluster {
+            handle: ClusterHandle {
+                inner: Arc::new(HandleInner {
+                    inbox: inbox_tx,
+                    shared,
+                    shards: config.shards,
+                }),
+            },
+            stop: stop_tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for proposing; cheap to clone and usable from any thread.
+    pub fn handle(&self) -> ClusterHandle<S> {
+        self.handle.clone()
+    }
+
+    /// Stops the driver: pending proposals are answered `Err(Stopped)`; sled flushed.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl<S: StateMachine> Drop for Cluster<S> {
+    fn drop(&mut self) {
+        // A full channel already holds a stop request.
+        let _ = self.stop.try_send(());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("raft driver thread panicked");
+            }
+        }
+    }
+}
+
+/// A cloneable handle to the local replication layer.
+pub struct ClusterHandle<S: StateMachine> {
+    inner: Arc<HandleInner<S::Output>>,
+}
+
+struct HandleInner<O> {
+    inbox: Sender<Proposal<O>>,
+    shared: Arc<Shared>,
+    shards: u64,
+}
+
+/// State shared by the driver and the handles.
+pub(crate) struct Shared {
+    /// False once the driver stopped taking proposals; see `Driver::close_inbox`.
+    pub(crate) open: RwLock<bool>,
+    pub(crate) ready: AtomicBool,
+    pub(crate) metrics: Metrics,
+}
+
+impl<S: StateMachine> Clone for ClusterHandle<S> {
+    fn clone(&self) -> Self {
+        ClusterHandle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: StateMachine> ClusterHandle<S> {
+    /// Queues a proposal; `done` is called exactly once, on the driver thread, with the apply
+    /// output when the entry is committed (durable) and applied, or with an error. Returns
+    /// `Err(Busy)` immediately (and does not call `done`) if the inbox is full; likewise
+    /// `Err(UnknownShard)` for a shard out of range and `Err(Stopped)` once the driver stopped.
+    pub fn propose(
+        &self,
+        shard: ShardId,
+        command: Vec<u8>,
+        done: Done<S::Output>,
+    ) -> Result<(), ProposeError> {
+        let inner = &self.inner;
+        if shard >= inner.shards {
+            return Err(ProposeError::UnknownShard);
+        }
+        let open = inner.shared.open.read();
+        if !*open {
+            return Err(ProposeError::Stopped);
+        }
+        let proposal = Proposal {
+            shard,
+            command,
+            reply: Reply::new(done),
+        };
+        match inner.inbox.try_send(proposal) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(proposal)) => {
+                proposal.reply.disarm();
+                bump(&inner.shared.metrics.busy_rejections);
+                Err(ProposeError::Busy)
+            }
+            Err(TrySendError::Disconnected(proposal)) => {
+                proposal.reply.disarm();
+                Err(ProposeError::Stopped)
+            }
+        }
+    }
+
+    /// Number of shards (fixed for the data directory).
+    pub fn shard_count(&self) -> u64 {
+        self.inner.shards
+    }
+
+    /// True once every local shard has a leader and has applied everything committed at start
+    /// (for `/readyz`); false again if a shard fails or the driver stops.
+    pub fn is_ready(&self) -> bool {
+        self.inner.shared.ready.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> ClusterMetrics {
+        self.inner.shared.metrics.snapshot()
+    }
+}
+
+/// Maps a key (room id, user id) to its shard: 64-bit FNV-1a of the key, modulo `shards`.
+///
+/// The function is part of the storage format: changing it would move keys to other shards, so
+/// it is fixed here and covered by known-answer tests. `shards == 0` maps everything to shard 0.
+///
+/// ```
+/// let shard = mimid_cluster::shard_for(b"room@a.example", 16);
+/// assert!(shard < 16);
+/// assert_eq!(shard, mimid_cluster::shard_for(b"room@a.example", 16));
+/// ```
+pub fn shard_for(key: &[u8], shards: u64) -> ShardId {
+    fnv1a_64(key).checked_rem(shards).unwrap_or(0)
+}
+
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(FNV_OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME)
+    })
+}
+
+/// FNV-1a 64-bit parameters (draft-eastlake-fnv).
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_for_is_fnv1a_64_with_published_test_vectors() {
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(shard_for(b"foobar", 16), 0x8594_4171_f739_67e8 % 16);
+        assert_eq!(shard_for(b"foobar", 7), 0x8594_4171_f739_67e8 % 7);
+    }
+
+    #[test]
+    fn shard_for_zero_shards_is_shard_zero() {
+        assert_eq!(shard_for(b"anything", 0), 0);
+    }
+
+    #[test]
+    fn config_validation_rejects_zero_limits() {
+        let base = ClusterConfig::new(1, "/unused");
+        type Mutation = fn(&mut ClusterConfig);
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("node_id", |c| c.node_id = 0),
+            ("shards", |c| c.shards = 0),
+            ("tick_interval", |c| c.tick_interval = Duration::ZERO),
+            ("max_proposals_per_turn", |c| c.max_proposals_per_turn = 0),
+            ("inbox_capacity", |c| c.inbox_capacity = 0),
+            ("snapshot_interval", |c| c.snapshot_interval = 0),
+            // raft-rs: "election tick must be greater than heartbeat tick".
+            ("election tick", |c| c.election_tick = c.heartbeat_tick),
+            ("max uncommitted size", |c| {
+                c.max_uncommitted_bytes = c.max_size_per_msg - 1
+            }),
+        ];
+        assert!(base.validate().is_ok());
+        for (field, mutate) in cases {
+            let mut config = base.clone();
+            mutate(&mut config);
+            match config.validate() {
+                Err(ClusterError::InvalidConfig(reason)) => {
+                    assert!(reason.contains(field), "{field}: {reason}")
+                }
+                other => panic!("{field}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Proposals waiting for their entries to apply, keyed by `(term, index)`.
+//!
+//! raft-rs never says that a proposal was lost: a leader that steps down, or whose uncommitted
+//! suffix a new leader overwrites (Raft §5.3), just goes on applying other entries
+//! (floors pitfall 13). The only reliable signal is the applied entry itself: the proposal made
+//! as entry `(term, index)` succeeded iff the entry applied at `index` has that `term`. Entries
+//! apply in index order, so any proposal whose index was passed without a match is answered
+//! `Dropped` right there.
+
+use std::collections::VecDeque;
+
+use crate::metrics::{bump, Metrics};
+use crate::reply::Reply;
+use crate::ProposeError;
+
+pub(crate) struct PendingProposals<O> {
+    /// Ordered by strictly increasing index.
+    queue: VecDeque<Pending<O>>,
+}
+
+struct Pending<O> {
+    term: u64,
+    index: u64,
+    reply: Reply<O>,
+}
+
+impl<O> PendingProposals<O> {
+    pub(crate) fn new() -> Self {
+        PendingProposals {
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Records the proposal the leader just appended as `(term, index)`. Older proposals at or
+    /// after `index` can only be left over from an overwritten log suffix: they are dropped.
+    pub(crate) fn push(&mut self, term: u64, index: u64, reply: Reply<O>, metrics: &Metrics) {
+        while self.queue.back().is_some_and(|last| last.index >= index) {
+            let stale = self.queue.pop_back().expect("back exists");
+            answer_dropped(stale.reply, metrics);
+        }
+        self.queue.push_back(Pending { term, index, reply });
+    }
+
+    /// Returns the reply of the proposal made as entry `(term, index)`, which is being applied.
+    /// Every pending proposal before `index`, and one at `index` from another term, is answered
+    /// `Dropped`.
+    pub(crate) fn take(&mut self, term: u64, index: u64, metrics: &Metrics) -> Option<Reply<O>> {
+        while self.queue.front().is_some_and(|front| front.index <= index) {
+            let pending = self.queue.pop_front().expect("front exists");
+            if pending.index == index && pending.term == term {
+                return Some(pending.reply);
+            }
+            answer_dropped(pending.reply, metrics);
+        }
+        None
+    }
+
+    /// Answers every pending proposal `Dropped` (leadership lost, or the log was replaced by a
+    /// snapshot).
+    pub(crate) fn drop_all(&mut self, metrics: &Metrics) {
+        for pending in self.queue.drain(..) {
+            answer_dropped(pending.reply, metrics);
+        }
+    }
+}
+
+/// Answers `Dropped` and counts it.
+pub(crate) fn answer_dropped<O>(reply: Reply<O>, metrics: &Metrics) {
+    bump(&metrics.dropped_proposals);
+    reply.send(Err(ProposeError::Dropped));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    type Answers = mpsc::Receiver<(u64, Result<(), ProposeError>)>;
+
+    /// A reply that reports `(tag, result)` on the shared channel.
+    fn reply(tag: u64, tx: &mpsc::Sender<(u64, Result<(), ProposeError>)>) -> Reply<()> {
+        let tx = tx.clone();
+        Reply::new(Box::new(move |result| {
+            tx.send((tag, result)).expect("test receiver alive")
+        }))
+    }
+
+    fn answers(rx: &Answers) -> Vec<(u64, Result<(), ProposeError>)> {
+        rx.try_iter().collect()
+    }
+
+    #[test]
+    fn matching_term_and_index_returns_the_reply() {
+        let (tx, rx) = mpsc::channel();
+        let metrics = Metrics::default();
+        let mut pending = PendingProposals::new();
+        pending.push(2, 10, reply(10, &tx), &metrics);
+        pending.push(2, 11, reply(11, &tx), &metrics);
+        pending
+            .take(2, 10, &metrics)
+            .expect("entry (2, 10) is ours")
+            .send(Ok(()));
+        assert_eq!(answers(&rx), vec![(10, Ok(()))]);
+        assert!(pending.take(2, 11, &metrics).is_some());
+        assert_eq!(metrics.dropped_proposals.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn raft_5_3_entry_overwritten_by_another_term_is_dropped() {
+        let (tx, rx) = mpsc::channel();
+        let metrics = Metrics::default();
+        let mut pending = PendingProposals::new();
+        pending.push(2, 10, reply(10, &tx), &metrics);
+        // A new leader (term 3) committed its own entry at index 10.
+        assert!(pending.take(3, 10, &metrics).is_none());
+        assert_eq!(answers(&rx), vec![(10, Err(ProposeError::Dropped))]);
+        assert_eq!(metrics.dropped_proposals.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn skipped_indexes_are_dropped_and_later_ones_kept() {
+        let (tx, rx) = mpsc::channel();
+        let metrics = Metrics::default();
+        let mut pending = PendingProposals::new();
+        for index in [5, 6, 9] {
+            pending.push(1, index, reply(index, &tx), &metrics);
+        }
+        // Applying index 7 (someone else's) passes 5 and 6 without a match.
+        assert!(pending.take(4, 7, &metrics).is_none());
+        assert_eq!(
+            answers(&rx),
+            vec![
+                (5, Err(ProposeError::Dropped)),
+                (6, Err(ProposeError::Dropped))
+            ]
+        );
+        assert!(pending.take(1, 9, &metrics).is_some());
+    }
+
+    #[test]
+    fn pushing_at_an_index_already_pending_drops_the_overwritten_suffix() {
+        let (tx, rx) = mpsc::channel();
+        let metrics = Metrics::default();
+        let mut pending = PendingProposals::new();
+        pending.push(1, 5, reply(5, &tx), &metrics);
+        pending.push(1, 6, reply(6, &tx), &metrics);
+        // Re-elected in term 2 after losing 6: the new proposal lands at 6 again.
+        pending.push(2, 6, reply(60, &tx), &metrics);
+        assert_eq!(answers(&rx), vec![(6, Err(ProposeError::Dropped))]);
+        assert!(pending.take(1, 5, &metrics).is_some());
+        assert!(pending.take(2, 6, &metrics).is_some());
+    }
+
+    #[test]
+    fn drop_all_answers_everything_dropped() {
+        let (tx, rx) = mpsc::channel();
+        let metrics = Metrics::default();
+        let mut pending = PendingProposals::new();
+        pending.push(1, 1, reply(1, &tx), &metrics);
+        pending.push(1, 2, reply(2, &tx), &metrics);
+        pending.drop_all(&metrics);
+        assert_eq!(
+            answers(&rx),
+            vec![
+                (1, Err(ProposeError::Dropped)),
+                (2, Err(ProposeError::Dropped))
+            ]
+        );
+        assert!(pending.take(1, 2, &metrics).is_none());
+    }
+}

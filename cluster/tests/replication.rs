@@ -1,0 +1,501 @@
+//! End-to-end tests of `mimid-cluster` on a real sled database in a temp dir: ordering, restart
+//! recovery (log replay and snapshots), compaction, back-pressure, failure isolation and shutdown.
+//!
+//! No test sleeps: every wait is on a channel fed by a `done` callback or by the state machine,
+//! with a generous timeout only as a failure guard.
+
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use mimid_cluster::{
+    Cluster, ClusterConfig, ClusterError, ClusterHandle, ProposeError, ShardId, StateMachine,
+    StoreError,
+};
+
+/// Guard against hangs; never reached when the code under test works.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Command that makes `Journal::apply` block until the test releases it.
+const BLOCK: &[u8] = b"block";
+/// Command that makes `Journal::apply` panic, standing in for a state-machine bug.
+const PANIC: &[u8] = b"panic";
+
+/// Appends every command to a journal; the output describes the state after the apply.
+#[derive(Default)]
+struct Journal {
+    commands: Vec<Vec<u8>>,
+    last_index: u64,
+    restored_len: usize,
+    gate: Option<Gate>,
+}
+
+/// Lets a test hold the driver thread inside `apply`.
+struct Gate {
+    entered: Sender<()>,
+    release: Receiver<()>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Applied {
+    index: u64,
+    len: usize,
+    digest: u64,
+    restored_len: usize,
+}
+
+impl StateMachine for Journal {
+    type Output = Applied;
+
+    fn apply(&mut self, index: u64, command: &[u8]) -> Applied {
+        assert!(
+            index > self.last_index,
+            "entry {index} applied after {}: applied twice or out of order",
+            self.last_index
+        );
+        self.last_index = index;
+        if command == BLOCK {
+            if let Some(gate) = &self.gate {
+                gate.entered.send(()).expect("test waits for the gate");
+                gate.release
+                    .recv_timeout(TIMEOUT)
+                    .expect("test releases the gate");
+            }
+        }
+        assert!(command != PANIC, "state machine bug on purpose");
+        self.commands.push(command.to_vec());
+        Applied {
+            index,
+            len: self.commands.len(),
+            digest: digest(&self.commands),
+            restored_len: self.restored_len,
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = self.last_index.to_be_bytes().to_vec();
+        for command in &self.commands {
+            out.extend_from_slice(&(command.len() as u32).to_be_bytes());
+            out.extend_from_slice(command);
+        }
+        out
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let (index, mut rest) = split_u64(snapshot).ok_or("truncated snapshot index")?;
+        let mut commands = Vec::new();
+        while !rest.is_empty() {
+            let len_bytes: [u8; 4] = rest
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or("truncated command length")?;
+            let len = u32::from_be_bytes(len_bytes) as usize;
+            let command = rest.get(4..4 + len).ok_or("truncated command")?;
+            commands.push(command.to_vec());
+            rest = &rest[4 + len..];
+        }
+        self.last_index = index;
+        self.restored_len = commands.len();
+        self.commands = commands;
+        Ok(())
+    }
+}
+
+fn split_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let head: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(head), &bytes[8..]))
+}
+
+/// Order-sensitive digest of a command sequence (FNV-1a over length-prefixed commands).
+fn digest(commands: &[Vec<u8>]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for command in commands {
+        for byte in (command.len() as u32).to_be_bytes().iter().chain(command) {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+type Answer = Result<Applied, ProposeError>;
+
+fn config(dir: &Path) -> ClusterConfig {
+    let mut config = ClusterConfig::new(1, dir);
+    config.shards = 4;
+    config
+}
+
+fn start(config: ClusterConfig) -> Cluster<Journal> {
+    Cluster::start(config, |_| Journal::default()).expect("cluster starts")
+}
+
+/// Proposes and returns the channel the `done` callback answers on.
+fn propose(handle: &ClusterHandle<Journal>, shard: ShardId, command: &[u8]) -> Receiver<Answer> {
+    let (tx, rx) = mpsc::channel();
+    let done = Box::new(move |answer| {
+        // The receiver may be gone when a test only counts answers; that is fine.
+        let _ = tx.send(answer);
+    });
+    handle
+        .propose(shard, command.to_vec(), done)
+        .expect("proposal accepted");
+    rx
+}
+
+/// Waits for the single answer of a proposal and checks no second one follows: the callback is
+/// consumed by its call, so the channel then disconnects.
+fn answer(rx: &Receiver<Answer>) -> Answer {
+    let answer = rx.recv_timeout(TIMEOUT).expect("done called in time");
+    match rx.recv_timeout(TIMEOUT) {
+        Err(RecvTimeoutError::Disconnected) => answer,
+        Ok(second) => panic!("done called twice: {answer:?} then {second:?}"),
+        Err(RecvTimeoutError::Timeout) => panic!("done callback never released"),
+    }
+}
+
+fn command(shard: ShardId, n: usize) -> Vec<u8> {
+    format!("shard{shard}-command{n}").into_bytes()
+}
+
+/// Proposes `count` commands to `shard` (all queued before any is awaited) and returns the
+/// outputs in proposal order.
+fn propose_many(
+    handle: &ClusterHandle<Journal>,
+    shard: ShardId,
+    range: std::ops::Range<usize>,
+) -> Vec<Applied> {
+    let receivers: Vec<_> = range
+        .map(|n| propose(handle, shard, &command(shard, n)))
+        .collect();
+    receivers
+        .iter()
+        .map(|rx| answer(rx).expect("applied"))
+        .collect()
+}
+
+/// Returns once every turn that started before the call has finished: the barrier proposal is
+/// stepped in a later turn than anything already answered, and answered at the end of it.
+fn barrier(handle: &ClusterHandle<Journal>, shard: ShardId) {
+    answer(&propose(handle, shard, b"barrier")).expect("barrier applied");
+}
+
+fn expected_digest(shard: ShardId, count: usize) -> u64 {
+    let commands: Vec<Vec<u8>> = (0..count).map(|n| command(shard, n)).collect();
+    digest(&commands)
+}
+
+#[test]
+fn proposals_apply_once_in_proposal_order_per_shard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    // Several turns' worth of proposals, interleaved across shards in one inbox.
+    config.max_proposals_per_turn = 7;
+    let cluster = start(config);
+    let handle = cluster.handle();
+    let per_shard = 40;
+    let receivers: Vec<(ShardId, usize, Receiver<Answer>)> = (0..per_shard)
+        .flat_map(|n| (0..4).map(move |shard| (shard, n)))
+        .map(|(shard, n)| (shard, n, propose(&handle, shard, &command(shard, n))))
+        .collect();
+    let mut last_index = [0u64; 4];
+    for (shard, n, rx) in &receivers {
+        let applied = answer(rx).expect("applied");
+        let slot = *shard as usize;
+        assert_eq!(applied.len, n + 1, "shard {shard} applied out of order");
+        assert_eq!(applied.digest, expected_digest(*shard, n + 1));
+        assert!(applied.index > last_index[slot]);
+        last_index[slot] = applied.index;
+    }
+    let metrics = handle.metrics();
+    assert_eq!(metrics.proposals, 4 * per_shard as u64);
+    // Each shard also applied the empty entry its leader appended on election (Raft §8).
+    assert_eq!(metrics.applied_entries, 4 * per_shard as u64 + 4);
+    assert_eq!(metrics.leader_changes, 4);
+    assert_eq!(metrics.dropped_proposals, 0);
+    assert_eq!(metrics.busy_rejections, 0);
+    assert!(metrics.flushes >= 1 && metrics.flushes <= metrics.ready_turns + 1);
+    assert!(metrics.ready_turns >= (4 * per_shard as u64) / 7);
+    cluster.shutdown();
+}
+
+fn restart_replays_the_log(fsync: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.fsync = fsync;
+    let cluster = start(config.clone());
+    let handle = cluster.handle();
+    propose_many(&handle, 0, 0..30);
+    propose_many(&handle, 3, 0..5);
+    cluster.shutdown();
+
+    let cluster = start(config);
+    let handle = cluster.handle();
+    let after = propose_many(&handle, 0, 30..31);
+    assert_eq!(after[0].len, 31);
+    assert_eq!(after[0].digest, expected_digest(0, 31));
+    assert_eq!(after[0].restored_len, 0, "no snapshot was taken");
+    let after = propose_many(&handle, 3, 5..6);
+    assert_eq!(after[0].digest, expected_digest(3, 6));
+    // Readiness is published at the end of a turn; one more answered proposal proves a turn
+    // ended after the recovered entries were applied.
+    propose_many(&handle, 1, 0..1);
+    assert!(handle.is_ready());
+    assert_eq!(handle.metrics().snapshots_taken, 0);
+    cluster.shutdown();
+}
+
+#[test]
+fn restart_replays_the_log_with_fsync() {
+    restart_replays_the_log(true);
+}
+
+#[test]
+fn restart_replays_the_log_without_fsync() {
+    restart_replays_the_log(false);
+}
+
+/// Counts shard `shard`'s log entries left in sled and returns the first index. Mirrors the
+/// documented key layout of `storage.rs`: `shard ‖ 0x04 ‖ index`, all big-endian.
+fn stored_log(dir: &Path, shard: ShardId) -> (usize, Option<u64>) {
+    // sled's background jobs may hold its lock briefly after shutdown; wait for them.
+    let data_file = std::fs::File::open(dir.join("raft").join("db")).expect("sled data file");
+    data_file.lock().expect("wait for sled lock");
+    data_file.unlock().expect("unlock");
+    let db = sled::open(dir.join("raft")).expect("open sled");
+    let tree = db.open_tree("raft").expect("raft tree");
+    let mut prefix = shard.to_be_bytes().to_vec();
+    prefix.push(4);
+    let keys: Vec<_> = tree
+        .scan_prefix(&prefix)
+        .map(|item| item.expect("read key").0)
+        .collect();
+    let first = keys.first().map(|key| {
+        let index: [u8; 8] = key[9..17].try_into().expect("entry key");
+        u64::from_be_bytes(index)
+    });
+    (keys.len(), first)
+}
+
+#[test]
+fn snapshots_compact_the_log_and_restart_restores_from_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.snapshot_interval = 5;
+    let cluster = start(config.clone());
+    let handle = cluster.handle();
+    // Rounds of at least `snapshot_interval` entries, each applied in its own turn(s), so shard 0
+    // snapshots (and compacts) once per round; shard 1 takes everything in one go.
+    for round in [0..6, 6..12, 12..18, 18..23] {
+        propose_many(&handle, 0, round);
+    }
+    propose_many(&handle, 1, 0..12);
+    // Snapshots are taken after the turn's answers went out.
+    barrier(&handle, 2);
+    let taken = handle.metrics().snapshots_taken;
+    // At least one per round of shard 0 and one for shard 1.
+    assert!(taken >= 5, "only {taken} snapshots");
+    cluster.shutdown();
+
+    let (count, first) = stored_log(dir.path(), 0);
+    assert!(count < 5, "log not compacted: {count} entries left");
+    if let Some(first) = first {
+        assert!(first > 20, "log starts at {first}");
+    }
+
+    let cluster = start(config);
+    let handle = cluster.handle();
+    let after = propose_many(&handle, 0, 23..24);
+    assert_eq!(after[0].len, 24);
+    assert_eq!(after[0].digest, expected_digest(0, 24));
+    assert!(
+        after[0].restored_len >= 19,
+        "restored {} commands",
+        after[0].restored_len
+    );
+    let after = propose_many(&handle, 1, 12..13);
+    assert_eq!(after[0].digest, expected_digest(1, 13));
+    assert!(after[0].restored_len >= 9);
+    cluster.shutdown();
+}
+
+#[test]
+fn full_inbox_answers_busy_without_calling_done() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.inbox_capacity = 3;
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let mut gate = Some(Gate {
+        entered: entered_tx,
+        release: release_rx,
+    });
+    let cluster = Cluster::start(config, |shard| Journal {
+        gate: if shard == 0 { gate.take() } else { None },
+        ..Journal::default()
+    })
+    .expect("cluster starts");
+    let handle = cluster.handle();
+
+    let blocked = propose(&handle, 0, BLOCK);
+    entered_rx
+        .recv_timeout(TIMEOUT)
+        .expect("driver blocked in apply");
+    // The driver is held inside `apply`, so nothing leaves the inbox now.
+    let queued: Vec<_> = (0..3)
+        .map(|n| propose(&handle, 1, &command(1, n)))
+        .collect();
+    let (tx, rejected_rx) = mpsc::channel::<Answer>();
+    let rejected = handle.propose(
+        1,
+        command(1, 3),
+        Box::new(move |answer| {
+            let _ = tx.send(answer);
+        }),
+    );
+    assert_eq!(rejected, Err(ProposeError::Busy));
+    // `done` was dropped without being called.
+    assert_eq!(
+        rejected_rx.recv_timeout(TIMEOUT),
+        Err(RecvTimeoutError::Disconnected)
+    );
+    assert_eq!(handle.metrics().busy_rejections, 1);
+
+    release_tx.send(()).expect("driver waits");
+    assert_eq!(answer(&blocked).expect("applied").len, 1);
+    for (n, rx) in queued.iter().enumerate() {
+        assert_eq!(answer(rx).expect("applied").len, n + 1);
+    }
+    cluster.shutdown();
+}
+
+#[test]
+fn failing_state_machine_stops_only_its_shard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = start(config(dir.path()));
+    let handle = cluster.handle();
+    propose_many(&handle, 2, 0..3);
+    assert_eq!(
+        answer(&propose(&handle, 2, PANIC)),
+        Err(ProposeError::Stopped)
+    );
+    assert_eq!(
+        answer(&propose(&handle, 2, b"after")),
+        Err(ProposeError::Stopped)
+    );
+    // Other shards keep working.
+    let applied = propose_many(&handle, 1, 0..2);
+    assert_eq!(applied[1].digest, expected_digest(1, 2));
+    let metrics = handle.metrics();
+    assert_eq!(metrics.failed_shards, 1);
+    assert!(!handle.is_ready(), "a failed shard makes the node unready");
+    cluster.shutdown();
+}
+
+#[test]
+fn unknown_shard_and_stopped_cluster_refuse_without_calling_done() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = start(config(dir.path()));
+    let handle = cluster.handle();
+    let never_called = |_: Answer| panic!("done must not be called");
+    assert_eq!(
+        handle.propose(4, b"x".to_vec(), Box::new(never_called)),
+        Err(ProposeError::UnknownShard)
+    );
+    propose_many(&handle, 0, 0..1);
+    cluster.shutdown();
+    assert_eq!(
+        handle.propose(0, b"x".to_vec(), Box::new(never_called)),
+        Err(ProposeError::Stopped)
+    );
+    assert!(!handle.is_ready());
+}
+
+#[test]
+fn shutdown_answers_every_queued_proposal_once_and_keeps_exactly_the_applied_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let mut gate = Some(Gate {
+        entered: entered_tx,
+        release: release_rx,
+    });
+    let cluster = Cluster::start(config.clone(), |shard| Journal {
+        gate: if shard == 0 { gate.take() } else { None },
+        ..Journal::default()
+    })
+    .expect("cluster starts");
+    let handle = cluster.handle();
+    let blocked = propose(&handle, 0, BLOCK);
+    entered_rx
+        .recv_timeout(TIMEOUT)
+        .expect("driver blocked in apply");
+    let queued: Vec<_> = (0..20)
+        .map(|n| propose(&handle, 1, &command(1, n)))
+        .collect();
+    let stopper = std::thread::spawn(move || cluster.shutdown());
+    release_tx.send(()).expect("driver waits");
+    stopper.join().expect("shutdown completes");
+
+    assert_eq!(answer(&blocked).expect("applied").len, 1);
+    // Whether the driver saw the stop before or after the queued proposals, each gets exactly
+    // one answer, and the ones answered `Ok` are exactly a prefix that is durable.
+    let answers: Vec<Answer> = queued.iter().map(answer).collect();
+    let applied = answers.iter().take_while(|a| a.is_ok()).count();
+    assert!(
+        answers[applied..]
+            .iter()
+            .all(|a| *a == Err(ProposeError::Stopped)),
+        "{answers:?}"
+    );
+
+    let cluster = start(config);
+    let after = propose_many(&cluster.handle(), 1, 100..101);
+    assert_eq!(after[0].len, applied + 1);
+    cluster.shutdown();
+}
+
+#[test]
+fn start_fails_when_a_snapshot_cannot_be_restored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.snapshot_interval = 2;
+    let cluster = start(config.clone());
+    propose_many(&cluster.handle(), 3, 0..4);
+    cluster.shutdown();
+
+    struct Unrestorable;
+    impl StateMachine for Unrestorable {
+        type Output = ();
+        fn apply(&mut self, _index: u64, _command: &[u8]) {}
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+            Err("incompatible snapshot".to_owned())
+        }
+    }
+    match Cluster::start(config, |_| Unrestorable) {
+        Err(ClusterError::Recover { shard, reason }) => {
+            assert_eq!(shard, 3);
+            assert!(reason.contains("incompatible snapshot"), "{reason}");
+        }
+        Err(other) => panic!("expected Recover, got {other}"),
+        Ok(_) => panic!("expected Recover, cluster started"),
+    }
+}
+
+#[test]
+fn changing_the_shard_count_of_a_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    start(config(dir.path())).shutdown();
+    let mut config = config(dir.path());
+    config.shards = 8;
+    match Cluster::start(config, |_| Journal::default()) {
+        Err(ClusterError::Storage(StoreError::ShardCountMismatch { stored, configured })) => {
+            assert_eq!((stored, configured), (4, 8));
+        }
+        Err(other) => panic!("expected ShardCountMismatch, got {other}"),
+        Ok(_) => panic!("expected ShardCountMismatch, cluster started"),
+    }
+}
