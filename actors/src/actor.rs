@@ -1,0 +1,410 @@
+//! The actix shells: `RoomActor` (one per active room) and the `Router` that maps room ids to
+//! them (STYLE.md P3, P6).
+//!
+//! A room actor owns a `RoomCore` and does IO only: it proposes the room's requests to the
+//! room's shard and pushes what the core says to the local client streams. Ordering is not
+//! decided here: the Raft log orders proposals and apply decides verdicts (STYLE.md P5), so a
+//! handler need not block the actor while its proposal is in flight, and several proposals of
+//! one room are pipelined. The actor is the single place that reads the room log for
+//! fan-out, so each item reaches each attached stream once, in log order.
+//!
+//! Bounds: each room admits at most `room_mailbox` requests in flight (a semaphore in the
+//! router; beyond it the caller gets `HubError::Busy`); each client stream is a bounded
+//! channel, and a full stream is closed rather than buffered (the client resumes from its
+//! acknowledged cursor). An actor with no attached stream and nothing in flight stops after
+//! `idle_room`; its state stays in the shard.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::command::{Command, HandshakeBundle};
+use crate::hub::{HubError, Proposer};
+use crate::ids::{ClientId, RoomId};
+use crate::room::core::{Push, RoomCore};
+use crate::room::log::LogItem;
+use crate::shard::{ApplyOutput, Shards};
+
+/// One item delivered to a client's push stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub room: RoomId,
+    pub item: LogItem,
+}
+
+/// Counters the node exports as metrics.
+#[derive(Debug, Default)]
+pub struct ActorMetrics {
+    pub rooms_started: AtomicU64,
+    pub rooms_stopped: AtomicU64,
+    pub room_busy: AtomicU64,
+    pub stream_overflows: AtomicU64,
+    pub deliveries: AtomicU64,
+}
+
+/// The push streams connected to this node, one per client (a newer one replaces an older).
+#[derive(Default)]
+pub struct Streams {
+    next_generation: AtomicU64,
+    open: Mutex<HashMap<ClientId, (u64, mpsc::Sender<Delivery>)>>,
+}
+
+impl Streams {
+    /// Registers a new stream for `client`, closing any previous one.
+    pub fn open(&self, client: ClientId, capacity: usize) -> (u64, mpsc::Receiver<Delivery>) {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel(capacity);
+        self.open.lock().insert(client, (generation, tx));
+        (generation, rx)
+    }
+
+    fn sender(&self, client: &ClientId) -> Option<(u64, mpsc::Sender<Delivery>)> {
+        self.open
+            .lock()
+            .get(client)
+            .filter(|(_, tx)| !tx.is_closed())
+            .cloned()
+    }
+
+    /// Closes `client`'s stream if it is still the given generation.
+    pub fn close(&self, client: &ClientId, generation: u64) {
+        let mut open = self.open.lock();
+        if open.get(client).is_some_and(|(g, _)| *g == generation) {
+            open.remove(client);
+        }
+    }
+
+    pub fn is_connected(&self, client: &ClientId) -> bool {
+        self.sender(client).is_some()
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.lock().len()
+    }
+}
+
+/// Limits of the actor layer (from the node's configuration).
+#[derive(Debug, Clone)]
+pub struct ActorLimits {
+    /// Requests in flight per room before callers get `Busy`.
+    pub room_mailbox: usize,
+    /// Items buffered per client stream before it is closed.
+    pub stream_queue: usize,
+    /// An actor with nothing attached and nothing in flight stops after this long.
+    pub idle_room: Duration,
+}
+
+/// Everything a room actor needs from the node, shared by all of them.
+pub(crate) struct RoomContext {
+    pub(crate) shards: Shards,
+    pub(crate) proposer: Proposer,
+    pub(crate) streams: Arc<Streams>,
+    pub(crate) metrics: Arc<ActorMetrics>,
+    pub(crate) limits: ActorLimits,
+}
+
+pub struct RoomActor {
+    room: RoomId,
+    core: RoomCore,
+    /// Generation of each attached client's stream.
+    generations: HashMap<ClientId, u64>,
+    ctx: Arc<RoomContext>,
+    router: Router,
+    last_activity: Instant,
+    in_flight: Arc<Semaphore>,
+}
+
+impl RoomActor {
+    fn push(&mut self, pushes: Vec<Push>) {
+        for Push { client, items } in pushes {
+            let Some((generation, tx)) = self.ctx.streams.sender(&client) else {
+                self.detach(&client);
+                continue;
+            };
+            if self.generations.get(&client) != Some(&generation) {
+                // The stream was replaced; the new one attaches itself from its cursor.
+                self.detach(&client);
+                continue;
+            }
+            for item in items {
+                let delivery = Delivery {
+                    room: self.room.clone(),
+                    item,
+                };
+                match tx.try_send(delivery) {
+                    Ok(()) => {
+                        self.ctx.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.ctx
+                            .metrics
+                            .stream_overflows
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(room = %self.room, %client, "push stream full: closing it");
+                        self.ctx.streams.close(&client, generation);
+                        self.detach(&client);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        self.detach(&client);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn detach(&mut self, client: &ClientId) {
+        self.core.detach(client);
+        self.generations.remove(client);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.core.attached() == 0
+            && self.in_flight.available_permits() == self.ctx.limits.room_mailbox
+            && self.last_activity.elapsed() >= self.ctx.limits.idle_room
+    }
+}
+
+impl Actor for RoomActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.ctx.limits.room_mailbox);
+        let period = (self.ctx.limits.idle_room / 2).max(Duration::from_millis(10));
+        ctx.run_interval(period, |actor, ctx| {
+            if actor.is_idle() {
+                actor.router.forget(&actor.room, &ctx.address());
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.ctx
+            .metrics
+            .rooms_stopped
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The room log grew.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Applied;
+
+impl Handler<Applied> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Applied, _: &mut Self::Context) {
+        self.last_activity = Instant::now();
+        let shard = self.ctx.shards.for_room(&self.room).read();
+        let Some(state) = shard.room(&self.room) else {
+            return;
+        };
+        let streams = &self.ctx.streams;
+        let pushes = self
+            .core
+            .on_applied(state, |client| streams.is_connected(client));
+        drop(shard);
+        // Clients attached by a Welcome just now: remember their stream's generation.
+        for push in &pushes {
+            if let Some((generation, _)) = self.ctx.streams.sender(&push.client) {
+                self.generations
+                    .entry(push.client.clone())
+                    .or_insert(generation);
+            }
+        }
+        self.push(pushes);
+    }
+}
+
+/// A client's stream (of the given generation) wants this room from its acknowledged cursor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Attach {
+    pub(crate) client: ClientId,
+    pub(crate) generation: u64,
+}
+
+impl Handler<Attach> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
+        self.last_activity = Instant::now();
+        let shard = self.ctx.shards.for_room(&self.room).read();
+        let Some(state) = shard.room(&self.room) else {
+            return;
+        };
+        let cursor = state.acked(&msg.client);
+        self.generations.insert(msg.client.clone(), msg.generation);
+        let backlog = self.core.attach(msg.client, cursor, state);
+        drop(shard);
+        self.push(backlog.into_iter().collect());
+    }
+}
+
+/// A room-scoped request from an authenticated local client, to be proposed.
+#[derive(Message)]
+#[rtype(result = "Result<ApplyOutput, HubError>")]
+pub(crate) enum RoomRequest {
+    Handshake {
+        sender: ClientId,
+        bundle: HandshakeBundle,
+        permit: OwnedSemaphorePermit,
+    },
+    AppMessage {
+        sender: ClientId,
+        message: Vec<u8>,
+        permit: OwnedSemaphorePermit,
+    },
+}
+
+impl Handler<RoomRequest> for RoomActor {
+    type Result = ResponseFuture<Result<ApplyOutput, HubError>>;
+
+    fn handle(&mut self, request: RoomRequest, _: &mut Self::Context) -> Self::Result {
+        self.last_activity = Instant::now();
+        let room = self.room.clone();
+        let (command, permit) = match request {
+            RoomRequest::Handshake {
+                sender,
+                bundle,
+                permit,
+            } => (
+                Command::Handshake {
+                    room,
+                    sender,
+                    bundle,
+                },
+                permit,
+            ),
+            RoomRequest::AppMessage {
+                sender,
+                message,
+                permit,
+            } => (
+                Command::AppMessage {
+                    room,
+                    sender,
+                    message,
+                },
+                permit,
+            ),
+        };
+        let proposal = self.ctx.proposer.propose(command);
+        Box::pin(async move {
+            let output = proposal.await;
+            drop(permit);
+            output
+        })
+    }
+}
+
+struct RoomHandle {
+    addr: Addr<RoomActor>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Maps room ids to running room actors, starting them on demand on one of the arbiters.
+#[derive(Clone)]
+pub struct Router {
+    rooms: Arc<Mutex<HashMap<RoomId, RoomHandle>>>,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+    ctx: Arc<RoomContext>,
+}
+
+impl Router {
+    pub(crate) fn new(arbiters: Vec<ArbiterHandle>, ctx: Arc<RoomContext>) -> Self {
+        assert!(
+            !arbiters.is_empty(),
+            "the router needs at least one arbiter"
+        );
+        Router {
+            rooms: Arc::default(),
+            arbiters: Arc::new(arbiters),
+            ctx,
+        }
+    }
+
+    fn handle(&self, room: &RoomId) -> (Addr<RoomActor>, Arc<Semaphore>) {
+        let mut rooms = self.rooms.lock();
+        if let Some(handle) = rooms.get(room).filter(|h| h.addr.connected()) {
+            return (handle.addr.clone(), handle.in_flight.clone());
+        }
+        let in_flight = Arc::new(Semaphore::new(self.ctx.limits.room_mailbox));
+        let arbiter = &self.arbiters
+            [mimid_cluster::shard_for(room.as_bytes(), self.arbiters.len() as u64) as usize];
+        let actor = RoomActor {
+            room: room.clone(),
+            core: RoomCore::default(),
+            generations: HashMap::new(),
+            ctx: self.ctx.clone(),
+            router: self.clone(),
+            last_activity: Instant::now(),
+            in_flight: in_flight.clone(),
+        };
+        let addr = RoomActor::start_in_arbiter(arbiter, move |_| actor);
+        self.ctx
+            .metrics
+            .rooms_started
+            .fetch_add(1, Ordering::Relaxed);
+        rooms.insert(
+            room.clone(),
+            RoomHandle {
+                addr: addr.clone(),
+                in_flight: in_flight.clone(),
+            },
+        );
+        (addr, in_flight)
+    }
+
+    fn forget(&self, room: &RoomId, addr: &Addr<RoomActor>) {
+        let mut rooms = self.rooms.lock();
+        if rooms.get(room).is_some_and(|h| h.addr == *addr) {
+            rooms.remove(room);
+        }
+    }
+
+    /// Running room actors.
+    pub fn active(&self) -> usize {
+        self.rooms.lock().len()
+    }
+
+    pub(crate) fn applied(&self, room: &RoomId) {
+        self.handle(room).0.do_send(Applied);
+    }
+
+    pub(crate) fn attach(&self, room: &RoomId, client: ClientId, generation: u64) {
+        self.handle(room).0.do_send(Attach { client, generation });
+    }
+
+    /// Sends a request to the room's actor, bounded by the room's in-flight limit.
+    pub(crate) async fn request(
+        &self,
+        room: &RoomId,
+        make: impl Fn(OwnedSemaphorePermit) -> RoomRequest,
+    ) -> Result<ApplyOutput, HubError> {
+        // An actor may stop between lookup and send (idle); one retry starts a fresh one.
+        for _ in 0..2 {
+            let (addr, in_flight) = self.handle(room);
+            let Ok(permit) = in_flight.try_acquire_owned() else {
+                self.ctx.metrics.room_busy.fetch_add(1, Ordering::Relaxed);
+                return Err(HubError::Busy("room has too many requests in flight"));
+            };
+            match addr.send(make(permit)).await {
+                Ok(result) => return result,
+                Err(MailboxError::Closed) => continue,
+                Err(MailboxError::Timeout) => {
+                    return Err(HubError::Unavailable("room actor timed out".into()))
+                }
+            }
+        }
+        Err(HubError::Unavailable("room actor stopped".into()))
+    }
+}

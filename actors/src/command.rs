@@ -1,0 +1,196 @@
+//! Commands replicated through a shard's Raft log, and the verdicts their apply produces.
+//!
+//! A command is what the leader proposes; the verdict is decided only when the committed entry
+//! is applied (DESIGN.md §2, STYLE.md P5), so every replica reaches the same one. The leader
+//! stamps the hub time (`Stamped::ts_ms`) into the entry; apply never reads a clock.
+//!
+//! Encoding: postcard (serde), a compact, stable binary format. Commands are the one place
+//! where domain types are serialised on purpose: they are the replicated log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClientId, RoomId, UserId};
+
+/// A command with the hub timestamp the leader assigned when proposing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamped {
+    /// Milliseconds since the UNIX epoch, from the proposing leader's clock.
+    pub ts_ms: u64,
+    pub command: Command,
+}
+
+impl Stamped {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("serialising a command into memory cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Registers a client of a local user; `token_hash` is SHA-256 of its bearer secret.
+    /// Lives in the shard of the client's user.
+    RegisterClient {
+        client: ClientId,
+        token_hash: [u8; 32],
+    },
+    /// Publishes KeyPackages (TLS-serialised `KeyPackage`s, or `MLSMessage`s wrapping them).
+    /// Lives in the shard of the client's user.
+    PublishKeyPackages {
+        client: ClientId,
+        key_packages: Vec<Vec<u8>>,
+        last_resort: bool,
+    },
+    /// Claims one KeyPackage for every client of `target` (single use; last resort only when
+    /// nothing else is left; expired ones never served). Lives in the shard of `target`.
+    ClaimKeyPackages { requester: UserId, target: UserId },
+    /// Creates a room hosted here from the creator's GroupInfo and ratchet tree (MIMI.md §6.1).
+    CreateRoom {
+        room: RoomId,
+        creator: ClientId,
+        /// `MLSMessage` carrying the creator's GroupInfo (without ratchet_tree extension).
+        group_info: Vec<u8>,
+        /// TLS-serialised ratchet tree (`RatchetTree`).
+        ratchet_tree: Vec<u8>,
+    },
+    /// A handshake bundle (protocol-06 §5.2 `HandshakeBundle`) from an authenticated client.
+    Handshake {
+        room: RoomId,
+        sender: ClientId,
+        bundle: HandshakeBundle,
+    },
+    /// An application message (protocol-06 §5.3) from an authenticated client.
+    AppMessage {
+        room: RoomId,
+        sender: ClientId,
+        /// `MLSMessage` carrying a PrivateMessage.
+        message: Vec<u8>,
+    },
+    /// A client's delivery cursor moved: it has processed everything in `room` up to `seq`.
+    Ack {
+        room: RoomId,
+        client: ClientId,
+        seq: u64,
+    },
+}
+
+impl Command {
+    /// The key whose hash picks the shard this command belongs to: the room for room
+    /// commands, the user for everything a user owns (`user_shard_key`).
+    pub fn shard_key(&self) -> Vec<u8> {
+        match self {
+            Command::RegisterClient { client, .. } | Command::PublishKeyPackages { client, .. } => {
+                user_shard_key(&client.user())
+            }
+            Command::ClaimKeyPackages { target, .. } => user_shard_key(target),
+            Command::CreateRoom { room, .. }
+            | Command::Handshake { room, .. }
+            | Command::AppMessage { room, .. }
+            | Command::Ack { room, .. } => room.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// The shard key of a user and of everything it owns (clients, tokens, KeyPackages).
+pub fn user_shard_key(user: &UserId) -> Vec<u8> {
+    user.as_bytes().to_vec()
+}
+
+/// protocol-06 §5.2 `HandshakeBundle`, decoded at the edge into its parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandshakeBundle {
+    /// A Commit (`MLSMessage` with a PublicMessage), with the Welcome for added members and
+    /// the committer's GroupInfo for the new epoch (both without ratchet_tree extension).
+    Commit {
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+        group_info: Option<Vec<u8>>,
+    },
+    /// A proposal plus `moreProposals`, accepted or rejected as one unit.
+    Proposals { proposals: Vec<Vec<u8>> },
+}
+
+/// protocol-06 §5.2 `UpdateResponseCode` with its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateVerdict {
+    /// Accepted; `seq` is the room log position of the (first) item it produced.
+    Success {
+        accepted_ts_ms: u64,
+        seq: u64,
+    },
+    WrongEpoch {
+        current_epoch: u64,
+    },
+    NotAllowed {
+        reason: String,
+    },
+    /// `refs` are the ProposalRefs (bytes) of the offending proposals; may be empty when the
+    /// bundle as a whole is malformed, with `reason` saying why.
+    InvalidProposal {
+        refs: Vec<Vec<u8>>,
+        reason: String,
+    },
+}
+
+/// protocol-06 §5.3 `SubmitResponseCode` with its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubmitVerdict {
+    Accepted { accepted_ts_ms: u64, seq: u64 },
+    NotAllowed { reason: String },
+    EpochTooOld { current_epoch: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// DESIGN.md §5: everything a user owns lives in one shard, so a claim sees what the
+    /// user's clients registered and published.
+    #[test]
+    fn user_commands_share_a_shard_key_and_rooms_use_their_own() {
+        let client = ClientId::parse("mimi://a.example/d/bob/phone").unwrap();
+        let other_device = ClientId::parse("mimi://a.example/d/bob/laptop").unwrap();
+        let bob = client.user();
+        let register = Command::RegisterClient {
+            client: client.clone(),
+            token_hash: [0; 32],
+        };
+        let publish = Command::PublishKeyPackages {
+            client: other_device,
+            key_packages: vec![],
+            last_resort: false,
+        };
+        let claim = Command::ClaimKeyPackages {
+            requester: UserId::parse("mimi://a.example/u/alice").unwrap(),
+            target: bob.clone(),
+        };
+        assert_eq!(register.shard_key(), claim.shard_key());
+        assert_eq!(publish.shard_key(), claim.shard_key());
+        assert_eq!(claim.shard_key(), user_shard_key(&bob));
+        let room = RoomId::parse("mimi://a.example/r/clubhouse").unwrap();
+        let ack = Command::Ack {
+            room: room.clone(),
+            client,
+            seq: 1,
+        };
+        assert_eq!(ack.shard_key(), room.as_bytes());
+    }
+
+    #[test]
+    fn stamped_commands_round_trip_and_garbage_is_an_error() {
+        let stamped = Stamped {
+            ts_ms: 42,
+            command: Command::Ack {
+                room: RoomId::parse("mimi://a.example/r/x").unwrap(),
+                client: ClientId::parse("mimi://a.example/d/bob/phone").unwrap(),
+                seq: 7,
+            },
+        };
+        assert_eq!(Stamped::decode(&stamped.encode()).unwrap(), stamped);
+        assert!(Stamped::decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(Stamped::decode(&stamped.encode()[..5]).is_err());
+    }
+}

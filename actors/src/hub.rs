@@ -1,0 +1,411 @@
+//! `Hub`: the provider's room and directory service as the edges see it.
+//!
+//! Every write becomes a `Stamped` command proposed to the shard that owns its key; the caller
+//! is answered with the verdict of the apply, i.e. only once the entry is durable on the shard's
+//! quorum and applied (DESIGN.md §2). Room-scoped requests go through the room's actor
+//! (`actor::Router`); directory requests go straight to their shard. Reads (authentication,
+//! room existence) use the local shard data.
+//!
+//! The hub runs its actors on its own actix system (a thread with `arbiters` arbiters), so it
+//! can be driven from any async runtime: every method is a plain future.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mimid_cluster::{ClusterHandle, ProposeError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::actor::{
+    ActorLimits, ActorMetrics, Delivery, RoomContext, RoomRequest, Router, Streams,
+};
+use crate::command::{
+    user_shard_key, Command, HandshakeBundle, Stamped, SubmitVerdict, UpdateVerdict,
+};
+use crate::directory::{validate_key_package, ClaimOutcome, DirectoryError, KeyPackageError};
+use crate::ids::{ClientId, RoomId, UserId};
+use crate::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
+
+/// Milliseconds since the UNIX epoch. Injected so tests and the simulator control time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// A bounded queue is full; retry later (HTTP 503 with Retry-After).
+    #[error("busy: {0}")]
+    Busy(&'static str),
+    /// The replication layer could not take or finish the request (HTTP 503).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("unknown room")]
+    UnknownRoom,
+    /// The apply refused the entry as a whole (HTTP 400).
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+impl From<ProposeError> for HubError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::Busy => {
+                HubError::Busy("replication is at its queue or uncommitted-bytes bound")
+            }
+            other => HubError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Why a KeyPackage upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("KeyPackage {index}: {source}")]
+    Invalid {
+        index: usize,
+        source: KeyPackageError,
+    },
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+/// Stamps commands with the hub time and proposes them to their shard.
+#[derive(Clone)]
+pub(crate) struct Proposer {
+    cluster: ClusterHandle<ShardMachine>,
+    shards: Shards,
+    clock: Clock,
+}
+
+impl Proposer {
+    pub(crate) fn propose(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<ApplyOutput, HubError>> + Send + 'static {
+        let shard = self.shards.shard_of(&command.shard_key());
+        let entry = Stamped {
+            ts_ms: (self.clock)(),
+            command,
+        }
+        .encode();
+        let (tx, rx) = oneshot::channel();
+        let queued = self.cluster.propose(
+            shard,
+            entry,
+            Box::new(move |result| {
+                // The requester may have gone away; the entry is applied regardless.
+                let _ = tx.send(result);
+            }),
+        );
+        async move {
+            queued?;
+            match rx.await {
+                Ok(result) => Ok(result?),
+                Err(_) => Err(HubError::Unavailable("replication stopped".into())),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub limits: ActorLimits,
+    /// Arbiters (threads) the room actors are spread over.
+    pub arbiters: usize,
+}
+
+pub struct Hub {
+    proposer: Proposer,
+    shards: Shards,
+    router: Router,
+    streams: Arc<Streams>,
+    metrics: Arc<ActorMetrics>,
+    limits: ActorLimits,
+    clock: Clock,
+    system: Option<(actix::System, JoinHandle<()>)>,
+}
+
+fn unexpected(output: ApplyOutput) -> HubError {
+    match output {
+        ApplyOutput::Rejected(reason) => HubError::Rejected(reason),
+        other => HubError::Rejected(format!("unexpected apply output {other:?}")),
+    }
+}
+
+impl Hub {
+    /// Starts the actor system and the fan-out dispatcher over an already started cluster.
+    pub fn start(
+        cluster: ClusterHandle<ShardMachine>,
+        shards: Shards,
+        clock: Clock,
+        config: HubConfig,
+    ) -> std::io::Result<Hub> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let arbiter_count = config.arbiters.max(1);
+        let thread = std::thread::Builder::new()
+            .name("mimid-actors".into())
+            .spawn(move || {
+                let system = actix::System::new();
+                let arbiters: Vec<actix::Arbiter> =
+                    (0..arbiter_count).map(|_| actix::Arbiter::new()).collect();
+                let handles = arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>();
+                let _ = ready_tx.send((actix::System::current(), handles));
+                let _ = system.run();
+                drop(arbiters);
+            })?;
+        let (system, arbiters) = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("actor system failed to start"))?;
+        let proposer = Proposer {
+            cluster,
+            shards: shards.clone(),
+            clock: clock.clone(),
+        };
+        let streams = Arc::new(Streams::default());
+        let metrics = Arc::new(ActorMetrics::default());
+        let ctx = Arc::new(RoomContext {
+            shards: shards.clone(),
+            proposer: proposer.clone(),
+            streams: streams.clone(),
+            metrics: metrics.clone(),
+            limits: config.limits.clone(),
+        });
+        let router = Router::new(arbiters.clone(), ctx);
+        let dispatcher = router.clone();
+        let applied = shards.applied().clone();
+        arbiters[0].spawn(async move {
+            loop {
+                for room in applied.next_batch().await {
+                    dispatcher.applied(&room);
+                }
+            }
+        });
+        Ok(Hub {
+            proposer,
+            shards,
+            router,
+            streams,
+            metrics,
+            limits: config.limits,
+            clock,
+            system: Some((system, thread)),
+        })
+    }
+
+    pub fn shards(&self) -> &Shards {
+        &self.shards
+    }
+
+    pub fn metrics(&self) -> &ActorMetrics {
+        &self.metrics
+    }
+
+    pub fn active_rooms(&self) -> usize {
+        self.router.active()
+    }
+
+    pub fn open_streams(&self) -> usize {
+        self.streams.count()
+    }
+
+    pub async fn register_client(
+        &self,
+        client: ClientId,
+        token_hash: [u8; 32],
+    ) -> Result<Result<(), DirectoryError>, HubError> {
+        match self
+            .proposer
+            .propose(Command::RegisterClient { client, token_hash })
+            .await?
+        {
+            ApplyOutput::Registered(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Whether `token_hash` is the registered token of `client` (local read).
+    pub fn authenticate(&self, client: &ClientId, token_hash: &[u8; 32]) -> bool {
+        let shard = self.shards.shard_of(&user_shard_key(&client.user()));
+        self.shards
+            .get(shard)
+            .read()
+            .directory()
+            .authenticate(client, token_hash)
+    }
+
+    /// Validates every KeyPackage here (signatures: the expensive part, done once, before
+    /// proposing), then publishes them all or none.
+    pub async fn publish_key_packages(
+        &self,
+        client: ClientId,
+        key_packages: Vec<Vec<u8>>,
+        last_resort: bool,
+    ) -> Result<usize, PublishError> {
+        let now = (self.clock)();
+        let key_packages = key_packages
+            .iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                validate_key_package(bytes, &client, now)
+                    .map(|kp| kp.into_bytes())
+                    .map_err(|source| PublishError::Invalid { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        match self
+            .proposer
+            .propose(Command::PublishKeyPackages {
+                client,
+                key_packages,
+                last_resort,
+            })
+            .await?
+        {
+            ApplyOutput::Published(result) => Ok(result?),
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    pub async fn claim_key_packages(
+        &self,
+        requester: UserId,
+        target: UserId,
+    ) -> Result<ClaimOutcome, HubError> {
+        match self
+            .proposer
+            .propose(Command::ClaimKeyPackages { requester, target })
+            .await?
+        {
+            ApplyOutput::Claimed(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn create_room(
+        &self,
+        room: RoomId,
+        creator: ClientId,
+        group_info: Vec<u8>,
+        ratchet_tree: Vec<u8>,
+    ) -> Result<Result<(), CreateRoomRejection>, HubError> {
+        match self
+            .proposer
+            .propose(Command::CreateRoom {
+                room,
+                creator,
+                group_info,
+                ratchet_tree,
+            })
+            .await?
+        {
+            ApplyOutput::RoomCreated(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn check_room(&self, room: &RoomId) -> Result<(), HubError> {
+        if self.shards.for_room(room).read().room(room).is_some() {
+            Ok(())
+        } else {
+            Err(HubError::UnknownRoom)
+        }
+    }
+
+    /// protocol-06 §5.2 from a local client.
+    pub async fn update(
+        &self,
+        room: RoomId,
+        sender: ClientId,
+        bundle: HandshakeBundle,
+    ) -> Result<UpdateVerdict, HubError> {
+        self.check_room(&room)?;
+        let output = self
+            .router
+            .request(&room, |permit| RoomRequest::Handshake {
+                sender: sender.clone(),
+                bundle: bundle.clone(),
+                permit,
+            })
+            .await?;
+        match output {
+            ApplyOutput::Updated(verdict) => Ok(verdict),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// protocol-06 §5.3 from a local client.
+    pub async fn submit(
+        &self,
+        room: RoomId,
+        sender: ClientId,
+        message: Vec<u8>,
+    ) -> Result<SubmitVerdict, HubError> {
+        self.check_room(&room)?;
+        let output = self
+            .router
+            .request(&room, |permit| RoomRequest::AppMessage {
+                sender: sender.clone(),
+                message: message.clone(),
+                permit,
+            })
+            .await?;
+        match output {
+            ApplyOutput::Submitted(verdict) => Ok(verdict),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Moves `client`'s delivery cursors. Cursors only move forward (apply ignores
+    /// regressions), so a repeated or reordered acknowledgement is harmless.
+    pub async fn ack(&self, client: ClientId, acks: Vec<(RoomId, u64)>) -> Result<(), HubError> {
+        let proposals: Vec<_> = acks
+            .into_iter()
+            .map(|(room, seq)| {
+                self.proposer.propose(Command::Ack {
+                    room,
+                    client: client.clone(),
+                    seq,
+                })
+            })
+            .collect();
+        for proposal in proposals {
+            match proposal.await? {
+                ApplyOutput::Acked => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens `client`'s push stream (replacing an older one): every room it is in sends what
+    /// follows its acknowledged cursor, then everything new, in per-room order.
+    pub fn open_stream(&self, client: &ClientId) -> mpsc::Receiver<Delivery> {
+        let (generation, rx) = self.streams.open(client.clone(), self.limits.stream_queue);
+        for room in self.shards.rooms_of(client) {
+            self.router.attach(&room, client.clone(), generation);
+        }
+        rx
+    }
+
+    /// The hub time now (ms since the UNIX epoch).
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Stops the actor system. Requests still in flight are answered by the cluster.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some((system, thread)) = self.system.take() {
+            system.stop();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

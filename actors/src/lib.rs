@@ -1,0 +1,12 @@
+//! mimid's room domain: MLS ordering per room (openmls `PublicGroup`), room policy, the
+//! KeyPackage directory, the shard state machine that replicates them, and the actix shells
+//! (room actors and their router). See ARCHITECTURE.md.
+
+pub mod actor;
+pub mod command;
+pub mod directory;
+pub mod hub;
+pub mod ids;
+pub mod policy;
+pub mod room;
+pub mod shard;

@@ -1,0 +1,1203 @@
+//! `RoomState` driven by real openmls clients (MlsGroup with the default room policy), named
+//! after the spec sections they exercise.
+
+use openmls::component::ComponentData;
+use openmls::prelude::{
+    tls_codec::Serialize as _, CredentialWithKey, KeyPackage, LeafNodeIndex, MlsGroup,
+    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider, ProcessedMessageContent,
+    Proposal, RatchetTreeIn, StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+};
+use openmls::prelude::{AppDataUpdateOperation, AppDataUpdateProposal, DeserializeBytes as _};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+
+use crate::command::{HandshakeBundle, SubmitVerdict, UpdateVerdict};
+use crate::ids::{ClientId, RoomId, UserId};
+use crate::policy::{
+    self, component, default_room_policy, room_group_context_extensions, room_leaf_capabilities,
+    RoomPolicy, DEFAULT_ROLE_MEMBER, ROLE_BANNED,
+};
+use crate::room::identity::credential_of_client;
+use crate::room::log::{ItemBody, LogItem};
+use crate::room::state::{CreateRoomError, RoomState, SnapshotError, ROOM_CIPHERSUITE};
+
+const ALICE: &str = "mimi://a.example/d/alice/phone";
+const BOB: &str = "mimi://b.example/d/bob/laptop";
+const CATHY: &str = "mimi://c.example/d/cathy/tablet";
+const DAVE: &str = "mimi://c.example/d/dave/phone";
+
+/// A client with its own crypto provider and (once it joined) its MLS group.
+struct TestClient {
+    id: ClientId,
+    provider: OpenMlsRustCrypto,
+    signer: SignatureKeyPair,
+    group: Option<MlsGroup>,
+}
+
+/// What a test commit does.
+#[derive(Default)]
+struct CommitSpec {
+    adds: Vec<KeyPackage>,
+    removes: Vec<LeafNodeIndex>,
+    proposals: Vec<Proposal>,
+    /// Leave pending proposals out of the commit.
+    skip_pending: bool,
+}
+
+impl TestClient {
+    fn new(uri: &str) -> Self {
+        let provider = OpenMlsRustCrypto::default();
+        let signer = SignatureKeyPair::new(ROOM_CIPHERSUITE.signature_algorithm()).unwrap();
+        signer.store(provider.storage()).unwrap();
+        TestClient {
+            id: ClientId::parse(uri).unwrap(),
+            provider,
+            signer,
+            group: None,
+        }
+    }
+
+    fn user(&self) -> UserId {
+        self.id.user()
+    }
+
+    fn credential(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: credential_of_client(&self.id),
+            signature_key: self.signer.public().to_vec().into(),
+        }
+    }
+
+    fn key_package(&self) -> KeyPackage {
+        KeyPackage::builder()
+            .leaf_node_capabilities(room_leaf_capabilities())
+            .build(
+                ROOM_CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential(),
+            )
+            .unwrap()
+            .key_package()
+            .clone()
+    }
+
+    fn group(&mut self) -> &mut MlsGroup {
+        self.group.as_mut().expect("client is in the group")
+    }
+
+    fn join_config() -> MlsGroupJoinConfig {
+        MlsGroupJoinConfig::builder()
+            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(false)
+            .build()
+    }
+
+    /// MIMI.md §6.1: creates the MLS group with the default room policy and returns what the
+    /// client uploads (GroupInfo, ratchet tree).
+    fn create_group(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let extensions = room_group_context_extensions(&default_room_policy(&self.user()));
+        let group = MlsGroup::builder()
+            .ciphersuite(ROOM_CIPHERSUITE)
+            .with_capabilities(room_leaf_capabilities())
+            .with_group_context_extensions(extensions)
+            .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(false)
+            .build(&self.provider, &self.signer, self.credential())
+            .unwrap();
+        self.group = Some(group);
+        self.upload()
+    }
+
+    /// The current GroupInfo (without tree) and ratchet tree.
+    fn upload(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let group = self.group.as_ref().unwrap();
+        let group_info = group
+            .export_group_info(self.provider.crypto(), &self.signer, false)
+            .unwrap()
+            .tls_serialize_detached()
+            .unwrap();
+        let tree = group
+            .export_ratchet_tree()
+            .tls_serialize_detached()
+            .unwrap();
+        (group_info, tree)
+    }
+
+    fn policy(&mut self) -> RoomPolicy {
+        RoomPolicy::from_extensions(self.group().extensions()).unwrap()
+    }
+
+    /// Builds a commit (not merged until the hub accepts it) and its HandshakeBundle.
+    fn commit(&mut self, spec: CommitSpec) -> HandshakeBundle {
+        let policy = self.policy();
+        let dictionary = self
+            .group()
+            .extensions()
+            .app_data_dictionary()
+            .map(|extension| extension.dictionary().clone());
+        let own_app_data: Vec<AppDataUpdateProposal> = spec
+            .proposals
+            .iter()
+            .filter_map(|proposal| match proposal {
+                Proposal::AppDataUpdate(update) => Some(update.as_ref().clone()),
+                _ => None,
+            })
+            .collect();
+        let provider = &self.provider;
+        let signer = &self.signer;
+        let group = self.group.as_mut().unwrap();
+        let mut stage = group
+            .commit_builder()
+            .consume_proposal_store(!spec.skip_pending)
+            .force_self_update(spec.adds.is_empty() && spec.removes.is_empty())
+            .propose_adds(spec.adds)
+            .propose_removals(spec.removes)
+            .add_proposals(spec.proposals)
+            .load_psks(provider.storage())
+            .unwrap()
+            .create_group_info(true);
+        // The builder lists pending AppDataUpdates even when the proposal store is not
+        // consumed; then only the commit's own ones count.
+        let committed: Vec<AppDataUpdateProposal> = if spec.skip_pending {
+            own_app_data
+        } else {
+            stage.app_data_update_proposals().cloned().collect()
+        };
+        let updates = match policy::resolve_app_data_updates(
+            &policy,
+            dictionary.as_ref(),
+            committed.iter().map(|proposal| ((), proposal)),
+        ) {
+            Ok(resolution) => resolution.into_parts().1,
+            // A client with another policy engine: applies the updates verbatim.
+            Err(_) => {
+                let mut updater = stage.app_data_dictionary_updater();
+                for proposal in &committed {
+                    match proposal.operation() {
+                        AppDataUpdateOperation::Update(data) => updater.set(
+                            ComponentData::from_parts(proposal.component_id(), data.clone()),
+                        ),
+                        AppDataUpdateOperation::Remove => updater.remove(&proposal.component_id()),
+                    }
+                }
+                updater.changes()
+            }
+        };
+        stage.with_app_data_dictionary_updates(updates);
+        let (commit, welcome, group_info) = stage
+            .build(provider.rand(), provider.crypto(), signer, |_| true)
+            .unwrap()
+            .stage_commit(provider)
+            .unwrap()
+            .into_messages();
+        HandshakeBundle::Commit {
+            commit: commit.tls_serialize_detached().unwrap(),
+            welcome: welcome.map(|welcome| welcome.tls_serialize_detached().unwrap()),
+            group_info: group_info.map(|info| info.tls_serialize_detached().unwrap()),
+        }
+    }
+
+    fn accepted(&mut self) {
+        let provider = &self.provider;
+        self.group
+            .as_mut()
+            .unwrap()
+            .merge_pending_commit(provider)
+            .unwrap();
+    }
+
+    fn rejected(&mut self) {
+        let provider = &self.provider;
+        self.group
+            .as_mut()
+            .unwrap()
+            .clear_pending_commit(provider.storage())
+            .unwrap();
+    }
+
+    fn leaf_of(&mut self, client: &TestClient) -> LeafNodeIndex {
+        self.group()
+            .members()
+            .find(|member| member.credential == credential_of_client(&client.id))
+            .expect("client is a member")
+            .index
+    }
+
+    fn join(&mut self, item: &LogItem) {
+        let ItemBody::Welcome {
+            welcome,
+            ratchet_tree,
+            ..
+        } = &item.body
+        else {
+            panic!("expected a Welcome item");
+        };
+        let MlsMessageBodyIn::Welcome(welcome) = MlsMessageIn::tls_deserialize_exact_bytes(welcome)
+            .unwrap()
+            .extract()
+        else {
+            panic!("expected a Welcome message");
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact_bytes(ratchet_tree).unwrap();
+        let group = StagedWelcome::new_from_welcome(
+            &self.provider,
+            &Self::join_config(),
+            welcome,
+            Some(tree),
+        )
+        .unwrap()
+        .into_group(&self.provider)
+        .unwrap();
+        self.group = Some(group);
+    }
+
+    /// Processes a fanned-out handshake or application item; returns decrypted application data.
+    fn process(&mut self, item: &LogItem) -> Option<Vec<u8>> {
+        let messages: Vec<&Vec<u8>> = match &item.body {
+            ItemBody::Commit { message } | ItemBody::Application { message } => vec![message],
+            ItemBody::Proposals { messages } => messages.iter().collect(),
+            ItemBody::Welcome { .. } => panic!("members do not process Welcomes"),
+        };
+        let mut plaintext = None;
+        for bytes in messages {
+            let message = MlsMessageIn::tls_deserialize_exact_bytes(bytes)
+                .unwrap()
+                .try_into_protocol_message()
+                .unwrap();
+            let policy = self.policy();
+            let provider = &self.provider;
+            let group = self.group.as_mut().unwrap();
+            match group
+                .process_message(provider, message)
+                .unwrap()
+                .into_content()
+            {
+                ProcessedMessageContent::ApplicationMessage(message) => {
+                    plaintext = Some(message.into_bytes());
+                }
+                ProcessedMessageContent::ProposalMessage(proposal) => {
+                    group
+                        .store_pending_proposal(provider.storage(), *proposal)
+                        .unwrap();
+                }
+                ProcessedMessageContent::StagedCommitMessage(staged) => {
+                    group.merge_staged_commit(provider, *staged).unwrap();
+                }
+                ProcessedMessageContent::UnresolvedAppDataCommit(unresolved) => {
+                    let dictionary = group
+                        .extensions()
+                        .app_data_dictionary()
+                        .map(|extension| extension.dictionary().clone());
+                    let resolution = policy::resolve_app_data_updates(
+                        &policy,
+                        dictionary.as_ref(),
+                        unresolved
+                            .app_data_update_proposals()
+                            .map(|proposal| ((), proposal)),
+                    )
+                    .unwrap();
+                    let staged = group
+                        .stage_app_data_commit(provider, *unresolved, resolution.into_parts().1)
+                        .unwrap();
+                    group.merge_staged_commit(provider, staged).unwrap();
+                }
+                other => panic!("unexpected content {other:?}"),
+            }
+        }
+        plaintext
+    }
+
+    fn send(&mut self, text: &[u8]) -> Vec<u8> {
+        let provider = &self.provider;
+        let signer = &self.signer;
+        self.group
+            .as_mut()
+            .unwrap()
+            .create_message(provider, signer, text)
+            .unwrap()
+            .tls_serialize_detached()
+            .unwrap()
+    }
+}
+
+fn room_id() -> RoomId {
+    RoomId::parse("mimi://a.example/r/clubhouse").unwrap()
+}
+
+fn success_seq(verdict: &UpdateVerdict) -> u64 {
+    match verdict {
+        UpdateVerdict::Success { seq, .. } => *seq,
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+fn not_allowed(verdict: UpdateVerdict) -> String {
+    match verdict {
+        UpdateVerdict::NotAllowed { reason } => reason,
+        other => panic!("expected notAllowed, got {other:?}"),
+    }
+}
+
+fn invalid(verdict: UpdateVerdict) -> (Vec<Vec<u8>>, String) {
+    match verdict {
+        UpdateVerdict::InvalidProposal { refs, reason } => (refs, reason),
+        other => panic!("expected invalidProposal, got {other:?}"),
+    }
+}
+
+/// Submits `bundle`, expects a rejection, and checks that the room state did not change.
+fn reject(
+    room: &mut RoomState,
+    sender: &ClientId,
+    bundle: &HandshakeBundle,
+    ts_ms: u64,
+) -> UpdateVerdict {
+    let before = room.to_snapshot();
+    let verdict = room.handle_handshake(sender, bundle, ts_ms);
+    assert!(
+        !matches!(verdict, UpdateVerdict::Success { .. }),
+        "expected a rejection"
+    );
+    assert_eq!(room.to_snapshot(), before, "a rejection changed the room");
+    verdict
+}
+
+fn reject_message(
+    room: &mut RoomState,
+    sender: &ClientId,
+    message: &[u8],
+    ts_ms: u64,
+) -> SubmitVerdict {
+    let before = room.to_snapshot();
+    let verdict = room.handle_app_message(sender, message, ts_ms);
+    assert!(!matches!(verdict, SubmitVerdict::Accepted { .. }));
+    assert_eq!(room.to_snapshot(), before, "a rejection changed the room");
+    verdict
+}
+
+/// A room with Alice (admin) and members Bob and Cathy, all joined.
+struct Room {
+    state: RoomState,
+    alice: TestClient,
+    bob: TestClient,
+    cathy: TestClient,
+}
+
+fn create_room(alice: &mut TestClient) -> RoomState {
+    let (group_info, tree) = alice.create_group();
+    RoomState::create(room_id(), &alice.id, &group_info, &tree, 1_000).unwrap()
+}
+
+/// Alice adds `users` (with the member role) and their clients in one commit.
+fn add_members(state: &mut RoomState, alice: &mut TestClient, added: &mut [&mut TestClient]) {
+    let users: Vec<(UserId, u32)> = added
+        .iter()
+        .map(|client| (client.user(), DEFAULT_ROLE_MEMBER))
+        .collect();
+    let proposal = alice.policy().add_participants_proposal(&users).unwrap();
+    let bundle = alice.commit(CommitSpec {
+        adds: added.iter().map(|client| client.key_package()).collect(),
+        proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
+        ..CommitSpec::default()
+    });
+    let seq = success_seq(&state.handle_handshake(&alice.id, &bundle, 2_000));
+    alice.accepted();
+    let welcome = state.items_after(seq).first().unwrap().clone();
+    for client in added.iter_mut() {
+        client.join(&welcome);
+    }
+}
+
+fn three_member_room() -> Room {
+    let mut alice = TestClient::new(ALICE);
+    let mut bob = TestClient::new(BOB);
+    let mut cathy = TestClient::new(CATHY);
+    let mut state = create_room(&mut alice);
+    add_members(&mut state, &mut alice, &mut [&mut bob, &mut cathy]);
+    Room {
+        state,
+        alice,
+        bob,
+        cathy,
+    }
+}
+
+/// Delivers every item after `after` that `client` may see, in order.
+fn catch_up(state: &RoomState, client: &mut TestClient, after: u64) {
+    for item in state.items_after(after) {
+        if state.visible_to(item, &client.id) && !matches!(item.body, ItemBody::Welcome { .. }) {
+            client.process(item);
+        }
+    }
+}
+
+#[test]
+fn mimi_6_1_create_room_from_creator_group_info_and_tree() {
+    let mut alice = TestClient::new(ALICE);
+    let state = create_room(&mut alice);
+
+    assert_eq!(state.room(), &room_id());
+    assert_eq!(state.epoch(), 0);
+    assert_eq!(state.last_seq(), 0);
+    assert!(state.items_after(0).is_empty());
+    assert_eq!(state.members(), vec![alice.id.clone()]);
+    assert_eq!(state.created_ts_ms(), 1_000);
+    assert!(state.group_info().is_some());
+    assert_eq!(state.ratchet_tree(), alice.upload().1);
+    assert_eq!(
+        state.policy().role_of(&alice.user()),
+        policy::DEFAULT_ROLE_ADMIN
+    );
+}
+
+#[test]
+fn mimi_6_1_create_rejects_wrong_creator_and_bad_inputs() {
+    let mut alice = TestClient::new(ALICE);
+    let (group_info, tree) = alice.create_group();
+    let bob = ClientId::parse(BOB).unwrap();
+
+    let err = RoomState::create(room_id(), &bob, &group_info, &tree, 0).unwrap_err();
+    assert!(
+        matches!(err, CreateRoomError::CreatorMismatch { .. }),
+        "{err}"
+    );
+    let err = RoomState::create(room_id(), &alice.id, &group_info[..10], &tree, 0).unwrap_err();
+    assert!(
+        matches!(err, CreateRoomError::MalformedGroupInfo(_)),
+        "{err}"
+    );
+    let err = RoomState::create(room_id(), &alice.id, &tree, &tree, 0).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CreateRoomError::MalformedGroupInfo(_) | CreateRoomError::NotGroupInfo
+        ),
+        "{err}"
+    );
+    let err = RoomState::create(room_id(), &alice.id, &group_info, &[1, 2, 3], 0).unwrap_err();
+    assert!(
+        matches!(err, CreateRoomError::MalformedRatchetTree(_)),
+        "{err}"
+    );
+
+    // A group info carrying the ratchet tree is refused (protocol-06 §5.2).
+    let with_tree = alice
+        .group
+        .as_ref()
+        .unwrap()
+        .export_group_info(alice.provider.crypto(), &alice.signer, true)
+        .unwrap()
+        .tls_serialize_detached()
+        .unwrap();
+    let err = RoomState::create(room_id(), &alice.id, &with_tree, &tree, 0).unwrap_err();
+    assert!(matches!(err, CreateRoomError::EmbeddedRatchetTree), "{err}");
+
+    // A plain MLS group without room policy is not a room.
+    let mut plain = TestClient::new(ALICE);
+    plain.group = Some(
+        MlsGroup::builder()
+            .ciphersuite(ROOM_CIPHERSUITE)
+            .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .build(&plain.provider, &plain.signer, plain.credential())
+            .unwrap(),
+    );
+    let (group_info, tree) = plain.upload();
+    let err = RoomState::create(room_id(), &plain.id, &group_info, &tree, 0).unwrap_err();
+    assert!(
+        matches!(err, CreateRoomError::MissingRequiredCapability(_)),
+        "{err}"
+    );
+}
+
+#[test]
+fn mimi_7_3_add_two_users_yields_commit_then_welcome_for_the_added_only() {
+    let mut alice = TestClient::new(ALICE);
+    let mut bob = TestClient::new(BOB);
+    let mut cathy = TestClient::new(CATHY);
+    let mut state = create_room(&mut alice);
+    let proposal = alice
+        .policy()
+        .add_participants_proposal(&[
+            (bob.user(), DEFAULT_ROLE_MEMBER),
+            (cathy.user(), DEFAULT_ROLE_MEMBER),
+        ])
+        .unwrap();
+    let bundle = alice.commit(CommitSpec {
+        adds: vec![bob.key_package(), cathy.key_package()],
+        proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
+        ..CommitSpec::default()
+    });
+
+    let verdict = state.handle_handshake(&alice.id, &bundle, 2_000);
+    assert_eq!(
+        verdict,
+        UpdateVerdict::Success {
+            accepted_ts_ms: 2_000,
+            seq: 1
+        }
+    );
+    alice.accepted();
+    let items = state.items_after(0).to_vec();
+    assert_eq!(items.len(), 2);
+    assert!(matches!(items[0].body, ItemBody::Commit { .. }));
+    assert_eq!((items[0].seq, items[0].epoch), (1, 0));
+    let ItemBody::Welcome { to, .. } = &items[1].body else {
+        panic!("expected a Welcome");
+    };
+    assert_eq!(to, &vec![bob.id.clone(), cathy.id.clone()]);
+    assert_eq!((items[1].seq, items[1].epoch), (2, 1));
+    assert_eq!(state.epoch(), 1);
+
+    assert!(state.visible_to(&items[0], &alice.id));
+    assert!(!state.visible_to(&items[0], &bob.id));
+    assert!(state.visible_to(&items[1], &bob.id));
+    assert!(state.visible_to(&items[1], &cathy.id));
+    assert!(!state.visible_to(&items[1], &alice.id));
+
+    bob.join(&items[1]);
+    cathy.join(&items[1]);
+    let mut members = vec![alice.id.clone(), bob.id.clone(), cathy.id.clone()];
+    members.sort();
+    assert_eq!(state.members(), members);
+    assert_eq!(state.policy().participants().len(), 3);
+    assert_eq!(bob.policy(), *state.policy());
+    assert_eq!(
+        state.group_info(),
+        match &bundle {
+            HandshakeBundle::Commit { group_info, .. } => group_info.as_deref(),
+            HandshakeBundle::Proposals { .. } => unreachable!(),
+        }
+    );
+}
+
+#[test]
+fn protocol06_5_3_members_send_messages_in_order_with_monotonic_time() {
+    let mut room = three_member_room();
+    let start = room.state.last_seq();
+    let hello = room.bob.send(b"hello");
+    let first = room.state.handle_app_message(&room.bob.id, &hello, 5_000);
+    assert_eq!(
+        first,
+        SubmitVerdict::Accepted {
+            accepted_ts_ms: 5_000,
+            seq: start + 1
+        }
+    );
+    // A leader with a slower clock cannot move hub time backwards.
+    let reply = room.alice.send(b"hi bob");
+    let second = room.state.handle_app_message(&room.alice.id, &reply, 4_000);
+    assert_eq!(
+        second,
+        SubmitVerdict::Accepted {
+            accepted_ts_ms: 5_000,
+            seq: start + 2
+        }
+    );
+    let items = room.state.items_after(start);
+    assert_eq!(items.len(), 2);
+    for item in items {
+        assert!(room.state.visible_to(item, &room.cathy.id));
+    }
+    assert_eq!(room.cathy.process(&items[0]).unwrap(), b"hello");
+    assert_eq!(room.cathy.process(&items[1]).unwrap(), b"hi bob");
+}
+
+#[test]
+fn rfc9420_14_first_commit_of_an_epoch_wins_and_the_loser_catches_up() {
+    let mut room = three_member_room();
+    let epoch = room.state.epoch();
+    let from_alice = room.alice.commit(CommitSpec::default());
+    let from_bob = room.bob.commit(CommitSpec::default());
+
+    let seq = success_seq(
+        &room
+            .state
+            .handle_handshake(&room.alice.id, &from_alice, 6_000),
+    );
+    room.alice.accepted();
+    let verdict = reject(&mut room.state, &room.bob.id, &from_bob, 6_001);
+    assert_eq!(
+        verdict,
+        UpdateVerdict::WrongEpoch {
+            current_epoch: epoch + 1
+        }
+    );
+
+    room.bob.rejected();
+    catch_up(&room.state, &mut room.bob, seq - 1);
+    let again = room.bob.commit(CommitSpec::default());
+    success_seq(&room.state.handle_handshake(&room.bob.id, &again, 6_002));
+    room.bob.accepted();
+    assert_eq!(room.state.epoch(), epoch + 2);
+}
+
+#[test]
+fn room_policy_8_1_1_member_without_can_add_participant_cannot_add() {
+    let mut room = three_member_room();
+    let dave = TestClient::new(DAVE);
+    let proposal = room
+        .bob
+        .policy()
+        .add_participants_proposal(&[(dave.user(), DEFAULT_ROLE_MEMBER)])
+        .unwrap();
+    let bundle = room.bob.commit(CommitSpec {
+        adds: vec![dave.key_package()],
+        proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
+        ..CommitSpec::default()
+    });
+    let reason = not_allowed(reject(&mut room.state, &room.bob.id, &bundle, 7_000));
+    assert_eq!(reason, "mimi://b.example/u/bob lacks canAddParticipant");
+
+    // Adding Dave's client without putting Dave into the participant list is refused too.
+    room.bob.rejected();
+    let bundle = room.bob.commit(CommitSpec {
+        adds: vec![dave.key_package()],
+        ..CommitSpec::default()
+    });
+    let reason = not_allowed(reject(&mut room.state, &room.bob.id, &bundle, 7_001));
+    assert!(
+        reason.contains("mimi://c.example/u/dave is not an active participant"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn room_policy_8_1_2_member_cannot_remove_or_kick_another() {
+    let mut room = three_member_room();
+    let cathy_leaf = room.bob.leaf_of(&room.cathy);
+    let proposal = room
+        .bob
+        .policy()
+        .remove_participants_proposal(&[room.cathy.user()])
+        .unwrap();
+    let bundle = room.bob.commit(CommitSpec {
+        removes: vec![cathy_leaf],
+        proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
+        ..CommitSpec::default()
+    });
+    let reason = not_allowed(reject(&mut room.state, &room.bob.id, &bundle, 8_000));
+    assert_eq!(reason, "mimi://b.example/u/bob lacks canRemoveParticipant");
+
+    room.bob.rejected();
+    let kick = room.bob.commit(CommitSpec {
+        removes: vec![cathy_leaf],
+        ..CommitSpec::default()
+    });
+    let reason = not_allowed(reject(&mut room.state, &room.bob.id, &kick, 8_001));
+    assert_eq!(reason, "mimi://b.example/u/bob lacks canKick");
+}
+
+#[test]
+fn protocol06_5_2_removed_member_gets_its_removal_but_nothing_after() {
+    let mut room = three_member_room();
+    let stale = room.cathy.send(b"before removal");
+    let cathy_leaf = room.alice.leaf_of(&room.cathy);
+    let proposal = room
+        .alice
+        .policy()
+        .remove_participants_proposal(&[room.cathy.user()])
+        .unwrap();
+    let bundle = room.alice.commit(CommitSpec {
+        removes: vec![cathy_leaf],
+        proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
+        ..CommitSpec::default()
+    });
+    let removal = success_seq(&room.state.handle_handshake(&room.alice.id, &bundle, 9_000));
+    room.alice.accepted();
+    assert!(!room.state.members().contains(&room.cathy.id));
+    assert_eq!(room.state.policy().role_of(&room.cathy.user()), 0);
+
+    // Cathy's message from before her removal is for an old epoch.
+    let verdict = reject_message(&mut room.state, &room.cathy.id, &stale, 9_001);
+    assert_eq!(
+        verdict,
+        SubmitVerdict::EpochTooOld {
+            current_epoch: room.state.epoch()
+        }
+    );
+    // A current-epoch message submitted on Cathy's behalf is refused: she is no member.
+    catch_up(&room.state, &mut room.bob, removal - 1);
+    let current = room.bob.send(b"current epoch");
+    let SubmitVerdict::NotAllowed { reason } =
+        reject_message(&mut room.state, &room.cathy.id, &current, 9_002)
+    else {
+        panic!("expected notAllowed");
+    };
+    assert_eq!(
+        reason,
+        "mimi://c.example/d/cathy/tablet is not a member of the room's MLS group"
+    );
+
+    let after = success_seq_message(room.state.handle_app_message(&room.bob.id, &current, 9_003));
+    let removal_item = &room.state.items_after(removal - 1)[0];
+    assert!(room.state.visible_to(removal_item, &room.cathy.id));
+    let after_item = &room.state.items_after(after - 1)[0];
+    assert!(!room.state.visible_to(after_item, &room.cathy.id));
+    assert!(room.state.visible_to(after_item, &room.alice.id));
+    // Cathy can process her own removal.
+    room.cathy.process(removal_item);
+    assert!(!room.cathy.group().is_active());
+}
+
+fn success_seq_message(verdict: SubmitVerdict) -> u64 {
+    match verdict {
+        SubmitVerdict::Accepted { seq, .. } => seq,
+        other => panic!("expected accepted, got {other:?}"),
+    }
+}
+
+#[test]
+fn room_policy_8_1_3_ban_removes_clients_and_unban_does_not_readmit_them() {
+    let mut room = three_member_room();
+    let cathy_leaf = room.alice.leaf_of(&room.cathy);
+    let ban = room
+        .alice
+        .policy()
+        .change_roles_proposal(&[(room.cathy.user(), ROLE_BANNED)])
+        .unwrap();
+    let bundle = room.alice.commit(CommitSpec {
+        removes: vec![cathy_leaf],
+        proposals: vec![Proposal::AppDataUpdate(Box::new(ban))],
+        ..CommitSpec::default()
+    });
+    success_seq(&room.state.handle_handshake(&room.alice.id, &bundle, 10_000));
+    room.alice.accepted();
+    assert_eq!(room.state.policy().role_of(&room.cathy.user()), ROLE_BANNED);
+    assert!(!room
+        .state
+        .policy()
+        .is_active_participant(&room.cathy.user()));
+
+    // A banned user's new client cannot be added.
+    let cathy_again = TestClient::new(CATHY);
+    let bundle = room.alice.commit(CommitSpec {
+        adds: vec![cathy_again.key_package()],
+        ..CommitSpec::default()
+    });
+    let reason = not_allowed(reject(&mut room.state, &room.alice.id, &bundle, 10_001));
+    assert!(
+        reason.contains("is not an active participant after the commit"),
+        "{reason}"
+    );
+    room.alice.rejected();
+
+    // Unban, then adding her client is still not authorized by the unban (§8.1.3).
+    let unban = room
+        .alice
+        .policy()
+        .change_roles_proposal(&[(room.cathy.user(), DEFAULT_ROLE_MEMBER)])
+        .unwrap();
+    let bundle = room.alice.commit(CommitSpec {
+        proposals: vec![Proposal::AppDataUpdate(Box::new(unban))],
+        ..CommitSpec::default()
+    });
+    success_seq(&room.state.handle_handshake(&room.alice.id, &bundle, 10_002));
+    room.alice.accepted();
+    let bundle = room.alice.commit(CommitSpec {
+        adds: vec![cathy_again.key_package()],
+        ..CommitSpec::default()
+    });
+    let reason = not_allowed(reject(&mut room.state, &room.alice.id, &bundle, 10_003));
+    assert_eq!(
+        reason,
+        "mimi://a.example/u/alice may not add client mimi://c.example/d/cathy/tablet of another participant"
+    );
+}
+
+#[test]
+fn mimi_6_5_self_remove_is_required_in_the_next_commit() {
+    let mut room = three_member_room();
+    let start = room.state.last_seq();
+    let leave = room
+        .bob
+        .policy()
+        .remove_participants_proposal(&[room.bob.user()])
+        .unwrap();
+    let (list_update, _) = {
+        let provider = &room.bob.provider;
+        let signer = &room.bob.signer;
+        room.bob
+            .group
+            .as_mut()
+            .unwrap()
+            .propose_app_data_update(
+                provider,
+                signer,
+                component::PARTICIPANT_LIST,
+                leave.operation().clone(),
+            )
+            .unwrap()
+    };
+    let self_remove = {
+        let provider = &room.bob.provider;
+        let signer = &room.bob.signer;
+        room.bob
+            .group
+            .as_mut()
+            .unwrap()
+            .leave_group_via_self_remove(provider, signer)
+            .unwrap()
+    };
+    let bundle = HandshakeBundle::Proposals {
+        proposals: vec![
+            self_remove.tls_serialize_detached().unwrap(),
+            list_update.tls_serialize_detached().unwrap(),
+        ],
+    };
+    let seq = success_seq(&room.state.handle_handshake(&room.bob.id, &bundle, 11_000));
+    assert_eq!(seq, start + 1);
+    assert!(matches!(
+        room.state.items_after(start)[0].body,
+        ItemBody::Proposals { .. }
+    ));
+    // Resubmitting the same proposals is refused.
+    let (refs, reason) = invalid(reject(&mut room.state, &room.bob.id, &bundle, 11_001));
+    assert_eq!(
+        (refs.len(), reason.as_str()),
+        (1, "the proposal is already pending")
+    );
+
+    catch_up(&room.state, &mut room.alice, start);
+    let omitting = room.alice.commit(CommitSpec {
+        skip_pending: true,
+        ..CommitSpec::default()
+    });
+    let (refs, reason) = invalid(reject(&mut room.state, &room.alice.id, &omitting, 11_002));
+    assert_eq!(refs.len(), 2, "{reason}");
+    assert!(
+        reason.contains("omits 2 required pending proposal(s)"),
+        "{reason}"
+    );
+    room.alice.rejected();
+
+    let including = room.alice.commit(CommitSpec::default());
+    success_seq(
+        &room
+            .state
+            .handle_handshake(&room.alice.id, &including, 11_003),
+    );
+    room.alice.accepted();
+    assert!(!room.state.members().contains(&room.bob.id));
+    assert_eq!(room.state.policy().role_of(&room.bob.user()), 0);
+    assert_eq!(room.alice.policy(), *room.state.policy());
+}
+
+#[test]
+fn malformed_and_misrouted_inputs_get_specific_verdicts_and_change_nothing() {
+    let mut room = three_member_room();
+    let epoch = room.state.epoch();
+    let HandshakeBundle::Commit {
+        commit,
+        welcome,
+        group_info,
+    } = room.alice.commit(CommitSpec::default())
+    else {
+        unreachable!()
+    };
+    let alice = room.alice.id.clone();
+    let commit_bundle = |commit: Vec<u8>| HandshakeBundle::Commit {
+        commit,
+        welcome: welcome.clone(),
+        group_info: group_info.clone(),
+    };
+
+    let (_, reason) = invalid(reject(
+        &mut room.state,
+        &alice,
+        &commit_bundle(commit[..commit.len() / 2].to_vec()),
+        1,
+    ));
+    assert!(reason.starts_with("malformed MLSMessage"), "{reason}");
+    let (_, reason) = invalid(reject(
+        &mut room.state,
+        &alice,
+        &commit_bundle(vec![0xff; 64]),
+        1,
+    ));
+    assert!(reason.starts_with("malformed MLSMessage"), "{reason}");
+    // An application message (PrivateMessage) on the handshake path.
+    let private = room.alice.send(b"not a handshake");
+    let reason = not_allowed(reject(
+        &mut room.state,
+        &alice,
+        &commit_bundle(private.clone()),
+        1,
+    ));
+    assert!(reason.contains("must be PublicMessage"), "{reason}");
+    // The submitting client is not the signer.
+    let reason = not_allowed(reject(
+        &mut room.state,
+        &room.bob.id,
+        &commit_bundle(commit.clone()),
+        1,
+    ));
+    assert!(reason.contains("not by the submitting client"), "{reason}");
+    // protocol-06 §5.2: the GroupInfo is not optional.
+    let no_info = HandshakeBundle::Commit {
+        commit: commit.clone(),
+        welcome: None,
+        group_info: None,
+    };
+    let (_, reason) = invalid(reject(&mut room.state, &alice, &no_info, 1));
+    assert!(reason.contains("no GroupInfo"), "{reason}");
+    let (_, reason) = invalid(reject(
+        &mut room.state,
+        &alice,
+        &HandshakeBundle::Proposals { proposals: vec![] },
+        1,
+    ));
+    assert_eq!(reason, "the proposal bundle is empty");
+    let (_, reason) = invalid(reject(
+        &mut room.state,
+        &alice,
+        &HandshakeBundle::Proposals {
+            proposals: vec![commit.clone()],
+        },
+        1,
+    ));
+    assert_eq!(reason, "expected a proposal");
+
+    // The commit itself is fine; afterwards it is stale.
+    success_seq(
+        &room
+            .state
+            .handle_handshake(&alice, &commit_bundle(commit.clone()), 2),
+    );
+    room.alice.accepted();
+    assert_eq!(
+        reject(&mut room.state, &alice, &commit_bundle(commit), 3),
+        UpdateVerdict::WrongEpoch {
+            current_epoch: epoch + 1
+        }
+    );
+    // A commit from the future: Bob merged his own commit without the hub.
+    catch_up(&room.state, &mut room.bob, 0);
+    room.bob.commit(CommitSpec::default());
+    room.bob.accepted();
+    let ahead = room.bob.commit(CommitSpec::default());
+    assert_eq!(
+        reject(&mut room.state, &room.bob.id, &ahead, 4),
+        UpdateVerdict::WrongEpoch {
+            current_epoch: epoch + 1
+        }
+    );
+
+    // submitMessage: wrong wire format, garbage, stale and future epochs.
+    let bob = room.bob.id.clone();
+    let public = match &ahead {
+        HandshakeBundle::Commit { commit, .. } => commit.clone(),
+        HandshakeBundle::Proposals { .. } => unreachable!(),
+    };
+    let SubmitVerdict::NotAllowed { reason } = reject_message(&mut room.state, &bob, &public, 5)
+    else {
+        panic!("expected notAllowed")
+    };
+    assert_eq!(reason, "application messages must be PrivateMessage");
+    let SubmitVerdict::NotAllowed { reason } =
+        reject_message(&mut room.state, &bob, b"\x00\x01", 5)
+    else {
+        panic!("expected notAllowed")
+    };
+    assert!(reason.starts_with("malformed MLSMessage"), "{reason}");
+    assert_eq!(
+        reject_message(&mut room.state, &alice, &private, 5),
+        SubmitVerdict::EpochTooOld {
+            current_epoch: epoch + 1
+        }
+    );
+    let future = room.bob.send(b"from the future");
+    let SubmitVerdict::NotAllowed { reason } = reject_message(&mut room.state, &bob, &future, 5)
+    else {
+        panic!("expected notAllowed")
+    };
+    assert!(reason.contains("ahead of the room's epoch"), "{reason}");
+}
+
+#[test]
+fn mimi_7_3_welcome_must_match_the_added_key_packages() {
+    let mut alice = TestClient::new(ALICE);
+    let bob = TestClient::new(BOB);
+    let cathy = TestClient::new(CATHY);
+    let mut state = create_room(&mut alice);
+    let add = |alice: &mut TestClient, client: &TestClient| {
+        let proposal = alice
+            .policy()
+            .add_participants_proposal(&[(client.user(), DEFAULT_ROLE_MEMBER)])
+            .unwrap();
+        let bundle = alice.commit(CommitSpec {
+            adds: vec![client.key_package()],
+            proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
+            ..CommitSpec::default()
+        });
+        alice.rejected();
+        bundle
+    };
+    let HandshakeBundle::Commit {
+        welcome: for_cathy, ..
+    } = add(&mut alice, &cathy)
+    else {
+        unreachable!()
+    };
+    let HandshakeBundle::Commit {
+        commit, group_info, ..
+    } = add(&mut alice, &bob)
+    else {
+        unreachable!()
+    };
+    let swapped = HandshakeBundle::Commit {
+        commit: commit.clone(),
+        welcome: for_cathy,
+        group_info: group_info.clone(),
+    };
+    let (_, reason) = invalid(reject(&mut state, &alice.id, &swapped, 1));
+    assert!(
+        reason.contains("new_member references do not match"),
+        "{reason}"
+    );
+    let missing = HandshakeBundle::Commit {
+        commit,
+        welcome: None,
+        group_info,
+    };
+    let (_, reason) = invalid(reject(&mut state, &alice.id, &missing, 1));
+    assert!(reason.contains("carries no Welcome"), "{reason}");
+}
+
+#[test]
+fn delivery_cursors_only_move_forward_for_members() {
+    let mut room = three_member_room();
+    let last = room.state.last_seq();
+    assert_eq!(room.state.acked(&room.bob.id), 0);
+    room.state.ack(&room.bob.id, last);
+    room.state.ack(&room.bob.id, 1);
+    assert_eq!(room.state.acked(&room.bob.id), last);
+    room.state.ack(&room.cathy.id, last + 100);
+    assert_eq!(room.state.acked(&room.cathy.id), last);
+    let stranger = ClientId::parse(DAVE).unwrap();
+    room.state.ack(&stranger, 1);
+    assert_eq!(room.state.acked(&stranger), 0);
+}
+
+#[test]
+fn snapshot_round_trip_then_continue_processing() {
+    let mut room = three_member_room();
+    let hello = room.bob.send(b"hello");
+    success_seq_message(room.state.handle_app_message(&room.bob.id, &hello, 12_000));
+    room.state.ack(&room.bob.id, 2);
+
+    let bytes = room.state.to_snapshot();
+    let mut restored = RoomState::from_snapshot(&bytes).unwrap();
+    assert_eq!(restored.to_snapshot(), bytes);
+    assert_eq!(restored.members(), room.state.members());
+    assert_eq!(restored.epoch(), room.state.epoch());
+    assert_eq!(restored.items_after(0), room.state.items_after(0));
+    assert_eq!(restored.ratchet_tree(), room.state.ratchet_tree());
+    assert_eq!(restored.acked(&room.bob.id), 2);
+
+    // The restored state keeps validating and accepting commits.
+    let mut dave = TestClient::new(DAVE);
+    let seq = restored.last_seq();
+    add_members(&mut restored, &mut room.alice, &mut [&mut dave]);
+    assert!(restored.members().contains(&dave.id));
+    catch_up(&restored, &mut room.cathy, seq);
+    assert_eq!(room.cathy.policy(), *restored.policy());
+    let from_dave = dave.send(b"hi all");
+    success_seq_message(restored.handle_app_message(&dave.id, &from_dave, 12_001));
+
+    assert!(matches!(
+        RoomState::from_snapshot(&bytes[..bytes.len() / 2]),
+        Err(SnapshotError::Decode(_))
+    ));
+}
+
+#[test]
+fn snapshot_keeps_pending_required_proposals() {
+    let mut room = three_member_room();
+    let provider = &room.cathy.provider;
+    let signer = &room.cathy.signer;
+    let self_remove = room
+        .cathy
+        .group
+        .as_mut()
+        .unwrap()
+        .leave_group_via_self_remove(provider, signer)
+        .unwrap();
+    let bundle = HandshakeBundle::Proposals {
+        proposals: vec![self_remove.tls_serialize_detached().unwrap()],
+    };
+    let start = room.state.last_seq();
+    success_seq(&room.state.handle_handshake(&room.cathy.id, &bundle, 13_000));
+    let mut restored = RoomState::from_snapshot(&room.state.to_snapshot()).unwrap();
+
+    catch_up(&restored, &mut room.alice, start);
+    let omitting = room.alice.commit(CommitSpec {
+        skip_pending: true,
+        ..CommitSpec::default()
+    });
+    let (refs, _) = invalid(reject(&mut restored, &room.alice.id, &omitting, 13_001));
+    assert_eq!(refs.len(), 1);
+    room.alice.rejected();
+    let including = room.alice.commit(CommitSpec::default());
+    success_seq(&restored.handle_handshake(&room.alice.id, &including, 13_002));
+    assert!(!restored.members().contains(&room.cathy.id));
+    // Cathy only removed her client: she stays in the participant list, inactive.
+    assert_eq!(
+        restored.policy().role_of(&room.cathy.user()),
+        DEFAULT_ROLE_MEMBER
+    );
+}
+
+#[test]
+fn only_participant_list_updates_of_managed_components_are_accepted() {
+    let mut room = three_member_room();
+    let bundle = room.alice.commit(CommitSpec {
+        proposals: vec![Proposal::AppDataUpdate(Box::new(
+            AppDataUpdateProposal::update(0x8001, b"private".to_vec()),
+        ))],
+        ..CommitSpec::default()
+    });
+    let (_, reason) = invalid(reject(&mut room.state, &room.alice.id, &bundle, 14_000));
+    assert_eq!(
+        reason,
+        "component 0x8001 is not managed by this hub's room policy"
+    );
+    room.alice.rejected();
+    let removal = room.alice.commit(CommitSpec {
+        proposals: vec![Proposal::AppDataUpdate(Box::new(
+            AppDataUpdateProposal::remove(component::ROLES_LIST),
+        ))],
+        ..CommitSpec::default()
+    });
+    let (_, reason) = invalid(reject(&mut room.state, &room.alice.id, &removal, 14_001));
+    assert_eq!(reason, "component 0x0025 cannot be removed");
+}
+
+#[test]
+fn mimi_7_2_proposals_are_authorized_for_their_sender() {
+    let mut room = three_member_room();
+    let cathy_leaf = room.bob.leaf_of(&room.cathy);
+    let (kick, _) = {
+        let provider = &room.bob.provider;
+        let signer = &room.bob.signer;
+        room.bob
+            .group
+            .as_mut()
+            .unwrap()
+            .propose_remove_member(provider, signer, cathy_leaf)
+            .unwrap()
+    };
+    let bundle = HandshakeBundle::Proposals {
+        proposals: vec![kick.tls_serialize_detached().unwrap()],
+    };
+    let reason = not_allowed(reject(&mut room.state, &room.cathy.id, &bundle, 15_000));
+    assert!(reason.contains("not by the submitting client"), "{reason}");
+    let reason = not_allowed(reject(&mut room.state, &room.bob.id, &bundle, 15_001));
+    assert_eq!(reason, "mimi://b.example/u/bob lacks canKick");
+}
+
+#[test]
+fn room_state_can_move_between_threads() {
+    fn check<T: Send + Sync>() {}
+    check::<RoomState>();
+}

@@ -1,0 +1,323 @@
+//! The shard state machine: what one Raft group replicates (DESIGN.md §3).
+//!
+//! A shard holds the rooms whose id hashes to it and the users (clients, tokens, KeyPackages)
+//! whose id hashes to it. `ShardMachine::apply` decodes a committed `Stamped` command and
+//! decides its verdict deterministically from the ordered log (STYLE.md P5): the same log gives
+//! every replica the same rooms, the same verdicts and the same bytes in `snapshot`.
+//!
+//! Reads (authentication, the room log for delivery, pre-checks) go straight to the shared
+//! `ShardData` under a read lock; only apply takes the write lock. After every apply that
+//! changed a room's log, the room id is recorded in `AppliedRooms`, a coalescing set that the
+//! node drains to wake the room's actor for fan-out: bounded by the number of rooms, lossless.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use mimid_cluster::{ShardId, StateMachine};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::command::{Command, Stamped, SubmitVerdict, UpdateVerdict};
+use crate::directory::{ClaimOutcome, Directory, DirectoryError};
+use crate::ids::{ClientId, RoomId};
+use crate::room::state::RoomState;
+
+/// What applying one command produced; the proposer receives it.
+#[derive(Debug)]
+pub enum ApplyOutput {
+    Registered(Result<(), DirectoryError>),
+    Published(Result<usize, DirectoryError>),
+    Claimed(ClaimOutcome),
+    RoomCreated(Result<(), CreateRoomRejection>),
+    Updated(UpdateVerdict),
+    Submitted(SubmitVerdict),
+    Acked,
+    /// The entry could not be applied at all (undecodable, or a room command for a room this
+    /// shard does not host). Nothing changed.
+    Rejected(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateRoomRejection {
+    AlreadyExists,
+    Invalid(String),
+}
+
+/// The replicated data of one shard.
+#[derive(Default)]
+pub struct ShardData {
+    rooms: BTreeMap<RoomId, RoomState>,
+    directory: Directory,
+    /// Derived index: every room a client has been a member of in this shard. Rebuilt by
+    /// apply, so it is identical on every replica and after a restart.
+    client_rooms: BTreeMap<ClientId, BTreeSet<RoomId>>,
+}
+
+impl ShardData {
+    pub fn room(&self, room: &RoomId) -> Option<&RoomState> {
+        self.rooms.get(room)
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Rooms of this shard that `client` is or was a member of.
+    pub fn rooms_of(&self, client: &ClientId) -> impl Iterator<Item = &RoomId> {
+        self.client_rooms.get(client).into_iter().flatten()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    fn index_members(&mut self, room: &RoomId) {
+        if let Some(state) = self.rooms.get(room) {
+            for client in state.members() {
+                self.client_rooms
+                    .entry(client)
+                    .or_default()
+                    .insert(room.clone());
+            }
+        }
+    }
+
+    fn apply(&mut self, stamped: Stamped) -> (ApplyOutput, Option<RoomId>) {
+        let ts_ms = stamped.ts_ms;
+        match stamped.command {
+            Command::RegisterClient { client, token_hash } => (
+                ApplyOutput::Registered(self.directory.register_client(&client, token_hash)),
+                None,
+            ),
+            Command::PublishKeyPackages {
+                client,
+                key_packages,
+                last_resort,
+            } => (
+                ApplyOutput::Published(self.directory.publish(
+                    &client,
+                    &key_packages,
+                    last_resort,
+                    ts_ms,
+                )),
+                None,
+            ),
+            Command::ClaimKeyPackages { requester, target } => (
+                ApplyOutput::Claimed(self.directory.claim(&requester, &target, ts_ms)),
+                None,
+            ),
+            Command::CreateRoom {
+                room,
+                creator,
+                group_info,
+                ratchet_tree,
+            } => {
+                if self.rooms.contains_key(&room) {
+                    return (
+                        ApplyOutput::RoomCreated(Err(CreateRoomRejection::AlreadyExists)),
+                        None,
+                    );
+                }
+                match RoomState::create(room.clone(), &creator, &group_info, &ratchet_tree, ts_ms) {
+                    Ok(state) => {
+                        self.rooms.insert(room.clone(), state);
+                        self.index_members(&room);
+                        (ApplyOutput::RoomCreated(Ok(())), Some(room))
+                    }
+                    Err(e) => (
+                        ApplyOutput::RoomCreated(Err(CreateRoomRejection::Invalid(e.to_string()))),
+                        None,
+                    ),
+                }
+            }
+            Command::Handshake {
+                room,
+                sender,
+                bundle,
+            } => {
+                let Some(state) = self.rooms.get_mut(&room) else {
+                    return (ApplyOutput::Rejected(format!("unknown room {room}")), None);
+                };
+                let verdict = state.handle_handshake(&sender, &bundle, ts_ms);
+                let changed = matches!(verdict, UpdateVerdict::Success { .. });
+                if changed {
+                    self.index_members(&room);
+                }
+                (ApplyOutput::Updated(verdict), changed.then_some(room))
+            }
+            Command::AppMessage {
+                room,
+                sender,
+                message,
+            } => {
+                let Some(state) = self.rooms.get_mut(&room) else {
+                    return (ApplyOutput::Rejected(format!("unknown room {room}")), None);
+                };
+                let verdict = state.handle_app_message(&sender, &message, ts_ms);
+                let changed = matches!(verdict, SubmitVerdict::Accepted { .. });
+                (ApplyOutput::Submitted(verdict), changed.then_some(room))
+            }
+            Command::Ack { room, client, seq } => {
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    state.ack(&client, seq);
+                }
+                (ApplyOutput::Acked, None)
+            }
+        }
+    }
+}
+
+/// Snapshot encoding of a shard: rooms as their own snapshots, the directory as serde.
+#[derive(Serialize, Deserialize)]
+struct ShardSnapshot {
+    rooms: Vec<(RoomId, Vec<u8>)>,
+    directory: Directory,
+}
+
+/// Rooms whose log grew since the node last looked: a coalescing, lossless wake-up set.
+#[derive(Default)]
+pub struct AppliedRooms {
+    rooms: Mutex<BTreeSet<RoomId>>,
+    notify: Notify,
+}
+
+impl AppliedRooms {
+    fn record(&self, room: RoomId) {
+        self.rooms.lock().insert(room);
+        self.notify.notify_one();
+    }
+
+    /// Waits until at least one room was recorded, then takes them all.
+    pub async fn next_batch(&self) -> BTreeSet<RoomId> {
+        loop {
+            let batch = std::mem::take(&mut *self.rooms.lock());
+            if !batch.is_empty() {
+                return batch;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// The `StateMachine` the cluster drives for one shard.
+pub struct ShardMachine {
+    shard: ShardId,
+    data: Arc<RwLock<ShardData>>,
+    applied: Arc<AppliedRooms>,
+}
+
+impl StateMachine for ShardMachine {
+    type Output = ApplyOutput;
+
+    fn apply(&mut self, index: u64, command: &[u8]) -> ApplyOutput {
+        let stamped = match Stamped::decode(command) {
+            Ok(stamped) => stamped,
+            Err(e) => {
+                tracing::warn!(shard = self.shard, index, error = %e, "undecodable entry");
+                return ApplyOutput::Rejected(format!("undecodable command: {e}"));
+            }
+        };
+        let (output, changed_room) = self.data.write().apply(stamped);
+        if let Some(room) = changed_room {
+            self.applied.record(room);
+        }
+        output
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let data = self.data.read();
+        let snapshot = ShardSnapshot {
+            rooms: data
+                .rooms
+                .iter()
+                .map(|(id, state)| (id.clone(), state.to_snapshot()))
+                .collect(),
+            directory: data.directory.clone(),
+        };
+        postcard::to_stdvec(&snapshot).expect("serialising a snapshot into memory cannot fail")
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let snapshot: ShardSnapshot =
+            postcard::from_bytes(snapshot).map_err(|e| format!("shard snapshot: {e}"))?;
+        let mut data = ShardData {
+            directory: snapshot.directory,
+            ..ShardData::default()
+        };
+        for (id, bytes) in snapshot.rooms {
+            let state =
+                RoomState::from_snapshot(&bytes).map_err(|e| format!("room {id} snapshot: {e}"))?;
+            data.rooms.insert(id.clone(), state);
+            data.index_members(&id);
+        }
+        let rooms: Vec<RoomId> = data.rooms.keys().cloned().collect();
+        *self.data.write() = data;
+        for room in rooms {
+            self.applied.record(room);
+        }
+        Ok(())
+    }
+}
+
+/// Read access to every local shard's data, and the factory the cluster uses to build the
+/// state machines that write it.
+#[derive(Clone)]
+pub struct Shards {
+    data: Arc<Vec<Arc<RwLock<ShardData>>>>,
+    applied: Arc<AppliedRooms>,
+}
+
+impl Shards {
+    pub fn new(count: u64) -> Self {
+        Shards {
+            data: Arc::new((0..count).map(|_| Arc::default()).collect()),
+            applied: Arc::default(),
+        }
+    }
+
+    /// The state machine for `shard`, sharing its data with this registry.
+    pub fn machine(&self, shard: ShardId) -> ShardMachine {
+        ShardMachine {
+            shard,
+            data: self.data[shard as usize].clone(),
+            applied: self.applied.clone(),
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    pub fn shard_of(&self, key: &[u8]) -> ShardId {
+        mimid_cluster::shard_for(key, self.count())
+    }
+
+    pub fn get(&self, shard: ShardId) -> &RwLock<ShardData> {
+        &self.data[shard as usize]
+    }
+
+    /// The data of the shard that hosts `room`.
+    pub fn for_room(&self, room: &RoomId) -> &RwLock<ShardData> {
+        self.get(self.shard_of(room.as_bytes()))
+    }
+
+    pub fn applied(&self) -> &Arc<AppliedRooms> {
+        &self.applied
+    }
+
+    /// Every room (over all shards) that `client` is or was a member of.
+    pub fn rooms_of(&self, client: &ClientId) -> Vec<RoomId> {
+        self.data
+            .iter()
+            .flat_map(|shard| shard.read().rooms_of(client).cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.data
+            .iter()
+            .map(|shard| shard.read().room_count())
+            .sum()
+    }
+}
