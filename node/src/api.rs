@@ -1,0 +1,579 @@
+//! The provider's own client API over HTTP/3 (documented in node/API.md).
+//!
+//! MIMI leaves client <-> own-provider traffic to each provider (MIMI.md §1); we use the same
+//! TLS-PL codec as protocol-06 so there is one decoder to harden. This layer only decodes,
+//! authenticates and maps results to statuses: every decision is taken by `mimid_actors::hub`
+//! (DESIGN.md §6). A request that fails to decode gets 400 with the codec's specific reason
+//! and changes nothing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use mimid_actors::command::{self, SubmitVerdict, UpdateVerdict};
+use mimid_actors::directory::{ClaimOutcome, ClientClaimResult, DirectoryError};
+use mimid_actors::hub::{Hub, HubError, PublishError};
+use mimid_actors::ids::{ClientId, RoomId, UserId};
+use mimid_actors::shard::CreateRoomRejection;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use crate::h3::{Handler, Request, Response};
+use crate::metrics::{Limit, Metrics, Outcome};
+use crate::wire::client::{
+    encode_frame, AckRequest, ClaimKeyPackagesRequest, ClientSubmitResponse, ClientUpdateResponse,
+    CreateRoomRequest, CreateRoomResponse, CreateRoomStatus, DeliveredItem,
+    PublishKeyPackagesRequest, RegisterClientRequest, RegisterClientResponse,
+};
+use crate::wire::key_material::{
+    ClientKeyMaterial, ClientMaterial, KeyMaterialClientCode, KeyMaterialResponse,
+    KeyMaterialUserCode,
+};
+use crate::wire::submit::SubmitMessageRequest;
+use crate::wire::types::{IdentifierUri, Protocol};
+use crate::wire::update::UpdateRequest;
+use crate::wire::{Decode, Encode, Limits, Mls};
+
+/// Path prefix of the client API.
+pub const PREFIX: &str = "/client/v1/";
+/// Header carrying the bearer token: `authorization: Bearer <token>`.
+const BEARER: &str = "Bearer ";
+/// Bytes of the random secret inside a token.
+const SECRET_LEN: usize = 32;
+
+/// A client's bearer token: `base64url(client URI || 0x00 || 32 random bytes)`. The provider
+/// stores only SHA-256 of the secret, in the shard of the client's user.
+pub struct Token {
+    pub client: ClientId,
+    secret: [u8; SECRET_LEN],
+}
+
+impl Token {
+    fn generate(client: ClientId) -> Token {
+        let mut secret = [0u8; SECRET_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        Token { client, secret }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut raw = self.client.as_bytes().to_vec();
+        raw.push(0);
+        raw.extend_from_slice(&self.secret);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    pub fn parse(text: &str) -> Option<Token> {
+        let raw = URL_SAFE_NO_PAD.decode(text).ok()?;
+        let split = raw.len().checked_sub(SECRET_LEN + 1)?;
+        if raw[split] != 0 {
+            return None;
+        }
+        let client = ClientId::from_bytes(&raw[..split]).ok()?;
+        let secret = raw[split + 1..].try_into().ok()?;
+        Some(Token { client, secret })
+    }
+
+    fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.secret).into()
+    }
+}
+
+/// An answer that is not a success, with its status and specific reason.
+struct Refusal {
+    status: StatusCode,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    fn bad_request(reason: impl std::fmt::Display) -> Self {
+        Refusal::new(StatusCode::BAD_REQUEST, reason.to_string())
+    }
+}
+
+impl From<HubError> for Refusal {
+    fn from(e: HubError) -> Self {
+        let status = match e {
+            HubError::Busy(_) | HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::UnknownRoom => StatusCode::NOT_FOUND,
+            HubError::Rejected(_) => StatusCode::BAD_REQUEST,
+        };
+        Refusal::new(status, e.to_string())
+    }
+}
+
+impl From<crate::wire::WireError> for Refusal {
+    fn from(e: crate::wire::WireError) -> Self {
+        Refusal::bad_request(format!("{}: {e}", e.code()))
+    }
+}
+
+type Answer = Result<Response, Refusal>;
+
+fn ok_body(status: StatusCode, body: &impl Encode) -> Answer {
+    let bytes = body.to_bytes().map_err(|e| {
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the response: {e}"),
+        )
+    })?;
+    let mut response = Response::full(status, bytes);
+    response.headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(response)
+}
+
+pub struct ClientApi {
+    hub: Arc<Hub>,
+    domain: String,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    /// Longest push-stream frame.
+    max_frame: usize,
+}
+
+impl ClientApi {
+    pub fn new(hub: Arc<Hub>, domain: String, max_body: usize, metrics: Arc<Metrics>) -> Self {
+        ClientApi {
+            hub,
+            domain,
+            limits: Limits {
+                max_body_len: max_body,
+            },
+            metrics,
+            max_frame: max_body.saturating_mul(2),
+        }
+    }
+
+    fn authenticate(&self, req: &Request) -> Result<ClientId, Refusal> {
+        let unauthorized = |reason| Refusal::new(StatusCode::UNAUTHORIZED, reason);
+        let header = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing bearer token"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix(BEARER))
+            .and_then(Token::parse)
+            .ok_or_else(|| unauthorized("malformed bearer token"))?;
+        if self.hub.authenticate(&token.client, &token.hash()) {
+            Ok(token.client)
+        } else {
+            Err(unauthorized("unknown client or wrong token"))
+        }
+    }
+
+    fn local_room(&self, encoded: &str) -> Result<RoomId, Refusal> {
+        let room = parse_room_path(encoded).map_err(Refusal::bad_request)?;
+        if room.domain() != self.domain {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("room {room} is not hosted by {}", self.domain),
+            ));
+        }
+        Ok(room)
+    }
+
+    async fn register(&self, req: Request) -> Answer {
+        let body = RegisterClientRequest::from_bytes(&req.body, &self.limits)?;
+        let client = body.client_id()?;
+        if client.domain() != self.domain {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("client {client} does not belong to {}", self.domain),
+            ));
+        }
+        let token = Token::generate(client.clone());
+        match self.hub.register_client(client, token.hash()).await? {
+            Ok(()) => ok_body(
+                StatusCode::CREATED,
+                &RegisterClientResponse {
+                    token: token.encode().into_bytes(),
+                },
+            ),
+            Err(DirectoryError::AlreadyRegistered) => Err(Refusal::new(
+                StatusCode::CONFLICT,
+                "client is already registered",
+            )),
+            Err(e) => Err(Refusal::bad_request(e)),
+        }
+    }
+
+    async fn publish(&self, req: Request, client: ClientId) -> Answer {
+        let body = PublishKeyPackagesRequest::from_bytes(&req.body, &self.limits)?;
+        match self
+            .hub
+            .publish_key_packages(client, body.key_package_bytes(), body.last_resort)
+            .await
+        {
+            Ok(count) => Ok(Response::text(
+                StatusCode::CREATED,
+                format!("{count} KeyPackages published"),
+            )),
+            Err(PublishError::Hub(e)) => Err(e.into()),
+            Err(e) => Err(Refusal::bad_request(e)),
+        }
+    }
+
+    async fn claim(&self, req: Request, client: ClientId) -> Answer {
+        let body = ClaimKeyPackagesRequest::from_bytes(&req.body, &self.limits)?;
+        let target = body.target()?;
+        if target.domain() != self.domain {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("user {target} is not served by {}", self.domain),
+            ));
+        }
+        let outcome = self
+            .hub
+            .claim_key_packages(client.user(), target.clone())
+            .await?;
+        ok_body(StatusCode::OK, &key_material_response(&target, outcome)?)
+    }
+
+    async fn create_room(&self, req: Request, client: ClientId) -> Answer {
+        let body = CreateRoomRequest::from_bytes(&req.body, &self.limits)?;
+        let room = body.room_id()?;
+        if room.domain() != self.domain {
+            return Err(Refusal::bad_request(format!(
+                "room {room} must be in this provider's domain {}",
+                self.domain
+            )));
+        }
+        let result = self
+            .hub
+            .create_room(
+                room,
+                client,
+                body.group_info.into_bytes(),
+                body.ratchet_tree.into_bytes(),
+            )
+            .await?;
+        let (status, response) = match result {
+            Ok(()) => (
+                StatusCode::CREATED,
+                CreateRoomResponse {
+                    status: CreateRoomStatus::Created,
+                    reason: String::new(),
+                },
+            ),
+            Err(CreateRoomRejection::AlreadyExists) => (
+                StatusCode::CONFLICT,
+                CreateRoomResponse {
+                    status: CreateRoomStatus::Exists,
+                    reason: "room exists".into(),
+                },
+            ),
+            Err(CreateRoomRejection::Invalid(reason)) => (
+                StatusCode::BAD_REQUEST,
+                CreateRoomResponse {
+                    status: CreateRoomStatus::Invalid,
+                    reason,
+                },
+            ),
+        };
+        ok_body(status, &response)
+    }
+
+    async fn update(&self, req: Request, client: ClientId, room: RoomId) -> Answer {
+        let body = UpdateRequest::from_bytes(&req.body, &self.limits)?;
+        let bundle = command::HandshakeBundle::try_from(body)?;
+        let is_commit = matches!(bundle, command::HandshakeBundle::Commit { .. });
+        let verdict = self.hub.update(room, client, bundle).await?;
+        let outcome = match verdict {
+            UpdateVerdict::Success { .. } => Outcome::Accepted,
+            _ => Outcome::Rejected,
+        };
+        if is_commit {
+            self.metrics.count_commit(outcome);
+        }
+        ok_body(StatusCode::OK, &ClientUpdateResponse::from(&verdict))
+    }
+
+    async fn submit(&self, req: Request, client: ClientId, room: RoomId) -> Answer {
+        let body = SubmitMessageRequest::from_bytes(&req.body, &self.limits)?;
+        let sending = body.sending_user()?;
+        if sending != client.user() {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "sendingUri {sending} is not the authenticated client's user {}",
+                    client.user()
+                ),
+            ));
+        }
+        let verdict = self
+            .hub
+            .submit(room, client, body.app_message.into_bytes())
+            .await?;
+        self.metrics.count_app_message(match verdict {
+            SubmitVerdict::Accepted { .. } => Outcome::Accepted,
+            _ => Outcome::Rejected,
+        });
+        ok_body(StatusCode::OK, &ClientSubmitResponse::from(&verdict))
+    }
+
+    async fn ack(&self, req: Request, client: ClientId) -> Answer {
+        let body = AckRequest::from_bytes(&req.body, &self.limits)?;
+        let acks = body
+            .acks
+            .iter()
+            .map(|entry| Ok((entry.room_id()?, entry.seq)))
+            .collect::<Result<Vec<_>, crate::wire::WireError>>()?;
+        self.hub.ack(client, acks).await?;
+        Ok(Response::full(StatusCode::NO_CONTENT, Bytes::new()))
+    }
+
+    fn stream(&self, client: ClientId) -> Answer {
+        let mut deliveries = self.hub.open_stream(&client);
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let guard = self.metrics.push_stream_opened();
+        let max_frame = self.max_frame;
+        let metrics = self.metrics.clone();
+        let span = tracing::info_span!("push_stream", client = %client);
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                while let Some(delivery) = deliveries.recv().await {
+                    let frame = DeliveredItem::from_log(&delivery.room, &delivery.item)
+                        .map_err(|e| e.to_string())
+                        .and_then(|item| encode_frame(&item, max_frame).map_err(|e| e.to_string()));
+                    match frame {
+                        Ok(frame) => {
+                            if tx.send(Bytes::from(frame)).await.is_err() {
+                                break; // the client went away
+                            }
+                        }
+                        Err(reason) => {
+                            // The item is in the log and stays there; the client resumes past
+                            // nothing, so end the stream rather than skip it silently.
+                            metrics.count_limit_hit(Limit::StreamQueueFull);
+                            tracing::error!(room = %delivery.room, seq = delivery.item.seq, %reason, "cannot frame a delivered item");
+                            break;
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::stream(StatusCode::OK, rx))
+    }
+
+    async fn route(&self, req: Request) -> (&'static str, Answer) {
+        let path = req.uri.path().to_owned();
+        let Some(rest) = path.strip_prefix(PREFIX) else {
+            return (
+                "unknown",
+                Err(Refusal::new(StatusCode::NOT_FOUND, "no such endpoint")),
+            );
+        };
+        let (name, param) = match rest.split_once('/') {
+            Some((name, param)) => (name, Some(param)),
+            None => (rest, None),
+        };
+        let endpoint: &'static str = match (name, param.is_some()) {
+            ("register", false) => "client_register",
+            ("keyPackages", false) => "client_key_packages",
+            ("claim", false) => "client_claim",
+            ("rooms", false) => "client_create_room",
+            ("update", true) => "client_update",
+            ("submitMessage", true) => "client_submit_message",
+            ("stream", false) => "client_stream",
+            ("ack", false) => "client_ack",
+            _ => {
+                return (
+                    "unknown",
+                    Err(Refusal::new(StatusCode::NOT_FOUND, "no such endpoint")),
+                )
+            }
+        };
+        let expected = if endpoint == "client_stream" {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        if req.method != expected {
+            return (
+                endpoint,
+                Err(Refusal::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{endpoint} takes {expected}"),
+                )),
+            );
+        }
+        let answer = async {
+            if endpoint == "client_register" {
+                return self.register(req).await;
+            }
+            let client = self.authenticate(&req)?;
+            match endpoint {
+                "client_key_packages" => self.publish(req, client).await,
+                "client_claim" => self.claim(req, client).await,
+                "client_create_room" => self.create_room(req, client).await,
+                "client_update" => {
+                    let room = self.local_room(param.unwrap_or_default())?;
+                    self.update(req, client, room).await
+                }
+                "client_submit_message" => {
+                    let room = self.local_room(param.unwrap_or_default())?;
+                    self.submit(req, client, room).await
+                }
+                "client_stream" => self.stream(client),
+                _ => self.ack(req, client).await,
+            }
+        }
+        .await;
+        (endpoint, answer)
+    }
+}
+
+impl Handler for ClientApi {
+    fn handle(
+        &self,
+        req: Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send + '_>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let span =
+                tracing::info_span!("client_api", method = %req.method, path = %req.uri.path());
+            let (endpoint, answer) = self.route(req).instrument(span).await;
+            let response = match answer {
+                Ok(response) => response,
+                Err(refusal) => {
+                    let mut response = Response::text(refusal.status, refusal.reason);
+                    if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
+                        self.metrics.count_limit_hit(Limit::MailboxFull);
+                        response
+                            .headers
+                            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    }
+                    response
+                }
+            };
+            self.metrics
+                .observe_request(endpoint, response.status, started.elapsed());
+            response
+        })
+    }
+}
+
+/// [IMPL CHOICE] MIMI.md §3.2: a room path parameter is accepted as a percent-encoded full URI
+/// (`mimi%3A%2F%2Fa.example%2Fr%2Fclubhouse`), `host/r/name`, or `host/name`.
+pub fn parse_room_path(encoded: &str) -> Result<RoomId, String> {
+    let decoded = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| "room path parameter is not UTF-8 after percent-decoding".to_string())?;
+    let text = if decoded.starts_with("mimi://") {
+        decoded.into_owned()
+    } else {
+        match decoded.split('/').collect::<Vec<_>>().as_slice() {
+            [host, "r", name] | [host, name] => format!("mimi://{host}/r/{name}"),
+            _ => return Err(format!("room path parameter {decoded:?} is not a room")),
+        }
+    };
+    RoomId::parse(&text).map_err(|e| format!("room path parameter: {e}"))
+}
+
+/// The path of a room-scoped client endpoint (RFC 6570 simple expansion of the room URI).
+pub fn room_path(endpoint: &str, room: &RoomId) -> String {
+    let encoded =
+        percent_encoding::utf8_percent_encode(room.as_str(), percent_encoding::NON_ALPHANUMERIC);
+    format!("{PREFIX}{endpoint}/{encoded}")
+}
+
+/// protocol-06 §5.1 `KeyMaterialResponse` for a claim's outcome.
+fn key_material_response(
+    target: &UserId,
+    outcome: ClaimOutcome,
+) -> Result<KeyMaterialResponse, Refusal> {
+    let user_status = match outcome.user_code() {
+        mimid_actors::directory::KeyMaterialUserCode::Success => KeyMaterialUserCode::Success,
+        mimid_actors::directory::KeyMaterialUserCode::PartialSuccess => {
+            KeyMaterialUserCode::PartialSuccess
+        }
+        mimid_actors::directory::KeyMaterialUserCode::NoCompatibleMaterial => {
+            KeyMaterialUserCode::NoCompatibleMaterial
+        }
+        mimid_actors::directory::KeyMaterialUserCode::UserUnknown => {
+            KeyMaterialUserCode::UserUnknown
+        }
+    };
+    let clients = match outcome {
+        ClaimOutcome::UserUnknown => Vec::new(),
+        ClaimOutcome::Claimed(claims) => claims
+            .into_iter()
+            .map(|claim| {
+                let material = match claim.result {
+                    ClientClaimResult::KeyPackage(bytes) => ClientMaterial::Success {
+                        key_package: Mls::from_bytes(&bytes)?,
+                    },
+                    ClientClaimResult::Exhausted => ClientMaterial::KeyMaterialExhausted,
+                };
+                Ok(ClientKeyMaterial {
+                    client_uri: IdentifierUri::new(claim.client.as_bytes()),
+                    material,
+                })
+            })
+            .collect::<Result<Vec<_>, crate::wire::WireError>>()?,
+    };
+    debug_assert!(clients
+        .iter()
+        .all(|c| c.client_status() != KeyMaterialClientCode::NothingCompatible));
+    Ok(KeyMaterialResponse {
+        protocol: Protocol::Mls10,
+        user_status,
+        user_uri: IdentifierUri::new(target.as_bytes()),
+        clients,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trips_and_rejects_tampering() {
+        let client = ClientId::parse("mimi://localhost/d/alice/phone").unwrap();
+        let token = Token::generate(client.clone());
+        let parsed = Token::parse(&token.encode()).unwrap();
+        assert_eq!(parsed.client, client);
+        assert_eq!(parsed.hash(), token.hash());
+        assert!(Token::parse("not base64 !").is_none());
+        assert!(Token::parse(&URL_SAFE_NO_PAD.encode(b"short")).is_none());
+        let mut raw = URL_SAFE_NO_PAD.decode(token.encode()).unwrap();
+        let split = raw.len() - SECRET_LEN - 1;
+        raw[split] = b'x';
+        assert!(Token::parse(&URL_SAFE_NO_PAD.encode(raw)).is_none());
+    }
+
+    #[test]
+    fn room_path_forms_of_mimi_md_3_2_are_accepted() {
+        let expected = RoomId::parse("mimi://a.example/r/clubhouse").unwrap();
+        for form in [
+            "mimi%3A%2F%2Fa.example%2Fr%2Fclubhouse",
+            "a.example/r/clubhouse",
+            "a.example/clubhouse",
+        ] {
+            assert_eq!(parse_room_path(form).unwrap(), expected, "{form}");
+        }
+        assert!(parse_room_path("%FF").is_err());
+        assert!(parse_room_path("a.example/u/alice/x").is_err());
+        assert_eq!(
+            parse_room_path(room_path("update", &expected).rsplit('/').next().unwrap()).unwrap(),
+            expected
+        );
+    }
+}

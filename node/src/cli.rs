@@ -1,0 +1,523 @@
+//! The `mimid` command line: parsing (clap derive) and what each command does. `main.rs` only
+//! parses and reports the final error, so every command is testable from here.
+//!
+//! - `mimid dev [flags]`: one node on the embedded defaults (domain `localhost`, data in
+//!   `./mimid-data`), with a dev CA and provider certificate generated under `data_dir/certs`
+//!   on first start and reused afterwards.
+//! - `mimid start --config FILE [flags]`: the same, but TLS material must come from the
+//!   configuration: production never runs on generated certificates by accident.
+//! - `mimid config [--config FILE] [flags]`: prints the effective configuration as TOML.
+//! - `mimid cert create-ca | create-provider | create-node`: PEM files an operator deploys.
+//!
+//! Configuration layering (defaults, file, `MIMID_*` environment, flags) is
+//! [`crate::config`]'s; this module maps flags onto it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::certs::{
+    ensure_dev_certs, CertAuthority, SubjectName, CA_VALIDITY, LEAF_VALIDITY, NODE_STEM,
+    PROVIDER_STEM,
+};
+use crate::config::{self, Config, ConfigSources, LogFormat, Overrides, TlsSettings};
+
+/// `--days` is converted with this; certificate lifetimes are whole days.
+const SECONDS_PER_DAY: u64 = 24 * 3600;
+
+/// mimid: a MIMI (More Instant Messaging Interoperability) provider server.
+#[derive(Debug, Parser)]
+#[command(name = "mimid", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a single development node with generated TLS certificates.
+    Dev(DevArgs),
+    /// Run a node from a configuration file with operator-provided TLS material.
+    Start(StartArgs),
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML.
+    Config(ConfigArgs),
+    /// Create certificates for mutual TLS between providers and nodes.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// Flags that override configuration keys (highest precedence).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigFlags {
+    /// Directory for replicated state and generated certificates [config: data_dir].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// UDP address of the HTTP/3 listener [config: listen].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// TCP address of the admin HTTP listener [config: admin_listen].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The provider's DNS domain [config: domain].
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Log format [config: log.format].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Arguments of `mimid dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Optional TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Overrides.
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+}
+
+/// Arguments of `mimid start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// TOML configuration file; it must name the TLS files.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Overrides.
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+}
+
+/// Arguments of `mimid config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Optional TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Overrides.
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+}
+
+/// `mimid cert …`.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Create a private CA: DIR/ca.pem and DIR/ca.key.pem (mode 0600).
+    CreateCa {
+        /// Output directory (created with mode 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = CA_VALIDITY.as_secs() / SECONDS_PER_DAY)]
+        days: u64,
+    },
+    /// Create a provider certificate (DOMAIN as DNS SAN, server and client auth):
+    /// OUT/provider.pem and OUT/provider.key.pem.
+    CreateProvider {
+        /// The provider's domain.
+        domain: String,
+        /// Directory of the CA made by `create-ca`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = LEAF_VALIDITY.as_secs() / SECONDS_PER_DAY)]
+        days: u64,
+    },
+    /// Create a node certificate (each ADDR as IP or DNS SAN, server and client auth):
+    /// OUT/node.pem and OUT/node.key.pem.
+    CreateNode {
+        /// IP addresses and DNS names the node is reached at.
+        #[arg(required = true, value_name = "ADDR")]
+        addrs: Vec<String>,
+        /// Directory of the CA made by `create-ca`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = LEAF_VALIDITY.as_secs() / SECONDS_PER_DAY)]
+        days: u64,
+    },
+}
+
+/// Runs a parsed command line to completion. Human-readable results go to stdout, logs to
+/// stderr.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => {
+            let config = dev_config(args.config, &args.flags, config::process_env())?;
+            run_node(config)
+        }
+        Command::Start(args) => {
+            let config = start_config(&args.config, &args.flags, config::process_env())?;
+            run_node(config)
+        }
+        Command::Config(args) => {
+            let config = load(args.config, &args.flags, config::process_env())?;
+            print!("{}", config.to_toml()?);
+            config.validate()?;
+            Ok(())
+        }
+        Command::Cert(command) => {
+            for line in run_cert(command, SystemTime::now())? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The configuration of `mimid dev`: validated, with dev TLS files filled in unless the
+/// configuration names its own.
+pub fn dev_config(
+    file: Option<PathBuf>,
+    flags: &ConfigFlags,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<Config> {
+    let mut config = load(file, flags, env)?;
+    config.validate()?;
+    if config.tls.files()?.is_none() {
+        let dir = config::dev_cert_dir(&config.data_dir);
+        let files = ensure_dev_certs(&dir, SystemTime::now())
+            .with_context(|| format!("preparing dev certificates in {}", dir.display()))?;
+        config.tls = TlsSettings {
+            cert: Some(files.cert),
+            key: Some(files.key),
+            client_ca: Some(files.client_ca),
+        };
+    }
+    Ok(config)
+}
+
+/// The configuration of `mimid start`: validated, and it must name all TLS files.
+pub fn start_config(
+    file: &Path,
+    flags: &ConfigFlags,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<Config> {
+    let config = load(Some(file.to_owned()), flags, env)?;
+    config.validate()?;
+    if config.tls.files()?.is_none() {
+        bail!(
+            "`mimid start` needs tls.cert, tls.key and tls.client_ca in the configuration \
+             (create them with `mimid cert`); `mimid dev` generates development certificates"
+        );
+    }
+    Ok(config)
+}
+
+/// Executes a `mimid cert` command and returns the lines to print.
+pub fn run_cert(command: CertCommand, now: SystemTime) -> anyhow::Result<Vec<String>> {
+    match command {
+        CertCommand::CreateCa { out, days } => {
+            let files = CertAuthority::generate(now, validity(days)?)?.save(&out)?;
+            Ok(vec![
+                format!("CA certificate: {}", files.cert.display()),
+                format!("CA key (keep private): {}", files.key.display()),
+            ])
+        }
+        CertCommand::CreateProvider {
+            domain,
+            ca,
+            out,
+            days,
+        } => {
+            config::check_domain(&domain).map_err(anyhow::Error::msg)?;
+            issue(
+                &ca,
+                &out,
+                &[SubjectName::Dns(domain)],
+                days,
+                PROVIDER_STEM,
+                now,
+            )
+        }
+        CertCommand::CreateNode {
+            addrs,
+            ca,
+            out,
+            days,
+        } => {
+            let names = addrs
+                .iter()
+                .map(|addr| addr.parse::<SubjectName>())
+                .collect::<Result<Vec<_>, _>>()?;
+            issue(&ca, &out, &names, days, NODE_STEM, now)
+        }
+    }
+}
+
+fn issue(
+    ca_dir: &Path,
+    out: &Path,
+    names: &[SubjectName],
+    days: u64,
+    stem: &str,
+    now: SystemTime,
+) -> anyhow::Result<Vec<String>> {
+    let ca = CertAuthority::load(ca_dir)
+        .with_context(|| format!("loading the CA from {}", ca_dir.display()))?;
+    let files = ca.issue(names, now, validity(days)?)?.save(out, stem)?;
+    Ok(vec![
+        format!("certificate: {}", files.cert.display()),
+        format!("key (keep private): {}", files.key.display()),
+    ])
+}
+
+fn validity(days: u64) -> anyhow::Result<Duration> {
+    if days == 0 {
+        bail!("--days must be at least 1");
+    }
+    days.checked_mul(SECONDS_PER_DAY)
+        .map(Duration::from_secs)
+        .context("--days is too large")
+}
+
+fn load(
+    file: Option<PathBuf>,
+    flags: &ConfigFlags,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<Config> {
+    let sources = ConfigSources {
+        file,
+        env,
+        overrides: Overrides {
+            data_dir: flags.data_dir.clone(),
+            listen: flags.listen,
+            admin_listen: flags.admin_listen,
+            domain: flags.domain.clone(),
+            log_format: flags.log_format,
+        },
+    };
+    Ok(Config::load(&sources)?)
+}
+
+/// Starts the node, prints where it listens, runs until Ctrl-C or SIGTERM, then shuts it down.
+fn run_node(config: Config) -> anyhow::Result<()> {
+    let (_telemetry, _) = crate::telemetry::init(&config.log, &config.telemetry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("mimid-worker")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        if let Some(ca) = &config.tls.client_ca {
+            println!("mimid CA: {}", ca.display());
+        }
+        let node = crate::server::start(config)
+            .await
+            .context("starting the node")?;
+        println!(
+            "mimid listening: quic={} admin=http://{}",
+            node.quic_addr(),
+            node.admin_addr()
+        );
+        let signal = shutdown_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        signal.context("waiting for a shutdown signal")
+    })
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted,
+        _ = terminate.recv() => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("mimid").chain(args.iter().copied()))
+            .unwrap_or_else(|err| panic!("{args:?}: {err}"))
+    }
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_map_onto_configuration_keys() {
+        let Command::Dev(args) = parse(&[
+            "dev",
+            "--data-dir",
+            "/tmp/x",
+            "--listen",
+            "127.0.0.1:5000",
+            "--admin-listen",
+            "127.0.0.1:5001",
+            "--domain",
+            "a.example",
+            "--log-format",
+            "text",
+        ])
+        .command
+        else {
+            panic!("not dev");
+        };
+        let config = load(args.config, &args.flags, Vec::new()).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(config.admin_listen, "127.0.0.1:5001".parse().unwrap());
+        assert_eq!(config.domain, "a.example");
+        assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn start_requires_a_config_file_and_tls_files() {
+        assert!(Cli::try_parse_from(["mimid", "start"]).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mimid.toml");
+        std::fs::write(&file, "domain = \"a.example\"\n").unwrap();
+        let err = start_config(&file, &ConfigFlags::default(), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("tls.cert"), "{err}");
+    }
+
+    #[test]
+    fn invalid_configuration_is_reported_before_anything_starts() {
+        let err = dev_config(
+            None,
+            &ConfigFlags {
+                domain: Some("not a domain".into()),
+                ..ConfigFlags::default()
+            },
+            vec![("MIMID_CLUSTER__SHARDS".into(), "0".into())],
+        )
+        .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("domain"), "{message}");
+        assert!(message.contains("cluster.shards"), "{message}");
+    }
+
+    #[test]
+    fn dev_config_generates_certificates_once_under_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = ConfigFlags {
+            data_dir: Some(dir.path().to_owned()),
+            ..ConfigFlags::default()
+        };
+        let config = dev_config(None, &flags, Vec::new()).expect("dev config");
+        let files = config.tls.files().unwrap().expect("tls files set");
+        assert!(files.cert.starts_with(dir.path().join("certs")));
+        config.validate().expect("resolved config is valid");
+        let cert_before = std::fs::read(&files.cert).unwrap();
+
+        let again = dev_config(None, &flags, Vec::new()).expect("dev config again");
+        assert_eq!(again.tls, config.tls);
+        assert_eq!(std::fs::read(&files.cert).unwrap(), cert_before);
+    }
+
+    #[test]
+    fn cert_commands_write_a_deployable_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("ca");
+        let now = SystemTime::now();
+        let Command::Cert(create_ca) =
+            parse(&["cert", "create-ca", "--out", path(&ca_dir)]).command
+        else {
+            panic!("not cert");
+        };
+        run_cert(create_ca, now).expect("create-ca");
+
+        let provider_dir = dir.path().join("provider");
+        let Command::Cert(create_provider) = parse(&[
+            "cert",
+            "create-provider",
+            "a.example",
+            "--ca",
+            path(&ca_dir),
+            "--out",
+            path(&provider_dir),
+        ])
+        .command
+        else {
+            panic!("not cert");
+        };
+        let lines = run_cert(create_provider, now).expect("create-provider");
+        assert!(lines[0].contains("provider.pem"), "{lines:?}");
+
+        let node_dir = dir.path().join("node");
+        let Command::Cert(create_node) = parse(&[
+            "cert",
+            "create-node",
+            "10.0.0.1",
+            "node1.a.example",
+            "--ca",
+            path(&ca_dir),
+            "--out",
+            path(&node_dir),
+            "--days",
+            "30",
+        ])
+        .command
+        else {
+            panic!("not cert");
+        };
+        run_cert(create_node, now).expect("create-node");
+
+        // The set works as a node configuration for `mimid start`.
+        let file = dir.path().join("mimid.toml");
+        let toml = format!(
+            "domain = \"a.example\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            provider_dir.join("provider.pem"),
+            provider_dir.join("provider.key.pem"),
+            ca_dir.join("ca.pem"),
+        );
+        std::fs::write(&file, toml).unwrap();
+        let config = start_config(&file, &ConfigFlags::default(), Vec::new()).expect("start");
+        let files = config.tls.files().unwrap().unwrap();
+        let material = crate::tls::TlsMaterial::load(&files).expect("material");
+        crate::tls::server_config(&material).expect("usable for the listener");
+        assert_eq!(
+            crate::tls::cert_dns_names(&material.cert_chain[0]),
+            vec!["a.example"]
+        );
+    }
+
+    #[test]
+    fn cert_commands_reject_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let bad_domain = CertCommand::CreateProvider {
+            domain: "not a domain".into(),
+            ca: dir.path().into(),
+            out: dir.path().into(),
+            days: 1,
+        };
+        assert!(run_cert(bad_domain, now).is_err());
+        let no_ca = CertCommand::CreateNode {
+            addrs: vec!["10.0.0.1".into()],
+            ca: dir.path().join("absent"),
+            out: dir.path().into(),
+            days: 1,
+        };
+        let err = run_cert(no_ca, now).unwrap_err();
+        assert!(format!("{err:#}").contains("absent"), "{err:#}");
+        let zero_days = CertCommand::CreateCa {
+            out: dir.path().into(),
+            days: 0,
+        };
+        assert!(run_cert(zero_days, now).is_err());
+    }
+
+    fn path(path: &Path) -> &str {
+        path.to_str().expect("temp paths are UTF-8")
+    }
+}

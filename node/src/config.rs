@@ -1,0 +1,991 @@
+//! The node's configuration: one typed [`Config`] with documented defaults, layered from
+//! defaults, a TOML file, `MIMID_*` environment variables and command-line flags (later layers
+//! win), then checked by [`Config::validate`].
+//!
+//! Every bound a remote party can push against lives here (DESIGN.md §8, STYLE.md P9): body
+//! sizes, queues, mailboxes, stream and connection counts, timeouts. Code elsewhere takes its
+//! limits from this struct instead of constants so an operator can tune them without a rebuild.
+//!
+//! This module only describes and checks configuration. It never creates files: generating dev
+//! TLS material is [`crate::certs`]'s job, resolving which paths to use is the CLI's.
+//!
+//! Environment variables are passed in ([`ConfigSources::env`]) rather than read here, so the
+//! layering is testable without mutating the process environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use rustls::pki_types::DnsName;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "MIMID_";
+/// Separator between nesting levels in environment variable names
+/// (`MIMID_LIMITS__MAX_BODY_BYTES` sets `limits.max_body_bytes`).
+pub const ENV_NESTING_SEPARATOR: &str = "__";
+
+/// The complete configuration of one `mimid` node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The provider's DNS domain (MIMI protocol-06 §4.1: the `Host` of server-to-server requests
+    /// and the identity in the provider's TLS certificate). Default `localhost`.
+    pub domain: String,
+    /// This node's id inside the provider's cluster. Raft reserves 0, so it must be at least 1.
+    /// Default 1.
+    pub node_id: u64,
+    /// Directory for Raft logs, room state and generated dev certificates. Relative paths are
+    /// resolved against the working directory. Default `./mimid-data`.
+    pub data_dir: PathBuf,
+    /// UDP address of the HTTP/3 (QUIC) listener for the client and server-to-server APIs.
+    /// Default `127.0.0.1:4433`.
+    pub listen: SocketAddr,
+    /// TCP address of the plain-HTTP admin listener (`/healthz`, `/readyz`, `/metrics`).
+    /// Default `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// TLS material for the QUIC listener.
+    pub tls: TlsSettings,
+    /// Replication settings.
+    pub cluster: ClusterSettings,
+    /// Bounds on everything a peer or client can drive.
+    pub limits: LimitsSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// OpenTelemetry.
+    pub telemetry: TelemetrySettings,
+}
+
+/// Paths to PEM files for the QUIC listener's TLS.
+///
+/// All three are absent by default. `mimid dev` then generates a dev CA and a provider
+/// certificate under `data_dir/certs` on first start and reuses them afterwards; `mimid start`
+/// requires all three.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The provider certificate chain (leaf first), PEM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The private key of `cert`, PEM (PKCS#8, SEC1 or PKCS#1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// CA certificates, PEM, that client certificates are verified against (peer providers and
+    /// nodes authenticate with mutual TLS, MIMI protocol-06 §4.1). Also the trust anchors for
+    /// outgoing connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The three TLS files, all present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+    /// CA certificates for client verification, PEM.
+    pub client_ca: PathBuf,
+}
+
+/// Replication: shards, Raft timing and batching (DESIGN.md §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Number of shards (Raft groups) rooms and users hash into. Default 16.
+    pub shards: u64,
+    /// Interval between Raft ticks, in milliseconds. Default 100.
+    pub tick_ms: u64,
+    /// Ticks without a heartbeat before a follower campaigns. Must exceed `heartbeat_tick`.
+    /// Default 10.
+    pub election_tick: usize,
+    /// Ticks between leader heartbeats. Default 2.
+    pub heartbeat_tick: usize,
+    /// Applied entries between state-machine snapshots. Default 10000.
+    pub snapshot_interval: u64,
+    /// Proposals one driver turn steps into Raft; bounds the work per Ready (floors.md
+    /// pitfall 13). Default 1024.
+    pub max_proposals_per_turn: usize,
+    /// Capacity of the cluster driver's inbox; a full inbox answers "busy". Default 65536.
+    pub inbox_capacity: usize,
+    /// Largest Raft append message, in bytes (raft-rs defaults to one entry per message,
+    /// floors.md pitfall 12). Default 1 MiB.
+    pub max_size_per_msg: u64,
+    /// In-flight append messages per follower. Default 256.
+    pub max_inflight_msgs: usize,
+    /// `fdatasync` sled's files before acknowledging, because sled's `flush` alone is not
+    /// durable (floors.md pitfall 16). Default true.
+    pub fsync: bool,
+}
+
+/// Bounds on request, queue and connection sizes (DESIGN.md §8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Largest request body accepted; beyond it the request is answered 413. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// KeyPackages accepted in one publish request. Default 100.
+    pub max_key_packages_per_publish: usize,
+    /// Items buffered per client push stream before the stream counts as slow. Default 1024.
+    pub stream_queue: usize,
+    /// Messages queued per room actor mailbox. Default 1024.
+    pub room_mailbox: usize,
+    /// Seconds without traffic after which a room actor stops. Default 300.
+    pub idle_room_secs: u64,
+    /// Concurrent request streams per QUIC connection (QUIC flow control enforces it).
+    /// Default 256.
+    pub max_concurrent_streams: u32,
+    /// Concurrent QUIC connections; further connection attempts are refused. Default 4096.
+    pub max_connections: usize,
+    /// Requests in progress across all connections, including open push streams; beyond it
+    /// requests are answered 503. Default 16384.
+    pub max_concurrent_requests: usize,
+    /// Largest request header section (HTTP/3 SETTINGS_MAX_FIELD_SECTION_SIZE, RFC 9114
+    /// §4.2.2). Default 16 KiB.
+    pub max_header_bytes: u64,
+    /// Time allowed for a request's headers and body to arrive, in milliseconds; a slower request
+    /// is answered 408. Default 10000.
+    pub request_timeout_ms: u64,
+    /// QUIC idle timeout, in milliseconds: a connection without any packet for this long is
+    /// dropped. Clients keep long-lived streams alive with QUIC keep-alives. Default 30000.
+    pub idle_timeout_ms: u64,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Human-readable lines, for terminals.
+    Text,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// Output format. Default `json`.
+    pub format: LogFormat,
+    /// `tracing` filter directives (e.g. `info` or `info,mimid_cluster=debug`); the `RUST_LOG`
+    /// environment variable overrides it. Default `info`.
+    pub level: String,
+}
+
+/// OpenTelemetry settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP collector endpoint (e.g. `http://127.0.0.1:4318`). Reserved: span export is not
+    /// built into this binary yet (a later issue); when set, the node warns at start and keeps
+    /// spans in-process. Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` resource attribute of exported spans. Default `mimid`.
+    pub service_name: String,
+}
+
+/// Where configuration comes from, lowest precedence first: defaults, `file`, `env`,
+/// `overrides`.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// A TOML file (`--config FILE`); it must exist when given.
+    pub file: Option<PathBuf>,
+    /// Environment variables as (name, value); only names starting with [`ENV_PREFIX`] are used.
+    pub env: Vec<(String, String)>,
+    /// Values from command-line flags.
+    pub overrides: Overrides,
+}
+
+/// Configuration values given as command-line flags; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--domain`.
+    pub domain: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// Why configuration could not be loaded or is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file given with `--config` cannot be read.
+    #[error("cannot read config file {}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A layer has a value of the wrong type, an unknown key, or bad TOML syntax.
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    /// The merged configuration breaks one or more rules.
+    #[error("invalid configuration:{}", ProblemList(.0))]
+    Invalid(Vec<ConfigProblem>),
+    /// The configuration cannot be rendered as TOML.
+    #[error("cannot render configuration as TOML")]
+    Render(#[from] toml::ser::Error),
+}
+
+/// One broken rule: the dotted key and why its value is rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key, e.g. `cluster.shards`.
+    pub key: &'static str,
+    /// What is wrong, as a sentence fragment.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+impl Config {
+    /// Merges the layers of `sources` over the defaults. Does not validate: call
+    /// [`Config::validate`] before using the result.
+    pub fn load(sources: &ConfigSources) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &sources.file {
+            std::fs::File::open(path).map_err(|source| ConfigError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(EnvVars::new(&sources.env));
+        figment = merge_overrides(figment, &sources.overrides);
+        figment.extract().map_err(|err| {
+            let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+            ConfigError::Load(messages.join("; "))
+        })
+    }
+
+    /// Checks every rule and reports all broken ones at once, so an operator fixes a config
+    /// file in one pass.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Err(reason) = check_domain(&self.domain) {
+            problems.push(ConfigProblem {
+                key: "domain",
+                reason,
+            });
+        }
+        if self.node_id == 0 {
+            problems.push(ConfigProblem {
+                key: "node_id",
+                reason: "must be at least 1 (Raft reserves 0)".into(),
+            });
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            problems.push(ConfigProblem {
+                key: "data_dir",
+                reason: "must not be empty".into(),
+            });
+        }
+        for (key, addr) in [("listen", self.listen), ("admin_listen", self.admin_listen)] {
+            // An ephemeral port is only useful to tests, which bind loopback; on a real
+            // interface it would leave peers unable to find the node.
+            if addr.port() == 0 && !addr.ip().is_loopback() {
+                problems.push(ConfigProblem {
+                    key,
+                    reason: "port 0 is only allowed on a loopback address".into(),
+                });
+            }
+        }
+
+        self.tls.check(&mut problems);
+        self.cluster.check(&mut problems);
+        self.limits.check(&mut problems);
+        self.log.check(&mut problems);
+        self.telemetry.check(&mut problems);
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The effective configuration as TOML, as `mimid config` prints it.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            node_id: 1,
+            data_dir: PathBuf::from("./mimid-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            tls: TlsSettings::default(),
+            cluster: ClusterSettings::default(),
+            limits: LimitsSettings::default(),
+            log: LogSettings::default(),
+            telemetry: TelemetrySettings::default(),
+        }
+    }
+}
+
+impl TlsSettings {
+    /// The three files when all are configured, `None` when none is; a partial set is an error
+    /// because a certificate without its key (or without a CA to verify peers) cannot serve.
+    pub fn files(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        match (&self.cert, &self.key, &self.client_ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(client_ca)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            })),
+            _ => Err(ConfigError::Invalid(vec![partial_tls_problem()])),
+        }
+    }
+
+    fn check(&self, problems: &mut Vec<ConfigProblem>) {
+        let paths = [
+            ("tls.cert", &self.cert),
+            ("tls.key", &self.key),
+            ("tls.client_ca", &self.client_ca),
+        ];
+        let n_set = paths.iter().filter(|(_, path)| path.is_some()).count();
+        if n_set != 0 && n_set != paths.len() {
+            problems.push(partial_tls_problem());
+        }
+        for (key, path) in paths {
+            if let Some(path) = path {
+                if let Err(err) = std::fs::File::open(path) {
+                    problems.push(ConfigProblem {
+                        key,
+                        reason: format!("cannot read {}: {err}", path.display()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            shards: 16,
+            tick_ms: 100,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_interval: 10_000,
+            max_proposals_per_turn: 1024,
+            inbox_capacity: 65_536,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            fsync: true,
+        }
+    }
+}
+
+impl ClusterSettings {
+    fn check(&self, problems: &mut Vec<ConfigProblem>) {
+        at_least_one(problems, "cluster.shards", self.shards);
+        at_least_one(problems, "cluster.tick_ms", self.tick_ms);
+        at_least_one(
+            problems,
+            "cluster.heartbeat_tick",
+            self.heartbeat_tick as u64,
+        );
+        if self.election_tick <= self.heartbeat_tick {
+            problems.push(ConfigProblem {
+                key: "cluster.election_tick",
+                reason: format!(
+                    "must be greater than cluster.heartbeat_tick ({}), or followers campaign \
+                     between heartbeats",
+                    self.heartbeat_tick
+                ),
+            });
+        }
+        at_least_one(
+            problems,
+            "cluster.snapshot_interval",
+            self.snapshot_interval,
+        );
+        at_least_one(
+            problems,
+            "cluster.max_proposals_per_turn",
+            self.max_proposals_per_turn as u64,
+        );
+        at_least_one(
+            problems,
+            "cluster.inbox_capacity",
+            self.inbox_capacity as u64,
+        );
+        at_least_one(problems, "cluster.max_size_per_msg", self.max_size_per_msg);
+        at_least_one(
+            problems,
+            "cluster.max_inflight_msgs",
+            self.max_inflight_msgs as u64,
+        );
+    }
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        LimitsSettings {
+            max_body_bytes: 1 << 20,
+            max_key_packages_per_publish: 100,
+            stream_queue: 1024,
+            room_mailbox: 1024,
+            idle_room_secs: 300,
+            max_concurrent_streams: 256,
+            max_connections: 4096,
+            max_concurrent_requests: 16_384,
+            max_header_bytes: 16 << 10,
+            request_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl LimitsSettings {
+    fn check(&self, problems: &mut Vec<ConfigProblem>) {
+        let all: [(&'static str, u64); 11] = [
+            ("limits.max_body_bytes", self.max_body_bytes as u64),
+            (
+                "limits.max_key_packages_per_publish",
+                self.max_key_packages_per_publish as u64,
+            ),
+            ("limits.stream_queue", self.stream_queue as u64),
+            ("limits.room_mailbox", self.room_mailbox as u64),
+            ("limits.idle_room_secs", self.idle_room_secs),
+            (
+                "limits.max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+            ),
+            ("limits.max_connections", self.max_connections as u64),
+            (
+                "limits.max_concurrent_requests",
+                self.max_concurrent_requests as u64,
+            ),
+            ("limits.max_header_bytes", self.max_header_bytes),
+            ("limits.request_timeout_ms", self.request_timeout_ms),
+            ("limits.idle_timeout_ms", self.idle_timeout_ms),
+        ];
+        for (key, value) in all {
+            at_least_one(problems, key, value);
+        }
+        for (key, value) in [
+            ("limits.max_connections", self.max_connections),
+            (
+                "limits.max_concurrent_requests",
+                self.max_concurrent_requests,
+            ),
+        ] {
+            if u32::try_from(value).is_err() {
+                problems.push(ConfigProblem {
+                    key,
+                    reason: "must be below 2^32".into(),
+                });
+            }
+        }
+        // QUIC encodes the idle timeout as a variable-length integer of milliseconds
+        // (RFC 9000 §18.2); quinn refuses values of 2^62 or more.
+        if self.idle_timeout_ms >= 1 << 62 {
+            problems.push(ConfigProblem {
+                key: "limits.idle_timeout_ms",
+                reason: "must be below 2^62".into(),
+            });
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+impl LogSettings {
+    fn check(&self, problems: &mut Vec<ConfigProblem>) {
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.level) {
+            problems.push(ConfigProblem {
+                key: "log.level",
+                reason: format!("not a valid tracing filter ({err})"),
+            });
+        }
+    }
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp_endpoint: None,
+            service_name: "mimid".into(),
+        }
+    }
+}
+
+impl TelemetrySettings {
+    fn check(&self, problems: &mut Vec<ConfigProblem>) {
+        if self.service_name.trim().is_empty() {
+            problems.push(ConfigProblem {
+                key: "telemetry.service_name",
+                reason: "must not be empty".into(),
+            });
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let scheme_ok = endpoint
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| uri.scheme_str().map(str::to_owned))
+                .is_some_and(|scheme| scheme == "http" || scheme == "https");
+            if !scheme_ok {
+                problems.push(ConfigProblem {
+                    key: "telemetry.otlp_endpoint",
+                    reason: format!("{endpoint:?} is not an http:// or https:// URL"),
+                });
+            }
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        })
+    }
+}
+
+/// Checks that `domain` can name a provider: a DNS name (RFC 6125 identities are DNS names,
+/// MIMI protocol-06 §4.1), not an IP address, without a trailing dot.
+pub fn check_domain(domain: &str) -> Result<(), String> {
+    if domain.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!("{domain:?} is an IP address, not a DNS name"));
+    }
+    if domain.ends_with('.') {
+        return Err(format!("{domain:?} must not end with a dot"));
+    }
+    DnsName::try_from(domain)
+        .map(|_| ())
+        .map_err(|_| format!("{domain:?} is not a valid DNS name"))
+}
+
+/// A figment provider over an explicit list of environment variables, so tests can layer
+/// variables without touching the process environment. Names are matched case-insensitively
+/// against [`ENV_PREFIX`]; the rest is lowercased and split on [`ENV_NESTING_SEPARATOR`].
+struct EnvVars {
+    dict: Dict,
+}
+
+impl EnvVars {
+    fn new(vars: &[(String, String)]) -> Self {
+        let mut dict = Dict::new();
+        for (name, value) in vars {
+            let Some(rest) = strip_prefix_ignore_case(name, ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = rest
+                .split(ENV_NESTING_SEPARATOR)
+                .map(str::to_ascii_lowercase)
+                .collect();
+            if path.iter().any(String::is_empty) {
+                continue;
+            }
+            // Parsing turns "42" into a number and "true" into a boolean, the way figment's own
+            // `Env` provider does; anything else stays a string.
+            let parsed: Value = value.parse().unwrap_or_else(|never| match never {});
+            insert_nested(&mut dict, &path, parsed);
+        }
+        EnvVars { dict }
+    }
+}
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("{ENV_PREFIX}* environment variable(s)"))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = name.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &name[prefix.len()..])
+}
+
+fn insert_nested(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [leaf] => {
+            dict.insert(leaf.clone(), value);
+        }
+        [head, rest @ ..] => {
+            let entry = dict
+                .entry(head.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                // A scalar and a nested key for the same name: the nested one wins, as the more
+                // specific variable.
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_nested(inner, rest, value);
+            }
+        }
+    }
+}
+
+fn merge_overrides(mut figment: Figment, overrides: &Overrides) -> Figment {
+    if let Some(data_dir) = &overrides.data_dir {
+        figment = figment.merge(Serialized::default("data_dir", data_dir));
+    }
+    if let Some(listen) = overrides.listen {
+        figment = figment.merge(Serialized::default("listen", listen));
+    }
+    if let Some(admin_listen) = overrides.admin_listen {
+        figment = figment.merge(Serialized::default("admin_listen", admin_listen));
+    }
+    if let Some(domain) = &overrides.domain {
+        figment = figment.merge(Serialized::default("domain", domain));
+    }
+    if let Some(format) = overrides.log_format {
+        figment = figment.merge(Serialized::default("log.format", format));
+    }
+    figment
+}
+
+fn at_least_one(problems: &mut Vec<ConfigProblem>, key: &'static str, value: u64) {
+    if value == 0 {
+        problems.push(ConfigProblem {
+            key,
+            reason: "must be at least 1".into(),
+        });
+    }
+}
+
+fn partial_tls_problem() -> ConfigProblem {
+    ConfigProblem {
+        key: "tls",
+        reason: "cert, key and client_ca must be set together (or all left unset in dev mode)"
+            .into(),
+    }
+}
+
+struct ProblemList<'a>(&'a [ConfigProblem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for problem in self.0 {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the `MIMID_*` variables of the process environment, for [`ConfigSources::env`].
+/// Variables whose name or value is not UTF-8 are passed on lossily so that validation, not a
+/// silent skip, reports them.
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .map(|(name, value)| {
+            (
+                name.to_string_lossy().into_owned(),
+                value.to_string_lossy().into_owned(),
+            )
+        })
+        .filter(|(name, _)| strip_prefix_ignore_case(name, ENV_PREFIX).is_some())
+        .collect()
+}
+
+/// The certificate directory under `data_dir` that `mimid dev` fills.
+pub fn dev_cert_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("certs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write_file(dir: &tempfile::TempDir, name: &str, contents: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+
+    fn problems(config: &Config) -> Vec<&'static str> {
+        match config.validate() {
+            Ok(()) => Vec::new(),
+            Err(ConfigError::Invalid(problems)) => problems.iter().map(|p| p.key).collect(),
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_documented_values_and_valid() {
+        let config = Config::load(&ConfigSources::default()).expect("defaults load");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.domain, "localhost");
+        assert_eq!(config.node_id, 1);
+        assert_eq!(config.listen, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(config.admin_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(config.cluster.shards, 16);
+        assert_eq!(config.limits.max_body_bytes, 1 << 20);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.telemetry.otlp_endpoint, None);
+        config.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(
+            &dir,
+            "mimid.toml",
+            "domain = \"a.example\"\n[cluster]\nshards = 4\n[limits]\nmax_body_bytes = 2048\n",
+        );
+        let config = Config::load(&ConfigSources {
+            file: Some(file),
+            ..ConfigSources::default()
+        })
+        .expect("load");
+        assert_eq!(config.domain, "a.example");
+        assert_eq!(config.cluster.shards, 4);
+        assert_eq!(config.cluster.tick_ms, 100, "untouched keys keep defaults");
+        assert_eq!(config.limits.max_body_bytes, 2048);
+    }
+
+    #[test]
+    fn env_overrides_file_with_nested_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(
+            &dir,
+            "mimid.toml",
+            "domain = \"a.example\"\n[limits]\nmax_body_bytes = 2048\n",
+        );
+        let config = Config::load(&ConfigSources {
+            file: Some(file),
+            env: env(&[
+                ("MIMID_LIMITS__MAX_BODY_BYTES", "4096"),
+                ("mimid_cluster__fsync", "false"),
+                ("MIMID_LISTEN", "127.0.0.1:5000"),
+                ("OTHER_DOMAIN", "ignored.example"),
+            ]),
+            ..ConfigSources::default()
+        })
+        .expect("load");
+        assert_eq!(config.limits.max_body_bytes, 4096);
+        assert!(!config.cluster.fsync);
+        assert_eq!(config.listen, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(
+            config.domain, "a.example",
+            "unprefixed variables are ignored"
+        );
+    }
+
+    #[test]
+    fn flags_override_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "mimid.toml", "domain = \"file.example\"\n");
+        let config = Config::load(&ConfigSources {
+            file: Some(file),
+            env: env(&[
+                ("MIMID_DOMAIN", "env.example"),
+                ("MIMID_LOG__FORMAT", "json"),
+                ("MIMID_DATA_DIR", "/env/data"),
+            ]),
+            overrides: Overrides {
+                domain: Some("flag.example".into()),
+                log_format: Some(LogFormat::Text),
+                ..Overrides::default()
+            },
+        })
+        .expect("load");
+        assert_eq!(config.domain, "flag.example");
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(
+            config.data_dir,
+            PathBuf::from("/env/data"),
+            "no flag: env wins"
+        );
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        let err = Config::load(&ConfigSources {
+            file: Some(path.clone()),
+            ..ConfigSources::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::ReadFile { .. }), "{err}");
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = write_file(&dir, "typo.toml", "[limits]\nmax_body_byte = 10\n");
+        let err = Config::load(&ConfigSources {
+            file: Some(typo),
+            ..ConfigSources::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("max_body_byte"), "{err}");
+
+        let err = Config::load(&ConfigSources {
+            env: env(&[("MIMID_CLUSTER__SHARDS", "many")]),
+            ..ConfigSources::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Load(_)), "{err}");
+        assert!(err.to_string().contains("shards"), "{err}");
+    }
+
+    #[test]
+    fn validation_reports_every_broken_rule() {
+        let mut config = Config::default();
+        config.cluster.shards = 0;
+        config.cluster.election_tick = 2;
+        config.node_id = 0;
+        config.limits.stream_queue = 0;
+        config.limits.max_connections = usize::MAX;
+        config.log.level = "info,mimid=loud".into();
+        let keys = problems(&config);
+        assert_eq!(
+            keys,
+            vec![
+                "node_id",
+                "cluster.shards",
+                "cluster.election_tick",
+                "limits.stream_queue",
+                "limits.max_connections",
+                "log.level"
+            ]
+        );
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("cluster.shards: must be at least 1"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn domain_must_be_a_dns_name() {
+        for bad in [
+            "",
+            "127.0.0.1",
+            "::1",
+            "a..example",
+            "a.example.",
+            "under_score!",
+        ] {
+            let config = Config {
+                domain: bad.into(),
+                ..Config::default()
+            };
+            assert_eq!(problems(&config), vec!["domain"], "{bad:?}");
+        }
+        for good in ["localhost", "a.example", "mimi.provider-1.example"] {
+            assert_eq!(check_domain(good), Ok(()), "{good}");
+        }
+    }
+
+    #[test]
+    fn port_zero_only_on_loopback() {
+        let config = Config {
+            listen: "0.0.0.0:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(problems(&config), vec!["listen"]);
+    }
+
+    #[test]
+    fn tls_paths_must_be_complete_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = write_file(&dir, "cert.pem", "x");
+        let partial = Config {
+            tls: TlsSettings {
+                cert: Some(cert.clone()),
+                ..TlsSettings::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(problems(&partial), vec!["tls"]);
+        assert!(partial.tls.files().is_err());
+
+        let unreadable = Config {
+            tls: TlsSettings {
+                cert: Some(cert.clone()),
+                key: Some(dir.path().join("missing.key")),
+                client_ca: Some(cert.clone()),
+            },
+            ..Config::default()
+        };
+        assert_eq!(problems(&unreadable), vec!["tls.key"]);
+        let message = unreadable.validate().unwrap_err().to_string();
+        assert!(message.contains("missing.key"), "{message}");
+
+        assert_eq!(Config::default().tls.files().unwrap(), None);
+    }
+
+    #[test]
+    fn otlp_endpoint_must_be_http() {
+        let config = Config {
+            telemetry: TelemetrySettings {
+                otlp_endpoint: Some("collector:4318".into()),
+                service_name: "mimid".into(),
+            },
+            ..Config::default()
+        };
+        assert_eq!(problems(&config), vec!["telemetry.otlp_endpoint"]);
+    }
+
+    #[test]
+    fn toml_rendering_round_trips() {
+        let config = Config {
+            domain: "a.example".into(),
+            tls: TlsSettings {
+                cert: Some("/etc/mimid/cert.pem".into()),
+                key: Some("/etc/mimid/key.pem".into()),
+                client_ca: Some("/etc/mimid/ca.pem".into()),
+            },
+            ..Config::default()
+        };
+        let rendered = config.to_toml().expect("render");
+        assert!(rendered.contains("[limits]"), "{rendered}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "rendered.toml", &rendered);
+        let loaded = Config::load(&ConfigSources {
+            file: Some(file),
+            ..ConfigSources::default()
+        })
+        .expect("reload");
+        assert_eq!(loaded, config);
+    }
+}

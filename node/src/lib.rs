@@ -1,0 +1,16 @@
+//! mimid's edges: MIMI wire codecs, the HTTP/3 server-to-server and client APIs, admin HTTP,
+//! configuration, telemetry, and the client library. See ARCHITECTURE.md.
+
+pub mod admin;
+pub mod api;
+pub mod certs;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod content;
+pub mod h3;
+pub mod metrics;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+pub mod wire;

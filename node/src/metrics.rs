@@ -1,0 +1,487 @@
+//! The node's Prometheus metrics, all under the `mimid_` prefix, served by the admin listener
+//! at `/metrics` in the OpenMetrics text format.
+//!
+//! Every label set is a small typed struct or enum, so label cardinality is fixed by the code:
+//! endpoints are `&'static str` route names chosen by the API layer, never request paths, and
+//! limits are a closed enum. DESIGN.md §8 asks for a metric whenever a bound is hit; those all
+//! go to `mimid_limit_hits_total{limit}`.
+//!
+//! Raft counters live in the cluster driver; rather than double-counting them here, the node
+//! copies the driver's cumulative totals in with [`Metrics::set_raft_totals`] (e.g. on every
+//! scrape or on a timer) and a collector reports them as counters.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The `Content-Type` of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// All metrics of one node. Cheap to share behind an `Arc`; every update is a lock-free atomic
+/// operation except the first use of a new label set.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    commits: Family<ResultLabels, Counter>,
+    app_messages: Family<ResultLabels, Counter>,
+    limit_hits: Family<LimitLabels, Counter>,
+    push_streams: Gauge,
+    rooms_active: Gauge,
+    raft: Arc<RaftCounters>,
+}
+
+/// Labels of `mimid_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name, e.g. `"update"`; a fixed set chosen by the API layer.
+    pub endpoint: &'static str,
+    /// HTTP status code of the response.
+    pub status: u16,
+}
+
+/// Labels of `mimid_request_duration_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Route name.
+    pub endpoint: &'static str,
+}
+
+/// Labels of `mimid_commits_total` and `mimid_app_messages_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// How the hub decided.
+    pub result: Outcome,
+}
+
+/// The verdict on an MLS Commit or application message at the hub (MIMI protocol-06 §5.2,
+/// §5.3; decided in apply, DESIGN.md §2).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted and ordered into the room log.
+    Accepted,
+    /// Rejected by a validity or policy check.
+    Rejected,
+    /// Not decided because of an internal failure (storage, replication).
+    Failed,
+}
+
+/// Labels of `mimid_limit_hits_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// Which bound was hit.
+    pub limit: Limit,
+}
+
+/// A configured bound (DESIGN.md §8) that turned a request or item away.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Limit {
+    /// A request body exceeded `limits.max_body_bytes` (answered 413).
+    BodySize,
+    /// The cluster driver's inbox was full (`cluster.inbox_capacity`).
+    InboxFull,
+    /// A client push stream's queue was full (`limits.stream_queue`).
+    StreamQueueFull,
+    /// A room actor's mailbox was full (`limits.room_mailbox`).
+    MailboxFull,
+    /// A QUIC connection was refused at `limits.max_connections`.
+    Connections,
+    /// A request was answered 503 at `limits.max_concurrent_requests`.
+    ConcurrentRequests,
+    /// A request's headers or body did not arrive within `limits.request_timeout_ms`.
+    RequestTimeout,
+}
+
+/// Cumulative Raft counters of the cluster driver, copied in by [`Metrics::set_raft_totals`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftTotals {
+    /// Proposals stepped into Raft.
+    pub proposals: u64,
+    /// Entries applied to state machines.
+    pub applied: u64,
+    /// Durable flushes of the Raft log.
+    pub flushes: u64,
+    /// Proposals dropped by Raft (leader change, overwritten entries) and answered with an
+    /// error (floors.md pitfall 13).
+    pub proposals_dropped: u64,
+}
+
+/// Counts a push stream as open for as long as it lives.
+#[derive(Debug)]
+#[must_use = "the push stream counts as open only while the guard lives"]
+pub struct PushStreamGuard {
+    gauge: Gauge,
+}
+
+impl Metrics {
+    /// Creates all metrics, registered under the `mimid_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mimid");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by endpoint and HTTP status",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request headers to response headers, by endpoint",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let commits = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "commits",
+            "MLS Commits decided by hub rooms, by outcome",
+            commits.clone(),
+        );
+        let app_messages = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "app_messages",
+            "Application messages decided by hub rooms, by outcome",
+            app_messages.clone(),
+        );
+        let limit_hits = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "limit_hits",
+            "Requests or items turned away because a configured bound was reached",
+            limit_hits.clone(),
+        );
+        let push_streams = Gauge::default();
+        registry.register(
+            "push_streams",
+            "Client push streams currently open on this node",
+            push_streams.clone(),
+        );
+        let rooms_active = Gauge::default();
+        registry.register(
+            "rooms_active",
+            "Room actors currently running on this node",
+            rooms_active.clone(),
+        );
+        let raft = Arc::new(RaftCounters::default());
+        registry.register_collector(Box::new(raft.clone()));
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            commits,
+            app_messages,
+            limit_hits,
+            push_streams,
+            rooms_active,
+            raft,
+        }
+    }
+
+    /// Records one answered request.
+    pub fn observe_request(
+        &self,
+        endpoint: &'static str,
+        status: http::StatusCode,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                status: status.as_u16(),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the hub's verdict on an MLS Commit.
+    pub fn count_commit(&self, result: Outcome) {
+        self.commits.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Records the hub's verdict on an application message.
+    pub fn count_app_message(&self, result: Outcome) {
+        self.app_messages
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Records that `limit` turned something away.
+    pub fn count_limit_hit(&self, limit: Limit) {
+        self.limit_hits.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    /// Counts a push stream as open until the returned guard is dropped.
+    pub fn push_stream_opened(&self) -> PushStreamGuard {
+        self.push_streams.inc();
+        PushStreamGuard {
+            gauge: self.push_streams.clone(),
+        }
+    }
+
+    /// Sets the number of running room actors.
+    pub fn set_rooms_active(&self, n_rooms: u64) {
+        self.rooms_active
+            .set(i64::try_from(n_rooms).unwrap_or(i64::MAX));
+    }
+
+    /// Copies the cluster driver's cumulative Raft counters.
+    pub fn set_raft_totals(&self, totals: RaftTotals) {
+        self.raft
+            .proposals
+            .store(totals.proposals, Ordering::Relaxed);
+        self.raft.applied.store(totals.applied, Ordering::Relaxed);
+        self.raft.flushes.store(totals.flushes, Ordering::Relaxed);
+        self.raft
+            .proposals_dropped
+            .store(totals.proposals_dropped, Ordering::Relaxed);
+    }
+
+    /// All metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("encoding into a String cannot fail: our collectors never return errors");
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Drop for PushStreamGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Rejected => "rejected",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+impl Limit {
+    /// The label value, e.g. `body_size`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::BodySize => "body_size",
+            Limit::InboxFull => "inbox_full",
+            Limit::StreamQueueFull => "stream_queue_full",
+            Limit::MailboxFull => "mailbox_full",
+            Limit::Connections => "connections",
+            Limit::ConcurrentRequests => "concurrent_requests",
+            Limit::RequestTimeout => "request_timeout",
+        }
+    }
+}
+
+impl EncodeLabelValue for Limit {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Request latencies from 0.5 ms to about 16 s, doubling per bucket.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[derive(Debug, Default)]
+struct RaftCounters {
+    proposals: AtomicU64,
+    applied: AtomicU64,
+    flushes: AtomicU64,
+    proposals_dropped: AtomicU64,
+}
+
+impl Collector for RaftCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let counters = [
+            (
+                "raft_proposals",
+                "Proposals stepped into Raft.",
+                &self.proposals,
+            ),
+            (
+                "raft_applied",
+                "Raft entries applied to shard state machines.",
+                &self.applied,
+            ),
+            (
+                "raft_flushes",
+                "Durable flushes of the Raft log.",
+                &self.flushes,
+            ),
+            (
+                "raft_proposals_dropped",
+                "Proposals Raft dropped and the node answered with an error.",
+                &self.proposals_dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let metric_encoder =
+                encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric_encoder)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn request_metrics_are_labelled_by_endpoint_and_status() {
+        let metrics = Metrics::new();
+        metrics.observe_request("update", http::StatusCode::OK, Duration::from_millis(3));
+        metrics.observe_request("update", http::StatusCode::OK, Duration::from_millis(5));
+        metrics.observe_request(
+            "update",
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            Duration::from_millis(1),
+        );
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(
+                &text,
+                "mimid_requests_total{endpoint=\"update\",status=\"200\"}"
+            ),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                "mimid_requests_total{endpoint=\"update\",status=\"413\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                "mimid_request_duration_seconds_count{endpoint=\"update\"}"
+            ),
+            Some(3.0),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn outcomes_and_limits_use_snake_case_label_values() {
+        let metrics = Metrics::new();
+        metrics.count_commit(Outcome::Accepted);
+        metrics.count_commit(Outcome::Rejected);
+        metrics.count_commit(Outcome::Rejected);
+        metrics.count_app_message(Outcome::Failed);
+        metrics.count_limit_hit(Limit::BodySize);
+        metrics.count_limit_hit(Limit::StreamQueueFull);
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "mimid_commits_total{result=\"rejected\"}"),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(&text, "mimid_commits_total{result=\"accepted\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            line_value(&text, "mimid_app_messages_total{result=\"failed\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            line_value(&text, "mimid_limit_hits_total{limit=\"body_size\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            line_value(&text, "mimid_limit_hits_total{limit=\"stream_queue_full\"}"),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn gauges_follow_guards_and_setters() {
+        let metrics = Metrics::new();
+        let first = metrics.push_stream_opened();
+        let second = metrics.push_stream_opened();
+        assert_eq!(
+            line_value(&metrics.encode(), "mimid_push_streams"),
+            Some(2.0)
+        );
+        drop(first);
+        assert_eq!(
+            line_value(&metrics.encode(), "mimid_push_streams"),
+            Some(1.0)
+        );
+        drop(second);
+        assert_eq!(
+            line_value(&metrics.encode(), "mimid_push_streams"),
+            Some(0.0)
+        );
+
+        metrics.set_rooms_active(42);
+        assert_eq!(
+            line_value(&metrics.encode(), "mimid_rooms_active"),
+            Some(42.0)
+        );
+    }
+
+    #[test]
+    fn raft_totals_are_reported_as_counters() {
+        let metrics = Metrics::new();
+        metrics.set_raft_totals(RaftTotals {
+            proposals: 10,
+            applied: 9,
+            flushes: 3,
+            proposals_dropped: 1,
+        });
+        let text = metrics.encode();
+        assert!(
+            text.contains("# TYPE mimid_raft_proposals counter"),
+            "{text}"
+        );
+        assert_eq!(line_value(&text, "mimid_raft_proposals_total"), Some(10.0));
+        assert_eq!(line_value(&text, "mimid_raft_applied_total"), Some(9.0));
+        assert_eq!(line_value(&text, "mimid_raft_flushes_total"), Some(3.0));
+        assert_eq!(
+            line_value(&text, "mimid_raft_proposals_dropped_total"),
+            Some(1.0)
+        );
+    }
+}
