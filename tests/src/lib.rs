@@ -1,0 +1,177 @@
+//! The shared harness of the integration tests: a real node (quinn on loopback, sled in a
+//! temporary directory, openmls clients) started and restarted on demand.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mimid_actors::ids::{ClientId, RoomId, UserId};
+use mimid_node::client::{Endpoint, MimiClient};
+use mimid_node::config::{dev_cert_dir, Config};
+use mimid_node::server::{start, Node};
+use rustls::RootCertStore;
+
+/// How long a test waits for something that should happen promptly before it fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A single-node provider `localhost` in its own temporary data directory.
+pub struct TestNode {
+    pub node: Option<Node>,
+    pub config: Config,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The configuration tests use: loopback ports chosen by the OS, small limits so edge paths
+/// are reachable, fast ticks.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config {
+        data_dir: data_dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        admin_listen: "127.0.0.1:0".parse().expect("valid address"),
+        ..Config::default()
+    };
+    config.cluster.shards = 4;
+    config.cluster.tick_ms = 20;
+    config.limits.idle_room_secs = 1;
+    config
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config = test_config(dir.path());
+        let mut node = TestNode {
+            node: None,
+            config,
+            _dir: Some(dir),
+        };
+        node.restart().await;
+        node
+    }
+
+    /// Starts with a configuration changed by `edit`.
+    pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestNode {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = test_config(dir.path());
+        edit(&mut config);
+        let mut node = TestNode {
+            node: None,
+            config,
+            _dir: Some(dir),
+        };
+        node.restart().await;
+        node
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    /// Stops the node (if running) and starts it again on the same data directory.
+    pub async fn restart(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+        let node = start(self.config.clone()).await.expect("node starts");
+        wait_ready(&node).await;
+        self.node = Some(node);
+    }
+
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().expect("node is running")
+    }
+
+    /// How clients reach the node now (its port changes with every restart).
+    pub fn endpoint(&self) -> Endpoint {
+        let ca = dev_cert_dir(&self.config.data_dir).join(mimid_node::certs::CA_CERT_FILE);
+        let mut roots = RootCertStore::empty();
+        let pem = std::fs::read(&ca).expect("dev CA exists");
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert.expect("valid PEM")).expect("valid CA");
+        }
+        Endpoint {
+            addr: self.node().quic_addr(),
+            server_name: "localhost".into(),
+            roots: Arc::new(roots),
+        }
+    }
+
+    /// Registers a client `mimi://localhost/d/<user>/<device>` with `key_packages` published.
+    pub async fn client(&self, user: &str, device: &str, key_packages: usize) -> MimiClient {
+        let id = ClientId::parse(&format!("mimi://localhost/d/{user}/{device}"))
+            .expect("valid client id");
+        let client = MimiClient::register(self.endpoint(), id)
+            .await
+            .expect("client registers");
+        if key_packages > 0 {
+            client
+                .publish_key_packages(key_packages)
+                .await
+                .expect("KeyPackages published");
+        }
+        client
+    }
+
+    /// The replicated bytes of a room (its snapshot): equal bytes mean nothing changed.
+    pub fn room_digest(&self, room: &RoomId) -> Vec<u8> {
+        let hub = self.node().hub();
+        let shard = hub.shards().for_room(room).read();
+        shard
+            .room(room)
+            .map(|state| state.to_snapshot())
+            .unwrap_or_default()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+    }
+}
+
+async fn wait_ready(node: &Node) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let url = format!("http://{}/readyz", node.admin_addr());
+    loop {
+        if http_get_status(&url).await == Some(200) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node not ready within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback, returning the status code.
+pub async fn http_get_status(url: &str) -> Option<u16> {
+    http_get(url).await.map(|(status, _)| status)
+}
+
+/// A minimal HTTP/1.1 GET on loopback, returning the status code and body.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+pub fn user(name: &str) -> UserId {
+    UserId::parse(&format!("mimi://localhost/u/{name}")).expect("valid user id")
+}
+
+pub fn room(name: &str) -> RoomId {
+    RoomId::parse(&format!("mimi://localhost/r/{name}")).expect("valid room id")
+}
