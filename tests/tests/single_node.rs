@@ -103,6 +103,10 @@ async fn three_clients_create_add_message_remove_protocol06_5() {
         "alice and carol saw the same messages in the same order"
     );
 
+    // Carol builds a message now and submits it after her removal.
+    let held = carol
+        .prepare_text(&clubhouse, "sent after removal")
+        .expect("carol can still encrypt at this epoch");
     let removed = alice
         .remove_user(&clubhouse, &user("carol"))
         .await
@@ -120,9 +124,19 @@ async fn three_clients_create_add_message_remove_protocol06_5() {
         other => panic!("bob expected the removal commit, got {other:?}"),
     }
 
-    // Carol's client no longer has the group; a message she built before her removal is
-    // refused by the hub with the specific reason (not an active participant / old epoch).
+    // Carol's client no longer has the group; the message she built before her removal is
+    // refused by the hub with the specific reason.
     assert_eq!(carol.epoch(&clubhouse), None);
+    match carol
+        .submit_raw(&clubhouse, held)
+        .await
+        .expect("submit answers")
+    {
+        SubmitResult::NotAllowed { reason } => {
+            assert!(reason.contains("not a member"), "{reason}")
+        }
+        other => panic!("a removed member's message was not refused: {other:?}"),
+    }
     send(&mut alice, &clubhouse, "after carol left", &mut ta).await;
     read_messages(&mut bob, 1, &mut tb).await;
     assert_eq!(ta, tb);
@@ -134,5 +148,201 @@ async fn three_clients_create_add_message_remove_protocol06_5() {
             .is_none(),
         "a removed member receives nothing after the Commit that removes it"
     );
+    node.shutdown().await;
+}
+
+/// Sets up `room` with alice (admin) and the given members joined through their Welcome.
+async fn room_with(
+    node: &TestNode,
+    name: &str,
+    members: &[&str],
+) -> (mimid_actors::ids::RoomId, MimiClient, Vec<MimiClient>) {
+    let room = room(name);
+    let mut alice = node.client(&format!("alice-{name}"), "phone", 1).await;
+    alice.connect_stream().await.expect("stream opens");
+    let mut clients = Vec::new();
+    for member in members {
+        let mut client = node.client(&format!("{member}-{name}"), "phone", 2).await;
+        client.connect_stream().await.expect("stream opens");
+        clients.push(client);
+    }
+    alice.create_room(&room).await.expect("room created");
+    let users: Vec<_> = members
+        .iter()
+        .map(|m| user(&format!("{m}-{name}")))
+        .collect();
+    let added = alice.add_users(&room, &users).await.expect("add works");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    for client in &mut clients {
+        expect_joined(client).await;
+    }
+    (room, alice, clients)
+}
+
+/// RFC 9420 §14 / MIMI.md §7.3 step 10: two Commits for one epoch, sent concurrently: exactly
+/// one is accepted, the other gets wrongEpoch with the current epoch; the loser processes the
+/// winner and then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_for_one_epoch_one_wins_rfc9420_14() {
+    let node = TestNode::start().await;
+    let (room, mut alice, mut members) = room_with(&node, "race", &["bob"]).await;
+    let mut bob = members.pop().expect("bob");
+    let epoch = alice.epoch(&room).expect("alice is in the room");
+    assert_eq!(bob.epoch(&room), Some(epoch));
+
+    let (a, b) = tokio::join!(alice.self_update(&room), bob.self_update(&room));
+    let (a, b) = (
+        a.expect("alice's commit answered"),
+        b.expect("bob's commit answered"),
+    );
+    let (mut winner, mut loser, loss) = match (&a, &b) {
+        (UpdateResult::Accepted { .. }, UpdateResult::WrongEpoch { .. }) => (alice, bob, b),
+        (UpdateResult::WrongEpoch { .. }, UpdateResult::Accepted { .. }) => (bob, alice, a),
+        other => panic!("exactly one commit must win the epoch: {other:?}"),
+    };
+    assert_eq!(
+        loss,
+        UpdateResult::WrongEpoch {
+            current_epoch: epoch + 1
+        }
+    );
+    assert_eq!(winner.epoch(&room), Some(epoch + 1));
+    assert_eq!(
+        loser.epoch(&room),
+        Some(epoch),
+        "the loser's commit was not merged"
+    );
+
+    match loser.next_event(WAIT).await.expect("stream works") {
+        Some(Event::Committed { epoch: e, .. }) => assert_eq!(e, epoch + 1),
+        other => panic!("the loser expected the winning commit, got {other:?}"),
+    }
+    let retry = loser.self_update(&room).await.expect("retry answered");
+    assert!(matches!(retry, UpdateResult::Accepted { .. }), "{retry:?}");
+    match winner.next_event(WAIT).await.expect("stream works") {
+        Some(Event::Committed { epoch: e, .. }) => assert_eq!(e, epoch + 2),
+        other => panic!("the winner expected the retried commit, got {other:?}"),
+    }
+    let mut transcript = Transcript::new();
+    send(
+        &mut winner,
+        &room,
+        "both at the same epoch",
+        &mut transcript,
+    )
+    .await;
+    let mut seen = Transcript::new();
+    read_messages(&mut loser, 1, &mut seen).await;
+    assert_eq!(seen, transcript);
+    node.shutdown().await;
+}
+
+/// room-policy-03 §9.5 (MIMI.md §9.5): a member without canAddParticipant cannot add, without
+/// canRemoveParticipant cannot remove, without canKick cannot kick; the room is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_without_capability_cannot_add_remove_or_kick_room_policy_9_5() {
+    let node = TestNode::start().await;
+    let (room, mut alice, mut members) = room_with(&node, "policy", &["bob", "carol"]).await;
+    let mut carol = members.pop().expect("carol");
+    let mut bob = members.pop().expect("bob");
+    let _dave = node.client("dave-policy", "phone", 2).await;
+    let before = node.room_digest(&room);
+    let epoch = alice.epoch(&room);
+
+    let add = bob
+        .add_users(&room, &[user("dave-policy")])
+        .await
+        .expect("answered");
+    match add {
+        UpdateResult::NotAllowed { reason } => {
+            assert!(reason.contains("canAddParticipant"), "{reason}")
+        }
+        other => panic!("a member added someone: {other:?}"),
+    }
+    let remove = bob
+        .remove_user(&room, &user("alice-policy"))
+        .await
+        .expect("answered");
+    assert!(
+        matches!(remove, UpdateResult::NotAllowed { .. }),
+        "a member removed the admin: {remove:?}"
+    );
+    let kick = bob
+        .kick(&room, &user("carol-policy"))
+        .await
+        .expect("answered");
+    match kick {
+        UpdateResult::NotAllowed { reason } => assert!(reason.contains("canKick"), "{reason}"),
+        other => panic!("a member kicked someone: {other:?}"),
+    }
+    assert_eq!(node.room_digest(&room), before, "refusals change nothing");
+    assert_eq!(bob.epoch(&room), epoch, "refused commits are not merged");
+
+    // The room still works: the admin may do what the member may not.
+    let kick = alice
+        .kick(&room, &user("carol-policy"))
+        .await
+        .expect("answered");
+    assert!(matches!(kick, UpdateResult::Accepted { .. }), "{kick:?}");
+    match carol.next_event(WAIT).await.expect("stream works") {
+        Some(Event::Removed { .. }) => {}
+        other => panic!("carol expected to be kicked, got {other:?}"),
+    }
+    node.shutdown().await;
+}
+
+/// Everything survives a restart: rooms, KeyPackages, delivery cursors and order; a client
+/// that was offline receives everything it missed, once (DESIGN.md §2, §4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_recovers_rooms_key_packages_and_offline_queues() {
+    let mut node = TestNode::start().await;
+    let (room, mut alice, mut members) = room_with(&node, "durable", &["bob"]).await;
+    let mut bob = members.pop().expect("bob");
+    let mut sent = Transcript::new();
+    send(&mut alice, &room, "before", &mut sent).await;
+    let mut seen = Transcript::new();
+    read_messages(&mut bob, 1, &mut seen).await;
+    bob.ack().await.expect("ack accepted");
+    bob.disconnect_stream();
+
+    // Bob is offline: these wait for him.
+    let mut missed = Transcript::new();
+    for i in 0..3 {
+        send(&mut alice, &room, &format!("missed {i}"), &mut missed).await;
+    }
+    let _carol = node.client("carol-durable", "phone", 3).await;
+
+    node.restart().await;
+    let endpoint = node.endpoint();
+    bob.reconnect(endpoint.clone())
+        .await
+        .expect("bob reconnects");
+    let mut after = Transcript::new();
+    read_messages(&mut bob, 3, &mut after).await;
+    assert_eq!(after, missed, "bob gets exactly what he missed, in order");
+    assert!(
+        bob.next_event(std::time::Duration::from_millis(300))
+            .await
+            .expect("stream works")
+            .is_none(),
+        "nothing acknowledged before the restart is delivered again"
+    );
+
+    // The room and its epoch survived; KeyPackages published before the restart are claimable.
+    alice.reconnect(endpoint).await.expect("alice reconnects");
+    let added = alice
+        .add_users(&room, &[user("carol-durable")])
+        .await
+        .expect("add works after restart");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    match bob.next_event(WAIT).await.expect("stream works") {
+        Some(Event::Committed { .. }) => {}
+        other => panic!("bob expected the add commit, got {other:?}"),
+    }
+    let mut more = Transcript::new();
+    send(&mut alice, &room, "after restart", &mut more).await;
+    let mut bob_more = Transcript::new();
+    read_messages(&mut bob, 1, &mut bob_more).await;
+    assert_eq!(bob_more, more);
     node.shutdown().await;
 }

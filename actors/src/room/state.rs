@@ -1031,18 +1031,8 @@ impl RoomState {
                 "the message is for another MLS group than this room's".into(),
             ));
         }
-        let current = self.epoch();
-        let epoch = message.epoch().as_u64();
-        if epoch < current {
-            return Err(SubmitVerdict::EpochTooOld {
-                current_epoch: current,
-            });
-        }
-        if epoch > current {
-            return Err(not_allowed(format!(
-                "the message is for epoch {epoch}, ahead of the room's epoch {current}"
-            )));
-        }
+        // Who may send is checked before the epoch: a removed or banned sender is told so,
+        // not sent to catch up with commits it can no longer process (MIMI.md §5.2, §7.4).
         if !self.members.contains(sender) {
             return Err(not_allowed(format!(
                 "{sender} is not a member of the room's MLS group"
@@ -1056,6 +1046,18 @@ impl RoomState {
         }
         if !self.policy.user_has(&user, capability::CAN_SEND_MESSAGE) {
             return Err(not_allowed(format!("{user} lacks canSendMessage")));
+        }
+        let current = self.epoch();
+        let epoch = message.epoch().as_u64();
+        if epoch < current {
+            return Err(SubmitVerdict::EpochTooOld {
+                current_epoch: current,
+            });
+        }
+        if epoch > current {
+            return Err(not_allowed(format!(
+                "the message is for epoch {epoch}, ahead of the room's epoch {current}"
+            )));
         }
         Ok(())
     }

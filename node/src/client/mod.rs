@@ -477,13 +477,8 @@ impl MimiClient {
         room: &RoomId,
         user: &UserId,
     ) -> Result<UpdateResult, ClientError> {
-        let group = &self.room_mut(room)?.group;
-        let leaves: Vec<LeafNodeIndex> = group
-            .members()
-            .filter(|m| credential_client(&m.credential).is_some_and(|c| c.user() == *user))
-            .map(|m| m.index)
-            .collect();
-        let proposal = Self::policy(group)?
+        let leaves = self.leaves_of(room, user)?;
+        let proposal = Self::policy(&self.room_mut(room)?.group)?
             .remove_participants_proposal(std::slice::from_ref(user))
             .map_err(|e| ClientError::Policy(e.to_string()))?;
         self.commit(room, |builder| {
@@ -492,6 +487,31 @@ impl MimiClient {
                 .add_proposal(Proposal::AppDataUpdate(Box::new(proposal)))
         })
         .await
+    }
+
+    /// Kicks `user`: removes all its clients but keeps it in the participant list
+    /// (room-policy-03 canKick; MIMI.md §6.5).
+    pub async fn kick(
+        &mut self,
+        room: &RoomId,
+        user: &UserId,
+    ) -> Result<UpdateResult, ClientError> {
+        let leaves = self.leaves_of(room, user)?;
+        self.commit(room, |builder| builder.propose_removals(leaves))
+            .await
+    }
+
+    fn leaves_of(&self, room: &RoomId, user: &UserId) -> Result<Vec<LeafNodeIndex>, ClientError> {
+        let entry = self
+            .rooms
+            .get(room)
+            .ok_or_else(|| ClientError::NotInRoom(room.clone()))?;
+        Ok(entry
+            .group
+            .members()
+            .filter(|m| credential_client(&m.credential).is_some_and(|c| c.user() == *user))
+            .map(|m| m.index)
+            .collect())
     }
 
     /// An empty commit with a path (key rotation, RFC 9420 §12.4).
@@ -606,6 +626,13 @@ impl MimiClient {
         room: &RoomId,
         text: &str,
     ) -> Result<SubmitResult, ClientError> {
+        let message = self.prepare_text(room, text)?;
+        self.submit_raw(room, message).await
+    }
+
+    /// Encrypts `text` as MIMI content (text/plain) into an `MLSMessage` for `room` at its
+    /// current epoch, without sending it.
+    pub fn prepare_text(&mut self, room: &RoomId, text: &str) -> Result<Vec<u8>, ClientError> {
         let mut salt = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         let content = MimiContent::plain_text(salt, text)
@@ -623,8 +650,7 @@ impl MimiClient {
             .group
             .create_message(provider, signer, &plaintext)
             .map_err(mls)?;
-        self.submit_raw(room, message.tls_serialize_detached().map_err(mls)?)
-            .await
+        message.tls_serialize_detached().map_err(mls)
     }
 
     /// Submits an already encoded `MLSMessage` as this client's application message.
@@ -653,7 +679,7 @@ impl MimiClient {
                 }
             }
             SubmitStatus::NotAllowed => SubmitResult::NotAllowed {
-                reason: "notAllowed".into(),
+                reason: response.reason,
             },
             SubmitStatus::EpochTooOld { current_epoch } => {
                 SubmitResult::EpochTooOld { current_epoch }
@@ -686,9 +712,17 @@ impl MimiClient {
         Ok(())
     }
 
-    /// Reconnects to the provider (new QUIC connection), e.g. after a provider restart.
-    pub async fn reconnect(&mut self) -> Result<(), ClientError> {
+    /// Closes the push stream (the client goes offline); items accepted meanwhile wait for
+    /// it after its acknowledged cursors.
+    pub fn disconnect_stream(&mut self) {
         self.stream = None;
+    }
+
+    /// Reconnects to the provider at `endpoint` (a new QUIC connection, e.g. after a provider
+    /// restart) and reopens the push stream.
+    pub async fn reconnect(&mut self, endpoint: Endpoint) -> Result<(), ClientError> {
+        self.stream = None;
+        self.endpoint = endpoint;
         self.http = self.endpoint.connect().await?;
         self.connect_stream().await
     }

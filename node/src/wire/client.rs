@@ -10,7 +10,7 @@
 //! enum { created(0), exists(1), invalid(2), (255) } CreateRoomStatus;
 //! struct { CreateRoomStatus status; string reason; } CreateRoomResponse;
 //! struct { UpdateRoomResponse response; uint64 seq; } ClientUpdateResponse;
-//! struct { SubmitMessageResponse response; uint64 seq; } ClientSubmitResponse;
+//! struct { SubmitMessageResponse response; uint64 seq; string reason; } ClientSubmitResponse;
 //! enum { proposals(1), commit(2), welcome(3), application(4), (255) } DeliveredKind;
 //! struct {
 //!   IdentifierUri room; uint64 seq; uint64 timestamp; uint64 epoch; DeliveredKind kind;
@@ -289,17 +289,25 @@ impl Decode for ClientUpdateResponse {
 pub struct ClientSubmitResponse {
     pub response: SubmitMessageResponse,
     pub seq: u64,
+    /// Why a message was not accepted (protocol-06's SubmitMessageResponse has no text; our
+    /// client API adds it so a refused sender learns the specific reason). Empty on success.
+    pub reason: String,
 }
 
 impl From<&SubmitVerdict> for ClientSubmitResponse {
     fn from(verdict: &SubmitVerdict) -> Self {
-        let seq = match verdict {
-            SubmitVerdict::Accepted { seq, .. } => *seq,
-            _ => 0,
+        let (seq, reason) = match verdict {
+            SubmitVerdict::Accepted { seq, .. } => (*seq, String::new()),
+            SubmitVerdict::NotAllowed { reason } => (0, reason.clone()),
+            SubmitVerdict::EpochTooOld { current_epoch } => (
+                0,
+                format!("the room is at epoch {current_epoch}: process its commits and resend"),
+            ),
         };
         ClientSubmitResponse {
             response: SubmitMessageResponse::from(verdict),
             seq,
+            reason,
         }
     }
 }
@@ -308,7 +316,7 @@ impl Encode for ClientSubmitResponse {
     fn encode(&self, w: &mut Writer) -> Result<(), WireError> {
         self.response.encode(w)?;
         w.u64(self.seq);
-        Ok(())
+        w.string("ClientSubmitResponse.reason", &self.reason)
     }
 }
 
@@ -317,6 +325,7 @@ impl Decode for ClientSubmitResponse {
         Ok(ClientSubmitResponse {
             response: SubmitMessageResponse::decode(r)?,
             seq: r.u64("ClientSubmitResponse.seq")?,
+            reason: r.string("ClientSubmitResponse.reason")?,
         })
     }
 }

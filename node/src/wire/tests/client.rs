@@ -169,6 +169,10 @@ fn client_responses_carry_the_log_seq_of_accepted_items_only() {
         (refused.seq, refused.response.status.clone()),
         (0, SubmitStatus::NotAllowed)
     );
+    assert_eq!(
+        refused.reason, "banned",
+        "the specific reason reaches the client"
+    );
     check(&refused);
 }
 
