@@ -415,3 +415,52 @@ async fn bind_rejects_limits_it_cannot_enforce() {
         );
     }
 }
+
+/// A body that stops arriving gets 408 once `request_timeout` passes (the timed-out read is
+/// cancelled mid-flight; answering must not touch the cancelled receive half), and the server
+/// keeps serving.
+#[tokio::test]
+async fn a_stalled_body_gets_408_and_the_server_keeps_serving() {
+    let pki = pki();
+    let mut short = limits();
+    short.request_timeout = Duration::from_millis(300);
+    let server = start(&pki, short);
+
+    let mut tls = anonymous_client_tls(&pki);
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(server.addr, "a.example")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move {
+        let _ = driver.wait_idle().await;
+    });
+    let request = http::Request::post("https://a.example/echo")
+        .header(http::header::CONTENT_LENGTH, "100")
+        .body(())
+        .unwrap();
+    let mut stream = send_request.send_request(request).await.unwrap();
+    stream
+        .send_data(Bytes::from_static(b"only part"))
+        .await
+        .unwrap();
+    let response = stream
+        .recv_response()
+        .await
+        .expect("an answer, not a reset");
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+
+    let client = connect(server.addr, anonymous_client_tls(&pki))
+        .await
+        .unwrap();
+    assert_eq!(post(&client, "/echo", "still here").await.0, StatusCode::OK);
+    client.close().await;
+    drive.abort();
+}

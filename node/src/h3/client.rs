@@ -260,7 +260,9 @@ async fn forward_chunks(
         let received = tokio::select! {
             received = stream.recv_data() => received,
             _ = chunks.closed() => {
-                stream.stop_sending(Code::H3_REQUEST_CANCELLED);
+                // Not `stop_sending`: the cancelled `recv_data` took h3-quinn's receive half
+                // with it (h3-quinn 0.0.10 panics on stop_sending then). Dropping the stream
+                // resets it, and quinn tells the server to stop sending.
                 return;
             }
         };

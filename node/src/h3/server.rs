@@ -421,8 +421,10 @@ async fn reject_body(stream: &mut ServerStream, err: BodyError, shared: &Shared)
             send_text(stream, StatusCode::BAD_REQUEST, reason.into()).await;
         }
         BodyError::Timeout => {
+            // No `stop_sending` here: the timed-out `recv_data` was cancelled mid-read, which
+            // leaves h3-quinn 0.0.10 without its receive half (stop_sending would panic).
+            // The answer below still ends the request; dropping the stream stops the rest.
             shared.metrics.count_limit_hit(Limit::RequestTimeout);
-            stream.stop_sending(Code::H3_REQUEST_CANCELLED);
             let reason = format!(
                 "request body did not arrive within {} ms",
                 limits.request_timeout.as_millis()
