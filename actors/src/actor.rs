@@ -63,12 +63,16 @@ impl Streams {
         (generation, rx)
     }
 
+    /// The open stream of `client`; a stream whose receiver is gone is forgotten here.
     fn sender(&self, client: &ClientId) -> Option<(u64, mpsc::Sender<Delivery>)> {
-        self.open
-            .lock()
-            .get(client)
-            .filter(|(_, tx)| !tx.is_closed())
-            .cloned()
+        let mut open = self.open.lock();
+        match open.get(client) {
+            Some((_, tx)) if tx.is_closed() => {
+                open.remove(client);
+                None
+            }
+            other => other.cloned(),
+        }
     }
 
     /// Closes `client`'s stream if it is still the given generation.
@@ -164,6 +168,21 @@ impl RoomActor {
         self.generations.remove(client);
     }
 
+    /// Detaches clients whose stream closed or was replaced since they were attached.
+    fn prune_streams(&mut self) {
+        let gone: Vec<ClientId> = self
+            .generations
+            .iter()
+            .filter(|(client, generation)| {
+                self.ctx.streams.sender(client).map(|(g, _)| g) != Some(**generation)
+            })
+            .map(|(client, _)| client.clone())
+            .collect();
+        for client in gone {
+            self.detach(&client);
+        }
+    }
+
     fn is_idle(&self) -> bool {
         self.core.attached() == 0
             && self.in_flight.available_permits() == self.ctx.limits.room_mailbox
@@ -178,6 +197,7 @@ impl Actor for RoomActor {
         ctx.set_mailbox_capacity(self.ctx.limits.room_mailbox);
         let period = (self.ctx.limits.idle_room / 2).max(Duration::from_millis(10));
         ctx.run_interval(period, |actor, ctx| {
+            actor.prune_streams();
             if actor.is_idle() {
                 actor.router.forget(&actor.room, &ctx.address());
                 ctx.stop();
@@ -212,12 +232,20 @@ impl Handler<Applied> for RoomActor {
             .core
             .on_applied(state, |client| streams.is_connected(client));
         drop(shard);
-        // Clients attached by a Welcome just now: remember their stream's generation.
-        for push in &pushes {
-            if let Some((generation, _)) = self.ctx.streams.sender(&push.client) {
-                self.generations
-                    .entry(push.client.clone())
-                    .or_insert(generation);
+        // Clients the core attached just now (members on the first look, Welcome recipients):
+        // remember which stream they were attached on.
+        let newcomers: Vec<ClientId> = self
+            .core
+            .attached_clients()
+            .filter(|client| !self.generations.contains_key(*client))
+            .cloned()
+            .collect();
+        for client in newcomers {
+            match self.ctx.streams.sender(&client) {
+                Some((generation, _)) => {
+                    self.generations.insert(client, generation);
+                }
+                None => self.core.detach(&client),
             }
         }
         self.push(pushes);

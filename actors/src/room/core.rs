@@ -51,6 +51,10 @@ impl RoomCore {
         self.sent_up_to.len()
     }
 
+    pub fn attached_clients(&self) -> impl Iterator<Item = &ClientId> {
+        self.sent_up_to.keys()
+    }
+
     /// Attaches (or re-attaches) `client` from `cursor` (everything up to it was processed)
     /// and returns its backlog. `cursor` is clamped to the log, so a cursor from the future
     /// cannot make the client miss items that will get those sequence numbers.
