@@ -7,7 +7,7 @@
 //! and changes nothing.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -22,12 +22,13 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use crate::config::LimitsSettings;
 use crate::h3::{Handler, Request, Response};
 use crate::metrics::{Limit, Metrics, Outcome};
 use crate::wire::client::{
     encode_frame, AckRequest, ClaimKeyPackagesRequest, ClientSubmitResponse, ClientUpdateResponse,
     CreateRoomRequest, CreateRoomResponse, CreateRoomStatus, DeliveredItem,
-    PublishKeyPackagesRequest, RegisterClientRequest, RegisterClientResponse,
+    PublishKeyPackagesRequest, RegisterClientRequest, RegisterClientResponse, HEARTBEAT_FRAME,
 };
 use crate::wire::key_material::{
     ClientKeyMaterial, ClientMaterial, KeyMaterialClientCode, KeyMaterialResponse,
@@ -40,8 +41,8 @@ use crate::wire::{Decode, Encode, Limits, Mls};
 
 /// Path prefix of the client API.
 pub const PREFIX: &str = "/client/v1/";
-/// Header carrying the bearer token: `authorization: Bearer <token>`.
-const BEARER: &str = "Bearer ";
+/// The authentication scheme of `authorization: Bearer <token>` (RFC 6750).
+const BEARER_SCHEME: &str = "Bearer";
 /// Bytes of the random secret inside a token.
 const SECRET_LEN: usize = 32;
 
@@ -86,6 +87,8 @@ impl Token {
 struct Refusal {
     status: StatusCode,
     reason: String,
+    /// The method to name in `Allow` on a 405 (RFC 9110 §15.5.6).
+    allow: Option<Method>,
 }
 
 impl Refusal {
@@ -93,6 +96,7 @@ impl Refusal {
         Refusal {
             status,
             reason: reason.into(),
+            allow: None,
         }
     }
 
@@ -139,21 +143,30 @@ pub struct ClientApi {
     hub: Arc<Hub>,
     domain: String,
     limits: Limits,
+    max_key_packages_per_publish: usize,
+    stream_heartbeat: Duration,
     metrics: Arc<Metrics>,
     /// Longest push-stream frame.
     max_frame: usize,
 }
 
 impl ClientApi {
-    pub fn new(hub: Arc<Hub>, domain: String, max_body: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        domain: String,
+        settings: &LimitsSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ClientApi {
             hub,
             domain,
             limits: Limits {
-                max_body_len: max_body,
+                max_body_len: settings.max_body_bytes,
             },
+            max_key_packages_per_publish: settings.max_key_packages_per_publish,
+            stream_heartbeat: Duration::from_millis(settings.stream_heartbeat_ms),
             metrics,
-            max_frame: max_body.saturating_mul(2),
+            max_frame: settings.max_body_bytes.saturating_mul(2),
         }
     }
 
@@ -163,11 +176,13 @@ impl ClientApi {
             .headers
             .get(http::header::AUTHORIZATION)
             .ok_or_else(|| unauthorized("missing bearer token"))?;
+        // RFC 9110 §11.1: the scheme is case-insensitive.
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix(BEARER))
-            .and_then(Token::parse)
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(BEARER_SCHEME))
+            .and_then(|(_, token)| Token::parse(token.trim()))
             .ok_or_else(|| unauthorized("malformed bearer token"))?;
         if self.hub.authenticate(&token.client, &token.hash()) {
             Ok(token.client)
@@ -196,8 +211,26 @@ impl ClientApi {
                 format!("client {client} does not belong to {}", self.domain),
             ));
         }
+        // A further device of a user is linked by one of its existing devices: the request
+        // then carries that device's bearer token.
+        let linked_by = if req.headers.contains_key(http::header::AUTHORIZATION) {
+            let linker = self.authenticate(&req)?;
+            if linker.user() != client.user() {
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    format!("{linker} cannot link a client of another user"),
+                ));
+            }
+            Some(linker)
+        } else {
+            None
+        };
         let token = Token::generate(client.clone());
-        match self.hub.register_client(client, token.hash()).await? {
+        match self
+            .hub
+            .register_client(client, token.hash(), linked_by)
+            .await?
+        {
             Ok(()) => ok_body(
                 StatusCode::CREATED,
                 &RegisterClientResponse {
@@ -208,12 +241,26 @@ impl ClientApi {
                 StatusCode::CONFLICT,
                 "client is already registered",
             )),
+            Err(e @ DirectoryError::LinkRequired) => {
+                Err(Refusal::new(StatusCode::FORBIDDEN, e.to_string()))
+            }
             Err(e) => Err(Refusal::bad_request(e)),
         }
     }
 
     async fn publish(&self, req: Request, client: ClientId) -> Answer {
         let body = PublishKeyPackagesRequest::from_bytes(&req.body, &self.limits)?;
+        if body.key_packages.len() > self.max_key_packages_per_publish {
+            self.metrics.count_limit_hit(Limit::BodySize);
+            return Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} KeyPackages in one request; the limit is {}",
+                    body.key_packages.len(),
+                    self.max_key_packages_per_publish
+                ),
+            ));
+        }
         match self
             .hub
             .publish_key_packages(client, body.key_package_bytes(), body.last_resort)
@@ -342,12 +389,24 @@ impl ClientApi {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let guard = self.metrics.push_stream_opened();
         let max_frame = self.max_frame;
-        let metrics = self.metrics.clone();
+        let mut heartbeat = tokio::time::interval(self.stream_heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let span = tracing::info_span!("push_stream", client = %client);
         tokio::spawn(
             async move {
                 let _guard = guard;
-                while let Some(delivery) = deliveries.recv().await {
+                loop {
+                    let delivery = tokio::select! {
+                        delivery = deliveries.recv() => delivery,
+                        _ = heartbeat.tick() => {
+                            if tx.send(Bytes::from_static(&HEARTBEAT_FRAME)).await.is_err() {
+                                break; // the client went away
+                            }
+                            continue;
+                        }
+                    };
+                    let Some(delivery) = delivery else { break };
+                    heartbeat.reset();
                     let frame = DeliveredItem::from_log(&delivery.room, &delivery.item)
                         .map_err(|e| e.to_string())
                         .and_then(|item| encode_frame(&item, max_frame).map_err(|e| e.to_string()));
@@ -358,9 +417,8 @@ impl ClientApi {
                             }
                         }
                         Err(reason) => {
-                            // The item is in the log and stays there; the client resumes past
-                            // nothing, so end the stream rather than skip it silently.
-                            metrics.count_limit_hit(Limit::StreamQueueFull);
+                            // The item is in the log and stays there; end the stream rather
+                            // than skip it silently (the client resumes from its cursor).
                             tracing::error!(room = %delivery.room, seq = delivery.item.seq, %reason, "cannot frame a delivered item");
                             break;
                         }
@@ -406,13 +464,12 @@ impl ClientApi {
             Method::POST
         };
         if req.method != expected {
-            return (
-                endpoint,
-                Err(Refusal::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!("{endpoint} takes {expected}"),
-                )),
+            let mut refusal = Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{endpoint} takes {expected}"),
             );
+            refusal.allow = Some(expected);
+            return (endpoint, Err(refusal));
         }
         let answer = async {
             if endpoint == "client_register" {
@@ -454,6 +511,11 @@ impl Handler for ClientApi {
                 Ok(response) => response,
                 Err(refusal) => {
                     let mut response = Response::text(refusal.status, refusal.reason);
+                    if let Some(allow) = refusal.allow {
+                        if let Ok(value) = HeaderValue::from_str(allow.as_str()) {
+                            response.headers.insert(http::header::ALLOW, value);
+                        }
+                    }
                     if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
                         self.metrics.count_limit_hit(Limit::MailboxFull);
                         response

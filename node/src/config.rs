@@ -131,6 +131,9 @@ pub struct LimitsSettings {
     pub max_key_packages_per_publish: usize,
     /// Items buffered per client push stream before the stream counts as slow. Default 1024.
     pub stream_queue: usize,
+    /// Milliseconds between heartbeats on an idle push stream; a client that went away is
+    /// noticed at the next heartbeat and its stream released. Default 15000.
+    pub stream_heartbeat_ms: u64,
     /// Messages queued per room actor mailbox. Default 1024.
     pub room_mailbox: usize,
     /// Seconds without traffic after which a room actor stops. Default 300.
@@ -445,6 +448,7 @@ impl Default for LimitsSettings {
             max_body_bytes: 1 << 20,
             max_key_packages_per_publish: 100,
             stream_queue: 1024,
+            stream_heartbeat_ms: 15_000,
             room_mailbox: 1024,
             idle_room_secs: 300,
             max_concurrent_streams: 256,
@@ -459,13 +463,14 @@ impl Default for LimitsSettings {
 
 impl LimitsSettings {
     fn check(&self, problems: &mut Vec<ConfigProblem>) {
-        let all: [(&'static str, u64); 11] = [
+        let all: [(&'static str, u64); 12] = [
             ("limits.max_body_bytes", self.max_body_bytes as u64),
             (
                 "limits.max_key_packages_per_publish",
                 self.max_key_packages_per_publish as u64,
             ),
             ("limits.stream_queue", self.stream_queue as u64),
+            ("limits.stream_heartbeat_ms", self.stream_heartbeat_ms),
             ("limits.room_mailbox", self.room_mailbox as u64),
             ("limits.idle_room_secs", self.idle_room_secs),
             (

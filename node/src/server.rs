@@ -147,7 +147,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let api = ClientApi::new(
         hub.clone(),
         config.domain.clone(),
-        config.limits.max_body_bytes,
+        &config.limits,
         metrics.clone(),
     );
     let mut tasks = vec![h3.serve(Arc::new(api))];

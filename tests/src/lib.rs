@@ -33,6 +33,7 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.cluster.shards = 4;
     config.cluster.tick_ms = 20;
     config.limits.idle_room_secs = 1;
+    config.limits.stream_heartbeat_ms = 100;
     config
 }
 

@@ -204,8 +204,22 @@ fn credential_client(credential: &Credential) -> Option<ClientId> {
 }
 
 impl MimiClient {
-    /// Registers a new client `id` with its provider and returns it, holding the bearer token.
+    /// Registers the first client `id` of a user with its provider and returns it, holding
+    /// the bearer token.
     pub async fn register(endpoint: Endpoint, id: ClientId) -> Result<MimiClient, ClientError> {
+        Self::register_with(endpoint, id, HeaderMap::new()).await
+    }
+
+    /// Registers another client `id` of this client's user, linked by this client.
+    pub async fn link(&self, id: ClientId) -> Result<MimiClient, ClientError> {
+        Self::register_with(self.endpoint.clone(), id, self.auth_headers()).await
+    }
+
+    async fn register_with(
+        endpoint: Endpoint,
+        id: ClientId,
+        headers: HeaderMap,
+    ) -> Result<MimiClient, ClientError> {
         let http = endpoint.connect().await?;
         let body = RegisterClientRequest {
             client: IdentifierUri::new(id.as_bytes()),
@@ -215,7 +229,7 @@ impl MimiClient {
             .request(
                 Method::POST,
                 &format!("{PREFIX}register"),
-                HeaderMap::new(),
+                headers,
                 body.into(),
             )
             .await?;
@@ -729,11 +743,14 @@ impl MimiClient {
 
     async fn next_item(&mut self, wait: Duration) -> Result<Option<DeliveredItem>, ClientError> {
         let stream = self.stream.as_mut().ok_or(ClientError::NoStream)?;
+        // One deadline for the whole call: heartbeats arrive on an idle stream and must not
+        // extend the wait.
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(item) = stream.ready.pop_front() {
                 return Ok(Some(item));
             }
-            let chunk = match tokio::time::timeout(wait, stream.chunks.recv()).await {
+            let chunk = match tokio::time::timeout_at(deadline, stream.chunks.recv()).await {
                 Err(_) => return Ok(None),
                 Ok(None) => return Err(ClientError::StreamEnded),
                 Ok(Some(chunk)) => chunk?,

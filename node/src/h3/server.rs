@@ -369,7 +369,22 @@ async fn serve_request(
         shared.metrics.count_limit_hit(Limit::ConcurrentRequests);
         stream.stop_sending(Code::H3_NO_ERROR);
         let reason = "server busy: too many requests in progress, retry later";
-        send_text(&mut stream, StatusCode::SERVICE_UNAVAILABLE, reason.into()).await;
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        send_full(
+            &mut stream,
+            StatusCode::SERVICE_UNAVAILABLE,
+            headers,
+            reason.into(),
+        )
+        .await;
         return;
     };
 

@@ -532,14 +532,17 @@ impl Decode for AckRequest {
 /// Bytes of the push-stream frame header (a big-endian `uint32` length).
 pub const FRAME_HEADER_LEN: usize = 4;
 
+/// A frame of length zero: a heartbeat the provider sends on an idle push stream, so that a
+/// client that went away is noticed (the write fails) and its stream released. Decoders skip
+/// it.
+pub const HEARTBEAT_FRAME: [u8; FRAME_HEADER_LEN] = [0; FRAME_HEADER_LEN];
+
 /// Why a push stream could not be framed or deframed. After an error the stream is out of
 /// sync and must be closed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FrameError {
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
-    #[error("empty frame")]
-    Empty,
     #[error("stream ended inside a frame ({buffered} bytes buffered)")]
     TruncatedStream { buffered: usize },
     #[error("frame body: {0}")]
@@ -604,7 +607,8 @@ impl FrameDecoder {
                 });
             }
             if len == 0 {
-                break Err(FrameError::Empty);
+                start += FRAME_HEADER_LEN; // a heartbeat
+                continue;
             }
             let Some(body) = rest.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
                 break Ok(());
