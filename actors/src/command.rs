@@ -36,6 +36,9 @@ pub enum Command {
     RegisterClient {
         client: ClientId,
         token_hash: [u8; 32],
+        /// The existing client of the same user that authorised this one (required unless
+        /// it is the user's first client).
+        linked_by: Option<ClientId>,
     },
     /// Publishes KeyPackages (TLS-serialised `KeyPackage`s, or `MLSMessage`s wrapping them).
     /// Lives in the shard of the client's user.
@@ -157,6 +160,7 @@ mod tests {
         let register = Command::RegisterClient {
             client: client.clone(),
             token_hash: [0; 32],
+            linked_by: None,
         };
         let publish = Command::PublishKeyPackages {
             client: other_device,

@@ -58,7 +58,7 @@ pub const MAX_CLIENTS_PER_USER: usize = 64;
 ///
 /// let mut directory = Directory::default();
 /// let phone = ClientId::parse("mimi://a.example/d/alice/phone").unwrap();
-/// directory.register_client(&phone, [7; 32]).unwrap();
+/// directory.register_client(&phone, [7; 32], None).unwrap();
 /// assert!(directory.authenticate(&phone, &[7; 32]));
 /// assert!(!directory.authenticate(&phone, &[8; 32]));
 ///
@@ -151,6 +151,9 @@ pub enum DirectoryError {
     /// The user has [`MAX_CLIENTS_PER_USER`] clients.
     #[error("user already has the maximum of {MAX_CLIENTS_PER_USER} clients")]
     TooManyClients,
+    /// The user has clients already: a new one must be linked by one of them.
+    #[error("the user has clients already: a new client must be linked by one of them (authenticate the registration with an existing client's token)")]
+    LinkRequired,
     /// The publishing client is not registered.
     #[error("client is not registered")]
     UnknownClient,
@@ -211,10 +214,16 @@ pub enum DirectoryError {
 
 impl Directory {
     /// Registers `client` under its user with the SHA-256 of its bearer token.
+    ///
+    /// The first client of a user is registered as asked (creating the user's account is the
+    /// provider's own business, outside MIMI). Every further client must be linked by an
+    /// existing client of the same user (`linked_by`, authenticated by the caller), so nobody
+    /// can add a device to someone else's account and receive the Welcomes meant for them.
     pub fn register_client(
         &mut self,
         client: &ClientId,
         token_hash: [u8; 32],
+        linked_by: Option<&ClientId>,
     ) -> Result<(), DirectoryError> {
         let user = client.user();
         if let Some(entry) = self.users.get(&user) {
@@ -223,6 +232,11 @@ impl Directory {
             }
             if entry.clients.len() >= MAX_CLIENTS_PER_USER {
                 return Err(DirectoryError::TooManyClients);
+            }
+            if !entry.clients.is_empty()
+                && !linked_by.is_some_and(|linker| entry.clients.contains_key(linker))
+            {
+                return Err(DirectoryError::LinkRequired);
             }
         }
         self.users

@@ -208,14 +208,21 @@ impl Hub {
         self.streams.count()
     }
 
+    /// Registers `client`; `linked_by` is the authenticated existing client of the same user
+    /// that links it (required unless it is the user's first client).
     pub async fn register_client(
         &self,
         client: ClientId,
         token_hash: [u8; 32],
+        linked_by: Option<ClientId>,
     ) -> Result<Result<(), DirectoryError>, HubError> {
         match self
             .proposer
-            .propose(Command::RegisterClient { client, token_hash })
+            .propose(Command::RegisterClient {
+                client,
+                token_hash,
+                linked_by,
+            })
             .await?
         {
             ApplyOutput::Registered(result) => Ok(result),

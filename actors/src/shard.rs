@@ -86,8 +86,16 @@ impl ShardData {
     fn apply(&mut self, stamped: Stamped) -> (ApplyOutput, Option<RoomId>) {
         let ts_ms = stamped.ts_ms;
         match stamped.command {
-            Command::RegisterClient { client, token_hash } => (
-                ApplyOutput::Registered(self.directory.register_client(&client, token_hash)),
+            Command::RegisterClient {
+                client,
+                token_hash,
+                linked_by,
+            } => (
+                ApplyOutput::Registered(self.directory.register_client(
+                    &client,
+                    token_hash,
+                    linked_by.as_ref(),
+                )),
                 None,
             ),
             Command::PublishKeyPackages {

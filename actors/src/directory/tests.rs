@@ -108,7 +108,9 @@ fn kp_now(client: &ClientId, last_resort: bool) -> (KeyPackage, u64) {
 
 fn registered() -> Directory {
     let mut directory = Directory::default();
-    directory.register_client(&alice_phone(), TOKEN).unwrap();
+    directory
+        .register_client(&alice_phone(), TOKEN, None)
+        .unwrap();
     directory
 }
 
@@ -359,34 +361,54 @@ fn register_and_authenticate_refuse_wrong_token() {
 
     // Re-registering never replaces the token.
     assert_eq!(
-        directory.register_client(&phone, wrong),
+        directory.register_client(&phone, wrong, None),
         Err(DirectoryError::AlreadyRegistered)
     );
     assert!(directory.authenticate(&phone, &TOKEN));
     assert!(!directory.authenticate(&phone, &wrong));
 
-    directory.register_client(&alice_laptop(), wrong).unwrap();
+    // A second device must be linked by an existing one (nobody adds a device to someone
+    // else's account and receives their Welcomes).
+    assert_eq!(
+        directory.register_client(&alice_laptop(), wrong, None),
+        Err(DirectoryError::LinkRequired)
+    );
+    let bob_phone = ClientId::new(&bob(), "phone").unwrap();
+    directory.register_client(&bob_phone, TOKEN, None).unwrap();
+    assert_eq!(
+        directory.register_client(&alice_laptop(), wrong, Some(&bob_phone)),
+        Err(DirectoryError::LinkRequired),
+        "a client of another user cannot link"
+    );
+    assert!(!directory.is_registered(&alice_laptop()));
+    directory
+        .register_client(&alice_laptop(), wrong, Some(&phone))
+        .unwrap();
     assert_eq!(directory.clients_of(&alice()), vec![alice_laptop(), phone]);
-    assert!(directory.clients_of(&bob()).is_empty());
+    assert_eq!(directory.clients_of(&bob()), vec![bob_phone]);
 }
 
 #[test]
 fn client_count_per_user_is_bounded() {
     let mut directory = Directory::default();
-    for n in 0..MAX_CLIENTS_PER_USER {
+    let first = ClientId::new(&alice(), "c0").unwrap();
+    directory.register_client(&first, TOKEN, None).unwrap();
+    for n in 1..MAX_CLIENTS_PER_USER {
         let client = ClientId::new(&alice(), &format!("c{n}")).unwrap();
-        directory.register_client(&client, TOKEN).unwrap();
+        directory
+            .register_client(&client, TOKEN, Some(&first))
+            .unwrap();
     }
     let before = directory.clone();
     let one_more = ClientId::new(&alice(), "extra").unwrap();
     assert_eq!(
-        directory.register_client(&one_more, TOKEN),
+        directory.register_client(&one_more, TOKEN, Some(&first)),
         Err(DirectoryError::TooManyClients)
     );
     assert_eq!(directory, before);
     // Another user is unaffected.
     let bob_phone = ClientId::new(&bob(), "phone").unwrap();
-    directory.register_client(&bob_phone, TOKEN).unwrap();
+    directory.register_client(&bob_phone, TOKEN, None).unwrap();
 }
 
 // ---- Publication (apply side) ----
@@ -766,7 +788,9 @@ fn protocol06_s5_1_partial_success_when_one_client_is_exhausted() {
     let phone = alice_phone();
     let laptop = alice_laptop();
     let mut directory = registered();
-    directory.register_client(&laptop, TOKEN).unwrap();
+    directory
+        .register_client(&laptop, TOKEN, Some(&phone))
+        .unwrap();
     directory
         .publish(&phone, &[kp_at_t0(&phone)], false, T0_MS)
         .unwrap();
@@ -868,9 +892,13 @@ fn snapshot_round_trips_and_encodes_deterministically() {
     let phone = alice_phone();
     let laptop = alice_laptop();
     let mut directory = registered();
-    directory.register_client(&laptop, [1; 32]).unwrap();
+    directory
+        .register_client(&laptop, [1; 32], Some(&phone))
+        .unwrap();
     let bob_phone = ClientId::new(&bob(), "phone").unwrap();
-    directory.register_client(&bob_phone, [2; 32]).unwrap();
+    directory
+        .register_client(&bob_phone, [2; 32], None)
+        .unwrap();
     directory
         .publish(&phone, &[kp_at_t0(&phone), kp_at_t0(&phone)], false, T0_MS)
         .unwrap();
