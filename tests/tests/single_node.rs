@@ -346,3 +346,96 @@ async fn restart_recovers_rooms_key_packages_and_offline_queues() {
     assert_eq!(bob_more, more);
     node.shutdown().await;
 }
+
+/// Waits (bounded) until `condition` holds; for effects driven by the node's own timers.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {WAIT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Idle room actors stop (their state stays in the shard) and start again on demand; the
+/// metrics endpoint shows the traffic (issue: observability from day one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_room_actors_stop_and_restart_on_demand_and_metrics_move() {
+    let node = TestNode::start().await;
+    let (room, mut alice, mut members) = room_with(&node, "idle", &["bob"]).await;
+    let mut bob = members.pop().expect("bob");
+    let mut sent = Transcript::new();
+    send(&mut alice, &room, "first", &mut sent).await;
+    let mut seen = Transcript::new();
+    read_messages(&mut bob, 1, &mut seen).await;
+    assert!(node.node().hub().active_rooms() >= 1);
+
+    // Streams stay attached while clients are connected; disconnect both to let it idle.
+    alice.disconnect_stream();
+    bob.disconnect_stream();
+    eventually("the idle room actor stopped", || {
+        node.node().hub().active_rooms() == 0
+    })
+    .await;
+
+    bob.connect_stream().await.expect("stream reopens");
+    send(&mut alice, &room, "second", &mut sent).await;
+    read_messages(&mut bob, 1, &mut seen).await;
+    assert_eq!(
+        seen, sent,
+        "the restarted actor resumes from the replicated log"
+    );
+
+    let metrics = mimid_tests::http_get(&format!("http://{}/metrics", node.node().admin_addr()))
+        .await
+        .expect("metrics answer")
+        .1;
+    for series in [
+        "mimid_requests_total{endpoint=\"client_submit_message\",status=\"200\"} 2",
+        "mimid_app_messages_total{result=\"accepted\"} 2",
+        "mimid_commits_total{result=\"accepted\"} 1",
+        "mimid_push_streams 1",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "missing `{series}` in:\n{metrics}"
+        );
+    }
+    node.shutdown().await;
+}
+
+/// A user's further devices are linked by an existing device: nobody can register a client
+/// under someone else's account and receive the Welcomes meant for them (DESIGN.md §5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_device_must_be_linked_by_an_existing_one() {
+    let node = TestNode::start().await;
+    let phone = node.client("erin", "phone", 0).await;
+    let laptop = mimid_actors::ids::ClientId::parse("mimi://localhost/d/erin/laptop").unwrap();
+    match MimiClient::register(node.endpoint(), laptop.clone()).await {
+        Err(mimid_node::client::ClientError::Status { status, reason }) => {
+            assert_eq!(status, http::StatusCode::FORBIDDEN);
+            assert!(reason.contains("linked"), "{reason}");
+        }
+        other => panic!(
+            "an unlinked second device was registered: {:?}",
+            other.map(|c| c.id().clone())
+        ),
+    }
+    let mallory = node.client("mallory", "phone", 0).await;
+    assert!(
+        mallory.link(laptop.clone()).await.is_err(),
+        "a client of another user cannot link erin's device"
+    );
+    let linked = phone
+        .link(laptop.clone())
+        .await
+        .expect("linked by erin's phone");
+    linked
+        .publish_key_packages(1)
+        .await
+        .expect("the linked device works");
+    assert_eq!(linked.id(), &laptop);
+    node.shutdown().await;
+}

@@ -270,6 +270,14 @@ impl RoomState {
         bundle: &HandshakeBundle,
         ts_ms: u64,
     ) -> UpdateVerdict {
+        // A client that never was in the group learns nothing about it (not even its epoch):
+        // refused before any other check. [IMPL CHOICE] External joins, when supported, will be
+        // authorised through the groupInfo request that precedes them (MIMI.md §6.6).
+        if !self.memberships.contains_key(sender) {
+            return UpdateVerdict::NotAllowed {
+                reason: format!("{sender} is not a member of this room"),
+            };
+        }
         let result = match bundle {
             HandshakeBundle::Commit {
                 commit,
@@ -330,12 +338,11 @@ impl RoomState {
     /// Records that `client` has processed the room up to `seq`. Cursors only move forward, never
     /// past the end of the log, and only for clients that have been members.
     pub fn ack(&mut self, client: &ClientId, seq: u64) {
-        if !self.memberships.contains_key(client) {
-            return;
-        }
         let seq = seq.min(self.last_seq());
-        let cursor = self.cursors.entry(client.clone()).or_insert(0);
-        *cursor = (*cursor).max(seq);
+        if !self.memberships.contains_key(client) || seq <= self.acked(client) {
+            return; // a no-op leaves no trace in the replicated state
+        }
+        self.cursors.insert(client.clone(), seq);
     }
 
     /// The acknowledged cursor of `client`, 0 if none.
