@@ -116,6 +116,10 @@ pub struct RaftTotals {
     /// Proposals dropped by Raft (leader change, overwritten entries) and answered with an
     /// error (floors.md pitfall 13).
     pub proposals_dropped: u64,
+    /// Shard snapshots taken (each compacts its log).
+    pub snapshots: u64,
+    /// Leadership changes seen by local shard groups.
+    pub leader_changes: u64,
 }
 
 /// Counts a push stream as open for as long as it lives.
@@ -249,6 +253,12 @@ impl Metrics {
         self.raft
             .proposals_dropped
             .store(totals.proposals_dropped, Ordering::Relaxed);
+        self.raft
+            .snapshots
+            .store(totals.snapshots, Ordering::Relaxed);
+        self.raft
+            .leader_changes
+            .store(totals.leader_changes, Ordering::Relaxed);
     }
 
     /// All metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).
@@ -320,6 +330,8 @@ struct RaftCounters {
     applied: AtomicU64,
     flushes: AtomicU64,
     proposals_dropped: AtomicU64,
+    snapshots: AtomicU64,
+    leader_changes: AtomicU64,
 }
 
 impl Collector for RaftCounters {
@@ -344,6 +356,16 @@ impl Collector for RaftCounters {
                 "raft_proposals_dropped",
                 "Proposals Raft dropped and the node answered with an error.",
                 &self.proposals_dropped,
+            ),
+            (
+                "raft_snapshots",
+                "Shard snapshots taken; each compacts the shard's log.",
+                &self.snapshots,
+            ),
+            (
+                "raft_leader_changes",
+                "Leadership changes seen by local shard groups.",
+                &self.leader_changes,
             ),
         ];
         for (name, help, value) in counters {
@@ -470,6 +492,8 @@ mod tests {
             applied: 9,
             flushes: 3,
             proposals_dropped: 1,
+            snapshots: 2,
+            leader_changes: 4,
         });
         let text = metrics.encode();
         assert!(
@@ -482,6 +506,11 @@ mod tests {
         assert_eq!(
             line_value(&text, "mimid_raft_proposals_dropped_total"),
             Some(1.0)
+        );
+        assert_eq!(line_value(&text, "mimid_raft_snapshots_total"), Some(2.0));
+        assert_eq!(
+            line_value(&text, "mimid_raft_leader_changes_total"),
+            Some(4.0)
         );
     }
 }

@@ -53,6 +53,11 @@ impl Node {
         &self.hub
     }
 
+    /// The replication layer's counters (snapshots, applied entries, flushes, ...).
+    pub fn cluster_metrics(&self) -> mimid_cluster::ClusterMetrics {
+        self.cluster.handle().metrics()
+    }
+
     /// Stops accepting, lets requests in progress finish (bounded), then stops the actors and
     /// the replication driver (which flushes sled).
     pub async fn shutdown(self) {
@@ -206,6 +211,8 @@ async fn refresh_metrics(
             applied: raft.applied_entries,
             flushes: raft.flushes,
             proposals_dropped: raft.dropped_proposals,
+            snapshots: raft.snapshots_taken,
+            leader_changes: raft.leader_changes,
         });
         metrics.set_rooms_active(hub.active_rooms() as u64);
     }

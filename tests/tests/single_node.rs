@@ -295,7 +295,19 @@ async fn member_without_capability_cannot_add_remove_or_kick_room_policy_9_5() {
 /// that was offline receives everything it missed, once (DESIGN.md §2, §4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_recovers_rooms_key_packages_and_offline_queues() {
-    let mut node = TestNode::start().await;
+    restart_scenario(TestNode::start().await).await;
+}
+
+/// The same with a snapshot every few entries, so the restart restores rooms (openmls
+/// PublicGroup state, logs, cursors) and KeyPackages from shard snapshots and replays only the
+/// log after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_from_shard_snapshots_recovers_everything() {
+    restart_scenario(TestNode::start_with(|config| config.cluster.snapshot_interval = 3).await)
+        .await;
+}
+
+async fn restart_scenario(mut node: TestNode) {
     let (room, mut alice, mut members) = room_with(&node, "durable", &["bob"]).await;
     let mut bob = members.pop().expect("bob");
     let mut sent = Transcript::new();
@@ -312,6 +324,12 @@ async fn restart_recovers_rooms_key_packages_and_offline_queues() {
     }
     let _carol = node.client("carol-durable", "phone", 3).await;
 
+    // The room's shard alone applied more entries than a small interval: it was snapshotted
+    // and compacted, so the restart below restores from a snapshot.
+    let snapshots = node.node().cluster_metrics().snapshots_taken;
+    if node.config.cluster.snapshot_interval <= 3 {
+        assert!(snapshots > 0, "no shard snapshot was taken");
+    }
     node.restart().await;
     let endpoint = node.endpoint();
     bob.reconnect(endpoint.clone())
