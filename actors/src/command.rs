@@ -78,13 +78,17 @@ pub enum Command {
         client: ClientId,
         seq: u64,
     },
+    /// Periodic upkeep of one shard at the stamped time: drops expired KeyPackages and
+    /// Welcome-routing records (MIMI.md §4). Proposed to each shard directly, not by key.
+    Housekeeping,
 }
 
 impl Command {
     /// The key whose hash picks the shard this command belongs to: the room for room
-    /// commands, the user for everything a user owns (`user_shard_key`).
-    pub fn shard_key(&self) -> Vec<u8> {
-        match self {
+    /// commands, the user for everything a user owns (`user_shard_key`). `None` for commands
+    /// addressed to a shard directly.
+    pub fn shard_key(&self) -> Option<Vec<u8>> {
+        Some(match self {
             Command::RegisterClient { client, .. } | Command::PublishKeyPackages { client, .. } => {
                 user_shard_key(&client.user())
             }
@@ -93,7 +97,8 @@ impl Command {
             | Command::Handshake { room, .. }
             | Command::AppMessage { room, .. }
             | Command::Ack { room, .. } => room.as_bytes().to_vec(),
-        }
+            Command::Housekeeping => return None,
+        })
     }
 }
 
@@ -173,14 +178,15 @@ mod tests {
         };
         assert_eq!(register.shard_key(), claim.shard_key());
         assert_eq!(publish.shard_key(), claim.shard_key());
-        assert_eq!(claim.shard_key(), user_shard_key(&bob));
+        assert_eq!(claim.shard_key(), Some(user_shard_key(&bob)));
         let room = RoomId::parse("mimi://a.example/r/clubhouse").unwrap();
         let ack = Command::Ack {
             room: room.clone(),
             client,
             seq: 1,
         };
-        assert_eq!(ack.shard_key(), room.as_bytes());
+        assert_eq!(ack.shard_key().as_deref(), Some(room.as_bytes()));
+        assert_eq!(Command::Housekeeping.shard_key(), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use mimid_cluster::{ClusterHandle, ProposeError};
+use mimid_cluster::{ClusterHandle, ProposeError, ShardId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::{
@@ -78,11 +78,23 @@ pub(crate) struct Proposer {
 }
 
 impl Proposer {
+    /// Proposes `command` to the shard its key hashes to (or, for commands without a key,
+    /// shard 0; use `propose_to` for those).
     pub(crate) fn propose(
         &self,
         command: Command,
     ) -> impl Future<Output = Result<ApplyOutput, HubError>> + Send + 'static {
-        let shard = self.shards.shard_of(&command.shard_key());
+        let shard = command
+            .shard_key()
+            .map_or(0, |key| self.shards.shard_of(&key));
+        self.propose_to(shard, command)
+    }
+
+    pub(crate) fn propose_to(
+        &self,
+        shard: ShardId,
+        command: Command,
+    ) -> impl Future<Output = Result<ApplyOutput, HubError>> + Send + 'static {
         let entry = Stamped {
             ts_ms: (self.clock)(),
             command,
@@ -112,6 +124,9 @@ pub struct HubConfig {
     pub limits: ActorLimits,
     /// Arbiters (threads) the room actors are spread over.
     pub arbiters: usize,
+    /// How often every shard gets a `Housekeeping` command (expiry of KeyPackages and
+    /// Welcome-routing records).
+    pub housekeeping: std::time::Duration,
 }
 
 pub struct Hub {
@@ -177,6 +192,21 @@ impl Hub {
             loop {
                 for room in applied.next_batch().await {
                     dispatcher.applied(&room);
+                }
+            }
+        });
+        let housekeeper = proposer.clone();
+        let period = config.housekeeping;
+        arbiters[0].spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await; // the first tick is immediate: nothing has expired yet
+            loop {
+                tick.tick().await;
+                for shard in 0..housekeeper.shards.count() {
+                    // Busy or stopped: the next round does it; nothing waits on this.
+                    if let Err(e) = housekeeper.propose_to(shard, Command::Housekeeping).await {
+                        tracing::info!(shard, error = %e, "housekeeping skipped");
+                    }
                 }
             }
         });

@@ -33,6 +33,7 @@ pub enum ApplyOutput {
     Updated(UpdateVerdict),
     Submitted(SubmitVerdict),
     Acked,
+    Housekept,
     /// The entry could not be applied at all (undecodable, or a room command for a room this
     /// shard does not host). Nothing changed.
     Rejected(String),
@@ -165,6 +166,10 @@ impl ShardData {
                 let verdict = state.handle_app_message(&sender, &message, ts_ms);
                 let changed = matches!(verdict, SubmitVerdict::Accepted { .. });
                 (ApplyOutput::Submitted(verdict), changed.then_some(room))
+            }
+            Command::Housekeeping => {
+                self.directory.expire(ts_ms);
+                (ApplyOutput::Housekept, None)
             }
             Command::Ack { room, client, seq } => {
                 if let Some(state) = self.rooms.get_mut(&room) {
@@ -327,5 +332,82 @@ impl Shards {
             .iter()
             .map(|shard| shard.read().room_count())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> (Shards, ShardMachine) {
+        let shards = Shards::new(2);
+        let machine = shards.machine(1);
+        (shards, machine)
+    }
+
+    #[test]
+    fn undecodable_entries_are_rejected_and_change_nothing() {
+        let (_, mut machine) = machine();
+        let before = machine.snapshot();
+        assert!(matches!(
+            machine.apply(1, b"\xff\xff garbage"),
+            ApplyOutput::Rejected(_)
+        ));
+        assert_eq!(machine.snapshot(), before);
+    }
+
+    #[test]
+    fn room_commands_for_unknown_rooms_are_rejected_not_panicking() {
+        let (_, mut machine) = machine();
+        let room = RoomId::parse("mimi://a.example/r/nowhere").unwrap();
+        let sender = ClientId::parse("mimi://a.example/d/alice/phone").unwrap();
+        let entry = Stamped {
+            ts_ms: 1,
+            command: Command::AppMessage {
+                room,
+                sender,
+                message: vec![1, 2, 3],
+            },
+        };
+        assert!(matches!(
+            machine.apply(1, &entry.encode()),
+            ApplyOutput::Rejected(reason) if reason.contains("unknown room")
+        ));
+    }
+
+    #[test]
+    fn housekeeping_applies_and_snapshots_round_trip() {
+        let (shards, mut machine) = machine();
+        let client = ClientId::parse("mimi://a.example/d/alice/phone").unwrap();
+        let register = Stamped {
+            ts_ms: 1,
+            command: Command::RegisterClient {
+                client: client.clone(),
+                token_hash: [3; 32],
+                linked_by: None,
+            },
+        };
+        assert!(matches!(
+            machine.apply(1, &register.encode()),
+            ApplyOutput::Registered(Ok(()))
+        ));
+        let housekeeping = Stamped {
+            ts_ms: 2,
+            command: Command::Housekeeping,
+        };
+        assert!(matches!(
+            machine.apply(2, &housekeeping.encode()),
+            ApplyOutput::Housekept
+        ));
+        let snapshot = machine.snapshot();
+        let mut restored = Shards::new(2).machine(1);
+        restored.restore(&snapshot).unwrap();
+        assert_eq!(restored.snapshot(), snapshot);
+        assert!(shards
+            .get(1)
+            .read()
+            .directory()
+            .authenticate(&client, &[3; 32]));
+        assert!(restored.restore(b"not a snapshot").is_err());
     }
 }

@@ -138,6 +138,9 @@ pub struct LimitsSettings {
     pub room_mailbox: usize,
     /// Seconds without traffic after which a room actor stops. Default 300.
     pub idle_room_secs: u64,
+    /// Seconds between housekeeping rounds over every shard (expired KeyPackages and
+    /// Welcome-routing records are dropped). Default 60.
+    pub housekeeping_secs: u64,
     /// Concurrent request streams per QUIC connection (QUIC flow control enforces it).
     /// Default 256.
     pub max_concurrent_streams: u32,
@@ -451,6 +454,7 @@ impl Default for LimitsSettings {
             stream_heartbeat_ms: 15_000,
             room_mailbox: 1024,
             idle_room_secs: 300,
+            housekeeping_secs: 60,
             max_concurrent_streams: 256,
             max_connections: 4096,
             max_concurrent_requests: 16_384,
@@ -463,7 +467,7 @@ impl Default for LimitsSettings {
 
 impl LimitsSettings {
     fn check(&self, problems: &mut Vec<ConfigProblem>) {
-        let all: [(&'static str, u64); 12] = [
+        let all: [(&'static str, u64); 13] = [
             ("limits.max_body_bytes", self.max_body_bytes as u64),
             (
                 "limits.max_key_packages_per_publish",
@@ -473,6 +477,7 @@ impl LimitsSettings {
             ("limits.stream_heartbeat_ms", self.stream_heartbeat_ms),
             ("limits.room_mailbox", self.room_mailbox as u64),
             ("limits.idle_room_secs", self.idle_room_secs),
+            ("limits.housekeeping_secs", self.housekeeping_secs),
             (
                 "limits.max_concurrent_streams",
                 u64::from(self.max_concurrent_streams),

@@ -134,6 +134,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
                     idle_room: Duration::from_secs(config.limits.idle_room_secs),
                 },
                 arbiters: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                housekeeping: Duration::from_secs(config.limits.housekeeping_secs),
             },
         )
         .context("starting the room actors")?,
