@@ -39,15 +39,7 @@ pub fn test_config(data_dir: &Path) -> Config {
 
 impl TestNode {
     pub async fn start() -> TestNode {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let config = test_config(dir.path());
-        let mut node = TestNode {
-            node: None,
-            config,
-            _dir: Some(dir),
-        };
-        node.restart().await;
-        node
+        Self::start_with(|_| {}).await
     }
 
     /// Starts with a configuration changed by `edit`.
