@@ -1,1 +1,91 @@
-fn main() {}
+//! `mimid-bench`: see `mimid-bench --help` and bench/README.md.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use mimid_bench::cli::{Cli, Scenario};
+use mimid_bench::load::StopReason;
+use mimid_bench::run::{run, Report};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The node's logs are off unless asked for: they would interleave with the progress lines.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let result = run(&cli.scenario).and_then(|report| {
+        output(&cli.scenario, &report)?;
+        Ok(report)
+    });
+    match result {
+        // An interrupted run wrote its report, but it is not the run that was asked for.
+        Ok(report)
+            if report
+                .phases
+                .iter()
+                .any(|p| p.measured.stop_reason == StopReason::Interrupted) =>
+        {
+            ExitCode::from(130)
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mimid-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
+    let output = match scenario {
+        Scenario::Messages(args) => &args.common.output,
+        Scenario::Commits(args) => &args.common.output,
+    };
+    let json = serde_json::to_string_pretty(report).context("encoding the report")?;
+    match &output.json {
+        Some(path) => std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{json}").context("writing the report")?;
+        }
+    }
+    for phase in &report.phases {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let corrected = &phase.measured.totals.latency_corrected;
+        let raw = &phase.measured.totals.latency_raw;
+        eprintln!(
+            "# {}: {} ops/s ({} ok, {} failed, {} late starts); corrected p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms; raw p50 {:.2} ms p99 {:.2} ms",
+            phase.name,
+            phase.measured.throughput_ops_s,
+            phase.measured.totals.ops_ok,
+            phase.measured.totals.ops_failed,
+            phase.measured.totals.late_starts,
+            ms(corrected.p50_us),
+            ms(corrected.p99_us),
+            ms(corrected.p999_us),
+            ms(raw.p50_us),
+            ms(raw.p99_us),
+        );
+        let threads: Vec<String> = phase
+            .cpu
+            .usage
+            .threads_s
+            .iter()
+            .map(|(name, seconds)| format!("{name} {seconds:.1}"))
+            .collect();
+        let seconds = |s: Option<f64>| s.map_or("unknown".to_string(), |s| format!("{s:.1}"));
+        eprintln!(
+            "#   cpu s over {:.1} s: process {} ({}); other processes {}",
+            phase.measured.elapsed_s,
+            seconds(phase.cpu.usage.process_s),
+            threads.join(", "),
+            seconds(phase.cpu.usage.other_processes_s),
+        );
+    }
+    Ok(())
+}

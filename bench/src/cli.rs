@@ -1,0 +1,261 @@
+//! The command line: one subcommand per scenario, with shared load, node and output options.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Load generator and benchmarks for mimid: real openmls clients through the real HTTP/3
+/// client API, against a single-node provider started in process (default) or an already
+/// running one (`--target`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mimid-bench", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// Accepted application messages per second into N rooms of M members (protocol-06 §5.3).
+    /// Each room's creator sends; the other members join through their Welcome and then
+    /// disconnect, so no push stream is attached and the figure is the accept path: decode,
+    /// authenticate, replicate durably, apply, answer.
+    Messages(MessagesArgs),
+    /// Accepted Commits per second (self-update commits with a path, RFC 9420 §12.4) at the
+    /// given group sizes. Each room's commits are sequential (the next is built after the
+    /// previous one is merged); rooms run in parallel.
+    Commits(CommitsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MessagesArgs {
+    /// Rooms, each with one sender.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rooms: u32,
+    /// Members per room, the sender included.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub members: u32,
+    /// Length of each message's text (MIMI content text/plain), in bytes.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub message_bytes: u32,
+    /// When messages are encrypted: all before the timed phase (`pregenerated`, so the
+    /// generator's openmls cost is outside the measurement), or one by one in it (`live`).
+    #[arg(long, value_enum, default_value_t = Encryption::Pregenerated)]
+    pub encryption: Encryption,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommitsArgs {
+    /// Rooms committing in parallel, each with one committer.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rooms: u32,
+    /// Members per room; several sizes (`2,16`) run one after another as separate phases.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2",
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub group_size: Vec<u32>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Encryption {
+    Pregenerated,
+    Live,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Threads of the generator's runtime (the clients, their QUIC and openmls work).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub client_threads: u32,
+    /// Rooms set up concurrently before the timed phase.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub setup_concurrency: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Open model: operations per second over all senders, on a fixed timetable; latency is
+    /// measured from the intended start (coordinated-omission corrected).
+    #[arg(long, conflicts_with = "concurrency", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Closed model: operations in flight, each starting when the previous one ended (at most
+    /// one per sender). Default when neither is given: one per sender.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: Option<u32>,
+    /// Length of the timed phase: `10`, `10s`, `1500ms`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Upper bound on operations started in a phase. With pregenerated messages in the closed
+    /// model it is also how many are encrypted in advance (default 200000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_ops: Option<u64>,
+    /// Time allowed for one operation before it counts as a `timeout` error, in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Address of an already running node's HTTP/3 listener; without it a single-node provider
+    /// is started in process.
+    #[arg(long, requires = "ca")]
+    pub target: Option<SocketAddr>,
+    /// PEM file with the CA certificates that the target's certificate is verified against.
+    #[arg(long, requires = "target")]
+    pub ca: Option<PathBuf>,
+    /// The target provider's domain: the name its certificate is verified for and the domain
+    /// of the bench's user, client and room ids.
+    #[arg(long, default_value = "localhost", requires = "target")]
+    pub domain: String,
+    /// The target's admin HTTP address, to report its Raft counters (optional).
+    #[arg(long, requires = "target")]
+    pub admin: Option<SocketAddr>,
+    /// In-process node: do not fdatasync before acknowledging (to compare with the default).
+    #[arg(long, conflicts_with = "target")]
+    pub no_fsync: bool,
+    /// In-process node: number of shards (Raft groups). Default: the node's default.
+    #[arg(long, conflicts_with = "target", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub shards: Option<u64>,
+    /// In-process node: applied entries between a shard's snapshots. Default: the node's
+    /// default.
+    #[arg(long, conflicts_with = "target", value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_interval: Option<u64>,
+    /// In-process node: parent of its temporary data directory (default: the system's
+    /// temporary directory). Point it at the disk you want to measure.
+    #[arg(long, conflicts_with = "target")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Write the JSON summary to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Do not print the per-second lines (stderr).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// How load is offered in a phase.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LoadModel {
+    Open { rate: f64 },
+    Closed { concurrency: Option<u32> },
+}
+
+impl LoadArgs {
+    pub fn model(&self) -> LoadModel {
+        match (self.rate, self.concurrency) {
+            (Some(rate), _) => LoadModel::Open { rate },
+            (None, concurrency) => LoadModel::Closed { concurrency },
+        }
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0 {
+        Ok(rate)
+    } else {
+        Err("the rate must be above 0 and at most 10000000 operations per second".into())
+    }
+}
+
+/// `N`, `Ns` (seconds) or `Nms`; between 100 ms and one day.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, millis_per_unit) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (text, 1000.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 10s or 1500ms"))?;
+    let millis = value * millis_per_unit;
+    if !(100.0..=86_400_000.0).contains(&millis) {
+        return Err("the duration must be between 100ms and 86400s".into());
+    }
+    Ok(Duration::from_millis(millis.round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_seconds_and_milliseconds() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("50ms").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn rate_and_concurrency_are_exclusive() {
+        let both = Cli::try_parse_from(["b", "messages", "--rate", "10", "--concurrency", "2"]);
+        assert!(both.is_err());
+        let Cli {
+            scenario: Scenario::Messages(args),
+        } = Cli::try_parse_from(["b", "messages", "--rate", "10"]).expect("valid")
+        else {
+            panic!("messages expected");
+        };
+        assert_eq!(args.common.load.model(), LoadModel::Open { rate: 10.0 });
+        assert!(Cli::try_parse_from(["b", "messages", "--rate", "0"]).is_err());
+    }
+
+    #[test]
+    fn target_options_exclude_in_process_options() {
+        assert!(Cli::try_parse_from(["b", "commits", "--target", "127.0.0.1:4433"]).is_err());
+        assert!(Cli::try_parse_from([
+            "b",
+            "commits",
+            "--target",
+            "127.0.0.1:4433",
+            "--ca",
+            "ca.pem",
+            "--no-fsync"
+        ])
+        .is_err());
+        let Cli {
+            scenario: Scenario::Commits(args),
+        } = Cli::try_parse_from(["b", "commits", "--group-size", "2,16"]).expect("valid")
+        else {
+            panic!("commits expected");
+        };
+        assert_eq!(args.group_size, vec![2, 16]);
+        assert_eq!(
+            args.common.load.model(),
+            LoadModel::Closed { concurrency: None }
+        );
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

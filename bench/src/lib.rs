@@ -1,0 +1,19 @@
+//! mimid-bench: the load generator for mimid. It drives a provider with real openmls clients
+//! through the real HTTP/3 client API (`mimid_node::client::MimiClient`) and reports
+//! throughput and latency the way load testers expect (ecosystem.md): an open model with
+//! coordinated-omission-corrected latency or a closed model, HdrHistograms, one line per
+//! second, a JSON summary.
+//!
+//! Module map: `cli` (options), `run` (one invocation: provider, phases, report), `provider`
+//! (in-process node or target), `scenario` (room set-up and the clients' operations), `load`
+//! (the timed phase: workers, ticker), `schedule` and `stats` (sans-IO timetable and
+//! recorder), `system` (machine and CPU accounting from `/proc`).
+
+pub mod cli;
+pub mod load;
+pub mod provider;
+pub mod run;
+pub mod scenario;
+pub mod schedule;
+pub mod stats;
+pub mod system;

@@ -1,0 +1,568 @@
+//! The timed phase: workers drive senders under the open or the closed model, every sample
+//! goes into one [`Recorder`], and a ticker prints one line per second.
+//!
+//! - Open model (`--rate`): one worker per sender, each on its own timetable from
+//!   [`OpenSchedule`]; an operation waits for its intended start, and if its sender is still
+//!   busy it starts late and its latency still counts from the intended start.
+//! - Closed model (`--concurrency C`): C workers, the senders dealt out round-robin; each
+//!   worker starts its next operation (on its next sender) as soon as the previous one ended.
+//!
+//! A sender has at most one operation in flight: the client library's calls take the client
+//! by `&mut`, and a room's commits must be sequential anyway.
+//!
+//! Bounds: every worker stops at the end of `--duration` (no new starts), after `--max-ops`
+//! starts in total, when its senders have nothing left to send, or when a sender failed
+//! [`MAX_CONSECUTIVE_FAILURES`] times in a row (it is retired rather than hammered); each
+//! operation is bounded by `--timeout-ms`. An interruption (Ctrl-C, see [`PhaseConfig`]) ends
+//! the phase like the end of `--duration`. Workers are joined before the report is made, so
+//! the phase ends once the last operation in flight has been answered or timed out.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cli::LoadModel;
+use crate::schedule::OpenSchedule;
+use crate::stats::{round_millis, ErrorKind, Interval, Recorder, Sample, Totals};
+
+/// Failures in a row after which a sender is retired for the rest of the phase.
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 16;
+/// Interval of the progress lines.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Whether a sender can start another operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Ready,
+    /// Nothing left to send (its pregenerated messages are used up).
+    Exhausted,
+    /// Its client state is no longer usable (e.g. an abandoned commit of unknown fate).
+    Broken,
+}
+
+/// One client acting in one room.
+pub trait Sender: Send + 'static {
+    fn availability(&self) -> Availability;
+
+    /// Performs one operation.
+    fn run(&mut self) -> impl Future<Output = Result<(), ErrorKind>> + Send;
+
+    /// Called when an operation was dropped at its timeout, mid-flight.
+    fn on_abandoned(&mut self);
+}
+
+/// How a phase is run.
+#[derive(Debug, Clone)]
+pub struct PhaseConfig {
+    pub model: LoadModel,
+    pub duration: Duration,
+    pub max_ops: Option<u64>,
+    pub op_timeout: Duration,
+    pub progress: bool,
+    /// Set (by a Ctrl-C handler) to end the phase early; no new operation starts once set.
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// Why a phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// `--duration` elapsed.
+    Duration,
+    /// `--max-ops` operations were started.
+    MaxOps,
+    /// Every sender ran out of work or was retired before the end of `--duration`.
+    NoSenderLeft,
+    /// Interrupted (Ctrl-C) before the end of `--duration`.
+    Interrupted,
+}
+
+/// What a phase measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub senders: usize,
+    pub workers: usize,
+    /// From the start until the last operation was answered (or timed out).
+    pub elapsed_s: f64,
+    pub throughput_ops_s: f64,
+    pub stop_reason: StopReason,
+    pub exhausted_senders: usize,
+    pub retired_senders: usize,
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub intervals: Vec<Interval>,
+}
+
+/// When an operation was meant to start.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// At `intended` on the open-model timetable; its sender was free from `ready` on (the
+    /// later of `intended` and the answer to its previous operation).
+    Scheduled { intended: Duration, ready: Duration },
+    /// Whenever it actually starts (closed model).
+    Immediate,
+}
+
+struct Shared {
+    start: Instant,
+    config: PhaseConfig,
+    recorder: Mutex<Recorder>,
+    started_ops: AtomicU64,
+    max_ops_reached: AtomicBool,
+    exhausted: AtomicUsize,
+    retired: AtomicUsize,
+}
+
+impl Shared {
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn interrupted(&self) -> bool {
+        self.config.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// Claims one start from the `--max-ops` budget.
+    fn claim(&self) -> bool {
+        let Some(max) = self.config.max_ops else {
+            return true;
+        };
+        if self.started_ops.fetch_add(1, Ordering::Relaxed) < max {
+            true
+        } else {
+            self.max_ops_reached.store(true, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Runs one operation of `sender`; returns when it was answered and whether it failed.
+    async fn perform<S: Sender>(&self, sender: &mut S, start: Start) -> (Duration, bool) {
+        let started = self.elapsed();
+        let outcome = match tokio::time::timeout(self.config.op_timeout, sender.run()).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                sender.on_abandoned();
+                Err(ErrorKind::Timeout)
+            }
+        };
+        let finished = self.elapsed();
+        let sample = match start {
+            Start::Scheduled { intended, ready } => Sample {
+                intended,
+                ready,
+                started,
+                finished,
+            },
+            Start::Immediate => Sample::immediate(started, finished),
+        };
+        let mut recorder = self.recorder.lock();
+        match outcome {
+            Ok(()) => {
+                recorder.handle_success(sample);
+                (finished, false)
+            }
+            Err(kind) => {
+                recorder.handle_failure(sample, kind);
+                (finished, true)
+            }
+        }
+    }
+
+    /// Counts a sender leaving the phase early; returns whether it did.
+    fn leaves(&self, availability: Availability, failures_in_a_row: u32) -> bool {
+        if failures_in_a_row >= MAX_CONSECUTIVE_FAILURES || availability == Availability::Broken {
+            self.retired.fetch_add(1, Ordering::Relaxed);
+            true
+        } else if availability == Availability::Exhausted {
+            self.exhausted.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Runs one timed phase with `senders` and gives them back with the report.
+///
+/// Cancel safety: not safe; dropping the future aborts the workers and loses the senders.
+pub async fn run_phase<S: Sender>(
+    senders: Vec<S>,
+    config: PhaseConfig,
+) -> anyhow::Result<(Vec<S>, PhaseReport)> {
+    let n_senders = senders.len();
+    anyhow::ensure!(n_senders > 0, "a phase needs at least one sender");
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        config: config.clone(),
+        recorder: Mutex::new(Recorder::new()),
+        started_ops: AtomicU64::new(0),
+        max_ops_reached: AtomicBool::new(false),
+        exhausted: AtomicUsize::new(0),
+        retired: AtomicUsize::new(0),
+    });
+    let (stop_ticker, stopped) = oneshot::channel();
+    let ticker = tokio::spawn(ticker(shared.clone(), stopped));
+
+    let mut workers = JoinSet::new();
+    let n_workers = match config.model {
+        LoadModel::Open { rate } => {
+            let schedule = OpenSchedule::new(rate, n_senders as u64)?;
+            for (idx, sender) in senders.into_iter().enumerate() {
+                let shared = shared.clone();
+                workers.spawn(async move {
+                    vec![open_worker(sender, idx as u64, schedule, &shared).await]
+                });
+            }
+            n_senders
+        }
+        LoadModel::Closed { concurrency } => {
+            let n_workers = concurrency.map_or(n_senders, |c| (c as usize).min(n_senders));
+            let mut dealt: Vec<Vec<S>> = (0..n_workers).map(|_| Vec::new()).collect();
+            for (idx, sender) in senders.into_iter().enumerate() {
+                dealt[idx % n_workers].push(sender);
+            }
+            for own in dealt {
+                let shared = shared.clone();
+                workers.spawn(async move { closed_worker(own, &shared).await });
+            }
+            n_workers
+        }
+    };
+    let mut senders = Vec::with_capacity(n_senders);
+    while let Some(joined) = workers.join_next().await {
+        senders.extend(joined.context("a load worker panicked")?);
+    }
+    let elapsed = shared.elapsed();
+    // The ticker only prints; if it is gone, the report is still complete.
+    let _ = stop_ticker.send(elapsed);
+    let intervals = ticker.await.unwrap_or_default();
+
+    let exhausted = shared.exhausted.load(Ordering::Relaxed);
+    let retired = shared.retired.load(Ordering::Relaxed);
+    let stop_reason = if shared.interrupted() {
+        StopReason::Interrupted
+    } else if shared.max_ops_reached.load(Ordering::Relaxed) {
+        StopReason::MaxOps
+    } else if exhausted + retired >= n_senders && elapsed < config.duration {
+        StopReason::NoSenderLeft
+    } else {
+        StopReason::Duration
+    };
+    let recorder = shared.recorder.lock();
+    let report = PhaseReport {
+        senders: n_senders,
+        workers: n_workers,
+        elapsed_s: round_millis(elapsed.as_secs_f64()),
+        throughput_ops_s: (recorder.ops_ok() as f64 / elapsed.as_secs_f64().max(1e-9) * 10.0)
+            .round()
+            / 10.0,
+        stop_reason,
+        exhausted_senders: exhausted,
+        retired_senders: retired,
+        totals: recorder.totals(),
+        intervals,
+    };
+    Ok((senders, report))
+}
+
+async fn open_worker<S: Sender>(
+    mut sender: S,
+    idx: u64,
+    schedule: OpenSchedule,
+    shared: &Shared,
+) -> S {
+    let mut failures_in_a_row = 0;
+    let mut previous_answer = Duration::ZERO;
+    // Bounded by time: offsets grow with k and the loop ends at the end of the phase.
+    for k in 0..u64::MAX {
+        let intended = schedule.offset(idx, k);
+        if intended >= shared.config.duration
+            || shared.leaves(sender.availability(), failures_in_a_row)
+            || !shared.claim()
+        {
+            break;
+        }
+        tokio::time::sleep_until(shared.start + intended).await;
+        if shared.interrupted() {
+            break;
+        }
+        let start = Start::Scheduled {
+            intended,
+            ready: intended.max(previous_answer),
+        };
+        let (answered, failed) = shared.perform(&mut sender, start).await;
+        previous_answer = answered;
+        if failed {
+            failures_in_a_row += 1;
+        } else {
+            failures_in_a_row = 0;
+        }
+    }
+    sender
+}
+
+async fn closed_worker<S: Sender>(mut senders: Vec<S>, shared: &Shared) -> Vec<S> {
+    let mut active: Vec<(S, u32)> = senders.drain(..).map(|s| (s, 0)).collect();
+    let mut done = Vec::with_capacity(active.len());
+    let mut turn = 0;
+    while !active.is_empty() && shared.elapsed() < shared.config.duration && !shared.interrupted() {
+        let idx = turn % active.len();
+        let (sender, failures_in_a_row) = &mut active[idx];
+        if shared.leaves(sender.availability(), *failures_in_a_row) {
+            done.push(active.swap_remove(idx).0);
+            continue;
+        }
+        if !shared.claim() {
+            break;
+        }
+        if shared.perform(sender, Start::Immediate).await.1 {
+            *failures_in_a_row += 1;
+        } else {
+            *failures_in_a_row = 0;
+        }
+        turn = turn.wrapping_add(1);
+    }
+    done.extend(active.into_iter().map(|(s, _)| s));
+    done
+}
+
+/// Prints one line per second until stopped with the phase's elapsed time, then closes the
+/// last (shorter) interval; returns all intervals.
+async fn ticker(shared: Arc<Shared>, mut stop: oneshot::Receiver<Duration>) -> Vec<Interval> {
+    let mut intervals = Vec::new();
+    let mut tick = tokio::time::interval_at(shared.start + TICK, TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if shared.config.progress {
+        eprintln!(
+            "{:>8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "elapsed", "ops/s", "errors", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+    }
+    // Bounded: the phase always sends the stop signal (or drops it) when its workers end.
+    loop {
+        let now = tokio::select! {
+            _ = tick.tick() => shared.elapsed(),
+            end = &mut stop => {
+                let end = end.unwrap_or_else(|_| shared.elapsed());
+                let last = shared.recorder.lock().take_interval(end);
+                if last.ops_ok + last.errors > 0 {
+                    print_interval(&shared, &last);
+                    intervals.push(last);
+                }
+                return intervals;
+            }
+        };
+        let interval = shared.recorder.lock().take_interval(now);
+        print_interval(&shared, &interval);
+        intervals.push(interval);
+    }
+}
+
+fn print_interval(shared: &Shared, interval: &Interval) {
+    if !shared.config.progress {
+        return;
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    let latency = &interval.latency;
+    eprintln!(
+        "{:>7.1}s {:>9} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+        interval.elapsed_s,
+        interval.ops_per_s,
+        interval.errors,
+        ms(latency.p50_us),
+        ms(latency.p95_us),
+        ms(latency.p99_us),
+        ms(latency.p999_us),
+        ms(latency.max_us),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender whose every operation takes `service` (of paused tokio time) and that can do
+    /// `budget` of them.
+    struct Fake {
+        service: Duration,
+        budget: u64,
+        done: u64,
+        fail: bool,
+    }
+
+    impl Fake {
+        fn new(service_ms: u64, budget: u64) -> Fake {
+            Fake {
+                service: Duration::from_millis(service_ms),
+                budget,
+                done: 0,
+                fail: false,
+            }
+        }
+    }
+
+    impl Sender for Fake {
+        fn availability(&self) -> Availability {
+            if self.done < self.budget {
+                Availability::Ready
+            } else {
+                Availability::Exhausted
+            }
+        }
+
+        async fn run(&mut self) -> Result<(), ErrorKind> {
+            self.done += 1;
+            tokio::time::sleep(self.service).await;
+            if self.fail {
+                Err(ErrorKind::NotAllowed)
+            } else {
+                Ok(())
+            }
+        }
+
+        fn on_abandoned(&mut self) {
+            self.budget = 0;
+        }
+    }
+
+    /// Whole milliseconds of a histogram value (values are kept to 3 significant digits).
+    fn whole_ms(us: u64) -> u64 {
+        (us + 500) / 1000
+    }
+
+    fn config(model: LoadModel, duration_ms: u64) -> PhaseConfig {
+        PhaseConfig {
+            model,
+            duration: Duration::from_millis(duration_ms),
+            max_ops: None,
+            op_timeout: Duration::from_secs(10),
+            progress: false,
+            interrupted: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_model_offers_the_rate_and_counts_from_the_intended_start() {
+        // 2 senders at 100 ops/s in total: each is scheduled every 20 ms and serves in 5 ms.
+        let senders = vec![Fake::new(5, u64::MAX), Fake::new(5, u64::MAX)];
+        let (senders, report) = run_phase(senders, config(LoadModel::Open { rate: 100.0 }, 1000))
+            .await
+            .expect("phase runs");
+        assert_eq!(senders.len(), 2);
+        assert_eq!(report.totals.ops_ok, 100);
+        assert_eq!(report.totals.late_starts, 0);
+        assert_eq!(report.stop_reason, StopReason::Duration);
+        assert_eq!(whole_ms(report.totals.latency_corrected.max_us), 5);
+        assert_eq!(report.intervals.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_sender_starts_late_and_its_wait_is_in_the_corrected_latency() {
+        // One sender at 100 ops/s (every 10 ms) whose operations take 25 ms: it falls further
+        // behind with each operation, and the corrected latency grows with the backlog.
+        let (_, report) = run_phase(
+            vec![Fake::new(25, u64::MAX)],
+            config(LoadModel::Open { rate: 100.0 }, 200),
+        )
+        .await
+        .expect("phase runs");
+        let totals = &report.totals;
+        assert_eq!(totals.ops_ok, 20, "every scheduled operation is still made");
+        assert_eq!(totals.late_starts, 19);
+        assert_eq!(whole_ms(totals.latency_raw.max_us), 25);
+        // The last one was meant for 190 ms, started at 19 × 25 = 475 ms, ended at 500 ms.
+        assert_eq!(whole_ms(totals.latency_corrected.max_us), 310);
+        assert!(report.elapsed_s >= 0.5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_model_keeps_the_concurrency_busy() {
+        let senders: Vec<Fake> = (0..4).map(|_| Fake::new(10, u64::MAX)).collect();
+        let (senders, report) = run_phase(
+            senders,
+            config(
+                LoadModel::Closed {
+                    concurrency: Some(2),
+                },
+                1000,
+            ),
+        )
+        .await
+        .expect("phase runs");
+        assert_eq!(senders.len(), 4);
+        assert_eq!(report.workers, 2);
+        assert_eq!(report.totals.ops_ok, 200);
+        assert!(
+            senders.iter().all(|s| s.done == 50),
+            "round-robin per worker"
+        );
+        assert_eq!(report.totals.late_starts, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ops_and_exhausted_senders_end_the_phase_early() {
+        let mut limited = config(LoadModel::Closed { concurrency: None }, 10_000);
+        limited.max_ops = Some(7);
+        let (_, report) = run_phase(vec![Fake::new(1, 100), Fake::new(1, 100)], limited)
+            .await
+            .expect("phase runs");
+        assert_eq!(report.totals.ops_ok, 7);
+        assert_eq!(report.stop_reason, StopReason::MaxOps);
+
+        let (_, report) = run_phase(
+            vec![Fake::new(1, 3), Fake::new(1, 5)],
+            config(LoadModel::Closed { concurrency: None }, 10_000),
+        )
+        .await
+        .expect("phase runs");
+        assert_eq!(report.totals.ops_ok, 8);
+        assert_eq!(report.exhausted_senders, 2);
+        assert_eq!(report.stop_reason, StopReason::NoSenderLeft);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_senders_are_retired_and_timeouts_abandon_the_operation() {
+        let mut failing = Fake::new(1, u64::MAX);
+        failing.fail = true;
+        let (_, report) = run_phase(
+            vec![failing],
+            config(LoadModel::Closed { concurrency: None }, 10_000),
+        )
+        .await
+        .expect("phase runs");
+        assert_eq!(
+            report.totals.errors.get("not_allowed"),
+            Some(&u64::from(MAX_CONSECUTIVE_FAILURES))
+        );
+        assert_eq!(report.retired_senders, 1);
+
+        let mut slow = config(LoadModel::Closed { concurrency: None }, 10_000);
+        slow.op_timeout = Duration::from_millis(50);
+        let (senders, report) = run_phase(vec![Fake::new(100, u64::MAX)], slow)
+            .await
+            .expect("phase runs");
+        assert_eq!(report.totals.errors.get("timeout"), Some(&1));
+        assert_eq!(senders[0].budget, 0, "on_abandoned was called");
+        assert_eq!(report.exhausted_senders, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interruption_ends_the_phase_without_new_operations() {
+        let interrupted = config(LoadModel::Open { rate: 10.0 }, 10_000);
+        interrupted.interrupted.store(true, Ordering::Relaxed);
+        let (senders, report) = run_phase(vec![Fake::new(1, u64::MAX)], interrupted)
+            .await
+            .expect("phase runs");
+        assert_eq!(senders[0].done, 0);
+        assert_eq!(report.stop_reason, StopReason::Interrupted);
+        assert!(report.elapsed_s < 1.0);
+    }
+}

@@ -1,0 +1,271 @@
+//! The provider under test: a single-node provider started in this process, or an already
+//! running node given by address and CA.
+//!
+//! The in-process node runs on its own tokio runtime with threads named `mimid-node-rt`,
+//! separate from the generator's `bench-client` runtime, so the CPU report can tell server
+//! work from client work (see `system`). Its data directory is a fresh temporary directory
+//! (removed at the end), under `--data-dir` or the system's temporary directory; everything
+//! else is the node's default configuration (fsync on, 16 shards) except loopback listeners
+//! on ports chosen by the OS.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use mimid_node::client::Endpoint;
+use mimid_node::config::{dev_cert_dir, Config};
+use mimid_node::server::Node;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cli::NodeArgs;
+
+/// How long an in-process node may take to elect its shard leaders and report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Interval between readiness probes of a starting node.
+const READY_POLL: Duration = Duration::from_millis(20);
+/// Largest admin HTTP response read (the metrics page).
+const MAX_ADMIN_RESPONSE: u64 = 4 << 20;
+/// Time allowed for one admin HTTP request.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Name of the in-process node's runtime threads (tokio's default count: one per CPU, as
+/// `mimid` itself runs).
+const NODE_THREADS_NAME: &str = "mimid-node-rt";
+
+/// Where the clients connect and how the node is described in the report.
+pub struct Provider {
+    pub endpoint: Endpoint,
+    /// Domain of the bench's ids (the provider's domain).
+    pub domain: String,
+    /// Admin HTTP address, for the Raft counters.
+    pub admin: Option<SocketAddr>,
+    pub description: NodeDescription,
+    in_process: Option<InProcess>,
+}
+
+struct InProcess {
+    runtime: tokio::runtime::Runtime,
+    node: Node,
+    _dir: tempfile::TempDir,
+}
+
+/// The node's side of the report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum NodeDescription {
+    InProcess {
+        fsync: bool,
+        shards: u64,
+        tick_ms: u64,
+        snapshot_interval: u64,
+        max_proposals_per_turn: usize,
+        /// Where the temporary data directory was created.
+        data_dir_parent: String,
+    },
+    Target {
+        addr: SocketAddr,
+        domain: String,
+    },
+}
+
+/// Cumulative Raft counters of a node, read from its `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RaftCounters {
+    pub proposals: u64,
+    pub applied: u64,
+    pub flushes: u64,
+}
+
+impl Provider {
+    /// Starts the in-process node or resolves the target. Must not be called from inside a
+    /// tokio runtime: the in-process node gets its own.
+    pub fn start(args: &NodeArgs) -> anyhow::Result<Provider> {
+        match (&args.target, &args.ca) {
+            (Some(addr), Some(ca)) => Provider::remote(*addr, ca, args),
+            (None, None) => Provider::in_process(args),
+            _ => bail!("--target and --ca go together"),
+        }
+    }
+
+    fn remote(addr: SocketAddr, ca: &Path, args: &NodeArgs) -> anyhow::Result<Provider> {
+        let roots = mimid_node::tls::read_roots(ca)
+            .with_context(|| format!("reading CA certificates from {}", ca.display()))?;
+        Ok(Provider {
+            endpoint: Endpoint {
+                addr,
+                server_name: args.domain.clone(),
+                roots: Arc::new(roots),
+            },
+            domain: args.domain.clone(),
+            admin: args.admin,
+            description: NodeDescription::Target {
+                addr,
+                domain: args.domain.clone(),
+            },
+            in_process: None,
+        })
+    }
+
+    fn in_process(args: &NodeArgs) -> anyhow::Result<Provider> {
+        let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("mimid-bench-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("creating a data directory under {}", parent.display()))?;
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        };
+        config.cluster.fsync = !args.no_fsync;
+        if let Some(shards) = args.shards {
+            config.cluster.shards = shards;
+        }
+        if let Some(interval) = args.snapshot_interval {
+            config.cluster.snapshot_interval = interval;
+        }
+        config.validate().context("in-process node configuration")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(NODE_THREADS_NAME)
+            .enable_all()
+            .build()
+            .context("building the node's runtime")?;
+        let node = runtime
+            .block_on(mimid_node::server::start(config.clone()))
+            .context("starting the in-process node")?;
+        runtime
+            .block_on(wait_ready(node.admin_addr()))
+            .context("waiting for the in-process node")?;
+        let ca = dev_cert_dir(&config.data_dir).join(mimid_node::certs::CA_CERT_FILE);
+        let roots = mimid_node::tls::read_roots(&ca).context("reading the dev CA")?;
+        Ok(Provider {
+            endpoint: Endpoint {
+                addr: node.quic_addr(),
+                server_name: config.domain.clone(),
+                roots: Arc::new(roots),
+            },
+            domain: config.domain.clone(),
+            admin: Some(node.admin_addr()),
+            description: NodeDescription::InProcess {
+                fsync: config.cluster.fsync,
+                shards: config.cluster.shards,
+                tick_ms: config.cluster.tick_ms,
+                snapshot_interval: config.cluster.snapshot_interval,
+                max_proposals_per_turn: config.cluster.max_proposals_per_turn,
+                data_dir_parent: parent.display().to_string(),
+            },
+            in_process: Some(InProcess {
+                runtime,
+                node,
+                _dir: dir,
+            }),
+        })
+    }
+
+    pub fn is_in_process(&self) -> bool {
+        self.in_process.is_some()
+    }
+
+    /// Stops the in-process node (requests in progress finish, sled is flushed) and removes
+    /// its data directory. Must not be called from inside a tokio runtime.
+    pub fn shutdown(self) {
+        if let Some(InProcess {
+            runtime,
+            node,
+            _dir,
+        }) = self.in_process
+        {
+            runtime.block_on(node.shutdown());
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Polls `/readyz` until the node answers 200 (every shard has a leader and caught up).
+async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok((200, _)) = admin_get(admin, "/readyz").await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the node was not ready within {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+/// Reads the node's cumulative Raft counters from its `/metrics` (OpenMetrics text).
+///
+/// Cancel safety: safe; nothing is left behind but a closed TCP connection.
+pub async fn raft_counters(admin: SocketAddr) -> anyhow::Result<RaftCounters> {
+    let (status, body) = admin_get(admin, "/metrics").await?;
+    if status != 200 {
+        bail!("/metrics answered {status}");
+    }
+    let counter =
+        |name: &str| metric_value(&body, name).with_context(|| format!("/metrics has no {name}"));
+    Ok(RaftCounters {
+        proposals: counter("mimid_raft_proposals_total")?,
+        applied: counter("mimid_raft_applied_total")?,
+        flushes: counter("mimid_raft_flushes_total")?,
+    })
+}
+
+/// A minimal HTTP/1.1 GET on the admin listener (plain HTTP, `Connection: close`).
+async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream
+            .take(MAX_ADMIN_RESPONSE)
+            .read_to_end(&mut response)
+            .await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(ADMIN_TIMEOUT, exchange)
+        .await
+        .with_context(|| format!("GET {path} timed out"))?
+        .with_context(|| format!("GET {path}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("GET {path}: no HTTP status line"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of an unlabelled sample `name` in OpenMetrics text.
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let value = rest.strip_prefix(' ')?.split_whitespace().next()?;
+        value.parse::<f64>().ok().map(|v| v as u64)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_values_are_found_by_exact_name() {
+        let text = "# TYPE mimid_raft_flushes counter\n\
+                    mimid_raft_flushes_total 42\n\
+                    mimid_raft_flushes_total_other 7\n\
+                    mimid_raft_applied_total 1.5e3\n";
+        assert_eq!(metric_value(text, "mimid_raft_flushes_total"), Some(42));
+        assert_eq!(metric_value(text, "mimid_raft_applied_total"), Some(1500));
+        assert_eq!(metric_value(text, "mimid_raft_proposals_total"), None);
+    }
+}

@@ -1,0 +1,536 @@
+//! One invocation of the bench: start (or reach) the provider, set up each phase's rooms, run
+//! the timed phase, and assemble the JSON report.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::cli::{CommonArgs, Encryption, LoadModel, Scenario};
+use crate::load::{run_phase, PhaseConfig, PhaseReport};
+use crate::provider::{raft_counters, NodeDescription, Provider, RaftCounters};
+use crate::scenario::{close_all, pregenerate, set_up_rooms, Naming, Operation};
+use crate::schedule::OpenSchedule;
+use crate::stats::round_millis;
+use crate::system::{CpuSample, CpuUsage, Machine};
+
+/// Messages encrypted in advance for a closed-model phase without `--max-ops`.
+pub const DEFAULT_CLOSED_PREGENERATED: u64 = 200_000;
+/// Name of the generator's runtime threads (see `system`).
+const CLIENT_THREADS_NAME: &str = "bench-client";
+
+/// The JSON summary of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub scenario: &'static str,
+    pub started_unix_s: u64,
+    pub config: RunConfig,
+    pub node: NodeDescription,
+    pub machine: Machine,
+    pub phases: Vec<PhaseSummary>,
+    /// How to read the figures (what is and is not inside the measurement).
+    pub notes: Vec<String>,
+}
+
+/// The options the run was made with.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    /// `open` (`--rate`) or `closed` (`--concurrency`).
+    pub load_model: &'static str,
+    pub rate: Option<f64>,
+    pub concurrency: Option<u32>,
+    pub duration_s: f64,
+    pub max_ops: Option<u64>,
+    pub timeout_ms: u64,
+    pub rooms: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_sizes: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_bytes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<&'static str>,
+    pub client_threads: u32,
+    pub setup_concurrency: u32,
+}
+
+/// One phase: its set-up and what the timed part measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSummary {
+    pub name: String,
+    pub rooms: u32,
+    pub members: u32,
+    pub setup_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pregenerated_messages: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pregenerate_s: Option<f64>,
+    #[serde(flatten)]
+    pub measured: PhaseReport,
+    pub cpu: CpuReport,
+    /// The node's Raft counters over the phase; `null` without an admin address.
+    pub raft: Option<RaftReport>,
+}
+
+/// CPU time of this process during the timed phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuReport {
+    #[serde(flatten)]
+    pub usage: CpuUsage,
+    /// Process CPU seconds per 1000 successful operations (anchors.md: fair when server and
+    /// generator share the machine).
+    pub per_1000_ops_s: Option<f64>,
+    /// The generator's threads (`bench-client`): the clients, their QUIC and openmls work.
+    pub generator_s: f64,
+    /// In-process node only: every other thread of the process (the node's).
+    pub server_s: Option<f64>,
+    /// In-process node only: the node's CPU seconds per 1000 successful operations, what the
+    /// server would need on its own.
+    pub server_per_1000_ops_s: Option<f64>,
+}
+
+/// Differences of the node's Raft counters over the phase. The node refreshes them once a
+/// second, so the window is the phase shifted by up to a second; the ratio is what to read.
+#[derive(Debug, Clone, Serialize)]
+pub struct RaftReport {
+    pub proposals: u64,
+    pub applied: u64,
+    pub flushes: u64,
+    /// Entries made durable per sled flush + fdatasync: the group-commit batch size.
+    pub entries_per_flush: Option<f64>,
+}
+
+/// Runs `scenario` and returns its report. Must not be called from inside a tokio runtime.
+pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
+    let common = common(scenario);
+    let senders_per_phase = match scenario {
+        Scenario::Messages(args) => args.rooms,
+        Scenario::Commits(args) => args.rooms,
+    };
+    if let Some(concurrency) = common.load.concurrency {
+        if concurrency > senders_per_phase {
+            bail!(
+                "--concurrency {concurrency} exceeds the {senders_per_phase} senders (one per \
+                 room, each with one request in flight): raise --rooms"
+            );
+        }
+    }
+    let started_unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
+    let machine = Machine::describe();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(common.client_threads as usize)
+        .thread_name(CLIENT_THREADS_NAME)
+        .enable_all()
+        .build()
+        .context("building the generator's runtime")?;
+    progress(common, "starting the provider");
+    let provider = Provider::start(&common.node)?;
+    let naming_tag = format!("{:x}{:x}", started_unix_s.as_millis(), std::process::id());
+    let interrupted = Arc::new(AtomicBool::new(false));
+    runtime.spawn(listen_for_interrupt(interrupted.clone()));
+    let phases = runtime.block_on(run_phases(scenario, &provider, &naming_tag, &interrupted));
+    let node = provider.description.clone();
+    provider.shutdown();
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let phases = phases?;
+    Ok(Report {
+        tool: "mimid-bench",
+        version: env!("CARGO_PKG_VERSION"),
+        scenario: match scenario {
+            Scenario::Messages(_) => "messages",
+            Scenario::Commits(_) => "commits",
+        },
+        started_unix_s: started_unix_s.as_secs(),
+        config: run_config(scenario),
+        notes: notes(scenario, &node),
+        node,
+        machine,
+        phases,
+    })
+}
+
+fn common(scenario: &Scenario) -> &CommonArgs {
+    match scenario {
+        Scenario::Messages(args) => &args.common,
+        Scenario::Commits(args) => &args.common,
+    }
+}
+
+/// The first Ctrl-C ends the current phase early (the report is still written and the
+/// in-process node's data directory removed); a second one aborts.
+async fn listen_for_interrupt(interrupted: Arc<AtomicBool>) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return; // No signal handling here: Ctrl-C keeps its default effect.
+    }
+    interrupted.store(true, Ordering::Relaxed);
+    eprintln!("# interrupted: finishing the phase (Ctrl-C again to abort)");
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(130);
+    }
+}
+
+fn progress(common: &CommonArgs, line: &str) {
+    if !common.output.no_progress {
+        eprintln!("# {line}");
+    }
+}
+
+async fn run_phases(
+    scenario: &Scenario,
+    provider: &Provider,
+    tag: &str,
+    interrupted: &Arc<AtomicBool>,
+) -> anyhow::Result<Vec<PhaseSummary>> {
+    let naming = |phase| Naming {
+        domain: provider.domain.clone(),
+        tag: tag.to_string(),
+        phase,
+    };
+    match scenario {
+        Scenario::Messages(args) => {
+            let operation = match args.encryption {
+                Encryption::Pregenerated => Operation::PregeneratedMessage,
+                Encryption::Live => Operation::LiveMessage {
+                    text_bytes: args.message_bytes as usize,
+                },
+            };
+            let phase = PhasePlan {
+                name: "messages".into(),
+                naming: naming(0),
+                rooms: args.rooms,
+                members: args.members,
+                operation,
+                text_bytes: args.message_bytes as usize,
+            };
+            Ok(vec![
+                run_one(provider, &args.common, phase, interrupted).await?,
+            ])
+        }
+        Scenario::Commits(args) => {
+            let mut phases = Vec::new();
+            for (idx, &group_size) in args.group_size.iter().enumerate() {
+                let phase = PhasePlan {
+                    name: format!("commits group_size={group_size}"),
+                    naming: naming(idx),
+                    rooms: args.rooms,
+                    members: group_size,
+                    operation: Operation::SelfUpdate,
+                    text_bytes: 0,
+                };
+                phases.push(run_one(provider, &args.common, phase, interrupted).await?);
+                if interrupted.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            Ok(phases)
+        }
+    }
+}
+
+struct PhasePlan {
+    name: String,
+    naming: Naming,
+    rooms: u32,
+    members: u32,
+    operation: Operation,
+    text_bytes: usize,
+}
+
+async fn run_one(
+    provider: &Provider,
+    common: &CommonArgs,
+    plan: PhasePlan,
+    interrupted: &Arc<AtomicBool>,
+) -> anyhow::Result<PhaseSummary> {
+    let model = common.load.model();
+    progress(
+        common,
+        &format!(
+            "{}: setting up {} rooms of {} members",
+            plan.name, plan.rooms, plan.members
+        ),
+    );
+    let setup_start = Instant::now();
+    let mut senders = set_up_rooms(
+        &provider.endpoint,
+        &plan.naming,
+        plan.rooms,
+        plan.members,
+        plan.operation,
+        common.setup_concurrency as usize,
+    )
+    .await?;
+    let setup_s = round_millis(setup_start.elapsed().as_secs_f64());
+
+    let mut pregenerated = None;
+    let mut pregenerate_s = None;
+    if plan.operation == Operation::PregeneratedMessage {
+        let counts = pregenerate_counts(model, common, senders.len())?;
+        let total: u64 = counts.iter().sum();
+        progress(
+            common,
+            &format!("{}: encrypting {total} messages in advance", plan.name),
+        );
+        let started = Instant::now();
+        senders = pregenerate(
+            senders,
+            &counts,
+            plan.text_bytes,
+            common.client_threads as usize,
+        )
+        .await?;
+        pregenerate_s = Some(round_millis(started.elapsed().as_secs_f64()));
+        pregenerated = Some(senders.iter().map(|s| s.pregenerated() as u64).sum());
+    }
+
+    progress(
+        common,
+        &format!(
+            "{}: {} for {:?}",
+            plan.name,
+            match model {
+                LoadModel::Open { rate } => format!("open model at {rate} ops/s"),
+                LoadModel::Closed { concurrency } => format!(
+                    "closed model with {} in flight",
+                    concurrency.unwrap_or(plan.rooms)
+                ),
+            },
+            common.load.duration
+        ),
+    );
+    let raft_before = read_raft(provider).await;
+    let cpu_before = CpuSample::take();
+    let config = PhaseConfig {
+        model,
+        duration: common.load.duration,
+        max_ops: common.load.max_ops,
+        op_timeout: Duration::from_millis(common.load.timeout_ms),
+        progress: !common.output.no_progress,
+        interrupted: interrupted.clone(),
+    };
+    let (senders, measured) = run_phase(senders, config).await?;
+    let cpu = CpuSample::take().since(&cpu_before);
+    let raft_after = read_raft(provider).await;
+    close_all(senders).await;
+
+    let per_1000_ops = |seconds: f64| {
+        (measured.totals.ops_ok > 0)
+            .then(|| (seconds * 1000.0 / measured.totals.ops_ok as f64 * 1e4).round() / 1e4)
+    };
+    let generator_s = cpu
+        .threads_s
+        .get(CLIENT_THREADS_NAME)
+        .copied()
+        .unwrap_or(0.0);
+    let server_s = provider.is_in_process().then(|| {
+        let all: f64 = cpu.threads_s.values().sum();
+        ((all - generator_s) * 1000.0).round() / 1000.0
+    });
+    let cpu = CpuReport {
+        per_1000_ops_s: cpu.process_s.and_then(per_1000_ops),
+        generator_s,
+        server_s,
+        server_per_1000_ops_s: server_s.and_then(per_1000_ops),
+        usage: cpu,
+    };
+    Ok(PhaseSummary {
+        name: plan.name,
+        rooms: plan.rooms,
+        members: plan.members,
+        setup_s,
+        pregenerated_messages: pregenerated,
+        pregenerate_s,
+        measured,
+        cpu,
+        raft: match (raft_before, raft_after) {
+            (Some(before), Some(after)) => Some(raft_report(before, after)),
+            _ => None,
+        },
+    })
+}
+
+/// How many messages each sender needs in advance: its open-model timetable over the phase,
+/// or an equal share of `--max-ops` (default [`DEFAULT_CLOSED_PREGENERATED`]) in the closed
+/// model.
+fn pregenerate_counts(
+    model: LoadModel,
+    common: &CommonArgs,
+    n_senders: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let n = n_senders as u64;
+    Ok(match model {
+        LoadModel::Open { rate } => {
+            let schedule = OpenSchedule::new(rate, n)?;
+            let cap = common.load.max_ops.unwrap_or(u64::MAX);
+            (0..n)
+                .map(|i| schedule.ops_within(i, common.load.duration).min(cap))
+                .collect()
+        }
+        LoadModel::Closed { .. } => {
+            let total = common.load.max_ops.unwrap_or(DEFAULT_CLOSED_PREGENERATED);
+            (0..n)
+                .map(|i| total / n + u64::from(i < total % n))
+                .collect()
+        }
+    })
+}
+
+async fn read_raft(provider: &Provider) -> Option<RaftCounters> {
+    let admin = provider.admin?;
+    match raft_counters(admin).await {
+        Ok(counters) => Some(counters),
+        Err(error) => {
+            eprintln!("# cannot read the node's Raft counters: {error:#}");
+            None
+        }
+    }
+}
+
+fn raft_report(before: RaftCounters, after: RaftCounters) -> RaftReport {
+    let applied = after.applied.saturating_sub(before.applied);
+    let flushes = after.flushes.saturating_sub(before.flushes);
+    RaftReport {
+        proposals: after.proposals.saturating_sub(before.proposals),
+        applied,
+        flushes,
+        entries_per_flush: (flushes > 0)
+            .then(|| (applied as f64 / flushes as f64 * 10.0).round() / 10.0),
+    }
+}
+
+fn run_config(scenario: &Scenario) -> RunConfig {
+    let common = common(scenario);
+    let load = &common.load;
+    let mut config = RunConfig {
+        load_model: match load.model() {
+            LoadModel::Open { .. } => "open",
+            LoadModel::Closed { .. } => "closed",
+        },
+        rate: load.rate,
+        concurrency: load.concurrency,
+        duration_s: load.duration.as_secs_f64(),
+        max_ops: load.max_ops,
+        timeout_ms: load.timeout_ms,
+        rooms: 0,
+        members: None,
+        group_sizes: None,
+        message_bytes: None,
+        encryption: None,
+        client_threads: common.client_threads,
+        setup_concurrency: common.setup_concurrency,
+    };
+    match scenario {
+        Scenario::Messages(args) => {
+            config.rooms = args.rooms;
+            config.members = Some(args.members);
+            config.message_bytes = Some(args.message_bytes);
+            config.encryption = Some(match args.encryption {
+                Encryption::Pregenerated => "pregenerated",
+                Encryption::Live => "live",
+            });
+        }
+        Scenario::Commits(args) => {
+            config.rooms = args.rooms;
+            config.group_sizes = Some(args.group_size.clone());
+        }
+    }
+    config
+}
+
+fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
+    let mut notes = vec![
+        "Operations are counted when the provider accepted them: durable in the Raft log \
+         (sled flush + fdatasync when fsync is on), applied, and answered."
+            .to_string(),
+        "Only each room's creator acts; the other members joined through their Welcome and \
+         disconnected before the timed phase, so no push stream is attached and fan-out is \
+         not part of these figures."
+            .to_string(),
+        "latency_corrected counts from the intended start (open model, coordinated omission \
+         corrected); latency_raw from the actual start. They are equal in the closed model."
+            .to_string(),
+    ];
+    match scenario {
+        Scenario::Messages(args) if args.encryption == Encryption::Pregenerated => notes.push(
+            "Application messages were encrypted (MimiClient::prepare_text) before the timed \
+             phase, so the generator's MLS encryption is not in the measured path."
+                .into(),
+        ),
+        Scenario::Messages(_) => notes.push(
+            "Application messages were encrypted one by one inside the timed phase \
+             (--encryption live): the generator's MLS encryption competes for the CPU."
+                .into(),
+        ),
+        Scenario::Commits(_) => notes.push(
+            "Self-update Commits (RFC 9420 §12.4) by each room's creator on a bare tree: each \
+             UpdatePath encrypts to every other member. Building each Commit (openmls, client \
+             side) happens inside the timed phase: see cpu.threads_s.bench-client."
+                .into(),
+        ),
+    }
+    if matches!(node, NodeDescription::InProcess { .. }) {
+        notes.push(
+            "The node runs in this process on the same CPUs as the generator: \
+             cpu.threads_s separates mimid-node-rt (QUIC, API), mimid-raft (Raft driver, sled, \
+             fsync), mimid-actors/actix (rooms, openmls PublicGroup) and bench-client \
+             (the clients)."
+                .into(),
+        );
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn common_of(args: &[&str]) -> CommonArgs {
+        match Cli::try_parse_from(args).expect("valid").scenario {
+            Scenario::Messages(m) => m.common,
+            Scenario::Commits(c) => c.common,
+        }
+    }
+
+    #[test]
+    fn closed_model_shares_the_pregeneration_budget_evenly() {
+        let common = common_of(&["b", "messages", "--max-ops", "10"]);
+        let counts = pregenerate_counts(common.load.model(), &common, 4).expect("counts");
+        assert_eq!(counts, vec![3, 3, 2, 2]);
+    }
+
+    #[test]
+    fn open_model_pregenerates_each_senders_timetable() {
+        let common = common_of(&["b", "messages", "--rate", "100", "--duration", "2s"]);
+        let counts = pregenerate_counts(common.load.model(), &common, 3).expect("counts");
+        assert_eq!(counts.iter().sum::<u64>(), 200);
+        assert_eq!(counts, vec![67, 67, 66]);
+    }
+
+    #[test]
+    fn raft_report_gives_the_group_commit_batch() {
+        let before = RaftCounters {
+            proposals: 10,
+            applied: 10,
+            flushes: 5,
+        };
+        let after = RaftCounters {
+            proposals: 1010,
+            applied: 1010,
+            flushes: 105,
+        };
+        let report = raft_report(before, after);
+        assert_eq!(report.applied, 1000);
+        assert_eq!(report.entries_per_flush, Some(10.0));
+        assert_eq!(raft_report(after, after).entries_per_flush, None);
+    }
+}

@@ -1,0 +1,383 @@
+//! What a phase measured: HdrHistograms of latency (corrected and raw), counts of successes,
+//! errors by kind and late starts, and the per-second intervals. Sans-IO: samples arrive as
+//! offsets from the phase start, so the recorder is driven identically by the workers and by
+//! the tests.
+//!
+//! Two latencies per operation, as scylla-bench records them (ecosystem.md):
+//! - *raw*: from the actual start to the answer, i.e. the service time of the request alone.
+//! - *corrected*: raw plus the time the operation was held back past its intended start on
+//!   the open-model timetable because the previous operation of its sender had not been
+//!   answered yet. That wait is the server's doing and is what a user sending at that moment
+//!   would have experienced (coordinated-omission correction, as in wrk2). Unlike wrk2, a late
+//!   wake-up of the generator itself (tokio's timer has a 1 ms resolution; a busy generator
+//!   runtime wakes later still) is not charged to the server: on loopback it would add up to a
+//!   millisecond to sub-millisecond answers. Such starts still count as late starts.
+//!
+//! In the closed model operations start when the previous one ends, so the two are equal.
+//! Only successful operations are put into the histograms; failures are counted by kind.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::schedule::late_by;
+
+/// Largest latency the histograms resolve, in microseconds (one hour); longer ones are
+/// recorded as this value rather than lost.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// Significant decimal digits kept by the histograms (0.1% relative error).
+const SIGNIFICANT_DIGITS: u8 = 3;
+
+/// When one operation was meant to start, could start, started and was answered, from the
+/// phase start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Its slot on the timetable (the actual start in the closed model).
+    pub intended: Duration,
+    /// When its slot had come and its sender was free: the later of `intended` and the answer
+    /// to the sender's previous operation.
+    pub ready: Duration,
+    pub started: Duration,
+    pub finished: Duration,
+}
+
+impl Sample {
+    /// A sample of the closed model, where an operation is meant to start when it starts.
+    pub fn immediate(started: Duration, finished: Duration) -> Sample {
+        Sample {
+            intended: started,
+            ready: started,
+            started,
+            finished,
+        }
+    }
+}
+
+/// Why an operation failed, as a stable label for the summary (`errors` by kind).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// No answer within `--timeout-ms`.
+    Timeout,
+    /// The QUIC or HTTP/3 layer failed.
+    Transport,
+    /// The provider answered with an unexpected HTTP status.
+    Status(u16),
+    /// The response did not decode.
+    Malformed,
+    /// The client's MLS layer failed (building or merging a commit, encrypting).
+    Mls,
+    /// The client could not apply the room policy.
+    Policy,
+    /// The client is not (or no longer) in the room.
+    NotInRoom,
+    /// Any other client-library failure.
+    Client,
+    /// protocol-06 §5.3 `notAllowed` or §5.2 `notAllowed`.
+    NotAllowed,
+    /// protocol-06 §5.3 `epochTooOld`.
+    EpochTooOld,
+    /// protocol-06 §5.2 `wrongEpoch`: another Commit won the epoch.
+    WrongEpoch,
+    /// protocol-06 §5.2 `invalidProposal`.
+    InvalidProposal,
+}
+
+impl ErrorKind {
+    pub fn label(&self) -> String {
+        match self {
+            ErrorKind::Timeout => "timeout".into(),
+            ErrorKind::Transport => "transport".into(),
+            ErrorKind::Status(code) => format!("http_{code}"),
+            ErrorKind::Malformed => "malformed_response".into(),
+            ErrorKind::Mls => "client_mls".into(),
+            ErrorKind::Policy => "client_policy".into(),
+            ErrorKind::NotInRoom => "not_in_room".into(),
+            ErrorKind::Client => "client_other".into(),
+            ErrorKind::NotAllowed => "not_allowed".into(),
+            ErrorKind::EpochTooOld => "epoch_too_old".into(),
+            ErrorKind::WrongEpoch => "wrong_epoch".into(),
+            ErrorKind::InvalidProposal => "invalid_proposal".into(),
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Percentiles {
+        Percentiles {
+            count: histogram.len(),
+            mean_us: (histogram.mean() * 10.0).round() / 10.0,
+            p50_us: histogram.value_at_quantile(0.50),
+            p95_us: histogram.value_at_quantile(0.95),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
+}
+
+/// One second (or the last, shorter stretch) of a phase.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Interval {
+    /// End of the interval, seconds from the phase start.
+    pub elapsed_s: f64,
+    pub ops_ok: u64,
+    pub errors: u64,
+    pub ops_per_s: f64,
+    /// Corrected latency of the operations answered in this interval.
+    pub latency: Percentiles,
+}
+
+/// Totals of a phase.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Totals {
+    pub ops_ok: u64,
+    pub ops_failed: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// Operations that started more than `schedule::LATE_START_SLACK` after their intended time
+    /// (k6's `dropped_iterations` counterpart: the generator or the server could not keep up).
+    pub late_starts: u64,
+    pub max_start_lateness_us: u64,
+    pub latency_corrected: Percentiles,
+    pub latency_raw: Percentiles,
+}
+
+/// Accumulates samples of one phase.
+pub struct Recorder {
+    corrected: Histogram<u64>,
+    raw: Histogram<u64>,
+    interval: Histogram<u64>,
+    interval_ok: u64,
+    interval_errors: u64,
+    interval_start: Duration,
+    ops_ok: u64,
+    errors: BTreeMap<ErrorKind, u64>,
+    late_starts: u64,
+    max_lateness: Duration,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        let histogram = || {
+            Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGNIFICANT_DIGITS)
+                .expect("constant bounds are valid: 1 <= low, high >= 2*low, sigfig <= 5")
+        };
+        Recorder {
+            corrected: histogram(),
+            raw: histogram(),
+            interval: histogram(),
+            interval_ok: 0,
+            interval_errors: 0,
+            interval_start: Duration::ZERO,
+            ops_ok: 0,
+            errors: BTreeMap::new(),
+            late_starts: 0,
+            max_lateness: Duration::ZERO,
+        }
+    }
+
+    /// Records an operation that succeeded.
+    pub fn handle_success(&mut self, sample: Sample) {
+        self.count_start(sample);
+        let raw = sample.finished.saturating_sub(sample.started);
+        let held_back = sample.ready.saturating_sub(sample.intended);
+        let (corrected, raw) = (micros(raw + held_back), micros(raw));
+        self.corrected.saturating_record(corrected);
+        self.raw.saturating_record(raw);
+        self.interval.saturating_record(corrected);
+        self.ops_ok += 1;
+        self.interval_ok += 1;
+    }
+
+    /// Records an operation that failed with `kind`.
+    pub fn handle_failure(&mut self, sample: Sample, kind: ErrorKind) {
+        self.count_start(sample);
+        *self.errors.entry(kind).or_insert(0) += 1;
+        self.interval_errors += 1;
+    }
+
+    fn count_start(&mut self, sample: Sample) {
+        if let Some(lateness) = late_by(sample.intended, sample.started) {
+            self.late_starts += 1;
+            self.max_lateness = self.max_lateness.max(lateness);
+        }
+    }
+
+    /// Closes the interval ending at `now` (from the phase start) and starts the next one.
+    pub fn take_interval(&mut self, now: Duration) -> Interval {
+        let length = now.saturating_sub(self.interval_start).as_secs_f64();
+        let interval = Interval {
+            elapsed_s: round_millis(now.as_secs_f64()),
+            ops_ok: self.interval_ok,
+            errors: self.interval_errors,
+            ops_per_s: if length > 0.0 {
+                (self.interval_ok as f64 / length).round()
+            } else {
+                0.0
+            },
+            latency: Percentiles::of(&self.interval),
+        };
+        self.interval.reset();
+        self.interval_ok = 0;
+        self.interval_errors = 0;
+        self.interval_start = now;
+        interval
+    }
+
+    pub fn ops_ok(&self) -> u64 {
+        self.ops_ok
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            ops_ok: self.ops_ok,
+            ops_failed: self.errors.values().sum(),
+            errors: self.errors.iter().map(|(k, n)| (k.label(), *n)).collect(),
+            late_starts: self.late_starts,
+            max_start_lateness_us: micros(self.max_lateness),
+            latency_corrected: Percentiles::of(&self.corrected),
+            latency_raw: Percentiles::of(&self.raw),
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Rounds seconds to whole milliseconds for the report.
+pub fn round_millis(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Whole milliseconds of a histogram value (values are kept to 3 significant digits).
+    fn whole_ms(us: u64) -> u64 {
+        (us + 500) / 1000
+    }
+
+    /// A sample whose sender was free at its intended start.
+    fn sample(intended: u64, started: u64, finished: u64) -> Sample {
+        Sample {
+            intended: ms(intended),
+            ready: ms(intended),
+            started: ms(started),
+            finished: ms(finished),
+        }
+    }
+
+    #[test]
+    fn corrected_latency_adds_the_wait_behind_the_senders_previous_operation() {
+        let mut recorder = Recorder::new();
+        // Meant to start at 0, held up 40 ms behind a slow operation, started 1 ms after that
+        // one's answer, served in 10 ms.
+        recorder.handle_success(Sample {
+            intended: ms(0),
+            ready: ms(40),
+            started: ms(41),
+            finished: ms(51),
+        });
+        let totals = recorder.totals();
+        assert_eq!(whole_ms(totals.latency_corrected.max_us), 50);
+        assert_eq!(whole_ms(totals.latency_raw.max_us), 10);
+        assert_eq!(totals.late_starts, 1);
+        assert_eq!(totals.max_start_lateness_us, 41_000);
+    }
+
+    #[test]
+    fn a_late_wake_up_of_the_generator_is_not_charged_to_the_server() {
+        let mut recorder = Recorder::new();
+        // The sender was free; the timer woke it 3 ms late; the answer took 1 ms.
+        recorder.handle_success(sample(10, 13, 14));
+        let totals = recorder.totals();
+        assert_eq!(whole_ms(totals.latency_corrected.max_us), 1);
+        assert_eq!(totals.latency_corrected, totals.latency_raw);
+        assert_eq!(totals.late_starts, 1, "it still counts as a late start");
+    }
+
+    #[test]
+    fn failures_are_counted_by_kind_and_kept_out_of_the_histograms() {
+        let mut recorder = Recorder::new();
+        recorder.handle_success(sample(0, 0, 1));
+        recorder.handle_failure(sample(1, 1, 2), ErrorKind::Status(503));
+        recorder.handle_failure(sample(2, 2, 3), ErrorKind::Status(503));
+        recorder.handle_failure(sample(3, 3, 4), ErrorKind::WrongEpoch);
+        let totals = recorder.totals();
+        assert_eq!(totals.ops_ok, 1);
+        assert_eq!(totals.ops_failed, 3);
+        assert_eq!(totals.errors.get("http_503"), Some(&2));
+        assert_eq!(totals.errors.get("wrong_epoch"), Some(&1));
+        assert_eq!(totals.latency_corrected.count, 1);
+        assert_eq!(totals.late_starts, 0);
+    }
+
+    #[test]
+    fn intervals_reset_while_totals_accumulate() {
+        let mut recorder = Recorder::new();
+        for i in 0..10 {
+            recorder.handle_success(sample(i * 100, i * 100, i * 100 + 5));
+        }
+        let first = recorder.take_interval(ms(1000));
+        assert_eq!(first.ops_ok, 10);
+        assert_eq!(first.ops_per_s, 10.0);
+        assert_eq!(first.latency.count, 10);
+        recorder.handle_failure(sample(1000, 1000, 1001), ErrorKind::Timeout);
+        let second = recorder.take_interval(ms(1500));
+        assert_eq!((second.ops_ok, second.errors), (0, 1));
+        assert_eq!(second.latency.count, 0);
+        assert_eq!(second.elapsed_s, 1.5);
+        assert_eq!(recorder.totals().ops_ok, 10);
+        assert_eq!(recorder.totals().latency_corrected.count, 10);
+    }
+
+    #[test]
+    fn percentiles_follow_the_distribution() {
+        let mut recorder = Recorder::new();
+        for i in 1..=1000 {
+            recorder.handle_success(sample(0, 0, i));
+        }
+        let latency = recorder.totals().latency_corrected;
+        assert_eq!(latency.count, 1000);
+        assert!(latency.p50_us.abs_diff(500_000) <= 500, "{latency:?}");
+        assert!(latency.p99_us.abs_diff(990_000) <= 1000, "{latency:?}");
+        assert!(latency.max_us.abs_diff(1_000_000) <= 1000, "{latency:?}");
+    }
+
+    #[test]
+    fn latencies_beyond_the_histogram_range_saturate() {
+        let mut recorder = Recorder::new();
+        recorder.handle_success(Sample::immediate(
+            Duration::ZERO,
+            Duration::from_secs(10 * 3600),
+        ));
+        let latency = recorder.totals().latency_corrected;
+        assert_eq!(latency.count, 1);
+        assert!(latency.max_us >= MAX_LATENCY_US, "{latency:?}");
+    }
+}
