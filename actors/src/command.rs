@@ -79,8 +79,9 @@ pub enum Command {
         seq: u64,
     },
     /// Periodic upkeep of one shard at the stamped time: drops expired KeyPackages and
-    /// Welcome-routing records (MIMI.md §4). Proposed to each shard directly, not by key.
-    Housekeeping,
+    /// Welcome-routing records (MIMI.md §4) and trims room logs past every member's cursor and
+    /// older than `log_retention_ms` (DESIGN.md §4). Proposed to each shard directly.
+    Housekeeping { log_retention_ms: u64 },
 }
 
 impl Command {
@@ -97,7 +98,7 @@ impl Command {
             | Command::Handshake { room, .. }
             | Command::AppMessage { room, .. }
             | Command::Ack { room, .. } => room.as_bytes().to_vec(),
-            Command::Housekeeping => return None,
+            Command::Housekeeping { .. } => return None,
         })
     }
 }
@@ -186,7 +187,13 @@ mod tests {
             seq: 1,
         };
         assert_eq!(ack.shard_key().as_deref(), Some(room.as_bytes()));
-        assert_eq!(Command::Housekeeping.shard_key(), None);
+        assert_eq!(
+            Command::Housekeeping {
+                log_retention_ms: 0
+            }
+            .shard_key(),
+            None
+        );
     }
 
     #[test]

@@ -125,8 +125,10 @@ pub struct HubConfig {
     /// Arbiters (threads) the room actors are spread over.
     pub arbiters: usize,
     /// How often every shard gets a `Housekeeping` command (expiry of KeyPackages and
-    /// Welcome-routing records).
+    /// Welcome-routing records, room log retention).
     pub housekeeping: std::time::Duration,
+    /// How long an item every member acknowledged stays in its room log.
+    pub log_retention: std::time::Duration,
 }
 
 pub struct Hub {
@@ -197,6 +199,7 @@ impl Hub {
         });
         let housekeeper = proposer.clone();
         let period = config.housekeeping;
+        let log_retention_ms = u64::try_from(config.log_retention.as_millis()).unwrap_or(u64::MAX);
         arbiters[0].spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.tick().await; // the first tick is immediate: nothing has expired yet
@@ -204,7 +207,8 @@ impl Hub {
                 tick.tick().await;
                 for shard in 0..housekeeper.shards.count() {
                     // Busy or stopped: the next round does it; nothing waits on this.
-                    if let Err(e) = housekeeper.propose_to(shard, Command::Housekeeping).await {
+                    let command = Command::Housekeeping { log_retention_ms };
+                    if let Err(e) = housekeeper.propose_to(shard, command).await {
                         tracing::info!(shard, error = %e, "housekeeping skipped");
                     }
                 }

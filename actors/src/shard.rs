@@ -167,8 +167,11 @@ impl ShardData {
                 let changed = matches!(verdict, SubmitVerdict::Accepted { .. });
                 (ApplyOutput::Submitted(verdict), changed.then_some(room))
             }
-            Command::Housekeeping => {
+            Command::Housekeeping { log_retention_ms } => {
                 self.directory.expire(ts_ms);
+                for state in self.rooms.values_mut() {
+                    state.trim(ts_ms, log_retention_ms);
+                }
                 (ApplyOutput::Housekept, None)
             }
             Command::Ack { room, client, seq } => {
@@ -393,7 +396,9 @@ mod tests {
         ));
         let housekeeping = Stamped {
             ts_ms: 2,
-            command: Command::Housekeeping,
+            command: Command::Housekeeping {
+                log_retention_ms: 0,
+            },
         };
         assert!(matches!(
             machine.apply(2, &housekeeping.encode()),

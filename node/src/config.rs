@@ -139,8 +139,11 @@ pub struct LimitsSettings {
     /// Seconds without traffic after which a room actor stops. Default 300.
     pub idle_room_secs: u64,
     /// Seconds between housekeeping rounds over every shard (expired KeyPackages and
-    /// Welcome-routing records are dropped). Default 60.
+    /// Welcome-routing records are dropped, room logs trimmed). Default 60.
     pub housekeeping_secs: u64,
+    /// Seconds an item that every member of its room has acknowledged stays in the room log
+    /// (for late duplicates and audits). Unacknowledged items are never trimmed. Default 86400.
+    pub log_retention_secs: u64,
     /// Concurrent request streams per QUIC connection (QUIC flow control enforces it).
     /// Default 256.
     pub max_concurrent_streams: u32,
@@ -455,6 +458,7 @@ impl Default for LimitsSettings {
             room_mailbox: 1024,
             idle_room_secs: 300,
             housekeeping_secs: 60,
+            log_retention_secs: 86_400,
             max_concurrent_streams: 256,
             max_connections: 4096,
             max_concurrent_requests: 16_384,
@@ -467,7 +471,7 @@ impl Default for LimitsSettings {
 
 impl LimitsSettings {
     fn check(&self, problems: &mut Vec<ConfigProblem>) {
-        let all: [(&'static str, u64); 13] = [
+        let all: [(&'static str, u64); 14] = [
             ("limits.max_body_bytes", self.max_body_bytes as u64),
             (
                 "limits.max_key_packages_per_publish",
@@ -478,6 +482,7 @@ impl LimitsSettings {
             ("limits.room_mailbox", self.room_mailbox as u64),
             ("limits.idle_room_secs", self.idle_room_secs),
             ("limits.housekeeping_secs", self.housekeeping_secs),
+            ("limits.log_retention_secs", self.log_retention_secs),
             (
                 "limits.max_concurrent_streams",
                 u64::from(self.max_concurrent_streams),

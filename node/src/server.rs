@@ -135,6 +135,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
                 },
                 arbiters: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 housekeeping: Duration::from_secs(config.limits.housekeeping_secs),
+                log_retention: Duration::from_secs(config.limits.log_retention_secs),
             },
         )
         .context("starting the room actors")?,

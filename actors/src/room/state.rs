@@ -54,7 +54,7 @@ pub const ROOM_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES12
 /// Most proposals accepted in one `HandshakeBundle` (protocol-06 §5.2 `moreProposals`).
 pub const MAX_PROPOSALS_PER_BUNDLE: usize = 64;
 
-const SNAPSHOT_FORMAT: u8 = 1;
+const SNAPSHOT_FORMAT: u8 = 2;
 
 /// Why a room could not be created from the creator's GroupInfo and tree (MIMI.md §6.1).
 #[derive(Debug, Error)]
@@ -125,8 +125,10 @@ pub struct RoomState {
     /// The committer-supplied GroupInfo (MLSMessage bytes) of the current epoch.
     group_info: Option<Vec<u8>>,
     created_ts_ms: u64,
-    /// `log[i].seq == i + 1`.
+    /// The retained log: `log[i].seq == trimmed + i + 1`.
     log: Vec<LogItem>,
+    /// Items dropped from the front of the log by retention (`trim`).
+    trimmed: u64,
     memberships: BTreeMap<ClientId, Vec<Membership>>,
     cursors: BTreeMap<ClientId, u64>,
     /// ProposalRefs of pending proposals the next commit must include (MIMI.md §6.5).
@@ -250,6 +252,7 @@ impl RoomState {
             group_info: Some(group_info.to_vec()),
             created_ts_ms: ts_ms,
             log: Vec::new(),
+            trimmed: 0,
             memberships: BTreeMap::new(),
             cursors: BTreeMap::new(),
             required: BTreeSet::new(),
@@ -361,7 +364,37 @@ impl RoomState {
 
     /// The seq of the last log item, 0 if the log is empty.
     pub fn last_seq(&self) -> u64 {
-        self.log.len() as u64
+        self.trimmed + self.log.len() as u64
+    }
+
+    /// Seq of the oldest item still held (items before it were trimmed by retention).
+    pub fn first_retained_seq(&self) -> u64 {
+        self.trimmed + 1
+    }
+
+    /// Retention (DESIGN.md §4): drops the items every current member has acknowledged that
+    /// are also older than `window_ms` at `now_ms`. The newest item always stays (it anchors
+    /// the non-decreasing hub time). A member that never acknowledged holds everything, so an
+    /// offline client still gets all it missed; a removed member no longer holds anything.
+    /// Returns how many items were dropped.
+    pub fn trim(&mut self, now_ms: u64, window_ms: u64) -> u64 {
+        let acked_by_all = self
+            .members
+            .iter()
+            .map(|client| self.acked(client))
+            .min()
+            .unwrap_or_else(|| self.last_seq());
+        let droppable = self
+            .log
+            .iter()
+            .take(self.log.len().saturating_sub(1))
+            .take_while(|item| {
+                item.seq <= acked_by_all && item.ts_ms.saturating_add(window_ms) <= now_ms
+            })
+            .count();
+        self.log.drain(..droppable);
+        self.trimmed += droppable as u64;
+        droppable as u64
     }
 
     /// The hub time the room was created at.
@@ -376,7 +409,7 @@ impl RoomState {
 
     /// The log items with seq greater than `after`, in order.
     pub fn items_after(&self, after: u64) -> &[LogItem] {
-        let start = usize::try_from(after)
+        let start = usize::try_from(after.saturating_sub(self.trimmed))
             .unwrap_or(usize::MAX)
             .min(self.log.len());
         &self.log[start..]
@@ -426,6 +459,7 @@ impl RoomState {
             group_info: self.group_info.as_deref(),
             created_ts_ms: self.created_ts_ms,
             log: &self.log,
+            trimmed: self.trimmed,
             memberships: &self.memberships,
             cursors: &self.cursors,
             required: &self.required,
@@ -438,6 +472,16 @@ impl RoomState {
         let snapshot: Snapshot = postcard::from_bytes(bytes)?;
         if snapshot.format != SNAPSHOT_FORMAT {
             return Err(SnapshotError::Format(snapshot.format));
+        }
+        if !snapshot
+            .log
+            .iter()
+            .zip(snapshot.trimmed + 1..)
+            .all(|(item, seq)| item.seq == seq)
+        {
+            return Err(SnapshotError::Inconsistent(
+                "log sequence numbers are not contiguous after the trimmed prefix",
+            ));
         }
         let storage = HubStorage::from_entries(snapshot.storage);
         let group = PublicGroup::load(&storage, &GroupId::from_slice(&snapshot.group_id))?
@@ -464,14 +508,6 @@ impl RoomState {
                 ));
             }
         }
-        if snapshot
-            .log
-            .iter()
-            .enumerate()
-            .any(|(at, item)| item.seq != at as u64 + 1)
-        {
-            return Err(SnapshotError::Inconsistent("log seqs are not 1, 2, 3, ..."));
-        }
         let open: BTreeSet<&ClientId> = snapshot
             .memberships
             .iter()
@@ -493,6 +529,7 @@ impl RoomState {
             group_info: snapshot.group_info,
             created_ts_ms: snapshot.created_ts_ms,
             log: snapshot.log,
+            trimmed: snapshot.trimmed,
             memberships: snapshot.memberships,
             cursors: snapshot.cursors,
             required: snapshot.required,
@@ -1087,7 +1124,8 @@ impl RoomState {
     }
 
     fn item(&self, seq: u64) -> &LogItem {
-        let index = usize::try_from(seq - 1).expect("seqs of appended items fit in memory");
+        let index =
+            usize::try_from(seq - self.trimmed - 1).expect("seqs of retained items fit in memory");
         &self.log[index]
     }
 
@@ -1168,6 +1206,7 @@ struct SnapshotRef<'a> {
     group_info: Option<&'a [u8]>,
     created_ts_ms: u64,
     log: &'a [LogItem],
+    trimmed: u64,
     memberships: &'a BTreeMap<ClientId, Vec<Membership>>,
     cursors: &'a BTreeMap<ClientId, u64>,
     required: &'a BTreeSet<Vec<u8>>,
@@ -1184,6 +1223,7 @@ struct Snapshot {
     group_info: Option<Vec<u8>>,
     created_ts_ms: u64,
     log: Vec<LogItem>,
+    trimmed: u64,
     memberships: BTreeMap<ClientId, Vec<Membership>>,
     cursors: BTreeMap<ClientId, u64>,
     required: BTreeSet<Vec<u8>>,

@@ -1201,3 +1201,59 @@ fn room_state_can_move_between_threads() {
     fn check<T: Send + Sync>() {}
     check::<RoomState>();
 }
+
+/// DESIGN.md §4 retention: an item leaves the log only once every member acknowledged it and
+/// it is older than the window; sequence numbers, delivery and snapshots are unaffected.
+#[test]
+fn retention_trims_only_what_every_member_acknowledged_and_the_window_passed() {
+    let mut room = three_member_room();
+    let start = room.state.last_seq();
+    for (i, text) in [b"one", b"two", b"six"].iter().enumerate() {
+        let message = room.bob.send(*text);
+        success_seq_message(room.state.handle_app_message(
+            &room.bob.id,
+            &message,
+            20_000 + i as u64,
+        ));
+    }
+    let last = room.state.last_seq();
+    assert_eq!(last, start + 3);
+
+    // Cathy has not acknowledged anything: nothing may go, whatever the window.
+    room.state.ack(&room.alice.id, last);
+    room.state.ack(&room.bob.id, last);
+    assert_eq!(room.state.trim(1_000_000, 0), 0);
+
+    // Everyone acknowledged up to start + 2; only items older than the window go.
+    room.state.ack(&room.cathy.id, start + 2);
+    assert_eq!(room.state.trim(20_000 + 9, 10), start);
+    assert_eq!(room.state.first_retained_seq(), start + 1);
+    assert_eq!(room.state.trim(1_000_000, 10), 2, "up to the common cursor");
+    assert_eq!(room.state.first_retained_seq(), start + 3);
+    assert_eq!(room.state.last_seq(), last, "sequence numbers never move");
+    assert_eq!(
+        room.state
+            .items_after(0)
+            .iter()
+            .map(|item| item.seq)
+            .collect::<Vec<_>>(),
+        vec![last]
+    );
+    assert_eq!(room.state.items_after(last - 1).len(), 1);
+    assert!(room.state.items_after(last).is_empty());
+
+    // The newest item always stays, and a trimmed log snapshots and keeps accepting.
+    room.state.ack(&room.cathy.id, last);
+    assert_eq!(room.state.trim(1_000_000, 0), 0);
+    let mut restored = RoomState::from_snapshot(&room.state.to_snapshot()).unwrap();
+    assert_eq!(restored.first_retained_seq(), last);
+    let more = room.alice.send(b"after trimming");
+    let seq = success_seq_message(restored.handle_app_message(&room.alice.id, &more, 30_000));
+    assert_eq!(seq, last + 1);
+    assert_eq!(
+        room.cathy
+            .process(restored.items_after(last).first().unwrap())
+            .unwrap(),
+        b"after trimming"
+    );
+}
