@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use crate::command::{Command, HandshakeBundle};
 use crate::hub::{HubError, Proposer};
@@ -222,6 +223,7 @@ impl Handler<Applied> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: Applied, _: &mut Self::Context) {
+        let _span = tracing::debug_span!("room_applied", room = %self.room).entered();
         self.last_activity = Instant::now();
         let shard = self.ctx.shards.for_room(&self.room).read();
         let Some(state) = shard.room(&self.room) else {
@@ -264,6 +266,8 @@ impl Handler<Attach> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
+        let _span =
+            tracing::debug_span!("room_attach", room = %self.room, client = %msg.client).entered();
         self.last_activity = Instant::now();
         let shard = self.ctx.shards.for_room(&self.room).read();
         let Some(state) = shard.room(&self.room) else {
@@ -325,12 +329,16 @@ impl Handler<RoomRequest> for RoomActor {
                 permit,
             ),
         };
+        let span = tracing::info_span!("room_request", room = %self.room);
         let proposal = self.ctx.proposer.propose(command);
-        Box::pin(async move {
-            let output = proposal.await;
-            drop(permit);
-            output
-        })
+        Box::pin(
+            async move {
+                let output = proposal.await;
+                drop(permit);
+                output
+            }
+            .instrument(span),
+        )
     }
 }
 
