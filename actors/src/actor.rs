@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::command::{Command, HandshakeBundle};
-use crate::hub::{HubError, Proposer};
+use crate::hub::{Busy, HubError, Proposer};
 use crate::ids::{ClientId, RoomId};
 use crate::room::core::{Push, RoomCore};
 use crate::room::log::LogItem;
@@ -431,7 +431,7 @@ impl Router {
             let (addr, in_flight) = self.handle(room);
             let Ok(permit) = in_flight.try_acquire_owned() else {
                 self.ctx.metrics.room_busy.fetch_add(1, Ordering::Relaxed);
-                return Err(HubError::Busy("room has too many requests in flight"));
+                return Err(HubError::Busy(Busy::Room));
             };
             match addr.send(make(permit)).await {
                 Ok(result) => return result,

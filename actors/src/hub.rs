@@ -33,7 +33,7 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 pub enum HubError {
     /// A bounded queue is full; retry later (HTTP 503 with Retry-After).
     #[error("busy: {0}")]
-    Busy(&'static str),
+    Busy(Busy),
     /// The replication layer could not take or finish the request (HTTP 503).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -44,12 +44,28 @@ pub enum HubError {
     Rejected(String),
 }
 
+/// Which bound was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// The room's in-flight request limit (`limits.room_mailbox`).
+    Room,
+    /// The replication inbox or its uncommitted-bytes bound.
+    Replication,
+}
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Busy::Room => "room has too many requests in flight",
+            Busy::Replication => "replication is at its queue or uncommitted-bytes bound",
+        })
+    }
+}
+
 impl From<ProposeError> for HubError {
     fn from(e: ProposeError) -> Self {
         match e {
-            ProposeError::Busy => {
-                HubError::Busy("replication is at its queue or uncommitted-bytes bound")
-            }
+            ProposeError::Busy => HubError::Busy(Busy::Replication),
             other => HubError::Unavailable(other.to_string()),
         }
     }

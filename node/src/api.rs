@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use mimid_actors::command::{self, SubmitVerdict, UpdateVerdict};
 use mimid_actors::directory::{ClaimOutcome, ClientClaimResult, DirectoryError};
-use mimid_actors::hub::{Hub, HubError, PublishError};
+use mimid_actors::hub::{Busy, Hub, HubError, PublishError};
 use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_actors::shard::CreateRoomRejection;
 use rand::RngCore;
@@ -89,6 +89,8 @@ struct Refusal {
     reason: String,
     /// The method to name in `Allow` on a 405 (RFC 9110 §15.5.6).
     allow: Option<Method>,
+    /// The bound whose hit this refusal reports (counted in `limit_hits_total`).
+    limit: Option<Limit>,
 }
 
 impl Refusal {
@@ -97,6 +99,7 @@ impl Refusal {
             status,
             reason: reason.into(),
             allow: None,
+            limit: None,
         }
     }
 
@@ -107,12 +110,20 @@ impl Refusal {
 
 impl From<HubError> for Refusal {
     fn from(e: HubError) -> Self {
-        let status = match e {
-            HubError::Busy(_) | HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            HubError::UnknownRoom => StatusCode::NOT_FOUND,
-            HubError::Rejected(_) => StatusCode::BAD_REQUEST,
+        let (status, limit) = match e {
+            HubError::Busy(Busy::Room) => {
+                (StatusCode::SERVICE_UNAVAILABLE, Some(Limit::MailboxFull))
+            }
+            HubError::Busy(Busy::Replication) => {
+                (StatusCode::SERVICE_UNAVAILABLE, Some(Limit::InboxFull))
+            }
+            HubError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+            HubError::UnknownRoom => (StatusCode::NOT_FOUND, None),
+            HubError::Rejected(_) => (StatusCode::BAD_REQUEST, None),
         };
-        Refusal::new(status, e.to_string())
+        let mut refusal = Refusal::new(status, e.to_string());
+        refusal.limit = limit;
+        refusal
     }
 }
 
@@ -251,15 +262,16 @@ impl ClientApi {
     async fn publish(&self, req: Request, client: ClientId) -> Answer {
         let body = PublishKeyPackagesRequest::from_bytes(&req.body, &self.limits)?;
         if body.key_packages.len() > self.max_key_packages_per_publish {
-            self.metrics.count_limit_hit(Limit::BodySize);
-            return Err(Refusal::new(
+            let mut refusal = Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "{} KeyPackages in one request; the limit is {}",
                     body.key_packages.len(),
                     self.max_key_packages_per_publish
                 ),
-            ));
+            );
+            refusal.limit = Some(Limit::BodySize);
+            return Err(refusal);
         }
         match self
             .hub
@@ -516,8 +528,10 @@ impl Handler for ClientApi {
                             response.headers.insert(http::header::ALLOW, value);
                         }
                     }
+                    if let Some(limit) = refusal.limit {
+                        self.metrics.count_limit_hit(limit);
+                    }
                     if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
-                        self.metrics.count_limit_hit(Limit::MailboxFull);
                         response
                             .headers
                             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
