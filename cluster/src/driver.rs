@@ -15,7 +15,10 @@
 //! 5. Phase two, the same groups ([`Group::handle_persisted`]): `persisted_messages`, `advance`,
 //!    the `LightReady`, `advance_apply`, snapshot + compaction when due.
 //! 6. Apply phase two's writes (commit index, conf states, compactions). They need no flush of
-//!    their own: the commit index is recoverable and a compaction is atomic with its snapshot.
+//!    their own: the commit index is recoverable, and a compaction is atomic with its snapshot
+//!    record, whose data file was synced when it was staged. Only a compaction that replaces an
+//!    older snapshot is flushed, because the older file may be deleted only once the new record
+//!    is durable (`snapshot_file.rs`).
 //!
 //! # Durability and ordering
 //!

@@ -316,7 +316,10 @@ impl<S: StateMachine> Group<S> {
         if self.applied_index - snapshot_index < self.snapshot_interval {
             return Ok(());
         }
+        // Serialising and storing run on the driver thread and hold up every shard; the size
+        // is logged (the driver's turn timing covers the time).
         let data = self.machine.snapshot();
+        let bytes = data.len();
         let conf_state = self.node.store().conf_state().clone();
         let snapshot = new_snapshot(self.applied_index, self.applied_term, conf_state, data);
         self.node.mut_store().stage_compaction(&snapshot)?;
@@ -324,6 +327,7 @@ impl<S: StateMachine> Group<S> {
         tracing::debug!(
             shard = self.shard,
             index = self.applied_index,
+            bytes,
             "took snapshot"
         );
         Ok(())

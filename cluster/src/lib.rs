@@ -9,8 +9,10 @@
 //! One driver thread runs every local group ([`Cluster::start`]); callers talk to it through a
 //! cloneable [`ClusterHandle`] over a bounded inbox. A proposal is answered once its entry is
 //! durable and applied, or with a [`ProposeError`]. Raft state lives in one sled database under
-//! `data_dir/raft`; every loop turn persists all groups' writes with one flush and one
-//! `fdatasync` (see the `driver` and `storage` modules for the durability argument).
+//! `data_dir/raft`, except snapshot data, which lives in files under `data_dir/raft/snapshots`
+//! (kept out of sled because sled rewrites large values along with the log around them); every
+//! loop turn persists all groups' writes with one flush and one `fdatasync` (see the `driver`,
+//! `storage` and `snapshot_file` modules for the durability argument).
 //!
 //! Today a cluster is a single node whose groups each have that node as their only voter.
 //! The transport seam for peers exists (messages are routed per destination), but nothing sends
@@ -56,6 +58,7 @@ mod group;
 mod metrics;
 mod pending;
 mod reply;
+mod snapshot_file;
 mod storage;
 
 use std::path::PathBuf;
@@ -107,7 +110,8 @@ pub trait StateMachine: Send + 'static {
 pub struct ClusterConfig {
     /// This node's Raft id (must not be 0). Default 1.
     pub node_id: NodeId,
-    /// Data directory; sled lives in `data_dir/raft`.
+    /// Data directory; sled lives in `data_dir/raft`, shard snapshots in
+    /// `data_dir/raft/snapshots/<shard>-<term>-<index>.snap`.
     pub data_dir: PathBuf,
     /// Number of shard groups. Fixed for the life of the data directory (start refuses a
     /// different count, because keys would hash to other shards). Default 16.

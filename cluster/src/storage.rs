@@ -8,10 +8,17 @@
 //! |---|---|
 //! | `shard ‖ 0x01` | `HardState` (protobuf) |
 //! | `shard ‖ 0x02` | `ConfState` (protobuf) |
-//! | `shard ‖ 0x03` | latest `Snapshot`, metadata and state-machine data (protobuf) |
+//! | `shard ‖ 0x03` | record of the latest snapshot: version, data length, SHA-256 and `SnapshotMetadata` (protobuf); see `snapshot_file.rs` |
 //! | `shard ‖ 0x04 ‖ index` | `Entry` (protobuf), `index` big-endian |
 //!
-//! The default tree holds node-wide metadata (format version, shard count).
+//! The default tree holds node-wide metadata (`format_version`, `shard_count`, u64 big-endian).
+//!
+//! The snapshot's state-machine data is not in sled: it lives in
+//! `snapshots/<shard>-<term>-<index>.snap` beside sled's files, written and synced before its
+//! record enters a batch, and deleted only after a newer record is durable (`snapshot_file.rs`
+//! has the protocol). Format version 1 kept the whole `Snapshot` under `shard ‖ 0x03`, where
+//! sled rewrote the multi-MB value with every neighbouring log write (bench/README.md);
+//! [`RaftDb::open`] moves such snapshots to files once.
 //!
 //! Writes are never applied directly. [`ShardStorage`] stages them and updates its in-memory view
 //! (first/last index, hard state, conf state, snapshot metadata) at once; the driver then collects
@@ -29,7 +36,8 @@
 //! Storage failures are returned as errors and never retried here: raft-rs treats an error from
 //! `Storage` as fatal for the group (STYLE.md P4), and the driver stops the group.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
@@ -38,7 +46,10 @@ use std::path::{Path, PathBuf};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional as _;
 
+use crate::snapshot_file::{SnapshotFiles, SnapshotRecord};
 use crate::ShardId;
 
 /// Why the Raft storage could not be read or written.
@@ -67,7 +78,19 @@ pub enum StoreError {
         #[source]
         source: protobuf::ProtobufError,
     },
-    /// Stored state violates an invariant of this module (for example a gap in the log).
+    /// A snapshot file could not be created, written, synced, read or removed.
+    #[error("snapshot storage: {context} {}", path.display())]
+    SnapshotFile {
+        /// Short verb naming the operation.
+        context: &'static str,
+        /// The file (or the snapshot directory).
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Stored state violates an invariant of this module (for example a gap in the log, or a
+    /// snapshot file that is missing, short or fails its checksum).
     #[error("corrupt raft state for shard {shard}: {reason}")]
     Corrupt {
         /// The shard whose state is inconsistent.
@@ -111,6 +134,7 @@ pub enum StoreError {
 pub(crate) struct RaftDb {
     db: sled::Db,
     tree: sled::Tree,
+    files: SnapshotFiles,
     durability: Durability,
     /// Held for as long as the database is open; declared last so it is released after sled.
     _dir_lock: File,
@@ -130,20 +154,27 @@ pub(crate) struct WriteBatch {
     batch: sled::Batch,
     ops: usize,
     must_sync: bool,
+    /// Snapshot files replaced by records in `batch`: deleted once `batch` is durable.
+    retired_files: Vec<PathBuf>,
 }
 
 /// One shard group's view of the Raft log, implementing [`raft::Storage`].
 pub(crate) struct ShardStorage {
     shard: ShardId,
     tree: sled::Tree,
+    files: SnapshotFiles,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The latest snapshot (stored or staged); its file is complete whenever this is set.
+    snapshot: Option<SnapshotRecord>,
     snapshot_index: u64,
     snapshot_term: u64,
     last_index: u64,
     last_term: u64,
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     must_sync: bool,
+    /// Files of snapshots replaced by a staged one, to delete once the staged record is durable.
+    retired_files: Vec<PathBuf>,
 }
 
 impl RaftDb {
@@ -158,9 +189,10 @@ impl RaftDb {
         wait_for_sled_release(dir)?;
         let db = sled::Config::new().path(dir).open()?;
         let tree = db.open_tree(RAFT_TREE)?;
-        check_meta(&db, shards)?;
+        let files = SnapshotFiles::open(dir.join(SNAPSHOT_DIR), fsync)?;
+        check_meta(&db, &tree, &files, shards)?;
         let durability = if fsync {
-            // The directory entries of sled's files must be durable too, once.
+            // The directory entries of sled's files and of `snapshots/` must be durable too, once.
             sync_dir(dir)?;
             let data_file = File::open(dir.join("db")).map_err(|source| StoreError::Io {
                 context: "open sled data file for fdatasync",
@@ -176,37 +208,45 @@ impl RaftDb {
         let mut raft_db = RaftDb {
             db,
             tree,
+            files,
             durability,
             _dir_lock: dir_lock,
         };
         // Make the metadata (and the directory syncs above) durable before anything else runs.
         raft_db.sync()?;
+        // Only files that no durable record names may go.
+        remove_unreferenced_snapshots(&raft_db.tree, &raft_db.files, shards)?;
         Ok(raft_db)
     }
 
-    /// Loads one shard's state and its latest snapshot (read once here because restoring the
-    /// state machine needs its data anyway). A shard with nothing stored comes back empty
-    /// (`is_initialized() == false`).
+    /// Loads one shard's state and its latest snapshot, data read from its file and verified
+    /// (read once here because restoring the state machine needs it anyway). A shard with
+    /// nothing stored comes back empty (`is_initialized() == false`).
     pub(crate) fn load_shard(
         &self,
         shard: ShardId,
     ) -> Result<(ShardStorage, Option<Snapshot>), StoreError> {
-        ShardStorage::load(shard, self.tree.clone())
+        ShardStorage::load(shard, self.tree.clone(), self.files.clone())
     }
 
     /// Applies `batch` atomically. When any staged write must be durable (log entries, term,
     /// vote, conf state, snapshots received from a leader) the batch is flushed and synced before
     /// this returns; otherwise it is only applied and rides along with the next durable write or
-    /// sled's periodic flush. Returns whether a durable flush happened.
+    /// sled's periodic flush. A batch that retires snapshot files is flushed too, and the files
+    /// are deleted only after that, so a durable record never names a deleted file. Returns
+    /// whether a durable flush happened.
     pub(crate) fn write(&mut self, batch: WriteBatch) -> Result<bool, StoreError> {
         if batch.ops == 0 {
             return Ok(false);
         }
         self.tree.apply_batch(batch.batch)?;
-        if !batch.must_sync {
+        if !batch.must_sync && batch.retired_files.is_empty() {
             return Ok(false);
         }
         self.sync()?;
+        for path in batch.retired_files {
+            remove_retired(&path);
+        }
         Ok(true)
     }
 
@@ -237,33 +277,42 @@ impl WriteBatch {
             self.ops += 1;
         }
         self.must_sync |= std::mem::take(&mut storage.must_sync);
+        self.retired_files.append(&mut storage.retired_files);
     }
 }
 
 impl ShardStorage {
-    fn load(shard: ShardId, tree: sled::Tree) -> Result<(Self, Option<Snapshot>), StoreError> {
+    fn load(
+        shard: ShardId,
+        tree: sled::Tree,
+        files: SnapshotFiles,
+    ) -> Result<(Self, Option<Snapshot>), StoreError> {
         let hard_state: HardState =
             read_message(&tree, shard, Kind::HardState)?.unwrap_or_default();
         let conf_state: ConfState =
             read_message(&tree, shard, Kind::ConfState)?.unwrap_or_default();
-        let snapshot: Option<Snapshot> = read_message(&tree, shard, Kind::Snapshot)?;
-        let (snapshot_index, snapshot_term) = snapshot
+        let record = read_snapshot_record(&tree, shard)?;
+        let (snapshot_index, snapshot_term) = record
             .as_ref()
-            .map_or((0, 0), |s| (s.get_metadata().index, s.get_metadata().term));
+            .map_or((0, 0), |r| (r.metadata().index, r.metadata().term));
         let mut storage = ShardStorage {
             shard,
             tree,
+            files,
             hard_state,
             conf_state,
+            snapshot: record,
             snapshot_index,
             snapshot_term,
             last_index: snapshot_index,
             last_term: snapshot_term,
             staged: BTreeMap::new(),
             must_sync: false,
+            retired_files: Vec::new(),
         };
         storage.load_log_bounds()?;
         storage.check_loaded()?;
+        let snapshot = storage.stored_snapshot()?;
         Ok((storage, snapshot))
     }
 
@@ -405,10 +454,10 @@ impl ShardStorage {
                 meta.index, self.snapshot_index
             )));
         }
+        self.stage_snapshot(snapshot)?;
         for index in self.snapshot_index + 1..=self.last_index {
             self.staged.insert(entry_key(self.shard, index), None);
         }
-        self.stage_value(Kind::Snapshot, "snapshot", snapshot)?;
         self.snapshot_index = meta.index;
         self.snapshot_term = meta.term;
         self.last_index = meta.index;
@@ -439,22 +488,40 @@ impl ShardStorage {
                 meta.index, self.hard_state.commit
             )));
         }
+        self.stage_snapshot(snapshot)?;
         for index in self.snapshot_index + 1..=meta.index {
             self.staged.insert(entry_key(self.shard, index), None);
         }
-        self.stage_value(Kind::Snapshot, "snapshot", snapshot)?;
         self.snapshot_index = meta.index;
         self.snapshot_term = meta.term;
         Ok(())
     }
 
-    /// The latest stored snapshot, if the group has one.
-    pub(crate) fn stored_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
-        debug_assert!(self.staged.is_empty(), "read with staged writes");
-        if self.snapshot_index == 0 {
-            return Ok(None);
+    /// Writes the snapshot's data file (complete and synced when this returns) and stages the
+    /// record naming it; the file it replaces is retired with the staged writes. Runs before any
+    /// other change of a staging call, so a failed file write leaves the staged state untouched
+    /// (the group then stops, and the next start removes any partial file).
+    fn stage_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let record = SnapshotRecord::new(snapshot.get_metadata().clone(), &snapshot.data);
+        let value = record.encode(self.shard)?;
+        self.files.write(self.shard, &record, &snapshot.data)?;
+        self.staged
+            .insert(meta_key(self.shard, Kind::Snapshot), Some(value));
+        if let Some(old) = self.snapshot.replace(record) {
+            self.retired_files.push(self.files.path(self.shard, &old));
         }
-        read_message(&self.tree, self.shard, Kind::Snapshot)
+        Ok(())
+    }
+
+    /// The latest snapshot, with its data read from its file, if the group has one. The file is
+    /// complete as soon as the snapshot is staged, so unlike log reads this does not depend on
+    /// the staged writes having been committed.
+    pub(crate) fn stored_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        let Some(record) = &self.snapshot else {
+            return Ok(None);
+        };
+        let data = self.files.read(self.shard, record)?;
+        Ok(Some(record.to_snapshot(data)))
     }
 
     /// The current configuration (as of the last applied or staged conf change).
@@ -612,7 +679,7 @@ impl raft::Storage for ShardStorage {
         match self.stored_snapshot() {
             Ok(Some(snapshot)) => Ok(snapshot),
             Ok(None) => Err(into_raft_error(
-                self.corrupt("snapshot metadata without snapshot"),
+                self.corrupt("snapshot index without snapshot record"),
             )),
             Err(err) => Err(into_raft_error(err)),
         }
@@ -779,19 +846,14 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         })
 }
 
-fn check_meta(db: &sled::Db, shards: u64) -> Result<(), StoreError> {
-    match read_u64(db, FORMAT_VERSION_KEY)? {
-        None => {
-            db.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
-        }
-        Some(found) if found != FORMAT_VERSION => {
-            return Err(StoreError::FormatVersion {
-                found,
-                expected: FORMAT_VERSION,
-            })
-        }
-        Some(_) => {}
-    }
+/// Checks the shard count and the format version, recording both in a new database and
+/// upgrading a version 1 database.
+fn check_meta(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    files: &SnapshotFiles,
+    shards: u64,
+) -> Result<(), StoreError> {
     match read_u64(db, SHARD_COUNT_KEY)? {
         None => {
             db.insert(SHARD_COUNT_KEY, &shards.to_be_bytes())?;
@@ -804,7 +866,99 @@ fn check_meta(db: &sled::Db, shards: u64) -> Result<(), StoreError> {
         }
         Some(_) => {}
     }
+    match read_u64(db, FORMAT_VERSION_KEY)? {
+        None => {
+            db.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
+            Ok(())
+        }
+        Some(FORMAT_VERSION) => Ok(()),
+        Some(1) => migrate_from_version_1(db, tree, files, shards),
+        Some(found) => Err(StoreError::FormatVersion {
+            found,
+            expected: FORMAT_VERSION,
+        }),
+    }
+}
+
+/// Moves every shard's snapshot data from its version 1 sled value into a file, then replaces
+/// the values by records and sets the new version in one sled transaction: a crash before the
+/// transaction leaves a version 1 database (its new files are rewritten by the next attempt),
+/// a crash after it a version 2 one whose records name complete files.
+fn migrate_from_version_1(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    files: &SnapshotFiles,
+    shards: u64,
+) -> Result<(), StoreError> {
+    let mut records = Vec::new();
+    for shard in 0..shards {
+        let key = meta_key(shard, Kind::Snapshot);
+        let Some(value) = tree.get(&key)? else {
+            continue;
+        };
+        let snapshot: Snapshot = decode(shard, "version 1 snapshot", &value)?;
+        let record = SnapshotRecord::new(snapshot.get_metadata().clone(), &snapshot.data);
+        let encoded = record.encode(shard)?;
+        files.write(shard, &record, &snapshot.data)?;
+        records.push((key, encoded));
+    }
+    let meta_tree: &sled::Tree = db;
+    (tree, meta_tree)
+        .transaction(|(raft, meta)| {
+            for (key, value) in &records {
+                raft.insert(key.as_slice(), value.as_slice())?;
+            }
+            meta.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
+            Ok::<(), ConflictableTransactionError<Infallible>>(())
+        })
+        .map_err(|err| match err {
+            TransactionError::Storage(err) => StoreError::Sled(err),
+            TransactionError::Abort(never) => match never {},
+        })?;
+    tracing::info!(
+        snapshots = records.len(),
+        "raft storage upgraded from format version 1: snapshot data moved to files"
+    );
     Ok(())
+}
+
+/// Deletes snapshot files no shard's record names: leftovers of a crash between writing a file
+/// and committing its record, or between committing a record and deleting the file it replaced.
+fn remove_unreferenced_snapshots(
+    tree: &sled::Tree,
+    files: &SnapshotFiles,
+    shards: u64,
+) -> Result<(), StoreError> {
+    let mut referenced = BTreeSet::new();
+    for shard in 0..shards {
+        if let Some(record) = read_snapshot_record(tree, shard)? {
+            referenced.insert(record.file_name(shard));
+        }
+    }
+    files.remove_unreferenced(&referenced)
+}
+
+fn read_snapshot_record(
+    tree: &sled::Tree,
+    shard: ShardId,
+) -> Result<Option<SnapshotRecord>, StoreError> {
+    tree.get(meta_key(shard, Kind::Snapshot))?
+        .map(|value| SnapshotRecord::decode(shard, &value))
+        .transpose()
+}
+
+/// Deletes a snapshot file replaced by a now durable record. A failure costs only disk space
+/// until the next start removes the file, so it is logged rather than stopping every group.
+fn remove_retired(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!(
+            path = %path.display(),
+            error = %err,
+            "could not remove a replaced snapshot file"
+        ),
+    }
 }
 
 fn read_u64(db: &sled::Db, key: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -829,7 +983,7 @@ fn read_message<M: PbMessage>(
     }
 }
 
-fn encode(
+pub(crate) fn encode(
     shard: ShardId,
     what: &'static str,
     message: &impl PbMessage,
@@ -843,7 +997,11 @@ fn encode(
         })
 }
 
-fn decode<M: PbMessage>(shard: ShardId, what: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
+pub(crate) fn decode<M: PbMessage>(
+    shard: ShardId,
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<M, StoreError> {
     M::parse_from_bytes(bytes).map_err(|source| StoreError::Codec {
         shard,
         what,
@@ -898,12 +1056,15 @@ fn index_from_entry_key(key: &[u8]) -> Option<u64> {
 const DIR_LOCK_FILE: &str = "mimid.lock";
 /// sled tree holding all groups' Raft state.
 const RAFT_TREE: &str = "raft";
+/// Subdirectory of the Raft directory holding snapshot data files.
+const SNAPSHOT_DIR: &str = "snapshots";
 /// Default-tree key of the storage format version.
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 /// Default-tree key of the shard count the database was created with.
 const SHARD_COUNT_KEY: &[u8] = b"shard_count";
-/// Bump when the key layout or value encoding changes.
-const FORMAT_VERSION: u64 = 1;
+/// Bump when the key layout or value encoding changes (and teach [`check_meta`] the upgrade).
+/// Version 2 moved snapshot data out of sled into files.
+const FORMAT_VERSION: u64 = 2;
 
 #[cfg(test)]
 mod tests {
@@ -1130,6 +1291,11 @@ mod tests {
         assert_same(&ours, &model, (8, 2));
         drop(ours);
         drop(db);
+        // A received snapshot takes the same path as a local one: data in a file.
+        assert_eq!(
+            snapshot_files(dir.path()),
+            ["0000000000000000-0000000000000002-0000000000000008.snap"]
+        );
         let db = open(dir.path());
         let (ours, stored) = db.load_shard(0).expect("reload");
         assert_same(&ours, &model, (8, 2));
@@ -1170,6 +1336,10 @@ mod tests {
             beyond_commit,
             Err(StoreError::InvalidWrite { .. })
         ));
+        assert!(
+            snapshot_files(dir.path()).is_empty(),
+            "file of a rejected snapshot"
+        );
         let backwards = ours.stage_commit(1);
         assert!(matches!(backwards, Err(StoreError::InvalidWrite { .. })));
         assert!(ours.stage_bootstrap(voters(&[1])).is_err());
@@ -1293,5 +1463,260 @@ mod tests {
             db.load_shard(2).err(),
             Some(StoreError::Corrupt { shard: 2, .. })
         ));
+    }
+
+    /// Names in the snapshot directory, sorted.
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(SNAPSHOT_DIR))
+            .expect("snapshot directory")
+            .map(|entry| {
+                let name = entry.expect("directory entry").file_name();
+                name.into_string().expect("UTF-8 file name")
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn snapshot_path(dir: &Path, shard: ShardId, term: u64, index: u64) -> PathBuf {
+        dir.join(SNAPSHOT_DIR)
+            .join(format!("{shard:016x}-{term:016x}-{index:016x}.snap"))
+    }
+
+    /// A bootstrapped shard with entries `1..=last` of term 1, all committed.
+    fn committed_log(db: &mut RaftDb, shard: ShardId, last: u64) -> ShardStorage {
+        let (mut ours, _) = db.load_shard(shard).expect("load");
+        ours.stage_bootstrap(voters(&[1])).expect("bootstrap");
+        let entries: Vec<Entry> = (1..=last).map(|index| entry(index, 1, b"x")).collect();
+        ours.stage_entries(&entries).expect("stage");
+        ours.stage_hard_state(&hard_state(1, 1, last))
+            .expect("hard state");
+        commit(db, &mut ours);
+        ours
+    }
+
+    /// Data large enough that sled would have stored it as a blob (a quarter of a segment).
+    fn big_state(seed: u8) -> Vec<u8> {
+        (0..300 * 1024u32).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    #[test]
+    fn snapshot_data_lives_in_a_file_and_is_read_back_after_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = open(dir.path());
+        let mut ours = committed_log(&mut db, 2, 10);
+        let state = big_state(1);
+        let snap = new_snapshot(6, 1, voters(&[1]), state.clone());
+        ours.stage_compaction(&snap).expect("compact");
+        commit(&mut db, &mut ours);
+
+        // sled holds a record of a few dozen bytes, the file exactly the state.
+        let record = db
+            .tree
+            .get(meta_key(2, Kind::Snapshot))
+            .expect("read record")
+            .expect("record stored");
+        assert!(record.len() < 100, "record of {} bytes", record.len());
+        assert_eq!(
+            std::fs::read(snapshot_path(dir.path(), 2, 1, 6)).expect("snapshot file"),
+            state
+        );
+        assert_eq!(ours.snapshot(6, 1).expect("snapshot for a follower"), snap);
+
+        drop(ours);
+        drop(db);
+        let db = open(dir.path());
+        let (ours, stored) = db.load_shard(2).expect("reload");
+        assert_eq!(stored, Some(snap.clone()));
+        assert_eq!(ours.first_index().expect("first"), 7);
+        assert_eq!(ours.last_index().expect("last"), 10);
+        assert_eq!(ours.snapshot(6, 1).expect("snapshot for a follower"), snap);
+    }
+
+    #[test]
+    fn an_older_snapshot_file_is_deleted_only_once_the_newer_record_is_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = open(dir.path());
+        let mut ours = committed_log(&mut db, 0, 10);
+        ours.stage_compaction(&new_snapshot(3, 1, voters(&[1]), b"three".to_vec()))
+            .expect("compact to 3");
+        commit(&mut db, &mut ours);
+        let first = "0000000000000000-0000000000000001-0000000000000003.snap";
+        let second = "0000000000000000-0000000000000001-0000000000000007.snap";
+        assert_eq!(snapshot_files(dir.path()), [first]);
+
+        ours.stage_compaction(&new_snapshot(7, 1, voters(&[1]), b"seven".to_vec()))
+            .expect("compact to 7");
+        // Staged: the new file is complete, the old one still backs the durable record.
+        assert_eq!(snapshot_files(dir.path()), [first, second]);
+        let mut batch = WriteBatch::default();
+        batch.take_from(&mut ours);
+        assert!(
+            db.write(batch).expect("write"),
+            "retiring a file forces a durable flush"
+        );
+        assert_eq!(snapshot_files(dir.path()), [second]);
+
+        drop(ours);
+        drop(db);
+        let db = open(dir.path());
+        let (_, stored) = db.load_shard(0).expect("reload");
+        assert_eq!(stored.expect("snapshot").data.as_ref(), b"seven");
+        assert_eq!(snapshot_files(dir.path()), [second]);
+    }
+
+    #[test]
+    fn leftovers_of_a_crash_before_the_record_committed_are_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = open(dir.path());
+        let mut ours = committed_log(&mut db, 1, 10);
+        ours.stage_compaction(&new_snapshot(4, 1, voters(&[1]), b"four".to_vec()))
+            .expect("compact to 4");
+        commit(&mut db, &mut ours);
+        // The process dies after writing the next snapshot's file, before its record commits.
+        ours.stage_compaction(&new_snapshot(9, 1, voters(&[1]), b"nine".to_vec()))
+            .expect("compact to 9");
+        drop(ours);
+        drop(db);
+        // ... and one that died in the middle of writing a file; plus a file that is not ours.
+        let snapshots = dir.path().join(SNAPSHOT_DIR);
+        let partial = "0000000000000002-0000000000000001-0000000000000005.snap.tmp";
+        std::fs::write(snapshots.join(partial), b"par").expect("write partial file");
+        std::fs::write(snapshots.join("notes.txt"), b"operator").expect("write other file");
+        assert_eq!(snapshot_files(dir.path()).len(), 4);
+
+        let db = open(dir.path());
+        assert_eq!(
+            snapshot_files(dir.path()),
+            [
+                "0000000000000001-0000000000000001-0000000000000004.snap",
+                "notes.txt"
+            ]
+        );
+        let (ours, stored) = db.load_shard(1).expect("reload");
+        assert_eq!(stored.expect("snapshot").data.as_ref(), b"four");
+        assert_eq!(ours.first_index().expect("first"), 5);
+        assert_eq!(ours.last_index().expect("last"), 10);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_file_is_a_corrupt_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = open(dir.path());
+        for shard in 0..SHARDS {
+            let mut ours = committed_log(&mut db, shard, 5);
+            let state = big_state(shard as u8);
+            ours.stage_compaction(&new_snapshot(5, 1, voters(&[1]), state))
+                .expect("compact");
+            commit(&mut db, &mut ours);
+        }
+        drop(db);
+        // Shard 0 loses its tail, shard 1 a bit, shard 2 its whole file.
+        let truncated = std::fs::OpenOptions::new()
+            .write(true)
+            .open(snapshot_path(dir.path(), 0, 1, 5))
+            .expect("open file of shard 0");
+        truncated.set_len(1000).expect("truncate");
+        drop(truncated);
+        let flipped = snapshot_path(dir.path(), 1, 1, 5);
+        let mut bytes = std::fs::read(&flipped).expect("read file of shard 1");
+        bytes[12_345] ^= 0x10;
+        std::fs::write(&flipped, bytes).expect("write file of shard 1");
+        std::fs::remove_file(snapshot_path(dir.path(), 2, 1, 5)).expect("remove file of shard 2");
+
+        let db = open(dir.path());
+        for (shard, expected) in [(0, "has 1000 bytes"), (1, "SHA-256"), (2, "missing")] {
+            match db.load_shard(shard).err() {
+                Some(StoreError::Corrupt {
+                    shard: found,
+                    reason,
+                }) => {
+                    assert_eq!(found, shard);
+                    assert!(reason.contains(expected), "shard {shard}: {reason}");
+                }
+                other => panic!("shard {shard}: expected Corrupt, got {other:?}"),
+            }
+        }
+        // A damaged record is reported the same way.
+        db.tree
+            .insert(meta_key(0, Kind::Snapshot), vec![1, 0, 0])
+            .expect("insert");
+        assert!(matches!(
+            db.load_shard(0).err(),
+            Some(StoreError::Corrupt { shard: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn a_version_1_database_is_upgraded_by_moving_snapshots_to_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = big_state(7);
+        let snap = new_snapshot(4, 1, voters(&[1]), state.clone());
+        {
+            // The version 1 layout: the whole `Snapshot` as one value in the raft tree.
+            let db = sled::open(dir.path()).expect("open sled");
+            db.insert(FORMAT_VERSION_KEY, &1u64.to_be_bytes())
+                .expect("insert");
+            db.insert(SHARD_COUNT_KEY, &SHARDS.to_be_bytes())
+                .expect("insert");
+            let tree = db.open_tree(RAFT_TREE).expect("raft tree");
+            let put = |key: Vec<u8>, message: &dyn PbMessage| {
+                let value = message.write_to_bytes().expect("encode");
+                tree.insert(key, value).expect("insert");
+            };
+            put(meta_key(1, Kind::ConfState), &voters(&[1]));
+            put(meta_key(1, Kind::HardState), &hard_state(1, 1, 6));
+            put(meta_key(1, Kind::Snapshot), &snap);
+            put(entry_key(1, 5), &entry(5, 1, b"five"));
+            put(entry_key(1, 6), &entry(6, 1, b"six"));
+            db.flush().expect("flush");
+        }
+
+        let db = open(dir.path());
+        assert_eq!(
+            read_u64(&db.db, FORMAT_VERSION_KEY).expect("read"),
+            Some(FORMAT_VERSION)
+        );
+        assert_eq!(
+            std::fs::read(snapshot_path(dir.path(), 1, 1, 4)).expect("snapshot file"),
+            state
+        );
+        let (ours, stored) = db.load_shard(1).expect("load upgraded shard");
+        assert_eq!(stored, Some(snap));
+        assert_eq!(ours.first_index().expect("first"), 5);
+        assert_eq!(ours.last_index().expect("last"), 6);
+        assert_eq!(
+            ours.entries(5, 7, None, ctx()).expect("entries")[1]
+                .data
+                .as_ref(),
+            b"six"
+        );
+        let (empty, none) = db.load_shard(0).expect("load untouched shard");
+        assert!(!empty.is_initialized() && none.is_none());
+        drop(ours);
+        drop(empty);
+        drop(db);
+        // Upgraded once: the next open finds version 2 and the same file.
+        let db = open(dir.path());
+        assert!(db.load_shard(1).expect("reload").1.is_some());
+    }
+
+    #[test]
+    fn an_unknown_format_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(open(dir.path()));
+        {
+            wait_for_sled_release(dir.path()).expect("sled released");
+            let db = sled::open(dir.path()).expect("open sled");
+            db.insert(FORMAT_VERSION_KEY, &3u64.to_be_bytes())
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        match RaftDb::open(dir.path(), SHARDS, true) {
+            Err(StoreError::FormatVersion { found, expected }) => {
+                assert_eq!((found, expected), (3, FORMAT_VERSION));
+            }
+            other => panic!("expected FormatVersion, got {:?}", other.err()),
+        }
     }
 }

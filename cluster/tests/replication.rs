@@ -301,6 +301,11 @@ fn snapshots_compact_the_log_and_restart_restores_from_them() {
     if let Some(first) = first {
         assert!(first > 20, "log starts at {first}");
     }
+    // The data of each shard's latest snapshot is in one file; older files were deleted.
+    let files = snapshot_files(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0].starts_with("0000000000000000-"), "{files:?}");
+    assert!(files[1].starts_with("0000000000000001-"), "{files:?}");
 
     let cluster = start(config);
     let handle = cluster.handle();
@@ -316,6 +321,50 @@ fn snapshots_compact_the_log_and_restart_restores_from_them() {
     assert_eq!(after[0].digest, expected_digest(1, 13));
     assert!(after[0].restored_len >= 9);
     cluster.shutdown();
+}
+
+/// File names in `data_dir/raft/snapshots`, sorted.
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("raft").join("snapshots"))
+        .expect("snapshot directory")
+        .map(|entry| {
+            let name = entry.expect("directory entry").file_name();
+            name.into_string().expect("UTF-8 file name")
+        })
+        .filter(|name| name.ends_with(".snap"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn start_fails_with_corrupt_when_a_snapshot_file_is_truncated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.snapshot_interval = 2;
+    let cluster = start(config.clone());
+    propose_many(&cluster.handle(), 3, 0..4);
+    cluster.shutdown();
+
+    let files = snapshot_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let path = dir.path().join("raft").join("snapshots").join(&files[0]);
+    let len = std::fs::metadata(&path).expect("snapshot file").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open snapshot file");
+    file.set_len(len - 1).expect("truncate");
+    drop(file);
+
+    match Cluster::start(config, |_| Journal::default()) {
+        Err(ClusterError::Storage(StoreError::Corrupt { shard, reason })) => {
+            assert_eq!(shard, 3);
+            assert!(reason.contains(&files[0]), "{reason}");
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("expected Corrupt, cluster started"),
+    }
 }
 
 #[test]
