@@ -1,6 +1,8 @@
 //! The shared harness of the integration tests: a real node (quinn on loopback, sled in a
 //! temporary directory, openmls clients) started and restarted on demand.
 
+pub mod sim;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,746 @@
+//! One simulated replica of the shard group: a raft-rs `RawNode` over [`SimStorage`] and the
+//! real `ShardMachine` (`Shards::new(1).machine(0)`), driven in the order `cluster::group` and
+//! `cluster::driver` use (STYLE.md P4):
+//!
+//! 1. phase one ([`Replica::drive`]): send `messages`, install a received snapshot, apply
+//!    `committed_entries`, write `entries` and the hard state to the live storage; the replica
+//!    is now busy until its sync completes (the driver blocks on `fdatasync` the same way);
+//! 2. phase two ([`Replica::on_synced`]), scheduled by the simulation after a disk latency:
+//!    make the live state durable, send `persisted_messages`, `advance`, handle the
+//!    `LightReady`, `advance_apply`, snapshot and compact when due, then work through what
+//!    arrived meanwhile.
+//!
+//! Proposals are tracked by `(term, index)` and answered exactly once: with the apply output,
+//! `Dropped` when the entry at their index turned out to be another leader's or this replica
+//! stopped leading, `Crashed` when it crashed first (floors pitfall 13). A replica never panics
+//! on purpose: storage faults and Raft errors stop it and are reported as violations.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use mimid_actors::command::{Command, HandshakeBundle, Stamped, SubmitVerdict, UpdateVerdict};
+use mimid_actors::ids::{ClientId, RoomId};
+use mimid_actors::room::log::LogItem;
+use mimid_actors::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
+use mimid_cluster::StateMachine;
+use raft::eraftpb::{Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, Ready, SnapshotStatus, StateRole};
+
+use crate::sim::storage::{Disk, SimStorage};
+use crate::sim::trace::{Event, Trace};
+use crate::sim::PlantedBug;
+
+/// Identifies a client request across the simulation.
+pub type RequestId = u64;
+
+/// How a replica answers a client request.
+#[derive(Debug)]
+pub enum Answer {
+    /// The entry was committed (durable on a quorum) and applied here, as leader.
+    Applied(ApplyOutput),
+    /// Refused before proposing: this replica does not lead (`leader` is its hint, 0 if none).
+    NotLeader { leader: u64 },
+    /// Refused before proposing: the inbox or the uncommitted log is full.
+    Busy,
+    /// Refused before proposing: the replica was down or crashed before looking at it.
+    Unavailable,
+    /// Outcome unknown: leadership moved before the entry applied here.
+    Dropped,
+    /// Outcome unknown: the replica crashed with the proposal pending.
+    Crashed,
+}
+
+/// What handling one input produced, for the simulation to deliver.
+#[derive(Default)]
+pub struct Outbox {
+    pub messages: Vec<Message>,
+    pub answers: Vec<(RequestId, Answer)>,
+    /// A Ready waits for its sync: schedule [`Replica::on_synced`].
+    pub sync_needed: bool,
+    /// Something was applied (or restored): compare the room log with the reference again.
+    pub applied: bool,
+    /// The state machine was replaced (snapshot installed): compare the room log from scratch.
+    pub restored: bool,
+    /// The replica stopped for good.
+    pub failure: Option<String>,
+}
+
+/// Raft timing and limits of the simulated group.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    /// Applied entries between two snapshots (each followed by log compaction).
+    pub snapshot_interval: u64,
+    /// Inputs queued while a sync is in flight; further ones are dropped (messages) or
+    /// answered `Busy` (requests).
+    pub inbox_capacity: usize,
+}
+
+pub struct Replica {
+    id: u64,
+    settings: RaftSettings,
+    bug: PlantedBug,
+    /// What survives a crash.
+    disk: Disk,
+    running: Option<Running>,
+}
+
+struct Running {
+    node: RawNode<SimStorage>,
+    machine: Machine,
+    /// Proposals by log index, with the term they were proposed in.
+    pending: BTreeMap<u64, (u64, RequestId)>,
+    applied_index: u64,
+    applied_term: u64,
+    role: StateRole,
+    leader: u64,
+    in_flight: Option<Ready>,
+    inbox: VecDeque<Input>,
+    ticks_due: u32,
+    /// Live writes not yet synced (lost by a crash).
+    dirty: bool,
+}
+
+enum Input {
+    Message(Message),
+    Request(RequestId, Command, u64),
+    SnapshotReport(u64, SnapshotStatus),
+}
+
+impl Replica {
+    /// A replica that has never run: bootstrapped with every voter, down until started.
+    pub fn new(id: u64, voters: &[u64], settings: RaftSettings, bug: PlantedBug) -> Self {
+        Replica {
+            id,
+            settings,
+            bug,
+            disk: Disk::bootstrap(voters),
+            running: None,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// True while a Ready waits for its sync.
+    pub fn is_busy(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|running| running.in_flight.is_some())
+    }
+
+    /// (applied index, commit index) while running.
+    pub fn progress(&self) -> Option<(u64, u64)> {
+        self.running
+            .as_ref()
+            .map(|running| (running.applied_index, running.node.raft.raft_log.committed))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|running| running.node.raft.state == StateRole::Leader)
+    }
+
+    /// Starts (or restarts) from the disk: the state machine restored from the stored snapshot,
+    /// then raft-rs re-delivers the committed entries after it.
+    pub fn start(&mut self, trace: &mut Trace, now: u64) -> Result<(), String> {
+        assert!(self.running.is_none(), "start of a running replica");
+        let storage = SimStorage::recover(&self.disk);
+        let mut machine = Machine::new(self.id, self.bug);
+        let (applied_index, applied_term) = match self.disk.snapshot() {
+            Some(snapshot) => {
+                machine.restore(&snapshot.data)?;
+                let meta = snapshot.get_metadata();
+                (meta.index, meta.term)
+            }
+            None => (0, 0),
+        };
+        let config = raft::Config {
+            id: self.id,
+            election_tick: self.settings.election_tick,
+            heartbeat_tick: self.settings.heartbeat_tick,
+            // A one-value range: raft-rs draws the randomized timeout from `thread_rng`, which
+            // the simulation cannot seed; ticks are jittered by the seeded RNG instead.
+            min_election_tick: self.settings.election_tick,
+            max_election_tick: self.settings.election_tick + 1,
+            applied: applied_index,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            max_uncommitted_size: 64 * 1024 * 1024,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = RawNode::new(&config, storage, &logger).map_err(|err| err.to_string())?;
+        let (role, leader) = (node.raft.state, node.raft.leader_id);
+        trace.record(
+            now,
+            Event::Role {
+                node: self.id,
+                leader,
+                role: role_name(role),
+            },
+        );
+        self.running = Some(Running {
+            node,
+            machine,
+            pending: BTreeMap::new(),
+            applied_index,
+            applied_term,
+            role,
+            leader,
+            in_flight: None,
+            inbox: VecDeque::new(),
+            ticks_due: 0,
+            dirty: false,
+        });
+        Ok(())
+    }
+
+    /// Power loss: everything not synced is gone. Returns whether unsynced writes were lost.
+    pub fn crash(&mut self, out: &mut Outbox) -> bool {
+        let Some(running) = self.running.take() else {
+            return false;
+        };
+        for (_, (_, request)) in running.pending {
+            out.answers.push((request, Answer::Crashed));
+        }
+        for input in running.inbox {
+            if let Input::Request(request, _, _) = input {
+                out.answers.push((request, Answer::Unavailable));
+            }
+        }
+        running.dirty || running.in_flight.is_some()
+    }
+
+    pub fn on_tick(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        if running.in_flight.is_some() {
+            running.ticks_due = (running.ticks_due + 1).min(MAX_TICKS_DUE);
+            return;
+        }
+        running.node.tick();
+        trace.record(now, Event::Tick { node: self.id });
+        self.drive(trace, now, out);
+    }
+
+    /// Returns false when the message had to be dropped (down, or inbox full).
+    pub fn on_message(
+        &mut self,
+        message: Message,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) -> bool {
+        let capacity = self.settings.inbox_capacity;
+        let Some(running) = self.running.as_mut() else {
+            return false;
+        };
+        if running.in_flight.is_some() {
+            if running.inbox.len() >= capacity {
+                return false;
+            }
+            running.inbox.push_back(Input::Message(message));
+            return true;
+        }
+        // Errors are messages raft-rs refuses (e.g. from a stale term); nothing to do.
+        let _ = running.node.step(message);
+        self.drive(trace, now, out);
+        true
+    }
+
+    /// The transport's report on a snapshot this replica sent to `to`. raft-rs keeps a
+    /// follower's progress in the snapshot state until told (the follower's answer alone does
+    /// not release it if that answer is lost), so a transport must report both outcomes.
+    pub fn on_snapshot_report(
+        &mut self,
+        to: u64,
+        delivered: bool,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        let status = if delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        if running.in_flight.is_some() {
+            // Never dropped for a full inbox: a lost report would stall the follower for good.
+            running.inbox.push_back(Input::SnapshotReport(to, status));
+            return;
+        }
+        running.node.report_snapshot(to, status);
+        self.drive(trace, now, out);
+    }
+
+    /// A client request; `stamp_ms` is this replica's clock, stamped into the entry if it
+    /// leads (DESIGN.md §2: apply never reads a clock).
+    pub fn on_request(
+        &mut self,
+        request: RequestId,
+        command: Command,
+        stamp_ms: u64,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        let capacity = self.settings.inbox_capacity;
+        let Some(running) = self.running.as_mut() else {
+            out.answers.push((request, Answer::Unavailable));
+            return;
+        };
+        if running.in_flight.is_some() {
+            if running.inbox.len() >= capacity {
+                out.answers.push((request, Answer::Busy));
+            } else {
+                running
+                    .inbox
+                    .push_back(Input::Request(request, command, stamp_ms));
+            }
+            return;
+        }
+        running.propose(request, command, stamp_ms, out);
+        self.drive(trace, now, out);
+    }
+
+    /// Phase two of the Ready in flight, once the simulated disk finished its sync.
+    pub fn on_synced(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        let Some(ready) = running.in_flight.take() else {
+            return;
+        };
+        self.disk = running.node.store().sync();
+        running.dirty = false;
+        trace.record(
+            now,
+            Event::Synced {
+                node: self.id,
+                last_index: running.node.raft.raft_log.last_index(),
+            },
+        );
+        let interval = self.settings.snapshot_interval;
+        if let Err(reason) = running.phase_two(ready, interval, self.id, trace, now, out) {
+            self.fail(reason, out);
+            return;
+        }
+        self.drive(trace, now, out);
+    }
+
+    /// The room log of this replica after `after` (None while down).
+    pub fn room_log(&self, room: &RoomId, after: u64) -> Option<Vec<LogItem>> {
+        self.running
+            .as_ref()
+            .map(|running| running.machine.log_after(room, after, None))
+    }
+
+    /// What `client` would be delivered from this replica after `after` (None while down).
+    pub fn deliver(&self, room: &RoomId, client: &ClientId, after: u64) -> Option<Vec<LogItem>> {
+        self.running
+            .as_ref()
+            .map(|running| running.machine.log_after(room, after, Some(client)))
+    }
+
+    /// Handles the Ready a (re)started replica may have at once (entries to re-apply).
+    pub fn resume(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
+        self.drive(trace, now, out);
+    }
+
+    /// Phase one of the next Ready, if there is one and none is in flight.
+    fn drive(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
+        if running.in_flight.is_some() || !running.node.has_ready() {
+            return;
+        }
+        if let Err(reason) = running.phase_one(self.id, trace, now, out) {
+            self.fail(reason, out);
+        }
+    }
+
+    fn fail(&mut self, reason: String, out: &mut Outbox) {
+        self.crash(out);
+        out.failure = Some(reason);
+    }
+}
+
+impl Running {
+    /// Every Ready goes through the disk, as in the driver's loop turn, so the replica is busy
+    /// until [`Replica::on_synced`].
+    fn phase_one(
+        &mut self,
+        node: u64,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) -> Result<(), String> {
+        let mut ready = self.node.ready();
+        trace.record(
+            now,
+            Event::Ready {
+                node,
+                entries: ready.entries().len(),
+                committed: ready.committed_entries().len(),
+                messages: ready.messages().len() + ready.persisted_messages().len(),
+                commit: ready.hs().map_or(0, |hs| hs.commit),
+                term: ready.hs().map_or(0, |hs| hs.term),
+            },
+        );
+        // Only a leader's messages may leave before its own append is durable (Raft thesis
+        // §10.2.1); raft-rs puts a follower's into `persisted_messages`.
+        out.messages.extend(ready.take_messages());
+        self.install_snapshot(ready.snapshot(), out)?;
+        self.apply_committed(ready.take_committed_entries(), node, trace, now, out)?;
+        let storage = self.node.mut_store();
+        storage
+            .append(ready.entries())
+            .map_err(|fault| format!("append: {}", fault.0))?;
+        if let Some(hard_state) = ready.hs() {
+            storage.set_hard_state(hard_state);
+        }
+        if let Some(soft) = ready.ss() {
+            self.on_soft_state(soft.raft_state, soft.leader_id, node, trace, now, out);
+        }
+        self.dirty = true;
+        self.in_flight = Some(ready);
+        out.sync_needed = true;
+        Ok(())
+    }
+
+    /// After the sync: `persisted_messages`, `advance`, the `LightReady`, `advance_apply`, a
+    /// snapshot when due, then the inputs that queued up meanwhile.
+    fn phase_two(
+        &mut self,
+        mut ready: Ready,
+        snapshot_interval: u64,
+        node: u64,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) -> Result<(), String> {
+        out.messages.extend(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit);
+            self.dirty = true;
+        }
+        out.messages.extend(light.take_messages());
+        self.apply_committed(light.take_committed_entries(), node, trace, now, out)?;
+        self.node.advance_apply();
+        self.maybe_snapshot(snapshot_interval)?;
+        for input in std::mem::take(&mut self.inbox) {
+            match input {
+                // Errors are messages raft-rs refuses (e.g. from a stale term).
+                Input::Message(message) => {
+                    let _ = self.node.step(message);
+                }
+                Input::Request(request, command, stamp_ms) => {
+                    self.propose(request, command, stamp_ms, out)
+                }
+                Input::SnapshotReport(to, status) => self.node.report_snapshot(to, status),
+            }
+        }
+        for _ in 0..std::mem::take(&mut self.ticks_due) {
+            self.node.tick();
+            trace.record(now, Event::Tick { node });
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self, request: RequestId, command: Command, stamp_ms: u64, out: &mut Outbox) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+            out.answers.push((
+                request,
+                Answer::NotLeader {
+                    leader: raft.leader_id,
+                },
+            ));
+            return;
+        }
+        let entry = Stamped {
+            ts_ms: stamp_ms,
+            command,
+        }
+        .encode();
+        if self.node.propose(COMMAND_CONTEXT.to_vec(), entry).is_err() {
+            // As leader, raft-rs drops a proposal only at `max_uncommitted_size`.
+            out.answers.push((request, Answer::Busy));
+            return;
+        }
+        let term = self.node.raft.term;
+        let index = self.node.raft.raft_log.last_index();
+        self.pending.insert(index, (term, request));
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot, out: &mut Outbox) -> Result<(), String> {
+        if snapshot.get_metadata().index == 0 {
+            return Ok(());
+        }
+        self.machine.restore(&snapshot.data)?;
+        self.node
+            .mut_store()
+            .install_snapshot(snapshot)
+            .map_err(|fault| format!("install snapshot: {}", fault.0))?;
+        let meta = snapshot.get_metadata();
+        self.applied_index = meta.index;
+        self.applied_term = meta.term;
+        for (_, (_, request)) in std::mem::take(&mut self.pending) {
+            out.answers.push((request, Answer::Dropped));
+        }
+        out.restored = true;
+        Ok(())
+    }
+
+    fn apply_committed(
+        &mut self,
+        entries: Vec<Entry>,
+        node: u64,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) -> Result<(), String> {
+        for entry in entries {
+            if entry.index != self.applied_index + 1 {
+                return Err(format!(
+                    "committed entry {} delivered after applied index {}",
+                    entry.index, self.applied_index
+                ));
+            }
+            let output = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.context.as_ref() == COMMAND_CONTEXT => {
+                    Some(self.machine.apply(entry.index, &entry.data))
+                }
+                // The empty entry of a new leader (Raft §8).
+                EntryType::EntryNormal => None,
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    return Err(format!(
+                        "configuration change at {} that nobody proposed",
+                        entry.index
+                    ));
+                }
+            };
+            self.applied_index = entry.index;
+            self.applied_term = entry.term;
+            trace.record(
+                now,
+                Event::Applied {
+                    node,
+                    index: entry.index,
+                    term: entry.term,
+                    outcome: output.as_ref().map_or("empty", outcome_name),
+                },
+            );
+            out.applied |= output.is_some();
+            // Proposals below this index can no longer apply (another leader's entries won).
+            while let Some((&index, _)) = self.pending.first_key_value() {
+                if index >= entry.index {
+                    break;
+                }
+                let (_, (_, request)) = self.pending.pop_first().expect("checked above");
+                out.answers.push((request, Answer::Dropped));
+            }
+            if let Some((term, request)) = self.pending.remove(&entry.index) {
+                match output {
+                    Some(output) if term == entry.term => {
+                        out.answers.push((request, Answer::Applied(output)))
+                    }
+                    _ => out.answers.push((request, Answer::Dropped)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_soft_state(
+        &mut self,
+        role: StateRole,
+        leader: u64,
+        node: u64,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        if self.role == StateRole::Leader && role != StateRole::Leader {
+            // raft-rs forgets uncommitted proposals silently when it steps down; they may still
+            // commit under the next leader, so their outcome is unknown.
+            for (_, (_, request)) in std::mem::take(&mut self.pending) {
+                out.answers.push((request, Answer::Dropped));
+            }
+        }
+        if role != self.role || leader != self.leader {
+            trace.record(
+                now,
+                Event::Role {
+                    node,
+                    leader,
+                    role: role_name(role),
+                },
+            );
+        }
+        self.role = role;
+        self.leader = leader;
+    }
+
+    /// Snapshots and compacts once `interval` entries were applied since the last snapshot.
+    /// Runs after `advance`, when everything applied is also within the stored commit index.
+    fn maybe_snapshot(&mut self, interval: u64) -> Result<(), String> {
+        let snapshot_index = self.node.store().snapshot_index();
+        if self.applied_index < snapshot_index + interval {
+            return Ok(());
+        }
+        let mut snapshot = Snapshot {
+            data: self.machine.snapshot().into(),
+            ..Snapshot::default()
+        };
+        let meta = snapshot.mut_metadata();
+        meta.index = self.applied_index;
+        meta.term = self.applied_term;
+        meta.set_conf_state(self.node.store().conf_state().clone());
+        self.node
+            .mut_store()
+            .compact(snapshot)
+            .map_err(|fault| format!("compact: {}", fault.0))?;
+        self.dirty = true;
+        Ok(())
+    }
+}
+
+/// The shard's state machine, optionally with a bug planted on purpose so the tests can show
+/// that the checker notices.
+struct Machine {
+    node: u64,
+    bug: PlantedBug,
+    shards: Shards,
+    inner: ShardMachine,
+}
+
+impl Machine {
+    fn new(node: u64, bug: PlantedBug) -> Self {
+        let shards = Shards::new(1);
+        let inner = shards.machine(0);
+        Machine {
+            node,
+            bug,
+            shards,
+            inner,
+        }
+    }
+
+    fn apply(&mut self, index: u64, command: &[u8]) -> ApplyOutput {
+        let Ok(stamped) = Stamped::decode(command) else {
+            return self.inner.apply(index, command);
+        };
+        match (self.bug, &stamped.command) {
+            (PlantedBug::SkipMessagesOn(node), Command::AppMessage { room, .. })
+                if node == self.node =>
+            {
+                // Answers as if it had appended the message, without appending it.
+                ApplyOutput::Submitted(SubmitVerdict::Accepted {
+                    accepted_ts_ms: stamped.ts_ms,
+                    seq: self.last_seq(room) + 1,
+                })
+            }
+            (
+                PlantedBug::AckLosingCommits,
+                Command::Handshake {
+                    room,
+                    bundle: HandshakeBundle::Commit { .. },
+                    ..
+                },
+            ) => {
+                let room = room.clone();
+                match self.inner.apply(index, command) {
+                    // Tells the loser of an epoch that it won, at a seq the next item takes.
+                    ApplyOutput::Updated(UpdateVerdict::WrongEpoch { .. }) => {
+                        ApplyOutput::Updated(UpdateVerdict::Success {
+                            accepted_ts_ms: stamped.ts_ms,
+                            seq: self.last_seq(&room) + 1,
+                        })
+                    }
+                    other => other,
+                }
+            }
+            _ => self.inner.apply(index, command),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.inner.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.inner.restore(snapshot)
+    }
+
+    fn last_seq(&self, room: &RoomId) -> u64 {
+        self.shards
+            .get(0)
+            .read()
+            .room(room)
+            .map_or(0, |state| state.last_seq())
+    }
+
+    /// Log items after `after`; with `client`, only those delivered to it (DESIGN.md §4).
+    fn log_after(&self, room: &RoomId, after: u64, client: Option<&ClientId>) -> Vec<LogItem> {
+        let data = self.shards.get(0).read();
+        let Some(state) = data.room(room) else {
+            return Vec::new();
+        };
+        state
+            .items_after(after)
+            .iter()
+            .filter(|item| client.is_none_or(|client| state.visible_to(item, client)))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A short, stable name of an apply outcome for the trace.
+pub fn outcome_name(output: &ApplyOutput) -> &'static str {
+    match output {
+        ApplyOutput::RoomCreated(Ok(())) => "room-created",
+        ApplyOutput::RoomCreated(Err(CreateRoomRejection::AlreadyExists)) => "room-exists",
+        ApplyOutput::RoomCreated(Err(CreateRoomRejection::Invalid(_))) => "room-invalid",
+        ApplyOutput::Updated(UpdateVerdict::Success { .. }) => "update-success",
+        ApplyOutput::Updated(UpdateVerdict::WrongEpoch { .. }) => "wrong-epoch",
+        ApplyOutput::Updated(UpdateVerdict::NotAllowed { .. }) => "update-not-allowed",
+        ApplyOutput::Updated(UpdateVerdict::InvalidProposal { .. }) => "invalid-proposal",
+        ApplyOutput::Submitted(SubmitVerdict::Accepted { .. }) => "message-accepted",
+        ApplyOutput::Submitted(SubmitVerdict::NotAllowed { .. }) => "message-not-allowed",
+        ApplyOutput::Submitted(SubmitVerdict::EpochTooOld { .. }) => "epoch-too-old",
+        ApplyOutput::Rejected(_) => "rejected",
+        ApplyOutput::Registered(_)
+        | ApplyOutput::Published(_)
+        | ApplyOutput::Claimed(_)
+        | ApplyOutput::Acked
+        | ApplyOutput::Housekept => "directory",
+    }
+}
+
+fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Follower => "follower",
+        StateRole::Candidate => "candidate",
+        StateRole::Leader => "leader",
+        StateRole::PreCandidate => "pre-candidate",
+    }
+}
+
+/// Entry context marking a client command (as in `cluster::group`), so the empty entries a new
+/// leader appends are told apart deterministically.
+const COMMAND_CONTEXT: &[u8] = &[1];
+
+/// Ticks remembered while a sync is in flight; more would only fire elections in a burst.
+const MAX_TICKS_DUE: u32 = 4;

@@ -1,0 +1,781 @@
+//! The simulation loop: one queue of timed events, handled one at a time in (time, order)
+//! order, so the seed alone decides what happens (STYLE.md P2, §8).
+//!
+//! Two phases. During the fault phase (`SimConfig::fault_ms`) clients act and faults are
+//! injected at random: crashes (restarted later), partitions (healed later), commit storms, and
+//! per-message drops, duplicates and delays at rates drawn per seed. Then everything heals:
+//! partitions go, crashed replicas restart, the network stops losing messages, clients finish
+//! what they started, and every member probes liveness with one more message. The run ends
+//! when replicas converged and probes succeeded, or at the settle deadline (a violation).
+
+mod clients;
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use mimid_actors::command::Command;
+use mimid_actors::ids::RoomId;
+use mimid_actors::room::log::LogItem;
+use openmls::prelude::Lifetime;
+use raft::eraftpb::{Message, MessageType};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::sim::checker::{Checker, ViolationKind};
+use crate::sim::network::{Network, Rates, Route};
+use crate::sim::replica::{Answer, Outbox, RaftSettings, Replica, RequestId};
+use crate::sim::trace::{Event, Trace};
+use crate::sim::{
+    Coverage, FaultCounts, RequestCounts, SimConfig, SimReport, LEAF_LIFETIME_S, SIM_EPOCH_MS,
+};
+
+use self::clients::{Actor, Busy, Probe, Step, CLIENTS, CREATOR};
+
+pub struct World<'c> {
+    config: &'c SimConfig,
+    seed: u64,
+    rng: ChaCha8Rng,
+    now: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    next_order: u64,
+    replicas: Vec<Replica>,
+    /// Bumped by every crash, so a sync scheduled before it is ignored.
+    incarnations: Vec<u64>,
+    failed: Vec<bool>,
+    /// Crash instead of completing the next sync (power loss with a write in flight).
+    crash_on_sync: Vec<bool>,
+    /// Per replica: seq up to which its room log was compared with the reference.
+    checked: Vec<u64>,
+    diverged: Vec<bool>,
+    /// Per replica: offset of its clock from the simulated clock, stamped into entries.
+    skew_ms: Vec<i64>,
+    network: Network,
+    partitions: BTreeMap<u64, Vec<(usize, usize)>>,
+    next_partition: u64,
+    fault_interval_ms: u64,
+    actors: Vec<Actor>,
+    script: VecDeque<(Step, u64)>,
+    requests: BTreeMap<RequestId, RequestRecord>,
+    next_request: RequestId,
+    checker: Checker,
+    trace: Trace,
+    faults: FaultCounts,
+    counts: RequestCounts,
+    coverage: Coverage,
+    settling: bool,
+    done: bool,
+    room: RoomId,
+}
+
+struct Scheduled {
+    at: u64,
+    order: u64,
+    event: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+enum Ev {
+    Tick(usize),
+    Deliver(usize, Message),
+    Synced(usize, u64),
+    RequestArrives(usize, RequestId),
+    ReadArrives {
+        node: usize,
+        client: usize,
+        after: u64,
+    },
+    AnswerArrives(RequestId, Answer),
+    ReadReturns(usize, usize, Option<Vec<LogItem>>),
+    Wake(usize, u64),
+    /// The transport tells replica `.0` whether its snapshot reached replica `.1`.
+    SnapshotReport(usize, usize, bool),
+    Fault,
+    Restart(usize),
+    HealPartition(u64),
+    EndFaults,
+    Deadline,
+}
+
+struct RequestRecord {
+    client: usize,
+    /// In flight to the replica until it arrives there.
+    command: Option<Command>,
+    answered: bool,
+}
+
+impl<'c> World<'c> {
+    pub fn new(seed: u64, config: &'c SimConfig) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // FoundationDB-style knobs: each seed gets its own weather.
+        let rates = Rates {
+            drop_per_mille: pick(&mut rng, &[0, 10, 50, 150]),
+            duplicate_per_mille: pick(&mut rng, &[0, 10, 50]),
+            slow_per_mille: pick(&mut rng, &[0, 20, 100]),
+        };
+        let settings = RaftSettings {
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_interval: pick(&mut rng, &[4, 16, 64]),
+            inbox_capacity: 256,
+        };
+        let fault_interval_ms = pick(&mut rng, &[1_000, 3_000, 8_000]);
+        let voters: Vec<u64> = (1..=REPLICAS as u64).collect();
+        let replicas = voters
+            .iter()
+            .map(|&id| Replica::new(id, &voters, settings.clone(), config.bug))
+            .collect();
+        let skew_ms = (0..REPLICAS)
+            .map(|_| rng.gen_range(-1_500..=1_500))
+            .collect();
+        let lifetime = Lifetime::init(
+            config.leaf_not_before_s,
+            config.leaf_not_before_s + LEAF_LIFETIME_S,
+        );
+        let actors = CLIENTS
+            .iter()
+            .map(|uri| {
+                let mut client_seed = [0; 32];
+                rng.fill(&mut client_seed);
+                let leader_guess = rng.gen_range(0..REPLICAS);
+                Actor::new(
+                    uri,
+                    client_seed,
+                    lifetime,
+                    config.actions_per_client,
+                    leader_guess,
+                )
+            })
+            .collect();
+        let fault_ms = config.fault_ms;
+        let mut later = [
+            (
+                Step::AddJoiner,
+                rng.gen_range(fault_ms / 5..=fault_ms * 3 / 5),
+            ),
+            (
+                Step::RemoveVictim,
+                rng.gen_range(fault_ms / 4..=fault_ms * 4 / 5),
+            ),
+        ];
+        later.sort_by_key(|(_, at)| *at);
+        let script = [(Step::Create, 0), (Step::AddFirst, 0)]
+            .into_iter()
+            .chain(later)
+            .collect();
+        let mut world = World {
+            config,
+            seed,
+            rng,
+            now: 0,
+            queue: BinaryHeap::new(),
+            next_order: 0,
+            replicas,
+            incarnations: vec![0; REPLICAS],
+            failed: vec![false; REPLICAS],
+            crash_on_sync: vec![false; REPLICAS],
+            checked: vec![0; REPLICAS],
+            diverged: vec![false; REPLICAS],
+            skew_ms,
+            network: Network::new(REPLICAS, rates),
+            partitions: BTreeMap::new(),
+            next_partition: 0,
+            fault_interval_ms,
+            actors,
+            script,
+            requests: BTreeMap::new(),
+            next_request: 1,
+            checker: Checker::default(),
+            trace: Trace::new(config.echo),
+            faults: FaultCounts::default(),
+            counts: RequestCounts::default(),
+            coverage: Coverage::default(),
+            settling: false,
+            done: false,
+            room: RoomId::parse(ROOM).expect("valid room URI"),
+        };
+        for node in 0..REPLICAS {
+            world.restart(node);
+            let first_tick = world.rng.gen_range(0..TICK_MS);
+            world.schedule(first_tick, Ev::Tick(node));
+        }
+        for client in 0..world.actors.len() {
+            let delay = world.rng.gen_range(0..500);
+            world.schedule_wake(client, delay);
+        }
+        let first_fault = world.rng.gen_range(500..=fault_interval_ms);
+        world.schedule(first_fault, Ev::Fault);
+        world.schedule(fault_ms, Ev::EndFaults);
+        world
+    }
+
+    pub fn run(mut self) -> SimReport {
+        let mut events = 0;
+        while !self.done {
+            if events >= self.config.max_events {
+                self.checker.violation(
+                    ViolationKind::EventBound,
+                    format!("{events} events without settling"),
+                );
+                break;
+            }
+            let Some(Reverse(next)) = self.queue.pop() else {
+                break;
+            };
+            events += 1;
+            self.now = next.at;
+            self.handle(next.event);
+            if self.settling && self.settled() {
+                break;
+            }
+        }
+        self.finish();
+        SimReport {
+            seed: self.seed,
+            trace_hash: self.trace.hash(),
+            events: self.trace.events(),
+            simulated_ms: self.now,
+            log_items: self.checker.reference().len() as u64,
+            faults: self.faults,
+            requests: self.counts,
+            coverage: self.coverage,
+            violations: self.checker.into_violations(),
+        }
+    }
+
+    fn handle(&mut self, event: Ev) {
+        match event {
+            Ev::Tick(node) => {
+                let mut out = Outbox::default();
+                self.replicas[node].on_tick(&mut self.trace, self.now, &mut out);
+                self.dispatch(node, out);
+                let next = self
+                    .rng
+                    .gen_range(TICK_MS - TICK_JITTER_MS..=TICK_MS + TICK_JITTER_MS);
+                self.schedule(next, Ev::Tick(node));
+            }
+            Ev::Deliver(node, message) => self.deliver(node, message),
+            Ev::Synced(node, incarnation) => {
+                if incarnation == self.incarnations[node]
+                    && std::mem::take(&mut self.crash_on_sync[node])
+                {
+                    self.crash(node);
+                } else if incarnation == self.incarnations[node] {
+                    let mut out = Outbox::default();
+                    self.replicas[node].on_synced(&mut self.trace, self.now, &mut out);
+                    self.dispatch(node, out);
+                }
+            }
+            Ev::RequestArrives(node, request) => self.request_arrives(node, request),
+            Ev::ReadArrives {
+                node,
+                client,
+                after,
+            } => {
+                let id = self.actors[client].client.id().clone();
+                let items = self.replicas[node].deliver(&self.room, &id, after);
+                let latency = self.client_latency();
+                self.schedule(latency, Ev::ReadReturns(client, node, items));
+            }
+            Ev::AnswerArrives(request, answer) => self.on_answer(request, answer),
+            Ev::ReadReturns(client, node, items) => self.on_read(client, node, items),
+            Ev::Wake(client, token) => {
+                if token == self.actors[client].wake_token {
+                    self.act(client);
+                }
+            }
+            Ev::SnapshotReport(node, to, delivered) => {
+                let mut out = Outbox::default();
+                self.replicas[node].on_snapshot_report(
+                    to as u64 + 1,
+                    delivered,
+                    &mut self.trace,
+                    self.now,
+                    &mut out,
+                );
+                self.dispatch(node, out);
+            }
+            Ev::Fault => self.inject_fault(),
+            Ev::Restart(node) => self.restart(node),
+            Ev::HealPartition(id) => self.heal_partition(id),
+            Ev::EndFaults => self.end_faults(),
+            Ev::Deadline => self.done = true,
+        }
+    }
+
+    fn schedule(&mut self, delay: u64, event: Ev) {
+        let order = self.next_order;
+        self.next_order += 1;
+        self.queue.push(Reverse(Scheduled {
+            at: self.now + delay,
+            order,
+            event,
+        }));
+    }
+
+    fn schedule_wake(&mut self, client: usize, delay: u64) {
+        let actor = &mut self.actors[client];
+        actor.wake_token += 1;
+        let token = actor.wake_token;
+        self.schedule(delay, Ev::Wake(client, token));
+    }
+
+    fn client_latency(&mut self) -> u64 {
+        self.rng.gen_range(1..=8)
+    }
+
+    fn think_time(&mut self) -> u64 {
+        let spread = 2 * self.config.fault_ms / u64::from(self.config.actions_per_client + 1);
+        self.rng.gen_range(50..=spread.max(51))
+    }
+
+    // Replicas and the network.
+
+    fn deliver(&mut self, node: usize, message: Message) {
+        self.trace.record(
+            self.now,
+            Event::Deliver {
+                from: message.from,
+                to: message.to,
+                kind: message.get_msg_type() as i32,
+                term: message.term,
+                index: message.index,
+                entries: message.entries.len(),
+                commit: message.commit,
+            },
+        );
+        let snapshot_from = (message.get_msg_type() == MessageType::MsgSnapshot)
+            .then(|| index_of(message.from))
+            .flatten();
+        let mut out = Outbox::default();
+        let delivered =
+            self.replicas[node].on_message(message, &mut self.trace, self.now, &mut out);
+        if !delivered {
+            self.faults.messages_undeliverable += 1;
+        }
+        if let Some(from) = snapshot_from {
+            self.report_snapshot(from, node, delivered);
+        }
+        self.dispatch(node, out);
+    }
+
+    /// A snapshot travels on a stream whose sender learns whether it arrived.
+    fn report_snapshot(&mut self, from: usize, to: usize, delivered: bool) {
+        let latency = self.rng.gen_range(1..=5);
+        self.schedule(latency, Ev::SnapshotReport(from, to, delivered));
+    }
+
+    fn request_arrives(&mut self, node: usize, request: RequestId) {
+        let Some(command) = self
+            .requests
+            .get_mut(&request)
+            .and_then(|record| record.command.take())
+        else {
+            return;
+        };
+        let stamp_ms = (SIM_EPOCH_MS + self.now).saturating_add_signed(self.skew_ms[node]);
+        let mut out = Outbox::default();
+        self.replicas[node].on_request(
+            request,
+            command,
+            stamp_ms,
+            &mut self.trace,
+            self.now,
+            &mut out,
+        );
+        self.dispatch(node, out);
+    }
+
+    /// Delivers what a replica produced: messages through the network, answers to clients,
+    /// its sync to the disk; then compares its room log with the reference.
+    fn dispatch(&mut self, node: usize, out: Outbox) {
+        for message in out.messages {
+            self.route(message);
+        }
+        for (request, answer) in out.answers {
+            let latency = self.client_latency();
+            self.schedule(latency, Ev::AnswerArrives(request, answer));
+        }
+        if out.sync_needed {
+            let latency = if self.rng.gen_range(0..100) == 0 {
+                self.rng.gen_range(20..=100)
+            } else {
+                self.rng.gen_range(1..=3)
+            };
+            let incarnation = self.incarnations[node];
+            self.schedule(latency, Ev::Synced(node, incarnation));
+        }
+        if out.restored {
+            self.checked[node] = 0;
+            self.coverage.snapshots_installed += 1;
+        }
+        if out.applied || out.restored {
+            self.compare(node);
+        }
+        if let Some(reason) = out.failure {
+            self.failed[node] = true;
+            self.incarnations[node] += 1;
+            self.checker.violation(
+                ViolationKind::ReplicaFailed,
+                format!("replica {} stopped: {reason}", node + 1),
+            );
+        }
+    }
+
+    fn route(&mut self, message: Message) {
+        let (Some(from), Some(to)) = (index_of(message.from), index_of(message.to)) else {
+            return;
+        };
+        let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        match self.network.route(&mut self.rng, from, to) {
+            Route::Partitioned => {
+                self.faults.messages_partitioned += 1;
+                if snapshot {
+                    self.report_snapshot(from, to, false);
+                }
+            }
+            Route::Lost => {
+                self.faults.messages_dropped += 1;
+                if snapshot {
+                    self.report_snapshot(from, to, false);
+                }
+            }
+            Route::Deliver { delays } => {
+                if delays.len() > 1 {
+                    self.faults.messages_duplicated += 1;
+                }
+                for delay in delays {
+                    if delay > 5 {
+                        self.faults.messages_delayed += 1;
+                    }
+                    self.schedule(delay, Ev::Deliver(to, message.clone()));
+                }
+            }
+        }
+    }
+
+    /// Compares what is new in `node`'s room log with the reference.
+    fn compare(&mut self, node: usize) {
+        if self.diverged[node] {
+            return;
+        }
+        let Some(items) = self.replicas[node].room_log(&self.room, self.checked[node]) else {
+            return;
+        };
+        let before = self.checker.violations().len();
+        self.checker
+            .observe_log(node as u64 + 1, &items, &mut self.trace, self.now);
+        if self.checker.violations()[before..]
+            .iter()
+            .any(|violation| violation.kind == ViolationKind::LogDivergence)
+        {
+            self.diverged[node] = true;
+        }
+        if let Some(last) = items.last() {
+            self.checked[node] = last.seq;
+        }
+    }
+
+    // Faults.
+
+    fn inject_fault(&mut self) {
+        if self.settling {
+            return;
+        }
+        match self.rng.gen_range(0..100) {
+            0..=29 => self.crash_one(),
+            30..=49 => {
+                let node = self.rng.gen_range(0..REPLICAS);
+                self.isolate(node);
+            }
+            50..=59 => {
+                if let Some(leader) = (0..REPLICAS).find(|&node| self.replicas[node].is_leader()) {
+                    self.isolate(leader);
+                }
+            }
+            60..=79 => {
+                let from = self.rng.gen_range(0..REPLICAS);
+                let to = (from + self.rng.gen_range(1..REPLICAS)) % REPLICAS;
+                let mut links = vec![(from, to)];
+                if self.rng.gen_bool(0.5) {
+                    links.push((to, from));
+                }
+                self.partition(links);
+            }
+            _ => self.commit_storm(),
+        }
+        let next = self.rng.gen_range(200..=self.fault_interval_ms * 2);
+        self.schedule(next, Ev::Fault);
+    }
+
+    fn crash_one(&mut self) {
+        let up: Vec<usize> = (0..REPLICAS)
+            .filter(|&node| self.replicas[node].is_up())
+            .collect();
+        if up.len() + 1 < REPLICAS {
+            return; // at most two down, so a partition heals into a quorum sooner
+        }
+        let node = up[self.rng.gen_range(0..up.len())];
+        if self.rng.gen_bool(0.5) {
+            // Power fails while the replica's next write is on its way to the disk.
+            self.crash_on_sync[node] = true;
+            return;
+        }
+        self.crash(node);
+    }
+
+    fn crash(&mut self, node: usize) {
+        let mut out = Outbox::default();
+        let lost_writes = self.replicas[node].crash(&mut out);
+        self.incarnations[node] += 1;
+        self.checked[node] = 0;
+        self.faults.crashes += 1;
+        if lost_writes {
+            self.faults.crashes_losing_writes += 1;
+        }
+        self.trace.record(
+            self.now,
+            Event::Fault {
+                kind: "crash",
+                detail: node as u64 + 1,
+            },
+        );
+        self.dispatch(node, out);
+        let downtime = self.rng.gen_range(100..=5_000);
+        self.schedule(downtime, Ev::Restart(node));
+    }
+
+    fn restart(&mut self, node: usize) {
+        if self.replicas[node].is_up() || self.failed[node] {
+            return;
+        }
+        if let Err(reason) = self.replicas[node].start(&mut self.trace, self.now) {
+            self.failed[node] = true;
+            self.checker.violation(
+                ViolationKind::ReplicaFailed,
+                format!("replica {} did not restart: {reason}", node + 1),
+            );
+            return;
+        }
+        if self.now > 0 {
+            self.faults.restarts += 1;
+        }
+        self.checked[node] = 0;
+        self.compare(node);
+        let mut out = Outbox::default();
+        self.replicas[node].resume(&mut self.trace, self.now, &mut out);
+        self.dispatch(node, out);
+    }
+
+    fn isolate(&mut self, node: usize) {
+        let links = (0..REPLICAS)
+            .filter(|&other| other != node)
+            .flat_map(|other| [(node, other), (other, node)])
+            .collect();
+        self.partition(links);
+    }
+
+    fn partition(&mut self, links: Vec<(usize, usize)>) {
+        for &(from, to) in &links {
+            self.network.cut(from, to);
+        }
+        let id = self.next_partition;
+        self.next_partition += 1;
+        self.trace.record(
+            self.now,
+            Event::Fault {
+                kind: "partition",
+                detail: links.len() as u64,
+            },
+        );
+        self.partitions.insert(id, links);
+        self.faults.partitions += 1;
+        let duration = self.rng.gen_range(200..=8_000);
+        self.schedule(duration, Ev::HealPartition(id));
+    }
+
+    fn heal_partition(&mut self, id: u64) {
+        if let Some(links) = self.partitions.remove(&id) {
+            for (from, to) in links {
+                self.network.uncut(from, to);
+            }
+            self.trace.record(
+                self.now,
+                Event::Fault {
+                    kind: "heal",
+                    detail: id,
+                },
+            );
+        }
+    }
+
+    /// Every idle member commits at (almost) the same moment: RFC 9420 §14 races.
+    fn commit_storm(&mut self) {
+        self.faults.commit_storms += 1;
+        self.trace.record(
+            self.now,
+            Event::Fault {
+                kind: "storm",
+                detail: 0,
+            },
+        );
+        for client in 0..self.actors.len() {
+            let actor = &mut self.actors[client];
+            if actor.client.is_member()
+                && !actor.zombie
+                && !actor.broken
+                && actor.busy == Busy::Idle
+                && actor.outstanding.is_none()
+            {
+                actor.storm = true;
+                let delay = self.rng.gen_range(0..=3);
+                self.schedule_wake(client, delay);
+            }
+        }
+    }
+
+    fn end_faults(&mut self) {
+        self.settling = true;
+        self.trace.record(self.now, Event::Phase { name: "heal" });
+        self.network.calm();
+        self.crash_on_sync = vec![false; REPLICAS];
+        for id in self.partitions.keys().copied().collect::<Vec<_>>() {
+            self.heal_partition(id);
+        }
+        for node in 0..REPLICAS {
+            self.restart(node);
+        }
+        // Only what is under way finishes; the room must exist, though.
+        self.script.retain(|(step, _)| {
+            *step == Step::Create || Some(*step) == self.actors[CREATOR].commit_step
+        });
+        for client in 0..self.actors.len() {
+            let actor = &mut self.actors[client];
+            actor.budget = 0;
+            actor.storm = false;
+            if actor.client.is_member() && !actor.zombie && !actor.broken {
+                actor.probe = Probe::Wanted;
+            }
+            if actor.busy == Busy::Idle {
+                let delay = self.rng.gen_range(0..100);
+                self.schedule_wake(client, delay);
+            }
+        }
+        self.schedule(self.config.settle_ms, Ev::Deadline);
+    }
+
+    /// Replicas agree on everything committed, and no client has anything left to do.
+    fn settled(&self) -> bool {
+        let clients_done = self.actors.iter().all(|actor| {
+            actor.broken
+                || (actor.busy == Busy::Idle
+                    && actor.outstanding.is_none()
+                    && (actor.zombie || !actor.client.has_pending_commit())
+                    && actor.probe != Probe::Wanted)
+        }) && self.script.is_empty();
+        if !clients_done {
+            return false;
+        }
+        let reference = self.checker.reference().len() as u64;
+        let mut applied = None;
+        for node in 0..REPLICAS {
+            let Some((index, commit)) = self.replicas[node].progress() else {
+                return false;
+            };
+            if index != commit
+                || *applied.get_or_insert(index) != index
+                || self.replicas[node].is_busy()
+                || self.checked[node] != reference
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn finish(&mut self) {
+        self.trace.record(self.now, Event::Phase { name: "end" });
+        let logs: Vec<(u64, Vec<LogItem>)> = (0..REPLICAS)
+            .filter_map(|node| {
+                self.replicas[node]
+                    .room_log(&self.room, 0)
+                    .map(|log| (node as u64 + 1, log))
+            })
+            .collect();
+        if logs.len() < REPLICAS {
+            self.checker.violation(
+                ViolationKind::NotConverged,
+                format!("only {} replicas are up at the end", logs.len()),
+            );
+        }
+        self.checker.recheck_acks();
+        self.checker.finish(&logs, &mut self.trace, self.now);
+        let unanswered: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, record)| !record.answered)
+            .map(|(id, _)| *id)
+            .collect();
+        for request in unanswered {
+            self.checker.violation(
+                ViolationKind::UnansweredRequest,
+                format!("request {request} was never answered"),
+            );
+        }
+        if !self.actors[CREATOR].created {
+            self.checker.violation(
+                ViolationKind::Liveness,
+                "the room was never created".to_string(),
+            );
+        }
+        let unprobed: Vec<String> = self
+            .actors
+            .iter()
+            .filter(|actor| actor.probe == Probe::Wanted && !actor.broken)
+            .map(|actor| actor.client.id().to_string())
+            .collect();
+        if !unprobed.is_empty() {
+            self.checker.violation(
+                ViolationKind::Liveness,
+                format!(
+                    "no message accepted within {} ms after healing from {}",
+                    self.config.settle_ms,
+                    unprobed.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+fn pick<T: Copy>(rng: &mut ChaCha8Rng, choices: &[T]) -> T {
+    choices[rng.gen_range(0..choices.len())]
+}
+
+/// Raft id (1-based) to replica index.
+fn index_of(id: u64) -> Option<usize> {
+    let index = usize::try_from(id.checked_sub(1)?).ok()?;
+    (index < REPLICAS).then_some(index)
+}
+
+const REPLICAS: usize = 3;
+const TICK_MS: u64 = 100;
+const TICK_JITTER_MS: u64 = 15;
+const ROOM: &str = "mimi://sim.example/r/clubhouse";
