@@ -457,3 +457,44 @@ async fn a_second_device_must_be_linked_by_an_existing_one() {
     assert_eq!(linked.id(), &laptop);
     node.shutdown().await;
 }
+
+/// MIMI.md §7.6 [IMPL CHOICE]: a client that resends an application message it is unsure
+/// about (identical MLSMessage bytes) gets the original seq and timestamp, the room does not
+/// change, and the other member receives the message once, followed directly by the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_message_is_accepted_once_with_its_original_seq_mimi_7_6() {
+    let node = TestNode::start().await;
+    let (room, mut alice, mut members) = room_with(&node, "retry", &["bob"]).await;
+    let mut bob = members.pop().expect("bob");
+
+    let message = alice
+        .prepare_text(&room, "only once")
+        .expect("alice can encrypt");
+    let first = alice
+        .submit_raw(&room, message.clone())
+        .await
+        .expect("submit answers");
+    let SubmitResult::Accepted { seq, .. } = first else {
+        panic!("the message was not accepted: {first:?}");
+    };
+    let before = node.room_digest(&room);
+    let resent = alice
+        .submit_raw(&room, message)
+        .await
+        .expect("resubmit answers");
+    assert_eq!(resent, first, "a resend gets the original verdict");
+    assert_eq!(node.room_digest(&room), before, "a resend changes nothing");
+
+    let mut sent = Transcript::new();
+    sent.insert(seq, (alice.id().to_string(), "only once".to_string()));
+    send(&mut alice, &room, "next", &mut sent).await;
+    assert_eq!(
+        sent.keys().copied().collect::<Vec<_>>(),
+        vec![seq, seq + 1],
+        "no item was appended for the resend"
+    );
+    let mut seen = Transcript::new();
+    read_messages(&mut bob, 2, &mut seen).await;
+    assert_eq!(seen, sent, "bob receives the message once, then the next");
+    node.shutdown().await;
+}

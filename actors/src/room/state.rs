@@ -20,6 +20,9 @@
 //!   the tree and ships it next to the Welcome;
 //! * every commit bundle carries the committer's GroupInfo for the new epoch.
 //!
+//! Retries: a resent request that was accepted gets its original verdict back and changes
+//! nothing (MIMI.md §7.6 [IMPL CHOICE], [`retry`]).
+//!
 //! Not supported yet: external commits and external/new-member proposals, PreSharedKey, ReInit,
 //! GroupContextExtensions and AppEphemeral proposals (rejected with `notAllowed`).
 
@@ -48,13 +51,19 @@ use crate::room::identity::{client_of_credential, IdentityError};
 use crate::room::log::{ItemBody, LogItem};
 use crate::room::storage::{HubStorage, StorageError};
 
+mod retry;
+
+use retry::{Accepted, RetryCache};
+pub use retry::{RETRY_CACHE_CAPACITY, RETRY_WINDOW_MS};
+
 /// The only ciphersuite mimid rooms use (MIMI.md §11 MTI suite 0x0001).
 pub const ROOM_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
 /// Most proposals accepted in one `HandshakeBundle` (protocol-06 §5.2 `moreProposals`).
 pub const MAX_PROPOSALS_PER_BUNDLE: usize = 64;
 
-const SNAPSHOT_FORMAT: u8 = 2;
+/// Format 3 added the retry cache.
+const SNAPSHOT_FORMAT: u8 = 3;
 
 /// Why a room could not be created from the creator's GroupInfo and tree (MIMI.md §6.1).
 #[derive(Debug, Error)]
@@ -135,6 +144,8 @@ pub struct RoomState {
     required: BTreeSet<Vec<u8>>,
     /// ProposalRefs of all pending proposals (the public group's proposal store).
     pending: BTreeSet<Vec<u8>>,
+    /// Verdicts of recently accepted requests, replayed to resends (MIMI.md §7.6).
+    retries: RetryCache,
 }
 
 /// A rejection, before it becomes a protocol verdict.
@@ -257,6 +268,7 @@ impl RoomState {
             cursors: BTreeMap::new(),
             required: BTreeSet::new(),
             pending: BTreeSet::new(),
+            retries: RetryCache::default(),
         };
         state.add_member(creator.clone(), 0);
         Ok(state)
@@ -267,12 +279,24 @@ impl RoomState {
     /// must be the MLS sender of every message. On success the items are appended to the log
     /// (for a commit: the Commit at `seq`, then the Welcome at `seq + 1` if any) and the verdict
     /// carries the seq of the Commit/Proposals item. A rejected request changes nothing.
+    ///
+    /// MIMI.md §7.6: the same bundle from the same sender, accepted within the retry window,
+    /// gets its original `Success` again and changes nothing (a resent winning Commit must not
+    /// read as `wrongEpoch`).
     pub fn handle_handshake(
         &mut self,
         sender: &ClientId,
         bundle: &HandshakeBundle,
         ts_ms: u64,
     ) -> UpdateVerdict {
+        let key = retry::handshake_key(sender, bundle);
+        if let Some(original) = self.retries.get(&key, ts_ms) {
+            tracing::debug!(room = %self.room, %sender, seq = original.seq, "resent handshake");
+            return UpdateVerdict::Success {
+                accepted_ts_ms: original.ts_ms,
+                seq: original.seq,
+            };
+        }
         // A client that never was in the group learns nothing about it (not even its epoch):
         // refused before any other check. [IMPL CHOICE] External joins, when supported, will be
         // authorised through the groupInfo request that precedes them (MIMI.md §6.6).
@@ -298,10 +322,13 @@ impl RoomState {
             }
         };
         match result {
-            Ok(seq) => UpdateVerdict::Success {
-                accepted_ts_ms: self.item(seq).ts_ms,
-                seq,
-            },
+            Ok(seq) => {
+                let accepted = self.remember(key, seq);
+                UpdateVerdict::Success {
+                    accepted_ts_ms: accepted.ts_ms,
+                    seq,
+                }
+            }
             Err(rejection) => {
                 let verdict = rejection.into_verdict();
                 tracing::debug!(room = %self.room, %sender, ?verdict, "handshake rejected");
@@ -314,12 +341,23 @@ impl RoomState {
     /// content type application for this group and the current epoch (older:
     /// `EpochTooOld`, newer: `NotAllowed`); `sender` must be a current MLS member whose user is
     /// an active participant holding canSendMessage.
+    ///
+    /// MIMI.md §7.6: the same bytes from the same sender, accepted within the retry window, get
+    /// the original `Accepted` (seq and timestamp) again and are not appended a second time.
     pub fn handle_app_message(
         &mut self,
         sender: &ClientId,
         message: &[u8],
         ts_ms: u64,
     ) -> SubmitVerdict {
+        let key = retry::app_message_key(sender, message);
+        if let Some(original) = self.retries.get(&key, ts_ms) {
+            tracing::debug!(room = %self.room, %sender, seq = original.seq, "resent message");
+            return SubmitVerdict::Accepted {
+                accepted_ts_ms: original.ts_ms,
+                seq: original.seq,
+            };
+        }
         match self.check_app_message(sender, message) {
             Ok(()) => {
                 let seq = self.append(
@@ -329,8 +367,9 @@ impl RoomState {
                         message: message.to_vec(),
                     },
                 );
+                let accepted = self.remember(key, seq);
                 SubmitVerdict::Accepted {
-                    accepted_ts_ms: self.item(seq).ts_ms,
+                    accepted_ts_ms: accepted.ts_ms,
                     seq,
                 }
             }
@@ -376,8 +415,10 @@ impl RoomState {
     /// are also older than `window_ms` at `now_ms`. The newest item always stays (it anchors
     /// the non-decreasing hub time). A member that never acknowledged holds everything, so an
     /// offline client still gets all it missed; a removed member no longer holds anything.
-    /// Returns how many items were dropped.
+    /// Also forgets the accepted requests older than the retry window ([`RETRY_WINDOW_MS`]), so
+    /// an idle room sheds its retry cache. Returns how many log items were dropped.
     pub fn trim(&mut self, now_ms: u64, window_ms: u64) -> u64 {
+        self.retries.expire(now_ms);
         let acked_by_all = self
             .members
             .iter()
@@ -395,6 +436,12 @@ impl RoomState {
         self.log.drain(..droppable);
         self.trimmed += droppable as u64;
         droppable as u64
+    }
+
+    /// How many accepted requests are remembered for resends (MIMI.md §7.6); at most
+    /// [`RETRY_CACHE_CAPACITY`].
+    pub fn remembered_requests(&self) -> usize {
+        self.retries.len()
     }
 
     /// The hub time the room was created at.
@@ -463,6 +510,7 @@ impl RoomState {
             memberships: &self.memberships,
             cursors: &self.cursors,
             required: &self.required,
+            retries: &self.retries,
         };
         postcard::to_stdvec(&snapshot).expect("serialising a room snapshot into memory cannot fail")
     }
@@ -481,6 +529,14 @@ impl RoomState {
         {
             return Err(SnapshotError::Inconsistent(
                 "log sequence numbers are not contiguous after the trimmed prefix",
+            ));
+        }
+        let retries = RetryCache::from_entries(snapshot.retries)
+            .map_err(|err| SnapshotError::Inconsistent(err.reason()))?;
+        let last_seq = snapshot.trimmed + snapshot.log.len() as u64;
+        if retries.last_seq().is_some_and(|seq| seq > last_seq) {
+            return Err(SnapshotError::Inconsistent(
+                "a remembered request names a seq beyond the log",
             ));
         }
         let storage = HubStorage::from_entries(snapshot.storage);
@@ -534,6 +590,7 @@ impl RoomState {
             cursors: snapshot.cursors,
             required: snapshot.required,
             pending,
+            retries,
         })
     }
 }
@@ -1123,6 +1180,16 @@ impl RoomState {
         seq
     }
 
+    /// Records the verdict of the request accepted as item `seq` for resends (MIMI.md §7.6).
+    fn remember(&mut self, key: retry::RequestKey, seq: u64) -> Accepted {
+        let accepted = Accepted {
+            seq,
+            ts_ms: self.item(seq).ts_ms,
+        };
+        self.retries.insert(key, accepted);
+        accepted
+    }
+
     fn item(&self, seq: u64) -> &LogItem {
         let index =
             usize::try_from(seq - self.trimmed - 1).expect("seqs of retained items fit in memory");
@@ -1210,6 +1277,8 @@ struct SnapshotRef<'a> {
     memberships: &'a BTreeMap<ClientId, Vec<Membership>>,
     cursors: &'a BTreeMap<ClientId, u64>,
     required: &'a BTreeSet<Vec<u8>>,
+    /// Oldest first, as `(key, verdict)` pairs.
+    retries: &'a RetryCache,
 }
 
 /// The owned twin of [`SnapshotRef`]; postcard is not self-describing, so the two must list the
@@ -1227,4 +1296,5 @@ struct Snapshot {
     memberships: BTreeMap<ClientId, Vec<Membership>>,
     cursors: BTreeMap<ClientId, u64>,
     required: BTreeSet<Vec<u8>>,
+    retries: Vec<(retry::RequestKey, Accepted)>,
 }

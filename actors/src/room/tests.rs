@@ -19,7 +19,10 @@ use crate::policy::{
 };
 use crate::room::identity::credential_of_client;
 use crate::room::log::{ItemBody, LogItem};
-use crate::room::state::{CreateRoomError, RoomState, SnapshotError, ROOM_CIPHERSUITE};
+use crate::room::state::{
+    CreateRoomError, RoomState, SnapshotError, RETRY_CACHE_CAPACITY, RETRY_WINDOW_MS,
+    ROOM_CIPHERSUITE,
+};
 
 const ALICE: &str = "mimi://a.example/d/alice/phone";
 const BOB: &str = "mimi://b.example/d/bob/laptop";
@@ -851,8 +854,18 @@ fn mimi_6_5_self_remove_is_required_in_the_next_commit() {
         room.state.items_after(start)[0].body,
         ItemBody::Proposals { .. }
     ));
-    // Resubmitting the same proposals is refused.
-    let (refs, reason) = invalid(reject(&mut room.state, &room.bob.id, &bundle, 11_001));
+    // Resending the same bundle replays its verdict (MIMI.md §7.6); a new bundle repeating a
+    // pending proposal is refused.
+    let before = room.state.to_snapshot();
+    assert_eq!(
+        success_seq(&room.state.handle_handshake(&room.bob.id, &bundle, 11_001)),
+        seq
+    );
+    assert_eq!(room.state.to_snapshot(), before);
+    let repeated = HandshakeBundle::Proposals {
+        proposals: vec![self_remove.tls_serialize_detached().unwrap()],
+    };
+    let (refs, reason) = invalid(reject(&mut room.state, &room.bob.id, &repeated, 11_001));
     assert_eq!(
         (refs.len(), reason.as_str()),
         (1, "the proposal is already pending")
@@ -958,15 +971,25 @@ fn malformed_and_misrouted_inputs_get_specific_verdicts_and_change_nothing() {
     ));
     assert_eq!(reason, "expected a proposal");
 
-    // The commit itself is fine; afterwards it is stale.
-    success_seq(
-        &room
-            .state
-            .handle_handshake(&alice, &commit_bundle(commit.clone()), 2),
-    );
+    // The commit itself is fine; afterwards it is stale (resent as is, it gets its original
+    // verdict, MIMI.md §7.6; in any other bundle it is from a past epoch).
+    let accepted = room
+        .state
+        .handle_handshake(&alice, &commit_bundle(commit.clone()), 2);
+    success_seq(&accepted);
     room.alice.accepted();
     assert_eq!(
-        reject(&mut room.state, &alice, &commit_bundle(commit), 3),
+        room.state
+            .handle_handshake(&alice, &commit_bundle(commit.clone()), 3),
+        accepted
+    );
+    let without_group_info = HandshakeBundle::Commit {
+        commit,
+        welcome: welcome.clone(),
+        group_info: None,
+    };
+    assert_eq!(
+        reject(&mut room.state, &alice, &without_group_info, 3),
         UpdateVerdict::WrongEpoch {
             current_epoch: epoch + 1
         }
@@ -1255,5 +1278,310 @@ fn retention_trims_only_what_every_member_acknowledged_and_the_window_passed() {
             .process(restored.items_after(last).first().unwrap())
             .unwrap(),
         b"after trimming"
+    );
+}
+
+/// Cathy's SelfRemove proposal as a one-proposal bundle (MIMI.md §6.5).
+fn self_remove_bundle(cathy: &mut TestClient) -> HandshakeBundle {
+    let provider = &cathy.provider;
+    let signer = &cathy.signer;
+    let proposal = cathy
+        .group
+        .as_mut()
+        .unwrap()
+        .leave_group_via_self_remove(provider, signer)
+        .unwrap();
+    HandshakeBundle::Proposals {
+        proposals: vec![proposal.tls_serialize_detached().unwrap()],
+    }
+}
+
+/// MIMI.md §7.6 [IMPL CHOICE]: a resent application message (same sender, same bytes) gets
+/// its original seq and timestamp back, later hub time notwithstanding, and is not appended
+/// again; the room is byte-for-byte unchanged and the next message follows directly.
+#[test]
+fn mimi_7_6_resent_app_message_gets_its_original_verdict_and_one_item() {
+    let mut room = three_member_room();
+    let start = room.state.last_seq();
+    let hello = room.bob.send(b"hello");
+    let original = room.state.handle_app_message(&room.bob.id, &hello, 30_000);
+    assert_eq!(
+        original,
+        SubmitVerdict::Accepted {
+            accepted_ts_ms: 30_000,
+            seq: start + 1
+        }
+    );
+    let before = room.state.to_snapshot();
+    for resent_at in [30_000, 31_000] {
+        assert_eq!(
+            room.state
+                .handle_app_message(&room.bob.id, &hello, resent_at),
+            original
+        );
+    }
+    assert_eq!(
+        room.state.to_snapshot(),
+        before,
+        "a resend changed the room"
+    );
+    let items = room.state.items_after(start);
+    assert_eq!(items.len(), 1);
+    assert_eq!(room.cathy.process(&items[0]).unwrap(), b"hello");
+
+    let next = room.bob.send(b"next");
+    assert_eq!(
+        success_seq_message(room.state.handle_app_message(&room.bob.id, &next, 32_000)),
+        start + 2
+    );
+}
+
+/// MIMI.md §7.6: a resent winning Commit (here one that adds a client, so a Welcome follows
+/// it) gets `Success` with its original seq instead of `wrongEpoch`, and changes nothing; so
+/// does a resent accepted proposal bundle, which would otherwise read as "already pending".
+#[test]
+fn mimi_7_6_resent_winning_commit_and_proposals_get_success_not_wrong_epoch() {
+    let mut room = three_member_room();
+    let dave = TestClient::new(DAVE);
+    let proposal = room
+        .alice
+        .policy()
+        .add_participants_proposal(&[(dave.user(), DEFAULT_ROLE_MEMBER)])
+        .unwrap();
+    let add = room.alice.commit(CommitSpec {
+        adds: vec![dave.key_package()],
+        proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
+        ..CommitSpec::default()
+    });
+    let epoch = room.state.epoch();
+    let original = room.state.handle_handshake(&room.alice.id, &add, 40_000);
+    let seq = success_seq(&original);
+    room.alice.accepted();
+    assert_eq!(room.state.last_seq(), seq + 1, "the Commit and its Welcome");
+    let before = room.state.to_snapshot();
+    assert_eq!(
+        room.state.handle_handshake(&room.alice.id, &add, 40_500),
+        original
+    );
+    assert_eq!(
+        room.state.to_snapshot(),
+        before,
+        "a resend changed the room"
+    );
+    assert_eq!(room.state.epoch(), epoch + 1);
+
+    catch_up(&room.state, &mut room.cathy, seq - 1);
+    let leave = self_remove_bundle(&mut room.cathy);
+    let original = room.state.handle_handshake(&room.cathy.id, &leave, 41_000);
+    let proposals_seq = success_seq(&original);
+    let before = room.state.to_snapshot();
+    assert_eq!(
+        room.state.handle_handshake(&room.cathy.id, &leave, 41_001),
+        original
+    );
+    assert_eq!(
+        room.state.to_snapshot(),
+        before,
+        "a resend changed the room"
+    );
+    assert_eq!(room.state.last_seq(), proposals_seq);
+}
+
+/// MIMI.md §7.6: a refused request is not remembered (a refusal leaves no trace in replicated
+/// state); resent, it is evaluated again and, the room being unchanged, refused the same way.
+#[test]
+fn mimi_7_6_resent_refused_request_gets_the_same_refusal_and_leaves_no_trace() {
+    let mut room = three_member_room();
+    let remembered = room.state.remembered_requests();
+    let dave = TestClient::new(DAVE);
+    let proposal = room
+        .bob
+        .policy()
+        .add_participants_proposal(&[(dave.user(), DEFAULT_ROLE_MEMBER)])
+        .unwrap();
+    let bundle = room.bob.commit(CommitSpec {
+        adds: vec![dave.key_package()],
+        proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
+        ..CommitSpec::default()
+    });
+    let first = reject(&mut room.state, &room.bob.id, &bundle, 50_000);
+    assert_eq!(
+        not_allowed(first.clone()),
+        "mimi://b.example/u/bob lacks canAddParticipant"
+    );
+    assert_eq!(
+        reject(&mut room.state, &room.bob.id, &bundle, 50_001),
+        first
+    );
+    room.bob.rejected();
+
+    // A message from an epoch the room has left: epochTooOld, again and again.
+    let stale = room.bob.send(b"stale");
+    let commit = room.alice.commit(CommitSpec::default());
+    success_seq(&room.state.handle_handshake(&room.alice.id, &commit, 50_002));
+    room.alice.accepted();
+    let remembered_after_commit = room.state.remembered_requests();
+    assert_eq!(remembered_after_commit, remembered + 1);
+    let first = reject_message(&mut room.state, &room.bob.id, &stale, 50_003);
+    assert!(
+        matches!(first, SubmitVerdict::EpochTooOld { .. }),
+        "{first:?}"
+    );
+    assert_eq!(
+        reject_message(&mut room.state, &room.bob.id, &stale, 50_004),
+        first
+    );
+    assert_eq!(room.state.remembered_requests(), remembered_after_commit);
+}
+
+/// MIMI.md §7.6: the cache is keyed by the authenticated sender, so replaying another
+/// client's accepted bytes is a new request that goes through normal validation: a handshake
+/// signed by someone else is refused, and no client learns another's verdict.
+#[test]
+fn mimi_7_6_another_client_replaying_the_bytes_does_not_get_the_cached_verdict() {
+    let mut room = three_member_room();
+    let leave = self_remove_bundle(&mut room.cathy);
+    let proposed = success_seq(&room.state.handle_handshake(&room.cathy.id, &leave, 60_000));
+    let reason = not_allowed(reject(&mut room.state, &room.bob.id, &leave, 60_001));
+    assert!(reason.contains("not by the submitting client"), "{reason}");
+
+    catch_up(&room.state, &mut room.alice, proposed - 1);
+    let commit = room.alice.commit(CommitSpec::default());
+    success_seq(&room.state.handle_handshake(&room.alice.id, &commit, 60_002));
+    room.alice.accepted();
+    assert_eq!(
+        reject(&mut room.state, &room.bob.id, &commit, 60_003),
+        UpdateVerdict::WrongEpoch {
+            current_epoch: room.state.epoch()
+        }
+    );
+
+    // An application message does not reveal its sender to the hub (it is a PrivateMessage):
+    // another member may submit the ciphertext, which is then a second item under its own
+    // name, never the first sender's verdict. Recipients drop the copy (MLS generation reuse).
+    catch_up(&room.state, &mut room.bob, 0);
+    let hello = room.bob.send(b"hello");
+    let first = success_seq_message(room.state.handle_app_message(&room.bob.id, &hello, 60_004));
+    let replayed = success_seq_message(room.state.handle_app_message(
+        &room.alice.id,
+        &hello,
+        60_005,
+    ));
+    assert_eq!(replayed, first + 1);
+}
+
+/// MIMI.md §7.6 with DESIGN.md §3 snapshots: the remembered verdicts are part of the
+/// replicated state, so a replica restored from a snapshot answers resends the same way, and
+/// a snapshot whose cache the room could not have produced is refused.
+#[test]
+fn mimi_7_6_remembered_verdicts_survive_a_snapshot_round_trip() {
+    let mut alice = TestClient::new(ALICE);
+    let mut state = create_room(&mut alice);
+    let hello = alice.send(b"hello");
+    let original = state.handle_app_message(&alice.id, &hello, 70_000);
+    assert_eq!(state.remembered_requests(), 1);
+
+    let bytes = state.to_snapshot();
+    let mut restored = RoomState::from_snapshot(&bytes).unwrap();
+    assert_eq!(restored.to_snapshot(), bytes);
+    assert_eq!(restored.remembered_requests(), 1);
+    assert_eq!(
+        restored.handle_app_message(&alice.id, &hello, 70_001),
+        original
+    );
+    assert_eq!(restored.to_snapshot(), bytes);
+
+    // The cache is the snapshot's last field: a count, then (32-byte key, varint seq = 1,
+    // varint ts = 70_000 in three bytes). Listing the entry twice is inconsistent.
+    let entry_len = 32 + 1 + 3;
+    let count_at = bytes.len() - entry_len - 1;
+    assert_eq!(bytes[count_at], 1, "one remembered request");
+    let mut twice = bytes.clone();
+    twice[count_at] = 2;
+    twice.extend_from_slice(&bytes[count_at + 1..]);
+    assert!(matches!(
+        RoomState::from_snapshot(&twice),
+        Err(SnapshotError::Inconsistent(
+            "remembered requests are not in log order"
+        ))
+    ));
+    // A remembered seq beyond the log.
+    let mut beyond = bytes.clone();
+    beyond[count_at + 1 + 32] = 2;
+    assert!(matches!(
+        RoomState::from_snapshot(&beyond),
+        Err(SnapshotError::Inconsistent(
+            "a remembered request names a seq beyond the log"
+        ))
+    ));
+    // The previous format, without the cache, is refused rather than misread.
+    let mut old = bytes.clone();
+    old[0] = 2;
+    assert!(matches!(
+        RoomState::from_snapshot(&old),
+        Err(SnapshotError::Format(2))
+    ));
+}
+
+/// MIMI.md §7.6 bounds: a room remembers its last [`RETRY_CACHE_CAPACITY`] accepted requests;
+/// a resend of an evicted one is a new request (a second item, which clients tolerate as a
+/// duplicate of their own message), while the newer ones still get their original verdict.
+#[test]
+fn mimi_7_6_only_the_last_capacity_requests_are_remembered() {
+    let mut alice = TestClient::new(ALICE);
+    let mut state = create_room(&mut alice);
+    let messages: Vec<Vec<u8>> = (0..=RETRY_CACHE_CAPACITY)
+        .map(|i| alice.send(format!("message {i}").as_bytes()))
+        .collect();
+    for (i, message) in messages.iter().enumerate() {
+        let seq = success_seq_message(state.handle_app_message(&alice.id, message, 80_000));
+        assert_eq!(seq, i as u64 + 1);
+    }
+    assert_eq!(state.remembered_requests(), RETRY_CACHE_CAPACITY);
+    let last = state.last_seq();
+    assert_eq!(
+        state.handle_app_message(&alice.id, &messages[1], 80_001),
+        SubmitVerdict::Accepted {
+            accepted_ts_ms: 80_000,
+            seq: 2
+        },
+        "the second oldest is still remembered"
+    );
+    assert_eq!(state.last_seq(), last);
+    assert_eq!(
+        success_seq_message(state.handle_app_message(&alice.id, &messages[0], 80_002)),
+        last + 1,
+        "the oldest was evicted: its resend is a new request"
+    );
+    assert_eq!(state.remembered_requests(), RETRY_CACHE_CAPACITY);
+}
+
+/// MIMI.md §7.6 bounds: a verdict is replayed for [`RETRY_WINDOW_MS`] of hub time; after that
+/// a resend is a new request, and housekeeping (`trim`) forgets the expired entries so an idle
+/// room keeps no cache.
+#[test]
+fn mimi_7_6_verdicts_are_replayed_within_the_retry_window_only() {
+    let mut alice = TestClient::new(ALICE);
+    let mut state = create_room(&mut alice);
+    let hello = alice.send(b"hello");
+    let original = state.handle_app_message(&alice.id, &hello, 90_000);
+    let expiry = 90_000 + RETRY_WINDOW_MS;
+    assert_eq!(
+        state.handle_app_message(&alice.id, &hello, expiry - 1),
+        original
+    );
+    let before = state.to_snapshot();
+    state.trim(expiry - 1, u64::MAX);
+    assert_eq!(state.to_snapshot(), before, "nothing expired yet");
+    state.trim(expiry, u64::MAX);
+    assert_eq!(state.remembered_requests(), 0);
+    assert_eq!(
+        state.last_seq(),
+        1,
+        "the log itself follows its own retention"
+    );
+    assert_eq!(
+        success_seq_message(state.handle_app_message(&alice.id, &hello, expiry)),
+        2
     );
 }

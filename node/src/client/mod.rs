@@ -623,7 +623,7 @@ impl MimiClient {
         let reason = response.response.error_description.clone();
         Ok(match response.response.outcome {
             UpdateOutcome::Success { .. } => {
-                self.own.insert((room.clone(), response.seq));
+                self.note_own(room, response.seq);
                 UpdateResult::Accepted { seq: response.seq }
             }
             UpdateOutcome::WrongEpoch { current_epoch } => {
@@ -686,7 +686,7 @@ impl MimiClient {
             SubmitStatus::Accepted {
                 accepted_timestamp, ..
             } => {
-                self.own.insert((room.clone(), response.seq));
+                self.note_own(room, response.seq);
                 SubmitResult::Accepted {
                     seq: response.seq,
                     timestamp: accepted_timestamp,
@@ -699,6 +699,19 @@ impl MimiClient {
                 SubmitResult::EpochTooOld { current_epoch }
             }
         })
+    }
+
+    /// Remembers an accepted item of this client so its echo is skipped. A resend of an
+    /// accepted request gets the original seq again (MIMI.md §7.6); if that echo was already
+    /// processed there is nothing left to skip, and remembering it would keep it forever.
+    fn note_own(&mut self, room: &RoomId, seq: u64) {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|entry| seq > entry.processed)
+        {
+            self.own.insert((room.clone(), seq));
+        }
     }
 
     /// Opens (or reopens) the push stream; the provider resumes after the acknowledged cursors.

@@ -7,8 +7,9 @@
 //! A client has at most one request in flight. It sends to the replica it believes leads,
 //! follows `NotLeader` hints, and resends a Commit or the room creation as is when the outcome
 //! is unknown (a Commit is accepted at most once per epoch, a room created once); an
-//! application message with an unknown outcome is not resent, since the hub has no idempotency
-//! key for messages and a copy would be a second message. Before acting, a client reads the
+//! application message with an unknown outcome is not resent yet (the hub's retry cache,
+//! ARCHITECTURE.md "Retries", now makes that safe: exercising it here is the next step).
+//! Before acting, a client reads the
 //! log from some replica (possibly a stale one) and processes what it is delivered.
 
 use mimid_actors::command::{Command, HandshakeBundle, SubmitVerdict, UpdateVerdict};
