@@ -19,6 +19,21 @@
 //!    record, whose data file was synced when it was staged. Only a compaction that replaces an
 //!    older snapshot is flushed, because the older file may be deleted only once the new record
 //!    is durable (`snapshot_file.rs`).
+//! 7. Age-based snapshots: the shards whose oldest unsnapshotted applied entry is older than
+//!    `snapshot_max_age`, oldest first and at most `max_snapshots_per_turn`, snapshot and
+//!    compact, and those writes are applied like step 6's.
+//!
+//! # Bounding replay
+//!
+//! State machines live in memory and are rebuilt at start from the latest snapshot plus the log
+//! after it. `snapshot_interval` alone bounds the replay by entry count, which a quiet shard may
+//! take months to reach; replaying old entries is slow and, because openmls checks KeyPackage
+//! and leaf lifetimes (RFC 9420 §7.2) against the wall clock during apply, may even diverge
+//! (ARCHITECTURE.md "Durability"). Step 7 bounds the age of what a crash restart replays to
+//! about `snapshot_max_age` plus one tick, since the loop wakes at least every `tick_interval`.
+//! Ages are read from the driver's monotonic clock, which only this shell reads; groups get
+//! `now` as an input. A graceful shutdown snapshots every shard with unsnapshotted entries
+//! before the final flush and sync, so a clean restart replays nothing.
 //!
 //! # Durability and ordering
 //!
@@ -59,6 +74,9 @@ pub(crate) struct Proposal<O> {
 pub(crate) struct DriverSettings {
     pub(crate) tick_interval: Duration,
     pub(crate) max_proposals_per_turn: usize,
+    pub(crate) snapshot_max_age: Duration,
+    pub(crate) max_snapshots_per_turn: usize,
+    pub(crate) snapshot_on_shutdown: bool,
 }
 
 pub(crate) struct Driver<S: StateMachine> {
@@ -164,8 +182,11 @@ impl<S: StateMachine> Driver<S> {
             bump(&self.shared.metrics.ready_turns);
         }
         self.write_staged()?;
-        self.handle_persisted(&readied);
+        self.handle_persisted(&readied, now);
         self.write_staged()?;
+        if self.snapshot_aged(now) {
+            self.write_staged()?;
+        }
         self.publish_readiness();
         Ok(())
     }
@@ -237,7 +258,7 @@ impl<S: StateMachine> Driver<S> {
     }
 
     /// Phase two for the groups that handled a `Ready` this turn.
-    fn handle_persisted(&mut self, readied: &[ShardId]) {
+    fn handle_persisted(&mut self, readied: &[ShardId], now: Instant) {
         for &shard in readied {
             let Slot::Running(group) = &mut self.groups[shard_slot(shard)] else {
                 continue;
@@ -245,11 +266,44 @@ impl<S: StateMachine> Driver<S> {
             let transport = &mut *self.transport;
             let metrics = &self.shared.metrics;
             if let Err(err) =
-                catch(|| group.handle_persisted(transport, metrics)).and_then(|result| result)
+                catch(|| group.handle_persisted(transport, metrics, now)).and_then(|result| result)
             {
                 self.fail_group(shard, &err);
             }
         }
+    }
+
+    /// Snapshots the shards whose oldest unsnapshotted entry is older than `snapshot_max_age`,
+    /// oldest first and at most `max_snapshots_per_turn` of them, so a restart never replays
+    /// more than about that age of log and one turn never serialises every shard. Runs after
+    /// the turn's writes, when every applied entry is committed in the written hard state.
+    /// Returns whether anything was staged.
+    fn snapshot_aged(&mut self, now: Instant) -> bool {
+        let ages = self
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(shard, slot)| match slot {
+                Slot::Running(group) => (shard as ShardId, group.unsnapshotted_age(now)),
+                Slot::Failed => (shard as ShardId, None),
+            });
+        let due = snapshots_due(
+            ages,
+            self.settings.snapshot_max_age,
+            self.settings.max_snapshots_per_turn,
+        );
+        let mut staged = false;
+        for shard in due {
+            let Slot::Running(group) = &mut self.groups[shard_slot(shard)] else {
+                continue;
+            };
+            let metrics = &self.shared.metrics;
+            match catch(|| group.snapshot_if_unsnapshotted(metrics)).and_then(|result| result) {
+                Ok(taken) => staged |= taken,
+                Err(err) => self.fail_group(shard, &err),
+            }
+        }
+        staged
     }
 
     /// Writes every running group's staged writes as one atomic batch.
@@ -282,10 +336,25 @@ impl<S: StateMachine> Driver<S> {
         self.shared.ready.store(false, Ordering::Relaxed);
     }
 
-    /// Refuses new proposals, answers queued and pending ones `Stopped`, and makes everything
-    /// written so far durable.
+    /// Refuses new proposals, answers queued ones `Stopped`, snapshots every shard with applied
+    /// entries not covered by its latest snapshot (so a clean restart replays no log), makes
+    /// everything durable, then answers pending proposals `Stopped` by dropping the groups.
     fn shut_down(mut self) {
         self.close_inbox();
+        if self.settings.snapshot_on_shutdown {
+            for shard in 0..self.groups.len() {
+                let Slot::Running(group) = &mut self.groups[shard] else {
+                    continue;
+                };
+                let metrics = &self.shared.metrics;
+                if let Err(err) =
+                    catch(|| group.snapshot_if_unsnapshotted(metrics)).and_then(|result| result)
+                {
+                    // The shard's log is intact; it is replayed at the next start instead.
+                    self.fail_group(shard as ShardId, &err);
+                }
+            }
+        }
         let mut batch = WriteBatch::default();
         for slot in &mut self.groups {
             if let Slot::Running(group) = slot {
@@ -336,6 +405,60 @@ impl Transport for LocalOnly {
     }
 }
 
+/// The shards whose unsnapshotted entries are at least `max_age` old, oldest first, at most
+/// `limit` of them. `ages` yields each shard's unsnapshotted age (`None`: nothing to snapshot).
+fn snapshots_due(
+    ages: impl Iterator<Item = (ShardId, Option<Duration>)>,
+    max_age: Duration,
+    limit: usize,
+) -> Vec<ShardId> {
+    let mut due: Vec<(Duration, ShardId)> = ages
+        .filter_map(|(shard, age)| age.filter(|age| *age >= max_age).map(|age| (age, shard)))
+        .collect();
+    // Oldest first; ties by shard id so the choice does not depend on anything else.
+    due.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    due.into_iter()
+        .take(limit)
+        .map(|(_, shard)| shard)
+        .collect()
+}
+
 fn shard_slot(shard: ShardId) -> usize {
     usize::try_from(shard).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX_AGE: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn only_shards_at_least_max_age_old_are_due() {
+        let ages = [
+            (0, None),
+            (1, Some(MAX_AGE - Duration::from_nanos(1))),
+            (2, Some(MAX_AGE)),
+            (3, Some(MAX_AGE * 2)),
+        ];
+        assert_eq!(snapshots_due(ages.into_iter(), MAX_AGE, 4), vec![3, 2]);
+    }
+
+    #[test]
+    fn at_most_limit_shards_are_due_oldest_first() {
+        let ages = (0..8).map(|shard| (shard, Some(MAX_AGE + Duration::from_secs(shard))));
+        assert_eq!(snapshots_due(ages, MAX_AGE, 2), vec![7, 6]);
+    }
+
+    #[test]
+    fn equal_ages_are_picked_by_shard_id() {
+        let ages = [(5, Some(MAX_AGE)), (1, Some(MAX_AGE)), (3, Some(MAX_AGE))];
+        assert_eq!(snapshots_due(ages.into_iter(), MAX_AGE, 2), vec![1, 3]);
+    }
+
+    #[test]
+    fn nothing_is_due_when_no_shard_has_unsnapshotted_entries() {
+        let ages = (0..4).map(|shard| (shard, None));
+        assert!(snapshots_due(ages, Duration::ZERO, 2).is_empty());
+    }
 }

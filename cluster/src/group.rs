@@ -12,6 +12,8 @@
 //! stops the group (STYLE.md P3, P4). It does not know what commands mean: entries are opaque
 //! bytes handed to the state machine.
 
+use std::time::{Duration, Instant};
+
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, Ready, StateRole};
@@ -69,6 +71,10 @@ pub(crate) struct Group<S: StateMachine> {
     /// Commit index found on disk at start: the group is caught up once it applied this far.
     recovered_commit: u64,
     snapshot_interval: u64,
+    /// When (driver clock) the oldest applied entry not covered by the latest snapshot was
+    /// applied; `None` when the snapshot covers everything applied. Drives the age-based
+    /// snapshot that bounds replay at restart (`ClusterConfig::snapshot_max_age`).
+    unsnapshotted_since: Option<Instant>,
     /// The `Ready` between phase one and phase two of the current turn.
     in_flight: Option<Ready>,
 }
@@ -113,6 +119,7 @@ impl<S: StateMachine> Group<S> {
             applied_term,
             recovered_commit,
             snapshot_interval: config.snapshot_interval,
+            unsnapshotted_since: None,
             in_flight: None,
         })
     }
@@ -193,11 +200,13 @@ impl<S: StateMachine> Group<S> {
 
     /// Phase two, after the turn's writes are durable: `persisted_messages`, `advance`, the
     /// `LightReady` (commit index, messages, committed entries), `advance_apply`, then a snapshot
-    /// if enough entries were applied since the last one.
+    /// if enough entries were applied since the last one. `now` is the driver's clock for this
+    /// turn: entries applied in it and left unsnapshotted are dated with it.
     pub(crate) fn handle_persisted(
         &mut self,
         transport: &mut dyn Transport,
         metrics: &Metrics,
+        now: Instant,
     ) -> Result<(), GroupError> {
         let Some(mut ready) = self.in_flight.take() else {
             return Ok(());
@@ -210,7 +219,41 @@ impl<S: StateMachine> Group<S> {
         send(self.shard, transport, light.take_messages());
         self.apply_committed(light.take_committed_entries(), metrics)?;
         self.node.advance_apply();
-        self.maybe_snapshot(metrics)
+        let unsnapshotted = self
+            .applied_index
+            .saturating_sub(self.node.store().snapshot_index());
+        if unsnapshotted >= self.snapshot_interval {
+            self.take_snapshot(metrics)?;
+        }
+        // A snapshot received from the leader also covers everything applied.
+        self.unsnapshotted_since = if self.has_unsnapshotted() {
+            self.unsnapshotted_since.or(Some(now))
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// How long ago (as of `now`) the oldest applied entry not covered by the latest snapshot
+    /// was applied; `None` when there is no such entry.
+    pub(crate) fn unsnapshotted_age(&self, now: Instant) -> Option<Duration> {
+        self.unsnapshotted_since
+            .map(|since| now.saturating_duration_since(since))
+    }
+
+    /// Snapshots the state machine and compacts the log if any applied entry is not covered by
+    /// the latest snapshot; returns whether a snapshot was taken. For the age-based and the
+    /// shutdown snapshots: call only between turns (after [`Self::handle_persisted`]), when
+    /// everything applied is also committed in the written hard state.
+    pub(crate) fn snapshot_if_unsnapshotted(
+        &mut self,
+        metrics: &Metrics,
+    ) -> Result<bool, GroupError> {
+        if self.in_flight.is_some() || !self.has_unsnapshotted() {
+            return Ok(false);
+        }
+        self.take_snapshot(metrics)?;
+        Ok(true)
     }
 
     /// Moves this group's staged writes into the turn's batch.
@@ -307,15 +350,15 @@ impl<S: StateMachine> Group<S> {
         self.leader_id = leader_id;
     }
 
-    /// Snapshots the state machine and compacts the log once `snapshot_interval` entries were
-    /// applied since the last snapshot. Runs at the end of a turn, when everything applied is
+    fn has_unsnapshotted(&self) -> bool {
+        self.applied_index > self.node.store().snapshot_index()
+    }
+
+    /// Snapshots the state machine at the applied index and stages the log compaction up to it.
+    /// Runs only at the end of a turn (phase two or between turns), when everything applied is
     /// also committed in the staged hard state, so the stored snapshot never gets ahead of the
     /// stored commit index.
-    fn maybe_snapshot(&mut self, metrics: &Metrics) -> Result<(), GroupError> {
-        let snapshot_index = self.node.store().snapshot_index();
-        if self.applied_index - snapshot_index < self.snapshot_interval {
-            return Ok(());
-        }
+    fn take_snapshot(&mut self, metrics: &Metrics) -> Result<(), GroupError> {
         // Serialising and storing run on the driver thread and hold up every shard; the size
         // is logged (the driver's turn timing covers the time).
         let data = self.machine.snapshot();
@@ -323,6 +366,7 @@ impl<S: StateMachine> Group<S> {
         let conf_state = self.node.store().conf_state().clone();
         let snapshot = new_snapshot(self.applied_index, self.applied_term, conf_state, data);
         self.node.mut_store().stage_compaction(&snapshot)?;
+        self.unsnapshotted_since = None;
         bump(&metrics.snapshots_taken);
         tracing::debug!(
             shard = self.shard,

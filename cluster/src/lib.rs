@@ -14,6 +14,12 @@
 //! loop turn persists all groups' writes with one flush and one `fdatasync` (see the `driver`,
 //! `storage` and `snapshot_file` modules for the durability argument).
 //!
+//! State machines are rebuilt at start from each shard's latest snapshot plus the log after it.
+//! A shard snapshots (and compacts its log) every [`ClusterConfig::snapshot_interval`] applied
+//! entries, and also once its oldest unsnapshotted entry is older than
+//! [`ClusterConfig::snapshot_max_age`], so a crash restart replays a bounded, recent log;
+//! [`Cluster::shutdown`] snapshots every shard, so a clean restart replays none.
+//!
 //! Today a cluster is a single node whose groups each have that node as their only voter.
 //! The transport seam for peers exists (messages are routed per destination), but nothing sends
 //! across nodes yet.
@@ -131,6 +137,21 @@ pub struct ClusterConfig {
     /// Applied entries per shard between two snapshots (each followed by log compaction).
     /// Default 10 000.
     pub snapshot_interval: u64,
+    /// Longest a shard keeps applied entries not covered by a snapshot before it snapshots
+    /// anyway, however few they are. State machines are rebuilt at start from the latest
+    /// snapshot plus the log after it, so this bounds how old the replayed entries can be: a
+    /// quiet shard would otherwise replay months of log, and replaying entries whose validity
+    /// depended on the time they were first applied (MLS KeyPackage lifetimes, RFC 9420 §10)
+    /// may diverge. Checked once per driver turn, so the effective bound is this plus up to one
+    /// `tick_interval` (more while other shards wait their turn, see
+    /// `max_snapshots_per_turn`). Default 10 minutes.
+    pub snapshot_max_age: Duration,
+    /// Age-based snapshots taken per driver turn at most (oldest first), so one turn never
+    /// stalls every shard serialising its state. Default 2.
+    pub max_snapshots_per_turn: usize,
+    /// Snapshot every shard with unsnapshotted applied entries on a graceful shutdown, so a
+    /// clean restart replays no log. Turn off only to exercise crash recovery. Default true.
+    pub snapshot_on_shutdown: bool,
     /// Byte budget of one append message to a follower. Default 1 MiB.
     pub max_size_per_msg: u64,
     /// Append messages in flight per follower. Default 256.
@@ -156,6 +177,9 @@ impl ClusterConfig {
             max_proposals_per_turn: 1024,
             inbox_capacity: 65_536,
             snapshot_interval: 10_000,
+            snapshot_max_age: Duration::from_secs(10 * 60),
+            max_snapshots_per_turn: 2,
+            snapshot_on_shutdown: true,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             max_uncommitted_bytes: 64 * 1024 * 1024,
@@ -185,6 +209,9 @@ impl ClusterConfig {
         }
         if self.snapshot_interval == 0 {
             return invalid("snapshot_interval must be at least 1");
+        }
+        if self.max_snapshots_per_turn == 0 {
+            return invalid("max_snapshots_per_turn must be at least 1");
         }
         // Tick ratios and message/uncommitted sizes are checked by raft-rs itself.
         raft_config(self, 0)
@@ -308,6 +335,9 @@ impl<S: StateMachine> Cluster<S> {
         let settings = DriverSettings {
             tick_interval: config.tick_interval,
             max_proposals_per_turn: config.max_proposals_per_turn,
+            snapshot_max_age: config.snapshot_max_age,
+            max_snapshots_per_turn: config.max_snapshots_per_turn,
+            snapshot_on_shutdown: config.snapshot_on_shutdown,
         };
         let driver = Driver::new(db, groups, inbox_rx, stop_rx, Arc::clone(&shared), settings);
         let thread = std::thread::Builder::new()
@@ -332,7 +362,10 @@ impl<S: StateMachine> Cluster<S> {
         self.handle.clone()
     }
 
-    /// Stops the driver: pending proposals are answered `Err(Stopped)`; sled flushed.
+    /// Stops the driver: queued and pending proposals are answered `Err(Stopped)`, every shard
+    /// with applied entries not covered by its latest snapshot is snapshotted (unless
+    /// `snapshot_on_shutdown` is off), and sled is flushed and synced, so a clean restart
+    /// replays no log. Dropping the `Cluster` does the same.
     pub fn shutdown(self) {
         drop(self);
     }
@@ -485,6 +518,7 @@ mod tests {
             ("max_proposals_per_turn", |c| c.max_proposals_per_turn = 0),
             ("inbox_capacity", |c| c.inbox_capacity = 0),
             ("snapshot_interval", |c| c.snapshot_interval = 0),
+            ("max_snapshots_per_turn", |c| c.max_snapshots_per_turn = 0),
             // raft-rs: "election tick must be greater than heartbeat tick".
             ("election tick", |c| c.election_tick = c.heartbeat_tick),
             ("max uncommitted size", |c| {

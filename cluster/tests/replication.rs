@@ -1,12 +1,15 @@
 //! End-to-end tests of `mimid-cluster` on a real sled database in a temp dir: ordering, restart
-//! recovery (log replay and snapshots), compaction, back-pressure, failure isolation and shutdown.
+//! recovery (log replay and snapshots), compaction, age-based and shutdown snapshots,
+//! back-pressure, failure isolation and shutdown.
 //!
-//! No test sleeps: every wait is on a channel fed by a `done` callback or by the state machine,
-//! with a generous timeout only as a failure guard.
+//! No test sleeps to synchronise: every wait is on a channel fed by a `done` callback or by the
+//! state machine, with a generous timeout only as a failure guard. The one condition no channel
+//! reports (an age-based snapshot, which depends on the driver's clock) is polled with a
+//! deadline (`wait_until`).
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mimid_cluster::{
     Cluster, ClusterConfig, ClusterError, ClusterHandle, ProposeError, ShardId, StateMachine,
@@ -218,10 +221,12 @@ fn proposals_apply_once_in_proposal_order_per_shard() {
     cluster.shutdown();
 }
 
+/// Crash recovery: with no shutdown snapshot (as after a crash), the log is replayed.
 fn restart_replays_the_log(fsync: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path());
     config.fsync = fsync;
+    config.snapshot_on_shutdown = false;
     let cluster = start(config.clone());
     let handle = cluster.handle();
     propose_many(&handle, 0, 0..30);
@@ -296,16 +301,14 @@ fn snapshots_compact_the_log_and_restart_restores_from_them() {
     assert!(taken >= 5, "only {taken} snapshots");
     cluster.shutdown();
 
-    let (count, first) = stored_log(dir.path(), 0);
-    assert!(count < 5, "log not compacted: {count} entries left");
-    if let Some(first) = first {
-        assert!(first > 20, "log starts at {first}");
-    }
+    // The shutdown snapshot compacted what the interval left over.
+    assert_eq!(stored_log(dir.path(), 0), (0, None));
     // The data of each shard's latest snapshot is in one file; older files were deleted.
     let files = snapshot_files(dir.path());
-    assert_eq!(files.len(), 2, "{files:?}");
-    assert!(files[0].starts_with("0000000000000000-"), "{files:?}");
-    assert!(files[1].starts_with("0000000000000001-"), "{files:?}");
+    assert_eq!(files.len(), 4, "{files:?}");
+    for (shard, file) in files.iter().enumerate() {
+        assert!(file.starts_with(&format!("{shard:016x}-")), "{files:?}");
+    }
 
     let cluster = start(config);
     let handle = cluster.handle();
@@ -342,6 +345,8 @@ fn start_fails_with_corrupt_when_a_snapshot_file_is_truncated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path());
     config.snapshot_interval = 2;
+    // Only shard 3 snapshots, so it is the one whose file or data is broken below.
+    config.snapshot_on_shutdown = false;
     let cluster = start(config.clone());
     propose_many(&cluster.handle(), 3, 0..4);
     cluster.shutdown();
@@ -509,6 +514,8 @@ fn start_fails_when_a_snapshot_cannot_be_restored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path());
     config.snapshot_interval = 2;
+    // Only shard 3 snapshots, so it is the one whose file or data is broken below.
+    config.snapshot_on_shutdown = false;
     let cluster = start(config.clone());
     propose_many(&cluster.handle(), 3, 0..4);
     cluster.shutdown();
@@ -547,4 +554,79 @@ fn changing_the_shard_count_of_a_data_dir_is_refused() {
         Err(other) => panic!("expected ShardCountMismatch, got {other}"),
         Ok(_) => panic!("expected ShardCountMismatch, cluster started"),
     }
+}
+
+/// Polls `condition` until it holds, failing the test after [`TIMEOUT`]. For conditions that
+/// depend on the driver's clock, which no channel reports; the pause only paces the polling.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn quiet_shard_snapshots_after_snapshot_max_age_before_snapshot_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.snapshot_interval = 1_000_000;
+    config.snapshot_max_age = Duration::from_millis(1);
+    config.tick_interval = Duration::from_millis(10);
+    // Leave the restart to the age-based snapshot alone, as after a crash.
+    config.snapshot_on_shutdown = false;
+    let cluster = start(config.clone());
+    let handle = cluster.handle();
+    let applied = propose_many(&handle, 0, 0..5);
+    let last = applied[4].index;
+    // Far fewer than `snapshot_interval` entries, yet once they are older than the age bound a
+    // later turn snapshots them all.
+    wait_until("an age-based snapshot of shard 0", || {
+        snapshot_files(dir.path()).iter().any(|file| {
+            file.starts_with(&format!("{:016x}-", 0))
+                && file.ends_with(&format!("-{last:016x}.snap"))
+        })
+    });
+    assert!(handle.metrics().snapshots_taken >= 1);
+    cluster.shutdown();
+    assert_eq!(stored_log(dir.path(), 0), (0, None), "log compacted");
+
+    let cluster = start(config);
+    let after = propose_many(&cluster.handle(), 0, 5..6);
+    assert_eq!(
+        after[0].restored_len, 5,
+        "restored from the age-based snapshot"
+    );
+    assert_eq!(after[0].len, 6, "nothing replayed on top of it");
+    assert_eq!(after[0].digest, expected_digest(0, 6));
+    cluster.shutdown();
+}
+
+#[test]
+fn graceful_shutdown_snapshots_every_shard_so_a_restart_replays_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Defaults: neither the entry count nor the age would trigger a snapshot here.
+    let config = config(dir.path());
+    let cluster = start(config.clone());
+    let handle = cluster.handle();
+    propose_many(&handle, 0, 0..7);
+    propose_many(&handle, 2, 0..3);
+    assert_eq!(handle.metrics().snapshots_taken, 0);
+    cluster.shutdown();
+    // Every shard applied at least its leader's empty entry, so every shard snapshotted.
+    assert_eq!(handle.metrics().snapshots_taken, 4);
+    for shard in 0..4 {
+        assert_eq!(stored_log(dir.path(), shard), (0, None), "shard {shard}");
+    }
+    assert_eq!(snapshot_files(dir.path()).len(), 4);
+
+    let cluster = start(config);
+    let handle = cluster.handle();
+    let restored: Vec<usize> = (0..4)
+        .map(|shard| propose_many(&handle, shard, 100..101)[0].restored_len)
+        .collect();
+    assert_eq!(restored, vec![7, 0, 3, 0]);
+    // Only each shard's new leader entry and the proposal above were applied: no replay.
+    assert_eq!(handle.metrics().applied_entries, 4 + 4);
+    cluster.shutdown();
 }

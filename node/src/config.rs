@@ -106,6 +106,13 @@ pub struct ClusterSettings {
     pub heartbeat_tick: usize,
     /// Applied entries between state-machine snapshots. Default 10000.
     pub snapshot_interval: u64,
+    /// Seconds after which a shard with applied entries not covered by a snapshot takes one
+    /// anyway, bounding restart replay on quiet shards (ARCHITECTURE.md "Durability").
+    /// Default 600.
+    pub snapshot_max_age_secs: u64,
+    /// Age-triggered snapshots taken per driver turn, so one turn never stalls on every
+    /// shard. Default 2.
+    pub max_snapshots_per_turn: usize,
     /// Proposals one driver turn steps into Raft; bounds the work per Ready (floors.md
     /// pitfall 13). Default 1024.
     pub max_proposals_per_turn: usize,
@@ -396,6 +403,8 @@ impl Default for ClusterSettings {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_interval: 10_000,
+            snapshot_max_age_secs: 600,
+            max_snapshots_per_turn: 2,
             max_proposals_per_turn: 1024,
             inbox_capacity: 65_536,
             max_size_per_msg: 1 << 20,
@@ -428,6 +437,16 @@ impl ClusterSettings {
             problems,
             "cluster.snapshot_interval",
             self.snapshot_interval,
+        );
+        at_least_one(
+            problems,
+            "cluster.snapshot_max_age_secs",
+            self.snapshot_max_age_secs,
+        );
+        at_least_one(
+            problems,
+            "cluster.max_snapshots_per_turn",
+            self.max_snapshots_per_turn as u64,
         );
         at_least_one(
             problems,

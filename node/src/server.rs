@@ -94,6 +94,8 @@ fn cluster_config(config: &Config) -> ClusterConfig {
     cluster.election_tick = c.election_tick;
     cluster.heartbeat_tick = c.heartbeat_tick;
     cluster.snapshot_interval = c.snapshot_interval;
+    cluster.snapshot_max_age = Duration::from_secs(c.snapshot_max_age_secs);
+    cluster.max_snapshots_per_turn = c.max_snapshots_per_turn;
     cluster.max_proposals_per_turn = c.max_proposals_per_turn;
     cluster.inbox_capacity = c.inbox_capacity;
     cluster.max_size_per_msg = c.max_size_per_msg;
