@@ -1,6 +1,7 @@
 //! The shared harness of the integration tests: a real node (quinn on loopback, sled in a
 //! temporary directory, openmls clients) started and restarted on demand.
 
+pub mod fuzz_checks;
 pub mod sim;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,6 @@
+//! Fuzz target `mimi_content`: see `mimid_tests::fuzz_checks::mimi_content` for the properties checked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| mimid_tests::fuzz_checks::mimi_content(data));
