@@ -40,6 +40,7 @@ pub struct Metrics {
     limit_hits: Family<LimitLabels, Counter>,
     push_streams: Gauge,
     rooms_active: Gauge,
+    ready: Gauge,
     raft: Arc<RaftCounters>,
 }
 
@@ -120,6 +121,10 @@ pub struct RaftTotals {
     pub snapshots: u64,
     /// Leadership changes seen by local shard groups.
     pub leader_changes: u64,
+    /// Proposals refused because the driver inbox or a shard's uncommitted bytes were full.
+    pub busy_rejections: u64,
+    /// Shard groups stopped by a failure (storage, state machine) since start.
+    pub failed_shards: u64,
 }
 
 /// Counts a push stream as open for as long as it lives.
@@ -179,6 +184,12 @@ impl Metrics {
             "Room actors currently running on this node",
             rooms_active.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the node is ready to serve (what /readyz answers 200 for), else 0",
+            ready.clone(),
+        );
         let raft = Arc::new(RaftCounters::default());
         registry.register_collector(Box::new(raft.clone()));
         Metrics {
@@ -190,6 +201,7 @@ impl Metrics {
             limit_hits,
             push_streams,
             rooms_active,
+            ready,
             raft,
         }
     }
@@ -243,6 +255,11 @@ impl Metrics {
             .set(i64::try_from(n_rooms).unwrap_or(i64::MAX));
     }
 
+    /// Records whether the node is ready (the `/readyz` verdict).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
     /// Copies the cluster driver's cumulative Raft counters.
     pub fn set_raft_totals(&self, totals: RaftTotals) {
         self.raft
@@ -259,6 +276,12 @@ impl Metrics {
         self.raft
             .leader_changes
             .store(totals.leader_changes, Ordering::Relaxed);
+        self.raft
+            .busy_rejections
+            .store(totals.busy_rejections, Ordering::Relaxed);
+        self.raft
+            .failed_shards
+            .store(totals.failed_shards, Ordering::Relaxed);
     }
 
     /// All metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).
@@ -332,6 +355,8 @@ struct RaftCounters {
     proposals_dropped: AtomicU64,
     snapshots: AtomicU64,
     leader_changes: AtomicU64,
+    busy_rejections: AtomicU64,
+    failed_shards: AtomicU64,
 }
 
 impl Collector for RaftCounters {
@@ -366,6 +391,16 @@ impl Collector for RaftCounters {
                 "raft_leader_changes",
                 "Leadership changes seen by local shard groups.",
                 &self.leader_changes,
+            ),
+            (
+                "raft_busy_rejections",
+                "Proposals refused because the driver inbox or a shard's uncommitted bytes were full.",
+                &self.busy_rejections,
+            ),
+            (
+                "raft_failed_shards",
+                "Shard groups stopped by a failure since start; a failed shard serves nothing until restart.",
+                &self.failed_shards,
             ),
         ];
         for (name, help, value) in counters {
@@ -494,6 +529,8 @@ mod tests {
             proposals_dropped: 1,
             snapshots: 2,
             leader_changes: 4,
+            busy_rejections: 5,
+            failed_shards: 1,
         });
         let text = metrics.encode();
         assert!(
@@ -512,5 +549,15 @@ mod tests {
             line_value(&text, "mimid_raft_leader_changes_total"),
             Some(4.0)
         );
+        assert_eq!(
+            line_value(&text, "mimid_raft_busy_rejections_total"),
+            Some(5.0)
+        );
+        assert_eq!(
+            line_value(&text, "mimid_raft_failed_shards_total"),
+            Some(1.0)
+        );
+        metrics.set_ready(true);
+        assert_eq!(line_value(&metrics.encode(), "mimid_ready"), Some(1.0));
     }
 }

@@ -217,7 +217,10 @@ async fn refresh_metrics(
             proposals_dropped: raft.dropped_proposals,
             snapshots: raft.snapshots_taken,
             leader_changes: raft.leader_changes,
+            busy_rejections: raft.busy_rejections,
+            failed_shards: raft.failed_shards,
         });
         metrics.set_rooms_active(hub.active_rooms() as u64);
+        metrics.set_ready(cluster.is_ready());
     }
 }
