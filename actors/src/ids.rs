@@ -217,8 +217,11 @@ impl fmt::Debug for MimiUri {
     }
 }
 
+/// A newtype over `MimiUri` whose values passed `$validate` (a `fn(MimiUri) -> Result<MimiUri,
+/// UriError>`). Every typed URI shares these accessors and conversions; only the validation
+/// differs.
 macro_rules! typed_uri {
-    ($(#[$doc:meta])* $name:ident, $kind:expr) => {
+    ($(#[$doc:meta])* $name:ident, $validate:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -226,10 +229,10 @@ macro_rules! typed_uri {
 
         impl $name {
             pub fn parse(text: &str) -> Result<Self, UriError> {
-                MimiUri::parse(text)?.expect($kind).map($name)
+                Self::try_from(MimiUri::parse(text)?)
             }
             pub fn from_bytes(bytes: &[u8]) -> Result<Self, UriError> {
-                MimiUri::from_bytes(bytes)?.expect($kind).map($name)
+                Self::try_from(MimiUri::from_bytes(bytes)?)
             }
             pub fn uri(&self) -> &MimiUri {
                 &self.0
@@ -248,7 +251,8 @@ macro_rules! typed_uri {
         impl TryFrom<MimiUri> for $name {
             type Error = UriError;
             fn try_from(uri: MimiUri) -> Result<Self, UriError> {
-                uri.expect($kind).map($name)
+                let validate: fn(MimiUri) -> Result<MimiUri, UriError> = $validate;
+                validate(uri).map($name)
             }
         }
 
@@ -282,32 +286,34 @@ macro_rules! typed_uri {
 typed_uri!(
     /// `mimi://<domain>/u/<user>`
     UserId,
-    UriKind::User
+    |uri| uri.expect(UriKind::User)
 );
 typed_uri!(
     /// `mimi://<domain>/r/<room>`
     RoomId,
-    UriKind::Room
+    |uri| uri.expect(UriKind::Room)
+);
+typed_uri!(
+    /// `mimi://<domain>/d/<user>/<client>`: a client (device) of a user. The two-segment form
+    /// is required so that `user()` is derivable (see the module's IMPL CHOICE).
+    ClientId,
+    |uri| {
+        let uri = uri.expect(UriKind::Device)?;
+        if uri.segments().count() == 3 {
+            Ok(uri)
+        } else {
+            Err(UriError::Path)
+        }
+    }
 );
 
-/// `mimi://<domain>/d/<user>/<client>`: a client (device) of a user. The two-segment form is
-/// required so that `user()` is derivable (see the module's IMPL CHOICE).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ClientId(MimiUri);
-
 impl ClientId {
-    pub fn parse(text: &str) -> Result<Self, UriError> {
-        Self::try_from(MimiUri::parse(text)?)
-    }
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, UriError> {
-        Self::try_from(MimiUri::from_bytes(bytes)?)
-    }
     /// Builds `mimi://<user domain>/d/<user name>/<client name>`.
     pub fn new(user: &UserId, client_name: &str) -> Result<Self, UriError> {
         let name = user.0.segments().nth(1).ok_or(UriError::Path)?;
         Self::parse(&format!("mimi://{}/d/{name}/{client_name}", user.domain()))
     }
+
     pub fn user(&self) -> UserId {
         let name = self
             .0
@@ -316,54 +322,6 @@ impl ClientId {
             .expect("validated two-segment device URI");
         UserId::parse(&format!("mimi://{}/u/{name}", self.domain()))
             .expect("a valid device URI yields a valid user URI")
-    }
-    pub fn uri(&self) -> &MimiUri {
-        &self.0
-    }
-    pub fn domain(&self) -> &str {
-        self.0.domain()
-    }
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-    pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl TryFrom<MimiUri> for ClientId {
-    type Error = UriError;
-    fn try_from(uri: MimiUri) -> Result<Self, UriError> {
-        let uri = uri.expect(UriKind::Device)?;
-        if uri.segments().count() != 3 {
-            return Err(UriError::Path);
-        }
-        Ok(ClientId(uri))
-    }
-}
-
-impl TryFrom<String> for ClientId {
-    type Error = UriError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        ClientId::parse(&value)
-    }
-}
-
-impl From<ClientId> for String {
-    fn from(value: ClientId) -> Self {
-        value.0.into()
-    }
-}
-
-impl fmt::Display for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Debug for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
     }
 }
 
