@@ -38,14 +38,11 @@ pub struct Delivery {
     pub item: LogItem,
 }
 
-/// Counters the node exports as metrics.
+/// Counters of the actor layer that the node exports as metrics.
 #[derive(Debug, Default)]
 pub struct ActorMetrics {
-    pub rooms_started: AtomicU64,
-    pub rooms_stopped: AtomicU64,
-    pub room_busy: AtomicU64,
+    /// Push streams closed because their bounded queue was full (`limits.stream_queue`).
     pub stream_overflows: AtomicU64,
-    pub deliveries: AtomicU64,
 }
 
 /// The push streams connected to this node, one per client (a newer one replaces an older).
@@ -86,10 +83,6 @@ impl Streams {
 
     pub fn is_connected(&self, client: &ClientId) -> bool {
         self.sender(client).is_some()
-    }
-
-    pub fn count(&self) -> usize {
-        self.open.lock().len()
     }
 }
 
@@ -142,9 +135,7 @@ impl RoomActor {
                     item,
                 };
                 match tx.try_send(delivery) {
-                    Ok(()) => {
-                        self.ctx.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         self.ctx
                             .metrics
@@ -204,13 +195,6 @@ impl Actor for RoomActor {
                 ctx.stop();
             }
         });
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.ctx
-            .metrics
-            .rooms_stopped
-            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -386,10 +370,6 @@ impl Router {
             in_flight: in_flight.clone(),
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| actor);
-        self.ctx
-            .metrics
-            .rooms_started
-            .fetch_add(1, Ordering::Relaxed);
         rooms.insert(
             room.clone(),
             RoomHandle {
@@ -430,7 +410,6 @@ impl Router {
         for _ in 0..2 {
             let (addr, in_flight) = self.handle(room);
             let Ok(permit) = in_flight.try_acquire_owned() else {
-                self.ctx.metrics.room_busy.fetch_add(1, Ordering::Relaxed);
                 return Err(HubError::Busy(Busy::Room));
             };
             match addr.send(make(permit)).await {

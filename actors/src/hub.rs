@@ -254,10 +254,6 @@ impl Hub {
         self.router.active()
     }
 
-    pub fn open_streams(&self) -> usize {
-        self.streams.count()
-    }
-
     /// Registers `client`; `linked_by` is the authenticated existing client of the same user
     /// that links it (required unless it is the user's first client).
     pub async fn register_client(

@@ -238,7 +238,14 @@ impl Metrics {
 
     /// Records that `limit` turned something away.
     pub fn count_limit_hit(&self, limit: Limit) {
-        self.limit_hits.get_or_create(&LimitLabels { limit }).inc();
+        self.count_limit_hits(limit, 1);
+    }
+
+    /// Counts `n` hits of `limit` at once (hits counted elsewhere and copied in).
+    pub fn count_limit_hits(&self, limit: Limit, n: u64) {
+        self.limit_hits
+            .get_or_create(&LimitLabels { limit })
+            .inc_by(n);
     }
 
     /// Counts a push stream as open until the returned guard is dropped.

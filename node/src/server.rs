@@ -6,6 +6,7 @@
 //! shard has a leader and has applied what was committed before the restart.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +22,7 @@ use crate::api::ClientApi;
 use crate::certs::ensure_dev_certs;
 use crate::config::{dev_cert_dir, Config};
 use crate::h3::{H3Limits, H3Server, ShutdownHandle};
-use crate::metrics::{Metrics, RaftTotals};
+use crate::metrics::{Limit, Metrics, RaftTotals};
 use crate::tls::{server_config, TlsMaterial};
 
 /// How long shutdown waits for requests in progress.
@@ -207,8 +208,12 @@ async fn refresh_metrics(
     cluster: mimid_cluster::ClusterHandle<ShardMachine>,
 ) {
     let mut tick = tokio::time::interval(METRICS_REFRESH);
+    let mut stream_overflows = 0;
     loop {
         tick.tick().await;
+        let overflows = hub.metrics().stream_overflows.load(Ordering::Relaxed);
+        metrics.count_limit_hits(Limit::StreamQueueFull, overflows - stream_overflows);
+        stream_overflows = overflows;
         let raft = cluster.metrics();
         metrics.set_raft_totals(RaftTotals {
             proposals: raft.proposals,

@@ -491,16 +491,10 @@ impl MimiClient {
         room: &RoomId,
         user: &UserId,
     ) -> Result<UpdateResult, ClientError> {
-        let leaves = self.leaves_of(room, user)?;
-        let proposal = Self::policy(&self.room_mut(room)?.group)?
+        let participants = Self::policy(&self.room_mut(room)?.group)?
             .remove_participants_proposal(std::slice::from_ref(user))
             .map_err(|e| ClientError::Policy(e.to_string()))?;
-        self.commit(room, |builder| {
-            builder
-                .propose_removals(leaves)
-                .add_proposal(Proposal::AppDataUpdate(Box::new(proposal)))
-        })
-        .await
+        self.remove_clients_of(room, user, Some(participants)).await
     }
 
     /// Kicks `user`: removes all its clients but keeps it in the participant list
@@ -510,9 +504,26 @@ impl MimiClient {
         room: &RoomId,
         user: &UserId,
     ) -> Result<UpdateResult, ClientError> {
+        self.remove_clients_of(room, user, None).await
+    }
+
+    /// Commits the removal of every client of `user`, with `participants` (a participant list
+    /// update) in the same commit when the user leaves the list too.
+    async fn remove_clients_of(
+        &mut self,
+        room: &RoomId,
+        user: &UserId,
+        participants: Option<AppDataUpdateProposal>,
+    ) -> Result<UpdateResult, ClientError> {
         let leaves = self.leaves_of(room, user)?;
-        self.commit(room, |builder| builder.propose_removals(leaves))
-            .await
+        self.commit(room, |builder| {
+            let builder = builder.propose_removals(leaves);
+            match participants {
+                Some(p) => builder.add_proposal(Proposal::AppDataUpdate(Box::new(p))),
+                None => builder,
+            }
+        })
+        .await
     }
 
     fn leaves_of(&self, room: &RoomId, user: &UserId) -> Result<Vec<LeafNodeIndex>, ClientError> {
