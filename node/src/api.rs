@@ -26,13 +26,13 @@ use crate::config::LimitsSettings;
 use crate::h3::{Handler, Request, Response};
 use crate::metrics::{Limit, Metrics, Outcome};
 use crate::wire::client::{
-    encode_frame, AckRequest, ClaimKeyPackagesRequest, ClientSubmitResponse, ClientUpdateResponse,
-    CreateRoomRequest, CreateRoomResponse, CreateRoomStatus, DeliveredItem,
-    PublishKeyPackagesRequest, RegisterClientRequest, RegisterClientResponse, HEARTBEAT_FRAME,
+    encode_frame, AckRequest, ClientSubmitResponse, ClientUpdateResponse, CreateRoomRequest,
+    CreateRoomResponse, CreateRoomStatus, DeliveredItem, PublishKeyPackagesRequest,
+    RegisterClientRequest, RegisterClientResponse, HEARTBEAT_FRAME,
 };
 use crate::wire::key_material::{
-    ClientKeyMaterial, ClientMaterial, KeyMaterialClientCode, KeyMaterialResponse,
-    KeyMaterialUserCode,
+    ClientKeyMaterial, ClientMaterial, KeyMaterialClientCode, KeyMaterialRequest,
+    KeyMaterialResponse, KeyMaterialUserCode,
 };
 use crate::wire::submit::SubmitMessageRequest;
 use crate::wire::types::{IdentifierUri, Protocol};
@@ -287,20 +287,47 @@ impl ClientApi {
         }
     }
 
+    /// protocol-06 §5.1 (MIMI.md §5.1): the client's own signed `KeyMaterialRequest`, checked
+    /// as a target provider checks it (`KeyMaterialRequest::verify`), plus what only the
+    /// requester's provider can check: that the signing client is the one the bearer token
+    /// authenticates. The request's bytes are therefore fit to be forwarded to the provider of
+    /// a remote target unchanged.
     async fn claim(&self, req: Request, client: ClientId) -> Answer {
-        let body = ClaimKeyPackagesRequest::from_bytes(&req.body, &self.limits)?;
-        let target = body.target()?;
-        if target.domain() != self.domain {
+        let body = KeyMaterialRequest::from_bytes(&req.body, &self.limits)?;
+        let target = body.target_user()?;
+        // MIMI.md §5.1: roomId MUST be present when the material is for adding the target to a
+        // room, which is the only reason a client fetches it.
+        body.room()?;
+        let requester = body.verify().map_err(|e| {
+            let status = if e.is_forgery() {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            Refusal::new(status, format!("{}: {e}", e.code()))
+        })?;
+        if requester != client {
             return Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                format!("user {target} is not served by {}", self.domain),
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the request is signed as {requester}, but the bearer token authenticates \
+                     {client}"
+                ),
             ));
         }
-        let outcome = self
-            .hub
-            .claim_key_packages(client.user(), target.clone())
-            .await?;
-        ok_body(StatusCode::OK, &key_material_response(&target, outcome)?)
+        match target.domain() {
+            local if local == self.domain => {
+                let outcome = self
+                    .hub
+                    .claim_key_packages(client.user(), target.clone())
+                    .await?;
+                ok_body(StatusCode::OK, &key_material_response(&target, outcome)?)
+            }
+            _remote => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("user {target} is not served by {}", self.domain),
+            )),
+        }
     }
 
     async fn create_room(&self, req: Request, client: ClientId) -> Answer {
@@ -457,7 +484,7 @@ impl ClientApi {
         let endpoint: &'static str = match (name, param.is_some()) {
             ("register", false) => "client_register",
             ("keyPackages", false) => "client_key_packages",
-            ("claim", false) => "client_claim",
+            ("keyMaterial", false) => "client_key_material",
             ("rooms", false) => "client_create_room",
             ("update", true) => "client_update",
             ("submitMessage", true) => "client_submit_message",
@@ -490,7 +517,7 @@ impl ClientApi {
             let client = self.authenticate(&req)?;
             match endpoint {
                 "client_key_packages" => self.publish(req, client).await,
-                "client_claim" => self.claim(req, client).await,
+                "client_key_material" => self.claim(req, client).await,
                 "client_create_room" => self.create_room(req, client).await,
                 "client_update" => {
                     let room = self.local_room(param.unwrap_or_default())?;

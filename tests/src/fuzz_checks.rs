@@ -22,10 +22,10 @@ use mimid_actors::room::identity::credential_of_client;
 use mimid_actors::room::state::{RoomState, ROOM_CIPHERSUITE};
 use mimid_node::content::MimiContent;
 use mimid_node::wire::client::{
-    encode_frame, AckEntry, AckRequest, ClaimKeyPackagesRequest, ClientSubmitResponse,
-    ClientUpdateResponse, CreateRoomRequest, CreateRoomResponse, DeliveredBody, DeliveredItem,
-    FrameDecoder, PublishKeyPackagesRequest, RegisterClientRequest, RegisterClientResponse,
-    FRAME_HEADER_LEN, HEARTBEAT_FRAME,
+    encode_frame, AckEntry, AckRequest, ClientSubmitResponse, ClientUpdateResponse,
+    CreateRoomRequest, CreateRoomResponse, DeliveredBody, DeliveredItem, FrameDecoder,
+    PublishKeyPackagesRequest, RegisterClientRequest, RegisterClientResponse, FRAME_HEADER_LEN,
+    HEARTBEAT_FRAME,
 };
 use mimid_node::wire::{
     abuse, consent, fanout, group_info, identifier, key_material, submit, update, Decode, Encode,
@@ -118,7 +118,9 @@ pub fn wire_requests(data: &[u8]) {
         round_trip::<RegisterClientRequest>,
         round_trip::<RegisterClientResponse>,
         round_trip::<PublishKeyPackagesRequest>,
-        round_trip::<ClaimKeyPackagesRequest>,
+        // The client API's keyMaterial body: the signed protocol-06 request again, kept at the
+        // index of the request it replaced so that stored inputs keep their meaning.
+        round_trip::<key_material::KeyMaterialRequest>,
         round_trip::<CreateRoomRequest>,
         round_trip::<CreateRoomResponse>,
         round_trip::<ClientUpdateResponse>,
@@ -518,13 +520,32 @@ pub fn seed_inputs() -> Vec<Seed> {
         "publish-key-packages",
         wire(21, encode(&publish)),
     );
-    let claim = ClaimKeyPackagesRequest {
-        target_user: (&creator.id.user()).into(),
+    let key_material_tbs = key_material::KeyMaterialRequestTbs {
+        protocol: mimid_node::wire::Protocol::Mls10,
+        requesting_user: (&creator.id.user()).into(),
+        target_user: (&UserId::parse("mimi://a.example/u/bob").expect("valid user ID")).into(),
+        room_id: (&room).into(),
+        acceptable_ciphersuites: vec![ROOM_CIPHERSUITE.into()],
+        required_capabilities: Mls::from_value(
+            room_group_context_extensions(&default_room_policy(&creator.id.user()))
+                .required_capabilities()
+                .expect("rooms require capabilities")
+                .clone(),
+        )
+        .expect("required capabilities encode"),
+        requester_signature_key: mimid_node::wire::SignaturePublicKey(
+            creator.signer.public().to_vec(),
+        ),
+        requester_credential: Mls::from_value(credential_of_client(&creator.id))
+            .expect("credential encodes"),
     };
+    let key_material_request =
+        key_material::KeyMaterialRequest::sign(key_material_tbs, &creator.signer)
+            .expect("the request signs");
     push(
         "wire_requests",
-        "claim-key-packages",
-        wire(22, encode(&claim)),
+        "key-material-request",
+        wire(22, encode(&key_material_request)),
     );
     let create = CreateRoomRequest {
         room: (&room).into(),

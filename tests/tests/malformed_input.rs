@@ -27,21 +27,27 @@ use mimid_node::api::{room_path, PREFIX};
 use mimid_node::client::{Event, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::h3::{ClientLimits, H3Client};
 use mimid_node::wire::client::{
-    AckEntry, AckRequest, ClaimKeyPackagesRequest, ClientSubmitResponse, ClientUpdateResponse,
-    CreateRoomRequest, CreateRoomResponse, CreateRoomStatus, PublishKeyPackagesRequest,
-    RegisterClientRequest, RegisterClientResponse,
+    AckEntry, AckRequest, ClientSubmitResponse, ClientUpdateResponse, CreateRoomRequest,
+    CreateRoomResponse, CreateRoomStatus, PublishKeyPackagesRequest, RegisterClientRequest,
+    RegisterClientResponse,
 };
-use mimid_node::wire::key_material::{ClientMaterial, KeyMaterialResponse, KeyMaterialUserCode};
+use mimid_node::wire::key_material::{
+    ClientMaterial, KeyMaterialRequest, KeyMaterialRequestTbs, KeyMaterialResponse,
+    KeyMaterialUserCode,
+};
 use mimid_node::wire::submit::{SubmitMessageRequest, SubmitResponseCode};
 use mimid_node::wire::update::{
     GroupInfoOption, HandshakeBundle, RatchetTreeOption, UpdateRequest, UpdateResponseCode,
 };
 use mimid_node::wire::{
-    Decode, Encode, IdentifierUri, Limits, Mls, MlsMessage, Protocol, WireError, Writer,
+    CipherSuite, Decode, Encode, IdentifierUri, Limits, Mls, MlsMessage, Protocol,
+    SignaturePublicKey, WireError, Writer,
 };
 use mimid_tests::{http_get_status, room, user, TestNode, WAIT};
 use openmls::prelude::tls_codec::Serialize as _;
-use openmls::prelude::KeyPackageIn;
+use openmls::prelude::{BasicCredential, Credential, CredentialType, KeyPackageIn};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::types::SignatureScheme;
 
 /// The node's `limits.max_body_bytes` in these tests: small, so the 413 path is cheap to reach,
 /// and still far above every valid body here (a few KiB at most).
@@ -827,27 +833,42 @@ async fn directory_endpoints_refuse_hostile_input_and_change_nothing_protocol06_
         ))
         .await;
 
-    // --- claim --------------------------------------------------------------------------------
-    let claim = client_path("claim");
-    let claim_body = |target_user: IdentifierUri| encode(&ClaimKeyPackagesRequest { target_user });
+    // --- keyMaterial (protocol-06 §5.1, signed by the client) ---------------------------------
+    let claim = client_path("keyMaterial");
+    let clubhouse = room("clubhouse");
+    let valid = alice
+        .key_material_request(&user("dave"), &clubhouse)
+        .expect("alice signs a KeyMaterialRequest");
+    // Requests the test signs itself. Any key will do: nothing outside a group binds a
+    // signature key to a credential, which is why the node also checks the bearer token.
+    let forger = SignatureKeyPair::new(SignatureScheme::ED25519).expect("Ed25519 key pair");
+    let resigned = |edit: &dyn Fn(&mut KeyMaterialRequestTbs)| {
+        let mut tbs = valid.tbs.clone();
+        tbs.requester_signature_key = SignaturePublicKey(forger.public().to_vec());
+        edit(&mut tbs);
+        encode(&KeyMaterialRequest::sign(tbs, &forger).expect("the test signs"))
+    };
     let base = Base {
-        op: "claim",
+        op: "keyMaterial",
         caller: alice_caller.clone(),
         path: claim.clone(),
-        body: claim_body(IdentifierUri::new(user("dave").as_bytes())),
-        prefix_at: Some(0),
-        decode: decode_as::<ClaimKeyPackagesRequest>,
+        body: encode(&valid),
+        // `requestingUser`'s length, after the one-byte `protocol`.
+        prefix_at: Some(1),
+        decode: decode_as::<KeyMaterialRequest>,
     };
     let mut cases = malformed(&base);
+    let key_material_case = |name: &str, caller: Caller, body: Vec<u8>, expect: Expect| {
+        Case::post(format!("keyMaterial: {name}"), caller, &claim, body, expect)
+    };
     let bad_target = |name: &str, target: IdentifierUri, reason: &str| {
-        Case::post(
-            format!("claim: {name}"),
+        key_material_case(
+            name,
             alice_caller.clone(),
-            &claim,
-            claim_body(target),
+            resigned(&|tbs| tbs.target_user = target.clone()),
             refused(
                 StatusCode::BAD_REQUEST,
-                &["bad_uri", "ClaimKeyPackagesRequest.target_user", reason],
+                &["bad_uri", "KeyMaterialRequest.targetUser", reason],
             ),
         )
     };
@@ -868,18 +889,224 @@ async fn directory_endpoints_refuse_hostile_input_and_change_nothing_protocol06_
             uri("mimi://localhost/r/clubhouse"),
             "expected a user URI",
         ),
-        Case::post(
-            "claim: user of another provider",
-            alice_caller.clone(),
-            &claim,
-            claim_body(uri("mimi://example.org/u/dave")),
-            refused(StatusCode::NOT_FOUND, &["is not served by localhost"]),
+    ]);
+    // MIMI.md §5.1: roomId MUST be present when fetching for a room, and a client only ever
+    // fetches for one.
+    for (name, room_id) in [
+        ("roomId empty", uri("")),
+        (
+            "a user URI where the room URI belongs",
+            uri("mimi://localhost/u/alice"),
         ),
-        Case::post(
-            "claim: unknown local user",
+    ] {
+        let reason = room_id
+            .room("KeyMaterialRequest.roomId")
+            .expect_err("not a room URI")
+            .to_string();
+        cases.push(key_material_case(
+            name,
             alice_caller.clone(),
-            &claim,
-            claim_body(uri("mimi://localhost/u/nobody")),
+            resigned(&|tbs| tbs.room_id = room_id.clone()),
+            refused(StatusCode::BAD_REQUEST, &["bad_uri", &reason]),
+        ));
+    }
+    // protocol-06 §5.1 requires a non-empty list; our encoder refuses to write one, so the
+    // body is put together by hand.
+    let empty_suites = {
+        let tbs = &valid.tbs;
+        let mut w = Writer::new();
+        let encoded: [&dyn Encode; 4] = [
+            &tbs.protocol,
+            &tbs.requesting_user,
+            &tbs.target_user,
+            &tbs.room_id,
+        ];
+        for field in encoded {
+            field.encode(&mut w).expect("encodes");
+        }
+        w.vector_of::<CipherSuite>("acceptableCiphersuites", &[])
+            .expect("encodes");
+        let encoded: [&dyn Encode; 3] = [
+            &tbs.required_capabilities,
+            &tbs.requester_signature_key,
+            &tbs.requester_credential,
+        ];
+        for field in encoded {
+            field.encode(&mut w).expect("encodes");
+        }
+        w.opaque("signature", &valid.key_material_request_signature)
+            .expect("encodes");
+        w.into_bytes()
+    };
+    let mut bad_signature = valid.clone();
+    bad_signature.key_material_request_signature[5] ^= 0x01;
+    let mut other_key = valid.clone();
+    other_key.tbs.requester_signature_key = SignaturePublicKey(forger.public().to_vec());
+    let mut short_signature = valid.clone();
+    short_signature.key_material_request_signature.truncate(63);
+    let basic = |identity: &str| -> Mls<Credential> {
+        Mls::from_value(BasicCredential::new(identity.as_bytes().to_vec()).into())
+            .expect("a basic credential encodes")
+    };
+    cases.extend([
+        key_material_case(
+            "empty acceptableCiphersuites",
+            alice_caller.clone(),
+            empty_suites.clone(),
+            codec_refusal(
+                "keyMaterial: empty acceptableCiphersuites",
+                decode_as::<KeyMaterialRequest>,
+                &empty_suites,
+                &["invalid_value"],
+            ),
+        ),
+        key_material_case(
+            "only cipher suites this provider does not verify",
+            alice_caller.clone(),
+            resigned(&|tbs| {
+                tbs.acceptable_ciphersuites = vec![CipherSuite(2), CipherSuite(0x0a0a)]
+            }),
+            refused(
+                StatusCode::BAD_REQUEST,
+                &[
+                    "unsupported_ciphersuite",
+                    "none of [0x0002, 0x0a0a] is supported",
+                ],
+            ),
+        ),
+        key_material_case(
+            "requestingUser is a client URI",
+            alice_caller.clone(),
+            resigned(&|tbs| tbs.requesting_user = IdentifierUri::new(alice.id().as_bytes())),
+            refused(
+                StatusCode::BAD_REQUEST,
+                &["bad_uri", "KeyMaterialRequest.requestingUser"],
+            ),
+        ),
+        key_material_case(
+            "an X.509 credential",
+            alice_caller.clone(),
+            resigned(&|tbs| {
+                tbs.requester_credential = Mls::from_value(Credential::new(
+                    CredentialType::X509,
+                    alice.id().as_bytes().to_vec(),
+                ))
+                .expect("an X.509 credential encodes")
+            }),
+            refused(
+                StatusCode::BAD_REQUEST,
+                &["bad_credential", "credential type 2 is not supported"],
+            ),
+        ),
+        key_material_case(
+            "a credential naming a user, not a client",
+            alice_caller.clone(),
+            resigned(&|tbs| tbs.requester_credential = basic("mimi://localhost/u/alice")),
+            refused(
+                StatusCode::BAD_REQUEST,
+                &["bad_credential", "credential identity is not a client URI"],
+            ),
+        ),
+        key_material_case(
+            "a public key that is not an Ed25519 key",
+            alice_caller.clone(),
+            resigned(&|tbs| tbs.requester_signature_key = SignaturePublicKey(vec![7; 31])),
+            refused(StatusCode::BAD_REQUEST, &["malformed_signature_key"]),
+        ),
+        key_material_case(
+            "a signature that is not an Ed25519 signature",
+            alice_caller.clone(),
+            encode(&short_signature),
+            refused(
+                StatusCode::BAD_REQUEST,
+                &["malformed_signature", "(63 bytes)"],
+            ),
+        ),
+        key_material_case(
+            "a signature with one bit flipped",
+            alice_caller.clone(),
+            encode(&bad_signature),
+            refused(
+                StatusCode::FORBIDDEN,
+                &[
+                    "bad_signature",
+                    "KeyMaterialRequest.key_material_request_signature",
+                    "does not verify",
+                ],
+            ),
+        ),
+        key_material_case(
+            "signed by another key than requesterSignatureKey",
+            alice_caller.clone(),
+            encode(&other_key),
+            refused(StatusCode::FORBIDDEN, &["bad_signature"]),
+        ),
+        key_material_case(
+            "a credential of another user than requestingUser",
+            alice_caller.clone(),
+            resigned(&|tbs| tbs.requester_credential = basic(dave.id().as_str())),
+            refused(
+                StatusCode::FORBIDDEN,
+                &[
+                    "credential_user_mismatch",
+                    "names mimi://localhost/d/dave/phone, which is not a client of \
+                     requestingUser mimi://localhost/u/alice",
+                ],
+            ),
+        ),
+        key_material_case(
+            "a credential of another client of the token's user",
+            alice_caller.clone(),
+            resigned(&|tbs| tbs.requester_credential = basic("mimi://localhost/d/alice/laptop")),
+            refused(
+                StatusCode::FORBIDDEN,
+                &[
+                    "the request is signed as mimi://localhost/d/alice/laptop, but the bearer \
+                   token authenticates mimi://localhost/d/alice/phone",
+                ],
+            ),
+        ),
+        key_material_case(
+            "signed consistently as another user",
+            alice_caller.clone(),
+            resigned(&|tbs| {
+                tbs.requesting_user = IdentifierUri::new(user("dave").as_bytes());
+                tbs.requester_credential = basic(dave.id().as_str());
+            }),
+            refused(
+                StatusCode::FORBIDDEN,
+                &[
+                    "signed as mimi://localhost/d/dave/phone, but the bearer token \
+                   authenticates mimi://localhost/d/alice/phone",
+                ],
+            ),
+        ),
+        // A signed request is not a bearer credential: replayed by another client it is refused.
+        key_material_case(
+            "alice's valid request sent with dave's token",
+            Caller::Client("dave"),
+            encode(&valid),
+            refused(
+                StatusCode::FORBIDDEN,
+                &[
+                    "signed as mimi://localhost/d/alice/phone, but the bearer token \
+                   authenticates mimi://localhost/d/dave/phone",
+                ],
+            ),
+        ),
+        key_material_case(
+            "user of another provider",
+            alice_caller.clone(),
+            resigned(&|tbs| tbs.target_user = uri("mimi://example.org/u/dave")),
+            refused(
+                StatusCode::NOT_FOUND,
+                &["user mimi://example.org/u/dave is not served by localhost"],
+            ),
+        ),
+        key_material_case(
+            "unknown local user",
+            alice_caller.clone(),
+            resigned(&|tbs| tbs.target_user = uri("mimi://localhost/u/nobody")),
             Expect::KeyMaterial(KeyMaterialUserCode::UserUnknown),
         ),
     ]);
@@ -985,11 +1212,7 @@ async fn directory_endpoints_refuse_hostile_input_and_change_nothing_protocol06_
             publish.clone(),
             publish_body(vec![key_package(&alice)], false),
         ),
-        (
-            Method::POST,
-            claim.clone(),
-            claim_body(uri("mimi://localhost/u/dave")),
-        ),
+        (Method::POST, claim.clone(), encode(&valid)),
         (Method::POST, client_path("rooms"), Vec::new()),
         (Method::POST, room_path("update", &room_param), Vec::new()),
         (
@@ -1052,7 +1275,7 @@ async fn directory_endpoints_refuse_hostile_input_and_change_nothing_protocol06_
     let endpoints: [(&str, String, Method); 8] = [
         ("client_register", register.clone(), Method::POST),
         ("client_key_packages", publish.clone(), Method::POST),
-        ("client_claim", claim.clone(), Method::POST),
+        ("client_key_material", claim.clone(), Method::POST),
         ("client_create_room", client_path("rooms"), Method::POST),
         (
             "client_update",

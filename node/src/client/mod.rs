@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_actors::policy::{
     default_room_policy, resolve_app_data_updates, room_group_context_extensions,
-    room_leaf_capabilities, RoomPolicy, DEFAULT_ROLE_MEMBER,
+    room_leaf_capabilities, RoomPolicy, DEFAULT_ROLE_MEMBER, REQUIRED_PROPOSAL_TYPES,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -35,13 +35,15 @@ use crate::api::{room_path, PREFIX};
 use crate::content::MimiContent;
 use crate::h3::{ClientLimits, H3Client, H3ClientError};
 use crate::wire::client::{
-    AckEntry, AckRequest, ClaimKeyPackagesRequest, ClientSubmitResponse, ClientUpdateResponse,
-    CreateRoomRequest, CreateRoomResponse, CreateRoomStatus, DeliveredBody, DeliveredItem,
-    FrameDecoder, PublishKeyPackagesRequest, RegisterClientRequest, RegisterClientResponse,
+    AckEntry, AckRequest, ClientSubmitResponse, ClientUpdateResponse, CreateRoomRequest,
+    CreateRoomResponse, CreateRoomStatus, DeliveredBody, DeliveredItem, FrameDecoder,
+    PublishKeyPackagesRequest, RegisterClientRequest, RegisterClientResponse,
 };
-use crate::wire::key_material::{ClientMaterial, KeyMaterialResponse};
+use crate::wire::key_material::{
+    ClientMaterial, KeyMaterialRequest, KeyMaterialRequestTbs, KeyMaterialResponse,
+};
 use crate::wire::submit::{SubmitMessageRequest, SubmitStatus};
-use crate::wire::types::{IdentifierUri, Protocol};
+use crate::wire::types::{IdentifierUri, Protocol, SignaturePublicKey};
 use crate::wire::update::{
     GroupInfoOption, HandshakeBundle, RatchetTreeOption, UpdateOutcome, UpdateRequest,
 };
@@ -349,13 +351,15 @@ impl MimiClient {
         check(status, StatusCode::CREATED, &bytes)
     }
 
-    /// Claims one KeyPackage per client of `user` (protocol-06 §5.1 semantics).
-    pub async fn claim(&self, user: &UserId) -> Result<Vec<KeyPackage>, ClientError> {
-        let body = ClaimKeyPackagesRequest {
-            target_user: IdentifierUri::new(user.as_bytes()),
-        }
-        .to_bytes()?;
-        let (status, bytes) = self.post(&format!("{PREFIX}claim"), body).await?;
+    /// Claims one KeyPackage per client of `user` to add it to `room` (protocol-06 §5.1), with
+    /// a `KeyMaterialRequest` signed by this client ([`MimiClient::key_material_request`]).
+    pub async fn claim(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+    ) -> Result<Vec<KeyPackage>, ClientError> {
+        let body = self.key_material_request(user, room)?.to_bytes()?;
+        let (status, bytes) = self.post(&format!("{PREFIX}keyMaterial"), body).await?;
         check(status, StatusCode::OK, &bytes)?;
         let response = KeyMaterialResponse::from_bytes(&bytes, &self.limits)?;
         response
@@ -371,6 +375,39 @@ impl MimiClient {
                     .map_err(mls)
             })
             .collect()
+    }
+
+    /// The signed `KeyMaterialRequest` (protocol-06 §5.1) for `user`'s KeyPackages, to add
+    /// `user` to `room`: our one cipher suite, the capabilities the room requires of its
+    /// members (its `required_capabilities` when this client is in it, else those every room
+    /// of ours requires, MIMI.md §6.1 step 2), and this client's credential and signature key.
+    pub fn key_material_request(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+    ) -> Result<KeyMaterialRequest, ClientError> {
+        let required = self
+            .rooms
+            .get(room)
+            .and_then(|entry| entry.group.extensions().required_capabilities().cloned())
+            .unwrap_or_else(|| {
+                RequiredCapabilitiesExtension::new(
+                    &[ExtensionType::AppDataDictionary],
+                    &REQUIRED_PROPOSAL_TYPES,
+                    &[CredentialType::Basic],
+                )
+            });
+        let tbs = KeyMaterialRequestTbs {
+            protocol: Protocol::Mls10,
+            requesting_user: IdentifierUri::from(&self.user()),
+            target_user: IdentifierUri::from(user),
+            room_id: IdentifierUri::from(room),
+            acceptable_ciphersuites: vec![CIPHERSUITE.into()],
+            required_capabilities: Mls::from_value(required)?,
+            requester_signature_key: SignaturePublicKey(self.signer.public().to_vec()),
+            requester_credential: Mls::from_value(self.credential.credential.clone())?,
+        };
+        KeyMaterialRequest::sign(tbs, &self.signer).map_err(mls)
     }
 
     /// Creates `room` hosted by this client's provider, with the default room policy
@@ -444,7 +481,7 @@ impl MimiClient {
     ) -> Result<UpdateResult, ClientError> {
         let mut key_packages = Vec::new();
         for user in users {
-            let claimed = self.claim(user).await?;
+            let claimed = self.claim(user, room).await?;
             if claimed.is_empty() {
                 return Err(ClientError::NoKeyPackages(user.clone()));
             }

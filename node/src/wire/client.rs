@@ -1,11 +1,13 @@
 //! Our provider's own client API bodies (client ↔ own provider is private to each provider,
 //! MIMI.md §1), in the same TLS-PL codec as protocol-06 so there is one decoder to harden.
+//! Fetching key material uses protocol-06's own signed `KeyMaterialRequest` and
+//! `KeyMaterialResponse` ([`super::key_material`]), so a client's request can be forwarded to
+//! other providers unchanged.
 //!
 //! ```text
 //! struct { IdentifierUri client; } RegisterClientRequest;
 //! struct { opaque token<V>; } RegisterClientResponse;
 //! struct { KeyPackage key_packages<V>; uint8 last_resort; } PublishKeyPackagesRequest;
-//! struct { IdentifierUri target_user; } ClaimKeyPackagesRequest;   /* -> KeyMaterialResponse */
 //! struct { IdentifierUri room; MLSMessage group_info; opaque ratchet_tree<V>; } CreateRoomRequest;
 //! enum { created(0), exists(1), invalid(2), (255) } CreateRoomStatus;
 //! struct { CreateRoomStatus status; string reason; } CreateRoomResponse;
@@ -29,7 +31,7 @@
 //! that many bytes ([`encode_frame`], [`FrameDecoder`]).
 
 use mimid_actors::command::{SubmitVerdict, UpdateVerdict};
-use mimid_actors::ids::{ClientId, RoomId, UserId};
+use mimid_actors::ids::{ClientId, RoomId};
 use mimid_actors::room::log::{ItemBody, LogItem};
 use openmls::prelude::{KeyPackageIn, RatchetTreeIn};
 use thiserror::Error;
@@ -130,32 +132,6 @@ impl Decode for PublishKeyPackagesRequest {
                 r.mls("PublishKeyPackagesRequest.key_packages")
             })?,
             last_resort: r.bool("PublishKeyPackagesRequest.last_resort")?,
-        })
-    }
-}
-
-/// Claims one KeyPackage per client of a user; answered with a `KeyMaterialResponse`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimKeyPackagesRequest {
-    pub target_user: IdentifierUri,
-}
-
-impl ClaimKeyPackagesRequest {
-    pub fn target(&self) -> Result<UserId, WireError> {
-        self.target_user.user("ClaimKeyPackagesRequest.target_user")
-    }
-}
-
-impl Encode for ClaimKeyPackagesRequest {
-    fn encode(&self, w: &mut Writer) -> Result<(), WireError> {
-        self.target_user.encode(w)
-    }
-}
-
-impl Decode for ClaimKeyPackagesRequest {
-    fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        Ok(ClaimKeyPackagesRequest {
-            target_user: IdentifierUri::decode(r)?,
         })
     }
 }

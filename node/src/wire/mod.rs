@@ -20,6 +20,9 @@
 //! | §5.8 identifierQuery | [`identifier`] |
 //! | §5.9 reportAbuse | [`abuse`] |
 //! | client API (ours) | [`client`] |
+//!
+//! [`sign`] holds RFC 9420 §5.1.2 `SignWithLabel`/`VerifyWithLabel` (MIMI.md §3.3) for the
+//! signed bodies.
 
 pub mod abuse;
 pub mod client;
@@ -29,6 +32,7 @@ pub mod fanout;
 pub mod group_info;
 pub mod identifier;
 pub mod key_material;
+pub mod sign;
 pub mod submit;
 pub mod types;
 pub mod update;

@@ -7,7 +7,7 @@ use mimid_actors::room::log::{ItemBody, LogItem};
 use super::fixture::fixture;
 use super::{check, decode_err, round_trip};
 use crate::wire::client::{
-    encode_frame, AckEntry, AckRequest, ClaimKeyPackagesRequest, ClientSubmitResponse,
+    encode_frame, AckEntry, AckRequest, ClientSubmitResponse,
     ClientUpdateResponse, CreateRoomRequest, CreateRoomResponse, CreateRoomStatus, DeliveredBody,
     DeliveredItem, DeliveredKind, FrameDecoder, FrameError, PublishKeyPackagesRequest,
     RegisterClientRequest, RegisterClientResponse, FRAME_HEADER_LEN, HEARTBEAT_FRAME,
@@ -71,15 +71,6 @@ fn publish_key_packages_keeps_each_key_package_byte_exact() {
         key_packages: vec![],
         last_resort: false,
     });
-}
-
-#[test]
-fn claim_key_packages_names_a_user() {
-    let request = ClaimKeyPackagesRequest {
-        target_user: IdentifierUri::new("mimi://b.example/u/bob"),
-    };
-    check(&request);
-    assert_eq!(request.target().unwrap().as_str(), "mimi://b.example/u/bob");
 }
 
 #[test]
