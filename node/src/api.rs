@@ -83,18 +83,19 @@ impl Token {
     }
 }
 
-/// An answer that is not a success, with its status and specific reason.
-struct Refusal {
-    status: StatusCode,
-    reason: String,
+/// An answer that is not a success, with its status and specific reason. Shared by the client
+/// API and the server-to-server API ([`crate::federation`]), so both refuse alike.
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) reason: String,
     /// The method to name in `Allow` on a 405 (RFC 9110 §15.5.6).
-    allow: Option<Method>,
+    pub(crate) allow: Option<Method>,
     /// The bound whose hit this refusal reports (counted in `limit_hits_total`).
-    limit: Option<Limit>,
+    pub(crate) limit: Option<Limit>,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, reason: impl Into<String>) -> Self {
         Refusal {
             status,
             reason: reason.into(),
@@ -103,8 +104,38 @@ impl Refusal {
         }
     }
 
-    fn bad_request(reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn bad_request(reason: impl std::fmt::Display) -> Self {
         Refusal::new(StatusCode::BAD_REQUEST, reason.to_string())
+    }
+
+    /// 405 naming `expected` in `Allow` (RFC 9110 §15.5.6).
+    pub(crate) fn method_not_allowed(endpoint: &str, expected: Method) -> Self {
+        let mut refusal = Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{endpoint} takes {expected}"),
+        );
+        refusal.allow = Some(expected);
+        refusal
+    }
+
+    /// The response: the reason as `text/plain`, `Allow` on a 405, `Retry-After` on a 503;
+    /// a limit hit is counted in `metrics`.
+    pub(crate) fn into_response(self, metrics: &Metrics) -> Response {
+        let mut response = Response::text(self.status, self.reason);
+        if let Some(allow) = self.allow {
+            if let Ok(value) = HeaderValue::from_str(allow.as_str()) {
+                response.headers.insert(http::header::ALLOW, value);
+            }
+        }
+        if let Some(limit) = self.limit {
+            metrics.count_limit_hit(limit);
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -133,7 +164,7 @@ impl From<crate::wire::WireError> for Refusal {
     }
 }
 
-type Answer = Result<Response, Refusal>;
+pub(crate) type Answer = Result<Response, Refusal>;
 
 fn ok_body(status: StatusCode, body: &impl Encode) -> Answer {
     let bytes = body.to_bytes().map_err(|e| {
@@ -503,12 +534,10 @@ impl ClientApi {
             Method::POST
         };
         if req.method != expected {
-            let mut refusal = Refusal::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{endpoint} takes {expected}"),
+            return (
+                endpoint,
+                Err(Refusal::method_not_allowed(endpoint, expected)),
             );
-            refusal.allow = Some(expected);
-            return (endpoint, Err(refusal));
         }
         let answer = async {
             if endpoint == "client_register" {
@@ -546,26 +575,7 @@ impl Handler for ClientApi {
             let span =
                 tracing::info_span!("client_api", method = %req.method, path = %req.uri.path());
             let (endpoint, answer) = self.route(req).instrument(span).await;
-            let response = match answer {
-                Ok(response) => response,
-                Err(refusal) => {
-                    let mut response = Response::text(refusal.status, refusal.reason);
-                    if let Some(allow) = refusal.allow {
-                        if let Ok(value) = HeaderValue::from_str(allow.as_str()) {
-                            response.headers.insert(http::header::ALLOW, value);
-                        }
-                    }
-                    if let Some(limit) = refusal.limit {
-                        self.metrics.count_limit_hit(limit);
-                    }
-                    if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
-                        response
-                            .headers
-                            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    }
-                    response
-                }
-            };
+            let response = answer.unwrap_or_else(|refusal| refusal.into_response(&self.metrics));
             self.metrics
                 .observe_request(endpoint, response.status, started.elapsed());
             response

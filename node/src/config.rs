@@ -12,6 +12,7 @@
 //! Environment variables are passed in ([`ConfigSources::env`]) rather than read here, so the
 //! layering is testable without mutating the process environment.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,9 @@ pub struct Config {
     pub cluster: ClusterSettings,
     /// Bounds on everything a peer or client can drive.
     pub limits: LimitsSettings,
+    /// Server-to-server (federation) transport: peer addresses, directory caching, outgoing
+    /// request bounds and fan-out retries.
+    pub federation: FederationSettings,
     /// Logging.
     pub log: LogSettings,
     /// OpenTelemetry.
@@ -168,6 +172,32 @@ pub struct LimitsSettings {
     /// QUIC idle timeout, in milliseconds: a connection without any packet for this long is
     /// dropped. Clients keep long-lived streams alive with QUIC keep-alives. Default 30000.
     pub idle_timeout_ms: u64,
+}
+
+/// The server-to-server transport (MIMI.md §3.1, §3.2): how peer providers are found and how
+/// long we wait for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationSettings {
+    /// Static resolver: peer domain (lowercase) -> UDP address of its HTTP/3 listener, for
+    /// private peering and tests. A domain without an entry resolves through DNS as
+    /// `domain:443`. Default empty.
+    pub peers: BTreeMap<String, SocketAddr>,
+    /// Seconds a peer's fetched `/.well-known/mimi-protocol-directory` is cached before it is
+    /// fetched again. Default 300.
+    pub directory_ttl_secs: u64,
+    /// Milliseconds an outgoing peer request may take, from resolving the peer to the end of the
+    /// response (connecting and fetching the directory included). Default 10000.
+    pub request_timeout_ms: u64,
+    /// Largest response body accepted from a peer. Default 1 MiB (as `limits.max_body_bytes`).
+    pub max_response_bytes: usize,
+    /// Most FanoutMessages sent in one `/notify` request (MIMI.md §5.4). Default 64.
+    pub notify_batch_items: usize,
+    /// First delay before a failed fan-out request is retried, in milliseconds; it doubles per
+    /// attempt up to `retry_max_ms`. Default 100.
+    pub retry_initial_ms: u64,
+    /// Longest delay between fan-out retries, in milliseconds. Default 30000.
+    pub retry_max_ms: u64,
 }
 
 /// Log output format.
@@ -324,6 +354,7 @@ impl Config {
         self.tls.check(&mut problems);
         self.cluster.check(&mut problems);
         self.limits.check(&mut problems);
+        self.federation.check(&mut problems);
         self.log.check(&mut problems);
         self.telemetry.check(&mut problems);
 
@@ -351,6 +382,7 @@ impl Default for Config {
             tls: TlsSettings::default(),
             cluster: ClusterSettings::default(),
             limits: LimitsSettings::default(),
+            federation: FederationSettings::default(),
             log: LogSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
@@ -543,6 +575,82 @@ impl LimitsSettings {
     }
 }
 
+impl Default for FederationSettings {
+    fn default() -> Self {
+        FederationSettings {
+            peers: BTreeMap::new(),
+            directory_ttl_secs: 300,
+            request_timeout_ms: 10_000,
+            max_response_bytes: LimitsSettings::default().max_body_bytes,
+            notify_batch_items: 64,
+            retry_initial_ms: 100,
+            retry_max_ms: 30_000,
+        }
+    }
+}
+
+impl FederationSettings {
+    fn check(&self, problems: &mut Vec<ConfigProblem>) {
+        for (domain, addr) in &self.peers {
+            let reason = match check_domain(domain) {
+                Err(reason) => Some(reason),
+                Ok(()) if domain.to_ascii_lowercase() != *domain => {
+                    Some(format!("{domain:?} must be written in lowercase"))
+                }
+                Ok(()) if addr.port() == 0 => Some(format!("{domain}: port 0 cannot be reached")),
+                Ok(()) => None,
+            };
+            if let Some(reason) = reason {
+                problems.push(ConfigProblem {
+                    key: "federation.peers",
+                    reason,
+                });
+            }
+        }
+        at_least_one(
+            problems,
+            "federation.directory_ttl_secs",
+            self.directory_ttl_secs,
+        );
+        // A peer that moves its endpoints is noticed within a day at the latest.
+        if self.directory_ttl_secs > MAX_DIRECTORY_TTL_SECS {
+            problems.push(ConfigProblem {
+                key: "federation.directory_ttl_secs",
+                reason: format!("must be at most {MAX_DIRECTORY_TTL_SECS} (one day)"),
+            });
+        }
+        at_least_one(
+            problems,
+            "federation.request_timeout_ms",
+            self.request_timeout_ms,
+        );
+        at_least_one(
+            problems,
+            "federation.max_response_bytes",
+            self.max_response_bytes as u64,
+        );
+        at_least_one(
+            problems,
+            "federation.notify_batch_items",
+            self.notify_batch_items as u64,
+        );
+        at_least_one(
+            problems,
+            "federation.retry_initial_ms",
+            self.retry_initial_ms,
+        );
+        if self.retry_max_ms < self.retry_initial_ms {
+            problems.push(ConfigProblem {
+                key: "federation.retry_max_ms",
+                reason: format!(
+                    "must be at least federation.retry_initial_ms ({})",
+                    self.retry_initial_ms
+                ),
+            });
+        }
+    }
+}
+
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
@@ -705,6 +813,9 @@ fn merge_overrides(mut figment: Figment, overrides: &Overrides) -> Figment {
     }
     figment
 }
+
+/// Upper bound of `federation.directory_ttl_secs`.
+const MAX_DIRECTORY_TTL_SECS: u64 = 86_400;
 
 fn at_least_one(problems: &mut Vec<ConfigProblem>, key: &'static str, value: u64) {
     if value == 0 {
@@ -986,6 +1097,78 @@ mod tests {
         assert!(message.contains("missing.key"), "{message}");
 
         assert_eq!(Config::default().tls.files().unwrap(), None);
+    }
+
+    #[test]
+    fn federation_defaults_and_ranges() {
+        let defaults = FederationSettings::default();
+        assert_eq!(defaults.directory_ttl_secs, 300);
+        assert_eq!(defaults.request_timeout_ms, 10_000);
+        assert_eq!(
+            defaults.max_response_bytes,
+            LimitsSettings::default().max_body_bytes
+        );
+        assert_eq!(defaults.notify_batch_items, 64);
+        assert_eq!(
+            (defaults.retry_initial_ms, defaults.retry_max_ms),
+            (100, 30_000)
+        );
+
+        let mut config = Config::default();
+        config.federation.directory_ttl_secs = 0;
+        config.federation.request_timeout_ms = 0;
+        config.federation.max_response_bytes = 0;
+        config.federation.notify_batch_items = 0;
+        config.federation.retry_initial_ms = 500;
+        config.federation.retry_max_ms = 400;
+        assert_eq!(
+            problems(&config),
+            vec![
+                "federation.directory_ttl_secs",
+                "federation.request_timeout_ms",
+                "federation.max_response_bytes",
+                "federation.notify_batch_items",
+                "federation.retry_max_ms",
+            ]
+        );
+        config.federation = FederationSettings {
+            directory_ttl_secs: MAX_DIRECTORY_TTL_SECS + 1,
+            ..FederationSettings::default()
+        };
+        assert_eq!(problems(&config), vec!["federation.directory_ttl_secs"]);
+    }
+
+    #[test]
+    fn federation_peers_are_lowercase_domains_with_a_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(
+            &dir,
+            "mimid.toml",
+            "[federation.peers]\n\"b.example\" = \"127.0.0.1:4434\"\n",
+        );
+        let config = Config::load(&ConfigSources {
+            file: Some(file),
+            ..ConfigSources::default()
+        })
+        .expect("load");
+        assert_eq!(
+            config.federation.peers.get("b.example"),
+            Some(&"127.0.0.1:4434".parse().unwrap())
+        );
+        config.validate().expect("valid");
+
+        for (domain, addr) in [
+            ("B.example", "127.0.0.1:4434"),
+            ("127.0.0.1", "127.0.0.1:4434"),
+            ("c.example", "127.0.0.1:0"),
+        ] {
+            let mut config = Config::default();
+            config
+                .federation
+                .peers
+                .insert(domain.into(), addr.parse().unwrap());
+            assert_eq!(problems(&config), vec!["federation.peers"], "{domain}");
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub struct Metrics {
     commits: Family<ResultLabels, Counter>,
     app_messages: Family<ResultLabels, Counter>,
     limit_hits: Family<LimitLabels, Counter>,
+    peer_requests: Family<PeerLabels, Counter>,
     push_streams: Gauge,
     rooms_active: Gauge,
     ready: Gauge,
@@ -103,6 +104,62 @@ pub enum Limit {
     ConcurrentRequests,
     /// A request's headers or body did not arrive within `limits.request_timeout_ms`.
     RequestTimeout,
+}
+
+/// Labels of `mimid_peer_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// How the request ended.
+    pub outcome: PeerOutcome,
+}
+
+/// How an outgoing server-to-server request ended (`crate::federation::Peers`). Every value
+/// has a series from the start, so dashboards can group by it before the first failure.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum PeerOutcome {
+    /// The peer answered with an HTTP response (any status).
+    Answered,
+    /// The peer's domain could not be resolved to an address.
+    ResolveFailed,
+    /// No connection: QUIC or TLS handshake failed (including the peer refusing our
+    /// certificate).
+    ConnectFailed,
+    /// `federation.request_timeout_ms` passed.
+    TimedOut,
+    /// The peer's directory could not be fetched as a usable JSON object.
+    DirectoryFailed,
+    /// The connection or stream failed mid-request, or the response was too large.
+    TransportFailed,
+}
+
+impl PeerOutcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [PeerOutcome; 6] = [
+        PeerOutcome::Answered,
+        PeerOutcome::ResolveFailed,
+        PeerOutcome::ConnectFailed,
+        PeerOutcome::TimedOut,
+        PeerOutcome::DirectoryFailed,
+        PeerOutcome::TransportFailed,
+    ];
+
+    /// The label value, e.g. `connect_failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerOutcome::Answered => "answered",
+            PeerOutcome::ResolveFailed => "resolve_failed",
+            PeerOutcome::ConnectFailed => "connect_failed",
+            PeerOutcome::TimedOut => "timed_out",
+            PeerOutcome::DirectoryFailed => "directory_failed",
+            PeerOutcome::TransportFailed => "transport_failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for PeerOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 /// Cumulative Raft counters of the cluster driver, copied in by [`Metrics::set_raft_totals`].
@@ -172,6 +229,15 @@ impl Metrics {
             "Requests or items turned away because a configured bound was reached",
             limit_hits.clone(),
         );
+        let peer_requests = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "peer_requests",
+            "Outgoing server-to-server requests to peer providers, by outcome",
+            peer_requests.clone(),
+        );
+        for outcome in PeerOutcome::ALL {
+            drop(peer_requests.get_or_create(&PeerLabels { outcome }));
+        }
         let push_streams = Gauge::default();
         registry.register(
             "push_streams",
@@ -199,6 +265,7 @@ impl Metrics {
             commits,
             app_messages,
             limit_hits,
+            peer_requests,
             push_streams,
             rooms_active,
             ready,
@@ -246,6 +313,13 @@ impl Metrics {
         self.limit_hits
             .get_or_create(&LimitLabels { limit })
             .inc_by(n);
+    }
+
+    /// Records how an outgoing peer request ended.
+    pub fn count_peer_request(&self, outcome: PeerOutcome) {
+        self.peer_requests
+            .get_or_create(&PeerLabels { outcome })
+            .inc();
     }
 
     /// Counts a push stream as open until the returned guard is dropped.
@@ -495,6 +569,27 @@ mod tests {
         );
         assert_eq!(
             line_value(&text, "mimid_limit_hits_total{limit=\"stream_queue_full\"}"),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn peer_outcomes_have_series_from_the_start() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for outcome in PeerOutcome::ALL {
+            let series = format!(
+                "mimid_peer_requests_total{{outcome=\"{}\"}}",
+                outcome.as_str()
+            );
+            assert_eq!(line_value(&text, &series), Some(0.0), "{text}");
+        }
+        metrics.count_peer_request(PeerOutcome::ConnectFailed);
+        assert_eq!(
+            line_value(
+                &metrics.encode(),
+                "mimid_peer_requests_total{outcome=\"connect_failed\"}"
+            ),
             Some(1.0)
         );
     }

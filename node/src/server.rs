@@ -1,5 +1,7 @@
 //! Wiring of one node: the cluster (raft-rs groups in sled), the hub (room actors), the
-//! HTTP/3 listener with the client API, and the admin HTTP listener.
+//! HTTP/3 listener with the client API, the directory and the server-to-server API
+//! ([`crate::federation::Routes`]), the client for peer providers ([`Peers`]), and the admin
+//! HTTP listener.
 //!
 //! Start order: replication first (it recovers every shard from sled before anything is
 //! served), then the actors, then the listeners. `/readyz` answers 503 until every local
@@ -21,6 +23,9 @@ use crate::admin::{serve_admin, AdminState};
 use crate::api::ClientApi;
 use crate::certs::ensure_dev_certs;
 use crate::config::{dev_cert_dir, Config};
+use crate::federation::{
+    DirectoryDocument, FederationApi, FederationService, Peers, Routes, Unimplemented,
+};
 use crate::h3::{H3Limits, H3Server, ShutdownHandle};
 use crate::metrics::{Limit, Metrics, RaftTotals};
 use crate::tls::{server_config, TlsMaterial};
@@ -36,6 +41,7 @@ pub struct Node {
     h3: ShutdownHandle,
     tasks: Vec<JoinHandle<()>>,
     hub: Arc<Hub>,
+    peers: Arc<Peers>,
     cluster: Cluster<ShardMachine>,
 }
 
@@ -52,6 +58,11 @@ impl Node {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// The client for peer providers (server-to-server requests as this provider).
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
     }
 
     /// The replication layer's counters (snapshots, applied entries, flushes, ...).
@@ -108,6 +119,15 @@ fn cluster_config(config: &Config) -> ClusterConfig {
 /// Starts a node from a validated configuration. Without configured TLS files the node uses
 /// development certificates under `data_dir/certs`, generated on first start.
 pub async fn start(config: Config) -> anyhow::Result<Node> {
+    start_with_service(config, Arc::new(Unimplemented)).await
+}
+
+/// [`start`] with `service` answering the server-to-server endpoints (MIMI protocol-06 §5)
+/// once the transport has authenticated the peer; tests pass a recording service.
+pub async fn start_with_service(
+    config: Config,
+    service: Arc<dyn FederationService>,
+) -> anyhow::Result<Node> {
     let tls_files = match config.tls.files()? {
         Some(files) => files,
         None => ensure_dev_certs(&dev_cert_dir(&config.data_dir), SystemTime::now())
@@ -145,6 +165,15 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     );
 
     let metrics = Arc::new(Metrics::new());
+    let peers = Arc::new(
+        Peers::new(
+            &config.domain,
+            &material,
+            &config.federation,
+            metrics.clone(),
+        )
+        .context("building the client for peer providers")?,
+    );
     let h3 = H3Server::bind(
         config.listen,
         tls,
@@ -154,13 +183,17 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     .context("binding the HTTP/3 listener")?;
     let quic_addr = h3.local_addr();
     let h3_shutdown = h3.shutdown_handle();
-    let api = ClientApi::new(
-        hub.clone(),
-        config.domain.clone(),
-        &config.limits,
-        metrics.clone(),
+    let routes = Routes::new(
+        ClientApi::new(
+            hub.clone(),
+            config.domain.clone(),
+            &config.limits,
+            metrics.clone(),
+        ),
+        DirectoryDocument::new(&config.domain, metrics.clone()),
+        FederationApi::new(config.domain.clone(), service, metrics.clone()),
     );
-    let mut tasks = vec![h3.serve(Arc::new(api))];
+    let mut tasks = vec![h3.serve(Arc::new(routes))];
 
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
@@ -197,6 +230,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         h3: h3_shutdown,
         tasks,
         hub,
+        peers,
         cluster,
     })
 }

@@ -9,19 +9,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mimid_actors::ids::{ClientId, RoomId, UserId};
+use mimid_node::certs::{CertAuthority, SubjectName, LEAF_VALIDITY, PROVIDER_STEM};
 use mimid_node::client::{Endpoint, MimiClient};
-use mimid_node::config::{dev_cert_dir, Config};
-use mimid_node::server::{start, Node};
+use mimid_node::config::{dev_cert_dir, Config, TlsFiles, TlsSettings};
+use mimid_node::federation::FederationService;
+use mimid_node::server::{start, start_with_service, Node};
 use rustls::RootCertStore;
 
 /// How long a test waits for something that should happen promptly before it fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A single-node provider `localhost` in its own temporary data directory.
+/// A single-node provider (`localhost` with dev certificates, or a named provider with
+/// certificates from a test CA) in its own temporary data directory.
 pub struct TestNode {
     pub node: Option<Node>,
     pub config: Config,
+    /// The server-to-server service; `None` runs the node's own.
+    service: Option<Arc<dyn FederationService>>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// How [`TestNode::start_provider_with`] sets a provider up.
+#[derive(Default)]
+pub struct ProviderSetup {
+    /// dNSNames of the provider certificate besides the domain (a certificate that also
+    /// covers other names lets tests send requests that are not addressed to the provider).
+    pub alt_names: Vec<String>,
+    /// The server-to-server service, e.g. one that records what it is handed; `None` runs
+    /// the node's own.
+    pub service: Option<Arc<dyn FederationService>>,
 }
 
 /// The configuration tests use: loopback ports chosen by the OS, small limits so edge paths
@@ -53,6 +69,42 @@ impl TestNode {
         let mut node = TestNode {
             node: None,
             config,
+            service: None,
+            _dir: Some(dir),
+        };
+        node.restart().await;
+        node
+    }
+
+    /// Starts provider `domain` with a certificate for it issued by `ca`, trusting `ca` for
+    /// peers' certificates (MIMI protocol-06 §4.1 mutual TLS).
+    pub async fn start_provider(domain: &str, ca: &CertAuthority) -> TestNode {
+        Self::start_provider_with(domain, ca, ProviderSetup::default(), |_| {}).await
+    }
+
+    /// [`TestNode::start_provider`] with `setup`, and the configuration changed by `edit`.
+    pub async fn start_provider_with(
+        domain: &str,
+        ca: &CertAuthority,
+        setup: ProviderSetup,
+        edit: impl FnOnce(&mut Config),
+    ) -> TestNode {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut names = vec![domain];
+        names.extend(setup.alt_names.iter().map(String::as_str));
+        let tls = provider_tls_files(&dir.path().join("tls"), &names, ca, ca);
+        let mut config = test_config(dir.path());
+        config.domain = domain.to_owned();
+        config.tls = TlsSettings {
+            cert: Some(tls.cert),
+            key: Some(tls.key),
+            client_ca: Some(tls.client_ca),
+        };
+        edit(&mut config);
+        let mut node = TestNode {
+            node: None,
+            config,
+            service: setup.service,
             _dir: Some(dir),
         };
         node.restart().await;
@@ -68,7 +120,11 @@ impl TestNode {
         if let Some(node) = self.node.take() {
             node.shutdown().await;
         }
-        let node = start(self.config.clone()).await.expect("node starts");
+        let node = match self.service.clone() {
+            Some(service) => start_with_service(self.config.clone(), service).await,
+            None => start(self.config.clone()).await,
+        }
+        .expect("node starts");
         wait_ready(&node).await;
         self.node = Some(node);
     }
@@ -79,7 +135,13 @@ impl TestNode {
 
     /// How clients reach the node now (its port changes with every restart).
     pub fn endpoint(&self) -> Endpoint {
-        let ca = dev_cert_dir(&self.config.data_dir).join(mimid_node::certs::CA_CERT_FILE);
+        let (ca, server_name) = match &self.config.tls.client_ca {
+            Some(ca) => (ca.clone(), self.config.domain.clone()),
+            None => (
+                dev_cert_dir(&self.config.data_dir).join(mimid_node::certs::CA_CERT_FILE),
+                "localhost".to_owned(),
+            ),
+        };
         let mut roots = RootCertStore::empty();
         let pem = std::fs::read(&ca).expect("dev CA exists");
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -87,7 +149,7 @@ impl TestNode {
         }
         Endpoint {
             addr: self.node().quic_addr(),
-            server_name: "localhost".into(),
+            server_name,
             roots: Arc::new(roots),
         }
     }
@@ -122,6 +184,31 @@ impl TestNode {
         if let Some(node) = self.node.take() {
             node.shutdown().await;
         }
+    }
+}
+
+/// Writes into `dir` (which must not hold them yet) a certificate for `names` issued by
+/// `issuer`, its key, and `trusted`'s CA certificate as the trust anchor for peers.
+pub fn provider_tls_files(
+    dir: &Path,
+    names: &[&str],
+    issuer: &CertAuthority,
+    trusted: &CertAuthority,
+) -> TlsFiles {
+    let names: Vec<SubjectName> = names
+        .iter()
+        .map(|name| SubjectName::Dns((*name).to_owned()))
+        .collect();
+    let leaf = issuer
+        .issue(&names, std::time::SystemTime::now(), LEAF_VALIDITY)
+        .expect("certificate issued")
+        .save(dir, PROVIDER_STEM)
+        .expect("certificate saved");
+    let ca = trusted.save(&dir.join("ca")).expect("CA saved");
+    TlsFiles {
+        cert: leaf.cert,
+        key: leaf.key,
+        client_ca: ca.cert,
     }
 }
 

@@ -1334,7 +1334,7 @@ async fn directory_endpoints_refuse_hostile_input_and_change_nothing_protocol06_
         client_path("submitMessage"),
         client_path("stream/extra"),
         "/client/v2/register".to_string(),
-        "/v1/keyMaterial/mimi%3A%2F%2Flocalhost%2Fu%2Fdave".to_string(),
+        "/v1/noSuchEndpoint/x".to_string(),
     ] {
         cases.push(Case {
             name: format!("POST {path}: unknown path"),
@@ -1345,6 +1345,16 @@ async fn directory_endpoints_refuse_hostile_input_and_change_nothing_protocol06_
             expect: refused(StatusCode::NOT_FOUND, &["no such endpoint"]),
         });
     }
+    // The server-to-server API (MIMI.md §3.1) opens only to a provider's client certificate,
+    // never to a client's bearer token.
+    cases.push(Case {
+        name: "POST /v1/keyMaterial with a bearer token: server-to-server API".into(),
+        caller: Caller::Header(bearer(&mallory_token)),
+        method: Method::POST,
+        path: "/v1/keyMaterial/mimi%3A%2F%2Flocalhost%2Fu%2Fdave".to_string(),
+        body: Vec::new(),
+        expect: refused(StatusCode::UNAUTHORIZED, &["client certificate required"]),
+    });
     harness.check_all(&cases).await;
 
     // The node still serves, every token registered above works, and alice's was not replaced.
