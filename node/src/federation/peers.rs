@@ -170,6 +170,13 @@ struct CachedDirectory {
     fetched_at: Instant,
 }
 
+/// One peer as a request sees it: its domain, its slot and the connection taken from the slot.
+struct Link<'a> {
+    domain: &'a str,
+    slot: &'a PeerSlot,
+    connection: Arc<PeerConnection>,
+}
+
 impl Peers {
     /// The client of provider `domain`, authenticating with `material`'s certificate chain and
     /// key and trusting `material.roots`.
@@ -280,8 +287,12 @@ impl Peers {
             reason,
         })?;
         let slot = self.slot(&domain);
-        let connection = self.connection(&domain, &slot).await?;
-        let directory = self.directory(&domain, &slot, &connection).await?;
+        let link = Link {
+            domain: &domain,
+            slot: &slot,
+            connection: self.connection(&domain, &slot).await?,
+        };
+        let directory = self.directory(&link).await?;
         let path =
             directory
                 .path_for(endpoint, param, &domain)
@@ -291,8 +302,7 @@ impl Peers {
                 })?;
         let method = endpoint.method();
         let headers = self.headers(extra_headers, &method);
-        self.send(&domain, &slot, &connection, method, &path, headers, body)
-            .await
+        self.send(&link, method, &path, headers, body).await
     }
 
     /// The slot of `domain`, created if needed; forgets idle peers when it creates one.
@@ -357,13 +367,8 @@ impl Peers {
 
     /// The peer's directory: the cached one within its TTL, else fetched (concurrent callers
     /// wait for one fetch). A failed fetch caches nothing.
-    async fn directory(
-        &self,
-        domain: &str,
-        slot: &PeerSlot,
-        connection: &Arc<PeerConnection>,
-    ) -> Result<Arc<Directory>, PeerError> {
-        let mut cached = slot.directory.lock().await;
+    async fn directory(&self, link: &Link<'_>) -> Result<Arc<Directory>, PeerError> {
+        let mut cached = link.slot.directory.lock().await;
         if let Some(entry) = cached.as_ref() {
             if is_fresh(entry.fetched_at, Instant::now(), self.directory_ttl) {
                 return Ok(entry.directory.clone());
@@ -372,18 +377,10 @@ impl Peers {
         self.directory_fetches.fetch_add(1, Ordering::Relaxed);
         let headers = self.headers(HeaderMap::new(), &Method::GET);
         let response = self
-            .send(
-                domain,
-                slot,
-                connection,
-                Method::GET,
-                DIRECTORY_PATH,
-                headers,
-                Bytes::new(),
-            )
+            .send(link, Method::GET, DIRECTORY_PATH, headers, Bytes::new())
             .await?;
         let directory_error = |reason: String| PeerError::Directory {
-            domain: domain.to_owned(),
+            domain: link.domain.to_owned(),
             reason,
         };
         if response.status != StatusCode::OK {
@@ -403,19 +400,17 @@ impl Peers {
         Ok(directory)
     }
 
-    /// Sends one request on `connection`; a failure of the connection itself drops it from the
-    /// slot.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends one request on the link's connection; a failure of the connection itself drops it
+    /// from the slot.
     async fn send(
         &self,
-        domain: &str,
-        slot: &PeerSlot,
-        connection: &Arc<PeerConnection>,
+        link: &Link<'_>,
         method: Method,
         path: &str,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<PeerResponse, PeerError> {
+        let (domain, slot, connection) = (link.domain, link.slot, &link.connection);
         match connection.client.request(method, path, headers, body).await {
             Ok((status, headers, body)) => {
                 connection.answered.store(true, Ordering::Relaxed);
