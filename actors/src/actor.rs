@@ -13,6 +13,11 @@
 //! channel, and a full stream is closed rather than buffered (the client resumes from its
 //! acknowledged cursor). An actor with no attached stream and nothing in flight stops after
 //! `idle_room`; its state stays in the shard.
+//!
+//! The actor of a hosted room also fans the room out to follower providers: its `FanoutCore`
+//! says what to send, the shell sends it through the node's [`Federation`] and records each
+//! follower's progress through Raft (`Command::FanoutDelivered`). A mirrored room (a room
+//! hosted elsewhere) only delivers to local streams.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,10 +29,11 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use crate::command::{Command, HandshakeBundle};
+use crate::command::{Command, HandshakeBundle, Submitter};
 use crate::hub::{Busy, HubError, Proposer};
-use crate::ids::{ClientId, RoomId};
-use crate::room::core::{Push, RoomCore};
+use crate::ids::{ClientId, RoomId, UserId};
+use crate::room::core::{Push, RoomCore, RoomRef, RoomView};
+use crate::room::fanout::{FanoutCore, FanoutLimits};
 use crate::room::log::LogItem;
 use crate::shard::{ApplyOutput, Shards};
 
@@ -43,6 +49,32 @@ pub struct Delivery {
 pub struct ActorMetrics {
     /// Push streams closed because their bounded queue was full (`limits.stream_queue`).
     pub stream_overflows: AtomicU64,
+    /// Notifies a follower acknowledged (201).
+    pub notifies_delivered: AtomicU64,
+    /// Notifies that failed and will be retried.
+    pub notifies_failed: AtomicU64,
+}
+
+/// Why a notify did not get its 201.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyError {
+    /// What went wrong, for the log.
+    pub reason: String,
+    /// The follower's `Retry-After`, if it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+/// How the room actors reach follower providers: the node implements it over HTTP/3 (MIMI
+/// protocol-06 §5.4 `notify`); the wire format is the node's business (DESIGN.md §6).
+pub trait Federation: Send + Sync + 'static {
+    /// Sends `items` (in log order) of `room`, hosted here, to follower `provider` as one
+    /// notify. Resolves `Ok` once the follower answered 201.
+    fn notify(
+        &self,
+        room: &RoomId,
+        provider: &str,
+        items: Vec<LogItem>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), NotifyError>> + Send>>;
 }
 
 /// The push streams connected to this node, one per client (a newer one replaces an older).
@@ -95,6 +127,8 @@ pub struct ActorLimits {
     pub stream_queue: usize,
     /// An actor with nothing attached and nothing in flight stops after this long.
     pub idle_room: Duration,
+    /// Fan-out to follower providers.
+    pub fanout: FanoutLimits,
 }
 
 /// Everything a room actor needs from the node, shared by all of them.
@@ -104,6 +138,7 @@ pub(crate) struct RoomContext {
     pub(crate) streams: Arc<Streams>,
     pub(crate) metrics: Arc<ActorMetrics>,
     pub(crate) limits: ActorLimits,
+    pub(crate) federation: Arc<dyn Federation>,
 }
 
 pub struct RoomActor {
@@ -115,9 +150,90 @@ pub struct RoomActor {
     router: Router,
     last_activity: Instant,
     in_flight: Arc<Semaphore>,
+    fanout: FanoutCore,
 }
 
 impl RoomActor {
+    /// Sends what the fan-out core says is due (hosted rooms only).
+    fn pump_fanout(&mut self, ctx: &mut Context<Self>) {
+        let now_ms = self.ctx.proposer.now_ms();
+        let shard = self.ctx.shards.for_room(&self.room).read();
+        let Some(state) = shard.room(&self.room) else {
+            return;
+        };
+        let batches = self.fanout.poll(state, now_ms, &self.ctx.limits.fanout);
+        drop(shard);
+        for batch in batches {
+            let provider = batch.provider;
+            let last = batch.items.last().map_or(0, |item| item.seq);
+            tracing::debug!(room = %self.room, %provider, last, count = batch.items.len(), "notify");
+            let send = self
+                .ctx
+                .federation
+                .notify(&self.room, &provider, batch.items);
+            ctx.spawn(
+                send.into_actor(self)
+                    .map(move |result, actor, ctx| actor.notified(provider, result, ctx)),
+            );
+        }
+    }
+
+    fn notified(
+        &mut self,
+        provider: String,
+        result: Result<(), NotifyError>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.last_activity = Instant::now();
+        match result {
+            Ok(()) => {
+                self.ctx
+                    .metrics
+                    .notifies_delivered
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(seq) = self.fanout.on_delivered(&provider) {
+                    let record = self.ctx.proposer.propose(Command::FanoutDelivered {
+                        room: self.room.clone(),
+                        provider,
+                        seq,
+                    });
+                    // A lost cursor update only means a resend the follower deduplicates.
+                    ctx.spawn(
+                        async move {
+                            if let Err(e) = record.await {
+                                tracing::info!(error = %e, "fan-out cursor not recorded");
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
+                self.pump_fanout(ctx);
+            }
+            Err(error) => {
+                self.ctx
+                    .metrics
+                    .notifies_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                let retry_after_ms = error
+                    .retry_after
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let delay = self.fanout.on_failed(
+                    &provider,
+                    self.ctx.proposer.now_ms(),
+                    retry_after_ms,
+                    &self.ctx.limits.fanout,
+                );
+                tracing::info!(
+                    room = %self.room, %provider, reason = %error.reason, delay_ms = delay,
+                    failures = self.fanout.failures(&provider), "notify failed; will retry"
+                );
+                ctx.run_later(Duration::from_millis(delay), |actor, ctx| {
+                    actor.pump_fanout(ctx)
+                });
+            }
+        }
+    }
+
     fn push(&mut self, pushes: Vec<Push>) {
         for Push { client, items } in pushes {
             let Some((generation, tx)) = self.ctx.streams.sender(&client) else {
@@ -177,6 +293,7 @@ impl RoomActor {
 
     fn is_idle(&self) -> bool {
         self.core.attached() == 0
+            && self.fanout.is_quiet()
             && self.in_flight.available_permits() == self.ctx.limits.room_mailbox
             && self.last_activity.elapsed() >= self.ctx.limits.idle_room
     }
@@ -206,17 +323,18 @@ pub(crate) struct Applied;
 impl Handler<Applied> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, _: Applied, _: &mut Self::Context) {
+    fn handle(&mut self, _: Applied, ctx: &mut Self::Context) {
         let _span = tracing::debug_span!("room_applied", room = %self.room).entered();
         self.last_activity = Instant::now();
         let shard = self.ctx.shards.for_room(&self.room).read();
-        let Some(state) = shard.room(&self.room) else {
+        let Some(view) = shard.view(&self.room) else {
             return;
         };
+        let hosted = matches!(view, RoomRef::Hosted(_));
         let streams = &self.ctx.streams;
         let pushes = self
             .core
-            .on_applied(state, |client| streams.is_connected(client));
+            .on_applied(&view, |client| streams.is_connected(client));
         drop(shard);
         // Clients the core attached just now (members on the first look, Welcome recipients):
         // remember which stream they were attached on.
@@ -235,6 +353,9 @@ impl Handler<Applied> for RoomActor {
             }
         }
         self.push(pushes);
+        if hosted {
+            self.pump_fanout(ctx);
+        }
     }
 }
 
@@ -254,28 +375,29 @@ impl Handler<Attach> for RoomActor {
             tracing::debug_span!("room_attach", room = %self.room, client = %msg.client).entered();
         self.last_activity = Instant::now();
         let shard = self.ctx.shards.for_room(&self.room).read();
-        let Some(state) = shard.room(&self.room) else {
+        let Some(view) = shard.view(&self.room) else {
             return;
         };
-        let cursor = state.acked(&msg.client);
+        let cursor = view.acked(&msg.client);
         self.generations.insert(msg.client.clone(), msg.generation);
-        let backlog = self.core.attach(msg.client, cursor, state);
+        let backlog = self.core.attach(msg.client, cursor, &view);
         drop(shard);
         self.push(backlog.into_iter().collect());
     }
 }
 
-/// A room-scoped request from an authenticated local client, to be proposed.
+/// A request for a room hosted here, from a local client or a peer provider, to be proposed.
 #[derive(Message)]
 #[rtype(result = "Result<ApplyOutput, HubError>")]
 pub(crate) enum RoomRequest {
     Handshake {
-        sender: ClientId,
+        sender: Submitter,
         bundle: HandshakeBundle,
         permit: OwnedSemaphorePermit,
     },
     AppMessage {
-        sender: ClientId,
+        sender: Submitter,
+        sending_user: UserId,
         message: Vec<u8>,
         permit: OwnedSemaphorePermit,
     },
@@ -302,12 +424,14 @@ impl Handler<RoomRequest> for RoomActor {
             ),
             RoomRequest::AppMessage {
                 sender,
+                sending_user,
                 message,
                 permit,
             } => (
                 Command::AppMessage {
                     room,
                     sender,
+                    sending_user,
                     message,
                 },
                 permit,
@@ -368,6 +492,7 @@ impl Router {
             router: self.clone(),
             last_activity: Instant::now(),
             in_flight: in_flight.clone(),
+            fanout: FanoutCore::default(),
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| actor);
         rooms.insert(

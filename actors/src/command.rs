@@ -59,18 +59,35 @@ pub enum Command {
         /// TLS-serialised ratchet tree (`RatchetTree`).
         ratchet_tree: Vec<u8>,
     },
-    /// A handshake bundle (protocol-06 §5.2 `HandshakeBundle`) from an authenticated client.
+    /// A handshake bundle (protocol-06 §5.2 `HandshakeBundle`) for a room hosted here.
     Handshake {
         room: RoomId,
-        sender: ClientId,
+        sender: Submitter,
         bundle: HandshakeBundle,
     },
-    /// An application message (protocol-06 §5.3) from an authenticated client.
+    /// An application message (protocol-06 §5.3) for a room hosted here.
     AppMessage {
         room: RoomId,
-        sender: ClientId,
+        sender: Submitter,
+        /// `sendingUri`: the user the message is sent as.
+        sending_user: UserId,
         /// `MLSMessage` carrying a PrivateMessage.
         message: Vec<u8>,
+    },
+    /// Hub side: follower provider `provider` answered 201 to `notify` for every item of a
+    /// room hosted here up to `seq` (MIMI.md §5.4); its fan-out cursor moves there.
+    FanoutDelivered {
+        room: RoomId,
+        provider: String,
+        seq: u64,
+    },
+    /// Follower side: a `notify` from the hub of a room hosted elsewhere (MIMI.md §5.4),
+    /// decoded at the edge. Appended to the room's mirror log unless already received.
+    FanoutReceived {
+        room: RoomId,
+        items: Vec<ReceivedItem>,
+        /// SHA-256 of the notify body: byte-identical duplicates are ignored (MIMI.md §7.6).
+        body_hash: [u8; 32],
     },
     /// A client's delivery cursor moved: it has processed everything in `room` up to `seq`.
     Ack {
@@ -97,6 +114,8 @@ impl Command {
             Command::CreateRoom { room, .. }
             | Command::Handshake { room, .. }
             | Command::AppMessage { room, .. }
+            | Command::FanoutDelivered { room, .. }
+            | Command::FanoutReceived { room, .. }
             | Command::Ack { room, .. } => room.as_bytes().to_vec(),
             Command::Housekeeping { .. } => return None,
         })
@@ -106,6 +125,47 @@ impl Command {
 /// The shard key of a user and of everything it owns (clients, tokens, KeyPackages).
 pub fn user_shard_key(user: &UserId) -> Vec<u8> {
     user.as_bytes().to_vec()
+}
+
+/// Who submitted a room request, as the edge authenticated it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Submitter {
+    /// A local client (bearer token).
+    Client(ClientId),
+    /// A peer provider (mutual TLS, MIMI.md §3.1) forwarding a request of one of its users:
+    /// every MLS sender and the `sendingUri` must belong to this domain (MIMI.md §7.1 step 2).
+    Provider(String),
+}
+
+impl Submitter {
+    /// Whether `client` may be the MLS sender of a request from this submitter.
+    pub fn speaks_for(&self, client: &ClientId) -> bool {
+        match self {
+            Submitter::Client(own) => own == client,
+            Submitter::Provider(domain) => client.domain() == domain,
+        }
+    }
+}
+
+impl std::fmt::Display for Submitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Submitter::Client(client) => write!(f, "{client}"),
+            Submitter::Provider(domain) => write!(f, "provider {domain}"),
+        }
+    }
+}
+
+/// One FanoutMessage as a follower stores it: the hub's time, the MLS epoch it belongs to and
+/// what it carries. `hub_seq` is the hub's log position when the hub told it (a mimid hub sends
+/// it with every notify), which deduplicates resends item by item; without it, only
+/// byte-identical bodies are recognised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedItem {
+    pub hub_seq: Option<u64>,
+    pub ts_ms: u64,
+    pub epoch: u64,
+    pub body: crate::room::log::ItemBody,
 }
 
 /// protocol-06 §5.2 `HandshakeBundle`, decoded at the edge into its parts.

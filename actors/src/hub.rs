@@ -17,10 +17,11 @@ use mimid_cluster::{ClusterHandle, ProposeError, ShardId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::{
-    ActorLimits, ActorMetrics, Delivery, RoomContext, RoomRequest, Router, Streams,
+    ActorLimits, ActorMetrics, Delivery, Federation, RoomContext, RoomRequest, Router, Streams,
 };
 use crate::command::{
-    user_shard_key, Command, HandshakeBundle, Stamped, SubmitVerdict, UpdateVerdict,
+    user_shard_key, Command, HandshakeBundle, ReceivedItem, Stamped, SubmitVerdict, Submitter,
+    UpdateVerdict,
 };
 use crate::directory::{validate_key_package, ClaimOutcome, DirectoryError, KeyPackageError};
 use crate::ids::{ClientId, RoomId, UserId};
@@ -106,6 +107,11 @@ impl Proposer {
         self.propose_to(shard, command)
     }
 
+    /// The hub time now (ms since the UNIX epoch).
+    pub(crate) fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
     pub(crate) fn propose_to(
         &self,
         shard: ShardId,
@@ -135,7 +141,7 @@ impl Proposer {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HubConfig {
     pub limits: ActorLimits,
     /// Arbiters (threads) the room actors are spread over.
@@ -145,6 +151,8 @@ pub struct HubConfig {
     pub housekeeping: std::time::Duration,
     /// How long an item every member acknowledged stays in its room log.
     pub log_retention: std::time::Duration,
+    /// How hosted rooms reach follower providers.
+    pub federation: Arc<dyn Federation>,
 }
 
 pub struct Hub {
@@ -202,8 +210,30 @@ impl Hub {
             streams: streams.clone(),
             metrics: metrics.clone(),
             limits: config.limits.clone(),
+            federation: config.federation.clone(),
         });
         let router = Router::new(arbiters.clone(), ctx);
+        // Fan-out that was pending when the node stopped resumes now (MIMI.md §5.4: retried
+        // until acknowledged): wake every hosted room with a follower behind.
+        for shard in 0..shards.count() {
+            let pending: Vec<RoomId> = shards
+                .get(shard)
+                .read()
+                .hosted()
+                .filter(|state| {
+                    state.followers().any(|provider| {
+                        state
+                            .fanout_backlog(provider, state.fanout_cursor(provider))
+                            .next()
+                            .is_some()
+                    })
+                })
+                .map(|state| state.room().clone())
+                .collect();
+            for room in pending {
+                router.applied(&room);
+            }
+        }
         let dispatcher = router.clone();
         let applied = shards.applied().clone();
         arbiters[0].spawn(async move {
@@ -363,11 +393,11 @@ impl Hub {
         }
     }
 
-    /// protocol-06 §5.2 from a local client.
+    /// protocol-06 §5.2 for a room hosted here, from a local client or a peer provider.
     pub async fn update(
         &self,
         room: RoomId,
-        sender: ClientId,
+        sender: Submitter,
         bundle: HandshakeBundle,
     ) -> Result<UpdateVerdict, HubError> {
         self.check_room(&room)?;
@@ -385,11 +415,13 @@ impl Hub {
         }
     }
 
-    /// protocol-06 §5.3 from a local client.
+    /// protocol-06 §5.3 for a room hosted here, from a local client or a peer provider, sent
+    /// as `sending_user` (`sendingUri`).
     pub async fn submit(
         &self,
         room: RoomId,
-        sender: ClientId,
+        sender: Submitter,
+        sending_user: UserId,
         message: Vec<u8>,
     ) -> Result<SubmitVerdict, HubError> {
         self.check_room(&room)?;
@@ -397,6 +429,7 @@ impl Hub {
             .router
             .request(&room, |permit| RoomRequest::AppMessage {
                 sender: sender.clone(),
+                sending_user: sending_user.clone(),
                 message: message.clone(),
                 permit,
             })
@@ -405,6 +438,50 @@ impl Hub {
             ApplyOutput::Submitted(verdict) => Ok(verdict),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Follower side of protocol-06 §5.4: records what a `notify` from the room's hub brought
+    /// (durably, before the caller answers 201). Returns how many items were new.
+    pub async fn receive_fanout(
+        &self,
+        room: RoomId,
+        items: Vec<ReceivedItem>,
+        body_hash: [u8; 32],
+    ) -> Result<usize, HubError> {
+        match self
+            .proposer
+            .propose(Command::FanoutReceived {
+                room,
+                items,
+                body_hash,
+            })
+            .await?
+        {
+            ApplyOutput::FanoutReceived { appended } => Ok(appended),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Welcome routing (MIMI.md §4): the local clients whose claimed KeyPackages these
+    /// `KeyPackageRef`s name, in the order given; unknown references are skipped.
+    pub fn welcome_recipients(&self, refs: &[Vec<u8>]) -> Vec<ClientId> {
+        refs.iter()
+            .filter_map(|reference| {
+                (0..self.shards.count()).find_map(|shard| {
+                    self.shards
+                        .get(shard)
+                        .read()
+                        .directory()
+                        .client_for_ref(reference)
+                        .cloned()
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `room` is hosted here.
+    pub fn hosts(&self, room: &RoomId) -> bool {
+        self.check_room(room).is_ok()
     }
 
     /// Moves `client`'s delivery cursors. Cursors only move forward (apply ignores

@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 use crate::command::{Command, Stamped, SubmitVerdict, UpdateVerdict};
 use crate::directory::{ClaimOutcome, Directory, DirectoryError};
 use crate::ids::{ClientId, RoomId};
+use crate::room::core::{RoomRef, RoomView};
+use crate::room::mirror::MirrorRoom;
 use crate::room::state::RoomState;
 
 /// What applying one command produced; the proposer receives it.
@@ -32,6 +34,12 @@ pub enum ApplyOutput {
     RoomCreated(Result<(), CreateRoomRejection>),
     Updated(UpdateVerdict),
     Submitted(SubmitVerdict),
+    /// A follower's fan-out cursor moved (or the acknowledgement was stale).
+    FanoutDelivered,
+    /// A notify was recorded; `appended` items were new.
+    FanoutReceived {
+        appended: usize,
+    },
     Acked,
     Housekept,
     /// The entry could not be applied at all (undecodable, or a room command for a room this
@@ -49,6 +57,8 @@ pub enum CreateRoomRejection {
 #[derive(Default)]
 pub struct ShardData {
     rooms: BTreeMap<RoomId, RoomState>,
+    /// Rooms hosted by other providers that local clients are in (follower role).
+    mirrors: BTreeMap<RoomId, MirrorRoom>,
     directory: Directory,
     /// Derived index: every room a client has been a member of in this shard. Rebuilt by
     /// apply, so it is identical on every replica and after a restart.
@@ -58,6 +68,23 @@ pub struct ShardData {
 impl ShardData {
     pub fn room(&self, room: &RoomId) -> Option<&RoomState> {
         self.rooms.get(room)
+    }
+
+    pub fn mirror(&self, room: &RoomId) -> Option<&MirrorRoom> {
+        self.mirrors.get(room)
+    }
+
+    /// A hosted or mirrored room, for delivery.
+    pub fn view(&self, room: &RoomId) -> Option<RoomRef<'_>> {
+        match self.rooms.get(room) {
+            Some(state) => Some(RoomRef::Hosted(state)),
+            None => self.mirrors.get(room).map(RoomRef::Mirrored),
+        }
+    }
+
+    /// Hosted rooms of this shard.
+    pub fn hosted(&self) -> impl Iterator<Item = &RoomState> {
+        self.rooms.values()
     }
 
     pub fn directory(&self) -> &Directory {
@@ -74,13 +101,14 @@ impl ShardData {
     }
 
     fn index_members(&mut self, room: &RoomId) {
-        if let Some(state) = self.rooms.get(room) {
-            for client in state.members() {
-                self.client_rooms
-                    .entry(client)
-                    .or_default()
-                    .insert(room.clone());
-            }
+        let Some(members) = self.view(room).map(|view| view.members()) else {
+            return;
+        };
+        for client in members {
+            self.client_rooms
+                .entry(client)
+                .or_default()
+                .insert(room.clone());
         }
     }
 
@@ -158,25 +186,66 @@ impl ShardData {
             Command::AppMessage {
                 room,
                 sender,
+                sending_user,
                 message,
             } => {
                 let Some(state) = self.rooms.get_mut(&room) else {
                     return (ApplyOutput::Rejected(format!("unknown room {room}")), None);
                 };
-                let verdict = state.handle_app_message(&sender, &message, ts_ms);
+                let verdict = state.handle_app_message(&sender, &sending_user, &message, ts_ms);
                 let changed = matches!(verdict, SubmitVerdict::Accepted { .. });
                 (ApplyOutput::Submitted(verdict), changed.then_some(room))
+            }
+            Command::FanoutDelivered {
+                room,
+                provider,
+                seq,
+            } => {
+                let Some(state) = self.rooms.get_mut(&room) else {
+                    return (ApplyOutput::Rejected(format!("unknown room {room}")), None);
+                };
+                state.fanout_delivered(&provider, seq);
+                (ApplyOutput::FanoutDelivered, None)
+            }
+            Command::FanoutReceived {
+                room,
+                items,
+                body_hash,
+            } => {
+                if self.rooms.contains_key(&room) {
+                    return (
+                        ApplyOutput::Rejected(format!("room {room} is hosted here")),
+                        None,
+                    );
+                }
+                let appended = self
+                    .mirrors
+                    .entry(room.clone())
+                    .or_insert_with(|| MirrorRoom::new(room.clone(), ts_ms))
+                    .receive(items, body_hash);
+                if appended > 0 {
+                    self.index_members(&room);
+                }
+                (
+                    ApplyOutput::FanoutReceived { appended },
+                    (appended > 0).then_some(room),
+                )
             }
             Command::Housekeeping { log_retention_ms } => {
                 self.directory.expire(ts_ms);
                 for state in self.rooms.values_mut() {
                     state.trim(ts_ms, log_retention_ms);
                 }
+                for mirror in self.mirrors.values_mut() {
+                    mirror.trim(ts_ms, log_retention_ms);
+                }
                 (ApplyOutput::Housekept, None)
             }
             Command::Ack { room, client, seq } => {
                 if let Some(state) = self.rooms.get_mut(&room) {
                     state.ack(&client, seq);
+                } else if let Some(mirror) = self.mirrors.get_mut(&room) {
+                    mirror.ack(&client, seq);
                 }
                 (ApplyOutput::Acked, None)
             }
@@ -188,6 +257,7 @@ impl ShardData {
 #[derive(Serialize, Deserialize)]
 struct ShardSnapshot {
     rooms: Vec<(RoomId, Vec<u8>)>,
+    mirrors: BTreeMap<RoomId, MirrorRoom>,
     directory: Directory,
 }
 
@@ -249,6 +319,7 @@ impl StateMachine for ShardMachine {
                 .iter()
                 .map(|(id, state)| (id.clone(), state.to_snapshot()))
                 .collect(),
+            mirrors: data.mirrors.clone(),
             directory: data.directory.clone(),
         };
         postcard::to_stdvec(&snapshot).expect("serialising a snapshot into memory cannot fail")
@@ -259,15 +330,20 @@ impl StateMachine for ShardMachine {
             postcard::from_bytes(snapshot).map_err(|e| format!("shard snapshot: {e}"))?;
         let mut data = ShardData {
             directory: snapshot.directory,
+            mirrors: snapshot.mirrors,
             ..ShardData::default()
         };
+        let mirrored: Vec<RoomId> = data.mirrors.keys().cloned().collect();
+        for id in &mirrored {
+            data.index_members(id);
+        }
         for (id, bytes) in snapshot.rooms {
             let state =
                 RoomState::from_snapshot(&bytes).map_err(|e| format!("room {id} snapshot: {e}"))?;
             data.rooms.insert(id.clone(), state);
             data.index_members(&id);
         }
-        let rooms: Vec<RoomId> = data.rooms.keys().cloned().collect();
+        let rooms: Vec<RoomId> = data.rooms.keys().cloned().chain(mirrored).collect();
         *self.data.write() = data;
         for room in rooms {
             self.applied.record(room);
@@ -341,6 +417,7 @@ impl Shards {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Submitter;
 
     fn machine() -> (Shards, ShardMachine) {
         let shards = Shards::new(2);
@@ -368,7 +445,8 @@ mod tests {
             ts_ms: 1,
             command: Command::AppMessage {
                 room,
-                sender,
+                sender: Submitter::Client(sender.clone()),
+                sending_user: sender.user(),
                 message: vec![1, 2, 3],
             },
         };

@@ -23,8 +23,10 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::config::LimitsSettings;
+use crate::federation::{Peers, S2sEndpoint};
 use crate::h3::{Handler, Request, Response};
 use crate::metrics::{Limit, Metrics, Outcome};
+use crate::peering::Forwarder;
 use crate::wire::client::{
     encode_frame, AckRequest, ClientSubmitResponse, ClientUpdateResponse, CreateRoomRequest,
     CreateRoomResponse, CreateRoomStatus, DeliveredItem, PublishKeyPackagesRequest,
@@ -34,9 +36,9 @@ use crate::wire::key_material::{
     ClientKeyMaterial, ClientMaterial, KeyMaterialClientCode, KeyMaterialRequest,
     KeyMaterialResponse, KeyMaterialUserCode,
 };
-use crate::wire::submit::SubmitMessageRequest;
+use crate::wire::submit::{SubmitMessageRequest, SubmitMessageResponse};
 use crate::wire::types::{IdentifierUri, Protocol};
-use crate::wire::update::UpdateRequest;
+use crate::wire::update::{UpdateRequest, UpdateRoomResponse};
 use crate::wire::{Decode, Encode, Limits, Mls};
 
 /// Path prefix of the client API.
@@ -166,7 +168,7 @@ impl From<crate::wire::WireError> for Refusal {
 
 pub(crate) type Answer = Result<Response, Refusal>;
 
-fn ok_body(status: StatusCode, body: &impl Encode) -> Answer {
+pub(crate) fn ok_body(status: StatusCode, body: &impl Encode) -> Answer {
     let bytes = body.to_bytes().map_err(|e| {
         Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -190,6 +192,8 @@ pub struct ClientApi {
     metrics: Arc<Metrics>,
     /// Longest push-stream frame.
     max_frame: usize,
+    /// Requests for rooms and users of other providers go there (MIMI.md §15 "Follower").
+    forwarder: Forwarder,
 }
 
 impl ClientApi {
@@ -198,9 +202,11 @@ impl ClientApi {
         domain: String,
         settings: &LimitsSettings,
         metrics: Arc<Metrics>,
+        peers: Arc<Peers>,
     ) -> Self {
         ClientApi {
             hub,
+            forwarder: Forwarder::new(peers, domain.clone()),
             domain,
             limits: Limits {
                 max_body_len: settings.max_body_bytes,
@@ -233,15 +239,14 @@ impl ClientApi {
         }
     }
 
-    fn local_room(&self, encoded: &str) -> Result<RoomId, Refusal> {
-        let room = parse_room_path(encoded).map_err(Refusal::bad_request)?;
-        if room.domain() != self.domain {
-            return Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                format!("room {room} is not hosted by {}", self.domain),
-            ));
-        }
-        Ok(room)
+    /// A room path parameter: a room hosted here is handled here, any other is forwarded to
+    /// its hub.
+    fn room(&self, encoded: &str) -> Result<RoomId, Refusal> {
+        parse_room_path(encoded).map_err(Refusal::bad_request)
+    }
+
+    fn is_local(&self, room: &RoomId) -> bool {
+        room.domain() == self.domain
     }
 
     async fn register(&self, req: Request) -> Answer {
@@ -354,10 +359,21 @@ impl ClientApi {
                     .await?;
                 ok_body(StatusCode::OK, &key_material_response(&target, outcome)?)
             }
-            _remote => Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                format!("user {target} is not served by {}", self.domain),
-            )),
+            // MIMI.md §5.1: key material for a room is fetched through the room's hub, which
+            // can then route the Welcome; as the hub we ask the target's provider ourselves.
+            remote => {
+                let room = body.room()?;
+                let via = if self.is_local(&room) {
+                    remote
+                } else {
+                    room.domain()
+                };
+                let answer = self
+                    .forwarder
+                    .forward(via, S2sEndpoint::KeyMaterial, target.as_str(), req.body)
+                    .await?;
+                Ok(Forwarder::relay(answer))
+            }
         }
     }
 
@@ -406,10 +422,30 @@ impl ClientApi {
     }
 
     async fn update(&self, req: Request, client: ClientId, room: RoomId) -> Answer {
+        if !self.is_local(&room) {
+            // The hub checks that the MLS sender is a client of ours (MIMI.md §7.1 step 2); a
+            // local client can at most replay another local client's signed handshake, which
+            // the hub deduplicates.
+            UpdateRequest::from_bytes(&req.body, &self.limits)?;
+            let answer = self
+                .forwarder
+                .forward(room.domain(), S2sEndpoint::Update, room.as_str(), req.body)
+                .await?;
+            if answer.status != StatusCode::OK {
+                return Ok(Forwarder::relay(answer));
+            }
+            let response = UpdateRoomResponse::from_bytes(&answer.body, &self.limits)
+                .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, format!("hub answer: {e}")))?;
+            // The hub's log position means nothing here: our mirror numbers items itself.
+            return ok_body(StatusCode::OK, &ClientUpdateResponse { response, seq: 0 });
+        }
         let body = UpdateRequest::from_bytes(&req.body, &self.limits)?;
         let bundle = command::HandshakeBundle::try_from(body)?;
         let is_commit = matches!(bundle, command::HandshakeBundle::Commit { .. });
-        let verdict = self.hub.update(room, client, bundle).await?;
+        let verdict = self
+            .hub
+            .update(room, command::Submitter::Client(client), bundle)
+            .await?;
         let outcome = match verdict {
             UpdateVerdict::Success { .. } => Outcome::Accepted,
             _ => Outcome::Rejected,
@@ -432,9 +468,44 @@ impl ClientApi {
                 ),
             ));
         }
+        if !self.is_local(&room) {
+            let answer = self
+                .forwarder
+                .forward(
+                    room.domain(),
+                    S2sEndpoint::SubmitMessage,
+                    room.as_str(),
+                    req.body,
+                )
+                .await?;
+            if answer.status != StatusCode::OK {
+                return Ok(Forwarder::relay(answer));
+            }
+            let response = SubmitMessageResponse::from_bytes(&answer.body, &self.limits)
+                .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, format!("hub answer: {e}")))?;
+            let reason = match response.status {
+                crate::wire::submit::SubmitStatus::NotAllowed => {
+                    format!("refused by the hub {}", room.domain())
+                }
+                _ => String::new(),
+            };
+            return ok_body(
+                StatusCode::OK,
+                &ClientSubmitResponse {
+                    response,
+                    seq: 0,
+                    reason,
+                },
+            );
+        }
         let verdict = self
             .hub
-            .submit(room, client, body.app_message.into_bytes())
+            .submit(
+                room,
+                command::Submitter::Client(client.clone()),
+                client.user(),
+                body.app_message.into_bytes(),
+            )
             .await?;
         self.metrics.count_app_message(match verdict {
             SubmitVerdict::Accepted { .. } => Outcome::Accepted,
@@ -549,11 +620,11 @@ impl ClientApi {
                 "client_key_material" => self.claim(req, client).await,
                 "client_create_room" => self.create_room(req, client).await,
                 "client_update" => {
-                    let room = self.local_room(param.unwrap_or_default())?;
+                    let room = self.room(param.unwrap_or_default())?;
                     self.update(req, client, room).await
                 }
                 "client_submit_message" => {
-                    let room = self.local_room(param.unwrap_or_default())?;
+                    let room = self.room(param.unwrap_or_default())?;
                     self.submit(req, client, room).await
                 }
                 "client_stream" => self.stream(client),
@@ -608,7 +679,7 @@ pub fn room_path(endpoint: &str, room: &RoomId) -> String {
 }
 
 /// protocol-06 §5.1 `KeyMaterialResponse` for a claim's outcome.
-fn key_material_response(
+pub(crate) fn key_material_response(
     target: &UserId,
     outcome: ClaimOutcome,
 ) -> Result<KeyMaterialResponse, Refusal> {

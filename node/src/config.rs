@@ -183,6 +183,10 @@ pub struct FederationSettings {
     /// private peering and tests. A domain without an entry resolves through DNS as
     /// `domain:443`. Default empty.
     pub peers: BTreeMap<String, SocketAddr>,
+    /// Whether a peer domain without an entry in `peers` is looked up in DNS. Off, only the
+    /// listed peers are reachable (a closed federation, or tests that must not touch the
+    /// network). Default true.
+    pub resolve_dns: bool,
     /// Seconds a peer's fetched `/.well-known/mimi-protocol-directory` is cached before it is
     /// fetched again. Default 300.
     pub directory_ttl_secs: u64,
@@ -579,6 +583,7 @@ impl Default for FederationSettings {
     fn default() -> Self {
         FederationSettings {
             peers: BTreeMap::new(),
+            resolve_dns: true,
             directory_ttl_secs: 300,
             request_timeout_ms: 10_000,
             max_response_bytes: LimitsSettings::default().max_body_bytes,

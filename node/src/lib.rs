@@ -11,6 +11,7 @@ pub mod content;
 pub mod federation;
 pub mod h3;
 pub mod metrics;
+pub mod peering;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use mimid_actors::actor::ActorLimits;
 use mimid_actors::hub::{Clock, Hub, HubConfig};
+use mimid_actors::room::fanout::FanoutLimits;
 use mimid_actors::shard::{ShardMachine, Shards};
 use mimid_cluster::{Cluster, ClusterConfig};
 use tokio::task::JoinHandle;
@@ -23,12 +24,12 @@ use crate::admin::{serve_admin, AdminState};
 use crate::api::ClientApi;
 use crate::certs::ensure_dev_certs;
 use crate::config::{dev_cert_dir, Config};
-use crate::federation::{
-    DirectoryDocument, FederationApi, FederationService, Peers, Routes, Unimplemented,
-};
+use crate::federation::{DirectoryDocument, FederationApi, FederationService, Peers, Routes};
 use crate::h3::{H3Limits, H3Server, ShutdownHandle};
 use crate::metrics::{Limit, Metrics, RaftTotals};
+use crate::peering::{MimiService, NotifySender};
 use crate::tls::{server_config, TlsMaterial};
+use crate::wire::Limits;
 
 /// How long shutdown waits for requests in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -119,7 +120,7 @@ fn cluster_config(config: &Config) -> ClusterConfig {
 /// Starts a node from a validated configuration. Without configured TLS files the node uses
 /// development certificates under `data_dir/certs`, generated on first start.
 pub async fn start(config: Config) -> anyhow::Result<Node> {
-    start_with_service(config, Arc::new(Unimplemented)).await
+    start_inner(config, None).await
 }
 
 /// [`start`] with `service` answering the server-to-server endpoints (MIMI protocol-06 §5)
@@ -128,6 +129,15 @@ pub async fn start_with_service(
     config: Config,
     service: Arc<dyn FederationService>,
 ) -> anyhow::Result<Node> {
+    start_inner(config, Some(service)).await
+}
+
+/// Starts a node; without `service`, the server-to-server endpoints are MIMI's
+/// ([`MimiService`]).
+async fn start_inner(
+    config: Config,
+    service: Option<Arc<dyn FederationService>>,
+) -> anyhow::Result<Node> {
     let tls_files = match config.tls.files()? {
         Some(files) => files,
         None => ensure_dev_certs(&dev_cert_dir(&config.data_dir), SystemTime::now())
@@ -135,6 +145,17 @@ pub async fn start_with_service(
     };
     let material = TlsMaterial::load(&tls_files).context("loading TLS material")?;
     let tls = server_config(&material).context("building the TLS configuration")?;
+
+    let metrics = Arc::new(Metrics::new());
+    let peers = Arc::new(
+        Peers::new(
+            &config.domain,
+            &material,
+            &config.federation,
+            metrics.clone(),
+        )
+        .context("building the client for peer providers")?,
+    );
 
     let shards = Shards::new(config.cluster.shards);
     let cluster = {
@@ -155,25 +176,32 @@ pub async fn start_with_service(
                     room_mailbox: config.limits.room_mailbox,
                     stream_queue: config.limits.stream_queue,
                     idle_room: Duration::from_secs(config.limits.idle_room_secs),
+                    fanout: FanoutLimits {
+                        batch_items: config.federation.notify_batch_items,
+                        retry_initial_ms: config.federation.retry_initial_ms,
+                        retry_max_ms: config.federation.retry_max_ms,
+                    },
                 },
                 arbiters: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 housekeeping: Duration::from_secs(config.limits.housekeeping_secs),
                 log_retention: Duration::from_secs(config.limits.log_retention_secs),
+                federation: Arc::new(NotifySender::new(peers.clone())),
             },
         )
         .context("starting the room actors")?,
     );
 
-    let metrics = Arc::new(Metrics::new());
-    let peers = Arc::new(
-        Peers::new(
-            &config.domain,
-            &material,
-            &config.federation,
+    let service = service.unwrap_or_else(|| {
+        Arc::new(MimiService::new(
+            hub.clone(),
+            config.domain.clone(),
+            peers.clone(),
+            Limits {
+                max_body_len: config.limits.max_body_bytes,
+            },
             metrics.clone(),
-        )
-        .context("building the client for peer providers")?,
-    );
+        ))
+    });
     let h3 = H3Server::bind(
         config.listen,
         tls,
@@ -189,6 +217,7 @@ pub async fn start_with_service(
             config.domain.clone(),
             &config.limits,
             metrics.clone(),
+            peers.clone(),
         ),
         DirectoryDocument::new(&config.domain, metrics.clone()),
         FederationApi::new(config.domain.clone(), service, metrics.clone()),

@@ -281,7 +281,12 @@ pub fn hub_validation(data: &[u8]) {
     let before = room.state.to_snapshot();
     let accepted = match entry % 3 {
         0 => matches!(
-            room.state.handle_app_message(&sender, rest, HUB_TS_MS),
+            room.state.handle_app_message(
+                &command::Submitter::Client(sender.clone()),
+                &sender.user(),
+                rest,
+                HUB_TS_MS
+            ),
             SubmitVerdict::Accepted { .. }
         ),
         1 => {
@@ -313,7 +318,11 @@ pub fn hub_validation(data: &[u8]) {
 
 fn handshake(state: &mut RoomState, sender: &ClientId, bundle: &command::HandshakeBundle) -> bool {
     matches!(
-        state.handle_handshake(sender, bundle, HUB_TS_MS),
+        state.handle_handshake(
+            &command::Submitter::Client(sender.clone()),
+            bundle,
+            HUB_TS_MS
+        ),
         UpdateVerdict::Success { .. }
     )
 }
@@ -627,7 +636,7 @@ pub fn seed_inputs() -> Vec<Seed> {
         "handshake",
         stamped(command::Command::Handshake {
             room: room.clone(),
-            sender: creator.id.clone(),
+            sender: command::Submitter::Client(creator.id.clone()),
             bundle: bundle.clone(),
         }),
     );

@@ -53,6 +53,8 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.cluster.tick_ms = 20;
     config.limits.idle_room_secs = 1;
     config.limits.stream_heartbeat_ms = 100;
+    // Tests reach only the providers they start (on loopback), never DNS.
+    config.federation.resolve_dns = false;
     config
 }
 
@@ -154,9 +156,10 @@ impl TestNode {
         }
     }
 
-    /// Registers a client `mimi://localhost/d/<user>/<device>` with `key_packages` published.
+    /// Registers a client `mimi://<domain>/d/<user>/<device>` with `key_packages` published.
     pub async fn client(&self, user: &str, device: &str, key_packages: usize) -> MimiClient {
-        let id = ClientId::parse(&format!("mimi://localhost/d/{user}/{device}"))
+        let domain = &self.config.domain;
+        let id = ClientId::parse(&format!("mimi://{domain}/d/{user}/{device}"))
             .expect("valid client id");
         let client = MimiClient::register(self.endpoint(), id)
             .await
@@ -178,6 +181,13 @@ impl TestNode {
             .room(room)
             .map(|state| state.to_snapshot())
             .unwrap_or_default()
+    }
+
+    /// Stops the node, keeping its data directory for a later [`TestNode::restart`].
+    pub async fn stop(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
     }
 
     pub async fn shutdown(mut self) {
@@ -257,4 +267,39 @@ pub fn user(name: &str) -> UserId {
 
 pub fn room(name: &str) -> RoomId {
     RoomId::parse(&format!("mimi://localhost/r/{name}")).expect("valid room id")
+}
+
+/// Points every provider's peer resolver at every other provider's current address (tests
+/// start providers on port 0; call again after a restart).
+pub fn connect_providers(providers: &[&TestNode]) {
+    for from in providers {
+        for to in providers {
+            if from.config.domain != to.config.domain {
+                from.node()
+                    .peers()
+                    .set_address(&to.config.domain, to.node().quic_addr());
+            }
+        }
+    }
+}
+
+impl TestNode {
+    /// The application messages (MLSMessage bytes) of `room` in the order this provider holds
+    /// them: the hub's log for a hosted room, the follower's mirror otherwise.
+    pub fn application_messages(&self, room: &RoomId) -> Vec<Vec<u8>> {
+        let hub = self.node().hub();
+        let shard = hub.shards().for_room(room).read();
+        let items = match (shard.room(room), shard.mirror(room)) {
+            (Some(state), _) => state.items_after(0).to_vec(),
+            (None, Some(mirror)) => mirror.items_after(0).to_vec(),
+            (None, None) => Vec::new(),
+        };
+        items
+            .into_iter()
+            .filter_map(|item| match item.body {
+                mimid_actors::room::log::ItemBody::Application { message } => Some(message),
+                _ => None,
+            })
+            .collect()
+    }
 }

@@ -257,7 +257,7 @@ async fn two_providers_reach_each_others_service_over_mutual_tls_mimi_md_3_1() {
         Some(2.0)
     );
 
-    // b -> a: a runs the placeholder service.
+    // b -> a: a runs MIMI's service, which decodes the body after authentication.
     b.node()
         .peers()
         .set_address("a.example", a.node().quic_addr());
@@ -273,10 +273,11 @@ async fn two_providers_reach_each_others_service_over_mutual_tls_mimi_md_3_1() {
         )
         .await
         .expect("a answers");
-    assert_eq!(response.status, StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(
-        text(&response.body),
-        "notify is not implemented by this provider yet"
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert!(
+        text(&response.body).contains("FanoutMessage"),
+        "{}",
+        text(&response.body)
     );
 
     a.shutdown().await;

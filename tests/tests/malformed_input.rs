@@ -1098,9 +1098,10 @@ async fn directory_endpoints_refuse_hostile_input_and_change_nothing_protocol06_
             "user of another provider",
             alice_caller.clone(),
             resigned(&|tbs| tbs.target_user = uri("mimi://example.org/u/dave")),
+            // Forwarded to the user's provider (MIMI.md §5.1), which is not a peer.
             refused(
-                StatusCode::NOT_FOUND,
-                &["user mimi://example.org/u/dave is not served by localhost"],
+                StatusCode::BAD_GATEWAY,
+                &["cannot resolve peer example.org", "not a configured peer"],
             ),
         ),
         key_material_case(
@@ -1739,9 +1740,10 @@ async fn room_endpoints_refuse_hostile_input_and_change_nothing_protocol06_5_2_5
             "unknown room",
         ),
         (
+            // Forwarded to the room's hub, which is not a peer.
             format!("{PREFIX}update/mimi%3A%2F%2Fexample.org%2Fr%2Fhostile"),
-            StatusCode::NOT_FOUND,
-            "is not hosted by localhost",
+            StatusCode::BAD_GATEWAY,
+            "cannot resolve peer example.org",
         ),
         (
             format!("{PREFIX}update/%FF"),
@@ -1923,7 +1925,10 @@ async fn room_endpoints_refuse_hostile_input_and_change_nothing_protocol06_5_2_5
         alice_caller.clone(),
         &format!("{PREFIX}submitMessage/example.org/r/hostile"),
         valid_submit.clone(),
-        refused(StatusCode::NOT_FOUND, &["is not hosted by localhost"]),
+        refused(
+            StatusCode::BAD_GATEWAY,
+            &["cannot resolve peer example.org"],
+        ),
     ));
     harness.check_all(&cases).await;
 

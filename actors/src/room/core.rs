@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use crate::ids::ClientId;
 use crate::room::log::{ItemBody, LogItem};
+use crate::room::mirror::MirrorRoom;
 use crate::room::state::RoomState;
 
 /// What the core needs to read from the replicated room state.
@@ -143,6 +144,46 @@ impl RoomView for RoomState {
     }
     fn members(&self) -> Vec<ClientId> {
         RoomState::members(self)
+    }
+}
+
+/// A room as its actor sees it: hosted here (hub) or mirrored from its hub (follower).
+#[derive(Clone, Copy)]
+pub enum RoomRef<'a> {
+    Hosted(&'a RoomState),
+    Mirrored(&'a MirrorRoom),
+}
+
+impl RoomView for RoomRef<'_> {
+    fn last_seq(&self) -> u64 {
+        match self {
+            RoomRef::Hosted(room) => room.last_seq(),
+            RoomRef::Mirrored(room) => room.last_seq(),
+        }
+    }
+    fn items_after(&self, after: u64) -> &[LogItem] {
+        match self {
+            RoomRef::Hosted(room) => room.items_after(after),
+            RoomRef::Mirrored(room) => room.items_after(after),
+        }
+    }
+    fn visible_to(&self, item: &LogItem, client: &ClientId) -> bool {
+        match self {
+            RoomRef::Hosted(room) => room.visible_to(item, client),
+            RoomRef::Mirrored(room) => room.visible_to(item, client),
+        }
+    }
+    fn acked(&self, client: &ClientId) -> u64 {
+        match self {
+            RoomRef::Hosted(room) => room.acked(client),
+            RoomRef::Mirrored(room) => room.acked(client),
+        }
+    }
+    fn members(&self) -> Vec<ClientId> {
+        match self {
+            RoomRef::Hosted(room) => room.members(),
+            RoomRef::Mirrored(room) => room.members(),
+        }
     }
 }
 

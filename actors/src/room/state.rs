@@ -41,14 +41,14 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tls_codec::{DeserializeBytes, Serialize as _};
 
-use crate::command::{HandshakeBundle, SubmitVerdict, UpdateVerdict};
+use crate::command::{HandshakeBundle, SubmitVerdict, Submitter, UpdateVerdict};
 use crate::ids::{ClientId, RoomId, UserId};
 use crate::policy::{
     self, capability, AppDataEffect, AppDataResolution, ChangeSet, ClientChange, PolicyError,
     RoomPolicy,
 };
 use crate::room::identity::{client_of_credential, IdentityError};
-use crate::room::log::{ItemBody, LogItem};
+use crate::room::log::{ItemBody, LogItem, RoomLog};
 use crate::room::storage::{HubStorage, StorageError};
 
 mod retry;
@@ -63,7 +63,7 @@ pub const ROOM_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES12
 pub const MAX_PROPOSALS_PER_BUNDLE: usize = 64;
 
 /// Format 3 added the retry cache.
-const SNAPSHOT_FORMAT: u8 = 3;
+const SNAPSHOT_FORMAT: u8 = 4;
 
 /// Why a room could not be created from the creator's GroupInfo and tree (MIMI.md §6.1).
 #[derive(Debug, Error)]
@@ -113,14 +113,6 @@ pub enum SnapshotError {
     Inconsistent(&'static str),
 }
 
-/// A span of the log during which a client was an MLS member: from the seq of the Welcome that
-/// added it (0 for the creator) to the seq of the Commit that removed it, inclusive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Membership {
-    from: u64,
-    until: Option<u64>,
-}
-
 /// The hub's replicated state of one room.
 pub struct RoomState {
     room: RoomId,
@@ -133,13 +125,11 @@ pub struct RoomState {
     clients_per_user: BTreeMap<UserId, u32>,
     /// The committer-supplied GroupInfo (MLSMessage bytes) of the current epoch.
     group_info: Option<Vec<u8>>,
-    created_ts_ms: u64,
-    /// The retained log: `log[i].seq == trimmed + i + 1`.
-    log: Vec<LogItem>,
-    /// Items dropped from the front of the log by retention (`trim`).
-    trimmed: u64,
-    memberships: BTreeMap<ClientId, Vec<Membership>>,
-    cursors: BTreeMap<ClientId, u64>,
+    /// The log, who receives which items (MLS membership spans) and local clients' cursors.
+    log: RoomLog,
+    /// Fan-out cursor of every follower provider that ever had a client in the room: the seq up
+    /// to which it acknowledged `notify` (MIMI.md §5.4, DESIGN.md §4).
+    provider_cursors: BTreeMap<String, u64>,
     /// ProposalRefs of pending proposals the next commit must include (MIMI.md §6.5).
     required: BTreeSet<Vec<u8>>,
     /// ProposalRefs of all pending proposals (the public group's proposal store).
@@ -261,11 +251,8 @@ impl RoomState {
             members: BTreeSet::new(),
             clients_per_user: BTreeMap::new(),
             group_info: Some(group_info.to_vec()),
-            created_ts_ms: ts_ms,
-            log: Vec::new(),
-            trimmed: 0,
-            memberships: BTreeMap::new(),
-            cursors: BTreeMap::new(),
+            log: RoomLog::new(ts_ms),
+            provider_cursors: BTreeMap::new(),
             required: BTreeSet::new(),
             pending: BTreeSet::new(),
             retries: RetryCache::default(),
@@ -285,11 +272,11 @@ impl RoomState {
     /// read as `wrongEpoch`).
     pub fn handle_handshake(
         &mut self,
-        sender: &ClientId,
+        sender: &Submitter,
         bundle: &HandshakeBundle,
         ts_ms: u64,
     ) -> UpdateVerdict {
-        let key = retry::handshake_key(sender, bundle);
+        let key = retry::handshake_key(submitter_key(sender), bundle);
         if let Some(original) = self.retries.get(&key, ts_ms) {
             tracing::debug!(room = %self.room, %sender, seq = original.seq, "resent handshake");
             return UpdateVerdict::Success {
@@ -300,9 +287,15 @@ impl RoomState {
         // A client that never was in the group learns nothing about it (not even its epoch):
         // refused before any other check. [IMPL CHOICE] External joins, when supported, will be
         // authorised through the groupInfo request that precedes them (MIMI.md §6.6).
-        if !self.memberships.contains_key(sender) {
+        // A provider must host a client that is or was in the room (MIMI.md §7.1 step 2).
+        if !self.log.clients().any(|client| sender.speaks_for(client)) {
             return UpdateVerdict::NotAllowed {
-                reason: format!("{sender} is not a member of this room"),
+                reason: match sender {
+                    Submitter::Client(client) => format!("{client} is not a member of this room"),
+                    Submitter::Provider(domain) => {
+                        format!("provider {domain} has no participant in this room")
+                    }
+                },
             };
         }
         let result = match bundle {
@@ -346,11 +339,18 @@ impl RoomState {
     /// the original `Accepted` (seq and timestamp) again and are not appended a second time.
     pub fn handle_app_message(
         &mut self,
-        sender: &ClientId,
+        sender: &Submitter,
+        sending_user: &UserId,
         message: &[u8],
         ts_ms: u64,
     ) -> SubmitVerdict {
-        let key = retry::app_message_key(sender, message);
+        let key = retry::app_message_key(
+            match sender {
+                Submitter::Client(client) => client.as_bytes(),
+                Submitter::Provider(_) => sending_user.as_bytes(),
+            },
+            message,
+        );
         if let Some(original) = self.retries.get(&key, ts_ms) {
             tracing::debug!(room = %self.room, %sender, seq = original.seq, "resent message");
             return SubmitVerdict::Accepted {
@@ -358,7 +358,7 @@ impl RoomState {
                 seq: original.seq,
             };
         }
-        match self.check_app_message(sender, message) {
+        match self.check_app_message(sender, sending_user, message) {
             Ok(()) => {
                 let seq = self.append(
                     ts_ms,
@@ -380,16 +380,65 @@ impl RoomState {
     /// Records that `client` has processed the room up to `seq`. Cursors only move forward, never
     /// past the end of the log, and only for clients that have been members.
     pub fn ack(&mut self, client: &ClientId, seq: u64) {
-        let seq = seq.min(self.last_seq());
-        if !self.memberships.contains_key(client) || seq <= self.acked(client) {
-            return; // a no-op leaves no trace in the replicated state
-        }
-        self.cursors.insert(client.clone(), seq);
+        self.log.ack(client, seq);
     }
 
     /// The acknowledged cursor of `client`, 0 if none.
     pub fn acked(&self, client: &ClientId) -> u64 {
-        self.cursors.get(client).copied().unwrap_or(0)
+        self.log.acked(client)
+    }
+
+    /// Records that follower `provider` acknowledged `notify` up to `seq` (MIMI.md §5.4).
+    /// Cursors only move forward, never past the log, and only for providers that host or
+    /// hosted a client of the room.
+    pub fn fanout_delivered(&mut self, provider: &str, seq: u64) {
+        let seq = seq.min(self.last_seq());
+        if !self.followers().any(|follower| follower == provider)
+            || seq <= self.fanout_cursor(provider)
+        {
+            return;
+        }
+        self.provider_cursors.insert(provider.to_owned(), seq);
+    }
+
+    /// Up to where follower `provider` acknowledged `notify` (0 if never).
+    pub fn fanout_cursor(&self, provider: &str) -> u64 {
+        self.provider_cursors.get(provider).copied().unwrap_or(0)
+    }
+
+    /// Every follower provider: the domains other than the hub's of clients that are or were
+    /// in the room, sorted and without repeats.
+    pub fn followers(&self) -> impl Iterator<Item = &str> {
+        let hub = self.room.domain();
+        let mut last: Option<&str> = None;
+        self.log.clients().filter_map(move |client| {
+            let domain = client.domain();
+            (domain != hub && last != Some(domain)).then(|| {
+                last = Some(domain);
+                domain
+            })
+        })
+    }
+
+    /// Whether follower `provider` is to receive `item`: it hosts a client that is.
+    pub fn visible_to_provider(&self, item: &LogItem, provider: &str) -> bool {
+        self.log
+            .clients()
+            .filter(|client| client.domain() == provider)
+            .any(|client| self.log.visible_to(item, client))
+    }
+
+    /// The items after `provider`'s fan-out cursor that it is to receive (MIMI.md §5.4:
+    /// Welcomes only to the providers of the clients they add).
+    pub fn fanout_backlog<'a>(
+        &'a self,
+        provider: &'a str,
+        after: u64,
+    ) -> impl Iterator<Item = &'a LogItem> + 'a {
+        let after = after.max(self.fanout_cursor(provider));
+        self.items_after(after)
+            .iter()
+            .filter(move |item| self.visible_to_provider(item, provider))
     }
 
     pub fn room(&self) -> &RoomId {
@@ -403,12 +452,12 @@ impl RoomState {
 
     /// The seq of the last log item, 0 if the log is empty.
     pub fn last_seq(&self) -> u64 {
-        self.trimmed + self.log.len() as u64
+        self.log.last_seq()
     }
 
     /// Seq of the oldest item still held (items before it were trimmed by retention).
     pub fn first_retained_seq(&self) -> u64 {
-        self.trimmed + 1
+        self.log.first_retained_seq()
     }
 
     /// Retention (DESIGN.md §4): drops the items every current member has acknowledged that
@@ -419,23 +468,19 @@ impl RoomState {
     /// an idle room sheds its retry cache. Returns how many log items were dropped.
     pub fn trim(&mut self, now_ms: u64, window_ms: u64) -> u64 {
         self.retries.expire(now_ms);
-        let acked_by_all = self
+        let hub = self.room.domain();
+        let local = self
             .members
             .iter()
-            .map(|client| self.acked(client))
-            .min()
-            .unwrap_or_else(|| self.last_seq());
-        let droppable = self
-            .log
-            .iter()
-            .take(self.log.len().saturating_sub(1))
-            .take_while(|item| {
-                item.seq <= acked_by_all && item.ts_ms.saturating_add(window_ms) <= now_ms
-            })
-            .count();
-        self.log.drain(..droppable);
-        self.trimmed += droppable as u64;
-        droppable as u64
+            .filter(|client| client.domain() == hub)
+            .map(|client| self.acked(client));
+        // A follower holds the log only while something is still to be sent to it.
+        let remote = self.followers().filter_map(|provider| {
+            let cursor = self.fanout_cursor(provider);
+            self.fanout_backlog(provider, cursor).next().map(|_| cursor)
+        });
+        let done = local.chain(remote).min().unwrap_or_else(|| self.last_seq());
+        self.log.trim(done, now_ms, window_ms)
     }
 
     /// How many accepted requests are remembered for resends (MIMI.md §7.6); at most
@@ -446,7 +491,7 @@ impl RoomState {
 
     /// The hub time the room was created at.
     pub fn created_ts_ms(&self) -> u64 {
-        self.created_ts_ms
+        self.log.created_ts_ms()
     }
 
     /// The room policy of the current epoch.
@@ -456,10 +501,7 @@ impl RoomState {
 
     /// The log items with seq greater than `after`, in order.
     pub fn items_after(&self, after: u64) -> &[LogItem] {
-        let start = usize::try_from(after.saturating_sub(self.trimmed))
-            .unwrap_or(usize::MAX)
-            .min(self.log.len());
-        &self.log[start..]
+        self.log.items_after(after)
     }
 
     /// Whether `client` is to receive `item`: a Welcome goes only to the clients it adds; any
@@ -467,14 +509,7 @@ impl RoomState {
     /// that added them, or seq 0 for the creator, up to and including the Commit that removed
     /// them).
     pub fn visible_to(&self, item: &LogItem, client: &ClientId) -> bool {
-        match &item.body {
-            ItemBody::Welcome { to, .. } => to.contains(client),
-            _ => self.memberships.get(client).is_some_and(|spans| {
-                spans.iter().any(|span| {
-                    span.from <= item.seq && span.until.is_none_or(|until| item.seq <= until)
-                })
-            }),
-        }
+        self.log.visible_to(item, client)
     }
 
     /// The current MLS members (credential identities), sorted.
@@ -504,11 +539,8 @@ impl RoomState {
             group_id: self.group.group_id().as_slice(),
             storage: &self.storage.entries(),
             group_info: self.group_info.as_deref(),
-            created_ts_ms: self.created_ts_ms,
             log: &self.log,
-            trimmed: self.trimmed,
-            memberships: &self.memberships,
-            cursors: &self.cursors,
+            provider_cursors: &self.provider_cursors,
             required: &self.required,
             retries: &self.retries,
         };
@@ -521,19 +553,10 @@ impl RoomState {
         if snapshot.format != SNAPSHOT_FORMAT {
             return Err(SnapshotError::Format(snapshot.format));
         }
-        if !snapshot
-            .log
-            .iter()
-            .zip(snapshot.trimmed + 1..)
-            .all(|(item, seq)| item.seq == seq)
-        {
-            return Err(SnapshotError::Inconsistent(
-                "log sequence numbers are not contiguous after the trimmed prefix",
-            ));
-        }
+        snapshot.log.check().map_err(SnapshotError::Inconsistent)?;
         let retries = RetryCache::from_entries(snapshot.retries)
             .map_err(|err| SnapshotError::Inconsistent(err.reason()))?;
-        let last_seq = snapshot.trimmed + snapshot.log.len() as u64;
+        let last_seq = snapshot.log.last_seq();
         if retries.last_seq().is_some_and(|seq| seq > last_seq) {
             return Err(SnapshotError::Inconsistent(
                 "a remembered request names a seq beyond the log",
@@ -564,13 +587,7 @@ impl RoomState {
                 ));
             }
         }
-        let open: BTreeSet<&ClientId> = snapshot
-            .memberships
-            .iter()
-            .filter(|(_, spans)| spans.last().is_some_and(|span| span.until.is_none()))
-            .map(|(client, _)| client)
-            .collect();
-        if !open.iter().copied().eq(members.iter()) {
+        if !snapshot.log.open_clients().eq(members.iter()) {
             return Err(SnapshotError::Inconsistent(
                 "membership history disagrees with the group's members",
             ));
@@ -583,11 +600,8 @@ impl RoomState {
             members,
             clients_per_user,
             group_info: snapshot.group_info,
-            created_ts_ms: snapshot.created_ts_ms,
             log: snapshot.log,
-            trimmed: snapshot.trimmed,
-            memberships: snapshot.memberships,
-            cursors: snapshot.cursors,
+            provider_cursors: snapshot.provider_cursors,
             required: snapshot.required,
             pending,
             retries,
@@ -599,7 +613,7 @@ impl RoomState {
 impl RoomState {
     fn handle_proposals(
         &mut self,
-        sender: &ClientId,
+        sender: &Submitter,
         proposals: &[Vec<u8>],
         ts_ms: u64,
     ) -> Result<u64, Rejection> {
@@ -684,14 +698,15 @@ impl RoomState {
 
     fn handle_commit(
         &mut self,
-        sender: &ClientId,
+        sender: &Submitter,
         commit: &[u8],
         welcome: Option<&[u8]>,
         group_info: Option<&[u8]>,
         ts_ms: u64,
     ) -> Result<u64, Rejection> {
         let message = self.parse_handshake(commit, ContentType::Commit)?;
-        let committer_leaf = self.check_member_sender(message.sender(), sender)?;
+        let (committer_leaf, sender) = self.check_member_sender(message.sender(), sender)?;
+        let sender = &sender;
         let processed = self
             .group
             .process_message(crypto(), message)
@@ -822,12 +837,14 @@ impl RoomState {
         Ok(message)
     }
 
-    /// The MLS sender must be a member leaf whose credential names the submitting client.
+    /// The MLS sender must be a member leaf whose credential names the submitting client, or,
+    /// for a peer provider, a client of that provider (MIMI.md §7.1 step 2: a provider cannot
+    /// speak for another provider's users). Returns the leaf and its client.
     fn check_member_sender(
         &self,
         mls_sender: &Sender,
-        sender: &ClientId,
-    ) -> Result<LeafNodeIndex, Rejection> {
+        sender: &Submitter,
+    ) -> Result<(LeafNodeIndex, ClientId), Rejection> {
         let leaf = match mls_sender {
             Sender::Member(leaf) => *leaf,
             Sender::NewMemberCommit => {
@@ -842,13 +859,17 @@ impl RoomState {
             }
         };
         let signer = self.leaf_client(leaf)?;
-        if signer != *sender {
+        if !sender.speaks_for(&signer) {
             return Err(Rejection::not_allowed(format!(
-                "the message is sent by leaf {} of {signer}, not by the submitting client {sender}",
-                leaf.u32()
+                "the message is sent by leaf {} of {signer}, not by {}",
+                leaf.u32(),
+                match sender {
+                    Submitter::Client(client) => format!("the submitting client {client}"),
+                    Submitter::Provider(domain) => format!("a client of provider {domain}"),
+                }
             )));
         }
-        Ok(leaf)
+        Ok((leaf, signer))
     }
 
     fn leaf_client(&self, leaf: LeafNodeIndex) -> Result<ClientId, Rejection> {
@@ -1112,7 +1133,12 @@ impl RoomState {
 
 // Application messages, log and membership bookkeeping.
 impl RoomState {
-    fn check_app_message(&self, sender: &ClientId, bytes: &[u8]) -> Result<(), SubmitVerdict> {
+    fn check_app_message(
+        &self,
+        sender: &Submitter,
+        user: &UserId,
+        bytes: &[u8],
+    ) -> Result<(), SubmitVerdict> {
         let not_allowed = |reason: String| SubmitVerdict::NotAllowed { reason };
         let message = MlsMessageIn::tls_deserialize_exact_bytes(bytes)
             .map_err(|err| not_allowed(format!("malformed MLSMessage: {err}")))?;
@@ -1134,12 +1160,35 @@ impl RoomState {
         }
         // Who may send is checked before the epoch: a removed or banned sender is told so,
         // not sent to catch up with commits it can no longer process (MIMI.md §5.2, §7.4).
-        if !self.members.contains(sender) {
-            return Err(not_allowed(format!(
-                "{sender} is not a member of the room's MLS group"
-            )));
+        // A local client must itself be a member; a peer provider's user must have a client in
+        // the group (the sending leaf is encrypted, MIMI.md §7.4 step 3) and be of that domain.
+        match sender {
+            Submitter::Client(client) => {
+                if client.user() != *user {
+                    return Err(not_allowed(format!(
+                        "sendingUri {user} is not the user of {client}"
+                    )));
+                }
+                if !self.members.contains(client) {
+                    return Err(not_allowed(format!(
+                        "{client} is not a member of the room's MLS group"
+                    )));
+                }
+            }
+            Submitter::Provider(domain) => {
+                if user.domain() != domain {
+                    return Err(not_allowed(format!(
+                        "provider {domain} cannot send as {user}"
+                    )));
+                }
+                if !self.clients_per_user.contains_key(user) {
+                    return Err(not_allowed(format!(
+                        "{user} has no client in the room's MLS group"
+                    )));
+                }
+            }
         }
-        let user = sender.user();
+        let user = user.clone();
         if !self.policy.is_active_participant(&user) {
             return Err(not_allowed(format!(
                 "{user} is not an active participant of the room"
@@ -1166,18 +1215,7 @@ impl RoomState {
     /// Appends an item; the hub time never goes backwards along the log (a new leader's clock
     /// may lag the old one's).
     fn append(&mut self, ts_ms: u64, epoch: u64, body: ItemBody) -> u64 {
-        let floor = self
-            .log
-            .last()
-            .map_or(self.created_ts_ms, |item| item.ts_ms);
-        let seq = self.last_seq() + 1;
-        self.log.push(LogItem {
-            seq,
-            ts_ms: ts_ms.max(floor),
-            epoch,
-            body,
-        });
-        seq
+        self.log.append(ts_ms, epoch, body)
     }
 
     /// Records the verdict of the request accepted as item `seq` for resends (MIMI.md §7.6).
@@ -1191,17 +1229,14 @@ impl RoomState {
     }
 
     fn item(&self, seq: u64) -> &LogItem {
-        let index =
-            usize::try_from(seq - self.trimmed - 1).expect("seqs of retained items fit in memory");
-        &self.log[index]
+        self.log
+            .item(seq)
+            .expect("an item just accepted is retained")
     }
 
     fn add_member(&mut self, client: ClientId, from: u64) {
         *self.clients_per_user.entry(client.user()).or_insert(0) += 1;
-        self.memberships
-            .entry(client.clone())
-            .or_default()
-            .push(Membership { from, until: None });
+        self.log.open_span(client.clone(), from);
         let inserted = self.members.insert(client);
         assert!(inserted, "a client is added only when it is not a member");
     }
@@ -1216,12 +1251,7 @@ impl RoomState {
                 self.clients_per_user.remove(&user);
             }
         }
-        let span = self
-            .memberships
-            .get_mut(client)
-            .and_then(|spans| spans.last_mut())
-            .expect("every member has an open membership span");
-        span.until = Some(until);
+        self.log.close_span(client, until);
     }
 }
 
@@ -1259,6 +1289,14 @@ fn fail_stop(operation: &str, err: &dyn fmt::Display) -> ! {
 
 /// The crypto provider for verification. `RustCrypto` seeds an RNG at construction, which the
 /// hub never uses; one shared instance avoids reseeding per room.
+/// The identity a retry key binds: the client, or the provider's domain.
+fn submitter_key(sender: &Submitter) -> &[u8] {
+    match sender {
+        Submitter::Client(client) => client.as_bytes(),
+        Submitter::Provider(domain) => domain.as_bytes(),
+    }
+}
+
 fn crypto() -> &'static RustCrypto {
     static CRYPTO: OnceLock<RustCrypto> = OnceLock::new();
     CRYPTO.get_or_init(RustCrypto::default)
@@ -1271,11 +1309,8 @@ struct SnapshotRef<'a> {
     group_id: &'a [u8],
     storage: &'a BTreeMap<Vec<u8>, Vec<u8>>,
     group_info: Option<&'a [u8]>,
-    created_ts_ms: u64,
-    log: &'a [LogItem],
-    trimmed: u64,
-    memberships: &'a BTreeMap<ClientId, Vec<Membership>>,
-    cursors: &'a BTreeMap<ClientId, u64>,
+    log: &'a RoomLog,
+    provider_cursors: &'a BTreeMap<String, u64>,
     required: &'a BTreeSet<Vec<u8>>,
     /// Oldest first, as `(key, verdict)` pairs.
     retries: &'a RetryCache,
@@ -1290,11 +1325,8 @@ struct Snapshot {
     group_id: Vec<u8>,
     storage: BTreeMap<Vec<u8>, Vec<u8>>,
     group_info: Option<Vec<u8>>,
-    created_ts_ms: u64,
-    log: Vec<LogItem>,
-    trimmed: u64,
-    memberships: BTreeMap<ClientId, Vec<Membership>>,
-    cursors: BTreeMap<ClientId, u64>,
+    log: RoomLog,
+    provider_cursors: BTreeMap<String, u64>,
     required: BTreeSet<Vec<u8>>,
     retries: Vec<(retry::RequestKey, Accepted)>,
 }

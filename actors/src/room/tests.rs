@@ -11,7 +11,7 @@ use openmls::prelude::{AppDataUpdateOperation, AppDataUpdateProposal, Deserializ
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
-use crate::command::{HandshakeBundle, SubmitVerdict, UpdateVerdict};
+use crate::command::{HandshakeBundle, SubmitVerdict, Submitter, UpdateVerdict};
 use crate::ids::{ClientId, RoomId, UserId};
 use crate::policy::{
     self, component, default_room_policy, room_group_context_extensions, room_leaf_capabilities,
@@ -357,7 +357,7 @@ fn reject(
     ts_ms: u64,
 ) -> UpdateVerdict {
     let before = room.to_snapshot();
-    let verdict = room.handle_handshake(sender, bundle, ts_ms);
+    let verdict = room.handle_handshake(&Submitter::Client(sender.clone()), bundle, ts_ms);
     assert!(
         !matches!(verdict, UpdateVerdict::Success { .. }),
         "expected a rejection"
@@ -373,7 +373,12 @@ fn reject_message(
     ts_ms: u64,
 ) -> SubmitVerdict {
     let before = room.to_snapshot();
-    let verdict = room.handle_app_message(sender, message, ts_ms);
+    let verdict = room.handle_app_message(
+        &Submitter::Client(sender.clone()),
+        &sender.user(),
+        message,
+        ts_ms,
+    );
     assert!(!matches!(verdict, SubmitVerdict::Accepted { .. }));
     assert_eq!(room.to_snapshot(), before, "a rejection changed the room");
     verdict
@@ -404,7 +409,8 @@ fn add_members(state: &mut RoomState, alice: &mut TestClient, added: &mut [&mut 
         proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
         ..CommitSpec::default()
     });
-    let seq = success_seq(&state.handle_handshake(&alice.id, &bundle, 2_000));
+    let seq =
+        success_seq(&state.handle_handshake(&Submitter::Client(alice.id.clone()), &bundle, 2_000));
     alice.accepted();
     let welcome = state.items_after(seq).first().unwrap().clone();
     for client in added.iter_mut() {
@@ -532,7 +538,7 @@ fn mimi_7_3_add_two_users_yields_commit_then_welcome_for_the_added_only() {
         ..CommitSpec::default()
     });
 
-    let verdict = state.handle_handshake(&alice.id, &bundle, 2_000);
+    let verdict = state.handle_handshake(&Submitter::Client(alice.id.clone()), &bundle, 2_000);
     assert_eq!(
         verdict,
         UpdateVerdict::Success {
@@ -579,7 +585,12 @@ fn protocol06_5_3_members_send_messages_in_order_with_monotonic_time() {
     let mut room = three_member_room();
     let start = room.state.last_seq();
     let hello = room.bob.send(b"hello");
-    let first = room.state.handle_app_message(&room.bob.id, &hello, 5_000);
+    let first = room.state.handle_app_message(
+        &Submitter::Client(room.bob.id.clone()),
+        &room.bob.id.user(),
+        &hello,
+        5_000,
+    );
     assert_eq!(
         first,
         SubmitVerdict::Accepted {
@@ -589,7 +600,12 @@ fn protocol06_5_3_members_send_messages_in_order_with_monotonic_time() {
     );
     // A leader with a slower clock cannot move hub time backwards.
     let reply = room.alice.send(b"hi bob");
-    let second = room.state.handle_app_message(&room.alice.id, &reply, 4_000);
+    let second = room.state.handle_app_message(
+        &Submitter::Client(room.alice.id.clone()),
+        &room.alice.id.user(),
+        &reply,
+        4_000,
+    );
     assert_eq!(
         second,
         SubmitVerdict::Accepted {
@@ -613,11 +629,11 @@ fn rfc9420_14_first_commit_of_an_epoch_wins_and_the_loser_catches_up() {
     let from_alice = room.alice.commit(CommitSpec::default());
     let from_bob = room.bob.commit(CommitSpec::default());
 
-    let seq = success_seq(
-        &room
-            .state
-            .handle_handshake(&room.alice.id, &from_alice, 6_000),
-    );
+    let seq = success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.alice.id.clone()),
+        &from_alice,
+        6_000,
+    ));
     room.alice.accepted();
     let verdict = reject(&mut room.state, &room.bob.id, &from_bob, 6_001);
     assert_eq!(
@@ -630,7 +646,11 @@ fn rfc9420_14_first_commit_of_an_epoch_wins_and_the_loser_catches_up() {
     room.bob.rejected();
     catch_up(&room.state, &mut room.bob, seq - 1);
     let again = room.bob.commit(CommitSpec::default());
-    success_seq(&room.state.handle_handshake(&room.bob.id, &again, 6_002));
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.bob.id.clone()),
+        &again,
+        6_002,
+    ));
     room.bob.accepted();
     assert_eq!(room.state.epoch(), epoch + 2);
 }
@@ -706,7 +726,11 @@ fn protocol06_5_2_removed_member_gets_its_removal_but_nothing_after() {
         proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
         ..CommitSpec::default()
     });
-    let removal = success_seq(&room.state.handle_handshake(&room.alice.id, &bundle, 9_000));
+    let removal = success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.alice.id.clone()),
+        &bundle,
+        9_000,
+    ));
     room.alice.accepted();
     assert!(!room.state.members().contains(&room.cathy.id));
     assert_eq!(room.state.policy().role_of(&room.cathy.user()), 0);
@@ -732,7 +756,12 @@ fn protocol06_5_2_removed_member_gets_its_removal_but_nothing_after() {
         "mimi://c.example/d/cathy/tablet is not a member of the room's MLS group"
     );
 
-    let after = success_seq_message(room.state.handle_app_message(&room.bob.id, &current, 9_003));
+    let after = success_seq_message(room.state.handle_app_message(
+        &Submitter::Client(room.bob.id.clone()),
+        &room.bob.id.user(),
+        &current,
+        9_003,
+    ));
     let removal_item = &room.state.items_after(removal - 1)[0];
     assert!(room.state.visible_to(removal_item, &room.cathy.id));
     let after_item = &room.state.items_after(after - 1)[0];
@@ -764,7 +793,11 @@ fn room_policy_8_1_3_ban_removes_clients_and_unban_does_not_readmit_them() {
         proposals: vec![Proposal::AppDataUpdate(Box::new(ban))],
         ..CommitSpec::default()
     });
-    success_seq(&room.state.handle_handshake(&room.alice.id, &bundle, 10_000));
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.alice.id.clone()),
+        &bundle,
+        10_000,
+    ));
     room.alice.accepted();
     assert_eq!(room.state.policy().role_of(&room.cathy.user()), ROLE_BANNED);
     assert!(!room
@@ -795,7 +828,11 @@ fn room_policy_8_1_3_ban_removes_clients_and_unban_does_not_readmit_them() {
         proposals: vec![Proposal::AppDataUpdate(Box::new(unban))],
         ..CommitSpec::default()
     });
-    success_seq(&room.state.handle_handshake(&room.alice.id, &bundle, 10_002));
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.alice.id.clone()),
+        &bundle,
+        10_002,
+    ));
     room.alice.accepted();
     let bundle = room.alice.commit(CommitSpec {
         adds: vec![cathy_again.key_package()],
@@ -848,7 +885,11 @@ fn mimi_6_5_self_remove_is_required_in_the_next_commit() {
             list_update.tls_serialize_detached().unwrap(),
         ],
     };
-    let seq = success_seq(&room.state.handle_handshake(&room.bob.id, &bundle, 11_000));
+    let seq = success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.bob.id.clone()),
+        &bundle,
+        11_000,
+    ));
     assert_eq!(seq, start + 1);
     assert!(matches!(
         room.state.items_after(start)[0].body,
@@ -858,7 +899,11 @@ fn mimi_6_5_self_remove_is_required_in_the_next_commit() {
     // pending proposal is refused.
     let before = room.state.to_snapshot();
     assert_eq!(
-        success_seq(&room.state.handle_handshake(&room.bob.id, &bundle, 11_001)),
+        success_seq(&room.state.handle_handshake(
+            &Submitter::Client(room.bob.id.clone()),
+            &bundle,
+            11_001
+        )),
         seq
     );
     assert_eq!(room.state.to_snapshot(), before);
@@ -885,11 +930,11 @@ fn mimi_6_5_self_remove_is_required_in_the_next_commit() {
     room.alice.rejected();
 
     let including = room.alice.commit(CommitSpec::default());
-    success_seq(
-        &room
-            .state
-            .handle_handshake(&room.alice.id, &including, 11_003),
-    );
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.alice.id.clone()),
+        &including,
+        11_003,
+    ));
     room.alice.accepted();
     assert!(!room.state.members().contains(&room.bob.id));
     assert_eq!(room.state.policy().role_of(&room.bob.user()), 0);
@@ -973,14 +1018,19 @@ fn malformed_and_misrouted_inputs_get_specific_verdicts_and_change_nothing() {
 
     // The commit itself is fine; afterwards it is stale (resent as is, it gets its original
     // verdict, MIMI.md §7.6; in any other bundle it is from a past epoch).
-    let accepted = room
-        .state
-        .handle_handshake(&alice, &commit_bundle(commit.clone()), 2);
+    let accepted = room.state.handle_handshake(
+        &Submitter::Client(alice.clone()),
+        &commit_bundle(commit.clone()),
+        2,
+    );
     success_seq(&accepted);
     room.alice.accepted();
     assert_eq!(
-        room.state
-            .handle_handshake(&alice, &commit_bundle(commit.clone()), 3),
+        room.state.handle_handshake(
+            &Submitter::Client(alice.clone()),
+            &commit_bundle(commit.clone()),
+            3
+        ),
         accepted
     );
     let without_group_info = HandshakeBundle::Commit {
@@ -1106,7 +1156,12 @@ fn delivery_cursors_only_move_forward_for_members() {
 fn snapshot_round_trip_then_continue_processing() {
     let mut room = three_member_room();
     let hello = room.bob.send(b"hello");
-    success_seq_message(room.state.handle_app_message(&room.bob.id, &hello, 12_000));
+    success_seq_message(room.state.handle_app_message(
+        &Submitter::Client(room.bob.id.clone()),
+        &room.bob.id.user(),
+        &hello,
+        12_000,
+    ));
     room.state.ack(&room.bob.id, 2);
 
     let bytes = room.state.to_snapshot();
@@ -1126,7 +1181,12 @@ fn snapshot_round_trip_then_continue_processing() {
     catch_up(&restored, &mut room.cathy, seq);
     assert_eq!(room.cathy.policy(), *restored.policy());
     let from_dave = dave.send(b"hi all");
-    success_seq_message(restored.handle_app_message(&dave.id, &from_dave, 12_001));
+    success_seq_message(restored.handle_app_message(
+        &Submitter::Client(dave.id.clone()),
+        &dave.id.user(),
+        &from_dave,
+        12_001,
+    ));
 
     assert!(matches!(
         RoomState::from_snapshot(&bytes[..bytes.len() / 2]),
@@ -1150,7 +1210,11 @@ fn snapshot_keeps_pending_required_proposals() {
         proposals: vec![self_remove.tls_serialize_detached().unwrap()],
     };
     let start = room.state.last_seq();
-    success_seq(&room.state.handle_handshake(&room.cathy.id, &bundle, 13_000));
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.cathy.id.clone()),
+        &bundle,
+        13_000,
+    ));
     let mut restored = RoomState::from_snapshot(&room.state.to_snapshot()).unwrap();
 
     catch_up(&restored, &mut room.alice, start);
@@ -1162,7 +1226,11 @@ fn snapshot_keeps_pending_required_proposals() {
     assert_eq!(refs.len(), 1);
     room.alice.rejected();
     let including = room.alice.commit(CommitSpec::default());
-    success_seq(&restored.handle_handshake(&room.alice.id, &including, 13_002));
+    success_seq(&restored.handle_handshake(
+        &Submitter::Client(room.alice.id.clone()),
+        &including,
+        13_002,
+    ));
     assert!(!restored.members().contains(&room.cathy.id));
     // Cathy only removed her client: she stays in the participant list, inactive.
     assert_eq!(
@@ -1234,7 +1302,8 @@ fn retention_trims_only_what_every_member_acknowledged_and_the_window_passed() {
     for (i, text) in [b"one", b"two", b"six"].iter().enumerate() {
         let message = room.bob.send(*text);
         success_seq_message(room.state.handle_app_message(
-            &room.bob.id,
+            &Submitter::Client(room.bob.id.clone()),
+            &room.bob.id.user(),
             &message,
             20_000 + i as u64,
         ));
@@ -1242,13 +1311,16 @@ fn retention_trims_only_what_every_member_acknowledged_and_the_window_passed() {
     let last = room.state.last_seq();
     assert_eq!(last, start + 3);
 
-    // Cathy has not acknowledged anything: nothing may go, whatever the window.
+    // The hub is a.example: Alice acknowledges herself, Bob's and Cathy's providers through
+    // notify (MIMI.md §5.4). Acknowledgements of remote clients at the hub count for nothing.
+    // Cathy's provider has not acknowledged anything: nothing may go, whatever the window.
     room.state.ack(&room.alice.id, last);
-    room.state.ack(&room.bob.id, last);
+    room.state.fanout_delivered("b.example", last);
+    room.state.ack(&room.cathy.id, last);
     assert_eq!(room.state.trim(1_000_000, 0), 0);
 
     // Everyone acknowledged up to start + 2; only items older than the window go.
-    room.state.ack(&room.cathy.id, start + 2);
+    room.state.fanout_delivered("c.example", start + 2);
     assert_eq!(room.state.trim(20_000 + 9, 10), start);
     assert_eq!(room.state.first_retained_seq(), start + 1);
     assert_eq!(room.state.trim(1_000_000, 10), 2, "up to the common cursor");
@@ -1271,7 +1343,12 @@ fn retention_trims_only_what_every_member_acknowledged_and_the_window_passed() {
     let mut restored = RoomState::from_snapshot(&room.state.to_snapshot()).unwrap();
     assert_eq!(restored.first_retained_seq(), last);
     let more = room.alice.send(b"after trimming");
-    let seq = success_seq_message(restored.handle_app_message(&room.alice.id, &more, 30_000));
+    let seq = success_seq_message(restored.handle_app_message(
+        &Submitter::Client(room.alice.id.clone()),
+        &room.alice.id.user(),
+        &more,
+        30_000,
+    ));
     assert_eq!(seq, last + 1);
     assert_eq!(
         room.cathy
@@ -1304,7 +1381,12 @@ fn mimi_7_6_resent_app_message_gets_its_original_verdict_and_one_item() {
     let mut room = three_member_room();
     let start = room.state.last_seq();
     let hello = room.bob.send(b"hello");
-    let original = room.state.handle_app_message(&room.bob.id, &hello, 30_000);
+    let original = room.state.handle_app_message(
+        &Submitter::Client(room.bob.id.clone()),
+        &room.bob.id.user(),
+        &hello,
+        30_000,
+    );
     assert_eq!(
         original,
         SubmitVerdict::Accepted {
@@ -1315,8 +1397,12 @@ fn mimi_7_6_resent_app_message_gets_its_original_verdict_and_one_item() {
     let before = room.state.to_snapshot();
     for resent_at in [30_000, 31_000] {
         assert_eq!(
-            room.state
-                .handle_app_message(&room.bob.id, &hello, resent_at),
+            room.state.handle_app_message(
+                &Submitter::Client(room.bob.id.clone()),
+                &room.bob.id.user(),
+                &hello,
+                resent_at
+            ),
             original
         );
     }
@@ -1331,7 +1417,12 @@ fn mimi_7_6_resent_app_message_gets_its_original_verdict_and_one_item() {
 
     let next = room.bob.send(b"next");
     assert_eq!(
-        success_seq_message(room.state.handle_app_message(&room.bob.id, &next, 32_000)),
+        success_seq_message(room.state.handle_app_message(
+            &Submitter::Client(room.bob.id.clone()),
+            &room.bob.id.user(),
+            &next,
+            32_000
+        )),
         start + 2
     );
 }
@@ -1354,13 +1445,16 @@ fn mimi_7_6_resent_winning_commit_and_proposals_get_success_not_wrong_epoch() {
         ..CommitSpec::default()
     });
     let epoch = room.state.epoch();
-    let original = room.state.handle_handshake(&room.alice.id, &add, 40_000);
+    let original =
+        room.state
+            .handle_handshake(&Submitter::Client(room.alice.id.clone()), &add, 40_000);
     let seq = success_seq(&original);
     room.alice.accepted();
     assert_eq!(room.state.last_seq(), seq + 1, "the Commit and its Welcome");
     let before = room.state.to_snapshot();
     assert_eq!(
-        room.state.handle_handshake(&room.alice.id, &add, 40_500),
+        room.state
+            .handle_handshake(&Submitter::Client(room.alice.id.clone()), &add, 40_500),
         original
     );
     assert_eq!(
@@ -1372,11 +1466,14 @@ fn mimi_7_6_resent_winning_commit_and_proposals_get_success_not_wrong_epoch() {
 
     catch_up(&room.state, &mut room.cathy, seq - 1);
     let leave = self_remove_bundle(&mut room.cathy);
-    let original = room.state.handle_handshake(&room.cathy.id, &leave, 41_000);
+    let original =
+        room.state
+            .handle_handshake(&Submitter::Client(room.cathy.id.clone()), &leave, 41_000);
     let proposals_seq = success_seq(&original);
     let before = room.state.to_snapshot();
     assert_eq!(
-        room.state.handle_handshake(&room.cathy.id, &leave, 41_001),
+        room.state
+            .handle_handshake(&Submitter::Client(room.cathy.id.clone()), &leave, 41_001),
         original
     );
     assert_eq!(
@@ -1418,7 +1515,11 @@ fn mimi_7_6_resent_refused_request_gets_the_same_refusal_and_leaves_no_trace() {
     // A message from an epoch the room has left: epochTooOld, again and again.
     let stale = room.bob.send(b"stale");
     let commit = room.alice.commit(CommitSpec::default());
-    success_seq(&room.state.handle_handshake(&room.alice.id, &commit, 50_002));
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.alice.id.clone()),
+        &commit,
+        50_002,
+    ));
     room.alice.accepted();
     let remembered_after_commit = room.state.remembered_requests();
     assert_eq!(remembered_after_commit, remembered + 1);
@@ -1441,13 +1542,21 @@ fn mimi_7_6_resent_refused_request_gets_the_same_refusal_and_leaves_no_trace() {
 fn mimi_7_6_another_client_replaying_the_bytes_does_not_get_the_cached_verdict() {
     let mut room = three_member_room();
     let leave = self_remove_bundle(&mut room.cathy);
-    let proposed = success_seq(&room.state.handle_handshake(&room.cathy.id, &leave, 60_000));
+    let proposed = success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.cathy.id.clone()),
+        &leave,
+        60_000,
+    ));
     let reason = not_allowed(reject(&mut room.state, &room.bob.id, &leave, 60_001));
     assert!(reason.contains("not by the submitting client"), "{reason}");
 
     catch_up(&room.state, &mut room.alice, proposed - 1);
     let commit = room.alice.commit(CommitSpec::default());
-    success_seq(&room.state.handle_handshake(&room.alice.id, &commit, 60_002));
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.alice.id.clone()),
+        &commit,
+        60_002,
+    ));
     room.alice.accepted();
     assert_eq!(
         reject(&mut room.state, &room.bob.id, &commit, 60_003),
@@ -1461,9 +1570,15 @@ fn mimi_7_6_another_client_replaying_the_bytes_does_not_get_the_cached_verdict()
     // name, never the first sender's verdict. Recipients drop the copy (MLS generation reuse).
     catch_up(&room.state, &mut room.bob, 0);
     let hello = room.bob.send(b"hello");
-    let first = success_seq_message(room.state.handle_app_message(&room.bob.id, &hello, 60_004));
+    let first = success_seq_message(room.state.handle_app_message(
+        &Submitter::Client(room.bob.id.clone()),
+        &room.bob.id.user(),
+        &hello,
+        60_004,
+    ));
     let replayed = success_seq_message(room.state.handle_app_message(
-        &room.alice.id,
+        &Submitter::Client(room.alice.id.clone()),
+        &room.alice.id.user(),
         &hello,
         60_005,
     ));
@@ -1478,7 +1593,12 @@ fn mimi_7_6_remembered_verdicts_survive_a_snapshot_round_trip() {
     let mut alice = TestClient::new(ALICE);
     let mut state = create_room(&mut alice);
     let hello = alice.send(b"hello");
-    let original = state.handle_app_message(&alice.id, &hello, 70_000);
+    let original = state.handle_app_message(
+        &Submitter::Client(alice.id.clone()),
+        &alice.id.user(),
+        &hello,
+        70_000,
+    );
     assert_eq!(state.remembered_requests(), 1);
 
     let bytes = state.to_snapshot();
@@ -1486,7 +1606,12 @@ fn mimi_7_6_remembered_verdicts_survive_a_snapshot_round_trip() {
     assert_eq!(restored.to_snapshot(), bytes);
     assert_eq!(restored.remembered_requests(), 1);
     assert_eq!(
-        restored.handle_app_message(&alice.id, &hello, 70_001),
+        restored.handle_app_message(
+            &Submitter::Client(alice.id.clone()),
+            &alice.id.user(),
+            &hello,
+            70_001
+        ),
         original
     );
     assert_eq!(restored.to_snapshot(), bytes);
@@ -1534,13 +1659,23 @@ fn mimi_7_6_only_the_last_capacity_requests_are_remembered() {
         .map(|i| alice.send(format!("message {i}").as_bytes()))
         .collect();
     for (i, message) in messages.iter().enumerate() {
-        let seq = success_seq_message(state.handle_app_message(&alice.id, message, 80_000));
+        let seq = success_seq_message(state.handle_app_message(
+            &Submitter::Client(alice.id.clone()),
+            &alice.id.user(),
+            message,
+            80_000,
+        ));
         assert_eq!(seq, i as u64 + 1);
     }
     assert_eq!(state.remembered_requests(), RETRY_CACHE_CAPACITY);
     let last = state.last_seq();
     assert_eq!(
-        state.handle_app_message(&alice.id, &messages[1], 80_001),
+        state.handle_app_message(
+            &Submitter::Client(alice.id.clone()),
+            &alice.id.user(),
+            &messages[1],
+            80_001
+        ),
         SubmitVerdict::Accepted {
             accepted_ts_ms: 80_000,
             seq: 2
@@ -1549,7 +1684,12 @@ fn mimi_7_6_only_the_last_capacity_requests_are_remembered() {
     );
     assert_eq!(state.last_seq(), last);
     assert_eq!(
-        success_seq_message(state.handle_app_message(&alice.id, &messages[0], 80_002)),
+        success_seq_message(state.handle_app_message(
+            &Submitter::Client(alice.id.clone()),
+            &alice.id.user(),
+            &messages[0],
+            80_002
+        )),
         last + 1,
         "the oldest was evicted: its resend is a new request"
     );
@@ -1564,10 +1704,20 @@ fn mimi_7_6_verdicts_are_replayed_within_the_retry_window_only() {
     let mut alice = TestClient::new(ALICE);
     let mut state = create_room(&mut alice);
     let hello = alice.send(b"hello");
-    let original = state.handle_app_message(&alice.id, &hello, 90_000);
+    let original = state.handle_app_message(
+        &Submitter::Client(alice.id.clone()),
+        &alice.id.user(),
+        &hello,
+        90_000,
+    );
     let expiry = 90_000 + RETRY_WINDOW_MS;
     assert_eq!(
-        state.handle_app_message(&alice.id, &hello, expiry - 1),
+        state.handle_app_message(
+            &Submitter::Client(alice.id.clone()),
+            &alice.id.user(),
+            &hello,
+            expiry - 1
+        ),
         original
     );
     let before = state.to_snapshot();
@@ -1581,7 +1731,220 @@ fn mimi_7_6_verdicts_are_replayed_within_the_retry_window_only() {
         "the log itself follows its own retention"
     );
     assert_eq!(
-        success_seq_message(state.handle_app_message(&alice.id, &hello, expiry)),
+        success_seq_message(state.handle_app_message(
+            &Submitter::Client(alice.id.clone()),
+            &alice.id.user(),
+            &hello,
+            expiry
+        )),
         2
     );
+}
+
+/// MIMI.md §5.4, DESIGN.md §4: the hub fans out to each follower provider what its clients are
+/// to see: Welcomes only to the providers of the added clients, the removing Commit to the
+/// removed client's provider, nothing after it.
+#[test]
+fn protocol06_5_4_fanout_follows_provider_visibility() {
+    let mut room = three_member_room();
+    assert_eq!(
+        room.state.followers().collect::<Vec<_>>(),
+        vec!["b.example", "c.example"],
+        "the hub's own domain is not a follower"
+    );
+    let welcomes: Vec<&LogItem> = room
+        .state
+        .items_after(0)
+        .iter()
+        .filter(|item| matches!(item.body, ItemBody::Welcome { .. }))
+        .collect();
+    assert_eq!(welcomes.len(), 1, "one Welcome for both added clients");
+    assert!(room.state.visible_to_provider(welcomes[0], "b.example"));
+    assert!(room.state.visible_to_provider(welcomes[0], "c.example"));
+    assert!(!room.state.visible_to_provider(welcomes[0], "d.example"));
+
+    let cathy_leaf = room.alice.leaf_of(&room.cathy);
+    let proposal = room
+        .alice
+        .policy()
+        .remove_participants_proposal(&[room.cathy.user()])
+        .unwrap();
+    let bundle = room.alice.commit(CommitSpec {
+        removes: vec![cathy_leaf],
+        proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
+        ..CommitSpec::default()
+    });
+    let alice = Submitter::Client(room.alice.id.clone());
+    let removal = success_seq(&room.state.handle_handshake(&alice, &bundle, 9_000));
+    room.alice.accepted();
+    let message = room.alice.send(b"after");
+    let after = success_seq_message(room.state.handle_app_message(
+        &alice,
+        &room.alice.user(),
+        &message,
+        9_001,
+    ));
+    fn backlog(state: &RoomState, provider: &str) -> Vec<u64> {
+        state
+            .fanout_backlog(provider, 0)
+            .map(|item| item.seq)
+            .collect()
+    }
+    assert!(backlog(&room.state, "c.example").contains(&removal));
+    assert!(!backlog(&room.state, "c.example").contains(&after));
+    assert!(backlog(&room.state, "b.example").contains(&after));
+
+    // Cursors only move forward, only for followers, never past the log.
+    room.state.fanout_delivered("c.example", removal);
+    room.state.fanout_delivered("c.example", 1);
+    assert_eq!(room.state.fanout_cursor("c.example"), removal);
+    assert!(
+        backlog(&room.state, "c.example").is_empty(),
+        "nothing left for c.example"
+    );
+    room.state.fanout_delivered("d.example", 1);
+    assert_eq!(room.state.fanout_cursor("d.example"), 0);
+    room.state.fanout_delivered("b.example", u64::MAX);
+    assert_eq!(room.state.fanout_cursor("b.example"), room.state.last_seq());
+    let restored = RoomState::from_snapshot(&room.state.to_snapshot()).unwrap();
+    assert_eq!(restored.fanout_cursor("c.example"), removal);
+}
+
+/// MIMI.md §7.1 step 2: a peer provider speaks only for its own users, and only for a room in
+/// which it has a participant.
+#[test]
+fn mimi_7_1_a_provider_cannot_speak_for_another_providers_users() {
+    let mut room = three_member_room();
+    let bundle = room.bob.commit(CommitSpec::default());
+    let before = room.state.to_snapshot();
+    let reason = not_allowed(room.state.handle_handshake(
+        &Submitter::Provider("c.example".into()),
+        &bundle,
+        10_000,
+    ));
+    assert!(
+        reason.contains("not by a client of provider c.example"),
+        "{reason}"
+    );
+    let reason = not_allowed(room.state.handle_handshake(
+        &Submitter::Provider("d.example".into()),
+        &bundle,
+        10_001,
+    ));
+    assert_eq!(reason, "provider d.example has no participant in this room");
+    assert_eq!(room.state.to_snapshot(), before, "refusals change nothing");
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Provider("b.example".into()),
+        &bundle,
+        10_002,
+    ));
+    room.bob.accepted();
+
+    let message = room.bob.send(b"hi");
+    let b = Submitter::Provider("b.example".into());
+    let SubmitVerdict::NotAllowed { reason } =
+        room.state
+            .handle_app_message(&b, &room.cathy.user(), &message, 10_003)
+    else {
+        panic!("expected notAllowed");
+    };
+    assert_eq!(
+        reason,
+        "provider b.example cannot send as mimi://c.example/u/cathy"
+    );
+    let stranger = UserId::parse("mimi://b.example/u/mallory").unwrap();
+    let SubmitVerdict::NotAllowed { reason } = room
+        .state
+        .handle_app_message(&b, &stranger, &message, 10_004)
+    else {
+        panic!("expected notAllowed");
+    };
+    assert!(reason.contains("has no client in the room"), "{reason}");
+    success_seq_message(
+        room.state
+            .handle_app_message(&b, &room.bob.user(), &message, 10_005),
+    );
+}
+
+mod fanout {
+    use super::*;
+    use crate::room::fanout::{FanoutCore, FanoutLimits};
+
+    fn limits(batch_items: usize) -> FanoutLimits {
+        FanoutLimits {
+            batch_items,
+            retry_initial_ms: 100,
+            retry_max_ms: 1_000,
+        }
+    }
+
+    /// One notify in flight per follower, bounded batches, exponential backoff with the
+    /// follower's Retry-After honoured (MIMI.md §5.4).
+    #[test]
+    fn one_batch_in_flight_per_follower_with_backoff() {
+        let mut room = three_member_room();
+        for (i, text) in [b"1", b"2", b"3"].iter().enumerate() {
+            let message = room.alice.send(*text);
+            success_seq_message(room.state.handle_app_message(
+                &Submitter::Client(room.alice.id.clone()),
+                &room.alice.user(),
+                &message,
+                20_000 + i as u64,
+            ));
+        }
+        let last = room.state.last_seq();
+        let mut core = FanoutCore::default();
+        let batches = core.poll(&room.state, 0, &limits(2));
+        let providers: Vec<&str> = batches.iter().map(|b| b.provider.as_str()).collect();
+        assert_eq!(providers, vec!["b.example", "c.example"]);
+        assert!(batches.iter().all(|b| b.items.len() == 2));
+        assert!(
+            core.poll(&room.state, 0, &limits(2)).is_empty(),
+            "in flight"
+        );
+        assert!(!core.is_quiet());
+
+        let first_last = batches[0].items[1].seq;
+        assert_eq!(core.on_delivered("b.example"), Some(first_last));
+        assert_eq!(core.on_delivered("b.example"), None, "nothing in flight");
+        let next = core.poll(&room.state, 0, &limits(64));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].items.first().unwrap().seq, first_last + 1);
+        assert_eq!(next[0].items.last().unwrap().seq, last);
+
+        assert_eq!(core.on_failed("c.example", 1_000, None, &limits(2)), 100);
+        assert!(
+            core.poll(&room.state, 1_050, &limits(2)).is_empty(),
+            "backing off"
+        );
+        let retry = core.poll(&room.state, 1_100, &limits(2));
+        assert_eq!(
+            retry[0].items.first().unwrap().seq,
+            batches[1].items[0].seq,
+            "resent"
+        );
+        assert_eq!(core.on_failed("c.example", 2_000, None, &limits(2)), 200);
+        core.poll(&room.state, 2_200, &limits(2));
+        assert_eq!(
+            core.on_failed("c.example", 3_000, Some(5_000), &limits(2)),
+            5_000
+        );
+        for now in [4_000, 5_000, 6_000] {
+            core.poll(&room.state, now + 10_000, &limits(2));
+            core.on_failed("c.example", now, None, &limits(2));
+        }
+        assert!(core.failures("c.example") >= 6);
+        assert_eq!(
+            core.on_failed("c.example", 9_000, None, &limits(2)),
+            1_000,
+            "capped"
+        );
+
+        // The durable cursor wins over the in-memory start after a restart.
+        room.state.fanout_delivered("c.example", last);
+        let mut fresh = FanoutCore::default();
+        let after_restart = fresh.poll(&room.state, 0, &limits(64));
+        assert_eq!(after_restart.len(), 1);
+        assert_eq!(after_restart[0].provider, "b.example");
+    }
 }

@@ -11,7 +11,7 @@
 //! of this client's own accepted commits and messages (MIMI.md §5.4: "providers and clients
 //! must tolerate receiving their own message").
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use rand::RngCore;
 use rustls::RootCertStore;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::api::{room_path, PREFIX};
@@ -50,6 +51,9 @@ use crate::wire::update::{
 use crate::wire::{Decode, Encode, Limits, Mls, MlsMessage, WireError};
 
 /// The MTI ciphersuite (RFC 9420 §17.1), used for every room and KeyPackage.
+/// How many own accepted items a client remembers to skip their echoes.
+const OWN_REMEMBERED: usize = 1024;
+
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
 #[derive(Debug, thiserror::Error)]
@@ -187,8 +191,10 @@ pub struct MimiClient {
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
     rooms: BTreeMap<RoomId, Room>,
-    /// (room, seq) of this client's own accepted items, skipped when echoed.
-    own: BTreeSet<(RoomId, u64)>,
+    /// (room, SHA-256 of the first MLS message) of this client's own accepted items, skipped
+    /// when echoed; oldest first, at most [`OWN_REMEMBERED`]. The hash, not the seq, because a
+    /// room hosted by another provider reaches us with our provider's own numbering.
+    own: VecDeque<(RoomId, [u8; 32])>,
     stream: Option<Stream>,
     limits: Limits,
 }
@@ -258,7 +264,7 @@ impl MimiClient {
             signer,
             credential,
             rooms: BTreeMap::new(),
-            own: BTreeSet::new(),
+            own: VecDeque::new(),
             stream: None,
             limits,
         })
@@ -671,7 +677,11 @@ impl MimiClient {
         let reason = response.response.error_description.clone();
         Ok(match response.response.outcome {
             UpdateOutcome::Success { .. } => {
-                self.note_own(room, response.seq);
+                let first = match &request.bundle {
+                    HandshakeBundle::Commit { commit, .. } => commit,
+                    HandshakeBundle::Proposals { proposal, .. } => proposal,
+                };
+                self.note_own(room, first.bytes());
                 UpdateResult::Accepted { seq: response.seq }
             }
             UpdateOutcome::WrongEpoch { current_epoch } => {
@@ -734,7 +744,7 @@ impl MimiClient {
             SubmitStatus::Accepted {
                 accepted_timestamp, ..
             } => {
-                self.note_own(room, response.seq);
+                self.note_own(room, &message);
                 SubmitResult::Accepted {
                     seq: response.seq,
                     timestamp: accepted_timestamp,
@@ -749,16 +759,34 @@ impl MimiClient {
         })
     }
 
-    /// Remembers an accepted item of this client so its echo is skipped. A resend of an
-    /// accepted request gets the original seq again (MIMI.md §7.6); if that echo was already
-    /// processed there is nothing left to skip, and remembering it would keep it forever.
-    fn note_own(&mut self, room: &RoomId, seq: u64) {
-        if self
-            .rooms
-            .get(room)
-            .is_some_and(|entry| seq > entry.processed)
-        {
-            self.own.insert((room.clone(), seq));
+    /// Remembers an accepted item of this client (by its first MLS message) so its echo is
+    /// skipped (MIMI.md §5.4: clients tolerate their own messages). Bounded: an echo that never
+    /// comes (a resend whose echo was already processed) is forgotten eventually.
+    fn note_own(&mut self, room: &RoomId, first_message: &[u8]) {
+        if self.own.len() == OWN_REMEMBERED {
+            self.own.pop_front();
+        }
+        self.own
+            .push_back((room.clone(), Sha256::digest(first_message).into()));
+    }
+
+    /// Whether `item` is the echo of one of this client's accepted items (forgotten once seen).
+    fn take_own(&mut self, room: &RoomId, body: &DeliveredBody) -> bool {
+        let first = match body {
+            DeliveredBody::Proposals { messages } => messages.first(),
+            DeliveredBody::Commit { message } | DeliveredBody::Application { message } => {
+                Some(message)
+            }
+            DeliveredBody::Welcome { .. } => None,
+        };
+        let Some(first) = first else { return false };
+        let hash: [u8; 32] = Sha256::digest(first.bytes()).into();
+        match self.own.iter().position(|(r, h)| r == room && *h == hash) {
+            Some(index) => {
+                self.own.remove(index);
+                true
+            }
+            None => false,
         }
     }
 
@@ -890,15 +918,19 @@ impl MimiClient {
             );
             return Ok(Some(Event::Joined { room, seq }));
         }
-        let own = self.own.remove(&(room.clone(), seq));
-        let Some(entry) = self.rooms.get_mut(&room) else {
-            return Ok(None); // not (or no longer) in this room
-        };
-        if seq <= entry.processed {
-            return Ok(None); // a duplicate after reconnecting
+        match self.rooms.get(&room) {
+            None => return Ok(None), // not (or no longer) in this room
+            Some(entry) if seq <= entry.processed => return Ok(None), // a duplicate
+            Some(_) => {}
         }
+        let own = self.take_own(&room, &item.body);
+        let Some(entry) = self.rooms.get_mut(&room) else {
+            return Ok(None);
+        };
         entry.processed = seq;
-        if own {
+        // A removed client may still be sent what follows its removal (a follower cannot tell,
+        // `MirrorRoom` docs); it can read none of it.
+        if own || !entry.group.is_active() {
             return Ok(None);
         }
         let messages = match item.body {

@@ -15,14 +15,14 @@
 //!   one cached directory per peer, requests bounded by `federation.request_timeout_ms`.
 //!
 //! What does not: the meaning of the endpoints. A [`FederationService`] implements
-//! keyMaterial, update, notify and the rest on top of this transport; until it exists the node
-//! runs [`Unimplemented`], which answers 501 to every authenticated request.
+//! keyMaterial, update, notify and the rest on top of this transport: the node runs
+//! [`crate::peering::MimiService`].
 
 use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::Method;
 
 use crate::h3::Response;
 
@@ -167,22 +167,6 @@ pub trait FederationService: Send + Sync + 'static {
     /// gets a 4xx response with a specific reason; an endpoint the service does not implement
     /// answers 501.
     fn handle(&self, req: PeerRequest) -> Pin<Box<dyn Future<Output = Response> + Send + '_>>;
-}
-
-/// The placeholder service: 501 for every endpoint. The transport, authentication and
-/// directory work in full; the endpoints' semantics come with the real service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Unimplemented;
-
-impl FederationService for Unimplemented {
-    fn handle(&self, req: PeerRequest) -> Pin<Box<dyn Future<Output = Response> + Send + '_>> {
-        Box::pin(async move {
-            Response::text(
-                StatusCode::NOT_IMPLEMENTED,
-                format!("{} is not implemented by this provider yet", req.endpoint),
-            )
-        })
-    }
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ pub struct Peers {
     directory_ttl: Duration,
     request_timeout: Duration,
     addresses: parking_lot::RwLock<HashMap<String, SocketAddr>>,
+    resolve_dns: bool,
     slots: parking_lot::Mutex<HashMap<String, Arc<PeerSlot>>>,
     metrics: Arc<Metrics>,
     directory_fetches: AtomicU64,
@@ -213,6 +214,7 @@ impl Peers {
             directory_ttl: Duration::from_secs(settings.directory_ttl_secs),
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             addresses: parking_lot::RwLock::new(addresses),
+            resolve_dns: settings.resolve_dns,
             slots: parking_lot::Mutex::new(HashMap::new()),
             metrics,
             directory_fetches: AtomicU64::new(0),
@@ -346,7 +348,14 @@ impl Peers {
         *cached = None;
         let addr = match mapped {
             Some(addr) => addr,
-            None => resolve(domain).await?,
+            None if self.resolve_dns => resolve(domain).await?,
+            None => {
+                return Err(PeerError::Resolve {
+                    domain: domain.to_owned(),
+                    reason: "not a configured peer (federation.peers), and DNS lookups are off"
+                        .into(),
+                })
+            }
         };
         self.connects.fetch_add(1, Ordering::Relaxed);
         let client = H3Client::connect(addr, domain, self.tls.clone(), self.client_limits.clone())

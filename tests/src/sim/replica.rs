@@ -726,6 +726,7 @@ pub fn outcome_name(output: &ApplyOutput) -> &'static str {
         | ApplyOutput::Claimed(_)
         | ApplyOutput::Acked
         | ApplyOutput::Housekept => "directory",
+        ApplyOutput::FanoutDelivered | ApplyOutput::FanoutReceived { .. } => "fanout",
     }
 }
 

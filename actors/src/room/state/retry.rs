@@ -16,7 +16,8 @@
 //! refusals out also means that clients which are not members, or that send garbage, cannot
 //! push out other clients' entries or grow the replicated state.
 //!
-//! The key covers the authenticated sender, so replaying someone else's bytes is a different
+//! The key covers the authenticated sender (a local client, or a peer provider and the user it
+//! speaks for), so replaying someone else's bytes is a different
 //! request: it goes through normal validation and never reveals the other client's verdict.
 //!
 //! Bounds, all deterministic (decided in apply from stamped hub time, identical on every
@@ -32,7 +33,6 @@ use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::command::HandshakeBundle;
-use crate::ids::ClientId;
 
 /// Most remembered requests per room. In a busy room this covers the last 1024 accepted
 /// requests, ~50 bytes each in a snapshot.
@@ -63,11 +63,11 @@ enum RequestKind {
 struct KeyHasher(Sha256);
 
 impl KeyHasher {
-    fn new(sender: &ClientId, kind: RequestKind) -> Self {
+    fn new(sender: &[u8], kind: RequestKind) -> Self {
         let mut hasher = KeyHasher(Sha256::new());
         hasher.0.update(KEY_DOMAIN);
         hasher.0.update([kind as u8]);
-        hasher.field(sender.as_bytes());
+        hasher.field(sender);
         hasher
     }
 
@@ -93,7 +93,7 @@ impl KeyHasher {
 
 /// The key of a handshake bundle (protocol-06 §5.2): for a commit the Commit, Welcome and
 /// GroupInfo bytes, for proposals every proposal in order.
-pub fn handshake_key(sender: &ClientId, bundle: &HandshakeBundle) -> RequestKey {
+pub fn handshake_key(sender: &[u8], bundle: &HandshakeBundle) -> RequestKey {
     match bundle {
         HandshakeBundle::Commit {
             commit,
@@ -118,7 +118,7 @@ pub fn handshake_key(sender: &ClientId, bundle: &HandshakeBundle) -> RequestKey 
 }
 
 /// The key of an application message (protocol-06 §5.3): its MLSMessage bytes.
-pub fn app_message_key(sender: &ClientId, message: &[u8]) -> RequestKey {
+pub fn app_message_key(sender: &[u8], message: &[u8]) -> RequestKey {
     let mut hasher = KeyHasher::new(sender, RequestKind::AppMessage);
     hasher.field(message);
     hasher.finish()
@@ -274,8 +274,11 @@ fn expired(accepted: &Accepted, now_ms: u64) -> bool {
 mod tests {
     use super::*;
 
-    fn client(uri: &str) -> ClientId {
-        ClientId::parse(uri).unwrap()
+    fn client(uri: &str) -> Vec<u8> {
+        crate::ids::ClientId::parse(uri)
+            .unwrap()
+            .as_bytes()
+            .to_vec()
     }
 
     fn key(n: u8) -> RequestKey {

@@ -7,10 +7,10 @@ use mimid_actors::room::log::{ItemBody, LogItem};
 use super::fixture::fixture;
 use super::{check, decode_err, round_trip};
 use crate::wire::client::{
-    encode_frame, AckEntry, AckRequest, ClientSubmitResponse,
-    ClientUpdateResponse, CreateRoomRequest, CreateRoomResponse, CreateRoomStatus, DeliveredBody,
-    DeliveredItem, DeliveredKind, FrameDecoder, FrameError, PublishKeyPackagesRequest,
-    RegisterClientRequest, RegisterClientResponse, FRAME_HEADER_LEN, HEARTBEAT_FRAME,
+    encode_frame, AckEntry, AckRequest, ClientSubmitResponse, ClientUpdateResponse,
+    CreateRoomRequest, CreateRoomResponse, CreateRoomStatus, DeliveredBody, DeliveredItem,
+    DeliveredKind, FrameDecoder, FrameError, PublishKeyPackagesRequest, RegisterClientRequest,
+    RegisterClientResponse, FRAME_HEADER_LEN, HEARTBEAT_FRAME,
 };
 use crate::wire::codec::{Encode, Limits, WireError};
 use crate::wire::submit::SubmitStatus;

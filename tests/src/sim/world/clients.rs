@@ -12,7 +12,7 @@
 //! Before acting, a client reads the
 //! log from some replica (possibly a stale one) and processes what it is delivered.
 
-use mimid_actors::command::{Command, HandshakeBundle, SubmitVerdict, UpdateVerdict};
+use mimid_actors::command::{Command, HandshakeBundle, SubmitVerdict, Submitter, UpdateVerdict};
 use mimid_actors::ids::ClientId;
 use mimid_actors::room::log::{ItemBody, LogItem};
 use mimid_actors::shard::{ApplyOutput, CreateRoomRejection};
@@ -385,7 +385,7 @@ impl World<'_> {
             kind: Kind::Commit { epoch },
             command: Command::Handshake {
                 room: self.room.clone(),
-                sender,
+                sender: Submitter::Client(sender),
                 bundle,
             },
             body: Some(body),
@@ -418,7 +418,8 @@ impl World<'_> {
             kind: Kind::Message { probe },
             command: Command::AppMessage {
                 room: self.room.clone(),
-                sender,
+                sending_user: sender.user(),
+                sender: Submitter::Client(sender),
                 message,
             },
             body: Some(body),

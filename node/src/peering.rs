@@ -1,0 +1,574 @@
+//! What MIMI's server-to-server endpoints mean (protocol-06 §5), on top of the federation
+//! transport ([`crate::federation`]): the hub side (`update`, `submitMessage`, `keyMaterial`
+//! for the rooms we host, proxying key material for followers), the follower side (`notify`
+//! receiver), the hub's outgoing `notify` ([`NotifySender`], the room actors' [`Federation`])
+//! and the forwarding of local clients' requests for rooms hosted elsewhere
+//! ([`Forwarder`]).
+//!
+//! Every decision is the hub's apply (DESIGN.md §2); this layer decodes, checks who may speak
+//! for whom (MIMI.md §7.1 step 2) and maps results to statuses.
+//!
+//! [IMPL CHOICE] `mimi-hub-seqs`: a mimid hub names, in this header of every notify, the room
+//! log position of each FanoutMessage in the body (comma-separated, increasing). A follower
+//! then deduplicates item by item (MIMI.md §5.4 anticipates a transaction id replacing
+//! byte-exact deduplication); without the header it falls back to byte-identical bodies.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use mimid_actors::actor::{Federation, NotifyError};
+use mimid_actors::command::{self, ReceivedItem, Submitter};
+use mimid_actors::hub::Hub;
+use mimid_actors::ids::{RoomId, UserId};
+use mimid_actors::room::log::{ItemBody, LogItem};
+use openmls::prelude::MlsMessageBodyIn;
+use sha2::{Digest, Sha256};
+
+use crate::api::{key_material_response, ok_body, parse_room_path, Answer, Refusal};
+use crate::federation::peers::{PeerResponse, Peers};
+use crate::federation::{FederationService, PeerRequest, S2sEndpoint};
+use crate::h3::Response;
+use crate::metrics::{Metrics, Outcome};
+use crate::wire::fanout::{decode_fanout_batch, encode_fanout_batch, FanoutBody, FanoutMessage};
+use crate::wire::key_material::KeyMaterialRequest;
+use crate::wire::submit::{SubmitMessageRequest, SubmitMessageResponse};
+use crate::wire::update::{RatchetTreeOption, UpdateRequest, UpdateRoomResponse};
+use crate::wire::{Decode, Limits, Mls, MlsMessage, WireError};
+
+/// The header naming the hub log position of every FanoutMessage of a notify.
+pub const HUB_SEQS_HEADER: &str = "mimi-hub-seqs";
+
+fn forbidden(reason: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::FORBIDDEN, reason)
+}
+
+fn not_found(reason: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::NOT_FOUND, reason)
+}
+
+/// A peer that gave no usable answer: 502 to our caller, who may retry.
+fn bad_gateway(error: impl std::fmt::Display) -> Refusal {
+    Refusal::new(StatusCode::BAD_GATEWAY, error.to_string())
+}
+
+/// Relays a peer's answer as ours (status, body and content type).
+fn relay(response: PeerResponse) -> Response {
+    let mut relayed = Response::full(response.status, response.body);
+    if let Some(value) = response.headers.get(http::header::CONTENT_TYPE) {
+        relayed
+            .headers
+            .insert(http::header::CONTENT_TYPE, value.clone());
+    }
+    if let Some(value) = response.headers.get(http::header::RETRY_AFTER) {
+        relayed
+            .headers
+            .insert(http::header::RETRY_AFTER, value.clone());
+    }
+    relayed
+}
+
+/// The server-to-server endpoints of one provider.
+pub struct MimiService {
+    hub: Arc<Hub>,
+    domain: String,
+    peers: Arc<Peers>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl MimiService {
+    pub fn new(
+        hub: Arc<Hub>,
+        domain: String,
+        peers: Arc<Peers>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        MimiService {
+            hub,
+            domain,
+            peers,
+            limits,
+            metrics,
+        }
+    }
+
+    /// MIMI.md §7.1 step 1: a room-scoped request for a room we host.
+    fn hosted_room(&self, param: &str) -> Result<RoomId, Refusal> {
+        let room = parse_room_path(param).map_err(Refusal::bad_request)?;
+        if room.domain() != self.domain || !self.hub.hosts(&room) {
+            return Err(not_found(format!(
+                "room {room} is not hosted by {}",
+                self.domain
+            )));
+        }
+        Ok(room)
+    }
+
+    /// protocol-06 §5.2 from a follower: the MLS senders must be its clients (checked in apply).
+    async fn update(&self, req: PeerRequest) -> Answer {
+        let room = self.hosted_room(&req.param)?;
+        let body = UpdateRequest::from_bytes(&req.body, &self.limits)?;
+        let bundle = command::HandshakeBundle::try_from(body)?;
+        let is_commit = matches!(bundle, command::HandshakeBundle::Commit { .. });
+        let verdict = self
+            .hub
+            .update(room, Submitter::Provider(req.from), bundle)
+            .await?;
+        if is_commit {
+            self.metrics.count_commit(match verdict {
+                command::UpdateVerdict::Success { .. } => Outcome::Accepted,
+                _ => Outcome::Rejected,
+            });
+        }
+        ok_body(StatusCode::OK, &UpdateRoomResponse::from(&verdict))
+    }
+
+    /// protocol-06 §5.3 from a follower: `sendingUri` must be one of its users.
+    async fn submit(&self, req: PeerRequest) -> Answer {
+        let room = self.hosted_room(&req.param)?;
+        let body = SubmitMessageRequest::from_bytes(&req.body, &self.limits)?;
+        let sending = body.sending_user()?;
+        if sending.domain() != req.from {
+            return Err(forbidden(format!(
+                "provider {} cannot send as {sending}",
+                req.from
+            )));
+        }
+        let verdict = self
+            .hub
+            .submit(
+                room,
+                Submitter::Provider(req.from),
+                sending,
+                body.app_message.into_bytes(),
+            )
+            .await?;
+        self.metrics.count_app_message(match verdict {
+            command::SubmitVerdict::Accepted { .. } => Outcome::Accepted,
+            _ => Outcome::Rejected,
+        });
+        ok_body(StatusCode::OK, &SubmitMessageResponse::from(&verdict))
+    }
+
+    /// protocol-06 §5.1: KeyPackages of our users for a requester the calling provider
+    /// authenticated (directly, or through the room's hub proxying for it); or, as the hub of
+    /// the room, proxying a follower's request to the target's provider (MIMI.md §6.3).
+    async fn key_material(&self, req: PeerRequest) -> Answer {
+        let request = KeyMaterialRequest::from_bytes(&req.body, &self.limits)?;
+        let requester = request
+            .verify()
+            .map_err(|e| Refusal::bad_request(format!("KeyMaterialRequest: {e}")))?;
+        let target = request.target_user()?;
+        let room = request.room()?;
+        let param_target = UserId::parse(&req.param)
+            .map_err(|e| Refusal::bad_request(format!("targetUser path parameter: {e}")))?;
+        if param_target != target {
+            return Err(Refusal::bad_request(format!(
+                "the path names {param_target} but the request targets {target}"
+            )));
+        }
+        if target.domain() == self.domain {
+            // The requester's own provider, or the hub of the room it fetches for.
+            if requester.domain() != req.from && room.domain() != req.from {
+                return Err(forbidden(format!(
+                    "provider {} speaks neither for {} nor as the hub of {room}",
+                    req.from,
+                    requester.user()
+                )));
+            }
+            let outcome = self
+                .hub
+                .claim_key_packages(requester.user(), target.clone())
+                .await?;
+            return ok_body(StatusCode::OK, &key_material_response(&target, outcome)?);
+        }
+        if requester.domain() != req.from {
+            return Err(forbidden(format!(
+                "provider {} cannot fetch key material as {}",
+                req.from,
+                requester.user()
+            )));
+        }
+        if room.domain() != self.domain || !self.hub.hosts(&room) {
+            return Err(not_found(format!(
+                "{target} is not served by {} and {room} is not hosted here",
+                self.domain
+            )));
+        }
+        let answer = self
+            .peers
+            .request(
+                target.domain(),
+                S2sEndpoint::KeyMaterial,
+                target.as_str(),
+                HeaderMap::new(),
+                req.body,
+            )
+            .await
+            .map_err(bad_gateway)?;
+        Ok(relay(answer))
+    }
+
+    /// protocol-06 §5.4, follower side: only the room's hub may notify; what it sends is
+    /// recorded durably before the 201.
+    async fn notify(&self, req: PeerRequest) -> Answer {
+        let room = parse_room_path(&req.param).map_err(Refusal::bad_request)?;
+        if room.domain() != req.from {
+            return Err(forbidden(format!(
+                "provider {} is not the hub of {room}",
+                req.from
+            )));
+        }
+        if room.domain() == self.domain {
+            return Err(Refusal::new(
+                StatusCode::CONFLICT,
+                format!("room {room} is hosted here"),
+            ));
+        }
+        let items = received_items(&self.hub, &req.headers, &req.body, &self.limits)?;
+        let body_hash: [u8; 32] = Sha256::digest(&req.body).into();
+        let appended = self
+            .hub
+            .receive_fanout(room.clone(), items, body_hash)
+            .await?;
+        tracing::debug!(%room, appended, "notify received");
+        Ok(Response::full(StatusCode::CREATED, Bytes::new()))
+    }
+}
+
+impl FederationService for MimiService {
+    fn handle(&self, req: PeerRequest) -> Pin<Box<dyn Future<Output = Response> + Send + '_>> {
+        Box::pin(async move {
+            let answer = match req.endpoint {
+                S2sEndpoint::Update => self.update(req).await,
+                S2sEndpoint::SubmitMessage => self.submit(req).await,
+                S2sEndpoint::KeyMaterial => self.key_material(req).await,
+                S2sEndpoint::Notify => self.notify(req).await,
+                other => Err(Refusal::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!("{other} is not implemented by this provider yet"),
+                )),
+            };
+            match answer {
+                Ok(response) => response,
+                Err(refusal) => refusal.into_response(&self.metrics),
+            }
+        })
+    }
+}
+
+/// Decodes a notify body into what the follower stores (MIMI.md §5.4). Welcomes are routed to
+/// the local clients whose claimed KeyPackages they name; `mimi-hub-seqs`, when present, must
+/// name one increasing position per message.
+fn received_items(
+    hub: &Hub,
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Vec<ReceivedItem>, Refusal> {
+    let messages = decode_fanout_batch(body, limits)?;
+    let seqs = match headers.get(HUB_SEQS_HEADER) {
+        None => None,
+        Some(value) => Some(parse_hub_seqs(value, messages.len()).map_err(Refusal::bad_request)?),
+    };
+    let mut items = Vec::with_capacity(messages.len());
+    let mut epoch_after_commit = None;
+    for (index, message) in messages.into_iter().enumerate() {
+        let hub_seq = seqs.as_ref().map(|seqs| seqs[index]);
+        let (epoch, body) = match message.body {
+            FanoutBody::Application { message, .. } => (
+                message.epoch().unwrap_or(0),
+                ItemBody::Application {
+                    message: message.into_bytes(),
+                },
+            ),
+            FanoutBody::Proposal {
+                proposal,
+                more_proposals,
+            } => (
+                proposal.epoch().unwrap_or(0),
+                ItemBody::Proposals {
+                    messages: std::iter::once(proposal)
+                        .chain(more_proposals)
+                        .map(MlsMessage::into_bytes)
+                        .collect(),
+                },
+            ),
+            FanoutBody::Commit {
+                commit,
+                external_proposals,
+            } => {
+                if !external_proposals.is_empty() {
+                    // Only hubs that re-issue their own proposals after external commits send
+                    // these (MIMI.md §6.7); members learn them again from the next fan-out.
+                    tracing::warn!(
+                        count = external_proposals.len(),
+                        "externalProposals on a commit are not delivered yet"
+                    );
+                }
+                let epoch = commit.epoch().unwrap_or(0);
+                epoch_after_commit = Some(epoch + 1);
+                (
+                    epoch,
+                    ItemBody::Commit {
+                        message: commit.into_bytes(),
+                    },
+                )
+            }
+            FanoutBody::Welcome {
+                welcome,
+                ratchet_tree_option,
+            } => {
+                let RatchetTreeOption::Full(tree) = ratchet_tree_option else {
+                    return Err(Refusal::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "only a full RatchetTreeOption can be delivered with a Welcome",
+                    ));
+                };
+                let to = hub.welcome_recipients(&welcome_refs(&welcome)?);
+                (
+                    epoch_after_commit.unwrap_or(0),
+                    ItemBody::Welcome {
+                        welcome: welcome.into_bytes(),
+                        ratchet_tree: tree.bytes().to_vec(),
+                        to,
+                    },
+                )
+            }
+        };
+        items.push(ReceivedItem {
+            hub_seq,
+            ts_ms: message.timestamp,
+            epoch,
+            body,
+        });
+    }
+    Ok(items)
+}
+
+/// The KeyPackageRefs a Welcome is encrypted to (`secrets[].new_member`).
+fn welcome_refs(welcome: &MlsMessage) -> Result<Vec<Vec<u8>>, Refusal> {
+    match welcome.to_openmls()?.extract() {
+        MlsMessageBodyIn::Welcome(welcome) => Ok(welcome
+            .secrets()
+            .iter()
+            .map(|secret| secret.new_member().as_slice().to_vec())
+            .collect()),
+        _ => Err(Refusal::bad_request(
+            "FanoutMessage.message: expected a Welcome",
+        )),
+    }
+}
+
+fn parse_hub_seqs(value: &HeaderValue, count: usize) -> Result<Vec<u64>, String> {
+    let text = value
+        .to_str()
+        .map_err(|_| format!("{HUB_SEQS_HEADER} is not ASCII"))?;
+    let seqs = text
+        .split(',')
+        .map(|part| part.trim().parse::<u64>())
+        .collect::<Result<Vec<u64>, _>>()
+        .map_err(|_| format!("{HUB_SEQS_HEADER} is not a list of numbers"))?;
+    if seqs.len() != count {
+        return Err(format!(
+            "{HUB_SEQS_HEADER} names {} positions for {count} messages",
+            seqs.len()
+        ));
+    }
+    if seqs.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(format!("{HUB_SEQS_HEADER} is not increasing"));
+    }
+    Ok(seqs)
+}
+
+/// A log item as the FanoutMessage that carries it (MIMI.md §5.4).
+fn fanout_message(item: &LogItem) -> Result<FanoutMessage, WireError> {
+    let body = match &item.body {
+        ItemBody::Application { message } => FanoutBody::Application {
+            message: MlsMessage::from_bytes(message)?,
+            frank: None,
+        },
+        ItemBody::Proposals { messages } => {
+            let mut messages = messages
+                .iter()
+                .map(|m| MlsMessage::from_bytes(m))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter();
+            let proposal = messages.next().ok_or(WireError::Truncated {
+                field: "FanoutMessage.message",
+            })?;
+            FanoutBody::Proposal {
+                proposal,
+                more_proposals: messages.collect(),
+            }
+        }
+        ItemBody::Commit { message } => FanoutBody::Commit {
+            commit: MlsMessage::from_bytes(message)?,
+            external_proposals: Vec::new(),
+        },
+        ItemBody::Welcome {
+            welcome,
+            ratchet_tree,
+            ..
+        } => FanoutBody::Welcome {
+            welcome: MlsMessage::from_bytes(welcome)?,
+            ratchet_tree_option: RatchetTreeOption::Full(Mls::from_bytes(ratchet_tree)?),
+        },
+    };
+    Ok(FanoutMessage {
+        timestamp: item.ts_ms,
+        body,
+    })
+}
+
+/// The hub's notify: one POST per batch, with the items' log positions in `mimi-hub-seqs`.
+pub struct NotifySender {
+    peers: Arc<Peers>,
+}
+
+impl NotifySender {
+    pub fn new(peers: Arc<Peers>) -> Self {
+        NotifySender { peers }
+    }
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+impl Federation for NotifySender {
+    fn notify(
+        &self,
+        room: &RoomId,
+        provider: &str,
+        items: Vec<LogItem>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send>> {
+        let peers = self.peers.clone();
+        let room = room.clone();
+        let provider = provider.to_owned();
+        Box::pin(async move {
+            let failed = |reason: String| NotifyError {
+                reason,
+                retry_after: None,
+            };
+            let messages = items
+                .iter()
+                .map(fanout_message)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| failed(format!("encoding the fan-out: {e}")))?;
+            let body = encode_fanout_batch(&messages)
+                .map_err(|e| failed(format!("encoding the fan-out: {e}")))?;
+            let seqs = items
+                .iter()
+                .map(|item| item.seq.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                HUB_SEQS_HEADER,
+                HeaderValue::from_str(&seqs).map_err(|e| failed(e.to_string()))?,
+            );
+            let response = peers
+                .request(
+                    &provider,
+                    S2sEndpoint::Notify,
+                    room.as_str(),
+                    headers,
+                    Bytes::from(body),
+                )
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if response.status == StatusCode::CREATED {
+                return Ok(());
+            }
+            Err(NotifyError {
+                reason: format!(
+                    "{} answered {}: {}",
+                    provider,
+                    response.status,
+                    String::from_utf8_lossy(&response.body)
+                ),
+                retry_after: retry_after(&response.headers),
+            })
+        })
+    }
+}
+
+/// Forwards local clients' requests for rooms hosted elsewhere, and for users of other
+/// providers, to the provider that decides (MIMI.md §15 "Follower").
+pub(crate) struct Forwarder {
+    peers: Arc<Peers>,
+    domain: String,
+}
+
+impl Forwarder {
+    pub fn new(peers: Arc<Peers>, domain: String) -> Self {
+        Forwarder { peers, domain }
+    }
+
+    /// Sends `body` to `endpoint` of `domain` for `param`; a peer that gives no answer is a 502.
+    pub async fn forward(
+        &self,
+        domain: &str,
+        endpoint: S2sEndpoint,
+        param: &str,
+        body: Bytes,
+    ) -> Result<PeerResponse, Refusal> {
+        debug_assert_ne!(
+            domain, self.domain,
+            "requests for ourselves are not forwarded"
+        );
+        self.peers
+            .request(domain, endpoint, param, HeaderMap::new(), body)
+            .await
+            .map_err(bad_gateway)
+    }
+
+    /// Relays a peer's answer as is.
+    pub fn relay(response: PeerResponse) -> Response {
+        relay(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_seqs_must_name_one_increasing_position_per_message() {
+        let value = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(parse_hub_seqs(&value("3,4, 9"), 3).unwrap(), vec![3, 4, 9]);
+        assert!(parse_hub_seqs(&value("3,4"), 3)
+            .unwrap_err()
+            .contains("2 positions"));
+        assert!(parse_hub_seqs(&value("4,3"), 2)
+            .unwrap_err()
+            .contains("increasing"));
+        assert!(parse_hub_seqs(&value("4,4"), 2)
+            .unwrap_err()
+            .contains("increasing"));
+        assert!(parse_hub_seqs(&value("a"), 1)
+            .unwrap_err()
+            .contains("numbers"));
+    }
+
+    #[test]
+    fn retry_after_seconds_are_honoured() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+    }
+}
