@@ -39,6 +39,7 @@ pub struct Metrics {
     app_messages: Family<ResultLabels, Counter>,
     limit_hits: Family<LimitLabels, Counter>,
     peer_requests: Family<PeerLabels, Counter>,
+    notifies: Family<NotifyLabels, Counter>,
     push_streams: Gauge,
     rooms_active: Gauge,
     ready: Gauge,
@@ -162,6 +163,13 @@ impl EncodeLabelValue for PeerOutcome {
     }
 }
 
+/// Labels of `mimid_fanout_notifies_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabels {
+    /// `delivered` (the follower answered 201) or `failed` (to be retried).
+    pub outcome: &'static str,
+}
+
 /// Cumulative Raft counters of the cluster driver, copied in by [`Metrics::set_raft_totals`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RaftTotals {
@@ -238,6 +246,15 @@ impl Metrics {
         for outcome in PeerOutcome::ALL {
             drop(peer_requests.get_or_create(&PeerLabels { outcome }));
         }
+        let notifies = Family::<NotifyLabels, Counter>::default();
+        registry.register(
+            "fanout_notifies",
+            "Notifies sent by hosted rooms to follower providers (MIMI protocol-06 §5.4), by outcome",
+            notifies.clone(),
+        );
+        for outcome in ["delivered", "failed"] {
+            drop(notifies.get_or_create(&NotifyLabels { outcome }));
+        }
         let push_streams = Gauge::default();
         registry.register(
             "push_streams",
@@ -266,6 +283,7 @@ impl Metrics {
             app_messages,
             limit_hits,
             peer_requests,
+            notifies,
             push_streams,
             rooms_active,
             ready,
@@ -313,6 +331,15 @@ impl Metrics {
         self.limit_hits
             .get_or_create(&LimitLabels { limit })
             .inc_by(n);
+    }
+
+    /// Adds notifies that followers acknowledged (`delivered`) and that failed (`failed`).
+    pub fn count_notifies(&self, delivered: u64, failed: u64) {
+        for (outcome, n) in [("delivered", delivered), ("failed", failed)] {
+            self.notifies
+                .get_or_create(&NotifyLabels { outcome })
+                .inc_by(n);
+        }
     }
 
     /// Records how an outgoing peer request ended.

@@ -272,11 +272,19 @@ async fn refresh_metrics(
 ) {
     let mut tick = tokio::time::interval(METRICS_REFRESH);
     let mut stream_overflows = 0;
+    let (mut delivered, mut failed) = (0, 0);
     loop {
         tick.tick().await;
-        let overflows = hub.metrics().stream_overflows.load(Ordering::Relaxed);
+        let actors = hub.metrics();
+        let overflows = actors.stream_overflows.load(Ordering::Relaxed);
         metrics.count_limit_hits(Limit::StreamQueueFull, overflows - stream_overflows);
         stream_overflows = overflows;
+        let (now_delivered, now_failed) = (
+            actors.notifies_delivered.load(Ordering::Relaxed),
+            actors.notifies_failed.load(Ordering::Relaxed),
+        );
+        metrics.count_notifies(now_delivered - delivered, now_failed - failed);
+        (delivered, failed) = (now_delivered, now_failed);
         let raft = cluster.metrics();
         metrics.set_raft_totals(RaftTotals {
             proposals: raft.proposals,

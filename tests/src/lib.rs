@@ -303,3 +303,19 @@ impl TestNode {
             .collect()
     }
 }
+
+/// The value of `series` (name with labels, as exported) in a Prometheus text scrape.
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes the node's `/metrics`.
+pub async fn scrape(node: &TestNode) -> String {
+    let (status, body) = http_get(&format!("http://{}/metrics", node.node().admin_addr()))
+        .await
+        .expect("metrics scrape");
+    assert_eq!(status, 200);
+    body
+}

@@ -3,10 +3,18 @@
 
 use std::time::SystemTime;
 
-use mimid_actors::ids::{RoomId, UserId};
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use mimid_actors::ids::{ClientId, RoomId, UserId};
+use mimid_actors::policy::DEFAULT_ROLE_ADMIN;
 use mimid_node::certs::{CertAuthority, CA_VALIDITY};
 use mimid_node::client::{Event, MimiClient, SubmitResult, UpdateResult};
-use mimid_tests::{connect_providers, TestNode, WAIT};
+use mimid_node::federation::S2sEndpoint;
+use mimid_node::wire::submit::{SubmitMessageRequest, SubmitMessageResponse, SubmitStatus};
+use mimid_node::wire::types::{IdentifierUri, Protocol};
+use mimid_node::wire::update::{UpdateOutcome, UpdateRequest, UpdateRoomResponse};
+use mimid_node::wire::{Decode, Encode, Limits, MlsMessage};
+use mimid_tests::{connect_providers, metric, scrape, TestNode, WAIT};
 
 fn ca() -> CertAuthority {
     CertAuthority::generate(SystemTime::now(), CA_VALIDITY).expect("test CA")
@@ -14,6 +22,27 @@ fn ca() -> CertAuthority {
 
 fn user(domain: &str, name: &str) -> UserId {
     UserId::parse(&format!("mimi://{domain}/u/{name}")).expect("valid user")
+}
+
+async fn expect_committed(client: &mut MimiClient) {
+    match client.next_event(WAIT).await.expect("push stream works") {
+        Some(Event::Committed { .. }) => {}
+        other => panic!("{} expected a commit, got {other:?}", client.id()),
+    }
+}
+
+async fn expect_proposed(client: &mut MimiClient) {
+    match client.next_event(WAIT).await.expect("push stream works") {
+        Some(Event::Proposed { .. }) => {}
+        other => panic!("{} expected proposals, got {other:?}", client.id()),
+    }
+}
+
+async fn expect_removed(client: &mut MimiClient) {
+    match client.next_event(WAIT).await.expect("push stream works") {
+        Some(Event::Removed { .. }) => {}
+        other => panic!("{} expected its removal, got {other:?}", client.id()),
+    }
 }
 
 async fn expect_joined(client: &mut MimiClient) {
@@ -83,8 +112,9 @@ async fn assert_one_order(providers: &[&TestNode], room: &RoomId, count: usize) 
 
 /// MIMI.md §6.2-§6.5 across three providers: Alice@a (hub) creates a room and adds Bob@b and
 /// Cathy@c with KeyPackages fetched through their providers' keyMaterial; Welcomes reach them
-/// through notify; all three exchange messages that every provider holds in one order; Alice
-/// removes Cathy, whose provider then cannot send for her.
+/// through notify; all three exchange messages that every provider holds in one order; Cathy's
+/// second device is added with a KeyPackage fetched through the hub's keyMaterial proxy (Bob may
+/// not add it); Bob leaves; Alice removes Cathy; removed users cannot send.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_providers_create_add_message_remove_protocol06_5() {
     let ca = ca();
@@ -133,6 +163,97 @@ async fn three_providers_create_add_message_remove_protocol06_5() {
     assert_eq!(read_messages(&mut cathy, 6).await, from_others("cathy"));
     assert_one_order(&[&a, &b, &c], &club, 9).await;
 
+    // Alice makes Bob an admin. Cathy's second device is added by her first one, with a
+    // KeyPackage fetched through the hub, which proxies to c (MIMI.md §6.3). Bob may fetch it
+    // the same way but not add it: room-policy-03 (MIMI.md §9.5) lets a user's new client be
+    // added only by that user's clients or together with the user.
+    let promoted = alice
+        .change_role(&club, &user("b.example", "bob"), DEFAULT_ROLE_ADMIN)
+        .await
+        .expect("role change works");
+    assert!(
+        matches!(promoted, UpdateResult::Accepted { .. }),
+        "{promoted:?}"
+    );
+    expect_committed(&mut bob).await;
+    expect_committed(&mut cathy).await;
+    let phone = ClientId::parse("mimi://c.example/d/cathy/phone").unwrap();
+    let mut cathy_phone = cathy
+        .link(phone.clone())
+        .await
+        .expect("second device linked");
+    cathy_phone
+        .publish_key_packages(2)
+        .await
+        .expect("KeyPackage published");
+    cathy_phone.connect_stream().await.expect("stream opens");
+    let claimed = bob
+        .claim(&user("c.example", "cathy"), &club)
+        .await
+        .expect("b -> a -> c keyMaterial");
+    let for_phone: Vec<_> = claimed
+        .into_iter()
+        .filter(|kp| kp.leaf_node().credential().serialized_content() == phone.as_bytes())
+        .collect();
+    assert_eq!(for_phone.len(), 1, "one KeyPackage of the new device");
+    let refused = bob
+        .commit_adds(&club, &[], for_phone)
+        .await
+        .expect("bob's commit goes through b to the hub");
+    match refused {
+        UpdateResult::NotAllowed { .. } => {}
+        other => panic!("another user's client is added only by that user: {other:?}"),
+    }
+    let claimed = cathy
+        .claim(&user("c.example", "cathy"), &club)
+        .await
+        .expect("c -> a -> c keyMaterial");
+    let for_phone: Vec<_> = claimed
+        .into_iter()
+        .filter(|kp| kp.leaf_node().credential().serialized_content() == phone.as_bytes())
+        .collect();
+    let added = cathy
+        .commit_adds(&club, &[], for_phone)
+        .await
+        .expect("cathy's commit goes through c to the hub");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    expect_joined(&mut cathy_phone).await;
+    expect_committed(&mut alice).await;
+    expect_committed(&mut bob).await;
+    assert_eq!(alice.members(&club).len(), 4);
+    send(&mut cathy_phone, &club, "from cathy's phone").await;
+    assert_eq!(
+        read_messages(&mut alice, 1).await,
+        vec!["from cathy's phone"]
+    );
+    assert_eq!(read_messages(&mut bob, 1).await, vec!["from cathy's phone"]);
+    assert_eq!(
+        read_messages(&mut cathy, 1).await,
+        vec!["from cathy's phone"]
+    );
+
+    // Bob leaves: his SelfRemove bundle is required in the next commit (MIMI.md §6.5).
+    let held_by_bob = bob
+        .prepare_text(&club, "bob after leaving")
+        .expect("bob can still encrypt at this epoch");
+    let left = bob.leave(&club).await.expect("leave goes through b");
+    assert!(matches!(left, UpdateResult::Accepted { .. }), "{left:?}");
+    expect_proposed(&mut alice).await;
+    for client in [&mut cathy, &mut cathy_phone] {
+        expect_proposed(client).await;
+    }
+    let committed = alice.self_update(&club).await.expect("commit works");
+    assert!(
+        matches!(committed, UpdateResult::Accepted { .. }),
+        "{committed:?}"
+    );
+    expect_removed(&mut bob).await;
+    for client in [&mut cathy, &mut cathy_phone] {
+        expect_committed(client).await;
+    }
+    assert_eq!(alice.members(&club).len(), 3);
+
+    // Alice removes Cathy with both her devices; removed users cannot send.
     let held = cathy
         .prepare_text(&club, "after removal")
         .expect("cathy can still encrypt at this epoch");
@@ -144,20 +265,32 @@ async fn three_providers_create_add_message_remove_protocol06_5() {
         matches!(removed, UpdateResult::Accepted { .. }),
         "{removed:?}"
     );
-    match cathy.next_event(WAIT).await.expect("stream works") {
-        Some(Event::Removed { .. }) => {}
-        other => panic!("cathy expected her removal, got {other:?}"),
+    expect_removed(&mut cathy).await;
+    expect_removed(&mut cathy_phone).await;
+    for (client, message) in [(&mut cathy, held), (&mut bob, held_by_bob)] {
+        match client.submit_raw(&club, message).await.expect("answered") {
+            SubmitResult::NotAllowed { .. } => {}
+            other => panic!(
+                "{}: a removed user's message must be refused: {other:?}",
+                client.id()
+            ),
+        }
     }
-    match cathy.submit_raw(&club, held).await.expect("answered") {
-        SubmitResult::NotAllowed { .. } => {}
-        other => panic!("a removed user's message must be refused: {other:?}"),
+    assert_one_order(&[&a, &b, &c], &club, 10).await;
+    // Neither b nor c has a participant left: the hub sends them nothing more (MIMI.md §5.4).
+    send(&mut alice, &club, "alice alone").await;
+    assert_one_order(&[&a], &club, 11).await;
+    {
+        let hub = a.node().hub();
+        let shard = hub.shards().for_room(&club).read();
+        let state = shard.room(&club).expect("a hosts the room");
+        let last = state.items_after(state.last_seq() - 1)[0].clone();
+        for follower in ["b.example", "c.example"] {
+            assert!(!state.visible_to_provider(&last, follower), "{follower}");
+        }
     }
-    match bob.next_event(WAIT).await.expect("stream works") {
-        Some(Event::Committed { .. }) => {}
-        other => panic!("bob expected the removal commit, got {other:?}"),
-    }
-    send(&mut bob, &club, "bob after").await;
-    assert_eq!(read_messages(&mut alice, 1).await, vec!["bob after"]);
+    assert_eq!(b.application_messages(&club).len(), 10);
+    assert_eq!(c.application_messages(&club).len(), 10);
 
     for node in [a, b, c] {
         node.shutdown().await;
@@ -218,6 +351,431 @@ async fn a_follower_down_during_traffic_gets_every_missed_item_once_in_order() {
     );
     assert_one_order(&[&a, &b], &club, 7).await;
 
+    // The hub's /metrics show the failed attempts and the deliveries (refreshed every second).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = scrape(&a).await;
+        let failed = metric(&text, "mimid_fanout_notifies_total{outcome=\"failed\"}");
+        let delivered = metric(&text, "mimid_fanout_notifies_total{outcome=\"delivered\"}");
+        if failed.unwrap_or(0.0) >= 1.0 && delivered.unwrap_or(0.0) >= 3.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notify counters did not move: failed {failed:?}, delivered {delivered:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// MIMI.md §5.4, §7.3 step 8: a hub that restarts in the middle of fan-out resumes from its
+/// durable per-follower cursor; the follower ends up with every item exactly once, in order
+/// (what was delivered but not yet recorded is resent and dropped by hub seq).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_restart_in_the_middle_of_fanout_loses_and_duplicates_nothing() {
+    let ca = ca();
+    let fast_retries = |config: &mut mimid_node::config::Config| {
+        config.federation.retry_initial_ms = 20;
+        config.federation.retry_max_ms = 200;
+    };
+    let mut a = TestNode::start_provider_with(
+        "a.example",
+        &ca,
+        mimid_tests::ProviderSetup::default(),
+        fast_retries,
+    )
+    .await;
+    let mut b = TestNode::start_provider("b.example", &ca).await;
+    connect_providers(&[&a, &b]);
+    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
+    let mut alice = a.client("alice", "phone", 1).await;
+    let mut bob = b.client("bob", "laptop", 1).await;
+    bob.connect_stream().await.expect("stream opens");
+    alice.create_room(&club).await.expect("room created");
+    alice
+        .add_users(&club, &[user("b.example", "bob")])
+        .await
+        .expect("bob added");
+    expect_joined(&mut bob).await;
+
+    // Phase 1: the hub stops right after accepting, while notifies are in flight.
+    for n in 0..10 {
+        send(&mut alice, &club, &format!("burst {n}")).await;
+    }
+    a.restart().await;
+    connect_providers(&[&a, &b]);
+    alice
+        .reconnect(a.endpoint())
+        .await
+        .expect("alice reconnects");
+    let burst: Vec<String> = (0..10).map(|n| format!("burst {n}")).collect();
+    assert_eq!(read_messages(&mut bob, 10).await, burst);
+
+    // Phase 2: the follower is down, so fan-out is pending when the hub restarts.
+    bob.disconnect_stream();
+    b.stop().await;
+    for n in 0..5 {
+        send(&mut alice, &club, &format!("pending {n}")).await;
+    }
+    a.restart().await;
+    b.restart().await;
+    connect_providers(&[&a, &b]);
+    alice
+        .reconnect(a.endpoint())
+        .await
+        .expect("alice reconnects");
+    bob.reconnect(b.endpoint()).await.expect("bob reconnects");
+    let pending: Vec<String> = (0..5).map(|n| format!("pending {n}")).collect();
+    assert_eq!(read_messages(&mut bob, 5).await, pending);
+    send(&mut alice, &club, "last").await;
+    assert_eq!(
+        read_messages(&mut bob, 1).await,
+        vec!["last"],
+        "nothing was delivered twice"
+    );
+    assert_one_order(&[&a, &b], &club, 16).await;
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Waits until the hub of `room` has every follower's fan-out acknowledged and recorded, so
+/// that its replicated state only changes with new requests.
+async fn wait_fanout_settled(hub: &TestNode, room: &RoomId) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let settled = {
+            let node_hub = hub.node().hub();
+            let shard = node_hub.shards().for_room(room).read();
+            let state = shard.room(room).expect("hosted here");
+            let pending = state.followers().any(|follower| {
+                state
+                    .fanout_backlog(follower, state.fanout_cursor(follower))
+                    .next()
+                    .is_some()
+            });
+            !pending
+        };
+        if settled {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fan-out did not settle"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// One server-to-server request of the negative matrix and what it must get.
+struct PeerCase {
+    name: &'static str,
+    from: &'static str,
+    endpoint: S2sEndpoint,
+    param: String,
+    body: Vec<u8>,
+    status: StatusCode,
+    /// Checks the answer's body (a TLS-PL response or a text reason).
+    check: fn(&[u8]) -> Result<(), String>,
+}
+
+fn reason(expected: &'static str) -> impl Fn(&[u8]) -> Result<(), String> {
+    move |body| {
+        let text = String::from_utf8_lossy(body);
+        if text.contains(expected) {
+            Ok(())
+        } else {
+            Err(format!("expected {expected:?} in {text:?}"))
+        }
+    }
+}
+
+fn update_answer(body: &[u8]) -> UpdateRoomResponse {
+    UpdateRoomResponse::from_bytes(
+        body,
+        &Limits {
+            max_body_len: 1 << 20,
+        },
+    )
+    .expect("an UpdateRoomResponse")
+}
+
+/// MIMI.md §7.1-§7.4 and §3.3, from peer providers: each request is refused with the draft's
+/// status or code and a specific reason, and the room's replicated state is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_requests_that_break_the_rules_are_refused_and_change_nothing() {
+    let ca = ca();
+    let a = TestNode::start_provider("a.example", &ca).await;
+    let b = TestNode::start_provider("b.example", &ca).await;
+    let c = TestNode::start_provider("c.example", &ca).await;
+    connect_providers(&[&a, &b, &c]);
+    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
+    let mut alice = a.client("alice", "phone", 1).await;
+    let mut bob = b.client("bob", "laptop", 1).await;
+    bob.connect_stream().await.expect("stream opens");
+    alice.create_room(&club).await.expect("room created");
+    alice
+        .add_users(&club, &[user("b.example", "bob")])
+        .await
+        .expect("bob added");
+    expect_joined(&mut bob).await;
+
+    // Real handshakes to misroute: a Bob commit made stale by a commit of Alice, then Alice's
+    // self-update and Bob's message at the current epoch.
+    let stale_bobs_commit = bob.prepare_self_update(&club).expect("bob builds a commit");
+    alice
+        .self_update(&club)
+        .await
+        .expect("alice moves the epoch");
+    expect_committed(&mut bob).await;
+    let alices_commit = alice
+        .prepare_self_update(&club)
+        .expect("alice builds a commit");
+    let bobs_message = bob.prepare_text(&club, "hi").expect("bob encrypts");
+    let epoch = alice.epoch(&club).expect("alice is in the room");
+    let submit = |sending: &str, message: &[u8]| {
+        SubmitMessageRequest {
+            protocol: Protocol::Mls10,
+            app_message: MlsMessage::from_bytes(message).expect("an MLSMessage"),
+            sending_uri: IdentifierUri::new(sending.as_bytes()),
+        }
+        .to_bytes()
+        .expect("encodes")
+    };
+    let valid_submit = submit("mimi://b.example/u/bob", &bobs_message);
+    let uri_len = "mimi://b.example/u/bob".len();
+    let uri_at = valid_submit.len() - uri_len - 1;
+    let mut non_minimal = valid_submit[..uri_at].to_vec();
+    non_minimal.extend_from_slice(&[0x40, uri_len as u8]);
+    non_minimal.extend_from_slice(&valid_submit[uri_at + 1..]);
+    let public_as_application = {
+        let request = UpdateRequest::from_bytes(
+            &stale_bobs_commit,
+            &Limits {
+                max_body_len: 1 << 20,
+            },
+        )
+        .expect("an UpdateRequest");
+        let mimid_node::wire::update::HandshakeBundle::Commit { commit, .. } = request.bundle
+        else {
+            panic!("a commit bundle")
+        };
+        submit("mimi://b.example/u/bob", commit.bytes())
+    };
+    let key_material = alice
+        .key_material_request(&user("a.example", "alice"), &club)
+        .expect("signed")
+        .to_bytes()
+        .expect("encodes");
+    let room = club.as_str().to_owned();
+
+    let cases = vec![
+        PeerCase {
+            name: "sender credential of another domain",
+            from: "b.example",
+            endpoint: S2sEndpoint::Update,
+            param: room.clone(),
+            body: alices_commit.clone(),
+            status: StatusCode::OK,
+            check: |body| {
+                let answer = update_answer(body);
+                (answer.outcome == UpdateOutcome::NotAllowed
+                    && answer
+                        .error_description
+                        .contains("not by a client of provider b.example"))
+                .then_some(())
+                .ok_or(format!("{answer:?}"))
+            },
+        },
+        PeerCase {
+            name: "follower with no participant in the room",
+            from: "c.example",
+            endpoint: S2sEndpoint::Update,
+            param: room.clone(),
+            body: stale_bobs_commit.clone(),
+            status: StatusCode::OK,
+            check: |body| {
+                let answer = update_answer(body);
+                (answer.outcome == UpdateOutcome::NotAllowed
+                    && answer.error_description
+                        == "provider c.example has no participant in this room")
+                    .then_some(())
+                    .ok_or(format!("{answer:?}"))
+            },
+        },
+        PeerCase {
+            name: "stale epoch",
+            from: "b.example",
+            endpoint: S2sEndpoint::Update,
+            param: room.clone(),
+            body: stale_bobs_commit.clone(),
+            status: StatusCode::OK,
+            check: |body| {
+                let answer = update_answer(body);
+                matches!(
+                    answer.outcome,
+                    UpdateOutcome::WrongEpoch { current_epoch: 2 }
+                )
+                .then_some(())
+                .ok_or(format!("{answer:?}"))
+            },
+        },
+        PeerCase {
+            name: "application data as PublicMessage",
+            from: "b.example",
+            endpoint: S2sEndpoint::SubmitMessage,
+            param: room.clone(),
+            body: public_as_application,
+            status: StatusCode::OK,
+            check: |body| {
+                let answer = SubmitMessageResponse::from_bytes(
+                    body,
+                    &Limits {
+                        max_body_len: 1 << 20,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+                (answer.status == SubmitStatus::NotAllowed)
+                    .then_some(())
+                    .ok_or(format!("{answer:?}"))
+            },
+        },
+        PeerCase {
+            name: "sendingUri of another provider",
+            from: "b.example",
+            endpoint: S2sEndpoint::SubmitMessage,
+            param: room.clone(),
+            body: submit("mimi://a.example/u/alice", &bobs_message),
+            status: StatusCode::FORBIDDEN,
+            check: |body| {
+                reason("provider b.example cannot send as mimi://a.example/u/alice")(body)
+            },
+        },
+        PeerCase {
+            name: "notify from a provider that is not the room's hub",
+            from: "b.example",
+            endpoint: S2sEndpoint::Notify,
+            param: room.clone(),
+            body: Vec::new(),
+            status: StatusCode::FORBIDDEN,
+            check: |body| {
+                reason("provider b.example is not the hub of mimi://a.example/r/club")(body)
+            },
+        },
+        PeerCase {
+            name: "keyMaterial for a user the caller does not speak for",
+            from: "b.example",
+            endpoint: S2sEndpoint::KeyMaterial,
+            param: "mimi://a.example/u/alice".into(),
+            body: key_material,
+            status: StatusCode::FORBIDDEN,
+            check: |body| {
+                reason("provider b.example speaks neither for mimi://a.example/u/alice")(body)
+            },
+        },
+        PeerCase {
+            name: "room not hosted here",
+            from: "b.example",
+            endpoint: S2sEndpoint::Update,
+            param: "mimi://c.example/r/elsewhere".into(),
+            body: stale_bobs_commit.clone(),
+            status: StatusCode::NOT_FOUND,
+            check: |body| reason("is not hosted by a.example")(body),
+        },
+        PeerCase {
+            name: "oversized body",
+            from: "b.example",
+            endpoint: S2sEndpoint::SubmitMessage,
+            param: room.clone(),
+            body: vec![0; (1 << 20) + 1],
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            check: |_| Ok(()),
+        },
+        PeerCase {
+            name: "truncated TLS-PL",
+            from: "b.example",
+            endpoint: S2sEndpoint::SubmitMessage,
+            param: room.clone(),
+            body: valid_submit[..valid_submit.len() - 1].to_vec(),
+            status: StatusCode::BAD_REQUEST,
+            check: |body| reason("length_beyond_input: IdentifierUri.uri")(body),
+        },
+        PeerCase {
+            name: "non-minimal varint",
+            from: "b.example",
+            endpoint: S2sEndpoint::SubmitMessage,
+            param: room.clone(),
+            body: non_minimal,
+            status: StatusCode::BAD_REQUEST,
+            check: |body| reason("non_minimal")(body),
+        },
+        PeerCase {
+            name: "trailing bytes",
+            from: "b.example",
+            endpoint: S2sEndpoint::SubmitMessage,
+            param: room.clone(),
+            body: [valid_submit.as_slice(), &[0]].concat(),
+            status: StatusCode::BAD_REQUEST,
+            check: |body| reason("trailing")(body),
+        },
+    ];
+    let providers = [("b.example", &b), ("c.example", &c)];
+    wait_fanout_settled(&a, &club).await;
+    let before = a.room_digest(&club);
+    for case in &cases {
+        let (_, caller) = providers
+            .iter()
+            .find(|(domain, _)| *domain == case.from)
+            .expect("a calling provider");
+        let answer = caller
+            .node()
+            .peers()
+            .request(
+                "a.example",
+                case.endpoint,
+                &case.param,
+                HeaderMap::new(),
+                Bytes::from(case.body.clone()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}: no answer: {e}", case.name));
+        assert_eq!(
+            answer.status,
+            case.status,
+            "{}: {}",
+            case.name,
+            String::from_utf8_lossy(&answer.body)
+        );
+        if let Err(why) = (case.check)(&answer.body) {
+            panic!("{}: {why}", case.name);
+        }
+        assert_eq!(
+            a.room_digest(&club),
+            before,
+            "{} changed the room",
+            case.name
+        );
+    }
+    assert_eq!(epoch, 2);
+    // The valid request still goes through: the matrix refused for its reasons, not by accident.
+    let answer = b
+        .node()
+        .peers()
+        .request(
+            "a.example",
+            S2sEndpoint::SubmitMessage,
+            &room,
+            HeaderMap::new(),
+            Bytes::from(valid_submit),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(answer.status, StatusCode::OK);
+
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
 }

@@ -19,7 +19,7 @@ use mimid_node::federation::{
 use mimid_node::h3::{ClientLimits, H3Client, H3Limits, H3Server, Handler, Request, Response};
 use mimid_node::metrics::Metrics;
 use mimid_node::tls::{client_config, client_config_with_identity, server_config, TlsMaterial};
-use mimid_tests::{http_get, provider_tls_files, ProviderSetup, TestNode, WAIT};
+use mimid_tests::{http_get, metric, provider_tls_files, scrape, ProviderSetup, TestNode, WAIT};
 
 const ROOM: &str = "mimi://b.example/r/clubhouse";
 
@@ -134,20 +134,6 @@ fn from(value: &str) -> HeaderMap {
 
 fn text(body: &Bytes) -> String {
     String::from_utf8_lossy(body).into_owned()
-}
-
-fn metric(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-async fn scrape(node: &TestNode) -> String {
-    let (status, body) = http_get(&format!("http://{}/metrics", node.node().admin_addr()))
-        .await
-        .expect("metrics scrape");
-    assert_eq!(status, 200);
-    body
 }
 
 /// protocol-06 §4.1 / MIMI.md §3.1: a.example calls b.example over mutual TLS; b's service

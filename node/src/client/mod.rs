@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_actors::policy::{
-    default_room_policy, resolve_app_data_updates, room_group_context_extensions,
+    component, default_room_policy, resolve_app_data_updates, room_group_context_extensions,
     room_leaf_capabilities, RoomPolicy, DEFAULT_ROLE_MEMBER, REQUIRED_PROPOSAL_TYPES,
 };
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
@@ -582,6 +582,65 @@ impl MimiClient {
             .collect())
     }
 
+    /// Gives `user` the role `role` (room-policy-03 canChangeUserRole).
+    pub async fn change_role(
+        &mut self,
+        room: &RoomId,
+        user: &UserId,
+        role: u32,
+    ) -> Result<UpdateResult, ClientError> {
+        let proposal = Self::policy(&self.room_mut(room)?.group)?
+            .change_roles_proposal(&[(user.clone(), role)])
+            .map_err(|e| ClientError::Policy(e.to_string()))?;
+        self.commit(room, |builder| {
+            builder.add_proposal(Proposal::AppDataUpdate(Box::new(proposal)))
+        })
+        .await
+    }
+
+    /// Leaves `room` (MIMI.md §6.5): a member cannot commit its own removal, so it proposes a
+    /// SelfRemove together with the participant-list update that removes its user, as one
+    /// bundle; the hub requires the next commit of another member to include both.
+    pub async fn leave(&mut self, room: &RoomId) -> Result<UpdateResult, ClientError> {
+        let user = self.user();
+        let (self_remove, list_update) = {
+            let provider = &self.provider;
+            let signer = &self.signer;
+            let entry = self
+                .rooms
+                .get_mut(room)
+                .ok_or_else(|| ClientError::NotInRoom(room.clone()))?;
+            let leave = Self::policy(&entry.group)?
+                .remove_participants_proposal(&[user])
+                .map_err(|e| ClientError::Policy(e.to_string()))?;
+            let (list_update, _) = entry
+                .group
+                .propose_app_data_update(
+                    provider,
+                    signer,
+                    component::PARTICIPANT_LIST,
+                    leave.operation().clone(),
+                )
+                .map_err(mls)?;
+            let self_remove = entry
+                .group
+                .leave_group_via_self_remove(provider, signer)
+                .map_err(mls)?;
+            (self_remove, list_update)
+        };
+        let request = UpdateRequest {
+            bundle: HandshakeBundle::Proposals {
+                proposal: MlsMessage::from_bytes(
+                    &self_remove.tls_serialize_detached().map_err(mls)?,
+                )?,
+                more_proposals: vec![MlsMessage::from_bytes(
+                    &list_update.tls_serialize_detached().map_err(mls)?,
+                )?],
+            },
+        };
+        self.send_update(room, request).await
+    }
+
     /// An empty commit with a path (key rotation, RFC 9420 §12.4).
     pub async fn self_update(&mut self, room: &RoomId) -> Result<UpdateResult, ClientError> {
         self.commit(room, |builder| builder.force_self_update(true))
@@ -595,6 +654,49 @@ impl MimiClient {
         room: &RoomId,
         shape: impl FnOnce(CommitBuilder<'_, Initial>) -> CommitBuilder<'_, Initial>,
     ) -> Result<UpdateResult, ClientError> {
+        let request = self.build_commit(room, shape)?;
+        let result = self.send_update(room, request).await;
+        let provider = &self.provider;
+        let entry = self
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| ClientError::NotInRoom(room.clone()))?;
+        match &result {
+            Ok(UpdateResult::Accepted { .. }) => {
+                entry.group.merge_pending_commit(provider).map_err(mls)?;
+            }
+            _ => {
+                entry
+                    .group
+                    .clear_pending_commit(provider.storage())
+                    .map_err(mls)?;
+            }
+        }
+        result
+    }
+
+    /// The UpdateRequest of an empty commit with a path, without sending it: the client's
+    /// group is left as it was (for tests that replay or misroute real handshakes).
+    pub fn prepare_self_update(&mut self, room: &RoomId) -> Result<Vec<u8>, ClientError> {
+        let request = self.build_commit(room, |builder| builder.force_self_update(true))?;
+        let entry = self
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| ClientError::NotInRoom(room.clone()))?;
+        entry
+            .group
+            .clear_pending_commit(self.provider.storage())
+            .map_err(mls)?;
+        Ok(request.to_bytes()?)
+    }
+
+    /// Stages a commit shaped by `shape` (pending in the group until merged or cleared) and
+    /// returns the UpdateRequest that carries it.
+    fn build_commit(
+        &mut self,
+        room: &RoomId,
+        shape: impl FnOnce(CommitBuilder<'_, Initial>) -> CommitBuilder<'_, Initial>,
+    ) -> Result<UpdateRequest, ClientError> {
         let (commit, welcome, group_info) = {
             let provider = &self.provider;
             let signer = &self.signer;
@@ -634,7 +736,7 @@ impl MimiClient {
             .transpose()?;
         let group_info =
             group_info.ok_or_else(|| ClientError::Mls("commit produced no GroupInfo".into()))?;
-        let request = UpdateRequest {
+        Ok(UpdateRequest {
             bundle: HandshakeBundle::Commit {
                 commit: MlsMessage::from_bytes(&commit_bytes)?,
                 welcome,
@@ -643,25 +745,7 @@ impl MimiClient {
                 )?),
                 ratchet_tree_option: RatchetTreeOption::DistributionService,
             },
-        };
-        let result = self.send_update(room, request).await;
-        let provider = &self.provider;
-        let entry = self
-            .rooms
-            .get_mut(room)
-            .ok_or_else(|| ClientError::NotInRoom(room.clone()))?;
-        match &result {
-            Ok(UpdateResult::Accepted { .. }) => {
-                entry.group.merge_pending_commit(provider).map_err(mls)?;
-            }
-            _ => {
-                entry
-                    .group
-                    .clear_pending_commit(provider.storage())
-                    .map_err(mls)?;
-            }
-        }
-        result
+        })
     }
 
     async fn send_update(

@@ -273,7 +273,11 @@ async fn forward_chunks(
         };
         let failed = item.is_err();
         if chunks.send(item).await.is_err() {
-            stream.stop_sending(Code::H3_REQUEST_CANCELLED);
+            // After a failed read h3-quinn 0.0.10 may hold no receive half either, and
+            // stop_sending would panic; the failed stream needs no stopping.
+            if !failed {
+                stream.stop_sending(Code::H3_REQUEST_CANCELLED);
+            }
             return;
         }
         if failed {
