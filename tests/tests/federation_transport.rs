@@ -19,7 +19,7 @@ use mimid_node::federation::{
 use mimid_node::h3::{ClientLimits, H3Client, H3Limits, H3Server, Handler, Request, Response};
 use mimid_node::metrics::Metrics;
 use mimid_node::tls::{client_config, client_config_with_identity, server_config, TlsMaterial};
-use mimid_tests::{http_get, metric, provider_tls_files, scrape, ProviderSetup, TestNode, WAIT};
+use mimid_tests::{metric, provider_tls_files, scrape, ProviderSetup, TestNode, WAIT};
 
 const ROOM: &str = "mimi://b.example/r/clubhouse";
 
