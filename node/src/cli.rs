@@ -8,6 +8,8 @@
 //!   configuration: production never runs on generated certificates by accident.
 //! - `mimid config [--config FILE] [flags]`: prints the effective configuration as TOML.
 //! - `mimid cert create-ca | create-provider | create-node`: PEM files an operator deploys.
+//! - `mimid demo [--data-dir DIR]`: two providers in this process and a federated room walked
+//!   through step by step ([`crate::demo`]); exit status 0 only if every step did what it should.
 //!
 //! Configuration layering (defaults, file, `MIMID_*` environment, flags) is
 //! [`crate::config`]'s; this module maps flags onto it.
@@ -49,6 +51,9 @@ pub enum Command {
     /// Create certificates for mutual TLS between providers and nodes.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Start two providers (a.example, b.example) in this process and walk Alice@a and Bob@b
+    /// through a federated room, printing each step: a first look at MIMI federation.
+    Demo(DemoArgs),
 }
 
 /// Flags that override configuration keys (highest precedence).
@@ -102,6 +107,19 @@ pub struct ConfigArgs {
     /// Overrides.
     #[command(flatten)]
     pub flags: ConfigFlags,
+}
+
+/// Arguments of `mimid demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the providers' data (sled, certificates) in DIR, which must be empty or missing;
+    /// default: a temporary directory, removed at the end.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds each step may take before the demo fails.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::demo::DEFAULT_STEP_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub step_timeout_secs: u64,
 }
 
 /// `mimid cert …`.
@@ -173,7 +191,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Demo(args) => run_demo(args),
     }
+}
+
+/// Runs `mimid demo`, printing the transcript on stdout as it happens; node logs go to stderr
+/// from level `warn` (or as `RUST_LOG` says) so they do not drown the transcript.
+fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let log = config::LogSettings {
+        format: LogFormat::Text,
+        level: "warn".into(),
+    };
+    let (_telemetry, _) = crate::telemetry::init(&log, &config::TelemetrySettings::default())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("mimid-worker")
+        .build()
+        .context("starting the async runtime")?;
+    let options = crate::demo::DemoOptions {
+        data_dir: args.data_dir,
+        step_timeout: Duration::from_secs(args.step_timeout_secs),
+    };
+    runtime.block_on(crate::demo::run_demo(&options, &mut |line| {
+        println!("{line}")
+    }))?;
+    Ok(())
 }
 
 /// The configuration of `mimid dev`: validated, with dev TLS files filled in unless the
@@ -377,6 +419,23 @@ mod tests {
         assert_eq!(config.admin_listen, "127.0.0.1:5001".parse().unwrap());
         assert_eq!(config.domain, "a.example");
         assert_eq!(config.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn demo_takes_a_data_dir_and_a_bounded_step_timeout() {
+        let Command::Demo(args) = parse(&["demo"]).command else {
+            panic!("not demo");
+        };
+        assert_eq!(args.data_dir, None);
+        assert_eq!(args.step_timeout_secs, 20);
+        let Command::Demo(args) =
+            parse(&["demo", "--data-dir", "/tmp/d", "--step-timeout-secs", "5"]).command
+        else {
+            panic!("not demo");
+        };
+        assert_eq!(args.data_dir, Some(PathBuf::from("/tmp/d")));
+        assert_eq!(args.step_timeout_secs, 5);
+        assert!(Cli::try_parse_from(["mimid", "demo", "--step-timeout-secs", "0"]).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod content;
+pub mod demo;
 pub mod federation;
 pub mod h3;
 pub mod metrics;
