@@ -15,7 +15,6 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::h3::error::Code;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
 use tokio::sync::mpsc;
@@ -171,7 +170,9 @@ impl H3Client {
         let mut received = BytesMut::new();
         while let Some(chunk) = stream.recv_data().await? {
             if received.len() + chunk.remaining() > limit {
-                stream.stop_sending(Code::H3_REQUEST_CANCELLED);
+                // Dropping the stream stops the server's sending (quinn sends STOP_SENDING for
+                // an unfinished receive stream); `stop_sending` itself is unsafe here, see
+                // `forward_chunks`.
                 return Err(H3ClientError::ResponseTooLarge { limit });
             }
             received.put(chunk);
@@ -252,6 +253,11 @@ impl Drop for H3Client {
 
 /// Moves a streaming response's chunks into `chunks` until it ends, fails, or the receiver is
 /// dropped.
+///
+/// Never `stop_sending` on a client stream: h3 0.0.8 may leave a read of h3-quinn 0.0.10 pending
+/// inside the stream after returning a frame, and h3-quinn then holds no receive half and
+/// panics on `stop_sending`. Dropping the stream is enough: quinn sends STOP_SENDING for an
+/// unfinished receive stream.
 async fn forward_chunks(
     mut stream: ClientStream,
     chunks: mpsc::Sender<Result<Bytes, H3ClientError>>,
@@ -259,12 +265,7 @@ async fn forward_chunks(
     loop {
         let received = tokio::select! {
             received = stream.recv_data() => received,
-            _ = chunks.closed() => {
-                // Not `stop_sending`: the cancelled `recv_data` took h3-quinn's receive half
-                // with it (h3-quinn 0.0.10 panics on stop_sending then). Dropping the stream
-                // resets it, and quinn tells the server to stop sending.
-                return;
-            }
+            _ = chunks.closed() => return,
         };
         let item = match received {
             Ok(Some(mut chunk)) => Ok(chunk.copy_to_bytes(chunk.remaining())),
@@ -273,11 +274,6 @@ async fn forward_chunks(
         };
         let failed = item.is_err();
         if chunks.send(item).await.is_err() {
-            // After a failed read h3-quinn 0.0.10 may hold no receive half either, and
-            // stop_sending would panic; the failed stream needs no stopping.
-            if !failed {
-                stream.stop_sending(Code::H3_REQUEST_CANCELLED);
-            }
             return;
         }
         if failed {
