@@ -10,8 +10,8 @@
 //!   streams included); beyond it requests get 503 with a reason;
 //! - header section: `max_header_bytes` (RFC 9114 §4.2.2, answered 431 by h3);
 //! - body: `max_body_bytes`; a larger body is answered 413 and the rest is not read
-//!   (RFC 9114 §4.1 allows answering before the request is complete; we send STOP_SENDING with
-//!   H3_NO_ERROR as it recommends);
+//!   (RFC 9114 §4.1 allows answering before the request is complete; the stream is dropped after
+//!   the answer, and quinn sends STOP_SENDING for the unread rest);
 //! - time: headers and body must arrive within `request_timeout` (408 otherwise).
 //!
 //! Errors on a request are answered with a status and a short text reason; a client that goes
@@ -424,7 +424,10 @@ async fn reject_body(stream: &mut ServerStream, err: BodyError, shared: &Shared)
     match err {
         BodyError::TooLarge => {
             shared.metrics.count_limit_hit(Limit::BodySize);
-            stream.stop_sending(Code::H3_NO_ERROR);
+            // No `stop_sending`: after a read h3 0.0.8 may leave one of h3-quinn 0.0.10
+            // pending inside the stream, which then holds no receive half and would panic.
+            // Dropping the stream after the answer stops the rest (quinn sends STOP_SENDING
+            // for an unfinished receive stream).
             let reason = format!(
                 "request body exceeds the limit of {} bytes",
                 limits.max_body_bytes
