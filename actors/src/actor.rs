@@ -166,15 +166,25 @@ impl RoomActor {
         for batch in batches {
             let provider = batch.provider;
             let last = batch.items.last().map_or(0, |item| item.seq);
-            tracing::debug!(room = %self.room, %provider, last, count = batch.items.len(), "notify");
+            // A trace of its own: a batch carries items of many requests (MIMI.md §5.4). The
+            // follower's handling and the cursor proposal after the 201 are its children.
+            let span = tracing::info_span!(
+                parent: None,
+                "fanout_notify",
+                room = %self.room,
+                %provider,
+                items = batch.items.len(),
+                last,
+            );
+            tracing::debug!(parent: &span, "notify");
             let send = self
                 .ctx
                 .federation
-                .notify(&self.room, &provider, batch.items);
-            ctx.spawn(
-                send.into_actor(self)
-                    .map(move |result, actor, ctx| actor.notified(provider, result, ctx)),
-            );
+                .notify(&self.room, &provider, batch.items)
+                .instrument(span.clone());
+            ctx.spawn(send.into_actor(self).map(move |result, actor, ctx| {
+                span.in_scope(|| actor.notified(provider, result, ctx))
+            }));
         }
     }
 
@@ -387,8 +397,6 @@ impl Handler<Attach> for RoomActor {
 }
 
 /// A request for a room hosted here, from a local client or a peer provider, to be proposed.
-#[derive(Message)]
-#[rtype(result = "Result<ApplyOutput, HubError>")]
 pub(crate) enum RoomRequest {
     Handshake {
         sender: Submitter,
@@ -403,10 +411,21 @@ pub(crate) enum RoomRequest {
     },
 }
 
-impl Handler<RoomRequest> for RoomActor {
+/// A [`RoomRequest`] with the caller's span: the actor runs on its own arbiter, where the
+/// caller's span is not current, so its `room_request` span names the caller as parent and the
+/// proposal joins the caller's trace.
+#[derive(Message)]
+#[rtype(result = "Result<ApplyOutput, HubError>")]
+pub(crate) struct Traced {
+    request: RoomRequest,
+    caller: tracing::Span,
+}
+
+impl Handler<Traced> for RoomActor {
     type Result = ResponseFuture<Result<ApplyOutput, HubError>>;
 
-    fn handle(&mut self, request: RoomRequest, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, traced: Traced, _: &mut Self::Context) -> Self::Result {
+        let Traced { request, caller } = traced;
         self.last_activity = Instant::now();
         let room = self.room.clone();
         let (command, permit) = match request {
@@ -437,8 +456,8 @@ impl Handler<RoomRequest> for RoomActor {
                 permit,
             ),
         };
-        let span = tracing::info_span!("room_request", room = %self.room);
-        let proposal = self.ctx.proposer.propose(command);
+        let span = tracing::info_span!(parent: &caller, "room_request", room = %self.room);
+        let proposal = span.in_scope(|| self.ctx.proposer.propose(command));
         Box::pin(
             async move {
                 let output = proposal.await;
@@ -537,7 +556,11 @@ impl Router {
             let Ok(permit) = in_flight.try_acquire_owned() else {
                 return Err(HubError::Busy(Busy::Room));
             };
-            match addr.send(make(permit)).await {
+            let traced = Traced {
+                request: make(permit),
+                caller: tracing::Span::current(),
+            };
+            match addr.send(traced).await {
                 Ok(result) => return result,
                 Err(MailboxError::Closed) => continue,
                 Err(MailboxError::Timeout) => {

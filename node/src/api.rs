@@ -242,7 +242,9 @@ impl ClientApi {
     /// A room path parameter: a room hosted here is handled here, any other is forwarded to
     /// its hub.
     fn room(&self, encoded: &str) -> Result<RoomId, Refusal> {
-        parse_room_path(encoded).map_err(Refusal::bad_request)
+        let room = parse_room_path(encoded).map_err(Refusal::bad_request)?;
+        tracing::Span::current().record("room", room.as_str());
+        Ok(room)
     }
 
     fn is_local(&self, room: &RoomId) -> bool {
@@ -643,8 +645,15 @@ impl Handler for ClientApi {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send + '_>> {
         Box::pin(async move {
             let started = Instant::now();
-            let span =
-                tracing::info_span!("client_api", method = %req.method, path = %req.uri.path());
+            // A client may send its own W3C traceparent; the request then joins its trace.
+            let span = tracing::info_span!(
+                "client_api",
+                otel.kind = "server",
+                method = %req.method,
+                path = %req.uri.path(),
+                room = tracing::field::Empty,
+            );
+            crate::telemetry::set_remote_parent(&span, &req.headers);
             let (endpoint, answer) = self.route(req).instrument(span).await;
             let response = answer.unwrap_or_else(|refusal| refusal.into_response(&self.metrics));
             self.metrics

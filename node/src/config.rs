@@ -229,9 +229,11 @@ pub struct LogSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
-    /// OTLP/HTTP collector endpoint (e.g. `http://127.0.0.1:4318`). Reserved: span export is not
-    /// built into this binary yet (a later issue); when set, the node warns at start and keeps
-    /// spans in-process. Default unset.
+    /// OTLP/HTTP collector endpoint (e.g. `http://127.0.0.1:4318`, a local agent or sidecar):
+    /// when set, spans are exported as protobuf to `<endpoint>/v1/traces` and every trace is
+    /// sampled (`ParentBased(AlwaysOn)`); unset, nothing is exported and only traces a caller
+    /// marked sampled are recorded. Plain `http://` only: this build carries no TLS stack for
+    /// the collector. Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
     /// `service.name` resource attribute of exported spans. Default `mimid`.
@@ -694,15 +696,20 @@ impl TelemetrySettings {
             });
         }
         if let Some(endpoint) = &self.otlp_endpoint {
-            let scheme_ok = endpoint
-                .parse::<http::Uri>()
-                .ok()
-                .and_then(|uri| uri.scheme_str().map(str::to_owned))
-                .is_some_and(|scheme| scheme == "http" || scheme == "https");
-            if !scheme_ok {
+            let uri = endpoint.parse::<http::Uri>().ok();
+            let reason = match uri.as_ref().and_then(|uri| uri.scheme_str()) {
+                Some("http") if uri.as_ref().and_then(http::Uri::host).is_some() => None,
+                Some("http") => Some(format!("{endpoint:?} names no host")),
+                Some("https") => Some(format!(
+                    "{endpoint:?}: https is not supported; export to a local collector over \
+                     http:// (it may forward over TLS)"
+                )),
+                _ => Some(format!("{endpoint:?} is not an http:// URL")),
+            };
+            if let Some(reason) = reason {
                 problems.push(ConfigProblem {
                     key: "telemetry.otlp_endpoint",
-                    reason: format!("{endpoint:?} is not an http:// or https:// URL"),
+                    reason,
                 });
             }
         }
@@ -1178,14 +1185,33 @@ mod tests {
 
     #[test]
     fn otlp_endpoint_must_be_http() {
-        let config = Config {
+        let with_endpoint = |endpoint: &str| Config {
             telemetry: TelemetrySettings {
-                otlp_endpoint: Some("collector:4318".into()),
+                otlp_endpoint: Some(endpoint.into()),
                 service_name: "mimid".into(),
             },
             ..Config::default()
         };
-        assert_eq!(problems(&config), vec!["telemetry.otlp_endpoint"]);
+        for bad in [
+            "collector:4318",
+            "https://collector:4318",
+            "grpc://collector:4317",
+            "http://",
+        ] {
+            assert_eq!(
+                problems(&with_endpoint(bad)),
+                vec!["telemetry.otlp_endpoint"],
+                "{bad}"
+            );
+        }
+        let err = with_endpoint("https://collector:4318")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https is not supported"), "{err}");
+        for good in ["http://127.0.0.1:4318", "http://collector:4318/"] {
+            with_endpoint(good).validate().expect(good);
+        }
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! Every request is counted in `mimid_requests_total` under its endpoint's label
 //! ([`S2sEndpoint::metric_label`], `unknown` for unknown paths); refused authentications show
 //! there as 400/401/403/421 of their endpoint.
+//!
+//! Tracing: each request is a `federation_api` span, the child of the calling provider's
+//! `peer_call` span when the request carries a W3C `traceparent`
+//! ([`crate::telemetry::set_remote_parent`]); it names the authenticated `peer` once known.
+//! Inside it, `peer_request` names the endpoint and, for room-scoped endpoints
+//! (`roomId` path parameter, protocol-06 §5), the `room`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -76,7 +82,10 @@ impl FederationApi {
             return (label, Err(Refusal::new(StatusCode::NOT_FOUND, reason)));
         }
         let from = match auth::authenticate(&req, &self.domain) {
-            Ok(from) => from,
+            Ok(from) => {
+                tracing::Span::current().record("peer", from.as_str());
+                from
+            }
             Err(refusal) => {
                 tracing::debug!(remote = %req.peer.remote, status = %refusal.status, reason = %refusal.reason, "peer request refused");
                 return (label, Err(refusal));
@@ -93,7 +102,11 @@ impl FederationApi {
                 )
             }
         };
-        let span = tracing::info_span!("peer_request", %from, %endpoint);
+        let span =
+            tracing::info_span!("peer_request", %from, %endpoint, room = tracing::field::Empty);
+        if endpoint.param_name() == "roomId" {
+            span.record("room", param.as_str());
+        }
         let response = self
             .service
             .handle(PeerRequest {
@@ -116,8 +129,14 @@ impl Handler for FederationApi {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send + '_>> {
         Box::pin(async move {
             let started = Instant::now();
-            let span =
-                tracing::info_span!("federation_api", method = %req.method, path = %req.uri.path());
+            let span = tracing::info_span!(
+                "federation_api",
+                otel.kind = "server",
+                method = %req.method,
+                path = %req.uri.path(),
+                peer = tracing::field::Empty,
+            );
+            crate::telemetry::set_remote_parent(&span, &req.headers);
             let (endpoint, answer) = self.route(req).instrument(span).await;
             let response = answer.unwrap_or_else(|refusal| refusal.into_response(&self.metrics));
             self.metrics

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tracing::Instrument;
 
 use super::directory::{Directory, DIRECTORY_PATH};
 use super::S2sEndpoint;
@@ -243,6 +244,10 @@ impl Peers {
     /// its status. `extra_headers` are sent too, except `host`; `from` is always ours and
     /// `content-type` defaults to `application/octet-stream` on POSTs.
     ///
+    /// Tracing: the call is a `peer_call` span (fields `peer`, `endpoint`, and `status` once
+    /// answered) whose context goes to the peer as W3C `traceparent`/`tracestate`
+    /// ([`crate::telemetry::inject_context`]), so the peer's handling joins the caller's trace.
+    ///
     /// Cancel safety: safe; a dropped call resets its stream and leaves the cached connection
     /// and directory usable.
     pub async fn request(
@@ -250,16 +255,32 @@ impl Peers {
         domain: &str,
         endpoint: S2sEndpoint,
         param: &str,
-        extra_headers: HeaderMap,
+        mut extra_headers: HeaderMap,
         body: Bytes,
     ) -> Result<PeerResponse, PeerError> {
+        let span = tracing::info_span!(
+            "peer_call",
+            otel.kind = "client",
+            peer = %domain,
+            %endpoint,
+            status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        crate::telemetry::inject_context(&span, &mut extra_headers);
         let sent = self.request_within_deadline(domain, endpoint, param, extra_headers, body);
-        let result = match tokio::time::timeout(self.request_timeout, sent).await {
+        let result = match tokio::time::timeout(self.request_timeout, sent)
+            .instrument(span.clone())
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(PeerError::Timeout {
                 domain: domain.to_owned(),
                 after: self.request_timeout,
             }),
+        };
+        match &result {
+            Ok(response) => span.record("status", response.status.as_u16()),
+            Err(_) => span.record("otel.status_code", "ERROR"),
         };
         self.metrics.count_peer_request(match &result {
             Ok(_) => PeerOutcome::Answered,
@@ -270,7 +291,7 @@ impl Peers {
             Err(PeerError::Transport { .. }) => PeerOutcome::TransportFailed,
         });
         if let Err(err) = &result {
-            tracing::debug!(%err, %endpoint, "peer request failed");
+            tracing::debug!(parent: &span, %err, %endpoint, "peer request failed");
         }
         result
     }
@@ -358,13 +379,27 @@ impl Peers {
             }
         };
         self.connects.fetch_add(1, Ordering::Relaxed);
-        let client = H3Client::connect(addr, domain, self.tls.clone(), self.client_limits.clone())
+        // quinn instruments its endpoint and connection drivers with the span current when it
+        // creates them; connecting here would keep the span of the request that happened to
+        // open the connection (and, through it, its whole trace) open for the connection's
+        // life. A task of its own connects outside any span; dropping the call aborts it.
+        let (name, tls, limits) = (
+            domain.to_owned(),
+            self.tls.clone(),
+            self.client_limits.clone(),
+        );
+        let connecting = AbortOnDrop(tokio::spawn(async move {
+            H3Client::connect(addr, &name, tls, limits).await
+        }));
+        let connect_error = |reason: String| PeerError::Connect {
+            domain: domain.to_owned(),
+            addr,
+            reason,
+        };
+        let client = connecting
             .await
-            .map_err(|e| PeerError::Connect {
-                domain: domain.to_owned(),
-                addr,
-                reason: error_chain(&e),
-            })?;
+            .map_err(|e| connect_error(format!("connect task failed: {e}")))?
+            .map_err(|e| connect_error(error_chain(&e)))?;
         let connection = Arc::new(PeerConnection {
             client,
             addr,
@@ -474,6 +509,26 @@ impl Peers {
             );
         }
         headers
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped (cancel safety of the caller).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

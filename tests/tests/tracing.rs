@@ -1,0 +1,220 @@
+//! One trace across providers (issue "Observability and operations"): W3C Trace Context
+//! (`traceparent`) on every server-to-server request (MIMI.md §3.1), spans collected in memory.
+//!
+//! One test only: the tracing subscriber is global to the test process, so this file installs
+//! it once, with an in-memory exporter, and both providers run in this process.
+
+use std::time::SystemTime;
+
+use mimid_actors::ids::{RoomId, UserId};
+use mimid_node::certs::{CertAuthority, CA_VALIDITY};
+use mimid_node::client::{Event, SubmitResult, UpdateResult};
+use mimid_node::config::{LogFormat, LogSettings, TelemetrySettings};
+use mimid_node::telemetry::{self, Installed};
+use mimid_tests::{connect_providers, TestNode, WAIT};
+use opentelemetry::trace::{SpanId, SpanKind};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+
+/// The value of attribute `key` of `span`, as text.
+fn attr(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.as_str().into_owned())
+}
+
+/// One line per span: ids, name and our own fields (not the code location and thread).
+fn describe(span: &SpanData) -> String {
+    let fields = span
+        .attributes
+        .iter()
+        .filter(|kv| !kv.key.as_str().contains('.') && kv.key.as_str() != "target")
+        .map(|kv| format!("{}={}", kv.key, kv.value))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "{} {} <- {} {} {fields}",
+        span.span_context.trace_id(),
+        span.span_context.span_id(),
+        span.parent_span_id,
+        span.name
+    )
+}
+
+/// Finished spans named `name` with every attribute in `attrs`.
+fn spans<'a>(all: &'a [SpanData], name: &str, attrs: &[(&str, &str)]) -> Vec<&'a SpanData> {
+    all.iter()
+        .filter(|span| span.name == name)
+        .filter(|span| {
+            attrs
+                .iter()
+                .all(|(key, value)| attr(span, key).as_deref() == Some(*value))
+        })
+        .collect()
+}
+
+fn children<'a>(all: &'a [SpanData], parent: &SpanData, name: &str) -> Vec<&'a SpanData> {
+    all.iter()
+        .filter(|span| span.name == name && span.parent_span_id == parent.span_context.span_id())
+        .collect()
+}
+
+/// Polls the exporter until `found` finds what it looks for (spans end as requests finish,
+/// fan-out follows the answer), panicking with `what` at the deadline.
+async fn wait_for<T>(
+    exporter: &InMemorySpanExporter,
+    what: &str,
+    found: impl Fn(&[SpanData]) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let all = exporter.get_finished_spans().expect("exporter works");
+        if let Some(result) = found(&all) {
+            return result;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {what} among {} spans:\n{}",
+            all.len(),
+            all.iter().map(describe).collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Bob@b submits a message to a room hosted at a (protocol-06 §5.3): b forwards
+/// `/v1/submitMessage` to a. b's client request, b's outgoing call, a's handling of it, a's
+/// room actor and Raft proposal are one trace, and a's incoming span is the child of b's
+/// outgoing one (remote parent). The fan-out that follows (§5.4) is a trace of its own that
+/// crosses back: a's notify, a's call to b and b's handling of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_message_is_one_trace_across_providers_protocol06_5_3() {
+    let exporter = InMemorySpanExporter::default();
+    let log = LogSettings {
+        format: LogFormat::Text,
+        // Request spans are INFO; other crates' chatter stays out of the test output.
+        level: "warn,mimid_node=info,mimid_actors=info".into(),
+    };
+    let (_guard, installed) =
+        telemetry::init_with_exporter(&log, &TelemetrySettings::default(), exporter.clone())
+            .expect("telemetry installs");
+    assert_eq!(installed, Installed::Now, "nothing else set a subscriber");
+
+    let ca = CertAuthority::generate(SystemTime::now(), CA_VALIDITY).expect("test CA");
+    let a = TestNode::start_provider("a.example", &ca).await;
+    let b = TestNode::start_provider("b.example", &ca).await;
+    connect_providers(&[&a, &b]);
+    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
+    let mut alice = a.client("alice", "phone", 1).await;
+    let mut bob = b.client("bob", "laptop", 1).await;
+    bob.connect_stream().await.expect("stream opens");
+    alice.create_room(&club).await.expect("room created");
+    let bob_user = UserId::parse("mimi://b.example/u/bob").unwrap();
+    let added = alice
+        .add_users(&club, &[bob_user])
+        .await
+        .expect("bob added");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    match bob.next_event(WAIT).await.expect("push stream works") {
+        Some(Event::Joined { .. }) => {}
+        other => panic!("bob expected a Welcome, got {other:?}"),
+    }
+
+    exporter.reset();
+    let sent = bob.send_text(&club, "traced").await.expect("submit works");
+    assert!(matches!(sent, SubmitResult::Accepted { .. }), "{sent:?}");
+
+    // b: the client's request and its forwarding to a.
+    let (b_client, b_call) = wait_for(&exporter, "client_api -> peer_call at b", |all| {
+        let client = spans(all, "client_api", &[("room", club.as_str())])
+            .into_iter()
+            .find(|span| attr(span, "path").is_some_and(|p| p.contains("submitMessage")))?
+            .clone();
+        let call = children(all, &client, "peer_call")
+            .into_iter()
+            .find(|span| {
+                attr(span, "peer").as_deref() == Some("a.example")
+                    && attr(span, "endpoint").as_deref() == Some("submitMessage")
+            })?
+            .clone();
+        Some((client, call))
+    })
+    .await;
+    let trace = b_client.span_context.trace_id();
+    assert_eq!(b_call.span_context.trace_id(), trace);
+    assert_eq!(b_call.span_kind, SpanKind::Client);
+    assert_eq!(attr(&b_call, "status").as_deref(), Some("200"));
+
+    // a: the incoming request is the child of b's call, then the room actor and Raft.
+    let (a_incoming, a_room, a_proposal) =
+        wait_for(&exporter, "federation_api -> raft_proposal at a", |all| {
+            let incoming = children(all, &b_call, "federation_api")
+                .into_iter()
+                .next()?
+                .clone();
+            let request = children(all, &incoming, "peer_request")
+                .into_iter()
+                .next()?
+                .clone();
+            let room = children(all, &request, "room_request")
+                .into_iter()
+                .next()?
+                .clone();
+            let proposal = children(all, &room, "raft_proposal")
+                .into_iter()
+                .next()?
+                .clone();
+            Some((incoming, room, proposal))
+        })
+        .await;
+    assert_eq!(a_incoming.span_context.trace_id(), trace, "one trace id");
+    assert!(a_incoming.parent_span_is_remote, "its parent is b's span");
+    assert_eq!(a_incoming.span_kind, SpanKind::Server);
+    assert_eq!(attr(&a_incoming, "peer").as_deref(), Some("b.example"));
+    assert!(attr(&a_incoming, "path").is_some_and(|p| p.starts_with("/v1/submitMessage/")));
+    assert_eq!(attr(&a_room, "room").as_deref(), Some(club.as_str()));
+    assert_eq!(a_room.span_context.trace_id(), trace);
+    assert_eq!(a_proposal.span_context.trace_id(), trace);
+    assert!(
+        attr(&a_proposal, "shard").is_some(),
+        "the proposal names its shard"
+    );
+    assert_eq!(
+        attr(&a_proposal, "error"),
+        None,
+        "the proposal got its verdict"
+    );
+    assert_ne!(a_proposal.parent_span_id, SpanId::INVALID);
+
+    // The fan-out back to b: a's notify, a's call to b, b's handling and b's proposal.
+    let (notify, b_incoming) = wait_for(&exporter, "fanout_notify -> federation_api at b", |all| {
+        spans(
+            all,
+            "fanout_notify",
+            &[("room", club.as_str()), ("provider", "b.example")],
+        )
+        .into_iter()
+        .find_map(|notify| {
+            let call = children(all, notify, "peer_call")
+                .into_iter()
+                .find(|span| attr(span, "endpoint").as_deref() == Some("notify"))?;
+            let incoming = children(all, call, "federation_api").into_iter().next()?;
+            let request = children(all, incoming, "peer_request").into_iter().next()?;
+            children(all, request, "raft_proposal").into_iter().next()?;
+            Some((notify.clone(), incoming.clone()))
+        })
+    })
+    .await;
+    assert_eq!(notify.parent_span_id, SpanId::INVALID, "a trace of its own");
+    assert_ne!(notify.span_context.trace_id(), trace);
+    assert!(attr(&notify, "items").is_some_and(|n| n != "0"));
+    assert_eq!(
+        b_incoming.span_context.trace_id(),
+        notify.span_context.trace_id()
+    );
+    assert!(b_incoming.parent_span_is_remote);
+    assert_eq!(attr(&b_incoming, "peer").as_deref(), Some("a.example"));
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
