@@ -99,6 +99,17 @@ pub enum Command {
     /// Welcome-routing records (MIMI.md §4) and trims room logs past every member's cursor and
     /// older than `log_retention_ms` (DESIGN.md §4). Proposed to each shard directly.
     Housekeeping { log_retention_ms: u64 },
+    /// Follower side: local client `client` joined `room` (hosted elsewhere) by an external
+    /// commit the hub accepted (MIMI.md §6.6), so no Welcome will announce it; it receives the
+    /// room's mirror from that Commit on. `commit_sha256` is SHA-256 of the Commit's
+    /// `MLSMessage` bytes, which finds it in the mirror if the hub's notify brought it first.
+    /// Last, so that the postcard indexes of the variants before it (in logs already written)
+    /// do not move.
+    MirrorJoin {
+        room: RoomId,
+        client: ClientId,
+        commit_sha256: [u8; 32],
+    },
 }
 
 impl Command {
@@ -116,6 +127,7 @@ impl Command {
             | Command::AppMessage { room, .. }
             | Command::FanoutDelivered { room, .. }
             | Command::FanoutReceived { room, .. }
+            | Command::MirrorJoin { room, .. }
             | Command::Ack { room, .. } => room.as_bytes().to_vec(),
             Command::Housekeeping { .. } => return None,
         })
@@ -254,6 +266,31 @@ mod tests {
             .shard_key(),
             None
         );
+    }
+
+    /// Raft logs written before a variant was added must decode the same afterwards: postcard
+    /// encodes the variant index, so new variants go last (MIMI.md §6.6 added `MirrorJoin`).
+    #[test]
+    fn command_variant_indexes_are_stable_and_mirror_join_lives_with_its_room() {
+        let housekeeping = Stamped {
+            ts_ms: 1,
+            command: Command::Housekeeping {
+                log_retention_ms: 5,
+            },
+        };
+        assert_eq!(housekeeping.encode(), vec![1, 9, 5]);
+        let room = RoomId::parse("mimi://a.example/r/clubhouse").unwrap();
+        let join = Stamped {
+            ts_ms: 1,
+            command: Command::MirrorJoin {
+                room: room.clone(),
+                client: ClientId::parse("mimi://c.example/d/cathy/laptop").unwrap(),
+                commit_sha256: [7; 32],
+            },
+        };
+        assert_eq!(join.encode()[1], 10);
+        assert_eq!(Stamped::decode(&join.encode()).unwrap(), join);
+        assert_eq!(join.command.shard_key().as_deref(), Some(room.as_bytes()));
     }
 
     #[test]

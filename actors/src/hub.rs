@@ -481,6 +481,30 @@ impl Hub {
         }
     }
 
+    /// Follower side of MIMI.md §6.6: local `client` joined `room` (hosted elsewhere) by the
+    /// external commit whose `MLSMessage` bytes hash to `commit_sha256`, which the room's hub
+    /// accepted; from now on the mirror delivers the room to it (`MirrorRoom::join`). Returns
+    /// whether it was newly recorded.
+    pub async fn mirror_join(
+        &self,
+        room: RoomId,
+        client: ClientId,
+        commit_sha256: [u8; 32],
+    ) -> Result<bool, HubError> {
+        match self
+            .proposer
+            .propose(Command::MirrorJoin {
+                room,
+                client,
+                commit_sha256,
+            })
+            .await?
+        {
+            ApplyOutput::MirrorJoined { opened } => Ok(opened),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Welcome routing (MIMI.md §4): the local clients whose claimed KeyPackages these
     /// `KeyPackageRef`s name, in the order given; unknown references are skipped.
     pub fn welcome_recipients(&self, refs: &[Vec<u8>]) -> Vec<ClientId> {

@@ -40,6 +40,11 @@ pub enum ApplyOutput {
     FanoutReceived {
         appended: usize,
     },
+    /// A local client's external join was recorded in a mirror; `opened` is false when it
+    /// was receiving the room already.
+    MirrorJoined {
+        opened: bool,
+    },
     Acked,
     Housekept,
     /// The entry could not be applied at all (undecodable, or a room command for a room this
@@ -230,6 +235,30 @@ impl ShardData {
                     ApplyOutput::FanoutReceived { appended },
                     (appended > 0).then_some(room),
                 )
+            }
+            Command::MirrorJoin {
+                room,
+                client,
+                commit_sha256,
+            } => {
+                // Decided here, like every replicated change: a hosted room learns its joiners
+                // from the commit itself, so only a mirror records them. The mirror may not
+                // exist yet (no local client was in the room before this one).
+                if self.rooms.contains_key(&room) {
+                    return (
+                        ApplyOutput::Rejected(format!("room {room} is hosted here")),
+                        None,
+                    );
+                }
+                let opened = self
+                    .mirrors
+                    .entry(room.clone())
+                    .or_insert_with(|| MirrorRoom::new(room.clone(), ts_ms))
+                    .join(client, &commit_sha256);
+                if opened {
+                    self.index_members(&room);
+                }
+                (ApplyOutput::MirrorJoined { opened }, opened.then_some(room))
             }
             Command::Housekeeping { log_retention_ms } => {
                 self.directory.expire(ts_ms);
@@ -454,6 +483,40 @@ mod tests {
             machine.apply(1, &entry.encode()),
             ApplyOutput::Rejected(reason) if reason.contains("unknown room")
         ));
+    }
+
+    /// MIMI.md §6.6, follower side: a local client's external join opens its delivery in the
+    /// mirror (created if needed) and indexes the room for its push stream, once.
+    #[test]
+    fn mirror_join_opens_delivery_once_and_indexes_the_room() {
+        let (shards, mut machine) = machine();
+        let room = RoomId::parse("mimi://a.example/r/clubhouse").unwrap();
+        let client = ClientId::parse("mimi://c.example/d/cathy/laptop").unwrap();
+        let join = Stamped {
+            ts_ms: 1,
+            command: Command::MirrorJoin {
+                room: room.clone(),
+                client: client.clone(),
+                commit_sha256: [7; 32],
+            },
+        };
+        assert!(matches!(
+            machine.apply(1, &join.encode()),
+            ApplyOutput::MirrorJoined { opened: true }
+        ));
+        assert_eq!(shards.rooms_of(&client), vec![room.clone()]);
+        let snapshot = machine.snapshot();
+        assert!(matches!(
+            machine.apply(2, &join.encode()),
+            ApplyOutput::MirrorJoined { opened: false }
+        ));
+        assert_eq!(
+            machine.snapshot(),
+            snapshot,
+            "a repeated join changes nothing"
+        );
+        let data = shards.get(1).read();
+        assert_eq!(data.mirror(&room).unwrap().members(), vec![client]);
     }
 
     #[test]

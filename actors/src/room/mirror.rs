@@ -13,7 +13,9 @@
 //! follower's fan-out what none of its clients is to see.
 //!
 //! Who receives what: a local client is in the room from the Welcome the hub routed to it
-//! (the edge resolves the Welcome's KeyPackageRefs to the clients that published them). A
+//! (the edge resolves the Welcome's KeyPackageRefs to the clients that published them), or,
+//! when it joined by an external commit (MIMI.md §6.6, no Welcome), from that Commit
+//! ([`MirrorRoom::join`], recorded by the edge that forwarded the accepted commit). A
 //! follower cannot see removals in encrypted groups' plaintext Commits without tracking the
 //! tree, so a local client keeps receiving (ciphertext it cannot read) until it leaves the
 //! room on its own; the hub stops fanning out to a provider once none of its clients is in the
@@ -22,6 +24,7 @@
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::command::ReceivedItem;
 use crate::ids::{ClientId, RoomId};
@@ -92,6 +95,35 @@ impl MirrorRoom {
             appended += 1;
         }
         appended
+    }
+
+    /// Local client `client` joined by an external commit the hub accepted (MIMI.md §6.6):
+    /// it receives the room from that Commit on. The hub's notify and the edge's `MirrorJoin`
+    /// race, so the Commit may already be here — found by SHA-256 of its `MLSMessage` bytes
+    /// among the retained items, and the span opens at it — or still to come, and the span
+    /// opens at the next item. In the second case items of the old epoch that the hub fans
+    /// out before the Commit reach the client too; it cannot read them and drops them (the
+    /// client library skips items of epochs before its own). A client already receiving the
+    /// room keeps its span (a resync join, RFC 9420 §12.4.3.2). Returns whether a span opened.
+    pub fn join(&mut self, client: ClientId, commit_sha256: &[u8; 32]) -> bool {
+        if self.log.open_clients().any(|open| *open == client) {
+            return false;
+        }
+        let at_commit = self
+            .log
+            .items_after(0)
+            .iter()
+            .rev()
+            .find(|item| match &item.body {
+                ItemBody::Commit { message } => {
+                    <[u8; 32]>::from(Sha256::digest(message)) == *commit_sha256
+                }
+                _ => false,
+            })
+            .map(|item| item.seq);
+        let from = at_commit.unwrap_or_else(|| self.log.last_seq() + 1);
+        self.log.open_span(client, from);
+        true
     }
 
     /// Local clients that receive this room's items now.
@@ -212,6 +244,59 @@ mod tests {
             1,
             "only the last {RECENT_BODIES} bodies are remembered"
         );
+    }
+
+    fn commit(hub_seq: u64, message: &[u8]) -> ReceivedItem {
+        ReceivedItem {
+            hub_seq: Some(hub_seq),
+            ts_ms: 10,
+            epoch: 1,
+            body: ItemBody::Commit {
+                message: message.to_vec(),
+            },
+        }
+    }
+
+    fn sha256(bytes: &[u8]) -> [u8; 32] {
+        Sha256::digest(bytes).into()
+    }
+
+    /// MIMI.md §6.6: the hub's notify brought the joiner's external Commit before the edge
+    /// recorded the join: the client receives from that Commit on (its own echo and whatever
+    /// followed), nothing before it.
+    #[test]
+    fn mimi_6_6_external_joiner_receives_from_its_commit_when_it_came_first() {
+        let mut room = mirror();
+        let cathy = client("cathy");
+        room.receive(
+            vec![app(Some(1), 1), commit(2, b"join"), app(Some(3), 3)],
+            [1; 32],
+        );
+        assert!(room.join(cathy.clone(), &sha256(b"join")));
+        let items = room.items_after(0).to_vec();
+        assert!(!room.visible_to(&items[0], &cathy), "before its Commit");
+        assert!(room.visible_to(&items[1], &cathy), "its own Commit");
+        assert!(room.visible_to(&items[2], &cathy));
+        assert_eq!(room.members(), vec![cathy.clone()]);
+        assert!(!room.join(cathy, &sha256(b"join")), "joins once");
+    }
+
+    /// MIMI.md §6.6: the join was recorded before the notify with the Commit arrived: the client
+    /// receives from the next item on, and nothing already held.
+    #[test]
+    fn mimi_6_6_external_joiner_receives_from_the_next_item_when_its_commit_is_to_come() {
+        let mut room = mirror();
+        let cathy = client("cathy");
+        room.receive(vec![app(Some(1), 1)], [1; 32]);
+        assert!(room.join(cathy.clone(), &sha256(b"join")));
+        room.receive(vec![commit(2, b"join"), app(Some(3), 3)], [2; 32]);
+        let items = room.items_after(0).to_vec();
+        assert!(!room.visible_to(&items[0], &cathy));
+        assert!(room.visible_to(&items[1], &cathy));
+        assert!(room.visible_to(&items[2], &cathy));
+        let snapshot = postcard::to_stdvec(&room).unwrap();
+        let restored: MirrorRoom = postcard::from_bytes(&snapshot).unwrap();
+        assert_eq!(restored, room);
     }
 
     #[test]

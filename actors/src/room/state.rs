@@ -23,7 +23,12 @@
 //! Retries: a resent request that was accepted gets its original verdict back and changes
 //! nothing (MIMI.md §7.6 [IMPL CHOICE], [`retry`]).
 //!
-//! Not supported yet: external commits and external/new-member proposals, PreSharedKey, ReInit,
+//! External joins (MIMI.md §6.6, RFC 9420 §12.4.3.2): a commit whose sender is
+//! `new_member_commit` adds its committer, a new client of an active participant whose role
+//! holds canAddOwnClient; other ways of joining (preauthorization, open rooms, joining codes)
+//! are refused with `notAllowed` for now.
+//!
+//! Not supported yet: external/new-member proposals, PreSharedKey, ReInit,
 //! GroupContextExtensions and AppEphemeral proposals (rejected with `notAllowed`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -285,10 +290,12 @@ impl RoomState {
             };
         }
         // A client that never was in the group learns nothing about it (not even its epoch):
-        // refused before any other check. [IMPL CHOICE] External joins, when supported, will be
-        // authorised through the groupInfo request that precedes them (MIMI.md §6.6).
+        // refused before any other check. An external commit (MIMI.md §6.6) comes from a client
+        // that is not in the group yet: it is authorised by the room policy for its joiner
+        // instead ([`RoomState::handle_external_commit`]).
         // A provider must host a client that is or was in the room (MIMI.md §7.1 step 2).
-        if !self.log.clients().any(|client| sender.speaks_for(client)) {
+        let external = is_external_commit(bundle);
+        if !external && !self.log.clients().any(|client| sender.speaks_for(client)) {
             return UpdateVerdict::NotAllowed {
                 reason: match sender {
                     Submitter::Client(client) => format!("{client} is not a member of this room"),
@@ -299,6 +306,17 @@ impl RoomState {
             };
         }
         let result = match bundle {
+            HandshakeBundle::Commit {
+                commit,
+                welcome,
+                group_info,
+            } if external => self.handle_external_commit(
+                sender,
+                commit,
+                welcome.as_deref(),
+                group_info.as_deref(),
+                ts_ms,
+            ),
             HandshakeBundle::Commit {
                 commit,
                 welcome,
@@ -520,6 +538,57 @@ impl RoomState {
     /// The latest GroupInfo a committer (or the creator) supplied, as MLSMessage bytes.
     pub fn group_info(&self) -> Option<&[u8]> {
         self.group_info.as_deref()
+    }
+
+    /// Whether `client` may join by an external commit (MIMI.md §5.5, §6.6 step 2): its user
+    /// is an active participant whose role holds canAddOwnClient. The groupInfo answer and
+    /// the apply of the commit ask the same question. `Err` says why not.
+    ///
+    /// [IMPL CHOICE] Joining through preauthorization, an open room or a joining code is not
+    /// supported yet and is refused like any other unauthorised join.
+    pub fn check_external_join(&self, client: &ClientId) -> Result<(), String> {
+        let user = client.user();
+        if !self.policy.is_active_participant(&user) {
+            return Err(format!(
+                "{user} is not an active participant of {}; joining by preauthorization, open \
+                 join or joining code is not supported by this hub yet",
+                self.room
+            ));
+        }
+        if !self.policy.user_has(&user, capability::CAN_ADD_OWN_CLIENT) {
+            return Err(format!(
+                "{user} lacks canAddOwnClient, which joining with a new client requires"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The proposals accepted in the current epoch and not committed yet, as `(hub accepted
+    /// time, MLSMessage bytes)` in log order: what an external joiner is told about (protocol-06
+    /// §5.5 `pending_proposals`; the SelfRemoves among them it may commit by reference). Read
+    /// from the log, so proposals whose items retention already dropped are left out.
+    pub fn pending_proposals(&self) -> Vec<(u64, &[u8])> {
+        let epoch = self.epoch();
+        let mut pending: Vec<(u64, &[u8])> = self
+            .log
+            .items_after(0)
+            .iter()
+            .rev()
+            .take_while(|item| item.epoch == epoch)
+            .filter_map(|item| match &item.body {
+                ItemBody::Proposals { messages } => Some((item.ts_ms, messages)),
+                _ => None,
+            })
+            .flat_map(|(ts_ms, messages)| {
+                messages
+                    .iter()
+                    .rev()
+                    .map(move |message| (ts_ms, message.as_slice()))
+            })
+            .collect();
+        pending.reverse();
+        debug_assert!(pending.len() <= self.pending.len());
+        pending
     }
 
     /// The current ratchet tree, TLS-serialised (for joiners).
@@ -799,6 +868,189 @@ impl RoomState {
         Ok(seq)
     }
 
+    /// MIMI.md §6.6 step 4, §7.3 step 2: an external commit (RFC 9420 §12.4.3.2) joins its
+    /// committer. openmls' `process_message` enforces the MLS rules (a path, exactly one
+    /// ExternalInit, no proposal by reference but SelfRemoves, at most one Remove, the
+    /// signature by the new leaf); here: the submitter speaks for the joiner, the joiner may
+    /// join by the room policy ([`RoomState::check_external_join`]) and is not a member unless
+    /// the commit's one Remove is a resync of its own old leaf, the commit changes nothing else
+    /// but SelfRemoves, required pending proposals are included, no Welcome, and a GroupInfo
+    /// for the new epoch signed by the joiner. The joiner receives the room from the Commit's
+    /// seq on; no Welcome is logged.
+    ///
+    /// [IMPL CHOICE] The join is not correlated with an earlier groupInfo request (which is
+    /// answered from a replica without a Raft write, MIMI.md §5.5): it is authorised again
+    /// here by the same policy question, for the credential in the commit's path, which the
+    /// commit's signature covers.
+    fn handle_external_commit(
+        &mut self,
+        sender: &Submitter,
+        commit: &[u8],
+        welcome: Option<&[u8]>,
+        group_info: Option<&[u8]>,
+        ts_ms: u64,
+    ) -> Result<u64, Rejection> {
+        // Who cannot join learns nothing about the group, not even its epoch.
+        self.check_external_submitter(sender)?;
+        let message = self.parse_handshake(commit, ContentType::Commit)?;
+        if welcome.is_some() {
+            return Err(Rejection::invalid(
+                "an external commit adds only its committer: the bundle must carry no Welcome",
+            ));
+        }
+        let processed = self
+            .group
+            .process_message(crypto(), message)
+            .map_err(|err| mls_rejection(&err))?;
+        let staged = match processed.into_content() {
+            ProcessedMessageContent::StagedCommitMessage(staged) => *staged,
+            ProcessedMessageContent::UnresolvedAppDataCommit(_) => {
+                return Err(Rejection::not_allowed(
+                    "an external commit may not change the room state (AppDataUpdate); join \
+                     first, then propose",
+                ))
+            }
+            _ => return Err(Rejection::invalid("expected a commit")),
+        };
+        let leaf = staged.update_path_leaf_node().ok_or_else(|| {
+            Rejection::invalid("an external commit must carry a path (RFC 9420 §12.4.3.2)")
+        })?;
+        let joiner = client_of_credential(leaf.credential()).map_err(Rejection::invalid)?;
+        if !sender.speaks_for(&joiner) {
+            return Err(Rejection::not_allowed(format!(
+                "the external commit joins {joiner}, for whom {sender} cannot speak"
+            )));
+        }
+        self.check_external_join(&joiner)
+            .map_err(Rejection::not_allowed)?;
+        let user = joiner.user();
+        let classified = Classified {
+            app_data: Vec::new(),
+            added: vec![ClientChange {
+                proposer: user.clone(),
+                client: joiner.clone(),
+            }],
+            removed: self.classify_external(&staged, &joiner)?,
+            others: Vec::new(),
+        };
+        self.check_client_changes(&classified)?;
+        let changes = ChangeSet {
+            committer: Some(&user),
+            app_data: None,
+            added: &classified.added,
+            removed: &classified.removed,
+            others: &classified.others,
+        };
+        policy::authorize(&self.policy, &self.clients_per_user, &changes)
+            .map_err(Rejection::not_allowed)?;
+        self.check_required_included(&staged)?;
+        // The leaf index is not consulted: the GroupInfo is checked against the key of the
+        // path's leaf, which every external commit has (checked above).
+        let group_info = self.check_group_info(&staged, LeafNodeIndex::new(0), group_info)?;
+
+        // Everything is decided: apply.
+        let old_epoch = self.epoch();
+        if let Err(err) = self.group.merge_commit(&self.storage, staged) {
+            fail_stop("merge a validated external commit", &err);
+        }
+        self.group_info = Some(group_info.to_vec());
+        self.required.clear();
+        self.pending.clear();
+        let seq = self.append(
+            ts_ms,
+            old_epoch,
+            ItemBody::Commit {
+                message: commit.to_vec(),
+            },
+        );
+        for change in &classified.removed {
+            self.remove_member(&change.client, seq);
+        }
+        // A resync closes the old span at the Commit and opens the new one at it: the joiner
+        // receives its Commit (and skips it as its own) either way.
+        self.add_member(joiner, seq);
+        debug_assert_eq!(
+            self.group.members().count(),
+            self.members.len(),
+            "MLS members and tracked clients agree after an external join"
+        );
+        Ok(seq)
+    }
+
+    /// Before anything else about an external commit: a local client must itself be allowed to
+    /// join; a peer provider must have a user among the participants who may join (MIMI.md
+    /// §7.1 step 2). Which client the commit joins is checked once it is parsed.
+    fn check_external_submitter(&self, sender: &Submitter) -> Result<(), Rejection> {
+        match sender {
+            Submitter::Client(client) => self
+                .check_external_join(client)
+                .map_err(Rejection::not_allowed),
+            Submitter::Provider(domain) => {
+                let may_join = self.policy.participants().iter().any(|participant| {
+                    participant.user.domain() == domain
+                        && self.policy.is_active_participant(&participant.user)
+                        && self
+                            .policy
+                            .user_has(&participant.user, capability::CAN_ADD_OWN_CLIENT)
+                });
+                if may_join {
+                    Ok(())
+                } else {
+                    Err(Rejection::not_allowed(format!(
+                        "provider {domain} has no participant in this room who may join"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// RFC 9420 §12.4.3.2 beyond what openmls checks: the one Remove an external commit may
+    /// carry is a resync of the joiner's own old leaf (its credential names the same client),
+    /// and SelfRemoves are the only proposals by reference (mls-extensions; openmls checks
+    /// they are pending). Returns the clients the commit removes.
+    fn classify_external(
+        &self,
+        staged: &StagedCommit,
+        joiner: &ClientId,
+    ) -> Result<Vec<ClientChange>, Rejection> {
+        let mut removed = Vec::new();
+        for queued in staged.queued_proposals() {
+            match (queued.sender(), queued.proposal()) {
+                (Sender::NewMemberCommit, Proposal::ExternalInit(_)) => {}
+                (Sender::NewMemberCommit, Proposal::Remove(remove)) => {
+                    let old = self.leaf_client(remove.removed())?;
+                    if old != *joiner {
+                        return Err(Rejection::not_allowed(format!(
+                            "an external commit may remove only the joiner's own old leaf \
+                             (resync); it removes {old}"
+                        )));
+                    }
+                    removed.push(ClientChange {
+                        proposer: joiner.user(),
+                        client: old,
+                    });
+                }
+                (Sender::Member(leaf), Proposal::SelfRemove)
+                    if queued.proposal_or_ref_type() == ProposalOrRefType::Reference =>
+                {
+                    let client = self.leaf_client(*leaf)?;
+                    removed.push(ClientChange {
+                        proposer: client.user(),
+                        client,
+                    });
+                }
+                (_, other) => {
+                    return Err(Rejection::not_allowed(format!(
+                        "an external commit may carry only ExternalInit, a resync Remove and \
+                         SelfRemoves by reference, not {:?}",
+                        other.proposal_type()
+                    )))
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Decodes a handshake MLSMessage and checks wire format, group, content type and epoch
     /// (MIMI.md §7.1 step 3, §7.2 steps 1-2, §7.3 step 1).
     fn parse_handshake(
@@ -847,9 +1099,11 @@ impl RoomState {
     ) -> Result<(LeafNodeIndex, ClientId), Rejection> {
         let leaf = match mls_sender {
             Sender::Member(leaf) => *leaf,
+            // External commits take their own path (`handle_external_commit`); RFC 9420 §6
+            // allows this sender type only on a commit.
             Sender::NewMemberCommit => {
-                return Err(Rejection::not_allowed(
-                    "external commits are not supported by this hub yet",
+                return Err(Rejection::invalid(
+                    "the new_member_commit sender type is only valid on a commit",
                 ))
             }
             Sender::External(_) | Sender::NewMemberProposal => {
@@ -1278,6 +1532,20 @@ fn mls_rejection(err: &openmls::prelude::PublicProcessMessageError) -> Rejection
             Rejection::not_allowed("the sender is not a member of the group")
         }
         other => Rejection::invalid(format!("MLS validation failed: {other}")),
+    }
+}
+
+/// Whether `bundle` is a commit whose MLS sender is `new_member_commit` (an external join,
+/// RFC 9420 §12.4.3.2). Anything that does not parse is not; the normal path refuses it.
+fn is_external_commit(bundle: &HandshakeBundle) -> bool {
+    let HandshakeBundle::Commit { commit, .. } = bundle else {
+        return false;
+    };
+    match MlsMessageIn::tls_deserialize_exact_bytes(commit).map(MlsMessageIn::extract) {
+        Ok(MlsMessageBodyIn::PublicMessage(message)) => {
+            matches!(message.sender(), Sender::NewMemberCommit)
+        }
+        _ => false,
     }
 }
 

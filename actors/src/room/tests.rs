@@ -7,7 +7,9 @@ use openmls::prelude::{
     MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider, ProcessedMessageContent,
     Proposal, RatchetTreeIn, StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
 };
-use openmls::prelude::{AppDataUpdateOperation, AppDataUpdateProposal, DeserializeBytes as _};
+use openmls::prelude::{
+    AppDataUpdateOperation, AppDataUpdateProposal, DeserializeBytes as _, LeafNodeParameters,
+};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
@@ -1947,4 +1949,360 @@ mod fanout {
         assert_eq!(after_restart.len(), 1);
         assert_eq!(after_restart[0].provider, "b.example");
     }
+}
+
+// External joins (MIMI.md §6.6, RFC 9420 §12.4.3.2).
+
+const CATHY_PHONE: &str = "mimi://c.example/d/cathy/phone";
+
+impl TestClient {
+    /// A client with `other`'s signature key pair (to forge commits in tests).
+    fn with_signer_of(uri: &str, other: &TestClient) -> Self {
+        let provider = OpenMlsRustCrypto::default();
+        let signer: SignatureKeyPair =
+            serde_json::from_value(serde_json::to_value(&other.signer).unwrap()).unwrap();
+        signer.store(provider.storage()).unwrap();
+        TestClient {
+            id: ClientId::parse(uri).unwrap(),
+            provider,
+            signer,
+            group: None,
+        }
+    }
+
+    /// RFC 9420 §12.4.3.2: builds an external commit from the hub's GroupInfo and ratchet tree
+    /// (with `pending` SelfRemoves to include by reference) and keeps the joined group, as a
+    /// joiner does once the hub accepts. Returns the bundle it sends.
+    fn external_join(&mut self, state: &RoomState, pending: &[Vec<u8>]) -> HandshakeBundle {
+        let MlsMessageBodyIn::GroupInfo(group_info) =
+            MlsMessageIn::tls_deserialize_exact_bytes(state.group_info().unwrap())
+                .unwrap()
+                .extract()
+        else {
+            panic!("the hub holds a GroupInfo");
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact_bytes(&state.ratchet_tree()).unwrap();
+        let proposals = pending
+            .iter()
+            .map(|bytes| {
+                match MlsMessageIn::tls_deserialize_exact_bytes(bytes)
+                    .unwrap()
+                    .extract()
+                {
+                    MlsMessageBodyIn::PublicMessage(message) => message,
+                    _ => panic!("pending proposals are PublicMessages"),
+                }
+            })
+            .collect();
+        let (group, bundle) = MlsGroup::external_commit_builder()
+            .with_ratchet_tree(tree)
+            .with_config(Self::join_config())
+            .with_proposals(proposals)
+            .build_group(&self.provider, group_info, self.credential())
+            .unwrap()
+            .leaf_node_parameters(
+                LeafNodeParameters::builder()
+                    .with_capabilities(room_leaf_capabilities())
+                    .build(),
+            )
+            .load_psks(self.provider.storage())
+            .unwrap()
+            .create_group_info(true)
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |_| true,
+            )
+            .unwrap()
+            .finalize(&self.provider)
+            .unwrap();
+        self.group = Some(group);
+        let (commit, welcome, group_info) = bundle.into_messages();
+        assert!(welcome.is_none(), "an external commit adds no one else");
+        HandshakeBundle::Commit {
+            commit: commit.tls_serialize_detached().unwrap(),
+            welcome: None,
+            group_info: group_info.map(|info| info.tls_serialize_detached().unwrap()),
+        }
+    }
+}
+
+fn with_welcome(bundle: &HandshakeBundle, welcome: Option<Vec<u8>>) -> HandshakeBundle {
+    let HandshakeBundle::Commit {
+        commit, group_info, ..
+    } = bundle
+    else {
+        panic!("a commit bundle");
+    };
+    HandshakeBundle::Commit {
+        commit: commit.clone(),
+        welcome,
+        group_info: group_info.clone(),
+    }
+}
+
+/// MIMI.md §6.6, §7.3 step 2: Cathy's new device joins by external commit, submitted by
+/// itself (a local client of the hub). It is a member from the Commit's seq (no Welcome is
+/// logged), the others process the Commit, and the new device can send. A resend gets the
+/// original verdict (MIMI.md §7.6).
+#[test]
+fn mimi_6_6_new_device_joins_by_external_commit_from_its_commit_on() {
+    let mut room = three_member_room();
+    let before_seq = room.state.last_seq();
+    let epoch = room.state.epoch();
+    let mut phone = TestClient::new(CATHY_PHONE);
+    let bundle = phone.external_join(&room.state, &[]);
+    let sender = Submitter::Client(phone.id.clone());
+    let seq = success_seq(&room.state.handle_handshake(&sender, &bundle, 20_000));
+    assert_eq!(seq, before_seq + 1);
+    assert_eq!(room.state.last_seq(), seq, "no Welcome item");
+    assert_eq!(room.state.epoch(), epoch + 1);
+    assert!(room.state.members().contains(&phone.id));
+    assert_eq!(room.state.members().len(), 4);
+    let items = room.state.items_after(0).to_vec();
+    let commit = items.last().unwrap();
+    assert!(matches!(commit.body, ItemBody::Commit { .. }));
+    assert!(room.state.visible_to(commit, &phone.id), "its own Commit");
+    assert!(items[..items.len() - 1]
+        .iter()
+        .all(|item| !room.state.visible_to(item, &phone.id)));
+    assert!(room.state.visible_to_provider(commit, "c.example"));
+
+    let resent = room.state.to_snapshot();
+    assert_eq!(
+        success_seq(&room.state.handle_handshake(&sender, &bundle, 20_001)),
+        seq
+    );
+    assert_eq!(room.state.to_snapshot(), resent, "a resend changes nothing");
+
+    for member in [&mut room.alice, &mut room.bob, &mut room.cathy] {
+        catch_up(&room.state, member, before_seq);
+        assert_eq!(member.group().members().count(), 4);
+    }
+    let message = phone.send(b"hello from the phone");
+    let seq = success_seq_message(room.state.handle_app_message(
+        &sender,
+        &phone.user(),
+        &message,
+        20_002,
+    ));
+    let item = room.state.items_after(seq - 1)[0].clone();
+    assert_eq!(
+        room.alice.process(&item).as_deref(),
+        Some(&b"hello from the phone"[..])
+    );
+
+    // The group survives a snapshot with the joiner in it.
+    let restored = RoomState::from_snapshot(&room.state.to_snapshot()).unwrap();
+    assert_eq!(restored.members(), room.state.members());
+}
+
+/// MIMI.md §7.1 step 2, §7.3 step 2: a peer provider may submit the external commit of its own
+/// user's new device, and no other provider may; refusals change nothing.
+#[test]
+fn mimi_7_3_external_commit_through_the_joiners_provider_only() {
+    let mut room = three_member_room();
+    let mut phone = TestClient::new(CATHY_PHONE);
+    let bundle = phone.external_join(&room.state, &[]);
+    let before = room.state.to_snapshot();
+    let reason = not_allowed(room.state.handle_handshake(
+        &Submitter::Provider("b.example".into()),
+        &bundle,
+        20_000,
+    ));
+    assert!(
+        reason.contains("for whom provider b.example cannot speak"),
+        "{reason}"
+    );
+    let reason = not_allowed(room.state.handle_handshake(
+        &Submitter::Provider("d.example".into()),
+        &bundle,
+        20_001,
+    ));
+    assert_eq!(
+        reason,
+        "provider d.example has no participant in this room who may join"
+    );
+    let reason = not_allowed(room.state.handle_handshake(
+        &Submitter::Client(room.cathy.id.clone()),
+        &bundle,
+        20_002,
+    ));
+    assert!(reason.contains("cannot speak"), "{reason}");
+    assert_eq!(room.state.to_snapshot(), before, "refusals change nothing");
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Provider("c.example".into()),
+        &bundle,
+        20_003,
+    ));
+    assert!(room.state.members().contains(&phone.id));
+}
+
+/// MIMI.md §6.6 step 2: only a client of an active participant may join by external commit;
+/// anyone else learns nothing, not even the epoch.
+#[test]
+fn mimi_6_6_non_participant_cannot_join_by_external_commit() {
+    let mut room = three_member_room();
+    let mut dave = TestClient::new(DAVE);
+    let bundle = dave.external_join(&room.state, &[]);
+    let reason = not_allowed(reject(&mut room.state, &dave.id, &bundle, 20_000));
+    assert!(
+        reason.contains("mimi://c.example/u/dave is not an active participant"),
+        "{reason}"
+    );
+    assert!(room
+        .state
+        .check_external_join(&ClientId::parse(CATHY_PHONE).unwrap())
+        .is_ok());
+    assert!(room.state.check_external_join(&dave.id).is_err());
+    // Stale: the epoch moved on; still refused for who it is, not for the epoch.
+    let commit = room.alice.commit(CommitSpec::default());
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.alice.id.clone()),
+        &commit,
+        20_001,
+    ));
+    let reason = not_allowed(reject(&mut room.state, &dave.id, &bundle, 20_002));
+    assert!(reason.contains("not an active participant"), "{reason}");
+}
+
+/// RFC 9420 §12.4.3.2, MIMI.md §7.3: a stale external commit gets `wrongEpoch`; one with a
+/// Welcome, without a GroupInfo, or removing someone else's leaf is refused; none leaves a
+/// trace.
+#[test]
+fn rfc9420_12_4_3_2_external_commit_rules_beyond_openmls() {
+    let mut room = three_member_room();
+    let mut phone = TestClient::new(CATHY_PHONE);
+    let bundle = phone.external_join(&room.state, &[]);
+    let (_, reason) = invalid(reject(
+        &mut room.state,
+        &phone.id,
+        &with_welcome(&bundle, Some(vec![1, 2, 3])),
+        20_000,
+    ));
+    assert!(reason.contains("must carry no Welcome"), "{reason}");
+    let HandshakeBundle::Commit { commit, .. } = &bundle else {
+        unreachable!()
+    };
+    let without_group_info = HandshakeBundle::Commit {
+        commit: commit.clone(),
+        welcome: None,
+        group_info: None,
+    };
+    let (_, reason) = invalid(reject(
+        &mut room.state,
+        &phone.id,
+        &without_group_info,
+        20_001,
+    ));
+    assert!(reason.contains("no GroupInfo"), "{reason}");
+
+    // A joiner holding Bob's signature key: openmls commits a Remove of Bob's leaf (same key),
+    // which is not a resync of the joiner's own leaf.
+    let mut forged = TestClient::with_signer_of(CATHY_PHONE, &room.bob);
+    let removing_bob = forged.external_join(&room.state, &[]);
+    let reason = not_allowed(reject(&mut room.state, &forged.id, &removing_bob, 20_002));
+    assert!(
+        reason.contains("may remove only the joiner's own old leaf") && reason.contains("bob"),
+        "{reason}"
+    );
+
+    let update = room.alice.commit(CommitSpec::default());
+    success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.alice.id.clone()),
+        &update,
+        20_003,
+    ));
+    let current_epoch = room.state.epoch();
+    match reject(&mut room.state, &phone.id, &bundle, 20_004) {
+        UpdateVerdict::WrongEpoch { current_epoch: got } => assert_eq!(got, current_epoch),
+        other => panic!("expected wrongEpoch, got {other:?}"),
+    }
+}
+
+/// RFC 9420 §12.4.3.2 resync: a client that lost its state rejoins with its own identity; the
+/// external commit removes its old leaf. It stays one member, receiving from the Commit on.
+#[test]
+fn rfc9420_12_4_3_2_resync_replaces_the_joiners_old_leaf() {
+    let mut room = three_member_room();
+    let before_seq = room.state.last_seq();
+    let mut cathy_again = TestClient::with_signer_of(CATHY, &room.cathy);
+    let bundle = cathy_again.external_join(&room.state, &[]);
+    let seq = success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.cathy.id.clone()),
+        &bundle,
+        20_000,
+    ));
+    assert_eq!(room.state.members().len(), 3);
+    assert!(room.state.members().contains(&room.cathy.id));
+    let commit = room.state.items_after(seq - 1)[0].clone();
+    assert!(room.state.visible_to(&commit, &room.cathy.id));
+    for member in [&mut room.alice, &mut room.bob] {
+        catch_up(&room.state, member, before_seq);
+        assert_eq!(member.group().members().count(), 3);
+    }
+    let message = cathy_again.send(b"back");
+    let seq = success_seq_message(room.state.handle_app_message(
+        &Submitter::Client(room.cathy.id.clone()),
+        &room.cathy.user(),
+        &message,
+        20_001,
+    ));
+    let item = room.state.items_after(seq - 1)[0].clone();
+    assert_eq!(room.bob.process(&item).as_deref(), Some(&b"back"[..]));
+}
+
+/// protocol-06 §5.5 `pending_proposals`, mls-extensions SelfRemove: the hub hands a joiner the
+/// pending proposals; a pending SelfRemove is committed by reference in the external commit,
+/// which removes its proposer and satisfies the "required" rule (MIMI.md §6.5).
+#[test]
+fn protocol06_5_5_external_commit_includes_pending_self_remove_by_reference() {
+    let mut room = three_member_room();
+    let self_remove = {
+        let provider = &room.bob.provider;
+        let signer = &room.bob.signer;
+        room.bob
+            .group
+            .as_mut()
+            .unwrap()
+            .leave_group_via_self_remove(provider, signer)
+            .unwrap()
+            .tls_serialize_detached()
+            .unwrap()
+    };
+    let proposed = success_seq(&room.state.handle_handshake(
+        &Submitter::Client(room.bob.id.clone()),
+        &HandshakeBundle::Proposals {
+            proposals: vec![self_remove.clone()],
+        },
+        20_000,
+    ));
+    let pending = room.state.pending_proposals();
+    assert_eq!(pending, vec![(20_000, self_remove.as_slice())]);
+
+    // Without the required SelfRemove the join is refused.
+    let mut phone = TestClient::new(CATHY_PHONE);
+    let omitting = phone.external_join(&room.state, &[]);
+    let (refs, reason) = invalid(reject(&mut room.state, &phone.id, &omitting, 20_001));
+    assert_eq!(refs.len(), 1, "{reason}");
+
+    let mut phone = TestClient::new(CATHY_PHONE);
+    let including = phone.external_join(&room.state, &[self_remove]);
+    let seq = success_seq(&room.state.handle_handshake(
+        &Submitter::Client(phone.id.clone()),
+        &including,
+        20_002,
+    ));
+    assert!(room.state.members().contains(&phone.id));
+    assert!(!room.state.members().contains(&room.bob.id));
+    assert!(room.state.pending_proposals().is_empty());
+    let commit = room.state.items_after(seq - 1)[0].clone();
+    assert!(
+        room.state.visible_to(&commit, &room.bob.id),
+        "bob gets his removal"
+    );
+    assert!(room.state.items_after(seq).is_empty());
+    catch_up(&room.state, &mut room.alice, proposed - 1);
+    assert_eq!(room.alice.group().members().count(), 3);
 }

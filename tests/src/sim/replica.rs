@@ -726,7 +726,9 @@ pub fn outcome_name(output: &ApplyOutput) -> &'static str {
         | ApplyOutput::Claimed(_)
         | ApplyOutput::Acked
         | ApplyOutput::Housekept => "directory",
-        ApplyOutput::FanoutDelivered | ApplyOutput::FanoutReceived { .. } => "fanout",
+        ApplyOutput::FanoutDelivered
+        | ApplyOutput::FanoutReceived { .. }
+        | ApplyOutput::MirrorJoined { .. } => "fanout",
     }
 }
 
