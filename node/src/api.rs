@@ -17,6 +17,7 @@ use mimid_actors::command::{self, SubmitVerdict, UpdateVerdict};
 use mimid_actors::directory::{ClaimOutcome, ClientClaimResult, DirectoryError};
 use mimid_actors::hub::{Busy, Hub, HubError, PublishError};
 use mimid_actors::ids::{ClientId, RoomId, UserId};
+use mimid_actors::room::identity::client_of_credential;
 use mimid_actors::shard::CreateRoomRejection;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -24,6 +25,7 @@ use tracing::Instrument;
 
 use crate::config::LimitsSettings;
 use crate::federation::{Peers, S2sEndpoint};
+use crate::group_info::{GroupInfoService, Requester, REASON_HEADER};
 use crate::h3::{Handler, Request, Response};
 use crate::metrics::{Limit, Metrics, Outcome};
 use crate::peering::Forwarder;
@@ -32,13 +34,16 @@ use crate::wire::client::{
     CreateRoomResponse, CreateRoomStatus, DeliveredItem, PublishKeyPackagesRequest,
     RegisterClientRequest, RegisterClientResponse, HEARTBEAT_FRAME,
 };
+use crate::wire::group_info::{external_commit_joiner, GroupInfoRequest};
 use crate::wire::key_material::{
     ClientKeyMaterial, ClientMaterial, KeyMaterialClientCode, KeyMaterialRequest,
     KeyMaterialResponse, KeyMaterialUserCode,
 };
 use crate::wire::submit::{SubmitMessageRequest, SubmitMessageResponse};
 use crate::wire::types::{IdentifierUri, Protocol};
-use crate::wire::update::{UpdateRequest, UpdateRoomResponse};
+use crate::wire::update::{
+    HandshakeBundle as WireBundle, UpdateOutcome, UpdateRequest, UpdateRoomResponse,
+};
 use crate::wire::{Decode, Encode, Limits, Mls};
 
 /// Path prefix of the client API.
@@ -194,6 +199,8 @@ pub struct ClientApi {
     max_frame: usize,
     /// Requests for rooms and users of other providers go there (MIMI.md §15 "Follower").
     forwarder: Forwarder,
+    /// The hub's answer to groupInfo for rooms hosted here (MIMI.md §5.5).
+    group_info: Arc<GroupInfoService>,
 }
 
 impl ClientApi {
@@ -203,9 +210,11 @@ impl ClientApi {
         settings: &LimitsSettings,
         metrics: Arc<Metrics>,
         peers: Arc<Peers>,
+        group_info: Arc<GroupInfoService>,
     ) -> Self {
         ClientApi {
             hub,
+            group_info,
             forwarder: Forwarder::new(peers, domain.clone()),
             domain,
             limits: Limits {
@@ -428,7 +437,8 @@ impl ClientApi {
             // The hub checks that the MLS sender is a client of ours (MIMI.md §7.1 step 2); a
             // local client can at most replay another local client's signed handshake, which
             // the hub deduplicates.
-            UpdateRequest::from_bytes(&req.body, &self.limits)?;
+            let request = UpdateRequest::from_bytes(&req.body, &self.limits)?;
+            let joining = external_join_of(&request, &client)?;
             let answer = self
                 .forwarder
                 .forward(room.domain(), S2sEndpoint::Update, room.as_str(), req.body)
@@ -438,6 +448,15 @@ impl ClientApi {
             }
             let response = UpdateRoomResponse::from_bytes(&answer.body, &self.limits)
                 .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, format!("hub answer: {e}")))?;
+            // MIMI.md §6.6: no Welcome will tell our mirror that the client joined; record it
+            // (durably) before the client hears of its success.
+            if let Some(commit_sha256) = joining {
+                if matches!(response.outcome, UpdateOutcome::Success { .. }) {
+                    self.hub
+                        .mirror_join(room.clone(), client.clone(), commit_sha256)
+                        .await?;
+                }
+            }
             // The hub's log position means nothing here: our mirror numbers items itself.
             return ok_body(StatusCode::OK, &ClientUpdateResponse { response, seq: 0 });
         }
@@ -456,6 +475,47 @@ impl ClientApi {
             self.metrics.count_commit(outcome);
         }
         ok_body(StatusCode::OK, &ClientUpdateResponse::from(&verdict))
+    }
+
+    /// protocol-06 §5.5 (MIMI.md §6.6 step 1) for the authenticated client's own
+    /// `GroupInfoRequest`, for a room it is to join by external commit: answered here for a
+    /// room we host, forwarded to the room's hub otherwise. The hub trusts us to ask only for
+    /// our own clients (MIMI.md §7.1 step 2), so a request for another client is a 403 before
+    /// it leaves. The hub's `notAuthorized` reason travels in `mimi-reason`.
+    async fn group_info(&self, req: Request, client: ClientId, room: RoomId) -> Answer {
+        let request = GroupInfoRequest::from_bytes(&req.body, &self.limits)?;
+        if self.is_local(&room) {
+            return self
+                .group_info
+                .answer(&room, &request, Requester::Client(&client));
+        }
+        let requester =
+            client_of_credential(request.tbs.requesting_credential.value()).map_err(|e| {
+                Refusal::bad_request(format!("GroupInfoRequest.requestingCredential: {e}"))
+            })?;
+        if requester != client {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the request is for {requester}, but the bearer token authenticates {client}"
+                ),
+            ));
+        }
+        let answer = self
+            .forwarder
+            .forward(
+                room.domain(),
+                S2sEndpoint::GroupInfo,
+                room.as_str(),
+                req.body,
+            )
+            .await?;
+        let reason = answer.headers.get(REASON_HEADER).cloned();
+        let mut response = Forwarder::relay(answer);
+        if let Some(reason) = reason {
+            response.headers.insert(REASON_HEADER, reason);
+        }
+        Ok(response)
     }
 
     async fn submit(&self, req: Request, client: ClientId, room: RoomId) -> Answer {
@@ -592,6 +652,7 @@ impl ClientApi {
             ("rooms", false) => "client_create_room",
             ("update", true) => "client_update",
             ("submitMessage", true) => "client_submit_message",
+            ("groupInfo", true) => "client_group_info",
             ("stream", false) => "client_stream",
             ("ack", false) => "client_ack",
             _ => {
@@ -629,6 +690,10 @@ impl ClientApi {
                     let room = self.room(param.unwrap_or_default())?;
                     self.submit(req, client, room).await
                 }
+                "client_group_info" => {
+                    let room = self.room(param.unwrap_or_default())?;
+                    self.group_info(req, client, room).await
+                }
                 "client_stream" => self.stream(client),
                 _ => self.ack(req, client).await,
             }
@@ -660,6 +725,27 @@ impl Handler for ClientApi {
                 .observe_request(endpoint, response.status, started.elapsed());
             response
         })
+    }
+}
+
+/// MIMI.md §6.6: for an external commit (the new client joins itself), SHA-256 of its bytes,
+/// which the follower's mirror records the join by; `None` for any other handshake. The commit
+/// must join the client that sends it: a follower records the join for the authenticated
+/// client, so it must not forward another client's join.
+fn external_join_of(
+    request: &UpdateRequest,
+    client: &ClientId,
+) -> Result<Option<[u8; 32]>, Refusal> {
+    let WireBundle::Commit { commit, .. } = &request.bundle else {
+        return Ok(None);
+    };
+    match external_commit_joiner(commit)? {
+        None => Ok(None),
+        Some(joiner) if joiner == *client => Ok(Some(Sha256::digest(commit.bytes()).into())),
+        Some(joiner) => Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!("the external commit joins {joiner}, not the authenticated client {client}"),
+        )),
     }
 }
 

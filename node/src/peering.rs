@@ -1,6 +1,7 @@
 //! What MIMI's server-to-server endpoints mean (protocol-06 §5), on top of the federation
 //! transport ([`crate::federation`]): the hub side (`update`, `submitMessage`, `keyMaterial`
-//! for the rooms we host, proxying key material for followers), the follower side (`notify`
+//! and `groupInfo` for the rooms we host, proxying key material for followers), the follower
+//! side (`notify`
 //! receiver), the hub's outgoing `notify` ([`NotifySender`], the room actors' [`Federation`])
 //! and the forwarding of local clients' requests for rooms hosted elsewhere
 //! ([`Forwarder`]).
@@ -31,9 +32,11 @@ use sha2::{Digest, Sha256};
 use crate::api::{key_material_response, ok_body, parse_room_path, Answer, Refusal};
 use crate::federation::peers::{PeerResponse, Peers};
 use crate::federation::{FederationService, PeerRequest, S2sEndpoint};
+use crate::group_info::{GroupInfoService, Requester};
 use crate::h3::Response;
 use crate::metrics::{Metrics, Outcome};
 use crate::wire::fanout::{decode_fanout_batch, encode_fanout_batch, FanoutBody, FanoutMessage};
+use crate::wire::group_info::GroupInfoRequest;
 use crate::wire::key_material::KeyMaterialRequest;
 use crate::wire::submit::{SubmitMessageRequest, SubmitMessageResponse};
 use crate::wire::update::{RatchetTreeOption, UpdateRequest, UpdateRoomResponse};
@@ -78,6 +81,8 @@ pub struct MimiService {
     peers: Arc<Peers>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// The hub's answer to groupInfo (MIMI.md §5.5).
+    group_info: Arc<GroupInfoService>,
 }
 
 impl MimiService {
@@ -87,6 +92,7 @@ impl MimiService {
         peers: Arc<Peers>,
         limits: Limits,
         metrics: Arc<Metrics>,
+        group_info: Arc<GroupInfoService>,
     ) -> Self {
         MimiService {
             hub,
@@ -94,6 +100,7 @@ impl MimiService {
             peers,
             limits,
             metrics,
+            group_info,
         }
     }
 
@@ -214,6 +221,23 @@ impl MimiService {
         Ok(relay(answer))
     }
 
+    /// protocol-06 §5.5 from a follower, for a new client of one of its users that is to join
+    /// by external commit (MIMI.md §6.6 steps 1-2). A room of another domain is a 404; a room
+    /// of ours that does not exist gets `notAuthorized`, like a requester who may not join
+    /// ([`GroupInfoService`]).
+    async fn group_info(&self, req: PeerRequest) -> Answer {
+        let room = parse_room_path(&req.param).map_err(Refusal::bad_request)?;
+        if room.domain() != self.domain {
+            return Err(not_found(format!(
+                "room {room} is not hosted by {}",
+                self.domain
+            )));
+        }
+        let request = GroupInfoRequest::from_bytes(&req.body, &self.limits)?;
+        self.group_info
+            .answer(&room, &request, Requester::Provider(&req.from))
+    }
+
     /// protocol-06 §5.4, follower side: only the room's hub may notify; what it sends is
     /// recorded durably before the 201.
     async fn notify(&self, req: PeerRequest) -> Answer {
@@ -249,6 +273,7 @@ impl FederationService for MimiService {
                 S2sEndpoint::SubmitMessage => self.submit(req).await,
                 S2sEndpoint::KeyMaterial => self.key_material(req).await,
                 S2sEndpoint::Notify => self.notify(req).await,
+                S2sEndpoint::GroupInfo => self.group_info(req).await,
                 other => Err(Refusal::new(
                     StatusCode::NOT_IMPLEMENTED,
                     format!("{other} is not implemented by this provider yet"),

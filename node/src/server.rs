@@ -25,7 +25,9 @@ use crate::api::ClientApi;
 use crate::certs::ensure_dev_certs;
 use crate::config::{dev_cert_dir, Config};
 use crate::federation::{DirectoryDocument, FederationApi, FederationService, Peers, Routes};
+use crate::group_info::GroupInfoService;
 use crate::h3::{H3Limits, H3Server, ShutdownHandle};
+use crate::hub_key::HubKey;
 use crate::metrics::{Limit, Metrics, RaftTotals};
 use crate::peering::{MimiService, NotifySender};
 use crate::tls::{server_config, TlsMaterial};
@@ -191,6 +193,12 @@ async fn start_inner(
         .context("starting the room actors")?,
     );
 
+    // The hub's signing key (MIMI.md §5.5): generated on first start, the same after.
+    let hub_key = Arc::new(
+        HubKey::load_or_generate(&config.data_dir, &config.domain)
+            .context("loading the hub signing key")?,
+    );
+    let group_info = Arc::new(GroupInfoService::new(hub.clone(), hub_key));
     let service = service.unwrap_or_else(|| {
         Arc::new(MimiService::new(
             hub.clone(),
@@ -200,6 +208,7 @@ async fn start_inner(
                 max_body_len: config.limits.max_body_bytes,
             },
             metrics.clone(),
+            group_info.clone(),
         ))
     });
     let h3 = H3Server::bind(
@@ -218,6 +227,7 @@ async fn start_inner(
             &config.limits,
             metrics.clone(),
             peers.clone(),
+            group_info,
         ),
         DirectoryDocument::new(&config.domain, metrics.clone()),
         FederationApi::new(config.domain.clone(), service, metrics.clone()),

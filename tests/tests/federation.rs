@@ -779,3 +779,143 @@ async fn peer_requests_that_break_the_rules_are_refused_and_change_nothing() {
         node.shutdown().await;
     }
 }
+
+/// MIMI.md §6.6 (protocol-06 §5.5, §5.2; RFC 9420 §12.4.3.2) across three providers: a new
+/// device of Cathy@c, linked by her first one, joins a room hosted by a through c's client API —
+/// c forwards its groupInfo request and its external commit to a, and records the join in its
+/// mirror. Alice, Bob and Cathy's first device see the Commit; the new device's message reaches
+/// Alice and Bob, and later items reach the new device. Before that, a groupInfo request whose
+/// signature does not match its key, and one for a user who is not a participant, get
+/// `notAuthorized`, and a request for another client is refused by c; none changes the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_device_joins_by_external_commit_through_its_provider_mimi_6_6() {
+    use mimid_node::api::room_path;
+    use mimid_node::wire::group_info::{GroupInfoCode, GroupInfoResponse};
+
+    let ca = ca();
+    let a = TestNode::start_provider("a.example", &ca).await;
+    let b = TestNode::start_provider("b.example", &ca).await;
+    let c = TestNode::start_provider("c.example", &ca).await;
+    connect_providers(&[&a, &b, &c]);
+    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
+    let mut alice = a.client("alice", "phone", 1).await;
+    let mut bob = b.client("bob", "laptop", 1).await;
+    let mut cathy = c.client("cathy", "tablet", 1).await;
+    for client in [&mut alice, &mut bob, &mut cathy] {
+        client.connect_stream().await.expect("stream opens");
+    }
+    alice.create_room(&club).await.expect("room created");
+    let added = alice
+        .add_users(
+            &club,
+            &[user("b.example", "bob"), user("c.example", "cathy")],
+        )
+        .await
+        .expect("bob and cathy added");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    expect_joined(&mut bob).await;
+    expect_joined(&mut cathy).await;
+    let laptop_id = ClientId::parse("mimi://c.example/d/cathy/laptop").unwrap();
+    let mut laptop = cathy
+        .link(laptop_id.clone())
+        .await
+        .expect("third device linked");
+    laptop.connect_stream().await.expect("stream opens");
+
+    // Refusals first; none changes the room.
+    wait_fanout_settled(&a, &club).await;
+    let before = a.room_digest(&club);
+    let limits = Limits {
+        max_body_len: 1 << 20,
+    };
+    let group_info_path = room_path("groupInfo", &club);
+    let mut forged = laptop.group_info_request(&[9; 32]).expect("signed");
+    forged.tbs.requesting_signature_key = cathy
+        .group_info_request(&[9; 32])
+        .expect("signed")
+        .tbs
+        .requesting_signature_key;
+    let (status, body) = laptop
+        .post_raw(&group_info_path, forged.to_bytes().expect("encodes"))
+        .await
+        .expect("answered");
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let answer = GroupInfoResponse::from_bytes(&body, &limits).expect("a GroupInfoResponse");
+    assert_eq!(answer.status(), GroupInfoCode::NotAuthorized);
+    assert_eq!(answer.room_id, club.as_bytes());
+
+    let mut dave = c.client("dave", "phone", 0).await;
+    match dave
+        .join_by_external_commit(&club)
+        .await
+        .expect("c forwards to a")
+    {
+        UpdateResult::NotAllowed { reason } => assert!(
+            reason.contains("NotAuthorized") && reason.contains("not authorized to join"),
+            "{reason}"
+        ),
+        other => panic!("a non-participant may not join: {other:?}"),
+    }
+    assert_eq!(dave.epoch(&club), None);
+
+    let cathys_request = cathy
+        .group_info_request(&[9; 32])
+        .expect("signed")
+        .to_bytes()
+        .expect("encodes");
+    let (status, body) = laptop
+        .post_raw(&group_info_path, cathys_request)
+        .await
+        .expect("answered");
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        String::from_utf8_lossy(&body).contains("the bearer token authenticates"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(a.room_digest(&club), before, "refusals change nothing");
+
+    // The join: groupInfo and update both go c -> a.
+    let joined = laptop
+        .join_by_external_commit(&club)
+        .await
+        .expect("groupInfo and update through c");
+    assert!(
+        matches!(joined, UpdateResult::Accepted { .. }),
+        "{joined:?}"
+    );
+    for client in [&mut alice, &mut bob, &mut cathy] {
+        expect_committed(client).await;
+    }
+    assert_eq!(alice.members(&club).len(), 4);
+    assert!(alice.members(&club).contains(&laptop_id));
+    assert_eq!(laptop.epoch(&club), alice.epoch(&club));
+    assert_eq!(laptop.members(&club), alice.members(&club));
+    {
+        let hub = c.node().hub();
+        let shard = hub.shards().for_room(&club).read();
+        let mirror = shard.mirror(&club).expect("c mirrors the room");
+        assert!(mirror.members().contains(&laptop_id), "c delivers to it");
+    }
+
+    send(&mut laptop, &club, "from cathy's laptop").await;
+    assert_eq!(
+        read_messages(&mut alice, 1).await,
+        vec!["from cathy's laptop"]
+    );
+    assert_eq!(
+        read_messages(&mut bob, 1).await,
+        vec!["from cathy's laptop"]
+    );
+    assert_eq!(
+        read_messages(&mut cathy, 1).await,
+        vec!["from cathy's laptop"]
+    );
+    send(&mut alice, &club, "welcome, laptop").await;
+    assert_eq!(read_messages(&mut laptop, 1).await, vec!["welcome, laptop"]);
+    assert_one_order(&[&a, &b, &c], &club, 2).await;
+
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}

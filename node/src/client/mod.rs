@@ -34,17 +34,22 @@ use tokio::sync::mpsc;
 
 use crate::api::{room_path, PREFIX};
 use crate::content::MimiContent;
+use crate::group_info::REASON_HEADER;
 use crate::h3::{ClientLimits, H3Client, H3ClientError};
 use crate::wire::client::{
     AckEntry, AckRequest, ClientSubmitResponse, ClientUpdateResponse, CreateRoomRequest,
     CreateRoomResponse, CreateRoomStatus, DeliveredBody, DeliveredItem, FrameDecoder,
     PublishKeyPackagesRequest, RegisterClientRequest, RegisterClientResponse,
 };
+use crate::wire::group_info::{
+    decrypt_with_label, GroupInfoRatchetTreeTbe, GroupInfoRequest, GroupInfoRequestTbs,
+    GroupInfoResponse, GroupInfoResult, GROUP_INFO_ENCRYPTION_LABEL,
+};
 use crate::wire::key_material::{
     ClientMaterial, KeyMaterialRequest, KeyMaterialRequestTbs, KeyMaterialResponse,
 };
 use crate::wire::submit::{SubmitMessageRequest, SubmitStatus};
-use crate::wire::types::{IdentifierUri, Protocol, SignaturePublicKey};
+use crate::wire::types::{HpkePublicKey, IdentifierUri, Protocol, SignaturePublicKey};
 use crate::wire::update::{
     GroupInfoOption, HandshakeBundle, RatchetTreeOption, UpdateOutcome, UpdateRequest,
 };
@@ -173,6 +178,9 @@ struct Room {
     group: MlsGroup,
     /// Highest seq processed (or skipped as own) in this room.
     processed: u64,
+    /// The epoch this client joined at: items of earlier epochs are not for it. A follower
+    /// may deliver such items to a client that joined by external commit (`MirrorRoom::join`).
+    first_epoch: u64,
 }
 
 struct Stream {
@@ -198,6 +206,14 @@ pub struct MimiClient {
     stream: Option<Stream>,
     limits: Limits,
 }
+
+/// What a joiner needs from the hub (protocol-06 §5.5 `GroupInfoRatchetTreeTBE`): the GroupInfo,
+/// the ratchet tree and the pending proposals.
+type GroupInfoMaterial = (
+    openmls::messages::group_info::VerifiableGroupInfo,
+    RatchetTreeIn,
+    Vec<PublicMessageIn>,
+);
 
 fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
@@ -463,9 +479,169 @@ impl MimiClient {
             Room {
                 group,
                 processed: 0,
+                first_epoch: 0,
             },
         );
         Ok(())
+    }
+
+    /// Joins `room` by external commit (MIMI.md §6.6, RFC 9420 §12.4.3.2), as a new client of
+    /// a user who is a participant with canAddOwnClient: fetches the room's GroupInfo, ratchet
+    /// tree and pending proposals through its own provider (protocol-06 §5.5, encrypted to a
+    /// fresh HPKE key and signed by the hub), builds the external commit (committing pending
+    /// SelfRemoves by reference) and sends it with its GroupInfo for the new epoch. On
+    /// `Accepted` the client is in the room; an open push stream is reopened, because a
+    /// provider attaches a client's rooms to its stream when the stream opens and no Welcome
+    /// announces this one. A `notAuthorized` answer to the groupInfo request is
+    /// `NotAllowed` with the provider's reason.
+    pub async fn join_by_external_commit(
+        &mut self,
+        room: &RoomId,
+    ) -> Result<UpdateResult, ClientError> {
+        if self.rooms.contains_key(room) {
+            return Err(ClientError::Mls(format!("already in room {room}")));
+        }
+        let (group_info, tree, pending) = match self.fetch_group_info(room).await? {
+            Ok(material) => material,
+            Err(reason) => return Ok(UpdateResult::NotAllowed { reason }),
+        };
+        let (group, bundle) = MlsGroup::external_commit_builder()
+            .with_ratchet_tree(tree)
+            .with_config(join_config())
+            .with_proposals(pending)
+            .build_group(&self.provider, group_info, self.credential.clone())
+            .map_err(mls)?
+            .leaf_node_parameters(
+                LeafNodeParameters::builder()
+                    .with_capabilities(room_leaf_capabilities())
+                    .build(),
+            )
+            .load_psks(self.provider.storage())
+            .map_err(mls)?
+            .create_group_info(true)
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |_| true,
+            )
+            .map_err(mls)?
+            .finalize(&self.provider)
+            .map_err(mls)?;
+        let (commit, _, group_info) = bundle.into_contents();
+        let group_info = group_info
+            .ok_or_else(|| ClientError::Mls("external commit produced no GroupInfo".into()))?;
+        let request = UpdateRequest {
+            bundle: HandshakeBundle::Commit {
+                commit: MlsMessage::from_bytes(&commit.tls_serialize_detached().map_err(mls)?)?,
+                welcome: None,
+                group_info_option: GroupInfoOption::Full(Mls::from_bytes(
+                    &group_info.tls_serialize_detached().map_err(mls)?,
+                )?),
+                ratchet_tree_option: RatchetTreeOption::DistributionService,
+            },
+        };
+        let result = self.send_update(room, request).await?;
+        if matches!(result, UpdateResult::Accepted { .. }) {
+            self.rooms.insert(
+                room.clone(),
+                Room {
+                    first_epoch: group.epoch().as_u64(),
+                    group,
+                    processed: 0,
+                },
+            );
+            if self.stream.is_some() {
+                self.connect_stream().await?;
+            }
+        }
+        Ok(result)
+    }
+
+    /// This client's signed `GroupInfoRequest` (protocol-06 §5.5) asking for a room's GroupInfo
+    /// encrypted to `group_info_public_key`, without a joining code.
+    pub fn group_info_request(
+        &self,
+        group_info_public_key: &[u8],
+    ) -> Result<GroupInfoRequest, ClientError> {
+        let tbs = GroupInfoRequestTbs {
+            protocol: Protocol::Mls10,
+            cipher_suite: CIPHERSUITE.into(),
+            requesting_signature_key: SignaturePublicKey(self.signer.public().to_vec()),
+            requesting_credential: Mls::from_value(self.credential.credential.clone())?,
+            group_info_public_key: HpkePublicKey(group_info_public_key.to_vec()),
+            joining_code: None,
+        };
+        GroupInfoRequest::sign(tbs, &self.signer).map_err(mls)
+    }
+
+    /// protocol-06 §5.5 through this client's provider: the room's GroupInfo, ratchet tree and
+    /// pending proposals (the PublicMessages among them), after checking the hub's signature
+    /// and decrypting with a fresh HPKE key; `Err(reason)` when the hub answers
+    /// `notAuthorized` or `noSuchRoom`.
+    async fn fetch_group_info(
+        &self,
+        room: &RoomId,
+    ) -> Result<Result<GroupInfoMaterial, String>, ClientError> {
+        let mut ikm = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut ikm);
+        let keys = self
+            .provider
+            .crypto()
+            .derive_hpke_keypair(CIPHERSUITE.hpke_config(), &ikm)
+            .map_err(mls)?;
+        let body = self.group_info_request(&keys.public)?.to_bytes()?;
+        let (status, headers, bytes) = self
+            .http
+            .request(
+                Method::POST,
+                &room_path("groupInfo", room),
+                self.auth_headers(),
+                body.into(),
+            )
+            .await?;
+        check(status, StatusCode::OK, &bytes)?;
+        let response = GroupInfoResponse::from_bytes(&bytes, &self.limits)?;
+        if !matches!(response.result, GroupInfoResult::Success(_)) {
+            let reason = headers
+                .get(REASON_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("no reason given");
+            return Ok(Err(format!("groupInfo: {:?}: {reason}", response.status())));
+        }
+        let success = response
+            .verify_success(room.as_bytes(), room.domain())
+            .map_err(|e| ClientError::Mls(format!("groupInfo response: {e}")))?;
+        let plaintext = decrypt_with_label(
+            CIPHERSUITE,
+            &keys.private,
+            GROUP_INFO_ENCRYPTION_LABEL,
+            room.as_bytes(),
+            success.encrypted_groupinfo_and_tree.value(),
+        )
+        .map_err(|e| ClientError::Mls(format!("groupInfo response: {e}")))?;
+        let tbe = GroupInfoRatchetTreeTbe::from_bytes(&plaintext, &self.limits)?;
+        let RatchetTreeOption::Full(tree) = tbe.ratchet_tree_option else {
+            return Err(ClientError::Mls(
+                "groupInfo response: only a full ratchet tree can be used".into(),
+            ));
+        };
+        let pending = tbe
+            .pending_proposals
+            .iter()
+            .filter_map(|pending| match pending.proposal.to_openmls() {
+                Ok(message) => match message.extract() {
+                    MlsMessageBodyIn::PublicMessage(message) => Some(Ok(message)),
+                    _ => None,
+                },
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, WireError>>()?;
+        Ok(Ok((
+            tbe.group_info.into_value(),
+            tree.into_value(),
+            pending,
+        )))
     }
 
     fn room_mut(&mut self, room: &RoomId) -> Result<&mut Room, ClientError> {
@@ -996,6 +1172,7 @@ impl MimiClient {
             self.rooms.insert(
                 room.clone(),
                 Room {
+                    first_epoch: group.epoch().as_u64(),
                     group,
                     processed: seq,
                 },
@@ -1024,6 +1201,15 @@ impl MimiClient {
             }
             DeliveredBody::Welcome { .. } => unreachable!("handled above"),
         };
+        // Items from before this client joined: it cannot read them (a follower may deliver
+        // them to a client that joined by external commit, `MirrorRoom::join`).
+        if messages
+            .first()
+            .and_then(MlsMessage::epoch)
+            .is_some_and(|epoch| epoch < entry.first_epoch)
+        {
+            return Ok(None);
+        }
         let mut event = None;
         for message in messages {
             let protocol = message
