@@ -18,10 +18,11 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::command::{Command, Stamped, SubmitVerdict, UpdateVerdict};
+use crate::command::{Command, ReceivedItem, Stamped, SubmitVerdict, UpdateVerdict};
 use crate::directory::{ClaimOutcome, Directory, DirectoryError};
 use crate::ids::{ClientId, RoomId};
 use crate::room::core::{RoomRef, RoomView};
+use crate::room::log::ItemBody;
 use crate::room::mirror::MirrorRoom;
 use crate::room::state::RoomState;
 
@@ -223,6 +224,14 @@ impl ShardData {
                         None,
                     );
                 }
+                // A hub may start a mirror here only by routing a Welcome to a local client: a
+                // remote party cannot make this provider keep rooms none of its users is in.
+                if !self.mirrors.contains_key(&room) && !welcomes_a_local_client(&items) {
+                    return (
+                        ApplyOutput::Rejected(format!("no client of this provider is in {room}")),
+                        None,
+                    );
+                }
                 let appended = self
                     .mirrors
                     .entry(room.clone())
@@ -280,6 +289,13 @@ impl ShardData {
             }
         }
     }
+}
+
+/// Whether `items` carry a Welcome routed to at least one local client.
+pub fn welcomes_a_local_client(items: &[ReceivedItem]) -> bool {
+    items
+        .iter()
+        .any(|item| matches!(&item.body, ItemBody::Welcome { to, .. } if !to.is_empty()))
 }
 
 /// Snapshot encoding of a shard: rooms as their own snapshots, the directory as serde.
@@ -517,6 +533,75 @@ mod tests {
         );
         let data = shards.get(1).read();
         assert_eq!(data.mirror(&room).unwrap().members(), vec![client]);
+    }
+
+    /// A hub cannot make this provider keep a room none of its clients is in: a notify starts
+    /// a mirror only with a Welcome routed to a local client (MIMI.md §5.4).
+    #[test]
+    fn a_mirror_starts_only_with_a_welcome_to_a_local_client() {
+        let (shards, mut machine) = machine();
+        let room = RoomId::parse("mimi://a.example/r/club").unwrap();
+        let app = ReceivedItem {
+            hub_seq: Some(1),
+            ts_ms: 5,
+            epoch: 1,
+            body: ItemBody::Application { message: vec![1] },
+        };
+        let notify = |items: Vec<ReceivedItem>, hash: u8| Stamped {
+            ts_ms: 10,
+            command: Command::FanoutReceived {
+                room: room.clone(),
+                items,
+                body_hash: [hash; 32],
+            },
+        };
+        let before = machine.snapshot();
+        assert!(matches!(
+            machine.apply(1, &notify(vec![app.clone()], 1).encode()),
+            ApplyOutput::Rejected(reason) if reason.contains("no client of this provider")
+        ));
+        let unrouted = ReceivedItem {
+            hub_seq: Some(2),
+            ts_ms: 5,
+            epoch: 1,
+            body: ItemBody::Welcome {
+                welcome: vec![2],
+                ratchet_tree: vec![3],
+                to: Vec::new(),
+            },
+        };
+        assert!(matches!(
+            machine.apply(2, &notify(vec![unrouted], 2).encode()),
+            ApplyOutput::Rejected(_)
+        ));
+        assert_eq!(
+            machine.snapshot(),
+            before,
+            "refused notifies change nothing"
+        );
+
+        let bob = ClientId::parse("mimi://b.example/d/bob/phone").unwrap();
+        let welcome = ReceivedItem {
+            hub_seq: Some(3),
+            ts_ms: 6,
+            epoch: 1,
+            body: ItemBody::Welcome {
+                welcome: vec![2],
+                ratchet_tree: vec![3],
+                to: vec![bob.clone()],
+            },
+        };
+        assert!(matches!(
+            machine.apply(3, &notify(vec![welcome], 3).encode()),
+            ApplyOutput::FanoutReceived { appended: 1 }
+        ));
+        let mut later = app;
+        later.hub_seq = Some(4);
+        assert!(matches!(
+            machine.apply(4, &notify(vec![later], 4).encode()),
+            ApplyOutput::FanoutReceived { appended: 1 }
+        ));
+        assert_eq!(shards.rooms_of(&bob), vec![room]);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use mimid_actors::command::{self, ReceivedItem, Submitter};
 use mimid_actors::hub::Hub;
 use mimid_actors::ids::{RoomId, UserId};
 use mimid_actors::room::log::{ItemBody, LogItem};
+use mimid_actors::shard::welcomes_a_local_client;
 use openmls::prelude::MlsMessageBodyIn;
 use sha2::{Digest, Sha256};
 
@@ -255,6 +256,20 @@ impl MimiService {
             ));
         }
         let items = received_items(&self.hub, &req.headers, &req.body, &self.limits)?;
+        let mirrored = self
+            .hub
+            .shards()
+            .for_room(&room)
+            .read()
+            .mirror(&room)
+            .is_some();
+        if !mirrored && !welcomes_a_local_client(&items) {
+            // Decided again in apply; answered here with the specific status.
+            return Err(not_found(format!(
+                "no client of {} is in {room}",
+                self.domain
+            )));
+        }
         let body_hash: [u8; 32] = Sha256::digest(&req.body).into();
         let appended = self
             .hub

@@ -10,6 +10,7 @@ use mimid_actors::policy::DEFAULT_ROLE_ADMIN;
 use mimid_node::certs::{CertAuthority, CA_VALIDITY};
 use mimid_node::client::{Event, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::federation::S2sEndpoint;
+use mimid_node::wire::fanout::{encode_fanout_batch, FanoutBody, FanoutMessage};
 use mimid_node::wire::submit::{SubmitMessageRequest, SubmitMessageResponse, SubmitStatus};
 use mimid_node::wire::types::{IdentifierUri, Protocol};
 use mimid_node::wire::update::{UpdateOutcome, UpdateRequest, UpdateRoomResponse};
@@ -110,23 +111,29 @@ async fn assert_one_order(providers: &[&TestNode], room: &RoomId, count: usize) 
     }
 }
 
-/// MIMI.md §6.2-§6.5 across three providers: Alice@a (hub) creates a room and adds Bob@b and
-/// Cathy@c with KeyPackages fetched through their providers' keyMaterial; Welcomes reach them
-/// through notify; all three exchange messages that every provider holds in one order; Cathy's
-/// second device is added with a KeyPackage fetched through the hub's keyMaterial proxy (Bob may
-/// not add it); Bob leaves; Alice removes Cathy; removed users cannot send.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_providers_create_add_message_remove_protocol06_5() {
+/// Three providers on loopback and a room hosted by a with Alice@a, Bob@b and Cathy@c, who
+/// joined by the Welcomes the hub routed (KeyPackages fetched through b's and c's keyMaterial).
+struct Three {
+    a: TestNode,
+    b: TestNode,
+    c: TestNode,
+    club: RoomId,
+    alice: MimiClient,
+    bob: MimiClient,
+    cathy: MimiClient,
+}
+
+/// Sets [`Three`] up; each client publishes `key_packages` and has its push stream open.
+async fn three_providers_in_a_room(key_packages: usize) -> Three {
     let ca = ca();
     let a = TestNode::start_provider("a.example", &ca).await;
     let b = TestNode::start_provider("b.example", &ca).await;
     let c = TestNode::start_provider("c.example", &ca).await;
     connect_providers(&[&a, &b, &c]);
     let club = RoomId::parse("mimi://a.example/r/club").unwrap();
-
-    let mut alice = a.client("alice", "phone", 2).await;
-    let mut bob = b.client("bob", "laptop", 2).await;
-    let mut cathy = c.client("cathy", "tablet", 2).await;
+    let mut alice = a.client("alice", "phone", key_packages).await;
+    let mut bob = b.client("bob", "laptop", key_packages).await;
+    let mut cathy = c.client("cathy", "tablet", key_packages).await;
     for client in [&mut alice, &mut bob, &mut cathy] {
         client.connect_stream().await.expect("stream opens");
     }
@@ -141,6 +148,33 @@ async fn three_providers_create_add_message_remove_protocol06_5() {
     assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
     expect_joined(&mut bob).await;
     expect_joined(&mut cathy).await;
+    Three {
+        a,
+        b,
+        c,
+        club,
+        alice,
+        bob,
+        cathy,
+    }
+}
+
+/// MIMI.md §6.2-§6.5 across three providers: Alice@a (hub) creates a room and adds Bob@b and
+/// Cathy@c with KeyPackages fetched through their providers' keyMaterial; Welcomes reach them
+/// through notify; all three exchange messages that every provider holds in one order; Cathy's
+/// second device is added with a KeyPackage fetched through the hub's keyMaterial proxy (Bob may
+/// not add it); Bob leaves; Alice removes Cathy; removed users cannot send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_providers_create_add_message_remove_protocol06_5() {
+    let Three {
+        a,
+        b,
+        c,
+        club,
+        mut alice,
+        mut bob,
+        mut cathy,
+    } = three_providers_in_a_room(2).await;
     assert_eq!(bob.epoch(&club), alice.epoch(&club));
     assert_eq!(cathy.members(&club).len(), 3);
     for round in 0..3 {
@@ -760,6 +794,35 @@ async fn peer_requests_that_break_the_rules_are_refused_and_change_nothing() {
         );
     }
     assert_eq!(epoch, 2);
+    // A hub cannot make a provider keep a room none of its users is in (MIMI.md §5.4): c gets
+    // a notify for the club without a Welcome for one of its clients.
+    let stray = encode_fanout_batch(&[FanoutMessage {
+        timestamp: 1,
+        body: FanoutBody::Application {
+            message: MlsMessage::from_bytes(&bobs_message).expect("an MLSMessage"),
+            frank: None,
+        },
+    }])
+    .expect("encodes");
+    let answer = a
+        .node()
+        .peers()
+        .request(
+            "c.example",
+            S2sEndpoint::Notify,
+            &room,
+            HeaderMap::new(),
+            Bytes::from(stray),
+        )
+        .await
+        .expect("c answers");
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(
+        String::from_utf8_lossy(&answer.body).contains("no client of c.example is in"),
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(c.application_messages(&club).is_empty());
     // The valid request still goes through: the matrix refused for its reasons, not by accident.
     let answer = b
         .node()
@@ -792,29 +855,15 @@ async fn new_device_joins_by_external_commit_through_its_provider_mimi_6_6() {
     use mimid_node::api::room_path;
     use mimid_node::wire::group_info::{GroupInfoCode, GroupInfoResponse};
 
-    let ca = ca();
-    let a = TestNode::start_provider("a.example", &ca).await;
-    let b = TestNode::start_provider("b.example", &ca).await;
-    let c = TestNode::start_provider("c.example", &ca).await;
-    connect_providers(&[&a, &b, &c]);
-    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
-    let mut alice = a.client("alice", "phone", 1).await;
-    let mut bob = b.client("bob", "laptop", 1).await;
-    let mut cathy = c.client("cathy", "tablet", 1).await;
-    for client in [&mut alice, &mut bob, &mut cathy] {
-        client.connect_stream().await.expect("stream opens");
-    }
-    alice.create_room(&club).await.expect("room created");
-    let added = alice
-        .add_users(
-            &club,
-            &[user("b.example", "bob"), user("c.example", "cathy")],
-        )
-        .await
-        .expect("bob and cathy added");
-    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
-    expect_joined(&mut bob).await;
-    expect_joined(&mut cathy).await;
+    let Three {
+        a,
+        b,
+        c,
+        club,
+        mut alice,
+        mut bob,
+        mut cathy,
+    } = three_providers_in_a_room(1).await;
     let laptop_id = ClientId::parse("mimi://c.example/d/cathy/laptop").unwrap();
     let mut laptop = cathy
         .link(laptop_id.clone())
