@@ -27,6 +27,12 @@ pub enum Scenario {
     /// given group sizes. Each room's commits are sequential (the next is built after the
     /// previous one is merged); rooms run in parallel.
     Commits(CommitsArgs),
+    /// Application messages from a user of one provider to a user of another (protocol-06
+    /// §5.3, §5.4): providers a.example (the rooms' hub) and b.example start in this process;
+    /// in each room Alice@a sends and Bob@b receives on his push stream at b. An operation ends
+    /// when Bob has the message, so latency runs from Alice's intended send time to Bob's
+    /// receipt.
+    CrossProvider(CrossProviderArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -61,6 +67,24 @@ pub struct CommitsArgs {
         value_parser = clap::value_parser!(u32).range(1..=1000)
     )]
     pub group_size: Vec<u32>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CrossProviderArgs {
+    /// Rooms, each with Alice@a.example sending and Bob@b.example receiving; one message in
+    /// flight per room.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rooms: u32,
+    /// Length of each message's text (MIMI content text/plain), in bytes.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(i64::from(crate::cross::MIN_TEXT_BYTES)..=65_536))]
+    pub message_bytes: u32,
+    /// When Alice's messages are encrypted: all before the timed phase (`pregenerated`) or one
+    /// by one in it (`live`). Bob decrypts inside the timed phase either way.
+    #[arg(long, value_enum, default_value_t = Encryption::Pregenerated)]
+    pub encryption: Encryption,
+    /// In-process providers only: `--target` is refused.
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -250,6 +274,25 @@ mod tests {
         assert_eq!(
             args.common.load.model(),
             LoadModel::Closed { concurrency: None }
+        );
+    }
+
+    #[test]
+    fn cross_provider_takes_the_message_options() {
+        let Cli {
+            scenario: Scenario::CrossProvider(args),
+        } = Cli::try_parse_from(["b", "cross-provider", "--rooms", "4", "--rate", "100"])
+            .expect("valid")
+        else {
+            panic!("cross-provider expected");
+        };
+        assert_eq!(args.rooms, 4);
+        assert_eq!(args.message_bytes, 256);
+        assert_eq!(args.encryption, Encryption::Pregenerated);
+        assert_eq!(args.common.load.model(), LoadModel::Open { rate: 100.0 });
+        assert!(
+            Cli::try_parse_from(["b", "cross-provider", "--message-bytes", "8"]).is_err(),
+            "texts must hold the room index and message number"
         );
     }
 

@@ -5,11 +5,13 @@
 //! second, a JSON summary.
 //!
 //! Module map: `cli` (options), `run` (one invocation: provider, phases, report), `provider`
-//! (in-process node or target), `scenario` (room set-up and the clients' operations), `load`
+//! (in-process node or target, or two in-process providers), `scenario` (room set-up and the
+//! clients' operations), `cross` (the cross-provider scenario's pairs of clients), `load`
 //! (the timed phase: workers, ticker), `schedule` and `stats` (sans-IO timetable and
 //! recorder), `system` (machine and CPU accounting from `/proc`).
 
 pub mod cli;
+pub mod cross;
 pub mod load;
 pub mod provider;
 pub mod run;

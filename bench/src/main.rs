@@ -44,6 +44,7 @@ fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
     let output = match scenario {
         Scenario::Messages(args) => &args.common.output,
         Scenario::Commits(args) => &args.common.output,
+        Scenario::CrossProvider(args) => &args.common.output,
     };
     let json = serde_json::to_string_pretty(report).context("encoding the report")?;
     match &output.json {

@@ -1,5 +1,8 @@
-//! The provider under test: a single-node provider started in this process, or an already
-//! running node given by address and CA.
+//! The provider under test: a single-node provider started in this process, an already
+//! running node given by address and CA, or (cross-provider scenario) two providers started in
+//! this process by `mimid_node::demo::start_providers`, as `mimid demo` runs them: a.example,
+//! the hub of the bench's rooms, and b.example, the follower, on loopback with certificates from
+//! a generated CA and each other's addresses set.
 //!
 //! The in-process node runs on its own tokio runtime with threads named `mimid-node-rt`,
 //! separate from the generator's `bench-client` runtime, so the CPU report can tell server
@@ -9,13 +12,14 @@
 //! on ports chosen by the OS.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use mimid_node::client::Endpoint;
 use mimid_node::config::{dev_cert_dir, Config};
+use mimid_node::demo::{start_providers, DataDir, LoopbackProviders};
 use mimid_node::server::Node;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,6 +37,10 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Name of the in-process node's runtime threads (tokio's default count: one per CPU, as
 /// `mimid` itself runs).
 const NODE_THREADS_NAME: &str = "mimid-node-rt";
+/// The cross-provider scenario's providers: the hub of its rooms, and the follower.
+pub const FEDERATION_DOMAINS: [&str; 2] = ["a.example", "b.example"];
+/// Prefix of the in-process providers' temporary data directory.
+const DATA_DIR_PREFIX: &str = "mimid-bench-";
 
 /// Where the clients connect and how the node is described in the report.
 pub struct Provider {
@@ -41,14 +49,31 @@ pub struct Provider {
     pub domain: String,
     /// Admin HTTP address, for the Raft counters.
     pub admin: Option<SocketAddr>,
+    /// The second provider (cross-provider scenario), whose users are added to the rooms of
+    /// the first.
+    pub follower: Option<Follower>,
     pub description: NodeDescription,
     in_process: Option<InProcess>,
 }
 
+/// The follower provider of the cross-provider scenario.
+pub struct Follower {
+    pub endpoint: Endpoint,
+    pub domain: String,
+    pub admin: SocketAddr,
+}
+
 struct InProcess {
     runtime: tokio::runtime::Runtime,
-    node: Node,
-    _dir: tempfile::TempDir,
+    nodes: Nodes,
+}
+
+enum Nodes {
+    Single {
+        node: Box<Node>,
+        _dir: tempfile::TempDir,
+    },
+    Federation(LoopbackProviders),
 }
 
 /// The node's side of the report.
@@ -63,6 +88,9 @@ pub enum NodeDescription {
         max_proposals_per_turn: usize,
         /// Where the temporary data directory was created.
         data_dir_parent: String,
+        /// The providers' domains when several run (cross-provider), the rooms' hub first.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        providers: Option<Vec<String>>,
     },
     Target {
         addr: SocketAddr,
@@ -104,35 +132,73 @@ impl Provider {
                 addr,
                 domain: args.domain.clone(),
             },
+            follower: None,
             in_process: None,
         })
     }
 
+    /// Starts the cross-provider scenario's two providers ([`FEDERATION_DOMAINS`]) in this
+    /// process, each with the in-process node options of `args`. Must not be called from inside
+    /// a tokio runtime.
+    pub fn start_federation(args: &NodeArgs) -> anyhow::Result<Provider> {
+        if args.target.is_some() {
+            bail!(
+                "cross-provider runs its two providers in this process: --target is not \
+                 supported"
+            );
+        }
+        let parent = data_dir_parent(args);
+        let config = node_config(args);
+        let runtime = node_runtime()?;
+        let providers = runtime
+            .block_on(start_providers(
+                &FEDERATION_DOMAINS,
+                DataDir::Temporary {
+                    parent: parent.clone(),
+                    prefix: DATA_DIR_PREFIX,
+                },
+                &config,
+            ))
+            .context("starting the in-process providers")?;
+        let [hub, follower] = providers.providers() else {
+            bail!(
+                "start_providers returned {} providers, not 2",
+                providers.providers().len()
+            );
+        };
+        let (endpoint, domain, admin) = (
+            hub.endpoint(),
+            hub.domain().to_owned(),
+            hub.node().admin_addr(),
+        );
+        let follower = Follower {
+            endpoint: follower.endpoint(),
+            domain: follower.domain().to_owned(),
+            admin: follower.node().admin_addr(),
+        };
+        Ok(Provider {
+            endpoint,
+            domain,
+            admin: Some(admin),
+            follower: Some(follower),
+            description: in_process_description(&config, &parent, Some(&FEDERATION_DOMAINS)),
+            in_process: Some(InProcess {
+                runtime,
+                nodes: Nodes::Federation(providers),
+            }),
+        })
+    }
+
     fn in_process(args: &NodeArgs) -> anyhow::Result<Provider> {
-        let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let parent = data_dir_parent(args);
         let dir = tempfile::Builder::new()
-            .prefix("mimid-bench-")
+            .prefix(DATA_DIR_PREFIX)
             .tempdir_in(&parent)
             .with_context(|| format!("creating a data directory under {}", parent.display()))?;
-        let mut config = Config {
-            data_dir: dir.path().to_path_buf(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..Config::default()
-        };
-        config.cluster.fsync = !args.no_fsync;
-        if let Some(shards) = args.shards {
-            config.cluster.shards = shards;
-        }
-        if let Some(interval) = args.snapshot_interval {
-            config.cluster.snapshot_interval = interval;
-        }
+        let mut config = node_config(args);
+        config.data_dir = dir.path().to_path_buf();
         config.validate().context("in-process node configuration")?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .thread_name(NODE_THREADS_NAME)
-            .enable_all()
-            .build()
-            .context("building the node's runtime")?;
+        let runtime = node_runtime()?;
         let node = runtime
             .block_on(mimid_node::server::start(config.clone()))
             .context("starting the in-process node")?;
@@ -149,18 +215,14 @@ impl Provider {
             },
             domain: config.domain.clone(),
             admin: Some(node.admin_addr()),
-            description: NodeDescription::InProcess {
-                fsync: config.cluster.fsync,
-                shards: config.cluster.shards,
-                tick_ms: config.cluster.tick_ms,
-                snapshot_interval: config.cluster.snapshot_interval,
-                max_proposals_per_turn: config.cluster.max_proposals_per_turn,
-                data_dir_parent: parent.display().to_string(),
-            },
+            follower: None,
+            description: in_process_description(&config, &parent, None),
             in_process: Some(InProcess {
                 runtime,
-                node,
-                _dir: dir,
+                nodes: Nodes::Single {
+                    node: Box::new(node),
+                    _dir: dir,
+                },
             }),
         })
     }
@@ -169,18 +231,69 @@ impl Provider {
         self.in_process.is_some()
     }
 
-    /// Stops the in-process node (requests in progress finish, sled is flushed) and removes
-    /// its data directory. Must not be called from inside a tokio runtime.
-    pub fn shutdown(self) {
-        if let Some(InProcess {
-            runtime,
-            node,
-            _dir,
-        }) = self.in_process
-        {
-            runtime.block_on(node.shutdown());
-            runtime.shutdown_timeout(Duration::from_secs(5));
-        }
+    /// Stops the in-process node or nodes (requests in progress finish, sled is flushed) and
+    /// removes their data directory. Must not be called from inside a tokio runtime.
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        let Some(InProcess { runtime, nodes }) = self.in_process else {
+            return Ok(());
+        };
+        let result = match nodes {
+            Nodes::Single { node, _dir } => {
+                runtime.block_on(node.shutdown());
+                Ok(())
+            }
+            Nodes::Federation(providers) => runtime.block_on(providers.shutdown()),
+        };
+        runtime.shutdown_timeout(Duration::from_secs(5));
+        result
+    }
+}
+
+/// Where the in-process node's temporary data directory goes.
+fn data_dir_parent(args: &NodeArgs) -> PathBuf {
+    args.data_dir.clone().unwrap_or_else(std::env::temp_dir)
+}
+
+/// The in-process node's configuration: the node's defaults, loopback listeners on ports chosen
+/// by the OS, and the in-process options of `args`. The data directory is the caller's.
+fn node_config(args: &NodeArgs) -> Config {
+    let mut config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Config::default()
+    };
+    config.cluster.fsync = !args.no_fsync;
+    if let Some(shards) = args.shards {
+        config.cluster.shards = shards;
+    }
+    if let Some(interval) = args.snapshot_interval {
+        config.cluster.snapshot_interval = interval;
+    }
+    config
+}
+
+/// The in-process nodes' own runtime, so their CPU is told apart from the generator's.
+fn node_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(NODE_THREADS_NAME)
+        .enable_all()
+        .build()
+        .context("building the node's runtime")
+}
+
+fn in_process_description(
+    config: &Config,
+    parent: &Path,
+    providers: Option<&[&str]>,
+) -> NodeDescription {
+    NodeDescription::InProcess {
+        fsync: config.cluster.fsync,
+        shards: config.cluster.shards,
+        tick_ms: config.cluster.tick_ms,
+        snapshot_interval: config.cluster.snapshot_interval,
+        max_proposals_per_turn: config.cluster.max_proposals_per_turn,
+        data_dir_parent: parent.display().to_string(),
+        providers: providers.map(|domains| domains.iter().map(|d| d.to_string()).collect()),
     }
 }
 

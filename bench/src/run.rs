@@ -1,6 +1,7 @@
 //! One invocation of the bench: start (or reach) the provider, set up each phase's rooms, run
 //! the timed phase, and assemble the JSON report.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,9 +11,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::cli::{CommonArgs, Encryption, LoadModel, Scenario};
+use crate::cross::{set_up_pairs, Pairs};
 use crate::load::{run_phase, PhaseConfig, PhaseReport};
 use crate::provider::{raft_counters, NodeDescription, Provider, RaftCounters};
-use crate::scenario::{close_all, pregenerate, set_up_rooms, Naming, Operation};
+use crate::scenario::{set_up_rooms, Naming, Operation, PhaseSender};
 use crate::schedule::OpenSchedule;
 use crate::stats::round_millis;
 use crate::system::{CpuSample, CpuUsage, Machine};
@@ -74,8 +76,13 @@ pub struct PhaseSummary {
     #[serde(flatten)]
     pub measured: PhaseReport,
     pub cpu: CpuReport,
-    /// The node's Raft counters over the phase; `null` without an admin address.
+    /// The node's Raft counters over the phase (the rooms' hub in the cross-provider
+    /// scenario); `null` without an admin address.
     pub raft: Option<RaftReport>,
+    /// Cross-provider: the follower provider's Raft counters over the phase (its mirror of
+    /// each room: every notified item is appended durably there too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raft_follower: Option<RaftReport>,
 }
 
 /// CPU time of this process during the timed phase.
@@ -112,6 +119,7 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
     let senders_per_phase = match scenario {
         Scenario::Messages(args) => args.rooms,
         Scenario::Commits(args) => args.rooms,
+        Scenario::CrossProvider(args) => args.rooms,
     };
     if let Some(concurrency) = common.load.concurrency {
         if concurrency > senders_per_phase {
@@ -131,22 +139,32 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
         .enable_all()
         .build()
         .context("building the generator's runtime")?;
-    progress(common, "starting the provider");
-    let provider = Provider::start(&common.node)?;
+    let provider = match scenario {
+        Scenario::CrossProvider(_) => {
+            progress(common, "starting the providers a.example and b.example");
+            Provider::start_federation(&common.node)?
+        }
+        _ => {
+            progress(common, "starting the provider");
+            Provider::start(&common.node)?
+        }
+    };
     let naming_tag = format!("{:x}{:x}", started_unix_s.as_millis(), std::process::id());
     let interrupted = Arc::new(AtomicBool::new(false));
     runtime.spawn(listen_for_interrupt(interrupted.clone()));
     let phases = runtime.block_on(run_phases(scenario, &provider, &naming_tag, &interrupted));
     let node = provider.description.clone();
-    provider.shutdown();
+    let shut_down = provider.shutdown();
     runtime.shutdown_timeout(Duration::from_secs(5));
     let phases = phases?;
+    shut_down.context("shutting the in-process providers down")?;
     Ok(Report {
         tool: "mimid-bench",
         version: env!("CARGO_PKG_VERSION"),
         scenario: match scenario {
             Scenario::Messages(_) => "messages",
             Scenario::Commits(_) => "commits",
+            Scenario::CrossProvider(_) => "cross-provider",
         },
         started_unix_s: started_unix_s.as_secs(),
         config: run_config(scenario),
@@ -161,6 +179,7 @@ fn common(scenario: &Scenario) -> &CommonArgs {
     match scenario {
         Scenario::Messages(args) => &args.common,
         Scenario::Commits(args) => &args.common,
+        Scenario::CrossProvider(args) => &args.common,
     }
 }
 
@@ -196,19 +215,14 @@ async fn run_phases(
     };
     match scenario {
         Scenario::Messages(args) => {
-            let operation = match args.encryption {
-                Encryption::Pregenerated => Operation::PregeneratedMessage,
-                Encryption::Live => Operation::LiveMessage {
-                    text_bytes: args.message_bytes as usize,
-                },
-            };
             let phase = PhasePlan {
                 name: "messages".into(),
                 naming: naming(0),
                 rooms: args.rooms,
                 members: args.members,
-                operation,
+                operation: message_operation(args.encryption, args.message_bytes),
                 text_bytes: args.message_bytes as usize,
+                kind: PhaseKind::Rooms,
             };
             Ok(vec![
                 run_one(provider, &args.common, phase, interrupted).await?,
@@ -224,6 +238,7 @@ async fn run_phases(
                     members: group_size,
                     operation: Operation::SelfUpdate,
                     text_bytes: 0,
+                    kind: PhaseKind::Rooms,
                 };
                 phases.push(run_one(provider, &args.common, phase, interrupted).await?);
                 if interrupted.load(Ordering::Relaxed) {
@@ -232,6 +247,29 @@ async fn run_phases(
             }
             Ok(phases)
         }
+        Scenario::CrossProvider(args) => {
+            let phase = PhasePlan {
+                name: "cross-provider".into(),
+                naming: naming(0),
+                rooms: args.rooms,
+                members: 2,
+                operation: message_operation(args.encryption, args.message_bytes),
+                text_bytes: args.message_bytes as usize,
+                kind: PhaseKind::CrossProvider,
+            };
+            Ok(vec![
+                run_one(provider, &args.common, phase, interrupted).await?,
+            ])
+        }
+    }
+}
+
+fn message_operation(encryption: Encryption, message_bytes: u32) -> Operation {
+    match encryption {
+        Encryption::Pregenerated => Operation::PregeneratedMessage,
+        Encryption::Live => Operation::LiveMessage {
+            text_bytes: message_bytes as usize,
+        },
     }
 }
 
@@ -242,6 +280,16 @@ struct PhasePlan {
     members: u32,
     operation: Operation,
     text_bytes: usize,
+    kind: PhaseKind,
+}
+
+/// Who acts in a phase's rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PhaseKind {
+    /// Each room's creator, on the one provider (members joined and disconnected).
+    Rooms,
+    /// Alice at the hub sends, Bob at the follower receives (`cross`).
+    CrossProvider,
 }
 
 async fn run_one(
@@ -250,7 +298,6 @@ async fn run_one(
     plan: PhasePlan,
     interrupted: &Arc<AtomicBool>,
 ) -> anyhow::Result<PhaseSummary> {
-    let model = common.load.model();
     progress(
         common,
         &format!(
@@ -259,15 +306,58 @@ async fn run_one(
         ),
     );
     let setup_start = Instant::now();
-    let mut senders = set_up_rooms(
-        &provider.endpoint,
-        &plan.naming,
-        plan.rooms,
-        plan.members,
-        plan.operation,
-        common.setup_concurrency as usize,
-    )
-    .await?;
+    match plan.kind {
+        PhaseKind::Rooms => {
+            let senders = set_up_rooms(
+                &provider.endpoint,
+                &plan.naming,
+                plan.rooms,
+                plan.members,
+                plan.operation,
+                common.setup_concurrency as usize,
+            )
+            .await?;
+            measure(provider, common, plan, senders, setup_start, interrupted).await
+        }
+        PhaseKind::CrossProvider => {
+            let follower = provider
+                .follower
+                .as_ref()
+                .context("the cross-provider scenario needs a second provider")?;
+            let follower_naming = Naming {
+                domain: follower.domain.clone(),
+                ..plan.naming.clone()
+            };
+            let pairs = Pairs {
+                hub: &provider.endpoint,
+                hub_naming: &plan.naming,
+                follower: &follower.endpoint,
+                follower_naming: &follower_naming,
+            };
+            let senders = set_up_pairs(
+                &pairs,
+                plan.rooms,
+                plan.operation,
+                common.setup_concurrency as usize,
+                Duration::from_millis(common.load.timeout_ms),
+            )
+            .await?;
+            measure(provider, common, plan, senders, setup_start, interrupted).await
+        }
+    }
+}
+
+/// The rest of a phase once its senders are set up: encryption in advance, the timed phase,
+/// and the CPU and Raft accounting.
+async fn measure<S: PhaseSender>(
+    provider: &Provider,
+    common: &CommonArgs,
+    plan: PhasePlan,
+    mut senders: Vec<S>,
+    setup_start: Instant,
+    interrupted: &Arc<AtomicBool>,
+) -> anyhow::Result<PhaseSummary> {
+    let model = common.load.model();
     let setup_s = round_millis(setup_start.elapsed().as_secs_f64());
 
     let mut pregenerated = None;
@@ -280,7 +370,7 @@ async fn run_one(
             &format!("{}: encrypting {total} messages in advance", plan.name),
         );
         let started = Instant::now();
-        senders = pregenerate(
+        senders = S::pregenerate_all(
             senders,
             &counts,
             plan.text_bytes,
@@ -306,7 +396,9 @@ async fn run_one(
             common.load.duration
         ),
     );
-    let raft_before = read_raft(provider).await;
+    let follower_admin = provider.follower.as_ref().map(|f| f.admin);
+    let raft_before = read_raft(provider.admin).await;
+    let follower_before = read_raft(follower_admin).await;
     let cpu_before = CpuSample::take();
     let config = PhaseConfig {
         model,
@@ -318,8 +410,9 @@ async fn run_one(
     };
     let (senders, measured) = run_phase(senders, config).await?;
     let cpu = CpuSample::take().since(&cpu_before);
-    let raft_after = read_raft(provider).await;
-    close_all(senders).await;
+    let raft_after = read_raft(provider.admin).await;
+    let follower_after = read_raft(follower_admin).await;
+    S::close_all(senders).await;
 
     let per_1000_ops = |seconds: f64| {
         (measured.totals.ops_ok > 0)
@@ -354,6 +447,10 @@ async fn run_one(
             (Some(before), Some(after)) => Some(raft_report(before, after)),
             _ => None,
         },
+        raft_follower: match (follower_before, follower_after) {
+            (Some(before), Some(after)) => Some(raft_report(before, after)),
+            _ => None,
+        },
     })
 }
 
@@ -383,8 +480,8 @@ fn pregenerate_counts(
     })
 }
 
-async fn read_raft(provider: &Provider) -> Option<RaftCounters> {
-    let admin = provider.admin?;
+async fn read_raft(admin: Option<SocketAddr>) -> Option<RaftCounters> {
+    let admin = admin?;
     match raft_counters(admin).await {
         Ok(counters) => Some(counters),
         Err(error) => {
@@ -441,23 +538,59 @@ fn run_config(scenario: &Scenario) -> RunConfig {
             config.rooms = args.rooms;
             config.group_sizes = Some(args.group_size.clone());
         }
+        Scenario::CrossProvider(args) => {
+            config.rooms = args.rooms;
+            config.members = Some(2);
+            config.message_bytes = Some(args.message_bytes);
+            config.encryption = Some(match args.encryption {
+                Encryption::Pregenerated => "pregenerated",
+                Encryption::Live => "live",
+            });
+        }
     }
     config
 }
 
 fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
-    let mut notes = vec![
-        "Operations are counted when the provider accepted them: durable in the Raft log \
-         (sled flush + fdatasync when fsync is on), applied, and answered."
-            .to_string(),
-        "Only each room's creator acts; the other members joined through their Welcome and \
-         disconnected before the timed phase, so no push stream is attached and fan-out is \
-         not part of these figures."
-            .to_string(),
-        "latency_corrected counts from the intended start (open model, coordinated omission \
-         corrected); latency_raw from the actual start. They are equal in the closed model."
-            .to_string(),
-    ];
+    let mut notes = Vec::new();
+    if let Scenario::CrossProvider(args) = scenario {
+        notes.push(
+            "An operation is one message from Alice@a.example to Bob@b.example, counted when \
+             Bob has it: accepted by the hub a.example (durable in its Raft log, applied), \
+             notified to b.example (protocol-06 §5.4), appended durably to b's mirror of the \
+             room, pushed on Bob's stream and decrypted by his client. Each room has one \
+             message in flight."
+                .to_string(),
+        );
+        notes.push(
+            "latency_corrected counts from Alice's intended send time (open model, coordinated \
+             omission corrected) to Bob's receipt; latency_raw from the actual send. They are \
+             equal in the closed model."
+                .to_string(),
+        );
+        notes.push(match args.encryption {
+            Encryption::Pregenerated => "Alice's messages were encrypted before the timed \
+                phase; Bob's decryption is inside the measured path."
+                .to_string(),
+            Encryption::Live => "Alice's messages were encrypted one by one inside the timed \
+                phase (--encryption live), and Bob decrypts each: both compete for the CPU."
+                .to_string(),
+        });
+    } else {
+        notes.extend([
+            "Operations are counted when the provider accepted them: durable in the Raft log \
+             (sled flush + fdatasync when fsync is on), applied, and answered."
+                .to_string(),
+            "Only each room's creator acts; the other members joined through their Welcome \
+             and disconnected before the timed phase, so no push stream is attached and \
+             fan-out is not part of these figures."
+                .to_string(),
+            "latency_corrected counts from the intended start (open model, coordinated \
+             omission corrected); latency_raw from the actual start. They are equal in the \
+             closed model."
+                .to_string(),
+        ]);
+    }
     match scenario {
         Scenario::Messages(args) if args.encryption == Encryption::Pregenerated => notes.push(
             "Application messages were encrypted (MimiClient::prepare_text) before the timed \
@@ -475,6 +608,7 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
              side) happens inside the timed phase: see cpu.threads_s.bench-client."
                 .into(),
         ),
+        Scenario::CrossProvider(_) => {}
     }
     if matches!(node, NodeDescription::InProcess { .. }) {
         notes.push(
@@ -482,6 +616,14 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
              cpu.threads_s separates mimid-node-rt (QUIC, API), mimid-raft (Raft driver, sled, \
              fsync), mimid-actors/actix (rooms, openmls PublicGroup) and bench-client \
              (the clients)."
+                .into(),
+        );
+    }
+    if matches!(scenario, Scenario::CrossProvider(_)) {
+        notes.push(
+            "Both providers run in this process (one runtime, threads mimid-node-rt; each has \
+             its own Raft driver mimid-raft and sled): cpu.server_s is the two providers \
+             together, raft is a.example's and raft_follower b.example's."
                 .into(),
         );
     }
@@ -498,6 +640,7 @@ mod tests {
         match Cli::try_parse_from(args).expect("valid").scenario {
             Scenario::Messages(m) => m.common,
             Scenario::Commits(c) => c.common,
+            Scenario::CrossProvider(x) => x.common,
         }
     }
 

@@ -15,6 +15,7 @@
 //! hub-cost anchors were measured on (anchors.md Part 2d).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -127,13 +128,69 @@ impl Sender for RoomSender {
     }
 }
 
-impl RoomSender {
-    pub fn pregenerated(&self) -> usize {
+/// What a phase needs from its senders besides [`Sender`]: messages encrypted in advance, and
+/// closing the clients at the end.
+pub trait PhaseSender: Sender + Sized {
+    /// Messages encrypted in advance and not sent yet.
+    fn pregenerated(&self) -> usize;
+
+    /// Encrypts `counts[i]` messages of `text_bytes` for sender `i` (see [`pregenerate`]).
+    fn pregenerate_all(
+        senders: Vec<Self>,
+        counts: &[u64],
+        text_bytes: usize,
+        threads: usize,
+    ) -> impl Future<Output = anyhow::Result<Vec<Self>>> + Send;
+
+    /// Closes every sender's connections.
+    fn close_all(senders: Vec<Self>) -> impl Future<Output = ()> + Send;
+}
+
+impl PhaseSender for RoomSender {
+    fn pregenerated(&self) -> usize {
         self.pregenerated.len()
     }
 
+    async fn pregenerate_all(
+        senders: Vec<Self>,
+        counts: &[u64],
+        text_bytes: usize,
+        threads: usize,
+    ) -> anyhow::Result<Vec<Self>> {
+        pregenerate(senders, counts, text_bytes, threads).await
+    }
+
+    async fn close_all(senders: Vec<Self>) {
+        close_all(senders).await
+    }
+}
+
+impl RoomSender {
+    /// The creator `client` of `room` (the `idx`-th of its phase), performing `operation`.
+    pub fn new(idx: u64, client: MimiClient, room: RoomId, operation: Operation) -> RoomSender {
+        RoomSender {
+            idx,
+            client,
+            room,
+            operation,
+            pregenerated: VecDeque::new(),
+            sent: 0,
+            broken: false,
+        }
+    }
+
+    /// The sender's place in its phase (its room index).
+    pub fn idx(&self) -> u64 {
+        self.idx
+    }
+
+    /// The `k` of the message the next operation sends ([`message_text`]`(idx, k, len)`).
+    pub fn next_message_k(&self) -> u64 {
+        self.sent - self.pregenerated.len() as u64
+    }
+
     /// Closes the client's connection.
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         // A slow close only delays the end of the run; the report is already complete.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.client.close()).await;
     }
@@ -156,7 +213,7 @@ fn committed(result: Result<UpdateResult, ClientError>) -> Result<(), ErrorKind>
     }
 }
 
-fn error_kind(error: &ClientError) -> ErrorKind {
+pub(crate) fn error_kind(error: &ClientError) -> ErrorKind {
     match error {
         ClientError::Transport(_) => ErrorKind::Transport,
         ClientError::Status { status, .. } => ErrorKind::Status(status.as_u16()),
@@ -201,15 +258,7 @@ pub async fn set_up_rooms(
             .await
             .with_context(|| format!("room {room_idx}: set-up timed out"))?
             .with_context(|| format!("setting up room {room_idx}"))?;
-            Ok::<_, anyhow::Error>(RoomSender {
-                idx: room_idx,
-                client,
-                room,
-                operation,
-                pregenerated: VecDeque::new(),
-                sent: 0,
-                broken: false,
-            })
+            Ok::<_, anyhow::Error>(RoomSender::new(room_idx, client, room, operation))
         })
         .buffer_unordered(setup_concurrency)
         .try_collect()
@@ -265,7 +314,7 @@ async fn set_up_room(
     Ok((creator, room))
 }
 
-async fn wait_for_welcome(client: &mut MimiClient, room: &RoomId) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_welcome(client: &mut MimiClient, room: &RoomId) -> anyhow::Result<()> {
     for _ in 0..MAX_EVENTS_BEFORE_WELCOME {
         match client
             .next_event(JOIN_WAIT)

@@ -82,6 +82,9 @@ pub enum ErrorKind {
     WrongEpoch,
     /// protocol-06 §5.2 `invalidProposal`.
     InvalidProposal,
+    /// cross-provider: the receiver's push stream brought another message than the one it was
+    /// waiting for (one missing, out of order, or not the bench's).
+    Delivery,
 }
 
 impl ErrorKind {
@@ -99,6 +102,7 @@ impl ErrorKind {
             ErrorKind::EpochTooOld => "epoch_too_old".into(),
             ErrorKind::WrongEpoch => "wrong_epoch".into(),
             ErrorKind::InvalidProposal => "invalid_proposal".into(),
+            ErrorKind::Delivery => "delivery".into(),
         }
     }
 }

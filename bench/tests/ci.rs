@@ -146,3 +146,50 @@ fn commits_closed_model_at_two_group_sizes_writes_the_json_file_rfc9420_12_4() {
         );
     }
 }
+
+#[test]
+fn cross_provider_open_model_delivers_every_message_to_the_other_provider_protocol06_5_4() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = bench(
+        &[
+            "cross-provider",
+            "--rooms",
+            "3",
+            "--rate",
+            "30",
+            "--duration",
+            "1500ms",
+            "--message-bytes",
+            "64",
+            "--no-progress",
+        ],
+        dir.path(),
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON report");
+    assert_eq!(report["scenario"], "cross-provider");
+    assert_eq!(report["config"]["load_model"], "open");
+    assert_eq!(report["config"]["members"], 2);
+    assert_eq!(report["node"]["mode"], "in-process");
+    assert_eq!(
+        report["node"]["providers"],
+        serde_json::json!(["a.example", "b.example"])
+    );
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 1);
+    let phase = &phases[0];
+    check_phase(phase, 3);
+    assert_eq!(
+        phase["ops_ok"], 45,
+        "every scheduled message reached Bob at the other provider"
+    );
+    assert!(
+        phase["raft_follower"]["applied"].as_u64().is_some(),
+        "the follower's Raft counters are reported too: {}",
+        phase["raft_follower"]
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("readable").count(),
+        0,
+        "both providers' data directory is removed"
+    );
+}
