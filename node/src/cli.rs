@@ -212,9 +212,13 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         step_timeout: Duration::from_secs(args.step_timeout_secs),
     };
-    runtime.block_on(crate::demo::run_demo(&options, &mut |line| {
-        println!("{line}")
-    }))?;
+    // A closed stdout (`mimid demo | head`) must not stop the demo: lines that cannot be
+    // written are dropped, and the exit status still tells whether every step passed.
+    let mut print = |line: &str| {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    };
+    runtime.block_on(crate::demo::run_demo(&options, &mut print))?;
     Ok(())
 }
 
