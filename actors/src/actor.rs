@@ -37,6 +37,10 @@ use crate::room::fanout::{FanoutCore, FanoutLimits};
 use crate::room::log::LogItem;
 use crate::shard::{ApplyOutput, Shards};
 
+/// How long acknowledged fan-out cursors wait before they are recorded through Raft, so that
+/// the notifies acknowledged meanwhile share one entry per follower.
+const FANOUT_RECORD_DELAY: Duration = Duration::from_millis(50);
+
 /// One item delivered to a client's push stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -151,6 +155,8 @@ pub struct RoomActor {
     last_activity: Instant,
     in_flight: Arc<Semaphore>,
     fanout: FanoutCore,
+    /// A `record_cursors` is scheduled.
+    record_scheduled: bool,
 }
 
 impl RoomActor {
@@ -188,6 +194,28 @@ impl RoomActor {
         }
     }
 
+    /// Records the followers' acknowledged cursors through Raft (one entry per follower for
+    /// every notify acknowledged since the last time). A lost record only means a resend the
+    /// follower deduplicates.
+    fn record_cursors(&mut self, ctx: &mut Context<Self>) {
+        self.record_scheduled = false;
+        for (provider, seq) in self.fanout.take_unrecorded() {
+            let record = self.ctx.proposer.propose(Command::FanoutDelivered {
+                room: self.room.clone(),
+                provider,
+                seq,
+            });
+            ctx.spawn(
+                async move {
+                    if let Err(e) = record.await {
+                        tracing::info!(error = %e, "fan-out cursor not recorded");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
     fn notified(
         &mut self,
         provider: String,
@@ -201,21 +229,9 @@ impl RoomActor {
                     .metrics
                     .notifies_delivered
                     .fetch_add(1, Ordering::Relaxed);
-                if let Some(seq) = self.fanout.on_delivered(&provider) {
-                    let record = self.ctx.proposer.propose(Command::FanoutDelivered {
-                        room: self.room.clone(),
-                        provider,
-                        seq,
-                    });
-                    // A lost cursor update only means a resend the follower deduplicates.
-                    ctx.spawn(
-                        async move {
-                            if let Err(e) = record.await {
-                                tracing::info!(error = %e, "fan-out cursor not recorded");
-                            }
-                        }
-                        .into_actor(self),
-                    );
+                if self.fanout.on_delivered(&provider).is_some() && !self.record_scheduled {
+                    self.record_scheduled = true;
+                    ctx.run_later(FANOUT_RECORD_DELAY, |actor, ctx| actor.record_cursors(ctx));
                 }
                 self.pump_fanout(ctx);
             }
@@ -512,6 +528,7 @@ impl Router {
             last_activity: Instant::now(),
             in_flight: in_flight.clone(),
             fanout: FanoutCore::default(),
+            record_scheduled: false,
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| actor);
         rooms.insert(

@@ -8,9 +8,11 @@
 //! `batch_items` items; while one is in flight, new items wait and go out together in the next
 //! one, so a busy room sends fewer, larger notifies.
 //!
-//! Progress: after a 201 the shell records the follower's cursor through Raft
-//! (`Command::FanoutDelivered`); the core does not wait for that to send the next batch. If the
-//! hub restarts before the cursor is durable, it resends from the durable cursor and the
+//! Progress: after a 201 the core sends the next batch at once, and remembers the follower's
+//! new cursor as unrecorded; the shell records unrecorded cursors through Raft
+//! (`Command::FanoutDelivered`) a little later, one entry per follower for however many
+//! notifies were acknowledged meanwhile, so a busy room does not write a Raft entry per notify.
+//! If the hub restarts before a cursor is durable, it resends from the durable cursor and the
 //! follower drops what it already has by hub seq (`MirrorRoom`).
 //!
 //! Failures: a failed notify is retried after an exponential backoff from `retry_initial_ms` up
@@ -50,6 +52,8 @@ struct Destination {
     failures: u32,
     /// No new attempt before this hub time (ms).
     retry_at_ms: Option<u64>,
+    /// Acknowledged up to here, not yet recorded through Raft.
+    unrecorded: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -86,14 +90,24 @@ impl FanoutCore {
         batches
     }
 
-    /// `provider` answered 201 to its batch in flight. Returns the seq its durable cursor may
-    /// move to.
+    /// `provider` answered 201 to its batch in flight. Returns the seq its cursor may move to,
+    /// which is now unrecorded until [`FanoutCore::take_unrecorded`].
     pub fn on_delivered(&mut self, provider: &str) -> Option<u64> {
         let destination = self.destinations.get_mut(provider)?;
         let seq = destination.in_flight.take()?;
         destination.sent_up_to = destination.sent_up_to.max(seq);
         destination.failures = 0;
+        destination.unrecorded = Some(destination.unrecorded.map_or(seq, |old| old.max(seq)));
         Some(seq)
+    }
+
+    /// The cursors acknowledged since the last call, one per follower (the furthest), to be
+    /// recorded through Raft.
+    pub fn take_unrecorded(&mut self) -> Vec<(String, u64)> {
+        self.destinations
+            .iter_mut()
+            .filter_map(|(provider, d)| d.unrecorded.take().map(|seq| (provider.clone(), seq)))
+            .collect()
     }
 
     /// `provider`'s batch in flight failed at `now_ms`; `retry_after_ms` is what the follower
@@ -118,11 +132,11 @@ impl FanoutCore {
         delay
     }
 
-    /// Whether nothing is in flight or waiting for a retry.
+    /// Whether nothing is in flight, waiting for a retry or waiting to be recorded.
     pub fn is_quiet(&self) -> bool {
         self.destinations
             .values()
-            .all(|d| d.in_flight.is_none() && d.retry_at_ms.is_none())
+            .all(|d| d.in_flight.is_none() && d.retry_at_ms.is_none() && d.unrecorded.is_none())
     }
 
     /// Consecutive failures of `provider`'s notifies (0 when the last one succeeded).

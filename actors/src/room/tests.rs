@@ -1909,6 +1909,12 @@ mod fanout {
         let first_last = batches[0].items[1].seq;
         assert_eq!(core.on_delivered("b.example"), Some(first_last));
         assert_eq!(core.on_delivered("b.example"), None, "nothing in flight");
+        assert_eq!(
+            core.take_unrecorded(),
+            vec![("b.example".to_string(), first_last)],
+            "acknowledged cursors wait to be recorded, one per follower"
+        );
+        assert!(core.take_unrecorded().is_empty());
         let next = core.poll(&room.state, 0, &limits(64));
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].items.first().unwrap().seq, first_last + 1);
