@@ -331,10 +331,17 @@ async fn three_providers_create_add_message_remove_protocol06_5() {
     }
 }
 
-/// MIMI.md §5.4, §7.6: a follower that is down while the room moves on receives every missed
-/// item once it is back, exactly once and in order (the hub retries from its durable cursor).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_down_during_traffic_gets_every_missed_item_once_in_order() {
+/// Two providers on loopback and a room hosted by a with Alice@a and Bob@b (joined by the
+/// routed Welcome, push stream open); a retries notifies quickly.
+struct Two {
+    a: TestNode,
+    b: TestNode,
+    club: RoomId,
+    alice: MimiClient,
+    bob: MimiClient,
+}
+
+async fn two_providers_in_a_room() -> Two {
     let ca = ca();
     let a = TestNode::start_provider_with(
         "a.example",
@@ -346,7 +353,7 @@ async fn a_follower_down_during_traffic_gets_every_missed_item_once_in_order() {
         },
     )
     .await;
-    let mut b = TestNode::start_provider("b.example", &ca).await;
+    let b = TestNode::start_provider("b.example", &ca).await;
     connect_providers(&[&a, &b]);
     let club = RoomId::parse("mimi://a.example/r/club").unwrap();
     let mut alice = a.client("alice", "phone", 1).await;
@@ -358,6 +365,26 @@ async fn a_follower_down_during_traffic_gets_every_missed_item_once_in_order() {
         .await
         .expect("bob added");
     expect_joined(&mut bob).await;
+    Two {
+        a,
+        b,
+        club,
+        alice,
+        bob,
+    }
+}
+
+/// MIMI.md §5.4, §7.6: a follower that is down while the room moves on receives every missed
+/// item once it is back, exactly once and in order (the hub retries from its durable cursor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_down_during_traffic_gets_every_missed_item_once_in_order() {
+    let Two {
+        a,
+        mut b,
+        club,
+        mut alice,
+        mut bob,
+    } = two_providers_in_a_room().await;
     send(&mut alice, &club, "before").await;
     assert_eq!(read_messages(&mut bob, 1).await, vec!["before"]);
 
@@ -410,30 +437,13 @@ async fn a_follower_down_during_traffic_gets_every_missed_item_once_in_order() {
 /// (what was delivered but not yet recorded is resent and dropped by hub seq).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_restart_in_the_middle_of_fanout_loses_and_duplicates_nothing() {
-    let ca = ca();
-    let fast_retries = |config: &mut mimid_node::config::Config| {
-        config.federation.retry_initial_ms = 20;
-        config.federation.retry_max_ms = 200;
-    };
-    let mut a = TestNode::start_provider_with(
-        "a.example",
-        &ca,
-        mimid_tests::ProviderSetup::default(),
-        fast_retries,
-    )
-    .await;
-    let mut b = TestNode::start_provider("b.example", &ca).await;
-    connect_providers(&[&a, &b]);
-    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
-    let mut alice = a.client("alice", "phone", 1).await;
-    let mut bob = b.client("bob", "laptop", 1).await;
-    bob.connect_stream().await.expect("stream opens");
-    alice.create_room(&club).await.expect("room created");
-    alice
-        .add_users(&club, &[user("b.example", "bob")])
-        .await
-        .expect("bob added");
-    expect_joined(&mut bob).await;
+    let Two {
+        mut a,
+        mut b,
+        club,
+        mut alice,
+        mut bob,
+    } = two_providers_in_a_room().await;
 
     // Phase 1: the hub stops right after accepting, while notifies are in flight.
     for n in 0..10 {
