@@ -22,6 +22,10 @@
 //! 7. Age-based snapshots: the shards whose oldest unsnapshotted applied entry is older than
 //!    `snapshot_max_age`, oldest first and at most `max_snapshots_per_turn`, snapshot and
 //!    compact, and those writes are applied like step 6's.
+//! 8. A running `snapshot_all` (online backup, `backup.rs`) serialises its next shards, at most
+//!    `max_snapshots_per_turn`: every group is between turns here, so each part is its shard's
+//!    state at its applied index. Nothing is written. While one runs, the loop does not wait
+//!    for the next tick between turns.
 //!
 //! # Bounding replay
 //!
@@ -57,6 +61,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError};
 use raft::eraftpb::Message;
 
+use crate::backup::{ShardSnapshot, SnapshotAllError, SnapshotAllRequest};
 use crate::group::{catch, error_chain, Group, GroupError, Proposed, Transport};
 use crate::metrics::bump;
 use crate::reply::Reply;
@@ -87,6 +92,10 @@ pub(crate) struct Driver<S: StateMachine> {
     shared: Arc<Shared>,
     transport: Box<dyn Transport>,
     settings: DriverSettings,
+    /// `ClusterHandle::snapshot_all` requests; `None` until `with_snapshot_requests`.
+    snapshot_requests: Option<Receiver<SnapshotAllRequest>>,
+    /// The `snapshot_all` being served, one shard part after another.
+    snapshot_all: Option<SnapshotAllRequest>,
 }
 
 enum Slot<S: StateMachine> {
@@ -97,6 +106,7 @@ enum Slot<S: StateMachine> {
 /// What woke the loop up.
 enum Wake<O> {
     Proposal(Proposal<O>),
+    SnapshotAll(SnapshotAllRequest),
     TickDue,
     Stop,
 }
@@ -122,7 +132,15 @@ impl<S: StateMachine> Driver<S> {
             shared,
             transport: Box::new(LocalOnly),
             settings,
+            snapshot_requests: None,
+            snapshot_all: None,
         }
+    }
+
+    /// Serves `ClusterHandle::snapshot_all` requests arriving on `requests`.
+    pub(crate) fn with_snapshot_requests(mut self, requests: Receiver<SnapshotAllRequest>) -> Self {
+        self.snapshot_requests = Some(requests);
+        self
     }
 
     /// Runs turns until told to stop (or until the database fails), then shuts down.
@@ -134,6 +152,10 @@ impl<S: StateMachine> Driver<S> {
             let first = match self.wait(next_tick) {
                 Wake::Stop => break,
                 Wake::Proposal(proposal) => Some(proposal),
+                Wake::SnapshotAll(request) => {
+                    self.begin_snapshot_all(request);
+                    None
+                }
                 Wake::TickDue => None,
             };
             if let Err(err) = self.turn(first, &mut next_tick) {
@@ -153,12 +175,24 @@ impl<S: StateMachine> Driver<S> {
         if !matches!(self.stop.try_recv(), Err(TryRecvError::Empty)) {
             return Wake::Stop;
         }
-        let timeout = next_tick.saturating_duration_since(Instant::now());
+        // A running `snapshot_all` continues in the next turn without waiting for a tick.
+        let timeout = if self.snapshot_all.is_some() {
+            Duration::ZERO
+        } else {
+            next_tick.saturating_duration_since(Instant::now())
+        };
+        // Without a request channel, `never` keeps the select's shape.
+        let never = crossbeam_channel::never();
+        let requests = self.snapshot_requests.as_ref().unwrap_or(&never);
         crossbeam_channel::select! {
             // A message or a disconnect (the `Cluster` was dropped) both mean stop.
             recv(self.stop) -> _ => Wake::Stop,
             recv(self.inbox) -> proposal => match proposal {
                 Ok(proposal) => Wake::Proposal(proposal),
+                Err(_) => Wake::Stop,
+            },
+            recv(requests) -> request => match request {
+                Ok(request) => Wake::SnapshotAll(request),
                 Err(_) => Wake::Stop,
             },
             default(timeout) => Wake::TickDue,
@@ -187,8 +221,93 @@ impl<S: StateMachine> Driver<S> {
         if self.snapshot_aged(now) {
             self.write_staged()?;
         }
+        self.continue_snapshot_all();
         self.publish_readiness();
         Ok(())
+    }
+
+    fn begin_snapshot_all(&mut self, request: SnapshotAllRequest) {
+        if self.snapshot_all.is_some() {
+            // Handles admit one request at a time; answer a second anyway rather than lose it.
+            request.fail(SnapshotAllError::Busy);
+            return;
+        }
+        self.snapshot_all = Some(request);
+    }
+
+    /// Serialises the next shards of the running `snapshot_all` (step 8), at most
+    /// `max_snapshots_per_turn`, and answers it once every shard has its part or one cannot
+    /// have one. Runs after the turn's writes, when no group is inside a `Ready`.
+    fn continue_snapshot_all(&mut self) {
+        for _ in 0..self.settings.max_snapshots_per_turn {
+            let Some(request) = &mut self.snapshot_all else {
+                return;
+            };
+            let shard = request.parts.len();
+            let outcome = match self.groups.get(shard) {
+                None => {
+                    self.finish_snapshot_all(Ok(()));
+                    return;
+                }
+                Some(Slot::Failed) => Err(SnapshotAllError::ShardFailed {
+                    shard: shard as ShardId,
+                }),
+                Some(Slot::Running(group)) => match catch(|| group.serialize_applied()) {
+                    Ok(Some((applied_index, applied_term, data))) => {
+                        request.parts.push(ShardSnapshot {
+                            shard: shard as ShardId,
+                            applied_index,
+                            applied_term,
+                            data,
+                        });
+                        Ok(())
+                    }
+                    Ok(None) => Err(SnapshotAllError::NotReady {
+                        shard: shard as ShardId,
+                    }),
+                    Err(err) => {
+                        // Like a failed snapshot: the state machine cannot be trusted.
+                        self.fail_group(shard as ShardId, &err);
+                        Err(SnapshotAllError::ShardFailed {
+                            shard: shard as ShardId,
+                        })
+                    }
+                },
+            };
+            if outcome.is_err() {
+                self.finish_snapshot_all(outcome);
+                return;
+            }
+        }
+        if self
+            .snapshot_all
+            .as_ref()
+            .is_some_and(|request| request.parts.len() == self.groups.len())
+        {
+            self.finish_snapshot_all(Ok(()));
+        }
+    }
+
+    fn finish_snapshot_all(&mut self, outcome: Result<(), SnapshotAllError>) {
+        let Some(request) = self.snapshot_all.take() else {
+            return;
+        };
+        match outcome {
+            Ok(()) => request.complete(),
+            Err(error) => request.fail(error),
+        }
+    }
+
+    /// Answers the running and any queued `snapshot_all` with `Stopped`.
+    fn abort_snapshot_all(&mut self) {
+        if let Some(request) = self.snapshot_all.take() {
+            request.fail(SnapshotAllError::Stopped);
+        }
+        if let Some(requests) = &self.snapshot_requests {
+            while let Ok(request) = requests.try_recv() {
+                request.fail(SnapshotAllError::Stopped);
+            }
+        }
     }
 
     fn step_proposals(&mut self, first: Option<Proposal<S::Output>>) {
@@ -341,6 +460,7 @@ impl<S: StateMachine> Driver<S> {
     /// everything durable, then answers pending proposals `Stopped` by dropping the groups.
     fn shut_down(mut self) {
         self.close_inbox();
+        self.abort_snapshot_all();
         if self.settings.snapshot_on_shutdown {
             for shard in 0..self.groups.len() {
                 let Slot::Running(group) = &mut self.groups[shard] else {
@@ -387,6 +507,7 @@ impl<S: StateMachine> Drop for Driver<S> {
     /// Also runs if the driver thread panics, so queued proposals are still answered.
     fn drop(&mut self) {
         self.close_inbox();
+        self.abort_snapshot_all();
     }
 }
 

@@ -256,6 +256,22 @@ impl<S: StateMachine> Group<S> {
         Ok(true)
     }
 
+    /// The state machine serialised at the applied index, with that index and the term of the
+    /// entry there, for an online backup (`backup.rs`); stores and compacts nothing. `None`
+    /// before the group applied its first entry. Call only between turns, like
+    /// [`Self::snapshot_if_unsnapshotted`], so no entry is half applied.
+    pub(crate) fn serialize_applied(&self) -> Option<(u64, u64, Vec<u8>)> {
+        assert!(self.in_flight.is_none(), "serialised inside a Ready");
+        if self.applied_index == 0 {
+            return None;
+        }
+        Some((
+            self.applied_index,
+            self.applied_term,
+            self.machine.snapshot(),
+        ))
+    }
+
     /// Moves this group's staged writes into the turn's batch.
     pub(crate) fn take_staged(&mut self, batch: &mut WriteBatch) {
         batch.take_from(self.node.mut_store());

@@ -59,6 +59,7 @@
 
 #![warn(missing_docs)]
 
+mod backup;
 mod driver;
 mod group;
 mod metrics;
@@ -77,12 +78,14 @@ use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::RwLock;
 use raft::eraftpb::ConfState;
 
+use crate::backup::SnapshotAllRequest;
 use crate::driver::{Driver, DriverSettings, Proposal};
 use crate::group::{error_chain, raft_config, Group, GroupError};
 use crate::metrics::{bump, Metrics};
 use crate::reply::Reply;
 use crate::storage::{RaftDb, WriteBatch};
 
+pub use crate::backup::{restore_data_dir, ShardSnapshot, SnapshotAllError, SnapshotsDone};
 pub use crate::metrics::ClusterMetrics;
 pub use crate::storage::StoreError;
 
@@ -264,6 +267,10 @@ pub enum ClusterError {
     /// The driver thread could not be spawned.
     #[error("spawn raft driver thread")]
     Spawn(#[source] std::io::Error),
+    /// [`restore_data_dir`] was given snapshots that do not fit the configuration, or a data
+    /// directory that already has Raft state.
+    #[error("cannot restore: {0}")]
+    InvalidRestore(String),
 }
 
 /// Called exactly once with the outcome of an accepted proposal, on the driver thread: keep it
@@ -327,6 +334,8 @@ impl<S: StateMachine> Cluster<S> {
     ) -> Result<Self, ClusterError> {
         let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(config.inbox_capacity);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        // One `snapshot_all` at a time (`HandleInner::snapshot_all_busy`), so one slot suffices.
+        let (control_tx, control_rx) = crossbeam_channel::bounded(1);
         let shared = Arc::new(Shared {
             open: RwLock::new(true),
             ready: AtomicBool::new(false),
@@ -339,7 +348,8 @@ impl<S: StateMachine> Cluster<S> {
             max_snapshots_per_turn: config.max_snapshots_per_turn,
             snapshot_on_shutdown: config.snapshot_on_shutdown,
         };
-        let driver = Driver::new(db, groups, inbox_rx, stop_rx, Arc::clone(&shared), settings);
+        let driver = Driver::new(db, groups, inbox_rx, stop_rx, Arc::clone(&shared), settings)
+            .with_snapshot_requests(control_rx);
         let thread = std::thread::Builder::new()
             .name(format!("mimid-raft-{}", config.node_id))
             .spawn(move || driver.run())
@@ -348,6 +358,8 @@ impl<S: StateMachine> Cluster<S> {
             handle: ClusterHandle {
                 inner: Arc::new(HandleInner {
                     inbox: inbox_tx,
+                    snapshot_requests: control_tx,
+                    snapshot_all_busy: Arc::new(AtomicBool::new(false)),
                     shared,
                     shards: config.shards,
                 }),
@@ -390,6 +402,10 @@ pub struct ClusterHandle<S: StateMachine> {
 
 struct HandleInner<O> {
     inbox: Sender<Proposal<O>>,
+    /// `snapshot_all` requests for the driver (capacity one).
+    snapshot_requests: Sender<SnapshotAllRequest>,
+    /// True from an accepted `snapshot_all` until its answer.
+    snapshot_all_busy: Arc<AtomicBool>,
     shared: Arc<Shared>,
     shards: u64,
 }
@@ -444,6 +460,65 @@ impl<S: StateMachine> ClusterHandle<S> {
             Err(TrySendError::Disconnected(proposal)) => {
                 proposal.reply.disarm();
                 Err(ProposeError::Stopped)
+            }
+        }
+    }
+
+    /// Asks the driver to serialise every shard's state machine at its applied index, between
+    /// two turns (see the `backup` module docs: each part is consistent for its shard, shards
+    /// are taken at unrelated points). `done` is called exactly once, on the driver thread,
+    /// with one [`ShardSnapshot`] per shard in shard order, or with the first shard that could
+    /// not be serialised. Returns `Err(Busy)` at once (and never calls `done`) while another
+    /// `snapshot_all` runs, and `Err(Stopped)` once the driver stopped.
+    ///
+    /// ```
+    /// # use mimid_cluster::{Cluster, ClusterConfig, StateMachine};
+    /// # struct Counter(u64);
+    /// # impl StateMachine for Counter {
+    /// #     type Output = ();
+    /// #     fn apply(&mut self, _index: u64, _command: &[u8]) { self.0 += 1 }
+    /// #     fn snapshot(&self) -> Vec<u8> { self.0.to_be_bytes().to_vec() }
+    /// #     fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cluster = Cluster::start(ClusterConfig::new(1, dir.path()), |_| Counter(0)).unwrap();
+    /// let handle = cluster.handle();
+    /// # while !handle.is_ready() { std::thread::sleep(std::time::Duration::from_millis(5)) }
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// handle.snapshot_all(Box::new(move |result| tx.send(result).unwrap())).unwrap();
+    /// let parts = rx.recv().unwrap().unwrap();
+    /// assert_eq!(parts.len() as u64, handle.shard_count());
+    /// assert!(parts.iter().all(|part| part.applied_index >= 1));
+    /// ```
+    pub fn snapshot_all(&self, done: SnapshotsDone) -> Result<(), SnapshotAllError> {
+        let inner = &self.inner;
+        let busy = &inner.snapshot_all_busy;
+        if busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(SnapshotAllError::Busy);
+        }
+        let request = SnapshotAllRequest::new(done, Arc::clone(busy));
+        // The same gate as `propose`: once the driver closed it, nothing new is queued.
+        let open = inner.shared.open.read();
+        if !*open {
+            request.disarm();
+            busy.store(false, Ordering::Release);
+            return Err(SnapshotAllError::Stopped);
+        }
+        match inner.snapshot_requests.try_send(request) {
+            Ok(()) => Ok(()),
+            // Full cannot happen while `busy` guards the single slot; treat it as busy anyway.
+            Err(TrySendError::Full(request)) => {
+                request.disarm();
+                busy.store(false, Ordering::Release);
+                Err(SnapshotAllError::Busy)
+            }
+            Err(TrySendError::Disconnected(request)) => {
+                request.disarm();
+                busy.store(false, Ordering::Release);
+                Err(SnapshotAllError::Stopped)
             }
         }
     }

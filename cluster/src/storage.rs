@@ -471,6 +471,22 @@ impl ShardStorage {
         Ok(())
     }
 
+    /// Stages the snapshot a restore starts this group from (`backup.rs`): the same records as
+    /// a snapshot received from a leader, into a group that has no state at all yet.
+    pub(crate) fn stage_restored_snapshot(
+        &mut self,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        if self.is_initialized() || self.last_index != 0 || self.hard_state != HardState::default()
+        {
+            return Err(self.invalid("restore into a group that already has state"));
+        }
+        if snapshot.get_metadata().index == 0 {
+            return Err(self.invalid("restored snapshot at index 0"));
+        }
+        self.stage_received_snapshot(snapshot)
+    }
+
     /// Stages a snapshot of the applied state at `snapshot`'s index and deletes the log up to
     /// and including it. The snapshot must cover only committed entries, so that the stored
     /// commit index never falls below the snapshot after a crash.
