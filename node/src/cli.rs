@@ -10,6 +10,10 @@
 //! - `mimid cert create-ca | create-provider | create-node`: PEM files an operator deploys.
 //! - `mimid demo [--data-dir DIR]`: two providers in this process and a federated room walked
 //!   through step by step ([`crate::demo`]); exit status 0 only if every step did what it should.
+//! - `mimid backup --admin ADDR --out FILE`: an online backup from a running node's admin
+//!   listener, verified and written atomically ([`crate::backup`]).
+//! - `mimid restore --from FILE --data-dir DIR [--config FILE]`: a new data directory from a
+//!   backup, for a node started with the same configuration.
 //!
 //! Configuration layering (defaults, file, `MIMID_*` environment, flags) is
 //! [`crate::config`]'s; this module maps flags onto it.
@@ -54,6 +58,10 @@ pub enum Command {
     /// Start two providers (a.example, b.example) in this process and walk Alice@a and Bob@b
     /// through a federated room, printing each step: a first look at MIMI federation.
     Demo(DemoArgs),
+    /// Take an online backup of a running node through its admin listener.
+    Backup(BackupArgs),
+    /// Create a new data directory from a backup made by `mimid backup`.
+    Restore(RestoreArgs),
 }
 
 /// Flags that override configuration keys (highest precedence).
@@ -120,6 +128,35 @@ pub struct DemoArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = crate::demo::DEFAULT_STEP_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub step_timeout_secs: u64,
+}
+
+/// Arguments of `mimid backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The node's admin listener, `HOST:PORT` [config: admin_listen].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: String,
+    /// Where to write the backup (replaced atomically, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Seconds to wait for the node to produce the backup.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::backup::DEFAULT_FETCH_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
+}
+
+/// Arguments of `mimid restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// The new data directory; must be missing or empty [config: data_dir].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// The configuration the restored node will run with (domain, cluster.shards, node_id).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `mimid cert …`.
@@ -192,7 +229,59 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => run_demo(args),
+        Command::Backup(args) => {
+            println!("{}", run_backup(&args)?);
+            Ok(())
+        }
+        Command::Restore(args) => {
+            println!("{}", run_restore(args, config::process_env())?);
+            Ok(())
+        }
     }
+}
+
+/// Runs `mimid backup`; returns the line to print.
+pub fn run_backup(args: &BackupArgs) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let saved = runtime.block_on(crate::backup::backup_to_file(
+        &args.admin,
+        &args.out,
+        timeout,
+    ))?;
+    Ok(format!(
+        "backup of {}: {} shards, {} bytes, sha256 {} -> {}",
+        saved.domain,
+        saved.shards,
+        saved.bytes,
+        saved.sha256,
+        args.out.display()
+    ))
+}
+
+/// Runs `mimid restore` with the configuration from `--config`, `env` and `--data-dir`;
+/// returns the line to print.
+pub fn run_restore(args: RestoreArgs, env: Vec<(String, String)>) -> anyhow::Result<String> {
+    let flags = ConfigFlags {
+        data_dir: Some(args.data_dir),
+        ..ConfigFlags::default()
+    };
+    let config = load(args.config, &flags, env)?;
+    config.validate()?;
+    let restored = crate::backup::restore(&args.from, &config)?;
+    Ok(format!(
+        "restored {} into {}: {} shards ({}), {} rooms hosted, backup taken at {} ms since the \
+         Unix epoch; start the node with this configuration",
+        restored.domain,
+        config.data_dir.display(),
+        restored.shards,
+        restored.positions,
+        restored.rooms,
+        restored.taken_at_ms
+    ))
 }
 
 /// Runs `mimid demo`, printing the transcript on stdout as it happens; node logs go to stderr
@@ -440,6 +529,52 @@ mod tests {
         assert_eq!(args.data_dir, Some(PathBuf::from("/tmp/d")));
         assert_eq!(args.step_timeout_secs, 5);
         assert!(Cli::try_parse_from(["mimid", "demo", "--step-timeout-secs", "0"]).is_err());
+    }
+
+    #[test]
+    fn backup_and_restore_take_their_paths() {
+        let Command::Backup(args) =
+            parse(&["backup", "--admin", "127.0.0.1:9090", "--out", "/tmp/b"]).command
+        else {
+            panic!("not backup");
+        };
+        assert_eq!(args.admin, "127.0.0.1:9090");
+        assert_eq!(args.out, PathBuf::from("/tmp/b"));
+        assert_eq!(args.timeout_secs, 600);
+        assert!(Cli::try_parse_from(["mimid", "backup", "--out", "/tmp/b"]).is_err());
+        let Command::Restore(args) = parse(&[
+            "restore",
+            "--from",
+            "/tmp/b",
+            "--data-dir",
+            "/tmp/d",
+            "--config",
+            "/tmp/c.toml",
+        ])
+        .command
+        else {
+            panic!("not restore");
+        };
+        assert_eq!(args.from, PathBuf::from("/tmp/b"));
+        assert_eq!(args.data_dir, PathBuf::from("/tmp/d"));
+        assert_eq!(args.config, Some(PathBuf::from("/tmp/c.toml")));
+        assert!(Cli::try_parse_from(["mimid", "restore", "--from", "/tmp/b"]).is_err());
+    }
+
+    #[test]
+    fn restore_reports_a_missing_backup_file_and_a_bad_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = |from: &str| RestoreArgs {
+            from: dir.path().join(from),
+            data_dir: dir.path().join("data"),
+            config: None,
+        };
+        let err = run_restore(args("absent"), Vec::new()).unwrap_err();
+        assert!(format!("{err:#}").contains("absent"), "{err:#}");
+        let env = vec![("MIMID_CLUSTER__SHARDS".into(), "0".into())];
+        let err = run_restore(args("absent"), env).unwrap_err();
+        assert!(format!("{err:#}").contains("cluster.shards"), "{err:#}");
+        assert!(!dir.path().join("data").exists());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod backup;
 pub mod certs;
 pub mod cli;
 pub mod client;

@@ -40,6 +40,7 @@ pub struct Metrics {
     limit_hits: Family<LimitLabels, Counter>,
     peer_requests: Family<PeerLabels, Counter>,
     notifies: Family<NotifyLabels, Counter>,
+    backups: Family<BackupLabels, Counter>,
     push_streams: Gauge,
     rooms_active: Gauge,
     ready: Gauge,
@@ -170,6 +171,49 @@ pub struct NotifyLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `mimid_backups_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackupLabels {
+    /// How the backup request ended.
+    pub result: BackupResult,
+}
+
+/// How a `POST /admin/backup` ended (`crate::backup::Backups`). Every value has a series from
+/// the start.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum BackupResult {
+    /// The backup file was produced.
+    Completed,
+    /// Refused because another backup was running (409).
+    Busy,
+    /// Not ready, a shard could not be serialised, or the node is stopping.
+    Failed,
+}
+
+impl BackupResult {
+    /// Every result, in a fixed order.
+    pub const ALL: [BackupResult; 3] = [
+        BackupResult::Completed,
+        BackupResult::Busy,
+        BackupResult::Failed,
+    ];
+
+    /// The label value, e.g. `completed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupResult::Completed => "completed",
+            BackupResult::Busy => "busy",
+            BackupResult::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for BackupResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
 /// Cumulative Raft counters of the cluster driver, copied in by [`Metrics::set_raft_totals`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RaftTotals {
@@ -255,6 +299,15 @@ impl Metrics {
         for outcome in ["delivered", "failed"] {
             drop(notifies.get_or_create(&NotifyLabels { outcome }));
         }
+        let backups = Family::<BackupLabels, Counter>::default();
+        registry.register(
+            "backups",
+            "Online backups requested on the admin listener (POST /admin/backup), by result",
+            backups.clone(),
+        );
+        for result in BackupResult::ALL {
+            drop(backups.get_or_create(&BackupLabels { result }));
+        }
         let push_streams = Gauge::default();
         registry.register(
             "push_streams",
@@ -284,6 +337,7 @@ impl Metrics {
             limit_hits,
             peer_requests,
             notifies,
+            backups,
             push_streams,
             rooms_active,
             ready,
@@ -340,6 +394,11 @@ impl Metrics {
                 .get_or_create(&NotifyLabels { outcome })
                 .inc_by(n);
         }
+    }
+
+    /// Records how a backup request ended.
+    pub fn count_backup(&self, result: BackupResult) {
+        self.backups.get_or_create(&BackupLabels { result }).inc();
     }
 
     /// Records how an outgoing peer request ended.
@@ -617,6 +676,20 @@ mod tests {
                 &metrics.encode(),
                 "mimid_peer_requests_total{outcome=\"connect_failed\"}"
             ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn backup_results_have_series_from_the_start() {
+        let metrics = Metrics::new();
+        for result in BackupResult::ALL {
+            let series = format!("mimid_backups_total{{result=\"{}\"}}", result.as_str());
+            assert_eq!(line_value(&metrics.encode(), &series), Some(0.0));
+        }
+        metrics.count_backup(BackupResult::Busy);
+        assert_eq!(
+            line_value(&metrics.encode(), "mimid_backups_total{result=\"busy\"}"),
             Some(1.0)
         );
     }

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{serve_admin, AdminState};
 use crate::api::ClientApi;
+use crate::backup::{Backups, SnapshotSource};
 use crate::certs::ensure_dev_certs;
 use crate::config::{dev_cert_dir, Config};
 use crate::federation::{DirectoryDocument, FederationApi, FederationService, Peers, Routes};
@@ -101,7 +102,8 @@ fn system_clock() -> Clock {
     })
 }
 
-fn cluster_config(config: &Config) -> ClusterConfig {
+/// The replication layer's configuration from the node's (also used by `mimid restore`).
+pub(crate) fn cluster_config(config: &Config) -> ClusterConfig {
     let c = &config.cluster;
     let mut cluster = ClusterConfig::new(config.node_id, &config.data_dir);
     cluster.shards = c.shards;
@@ -246,12 +248,22 @@ async fn start_inner(
             Err("replication is starting: not every shard has a leader and has caught up".into())
         }
     });
+    let snapshots: SnapshotSource = {
+        let cluster = cluster.handle();
+        Arc::new(move |done| cluster.snapshot_all(done))
+    };
+    let backups = Arc::new(Backups::new(
+        config.domain.clone(),
+        snapshots,
+        metrics.clone(),
+    ));
     tasks.push(
         serve_admin(
             admin_listener,
             AdminState {
                 ready,
                 metrics: metrics.clone(),
+                backups,
             },
         )
         .await,

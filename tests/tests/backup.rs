@@ -1,0 +1,365 @@
+//! Online backup and restore (issue: observability and operations, item 5) on the real parts:
+//! a provider keeps serving while `POST /admin/backup` takes every shard's state machine
+//! through the Raft driver, `mimid restore` turns the file into a new data directory, and a new
+//! node started on it holds every room (members, epoch, log order), the directory (users,
+//! clients, tokens, KeyPackages) and a follower's mirror rooms as they were at backup time.
+//!
+//! Housekeeping is pushed out of the tests' reach, so the only writes are the ones the tests
+//! make and shard states can be compared byte for byte.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use mimid_actors::ids::{ClientId, RoomId, UserId};
+use mimid_actors::room::log::LogItem;
+use mimid_cluster::{ShardId, StateMachine as _};
+use mimid_node::backup::{backup_to_file, restore, BackupFile, DEFAULT_FETCH_TIMEOUT};
+use mimid_node::certs::{CertAuthority, CA_VALIDITY};
+use mimid_node::client::{Event, MimiClient, SubmitResult, UpdateResult};
+use mimid_node::config::Config;
+use mimid_tests::{connect_providers, metric, room, scrape, test_config, user, TestNode, WAIT};
+
+/// Longer than any test: no housekeeping entry changes a shard behind the tests' back.
+const NO_HOUSEKEEPING_SECS: u64 = 24 * 3600;
+
+fn quiet(config: &mut Config) {
+    config.limits.housekeeping_secs = NO_HOUSEKEEPING_SECS;
+}
+
+/// What one provider holds of a hosted room.
+#[derive(Debug, Clone, PartialEq)]
+struct Hosted {
+    snapshot: Vec<u8>,
+    epoch: u64,
+    members: Vec<ClientId>,
+    items: Vec<LogItem>,
+}
+
+fn hosted(node: &TestNode, room: &RoomId) -> Hosted {
+    let hub = node.node().hub();
+    let shard = hub.shards().for_room(room).read();
+    let state = shard.room(room).expect("the room is hosted here");
+    Hosted {
+        snapshot: state.to_snapshot(),
+        epoch: state.epoch(),
+        members: state.members(),
+        items: state.items_after(0).to_vec(),
+    }
+}
+
+/// Every shard's state machine serialised, as a backup or a snapshot would hold it.
+fn shard_states(node: &TestNode) -> Vec<Vec<u8>> {
+    let shards = node.node().hub().shards();
+    (0..shards.count())
+        .map(|shard| shards.machine(shard).snapshot())
+        .collect()
+}
+
+fn shard_of(node: &TestNode, room: &RoomId) -> ShardId {
+    node.node().hub().shards().shard_of(room.as_bytes())
+}
+
+async fn expect_event(client: &mut MimiClient, what: &str, matches: impl Fn(&Event) -> bool) {
+    match client.next_event(WAIT).await.expect("push stream works") {
+        Some(event) if matches(&event) => {}
+        other => panic!("{} expected {what}, got {other:?}", client.id()),
+    }
+}
+
+fn is_joined(event: &Event) -> bool {
+    matches!(event, Event::Joined { .. })
+}
+
+fn is_committed(event: &Event) -> bool {
+    matches!(event, Event::Committed { .. })
+}
+
+async fn expect_message(client: &mut MimiClient, text: &str) {
+    match client.next_event(WAIT).await.expect("push stream works") {
+        Some(Event::Message { content, .. }) => {
+            assert_eq!(content.text(), Some(text), "{}", client.id())
+        }
+        other => panic!("{} expected {text:?}, got {other:?}", client.id()),
+    }
+}
+
+async fn send(client: &mut MimiClient, room: &RoomId, text: &str) {
+    match client.send_text(room, text).await.expect("submit works") {
+        SubmitResult::Accepted { .. } => {}
+        other => panic!("{} could not send {text:?}: {other:?}", client.id()),
+    }
+}
+
+async fn add(client: &mut MimiClient, room: &RoomId, users: &[UserId]) {
+    let added = client.add_users(room, users).await.expect("add answered");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+}
+
+async fn self_update(client: &mut MimiClient, room: &RoomId) {
+    let updated = client.self_update(room).await.expect("update answered");
+    assert!(
+        matches!(updated, UpdateResult::Accepted { .. }),
+        "{updated:?}"
+    );
+}
+
+/// Restores `backup` into `data_dir` with `config`'s domain and shard count, then starts a node
+/// on it with the rest of `edit`'s configuration.
+async fn restore_and_start(
+    backup: &Path,
+    data_dir: &Path,
+    edit: impl Fn(&mut Config) + Copy,
+) -> TestNode {
+    let mut config = test_config(data_dir);
+    edit(&mut config);
+    let restored = restore(backup, &config).expect("restore works");
+    assert_eq!(restored.domain, config.domain);
+    TestNode::start_with(|config| {
+        edit(config);
+        config.data_dir = data_dir.to_owned();
+    })
+    .await
+}
+
+/// protocol-06 §5.1-§5.3 state across a backup: two rooms with several epochs, messages and a
+/// removed member are backed up over the admin API while a message is being sent; a new node
+/// restored from the file holds every shard exactly as the backup does (rooms, directory), the
+/// untouched room byte for byte as at backup time, the touched one as before or after the
+/// concurrent message, the same epochs, members and log order; tokens still authenticate,
+/// KeyPackages published before the backup can still be claimed, and messages flow. A backup
+/// with one flipped byte is refused by restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_backup_restores_rooms_epochs_log_order_and_directory() {
+    let node = TestNode::start_with(quiet).await;
+    let garden = room("garden");
+    let attic = room("attic");
+    let mut alice = node.client("alice", "phone", 1).await;
+    let mut bob = node.client("bob", "phone", 2).await;
+    let mut carol = node.client("carol", "laptop", 2).await;
+    let mut dave = node.client("dave", "phone", 1).await;
+    let mut erin = node.client("erin", "tablet", 2).await;
+    // Frank's KeyPackages are only claimed after the restore.
+    let mut frank = node.client("frank", "phone", 2).await;
+    for client in [&mut alice, &mut bob, &mut carol, &mut dave, &mut erin] {
+        client.connect_stream().await.expect("stream opens");
+    }
+
+    // garden: alice adds bob and carol, everyone talks, alice removes carol, bob updates.
+    // Each client processes the others' Commits before it commits or sends in a new epoch.
+    alice.create_room(&garden).await.expect("room created");
+    add(&mut alice, &garden, &[user("bob"), user("carol")]).await;
+    expect_event(&mut bob, "a Welcome", is_joined).await;
+    expect_event(&mut carol, "a Welcome", is_joined).await;
+    send(&mut alice, &garden, "garden 1").await;
+    send(&mut bob, &garden, "garden 2").await;
+    send(&mut carol, &garden, "garden 3").await;
+    expect_message(&mut alice, "garden 2").await;
+    expect_message(&mut alice, "garden 3").await;
+    expect_message(&mut bob, "garden 1").await;
+    expect_message(&mut bob, "garden 3").await;
+    let removed = alice
+        .remove_user(&garden, &user("carol"))
+        .await
+        .expect("remove answered");
+    assert!(
+        matches!(removed, UpdateResult::Accepted { .. }),
+        "{removed:?}"
+    );
+    expect_event(&mut bob, "carol's removal", is_committed).await;
+    self_update(&mut bob, &garden).await;
+    expect_event(&mut alice, "bob's update", is_committed).await;
+    send(&mut alice, &garden, "garden 4").await;
+
+    // attic: dave adds erin, both update, both talk.
+    dave.create_room(&attic).await.expect("room created");
+    add(&mut dave, &attic, &[user("erin")]).await;
+    expect_event(&mut erin, "a Welcome", is_joined).await;
+    self_update(&mut erin, &attic).await;
+    expect_event(&mut dave, "erin's update", is_committed).await;
+    self_update(&mut dave, &attic).await;
+    send(&mut dave, &attic, "attic 1").await;
+    expect_event(&mut erin, "dave's update", is_committed).await;
+    expect_message(&mut erin, "attic 1").await;
+    send(&mut erin, &attic, "attic 2").await;
+
+    let garden_before = hosted(&node, &garden);
+    let attic_before = hosted(&node, &attic);
+    assert_eq!(garden_before.epoch, 3, "create, add, remove, update");
+    assert_eq!(attic_before.epoch, 3, "create, add, two updates");
+    assert!(!garden_before.members.contains(carol.id()));
+
+    // The backup is taken while the provider serves a message in garden.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("localhost.backup");
+    let admin = node.node().admin_addr().to_string();
+    let (saved, sent) = tokio::join!(
+        backup_to_file(&admin, &file, DEFAULT_FETCH_TIMEOUT),
+        alice.send_text(&garden, "during the backup"),
+    );
+    let saved = saved.expect("backup taken");
+    assert!(
+        matches!(sent, Ok(SubmitResult::Accepted { .. })),
+        "the provider kept serving: {sent:?}"
+    );
+    let garden_after = hosted(&node, &garden);
+    assert_eq!(
+        garden_after.items.len(),
+        garden_before.items.len() + 1,
+        "the concurrent message was ordered"
+    );
+    assert_eq!(hosted(&node, &attic), attic_before, "attic untouched");
+    assert_eq!((saved.domain.as_str(), saved.shards), ("localhost", 4));
+    let scraped = scrape(&node).await;
+    assert_eq!(
+        metric(&scraped, "mimid_backups_total{result=\"completed\"}"),
+        Some(1.0)
+    );
+
+    let bytes = std::fs::read(&file).expect("backup written");
+    assert_eq!(bytes.len(), saved.bytes);
+    let backup = BackupFile::decode(&bytes).expect("a valid backup");
+    // Every shard but garden's saw no write since the backup: its part is its state now.
+    let now = shard_states(&node);
+    let garden_shard = shard_of(&node, &garden);
+    for part in &backup.shards {
+        assert!(part.applied_index > 0);
+        if part.shard != garden_shard {
+            assert_eq!(
+                part.data, now[part.shard as usize],
+                "shard {} differs from the running provider's",
+                part.shard
+            );
+        }
+    }
+
+    // One flipped byte: refused, and nothing is created.
+    let damaged = dir.path().join("damaged.backup");
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    std::fs::write(&damaged, &flipped).unwrap();
+    let damaged_dir = dir.path().join("damaged-data");
+    let err = restore(&damaged, &test_config(&damaged_dir)).expect_err("damaged backup restored");
+    assert!(format!("{err:#}").contains("checksum"), "{err:#}");
+    assert!(!damaged_dir.exists());
+
+    let restored_dir = dir.path().join("restored-data");
+    let restored = restore_and_start(&file, &restored_dir, quiet).await;
+
+    // Every shard starts exactly from its part: rooms, mirrors and the directory.
+    assert_eq!(
+        shard_states(&restored),
+        backup
+            .shards
+            .iter()
+            .map(|part| part.data.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(hosted(&restored, &attic), attic_before);
+    let garden_restored = hosted(&restored, &garden);
+    assert!(
+        garden_restored == garden_before || garden_restored == garden_after,
+        "garden is restored as before or after the concurrent message"
+    );
+    assert_eq!(garden_restored.epoch, garden_before.epoch);
+    assert_eq!(garden_restored.members, garden_before.members);
+    assert!(garden_restored.items.starts_with(&garden_before.items));
+
+    // Clients carry on against the restored node: their tokens open push streams, Frank's
+    // KeyPackages published before the backup are claimed, the log continues in order.
+    for client in [&mut dave, &mut erin, &mut frank] {
+        client
+            .reconnect(restored.endpoint())
+            .await
+            .expect("token authenticates on the restored node");
+    }
+    add(&mut dave, &attic, &[user("frank")]).await;
+    expect_event(&mut frank, "a Welcome", is_joined).await;
+    expect_event(&mut erin, "the commit adding frank", is_committed).await;
+    send(&mut dave, &attic, "after the restore").await;
+    expect_message(&mut erin, "after the restore").await;
+    expect_message(&mut frank, "after the restore").await;
+    let attic_now = hosted(&restored, &attic);
+    assert_eq!(attic_now.epoch, attic_before.epoch + 1);
+    assert!(attic_now.items.starts_with(&attic_before.items));
+    assert_eq!(attic_now.items.len(), attic_before.items.len() + 3);
+
+    for client in [alice, bob, carol, dave, erin, frank] {
+        client.close().await;
+    }
+    restored.shutdown().await;
+    node.shutdown().await;
+}
+
+/// MIMI.md §5.4, follower side: a follower's mirror of a room hosted elsewhere is part of its
+/// backup; the restored follower holds the mirror as it was, the hub delivers to it, and its
+/// client receives what is sent after the restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_follower_keeps_its_mirror_rooms() {
+    let ca = CertAuthority::generate(SystemTime::now(), CA_VALIDITY).expect("test CA");
+    let a = TestNode::start_provider_with("a.example", &ca, Default::default(), quiet).await;
+    let b = TestNode::start_provider_with("b.example", &ca, Default::default(), quiet).await;
+    connect_providers(&[&a, &b]);
+    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
+    let mut alice = a.client("alice", "phone", 1).await;
+    let mut bob = b.client("bob", "laptop", 1).await;
+    for client in [&mut alice, &mut bob] {
+        client.connect_stream().await.expect("stream opens");
+    }
+    alice.create_room(&club).await.expect("room created");
+    let bob_user = UserId::parse("mimi://b.example/u/bob").unwrap();
+    add(&mut alice, &club, &[bob_user]).await;
+    expect_event(&mut bob, "a Welcome", is_joined).await;
+    send(&mut alice, &club, "before the backup").await;
+    expect_message(&mut bob, "before the backup").await;
+    bob.ack().await.expect("ack works");
+
+    let mirror_before = {
+        let hub = b.node().hub();
+        let shard = hub.shards().for_room(&club).read();
+        shard.mirror(&club).expect("b mirrors the room").clone()
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("b.backup");
+    let admin = b.node().admin_addr().to_string();
+    backup_to_file(&admin, &file, DEFAULT_FETCH_TIMEOUT)
+        .await
+        .expect("backup taken");
+    let b_states = shard_states(&b);
+
+    let tls = b.config.tls.clone();
+    let restored_dir = dir.path().join("restored-b");
+    let b2 = restore_and_start(&file, &restored_dir, |config| {
+        quiet(config);
+        config.domain = "b.example".into();
+        config.tls = tls.clone();
+    })
+    .await;
+    assert_eq!(shard_states(&b2), b_states);
+    {
+        let hub = b2.node().hub();
+        let shard = hub.shards().for_room(&club).read();
+        assert_eq!(shard.mirror(&club), Some(&mirror_before));
+    }
+
+    // The restored follower takes b's place (b's directory, with the TLS files, stays).
+    let mut b = b;
+    b.stop().await;
+    connect_providers(&[&a, &b2]);
+    bob.reconnect(b2.endpoint())
+        .await
+        .expect("bob's token authenticates on the restored follower");
+    send(&mut alice, &club, "after the restore").await;
+    expect_message(&mut bob, "after the restore").await;
+    assert_eq!(
+        b2.application_messages(&club),
+        a.application_messages(&club),
+        "the restored mirror holds the room in the hub's order"
+    );
+
+    alice.close().await;
+    bob.close().await;
+    b2.shutdown().await;
+    a.shutdown().await;
+    drop(b);
+}
