@@ -29,6 +29,7 @@ use crate::group_info::{GroupInfoService, Requester, REASON_HEADER};
 use crate::h3::{Handler, Request, Response};
 use crate::metrics::{Limit, Metrics, Outcome};
 use crate::peering::Forwarder;
+use crate::rate_limit::RateLimits;
 use crate::wire::client::{
     encode_frame, AckRequest, ClientSubmitResponse, ClientUpdateResponse, CreateRoomRequest,
     CreateRoomResponse, CreateRoomStatus, DeliveredItem, PublishKeyPackagesRequest,
@@ -99,6 +100,8 @@ pub(crate) struct Refusal {
     pub(crate) allow: Option<Method>,
     /// The bound whose hit this refusal reports (counted in `limit_hits_total`).
     pub(crate) limit: Option<Limit>,
+    /// `Retry-After` (whole seconds) of a 429 ([`crate::rate_limit`]).
+    pub(crate) retry_after: Option<Duration>,
 }
 
 impl Refusal {
@@ -108,6 +111,7 @@ impl Refusal {
             reason: reason.into(),
             allow: None,
             limit: None,
+            retry_after: None,
         }
     }
 
@@ -125,8 +129,8 @@ impl Refusal {
         refusal
     }
 
-    /// The response: the reason as `text/plain`, `Allow` on a 405, `Retry-After` on a 503;
-    /// a limit hit is counted in `metrics`.
+    /// The response: the reason as `text/plain`, `Allow` on a 405, `Retry-After` on a 503 and
+    /// a 429; a limit hit is counted in `metrics`.
     pub(crate) fn into_response(self, metrics: &Metrics) -> Response {
         let mut response = Response::text(self.status, self.reason);
         if let Some(allow) = self.allow {
@@ -137,7 +141,12 @@ impl Refusal {
         if let Some(limit) = self.limit {
             metrics.count_limit_hit(limit);
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(retry_after) = self.retry_after {
+            response.headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+        } else if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers
                 .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -201,6 +210,8 @@ pub struct ClientApi {
     forwarder: Forwarder,
     /// The hub's answer to groupInfo for rooms hosted here (MIMI.md §5.5).
     group_info: Arc<GroupInfoService>,
+    /// Per-user request rate and KeyPackage claim limits (`limits.rate`).
+    rate_limits: Arc<RateLimits>,
 }
 
 impl ClientApi {
@@ -211,10 +222,12 @@ impl ClientApi {
         metrics: Arc<Metrics>,
         peers: Arc<Peers>,
         group_info: Arc<GroupInfoService>,
+        rate_limits: Arc<RateLimits>,
     ) -> Self {
         ClientApi {
             hub,
             group_info,
+            rate_limits,
             forwarder: Forwarder::new(peers, domain.clone()),
             domain,
             limits: Limits {
@@ -364,6 +377,7 @@ impl ClientApi {
         }
         match target.domain() {
             local if local == self.domain => {
+                self.rate_limits.check_claim(&client.user(), &target)?;
                 let outcome = self
                     .hub
                     .claim_key_packages(client.user(), target.clone())
@@ -678,6 +692,7 @@ impl ClientApi {
                 return self.register(req).await;
             }
             let client = self.authenticate(&req)?;
+            self.rate_limits.check_user(&client.user())?;
             match endpoint {
                 "client_key_packages" => self.publish(req, client).await,
                 "client_key_material" => self.claim(req, client).await,

@@ -172,7 +172,46 @@ pub struct LimitsSettings {
     /// QUIC idle timeout, in milliseconds: a connection without any packet for this long is
     /// dropped. Clients keep long-lived streams alive with QUIC keep-alives. Default 30000.
     pub idle_timeout_ms: u64,
+    /// Rate limits per peer provider, per user and on KeyPackage claims (`[limits.rate]`).
+    pub rate: RateLimitSettings,
 }
+
+/// Rate limits (`[limits.rate]`, DESIGN.md §8), enforced by [`crate::rate_limit::RateLimits`]
+/// after authentication and before any Raft write; exceeding one answers 429 with
+/// `Retry-After`. They are token buckets kept per node in memory: a cluster of N nodes admits
+/// up to N times these rates, and a restart starts every bucket full.
+///
+/// Rates are requests per second and may be fractional; a burst is how many requests are
+/// admitted at once after a quiet period. The defaults are sized for production: a large
+/// provider peers with others at high rates, a person or bot on the client API stays well
+/// below its limit, and the claim limits bound how fast anyone consumes a user's KeyPackages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Server-to-server requests per second admitted from one authenticated peer provider.
+    /// Default 10000.
+    pub peer_requests_per_sec: f64,
+    /// Burst of server-to-server requests from one peer provider. Default 20000.
+    pub peer_burst: u64,
+    /// Client API requests per second admitted from the clients of one user (all devices
+    /// together; push streams and acknowledgements included). Default 100.
+    pub user_requests_per_sec: f64,
+    /// Burst of client API requests of one user. Default 500.
+    pub user_burst: u64,
+    /// KeyPackage claims (protocol-06 §5.1) per hour by one requesting user for one target user
+    /// of ours, whether the requester is local or behind a peer provider; also the burst.
+    /// Default 30.
+    pub key_material_claims_per_pair_per_hour: u64,
+    /// KeyPackage claims per hour for one target user of ours across all requesters, so that
+    /// many requesters together cannot drain the target either; also the burst. Default 300.
+    pub key_material_claims_per_target_per_hour: u64,
+    /// Keys (peer domains, users, requester-target pairs) tracked per limit; beyond it the
+    /// least recently used key is forgotten, and comes back with a full bucket. Default 100000.
+    pub max_tracked_keys: usize,
+}
+
+/// Rates are checked to be finite ([`RateLimitSettings::check`]), so equality is reflexive.
+impl Eq for RateLimitSettings {}
 
 /// The server-to-server transport (MIMI.md §3.1, §3.2): how peer providers are found and how
 /// long we wait for them.
@@ -522,6 +561,7 @@ impl Default for LimitsSettings {
             max_header_bytes: 16 << 10,
             request_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,
+            rate: RateLimitSettings::default(),
         }
     }
 }
@@ -577,6 +617,58 @@ impl LimitsSettings {
                 key: "limits.idle_timeout_ms",
                 reason: "must be below 2^62".into(),
             });
+        }
+        self.rate.check(problems);
+    }
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            peer_requests_per_sec: 10_000.0,
+            peer_burst: 20_000,
+            user_requests_per_sec: 100.0,
+            user_burst: 500,
+            key_material_claims_per_pair_per_hour: 30,
+            key_material_claims_per_target_per_hour: 300,
+            max_tracked_keys: 100_000,
+        }
+    }
+}
+
+impl RateLimitSettings {
+    fn check(&self, problems: &mut Vec<ConfigProblem>) {
+        for (key, rate) in [
+            (
+                "limits.rate.peer_requests_per_sec",
+                self.peer_requests_per_sec,
+            ),
+            (
+                "limits.rate.user_requests_per_sec",
+                self.user_requests_per_sec,
+            ),
+        ] {
+            if !(rate.is_finite() && rate > 0.0) {
+                problems.push(ConfigProblem {
+                    key,
+                    reason: format!("must be a positive number of requests per second, not {rate}"),
+                });
+            }
+        }
+        for (key, value) in [
+            ("limits.rate.peer_burst", self.peer_burst),
+            ("limits.rate.user_burst", self.user_burst),
+            (
+                "limits.rate.key_material_claims_per_pair_per_hour",
+                self.key_material_claims_per_pair_per_hour,
+            ),
+            (
+                "limits.rate.key_material_claims_per_target_per_hour",
+                self.key_material_claims_per_target_per_hour,
+            ),
+            ("limits.rate.max_tracked_keys", self.max_tracked_keys as u64),
+        ] {
+            at_least_one(problems, key, value);
         }
     }
 }
@@ -1048,6 +1140,62 @@ mod tests {
         assert!(
             message.contains("cluster.shards: must be at least 1"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn rate_limits_default_generously_and_reject_unusable_rates() {
+        let rate = RateLimitSettings::default();
+        assert_eq!(
+            (rate.peer_requests_per_sec, rate.peer_burst),
+            (10_000.0, 20_000)
+        );
+        assert_eq!((rate.user_requests_per_sec, rate.user_burst), (100.0, 500));
+        assert_eq!(
+            (
+                rate.key_material_claims_per_pair_per_hour,
+                rate.key_material_claims_per_target_per_hour
+            ),
+            (30, 300)
+        );
+
+        // Fractional rates load from a file and from the environment (an integer there too).
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(
+            &dir,
+            "mimid.toml",
+            "[limits.rate]\npeer_requests_per_sec = 0.001\npeer_burst = 5\n",
+        );
+        let config = Config::load(&ConfigSources {
+            file: Some(file),
+            env: env(&[("MIMID_LIMITS__RATE__USER_REQUESTS_PER_SEC", "7")]),
+            ..ConfigSources::default()
+        })
+        .expect("load");
+        assert_eq!(config.limits.rate.peer_requests_per_sec, 0.001);
+        assert_eq!(config.limits.rate.peer_burst, 5);
+        assert_eq!(config.limits.rate.user_requests_per_sec, 7.0);
+        assert_eq!(
+            config.limits.rate.user_burst, 500,
+            "untouched keys keep defaults"
+        );
+        config.validate().expect("valid");
+
+        let mut config = Config::default();
+        config.limits.rate.peer_requests_per_sec = 0.0;
+        config.limits.rate.user_requests_per_sec = f64::NAN;
+        config.limits.rate.peer_burst = 0;
+        config.limits.rate.key_material_claims_per_target_per_hour = 0;
+        config.limits.rate.max_tracked_keys = 0;
+        assert_eq!(
+            problems(&config),
+            vec![
+                "limits.rate.peer_requests_per_sec",
+                "limits.rate.user_requests_per_sec",
+                "limits.rate.peer_burst",
+                "limits.rate.key_material_claims_per_target_per_hour",
+                "limits.rate.max_tracked_keys",
+            ]
         );
     }
 

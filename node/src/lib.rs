@@ -16,6 +16,7 @@ pub mod h3;
 pub mod hub_key;
 pub mod metrics;
 pub mod peering;
+pub mod rate_limit;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

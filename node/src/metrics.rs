@@ -106,6 +106,12 @@ pub enum Limit {
     ConcurrentRequests,
     /// A request's headers or body did not arrive within `limits.request_timeout_ms`.
     RequestTimeout,
+    /// A peer provider exceeded `limits.rate.peer_*` on the server-to-server API (429).
+    PeerRate,
+    /// A user's clients exceeded `limits.rate.user_*` on the client API (429).
+    UserRate,
+    /// A KeyPackage claim exceeded `limits.rate.key_material_claims_*` (429).
+    KeyMaterialClaims,
 }
 
 /// Labels of `mimid_peer_requests_total`.
@@ -499,6 +505,9 @@ impl Limit {
             Limit::Connections => "connections",
             Limit::ConcurrentRequests => "concurrent_requests",
             Limit::RequestTimeout => "request_timeout",
+            Limit::PeerRate => "peer_rate",
+            Limit::UserRate => "user_rate",
+            Limit::KeyMaterialClaims => "key_material_claims",
         }
     }
 }

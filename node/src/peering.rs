@@ -36,6 +36,7 @@ use crate::federation::{FederationService, PeerRequest, S2sEndpoint};
 use crate::group_info::{GroupInfoService, Requester};
 use crate::h3::Response;
 use crate::metrics::{Metrics, Outcome};
+use crate::rate_limit::RateLimits;
 use crate::wire::fanout::{decode_fanout_batch, encode_fanout_batch, FanoutBody, FanoutMessage};
 use crate::wire::group_info::GroupInfoRequest;
 use crate::wire::key_material::KeyMaterialRequest;
@@ -84,6 +85,9 @@ pub struct MimiService {
     metrics: Arc<Metrics>,
     /// The hub's answer to groupInfo (MIMI.md §5.5).
     group_info: Arc<GroupInfoService>,
+    /// KeyPackage claim limits (`limits.rate.key_material_claims_*`), shared with the client
+    /// API.
+    rate_limits: Arc<RateLimits>,
 }
 
 impl MimiService {
@@ -94,6 +98,7 @@ impl MimiService {
         limits: Limits,
         metrics: Arc<Metrics>,
         group_info: Arc<GroupInfoService>,
+        rate_limits: Arc<RateLimits>,
     ) -> Self {
         MimiService {
             hub,
@@ -102,6 +107,7 @@ impl MimiService {
             limits,
             metrics,
             group_info,
+            rate_limits,
         }
     }
 
@@ -189,6 +195,7 @@ impl MimiService {
                     requester.user()
                 )));
             }
+            self.rate_limits.check_claim(&requester.user(), &target)?;
             let outcome = self
                 .hub
                 .claim_key_packages(requester.user(), target.clone())

@@ -31,6 +31,7 @@ use crate::h3::{H3Limits, H3Server, ShutdownHandle};
 use crate::hub_key::HubKey;
 use crate::metrics::{Limit, Metrics, RaftTotals};
 use crate::peering::{MimiService, NotifySender};
+use crate::rate_limit::RateLimits;
 use crate::tls::{server_config, TlsMaterial};
 use crate::wire::Limits;
 
@@ -201,6 +202,9 @@ async fn start_inner(
             .context("loading the hub signing key")?,
     );
     let group_info = Arc::new(GroupInfoService::new(hub.clone(), hub_key));
+    // Per node and in memory (ARCHITECTURE.md "Rate limits"); shared by both APIs so a
+    // target's claim limit counts local and remote requesters alike.
+    let rate_limits = Arc::new(RateLimits::new(&config.limits.rate));
     let service = service.unwrap_or_else(|| {
         Arc::new(MimiService::new(
             hub.clone(),
@@ -211,6 +215,7 @@ async fn start_inner(
             },
             metrics.clone(),
             group_info.clone(),
+            rate_limits.clone(),
         ))
     });
     let h3 = H3Server::bind(
@@ -230,9 +235,10 @@ async fn start_inner(
             metrics.clone(),
             peers.clone(),
             group_info,
+            rate_limits.clone(),
         ),
         DirectoryDocument::new(&config.domain, metrics.clone()),
-        FederationApi::new(config.domain.clone(), service, metrics.clone()),
+        FederationApi::new(config.domain.clone(), service, metrics.clone(), rate_limits),
     );
     let mut tasks = vec![h3.serve(Arc::new(routes))];
 

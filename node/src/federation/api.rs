@@ -3,8 +3,9 @@
 //!
 //! Order of checks, each answered with a status and a specific reason in the style of the
 //! client API ([`crate::api`]): unknown endpoint 404; wrong method 405 with `Allow`; missing
-//! path parameter 404; authentication ([`super::auth`]) 401/400/403/421; a path parameter that
-//! is not UTF-8 after percent-decoding 400. Only then does the [`FederationService`] see the
+//! path parameter 404; authentication ([`super::auth`]) 401/400/403/421; the peer's request
+//! rate (`limits.rate.peer_*`, keyed by the authenticated domain, [`crate::rate_limit`]) 429
+//! with `Retry-After`; a path parameter that is not UTF-8 after percent-decoding 400. Only then does the [`FederationService`] see the
 //! request, as a [`PeerRequest`] naming the authenticated peer domain. Routing before
 //! authentication reveals nothing: the endpoint list is public in the directory.
 //!
@@ -28,6 +29,7 @@ use super::{auth, FederationService, PeerRequest, S2sEndpoint};
 use crate::api::{Answer, Refusal};
 use crate::h3::{Handler, Request, Response};
 use crate::metrics::Metrics;
+use crate::rate_limit::RateLimits;
 
 /// Path prefix of the server-to-server API.
 pub const PREFIX: &str = "/v1/";
@@ -37,16 +39,23 @@ pub struct FederationApi {
     domain: String,
     service: Arc<dyn FederationService>,
     metrics: Arc<Metrics>,
+    rate_limits: Arc<RateLimits>,
 }
 
 impl FederationApi {
     /// The API of provider `domain` (our domain: requests must be addressed to it), passing
-    /// authenticated requests to `service`.
-    pub fn new(domain: String, service: Arc<dyn FederationService>, metrics: Arc<Metrics>) -> Self {
+    /// authenticated requests within `rate_limits` to `service`.
+    pub fn new(
+        domain: String,
+        service: Arc<dyn FederationService>,
+        metrics: Arc<Metrics>,
+        rate_limits: Arc<RateLimits>,
+    ) -> Self {
         FederationApi {
             domain,
             service,
             metrics,
+            rate_limits,
         }
     }
 
@@ -91,6 +100,10 @@ impl FederationApi {
                 return (label, Err(refusal));
             }
         };
+        if let Err(refusal) = self.rate_limits.check_peer(&from) {
+            tracing::debug!(peer = %from, reason = %refusal.reason, "peer request rate-limited");
+            return (label, Err(refusal));
+        }
         let param = match percent_encoding::percent_decode_str(param).decode_utf8() {
             Ok(param) => param.into_owned(),
             Err(_) => {
