@@ -263,6 +263,13 @@ fn node_config(args: &NodeArgs) -> Config {
         ..Config::default()
     };
     config.cluster.fsync = !args.no_fsync;
+    // A bench user sends far beyond what a person does (a room's one sender at thousands of
+    // messages per second): the per-user and per-peer rate limits, sized for people and
+    // peers, would measure themselves instead of the node.
+    config.limits.rate.user_requests_per_sec = 1e9;
+    config.limits.rate.user_burst = 1_000_000_000;
+    config.limits.rate.peer_requests_per_sec = 1e9;
+    config.limits.rate.peer_burst = 1_000_000_000;
     if let Some(shards) = args.shards {
         config.cluster.shards = shards;
     }
