@@ -439,6 +439,13 @@ impl RoomState {
     }
 
     /// Whether follower `provider` is to receive `item`: it hosts a client that is.
+    ///
+    /// [IMPL CHOICE] MIMI.md §5.4 routes a Welcome by the KeyPackageRefs in it, through a
+    /// `KeyPackageRef -> provider` record the hub keeps from `keyMaterial`. Here the Welcome's
+    /// recipients are the clients its Commit adds, whose KeyPackage credentials the hub verified
+    /// (`check_welcome`: the Welcome's `new_member` refs are exactly the added KeyPackages), so
+    /// each goes to the provider of its client's domain: the same providers, including for
+    /// KeyPackages that were not fetched through this hub, and no record to keep or expire.
     pub fn visible_to_provider(&self, item: &LogItem, provider: &str) -> bool {
         self.log
             .clients()
