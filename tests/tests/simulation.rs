@@ -8,11 +8,12 @@
 //! * `MIMID_SIM_LEAF_NOT_BEFORE=s`: the MLS leaf-lifetime window a report printed (trace hashes
 //!   cover MLS bytes, which contain it; it changes every 28 days).
 //!
-//! Measured on the 2-core dev VM: a debug build runs about 31 seeds/s on two threads (this file
-//! takes about 17 s with 500 seeds), a release build about 110 seeds/s; a seed simulates 30 s
-//! of faults plus the time to settle (about 30 s of simulated time, ~1000x faster than real
-//! time in release). The nightly-sized run prints seeds, simulated hours, coverage, faults by
-//! kind and violations:
+//! Measured on the 2-core dev VM: a debug build runs about 26 seeds/s on two threads (this file
+//! takes about 20 s with 500 seeds; 31 seeds/s and 17 s before the follower provider joined),
+//! a release build about 100 seeds/s (20,000 seeds in 194 s); a seed simulates 30 s of faults
+//! plus the time to settle (about 31 s of simulated time, ~1500x faster than real time per
+//! thread in release). The nightly-sized run prints seeds, simulated hours, coverage,
+//! federation, faults by kind and violations:
 //!
 //! ```text
 //! MIMID_SIM_SEEDS=20000 cargo test --release -p mimid-tests --test simulation -- --nocapture
@@ -31,7 +32,9 @@ const DEFAULT_SEEDS: u64 = 500;
 
 /// Every seed holds every invariant: one log, one Commit per epoch, no acknowledged item lost,
 /// nothing accepted from removed members, every request answered, convergence and liveness
-/// after the faults heal (research/reliability.md §5.1).
+/// after the faults heal (research/reliability.md §5.1); and for the follower provider
+/// (MIMI.md §5.4): its mirror is always a prefix of the hub's log restricted to what it is to
+/// see, without duplicates, nothing it acknowledged is lost, and it catches up after healing.
 #[test]
 fn seeds_hold_every_invariant() {
     let config = config();
@@ -56,7 +59,7 @@ fn seeds_hold_every_invariant() {
     let mut faults = FaultCounts::default();
     let mut requests = RequestCounts::default();
     let mut coverage = Coverage::default();
-    let (mut simulated_ms, mut events, mut items) = (0u64, 0u64, 0u64);
+    let (mut simulated_ms, mut events, mut items, mut mirrored) = (0u64, 0u64, 0u64, 0u64);
     let mut failures = Vec::new();
     for (seed, outcome) in &outcomes {
         match outcome {
@@ -67,6 +70,7 @@ fn seeds_hold_every_invariant() {
                 simulated_ms += report.simulated_ms;
                 events += report.events;
                 items += report.log_items;
+                mirrored += report.mirror_items;
                 if !report.violations.is_empty() {
                     let shown: Vec<String> = report
                         .violations
@@ -86,7 +90,7 @@ fn seeds_hold_every_invariant() {
         }
     }
     println!(
-        "simulation: {count} seeds from {first} in {elapsed:.1} s ({:.1} seeds/s), {:.2} simulated hours ({:.0}x wall clock), {events} events, {items} room log items",
+        "simulation: {count} seeds from {first} in {elapsed:.1} s ({:.1} seeds/s), {:.2} simulated hours ({:.0}x wall clock), {events} events, {items} room log items, {mirrored} mirrored by the follower",
         count as f64 / elapsed,
         simulated_ms as f64 / 3_600_000.0,
         simulated_ms as f64 / 1000.0 / elapsed,
@@ -96,8 +100,12 @@ fn seeds_hold_every_invariant() {
         requests.sent, requests.acknowledged, requests.rejected, requests.refused, requests.indeterminate
     );
     println!(
-        "coverage: {} commits acknowledged, {} commits lost their epoch, {} requests from removed clients refused, {} snapshots installed, {} messages decrypted by members",
-        coverage.commits_acknowledged, coverage.commits_lost_epoch, coverage.removed_client_refusals, coverage.snapshots_installed, coverage.messages_decrypted
+        "coverage: {} commits acknowledged, {} commits lost their epoch, {} requests from removed clients refused, {} snapshots installed, {} messages decrypted by members ({} from the follower's mirror)",
+        coverage.commits_acknowledged, coverage.commits_lost_epoch, coverage.removed_client_refusals, coverage.snapshots_installed, coverage.messages_decrypted, coverage.mirror_messages_decrypted
+    );
+    println!(
+        "federation: {} notifies sent, {} delivered, {} failed or timed out, {} notified items deduplicated by the follower, {} fan-out cores started by hub leaders, {} cursors recorded",
+        coverage.notifies_sent, coverage.notifies_delivered, coverage.notifies_failed, coverage.notified_items_deduplicated, coverage.fanout_cores_started, coverage.fanout_cursors_recorded
     );
     for (kind, n) in faults.fields() {
         println!("faults: {kind}: {n}");
@@ -117,7 +125,14 @@ fn seeds_hold_every_invariant() {
         && coverage.commits_lost_epoch > 0
         && coverage.removed_client_refusals > 0
         && coverage.snapshots_installed > 0
+        && coverage.mirror_messages_decrypted > 0
+        && coverage.notifies_failed > 0
+        && coverage.notified_items_deduplicated > 0
+        && coverage.fanout_cores_started > count
+        && coverage.fanout_cursors_recorded > 0
         && faults.crashes_losing_writes > 0
+        && faults.follower_crashes > 0
+        && faults.provider_partitions > 0
         && faults.partitions > 0;
     assert!(
         count < COVERAGE_MIN_SEEDS || exercised,
@@ -151,14 +166,14 @@ fn a_seed_replays_to_the_same_trace_hash() {
 }
 
 /// A hub that tells the loser of an epoch "success" (so two Commits are acknowledged for one
-/// epoch, RFC 9420 §14) and a replica that acknowledges messages it never appends must both
-/// be caught; the same seeds without the bug are clean.
+/// epoch, RFC 9420 §14), a replica that acknowledges messages it never appends, and a
+/// follower that ignores hub seqs (MIMI.md §5.4: a resend batched differently is appended
+/// again) must all be caught; the same seeds without the bug are clean.
 #[test]
 fn planted_bugs_are_caught() {
-    let seeds = 0..PLANTED_SEEDS;
-    let catches = |bug: PlantedBug, kinds: &[ViolationKind]| {
+    let catches_in = |seeds: std::ops::Range<u64>, bug: PlantedBug, kinds: &[ViolationKind]| {
         let config = SimConfig { bug, ..config() };
-        run_seeds(seeds.clone(), &config)
+        run_seeds(seeds, &config)
             .into_iter()
             .filter(|(_, outcome)| {
                 outcome.as_ref().is_ok_and(|report| {
@@ -170,6 +185,7 @@ fn planted_bugs_are_caught() {
             })
             .count()
     };
+    let catches = |bug, kinds: &[ViolationKind]| catches_in(0..PLANTED_SEEDS, bug, kinds);
     let lying = catches(
         PlantedBug::AckLosingCommits,
         &[ViolationKind::TwoCommitsAcked, ViolationKind::AckedItemLost],
@@ -178,16 +194,27 @@ fn planted_bugs_are_caught() {
         PlantedBug::SkipMessagesOn(2),
         &[ViolationKind::LogDivergence, ViolationKind::AckedItemLost],
     );
+    // A duplicate needs a resend batched differently from what the follower already applied
+    // (a lost 201 while more items arrived, or a new hub leader resending from the durable
+    // cursor): about one seed in four has one.
+    let duplicating = catches_in(
+        0..FOLLOWER_PLANTED_SEEDS,
+        PlantedBug::FollowerIgnoresHubSeqs,
+        &[ViolationKind::MirrorDuplicate],
+    );
     let clean = catches(
         PlantedBug::None,
         &[
             ViolationKind::TwoCommitsAcked,
             ViolationKind::AckedItemLost,
             ViolationKind::LogDivergence,
+            ViolationKind::MirrorDivergence,
+            ViolationKind::MirrorDuplicate,
+            ViolationKind::NotifiedItemLost,
         ],
     );
     println!(
-        "planted bugs caught in {PLANTED_SEEDS} seeds: acknowledging losing Commits {lying}, skipping messages on one replica {skipping}; unmodified flagged {clean}"
+        "planted bugs caught in {PLANTED_SEEDS} seeds: acknowledging losing Commits {lying}, skipping messages on one replica {skipping}, unmodified flagged {clean}; in {FOLLOWER_PLANTED_SEEDS} seeds: follower ignoring hub seqs {duplicating}"
     );
     assert_eq!(clean, 0, "the unmodified state machine was flagged");
     assert!(
@@ -198,9 +225,15 @@ fn planted_bugs_are_caught() {
         skipping >= PLANTED_SEEDS as usize / 2,
         "a replica skipping messages was caught in only {skipping} of {PLANTED_SEEDS} seeds"
     );
+    assert!(
+        duplicating >= 2,
+        "a follower ignoring hub seqs was caught in only {duplicating} of {FOLLOWER_PLANTED_SEEDS} seeds"
+    );
 }
 
 const PLANTED_SEEDS: u64 = 8;
+/// Seeds for the follower's planted bug (caught in 28 of seeds 0-99 when it was added).
+const FOLLOWER_PLANTED_SEEDS: u64 = 16;
 
 /// From this many seeds on, every fault kind and every checked path must have occurred.
 const COVERAGE_MIN_SEEDS: u64 = 100;

@@ -16,6 +16,16 @@
 //! (no acknowledged item lost), no two Commits of one epoch are acknowledged, and a body every
 //! attempt of which was refused never appears. At the end: replicas converged on the reference,
 //! every request was answered, and the liveness probes succeeded.
+//!
+//! Federation (MIMI.md §5.4) is checked the same way, against the *projection*: the reference
+//! restricted to the items the follower provider is to see (`RoomState::visible_to_provider`,
+//! recorded as the reference grows). The follower's mirror logs (local seqs) must each be a
+//! prefix of one mirror reference, and item `n` of that reference must be projection item `n`
+//! (same bytes and hub time; a Welcome addressed to exactly the follower's clients it adds), so
+//! the mirror as (hub seq, body) pairs is the projection in hub order, without duplicates, at
+//! every point a prefix of it. What the follower acknowledged (201) must survive its crashes;
+//! the hub's durable fan-out cursor never passes what the follower acknowledged; after the
+//! faults heal, every follower replica holds the whole projection.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -31,6 +41,58 @@ pub type BodyDigest = [u8; 32];
 
 pub fn digest(bytes: &[u8]) -> BodyDigest {
     Sha256::digest(bytes).into()
+}
+
+/// The digest an item is known by: of its MLS message (a Welcome's `to` and tree aside).
+pub fn body_digest(body: &ItemBody) -> BodyDigest {
+    match body {
+        ItemBody::Commit { message } | ItemBody::Application { message } => digest(message),
+        ItemBody::Welcome { welcome, .. } => digest(welcome),
+        ItemBody::Proposals { messages } => digest(&messages.concat()),
+    }
+}
+
+/// Whether `got` (a follower's mirror item) is hub item `hub` as follower `follower` receives
+/// it: the same bytes, and a Welcome addressed to exactly the follower's clients among those it
+/// adds. The epoch of a Welcome is the edge's guess, so epochs are not compared.
+///
+/// Time: `RoomLog::append` never lets time go backwards, from the log's creation time on, and
+/// `MirrorRoom::new` takes its creation time from the *follower's* stamp on the first notify,
+/// which is later than the hub's time of the items it brings. So the mirror's first item may
+/// carry a later time than the hub's, and each later item carries the hub's time or its
+/// predecessor's, whichever is later (`previous_ts`: the mirror's previous item, if any).
+fn mirrors(hub: &LogItem, got: &LogItem, previous_ts: Option<u64>, follower: &str) -> bool {
+    let time_ok = match previous_ts {
+        Some(previous) => got.ts_ms == hub.ts_ms.max(previous),
+        None => got.ts_ms >= hub.ts_ms,
+    };
+    if !time_ok {
+        return false;
+    }
+    match (&hub.body, &got.body) {
+        (ItemBody::Commit { message: a }, ItemBody::Commit { message: b })
+        | (ItemBody::Application { message: a }, ItemBody::Application { message: b }) => a == b,
+        (ItemBody::Proposals { messages: a }, ItemBody::Proposals { messages: b }) => a == b,
+        (
+            ItemBody::Welcome {
+                welcome: w1,
+                ratchet_tree: t1,
+                to: to1,
+            },
+            ItemBody::Welcome {
+                welcome: w2,
+                ratchet_tree: t2,
+                to: to2,
+            },
+        ) => {
+            let routed: Vec<&ClientId> = to1
+                .iter()
+                .filter(|client| client.domain() == follower)
+                .collect();
+            w1 == w2 && t1 == t2 && to2.iter().eq(routed)
+        }
+        _ => false,
+    }
 }
 
 /// What kind of invariant broke.
@@ -73,6 +135,15 @@ pub enum ViolationKind {
     Liveness,
     /// The run hit its event bound.
     EventBound,
+    /// A follower's mirror is not a prefix of the hub's log restricted to what the follower is
+    /// to see (another item, a gap, an item the hub never fanned out, a misrouted Welcome).
+    MirrorDivergence,
+    /// A follower's mirror holds a hub item twice (MIMI.md §5.4: resends are absorbed).
+    MirrorDuplicate,
+    /// Items the follower acknowledged (201) are missing from its mirror at the end.
+    NotifiedItemLost,
+    /// The hub's durable fan-out cursor moved past what the follower acknowledged.
+    FanoutCursorAhead,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +193,15 @@ pub struct Checker {
     removed: BTreeSet<ClientId>,
     /// Commits acknowledged, by the epoch they were built in.
     acked_commits: BTreeMap<u64, BodyDigest>,
+    /// Hub seqs of the reference items the follower is to see, in order.
+    projection: Vec<u64>,
+    /// Reference items classified for the projection so far (a prefix of the reference).
+    classified: u64,
+    /// The follower's mirror log, by local seq: grows as follower replicas apply.
+    mirror: Vec<LogItem>,
+    mirror_digests: BTreeSet<BodyDigest>,
+    /// The furthest hub seq the follower acknowledged with a 201.
+    follower_acked: u64,
     violations: Vec<Violation>,
 }
 
@@ -274,6 +354,204 @@ impl Checker {
         }
     }
 
+    // Federation.
+
+    /// Reference items not yet classified for the projection: from this seq on.
+    pub fn unclassified(&self) -> u64 {
+        self.classified + 1
+    }
+
+    /// Classifies reference items from seq `from` on: `visible[i]` says whether the follower is
+    /// to see item `from + i`, as the hub's state decides it. Items classified already are
+    /// skipped; visibility of an item never changes once it is in the log.
+    pub fn classify(&mut self, from: u64, visible: &[bool]) {
+        for (offset, &visible) in visible.iter().enumerate() {
+            let seq = from + offset as u64;
+            if seq != self.classified + 1 || seq > self.reference.len() as u64 {
+                continue;
+            }
+            self.classified = seq;
+            if visible {
+                self.projection.push(seq);
+            }
+        }
+    }
+
+    /// How many items the follower is to see so far.
+    pub fn projection_len(&self) -> usize {
+        self.projection.len()
+    }
+
+    /// The follower's mirror as far as any of its replicas applied it.
+    pub fn mirror(&self) -> &[LogItem] {
+        &self.mirror
+    }
+
+    /// The follower answered 201 to a notify whose last item is hub seq `last`: it promised
+    /// (durably) every item for it up to there.
+    pub fn on_notify_acked(&mut self, last: u64) {
+        self.follower_acked = self.follower_acked.max(last);
+    }
+
+    /// How many projection items the follower acknowledged.
+    fn acked_projection(&self) -> usize {
+        self.projection
+            .partition_point(|&seq| seq <= self.follower_acked)
+    }
+
+    /// A hub replica's durable fan-out cursor for the follower may not pass its 201s.
+    pub fn check_cursor(&mut self, node: u64, cursor: u64) {
+        if cursor > self.follower_acked {
+            self.violation(
+                ViolationKind::FanoutCursorAhead,
+                format!(
+                    "replica {node} records the follower at seq {cursor}, acknowledged up to {}",
+                    self.follower_acked
+                ),
+            );
+        }
+    }
+
+    /// Compares `items` (follower replica `node`'s mirror from local seq `items[0].seq`) with
+    /// the mirror reference, extending it with what is new, each new item checked against the
+    /// projection. Stops at the first difference.
+    pub fn observe_mirror(
+        &mut self,
+        node: u64,
+        items: &[LogItem],
+        follower: &str,
+        trace: &mut Trace,
+        now: u64,
+    ) {
+        for item in items {
+            let known = self.mirror.len() as u64;
+            if item.seq <= known {
+                if self.mirror[(item.seq - 1) as usize] != *item {
+                    self.violation(
+                        ViolationKind::MirrorDivergence,
+                        format!(
+                            "follower replica {node} has a different item at local seq {}",
+                            item.seq
+                        ),
+                    );
+                    return;
+                }
+                continue;
+            }
+            if item.seq != known + 1 {
+                self.violation(
+                    ViolationKind::MirrorDivergence,
+                    format!(
+                        "follower replica {node} has local seq {} right after {known}",
+                        item.seq
+                    ),
+                );
+                return;
+            }
+            let body = body_digest(&item.body);
+            let expected = self.projection.get(known as usize).copied();
+            if self.mirror_digests.contains(&body) {
+                let hub_seq = self.positions.get(&body).copied().unwrap_or(0);
+                self.violation(
+                    ViolationKind::MirrorDuplicate,
+                    format!(
+                        "follower replica {node} repeats hub seq {hub_seq} at local seq {}",
+                        item.seq
+                    ),
+                );
+                return;
+            }
+            let Some(hub_seq) = expected else {
+                self.violation(
+                    ViolationKind::MirrorDivergence,
+                    format!(
+                        "follower replica {node} holds local seq {}, beyond the {known} items the hub has for it",
+                        item.seq
+                    ),
+                );
+                return;
+            };
+            let hub_item = &self.reference[(hub_seq - 1) as usize];
+            let previous_ts = self.mirror.last().map(|item| item.ts_ms);
+            if !mirrors(hub_item, item, previous_ts, follower) {
+                self.violation(
+                    ViolationKind::MirrorDivergence,
+                    format!(
+                        "follower replica {node} holds at local seq {} something else than hub seq {hub_seq}",
+                        item.seq
+                    ),
+                );
+                return;
+            }
+            trace.record(
+                now,
+                Event::MirrorItem {
+                    seq: item.seq,
+                    hub_seq,
+                },
+            );
+            self.mirror_digests.insert(body);
+            self.mirror.push(item.clone());
+        }
+    }
+
+    /// A follower's client read `items` from a follower replica: each must be the mirror
+    /// reference item at its local seq.
+    pub fn check_mirror_read(&mut self, client: &ClientId, items: &[LogItem]) -> bool {
+        for item in items {
+            let matches = usize::try_from(item.seq)
+                .ok()
+                .and_then(|seq| seq.checked_sub(1))
+                .and_then(|index| self.mirror.get(index))
+                .is_some_and(|expected| expected == item);
+            if !matches {
+                self.violation(
+                    ViolationKind::MirrorDivergence,
+                    format!(
+                        "{client} read an item at local seq {} that is not in the mirror",
+                        item.seq
+                    ),
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    /// End-of-run checks of the follower: `logs` are the full mirrors of its replicas that are
+    /// up, by node id; each must hold the whole projection, and at least what was acknowledged.
+    pub fn finish_mirror(
+        &mut self,
+        logs: &[(u64, Vec<LogItem>)],
+        follower: &str,
+        trace: &mut Trace,
+        now: u64,
+    ) {
+        let acked = self.acked_projection();
+        for (node, log) in logs {
+            self.observe_mirror(*node, log, follower, trace, now);
+            if log.len() < acked {
+                self.violation(
+                    ViolationKind::NotifiedItemLost,
+                    format!(
+                        "follower replica {node} mirrors {} items but acknowledged {acked}",
+                        log.len()
+                    ),
+                );
+            }
+            if log.len() != self.projection.len() {
+                self.violation(
+                    ViolationKind::NotConverged,
+                    format!(
+                        "follower replica {node} mirrors {} of the {} items the hub has for it",
+                        log.len(),
+                        self.projection.len()
+                    ),
+                );
+            }
+        }
+    }
+
     fn check_ack(&mut self, request: u64, body: &BodyDigest, seq: u64) {
         // Not yet in the reference: checked again at the end by `recheck_acks`.
         if let Some(at) = self.body_at(seq) {
@@ -310,11 +588,7 @@ impl Checker {
 
     fn extend(&mut self, item: LogItem, trace: &mut Trace, now: u64) {
         let seq = item.seq;
-        let body = match &item.body {
-            ItemBody::Commit { message } | ItemBody::Application { message } => digest(message),
-            ItemBody::Welcome { welcome, .. } => digest(welcome),
-            ItemBody::Proposals { messages } => digest(&messages.concat()),
-        };
+        let body = body_digest(&item.body);
         trace.record(
             now,
             Event::Item {
@@ -513,6 +787,186 @@ mod tests {
             vec![
                 ViolationKind::AckedItemLost,
                 ViolationKind::RefusedItemInLog
+            ]
+        );
+    }
+
+    fn welcome(seq: u64, epoch: u64, bytes: &[u8], to: &[ClientId]) -> LogItem {
+        LogItem {
+            seq,
+            ts_ms: seq,
+            epoch,
+            body: ItemBody::Welcome {
+                welcome: bytes.to_vec(),
+                ratchet_tree: vec![9],
+                to: to.to_vec(),
+            },
+        }
+    }
+
+    fn remote(name: &str) -> ClientId {
+        ClientId::parse(&format!("mimi://b.example/d/{name}/laptop")).unwrap()
+    }
+
+    /// A hub log of four items of which the follower is to see 2-4, and the checker that
+    /// knows it; the Welcome adds Cathy (hub) and Bob (follower).
+    fn federated() -> (Checker, Trace, Vec<LogItem>) {
+        let mut checker = Checker::default();
+        let mut trace = Trace::new(false);
+        submit(&mut checker, "alice", b"c0", &[]);
+        checker.register(
+            digest(b"w"),
+            Submission {
+                sender: client("alice"),
+                removes: Vec::new(),
+                plaintext: None,
+                welcome_of: Some(digest(b"c0")),
+            },
+        );
+        submit(&mut checker, "alice", b"m1", &[]);
+        submit(&mut checker, "cathy", b"m2", &[]);
+        let hub = vec![
+            commit(1, 0, b"c0"),
+            welcome(2, 1, b"w", &[client("cathy"), remote("bob")]),
+            message(3, 1, b"m1"),
+            message(4, 1, b"m2"),
+        ];
+        checker.observe_log(1, &hub, &mut trace, 0);
+        checker.classify(1, &[false, true, true, true]);
+        (checker, trace, hub)
+    }
+
+    /// The follower's item `local` made of hub item `hub` as the edge would store it.
+    fn mirrored(hub: &LogItem, local: u64) -> LogItem {
+        let body = match &hub.body {
+            ItemBody::Welcome {
+                welcome,
+                ratchet_tree,
+                to,
+            } => ItemBody::Welcome {
+                welcome: welcome.clone(),
+                ratchet_tree: ratchet_tree.clone(),
+                to: to
+                    .iter()
+                    .filter(|client| client.domain() == "b.example")
+                    .cloned()
+                    .collect(),
+            },
+            other => other.clone(),
+        };
+        LogItem {
+            seq: local,
+            ts_ms: hub.ts_ms,
+            epoch: hub.epoch,
+            body,
+        }
+    }
+
+    /// MIMI.md §5.4: prefixes of the projection pass wherever they start; a read must match.
+    #[test]
+    fn mimi_5_4_mirror_prefixes_of_the_projection_pass() {
+        let (mut checker, mut trace, hub) = federated();
+        let mirror: Vec<LogItem> = hub[1..]
+            .iter()
+            .zip(1..)
+            .map(|(item, local)| mirrored(item, local))
+            .collect();
+        checker.observe_mirror(4, &mirror[..1], "b.example", &mut trace, 0);
+        checker.observe_mirror(5, &mirror, "b.example", &mut trace, 0);
+        checker.observe_mirror(6, &mirror[2..], "b.example", &mut trace, 0);
+        assert!(checker.check_mirror_read(&remote("bob"), &mirror[1..]));
+        checker.on_notify_acked(4);
+        checker.check_cursor(1, 4);
+        checker.finish_mirror(&[(4, mirror.clone())], "b.example", &mut trace, 0);
+        assert!(
+            checker.violations().is_empty(),
+            "{:?}",
+            checker.violations()
+        );
+        assert_eq!(checker.mirror().len(), 3);
+    }
+
+    /// A resend appended again (a follower deduplicating by body hash only) is reported.
+    #[test]
+    fn mimi_5_4_a_hub_item_mirrored_twice_is_reported() {
+        let (mut checker, mut trace, hub) = federated();
+        let mirror = vec![
+            mirrored(&hub[1], 1),
+            mirrored(&hub[2], 2),
+            mirrored(&hub[2], 3),
+        ];
+        checker.observe_mirror(4, &mirror, "b.example", &mut trace, 0);
+        assert_eq!(kinds(&checker), vec![ViolationKind::MirrorDuplicate]);
+    }
+
+    /// A skipped item, an item the follower is not to see, and a Welcome routed to a client
+    /// of another provider are each reported; a read of an unknown item too.
+    #[test]
+    fn mimi_5_4_gaps_invisible_items_and_misrouted_welcomes_are_reported() {
+        let (mut checker, mut trace, hub) = federated();
+        checker.observe_mirror(
+            4,
+            &[mirrored(&hub[1], 1), mirrored(&hub[3], 2)],
+            "b.example",
+            &mut trace,
+            0,
+        );
+        let (mut other, mut trace2, hub2) = federated();
+        other.observe_mirror(4, &[mirrored(&hub2[0], 1)], "b.example", &mut trace2, 0);
+        let (mut third, mut trace3, hub3) = federated();
+        let mut misrouted = mirrored(&hub3[1], 1);
+        if let ItemBody::Welcome { to, .. } = &mut misrouted.body {
+            to.push(client("cathy"));
+        }
+        third.observe_mirror(4, &[misrouted.clone()], "b.example", &mut trace3, 0);
+        assert!(!third.check_mirror_read(&remote("bob"), &[misrouted]));
+        assert_eq!(kinds(&checker), vec![ViolationKind::MirrorDivergence]);
+        assert_eq!(kinds(&other), vec![ViolationKind::MirrorDivergence]);
+        assert_eq!(
+            kinds(&third),
+            vec![
+                ViolationKind::MirrorDivergence,
+                ViolationKind::MirrorDivergence
+            ]
+        );
+    }
+
+    /// The mirror's creation time (the follower's clock) may raise the first item's time;
+    /// later items keep the hub's time unless that would go backwards.
+    #[test]
+    fn mirror_times_follow_the_hub_from_the_mirror_creation_on() {
+        let (mut checker, mut trace, hub) = federated();
+        let mut first = mirrored(&hub[1], 1);
+        first.ts_ms = 3;
+        let mut second = mirrored(&hub[2], 2);
+        second.ts_ms = 3;
+        checker.observe_mirror(4, &[first, second], "b.example", &mut trace, 0);
+        assert!(checker.violations().is_empty());
+        let mut late = mirrored(&hub[3], 3);
+        late.ts_ms = 7;
+        checker.observe_mirror(4, &[late], "b.example", &mut trace, 0);
+        assert_eq!(kinds(&checker), vec![ViolationKind::MirrorDivergence]);
+    }
+
+    /// What the follower acknowledged must be in every replica's final mirror, and the hub's
+    /// durable cursor may not pass it; a follower behind the projection has not converged.
+    #[test]
+    fn acknowledged_notifies_and_cursors_are_checked() {
+        let (mut checker, mut trace, hub) = federated();
+        checker.on_notify_acked(3);
+        checker.check_cursor(2, 4);
+        checker.finish_mirror(
+            &[(4, vec![mirrored(&hub[1], 1)])],
+            "b.example",
+            &mut trace,
+            0,
+        );
+        assert_eq!(
+            kinds(&checker),
+            vec![
+                ViolationKind::FanoutCursorAhead,
+                ViolationKind::NotifiedItemLost,
+                ViolationKind::NotConverged
             ]
         );
     }

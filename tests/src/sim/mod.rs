@@ -1,22 +1,43 @@
-//! Deterministic whole-system simulation, version 1 (STYLE.md §8; research/reliability.md
-//! §1.2, §5.1): three replicas of one shard group, real openmls clients, an adversarial network
-//! and power failures, all in one thread, driven by one seed.
+//! Deterministic whole-system simulation, version 2 (STYLE.md §8; research/reliability.md
+//! §1.2, §5.1): two providers, each a three-replica shard group, real openmls clients on both,
+//! federation between them, an adversarial network and power failures, all in one thread,
+//! driven by one seed.
 //!
 //! What runs for real: raft-rs `RawNode`s (one per replica) driven in the `cluster` crate's
 //! Ready order, the production `ShardMachine` from `mimid-actors` (room state around openmls
-//! `PublicGroup`, room policy, the log), and openmls `MlsGroup` clients with the default room
-//! policy that create a room, add and remove members, send messages and race commits.
+//! `PublicGroup`, room policy, the log; on the follower, `MirrorRoom`), the production
+//! `FanoutCore` (MIMI.md §5.4: one notify in flight per follower, batches, backoff), and
+//! openmls `MlsGroup` clients with the default room policy that create a room, add and remove
+//! members, send messages and race commits.
+//!
+//! The two providers: `sim.example` is the room's hub (replicas 1-3); `b.example` is a follower
+//! (replicas 4-6) with two of the four clients (Bob, added first, and Dave, added later). The
+//! hub replica that leads runs a `FanoutCore` over its applied room state, as the room actor
+//! does (poll after apply and on retry timers, `on_delivered`, `on_failed`, cursors recorded
+//! through the hub's Raft as `Command::FanoutDelivered` 50 ms after the 201); a new leader
+//! starts a fresh core from the durable cursors, as a restarted node does. Each batch travels
+//! to the follower as a notify over the same faulty network; the follower proposes it as
+//! `Command::FanoutReceived` built as the node edge builds it (hub seqs set, Welcomes routed to
+//! the b.example clients they add) and answers 201 only once that entry is committed and
+//! applied; the answer travels back over the network too, and a notify without an answer
+//! times out. b.example clients read the room from the follower's mirror, never from the hub,
+//! and submit to the hub as their provider would forward it (`Submitter::Provider`).
 //!
 //! What is simulated: time (a manual clock; every delay is an event in one queue), the network
-//! between replicas (`network`: drops, duplicates, reordering delays, one-way and two-way
-//! partitions that heal later), disks (`storage`: writes are lost by a crash until synced),
-//! crashes and restarts, per-replica clock skew (the leader's stamp), and client connections
+//! between all six replicas (`network`: drops, duplicates, reordering delays, one-way and
+//! two-way partitions inside a provider and between the providers, all healing later), disks
+//! (`storage`: writes are lost by a crash until synced), crashes and restarts of either
+//! provider's replicas, per-replica clock skew (the leader's stamp), and client connections
 //! (requests go to the replica a client believes leads; a crash fails its pending requests).
 //!
 //! What is checked: see `checker` (one log, one Commit per epoch, no acknowledged item lost,
 //! nothing from removed members, every request answered, convergence and liveness after the
-//! faults heal), plus what real members observe (each can process every item it is delivered
-//! and decrypts exactly what was sent).
+//! faults heal; for the follower: its mirror is, at every point, a prefix of the hub's log
+//! restricted to what b.example is to see, in hub order and without duplicates; nothing it
+//! acknowledged is lost by its crashes; the hub's durable cursor never passes what the follower
+//! acknowledged; after healing it holds everything up to the hub's last item for it), plus what
+//! real members observe (each can process every item it is delivered, from the hub or from the
+//! mirror, and decrypts exactly what was sent).
 //!
 //! Determinism: every choice comes from a ChaCha RNG seeded with the seed, and the clients'
 //! openmls providers are seeded from it too (`crypto`), so MLS bytes are reproducible and the
@@ -26,10 +47,13 @@
 //!
 //! Not covered yet: the `cluster` crate's own driver and sled storage (threaded and
 //! sled-bound; this drives raft-rs directly in the same order), membership changes, several
-//! shards, the actix room actors and fan-out to push streams, the QUIC edges, the KeyPackage
-//! directory, standalone proposals, clock jumps during a run, torn writes and bit flips. The
-//! next step is to drive `cluster`'s own group code through storage and transport traits
-//! instead of this copy of its Ready order.
+//! shards, the actix room actors and fan-out to push streams, the QUIC edges and the
+//! federation wire codecs (notifies carry the command the edge would build), the follower's
+//! `Forwarder` (b.example clients submit to the hub replicas directly, with the submitter the
+//! forwarder would get), the KeyPackage directory (Welcome recipients are read from the hub's
+//! item), external joins, Retry-After from a rate limit, standalone proposals, clock jumps
+//! during a run, torn writes and bit flips. The next step is to drive `cluster`'s own group
+//! code through storage and transport traits instead of this copy of its Ready order.
 
 mod checker;
 mod client;
@@ -56,6 +80,10 @@ pub enum PlantedBug {
     /// Replica `n` acknowledges application messages without appending them (loses
     /// acknowledged items and diverges from the other replicas).
     SkipMessagesOn(u64),
+    /// The follower's replicas ignore the hub seqs of notified items and deduplicate only
+    /// byte-identical notify bodies (MIMI.md §5.4 without `mimi-hub-seqs`): a resend batched
+    /// differently is appended twice.
+    FollowerIgnoresHubSeqs,
 }
 
 /// How long a simulated client's KeyPackages and leaves are valid, from
@@ -113,9 +141,13 @@ pub struct FaultCounts {
     pub messages_undeliverable: u64,
     pub partitions: u64,
     pub crashes: u64,
+    /// Crashes (of those) of the follower provider's replicas.
+    pub follower_crashes: u64,
     /// Crashes that lost writes not yet synced.
     pub crashes_losing_writes: u64,
     pub restarts: u64,
+    /// Partitions (of those) between the two providers.
+    pub provider_partitions: u64,
     /// Moments all members were told to commit at once.
     pub commit_storms: u64,
 }
@@ -128,7 +160,7 @@ impl FaultCounts {
     }
 
     /// (name, count) for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 10] {
+    pub fn fields(&self) -> [(&'static str, u64); 12] {
         [
             ("messages dropped", self.messages_dropped),
             ("messages duplicated", self.messages_duplicated),
@@ -136,7 +168,9 @@ impl FaultCounts {
             ("messages cut by partitions", self.messages_partitioned),
             ("messages to crashed replicas", self.messages_undeliverable),
             ("partitions", self.partitions),
+            ("partitions between the providers", self.provider_partitions),
             ("crashes", self.crashes),
+            ("crashes of follower replicas", self.follower_crashes),
             ("crashes losing unsynced writes", self.crashes_losing_writes),
             ("restarts", self.restarts),
             ("commit storms", self.commit_storms),
@@ -144,7 +178,7 @@ impl FaultCounts {
     }
 
     /// The counters in the order of [`FaultCounts::fields`].
-    fn values_mut(&mut self) -> [&mut u64; 10] {
+    fn values_mut(&mut self) -> [&mut u64; 12] {
         [
             &mut self.messages_dropped,
             &mut self.messages_duplicated,
@@ -152,7 +186,9 @@ impl FaultCounts {
             &mut self.messages_partitioned,
             &mut self.messages_undeliverable,
             &mut self.partitions,
+            &mut self.provider_partitions,
             &mut self.crashes,
+            &mut self.follower_crashes,
             &mut self.crashes_losing_writes,
             &mut self.restarts,
             &mut self.commit_storms,
@@ -197,6 +233,20 @@ pub struct Coverage {
     pub snapshots_installed: u64,
     /// Items members decrypted and checked against what was sent.
     pub messages_decrypted: u64,
+    /// Of those, decrypted by b.example clients from the follower's mirror.
+    pub mirror_messages_decrypted: u64,
+    /// Notifies the hub sent (MIMI.md §5.4), counting resends.
+    pub notifies_sent: u64,
+    /// Notifies answered 201 in time (`FanoutCore::on_delivered`).
+    pub notifies_delivered: u64,
+    /// Notifies that failed or timed out (`FanoutCore::on_failed`, then a resend).
+    pub notifies_failed: u64,
+    /// Notified items the follower already had and dropped by hub seq or body hash.
+    pub notified_items_deduplicated: u64,
+    /// Fan-out cores a hub leader started from the durable cursors.
+    pub fanout_cores_started: u64,
+    /// `FanoutDelivered` cursors committed through the hub's Raft.
+    pub fanout_cursors_recorded: u64,
 }
 
 impl Coverage {
@@ -206,6 +256,13 @@ impl Coverage {
         self.removed_client_refusals += other.removed_client_refusals;
         self.snapshots_installed += other.snapshots_installed;
         self.messages_decrypted += other.messages_decrypted;
+        self.mirror_messages_decrypted += other.mirror_messages_decrypted;
+        self.notifies_sent += other.notifies_sent;
+        self.notifies_delivered += other.notifies_delivered;
+        self.notifies_failed += other.notifies_failed;
+        self.notified_items_deduplicated += other.notified_items_deduplicated;
+        self.fanout_cores_started += other.fanout_cores_started;
+        self.fanout_cursors_recorded += other.fanout_cursors_recorded;
     }
 }
 
@@ -219,6 +276,8 @@ pub struct SimReport {
     pub simulated_ms: u64,
     /// Items in the room log at the end.
     pub log_items: u64,
+    /// Items in the follower's mirror of the room at the end.
+    pub mirror_items: u64,
     pub faults: FaultCounts,
     pub requests: RequestCounts,
     pub coverage: Coverage,

@@ -72,6 +72,30 @@ pub enum Event<'a> {
     Phase {
         name: &'a str,
     },
+    /// Hub replica `hub` sent notify `notify` (items up to hub seq `last`) to follower replica
+    /// `to`.
+    Notify {
+        hub: u64,
+        to: u64,
+        notify: u64,
+        items: usize,
+        last: u64,
+    },
+    /// The outcome of a notify as the hub saw it (an answer, or a timeout).
+    NotifyOutcome {
+        notify: u64,
+        outcome: &'a str,
+    },
+    /// Hub replica `node` started leading and a fresh fan-out core.
+    FanoutCore {
+        node: u64,
+        generation: u64,
+    },
+    /// The follower's mirror grew to local seq `seq`, which is hub seq `hub_seq`.
+    MirrorItem {
+        seq: u64,
+        hub_seq: u64,
+    },
 }
 
 pub struct Trace {

@@ -1,21 +1,30 @@
 //! The simulation loop: one queue of timed events, handled one at a time in (time, order)
 //! order, so the seed alone decides what happens (STYLE.md P2, §8).
 //!
+//! Nodes 0-2 are the hub's replicas (raft ids 1-3), nodes 3-5 the follower provider's (raft
+//! ids 4-6, a group of their own); one network joins all six.
+//!
 //! Two phases. During the fault phase (`SimConfig::fault_ms`) clients act and faults are
-//! injected at random: crashes (restarted later), partitions (healed later), commit storms, and
-//! per-message drops, duplicates and delays at rates drawn per seed. Then everything heals:
-//! partitions go, crashed replicas restart, the network stops losing messages, clients finish
-//! what they started, and every member probes liveness with one more message. The run ends
-//! when replicas converged and probes succeeded, or at the settle deadline (a violation).
+//! injected at random: crashes of either provider's replicas (restarted later), partitions
+//! inside a provider and between the providers (healed later), commit storms, and per-message
+//! drops, duplicates and delays at rates drawn per seed. Then everything heals: partitions go,
+//! crashed replicas restart, the network stops losing messages, clients finish what they
+//! started, and every member probes liveness with one more message. The run ends when both
+//! providers' replicas converged, the follower mirrors everything the hub has for it and the
+//! probes succeeded, or at the settle deadline (a violation).
 
 mod clients;
+mod fanout;
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::ops::Range;
 
 use mimid_actors::command::Command;
 use mimid_actors::ids::RoomId;
+use mimid_actors::room::fanout::FanoutLimits;
 use mimid_actors::room::log::LogItem;
+use mimid_actors::shard::ApplyOutput;
 use openmls::prelude::Lifetime;
 use raft::eraftpb::{Message, MessageType};
 use rand::{Rng, SeedableRng};
@@ -30,6 +39,7 @@ use crate::sim::{
 };
 
 use self::clients::{Actor, Busy, Probe, Step, CLIENTS, CREATOR};
+use self::fanout::{HubFanout, NotifyArrival, NotifyId, NotifySent, NotifyStatus};
 
 pub struct World<'c> {
     config: &'c SimConfig,
@@ -38,13 +48,15 @@ pub struct World<'c> {
     now: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     next_order: u64,
+    /// Every node: the hub's replicas, then the follower's.
     replicas: Vec<Replica>,
     /// Bumped by every crash, so a sync scheduled before it is ignored.
     incarnations: Vec<u64>,
     failed: Vec<bool>,
     /// Crash instead of completing the next sync (power loss with a write in flight).
     crash_on_sync: Vec<bool>,
-    /// Per replica: seq up to which its room log was compared with the reference.
+    /// Per replica: seq up to which its room log (on the follower: its mirror, local seqs) was
+    /// compared with the reference.
     checked: Vec<u64>,
     diverged: Vec<bool>,
     /// Per replica: offset of its clock from the simulated clock, stamped into entries.
@@ -65,6 +77,18 @@ pub struct World<'c> {
     settling: bool,
     done: bool,
     room: RoomId,
+    /// Per hub replica: its fan-out while it leads.
+    fanouts: Vec<Option<HubFanout>>,
+    next_generation: u64,
+    limits: FanoutLimits,
+    notifies: BTreeMap<NotifyId, NotifySent>,
+    next_notify: NotifyId,
+    /// Follower-side requests made of notify arrivals.
+    notify_requests: BTreeMap<RequestId, NotifyArrival>,
+    /// Hub-side requests recording fan-out cursors.
+    cursor_records: BTreeSet<RequestId>,
+    /// The follower replica the hub believes leads (node index).
+    follower_guess: usize,
 }
 
 struct Scheduled {
@@ -95,7 +119,8 @@ impl Ord for Scheduled {
 
 enum Ev {
     Tick(usize),
-    Deliver(usize, Message),
+    /// Boxed: events are moved around the queue's heap, and a Raft message is most of one.
+    Deliver(usize, Box<Message>),
     Synced(usize, u64),
     RequestArrives(usize, RequestId),
     ReadArrives {
@@ -108,6 +133,16 @@ enum Ev {
     Wake(usize, u64),
     /// The transport tells replica `.0` whether its snapshot reached replica `.1`.
     SnapshotReport(usize, usize, bool),
+    /// A notify reaches follower replica `.0`.
+    NotifyArrives(usize, NotifyId),
+    /// The follower's answer to a notify reaches the hub replica that sent it.
+    NotifyAnswer(NotifyId, NotifyStatus),
+    /// The hub gives up waiting for a notify's answer.
+    NotifyTimeout(NotifyId),
+    /// The backoff after a failed notify of hub replica `.0`'s fan-out `.1` ended.
+    FanoutRetry(usize, u64),
+    /// Hub replica `.0`'s fan-out `.1` records acknowledged cursors through Raft.
+    RecordCursors(usize, u64),
     Fault,
     Restart(usize),
     HealPartition(u64),
@@ -138,14 +173,18 @@ impl<'c> World<'c> {
             inbox_capacity: 256,
         };
         let fault_interval_ms = pick(&mut rng, &[1_000, 3_000, 8_000]);
-        let voters: Vec<u64> = (1..=REPLICAS as u64).collect();
-        let replicas = voters
-            .iter()
-            .map(|&id| Replica::new(id, &voters, settings.clone(), config.bug))
+        let limits = FanoutLimits {
+            batch_items: pick(&mut rng, &[1, 3, 16]),
+            retry_initial_ms: pick(&mut rng, &[50, 200]),
+            retry_max_ms: pick(&mut rng, &[1_000, 4_000]),
+        };
+        let replicas = (0..NODES)
+            .map(|node| {
+                let voters: Vec<u64> = group_of(node).map(|other| other as u64 + 1).collect();
+                Replica::new(node as u64 + 1, &voters, settings.clone(), config.bug)
+            })
             .collect();
-        let skew_ms = (0..REPLICAS)
-            .map(|_| rng.gen_range(-1_500..=1_500))
-            .collect();
+        let skew_ms = (0..NODES).map(|_| rng.gen_range(-1_500..=1_500)).collect();
         let lifetime = Lifetime::init(
             config.leaf_not_before_s,
             config.leaf_not_before_s + LEAF_LIFETIME_S,
@@ -189,13 +228,13 @@ impl<'c> World<'c> {
             queue: BinaryHeap::new(),
             next_order: 0,
             replicas,
-            incarnations: vec![0; REPLICAS],
-            failed: vec![false; REPLICAS],
-            crash_on_sync: vec![false; REPLICAS],
-            checked: vec![0; REPLICAS],
-            diverged: vec![false; REPLICAS],
+            incarnations: vec![0; NODES],
+            failed: vec![false; NODES],
+            crash_on_sync: vec![false; NODES],
+            checked: vec![0; NODES],
+            diverged: vec![false; NODES],
             skew_ms,
-            network: Network::new(REPLICAS, rates),
+            network: Network::new(NODES, rates),
             partitions: BTreeMap::new(),
             next_partition: 0,
             fault_interval_ms,
@@ -211,10 +250,18 @@ impl<'c> World<'c> {
             settling: false,
             done: false,
             room: RoomId::parse(ROOM).expect("valid room URI"),
+            fanouts: (0..REPLICAS).map(|_| None).collect(),
+            next_generation: 1,
+            limits,
+            notifies: BTreeMap::new(),
+            next_notify: 1,
+            notify_requests: BTreeMap::new(),
+            cursor_records: BTreeSet::new(),
+            follower_guess: FOLLOWER,
         };
-        for node in 0..REPLICAS {
+        for node in 0..NODES {
             world.restart(node);
-            let first_tick = world.rng.gen_range(0..TICK_MS);
+            let first_tick = world.rng.gen_range(0..tick_ms(node));
             world.schedule(first_tick, Ev::Tick(node));
         }
         for client in 0..world.actors.len() {
@@ -254,6 +301,7 @@ impl<'c> World<'c> {
             events: self.trace.events(),
             simulated_ms: self.now,
             log_items: self.checker.reference().len() as u64,
+            mirror_items: self.checker.mirror().len() as u64,
             faults: self.faults,
             requests: self.counts,
             coverage: self.coverage,
@@ -267,12 +315,11 @@ impl<'c> World<'c> {
                 let mut out = Outbox::default();
                 self.replicas[node].on_tick(&mut self.trace, self.now, &mut out);
                 self.dispatch(node, out);
-                let next = self
-                    .rng
-                    .gen_range(TICK_MS - TICK_JITTER_MS..=TICK_MS + TICK_JITTER_MS);
+                let (tick, jitter) = (tick_ms(node), tick_ms(node) * 3 / 20);
+                let next = self.rng.gen_range(tick - jitter..=tick + jitter);
                 self.schedule(next, Ev::Tick(node));
             }
-            Ev::Deliver(node, message) => self.deliver(node, message),
+            Ev::Deliver(node, message) => self.deliver(node, *message),
             Ev::Synced(node, incarnation) => {
                 if incarnation == self.incarnations[node]
                     && std::mem::take(&mut self.crash_on_sync[node])
@@ -313,6 +360,15 @@ impl<'c> World<'c> {
                 );
                 self.dispatch(node, out);
             }
+            Ev::NotifyArrives(node, notify) => self.notify_arrives(node, notify),
+            Ev::NotifyAnswer(notify, status) => self.notify_answer(notify, status),
+            Ev::NotifyTimeout(notify) => self.notify_timeout(notify),
+            Ev::FanoutRetry(node, generation) => {
+                if self.fanout_generation(node) == Some(generation) {
+                    self.pump(node);
+                }
+            }
+            Ev::RecordCursors(node, generation) => self.record_cursors(node, generation),
             Ev::Fault => self.inject_fault(),
             Ev::Restart(node) => self.restart(node),
             Ev::HealPartition(id) => self.heal_partition(id),
@@ -404,15 +460,25 @@ impl<'c> World<'c> {
         self.dispatch(node, out);
     }
 
-    /// Delivers what a replica produced: messages through the network, answers to clients,
-    /// its sync to the disk; then compares its room log with the reference.
+    /// Delivers what a replica produced: messages through the network, answers to clients
+    /// (or, for a notify, to the hub through the network), its sync to the disk; then compares
+    /// its room log with the reference, and keeps a hub replica's fan-out in step with its
+    /// role.
     fn dispatch(&mut self, node: usize, out: Outbox) {
         for message in out.messages {
             self.route(message);
         }
         for (request, answer) in out.answers {
-            let latency = self.client_latency();
-            self.schedule(latency, Ev::AnswerArrives(request, answer));
+            if self.notify_requests.contains_key(&request) {
+                self.notify_answered(node, request, answer);
+            } else if self.cursor_records.remove(&request) {
+                if matches!(answer, Answer::Applied(ApplyOutput::FanoutDelivered)) {
+                    self.coverage.fanout_cursors_recorded += 1;
+                }
+            } else {
+                let latency = self.client_latency();
+                self.schedule(latency, Ev::AnswerArrives(request, answer));
+            }
         }
         if out.sync_needed {
             let latency = if self.rng.gen_range(0..100) == 0 {
@@ -438,6 +504,9 @@ impl<'c> World<'c> {
                 format!("replica {} stopped: {reason}", node + 1),
             );
         }
+        if is_hub(node) {
+            self.fanout_after(node, out.applied || out.restored);
+        }
     }
 
     fn route(&mut self, message: Message) {
@@ -445,18 +514,23 @@ impl<'c> World<'c> {
             return;
         };
         let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        let sent = self.transmit(from, to, || Ev::Deliver(to, Box::new(message.clone())));
+        if snapshot && !sent {
+            self.report_snapshot(from, to, false);
+        }
+    }
+
+    /// Sends one message from node `from` to node `to` through the network; `delivery` makes
+    /// the event of each copy that arrives. Returns false when the message is lost.
+    fn transmit(&mut self, from: usize, to: usize, delivery: impl Fn() -> Ev) -> bool {
         match self.network.route(&mut self.rng, from, to) {
             Route::Partitioned => {
                 self.faults.messages_partitioned += 1;
-                if snapshot {
-                    self.report_snapshot(from, to, false);
-                }
+                false
             }
             Route::Lost => {
                 self.faults.messages_dropped += 1;
-                if snapshot {
-                    self.report_snapshot(from, to, false);
-                }
+                false
             }
             Route::Deliver { delays } => {
                 if delays.len() > 1 {
@@ -466,13 +540,15 @@ impl<'c> World<'c> {
                     if delay > 5 {
                         self.faults.messages_delayed += 1;
                     }
-                    self.schedule(delay, Ev::Deliver(to, message.clone()));
+                    self.schedule(delay, delivery());
                 }
+                true
             }
         }
     }
 
-    /// Compares what is new in `node`'s room log with the reference.
+    /// Compares what is new in `node`'s room log (a follower's: its mirror) with the
+    /// reference.
     fn compare(&mut self, node: usize) {
         if self.diverged[node] {
             return;
@@ -481,16 +557,51 @@ impl<'c> World<'c> {
             return;
         };
         let before = self.checker.violations().len();
-        self.checker
-            .observe_log(node as u64 + 1, &items, &mut self.trace, self.now);
-        if self.checker.violations()[before..]
-            .iter()
-            .any(|violation| violation.kind == ViolationKind::LogDivergence)
-        {
+        let id = node as u64 + 1;
+        if is_hub(node) {
+            self.checker
+                .observe_log(id, &items, &mut self.trace, self.now);
+            self.classify(node, &items);
+            let cursor = self.replicas[node]
+                .with_room(&self.room, |state| state.fanout_cursor(FOLLOWER_DOMAIN));
+            if let Some(cursor) = cursor {
+                self.checker.check_cursor(id, cursor);
+            }
+        } else {
+            self.checker
+                .observe_mirror(id, &items, FOLLOWER_DOMAIN, &mut self.trace, self.now);
+        }
+        if self.checker.violations()[before..].iter().any(|violation| {
+            matches!(
+                violation.kind,
+                ViolationKind::LogDivergence
+                    | ViolationKind::MirrorDivergence
+                    | ViolationKind::MirrorDuplicate
+            )
+        }) {
             self.diverged[node] = true;
         }
         if let Some(last) = items.last() {
             self.checked[node] = last.seq;
+        }
+    }
+
+    /// Records, for the reference items among hub replica `node`'s `items` not classified yet,
+    /// whether the follower is to see them, as this replica's room state decides.
+    fn classify(&mut self, node: usize, items: &[LogItem]) {
+        let from = self.checker.unclassified();
+        let Some(first) = items.iter().map(|item| item.seq).find(|&seq| seq >= from) else {
+            return;
+        };
+        let visible = self.replicas[node].with_room(&self.room, |state| {
+            items
+                .iter()
+                .filter(|item| item.seq >= from)
+                .map(|item| state.visible_to_provider(item, FOLLOWER_DOMAIN))
+                .collect::<Vec<bool>>()
+        });
+        if let Some(visible) = visible {
+            self.checker.classify(first, &visible);
         }
     }
 
@@ -501,37 +612,57 @@ impl<'c> World<'c> {
             return;
         }
         match self.rng.gen_range(0..100) {
-            0..=29 => self.crash_one(),
-            30..=49 => {
-                let node = self.rng.gen_range(0..REPLICAS);
+            0..=21 => self.crash_one(0..REPLICAS),
+            22..=31 => self.crash_one(FOLLOWER..NODES),
+            32..=43 => {
+                let node = self.rng.gen_range(0..NODES);
                 self.isolate(node);
             }
-            50..=59 => {
-                if let Some(leader) = (0..REPLICAS).find(|&node| self.replicas[node].is_leader()) {
+            44..=51 => {
+                if let Some(leader) = self.leader_of(0..REPLICAS) {
                     self.isolate(leader);
                 }
             }
-            60..=79 => {
-                let from = self.rng.gen_range(0..REPLICAS);
-                let to = (from + self.rng.gen_range(1..REPLICAS)) % REPLICAS;
+            52..=55 => {
+                if let Some(leader) = self.leader_of(FOLLOWER..NODES) {
+                    self.isolate(leader);
+                }
+            }
+            56..=69 => {
+                let group = if self.rng.gen_bool(0.6) {
+                    0..REPLICAS
+                } else {
+                    FOLLOWER..NODES
+                };
+                let size = group.len();
+                let from = self.rng.gen_range(0..size);
+                let to = (from + self.rng.gen_range(1..size)) % size;
+                let (from, to) = (group.start + from, group.start + to);
                 let mut links = vec![(from, to)];
                 if self.rng.gen_bool(0.5) {
                     links.push((to, from));
                 }
                 self.partition(links);
             }
+            70..=79 => self.partition_providers(),
             _ => self.commit_storm(),
         }
         let next = self.rng.gen_range(200..=self.fault_interval_ms * 2);
         self.schedule(next, Ev::Fault);
     }
 
-    fn crash_one(&mut self) {
-        let up: Vec<usize> = (0..REPLICAS)
-            .filter(|&node| self.replicas[node].is_up())
-            .collect();
-        if up.len() + 1 < REPLICAS {
-            return; // at most two down, so a partition heals into a quorum sooner
+    fn leader_of(&self, group: Range<usize>) -> Option<usize> {
+        group
+            .into_iter()
+            .find(|&node| self.replicas[node].is_leader())
+    }
+
+    /// Crashes one replica of `group` (the hub's or the follower's).
+    fn crash_one(&mut self, group: Range<usize>) {
+        let size = group.len();
+        let up: Vec<usize> = group.filter(|&node| self.replicas[node].is_up()).collect();
+        if up.len() + 1 < size {
+            return; // at most one down per group, so a partition heals into a quorum sooner
         }
         let node = up[self.rng.gen_range(0..up.len())];
         if self.rng.gen_bool(0.5) {
@@ -548,6 +679,9 @@ impl<'c> World<'c> {
         self.incarnations[node] += 1;
         self.checked[node] = 0;
         self.faults.crashes += 1;
+        if !is_hub(node) {
+            self.faults.follower_crashes += 1;
+        }
         if lost_writes {
             self.faults.crashes_losing_writes += 1;
         }
@@ -585,11 +719,30 @@ impl<'c> World<'c> {
         self.dispatch(node, out);
     }
 
+    /// Cuts `node` off from every other node, of both providers.
     fn isolate(&mut self, node: usize) {
-        let links = (0..REPLICAS)
+        let links = (0..NODES)
             .filter(|&other| other != node)
             .flat_map(|other| [(node, other), (other, node)])
             .collect();
+        self.partition(links);
+    }
+
+    /// Cuts the providers apart: notifies, their answers, or both.
+    fn partition_providers(&mut self) {
+        let direction = self.rng.gen_range(0..3);
+        let mut links = Vec::new();
+        for hub in 0..REPLICAS {
+            for follower in FOLLOWER..NODES {
+                if direction != 1 {
+                    links.push((hub, follower));
+                }
+                if direction != 0 {
+                    links.push((follower, hub));
+                }
+            }
+        }
+        self.faults.provider_partitions += 1;
         self.partition(links);
     }
 
@@ -656,11 +809,11 @@ impl<'c> World<'c> {
         self.settling = true;
         self.trace.record(self.now, Event::Phase { name: "heal" });
         self.network.calm();
-        self.crash_on_sync = vec![false; REPLICAS];
+        self.crash_on_sync = vec![false; NODES];
         for id in self.partitions.keys().copied().collect::<Vec<_>>() {
             self.heal_partition(id);
         }
-        for node in 0..REPLICAS {
+        for node in 0..NODES {
             self.restart(node);
         }
         // Only what is under way finishes; the room must exist, though.
@@ -682,7 +835,8 @@ impl<'c> World<'c> {
         self.schedule(self.config.settle_ms, Ev::Deadline);
     }
 
-    /// Replicas agree on everything committed, and no client has anything left to do.
+    /// Each provider's replicas agree on everything committed, the follower mirrors all the hub
+    /// has for it, and no client has anything left to do.
     fn settled(&self) -> bool {
         let clients_done = self.actors.iter().all(|actor| {
             actor.broken
@@ -695,15 +849,26 @@ impl<'c> World<'c> {
             return false;
         }
         let reference = self.checker.reference().len() as u64;
+        let mirror = self.checker.mirror().len();
+        if self.checker.unclassified() != reference + 1 || mirror != self.checker.projection_len() {
+            return false;
+        }
+        self.group_settled(0..REPLICAS, reference)
+            && self.group_settled(FOLLOWER..NODES, mirror as u64)
+    }
+
+    /// Every replica of `group` is up, applied all it committed, the same as the others, and
+    /// was compared up to `seq`.
+    fn group_settled(&self, group: Range<usize>, seq: u64) -> bool {
         let mut applied = None;
-        for node in 0..REPLICAS {
+        for node in group {
             let Some((index, commit)) = self.replicas[node].progress() else {
                 return false;
             };
             if index != commit
                 || *applied.get_or_insert(index) != index
                 || self.replicas[node].is_busy()
-                || self.checked[node] != reference
+                || self.checked[node] != seq
             {
                 return false;
             }
@@ -728,6 +893,35 @@ impl<'c> World<'c> {
         }
         self.checker.recheck_acks();
         self.checker.finish(&logs, &mut self.trace, self.now);
+        for (id, log) in &logs {
+            self.classify(*id as usize - 1, log);
+        }
+        let mirrors: Vec<(u64, Vec<LogItem>)> = (FOLLOWER..NODES)
+            .filter_map(|node| {
+                self.replicas[node]
+                    .room_log(&self.room, 0)
+                    .map(|log| (node as u64 + 1, log))
+            })
+            .collect();
+        if mirrors.len() < FOLLOWER_REPLICAS {
+            self.checker.violation(
+                ViolationKind::NotConverged,
+                format!("only {} follower replicas are up at the end", mirrors.len()),
+            );
+        }
+        self.checker
+            .finish_mirror(&mirrors, FOLLOWER_DOMAIN, &mut self.trace, self.now);
+        let unanswered_notifies = self
+            .notify_requests
+            .values()
+            .filter(|arrival| !arrival.answered)
+            .count();
+        if unanswered_notifies > 0 {
+            self.checker.violation(
+                ViolationKind::UnansweredRequest,
+                format!("{unanswered_notifies} notifies were never answered by the follower"),
+            );
+        }
         let unanswered: Vec<RequestId> = self
             .requests
             .iter()
@@ -769,13 +963,44 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, choices: &[T]) -> T {
     choices[rng.gen_range(0..choices.len())]
 }
 
-/// Raft id (1-based) to replica index.
+/// Raft id (1-based) to node index.
 fn index_of(id: u64) -> Option<usize> {
     let index = usize::try_from(id.checked_sub(1)?).ok()?;
-    (index < REPLICAS).then_some(index)
+    (index < NODES).then_some(index)
 }
 
+fn is_hub(node: usize) -> bool {
+    node < REPLICAS
+}
+
+fn tick_ms(node: usize) -> u64 {
+    if is_hub(node) {
+        TICK_MS
+    } else {
+        FOLLOWER_TICK_MS
+    }
+}
+
+/// The nodes of `node`'s provider.
+fn group_of(node: usize) -> Range<usize> {
+    if is_hub(node) {
+        0..REPLICAS
+    } else {
+        FOLLOWER..NODES
+    }
+}
+
+/// The hub's replicas: nodes `0..REPLICAS`.
 const REPLICAS: usize = 3;
+/// The follower's replicas: nodes `FOLLOWER..NODES`.
+const FOLLOWER_REPLICAS: usize = 3;
+const FOLLOWER: usize = REPLICAS;
+const NODES: usize = REPLICAS + FOLLOWER_REPLICAS;
+/// Raft tick of the hub's replicas (±15%).
 const TICK_MS: u64 = 100;
-const TICK_JITTER_MS: u64 = 15;
+/// Raft tick of the follower's replicas: another provider, configured otherwise (elections
+/// after about 2 s); it also halves the idle Raft traffic the simulation handles.
+const FOLLOWER_TICK_MS: u64 = 200;
 const ROOM: &str = "mimi://sim.example/r/clubhouse";
+/// The follower provider: the domain of the b.example clients.
+const FOLLOWER_DOMAIN: &str = "b.example";

@@ -4,6 +4,11 @@
 //! commit at once in commit storms (RFC 9420 §14 races); Cathy, once her removal is submitted,
 //! stops reading and keeps sending from her stale state (MIMI.md §7.4 must refuse her).
 //!
+//! Alice and Cathy are clients of the hub (`sim.example`); Bob and Dave of the follower
+//! (`b.example`). A follower client reads the room from one of the follower's replicas (its
+//! mirror, local seqs), never from the hub, and its requests reach the hub as its provider's
+//! `Forwarder` sends them: with `Submitter::Provider("b.example")` (MIMI.md §7.1 step 2).
+//!
 //! A client has at most one request in flight. It sends to the replica it believes leads,
 //! follows `NotLeader` hints, and resends a Commit or the room creation as is when the outcome
 //! is unknown (a Commit is accepted at most once per epoch, a room created once); an
@@ -19,7 +24,7 @@ use mimid_actors::shard::{ApplyOutput, CreateRoomRejection};
 use openmls::prelude::Lifetime;
 use rand::Rng;
 
-use super::{index_of, Ev, RequestRecord, World, REPLICAS};
+use super::{index_of, is_hub, Ev, RequestRecord, World, FOLLOWER, FOLLOWER_REPLICAS, REPLICAS};
 use crate::sim::checker::{digest, Attempt, BodyDigest, Submission, ViolationKind};
 use crate::sim::client::{Change, Seen, SimClient};
 use crate::sim::replica::{outcome_name, Answer, RequestId};
@@ -37,6 +42,8 @@ pub(super) enum Step {
 
 pub(super) struct Actor {
     pub(super) client: SimClient,
+    /// A client of the follower provider: reads the mirror, submits through its provider.
+    pub(super) remote: bool,
     pub(super) busy: Busy,
     pub(super) outstanding: Option<Outstanding>,
     /// The script step whose Commit is pending.
@@ -66,7 +73,9 @@ impl Actor {
         leader_guess: usize,
     ) -> Self {
         let id = ClientId::parse(uri).expect("the simulated client URIs are valid");
+        let remote = id.domain() == super::FOLLOWER_DOMAIN;
         Actor {
+            remote,
             client: SimClient::new(id, seed, lifetime)
                 .expect("seeded Ed25519 key generation cannot fail"),
             busy: Busy::Idle,
@@ -144,7 +153,10 @@ impl World<'_> {
         if actor.zombie {
             return self.zombie_act(client);
         }
-        let node = if self.rng.gen_bool(0.5) {
+        let node = if self.actors[client].remote {
+            // Any follower replica, possibly a stale one.
+            FOLLOWER + self.rng.gen_range(0..FOLLOWER_REPLICAS)
+        } else if self.rng.gen_bool(0.5) {
             self.actors[client].leader_guess
         } else {
             self.rng.gen_range(0..REPLICAS)
@@ -167,7 +179,9 @@ impl World<'_> {
         self.actors[client].busy = Busy::Idle;
         let Some(items) = items else {
             // The replica is down: try another one soon.
-            self.actors[client].leader_guess = (node + 1) % REPLICAS;
+            if is_hub(node) {
+                self.actors[client].leader_guess = (node + 1) % REPLICAS;
+            }
             let delay = self.rng.gen_range(20..=200);
             return self.schedule_wake(client, delay);
         };
@@ -180,7 +194,13 @@ impl World<'_> {
             },
         );
         let id = self.actors[client].client.id().clone();
-        if !self.checker.check_read(&id, &items) {
+        let from_mirror = !is_hub(node);
+        let consistent = if from_mirror {
+            self.checker.check_mirror_read(&id, &items)
+        } else {
+            self.checker.check_read(&id, &items)
+        };
+        if !consistent {
             self.actors[client].broken = true;
             return;
         }
@@ -211,6 +231,9 @@ impl World<'_> {
                 }) => {
                     if let ItemBody::Application { message } = &item.body {
                         self.coverage.messages_decrypted += 1;
+                        if from_mirror {
+                            self.coverage.mirror_messages_decrypted += 1;
+                        }
                         self.checker
                             .check_plaintext(&id, item.seq, &digest(message), &plaintext);
                     }
@@ -358,6 +381,7 @@ impl World<'_> {
             unreachable!("SimClient::commit builds commit bundles");
         };
         let sender = actor.client.id().clone();
+        let submitter = submitter(actor);
         let body = digest(commit);
         self.checker.register(
             body,
@@ -385,7 +409,7 @@ impl World<'_> {
             kind: Kind::Commit { epoch },
             command: Command::Handshake {
                 room: self.room.clone(),
-                sender: Submitter::Client(sender),
+                sender: submitter,
                 bundle,
             },
             body: Some(body),
@@ -404,6 +428,7 @@ impl World<'_> {
             Err(err) => return self.client_failed(client, &err),
         };
         let sender = actor.client.id().clone();
+        let submitter = submitter(actor);
         let body = digest(&message);
         self.checker.register(
             body,
@@ -419,7 +444,7 @@ impl World<'_> {
             command: Command::AppMessage {
                 room: self.room.clone(),
                 sending_user: sender.user(),
-                sender: Submitter::Client(sender),
+                sender: submitter,
                 message,
             },
             body: Some(body),
@@ -673,14 +698,25 @@ impl World<'_> {
     }
 }
 
+/// Who the hub authenticates a client's request as: the client itself, or for a follower's
+/// client the follower provider that forwards it (MIMI.md §7.1 step 2).
+fn submitter(actor: &Actor) -> Submitter {
+    let id = actor.client.id();
+    if actor.remote {
+        Submitter::Provider(id.domain().to_owned())
+    } else {
+        Submitter::Client(id.clone())
+    }
+}
+
 pub(super) const CLIENTS: [&str; 4] = [
     "mimi://sim.example/d/alice/phone",
-    "mimi://sim.example/d/bob/laptop",
+    "mimi://b.example/d/bob/laptop",
     "mimi://sim.example/d/cathy/tablet",
-    "mimi://sim.example/d/dave/phone",
+    "mimi://b.example/d/dave/phone",
 ];
-/// Alice creates the room and runs the script; Bob and Cathy join first; Cathy is removed
-/// later; Dave joins later.
+/// Alice (hub) creates the room and runs the script; Bob (follower) and Cathy (hub) join
+/// first; Cathy is removed later; Dave (follower) joins later.
 pub(super) const CREATOR: usize = 0;
 pub(super) const VICTIM: usize = 2;
 const JOINER: usize = 3;
