@@ -235,7 +235,7 @@ impl ShardData {
                 let appended = self
                     .mirrors
                     .entry(room.clone())
-                    .or_insert_with(|| MirrorRoom::new(room.clone(), ts_ms))
+                    .or_insert_with(|| MirrorRoom::new(room.clone()))
                     .receive(items, body_hash);
                 if appended > 0 {
                     self.index_members(&room);
@@ -262,7 +262,7 @@ impl ShardData {
                 let opened = self
                     .mirrors
                     .entry(room.clone())
-                    .or_insert_with(|| MirrorRoom::new(room.clone(), ts_ms))
+                    .or_insert_with(|| MirrorRoom::new(room.clone()))
                     .join(client, &commit_sha256);
                 if opened {
                     self.index_members(&room);

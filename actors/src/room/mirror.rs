@@ -44,10 +44,12 @@ pub struct MirrorRoom {
 }
 
 impl MirrorRoom {
-    pub fn new(room: RoomId, ts_ms: u64) -> Self {
+    /// An empty mirror. It has no clock of its own: items keep the hub's accepted times (the
+    /// log's floor is 0, so the follower's time of the first notify raises none of them).
+    pub fn new(room: RoomId) -> Self {
         MirrorRoom {
             room,
-            log: RoomLog::new(ts_ms),
+            log: RoomLog::new(0),
             hub_seq: 0,
             recent_bodies: VecDeque::new(),
         }
@@ -197,7 +199,7 @@ mod tests {
     }
 
     fn mirror() -> MirrorRoom {
-        MirrorRoom::new(RoomId::parse("mimi://a.example/r/clubhouse").unwrap(), 1)
+        MirrorRoom::new(RoomId::parse("mimi://a.example/r/clubhouse").unwrap())
     }
 
     /// MIMI.md §5.4: a hub that resends (after a restart or a lost 201) with different batching
@@ -297,6 +299,17 @@ mod tests {
         let snapshot = postcard::to_stdvec(&room).unwrap();
         let restored: MirrorRoom = postcard::from_bytes(&snapshot).unwrap();
         assert_eq!(restored, room);
+    }
+
+    /// Found by the simulator: a mirror created at the follower's (later) time of the first
+    /// notify used to raise the first items' times above the hub's.
+    #[test]
+    fn mirrored_items_keep_the_hubs_times() {
+        let mut room = mirror();
+        let mut early = welcome(1, vec![client("bob")]);
+        early.ts_ms = 3;
+        room.receive(vec![early], [1; 32]);
+        assert_eq!(room.items_after(0)[0].ts_ms, 3);
     }
 
     #[test]

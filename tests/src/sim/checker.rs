@@ -56,17 +56,10 @@ pub fn body_digest(body: &ItemBody) -> BodyDigest {
 /// it: the same bytes, and a Welcome addressed to exactly the follower's clients among those it
 /// adds. The epoch of a Welcome is the edge's guess, so epochs are not compared.
 ///
-/// Time: `RoomLog::append` never lets time go backwards, from the log's creation time on, and
-/// `MirrorRoom::new` takes its creation time from the *follower's* stamp on the first notify,
-/// which is later than the hub's time of the items it brings. So the mirror's first item may
-/// carry a later time than the hub's, and each later item carries the hub's time or its
-/// predecessor's, whichever is later (`previous_ts`: the mirror's previous item, if any).
-fn mirrors(hub: &LogItem, got: &LogItem, previous_ts: Option<u64>, follower: &str) -> bool {
-    let time_ok = match previous_ts {
-        Some(previous) => got.ts_ms == hub.ts_ms.max(previous),
-        None => got.ts_ms >= hub.ts_ms,
-    };
-    if !time_ok {
+/// Time: a mirrored item keeps the hub's accepted time exactly (the hub's log never goes
+/// backwards, and a mirror has no clock of its own to raise it with).
+fn mirrors(hub: &LogItem, got: &LogItem, follower: &str) -> bool {
+    if got.ts_ms != hub.ts_ms {
         return false;
     }
     match (&hub.body, &got.body) {
@@ -472,8 +465,7 @@ impl Checker {
                 return;
             };
             let hub_item = &self.reference[(hub_seq - 1) as usize];
-            let previous_ts = self.mirror.last().map(|item| item.ts_ms);
-            if !mirrors(hub_item, item, previous_ts, follower) {
+            if !mirrors(hub_item, item, follower) {
                 self.violation(
                     ViolationKind::MirrorDivergence,
                     format!(
@@ -931,19 +923,16 @@ mod tests {
         );
     }
 
-    /// The mirror's creation time (the follower's clock) may raise the first item's time;
-    /// later items keep the hub's time unless that would go backwards.
+    /// Mirrored items keep the hub's accepted times exactly; the follower's clock changes none.
     #[test]
-    fn mirror_times_follow_the_hub_from_the_mirror_creation_on() {
+    fn mirror_times_are_the_hubs() {
         let (mut checker, mut trace, hub) = federated();
-        let mut first = mirrored(&hub[1], 1);
-        first.ts_ms = 3;
-        let mut second = mirrored(&hub[2], 2);
-        second.ts_ms = 3;
+        let first = mirrored(&hub[1], 1);
+        let second = mirrored(&hub[2], 2);
         checker.observe_mirror(4, &[first, second], "b.example", &mut trace, 0);
         assert!(checker.violations().is_empty());
         let mut late = mirrored(&hub[3], 3);
-        late.ts_ms = 7;
+        late.ts_ms += 1;
         checker.observe_mirror(4, &[late], "b.example", &mut trace, 0);
         assert_eq!(kinds(&checker), vec![ViolationKind::MirrorDivergence]);
     }
