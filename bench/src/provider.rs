@@ -19,21 +19,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use mimid_node::client::Endpoint;
 use mimid_node::config::{dev_cert_dir, Config};
-use mimid_node::demo::{start_providers, DataDir, LoopbackProviders};
+use mimid_node::demo::{admin_get, start_providers, wait_ready, DataDir, LoopbackProviders};
 use mimid_node::server::Node;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::NodeArgs;
 
-/// How long an in-process node may take to elect its shard leaders and report ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Interval between readiness probes of a starting node.
-const READY_POLL: Duration = Duration::from_millis(20);
-/// Largest admin HTTP response read (the metrics page).
-const MAX_ADMIN_RESPONSE: u64 = 4 << 20;
-/// Time allowed for one admin HTTP request.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Name of the in-process node's runtime threads (tokio's default count: one per CPU, as
 /// `mimid` itself runs).
 const NODE_THREADS_NAME: &str = "mimid-node-rt";
@@ -304,20 +295,6 @@ fn in_process_description(
     }
 }
 
-/// Polls `/readyz` until the node answers 200 (every shard has a leader and caught up).
-async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Ok((200, _)) = admin_get(admin, "/readyz").await {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("the node was not ready within {READY_TIMEOUT:?}");
-        }
-        tokio::time::sleep(READY_POLL).await;
-    }
-}
-
 /// Reads the node's cumulative Raft counters from its `/metrics` (OpenMetrics text).
 ///
 /// Cancel safety: safe; nothing is left behind but a closed TCP connection.
@@ -333,36 +310,6 @@ pub async fn raft_counters(admin: SocketAddr) -> anyhow::Result<RaftCounters> {
         applied: counter("mimid_raft_applied_total")?,
         flushes: counter("mimid_raft_flushes_total")?,
     })
-}
-
-/// A minimal HTTP/1.1 GET on the admin listener (plain HTTP, `Connection: close`).
-async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(admin).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream
-            .take(MAX_ADMIN_RESPONSE)
-            .read_to_end(&mut response)
-            .await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(ADMIN_TIMEOUT, exchange)
-        .await
-        .with_context(|| format!("GET {path} timed out"))?
-        .with_context(|| format!("GET {path}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("GET {path}: no HTTP status line"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// The value of an unlabelled sample `name` in OpenMetrics text.

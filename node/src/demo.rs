@@ -334,8 +334,9 @@ fn prepare_empty_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls `/readyz` until it answers 200, for at most [`READY_TIMEOUT`].
-async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
+/// Polls `/readyz` on the admin listener `admin` until it answers 200 (every shard has a
+/// leader and caught up), for at most 60 s.
+pub async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Ok((200, _)) = admin_get(admin, "/readyz").await {
@@ -348,8 +349,9 @@ async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-/// A minimal HTTP/1.1 GET on an admin listener (plain HTTP, `Connection: close`).
-async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+/// A minimal HTTP/1.1 GET on an admin listener (plain HTTP, `Connection: close`): the status
+/// and the body, bounded in size and time.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(admin).await?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");

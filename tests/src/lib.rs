@@ -55,6 +55,10 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.limits.stream_heartbeat_ms = 100;
     // Tests reach only the providers they start (on loopback), never DNS.
     config.federation.resolve_dns = false;
+    // A stopped peer's old port may be taken by another test's client socket, which drops
+    // packets silently: a request to it then waits for this timeout before the retry that uses
+    // the peer's new address.
+    config.federation.request_timeout_ms = 3_000;
     config
 }
 

@@ -25,32 +25,31 @@ fn user(domain: &str, name: &str) -> UserId {
     UserId::parse(&format!("mimi://{domain}/u/{name}")).expect("valid user")
 }
 
-async fn expect_committed(client: &mut MimiClient) {
+/// Waits for `client`'s next event and checks that it is `what` (`is` decides).
+async fn expect_event(client: &mut MimiClient, what: &str, is: fn(&Event) -> bool) {
     match client.next_event(WAIT).await.expect("push stream works") {
-        Some(Event::Committed { .. }) => {}
-        other => panic!("{} expected a commit, got {other:?}", client.id()),
+        Some(event) if is(&event) => {}
+        other => panic!("{} expected {what}, got {other:?}", client.id()),
     }
+}
+
+async fn expect_committed(client: &mut MimiClient) {
+    expect_event(client, "a commit", |e| matches!(e, Event::Committed { .. })).await;
 }
 
 async fn expect_proposed(client: &mut MimiClient) {
-    match client.next_event(WAIT).await.expect("push stream works") {
-        Some(Event::Proposed { .. }) => {}
-        other => panic!("{} expected proposals, got {other:?}", client.id()),
-    }
+    expect_event(client, "proposals", |e| matches!(e, Event::Proposed { .. })).await;
 }
 
 async fn expect_removed(client: &mut MimiClient) {
-    match client.next_event(WAIT).await.expect("push stream works") {
-        Some(Event::Removed { .. }) => {}
-        other => panic!("{} expected its removal, got {other:?}", client.id()),
-    }
+    expect_event(client, "its removal", |e| {
+        matches!(e, Event::Removed { .. })
+    })
+    .await;
 }
 
 async fn expect_joined(client: &mut MimiClient) {
-    match client.next_event(WAIT).await.expect("push stream works") {
-        Some(Event::Joined { .. }) => {}
-        other => panic!("{} expected a Welcome, got {other:?}", client.id()),
-    }
+    expect_event(client, "a Welcome", |e| matches!(e, Event::Joined { .. })).await;
 }
 
 /// Reads events until `count` application messages arrived; returns their texts in order.
