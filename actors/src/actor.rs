@@ -57,6 +57,8 @@ pub struct ActorMetrics {
     pub notifies_delivered: AtomicU64,
     /// Notifies that failed and will be retried.
     pub notifies_failed: AtomicU64,
+    /// (Hosted room, follower provider) pairs whose last notify failed: they are retrying.
+    pub rooms_behind: AtomicU64,
 }
 
 /// Why a notify did not get its 201.
@@ -229,6 +231,12 @@ impl RoomActor {
                     .metrics
                     .notifies_delivered
                     .fetch_add(1, Ordering::Relaxed);
+                if self.fanout.failures(&provider) > 0 {
+                    self.ctx
+                        .metrics
+                        .rooms_behind
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
                 if self.fanout.on_delivered(&provider).is_some() && !self.record_scheduled {
                     self.record_scheduled = true;
                     ctx.run_later(FANOUT_RECORD_DELAY, |actor, ctx| actor.record_cursors(ctx));
@@ -240,6 +248,12 @@ impl RoomActor {
                     .metrics
                     .notifies_failed
                     .fetch_add(1, Ordering::Relaxed);
+                if self.fanout.failures(&provider) == 0 {
+                    self.ctx
+                        .metrics
+                        .rooms_behind
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 let retry_after_ms = error
                     .retry_after
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

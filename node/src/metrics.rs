@@ -40,6 +40,7 @@ pub struct Metrics {
     limit_hits: Family<LimitLabels, Counter>,
     peer_requests: Family<PeerLabels, Counter>,
     notifies: Family<NotifyLabels, Counter>,
+    rooms_behind: Gauge,
     backups: Family<BackupLabels, Counter>,
     push_streams: Gauge,
     rooms_active: Gauge,
@@ -305,6 +306,12 @@ impl Metrics {
         for outcome in ["delivered", "failed"] {
             drop(notifies.get_or_create(&NotifyLabels { outcome }));
         }
+        let rooms_behind = Gauge::default();
+        registry.register(
+            "fanout_rooms_behind",
+            "Pairs of a hosted room and a follower provider whose notifies are failing right now",
+            rooms_behind.clone(),
+        );
         let backups = Family::<BackupLabels, Counter>::default();
         registry.register(
             "backups",
@@ -343,6 +350,7 @@ impl Metrics {
             limit_hits,
             peer_requests,
             notifies,
+            rooms_behind,
             backups,
             push_streams,
             rooms_active,
@@ -391,6 +399,14 @@ impl Metrics {
         self.limit_hits
             .get_or_create(&LimitLabels { limit })
             .inc_by(n);
+    }
+
+    /// Sets how many (hosted room, follower provider) pairs fail to deliver. Which providers:
+    /// the `notify failed; will retry` log lines name them (a label per peer domain would be
+    /// driven by whoever has users in rooms here).
+    pub fn set_rooms_behind(&self, pairs: u64) {
+        self.rooms_behind
+            .set(i64::try_from(pairs).unwrap_or(i64::MAX));
     }
 
     /// Adds notifies that followers acknowledged (`delivered`) and that failed (`failed`).

@@ -312,6 +312,7 @@ async fn refresh_metrics(
             actors.notifies_failed.load(Ordering::Relaxed),
         );
         metrics.count_notifies(now_delivered - delivered, now_failed - failed);
+        metrics.set_rooms_behind(actors.rooms_behind.load(Ordering::Relaxed));
         (delivered, failed) = (now_delivered, now_failed);
         let raft = cluster.metrics();
         metrics.set_raft_totals(RaftTotals {

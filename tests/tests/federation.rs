@@ -52,6 +52,22 @@ async fn expect_joined(client: &mut MimiClient) {
     expect_event(client, "a Welcome", |e| matches!(e, Event::Joined { .. })).await;
 }
 
+/// Scrapes `node`'s /metrics until `series` satisfies `ok` (metrics refresh every second).
+async fn wait_for_metric(node: &TestNode, series: &str, ok: fn(f64) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = metric(&scrape(node).await, series);
+        if value.is_some_and(ok) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} stayed at {value:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Reads events until `count` application messages arrived; returns their texts in order.
 async fn read_messages(client: &mut MimiClient, count: usize) -> Vec<String> {
     let mut texts = Vec::new();
@@ -393,6 +409,8 @@ async fn a_follower_down_during_traffic_gets_every_missed_item_once_in_order() {
     for n in 0..5 {
         send(&mut alice, &club, &format!("while down {n}")).await;
     }
+    // The hub's /metrics show the room behind on b.example while b is down.
+    wait_for_metric(&a, "mimid_fanout_rooms_behind", |v| v == 1.0).await;
     b.restart().await;
     assert_ne!(
         b.node().quic_addr(),
@@ -411,21 +429,19 @@ async fn a_follower_down_during_traffic_gets_every_missed_item_once_in_order() {
     );
     assert_one_order(&[&a, &b], &club, 7).await;
 
-    // The hub's /metrics show the failed attempts and the deliveries (refreshed every second).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = scrape(&a).await;
-        let failed = metric(&text, "mimid_fanout_notifies_total{outcome=\"failed\"}");
-        let delivered = metric(&text, "mimid_fanout_notifies_total{outcome=\"delivered\"}");
-        if failed.unwrap_or(0.0) >= 1.0 && delivered.unwrap_or(0.0) >= 3.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "notify counters did not move: failed {failed:?}, delivered {delivered:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    // The hub's /metrics show the failed attempts, the deliveries, and no room behind any more
+    // (refreshed every second).
+    wait_for_metric(&a, "mimid_fanout_notifies_total{outcome=\"failed\"}", |v| {
+        v >= 1.0
+    })
+    .await;
+    wait_for_metric(
+        &a,
+        "mimid_fanout_notifies_total{outcome=\"delivered\"}",
+        |v| v >= 3.0,
+    )
+    .await;
+    wait_for_metric(&a, "mimid_fanout_rooms_behind", |v| v == 0.0).await;
 
     a.shutdown().await;
     b.shutdown().await;
