@@ -724,7 +724,6 @@ impl Handler for ClientApi {
         req: Request,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send + '_>> {
         Box::pin(async move {
-            let started = Instant::now();
             // A client may send its own W3C traceparent; the request then joins its trace.
             let span = tracing::info_span!(
                 "client_api",
@@ -733,14 +732,29 @@ impl Handler for ClientApi {
                 path = %req.uri.path(),
                 room = tracing::field::Empty,
             );
-            crate::telemetry::set_remote_parent(&span, &req.headers);
-            let (endpoint, answer) = self.route(req).instrument(span).await;
-            let response = answer.unwrap_or_else(|refusal| refusal.into_response(&self.metrics));
-            self.metrics
-                .observe_request(endpoint, response.status, started.elapsed());
-            response
+            serve(span, req, &self.metrics, |req| self.route(req)).await
         })
     }
+}
+
+/// Answers `req` with `route` inside `span`, which continues the caller's W3C trace when it
+/// sent one; a refusal becomes its status and reason; the endpoint, status and duration are
+/// recorded. Shared by the client API and the server-to-server API.
+pub(crate) async fn serve<F>(
+    span: tracing::Span,
+    req: Request,
+    metrics: &Metrics,
+    route: impl FnOnce(Request) -> F,
+) -> Response
+where
+    F: std::future::Future<Output = (&'static str, Answer)>,
+{
+    let started = Instant::now();
+    crate::telemetry::set_remote_parent(&span, &req.headers);
+    let (endpoint, answer) = route(req).instrument(span).await;
+    let response = answer.unwrap_or_else(|refusal| refusal.into_response(metrics));
+    metrics.observe_request(endpoint, response.status, started.elapsed());
+    response
 }
 
 /// MIMI.md §6.6: for an external commit (the new client joins itself), SHA-256 of its bytes,

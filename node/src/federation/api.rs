@@ -20,7 +20,6 @@
 //! (`roomId` path parameter, protocol-06 §5), the `room`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::StatusCode;
 use tracing::Instrument;
@@ -141,7 +140,6 @@ impl Handler for FederationApi {
         req: Request,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send + '_>> {
         Box::pin(async move {
-            let started = Instant::now();
             let span = tracing::info_span!(
                 "federation_api",
                 otel.kind = "server",
@@ -149,12 +147,7 @@ impl Handler for FederationApi {
                 path = %req.uri.path(),
                 peer = tracing::field::Empty,
             );
-            crate::telemetry::set_remote_parent(&span, &req.headers);
-            let (endpoint, answer) = self.route(req).instrument(span).await;
-            let response = answer.unwrap_or_else(|refusal| refusal.into_response(&self.metrics));
-            self.metrics
-                .observe_request(endpoint, response.status, started.elapsed());
-            response
+            crate::api::serve(span, req, &self.metrics, |req| self.route(req)).await
         })
     }
 }
