@@ -346,6 +346,22 @@ async fn three_providers_create_add_message_remove_protocol06_5() {
     }
 }
 
+/// Alice@a creates `mimi://a.example/r/club` and adds Bob@b, who joins by the Welcome the hub
+/// routes to b; Bob's push stream stays open.
+async fn room_with_bob(a: &TestNode, b: &TestNode) -> (RoomId, MimiClient, MimiClient) {
+    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
+    let mut alice = a.client("alice", "phone", 1).await;
+    let mut bob = b.client("bob", "laptop", 1).await;
+    bob.connect_stream().await.expect("stream opens");
+    alice.create_room(&club).await.expect("room created");
+    alice
+        .add_users(&club, &[user("b.example", "bob")])
+        .await
+        .expect("bob added");
+    expect_joined(&mut bob).await;
+    (club, alice, bob)
+}
+
 /// Two providers on loopback and a room hosted by a with Alice@a and Bob@b (joined by the
 /// routed Welcome, push stream open); a retries notifies quickly.
 struct Two {
@@ -370,16 +386,7 @@ async fn two_providers_in_a_room() -> Two {
     .await;
     let b = TestNode::start_provider("b.example", &ca).await;
     connect_providers(&[&a, &b]);
-    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
-    let mut alice = a.client("alice", "phone", 1).await;
-    let mut bob = b.client("bob", "laptop", 1).await;
-    bob.connect_stream().await.expect("stream opens");
-    alice.create_room(&club).await.expect("room created");
-    alice
-        .add_users(&club, &[user("b.example", "bob")])
-        .await
-        .expect("bob added");
-    expect_joined(&mut bob).await;
+    let (club, alice, bob) = room_with_bob(&a, &b).await;
     Two {
         a,
         b,
@@ -571,16 +578,7 @@ async fn peer_requests_that_break_the_rules_are_refused_and_change_nothing() {
     let b = TestNode::start_provider("b.example", &ca).await;
     let c = TestNode::start_provider("c.example", &ca).await;
     connect_providers(&[&a, &b, &c]);
-    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
-    let mut alice = a.client("alice", "phone", 1).await;
-    let mut bob = b.client("bob", "laptop", 1).await;
-    bob.connect_stream().await.expect("stream opens");
-    alice.create_room(&club).await.expect("room created");
-    alice
-        .add_users(&club, &[user("b.example", "bob")])
-        .await
-        .expect("bob added");
-    expect_joined(&mut bob).await;
+    let (club, mut alice, mut bob) = room_with_bob(&a, &b).await;
 
     // Real handshakes to misroute: a Bob commit made stale by a commit of Alice, then Alice's
     // self-update and Bob's message at the current epoch.
