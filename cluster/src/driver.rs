@@ -3,17 +3,25 @@
 //!
 //! # One turn
 //!
-//! 1. Wait for a proposal, the stop signal, or the next tick, then take at most
-//!    `max_proposals_per_turn` proposals from the bounded inbox and step them into their groups.
-//!    Bounding the work per turn keeps ticks and `Ready` handling flowing under load; stepping
-//!    100 000 proposals at once stalled a leader past its election timeout (floors pitfall 13).
+//! 1. Wait for a proposal, a frame from another node, the stop signal, or the next tick. Then
+//!    take at most `max_proposals_per_turn` proposals from the bounded inbox and step them into
+//!    their groups, and likewise at most `max_proposals_per_turn` received frames from the
+//!    bounded network inbox, stepping each of their messages into its group. Bounding the work
+//!    per turn keeps ticks and `Ready` handling flowing under load; stepping 100 000 proposals
+//!    at once stalled a leader past its election timeout (floors pitfall 13). At most
+//!    `max_snapshots_per_turn` received `MsgSnapshot`s are stepped per turn (restoring one
+//!    means deserialising a whole state machine and writing its file); the rest of their frame
+//!    waits for the next turn, which then starts at once, so a large snapshot holds the other
+//!    groups up for no more than one turn. Then unreachable reports from the transport
+//!    ([`crate::ClusterHandle::report_unreachable`]) are applied to every group.
 //! 2. Tick every group if the tick is due.
-//! 3. Phase one, every group with a `Ready` ([`Group::handle_ready`]): send `messages`, apply
-//!    a received snapshot, apply `committed_entries`, stage `entries` and the hard state.
+//! 3. Phase one, every group with a `Ready` ([`Group::handle_ready`]): queue `messages` in the
+//!    turn's outbox, apply a received snapshot, apply `committed_entries`, stage `entries` and
+//!    the hard state.
 //! 4. One atomic sled batch with every group's staged writes, one `flush`, one `fdatasync`
 //!    ([`RaftDb::write`]).
-//! 5. Phase two, the same groups ([`Group::handle_persisted`]): `persisted_messages`, `advance`,
-//!    the `LightReady`, `advance_apply`, snapshot + compaction when due.
+//! 5. Phase two, the same groups ([`Group::handle_persisted`]): queue `persisted_messages`,
+//!    `advance`, the `LightReady`, `advance_apply`, snapshot + compaction when due.
 //! 6. Apply phase two's writes (commit index, conf states, compactions). They need no flush of
 //!    their own: the commit index is recoverable, and a compaction is atomic with its snapshot
 //!    record, whose data file was synced when it was staged. Only a compaction that replaces an
@@ -22,10 +30,17 @@
 //! 7. Age-based snapshots: the shards whose oldest unsnapshotted applied entry is older than
 //!    `snapshot_max_age`, oldest first and at most `max_snapshots_per_turn`, snapshot and
 //!    compact, and those writes are applied like step 6's.
-//! 8. A running `snapshot_all` (online backup, `backup.rs`) serialises its next shards, at most
+//! 8. Send the outbox: one frame per destination node with every group's messages for it, in
+//!    the order the groups produced them (`frame.rs`), one [`Transport::send`] each. Every
+//!    message goes after the turn's durable write, which is always safe for Raft (a message may
+//!    be sent later than allowed, never earlier; a leader's `messages` could have gone before
+//!    its own write, Raft thesis §10.2.1, at the price of a second send per turn). Each
+//!    `MsgSnapshot` handed over is reported to its group as sent ([`Group::report_snapshot_sent`]).
+//! 9. A running `snapshot_all` (online backup, `backup.rs`) serialises its next shards, at most
 //!    `max_snapshots_per_turn`: every group is between turns here, so each part is its shard's
 //!    state at its applied index. Nothing is written. While one runs, the loop does not wait
 //!    for the next tick between turns.
+//! 10. Publish readiness and each shard's leader to the handles.
 //!
 //! # Bounding replay
 //!
@@ -45,7 +60,8 @@
 //! is committed, which raft-rs reports only for entries this node persisted (`committed_entries`
 //! are bounded by the persisted index) and, with peers, a quorum persisted. Persisted here means
 //! step 4 completed, so an answered proposal survives a crash or power loss (with `fsync` on).
-//! Messages that promise persistence (votes, append responses) are only sent in step 5.
+//! Messages that promise persistence (votes, append responses) are only queued in step 5, and
+//! nothing is sent before step 8.
 //!
 //! # Failures
 //!
@@ -53,20 +69,27 @@
 //! pending proposals are answered `Stopped` and it receives no more work (STYLE.md P3). A failed
 //! turn write means the database itself is failing; the driver then stops everything rather than
 //! retry (STYLE.md P4).
+//!
+//! A message from another node that raft-rs refuses (a response from a node outside the group,
+//! say) is dropped and counted (`messages_refused`); it never stops the group. Two exceptions
+//! stop it: raft-rs reporting a storage error, and raft-rs panicking, which it does on a
+//! message that contradicts what this replica holds committed, after which its state cannot be
+//! trusted.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 
 use crate::backup::{ShardSnapshot, SnapshotAllError, SnapshotAllRequest};
-use crate::group::{catch, error_chain, Group, GroupError, Proposed, Transport};
-use crate::metrics::bump;
+use crate::group::{catch, error_chain, Group, GroupError, Outbox, Proposed};
+use crate::metrics::{add, bump};
 use crate::reply::Reply;
 use crate::storage::{RaftDb, StoreError, WriteBatch};
-use crate::{NodeId, ProposeError, ShardId, Shared, StateMachine};
+use crate::{frame, NodeId, ProposeError, ShardId, Shared, StateMachine, Transport};
 
 /// A proposal on its way from a handle to the driver.
 pub(crate) struct Proposal<O> {
@@ -75,8 +98,15 @@ pub(crate) struct Proposal<O> {
     pub(crate) reply: Reply<O>,
 }
 
+/// A frame received from another node, decoded and checked by `ClusterHandle::receive`.
+pub(crate) struct Inbound {
+    pub(crate) from: NodeId,
+    pub(crate) messages: Vec<(ShardId, Message)>,
+}
+
 /// Limits of the loop, from `ClusterConfig`.
 pub(crate) struct DriverSettings {
+    pub(crate) node_id: NodeId,
     pub(crate) tick_interval: Duration,
     pub(crate) max_proposals_per_turn: usize,
     pub(crate) snapshot_max_age: Duration,
@@ -88,9 +118,16 @@ pub(crate) struct Driver<S: StateMachine> {
     db: RaftDb,
     groups: Vec<Slot<S>>,
     inbox: Receiver<Proposal<S::Output>>,
+    /// Frames from other nodes (`ClusterHandle::receive`).
+    network: Receiver<Inbound>,
     stop: Receiver<()>,
     shared: Arc<Shared>,
     transport: Box<dyn Transport>,
+    /// The turn's messages by destination, sent at the end of the turn (step 8).
+    outbox: Outbox,
+    /// Messages of received frames not yet stepped because the turn's snapshot budget ran out;
+    /// they go before any newer frame, so each peer's messages are stepped in order.
+    backlog: VecDeque<(ShardId, Message)>,
     settings: DriverSettings,
     /// `ClusterHandle::snapshot_all` requests; `None` until `with_snapshot_requests`.
     snapshot_requests: Option<Receiver<SnapshotAllRequest>>,
@@ -106,6 +143,7 @@ enum Slot<S: StateMachine> {
 /// What woke the loop up.
 enum Wake<O> {
     Proposal(Proposal<O>),
+    Frame(Inbound),
     SnapshotAll(SnapshotAllRequest),
     TickDue,
     Stop,
@@ -113,12 +151,15 @@ enum Wake<O> {
 
 impl<S: StateMachine> Driver<S> {
     /// `groups[i]` must be the group of shard `i`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         db: RaftDb,
         groups: Vec<Group<S>>,
         inbox: Receiver<Proposal<S::Output>>,
+        network: Receiver<Inbound>,
         stop: Receiver<()>,
         shared: Arc<Shared>,
+        transport: Box<dyn Transport>,
         settings: DriverSettings,
     ) -> Self {
         Driver {
@@ -128,9 +169,12 @@ impl<S: StateMachine> Driver<S> {
                 .map(|group| Slot::Running(Box::new(group)))
                 .collect(),
             inbox,
+            network,
             stop,
             shared,
-            transport: Box::new(LocalOnly),
+            transport,
+            outbox: Outbox::new(),
+            backlog: VecDeque::new(),
             settings,
             snapshot_requests: None,
             snapshot_all: None,
@@ -149,16 +193,17 @@ impl<S: StateMachine> Driver<S> {
         // (and readiness published) without waiting a tick.
         let mut next_tick = Instant::now();
         loop {
-            let first = match self.wait(next_tick) {
+            let (proposal, frame) = match self.wait(next_tick) {
                 Wake::Stop => break,
-                Wake::Proposal(proposal) => Some(proposal),
+                Wake::Proposal(proposal) => (Some(proposal), None),
+                Wake::Frame(frame) => (None, Some(frame)),
                 Wake::SnapshotAll(request) => {
                     self.begin_snapshot_all(request);
-                    None
+                    (None, None)
                 }
-                Wake::TickDue => None,
+                Wake::TickDue => (None, None),
             };
-            if let Err(err) = self.turn(first, &mut next_tick) {
+            if let Err(err) = self.turn(proposal, frame, &mut next_tick) {
                 tracing::error!(
                     error = %error_chain(&err),
                     "raft database write failed; stopping all shard groups"
@@ -175,8 +220,9 @@ impl<S: StateMachine> Driver<S> {
         if !matches!(self.stop.try_recv(), Err(TryRecvError::Empty)) {
             return Wake::Stop;
         }
-        // A running `snapshot_all` continues in the next turn without waiting for a tick.
-        let timeout = if self.snapshot_all.is_some() {
+        // A running `snapshot_all`, and received messages held back by the snapshot budget,
+        // continue in the next turn without waiting for a tick.
+        let timeout = if self.snapshot_all.is_some() || !self.backlog.is_empty() {
             Duration::ZERO
         } else {
             next_tick.saturating_duration_since(Instant::now())
@@ -191,6 +237,10 @@ impl<S: StateMachine> Driver<S> {
                 Ok(proposal) => Wake::Proposal(proposal),
                 Err(_) => Wake::Stop,
             },
+            recv(self.network) -> frame => match frame {
+                Ok(frame) => Wake::Frame(frame),
+                Err(_) => Wake::Stop,
+            },
             recv(requests) -> request => match request {
                 Ok(request) => Wake::SnapshotAll(request),
                 Err(_) => Wake::Stop,
@@ -202,10 +252,13 @@ impl<S: StateMachine> Driver<S> {
     /// One loop turn; the order of the steps is the durability argument in the module docs.
     fn turn(
         &mut self,
-        first: Option<Proposal<S::Output>>,
+        proposal: Option<Proposal<S::Output>>,
+        frame: Option<Inbound>,
         next_tick: &mut Instant,
     ) -> Result<(), StoreError> {
-        self.step_proposals(first);
+        self.step_proposals(proposal);
+        self.step_network(frame);
+        self.apply_unreachable_reports();
         let now = Instant::now();
         if now >= *next_tick {
             self.tick_all();
@@ -221,6 +274,7 @@ impl<S: StateMachine> Driver<S> {
         if self.snapshot_aged(now) {
             self.write_staged()?;
         }
+        self.send_outbox();
         self.continue_snapshot_all();
         self.publish_readiness();
         Ok(())
@@ -311,14 +365,123 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn step_proposals(&mut self, first: Option<Proposal<S::Output>>) {
-        let Some(first) = first else {
+        let mut first = first;
+        for _ in 0..self.settings.max_proposals_per_turn {
+            let Some(proposal) = first.take().or_else(|| self.inbox.try_recv().ok()) else {
+                break;
+            };
+            self.step_proposal(proposal);
+        }
+    }
+
+    /// Steps the backlog, then up to `max_proposals_per_turn` received frames, stopping early
+    /// at a `MsgSnapshot` beyond the turn's budget (module docs, step 1).
+    fn step_network(&mut self, first: Option<Inbound>) {
+        let mut first = first;
+        let mut frames = 0;
+        let mut snapshots_left = self.settings.max_snapshots_per_turn;
+        loop {
+            let Some((_, front)) = self.backlog.front() else {
+                if frames == self.settings.max_proposals_per_turn {
+                    break;
+                }
+                let Some(inbound) = first.take().or_else(|| self.network.try_recv().ok()) else {
+                    break;
+                };
+                frames += 1;
+                tracing::trace!(
+                    from = inbound.from,
+                    messages = inbound.messages.len(),
+                    "stepping frame"
+                );
+                self.backlog.extend(inbound.messages);
+                continue;
+            };
+            if front.get_msg_type() == MessageType::MsgSnapshot {
+                if snapshots_left == 0 {
+                    break;
+                }
+                snapshots_left -= 1;
+            }
+            let (shard, message) = self.backlog.pop_front().expect("front exists");
+            self.step_message(shard, message);
+        }
+        // Cut short with the frame that woke the loop still in hand: it waits its turn too.
+        if let Some(inbound) = first {
+            self.backlog.extend(inbound.messages);
+        }
+    }
+
+    fn step_message(&mut self, shard: ShardId, message: Message) {
+        let shared = Arc::clone(&self.shared);
+        let metrics = &shared.metrics;
+        let Some(Slot::Running(group)) = self.groups.get_mut(shard_slot(shard)) else {
+            // `receive` checks the shard range, so this is a stopped group.
+            bump(&metrics.messages_refused);
+            tracing::debug!(shard, "dropping a message for a stopped shard group");
             return;
         };
-        self.step_proposal(first);
-        for _ in 1..self.settings.max_proposals_per_turn {
-            match self.inbox.try_recv() {
-                Ok(proposal) => self.step_proposal(proposal),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        let from = message.from;
+        let kind = message.get_msg_type();
+        match catch(|| group.step(message)) {
+            Ok(Ok(())) => {}
+            Ok(Err(err @ raft::Error::Store(_))) => self.fail_group(shard, &GroupError::Raft(err)),
+            Ok(Err(err)) => {
+                bump(&metrics.messages_refused);
+                tracing::debug!(shard, from, ?kind, error = %err, "raft refused a received message");
+            }
+            Err(err) => self.fail_group(shard, &err),
+        }
+    }
+
+    /// Applies the unreachable reports handles collected since the last turn to every group.
+    fn apply_unreachable_reports(&mut self) {
+        let nodes = std::mem::take(&mut *self.shared.unreachable.lock());
+        for node in nodes {
+            for shard in 0..self.groups.len() {
+                if let Slot::Running(group) = &mut self.groups[shard] {
+                    if let Err(err) = catch(|| group.report_unreachable(node)) {
+                        self.fail_group(shard as ShardId, &err);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Step 8: one frame per destination, then the snapshots in them reported as sent.
+    fn send_outbox(&mut self) {
+        let outbox = std::mem::take(&mut self.outbox);
+        let shared = Arc::clone(&self.shared);
+        let metrics = &shared.metrics;
+        for (to, messages) in outbox {
+            let encoded = frame::encode(self.settings.node_id, to, &messages);
+            if encoded.left_out > 0 {
+                add(&metrics.messages_too_large, encoded.left_out as u64);
+                tracing::warn!(
+                    to,
+                    left_out = encoded.left_out,
+                    max_frame_bytes = frame::MAX_FRAME_BYTES,
+                    "raft messages too large for a frame were not sent"
+                );
+            }
+            if let Some(bytes) = encoded.bytes {
+                let transport = &mut *self.transport;
+                if catch(|| transport.send(to, bytes)).is_err() {
+                    tracing::error!(to, "transport panicked while sending a frame");
+                }
+                bump(&metrics.frames_sent);
+                add(&metrics.messages_sent, encoded.messages as u64);
+            }
+            // Also a snapshot left out: reported sent, the leader probes and tries again.
+            for (shard, message) in &messages {
+                if message.get_msg_type() != MessageType::MsgSnapshot {
+                    continue;
+                }
+                if let Some(Slot::Running(group)) = self.groups.get_mut(shard_slot(*shard)) {
+                    if let Err(err) = catch(|| group.report_snapshot_sent(to)) {
+                        self.fail_group(*shard, &err);
+                    }
+                }
             }
         }
     }
@@ -366,9 +529,9 @@ impl<S: StateMachine> Driver<S> {
             if !group.has_ready() {
                 continue;
             }
-            let transport = &mut *self.transport;
+            let outbox = &mut self.outbox;
             let metrics = &self.shared.metrics;
-            match catch(|| group.handle_ready(transport, metrics)).and_then(|result| result) {
+            match catch(|| group.handle_ready(outbox, metrics)).and_then(|result| result) {
                 Ok(()) => readied.push(shard as ShardId),
                 Err(err) => self.fail_group(shard as ShardId, &err),
             }
@@ -382,10 +545,10 @@ impl<S: StateMachine> Driver<S> {
             let Slot::Running(group) = &mut self.groups[shard_slot(shard)] else {
                 continue;
             };
-            let transport = &mut *self.transport;
+            let outbox = &mut self.outbox;
             let metrics = &self.shared.metrics;
             if let Err(err) =
-                catch(|| group.handle_persisted(transport, metrics, now)).and_then(|result| result)
+                catch(|| group.handle_persisted(outbox, metrics, now)).and_then(|result| result)
             {
                 self.fail_group(shard, &err);
             }
@@ -439,7 +602,18 @@ impl<S: StateMachine> Driver<S> {
         Ok(())
     }
 
+    /// Publishes each shard's leader and whether the node is ready: every shard knows a leader
+    /// and has applied what it knew committed at start. A node cut off from a quorum loses its
+    /// leaders (a leader steps down by check-quorum, a follower forgets its leader when it starts
+    /// a pre-vote), so it reports not ready within about an election timeout.
     fn publish_readiness(&self) {
+        for (slot, leader) in self.groups.iter().zip(&self.shared.leaders) {
+            let id = match slot {
+                Slot::Running(group) => group.leader_id(),
+                Slot::Failed => 0,
+            };
+            leader.store(id, Ordering::Relaxed);
+        }
         let ready = self.groups.iter().all(|slot| match slot {
             Slot::Running(group) => group.is_caught_up(),
             Slot::Failed => false,
@@ -453,6 +627,9 @@ impl<S: StateMachine> Driver<S> {
         self.groups[shard_slot(shard)] = Slot::Failed;
         bump(&self.shared.metrics.failed_shards);
         self.shared.ready.store(false, Ordering::Relaxed);
+        if let Some(leader) = self.shared.leaders.get(shard_slot(shard)) {
+            leader.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Refuses new proposals, answers queued ones `Stopped`, snapshots every shard with applied
@@ -497,6 +674,9 @@ impl<S: StateMachine> Driver<S> {
     fn close_inbox(&self) {
         *self.shared.open.write() = false;
         self.shared.ready.store(false, Ordering::Relaxed);
+        for leader in &self.shared.leaders {
+            leader.store(0, Ordering::Relaxed);
+        }
         while let Ok(proposal) = self.inbox.try_recv() {
             proposal.reply.send(Err(ProposeError::Stopped));
         }
@@ -511,16 +691,15 @@ impl<S: StateMachine> Drop for Driver<S> {
     }
 }
 
-/// The only transport until node-to-node QUIC exists: a single-node cluster never addresses
-/// another node, so a message for one means a misconfigured group.
-struct LocalOnly;
+/// The transport of [`crate::Cluster::start`]: a single-node cluster never addresses another
+/// node, so a frame for one means a misconfigured group.
+pub(crate) struct LocalOnly;
 
 impl Transport for LocalOnly {
-    fn send(&mut self, shard: ShardId, to: NodeId, messages: Vec<Message>) {
+    fn send(&mut self, to: NodeId, frame: Vec<u8>) {
         tracing::error!(
-            shard,
             to,
-            count = messages.len(),
+            bytes = frame.len(),
             "no transport to other nodes; dropping raft messages"
         );
     }

@@ -12,11 +12,12 @@
 //! stops the group (STYLE.md P3, P4). It does not know what commands mean: entries are opaque
 //! bytes handed to the state machine.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
-use raft::{RawNode, Ready, StateRole};
+use raft::{RawNode, Ready, SnapshotStatus, StateRole};
 
 use crate::metrics::{bump, Metrics};
 use crate::pending::{answer_dropped, PendingProposals};
@@ -45,11 +46,10 @@ pub(crate) enum GroupError {
     Panicked(String),
 }
 
-/// Sends Raft messages to other nodes. One call per destination and loop phase, so a network
-/// implementation can batch a frame per peer (DESIGN.md §3).
-pub(crate) trait Transport: Send {
-    fn send(&mut self, shard: ShardId, to: NodeId, messages: Vec<Message>);
-}
+/// Raft messages of one driver turn, by destination node, in the order the groups produced
+/// them; the driver sends each destination's messages as one frame once the turn's writes are
+/// durable (`driver.rs`, `frame.rs`).
+pub(crate) type Outbox = BTreeMap<NodeId, Vec<(ShardId, Message)>>;
 
 /// How a proposal stepped into the group ended up.
 pub(crate) enum Proposed<O> {
@@ -124,6 +124,35 @@ impl<S: StateMachine> Group<S> {
         })
     }
 
+    /// Steps a message received from another node. Raft-rs refuses node-local message types
+    /// and responses from nodes outside the configuration with an error; a message that
+    /// contradicts what this replica knows is committed makes it panic (caught by the driver,
+    /// which stops the group: such a replica cannot be trusted to go on).
+    pub(crate) fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        assert!(self.in_flight.is_none(), "stepped inside a Ready");
+        self.node.step(message)
+    }
+
+    /// Tells raft-rs that the last messages to `node` may not have arrived (a leader stops
+    /// pipelining appends to it and probes instead).
+    pub(crate) fn report_unreachable(&mut self, node: NodeId) {
+        self.node.report_unreachable(node);
+    }
+
+    /// Tells raft-rs that a `MsgSnapshot` to `node` was handed to the transport. The transport
+    /// cannot say whether it arrived, so it is reported finished at once: the leader then
+    /// probes the follower from the snapshot's index on, and a follower that did not get the
+    /// snapshot rejects the probe, which makes the leader send the snapshot again. (Left in
+    /// the snapshot state, the leader would never send that follower anything again.)
+    pub(crate) fn report_snapshot_sent(&mut self, node: NodeId) {
+        self.node.report_snapshot(node, SnapshotStatus::Finish);
+    }
+
+    /// The node this replica believes leads the shard (0: unknown), as of the last `Ready`.
+    pub(crate) fn leader_id(&self) -> NodeId {
+        self.leader_id
+    }
+
     /// Starts an election right away when this node is the only voter, which is always the case
     /// for a single-node cluster; with peers the election timeout decides instead, so restarting
     /// nodes do not disrupt a healthy leader.
@@ -175,14 +204,15 @@ impl<S: StateMachine> Group<S> {
     /// become durable in the driver's single write for the turn, before [`Self::handle_persisted`].
     pub(crate) fn handle_ready(
         &mut self,
-        transport: &mut dyn Transport,
+        outbox: &mut Outbox,
         metrics: &Metrics,
     ) -> Result<(), GroupError> {
         assert!(self.in_flight.is_none(), "ready taken twice in one turn");
         let mut ready = self.node.ready();
         // Only a follower's messages wait for persistence; a leader's may go before its own
-        // append is durable (Raft thesis §10.2.1), which is what `messages` holds.
-        send(self.shard, transport, ready.take_messages());
+        // append is durable (Raft thesis §10.2.1), which is what `messages` holds. The driver
+        // sends the whole outbox after the turn's durable write anyway, which is always safe.
+        send(self.shard, outbox, ready.take_messages());
         if !ready.snapshot().is_empty() {
             self.apply_received_snapshot(ready.snapshot(), metrics)?;
         }
@@ -204,19 +234,19 @@ impl<S: StateMachine> Group<S> {
     /// turn: entries applied in it and left unsnapshotted are dated with it.
     pub(crate) fn handle_persisted(
         &mut self,
-        transport: &mut dyn Transport,
+        outbox: &mut Outbox,
         metrics: &Metrics,
         now: Instant,
     ) -> Result<(), GroupError> {
         let Some(mut ready) = self.in_flight.take() else {
             return Ok(());
         };
-        send(self.shard, transport, ready.take_persisted_messages());
+        send(self.shard, outbox, ready.take_persisted_messages());
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().stage_commit(commit)?;
         }
-        send(self.shard, transport, light.take_messages());
+        send(self.shard, outbox, light.take_messages());
         self.apply_committed(light.take_committed_entries(), metrics)?;
         self.node.advance_apply();
         let unsnapshotted = self
@@ -349,6 +379,14 @@ impl<S: StateMachine> Group<S> {
         self.applied_index = meta.index;
         self.applied_term = meta.term;
         self.pending.drop_all(metrics);
+        bump(&metrics.snapshots_received);
+        tracing::info!(
+            shard = self.shard,
+            index = meta.index,
+            term = meta.term,
+            bytes = snapshot.data.len(),
+            "restored snapshot received from the leader"
+        );
         Ok(())
     }
 
@@ -434,16 +472,10 @@ pub(crate) fn raft_config(config: &ClusterConfig, applied: u64) -> raft::Config 
     }
 }
 
-fn send(shard: ShardId, transport: &mut dyn Transport, mut messages: Vec<Message>) {
-    if messages.is_empty() {
-        return;
-    }
-    messages.sort_by_key(|message| message.to);
-    while let Some(last) = messages.last() {
-        let to = last.to;
-        let split = messages.partition_point(|message| message.to < to);
-        let batch = messages.split_off(split);
-        transport.send(shard, to, batch);
+/// Queues `messages` in the turn's outbox, keeping their order per destination.
+fn send(shard: ShardId, outbox: &mut Outbox, messages: Vec<Message>) {
+    for message in messages {
+        outbox.entry(message.to).or_default().push((shard, message));
     }
 }
 

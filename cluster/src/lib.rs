@@ -20,9 +20,24 @@
 //! [`ClusterConfig::snapshot_max_age`], so a crash restart replays a bounded, recent log;
 //! [`Cluster::shutdown`] snapshots every shard, so a clean restart replays none.
 //!
-//! Today a cluster is a single node whose groups each have that node as their only voter.
-//! The transport seam for peers exists (messages are routed per destination), but nothing sends
-//! across nodes yet.
+//! A cluster is one or more nodes, and every shard group has a replica on each: the voters
+//! [`ClusterConfig::voters`], with which a fresh data directory bootstraps every group (all
+//! nodes of a new cluster are given the same set; on an existing data directory the membership
+//! comes from the log). [`Cluster::start`] runs a single-node cluster. [`Cluster::start_with_transport`]
+//! runs one node of a larger one: at the end of each driver turn, once the turn's writes are
+//! durable, every shard's Raft messages for a node go out as one frame (the format is in the
+//! `frame` module) through the [`Transport`]; frames from other nodes come in through
+//! [`ClusterHandle::receive`], and [`ClusterHandle::report_unreachable`] tells the groups about
+//! a peer the transport cannot reach. Only a shard's leader takes proposals; the other
+//! replicas answer [`ProposeError::NotLeader`] at once, and [`ClusterHandle::leader`] names the
+//! leader they know. Groups run with check-quorum and pre-vote: a leader cut off from a quorum
+//! steps down (its pending proposals are answered `Dropped` and the node stops being ready),
+//! and a node rejoining after a partition does not unseat the leader. A replica too far behind
+//! the leader's compacted log catches up from a snapshot sent inside a frame.
+//!
+//! Not yet present: changing the membership (conf-change entries in the log are applied and
+//! their configuration stored, but nothing proposes them), leadership transfer, and
+//! hibernation of idle groups (every group ticks and its leader heartbeats, idle or not).
 //!
 //! ```
 //! use mimid_cluster::{shard_for, Cluster, ClusterConfig, StateMachine};
@@ -61,6 +76,7 @@
 
 mod backup;
 mod driver;
+mod frame;
 mod group;
 mod metrics;
 mod pending;
@@ -68,24 +84,26 @@ mod reply;
 mod snapshot_file;
 mod storage;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::ConfState;
 
 use crate::backup::SnapshotAllRequest;
-use crate::driver::{Driver, DriverSettings, Proposal};
+use crate::driver::{Driver, DriverSettings, Inbound, LocalOnly, Proposal};
 use crate::group::{error_chain, raft_config, Group, GroupError};
 use crate::metrics::{bump, Metrics};
 use crate::reply::Reply;
 use crate::storage::{RaftDb, WriteBatch};
 
 pub use crate::backup::{restore_data_dir, ShardSnapshot, SnapshotAllError, SnapshotsDone};
+pub use crate::frame::MAX_FRAME_BYTES;
 pub use crate::metrics::ClusterMetrics;
 pub use crate::storage::StoreError;
 
@@ -94,6 +112,19 @@ pub type ShardId = u64;
 
 /// Identifier of a node of the cluster (a Raft peer id; never 0).
 pub type NodeId = u64;
+
+/// Carries frames to other nodes. Called by the driver thread at the end of each loop turn,
+/// at most once per destination per turn, with every shard's messages for that node in one frame.
+/// Must not block (queue and return; dropping under pressure is allowed: Raft retransmits).
+///
+/// A frame is at most [`MAX_FRAME_BYTES`] long; frames carrying a snapshot are as large as the
+/// shard's serialised state. The receiving node hands it to its [`ClusterHandle::receive`].
+/// Delivery in order per destination is not required but keeps catching up cheap (a snapshot
+/// that is overtaken by later appends is sent again).
+pub trait Transport: Send + 'static {
+    /// Queues `frame` for node `to`.
+    fn send(&mut self, to: NodeId, frame: Vec<u8>);
+}
 
 /// A deterministic state machine for one shard. `apply` is called on committed entries in log
 /// order, exactly once per entry per process lifetime (after a restart, entries after the last
@@ -131,8 +162,8 @@ pub struct ClusterConfig {
     pub election_tick: usize,
     /// Ticks between leader heartbeats. Default 2.
     pub heartbeat_tick: usize,
-    /// Proposals stepped per loop turn, bounding the work per `Ready` (floors pitfall 13).
-    /// Default 1024.
+    /// Proposals stepped per loop turn, bounding the work per `Ready` (floors pitfall 13); also
+    /// the number of frames received from other nodes stepped per turn. Default 1024.
     pub max_proposals_per_turn: usize,
     /// Capacity of the driver's inbox; a full inbox answers [`ProposeError::Busy`].
     /// Default 65 536.
@@ -150,7 +181,8 @@ pub struct ClusterConfig {
     /// `max_snapshots_per_turn`). Default 10 minutes.
     pub snapshot_max_age: Duration,
     /// Age-based snapshots taken per driver turn at most (oldest first), so one turn never
-    /// stalls every shard serialising its state. Default 2.
+    /// stalls every shard serialising its state; likewise the snapshots received from leaders
+    /// restored per turn. Default 2.
     pub max_snapshots_per_turn: usize,
     /// Snapshot every shard with unsnapshotted applied entries on a graceful shutdown, so a
     /// clean restart replays no log. Turn off only to exercise crash recovery. Default true.
@@ -165,6 +197,12 @@ pub struct ClusterConfig {
     /// `fdatasync` sled's files after each turn's flush (sled's own flush is only
     /// `sync_file_range`, floors pitfall 16). Turn off only to measure the cost. Default true.
     pub fsync: bool,
+    /// The voters every shard is bootstrapped with on a fresh data dir (all nodes of a new cluster
+    /// must be given the same set). Default `vec![node_id]`.
+    pub voters: Vec<NodeId>,
+    /// Capacity of the inbox of frames received from other nodes; a full inbox drops the frame
+    /// (counted). Default 4096.
+    pub network_inbox_capacity: usize,
 }
 
 impl ClusterConfig {
@@ -187,6 +225,8 @@ impl ClusterConfig {
             max_inflight_msgs: 256,
             max_uncommitted_bytes: 64 * 1024 * 1024,
             fsync: true,
+            voters: vec![node_id],
+            network_inbox_capacity: 4096,
         }
     }
 
@@ -215,6 +255,18 @@ impl ClusterConfig {
         }
         if self.max_snapshots_per_turn == 0 {
             return invalid("max_snapshots_per_turn must be at least 1");
+        }
+        if self.network_inbox_capacity == 0 {
+            return invalid("network_inbox_capacity must be at least 1");
+        }
+        if self.voters.contains(&0) {
+            return invalid("voters must not contain node id 0");
+        }
+        if !self.voters.contains(&self.node_id) {
+            return invalid("voters must contain this node's node_id");
+        }
+        if self.voters.iter().collect::<BTreeSet<_>>().len() != self.voters.len() {
+            return invalid("voters must not list a node twice");
         }
         // Tick ratios and message/uncommitted sizes are checked by raft-rs itself.
         raft_config(self, 0)
@@ -245,6 +297,21 @@ pub enum ProposeError {
     /// The shard id is not below the configured shard count.
     #[error("no such shard")]
     UnknownShard,
+}
+
+/// Why a frame from another node was not taken ([`ClusterHandle::receive`]).
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ReceiveError {
+    /// The frame does not decode, or is not for this node, or names a shard this node does not
+    /// have (the reason says which). Nothing of it was taken.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The network inbox is full; the frame was dropped (Raft retransmits).
+    #[error("network inbox is full")]
+    Busy,
+    /// The driver stopped.
+    #[error("the driver stopped")]
+    Stopped,
 }
 
 /// Why the cluster could not start.
@@ -292,19 +359,45 @@ impl<S: StateMachine> Cluster<S> {
     /// no state as single-voter groups of `node_id`, campaigns, and starts the driver thread (a
     /// named std thread, no async runtime).
     ///
+    /// A single-node cluster: `config.voters` must be `[node_id]` (the default), otherwise
+    /// [`ClusterError::InvalidConfig`]; see [`Cluster::start_with_transport`] for more nodes.
     /// See the crate docs for an example.
     pub fn start(
         config: ClusterConfig,
+        factory: impl FnMut(ShardId) -> S,
+    ) -> Result<Self, ClusterError> {
+        if config.voters != [config.node_id] {
+            return Err(ClusterError::InvalidConfig(
+                "voters must be [node_id] for a single-node cluster; \
+                 use start_with_transport for more nodes"
+                    .to_owned(),
+            ));
+        }
+        Self::start_with_transport(config, factory, Box::new(LocalOnly))
+    }
+
+    /// Like [`Cluster::start`], for one node of a cluster of `config.voters`: shards without
+    /// state are bootstrapped with those voters (a shard with state keeps the membership in its
+    /// log), and `transport` carries this node's frames to the others. Frames from them are
+    /// handed in through [`ClusterHandle::receive`]. A group whose only voter is this node
+    /// campaigns at once; the others elect a leader when an election timeout passes without one
+    /// (`election_tick` to twice that, in ticks), so a restarting node does not disrupt a
+    /// healthy leader.
+    pub fn start_with_transport(
+        config: ClusterConfig,
         mut factory: impl FnMut(ShardId) -> S,
+        transport: Box<dyn Transport>,
     ) -> Result<Self, ClusterError> {
         config.validate()?;
         let mut db = RaftDb::open(&config.data_dir.join("raft"), config.shards, config.fsync)?;
+        let mut voters = config.voters.clone();
+        voters.sort_unstable();
         let mut loaded = Vec::new();
         let mut bootstrap = WriteBatch::default();
         for shard in 0..config.shards {
             let (mut storage, snapshot) = db.load_shard(shard)?;
             if !storage.is_initialized() {
-                storage.stage_bootstrap(ConfState::from((vec![config.node_id], vec![])))?;
+                storage.stage_bootstrap(ConfState::from((voters.clone(), vec![])))?;
                 bootstrap.take_from(&mut storage);
             }
             loaded.push((shard, storage, snapshot));
@@ -324,15 +417,17 @@ impl<S: StateMachine> Cluster<S> {
                 .map_err(recover)?;
             groups.push(group);
         }
-        Self::spawn(config, db, groups)
+        Self::spawn(config, db, groups, transport)
     }
 
     fn spawn(
         config: ClusterConfig,
         db: RaftDb,
         groups: Vec<Group<S>>,
+        transport: Box<dyn Transport>,
     ) -> Result<Self, ClusterError> {
         let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(config.inbox_capacity);
+        let (network_tx, network_rx) = crossbeam_channel::bounded(config.network_inbox_capacity);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         // One `snapshot_all` at a time (`HandleInner::snapshot_all_busy`), so one slot suffices.
         let (control_tx, control_rx) = crossbeam_channel::bounded(1);
@@ -340,16 +435,28 @@ impl<S: StateMachine> Cluster<S> {
             open: RwLock::new(true),
             ready: AtomicBool::new(false),
             metrics: Metrics::default(),
+            leaders: (0..config.shards).map(|_| AtomicU64::new(0)).collect(),
+            unreachable: Mutex::new(BTreeSet::new()),
         });
         let settings = DriverSettings {
+            node_id: config.node_id,
             tick_interval: config.tick_interval,
             max_proposals_per_turn: config.max_proposals_per_turn,
             snapshot_max_age: config.snapshot_max_age,
             max_snapshots_per_turn: config.max_snapshots_per_turn,
             snapshot_on_shutdown: config.snapshot_on_shutdown,
         };
-        let driver = Driver::new(db, groups, inbox_rx, stop_rx, Arc::clone(&shared), settings)
-            .with_snapshot_requests(control_rx);
+        let driver = Driver::new(
+            db,
+            groups,
+            inbox_rx,
+            network_rx,
+            stop_rx,
+            Arc::clone(&shared),
+            transport,
+            settings,
+        )
+        .with_snapshot_requests(control_rx);
         let thread = std::thread::Builder::new()
             .name(format!("mimid-raft-{}", config.node_id))
             .spawn(move || driver.run())
@@ -358,10 +465,12 @@ impl<S: StateMachine> Cluster<S> {
             handle: ClusterHandle {
                 inner: Arc::new(HandleInner {
                     inbox: inbox_tx,
+                    network: network_tx,
                     snapshot_requests: control_tx,
                     snapshot_all_busy: Arc::new(AtomicBool::new(false)),
                     shared,
                     shards: config.shards,
+                    node_id: config.node_id,
                 }),
             },
             stop: stop_tx,
@@ -402,12 +511,15 @@ pub struct ClusterHandle<S: StateMachine> {
 
 struct HandleInner<O> {
     inbox: Sender<Proposal<O>>,
+    /// Decoded frames from other nodes for the driver.
+    network: Sender<Inbound>,
     /// `snapshot_all` requests for the driver (capacity one).
     snapshot_requests: Sender<SnapshotAllRequest>,
     /// True from an accepted `snapshot_all` until its answer.
     snapshot_all_busy: Arc<AtomicBool>,
     shared: Arc<Shared>,
     shards: u64,
+    node_id: NodeId,
 }
 
 /// State shared by the driver and the handles.
@@ -416,6 +528,11 @@ pub(crate) struct Shared {
     pub(crate) open: RwLock<bool>,
     pub(crate) ready: AtomicBool,
     pub(crate) metrics: Metrics,
+    /// Each shard's leader as its replica here last knew it (0: unknown), published per turn.
+    pub(crate) leaders: Vec<AtomicU64>,
+    /// Nodes reported unreachable since the driver's last turn (a set: repeated reports of one
+    /// node coalesce, so it holds at most the cluster's nodes).
+    pub(crate) unreachable: Mutex<BTreeSet<NodeId>>,
 }
 
 impl<S: StateMachine> Clone for ClusterHandle<S> {
@@ -528,10 +645,89 @@ impl<S: StateMachine> ClusterHandle<S> {
         self.inner.shards
     }
 
-    /// True once every local shard has a leader and has applied everything committed at start
-    /// (for `/readyz`); false again if a shard fails or the driver stops.
+    /// True once every local shard knows a leader and has applied everything committed at start
+    /// (for `/readyz`); false again if a shard fails, the driver stops, or a shard loses its
+    /// leader (a node cut off from a quorum: its leaders step down by check-quorum, its
+    /// followers forget the leader when their election timeout passes).
     pub fn is_ready(&self) -> bool {
         self.inner.shared.ready.load(Ordering::Relaxed)
+    }
+
+    /// Hands a frame received from another node to the driver. Decodes on the caller's thread.
+    ///
+    /// The frame must be addressed to this node and name only shards it has, or it is refused
+    /// whole as [`ReceiveError::Malformed`] (see the `frame` module for every rule). A full
+    /// network inbox drops it ([`ReceiveError::Busy`]); Raft retransmits what matters.
+    pub fn receive(&self, frame: &[u8]) -> Result<(), ReceiveError> {
+        let inner = &self.inner;
+        let metrics = &inner.shared.metrics;
+        let malformed = |reason: String| {
+            bump(&metrics.frames_malformed);
+            tracing::debug!(%reason, "refused a frame from another node");
+            ReceiveError::Malformed(reason)
+        };
+        let decoded = frame::decode(frame).map_err(|err| malformed(err.to_string()))?;
+        if decoded.to != inner.node_id {
+            return Err(malformed(format!(
+                "frame for node {} received by node {}",
+                decoded.to, inner.node_id
+            )));
+        }
+        if let Some((shard, _)) = decoded
+            .messages
+            .iter()
+            .find(|(shard, _)| *shard >= inner.shards)
+        {
+            return Err(malformed(format!(
+                "unknown shard {shard} (this node has {} shards)",
+                inner.shards
+            )));
+        }
+        if !*inner.shared.open.read() {
+            return Err(ReceiveError::Stopped);
+        }
+        let inbound = Inbound {
+            from: decoded.from,
+            messages: decoded.messages,
+        };
+        match inner.network.try_send(inbound) {
+            Ok(()) => {
+                bump(&metrics.frames_received);
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => {
+                bump(&metrics.frames_dropped_inbox_full);
+                Err(ReceiveError::Busy)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(ReceiveError::Stopped),
+        }
+    }
+
+    /// The node this shard's replica believes leads it (None while unknown / during an election).
+    /// As of the driver's last turn; `None` for a shard out of range, a stopped shard group, or
+    /// once the driver stopped.
+    pub fn leader(&self, shard: ShardId) -> Option<NodeId> {
+        let leaders = &self.inner.shared.leaders;
+        let id = leaders
+            .get(usize::try_from(shard).ok()?)?
+            .load(Ordering::Relaxed);
+        (id != 0).then_some(id)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// Tells every group that `node` could not be reached (raft `report_unreachable`), e.g. when
+    /// the transport's connection failed; the driver applies it on its next turn. A leader then
+    /// stops pipelining appends to that node and probes it instead. Reports of this node itself
+    /// or of node 0 are ignored.
+    pub fn report_unreachable(&self, node: NodeId) {
+        if node == 0 || node == self.inner.node_id {
+            return;
+        }
+        self.inner.shared.unreachable.lock().insert(node);
     }
 
     /// A snapshot of the counters.
@@ -566,7 +762,170 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+
+    use raft::eraftpb::{Message, MessageType};
+
     use super::*;
+
+    /// Counts applied commands; `BLOCK` holds the driver thread inside `apply` until released.
+    struct Gated {
+        entered: mpsc::Sender<()>,
+        release: crossbeam_channel::Receiver<()>,
+    }
+
+    const BLOCK: &[u8] = b"block";
+
+    impl StateMachine for Gated {
+        type Output = ();
+        fn apply(&mut self, _index: u64, command: &[u8]) {
+            if command == BLOCK {
+                self.entered.send(()).expect("test waits");
+                self.release
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("test releases");
+            }
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A frame from node 2 to node `to` with one heartbeat response per shard in `shards`.
+    fn frame_to(to: NodeId, shards: &[ShardId]) -> Vec<u8> {
+        let messages: Vec<(ShardId, Message)> = shards
+            .iter()
+            .map(|&shard| {
+                let mut message = Message {
+                    from: 2,
+                    to,
+                    term: 1,
+                    ..Message::default()
+                };
+                message.set_msg_type(MessageType::MsgHeartbeatResponse);
+                (shard, message)
+            })
+            .collect();
+        frame::encode(2, to, &messages).bytes.expect("a frame")
+    }
+
+    #[test]
+    fn start_is_single_node_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = ClusterConfig::new(1, dir.path());
+        config.voters = vec![1, 2, 3];
+        match Cluster::start(config, |_| Gated {
+            entered: mpsc::channel().0,
+            release: crossbeam_channel::never(),
+        }) {
+            Err(ClusterError::InvalidConfig(reason)) => {
+                assert!(reason.contains("start_with_transport"), "{reason}")
+            }
+            Err(other) => panic!("expected InvalidConfig, got {other}"),
+            Ok(_) => panic!("a multi-voter config started as a single node"),
+        }
+    }
+
+    #[test]
+    fn receive_refuses_misaddressed_frames_and_drops_when_the_inbox_is_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = ClusterConfig::new(1, dir.path());
+        config.shards = 2;
+        config.network_inbox_capacity = 1;
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = crossbeam_channel::bounded(1);
+        let cluster = Cluster::start(config, move |_| Gated {
+            entered: entered_tx.clone(),
+            release: release_rx.clone(),
+        })
+        .expect("starts");
+        let handle = cluster.handle();
+        assert_eq!(handle.node_id(), 1);
+        wait_until("ready", || handle.is_ready());
+        assert_eq!(handle.leader(0), Some(1));
+        assert_eq!(handle.leader(1), Some(1));
+        assert_eq!(handle.leader(2), None);
+
+        // Not for this node, or for a shard it does not have: refused whole.
+        match handle.receive(&frame_to(3, &[0])) {
+            Err(ReceiveError::Malformed(reason)) => {
+                assert!(reason.contains("for node 3"), "{reason}")
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        match handle.receive(&frame_to(1, &[0, 2])) {
+            Err(ReceiveError::Malformed(reason)) => {
+                assert!(reason.contains("unknown shard 2"), "{reason}")
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        assert_eq!(handle.metrics().frames_malformed, 2);
+
+        // With the driver held inside `apply`, the one-frame inbox fills up.
+        let (done_tx, done) = mpsc::channel();
+        handle
+            .propose(
+                0,
+                BLOCK.to_vec(),
+                Box::new(move |result| done_tx.send(result).expect("test waits")),
+            )
+            .expect("proposed");
+        entered
+            .recv_timeout(Duration::from_secs(30))
+            .expect("driver in apply");
+        assert_eq!(handle.receive(&frame_to(1, &[0, 1])), Ok(()));
+        assert_eq!(handle.receive(&frame_to(1, &[1])), Err(ReceiveError::Busy));
+        let metrics = handle.metrics();
+        assert_eq!(
+            (metrics.frames_received, metrics.frames_dropped_inbox_full),
+            (1, 1)
+        );
+        release.send(()).expect("driver waits");
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(30))
+                .expect("answered"),
+            Ok(())
+        );
+        // Node 2 is no member: raft-rs refuses its responses, and the groups carry on.
+        wait_until("both messages refused", || {
+            handle.metrics().messages_refused == 2
+        });
+        handle.report_unreachable(2);
+        handle.report_unreachable(1);
+        let (done_tx, done) = mpsc::channel();
+        handle
+            .propose(
+                1,
+                b"after".to_vec(),
+                Box::new(move |result| done_tx.send(result).expect("test waits")),
+            )
+            .expect("proposed");
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(30))
+                .expect("answered"),
+            Ok(())
+        );
+        assert_eq!(handle.metrics().failed_shards, 0);
+        assert!(handle.is_ready());
+
+        cluster.shutdown();
+        assert_eq!(
+            handle.receive(&frame_to(1, &[0])),
+            Err(ReceiveError::Stopped)
+        );
+        assert_eq!(handle.leader(0), None);
+    }
 
     #[test]
     fn shard_for_is_fnv1a_64_with_published_test_vectors() {
@@ -599,6 +958,15 @@ mod tests {
             ("max uncommitted size", |c| {
                 c.max_uncommitted_bytes = c.max_size_per_msg - 1
             }),
+            ("network_inbox_capacity", |c| c.network_inbox_capacity = 0),
+            ("voters must contain", |c| c.voters = vec![2, 3]),
+            ("voters must not contain node id 0", |c| {
+                c.voters = vec![1, 0]
+            }),
+            ("voters must not list a node twice", |c| {
+                c.voters = vec![1, 2, 2]
+            }),
+            ("voters must contain", |c| c.voters = Vec::new()),
         ];
         assert!(base.validate().is_ok());
         for (field, mutate) in cases {

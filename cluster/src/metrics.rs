@@ -28,6 +28,26 @@ pub struct ClusterMetrics {
     pub leader_changes: u64,
     /// Shard groups stopped by a storage, state-machine or Raft failure.
     pub failed_shards: u64,
+    /// Snapshots received from a leader and restored (a replica too far behind to catch up
+    /// from the leader's log).
+    pub snapshots_received: u64,
+    /// Frames handed to the transport (at most one per destination node per driver turn).
+    pub frames_sent: u64,
+    /// Raft messages in those frames.
+    pub messages_sent: u64,
+    /// Raft messages left out of a frame because they would have taken it over
+    /// `MAX_FRAME_BYTES` (Raft sends them again; see the `frame` module).
+    pub messages_too_large: u64,
+    /// Frames from other nodes accepted into the driver's network inbox.
+    pub frames_received: u64,
+    /// Frames from other nodes dropped because the network inbox was full.
+    pub frames_dropped_inbox_full: u64,
+    /// Frames from other nodes refused as malformed (including: not for this node, unknown
+    /// shard).
+    pub frames_malformed: u64,
+    /// Received Raft messages the driver dropped: for a stopped shard group, or refused by
+    /// raft-rs (for example a response from a node outside the group).
+    pub messages_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +61,14 @@ pub(crate) struct Metrics {
     pub(crate) snapshots_taken: AtomicU64,
     pub(crate) leader_changes: AtomicU64,
     pub(crate) failed_shards: AtomicU64,
+    pub(crate) snapshots_received: AtomicU64,
+    pub(crate) frames_sent: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) messages_too_large: AtomicU64,
+    pub(crate) frames_received: AtomicU64,
+    pub(crate) frames_dropped_inbox_full: AtomicU64,
+    pub(crate) frames_malformed: AtomicU64,
+    pub(crate) messages_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -55,11 +83,24 @@ impl Metrics {
             snapshots_taken: self.snapshots_taken.load(Ordering::Relaxed),
             leader_changes: self.leader_changes.load(Ordering::Relaxed),
             failed_shards: self.failed_shards.load(Ordering::Relaxed),
+            snapshots_received: self.snapshots_received.load(Ordering::Relaxed),
+            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            messages_too_large: self.messages_too_large.load(Ordering::Relaxed),
+            frames_received: self.frames_received.load(Ordering::Relaxed),
+            frames_dropped_inbox_full: self.frames_dropped_inbox_full.load(Ordering::Relaxed),
+            frames_malformed: self.frames_malformed.load(Ordering::Relaxed),
+            messages_refused: self.messages_refused.load(Ordering::Relaxed),
         }
     }
 }
 
 /// Adds one to a counter.
 pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    add(counter, 1);
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
