@@ -9,6 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::directory::consent::{Preferences, RequesterAction};
+use crate::directory::profile::{Profile, PROFILES_SHARD_KEY};
+use crate::directory::TargetAction;
 use crate::ids::{ClientId, RoomId, UserId};
 
 /// A command with the hub timestamp the leader assigned when proposing it.
@@ -110,6 +113,42 @@ pub enum Command {
         client: ClientId,
         commit_sha256: [u8; 32],
     },
+    /// Replaces a local user's profile (display name and handles) in the provider's handle
+    /// index (MIMI.md §5.7). Lives in the shard of `PROFILES_SHARD_KEY`, so that a handle is
+    /// unique per provider by one apply.
+    SetProfile { user: UserId, profile: Profile },
+    /// Sets a local user's discoverability and reachability preferences (MIMI.md §5.6, §5.7).
+    /// Lives in the shard of the user.
+    SetPreferences {
+        user: UserId,
+        preferences: Preferences,
+    },
+    /// A consent step of the scope (`requester`, `room`) whose target is the local user
+    /// `target` (MIMI.md §5.6: a request or cancel received, a grant or revoke decided). Lives
+    /// in the shard of `target`, with its KeyPackages.
+    ConsentAsTarget {
+        target: UserId,
+        requester: UserId,
+        room: Option<RoomId>,
+        action: TargetAction,
+    },
+    /// What happened to the scope (`target`, `room`) whose requester is the local user
+    /// `requester` (MIMI.md §5.6: the requester's provider keeps its side). Lives in the
+    /// shard of `requester`.
+    ConsentAsRequester {
+        requester: UserId,
+        target: UserId,
+        room: Option<RoomId>,
+        action: RequesterAction,
+    },
+    /// Claims one KeyPackage for every client of `target` to add it to `room`, if `target`'s
+    /// reachability and consent admit `requester` (MIMI.md §5.1); a refusal claims nothing.
+    /// Lives in the shard of `target`.
+    ClaimKeyPackagesInRoom {
+        requester: UserId,
+        target: UserId,
+        room: RoomId,
+    },
 }
 
 impl Command {
@@ -121,7 +160,12 @@ impl Command {
             Command::RegisterClient { client, .. } | Command::PublishKeyPackages { client, .. } => {
                 user_shard_key(&client.user())
             }
-            Command::ClaimKeyPackages { target, .. } => user_shard_key(target),
+            Command::ClaimKeyPackages { target, .. }
+            | Command::ClaimKeyPackagesInRoom { target, .. }
+            | Command::ConsentAsTarget { target, .. } => user_shard_key(target),
+            Command::SetPreferences { user, .. } => user_shard_key(user),
+            Command::ConsentAsRequester { requester, .. } => user_shard_key(requester),
+            Command::SetProfile { .. } => PROFILES_SHARD_KEY.to_vec(),
             Command::CreateRoom { room, .. }
             | Command::Handshake { room, .. }
             | Command::AppMessage { room, .. }
@@ -291,6 +335,56 @@ mod tests {
         assert_eq!(join.encode()[1], 10);
         assert_eq!(Stamped::decode(&join.encode()).unwrap(), join);
         assert_eq!(join.command.shard_key().as_deref(), Some(room.as_bytes()));
+    }
+
+    /// DESIGN.md §5, MIMI.md §5.1/§5.6: consent and preferences live with the user's
+    /// KeyPackages (one apply decides consent and claims), the requester's side with the
+    /// requester, every profile in the one shard of the handle index; the new variants come
+    /// after `MirrorJoin`, so older logs decode unchanged.
+    #[test]
+    fn consent_commands_live_with_their_user_and_profiles_share_one_shard() {
+        let alice = UserId::parse("mimi://a.example/u/alice").unwrap();
+        let bob = UserId::parse("mimi://b.example/u/bob").unwrap();
+        let room = RoomId::parse("mimi://a.example/r/club").unwrap();
+        let as_target = Command::ConsentAsTarget {
+            target: alice.clone(),
+            requester: bob.clone(),
+            room: Some(room.clone()),
+            action: TargetAction::Revoke,
+        };
+        let claim = Command::ClaimKeyPackagesInRoom {
+            requester: bob.clone(),
+            target: alice.clone(),
+            room,
+        };
+        let preferences = Command::SetPreferences {
+            user: alice.clone(),
+            preferences: Preferences::default(),
+        };
+        assert_eq!(as_target.shard_key(), Some(user_shard_key(&alice)));
+        assert_eq!(claim.shard_key(), Some(user_shard_key(&alice)));
+        assert_eq!(preferences.shard_key(), Some(user_shard_key(&alice)));
+        let as_requester = Command::ConsentAsRequester {
+            requester: bob.clone(),
+            target: alice.clone(),
+            room: None,
+            action: RequesterAction::Revoked,
+        };
+        assert_eq!(as_requester.shard_key(), Some(user_shard_key(&bob)));
+        let profile = |user: &UserId| Command::SetProfile {
+            user: user.clone(),
+            profile: Profile::default(),
+        };
+        assert_eq!(profile(&alice).shard_key(), profile(&bob).shard_key());
+        assert_eq!(
+            profile(&alice).shard_key().as_deref(),
+            Some(PROFILES_SHARD_KEY)
+        );
+        for (command, index) in [(profile(&alice), 11), (claim, 15)] {
+            let stamped = Stamped { ts_ms: 1, command };
+            assert_eq!(stamped.encode()[1], index);
+            assert_eq!(Stamped::decode(&stamped.encode()).unwrap(), stamped);
+        }
     }
 
     #[test]

@@ -21,11 +21,21 @@
 //! consumed. Each user has at most [`MAX_CLIENTS_PER_USER`] clients and each client at most
 //! [`MAX_KEY_PACKAGES_PER_CLIENT`] unexpired single-use KeyPackages.
 //!
-//! What it deliberately does not do: consent, rate limiting of claims and capability or
-//! cipher-suite filtering of claims (protocol-06 §5.1 `requiredCapabilities`); those belong to
-//! the key-material endpoint in front of it.
+//! Next to each user's clients live its preferences and consent ([`consent`]), so that a claim
+//! for a room (`Command::ClaimKeyPackagesInRoom`) decides consent and takes the KeyPackages in
+//! one apply: a refused claim consumes nothing. The provider's profiles and handle index
+//! ([`profile`]) are a part of the directory too, but only the directory of the shard of
+//! [`profile::PROFILES_SHARD_KEY`] holds any.
+//!
+//! What it deliberately does not do: rate limiting of claims and capability or cipher-suite
+//! filtering of claims (protocol-06 §5.1 `requiredCapabilities`); those belong to the
+//! key-material endpoint in front of it.
 
+pub mod consent;
+#[cfg(test)]
+mod consent_tests;
 mod key_package;
+pub mod profile;
 #[cfg(test)]
 mod tests;
 
@@ -35,7 +45,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::ids::{ClientId, UserId};
+use crate::ids::{ClientId, RoomId, UserId};
+use consent::{
+    ConsentListing, ConsentRefusal, Full, Preferences, RequesterAction, TargetStep, UserConsent,
+};
+use profile::{Profile, ProfileError, Profiles, QueryOutcome, SearchTerm};
 
 pub use key_package::{
     validate_key_package, KeyPackageError, KeyPackageLifetime, KeyPackageRef, ValidatedKeyPackage,
@@ -73,6 +87,8 @@ pub const MAX_CLIENTS_PER_USER: usize = 64;
 pub struct Directory {
     users: BTreeMap<UserId, UserEntry>,
     claimed: BTreeMap<KeyPackageRef, ClaimRecord>,
+    /// Non-empty only in the shard of [`profile::PROFILES_SHARD_KEY`].
+    profiles: Profiles,
 }
 
 /// Who claimed a KeyPackage, kept for Welcome routing (MIMI.md §4) until the KeyPackage
@@ -95,6 +111,9 @@ pub struct ClaimRecord {
 pub enum ClaimOutcome {
     /// No client of the target user is registered here.
     UserUnknown,
+    /// The target's reachability preference or consent refuses the requester (MIMI.md §5.1,
+    /// §5.6); nothing was claimed.
+    Refused(ConsentRefusal),
     /// One entry per registered client of the target user, in client URI order.
     Claimed(Vec<ClientClaim>),
 }
@@ -131,6 +150,10 @@ pub enum KeyMaterialUserCode {
     NoCompatibleMaterial,
     /// `userUnknown(4)`.
     UserUnknown,
+    /// `noConsent(5)`.
+    NoConsent,
+    /// `noConsentForThisRoom(6)`.
+    NoConsentForThisRoom,
 }
 
 /// The protocol-06 §5.1 `KeyMaterialClientCode` values a claim can produce.
@@ -198,6 +221,37 @@ pub enum DirectoryError {
     AlreadyClaimed {
         /// Position in the batch.
         index: usize,
+    },
+    /// The user has no registered client here. Consent commands for such a user change
+    /// nothing; the edge answers as it would for a known user where existence must not leak.
+    #[error("no such user")]
+    UnknownUser,
+    /// A profile was refused.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// A user does not ask itself for consent, nor grant it to itself.
+    #[error("requester and target are the same user")]
+    SelfConsent,
+    /// The user keeps [`consent::MAX_CONSENT_ENTRIES`] decisions or outgoing records already.
+    #[error(
+        "the user keeps the maximum of {} consent records of this kind",
+        consent::MAX_CONSENT_ENTRIES
+    )]
+    TooManyConsentEntries,
+    /// A grant carries more KeyPackages than a user has clients.
+    #[error("a grant carries at most {MAX_CLIENTS_PER_USER} KeyPackages, not {count}")]
+    TooManyGrantKeyPackages {
+        /// KeyPackages offered.
+        count: usize,
+    },
+    /// The KeyPackage at `index` of a grant is not one of a registered client of the granting
+    /// user.
+    #[error("grant KeyPackage {index}: {client} is not a registered client of the granting user")]
+    GrantKeyPackageClient {
+        /// Position in the grant.
+        index: usize,
+        /// The client its credential names.
+        client: ClientId,
     },
     /// Storing the batch would exceed [`MAX_KEY_PACKAGES_PER_CLIENT`].
     #[error(
@@ -328,7 +382,7 @@ impl Directory {
     /// is none, the last-resort KeyPackage is returned and kept; otherwise the client is
     /// `Exhausted`. Every KeyPackage handed out is recorded for Welcome routing.
     pub fn claim(&mut self, requester: &UserId, target: &UserId, now_ms: u64) -> ClaimOutcome {
-        let Directory { users, claimed } = self;
+        let Directory { users, claimed, .. } = self;
         let Some(user) = users.get_mut(target) else {
             return ClaimOutcome::UserUnknown;
         };
@@ -407,6 +461,220 @@ impl Directory {
         }
     }
 
+    /// Replaces `user`'s profile in the provider's handle index (apply side of
+    /// `Command::SetProfile`, in the shard of [`profile::PROFILES_SHARD_KEY`]).
+    pub fn set_profile(&mut self, user: &UserId, profile: Profile) -> Result<(), DirectoryError> {
+        Ok(self.profiles.set(user, profile)?)
+    }
+
+    /// The profiles and handle index this directory holds.
+    pub fn profiles(&self) -> &Profiles {
+        &self.profiles
+    }
+
+    /// Which user the ANDed `terms` name, served at `own_domain` (MIMI.md §5.7), before
+    /// discoverability (see [`Directory::discoverable_by`]).
+    pub fn find(&self, terms: &[SearchTerm], own_domain: &str) -> QueryOutcome {
+        self.profiles.find(terms, own_domain)
+    }
+
+    /// Sets `user`'s preferences (apply side of `Command::SetPreferences`).
+    pub fn set_preferences(
+        &mut self,
+        user: &UserId,
+        preferences: Preferences,
+    ) -> Result<(), DirectoryError> {
+        let entry = self
+            .users
+            .get_mut(user)
+            .ok_or(DirectoryError::UnknownUser)?;
+        entry.consent.set_preferences(preferences);
+        Ok(())
+    }
+
+    /// `user`'s preferences; `None` for an unknown user.
+    pub fn preferences(&self, user: &UserId) -> Option<Preferences> {
+        self.users
+            .get(user)
+            .map(|entry| entry.consent.preferences())
+    }
+
+    /// Whether `requester` may find `target` with an identifier query (MIMI.md §5.7). An
+    /// unknown target is never discoverable.
+    pub fn discoverable_by(&self, target: &UserId, requester: Option<&UserId>) -> bool {
+        self.users
+            .get(target)
+            .is_some_and(|entry| entry.consent.discoverable_by(requester))
+    }
+
+    /// What `user` sees of its consent; empty for an unknown user.
+    pub fn consents(&self, user: &UserId) -> ConsentListing {
+        self.users
+            .get(user)
+            .map(|entry| entry.consent.listing(user))
+            .unwrap_or_default()
+    }
+
+    /// Records a consent step of the scope (`requester`, `room`) whose target is the local
+    /// user `target` (apply side of `Command::ConsentAsTarget`; MIMI.md §5.6). A grant's
+    /// KeyPackages are checked (a registered client of `target`, decodable, valid at `now_ms`,
+    /// never stored nor claimed before) and recorded as claimed by `requester`, all or nothing
+    /// together with the decision.
+    pub fn consent_as_target(
+        &mut self,
+        target: &UserId,
+        requester: &UserId,
+        room: Option<&RoomId>,
+        action: &TargetAction,
+        now_ms: u64,
+    ) -> Result<(), DirectoryError> {
+        if target == requester {
+            return Err(DirectoryError::SelfConsent);
+        }
+        let entry = self.users.get(target).ok_or(DirectoryError::UnknownUser)?;
+        let (step, granted) = match action {
+            TargetAction::Request => (TargetStep::Request, Vec::new()),
+            TargetAction::Cancel => (TargetStep::Cancel, Vec::new()),
+            TargetAction::Revoke => (TargetStep::Revoke, Vec::new()),
+            TargetAction::Grant { key_packages } => (
+                TargetStep::Grant,
+                self.check_granted(entry, target, key_packages, now_ms)?,
+            ),
+        };
+        let Directory { users, claimed, .. } = self;
+        let entry = users
+            .get_mut(target)
+            .expect("the user was found above and nothing removed it");
+        entry
+            .consent
+            .apply_as_target(requester, room, step, now_ms)
+            .map_err(|Full| DirectoryError::TooManyConsentEntries)?;
+        for (client, key_package_ref, not_after_s) in granted {
+            claimed.insert(
+                key_package_ref,
+                ClaimRecord {
+                    client,
+                    requester: requester.clone(),
+                    claimed_at_ms: now_ms,
+                    not_after_s,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Records what happened to the scope (`target`, `room`) whose requester is the local user
+    /// `requester` (apply side of `Command::ConsentAsRequester`; MIMI.md §5.6: the requester's
+    /// provider learns of grants and revocations).
+    pub fn consent_as_requester(
+        &mut self,
+        requester: &UserId,
+        target: &UserId,
+        room: Option<&RoomId>,
+        action: RequesterAction,
+        now_ms: u64,
+    ) -> Result<(), DirectoryError> {
+        if target == requester {
+            return Err(DirectoryError::SelfConsent);
+        }
+        if let RequesterAction::Granted { key_packages } = &action {
+            if key_packages.len() > MAX_CLIENTS_PER_USER {
+                return Err(DirectoryError::TooManyGrantKeyPackages {
+                    count: key_packages.len(),
+                });
+            }
+            if let Some((index, bytes)) = key_packages
+                .iter()
+                .enumerate()
+                .find(|(_, bytes)| bytes.len() > MAX_KEY_PACKAGE_LEN)
+            {
+                return Err(DirectoryError::InvalidKeyPackage {
+                    index,
+                    reason: KeyPackageError::TooLarge { len: bytes.len() },
+                });
+            }
+        }
+        let entry = self
+            .users
+            .get_mut(requester)
+            .ok_or(DirectoryError::UnknownUser)?;
+        entry
+            .consent
+            .apply_as_requester(target, room, action, now_ms)
+            .map_err(|Full| DirectoryError::TooManyConsentEntries)
+    }
+
+    /// Claims for `requester` one KeyPackage of every client of `target` to add it to `room`,
+    /// if `target`'s reachability and consent let `requester` in (apply side of
+    /// `Command::ClaimKeyPackagesInRoom`; MIMI.md §5.1). A refusal claims nothing.
+    pub fn claim_in_room(
+        &mut self,
+        requester: &UserId,
+        target: &UserId,
+        room: &RoomId,
+        now_ms: u64,
+    ) -> ClaimOutcome {
+        let Some(entry) = self.users.get(target) else {
+            return ClaimOutcome::UserUnknown;
+        };
+        if let Err(refusal) = entry.consent.check_reach(target, requester, room) {
+            return ClaimOutcome::Refused(refusal);
+        }
+        self.claim(requester, target, now_ms)
+    }
+
+    /// The checks of a grant's KeyPackages; returns what to record as claimed.
+    fn check_granted(
+        &self,
+        entry: &UserEntry,
+        target: &UserId,
+        key_packages: &[GrantedKeyPackage],
+        now_ms: u64,
+    ) -> Result<Vec<(ClientId, KeyPackageRef, u64)>, DirectoryError> {
+        if key_packages.len() > MAX_CLIENTS_PER_USER {
+            return Err(DirectoryError::TooManyGrantKeyPackages {
+                count: key_packages.len(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        let mut granted = Vec::with_capacity(key_packages.len());
+        for (index, offered) in key_packages.iter().enumerate() {
+            let Some(client_entry) = entry.clients.get(&offered.client) else {
+                return Err(DirectoryError::GrantKeyPackageClient {
+                    index,
+                    client: offered.client.clone(),
+                });
+            };
+            debug_assert_eq!(&offered.client.user(), target);
+            let inspected = key_package::inspect(&offered.key_package, &offered.client, now_ms)
+                .map_err(|reason| DirectoryError::InvalidKeyPackage { index, reason })?;
+            if inspected.last_resort {
+                return Err(DirectoryError::LastResortMismatch {
+                    index,
+                    marked: true,
+                });
+            }
+            let key_package_ref = inspected.key_package_ref();
+            let stored = client_entry
+                .pool
+                .values()
+                .chain(client_entry.last_resort.as_ref())
+                .any(|stored| stored.key_package_ref == key_package_ref);
+            if stored || !seen.insert(key_package_ref) {
+                return Err(DirectoryError::DuplicateKeyPackage { index });
+            }
+            if self.claimed.contains_key(&key_package_ref) {
+                return Err(DirectoryError::AlreadyClaimed { index });
+            }
+            granted.push((
+                offered.client.clone(),
+                key_package_ref,
+                inspected.lifetime.not_after_s,
+            ));
+        }
+        Ok(granted)
+    }
+
     /// Re-decodes and checks a batch against the client's state without changing anything.
     fn check_batch(
         &self,
@@ -460,8 +728,15 @@ impl Directory {
 impl ClaimOutcome {
     /// The protocol-06 §5.1 `userStatus` for this outcome.
     pub fn user_code(&self) -> KeyMaterialUserCode {
-        let ClaimOutcome::Claimed(claims) = self else {
-            return KeyMaterialUserCode::UserUnknown;
+        let claims = match self {
+            ClaimOutcome::UserUnknown => return KeyMaterialUserCode::UserUnknown,
+            ClaimOutcome::Refused(ConsentRefusal::NoConsent) => {
+                return KeyMaterialUserCode::NoConsent
+            }
+            ClaimOutcome::Refused(ConsentRefusal::NoConsentForThisRoom) => {
+                return KeyMaterialUserCode::NoConsentForThisRoom
+            }
+            ClaimOutcome::Claimed(claims) => claims,
         };
         let served = claims
             .iter()
@@ -487,9 +762,40 @@ impl ClientClaimResult {
     }
 }
 
+/// What the target of a consent scope does or receives (`Command::ConsentAsTarget`,
+/// MIMI.md §5.6 `ConsentOperation` seen from the target's provider).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetAction {
+    /// A requester asks (`requestConsent` with `request`).
+    Request,
+    /// The requester withdraws its request (`requestConsent` with `cancel`).
+    Cancel,
+    /// The target grants, optionally handing out KeyPackages of its clients so the requester
+    /// can add it at once (`updateConsent` with `grant`).
+    Grant {
+        /// KeyPackages, each of a registered client of the target; recorded as claimed by the
+        /// requester, so the Welcome that uses one is routed to its client (MIMI.md §4).
+        key_packages: Vec<GrantedKeyPackage>,
+    },
+    /// The target revokes or denies in advance (`updateConsent` with `revoke`).
+    Revoke,
+}
+
+/// A KeyPackage handed out with a grant, and the client its credential names (checked at the
+/// edge with its signatures, and again in apply without them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantedKeyPackage {
+    /// The client of the granting user.
+    pub client: ClientId,
+    /// The bare TLS `KeyPackage`.
+    pub key_package: Vec<u8>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct UserEntry {
     clients: BTreeMap<ClientId, ClientEntry>,
+    /// Preferences and consent (MIMI.md §5.6).
+    consent: UserConsent,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,7 +24,11 @@ use crate::command::{
     user_shard_key, Command, HandshakeBundle, ReceivedItem, Stamped, SubmitVerdict, Submitter,
     UpdateVerdict,
 };
-use crate::directory::{validate_key_package, ClaimOutcome, DirectoryError, KeyPackageError};
+use crate::directory::consent::{ConsentListing, Preferences, RequesterAction};
+use crate::directory::profile::{Profile, QueryOutcome, SearchTerm, PROFILES_SHARD_KEY};
+use crate::directory::{
+    validate_key_package, ClaimOutcome, DirectoryError, KeyPackageError, TargetAction,
+};
 use crate::ids::{ClientId, RoomId, UserId};
 use crate::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
 
@@ -378,6 +382,157 @@ impl Hub {
             .await?
         {
             ApplyOutput::Claimed(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Claims one KeyPackage per client of `target` for `requester` to add it to `room`, if
+    /// `target`'s reachability and consent admit `requester` (MIMI.md §5.1, §5.6): a refusal
+    /// (`ClaimOutcome::Refused`) is decided in the same apply and claims nothing. The
+    /// key-material endpoints use this; [`Hub::claim_key_packages`] checks no consent.
+    pub async fn claim_key_packages_in_room(
+        &self,
+        requester: UserId,
+        target: UserId,
+        room: RoomId,
+    ) -> Result<ClaimOutcome, HubError> {
+        match self
+            .proposer
+            .propose(Command::ClaimKeyPackagesInRoom {
+                requester,
+                target,
+                room,
+            })
+            .await?
+        {
+            ApplyOutput::Claimed(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Replaces `user`'s profile (display name and handles) in the provider's handle index
+    /// (MIMI.md §5.7); a handle another user owns refuses it (`ProfileError::HandleTaken`).
+    pub async fn set_profile(
+        &self,
+        user: UserId,
+        profile: Profile,
+    ) -> Result<Result<(), DirectoryError>, HubError> {
+        self.directory_change(Command::SetProfile { user, profile })
+            .await
+    }
+
+    /// Sets `user`'s discoverability and reachability (MIMI.md §5.6, §5.7).
+    pub async fn set_preferences(
+        &self,
+        user: UserId,
+        preferences: Preferences,
+    ) -> Result<Result<(), DirectoryError>, HubError> {
+        self.directory_change(Command::SetPreferences { user, preferences })
+            .await
+    }
+
+    /// Records a consent step for the local user `target` (MIMI.md §5.6): a request or cancel
+    /// from `requester`, or `target`'s own grant or revoke. `DirectoryError::UnknownUser` when
+    /// `target` is not a user here (nothing recorded).
+    pub async fn consent_as_target(
+        &self,
+        target: UserId,
+        requester: UserId,
+        room: Option<RoomId>,
+        action: TargetAction,
+    ) -> Result<Result<(), DirectoryError>, HubError> {
+        self.directory_change(Command::ConsentAsTarget {
+            target,
+            requester,
+            room,
+            action,
+        })
+        .await
+    }
+
+    /// Records, for the local user `requester`, its own request or cancel, or the target's
+    /// grant or revoke (MIMI.md §5.6: the requester's provider keeps its side).
+    pub async fn consent_as_requester(
+        &self,
+        requester: UserId,
+        target: UserId,
+        room: Option<RoomId>,
+        action: RequesterAction,
+    ) -> Result<Result<(), DirectoryError>, HubError> {
+        self.directory_change(Command::ConsentAsRequester {
+            requester,
+            target,
+            room,
+            action,
+        })
+        .await
+    }
+
+    /// Answers an identifier query (MIMI.md §5.7) from local replicas (no Raft write):
+    /// which user the ANDed `terms` name at `own_domain`, if `requester` (`None`: the query
+    /// names none) may find it. A user the requester may not find is `NotFound`, exactly like
+    /// an unknown one.
+    pub fn identifier_query(
+        &self,
+        terms: &[SearchTerm],
+        requester: Option<&UserId>,
+        own_domain: &str,
+    ) -> QueryOutcome {
+        let outcome = self
+            .shards
+            .get(self.shards.shard_of(PROFILES_SHARD_KEY))
+            .read()
+            .directory()
+            .find(terms, own_domain);
+        match outcome {
+            QueryOutcome::Found(user) => {
+                let shard = self.shards.shard_of(&user_shard_key(&user));
+                if self
+                    .shards
+                    .get(shard)
+                    .read()
+                    .directory()
+                    .discoverable_by(&user, requester)
+                {
+                    QueryOutcome::Found(user)
+                } else {
+                    QueryOutcome::NotFound
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// `user`'s profile, if it set one (local read).
+    pub fn profile(&self, user: &UserId) -> Option<Profile> {
+        self.shards
+            .get(self.shards.shard_of(PROFILES_SHARD_KEY))
+            .read()
+            .directory()
+            .profiles()
+            .profile(user)
+            .cloned()
+    }
+
+    /// `user`'s preferences (defaults for a user without clients) and consent records
+    /// (local read).
+    pub fn consents(&self, user: &UserId) -> (Preferences, ConsentListing) {
+        let shard = self.shards.shard_of(&user_shard_key(user));
+        let data = self.shards.get(shard).read();
+        let directory = data.directory();
+        (
+            directory.preferences(user).unwrap_or_default(),
+            directory.consents(user),
+        )
+    }
+
+    /// Proposes a directory change whose apply answers `Registered` (see `ShardData::apply`).
+    async fn directory_change(
+        &self,
+        command: Command,
+    ) -> Result<Result<(), DirectoryError>, HubError> {
+        match self.proposer.propose(command).await? {
+            ApplyOutput::Registered(result) => Ok(result),
             other => Err(unexpected(other)),
         }
     }

@@ -287,6 +287,58 @@ impl ShardData {
                 }
                 (ApplyOutput::Acked, None)
             }
+            // Directory changes other than registration answer through `Registered` too: a
+            // dedicated output would need a new arm in every exhaustive match over outputs
+            // (the simulator's trace names all directory outcomes alike).
+            Command::SetProfile { user, profile } => (
+                ApplyOutput::Registered(self.directory.set_profile(&user, profile)),
+                None,
+            ),
+            Command::SetPreferences { user, preferences } => (
+                ApplyOutput::Registered(self.directory.set_preferences(&user, preferences)),
+                None,
+            ),
+            Command::ConsentAsTarget {
+                target,
+                requester,
+                room,
+                action,
+            } => (
+                ApplyOutput::Registered(self.directory.consent_as_target(
+                    &target,
+                    &requester,
+                    room.as_ref(),
+                    &action,
+                    ts_ms,
+                )),
+                None,
+            ),
+            Command::ConsentAsRequester {
+                requester,
+                target,
+                room,
+                action,
+            } => (
+                ApplyOutput::Registered(self.directory.consent_as_requester(
+                    &requester,
+                    &target,
+                    room.as_ref(),
+                    action,
+                    ts_ms,
+                )),
+                None,
+            ),
+            Command::ClaimKeyPackagesInRoom {
+                requester,
+                target,
+                room,
+            } => (
+                ApplyOutput::Claimed(
+                    self.directory
+                        .claim_in_room(&requester, &target, &room, ts_ms),
+                ),
+                None,
+            ),
         }
     }
 }
