@@ -47,6 +47,8 @@ use crate::wire::update::{
 };
 use crate::wire::{Decode, Encode, Limits, Mls};
 
+mod discovery;
+
 /// Path prefix of the client API.
 pub const PREFIX: &str = "/client/v1/";
 /// The authentication scheme of `authorization: Bearer <token>` (RFC 6750).
@@ -378,9 +380,11 @@ impl ClientApi {
         match target.domain() {
             local if local == self.domain => {
                 self.rate_limits.check_claim(&client.user(), &target)?;
+                // MIMI.md §5.1: the target's reachability and consent are decided in the
+                // claim's apply; a refusal claims nothing.
                 let outcome = self
                     .hub
-                    .claim_key_packages(client.user(), target.clone())
+                    .claim_key_packages_in_room(client.user(), target.clone(), body.room()?)
                     .await?;
                 ok_body(StatusCode::OK, &key_material_response(&target, outcome)?)
             }
@@ -669,6 +673,13 @@ impl ClientApi {
             ("groupInfo", true) => "client_group_info",
             ("stream", false) => "client_stream",
             ("ack", false) => "client_ack",
+            ("profile", false) if req.method == Method::GET => "client_get_profile",
+            ("profile", false) => "client_profile",
+            ("preferences", false) => "client_preferences",
+            ("identifierQuery", true) => "client_identifier_query",
+            ("requestConsent", false) => "client_request_consent",
+            ("updateConsent", false) => "client_update_consent",
+            ("consents", false) => "client_consents",
             _ => {
                 return (
                     "unknown",
@@ -676,7 +687,10 @@ impl ClientApi {
                 )
             }
         };
-        let expected = if endpoint == "client_stream" {
+        let expected = if matches!(
+            endpoint,
+            "client_stream" | "client_get_profile" | "client_consents"
+        ) {
             Method::GET
         } else {
             Method::POST
@@ -710,6 +724,16 @@ impl ClientApi {
                     self.group_info(req, client, room).await
                 }
                 "client_stream" => self.stream(client),
+                "client_get_profile" => self.get_profile(client),
+                "client_profile" => self.set_profile(req, client).await,
+                "client_preferences" => self.set_preferences(req, client).await,
+                "client_identifier_query" => {
+                    self.identifier_query(req, client, param.unwrap_or_default())
+                        .await
+                }
+                "client_request_consent" => self.request_consent(req, client).await,
+                "client_update_consent" => self.update_consent(req, client).await,
+                "client_consents" => self.consents(client),
                 _ => self.ack(req, client).await,
             }
         }
@@ -818,9 +842,15 @@ pub(crate) fn key_material_response(
         mimid_actors::directory::KeyMaterialUserCode::UserUnknown => {
             KeyMaterialUserCode::UserUnknown
         }
+        mimid_actors::directory::KeyMaterialUserCode::NoConsent => KeyMaterialUserCode::NoConsent,
+        mimid_actors::directory::KeyMaterialUserCode::NoConsentForThisRoom => {
+            KeyMaterialUserCode::NoConsentForThisRoom
+        }
     };
+    // protocol-06 §5.1: for any code but success, partialSuccess and noCompatibleMaterial the
+    // clients list is empty.
     let clients = match outcome {
-        ClaimOutcome::UserUnknown => Vec::new(),
+        ClaimOutcome::UserUnknown | ClaimOutcome::Refused(_) => Vec::new(),
         ClaimOutcome::Claimed(claims) => claims
             .into_iter()
             .map(|claim| {

@@ -6,6 +6,10 @@
 //! and the forwarding of local clients' requests for rooms hosted elsewhere
 //! ([`Forwarder`]).
 //!
+//! Discovery and consent (`identifierQuery`, `requestConsent`, `updateConsent`, MIMI.md §5.6,
+//! §5.7) are in [`discovery`]; `keyMaterial` claims decide the target's reachability and
+//! consent in the same apply as the claim (`Hub::claim_key_packages_in_room`).
+//!
 //! Every decision is the hub's apply (DESIGN.md §2); this layer decodes, checks who may speak
 //! for whom (MIMI.md §7.1 step 2) and maps results to statuses.
 //!
@@ -43,6 +47,10 @@ use crate::wire::key_material::KeyMaterialRequest;
 use crate::wire::submit::{SubmitMessageRequest, SubmitMessageResponse};
 use crate::wire::update::{RatchetTreeOption, UpdateRequest, UpdateRoomResponse};
 use crate::wire::{Decode, Limits, Mls, MlsMessage, WireError};
+
+mod discovery;
+
+pub(crate) use discovery::{answer_identifier_query, created, granted_key_packages};
 
 /// The header naming the hub log position of every FanoutMessage of a notify.
 pub const HUB_SEQS_HEADER: &str = "mimi-hub-seqs";
@@ -198,7 +206,7 @@ impl MimiService {
             self.rate_limits.check_claim(&requester.user(), &target)?;
             let outcome = self
                 .hub
-                .claim_key_packages(requester.user(), target.clone())
+                .claim_key_packages_in_room(requester.user(), target.clone(), room)
                 .await?;
             return ok_body(StatusCode::OK, &key_material_response(&target, outcome)?);
         }
@@ -296,6 +304,9 @@ impl FederationService for MimiService {
                 S2sEndpoint::KeyMaterial => self.key_material(req).await,
                 S2sEndpoint::Notify => self.notify(req).await,
                 S2sEndpoint::GroupInfo => self.group_info(req).await,
+                S2sEndpoint::IdentifierQuery => self.identifier_query(req).await,
+                S2sEndpoint::RequestConsent => self.request_consent(req).await,
+                S2sEndpoint::UpdateConsent => self.update_consent(req).await,
                 other => Err(Refusal::new(
                     StatusCode::NOT_IMPLEMENTED,
                     format!("{other} is not implemented by this provider yet"),

@@ -6,6 +6,9 @@
 //! 2); application messages are PrivateMessages. Room state changes (participant list) ride in
 //! AppDataUpdate proposals in the same commit as the MLS Adds and Removes (MIMI.md §5.2, §8).
 //!
+//! Discovery and consent (profile, preferences, search, consent requests and decisions) are in
+//! `discovery.rs`.
+//!
 //! Delivery: `next_event` reads the push stream, drops items already processed by
 //! (room, seq) — duplicates after a reconnect are expected (DESIGN.md §4) — and skips the echoes
 //! of this client's own accepted commits and messages (MIMI.md §5.4: "providers and clients
@@ -54,6 +57,10 @@ use crate::wire::update::{
     GroupInfoOption, HandshakeBundle, RatchetTreeOption, UpdateOutcome, UpdateRequest,
 };
 use crate::wire::{Decode, Encode, Limits, Mls, MlsMessage, WireError};
+
+mod discovery;
+
+pub use discovery::{Consent, Consents};
 
 /// The MTI ciphersuite (RFC 9420 §17.1), used for every room and KeyPackage.
 /// How many own accepted items a client remembers to skip their echoes.

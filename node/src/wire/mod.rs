@@ -18,6 +18,7 @@
 //! | §5.5 groupInfo | [`group_info`] |
 //! | §5.7 consent | [`consent`] |
 //! | §5.8 identifierQuery | [`identifier`] |
+//! | discovery and consent, client API (ours), and the identifierQuery requester | [`discovery`] |
 //! | §5.9 reportAbuse | [`abuse`] |
 //! | client API (ours) | [`client`] |
 //!
@@ -28,6 +29,7 @@ pub mod abuse;
 pub mod client;
 pub mod codec;
 pub mod consent;
+pub mod discovery;
 pub mod fanout;
 pub mod group_info;
 pub mod identifier;
