@@ -130,6 +130,50 @@ pub struct ClusterSettings {
     /// `fdatasync` sled's files before acknowledging, because sled's `flush` alone is not
     /// durable (floors.md pitfall 16). Default true.
     pub fsync: bool,
+    /// Name of the cluster this node belongs to. Nodes exchange it when they connect and refuse
+    /// a node of another cluster even when its certificate comes from the same CA. 1 to 64
+    /// characters of `a-z`, `A-Z`, `0-9`, `-`, `_` and `.`. Default `mimid`.
+    pub name: String,
+    /// UDP address of the node-to-node QUIC listener ([`crate::cluster_net`]), a socket of its
+    /// own beside `listen`. Unset, the node runs alone and opens no node-to-node transport.
+    /// Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The other nodes of the cluster: node id -> UDP address of its `cluster.listen`. TOML
+    /// table keys are strings (`[cluster.peers]` then `2 = "10.0.0.2:7443"`); each must be a
+    /// node id written in decimal without sign or leading zeros, neither 0 nor this node's
+    /// `node_id`. Needs `cluster.listen`. Default empty.
+    pub peers: BTreeMap<String, SocketAddr>,
+    /// Frames queued per peer node while its connection is busy or being opened; when full,
+    /// further frames to that peer are dropped (Raft retransmits) and counted in
+    /// `mimid_cluster_frames_dropped_total{reason="queue_full"}`. Default 1024.
+    pub peer_queue_frames: usize,
+    /// Largest node-to-node frame or RPC body, in bytes. Raft snapshots travel inside frames,
+    /// so it must hold the largest shard snapshot; a peer sending more has its connection
+    /// closed. At most 2^32 - 1 (frames are length-prefixed with 32 bits) and at least
+    /// `cluster.max_size_per_msg`. Default 256 MiB.
+    pub max_frame_bytes: u64,
+    /// TLS material of the node-to-node transport (`[cluster.tls]`), required when
+    /// `cluster.listen` is set.
+    pub tls: ClusterTlsSettings,
+}
+
+/// Paths to PEM files for the node-to-node transport's mutual TLS (`[cluster.tls]`): a node
+/// certificate from `mimid cert create-node` (IP SANs of the addresses peers dial) and the
+/// cluster CA that every node's certificate, as server and as client, is verified against.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterTlsSettings {
+    /// This node's certificate chain (leaf first), PEM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The private key of `cert`, PEM (PKCS#8, SEC1 or PKCS#1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The cluster CA certificate(s), PEM: the only trust anchors of the node-to-node
+    /// transport, in both directions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 /// Bounds on request, queue and connection sizes (DESIGN.md §8).
@@ -398,6 +442,8 @@ impl Config {
 
         self.tls.check(&mut problems);
         self.cluster.check(&mut problems);
+        self.cluster
+            .check_transport(self.node_id, self.listen, &mut problems);
         self.limits.check(&mut problems);
         self.federation.check(&mut problems);
         self.log.check(&mut problems);
@@ -487,6 +533,12 @@ impl Default for ClusterSettings {
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             fsync: true,
+            name: DEFAULT_CLUSTER_NAME.into(),
+            listen: None,
+            peers: BTreeMap::new(),
+            peer_queue_frames: 1024,
+            max_frame_bytes: 256 << 20,
+            tls: ClusterTlsSettings::default(),
         }
     }
 }
@@ -541,6 +593,133 @@ impl ClusterSettings {
             "cluster.max_inflight_msgs",
             self.max_inflight_msgs as u64,
         );
+    }
+
+    /// The peers of `cluster.peers` by node id, or why a key is not a usable node id of a peer
+    /// of `own` (the node's `node_id`).
+    pub fn peer_addresses(&self, own: u64) -> Result<BTreeMap<u64, SocketAddr>, String> {
+        let mut peers = BTreeMap::new();
+        for (key, addr) in &self.peers {
+            let id = parse_node_id(key)?;
+            if id == own {
+                return Err(format!(
+                    "{key} is this node's own node_id; list only the other nodes"
+                ));
+            }
+            peers.insert(id, *addr);
+        }
+        Ok(peers)
+    }
+
+    /// The checks of the node-to-node transport keys (name, listen, peers, queue, frame size,
+    /// `[cluster.tls]`). `own` and `client_listen` are `node_id` and `listen`.
+    fn check_transport(
+        &self,
+        own: u64,
+        client_listen: SocketAddr,
+        problems: &mut Vec<ConfigProblem>,
+    ) {
+        if let Err(reason) = check_cluster_name(&self.name) {
+            problems.push(ConfigProblem {
+                key: "cluster.name",
+                reason,
+            });
+        }
+        at_least_one(
+            problems,
+            "cluster.peer_queue_frames",
+            self.peer_queue_frames as u64,
+        );
+        if self.max_frame_bytes > u64::from(u32::MAX) {
+            problems.push(ConfigProblem {
+                key: "cluster.max_frame_bytes",
+                reason: "must be below 2^32 (frames carry a 32-bit length)".into(),
+            });
+        } else if self.max_frame_bytes < self.max_size_per_msg.max(1) {
+            problems.push(ConfigProblem {
+                key: "cluster.max_frame_bytes",
+                reason: format!(
+                    "must be at least cluster.max_size_per_msg ({}), or a full Raft append \
+                     message cannot be sent",
+                    self.max_size_per_msg
+                ),
+            });
+        }
+        let Some(listen) = self.listen else {
+            if !self.peers.is_empty() {
+                problems.push(ConfigProblem {
+                    key: "cluster.peers",
+                    reason: "peers need cluster.listen: without it the node runs alone".into(),
+                });
+            }
+            return;
+        };
+        if listen.port() == 0 && !listen.ip().is_loopback() {
+            problems.push(ConfigProblem {
+                key: "cluster.listen",
+                reason: "port 0 is only allowed on a loopback address".into(),
+            });
+        } else if listen == client_listen && listen.port() != 0 {
+            problems.push(ConfigProblem {
+                key: "cluster.listen",
+                reason: format!("{listen} is already the client listener (listen)"),
+            });
+        }
+        let mut seen = BTreeMap::new();
+        for (key, addr) in &self.peers {
+            let reason = match parse_node_id(key) {
+                Err(reason) => Some(reason),
+                Ok(id) if id == own => Some(format!(
+                    "{key} is this node's own node_id; list only the other nodes"
+                )),
+                Ok(_) if addr.port() == 0 => Some(format!("{key}: port 0 cannot be reached")),
+                Ok(_) => seen
+                    .insert(*addr, key)
+                    .map(|other| format!("{key} and {other} share the address {addr}")),
+            };
+            if let Some(reason) = reason {
+                problems.push(ConfigProblem {
+                    key: "cluster.peers",
+                    reason,
+                });
+            }
+        }
+        self.tls.check(problems);
+    }
+}
+
+impl ClusterTlsSettings {
+    /// The three files when all are configured (`ca` as [`TlsFiles::client_ca`]), `None`
+    /// otherwise; [`Config::validate`] reports a missing one when `cluster.listen` is set.
+    pub fn files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+            client_ca: self.ca.clone()?,
+        })
+    }
+
+    fn check(&self, problems: &mut Vec<ConfigProblem>) {
+        let paths = [
+            ("cluster.tls.cert", &self.cert),
+            ("cluster.tls.key", &self.key),
+            ("cluster.tls.ca", &self.ca),
+        ];
+        for (key, path) in paths {
+            let reason = match path {
+                None => Some(
+                    "must be set when cluster.listen is set (node certificate and cluster CA \
+                     from `mimid cert create-node` and `mimid cert create-ca`)"
+                        .to_owned(),
+                ),
+                Some(path) => std::fs::File::open(path)
+                    .err()
+                    .map(|err| format!("cannot read {}: {err}", path.display())),
+            };
+            if let Some(reason) = reason {
+                problems.push(ConfigProblem { key, reason });
+            }
+        }
     }
 }
 
@@ -830,6 +1009,46 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
         .map(|_| ())
         .map_err(|_| format!("{domain:?} is not a valid DNS name"))
 }
+
+/// Parses a node id written as a TOML key (`cluster.peers`): decimal digits only, no sign, no
+/// leading zero, at least 1 (Raft reserves 0) and within 64 bits.
+pub fn parse_node_id(key: &str) -> Result<u64, String> {
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{key:?} is not a node id (decimal digits only)"));
+    }
+    if key.len() > 1 && key.starts_with('0') {
+        return Err(format!("{key:?}: write node ids without leading zeros"));
+    }
+    match key.parse::<u64>() {
+        Ok(0) => Err("node id 0 is reserved by Raft".into()),
+        Ok(id) => Ok(id),
+        Err(_) => Err(format!("{key:?} does not fit in 64 bits")),
+    }
+}
+
+/// Checks a `cluster.name`: 1 to [`MAX_CLUSTER_NAME_LEN`] characters of ASCII letters, digits,
+/// `-`, `_` and `.`, so it travels in the node-to-node hello and in logs unchanged.
+pub fn check_cluster_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_CLUSTER_NAME_LEN {
+        return Err(format!(
+            "must be 1 to {MAX_CLUSTER_NAME_LEN} characters long"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "{name:?} may contain only ASCII letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Default `cluster.name`.
+pub const DEFAULT_CLUSTER_NAME: &str = "mimid";
+/// Longest `cluster.name`, in bytes.
+pub const MAX_CLUSTER_NAME_LEN: usize = 64;
 
 /// A figment provider over an explicit list of environment variables, so tests can layer
 /// variables without touching the process environment. Names are matched case-insensitively
@@ -1360,6 +1579,167 @@ mod tests {
         for good in ["http://127.0.0.1:4318", "http://collector:4318/"] {
             with_endpoint(good).validate().expect(good);
         }
+    }
+
+    #[test]
+    fn cluster_transport_is_off_by_default() {
+        let cluster = ClusterSettings::default();
+        assert_eq!(cluster.name, "mimid");
+        assert_eq!(cluster.listen, None);
+        assert!(cluster.peers.is_empty());
+        assert_eq!(cluster.peer_queue_frames, 1024);
+        assert_eq!(cluster.max_frame_bytes, 256 << 20);
+        assert_eq!(cluster.tls.files(), None);
+        assert_eq!(cluster.peer_addresses(1), Ok(BTreeMap::new()));
+    }
+
+    #[test]
+    fn cluster_transport_keys_load_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = write_file(&dir, "node.pem", "x");
+        let file = write_file(
+            &dir,
+            "mimid.toml",
+            &format!(
+                "node_id = 1\n[cluster]\nname = \"prod-eu\"\nlisten = \"127.0.0.1:7443\"\n\
+                 [cluster.peers]\n2 = \"127.0.0.1:7444\"\n\
+                 [cluster.tls]\ncert = {0:?}\nkey = {0:?}\nca = {0:?}\n",
+                pem.display().to_string()
+            ),
+        );
+        let config = Config::load(&ConfigSources {
+            file: Some(file),
+            env: env(&[("MIMID_CLUSTER__PEERS__3", "127.0.0.1:7445")]),
+            ..ConfigSources::default()
+        })
+        .expect("load");
+        config.validate().expect("valid");
+        assert_eq!(config.cluster.name, "prod-eu");
+        assert_eq!(
+            config.cluster.listen,
+            Some("127.0.0.1:7443".parse().unwrap())
+        );
+        assert_eq!(
+            config.cluster.peer_addresses(config.node_id),
+            Ok(BTreeMap::from([
+                (2, "127.0.0.1:7444".parse().unwrap()),
+                (3, "127.0.0.1:7445".parse().unwrap()),
+            ]))
+        );
+        let files = config.cluster.tls.files().expect("complete");
+        assert_eq!((files.cert, files.client_ca), (pem.clone(), pem));
+
+        // The rendered configuration loads back to the same values.
+        let rendered = write_file(&dir, "rendered.toml", &config.to_toml().unwrap());
+        let reloaded = Config::load(&ConfigSources {
+            file: Some(rendered),
+            ..ConfigSources::default()
+        })
+        .expect("reload");
+        assert_eq!(reloaded, config);
+    }
+
+    #[test]
+    fn cluster_peer_ids_parse_strictly_and_exclude_zero_and_self() {
+        assert_eq!(parse_node_id("2"), Ok(2));
+        assert_eq!(parse_node_id("18446744073709551615"), Ok(u64::MAX));
+        for bad in [
+            "",
+            "0",
+            "02",
+            "+2",
+            "-2",
+            " 2",
+            "2 ",
+            "2.0",
+            "0x2",
+            "18446744073709551616",
+        ] {
+            assert!(parse_node_id(bad).is_err(), "{bad:?}");
+        }
+        for key in ["0", "02", "+2", "two", "1"] {
+            let mut config = Config::default();
+            config.cluster.listen = Some("127.0.0.1:7443".parse().unwrap());
+            config.cluster.tls = ClusterTlsSettings {
+                cert: Some("Cargo.toml".into()),
+                key: Some("Cargo.toml".into()),
+                ca: Some("Cargo.toml".into()),
+            };
+            config
+                .cluster
+                .peers
+                .insert(key.into(), "127.0.0.1:7444".parse().unwrap());
+            assert_eq!(problems(&config), vec!["cluster.peers"], "{key:?}");
+            assert!(config.cluster.peer_addresses(1).is_err(), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_transport_validation_names_each_broken_key() {
+        // Peers without a listener, an unusable name, an empty queue, a frame size beyond the
+        // 32-bit length prefix.
+        let mut config = Config::default();
+        config.cluster.name = "our cluster".into();
+        config.cluster.peer_queue_frames = 0;
+        config.cluster.max_frame_bytes = 1 << 32;
+        config
+            .cluster
+            .peers
+            .insert("2".into(), "127.0.0.1:7444".parse().unwrap());
+        assert_eq!(
+            problems(&config),
+            vec![
+                "cluster.name",
+                "cluster.peer_queue_frames",
+                "cluster.max_frame_bytes",
+                "cluster.peers"
+            ]
+        );
+
+        // A listener needs [cluster.tls], on an address of its own; peers need distinct,
+        // reachable addresses; frames must hold a full Raft append message.
+        let mut config = Config::default();
+        config.cluster.listen = Some(config.listen);
+        config.cluster.max_frame_bytes = config.cluster.max_size_per_msg - 1;
+        config
+            .cluster
+            .peers
+            .insert("2".into(), "127.0.0.1:7444".parse().unwrap());
+        config
+            .cluster
+            .peers
+            .insert("3".into(), "127.0.0.1:7444".parse().unwrap());
+        config
+            .cluster
+            .peers
+            .insert("4".into(), "127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            problems(&config),
+            vec![
+                "cluster.max_frame_bytes",
+                "cluster.listen",
+                "cluster.peers",
+                "cluster.peers",
+                "cluster.tls.cert",
+                "cluster.tls.key",
+                "cluster.tls.ca",
+            ]
+        );
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("mimid cert create-node"), "{message}");
+        assert!(message.contains("share the address"), "{message}");
+
+        let mut config = Config::default();
+        config.cluster.listen = Some("0.0.0.0:0".parse().unwrap());
+        config.cluster.tls.cert = Some("Cargo.toml".into());
+        config.cluster.tls.key = Some("Cargo.toml".into());
+        config.cluster.tls.ca = Some("/nonexistent/ca.pem".into());
+        assert_eq!(problems(&config), vec!["cluster.listen", "cluster.tls.ca"]);
+
+        for good in ["mimid", "prod-eu.1", "A_b"] {
+            assert_eq!(check_cluster_name(good), Ok(()), "{good}");
+        }
+        assert!(check_cluster_name(&"x".repeat(MAX_CLUSTER_NAME_LEN + 1)).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod cluster_net;
 pub mod config;
 pub mod content;
 pub mod demo;

@@ -46,6 +46,201 @@ pub struct Metrics {
     rooms_active: Gauge,
     ready: Gauge,
     raft: Arc<RaftCounters>,
+    cluster_net: ClusterNetMetrics,
+}
+
+/// The node-to-node transport's series (`mimid_cluster_*`, [`crate::cluster_net`]). Peer labels
+/// are node ids from the configuration, so their number is the cluster's size.
+#[derive(Debug)]
+struct ClusterNetMetrics {
+    frames_sent: Counter,
+    frames_received: Counter,
+    sent_bytes: Counter,
+    received_bytes: Counter,
+    frames_dropped: Family<FrameDropLabels, Counter>,
+    peer_connected: Family<ClusterPeerLabels, Gauge>,
+    peer_rtt: Family<ClusterPeerLabels, Gauge<f64, AtomicU64>>,
+    handshakes_refused: Family<HandshakeRefusalLabels, Counter>,
+    rpc_calls: Family<RpcLabels, Counter>,
+}
+
+/// Labels of the per-peer node-to-node series (`mimid_cluster_peer_connected`,
+/// `mimid_cluster_peer_rtt_seconds`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterPeerLabels {
+    /// The peer's node id.
+    pub peer: u64,
+}
+
+/// Labels of `mimid_cluster_frames_dropped_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FrameDropLabels {
+    /// Why the frame was dropped.
+    pub reason: FrameDrop,
+}
+
+/// Why the node-to-node transport dropped a Raft frame (Raft retransmits what matters). Every
+/// value has a series from the start.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum FrameDrop {
+    /// The peer's queue (`cluster.peer_queue_frames`) was full.
+    QueueFull,
+    /// The peer was unreachable: its connection failed and is being retried.
+    Disconnected,
+    /// The frame exceeded `cluster.max_frame_bytes` (outgoing: not sent; incoming: the
+    /// connection that carried it was closed).
+    TooLarge,
+    /// The destination is not a configured peer.
+    UnknownPeer,
+}
+
+impl FrameDrop {
+    /// Every reason, in a fixed order.
+    pub const ALL: [FrameDrop; 4] = [
+        FrameDrop::QueueFull,
+        FrameDrop::Disconnected,
+        FrameDrop::TooLarge,
+        FrameDrop::UnknownPeer,
+    ];
+
+    /// The label value, e.g. `queue_full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameDrop::QueueFull => "queue_full",
+            FrameDrop::Disconnected => "disconnected",
+            FrameDrop::TooLarge => "too_large",
+            FrameDrop::UnknownPeer => "unknown_peer",
+        }
+    }
+}
+
+impl EncodeLabelValue for FrameDrop {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Labels of `mimid_cluster_handshakes_refused_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeRefusalLabels {
+    /// Why this node refused the connection.
+    pub reason: HandshakeRefusal,
+}
+
+/// Why this node refused a node-to-node connection, as acceptor or as dialler. Every value has
+/// a series from the start.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum HandshakeRefusal {
+    /// The QUIC/TLS handshake failed: no certificate, one not issued by the cluster CA, a
+    /// wrong ALPN, or the peer gave up.
+    HandshakeFailed,
+    /// More node-to-node connections than the listener serves at once.
+    TooManyConnections,
+    /// No hello within the deadline, or a hello that does not parse.
+    Malformed,
+    /// The hello speaks another protocol version.
+    Version,
+    /// The hello names another `cluster.name`.
+    ClusterName,
+    /// The hello's node id is not a configured peer.
+    UnknownNode,
+    /// The hello claims this node's own id.
+    OwnNodeId,
+    /// The certificate does not name the address configured for the claimed node id.
+    Identity,
+    /// Dialler side: the node that answered is not the node that was dialled.
+    WrongNode,
+}
+
+impl HandshakeRefusal {
+    /// Every reason, in a fixed order.
+    pub const ALL: [HandshakeRefusal; 9] = [
+        HandshakeRefusal::HandshakeFailed,
+        HandshakeRefusal::TooManyConnections,
+        HandshakeRefusal::Malformed,
+        HandshakeRefusal::Version,
+        HandshakeRefusal::ClusterName,
+        HandshakeRefusal::UnknownNode,
+        HandshakeRefusal::OwnNodeId,
+        HandshakeRefusal::Identity,
+        HandshakeRefusal::WrongNode,
+    ];
+
+    /// The label value, e.g. `cluster_name`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeRefusal::HandshakeFailed => "handshake_failed",
+            HandshakeRefusal::TooManyConnections => "too_many_connections",
+            HandshakeRefusal::Malformed => "malformed",
+            HandshakeRefusal::Version => "version",
+            HandshakeRefusal::ClusterName => "cluster_name",
+            HandshakeRefusal::UnknownNode => "unknown_node",
+            HandshakeRefusal::OwnNodeId => "own_node_id",
+            HandshakeRefusal::Identity => "identity",
+            HandshakeRefusal::WrongNode => "wrong_node",
+        }
+    }
+}
+
+impl EncodeLabelValue for HandshakeRefusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Labels of `mimid_cluster_rpc_calls_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// How the call ended.
+    pub outcome: RpcOutcome,
+}
+
+/// How an outgoing node-to-node RPC ended (`crate::cluster_net::NetSender::call`). Every value
+/// has a series from the start.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RpcOutcome {
+    /// The peer answered.
+    Answered,
+    /// No connection to the peer.
+    Unreachable,
+    /// The caller's timeout passed.
+    Timeout,
+    /// The peer refused the request.
+    Refused,
+    /// The request or the answer exceeded `cluster.max_frame_bytes`.
+    TooLarge,
+    /// The connection or stream closed mid-call.
+    Closed,
+}
+
+impl RpcOutcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [RpcOutcome; 6] = [
+        RpcOutcome::Answered,
+        RpcOutcome::Unreachable,
+        RpcOutcome::Timeout,
+        RpcOutcome::Refused,
+        RpcOutcome::TooLarge,
+        RpcOutcome::Closed,
+    ];
+
+    /// The label value, e.g. `timeout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RpcOutcome::Answered => "answered",
+            RpcOutcome::Unreachable => "unreachable",
+            RpcOutcome::Timeout => "timeout",
+            RpcOutcome::Refused => "refused",
+            RpcOutcome::TooLarge => "too_large",
+            RpcOutcome::Closed => "closed",
+        }
+    }
+}
+
+impl EncodeLabelValue for RpcOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 /// Labels of `mimid_requests_total`.
@@ -341,6 +536,7 @@ impl Metrics {
         );
         let raft = Arc::new(RaftCounters::default());
         registry.register_collector(Box::new(raft.clone()));
+        let cluster_net = ClusterNetMetrics::register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -356,6 +552,7 @@ impl Metrics {
             rooms_active,
             ready,
             raft,
+            cluster_net,
         }
     }
 
@@ -473,6 +670,68 @@ impl Metrics {
             .store(totals.failed_shards, Ordering::Relaxed);
     }
 
+    /// Counts a Raft frame handed to the node-to-node transport's stream (`bytes` without the
+    /// length prefix).
+    pub fn count_cluster_frame_sent(&self, bytes: usize) {
+        self.cluster_net.frames_sent.inc();
+        self.cluster_net.sent_bytes.inc_by(bytes as u64);
+    }
+
+    /// Counts a Raft frame received from a peer node and handed to the cluster.
+    pub fn count_cluster_frame_received(&self, bytes: usize) {
+        self.cluster_net.frames_received.inc();
+        self.cluster_net.received_bytes.inc_by(bytes as u64);
+    }
+
+    /// Counts `n` Raft frames the node-to-node transport dropped.
+    pub fn count_cluster_frames_dropped(&self, reason: FrameDrop, n: u64) {
+        self.cluster_net
+            .frames_dropped
+            .get_or_create(&FrameDropLabels { reason })
+            .inc_by(n);
+    }
+
+    /// Records whether this node's connection to `peer` is up (handshake and hello done).
+    pub fn set_cluster_peer_connected(&self, peer: u64, connected: bool) {
+        self.cluster_net
+            .peer_connected
+            .get_or_create(&ClusterPeerLabels { peer })
+            .set(i64::from(connected));
+    }
+
+    /// Records the QUIC round-trip estimate of the connection to `peer`; `None` (no
+    /// connection) removes the series.
+    pub fn set_cluster_peer_rtt(&self, peer: u64, rtt: Option<Duration>) {
+        let labels = ClusterPeerLabels { peer };
+        match rtt {
+            Some(rtt) => {
+                self.cluster_net
+                    .peer_rtt
+                    .get_or_create(&labels)
+                    .set(rtt.as_secs_f64());
+            }
+            None => {
+                self.cluster_net.peer_rtt.remove(&labels);
+            }
+        }
+    }
+
+    /// Counts a node-to-node connection this node refused.
+    pub fn count_cluster_handshake_refused(&self, reason: HandshakeRefusal) {
+        self.cluster_net
+            .handshakes_refused
+            .get_or_create(&HandshakeRefusalLabels { reason })
+            .inc();
+    }
+
+    /// Counts how an outgoing node-to-node RPC ended.
+    pub fn count_cluster_rpc_call(&self, outcome: RpcOutcome) {
+        self.cluster_net
+            .rpc_calls
+            .get_or_create(&RpcLabels { outcome })
+            .inc();
+    }
+
     /// All metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -531,6 +790,111 @@ impl Limit {
 impl EncodeLabelValue for Limit {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+impl ClusterNetMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = ClusterNetMetrics {
+            frames_sent: Counter::default(),
+            frames_received: Counter::default(),
+            sent_bytes: Counter::default(),
+            received_bytes: Counter::default(),
+            frames_dropped: Family::default(),
+            peer_connected: Family::default(),
+            peer_rtt: Family::default(),
+            handshakes_refused: Family::default(),
+            rpc_calls: Family::default(),
+        };
+        registry.register(
+            "cluster_frames_sent",
+            "Raft frames written to peer nodes' streams",
+            metrics.frames_sent.clone(),
+        );
+        registry.register(
+            "cluster_frames_received",
+            "Raft frames received from peer nodes",
+            metrics.frames_received.clone(),
+        );
+        registry.register_with_unit(
+            "cluster_sent",
+            "Raft frame bytes written to peer nodes' streams",
+            Unit::Bytes,
+            metrics.sent_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "cluster_received",
+            "Raft frame bytes received from peer nodes",
+            Unit::Bytes,
+            metrics.received_bytes.clone(),
+        );
+        registry.register(
+            "cluster_frames_dropped",
+            "Raft frames the node-to-node transport dropped, by reason",
+            metrics.frames_dropped.clone(),
+        );
+        for reason in FrameDrop::ALL {
+            drop(
+                metrics
+                    .frames_dropped
+                    .get_or_create(&FrameDropLabels { reason }),
+            );
+        }
+        registry.register(
+            "cluster_peer_connected",
+            "1 while this node's connection to the peer node is up, else 0",
+            AlwaysDeclared(metrics.peer_connected.clone()),
+        );
+        registry.register_with_unit(
+            "cluster_peer_rtt",
+            "QUIC round-trip time estimate of the connection to the peer node",
+            Unit::Seconds,
+            AlwaysDeclared(metrics.peer_rtt.clone()),
+        );
+        registry.register(
+            "cluster_handshakes_refused",
+            "Node-to-node connections this node refused, by reason",
+            metrics.handshakes_refused.clone(),
+        );
+        for reason in HandshakeRefusal::ALL {
+            drop(
+                metrics
+                    .handshakes_refused
+                    .get_or_create(&HandshakeRefusalLabels { reason }),
+            );
+        }
+        registry.register(
+            "cluster_rpc_calls",
+            "Outgoing node-to-node RPCs, by outcome",
+            metrics.rpc_calls.clone(),
+        );
+        for outcome in RpcOutcome::ALL {
+            drop(metrics.rpc_calls.get_or_create(&RpcLabels { outcome }));
+        }
+        metrics
+    }
+}
+
+/// A family whose `# TYPE` line is exported even while it has no series (prometheus-client
+/// skips empty families), so the per-peer gauges are declared on a single node too and
+/// dashboards and the ops checks can rely on their names.
+#[derive(Debug)]
+struct AlwaysDeclared<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for AlwaysDeclared<M> {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
     }
 }
 
@@ -744,6 +1108,75 @@ mod tests {
             line_value(&metrics.encode(), "mimid_rooms_active"),
             Some(42.0)
         );
+    }
+
+    #[test]
+    fn cluster_transport_series_are_labelled_by_reason_outcome_and_peer() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for reason in FrameDrop::ALL {
+            let series = format!(
+                "mimid_cluster_frames_dropped_total{{reason=\"{}\"}}",
+                reason.as_str()
+            );
+            assert_eq!(line_value(&text, &series), Some(0.0), "{text}");
+        }
+        for reason in HandshakeRefusal::ALL {
+            let series = format!(
+                "mimid_cluster_handshakes_refused_total{{reason=\"{}\"}}",
+                reason.as_str()
+            );
+            assert_eq!(line_value(&text, &series), Some(0.0), "{text}");
+        }
+        for outcome in RpcOutcome::ALL {
+            let series = format!(
+                "mimid_cluster_rpc_calls_total{{outcome=\"{}\"}}",
+                outcome.as_str()
+            );
+            assert_eq!(line_value(&text, &series), Some(0.0), "{text}");
+        }
+
+        metrics.count_cluster_frame_sent(100);
+        metrics.count_cluster_frame_sent(20);
+        metrics.count_cluster_frame_received(7);
+        metrics.count_cluster_frames_dropped(FrameDrop::QueueFull, 3);
+        metrics.count_cluster_handshake_refused(HandshakeRefusal::ClusterName);
+        metrics.count_cluster_rpc_call(RpcOutcome::Timeout);
+        metrics.set_cluster_peer_connected(2, true);
+        metrics.set_cluster_peer_connected(3, false);
+        metrics.set_cluster_peer_rtt(2, Some(Duration::from_millis(3)));
+        let text = metrics.encode();
+        for (series, value) in [
+            ("mimid_cluster_frames_sent_total", 2.0),
+            ("mimid_cluster_sent_bytes_total", 120.0),
+            ("mimid_cluster_frames_received_total", 1.0),
+            ("mimid_cluster_received_bytes_total", 7.0),
+            (
+                "mimid_cluster_frames_dropped_total{reason=\"queue_full\"}",
+                3.0,
+            ),
+            (
+                "mimid_cluster_handshakes_refused_total{reason=\"cluster_name\"}",
+                1.0,
+            ),
+            ("mimid_cluster_rpc_calls_total{outcome=\"timeout\"}", 1.0),
+            ("mimid_cluster_peer_connected{peer=\"2\"}", 1.0),
+            ("mimid_cluster_peer_connected{peer=\"3\"}", 0.0),
+            ("mimid_cluster_peer_rtt_seconds{peer=\"2\"}", 0.003),
+        ] {
+            assert_eq!(line_value(&text, series), Some(value), "{series}\n{text}");
+        }
+        metrics.set_cluster_peer_rtt(2, None);
+        let text = metrics.encode();
+        assert!(!text.contains("mimid_cluster_peer_rtt_seconds{"), "{text}");
+        // Declared without series, so dashboards find the family on a single node too.
+        assert!(
+            text.contains("# TYPE mimid_cluster_peer_rtt_seconds gauge"),
+            "{text}"
+        );
+        assert!(Metrics::new()
+            .encode()
+            .contains("# TYPE mimid_cluster_peer_connected gauge"));
     }
 
     #[test]

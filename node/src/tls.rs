@@ -14,6 +14,10 @@
 //! process-wide default provider (which another dependency could install) never matters.
 //! QUIC requires TLS 1.3 (RFC 9001 §4.2), so both sides offer only TLS 1.3, with ALPN `h3`
 //! (RFC 9114 §3.1).
+//!
+//! The node-to-node transport has configs of its own ([`cluster_server_config`],
+//! [`cluster_client_config`]): ALPN `mimid-cluster/1`, and client certificates *required*,
+//! verified against the cluster CA (`[cluster.tls] ca`), never the provider CA.
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -28,6 +32,11 @@ use crate::config::TlsFiles;
 
 /// The ALPN protocol id of HTTP/3 (RFC 9114 §3.1).
 pub const ALPN_H3: &[u8] = b"h3";
+
+/// The ALPN protocol id of the node-to-node transport ([`crate::cluster_net`]). The version is
+/// part of the id, so nodes of an incompatible release fail the handshake instead of
+/// misreading each other's streams.
+pub const ALPN_CLUSTER: &[u8] = b"mimid-cluster/1";
 
 /// Why TLS material could not be loaded or a configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +142,59 @@ pub fn client_config_with_identity(
         .with_client_auth_cert(cert_chain, key)?;
     config.alpn_protocols = vec![ALPN_H3.to_vec()];
     Ok(config)
+}
+
+/// The node-to-node listener's config: TLS 1.3, ALPN `mimid-cluster/1` only (a client offering
+/// only `h3` fails the handshake with `no_application_protocol`), no 0-RTT, and a client
+/// certificate *required* and verified against `material.roots`, the cluster CA: only nodes
+/// of the cluster may connect.
+pub fn cluster_server_config(material: &TlsMaterial) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = crypto_provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(material.roots.clone(), provider.clone())
+            .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(material.cert_chain.clone(), material.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// The node-to-node dialler's config: TLS 1.3, ALPN `mimid-cluster/1`, no 0-RTT, the node
+/// certificate as client identity, and the server's certificate verified against the cluster
+/// CA (`material.roots`) and the name the caller connects to (a node's IP address: node
+/// certificates carry IP SANs).
+pub fn cluster_client_config(material: &TlsMaterial) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = client_config_with_identity(
+        material.roots.clone(),
+        material.cert_chain.clone(),
+        material.key.clone_key(),
+    )?;
+    config.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
+    config.enable_early_data = false;
+    Ok(config)
+}
+
+/// The leaf certificate the peer of `conn` presented, verified during the handshake; `None`
+/// when it presented none.
+pub fn peer_leaf_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    chain.into_iter().next()
+}
+
+/// Whether `cert` names `ip` in an iPAddress subjectAltName entry. An unparsable certificate
+/// names nothing.
+pub fn cert_names_ip(cert: &CertificateDer<'_>, ip: std::net::IpAddr) -> bool {
+    let Ok(parsed) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+    parsed.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
 /// The DNS names (subjectAltName dNSName entries) of the certificate the peer of `conn`
@@ -315,6 +377,43 @@ mod tests {
                 what: "private key",
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn cluster_configs_speak_only_mimid_cluster_and_require_client_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, _) = material(dir.path());
+        let loaded = TlsMaterial::load(&files).expect("load");
+        let server = cluster_server_config(&loaded).expect("server config");
+        assert_eq!(server.alpn_protocols, vec![b"mimid-cluster/1".to_vec()]);
+        assert_eq!(server.max_early_data_size, 0);
+        quinn::crypto::rustls::QuicServerConfig::try_from(server).expect("QUIC-compatible");
+        let client = cluster_client_config(&loaded).expect("client config");
+        assert_eq!(client.alpn_protocols, vec![b"mimid-cluster/1".to_vec()]);
+        assert!(!client.enable_early_data);
+        assert!(client.client_auth_cert_resolver.has_certs());
+        quinn::crypto::rustls::QuicClientConfig::try_from(client).expect("QUIC-compatible");
+    }
+
+    #[test]
+    fn ip_names_come_from_the_subject_alt_name() {
+        let ca = CertAuthority::generate(SystemTime::now(), DAY).expect("ca");
+        let leaf = ca
+            .issue(
+                &[
+                    SubjectName::Ip("10.0.0.7".parse().unwrap()),
+                    SubjectName::Dns("node7.a.example".into()),
+                ],
+                SystemTime::now(),
+                DAY,
+            )
+            .expect("issue");
+        assert!(cert_names_ip(leaf.cert_der(), "10.0.0.7".parse().unwrap()));
+        assert!(!cert_names_ip(leaf.cert_der(), "10.0.0.8".parse().unwrap()));
+        assert!(!cert_names_ip(
+            &CertificateDer::from(vec![1, 2, 3]),
+            "10.0.0.7".parse().unwrap()
         ));
     }
 

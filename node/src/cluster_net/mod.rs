@@ -1,0 +1,576 @@
+//! The node-to-node transport (issue 4): Raft frames and RPCs between the nodes of one cluster,
+//! over QUIC with mutual TLS on a UDP socket of its own (`cluster.listen`), separate from the
+//! client and server-to-server listener.
+//!
+//! What it owns:
+//! - [`ClusterNet`]: the quinn endpoint. [`ClusterNet::bind`] binds (tests bind
+//!   `127.0.0.1:0` and read [`ClusterNet::local_addr`]), [`ClusterNet::start`] starts accepting
+//!   and dialling the peers on the current tokio runtime and returns the [`NetSender`].
+//! - [`NetSender`]: the outgoing handle. [`NetSender::send`] never blocks (it is called by the
+//!   Raft driver thread): it puts a frame into the peer's bounded queue or drops it.
+//!   [`NetSender::call`] is a request/response to a peer (for forwarding proposals to a shard's
+//!   leader). [`NetSender::set_peer`] adds a peer or follows it to a new address.
+//! - Incoming frames go to a [`FrameSink`], incoming calls to an [`RpcHandler`]; neither knows
+//!   QUIC, and this module knows nothing of what frames contain (the cluster crate encodes
+//!   sender, destination and Raft messages inside).
+//!
+//! Security (DESIGN.md §6: mutual TLS between nodes): TLS 1.3 on ring, ALPN `mimid-cluster/1`
+//! only, no 0-RTT; the listener *requires* a client certificate issued by the cluster CA
+//! (`[cluster.tls] ca`), the dialler verifies the listener's certificate against the same CA
+//! and the IP address it dialled (`mimid cert create-node` puts IP SANs in node certificates).
+//! Then the hello ([`handshake`]) refuses another cluster (`cluster.name`) sharing the CA, an
+//! unknown node id, our own id, and a certificate that does not name the claimed node's
+//! configured address; the dialler in turn checks that it reached the node it meant.
+//!
+//! Connections: each node dials each peer and keeps that one connection (one task per peer,
+//! [`peer`]); it carries this node's frames on one long-lived unidirectional stream, as records
+//! `u32 BE length | frame`, and this node's RPCs, one bidirectional stream each. The peer's own
+//! frames to us come on its connection to us ([`accept`]). So frames from A to B arrive in the
+//! order A sent them, except that a reconnect may lose some: the contract is Raft's (STYLE.md
+//! P7: messages may be dropped, duplicated, reordered or delayed).
+//!
+//! Bounds (STYLE.md P9), each counted when hit: a queue of `cluster.peer_queue_frames` per peer
+//! (`mimid_cluster_frames_dropped_total{reason="queue_full"}`); frames and RPC bodies of at most
+//! `cluster.max_frame_bytes` (`reason="too_large"`; an incoming oversized record closes its
+//! connection); frames to an unreachable peer are dropped (`reason="disconnected"`) and the sink
+//! hears [`FrameSink::unreachable`] once per failed connect attempt; incoming connections,
+//! frame streams and RPC streams are capped ([`accept::MAX_CONNECTIONS`], QUIC stream limits).
+//!
+//! The cluster crate's side (module `glue`): [`NetSender`] implements
+//! `mimid_cluster::Transport`, and [`ClusterSink`] (or a `ClusterHandle` itself) is the
+//! [`FrameSink`] that hands frames to `ClusterHandle::receive` and failed peers to
+//! `ClusterHandle::report_unreachable`. Not here: wiring both into a running node (`server.rs`).
+
+mod accept;
+mod glue;
+mod handshake;
+mod peer;
+mod rpc;
+
+pub use glue::ClusterSink;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use mimid_cluster::NodeId;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use self::handshake::close;
+use self::peer::{Link, PeerTask};
+use crate::config::{check_cluster_name, Config};
+use crate::metrics::{FrameDrop, Metrics};
+use crate::tls::{cluster_client_config, cluster_server_config, TlsError, TlsMaterial};
+
+/// Concurrent RPC streams one peer node may open on its connection to us.
+pub const RPC_STREAMS: u32 = 64;
+
+/// Per-stream QUIC receive window: large enough that a multi-megabyte snapshot frame streams
+/// at loopback or LAN speed without waiting for window updates every few packets.
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+/// Per-connection QUIC receive and send window.
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
+/// Where incoming Raft frames go; implemented for the cluster's handle ([`ClusterSink`]).
+/// Called from the transport's tasks, so both methods must return quickly and never block.
+pub trait FrameSink: Send + Sync + 'static {
+    /// A frame from a peer node, exactly as the peer passed it to [`NetSender::send`].
+    fn deliver(&self, frame: &[u8]);
+    /// A connect attempt to `node` just failed; frames to it are being dropped (Raft then stops
+    /// optimistic replication to it until it answers again).
+    fn unreachable(&self, node: NodeId);
+}
+
+/// Answers RPCs from peer nodes ([`NetSender::call`] on their side).
+pub trait RpcHandler: Send + Sync + 'static {
+    /// Answers `body` from node `from` (authenticated by certificate and hello). An answer
+    /// longer than `cluster.max_frame_bytes` is replaced by a refusal.
+    fn handle(&self, from: NodeId, body: Vec<u8>) -> BoxFuture<'static, Vec<u8>>;
+}
+
+/// Why a [`NetSender::call`] got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The peer is not configured, or the last attempt to connect to it failed.
+    #[error("peer node unreachable")]
+    Unreachable,
+    /// The caller's timeout passed.
+    #[error("peer node did not answer in time")]
+    Timeout,
+    /// The peer's transport refused the request (e.g. it exceeds the peer's
+    /// `cluster.max_frame_bytes`).
+    #[error("refused by the peer node: {0}")]
+    Refused(String),
+    /// The request or the answer exceeds `cluster.max_frame_bytes`.
+    #[error("request or answer exceeds cluster.max_frame_bytes")]
+    TooLarge,
+    /// The connection or the call's stream closed before the answer, or this node is shutting
+    /// down.
+    #[error("connection closed before the answer")]
+    Closed,
+}
+
+/// Why the transport cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterNetError {
+    /// The TLS material does not make a usable configuration.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// rustls offered no cipher suite QUIC can use for its initial packets.
+    #[error("the TLS configuration is not usable for QUIC")]
+    QuicTls(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The UDP socket cannot be bound.
+    #[error("cannot bind the node-to-node listener on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A setting is out of range.
+    #[error("node-to-node transport settings: {0}")]
+    Settings(String),
+    /// A peer cannot be added.
+    #[error("peer node {id}: {reason}")]
+    Peer {
+        /// The node id given.
+        id: NodeId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the transport needs from the configuration, plus timings that are constants in
+/// production and shortened in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSettings {
+    /// This node's id (`node_id`), sent in the hello.
+    pub node_id: NodeId,
+    /// `cluster.name`, sent and checked in the hello.
+    pub cluster_name: String,
+    /// `cluster.listen`.
+    pub listen: SocketAddr,
+    /// `cluster.peer_queue_frames`.
+    pub peer_queue_frames: usize,
+    /// `cluster.max_frame_bytes`.
+    pub max_frame_bytes: u32,
+    /// Time for one connect attempt: QUIC and TLS handshakes and the hello. Default 5 s.
+    pub connect_timeout: Duration,
+    /// QUIC idle timeout; keep-alives keep quiet connections open. Default 10 s.
+    pub idle_timeout: Duration,
+    /// Interval of QUIC keep-alives. Default 2 s.
+    pub keep_alive: Duration,
+    /// First wait after a failed connect attempt. Default 50 ms.
+    pub backoff_initial: Duration,
+    /// Longest wait between connect attempts. Default 2 s.
+    pub backoff_max: Duration,
+}
+
+/// The bound endpoint, not yet accepting or dialling.
+pub struct ClusterNet {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    settings: NetSettings,
+    client_config: quinn::ClientConfig,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The running transport's outgoing handle. Cheap to clone; the transport stops when the last
+/// clone is dropped (or at [`NetSender::shutdown`]).
+#[derive(Clone)]
+pub struct NetSender {
+    inner: Arc<Running>,
+}
+
+/// What the tasks share; holds no reference back to [`Running`], so dropping the last
+/// [`NetSender`] stops everything.
+pub(crate) struct Shared {
+    settings: NetSettings,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn FrameSink>,
+    rpc: Arc<dyn RpcHandler>,
+    /// The configured peers' addresses, for the acceptor's identity check.
+    addresses: parking_lot::RwLock<BTreeMap<NodeId, SocketAddr>>,
+    shutdown: watch::Sender<bool>,
+}
+
+struct Running {
+    shared: Arc<Shared>,
+    peers: parking_lot::RwLock<BTreeMap<NodeId, PeerHandle>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The sending side of one peer's task.
+struct PeerHandle {
+    queue: mpsc::Sender<Vec<u8>>,
+    addr: watch::Sender<SocketAddr>,
+    link: watch::Receiver<Link>,
+}
+
+impl NetSettings {
+    /// Settings for node `node_id` of cluster `cluster_name` listening on `listen`, with the
+    /// configuration's defaults for everything else.
+    pub fn new(node_id: NodeId, cluster_name: impl Into<String>, listen: SocketAddr) -> Self {
+        NetSettings {
+            node_id,
+            cluster_name: cluster_name.into(),
+            listen,
+            peer_queue_frames: 1024,
+            max_frame_bytes: 256 << 20,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+
+    /// The transport's settings from a validated configuration; `None` when `cluster.listen` is
+    /// unset (a single node, no transport).
+    pub fn from_config(config: &Config) -> Option<Self> {
+        let listen = config.cluster.listen?;
+        let mut settings = NetSettings::new(config.node_id, config.cluster.name.clone(), listen);
+        settings.peer_queue_frames = config.cluster.peer_queue_frames;
+        // Validation keeps it below 2^32; saturate rather than wrap if it was skipped.
+        settings.max_frame_bytes =
+            u32::try_from(config.cluster.max_frame_bytes).unwrap_or(u32::MAX);
+        Some(settings)
+    }
+
+    fn check(&self) -> Result<(), ClusterNetError> {
+        let problem = if self.node_id == 0 {
+            Some("node id 0 is reserved by Raft".to_owned())
+        } else if let Err(reason) = check_cluster_name(&self.cluster_name) {
+            Some(format!("cluster name: {reason}"))
+        } else if self.peer_queue_frames == 0 {
+            Some("peer_queue_frames must be at least 1".to_owned())
+        } else if self.max_frame_bytes == 0 {
+            Some("max_frame_bytes must be at least 1".to_owned())
+        } else if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
+            Some("keep_alive must be positive and below idle_timeout".to_owned())
+        } else if self.connect_timeout.is_zero() || self.backoff_initial.is_zero() {
+            Some("connect_timeout and backoff_initial must be positive".to_owned())
+        } else if self.backoff_max < self.backoff_initial {
+            Some("backoff_max must be at least backoff_initial".to_owned())
+        } else {
+            None
+        };
+        match problem {
+            Some(reason) => Err(ClusterNetError::Settings(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// QUIC transport parameters; `incoming_bidi`/`incoming_uni` are the streams the other side
+    /// may open.
+    fn transport(
+        &self,
+        incoming_bidi: u32,
+        incoming_uni: u32,
+    ) -> Result<quinn::TransportConfig, ClusterNetError> {
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| ClusterNetError::Settings("idle_timeout is too long".into()))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(incoming_bidi.into())
+            .max_concurrent_uni_streams(incoming_uni.into())
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive))
+            .stream_receive_window(STREAM_WINDOW_BYTES.into())
+            .receive_window(CONNECTION_WINDOW_BYTES.into())
+            .send_window(u64::from(CONNECTION_WINDOW_BYTES));
+        Ok(transport)
+    }
+}
+
+impl ClusterNet {
+    /// Binds `settings.listen` with the node certificate and cluster CA of `tls`
+    /// ([`TlsMaterial::load`] of `[cluster.tls]`). Must be called within a tokio runtime, which
+    /// the transport's tasks will run on.
+    pub fn bind(
+        settings: NetSettings,
+        tls: &TlsMaterial,
+        metrics: Arc<Metrics>,
+    ) -> Result<ClusterNet, ClusterNetError> {
+        settings.check()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ClusterNetError::Settings("ClusterNet::bind needs a tokio runtime".into())
+        })?;
+        let server_crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(cluster_server_config(tls)?)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        // The dialler's hello plus its RPCs; one frame stream.
+        server_config.transport_config(Arc::new(settings.transport(1 + RPC_STREAMS, 1)?));
+        server_config.max_incoming(accept::MAX_CONNECTIONS);
+        let client_crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(cluster_client_config(tls)?)?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        // The node we dial never opens streams towards us.
+        client_config.transport_config(Arc::new(settings.transport(0, 0)?));
+
+        let addr = settings.listen;
+        let endpoint = quinn::Endpoint::server(server_config, addr)
+            .map_err(|source| ClusterNetError::Bind { addr, source })?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| ClusterNetError::Bind { addr, source })?;
+        Ok(ClusterNet {
+            endpoint,
+            local_addr,
+            settings,
+            client_config,
+            metrics,
+            runtime,
+        })
+    }
+
+    /// The bound UDP address (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Starts accepting connections from `peers` (delivering their frames to `sink` and their
+    /// calls to `rpc`) and dialling each of them. Fails, starting nothing, if a peer id is 0 or
+    /// this node's own.
+    pub fn start(
+        self,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        sink: Arc<dyn FrameSink>,
+        rpc: Arc<dyn RpcHandler>,
+    ) -> Result<NetSender, ClusterNetError> {
+        for &id in peers.keys() {
+            check_peer_id(id, self.settings.node_id)?;
+        }
+        let shared = Arc::new(Shared {
+            settings: self.settings,
+            endpoint: self.endpoint,
+            client_config: self.client_config,
+            metrics: self.metrics,
+            sink,
+            rpc,
+            addresses: parking_lot::RwLock::new(peers.clone()),
+            shutdown: watch::Sender::new(false),
+        });
+        let sender = NetSender {
+            inner: Arc::new(Running {
+                shared: shared.clone(),
+                peers: parking_lot::RwLock::new(BTreeMap::new()),
+                runtime: self.runtime,
+            }),
+        };
+        let span = tracing::info_span!(
+            "cluster_listener",
+            addr = %self.local_addr,
+            node_id = shared.settings.node_id
+        );
+        sender
+            .inner
+            .runtime
+            .spawn(accept::accept_loop(shared).instrument(span));
+        {
+            let mut handles = sender.inner.peers.write();
+            for (id, addr) in peers {
+                handles.insert(id, sender.inner.spawn_peer(id, addr));
+            }
+        }
+        Ok(sender)
+    }
+}
+
+impl NetSender {
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.shared.settings.node_id
+    }
+
+    /// The bound UDP address of the listener.
+    pub fn local_addr(&self) -> SocketAddr {
+        // The endpoint was bound and its address read in `bind`; it cannot lose it.
+        self.inner
+            .shared
+            .endpoint
+            .local_addr()
+            .expect("a bound endpoint knows its address")
+    }
+
+    /// Queues `frame` for node `to` without blocking. The frame is dropped, and counted in
+    /// `mimid_cluster_frames_dropped_total{reason}`, when it exceeds `cluster.max_frame_bytes`
+    /// (`too_large`), `to` is not a peer (`unknown_peer`), the peer is unreachable
+    /// (`disconnected`) or its queue is full (`queue_full`).
+    pub fn send(&self, to: NodeId, frame: Vec<u8>) {
+        let metrics = &self.inner.shared.metrics;
+        if frame.len() > self.inner.shared.settings.max_frame_bytes as usize {
+            metrics.count_cluster_frames_dropped(FrameDrop::TooLarge, 1);
+            return;
+        }
+        let peers = self.inner.peers.read();
+        let Some(peer) = peers.get(&to) else {
+            metrics.count_cluster_frames_dropped(FrameDrop::UnknownPeer, 1);
+            return;
+        };
+        if matches!(*peer.link.borrow(), Link::Down) {
+            metrics.count_cluster_frames_dropped(FrameDrop::Disconnected, 1);
+            return;
+        }
+        match peer.queue.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics.count_cluster_frames_dropped(FrameDrop::QueueFull, 1);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                metrics.count_cluster_frames_dropped(FrameDrop::Disconnected, 1);
+            }
+        }
+    }
+
+    /// Sends `body` to node `to` and waits up to `timeout` for its [`RpcHandler`]'s answer.
+    /// While a connect attempt to `to` is under way the call waits for it; if the last attempt
+    /// failed, the call fails at once with [`CallError::Unreachable`]. Counted in
+    /// `mimid_cluster_rpc_calls_total{outcome}`.
+    ///
+    /// Cancel safety: safe to drop; the call's stream is reset and its answer discarded.
+    pub fn call(
+        &self,
+        to: NodeId,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static {
+        let link = self
+            .inner
+            .peers
+            .read()
+            .get(&to)
+            .map(|peer| peer.link.clone());
+        let metrics = self.inner.shared.metrics.clone();
+        let max_bytes = self.inner.shared.settings.max_frame_bytes as usize;
+        async move {
+            let result = if body.len() > max_bytes {
+                Err(CallError::TooLarge)
+            } else if let Some(link) = link {
+                tokio::time::timeout(timeout, call_over(link, body, max_bytes))
+                    .await
+                    .unwrap_or(Err(CallError::Timeout))
+            } else {
+                Err(CallError::Unreachable)
+            };
+            metrics.count_cluster_rpc_call(rpc::outcome(&result));
+            result
+        }
+    }
+
+    /// Adds peer `id` at `addr`, or moves it there: its connection is replaced and the
+    /// acceptor checks its certificate against the new address from now on.
+    pub fn set_peer(&self, id: NodeId, addr: SocketAddr) -> Result<(), ClusterNetError> {
+        let shared = &self.inner.shared;
+        check_peer_id(id, shared.settings.node_id)?;
+        shared.addresses.write().insert(id, addr);
+        let mut peers = self.inner.peers.write();
+        match peers.get(&id) {
+            Some(peer) => {
+                peer.addr.send_if_modified(|current| {
+                    let changed = *current != addr;
+                    *current = addr;
+                    changed
+                });
+            }
+            None => {
+                peers.insert(id, self.inner.spawn_peer(id, addr));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the transport: every task ends, every connection is closed (peers see code 0,
+    /// "node shutting down"), and the UDP socket is released once quinn has drained, which
+    /// this waits for up to `grace`.
+    ///
+    /// Cancel safety: safe to drop; the transport is stopped either way.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stop();
+        if tokio::time::timeout(grace, self.inner.shared.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!("node-to-node connections did not drain within the grace period");
+        }
+    }
+}
+
+impl Running {
+    fn spawn_peer(&self, id: NodeId, addr: SocketAddr) -> PeerHandle {
+        let shared = &self.shared;
+        let (queue_tx, queue_rx) = mpsc::channel(shared.settings.peer_queue_frames);
+        let (addr_tx, addr_rx) = watch::channel(addr);
+        let (link_tx, link_rx) = watch::channel(Link::Connecting);
+        shared.metrics.set_cluster_peer_connected(id, false);
+        let task = PeerTask {
+            shared: shared.clone(),
+            peer: id,
+            queue: queue_rx,
+            addr: addr_rx,
+            link: link_tx,
+        };
+        let span = tracing::debug_span!("cluster_peer", peer = id);
+        self.runtime.spawn(task.run().instrument(span));
+        PeerHandle {
+            queue: queue_tx,
+            addr: addr_tx,
+            link: link_rx,
+        }
+    }
+
+    fn stop(&self) {
+        self.shared.shutdown.send_replace(true);
+        self.shared
+            .endpoint
+            .close(close::SHUTDOWN, b"node shutting down");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits for the peer's connection (or the end of the attempt under way), then calls on it.
+async fn call_over(
+    mut link: watch::Receiver<Link>,
+    body: Vec<u8>,
+    max_bytes: usize,
+) -> Result<Vec<u8>, CallError> {
+    let conn = loop {
+        match &*link.borrow_and_update() {
+            Link::Up(conn) => break conn.clone(),
+            Link::Down => return Err(CallError::Unreachable),
+            Link::Connecting => {}
+        }
+        // The peer's task ended (peer removed or node shutting down).
+        link.changed().await.map_err(|_| CallError::Closed)?;
+    };
+    rpc::call_on(&conn, body, max_bytes).await
+}
+
+fn check_peer_id(id: NodeId, own: NodeId) -> Result<(), ClusterNetError> {
+    let reason = if id == 0 {
+        "node id 0 is reserved by Raft"
+    } else if id == own {
+        "this is the node's own id"
+    } else {
+        return Ok(());
+    };
+    Err(ClusterNetError::Peer {
+        id,
+        reason: reason.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests;
