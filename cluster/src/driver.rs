@@ -87,6 +87,7 @@ use raft::eraftpb::{Message, MessageType};
 use crate::backup::{ShardSnapshot, SnapshotAllError, SnapshotAllRequest};
 use crate::group::{catch, error_chain, Group, GroupError, Outbox, Proposed};
 use crate::metrics::{add, bump};
+use crate::read_barrier::{BarrierRequest, Barriers};
 use crate::reply::Reply;
 use crate::storage::{RaftDb, StoreError, WriteBatch};
 use crate::{frame, NodeId, ProposeError, ShardId, Shared, StateMachine, Transport};
@@ -133,6 +134,10 @@ pub(crate) struct Driver<S: StateMachine> {
     snapshot_requests: Option<Receiver<SnapshotAllRequest>>,
     /// The `snapshot_all` being served, one shard part after another.
     snapshot_all: Option<SnapshotAllRequest>,
+    /// `ClusterHandle::read_barrier` requests; `None` until `with_barrier_requests`.
+    barrier_requests: Option<Receiver<BarrierRequest>>,
+    /// Read barriers in progress (`read_barrier.rs`).
+    barriers: Barriers,
 }
 
 enum Slot<S: StateMachine> {
@@ -145,6 +150,7 @@ enum Wake<O> {
     Proposal(Proposal<O>),
     Frame(Inbound),
     SnapshotAll(SnapshotAllRequest),
+    Barrier(BarrierRequest),
     TickDue,
     Stop,
 }
@@ -175,15 +181,23 @@ impl<S: StateMachine> Driver<S> {
             transport,
             outbox: Outbox::new(),
             backlog: VecDeque::new(),
+            barriers: Barriers::new(settings.node_id),
             settings,
             snapshot_requests: None,
             snapshot_all: None,
+            barrier_requests: None,
         }
     }
 
     /// Serves `ClusterHandle::snapshot_all` requests arriving on `requests`.
     pub(crate) fn with_snapshot_requests(mut self, requests: Receiver<SnapshotAllRequest>) -> Self {
         self.snapshot_requests = Some(requests);
+        self
+    }
+
+    /// Serves `ClusterHandle::read_barrier` requests arriving on `requests`.
+    pub(crate) fn with_barrier_requests(mut self, requests: Receiver<BarrierRequest>) -> Self {
+        self.barrier_requests = Some(requests);
         self
     }
 
@@ -199,6 +213,10 @@ impl<S: StateMachine> Driver<S> {
                 Wake::Frame(frame) => (None, Some(frame)),
                 Wake::SnapshotAll(request) => {
                     self.begin_snapshot_all(request);
+                    (None, None)
+                }
+                Wake::Barrier(request) => {
+                    self.barriers.add(request);
                     (None, None)
                 }
                 Wake::TickDue => (None, None),
@@ -230,6 +248,8 @@ impl<S: StateMachine> Driver<S> {
         // Without a request channel, `never` keeps the select's shape.
         let never = crossbeam_channel::never();
         let requests = self.snapshot_requests.as_ref().unwrap_or(&never);
+        let never_barrier = crossbeam_channel::never();
+        let barrier_requests = self.barrier_requests.as_ref().unwrap_or(&never_barrier);
         crossbeam_channel::select! {
             // A message or a disconnect (the `Cluster` was dropped) both mean stop.
             recv(self.stop) -> _ => Wake::Stop,
@@ -243,6 +263,10 @@ impl<S: StateMachine> Driver<S> {
             },
             recv(requests) -> request => match request {
                 Ok(request) => Wake::SnapshotAll(request),
+                Err(_) => Wake::Stop,
+            },
+            recv(barrier_requests) -> request => match request {
+                Ok(request) => Wake::Barrier(request),
                 Err(_) => Wake::Stop,
             },
             default(timeout) => Wake::TickDue,
@@ -259,6 +283,7 @@ impl<S: StateMachine> Driver<S> {
         self.step_proposals(proposal);
         self.step_network(frame);
         self.apply_unreachable_reports();
+        self.send_barriers();
         let now = Instant::now();
         if now >= *next_tick {
             self.tick_all();
@@ -270,6 +295,7 @@ impl<S: StateMachine> Driver<S> {
         }
         self.write_staged()?;
         self.handle_persisted(&readied, now);
+        self.settle_barriers(now);
         self.write_staged()?;
         if self.snapshot_aged(now) {
             self.write_staged()?;
@@ -361,6 +387,41 @@ impl<S: StateMachine> Driver<S> {
             while let Ok(request) = requests.try_recv() {
                 request.fail(SnapshotAllError::Stopped);
             }
+        }
+    }
+
+    /// Takes queued read barriers (at most `max_proposals_per_turn`) and hands every shard's
+    /// unsent ones to its group if it can take them (`read_barrier.rs`).
+    fn send_barriers(&mut self) {
+        if let Some(requests) = &self.barrier_requests {
+            for _ in 0..self.settings.max_proposals_per_turn {
+                let Ok(request) = requests.try_recv() else {
+                    break;
+                };
+                self.barriers.add(request);
+            }
+        }
+        if self.barriers.is_empty() {
+            return;
+        }
+        for (shard, slot) in self.groups.iter_mut().enumerate() {
+            let group = match slot {
+                Slot::Running(group) => Some(&mut **group),
+                Slot::Failed => None,
+            };
+            self.barriers.send(shard as ShardId, group);
+        }
+    }
+
+    /// Answers the read barriers whose read index is applied, or whose deadline passed, and
+    /// drops read indexes nobody waits for any more.
+    fn settle_barriers(&mut self, now: Instant) {
+        for (shard, slot) in self.groups.iter_mut().enumerate() {
+            let group = match slot {
+                Slot::Running(group) => Some(&mut **group),
+                Slot::Failed => None,
+            };
+            self.barriers.settle(shard as ShardId, group, now);
         }
     }
 

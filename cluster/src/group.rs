@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
-use raft::{RawNode, Ready, SnapshotStatus, StateRole};
+use raft::{RawNode, ReadState, Ready, SnapshotStatus, StateRole};
 
 use crate::metrics::{bump, Metrics};
 use crate::pending::{answer_dropped, PendingProposals};
@@ -77,6 +77,8 @@ pub(crate) struct Group<S: StateMachine> {
     unsnapshotted_since: Option<Instant>,
     /// The `Ready` between phase one and phase two of the current turn.
     in_flight: Option<Ready>,
+    /// Read indexes received for this node's read barriers, not yet taken by the driver.
+    read_states: Vec<ReadState>,
 }
 
 impl<S: StateMachine> Group<S> {
@@ -121,6 +123,7 @@ impl<S: StateMachine> Group<S> {
             snapshot_interval: config.snapshot_interval,
             unsnapshotted_since: None,
             in_flight: None,
+            read_states: Vec::new(),
         })
     }
 
@@ -213,6 +216,7 @@ impl<S: StateMachine> Group<S> {
         // append is durable (Raft thesis §10.2.1), which is what `messages` holds. The driver
         // sends the whole outbox after the turn's durable write anyway, which is always safe.
         send(self.shard, outbox, ready.take_messages());
+        self.read_states.extend(ready.take_read_states());
         if !ready.snapshot().is_empty() {
             self.apply_received_snapshot(ready.snapshot(), metrics)?;
         }
@@ -311,6 +315,34 @@ impl<S: StateMachine> Group<S> {
     /// when it started.
     pub(crate) fn is_caught_up(&self) -> bool {
         self.leader_id != 0 && self.applied_index >= self.recovered_commit
+    }
+
+    /// Whether raft-rs would act on a read index request now: a follower must know a leader,
+    /// and a leader must have committed an entry of its own term (raft-rs drops the request
+    /// silently otherwise; `read_barrier.rs`).
+    pub(crate) fn can_read_index(&self) -> bool {
+        let raft = &self.node.raft;
+        match raft.state {
+            StateRole::Leader => raft.commit_to_current_term(),
+            _ => raft.leader_id != 0,
+        }
+    }
+
+    /// Asks for a read index under context `ctx` (raft ReadIndex); the answer comes back in a
+    /// later `Ready` and is kept for [`Self::take_read_states`]. Call only between turns.
+    pub(crate) fn read_index(&mut self, ctx: Vec<u8>) {
+        assert!(self.in_flight.is_none(), "read index inside a Ready");
+        self.node.read_index(ctx);
+    }
+
+    /// The read indexes received since the last call.
+    pub(crate) fn take_read_states(&mut self) -> Vec<ReadState> {
+        std::mem::take(&mut self.read_states)
+    }
+
+    /// The index of the last entry applied to the state machine.
+    pub(crate) fn applied_index(&self) -> u64 {
+        self.applied_index
     }
 
     fn apply_committed(

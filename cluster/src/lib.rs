@@ -30,7 +30,9 @@
 //! [`ClusterHandle::receive`], and [`ClusterHandle::report_unreachable`] tells the groups about
 //! a peer the transport cannot reach. Only a shard's leader takes proposals; the other
 //! replicas answer [`ProposeError::NotLeader`] at once, and [`ClusterHandle::leader`] names the
-//! leader they know. Groups run with check-quorum and pre-vote: a leader cut off from a quorum
+//! leader they know; [`ClusterHandle::read_barrier`] (Raft ReadIndex) makes a replica, leader or
+//! not, catch up with everything its leader acknowledged before a read. Groups run with
+//! check-quorum and pre-vote: a leader cut off from a quorum
 //! steps down (its pending proposals are answered `Dropped` and the node stops being ready),
 //! and a node rejoining after a partition does not unseat the leader. A replica too far behind
 //! the leader's compacted log catches up from a snapshot sent inside a frame.
@@ -80,6 +82,7 @@ mod frame;
 mod group;
 mod metrics;
 mod pending;
+mod read_barrier;
 mod reply;
 mod snapshot_file;
 mod storage;
@@ -99,12 +102,14 @@ use crate::backup::SnapshotAllRequest;
 use crate::driver::{Driver, DriverSettings, Inbound, LocalOnly, Proposal};
 use crate::group::{error_chain, raft_config, Group, GroupError};
 use crate::metrics::{bump, Metrics};
+use crate::read_barrier::{BarrierReply, BarrierRequest};
 use crate::reply::Reply;
 use crate::storage::{RaftDb, WriteBatch};
 
 pub use crate::backup::{restore_data_dir, ShardSnapshot, SnapshotAllError, SnapshotsDone};
 pub use crate::frame::MAX_FRAME_BYTES;
 pub use crate::metrics::ClusterMetrics;
+pub use crate::read_barrier::{BarrierDone, ReadBarrierError};
 pub use crate::storage::StoreError;
 
 /// Identifier of a shard, i.e. of one Raft group. Shards are numbered `0..shards`.
@@ -431,6 +436,7 @@ impl<S: StateMachine> Cluster<S> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         // One `snapshot_all` at a time (`HandleInner::snapshot_all_busy`), so one slot suffices.
         let (control_tx, control_rx) = crossbeam_channel::bounded(1);
+        let (barrier_tx, barrier_rx) = crossbeam_channel::bounded(config.inbox_capacity);
         let shared = Arc::new(Shared {
             open: RwLock::new(true),
             ready: AtomicBool::new(false),
@@ -456,7 +462,8 @@ impl<S: StateMachine> Cluster<S> {
             transport,
             settings,
         )
-        .with_snapshot_requests(control_rx);
+        .with_snapshot_requests(control_rx)
+        .with_barrier_requests(barrier_rx);
         let thread = std::thread::Builder::new()
             .name(format!("mimid-raft-{}", config.node_id))
             .spawn(move || driver.run())
@@ -468,6 +475,7 @@ impl<S: StateMachine> Cluster<S> {
                     network: network_tx,
                     snapshot_requests: control_tx,
                     snapshot_all_busy: Arc::new(AtomicBool::new(false)),
+                    barriers: barrier_tx,
                     shared,
                     shards: config.shards,
                     node_id: config.node_id,
@@ -517,6 +525,8 @@ struct HandleInner<O> {
     snapshot_requests: Sender<SnapshotAllRequest>,
     /// True from an accepted `snapshot_all` until its answer.
     snapshot_all_busy: Arc<AtomicBool>,
+    /// `read_barrier` requests for the driver (`read_barrier.rs`).
+    barriers: Sender<BarrierRequest>,
     shared: Arc<Shared>,
     shards: u64,
     node_id: NodeId,
@@ -636,6 +646,73 @@ impl<S: StateMachine> ClusterHandle<S> {
                 request.disarm();
                 busy.store(false, Ordering::Release);
                 Err(SnapshotAllError::Stopped)
+            }
+        }
+    }
+
+    /// A read barrier (Raft ReadIndex, see the `read_barrier` module): `done` is called with
+    /// `Ok(())` once this replica of `shard` has applied everything the shard's leader had
+    /// committed when the barrier reached it, so a local read after it sees every write
+    /// acknowledged before this call, on a follower as on the leader. Otherwise `done` gets
+    /// [`ReadBarrierError::NoLeader`] (no leader could be asked before `timeout`),
+    /// [`ReadBarrierError::TimedOut`] (the leader did not confirm within `timeout`) or
+    /// [`ReadBarrierError::Stopped`]. It costs the leader one heartbeat round to a quorum, so
+    /// use it where a stale local read would be wrong, not on every read.
+    ///
+    /// Returns an error at once, and never calls `done`, for an unknown shard
+    /// (`UnknownShard`), when the local replica knows no leader (`NoLeader`), when the queue is
+    /// full (`Busy`) and once the driver stopped (`Stopped`).
+    ///
+    /// ```
+    /// # use mimid_cluster::{Cluster, ClusterConfig, StateMachine};
+    /// # struct Counter(u64);
+    /// # impl StateMachine for Counter {
+    /// #     type Output = ();
+    /// #     fn apply(&mut self, _index: u64, _command: &[u8]) { self.0 += 1 }
+    /// #     fn snapshot(&self) -> Vec<u8> { self.0.to_be_bytes().to_vec() }
+    /// #     fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// # use std::time::Duration;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cluster = Cluster::start(ClusterConfig::new(1, dir.path()), |_| Counter(0)).unwrap();
+    /// let handle = cluster.handle();
+    /// # while !handle.is_ready() { std::thread::sleep(Duration::from_millis(5)) }
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let done = Box::new(move |result| tx.send(result).unwrap());
+    /// handle.read_barrier(0, Duration::from_secs(5), done).unwrap();
+    /// assert_eq!(rx.recv().unwrap(), Ok(()));
+    /// ```
+    pub fn read_barrier(
+        &self,
+        shard: ShardId,
+        timeout: Duration,
+        done: BarrierDone,
+    ) -> Result<(), ReadBarrierError> {
+        let inner = &self.inner;
+        if shard >= inner.shards {
+            return Err(ReadBarrierError::UnknownShard);
+        }
+        let open = inner.shared.open.read();
+        if !*open {
+            return Err(ReadBarrierError::Stopped);
+        }
+        if self.leader(shard).is_none() {
+            return Err(ReadBarrierError::NoLeader);
+        }
+        let request = BarrierRequest {
+            shard,
+            deadline: std::time::Instant::now() + timeout,
+            reply: BarrierReply::new(done),
+        };
+        match inner.barriers.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(request)) => {
+                request.reply.disarm();
+                Err(ReadBarrierError::Busy)
+            }
+            Err(TrySendError::Disconnected(request)) => {
+                request.reply.disarm();
+                Err(ReadBarrierError::Stopped)
             }
         }
     }
