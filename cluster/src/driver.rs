@@ -86,11 +86,12 @@ use raft::eraftpb::{Message, MessageType};
 
 use crate::backup::{ShardSnapshot, SnapshotAllError, SnapshotAllRequest};
 use crate::group::{catch, error_chain, Group, GroupError, Outbox, Proposed};
+use crate::membership::AdminRequest;
 use crate::metrics::{add, bump};
 use crate::read_barrier::{BarrierRequest, Barriers};
 use crate::reply::Reply;
 use crate::storage::{RaftDb, StoreError, WriteBatch};
-use crate::{frame, NodeId, ProposeError, ShardId, Shared, StateMachine, Transport};
+use crate::{frame, NodeId, ProposeError, ShardId, ShardStatus, Shared, StateMachine, Transport};
 
 /// A proposal on its way from a handle to the driver.
 pub(crate) struct Proposal<O> {
@@ -138,6 +139,9 @@ pub(crate) struct Driver<S: StateMachine> {
     barrier_requests: Option<Receiver<BarrierRequest>>,
     /// Read barriers in progress (`read_barrier.rs`).
     barriers: Barriers,
+    /// Membership changes and leadership transfers (`membership.rs`); `None` until
+    /// `with_admin_requests`.
+    admin_requests: Option<Receiver<AdminRequest>>,
 }
 
 enum Slot<S: StateMachine> {
@@ -151,6 +155,7 @@ enum Wake<O> {
     Frame(Inbound),
     SnapshotAll(SnapshotAllRequest),
     Barrier(BarrierRequest),
+    Admin(AdminRequest),
     TickDue,
     Stop,
 }
@@ -186,7 +191,14 @@ impl<S: StateMachine> Driver<S> {
             snapshot_requests: None,
             snapshot_all: None,
             barrier_requests: None,
+            admin_requests: None,
         }
+    }
+
+    /// Serves `ClusterHandle::change_members` and `transfer_leader` requests from `requests`.
+    pub(crate) fn with_admin_requests(mut self, requests: Receiver<AdminRequest>) -> Self {
+        self.admin_requests = Some(requests);
+        self
     }
 
     /// Serves `ClusterHandle::snapshot_all` requests arriving on `requests`.
@@ -217,6 +229,10 @@ impl<S: StateMachine> Driver<S> {
                 }
                 Wake::Barrier(request) => {
                     self.barriers.add(request);
+                    (None, None)
+                }
+                Wake::Admin(request) => {
+                    self.step_admin(request);
                     (None, None)
                 }
                 Wake::TickDue => (None, None),
@@ -250,6 +266,8 @@ impl<S: StateMachine> Driver<S> {
         let requests = self.snapshot_requests.as_ref().unwrap_or(&never);
         let never_barrier = crossbeam_channel::never();
         let barrier_requests = self.barrier_requests.as_ref().unwrap_or(&never_barrier);
+        let never_admin = crossbeam_channel::never();
+        let admin_requests = self.admin_requests.as_ref().unwrap_or(&never_admin);
         crossbeam_channel::select! {
             // A message or a disconnect (the `Cluster` was dropped) both mean stop.
             recv(self.stop) -> _ => Wake::Stop,
@@ -269,6 +287,10 @@ impl<S: StateMachine> Driver<S> {
                 Ok(request) => Wake::Barrier(request),
                 Err(_) => Wake::Stop,
             },
+            recv(admin_requests) -> request => match request {
+                Ok(request) => Wake::Admin(request),
+                Err(_) => Wake::Stop,
+            },
             default(timeout) => Wake::TickDue,
         }
     }
@@ -284,8 +306,10 @@ impl<S: StateMachine> Driver<S> {
         self.step_network(frame);
         self.apply_unreachable_reports();
         self.send_barriers();
+        self.step_admin_queue();
         let now = Instant::now();
-        if now >= *next_tick {
+        let ticked = now >= *next_tick;
+        if ticked {
             self.tick_all();
             *next_tick = now + self.settings.tick_interval;
         }
@@ -303,7 +327,61 @@ impl<S: StateMachine> Driver<S> {
         self.send_outbox();
         self.continue_snapshot_all();
         self.publish_readiness();
+        self.publish_status(&readied, ticked);
         Ok(())
+    }
+
+    /// Steps every queued membership change and leadership transfer (few: operator actions).
+    fn step_admin_queue(&mut self) {
+        let Some(requests) = self.admin_requests.clone() else {
+            return;
+        };
+        for request in requests.try_iter() {
+            self.step_admin(request);
+        }
+    }
+
+    /// Hands one membership change or leadership transfer to its group (`membership.rs`).
+    fn step_admin(&mut self, request: AdminRequest) {
+        let shard = request.shard();
+        let Some(Slot::Running(group)) = self.groups.get_mut(shard_slot(shard)) else {
+            request.stopped();
+            return;
+        };
+        let metrics = &self.shared.metrics;
+        let outcome = match request {
+            AdminRequest::Change { change, reply, .. } => {
+                catch(|| group.change_members(change, reply, metrics)).and_then(|result| result)
+            }
+            AdminRequest::Transfer { to, reply, .. } => catch(|| group.transfer_leader(to, reply)),
+        };
+        if let Err(err) = outcome {
+            self.fail_group(shard, &err);
+        }
+    }
+
+    /// Publishes the status of the shards that took a `Ready` this turn, and of every shard
+    /// on a tick (terms and matched indexes can move without a local `Ready`).
+    fn publish_status(&self, readied: &[ShardId], ticked: bool) {
+        let publish = |shard: usize| {
+            let Some(status) = self.shared.status.get(shard) else {
+                return;
+            };
+            let fresh = match &self.groups[shard] {
+                Slot::Running(group) => group.status(),
+                Slot::Failed => ShardStatus {
+                    shard: shard as ShardId,
+                    failed: true,
+                    ..ShardStatus::default()
+                },
+            };
+            *status.lock() = fresh;
+        };
+        if ticked {
+            (0..self.groups.len()).for_each(publish);
+        } else {
+            readied.iter().for_each(|&shard| publish(shard_slot(shard)));
+        }
     }
 
     fn begin_snapshot_all(&mut self, request: SnapshotAllRequest) {
@@ -679,7 +757,14 @@ impl<S: StateMachine> Driver<S> {
             Slot::Running(group) => group.is_caught_up(),
             Slot::Failed => false,
         });
-        self.shared.ready.store(ready, Ordering::Relaxed);
+        // A node removed from every shard serves none (`membership.rs`).
+        let member_somewhere = self.groups.iter().any(|slot| match slot {
+            Slot::Running(group) => group.is_member(),
+            Slot::Failed => false,
+        });
+        self.shared
+            .ready
+            .store(ready && member_somewhere, Ordering::Relaxed);
     }
 
     /// Stops one group for good; dropping it answers its pending proposals `Stopped`.
@@ -740,6 +825,12 @@ impl<S: StateMachine> Driver<S> {
         }
         while let Ok(proposal) = self.inbox.try_recv() {
             proposal.reply.send(Err(ProposeError::Stopped));
+        }
+        if let Some(requests) = &self.admin_requests {
+            requests.try_iter().for_each(AdminRequest::stopped);
+        }
+        for status in &self.shared.status {
+            status.lock().leader = None;
         }
     }
 }

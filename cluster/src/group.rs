@@ -12,6 +12,8 @@
 //! stops the group (STYLE.md P3, P4). It does not know what commands mean: entries are opaque
 //! bytes handed to the state machine.
 
+mod admin;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,8 @@ use crate::pending::{answer_dropped, PendingProposals};
 use crate::reply::Reply;
 use crate::storage::{new_snapshot, ShardStorage, StoreError, WriteBatch};
 use crate::{ClusterConfig, NodeId, ProposeError, ShardId, StateMachine};
+
+use self::admin::Admin;
 
 /// Why a shard group had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +83,10 @@ pub(crate) struct Group<S: StateMachine> {
     in_flight: Option<Ready>,
     /// Read indexes received for this node's read barriers, not yet taken by the driver.
     read_states: Vec<ReadState>,
+    /// The pending membership change and leadership transfer (`admin.rs`).
+    admin: Admin,
+    /// Ticks a leadership transfer may take before it is answered `TimedOut`.
+    transfer_ticks: usize,
 }
 
 impl<S: StateMachine> Group<S> {
@@ -124,6 +132,8 @@ impl<S: StateMachine> Group<S> {
             unsnapshotted_since: None,
             in_flight: None,
             read_states: Vec::new(),
+            admin: Admin::default(),
+            transfer_ticks: config.election_tick.saturating_mul(2),
         })
     }
 
@@ -151,8 +161,12 @@ impl<S: StateMachine> Group<S> {
         self.node.report_snapshot(node, SnapshotStatus::Finish);
     }
 
-    /// The node this replica believes leads the shard (0: unknown), as of the last `Ready`.
+    /// The node this replica believes leads the shard (0: unknown), as of the last `Ready`;
+    /// also 0 once this node was removed from the shard (it no longer hears from the leader).
     pub(crate) fn leader_id(&self) -> NodeId {
+        if self.is_initialized() && !self.is_member() {
+            return 0;
+        }
         self.leader_id
     }
 
@@ -196,6 +210,7 @@ impl<S: StateMachine> Group<S> {
 
     pub(crate) fn tick(&mut self) {
         self.node.tick();
+        self.admin_tick();
     }
 
     pub(crate) fn has_ready(&self) -> bool {
@@ -256,7 +271,8 @@ impl<S: StateMachine> Group<S> {
         let unsnapshotted = self
             .applied_index
             .saturating_sub(self.node.store().snapshot_index());
-        if unsnapshotted >= self.snapshot_interval {
+        let membership_due = self.take_membership_snapshot_due();
+        if unsnapshotted >= self.snapshot_interval || (membership_due && unsnapshotted > 0) {
             self.take_snapshot(metrics)?;
         }
         // A snapshot received from the leader also covers everything applied.
@@ -312,8 +328,16 @@ impl<S: StateMachine> Group<S> {
     }
 
     /// True once the group knows a leader and applied everything that was committed on disk
-    /// when it started.
+    /// when it started. An uninitialised group (waiting for the leader's first snapshot) is
+    /// not caught up; a group this node was removed from is, since it no longer has anything
+    /// to catch up with (`membership.rs`).
     pub(crate) fn is_caught_up(&self) -> bool {
+        if !self.is_initialized() {
+            return false;
+        }
+        if !self.is_member() {
+            return true;
+        }
         self.leader_id != 0 && self.applied_index >= self.recovered_commit
     }
 
@@ -362,6 +386,7 @@ impl<S: StateMachine> Group<S> {
             self.applied_index = entry.index;
             self.applied_term = entry.term;
             bump(&metrics.applied_entries);
+            self.settle_change(&entry, metrics);
             // Answer last, so a caller that sees the answer also sees the apply counted.
             match (reply, output) {
                 (Some(reply), Some(output)) => reply.send(Ok(output)),
@@ -384,12 +409,14 @@ impl<S: StateMachine> Group<S> {
                 let change = decode_conf_change::<ConfChange>(entry)?;
                 let conf_state = self.node.apply_conf_change(&change)?;
                 self.node.mut_store().stage_conf_state(&conf_state)?;
+                self.on_conf_applied(&conf_state);
                 Ok(None)
             }
             EntryType::EntryConfChangeV2 => {
                 let change = decode_conf_change::<ConfChangeV2>(entry)?;
                 let conf_state = self.node.apply_conf_change(&change)?;
                 self.node.mut_store().stage_conf_state(&conf_state)?;
+                self.on_conf_applied(&conf_state);
                 Ok(None)
             }
         }
@@ -411,6 +438,7 @@ impl<S: StateMachine> Group<S> {
         self.applied_index = meta.index;
         self.applied_term = meta.term;
         self.pending.drop_all(metrics);
+        self.drop_pending_change(metrics);
         bump(&metrics.snapshots_received);
         tracing::info!(
             shard = self.shard,
@@ -434,6 +462,7 @@ impl<S: StateMachine> Group<S> {
         }
         self.role = role;
         self.leader_id = leader_id;
+        self.admin_on_soft_state(metrics);
     }
 
     fn has_unsnapshotted(&self) -> bool {

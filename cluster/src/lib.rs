@@ -80,6 +80,7 @@ mod backup;
 mod driver;
 mod frame;
 mod group;
+mod membership;
 mod metrics;
 mod pending;
 mod read_barrier;
@@ -101,6 +102,7 @@ use raft::eraftpb::ConfState;
 use crate::backup::SnapshotAllRequest;
 use crate::driver::{Driver, DriverSettings, Inbound, LocalOnly, Proposal};
 use crate::group::{error_chain, raft_config, Group, GroupError};
+use crate::membership::AdminRequest;
 use crate::metrics::{bump, Metrics};
 use crate::read_barrier::{BarrierReply, BarrierRequest};
 use crate::reply::Reply;
@@ -108,6 +110,10 @@ use crate::storage::{RaftDb, WriteBatch};
 
 pub use crate::backup::{restore_data_dir, ShardSnapshot, SnapshotAllError, SnapshotsDone};
 pub use crate::frame::MAX_FRAME_BYTES;
+pub use crate::membership::{
+    ChangeDone, Membership, MembershipChange, MembershipError, ShardStatus, TransferDone,
+    TransferError,
+};
 pub use crate::metrics::ClusterMetrics;
 pub use crate::read_barrier::{BarrierDone, ReadBarrierError};
 pub use crate::storage::StoreError;
@@ -202,6 +208,12 @@ pub struct ClusterConfig {
     /// `fdatasync` sled's files after each turn's flush (sled's own flush is only
     /// `sync_file_range`, floors pitfall 16). Turn off only to measure the cost. Default true.
     pub fsync: bool,
+    /// Join an existing cluster: shards without local state start as empty, uninitialised
+    /// groups that wait for a leader to add this node (`MembershipChange::AddLearner`) and send
+    /// it a snapshot, instead of being bootstrapped with `voters` (which is then not used).
+    /// Shards with state are unaffected. A node added to a running cluster must set this: one
+    /// bootstrapped on its own would form a second, conflicting configuration. Default false.
+    pub join_existing: bool,
     /// The voters every shard is bootstrapped with on a fresh data dir (all nodes of a new cluster
     /// must be given the same set). Default `vec![node_id]`.
     pub voters: Vec<NodeId>,
@@ -230,6 +242,7 @@ impl ClusterConfig {
             max_inflight_msgs: 256,
             max_uncommitted_bytes: 64 * 1024 * 1024,
             fsync: true,
+            join_existing: false,
             voters: vec![node_id],
             network_inbox_capacity: 4096,
         }
@@ -267,7 +280,7 @@ impl ClusterConfig {
         if self.voters.contains(&0) {
             return invalid("voters must not contain node id 0");
         }
-        if !self.voters.contains(&self.node_id) {
+        if !self.join_existing && !self.voters.contains(&self.node_id) {
             return invalid("voters must contain this node's node_id");
         }
         if self.voters.iter().collect::<BTreeSet<_>>().len() != self.voters.len() {
@@ -371,6 +384,11 @@ impl<S: StateMachine> Cluster<S> {
         config: ClusterConfig,
         factory: impl FnMut(ShardId) -> S,
     ) -> Result<Self, ClusterError> {
+        if config.join_existing {
+            return Err(ClusterError::InvalidConfig(
+                "join_existing needs other nodes; use start_with_transport".to_owned(),
+            ));
+        }
         if config.voters != [config.node_id] {
             return Err(ClusterError::InvalidConfig(
                 "voters must be [node_id] for a single-node cluster; \
@@ -401,7 +419,8 @@ impl<S: StateMachine> Cluster<S> {
         let mut bootstrap = WriteBatch::default();
         for shard in 0..config.shards {
             let (mut storage, snapshot) = db.load_shard(shard)?;
-            if !storage.is_initialized() {
+            // A joining node's fresh groups stay empty until a leader's snapshot arrives.
+            if !storage.is_initialized() && !config.join_existing {
                 storage.stage_bootstrap(ConfState::from((voters.clone(), vec![])))?;
                 bootstrap.take_from(&mut storage);
             }
@@ -443,7 +462,16 @@ impl<S: StateMachine> Cluster<S> {
             metrics: Metrics::default(),
             leaders: (0..config.shards).map(|_| AtomicU64::new(0)).collect(),
             unreachable: Mutex::new(BTreeSet::new()),
+            status: (0..config.shards)
+                .map(|shard| {
+                    Mutex::new(ShardStatus {
+                        shard,
+                        ..ShardStatus::default()
+                    })
+                })
+                .collect(),
         });
+        let (admin_tx, admin_rx) = crossbeam_channel::bounded(membership::ADMIN_QUEUE);
         let settings = DriverSettings {
             node_id: config.node_id,
             tick_interval: config.tick_interval,
@@ -463,7 +491,8 @@ impl<S: StateMachine> Cluster<S> {
             settings,
         )
         .with_snapshot_requests(control_rx)
-        .with_barrier_requests(barrier_rx);
+        .with_barrier_requests(barrier_rx)
+        .with_admin_requests(admin_rx);
         let thread = std::thread::Builder::new()
             .name(format!("mimid-raft-{}", config.node_id))
             .spawn(move || driver.run())
@@ -476,6 +505,7 @@ impl<S: StateMachine> Cluster<S> {
                     snapshot_requests: control_tx,
                     snapshot_all_busy: Arc::new(AtomicBool::new(false)),
                     barriers: barrier_tx,
+                    admin: admin_tx,
                     shared,
                     shards: config.shards,
                     node_id: config.node_id,
@@ -527,6 +557,8 @@ struct HandleInner<O> {
     snapshot_all_busy: Arc<AtomicBool>,
     /// `read_barrier` requests for the driver (`read_barrier.rs`).
     barriers: Sender<BarrierRequest>,
+    /// Membership changes and leadership transfers for the driver (`membership.rs`).
+    admin: Sender<AdminRequest>,
     shared: Arc<Shared>,
     shards: u64,
     node_id: NodeId,
@@ -543,6 +575,8 @@ pub(crate) struct Shared {
     /// Nodes reported unreachable since the driver's last turn (a set: repeated reports of one
     /// node coalesce, so it holds at most the cluster's nodes).
     pub(crate) unreachable: Mutex<BTreeSet<NodeId>>,
+    /// Each shard's status (`ClusterHandle::shard_status`), published by the driver.
+    pub(crate) status: Vec<Mutex<ShardStatus>>,
 }
 
 impl<S: StateMachine> Clone for ClusterHandle<S> {

@@ -555,6 +555,15 @@ impl ShardStorage {
         self.snapshot_index
     }
 
+    /// The configuration recorded in the latest snapshot (None: no snapshot yet). A node that
+    /// joins a shard starts from the leader's snapshot, which must name it
+    /// (`membership.rs`), so the leader snapshots again when this lacks a member.
+    pub(crate) fn snapshot_conf_state(&self) -> Option<&ConfState> {
+        self.snapshot
+            .as_ref()
+            .map(|record| record.metadata().get_conf_state())
+    }
+
     fn stage_value(
         &mut self,
         kind: Kind,
@@ -684,10 +693,19 @@ impl raft::Storage for ShardStorage {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // A snapshot older than the request is useless to the follower; say "not yet" so raft
-        // retries later instead of sending stale state.
-        if self.snapshot_index == 0 || self.snapshot_index < request_index {
+        // retries later instead of sending stale state. Likewise a snapshot from before `to`
+        // was added: raft-rs on `to` refuses a snapshot whose configuration does not name it,
+        // and the group takes a newer one right after applying the change (`membership.rs`).
+        let names_to = self.snapshot_conf_state().is_some_and(|conf| {
+            conf.voters
+                .iter()
+                .chain(&conf.learners)
+                .chain(&conf.voters_outgoing)
+                .any(|id| *id == to)
+        });
+        if self.snapshot_index == 0 || self.snapshot_index < request_index || !names_to {
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -1319,6 +1337,13 @@ mod tests {
         assert_eq!(ours.snapshot(8, 2).expect("snapshot for a follower"), snap);
         assert!(matches!(
             ours.snapshot(9, 2),
+            Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        // Node 3 joined after this snapshot: raft-rs there would refuse it, so it is not sent.
+        assert!(matches!(
+            ours.snapshot(8, 3),
             Err(raft::Error::Store(
                 RaftStorageError::SnapshotTemporarilyUnavailable
             ))

@@ -1,0 +1,301 @@
+//! The group's side of membership changes, leadership transfer and status (the `membership`
+//! module documents the behaviour).
+
+use raft::eraftpb::{ConfState, Entry, EntryType};
+use raft::{ProgressState, StateRole};
+
+use super::{Group, GroupError};
+use crate::membership::{
+    is_member, plan_change, ChangeAnswer, Membership, MembershipChange, MembershipError,
+    ShardStatus, TransferAnswer, TransferError,
+};
+use crate::metrics::{bump, Metrics};
+use crate::{NodeId, StateMachine};
+
+/// The membership change this leader proposed and has not applied yet.
+pub(super) struct PendingChange {
+    term: u64,
+    index: u64,
+    reply: ChangeAnswer,
+}
+
+/// The leadership transfer in progress on this leader.
+pub(super) struct PendingTransfer {
+    to: NodeId,
+    /// Ticks until it is answered `TimedOut`.
+    ticks_left: usize,
+    waiters: Vec<TransferAnswer>,
+}
+
+/// Membership state of one group, kept next to its Raft node.
+#[derive(Default)]
+pub(super) struct Admin {
+    change: Option<PendingChange>,
+    transfer: Option<PendingTransfer>,
+    /// A change added a member the latest snapshot does not name: snapshot at the end of the
+    /// turn, so the leader can send the new member a snapshot that names it.
+    snapshot_due: bool,
+}
+
+impl<S: StateMachine> Group<S> {
+    /// Validates and proposes one membership change; refusals are answered here.
+    pub(crate) fn change_members(
+        &mut self,
+        change: MembershipChange,
+        reply: ChangeAnswer,
+        metrics: &Metrics,
+    ) -> Result<(), GroupError> {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+            reply.send(Err(MembershipError::NotLeader));
+            return Ok(());
+        }
+        // raft-rs would turn a second conf change into an empty entry without a word.
+        if self.admin.change.is_some() || raft.has_pending_conf() {
+            reply.send(Err(MembershipError::ChangeInProgress));
+            return Ok(());
+        }
+        let conf_change = match plan_change(self.node.store().conf_state(), change, raft.id) {
+            Ok(conf_change) => conf_change,
+            Err(refused) => {
+                reply.send(Err(refused));
+                return Ok(());
+            }
+        };
+        if let MembershipChange::Promote(node) = change {
+            let replicating = raft
+                .prs()
+                .get(node)
+                .is_some_and(|progress| progress.state == ProgressState::Replicate);
+            if !replicating {
+                reply.send(Err(MembershipError::LearnerBehind(node)));
+                return Ok(());
+            }
+        }
+        match self.node.propose_conf_change(Vec::new(), conf_change) {
+            Ok(()) => {}
+            Err(raft::Error::ProposalDropped) => {
+                bump(&metrics.busy_rejections);
+                reply.send(Err(MembershipError::Busy));
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        }
+        let raft = &self.node.raft;
+        let index = raft.raft_log.last_index();
+        if raft.pending_conf_index != index {
+            // raft-rs did not take it as a conf change (cannot happen after the checks above).
+            reply.send(Err(MembershipError::Dropped));
+            return Ok(());
+        }
+        tracing::info!(
+            shard = self.shard,
+            ?change,
+            index,
+            "proposed membership change"
+        );
+        self.admin.change = Some(PendingChange {
+            term: raft.term,
+            index,
+            reply,
+        });
+        Ok(())
+    }
+
+    /// Starts a leadership transfer to `to`; answered when `to` leads or on timeout.
+    pub(crate) fn transfer_leader(&mut self, to: NodeId, reply: TransferAnswer) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            reply.send(Err(TransferError::NotLeader));
+            return;
+        }
+        if to == raft.id {
+            reply.send(Ok(()));
+            return;
+        }
+        if !self.node.store().conf_state().voters.contains(&to) {
+            reply.send(Err(TransferError::NotAVoter(to)));
+            return;
+        }
+        match &mut self.admin.transfer {
+            Some(transfer) if transfer.to == to => {
+                transfer.waiters.push(reply);
+                return;
+            }
+            Some(transfer) => {
+                reply.send(Err(TransferError::InProgress(transfer.to)));
+                return;
+            }
+            None => {}
+        }
+        tracing::info!(shard = self.shard, to, "transferring leadership");
+        self.node.transfer_leader(to);
+        self.admin.transfer = Some(PendingTransfer {
+            to,
+            ticks_left: self.transfer_ticks,
+            waiters: vec![reply],
+        });
+    }
+
+    /// The replica's status for `ClusterHandle::shard_status`.
+    pub(crate) fn status(&self) -> ShardStatus {
+        let raft = &self.node.raft;
+        let membership = Membership::of(self.node.store().conf_state());
+        let progress = if raft.state == StateRole::Leader {
+            raft.prs()
+                .iter()
+                .map(|(id, progress)| (*id, progress.matched))
+                .collect()
+        } else {
+            Default::default()
+        };
+        let leader = self.leader_id();
+        ShardStatus {
+            shard: self.shard,
+            leader: (leader != 0).then_some(leader),
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: self.applied_index,
+            voters: membership.voters,
+            learners: membership.learners,
+            progress,
+            failed: false,
+        }
+    }
+
+    /// Whether the group has a configuration (a fresh group of a joining node has none until
+    /// the leader's snapshot arrives).
+    pub(crate) fn is_initialized(&self) -> bool {
+        *self.node.store().conf_state() != ConfState::default()
+    }
+
+    /// Whether this node is a voter or learner of the applied configuration.
+    pub(crate) fn is_member(&self) -> bool {
+        is_member(self.node.store().conf_state(), self.node.raft.id)
+    }
+
+    /// Answers the pending change if `entry` (just applied) is its entry or passed it.
+    pub(super) fn settle_change(&mut self, entry: &Entry, metrics: &Metrics) {
+        let reached = self
+            .admin
+            .change
+            .as_ref()
+            .is_some_and(|pending| entry.index >= pending.index);
+        if !reached {
+            return;
+        }
+        let pending = self.admin.change.take().expect("checked above");
+        let is_conf_change = matches!(
+            entry.get_entry_type(),
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+        );
+        if entry.index == pending.index && entry.term == pending.term && is_conf_change {
+            let membership = Membership::of(self.node.store().conf_state());
+            tracing::info!(shard = self.shard, ?membership, "membership changed");
+            pending.reply.send(Ok(membership));
+        } else {
+            bump(&metrics.dropped_proposals);
+            pending.reply.send(Err(MembershipError::Dropped));
+        }
+    }
+
+    /// After a conf-change entry applied with the resulting `conf`.
+    pub(super) fn on_conf_applied(&mut self, conf: &ConfState) {
+        let named = self.node.store().snapshot_conf_state();
+        let unnamed = |node: &NodeId| named.is_none_or(|snapshot| !is_member(snapshot, *node));
+        if conf.voters.iter().chain(&conf.learners).any(unnamed) {
+            self.admin.snapshot_due = true;
+        }
+        self.step_aside_if_no_voter();
+        if !self.is_member() {
+            tracing::info!(
+                shard = self.shard,
+                "this node was removed from the shard; its group no longer takes part"
+            );
+        }
+    }
+
+    /// Whether a snapshot is due because of a membership change; clears the flag.
+    pub(super) fn take_membership_snapshot_due(&mut self) -> bool {
+        std::mem::take(&mut self.admin.snapshot_due)
+    }
+
+    /// The leadership or the log was replaced: a pending change's outcome is unknown.
+    pub(super) fn drop_pending_change(&mut self, metrics: &Metrics) {
+        if let Some(pending) = self.admin.change.take() {
+            bump(&metrics.dropped_proposals);
+            pending.reply.send(Err(MembershipError::Dropped));
+        }
+    }
+
+    /// After the soft state changed: a transfer completes when its target leads; a leader
+    /// that stepped down loses its pending change.
+    pub(super) fn admin_on_soft_state(&mut self, metrics: &Metrics) {
+        if self.role != StateRole::Leader {
+            self.drop_pending_change(metrics);
+        }
+        let done = self
+            .admin
+            .transfer
+            .as_ref()
+            .is_some_and(|transfer| transfer.to == self.leader_id);
+        if done {
+            let transfer = self.admin.transfer.take().expect("checked above");
+            tracing::info!(
+                shard = self.shard,
+                to = transfer.to,
+                "leadership transferred"
+            );
+            for waiter in transfer.waiters {
+                waiter.send(Ok(()));
+            }
+        }
+    }
+
+    /// Once per tick: transfer deadlines, and a leader that is no voter steps aside.
+    pub(super) fn admin_tick(&mut self) {
+        if let Some(transfer) = &mut self.admin.transfer {
+            transfer.ticks_left = transfer.ticks_left.saturating_sub(1);
+            if transfer.ticks_left == 0 {
+                let transfer = self.admin.transfer.take().expect("checked above");
+                let leader = (self.leader_id != 0).then_some(self.leader_id);
+                tracing::info!(
+                    shard = self.shard,
+                    to = transfer.to,
+                    ?leader,
+                    "leadership transfer timed out"
+                );
+                for waiter in transfer.waiters {
+                    waiter.send(Err(TransferError::TimedOut { leader }));
+                }
+            }
+        }
+        self.step_aside_if_no_voter();
+    }
+
+    /// A leader that is not a voter of the applied configuration (it was removed while
+    /// leadership moved to it) hands leadership to the most up-to-date voter; raft-rs would
+    /// otherwise keep it leading a group it is no voter of.
+    fn step_aside_if_no_voter(&mut self) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+            return;
+        }
+        let voters = &self.node.store().conf_state().voters;
+        if voters.contains(&raft.id) {
+            return;
+        }
+        let best = voters
+            .iter()
+            .filter_map(|id| raft.prs().get(*id).map(|progress| (progress.matched, *id)))
+            .max();
+        if let Some((_, to)) = best {
+            tracing::info!(
+                shard = self.shard,
+                to,
+                "leader is no voter; transferring leadership"
+            );
+            self.node.transfer_leader(to);
+        }
+    }
+}

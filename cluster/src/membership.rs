@@ -1,0 +1,642 @@
+//! Membership changes, leadership transfer and per-shard status.
+//!
+//! # Changing a shard's members
+//!
+//! [`ClusterHandle::change_members`] proposes one [`MembershipChange`] on the shard's leader as
+//! a raft-rs `ConfChangeV2` holding a single change. A single change moves at most one voter,
+//! which Raft allows without joint consensus (Raft thesis §4.1), and raft-rs then uses its
+//! "simple" protocol: no joint configuration is ever entered, so none has to be left. (If one
+//! were found in the log, changes are refused with [`MembershipError::ChangeInProgress`] until
+//! raft-rs' auto-leave has left it.) One change at a time per shard: raft-rs itself silently
+//! turns a second conf change into an empty entry while one is unapplied, so the leader refuses
+//! it first ([`MembershipError::ChangeInProgress`]); a newly elected leader counts its whole
+//! unapplied log as possibly holding one, which also gives the single-server-change safety fix
+//! (a new leader commits an entry of its term before it changes the configuration).
+//!
+//! The change is validated on the leader against its applied configuration, which is exactly
+//! the configuration the change will apply to (no other change is pending): adding a node that
+//! is already a member, promoting a node that is not a learner (or a learner the leader is not
+//! yet replicating to normally), removing a non-member, the last voter, or the leader itself
+//! are refused with their own [`MembershipError`] variants and change nothing. The leader never
+//! removes itself: transfer leadership first ([`ClusterHandle::transfer_leader`]).
+//!
+//! The answer comes once the conf-change entry is applied on the leader, with the membership
+//! it produced. Every replica applies the same entry at the same index, stores the new
+//! configuration durably with the turn's write, and raft-rs switches its quorum rules then.
+//!
+//! # Adding a node
+//!
+//! A node joining an existing cluster starts with [`crate::ClusterConfig::join_existing`]: its
+//! shards without local state start as empty, uninitialised groups (no configuration, no log),
+//! which never campaign and only answer the leader. The operator then, per shard,
+//! `AddLearner(node)`, waits until the learner caught up ([`ClusterHandle::shard_status`]
+//! shows its matched index on the leader), and `Promote(node)`.
+//!
+//! A new node always catches up from a snapshot, never from the log: the initial configuration
+//! of a bootstrapped group is not in its log, so a log replayed from index 1 would leave the new
+//! node without it. After applying a change that adds a node the latest snapshot does not name,
+//! every replica snapshots (and compacts its log) at the end of that turn, and the storage never
+//! sends a node a snapshot whose configuration does not name it (raft-rs on the receiver would
+//! refuse it). The leader probes the empty node, finds its log compacted and sends the snapshot.
+//!
+//! # Removing a node
+//!
+//! `Remove(node)` applies on every replica. On the removed node itself (once it applies the
+//! entry, which the leader's commit broadcast normally tells it before the leader forgets it),
+//! the group no longer counts itself a member: raft-rs stops it campaigning, proposals answer
+//! `NotLeader`, [`ClusterHandle::leader`] answers `None` for the shard and the shard no longer
+//! counts for readiness (a node that is a member of no shard is not ready). The group keeps
+//! ticking and keeps its data in the data directory until the node is stopped and the directory
+//! deleted; nothing deletes it automatically. A removed node that missed the entry (cut off at
+//! the time) still believes it is a voter and, no longer hearing from the leader, pre-votes
+//! periodically; pre-vote keeps it from disturbing anyone, and it should be stopped.
+//!
+//! A leader that finds itself no longer a voter (possible only if leadership moved between the
+//! change's validation and its application) hands leadership to the most up-to-date voter.
+//!
+//! # Leadership transfer
+//!
+//! [`ClusterHandle::transfer_leader`] asks the shard's leader to hand leadership to a voter
+//! (raft-rs `transfer_leader`: the leader catches the target up, then tells it to campaign at
+//! once). Proposals are refused `NotLeader` meanwhile. The answer comes once this node sees the
+//! target lead (soft state), or [`TransferError::TimedOut`] after twice the election timeout.
+//! Draining a node is one transfer per shard it leads.
+//!
+//! # Status
+//!
+//! [`ClusterHandle::status`] and [`ClusterHandle::shard_status`] read what the driver publishes
+//! at the end of each turn that touched the shard and on every tick: cheap, and at most one
+//! tick old.
+//!
+//! Hibernation of idle groups is still absent: every group ticks and every leader heartbeats.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crossbeam_channel::TrySendError;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
+
+use crate::metrics::bump;
+use crate::{ClusterHandle, NodeId, ShardId, StateMachine};
+
+/// One change of a shard's membership ([`ClusterHandle::change_members`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Adds a node as a learner: it receives the log (first a snapshot) but does not vote and
+    /// does not count for commits.
+    AddLearner(NodeId),
+    /// Makes a learner a voter.
+    Promote(NodeId),
+    /// Removes a voter or a learner.
+    Remove(NodeId),
+}
+
+/// A shard's configuration: its voters and learners, each in ascending order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Nodes that vote and count for commits.
+    pub voters: Vec<NodeId>,
+    /// Nodes that receive the log without voting.
+    pub learners: Vec<NodeId>,
+}
+
+impl Membership {
+    pub(crate) fn of(conf: &ConfState) -> Self {
+        let sorted = |ids: &[NodeId]| {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids
+        };
+        Membership {
+            voters: sorted(&conf.voters),
+            learners: sorted(&conf.learners),
+        }
+    }
+}
+
+/// Why a membership change was not applied. Every refusal leaves the membership unchanged.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum MembershipError {
+    /// The request queue is full; retry later.
+    #[error("replication is overloaded")]
+    Busy,
+    /// This node does not lead the shard (or leadership is being transferred).
+    #[error("this node does not lead the shard")]
+    NotLeader,
+    /// The change was proposed but this node stopped leading (or the entry was replaced)
+    /// before it applied: it may or may not take effect under the next leader. Read
+    /// [`ClusterHandle::shard_status`] before retrying.
+    #[error("membership change dropped before it was applied")]
+    Dropped,
+    /// The driver stopped, or the shard group failed.
+    #[error("the shard group is stopped")]
+    Stopped,
+    /// The shard id is not below the configured shard count.
+    #[error("no such shard")]
+    UnknownShard,
+    /// Node id 0 is not a node.
+    #[error("node id 0 is not a node")]
+    InvalidNode,
+    /// `AddLearner` of a node that is already a voter or a learner of the shard.
+    #[error("node {0} is already a member of the shard")]
+    AlreadyMember(NodeId),
+    /// `Promote` of a node that is not a learner of the shard (a voter, or no member).
+    #[error("node {0} is not a learner of the shard")]
+    NotALearner(NodeId),
+    /// `Promote` of a learner the leader is not replicating to normally yet (still probing
+    /// it or sending it a snapshot): as a voter it would weaken the quorum. Retry once it
+    /// caught up.
+    #[error("learner {0} has not caught up with the leader yet")]
+    LearnerBehind(NodeId),
+    /// `Remove` of a node that is neither a voter nor a learner of the shard.
+    #[error("node {0} is not a member of the shard")]
+    NotAMember(NodeId),
+    /// `Remove` of the shard's only voter, which would leave it without voters.
+    #[error("node {0} is the last voter of the shard")]
+    LastVoter(NodeId),
+    /// `Remove` of the leader itself: transfer leadership first.
+    #[error("node {0} leads the shard; transfer leadership before removing it")]
+    RemovesLeader(NodeId),
+    /// Another membership change of the shard is proposed and not yet applied.
+    #[error("another membership change of the shard is in progress")]
+    ChangeInProgress,
+}
+
+/// Why a leadership transfer did not complete.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TransferError {
+    /// The request queue is full; retry later.
+    #[error("replication is overloaded")]
+    Busy,
+    /// This node does not lead the shard.
+    #[error("this node does not lead the shard")]
+    NotLeader,
+    /// The driver stopped, or the shard group failed.
+    #[error("the shard group is stopped")]
+    Stopped,
+    /// The shard id is not below the configured shard count.
+    #[error("no such shard")]
+    UnknownShard,
+    /// The target is not a voter of the shard (only voters can lead).
+    #[error("node {0} is not a voter of the shard")]
+    NotAVoter(NodeId),
+    /// A transfer to another node is in progress on this shard.
+    #[error("leadership is being transferred to node {0}")]
+    InProgress(NodeId),
+    /// The target did not become leader within twice the election timeout; `leader` is the
+    /// leader this node knew then.
+    #[error("leadership transfer timed out (leader now {leader:?})")]
+    TimedOut {
+        /// The leader as this node knew it when the transfer timed out.
+        leader: Option<NodeId>,
+    },
+}
+
+/// One shard's replica on this node, as of the driver's last turn that touched it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// The shard.
+    pub shard: ShardId,
+    /// The leader this replica knows (None: unknown, removed from the shard, or failed).
+    pub leader: Option<NodeId>,
+    /// The replica's current term.
+    pub term: u64,
+    /// The replica's commit index.
+    pub commit: u64,
+    /// The index of the last entry applied to the state machine here.
+    pub applied: u64,
+    /// The voters of the applied configuration, ascending (empty: the group is uninitialised,
+    /// waiting for the leader's snapshot).
+    pub voters: Vec<NodeId>,
+    /// The learners of the applied configuration, ascending.
+    pub learners: Vec<NodeId>,
+    /// On the leader, every member's matched index (the highest log index known replicated
+    /// there, this node included); empty on other replicas.
+    pub progress: BTreeMap<NodeId, u64>,
+    /// The shard group failed and stopped on this node.
+    pub failed: bool,
+}
+
+/// Called exactly once with the outcome of an accepted [`ClusterHandle::change_members`], on
+/// the driver thread: keep it short and non-blocking.
+pub type ChangeDone = Box<dyn FnOnce(Result<Membership, MembershipError>) + Send>;
+
+/// Called exactly once with the outcome of an accepted [`ClusterHandle::transfer_leader`], on
+/// the driver thread: keep it short and non-blocking.
+pub type TransferDone = Box<dyn FnOnce(Result<(), TransferError>) + Send>;
+
+/// Capacity of the driver's queue of membership and transfer requests (operator actions, few).
+pub(crate) const ADMIN_QUEUE: usize = 256;
+
+/// A caller's completion callback.
+type Callback<T, E> = Box<dyn FnOnce(Result<T, E>) + Send>;
+
+/// Exactly-once answer, like `reply::Reply`: dropped unanswered, it answers `stopped`.
+pub(crate) struct Answer<T, E> {
+    done: Option<Callback<T, E>>,
+    stopped: fn() -> E,
+}
+
+impl<T, E> Answer<T, E> {
+    fn new(done: Callback<T, E>, stopped: fn() -> E) -> Self {
+        Answer {
+            done: Some(done),
+            stopped,
+        }
+    }
+
+    pub(crate) fn send(mut self, result: Result<T, E>) {
+        if let Some(done) = self.done.take() {
+            invoke(done, result);
+        }
+    }
+
+    /// Discards the callback unanswered: only when the handle itself returns the error.
+    fn disarm(mut self) {
+        self.done = None;
+    }
+}
+
+impl<T, E> Drop for Answer<T, E> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            invoke(done, Err((self.stopped)()));
+        }
+    }
+}
+
+/// Calls a caller's callback, containing its panics (the driver thread runs it).
+fn invoke<R>(done: Box<dyn FnOnce(R) + Send>, result: R) {
+    if catch_unwind(AssertUnwindSafe(|| done(result))).is_err() {
+        tracing::error!("membership or transfer completion callback panicked");
+    }
+}
+
+pub(crate) type ChangeAnswer = Answer<Membership, MembershipError>;
+pub(crate) type TransferAnswer = Answer<(), TransferError>;
+
+/// A membership or transfer request on its way from a handle to the driver.
+pub(crate) enum AdminRequest {
+    Change {
+        shard: ShardId,
+        change: MembershipChange,
+        reply: ChangeAnswer,
+    },
+    Transfer {
+        shard: ShardId,
+        to: NodeId,
+        reply: TransferAnswer,
+    },
+}
+
+impl AdminRequest {
+    pub(crate) fn shard(&self) -> ShardId {
+        match self {
+            AdminRequest::Change { shard, .. } | AdminRequest::Transfer { shard, .. } => *shard,
+        }
+    }
+
+    /// Answers `Stopped` (the shard group failed, or the driver is stopping).
+    pub(crate) fn stopped(self) {
+        match self {
+            AdminRequest::Change { reply, .. } => reply.send(Err(MembershipError::Stopped)),
+            AdminRequest::Transfer { reply, .. } => reply.send(Err(TransferError::Stopped)),
+        }
+    }
+
+    fn disarm(self) {
+        match self {
+            AdminRequest::Change { reply, .. } => reply.disarm(),
+            AdminRequest::Transfer { reply, .. } => reply.disarm(),
+        }
+    }
+}
+
+/// Why a request could not be queued (the handle returns it; `done` is never called).
+enum QueueError {
+    UnknownShard,
+    Busy,
+    Stopped,
+}
+
+impl From<QueueError> for MembershipError {
+    fn from(err: QueueError) -> Self {
+        match err {
+            QueueError::UnknownShard => MembershipError::UnknownShard,
+            QueueError::Busy => MembershipError::Busy,
+            QueueError::Stopped => MembershipError::Stopped,
+        }
+    }
+}
+
+impl From<QueueError> for TransferError {
+    fn from(err: QueueError) -> Self {
+        match err {
+            QueueError::UnknownShard => TransferError::UnknownShard,
+            QueueError::Busy => TransferError::Busy,
+            QueueError::Stopped => TransferError::Stopped,
+        }
+    }
+}
+
+impl<S: StateMachine> ClusterHandle<S> {
+    /// Proposes one membership change of `shard` (module `membership` docs: one change at a
+    /// time, single-voter changes, no joint consensus). Only the shard's leader takes it;
+    /// `done` is called exactly once, on the driver thread, with the shard's membership once
+    /// the change is applied on the leader, or with the reason it was refused
+    /// ([`MembershipError`]; a refusal changes nothing). Returns `Err(UnknownShard)`,
+    /// `Err(Busy)` (queue full) or `Err(Stopped)` at once instead, and then never calls `done`.
+    ///
+    /// ```
+    /// # use mimid_cluster::{Cluster, ClusterConfig, MembershipChange, MembershipError, StateMachine};
+    /// # struct Nothing;
+    /// # impl StateMachine for Nothing {
+    /// #     type Output = ();
+    /// #     fn apply(&mut self, _index: u64, _command: &[u8]) {}
+    /// #     fn snapshot(&self) -> Vec<u8> { Vec::new() }
+    /// #     fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cluster = Cluster::start(ClusterConfig::new(1, dir.path()), |_| Nothing).unwrap();
+    /// let handle = cluster.handle();
+    /// # while !handle.is_ready() { std::thread::sleep(std::time::Duration::from_millis(5)) }
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let done = Box::new(move |result| tx.send(result).unwrap());
+    /// handle.change_members(0, MembershipChange::Remove(1), done).unwrap();
+    /// assert_eq!(rx.recv().unwrap(), Err(MembershipError::LastVoter(1)));
+    /// ```
+    pub fn change_members(
+        &self,
+        shard: ShardId,
+        change: MembershipChange,
+        done: ChangeDone,
+    ) -> Result<(), MembershipError> {
+        let reply = Answer::new(done, || MembershipError::Stopped);
+        self.queue_admin(AdminRequest::Change {
+            shard,
+            change,
+            reply,
+        })
+        .map_err(MembershipError::from)
+    }
+
+    /// Asks the leader of `shard` (this node) to hand leadership to voter `to`. `done` is
+    /// called exactly once, on the driver thread: `Ok` once this node sees `to` lead (at once
+    /// if `to` is this node and it leads), or [`TransferError`] (`NotLeader` on any other
+    /// node, `TimedOut` after twice the election timeout). Proposals to this node are answered
+    /// `NotLeader` while the transfer runs. Returns `Err(UnknownShard)`, `Err(Busy)` or
+    /// `Err(Stopped)` at once instead, and then never calls `done`.
+    pub fn transfer_leader(
+        &self,
+        shard: ShardId,
+        to: NodeId,
+        done: TransferDone,
+    ) -> Result<(), TransferError> {
+        let reply = Answer::new(done, || TransferError::Stopped);
+        self.queue_admin(AdminRequest::Transfer { shard, to, reply })
+            .map_err(TransferError::from)
+    }
+
+    /// This node's replica of `shard` as the driver last published it (at the end of each
+    /// turn that touched the shard, and at every tick); `None` for a shard out of range.
+    pub fn shard_status(&self, shard: ShardId) -> Option<ShardStatus> {
+        let slot = usize::try_from(shard).ok()?;
+        Some(self.inner.shared.status.get(slot)?.lock().clone())
+    }
+
+    /// [`Self::shard_status`] of every shard, in shard order.
+    pub fn status(&self) -> Vec<ShardStatus> {
+        self.inner
+            .shared
+            .status
+            .iter()
+            .map(|status| status.lock().clone())
+            .collect()
+    }
+
+    fn queue_admin(&self, request: AdminRequest) -> Result<(), QueueError> {
+        let inner = &self.inner;
+        if request.shard() >= inner.shards {
+            request.disarm();
+            return Err(QueueError::UnknownShard);
+        }
+        // The same gate as `propose`: once the driver closed it, nothing new is queued.
+        let open = inner.shared.open.read();
+        if !*open {
+            request.disarm();
+            return Err(QueueError::Stopped);
+        }
+        match inner.admin.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(request)) => {
+                request.disarm();
+                bump(&inner.shared.metrics.busy_rejections);
+                Err(QueueError::Busy)
+            }
+            Err(TrySendError::Disconnected(request)) => {
+                request.disarm();
+                Err(QueueError::Stopped)
+            }
+        }
+    }
+}
+
+/// Whether `node` is a voter (in either half) or a learner of `conf`.
+pub(crate) fn is_member(conf: &ConfState, node: NodeId) -> bool {
+    conf.voters
+        .iter()
+        .chain(&conf.voters_outgoing)
+        .chain(&conf.learners)
+        .any(|id| *id == node)
+}
+
+/// Checks `change` against the applied configuration `conf` of the shard led by `leader` and
+/// builds the conf change to propose. The caller has checked that no other change is pending,
+/// so `conf` is the configuration the change will apply to.
+pub(crate) fn plan_change(
+    conf: &ConfState,
+    change: MembershipChange,
+    leader: NodeId,
+) -> Result<ConfChangeV2, MembershipError> {
+    if !conf.voters_outgoing.is_empty() {
+        // A joint configuration raft-rs has not left yet (auto-leave is on its way).
+        return Err(MembershipError::ChangeInProgress);
+    }
+    let is_voter = |node| conf.voters.contains(&node);
+    let is_learner = |node| conf.learners.contains(&node);
+    let (node, change_type) = match change {
+        MembershipChange::AddLearner(node) => (node, ConfChangeType::AddLearnerNode),
+        MembershipChange::Promote(node) => (node, ConfChangeType::AddNode),
+        MembershipChange::Remove(node) => (node, ConfChangeType::RemoveNode),
+    };
+    if node == 0 {
+        return Err(MembershipError::InvalidNode);
+    }
+    match change {
+        MembershipChange::AddLearner(_) if is_voter(node) || is_learner(node) => {
+            return Err(MembershipError::AlreadyMember(node))
+        }
+        MembershipChange::Promote(_) if !is_learner(node) => {
+            return Err(MembershipError::NotALearner(node))
+        }
+        MembershipChange::Remove(_) if !is_voter(node) && !is_learner(node) => {
+            return Err(MembershipError::NotAMember(node))
+        }
+        MembershipChange::Remove(_) if is_voter(node) && conf.voters.len() == 1 => {
+            return Err(MembershipError::LastVoter(node))
+        }
+        MembershipChange::Remove(_) if node == leader => {
+            return Err(MembershipError::RemovesLeader(node))
+        }
+        _ => {}
+    }
+    let mut single = ConfChangeSingle {
+        node_id: node,
+        ..ConfChangeSingle::default()
+    };
+    single.set_change_type(change_type);
+    let mut conf_change = ConfChangeV2::default();
+    // One change with the `Auto` transition: raft-rs applies it without a joint configuration.
+    conf_change.mut_changes().push(single);
+    Ok(conf_change)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use raft::eraftpb::ConfChangeTransition;
+
+    use super::*;
+
+    fn conf(voters: &[NodeId], learners: &[NodeId]) -> ConfState {
+        ConfState::from((voters.to_vec(), learners.to_vec()))
+    }
+
+    fn single(conf_change: &ConfChangeV2) -> (NodeId, ConfChangeType) {
+        assert_eq!(conf_change.changes.len(), 1);
+        assert_eq!(
+            conf_change.get_transition(),
+            ConfChangeTransition::Auto,
+            "one change, auto transition: raft-rs' simple protocol, no joint state"
+        );
+        let change = &conf_change.changes[0];
+        (change.node_id, change.get_change_type())
+    }
+
+    #[test]
+    fn valid_changes_become_one_single_change() {
+        let three = conf(&[1, 2, 3], &[4]);
+        let planned = |change| single(&plan_change(&three, change, 1).expect("valid"));
+        assert_eq!(
+            planned(MembershipChange::AddLearner(5)),
+            (5, ConfChangeType::AddLearnerNode)
+        );
+        assert_eq!(
+            planned(MembershipChange::Promote(4)),
+            (4, ConfChangeType::AddNode)
+        );
+        assert_eq!(
+            planned(MembershipChange::Remove(3)),
+            (3, ConfChangeType::RemoveNode)
+        );
+        assert_eq!(
+            planned(MembershipChange::Remove(4)),
+            (4, ConfChangeType::RemoveNode)
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_rule() {
+        let cases = [
+            (
+                conf(&[1, 2], &[3]),
+                MembershipChange::AddLearner(0),
+                MembershipError::InvalidNode,
+            ),
+            (
+                conf(&[1, 2], &[3]),
+                MembershipChange::AddLearner(2),
+                MembershipError::AlreadyMember(2),
+            ),
+            (
+                conf(&[1, 2], &[3]),
+                MembershipChange::AddLearner(3),
+                MembershipError::AlreadyMember(3),
+            ),
+            (
+                conf(&[1, 2], &[3]),
+                MembershipChange::Promote(2),
+                MembershipError::NotALearner(2),
+            ),
+            (
+                conf(&[1, 2], &[3]),
+                MembershipChange::Promote(9),
+                MembershipError::NotALearner(9),
+            ),
+            (
+                conf(&[1, 2], &[3]),
+                MembershipChange::Remove(9),
+                MembershipError::NotAMember(9),
+            ),
+            (
+                conf(&[1, 2], &[3]),
+                MembershipChange::Remove(1),
+                MembershipError::RemovesLeader(1),
+            ),
+            (
+                conf(&[1], &[3]),
+                MembershipChange::Remove(1),
+                MembershipError::LastVoter(1),
+            ),
+        ];
+        for (conf, change, expected) in cases {
+            assert_eq!(plan_change(&conf, change, 1), Err(expected), "{change:?}");
+        }
+        // The only voter's learners can still go.
+        assert!(plan_change(&conf(&[1], &[3]), MembershipChange::Remove(3), 1).is_ok());
+    }
+
+    #[test]
+    fn no_change_while_a_joint_configuration_is_not_left() {
+        let mut joint = conf(&[1, 2, 4], &[]);
+        joint.voters_outgoing = vec![1, 2, 3];
+        assert_eq!(
+            plan_change(&joint, MembershipChange::AddLearner(5), 1),
+            Err(MembershipError::ChangeInProgress)
+        );
+        assert!(is_member(&joint, 3));
+        assert!(!is_member(&joint, 5));
+    }
+
+    #[test]
+    fn membership_is_sorted() {
+        assert_eq!(
+            Membership::of(&conf(&[3, 1, 2], &[5, 4])),
+            Membership {
+                voters: vec![1, 2, 3],
+                learners: vec![4, 5]
+            }
+        );
+    }
+
+    #[test]
+    fn an_answer_dropped_unanswered_says_stopped_and_a_disarmed_one_says_nothing() {
+        let (tx, rx) = mpsc::channel();
+        let answer: ChangeAnswer = Answer::new(
+            Box::new(move |result| tx.send(result).expect("receiver alive")),
+            || MembershipError::Stopped,
+        );
+        drop(answer);
+        assert_eq!(rx.try_recv(), Ok(Err(MembershipError::Stopped)));
+        assert!(rx.try_recv().is_err(), "answered twice");
+
+        let (tx, rx) = mpsc::channel();
+        let answer: TransferAnswer = Answer::new(
+            Box::new(move |result| tx.send(result).expect("receiver alive")),
+            || TransferError::Stopped,
+        );
+        answer.disarm();
+        assert!(rx.try_recv().is_err());
+    }
+}
