@@ -514,6 +514,17 @@ impl Hub {
             .cloned()
     }
 
+    /// `user`'s preferences; the defaults for a user without clients (local read).
+    pub fn preferences(&self, user: &UserId) -> Preferences {
+        let shard = self.shards.shard_of(&user_shard_key(user));
+        self.shards
+            .get(shard)
+            .read()
+            .directory()
+            .preferences(user)
+            .unwrap_or_default()
+    }
+
     /// `user`'s preferences (defaults for a user without clients) and consent records
     /// (local read).
     pub fn consents(&self, user: &UserId) -> (Preferences, ConsentListing) {

@@ -323,6 +323,12 @@ async fn consent_request_grant_revoke_room_scope_and_cancel_mimi_6_8() {
     })
     .await
     .expect("preferences set");
+    let mine = bob.profile().await.expect("profile read");
+    assert_eq!(
+        Preferences::from(mine.preferences).reachability,
+        Reachability::ConsentRequired
+    );
+    assert_eq!(mine.profile, ProfileBody::default(), "no profile set yet");
     let club = room("a.example", "club");
     let den = room("a.example", "den");
     let attic = room("a.example", "attic");
@@ -520,6 +526,13 @@ async fn malformed_discovery_and_consent_requests_are_refused_and_change_nothing
         })
         .await
         .expect("profile set");
+    let profile = alice.profile().await.expect("profile read");
+    assert_eq!(profile.profile.nick.as_deref(), Some("alice"));
+    assert_eq!(
+        Preferences::from(profile.preferences),
+        Preferences::default(),
+        "MIMI.md §5.6 [IMPL CHOICE] defaults: discoverable by everyone, reachable by anyone"
+    );
     let alice_uri = "mimi://a.example/u/alice";
     let bob_uri = "mimi://b.example/u/bob";
     let valid_request = consent_body(ConsentOp::Request, bob_uri, alice_uri);

@@ -701,3 +701,57 @@ fn mimi_5_7_discoverability_follows_the_preference_and_grants() {
         None
     );
 }
+
+/// Profiles, preferences and consent are part of the replicated directory: a snapshot holds
+/// them and decodes to the same state, byte for byte (ARCHITECTURE.md, Durability).
+#[test]
+fn profiles_and_consent_survive_a_snapshot_round_trip() {
+    let alice = user("mimi://c.example/u/alice");
+    let mut directory = with_bob(1);
+    directory
+        .set_profile(
+            &bob(),
+            Profile::new(
+                "Bob".into(),
+                Some(nick("bob")),
+                vec![Email::parse("Bob@Mail.Example").unwrap()],
+                vec![Phone::parse("+15550000002").unwrap()],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    directory
+        .set_preferences(
+            &bob(),
+            prefs(Discoverability::Consented, Reachability::ConsentRequired),
+        )
+        .unwrap();
+    decide(&mut directory, &alice, Some(&room("club")), true);
+    directory
+        .consent_as_target(&bob(), &alice, None, &TargetAction::Request, T0_MS)
+        .unwrap();
+    directory
+        .consent_as_requester(
+            &bob(),
+            &alice,
+            None,
+            RequesterAction::Granted {
+                key_packages: vec![kp(&bob_phone())],
+            },
+            T0_MS,
+        )
+        .unwrap();
+    let bytes = postcard::to_stdvec(&directory).unwrap();
+    let restored: Directory = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(restored, directory);
+    assert_eq!(postcard::to_stdvec(&restored).unwrap(), bytes);
+    assert_eq!(
+        restored.find(&[SearchTerm::Email("Bob@mail.example".into())], "a.example"),
+        QueryOutcome::Found(bob())
+    );
+    assert!(restored.discoverable_by(&bob(), Some(&alice)));
+    assert_eq!(
+        reach(&restored, &alice, "den"),
+        Err(ConsentRefusal::NoConsentForThisRoom)
+    );
+}

@@ -39,7 +39,7 @@ impl ClientApi {
             .profile(&user)
             .map(|profile| ProfileBody::from(&profile))
             .unwrap_or_default();
-        let (preferences, _) = self.hub.consents(&user);
+        let preferences = self.hub.preferences(&user);
         ok_body(
             StatusCode::OK,
             &ProfileResponse {
