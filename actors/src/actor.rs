@@ -18,6 +18,12 @@
 //! says what to send, the shell sends it through the node's [`Federation`] and records each
 //! follower's progress through Raft (`Command::FanoutDelivered`). A mirrored room (a room
 //! hosted elsewhere) only delivers to local streams.
+//!
+//! In a cluster, every node runs actors for the rooms its clients use, and each delivers to
+//! the streams connected to its node from the local replica's applied log. Fan-out to follower
+//! providers and the cursor records are the duty of the node leading the room's shard alone
+//! (so a follower is not sent each item by every node); a node that gains the leadership
+//! resumes from the durable cursors (`hub::Hub::start`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,8 +168,18 @@ pub struct RoomActor {
 }
 
 impl RoomActor {
-    /// Sends what the fan-out core says is due (hosted rooms only).
+    /// Whether this node leads the room's shard, and so does its fan-out.
+    fn leads(&self) -> bool {
+        self.ctx
+            .proposer
+            .leads(self.ctx.shards.shard_of(self.room.as_bytes()))
+    }
+
+    /// Sends what the fan-out core says is due (hosted rooms only, on the shard's leader only).
     fn pump_fanout(&mut self, ctx: &mut Context<Self>) {
+        if !self.leads() {
+            return;
+        }
         let now_ms = self.ctx.proposer.now_ms();
         let shard = self.ctx.shards.for_room(&self.room).read();
         let Some(state) = shard.room(&self.room) else {
@@ -198,10 +214,17 @@ impl RoomActor {
 
     /// Records the followers' acknowledged cursors through Raft (one entry per follower for
     /// every notify acknowledged since the last time). A lost record only means a resend the
-    /// follower deduplicates.
+    /// follower deduplicates. Only the shard's leader records: a node that lost the
+    /// leadership meanwhile drops its unrecorded cursors, and the new leader resends from the
+    /// durable ones.
     fn record_cursors(&mut self, ctx: &mut Context<Self>) {
         self.record_scheduled = false;
-        for (provider, seq) in self.fanout.take_unrecorded() {
+        let unrecorded = self.fanout.take_unrecorded();
+        if !self.leads() {
+            tracing::debug!(room = %self.room, "not the shard's leader: fan-out cursors not recorded");
+            return;
+        }
+        for (provider, seq) in unrecorded {
             let record = self.ctx.proposer.propose(Command::FanoutDelivered {
                 room: self.room.clone(),
                 provider,

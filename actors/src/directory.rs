@@ -107,7 +107,7 @@ pub struct ClaimRecord {
 }
 
 /// Result of [`Directory::claim`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClaimOutcome {
     /// No client of the target user is registered here.
     UserUnknown,
@@ -119,7 +119,7 @@ pub enum ClaimOutcome {
 }
 
 /// One client's share of a claim (protocol-06 §5.1 `ClientKeyMaterial`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientClaim {
     /// The client (`clientUri`).
     pub client: ClientId,
@@ -128,7 +128,7 @@ pub struct ClientClaim {
 }
 
 /// What one client yielded in a claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientClaimResult {
     /// A bare TLS-encoded `KeyPackage`, now reserved for the requester.
     KeyPackage(Vec<u8>),
@@ -166,7 +166,7 @@ pub enum KeyMaterialClientCode {
 }
 
 /// Why a directory command was refused. A refused command changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum DirectoryError {
     /// The client is registered already; its token is never replaced silently.
     #[error("client is already registered")]

@@ -6,14 +6,26 @@
 //! (`actor::Router`); directory requests go straight to their shard. Reads (authentication,
 //! room existence) use the local shard data.
 //!
+//! In a cluster (ARCHITECTURE.md "Cluster"), only a shard's leader takes proposals: the
+//! [`Proposer`] proposes locally on the leader and otherwise hands the unstamped command to the
+//! node's [`ProposalRouter`], which sends it to the leader; there [`Hub::propose_forwarded`]
+//! stamps it with the leader's clock and proposes it. A negative local read (unknown room,
+//! token or client) may only mean that this replica lags, so it is checked again after a read
+//! barrier (`ClusterHandle::read_barrier`) before it is answered. Fan-out to follower
+//! providers, cursor records and housekeeping run only on the node leading the shard; a node
+//! that gains a shard's leadership wakes that shard's rooms with a follower behind.
+//!
 //! The hub runs its actors on its own actix system (a thread with `arbiters` arbiters), so it
 //! can be driven from any async runtime: every method is a plain future.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use mimid_cluster::{ClusterHandle, ProposeError, ShardId};
+use mimid_cluster::{ClusterHandle, NodeId, ProposeError, ReadBarrierError, ShardId};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -35,7 +47,7 @@ use crate::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
 /// Milliseconds since the UNIX epoch. Injected so tests and the simulator control time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum HubError {
     /// A bounded queue is full; retry later (HTTP 503 with Retry-After).
     #[error("busy: {0}")]
@@ -51,7 +63,7 @@ pub enum HubError {
 }
 
 /// Which bound was hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Busy {
     /// The room's in-flight request limit (`limits.room_mailbox`).
     Room,
@@ -91,13 +103,48 @@ pub enum PublishError {
     Hub(#[from] HubError),
 }
 
-/// Stamps commands with the hub time and proposes them to their shard.
+/// How long a read barrier on a negative local read waits for the leader's confirmation.
+const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the hub looks for shards whose leadership this node gained.
+const LEADERSHIP_POLL: Duration = Duration::from_millis(50);
+
+/// A future of a forwarded proposal's outcome.
+pub type Forwarding = Pin<Box<dyn Future<Output = Result<ApplyOutput, ForwardError>> + Send>>;
+
+/// Carries proposals for shards another node leads to that node. The node implements it over
+/// its node-to-node transport; the leader answers through [`Hub::propose_forwarded`].
+pub trait ProposalRouter: Send + Sync + 'static {
+    /// Sends `command` (a postcard-encoded, unstamped [`Command`]) for `shard` to node
+    /// `leader` and resolves with the output of its apply there, or why there is none.
+    fn forward(&self, leader: NodeId, shard: ShardId, command: Vec<u8>) -> Forwarding;
+}
+
+/// Why a forwarded proposal has no apply output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ForwardError {
+    /// The node it was sent to does not lead the shard (any more); the origin asks its
+    /// replica for the leader again and retries once.
+    #[error("the node does not lead the shard")]
+    NotLeader,
+    /// The leader could not take or finish it, or it could not be delivered; answered to the
+    /// client as is.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+/// Stamps commands with the hub time and proposes them to their shard: locally when this node
+/// leads it, otherwise through the [`ProposalRouter`] to the leader, which stamps it.
 #[derive(Clone)]
 pub(crate) struct Proposer {
     cluster: ClusterHandle<ShardMachine>,
     shards: Shards,
     clock: Clock,
+    router: Option<Arc<dyn ProposalRouter>>,
 }
+
+/// One attempt of a proposal: `Err(None)` means the node asked does not lead the shard and the
+/// proposal may be retried elsewhere.
+type Attempt = Pin<Box<dyn Future<Output = Result<ApplyOutput, Option<HubError>>> + Send>>;
 
 impl Proposer {
     /// Proposes `command` to the shard its key hashes to (or, for commands without a key,
@@ -119,25 +166,104 @@ impl Proposer {
 
     /// Proposes `command` to `shard`; resolves with the verdict of its apply.
     ///
-    /// Tracing: one `raft_proposal` span (fields `shard`, `bytes`) per proposal, a child of
-    /// the current span, from the proposal until its verdict; it records `error` when the
-    /// proposal got no verdict. Nothing is traced per entry in the cluster driver.
+    /// When this node leads the shard, the command is stamped and queued before this returns
+    /// (so a caller's proposals keep its order); otherwise it goes unstamped to the leader
+    /// through the [`ProposalRouter`]. A node that turns out not to lead the shard (leadership
+    /// just moved) makes it retry once with the leader the local replica names then. No known
+    /// leader is `HubError::Unavailable` (HTTP 503 with Retry-After at the edges).
+    ///
+    /// Tracing: one `raft_proposal` span (fields `shard`, `bytes`, and `forwarded_to` when it
+    /// went to another node) per proposal, a child of the current span, from the proposal
+    /// until its verdict; it records `error` when the proposal got no verdict. Nothing is
+    /// traced per entry in the cluster driver.
     pub(crate) fn propose_to(
         &self,
         shard: ShardId,
         command: Command,
     ) -> impl Future<Output = Result<ApplyOutput, HubError>> + Send + 'static {
+        let span = tracing::info_span!(
+            "raft_proposal",
+            shard,
+            bytes = tracing::field::Empty,
+            forwarded_to = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let first = span.in_scope(|| self.attempt(shard, &command));
+        let proposer = self.clone();
+        async move {
+            let verdict = match first.await {
+                Err(None) => match proposer.attempt(shard, &command).await {
+                    Err(None) => Err(HubError::Unavailable(format!(
+                        "shard {shard}: leadership is moving (the named leader refused twice)"
+                    ))),
+                    Err(Some(e)) => Err(e),
+                    Ok(output) => Ok(output),
+                },
+                Err(Some(e)) => Err(e),
+                Ok(output) => Ok(output),
+            };
+            if let Err(e) = &verdict {
+                tracing::Span::current().record("error", tracing::field::display(e));
+            }
+            verdict
+        }
+        .instrument(span)
+    }
+
+    /// One try of `command` on the node the local replica names as `shard`'s leader.
+    fn attempt(&self, shard: ShardId, command: &Command) -> Attempt {
+        let span = tracing::Span::current();
+        match self.cluster.leader(shard) {
+            None => {
+                let error = no_leader(shard);
+                Box::pin(async move { Err(Some(error)) })
+            }
+            Some(leader) if leader == self.cluster.node_id() => {
+                let queued = self.propose_local(shard, command.clone(), &span);
+                Box::pin(async move {
+                    queued.await.map_err(|e| match e {
+                        ForwardError::NotLeader => None,
+                        ForwardError::Hub(e) => Some(e),
+                    })
+                })
+            }
+            Some(leader) => {
+                let Some(router) = &self.router else {
+                    let error = HubError::Unavailable(format!(
+                        "shard {shard} is led by node {leader}, and this node has no \
+                         node-to-node transport"
+                    ));
+                    return Box::pin(async move { Err(Some(error)) });
+                };
+                let bytes = postcard::to_stdvec(command)
+                    .expect("serialising a command into memory cannot fail");
+                span.record("bytes", bytes.len());
+                span.record("forwarded_to", leader);
+                let forwarded = router.forward(leader, shard, bytes);
+                Box::pin(async move {
+                    forwarded.await.map_err(|e| match e {
+                        ForwardError::NotLeader => None,
+                        ForwardError::Hub(e) => Some(e),
+                    })
+                })
+            }
+        }
+    }
+
+    /// Stamps `command` with this node's clock and queues it on the local replica of `shard`
+    /// (which must lead it, or the answer is `ForwardError::NotLeader`).
+    fn propose_local(
+        &self,
+        shard: ShardId,
+        command: Command,
+        span: &tracing::Span,
+    ) -> impl Future<Output = Result<ApplyOutput, ForwardError>> + Send + 'static {
         let entry = Stamped {
             ts_ms: (self.clock)(),
             command,
         }
         .encode();
-        let span = tracing::info_span!(
-            "raft_proposal",
-            shard,
-            bytes = entry.len(),
-            error = tracing::field::Empty,
-        );
+        span.record("bytes", entry.len());
         let (tx, rx) = oneshot::channel();
         let queued = self.cluster.propose(
             shard,
@@ -148,20 +274,55 @@ impl Proposer {
             }),
         );
         async move {
-            let verdict = match queued {
-                Err(e) => Err(HubError::from(e)),
+            match queued {
+                Err(ProposeError::NotLeader) => Err(ForwardError::NotLeader),
+                Err(e) => Err(HubError::from(e).into()),
                 Ok(()) => match rx.await {
-                    Ok(result) => result.map_err(HubError::from),
-                    Err(_) => Err(HubError::Unavailable("replication stopped".into())),
+                    Ok(Err(ProposeError::NotLeader)) => Err(ForwardError::NotLeader),
+                    Ok(result) => result.map_err(|e| HubError::from(e).into()),
+                    Err(_) => Err(HubError::Unavailable("replication stopped".into()).into()),
                 },
-            };
-            if let Err(e) = &verdict {
-                tracing::Span::current().record("error", tracing::field::display(e));
             }
-            verdict
         }
-        .instrument(span)
     }
+
+    /// Whether this node leads `shard` (as of the replication driver's last turn).
+    pub(crate) fn leads(&self, shard: ShardId) -> bool {
+        self.cluster.leader(shard) == Some(self.cluster.node_id())
+    }
+
+    /// Waits until the local replica of `shard` has applied everything acknowledged before
+    /// this call (a read barrier), so a negative local read after it is final.
+    pub(crate) async fn read_barrier(&self, shard: ShardId) -> Result<(), HubError> {
+        let unconfirmed = |e: ReadBarrierError| match e {
+            ReadBarrierError::NoLeader => no_leader(shard),
+            ReadBarrierError::Busy => HubError::Busy(Busy::Replication),
+            other => HubError::Unavailable(format!(
+                "shard {shard}: cannot confirm the local replica is current: {other}"
+            )),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.cluster
+            .read_barrier(
+                shard,
+                READ_BARRIER_TIMEOUT,
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            )
+            .map_err(unconfirmed)?;
+        match rx.await {
+            Ok(result) => result.map_err(unconfirmed),
+            Err(_) => Err(HubError::Unavailable("replication stopped".into())),
+        }
+    }
+}
+
+/// The answer while a shard has no known leader.
+fn no_leader(shard: ShardId) -> HubError {
+    HubError::Unavailable(format!(
+        "shard {shard} has no leader (election in progress)"
+    ))
 }
 
 #[derive(Clone)]
@@ -176,6 +337,8 @@ pub struct HubConfig {
     pub log_retention: std::time::Duration,
     /// How hosted rooms reach follower providers.
     pub federation: Arc<dyn Federation>,
+    /// How proposals for shards another node leads reach it; `None` for a single node.
+    pub router: Option<Arc<dyn ProposalRouter>>,
 }
 
 pub struct Hub {
@@ -187,6 +350,28 @@ pub struct Hub {
     limits: ActorLimits,
     clock: Clock,
     system: Option<(actix::System, JoinHandle<()>)>,
+}
+
+/// Wakes every hosted room of `shard` with a follower provider behind its durable fan-out
+/// cursor, so its actor resumes the notifies (MIMI.md §5.4: retried until acknowledged).
+fn wake_pending_fanout(shards: &Shards, router: &Router, shard: ShardId) {
+    let pending: Vec<RoomId> = shards
+        .get(shard)
+        .read()
+        .hosted()
+        .filter(|state| {
+            state.followers().any(|provider| {
+                state
+                    .fanout_backlog(provider, state.fanout_cursor(provider))
+                    .next()
+                    .is_some()
+            })
+        })
+        .map(|state| state.room().clone())
+        .collect();
+    for room in pending {
+        router.applied(&room);
+    }
 }
 
 fn unexpected(output: ApplyOutput) -> HubError {
@@ -224,6 +409,7 @@ impl Hub {
             cluster,
             shards: shards.clone(),
             clock: clock.clone(),
+            router: config.router.clone(),
         };
         let streams = Arc::new(Streams::default());
         let metrics = Arc::new(ActorMetrics::default());
@@ -236,27 +422,28 @@ impl Hub {
             federation: config.federation.clone(),
         });
         let router = Router::new(arbiters.clone(), ctx);
-        // Fan-out that was pending when the node stopped resumes now (MIMI.md §5.4: retried
-        // until acknowledged): wake every hosted room with a follower behind.
-        for shard in 0..shards.count() {
-            let pending: Vec<RoomId> = shards
-                .get(shard)
-                .read()
-                .hosted()
-                .filter(|state| {
-                    state.followers().any(|provider| {
-                        state
-                            .fanout_backlog(provider, state.fanout_cursor(provider))
-                            .next()
-                            .is_some()
-                    })
-                })
-                .map(|state| state.room().clone())
-                .collect();
-            for room in pending {
-                router.applied(&room);
+        // Fan-out is the shard leader's duty (MIMI.md §5.4: retried until acknowledged): when
+        // this node becomes a shard's leader (at start, or later when leadership moves here),
+        // every hosted room of that shard with a follower behind resumes from the durable
+        // cursors.
+        let watcher = router.clone();
+        let watched = proposer.clone();
+        arbiters[0].spawn(async move {
+            let mut led = vec![false; usize::try_from(watched.shards.count()).unwrap_or(0)];
+            let mut tick = tokio::time::interval(LEADERSHIP_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for (shard, was_leader) in (0..).zip(led.iter_mut()) {
+                    let leads = watched.leads(shard);
+                    if leads && !*was_leader {
+                        tracing::info!(shard, "this node leads the shard now");
+                        wake_pending_fanout(&watched.shards, &watcher, shard);
+                    }
+                    *was_leader = leads;
+                }
             }
-        }
+        });
         let dispatcher = router.clone();
         let applied = shards.applied().clone();
         arbiters[0].spawn(async move {
@@ -274,7 +461,8 @@ impl Hub {
             tick.tick().await; // the first tick is immediate: nothing has expired yet
             loop {
                 tick.tick().await;
-                for shard in 0..housekeeper.shards.count() {
+                // Only the leader proposes a shard's housekeeping, so each round is one entry.
+                for shard in (0..housekeeper.shards.count()).filter(|&s| housekeeper.leads(s)) {
                     // Busy or stopped: the next round does it; nothing waits on this.
                     let command = Command::Housekeeping { log_retention_ms };
                     if let Err(e) = housekeeper.propose_to(shard, command).await {
@@ -329,14 +517,28 @@ impl Hub {
         }
     }
 
-    /// Whether `token_hash` is the registered token of `client` (local read).
-    pub fn authenticate(&self, client: &ClientId, token_hash: &[u8; 32]) -> bool {
+    /// Whether `token_hash` is the registered token of `client` (local read). A token the
+    /// local replica does not know is checked again after a read barrier, since the replica
+    /// may lag the shard's leader (a client that just registered through another node); `Err`
+    /// when that cannot be confirmed.
+    pub async fn authenticate(
+        &self,
+        client: &ClientId,
+        token_hash: &[u8; 32],
+    ) -> Result<bool, HubError> {
         let shard = self.shards.shard_of(&user_shard_key(&client.user()));
-        self.shards
-            .get(shard)
-            .read()
-            .directory()
-            .authenticate(client, token_hash)
+        let known = || {
+            self.shards
+                .get(shard)
+                .read()
+                .directory()
+                .authenticate(client, token_hash)
+        };
+        if known() {
+            return Ok(true);
+        }
+        self.proposer.read_barrier(shard).await?;
+        Ok(known())
     }
 
     /// Validates every KeyPackage here (signatures: the expensive part, done once, before
@@ -570,8 +772,17 @@ impl Hub {
         }
     }
 
-    fn check_room(&self, room: &RoomId) -> Result<(), HubError> {
-        if self.shards.for_room(room).read().room(room).is_some() {
+    /// Whether `room` is hosted here; an unknown room is checked again after a read barrier,
+    /// since this node's replica may lag the shard's leader.
+    async fn check_room(&self, room: &RoomId) -> Result<(), HubError> {
+        let known = || self.shards.for_room(room).read().room(room).is_some();
+        if known() {
+            return Ok(());
+        }
+        self.proposer
+            .read_barrier(self.shards.shard_of(room.as_bytes()))
+            .await?;
+        if known() {
             Ok(())
         } else {
             Err(HubError::UnknownRoom)
@@ -585,7 +796,7 @@ impl Hub {
         sender: Submitter,
         bundle: HandshakeBundle,
     ) -> Result<UpdateVerdict, HubError> {
-        self.check_room(&room)?;
+        self.check_room(&room).await?;
         let output = self
             .router
             .request(&room, |permit| RoomRequest::Handshake {
@@ -609,7 +820,7 @@ impl Hub {
         sending_user: UserId,
         message: Vec<u8>,
     ) -> Result<SubmitVerdict, HubError> {
-        self.check_room(&room)?;
+        self.check_room(&room).await?;
         let output = self
             .router
             .request(&room, |permit| RoomRequest::AppMessage {
@@ -688,9 +899,63 @@ impl Hub {
             .collect()
     }
 
-    /// Whether `room` is hosted here.
-    pub fn hosts(&self, room: &RoomId) -> bool {
-        self.check_room(room).is_ok()
+    /// Whether `room` is hosted here. A room this node's replica does not know is looked for
+    /// again after a read barrier (the replica may lag); `Err` when that cannot be confirmed.
+    pub async fn hosts(&self, room: &RoomId) -> Result<bool, HubError> {
+        match self.check_room(room).await {
+            Ok(()) => Ok(true),
+            Err(HubError::UnknownRoom) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether this node leads `shard` now (as of the replication driver's last turn).
+    pub fn leads(&self, shard: ShardId) -> bool {
+        self.proposer.leads(shard)
+    }
+
+    /// A proposal another node forwarded because the local replica leads `shard`
+    /// ([`ProposalRouter`]): `command` is a postcard-encoded, unstamped [`Command`]; it is
+    /// stamped with this node's clock and proposed here, never forwarded again. A node that
+    /// does not lead the shard (any more) answers [`ForwardError::NotLeader`], and the origin
+    /// asks again. A command that does not decode, or whose key is not in `shard`, is refused
+    /// (`HubError::Rejected`) without a proposal.
+    pub async fn propose_forwarded(
+        &self,
+        shard: ShardId,
+        command: &[u8],
+    ) -> Result<ApplyOutput, ForwardError> {
+        if shard >= self.shards.count() {
+            return Err(HubError::Rejected(format!(
+                "forwarded proposal for shard {shard}; there are {}",
+                self.shards.count()
+            ))
+            .into());
+        }
+        let command: Command = postcard::from_bytes(command)
+            .map_err(|e| HubError::Rejected(format!("forwarded command does not decode: {e}")))?;
+        if let Some(key) = command.shard_key() {
+            let home = self.shards.shard_of(&key);
+            if home != shard {
+                return Err(HubError::Rejected(format!(
+                    "forwarded command belongs to shard {home}, not {shard}"
+                ))
+                .into());
+            }
+        }
+        let span = tracing::info_span!(
+            "raft_proposal",
+            shard,
+            forwarded = true,
+            bytes = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let proposal = self.proposer.propose_local(shard, command, &span);
+        let outcome = proposal.instrument(span.clone()).await;
+        if let Err(e) = &outcome {
+            span.record("error", tracing::field::display(e));
+        }
+        outcome
     }
 
     /// Moves `client`'s delivery cursors. Cursors only move forward (apply ignores

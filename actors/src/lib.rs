@@ -10,3 +10,4 @@ pub mod ids;
 pub mod policy;
 pub mod room;
 pub mod shard;
+mod static_str;

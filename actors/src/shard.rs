@@ -26,8 +26,10 @@ use crate::room::log::ItemBody;
 use crate::room::mirror::MirrorRoom;
 use crate::room::state::RoomState;
 
-/// What applying one command produced; the proposer receives it.
-#[derive(Debug)]
+/// What applying one command produced; the proposer receives it. Serialisable because a
+/// proposal forwarded to its shard's leader gets its output back from that node
+/// (`hub::ProposalRouter`).
+#[derive(Debug, Serialize, Deserialize)]
 pub enum ApplyOutput {
     Registered(Result<(), DirectoryError>),
     Published(Result<usize, DirectoryError>),
@@ -53,7 +55,7 @@ pub enum ApplyOutput {
     Rejected(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CreateRoomRejection {
     AlreadyExists,
     Invalid(String),

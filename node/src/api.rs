@@ -242,7 +242,7 @@ impl ClientApi {
         }
     }
 
-    fn authenticate(&self, req: &Request) -> Result<ClientId, Refusal> {
+    async fn authenticate(&self, req: &Request) -> Result<ClientId, Refusal> {
         let unauthorized = |reason| Refusal::new(StatusCode::UNAUTHORIZED, reason);
         let header = req
             .headers
@@ -256,7 +256,7 @@ impl ClientApi {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(BEARER_SCHEME))
             .and_then(|(_, token)| Token::parse(token.trim()))
             .ok_or_else(|| unauthorized("malformed bearer token"))?;
-        if self.hub.authenticate(&token.client, &token.hash()) {
+        if self.hub.authenticate(&token.client, &token.hash()).await? {
             Ok(token.client)
         } else {
             Err(unauthorized("unknown client or wrong token"))
@@ -287,7 +287,7 @@ impl ClientApi {
         // A further device of a user is linked by one of its existing devices: the request
         // then carries that device's bearer token.
         let linked_by = if req.headers.contains_key(http::header::AUTHORIZATION) {
-            let linker = self.authenticate(&req)?;
+            let linker = self.authenticate(&req).await?;
             if linker.user() != client.user() {
                 return Err(Refusal::new(
                     StatusCode::FORBIDDEN,
@@ -705,7 +705,7 @@ impl ClientApi {
             if endpoint == "client_register" {
                 return self.register(req).await;
             }
-            let client = self.authenticate(&req)?;
+            let client = self.authenticate(&req).await?;
             self.rate_limits.check_user(&client.user())?;
             match endpoint {
                 "client_key_packages" => self.publish(req, client).await,

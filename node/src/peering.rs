@@ -120,9 +120,9 @@ impl MimiService {
     }
 
     /// MIMI.md §7.1 step 1: a room-scoped request for a room we host.
-    fn hosted_room(&self, param: &str) -> Result<RoomId, Refusal> {
+    async fn hosted_room(&self, param: &str) -> Result<RoomId, Refusal> {
         let room = parse_room_path(param).map_err(Refusal::bad_request)?;
-        if room.domain() != self.domain || !self.hub.hosts(&room) {
+        if room.domain() != self.domain || !self.hub.hosts(&room).await? {
             return Err(not_found(format!(
                 "room {room} is not hosted by {}",
                 self.domain
@@ -133,7 +133,7 @@ impl MimiService {
 
     /// protocol-06 §5.2 from a follower: the MLS senders must be its clients (checked in apply).
     async fn update(&self, req: PeerRequest) -> Answer {
-        let room = self.hosted_room(&req.param)?;
+        let room = self.hosted_room(&req.param).await?;
         let body = UpdateRequest::from_bytes(&req.body, &self.limits)?;
         let bundle = command::HandshakeBundle::try_from(body)?;
         let is_commit = matches!(bundle, command::HandshakeBundle::Commit { .. });
@@ -152,7 +152,7 @@ impl MimiService {
 
     /// protocol-06 §5.3 from a follower: `sendingUri` must be one of its users.
     async fn submit(&self, req: PeerRequest) -> Answer {
-        let room = self.hosted_room(&req.param)?;
+        let room = self.hosted_room(&req.param).await?;
         let body = SubmitMessageRequest::from_bytes(&req.body, &self.limits)?;
         let sending = body.sending_user()?;
         if sending.domain() != req.from {
@@ -217,7 +217,7 @@ impl MimiService {
                 requester.user()
             )));
         }
-        if room.domain() != self.domain || !self.hub.hosts(&room) {
+        if room.domain() != self.domain || !self.hub.hosts(&room).await? {
             return Err(not_found(format!(
                 "{target} is not served by {} and {room} is not hosted here",
                 self.domain

@@ -191,6 +191,7 @@ async fn start_inner(
                 housekeeping: Duration::from_secs(config.limits.housekeeping_secs),
                 log_retention: Duration::from_secs(config.limits.log_retention_secs),
                 federation: Arc::new(NotifySender::new(peers.clone())),
+                router: None,
             },
         )
         .context("starting the room actors")?,

@@ -69,7 +69,7 @@ pub struct Preferences {
 }
 
 /// Why a KeyPackage fetch was refused (protocol-06 §5.1 user codes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConsentRefusal {
     /// `noConsent(5)`: the requester may not add the user to any room.
     NoConsent,

@@ -128,7 +128,7 @@ impl KeyPackageLifetime {
 
 /// Why a KeyPackage was refused. Every variant names one specific defect so that the client
 /// API can tell a publishing client what to fix.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum KeyPackageError {
     /// The encoding is longer than [`MAX_KEY_PACKAGE_LEN`].
     #[error("KeyPackage is {len} bytes, the limit is {MAX_KEY_PACKAGE_LEN}")]
@@ -140,13 +140,15 @@ pub enum KeyPackageError {
     #[error("KeyPackage is truncated in {field}")]
     Truncated {
         /// The RFC 9420 field being read.
-        field: &'static str,
+        #[serde(deserialize_with = "crate::static_str::deserialize")]
+        field: crate::static_str::StaticStr,
     },
     /// The length prefix of `field` is not a valid minimal MLS varint (RFC 9420 §2.1.2).
     #[error("KeyPackage has an invalid length prefix in {field}")]
     InvalidLength {
         /// The RFC 9420 field being read.
-        field: &'static str,
+        #[serde(deserialize_with = "crate::static_str::deserialize")]
+        field: crate::static_str::StaticStr,
     },
     /// Bytes follow the KeyPackage.
     #[error("{count} bytes follow the KeyPackage")]

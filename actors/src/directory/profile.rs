@@ -57,7 +57,7 @@ pub const MAX_PHONES_PER_USER: usize = 4;
 
 /// Why a handle, a display name or a whole profile was refused. A refused profile changes
 /// nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum ProfileError {
     /// A nick outside `[a-z0-9._-]`, too long, empty, or not starting and ending with a
     /// letter or digit.
@@ -66,7 +66,8 @@ pub enum ProfileError {
         /// The offered value.
         value: String,
         /// What is wrong with it.
-        reason: &'static str,
+        #[serde(deserialize_with = "crate::static_str::deserialize")]
+        reason: crate::static_str::StaticStr,
     },
     /// Not an RFC 5322 `addr-spec` of the accepted form.
     #[error("e-mail address {value:?}: {reason}")]
@@ -74,7 +75,8 @@ pub enum ProfileError {
         /// The offered value.
         value: String,
         /// What is wrong with it.
-        reason: &'static str,
+        #[serde(deserialize_with = "crate::static_str::deserialize")]
+        reason: crate::static_str::StaticStr,
     },
     /// Not `+` followed by 8 to 15 digits.
     #[error("phone number {value:?}: {reason}")]
@@ -82,19 +84,22 @@ pub enum ProfileError {
         /// The offered value.
         value: String,
         /// What is wrong with it.
-        reason: &'static str,
+        #[serde(deserialize_with = "crate::static_str::deserialize")]
+        reason: crate::static_str::StaticStr,
     },
     /// A display name that is too long or holds control characters.
     #[error("display name: {reason}")]
     InvalidDisplayName {
         /// What is wrong with it.
-        reason: &'static str,
+        #[serde(deserialize_with = "crate::static_str::deserialize")]
+        reason: crate::static_str::StaticStr,
     },
     /// More e-mail addresses or phone numbers than a profile may list.
     #[error("a profile lists at most {max} {what}, not {count}")]
     TooManyHandles {
         /// `e-mail addresses` or `phone numbers`.
-        what: &'static str,
+        #[serde(deserialize_with = "crate::static_str::deserialize")]
+        what: crate::static_str::StaticStr,
         /// The bound.
         max: usize,
         /// How many were offered.
