@@ -157,7 +157,9 @@ pub enum MembershipError {
     /// `Remove` of the leader itself: transfer leadership first.
     #[error("node {0} leads the shard; transfer leadership before removing it")]
     RemovesLeader(NodeId),
-    /// Another membership change of the shard is proposed and not yet applied.
+    /// Another membership change of the shard is proposed and not yet applied. Also answered
+    /// by a newly elected leader until it applied its whole log (which may hold a change its
+    /// predecessor proposed): retry shortly.
     #[error("another membership change of the shard is in progress")]
     ChangeInProgress,
 }

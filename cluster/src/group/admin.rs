@@ -252,11 +252,23 @@ impl<S: StateMachine> Group<S> {
         }
     }
 
-    /// Once per tick: transfer deadlines, and a leader that is no voter steps aside.
+    /// Once per tick: transfer retries and deadlines, and a leader that is no voter steps
+    /// aside.
+    ///
+    /// raft-rs tells the target to campaign (`MsgTimeoutNow`) once, when it has caught up; a
+    /// target that has not applied its own promotion yet ignores it, and the message may be
+    /// lost. So the leader asks again every eighth of the deadline while it still leads.
     pub(super) fn admin_tick(&mut self) {
+        let retry_every = (self.transfer_ticks / 8).max(1);
         if let Some(transfer) = &mut self.admin.transfer {
             transfer.ticks_left = transfer.ticks_left.saturating_sub(1);
+            let raft = &mut self.node.raft;
+            let ours = raft.state == StateRole::Leader && raft.lead_transferee == Some(transfer.to);
             if transfer.ticks_left == 0 {
+                if ours {
+                    // Proposals are taken again at once, not after raft-rs' own timeout.
+                    raft.abort_leader_transfer();
+                }
                 let transfer = self.admin.transfer.take().expect("checked above");
                 let leader = (self.leader_id != 0).then_some(self.leader_id);
                 tracing::info!(
@@ -268,6 +280,10 @@ impl<S: StateMachine> Group<S> {
                 for waiter in transfer.waiters {
                     waiter.send(Err(TransferError::TimedOut { leader }));
                 }
+            } else if raft.state == StateRole::Leader && transfer.ticks_left % retry_every == 0 {
+                let to = transfer.to;
+                raft.abort_leader_transfer();
+                self.node.transfer_leader(to);
             }
         }
         self.step_aside_if_no_voter();
