@@ -333,10 +333,11 @@ impl<S: StateMachine> Driver<S> {
 
     /// Steps every queued membership change and leadership transfer (few: operator actions).
     fn step_admin_queue(&mut self) {
-        let Some(requests) = self.admin_requests.clone() else {
+        let Some(requests) = &self.admin_requests else {
             return;
         };
-        for request in requests.try_iter() {
+        let queued: Vec<AdminRequest> = requests.try_iter().collect();
+        for request in queued {
             self.step_admin(request);
         }
     }

@@ -20,10 +20,10 @@
 //! [`ClusterConfig::snapshot_max_age`], so a crash restart replays a bounded, recent log;
 //! [`Cluster::shutdown`] snapshots every shard, so a clean restart replays none.
 //!
-//! A cluster is one or more nodes, and every shard group has a replica on each: the voters
-//! [`ClusterConfig::voters`], with which a fresh data directory bootstraps every group (all
-//! nodes of a new cluster are given the same set; on an existing data directory the membership
-//! comes from the log). [`Cluster::start`] runs a single-node cluster. [`Cluster::start_with_transport`]
+//! A cluster is one or more nodes, and every shard group starts with a replica on each: the
+//! voters [`ClusterConfig::voters`], with which a fresh data directory bootstraps every group
+//! (all nodes of a new cluster are given the same set; on an existing data directory the
+//! membership comes from the log, and membership changes alter it per shard). [`Cluster::start`] runs a single-node cluster. [`Cluster::start_with_transport`]
 //! runs one node of a larger one: at the end of each driver turn, once the turn's writes are
 //! durable, every shard's Raft messages for a node go out as one frame (the format is in the
 //! `frame` module) through the [`Transport`]; frames from other nodes come in through
@@ -37,9 +37,19 @@
 //! and a node rejoining after a partition does not unseat the leader. A replica too far behind
 //! the leader's compacted log catches up from a snapshot sent inside a frame.
 //!
-//! Not yet present: changing the membership (conf-change entries in the log are applied and
-//! their configuration stored, but nothing proposes them), leadership transfer, and
-//! hibernation of idle groups (every group ticks and its leader heartbeats, idle or not).
+//! Membership changes one shard at a time, one change at a time
+//! ([`ClusterHandle::change_members`]: add a learner, promote it, remove a node; single-voter
+//! changes, so no joint consensus), and leadership moves on request
+//! ([`ClusterHandle::transfer_leader`], e.g. to drain a node before removing or stopping it). A
+//! node added to a running cluster starts with [`ClusterConfig::join_existing`]: its groups wait
+//! empty until a leader adds the node and sends it a snapshot. A node removed from a shard
+//! stops taking part in it (no campaigns, no leader, `NotLeader`); its data stays until the
+//! data directory is deleted. [`ClusterHandle::status`] reports each local replica's leader,
+//! term, commit and applied indexes, membership and, on leaders, every member's matched index.
+//! The `membership` module has the details.
+//!
+//! Not yet present: hibernation of idle groups (every group ticks and its leader heartbeats,
+//! idle or not), and removing a removed shard's data automatically.
 //!
 //! ```
 //! use mimid_cluster::{shard_for, Cluster, ClusterConfig, StateMachine};
@@ -945,6 +955,29 @@ mod tests {
             }
             Err(other) => panic!("expected InvalidConfig, got {other}"),
             Ok(_) => panic!("a multi-voter config started as a single node"),
+        }
+    }
+
+    #[test]
+    fn a_joining_node_needs_no_voters_but_other_nodes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = ClusterConfig::new(4, dir.path());
+        config.voters = vec![1, 2, 3];
+        assert!(
+            config.validate().is_err(),
+            "a new cluster's node must be a voter"
+        );
+        config.join_existing = true;
+        assert!(config.validate().is_ok());
+        match Cluster::start(config, |_| Gated {
+            entered: mpsc::channel().0,
+            release: crossbeam_channel::never(),
+        }) {
+            Err(ClusterError::InvalidConfig(reason)) => {
+                assert!(reason.contains("join_existing"), "{reason}")
+            }
+            Err(other) => panic!("expected InvalidConfig, got {other}"),
+            Ok(_) => panic!("a joining node started without a transport"),
         }
     }
 

@@ -30,7 +30,8 @@
 //! shards without local state start as empty, uninitialised groups (no configuration, no log),
 //! which never campaign and only answer the leader. The operator then, per shard,
 //! `AddLearner(node)`, waits until the learner caught up ([`ClusterHandle::shard_status`]
-//! shows its matched index on the leader), and `Promote(node)`.
+//! shows its matched index on the leader), and `Promote(node)`. The node is not ready
+//! ([`ClusterHandle::is_ready`]) while any of its groups is still uninitialised.
 //!
 //! A new node always catches up from a snapshot, never from the log: the initial configuration
 //! of a bootstrapped group is not in its log, so a log replayed from index 1 would leave the new
@@ -42,14 +43,18 @@
 //! # Removing a node
 //!
 //! `Remove(node)` applies on every replica. On the removed node itself (once it applies the
-//! entry, which the leader's commit broadcast normally tells it before the leader forgets it),
+//! entry: the leader broadcasts the commit of a conf change to every member before it applies
+//! it and forgets the node, which reaches the node if the leader is replicating to it normally),
 //! the group no longer counts itself a member: raft-rs stops it campaigning, proposals answer
 //! `NotLeader`, [`ClusterHandle::leader`] answers `None` for the shard and the shard no longer
 //! counts for readiness (a node that is a member of no shard is not ready). The group keeps
 //! ticking and keeps its data in the data directory until the node is stopped and the directory
-//! deleted; nothing deletes it automatically. A removed node that missed the entry (cut off at
-//! the time) still believes it is a voter and, no longer hearing from the leader, pre-votes
-//! periodically; pre-vote keeps it from disturbing anyone, and it should be stopped.
+//! deleted; nothing deletes it automatically. A removed node that missed the commit (cut off
+//! at the time, or still being probed by a leader elected just before) still believes it is a
+//! member and, no longer hearing from the leader, pre-votes periodically; pre-vote keeps it
+//! from disturbing anyone, and it should be stopped. To bring a removed node back, start it
+//! with a fresh data directory and `join_existing` and add it like a new one (re-adding it with
+//! its old data is not tested).
 //!
 //! A leader that finds itself no longer a voter (possible only if leadership moved between the
 //! change's validation and its application) hands leadership to the most up-to-date voter.
@@ -58,9 +63,11 @@
 //!
 //! [`ClusterHandle::transfer_leader`] asks the shard's leader to hand leadership to a voter
 //! (raft-rs `transfer_leader`: the leader catches the target up, then tells it to campaign at
-//! once). Proposals are refused `NotLeader` meanwhile. The answer comes once this node sees the
-//! target lead (soft state), or [`TransferError::TimedOut`] after twice the election timeout.
-//! Draining a node is one transfer per shard it leads.
+//! once). Proposals are refused `NotLeader` meanwhile. raft-rs tells the target only once, and
+//! a target that has not applied its own promotion yet ignores it, so the leader asks again
+//! every eighth of the deadline. The answer comes once this node sees the target lead (soft
+//! state), or [`TransferError::TimedOut`] after twice the election timeout, when the leader
+//! gives up and takes proposals again. Draining a node is one transfer per shard it leads.
 //!
 //! # Status
 //!
