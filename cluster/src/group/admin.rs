@@ -257,7 +257,8 @@ impl<S: StateMachine> Group<S> {
     ///
     /// raft-rs tells the target to campaign (`MsgTimeoutNow`) once, when it has caught up; a
     /// target that has not applied its own promotion yet ignores it, and the message may be
-    /// lost. So the leader asks again every eighth of the deadline while it still leads.
+    /// lost. So the leader tells it again every eighth of the deadline while it still leads
+    /// (a candidate or a newer leader ignores the repeat).
     pub(super) fn admin_tick(&mut self) {
         let retry_every = (self.transfer_ticks / 8).max(1);
         if let Some(transfer) = &mut self.admin.transfer {
@@ -280,10 +281,22 @@ impl<S: StateMachine> Group<S> {
                 for waiter in transfer.waiters {
                     waiter.send(Err(TransferError::TimedOut { leader }));
                 }
-            } else if raft.state == StateRole::Leader && transfer.ticks_left % retry_every == 0 {
+            } else if transfer.ticks_left % retry_every == 0 {
                 let to = transfer.to;
-                raft.abort_leader_transfer();
-                self.node.transfer_leader(to);
+                if ours {
+                    // Told again directly: re-stepping the transfer would also restart the
+                    // leader's election clock and so postpone its check-quorum.
+                    let caught_up = raft
+                        .prs()
+                        .get(to)
+                        .is_some_and(|progress| progress.matched == raft.raft_log.last_index());
+                    if caught_up {
+                        raft.send_timeout_now(to);
+                    }
+                } else if raft.state == StateRole::Leader {
+                    // raft-rs gave up after one election timeout; the deadline is two.
+                    self.node.transfer_leader(to);
+                }
             }
         }
         self.step_aside_if_no_voter();
