@@ -13,7 +13,9 @@
 //!    means deserialising a whole state machine and writing its file); the rest of their frame
 //!    waits for the next turn, which then starts at once, so a large snapshot holds the other
 //!    groups up for no more than one turn. Then unreachable reports from the transport
-//!    ([`crate::ClusterHandle::report_unreachable`]) are applied to every group.
+//!    ([`crate::ClusterHandle::report_unreachable`]) are applied to every group, and queued
+//!    membership changes and leadership transfers are handed to their groups
+//!    (`membership.rs`).
 //! 2. Tick every group if the tick is due.
 //! 3. Phase one, every group with a `Ready` ([`Group::handle_ready`]): queue `messages` in the
 //!    turn's outbox, apply a received snapshot, apply `committed_entries`, stage `entries` and
@@ -40,7 +42,9 @@
 //!    `max_snapshots_per_turn`: every group is between turns here, so each part is its shard's
 //!    state at its applied index. Nothing is written. While one runs, the loop does not wait
 //!    for the next tick between turns.
-//! 10. Publish readiness and each shard's leader to the handles.
+//! 10. Publish readiness and each shard's leader to the handles, and the status
+//!     ([`crate::ClusterHandle::shard_status`]) of the shards that took a `Ready` (of every
+//!     shard on a tick).
 //!
 //! # Bounding replay
 //!
