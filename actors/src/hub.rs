@@ -240,11 +240,31 @@ impl Proposer {
                 span.record("bytes", bytes.len());
                 span.record("forwarded_to", leader);
                 let forwarded = router.forward(leader, shard, bytes);
+                let cluster = self.cluster.clone();
                 Box::pin(async move {
-                    forwarded.await.map_err(|e| match e {
-                        ForwardError::NotLeader => None,
-                        ForwardError::Hub(e) => Some(e),
-                    })
+                    // A leader that dies with the request leaves the call waiting for its
+                    // connection; once the local replica names another leader (or none), the
+                    // client hears it at once rather than after the call's timeout.
+                    let mut forwarded = std::pin::pin!(forwarded);
+                    let mut poll = tokio::time::interval(LEADERSHIP_POLL);
+                    loop {
+                        tokio::select! {
+                            result = &mut forwarded => {
+                                return result.map_err(|e| match e {
+                                    ForwardError::NotLeader => None,
+                                    ForwardError::Hub(e) => Some(e),
+                                });
+                            }
+                            _ = poll.tick() => {
+                                if cluster.leader(shard) != Some(leader) {
+                                    return Err(Some(HubError::Unavailable(format!(
+                                        "shard {shard}: node {leader} stopped leading it while \
+                                         the request was with it; it may have taken effect"
+                                    ))));
+                                }
+                            }
+                        }
+                    }
                 })
             }
         }
