@@ -12,7 +12,7 @@
 //! Environment variables are passed in ([`ConfigSources::env`]) rather than read here, so the
 //! layering is testable without mutating the process environment.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -144,6 +144,12 @@ pub struct ClusterSettings {
     /// node id written in decimal without sign or leading zeros, neither 0 nor this node's
     /// `node_id`. Needs `cluster.listen`. Default empty.
     pub peers: BTreeMap<String, SocketAddr>,
+    /// The voters every shard of a NEW cluster starts with: the node ids of all its nodes,
+    /// this one included, the same list on every node. Used only when the data directory has
+    /// no Raft state yet; afterwards the membership lives in each shard's log. Empty: this
+    /// node and the keys of `cluster.peers` (the usual case; set it when peers are introduced
+    /// after start). More than one voter needs `cluster.listen`. Default empty.
+    pub voters: Vec<u64>,
     /// Frames queued per peer node while its connection is busy or being opened; when full,
     /// further frames to that peer are dropped (Raft retransmits) and counted in
     /// `mimid_cluster_frames_dropped_total{reason="queue_full"}`. Default 1024.
@@ -151,7 +157,10 @@ pub struct ClusterSettings {
     /// Largest node-to-node frame or RPC body, in bytes. Raft snapshots travel inside frames,
     /// so it must hold the largest shard snapshot; a peer sending more has its connection
     /// closed. At most 2^32 - 1 (frames are length-prefixed with 32 bits) and at least
-    /// `cluster.max_size_per_msg`. Default 256 MiB.
+    /// `cluster.max_size_per_msg`. The replication layer never sends a frame above
+    /// `mimid_cluster::MAX_FRAME_BYTES` (512 MiB), the default, so a larger value changes
+    /// nothing; a smaller one drops the frames above it, i.e. the snapshots of shards whose
+    /// state outgrew it, and a replica needing one never catches up. Default 512 MiB.
     pub max_frame_bytes: u64,
     /// TLS material of the node-to-node transport (`[cluster.tls]`), required when
     /// `cluster.listen` is set.
@@ -536,8 +545,9 @@ impl Default for ClusterSettings {
             name: DEFAULT_CLUSTER_NAME.into(),
             listen: None,
             peers: BTreeMap::new(),
+            voters: Vec::new(),
             peer_queue_frames: 1024,
-            max_frame_bytes: 256 << 20,
+            max_frame_bytes: mimid_cluster::MAX_FRAME_BYTES as u64,
             tls: ClusterTlsSettings::default(),
         }
     }
@@ -595,6 +605,21 @@ impl ClusterSettings {
         );
     }
 
+    /// The voters a new cluster's shards start with (`cluster.voters`, or else `own` and the
+    /// peers' ids), sorted; for a valid configuration.
+    pub fn initial_voters(&self, own: u64) -> Vec<u64> {
+        let mut voters: Vec<u64> = if self.voters.is_empty() {
+            std::iter::once(own)
+                .chain(self.peers.keys().filter_map(|key| parse_node_id(key).ok()))
+                .collect()
+        } else {
+            self.voters.clone()
+        };
+        voters.sort_unstable();
+        voters.dedup();
+        voters
+    }
+
     /// The peers of `cluster.peers` by node id, or why a key is not a usable node id of a peer
     /// of `own` (the node's `node_id`).
     pub fn peer_addresses(&self, own: u64) -> Result<BTreeMap<u64, SocketAddr>, String> {
@@ -644,6 +669,25 @@ impl ClusterSettings {
                     self.max_size_per_msg
                 ),
             });
+        }
+        if !self.voters.is_empty() {
+            let reason = if !self.voters.contains(&own) {
+                Some(format!("must list this node's own node_id ({own})"))
+            } else if self.voters.contains(&0) {
+                Some("node id 0 is reserved by Raft".to_owned())
+            } else if self.voters.iter().collect::<BTreeSet<_>>().len() != self.voters.len() {
+                Some("lists a node twice".to_owned())
+            } else if self.voters.len() > 1 && self.listen.is_none() {
+                Some("more than one voter needs cluster.listen".to_owned())
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                problems.push(ConfigProblem {
+                    key: "cluster.voters",
+                    reason,
+                });
+            }
         }
         let Some(listen) = self.listen else {
             if !self.peers.is_empty() {
@@ -1588,7 +1632,8 @@ mod tests {
         assert_eq!(cluster.listen, None);
         assert!(cluster.peers.is_empty());
         assert_eq!(cluster.peer_queue_frames, 1024);
-        assert_eq!(cluster.max_frame_bytes, 256 << 20);
+        assert_eq!(cluster.max_frame_bytes, 512 << 20);
+        assert!(cluster.voters.is_empty());
         assert_eq!(cluster.tls.files(), None);
         assert_eq!(cluster.peer_addresses(1), Ok(BTreeMap::new()));
     }
@@ -1740,6 +1785,42 @@ mod tests {
             assert_eq!(check_cluster_name(good), Ok(()), "{good}");
         }
         assert!(check_cluster_name(&"x".repeat(MAX_CLUSTER_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn cluster_voters_default_to_the_peers_and_are_validated() {
+        let mut config = Config::default();
+        config.node_id = 2;
+        assert_eq!(config.cluster.initial_voters(2), vec![2], "a single node");
+        config.cluster.listen = Some("127.0.0.1:7443".parse().unwrap());
+        config.cluster.tls = ClusterTlsSettings {
+            cert: Some("Cargo.toml".into()),
+            key: Some("Cargo.toml".into()),
+            ca: Some("Cargo.toml".into()),
+        };
+        for (id, port) in [("3", 7445), ("1", 7444)] {
+            config
+                .cluster
+                .peers
+                .insert(id.into(), SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        assert_eq!(problems(&config), Vec::<&str>::new());
+        assert_eq!(config.cluster.initial_voters(2), vec![1, 2, 3]);
+        // Given explicitly (peers introduced later), the list is taken as is, sorted.
+        config.cluster.peers.clear();
+        config.cluster.voters = vec![3, 2, 1];
+        assert_eq!(problems(&config), Vec::<&str>::new());
+        assert_eq!(config.cluster.initial_voters(2), vec![1, 2, 3]);
+
+        for bad in [vec![1, 3], vec![0, 2], vec![2, 2, 3]] {
+            config.cluster.voters = bad.clone();
+            assert_eq!(problems(&config), vec!["cluster.voters"], "{bad:?}");
+        }
+        config.cluster.listen = None;
+        config.cluster.voters = vec![1, 2];
+        assert_eq!(problems(&config), vec!["cluster.voters"]);
+        config.cluster.voters = vec![2];
+        assert_eq!(problems(&config), Vec::<&str>::new());
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Metrics {
     push_streams: Gauge,
     rooms_active: Gauge,
     ready: Gauge,
+    shards_led: Gauge,
+    forwarded_proposals: Family<ForwardLabels, Counter>,
     raft: Arc<RaftCounters>,
     cluster_net: ClusterNetMetrics,
 }
@@ -238,6 +240,54 @@ impl RpcOutcome {
 }
 
 impl EncodeLabelValue for RpcOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Labels of `mimid_raft_forwarded_proposals_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    /// How the forwarded proposal ended.
+    pub outcome: ForwardOutcome,
+}
+
+/// How a proposal sent to its shard's leader ended (`crate::cluster_net::forward`). Every
+/// value has a series from the start.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ForwardOutcome {
+    /// The leader applied it and answered the apply's output.
+    Applied,
+    /// The node asked no longer leads the shard (the proposer asks again).
+    NotLeader,
+    /// The leader could not take or finish it (busy, stopped, undecodable, dropped).
+    Refused,
+    /// No answer: unreachable, timed out, or an answer this node cannot read. The outcome is
+    /// unknown.
+    Failed,
+}
+
+impl ForwardOutcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [ForwardOutcome; 4] = [
+        ForwardOutcome::Applied,
+        ForwardOutcome::NotLeader,
+        ForwardOutcome::Refused,
+        ForwardOutcome::Failed,
+    ];
+
+    /// The label value, e.g. `not_leader`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardOutcome::Applied => "applied",
+            ForwardOutcome::NotLeader => "not_leader",
+            ForwardOutcome::Refused => "refused",
+            ForwardOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for ForwardOutcome {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
@@ -534,6 +584,21 @@ impl Metrics {
             "1 while the node is ready to serve (what /readyz answers 200 for), else 0",
             ready.clone(),
         );
+        let shards_led = Gauge::default();
+        registry.register(
+            "raft_shards_led",
+            "Shards whose local replica is the Raft leader (a single node leads every shard)",
+            shards_led.clone(),
+        );
+        let forwarded_proposals = Family::<ForwardLabels, Counter>::default();
+        registry.register(
+            "raft_forwarded_proposals",
+            "Proposals sent to the node leading their shard, by outcome",
+            forwarded_proposals.clone(),
+        );
+        for outcome in ForwardOutcome::ALL {
+            drop(forwarded_proposals.get_or_create(&ForwardLabels { outcome }));
+        }
         let raft = Arc::new(RaftCounters::default());
         registry.register_collector(Box::new(raft.clone()));
         let cluster_net = ClusterNetMetrics::register(&mut registry);
@@ -551,6 +616,8 @@ impl Metrics {
             push_streams,
             rooms_active,
             ready,
+            shards_led,
+            forwarded_proposals,
             raft,
             cluster_net,
         }
@@ -644,6 +711,19 @@ impl Metrics {
     /// Records whether the node is ready (the `/readyz` verdict).
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    /// Sets how many shards this node leads.
+    pub fn set_shards_led(&self, shards: u64) {
+        self.shards_led
+            .set(i64::try_from(shards).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a proposal forwarded to its shard's leader by how it ended.
+    pub fn count_forwarded_proposal(&self, outcome: ForwardOutcome) {
+        self.forwarded_proposals
+            .get_or_create(&ForwardLabels { outcome })
+            .inc();
     }
 
     /// Copies the cluster driver's cumulative Raft counters.

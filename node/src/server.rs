@@ -1,11 +1,16 @@
 //! Wiring of one node: the cluster (raft-rs groups in sled), the hub (room actors), the
 //! HTTP/3 listener with the client API, the directory and the server-to-server API
 //! ([`crate::federation::Routes`]), the client for peer providers ([`Peers`]), and the admin
-//! HTTP listener.
+//! HTTP listener. With `cluster.listen` set, also the node-to-node transport
+//! ([`crate::cluster_net`]): this node is then one of the provider's cluster
+//! (ARCHITECTURE.md "Cluster"), its shards replicated on every node.
 //!
-//! Start order: replication first (it recovers every shard from sled before anything is
-//! served), then the actors, then the listeners. `/readyz` answers 503 until every local
-//! shard has a leader and has applied what was committed before the restart.
+//! Start order: the node-to-node transport (bound and dialling, frames dropped until the
+//! cluster exists), replication (it recovers every shard from sled before anything is served),
+//! then the actors (which forward proposals for shards other nodes lead through the transport,
+//! and answer those forwarded here), then the listeners. `/readyz` answers 503 until every
+//! local shard has a leader and has applied what was committed before the restart, and again
+//! whenever a shard loses its leader (a node cut off from a quorum).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -14,16 +19,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use mimid_actors::actor::ActorLimits;
-use mimid_actors::hub::{Clock, Hub, HubConfig};
+use mimid_actors::hub::{Clock, Hub, HubConfig, ProposalRouter};
 use mimid_actors::room::fanout::FanoutLimits;
 use mimid_actors::shard::{ShardMachine, Shards};
-use mimid_cluster::{Cluster, ClusterConfig};
+use mimid_cluster::{Cluster, ClusterConfig, ClusterHandle, NodeId};
 use tokio::task::JoinHandle;
 
 use crate::admin::{serve_admin, AdminState};
 use crate::api::ClientApi;
 use crate::backup::{Backups, SnapshotSource};
 use crate::certs::ensure_dev_certs;
+use crate::cluster_net::{
+    ClusterNet, ClusterSink, ForwardedProposals, NetRouter, NetSender, NetSettings,
+};
 use crate::config::{dev_cert_dir, Config};
 use crate::federation::{DirectoryDocument, FederationApi, FederationService, Peers, Routes};
 use crate::group_info::GroupInfoService;
@@ -37,6 +45,8 @@ use crate::wire::Limits;
 
 /// How long shutdown waits for requests in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for node-to-node connections to close.
+const NET_SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// How often gauges fed from other layers are refreshed.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -48,6 +58,8 @@ pub struct Node {
     hub: Arc<Hub>,
     peers: Arc<Peers>,
     cluster: Cluster<ShardMachine>,
+    /// The node-to-node transport; `None` for a single node.
+    net: Option<NetSender>,
 }
 
 impl Node {
@@ -75,14 +87,60 @@ impl Node {
         self.cluster.handle().metrics()
     }
 
-    /// Stops accepting, lets requests in progress finish (bounded), then stops the actors and
-    /// the replication driver (which flushes sled).
+    /// The replication layer (shard leaders, readiness, read barriers).
+    pub fn cluster_handle(&self) -> ClusterHandle<ShardMachine> {
+        self.cluster.handle()
+    }
+
+    /// Bound UDP address of the node-to-node listener; `None` for a single node.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.net.as_ref().map(NetSender::local_addr)
+    }
+
+    /// Adds the cluster's node `id` at `addr` (its `cluster.listen`), or moves it there. Nodes
+    /// bound on port 0 learn each other's addresses this way.
+    pub fn set_cluster_peer(&self, id: NodeId, addr: SocketAddr) -> anyhow::Result<()> {
+        let net = self
+            .net
+            .as_ref()
+            .context("this node runs alone: cluster.listen is not set")?;
+        net.set_peer(id, addr)?;
+        Ok(())
+    }
+
+    /// Stops accepting, lets requests in progress finish (bounded), then stops the actors, the
+    /// replication driver (which snapshots and flushes sled) and the node-to-node transport.
     pub async fn shutdown(self) {
         self.h3.shutdown(SHUTDOWN_GRACE).await;
-        for task in &self.tasks {
-            task.abort();
+        self.stop(NET_SHUTDOWN_GRACE).await;
+    }
+
+    /// Stops at once, as close to a crash as one process can get while the test process goes
+    /// on (an in-process stand-in for `kill -9`): the node-to-node transport and the listeners
+    /// close first, without waiting for anything in progress, then the actors and the
+    /// replication driver stop. Unlike a crash, the driver still writes its final snapshot;
+    /// what was acknowledged was durable long before either way.
+    pub async fn kill(self) {
+        if let Some(net) = &self.net {
+            net.shutdown(Duration::ZERO).await;
         }
-        let Node { hub, cluster, .. } = self;
+        self.h3.shutdown(Duration::ZERO).await;
+        self.stop(Duration::ZERO).await;
+    }
+
+    async fn stop(self, net_grace: Duration) {
+        let Node {
+            hub,
+            cluster,
+            net,
+            tasks,
+            ..
+        } = self;
+        for task in tasks {
+            task.abort();
+            // Dropped once cancelled, with the references to the hub it held.
+            let _ = task.await;
+        }
         tokio::task::spawn_blocking(move || {
             if let Ok(hub) = Arc::try_unwrap(hub) {
                 hub.shutdown();
@@ -91,6 +149,9 @@ impl Node {
         })
         .await
         .ok();
+        if let Some(net) = net {
+            net.shutdown(net_grace).await;
+        }
     }
 }
 
@@ -119,6 +180,7 @@ pub(crate) fn cluster_config(config: &Config) -> ClusterConfig {
     cluster.max_size_per_msg = c.max_size_per_msg;
     cluster.max_inflight_msgs = c.max_inflight_msgs;
     cluster.fsync = c.fsync;
+    cluster.voters = c.initial_voters(config.node_id);
     cluster
 }
 
@@ -163,14 +225,12 @@ async fn start_inner(
     );
 
     let shards = Shards::new(config.cluster.shards);
-    let cluster = {
-        let cluster_config = cluster_config(&config);
-        let shards = shards.clone();
-        tokio::task::spawn_blocking(move || Cluster::start(cluster_config, |s| shards.machine(s)))
-            .await
-            .context("replication start-up task")?
-            .context("starting replication")?
-    };
+    let (cluster, net) = start_replication(&config, &shards, &metrics).await?;
+    let router = net.as_ref().map(|(net, _)| {
+        let router = NetRouter::new(metrics.clone());
+        router.set(net.clone());
+        router as Arc<dyn ProposalRouter>
+    });
     let hub = Arc::new(
         Hub::start(
             cluster.handle(),
@@ -191,11 +251,15 @@ async fn start_inner(
                 housekeeping: Duration::from_secs(config.limits.housekeeping_secs),
                 log_retention: Duration::from_secs(config.limits.log_retention_secs),
                 federation: Arc::new(NotifySender::new(peers.clone())),
-                router: None,
+                router,
             },
         )
         .context("starting the room actors")?,
     );
+    let net = net.map(|(net, forwarded)| {
+        forwarded.set(&hub);
+        net
+    });
 
     // The hub's signing key (MIMI.md §5.5): generated on first start, the same after.
     let hub_key = Arc::new(
@@ -252,7 +316,11 @@ async fn start_inner(
         if cluster_handle.is_ready() {
             Ok(())
         } else {
-            Err("replication is starting: not every shard has a leader and has caught up".into())
+            Err(
+                "replication is not ready: not every shard has a leader and has caught up \
+                 (the node is starting, or cut off from a quorum of its cluster)"
+                    .into(),
+            )
         }
     });
     let snapshots: SnapshotSource = {
@@ -281,7 +349,11 @@ async fn start_inner(
         cluster.handle(),
     )));
 
-    tracing::info!(%quic_addr, %admin_addr, domain = %config.domain, "node started");
+    let cluster_addr = net.as_ref().map(NetSender::local_addr);
+    tracing::info!(
+        %quic_addr, %admin_addr, ?cluster_addr, node_id = config.node_id,
+        domain = %config.domain, "node started"
+    );
     Ok(Node {
         quic_addr,
         admin_addr,
@@ -290,7 +362,66 @@ async fn start_inner(
         hub,
         peers,
         cluster,
+        net,
     })
+}
+
+/// Starts the replication layer: a single node, or with `cluster.listen` one node of a
+/// cluster, whose transport is bound and dialling the configured peers first (frames that
+/// arrive before the cluster runs are dropped; Raft retransmits). Returns the transport with
+/// the handler that will answer forwarded proposals once the hub exists.
+async fn start_replication(
+    config: &Config,
+    shards: &Shards,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(
+    Cluster<ShardMachine>,
+    Option<(NetSender, Arc<ForwardedProposals>)>,
+)> {
+    let cluster_config = cluster_config(config);
+    let factory = {
+        let shards = shards.clone();
+        move |shard| shards.machine(shard)
+    };
+    let Some(settings) = NetSettings::from_config(config) else {
+        let cluster = tokio::task::spawn_blocking(move || Cluster::start(cluster_config, factory))
+            .await
+            .context("replication start-up task")?
+            .context("starting replication")?;
+        return Ok((cluster, None));
+    };
+    let files = config
+        .cluster
+        .tls
+        .files()
+        .context("[cluster.tls] cert, key and ca are required with cluster.listen")?;
+    let material = TlsMaterial::load(&files).context("loading the node-to-node TLS material")?;
+    let peers = config
+        .cluster
+        .peer_addresses(config.node_id)
+        .map_err(|reason| anyhow::anyhow!("cluster.peers: {reason}"))?;
+    let bound = ClusterNet::bind(settings, &material, metrics.clone())
+        .context("binding the node-to-node listener")?;
+    let sink = ClusterSink::<ShardMachine>::new();
+    let forwarded = ForwardedProposals::new();
+    let net = bound
+        .start(peers, sink.clone(), forwarded.clone())
+        .context("starting the node-to-node transport")?;
+    let transport = Box::new(net.clone());
+    let started = tokio::task::spawn_blocking(move || {
+        Cluster::start_with_transport(cluster_config, factory, transport)
+    })
+    .await
+    .context("replication start-up task")?;
+    let cluster = match started {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            net.shutdown(Duration::ZERO).await;
+            return Err(e).context("starting replication");
+        }
+    };
+    let _ = sink.set(cluster.handle());
+    Ok((cluster, Some((net, forwarded))))
 }
 
 /// Copies counters owned by other layers into the Prometheus registry.
@@ -328,5 +459,10 @@ async fn refresh_metrics(
         });
         metrics.set_rooms_active(hub.active_rooms() as u64);
         metrics.set_ready(cluster.is_ready());
+        let node = cluster.node_id();
+        let led = (0..cluster.shard_count())
+            .filter(|&shard| cluster.leader(shard) == Some(node))
+            .count();
+        metrics.set_shards_led(led as u64);
     }
 }

@@ -39,14 +39,18 @@
 //! The cluster crate's side (module `glue`): [`NetSender`] implements
 //! `mimid_cluster::Transport`, and [`ClusterSink`] (or a `ClusterHandle` itself) is the
 //! [`FrameSink`] that hands frames to `ClusterHandle::receive` and failed peers to
-//! `ClusterHandle::report_unreachable`. Not here: wiring both into a running node (`server.rs`).
+//! `ClusterHandle::report_unreachable`. Module `forward` carries proposals to their shard's
+//! leader over [`NetSender::call`] ([`NetRouter`], [`ForwardedProposals`]). The wiring into a
+//! running node is `server.rs`.
 
 mod accept;
+mod forward;
 mod glue;
 mod handshake;
 mod peer;
 mod rpc;
 
+pub use forward::{ForwardedProposals, NetRouter, FORWARD_TIMEOUT};
 pub use glue::ClusterSink;
 
 use std::collections::BTreeMap;
@@ -223,7 +227,7 @@ impl NetSettings {
             cluster_name: cluster_name.into(),
             listen,
             peer_queue_frames: 1024,
-            max_frame_bytes: 256 << 20,
+            max_frame_bytes: mimid_cluster::MAX_FRAME_BYTES as u32,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
