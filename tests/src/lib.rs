@@ -1,5 +1,6 @@
 //! The shared harness of the integration tests: a real node (quinn on loopback, sled in a
-//! temporary directory, openmls clients) started and restarted on demand.
+//! temporary directory, openmls clients) started and restarted on demand, and a provider run
+//! as a cluster of such nodes ([`TestCluster`]).
 
 pub mod fuzz_checks;
 pub mod sim;
@@ -9,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mimid_actors::ids::{ClientId, RoomId, UserId};
-use mimid_node::certs::{CertAuthority, SubjectName, LEAF_VALIDITY, PROVIDER_STEM};
+use mimid_node::certs::{CertAuthority, SubjectName, LEAF_VALIDITY, NODE_STEM, PROVIDER_STEM};
 use mimid_node::client::{Endpoint, MimiClient};
-use mimid_node::config::{dev_cert_dir, Config, TlsFiles, TlsSettings};
+use mimid_node::config::{dev_cert_dir, ClusterTlsSettings, Config, TlsFiles, TlsSettings};
 use mimid_node::federation::FederationService;
 use mimid_node::server::{start, start_with_service, Node};
 use rustls::RootCertStore;
@@ -322,4 +323,287 @@ pub async fn scrape(node: &TestNode) -> String {
         .expect("metrics scrape");
     assert_eq!(status, 200);
     body
+}
+
+/// One provider run as a cluster of in-process nodes (ARCHITECTURE.md "Cluster"): the same
+/// domain and provider certificate on every node, each node with its own data directory, a
+/// node certificate from a cluster CA, and its node-to-node listener on `127.0.0.1:0`. Nodes
+/// learn each other's (changing) addresses through [`Node::set_cluster_peer`].
+pub struct TestCluster {
+    /// The nodes; node id = index + 1. A stopped node keeps its configuration and data.
+    pub nodes: Vec<ClusterNode>,
+    /// The provider's domain.
+    pub domain: String,
+    /// The CA of the provider certificate, trusted for peers' certificates too: other
+    /// providers started with it ([`TestNode::start_provider`]) federate with this one.
+    pub provider_ca: CertAuthority,
+    provider_ca_cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// One node of a [`TestCluster`].
+pub struct ClusterNode {
+    /// Its configuration (data directory, node id, certificates).
+    pub config: Config,
+    /// The running node; `None` while stopped.
+    pub node: Option<Node>,
+}
+
+impl ClusterNode {
+    pub fn node(&self) -> &Node {
+        self.node
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {} is running", self.config.node_id))
+    }
+
+    pub fn id(&self) -> mimid_cluster::NodeId {
+        self.config.node_id
+    }
+}
+
+impl TestCluster {
+    /// Starts `count` nodes of provider `a.example` (voters `1..=count`), introduces them to
+    /// each other and waits until every node is ready.
+    pub async fn start(count: u64) -> TestCluster {
+        Self::start_with(count, |_| {}).await
+    }
+
+    /// [`TestCluster::start`] with every node's configuration changed by `edit`.
+    pub async fn start_with(count: u64, edit: impl Fn(&mut Config)) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let domain = "a.example".to_owned();
+        let now = std::time::SystemTime::now();
+        let provider_ca = CertAuthority::generate(now, LEAF_VALIDITY).expect("provider CA");
+        let provider = provider_tls_files(
+            &dir.path().join("provider"),
+            &[&domain],
+            &provider_ca,
+            &provider_ca,
+        );
+        let cluster_ca = CertAuthority::generate(now, LEAF_VALIDITY).expect("cluster CA");
+        let cluster_ca_cert = cluster_ca
+            .save(&dir.path().join("cluster-ca"))
+            .expect("cluster CA saved")
+            .cert;
+        let loopback = SubjectName::Ip(std::net::Ipv4Addr::LOCALHOST.into());
+        let mut nodes = Vec::new();
+        for id in 1..=count {
+            let data = dir.path().join(format!("node{id}"));
+            std::fs::create_dir_all(&data).expect("data directory");
+            let node_cert = cluster_ca
+                .issue(std::slice::from_ref(&loopback), now, LEAF_VALIDITY)
+                .expect("node certificate")
+                .save(&data.join("cluster-tls"), NODE_STEM)
+                .expect("node certificate saved");
+            let mut config = test_config(&data);
+            config.domain = domain.clone();
+            config.node_id = id;
+            config.tls = TlsSettings {
+                cert: Some(provider.cert.clone()),
+                key: Some(provider.key.clone()),
+                client_ca: Some(provider.client_ca.clone()),
+            };
+            config.cluster.listen = Some("127.0.0.1:0".parse().expect("valid address"));
+            config.cluster.voters = (1..=count).collect();
+            config.cluster.tls = ClusterTlsSettings {
+                cert: Some(node_cert.cert),
+                key: Some(node_cert.key),
+                ca: Some(cluster_ca_cert.clone()),
+            };
+            edit(&mut config);
+            nodes.push(ClusterNode { config, node: None });
+        }
+        let mut cluster = TestCluster {
+            nodes,
+            domain,
+            provider_ca,
+            provider_ca_cert: provider.client_ca,
+            _dir: dir,
+        };
+        for index in 0..cluster.nodes.len() {
+            cluster.launch(index).await;
+        }
+        cluster.introduce();
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Starts node `index` (stopped) from its data directory, without waiting.
+    async fn launch(&mut self, index: usize) {
+        let member = &mut self.nodes[index];
+        assert!(member.node.is_none(), "node {} is running", member.id());
+        member.node = Some(start(member.config.clone()).await.expect("node starts"));
+    }
+
+    /// Tells every running node every other running node's current node-to-node address.
+    pub fn introduce(&self) {
+        for from in self.running() {
+            for to in self.running() {
+                if from.id() != to.id() {
+                    let addr = to.node().cluster_addr().expect("clustered");
+                    from.node()
+                        .set_cluster_peer(to.id(), addr)
+                        .expect("peer accepted");
+                }
+            }
+        }
+    }
+
+    /// The running nodes.
+    pub fn running(&self) -> impl Iterator<Item = &ClusterNode> {
+        self.nodes.iter().filter(|member| member.node.is_some())
+    }
+
+    /// Waits until every running node answers `/readyz` with 200.
+    pub async fn wait_ready(&self) {
+        for member in self.running() {
+            wait_ready(member.node()).await;
+        }
+    }
+
+    /// Starts node `index` again from its data directory (on new ports), introduces it and
+    /// waits until every running node is ready.
+    pub async fn restart(&mut self, index: usize) {
+        self.launch(index).await;
+        self.introduce();
+        self.wait_ready().await;
+    }
+
+    /// Starts every stopped node again from its data directory (on new ports), introduces
+    /// them and waits until every node is ready (a quorum must be back before any is).
+    pub async fn restart_stopped(&mut self) {
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].node.is_none() {
+                self.launch(index).await;
+            }
+        }
+        self.introduce();
+        self.wait_ready().await;
+    }
+
+    /// Stops node `index` gracefully, keeping its data directory.
+    pub async fn stop(&mut self, index: usize) {
+        if let Some(node) = self.nodes[index].node.take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Stops node `index` at once ([`Node::kill`], the in-process stand-in for `kill -9`).
+    pub async fn kill(&mut self, index: usize) {
+        if let Some(node) = self.nodes[index].node.take() {
+            node.kill().await;
+        }
+    }
+
+    /// The index of the node that leads `room`'s shard, as the running nodes agree on it.
+    pub async fn leader_of(&self, room: &RoomId) -> usize {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let named: std::collections::BTreeSet<Option<u64>> = self
+                .running()
+                .map(|member| {
+                    let hub = member.node().hub();
+                    let shard = hub.shards().shard_of(room.as_bytes());
+                    member.node().cluster_handle().leader(shard)
+                })
+                .collect();
+            if let [Some(leader)] = named.into_iter().collect::<Vec<_>>()[..] {
+                if let Some(index) = self.nodes.iter().position(|m| m.id() == leader) {
+                    if self.nodes[index].node.is_some() {
+                        return index;
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader for {room} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// How clients reach node `index` now.
+    pub fn endpoint(&self, index: usize) -> Endpoint {
+        let mut roots = RootCertStore::empty();
+        let pem = std::fs::read(&self.provider_ca_cert).expect("provider CA exists");
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert.expect("valid PEM")).expect("valid CA");
+        }
+        Endpoint {
+            addr: self.nodes[index].node().quic_addr(),
+            server_name: self.domain.clone(),
+            roots: Arc::new(roots),
+        }
+    }
+
+    /// Registers `mimi://a.example/d/<user>/<device>` through node `index`, with
+    /// `key_packages` published.
+    pub async fn client(
+        &self,
+        index: usize,
+        user: &str,
+        device: &str,
+        key_packages: usize,
+    ) -> MimiClient {
+        let id = ClientId::parse(&format!("mimi://{}/d/{user}/{device}", self.domain))
+            .expect("valid client id");
+        let client = MimiClient::register(self.endpoint(index), id)
+            .await
+            .expect("client registers");
+        if key_packages > 0 {
+            client
+                .publish_key_packages(key_packages)
+                .await
+                .expect("KeyPackages published");
+        }
+        client
+    }
+
+    /// A user of this provider.
+    pub fn user(&self, name: &str) -> UserId {
+        UserId::parse(&format!("mimi://{}/u/{name}", self.domain)).expect("valid user id")
+    }
+
+    /// A room hosted by this provider.
+    pub fn room(&self, name: &str) -> RoomId {
+        RoomId::parse(&format!("mimi://{}/r/{name}", self.domain)).expect("valid room id")
+    }
+
+    /// The application messages of `room` in node `index`'s replica, in log order.
+    pub fn application_messages(&self, index: usize, room: &RoomId) -> Vec<Vec<u8>> {
+        replica_messages(self.nodes[index].node(), room)
+    }
+
+    /// The replicated bytes of `room` in node `index`'s replica.
+    pub fn room_digest(&self, index: usize, room: &RoomId) -> Vec<u8> {
+        let hub = self.nodes[index].node().hub();
+        let shard = hub.shards().for_room(room).read();
+        shard
+            .room(room)
+            .map(|state| state.to_snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Stops every running node gracefully.
+    pub async fn shutdown(mut self) {
+        for index in 0..self.nodes.len() {
+            self.stop(index).await;
+        }
+    }
+}
+
+/// The application messages of a hosted `room` in `node`'s replica, in log order.
+fn replica_messages(node: &Node, room: &RoomId) -> Vec<Vec<u8>> {
+    let hub = node.hub();
+    let shard = hub.shards().for_room(room).read();
+    shard
+        .room(room)
+        .map(|state| state.items_after(0).to_vec())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|item| match item.body {
+            mimid_actors::room::log::ItemBody::Application { message } => Some(message),
+            _ => None,
+        })
+        .collect()
 }

@@ -1,0 +1,550 @@
+//! One provider as a cluster of three in-process nodes (issue 4; ARCHITECTURE.md "Cluster"):
+//! real quinn for clients and between nodes (mutual TLS with a cluster CA), raft-rs groups in
+//! sled per node, openmls clients connected to different nodes. Every shard is replicated on
+//! all three nodes; writes reach the shard's leader from any node; each node's push streams
+//! deliver from its own replica.
+//!
+//! Waits are polls with a deadline; the 20 ms pauses in the senders' loops pace the load and
+//! synchronise nothing.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use mimid_actors::ids::RoomId;
+use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateResult};
+use mimid_tests::{http_get, http_get_status, metric, ClusterNode, TestCluster, TestNode, WAIT};
+
+/// (seq, sender client, text) of every application message a client has seen or sent.
+type Transcript = BTreeMap<u64, (String, String)>;
+
+fn text(event: &Event) -> Option<(u64, String, String)> {
+    match event {
+        Event::Message {
+            seq,
+            sender,
+            content,
+            ..
+        } => Some((
+            *seq,
+            sender.to_string(),
+            content.text().expect("a text/plain message").to_string(),
+        )),
+        _ => None,
+    }
+}
+
+/// Reads events until `transcript` holds `total` messages, checking that seqs only grow (no
+/// item twice, none out of order on the stream).
+async fn read_until(client: &mut MimiClient, total: usize, transcript: &mut Transcript) {
+    let mut last_seq = 0;
+    while transcript.len() < total {
+        let event = client
+            .next_event(WAIT)
+            .await
+            .expect("push stream works")
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} waited for message {}/{total}",
+                    client.id(),
+                    transcript.len()
+                )
+            });
+        assert!(
+            event.seq() > last_seq,
+            "{}: seq {} after {last_seq}: an item twice or out of order",
+            client.id(),
+            event.seq()
+        );
+        last_seq = event.seq();
+        if let Some((seq, sender, text)) = text(&event) {
+            assert!(
+                transcript.insert(seq, (sender, text)).is_none(),
+                "{}: seq {seq} delivered twice",
+                client.id()
+            );
+        }
+    }
+}
+
+/// `node`'s /metrics.
+async fn scrape(node: &ClusterNode) -> String {
+    let url = format!("http://{}/metrics", node.node().admin_addr());
+    let (status, body) = http_get(&url).await.expect("metrics answer");
+    assert_eq!(status, 200);
+    body
+}
+
+/// Polls every running node's `series` (refreshed every second) until `ok` holds for the
+/// values by node index; returns them.
+async fn wait_for_metrics(
+    cluster: &TestCluster,
+    series: &str,
+    ok: impl Fn(&[f64]) -> bool,
+) -> Vec<f64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut values = Vec::new();
+        for member in cluster.running() {
+            values.push(metric(&scrape(member).await, series).unwrap_or(f64::NAN));
+        }
+        if ok(&values) {
+            return values;
+        }
+        assert!(Instant::now() < deadline, "{series} stayed at {values:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn expect_joined(client: &mut MimiClient) {
+    match client.next_event(WAIT).await.expect("push stream works") {
+        Some(Event::Joined { .. }) => {}
+        other => panic!("{} expected a Welcome, got {other:?}", client.id()),
+    }
+}
+
+/// Alice (node `a`) creates `room` and adds Bob (node `b`) and Carol (node `c`); all three
+/// have their push streams open on their nodes.
+async fn three_members(
+    cluster: &TestCluster,
+    room: &RoomId,
+    [a, b, c]: [usize; 3],
+) -> [MimiClient; 3] {
+    let mut alice = cluster.client(a, "alice", "phone", 2).await;
+    let mut bob = cluster.client(b, "bob", "phone", 2).await;
+    let mut carol = cluster.client(c, "carol", "laptop", 2).await;
+    for client in [&mut alice, &mut bob, &mut carol] {
+        client.connect_stream().await.expect("stream opens");
+    }
+    alice.create_room(room).await.expect("room created");
+    let added = alice
+        .add_users(room, &[cluster.user("bob"), cluster.user("carol")])
+        .await
+        .expect("add works");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    expect_joined(&mut bob).await;
+    expect_joined(&mut carol).await;
+    [alice, bob, carol]
+}
+
+/// Sends `count` messages; returns the client and its transcript of accepted sends.
+async fn send_many(mut client: MimiClient, room: RoomId, count: usize) -> (MimiClient, Transcript) {
+    let mut sent = Transcript::new();
+    let name = client.id().to_string();
+    for n in 0..count {
+        let text = format!("{name} {n}");
+        match client.send_text(&room, &text).await.expect("submit works") {
+            SubmitResult::Accepted { seq, .. } => {
+                sent.insert(seq, (name.clone(), text));
+            }
+            other => panic!("{name} could not send: {other:?}"),
+        }
+    }
+    (client, sent)
+}
+
+/// Issue 4, must show: clients connected to any node see per-room order and exactly-once
+/// delivery (MIMI.md §5.3-§5.4 within one provider: one hub, three replicas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_every_node_see_one_order_exactly_once() {
+    let cluster = TestCluster::start(3).await;
+    let room = cluster.room("clubhouse");
+    let members = three_members(&cluster, &room, [0, 1, 2]).await;
+    const EACH: usize = 10;
+    let tasks: Vec<_> = members
+        .into_iter()
+        .map(|client| tokio::spawn(send_many(client, room.clone(), EACH)))
+        .collect();
+    let mut transcripts = Vec::new();
+    let mut clients = Vec::new();
+    for task in tasks {
+        let (client, sent) = task.await.expect("sender finished");
+        clients.push(client);
+        transcripts.push(sent);
+    }
+    for (client, transcript) in clients.iter_mut().zip(&mut transcripts) {
+        read_until(client, 3 * EACH, transcript).await;
+    }
+    assert_eq!(transcripts[0].len(), 3 * EACH);
+    assert_eq!(transcripts[0], transcripts[1], "alice@1 and bob@2 differ");
+    assert_eq!(transcripts[0], transcripts[2], "alice@1 and carol@3 differ");
+    // Every replica holds the same log.
+    let logs: Vec<_> = (0..3)
+        .map(|index| cluster.application_messages(index, &room))
+        .collect();
+    assert_eq!(logs[0].len(), 3 * EACH);
+    assert!(logs.windows(2).all(|pair| pair[0] == pair[1]));
+    // Each shard has exactly one leader, and two of the three clients' writes went through
+    // another node than the one leading the room's shard.
+    let led = wait_for_metrics(&cluster, "mimid_raft_shards_led", |led| {
+        led.iter().sum::<f64>() == 4.0
+    })
+    .await;
+    let forwarded = wait_for_metrics(
+        &cluster,
+        "mimid_raft_forwarded_proposals_total{outcome=\"applied\"}",
+        |n| n.iter().sum::<f64>() >= 2.0 * EACH as f64,
+    )
+    .await;
+    println!("shards led by node: {led:?}; proposals forwarded by node: {forwarded:?}");
+    cluster.shutdown().await;
+}
+
+/// Fan-out to a follower provider (MIMI.md §5.4) is the duty of the node leading the room's
+/// shard alone: a follower is sent each item once, not once per node of the hub's cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_to_a_follower_provider_runs_on_the_shard_leader_only() {
+    let cluster = TestCluster::start(3).await;
+    let b = TestNode::start_provider("b.example", &cluster.provider_ca).await;
+    for member in cluster.running() {
+        member
+            .node()
+            .peers()
+            .set_address("b.example", b.node().quic_addr());
+    }
+    let a_node = cluster.nodes[0].node().quic_addr();
+    b.node().peers().set_address(&cluster.domain, a_node);
+
+    let room = cluster.room("club");
+    let leader = cluster.leader_of(&room).await;
+    // Alice's requests go through a node that does not lead the room's shard.
+    let mut alice = cluster.client((leader + 1) % 3, "alice", "phone", 1).await;
+    let mut bob = b.client("bob", "laptop", 1).await;
+    bob.connect_stream().await.expect("stream opens");
+    alice.create_room(&room).await.expect("room created");
+    let bob_user = mimid_actors::ids::UserId::parse("mimi://b.example/u/bob").expect("user");
+    let added = alice
+        .add_users(&room, &[bob_user])
+        .await
+        .expect("add works");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    expect_joined(&mut bob).await;
+    let (_alice, sent) = send_many(alice, room.clone(), 5).await;
+    let mut transcript = Transcript::new();
+    read_until(&mut bob, 5, &mut transcript).await;
+    // Bob's provider numbers the items of its mirror itself: compare in order, not by seq.
+    assert_eq!(
+        transcript.into_values().collect::<Vec<_>>(),
+        sent.into_values().collect::<Vec<_>>()
+    );
+
+    let delivered = "mimid_fanout_notifies_total{outcome=\"delivered\"}";
+    let by_node = wait_for_metrics(&cluster, delivered, |n| n[leader] >= 1.0).await;
+    for (index, count) in by_node.iter().enumerate() {
+        if index != leader {
+            assert_eq!(*count, 0.0, "node {} sent notifies: {by_node:?}", index + 1);
+        }
+    }
+    b.shutdown().await;
+    cluster.shutdown().await;
+}
+
+/// What one sender got while the leader was killed.
+struct Load {
+    client: MimiClient,
+    /// Accepted sends.
+    acked: Transcript,
+    /// When the first send attempted after the kill was accepted.
+    first_after_kill: Option<Instant>,
+    /// Attempts answered 503 (no leader during the election, a leader gone mid-request).
+    refused: usize,
+}
+
+/// Sends one message after another until `after_kill` of them were accepted after `killed`
+/// was set. A message refused with 503 is resent as is until accepted (MIMI.md §7.6: a
+/// resend of a request that took effect gets the original answer), so no message is left
+/// with an unknown outcome.
+async fn steady_load(
+    mut client: MimiClient,
+    room: RoomId,
+    killed: tokio::sync::watch::Receiver<Option<Instant>>,
+    after_kill: usize,
+) -> Load {
+    let name = client.id().to_string();
+    let mut acked = Transcript::new();
+    let (mut first_after_kill, mut refused, mut accepted_after) = (None, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0.. {
+        let text = format!("{name} {n}");
+        let message = client.prepare_text(&room, &text).expect("encrypts");
+        loop {
+            assert!(Instant::now() < deadline, "{name}: writes never resumed");
+            let killed_at = *killed.borrow();
+            match client.submit_raw(&room, message.clone()).await {
+                Ok(SubmitResult::Accepted { seq, .. }) => {
+                    acked.insert(seq, (name.clone(), text));
+                    if killed_at.is_some() {
+                        first_after_kill.get_or_insert_with(Instant::now);
+                        accepted_after += 1;
+                    }
+                    break;
+                }
+                Ok(other) => panic!("{name}: refused by the hub: {other:?}"),
+                Err(ClientError::Status { status, reason }) => {
+                    assert_eq!(status, 503, "{name}: {reason}");
+                    refused += 1;
+                }
+                Err(other) => panic!("{name}: {other}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if accepted_after >= after_kill {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Load {
+        client,
+        acked,
+        first_after_kill,
+        refused,
+    }
+}
+
+/// Issue 4, must show: the node leading the room's shard dies under a steady load from
+/// clients on the other two nodes; the survivors elect a leader, writes resume, and every
+/// acknowledged message is in the history both surviving clients see, in one order.
+///
+/// [`mimid_node::server::Node::kill`] is the in-process stand-in for `kill -9`: transport and
+/// listeners close at once, nothing in progress is waited for (the real-process SIGKILL
+/// harness is `node/tests/crash.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acknowledged_message() {
+    let mut cluster = TestCluster::start(3).await;
+    let room = cluster.room("busy");
+    let leader = cluster.leader_of(&room).await;
+    let others: Vec<usize> = (0..3).filter(|&index| index != leader).collect();
+    let [alice, bob, _carol] = three_members(&cluster, &room, [others[0], others[1], leader]).await;
+
+    let (killed_tx, killed) = tokio::sync::watch::channel(None);
+    const AFTER_KILL: usize = 5;
+    let senders: Vec<_> = [alice, bob]
+        .into_iter()
+        .map(|client| {
+            tokio::spawn(steady_load(
+                client,
+                room.clone(),
+                killed.clone(),
+                AFTER_KILL,
+            ))
+        })
+        .collect();
+    // Let the load run through the leader for a while.
+    let deadline = Instant::now() + WAIT;
+    while cluster.application_messages(others[0], &room).len() < 10 {
+        assert!(Instant::now() < deadline, "no load before the kill");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopped_at = Instant::now();
+    killed_tx.send_replace(Some(stopped_at));
+    cluster.kill(leader).await;
+
+    let mut loads = Vec::new();
+    for sender in senders {
+        loads.push(sender.await.expect("sender finished"));
+    }
+    let resumed = loads
+        .iter()
+        .filter_map(|load| load.first_after_kill)
+        .min()
+        .expect("writes resumed");
+    let new_leader = cluster.leader_of(&room).await;
+    println!(
+        "leader node {} killed: first accepted write {:?} after the stop (new leader node {}; \
+         {} sends answered 503 meanwhile)",
+        leader + 1,
+        resumed - stopped_at,
+        new_leader + 1,
+        loads.iter().map(|load| load.refused).sum::<usize>()
+    );
+
+    // Each surviving client sees its own acknowledged sends and everything the other sent.
+    let all: Transcript = loads.iter().flat_map(|load| load.acked.clone()).collect();
+    let mut seen = Vec::new();
+    for load in &mut loads {
+        let mut transcript = load.acked.clone();
+        let before = transcript.len();
+        read_until(&mut load.client, all.len(), &mut transcript).await;
+        assert!(
+            transcript.len() > before,
+            "{} saw nothing",
+            load.client.id()
+        );
+        seen.push(transcript);
+    }
+    assert_eq!(seen[0], all, "an acknowledged message is missing or moved");
+    assert_eq!(seen[1], all, "an acknowledged message is missing or moved");
+    // Both surviving replicas hold exactly these messages, in this order.
+    let expected: Vec<String> = all.values().map(|(_, text)| text.clone()).collect();
+    for &index in &others {
+        assert_eq!(
+            cluster.application_messages(index, &room).len(),
+            expected.len(),
+            "node {} holds another number of messages",
+            index + 1
+        );
+    }
+    assert_eq!(
+        cluster.application_messages(others[0], &room),
+        cluster.application_messages(others[1], &room)
+    );
+    cluster.shutdown().await;
+}
+
+/// Issue 4, must show: every node stops, all start again from their data directories (on new
+/// ports): the room's history and membership are as before, and it accepts writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_restart_recovers_everything() {
+    let mut cluster = TestCluster::start(3).await;
+    let room = cluster.room("durable");
+    let [alice, bob, mut carol] = three_members(&cluster, &room, [0, 1, 2]).await;
+    let (mut alice, alice_sent) = send_many(alice, room.clone(), 3).await;
+    let (mut bob, bob_sent) = send_many(bob, room.clone(), 3).await;
+    let mut before_restart: Transcript = alice_sent
+        .clone()
+        .into_iter()
+        .chain(bob_sent.clone())
+        .collect();
+    read_until(&mut carol, 6, &mut before_restart).await;
+    // Every replica applied everything (the followers may lag the leader by a heartbeat).
+    let deadline = Instant::now() + WAIT;
+    let before = loop {
+        let digests: Vec<Vec<u8>> = (0..3)
+            .map(|index| cluster.room_digest(index, &room))
+            .collect();
+        if digests.windows(2).all(|pair| pair[0] == pair[1]) {
+            break digests;
+        }
+        assert!(Instant::now() < deadline, "replicas never converged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(!before[0].is_empty());
+
+    for index in 0..3 {
+        cluster.stop(index).await;
+    }
+    cluster.restart_stopped().await;
+    for (index, digest) in before.iter().enumerate() {
+        assert_eq!(
+            &cluster.room_digest(index, &room),
+            digest,
+            "node {}: room state changed across the restart",
+            index + 1
+        );
+        assert_eq!(cluster.application_messages(index, &room).len(), 6);
+    }
+
+    for (client, index) in [(&mut alice, 0), (&mut bob, 1), (&mut carol, 2)] {
+        client
+            .reconnect(cluster.endpoint(index))
+            .await
+            .expect("reconnects to its restarted node");
+    }
+    let (_carol, carol_sent) = send_many(carol, room.clone(), 2).await;
+    let everything: Transcript = before_restart.into_iter().chain(carol_sent).collect();
+    // Alice and Bob read nothing before the restart: their streams resume at their
+    // acknowledged cursors (none), so they get the whole history, then Carol's new messages.
+    for (client, own) in [(&mut alice, alice_sent), (&mut bob, bob_sent)] {
+        let mut transcript = own;
+        read_until(client, everything.len(), &mut transcript).await;
+        assert_eq!(transcript, everything, "{} after the restart", client.id());
+    }
+    cluster.shutdown().await;
+}
+
+/// Issue 4, must show: a node cut off from the other two loses its shards' leaders, reports
+/// not ready, and refuses writes with 503 and the reason; the other two go on. Healed, it is
+/// ready again and holds what was written meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_quorum_is_not_ready() {
+    let cluster = TestCluster::start(3).await;
+    let room = cluster.room("partitioned");
+    let [mut alice, mut bob, _carol] = three_members(&cluster, &room, [0, 1, 2]).await;
+    let (cut, cut_id) = (0, cluster.nodes[0].id());
+    let admin = cluster.nodes[cut].node().admin_addr();
+    let shard = cluster.nodes[cut]
+        .node()
+        .hub()
+        .shards()
+        .shard_of(room.as_bytes());
+
+    // Every address the cut-off node and the others have of each other leads nowhere: a bound
+    // UDP socket that never answers.
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let nowhere = black_hole.local_addr().expect("address");
+    for other in cluster.running() {
+        if other.id() == cut_id {
+            continue;
+        }
+        cluster.nodes[cut]
+            .node()
+            .set_cluster_peer(other.id(), nowhere)
+            .expect("peer moved");
+        other
+            .node()
+            .set_cluster_peer(cut_id, nowhere)
+            .expect("peer moved");
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let not_ready = http_get_status(&format!("http://{admin}/readyz")).await == Some(503);
+        let leaderless = cluster.nodes[cut]
+            .node()
+            .cluster_handle()
+            .leader(shard)
+            .is_none();
+        if not_ready && leaderless {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cut-off node stays ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, reason) = http_get(&format!("http://{admin}/readyz"))
+        .await
+        .expect("readyz answers");
+    assert_eq!(status, 503);
+    assert!(reason.contains("cut off from a quorum"), "{reason}");
+    match alice.send_text(&room, "from the minority").await {
+        Err(ClientError::Status { status, reason }) => {
+            assert_eq!(status, 503);
+            assert!(
+                reason.contains(&format!("shard {shard} has no leader")),
+                "{reason}"
+            );
+        }
+        other => panic!("a write through the cut-off node was not refused: {other:?}"),
+    }
+
+    // The majority goes on, once it has elected a leader of its own for the room's shard
+    // (the cut-off node may have led it).
+    let deadline = Instant::now() + WAIT;
+    while cluster.nodes[1]
+        .node()
+        .cluster_handle()
+        .leader(shard)
+        .is_none_or(|leader| leader == cut_id)
+    {
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (bob_again, during) = send_many(bob, room.clone(), 3).await;
+    bob = bob_again;
+
+    cluster.introduce();
+    cluster.wait_ready().await;
+    let deadline = Instant::now() + WAIT;
+    while cluster.application_messages(cut, &room) != cluster.application_messages(1, &room) {
+        assert!(Instant::now() < deadline, "the healed node never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cluster.application_messages(cut, &room).len(), 3);
+    // Alice, connected to the healed node, receives what was written meanwhile and writes.
+    let mut transcript = Transcript::new();
+    read_until(&mut alice, 3, &mut transcript).await;
+    assert_eq!(transcript, during);
+    let (_alice, sent) = send_many(alice, room.clone(), 1).await;
+    let mut transcript = Transcript::new();
+    read_until(&mut bob, 1, &mut transcript).await;
+    assert_eq!(transcript, sent);
+    drop(black_hole);
+    cluster.shutdown().await;
+}
