@@ -311,10 +311,14 @@ impl Proposer {
         self.cluster.leader(shard) == Some(self.cluster.node_id())
     }
 
-    /// Waits until the local replica of `shard` has applied everything acknowledged before
-    /// this call (a read barrier), so a negative local read after it is final.
-    pub(crate) async fn read_barrier(&self, shard: ShardId) -> Result<(), HubError> {
-        let unconfirmed = |e: ReadBarrierError| match e {
+    /// Resolves once the local replica of `shard` has applied everything acknowledged before
+    /// this call (a read barrier, queued before this returns), so a negative local read after
+    /// it is final.
+    pub(crate) fn read_barrier(
+        &self,
+        shard: ShardId,
+    ) -> impl Future<Output = Result<(), HubError>> + Send + 'static {
+        let unconfirmed = move |e: ReadBarrierError| match e {
             ReadBarrierError::NoLeader => no_leader(shard),
             ReadBarrierError::Busy => HubError::Busy(Busy::Replication),
             other => HubError::Unavailable(format!(
@@ -322,18 +326,19 @@ impl Proposer {
             )),
         };
         let (tx, rx) = oneshot::channel();
-        self.cluster
-            .read_barrier(
-                shard,
-                READ_BARRIER_TIMEOUT,
-                Box::new(move |result| {
-                    let _ = tx.send(result);
-                }),
-            )
-            .map_err(unconfirmed)?;
-        match rx.await {
-            Ok(result) => result.map_err(unconfirmed),
-            Err(_) => Err(HubError::Unavailable("replication stopped".into())),
+        let queued = self.cluster.read_barrier(
+            shard,
+            READ_BARRIER_TIMEOUT,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        async move {
+            queued.map_err(unconfirmed)?;
+            match rx.await {
+                Ok(result) => result.map_err(unconfirmed),
+                Err(_) => Err(HubError::Unavailable("replication stopped".into())),
+            }
         }
     }
 }
@@ -903,8 +908,26 @@ impl Hub {
     }
 
     /// Welcome routing (MIMI.md §4): the local clients whose claimed KeyPackages these
-    /// `KeyPackageRef`s name, in the order given; unknown references are skipped.
-    pub fn welcome_recipients(&self, refs: &[Vec<u8>]) -> Vec<ClientId> {
+    /// `KeyPackageRef`s name, in the order given; unknown references are skipped. When some
+    /// reference is unknown to the local replica (it may lag: the claim went through another
+    /// node), every shard is read again after a read barrier (the claim records live in the
+    /// claimed user's shard, which a reference does not name); `Err` when that cannot be
+    /// confirmed.
+    pub async fn welcome_recipients(&self, refs: &[Vec<u8>]) -> Result<Vec<ClientId>, HubError> {
+        let found = self.local_welcome_recipients(refs);
+        if found.len() == refs.len() {
+            return Ok(found);
+        }
+        let barriers: Vec<_> = (0..self.shards.count())
+            .map(|shard| self.proposer.read_barrier(shard))
+            .collect();
+        for barrier in barriers {
+            barrier.await?;
+        }
+        Ok(self.local_welcome_recipients(refs))
+    }
+
+    fn local_welcome_recipients(&self, refs: &[Vec<u8>]) -> Vec<ClientId> {
         refs.iter()
             .filter_map(|reference| {
                 (0..self.shards.count()).find_map(|shard| {

@@ -1789,8 +1789,10 @@ mod tests {
 
     #[test]
     fn cluster_voters_default_to_the_peers_and_are_validated() {
-        let mut config = Config::default();
-        config.node_id = 2;
+        let mut config = Config {
+            node_id: 2,
+            ..Config::default()
+        };
         assert_eq!(config.cluster.initial_voters(2), vec![2], "a single node");
         config.cluster.listen = Some("127.0.0.1:7443".parse().unwrap());
         config.cluster.tls = ClusterTlsSettings {

@@ -270,7 +270,7 @@ impl MimiService {
                 format!("room {room} is hosted here"),
             ));
         }
-        let items = received_items(&self.hub, &req.headers, &req.body, &self.limits)?;
+        let items = received_items(&self.hub, &req.headers, &req.body, &self.limits).await?;
         let mirrored = self
             .hub
             .shards()
@@ -323,7 +323,7 @@ impl FederationService for MimiService {
 /// Decodes a notify body into what the follower stores (MIMI.md §5.4). Welcomes are routed to
 /// the local clients whose claimed KeyPackages they name; `mimi-hub-seqs`, when present, must
 /// name one increasing position per message.
-fn received_items(
+async fn received_items(
     hub: &Hub,
     headers: &HeaderMap,
     body: &[u8],
@@ -388,7 +388,7 @@ fn received_items(
                         "only a full RatchetTreeOption can be delivered with a Welcome",
                     ));
                 };
-                let to = hub.welcome_recipients(&welcome_refs(&welcome)?);
+                let to = hub.welcome_recipients(&welcome_refs(&welcome)?).await?;
                 (
                     epoch_after_commit.unwrap_or(0),
                     ItemBody::Welcome {
