@@ -33,6 +33,52 @@ pub enum Scenario {
     /// when Bob has the message, so latency runs from Alice's intended send time to Bob's
     /// receipt.
     CrossProvider(CrossProviderArgs),
+    /// Replicated application messages per second and their acknowledgement latency on one
+    /// provider run as a cluster of nodes in this process (3 by default; ARCHITECTURE.md
+    /// "Cluster"): each room's sender is connected to node `room % nodes` and its other member
+    /// to the next node, attached by its push stream, so two thirds of the messages are
+    /// forwarded to their shard's leader and every node pushes to its own streams.
+    Cluster(ClusterArgs),
+    /// Resident memory and idle CPU of a node holding N mostly idle rooms of 2 members: a real
+    /// `mimid start` child process (so its memory is measured alone), N rooms created through
+    /// the client API, then an idle window measured from /proc/PID.
+    IdleDensity(IdleDensityArgs),
+}
+
+impl Scenario {
+    /// The scenario's name, as on the command line and in the report.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Messages(_) => "messages",
+            Scenario::Commits(_) => "commits",
+            Scenario::CrossProvider(_) => "cross-provider",
+            Scenario::Cluster(_) => "cluster",
+            Scenario::IdleDensity(_) => "idle-density",
+        }
+    }
+
+    /// The load, node and output options of a scenario with timed phases; `None` for
+    /// idle-density, which has no load phase.
+    pub fn common(&self) -> Option<&CommonArgs> {
+        match self {
+            Scenario::Messages(args) => Some(&args.common),
+            Scenario::Commits(args) => Some(&args.common),
+            Scenario::CrossProvider(args) => Some(&args.common),
+            Scenario::Cluster(args) => Some(&args.common),
+            Scenario::IdleDensity(_) => None,
+        }
+    }
+
+    /// Where the report goes.
+    pub fn output(&self) -> &OutputArgs {
+        match self {
+            Scenario::Messages(args) => &args.common.output,
+            Scenario::Commits(args) => &args.common.output,
+            Scenario::CrossProvider(args) => &args.common.output,
+            Scenario::Cluster(args) => &args.common.output,
+            Scenario::IdleDensity(args) => &args.output,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -87,6 +133,75 @@ pub struct CrossProviderArgs {
     /// In-process providers only: `--target` is refused.
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Rooms, each with one sender; rooms hash onto the shards, whose leaders spread over the
+    /// nodes.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rooms: u32,
+    /// Nodes of the provider's cluster; every shard has a replica on each.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=mimid_node::demo::MAX_LOOPBACK_NODES))]
+    pub nodes: u64,
+    /// Length of each message's text (MIMI content text/plain), in bytes.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub message_bytes: u32,
+    /// When messages are encrypted: all before the timed phase (`pregenerated`) or one by one
+    /// in it (`live`).
+    #[arg(long, value_enum, default_value_t = Encryption::Pregenerated)]
+    pub encryption: Encryption,
+    /// Members leave after joining instead of staying attached by their push streams (no
+    /// fan-out, like the messages scenario: for a like-for-like ratio).
+    #[arg(long)]
+    pub detached_members: bool,
+    /// In-process nodes only: `--target` is refused.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdleDensityArgs {
+    /// Rooms to create, each with 2 members.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rooms: u32,
+    /// Rooms each bench user creates or is added to (one creator and one member per block of
+    /// rooms; each member publishes exactly the KeyPackages its rooms claim).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rooms_per_user: u32,
+    /// Blocks of rooms created concurrently (each block's rooms one after another).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub setup_concurrency: u32,
+    /// Threads of the generator's runtime.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub client_threads: u32,
+    /// Length of the measured idle window after the rooms are created: `30s`, `2s`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub idle: Duration,
+    /// Length of the idle window measured before any room exists (the node's own baseline).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub baseline: Duration,
+    /// The `mimid` binary to run; default: `mimid` next to this bench binary (built by
+    /// `cargo build --release -p mimid-node --bin mimid`).
+    #[arg(long, value_name = "PATH")]
+    pub mimid: Option<PathBuf>,
+    /// Time allowed to create one room (create, claim, add), in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub timeout_ms: u64,
+    /// Do not fdatasync before acknowledging (to compare with the default).
+    #[arg(long)]
+    pub no_fsync: bool,
+    /// Number of shards (Raft groups). Default: the node's default.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub shards: Option<u64>,
+    /// Applied entries between a shard's snapshots. Default: the node's default.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_interval: Option<u64>,
+    /// Parent of the node's temporary directory (configuration, certificates, data, log).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -294,6 +409,47 @@ mod tests {
             Cli::try_parse_from(["b", "cross-provider", "--message-bytes", "8"]).is_err(),
             "texts must hold the room index and message number"
         );
+    }
+
+    #[test]
+    fn cluster_takes_nodes_and_the_load_options() {
+        let Cli {
+            scenario: Scenario::Cluster(args),
+        } = Cli::try_parse_from(["b", "cluster", "--rooms", "6", "--concurrency", "3"])
+            .expect("valid")
+        else {
+            panic!("cluster expected");
+        };
+        assert_eq!(args.nodes, 3);
+        assert!(!args.detached_members);
+        assert_eq!(
+            args.common.load.model(),
+            LoadModel::Closed {
+                concurrency: Some(3)
+            }
+        );
+        assert!(Cli::try_parse_from(["b", "cluster", "--nodes", "0"]).is_err());
+        assert!(Cli::try_parse_from(["b", "cluster", "--nodes", "10"]).is_err());
+    }
+
+    #[test]
+    fn idle_density_defaults_and_bounds() {
+        let Cli {
+            scenario: Scenario::IdleDensity(args),
+        } = Cli::try_parse_from(["b", "idle-density"]).expect("valid")
+        else {
+            panic!("idle-density expected");
+        };
+        assert_eq!(args.rooms, 10_000);
+        assert_eq!(args.idle, Duration::from_secs(30));
+        assert_eq!(args.rooms_per_user, 50);
+        assert!(args.mimid.is_none());
+        assert!(
+            Cli::try_parse_from(["b", "idle-density", "--rooms-per-user", "101"]).is_err(),
+            "one publish holds at most 100 KeyPackages"
+        );
+        assert!(Cli::try_parse_from(["b", "idle-density", "--rooms", "0"]).is_err());
+        assert!(Cli::try_parse_from(["b", "idle-density", "--rate", "10"]).is_err());
     }
 
     #[test]

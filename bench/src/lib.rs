@@ -5,13 +5,18 @@
 //! second, a JSON summary.
 //!
 //! Module map: `cli` (options), `run` (one invocation: provider, phases, report), `provider`
-//! (in-process node or target, or two in-process providers), `scenario` (room set-up and the
-//! clients' operations), `cross` (the cross-provider scenario's pairs of clients), `load`
+//! (in-process node or target, two in-process providers, or one provider on several
+//! in-process nodes), `scenario` (room set-up and the clients' operations), `cross` (the
+//! cross-provider scenario's pairs of clients), `cluster` (the cluster scenario's senders and
+//! attached members), `density` (the idle-density scenario: a `mimid` child process, rooms
+//! created, memory and idle CPU from `/proc`), `load`
 //! (the timed phase: workers, ticker), `schedule` and `stats` (sans-IO timetable and
 //! recorder), `system` (machine and CPU accounting from `/proc`).
 
 pub mod cli;
+pub mod cluster;
 pub mod cross;
+pub mod density;
 pub mod load;
 pub mod provider;
 pub mod run;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use mimid_bench::cli::{Cli, Scenario};
+use mimid_bench::cli::{Cli, OutputArgs, Scenario};
+use mimid_bench::density::DensityReport;
 use mimid_bench::load::StopReason;
 use mimid_bench::run::{run, Report};
 
@@ -17,6 +18,17 @@ fn main() -> ExitCode {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .init();
+    }
+    if let Scenario::IdleDensity(args) = &cli.scenario {
+        return match mimid_bench::density::run(args)
+            .and_then(|report| output_density(&args.output, &report))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("mimid-bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let result = run(&cli.scenario).and_then(|report| {
         output(&cli.scenario, &report)?;
@@ -40,12 +52,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
-    let output = match scenario {
-        Scenario::Messages(args) => &args.common.output,
-        Scenario::Commits(args) => &args.common.output,
-        Scenario::CrossProvider(args) => &args.common.output,
-    };
+/// Writes `report` as JSON to `--json FILE` or stdout.
+fn write_json(output: &OutputArgs, report: &impl serde::Serialize) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(report).context("encoding the report")?;
     match &output.json {
         Some(path) => std::fs::write(path, json + "\n")
@@ -55,6 +63,38 @@ fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
             writeln!(stdout, "{json}").context("writing the report")?;
         }
     }
+    Ok(())
+}
+
+fn output_density(output: &OutputArgs, report: &DensityReport) -> anyhow::Result<()> {
+    write_json(output, report)?;
+    let density = &report.density;
+    let creation = &report.creation;
+    eprintln!(
+        "# idle-density: {} rooms; RSS {:.1} MiB ({:.0} bytes/room, {:.0} marginal); {:.0} rooms/GiB ({:.0} marginal); idle CPU {:.2}% of a core (baseline {:.2}%)",
+        density.rooms,
+        density.rss_mib,
+        density.bytes_per_room,
+        density.marginal_bytes_per_room,
+        density.rooms_per_gib,
+        density.marginal_rooms_per_gib,
+        density.idle_cpu_percent_of_core,
+        density.baseline_cpu_percent_of_core,
+    );
+    eprintln!(
+        "#   creation: {:.1} rooms/s over {:.1} s; node CPU {:.1} s ({:.2} ms/room), bench CPU {:.1} s; peak RSS {:.1} MiB",
+        creation.rooms_per_s,
+        creation.elapsed_s,
+        creation.node_cpu_s,
+        creation.node_cpu_ms_per_room,
+        creation.generator_cpu_s,
+        creation.hwm_after_kib as f64 / 1024.0,
+    );
+    Ok(())
+}
+
+fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
+    write_json(scenario.output(), report)?;
     for phase in &report.phases {
         let ms = |us: u64| us as f64 / 1000.0;
         let corrected = &phase.measured.totals.latency_corrected;
@@ -87,6 +127,30 @@ fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
             threads.join(", "),
             seconds(phase.cpu.usage.other_processes_s),
         );
+        if let Some(cluster) = &phase.cluster {
+            let nodes: Vec<String> = cluster
+                .nodes
+                .iter()
+                .map(|node| {
+                    format!(
+                        "node {}: {} shards led, {} forwarded",
+                        node.node_id,
+                        node.shards_led,
+                        node.forwarded.get("applied").copied().unwrap_or(0)
+                    )
+                })
+                .collect();
+            let delivery = cluster
+                .delivery
+                .as_ref()
+                .map_or("members detached".to_string(), |d| {
+                    format!(
+                        "{} delivered to {} attached members ({} streams lost)",
+                        d.delivered, d.receivers, d.streams_lost
+                    )
+                });
+            eprintln!("#   cluster: {}; {delivery}", nodes.join(", "));
+        }
     }
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! The provider under test: a single-node provider started in this process, an already
-//! running node given by address and CA, or (cross-provider scenario) two providers started in
+//! running node given by address and CA, (cross-provider scenario) two providers started in
 //! this process by `mimid_node::demo::start_providers`, as `mimid demo` runs them: a.example,
 //! the hub of the bench's rooms, and b.example, the follower, on loopback with certificates from
-//! a generated CA and each other's addresses set.
+//! a generated CA and each other's addresses set, or (cluster scenario) one provider as a
+//! cluster of nodes in this process (`mimid_node::demo::start_cluster`: a data directory per
+//! node, node certificates from a cluster CA, node-to-node listeners on loopback introduced to
+//! each other after start).
 //!
 //! The in-process node runs on its own tokio runtime with threads named `mimid-node-rt`,
 //! separate from the generator's `bench-client` runtime, so the CPU report can tell server
@@ -11,6 +14,7 @@
 //! else is the node's default configuration (fsync on, 16 shards) except loopback listeners
 //! on ports chosen by the OS.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +23,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use mimid_node::client::Endpoint;
 use mimid_node::config::{dev_cert_dir, Config};
-use mimid_node::demo::{admin_get, start_providers, wait_ready, DataDir, LoopbackProviders};
+use mimid_node::demo::{
+    admin_get, start_cluster, start_providers, wait_ready, DataDir, LoopbackCluster,
+    LoopbackProviders,
+};
 use mimid_node::server::Node;
 use serde::Serialize;
 
@@ -30,6 +37,8 @@ use crate::cli::NodeArgs;
 const NODE_THREADS_NAME: &str = "mimid-node-rt";
 /// The cross-provider scenario's providers: the hub of its rooms, and the follower.
 pub const FEDERATION_DOMAINS: [&str; 2] = ["a.example", "b.example"];
+/// The cluster scenario's provider.
+pub const CLUSTER_DOMAIN: &str = "a.example";
 /// Prefix of the in-process providers' temporary data directory.
 const DATA_DIR_PREFIX: &str = "mimid-bench-";
 
@@ -43,6 +52,9 @@ pub struct Provider {
     /// The second provider (cross-provider scenario), whose users are added to the rooms of
     /// the first.
     pub follower: Option<Follower>,
+    /// The nodes of the provider's cluster (cluster scenario), in node id order; empty
+    /// otherwise. `endpoint` is then the first node's.
+    pub cluster: Vec<ClusterMember>,
     pub description: NodeDescription,
     in_process: Option<InProcess>,
 }
@@ -51,6 +63,13 @@ pub struct Provider {
 pub struct Follower {
     pub endpoint: Endpoint,
     pub domain: String,
+    pub admin: SocketAddr,
+}
+
+/// One node of the cluster scenario's provider.
+pub struct ClusterMember {
+    pub node_id: u64,
+    pub endpoint: Endpoint,
     pub admin: SocketAddr,
 }
 
@@ -65,6 +84,7 @@ enum Nodes {
         _dir: tempfile::TempDir,
     },
     Federation(LoopbackProviders),
+    Cluster(LoopbackCluster),
 }
 
 /// The node's side of the report.
@@ -82,6 +102,9 @@ pub enum NodeDescription {
         /// The providers' domains when several run (cross-provider), the rooms' hub first.
         #[serde(skip_serializing_if = "Option::is_none")]
         providers: Option<Vec<String>>,
+        /// Nodes of the provider's cluster (cluster scenario).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nodes: Option<u64>,
     },
     Target {
         addr: SocketAddr,
@@ -124,6 +147,7 @@ impl Provider {
                 domain: args.domain.clone(),
             },
             follower: None,
+            cluster: Vec::new(),
             in_process: None,
         })
     }
@@ -172,10 +196,57 @@ impl Provider {
             domain,
             admin: Some(admin),
             follower: Some(follower),
-            description: in_process_description(&config, &parent, Some(&FEDERATION_DOMAINS)),
+            cluster: Vec::new(),
+            description: in_process_description(&config, &parent, Some(&FEDERATION_DOMAINS), None),
             in_process: Some(InProcess {
                 runtime,
                 nodes: Nodes::Federation(providers),
+            }),
+        })
+    }
+
+    /// Starts the cluster scenario's provider, [`CLUSTER_DOMAIN`], as `nodes` nodes in this
+    /// process (`mimid_node::demo::start_cluster`), each with the in-process node options of
+    /// `args`. Must not be called from inside a tokio runtime.
+    pub fn start_cluster(args: &NodeArgs, nodes: u64) -> anyhow::Result<Provider> {
+        if args.target.is_some() {
+            bail!("cluster runs its nodes in this process: --target is not supported");
+        }
+        let parent = data_dir_parent(args);
+        let config = node_config(args);
+        let runtime = node_runtime()?;
+        let cluster = runtime
+            .block_on(start_cluster(
+                CLUSTER_DOMAIN,
+                nodes,
+                DataDir::Temporary {
+                    parent: parent.clone(),
+                    prefix: DATA_DIR_PREFIX,
+                },
+                &config,
+            ))
+            .context("starting the in-process cluster")?;
+        let members: Vec<ClusterMember> = cluster
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(index, node)| ClusterMember {
+                node_id: index as u64 + 1,
+                endpoint: cluster.endpoint(index),
+                admin: node.admin_addr(),
+            })
+            .collect();
+        Ok(Provider {
+            endpoint: cluster.endpoint(0),
+            domain: cluster.domain().to_owned(),
+            // Each node's counters are read through `cluster`.
+            admin: None,
+            follower: None,
+            cluster: members,
+            description: in_process_description(&config, &parent, None, Some(nodes)),
+            in_process: Some(InProcess {
+                runtime,
+                nodes: Nodes::Cluster(cluster),
             }),
         })
     }
@@ -207,7 +278,8 @@ impl Provider {
             domain: config.domain.clone(),
             admin: Some(node.admin_addr()),
             follower: None,
-            description: in_process_description(&config, &parent, None),
+            cluster: Vec::new(),
+            description: in_process_description(&config, &parent, None, None),
             in_process: Some(InProcess {
                 runtime,
                 nodes: Nodes::Single {
@@ -234,6 +306,7 @@ impl Provider {
                 Ok(())
             }
             Nodes::Federation(providers) => runtime.block_on(providers.shutdown()),
+            Nodes::Cluster(cluster) => runtime.block_on(cluster.shutdown()),
         };
         runtime.shutdown_timeout(Duration::from_secs(5));
         result
@@ -247,7 +320,7 @@ fn data_dir_parent(args: &NodeArgs) -> PathBuf {
 
 /// The in-process node's configuration: the node's defaults, loopback listeners on ports chosen
 /// by the OS, and the in-process options of `args`. The data directory is the caller's.
-fn node_config(args: &NodeArgs) -> Config {
+pub fn node_config(args: &NodeArgs) -> Config {
     let mut config = Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -283,6 +356,7 @@ fn in_process_description(
     config: &Config,
     parent: &Path,
     providers: Option<&[&str]>,
+    nodes: Option<u64>,
 ) -> NodeDescription {
     NodeDescription::InProcess {
         fsync: config.cluster.fsync,
@@ -292,6 +366,7 @@ fn in_process_description(
         max_proposals_per_turn: config.cluster.max_proposals_per_turn,
         data_dir_parent: parent.display().to_string(),
         providers: providers.map(|domains| domains.iter().map(|d| d.to_string()).collect()),
+        nodes,
     }
 }
 
@@ -312,8 +387,65 @@ pub async fn raft_counters(admin: SocketAddr) -> anyhow::Result<RaftCounters> {
     })
 }
 
+/// What the cluster scenario reads from one node's `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeSample {
+    pub raft: RaftCounters,
+    /// Shards whose leader this node is (`mimid_raft_shards_led`).
+    pub shards_led: u64,
+    /// Proposals this node forwarded to another node leading their shard, by outcome
+    /// (`mimid_raft_forwarded_proposals_total{outcome}`), cumulative.
+    pub forwarded: BTreeMap<String, u64>,
+    /// Client push streams open on this node.
+    pub push_streams: u64,
+    /// Room actors running on this node.
+    pub rooms_active: u64,
+}
+
+/// Reads one cluster node's counters and gauges from its `/metrics`.
+///
+/// Cancel safety: safe; nothing is left behind but a closed TCP connection.
+pub async fn node_sample(admin: SocketAddr) -> anyhow::Result<NodeSample> {
+    let (status, body) = admin_get(admin, "/metrics").await?;
+    if status != 200 {
+        bail!("/metrics answered {status}");
+    }
+    parse_node_sample(&body)
+}
+
+fn parse_node_sample(body: &str) -> anyhow::Result<NodeSample> {
+    let value =
+        |name: &str| metric_value(body, name).with_context(|| format!("/metrics has no {name}"));
+    Ok(NodeSample {
+        raft: RaftCounters {
+            proposals: value("mimid_raft_proposals_total")?,
+            applied: value("mimid_raft_applied_total")?,
+            flushes: value("mimid_raft_flushes_total")?,
+        },
+        shards_led: value("mimid_raft_shards_led")?,
+        forwarded: labelled_values(body, "mimid_raft_forwarded_proposals_total", "outcome"),
+        push_streams: value("mimid_push_streams")?,
+        rooms_active: value("mimid_rooms_active")?,
+    })
+}
+
+/// The samples of `name` with one label `label`, by that label's value, in OpenMetrics text.
+fn labelled_values(text: &str, name: &str, label: &str) -> BTreeMap<String, u64> {
+    let prefix = format!("{label}=\"");
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once('}')?;
+            let start = labels.find(&prefix)? + prefix.len();
+            let label_value = labels[start..].split('"').next()?;
+            let value = value.split_whitespace().next()?.parse::<f64>().ok()?;
+            Some((label_value.to_string(), value as u64))
+        })
+        .collect()
+}
+
 /// The value of an unlabelled sample `name` in OpenMetrics text.
-fn metric_value(text: &str, name: &str) -> Option<u64> {
+pub(crate) fn metric_value(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         let value = rest.strip_prefix(' ')?.split_whitespace().next()?;
@@ -334,5 +466,27 @@ mod tests {
         assert_eq!(metric_value(text, "mimid_raft_flushes_total"), Some(42));
         assert_eq!(metric_value(text, "mimid_raft_applied_total"), Some(1500));
         assert_eq!(metric_value(text, "mimid_raft_proposals_total"), None);
+    }
+
+    #[test]
+    fn a_cluster_nodes_sample_has_its_leaderships_and_forwarded_proposals() {
+        let text = "mimid_raft_proposals_total 10\n\
+                    mimid_raft_applied_total 30\n\
+                    mimid_raft_flushes_total 3\n\
+                    mimid_raft_shards_led 5\n\
+                    mimid_push_streams 2\n\
+                    mimid_rooms_active 7\n\
+                    mimid_raft_forwarded_proposals_total{outcome=\"applied\"} 20\n\
+                    mimid_raft_forwarded_proposals_total{outcome=\"not_leader\"} 1\n\
+                    mimid_raft_forwarded_proposals_total_other{outcome=\"applied\"} 9\n";
+        let sample = parse_node_sample(text).expect("complete");
+        assert_eq!(sample.shards_led, 5);
+        assert_eq!(sample.raft.applied, 30);
+        assert_eq!((sample.push_streams, sample.rooms_active), (2, 7));
+        assert_eq!(
+            sample.forwarded,
+            BTreeMap::from([("applied".to_string(), 20), ("not_leader".to_string(), 1)])
+        );
+        assert!(parse_node_sample("mimid_raft_proposals_total 1\n").is_err());
     }
 }

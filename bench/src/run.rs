@@ -1,6 +1,7 @@
 //! One invocation of the bench: start (or reach) the provider, set up each phase's rooms, run
 //! the timed phase, and assemble the JSON report.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,9 +12,12 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::cli::{CommonArgs, Encryption, LoadModel, Scenario};
+use crate::cluster::{sender_node, set_up_cluster_rooms, Delivery, Receivers};
 use crate::cross::{set_up_pairs, Pairs};
 use crate::load::{run_phase, PhaseConfig, PhaseReport};
-use crate::provider::{raft_counters, NodeDescription, Provider, RaftCounters};
+use crate::provider::{
+    node_sample, raft_counters, NodeDescription, NodeSample, Provider, RaftCounters,
+};
 use crate::scenario::{set_up_rooms, Naming, Operation, PhaseSender};
 use crate::schedule::OpenSchedule;
 use crate::stats::round_millis;
@@ -22,7 +26,13 @@ use crate::system::{CpuSample, CpuUsage, Machine};
 /// Messages encrypted in advance for a closed-model phase without `--max-ops`.
 pub const DEFAULT_CLOSED_PREGENERATED: u64 = 200_000;
 /// Name of the generator's runtime threads (see `system`).
-const CLIENT_THREADS_NAME: &str = "bench-client";
+pub(crate) const CLIENT_THREADS_NAME: &str = "bench-client";
+/// Cluster scenario: how long the attached members may take after the phase to have every
+/// accepted message.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(15);
+/// Cluster scenario: how long the nodes' leadership gauges may take to add up to the shard
+/// count (a leadership moving between two nodes' scrapes) before they are reported as they are.
+const LEADERS_SETTLE: Duration = Duration::from_secs(3);
 
 /// The JSON summary of a run.
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +68,12 @@ pub struct RunConfig {
     pub message_bytes: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption: Option<&'static str>,
+    /// Cluster scenario: nodes of the provider's cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u64>,
+    /// Cluster scenario: whether the members stay attached by their push streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attached_members: Option<bool>,
     pub client_threads: u32,
     pub setup_concurrency: u32,
 }
@@ -77,12 +93,56 @@ pub struct PhaseSummary {
     pub measured: PhaseReport,
     pub cpu: CpuReport,
     /// The node's Raft counters over the phase (the rooms' hub in the cross-provider
-    /// scenario); `null` without an admin address.
+    /// scenario, every node together in the cluster scenario); `null` without an admin
+    /// address.
     pub raft: Option<RaftReport>,
     /// Cross-provider: the follower provider's Raft counters over the phase (its mirror of
     /// each room: every notified item is appended durably there too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raft_follower: Option<RaftReport>,
+    /// Cluster scenario: each node's share (leaderships, forwarding, Raft counters) and what
+    /// the attached members received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReport>,
+}
+
+/// The cluster scenario's view of its nodes over a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterReport {
+    pub nodes: Vec<ClusterNodeReport>,
+    /// Shards led by the nodes together, read after the phase: the shard count when every
+    /// shard has exactly one leader.
+    pub shards_led_total: u64,
+    /// Proposals the nodes forwarded to a shard leader on another node and got applied
+    /// during the phase (`mimid_raft_forwarded_proposals_total{outcome="applied"}`).
+    pub forwarded_applied: u64,
+    /// `forwarded_applied` over the phase's accepted operations.
+    pub forwarded_share: Option<f64>,
+    /// What the members attached by their push streams received (`null` with
+    /// `--detached-members`).
+    pub delivery: Option<Delivery>,
+}
+
+/// One node of the cluster scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterNodeReport {
+    pub node_id: u64,
+    /// Rooms whose sender is connected to this node.
+    pub senders: usize,
+    /// Shards this node leads, after the phase.
+    pub shards_led: u64,
+    /// Push streams open on this node, after the phase (before the members left).
+    pub push_streams: u64,
+    /// Room actors running on this node, after the phase.
+    pub rooms_active: u64,
+    /// This node's Raft counters over the phase: `proposals` are those it stepped into Raft
+    /// as a leader (its own and forwarded ones), `applied` every entry it applied.
+    pub raft: RaftReport,
+    /// Proposals this node forwarded to the leader of their shard during the phase, by
+    /// outcome.
+    pub forwarded: BTreeMap<String, u64>,
+    /// The same since the node started (room set-up included).
+    pub forwarded_since_start: BTreeMap<String, u64>,
 }
 
 /// CPU time of this process during the timed phase.
@@ -113,13 +173,16 @@ pub struct RaftReport {
     pub entries_per_flush: Option<f64>,
 }
 
-/// Runs `scenario` and returns its report. Must not be called from inside a tokio runtime.
+/// Runs `scenario` (one with timed phases; idle-density is `density::run`) and returns its
+/// report. Must not be called from inside a tokio runtime.
 pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
-    let common = common(scenario);
+    let common = common(scenario)?;
     let senders_per_phase = match scenario {
         Scenario::Messages(args) => args.rooms,
         Scenario::Commits(args) => args.rooms,
         Scenario::CrossProvider(args) => args.rooms,
+        Scenario::Cluster(args) => args.rooms,
+        Scenario::IdleDensity(args) => args.rooms,
     };
     if let Some(concurrency) = common.load.concurrency {
         if concurrency > senders_per_phase {
@@ -144,6 +207,17 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             progress(common, "starting the providers a.example and b.example");
             Provider::start_federation(&common.node)?
         }
+        Scenario::Cluster(args) => {
+            progress(
+                common,
+                &format!(
+                    "starting provider {} on {} nodes",
+                    crate::provider::CLUSTER_DOMAIN,
+                    args.nodes
+                ),
+            );
+            Provider::start_cluster(&common.node, args.nodes)?
+        }
         _ => {
             progress(common, "starting the provider");
             Provider::start(&common.node)?
@@ -152,7 +226,13 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
     let naming_tag = format!("{:x}{:x}", started_unix_s.as_millis(), std::process::id());
     let interrupted = Arc::new(AtomicBool::new(false));
     runtime.spawn(listen_for_interrupt(interrupted.clone()));
-    let phases = runtime.block_on(run_phases(scenario, &provider, &naming_tag, &interrupted));
+    let phases = runtime.block_on(run_phases(
+        scenario,
+        common,
+        &provider,
+        &naming_tag,
+        &interrupted,
+    ));
     let node = provider.description.clone();
     let shut_down = provider.shutdown();
     runtime.shutdown_timeout(Duration::from_secs(5));
@@ -161,13 +241,9 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
     Ok(Report {
         tool: "mimid-bench",
         version: env!("CARGO_PKG_VERSION"),
-        scenario: match scenario {
-            Scenario::Messages(_) => "messages",
-            Scenario::Commits(_) => "commits",
-            Scenario::CrossProvider(_) => "cross-provider",
-        },
+        scenario: scenario.name(),
         started_unix_s: started_unix_s.as_secs(),
-        config: run_config(scenario),
+        config: run_config(scenario, common),
         notes: notes(scenario, &node),
         node,
         machine,
@@ -175,12 +251,10 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
     })
 }
 
-fn common(scenario: &Scenario) -> &CommonArgs {
-    match scenario {
-        Scenario::Messages(args) => &args.common,
-        Scenario::Commits(args) => &args.common,
-        Scenario::CrossProvider(args) => &args.common,
-    }
+fn common(scenario: &Scenario) -> anyhow::Result<&CommonArgs> {
+    scenario
+        .common()
+        .with_context(|| format!("{} has no timed phase", scenario.name()))
 }
 
 /// The first Ctrl-C ends the current phase early (the report is still written and the
@@ -204,6 +278,7 @@ fn progress(common: &CommonArgs, line: &str) {
 
 async fn run_phases(
     scenario: &Scenario,
+    common: &CommonArgs,
     provider: &Provider,
     tag: &str,
     interrupted: &Arc<AtomicBool>,
@@ -261,6 +336,21 @@ async fn run_phases(
                 run_one(provider, &args.common, phase, interrupted).await?,
             ])
         }
+        Scenario::Cluster(args) => {
+            let phase = PhasePlan {
+                name: "cluster".into(),
+                naming: naming(0),
+                rooms: args.rooms,
+                members: 2,
+                operation: message_operation(args.encryption, args.message_bytes),
+                text_bytes: args.message_bytes as usize,
+                kind: PhaseKind::Cluster {
+                    attached: !args.detached_members,
+                },
+            };
+            Ok(vec![run_one(provider, common, phase, interrupted).await?])
+        }
+        Scenario::IdleDensity(_) => bail!("idle-density has no timed phase"),
     }
 }
 
@@ -290,6 +380,9 @@ enum PhaseKind {
     Rooms,
     /// Alice at the hub sends, Bob at the follower receives (`cross`).
     CrossProvider,
+    /// Each room's creator on one node of the cluster, its member on the next, attached by its
+    /// push stream or not (`cluster`).
+    Cluster { attached: bool },
 }
 
 async fn run_one(
@@ -317,7 +410,43 @@ async fn run_one(
                 common.setup_concurrency as usize,
             )
             .await?;
-            measure(provider, common, plan, senders, setup_start, interrupted).await
+            measure(
+                provider,
+                common,
+                plan,
+                senders,
+                None,
+                setup_start,
+                interrupted,
+            )
+            .await
+        }
+        PhaseKind::Cluster { attached } => {
+            let nodes: Vec<_> = provider
+                .cluster
+                .iter()
+                .map(|member| member.endpoint.clone())
+                .collect();
+            let (senders, members) = set_up_cluster_rooms(
+                &nodes,
+                &plan.naming,
+                plan.rooms,
+                plan.operation,
+                common.setup_concurrency as usize,
+                attached,
+            )
+            .await?;
+            let receivers = attached.then(|| Receivers::start(members));
+            measure(
+                provider,
+                common,
+                plan,
+                senders,
+                receivers,
+                setup_start,
+                interrupted,
+            )
+            .await
         }
         PhaseKind::CrossProvider => {
             let follower = provider
@@ -342,18 +471,29 @@ async fn run_one(
                 Duration::from_millis(common.load.timeout_ms),
             )
             .await?;
-            measure(provider, common, plan, senders, setup_start, interrupted).await
+            measure(
+                provider,
+                common,
+                plan,
+                senders,
+                None,
+                setup_start,
+                interrupted,
+            )
+            .await
         }
     }
 }
 
-/// The rest of a phase once its senders are set up: encryption in advance, the timed phase,
-/// and the CPU and Raft accounting.
+/// The rest of a phase once its senders (and in the cluster scenario its attached members'
+/// `receivers`) are set up: encryption in advance, the timed phase, and the CPU and Raft
+/// accounting.
 async fn measure<S: PhaseSender>(
     provider: &Provider,
     common: &CommonArgs,
     plan: PhasePlan,
     mut senders: Vec<S>,
+    receivers: Option<Receivers>,
     setup_start: Instant,
     interrupted: &Arc<AtomicBool>,
 ) -> anyhow::Result<PhaseSummary> {
@@ -399,6 +539,7 @@ async fn measure<S: PhaseSender>(
     let follower_admin = provider.follower.as_ref().map(|f| f.admin);
     let raft_before = read_raft(provider.admin).await;
     let follower_before = read_raft(follower_admin).await;
+    let cluster_before = read_cluster(provider).await;
     let cpu_before = CpuSample::take();
     let config = PhaseConfig {
         model,
@@ -412,7 +553,30 @@ async fn measure<S: PhaseSender>(
     let cpu = CpuSample::take().since(&cpu_before);
     let raft_after = read_raft(provider.admin).await;
     let follower_after = read_raft(follower_admin).await;
+    let cluster_after = settled_cluster(provider).await;
     S::close_all(senders).await;
+    let delivery = match receivers {
+        Some(receivers) => Some(
+            receivers
+                .finish(measured.totals.ops_ok, CATCH_UP_DEADLINE)
+                .await,
+        ),
+        None => None,
+    };
+    let (cluster, cluster_raft) = match (&cluster_before, &cluster_after) {
+        (Some(before), Some(after)) => (
+            Some(cluster_report(
+                provider,
+                plan.rooms,
+                measured.totals.ops_ok,
+                before,
+                after,
+                delivery,
+            )),
+            Some(raft_report(raft_sum(before), raft_sum(after))),
+        ),
+        _ => (None, None),
+    };
 
     let per_1000_ops = |seconds: f64| {
         (measured.totals.ops_ok > 0)
@@ -445,12 +609,13 @@ async fn measure<S: PhaseSender>(
         cpu,
         raft: match (raft_before, raft_after) {
             (Some(before), Some(after)) => Some(raft_report(before, after)),
-            _ => None,
+            _ => cluster_raft,
         },
         raft_follower: match (follower_before, follower_after) {
             (Some(before), Some(after)) => Some(raft_report(before, after)),
             _ => None,
         },
+        cluster,
     })
 }
 
@@ -491,6 +656,108 @@ async fn read_raft(admin: Option<SocketAddr>) -> Option<RaftCounters> {
     }
 }
 
+/// Every cluster node's `/metrics`, in node order; `None` outside the cluster scenario or if a
+/// node cannot be read.
+async fn read_cluster(provider: &Provider) -> Option<Vec<NodeSample>> {
+    if provider.cluster.is_empty() {
+        return None;
+    }
+    let mut samples = Vec::with_capacity(provider.cluster.len());
+    for member in &provider.cluster {
+        match node_sample(member.admin).await {
+            Ok(sample) => samples.push(sample),
+            Err(error) => {
+                eprintln!("# cannot read node {}'s metrics: {error:#}", member.node_id);
+                return None;
+            }
+        }
+    }
+    Some(samples)
+}
+
+/// [`read_cluster`], read again (for at most [`LEADERS_SETTLE`]) while the nodes' leadership
+/// gauges do not add up to the shard count: each node updates its gauge on its own, so a
+/// leadership that just moved may be counted twice or not at all.
+async fn settled_cluster(provider: &Provider) -> Option<Vec<NodeSample>> {
+    let shards = match provider.description {
+        NodeDescription::InProcess { shards, .. } => shards,
+        NodeDescription::Target { .. } => return None,
+    };
+    let deadline = Instant::now() + LEADERS_SETTLE;
+    // Bounded by LEADERS_SETTLE.
+    loop {
+        let samples = read_cluster(provider).await?;
+        let led: u64 = samples.iter().map(|s| s.shards_led).sum();
+        if led == shards || Instant::now() >= deadline {
+            return Some(samples);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn raft_sum(samples: &[NodeSample]) -> RaftCounters {
+    samples
+        .iter()
+        .fold(RaftCounters::default(), |sum, s| RaftCounters {
+            proposals: sum.proposals + s.raft.proposals,
+            applied: sum.applied + s.raft.applied,
+            flushes: sum.flushes + s.raft.flushes,
+        })
+}
+
+fn cluster_report(
+    provider: &Provider,
+    rooms: u32,
+    accepted: u64,
+    before: &[NodeSample],
+    after: &[NodeSample],
+    delivery: Option<Delivery>,
+) -> ClusterReport {
+    let nodes: Vec<ClusterNodeReport> = provider
+        .cluster
+        .iter()
+        .zip(before.iter().zip(after))
+        .enumerate()
+        .map(|(index, (member, (before, after)))| ClusterNodeReport {
+            node_id: member.node_id,
+            senders: (0..u64::from(rooms))
+                .filter(|&room| sender_node(room, provider.cluster.len()) == index)
+                .count(),
+            shards_led: after.shards_led,
+            push_streams: after.push_streams,
+            rooms_active: after.rooms_active,
+            raft: raft_report(before.raft, after.raft),
+            forwarded: after
+                .forwarded
+                .iter()
+                .map(|(outcome, n)| {
+                    let earlier = before.forwarded.get(outcome).copied().unwrap_or(0);
+                    (outcome.clone(), n.saturating_sub(earlier))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            forwarded_since_start: after
+                .forwarded
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(outcome, n)| (outcome.clone(), *n))
+                .collect(),
+        })
+        .collect();
+    let forwarded_applied: u64 = nodes
+        .iter()
+        .map(|node| node.forwarded.get("applied").copied().unwrap_or(0))
+        .sum();
+    ClusterReport {
+        shards_led_total: nodes.iter().map(|node| node.shards_led).sum(),
+        forwarded_applied,
+        forwarded_share: (accepted > 0)
+            .then(|| (forwarded_applied as f64 / accepted as f64 * 1000.0).round() / 1000.0),
+        nodes,
+        delivery,
+    }
+}
+
 fn raft_report(before: RaftCounters, after: RaftCounters) -> RaftReport {
     let applied = after.applied.saturating_sub(before.applied);
     let flushes = after.flushes.saturating_sub(before.flushes);
@@ -503,8 +770,7 @@ fn raft_report(before: RaftCounters, after: RaftCounters) -> RaftReport {
     }
 }
 
-fn run_config(scenario: &Scenario) -> RunConfig {
-    let common = common(scenario);
+fn run_config(scenario: &Scenario, common: &CommonArgs) -> RunConfig {
     let load = &common.load;
     let mut config = RunConfig {
         load_model: match load.model() {
@@ -521,6 +787,8 @@ fn run_config(scenario: &Scenario) -> RunConfig {
         group_sizes: None,
         message_bytes: None,
         encryption: None,
+        nodes: None,
+        attached_members: None,
         client_threads: common.client_threads,
         setup_concurrency: common.setup_concurrency,
     };
@@ -529,10 +797,7 @@ fn run_config(scenario: &Scenario) -> RunConfig {
             config.rooms = args.rooms;
             config.members = Some(args.members);
             config.message_bytes = Some(args.message_bytes);
-            config.encryption = Some(match args.encryption {
-                Encryption::Pregenerated => "pregenerated",
-                Encryption::Live => "live",
-            });
+            config.encryption = Some(encryption_name(args.encryption));
         }
         Scenario::Commits(args) => {
             config.rooms = args.rooms;
@@ -542,13 +807,26 @@ fn run_config(scenario: &Scenario) -> RunConfig {
             config.rooms = args.rooms;
             config.members = Some(2);
             config.message_bytes = Some(args.message_bytes);
-            config.encryption = Some(match args.encryption {
-                Encryption::Pregenerated => "pregenerated",
-                Encryption::Live => "live",
-            });
+            config.encryption = Some(encryption_name(args.encryption));
         }
+        Scenario::Cluster(args) => {
+            config.rooms = args.rooms;
+            config.members = Some(2);
+            config.message_bytes = Some(args.message_bytes);
+            config.encryption = Some(encryption_name(args.encryption));
+            config.nodes = Some(args.nodes);
+            config.attached_members = Some(!args.detached_members);
+        }
+        Scenario::IdleDensity(args) => config.rooms = args.rooms,
     }
     config
+}
+
+fn encryption_name(encryption: Encryption) -> &'static str {
+    match encryption {
+        Encryption::Pregenerated => "pregenerated",
+        Encryption::Live => "live",
+    }
 }
 
 fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
@@ -576,6 +854,35 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
                 phase (--encryption live), and Bob decrypts each: both compete for the CPU."
                 .to_string(),
         });
+    } else if let Scenario::Cluster(args) = scenario {
+        notes.push(format!(
+            "One provider ({}) runs as a cluster of {} nodes in this process, every shard \
+             replicated on each node (sled flush + fdatasync on each when fsync is on). An \
+             operation is one application message, counted when its sender has the answer: \
+             committed by a quorum of the shard's replicas and applied at the leader. Room i's \
+             sender is connected to node i mod {}: a message reaching a node that does not \
+             lead its room's shard is forwarded to the leader (cluster.forwarded_applied).",
+            crate::provider::CLUSTER_DOMAIN,
+            args.nodes,
+            args.nodes
+        ));
+        notes.push(if args.detached_members {
+            "The members joined through their Welcome and disconnected before the timed phase \
+             (--detached-members): no push stream is attached, as in the messages scenario."
+                .to_string()
+        } else {
+            "Each room's other member is connected to the next node with its push stream \
+             open and reads and decrypts every message during the phase (bench-client CPU), \
+             so each node's room actors push to the streams connected there; \
+             cluster.delivery says what they got."
+                .to_string()
+        });
+        notes.push(
+            "latency_corrected counts from the intended start (open model, coordinated \
+             omission corrected); latency_raw from the actual start. They are equal in the \
+             closed model."
+                .to_string(),
+        );
     } else {
         notes.extend([
             "Operations are counted when the provider accepted them: durable in the Raft log \
@@ -608,7 +915,17 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
              side) happens inside the timed phase: see cpu.threads_s.bench-client."
                 .into(),
         ),
-        Scenario::CrossProvider(_) => {}
+        Scenario::Cluster(args) if args.encryption == Encryption::Pregenerated => notes.push(
+            "Application messages were encrypted (MimiClient::prepare_text) before the timed \
+             phase, so the generator's MLS encryption is not in the measured path."
+                .into(),
+        ),
+        Scenario::Cluster(_) => notes.push(
+            "Application messages were encrypted one by one inside the timed phase \
+             (--encryption live): the generator's MLS encryption competes for the CPU."
+                .into(),
+        ),
+        Scenario::CrossProvider(_) | Scenario::IdleDensity(_) => {}
     }
     if matches!(node, NodeDescription::InProcess { .. }) {
         notes.push(
@@ -627,6 +944,15 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
                 .into(),
         );
     }
+    if matches!(scenario, Scenario::Cluster(_)) {
+        notes.push(
+            "Every node runs in this process (one runtime, threads mimid-node-rt; each node has \
+             its own Raft driver mimid-raft, sled and node-to-node QUIC transport): \
+             cpu.server_s is all nodes together; raft sums every node's counters (applied \
+             counts each entry once per node), cluster.nodes has each node's."
+                .into(),
+        );
+    }
     notes
 }
 
@@ -641,6 +967,8 @@ mod tests {
             Scenario::Messages(m) => m.common,
             Scenario::Commits(c) => c.common,
             Scenario::CrossProvider(x) => x.common,
+            Scenario::Cluster(c) => c.common,
+            Scenario::IdleDensity(_) => panic!("idle-density has no common options"),
         }
     }
 

@@ -141,6 +141,51 @@ pub struct CpuUsage {
     pub threads_s: BTreeMap<String, f64>,
 }
 
+/// Memory and CPU time of one process (the idle-density scenario's child node), from
+/// `/proc/<pid>/status` and `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessSample {
+    /// Resident set size now (`VmRSS`), KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size so far (`VmHWM`), KiB.
+    pub hwm_kib: u64,
+    /// `utime + stime` so far, in USER_HZ ticks (10 ms).
+    pub cpu: Duration,
+}
+
+impl ProcessSample {
+    /// Reads process `pid`; `None` if it is gone or `/proc` is not there.
+    pub fn take(pid: u32) -> Option<ProcessSample> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some(ProcessSample {
+            rss_kib: status_kib(&status, "VmRSS")?,
+            hwm_kib: status_kib(&status, "VmHWM")?,
+            cpu: process_cpu(&stat)?,
+        })
+    }
+}
+
+/// The machine's cumulative busy and stolen CPU time now, from `/proc/stat`.
+pub fn machine_cpu_now() -> Option<MachineCpu> {
+    machine_cpu(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// CPU time of this process so far (`/proc/self/stat`).
+pub fn own_cpu_now() -> Option<Duration> {
+    process_cpu(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:    123456 kB`).
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        let mut fields = rest.split_whitespace();
+        let value = fields.next()?.parse().ok()?;
+        (fields.next() == Some("kB")).then_some(value)
+    })
+}
+
 /// Cumulative CPU time of the machine, all CPUs together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MachineCpu {
@@ -276,6 +321,27 @@ mod tests {
         );
         assert_eq!(machine_cpu("cpu0 1 2 3\n"), None);
         assert_eq!(machine_cpu("cpu  1 x 3 4 5 6 7 8\n"), None);
+    }
+
+    #[test]
+    fn status_gives_resident_and_peak_memory_in_kib() {
+        let status = "Name:\tmimid\nVmPeak:\t 2000000 kB\nVmHWM:\t  812345 kB\n\
+                      VmRSS:\t  654321 kB\nVmRSSX:\t 1 kB\nThreads:\t12\n";
+        assert_eq!(status_kib(status, "VmRSS"), Some(654_321));
+        assert_eq!(status_kib(status, "VmHWM"), Some(812_345));
+        assert_eq!(status_kib(status, "Threads"), None, "not a kB field");
+        assert_eq!(status_kib(status, "VmSwap"), None);
+        assert_eq!(status_kib("VmRSS:\tmany kB\n", "VmRSS"), None);
+    }
+
+    #[test]
+    fn our_own_process_can_be_sampled_like_a_child() {
+        let sample = ProcessSample::take(std::process::id()).expect("/proc/<pid> is readable");
+        assert!(
+            sample.rss_kib > 0 && sample.hwm_kib >= sample.rss_kib,
+            "{sample:?}"
+        );
+        assert!(ProcessSample::take(u32::MAX).is_none(), "no such process");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! CI profile of the bench: the real `mimid-bench` binary runs each scenario for a second or
-//! two at a low load against an in-process node (real quinn on loopback, sled in a temporary
-//! directory, openmls clients) and must finish with zero errors and a well-formed JSON report.
+//! two at a low load against in-process nodes (real quinn on loopback, sled in a temporary
+//! directory, openmls clients), or for idle-density against a real `mimid` child process, and
+//! must finish with zero errors and a well-formed JSON report.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -191,5 +193,263 @@ fn cross_provider_open_model_delivers_every_message_to_the_other_provider_protoc
         std::fs::read_dir(dir.path()).expect("readable").count(),
         0,
         "both providers' data directory is removed"
+    );
+}
+
+#[test]
+fn cluster_open_model_replicates_forwards_and_delivers_on_three_nodes_issue4() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = bench(
+        &[
+            "cluster",
+            "--rooms",
+            "6",
+            "--rate",
+            "60",
+            "--duration",
+            "2s",
+            "--message-bytes",
+            "64",
+            "--no-progress",
+        ],
+        dir.path(),
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON report");
+    assert_eq!(report["scenario"], "cluster");
+    assert_eq!(report["config"]["load_model"], "open");
+    assert_eq!(report["config"]["nodes"], 3);
+    assert_eq!(report["config"]["attached_members"], true);
+    assert_eq!(report["node"]["mode"], "in-process");
+    assert_eq!(report["node"]["fsync"], true);
+    assert_eq!(report["node"]["nodes"], 3);
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 1);
+    let phase = &phases[0];
+    check_phase(phase, 6);
+    assert_eq!(
+        phase["ops_ok"], 120,
+        "every scheduled message was acknowledged"
+    );
+    let cluster = &phase["cluster"];
+    let nodes = cluster["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    let shards = report["node"]["shards"].as_u64().expect("shards");
+    assert_eq!(
+        cluster["shards_led_total"], shards,
+        "every shard has one leader: {cluster}"
+    );
+    let mut forwarded_ever = 0;
+    for (index, node) in nodes.iter().enumerate() {
+        assert_eq!(node["node_id"], index as u64 + 1);
+        assert_eq!(node["senders"], 2, "senders go round-robin: {node}");
+        assert_eq!(
+            node["push_streams"], 2,
+            "the members of two rooms are attached to each node: {node}"
+        );
+        assert!(
+            node["raft"]["applied"].as_u64().is_some_and(|n| n > 0),
+            "every node applies: {node}"
+        );
+        forwarded_ever += node["forwarded_since_start"]["applied"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    // Registrations, KeyPackages, rooms and messages went through nodes chosen by room, not
+    // by shard leader: some of the many requests reached a node that does not lead their shard.
+    assert!(forwarded_ever > 0, "nothing was forwarded: {cluster}");
+    assert!(cluster["forwarded_applied"]
+        .as_u64()
+        .is_some_and(|n| n <= 120));
+    let delivery = &cluster["delivery"];
+    assert_eq!(delivery["receivers"], 6);
+    assert_eq!(
+        delivery["delivered"], 120,
+        "each member on another node got every message: {delivery}"
+    );
+    assert_eq!(delivery["caught_up"], true);
+    assert_eq!(delivery["streams_lost"], 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("readable").count(),
+        0,
+        "every node's data directory is removed"
+    );
+}
+
+#[test]
+fn cluster_closed_model_with_detached_members_reports_no_delivery() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = bench(
+        &[
+            "cluster",
+            "--rooms",
+            "3",
+            "--concurrency",
+            "3",
+            "--duration",
+            "1s",
+            "--max-ops",
+            "300",
+            "--detached-members",
+            "--no-progress",
+        ],
+        dir.path(),
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON report");
+    assert_eq!(report["config"]["load_model"], "closed");
+    assert_eq!(report["config"]["attached_members"], false);
+    let phase = &report["phases"][0];
+    assert_eq!(phase["workers"], 3);
+    assert!(phase["ops_ok"].as_u64().is_some_and(|n| n > 0 && n <= 300));
+    assert_eq!(phase["ops_failed"], 0, "{}", phase["errors"]);
+    assert_eq!(phase["latency_corrected"], phase["latency_raw"]);
+    let cluster = &phase["cluster"];
+    assert!(cluster["delivery"].is_null(), "{cluster}");
+    for node in cluster["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["push_streams"], 0, "no member stays attached: {node}");
+    }
+}
+
+/// The `mimid` binary of this build, built by cargo itself, so it is never missing or stale:
+/// `cargo build --workspace --bins --test ci` in this test's profile and target directory.
+/// Selecting every workspace member and a test target resolves features exactly as
+/// `cargo test --workspace` does (dev-dependencies' features included), so after that command
+/// there is nothing to build; after `cargo test -p mimid-bench` it builds the binary once, with
+/// the same artifacts a workspace test run uses. No other crate's test targets are built. The
+/// path comes from cargo's own artifact messages.
+fn mimid_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("CARGO_TARGET_TMPDIR is inside the target directory");
+        // This test runs from <target>/<profile dir>/deps/.
+        let exe = std::env::current_exe().expect("the test's own path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .and_then(|name| name.to_str())
+            .expect("the test runs from <target>/<profile>/deps");
+        let profile = match profile_dir {
+            "debug" => "dev",
+            other => other,
+        };
+        let output = Command::new(env!("CARGO"))
+            .args(["build", "--workspace", "--bins", "--message-format=json"])
+            .args(["--test", env!("CARGO_CRATE_NAME")])
+            .arg("--profile")
+            .arg(profile)
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir)
+            .output()
+            .expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "cargo build failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|message| {
+                message["reason"] == "compiler-artifact"
+                    && message["target"]["name"] == "mimid"
+                    && message["profile"]["test"] == false
+                    && message["target"]["kind"]
+                        .as_array()
+                        .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"))
+            })
+            .and_then(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reports the mimid binary it built")
+    })
+}
+
+#[test]
+fn idle_density_measures_a_mimid_child_holding_200_rooms_issue4_g5() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let json = dir.path().join("density.json");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data parent");
+    let output = bench(
+        &[
+            "idle-density",
+            "--rooms",
+            "200",
+            "--idle",
+            "2s",
+            "--baseline",
+            "1s",
+            "--mimid",
+            mimid_binary().to_str().expect("UTF-8 path"),
+            "--json",
+            json.to_str().expect("UTF-8 path"),
+        ],
+        &data,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("rooms/GiB"), "summary line: {stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report written")).expect("JSON");
+    assert_eq!(report["scenario"], "idle-density");
+    assert_eq!(report["node"]["mode"], "child-process");
+    assert_eq!(report["node"]["fsync"], true);
+    assert_eq!(report["config"]["rooms"], 200);
+    assert_eq!(
+        report["config"]["users"], 8,
+        "one creator and one member per 50 rooms"
+    );
+    let creation = &report["creation"];
+    assert_eq!(creation["rooms"], 200);
+    assert!(creation["rooms_per_s"].as_f64().is_some_and(|r| r > 0.0));
+    assert!(
+        creation["node_cpu_s"].as_f64().is_some_and(|s| s > 0.0),
+        "{creation}"
+    );
+    let metrics = &report["node_metrics"];
+    assert_eq!(
+        metrics["push_streams"], 0,
+        "no client is connected while idle"
+    );
+    assert!(
+        metrics["raft_applied"]
+            .as_u64()
+            .is_some_and(|n| n >= 3 * 200),
+        "each room is at least a creation, a claim and a Commit: {metrics}"
+    );
+    for window in ["baseline", "idle"] {
+        let window = &report[window];
+        let rss_end = window["rss_end_kib"].as_u64().expect("rss");
+        assert!(
+            rss_end > 0 && window["hwm_kib"].as_u64() >= Some(rss_end),
+            "{window}"
+        );
+        assert!(
+            window["cpu_percent_of_core"]
+                .as_f64()
+                .is_some_and(|p| (0.0..=200.0).contains(&p)),
+            "{window}"
+        );
+    }
+    assert!(
+        report["idle"]["window_s"]
+            .as_f64()
+            .is_some_and(|s| s >= 2.0),
+        "the idle window lasted as asked"
+    );
+    let density = &report["density"];
+    assert_eq!(density["rooms"], 200);
+    let rss_mib = density["rss_mib"].as_f64().expect("rss");
+    let per_room = density["bytes_per_room"].as_f64().expect("bytes per room");
+    assert!(
+        (per_room * 200.0 / (1024.0 * 1024.0) - rss_mib).abs() < 0.1,
+        "bytes per room is the RSS shared by the rooms: {density}"
+    );
+    assert!(density["rooms_per_gib"].as_f64().is_some_and(|r| r > 0.0));
+    assert_eq!(
+        std::fs::read_dir(&data).expect("readable").count(),
+        0,
+        "the child's directory is removed"
     );
 }

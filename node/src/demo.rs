@@ -18,7 +18,8 @@
 //! the providers are still shut down, and [`run_demo`] returns the first failure.
 //!
 //! [`start_providers`] (N providers on loopback with a generated CA, connected to each other) is
-//! also what the bench's cross-provider scenario runs.
+//! also what the bench's cross-provider scenario runs, and [`start_cluster`] (one provider as a
+//! cluster of N nodes on loopback) what its cluster scenario runs.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -36,9 +37,11 @@ use rustls::RootCertStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::certs::{CertAuthority, SubjectName, CA_VALIDITY, LEAF_VALIDITY, PROVIDER_STEM};
+use crate::certs::{
+    CertAuthority, SubjectName, CA_VALIDITY, LEAF_VALIDITY, NODE_STEM, PROVIDER_STEM,
+};
 use crate::client::{Endpoint, Event, MimiClient, SubmitResult, UpdateResult};
-use crate::config::{Config, TlsSettings};
+use crate::config::{ClusterTlsSettings, Config, TlsSettings};
 use crate::federation::S2sEndpoint;
 use crate::server::Node;
 
@@ -292,6 +295,204 @@ async fn start_in(
         }
     }
     Ok(started)
+}
+
+/// One provider run as a cluster of nodes in this process (ARCHITECTURE.md "Cluster"), as
+/// [`start_cluster`] starts it: every node with the same domain and provider certificate, a
+/// data directory of its own, a node certificate from a cluster CA, and its node-to-node
+/// listener on `127.0.0.1` (port chosen by the OS). Node `i` (0-based) has node id `i + 1`.
+pub struct LoopbackCluster {
+    domain: String,
+    nodes: Vec<Node>,
+    roots: Arc<RootCertStore>,
+    root: PathBuf,
+    temporary: bool,
+}
+
+impl LoopbackCluster {
+    /// The provider's domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The running nodes; node `i` has node id `i + 1`.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// How clients reach node `index` (the provider certificate is verified against the CA
+    /// generated for the cluster).
+    ///
+    /// # Panics
+    /// If `index` is not a node's index.
+    pub fn endpoint(&self, index: usize) -> Endpoint {
+        Endpoint {
+            addr: self.nodes[index].quic_addr(),
+            server_name: self.domain.clone(),
+            roots: self.roots.clone(),
+        }
+    }
+
+    /// The directory holding the CAs and every node's data.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Shuts every node down (requests in progress finish, sled is flushed), then removes the
+    /// data of a [`DataDir::Temporary`].
+    ///
+    /// Cancel safety: not safe; nodes not yet shut down are dropped.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        for node in self.nodes {
+            node.shutdown().await;
+        }
+        if self.temporary {
+            std::fs::remove_dir_all(&self.root)
+                .with_context(|| format!("removing {}", self.root.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Most nodes [`start_cluster`] starts (every shard has a replica on every node).
+pub const MAX_LOOPBACK_NODES: u64 = 9;
+
+/// Starts provider `domain` as a cluster of `count` nodes in this process, each from `base`
+/// with node id `1..=count`, data directory `<data>/node<id>/data`, loopback listeners on ports
+/// chosen by the OS, the provider certificate for `domain` from a CA generated now (which
+/// clients trust), a node certificate for `127.0.0.1` from a cluster CA generated now,
+/// `cluster.listen = 127.0.0.1:0`, `cluster.voters = 1..=count` and no configured peers; then
+/// introduces every node to every other ([`Node::set_cluster_peer`], the addresses being known
+/// only once bound) and waits until each reports ready (every shard has a leader). On failure,
+/// what was started is shut down and a temporary directory removed.
+///
+/// Cancel safety: not safe; started nodes are dropped without a clean shutdown.
+pub async fn start_cluster(
+    domain: &str,
+    count: u64,
+    data: DataDir,
+    base: &Config,
+) -> anyhow::Result<LoopbackCluster> {
+    ensure!(
+        (1..=MAX_LOOPBACK_NODES).contains(&count),
+        "a loopback cluster has 1 to {MAX_LOOPBACK_NODES} nodes, not {count}"
+    );
+    crate::config::check_domain(domain).map_err(anyhow::Error::msg)?;
+    let (root, temporary) = match data {
+        DataDir::Temporary { parent, prefix } => (create_temporary_dir(&parent, prefix)?, true),
+        DataDir::Kept(dir) => {
+            prepare_empty_dir(&dir)?;
+            (dir, false)
+        }
+    };
+    let mut nodes = Vec::new();
+    let outcome = start_cluster_in(&root, domain, count, base, &mut nodes).await;
+    match outcome {
+        Ok(roots) => Ok(LoopbackCluster {
+            domain: domain.to_owned(),
+            nodes,
+            roots,
+            root,
+            temporary,
+        }),
+        Err(error) => {
+            for node in nodes {
+                node.shutdown().await;
+            }
+            if temporary {
+                // The start failed already; a leftover directory does not change that error.
+                let _ = std::fs::remove_dir_all(&root);
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The body of [`start_cluster`]: the nodes started so far go into `nodes`, so the caller can
+/// stop them on failure.
+async fn start_cluster_in(
+    root: &Path,
+    domain: &str,
+    count: u64,
+    base: &Config,
+    nodes: &mut Vec<Node>,
+) -> anyhow::Result<Arc<RootCertStore>> {
+    let now = SystemTime::now();
+    let provider_ca = CertAuthority::generate(now, CA_VALIDITY).context("generating the CA")?;
+    let provider_ca_files = provider_ca
+        .save(&root.join("ca"))
+        .context("saving the CA")?;
+    let provider = provider_ca
+        .issue(&[SubjectName::Dns(domain.to_owned())], now, LEAF_VALIDITY)
+        .and_then(|cert| cert.save(&root.join("provider"), PROVIDER_STEM))
+        .with_context(|| format!("issuing the certificate of {domain}"))?;
+    let cluster_ca =
+        CertAuthority::generate(now, CA_VALIDITY).context("generating the cluster CA")?;
+    let cluster_ca_files = cluster_ca
+        .save(&root.join("cluster-ca"))
+        .context("saving the cluster CA")?;
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(provider_ca.cert_der().clone())
+        .context("trusting the generated CA")?;
+    let loopback = SubjectName::Ip(std::net::Ipv4Addr::LOCALHOST.into());
+    for id in 1..=count {
+        let dir = root.join(format!("node{id}"));
+        let node_cert = cluster_ca
+            .issue(std::slice::from_ref(&loopback), now, LEAF_VALIDITY)
+            .and_then(|cert| cert.save(&dir.join("cluster-tls"), NODE_STEM))
+            .with_context(|| format!("issuing the certificate of node {id}"))?;
+        let mut config = base.clone();
+        config.domain = domain.to_owned();
+        config.node_id = id;
+        config.data_dir = dir.join("data");
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.tls = TlsSettings {
+            cert: Some(provider.cert.clone()),
+            key: Some(provider.key.clone()),
+            client_ca: Some(provider_ca_files.cert.clone()),
+        };
+        config.federation.resolve_dns = false;
+        config.cluster.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.cluster.peers.clear();
+        config.cluster.voters = (1..=count).collect();
+        config.cluster.tls = ClusterTlsSettings {
+            cert: Some(node_cert.cert),
+            key: Some(node_cert.key),
+            ca: Some(cluster_ca_files.cert.clone()),
+        };
+        config
+            .validate()
+            .with_context(|| format!("configuration of node {id}"))?;
+        let node = crate::server::start(config)
+            .await
+            .with_context(|| format!("starting node {id}"))?;
+        nodes.push(node);
+    }
+    for (from_index, from) in nodes.iter().enumerate() {
+        for (to_index, to) in nodes.iter().enumerate() {
+            if from_index != to_index {
+                let addr = to
+                    .cluster_addr()
+                    .context("a cluster node has a node-to-node address")?;
+                from.set_cluster_peer(to_index as u64 + 1, addr)
+                    .with_context(|| {
+                        format!(
+                            "introducing node {} to node {}",
+                            to_index + 1,
+                            from_index + 1
+                        )
+                    })?;
+            }
+        }
+    }
+    for (index, node) in nodes.iter().enumerate() {
+        wait_ready(node.admin_addr())
+            .await
+            .with_context(|| format!("waiting for node {} to be ready", index + 1))?;
+    }
+    Ok(Arc::new(roots))
 }
 
 async fn shutdown_all(providers: Vec<LoopbackProvider>) {
@@ -1161,6 +1362,88 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    /// ARCHITECTURE.md "Cluster": one provider on three in-process nodes; every shard has one
+    /// leader all nodes agree on, a client registered through one node is known on another,
+    /// and shutdown removes the temporary data.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_cluster_runs_one_provider_on_three_nodes_that_agree_on_leaders() {
+        let parent = tempfile::tempdir().expect("temporary directory");
+        let mut base = Config::default();
+        base.cluster.shards = 4;
+        base.cluster.tick_ms = 20;
+        let cluster = start_cluster(
+            "a.example",
+            3,
+            DataDir::Temporary {
+                parent: parent.path().to_path_buf(),
+                prefix: "mimid-cluster-test-",
+            },
+            &base,
+        )
+        .await
+        .expect("cluster starts");
+        assert_eq!(cluster.nodes().len(), 3);
+        assert_eq!(cluster.domain(), "a.example");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let named: Vec<Vec<Option<u64>>> = cluster
+                .nodes()
+                .iter()
+                .map(|node| {
+                    (0..4)
+                        .map(|shard| node.cluster_handle().leader(shard))
+                        .collect()
+                })
+                .collect();
+            let agreed =
+                named.iter().all(|n| *n == named[0]) && named[0].iter().all(Option::is_some);
+            if agreed {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no agreed leaders: {named:?}");
+            tokio::time::sleep(POLL).await;
+        }
+        let alice = ClientId::parse("mimi://a.example/d/alice/phone").expect("valid id");
+        let mut client = MimiClient::register(cluster.endpoint(0), alice)
+            .await
+            .expect("registered through node 1");
+        client
+            .publish_key_packages(1)
+            .await
+            .expect("KeyPackage published through node 1");
+        client
+            .reconnect(cluster.endpoint(2))
+            .await
+            .expect("the token issued through node 1 opens a push stream on node 3");
+        client
+            .publish_key_packages(1)
+            .await
+            .expect("KeyPackage published through node 3");
+        client.close().await;
+        let root = cluster.root().to_path_buf();
+        assert!(root.join("node3").join("data").is_dir());
+        cluster.shutdown().await.expect("shut down");
+        assert!(!root.exists(), "the temporary data is removed");
+    }
+
+    #[tokio::test]
+    async fn start_cluster_refuses_no_nodes_and_a_bad_domain() {
+        let parent = tempfile::tempdir().expect("temporary directory");
+        let data = DataDir::Temporary {
+            parent: parent.path().to_path_buf(),
+            prefix: "mimid-cluster-test-",
+        };
+        let zero = start_cluster("a.example", 0, data.clone(), &Config::default()).await;
+        assert!(zero.is_err_and(|e| e.to_string().contains("1 to 9 nodes")));
+        let bad = start_cluster("not a domain", 3, data, &Config::default()).await;
+        assert!(bad.is_err());
+        assert_eq!(
+            std::fs::read_dir(parent.path()).expect("readable").count(),
+            0,
+            "nothing is left behind"
+        );
     }
 
     #[test]
