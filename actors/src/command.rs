@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::directory::consent::{Preferences, RequesterAction};
 use crate::directory::profile::{Profile, PROFILES_SHARD_KEY};
 use crate::directory::TargetAction;
+use crate::franking::ReceivedFrank;
 use crate::ids::{ClientId, RoomId, UserId};
+use crate::moderation::{AbuseReport, BlockTarget};
 
 /// A command with the hub timestamp the leader assigned when proposing it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +53,13 @@ pub enum Command {
         last_resort: bool,
     },
     /// Claims one KeyPackage for every client of `target` (single use; last resort only when
-    /// nothing else is left; expired ones never served). Lives in the shard of `target`.
+    /// nothing else is left; expired ones never served), if `target`'s reachability and global
+    /// consent admit `requester`. Lives in the shard of `target`.
+    ///
+    /// Nothing proposes it any more (every claim names its room: `ClaimKeyPackagesInRoom`); it
+    /// stays because postcard encodes variants by position, so removing it would change how
+    /// every later variant of logs already written decodes. An old entry is applied through the
+    /// consent-checked claim, without a room scope.
     ClaimKeyPackages { requester: UserId, target: UserId },
     /// Creates a room hosted here from the creator's GroupInfo and ratchet tree (MIMI.md §6.1).
     CreateRoom {
@@ -149,6 +157,21 @@ pub enum Command {
         target: UserId,
         room: RoomId,
     },
+    /// Blocks (`blocked`) or unblocks a user or a whole provider (MIMI.md §13; the operator's
+    /// decision). Proposed to every shard, each keeping a copy for its rooms' applies
+    /// (`moderation` module docs); no shard key.
+    SetBlock { target: BlockTarget, blocked: bool },
+    /// Records an abuse report for `room`, hosted here, whose franks the edge validated
+    /// (protocol-06 §5.9, MIMI.md §5.8). Lives in the shard of `room`.
+    RecordAbuseReport { room: RoomId, report: AbuseReport },
+    /// Follower side: like `FanoutReceived`, with the Franks the notify carried with its
+    /// application messages (protocol-06 §5.4 `optional<Frank>`), kept for local delivery.
+    FanoutReceivedFranked {
+        room: RoomId,
+        items: Vec<ReceivedItem>,
+        body_hash: [u8; 32],
+        franks: Vec<ReceivedFrank>,
+    },
 }
 
 impl Command {
@@ -167,13 +190,15 @@ impl Command {
             Command::ConsentAsRequester { requester, .. } => user_shard_key(requester),
             Command::SetProfile { .. } => PROFILES_SHARD_KEY.to_vec(),
             Command::CreateRoom { room, .. }
+            | Command::RecordAbuseReport { room, .. }
+            | Command::FanoutReceivedFranked { room, .. }
             | Command::Handshake { room, .. }
             | Command::AppMessage { room, .. }
             | Command::FanoutDelivered { room, .. }
             | Command::FanoutReceived { room, .. }
             | Command::MirrorJoin { room, .. }
             | Command::Ack { room, .. } => room.as_bytes().to_vec(),
-            Command::Housekeeping { .. } => return None,
+            Command::Housekeeping { .. } | Command::SetBlock { .. } => return None,
         })
     }
 }
@@ -381,6 +406,50 @@ mod tests {
             Some(PROFILES_SHARD_KEY)
         );
         for (command, index) in [(profile(&alice), 11), (claim, 15)] {
+            let stamped = Stamped { ts_ms: 1, command };
+            assert_eq!(stamped.encode()[1], index);
+            assert_eq!(Stamped::decode(&stamped.encode()).unwrap(), stamped);
+        }
+    }
+
+    /// MIMI.md §5.8, §13: abuse reports and franks live with their room, blocks in every shard;
+    /// the variants come after `ClaimKeyPackagesInRoom` and `ClaimKeyPackages` keeps its
+    /// index, so older logs decode unchanged.
+    #[test]
+    fn moderation_commands_are_appended_and_live_with_their_room_or_every_shard() {
+        let room = RoomId::parse("mimi://a.example/r/club").unwrap();
+        let block = Command::SetBlock {
+            target: BlockTarget::Provider("b.example".into()),
+            blocked: true,
+        };
+        assert_eq!(block.shard_key(), None);
+        let report = Command::RecordAbuseReport {
+            room: room.clone(),
+            report: AbuseReport {
+                submitter: Submitter::Provider("b.example".into()),
+                reporting_user: None,
+                alleged_abuser: UserId::parse("mimi://a.example/u/mallory").unwrap(),
+                reason_code: 0,
+                note: "spam".into(),
+                messages: Vec::new(),
+            },
+        };
+        assert_eq!(report.shard_key().as_deref(), Some(room.as_bytes()));
+        let franked = Command::FanoutReceivedFranked {
+            room: room.clone(),
+            items: Vec::new(),
+            body_hash: [1; 32],
+            franks: vec![ReceivedFrank {
+                message_sha256: [2; 32],
+                frank: vec![3],
+            }],
+        };
+        assert_eq!(franked.shard_key().as_deref(), Some(room.as_bytes()));
+        let old_claim = Command::ClaimKeyPackages {
+            requester: UserId::parse("mimi://a.example/u/alice").unwrap(),
+            target: UserId::parse("mimi://a.example/u/bob").unwrap(),
+        };
+        for (command, index) in [(old_claim, 2), (block, 16), (report, 17), (franked, 18)] {
             let stamped = Stamped { ts_ms: 1, command };
             assert_eq!(stamped.encode()[1], index);
             assert_eq!(Stamped::decode(&stamped.encode()).unwrap(), stamped);

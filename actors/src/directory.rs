@@ -7,7 +7,7 @@
 //! routes an incoming Welcome to the client whose KeyPackage it uses.
 //!
 //! Where it runs: inside the Raft apply of the shard that owns the user (`Command::
-//! RegisterClient`, `PublishKeyPackages`, `ClaimKeyPackages`). Apply is deterministic: time
+//! RegisterClient`, `PublishKeyPackages`, `ClaimKeyPackagesInRoom`). Apply is deterministic: time
 //! arrives as `now_ms` (the hub time the leader stamped), nothing reads a clock or an RNG, and
 //! every map is a `BTreeMap`, so replicas and snapshots are byte-identical. Signature
 //! verification is done once, at the edge, by [`validate_key_package`] before proposing;
@@ -374,8 +374,8 @@ impl Directory {
         Ok(key_packages.len())
     }
 
-    /// Claims one KeyPackage for every client of `target` on behalf of `requester`
-    /// (apply side of `Command::ClaimKeyPackages`; protocol-06 §5.1).
+    /// Claims one KeyPackage for every client of `target` on behalf of `requester`, checking
+    /// no consent (the claim step of [`Directory::claim_with_consent`]; protocol-06 §5.1).
     ///
     /// Per client, in client URI order: expired KeyPackages are dropped and never served; the
     /// oldest published KeyPackage that is valid at `now_ms` is removed and returned; if there
@@ -612,6 +612,19 @@ impl Directory {
         requester: &UserId,
         target: &UserId,
         room: &RoomId,
+        now_ms: u64,
+    ) -> ClaimOutcome {
+        self.claim_with_consent(requester, target, Some(room), now_ms)
+    }
+
+    /// [`Directory::claim_in_room`], for `room` or (`None`, the old `Command::ClaimKeyPackages`
+    /// of logs written before consent existed) without a room scope: only `target`'s
+    /// reachability and global decisions count then.
+    pub fn claim_with_consent(
+        &mut self,
+        requester: &UserId,
+        target: &UserId,
+        room: Option<&RoomId>,
         now_ms: u64,
     ) -> ClaimOutcome {
         let Some(entry) = self.users.get(target) else {

@@ -44,6 +44,8 @@ use crate::directory::{
 use crate::ids::{ClientId, RoomId, UserId};
 use crate::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
 
+mod moderation;
+
 /// Milliseconds since the UNIX epoch. Injected so tests and the simulator control time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
@@ -598,25 +600,10 @@ impl Hub {
         }
     }
 
-    pub async fn claim_key_packages(
-        &self,
-        requester: UserId,
-        target: UserId,
-    ) -> Result<ClaimOutcome, HubError> {
-        match self
-            .proposer
-            .propose(Command::ClaimKeyPackages { requester, target })
-            .await?
-        {
-            ApplyOutput::Claimed(outcome) => Ok(outcome),
-            other => Err(unexpected(other)),
-        }
-    }
-
     /// Claims one KeyPackage per client of `target` for `requester` to add it to `room`, if
     /// `target`'s reachability and consent admit `requester` (MIMI.md §5.1, §5.6): a refusal
-    /// (`ClaimOutcome::Refused`) is decided in the same apply and claims nothing. The
-    /// key-material endpoints use this; [`Hub::claim_key_packages`] checks no consent.
+    /// (`ClaimOutcome::Refused`) is decided in the same apply and claims nothing. Every claim
+    /// goes through here.
     pub async fn claim_key_packages_in_room(
         &self,
         requester: UserId,
@@ -644,8 +631,14 @@ impl Hub {
         user: UserId,
         profile: Profile,
     ) -> Result<Result<(), DirectoryError>, HubError> {
-        self.directory_change(Command::SetProfile { user, profile })
-            .await
+        match self
+            .proposer
+            .propose(Command::SetProfile { user, profile })
+            .await?
+        {
+            ApplyOutput::ProfileSet(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Sets `user`'s discoverability and reachability (MIMI.md §5.6, §5.7).
@@ -654,8 +647,14 @@ impl Hub {
         user: UserId,
         preferences: Preferences,
     ) -> Result<Result<(), DirectoryError>, HubError> {
-        self.directory_change(Command::SetPreferences { user, preferences })
-            .await
+        match self
+            .proposer
+            .propose(Command::SetPreferences { user, preferences })
+            .await?
+        {
+            ApplyOutput::PreferencesSet(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Records a consent step for the local user `target` (MIMI.md §5.6): a request or cancel
@@ -668,7 +667,7 @@ impl Hub {
         room: Option<RoomId>,
         action: TargetAction,
     ) -> Result<Result<(), DirectoryError>, HubError> {
-        self.directory_change(Command::ConsentAsTarget {
+        self.consent_change(Command::ConsentAsTarget {
             target,
             requester,
             room,
@@ -686,7 +685,7 @@ impl Hub {
         room: Option<RoomId>,
         action: RequesterAction,
     ) -> Result<Result<(), DirectoryError>, HubError> {
-        self.directory_change(Command::ConsentAsRequester {
+        self.consent_change(Command::ConsentAsRequester {
             requester,
             target,
             room,
@@ -764,13 +763,14 @@ impl Hub {
         )
     }
 
-    /// Proposes a directory change whose apply answers `Registered` (see `ShardData::apply`).
-    async fn directory_change(
+    /// Proposes a consent step (`ConsentAsTarget`, `ConsentAsRequester`); its apply answers
+    /// `ConsentRecorded`.
+    async fn consent_change(
         &self,
         command: Command,
     ) -> Result<Result<(), DirectoryError>, HubError> {
         match self.proposer.propose(command).await? {
-            ApplyOutput::Registered(result) => Ok(result),
+            ApplyOutput::ConsentRecorded(result) => Ok(result),
             other => Err(unexpected(other)),
         }
     }

@@ -5,8 +5,10 @@
 pub mod actor;
 pub mod command;
 pub mod directory;
+pub mod franking;
 pub mod hub;
 pub mod ids;
+pub mod moderation;
 pub mod policy;
 pub mod room;
 pub mod shard;

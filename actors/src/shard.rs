@@ -16,11 +16,14 @@ use std::sync::Arc;
 use mimid_cluster::{ShardId, StateMachine};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::command::{Command, ReceivedItem, Stamped, SubmitVerdict, UpdateVerdict};
 use crate::directory::{ClaimOutcome, Directory, DirectoryError};
+use crate::franking::{frank_aad_of, FrankRecord, FrankRecords, ReceivedFrank};
 use crate::ids::{ClientId, RoomId};
+use crate::moderation::{AbuseReports, Blocklist, BlocklistFull, ReportsFull};
 use crate::room::core::{RoomRef, RoomView};
 use crate::room::log::ItemBody;
 use crate::room::mirror::MirrorRoom;
@@ -50,6 +53,17 @@ pub enum ApplyOutput {
     },
     Acked,
     Housekept,
+    /// A profile was replaced (`Command::SetProfile`), or why not.
+    ProfileSet(Result<(), DirectoryError>),
+    /// Preferences were set (`Command::SetPreferences`), or why not.
+    PreferencesSet(Result<(), DirectoryError>),
+    /// A consent step was recorded (`Command::ConsentAsTarget`/`ConsentAsRequester`), or why
+    /// not; `TooManyConsentEntries` is the per-user bound.
+    ConsentRecorded(Result<(), DirectoryError>),
+    /// This shard's copy of the blocklist was set; `Ok(true)` when it changed.
+    BlockSet(Result<bool, BlocklistFull>),
+    /// An abuse report was stored; `Ok(n)`: the room holds `n` reports now.
+    AbuseReported(Result<usize, ReportsFull>),
     /// The entry could not be applied at all (undecodable, or a room command for a room this
     /// shard does not host). Nothing changed.
     Rejected(String),
@@ -71,6 +85,13 @@ pub struct ShardData {
     /// Derived index: every room a client has been a member of in this shard. Rebuilt by
     /// apply, so it is identical on every replica and after a restart.
     client_rooms: BTreeMap<ClientId, BTreeSet<RoomId>>,
+    /// This shard's copy of the operator's blocklist (`moderation` module docs).
+    blocklist: Blocklist,
+    /// Abuse reports of this shard's hosted rooms.
+    abuse_reports: AbuseReports,
+    /// What delivery needs to attach Franks to this shard's rooms' messages (`franking`
+    /// module docs).
+    franks: FrankRecords,
 }
 
 impl ShardData {
@@ -97,6 +118,21 @@ impl ShardData {
 
     pub fn directory(&self) -> &Directory {
         &self.directory
+    }
+
+    /// This shard's copy of the blocklist.
+    pub fn blocklist(&self) -> &Blocklist {
+        &self.blocklist
+    }
+
+    /// The abuse reports of this shard's hosted rooms.
+    pub fn abuse_reports(&self) -> &AbuseReports {
+        &self.abuse_reports
+    }
+
+    /// The frank records of this shard's hosted and mirrored rooms.
+    pub fn franks(&self) -> &FrankRecords {
+        &self.franks
     }
 
     /// Rooms of this shard that `client` is or was a member of.
@@ -148,8 +184,12 @@ impl ShardData {
                 )),
                 None,
             ),
+            // Only in logs written before consent existed (see the variant's docs).
             Command::ClaimKeyPackages { requester, target } => (
-                ApplyOutput::Claimed(self.directory.claim(&requester, &target, ts_ms)),
+                ApplyOutput::Claimed(
+                    self.directory
+                        .claim_with_consent(&requester, &target, None, ts_ms),
+                ),
                 None,
             ),
             Command::CreateRoom {
@@ -184,6 +224,16 @@ impl ShardData {
                 let Some(state) = self.rooms.get_mut(&room) else {
                     return (ApplyOutput::Rejected(format!("unknown room {room}")), None);
                 };
+                // MIMI.md §13: a blocked user (or provider) sends nothing in rooms hosted here.
+                if let Some(reason) =
+                    self.blocklist
+                        .refusal_of_handshake(&sender, &bundle, |leaf| state.member_at(leaf))
+                {
+                    return (
+                        ApplyOutput::Updated(UpdateVerdict::NotAllowed { reason }),
+                        None,
+                    );
+                }
                 let verdict = state.handle_handshake(&sender, &bundle, ts_ms);
                 let changed = matches!(verdict, UpdateVerdict::Success { .. });
                 if changed {
@@ -200,9 +250,32 @@ impl ShardData {
                 let Some(state) = self.rooms.get_mut(&room) else {
                     return (ApplyOutput::Rejected(format!("unknown room {room}")), None);
                 };
+                if let Some(reason) = self
+                    .blocklist
+                    .refusal_of_submitter(&sender)
+                    .or_else(|| self.blocklist.refusal_of_user(&sending_user))
+                {
+                    return (
+                        ApplyOutput::Submitted(SubmitVerdict::NotAllowed { reason }),
+                        None,
+                    );
+                }
                 let verdict = state.handle_app_message(&sender, &sending_user, &message, ts_ms);
-                let changed = matches!(verdict, SubmitVerdict::Accepted { .. });
-                (ApplyOutput::Submitted(verdict), changed.then_some(room))
+                let SubmitVerdict::Accepted { seq, .. } = verdict else {
+                    return (ApplyOutput::Submitted(verdict), None);
+                };
+                // The edge franks the message at delivery from these (MIMI.md §5.3.1).
+                if let Some(franking_tag) = frank_aad_of(&message) {
+                    self.franks.insert(
+                        &room,
+                        seq,
+                        FrankRecord::Hub {
+                            sender: sending_user,
+                            franking_tag,
+                        },
+                    );
+                }
+                (ApplyOutput::Submitted(verdict), Some(room))
             }
             Command::FanoutDelivered {
                 room,
@@ -219,34 +292,13 @@ impl ShardData {
                 room,
                 items,
                 body_hash,
-            } => {
-                if self.rooms.contains_key(&room) {
-                    return (
-                        ApplyOutput::Rejected(format!("room {room} is hosted here")),
-                        None,
-                    );
-                }
-                // A hub may start a mirror here only by routing a Welcome to a local client: a
-                // remote party cannot make this provider keep rooms none of its users is in.
-                if !self.mirrors.contains_key(&room) && !welcomes_a_local_client(&items) {
-                    return (
-                        ApplyOutput::Rejected(format!("no client of this provider is in {room}")),
-                        None,
-                    );
-                }
-                let appended = self
-                    .mirrors
-                    .entry(room.clone())
-                    .or_insert_with(|| MirrorRoom::new(room.clone()))
-                    .receive(items, body_hash);
-                if appended > 0 {
-                    self.index_members(&room);
-                }
-                (
-                    ApplyOutput::FanoutReceived { appended },
-                    (appended > 0).then_some(room),
-                )
-            }
+            } => self.receive_fanout(room, items, body_hash, Vec::new()),
+            Command::FanoutReceivedFranked {
+                room,
+                items,
+                body_hash,
+                franks,
+            } => self.receive_fanout(room, items, body_hash, franks),
             Command::MirrorJoin {
                 room,
                 client,
@@ -275,9 +327,15 @@ impl ShardData {
                 self.directory.expire(ts_ms);
                 for state in self.rooms.values_mut() {
                     state.trim(ts_ms, log_retention_ms);
+                    self.franks.trim(state.room(), state.first_retained_seq());
                 }
                 for mirror in self.mirrors.values_mut() {
                     mirror.trim(ts_ms, log_retention_ms);
+                    let first = mirror
+                        .items_after(0)
+                        .first()
+                        .map_or(mirror.last_seq() + 1, |item| item.seq);
+                    self.franks.trim(mirror.room(), first);
                 }
                 (ApplyOutput::Housekept, None)
             }
@@ -289,15 +347,12 @@ impl ShardData {
                 }
                 (ApplyOutput::Acked, None)
             }
-            // Directory changes other than registration answer through `Registered` too: a
-            // dedicated output would need a new arm in every exhaustive match over outputs
-            // (the simulator's trace names all directory outcomes alike).
             Command::SetProfile { user, profile } => (
-                ApplyOutput::Registered(self.directory.set_profile(&user, profile)),
+                ApplyOutput::ProfileSet(self.directory.set_profile(&user, profile)),
                 None,
             ),
             Command::SetPreferences { user, preferences } => (
-                ApplyOutput::Registered(self.directory.set_preferences(&user, preferences)),
+                ApplyOutput::PreferencesSet(self.directory.set_preferences(&user, preferences)),
                 None,
             ),
             Command::ConsentAsTarget {
@@ -306,7 +361,7 @@ impl ShardData {
                 room,
                 action,
             } => (
-                ApplyOutput::Registered(self.directory.consent_as_target(
+                ApplyOutput::ConsentRecorded(self.directory.consent_as_target(
                     &target,
                     &requester,
                     room.as_ref(),
@@ -321,7 +376,7 @@ impl ShardData {
                 room,
                 action,
             } => (
-                ApplyOutput::Registered(self.directory.consent_as_requester(
+                ApplyOutput::ConsentRecorded(self.directory.consent_as_requester(
                     &requester,
                     &target,
                     room.as_ref(),
@@ -341,7 +396,80 @@ impl ShardData {
                 ),
                 None,
             ),
+            Command::SetBlock { target, blocked } => (
+                ApplyOutput::BlockSet(self.blocklist.set(&target, blocked)),
+                None,
+            ),
+            Command::RecordAbuseReport { room, report } => {
+                if !self.rooms.contains_key(&room) {
+                    return (ApplyOutput::Rejected(format!("unknown room {room}")), None);
+                }
+                (
+                    ApplyOutput::AbuseReported(self.abuse_reports.record(&room, report, ts_ms)),
+                    None,
+                )
+            }
         }
+    }
+
+    /// Follower side of a notify (MIMI.md §5.4): appends what is new to the room's mirror and
+    /// keeps the Franks that came with its application messages, by the local positions the
+    /// mirror gave them.
+    fn receive_fanout(
+        &mut self,
+        room: RoomId,
+        items: Vec<ReceivedItem>,
+        body_hash: [u8; 32],
+        franks: Vec<ReceivedFrank>,
+    ) -> (ApplyOutput, Option<RoomId>) {
+        if self.rooms.contains_key(&room) {
+            return (
+                ApplyOutput::Rejected(format!("room {room} is hosted here")),
+                None,
+            );
+        }
+        // A hub may start a mirror here only by routing a Welcome to a local client: a
+        // remote party cannot make this provider keep rooms none of its users is in.
+        if !self.mirrors.contains_key(&room) && !welcomes_a_local_client(&items) {
+            return (
+                ApplyOutput::Rejected(format!("no client of this provider is in {room}")),
+                None,
+            );
+        }
+        let mirror = self
+            .mirrors
+            .entry(room.clone())
+            .or_insert_with(|| MirrorRoom::new(room.clone()));
+        let before = mirror.last_seq();
+        let appended = mirror.receive(items, body_hash);
+        if !franks.is_empty() {
+            let by_message: BTreeMap<[u8; 32], Vec<u8>> = franks
+                .into_iter()
+                .map(|received| (received.message_sha256, received.frank))
+                .collect();
+            for item in mirror.items_after(before) {
+                let ItemBody::Application { message } = &item.body else {
+                    continue;
+                };
+                let hash: [u8; 32] = Sha256::digest(message).into();
+                if let Some(frank) = by_message.get(&hash) {
+                    self.franks.insert(
+                        &room,
+                        item.seq,
+                        FrankRecord::Received {
+                            frank: frank.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        if appended > 0 {
+            self.index_members(&room);
+        }
+        (
+            ApplyOutput::FanoutReceived { appended },
+            (appended > 0).then_some(room),
+        )
     }
 }
 
@@ -352,9 +480,21 @@ pub fn welcomes_a_local_client(items: &[ReceivedItem]) -> bool {
         .any(|item| matches!(&item.body, ItemBody::Welcome { to, .. } if !to.is_empty()))
 }
 
-/// Snapshot encoding of a shard: rooms as their own snapshots, the directory as serde.
+/// Snapshot encoding of a shard: rooms as their own snapshots, the rest as serde.
 #[derive(Serialize, Deserialize)]
 struct ShardSnapshot {
+    rooms: Vec<(RoomId, Vec<u8>)>,
+    mirrors: BTreeMap<RoomId, MirrorRoom>,
+    directory: Directory,
+    blocklist: Blocklist,
+    abuse_reports: AbuseReports,
+    franks: FrankRecords,
+}
+
+/// A snapshot written before the blocklist, abuse reports and franks existed (they decode as
+/// empty).
+#[derive(Deserialize)]
+struct ShardSnapshotBeforeModeration {
     rooms: Vec<(RoomId, Vec<u8>)>,
     mirrors: BTreeMap<RoomId, MirrorRoom>,
     directory: Directory,
@@ -420,16 +560,34 @@ impl StateMachine for ShardMachine {
                 .collect(),
             mirrors: data.mirrors.clone(),
             directory: data.directory.clone(),
+            blocklist: data.blocklist.clone(),
+            abuse_reports: data.abuse_reports.clone(),
+            franks: data.franks.clone(),
         };
         postcard::to_stdvec(&snapshot).expect("serialising a snapshot into memory cannot fail")
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let snapshot: ShardSnapshot =
-            postcard::from_bytes(snapshot).map_err(|e| format!("shard snapshot: {e}"))?;
+        let snapshot: ShardSnapshot = match postcard::from_bytes(snapshot) {
+            Ok(snapshot) => snapshot,
+            Err(e) => match postcard::from_bytes::<ShardSnapshotBeforeModeration>(snapshot) {
+                Ok(old) => ShardSnapshot {
+                    rooms: old.rooms,
+                    mirrors: old.mirrors,
+                    directory: old.directory,
+                    blocklist: Blocklist::default(),
+                    abuse_reports: AbuseReports::default(),
+                    franks: FrankRecords::default(),
+                },
+                Err(_) => return Err(format!("shard snapshot: {e}")),
+            },
+        };
         let mut data = ShardData {
             directory: snapshot.directory,
             mirrors: snapshot.mirrors,
+            blocklist: snapshot.blocklist,
+            abuse_reports: snapshot.abuse_reports,
+            franks: snapshot.franks,
             ..ShardData::default()
         };
         let mirrored: Vec<RoomId> = data.mirrors.keys().cloned().collect();
@@ -517,6 +675,7 @@ impl Shards {
 mod tests {
     use super::*;
     use crate::command::Submitter;
+    use crate::moderation::{AbuseReport, BlockTarget};
 
     fn machine() -> (Shards, ShardMachine) {
         let shards = Shards::new(2);
@@ -656,6 +815,147 @@ mod tests {
             ApplyOutput::FanoutReceived { appended: 1 }
         ));
         assert_eq!(shards.rooms_of(&bob), vec![room]);
+    }
+
+    /// MIMI.md §13: each shard applies its own copy of the blocklist (the hub proposes a block
+    /// to every shard); snapshots carry it.
+    #[test]
+    fn blocks_are_kept_per_shard_and_survive_a_snapshot() {
+        let (shards, mut machine) = machine();
+        let block = |blocked| Stamped {
+            ts_ms: 1,
+            command: Command::SetBlock {
+                target: BlockTarget::Provider("b.example".into()),
+                blocked,
+            },
+        };
+        assert!(matches!(
+            machine.apply(1, &block(true).encode()),
+            ApplyOutput::BlockSet(Ok(true))
+        ));
+        assert!(matches!(
+            machine.apply(2, &block(true).encode()),
+            ApplyOutput::BlockSet(Ok(false))
+        ));
+        assert!(shards
+            .get(1)
+            .read()
+            .blocklist()
+            .blocks_provider("b.example"));
+        assert!(
+            !shards
+                .get(0)
+                .read()
+                .blocklist()
+                .blocks_provider("b.example"),
+            "every shard applies its own copy"
+        );
+        let snapshot = machine.snapshot();
+        let mut restored = Shards::new(2).machine(1);
+        restored.restore(&snapshot).unwrap();
+        assert_eq!(restored.snapshot(), snapshot);
+        assert!(matches!(
+            machine.apply(3, &block(false).encode()),
+            ApplyOutput::BlockSet(Ok(true))
+        ));
+        assert!(shards.get(1).read().blocklist().is_empty());
+    }
+
+    /// A snapshot written before the blocklist, reports and franks existed still restores.
+    #[test]
+    fn snapshots_from_before_moderation_still_restore() {
+        #[derive(Serialize)]
+        struct Old {
+            rooms: Vec<(RoomId, Vec<u8>)>,
+            mirrors: BTreeMap<RoomId, MirrorRoom>,
+            directory: Directory,
+        }
+        let old = postcard::to_stdvec(&Old {
+            rooms: Vec::new(),
+            mirrors: BTreeMap::new(),
+            directory: Directory::default(),
+        })
+        .unwrap();
+        let (shards, mut machine) = machine();
+        machine.restore(&old).unwrap();
+        assert!(shards.get(1).read().blocklist().is_empty());
+        assert!(machine.restore(&old[..old.len() - 1]).is_err());
+    }
+
+    /// MIMI.md §5.4, §5.3.1: a follower keeps the Franks a notify brought, by the local position
+    /// of their messages; a resend appends nothing and records nothing.
+    #[test]
+    fn franked_notifies_keep_their_franks_by_local_seq() {
+        let (shards, mut machine) = machine();
+        let room = RoomId::parse("mimi://a.example/r/club").unwrap();
+        let bob = ClientId::parse("mimi://b.example/d/bob/phone").unwrap();
+        let welcome = ReceivedItem {
+            hub_seq: Some(4),
+            ts_ms: 5,
+            epoch: 1,
+            body: ItemBody::Welcome {
+                welcome: vec![2],
+                ratchet_tree: vec![3],
+                to: vec![bob],
+            },
+        };
+        let app = |hub_seq| ReceivedItem {
+            hub_seq: Some(hub_seq),
+            ts_ms: 6,
+            epoch: 1,
+            body: ItemBody::Application { message: vec![9] },
+        };
+        let notify = |items, frank: u8, hash: u8| Stamped {
+            ts_ms: 10,
+            command: Command::FanoutReceivedFranked {
+                room: room.clone(),
+                items,
+                body_hash: [hash; 32],
+                franks: vec![ReceivedFrank {
+                    message_sha256: Sha256::digest([9u8]).into(),
+                    frank: vec![frank],
+                }],
+            },
+        };
+        assert!(matches!(
+            machine.apply(1, &notify(vec![welcome, app(5)], 1, 1).encode()),
+            ApplyOutput::FanoutReceived { appended: 2 }
+        ));
+        let received = |seq| shards.get(1).read().franks().get(&room, seq).cloned();
+        assert_eq!(received(2), Some(FrankRecord::Received { frank: vec![1] }));
+        assert_eq!(received(1), None, "a Welcome has no Frank");
+        assert!(matches!(
+            machine.apply(2, &notify(vec![app(5)], 7, 2).encode()),
+            ApplyOutput::FanoutReceived { appended: 0 }
+        ));
+        assert_eq!(received(2), Some(FrankRecord::Received { frank: vec![1] }));
+        assert_eq!(received(3), None);
+    }
+
+    /// MIMI.md §5.8: a report is kept with a room this shard hosts, and only there.
+    #[test]
+    fn abuse_reports_of_unknown_rooms_are_rejected_and_change_nothing() {
+        let (_, mut machine) = machine();
+        let before = machine.snapshot();
+        let report = Stamped {
+            ts_ms: 1,
+            command: Command::RecordAbuseReport {
+                room: RoomId::parse("mimi://a.example/r/nowhere").unwrap(),
+                report: AbuseReport {
+                    submitter: Submitter::Provider("b.example".into()),
+                    reporting_user: None,
+                    alleged_abuser: crate::ids::UserId::parse("mimi://a.example/u/m").unwrap(),
+                    reason_code: 0,
+                    note: String::new(),
+                    messages: Vec::new(),
+                },
+            },
+        };
+        assert!(matches!(
+            machine.apply(1, &report.encode()),
+            ApplyOutput::Rejected(reason) if reason.contains("unknown room")
+        ));
+        assert_eq!(machine.snapshot(), before);
     }
 
     #[test]

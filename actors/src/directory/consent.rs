@@ -22,8 +22,9 @@
 //! stricter settings.
 //!
 //! Bounds: at most [`MAX_CONSENT_ENTRIES`] pending requests, decisions and outgoing records
-//! per user. A request beyond the bound is dropped (its sender is answered 201 anyway, so a
-//! full inbox does not reveal anything); a decision beyond it is refused.
+//! per user. A request or decision beyond the bound is refused (`TooManyConsentEntries`) and
+//! changes nothing; the edges count it in `mimid_limit_hits_total{limit="consent_records"}`
+//! and still answer a refused request's sender 201, so a full inbox does not reveal anything.
 
 use std::collections::BTreeMap;
 
@@ -195,12 +196,13 @@ impl UserConsent {
     }
 
     /// Whether `requester` may fetch KeyPackages of `target` (this user) to add it to `room`
-    /// (MIMI.md §5.1 consent, §5.6). See the module documentation for the rules.
+    /// (MIMI.md §5.1 consent, §5.6); without a room only global decisions count. See the
+    /// module documentation for the rules.
     pub fn check_reach(
         &self,
         target: &UserId,
         requester: &UserId,
-        room: &RoomId,
+        room: Option<&RoomId>,
     ) -> Result<(), ConsentRefusal> {
         if requester == target {
             return Ok(());
@@ -209,9 +211,11 @@ impl UserConsent {
         if self.preferences.reachability == Reachability::OwnProvider && !same_provider {
             return Err(ConsentRefusal::NoConsent);
         }
-        let in_room = self.decisions.get(&ScopeKey {
-            other: requester.clone(),
-            room: Some(room.clone()),
+        let in_room = room.and_then(|room| {
+            self.decisions.get(&ScopeKey {
+                other: requester.clone(),
+                room: Some(room.clone()),
+            })
         });
         let global = self.decisions.get(&ScopeKey {
             other: requester.clone(),
@@ -227,7 +231,7 @@ impl UserConsent {
         let elsewhere = global.map_or(self.reachable_by_default(same_provider), |d| d.granted)
             || self.decisions.iter().any(|(key, decision)| {
                 key.other == *requester
-                    && key.room.as_ref().is_some_and(|other| other != room)
+                    && key.room.as_ref().is_some_and(|other| Some(other) != room)
                     && decision.granted
             });
         Err(if elsewhere {
@@ -252,8 +256,8 @@ impl UserConsent {
     }
 
     /// Records what happens to the scope (`requester`, `room`) of which this user is the
-    /// target. `Err(Full)` when a new decision would exceed [`MAX_CONSENT_ENTRIES`]; a request
-    /// beyond the bound is dropped without an error (see the module documentation).
+    /// target. `Err(Full)`, with nothing recorded, when a new request or decision would exceed
+    /// [`MAX_CONSENT_ENTRIES`] (see the module documentation).
     pub(crate) fn apply_as_target(
         &mut self,
         requester: &UserId,
@@ -278,11 +282,15 @@ impl UserConsent {
                     })
                     .is_some();
                 // Granted already: nothing to ask. Revoked: a pre-emptive deny drops it.
-                let full =
-                    self.pending.len() >= MAX_CONSENT_ENTRIES && !self.pending.contains_key(&key);
-                if !decided && !full {
-                    self.pending.entry(key).or_insert(at_ms);
+                if decided {
+                    return Ok(());
                 }
+                // A full inbox drops the request; `Full` lets the edge count the limit hit
+                // (its sender is answered 201 all the same).
+                if self.pending.len() >= MAX_CONSENT_ENTRIES && !self.pending.contains_key(&key) {
+                    return Err(Full);
+                }
+                self.pending.entry(key).or_insert(at_ms);
                 Ok(())
             }
             TargetStep::Cancel => {

@@ -91,7 +91,7 @@ fn decide(directory: &mut Directory, requester: &UserId, room: Option<&RoomId>, 
 fn reach(directory: &Directory, requester: &UserId, room_name: &str) -> Result<(), ConsentRefusal> {
     directory.users[&bob()]
         .consent
-        .check_reach(&bob(), requester, &room(room_name))
+        .check_reach(&bob(), requester, Some(&room(room_name)))
 }
 
 fn nick(value: &str) -> Nick {
@@ -491,9 +491,11 @@ fn consent_records_are_bounded_and_a_full_inbox_drops_requests() {
     }
     let extra = user("mimi://c.example/u/extra");
     let before = directory.clone();
-    directory
-        .consent_as_target(&bob(), &extra, None, &TargetAction::Request, T0_MS)
-        .unwrap();
+    assert_eq!(
+        directory.consent_as_target(&bob(), &extra, None, &TargetAction::Request, T0_MS),
+        Err(DirectoryError::TooManyConsentEntries),
+        "the request beyond the bound is refused, so the edge can count the limit hit"
+    );
     assert_eq!(directory, before, "the request beyond the bound is dropped");
     assert_eq!(
         directory.consent_as_target(
@@ -754,4 +756,24 @@ fn profiles_and_consent_survive_a_snapshot_round_trip() {
         reach(&restored, &alice, "den"),
         Err(ConsentRefusal::NoConsentForThisRoom)
     );
+}
+
+/// An old `Command::ClaimKeyPackages` (no room) goes through consent too: only the target's
+/// reachability and global decisions count, and a refusal claims nothing.
+#[test]
+fn a_claim_without_a_room_is_decided_by_global_consent() {
+    let mut directory = with_bob(2);
+    let carol = user("mimi://c.example/u/carol");
+    decide(&mut directory, &carol, None, false);
+    let before = directory.clone();
+    assert_eq!(
+        directory.claim_with_consent(&carol, &bob(), None, T0_MS),
+        ClaimOutcome::Refused(ConsentRefusal::NoConsent)
+    );
+    assert_eq!(directory, before, "nothing claimed");
+    decide(&mut directory, &carol, None, true);
+    assert!(matches!(
+        directory.claim_with_consent(&carol, &bob(), None, T0_MS),
+        ClaimOutcome::Claimed(claims) if claims.len() == 1
+    ));
 }

@@ -542,6 +542,12 @@ impl RoomState {
         self.members.iter().cloned().collect()
     }
 
+    /// The client at leaf `leaf_index` of the current group, if the leaf is occupied (what
+    /// the blocklist check of a handshake's MLS sender needs, `moderation` module docs).
+    pub fn member_at(&self, leaf_index: u32) -> Option<ClientId> {
+        self.leaf_client(LeafNodeIndex::new(leaf_index)).ok()
+    }
+
     /// The latest GroupInfo a committer (or the creator) supplied, as MLSMessage bytes.
     pub fn group_info(&self) -> Option<&[u8]> {
         self.group_info.as_deref()

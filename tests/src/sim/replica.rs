@@ -769,8 +769,12 @@ pub fn outcome_name(output: &ApplyOutput) -> &'static str {
         ApplyOutput::Registered(_)
         | ApplyOutput::Published(_)
         | ApplyOutput::Claimed(_)
+        | ApplyOutput::ProfileSet(_)
+        | ApplyOutput::PreferencesSet(_)
+        | ApplyOutput::ConsentRecorded(_)
         | ApplyOutput::Acked
         | ApplyOutput::Housekept => "directory",
+        ApplyOutput::BlockSet(_) | ApplyOutput::AbuseReported(_) => "moderation",
         ApplyOutput::FanoutDelivered
         | ApplyOutput::FanoutReceived { .. }
         | ApplyOutput::MirrorJoined { .. } => "fanout",

@@ -1,0 +1,145 @@
+//! The hub's side of abuse handling (MIMI.md §5.3.1, §5.8, §13): the operator's blocklist,
+//! abuse reports of hosted rooms, and the frank records delivery reads. See the
+//! `crate::moderation` and `crate::franking` module docs for what is replicated where.
+
+use mimid_cluster::ShardId;
+
+use super::{unexpected, Hub, HubError};
+use crate::command::{Command, ReceivedItem};
+use crate::franking::{FrankRecord, ReceivedFrank};
+use crate::ids::RoomId;
+use crate::moderation::{
+    AbuseReport, BlockTarget, Blocklist, BlocklistFull, ReportsFull, StoredReport,
+    BLOCKLIST_SHARD_KEY,
+};
+use crate::shard::ApplyOutput;
+
+impl Hub {
+    /// The shard whose copy of the blocklist the edges and the operator read.
+    fn blocklist_shard(&self) -> ShardId {
+        self.shards.shard_of(BLOCKLIST_SHARD_KEY)
+    }
+
+    /// Blocks (`blocked`) or unblocks `target` (MIMI.md §13): proposed to every shard in
+    /// turn, the shard of [`BLOCKLIST_SHARD_KEY`] first, and answered once every shard applied
+    /// it. Returns whether the authoritative copy changed. A shard that cannot take it (no
+    /// leader) is an `Err` naming it; the shards before it changed, and repeating the
+    /// operation is harmless.
+    pub async fn set_block(
+        &self,
+        target: BlockTarget,
+        blocked: bool,
+    ) -> Result<Result<bool, BlocklistFull>, HubError> {
+        let home = self.blocklist_shard();
+        let order = std::iter::once(home).chain((0..self.shards.count()).filter(|&s| s != home));
+        let mut changed = None;
+        for shard in order {
+            let command = Command::SetBlock {
+                target: target.clone(),
+                blocked,
+            };
+            match self.proposer.propose_to(shard, command).await? {
+                ApplyOutput::BlockSet(Ok(shard_changed)) => {
+                    changed.get_or_insert(shard_changed);
+                }
+                // Every copy holds the same entries, so a full list is full everywhere.
+                ApplyOutput::BlockSet(Err(full)) => return Ok(Err(full)),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(Ok(changed.unwrap_or(false)))
+    }
+
+    /// The operator's blocklist (local read of the authoritative copy).
+    pub fn blocklist(&self) -> Blocklist {
+        self.shards
+            .get(self.blocklist_shard())
+            .read()
+            .blocklist()
+            .clone()
+    }
+
+    /// Why provider `domain`'s requests are refused, if it is blocked (local read).
+    pub fn provider_refusal(&self, domain: &str) -> Option<String> {
+        let data = self.shards.get(self.blocklist_shard()).read();
+        data.blocklist()
+            .blocks_provider(domain)
+            .then(|| format!("provider blocked: {domain}"))
+    }
+
+    /// Why `user` may not act here, if it (or its provider) is blocked (local read).
+    pub fn user_refusal(&self, user: &crate::ids::UserId) -> Option<String> {
+        self.shards
+            .get(self.blocklist_shard())
+            .read()
+            .blocklist()
+            .refusal_of_user(user)
+    }
+
+    /// Stores an abuse report for `room`, hosted here, whose franks the caller validated
+    /// (protocol-06 §5.9). `Ok(Err(ReportsFull))` when the room holds the maximum.
+    pub async fn record_abuse_report(
+        &self,
+        room: RoomId,
+        report: AbuseReport,
+    ) -> Result<Result<usize, ReportsFull>, HubError> {
+        self.check_room(&room).await?;
+        match self
+            .proposer
+            .propose(Command::RecordAbuseReport { room, report })
+            .await?
+        {
+            ApplyOutput::AbuseReported(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every abuse report of the rooms this node's replicas host, by room (local read).
+    pub fn abuse_reports(&self) -> Vec<(RoomId, StoredReport)> {
+        (0..self.shards.count())
+            .flat_map(|shard| {
+                self.shards
+                    .get(shard)
+                    .read()
+                    .abuse_reports()
+                    .iter()
+                    .map(|(room, report)| (room.clone(), report.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Follower side of protocol-06 §5.4 with the Franks the notify carried (see
+    /// [`Hub::receive_fanout`]). Returns how many items were new.
+    pub async fn receive_fanout_franked(
+        &self,
+        room: RoomId,
+        items: Vec<ReceivedItem>,
+        body_hash: [u8; 32],
+        franks: Vec<ReceivedFrank>,
+    ) -> Result<usize, HubError> {
+        match self
+            .proposer
+            .propose(Command::FanoutReceivedFranked {
+                room,
+                items,
+                body_hash,
+                franks,
+            })
+            .await?
+        {
+            ApplyOutput::FanoutReceived { appended } => Ok(appended),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// What this node's replica keeps about the franked item at `seq` of `room` (local read).
+    pub fn frank_record(&self, room: &RoomId, seq: u64) -> Option<FrankRecord> {
+        self.shards
+            .for_room(room)
+            .read()
+            .franks()
+            .get(room, seq)
+            .cloned()
+    }
+}
