@@ -11,24 +11,57 @@
 //!   ([`crate::backup`] has the format and the consistency argument): 200 with the file, 409
 //!   while another backup runs, 503 when the node is not ready, 500 when a shard cannot be
 //!   serialised. Counted in `mimid_backups_total{result}`.
+//! - Abuse handling (MIMI.md §5.8, §13; ops/runbooks/abuse.md), JSON bodies:
+//!   - `GET /admin/abuse/reports`: every abuse report the rooms hosted here received, with
+//!     the messages the reporters revealed ([`ReportsListing`]);
+//!   - `GET /admin/abuse/blocks`: the blocklist ([`BlocklistListing`]);
+//!   - `POST /admin/abuse/block` and `POST /admin/abuse/unblock` with `{"target": T}`, `T` a
+//!     user URI (`mimi://b.example/u/bob`) or a provider domain (`b.example`): 200 with
+//!     [`BlockAnswer`] once every shard applied it; 400 for a target that is neither, 507
+//!     when the blocklist is full, 503 when a shard has no leader (repeat it).
 //!
 //! The listener is unauthenticated. The probes and metrics carry no user data, but a backup
 //! carries everything the provider replicates (room state and logs, the directory with token
-//! hashes and KeyPackages): bind `admin_listen` to loopback or a private interface only
+//! hashes and KeyPackages), abuse reports carry message contents, and the block routes change
+//! who may use the provider: bind `admin_listen` to loopback or a private interface only
 //! reachable by operators, never to a public one. It deliberately has no other routes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use mimid_actors::command::Submitter;
+use mimid_actors::hub::Hub;
+use mimid_actors::moderation::BlockTarget;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::backup::{BackupRefused, Backups, BACKUP_PATH};
+use crate::content::MimiContent;
 use crate::metrics::{Metrics, CONTENT_TYPE};
+
+/// `GET`: the abuse reports of the rooms hosted here.
+pub const REPORTS_PATH: &str = "/admin/abuse/reports";
+/// `GET`: the blocklist.
+pub const BLOCKS_PATH: &str = "/admin/abuse/blocks";
+/// `POST {"target": T}`: blocks a user or a provider.
+pub const BLOCK_PATH: &str = "/admin/abuse/block";
+/// `POST {"target": T}`: unblocks a user or a provider.
+pub const UNBLOCK_PATH: &str = "/admin/abuse/unblock";
+/// Longest admin answer [`admin_call`] reads.
+const MAX_ADMIN_ANSWER: u64 = 64 << 20;
+/// How long [`admin_call`] waits for an answer.
+const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A readiness check: `Ok` when the node can serve traffic, otherwise why not. It runs on the
 /// admin listener's task for every `/readyz` request, so it must be cheap and non-blocking
@@ -44,6 +77,68 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The backups behind `POST /admin/backup`.
     pub backups: Arc<Backups>,
+    /// The hub behind the abuse routes; `None` answers them 503.
+    pub hub: Option<Arc<Hub>>,
+}
+
+/// `GET /admin/abuse/reports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportsListing {
+    pub reports: Vec<ReportEntry>,
+}
+
+/// One stored abuse report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportEntry {
+    /// The reported room (hosted here).
+    pub room: String,
+    /// Hub time the report was recorded (ms since the UNIX epoch).
+    pub received_ms: u64,
+    /// Who handed it in: `provider <domain>` or `client <uri>`.
+    pub submitted_by: String,
+    pub reporting_user: Option<String>,
+    pub alleged_abuser: String,
+    /// protocol-06 `AbuseType` (no taxonomy is defined yet).
+    pub reason_code: u8,
+    pub note: String,
+    pub messages: Vec<ReportedMessageEntry>,
+}
+
+/// One message of a report, whose frank the hub validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedMessageEntry {
+    pub sender: String,
+    /// The hub's accepted time of the message (ms since the UNIX epoch).
+    pub accepted_ms: u64,
+    /// The text, when the content is a single `text/plain` part.
+    pub text: Option<String>,
+    /// The MIMI content bytes, base64 (standard alphabet).
+    pub content_base64: String,
+}
+
+/// `GET /admin/abuse/blocks`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlocklistListing {
+    pub users: Vec<String>,
+    pub providers: Vec<String>,
+}
+
+/// The body of `POST /admin/abuse/block` and `/unblock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRequest {
+    /// A user URI or a provider domain.
+    pub target: String,
+}
+
+/// The answer to `POST /admin/abuse/block` and `/unblock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockAnswer {
+    /// The target as the node understood it.
+    pub target: String,
+    /// Whether it is blocked now.
+    pub blocked: bool,
+    /// Whether this request changed the blocklist.
+    pub changed: bool,
 }
 
 /// Serves the admin routes on `listener` until the returned task is aborted or the listener
@@ -64,6 +159,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(BACKUP_PATH, post(backup))
+        .route(REPORTS_PATH, get(reports))
+        .route(BLOCKS_PATH, get(blocks))
+        .route(BLOCK_PATH, post(block))
+        .route(UNBLOCK_PATH, post(unblock))
         .with_state(state)
 }
 
@@ -129,6 +228,168 @@ async fn backup(State(state): State<AdminState>) -> Response {
     }
 }
 
+fn no_hub() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "abuse handling is not available on this listener\n",
+    )
+        .into_response()
+}
+
+fn json(value: &impl Serialize) -> Response {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn reports(State(state): State<AdminState>) -> Response {
+    let Some(hub) = &state.hub else {
+        return no_hub();
+    };
+    let reports = hub
+        .abuse_reports()
+        .into_iter()
+        .map(|(room, stored)| {
+            let report = stored.report;
+            ReportEntry {
+                room: room.to_string(),
+                received_ms: stored.received_ts_ms,
+                submitted_by: match &report.submitter {
+                    Submitter::Client(client) => format!("client {client}"),
+                    Submitter::Provider(domain) => format!("provider {domain}"),
+                },
+                reporting_user: report.reporting_user.map(|user| user.to_string()),
+                alleged_abuser: report.alleged_abuser.to_string(),
+                reason_code: report.reason_code,
+                note: report.note,
+                messages: report
+                    .messages
+                    .into_iter()
+                    .map(|message| ReportedMessageEntry {
+                        sender: message.sender.to_string(),
+                        accepted_ms: message.accepted_ts_ms,
+                        text: MimiContent::decode(&message.content)
+                            .ok()
+                            .and_then(|content| content.text().map(str::to_owned)),
+                        content_base64: STANDARD.encode(&message.content),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    json(&ReportsListing { reports })
+}
+
+async fn blocks(State(state): State<AdminState>) -> Response {
+    let Some(hub) = &state.hub else {
+        return no_hub();
+    };
+    let list = hub.blocklist();
+    json(&BlocklistListing {
+        users: list.users().map(|user| user.to_string()).collect(),
+        providers: list.providers().map(str::to_owned).collect(),
+    })
+}
+
+async fn block(State(state): State<AdminState>, body: Bytes) -> Response {
+    set_block(state, body, true).await
+}
+
+async fn unblock(State(state): State<AdminState>, body: Bytes) -> Response {
+    set_block(state, body, false).await
+}
+
+/// Cancel safety: a client that goes away may leave the block applied to some shards only;
+/// repeating the request completes it.
+async fn set_block(state: AdminState, body: Bytes, blocked: bool) -> Response {
+    let Some(hub) = &state.hub else {
+        return no_hub();
+    };
+    let request: BlockRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"target\": \"<user URI or domain>\"}}: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let target = match BlockTarget::parse(&request.target) {
+        Ok(target) => target,
+        Err(reason) => return (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response(),
+    };
+    match hub.set_block(target.clone(), blocked).await {
+        Ok(Ok(changed)) => {
+            tracing::info!(%target, blocked, changed, "blocklist set by the operator");
+            json(&BlockAnswer {
+                target: target.to_string(),
+                blocked,
+                changed,
+            })
+        }
+        Ok(Err(full)) => (StatusCode::INSUFFICIENT_STORAGE, format!("{full}\n")).into_response(),
+        Err(e) => {
+            tracing::warn!(%target, blocked, error = %e, "blocklist change not applied everywhere");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not applied on every shard, repeat it: {e}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// One request to a node's admin listener at `admin` (`host:port`, optionally with
+/// `http://`) over plain HTTP/1.1: its status and body. For `mimid abuse` and tests.
+///
+/// Cancel safety: cancel safe (nothing is kept between calls).
+pub async fn admin_call(
+    admin: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let host = admin.strip_prefix("http://").unwrap_or(admin);
+    let host = host.strip_suffix('/').unwrap_or(host).to_owned();
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(&host)
+            .await
+            .with_context(|| format!("connecting to the admin listener {host}"))?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut response = Vec::new();
+        stream
+            .take(MAX_ADMIN_ANSWER)
+            .read_to_end(&mut response)
+            .await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(ADMIN_CALL_TIMEOUT, exchange)
+        .await
+        .with_context(|| format!("{method} {path}: no answer within {ADMIN_CALL_TIMEOUT:?}"))??;
+    let head_end = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .context("the answer has no complete HTTP head")?;
+    let status = std::str::from_utf8(&response[..head_end])
+        .ok()
+        .and_then(|head| head.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .context("the answer has no HTTP status")?;
+    Ok((status, response[head_end + 4..].to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +434,7 @@ mod tests {
             ready,
             metrics,
             backups,
+            hub: None,
         };
         let task = serve_admin(listener, state).await;
         (addr, task)
@@ -342,6 +604,24 @@ mod tests {
         is_ready.store(true, Ordering::SeqCst);
         assert_eq!(get(addr, "/readyz").await.0, 200);
         assert_eq!(get(addr, "/other").await.0, 404);
+        task.abort();
+    }
+
+    /// Without a hub (a listener serving probes only) the abuse routes say so.
+    #[tokio::test]
+    async fn abuse_routes_without_a_hub_are_unavailable() {
+        let (addr, task) = start(Arc::new(|| Ok(())), Arc::new(Metrics::new())).await;
+        let admin = addr.to_string();
+        let (status, body) = admin_call(&admin, "GET", REPORTS_PATH, b"").await.unwrap();
+        assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+        let (status, _) = admin_call(&admin, "POST", BLOCK_PATH, br#"{"target":"b.example"}"#)
+            .await
+            .unwrap();
+        assert_eq!(status, 503);
+        assert_eq!(
+            admin_call(&admin, "GET", BLOCK_PATH, b"").await.unwrap().0,
+            405
+        );
         task.abort();
     }
 

@@ -25,14 +25,15 @@ use tracing::Instrument;
 
 use crate::config::LimitsSettings;
 use crate::federation::{Peers, S2sEndpoint};
+use crate::franking::Franking;
 use crate::group_info::{GroupInfoService, Requester, REASON_HEADER};
 use crate::h3::{Handler, Request, Response};
 use crate::metrics::{Limit, Metrics, Outcome};
-use crate::peering::Forwarder;
+use crate::peering::{refuse_blocked_user, submit_response, Forwarder};
 use crate::rate_limit::RateLimits;
 use crate::wire::client::{
     encode_frame, AckRequest, ClientSubmitResponse, ClientUpdateResponse, CreateRoomRequest,
-    CreateRoomResponse, CreateRoomStatus, DeliveredItem, PublishKeyPackagesRequest,
+    CreateRoomResponse, CreateRoomStatus, DeliveredBody, DeliveredItem, PublishKeyPackagesRequest,
     RegisterClientRequest, RegisterClientResponse, HEARTBEAT_FRAME,
 };
 use crate::wire::group_info::{external_commit_joiner, GroupInfoRequest};
@@ -47,6 +48,7 @@ use crate::wire::update::{
 };
 use crate::wire::{Decode, Encode, Limits, Mls};
 
+mod abuse;
 mod discovery;
 
 /// Path prefix of the client API.
@@ -214,9 +216,13 @@ pub struct ClientApi {
     group_info: Arc<GroupInfoService>,
     /// Per-user request rate and KeyPackage claim limits (`limits.rate`).
     rate_limits: Arc<RateLimits>,
+    /// Franks for messages of franked rooms, the franking agent rooms are created with, and
+    /// the validation of abuse reports (MIMI.md §5.3.1, §5.8).
+    franking: Arc<Franking>,
 }
 
 impl ClientApi {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         hub: Arc<Hub>,
         domain: String,
@@ -225,11 +231,13 @@ impl ClientApi {
         peers: Arc<Peers>,
         group_info: Arc<GroupInfoService>,
         rate_limits: Arc<RateLimits>,
+        franking: Arc<Franking>,
     ) -> Self {
         ClientApi {
             hub,
             group_info,
             rate_limits,
+            franking,
             forwarder: Forwarder::new(peers, domain.clone()),
             domain,
             limits: Limits {
@@ -284,6 +292,7 @@ impl ClientApi {
                 format!("client {client} does not belong to {}", self.domain),
             ));
         }
+        refuse_blocked_user(&self.hub, &self.metrics, &client.user())?;
         // A further device of a user is linked by one of its existing devices: the request
         // then carries that device's bearer token.
         let linked_by = if req.headers.contains_key(http::header::AUTHORIZATION) {
@@ -377,6 +386,8 @@ impl ClientApi {
                 ),
             ));
         }
+        // MIMI.md §13: a blocked user is not claimed (nor claims: checked with the token).
+        refuse_blocked_user(&self.hub, &self.metrics, &target)?;
         match target.domain() {
             local if local == self.domain => {
                 self.rate_limits.check_claim(&client.user(), &target)?;
@@ -578,10 +589,11 @@ impl ClientApi {
                 },
             );
         }
+        let franking_tag = mimid_actors::franking::frank_aad_of(body.app_message.bytes());
         let verdict = self
             .hub
             .submit(
-                room,
+                room.clone(),
                 command::Submitter::Client(client.clone()),
                 client.user(),
                 body.app_message.into_bytes(),
@@ -591,7 +603,15 @@ impl ClientApi {
             SubmitVerdict::Accepted { .. } => Outcome::Accepted,
             _ => Outcome::Rejected,
         });
-        ok_body(StatusCode::OK, &ClientSubmitResponse::from(&verdict))
+        let mut response = ClientSubmitResponse::from(&verdict);
+        response.response = submit_response(
+            &self.franking,
+            &room,
+            &client.user(),
+            franking_tag,
+            &verdict,
+        );
+        ok_body(StatusCode::OK, &response)
     }
 
     async fn ack(&self, req: Request, client: ClientId) -> Answer {
@@ -612,6 +632,7 @@ impl ClientApi {
         let max_frame = self.max_frame;
         let mut heartbeat = tokio::time::interval(self.stream_heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let franking = self.franking.clone();
         let span = tracing::info_span!("push_stream", client = %client);
         tokio::spawn(
             async move {
@@ -629,6 +650,13 @@ impl ClientApi {
                     let Some(delivery) = delivery else { break };
                     heartbeat.reset();
                     let frame = DeliveredItem::from_log(&delivery.room, &delivery.item)
+                        .map(|mut item| {
+                            // MIMI.md §5.3.1: the receiver keeps the Frank with the message.
+                            if let DeliveredBody::Application { frank, .. } = &mut item.body {
+                                *frank = franking.frank_of_item(&delivery.room, &delivery.item);
+                            }
+                            item
+                        })
                         .map_err(|e| e.to_string())
                         .and_then(|item| encode_frame(&item, max_frame).map_err(|e| e.to_string()));
                     match frame {
@@ -680,6 +708,8 @@ impl ClientApi {
             ("requestConsent", false) => "client_request_consent",
             ("updateConsent", false) => "client_update_consent",
             ("consents", false) => "client_consents",
+            ("frankingAgent", false) => "client_franking_agent",
+            ("reportAbuse", true) => "client_report_abuse",
             _ => {
                 return (
                     "unknown",
@@ -689,7 +719,7 @@ impl ClientApi {
         };
         let expected = if matches!(
             endpoint,
-            "client_stream" | "client_get_profile" | "client_consents"
+            "client_stream" | "client_get_profile" | "client_consents" | "client_franking_agent"
         ) {
             Method::GET
         } else {
@@ -706,6 +736,8 @@ impl ClientApi {
                 return self.register(req).await;
             }
             let client = self.authenticate(&req).await?;
+            // MIMI.md §13: a local user the operator blocked is refused everything.
+            refuse_blocked_user(&self.hub, &self.metrics, &client.user())?;
             self.rate_limits.check_user(&client.user())?;
             match endpoint {
                 "client_key_packages" => self.publish(req, client).await,
@@ -734,6 +766,11 @@ impl ClientApi {
                 "client_request_consent" => self.request_consent(req, client).await,
                 "client_update_consent" => self.update_consent(req, client).await,
                 "client_consents" => self.consents(client),
+                "client_franking_agent" => self.franking_agent(),
+                "client_report_abuse" => {
+                    let room = self.room(param.unwrap_or_default())?;
+                    self.report_abuse(req, client, room).await
+                }
                 _ => self.ack(req, client).await,
             }
         }

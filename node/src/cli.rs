@@ -14,6 +14,9 @@
 //!   listener, verified and written atomically ([`crate::backup`]).
 //! - `mimid restore --from FILE --data-dir DIR [--config FILE]`: a new data directory from a
 //!   backup, for a node started with the same configuration.
+//! - `mimid abuse reports | blocks | block TARGET | unblock TARGET --admin ADDR`: the abuse
+//!   reports and the blocklist of a running node, through its admin listener
+//!   ([`crate::admin`]; ops/runbooks/abuse.md).
 //!
 //! Configuration layering (defaults, file, `MIMID_*` environment, flags) is
 //! [`crate::config`]'s; this module maps flags onto it.
@@ -62,6 +65,42 @@ pub enum Command {
     Backup(BackupArgs),
     /// Create a new data directory from a backup made by `mimid backup`.
     Restore(RestoreArgs),
+    /// Read abuse reports and block or unblock users and providers on a running node.
+    #[command(subcommand)]
+    Abuse(AbuseCommand),
+}
+
+/// `mimid abuse …`: through a running node's admin listener.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AbuseCommand {
+    /// List the abuse reports the rooms hosted by the node's provider received.
+    Reports {
+        /// The node's admin listener, `HOST:PORT` [config: admin_listen].
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
+    },
+    /// List the blocked users and providers.
+    Blocks {
+        /// The node's admin listener, `HOST:PORT` [config: admin_listen].
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
+    },
+    /// Block a user (mimi://domain/u/name) or a whole provider (domain).
+    Block {
+        /// The node's admin listener, `HOST:PORT` [config: admin_listen].
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
+        /// A user URI or a provider domain.
+        target: String,
+    },
+    /// Unblock a user or a provider.
+    Unblock {
+        /// The node's admin listener, `HOST:PORT` [config: admin_listen].
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
+        /// A user URI or a provider domain.
+        target: String,
+    },
 }
 
 /// Flags that override configuration keys (highest precedence).
@@ -236,6 +275,114 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore(args) => {
             println!("{}", run_restore(args, config::process_env())?);
             Ok(())
+        }
+        Command::Abuse(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            for line in runtime.block_on(run_abuse(&command))? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `mimid abuse …` against the node's admin listener; returns the lines to print.
+///
+/// Cancel safety: a cancelled block or unblock may have reached only some shards; running it
+/// again completes it.
+pub async fn run_abuse(command: &AbuseCommand) -> anyhow::Result<Vec<String>> {
+    use crate::admin::{
+        admin_call, BlockAnswer, BlockRequest, BlocklistListing, ReportsListing, BLOCKS_PATH,
+        BLOCK_PATH, REPORTS_PATH, UNBLOCK_PATH,
+    };
+    let call = |admin: &str, method: &'static str, path: &'static str, body: Vec<u8>| {
+        let admin = admin.to_owned();
+        async move {
+            let (status, answer) = admin_call(&admin, method, path, &body).await?;
+            if status != 200 {
+                bail!(
+                    "the node answered {status}: {}",
+                    String::from_utf8_lossy(&answer).trim()
+                );
+            }
+            anyhow::Ok(answer)
+        }
+    };
+    match command {
+        AbuseCommand::Reports { admin } => {
+            let answer = call(admin, "GET", REPORTS_PATH, Vec::new()).await?;
+            let listing: ReportsListing =
+                serde_json::from_slice(&answer).context("reading the reports")?;
+            let mut lines = vec![format!("{} abuse reports", listing.reports.len())];
+            for report in listing.reports {
+                lines.push(format!(
+                    "{} in {}: {} reported by {} ({}), reason {}, note {:?}",
+                    report.received_ms,
+                    report.room,
+                    report.alleged_abuser,
+                    report
+                        .reporting_user
+                        .as_deref()
+                        .unwrap_or("an unnamed user"),
+                    report.submitted_by,
+                    report.reason_code,
+                    report.note
+                ));
+                for message in report.messages {
+                    lines.push(format!(
+                        "  {} at {}: {}",
+                        message.sender,
+                        message.accepted_ms,
+                        match &message.text {
+                            Some(text) => format!("{text:?}"),
+                            None =>
+                                format!("<{} content bytes>", message.content_base64.len() * 3 / 4),
+                        }
+                    ));
+                }
+            }
+            Ok(lines)
+        }
+        AbuseCommand::Blocks { admin } => {
+            let answer = call(admin, "GET", BLOCKS_PATH, Vec::new()).await?;
+            let listing: BlocklistListing =
+                serde_json::from_slice(&answer).context("reading the blocklist")?;
+            Ok(listing
+                .providers
+                .iter()
+                .map(|domain| format!("provider {domain}"))
+                .chain(listing.users.iter().map(|user| format!("user {user}")))
+                .collect())
+        }
+        AbuseCommand::Block { admin, target } | AbuseCommand::Unblock { admin, target } => {
+            let path = if matches!(command, AbuseCommand::Block { .. }) {
+                BLOCK_PATH
+            } else {
+                UNBLOCK_PATH
+            };
+            let body = serde_json::to_vec(&BlockRequest {
+                target: target.clone(),
+            })?;
+            let answer = call(admin, "POST", path, body).await?;
+            let answer: BlockAnswer =
+                serde_json::from_slice(&answer).context("reading the answer")?;
+            Ok(vec![format!(
+                "{} {}{}",
+                answer.target,
+                if answer.blocked {
+                    "blocked"
+                } else {
+                    "unblocked"
+                },
+                if answer.changed {
+                    ""
+                } else {
+                    " (it was already)"
+                }
+            )])
         }
     }
 }
@@ -559,6 +706,37 @@ mod tests {
         assert_eq!(args.data_dir, PathBuf::from("/tmp/d"));
         assert_eq!(args.config, Some(PathBuf::from("/tmp/c.toml")));
         assert!(Cli::try_parse_from(["mimid", "restore", "--from", "/tmp/b"]).is_err());
+    }
+
+    #[test]
+    fn abuse_commands_take_the_admin_listener_and_a_target() {
+        let Command::Abuse(AbuseCommand::Block { admin, target }) =
+            parse(&["abuse", "block", "--admin", "127.0.0.1:9090", "b.example"]).command
+        else {
+            panic!("not abuse block");
+        };
+        assert_eq!(admin, "127.0.0.1:9090");
+        assert_eq!(target, "b.example");
+        assert!(matches!(
+            parse(&["abuse", "reports", "--admin", "127.0.0.1:9090"]).command,
+            Command::Abuse(AbuseCommand::Reports { .. })
+        ));
+        assert!(Cli::try_parse_from(["mimid", "abuse", "unblock", "--admin", "x:1"]).is_err());
+        assert!(Cli::try_parse_from(["mimid", "abuse", "reports"]).is_err());
+    }
+
+    /// A node that does not answer is an error naming the listener, not a hang.
+    #[tokio::test]
+    async fn abuse_commands_report_an_unreachable_admin_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let error = run_abuse(&AbuseCommand::Blocks {
+            admin: admin.clone(),
+        })
+        .await
+        .unwrap_err();
+        assert!(format!("{error:#}").contains(&admin), "{error:#}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub struct Metrics {
     ready: Gauge,
     shards_led: Gauge,
     forwarded_proposals: Family<ForwardLabels, Counter>,
+    blocked_requests: Family<BlockedLabels, Counter>,
     raft: Arc<RaftCounters>,
     cluster_net: ClusterNetMetrics,
 }
@@ -358,6 +359,47 @@ pub enum Limit {
     UserRate,
     /// A KeyPackage claim exceeded `limits.rate.key_material_claims_*` (429).
     KeyMaterialClaims,
+    /// A room already held the most abuse reports it keeps (507, MIMI.md §5.8).
+    AbuseReports,
+    /// A user's consent records (requests, decisions or its own requests) were at their bound
+    /// (MIMI.md §5.6); a request is dropped, a decision refused.
+    ConsentRecords,
+}
+
+/// Labels of `mimid_blocked_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockedLabels {
+    /// What was blocked.
+    pub kind: BlockedKind,
+}
+
+/// What made a request refused by the operator's blocklist (MIMI.md §13). Every value has a
+/// series from the start.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum BlockedKind {
+    /// A blocked provider's server-to-server request.
+    Provider,
+    /// A request by or about a blocked user (client API or server-to-server).
+    User,
+}
+
+impl BlockedKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [BlockedKind; 2] = [BlockedKind::Provider, BlockedKind::User];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockedKind::Provider => "provider",
+            BlockedKind::User => "user",
+        }
+    }
+}
+
+impl EncodeLabelValue for BlockedKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 /// Labels of `mimid_peer_requests_total`.
@@ -599,6 +641,15 @@ impl Metrics {
         for outcome in ForwardOutcome::ALL {
             drop(forwarded_proposals.get_or_create(&ForwardLabels { outcome }));
         }
+        let blocked_requests = Family::<BlockedLabels, Counter>::default();
+        registry.register(
+            "blocked_requests",
+            "Requests refused because the operator blocked their provider or user (MIMI.md §13), by kind",
+            blocked_requests.clone(),
+        );
+        for kind in BlockedKind::ALL {
+            drop(blocked_requests.get_or_create(&BlockedLabels { kind }));
+        }
         let raft = Arc::new(RaftCounters::default());
         registry.register_collector(Box::new(raft.clone()));
         let cluster_net = ClusterNetMetrics::register(&mut registry);
@@ -618,6 +669,7 @@ impl Metrics {
             ready,
             shards_led,
             forwarded_proposals,
+            blocked_requests,
             raft,
             cluster_net,
         }
@@ -650,6 +702,13 @@ impl Metrics {
     pub fn count_app_message(&self, result: Outcome) {
         self.app_messages
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a request refused by the blocklist.
+    pub fn count_blocked(&self, kind: BlockedKind) {
+        self.blocked_requests
+            .get_or_create(&BlockedLabels { kind })
             .inc();
     }
 
@@ -863,6 +922,8 @@ impl Limit {
             Limit::PeerRate => "peer_rate",
             Limit::UserRate => "user_rate",
             Limit::KeyMaterialClaims => "key_material_claims",
+            Limit::AbuseReports => "abuse_reports",
+            Limit::ConsentRecords => "consent_records",
         }
     }
 }

@@ -10,6 +10,14 @@
 //! §5.7) are in [`discovery`]; `keyMaterial` claims decide the target's reachability and
 //! consent in the same apply as the claim (`Hub::claim_key_packages_in_room`).
 //!
+//! Abuse (MIMI.md §5.3.1, §5.8, §13; [`abuse`]): the hub franks accepted messages of franked
+//! rooms in its submitMessage answer and in every notify ([`crate::franking`]), a follower
+//! keeps the Franks a notify brings for its clients, `reportAbuse` is served with frank
+//! validation, and the operator's blocklist is enforced here: a blocked provider is refused
+//! on every endpoint right after authentication (403 `provider blocked: <domain>`), and a
+//! request acting as, or for, a blocked user with 403 `user blocked: <uri>` (in rooms hosted
+//! here the room's apply refuses a blocked sender too).
+//!
 //! Every decision is the hub's apply (DESIGN.md §2); this layer decodes, checks who may speak
 //! for whom (MIMI.md §7.1 step 2) and maps results to statuses.
 //!
@@ -27,6 +35,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use mimid_actors::actor::{Federation, NotifyError};
 use mimid_actors::command::{self, ReceivedItem, Submitter};
+use mimid_actors::franking::{frank_aad_of, ReceivedFrank};
 use mimid_actors::hub::Hub;
 use mimid_actors::ids::{RoomId, UserId};
 use mimid_actors::room::log::{ItemBody, LogItem};
@@ -37,20 +46,25 @@ use sha2::{Digest, Sha256};
 use crate::api::{key_material_response, ok_body, parse_room_path, Answer, Refusal};
 use crate::federation::peers::{PeerResponse, Peers};
 use crate::federation::{FederationService, PeerRequest, S2sEndpoint};
+use crate::franking::{message_sha256, Franking};
 use crate::group_info::{GroupInfoService, Requester};
 use crate::h3::Response;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{BlockedKind, Metrics, Outcome};
 use crate::rate_limit::RateLimits;
 use crate::wire::fanout::{decode_fanout_batch, encode_fanout_batch, FanoutBody, FanoutMessage};
 use crate::wire::group_info::GroupInfoRequest;
 use crate::wire::key_material::KeyMaterialRequest;
-use crate::wire::submit::{SubmitMessageRequest, SubmitMessageResponse};
+use crate::wire::submit::{SubmitMessageRequest, SubmitMessageResponse, SubmitStatus};
 use crate::wire::update::{RatchetTreeOption, UpdateRequest, UpdateRoomResponse};
-use crate::wire::{Decode, Limits, Mls, MlsMessage, WireError};
+use crate::wire::{Decode, Encode, Limits, Mls, MlsMessage, WireError};
 
+mod abuse;
 mod discovery;
 
-pub(crate) use discovery::{answer_identifier_query, created, granted_key_packages};
+pub(crate) use abuse::record_report;
+pub(crate) use discovery::{
+    answer_identifier_query, count_consent_limit, created, granted_key_packages,
+};
 
 /// The header naming the hub log position of every FanoutMessage of a notify.
 pub const HUB_SEQS_HEADER: &str = "mimi-hub-seqs";
@@ -61,6 +75,43 @@ fn forbidden(reason: impl Into<String>) -> Refusal {
 
 fn not_found(reason: impl Into<String>) -> Refusal {
     Refusal::new(StatusCode::NOT_FOUND, reason)
+}
+
+/// 403 for a request acting as, or for, `user` if the operator blocked it (or its provider),
+/// counted in `mimid_blocked_requests_total{kind="user"}` (MIMI.md §13).
+pub(crate) fn refuse_blocked_user(
+    hub: &Hub,
+    metrics: &Metrics,
+    user: &UserId,
+) -> Result<(), Refusal> {
+    match hub.user_refusal(user) {
+        None => Ok(()),
+        Some(reason) => {
+            metrics.count_blocked(BlockedKind::User);
+            tracing::debug!(%user, %reason, "request of a blocked user refused");
+            Err(forbidden(reason))
+        }
+    }
+}
+
+/// An accepted submission's answer with its Frank, when the room and the message are franked
+/// (MIMI.md §5.3: "if frank_aad is present and a franking_agent exists").
+pub(crate) fn submit_response(
+    franking: &Franking,
+    room: &RoomId,
+    sender: &UserId,
+    franking_tag: Option<[u8; 32]>,
+    verdict: &command::SubmitVerdict,
+) -> SubmitMessageResponse {
+    let mut response = SubmitMessageResponse::from(verdict);
+    if let (
+        command::SubmitVerdict::Accepted { accepted_ts_ms, .. },
+        SubmitStatus::Accepted { frank, .. },
+    ) = (verdict, &mut response.status)
+    {
+        *frank = franking.frank_submitted(room, sender, franking_tag, *accepted_ts_ms);
+    }
+    response
 }
 
 /// A peer that gave no usable answer: 502 to our caller, who may retry.
@@ -96,9 +147,12 @@ pub struct MimiService {
     /// KeyPackage claim limits (`limits.rate.key_material_claims_*`), shared with the client
     /// API.
     rate_limits: Arc<RateLimits>,
+    /// The franking keys, for submitMessage answers and abuse reports (MIMI.md §5.3.1, §5.8).
+    franking: Arc<Franking>,
 }
 
 impl MimiService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         hub: Arc<Hub>,
         domain: String,
@@ -107,6 +161,7 @@ impl MimiService {
         metrics: Arc<Metrics>,
         group_info: Arc<GroupInfoService>,
         rate_limits: Arc<RateLimits>,
+        franking: Arc<Franking>,
     ) -> Self {
         MimiService {
             hub,
@@ -116,7 +171,13 @@ impl MimiService {
             metrics,
             group_info,
             rate_limits,
+            franking,
         }
+    }
+
+    /// 403 if the operator blocked `user` (see [`refuse_blocked_user`]).
+    fn refuse_blocked(&self, user: &UserId) -> Result<(), Refusal> {
+        refuse_blocked_user(&self.hub, &self.metrics, user)
     }
 
     /// MIMI.md §7.1 step 1: a room-scoped request for a room we host.
@@ -161,12 +222,14 @@ impl MimiService {
                 req.from
             )));
         }
+        self.refuse_blocked(&sending)?;
+        let franking_tag = frank_aad_of(body.app_message.bytes());
         let verdict = self
             .hub
             .submit(
-                room,
+                room.clone(),
                 Submitter::Provider(req.from),
-                sending,
+                sending.clone(),
                 body.app_message.into_bytes(),
             )
             .await?;
@@ -174,7 +237,8 @@ impl MimiService {
             command::SubmitVerdict::Accepted { .. } => Outcome::Accepted,
             _ => Outcome::Rejected,
         });
-        ok_body(StatusCode::OK, &SubmitMessageResponse::from(&verdict))
+        let response = submit_response(&self.franking, &room, &sending, franking_tag, &verdict);
+        ok_body(StatusCode::OK, &response)
     }
 
     /// protocol-06 §5.1: KeyPackages of our users for a requester the calling provider
@@ -194,6 +258,9 @@ impl MimiService {
                 "the path names {param_target} but the request targets {target}"
             )));
         }
+        // MIMI.md §13: a blocked user neither claims nor is claimed.
+        self.refuse_blocked(&requester.user())?;
+        self.refuse_blocked(&target)?;
         if target.domain() == self.domain {
             // The requester's own provider, or the hub of the room it fetches for.
             if requester.domain() != req.from && room.domain() != req.from {
@@ -250,6 +317,11 @@ impl MimiService {
             )));
         }
         let request = GroupInfoRequest::from_bytes(&req.body, &self.limits)?;
+        if let Ok(requester) = mimid_actors::room::identity::client_of_credential(
+            request.tbs.requesting_credential.value(),
+        ) {
+            self.refuse_blocked(&requester.user())?;
+        }
         self.group_info
             .answer(&room, &request, Requester::Provider(&req.from))
     }
@@ -270,7 +342,8 @@ impl MimiService {
                 format!("room {room} is hosted here"),
             ));
         }
-        let items = received_items(&self.hub, &req.headers, &req.body, &self.limits).await?;
+        let (items, franks) =
+            received_items(&self.hub, &req.headers, &req.body, &self.limits).await?;
         let mirrored = self
             .hub
             .shards()
@@ -286,10 +359,15 @@ impl MimiService {
             )));
         }
         let body_hash: [u8; 32] = Sha256::digest(&req.body).into();
-        let appended = self
-            .hub
-            .receive_fanout(room.clone(), items, body_hash)
-            .await?;
+        let appended = if franks.is_empty() {
+            self.hub
+                .receive_fanout(room.clone(), items, body_hash)
+                .await?
+        } else {
+            self.hub
+                .receive_fanout_franked(room.clone(), items, body_hash, franks)
+                .await?
+        };
         tracing::debug!(%room, appended, "notify received");
         Ok(Response::full(StatusCode::CREATED, Bytes::new()))
     }
@@ -298,6 +376,13 @@ impl MimiService {
 impl FederationService for MimiService {
     fn handle(&self, req: PeerRequest) -> Pin<Box<dyn Future<Output = Response> + Send + '_>> {
         Box::pin(async move {
+            // MIMI.md §13: the operator's block of a provider covers every endpoint; the
+            // transport authenticated `from` just before.
+            if let Some(reason) = self.hub.provider_refusal(&req.from) {
+                self.metrics.count_blocked(BlockedKind::Provider);
+                tracing::debug!(peer = %req.from, endpoint = %req.endpoint, "blocked provider refused");
+                return forbidden(reason).into_response(&self.metrics);
+            }
             let answer = match req.endpoint {
                 S2sEndpoint::Update => self.update(req).await,
                 S2sEndpoint::SubmitMessage => self.submit(req).await,
@@ -307,6 +392,7 @@ impl FederationService for MimiService {
                 S2sEndpoint::IdentifierQuery => self.identifier_query(req).await,
                 S2sEndpoint::RequestConsent => self.request_consent(req).await,
                 S2sEndpoint::UpdateConsent => self.update_consent(req).await,
+                S2sEndpoint::ReportAbuse => self.report_abuse(req).await,
                 other => Err(Refusal::new(
                     StatusCode::NOT_IMPLEMENTED,
                     format!("{other} is not implemented by this provider yet"),
@@ -320,31 +406,40 @@ impl FederationService for MimiService {
     }
 }
 
-/// Decodes a notify body into what the follower stores (MIMI.md §5.4). Welcomes are routed to
-/// the local clients whose claimed KeyPackages they name; `mimi-hub-seqs`, when present, must
-/// name one increasing position per message.
+/// Decodes a notify body into what the follower stores (MIMI.md §5.4), with the Franks of its
+/// application messages. Welcomes are routed to the local clients whose claimed KeyPackages
+/// they name; `mimi-hub-seqs`, when present, must name one increasing position per message.
 async fn received_items(
     hub: &Hub,
     headers: &HeaderMap,
     body: &[u8],
     limits: &Limits,
-) -> Result<Vec<ReceivedItem>, Refusal> {
+) -> Result<(Vec<ReceivedItem>, Vec<ReceivedFrank>), Refusal> {
     let messages = decode_fanout_batch(body, limits)?;
     let seqs = match headers.get(HUB_SEQS_HEADER) {
         None => None,
         Some(value) => Some(parse_hub_seqs(value, messages.len()).map_err(Refusal::bad_request)?),
     };
     let mut items = Vec::with_capacity(messages.len());
+    let mut franks = Vec::new();
     let mut epoch_after_commit = None;
     for (index, message) in messages.into_iter().enumerate() {
         let hub_seq = seqs.as_ref().map(|seqs| seqs[index]);
         let (epoch, body) = match message.body {
-            FanoutBody::Application { message, .. } => (
-                message.epoch().unwrap_or(0),
-                ItemBody::Application {
-                    message: message.into_bytes(),
-                },
-            ),
+            FanoutBody::Application { message, frank } => {
+                if let Some(frank) = frank {
+                    franks.push(ReceivedFrank {
+                        message_sha256: message_sha256(message.bytes()),
+                        frank: frank.to_bytes()?,
+                    });
+                }
+                (
+                    message.epoch().unwrap_or(0),
+                    ItemBody::Application {
+                        message: message.into_bytes(),
+                    },
+                )
+            }
             FanoutBody::Proposal {
                 proposal,
                 more_proposals,
@@ -406,7 +501,7 @@ async fn received_items(
             body,
         });
     }
-    Ok(items)
+    Ok((items, franks))
 }
 
 /// The KeyPackageRefs a Welcome is encrypted to (`secrets[].new_member`).
@@ -444,12 +539,18 @@ fn parse_hub_seqs(value: &HeaderValue, count: usize) -> Result<Vec<u64>, String>
     Ok(seqs)
 }
 
-/// A log item as the FanoutMessage that carries it (MIMI.md §5.4).
-fn fanout_message(item: &LogItem) -> Result<FanoutMessage, WireError> {
+/// A log item of `room` as the FanoutMessage that carries it (MIMI.md §5.4), an application
+/// message with its Frank when the room is franked (§5.3.1: the fan-out carries the Frank,
+/// never the sender).
+fn fanout_message(
+    franking: &Franking,
+    room: &RoomId,
+    item: &LogItem,
+) -> Result<FanoutMessage, WireError> {
     let body = match &item.body {
         ItemBody::Application { message } => FanoutBody::Application {
             message: MlsMessage::from_bytes(message)?,
-            frank: None,
+            frank: franking.frank_of_item(room, item),
         },
         ItemBody::Proposals { messages } => {
             let mut messages = messages
@@ -484,14 +585,16 @@ fn fanout_message(item: &LogItem) -> Result<FanoutMessage, WireError> {
     })
 }
 
-/// The hub's notify: one POST per batch, with the items' log positions in `mimi-hub-seqs`.
+/// The hub's notify: one POST per batch, with the items' log positions in `mimi-hub-seqs`
+/// and the Franks of franked messages.
 pub struct NotifySender {
     peers: Arc<Peers>,
+    franking: Arc<Franking>,
 }
 
 impl NotifySender {
-    pub fn new(peers: Arc<Peers>) -> Self {
-        NotifySender { peers }
+    pub fn new(peers: Arc<Peers>, franking: Arc<Franking>) -> Self {
+        NotifySender { peers, franking }
     }
 }
 
@@ -514,6 +617,7 @@ impl Federation for NotifySender {
         items: Vec<LogItem>,
     ) -> Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send>> {
         let peers = self.peers.clone();
+        let franking = self.franking.clone();
         let room = room.clone();
         let provider = provider.to_owned();
         Box::pin(async move {
@@ -523,7 +627,7 @@ impl Federation for NotifySender {
             };
             let messages = items
                 .iter()
-                .map(fanout_message)
+                .map(|item| fanout_message(&franking, &room, item))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| failed(format!("encoding the fan-out: {e}")))?;
             let body = encode_fanout_batch(&messages)

@@ -34,6 +34,7 @@ use crate::cluster_net::{
 };
 use crate::config::{dev_cert_dir, Config};
 use crate::federation::{DirectoryDocument, FederationApi, FederationService, Peers, Routes};
+use crate::franking::{Franking, FrankingKeys};
 use crate::group_info::GroupInfoService;
 use crate::h3::{H3Limits, H3Server, ShutdownHandle};
 use crate::hub_key::HubKey;
@@ -225,6 +226,13 @@ async fn start_inner(
     );
 
     let shards = Shards::new(config.cluster.shards);
+    // The franking keys (MIMI.md §5.3.1): generated on first start, the same after; every
+    // node of the provider must have the same files (crate::franking).
+    let franking = Arc::new(Franking::new(
+        FrankingKeys::load_or_generate(&config.data_dir, &config.domain)
+            .context("loading the franking keys")?,
+        shards.clone(),
+    ));
     let (cluster, net) = start_replication(&config, &shards, &metrics).await?;
     let router = net.as_ref().map(|(net, _)| {
         let router = NetRouter::new(metrics.clone());
@@ -250,7 +258,7 @@ async fn start_inner(
                 arbiters: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 housekeeping: Duration::from_secs(config.limits.housekeeping_secs),
                 log_retention: Duration::from_secs(config.limits.log_retention_secs),
-                federation: Arc::new(NotifySender::new(peers.clone())),
+                federation: Arc::new(NotifySender::new(peers.clone(), franking.clone())),
                 router,
             },
         )
@@ -281,6 +289,7 @@ async fn start_inner(
             metrics.clone(),
             group_info.clone(),
             rate_limits.clone(),
+            franking.clone(),
         ))
     });
     let h3 = H3Server::bind(
@@ -301,6 +310,7 @@ async fn start_inner(
             peers.clone(),
             group_info,
             rate_limits.clone(),
+            franking,
         ),
         DirectoryDocument::new(&config.domain, metrics.clone()),
         FederationApi::new(config.domain.clone(), service, metrics.clone(), rate_limits),
@@ -339,6 +349,7 @@ async fn start_inner(
                 ready,
                 metrics: metrics.clone(),
                 backups,
+                hub: Some(hub.clone()),
             },
         )
         .await,

@@ -21,7 +21,10 @@ use mimid_actors::ids::{ClientId, MimiUri, UriKind};
 use super::{ok_body, Answer, ClientApi, Refusal};
 use crate::federation::S2sEndpoint;
 use crate::h3::{Request, Response};
-use crate::peering::{answer_identifier_query, created, granted_key_packages, Forwarder};
+use crate::metrics::Limit;
+use crate::peering::{
+    answer_identifier_query, count_consent_limit, created, granted_key_packages, Forwarder,
+};
 use crate::wire::consent::{ConsentEntry, ConsentOp};
 use crate::wire::discovery::{
     scope_ids, with_requester, ConsentList, ConsentRecordBody, PreferencesBody, ProfileBody,
@@ -121,6 +124,7 @@ impl ClientApi {
                 .consent_as_target(target.clone(), requester.clone(), room.clone(), as_target)
                 .await?
             {
+                count_consent_limit(&self.metrics, &e);
                 tracing::debug!(error = %e, "consent request not recorded");
             }
         } else {
@@ -195,6 +199,7 @@ impl ClientApi {
                 .consent_as_requester(requester, target, room, as_requester)
                 .await?
             {
+                count_consent_limit(&self.metrics, &e);
                 tracing::debug!(error = %e, "consent update not recorded for the requester");
             }
             return Ok(created());
@@ -257,7 +262,8 @@ fn parse_domain(param: &str) -> Result<String, Refusal> {
 }
 
 /// A refused directory change as its status: a handle of another user and a full consent
-/// store are conflicts (409), everything else is a bad request.
+/// store are conflicts (409; the full store counts as a limit hit), everything else is a bad
+/// request.
 fn directory_result(result: Result<(), DirectoryError>) -> Result<(), Refusal> {
     result.map_err(|e| {
         let status = match e {
@@ -265,6 +271,10 @@ fn directory_result(result: Result<(), DirectoryError>) -> Result<(), Refusal> {
             | DirectoryError::TooManyConsentEntries => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         };
-        Refusal::new(status, e.to_string())
+        let mut refusal = Refusal::new(status, e.to_string());
+        if e == DirectoryError::TooManyConsentEntries {
+            refusal.limit = Some(Limit::ConsentRecords);
+        }
+        refusal
     })
 }

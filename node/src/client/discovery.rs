@@ -257,7 +257,7 @@ impl MimiClient {
         check(status, StatusCode::CREATED, &bytes)
     }
 
-    async fn get(&self, path: &str) -> Result<Bytes, ClientError> {
+    pub(super) async fn get(&self, path: &str) -> Result<Bytes, ClientError> {
         let (status, _, bytes) = self
             .http
             .request(Method::GET, path, self.auth_headers(), Bytes::new())

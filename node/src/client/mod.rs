@@ -7,7 +7,8 @@
 //! AppDataUpdate proposals in the same commit as the MLS Adds and Removes (MIMI.md §5.2, §8).
 //!
 //! Discovery and consent (profile, preferences, search, consent requests and decisions) are in
-//! `discovery.rs`.
+//! `discovery.rs`; franking (rooms created franked, `frank_aad` on every message, Franks
+//! checked on receipt and kept for abuse reports) in `franking.rs`.
 //!
 //! Delivery: `next_event` reads the push stream, drops items already processed by
 //! (room, seq) — duplicates after a reconnect are expected (DESIGN.md §4) — and skips the echoes
@@ -51,7 +52,7 @@ use crate::wire::group_info::{
 use crate::wire::key_material::{
     ClientMaterial, KeyMaterialRequest, KeyMaterialRequestTbs, KeyMaterialResponse,
 };
-use crate::wire::submit::{SubmitMessageRequest, SubmitStatus};
+use crate::wire::submit::{Frank, SubmitMessageRequest, SubmitStatus};
 use crate::wire::types::{HpkePublicKey, IdentifierUri, Protocol, SignaturePublicKey};
 use crate::wire::update::{
     GroupInfoOption, HandshakeBundle, RatchetTreeOption, UpdateOutcome, UpdateRequest,
@@ -59,8 +60,10 @@ use crate::wire::update::{
 use crate::wire::{Decode, Encode, Limits, Mls, MlsMessage, WireError};
 
 mod discovery;
+mod franking;
 
 pub use discovery::{Consent, Consents};
+pub use franking::{FrankCheck, KeptFrank};
 
 /// The MTI ciphersuite (RFC 9420 §17.1), used for every room and KeyPackage.
 /// How many own accepted items a client remembers to skip their echoes.
@@ -116,9 +119,19 @@ pub enum UpdateResult {
 /// The hub's answer to an application message (protocol-06 §5.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubmitResult {
-    Accepted { seq: u64, timestamp: u64 },
-    NotAllowed { reason: String },
-    EpochTooOld { current_epoch: u64 },
+    /// Accepted at `seq` and `timestamp`; `frank` is the hub's Frank when the room is franked
+    /// (MIMI.md §5.3.1).
+    Accepted {
+        seq: u64,
+        timestamp: u64,
+        frank: Option<Frank>,
+    },
+    NotAllowed {
+        reason: String,
+    },
+    EpochTooOld {
+        current_epoch: u64,
+    },
 }
 
 /// What the push stream brought, after MLS processing.
@@ -132,13 +145,15 @@ pub enum Event {
     Removed { room: RoomId, seq: u64 },
     /// Proposals were stored for the next commit.
     Proposed { room: RoomId, seq: u64 },
-    /// An application message, decrypted; `content` is its MIMI content.
+    /// An application message, decrypted; `content` is its MIMI content, `frank` what the
+    /// client made of its Frank (MIMI.md §5.3.1).
     Message {
         room: RoomId,
         seq: u64,
         timestamp: u64,
         sender: ClientId,
         content: Box<MimiContent>,
+        frank: FrankCheck,
     },
 }
 
@@ -335,6 +350,21 @@ impl MimiClient {
         Ok((status, bytes))
     }
 
+    /// Sends a request with this client's token and raw `body` to a client API path (for
+    /// tests of refusals); the status and the body of the answer.
+    pub async fn request_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (status, _, bytes) = self
+            .http
+            .request(method, path, self.auth_headers(), body.into())
+            .await?;
+        Ok((status, bytes))
+    }
+
     /// Sends raw bytes to a client API path (for tests of malformed input).
     pub async fn post_raw(
         &self,
@@ -440,15 +470,19 @@ impl MimiClient {
     }
 
     /// Creates `room` hosted by this client's provider, with the default room policy
-    /// (this client's user as admin; MIMI.md §6.1).
+    /// (this client's user as admin; MIMI.md §6.1), franked by the provider (its franking
+    /// agent in the GroupContext, SafeAAD with `frank_aad` required; MIMI.md §5.3.1).
     pub async fn create_room(&mut self, room: &RoomId) -> Result<(), ClientError> {
         let policy = default_room_policy(&self.user());
+        let agent = self.franking_agent().await?;
+        let extensions =
+            franking::franked_extensions(room_group_context_extensions(&policy), &agent)?;
         let config = MlsGroupCreateConfig::builder()
             .ciphersuite(CIPHERSUITE)
             .capabilities(room_leaf_capabilities())
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(false)
-            .with_group_context_extensions(room_group_context_extensions(&policy))
+            .with_group_context_extensions(extensions)
             .build();
         let group = MlsGroup::new_with_group_id(
             &self.provider,
@@ -985,6 +1019,7 @@ impl MimiClient {
             .rooms
             .get_mut(room)
             .ok_or_else(|| ClientError::NotInRoom(room.clone()))?;
+        franking::stage_frank_aad(&mut entry.group, &content, &plaintext)?;
         let message = entry
             .group
             .create_message(provider, signer, &plaintext)
@@ -1009,12 +1044,14 @@ impl MimiClient {
         let response = ClientSubmitResponse::from_bytes(&bytes, &self.limits)?;
         Ok(match response.response.status {
             SubmitStatus::Accepted {
-                accepted_timestamp, ..
+                accepted_timestamp,
+                frank,
             } => {
                 self.note_own(room, &message);
                 SubmitResult::Accepted {
                     seq: response.seq,
                     timestamp: accepted_timestamp,
+                    frank,
                 }
             }
             SubmitStatus::NotAllowed => SubmitResult::NotAllowed {
@@ -1041,7 +1078,7 @@ impl MimiClient {
     fn take_own(&mut self, room: &RoomId, body: &DeliveredBody) -> bool {
         let first = match body {
             DeliveredBody::Proposals { messages } => messages.first(),
-            DeliveredBody::Commit { message } | DeliveredBody::Application { message } => {
+            DeliveredBody::Commit { message } | DeliveredBody::Application { message, .. } => {
                 Some(message)
             }
             DeliveredBody::Welcome { .. } => None,
@@ -1201,11 +1238,10 @@ impl MimiClient {
         if own || !entry.group.is_active() {
             return Ok(None);
         }
-        let messages = match item.body {
-            DeliveredBody::Proposals { messages } => messages,
-            DeliveredBody::Commit { message } | DeliveredBody::Application { message } => {
-                vec![message]
-            }
+        let (messages, mut delivered_frank) = match item.body {
+            DeliveredBody::Proposals { messages } => (messages, None),
+            DeliveredBody::Commit { message } => (vec![message], None),
+            DeliveredBody::Application { message, frank } => (vec![message], frank),
             DeliveredBody::Welcome { .. } => unreachable!("handled above"),
         };
         // Items from before this client joined: it cannot read them (a follower may deliver
@@ -1228,6 +1264,9 @@ impl MimiClient {
                 .process_message(&self.provider, protocol)
                 .map_err(mls)?;
             let sender = credential_client(processed.credential());
+            let aad_tag = processed
+                .safe_aad_item(component::FRANK_AAD)
+                .and_then(|tag| <[u8; 32]>::try_from(tag).ok());
             let processed = match processed.into_content() {
                 ProcessedMessageContent::UnresolvedAppDataCommit(unresolved) => {
                     let policy = Self::policy(&entry.group)?;
@@ -1254,16 +1293,30 @@ impl MimiClient {
             };
             event = Some(match processed {
                 ProcessedMessageContent::ApplicationMessage(message) => {
-                    let content = MimiContent::decode(&message.into_bytes())
+                    let bytes = message.into_bytes();
+                    let content = MimiContent::decode(&bytes)
                         .map_err(|e| ClientError::Mls(format!("MIMI content: {e}")))?;
+                    let sender = sender.ok_or_else(|| {
+                        ClientError::Mls("message sender has no MIMI client identity".into())
+                    })?;
+                    let frank = franking::Delivered {
+                        group: &entry.group,
+                        room: &room,
+                        sender: &sender,
+                        content: &content,
+                        content_bytes: &bytes,
+                        aad_tag,
+                        frank: delivered_frank.take(),
+                        accepted_ts_ms: item.timestamp,
+                    }
+                    .check();
                     Event::Message {
                         room: room.clone(),
                         seq,
                         timestamp: item.timestamp,
-                        sender: sender.ok_or_else(|| {
-                            ClientError::Mls("message sender has no MIMI client identity".into())
-                        })?,
+                        sender,
                         content: Box::new(content),
+                        frank,
                     }
                 }
                 ProcessedMessageContent::StagedCommitMessage(staged) => {

@@ -19,7 +19,7 @@ use http::StatusCode;
 use mimid_actors::directory::consent::RequesterAction;
 use mimid_actors::directory::profile::QueryOutcome;
 use mimid_actors::directory::{
-    validate_key_package, GrantedKeyPackage, TargetAction, MAX_CLIENTS_PER_USER,
+    validate_key_package, DirectoryError, GrantedKeyPackage, TargetAction, MAX_CLIENTS_PER_USER,
 };
 use mimid_actors::hub::Hub;
 use mimid_actors::ids::UserId;
@@ -30,6 +30,7 @@ use super::{forbidden, not_found, MimiService};
 use crate::api::{ok_body, Answer, Refusal};
 use crate::federation::PeerRequest;
 use crate::h3::Response;
+use crate::metrics::{Limit, Metrics};
 use crate::wire::consent::{ConsentEntry, ConsentOp};
 use crate::wire::discovery::{identifier_response, requester_of, scope_ids, search_terms};
 use crate::wire::identifier::{IdentifierQueryCode, IdentifierRequest};
@@ -54,6 +55,7 @@ impl MimiService {
                     req.from
                 )));
             }
+            self.refuse_blocked(requester)?;
         }
         answer_identifier_query(&self.hub, &self.domain, &request, requester.as_ref())
     }
@@ -76,6 +78,8 @@ impl MimiService {
                 req.from
             )));
         }
+        // MIMI.md §13: a blocked user cannot ask for consent.
+        self.refuse_blocked(&requester)?;
         if target.domain() != self.domain {
             return Err(not_found(format!(
                 "{target} is not served by {}",
@@ -89,6 +93,7 @@ impl MimiService {
             .consent_as_target(target, requester, room, action)
             .await?
         {
+            count_consent_limit(&self.metrics, &e);
             tracing::debug!(error = %e, "consent request not recorded");
         }
         Ok(created())
@@ -105,6 +110,7 @@ impl MimiService {
                 req.from
             )));
         }
+        self.refuse_blocked(&target)?;
         if requester.domain() != self.domain {
             return Err(not_found(format!(
                 "{requester} is not served by {}",
@@ -135,6 +141,7 @@ impl MimiService {
             .consent_as_requester(requester, target, room, action)
             .await?
         {
+            count_consent_limit(&self.metrics, &e);
             tracing::debug!(error = %e, "consent update not recorded");
         }
         Ok(created())
@@ -142,7 +149,8 @@ impl MimiService {
 }
 
 /// The answer to an identifier query for our users (MIMI.md §5.7), from our replicas: a user
-/// `requester` may not find is `notFound`, byte for byte like an unknown one.
+/// `requester` may not find, or whom the operator blocked (MIMI.md §13), is `notFound`, byte
+/// for byte like an unknown one.
 pub(crate) fn answer_identifier_query(
     hub: &Hub,
     domain: &str,
@@ -151,6 +159,9 @@ pub(crate) fn answer_identifier_query(
 ) -> Answer {
     let terms = search_terms(&request.query_elements);
     let response = match hub.identifier_query(&terms, requester, domain) {
+        QueryOutcome::Found(user) if hub.user_refusal(&user).is_some() => {
+            identifier_response(IdentifierQueryCode::NotFound, None)
+        }
         QueryOutcome::Found(user) => identifier_response(IdentifierQueryCode::Success, Some(&user)),
         QueryOutcome::NotFound => identifier_response(IdentifierQueryCode::NotFound, None),
         QueryOutcome::Ambiguous => identifier_response(IdentifierQueryCode::Ambiguous, None),
@@ -198,6 +209,14 @@ pub(crate) fn granted_key_packages(
             })
         })
         .collect()
+}
+
+/// Counts a consent step refused at the per-user bound (MIMI.md §5.6;
+/// `mimid_limit_hits_total{limit="consent_records"}`).
+pub(crate) fn count_consent_limit(metrics: &Metrics, error: &DirectoryError) {
+    if *error == DirectoryError::TooManyConsentEntries {
+        metrics.count_limit_hit(Limit::ConsentRecords);
+    }
 }
 
 /// 201 with an empty body: the consent endpoints' "received" (MIMI.md §5.6; MIMI.md §14 item 7

@@ -20,12 +20,15 @@
 //!     case proposals:   MLSMessage messages<V>;
 //!     case commit:      MLSMessage message;
 //!     case welcome:     MLSMessage welcome; opaque ratchet_tree<V>;
-//!     case application: MLSMessage message;
+//!     case application: MLSMessage message; optional<Frank> frank;
 //!   };
 //! } DeliveredItem;
 //! struct { IdentifierUri room; uint64 seq; } AckEntry;
 //! struct { AckEntry acks<V>; } AckRequest;
 //! ```
+//!
+//! An application message of a franked room carries its hub's `Frank` (protocol-06 §5.4.1,
+//! [`super::submit::Frank`]), as a notify does (MIMI.md §5.4).
 //!
 //! The push stream carries `DeliveredItem`s framed as a big-endian `uint32` length followed by
 //! that many bytes ([`encode_frame`], [`FrameDecoder`]).
@@ -39,7 +42,7 @@ use thiserror::Error;
 use super::codec::{
     wire_enum, Decode, Encode, Limits, Mls, MlsMessage, MlsMessageKind, Reader, WireError, Writer,
 };
-use super::submit::SubmitMessageResponse;
+use super::submit::{Frank, SubmitMessageResponse};
 use super::types::IdentifierUri;
 use super::update::UpdateRoomResponse;
 
@@ -332,6 +335,8 @@ pub enum DeliveredBody {
     },
     Application {
         message: MlsMessage,
+        /// The hub's Frank, for a message of a franked room (MIMI.md §5.3.1).
+        frank: Option<Frank>,
     },
 }
 
@@ -358,9 +363,10 @@ pub struct DeliveredItem {
 }
 
 impl DeliveredItem {
-    /// The push form of a room log item. The MLS messages are validated on the way (a log
-    /// item that does not parse is reported, not delivered); a Welcome's recipient list stays
-    /// behind because the push stream only carries it to those clients.
+    /// The push form of a room log item, without a Frank (the caller adds it). The MLS
+    /// messages are validated on the way (a log item that does not parse is reported, not
+    /// delivered); a Welcome's recipient list stays behind because the push stream only
+    /// carries it to those clients.
     pub fn from_log(room: &RoomId, item: &LogItem) -> Result<Self, WireError> {
         let body = match &item.body {
             ItemBody::Proposals { messages } => DeliveredBody::Proposals {
@@ -382,6 +388,7 @@ impl DeliveredItem {
             },
             ItemBody::Application { message } => DeliveredBody::Application {
                 message: MlsMessage::from_bytes(message)?,
+                frank: None,
             },
         };
         Ok(DeliveredItem {
@@ -409,8 +416,10 @@ impl Encode for DeliveredItem {
             DeliveredBody::Proposals { messages } => {
                 w.vector_of("DeliveredItem.messages", messages)
             }
-            DeliveredBody::Commit { message } | DeliveredBody::Application { message } => {
-                message.encode(w)
+            DeliveredBody::Commit { message } => message.encode(w),
+            DeliveredBody::Application { message, frank } => {
+                message.encode(w)?;
+                w.optional(frank.as_ref(), |w, frank| frank.encode(w))
             }
             DeliveredBody::Welcome {
                 welcome,
@@ -444,6 +453,7 @@ impl Decode for DeliveredItem {
             },
             DeliveredKind::Application => DeliveredBody::Application {
                 message: r.mls_message("DeliveredItem.message")?,
+                frank: r.optional("DeliveredItem.frank", Frank::decode)?,
             },
         };
         Ok(DeliveredItem {

@@ -13,8 +13,8 @@ use crate::wire::client::{
     RegisterClientResponse, FRAME_HEADER_LEN, HEARTBEAT_FRAME,
 };
 use crate::wire::codec::{Encode, Limits, WireError};
-use crate::wire::submit::SubmitStatus;
-use crate::wire::types::IdentifierUri;
+use crate::wire::submit::{Frank, SubmitStatus};
+use crate::wire::types::{CipherSuite, IdentifierUri};
 use crate::wire::update::UpdateOutcome;
 
 fn room() -> RoomId {
@@ -236,6 +236,27 @@ fn delivered_items_come_from_the_room_log_and_round_trip() {
         panic!("third item is the Welcome");
     };
     assert_eq!(welcome.bytes(), &fixture().welcome[..]);
+}
+
+/// MIMI.md §5.3.1, §5.4: an application message carries the hub's Frank on the push stream as
+/// in a notify (`optional<Frank>` after the message); other kinds have no such field.
+#[test]
+fn delivered_application_messages_carry_an_optional_frank() {
+    let mut item = DeliveredItem::from_log(&room(), &log_items()[3]).unwrap();
+    let without = check(&item);
+    let DeliveredBody::Application { frank, .. } = &mut item.body else {
+        panic!("fourth item is the application message");
+    };
+    assert_eq!(*frank, None, "from_log leaves the Frank to the caller");
+    *frank = Some(Frank {
+        server_frank: [5; 32],
+        franking_signature_ciphersuite: CipherSuite(1),
+        franking_integrity_signature: vec![6; 64],
+    });
+    let with = check(&item);
+    // server_frank, suite, a 2-byte length (64 > 63, RFC 9420 §2.1.2) and the signature.
+    assert_eq!(with.len(), without.len() + 32 + 2 + 2 + 64);
+    assert_eq!(without.last(), Some(&0), "absent: the presence flag 0");
 }
 
 #[test]

@@ -1,0 +1,723 @@
+//! Franking (protocol-06 §5.4.1; MIMI.md §5.3, §5.3.1, §5.4, §5.8): the provider's franking
+//! keys, the Frank the hub attaches to every delivery of a franked message, its check by
+//! receivers, and the hub's validation of the franks in an abuse report.
+//!
+//! ```text
+//! sender:   franking_tag = HMAC-SHA256(key = content salt, application_data)   -> SafeAAD frank_aad
+//! hub:      server_frank = HMAC-SHA256(hub_key, franking_tag || ServerFrankingContext)
+//!           franking_integrity_signature = SignWithLabel(franking key, "FrankingIntegrityTBS",
+//!                                           FrankingIntegrityTBS{server_frank, suite, context})
+//! receiver: checks the signature under the room's franking_agent, the tag, the sender and room
+//! report:   the hub recomputes the tag from the revealed content, then server_frank, and checks
+//!           both against the Frank
+//! ```
+//!
+//! Keys ([`FrankingKeys`]): an Ed25519 signing key (its public half is the rooms'
+//! `franking_agent`, GroupContext component 0x0021, with a basic credential naming the
+//! provider's domain) and the 32-byte HMAC `hub_key`, both files in the data directory
+//! generated on first start ([`crate::key_file`]; [`FRANKING_SIGNING_KEY_FILE`],
+//! [`FRANKING_HUB_KEY_FILE`]). Every node of a multi-node provider must be given the same two
+//! files: a Frank computed by one node is checked by another. Rotating them means new rooms
+//! (MIMI.md §5.3.1: clients ReInit), so they are never replaced automatically.
+//!
+//! Where Franks are made ([`Franking`]): at the edge, never in apply (the keys are not
+//! replicated state), from what apply recorded (`mimid_actors::franking`): the sending user,
+//! the franking tag and the item's accepted time. A room is franked when its GroupContext
+//! names this provider's franking key as `franking_agent` and requires SafeAAD with
+//! `frank_aad` (component 0x0002 lists 0x0020); both are fixed at creation (the hub refuses
+//! AppDataUpdates of components it does not manage), so the answer is cached per room.
+//!
+//! [IMPL CHOICE] `application_data` is the MIMI content bytes (no ApplicationFraming: rooms do
+//! not advertise content types).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use mimid_actors::command::Submitter;
+use mimid_actors::franking::{FrankRecord, FRANKING_TAG_LEN};
+use mimid_actors::ids::{RoomId, UserId};
+use mimid_actors::moderation::{AbuseReport as StoredAbuseReport, ReportedMessage};
+use mimid_actors::policy::component;
+use mimid_actors::room::log::{ItemBody, LogItem};
+use mimid_actors::shard::Shards;
+use openmls::component::{ComponentType, ComponentsList};
+use openmls::prelude::tls_codec::Deserialize as _;
+use openmls::prelude::{
+    BasicCredential, Ciphersuite, Extensions, GroupContext, MlsMessageBodyIn, MlsMessageIn,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::types::SignatureScheme;
+use parking_lot::Mutex;
+use rand::RngCore as _;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::content::{MimiContent, SALT_LEN};
+use crate::key_file::{load_or_generate, load_or_generate_signing_key, KeyFileError};
+use crate::wire::abuse::{AbuseReport, AbusiveMessage};
+use crate::wire::sign::{sign_with_label, verify_with_label, SignatureError};
+use crate::wire::submit::{Frank, FrankingAgentData, FrankingIntegrityTbs, ServerFrankingContext};
+use crate::wire::types::{CipherSuite, IdentifierUri, SignaturePublicKey};
+use crate::wire::{Decode, Encode, Limits, Mls, WireError};
+
+/// The franking signing key file, relative to the data directory.
+pub const FRANKING_SIGNING_KEY_FILE: &str = "franking_signing_key";
+/// The HMAC `hub_key` file, relative to the data directory.
+pub const FRANKING_HUB_KEY_FILE: &str = "franking_hub_key";
+/// Bytes of the `hub_key`.
+pub const HUB_KEY_LEN: usize = 32;
+/// The `SignWithLabel` label of the franking integrity signature (protocol-06 §5.4.1).
+pub const FRANKING_SIGNATURE_LABEL: &str = "FrankingIntegrityTBS";
+/// The only suite franks are signed under: the rooms' (MIMI.md §11).
+pub const FRANKING_CIPHERSUITE: Ciphersuite =
+    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// Most messages one abuse report may carry.
+pub const MAX_MESSAGES_PER_REPORT: usize = 32;
+/// SHA-256's block size (RFC 2104's `B`).
+const SHA256_BLOCK_LEN: usize = 64;
+
+/// HMAC-SHA256 (RFC 2104) of the concatenation of `data`.
+///
+/// ```
+/// // RFC 4231 §4.3, test case 2.
+/// let mac = mimid_node::franking::hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+/// assert_eq!(
+///     hex::encode(mac),
+///     "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+/// );
+/// ```
+pub fn hmac_sha256(key: &[u8], data: &[&[u8]]) -> [u8; 32] {
+    let mut block = [0u8; SHA256_BLOCK_LEN];
+    if key.len() > SHA256_BLOCK_LEN {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let mut inner = Sha256::new();
+    inner.update(pad(0x36));
+    for part in data {
+        inner.update(part);
+    }
+    let mut outer = Sha256::new();
+    outer.update(pad(0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// The sender's `franking_tag = HMAC-SHA256(salt, application_data)` (protocol-06 §5.4.1).
+pub fn franking_tag(salt: &[u8; SALT_LEN], application_data: &[u8]) -> [u8; FRANKING_TAG_LEN] {
+    hmac_sha256(salt, &[application_data])
+}
+
+/// Why a Frank is refused, with a reason specific enough for the reporter or receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrankError {
+    #[error("message_content is not MIMI content: {0}")]
+    Content(String),
+    #[error("the content names no {0} (MIMI content extension {1}), which franking binds")]
+    MissingExtension(&'static str, u8),
+    #[error("the content's {field} {value:?} is not a {expected} URI")]
+    BadUri {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("the message was sent in {content_room}, not in {room}")]
+    WrongRoom { content_room: RoomId, room: RoomId },
+    #[error("the message was sent by {sender}, not by the alleged abuser {alleged}")]
+    NotTheAbuser { sender: UserId, alleged: UserId },
+    #[error("franking_signature_ciphersuite {0:#06x} is not the room's suite 0x0001")]
+    WrongSuite(u16),
+    #[error("server_frank does not match: the content, sender, room or accepted_timestamp differs from what the hub franked")]
+    ServerFrankMismatch,
+    #[error("franking_integrity_signature does not verify: {0}")]
+    Signature(SignatureError),
+    #[error("the franking tag in the message's SafeAAD does not match its content")]
+    TagMismatch,
+    #[error("the room's franking agent is not credentialed for its hub {0}")]
+    AgentNotHub(String),
+    #[error("franking_agent does not decode: {0}")]
+    Agent(String),
+    #[error("encoding: {0}")]
+    Encode(#[from] WireError),
+}
+
+/// The provider's franking keys.
+pub struct FrankingKeys {
+    domain: String,
+    signer: SignatureKeyPair,
+    hub_key: [u8; HUB_KEY_LEN],
+}
+
+impl FrankingKeys {
+    /// Loads the keys of provider `domain` from `data_dir`, generating them on first start.
+    pub fn load_or_generate(data_dir: &Path, domain: &str) -> Result<FrankingKeys, KeyFileError> {
+        let signer = load_or_generate_signing_key(
+            data_dir,
+            FRANKING_SIGNING_KEY_FILE,
+            "the franking signing key",
+        )?;
+        let hub_key = load_or_generate(
+            data_dir,
+            FRANKING_HUB_KEY_FILE,
+            "the franking hub_key",
+            HUB_KEY_LEN,
+            || {
+                let mut key = vec![0u8; HUB_KEY_LEN];
+                rand::rngs::OsRng.fill_bytes(&mut key);
+                Ok(key)
+            },
+            |_, _| Ok(()),
+        )?;
+        Ok(FrankingKeys {
+            domain: domain.to_owned(),
+            signer,
+            hub_key: hub_key
+                .try_into()
+                .expect("load_or_generate checked the length"),
+        })
+    }
+
+    /// The franking public key.
+    pub fn public_key(&self) -> &[u8] {
+        self.signer.public()
+    }
+
+    /// `FrankingAgentData` for a room's GroupContext (component 0x0021): the public key and a
+    /// basic credential naming this provider's domain.
+    pub fn agent(&self) -> Result<FrankingAgentData, WireError> {
+        Ok(FrankingAgentData {
+            franking_signature_key: SignaturePublicKey(self.signer.public().to_vec()),
+            credential: Mls::from_value(
+                BasicCredential::new(self.domain.as_bytes().to_vec()).into(),
+            )?,
+        })
+    }
+
+    /// `server_frank = HMAC-SHA256(hub_key, franking_tag || ServerFrankingContext)`.
+    pub fn server_frank(
+        &self,
+        franking_tag: &[u8; FRANKING_TAG_LEN],
+        context: &ServerFrankingContext,
+    ) -> Result<[u8; 32], WireError> {
+        Ok(hmac_sha256(
+            &self.hub_key,
+            &[franking_tag, &context.to_bytes()?],
+        ))
+    }
+
+    /// The Frank of a message with `franking_tag`, sent and accepted as `context` says.
+    pub fn frank(
+        &self,
+        franking_tag: &[u8; FRANKING_TAG_LEN],
+        context: ServerFrankingContext,
+    ) -> Result<Frank, FrankError> {
+        let server_frank = self.server_frank(franking_tag, &context)?;
+        let tbs = FrankingIntegrityTbs {
+            server_frank,
+            franking_signature_ciphersuite: FRANKING_CIPHERSUITE.into(),
+            context,
+        };
+        let signature = sign_with_label(&self.signer, FRANKING_SIGNATURE_LABEL, &tbs.to_bytes()?)
+            .map_err(FrankError::Signature)?;
+        Ok(Frank {
+            server_frank,
+            franking_signature_ciphersuite: tbs.franking_signature_ciphersuite,
+            franking_integrity_signature: signature,
+        })
+    }
+
+    /// The hub's check of a reported Frank (MIMI.md §5.8): `server_frank` recomputed from
+    /// `franking_tag` and `context` with our `hub_key`, then the signature under our key.
+    pub fn validate(
+        &self,
+        frank: &Frank,
+        franking_tag: &[u8; FRANKING_TAG_LEN],
+        context: ServerFrankingContext,
+    ) -> Result<(), FrankError> {
+        check_suite(frank)?;
+        let expected = self.server_frank(franking_tag, &context)?;
+        if !constant_time_eq(&expected, &frank.server_frank) {
+            return Err(FrankError::ServerFrankMismatch);
+        }
+        verify_signature(self.signer.public(), frank, context)
+    }
+
+    /// Validates every message of `report` for `room` (protocol-06 §5.9, MIMI.md §5.8) and
+    /// returns what is stored; the first refused message names the reason.
+    pub fn validate_report(
+        &self,
+        room: &RoomId,
+        report: &AbuseReport,
+        submitter: Submitter,
+    ) -> Result<StoredAbuseReport, String> {
+        let alleged = report
+            .alleged_abuser_uri
+            .user("AbuseReport.allegedAbuserUri")
+            .map_err(|e| format!("{}: {e}", e.code()))?;
+        let reporting_user = if report.reporting_user.as_bytes().is_empty() {
+            None
+        } else {
+            Some(
+                report
+                    .reporting_user
+                    .user("AbuseReport.reportingUser")
+                    .map_err(|e| format!("{}: {e}", e.code()))?,
+            )
+        };
+        if report.messages.is_empty() {
+            return Err(
+                "AbuseReport.messages: a report carries at least one franked message".into(),
+            );
+        }
+        if report.messages.len() > MAX_MESSAGES_PER_REPORT {
+            return Err(format!(
+                "AbuseReport.messages: {} messages; a report carries at most \
+                 {MAX_MESSAGES_PER_REPORT}",
+                report.messages.len()
+            ));
+        }
+        let messages = report
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(index, message)| {
+                self.validate_message(room, &alleged, message)
+                    .map_err(|e| format!("AbuseReport.messages[{index}]: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StoredAbuseReport {
+            submitter,
+            reporting_user,
+            alleged_abuser: alleged,
+            reason_code: report.reason_code.0,
+            note: report.note.clone(),
+            messages,
+        })
+    }
+
+    fn validate_message(
+        &self,
+        room: &RoomId,
+        alleged: &UserId,
+        message: &AbusiveMessage,
+    ) -> Result<ReportedMessage, FrankError> {
+        let content = MimiContent::decode(&message.message_content)
+            .map_err(|e| FrankError::Content(e.to_string()))?;
+        let (sender, content_room) = content_parties(&content)?;
+        if content_room != *room {
+            return Err(FrankError::WrongRoom {
+                content_room,
+                room: room.clone(),
+            });
+        }
+        if sender != *alleged {
+            return Err(FrankError::NotTheAbuser {
+                sender,
+                alleged: alleged.clone(),
+            });
+        }
+        let tag = franking_tag(&content.salt, &message.message_content);
+        self.validate(
+            &message.frank,
+            &tag,
+            context(&sender, room, message.accepted_timestamp),
+        )?;
+        Ok(ReportedMessage {
+            sender,
+            accepted_ts_ms: message.accepted_timestamp,
+            content: message.message_content.clone(),
+        })
+    }
+}
+
+/// The `ServerFrankingContext` of a message `sender` sent in `room`, accepted at
+/// `accepted_ts_ms`.
+pub fn context(sender: &UserId, room: &RoomId, accepted_ts_ms: u64) -> ServerFrankingContext {
+    ServerFrankingContext {
+        sender_uri: IdentifierUri::from(sender),
+        room_uri: IdentifierUri::from(room),
+        accepted_timestamp: accepted_ts_ms,
+    }
+}
+
+/// The sender (extension 1) and room (extension 2) a MIMI content names.
+pub fn content_parties(content: &MimiContent) -> Result<(UserId, RoomId), FrankError> {
+    let sender_text = content
+        .extensions
+        .sender_uri()
+        .ok_or(FrankError::MissingExtension("senderUri", 1))?;
+    let room_text = content
+        .extensions
+        .room_uri()
+        .ok_or(FrankError::MissingExtension("roomUri", 2))?;
+    let sender = UserId::parse(sender_text).map_err(|_| FrankError::BadUri {
+        field: "senderUri",
+        value: sender_text.to_owned(),
+        expected: "user",
+    })?;
+    let room = RoomId::parse(room_text).map_err(|_| FrankError::BadUri {
+        field: "roomUri",
+        value: room_text.to_owned(),
+        expected: "room",
+    })?;
+    Ok((sender, room))
+}
+
+fn check_suite(frank: &Frank) -> Result<(), FrankError> {
+    if frank.franking_signature_ciphersuite != CipherSuite::from(FRANKING_CIPHERSUITE) {
+        return Err(FrankError::WrongSuite(
+            frank.franking_signature_ciphersuite.0,
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies `frank`'s integrity signature under the franking `public_key` for `context`.
+pub fn verify_signature(
+    public_key: &[u8],
+    frank: &Frank,
+    context: ServerFrankingContext,
+) -> Result<(), FrankError> {
+    check_suite(frank)?;
+    let tbs = FrankingIntegrityTbs {
+        server_frank: frank.server_frank,
+        franking_signature_ciphersuite: frank.franking_signature_ciphersuite,
+        context,
+    };
+    verify_with_label(
+        SignatureScheme::ED25519,
+        public_key,
+        FRANKING_SIGNATURE_LABEL,
+        &tbs.to_bytes()?,
+        &frank.franking_integrity_signature,
+    )
+    .map_err(FrankError::Signature)
+}
+
+/// A franked message as its receiver has it.
+pub struct ReceivedMessage<'a> {
+    /// The decrypted MIMI content bytes (`application_data`).
+    pub content: &'a [u8],
+    /// The content's salt.
+    pub salt: &'a [u8; SALT_LEN],
+    /// The franking tag the message's SafeAAD carried.
+    pub aad_tag: &'a [u8; FRANKING_TAG_LEN],
+    /// The sender the content names (checked by the caller against the MLS sender).
+    pub sender: &'a UserId,
+    /// The room the content names (checked by the caller against the room it came in).
+    pub room: &'a RoomId,
+    /// The hub's accepted time the delivery carried.
+    pub accepted_ts_ms: u64,
+}
+
+/// A receiver's check of a delivered Frank (MIMI.md §5.3.1): the room's `agent` is
+/// credentialed for the room's hub, the content's tag is the one the message's SafeAAD
+/// carried, and the signature verifies for the sender, room and accepted time.
+pub fn check_received(
+    agent: &FrankingAgentData,
+    frank: &Frank,
+    message: &ReceivedMessage<'_>,
+) -> Result<(), FrankError> {
+    let credential = BasicCredential::try_from(agent.credential.value().clone())
+        .map_err(|e| FrankError::Agent(e.to_string()))?;
+    if credential.identity() != message.room.domain().as_bytes() {
+        return Err(FrankError::AgentNotHub(message.room.domain().to_owned()));
+    }
+    if franking_tag(message.salt, message.content) != *message.aad_tag {
+        return Err(FrankError::TagMismatch);
+    }
+    verify_signature(
+        agent.franking_signature_key.as_bytes(),
+        frank,
+        context(message.sender, message.room, message.accepted_ts_ms),
+    )
+}
+
+/// The franking agent of a room's GroupContext extensions, if the room is franked: it names
+/// one (component 0x0021) and requires SafeAAD with `frank_aad` (component 0x0002 lists
+/// 0x0020).
+pub fn room_franking_agent(extensions: &Extensions<GroupContext>) -> Option<FrankingAgentData> {
+    let dictionary = extensions.app_data_dictionary()?.dictionary();
+    let safe_aad = dictionary.get(&ComponentType::SafeAad.into())?;
+    let listed = ComponentsList::tls_deserialize_exact(safe_aad).ok()?;
+    if !listed.ids().contains(&component::FRANK_AAD) {
+        return None;
+    }
+    let agent = dictionary.get(&component::FRANKING_AGENT)?;
+    FrankingAgentData::from_bytes(
+        agent,
+        &Limits {
+            max_body_len: agent.len(),
+        },
+    )
+    .ok()
+}
+
+/// Compares two MACs without an early exit.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The node's franking service: the keys, and the Franks of messages of the rooms this
+/// node's replicas hold, computed at delivery (module docs).
+pub struct Franking {
+    keys: FrankingKeys,
+    shards: Shards,
+    /// Rooms hosted here and whether they are franked by our key (fixed at creation).
+    franked_rooms: Mutex<BTreeMap<RoomId, bool>>,
+}
+
+impl Franking {
+    pub fn new(keys: FrankingKeys, shards: Shards) -> Self {
+        Franking {
+            keys,
+            shards,
+            franked_rooms: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn keys(&self) -> &FrankingKeys {
+        &self.keys
+    }
+
+    /// Whether `room`, hosted here, is franked by this provider's key. `false` for a room
+    /// this node's replica does not hold (not cached: it may still come).
+    pub fn franks(&self, room: &RoomId) -> bool {
+        if let Some(known) = self.franked_rooms.lock().get(room) {
+            return *known;
+        }
+        let decided = {
+            let data = self.shards.for_room(room).read();
+            let Some(state) = data.room(room) else {
+                return false;
+            };
+            state
+                .group_info()
+                .and_then(group_context_extensions)
+                .and_then(|extensions| room_franking_agent(&extensions))
+                .is_some_and(|agent| {
+                    self.keys.agent().is_ok_and(|ours| {
+                        agent.franking_signature_key == ours.franking_signature_key
+                            && agent.credential == ours.credential
+                    })
+                })
+        };
+        self.franked_rooms.lock().insert(room.clone(), decided);
+        decided
+    }
+
+    /// The Frank of an application message `sender` submitted to `room`, hosted here, with
+    /// the `frank_aad` tag `franking_tag` (`mimid_actors::franking::frank_aad_of`), that the
+    /// hub accepted at `accepted_ts_ms`; `None` when the room or the message is not franked
+    /// (MIMI.md §5.3: "if frank_aad is present and a franking_agent exists").
+    pub fn frank_submitted(
+        &self,
+        room: &RoomId,
+        sender: &UserId,
+        franking_tag: Option<[u8; FRANKING_TAG_LEN]>,
+        accepted_ts_ms: u64,
+    ) -> Option<Frank> {
+        self.frank_of(room, sender, &franking_tag?, accepted_ts_ms)
+    }
+
+    /// The Frank to deliver with `item` of `room` (hosted or mirrored here): computed for a
+    /// hosted room's franked message, as received for a mirrored room's.
+    pub fn frank_of_item(&self, room: &RoomId, item: &LogItem) -> Option<Frank> {
+        if !matches!(item.body, ItemBody::Application { .. }) {
+            return None;
+        }
+        let record = self
+            .shards
+            .for_room(room)
+            .read()
+            .franks()
+            .get(room, item.seq)
+            .cloned()?;
+        match record {
+            FrankRecord::Hub {
+                sender,
+                franking_tag,
+            } => self.frank_of(room, &sender, &franking_tag, item.ts_ms),
+            FrankRecord::Received { frank } => Frank::from_bytes(
+                &frank,
+                &Limits {
+                    max_body_len: frank.len(),
+                },
+            )
+            .ok(),
+        }
+    }
+
+    fn frank_of(
+        &self,
+        room: &RoomId,
+        sender: &UserId,
+        tag: &[u8; FRANKING_TAG_LEN],
+        accepted_ts_ms: u64,
+    ) -> Option<Frank> {
+        if !self.franks(room) {
+            return None;
+        }
+        match self.keys.frank(tag, context(sender, room, accepted_ts_ms)) {
+            Ok(frank) => Some(frank),
+            Err(e) => {
+                tracing::error!(%room, error = %e, "cannot frank a message");
+                None
+            }
+        }
+    }
+}
+
+/// The GroupContext extensions of a GroupInfo (`MLSMessage` bytes).
+fn group_context_extensions(group_info: &[u8]) -> Option<Extensions<GroupContext>> {
+    let message = MlsMessageIn::tls_deserialize_exact(group_info).ok()?;
+    match message.extract() {
+        MlsMessageBodyIn::GroupInfo(info) => Some(info.group_context().extensions().clone()),
+        _ => None,
+    }
+}
+
+/// SHA-256 of an `MLSMessage`'s bytes: how a follower matches a notify's Frank to its message
+/// (`mimid_actors::franking::ReceivedFrank`).
+pub fn message_sha256(message: &[u8]) -> [u8; 32] {
+    Sha256::digest(message).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::abuse::AbuseType;
+    use mimid_actors::ids::UserId;
+
+    fn keys(dir: &Path) -> FrankingKeys {
+        FrankingKeys::load_or_generate(dir, "a.example").unwrap()
+    }
+
+    fn alice() -> UserId {
+        UserId::parse("mimi://a.example/u/alice").unwrap()
+    }
+
+    fn room() -> RoomId {
+        RoomId::parse("mimi://a.example/r/club").unwrap()
+    }
+
+    /// RFC 4231 §4.2, §4.7: a short key, and a key longer than the block (hashed first).
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        let mac = hmac_sha256(&[0x0b; 20], &[b"Hi There"]);
+        assert_eq!(
+            hex::encode(mac),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        let mac = hmac_sha256(
+            &[0xaa; 131],
+            &[b"Test Using Larger Than Block-Size Key - Hash Key First"],
+        );
+        assert_eq!(
+            hex::encode(mac),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    /// protocol-06 §5.4.1: the keys survive a restart; a Frank verifies under the public key
+    /// and is bound to every part of the context.
+    #[test]
+    fn franks_are_deterministic_and_bound_to_their_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys(dir.path());
+        let again = FrankingKeys::load_or_generate(dir.path(), "a.example").unwrap();
+        assert_eq!(keys.public_key(), again.public_key());
+        assert_eq!(keys.hub_key, again.hub_key);
+        let tag = [3u8; 32];
+        let frank = keys.frank(&tag, context(&alice(), &room(), 10)).unwrap();
+        assert_eq!(
+            frank,
+            again.frank(&tag, context(&alice(), &room(), 10)).unwrap(),
+            "HMAC and Ed25519 are deterministic: every delivery carries the same Frank"
+        );
+        keys.validate(&frank, &tag, context(&alice(), &room(), 10))
+            .unwrap();
+        verify_signature(keys.public_key(), &frank, context(&alice(), &room(), 10)).unwrap();
+        assert_eq!(
+            keys.validate(&frank, &tag, context(&alice(), &room(), 11)),
+            Err(FrankError::ServerFrankMismatch)
+        );
+        assert_eq!(
+            keys.validate(&frank, &[4u8; 32], context(&alice(), &room(), 10)),
+            Err(FrankError::ServerFrankMismatch)
+        );
+        let mut forged = frank.clone();
+        forged.franking_integrity_signature[0] ^= 1;
+        assert!(matches!(
+            keys.validate(&forged, &tag, context(&alice(), &room(), 10)),
+            Err(FrankError::Signature(_))
+        ));
+        let other = FrankingKeys::load_or_generate(&dir.path().join("b"), "a.example").unwrap();
+        assert_eq!(
+            other.validate(&frank, &tag, context(&alice(), &room(), 10)),
+            Err(FrankError::ServerFrankMismatch),
+            "another provider's hub_key"
+        );
+    }
+
+    /// MIMI.md §5.8: the hub re-derives the tag from the revealed content; the content must
+    /// name the reported room and the alleged abuser.
+    #[test]
+    fn a_report_validates_only_the_content_that_was_franked() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys(dir.path());
+        let content = MimiContent::plain_text([9; SALT_LEN], "abuse")
+            .with_sender_and_room(alice().as_str(), room().as_str())
+            .encode()
+            .unwrap();
+        let tag = franking_tag(&[9; SALT_LEN], &content);
+        let frank = keys.frank(&tag, context(&alice(), &room(), 77)).unwrap();
+        let report = |content: Vec<u8>, alleged: &str| AbuseReport {
+            reporting_user: IdentifierUri::new(""),
+            alleged_abuser_uri: IdentifierUri::new(alleged),
+            reason_code: AbuseType(0),
+            note: "spam".into(),
+            messages: vec![AbusiveMessage {
+                message_content: content,
+                frank: frank.clone(),
+                accepted_timestamp: 77,
+            }],
+            abuse_extensions: crate::wire::discovery::no_extensions().unwrap(),
+        };
+        let submitter = || Submitter::Provider("b.example".into());
+        let stored = keys
+            .validate_report(
+                &room(),
+                &report(content.clone(), alice().as_str()),
+                submitter(),
+            )
+            .unwrap();
+        assert_eq!(stored.messages[0].sender, alice());
+        assert_eq!(stored.reporting_user, None);
+        let refused = keys
+            .validate_report(
+                &room(),
+                &report(content.clone(), "mimi://a.example/u/bob"),
+                submitter(),
+            )
+            .unwrap_err();
+        assert!(refused.contains("not by the alleged abuser"), "{refused}");
+        let mut altered = content.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        let refused = keys
+            .validate_report(&room(), &report(altered, alice().as_str()), submitter())
+            .unwrap_err();
+        assert!(refused.contains("server_frank does not match"), "{refused}");
+        let other_room = RoomId::parse("mimi://a.example/r/other").unwrap();
+        let refused = keys
+            .validate_report(&other_room, &report(content, alice().as_str()), submitter())
+            .unwrap_err();
+        assert!(
+            refused.contains("was sent in mimi://a.example/r/club"),
+            "{refused}"
+        );
+    }
+}
