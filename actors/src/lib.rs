@@ -12,4 +12,3 @@ pub mod moderation;
 pub mod policy;
 pub mod room;
 pub mod shard;
-mod static_str;

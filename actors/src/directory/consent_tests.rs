@@ -553,7 +553,7 @@ fn mimi_5_6_grant_key_packages_are_claimed_for_the_requester_all_or_nothing() {
             DirectoryError::InvalidKeyPackage {
                 index: 0,
                 reason: KeyPackageError::Truncated {
-                    field: "KeyPackage.signature",
+                    field: "KeyPackage.signature".into(),
                 },
             },
         ),

@@ -11,6 +11,7 @@
 //! What this module deliberately does not do: capability matching against a requester's
 //! `RequiredCapabilities` (protocol-06 §5.1) and credential types other than `basic`.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -140,15 +141,13 @@ pub enum KeyPackageError {
     #[error("KeyPackage is truncated in {field}")]
     Truncated {
         /// The RFC 9420 field being read.
-        #[serde(deserialize_with = "crate::static_str::deserialize")]
-        field: crate::static_str::StaticStr,
+        field: Cow<'static, str>,
     },
     /// The length prefix of `field` is not a valid minimal MLS varint (RFC 9420 §2.1.2).
     #[error("KeyPackage has an invalid length prefix in {field}")]
     InvalidLength {
         /// The RFC 9420 field being read.
-        #[serde(deserialize_with = "crate::static_str::deserialize")]
-        field: crate::static_str::StaticStr,
+        field: Cow<'static, str>,
     },
     /// Bytes follow the KeyPackage.
     #[error("{count} bytes follow the KeyPackage")]
@@ -543,7 +542,9 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, len: usize, field: &'static str) -> Result<&'a [u8], KeyPackageError> {
         if self.bytes.len() < len {
-            return Err(KeyPackageError::Truncated { field });
+            return Err(KeyPackageError::Truncated {
+                field: field.into(),
+            });
         }
         let (head, tail) = self.bytes.split_at(len);
         self.bytes = tail;
@@ -583,10 +584,16 @@ impl<'a> Reader<'a> {
                 let len = u32::from_be_bytes([first & 0x3f, low[0], low[1], low[2]]);
                 (len as usize, 0x4000)
             }
-            _ => return Err(KeyPackageError::InvalidLength { field }),
+            _ => {
+                return Err(KeyPackageError::InvalidLength {
+                    field: field.into(),
+                })
+            }
         };
         if len < min {
-            return Err(KeyPackageError::InvalidLength { field });
+            return Err(KeyPackageError::InvalidLength {
+                field: field.into(),
+            });
         }
         self.take(len, field)
     }

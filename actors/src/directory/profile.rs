@@ -26,6 +26,7 @@
 //! preference) is decided by the caller with the target's consent state, and an undiscoverable
 //! user is then answered exactly like an unknown one.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -66,8 +67,7 @@ pub enum ProfileError {
         /// The offered value.
         value: String,
         /// What is wrong with it.
-        #[serde(deserialize_with = "crate::static_str::deserialize")]
-        reason: crate::static_str::StaticStr,
+        reason: Cow<'static, str>,
     },
     /// Not an RFC 5322 `addr-spec` of the accepted form.
     #[error("e-mail address {value:?}: {reason}")]
@@ -75,8 +75,7 @@ pub enum ProfileError {
         /// The offered value.
         value: String,
         /// What is wrong with it.
-        #[serde(deserialize_with = "crate::static_str::deserialize")]
-        reason: crate::static_str::StaticStr,
+        reason: Cow<'static, str>,
     },
     /// Not `+` followed by 8 to 15 digits.
     #[error("phone number {value:?}: {reason}")]
@@ -84,22 +83,19 @@ pub enum ProfileError {
         /// The offered value.
         value: String,
         /// What is wrong with it.
-        #[serde(deserialize_with = "crate::static_str::deserialize")]
-        reason: crate::static_str::StaticStr,
+        reason: Cow<'static, str>,
     },
     /// A display name that is too long or holds control characters.
     #[error("display name: {reason}")]
     InvalidDisplayName {
         /// What is wrong with it.
-        #[serde(deserialize_with = "crate::static_str::deserialize")]
-        reason: crate::static_str::StaticStr,
+        reason: Cow<'static, str>,
     },
     /// More e-mail addresses or phone numbers than a profile may list.
     #[error("a profile lists at most {max} {what}, not {count}")]
     TooManyHandles {
         /// `e-mail addresses` or `phone numbers`.
-        #[serde(deserialize_with = "crate::static_str::deserialize")]
-        what: crate::static_str::StaticStr,
+        what: Cow<'static, str>,
         /// The bound.
         max: usize,
         /// How many were offered.
@@ -140,9 +136,9 @@ impl Nick {
     /// starting and ending with a letter or digit. Uppercase is refused rather than folded, so
     /// that exact matching (MIMI.md §5.7) has one answer.
     pub fn parse(value: &str) -> Result<Nick, ProfileError> {
-        let invalid = |reason| ProfileError::InvalidNick {
+        let invalid = |reason: &'static str| ProfileError::InvalidNick {
             value: truncated(value),
-            reason,
+            reason: reason.into(),
         };
         if value.is_empty() {
             return Err(invalid("is empty"));
@@ -182,9 +178,9 @@ impl Email {
     /// labels (letters, digits, hyphens), which is lowercased; at most [`MAX_EMAIL_LEN`] bytes;
     /// no spaces, quotes, comments or address literals.
     pub fn parse(value: &str) -> Result<Email, ProfileError> {
-        let invalid = |reason| ProfileError::InvalidEmail {
+        let invalid = |reason: &'static str| ProfileError::InvalidEmail {
             value: truncated(value),
-            reason,
+            reason: reason.into(),
         };
         if value.len() > MAX_EMAIL_LEN {
             return Err(invalid("is longer than 254 bytes"));
@@ -238,9 +234,9 @@ impl Phone {
     /// Validates an E.164 number: `+`, then 8 to 15 ASCII digits, the first not `0` (country
     /// codes never start with 0). No spaces, dashes or parentheses.
     pub fn parse(value: &str) -> Result<Phone, ProfileError> {
-        let invalid = |reason| ProfileError::InvalidPhone {
+        let invalid = |reason: &'static str| ProfileError::InvalidPhone {
             value: truncated(value),
-            reason,
+            reason: reason.into(),
         };
         let Some(digits) = value.strip_prefix('+') else {
             return Err(invalid("must start with '+'"));
@@ -368,12 +364,12 @@ impl Profile {
     fn check(&self) -> Result<(), ProfileError> {
         if self.display_name.len() > MAX_DISPLAY_NAME_LEN {
             return Err(ProfileError::InvalidDisplayName {
-                reason: "is longer than 128 bytes",
+                reason: "is longer than 128 bytes".into(),
             });
         }
         if self.display_name.chars().any(char::is_control) {
             return Err(ProfileError::InvalidDisplayName {
-                reason: "holds control characters",
+                reason: "holds control characters".into(),
             });
         }
         for (what, max, count) in [
@@ -381,7 +377,11 @@ impl Profile {
             ("phone numbers", MAX_PHONES_PER_USER, self.phones.len()),
         ] {
             if count > max {
-                return Err(ProfileError::TooManyHandles { what, max, count });
+                return Err(ProfileError::TooManyHandles {
+                    what: what.into(),
+                    max,
+                    count,
+                });
             }
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -547,7 +547,7 @@ impl TryFrom<String> for Email {
         if email.0 != value {
             return Err(ProfileError::InvalidEmail {
                 value: truncated(&value),
-                reason: "is not normalised (the domain must be lowercase)",
+                reason: "is not normalised (the domain must be lowercase)".into(),
             });
         }
         Ok(email)

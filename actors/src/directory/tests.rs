@@ -277,7 +277,7 @@ fn rfc9420_s2_1_garbage_and_every_truncation_are_refused_without_panic() {
     assert_eq!(
         validate_key_package(b"\xff\xff\xff", &client, now_ms),
         Err(KeyPackageError::Truncated {
-            field: "cipher_suite"
+            field: "cipher_suite".into()
         })
     );
     let too_large = vec![0; MAX_KEY_PACKAGE_LEN + 1];
@@ -293,7 +293,9 @@ fn rfc9420_s2_1_garbage_and_every_truncation_are_refused_without_panic() {
     non_minimal.extend_from_slice(&bytes[5..]);
     assert_eq!(
         validate_key_package(&non_minimal, &client, now_ms),
-        Err(KeyPackageError::InvalidLength { field: "init_key" })
+        Err(KeyPackageError::InvalidLength {
+            field: "init_key".into()
+        })
     );
 }
 
