@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster_meta::MetaChange;
 use crate::directory::consent::{Preferences, RequesterAction};
 use crate::directory::profile::{Profile, PROFILES_SHARD_KEY};
 use crate::directory::TargetAction;
@@ -172,6 +173,9 @@ pub enum Command {
         body_hash: [u8; 32],
         franks: Vec<ReceivedFrank>,
     },
+    /// Changes the node registry (`cluster_meta` module docs; issue 4 "metadata shard").
+    /// Proposed to shard 0, the metadata shard, directly: no shard key.
+    ClusterMeta(MetaChange),
 }
 
 impl Command {
@@ -199,6 +203,7 @@ impl Command {
             | Command::MirrorJoin { room, .. }
             | Command::Ack { room, .. } => room.as_bytes().to_vec(),
             Command::Housekeeping { .. } | Command::SetBlock { .. } => return None,
+            Command::ClusterMeta(_) => return None,
         })
     }
 }

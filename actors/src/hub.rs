@@ -44,6 +44,7 @@ use crate::directory::{
 use crate::ids::{ClientId, RoomId, UserId};
 use crate::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
 
+mod cluster_meta;
 mod moderation;
 
 /// Milliseconds since the UNIX epoch. Injected so tests and the simulator control time.

@@ -3,6 +3,7 @@
 //! (room actors and their router). See ARCHITECTURE.md.
 
 pub mod actor;
+pub mod cluster_meta;
 pub mod command;
 pub mod directory;
 pub mod franking;

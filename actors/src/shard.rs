@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use crate::cluster_meta::{ClusterMeta, MetaRefusal, METADATA_SHARD};
 use crate::command::{Command, ReceivedItem, Stamped, SubmitVerdict, UpdateVerdict};
 use crate::directory::{ClaimOutcome, Directory, DirectoryError};
 use crate::franking::{frank_aad_of, FrankRecord, FrankRecords, ReceivedFrank};
@@ -67,6 +68,9 @@ pub enum ApplyOutput {
     /// The entry could not be applied at all (undecodable, or a room command for a room this
     /// shard does not host). Nothing changed.
     Rejected(String),
+    /// The node registry changed (`Ok(true)`), already said so (`Ok(false)`), or refused the
+    /// change (`Command::ClusterMeta`, shard 0 only; `cluster_meta` module docs).
+    ClusterMeta(Result<bool, MetaRefusal>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +89,9 @@ pub struct ShardData {
     /// Derived index: every room a client has been a member of in this shard. Rebuilt by
     /// apply, so it is identical on every replica and after a restart.
     client_rooms: BTreeMap<ClientId, BTreeSet<RoomId>>,
+    /// The node registry: seeded in shard 0 only ([`METADATA_SHARD`], `cluster_meta` module
+    /// docs), empty in every other shard.
+    cluster_meta: ClusterMeta,
     /// This shard's copy of the operator's blocklist (`moderation` module docs).
     blocklist: Blocklist,
     /// Abuse reports of this shard's hosted rooms.
@@ -135,6 +142,11 @@ impl ShardData {
         &self.franks
     }
 
+    /// The node registry (seeded in shard 0 only).
+    pub fn cluster_meta(&self) -> &ClusterMeta {
+        &self.cluster_meta
+    }
+
     /// Rooms of this shard that `client` is or was a member of.
     pub fn rooms_of(&self, client: &ClientId) -> impl Iterator<Item = &RoomId> {
         self.client_rooms.get(client).into_iter().flatten()
@@ -159,6 +171,10 @@ impl ShardData {
     fn apply(&mut self, stamped: Stamped) -> (ApplyOutput, Option<RoomId>) {
         let ts_ms = stamped.ts_ms;
         match stamped.command {
+            Command::ClusterMeta(change) => (
+                ApplyOutput::ClusterMeta(self.cluster_meta.apply(change)),
+                None,
+            ),
             Command::RegisterClient {
                 client,
                 token_hash,
@@ -543,6 +559,12 @@ impl StateMachine for ShardMachine {
                 return ApplyOutput::Rejected(format!("undecodable command: {e}"));
             }
         };
+        if self.shard != METADATA_SHARD && matches!(stamped.command, Command::ClusterMeta(_)) {
+            return ApplyOutput::Rejected(format!(
+                "the node registry lives in shard {METADATA_SHARD}, not in shard {}",
+                self.shard
+            ));
+        }
         let (output, changed_room) = self.data.write().apply(stamped);
         if let Some(room) = changed_room {
             self.applied.record(room);
@@ -564,10 +586,16 @@ impl StateMachine for ShardMachine {
             abuse_reports: data.abuse_reports.clone(),
             franks: data.franks.clone(),
         };
-        postcard::to_stdvec(&snapshot).expect("serialising a snapshot into memory cannot fail")
+        // Shard 0's registry goes first, behind a marker no older snapshot starts with.
+        let mut bytes = data.cluster_meta.snapshot_prefix();
+        bytes.extend(
+            postcard::to_stdvec(&snapshot).expect("serialising a snapshot into memory cannot fail"),
+        );
+        bytes
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let (cluster_meta, snapshot) = ClusterMeta::split_snapshot(snapshot)?;
         let snapshot: ShardSnapshot = match postcard::from_bytes(snapshot) {
             Ok(snapshot) => snapshot,
             Err(e) => match postcard::from_bytes::<ShardSnapshotBeforeModeration>(snapshot) {
@@ -590,6 +618,7 @@ impl StateMachine for ShardMachine {
             franks: snapshot.franks,
             ..ShardData::default()
         };
+        data.cluster_meta = cluster_meta;
         let mirrored: Vec<RoomId> = data.mirrors.keys().cloned().collect();
         for id in &mirrored {
             data.index_members(id);

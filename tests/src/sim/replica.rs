@@ -766,6 +766,7 @@ pub fn outcome_name(output: &ApplyOutput) -> &'static str {
         ApplyOutput::Submitted(SubmitVerdict::NotAllowed { .. }) => "message-not-allowed",
         ApplyOutput::Submitted(SubmitVerdict::EpochTooOld { .. }) => "epoch-too-old",
         ApplyOutput::Rejected(_) => "rejected",
+        ApplyOutput::ClusterMeta(_) => "cluster-meta",
         ApplyOutput::Registered(_)
         | ApplyOutput::Published(_)
         | ApplyOutput::Claimed(_)

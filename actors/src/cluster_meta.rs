@@ -1,0 +1,637 @@
+//! The node registry of a provider's cluster (issue 4, "a metadata shard holds cluster
+//! membership"; DESIGN.md §3): which nodes belong to the cluster, where their node-to-node
+//! listeners are, which are leaving, and the replication factor.
+//!
+//! **Shard 0 is the metadata shard** ([`METADATA_SHARD`]): the registry is part of shard 0's
+//! replicated state (`ShardData::cluster_meta`) and changes only through
+//! `Command::ClusterMeta`, whose [`MetaChange`] is decided here, in apply, on the ordered log
+//! (STYLE.md P5): every replica of shard 0 computes the same registry, a refusal
+//! ([`MetaRefusal`]) changes nothing, and a repeated change that already holds answers
+//! `Ok(false)`. Shard 0 also holds rooms and users like every other shard; the registry is a
+//! few hundred bytes beside them.
+//!
+//! What the registry decides, and what it does not:
+//! - It names the nodes and their state. [`NodeState::Active`] nodes are where replicas may
+//!   live; [`NodeState::Decommissioning`] ones are being emptied by the placement driver (in
+//!   `mimid-node`), which marks them [`NodeState::Decommissioned`] once no shard has them as a
+//!   member. A decommissioned node stays in the registry (so its id is never reused by
+//!   accident) and is never placed on again.
+//! - It refuses to start decommissioning a node when the Active nodes other than it are fewer
+//!   than the replication factor ([`MetaRefusal::TooFewNodes`]): the rest could not hold every
+//!   shard's replicas. Deciding it in apply means two concurrent decommissions cannot both pass.
+//! - It does not hold shard membership: each shard's voters and learners live in that shard's
+//!   own Raft log (conf changes), which is what the placement driver reads and changes.
+//! - It does not hold anything a node keeps in memory only (draining).
+//!
+//! A registry is *seeded* once, by the first leader of shard 0 in a new cluster
+//! ([`MetaChange::Seed`], from `cluster.voters`, `cluster.peers` and
+//! `cluster.replication_factor`); an unseeded registry refuses every other change
+//! ([`MetaRefusal::NotSeeded`]), and a second seed changes nothing.
+//!
+//! Bounds (STYLE.md P9): at most [`MAX_NODES`] nodes, decommissioned ones included.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use mimid_cluster::{NodeId, ShardId};
+use serde::{Deserialize, Serialize};
+
+/// The shard whose state holds the node registry.
+pub const METADATA_SHARD: ShardId = 0;
+
+/// Most nodes the registry holds, decommissioned ones included.
+pub const MAX_NODES: usize = 1024;
+
+/// Largest replication factor a registry accepts (a Raft group of more voters than this only
+/// slows every commit down).
+pub const MAX_REPLICATION_FACTOR: u32 = 15;
+
+/// The replicated node registry (module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Voters per shard the placement driver keeps on Active nodes; 0 while unseeded.
+    replication_factor: u32,
+}
+
+/// One registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The UDP address of its node-to-node listener (`cluster.listen`), as other nodes dial
+    /// it; `None` until the node or an operator tells (a node seeded from `cluster.voters`
+    /// without an entry in the seeding node's `cluster.peers`).
+    pub cluster_addr: Option<SocketAddr>,
+    /// Where it is in its life.
+    pub state: NodeState,
+}
+
+/// A registered node's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Holds replicas and may be given more.
+    Active,
+    /// Being emptied: the placement driver moves its replicas to Active nodes.
+    Decommissioning,
+    /// Holds no replica any more and is never given one again; it can be stopped.
+    Decommissioned,
+}
+
+/// A change of the registry, decided in apply (`Command::ClusterMeta`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaChange {
+    /// Seeds an empty registry with the nodes of a new cluster, all Active. A seeded registry
+    /// ignores it (`Ok(false)`).
+    Seed {
+        nodes: Vec<(NodeId, Option<SocketAddr>)>,
+        replication_factor: u32,
+    },
+    /// Registers a new node, Active (`mimid node add`).
+    AddNode {
+        id: NodeId,
+        cluster_addr: SocketAddr,
+    },
+    /// A registered node tells where it listens now (it restarted on another address).
+    SetAddress {
+        id: NodeId,
+        cluster_addr: SocketAddr,
+    },
+    /// Starts emptying an Active node (`mimid node decommission`).
+    Decommission { id: NodeId },
+    /// The placement driver found no replica left on a Decommissioning node.
+    MarkDecommissioned { id: NodeId },
+}
+
+/// Why a [`MetaChange`] was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MetaRefusal {
+    /// The registry was never seeded (the cluster's first shard-0 leader does it).
+    #[error("the node registry is not seeded yet (shard {METADATA_SHARD} has had no leader)")]
+    NotSeeded,
+    /// A seed without nodes, with a node id 0 or twice, or an out-of-range factor.
+    #[error("invalid seed: {0}")]
+    InvalidSeed(String),
+    /// Node id 0 is not a node (Raft reserves it).
+    #[error("node id 0 is reserved by Raft")]
+    InvalidNode,
+    /// Port 0, or an unspecified IP address (`0.0.0.0`, `::`), cannot be dialled.
+    #[error("{0} cannot be dialled by other nodes")]
+    UndiallableAddress(SocketAddr),
+    /// `AddNode` of an id the registry has (in any state: ids are never reused).
+    #[error("node {id} is already registered ({state:?})")]
+    AlreadyRegistered { id: NodeId, state: NodeState },
+    /// Another node that is not decommissioned has this address.
+    #[error("node {other} is registered at {addr}")]
+    AddressInUse { addr: SocketAddr, other: NodeId },
+    /// The node is not registered.
+    #[error("node {0} is not registered")]
+    UnknownNode(NodeId),
+    /// The node is decommissioned: nothing about it changes any more.
+    #[error("node {0} is decommissioned")]
+    Decommissioned(NodeId),
+    /// Decommissioning `node` would leave fewer Active nodes than the replication factor.
+    #[error(
+        "decommissioning node {node} would leave {active_others} active nodes, fewer than the \
+         replication factor {replication_factor}; add a node first"
+    )]
+    TooFewNodes {
+        node: NodeId,
+        active_others: usize,
+        replication_factor: u32,
+    },
+    /// `MarkDecommissioned` of a node that is not Decommissioning.
+    #[error("node {0} is not being decommissioned")]
+    NotDecommissioning(NodeId),
+    /// The registry holds [`MAX_NODES`] nodes.
+    #[error("the registry holds {MAX_NODES} nodes, its limit")]
+    Full,
+}
+
+impl ClusterMeta {
+    /// Whether the registry was seeded.
+    pub fn is_seeded(&self) -> bool {
+        self.replication_factor > 0
+    }
+
+    /// Voters per shard the placement driver keeps on Active nodes (0 while unseeded).
+    pub fn replication_factor(&self) -> u32 {
+        self.replication_factor
+    }
+
+    /// Every registered node, by id.
+    pub fn nodes(&self) -> &BTreeMap<NodeId, NodeRecord> {
+        &self.nodes
+    }
+
+    /// The record of node `id`.
+    pub fn node(&self, id: NodeId) -> Option<&NodeRecord> {
+        self.nodes.get(&id)
+    }
+
+    /// The Active nodes, ascending.
+    pub fn active(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes
+            .iter()
+            .filter(|(_, record)| record.state == NodeState::Active)
+            .map(|(id, _)| *id)
+    }
+
+    /// Applies `change` (module docs): `Ok(true)` when the registry changed, `Ok(false)` when
+    /// it already said so, or why it was refused (the registry is then unchanged).
+    pub fn apply(&mut self, change: MetaChange) -> Result<bool, MetaRefusal> {
+        if let MetaChange::Seed {
+            nodes,
+            replication_factor,
+        } = change
+        {
+            return self.seed(nodes, replication_factor);
+        }
+        if !self.is_seeded() {
+            return Err(MetaRefusal::NotSeeded);
+        }
+        match change {
+            MetaChange::Seed { .. } => unreachable!("handled above"),
+            MetaChange::AddNode { id, cluster_addr } => self.add(id, cluster_addr),
+            MetaChange::SetAddress { id, cluster_addr } => self.set_address(id, cluster_addr),
+            MetaChange::Decommission { id } => self.decommission(id),
+            MetaChange::MarkDecommissioned { id } => self.mark_decommissioned(id),
+        }
+    }
+
+    fn seed(
+        &mut self,
+        nodes: Vec<(NodeId, Option<SocketAddr>)>,
+        replication_factor: u32,
+    ) -> Result<bool, MetaRefusal> {
+        if self.is_seeded() {
+            return Ok(false);
+        }
+        let invalid = |reason: &str| Err(MetaRefusal::InvalidSeed(reason.to_owned()));
+        if replication_factor == 0 || replication_factor > MAX_REPLICATION_FACTOR {
+            return invalid("the replication factor must be 1 to 15");
+        }
+        if nodes.is_empty() || nodes.len() > MAX_NODES {
+            return invalid("a cluster has 1 to 1024 nodes");
+        }
+        let mut records = BTreeMap::new();
+        for (id, addr) in nodes {
+            if id == 0 {
+                return invalid("node id 0 is reserved by Raft");
+            }
+            if addr.is_some_and(|addr| !diallable(addr)) {
+                return invalid("an address cannot be dialled");
+            }
+            let record = NodeRecord {
+                cluster_addr: addr,
+                state: NodeState::Active,
+            };
+            if records.insert(id, record).is_some() {
+                return invalid("a node is listed twice");
+            }
+        }
+        assert!(!records.is_empty());
+        self.nodes = records;
+        self.replication_factor = replication_factor;
+        assert!(self.is_seeded());
+        Ok(true)
+    }
+
+    fn add(&mut self, id: NodeId, addr: SocketAddr) -> Result<bool, MetaRefusal> {
+        if id == 0 {
+            return Err(MetaRefusal::InvalidNode);
+        }
+        if let Some(record) = self.nodes.get(&id) {
+            return Err(MetaRefusal::AlreadyRegistered {
+                id,
+                state: record.state,
+            });
+        }
+        self.check_address(id, addr)?;
+        if self.nodes.len() >= MAX_NODES {
+            return Err(MetaRefusal::Full);
+        }
+        let record = NodeRecord {
+            cluster_addr: Some(addr),
+            state: NodeState::Active,
+        };
+        self.nodes.insert(id, record);
+        Ok(true)
+    }
+
+    fn set_address(&mut self, id: NodeId, addr: SocketAddr) -> Result<bool, MetaRefusal> {
+        let record = self.nodes.get(&id).ok_or(MetaRefusal::UnknownNode(id))?;
+        if record.state == NodeState::Decommissioned {
+            return Err(MetaRefusal::Decommissioned(id));
+        }
+        if record.cluster_addr == Some(addr) {
+            return Ok(false);
+        }
+        self.check_address(id, addr)?;
+        let record = self.nodes.get_mut(&id).expect("looked up above");
+        record.cluster_addr = Some(addr);
+        Ok(true)
+    }
+
+    fn decommission(&mut self, id: NodeId) -> Result<bool, MetaRefusal> {
+        let record = self.nodes.get(&id).ok_or(MetaRefusal::UnknownNode(id))?;
+        match record.state {
+            NodeState::Decommissioning => return Ok(false),
+            NodeState::Decommissioned => return Err(MetaRefusal::Decommissioned(id)),
+            NodeState::Active => {}
+        }
+        let active_others = self.active().filter(|&other| other != id).count();
+        if active_others < self.replication_factor as usize {
+            return Err(MetaRefusal::TooFewNodes {
+                node: id,
+                active_others,
+                replication_factor: self.replication_factor,
+            });
+        }
+        let record = self.nodes.get_mut(&id).expect("looked up above");
+        record.state = NodeState::Decommissioning;
+        assert!(self.active().count() >= self.replication_factor as usize);
+        Ok(true)
+    }
+
+    fn mark_decommissioned(&mut self, id: NodeId) -> Result<bool, MetaRefusal> {
+        let record = self
+            .nodes
+            .get_mut(&id)
+            .ok_or(MetaRefusal::UnknownNode(id))?;
+        match record.state {
+            NodeState::Decommissioning => {
+                record.state = NodeState::Decommissioned;
+                Ok(true)
+            }
+            NodeState::Decommissioned => Ok(false),
+            NodeState::Active => Err(MetaRefusal::NotDecommissioning(id)),
+        }
+    }
+
+    /// `addr` must be diallable and not be another live node's.
+    fn check_address(&self, id: NodeId, addr: SocketAddr) -> Result<(), MetaRefusal> {
+        if !diallable(addr) {
+            return Err(MetaRefusal::UndiallableAddress(addr));
+        }
+        let taken = self.nodes.iter().find(|(other, record)| {
+            **other != id
+                && record.state != NodeState::Decommissioned
+                && record.cluster_addr == Some(addr)
+        });
+        match taken {
+            Some((other, _)) => Err(MetaRefusal::AddressInUse {
+                addr,
+                other: *other,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The registry's part of shard 0's snapshot: nothing while unseeded (so every other
+    /// shard's snapshot is byte for byte what it was before the registry existed), otherwise
+    /// [`SNAPSHOT_MARKER`] and the registry, ahead of the shard's own snapshot bytes.
+    pub fn snapshot_prefix(&self) -> Vec<u8> {
+        if !self.is_seeded() {
+            return Vec::new();
+        }
+        let mut bytes = SNAPSHOT_MARKER.to_vec();
+        let registry =
+            postcard::to_stdvec(self).expect("serialising the registry into memory cannot fail");
+        bytes.extend_from_slice(&registry);
+        bytes
+    }
+
+    /// Splits a shard snapshot into the registry ([`Self::snapshot_prefix`]; empty when there
+    /// is none) and the rest, the shard's own snapshot.
+    pub fn split_snapshot(snapshot: &[u8]) -> Result<(ClusterMeta, &[u8]), String> {
+        let Some(rest) = snapshot.strip_prefix(SNAPSHOT_MARKER.as_slice()) else {
+            return Ok((ClusterMeta::default(), snapshot));
+        };
+        let (meta, rest): (ClusterMeta, &[u8]) = postcard::take_from_bytes(rest)
+            .map_err(|e| format!("node registry in the shard snapshot: {e}"))?;
+        if !meta.is_seeded() {
+            return Err("node registry in the shard snapshot is not seeded".into());
+        }
+        Ok((meta, rest))
+    }
+}
+
+/// Marks a shard snapshot that starts with the node registry. Ten `0xff` bytes are not a
+/// postcard varint (at most ten bytes, the last without its continuation bit), so no shard
+/// snapshot without a registry, of this release or an older one, starts with them.
+pub const SNAPSHOT_MARKER: [u8; 16] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'e', b't', b'a', b'/', 1,
+];
+
+/// Whether other nodes can dial `addr`.
+fn diallable(addr: SocketAddr) -> bool {
+    addr.port() != 0 && !addr.ip().is_unspecified()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    fn seeded(ids: &[NodeId], replication_factor: u32) -> ClusterMeta {
+        let mut meta = ClusterMeta::default();
+        let nodes = ids.iter().map(|&id| (id, Some(addr(7000 + id as u16))));
+        let seed = MetaChange::Seed {
+            nodes: nodes.collect(),
+            replication_factor,
+        };
+        assert_eq!(meta.apply(seed), Ok(true));
+        meta
+    }
+
+    /// Applies `change` to a copy of `meta` and checks the rule every refusal keeps: the
+    /// registry is unchanged. Returns the outcome and the registry after it.
+    fn check(meta: &ClusterMeta, change: MetaChange) -> (Result<bool, MetaRefusal>, ClusterMeta) {
+        let mut after = meta.clone();
+        let outcome = after.apply(change.clone());
+        match &outcome {
+            Err(_) | Ok(false) => assert_eq!(&after, meta, "{change:?} left a trace"),
+            Ok(true) => assert_ne!(&after, meta, "{change:?} changed nothing"),
+        }
+        (outcome, after)
+    }
+
+    #[test]
+    fn an_unseeded_registry_refuses_everything_but_a_seed() {
+        let empty = ClusterMeta::default();
+        for change in [
+            MetaChange::AddNode {
+                id: 4,
+                cluster_addr: addr(7004),
+            },
+            MetaChange::SetAddress {
+                id: 1,
+                cluster_addr: addr(7001),
+            },
+            MetaChange::Decommission { id: 1 },
+            MetaChange::MarkDecommissioned { id: 1 },
+        ] {
+            assert_eq!(check(&empty, change).0, Err(MetaRefusal::NotSeeded));
+        }
+        assert!(empty.snapshot_prefix().is_empty());
+    }
+
+    #[test]
+    fn a_seed_is_validated_and_taken_once() {
+        let empty = ClusterMeta::default();
+        let bad = [
+            (vec![], 3),
+            (vec![(1, None)], 0),
+            (vec![(1, None)], 16),
+            (vec![(0, None)], 3),
+            (vec![(1, None), (1, None)], 3),
+            (vec![(1, Some(SocketAddr::from(([0, 0, 0, 0], 7000))))], 3),
+        ];
+        for (nodes, replication_factor) in bad {
+            let seed = MetaChange::Seed {
+                nodes,
+                replication_factor,
+            };
+            assert!(matches!(
+                check(&empty, seed).0,
+                Err(MetaRefusal::InvalidSeed(_))
+            ));
+        }
+        let meta = seeded(&[1, 2, 3], 3);
+        assert_eq!(meta.active().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(meta.replication_factor(), 3);
+        let again = MetaChange::Seed {
+            nodes: vec![(9, None)],
+            replication_factor: 1,
+        };
+        assert_eq!(check(&meta, again).0, Ok(false));
+    }
+
+    #[test]
+    fn nodes_are_added_once_at_an_address_of_their_own() {
+        let meta = seeded(&[1, 2, 3], 3);
+        let add = |id, port| MetaChange::AddNode {
+            id,
+            cluster_addr: addr(port),
+        };
+        let (outcome, meta) = check(&meta, add(4, 7004));
+        assert_eq!(outcome, Ok(true));
+        assert_eq!(
+            meta.node(4),
+            Some(&NodeRecord {
+                cluster_addr: Some(addr(7004)),
+                state: NodeState::Active
+            })
+        );
+        let refusals = [
+            (add(4, 7009), "already registered"),
+            (add(5, 7001), "registered at"),
+            (add(0, 7009), "reserved"),
+            (add(5, 0), "cannot be dialled"),
+        ];
+        for (change, reason) in refusals {
+            let refusal = check(&meta, change).0.expect_err("refused");
+            assert!(refusal.to_string().contains(reason), "{refusal}");
+        }
+    }
+
+    #[test]
+    fn a_node_moves_its_address_but_not_onto_another_nodes() {
+        let meta = seeded(&[1, 2], 1);
+        let set = |id, port| MetaChange::SetAddress {
+            id,
+            cluster_addr: addr(port),
+        };
+        assert_eq!(check(&meta, set(1, 7001)).0, Ok(false));
+        let (outcome, moved) = check(&meta, set(1, 7101));
+        assert_eq!(outcome, Ok(true));
+        assert_eq!(moved.node(1).unwrap().cluster_addr, Some(addr(7101)));
+        assert_eq!(
+            check(&meta, set(1, 7002)).0,
+            Err(MetaRefusal::AddressInUse {
+                addr: addr(7002),
+                other: 2
+            })
+        );
+        assert_eq!(
+            check(&meta, set(9, 7009)).0,
+            Err(MetaRefusal::UnknownNode(9))
+        );
+    }
+
+    /// Issue 4: decommissioning is refused when the rest cannot hold the replication factor,
+    /// and the decision is the apply's, so two decommissions cannot both pass.
+    #[test]
+    fn decommission_is_refused_when_the_rest_cannot_hold_the_replication_factor() {
+        let three = seeded(&[1, 2, 3], 3);
+        assert_eq!(
+            check(&three, MetaChange::Decommission { id: 1 }).0,
+            Err(MetaRefusal::TooFewNodes {
+                node: 1,
+                active_others: 2,
+                replication_factor: 3
+            })
+        );
+        let four = seeded(&[1, 2, 3, 4], 3);
+        let (outcome, one_leaving) = check(&four, MetaChange::Decommission { id: 1 });
+        assert_eq!(outcome, Ok(true));
+        assert_eq!(
+            one_leaving.node(1).unwrap().state,
+            NodeState::Decommissioning
+        );
+        assert_eq!(
+            check(&one_leaving, MetaChange::Decommission { id: 1 }).0,
+            Ok(false)
+        );
+        // The second one would leave two Active nodes.
+        assert!(matches!(
+            check(&one_leaving, MetaChange::Decommission { id: 2 }).0,
+            Err(MetaRefusal::TooFewNodes {
+                active_others: 2,
+                ..
+            })
+        ));
+        assert_eq!(
+            check(&one_leaving, MetaChange::MarkDecommissioned { id: 2 }).0,
+            Err(MetaRefusal::NotDecommissioning(2))
+        );
+        let (outcome, gone) = check(&one_leaving, MetaChange::MarkDecommissioned { id: 1 });
+        assert_eq!(outcome, Ok(true));
+        assert_eq!(gone.node(1).unwrap().state, NodeState::Decommissioned);
+        assert_eq!(
+            check(&gone, MetaChange::MarkDecommissioned { id: 1 }).0,
+            Ok(false)
+        );
+        for change in [
+            MetaChange::Decommission { id: 1 },
+            MetaChange::SetAddress {
+                id: 1,
+                cluster_addr: addr(7301),
+            },
+        ] {
+            assert_eq!(check(&gone, change).0, Err(MetaRefusal::Decommissioned(1)));
+        }
+        // A decommissioned node's id is never reused, its address may be.
+        assert!(matches!(
+            check(
+                &gone,
+                MetaChange::AddNode {
+                    id: 1,
+                    cluster_addr: addr(7301)
+                }
+            )
+            .0,
+            Err(MetaRefusal::AlreadyRegistered { id: 1, .. })
+        ));
+        assert_eq!(
+            check(
+                &gone,
+                MetaChange::AddNode {
+                    id: 5,
+                    cluster_addr: addr(7001)
+                }
+            )
+            .0,
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn the_snapshot_prefix_round_trips_and_is_absent_without_a_registry() {
+        let meta = seeded(&[1, 2, 3], 3);
+        let mut snapshot = meta.snapshot_prefix();
+        assert!(snapshot.starts_with(&SNAPSHOT_MARKER));
+        snapshot.extend_from_slice(b"shard");
+        let (restored, rest) = ClusterMeta::split_snapshot(&snapshot).expect("splits");
+        assert_eq!(restored, meta);
+        assert_eq!(rest, b"shard");
+        let (none, rest) = ClusterMeta::split_snapshot(b"\x00shard").expect("splits");
+        assert_eq!(none, ClusterMeta::default());
+        assert_eq!(rest, b"\x00shard");
+        let mut truncated = SNAPSHOT_MARKER.to_vec();
+        truncated.push(0x80);
+        assert!(ClusterMeta::split_snapshot(&truncated).is_err());
+    }
+
+    /// Through the shard state machine: the registry is shard 0's alone, and it survives
+    /// shard 0's snapshot byte for byte; other shards' snapshots carry nothing of it.
+    #[test]
+    fn the_registry_lives_in_shard_0_and_survives_its_snapshot() {
+        use mimid_cluster::StateMachine;
+
+        use crate::command::{Command, Stamped};
+        use crate::shard::{ApplyOutput, Shards};
+
+        let shards = Shards::new(2);
+        let (mut zero, mut one) = (shards.machine(0), shards.machine(1));
+        let seed = Stamped {
+            ts_ms: 1,
+            command: Command::ClusterMeta(MetaChange::Seed {
+                nodes: vec![(1, Some(addr(7001))), (2, None)],
+                replication_factor: 3,
+            }),
+        }
+        .encode();
+        let one_before = one.snapshot();
+        assert!(matches!(one.apply(1, &seed), ApplyOutput::Rejected(_)));
+        assert_eq!(one.snapshot(), one_before, "a refusal leaves no trace");
+        assert!(!one_before.starts_with(&SNAPSHOT_MARKER));
+        assert!(matches!(
+            zero.apply(1, &seed),
+            ApplyOutput::ClusterMeta(Ok(true))
+        ));
+        assert!(shards.get(0).read().cluster_meta().is_seeded());
+
+        let snapshot = zero.snapshot();
+        let elsewhere = Shards::new(2);
+        let mut restored = elsewhere.machine(0);
+        restored.restore(&snapshot).expect("restores");
+        assert_eq!(
+            elsewhere.get(0).read().cluster_meta(),
+            shards.get(0).read().cluster_meta()
+        );
+        assert_eq!(restored.snapshot(), snapshot);
+    }
+}
