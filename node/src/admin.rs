@@ -19,12 +19,16 @@
 //!     user URI (`mimi://b.example/u/bob`) or a provider domain (`b.example`): 200 with
 //!     [`BlockAnswer`] once every shard applied it; 400 for a target that is neither, 507
 //!     when the blocklist is full, 503 when a shard has no leader (repeat it).
+//! - `/admin/cluster/*` (status, drain, undrain, add and decommission nodes): served on the same
+//!   listener by [`crate::cluster_ops::routes`], merged in by `server.rs`; the cluster
+//!   operations add their part to the readiness check (draining, decommissioning).
 //!
 //! The listener is unauthenticated. The probes and metrics carry no user data, but a backup
 //! carries everything the provider replicates (room state and logs, the directory with token
-//! hashes and KeyPackages), abuse reports carry message contents, and the block routes change
-//! who may use the provider: bind `admin_listen` to loopback or a private interface only
-//! reachable by operators, never to a public one. It deliberately has no other routes.
+//! hashes and KeyPackages), abuse reports carry message contents, the block routes change who
+//! may use the provider, and the cluster routes change which nodes hold its data: bind
+//! `admin_listen` to loopback or a private interface only reachable by operators, never to a
+//! public one. It deliberately has no other routes.
 
 use std::sync::Arc;
 use std::time::Duration;

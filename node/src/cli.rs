@@ -17,6 +17,9 @@
 //! - `mimid abuse reports | blocks | block TARGET | unblock TARGET --admin ADDR`: the abuse
 //!   reports and the blocklist of a running node, through its admin listener
 //!   ([`crate::admin`]; ops/runbooks/abuse.md).
+//! - `mimid node status | drain | undrain | add | decommission --host ADDR`: the nodes and
+//!   shards of a running cluster, and its node-level operations ([`crate::cluster_ops`];
+//!   ops/runbooks/scale-out.md, ops/runbooks/drain-decommission.md).
 //!
 //! Configuration layering (defaults, file, `MIMID_*` environment, flags) is
 //! [`crate::config`]'s; this module maps flags onto it.
@@ -65,6 +68,9 @@ pub enum Command {
     Backup(BackupArgs),
     /// Create a new data directory from a backup made by `mimid backup`.
     Restore(RestoreArgs),
+    /// Show a running cluster's nodes and shards, drain a node, add or decommission one.
+    #[command(subcommand)]
+    Node(crate::cluster_ops::NodeCommand),
     /// Read abuse reports and block or unblock users and providers on a running node.
     #[command(subcommand)]
     Abuse(AbuseCommand),
@@ -270,6 +276,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => run_demo(args),
         Command::Backup(args) => {
             println!("{}", run_backup(&args)?);
+            Ok(())
+        }
+        Command::Node(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            for line in runtime.block_on(crate::cluster_ops::run_node_command(&command))? {
+                println!("{line}");
+            }
             Ok(())
         }
         Command::Restore(args) => {

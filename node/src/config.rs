@@ -150,6 +150,18 @@ pub struct ClusterSettings {
     /// node and the keys of `cluster.peers` (the usual case; set it when peers are introduced
     /// after start). More than one voter needs `cluster.listen`. Default empty.
     pub voters: Vec<u64>,
+    /// Voting replicas per shard the placement driver keeps on the cluster's Active nodes
+    /// (fewer while there are fewer nodes); every other Active node keeps a non-voting copy
+    /// (ARCHITECTURE.md "Cluster"). Read when the cluster's node registry is seeded, by the
+    /// first leader of shard 0 of a new cluster; the registry's value holds after that. 1 to
+    /// 15. A node without `cluster.listen` (`mimid dev`) runs alone: one replica. Default 3.
+    pub replication_factor: u32,
+    /// Start as a node added to a running cluster: shards without local state wait empty until
+    /// the placement driver adds this node to them and a leader sends it a snapshot (ops
+    /// runbook scale-out.md: register the node with `mimid node add` first). Shards with state
+    /// are unaffected, so it may stay set after the first start. Needs `cluster.listen`.
+    /// Default false.
+    pub join_existing: bool,
     /// Frames queued per peer node while its connection is busy or being opened; when full,
     /// further frames to that peer are dropped (Raft retransmits) and counted in
     /// `mimid_cluster_frames_dropped_total{reason="queue_full"}`. Default 1024.
@@ -546,6 +558,8 @@ impl Default for ClusterSettings {
             listen: None,
             peers: BTreeMap::new(),
             voters: Vec::new(),
+            replication_factor: 3,
+            join_existing: false,
             peer_queue_frames: 1024,
             max_frame_bytes: mimid_cluster::MAX_FRAME_BYTES as u64,
             tls: ClusterTlsSettings::default(),
@@ -603,6 +617,17 @@ impl ClusterSettings {
             "cluster.max_inflight_msgs",
             self.max_inflight_msgs as u64,
         );
+        if !(1..=mimid_actors::cluster_meta::MAX_REPLICATION_FACTOR)
+            .contains(&self.replication_factor)
+        {
+            problems.push(ConfigProblem {
+                key: "cluster.replication_factor",
+                reason: format!(
+                    "must be 1 to {}",
+                    mimid_actors::cluster_meta::MAX_REPLICATION_FACTOR
+                ),
+            });
+        }
     }
 
     /// The voters a new cluster's shards start with (`cluster.voters`, or else `own` and the
@@ -688,6 +713,12 @@ impl ClusterSettings {
                     reason,
                 });
             }
+        }
+        if self.join_existing && self.listen.is_none() {
+            problems.push(ConfigProblem {
+                key: "cluster.join_existing",
+                reason: "joining a cluster needs cluster.listen".into(),
+            });
         }
         let Some(listen) = self.listen else {
             if !self.peers.is_empty() {
@@ -1636,6 +1667,32 @@ mod tests {
         assert!(cluster.voters.is_empty());
         assert_eq!(cluster.tls.files(), None);
         assert_eq!(cluster.peer_addresses(1), Ok(BTreeMap::new()));
+    }
+
+    /// Issue 4: R voting replicas per shard (3 by default), and a node that joins a running
+    /// cluster instead of bootstrapping its own.
+    #[test]
+    fn replication_factor_and_join_existing_load_and_are_checked() {
+        let cluster = ClusterSettings::default();
+        assert_eq!(cluster.replication_factor, 3);
+        assert!(!cluster.join_existing);
+        let loaded = Config::load(&ConfigSources {
+            env: env(&[
+                ("MIMID_CLUSTER__REPLICATION_FACTOR", "5"),
+                ("MIMID_CLUSTER__JOIN_EXISTING", "true"),
+            ]),
+            ..ConfigSources::default()
+        })
+        .expect("load");
+        assert_eq!(loaded.cluster.replication_factor, 5);
+        assert!(loaded.cluster.join_existing);
+        // Joining needs the node-to-node transport; 0 or 16 voters per shard is refused.
+        assert_eq!(problems(&loaded), vec!["cluster.join_existing"]);
+        let mut config = Config::default();
+        for factor in [0, 16] {
+            config.cluster.replication_factor = factor;
+            assert_eq!(problems(&config), vec!["cluster.replication_factor"]);
+        }
     }
 
     #[test]

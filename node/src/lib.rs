@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod cluster_net;
+pub mod cluster_ops;
 pub mod config;
 pub mod content;
 pub mod demo;

@@ -47,6 +47,8 @@ pub struct Metrics {
     ready: Gauge,
     shards_led: Gauge,
     forwarded_proposals: Family<ForwardLabels, Counter>,
+    placement_moves: Family<PlacementLabels, Counter>,
+    placement_pending: Gauge,
     blocked_requests: Family<BlockedLabels, Counter>,
     raft: Arc<RaftCounters>,
     cluster_net: ClusterNetMetrics,
@@ -289,6 +291,51 @@ impl ForwardOutcome {
 }
 
 impl EncodeLabelValue for ForwardOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Labels of `mimid_placement_moves_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlacementLabels {
+    /// How the placement step ended.
+    pub outcome: PlacementOutcome,
+}
+
+/// How one step of the placement driver (`crate::cluster_ops`: a membership change, a
+/// leadership transfer, marking a node decommissioned) ended. Every value has a series from
+/// the start.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum PlacementOutcome {
+    /// The shard's leader applied it (or the registry took it).
+    Applied,
+    /// Refused for now (another change in progress, a learner behind, leadership moving); the
+    /// driver tries again later.
+    Retried,
+    /// No answer, or refused for good; the driver plans again from what the nodes report.
+    Failed,
+}
+
+impl PlacementOutcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [PlacementOutcome; 3] = [
+        PlacementOutcome::Applied,
+        PlacementOutcome::Retried,
+        PlacementOutcome::Failed,
+    ];
+
+    /// The label value, e.g. `retried`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementOutcome::Applied => "applied",
+            PlacementOutcome::Retried => "retried",
+            PlacementOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for PlacementOutcome {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
@@ -650,6 +697,21 @@ impl Metrics {
         for kind in BlockedKind::ALL {
             drop(blocked_requests.get_or_create(&BlockedLabels { kind }));
         }
+        let placement_moves = Family::<PlacementLabels, Counter>::default();
+        registry.register(
+            "placement_moves",
+            "Steps of the placement driver (membership changes, leadership transfers, nodes marked decommissioned), by outcome",
+            placement_moves.clone(),
+        );
+        for outcome in PlacementOutcome::ALL {
+            drop(placement_moves.get_or_create(&PlacementLabels { outcome }));
+        }
+        let placement_pending = Gauge::default();
+        registry.register(
+            "placement_pending",
+            "Membership changes the placement driver still wants (replicas not where placement wants them); 0 on nodes not leading shard 0",
+            placement_pending.clone(),
+        );
         let raft = Arc::new(RaftCounters::default());
         registry.register_collector(Box::new(raft.clone()));
         let cluster_net = ClusterNetMetrics::register(&mut registry);
@@ -669,6 +731,8 @@ impl Metrics {
             ready,
             shards_led,
             forwarded_proposals,
+            placement_moves,
+            placement_pending,
             blocked_requests,
             raft,
             cluster_net,
@@ -783,6 +847,28 @@ impl Metrics {
         self.forwarded_proposals
             .get_or_create(&ForwardLabels { outcome })
             .inc();
+    }
+
+    /// Counts one step of the placement driver by how it ended.
+    pub fn count_placement_move(&self, outcome: PlacementOutcome) {
+        self.placement_moves
+            .get_or_create(&PlacementLabels { outcome })
+            .inc();
+    }
+
+    /// Sets how many membership changes the placement driver still wants.
+    pub fn set_placement_pending(&self, changes: u64) {
+        self.placement_pending
+            .set(i64::try_from(changes).unwrap_or(i64::MAX));
+    }
+
+    /// Whether this node's connection to `peer` is up, as `mimid_cluster_peer_connected` says
+    /// (false for a node that is not a peer).
+    pub fn cluster_peer_connected(&self, peer: u64) -> bool {
+        self.cluster_net
+            .peer_connected
+            .get(&ClusterPeerLabels { peer })
+            .is_some_and(|gauge| gauge.get() == 1)
     }
 
     /// Copies the cluster driver's cumulative Raft counters.

@@ -4,6 +4,8 @@
 //! HTTP listener. With `cluster.listen` set, also the node-to-node transport
 //! ([`crate::cluster_net`]): this node is then one of the provider's cluster
 //! (ARCHITECTURE.md "Cluster"), its shards replicated on every node.
+//! The cluster operations ([`crate::cluster_ops`]: node registry, placement driver, drain,
+//! the `/admin/cluster/*` routes) run beside them.
 //!
 //! Start order: the node-to-node transport (bound and dialling, frames dropped until the
 //! cluster exists), replication (it recovers every shard from sled before anything is served),
@@ -25,13 +27,14 @@ use mimid_actors::shard::{ShardMachine, Shards};
 use mimid_cluster::{Cluster, ClusterConfig, ClusterHandle, NodeId};
 use tokio::task::JoinHandle;
 
-use crate::admin::{serve_admin, AdminState};
+use crate::admin::{router as admin_router, AdminState};
 use crate::api::ClientApi;
 use crate::backup::{Backups, SnapshotSource};
 use crate::certs::ensure_dev_certs;
 use crate::cluster_net::{
     ClusterNet, ClusterSink, ForwardedProposals, NetRouter, NetSender, NetSettings,
 };
+use crate::cluster_ops::{ClusterOps, OpsRpc, OpsSettings};
 use crate::config::{dev_cert_dir, Config};
 use crate::federation::{DirectoryDocument, FederationApi, FederationService, Peers, Routes};
 use crate::franking::{Franking, FrankingKeys};
@@ -61,6 +64,8 @@ pub struct Node {
     cluster: Cluster<ShardMachine>,
     /// The node-to-node transport; `None` for a single node.
     net: Option<NetSender>,
+    /// The cluster operations (registry upkeep, placement, drain).
+    ops: Arc<ClusterOps>,
 }
 
 impl Node {
@@ -106,7 +111,13 @@ impl Node {
             .as_ref()
             .context("this node runs alone: cluster.listen is not set")?;
         net.set_peer(id, addr)?;
+        self.ops.note_peer(id, addr);
         Ok(())
+    }
+
+    /// The cluster operations (`mimid node …`, the placement driver).
+    pub fn cluster_ops(&self) -> &Arc<ClusterOps> {
+        &self.ops
     }
 
     /// Stops accepting, lets requests in progress finish (bounded), then stops the actors, the
@@ -182,6 +193,7 @@ pub(crate) fn cluster_config(config: &Config) -> ClusterConfig {
     cluster.max_inflight_msgs = c.max_inflight_msgs;
     cluster.fsync = c.fsync;
     cluster.voters = c.initial_voters(config.node_id);
+    cluster.join_existing = c.join_existing;
     cluster
 }
 
@@ -264,10 +276,23 @@ async fn start_inner(
         )
         .context("starting the room actors")?,
     );
-    let net = net.map(|(net, forwarded)| {
-        forwarded.set(&hub);
-        net
-    });
+    let (net, ops_rpc) = match net {
+        Some((net, rpc)) => {
+            rpc.set(&hub);
+            (Some(net), Some(rpc))
+        }
+        None => (None, None),
+    };
+    let ops = ClusterOps::new(
+        OpsSettings::from_config(&config, net.as_ref().map(NetSender::local_addr)),
+        cluster.handle(),
+        &hub,
+        net.clone(),
+        metrics.clone(),
+    );
+    if let Some(rpc) = &ops_rpc {
+        rpc.set_ops(&ops);
+    }
 
     // The hub's signing key (MIMI.md §5.5): generated on first start, the same after.
     let hub_key = Arc::new(
@@ -322,7 +347,9 @@ async fn start_inner(
         .with_context(|| format!("binding admin HTTP on {}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr()?;
     let cluster_handle = cluster.handle();
+    let readiness_ops = ops.clone();
     let ready = Arc::new(move || {
+        readiness_ops.readiness()?;
         if cluster_handle.is_ready() {
             Ok(())
         } else {
@@ -343,8 +370,9 @@ async fn start_inner(
         metrics.clone(),
     ));
     tasks.push(
-        serve_admin(
+        serve_admin_and_cluster(
             admin_listener,
+            ops.clone(),
             AdminState {
                 ready,
                 metrics: metrics.clone(),
@@ -354,6 +382,7 @@ async fn start_inner(
         )
         .await,
     );
+    tasks.extend(ops.spawn());
     tasks.push(tokio::spawn(refresh_metrics(
         metrics,
         hub.clone(),
@@ -374,21 +403,20 @@ async fn start_inner(
         peers,
         cluster,
         net,
+        ops,
     })
 }
 
 /// Starts the replication layer: a single node, or with `cluster.listen` one node of a
 /// cluster, whose transport is bound and dialling the configured peers first (frames that
 /// arrive before the cluster runs are dropped; Raft retransmits). Returns the transport with
-/// the handler that will answer forwarded proposals once the hub exists.
+/// the handler that will answer forwarded proposals and cluster operations once the hub and
+/// the operations exist.
 async fn start_replication(
     config: &Config,
     shards: &Shards,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<(
-    Cluster<ShardMachine>,
-    Option<(NetSender, Arc<ForwardedProposals>)>,
-)> {
+) -> anyhow::Result<(Cluster<ShardMachine>, Option<(NetSender, Arc<OpsRpc>)>)> {
     let cluster_config = cluster_config(config);
     let factory = {
         let shards = shards.clone();
@@ -414,9 +442,9 @@ async fn start_replication(
     let bound = ClusterNet::bind(settings, &material, metrics.clone())
         .context("binding the node-to-node listener")?;
     let sink = ClusterSink::<ShardMachine>::new();
-    let forwarded = ForwardedProposals::new();
+    let rpc = OpsRpc::new(ForwardedProposals::new());
     let net = bound
-        .start(peers, sink.clone(), forwarded.clone())
+        .start(peers, sink.clone(), rpc.clone())
         .context("starting the node-to-node transport")?;
     let transport = Box::new(net.clone());
     let started = tokio::task::spawn_blocking(move || {
@@ -432,7 +460,23 @@ async fn start_replication(
         }
     };
     let _ = sink.set(cluster.handle());
-    Ok((cluster, Some((net, forwarded))))
+    Ok((cluster, Some((net, rpc))))
+}
+
+/// Serves the admin routes ([`crate::admin`]) and the cluster routes
+/// ([`crate::cluster_ops::routes`]) on `listener` until the returned task is aborted or the
+/// listener fails (logged as an error).
+async fn serve_admin_and_cluster(
+    listener: tokio::net::TcpListener,
+    ops: Arc<ClusterOps>,
+    state: AdminState,
+) -> JoinHandle<()> {
+    let app = admin_router(state).merge(crate::cluster_ops::routes(ops));
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(%err, "admin listener failed");
+        }
+    })
 }
 
 /// Copies counters owned by other layers into the Prometheus registry.

@@ -1,0 +1,298 @@
+//! `mimid node status | drain | undrain | add | decommission --host ADDR`: the cluster
+//! routes of a node's admin listener ([`super::http`]) over plain HTTP/1.1, like
+//! `mimid backup`. Any node's admin listener will do; registry changes reach shard 0's
+//! leader from there.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Subcommand;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::http::{
+    AddNodeRequest, ClusterStatus, DrainAnswer, NodeAnswer, ADD_NODE_PATH, DRAIN_PATH, STATUS_PATH,
+    UNDRAIN_PATH,
+};
+
+/// Longest answer read from the admin listener.
+const MAX_ANSWER_BYTES: u64 = 16 << 20;
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often `decommission --wait` looks again.
+const WAIT_POLL: Duration = Duration::from_millis(500);
+
+/// `mimid node …`: through a running node's admin listener.
+#[derive(Debug, Clone, Subcommand)]
+pub enum NodeCommand {
+    /// Every node (live or dead, active, decommissioning or decommissioned) and every shard
+    /// (leader, voters, learners, lag).
+    Status {
+        /// A node's admin listener, `HOST:PORT` [config: admin_listen].
+        #[arg(long, value_name = "ADDR")]
+        host: String,
+    },
+    /// Hand every shard leadership of the node away, and keep doing so (its data stays;
+    /// /readyz answers 503 "draining") until `undrain` or a restart.
+    Drain {
+        /// The admin listener of the node to drain, `HOST:PORT`.
+        #[arg(long, value_name = "ADDR")]
+        host: String,
+    },
+    /// Stop draining the node.
+    Undrain {
+        /// The admin listener of the node, `HOST:PORT`.
+        #[arg(long, value_name = "ADDR")]
+        host: String,
+    },
+    /// Register a new node; start it with cluster.join_existing = true and it receives
+    /// replicas (ops/runbooks/scale-out.md).
+    Add {
+        /// A node's admin listener, `HOST:PORT`.
+        #[arg(long, value_name = "ADDR")]
+        host: String,
+        /// The new node's node_id (never used before in this cluster).
+        #[arg(long, value_name = "N")]
+        id: u64,
+        /// The new node's cluster.listen as the other nodes dial it, `IP:PORT`.
+        #[arg(long, value_name = "IP:PORT")]
+        addr: String,
+    },
+    /// Move every replica off a node; refused when the other active nodes are fewer than the
+    /// replication factor (ops/runbooks/drain-decommission.md).
+    Decommission {
+        /// A node's admin listener, `HOST:PORT`.
+        #[arg(long, value_name = "ADDR")]
+        host: String,
+        /// The node to decommission.
+        #[arg(long, value_name = "N")]
+        id: u64,
+        /// Wait until the node holds no replica (state decommissioned).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, give up after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        wait_timeout_secs: u64,
+    },
+}
+
+/// Runs `mimid node …`; returns the lines to print.
+///
+/// Cancel safety: cancel safe (each request stands alone; a cancelled change may still be
+/// applied, and repeating it is harmless).
+pub async fn run_node_command(command: &NodeCommand) -> anyhow::Result<Vec<String>> {
+    match command {
+        NodeCommand::Status { host } => {
+            let status: ClusterStatus = call_json(host, "GET", STATUS_PATH, b"", 200).await?;
+            Ok(render_status(&status))
+        }
+        NodeCommand::Drain { host } | NodeCommand::Undrain { host } => {
+            let path = match command {
+                NodeCommand::Drain { .. } => DRAIN_PATH,
+                _ => UNDRAIN_PATH,
+            };
+            let answer: DrainAnswer = call_json(host, "POST", path, b"", 200).await?;
+            let leads = if answer.leads.is_empty() {
+                "none".to_owned()
+            } else {
+                join(&answer.leads)
+            };
+            Ok(vec![format!(
+                "node {}: {}; shards it leads now: {leads}",
+                answer.node_id,
+                if answer.draining {
+                    "draining (its leaderships move to other nodes; /readyz answers 503)"
+                } else {
+                    "not draining"
+                }
+            )])
+        }
+        NodeCommand::Add { host, id, addr } => {
+            let body = serde_json::to_vec(&AddNodeRequest {
+                id: *id,
+                cluster_addr: addr.clone(),
+            })?;
+            let answer: NodeAnswer = call_json(host, "POST", ADD_NODE_PATH, &body, 201).await?;
+            Ok(vec![format!(
+                "node {} registered at {}; start it with cluster.join_existing = true and it \
+                 receives replicas",
+                answer.id,
+                answer.cluster_addr.as_deref().unwrap_or("?")
+            )])
+        }
+        NodeCommand::Decommission {
+            host,
+            id,
+            wait,
+            wait_timeout_secs,
+        } => {
+            let path = format!("/admin/cluster/nodes/{id}/decommission");
+            let answer: NodeAnswer = call_json(host, "POST", &path, b"", 200).await?;
+            let mut lines = vec![format!(
+                "node {}: {}{}",
+                answer.id,
+                answer.state,
+                if answer.changed {
+                    ""
+                } else {
+                    " (it was already)"
+                }
+            )];
+            if *wait {
+                let started = Instant::now();
+                let deadline = started + Duration::from_secs(*wait_timeout_secs);
+                loop {
+                    let status: ClusterStatus =
+                        call_json(host, "GET", STATUS_PATH, b"", 200).await?;
+                    let node = status.nodes.iter().find(|node| node.id == *id);
+                    if node.is_some_and(|node| node.state == "decommissioned") {
+                        lines.push(format!(
+                            "node {id} holds no replica (decommissioned after {:.1?}); stop it",
+                            started.elapsed()
+                        ));
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "node {id} still holds replicas after {wait_timeout_secs} s: {}",
+                            node.map_or("not registered".to_owned(), |node| format!(
+                                "voter of {} shards, learner of {}",
+                                node.voter_of, node.learner_of
+                            ))
+                        );
+                    }
+                    tokio::time::sleep(WAIT_POLL).await;
+                }
+            }
+            Ok(lines)
+        }
+    }
+}
+
+/// The table `mimid node status` prints.
+pub fn render_status(status: &ClusterStatus) -> Vec<String> {
+    let mut lines = vec![format!(
+        "asked node {}{}; replication factor {}",
+        status.node_id,
+        if status.draining { " (draining)" } else { "" },
+        status.replication_factor
+    )];
+    lines.push(format!(
+        "{:>5}  {:<5} {:<16} {:<22} {:>6} {:>8} {:>5} {:>8}",
+        "NODE", "LIVE", "STATE", "ADDRESS", "VOTER", "LEARNER", "LEADS", "DRAINING"
+    ));
+    for node in &status.nodes {
+        lines.push(format!(
+            "{:>5}  {:<5} {:<16} {:<22} {:>6} {:>8} {:>5} {:>8}",
+            node.id,
+            if node.live { "live" } else { "dead" },
+            node.state,
+            node.cluster_addr.as_deref().unwrap_or("-"),
+            node.voter_of,
+            node.learner_of,
+            node.leads,
+            match node.draining {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            }
+        ));
+    }
+    lines.push(format!(
+        "{:>5}  {:<6} {:>6} {:>9} {:<16} {:<12} {}",
+        "SHARD", "LEADER", "TERM", "COMMIT", "VOTERS", "LEARNERS", "LAG"
+    ));
+    for shard in &status.shards {
+        let lag = if shard.lag.is_empty() {
+            format!("? (as node {} sees it)", shard.reported_by)
+        } else {
+            shard
+                .lag
+                .iter()
+                .map(|(node, lag)| format!("{node}:{lag}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        lines.push(format!(
+            "{:>5}  {:<6} {:>6} {:>9} {:<16} {:<12} {}",
+            shard.shard,
+            shard
+                .leader
+                .map_or("-".to_owned(), |leader| leader.to_string()),
+            shard.term,
+            shard.commit,
+            join(&shard.voters),
+            if shard.learners.is_empty() {
+                "-".to_owned()
+            } else {
+                join(&shard.learners)
+            },
+            lag
+        ));
+    }
+    lines
+}
+
+fn join(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// One request to the admin listener at `host`; the JSON body of a `want` answer, or the
+/// node's reason for any other status.
+async fn call_json<T: DeserializeOwned>(
+    host: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    want: u16,
+) -> anyhow::Result<T> {
+    let (status, answer) = tokio::time::timeout(REQUEST_TIMEOUT, request(host, method, path, body))
+        .await
+        .with_context(|| format!("{method} {path}: no answer within {REQUEST_TIMEOUT:?}"))??;
+    if status != want {
+        bail!(
+            "the node answered {status}: {}",
+            String::from_utf8_lossy(&answer).trim()
+        );
+    }
+    serde_json::from_slice(&answer)
+        .with_context(|| format!("reading the answer to {method} {path}"))
+}
+
+/// Plain HTTP/1.1 to `host` (`HOST:PORT`, optionally with `http://`): status and body.
+async fn request(
+    host: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let host = host.strip_prefix("http://").unwrap_or(host);
+    let host = host.strip_suffix('/').unwrap_or(host);
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .with_context(|| format!("connecting to the admin listener {host}"))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut response = Vec::new();
+    stream
+        .take(MAX_ANSWER_BYTES)
+        .read_to_end(&mut response)
+        .await
+        .context("reading the answer")?;
+    let head_end = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .context("the answer has no complete HTTP head")?;
+    let status = std::str::from_utf8(&response[..head_end])
+        .ok()
+        .and_then(|head| head.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .context("the answer has no HTTP status")?;
+    Ok((status, response[head_end + 4..].to_vec()))
+}

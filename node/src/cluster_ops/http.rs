@@ -1,0 +1,372 @@
+//! The cluster routes of the admin listener (issue 6 part 3), JSON bodies:
+//!
+//! - `GET /admin/cluster/status`: this node, every registered node (state, `live`: connected
+//!   to this node's transport, or this node itself; whether it drains and its replica counts
+//!   when it answered), and every shard (leader, term, commit, applied, voters, learners and,
+//!   when the leader answered, each member's lag behind it in entries) ([`ClusterStatus`]).
+//! - `POST /admin/cluster/drain` and `/undrain`: starts or stops handing this node's
+//!   leaderships away ([`DrainAnswer`]); in memory only, a restart ends it.
+//! - `POST /admin/cluster/nodes` with `{"id": N, "cluster_addr": "IP:PORT"}`: registers a new
+//!   node (201 with [`NodeAnswer`]; 409 when the id or the address is taken; 400 for id 0 or
+//!   an address other nodes cannot dial).
+//! - `POST /admin/cluster/nodes/{id}/decommission`: starts moving node `id`'s replicas away
+//!   (200 with [`NodeAnswer`]; 409 when the Active nodes other than it are fewer than the
+//!   replication factor, or it is decommissioned already; 404 for an unknown node).
+//!
+//! Registry changes are proposed to shard 0 through the hub (its leader may be another node);
+//! a shard 0 without a leader is a 503 with the reason. A node running alone (no
+//! `cluster.listen`) answers the registry routes 409: there is no cluster to change.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use mimid_actors::cluster_meta::{MetaChange, MetaRefusal, NodeState};
+use mimid_actors::hub::HubError;
+use mimid_cluster::{NodeId, ShardId};
+use serde::{Deserialize, Serialize};
+
+use super::{leader_reports, ClusterOps};
+
+/// `GET`: the cluster's nodes and shards.
+pub const STATUS_PATH: &str = "/admin/cluster/status";
+/// `POST`: start draining this node.
+pub const DRAIN_PATH: &str = "/admin/cluster/drain";
+/// `POST`: stop draining this node.
+pub const UNDRAIN_PATH: &str = "/admin/cluster/undrain";
+/// `POST {"id", "cluster_addr"}`: register a node.
+pub const ADD_NODE_PATH: &str = "/admin/cluster/nodes";
+
+/// `GET /admin/cluster/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: NodeId,
+    /// Whether it drains.
+    pub draining: bool,
+    /// The registry's replication factor (0: the registry is not seeded, or the node runs
+    /// alone).
+    pub replication_factor: u32,
+    /// Registered nodes, and nodes that answered without being registered, by id.
+    pub nodes: Vec<NodeEntry>,
+    /// Every shard, by id.
+    pub shards: Vec<ShardEntry>,
+}
+
+/// One node in [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub id: NodeId,
+    /// `active`, `decommissioning`, `decommissioned`, or `unregistered`.
+    pub state: String,
+    /// Its node-to-node address in the registry.
+    pub cluster_addr: Option<String>,
+    /// Connected to the answering node's transport (always true for the answering node).
+    pub live: bool,
+    /// Whether it drains, when it answered.
+    pub draining: Option<bool>,
+    /// Shards it votes in, is a learner of, and leads (per the shards' reports).
+    pub voter_of: usize,
+    pub learner_of: usize,
+    pub leads: usize,
+}
+
+/// One shard in [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub shard: ShardId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    /// Entries each member is behind the leader's log, from the leader's report; empty when
+    /// the leader did not answer (the other fields are then the answering node's replica).
+    pub lag: BTreeMap<NodeId, u64>,
+    /// The node whose replica this entry describes.
+    pub reported_by: NodeId,
+}
+
+/// The answer to drain and undrain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainAnswer {
+    pub node_id: NodeId,
+    pub draining: bool,
+    /// Shards the node still leads (they are handed away while it drains).
+    pub leads: Vec<ShardId>,
+}
+
+/// The body of `POST /admin/cluster/nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddNodeRequest {
+    pub id: NodeId,
+    /// `IP:PORT` of its `cluster.listen`, as the other nodes dial it.
+    pub cluster_addr: String,
+}
+
+/// A registry change's answer: the node as the registry holds it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAnswer {
+    pub id: NodeId,
+    pub state: String,
+    pub cluster_addr: Option<String>,
+    /// Whether this request changed the registry.
+    pub changed: bool,
+}
+
+/// The cluster routes over `ops`, to merge into the admin router.
+pub fn routes(ops: Arc<ClusterOps>) -> Router {
+    Router::new()
+        .route(STATUS_PATH, get(status))
+        .route(DRAIN_PATH, post(drain))
+        .route(UNDRAIN_PATH, post(undrain))
+        .route(ADD_NODE_PATH, post(add_node))
+        .route("/admin/cluster/nodes/{id}/decommission", post(decommission))
+        .with_state(ops)
+}
+
+/// The label of a registry state in JSON and on the command line.
+pub(super) fn state_name(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Active => "active",
+        NodeState::Decommissioning => "decommissioning",
+        NodeState::Decommissioned => "decommissioned",
+    }
+}
+
+impl ClusterOps {
+    /// [`ClusterStatus`] from the registry and every report this node can get now.
+    ///
+    /// Cancel safety: safe to drop.
+    pub async fn status(&self) -> ClusterStatus {
+        let meta = self.registry().unwrap_or_default();
+        let reports = self.gather(&meta).await;
+        let shard_count = self.cluster.shard_count();
+        let leaders = leader_reports(&reports, shard_count);
+        let own = &reports[&self.node_id];
+        let shards: Vec<ShardEntry> = own
+            .shards
+            .iter()
+            .map(|local| match leaders.get(&local.shard) {
+                Some((leader, report)) => {
+                    let head = report
+                        .progress
+                        .get(leader)
+                        .copied()
+                        .unwrap_or(report.commit);
+                    ShardEntry {
+                        shard: report.shard,
+                        leader: Some(*leader),
+                        term: report.term,
+                        commit: report.commit,
+                        applied: report.applied,
+                        voters: report.voters.clone(),
+                        learners: report.learners.clone(),
+                        lag: report
+                            .progress
+                            .iter()
+                            .map(|(&node, &matched)| (node, head.saturating_sub(matched)))
+                            .collect(),
+                        reported_by: *leader,
+                    }
+                }
+                None => ShardEntry {
+                    shard: local.shard,
+                    leader: local.leader,
+                    term: local.term,
+                    commit: local.commit,
+                    applied: local.applied,
+                    voters: local.voters.clone(),
+                    learners: local.learners.clone(),
+                    lag: BTreeMap::new(),
+                    reported_by: self.node_id,
+                },
+            })
+            .collect();
+        let ids: std::collections::BTreeSet<NodeId> =
+            meta.nodes().keys().chain(reports.keys()).copied().collect();
+        let nodes = ids
+            .into_iter()
+            .map(|id| {
+                let record = meta.node(id);
+                let count = |pick: fn(&ShardEntry) -> &Vec<NodeId>| {
+                    shards
+                        .iter()
+                        .filter(|shard| pick(shard).contains(&id))
+                        .count()
+                };
+                NodeEntry {
+                    id,
+                    state: record
+                        .map_or("unregistered", |r| state_name(r.state))
+                        .into(),
+                    cluster_addr: record.and_then(|r| r.cluster_addr).map(|a| a.to_string()),
+                    live: id == self.node_id || self.metrics.cluster_peer_connected(id),
+                    draining: reports.get(&id).map(|report| report.draining),
+                    voter_of: count(|shard| &shard.voters),
+                    learner_of: count(|shard| &shard.learners),
+                    leads: shards.iter().filter(|s| s.leader == Some(id)).count(),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.node_id,
+            draining: self.is_draining(),
+            replication_factor: meta.replication_factor(),
+            nodes,
+            shards,
+        }
+    }
+
+    /// Proposes `change` to the registry; the answer for the admin route.
+    ///
+    /// Cancel safety: safe to drop; the change may still be applied.
+    async fn change_registry(
+        &self,
+        change: MetaChange,
+        id: NodeId,
+        created: StatusCode,
+    ) -> Response {
+        if self.net.is_none() {
+            return text(
+                StatusCode::CONFLICT,
+                "this node runs alone (cluster.listen is not set): there is no cluster to change",
+            );
+        }
+        let Some(hub) = self.hub() else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+        };
+        match hub.change_cluster_meta(change.clone()).await {
+            Ok(Ok(changed)) => {
+                tracing::info!(?change, changed, "node registry changed by the operator");
+                let meta = hub.cluster_meta();
+                let record = meta.node(id);
+                let answer = NodeAnswer {
+                    id,
+                    state: record
+                        .map_or("unregistered", |r| state_name(r.state))
+                        .into(),
+                    cluster_addr: record.and_then(|r| r.cluster_addr).map(|a| a.to_string()),
+                    changed,
+                };
+                let status = if changed { created } else { StatusCode::OK };
+                (status, json(&answer)).into_response()
+            }
+            Ok(Err(refusal)) => {
+                tracing::info!(?change, %refusal, "node registry change refused");
+                text(refusal_status(&refusal), &refusal.to_string())
+            }
+            Err(HubError::Busy(busy)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("busy: {busy}; repeat the request"),
+            ),
+            Err(HubError::Unavailable(reason)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{reason}; repeat the request"),
+            ),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+}
+
+fn refusal_status(refusal: &MetaRefusal) -> StatusCode {
+    match refusal {
+        MetaRefusal::UnknownNode(_) => StatusCode::NOT_FOUND,
+        MetaRefusal::InvalidNode
+        | MetaRefusal::UndiallableAddress(_)
+        | MetaRefusal::InvalidSeed(_) => StatusCode::BAD_REQUEST,
+        MetaRefusal::NotSeeded => StatusCode::SERVICE_UNAVAILABLE,
+        MetaRefusal::AlreadyRegistered { .. }
+        | MetaRefusal::AddressInUse { .. }
+        | MetaRefusal::Decommissioned(_)
+        | MetaRefusal::TooFewNodes { .. }
+        | MetaRefusal::NotDecommissioning(_)
+        | MetaRefusal::Full => StatusCode::CONFLICT,
+    }
+}
+
+async fn status(State(ops): State<Arc<ClusterOps>>) -> Response {
+    json(&ops.status().await).into_response()
+}
+
+async fn drain(State(ops): State<Arc<ClusterOps>>) -> Response {
+    ops.set_draining(true);
+    json(&DrainAnswer {
+        node_id: ops.node_id(),
+        draining: true,
+        leads: ops.led_shards(),
+    })
+    .into_response()
+}
+
+async fn undrain(State(ops): State<Arc<ClusterOps>>) -> Response {
+    ops.set_draining(false);
+    json(&DrainAnswer {
+        node_id: ops.node_id(),
+        draining: false,
+        leads: ops.led_shards(),
+    })
+    .into_response()
+}
+
+async fn add_node(State(ops): State<Arc<ClusterOps>>, body: Bytes) -> Response {
+    let request: AddNodeRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("the body must be {{\"id\": N, \"cluster_addr\": \"IP:PORT\"}}: {e}"),
+            )
+        }
+    };
+    let cluster_addr: SocketAddr = match request.cluster_addr.parse() {
+        Ok(addr) => addr,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "cluster_addr {:?} is not IP:PORT: {e}",
+                    request.cluster_addr
+                ),
+            )
+        }
+    };
+    let change = MetaChange::AddNode {
+        id: request.id,
+        cluster_addr,
+    };
+    ops.change_registry(change, request.id, StatusCode::CREATED)
+        .await
+}
+
+async fn decommission(State(ops): State<Arc<ClusterOps>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<NodeId>() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            &format!("{id:?} is not a node id (a decimal number)"),
+        );
+    };
+    ops.change_registry(MetaChange::Decommission { id }, id, StatusCode::OK)
+        .await
+}
+
+fn text(status: StatusCode, reason: &str) -> Response {
+    (status, format!("{reason}\n")).into_response()
+}
+
+fn json(value: &impl Serialize) -> Response {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("encoding the answer: {e}"),
+        ),
+    }
+}
