@@ -338,6 +338,11 @@ pub struct TestCluster {
     /// providers started with it ([`TestNode::start_provider`]) federate with this one.
     pub provider_ca: CertAuthority,
     provider_ca_cert: PathBuf,
+    /// The provider certificate every node serves.
+    provider: TlsFiles,
+    /// The cluster CA, which issues node certificates ([`TestCluster::add_node`]).
+    cluster_ca: CertAuthority,
+    cluster_ca_cert: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -385,47 +390,87 @@ impl TestCluster {
             .save(&dir.path().join("cluster-ca"))
             .expect("cluster CA saved")
             .cert;
-        let loopback = SubjectName::Ip(std::net::Ipv4Addr::LOCALHOST.into());
-        let mut nodes = Vec::new();
-        for id in 1..=count {
-            let data = dir.path().join(format!("node{id}"));
-            std::fs::create_dir_all(&data).expect("data directory");
-            let node_cert = cluster_ca
-                .issue(std::slice::from_ref(&loopback), now, LEAF_VALIDITY)
-                .expect("node certificate")
-                .save(&data.join("cluster-tls"), NODE_STEM)
-                .expect("node certificate saved");
-            let mut config = test_config(&data);
-            config.domain = domain.clone();
-            config.node_id = id;
-            config.tls = TlsSettings {
-                cert: Some(provider.cert.clone()),
-                key: Some(provider.key.clone()),
-                client_ca: Some(provider.client_ca.clone()),
-            };
-            config.cluster.listen = Some("127.0.0.1:0".parse().expect("valid address"));
-            config.cluster.voters = (1..=count).collect();
-            config.cluster.tls = ClusterTlsSettings {
-                cert: Some(node_cert.cert),
-                key: Some(node_cert.key),
-                ca: Some(cluster_ca_cert.clone()),
-            };
-            edit(&mut config);
-            nodes.push(ClusterNode { config, node: None });
-        }
         let mut cluster = TestCluster {
-            nodes,
+            nodes: Vec::new(),
             domain,
             provider_ca,
-            provider_ca_cert: provider.client_ca,
+            provider_ca_cert: provider.client_ca.clone(),
+            provider,
+            cluster_ca,
+            cluster_ca_cert,
             _dir: dir,
         };
+        for id in 1..=count {
+            let mut config = cluster.node_config(id);
+            config.cluster.voters = (1..=count).collect();
+            edit(&mut config);
+            cluster.nodes.push(ClusterNode { config, node: None });
+        }
         for index in 0..cluster.nodes.len() {
             cluster.launch(index).await;
         }
         cluster.introduce();
         cluster.wait_ready().await;
         cluster
+    }
+
+    /// The configuration of node `id`: its own data directory and a node certificate for
+    /// 127.0.0.1 from the cluster CA, the provider's certificate, the node-to-node listener on
+    /// `127.0.0.1:0`, no peers (they are introduced once their ports are known).
+    fn node_config(&self, id: u64) -> Config {
+        let data = self._dir.path().join(format!("node{id}"));
+        std::fs::create_dir_all(&data).expect("data directory");
+        let loopback = SubjectName::Ip(std::net::Ipv4Addr::LOCALHOST.into());
+        let node_cert = self
+            .cluster_ca
+            .issue(
+                std::slice::from_ref(&loopback),
+                std::time::SystemTime::now(),
+                LEAF_VALIDITY,
+            )
+            .expect("node certificate")
+            .save(&data.join("cluster-tls"), NODE_STEM)
+            .expect("node certificate saved");
+        let mut config = test_config(&data);
+        config.domain = self.domain.clone();
+        config.node_id = id;
+        config.tls = TlsSettings {
+            cert: Some(self.provider.cert.clone()),
+            key: Some(self.provider.key.clone()),
+            client_ca: Some(self.provider.client_ca.clone()),
+        };
+        config.cluster.listen = Some("127.0.0.1:0".parse().expect("valid address"));
+        config.cluster.tls = ClusterTlsSettings {
+            cert: Some(node_cert.cert),
+            key: Some(node_cert.key),
+            ca: Some(self.cluster_ca_cert.clone()),
+        };
+        config
+    }
+
+    /// Starts a new node (the next id) that joins the running cluster
+    /// (`cluster.join_existing`), configured with the running nodes' current node-to-node
+    /// addresses as `cluster.peers` and changed by `edit`; returns its index. It is not
+    /// introduced to the others, and it is not ready until the cluster placed it on every
+    /// shard: register it (`mimid node add`) and wait.
+    pub async fn add_node(&mut self, edit: impl Fn(&mut Config)) -> usize {
+        let id = self.nodes.len() as u64 + 1;
+        let mut config = self.node_config(id);
+        config.cluster.join_existing = true;
+        for member in self.running() {
+            let addr = member.node().cluster_addr().expect("clustered");
+            config.cluster.peers.insert(member.id().to_string(), addr);
+        }
+        edit(&mut config);
+        self.nodes.push(ClusterNode { config, node: None });
+        let index = self.nodes.len() - 1;
+        self.launch(index).await;
+        index
+    }
+
+    /// The admin listener of node `index`, `HOST:PORT`.
+    pub fn admin(&self, index: usize) -> String {
+        self.nodes[index].node().admin_addr().to_string()
     }
 
     /// Starts node `index` (stopped) from its data directory, without waiting.

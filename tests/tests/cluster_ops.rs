@@ -1,0 +1,709 @@
+//! Node-level operations of a provider's cluster (issue 4 part 5, issue 6 part 3;
+//! ARCHITECTURE.md "Cluster"), on in-process nodes over loopback (real quinn between nodes
+//! and for clients, raft-rs in sled per node): `mimid node status`, drain, adding a node that
+//! receives its replicas by snapshot, decommissioning one under load, and the refusal to
+//! decommission below the replication factor.
+//!
+//! Waits are polls with a deadline; the pauses in the senders' loops pace the load and
+//! synchronise nothing.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use mimid_actors::ids::RoomId;
+use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateResult};
+use mimid_node::cluster_ops::{
+    render_status, run_node_command, ClusterStatus, NodeCommand, ADD_NODE_PATH, STATUS_PATH,
+};
+use mimid_tests::{http_get, http_get_status, metric, TestCluster, WAIT};
+
+/// (seq, sender client, text) of every application message a client has seen or sent.
+type Transcript = BTreeMap<u64, (String, String)>;
+
+/// Longest a whole add or decommission may take here.
+const MOVES: Duration = Duration::from_secs(60);
+
+/// `GET /admin/cluster/status` of node `index`.
+async fn status(cluster: &TestCluster, index: usize) -> ClusterStatus {
+    let url = format!("http://{}{STATUS_PATH}", cluster.admin(index));
+    let (code, body) = http_get(&url).await.expect("status answers");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Polls node `index`'s status until `done` holds; returns it.
+async fn wait_for_status(
+    cluster: &TestCluster,
+    index: usize,
+    what: &str,
+    within: Duration,
+    done: impl Fn(&ClusterStatus) -> bool,
+) -> ClusterStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = status(cluster, index).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {within:?}:\n{}",
+            render_status(&status).join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A plain HTTP/1.1 POST: status and body.
+async fn post(admin: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status code");
+    (code, body.to_owned())
+}
+
+async fn readyz(cluster: &TestCluster, index: usize) -> (u16, String) {
+    http_get(&format!("http://{}/readyz", cluster.admin(index)))
+        .await
+        .expect("readyz answers")
+}
+
+/// The node ids with their registry state, as `status` lists them.
+fn states(status: &ClusterStatus) -> Vec<(u64, String)> {
+    status
+        .nodes
+        .iter()
+        .map(|node| (node.id, node.state.clone()))
+        .collect()
+}
+
+/// Issue 4 / issue 6: `mimid node status` names every node (live, active, where it listens)
+/// and every shard (leader, term, commit, voters, learners, lag), through the admin route and
+/// through the command-line function, from any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_every_node_and_shard() {
+    let cluster = TestCluster::start(3).await;
+    // The registry is seeded by shard 0's first leader and each node records its address.
+    let seen = wait_for_status(&cluster, 0, "registry seeded", WAIT, |status| {
+        status.nodes.len() == 3
+            && status
+                .nodes
+                .iter()
+                .all(|node| node.live && node.cluster_addr.is_some())
+            && status.shards.iter().all(|shard| !shard.lag.is_empty())
+    })
+    .await;
+    assert_eq!(seen.node_id, 1);
+    assert_eq!(seen.replication_factor, 3);
+    assert!(!seen.draining);
+    for (node, member) in seen.nodes.iter().zip(&cluster.nodes) {
+        assert_eq!(node.id, member.id());
+        assert_eq!(node.state, "active");
+        assert_eq!(
+            node.cluster_addr.as_deref(),
+            Some(member.node().cluster_addr().unwrap().to_string().as_str())
+        );
+        assert_eq!((node.voter_of, node.learner_of), (4, 0));
+        assert_eq!(node.draining, Some(false));
+    }
+    assert_eq!(seen.nodes.iter().map(|node| node.leads).sum::<usize>(), 4);
+    assert_eq!(seen.shards.len(), 4);
+    for shard in &seen.shards {
+        let leader = shard.leader.expect("every shard has a leader");
+        assert_eq!(
+            shard.reported_by, leader,
+            "the leader answered for its shard"
+        );
+        assert_eq!(shard.voters, [1, 2, 3]);
+        assert!(shard.learners.is_empty());
+        assert!(shard.commit >= 1 && shard.applied <= shard.commit);
+        assert_eq!(shard.lag.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(shard.lag[&leader], 0);
+    }
+    // Another node tells the same registry and leaders.
+    let other = status(&cluster, 2).await;
+    assert_eq!(other.node_id, 3);
+    assert_eq!(states(&other), states(&seen));
+    // The command line prints one row per node and per shard.
+    let lines = run_node_command(&NodeCommand::Status {
+        host: cluster.admin(1),
+    })
+    .await
+    .expect("mimid node status");
+    println!("{}", lines.join("\n"));
+    assert!(lines[0].contains("replication factor 3"), "{lines:?}");
+    for id in 1..=3 {
+        let row = lines
+            .iter()
+            .find(|line| {
+                line.trim_start()
+                    .starts_with(&format!("{id}  live  active"))
+            })
+            .unwrap_or_else(|| panic!("no row for node {id}: {lines:?}"));
+        assert!(row.contains("127.0.0.1:"), "{row}");
+    }
+    for shard in 0..4 {
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.trim_start().starts_with(&format!("{shard}  "))
+                    && line.contains("1,2,3")),
+            "no row for shard {shard}: {lines:?}"
+        );
+    }
+    // A node that cannot be reached is an error that names the address.
+    let refused = run_node_command(&NodeCommand::Status {
+        host: "127.0.0.1:1".into(),
+    })
+    .await
+    .expect_err("nothing listens there");
+    assert!(
+        format!("{refused:#}").contains("127.0.0.1:1"),
+        "{refused:#}"
+    );
+    cluster.shutdown().await;
+}
+
+/// Issue 6, must show: `/readyz` flips to 503 during drain and back. Draining hands every
+/// leadership away (and takes it away again if an election gives one back); undrain makes
+/// the node ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_every_leadership_away_and_readyz_turns_503() {
+    let cluster = TestCluster::start(3).await;
+    // The node that leads most shards (at least one: four shards, three nodes).
+    let leads = |index: usize| {
+        let node = cluster.nodes[index].node();
+        let handle = node.cluster_handle();
+        (0..4)
+            .filter(|&shard| handle.leader(shard) == Some(node.cluster_handle().node_id()))
+            .count()
+    };
+    let drained = (0..3)
+        .max_by_key(|&index| leads(index))
+        .expect("three nodes");
+    let drained_id = cluster.nodes[drained].id();
+    assert!(leads(drained) >= 1);
+    assert_eq!(readyz(&cluster, drained).await.0, 200);
+
+    let lines = run_node_command(&NodeCommand::Drain {
+        host: cluster.admin(drained),
+    })
+    .await
+    .expect("mimid node drain");
+    assert!(lines[0].contains("draining"), "{lines:?}");
+    let started = Instant::now();
+    let deadline = started + WAIT;
+    let all_moved = |cluster: &TestCluster| {
+        cluster.running().all(|member| {
+            let handle = member.node().cluster_handle();
+            (0..4).all(|shard| handle.leader(shard).is_some_and(|l| l != drained_id))
+        })
+    };
+    while !all_moved(&cluster) {
+        assert!(
+            Instant::now() < deadline,
+            "leaderships stayed on the drained node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "node {drained_id} drained of {} leaderships in {:?}",
+        leads(drained),
+        started.elapsed()
+    );
+    let (code, reason) = readyz(&cluster, drained).await;
+    assert_eq!(code, 503);
+    assert!(reason.contains("draining"), "{reason}");
+    let seen = status(&cluster, drained).await;
+    assert!(seen.draining);
+    assert_eq!(seen.nodes[drained].leads, 0);
+    assert_eq!(seen.nodes[drained].draining, Some(true));
+    // The others stay ready, and the cluster takes writes through the drained node.
+    let other = (drained + 1) % 3;
+    assert_eq!(readyz(&cluster, other).await.0, 200);
+    let mut alice = cluster.client(drained, "alice", "phone", 1).await;
+    let room = cluster.room("drained");
+    alice.create_room(&room).await.expect("room created");
+
+    // Leadership given back to the draining node (as an election could) is handed away
+    // again: two more terms, and the shard is led elsewhere.
+    let shard = 0;
+    let term = |cluster: &TestCluster| {
+        cluster.nodes[other]
+            .node()
+            .cluster_handle()
+            .shard_status(shard)
+            .expect("shard 0")
+            .term
+    };
+    let term_before = term(&cluster);
+    let leader = cluster.nodes[other]
+        .node()
+        .cluster_handle()
+        .leader(shard)
+        .expect("a leader");
+    let leader_index = (0..3).find(|&i| cluster.nodes[i].id() == leader).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    cluster.nodes[leader_index]
+        .node()
+        .cluster_handle()
+        .transfer_leader(
+            shard,
+            drained_id,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        )
+        .expect("transfer queued");
+    // The old leader may not see the drained node lead before the drain loop hands the
+    // shard on, in which case its transfer reports a timeout; the terms tell.
+    let given_back = tokio::task::spawn_blocking(move || rx.recv_timeout(WAIT))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            given_back,
+            Ok(Ok(()) | Err(mimid_cluster::TransferError::TimedOut { .. }))
+        ),
+        "{given_back:?}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while !(all_moved(&cluster) && term(&cluster) >= term_before + 2) {
+        assert!(
+            Instant::now() < deadline,
+            "shard 0 stayed on the draining node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let lines = run_node_command(&NodeCommand::Undrain {
+        host: cluster.admin(drained),
+    })
+    .await
+    .expect("mimid node undrain");
+    assert!(lines[0].contains("not draining"), "{lines:?}");
+    let deadline = Instant::now() + WAIT;
+    while readyz(&cluster, drained).await.0 != 200 {
+        assert!(Instant::now() < deadline, "undrained node never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!status(&cluster, drained).await.draining);
+    cluster.shutdown().await;
+}
+
+/// What one sender got.
+struct Load {
+    client: MimiClient,
+    acked: Transcript,
+    /// Attempts answered 503 (a shard between leaders or between members), each resent.
+    refused: usize,
+}
+
+/// Sends one message after another until `stop` is set, each until accepted: a 503 is
+/// resent as is (MIMI.md §7.6: a resend of a request that took effect gets the original
+/// answer), so no message is left with an unknown outcome.
+async fn steady_load(
+    mut client: MimiClient,
+    room: RoomId,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Load {
+    let name = client.id().to_string();
+    let (mut acked, mut refused) = (Transcript::new(), 0);
+    let deadline = Instant::now() + 3 * MOVES;
+    for n in 0.. {
+        if *stop.borrow() {
+            break;
+        }
+        let text = format!("{name} {n}");
+        let message = client.prepare_text(&room, &text).expect("encrypts");
+        loop {
+            assert!(Instant::now() < deadline, "{name}: writes never resumed");
+            match client.submit_raw(&room, message.clone()).await {
+                Ok(SubmitResult::Accepted { seq, .. }) => {
+                    acked.insert(seq, (name.clone(), text));
+                    break;
+                }
+                Ok(other) => panic!("{name}: refused by the hub: {other:?}"),
+                Err(ClientError::Status { status, reason }) => {
+                    assert_eq!(status, 503, "{name}: {reason}");
+                    refused += 1;
+                }
+                Err(other) => panic!("{name}: {other}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Load {
+        client,
+        acked,
+        refused,
+    }
+}
+
+/// Reads events until `transcript` holds `total` messages; seqs only grow on the stream.
+async fn read_until(client: &mut MimiClient, total: usize, transcript: &mut Transcript) {
+    let mut last_seq = 0;
+    while transcript.len() < total {
+        let event = client
+            .next_event(WAIT)
+            .await
+            .expect("push stream works")
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} waited for message {}/{total}",
+                    client.id(),
+                    transcript.len()
+                )
+            });
+        assert!(
+            event.seq() > last_seq,
+            "{}: seq {} after {last_seq}: an item twice or out of order",
+            client.id(),
+            event.seq()
+        );
+        last_seq = event.seq();
+        if let Event::Message {
+            seq,
+            sender,
+            content,
+            ..
+        } = event
+        {
+            let text = content.text().expect("a text/plain message").to_string();
+            let first = transcript.insert(seq, (sender.to_string(), text));
+            assert!(
+                first.is_none(),
+                "{}: seq {seq} delivered twice",
+                client.id()
+            );
+        }
+    }
+}
+
+/// Waits until node 2's replica of `room` holds `more` messages more than now.
+async fn wait_for_messages(cluster: &TestCluster, room: &RoomId, more: usize) {
+    let at_least = cluster.application_messages(1, room).len() + more;
+    let deadline = Instant::now() + WAIT;
+    while cluster.application_messages(1, room).len() < at_least {
+        assert!(Instant::now() < deadline, "the load stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sums `series` over the running nodes' scrapes.
+async fn sum_metric(cluster: &TestCluster, series: &str) -> f64 {
+    let mut total = 0.0;
+    for index in 0..cluster.nodes.len() {
+        if cluster.nodes[index].node.is_none() {
+            continue;
+        }
+        let url = format!("http://{}/metrics", cluster.admin(index));
+        let (_, body) = http_get(&url).await.expect("metrics answer");
+        total += metric(&body, series).unwrap_or(0.0);
+    }
+    total
+}
+
+/// Issue 4, must show: add a 4th node, then decommission an original one, under load:
+/// replicas move, nothing is lost. Clients keep writing through nodes 2 and 3 while node 4
+/// joins (learner of every shard by snapshot, then its share of voters) and node 1 is
+/// decommissioned (its voters move to the others, it ends with no replica and is stopped).
+/// Every acknowledged message is in the history every client and replica holds, in one order
+/// (MIMI.md §7.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_a_fourth_node_then_decommission_an_original_under_load() {
+    let mut cluster = TestCluster::start(3).await;
+    wait_for_status(&cluster, 1, "registry seeded", WAIT, |status| {
+        status.nodes.iter().all(|node| node.cluster_addr.is_some()) && status.nodes.len() == 3
+    })
+    .await;
+    let room = cluster.room("moving");
+    let mut alice = cluster.client(1, "alice", "phone", 1).await;
+    let mut bob = cluster.client(2, "bob", "phone", 1).await;
+    for client in [&mut alice, &mut bob] {
+        client.connect_stream().await.expect("stream opens");
+    }
+    alice.create_room(&room).await.expect("room created");
+    let added = alice
+        .add_users(&room, &[cluster.user("bob")])
+        .await
+        .expect("add works");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    match bob.next_event(WAIT).await.expect("push stream works") {
+        Some(Event::Joined { .. }) => {}
+        other => panic!("bob expected a Welcome, got {other:?}"),
+    }
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let senders: Vec<_> = [alice, bob]
+        .into_iter()
+        .map(|client| tokio::spawn(steady_load(client, room.clone(), stop.clone())))
+        .collect();
+    wait_for_messages(&cluster, &room, 10).await;
+
+    // Node 4 starts with join_existing and the others' addresses; they learn its address
+    // from the registry only.
+    let fourth = cluster.add_node(|_| {}).await;
+    let fourth_addr = cluster.nodes[fourth]
+        .node()
+        .cluster_addr()
+        .expect("clustered");
+    let add_started = Instant::now();
+    let lines = run_node_command(&NodeCommand::Add {
+        host: cluster.admin(1),
+        id: 4,
+        addr: fourth_addr.to_string(),
+    })
+    .await
+    .expect("mimid node add");
+    assert!(lines[0].contains("node 4 registered"), "{lines:?}");
+    let placed = wait_for_status(
+        &cluster,
+        1,
+        "node 4 placed and voters rebalanced",
+        MOVES,
+        |s| {
+            s.nodes.len() == 4
+                && s.nodes
+                    .iter()
+                    .all(|node| node.live && node.voter_of == 3 && node.learner_of == 1)
+                && s.shards.iter().all(|shard| !shard.lag.is_empty())
+        },
+    )
+    .await;
+    let add_took = add_started.elapsed();
+    println!(
+        "after adding node 4:\n{}",
+        render_status(&placed).join("\n")
+    );
+    let deadline = Instant::now() + WAIT;
+    while readyz(&cluster, fourth).await.0 != 200 {
+        assert!(Instant::now() < deadline, "node 4 never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshots = cluster.nodes[fourth]
+        .node()
+        .cluster_metrics()
+        .snapshots_received;
+    assert!(snapshots >= 4, "node 4 caught up by snapshots: {snapshots}");
+    let moves_after_add =
+        sum_metric(&cluster, "mimid_placement_moves_total{outcome=\"applied\"}").await;
+    wait_for_messages(&cluster, &room, 5).await;
+
+    // Decommission node 1 and wait until it holds nothing.
+    let decommission_started = Instant::now();
+    let lines = run_node_command(&NodeCommand::Decommission {
+        host: cluster.admin(1),
+        id: 1,
+        wait: true,
+        wait_timeout_secs: MOVES.as_secs(),
+    })
+    .await
+    .expect("mimid node decommission --wait");
+    let decommission_took = decommission_started.elapsed();
+    println!("{}", lines.join("\n"));
+    assert!(lines[0].contains("node 1: decommissioning"), "{lines:?}");
+    assert!(lines[1].contains("holds no replica"), "{lines:?}");
+    let after = wait_for_status(&cluster, 1, "node 1 gone from every shard", WAIT, |s| {
+        s.shards.iter().all(|shard| !shard.lag.is_empty())
+    })
+    .await;
+    println!(
+        "after decommissioning node 1:\n{}",
+        render_status(&after).join("\n")
+    );
+    assert_eq!(
+        states(&after),
+        [
+            (1, "decommissioned".to_owned()),
+            (2, "active".to_owned()),
+            (3, "active".to_owned()),
+            (4, "active".to_owned())
+        ]
+    );
+    for shard in &after.shards {
+        assert_eq!(shard.voters, [2, 3, 4], "shard {}", shard.shard);
+        assert!(shard.learners.is_empty(), "shard {}", shard.shard);
+    }
+    let (code, reason) = readyz(&cluster, 0).await;
+    assert_eq!(code, 503);
+    assert!(reason.contains("decommissioned"), "{reason}");
+    let moves = sum_metric(&cluster, "mimid_placement_moves_total{outcome=\"applied\"}").await;
+
+    // Node 1 can be stopped; the rest goes on.
+    cluster.stop(0).await;
+    wait_for_messages(&cluster, &room, 5).await;
+    stop_tx.send_replace(true);
+    let mut loads = Vec::new();
+    for sender in senders {
+        loads.push(sender.await.expect("sender finished"));
+    }
+    let all: Transcript = loads.iter().flat_map(|load| load.acked.clone()).collect();
+    println!(
+        "node 4 added and rebalanced in {add_took:?}, node 1 decommissioned in \
+         {decommission_took:?}; {moves} placement steps ({moves_after_add} for the add); {} \
+         messages acknowledged, {} sends answered 503 and resent",
+        all.len(),
+        loads.iter().map(|load| load.refused).sum::<usize>()
+    );
+    for load in &mut loads {
+        let mut transcript = load.acked.clone();
+        read_until(&mut load.client, all.len(), &mut transcript).await;
+        assert_eq!(
+            transcript,
+            all,
+            "{}: a message is missing or moved",
+            load.client.id()
+        );
+    }
+    // The remaining replicas hold exactly these messages, in this order.
+    let expected: Vec<String> = all.values().map(|(_, text)| text.clone()).collect();
+    let deadline = Instant::now() + WAIT;
+    for index in 1..4 {
+        while cluster.application_messages(index, &room).len() < expected.len() {
+            assert!(
+                Instant::now() < deadline,
+                "node {} never caught up",
+                index + 1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(cluster.application_messages(1, &room).len(), expected.len());
+    assert_eq!(
+        cluster.application_messages(1, &room),
+        cluster.application_messages(2, &room)
+    );
+    assert_eq!(
+        cluster.application_messages(1, &room),
+        cluster.application_messages(3, &room)
+    );
+    cluster.shutdown().await;
+}
+
+/// Issue 4: decommissioning is refused when the rest cannot hold the replication factor:
+/// three nodes with R = 3 answer 409 with the reason, and nothing changes (registry, shard
+/// members). Malformed requests are refused with their reason too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommission_is_refused_when_the_rest_cannot_hold_the_replication_factor() {
+    let cluster = TestCluster::start(3).await;
+    let before = wait_for_status(&cluster, 0, "registry seeded", WAIT, |status| {
+        status.nodes.len() == 3 && status.nodes.iter().all(|node| node.cluster_addr.is_some())
+    })
+    .await;
+    let registries = |cluster: &TestCluster| {
+        cluster
+            .running()
+            .map(|member| member.node().hub().cluster_meta())
+            .collect::<Vec<_>>()
+    };
+    let registry = registries(&cluster);
+
+    let admin = cluster.admin(1);
+    let (code, reason) = post(&admin, "/admin/cluster/nodes/1/decommission", "").await;
+    assert_eq!(code, 409, "{reason}");
+    assert!(
+        reason.contains("would leave 2 active nodes, fewer than the replication factor 3"),
+        "{reason}"
+    );
+    let refused = run_node_command(&NodeCommand::Decommission {
+        host: admin.clone(),
+        id: 2,
+        wait: true,
+        wait_timeout_secs: 5,
+    })
+    .await
+    .expect_err("refused");
+    assert!(format!("{refused:#}").contains("409"), "{refused:#}");
+
+    let bad = [
+        (
+            "/admin/cluster/nodes/9/decommission",
+            "",
+            404,
+            "not registered",
+        ),
+        (
+            "/admin/cluster/nodes/x/decommission",
+            "",
+            400,
+            "not a node id",
+        ),
+        (
+            ADD_NODE_PATH,
+            "{\"id\": 0, \"cluster_addr\": \"127.0.0.1:9\"}",
+            400,
+            "reserved",
+        ),
+        (
+            ADD_NODE_PATH,
+            "{\"id\": 5, \"cluster_addr\": \"nowhere\"}",
+            400,
+            "not IP:PORT",
+        ),
+        (
+            ADD_NODE_PATH,
+            "{\"id\": 5, \"cluster_addr\": \"0.0.0.0:9\"}",
+            400,
+            "cannot be dialled",
+        ),
+        (
+            ADD_NODE_PATH,
+            "{\"id\": 2, \"cluster_addr\": \"127.0.0.1:9\"}",
+            409,
+            "already registered",
+        ),
+        (ADD_NODE_PATH, "[]", 400, "the body must be"),
+    ];
+    for (path, body, expected, words) in bad {
+        let (code, reason) = post(&admin, path, body).await;
+        assert_eq!(code, expected, "{path} {body}: {reason}");
+        assert!(reason.contains(words), "{path} {body}: {reason}");
+    }
+    let taken = before.nodes[0].cluster_addr.clone().expect("address");
+    let (code, reason) = post(
+        &admin,
+        ADD_NODE_PATH,
+        &format!("{{\"id\": 5, \"cluster_addr\": \"{taken}\"}}"),
+    )
+    .await;
+    assert_eq!(code, 409, "{reason}");
+    assert!(reason.contains("node 1 is registered at"), "{reason}");
+
+    // Nothing changed: the registry on every node, every shard's members, readiness.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(registries(&cluster), registry);
+    }
+    let after = status(&cluster, 0).await;
+    assert_eq!(states(&after), states(&before));
+    for (shard, was) in after.shards.iter().zip(&before.shards) {
+        assert_eq!(
+            (&shard.voters, &shard.learners),
+            (&was.voters, &was.learners)
+        );
+    }
+    for index in 0..3 {
+        assert_eq!(
+            http_get_status(&format!("http://{}/readyz", cluster.admin(index))).await,
+            Some(200)
+        );
+    }
+    cluster.shutdown().await;
+}
