@@ -15,7 +15,7 @@ use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateRes
 use mimid_node::cluster_ops::{
     render_status, run_node_command, ClusterStatus, NodeCommand, ADD_NODE_PATH, STATUS_PATH,
 };
-use mimid_tests::{http_get, http_get_status, metric, TestCluster, WAIT};
+use mimid_tests::{http_get, http_get_status, metric, TestCluster, TestNode, WAIT};
 
 /// (seq, sender client, text) of every application message a client has seen or sent.
 type Transcript = BTreeMap<u64, (String, String)>;
@@ -706,4 +706,46 @@ async fn decommission_is_refused_when_the_rest_cannot_hold_the_replication_facto
         );
     }
     cluster.shutdown().await;
+}
+
+/// A node without `cluster.listen` (`mimid dev`, a single `mimid start`) reports itself and its
+/// shards, drains without anyone to hand leaderships to, and has no registry to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_running_alone_reports_itself_and_has_no_registry_to_change() {
+    let node = TestNode::start().await;
+    let admin = node.node().admin_addr().to_string();
+    let url = format!("http://{admin}{STATUS_PATH}");
+    let (code, body) = http_get(&url).await.expect("status answers");
+    assert_eq!(code, 200, "{body}");
+    let alone: ClusterStatus = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(alone.replication_factor, 0);
+    assert_eq!(states(&alone), [(1, "unregistered".to_owned())]);
+    assert!(alone.nodes[0].live);
+    assert_eq!(alone.nodes[0].leads, 4);
+    assert!(alone.shards.iter().all(|shard| shard.voters == [1]));
+    for (path, body) in [
+        (
+            ADD_NODE_PATH,
+            "{\"id\": 2, \"cluster_addr\": \"127.0.0.1:9\"}",
+        ),
+        ("/admin/cluster/nodes/1/decommission", ""),
+    ] {
+        let (code, reason) = post(&admin, path, body).await;
+        assert_eq!(code, 409, "{path}: {reason}");
+        assert!(reason.contains("runs alone"), "{reason}");
+    }
+    let (code, _) = post(&admin, "/admin/cluster/drain", "").await;
+    assert_eq!(code, 200);
+    let (code, reason) = http_get(&format!("http://{admin}/readyz"))
+        .await
+        .expect("readyz answers");
+    assert_eq!(code, 503);
+    assert!(reason.contains("draining"), "{reason}");
+    let (code, _) = post(&admin, "/admin/cluster/undrain", "").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        http_get_status(&format!("http://{admin}/readyz")).await,
+        Some(200)
+    );
+    node.shutdown().await;
 }
