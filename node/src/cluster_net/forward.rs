@@ -181,8 +181,7 @@ mod tests {
 
     use super::*;
 
-    /// An apply output crosses nodes unchanged, including refusals whose reasons are
-    /// `&'static str` literals.
+    /// An apply output crosses nodes unchanged, including refusals with static reasons.
     #[test]
     fn answers_round_trip_outputs_and_refusals() {
         let answers = [
@@ -193,7 +192,9 @@ mod tests {
             NodeAnswer::Proposed(Ok(ApplyOutput::Published(Err(
                 DirectoryError::InvalidKeyPackage {
                     index: 1,
-                    reason: KeyPackageError::Truncated { field: "init_key" },
+                    reason: KeyPackageError::Truncated {
+                        field: "init_key".into(),
+                    },
                 },
             )))),
             NodeAnswer::Proposed(Err(ForwardError::NotLeader)),
