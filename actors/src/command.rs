@@ -16,6 +16,7 @@ use crate::directory::TargetAction;
 use crate::franking::ReceivedFrank;
 use crate::ids::{ClientId, RoomId, UserId};
 use crate::moderation::{AbuseReport, BlockTarget};
+use crate::provider_keys::{ProviderKeys, PROVIDER_KEYS_SHARD_KEY};
 
 /// A command with the hub timestamp the leader assigned when proposing it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +177,10 @@ pub enum Command {
     /// Changes the node registry (`cluster_meta` module docs; issue 4 "metadata shard").
     /// Proposed to shard 0, the metadata shard, directly: no shard key.
     ClusterMeta(MetaChange),
+    /// Offers the provider's secret keys (MIMI.md §5.3.1, §5.5); first writer wins: a shard
+    /// that holds keys keeps them (`provider_keys` module docs). Lives in the shard of
+    /// `PROVIDER_KEYS_SHARD_KEY`.
+    InstallProviderKeys { keys: ProviderKeys },
 }
 
 impl Command {
@@ -204,6 +209,7 @@ impl Command {
             | Command::Ack { room, .. } => room.as_bytes().to_vec(),
             Command::Housekeeping { .. } | Command::SetBlock { .. } => return None,
             Command::ClusterMeta(_) => return None,
+            Command::InstallProviderKeys { .. } => PROVIDER_KEYS_SHARD_KEY.to_vec(),
         })
     }
 }

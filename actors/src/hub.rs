@@ -46,6 +46,7 @@ use crate::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
 
 mod cluster_meta;
 mod moderation;
+mod provider_keys;
 
 /// Milliseconds since the UNIX epoch. Injected so tests and the simulator control time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;

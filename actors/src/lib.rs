@@ -11,5 +11,6 @@ pub mod hub;
 pub mod ids;
 pub mod moderation;
 pub mod policy;
+pub mod provider_keys;
 pub mod room;
 pub mod shard;

@@ -25,6 +25,7 @@ use crate::directory::{ClaimOutcome, Directory, DirectoryError};
 use crate::franking::{frank_aad_of, FrankRecord, FrankRecords, ReceivedFrank};
 use crate::ids::{ClientId, RoomId};
 use crate::moderation::{AbuseReports, Blocklist, BlocklistFull, ReportsFull};
+use crate::provider_keys::ProviderKeys;
 use crate::room::core::{RoomRef, RoomView};
 use crate::room::log::ItemBody;
 use crate::room::mirror::MirrorRoom;
@@ -71,6 +72,12 @@ pub enum ApplyOutput {
     /// The node registry changed (`Ok(true)`), already said so (`Ok(false)`), or refused the
     /// change (`Command::ClusterMeta`, shard 0 only; `cluster_meta` module docs).
     ClusterMeta(Result<bool, MetaRefusal>),
+    /// The provider keys in place after `Command::InstallProviderKeys`; `installed` when they
+    /// are the ones offered, stored by this entry (`provider_keys` module docs).
+    ProviderKeys {
+        keys: ProviderKeys,
+        installed: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +106,9 @@ pub struct ShardData {
     /// What delivery needs to attach Franks to this shard's rooms' messages (`franking`
     /// module docs).
     franks: FrankRecords,
+    /// The provider's secret keys: held in the shard of `PROVIDER_KEYS_SHARD_KEY` once
+    /// installed, `None` in every other shard (`provider_keys` module docs).
+    provider_keys: Option<ProviderKeys>,
 }
 
 impl ShardData {
@@ -147,6 +157,12 @@ impl ShardData {
         &self.cluster_meta
     }
 
+    /// The provider's secret keys (in the shard of `PROVIDER_KEYS_SHARD_KEY` only, once
+    /// installed).
+    pub fn provider_keys(&self) -> Option<&ProviderKeys> {
+        self.provider_keys.as_ref()
+    }
+
     /// Rooms of this shard that `client` is or was a member of.
     pub fn rooms_of(&self, client: &ClientId) -> impl Iterator<Item = &RoomId> {
         self.client_rooms.get(client).into_iter().flatten()
@@ -173,6 +189,13 @@ impl ShardData {
         match stamped.command {
             Command::ClusterMeta(change) => (
                 ApplyOutput::ClusterMeta(self.cluster_meta.apply(change)),
+                None,
+            ),
+            Command::InstallProviderKeys { keys } => (
+                match crate::provider_keys::install(&mut self.provider_keys, keys) {
+                    Ok((keys, installed)) => ApplyOutput::ProviderKeys { keys, installed },
+                    Err(reason) => ApplyOutput::Rejected(reason),
+                },
                 None,
             ),
             Command::RegisterClient {
@@ -586,8 +609,10 @@ impl StateMachine for ShardMachine {
             abuse_reports: data.abuse_reports.clone(),
             franks: data.franks.clone(),
         };
-        // Shard 0's registry goes first, behind a marker no older snapshot starts with.
+        // Shard 0's registry goes first, then the provider keys, each behind a marker no older
+        // snapshot starts with.
         let mut bytes = data.cluster_meta.snapshot_prefix();
+        bytes.extend(ProviderKeys::snapshot_prefix(data.provider_keys.as_ref()));
         bytes.extend(
             postcard::to_stdvec(&snapshot).expect("serialising a snapshot into memory cannot fail"),
         );
@@ -596,6 +621,7 @@ impl StateMachine for ShardMachine {
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let (cluster_meta, snapshot) = ClusterMeta::split_snapshot(snapshot)?;
+        let (provider_keys, snapshot) = ProviderKeys::split_snapshot(snapshot)?;
         let snapshot: ShardSnapshot = match postcard::from_bytes(snapshot) {
             Ok(snapshot) => snapshot,
             Err(e) => match postcard::from_bytes::<ShardSnapshotBeforeModeration>(snapshot) {
@@ -619,6 +645,7 @@ impl StateMachine for ShardMachine {
             ..ShardData::default()
         };
         data.cluster_meta = cluster_meta;
+        data.provider_keys = provider_keys;
         let mirrored: Vec<RoomId> = data.mirrors.keys().cloned().collect();
         for id in &mirrored {
             data.index_members(id);

@@ -767,6 +767,7 @@ pub fn outcome_name(output: &ApplyOutput) -> &'static str {
         ApplyOutput::Submitted(SubmitVerdict::EpochTooOld { .. }) => "epoch-too-old",
         ApplyOutput::Rejected(_) => "rejected",
         ApplyOutput::ClusterMeta(_) => "cluster-meta",
+        ApplyOutput::ProviderKeys { .. } => "provider-keys",
         ApplyOutput::Registered(_)
         | ApplyOutput::Published(_)
         | ApplyOutput::Claimed(_)
