@@ -14,9 +14,12 @@
 //! (a client's rooms in other shards) is only ever read, never relied on as an invariant. The
 //! node keeps serving while a backup is taken.
 //!
-//! Not in a backup: the TLS material, the hub signing key (`hub_key.rs`) and the configuration.
-//! The admin listener is unauthenticated, so it serves no private key; back those up with the
-//! configuration (ops/runbooks/backup-restore.md).
+//! The provider's secret keys are in a backup: the hub signing key and the franking keys are
+//! replicated state (`mimid_actors::provider_keys`), in the part of their shard, so a restored
+//! provider signs and franks with the keys it had. A backup must therefore be protected like
+//! the key files, and so must the admin listener that serves it (unauthenticated: loopback or
+//! an operators-only interface). Not in a backup: the TLS material and the configuration; back
+//! those up separately (ops/runbooks/backup-restore.md).
 //!
 //! # Format (version 1)
 //!

@@ -14,14 +14,21 @@
 //!
 //! Keys ([`FrankingKeys`]): an Ed25519 signing key (its public half is the rooms'
 //! `franking_agent`, GroupContext component 0x0021, with a basic credential naming the
-//! provider's domain) and the 32-byte HMAC `hub_key`, both files in the data directory
-//! generated on first start ([`crate::key_file`]; [`FRANKING_SIGNING_KEY_FILE`],
-//! [`FRANKING_HUB_KEY_FILE`]). Every node of a multi-node provider must be given the same two
-//! files: a Frank computed by one node is checked by another. Rotating them means new rooms
-//! (MIMI.md §5.3.1: clients ReInit), so they are never replaced automatically.
+//! provider's domain) and the 32-byte HMAC `hub_key`. They are replicated state
+//! (`mimid_actors::provider_keys`), so every node of a provider franks and validates with the
+//! same keys (a Frank computed by one node is checked by another) and a backup carries them;
+//! the node builds its [`FrankingKeys`] from the replicated bytes
+//! ([`FrankingKeys::from_replicated`], once [`crate::key_file::settle_provider_keys`] decided
+//! them). What a node offers when the provider has none yet are its two files in the data
+//! directory, generated on first start ([`crate::key_file`]; [`FRANKING_SIGNING_KEY_FILE`],
+//! [`FRANKING_HUB_KEY_FILE`]), so a provider that ran before keeps its keys. Rotating them
+//! means new rooms (MIMI.md §5.3.1: clients ReInit), so they are never replaced.
 //!
-//! Where Franks are made ([`Franking`]): at the edge, never in apply (the keys are not
-//! replicated state), from what apply recorded (`mimid_actors::franking`): the sending user,
+//! Nothing is franked before the keys are known: the client and federation APIs are served
+//! only then, and the hub's notifies wait for them ([`NotifyWhenKeysKnown`]).
+//!
+//! Where Franks are made ([`Franking`]): at the edge, never in apply (an apply must not sign),
+//! from what apply recorded (`mimid_actors::franking`): the sending user,
 //! the franking tag and the item's accepted time. A room is franked when its GroupContext
 //! names this provider's franking key as `franking_agent` and requires SafeAAD with
 //! `frank_aad` (component 0x0002 lists 0x0020); both are fixed at creation (the hub refuses
@@ -31,13 +38,18 @@
 //! not advertise content types).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 
+use mimid_actors::actor::{Federation, NotifyError};
 use mimid_actors::command::Submitter;
 use mimid_actors::franking::{FrankRecord, FRANKING_TAG_LEN};
 use mimid_actors::ids::{RoomId, UserId};
 use mimid_actors::moderation::{AbuseReport as StoredAbuseReport, ReportedMessage};
 use mimid_actors::policy::component;
+use mimid_actors::provider_keys::ProviderKeys;
 use mimid_actors::room::log::{ItemBody, LogItem};
 use mimid_actors::shard::Shards;
 use openmls::component::{ComponentType, ComponentsList};
@@ -53,7 +65,9 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::content::{MimiContent, SALT_LEN};
-use crate::key_file::{load_or_generate, load_or_generate_signing_key, KeyFileError};
+use crate::key_file::{
+    load_or_generate, load_or_generate_signing_key_bytes, signing_key_from_bytes, KeyFileError,
+};
 use crate::wire::abuse::{AbuseReport, AbusiveMessage};
 use crate::wire::sign::{sign_with_label, verify_with_label, SignatureError};
 use crate::wire::submit::{Frank, FrankingAgentData, FrankingIntegrityTbs, ServerFrankingContext};
@@ -143,6 +157,30 @@ pub enum FrankError {
     Encode(#[from] WireError),
 }
 
+/// What the franking signing key is called in messages.
+const SIGNING_KEY_WHAT: &str = "the franking signing key";
+
+/// The bytes of this node's two franking key files (the signing key as seed then public key,
+/// and the `hub_key`), generated and stored on first start: what the node offers as the
+/// provider's franking keys.
+pub fn load_or_generate_files(data_dir: &Path) -> Result<(Vec<u8>, Vec<u8>), KeyFileError> {
+    let signing_key =
+        load_or_generate_signing_key_bytes(data_dir, FRANKING_SIGNING_KEY_FILE, SIGNING_KEY_WHAT)?;
+    let hub_key = load_or_generate(
+        data_dir,
+        FRANKING_HUB_KEY_FILE,
+        "the franking hub_key",
+        HUB_KEY_LEN,
+        || {
+            let mut key = vec![0u8; HUB_KEY_LEN];
+            rand::rngs::OsRng.fill_bytes(&mut key);
+            Ok(key)
+        },
+        |_, _| Ok(()),
+    )?;
+    Ok((signing_key, hub_key))
+}
+
 /// The provider's franking keys.
 pub struct FrankingKeys {
     domain: String,
@@ -151,31 +189,35 @@ pub struct FrankingKeys {
 }
 
 impl FrankingKeys {
-    /// Loads the keys of provider `domain` from `data_dir`, generating them on first start.
+    /// Loads the keys of provider `domain` from this node's key files in `data_dir`,
+    /// generating them on first start.
     pub fn load_or_generate(data_dir: &Path, domain: &str) -> Result<FrankingKeys, KeyFileError> {
-        let signer = load_or_generate_signing_key(
-            data_dir,
-            FRANKING_SIGNING_KEY_FILE,
-            "the franking signing key",
-        )?;
-        let hub_key = load_or_generate(
-            data_dir,
-            FRANKING_HUB_KEY_FILE,
-            "the franking hub_key",
-            HUB_KEY_LEN,
-            || {
-                let mut key = vec![0u8; HUB_KEY_LEN];
-                rand::rngs::OsRng.fill_bytes(&mut key);
-                Ok(key)
-            },
-            |_, _| Ok(()),
-        )?;
+        let (signing_key, hub_key) = load_or_generate_files(data_dir)?;
+        Self::from_bytes(domain, &signing_key, &hub_key)
+    }
+
+    /// The keys of provider `domain` from its replicated keys; an error if the signing key is
+    /// not an Ed25519 pair whose halves belong together or the `hub_key` is not 32 bytes.
+    pub fn from_replicated(
+        domain: &str,
+        keys: &ProviderKeys,
+    ) -> Result<FrankingKeys, KeyFileError> {
+        Self::from_bytes(domain, &keys.franking_signing_key, &keys.franking_hub_key)
+    }
+
+    fn from_bytes(
+        domain: &str,
+        signing_key: &[u8],
+        hub_key: &[u8],
+    ) -> Result<FrankingKeys, KeyFileError> {
+        let hub_key = hub_key.try_into().map_err(|_| KeyFileError::Replicated {
+            what: "the franking hub_key",
+            reason: format!("{} bytes, not {HUB_KEY_LEN}", hub_key.len()),
+        })?;
         Ok(FrankingKeys {
             domain: domain.to_owned(),
-            signer,
-            hub_key: hub_key
-                .try_into()
-                .expect("load_or_generate checked the length"),
+            signer: signing_key_from_bytes(signing_key, SIGNING_KEY_WHAT)?,
+            hub_key,
         })
     }
 
@@ -579,6 +621,57 @@ fn group_context_extensions(group_info: &[u8]) -> Option<Extensions<GroupContext
     }
 }
 
+/// The hub's outgoing notify (MIMI.md §5.4) until the franking keys are known: a notify waits
+/// for them, then goes through the sender set with [`NotifyWhenKeysKnown::set`], so no notify
+/// leaves without the Franks of a franked room. The room actors run their notifies as tasks of
+/// their own, so a waiting one holds up nothing else.
+pub struct NotifyWhenKeysKnown {
+    sender: tokio::sync::watch::Sender<Option<Arc<dyn Federation>>>,
+}
+
+impl Default for NotifyWhenKeysKnown {
+    fn default() -> Self {
+        NotifyWhenKeysKnown {
+            sender: tokio::sync::watch::Sender::new(None),
+        }
+    }
+}
+
+impl NotifyWhenKeysKnown {
+    /// Sends every notify, waiting and later, through `federation` (a `NotifySender` with the
+    /// keys). A second call replaces the first.
+    pub fn set(&self, federation: Arc<dyn Federation>) {
+        self.sender.send_replace(Some(federation));
+    }
+}
+
+impl Federation for NotifyWhenKeysKnown {
+    fn notify(
+        &self,
+        room: &RoomId,
+        provider: &str,
+        items: Vec<LogItem>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send>> {
+        let mut known = self.sender.subscribe();
+        let room = room.clone();
+        let provider = provider.to_owned();
+        Box::pin(async move {
+            let federation = known
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|federation| federation.clone());
+            match federation {
+                Some(federation) => federation.notify(&room, &provider, items).await,
+                None => Err(NotifyError {
+                    reason: "the node stopped before the franking keys were known".into(),
+                    retry_after: None,
+                }),
+            }
+        })
+    }
+}
+
 /// SHA-256 of an `MLSMessage`'s bytes: how a follower matches a notify's Frank to its message
 /// (`mimid_actors::franking::ReceivedFrank`).
 pub fn message_sha256(message: &[u8]) -> [u8; 32] {
@@ -660,6 +753,95 @@ mod tests {
             Err(FrankError::ServerFrankMismatch),
             "another provider's hub_key"
         );
+    }
+
+    /// MIMI.md §5.3.1 across nodes: keys built from the replicated bytes (the files' formats)
+    /// frank exactly as the files' keys do; malformed bytes are refused with the reason.
+    #[test]
+    fn replicated_keys_frank_like_the_files_and_malformed_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = keys(dir.path());
+        let (signing_key, hub_key) = load_or_generate_files(dir.path()).unwrap();
+        let replicated = ProviderKeys {
+            hub_signing_key: signing_key.clone(),
+            franking_signing_key: signing_key.clone(),
+            franking_hub_key: hub_key.clone(),
+        };
+        let from_replicated = FrankingKeys::from_replicated("a.example", &replicated).unwrap();
+        assert_eq!(from_replicated.public_key(), files.public_key());
+        let tag = [5u8; 32];
+        assert_eq!(
+            from_replicated
+                .frank(&tag, context(&alice(), &room(), 3))
+                .unwrap(),
+            files.frank(&tag, context(&alice(), &room(), 3)).unwrap()
+        );
+        let short = ProviderKeys {
+            franking_hub_key: hub_key[..31].to_vec(),
+            ..replicated.clone()
+        };
+        assert!(matches!(
+            FrankingKeys::from_replicated("a.example", &short),
+            Err(KeyFileError::Replicated {
+                what: "the franking hub_key",
+                ..
+            })
+        ));
+        let mut swapped = signing_key.clone();
+        swapped[0] ^= 1;
+        let mismatched = ProviderKeys {
+            franking_signing_key: swapped,
+            ..replicated
+        };
+        assert!(matches!(
+            FrankingKeys::from_replicated("a.example", &mismatched),
+            Err(KeyFileError::Replicated { .. })
+        ));
+    }
+
+    /// A recording stand-in for the notify sender (the tested part is the gate before it).
+    struct Recorded(Arc<Mutex<Vec<(RoomId, String, usize)>>>);
+
+    impl Federation for Recorded {
+        fn notify(
+            &self,
+            room: &RoomId,
+            provider: &str,
+            items: Vec<LogItem>,
+        ) -> Pin<Box<dyn Future<Output = Result<(), NotifyError>> + Send>> {
+            self.0
+                .lock()
+                .push((room.clone(), provider.to_owned(), items.len()));
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// MIMI.md §5.3.1, §5.4: a notify started before the keys are known waits for them, then
+    /// goes through the sender set once; one started later goes at once.
+    #[tokio::test]
+    async fn notifies_wait_until_the_keys_are_known() {
+        let gate = NotifyWhenKeysKnown::default();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let mut early = gate.notify(&room(), "b.example", Vec::new());
+        let waker = futures_noop_poll(&mut early);
+        assert!(waker.is_pending(), "no notify before the keys are known");
+        assert!(sent.lock().is_empty());
+        gate.set(Arc::new(Recorded(sent.clone())));
+        early.await.unwrap();
+        gate.notify(&room(), "c.example", Vec::new()).await.unwrap();
+        assert_eq!(
+            *sent.lock(),
+            [
+                (room(), "b.example".to_owned(), 0),
+                (room(), "c.example".to_owned(), 0)
+            ]
+        );
+    }
+
+    /// Polls `future` once.
+    fn futures_noop_poll<F: Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        Pin::new(future).poll(&mut cx)
     }
 
     /// MIMI.md §5.8: the hub re-derives the tag from the revealed content; the content must

@@ -13,6 +13,14 @@
 //! and answer those forwarded here), then the listeners. `/readyz` answers 503 until every
 //! local shard has a leader and has applied what was committed before the restart, and again
 //! whenever a shard loses its leader (a node cut off from a quorum).
+//!
+//! The provider keys (hub signing key, franking keys; [`crate::key_file`]) are replicated
+//! state and settled once the hub is up: the HTTP/3 listener is bound at once, but the client
+//! and federation APIs are served only when the keys are known, and `/readyz` answers 503
+//! until then. A node whose replica holds them, or a node running alone (it leads every shard
+//! after its own election; at most [`KEYS_WAIT_ALONE`]), settles them before [`start`]
+//! returns; a node of a cluster without them waits for their shard's quorum in the background,
+//! since its peers may start only after it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -22,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use mimid_actors::actor::ActorLimits;
 use mimid_actors::hub::{Clock, Hub, HubConfig, ProposalRouter};
+use mimid_actors::provider_keys::ProviderKeys;
 use mimid_actors::room::fanout::FanoutLimits;
 use mimid_actors::shard::{ShardMachine, Shards};
 use mimid_cluster::{Cluster, ClusterConfig, ClusterHandle, NodeId};
@@ -37,10 +46,11 @@ use crate::cluster_net::{
 use crate::cluster_ops::{ClusterOps, OpsRpc, OpsSettings};
 use crate::config::{dev_cert_dir, Config};
 use crate::federation::{DirectoryDocument, FederationApi, FederationService, Peers, Routes};
-use crate::franking::{Franking, FrankingKeys};
+use crate::franking::{Franking, FrankingKeys, NotifyWhenKeysKnown};
 use crate::group_info::GroupInfoService;
 use crate::h3::{H3Limits, H3Server, ShutdownHandle};
 use crate::hub_key::HubKey;
+use crate::key_file::{local_provider_keys, settle_provider_keys, KeysStatus};
 use crate::metrics::{Limit, Metrics, RaftTotals};
 use crate::peering::{MimiService, NotifySender};
 use crate::rate_limit::RateLimits;
@@ -53,6 +63,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const NET_SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// How often gauges fed from other layers are refreshed.
 const METRICS_REFRESH: Duration = Duration::from_secs(1);
+/// How long a node running alone waits for the shard of the provider keys to take its offer
+/// before its start fails (its own election takes a few hundred milliseconds).
+pub const KEYS_WAIT_ALONE: Duration = Duration::from_secs(30);
 
 pub struct Node {
     quic_addr: SocketAddr,
@@ -238,19 +251,18 @@ async fn start_inner(
     );
 
     let shards = Shards::new(config.cluster.shards);
-    // The franking keys (MIMI.md §5.3.1): generated on first start, the same after; every
-    // node of the provider must have the same files (crate::franking).
-    let franking = Arc::new(Franking::new(
-        FrankingKeys::load_or_generate(&config.data_dir, &config.domain)
-            .context("loading the franking keys")?,
-        shards.clone(),
-    ));
+    // The provider keys as this node's files hold them (MIMI.md §5.3.1, §5.5), generated on
+    // first start: what it offers when the provider has none installed (crate::key_file).
+    let local_keys =
+        local_provider_keys(&config.data_dir).context("loading the provider's key files")?;
     let (cluster, net) = start_replication(&config, &shards, &metrics).await?;
     let router = net.as_ref().map(|(net, _)| {
         let router = NetRouter::new(metrics.clone());
         router.set(net.clone());
         router as Arc<dyn ProposalRouter>
     });
+    // Notifies carry Franks: they wait for the provider keys.
+    let notify = Arc::new(NotifyWhenKeysKnown::default());
     let hub = Arc::new(
         Hub::start(
             cluster.handle(),
@@ -270,7 +282,7 @@ async fn start_inner(
                 arbiters: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 housekeeping: Duration::from_secs(config.limits.housekeeping_secs),
                 log_retention: Duration::from_secs(config.limits.log_retention_secs),
-                federation: Arc::new(NotifySender::new(peers.clone(), franking.clone())),
+                federation: notify.clone(),
                 router,
             },
         )
@@ -294,29 +306,9 @@ async fn start_inner(
         rpc.set_ops(&ops);
     }
 
-    // The hub's signing key (MIMI.md §5.5): generated on first start, the same after.
-    let hub_key = Arc::new(
-        HubKey::load_or_generate(&config.data_dir, &config.domain)
-            .context("loading the hub signing key")?,
-    );
-    let group_info = Arc::new(GroupInfoService::new(hub.clone(), hub_key));
     // Per node and in memory (ARCHITECTURE.md "Rate limits"); shared by both APIs so a
     // target's claim limit counts local and remote requesters alike.
     let rate_limits = Arc::new(RateLimits::new(&config.limits.rate));
-    let service = service.unwrap_or_else(|| {
-        Arc::new(MimiService::new(
-            hub.clone(),
-            config.domain.clone(),
-            peers.clone(),
-            Limits {
-                max_body_len: config.limits.max_body_bytes,
-            },
-            metrics.clone(),
-            group_info.clone(),
-            rate_limits.clone(),
-            franking.clone(),
-        ))
-    });
     let h3 = H3Server::bind(
         config.listen,
         tls,
@@ -326,21 +318,50 @@ async fn start_inner(
     .context("binding the HTTP/3 listener")?;
     let quic_addr = h3.local_addr();
     let h3_shutdown = h3.shutdown_handle();
-    let routes = Routes::new(
-        ClientApi::new(
-            hub.clone(),
-            config.domain.clone(),
-            &config.limits,
-            metrics.clone(),
-            peers.clone(),
-            group_info,
-            rate_limits.clone(),
-            franking,
-        ),
-        DirectoryDocument::new(&config.domain, metrics.clone()),
-        FederationApi::new(config.domain.clone(), service, metrics.clone(), rate_limits),
-    );
-    let mut tasks = vec![h3.serve(Arc::new(routes))];
+    let api = Api {
+        config: config.clone(),
+        hub: hub.clone(),
+        peers: peers.clone(),
+        metrics: metrics.clone(),
+        rate_limits,
+        service,
+        notify,
+    };
+    let keys_status = KeysStatus::default();
+    let serving = if hub.provider_keys().is_some() || net.is_none() {
+        let give_up = tokio::time::Instant::now() + KEYS_WAIT_ALONE;
+        let keys = settle_provider_keys(&hub, &local_keys, &keys_status, Some(give_up))
+            .await
+            .context("settling the provider keys")?;
+        let serving = api.serve(h3, &keys)?;
+        keys_status.known();
+        serving
+    } else {
+        let status = keys_status.clone();
+        tokio::spawn(async move {
+            let keys = match settle_provider_keys(&api.hub, &local_keys, &status, None).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    tracing::error!(error = %e, "provider keys: not settled; the client and federation APIs are not served");
+                    status.waiting(e.to_string());
+                    return;
+                }
+            };
+            match api.serve(h3, &keys) {
+                Ok(serving) => {
+                    status.known();
+                    let serving = AbortOnDrop(serving);
+                    let _ = serving.wait().await;
+                }
+                Err(e) => {
+                    let reason = format!("{e:#}");
+                    tracing::error!(error = %reason, "provider keys: unusable; the client and federation APIs are not served");
+                    status.waiting(reason);
+                }
+            }
+        })
+    };
+    let mut tasks = vec![serving];
 
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
@@ -350,6 +371,7 @@ async fn start_inner(
     let readiness_ops = ops.clone();
     let ready = Arc::new(move || {
         readiness_ops.readiness()?;
+        keys_status.check()?;
         if cluster_handle.is_ready() {
             Ok(())
         } else {
@@ -405,6 +427,88 @@ async fn start_inner(
         net,
         ops,
     })
+}
+
+/// What the client and federation APIs need besides the provider keys.
+struct Api {
+    config: Config,
+    hub: Arc<Hub>,
+    peers: Arc<Peers>,
+    metrics: Arc<Metrics>,
+    rate_limits: Arc<RateLimits>,
+    /// The server-to-server service; `None`: MIMI's ([`MimiService`]).
+    service: Option<Arc<dyn FederationService>>,
+    notify: Arc<NotifyWhenKeysKnown>,
+}
+
+impl Api {
+    /// Builds the hub key and the franking keys from the provider's `keys`, lets the waiting
+    /// notifies go, and serves the client API, the directory document and the
+    /// server-to-server API on `h3`.
+    fn serve(&self, h3: H3Server, keys: &ProviderKeys) -> anyhow::Result<JoinHandle<()>> {
+        let config = &self.config;
+        let hub_key = HubKey::from_replicated(&config.domain, keys)
+            .context("the provider's hub signing key")?;
+        let franking = Arc::new(Franking::new(
+            FrankingKeys::from_replicated(&config.domain, keys)
+                .context("the provider's franking keys")?,
+            self.hub.shards().clone(),
+        ));
+        self.notify.set(Arc::new(NotifySender::new(
+            self.peers.clone(),
+            franking.clone(),
+        )));
+        let group_info = Arc::new(GroupInfoService::new(self.hub.clone(), Arc::new(hub_key)));
+        let service = self.service.clone().unwrap_or_else(|| {
+            Arc::new(MimiService::new(
+                self.hub.clone(),
+                config.domain.clone(),
+                self.peers.clone(),
+                Limits {
+                    max_body_len: config.limits.max_body_bytes,
+                },
+                self.metrics.clone(),
+                group_info.clone(),
+                self.rate_limits.clone(),
+                franking.clone(),
+            ))
+        });
+        let routes = Routes::new(
+            ClientApi::new(
+                self.hub.clone(),
+                config.domain.clone(),
+                &config.limits,
+                self.metrics.clone(),
+                self.peers.clone(),
+                group_info,
+                self.rate_limits.clone(),
+                franking,
+            ),
+            DirectoryDocument::new(&config.domain, self.metrics.clone()),
+            FederationApi::new(
+                config.domain.clone(),
+                service,
+                self.metrics.clone(),
+                self.rate_limits.clone(),
+            ),
+        );
+        Ok(h3.serve(Arc::new(routes)))
+    }
+}
+
+/// A task aborted when this is dropped (the listener a background start-up task serves).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn wait(mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Starts the replication layer: a single node, or with `cluster.listen` one node of a
