@@ -13,10 +13,14 @@ use std::time::SystemTime;
 use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_actors::room::log::LogItem;
 use mimid_cluster::{ShardId, StateMachine as _};
+use mimid_node::api::room_path;
 use mimid_node::backup::{backup_to_file, restore, BackupFile, DEFAULT_FETCH_TIMEOUT};
 use mimid_node::certs::{CertAuthority, CA_VALIDITY};
 use mimid_node::client::{Event, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::config::Config;
+use mimid_node::hub_key::HUB_KEY_FILE;
+use mimid_node::wire::group_info::{hub_sender_parts, GroupInfoResponse};
+use mimid_node::wire::{Decode, Encode, Limits};
 use mimid_tests::{connect_providers, metric, room, scrape, test_config, user, TestNode, WAIT};
 
 /// Longer than any test: no housekeeping entry changes a shard behind the tests' back.
@@ -103,6 +107,38 @@ async fn self_update(client: &mut MimiClient, room: &RoomId) {
     );
 }
 
+/// The provider's public keys as `client`'s node answers them: the hub key that signed a
+/// groupInfo answer (protocol-06 §5.5) for `room`, checked, and the franking agent's key
+/// (`GET frankingAgent`, MIMI.md §5.3.1).
+async fn served_public_keys(client: &MimiClient, room: &RoomId) -> (Vec<u8>, Vec<u8>) {
+    let request = client
+        .group_info_request(&[9; 32])
+        .expect("signed")
+        .to_bytes()
+        .expect("encodes");
+    let (status, body) = client
+        .post_raw(&room_path("groupInfo", room), request)
+        .await
+        .expect("answered");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let limits = Limits {
+        max_body_len: body.len(),
+    };
+    let answer = GroupInfoResponse::from_bytes(&body, &limits).expect("a GroupInfoResponse");
+    let success = answer
+        .verify_success(room.as_bytes(), room.domain())
+        .expect("the groupInfo answer verifies");
+    let (hub_key, _) = hub_sender_parts(&success.hub_sender).expect("hub_sender");
+    let agent = client
+        .franking_agent()
+        .await
+        .expect("frankingAgent answers");
+    (
+        hub_key.as_bytes().to_vec(),
+        agent.franking_signature_key.as_bytes().to_vec(),
+    )
+}
+
 /// Restores `backup` into `data_dir` with `config`'s domain and shard count, then starts a node
 /// on it with the rest of `edit`'s configuration.
 async fn restore_and_start(
@@ -182,6 +218,7 @@ async fn online_backup_restores_rooms_epochs_log_order_and_directory() {
     expect_message(&mut erin, "attic 1").await;
     send(&mut erin, &attic, "attic 2").await;
 
+    let keys_before = served_public_keys(&dave, &attic).await;
     let garden_before = hosted(&node, &garden);
     let attic_before = hosted(&node, &attic);
     assert_eq!(garden_before.epoch, 3, "create, add, remove, update");
@@ -273,6 +310,16 @@ async fn online_backup_restores_rooms_epochs_log_order_and_directory() {
             .await
             .expect("token authenticates on the restored node");
     }
+    // The provider keys are in the backup: the restored node signs groupInfo answers and
+    // publishes the franking agent with the keys of before, not with the key files it
+    // generated in its new data directory.
+    assert_eq!(
+        served_public_keys(&dave, &attic).await,
+        keys_before,
+        "the restored provider answers with other keys"
+    );
+    let restored_file = std::fs::read(restored_dir.join(HUB_KEY_FILE)).expect("key file");
+    assert_ne!(restored_file[32..], keys_before.0[..]);
     add(&mut dave, &attic, &[user("frank")]).await;
     expect_event(&mut frank, "a Welcome", is_joined).await;
     expect_event(&mut erin, "the commit adding frank", is_committed).await;

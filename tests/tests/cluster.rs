@@ -11,7 +11,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mimid_actors::ids::RoomId;
-use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateResult};
+use mimid_node::api::room_path;
+use mimid_node::client::{ClientError, Event, FrankCheck, MimiClient, SubmitResult, UpdateResult};
+use mimid_node::franking::FRANKING_SIGNING_KEY_FILE;
+use mimid_node::hub_key::HUB_KEY_FILE;
+use mimid_node::wire::group_info::{hub_sender_parts, GroupInfoResponse};
+use mimid_node::wire::{Decode, Encode, Limits};
 use mimid_tests::{http_get, http_get_status, metric, ClusterNode, TestCluster, TestNode, WAIT};
 
 /// (seq, sender client, text) of every application message a client has seen or sent.
@@ -546,5 +551,130 @@ async fn a_node_cut_off_from_quorum_is_not_ready() {
     read_until(&mut bob, 1, &mut transcript).await;
     assert_eq!(transcript, sent);
     drop(black_hole);
+    cluster.shutdown().await;
+}
+
+/// The public halves of node `index`'s own key files (the hub signing key, the franking
+/// signing key), which it offered at start.
+fn file_public_keys(cluster: &TestCluster, index: usize) -> (Vec<u8>, Vec<u8>) {
+    let dir = &cluster.nodes[index].config.data_dir;
+    let public = |file: &str| std::fs::read(dir.join(file)).expect("key file")[32..].to_vec();
+    (public(HUB_KEY_FILE), public(FRANKING_SIGNING_KEY_FILE))
+}
+
+/// The hub key a groupInfo answer (protocol-06 §5.5) for `room` through `client`'s node was
+/// signed with, after checking the signature under it.
+async fn group_info_hub_key(client: &MimiClient, room: &RoomId) -> Vec<u8> {
+    let request = client
+        .group_info_request(&[9; 32])
+        .expect("signed")
+        .to_bytes()
+        .expect("encodes");
+    let (status, body) = client
+        .post_raw(&room_path("groupInfo", room), request)
+        .await
+        .expect("answered");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let limits = Limits {
+        max_body_len: body.len(),
+    };
+    let answer = GroupInfoResponse::from_bytes(&body, &limits).expect("a GroupInfoResponse");
+    let success = answer
+        .verify_success(room.as_bytes(), room.domain())
+        .unwrap_or_else(|e| panic!("{}: groupInfo answer does not verify: {e}", client.id()));
+    let (key, _) = hub_sender_parts(&success.hub_sender).expect("hub_sender");
+    key.as_bytes().to_vec()
+}
+
+/// MIMI.md §5.3.1, §5.5 on one provider of three nodes: the provider keys are replicated
+/// state, so every node publishes the same franking agent and signs groupInfo answers with
+/// the same hub key, although each node generated key files of its own (exactly one node's
+/// files won the install). A message submitted through node 2 is franked there, its Frank
+/// computed again by nodes 1 and 3 for their push streams verifies for their clients, and a
+/// report of it through node 3 is validated there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_franks_and_signs_with_the_provider_keys_mimi_5_3_1_and_5_5() {
+    let cluster = TestCluster::start(3).await;
+    let room = cluster.room("keys");
+    let [mut alice, mut bob, mut carol] = three_members(&cluster, &room, [0, 1, 2]).await;
+
+    let mut agents = Vec::new();
+    for client in [&alice, &bob, &carol] {
+        let agent = client
+            .franking_agent()
+            .await
+            .expect("frankingAgent answers");
+        agents.push(agent.franking_signature_key.as_bytes().to_vec());
+    }
+    assert_eq!(
+        agents[0], agents[1],
+        "node 1 and node 2 publish different agents"
+    );
+    assert_eq!(
+        agents[0], agents[2],
+        "node 1 and node 3 publish different agents"
+    );
+    let hub_keys = [
+        group_info_hub_key(&bob, &room).await,
+        group_info_hub_key(&carol, &room).await,
+    ];
+    assert_eq!(
+        hub_keys[0], hub_keys[1],
+        "groupInfo answers of node 2 and node 3 are signed by different hub keys"
+    );
+    let replicated: Vec<_> = cluster
+        .running()
+        .map(|member| member.node().hub().provider_keys().expect("installed"))
+        .collect();
+    assert!(replicated.windows(2).all(|pair| pair[0] == pair[1]));
+    assert_eq!(replicated[0].hub_public_key(), hub_keys[0]);
+    assert_eq!(replicated[0].franking_public_key(), agents[0]);
+    let winners: Vec<usize> = (0..3)
+        .filter(|&index| {
+            file_public_keys(&cluster, index) == (hub_keys[0].clone(), agents[0].clone())
+        })
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one node's key files are the provider's keys: {winners:?}"
+    );
+
+    let (accepted, issued) = match bob.send_text(&room, "franked on node 2").await {
+        Ok(SubmitResult::Accepted {
+            timestamp,
+            frank: Some(frank),
+            ..
+        }) => (timestamp, frank),
+        other => panic!("bob expected a franked acceptance: {other:?}"),
+    };
+    let mut kept = Vec::new();
+    for client in [&mut carol, &mut alice] {
+        let event = loop {
+            match client.next_event(WAIT).await.expect("push stream works") {
+                Some(event @ Event::Message { .. }) => break event,
+                Some(_) => continue,
+                None => panic!("{} waited for bob's message", client.id()),
+            }
+        };
+        let Event::Message {
+            frank, timestamp, ..
+        } = event
+        else {
+            unreachable!()
+        };
+        assert_eq!(timestamp, accepted);
+        match frank {
+            FrankCheck::Verified(frank) => {
+                assert_eq!(frank.frank, issued, "{}: another Frank", client.id());
+                kept.push(*frank);
+            }
+            other => panic!("{}: the Frank does not verify: {other:?}", client.id()),
+        }
+    }
+    carol
+        .report_abuse(&room, &cluster.user("bob"), 0, "spam", &[&kept[0]])
+        .await
+        .expect("node 3 validates the Frank node 2 made");
     cluster.shutdown().await;
 }
