@@ -23,12 +23,18 @@
 //!   listener by [`crate::cluster_ops::routes`], merged in by `server.rs`; the cluster
 //!   operations add their part to the readiness check (draining, decommissioning).
 //!
-//! The listener is unauthenticated. The probes and metrics carry no user data, but a backup
-//! carries everything the provider replicates (room state and logs, the directory with token
-//! hashes and KeyPackages), abuse reports carry message contents, the block routes change who
-//! may use the provider, and the cluster routes change which nodes hold its data: bind
-//! `admin_listen` to loopback or a private interface only reachable by operators, never to a
-//! public one. It deliberately has no other routes.
+//! The probes and metrics carry no user data and are open. Everything else is an operator
+//! route behind a bearer token ([`auth`], issue 6): a backup carries everything the provider
+//! replicates (room state and logs, the directory with token hashes and KeyPackages, the
+//! provider's private keys), abuse reports carry message contents, the block routes change who
+//! may use the provider, and the cluster routes change which nodes hold its data. With
+//! `admin_token_file` set they answer 401 without `Authorization: Bearer <token>` and 403 with
+//! another token; without it they are open, which the configuration allows only on a loopback
+//! `admin_listen`. The token crosses the listener in clear text: keep `admin_listen` on loopback
+//! or a private interface only reachable by operators and scrapers, never on a public one. The
+//! listener deliberately has no other routes.
+
+pub mod auth;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +56,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use self::auth::{AdminAuth, AdminToken};
 use crate::backup::{BackupRefused, Backups, BACKUP_PATH};
 use crate::content::MimiContent;
 use crate::metrics::{Metrics, CONTENT_TYPE};
@@ -83,6 +90,8 @@ pub struct AdminState {
     pub backups: Arc<Backups>,
     /// The hub behind the abuse routes; `None` answers them 503.
     pub hub: Option<Arc<Hub>>,
+    /// The gate in front of the operator routes ([`auth`]).
+    pub auth: Arc<AdminAuth>,
 }
 
 /// `GET /admin/abuse/reports`.
@@ -145,10 +154,15 @@ pub struct BlockAnswer {
     pub changed: bool,
 }
 
-/// Serves the admin routes on `listener` until the returned task is aborted or the listener
-/// fails (logged as an error).
-pub async fn serve_admin(listener: TcpListener, state: AdminState) -> JoinHandle<()> {
-    let app = router(state);
+/// Serves the admin routes and `operator_routes` (the cluster routes, in `server.rs`) on
+/// `listener` until the returned task is aborted or the listener fails (logged as an error).
+pub async fn serve_admin(
+    listener: TcpListener,
+    state: AdminState,
+    operator_routes: Router,
+) -> JoinHandle<()> {
+    let app = router(state, operator_routes)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app).await {
             tracing::error!(%err, "admin listener failed");
@@ -156,8 +170,11 @@ pub async fn serve_admin(listener: TcpListener, state: AdminState) -> JoinHandle
     })
 }
 
-/// The admin routes, for serving on a custom listener.
-pub fn router(state: AdminState) -> Router {
+/// The admin routes with `operator_routes` merged in, every one of them behind
+/// `state.auth` ([`auth::require_token`]): the gate wraps the whole router, the fallback
+/// included, so no route added here or merged in can skip it.
+pub fn router(state: AdminState, operator_routes: Router) -> Router {
+    let gate = state.auth.clone();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -168,6 +185,11 @@ pub fn router(state: AdminState) -> Router {
         .route(BLOCK_PATH, post(block))
         .route(UNBLOCK_PATH, post(unblock))
         .with_state(state)
+        .merge(operator_routes)
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            auth::require_token,
+        ))
 }
 
 async fn healthz() -> &'static str {
@@ -188,7 +210,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 async fn metrics(State(state): State<AdminState>) -> Response {
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        state.metrics.encode(),
+        state.auth.append_metrics(state.metrics.encode()),
     )
         .into_response()
 }
@@ -350,11 +372,13 @@ async fn set_block(state: AdminState, body: Bytes, blocked: bool) -> Response {
 }
 
 /// One request to a node's admin listener at `admin` (`host:port`, optionally with
-/// `http://`) over plain HTTP/1.1: its status and body. For `mimid abuse` and tests.
+/// `http://`) over plain HTTP/1.1, with `token` as `Authorization: Bearer` when given: its
+/// status and body. For `mimid abuse`, `mimid node` and tests.
 ///
 /// Cancel safety: cancel safe (nothing is kept between calls).
 pub async fn admin_call(
     admin: &str,
+    token: Option<&AdminToken>,
     method: &str,
     path: &str,
     body: &[u8],
@@ -367,7 +391,8 @@ pub async fn admin_call(
             .with_context(|| format!("connecting to the admin listener {host}"))?;
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
+             {}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            token.map(AdminToken::header_line).unwrap_or_default(),
             body.len()
         );
         stream.write_all(head.as_bytes()).await?;
@@ -432,6 +457,16 @@ mod tests {
         metrics: Arc<Metrics>,
         backups: Arc<Backups>,
     ) -> (SocketAddr, JoinHandle<()>) {
+        start_gated(ready, metrics, backups, None, Router::new()).await
+    }
+
+    async fn start_gated(
+        ready: ReadinessCheck,
+        metrics: Arc<Metrics>,
+        backups: Arc<Backups>,
+        token: Option<&AdminToken>,
+        operator_routes: Router,
+    ) -> (SocketAddr, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let state = AdminState {
@@ -439,9 +474,38 @@ mod tests {
             metrics,
             backups,
             hub: None,
+            auth: Arc::new(AdminAuth::new(token)),
         };
-        let task = serve_admin(listener, state).await;
+        let task = serve_admin(listener, state, operator_routes).await;
         (addr, task)
+    }
+
+    /// A minimal HTTP/1.1 request with extra header lines: status, raw head and body.
+    async fn request_with(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &str,
+    ) -> (u16, String, Vec<u8>) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}Content-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("read");
+        let head_end = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("head");
+        let head = String::from_utf8_lossy(&response[..head_end]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("status code");
+        (status, head, response[head_end + 4..].to_vec())
     }
 
     /// A minimal HTTP/1.1 request without a body: status and raw body bytes.
@@ -616,16 +680,121 @@ mod tests {
     async fn abuse_routes_without_a_hub_are_unavailable() {
         let (addr, task) = start(Arc::new(|| Ok(())), Arc::new(Metrics::new())).await;
         let admin = addr.to_string();
-        let (status, body) = admin_call(&admin, "GET", REPORTS_PATH, b"").await.unwrap();
+        let (status, body) = admin_call(&admin, None, "GET", REPORTS_PATH, b"")
+            .await
+            .unwrap();
         assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
-        let (status, _) = admin_call(&admin, "POST", BLOCK_PATH, br#"{"target":"b.example"}"#)
+        let body = br#"{"target":"b.example"}"#;
+        let (status, _) = admin_call(&admin, None, "POST", BLOCK_PATH, body)
             .await
             .unwrap();
         assert_eq!(status, 503);
         assert_eq!(
-            admin_call(&admin, "GET", BLOCK_PATH, b"").await.unwrap().0,
+            admin_call(&admin, None, "GET", BLOCK_PATH, b"")
+                .await
+                .unwrap()
+                .0,
             405
         );
+        task.abort();
+    }
+
+    /// Issue 6 over a real listener (RFC 6750 §2.1, §3): with a token configured, a backup and
+    /// the merged-in cluster routes answer 401 with `WWW-Authenticate: Bearer` without it, 403
+    /// with another, 200 with it; unknown paths are gated too; the probes and the scrape stay
+    /// open; refusals take no backup and are counted on `/metrics`.
+    #[tokio::test]
+    async fn operator_routes_need_the_token_and_probes_stay_open() {
+        let metrics = Arc::new(Metrics::new());
+        let source: SnapshotSource = Arc::new(|done| {
+            done(Ok(vec![mimid_cluster::ShardSnapshot {
+                shard: 0,
+                applied_index: 7,
+                applied_term: 1,
+                data: b"shard 0".to_vec(),
+            }]));
+            Ok(())
+        });
+        let backups = Arc::new(Backups::new("a.example".into(), source, metrics.clone()));
+        let token = AdminToken::generate();
+        let cluster_routes = Router::new().route(
+            "/admin/cluster/status",
+            axum::routing::get(|| async { "cluster status\n" }),
+        );
+        let (addr, task) = start_gated(
+            Arc::new(|| Ok(())),
+            metrics.clone(),
+            backups,
+            Some(&token),
+            cluster_routes,
+        )
+        .await;
+        let right = format!("Authorization: Bearer {}\r\n", token.secret());
+        let wrong = format!(
+            "Authorization: Bearer {}\r\n",
+            AdminToken::generate().secret()
+        );
+
+        for (method, path) in [
+            ("POST", BACKUP_PATH),
+            ("GET", "/admin/cluster/status"),
+            ("GET", "/nowhere"),
+        ] {
+            let (status, head, body) = request_with(addr, method, path, "").await;
+            assert_eq!(status, 401, "{method} {path}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("www-authenticate: bearer"),
+                "{head}"
+            );
+            assert!(String::from_utf8_lossy(&body).contains("admin_token_file"));
+            let (status, _, body) = request_with(addr, method, path, &wrong).await;
+            assert_eq!(status, 403, "{method} {path}");
+            assert!(String::from_utf8_lossy(&body).contains("wrong"));
+            let basic = "Authorization: Basic b3BlcmF0b3I6c2VjcmV0\r\n";
+            assert_eq!(request_with(addr, method, path, basic).await.0, 401);
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains("mimid_backups_total{result=\"completed\"} 0"),
+            "refused requests take no backup:\n{text}"
+        );
+
+        let (status, _, body) = request_with(addr, "POST", BACKUP_PATH, &right).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            BackupFile::decode(&body).expect("a backup").domain,
+            "a.example"
+        );
+        let (status, _, body) = request_with(addr, "GET", "/admin/cluster/status", &right).await;
+        assert_eq!((status, body.as_slice()), (200, &b"cluster status\n"[..]));
+        assert_eq!(request_with(addr, "GET", "/nowhere", &right).await.0, 404);
+        let (status, _) = admin_call(&addr.to_string(), Some(&token), "POST", BACKUP_PATH, b"")
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(request_with(addr, "GET", path, "").await.0, 200, "{path}");
+            assert_eq!(
+                request_with(addr, "GET", path, &wrong).await.0,
+                200,
+                "{path}"
+            );
+        }
+        let (_, _, scrape) = request_with(addr, "GET", "/metrics", "").await;
+        let scrape = String::from_utf8(scrape).unwrap();
+        for (outcome, count) in [
+            ("authorized", 4),
+            ("open", 0),
+            ("missing_token", 6),
+            ("wrong_token", 3),
+        ] {
+            let series = format!("mimid_admin_requests_total{{outcome=\"{outcome}\"}} {count}");
+            assert!(scrape.contains(&series), "{series}\n{scrape}");
+        }
+        assert!(scrape.contains("mimid_backups_total{result=\"completed\"} 2"));
+        assert_eq!(scrape.matches("# EOF").count(), 1);
         task.abort();
     }
 

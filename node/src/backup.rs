@@ -17,8 +17,8 @@
 //! The provider's secret keys are in a backup: the hub signing key and the franking keys are
 //! replicated state (`mimid_actors::provider_keys`), in the part of their shard, so a restored
 //! provider signs and franks with the keys it had. A backup must therefore be protected like
-//! the key files, and so must the admin listener that serves it (unauthenticated: loopback or
-//! an operators-only interface). Not in a backup: the TLS material and the configuration; back
+//! the key files, and so must the admin listener that serves it (behind the admin token,
+//! `crate::admin::auth`, on loopback or an operators-only interface). Not in a backup: the TLS material and the configuration; back
 //! those up separately (ops/runbooks/backup-restore.md).
 //!
 //! # Format (version 1)
@@ -61,6 +61,8 @@ use mimid_cluster::{ShardSnapshot, SnapshotAllError, SnapshotsDone, StateMachine
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::admin::auth::node_answered;
+use crate::admin::AdminToken;
 use crate::config::{check_domain, Config};
 use crate::metrics::{BackupResult, Metrics};
 
@@ -350,17 +352,18 @@ pub struct SavedBackup {
 }
 
 /// `mimid backup`: asks the node's admin listener at `admin` (`host:port`, optionally with
-/// `http://`) for a backup, verifies it, and writes it to `out` atomically (temporary file in
-/// the same directory, fsync, rename, directory fsync), mode 0600. Reads the file back and
-/// verifies it again before reporting success.
+/// `http://`) for a backup, with the admin `token` when given, verifies it, and writes it to
+/// `out` atomically (temporary file in the same directory, fsync, rename, directory fsync),
+/// mode 0600. Reads the file back and verifies it again before reporting success.
 ///
 /// Cancel safety: not cancel safe (a temporary file may be left behind).
 pub async fn backup_to_file(
     admin: &str,
+    token: Option<&AdminToken>,
     out: &Path,
     timeout: Duration,
 ) -> anyhow::Result<SavedBackup> {
-    let bytes = tokio::time::timeout(timeout, fetch(admin))
+    let bytes = tokio::time::timeout(timeout, fetch(admin, token))
         .await
         .with_context(|| format!("no backup from {admin} within {timeout:?}"))??;
     let file = BackupFile::decode(&bytes).context("checking the backup the node sent")?;
@@ -378,14 +381,16 @@ pub async fn backup_to_file(
 }
 
 /// `POST /admin/backup` over plain HTTP/1.1; the body of a 200, or the node's reason.
-async fn fetch(admin: &str) -> anyhow::Result<Vec<u8>> {
+async fn fetch(admin: &str, token: Option<&AdminToken>) -> anyhow::Result<Vec<u8>> {
     let host = admin.strip_prefix("http://").unwrap_or(admin);
     let host = host.strip_suffix('/').unwrap_or(host);
     let mut stream = tokio::net::TcpStream::connect(host)
         .await
         .with_context(|| format!("connecting to the admin listener {host}"))?;
     let request = format!(
-        "POST {BACKUP_PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {BACKUP_PATH} HTTP/1.1\r\nHost: {host}\r\n{}Content-Length: 0\r\n\
+         Connection: close\r\n\r\n",
+        token.map(AdminToken::header_line).unwrap_or_default()
     );
     stream
         .write_all(request.as_bytes())
@@ -398,10 +403,7 @@ async fn fetch(admin: &str) -> anyhow::Result<Vec<u8>> {
         .context("reading the backup")?;
     let (status, body) = parse_response(&response)?;
     if status != 200 {
-        bail!(
-            "the node answered {status}: {}",
-            String::from_utf8_lossy(body).trim()
-        );
+        return Err(node_answered(status, body));
     }
     Ok(body.to_vec())
 }

@@ -3,11 +3,13 @@
 //!
 //! - `mimid dev [flags]`: one node on the embedded defaults (domain `localhost`, data in
 //!   `./mimid-data`), with a dev CA and provider certificate generated under `data_dir/certs`
-//!   on first start and reused afterwards.
+//!   and an admin token in `data_dir/admin.token` on first start, reused afterwards.
 //! - `mimid start --config FILE [flags]`: the same, but TLS material must come from the
-//!   configuration: production never runs on generated certificates by accident.
+//!   configuration: production never runs on generated certificates by accident. Without
+//!   `admin_token_file` it starts only on a loopback `admin_listen`, with a warning.
 //! - `mimid config [--config FILE] [flags]`: prints the effective configuration as TOML.
 //! - `mimid cert create-ca | create-provider | create-node`: PEM files an operator deploys.
+//! - `mimid admin-token --out FILE`: a new admin token (mode 0600) for `admin_token_file`.
 //! - `mimid demo [--data-dir DIR]`: two providers in this process and a federated room walked
 //!   through step by step ([`crate::demo`]); exit status 0 only if every step did what it should.
 //! - `mimid backup --admin ADDR --out FILE`: an online backup from a running node's admin
@@ -21,6 +23,12 @@
 //!   shards of a running cluster, and its node-level operations ([`crate::cluster_ops`];
 //!   ops/runbooks/scale-out.md, ops/runbooks/drain-decommission.md).
 //!
+//! `mimid backup`, `mimid abuse …` and `mimid node …` send the node's admin token
+//! ([`AdminAuthFlags`], [`crate::admin::auth`]) from `--token-file FILE`, else from
+//! `--data-dir DIR` (the `DIR/admin.token` of a `mimid dev` node), else from the file named by
+//! `$MIMID_ADMIN_TOKEN_FILE`; with none of them they send no token, which only a node without
+//! `admin_token_file` (loopback) accepts.
+//!
 //! Configuration layering (defaults, file, `MIMID_*` environment, flags) is
 //! [`crate::config`]'s; this module maps flags onto it.
 
@@ -31,6 +39,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::auth::{token_file_for, ADMIN_TOKEN_FILE_ENV};
+use crate::admin::AdminToken;
 use crate::certs::{
     ensure_dev_certs, CertAuthority, SubjectName, CA_VALIDITY, LEAF_VALIDITY, NODE_STEM,
     PROVIDER_STEM,
@@ -61,6 +71,8 @@ pub enum Command {
     /// Create certificates for mutual TLS between providers and nodes.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Create an admin token file (mode 0600) for the configuration key admin_token_file.
+    AdminToken(AdminTokenArgs),
     /// Start two providers (a.example, b.example) in this process and walk Alice@a and Bob@b
     /// through a federated room, printing each step: a first look at MIMI federation.
     Demo(DemoArgs),
@@ -69,11 +81,62 @@ pub enum Command {
     /// Create a new data directory from a backup made by `mimid backup`.
     Restore(RestoreArgs),
     /// Show a running cluster's nodes and shards, drain a node, add or decommission one.
-    #[command(subcommand)]
-    Node(crate::cluster_ops::NodeCommand),
+    Node(NodeArgs),
     /// Read abuse reports and block or unblock users and providers on a running node.
+    Abuse(AbuseArgs),
+}
+
+/// Where the admin commands (`mimid backup`, `mimid abuse …`, `mimid node …`) find the node's
+/// admin token, first given first: `--token-file`, `--data-dir`, `$MIMID_ADMIN_TOKEN_FILE`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AdminAuthFlags {
+    /// The file holding the node's admin token [config: admin_token_file]; default: the file
+    /// named by $MIMID_ADMIN_TOKEN_FILE.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// The data directory of a `mimid dev` node: use its admin token, DIR/admin.token.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl AdminAuthFlags {
+    /// The token to send, read from the file the flags or `env` name; `None` when none is
+    /// named.
+    pub fn token(&self, env: &[(String, String)]) -> anyhow::Result<Option<AdminToken>> {
+        token_file_for(self.token_file.as_deref(), self.data_dir.as_deref(), env)
+            .map(|path| AdminToken::load(&path))
+            .transpose()
+    }
+}
+
+/// `mimid node …`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The operation.
     #[command(subcommand)]
-    Abuse(AbuseCommand),
+    pub command: crate::cluster_ops::NodeCommand,
+    /// The admin token.
+    #[command(flatten)]
+    pub auth: AdminAuthFlags,
+}
+
+/// `mimid abuse …`.
+#[derive(Debug, Args)]
+pub struct AbuseArgs {
+    /// The operation.
+    #[command(subcommand)]
+    pub command: AbuseCommand,
+    /// The admin token.
+    #[command(flatten)]
+    pub auth: AdminAuthFlags,
+}
+
+/// Arguments of `mimid admin-token`.
+#[derive(Debug, Args)]
+pub struct AdminTokenArgs {
+    /// The file to create (mode 0600); an existing file is left alone and is an error.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// `mimid abuse …`: through a running node's admin listener.
@@ -188,6 +251,9 @@ pub struct BackupArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = crate::backup::DEFAULT_FETCH_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_secs: u64,
+    /// The admin token.
+    #[command(flatten)]
+    pub auth: AdminAuthFlags,
 }
 
 /// Arguments of `mimid restore`.
@@ -273,17 +339,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Demo(args) => run_demo(args),
-        Command::Backup(args) => {
-            println!("{}", run_backup(&args)?);
+        Command::AdminToken(args) => {
+            println!("{}", run_admin_token(&args)?);
             Ok(())
         }
-        Command::Node(command) => {
+        Command::Demo(args) => run_demo(args),
+        Command::Backup(args) => {
+            let token = args.auth.token(&config::process_env())?;
+            println!("{}", run_backup(&args, token.as_ref())?);
+            Ok(())
+        }
+        Command::Node(args) => {
+            let token = args.auth.token(&config::process_env())?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            for line in runtime.block_on(crate::cluster_ops::run_node_command(&command))? {
+            let command = crate::cluster_ops::run_node_command(&args.command, token.as_ref());
+            for line in runtime.block_on(command)? {
                 println!("{line}");
             }
             Ok(())
@@ -292,12 +365,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", run_restore(args, config::process_env())?);
             Ok(())
         }
-        Command::Abuse(command) => {
+        Command::Abuse(args) => {
+            let token = args.auth.token(&config::process_env())?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            for line in runtime.block_on(run_abuse(&command))? {
+            for line in runtime.block_on(run_abuse(&args.command, token.as_ref()))? {
                 println!("{line}");
             }
             Ok(())
@@ -305,11 +379,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `mimid abuse …` against the node's admin listener; returns the lines to print.
+/// Runs `mimid admin-token`: a new token in `args.out`; returns the line to print.
+pub fn run_admin_token(args: &AdminTokenArgs) -> anyhow::Result<String> {
+    AdminToken::create(&args.out)?;
+    Ok(format!(
+        "admin token (keep private): {}; name it in admin_token_file of every node and pass it \
+         to the admin commands with --token-file or {ADMIN_TOKEN_FILE_ENV}",
+        args.out.display()
+    ))
+}
+
+/// Runs `mimid abuse …` against the node's admin listener with the admin `token` (when the
+/// node has one); returns the lines to print.
 ///
 /// Cancel safety: a cancelled block or unblock may have reached only some shards; running it
 /// again completes it.
-pub async fn run_abuse(command: &AbuseCommand) -> anyhow::Result<Vec<String>> {
+pub async fn run_abuse(
+    command: &AbuseCommand,
+    token: Option<&AdminToken>,
+) -> anyhow::Result<Vec<String>> {
+    use crate::admin::auth::node_answered;
     use crate::admin::{
         admin_call, BlockAnswer, BlockRequest, BlocklistListing, ReportsListing, BLOCKS_PATH,
         BLOCK_PATH, REPORTS_PATH, UNBLOCK_PATH,
@@ -317,12 +406,9 @@ pub async fn run_abuse(command: &AbuseCommand) -> anyhow::Result<Vec<String>> {
     let call = |admin: &str, method: &'static str, path: &'static str, body: Vec<u8>| {
         let admin = admin.to_owned();
         async move {
-            let (status, answer) = admin_call(&admin, method, path, &body).await?;
+            let (status, answer) = admin_call(&admin, token, method, path, &body).await?;
             if status != 200 {
-                bail!(
-                    "the node answered {status}: {}",
-                    String::from_utf8_lossy(&answer).trim()
-                );
+                return Err(node_answered(status, &answer));
             }
             anyhow::Ok(answer)
         }
@@ -403,8 +489,9 @@ pub async fn run_abuse(command: &AbuseCommand) -> anyhow::Result<Vec<String>> {
     }
 }
 
-/// Runs `mimid backup`; returns the line to print.
-pub fn run_backup(args: &BackupArgs) -> anyhow::Result<String> {
+/// Runs `mimid backup` with the admin `token` (when the node has one); returns the line to
+/// print.
+pub fn run_backup(args: &BackupArgs, token: Option<&AdminToken>) -> anyhow::Result<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -412,6 +499,7 @@ pub fn run_backup(args: &BackupArgs) -> anyhow::Result<String> {
     let timeout = Duration::from_secs(args.timeout_secs);
     let saved = runtime.block_on(crate::backup::backup_to_file(
         &args.admin,
+        token,
         &args.out,
         timeout,
     ))?;
@@ -475,14 +563,23 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// The configuration of `mimid dev`: validated, with dev TLS files filled in unless the
-/// configuration names its own.
+/// configuration names its own, and an admin token: `admin_token_file` when configured, else
+/// `data_dir/admin.token`, created on first start and reused afterwards.
 pub fn dev_config(
     file: Option<PathBuf>,
     flags: &ConfigFlags,
     env: Vec<(String, String)>,
 ) -> anyhow::Result<Config> {
     let mut config = load(file, flags, env)?;
+    let dev_token = config.admin_token_file.is_none();
+    if dev_token {
+        config.admin_token_file = Some(config::dev_admin_token_file(&config.data_dir));
+    }
     config.validate()?;
+    if let (true, Some(path)) = (dev_token, &config.admin_token_file) {
+        AdminToken::load_or_create(path)
+            .with_context(|| format!("preparing the dev admin token {}", path.display()))?;
+    }
     if config.tls.files()?.is_none() {
         let dir = config::dev_cert_dir(&config.data_dir);
         let files = ensure_dev_certs(&dir, SystemTime::now())
@@ -504,6 +601,9 @@ pub fn start_config(
 ) -> anyhow::Result<Config> {
     let config = load(Some(file.to_owned()), flags, env)?;
     config.validate()?;
+    if let Some(path) = &config.admin_token_file {
+        AdminToken::load(path).context("admin_token_file")?;
+    }
     if config.tls.files()?.is_none() {
         bail!(
             "`mimid start` needs tls.cert, tls.key and tls.client_ca in the configuration \
@@ -611,6 +711,18 @@ fn run_node(config: Config) -> anyhow::Result<()> {
         if let Some(ca) = &config.tls.client_ca {
             println!("mimid CA: {}", ca.display());
         }
+        match &config.admin_token_file {
+            Some(path) => println!(
+                "mimid admin token: {} (mimid backup | abuse | node … --token-file {0})",
+                path.display()
+            ),
+            None => tracing::warn!(
+                admin_listen = %config.admin_listen,
+                "admin_token_file is not set: anyone who reaches the admin listener on this \
+                 machine may take backups (with the provider's private keys), read abuse \
+                 reports and drain the node; set it (mimid admin-token --out FILE)"
+            ),
+        }
         let node = crate::server::start(config)
             .await
             .context("starting the node")?;
@@ -704,6 +816,24 @@ mod tests {
         assert_eq!(args.admin, "127.0.0.1:9090");
         assert_eq!(args.out, PathBuf::from("/tmp/b"));
         assert_eq!(args.timeout_secs, 600);
+        assert_eq!(args.auth.token_file, None);
+        let Command::Backup(args) = parse(&[
+            "backup",
+            "--admin",
+            "127.0.0.1:9090",
+            "--out",
+            "/tmp/b",
+            "--token-file",
+            "/etc/mimid/admin.token",
+        ])
+        .command
+        else {
+            panic!("not backup");
+        };
+        assert_eq!(
+            args.auth.token_file,
+            Some(PathBuf::from("/etc/mimid/admin.token"))
+        );
         assert!(Cli::try_parse_from(["mimid", "backup", "--out", "/tmp/b"]).is_err());
         let Command::Restore(args) = parse(&[
             "restore",
@@ -726,16 +856,22 @@ mod tests {
 
     #[test]
     fn abuse_commands_take_the_admin_listener_and_a_target() {
-        let Command::Abuse(AbuseCommand::Block { admin, target }) =
-            parse(&["abuse", "block", "--admin", "127.0.0.1:9090", "b.example"]).command
+        let Command::Abuse(AbuseArgs {
+            command: AbuseCommand::Block { admin, target },
+            auth,
+        }) = parse(&["abuse", "block", "--admin", "127.0.0.1:9090", "b.example"]).command
         else {
             panic!("not abuse block");
         };
         assert_eq!(admin, "127.0.0.1:9090");
         assert_eq!(target, "b.example");
+        assert_eq!((auth.token_file, auth.data_dir), (None, None));
         assert!(matches!(
             parse(&["abuse", "reports", "--admin", "127.0.0.1:9090"]).command,
-            Command::Abuse(AbuseCommand::Reports { .. })
+            Command::Abuse(AbuseArgs {
+                command: AbuseCommand::Reports { .. },
+                ..
+            })
         ));
         assert!(Cli::try_parse_from(["mimid", "abuse", "unblock", "--admin", "x:1"]).is_err());
         assert!(Cli::try_parse_from(["mimid", "abuse", "reports"]).is_err());
@@ -747,12 +883,155 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let admin = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let error = run_abuse(&AbuseCommand::Blocks {
-            admin: admin.clone(),
-        })
+        let error = run_abuse(
+            &AbuseCommand::Blocks {
+                admin: admin.clone(),
+            },
+            None,
+        )
         .await
         .unwrap_err();
         assert!(format!("{error:#}").contains(&admin), "{error:#}");
+    }
+
+    /// Issue 6: every admin command takes the token file, before or after its subcommand, or a
+    /// `mimid dev` data directory; the token is read from there.
+    #[test]
+    fn admin_commands_take_a_token_file_or_a_dev_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin.token");
+        let token = AdminToken::create(&file).unwrap();
+        for args in [
+            &[
+                "node",
+                "status",
+                "--host",
+                "x:1",
+                "--token-file",
+                path(&file),
+            ][..],
+            &[
+                "node",
+                "--token-file",
+                path(&file),
+                "drain",
+                "--host",
+                "x:1",
+            ],
+            &[
+                "abuse",
+                "blocks",
+                "--admin",
+                "x:1",
+                "--token-file",
+                path(&file),
+            ],
+            &[
+                "node",
+                "status",
+                "--host",
+                "x:1",
+                "--data-dir",
+                path(dir.path()),
+            ],
+            &[
+                "abuse",
+                "reports",
+                "--admin",
+                "x:1",
+                "--data-dir",
+                path(dir.path()),
+            ],
+            &[
+                "backup",
+                "--admin",
+                "x:1",
+                "--out",
+                "/tmp/b",
+                "--data-dir",
+                path(dir.path()),
+            ],
+        ] {
+            let auth = match parse(args).command {
+                Command::Node(args) => args.auth,
+                Command::Abuse(args) => args.auth,
+                Command::Backup(args) => args.auth,
+                _ => panic!("{args:?}"),
+            };
+            assert_eq!(auth.token(&[]).unwrap(), Some(token.clone()), "{args:?}");
+        }
+        let Command::Node(args) = parse(&["node", "status", "--host", "x:1"]).command else {
+            panic!("not node");
+        };
+        assert_eq!(args.auth.token(&[]).unwrap(), None);
+        let env = vec![(ADMIN_TOKEN_FILE_ENV.to_owned(), path(&file).to_owned())];
+        assert_eq!(args.auth.token(&env).unwrap(), Some(token));
+        let missing = AdminAuthFlags {
+            token_file: Some(dir.path().join("absent")),
+            data_dir: None,
+        };
+        let err = missing.token(&[]).unwrap_err();
+        assert!(format!("{err:#}").contains("absent"), "{err:#}");
+    }
+
+    #[test]
+    fn admin_token_command_writes_an_owner_only_token_once() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("admin.token");
+        let Command::AdminToken(args) = parse(&["admin-token", "--out", path(&out)]).command else {
+            panic!("not admin-token");
+        };
+        let line = run_admin_token(&args).expect("created");
+        assert!(line.contains("admin_token_file"), "{line}");
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let token = AdminToken::load(&out).expect("a token");
+        let err = run_admin_token(&args).expect_err("never replaced");
+        assert!(format!("{err:#}").contains("exists already"), "{err:#}");
+        assert_eq!(AdminToken::load(&out).unwrap(), token);
+        assert!(Cli::try_parse_from(["mimid", "admin-token"]).is_err());
+    }
+
+    /// Issue 6: `mimid start` refuses an admin listener off loopback without a token file,
+    /// naming the key, and a token file that is not a token.
+    #[test]
+    fn start_refuses_a_public_admin_listener_without_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "x").unwrap();
+        let file = dir.path().join("mimid.toml");
+        let tls = format!("[tls]\ncert = {pem:?}\nkey = {pem:?}\nclient_ca = {pem:?}\n");
+        std::fs::write(
+            &file,
+            format!("domain = \"a.example\"\nadmin_listen = \"0.0.0.0:9090\"\n{tls}"),
+        )
+        .unwrap();
+        let err = start_config(&file, &ConfigFlags::default(), Vec::new()).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("admin_token_file") && message.contains("loopback"),
+            "{message}"
+        );
+
+        let token = dir.path().join("admin.token");
+        std::fs::write(&token, "too short\n").unwrap();
+        let env = vec![("MIMID_ADMIN_TOKEN_FILE".to_owned(), path(&token).to_owned())];
+        let err = start_config(&file, &ConfigFlags::default(), env.clone()).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("admin_token_file") && message.contains("fewer than"),
+            "{message}"
+        );
+        std::fs::remove_file(&token).unwrap();
+        AdminToken::create(&token).unwrap();
+        let config = start_config(&file, &ConfigFlags::default(), env).expect("with a token");
+        assert_eq!(config.admin_token_file, Some(token));
+
+        // On loopback the token is optional.
+        std::fs::write(&file, format!("domain = \"a.example\"\n{tls}")).unwrap();
+        let config = start_config(&file, &ConfigFlags::default(), Vec::new()).expect("loopback");
+        assert_eq!(config.admin_token_file, None);
     }
 
     #[test]
@@ -810,10 +1089,36 @@ mod tests {
         assert!(files.cert.starts_with(dir.path().join("certs")));
         config.validate().expect("resolved config is valid");
         let cert_before = std::fs::read(&files.cert).unwrap();
+        let token_file = dir.path().join("admin.token");
+        assert_eq!(config.admin_token_file, Some(token_file.clone()));
+        let token = AdminToken::load(&token_file).expect("dev admin token");
 
         let again = dev_config(None, &flags, Vec::new()).expect("dev config again");
         assert_eq!(again.tls, config.tls);
         assert_eq!(std::fs::read(&files.cert).unwrap(), cert_before);
+        assert_eq!(AdminToken::load(&token_file).unwrap(), token, "reused");
+    }
+
+    /// `mimid dev` may listen for admin requests off loopback: it always has a token.
+    #[test]
+    fn dev_config_always_has_an_admin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = ConfigFlags {
+            data_dir: Some(dir.path().to_owned()),
+            admin_listen: Some("0.0.0.0:9090".parse().unwrap()),
+            ..ConfigFlags::default()
+        };
+        let config = dev_config(None, &flags, Vec::new()).expect("dev config");
+        assert_eq!(
+            config.admin_token_file,
+            Some(config::dev_admin_token_file(dir.path()))
+        );
+        // A configured file is used as it is, never created.
+        let own = dir.path().join("own.token");
+        let env = vec![("MIMID_ADMIN_TOKEN_FILE".to_owned(), path(&own).to_owned())];
+        let config = dev_config(None, &flags, env).expect("dev config");
+        assert_eq!(config.admin_token_file, Some(own.clone()));
+        assert!(!own.exists());
     }
 
     #[test]

@@ -45,9 +45,16 @@ pub struct Config {
     /// UDP address of the HTTP/3 (QUIC) listener for the client and server-to-server APIs.
     /// Default `127.0.0.1:4433`.
     pub listen: SocketAddr,
-    /// TCP address of the plain-HTTP admin listener (`/healthz`, `/readyz`, `/metrics`).
-    /// Default `127.0.0.1:9090`.
+    /// TCP address of the plain-HTTP admin listener (`/healthz`, `/readyz`, `/metrics`, and the
+    /// operator routes: backups, abuse handling, cluster operations). Default `127.0.0.1:9090`.
     pub admin_listen: SocketAddr,
+    /// A file holding the admin listener's bearer token (at least 43 base64 or base64url
+    /// characters: `mimid admin-token --out FILE`). When set, every admin route but `GET
+    /// /healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <token>`
+    /// (`crate::admin::auth`). Required unless `admin_listen` is a loopback address. Read at
+    /// start. Default unset; `mimid dev` uses `data_dir/admin.token`, generated on first start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
     /// TLS material for the QUIC listener.
     pub tls: TlsSettings,
     /// Replication settings.
@@ -461,6 +468,18 @@ impl Config {
             }
         }
 
+        match &self.admin_token_file {
+            Some(path) if path.as_os_str().is_empty() => problems.push(ConfigProblem {
+                key: "admin_token_file",
+                reason: "must not be empty".into(),
+            }),
+            None if !self.admin_listen.ip().is_loopback() => problems.push(ConfigProblem {
+                key: "admin_token_file",
+                reason: admin_token_required(self.admin_listen),
+            }),
+            _ => {}
+        }
+
         self.tls.check(&mut problems);
         self.cluster.check(&mut problems);
         self.cluster
@@ -491,6 +510,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./mimid-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_token_file: None,
             tls: TlsSettings::default(),
             cluster: ClusterSettings::default(),
             limits: LimitsSettings::default(),
@@ -1263,6 +1283,21 @@ pub fn dev_cert_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("certs")
 }
 
+/// The admin token file under `data_dir` that `mimid dev` creates, and that the admin commands
+/// read with `--data-dir`.
+pub fn dev_admin_token_file(data_dir: &Path) -> PathBuf {
+    data_dir.join(crate::admin::auth::ADMIN_TOKEN_FILE_NAME)
+}
+
+/// Why a node listening for admin requests on `admin_listen` needs `admin_token_file`.
+pub fn admin_token_required(admin_listen: SocketAddr) -> String {
+    format!(
+        "required because admin_listen ({admin_listen}) is not a loopback address: the admin \
+         routes take backups (with the provider's private keys), read abuse reports and drain \
+         or decommission nodes; create a token with `mimid admin-token --out FILE`"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1512,6 +1547,51 @@ mod tests {
         for good in ["localhost", "a.example", "mimi.provider-1.example"] {
             assert_eq!(check_domain(good), Ok(()), "{good}");
         }
+    }
+
+    /// Issue 6: the operator routes of an admin listener off loopback need a token.
+    #[test]
+    fn admin_listen_off_loopback_needs_a_token_file() {
+        for public in ["0.0.0.0:9090", "10.0.0.10:9090", "[::]:9090"] {
+            let config = Config {
+                admin_listen: public.parse().unwrap(),
+                ..Config::default()
+            };
+            assert_eq!(problems(&config), vec!["admin_token_file"], "{public}");
+            let message = config.validate().unwrap_err().to_string();
+            assert!(
+                message.contains("admin_token_file") && message.contains(public),
+                "{message}"
+            );
+            let with_token = Config {
+                admin_token_file: Some("/etc/mimid/admin.token".into()),
+                ..config
+            };
+            assert_eq!(problems(&with_token), Vec::<&str>::new(), "{public}");
+        }
+        for loopback in ["127.0.0.1:9090", "[::1]:9090"] {
+            let config = Config {
+                admin_listen: loopback.parse().unwrap(),
+                ..Config::default()
+            };
+            assert_eq!(problems(&config), Vec::<&str>::new(), "{loopback}");
+        }
+        let empty = Config {
+            admin_token_file: Some(PathBuf::new()),
+            ..Config::default()
+        };
+        assert_eq!(problems(&empty), vec!["admin_token_file"]);
+
+        // The environment form is the one the admin commands read too.
+        let loaded = Config::load(&ConfigSources {
+            env: env(&[("MIMID_ADMIN_TOKEN_FILE", "/run/secrets/admin.token")]),
+            ..ConfigSources::default()
+        })
+        .unwrap();
+        assert_eq!(
+            loaded.admin_token_file,
+            Some(PathBuf::from("/run/secrets/admin.token"))
+        );
     }
 
     #[test]

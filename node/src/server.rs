@@ -1,9 +1,10 @@
 //! Wiring of one node: the cluster (raft-rs groups in sled), the hub (room actors), the
 //! HTTP/3 listener with the client API, the directory and the server-to-server API
 //! ([`crate::federation::Routes`]), the client for peer providers ([`Peers`]), and the admin
-//! HTTP listener. With `cluster.listen` set, also the node-to-node transport
-//! ([`crate::cluster_net`]): this node is then one of the provider's cluster
-//! (ARCHITECTURE.md "Cluster"), its shards replicated on every node.
+//! HTTP listener (its operator routes behind the admin token: [`crate::admin::auth`]). With
+//! `cluster.listen` set, also the node-to-node transport ([`crate::cluster_net`]): this node
+//! is then one of the provider's cluster (ARCHITECTURE.md "Cluster"), its shards replicated on
+//! every node.
 //! The cluster operations ([`crate::cluster_ops`]: node registry, placement driver, drain,
 //! the `/admin/cluster/*` routes) run beside them.
 //!
@@ -36,7 +37,7 @@ use mimid_actors::shard::{ShardMachine, Shards};
 use mimid_cluster::{Cluster, ClusterConfig, ClusterHandle, NodeId};
 use tokio::task::JoinHandle;
 
-use crate::admin::{router as admin_router, AdminState};
+use crate::admin::{serve_admin, AdminAuth, AdminState};
 use crate::api::ClientApi;
 use crate::backup::{Backups, SnapshotSource};
 use crate::certs::ensure_dev_certs;
@@ -238,6 +239,9 @@ async fn start_inner(
     };
     let material = TlsMaterial::load(&tls_files).context("loading TLS material")?;
     let tls = server_config(&material).context("building the TLS configuration")?;
+    // Read before anything starts: a missing or malformed token file, or none on a public
+    // admin_listen, stops the start (issue 6, crate::admin::auth).
+    let admin_auth = Arc::new(AdminAuth::from_config(&config)?);
 
     let metrics = Arc::new(Metrics::new());
     let peers = Arc::new(
@@ -391,16 +395,18 @@ async fn start_inner(
         snapshots,
         metrics.clone(),
     ));
+    let admin_token = admin_auth.requires_token();
     tasks.push(
-        serve_admin_and_cluster(
+        serve_admin(
             admin_listener,
-            ops.clone(),
             AdminState {
                 ready,
                 metrics: metrics.clone(),
                 backups,
                 hub: Some(hub.clone()),
+                auth: admin_auth,
             },
+            crate::cluster_ops::routes(ops.clone()),
         )
         .await,
     );
@@ -414,7 +420,7 @@ async fn start_inner(
     let cluster_addr = net.as_ref().map(NetSender::local_addr);
     tracing::info!(
         %quic_addr, %admin_addr, ?cluster_addr, node_id = config.node_id,
-        domain = %config.domain, "node started"
+        domain = %config.domain, admin_token, "node started"
     );
     Ok(Node {
         quic_addr,
@@ -565,22 +571,6 @@ async fn start_replication(
     };
     let _ = sink.set(cluster.handle());
     Ok((cluster, Some((net, rpc))))
-}
-
-/// Serves the admin routes ([`crate::admin`]) and the cluster routes
-/// ([`crate::cluster_ops::routes`]) on `listener` until the returned task is aborted or the
-/// listener fails (logged as an error).
-async fn serve_admin_and_cluster(
-    listener: tokio::net::TcpListener,
-    ops: Arc<ClusterOps>,
-    state: AdminState,
-) -> JoinHandle<()> {
-    let app = admin_router(state).merge(crate::cluster_ops::routes(ops));
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            tracing::error!(%err, "admin listener failed");
-        }
-    })
 }
 
 /// Copies counters owned by other layers into the Prometheus registry.

@@ -1,24 +1,22 @@
 //! `mimid node status | drain | undrain | add | decommission --host ADDR`: the cluster
 //! routes of a node's admin listener ([`super::http`]) over plain HTTP/1.1, like
-//! `mimid backup`. Any node's admin listener will do; registry changes reach shard 0's
-//! leader from there.
+//! `mimid backup`, with the admin token (`--token-file`, `--data-dir` or
+//! `MIMID_ADMIN_TOKEN_FILE`: [`crate::admin::auth`]). Any node's admin listener will do;
+//! registry changes reach shard 0's leader from there.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::http::{
     AddNodeRequest, ClusterStatus, DrainAnswer, NodeAnswer, ADD_NODE_PATH, DRAIN_PATH, STATUS_PATH,
     UNDRAIN_PATH,
 };
+use crate::admin::auth::node_answered;
+use crate::admin::{admin_call, AdminToken};
 
-/// Longest answer read from the admin listener.
-const MAX_ANSWER_BYTES: u64 = 16 << 20;
-/// How long one request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `decommission --wait` looks again.
 const WAIT_POLL: Duration = Duration::from_millis(500);
 
@@ -77,14 +75,19 @@ pub enum NodeCommand {
     },
 }
 
-/// Runs `mimid node …`; returns the lines to print.
+/// Runs `mimid node …` with the admin `token` (when the node has one); returns the lines to
+/// print.
 ///
 /// Cancel safety: cancel safe (each request stands alone; a cancelled change may still be
 /// applied, and repeating it is harmless).
-pub async fn run_node_command(command: &NodeCommand) -> anyhow::Result<Vec<String>> {
+pub async fn run_node_command(
+    command: &NodeCommand,
+    token: Option<&AdminToken>,
+) -> anyhow::Result<Vec<String>> {
     match command {
         NodeCommand::Status { host } => {
-            let status: ClusterStatus = call_json(host, "GET", STATUS_PATH, b"", 200).await?;
+            let status: ClusterStatus =
+                call_json(host, token, "GET", STATUS_PATH, b"", 200).await?;
             Ok(render_status(&status))
         }
         NodeCommand::Drain { host } | NodeCommand::Undrain { host } => {
@@ -92,7 +95,7 @@ pub async fn run_node_command(command: &NodeCommand) -> anyhow::Result<Vec<Strin
                 NodeCommand::Drain { .. } => DRAIN_PATH,
                 _ => UNDRAIN_PATH,
             };
-            let answer: DrainAnswer = call_json(host, "POST", path, b"", 200).await?;
+            let answer: DrainAnswer = call_json(host, token, "POST", path, b"", 200).await?;
             let leads = if answer.leads.is_empty() {
                 "none".to_owned()
             } else {
@@ -113,7 +116,8 @@ pub async fn run_node_command(command: &NodeCommand) -> anyhow::Result<Vec<Strin
                 id: *id,
                 cluster_addr: addr.clone(),
             })?;
-            let answer: NodeAnswer = call_json(host, "POST", ADD_NODE_PATH, &body, 201).await?;
+            let answer: NodeAnswer =
+                call_json(host, token, "POST", ADD_NODE_PATH, &body, 201).await?;
             Ok(vec![format!(
                 "node {} registered at {}; start it with cluster.join_existing = true and it \
                  receives replicas",
@@ -128,7 +132,7 @@ pub async fn run_node_command(command: &NodeCommand) -> anyhow::Result<Vec<Strin
             wait_timeout_secs,
         } => {
             let path = format!("/admin/cluster/nodes/{id}/decommission");
-            let answer: NodeAnswer = call_json(host, "POST", &path, b"", 200).await?;
+            let answer: NodeAnswer = call_json(host, token, "POST", &path, b"", 200).await?;
             let mut lines = vec![format!(
                 "node {}: {}{}",
                 answer.id,
@@ -144,7 +148,7 @@ pub async fn run_node_command(command: &NodeCommand) -> anyhow::Result<Vec<Strin
                 let deadline = started + Duration::from_secs(*wait_timeout_secs);
                 loop {
                     let status: ClusterStatus =
-                        call_json(host, "GET", STATUS_PATH, b"", 200).await?;
+                        call_json(host, token, "GET", STATUS_PATH, b"", 200).await?;
                     let node = status.nodes.iter().find(|node| node.id == *id);
                     if node.is_some_and(|node| node.state == "decommissioned") {
                         lines.push(format!(
@@ -242,57 +246,16 @@ fn join(ids: &[u64]) -> String {
 /// node's reason for any other status.
 async fn call_json<T: DeserializeOwned>(
     host: &str,
+    token: Option<&AdminToken>,
     method: &str,
     path: &str,
     body: &[u8],
     want: u16,
 ) -> anyhow::Result<T> {
-    let (status, answer) = tokio::time::timeout(REQUEST_TIMEOUT, request(host, method, path, body))
-        .await
-        .with_context(|| format!("{method} {path}: no answer within {REQUEST_TIMEOUT:?}"))??;
+    let (status, answer) = admin_call(host, token, method, path, body).await?;
     if status != want {
-        bail!(
-            "the node answered {status}: {}",
-            String::from_utf8_lossy(&answer).trim()
-        );
+        return Err(node_answered(status, &answer));
     }
     serde_json::from_slice(&answer)
         .with_context(|| format!("reading the answer to {method} {path}"))
-}
-
-/// Plain HTTP/1.1 to `host` (`HOST:PORT`, optionally with `http://`): status and body.
-async fn request(
-    host: &str,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> anyhow::Result<(u16, Vec<u8>)> {
-    let host = host.strip_prefix("http://").unwrap_or(host);
-    let host = host.strip_suffix('/').unwrap_or(host);
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .with_context(|| format!("connecting to the admin listener {host}"))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut response = Vec::new();
-    stream
-        .take(MAX_ANSWER_BYTES)
-        .read_to_end(&mut response)
-        .await
-        .context("reading the answer")?;
-    let head_end = response
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .context("the answer has no complete HTTP head")?;
-    let status = std::str::from_utf8(&response[..head_end])
-        .ok()
-        .and_then(|head| head.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .context("the answer has no HTTP status")?;
-    Ok((status, response[head_end + 4..].to_vec()))
 }

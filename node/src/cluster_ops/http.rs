@@ -16,6 +16,11 @@
 //! Registry changes are proposed to shard 0 through the hub (its leader may be another node);
 //! a shard 0 without a leader is a 503 with the reason. A node running alone (no
 //! `cluster.listen`) answers the registry routes 409: there is no cluster to change.
+//!
+//! Every route here changes or reveals the cluster's layout, so none is open: [`routes`] is
+//! merged into the admin router ([`crate::admin::router`]), whose token gate
+//! ([`crate::admin::auth`]) wraps it; a request without the node's admin token is answered 401
+//! (403 with another token) before it reaches a handler here.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -121,7 +126,8 @@ pub struct NodeAnswer {
     pub changed: bool,
 }
 
-/// The cluster routes over `ops`, to merge into the admin router.
+/// The cluster routes over `ops`, to merge into the admin router behind its token gate
+/// ([`crate::admin::router`]); served on their own they would be unauthenticated.
 pub fn routes(ops: Arc<ClusterOps>) -> Router {
     Router::new()
         .route(STATUS_PATH, get(status))
