@@ -1,6 +1,8 @@
 //! The shared harness of the integration tests: a real node (quinn on loopback, sled in a
 //! temporary directory, openmls clients) started and restarted on demand, and a provider run
-//! as a cluster of such nodes ([`TestCluster`]).
+//! as a cluster of such nodes ([`TestCluster`]). Nodes run as in production with an admin token
+//! (`admin_token_file`, issue 6): tests that call the admin listener's operator routes send
+//! [`TestNode::admin_token`] or [`TestCluster::admin_token`].
 
 pub mod fuzz_checks;
 pub mod sim;
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mimid_actors::ids::{ClientId, RoomId, UserId};
+use mimid_node::admin::AdminToken;
 use mimid_node::certs::{CertAuthority, SubjectName, LEAF_VALIDITY, NODE_STEM, PROVIDER_STEM};
 use mimid_node::client::{Endpoint, MimiClient};
 use mimid_node::config::{dev_cert_dir, ClusterTlsSettings, Config, TlsFiles, TlsSettings};
@@ -72,6 +75,7 @@ impl TestNode {
     pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestNode {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut config = test_config(dir.path());
+        config.admin_token_file = Some(admin_token_file(dir.path()));
         edit(&mut config);
         let mut node = TestNode {
             node: None,
@@ -101,6 +105,7 @@ impl TestNode {
         names.extend(setup.alt_names.iter().map(String::as_str));
         let tls = provider_tls_files(&dir.path().join("tls"), &names, ca, ca);
         let mut config = test_config(dir.path());
+        config.admin_token_file = Some(admin_token_file(dir.path()));
         config.domain = domain.to_owned();
         config.tls = TlsSettings {
             cert: Some(tls.cert),
@@ -120,6 +125,21 @@ impl TestNode {
 
     pub fn data_dir(&self) -> PathBuf {
         self.config.data_dir.clone()
+    }
+
+    /// The node's admin token (`admin_token_file`), for its operator routes.
+    pub fn admin_token(&self) -> AdminToken {
+        let path = self
+            .config
+            .admin_token_file
+            .as_ref()
+            .expect("the node has an admin token file");
+        AdminToken::load(path).expect("the admin token file holds a token")
+    }
+
+    /// The node's admin listener, `HOST:PORT`.
+    pub fn admin(&self) -> String {
+        self.node().admin_addr().to_string()
     }
 
     /// Stops the node (if running) and starts it again on the same data directory.
@@ -200,6 +220,13 @@ impl TestNode {
             node.shutdown().await;
         }
     }
+}
+
+/// Creates a new admin token in `dir/admin.token` (where `mimid dev` keeps it); its path.
+pub fn admin_token_file(dir: &Path) -> PathBuf {
+    let path = dir.join("admin.token");
+    AdminToken::create(&path).expect("admin token created");
+    path
 }
 
 /// Writes into `dir` (which must not hold them yet) a certificate for `names` issued by
@@ -343,6 +370,9 @@ pub struct TestCluster {
     /// The cluster CA, which issues node certificates ([`TestCluster::add_node`]).
     cluster_ca: CertAuthority,
     cluster_ca_cert: PathBuf,
+    /// The admin token file every node is configured with (one per provider, like its
+    /// configuration).
+    admin_token_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -390,6 +420,7 @@ impl TestCluster {
             .save(&dir.path().join("cluster-ca"))
             .expect("cluster CA saved")
             .cert;
+        let admin_token_file = admin_token_file(dir.path());
         let mut cluster = TestCluster {
             nodes: Vec::new(),
             domain,
@@ -398,6 +429,7 @@ impl TestCluster {
             provider,
             cluster_ca,
             cluster_ca_cert,
+            admin_token_file,
             _dir: dir,
         };
         for id in 1..=count {
@@ -432,6 +464,7 @@ impl TestCluster {
             .save(&data.join("cluster-tls"), NODE_STEM)
             .expect("node certificate saved");
         let mut config = test_config(&data);
+        config.admin_token_file = Some(self.admin_token_file.clone());
         config.domain = self.domain.clone();
         config.node_id = id;
         config.tls = TlsSettings {
@@ -471,6 +504,11 @@ impl TestCluster {
     /// The admin listener of node `index`, `HOST:PORT`.
     pub fn admin(&self, index: usize) -> String {
         self.nodes[index].node().admin_addr().to_string()
+    }
+
+    /// The provider's admin token (every node's `admin_token_file`).
+    pub fn admin_token(&self) -> AdminToken {
+        AdminToken::load(&self.admin_token_file).expect("the admin token file holds a token")
     }
 
     /// Starts node `index` (stopped) from its data directory, without waiting.

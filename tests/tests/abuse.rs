@@ -181,7 +181,8 @@ fn digest(node: &TestNode) -> Vec<Vec<u8>> {
 }
 
 async fn reports(node: &TestNode) -> ReportsListing {
-    let (status, body) = admin_call(&admin(node), "GET", REPORTS_PATH, b"")
+    let token = node.admin_token();
+    let (status, body) = admin_call(&admin(node), Some(&token), "GET", REPORTS_PATH, b"")
         .await
         .expect("admin answers");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -193,7 +194,7 @@ async fn reports(node: &TestNode) -> ReportsListing {
 /// stream and Cathy@c through c's, and verifies there; Bob's message reaches Alice (a local
 /// client of the hub) franked too. Reports of both, one through the follower's provider and
 /// one straight to the hub's client API, are validated and listed by the admin API and by
-/// `mimid abuse reports`.
+/// `mimid abuse reports` (with the admin token; without it, 401).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol06_5_4_1_frank_issued_carried_verified_and_reported() {
     let Three {
@@ -271,9 +272,12 @@ async fn protocol06_5_4_1_frank_issued_carried_verified_and_reported() {
         "stored by the hub only"
     );
 
-    let lines = run_abuse(&AbuseCommand::Reports { admin: admin(&a) })
-        .await
-        .expect("mimid abuse reports");
+    let lines = run_abuse(
+        &AbuseCommand::Reports { admin: admin(&a) },
+        Some(&a.admin_token()),
+    )
+    .await
+    .expect("mimid abuse reports");
     assert_eq!(lines[0], "2 abuse reports", "{lines:?}");
     assert!(
         lines.iter().any(
@@ -287,6 +291,11 @@ async fn protocol06_5_4_1_frank_issued_carried_verified_and_reported() {
             .any(|line| line.contains("\"you are all fools\"")),
         "{lines:?}"
     );
+    // Reports hold message contents: without the admin token they are not read (issue 6).
+    let refused = run_abuse(&AbuseCommand::Reports { admin: admin(&a) }, None)
+        .await
+        .expect_err("reports without the admin token");
+    assert!(format!("{refused:#}").contains("401"), "{refused:#}");
     for client in [alice, bob, cathy] {
         client.close().await;
     }
@@ -600,22 +609,31 @@ async fn mimi_13_a_blocked_user_is_refused_everywhere_until_unblocked() {
         Some(user("a.example", "dave"))
     );
 
-    let lines = run_abuse(&AbuseCommand::Block {
-        admin: admin(&a),
-        target: bob_user.to_string(),
-    })
+    let lines = run_abuse(
+        &AbuseCommand::Block {
+            admin: admin(&a),
+            target: bob_user.to_string(),
+        },
+        Some(&a.admin_token()),
+    )
     .await
     .expect("mimid abuse block");
     assert_eq!(lines, vec![format!("{bob_user} blocked")]);
-    run_abuse(&AbuseCommand::Block {
-        admin: admin(&a),
-        target: "mimi://a.example/u/dave".into(),
-    })
+    run_abuse(
+        &AbuseCommand::Block {
+            admin: admin(&a),
+            target: "mimi://a.example/u/dave".into(),
+        },
+        Some(&a.admin_token()),
+    )
     .await
     .expect("mimid abuse block");
-    let listed = run_abuse(&AbuseCommand::Blocks { admin: admin(&a) })
-        .await
-        .expect("mimid abuse blocks");
+    let listed = run_abuse(
+        &AbuseCommand::Blocks { admin: admin(&a) },
+        Some(&a.admin_token()),
+    )
+    .await
+    .expect("mimid abuse blocks");
     assert_eq!(
         listed,
         vec![
@@ -775,18 +793,24 @@ async fn mimi_13_a_blocked_user_is_refused_everywhere_until_unblocked() {
 
     // Unblocking restores everything.
     for target in [bob_user.to_string(), "mimi://a.example/u/dave".to_string()] {
-        let lines = run_abuse(&AbuseCommand::Unblock {
-            admin: admin(&a),
-            target: target.clone(),
-        })
+        let lines = run_abuse(
+            &AbuseCommand::Unblock {
+                admin: admin(&a),
+                target: target.clone(),
+            },
+            Some(&a.admin_token()),
+        )
         .await
         .expect("mimid abuse unblock");
         assert_eq!(lines, vec![format!("{target} unblocked")]);
     }
-    assert!(run_abuse(&AbuseCommand::Blocks { admin: admin(&a) })
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(run_abuse(
+        &AbuseCommand::Blocks { admin: admin(&a) },
+        Some(&a.admin_token())
+    )
+    .await
+    .unwrap()
+    .is_empty());
     match bob.send_text(&club, "let me in").await.expect("answered") {
         SubmitResult::Accepted { frank: Some(_), .. } => {}
         other => panic!("unblocked bob sends again: {other:?}"),
@@ -834,17 +858,23 @@ async fn mimi_13_a_blocked_provider_is_refused_on_every_endpoint_until_unblocked
         mut bob,
         mut cathy,
     } = three_providers_in_a_room().await;
-    let lines = run_abuse(&AbuseCommand::Block {
-        admin: admin(&a),
-        target: "b.example".into(),
-    })
+    let lines = run_abuse(
+        &AbuseCommand::Block {
+            admin: admin(&a),
+            target: "b.example".into(),
+        },
+        Some(&a.admin_token()),
+    )
     .await
     .expect("mimid abuse block");
     assert_eq!(lines, vec!["b.example blocked".to_string()]);
-    let again = run_abuse(&AbuseCommand::Block {
-        admin: admin(&a),
-        target: "mimi://b.example".into(),
-    })
+    let again = run_abuse(
+        &AbuseCommand::Block {
+            admin: admin(&a),
+            target: "mimi://b.example".into(),
+        },
+        Some(&a.admin_token()),
+    )
     .await
     .expect("blocking twice is harmless");
     assert_eq!(
@@ -915,10 +945,13 @@ async fn mimi_13_a_blocked_provider_is_refused_on_every_endpoint_until_unblocked
     let (text, _, _) = next_message(&mut alice).await;
     assert_eq!(text, "c is fine");
 
-    let lines = run_abuse(&AbuseCommand::Unblock {
-        admin: admin(&a),
-        target: "b.example".into(),
-    })
+    let lines = run_abuse(
+        &AbuseCommand::Unblock {
+            admin: admin(&a),
+            target: "b.example".into(),
+        },
+        Some(&a.admin_token()),
+    )
     .await
     .expect("mimid abuse unblock");
     assert_eq!(lines, vec!["b.example unblocked".to_string()]);

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_actors::room::log::LogItem;
 use mimid_cluster::{ShardId, StateMachine as _};
+use mimid_node::admin::AdminToken;
 use mimid_node::api::room_path;
 use mimid_node::backup::{backup_to_file, restore, BackupFile, DEFAULT_FETCH_TIMEOUT};
 use mimid_node::certs::{CertAuthority, CA_VALIDITY};
@@ -163,7 +164,8 @@ async fn restore_and_start(
 /// untouched room byte for byte as at backup time, the touched one as before or after the
 /// concurrent message, the same epochs, members and log order; tokens still authenticate,
 /// KeyPackages published before the backup can still be claimed, and messages flow. A backup
-/// with one flipped byte is refused by restore.
+/// with one flipped byte is refused by restore. The admin listener refuses the backup without
+/// the node's admin token (401) or with another one (403), writing nothing (issue 6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_backup_restores_rooms_epochs_log_order_and_directory() {
     let node = TestNode::start_with(quiet).await;
@@ -225,12 +227,39 @@ async fn online_backup_restores_rooms_epochs_log_order_and_directory() {
     assert_eq!(attic_before.epoch, 3, "create, add, two updates");
     assert!(!garden_before.members.contains(carol.id()));
 
-    // The backup is taken while the provider serves a message in garden.
+    // Issue 6: a backup holds the provider's private keys, so the admin listener hands it out
+    // only for the node's admin token: none is 401, another 403, and nothing is written.
     let dir = tempfile::tempdir().expect("temporary directory");
     let file = dir.path().join("localhost.backup");
     let admin = node.node().admin_addr().to_string();
+    let refused = backup_to_file(&admin, None, &file, DEFAULT_FETCH_TIMEOUT)
+        .await
+        .expect_err("a backup without the admin token");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("401") && message.contains("--token-file"),
+        "{message}"
+    );
+    let someone_else = AdminToken::generate();
+    let refused = backup_to_file(&admin, Some(&someone_else), &file, DEFAULT_FETCH_TIMEOUT)
+        .await
+        .expect_err("a backup with another token");
+    assert!(format!("{refused:#}").contains("403"), "{refused:#}");
+    assert!(!file.exists(), "a refused backup writes nothing");
+    let scraped = scrape(&node).await;
+    for (outcome, count) in [
+        ("missing_token", 1.0),
+        ("wrong_token", 1.0),
+        ("authorized", 0.0),
+    ] {
+        let series = format!("mimid_admin_requests_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(metric(&scraped, &series), Some(count), "{series}");
+    }
+
+    // With it, the backup is taken while the provider serves a message in garden.
+    let token = node.admin_token();
     let (saved, sent) = tokio::join!(
-        backup_to_file(&admin, &file, DEFAULT_FETCH_TIMEOUT),
+        backup_to_file(&admin, Some(&token), &file, DEFAULT_FETCH_TIMEOUT),
         alice.send_text(&garden, "during the backup"),
     );
     let saved = saved.expect("backup taken");
@@ -249,6 +278,13 @@ async fn online_backup_restores_rooms_epochs_log_order_and_directory() {
     let scraped = scrape(&node).await;
     assert_eq!(
         metric(&scraped, "mimid_backups_total{result=\"completed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scraped,
+            "mimid_admin_requests_total{outcome=\"authorized\"}"
+        ),
         Some(1.0)
     );
 
@@ -369,7 +405,7 @@ async fn a_restored_follower_keeps_its_mirror_rooms() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let file = dir.path().join("b.backup");
     let admin = b.node().admin_addr().to_string();
-    backup_to_file(&admin, &file, DEFAULT_FETCH_TIMEOUT)
+    backup_to_file(&admin, Some(&b.admin_token()), &file, DEFAULT_FETCH_TIMEOUT)
         .await
         .expect("backup taken");
     let b_states = shard_states(&b);

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mimid_actors::ids::RoomId;
+use mimid_node::admin::{admin_call, AdminToken};
 use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::cluster_ops::{
     render_status, run_node_command, ClusterStatus, NodeCommand, ADD_NODE_PATH, STATUS_PATH,
@@ -23,10 +24,13 @@ type Transcript = BTreeMap<u64, (String, String)>;
 /// Longest a whole add or decommission may take here.
 const MOVES: Duration = Duration::from_secs(60);
 
-/// `GET /admin/cluster/status` of node `index`.
+/// `GET /admin/cluster/status` of node `index`, with the admin token.
 async fn status(cluster: &TestCluster, index: usize) -> ClusterStatus {
-    let url = format!("http://{}{STATUS_PATH}", cluster.admin(index));
-    let (code, body) = http_get(&url).await.expect("status answers");
+    let token = cluster.admin_token();
+    let (code, body) = admin_call(&cluster.admin(index), Some(&token), "GET", STATUS_PATH, b"")
+        .await
+        .expect("status answers");
+    let body = String::from_utf8_lossy(&body);
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -54,27 +58,12 @@ async fn wait_for_status(
     }
 }
 
-/// A plain HTTP/1.1 POST: status and body.
-async fn post(admin: &str, path: &str, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin)
+/// A POST to an admin route with `token`: status and body.
+async fn post(admin: &str, token: &AdminToken, path: &str, body: &str) -> (u16, String) {
+    let (code, answer) = admin_call(admin, Some(token), "POST", path, body.as_bytes())
         .await
-        .expect("connect");
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status code");
-    (code, body.to_owned())
+        .expect("the admin listener answers");
+    (code, String::from_utf8_lossy(&answer).into_owned())
 }
 
 async fn readyz(cluster: &TestCluster, index: usize) -> (u16, String) {
@@ -140,9 +129,12 @@ async fn status_reports_every_node_and_shard() {
     assert_eq!(other.node_id, 3);
     assert_eq!(states(&other), states(&seen));
     // The command line prints one row per node and per shard.
-    let lines = run_node_command(&NodeCommand::Status {
-        host: cluster.admin(1),
-    })
+    let lines = run_node_command(
+        &NodeCommand::Status {
+            host: cluster.admin(1),
+        },
+        Some(&cluster.admin_token()),
+    )
     .await
     .expect("mimid node status");
     println!("{}", lines.join("\n"));
@@ -167,16 +159,66 @@ async fn status_reports_every_node_and_shard() {
         );
     }
     // A node that cannot be reached is an error that names the address.
-    let refused = run_node_command(&NodeCommand::Status {
-        host: "127.0.0.1:1".into(),
-    })
+    let refused = run_node_command(
+        &NodeCommand::Status {
+            host: "127.0.0.1:1".into(),
+        },
+        Some(&cluster.admin_token()),
+    )
     .await
     .expect_err("nothing listens there");
     assert!(
         format!("{refused:#}").contains("127.0.0.1:1"),
         "{refused:#}"
     );
+
+    // Issue 6: the cluster routes need the provider's admin token; without it (401) or with
+    // another (403) they answer nothing and change nothing.
+    let refused = run_node_command(
+        &NodeCommand::Status {
+            host: cluster.admin(1),
+        },
+        None,
+    )
+    .await
+    .expect_err("no admin token");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("401") && message.contains("--token-file"),
+        "{message}"
+    );
+    let refused = run_node_command(
+        &NodeCommand::Drain {
+            host: cluster.admin(1),
+        },
+        Some(&AdminToken::generate()),
+    )
+    .await
+    .expect_err("another admin token");
+    assert!(format!("{refused:#}").contains("403"), "{refused:#}");
+    assert!(
+        !status(&cluster, 1).await.draining,
+        "a refused drain drains nothing"
+    );
+    let scraped = scrape_node(&cluster, 1).await;
+    for (outcome, at_least) in [
+        ("missing_token", 1.0),
+        ("wrong_token", 1.0),
+        ("authorized", 1.0),
+    ] {
+        let series = format!("mimid_admin_requests_total{{outcome=\"{outcome}\"}}");
+        let value = metric(&scraped, &series).unwrap_or(0.0);
+        assert!(value >= at_least, "{series} {value}");
+    }
     cluster.shutdown().await;
+}
+
+/// Node `index`'s `/metrics` (open without a token).
+async fn scrape_node(cluster: &TestCluster, index: usize) -> String {
+    let url = format!("http://{}/metrics", cluster.admin(index));
+    let (code, body) = http_get(&url).await.expect("metrics answer");
+    assert_eq!(code, 200);
+    body
 }
 
 /// Issue 6, must show: `/readyz` flips to 503 during drain and back. Draining hands every
@@ -200,9 +242,12 @@ async fn drain_moves_every_leadership_away_and_readyz_turns_503() {
     assert!(leads(drained) >= 1);
     assert_eq!(readyz(&cluster, drained).await.0, 200);
 
-    let lines = run_node_command(&NodeCommand::Drain {
-        host: cluster.admin(drained),
-    })
+    let lines = run_node_command(
+        &NodeCommand::Drain {
+            host: cluster.admin(drained),
+        },
+        Some(&cluster.admin_token()),
+    )
     .await
     .expect("mimid node drain");
     assert!(lines[0].contains("draining"), "{lines:?}");
@@ -291,9 +336,12 @@ async fn drain_moves_every_leadership_away_and_readyz_turns_503() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let lines = run_node_command(&NodeCommand::Undrain {
-        host: cluster.admin(drained),
-    })
+    let lines = run_node_command(
+        &NodeCommand::Undrain {
+            host: cluster.admin(drained),
+        },
+        Some(&cluster.admin_token()),
+    )
     .await
     .expect("mimid node undrain");
     assert!(lines[0].contains("not draining"), "{lines:?}");
@@ -464,11 +512,14 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
         .cluster_addr()
         .expect("clustered");
     let add_started = Instant::now();
-    let lines = run_node_command(&NodeCommand::Add {
-        host: cluster.admin(1),
-        id: 4,
-        addr: fourth_addr.to_string(),
-    })
+    let lines = run_node_command(
+        &NodeCommand::Add {
+            host: cluster.admin(1),
+            id: 4,
+            addr: fourth_addr.to_string(),
+        },
+        Some(&cluster.admin_token()),
+    )
     .await
     .expect("mimid node add");
     assert!(lines[0].contains("node 4 registered"), "{lines:?}");
@@ -507,12 +558,15 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
 
     // Decommission node 1 and wait until it holds nothing.
     let decommission_started = Instant::now();
-    let lines = run_node_command(&NodeCommand::Decommission {
-        host: cluster.admin(1),
-        id: 1,
-        wait: true,
-        wait_timeout_secs: MOVES.as_secs(),
-    })
+    let lines = run_node_command(
+        &NodeCommand::Decommission {
+            host: cluster.admin(1),
+            id: 1,
+            wait: true,
+            wait_timeout_secs: MOVES.as_secs(),
+        },
+        Some(&cluster.admin_token()),
+    )
     .await
     .expect("mimid node decommission --wait");
     let decommission_took = decommission_started.elapsed();
@@ -615,18 +669,22 @@ async fn decommission_is_refused_when_the_rest_cannot_hold_the_replication_facto
     let registry = registries(&cluster);
 
     let admin = cluster.admin(1);
-    let (code, reason) = post(&admin, "/admin/cluster/nodes/1/decommission", "").await;
+    let token = cluster.admin_token();
+    let (code, reason) = post(&admin, &token, "/admin/cluster/nodes/1/decommission", "").await;
     assert_eq!(code, 409, "{reason}");
     assert!(
         reason.contains("would leave 2 active nodes, fewer than the replication factor 3"),
         "{reason}"
     );
-    let refused = run_node_command(&NodeCommand::Decommission {
-        host: admin.clone(),
-        id: 2,
-        wait: true,
-        wait_timeout_secs: 5,
-    })
+    let refused = run_node_command(
+        &NodeCommand::Decommission {
+            host: admin.clone(),
+            id: 2,
+            wait: true,
+            wait_timeout_secs: 5,
+        },
+        Some(&cluster.admin_token()),
+    )
     .await
     .expect_err("refused");
     assert!(format!("{refused:#}").contains("409"), "{refused:#}");
@@ -671,13 +729,14 @@ async fn decommission_is_refused_when_the_rest_cannot_hold_the_replication_facto
         (ADD_NODE_PATH, "[]", 400, "the body must be"),
     ];
     for (path, body, expected, words) in bad {
-        let (code, reason) = post(&admin, path, body).await;
+        let (code, reason) = post(&admin, &token, path, body).await;
         assert_eq!(code, expected, "{path} {body}: {reason}");
         assert!(reason.contains(words), "{path} {body}: {reason}");
     }
     let taken = before.nodes[0].cluster_addr.clone().expect("address");
     let (code, reason) = post(
         &admin,
+        &token,
         ADD_NODE_PATH,
         &format!("{{\"id\": 5, \"cluster_addr\": \"{taken}\"}}"),
     )
@@ -714,8 +773,11 @@ async fn decommission_is_refused_when_the_rest_cannot_hold_the_replication_facto
 async fn a_node_running_alone_reports_itself_and_has_no_registry_to_change() {
     let node = TestNode::start().await;
     let admin = node.node().admin_addr().to_string();
-    let url = format!("http://{admin}{STATUS_PATH}");
-    let (code, body) = http_get(&url).await.expect("status answers");
+    let token = node.admin_token();
+    let (code, body) = admin_call(&admin, Some(&token), "GET", STATUS_PATH, b"")
+        .await
+        .expect("status answers");
+    let body = String::from_utf8_lossy(&body);
     assert_eq!(code, 200, "{body}");
     let alone: ClusterStatus = serde_json::from_str(&body).expect("JSON");
     assert_eq!(alone.replication_factor, 0);
@@ -730,18 +792,18 @@ async fn a_node_running_alone_reports_itself_and_has_no_registry_to_change() {
         ),
         ("/admin/cluster/nodes/1/decommission", ""),
     ] {
-        let (code, reason) = post(&admin, path, body).await;
+        let (code, reason) = post(&admin, &token, path, body).await;
         assert_eq!(code, 409, "{path}: {reason}");
         assert!(reason.contains("runs alone"), "{reason}");
     }
-    let (code, _) = post(&admin, "/admin/cluster/drain", "").await;
+    let (code, _) = post(&admin, &token, "/admin/cluster/drain", "").await;
     assert_eq!(code, 200);
     let (code, reason) = http_get(&format!("http://{admin}/readyz"))
         .await
         .expect("readyz answers");
     assert_eq!(code, 503);
     assert!(reason.contains("draining"), "{reason}");
-    let (code, _) = post(&admin, "/admin/cluster/undrain", "").await;
+    let (code, _) = post(&admin, &token, "/admin/cluster/undrain", "").await;
     assert_eq!(code, 200);
     assert_eq!(
         http_get_status(&format!("http://{admin}/readyz")).await,
