@@ -6,21 +6,17 @@
 //! CI runs `MIMID_CRASH_CYCLES` cycles (default 24); the documented long run sets it to 1000.
 //! `MIMID_CRASH_SEED` fixes the kill delays.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::{env_or, roots, spawn_listening, wait_ready, WAIT};
 use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_node::client::{Endpoint, Event, MimiClient, SubmitResult};
 use rand::{Rng, SeedableRng};
-use rustls::RootCertStore;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-
-/// Longest wait for a start, a readiness check or a message.
-const WAIT: Duration = Duration::from_secs(30);
 
 struct Running {
     child: Child,
@@ -29,67 +25,24 @@ struct Running {
 
 /// Starts `mimid dev` on `dir` with OS-chosen loopback ports and waits until it is ready.
 async fn start(dir: &Path) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mimid"))
-        .args(["dev", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("mimid starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let (quic, admin) = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("stdout readable") {
-            if let Some(rest) = line.strip_prefix("mimid listening: quic=") {
-                let (quic, admin) = rest.split_once(" admin=http://").expect("both addresses");
-                return (
-                    quic.parse::<SocketAddr>().expect("quic address"),
-                    admin.parse::<SocketAddr>().expect("admin address"),
-                );
-            }
-        }
-        panic!("mimid exited before listening");
-    })
+    let listening = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_mimid"))
+            .args(["dev", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .stderr(Stdio::null()),
+    )
     .await
-    .expect("mimid listens in time");
-    // Keep reading stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while readyz(admin).await != Some(200) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "mimid not ready in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pem = std::fs::read(dir.join("certs").join(mimid_node::certs::CA_CERT_FILE))
-        .expect("dev CA written");
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.expect("PEM")).expect("CA");
-    }
+    .unwrap_or_else(|reason| panic!("{reason}"));
+    wait_ready(listening.admin, "mimid").await;
     Running {
-        child,
+        child: listening.child,
         endpoint: Endpoint {
-            addr: quic,
+            addr: listening.quic,
             server_name: "localhost".into(),
-            roots: Arc::new(roots),
+            roots: roots(&dir.join("certs").join(mimid_node::certs::CA_CERT_FILE)),
         },
     }
-}
-
-/// The status of `GET /readyz`, or `None` when the admin port does not answer.
-async fn readyz(admin: SocketAddr) -> Option<u16> {
-    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
-    stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Reads `bob`'s stream until it has been quiet for a while, acknowledging as it goes; returns
@@ -141,14 +94,8 @@ fn check(seen: &[String], acknowledged: &[String], cycle: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_sigkill_in_a_loop() {
-    let cycles: usize = std::env::var("MIMID_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24);
-    let seed: u64 = std::env::var("MIMID_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
+    let cycles: usize = env_or("MIMID_CRASH_CYCLES", 24);
+    let seed: u64 = env_or("MIMID_CRASH_SEED", 7);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("temporary directory");
     let room = RoomId::parse("mimi://localhost/r/crash").unwrap();
