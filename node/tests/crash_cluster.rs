@@ -5,8 +5,10 @@
 //!
 //! One provider, three nodes, each a `mimid start` child with its own configuration file and data
 //! directory in a temporary directory, the provider certificate and a cluster CA with a node
-//! certificate per node made by `mimid cert` (README "A cluster of nodes"), `cluster.tick_ms`
-//! 20 so that elections take a few hundred milliseconds, fsync on. Six rooms in six different
+//! certificate per node made by `mimid cert` (README "A cluster of nodes"), one admin token
+//! (`mimid admin-token`) for the operator routes the harness calls (`/admin/cluster/status`,
+//! `/admin/backup`), `cluster.tick_ms` 20 so that elections take a few hundred milliseconds,
+//! fsync on. Six rooms in six different
 //! shards; each room has a sender and two readers, the three on three different nodes. The
 //! senders send one message after another; every cycle, at a random moment, the node leading
 //! the most shards (every other cycle: a random node) is killed with SIGKILL, and then:
@@ -123,19 +125,20 @@ struct Cluster {
     roots: Arc<RootCertStore>,
     nodes: Vec<Option<Listening>>,
     topology: watch::Sender<Topology>,
+    /// The admin bearer token every node's operator routes ask for (`admin_token_file`).
+    admin_token: String,
 }
 
-/// Runs `mimid cert ARGS` in `dir`.
-fn mimid_cert(dir: &Path, args: &[&str]) {
+/// Runs `mimid ARGS` in `dir` (the certificate and token commands an operator runs).
+fn mimid(dir: &Path, args: &[&str]) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_mimid"))
-        .arg("cert")
         .args(args)
         .current_dir(dir)
         .output()
         .expect("mimid cert runs");
     assert!(
         output.status.success(),
-        "mimid cert {args:?}: {}",
+        "mimid {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
 }
@@ -167,26 +170,35 @@ impl Cluster {
     /// returns once every node is ready.
     async fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
-        mimid_cert(dir.path(), &["create-ca", "--out", "ca"]);
-        mimid_cert(
-            dir.path(),
-            &["create-provider", DOMAIN, "--ca", "ca", "--out", "provider"],
-        );
-        mimid_cert(dir.path(), &["create-ca", "--out", "cluster-ca"]);
+        let run = |args: &[&str]| mimid(dir.path(), args);
+        run(&["cert", "create-ca", "--out", "ca"]);
+        run(&[
+            "cert",
+            "create-provider",
+            DOMAIN,
+            "--ca",
+            "ca",
+            "--out",
+            "provider",
+        ]);
+        run(&["cert", "create-ca", "--out", "cluster-ca"]);
         for id in 1..=NODES {
             let out = format!("node{id}/tls");
-            mimid_cert(
-                dir.path(),
-                &[
-                    "create-node",
-                    "127.0.0.1",
-                    "--ca",
-                    "cluster-ca",
-                    "--out",
-                    &out,
-                ],
-            );
+            run(&[
+                "cert",
+                "create-node",
+                "127.0.0.1",
+                "--ca",
+                "cluster-ca",
+                "--out",
+                &out,
+            ]);
         }
+        run(&["admin-token", "--out", "admin.token"]);
+        let admin_token = std::fs::read_to_string(dir.path().join("admin.token"))
+            .expect("admin token written")
+            .trim()
+            .to_owned();
         let (topology, _) = watch::channel(Topology {
             endpoints: vec![None; NODES],
         });
@@ -195,6 +207,7 @@ impl Cluster {
             dir,
             nodes: (0..NODES).map(|_| None).collect(),
             topology,
+            admin_token,
         };
         for attempt in 1..=3 {
             let ports = free_udp_ports();
@@ -262,6 +275,7 @@ impl Cluster {
              data_dir = {data}\n\
              listen = \"127.0.0.1:0\"\n\
              admin_listen = \"127.0.0.1:0\"\n\
+             admin_token_file = {token}\n\
              \n\
              [tls]\n\
              cert = {cert}\n\
@@ -288,6 +302,7 @@ impl Cluster {
              key = {node_key}\n\
              ca = {cluster_ca}\n",
             data = toml_path(&node.join("data")),
+            token = toml_path(&root.join("admin.token")),
             cert = toml_path(&root.join("provider/provider.pem")),
             key = toml_path(&root.join("provider/provider.key.pem")),
             ca = toml_path(&root.join("ca/ca.pem")),
@@ -346,7 +361,8 @@ impl Cluster {
         let index = (0..NODES)
             .find(|&index| self.nodes[index].is_some())
             .expect("a node runs");
-        let (status, body) = http(self.admin(index), "GET", STATUS_PATH)
+        let token = Some(self.admin_token.as_str());
+        let (status, body) = http(self.admin(index), "GET", STATUS_PATH, token)
             .await
             .expect("the admin listener answers");
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -390,7 +406,8 @@ impl Cluster {
 
     /// Node `index`'s replicas as its online backup has them.
     async fn replica(&self, index: usize) -> Shards {
-        let (status, body) = http(self.admin(index), "POST", BACKUP_PATH)
+        let token = Some(self.admin_token.as_str());
+        let (status, body) = http(self.admin(index), "POST", BACKUP_PATH, token)
             .await
             .expect("the admin listener answers");
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));

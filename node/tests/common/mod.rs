@@ -69,13 +69,22 @@ pub async fn spawn_listening(command: &mut Command) -> Result<Listening, String>
     Ok(Listening { child, quic, admin })
 }
 
-/// `METHOD path` on the admin listener `admin` (HTTP/1.1, one request per connection): the
-/// status and the body, or `None` when the listener does not answer.
-pub async fn http(admin: SocketAddr, method: &str, path: &str) -> Option<(u16, Vec<u8>)> {
+/// `METHOD path` on the admin listener `admin` (HTTP/1.1, one request per connection), with
+/// the admin bearer `token` if given (operator routes need it, the probes do not): the status
+/// and the body, or `None` when the listener does not answer.
+pub async fn http(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Option<(u16, Vec<u8>)> {
     let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: \
-         close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{authorization}Content-Length: \
+         0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
@@ -114,7 +123,7 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
 
 /// The status of `GET /readyz`, or `None` when the admin port does not answer.
 pub async fn readyz(admin: SocketAddr) -> Option<u16> {
-    http(admin, "GET", "/readyz")
+    http(admin, "GET", "/readyz", None)
         .await
         .map(|(status, _)| status)
 }
