@@ -48,6 +48,7 @@ mod forward;
 mod glue;
 mod handshake;
 mod peer;
+mod reset_key;
 mod rpc;
 
 pub use forward::{ForwardedProposals, NetRouter, FORWARD_TIMEOUT};
@@ -320,7 +321,18 @@ impl ClusterNet {
         client_config.transport_config(Arc::new(settings.transport(0, 0)?));
 
         let addr = settings.listen;
-        let endpoint = quinn::Endpoint::server(server_config, addr)
+        // Keys that survive restarts, so a restarted node closes its peers' stale connections
+        // at once (`reset_key`).
+        let endpoint_config = reset_key::endpoint_config(tls.key.secret_der());
+        let endpoint = std::net::UdpSocket::bind(addr)
+            .and_then(|socket| {
+                quinn::Endpoint::new(
+                    endpoint_config,
+                    Some(server_config),
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+            })
             .map_err(|source| ClusterNetError::Bind { addr, source })?;
         let local_addr = endpoint
             .local_addr()

@@ -580,6 +580,59 @@ async fn a_restarted_peer_receives_frames_again_without_restarting_the_sender() 
     ));
 }
 
+/// A peer killed without a goodbye (its runtime vanishes: no CONNECTION_CLOSE) and restarted on
+/// the same address with the same key: the sender's stale connection is closed by the new
+/// process's stateless reset (RFC 9000 §10.3, `reset_key`), so frames flow again long before
+/// the sender's idle timeout, which here is far beyond the test's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_and_restarted_peer_resets_the_stale_connection_at_once() {
+    let pki = Pki::new();
+    let b_tls = pki.node("b", LOOPBACK, &pki);
+    let mut a_settings = settings(1, "test");
+    a_settings.idle_timeout = DEADLINE * 4;
+    let (a_net, a_metrics) = bind(a_settings, &pki.node("a", LOOPBACK, &pki));
+    let a_addr = a_net.local_addr();
+
+    // B runs on a runtime of its own, so it can vanish without closing anything.
+    let b_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime for B");
+    let (b, b_addr) = {
+        let _entered = b_runtime.enter();
+        let mut b_settings = settings(2, "test");
+        // The idle timeout in effect is the smaller of both sides'.
+        b_settings.idle_timeout = DEADLINE * 4;
+        let (b_net, b_metrics) = bind(b_settings, &b_tls);
+        let b_addr = b_net.local_addr();
+        (start(b_net, b_metrics, &[(1, a_addr)]), b_addr)
+    };
+    let a = start(a_net, a_metrics, &[(2, b_addr)]);
+    send_until_received(&a, 2, &b, 0).await;
+
+    // Kill B: its tasks and endpoint driver stop mid-flight; A is told nothing.
+    b_runtime.shutdown_background();
+    drop(b);
+    assert_eq!(a.metric("mimid_cluster_peer_connected{peer=\"2\"}"), 1.0);
+
+    let deadline = Instant::now() + DEADLINE;
+    let (b2_net, b2_metrics) = loop {
+        let mut b2_settings = settings(2, "test");
+        b2_settings.listen = b_addr;
+        let metrics = Arc::new(Metrics::new());
+        match ClusterNet::bind(b2_settings, &b_tls, metrics.clone()) {
+            Ok(net) => break (net, metrics),
+            Err(err) => {
+                assert!(Instant::now() < deadline, "cannot rebind {b_addr}: {err}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let b2 = start(b2_net, b2_metrics, &[(1, a_addr)]);
+    send_until_received(&a, 2, &b2, 2_000).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpcs_round_trip_and_refuse_what_exceeds_either_side() {
     let pki = Pki::new();
