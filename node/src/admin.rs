@@ -510,24 +510,8 @@ mod tests {
 
     /// A minimal HTTP/1.1 request without a body: status and raw body bytes.
     async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, Vec<u8>) {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.expect("read");
-        let head_end = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("head");
-        let status = std::str::from_utf8(&response[..head_end])
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .expect("status code");
-        (status, response[head_end + 4..].to_vec())
+        let (status, _, body) = request_with(addr, method, path, "").await;
+        (status, body)
     }
 
     /// Counts applied commands; `apply` of [`BLOCK`] waits for the test to open the gate, which

@@ -186,6 +186,25 @@ impl From<crate::wire::WireError> for Refusal {
 
 pub(crate) type Answer = Result<Response, Refusal>;
 
+/// Refuses with 403 a request whose `field` names `named`, a user other than the authenticated
+/// `client`'s (a client speaks only for its own user).
+pub(crate) fn require_own_user(
+    field: &str,
+    named: &UserId,
+    client: &ClientId,
+) -> Result<(), Refusal> {
+    if *named != client.user() {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{field} {named} is not the authenticated client's user {}",
+                client.user()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn ok_body(status: StatusCode, body: &impl Encode) -> Answer {
     let bytes = body.to_bytes().map_err(|e| {
         Refusal::new(
@@ -549,16 +568,7 @@ impl ClientApi {
 
     async fn submit(&self, req: Request, client: ClientId, room: RoomId) -> Answer {
         let body = SubmitMessageRequest::from_bytes(&req.body, &self.limits)?;
-        let sending = body.sending_user()?;
-        if sending != client.user() {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "sendingUri {sending} is not the authenticated client's user {}",
-                    client.user()
-                ),
-            ));
-        }
+        require_own_user("sendingUri", &body.sending_user()?, &client)?;
         if !self.is_local(&room) {
             let answer = self
                 .forwarder

@@ -11,7 +11,7 @@ use http::StatusCode;
 use mimid_actors::command::Submitter;
 use mimid_actors::ids::{ClientId, RoomId};
 
-use super::{ok_body, Answer, ClientApi, Refusal};
+use super::{ok_body, require_own_user, Answer, ClientApi, Refusal};
 use crate::federation::S2sEndpoint;
 use crate::h3::Request;
 use crate::peering::{record_report, Forwarder};
@@ -41,15 +41,7 @@ impl ClientApi {
     ) -> Answer {
         let report = AbuseReport::from_bytes(&req.body, &self.limits)?;
         let reporter = report.reporting_user.user("AbuseReport.reportingUser")?;
-        if reporter != client.user() {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "reportingUser {reporter} is not the authenticated client's user {}",
-                    client.user()
-                ),
-            ));
-        }
+        require_own_user("reportingUser", &reporter, &client)?;
         if !self.is_local(&room) {
             let answer = self
                 .forwarder

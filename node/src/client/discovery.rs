@@ -128,14 +128,8 @@ impl MimiClient {
         target: &UserId,
         room: Option<&RoomId>,
     ) -> Result<(), ClientError> {
-        self.consent(
-            "requestConsent",
-            ConsentOp::Request,
-            &self.user(),
-            target,
-            room,
-        )
-        .await
+        self.request_consent_op(ConsentOp::Request, target, room)
+            .await
     }
 
     /// Withdraws an earlier request with the same scope.
@@ -144,14 +138,8 @@ impl MimiClient {
         target: &UserId,
         room: Option<&RoomId>,
     ) -> Result<(), ClientError> {
-        self.consent(
-            "requestConsent",
-            ConsentOp::Cancel,
-            &self.user(),
-            target,
-            room,
-        )
-        .await
+        self.request_consent_op(ConsentOp::Cancel, target, room)
+            .await
     }
 
     /// Grants `requester` consent to add this client's user (to `room` only, if given). With
@@ -174,8 +162,7 @@ impl MimiClient {
         let operation = ConsentOp::Grant {
             client_key_packages,
         };
-        self.consent("updateConsent", operation, requester, &self.user(), room)
-            .await
+        self.update_consent_op(operation, requester, room).await
     }
 
     /// Revokes (or denies in advance) `requester`'s consent (for `room` only, if given).
@@ -184,14 +171,8 @@ impl MimiClient {
         requester: &UserId,
         room: Option<&RoomId>,
     ) -> Result<(), ClientError> {
-        self.consent(
-            "updateConsent",
-            ConsentOp::Revoke,
-            requester,
-            &self.user(),
-            room,
-        )
-        .await
+        self.update_consent_op(ConsentOp::Revoke, requester, room)
+            .await
     }
 
     /// The user's consent records.
@@ -233,6 +214,30 @@ impl MimiClient {
             incoming: convert(list.incoming)?,
             outgoing: convert(list.outgoing)?,
         })
+    }
+
+    /// `requestConsent` from this client's user (the requester) to `target`.
+    async fn request_consent_op(
+        &self,
+        operation: ConsentOp,
+        target: &UserId,
+        room: Option<&RoomId>,
+    ) -> Result<(), ClientError> {
+        let requester = self.user();
+        self.consent("requestConsent", operation, &requester, target, room)
+            .await
+    }
+
+    /// `updateConsent` by this client's user (the target) for `requester`'s request.
+    async fn update_consent_op(
+        &self,
+        operation: ConsentOp,
+        requester: &UserId,
+        room: Option<&RoomId>,
+    ) -> Result<(), ClientError> {
+        let target = self.user();
+        self.consent("updateConsent", operation, requester, &target, room)
+            .await
     }
 
     async fn consent(

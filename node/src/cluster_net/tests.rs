@@ -126,6 +126,42 @@ fn bind(settings: NetSettings, tls: &TlsMaterial) -> (ClusterNet, Arc<Metrics>) 
     (net, metrics)
 }
 
+/// Nodes 1 (A) and 2 (B), started and knowing each other; A may send frames up to 1 MiB, B
+/// accepts 64 KiB.
+fn start_asymmetric_pair(pki: &Pki) -> (TestNode, TestNode) {
+    let mut a_settings = settings(1, "test");
+    a_settings.max_frame_bytes = 1 << 20;
+    let mut b_settings = settings(2, "test");
+    b_settings.max_frame_bytes = 64 << 10;
+    let (a_net, a_metrics) = bind(a_settings, &pki.node("a", LOOPBACK, pki));
+    let (b_net, b_metrics) = bind(b_settings, &pki.node("b", LOOPBACK, pki));
+    let (a_addr, b_addr) = (a_net.local_addr(), b_net.local_addr());
+    let a = start(a_net, a_metrics, &[(2, b_addr)]);
+    let b = start(b_net, b_metrics, &[(1, a_addr)]);
+    (a, b)
+}
+
+/// [`bind`] on `addr`, a restarted node's old address, retried (polled with [`DEADLINE`]) until
+/// the previous socket there is released.
+async fn rebind(
+    mut settings: NetSettings,
+    tls: &TlsMaterial,
+    addr: SocketAddr,
+) -> (ClusterNet, Arc<Metrics>) {
+    settings.listen = addr;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let metrics = Arc::new(Metrics::new());
+        match ClusterNet::bind(settings.clone(), tls, metrics.clone()) {
+            Ok(net) => return (net, metrics),
+            Err(err) => {
+                assert!(Instant::now() < deadline, "cannot rebind {addr}: {err}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 fn start(net: ClusterNet, metrics: Arc<Metrics>, peers: &[(NodeId, SocketAddr)]) -> TestNode {
     let sink = Arc::new(RecordingSink::default());
     let net = net
@@ -542,19 +578,7 @@ async fn a_restarted_peer_receives_frames_again_without_restarting_the_sender() 
     assert_eq!(a.metric("mimid_cluster_peer_connected{peer=\"2\"}"), 0.0);
 
     // B comes back on the same address (once its old socket is released).
-    let deadline = Instant::now() + DEADLINE;
-    let (b2_net, b2_metrics) = loop {
-        let mut b2_settings = settings(2, "test");
-        b2_settings.listen = b_addr;
-        let metrics = Arc::new(Metrics::new());
-        match ClusterNet::bind(b2_settings, &b_tls, metrics.clone()) {
-            Ok(net) => break (net, metrics),
-            Err(err) => {
-                assert!(Instant::now() < deadline, "cannot rebind {b_addr}: {err}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let (b2_net, b2_metrics) = rebind(settings(2, "test"), &b_tls, b_addr).await;
     let b2 = start(b2_net, b2_metrics, &[(1, a_addr)]);
     send_until_received(&a, 2, &b2, 2_000).await;
     assert_eq!(a.metric("mimid_cluster_peer_connected{peer=\"2\"}"), 1.0);
@@ -616,19 +640,8 @@ async fn a_killed_and_restarted_peer_resets_the_stale_connection_at_once() {
     drop(b);
     assert_eq!(a.metric("mimid_cluster_peer_connected{peer=\"2\"}"), 1.0);
 
-    let deadline = Instant::now() + DEADLINE;
-    let (b2_net, b2_metrics) = loop {
-        let mut b2_settings = settings(2, "test");
-        b2_settings.listen = b_addr;
-        let metrics = Arc::new(Metrics::new());
-        match ClusterNet::bind(b2_settings, &b_tls, metrics.clone()) {
-            Ok(net) => break (net, metrics),
-            Err(err) => {
-                assert!(Instant::now() < deadline, "cannot rebind {b_addr}: {err}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    // B comes back on the same address and key (once its old socket is released).
+    let (b2_net, b2_metrics) = rebind(settings(2, "test"), &b_tls, b_addr).await;
     let b2 = start(b2_net, b2_metrics, &[(1, a_addr)]);
     send_until_received(&a, 2, &b2, 2_000).await;
 }
@@ -636,15 +649,7 @@ async fn a_killed_and_restarted_peer_resets_the_stale_connection_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpcs_round_trip_and_refuse_what_exceeds_either_side() {
     let pki = Pki::new();
-    let mut a_settings = settings(1, "test");
-    a_settings.max_frame_bytes = 1 << 20;
-    let mut b_settings = settings(2, "test");
-    b_settings.max_frame_bytes = 64 << 10;
-    let (a_net, a_metrics) = bind(a_settings, &pki.node("a", LOOPBACK, &pki));
-    let (b_net, b_metrics) = bind(b_settings, &pki.node("b", LOOPBACK, &pki));
-    let (a_addr, b_addr) = (a_net.local_addr(), b_net.local_addr());
-    let a = start(a_net, a_metrics, &[(2, b_addr)]);
-    let b = start(b_net, b_metrics, &[(1, a_addr)]);
+    let (a, b) = start_asymmetric_pair(&pki);
     let timeout = Duration::from_secs(10);
 
     assert_eq!(
@@ -742,16 +747,7 @@ async fn an_rpc_to_a_down_peer_fails_within_its_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_record_closes_the_connection_and_is_counted() {
     let pki = Pki::new();
-    // A may send frames up to 1 MiB; B accepts 64 KiB.
-    let mut a_settings = settings(1, "test");
-    a_settings.max_frame_bytes = 1 << 20;
-    let mut b_settings = settings(2, "test");
-    b_settings.max_frame_bytes = 64 << 10;
-    let (a_net, a_metrics) = bind(a_settings, &pki.node("a", LOOPBACK, &pki));
-    let (b_net, b_metrics) = bind(b_settings, &pki.node("b", LOOPBACK, &pki));
-    let (a_addr, b_addr) = (a_net.local_addr(), b_net.local_addr());
-    let a = start(a_net, a_metrics, &[(2, b_addr)]);
-    let b = start(b_net, b_metrics, &[(1, a_addr)]);
+    let (a, b) = start_asymmetric_pair(&pki);
     send_until_received(&a, 2, &b, 0).await;
     let before = b.sink.count();
 

@@ -37,7 +37,7 @@ use mimid_actors::hub::HubError;
 use mimid_cluster::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 
-use super::{leader_reports, ClusterOps};
+use super::{leader_reports, ClusterOps, ShardReport};
 
 /// `GET`: the cluster's nodes and shards.
 pub const STATUS_PATH: &str = "/admin/cluster/status";
@@ -97,6 +97,24 @@ pub struct ShardEntry {
     pub lag: BTreeMap<NodeId, u64>,
     /// The node whose replica this entry describes.
     pub reported_by: NodeId,
+}
+
+impl ShardEntry {
+    /// The entry for `report`, the replica of node `reported_by`; `lag` as in
+    /// [`ShardEntry::lag`].
+    fn from_report(report: &ShardReport, reported_by: NodeId, lag: BTreeMap<NodeId, u64>) -> Self {
+        ShardEntry {
+            shard: report.shard,
+            leader: report.leader,
+            term: report.term,
+            commit: report.commit,
+            applied: report.applied,
+            voters: report.voters.clone(),
+            learners: report.learners.clone(),
+            lag,
+            reported_by,
+        }
+    }
 }
 
 /// The answer to drain and undrain.
@@ -167,33 +185,14 @@ impl ClusterOps {
                         .get(leader)
                         .copied()
                         .unwrap_or(report.commit);
-                    ShardEntry {
-                        shard: report.shard,
-                        leader: Some(*leader),
-                        term: report.term,
-                        commit: report.commit,
-                        applied: report.applied,
-                        voters: report.voters.clone(),
-                        learners: report.learners.clone(),
-                        lag: report
-                            .progress
-                            .iter()
-                            .map(|(&node, &matched)| (node, head.saturating_sub(matched)))
-                            .collect(),
-                        reported_by: *leader,
-                    }
+                    let lag = report
+                        .progress
+                        .iter()
+                        .map(|(&node, &matched)| (node, head.saturating_sub(matched)))
+                        .collect();
+                    ShardEntry::from_report(report, *leader, lag)
                 }
-                None => ShardEntry {
-                    shard: local.shard,
-                    leader: local.leader,
-                    term: local.term,
-                    commit: local.commit,
-                    applied: local.applied,
-                    voters: local.voters.clone(),
-                    learners: local.learners.clone(),
-                    lag: BTreeMap::new(),
-                    reported_by: self.node_id,
-                },
+                None => ShardEntry::from_report(local, self.node_id, BTreeMap::new()),
             })
             .collect();
         let ids: std::collections::BTreeSet<NodeId> =
