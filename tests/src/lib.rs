@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_node::admin::AdminToken;
-use mimid_node::certs::{CertAuthority, SubjectName, LEAF_VALIDITY, NODE_STEM, PROVIDER_STEM};
-use mimid_node::client::{Endpoint, MimiClient};
+use mimid_node::certs::{
+    CertAuthority, SubjectName, CA_VALIDITY, LEAF_VALIDITY, NODE_STEM, PROVIDER_STEM,
+};
+use mimid_node::client::{Endpoint, Event, MimiClient, UpdateResult};
 use mimid_node::config::{dev_cert_dir, ClusterTlsSettings, Config, TlsFiles, TlsSettings};
 use mimid_node::federation::FederationService;
 use mimid_node::server::{start, start_with_service, Node};
@@ -169,33 +171,23 @@ impl TestNode {
                 "localhost".to_owned(),
             ),
         };
-        let mut roots = RootCertStore::empty();
-        let pem = std::fs::read(&ca).expect("dev CA exists");
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.expect("valid PEM")).expect("valid CA");
-        }
         Endpoint {
             addr: self.node().quic_addr(),
             server_name,
-            roots: Arc::new(roots),
+            roots: read_roots(&ca),
         }
     }
 
     /// Registers a client `mimi://<domain>/d/<user>/<device>` with `key_packages` published.
     pub async fn client(&self, user: &str, device: &str, key_packages: usize) -> MimiClient {
-        let domain = &self.config.domain;
-        let id = ClientId::parse(&format!("mimi://{domain}/d/{user}/{device}"))
-            .expect("valid client id");
-        let client = MimiClient::register(self.endpoint(), id)
-            .await
-            .expect("client registers");
-        if key_packages > 0 {
-            client
-                .publish_key_packages(key_packages)
-                .await
-                .expect("KeyPackages published");
-        }
-        client
+        register_client(
+            self.endpoint(),
+            &self.config.domain,
+            user,
+            device,
+            key_packages,
+        )
+        .await
     }
 
     /// The replicated bytes of a room (its snapshot): equal bytes mean nothing changed.
@@ -607,15 +599,10 @@ impl TestCluster {
 
     /// How clients reach node `index` now.
     pub fn endpoint(&self, index: usize) -> Endpoint {
-        let mut roots = RootCertStore::empty();
-        let pem = std::fs::read(&self.provider_ca_cert).expect("provider CA exists");
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.expect("valid PEM")).expect("valid CA");
-        }
         Endpoint {
             addr: self.nodes[index].node().quic_addr(),
             server_name: self.domain.clone(),
-            roots: Arc::new(roots),
+            roots: read_roots(&self.provider_ca_cert),
         }
     }
 
@@ -628,18 +615,14 @@ impl TestCluster {
         device: &str,
         key_packages: usize,
     ) -> MimiClient {
-        let id = ClientId::parse(&format!("mimi://{}/d/{user}/{device}", self.domain))
-            .expect("valid client id");
-        let client = MimiClient::register(self.endpoint(index), id)
-            .await
-            .expect("client registers");
-        if key_packages > 0 {
-            client
-                .publish_key_packages(key_packages)
-                .await
-                .expect("KeyPackages published");
-        }
-        client
+        register_client(
+            self.endpoint(index),
+            &self.domain,
+            user,
+            device,
+            key_packages,
+        )
+        .await
     }
 
     /// A user of this provider.
@@ -687,6 +670,180 @@ fn replica_messages(node: &Node, room: &RoomId) -> Vec<Vec<u8>> {
         .filter_map(|item| match item.body {
             mimid_actors::room::log::ItemBody::Application { message } => Some(message),
             _ => None,
+        })
+        .collect()
+}
+
+/// The trust roots in the PEM file `ca`.
+fn read_roots(ca: &Path) -> Arc<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("CA {} readable: {e}", ca.display()));
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.expect("valid PEM")).expect("valid CA");
+    }
+    Arc::new(roots)
+}
+
+/// Registers `mimi://<domain>/d/<user>/<device>` at `endpoint`, with `key_packages` published.
+async fn register_client(
+    endpoint: Endpoint,
+    domain: &str,
+    user: &str,
+    device: &str,
+    key_packages: usize,
+) -> MimiClient {
+    let id =
+        ClientId::parse(&format!("mimi://{domain}/d/{user}/{device}")).expect("valid client id");
+    let client = MimiClient::register(endpoint, id)
+        .await
+        .expect("client registers");
+    if key_packages > 0 {
+        client
+            .publish_key_packages(key_packages)
+            .await
+            .expect("KeyPackages published");
+    }
+    client
+}
+
+/// (seq, sender client, text) of every application message a client has seen or sent.
+pub type Transcript = std::collections::BTreeMap<u64, (String, String)>;
+
+/// Reads `client`'s events until `transcript` holds `total` messages, asserting that seqs only
+/// grow on the stream (no item twice, none out of order) and that no seq is delivered twice.
+pub async fn read_until(client: &mut MimiClient, total: usize, transcript: &mut Transcript) {
+    let mut last_seq = 0;
+    while transcript.len() < total {
+        let event = client
+            .next_event(WAIT)
+            .await
+            .expect("push stream works")
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} waited for message {}/{total}",
+                    client.id(),
+                    transcript.len()
+                )
+            });
+        assert!(
+            event.seq() > last_seq,
+            "{}: seq {} after {last_seq}: an item twice or out of order",
+            client.id(),
+            event.seq()
+        );
+        last_seq = event.seq();
+        if let Event::Message {
+            seq,
+            sender,
+            content,
+            ..
+        } = event
+        {
+            let text = content.text().expect("a text/plain message").to_string();
+            let first = transcript.insert(seq, (sender.to_string(), text));
+            assert!(
+                first.is_none(),
+                "{}: seq {seq} delivered twice",
+                client.id()
+            );
+        }
+    }
+}
+
+/// Three providers on loopback (certificates from one CA) and a room hosted by a with Alice@a,
+/// Bob@b and Cathy@c, who joined by the Welcomes the hub routed (KeyPackages fetched through
+/// b's and c's keyMaterial, protocol-06 §5; MIMI.md §6.2-§6.4).
+pub struct Three {
+    pub a: TestNode,
+    pub b: TestNode,
+    pub c: TestNode,
+    pub club: RoomId,
+    pub alice: MimiClient,
+    pub bob: MimiClient,
+    pub cathy: MimiClient,
+}
+
+/// Sets [`Three`] up: each provider's configuration changed by `edit`, each client with
+/// `key_packages` published and its push stream open.
+pub async fn three_providers_in_a_room(key_packages: usize, edit: fn(&mut Config)) -> Three {
+    let ca = CertAuthority::generate(std::time::SystemTime::now(), CA_VALIDITY).expect("test CA");
+    let provider = |domain: &'static str| {
+        TestNode::start_provider_with(domain, &ca, ProviderSetup::default(), edit)
+    };
+    let a = provider("a.example").await;
+    let b = provider("b.example").await;
+    let c = provider("c.example").await;
+    connect_providers(&[&a, &b, &c]);
+    let club = RoomId::parse("mimi://a.example/r/club").expect("valid room id");
+    let mut alice = a.client("alice", "phone", key_packages).await;
+    let mut bob = b.client("bob", "laptop", key_packages).await;
+    let mut cathy = c.client("cathy", "tablet", key_packages).await;
+    for client in [&mut alice, &mut bob, &mut cathy] {
+        client.connect_stream().await.expect("stream opens");
+    }
+    alice.create_room(&club).await.expect("room created");
+    let added = alice
+        .add_users(
+            &club,
+            &[
+                UserId::parse("mimi://b.example/u/bob").expect("valid user id"),
+                UserId::parse("mimi://c.example/u/cathy").expect("valid user id"),
+            ],
+        )
+        .await
+        .expect("KeyPackages fetched from b and c, commit accepted");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    for client in [&mut bob, &mut cathy] {
+        match client.next_event(WAIT).await.expect("push stream works") {
+            Some(Event::Joined { .. }) => {}
+            other => panic!("{} expected a Welcome, got {other:?}", client.id()),
+        }
+    }
+    Three {
+        a,
+        b,
+        c,
+        club,
+        alice,
+        bob,
+        cathy,
+    }
+}
+
+/// The hub key a groupInfo answer (protocol-06 §5.5) for `room` through `client`'s node was
+/// signed with, after checking the signature under it.
+pub async fn group_info_hub_key(client: &MimiClient, room: &RoomId) -> Vec<u8> {
+    use mimid_node::wire::group_info::{hub_sender_parts, GroupInfoResponse};
+    use mimid_node::wire::{Decode, Encode, Limits};
+
+    let request = client
+        .group_info_request(&[9; 32])
+        .expect("signed")
+        .to_bytes()
+        .expect("encodes");
+    let (status, body) = client
+        .post_raw(&mimid_node::api::room_path("groupInfo", room), request)
+        .await
+        .expect("answered");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let limits = Limits {
+        max_body_len: body.len(),
+    };
+    let answer = GroupInfoResponse::from_bytes(&body, &limits).expect("a GroupInfoResponse");
+    let success = answer
+        .verify_success(room.as_bytes(), room.domain())
+        .unwrap_or_else(|e| panic!("{}: groupInfo answer does not verify: {e}", client.id()));
+    let (key, _) = hub_sender_parts(&success.hub_sender).expect("hub_sender");
+    key.as_bytes().to_vec()
+}
+
+/// Every shard's replicated state, as a snapshot holds it: equal bytes, nothing changed.
+pub fn state_digest(node: &TestNode) -> Vec<Vec<u8>> {
+    let shards = node.node().hub().shards();
+    (0..shards.count())
+        .map(|shard| {
+            use mimid_cluster::StateMachine;
+            shards.machine(shard).snapshot()
         })
         .collect()
 }

@@ -4,17 +4,15 @@
 //! is validated and stored, forged reports are refused with nothing stored, and the
 //! operator's blocks are enforced on every endpoint until lifted.
 
-use std::time::SystemTime;
-
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use mimid_actors::command::Submitter;
 use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_node::admin::{admin_call, ReportsListing, REPORTS_PATH};
 use mimid_node::api::{room_path, PREFIX};
-use mimid_node::certs::{CertAuthority, CA_VALIDITY};
 use mimid_node::cli::{run_abuse, AbuseCommand};
 use mimid_node::client::{Event, FrankCheck, KeptFrank, MimiClient, SubmitResult, UpdateResult};
+use mimid_node::config::Config;
 use mimid_node::content::MimiContent;
 use mimid_node::federation::S2sEndpoint;
 use mimid_node::franking::{FRANKING_HUB_KEY_FILE, FRANKING_SIGNING_KEY_FILE};
@@ -23,11 +21,7 @@ use mimid_node::wire::discovery::ProfileBody;
 use mimid_node::wire::identifier::SearchField;
 use mimid_node::wire::types::CipherSuite;
 use mimid_node::wire::Encode;
-use mimid_tests::{connect_providers, metric, scrape, ProviderSetup, TestNode, WAIT};
-
-fn ca() -> CertAuthority {
-    CertAuthority::generate(SystemTime::now(), CA_VALIDITY).expect("test CA")
-}
+use mimid_tests::{metric, scrape, state_digest, three_providers_in_a_room, TestNode, Three, WAIT};
 
 fn user(domain: &str, name: &str) -> UserId {
     UserId::parse(&format!("mimi://{domain}/u/{name}")).expect("valid user")
@@ -37,63 +31,54 @@ fn admin(node: &TestNode) -> String {
     node.node().admin_addr().to_string()
 }
 
-/// Three providers on loopback, and a room hosted by a with Alice@a, Bob@b and Cathy@c.
-struct Three {
-    a: TestNode,
-    b: TestNode,
-    c: TestNode,
-    club: RoomId,
-    alice: MimiClient,
-    bob: MimiClient,
-    cathy: MimiClient,
+/// `mimid abuse block <target>` against `node`'s admin API, with its admin token.
+async fn block(node: &TestNode, target: impl Into<String>) -> anyhow::Result<Vec<String>> {
+    let command = AbuseCommand::Block {
+        admin: admin(node),
+        target: target.into(),
+    };
+    run_abuse(&command, Some(&node.admin_token())).await
 }
 
-/// A provider whose housekeeping does not run during a test (the tests compare replicated
-/// state byte for byte).
-async fn provider(domain: &str, ca: &CertAuthority) -> TestNode {
-    TestNode::start_provider_with(domain, ca, ProviderSetup::default(), |config| {
-        config.limits.housekeeping_secs = 3600
-    })
-    .await
+/// `mimid abuse unblock <target>` against `node`'s admin API, with its admin token.
+async fn unblock(node: &TestNode, target: impl Into<String>) -> anyhow::Result<Vec<String>> {
+    let command = AbuseCommand::Unblock {
+        admin: admin(node),
+        target: target.into(),
+    };
+    run_abuse(&command, Some(&node.admin_token())).await
 }
 
-async fn three_providers_in_a_room() -> Three {
-    let ca = ca();
-    let a = provider("a.example", &ca).await;
-    let b = provider("b.example", &ca).await;
-    let c = provider("c.example", &ca).await;
-    connect_providers(&[&a, &b, &c]);
-    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
-    let mut alice = a.client("alice", "phone", 2).await;
-    let mut bob = b.client("bob", "laptop", 2).await;
-    let mut cathy = c.client("cathy", "tablet", 2).await;
-    for client in [&mut alice, &mut bob, &mut cathy] {
-        client.connect_stream().await.expect("stream opens");
-    }
-    alice.create_room(&club).await.expect("room created");
-    let added = alice
-        .add_users(
-            &club,
-            &[user("b.example", "bob"), user("c.example", "cathy")],
+/// `mimid abuse blocks` against `node`'s admin API, with its admin token.
+async fn abuse_blocks(node: &TestNode) -> anyhow::Result<Vec<String>> {
+    let command = AbuseCommand::Blocks { admin: admin(node) };
+    run_abuse(&command, Some(&node.admin_token())).await
+}
+
+/// `report` sent by provider `from` straight to a's reportAbuse for `room` (protocol-06
+/// §5.9), as a's answer.
+async fn report_from_provider(
+    from: &TestNode,
+    room: &RoomId,
+    report: &AbuseReport,
+) -> mimid_node::federation::PeerResponse {
+    from.node()
+        .peers()
+        .request(
+            "a.example",
+            S2sEndpoint::ReportAbuse,
+            room.as_str(),
+            HeaderMap::new(),
+            Bytes::from(report.to_bytes().unwrap()),
         )
         .await
-        .expect("KeyPackages fetched from b and c, commit accepted");
-    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
-    for client in [&mut bob, &mut cathy] {
-        match client.next_event(WAIT).await.expect("push stream works") {
-            Some(Event::Joined { .. }) => {}
-            other => panic!("{} expected a Welcome, got {other:?}", client.id()),
-        }
-    }
-    Three {
-        a,
-        b,
-        c,
-        club,
-        alice,
-        bob,
-        cathy,
-    }
+        .expect("a answers")
+}
+
+/// Providers whose housekeeping does not run during a test (the tests compare replicated
+/// state byte for byte).
+fn no_housekeeping(config: &mut Config) {
+    config.limits.housekeeping_secs = 3600;
 }
 
 /// Sends `text` and returns the hub's Frank from the answer.
@@ -169,17 +154,6 @@ async fn wait_fanout_recorded(hub: &TestNode, room: &RoomId) {
     }
 }
 
-/// Every shard's replicated state, as a snapshot holds it: equal bytes, nothing changed.
-fn digest(node: &TestNode) -> Vec<Vec<u8>> {
-    let shards = node.node().hub().shards();
-    (0..shards.count())
-        .map(|shard| {
-            use mimid_cluster::StateMachine;
-            shards.machine(shard).snapshot()
-        })
-        .collect()
-}
-
 async fn reports(node: &TestNode) -> ReportsListing {
     let token = node.admin_token();
     let (status, body) = admin_call(&admin(node), Some(&token), "GET", REPORTS_PATH, b"")
@@ -205,7 +179,7 @@ async fn protocol06_5_4_1_frank_issued_carried_verified_and_reported() {
         mut alice,
         mut bob,
         mut cathy,
-    } = three_providers_in_a_room().await;
+    } = three_providers_in_a_room(2, no_housekeeping).await;
     for key_file in [FRANKING_SIGNING_KEY_FILE, FRANKING_HUB_KEY_FILE] {
         assert!(a.data_dir().join(key_file).exists(), "{key_file} generated");
     }
@@ -336,7 +310,7 @@ async fn mimi_5_8_forged_or_altered_franks_are_refused_and_nothing_is_stored() {
         mut alice,
         mut bob,
         mut cathy,
-    } = three_providers_in_a_room().await;
+    } = three_providers_in_a_room(2, no_housekeeping).await;
     // A second room at the hub, to report the club's message in.
     let lounge = RoomId::parse("mimi://a.example/r/lounge").unwrap();
     alice.create_room(&lounge).await.expect("lounge created");
@@ -466,7 +440,7 @@ async fn mimi_5_8_forged_or_altered_franks_are_refused_and_nothing_is_stored() {
     ];
     next_message(&mut cathy).await;
     wait_fanout_recorded(&a, &club).await;
-    let before = digest(&a);
+    let before = state_digest(&a);
     for mutation in &mutations {
         let mut report = genuine.clone();
         (mutation.apply)(&mut report);
@@ -491,43 +465,26 @@ async fn mimi_5_8_forged_or_altered_franks_are_refused_and_nothing_is_stored() {
             mutation.name,
             mutation.reason
         );
-        assert_eq!(digest(&a), before, "{}: nothing stored", mutation.name);
+        assert_eq!(
+            state_digest(&a),
+            before,
+            "{}: nothing stored",
+            mutation.name
+        );
     }
     // The same refusal straight from provider b to the hub (protocol-06 §5.9).
     let mut forged = genuine.clone();
     forged.messages[0].accepted_timestamp ^= 1;
-    let answer = b
-        .node()
-        .peers()
-        .request(
-            "a.example",
-            S2sEndpoint::ReportAbuse,
-            club.as_str(),
-            HeaderMap::new(),
-            Bytes::from(forged.to_bytes().unwrap()),
-        )
-        .await
-        .expect("a answers");
+    let answer = report_from_provider(&b, &club, &forged).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&answer.body).contains("server_frank does not match"));
     // A provider reports only as its own users (MIMI.md §7.1 step 2).
     let mut as_cathy = genuine.clone();
     as_cathy.reporting_user =
         mimid_node::wire::types::IdentifierUri::new("mimi://c.example/u/cathy");
-    let answer = b
-        .node()
-        .peers()
-        .request(
-            "a.example",
-            S2sEndpoint::ReportAbuse,
-            club.as_str(),
-            HeaderMap::new(),
-            Bytes::from(as_cathy.to_bytes().unwrap()),
-        )
-        .await
-        .expect("a answers");
+    let answer = report_from_provider(&b, &club, &as_cathy).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
-    assert_eq!(digest(&a), before);
+    assert_eq!(state_digest(&a), before);
     assert!(reports(&a).await.reports.is_empty());
 
     // The genuine report is taken.
@@ -563,13 +520,17 @@ fn assert_blocked(what: &str, status: StatusCode, body: &[u8], reason: &str) {
     );
 }
 
-/// The status and reason of a client library call that is to be refused.
-fn refusal(
+/// Asserts that a client library call was refused by the blocklist: 403 naming `reason`.
+fn assert_refused_blocked(
     what: &str,
     result: Result<impl std::fmt::Debug, mimid_node::client::ClientError>,
-) -> (StatusCode, String) {
+    reason: &str,
+) {
     match result {
-        Err(mimid_node::client::ClientError::Status { status, reason }) => (status, reason),
+        Err(mimid_node::client::ClientError::Status {
+            status,
+            reason: got,
+        }) => assert_blocked(what, status, got.as_bytes(), reason),
         other => panic!("{what}: expected a refusal, got {other:?}"),
     }
 }
@@ -589,7 +550,7 @@ async fn mimi_13_a_blocked_user_is_refused_everywhere_until_unblocked() {
         mut alice,
         mut bob,
         cathy,
-    } = three_providers_in_a_room().await;
+    } = three_providers_in_a_room(2, no_housekeeping).await;
     let bob_user = user("b.example", "bob");
     let blocked = format!("user blocked: {bob_user}");
     let dave = a.client("dave", "phone", 2).await;
@@ -609,31 +570,14 @@ async fn mimi_13_a_blocked_user_is_refused_everywhere_until_unblocked() {
         Some(user("a.example", "dave"))
     );
 
-    let lines = run_abuse(
-        &AbuseCommand::Block {
-            admin: admin(&a),
-            target: bob_user.to_string(),
-        },
-        Some(&a.admin_token()),
-    )
-    .await
-    .expect("mimid abuse block");
+    let lines = block(&a, bob_user.to_string())
+        .await
+        .expect("mimid abuse block");
     assert_eq!(lines, vec![format!("{bob_user} blocked")]);
-    run_abuse(
-        &AbuseCommand::Block {
-            admin: admin(&a),
-            target: "mimi://a.example/u/dave".into(),
-        },
-        Some(&a.admin_token()),
-    )
-    .await
-    .expect("mimid abuse block");
-    let listed = run_abuse(
-        &AbuseCommand::Blocks { admin: admin(&a) },
-        Some(&a.admin_token()),
-    )
-    .await
-    .expect("mimid abuse blocks");
+    block(&a, "mimi://a.example/u/dave")
+        .await
+        .expect("mimid abuse block");
+    let listed = abuse_blocks(&a).await.expect("mimid abuse blocks");
     assert_eq!(
         listed,
         vec![
@@ -643,54 +587,42 @@ async fn mimi_13_a_blocked_user_is_refused_everywhere_until_unblocked() {
     );
 
     // Bob, through his provider, at the hub's edge.
-    let (status, reason) = refusal("submitMessage", bob.send_text(&club, "let me in").await);
-    assert_blocked("submitMessage", status, reason.as_bytes(), &blocked);
-    let (status, reason) = refusal(
+    assert_refused_blocked(
+        "submitMessage",
+        bob.send_text(&club, "let me in").await,
+        &blocked,
+    );
+    assert_refused_blocked(
         "keyMaterial as requester",
         bob.claim(&user("c.example", "cathy"), &club).await,
-    );
-    assert_blocked(
-        "keyMaterial as requester",
-        status,
-        reason.as_bytes(),
         &blocked,
     );
-    let (status, reason) = refusal(
+    assert_refused_blocked(
         "keyMaterial of bob, proxied",
         cathy.claim(&bob_user, &club).await,
-    );
-    assert_blocked(
-        "keyMaterial of bob, proxied",
-        status,
-        reason.as_bytes(),
         &blocked,
     );
-    let (status, reason) = refusal(
+    assert_refused_blocked(
         "keyMaterial of bob, local",
         alice.claim(&bob_user, &club).await,
-    );
-    assert_blocked(
-        "keyMaterial of bob, local",
-        status,
-        reason.as_bytes(),
         &blocked,
     );
-    let (status, reason) = refusal(
+    assert_refused_blocked(
         "identifierQuery",
         bob.find_user("a.example", SearchField::Nick, "alice").await,
+        &blocked,
     );
-    assert_blocked("identifierQuery", status, reason.as_bytes(), &blocked);
-    let (status, reason) = refusal(
+    assert_refused_blocked(
         "requestConsent",
         bob.request_consent(&user("a.example", "alice"), None).await,
+        &blocked,
     );
-    assert_blocked("requestConsent", status, reason.as_bytes(), &blocked);
-    let (status, reason) = refusal(
+    assert_refused_blocked(
         "updateConsent",
         bob.grant_consent(&user("a.example", "alice"), None, false)
             .await,
+        &blocked,
     );
-    assert_blocked("updateConsent", status, reason.as_bytes(), &blocked);
     let group_info = bob
         .group_info_request(&[7; 32])
         .expect("signed")
@@ -793,24 +725,12 @@ async fn mimi_13_a_blocked_user_is_refused_everywhere_until_unblocked() {
 
     // Unblocking restores everything.
     for target in [bob_user.to_string(), "mimi://a.example/u/dave".to_string()] {
-        let lines = run_abuse(
-            &AbuseCommand::Unblock {
-                admin: admin(&a),
-                target: target.clone(),
-            },
-            Some(&a.admin_token()),
-        )
-        .await
-        .expect("mimid abuse unblock");
+        let lines = unblock(&a, target.clone())
+            .await
+            .expect("mimid abuse unblock");
         assert_eq!(lines, vec![format!("{target} unblocked")]);
     }
-    assert!(run_abuse(
-        &AbuseCommand::Blocks { admin: admin(&a) },
-        Some(&a.admin_token())
-    )
-    .await
-    .unwrap()
-    .is_empty());
+    assert!(abuse_blocks(&a).await.unwrap().is_empty());
     match bob.send_text(&club, "let me in").await.expect("answered") {
         SubmitResult::Accepted { frank: Some(_), .. } => {}
         other => panic!("unblocked bob sends again: {other:?}"),
@@ -857,33 +777,19 @@ async fn mimi_13_a_blocked_provider_is_refused_on_every_endpoint_until_unblocked
         mut alice,
         mut bob,
         mut cathy,
-    } = three_providers_in_a_room().await;
-    let lines = run_abuse(
-        &AbuseCommand::Block {
-            admin: admin(&a),
-            target: "b.example".into(),
-        },
-        Some(&a.admin_token()),
-    )
-    .await
-    .expect("mimid abuse block");
+    } = three_providers_in_a_room(2, no_housekeeping).await;
+    let lines = block(&a, "b.example").await.expect("mimid abuse block");
     assert_eq!(lines, vec!["b.example blocked".to_string()]);
-    let again = run_abuse(
-        &AbuseCommand::Block {
-            admin: admin(&a),
-            target: "mimi://b.example".into(),
-        },
-        Some(&a.admin_token()),
-    )
-    .await
-    .expect("blocking twice is harmless");
+    let again = block(&a, "mimi://b.example")
+        .await
+        .expect("blocking twice is harmless");
     assert_eq!(
         again,
         vec!["b.example blocked (it was already)".to_string()]
     );
 
     wait_fanout_recorded(&a, &club).await;
-    let before = digest(&a);
+    let before = state_digest(&a);
     for endpoint in S2sEndpoint::ALL {
         let param = match endpoint.param_name() {
             "roomId" => club.to_string(),
@@ -909,18 +815,16 @@ async fn mimi_13_a_blocked_provider_is_refused_on_every_endpoint_until_unblocked
             "provider blocked: b.example",
         );
     }
-    assert_eq!(digest(&a), before, "nothing changed");
+    assert_eq!(state_digest(&a), before, "nothing changed");
     let scraped = scrape(&a).await;
     assert_eq!(
         metric(&scraped, "mimid_blocked_requests_total{kind=\"provider\"}"),
         Some(S2sEndpoint::ALL.len() as f64)
     );
     // Bob, through his blocked provider.
-    let (status, reason) = refusal("submitMessage", bob.send_text(&club, "hello?").await);
-    assert_blocked(
+    assert_refused_blocked(
         "submitMessage",
-        status,
-        reason.as_bytes(),
+        bob.send_text(&club, "hello?").await,
         "provider blocked: b.example",
     );
     // Decided in the room's apply as well.
@@ -945,15 +849,7 @@ async fn mimi_13_a_blocked_provider_is_refused_on_every_endpoint_until_unblocked
     let (text, _, _) = next_message(&mut alice).await;
     assert_eq!(text, "c is fine");
 
-    let lines = run_abuse(
-        &AbuseCommand::Unblock {
-            admin: admin(&a),
-            target: "b.example".into(),
-        },
-        Some(&a.admin_token()),
-    )
-    .await
-    .expect("mimid abuse unblock");
+    let lines = unblock(&a, "b.example").await.expect("mimid abuse unblock");
     assert_eq!(lines, vec!["b.example unblocked".to_string()]);
     send_franked(&mut bob, &club, "back again").await;
     let (text, _, _) = next_message(&mut alice).await;

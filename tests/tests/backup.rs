@@ -14,15 +14,14 @@ use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_actors::room::log::LogItem;
 use mimid_cluster::{ShardId, StateMachine as _};
 use mimid_node::admin::AdminToken;
-use mimid_node::api::room_path;
 use mimid_node::backup::{backup_to_file, restore, BackupFile, DEFAULT_FETCH_TIMEOUT};
 use mimid_node::certs::{CertAuthority, CA_VALIDITY};
 use mimid_node::client::{Event, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::config::Config;
 use mimid_node::hub_key::HUB_KEY_FILE;
-use mimid_node::wire::group_info::{hub_sender_parts, GroupInfoResponse};
-use mimid_node::wire::{Decode, Encode, Limits};
-use mimid_tests::{connect_providers, metric, room, scrape, test_config, user, TestNode, WAIT};
+use mimid_tests::{
+    connect_providers, group_info_hub_key, metric, room, scrape, test_config, user, TestNode, WAIT,
+};
 
 /// Longer than any test: no housekeeping entry changes a shard behind the tests' back.
 const NO_HOUSEKEEPING_SECS: u64 = 24 * 3600;
@@ -112,32 +111,12 @@ async fn self_update(client: &mut MimiClient, room: &RoomId) {
 /// groupInfo answer (protocol-06 §5.5) for `room`, checked, and the franking agent's key
 /// (`GET frankingAgent`, MIMI.md §5.3.1).
 async fn served_public_keys(client: &MimiClient, room: &RoomId) -> (Vec<u8>, Vec<u8>) {
-    let request = client
-        .group_info_request(&[9; 32])
-        .expect("signed")
-        .to_bytes()
-        .expect("encodes");
-    let (status, body) = client
-        .post_raw(&room_path("groupInfo", room), request)
-        .await
-        .expect("answered");
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let limits = Limits {
-        max_body_len: body.len(),
-    };
-    let answer = GroupInfoResponse::from_bytes(&body, &limits).expect("a GroupInfoResponse");
-    let success = answer
-        .verify_success(room.as_bytes(), room.domain())
-        .expect("the groupInfo answer verifies");
-    let (hub_key, _) = hub_sender_parts(&success.hub_sender).expect("hub_sender");
+    let hub_key = group_info_hub_key(client, room).await;
     let agent = client
         .franking_agent()
         .await
         .expect("frankingAgent answers");
-    (
-        hub_key.as_bytes().to_vec(),
-        agent.franking_signature_key.as_bytes().to_vec(),
-    )
+    (hub_key, agent.franking_signature_key.as_bytes().to_vec())
 }
 
 /// Restores `backup` into `data_dir` with `config`'s domain and shard count, then starts a node

@@ -7,69 +7,16 @@
 //! Waits are polls with a deadline; the 20 ms pauses in the senders' loops pace the load and
 //! synchronise nothing.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mimid_actors::ids::RoomId;
-use mimid_node::api::room_path;
 use mimid_node::client::{ClientError, Event, FrankCheck, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::franking::FRANKING_SIGNING_KEY_FILE;
 use mimid_node::hub_key::HUB_KEY_FILE;
-use mimid_node::wire::group_info::{hub_sender_parts, GroupInfoResponse};
-use mimid_node::wire::{Decode, Encode, Limits};
-use mimid_tests::{http_get, http_get_status, metric, ClusterNode, TestCluster, TestNode, WAIT};
-
-/// (seq, sender client, text) of every application message a client has seen or sent.
-type Transcript = BTreeMap<u64, (String, String)>;
-
-fn text(event: &Event) -> Option<(u64, String, String)> {
-    match event {
-        Event::Message {
-            seq,
-            sender,
-            content,
-            ..
-        } => Some((
-            *seq,
-            sender.to_string(),
-            content.text().expect("a text/plain message").to_string(),
-        )),
-        _ => None,
-    }
-}
-
-/// Reads events until `transcript` holds `total` messages, checking that seqs only grow (no
-/// item twice, none out of order on the stream).
-async fn read_until(client: &mut MimiClient, total: usize, transcript: &mut Transcript) {
-    let mut last_seq = 0;
-    while transcript.len() < total {
-        let event = client
-            .next_event(WAIT)
-            .await
-            .expect("push stream works")
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} waited for message {}/{total}",
-                    client.id(),
-                    transcript.len()
-                )
-            });
-        assert!(
-            event.seq() > last_seq,
-            "{}: seq {} after {last_seq}: an item twice or out of order",
-            client.id(),
-            event.seq()
-        );
-        last_seq = event.seq();
-        if let Some((seq, sender, text)) = text(&event) {
-            assert!(
-                transcript.insert(seq, (sender, text)).is_none(),
-                "{}: seq {seq} delivered twice",
-                client.id()
-            );
-        }
-    }
-}
+use mimid_tests::{
+    group_info_hub_key, http_get, http_get_status, metric, read_until, ClusterNode, TestCluster,
+    TestNode, Transcript, WAIT,
+};
 
 /// `node`'s /metrics.
 async fn scrape(node: &ClusterNode) -> String {
@@ -560,30 +507,6 @@ fn file_public_keys(cluster: &TestCluster, index: usize) -> (Vec<u8>, Vec<u8>) {
     let dir = &cluster.nodes[index].config.data_dir;
     let public = |file: &str| std::fs::read(dir.join(file)).expect("key file")[32..].to_vec();
     (public(HUB_KEY_FILE), public(FRANKING_SIGNING_KEY_FILE))
-}
-
-/// The hub key a groupInfo answer (protocol-06 §5.5) for `room` through `client`'s node was
-/// signed with, after checking the signature under it.
-async fn group_info_hub_key(client: &MimiClient, room: &RoomId) -> Vec<u8> {
-    let request = client
-        .group_info_request(&[9; 32])
-        .expect("signed")
-        .to_bytes()
-        .expect("encodes");
-    let (status, body) = client
-        .post_raw(&room_path("groupInfo", room), request)
-        .await
-        .expect("answered");
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let limits = Limits {
-        max_body_len: body.len(),
-    };
-    let answer = GroupInfoResponse::from_bytes(&body, &limits).expect("a GroupInfoResponse");
-    let success = answer
-        .verify_success(room.as_bytes(), room.domain())
-        .unwrap_or_else(|e| panic!("{}: groupInfo answer does not verify: {e}", client.id()));
-    let (key, _) = hub_sender_parts(&success.hub_sender).expect("hub_sender");
-    key.as_bytes().to_vec()
 }
 
 /// MIMI.md §5.3.1, §5.5 on one provider of three nodes: the provider keys are replicated

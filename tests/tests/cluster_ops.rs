@@ -7,7 +7,6 @@
 //! Waits are polls with a deadline; the pauses in the senders' loops pace the load and
 //! synchronise nothing.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mimid_actors::ids::RoomId;
@@ -16,10 +15,9 @@ use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateRes
 use mimid_node::cluster_ops::{
     render_status, run_node_command, ClusterStatus, NodeCommand, ADD_NODE_PATH, STATUS_PATH,
 };
-use mimid_tests::{http_get, http_get_status, metric, TestCluster, TestNode, WAIT};
-
-/// (seq, sender client, text) of every application message a client has seen or sent.
-type Transcript = BTreeMap<u64, (String, String)>;
+use mimid_tests::{
+    http_get, http_get_status, metric, read_until, TestCluster, TestNode, Transcript, WAIT,
+};
 
 /// Longest a whole add or decommission may take here.
 const MOVES: Duration = Duration::from_secs(60);
@@ -401,46 +399,6 @@ async fn steady_load(
         client,
         acked,
         refused,
-    }
-}
-
-/// Reads events until `transcript` holds `total` messages; seqs only grow on the stream.
-async fn read_until(client: &mut MimiClient, total: usize, transcript: &mut Transcript) {
-    let mut last_seq = 0;
-    while transcript.len() < total {
-        let event = client
-            .next_event(WAIT)
-            .await
-            .expect("push stream works")
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} waited for message {}/{total}",
-                    client.id(),
-                    transcript.len()
-                )
-            });
-        assert!(
-            event.seq() > last_seq,
-            "{}: seq {} after {last_seq}: an item twice or out of order",
-            client.id(),
-            event.seq()
-        );
-        last_seq = event.seq();
-        if let Event::Message {
-            seq,
-            sender,
-            content,
-            ..
-        } = event
-        {
-            let text = content.text().expect("a text/plain message").to_string();
-            let first = transcript.insert(seq, (sender.to_string(), text));
-            assert!(
-                first.is_none(),
-                "{}: seq {seq} delivered twice",
-                client.id()
-            );
-        }
     }
 }
 

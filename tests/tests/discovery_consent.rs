@@ -24,7 +24,7 @@ use mimid_node::wire::identifier::{
 use mimid_node::wire::key_material::{KeyMaterialResponse, KeyMaterialUserCode};
 use mimid_node::wire::types::IdentifierUri;
 use mimid_node::wire::{Decode, Encode, Limits, Mls};
-use mimid_tests::{connect_providers, TestNode, WAIT};
+use mimid_tests::{connect_providers, state_digest, TestNode, WAIT};
 use openmls::extensions::AppDataDictionary;
 use openmls::prelude::tls_codec::Serialize as _;
 
@@ -50,6 +50,18 @@ async fn two_providers() -> (TestNode, TestNode) {
     (a, b)
 }
 
+/// POSTs `body` to `path` as `client`, asserts 200 and returns the answer's body.
+async fn post_ok(client: &MimiClient, path: &str, body: Vec<u8>) -> bytes::Bytes {
+    let (status, bytes) = client.post_raw(path, body).await.expect("answered");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{path}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    bytes
+}
+
 /// The user code of a keyMaterial request of `requester` for `target`, to add it to `room`
 /// (protocol-06 §5.1), sent through the requester's provider.
 async fn key_material(
@@ -62,16 +74,7 @@ async fn key_material(
         .expect("signed")
         .to_bytes()
         .expect("encodes");
-    let (status, bytes) = requester
-        .post_raw(&format!("{PREFIX}keyMaterial"), body)
-        .await
-        .expect("answered");
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&bytes)
-    );
+    let bytes = post_ok(requester, &format!("{PREFIX}keyMaterial"), body).await;
     let response = KeyMaterialResponse::from_bytes(&bytes, &limits()).expect("a response");
     if !response.user_status.allows_clients() {
         assert!(response.clients.is_empty(), "protocol-06 §5.1: no clients");
@@ -88,17 +91,6 @@ fn key_packages_left(node: &TestNode, client: &ClientId) -> usize {
         .available_key_packages(client, hub.now_ms())
 }
 
-/// Every shard's replicated state, as a snapshot holds it: equal bytes, nothing changed.
-fn digest(node: &TestNode) -> Vec<Vec<u8>> {
-    let shards = node.node().hub().shards();
-    (0..shards.count())
-        .map(|shard| {
-            use mimid_cluster::StateMachine;
-            shards.machine(shard).snapshot()
-        })
-        .collect()
-}
-
 /// An identifier query of `requester`'s client for users of `domain`, as raw answer bytes.
 async fn query_bytes(requester: &MimiClient, domain: &str, element: QueryElement) -> Vec<u8> {
     let body = IdentifierRequest {
@@ -107,17 +99,13 @@ async fn query_bytes(requester: &MimiClient, domain: &str, element: QueryElement
     }
     .to_bytes()
     .expect("encodes");
-    let (status, bytes) = requester
-        .post_raw(&format!("{PREFIX}identifierQuery/{domain}"), body)
-        .await
-        .expect("answered");
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&bytes)
-    );
-    bytes.to_vec()
+    post_ok(
+        requester,
+        &format!("{PREFIX}identifierQuery/{domain}"),
+        body,
+    )
+    .await
+    .to_vec()
 }
 
 fn element(field: SearchField, value: &str) -> QueryElement {
@@ -125,6 +113,20 @@ fn element(field: SearchField, value: &str) -> QueryElement {
         field,
         search_value: value.to_owned(),
     }
+}
+
+/// The answer code of `client`'s identifier query (MIMI.md §5.7) for users of a.example
+/// matching every one of `elements`.
+async fn search_a(client: &MimiClient, elements: &[(SearchField, &str)]) -> IdentifierQueryCode {
+    let elements = elements
+        .iter()
+        .map(|(field, value)| element(field.clone(), value))
+        .collect();
+    client
+        .search("a.example", elements)
+        .await
+        .expect("answered")
+        .response_code
 }
 
 const DISCOVERABILITY: [Discoverability; 3] = [
@@ -267,39 +269,26 @@ async fn every_preference_combination_decides_query_and_key_material_mimi_5_6_5_
     }
     assert_eq!(checked, 36);
     // ANDed elements (MIMI.md §5.7): a nick with another user's phone matches nobody.
-    let mixed = granted_a
-        .search(
-            "a.example",
-            vec![
-                element(SearchField::Nick, "t00"),
-                element(SearchField::Phone, "+15550000010"),
-            ],
-        )
-        .await
-        .expect("answered");
-    assert_eq!(mixed.response_code, IdentifierQueryCode::NotFound);
-    let both = granted_b
-        .search(
-            "a.example",
-            vec![
-                element(SearchField::Nick, "t00"),
-                element(SearchField::Email, "t00@MAIL.example"),
-            ],
-        )
-        .await
-        .expect("answered");
-    assert_eq!(both.response_code, IdentifierQueryCode::Success);
-    let unsupported = plain_b
-        .search(
-            "a.example",
-            vec![element(SearchField::PartialName, "Target")],
-        )
-        .await
-        .expect("answered");
-    assert_eq!(
-        unsupported.response_code,
-        IdentifierQueryCode::UnsupportedField
-    );
+    let mixed = search_a(
+        &granted_a,
+        &[
+            (SearchField::Nick, "t00"),
+            (SearchField::Phone, "+15550000010"),
+        ],
+    )
+    .await;
+    assert_eq!(mixed, IdentifierQueryCode::NotFound);
+    let both = search_a(
+        &granted_b,
+        &[
+            (SearchField::Nick, "t00"),
+            (SearchField::Email, "t00@MAIL.example"),
+        ],
+    )
+    .await;
+    assert_eq!(both, IdentifierQueryCode::Success);
+    let unsupported = search_a(&plain_b, &[(SearchField::PartialName, "Target")]).await;
+    assert_eq!(unsupported, IdentifierQueryCode::UnsupportedField);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -541,8 +530,8 @@ async fn malformed_discovery_and_consent_requests_are_refused_and_change_nothing
         let key_package = carol.key_package(false).expect("KeyPackage");
         Mls::from_bytes(&key_package.tls_serialize_detached().expect("encodes")).expect("decodes")
     };
-    let before_a = digest(&a);
-    let before_b = digest(&b);
+    let before_a = state_digest(&a);
+    let before_b = state_digest(&b);
 
     // Server to server, b calling a.
     /// (case, endpoint, path parameter, body, status, reason).
@@ -658,8 +647,8 @@ async fn malformed_discovery_and_consent_requests_are_refused_and_change_nothing
         assert_eq!(got, status, "{path}: {text}");
         assert!(text.contains(reason), "{path}: {text:?} lacks {reason:?}");
     }
-    assert_eq!(digest(&a), before_a, "refusals changed a.example");
-    assert_eq!(digest(&b), before_b, "refusals changed b.example");
+    assert_eq!(state_digest(&a), before_a, "refusals changed a.example");
+    assert_eq!(state_digest(&b), before_b, "refusals changed b.example");
 
     // The valid request goes through: the cases were refused for their reasons.
     let (status, text) = peer_call(
@@ -675,7 +664,7 @@ async fn malformed_discovery_and_consent_requests_are_refused_and_change_nothing
     assert_eq!(incoming.len(), 1);
     assert_eq!(incoming[0].requester.as_str(), bob_uri);
     // An unknown target is answered like a known one, and nothing is recorded (MIMI.md §13).
-    let before_a = digest(&a);
+    let before_a = state_digest(&a);
     let (status, _) = peer_call(
         &b,
         "a.example",
@@ -685,7 +674,7 @@ async fn malformed_discovery_and_consent_requests_are_refused_and_change_nothing
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(digest(&a), before_a);
+    assert_eq!(state_digest(&a), before_a);
     drop(bob);
     a.shutdown().await;
     b.shutdown().await;

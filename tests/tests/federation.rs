@@ -15,7 +15,9 @@ use mimid_node::wire::submit::{SubmitMessageRequest, SubmitMessageResponse, Subm
 use mimid_node::wire::types::{IdentifierUri, Protocol};
 use mimid_node::wire::update::{UpdateOutcome, UpdateRequest, UpdateRoomResponse};
 use mimid_node::wire::{Decode, Encode, Limits, MlsMessage};
-use mimid_tests::{connect_providers, metric, scrape, TestNode, WAIT};
+use mimid_tests::{
+    connect_providers, metric, scrape, three_providers_in_a_room, TestNode, Three, WAIT,
+};
 
 fn ca() -> CertAuthority {
     CertAuthority::generate(SystemTime::now(), CA_VALIDITY).expect("test CA")
@@ -126,54 +128,6 @@ async fn assert_one_order(providers: &[&TestNode], room: &RoomId, count: usize) 
     }
 }
 
-/// Three providers on loopback and a room hosted by a with Alice@a, Bob@b and Cathy@c, who
-/// joined by the Welcomes the hub routed (KeyPackages fetched through b's and c's keyMaterial).
-struct Three {
-    a: TestNode,
-    b: TestNode,
-    c: TestNode,
-    club: RoomId,
-    alice: MimiClient,
-    bob: MimiClient,
-    cathy: MimiClient,
-}
-
-/// Sets [`Three`] up; each client publishes `key_packages` and has its push stream open.
-async fn three_providers_in_a_room(key_packages: usize) -> Three {
-    let ca = ca();
-    let a = TestNode::start_provider("a.example", &ca).await;
-    let b = TestNode::start_provider("b.example", &ca).await;
-    let c = TestNode::start_provider("c.example", &ca).await;
-    connect_providers(&[&a, &b, &c]);
-    let club = RoomId::parse("mimi://a.example/r/club").unwrap();
-    let mut alice = a.client("alice", "phone", key_packages).await;
-    let mut bob = b.client("bob", "laptop", key_packages).await;
-    let mut cathy = c.client("cathy", "tablet", key_packages).await;
-    for client in [&mut alice, &mut bob, &mut cathy] {
-        client.connect_stream().await.expect("stream opens");
-    }
-    alice.create_room(&club).await.expect("room created");
-    let added = alice
-        .add_users(
-            &club,
-            &[user("b.example", "bob"), user("c.example", "cathy")],
-        )
-        .await
-        .expect("KeyPackages fetched from b and c, commit accepted");
-    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
-    expect_joined(&mut bob).await;
-    expect_joined(&mut cathy).await;
-    Three {
-        a,
-        b,
-        c,
-        club,
-        alice,
-        bob,
-        cathy,
-    }
-}
-
 /// MIMI.md §6.2-§6.5 across three providers: Alice@a (hub) creates a room and adds Bob@b and
 /// Cathy@c with KeyPackages fetched through their providers' keyMaterial; Welcomes reach them
 /// through notify; all three exchange messages that every provider holds in one order; Cathy's
@@ -189,7 +143,7 @@ async fn three_providers_create_add_message_remove_protocol06_5() {
         mut alice,
         mut bob,
         mut cathy,
-    } = three_providers_in_a_room(2).await;
+    } = three_providers_in_a_room(2, |_| {}).await;
     assert_eq!(bob.epoch(&club), alice.epoch(&club));
     assert_eq!(cathy.members(&club).len(), 3);
     for round in 0..3 {
@@ -886,7 +840,7 @@ async fn new_device_joins_by_external_commit_through_its_provider_mimi_6_6() {
         mut alice,
         mut bob,
         mut cathy,
-    } = three_providers_in_a_room(1).await;
+    } = three_providers_in_a_room(1, |_| {}).await;
     let laptop_id = ClientId::parse("mimi://c.example/d/cathy/laptop").unwrap();
     let mut laptop = cathy
         .link(laptop_id.clone())

@@ -1,41 +1,12 @@
 //! One provider end to end on the real parts: quinn/HTTP/3 on loopback, raft-rs groups in
 //! sled, openmls clients and the hub's openmls PublicGroup (issue: single-node provider).
 
-use std::collections::BTreeMap;
-
 use mimid_node::client::{Event, MimiClient, SubmitResult, UpdateResult};
-use mimid_tests::{room, user, TestNode, WAIT};
+use mimid_tests::{read_until, room, user, TestNode, Transcript, WAIT};
 
-/// (seq, sender client, text) of every application message a client has seen or sent.
-type Transcript = BTreeMap<u64, (String, String)>;
-
-fn text(content: &mimid_node::content::MimiContent) -> String {
-    content.text().expect("a text/plain message").to_string()
-}
-
-/// Reads events until `count` messages arrived; returns them and asserts per-room order.
+/// Reads events until `count` more messages arrived (see [`read_until`] for the order checks).
 async fn read_messages(client: &mut MimiClient, count: usize, transcript: &mut Transcript) {
-    let mut got = 0;
-    let mut last_seq = 0;
-    while got < count {
-        let event = client
-            .next_event(WAIT)
-            .await
-            .expect("push stream works")
-            .unwrap_or_else(|| panic!("{} waited for message {got}/{count}", client.id()));
-        assert!(event.seq() > last_seq, "events arrive in room order");
-        last_seq = event.seq();
-        if let Event::Message {
-            seq,
-            sender,
-            content,
-            ..
-        } = event
-        {
-            transcript.insert(seq, (sender.to_string(), text(&content)));
-            got += 1;
-        }
-    }
+    read_until(client, transcript.len() + count, transcript).await;
 }
 
 async fn send(
