@@ -28,6 +28,14 @@
 //! `cluster.replication_factor`); an unseeded registry refuses every other change
 //! ([`MetaRefusal::NotSeeded`]), and a second seed changes nothing.
 //!
+//! A cluster formed with `mimid start --join` and `mimid init` (CockroachDB-style bootstrap,
+//! issue 4) is seeded with [`MetaChange::Bootstrap`] instead, which also records the
+//! **cluster id** ([`ClusterId`]): 128 random bits the node that took `mimid init` drew, which
+//! every node of the cluster keeps in its data directory and presents when it connects, so a
+//! node of another cluster (even one with the same `cluster.name` and CA) is refused. Once a
+//! registry holds a cluster id, no change replaces it ([`MetaRefusal::ClusterIdMismatch`]).
+//! A statically configured cluster's registry has none.
+//!
 //! Bounds (STYLE.md P9): at most [`MAX_NODES`] nodes, decommissioned ones included.
 
 use std::collections::BTreeMap;
@@ -52,6 +60,72 @@ pub struct ClusterMeta {
     nodes: BTreeMap<NodeId, NodeRecord>,
     /// Voters per shard the placement driver keeps on Active nodes; 0 while unseeded.
     replication_factor: u32,
+    /// The cluster id of a cluster bootstrapped with `mimid init`; `None` for a statically
+    /// configured one. Not part of the serialised struct: it rides behind the registry in the
+    /// snapshot prefix ([`Self::snapshot_prefix`]), so registries without one keep the bytes
+    /// they had before cluster ids existed.
+    #[serde(skip)]
+    cluster_id: Option<ClusterId>,
+}
+
+/// The id of a cluster formed by `mimid init`: 128 random bits, drawn once by the node that
+/// took the init (module docs). Written as 32 lowercase hex digits in groups of 8-4-4-4-12.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClusterId([u8; 16]);
+
+impl ClusterId {
+    /// The id with these bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        ClusterId(bytes)
+    }
+
+    /// The id's bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, byte) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterId({self})")
+    }
+}
+
+impl std::str::FromStr for ClusterId {
+    type Err = String;
+
+    /// Parses the [`std::fmt::Display`] form (hex digits in either case; the dashes, where
+    /// they are, are optional).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{text:?} is not a cluster id (32 hex digits, 8-4-4-4-12)");
+        let digits: Vec<u8> = text.bytes().filter(|&b| b != b'-').collect();
+        let grouped = text.len() == 36
+            && [8, 13, 18, 23]
+                .iter()
+                .all(|&at| text.as_bytes()[at] == b'-');
+        let hex = digits.iter().all(u8::is_ascii_hexdigit);
+        if !hex || digits.len() != 32 || !(text.len() == 32 || grouped) {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 16];
+        let nibble = |digit: u8| (digit as char).to_digit(16).unwrap_or(0) as u8;
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks(2)) {
+            *byte = (nibble(pair[0]) << 4) | nibble(pair[1]);
+        }
+        Ok(ClusterId(bytes))
+    }
 }
 
 /// One registered node.
@@ -99,6 +173,15 @@ pub enum MetaChange {
     Decommission { id: NodeId },
     /// The placement driver found no replica left on a Decommissioning node.
     MarkDecommissioned { id: NodeId },
+    /// Seeds an empty registry like [`MetaChange::Seed`] and records the cluster id (the node
+    /// that took `mimid init` seeds its cluster's registry with it). On a registry with this
+    /// cluster id it changes nothing (`Ok(false)`); a registry without one, or with another,
+    /// refuses it ([`MetaRefusal::ClusterIdMismatch`]).
+    Bootstrap {
+        cluster_id: ClusterId,
+        nodes: Vec<(NodeId, Option<SocketAddr>)>,
+        replication_factor: u32,
+    },
 }
 
 /// Why a [`MetaChange`] was refused. Nothing changed.
@@ -144,6 +227,20 @@ pub enum MetaRefusal {
     /// The registry holds [`MAX_NODES`] nodes.
     #[error("the registry holds {MAX_NODES} nodes, its limit")]
     Full,
+    /// A bootstrap seed for a registry that has another cluster id, or none (a statically
+    /// configured cluster).
+    #[error("the registry belongs to {}, not to cluster {offered}", describe(.registry))]
+    ClusterIdMismatch {
+        registry: Option<ClusterId>,
+        offered: ClusterId,
+    },
+}
+
+fn describe(id: &Option<ClusterId>) -> String {
+    match id {
+        Some(id) => format!("cluster {id}"),
+        None => "a cluster without a cluster id (statically configured)".to_owned(),
+    }
 }
 
 impl ClusterMeta {
@@ -167,6 +264,12 @@ impl ClusterMeta {
         self.nodes.get(&id)
     }
 
+    /// The cluster id the registry was bootstrapped with (`None`: unseeded, or seeded by a
+    /// statically configured cluster).
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.cluster_id
+    }
+
     /// The Active nodes, ascending.
     pub fn active(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.nodes
@@ -185,11 +288,21 @@ impl ClusterMeta {
         {
             return self.seed(nodes, replication_factor);
         }
+        if let MetaChange::Bootstrap {
+            cluster_id,
+            nodes,
+            replication_factor,
+        } = change
+        {
+            return self.bootstrap(cluster_id, nodes, replication_factor);
+        }
         if !self.is_seeded() {
             return Err(MetaRefusal::NotSeeded);
         }
         match change {
-            MetaChange::Seed { .. } => unreachable!("handled above"),
+            MetaChange::Seed { .. } | MetaChange::Bootstrap { .. } => {
+                unreachable!("handled above")
+            }
             MetaChange::AddNode { id, cluster_addr } => self.add(id, cluster_addr),
             MetaChange::SetAddress { id, cluster_addr } => self.set_address(id, cluster_addr),
             MetaChange::Decommission { id } => self.decommission(id),
@@ -232,6 +345,27 @@ impl ClusterMeta {
         self.nodes = records;
         self.replication_factor = replication_factor;
         assert!(self.is_seeded());
+        Ok(true)
+    }
+
+    fn bootstrap(
+        &mut self,
+        cluster_id: ClusterId,
+        nodes: Vec<(NodeId, Option<SocketAddr>)>,
+        replication_factor: u32,
+    ) -> Result<bool, MetaRefusal> {
+        if self.is_seeded() {
+            return match self.cluster_id {
+                Some(id) if id == cluster_id => Ok(false),
+                registry => Err(MetaRefusal::ClusterIdMismatch {
+                    registry,
+                    offered: cluster_id,
+                }),
+            };
+        }
+        let seeded = self.seed(nodes, replication_factor)?;
+        assert!(seeded, "an unseeded registry takes a valid seed");
+        self.cluster_id = Some(cluster_id);
         Ok(true)
     }
 
@@ -328,28 +462,49 @@ impl ClusterMeta {
 
     /// The registry's part of shard 0's snapshot: nothing while unseeded (so every other
     /// shard's snapshot is byte for byte what it was before the registry existed), otherwise
-    /// [`SNAPSHOT_MARKER`] and the registry, ahead of the shard's own snapshot bytes.
+    /// [`SNAPSHOT_MARKER`] and the registry, ahead of the shard's own snapshot bytes; a
+    /// registry with a cluster id starts with [`SNAPSHOT_MARKER_WITH_ID`] instead, and the id's
+    /// 16 bytes follow the registry.
     pub fn snapshot_prefix(&self) -> Vec<u8> {
         if !self.is_seeded() {
             return Vec::new();
         }
-        let mut bytes = SNAPSHOT_MARKER.to_vec();
+        let marker = match self.cluster_id {
+            Some(_) => SNAPSHOT_MARKER_WITH_ID,
+            None => SNAPSHOT_MARKER,
+        };
+        let mut bytes = marker.to_vec();
         let registry =
             postcard::to_stdvec(self).expect("serialising the registry into memory cannot fail");
         bytes.extend_from_slice(&registry);
+        if let Some(id) = self.cluster_id {
+            bytes.extend_from_slice(id.as_bytes());
+        }
         bytes
     }
 
     /// Splits a shard snapshot into the registry ([`Self::snapshot_prefix`]; empty when there
     /// is none) and the rest, the shard's own snapshot.
     pub fn split_snapshot(snapshot: &[u8]) -> Result<(ClusterMeta, &[u8]), String> {
-        let Some(rest) = snapshot.strip_prefix(SNAPSHOT_MARKER.as_slice()) else {
+        let (rest, with_id) = if let Some(rest) = snapshot.strip_prefix(SNAPSHOT_MARKER.as_slice())
+        {
+            (rest, false)
+        } else if let Some(rest) = snapshot.strip_prefix(SNAPSHOT_MARKER_WITH_ID.as_slice()) {
+            (rest, true)
+        } else {
             return Ok((ClusterMeta::default(), snapshot));
         };
-        let (meta, rest): (ClusterMeta, &[u8]) = postcard::take_from_bytes(rest)
+        let (mut meta, mut rest): (ClusterMeta, &[u8]) = postcard::take_from_bytes(rest)
             .map_err(|e| format!("node registry in the shard snapshot: {e}"))?;
         if !meta.is_seeded() {
             return Err("node registry in the shard snapshot is not seeded".into());
+        }
+        if with_id {
+            let (id, after) = rest
+                .split_first_chunk::<16>()
+                .ok_or("node registry in the shard snapshot: truncated cluster id")?;
+            meta.cluster_id = Some(ClusterId(*id));
+            rest = after;
         }
         Ok((meta, rest))
     }
@@ -360,6 +515,11 @@ impl ClusterMeta {
 /// snapshot without a registry, of this release or an older one, starts with them.
 pub const SNAPSHOT_MARKER: [u8; 16] = [
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'e', b't', b'a', b'/', 1,
+];
+
+/// [`SNAPSHOT_MARKER`] of a registry with a cluster id (16 bytes after the registry).
+pub const SNAPSHOT_MARKER_WITH_ID: [u8; 16] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'e', b't', b'a', b'/', 2,
 ];
 
 /// Whether other nodes can dial `addr`.
@@ -593,6 +753,115 @@ mod tests {
         let mut truncated = SNAPSHOT_MARKER.to_vec();
         truncated.push(0x80);
         assert!(ClusterMeta::split_snapshot(&truncated).is_err());
+    }
+
+    #[test]
+    fn cluster_ids_print_as_grouped_hex_and_parse_back() {
+        let id = ClusterId::from_bytes([
+            0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55,
+            0x66, 0x77,
+        ]);
+        let text = id.to_string();
+        assert_eq!(text, "01234567-89ab-cdef-0011-223344556677");
+        assert_eq!(text.parse::<ClusterId>(), Ok(id));
+        assert_eq!(text.to_uppercase().parse::<ClusterId>(), Ok(id));
+        assert_eq!(text.replace('-', "").parse::<ClusterId>(), Ok(id));
+        for bad in [
+            "",
+            "01234567-89ab-cdef-0011-2233445566",
+            "01234567-89ab-cdef-0011-22334455667788",
+            "0123456789ab-cdef-0011-2233-44556677",
+            "01234567-89ab-cdef-0011-22334455667g",
+            "+1234567-89ab-cdef-0011-223344556677",
+        ] {
+            assert!(bad.parse::<ClusterId>().is_err(), "{bad:?}");
+        }
+    }
+
+    /// Issue 4 bootstrap (`mimid init`): the seed records the cluster id, once; no later seed
+    /// replaces it, and a statically seeded registry takes none.
+    #[test]
+    fn a_bootstrap_seed_records_the_cluster_id_once() {
+        let a = ClusterId::from_bytes([0xaa; 16]);
+        let b = ClusterId::from_bytes([0xbb; 16]);
+        let bootstrap = |cluster_id, replication_factor| MetaChange::Bootstrap {
+            cluster_id,
+            nodes: vec![(1, Some(addr(7001)))],
+            replication_factor,
+        };
+        let empty = ClusterMeta::default();
+        assert_eq!(empty.cluster_id(), None);
+        // An invalid seed is refused like a plain one, and records no id.
+        assert!(matches!(
+            check(&empty, bootstrap(a, 0)).0,
+            Err(MetaRefusal::InvalidSeed(_))
+        ));
+        let (outcome, meta) = check(&empty, bootstrap(a, 3));
+        assert_eq!(outcome, Ok(true));
+        assert_eq!(meta.cluster_id(), Some(a));
+        assert_eq!(meta.active().collect::<Vec<_>>(), [1]);
+        assert_eq!(check(&meta, bootstrap(a, 3)).0, Ok(false));
+        assert_eq!(
+            check(&meta, bootstrap(b, 3)).0,
+            Err(MetaRefusal::ClusterIdMismatch {
+                registry: Some(a),
+                offered: b
+            })
+        );
+        // A plain seed does not touch it either, and the registry works as before.
+        let seed = MetaChange::Seed {
+            nodes: vec![(9, None)],
+            replication_factor: 1,
+        };
+        assert_eq!(check(&meta, seed).0, Ok(false));
+        let (outcome, grown) = check(
+            &meta,
+            MetaChange::AddNode {
+                id: 2,
+                cluster_addr: addr(7002),
+            },
+        );
+        assert_eq!(outcome, Ok(true));
+        assert_eq!(grown.cluster_id(), Some(a));
+        let refusal = check(&seeded(&[1, 2], 3), bootstrap(a, 3)).0.unwrap_err();
+        assert_eq!(
+            refusal,
+            MetaRefusal::ClusterIdMismatch {
+                registry: None,
+                offered: a
+            }
+        );
+        assert!(refusal.to_string().contains("statically"), "{refusal}");
+    }
+
+    #[test]
+    fn the_cluster_id_rides_behind_the_registry_in_the_snapshot() {
+        let id = ClusterId::from_bytes([7; 16]);
+        let mut meta = ClusterMeta::default();
+        let seed = MetaChange::Bootstrap {
+            cluster_id: id,
+            nodes: vec![(1, Some(addr(7001))), (2, None)],
+            replication_factor: 3,
+        };
+        assert_eq!(meta.apply(seed), Ok(true));
+        let prefix = meta.snapshot_prefix();
+        assert!(prefix.starts_with(&SNAPSHOT_MARKER_WITH_ID));
+        assert!(prefix.ends_with(id.as_bytes()));
+        // The registry's own bytes are those of a registry without an id.
+        let mut without = meta.clone();
+        without.cluster_id = None;
+        assert_eq!(
+            &prefix[16..prefix.len() - 16],
+            &without.snapshot_prefix()[16..]
+        );
+        let mut snapshot = prefix.clone();
+        snapshot.extend_from_slice(b"shard");
+        let (restored, rest) = ClusterMeta::split_snapshot(&snapshot).expect("splits");
+        assert_eq!(restored, meta);
+        assert_eq!(restored.cluster_id(), Some(id));
+        assert_eq!(rest, b"shard");
+        let truncated = &prefix[..prefix.len() - 1];
+        assert!(ClusterMeta::split_snapshot(truncated).is_err());
     }
 
     /// Through the shard state machine: the registry is shard 0's alone, and it survives
