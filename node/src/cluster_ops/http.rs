@@ -293,6 +293,7 @@ fn refusal_status(refusal: &MetaRefusal) -> StatusCode {
         | MetaRefusal::Decommissioned(_)
         | MetaRefusal::TooFewNodes { .. }
         | MetaRefusal::NotDecommissioning(_)
+        | MetaRefusal::ClusterIdMismatch { .. }
         | MetaRefusal::Full => StatusCode::CONFLICT,
     }
 }
