@@ -169,6 +169,16 @@ pub struct ClusterSettings {
     /// are unaffected, so it may stay set after the first start. Needs `cluster.listen`.
     /// Default false.
     pub join_existing: bool,
+    /// Form or join a cluster CockroachDB-style (`mimid start --join ADDR,ADDR`; ops runbook
+    /// bootstrap.md): the node-to-node addresses (`cluster.listen`) of one or more other nodes,
+    /// this node's own allowed (it is skipped). A node with join addresses dials them, learns
+    /// the nodes there and, from them, every node they know; with no Raft state and no cluster
+    /// id yet it waits uninitialized (`/readyz` 503 "cluster not initialized") until `mimid
+    /// init` runs on one node, then joins the cluster that node bootstraps. A node started with
+    /// them after the cluster exists registers itself and is given replicas. Needs a
+    /// `cluster.listen` that other nodes can dial (not `0.0.0.0`); excludes `cluster.peers`,
+    /// `cluster.voters` and `cluster.join_existing` (the static configuration). Default empty.
+    pub join: Vec<SocketAddr>,
     /// Frames queued per peer node while its connection is busy or being opened; when full,
     /// further frames to that peer are dropped (Raft retransmits) and counted in
     /// `mimid_cluster_frames_dropped_total{reason="queue_full"}`. Default 1024.
@@ -580,6 +590,7 @@ impl Default for ClusterSettings {
             voters: Vec::new(),
             replication_factor: 3,
             join_existing: false,
+            join: Vec::new(),
             peer_queue_frames: 1024,
             max_frame_bytes: mimid_cluster::MAX_FRAME_BYTES as u64,
             tls: ClusterTlsSettings::default(),
@@ -740,6 +751,7 @@ impl ClusterSettings {
                 reason: "joining a cluster needs cluster.listen".into(),
             });
         }
+        self.check_join(problems);
         let Some(listen) = self.listen else {
             if !self.peers.is_empty() {
                 problems.push(ConfigProblem {
@@ -780,6 +792,49 @@ impl ClusterSettings {
             }
         }
         self.tls.check(problems);
+    }
+}
+
+impl ClusterSettings {
+    /// Whether the node forms or joins its cluster with `cluster.join` (and `mimid init`)
+    /// rather than the static `cluster.peers` and `cluster.voters`.
+    pub fn uses_join(&self) -> bool {
+        !self.join.is_empty()
+    }
+
+    /// The checks of `cluster.join` (see its documentation).
+    fn check_join(&self, problems: &mut Vec<ConfigProblem>) {
+        if !self.uses_join() {
+            return;
+        }
+        let mut problem = |key, reason: String| problems.push(ConfigProblem { key, reason });
+        match self.listen {
+            None => problem(
+                "cluster.join",
+                "joining a cluster needs cluster.listen".into(),
+            ),
+            Some(listen) if listen.ip().is_unspecified() => problem(
+                "cluster.listen",
+                format!(
+                    "{listen}: with cluster.join it must be the address other nodes dial (they \
+                     learn it from this node), not an unspecified address"
+                ),
+            ),
+            Some(_) => {}
+        }
+        if !self.peers.is_empty() || !self.voters.is_empty() || self.join_existing {
+            problem(
+                "cluster.join",
+                "cannot be combined with cluster.peers, cluster.voters or \
+                 cluster.join_existing (the static configuration): use one or the other"
+                    .into(),
+            );
+        }
+        for addr in &self.join {
+            if addr.port() == 0 || addr.ip().is_unspecified() {
+                problem("cluster.join", format!("{addr} cannot be dialled"));
+            }
+        }
     }
 }
 
@@ -1772,6 +1827,75 @@ mod tests {
         for factor in [0, 16] {
             config.cluster.replication_factor = factor;
             assert_eq!(problems(&config), vec!["cluster.replication_factor"]);
+        }
+    }
+
+    /// Issue 4 bootstrap: `cluster.join` loads from the environment and is refused without a
+    /// dialable `cluster.listen`, beside the static keys, or with addresses nobody can dial.
+    #[test]
+    fn cluster_join_loads_and_excludes_the_static_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = write_file(&dir, "node.pem", "x");
+        assert!(!ClusterSettings::default().uses_join());
+        let loaded = Config::load(&ConfigSources {
+            env: env(&[(
+                "MIMID_CLUSTER__JOIN",
+                "[\"127.0.0.1:7444\", \"127.0.0.1:7445\"]",
+            )]),
+            ..ConfigSources::default()
+        })
+        .expect("load");
+        assert_eq!(
+            loaded.cluster.join,
+            vec![
+                "127.0.0.1:7444".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:7445".parse().unwrap()
+            ]
+        );
+        assert!(loaded.cluster.uses_join());
+        assert_eq!(problems(&loaded), vec!["cluster.join"]);
+
+        let mut config = loaded.clone();
+        config.cluster.listen = Some("127.0.0.1:7443".parse().unwrap());
+        config.cluster.tls = ClusterTlsSettings {
+            cert: Some(pem.clone()),
+            key: Some(pem.clone()),
+            ca: Some(pem),
+        };
+        // Its own address among them is fine.
+        config.cluster.join.push("127.0.0.1:7443".parse().unwrap());
+        config.validate().expect("valid");
+        let refused = |edit: &dyn Fn(&mut Config)| {
+            let mut changed = config.clone();
+            edit(&mut changed);
+            problems(&changed)
+        };
+        assert_eq!(
+            refused(&|c| c.cluster.listen = Some("0.0.0.0:7443".parse().unwrap())),
+            vec!["cluster.listen"]
+        );
+        assert_eq!(
+            refused(&|c| {
+                c.cluster
+                    .peers
+                    .insert("2".into(), "127.0.0.1:7444".parse().unwrap());
+            }),
+            vec!["cluster.join"]
+        );
+        assert_eq!(
+            refused(&|c| c.cluster.voters = vec![1, 2]),
+            vec!["cluster.join"]
+        );
+        assert_eq!(
+            refused(&|c| c.cluster.join_existing = true),
+            vec!["cluster.join"]
+        );
+        for bad in ["127.0.0.1:0", "0.0.0.0:7444"] {
+            assert_eq!(
+                refused(&|c| c.cluster.join.push(bad.parse().unwrap())),
+                vec!["cluster.join"],
+                "{bad}"
+            );
         }
     }
 
