@@ -155,11 +155,15 @@ pub enum HandshakeRefusal {
     Identity,
     /// Dialler side: the node that answered is not the node that was dialled.
     WrongNode,
+    /// The hello names another cluster id (a node of another cluster formed by `mimid init`,
+    /// even with the same `cluster.name` and CA), or one side uses `cluster.join` and the
+    /// other static `cluster.peers`.
+    ClusterId,
 }
 
 impl HandshakeRefusal {
     /// Every reason, in a fixed order.
-    pub const ALL: [HandshakeRefusal; 9] = [
+    pub const ALL: [HandshakeRefusal; 10] = [
         HandshakeRefusal::HandshakeFailed,
         HandshakeRefusal::TooManyConnections,
         HandshakeRefusal::Malformed,
@@ -169,6 +173,7 @@ impl HandshakeRefusal {
         HandshakeRefusal::OwnNodeId,
         HandshakeRefusal::Identity,
         HandshakeRefusal::WrongNode,
+        HandshakeRefusal::ClusterId,
     ];
 
     /// The label value, e.g. `cluster_name`.
@@ -183,6 +188,7 @@ impl HandshakeRefusal {
             HandshakeRefusal::OwnNodeId => "own_node_id",
             HandshakeRefusal::Identity => "identity",
             HandshakeRefusal::WrongNode => "wrong_node",
+            HandshakeRefusal::ClusterId => "cluster_id",
         }
     }
 }

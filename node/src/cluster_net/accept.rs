@@ -2,8 +2,12 @@
 //! their frame stream into the sink and serves their RPCs.
 //!
 //! A connection is served only after TLS proved a certificate of the cluster CA (rustls aborts
-//! the handshake otherwise) and the hello named our cluster and a configured peer whose address
-//! the certificate names. Frames arrive on unidirectional streams as records
+//! the handshake otherwise) and the hello named our cluster (name and, with `cluster.join`,
+//! cluster id) and a known peer whose address the certificate names, or, with `cluster.join`,
+//! a node joining too whose given address the certificate names: that node is added to the
+//! peers. A hello with the cluster id this node does not know yet makes it adopt the id. When
+//! the cluster id becomes known, every connection served before is closed
+//! ([`close::REPLACED`]), so its dialler reconnects with a hello that carries the id. Frames arrive on unidirectional streams as records
 //! `u32 BE length | bytes`; a record longer than `max_frame_bytes` closes the connection with
 //! [`close::FRAME_TOO_LARGE`] before any of it is buffered. Bounds: [`MAX_CONNECTIONS`]
 //! connections at once (further attempts are refused before their handshake), one frame
@@ -104,24 +108,43 @@ async fn serve_incoming(incoming: quinn::Incoming, shared: Arc<Shared>) {
         Expectation {
             own_id: shared.settings.node_id,
             cluster: &shared.settings.cluster_name,
+            membership: shared.membership(),
             peers: &peers,
             certificate: certificate.as_ref(),
         }
         .judge(&hello)
     };
-    if let Err(refusal) = verdict {
-        return refuse(&shared, &conn, Some(hello.node_id), refusal);
-    }
-    let ours = Hello {
-        node_id: shared.settings.node_id,
-        cluster: shared.settings.cluster_name.clone(),
+    let admitted = match verdict {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refuse(&shared, &conn, Some(hello.node_id), refusal),
     };
+    if let Some(id) = admitted.adopt {
+        if let Err(err) = shared.adopt(id, Some(hello.node_id)) {
+            // Another hello gave this node an id in between.
+            let refusal = Refusal {
+                reason: HandshakeRefusal::ClusterId,
+                detail: format!("node {}: {err}", hello.node_id),
+            };
+            return refuse(&shared, &conn, Some(hello.node_id), refusal);
+        }
+    }
+    // Subscribed after the adoption above: this connection already carries the id.
+    let epoch = shared.epoch.subscribe();
+    if let Some(addr) = admitted.address {
+        match shared.set_peer(hello.node_id, addr) {
+            Ok(()) => {
+                tracing::info!(peer = hello.node_id, %addr, "node-to-node peer admitted by its hello")
+            }
+            Err(err) => tracing::warn!(peer = hello.node_id, %addr, %err, "peer not added"),
+        }
+    }
+    let ours = shared.hello();
     if answer_stream.write_all(&ours.encode()).await.is_err() || answer_stream.finish().is_err() {
         tracing::debug!(%remote, "connection ended before the hello answer");
         return;
     }
     tracing::debug!(%remote, peer = hello.node_id, "peer node connected");
-    serve(conn, hello.node_id, shared).await;
+    serve(conn, hello.node_id, shared, epoch).await;
 }
 
 /// Reads the dialler's hello from the first bidirectional stream. The outer error is the
@@ -159,13 +182,24 @@ fn refuse(shared: &Shared, conn: &quinn::Connection, claimed: Option<NodeId>, re
     conn.close(close::REFUSED, refusal.detail.as_bytes());
 }
 
-/// Serves an accepted connection from `from` until it ends: every unidirectional stream is a
-/// frame stream, every further bidirectional stream an RPC.
-async fn serve(conn: quinn::Connection, from: NodeId, shared: Arc<Shared>) {
+/// Serves an accepted connection from `from` until it ends, or until the cluster id becomes
+/// known (`epoch` changes): every unidirectional stream is a frame stream, every further
+/// bidirectional stream an RPC.
+async fn serve(
+    conn: quinn::Connection,
+    from: NodeId,
+    shared: Arc<Shared>,
+    mut epoch: tokio::sync::watch::Receiver<u64>,
+) {
     // Dropping the set aborts its tasks, so nothing outlives the connection.
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
+            _ = epoch.changed() => {
+                tracing::debug!(peer = from, "cluster id now known; renewing the connection");
+                conn.close(close::REPLACED, b"cluster id now known; reconnect");
+                break;
+            }
             uni = conn.accept_uni() => match uni {
                 Ok(stream) => {
                     tasks.spawn(read_frames(stream, conn.clone(), from, shared.clone()));

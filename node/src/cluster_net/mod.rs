@@ -10,6 +10,15 @@
 //!   Raft driver thread): it puts a frame into the peer's bounded queue or drops it.
 //!   [`NetSender::call`] is a request/response to a peer (for forwarding proposals to a shard's
 //!   leader). [`NetSender::set_peer`] adds a peer or follows it to a new address.
+//! - Forming a cluster with `cluster.join` ([`JoinSettings`], module `join`; ops runbook
+//!   bootstrap.md): the transport dials each join address without knowing the node there,
+//!   learns its id from the hello and adds it to the peers; it admits nodes it does not know
+//!   when they use `cluster.join` too and their certificate names the address they give; and it
+//!   keeps the cluster id ([`NetSender::cluster_id`]): set by `mimid init` on this node
+//!   ([`NetSender::set_cluster_id`]) or adopted from the first node that has one, never
+//!   changed after, carried in every hello and compared there, so a node of another cluster is
+//!   refused even with the same `cluster.name` and CA. When the id becomes known every
+//!   connection is renewed, so none made before carries frames between two clusters.
 //! - Incoming frames go to a [`FrameSink`], incoming calls to an [`RpcHandler`]; neither knows
 //!   QUIC, and this module knows nothing of what frames contain (the cluster crate encodes
 //!   sender, destination and Raft messages inside).
@@ -18,9 +27,10 @@
 //! only, no 0-RTT; the listener *requires* a client certificate issued by the cluster CA
 //! (`[cluster.tls] ca`), the dialler verifies the listener's certificate against the same CA
 //! and the IP address it dialled (`mimid cert create-node` puts IP SANs in node certificates).
-//! Then the hello ([`handshake`]) refuses another cluster (`cluster.name`) sharing the CA, an
-//! unknown node id, our own id, and a certificate that does not name the claimed node's
-//! configured address; the dialler in turn checks that it reached the node it meant.
+//! Then the hello ([`handshake`]) refuses another cluster (`cluster.name`, and the cluster id of
+//! a cluster formed by `mimid init`) sharing the CA, an unknown node id (unless this node uses
+//! `cluster.join`), our own id, and a certificate that does not name the claimed node's known
+//! address; the dialler in turn checks that it reached the node it meant.
 //!
 //! Connections: each node dials each peer and keeps that one connection (one task per peer,
 //! [`peer`]); it carries this node's frames on one long-lived unidirectional stream, as records
@@ -47,12 +57,14 @@ mod accept;
 mod forward;
 mod glue;
 mod handshake;
+mod join;
 mod peer;
 mod reset_key;
 mod rpc;
 
 pub use forward::{ForwardedProposals, NetRouter, FORWARD_TIMEOUT};
 pub use glue::ClusterSink;
+pub use handshake::Membership;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -61,6 +73,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use mimid_actors::cluster_meta::ClusterId;
 use mimid_cluster::NodeId;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -149,6 +162,40 @@ pub enum ClusterNetError {
     },
 }
 
+/// Why [`NetSender::set_cluster_id`] did not take the id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterIdError {
+    /// The node is configured statically (`cluster.peers`): its cluster has no id.
+    #[error(
+        "this node is configured statically (cluster.peers, cluster.voters): it has no cluster id"
+    )]
+    Static,
+    /// The node knows its cluster id already (set or adopted before); it never changes.
+    #[error("this node belongs to cluster {0} already")]
+    Known(ClusterId),
+}
+
+/// `cluster.join`: the transport forms or joins a cluster by join addresses and cluster id
+/// instead of configured peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinSettings {
+    /// The join addresses (other nodes' `cluster.listen`; this node's own is skipped).
+    pub addresses: Vec<SocketAddr>,
+    /// The cluster id, when this node knows it already (kept in its data directory).
+    pub cluster_id: Option<ClusterId>,
+}
+
+/// The cluster id as the transport knows it, and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownClusterId {
+    /// The id.
+    pub id: ClusterId,
+    /// The node it was adopted from (in a hello or through [`NetSender::adopt_cluster_id`]);
+    /// `None` when this node set it ([`NetSender::set_cluster_id`], `mimid init`) or it was in
+    /// [`JoinSettings::cluster_id`].
+    pub learned_from: Option<NodeId>,
+}
+
 /// What the transport needs from the configuration, plus timings that are constants in
 /// production and shortened in tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +220,8 @@ pub struct NetSettings {
     pub backoff_initial: Duration,
     /// Longest wait between connect attempts. Default 2 s.
     pub backoff_max: Duration,
+    /// `cluster.join`; `None`: the static configuration (`cluster.peers`).
+    pub join: Option<JoinSettings>,
 }
 
 /// The bound endpoint, not yet accepting or dialling.
@@ -201,15 +250,24 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     sink: Arc<dyn FrameSink>,
     rpc: Arc<dyn RpcHandler>,
-    /// The configured peers' addresses, for the acceptor's identity check.
+    /// The known peers' addresses, for the acceptor's identity check.
     addresses: parking_lot::RwLock<BTreeMap<NodeId, SocketAddr>>,
+    /// The sending side of each peer's task.
+    peers: parking_lot::RwLock<BTreeMap<NodeId, PeerHandle>>,
+    runtime: tokio::runtime::Handle,
     shutdown: watch::Sender<bool>,
+    /// This node's address as others dial it (the bound listener unless it says nothing:
+    /// an unspecified IP), sent in the hello.
+    advertised: Option<SocketAddr>,
+    /// With `cluster.join`: the cluster id once known; set once, never changed.
+    cluster_id: watch::Sender<Option<KnownClusterId>>,
+    /// Bumped when the cluster id becomes known: every connection made before is renewed, so
+    /// each one carries a hello with the id.
+    epoch: watch::Sender<u64>,
 }
 
 struct Running {
     shared: Arc<Shared>,
-    peers: parking_lot::RwLock<BTreeMap<NodeId, PeerHandle>>,
-    runtime: tokio::runtime::Handle,
 }
 
 /// The sending side of one peer's task.
@@ -234,6 +292,7 @@ impl NetSettings {
             keep_alive: Duration::from_secs(2),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
+            join: None,
         }
     }
 
@@ -246,6 +305,10 @@ impl NetSettings {
         // Validation keeps it below 2^32; saturate rather than wrap if it was skipped.
         settings.max_frame_bytes =
             u32::try_from(config.cluster.max_frame_bytes).unwrap_or(u32::MAX);
+        settings.join = config.cluster.uses_join().then(|| JoinSettings {
+            addresses: config.cluster.join.clone(),
+            cluster_id: None,
+        });
         Some(settings)
     }
 
@@ -353,8 +416,9 @@ impl ClusterNet {
     }
 
     /// Starts accepting connections from `peers` (delivering their frames to `sink` and their
-    /// calls to `rpc`) and dialling each of them. Fails, starting nothing, if a peer id is 0 or
-    /// this node's own.
+    /// calls to `rpc`) and dialling each of them; with [`NetSettings::join`], also dialling
+    /// each join address to learn the node there (module `join`). Fails, starting nothing, if
+    /// a peer id is 0 or this node's own.
     pub fn start(
         self,
         peers: BTreeMap<NodeId, SocketAddr>,
@@ -364,6 +428,17 @@ impl ClusterNet {
         for &id in peers.keys() {
             check_peer_id(id, self.settings.node_id)?;
         }
+        let advertised =
+            Some(self.local_addr).filter(|addr| !addr.ip().is_unspecified() && addr.port() != 0);
+        let known = self
+            .settings
+            .join
+            .as_ref()
+            .and_then(|join| join.cluster_id)
+            .map(|id| KnownClusterId {
+                id,
+                learned_from: None,
+            });
         let shared = Arc::new(Shared {
             settings: self.settings,
             endpoint: self.endpoint,
@@ -371,14 +446,17 @@ impl ClusterNet {
             metrics: self.metrics,
             sink,
             rpc,
-            addresses: parking_lot::RwLock::new(peers.clone()),
+            addresses: parking_lot::RwLock::new(BTreeMap::new()),
+            peers: parking_lot::RwLock::new(BTreeMap::new()),
+            runtime: self.runtime,
             shutdown: watch::Sender::new(false),
+            advertised,
+            cluster_id: watch::Sender::new(known),
+            epoch: watch::Sender::new(0),
         });
         let sender = NetSender {
             inner: Arc::new(Running {
                 shared: shared.clone(),
-                peers: parking_lot::RwLock::new(BTreeMap::new()),
-                runtime: self.runtime,
             }),
         };
         let span = tracing::info_span!(
@@ -386,14 +464,21 @@ impl ClusterNet {
             addr = %self.local_addr,
             node_id = shared.settings.node_id
         );
-        sender
-            .inner
+        shared
             .runtime
-            .spawn(accept::accept_loop(shared).instrument(span));
-        {
-            let mut handles = sender.inner.peers.write();
-            for (id, addr) in peers {
-                handles.insert(id, sender.inner.spawn_peer(id, addr));
+            .spawn(accept::accept_loop(shared.clone()).instrument(span));
+        for (id, addr) in peers {
+            shared.set_peer(id, addr)?;
+        }
+        if let Some(join) = &shared.settings.join {
+            for &addr in &join.addresses {
+                if Some(addr) == advertised || addr == self.local_addr {
+                    continue;
+                }
+                let span = tracing::debug_span!("cluster_join", %addr);
+                shared
+                    .runtime
+                    .spawn(join::discover(shared.clone(), addr).instrument(span));
             }
         }
         Ok(sender)
@@ -426,7 +511,7 @@ impl NetSender {
             metrics.count_cluster_frames_dropped(FrameDrop::TooLarge, 1);
             return;
         }
-        let peers = self.inner.peers.read();
+        let peers = self.inner.shared.peers.read();
         let Some(peer) = peers.get(&to) else {
             metrics.count_cluster_frames_dropped(FrameDrop::UnknownPeer, 1);
             return;
@@ -460,6 +545,7 @@ impl NetSender {
     ) -> impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static {
         let link = self
             .inner
+            .shared
             .peers
             .read()
             .get(&to)
@@ -484,23 +570,72 @@ impl NetSender {
     /// Adds peer `id` at `addr`, or moves it there: its connection is replaced and the
     /// acceptor checks its certificate against the new address from now on.
     pub fn set_peer(&self, id: NodeId, addr: SocketAddr) -> Result<(), ClusterNetError> {
+        self.inner.shared.set_peer(id, addr)
+    }
+
+    /// Adds peer `id` at `addr` unless the transport knows it already (at whatever address):
+    /// for addresses heard from other nodes, which must not move a known peer. Returns whether
+    /// it was added.
+    pub fn learn_peer(&self, id: NodeId, addr: SocketAddr) -> bool {
         let shared = &self.inner.shared;
-        check_peer_id(id, shared.settings.node_id)?;
-        shared.addresses.write().insert(id, addr);
-        let mut peers = self.inner.peers.write();
-        match peers.get(&id) {
-            Some(peer) => {
-                peer.addr.send_if_modified(|current| {
-                    let changed = *current != addr;
-                    *current = addr;
-                    changed
-                });
-            }
-            None => {
-                peers.insert(id, self.inner.spawn_peer(id, addr));
-            }
+        if id == shared.settings.node_id || shared.addresses.read().contains_key(&id) {
+            return false;
         }
-        Ok(())
+        shared.set_peer(id, addr).is_ok()
+    }
+
+    /// Every peer the transport knows, at the address it dials.
+    pub fn peer_addresses(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.inner.shared.addresses.read().clone()
+    }
+
+    /// The peers whose connection is up now (their hello passed since the cluster id became
+    /// known, if it is), at the address the transport dials.
+    pub fn connected_peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        let shared = &self.inner.shared;
+        let addresses = shared.addresses.read();
+        shared
+            .peers
+            .read()
+            .iter()
+            .filter(|(_, peer)| matches!(*peer.link.borrow(), Link::Up(_)))
+            .filter_map(|(&id, _)| Some((id, *addresses.get(&id)?)))
+            .collect()
+    }
+
+    /// This node's node-to-node address as other nodes dial it (`None` when it is bound to an
+    /// unspecified IP, which tells them nothing).
+    pub fn advertised_addr(&self) -> Option<SocketAddr> {
+        self.inner.shared.advertised
+    }
+
+    /// Whether the node uses `cluster.join` (see [`JoinSettings`]).
+    pub fn uses_join(&self) -> bool {
+        self.inner.shared.settings.join.is_some()
+    }
+
+    /// The cluster id, once known (always `None` for a statically configured node).
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.inner.shared.cluster_id.borrow().map(|known| known.id)
+    }
+
+    /// The cluster id as it becomes known, with where it came from.
+    pub fn watch_cluster_id(&self) -> watch::Receiver<Option<KnownClusterId>> {
+        self.inner.shared.cluster_id.subscribe()
+    }
+
+    /// Sets the cluster id this node just created (`mimid init`): from now on every hello
+    /// carries it, and every connection is renewed. Refused on a static node, and when the id
+    /// is known already (it never changes).
+    pub fn set_cluster_id(&self, id: ClusterId) -> Result<(), ClusterIdError> {
+        self.inner.shared.adopt(id, None).map(drop)
+    }
+
+    /// Takes the cluster id `id` heard from node `from` (outside a hello: in a gossip answer),
+    /// like a hello's would be taken. `Ok(true)` when it is new, `Ok(false)` when it is the
+    /// known one.
+    pub fn adopt_cluster_id(&self, id: ClusterId, from: NodeId) -> Result<bool, ClusterIdError> {
+        self.inner.shared.adopt(id, Some(from))
     }
 
     /// Stops the transport: every task ends, every connection is closed (peers see code 0,
@@ -519,15 +654,35 @@ impl NetSender {
     }
 }
 
-impl Running {
-    fn spawn_peer(&self, id: NodeId, addr: SocketAddr) -> PeerHandle {
-        let shared = &self.shared;
-        let (queue_tx, queue_rx) = mpsc::channel(shared.settings.peer_queue_frames);
+impl Shared {
+    /// [`NetSender::set_peer`], also for the transport's own tasks (join addresses, nodes
+    /// admitted by their certificate).
+    fn set_peer(self: &Arc<Self>, id: NodeId, addr: SocketAddr) -> Result<(), ClusterNetError> {
+        check_peer_id(id, self.settings.node_id)?;
+        self.addresses.write().insert(id, addr);
+        let mut peers = self.peers.write();
+        match peers.get(&id) {
+            Some(peer) => {
+                peer.addr.send_if_modified(|current| {
+                    let changed = *current != addr;
+                    *current = addr;
+                    changed
+                });
+            }
+            None => {
+                peers.insert(id, self.spawn_peer(id, addr));
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_peer(self: &Arc<Self>, id: NodeId, addr: SocketAddr) -> PeerHandle {
+        let (queue_tx, queue_rx) = mpsc::channel(self.settings.peer_queue_frames);
         let (addr_tx, addr_rx) = watch::channel(addr);
         let (link_tx, link_rx) = watch::channel(Link::Connecting);
-        shared.metrics.set_cluster_peer_connected(id, false);
+        self.metrics.set_cluster_peer_connected(id, false);
         let task = PeerTask {
-            shared: shared.clone(),
+            shared: self.clone(),
             peer: id,
             queue: queue_rx,
             addr: addr_rx,
@@ -542,6 +697,65 @@ impl Running {
         }
     }
 
+    /// How this node forms its cluster, as its hello says.
+    fn membership(&self) -> Membership {
+        match &self.settings.join {
+            None => Membership::Static,
+            Some(_) => Membership::Join(self.cluster_id.borrow().map(|known| known.id)),
+        }
+    }
+
+    /// This node's hello.
+    fn hello(&self) -> handshake::Hello {
+        handshake::Hello {
+            node_id: self.settings.node_id,
+            cluster: self.settings.cluster_name.clone(),
+            membership: self.membership(),
+            listen: self.advertised,
+        }
+    }
+
+    /// Takes cluster id `id` (from node `from`, or set here when `None`): `Ok(true)` when it is
+    /// new, which renews every connection ([`Shared::epoch`]); `Ok(false)` when it is known.
+    fn adopt(&self, id: ClusterId, from: Option<NodeId>) -> Result<bool, ClusterIdError> {
+        if self.settings.join.is_none() {
+            return Err(ClusterIdError::Static);
+        }
+        let mut outcome = Ok(false);
+        self.cluster_id.send_if_modified(|known| match known {
+            None => {
+                *known = Some(KnownClusterId {
+                    id,
+                    learned_from: from,
+                });
+                outcome = Ok(true);
+                true
+            }
+            Some(known) if known.id == id => false,
+            Some(known) => {
+                outcome = Err(ClusterIdError::Known(known.id));
+                false
+            }
+        });
+        if outcome == Ok(true) {
+            match from {
+                Some(node) => tracing::info!(
+                    cluster_id = %id,
+                    from = node,
+                    "cluster id adopted; renewing node-to-node connections"
+                ),
+                None => tracing::info!(
+                    cluster_id = %id,
+                    "cluster id set; renewing node-to-node connections"
+                ),
+            }
+            self.epoch.send_modify(|epoch| *epoch += 1);
+        }
+        outcome
+    }
+}
+
+impl Running {
     fn stop(&self) {
         self.shared.shutdown.send_replace(true);
         self.shared

@@ -5,6 +5,10 @@
 //! connection ends, the peer's address changes, the peer is removed or the node shuts down.
 //! It publishes the connection's state in a [`Link`] so RPCs ride the same connection.
 //!
+//! With `cluster.join`, the dial also reconciles cluster ids (`handshake::reconcile`): a node
+//! of another cluster is refused, and a node not initialized yet adopts the id of the node it
+//! reached. When the cluster id becomes known, the connection is renewed (its hello had none).
+//!
 //! Failure handling, in order: a failed connect attempt marks the link down, tells the sink
 //! (`FrameSink::unreachable`, once per attempt), drops what is queued and what arrives during
 //! the backoff (`reason="disconnected"`), and retries after the backoff, which doubles from
@@ -21,7 +25,7 @@ use mimid_cluster::NodeId;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::handshake::{close, Hello, HelloError, MAX_HELLO_BYTES};
+use super::handshake::{close, reconcile, Hello, HelloError, MAX_HELLO_BYTES};
 use super::Shared;
 use crate::metrics::{FrameDrop, HandshakeRefusal};
 
@@ -78,6 +82,15 @@ pub(crate) enum DialError {
         /// The cluster it named.
         cluster: String,
     },
+    /// The node that answered belongs to another cluster by its cluster id (or one of the two
+    /// uses `cluster.join` and the other the static `cluster.peers`).
+    #[error("node {node_id} belongs to another cluster: {reason}")]
+    ForeignCluster {
+        /// The id it gave.
+        node_id: NodeId,
+        /// Why, from this node's side.
+        reason: String,
+    },
     /// `connect_timeout` passed.
     #[error("no connection within {0:?}")]
     Timeout(Duration),
@@ -106,7 +119,7 @@ impl PeerTask {
             let attempt = tokio::select! {
                 attempt = tokio::time::timeout(
                     settings.connect_timeout,
-                    dial(&self.shared, self.peer, addr),
+                    dial(&self.shared, Some(self.peer), addr),
                 ) => attempt.unwrap_or(Err(DialError::Timeout(settings.connect_timeout))),
                 changed = self.addr.changed() => match changed {
                     Ok(()) => continue,
@@ -115,7 +128,7 @@ impl PeerTask {
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
             let conn = match attempt {
-                Ok(conn) => conn,
+                Ok((conn, _)) => conn,
                 Err(err) => {
                     failures += 1;
                     if failures == 1 {
@@ -205,6 +218,9 @@ impl PeerTask {
     ) -> PumpEnd {
         let metrics = self.shared.metrics.clone();
         let max_frame_bytes = self.shared.settings.max_frame_bytes as usize;
+        // Subscribed after the dial (which may have adopted the id): only a later change, the
+        // id becoming known while this connection is up, renews it.
+        let mut epoch = self.shared.epoch.subscribe();
         self.link.send_replace(Link::Up(conn.clone()));
         metrics.set_cluster_peer_connected(self.peer, true);
         metrics.set_cluster_peer_rtt(self.peer, Some(conn.rtt()));
@@ -222,6 +238,7 @@ impl PeerTask {
                     Ok(()) => PumpEnd::Replaced,
                     Err(_) => PumpEnd::Removed,
                 },
+                _ = epoch.changed() => return PumpEnd::Replaced,
                 err = conn.closed() => return PumpEnd::Lost(err.to_string()),
                 _ = rtt_tick.tick() => {
                     metrics.set_cluster_peer_rtt(self.peer, Some(conn.rtt()));
@@ -302,15 +319,16 @@ impl PeerTask {
     }
 }
 
-/// Opens a connection to `addr` and exchanges hellos; the connection is returned only if the
-/// node there is `peer` of our cluster and accepted us.
+/// Opens a connection to `addr` and exchanges hellos; the connection and the answer are
+/// returned only if the node there is `peer` (any other node when `None`: a join address) of
+/// our cluster and accepted us. A node not initialized yet adopts the cluster id of the answer.
 ///
 /// Cancel safety: safe to drop; the half-open connection is closed when dropped.
-async fn dial(
+pub(crate) async fn dial(
     shared: &Shared,
-    peer: NodeId,
+    peer: Option<NodeId>,
     addr: SocketAddr,
-) -> Result<quinn::Connection, DialError> {
+) -> Result<(quinn::Connection, Hello), DialError> {
     // The server certificate must name the IP address we dial (node certificates carry IP
     // SANs; rustls treats an IP string as an IP server name and sends no SNI for it).
     let server_name = addr.ip().to_string();
@@ -320,10 +338,7 @@ async fn dial(
         .await
         .map_err(DialError::lost)?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(DialError::lost)?;
-    let hello = Hello {
-        node_id: shared.settings.node_id,
-        cluster: shared.settings.cluster_name.clone(),
-    };
+    let hello = shared.hello();
     send.write_all(&hello.encode())
         .await
         .map_err(|err| match err {
@@ -351,7 +366,9 @@ async fn dial(
             return Err(err);
         }
     };
-    if answer.node_id != peer || answer.cluster != shared.settings.cluster_name {
+    let wrong_node = peer.is_some_and(|peer| answer.node_id != peer)
+        || answer.node_id == shared.settings.node_id;
+    if wrong_node || answer.cluster != shared.settings.cluster_name {
         shared
             .metrics
             .count_cluster_handshake_refused(HandshakeRefusal::WrongNode);
@@ -361,7 +378,23 @@ async fn dial(
             cluster: answer.cluster,
         });
     }
-    Ok(conn)
+    let adopt = reconcile(shared.membership(), answer.membership).and_then(|adopt| match adopt {
+        Some(id) => shared
+            .adopt(id, Some(answer.node_id))
+            .map_err(|err| err.to_string()),
+        None => Ok(false),
+    });
+    if let Err(reason) = adopt {
+        shared
+            .metrics
+            .count_cluster_handshake_refused(HandshakeRefusal::ClusterId);
+        conn.close(close::REFUSED, b"another cluster");
+        return Err(DialError::ForeignCluster {
+            node_id: answer.node_id,
+            reason,
+        });
+    }
+    Ok((conn, answer))
 }
 
 impl DialError {

@@ -255,6 +255,8 @@ async fn raw_connect(tls: rustls::ClientConfig, addr: SocketAddr) -> RawOutcome 
         let hello = handshake::Hello {
             node_id: 2,
             cluster: "test".into(),
+            membership: Membership::Static,
+            listen: None,
         };
         send.write_all(&hello.encode())
             .await
@@ -923,4 +925,129 @@ async fn three_clusters_elect_leaders_and_replicate_over_the_transport() {
     tokio::task::spawn_blocking(move || drop(clusters))
         .await
         .expect("clusters stop");
+}
+
+/// [`settings`] of a node using `cluster.join` with `join` addresses and, when it has one, its
+/// cluster id.
+fn joining(node_id: NodeId, join: &[SocketAddr], cluster_id: Option<ClusterId>) -> NetSettings {
+    let mut settings = settings(node_id, "test");
+    settings.join = Some(JoinSettings {
+        addresses: join.to_vec(),
+        cluster_id,
+    });
+    settings
+}
+
+fn refused(node: &TestNode, reason: &str) -> f64 {
+    node.metric(&format!(
+        "mimid_cluster_handshakes_refused_total{{reason=\"{reason}\"}}"
+    ))
+}
+
+/// Issue 4 bootstrap: nodes know nothing but a join address; each learns the node there from
+/// the hello, the node there admits them by certificate, and the cluster id one node sets
+/// reaches the others through renewed connections, after which frames flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_addresses_introduce_nodes_and_the_cluster_id_spreads_by_hello() {
+    let pki = Pki::new();
+    let a_tls = pki.node("a", LOOPBACK, &pki);
+    let (a_net, _) = bind(joining(1, &[], None), &a_tls);
+    let a_addr = a_net.local_addr();
+    drop(a_net);
+    // Its own address in the join list is skipped.
+    let (a_net, a_metrics) = rebind(joining(1, &[a_addr], None), &a_tls, a_addr).await;
+    let a = start(a_net, a_metrics, &[]);
+    let b_tls = pki.node("b", LOOPBACK, &pki);
+    let (b_net, b_metrics) = bind(joining(2, &[a_addr], None), &b_tls);
+    let b = start(b_net, b_metrics, &[]);
+    let (c_net, c_metrics) = bind(joining(3, &[a_addr], None), &pki.node("c", LOOPBACK, &pki));
+    let c = start(c_net, c_metrics, &[]);
+
+    poll_until("A to know B and C, and each of them A", || {
+        a.net.connected_peers().keys().eq([2, 3].iter())
+            && b.net.connected_peers().keys().eq([1].iter())
+            && c.net.connected_peers().keys().eq([1].iter())
+    })
+    .await;
+    assert_eq!(
+        a.net.peer_addresses(),
+        BTreeMap::from([(2, b.net.local_addr()), (3, c.net.local_addr())])
+    );
+    for node in [&a, &b, &c] {
+        assert!(node.net.uses_join());
+        assert_eq!(node.net.cluster_id(), None);
+    }
+
+    let id = ClusterId::from_bytes([0x42; 16]);
+    a.net.set_cluster_id(id).expect("A takes an id");
+    assert_eq!(
+        a.net.set_cluster_id(ClusterId::from_bytes([1; 16])),
+        Err(ClusterIdError::Known(id)),
+        "the id never changes"
+    );
+    assert_eq!(
+        a.net.set_cluster_id(id),
+        Ok(()),
+        "setting it again is a no-op"
+    );
+    poll_until("B and C to adopt A's cluster id", || {
+        b.net.cluster_id() == Some(id) && c.net.cluster_id() == Some(id)
+    })
+    .await;
+    for node in [&b, &c] {
+        let known = (*node.net.watch_cluster_id().borrow()).expect("known");
+        assert_eq!(known.learned_from, Some(1));
+    }
+    assert_eq!(
+        (*a.net.watch_cluster_id().borrow())
+            .expect("known")
+            .learned_from,
+        None
+    );
+    // The renewed connections carry frames both ways.
+    send_until_received(&b, 1, &a, 0).await;
+    send_until_received(&a, 3, &c, 0).await;
+    for node in [&a, &b, &c] {
+        node.net.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// Issue 4 bootstrap: a node of another cluster (same CA and `cluster.name`, another cluster
+/// id) is refused at the hello and counted under `reason="cluster_id"`, as is a statically
+/// configured node; neither becomes a peer, nothing is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_another_cluster_id_or_a_static_cluster_are_refused_at_the_hello() {
+    let pki = Pki::new();
+    let ours = ClusterId::from_bytes([0xaa; 16]);
+    let theirs = ClusterId::from_bytes([0xbb; 16]);
+    let (a_net, a_metrics) = bind(joining(1, &[], Some(ours)), &pki.node("a", LOOPBACK, &pki));
+    let a_addr = a_net.local_addr();
+    let a = start(a_net, a_metrics, &[]);
+    assert_eq!(a.net.cluster_id(), Some(ours));
+    let (x_net, x_metrics) = bind(
+        joining(2, &[a_addr], Some(theirs)),
+        &pki.node("x", LOOPBACK, &pki),
+    );
+    let x = start(x_net, x_metrics, &[]);
+    // A statically configured node naming A as its peer 1.
+    let (s_net, s_metrics) = bind(settings(3, "test"), &pki.node("s", LOOPBACK, &pki));
+    let s = start(s_net, s_metrics, &[(1, a_addr)]);
+
+    poll_until("A to refuse both by cluster id", || {
+        s.net.send(1, frame(3, 1, 0, 32));
+        refused(&a, "cluster_id") >= 2.0 && s.sink.unreachable_reports(1) >= 1
+    })
+    .await;
+    assert!(
+        a.net.peer_addresses().is_empty(),
+        "no refused node is a peer"
+    );
+    assert!(x.net.peer_addresses().is_empty());
+    assert_eq!(a.net.cluster_id(), Some(ours), "nobody's id is adopted");
+    assert_eq!(x.net.cluster_id(), Some(theirs));
+    assert_eq!(a.sink.count(), 0, "nothing from refused nodes is delivered");
+    assert_eq!(refused(&a, "unknown_node"), 0.0);
+    for node in [&a, &x, &s] {
+        node.net.shutdown(Duration::from_secs(1)).await;
+    }
 }
