@@ -16,7 +16,9 @@
 //!    ([`crate::ClusterHandle::report_unreachable`]) are applied to every group, and queued
 //!    membership changes and leadership transfers are handed to their groups
 //!    (`membership.rs`).
-//! 2. Tick every group if the tick is due.
+//! 2. Tick every awake group if the tick is due; hibernating groups are skipped (see
+//!    `group/hibernate.rs`: what wakes them happens in step 1, each proposal, read barrier,
+//!    membership request, received message or unreachable report waking its group first).
 //! 3. Phase one, every group with a `Ready` ([`Group::handle_ready`]): queue `messages` in the
 //!    turn's outbox, apply a received snapshot, apply `committed_entries`, stage `entries` and
 //!    the hard state.
@@ -42,9 +44,9 @@
 //!    `max_snapshots_per_turn`: every group is between turns here, so each part is its shard's
 //!    state at its applied index. Nothing is written. While one runs, the loop does not wait
 //!    for the next tick between turns.
-//! 10. Publish readiness and each shard's leader to the handles, and the status
-//!     ([`crate::ClusterHandle::shard_status`]) of the shards that took a `Ready` (of every
-//!     shard on a tick).
+//! 10. Publish readiness, each shard's leader and the number of hibernating shards to the
+//!     handles, and the status ([`crate::ClusterHandle::shard_status`]) of the shards that took
+//!     a `Ready` (on a tick also of every awake shard and of those that fell asleep).
 //!
 //! # Bounding replay
 //!
@@ -146,6 +148,9 @@ pub(crate) struct Driver<S: StateMachine> {
     /// Membership changes and leadership transfers (`membership.rs`); `None` until
     /// `with_admin_requests`.
     admin_requests: Option<Receiver<AdminRequest>>,
+    /// Whether each shard's published status says it hibernates: a hibernating shard's status
+    /// does not change, so ticks republish it only when that changed.
+    published_hibernating: Vec<bool>,
 }
 
 enum Slot<S: StateMachine> {
@@ -177,6 +182,7 @@ impl<S: StateMachine> Driver<S> {
         transport: Box<dyn Transport>,
         settings: DriverSettings,
     ) -> Self {
+        let published_hibernating = vec![false; groups.len()];
         Driver {
             db,
             groups: groups
@@ -196,6 +202,7 @@ impl<S: StateMachine> Driver<S> {
             snapshot_all: None,
             barrier_requests: None,
             admin_requests: None,
+            published_hibernating,
         }
     }
 
@@ -353,6 +360,7 @@ impl<S: StateMachine> Driver<S> {
             request.stopped();
             return;
         };
+        group.wake_for_request();
         let metrics = &self.shared.metrics;
         let outcome = match request {
             AdminRequest::Change { change, reply, .. } => {
@@ -365,28 +373,39 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    /// Publishes the status of the shards that took a `Ready` this turn, and of every shard
-    /// on a tick (terms and matched indexes can move without a local `Ready`).
-    fn publish_status(&self, readied: &[ShardId], ticked: bool) {
-        let publish = |shard: usize| {
-            let Some(status) = self.shared.status.get(shard) else {
-                return;
-            };
-            let fresh = match &self.groups[shard] {
-                Slot::Running(group) => group.status(),
-                Slot::Failed => ShardStatus {
-                    shard: shard as ShardId,
-                    failed: true,
-                    ..ShardStatus::default()
-                },
-            };
-            *status.lock() = fresh;
-        };
+    /// Publishes the status of the shards that took a `Ready` this turn, and on a tick of
+    /// every shard but those whose published status already says they hibernate (terms and
+    /// matched indexes can move without a local `Ready`; a hibernating shard's cannot).
+    fn publish_status(&mut self, readied: &[ShardId], ticked: bool) {
         if ticked {
-            (0..self.groups.len()).for_each(publish);
+            for shard in 0..self.groups.len() {
+                let asleep =
+                    matches!(&self.groups[shard], Slot::Running(group) if group.is_hibernating());
+                if !(asleep && self.published_hibernating[shard]) {
+                    self.publish_shard_status(shard);
+                }
+            }
         } else {
-            readied.iter().for_each(|&shard| publish(shard_slot(shard)));
+            for &shard in readied {
+                self.publish_shard_status(shard_slot(shard));
+            }
         }
+    }
+
+    fn publish_shard_status(&mut self, shard: usize) {
+        let Some(status) = self.shared.status.get(shard) else {
+            return;
+        };
+        let fresh = match &self.groups[shard] {
+            Slot::Running(group) => group.status(),
+            Slot::Failed => ShardStatus {
+                shard: shard as ShardId,
+                failed: true,
+                ..ShardStatus::default()
+            },
+        };
+        self.published_hibernating[shard] = fresh.hibernating;
+        *status.lock() = fresh;
     }
 
     fn begin_snapshot_all(&mut self, request: SnapshotAllRequest) {
@@ -489,7 +508,13 @@ impl<S: StateMachine> Driver<S> {
         }
         for (shard, slot) in self.groups.iter_mut().enumerate() {
             let group = match slot {
-                Slot::Running(group) => Some(&mut **group),
+                Slot::Running(group) => {
+                    // A barrier keeps its shard's leader awake until it is answered.
+                    if self.barriers.waits_on(shard as ShardId) {
+                        group.wake_for_request();
+                    }
+                    Some(&mut **group)
+                }
                 Slot::Failed => None,
             };
             self.barriers.send(shard as ShardId, group);
@@ -645,6 +670,7 @@ impl<S: StateMachine> Driver<S> {
             reply.send(Err(error));
             return;
         };
+        group.wake_for_request();
         let metrics = &self.shared.metrics;
         match catch(|| group.propose(command, reply, metrics)).and_then(|result| result) {
             Ok(Proposed::Accepted) => {}
@@ -653,9 +679,14 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
+    /// Ticks every awake group; hibernating ones cost a check each.
     fn tick_all(&mut self) {
+        bump(&self.shared.metrics.ticks);
         for shard in 0..self.groups.len() {
             if let Slot::Running(group) = &mut self.groups[shard] {
+                if group.is_hibernating() {
+                    continue;
+                }
                 if let Err(err) = catch(|| group.tick()) {
                     self.fail_group(shard as ShardId, &err);
                 }
@@ -746,11 +777,21 @@ impl<S: StateMachine> Driver<S> {
         Ok(())
     }
 
-    /// Publishes each shard's leader and whether the node is ready: every shard knows a leader
-    /// and has applied what it knew committed at start. A node cut off from a quorum loses its
-    /// leaders (a leader steps down by check-quorum, a follower forgets its leader when it starts
-    /// a pre-vote), so it reports not ready within about an election timeout.
+    /// Publishes each shard's leader, the number of hibernating shards and whether the node is
+    /// ready: every shard knows a leader and has applied what it knew committed at start. A node
+    /// cut off from a quorum loses its leaders (a leader steps down by check-quorum, a follower
+    /// forgets its leader when it starts a pre-vote), so it reports not ready within about an
+    /// election timeout of being awake (a hibernating shard wakes when the transport reports
+    /// its leader or, on the leader, a member unreachable).
     fn publish_readiness(&self) {
+        let hibernating = self
+            .groups
+            .iter()
+            .filter(|slot| matches!(slot, Slot::Running(group) if group.is_hibernating()))
+            .count();
+        self.shared
+            .hibernating
+            .store(hibernating as u64, Ordering::Relaxed);
         for (slot, leader) in self.groups.iter().zip(&self.shared.leaders) {
             let id = match slot {
                 Slot::Running(group) => group.leader_id(),

@@ -26,6 +26,13 @@
 //! Whether `to` is the receiving node and the shards exist is checked by
 //! `ClusterHandle::receive`, which knows both.
 //!
+//! Hibernation (`group/hibernate.rs`) adds no message kind and no version: its notice is a
+//! `MsgHeartbeat` and its acknowledgement a `MsgHeartbeatResponse`, told apart by their raft
+//! `context` (`mimid.hibernate.v1`, `mimid.hibernate.ack.v1`; the context names its own
+//! version). A node of an older release steps them as plain heartbeats, echoing the notice's
+//! context, which no leader counts as an acknowledgement: it keeps ticking and so does the
+//! shard's leader.
+//!
 //! # Size
 //!
 //! Most frames are small (heartbeats, a few appended entries), but a `MsgSnapshot` carries the

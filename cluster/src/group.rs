@@ -13,6 +13,7 @@
 //! bytes handed to the state machine.
 
 mod admin;
+mod hibernate;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ use crate::storage::{new_snapshot, ShardStorage, StoreError, WriteBatch};
 use crate::{ClusterConfig, NodeId, ProposeError, ShardId, StateMachine};
 
 use self::admin::Admin;
+use self::hibernate::Hibernation;
 
 /// Why a shard group had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,8 @@ pub(crate) struct Group<S: StateMachine> {
     admin: Admin,
     /// Ticks a leadership transfer may take before it is answered `TimedOut`.
     transfer_ticks: usize,
+    /// Whether the group is asleep here, and a leader's count of quiet ticks (`hibernate.rs`).
+    hibernation: Hibernation,
 }
 
 impl<S: StateMachine> Group<S> {
@@ -134,22 +138,31 @@ impl<S: StateMachine> Group<S> {
             read_states: Vec::new(),
             admin: Admin::default(),
             transfer_ticks: config.election_tick.saturating_mul(2),
+            hibernation: Hibernation::new(config.hibernate_after_ticks, config.election_tick),
         })
     }
 
     /// Steps a message received from another node. Raft-rs refuses node-local message types
     /// and responses from nodes outside the configuration with an error; a message that
     /// contradicts what this replica knows is committed makes it panic (caught by the driver,
-    /// which stops the group: such a replica cannot be trusted to go on).
+    /// which stops the group: such a replica cannot be trusted to go on). Every message but a
+    /// few routine ones wakes a hibernating group; a leader's hibernation notice puts a follower
+    /// to sleep (`hibernate.rs`).
     pub(crate) fn step(&mut self, message: Message) -> Result<(), raft::Error> {
         assert!(self.in_flight.is_none(), "stepped inside a Ready");
-        self.node.step(message)
+        let incoming = self.hibernation_before_step(&message);
+        let (from, term, commit) = (message.from, message.term, message.commit);
+        self.node.step(message)?;
+        self.hibernation_after_step(incoming, from, term, commit);
+        Ok(())
     }
 
     /// Tells raft-rs that the last messages to `node` may not have arrived (a leader stops
-    /// pipelining appends to it and probes instead).
+    /// pipelining appends to it and probes instead), and wakes the group if `node` leads it or,
+    /// on its leader, is a member (`hibernate.rs`).
     pub(crate) fn report_unreachable(&mut self, node: NodeId) {
         self.node.report_unreachable(node);
+        self.wake_if_unreachable(node);
     }
 
     /// Tells raft-rs that a `MsgSnapshot` to `node` was handed to the transport. The transport
@@ -208,9 +221,15 @@ impl<S: StateMachine> Group<S> {
         Ok(Proposed::Accepted)
     }
 
+    /// One Raft tick, unless the group hibernates (`hibernate.rs`); a quiet leader counts it
+    /// towards hibernation.
     pub(crate) fn tick(&mut self) {
+        if self.is_hibernating() {
+            return;
+        }
         self.node.tick();
         self.admin_tick();
+        self.hibernation_tick();
     }
 
     pub(crate) fn has_ready(&self) -> bool {

@@ -48,8 +48,24 @@
 //! term, commit and applied indexes, membership and, on leaders, every member's matched index.
 //! The `membership` module has the details.
 //!
-//! Not yet present: hibernation of idle groups (every group ticks and its leader heartbeats,
-//! idle or not), and removing a removed shard's data automatically.
+//! # Hibernation
+//!
+//! An idle shard hibernates, as TiKV's hibernate regions do: once its leader has seen every
+//! voter and learner caught up (matched, committed and applied to the last index) with nothing
+//! pending for [`ClusterConfig::hibernate_after_ticks`] ticks, it sends each member a
+//! hibernation notice (a raft heartbeat with a context of its own); a follower that takes the
+//! notice from the leader it follows stops ticking and acknowledges, and once every member
+//! acknowledged the leader stops ticking too. Nothing is sent and nothing campaigns until a
+//! proposal, a read barrier, a membership change or leadership transfer, a raft message (a
+//! snapshot, a vote, new entries) or [`ClusterHandle::report_unreachable`] naming the shard's
+//! leader wakes it; groups start awake. A follower woken because its leader's node is gone
+//! elects a new leader within the usual election timeout; until the transport reports that
+//! node, the shard's followers still name it as the leader. A woken leader resets its
+//! check-quorum clock and evidence, so it does not step down for the silence it slept through.
+//! [`ShardStatus::hibernating`] and [`ClusterHandle::hibernating_groups`] show it; the
+//! `group::hibernate` module has the details.
+//!
+//! Not yet present: removing a removed shard's data automatically.
 //!
 //! ```
 //! use mimid_cluster::{shard_for, Cluster, ClusterConfig, StateMachine};
@@ -230,6 +246,12 @@ pub struct ClusterConfig {
     /// Capacity of the inbox of frames received from other nodes; a full inbox drops the frame
     /// (counted). Default 4096.
     pub network_inbox_capacity: usize,
+    /// Ticks a shard's leader must find the shard quiet (every member caught up, nothing
+    /// pending) before it asks the shard to hibernate: no ticks, heartbeats or campaigns on any
+    /// replica until something wakes it (crate docs, "Hibernation"). 0 disables hibernation on
+    /// this node (its leaders never ask, its followers never agree). Default 30, three election
+    /// timeouts at the default `election_tick`.
+    pub hibernate_after_ticks: usize,
 }
 
 impl ClusterConfig {
@@ -255,6 +277,7 @@ impl ClusterConfig {
             join_existing: false,
             voters: vec![node_id],
             network_inbox_capacity: 4096,
+            hibernate_after_ticks: 30,
         }
     }
 
@@ -472,6 +495,7 @@ impl<S: StateMachine> Cluster<S> {
             metrics: Metrics::default(),
             leaders: (0..config.shards).map(|_| AtomicU64::new(0)).collect(),
             unreachable: Mutex::new(BTreeSet::new()),
+            hibernating: AtomicU64::new(0),
             status: (0..config.shards)
                 .map(|shard| {
                     Mutex::new(ShardStatus {
@@ -585,6 +609,8 @@ pub(crate) struct Shared {
     /// Nodes reported unreachable since the driver's last turn (a set: repeated reports of one
     /// node coalesce, so it holds at most the cluster's nodes).
     pub(crate) unreachable: Mutex<BTreeSet<NodeId>>,
+    /// Local shard replicas hibernating, as of the driver's last turn.
+    pub(crate) hibernating: AtomicU64,
     /// Each shard's status (`ClusterHandle::shard_status`), published by the driver.
     pub(crate) status: Vec<Mutex<ShardStatus>>,
 }
@@ -842,13 +868,44 @@ impl<S: StateMachine> ClusterHandle<S> {
 
     /// Tells every group that `node` could not be reached (raft `report_unreachable`), e.g. when
     /// the transport's connection failed; the driver applies it on its next turn. A leader then
-    /// stops pipelining appends to that node and probes it instead. Reports of this node itself
+    /// stops pipelining appends to that node and probes it instead. Hibernating shards that
+    /// `node` leads wake up (and elect another leader if it stays silent), as do those this node
+    /// leads with `node` as a member (crate docs, "Hibernation"): the transport must report a
+    /// peer it lost, since nothing else tells a hibernating shard. Reports of this node itself
     /// or of node 0 are ignored.
     pub fn report_unreachable(&self, node: NodeId) {
         if node == 0 || node == self.inner.node_id {
             return;
         }
         self.inner.shared.unreachable.lock().insert(node);
+    }
+
+    /// How many of this node's shard replicas hibernate (do not tick, see the crate docs), as
+    /// of the driver's last turn; [`ShardStatus::hibernating`] says which.
+    ///
+    /// ```
+    /// # use mimid_cluster::{Cluster, ClusterConfig, StateMachine};
+    /// # struct Nothing;
+    /// # impl StateMachine for Nothing {
+    /// #     type Output = ();
+    /// #     fn apply(&mut self, _index: u64, _command: &[u8]) {}
+    /// #     fn snapshot(&self) -> Vec<u8> { Vec::new() }
+    /// #     fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> { Ok(()) }
+    /// # }
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut config = ClusterConfig::new(1, dir.path());
+    /// config.tick_interval = std::time::Duration::from_millis(1);
+    /// config.hibernate_after_ticks = 5;
+    /// let cluster = Cluster::start(config, |_| Nothing).unwrap();
+    /// let handle = cluster.handle();
+    /// // A single node's quiet shards fall asleep after five ticks.
+    /// while handle.hibernating_groups() < handle.shard_count() {
+    ///     std::thread::sleep(std::time::Duration::from_millis(1));
+    /// }
+    /// assert!(handle.status().iter().all(|shard| shard.hibernating));
+    /// ```
+    pub fn hibernating_groups(&self) -> u64 {
+        self.inner.shared.hibernating.load(Ordering::Relaxed)
     }
 
     /// A snapshot of the counters.

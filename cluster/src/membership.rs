@@ -72,10 +72,10 @@
 //! # Status
 //!
 //! [`ClusterHandle::status`] and [`ClusterHandle::shard_status`] read what the driver publishes
-//! at the end of each turn that touched the shard and on every tick: cheap, and at most one
-//! tick old.
-//!
-//! Hibernation of idle groups is still absent: every group ticks and every leader heartbeats.
+//! at the end of each turn that touched the shard and on every tick (of an awake shard; a
+//! hibernating one has nothing new): cheap, and at most one tick old. `hibernating` says
+//! whether the replica sleeps, and [`ClusterHandle::hibernating_groups`] counts the node's
+//! sleeping replicas.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -222,6 +222,9 @@ pub struct ShardStatus {
     /// On the leader, every member's matched index (the highest log index known replicated
     /// there, this node included); empty on other replicas.
     pub progress: BTreeMap<NodeId, u64>,
+    /// The replica hibernates: it does not tick (no heartbeats, no campaigns) until a
+    /// proposal, a message or an unreachable leader wakes it (crate docs, "Hibernation").
+    pub hibernating: bool,
     /// The shard group failed and stopped on this node.
     pub failed: bool,
 }

@@ -48,6 +48,8 @@ pub struct ClusterMetrics {
     /// Received Raft messages the driver dropped: for a stopped shard group, or refused by
     /// raft-rs (for example a response from a node outside the group).
     pub messages_refused: u64,
+    /// Driver ticks (each ticks every awake shard group; hibernating ones are skipped).
+    pub ticks: u64,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +71,7 @@ pub(crate) struct Metrics {
     pub(crate) frames_dropped_inbox_full: AtomicU64,
     pub(crate) frames_malformed: AtomicU64,
     pub(crate) messages_refused: AtomicU64,
+    pub(crate) ticks: AtomicU64,
 }
 
 impl Metrics {
@@ -91,6 +94,7 @@ impl Metrics {
             frames_dropped_inbox_full: self.frames_dropped_inbox_full.load(Ordering::Relaxed),
             frames_malformed: self.frames_malformed.load(Ordering::Relaxed),
             messages_refused: self.messages_refused.load(Ordering::Relaxed),
+            ticks: self.ticks.load(Ordering::Relaxed),
         }
     }
 }

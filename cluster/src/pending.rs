@@ -31,6 +31,11 @@ impl<O> PendingProposals<O> {
         }
     }
 
+    /// Whether no proposal is waiting.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Records the proposal the leader just appended as `(term, index)`. Older proposals at or
     /// after `index` can only be left over from an overwritten log suffix: they are dropped.
     pub(crate) fn push(&mut self, term: u64, index: u64, reply: Reply<O>, metrics: &Metrics) {

@@ -137,6 +137,11 @@ impl Barriers {
         self.waiting.is_empty()
     }
 
+    /// Whether a barrier of `shard` is waiting.
+    pub(crate) fn waits_on(&self, shard: ShardId) -> bool {
+        self.waiting.values().any(|waiting| waiting.shard == shard)
+    }
+
     /// Hands the unsent barriers of `shard` to its group if it can take them now. Call between
     /// `Ready`s (at the start of a turn), so the leader's heartbeats go out in the same turn.
     /// `group` is `None` for a failed shard.

@@ -159,8 +159,14 @@ impl<S: StateMachine> Group<S> {
             voters: membership.voters,
             learners: membership.learners,
             progress,
+            hibernating: self.is_hibernating(),
             failed: false,
         }
+    }
+
+    /// Whether no membership change or leadership transfer is pending.
+    pub(super) fn admin_is_idle(&self) -> bool {
+        self.admin.change.is_none() && self.admin.transfer.is_none()
     }
 
     /// Whether the group has a configuration (a fresh group of a joining node has none until
