@@ -6,13 +6,17 @@
 //!
 //! Ticks are 10 ms and elections take 200-400 ms, so every fault resolves well within a second
 //! or two. Nothing sleeps to synchronise: conditions are polled with a deadline
-//! (`wait_until`), and proposals are awaited on their `done` channels.
+//! (`wait_until`), and proposals are awaited on their `done` channels. Shards hibernate after
+//! the default `hibernate_after_ticks` (300 ms of quiet); the network counts what it is handed
+//! ([`Net::frames`], [`Net::messages`]). Isolating a node reports nothing to anyone: a test
+//! that wants the transport's peer-down signal calls `report_unreachable` itself.
 
 // Each test binary uses its own part of the harness.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +25,7 @@ use protobuf::Message as _;
 
 use mimid_cluster::{
     Cluster, ClusterConfig, ClusterHandle, NodeId, ProposeError, ReceiveError, ShardId,
-    StateMachine, Transport,
+    ShardStatus, StateMachine, Transport,
 };
 
 /// Guard against hangs; never reached when the code under test works.
@@ -88,6 +92,20 @@ pub struct Net {
     pub refused: Mutex<Vec<String>>,
     /// Drop the next frame to this node that carries a `MsgSnapshot`.
     pub lose_snapshot_to: Mutex<Option<NodeId>>,
+    /// Frames every node handed to its transport, delivered or not.
+    pub frames: AtomicU64,
+    /// Raft messages in those frames.
+    pub messages: AtomicU64,
+}
+
+impl Net {
+    /// (frames, messages) handed to the transports so far.
+    pub fn sent(&self) -> (u64, u64) {
+        (
+            self.frames.load(Ordering::Relaxed),
+            self.messages.load(Ordering::Relaxed),
+        )
+    }
 }
 
 pub struct NetTransport {
@@ -98,6 +116,9 @@ pub struct NetTransport {
 impl Transport for NetTransport {
     fn send(&mut self, to: NodeId, frame: Vec<u8>) {
         let net = &self.net;
+        net.frames.fetch_add(1, Ordering::Relaxed);
+        net.messages
+            .fetch_add(u64::from(message_count(&frame)), Ordering::Relaxed);
         if self.from == 1 && to == 2 {
             net.captured
                 .lock()
@@ -143,6 +164,8 @@ pub struct TestCluster {
     pub net: Arc<Net>,
     nodes: BTreeMap<NodeId, TestNode>,
     tweak: fn(&mut ClusterConfig),
+    /// Shards of every node: [`SHARDS`] unless `tweak` sets another count.
+    shards: u64,
 }
 
 pub type Answer = Result<usize, ProposeError>;
@@ -150,13 +173,19 @@ pub type Answer = Result<usize, ProposeError>;
 impl TestCluster {
     /// Starts nodes 1, 2 and 3 of a new cluster; `tweak` adjusts every node's configuration.
     pub fn start(tweak: fn(&mut ClusterConfig)) -> Self {
+        let mut probe = ClusterConfig::new(1, "/unused");
+        probe.shards = SHARDS;
+        tweak(&mut probe);
         let mut cluster = TestCluster {
             net: Arc::new(Net::default()),
             nodes: BTreeMap::new(),
             tweak,
+            shards: probe.shards,
         };
         for id in NODES {
-            cluster.nodes.insert(id, TestNode::new(false));
+            cluster
+                .nodes
+                .insert(id, TestNode::new(false, cluster.shards));
             cluster.start_node(id);
         }
         cluster
@@ -166,7 +195,7 @@ impl TestCluster {
     /// a leader adds it and sends it a snapshot.
     pub fn start_joining_node(&mut self, id: NodeId) {
         assert!(!self.nodes.contains_key(&id), "node {id} exists");
-        self.nodes.insert(id, TestNode::new(true));
+        self.nodes.insert(id, TestNode::new(true, self.shards));
         self.start_node(id);
     }
 
@@ -223,6 +252,26 @@ impl TestCluster {
         self.net.isolated.lock().expect("isolated lock").clear();
     }
 
+    /// The number of shards.
+    pub fn shards(&self) -> u64 {
+        self.shards
+    }
+
+    /// Every running node's status of every shard, by node.
+    pub fn statuses(&self) -> BTreeMap<NodeId, Vec<ShardStatus>> {
+        self.running()
+            .map(|id| (id, self.handle(id).status()))
+            .collect()
+    }
+
+    /// The ids of the running nodes.
+    pub fn running(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.cluster.is_some())
+            .map(|(id, _)| *id)
+    }
+
     pub fn handle(&self, id: NodeId) -> ClusterHandle<Recorder> {
         self.nodes[&id]
             .cluster
@@ -245,7 +294,7 @@ impl TestCluster {
         let mut leaders = Vec::new();
         wait_until("every shard to have an agreed leader", || {
             leaders.clear();
-            for shard in 0..SHARDS {
+            for shard in 0..self.shards {
                 let named: BTreeSet<Option<NodeId>> = handles
                     .values()
                     .map(|handle| handle.leader(shard))
@@ -283,7 +332,7 @@ impl TestCluster {
     /// commands with their log positions, by shard.
     pub fn propose_all(&self, among: &[NodeId], tag: &str, count: usize) -> Acked {
         let mut acked = Acked::new();
-        let mut todo: Vec<(ShardId, usize)> = (0..SHARDS)
+        let mut todo: Vec<(ShardId, usize)> = (0..self.shards)
             .flat_map(|shard| (0..count).map(move |n| (shard, n)))
             .collect();
         let deadline = Instant::now() + TIMEOUT;
@@ -328,7 +377,7 @@ impl TestCluster {
             "nodes sent malformed frames: {refused:?}"
         );
         wait_until("replicas to converge", || {
-            (0..SHARDS).all(|shard| {
+            (0..self.shards).all(|shard| {
                 let logs: Vec<_> = among.iter().map(|&id| self.log(id, shard)).collect();
                 let same = logs.windows(2).all(|pair| pair[0] == pair[1]);
                 same && acked
@@ -353,11 +402,11 @@ impl Drop for TestCluster {
 
 /// Acknowledged commands and their log positions, by shard.
 impl TestNode {
-    fn new(joins: bool) -> Self {
+    fn new(joins: bool, shards: u64) -> Self {
         TestNode {
             dir: tempfile::tempdir().expect("tempdir"),
             cluster: None,
-            logs: (0..SHARDS).map(|_| Log::default()).collect(),
+            logs: (0..shards).map(|_| Log::default()).collect(),
             joins,
         }
     }
@@ -401,6 +450,12 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 pub fn no_tweak(_: &mut ClusterConfig) {}
+
+/// The message count of a frame, read as its documented format says (version, from, to, then
+/// the count, big-endian).
+pub fn message_count(frame: &[u8]) -> u32 {
+    u32::from_be_bytes(frame[17..21].try_into().expect("4 bytes"))
+}
 
 /// Whether a frame holds a `MsgSnapshot`, read as its documented format says (version,
 /// from, to, count, then shard ‖ length ‖ protobuf per message, big-endian).
