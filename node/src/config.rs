@@ -115,6 +115,12 @@ pub struct ClusterSettings {
     pub election_tick: usize,
     /// Ticks between leader heartbeats. Default 2.
     pub heartbeat_tick: usize,
+    /// Ticks a shard's leader waits with every replica caught up and nothing happening before
+    /// the shard hibernates: no ticks, heartbeats or elections on any of its replicas until a
+    /// write, a read barrier, a membership change, a Raft message or the loss of its leader's
+    /// node wakes it (ARCHITECTURE.md "Cluster"). 0 disables hibernation on this node. Default
+    /// 30 (three election timeouts at the default `election_tick`).
+    pub hibernate_after_ticks: usize,
     /// Applied entries between state-machine snapshots. Default 10000.
     pub snapshot_interval: u64,
     /// Seconds after which a shard with applied entries not covered by a snapshot takes one
@@ -576,6 +582,7 @@ impl Default for ClusterSettings {
             tick_ms: 100,
             election_tick: 10,
             heartbeat_tick: 2,
+            hibernate_after_ticks: 30,
             snapshot_interval: 10_000,
             snapshot_max_age_secs: 600,
             max_snapshots_per_turn: 2,

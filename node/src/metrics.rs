@@ -46,6 +46,7 @@ pub struct Metrics {
     rooms_active: Gauge,
     ready: Gauge,
     shards_led: Gauge,
+    hibernating_groups: Gauge,
     forwarded_proposals: Family<ForwardLabels, Counter>,
     placement_moves: Family<PlacementLabels, Counter>,
     placement_pending: Gauge,
@@ -685,6 +686,12 @@ impl Metrics {
             "Shards whose local replica is the Raft leader (a single node leads every shard)",
             shards_led.clone(),
         );
+        let hibernating_groups = Gauge::default();
+        registry.register(
+            "raft_hibernating_groups",
+            "Shard replicas on this node that hibernate: idle, they neither tick nor heartbeat until a write, a Raft message or an unreachable leader wakes them",
+            hibernating_groups.clone(),
+        );
         let forwarded_proposals = Family::<ForwardLabels, Counter>::default();
         registry.register(
             "raft_forwarded_proposals",
@@ -736,6 +743,7 @@ impl Metrics {
             rooms_active,
             ready,
             shards_led,
+            hibernating_groups,
             forwarded_proposals,
             placement_moves,
             placement_pending,
@@ -846,6 +854,12 @@ impl Metrics {
     pub fn set_shards_led(&self, shards: u64) {
         self.shards_led
             .set(i64::try_from(shards).unwrap_or(i64::MAX));
+    }
+
+    /// Sets how many of this node's shard replicas hibernate.
+    pub fn set_raft_hibernating_groups(&self, groups: u64) {
+        self.hibernating_groups
+            .set(i64::try_from(groups).unwrap_or(i64::MAX));
     }
 
     /// Counts a proposal forwarded to its shard's leader by how it ended.

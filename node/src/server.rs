@@ -198,6 +198,7 @@ pub(crate) fn cluster_config(config: &Config) -> ClusterConfig {
     cluster.tick_interval = Duration::from_millis(c.tick_ms);
     cluster.election_tick = c.election_tick;
     cluster.heartbeat_tick = c.heartbeat_tick;
+    cluster.hibernate_after_ticks = c.hibernate_after_ticks;
     cluster.snapshot_interval = c.snapshot_interval;
     cluster.snapshot_max_age = Duration::from_secs(c.snapshot_max_age_secs);
     cluster.max_snapshots_per_turn = c.max_snapshots_per_turn;
@@ -613,5 +614,6 @@ async fn refresh_metrics(
             .filter(|&shard| cluster.leader(shard) == Some(node))
             .count();
         metrics.set_shards_led(led as u64);
+        metrics.set_raft_hibernating_groups(cluster.hibernating_groups());
     }
 }
