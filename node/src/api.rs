@@ -855,8 +855,15 @@ pub fn parse_room_path(encoded: &str) -> Result<RoomId, String> {
     let decoded = percent_encoding::percent_decode_str(encoded)
         .decode_utf8()
         .map_err(|_| "room path parameter is not UTF-8 after percent-decoding".to_string())?;
+    parse_room_param(&decoded)
+}
+
+/// [`parse_room_path`] of a parameter that was percent-decoded already (the server-to-server
+/// API's [`crate::federation::PeerRequest::param`]). Decoding it again would turn the escapes a
+/// room URI may hold (`mimi://a.example/r/caf%C3%A9`) into another room or no room at all.
+pub fn parse_room_param(decoded: &str) -> Result<RoomId, String> {
     let text = if decoded.starts_with("mimi://") {
-        decoded.into_owned()
+        decoded.to_owned()
     } else {
         match decoded.split('/').collect::<Vec<_>>().as_slice() {
             [host, "r", name] | [host, name] => format!("mimi://{host}/r/{name}"),
@@ -955,6 +962,13 @@ mod tests {
             assert_eq!(parse_room_path(form).unwrap(), expected, "{form}");
         }
         assert!(parse_room_path("%FF").is_err());
+        // A room URI may hold escapes: decoded once, they stay in the room's name.
+        let escaped = RoomId::parse("mimi://a.example/r/50%25off").unwrap();
+        assert_eq!(
+            parse_room_path(room_path("update", &escaped).rsplit('/').next().unwrap()).unwrap(),
+            escaped
+        );
+        assert_eq!(parse_room_param(escaped.as_str()).unwrap(), escaped);
         assert!(parse_room_path("a.example/u/alice/x").is_err());
         assert_eq!(
             parse_room_path(room_path("update", &expected).rsplit('/').next().unwrap()).unwrap(),

@@ -43,7 +43,7 @@ use mimid_actors::shard::welcomes_a_local_client;
 use openmls::prelude::MlsMessageBodyIn;
 use sha2::{Digest, Sha256};
 
-use crate::api::{key_material_response, ok_body, parse_room_path, Answer, Refusal};
+use crate::api::{key_material_response, ok_body, parse_room_param, Answer, Refusal};
 use crate::federation::peers::{PeerResponse, Peers};
 use crate::federation::{FederationService, PeerRequest, S2sEndpoint};
 use crate::franking::{message_sha256, Franking};
@@ -182,7 +182,7 @@ impl MimiService {
 
     /// MIMI.md §7.1 step 1: a room-scoped request for a room we host.
     async fn hosted_room(&self, param: &str) -> Result<RoomId, Refusal> {
-        let room = parse_room_path(param).map_err(Refusal::bad_request)?;
+        let room = parse_room_param(param).map_err(Refusal::bad_request)?;
         if room.domain() != self.domain || !self.hub.hosts(&room).await? {
             return Err(not_found(format!(
                 "room {room} is not hosted by {}",
@@ -309,7 +309,7 @@ impl MimiService {
     /// of ours that does not exist gets `notAuthorized`, like a requester who may not join
     /// ([`GroupInfoService`]).
     async fn group_info(&self, req: PeerRequest) -> Answer {
-        let room = parse_room_path(&req.param).map_err(Refusal::bad_request)?;
+        let room = parse_room_param(&req.param).map_err(Refusal::bad_request)?;
         if room.domain() != self.domain {
             return Err(not_found(format!(
                 "room {room} is not hosted by {}",
@@ -329,7 +329,7 @@ impl MimiService {
     /// protocol-06 §5.4, follower side: only the room's hub may notify; what it sends is
     /// recorded durably before the 201.
     async fn notify(&self, req: PeerRequest) -> Answer {
-        let room = parse_room_path(&req.param).map_err(Refusal::bad_request)?;
+        let room = parse_room_param(&req.param).map_err(Refusal::bad_request)?;
         if room.domain() != req.from {
             return Err(forbidden(format!(
                 "provider {} is not the hub of {room}",
