@@ -19,7 +19,7 @@ use mimid_node::certs::{
 use mimid_node::client::{Endpoint, Event, MimiClient, UpdateResult};
 use mimid_node::config::{dev_cert_dir, ClusterTlsSettings, Config, TlsFiles, TlsSettings};
 use mimid_node::federation::FederationService;
-use mimid_node::server::{start, start_with_service, Node};
+use mimid_node::server::{start, start_joining, start_with_service, Joining, Node};
 use rustls::RootCertStore;
 
 /// How long a test waits for something that should happen promptly before it fails.
@@ -365,6 +365,9 @@ pub struct TestCluster {
     /// The admin token file every node is configured with (one per provider, like its
     /// configuration).
     admin_token_file: PathBuf,
+    /// Nodes started with `cluster.join` that wait for their cluster
+    /// ([`TestCluster::start_joining`]), by index; `None` once running (or never waiting).
+    waiting: Vec<Option<Joining>>,
     _dir: tempfile::TempDir,
 }
 
@@ -422,6 +425,7 @@ impl TestCluster {
             cluster_ca,
             cluster_ca_cert,
             admin_token_file,
+            waiting: Vec::new(),
             _dir: dir,
         };
         for id in 1..=count {
@@ -658,6 +662,92 @@ impl TestCluster {
     }
 }
 
+/// A UDP port on 127.0.0.1 that was free a moment ago (bound, then released): for a node whose
+/// node-to-node address other nodes must know before it starts (`cluster.join`).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("a free UDP port")
+        .port()
+}
+
+/// A cluster formed with `cluster.join` and `mimid init` (issue 4 bootstrap).
+impl TestCluster {
+    /// Starts `count` nodes of provider `a.example` with `cluster.join` and without any Raft
+    /// state: node index `i` joins the nodes `join_of(i)` (indexes; its own is allowed), each
+    /// node's node-to-node listener on a port that was free a moment ago. None is initialized:
+    /// each waits ([`TestCluster::waiting`]) until `POST /admin/cluster/init` reaches one of
+    /// them; then [`TestCluster::await_running`].
+    pub async fn start_joining(
+        count: u64,
+        join_of: impl Fn(usize) -> Vec<usize>,
+        edit: impl Fn(&mut Config),
+    ) -> TestCluster {
+        let mut cluster = Self::start_with(0, |_| {}).await;
+        let ports: Vec<u16> = (0..count).map(|_| free_udp_port()).collect();
+        let addr = |index: usize| std::net::SocketAddr::from(([127, 0, 0, 1], ports[index]));
+        for index in 0..count as usize {
+            let join: Vec<_> = join_of(index).into_iter().map(addr).collect();
+            let mut config = cluster.join_config(index as u64 + 1, &join);
+            config.cluster.listen = Some(addr(index));
+            edit(&mut config);
+            cluster.nodes.push(ClusterNode { config, node: None });
+        }
+        for index in 0..count as usize {
+            cluster.start_waiting(index).await;
+        }
+        cluster
+    }
+
+    /// The configuration of a new node `id` of this provider (its data directory, a node
+    /// certificate from the cluster CA) joining the nodes at `join`, its node-to-node
+    /// listener on `127.0.0.1:0`.
+    pub fn join_config(&self, id: u64, join: &[std::net::SocketAddr]) -> Config {
+        let mut config = self.node_config(id);
+        config.cluster.join = join.to_vec();
+        config
+    }
+
+    /// Starts a node with `config` (`cluster.join`) without waiting for its cluster: it is
+    /// [`TestCluster::waiting`] until it runs. Returns its index.
+    pub async fn add_joining(&mut self, config: Config) -> usize {
+        self.nodes.push(ClusterNode { config, node: None });
+        let index = self.nodes.len() - 1;
+        self.start_waiting(index).await;
+        index
+    }
+
+    async fn start_waiting(&mut self, index: usize) {
+        let joining = start_joining(self.nodes[index].config.clone())
+            .await
+            .expect("node starts");
+        self.waiting.resize_with(self.nodes.len(), || None);
+        self.waiting[index] = Some(joining);
+    }
+
+    /// Node `index` while it waits for its cluster (started by [`TestCluster::start_joining`]
+    /// or [`TestCluster::add_joining`]).
+    pub fn waiting(&self, index: usize) -> &Joining {
+        self.waiting
+            .get(index)
+            .and_then(Option::as_ref)
+            .unwrap_or_else(|| panic!("node index {index} is not waiting"))
+    }
+
+    /// Waits until every waiting node runs (each knows its cluster id and started).
+    pub async fn await_running(&mut self) {
+        for index in 0..self.waiting.len() {
+            if let Some(joining) = self.waiting[index].take() {
+                let node = tokio::time::timeout(WAIT, joining.running())
+                    .await
+                    .unwrap_or_else(|_| panic!("node index {index} not running within {WAIT:?}"))
+                    .expect("node starts");
+                self.nodes[index].node = Some(node);
+            }
+        }
+    }
+}
+
 /// The application messages of a hosted `room` in `node`'s replica, in log order.
 fn replica_messages(node: &Node, room: &RoomId) -> Vec<Vec<u8>> {
     let hub = node.hub();
@@ -766,13 +856,27 @@ pub struct Three {
 /// Sets [`Three`] up: each provider's configuration changed by `edit`, each client with
 /// `key_packages` published and its push stream open.
 pub async fn three_providers_in_a_room(key_packages: usize, edit: fn(&mut Config)) -> Three {
+    three_providers_in_a_room_with(key_packages, edit, &[]).await
+}
+
+/// [`three_providers_in_a_room`] with a's certificate also naming `a_alt_names` (so a peer can
+/// address a request to another name a's certificate covers, MIMI.md §3.1 421).
+pub async fn three_providers_in_a_room_with(
+    key_packages: usize,
+    edit: fn(&mut Config),
+    a_alt_names: &[&str],
+) -> Three {
     let ca = CertAuthority::generate(std::time::SystemTime::now(), CA_VALIDITY).expect("test CA");
-    let provider = |domain: &'static str| {
-        TestNode::start_provider_with(domain, &ca, ProviderSetup::default(), edit)
+    let provider = |domain: &'static str, alt_names: &[&str]| {
+        let setup = ProviderSetup {
+            alt_names: alt_names.iter().map(|name| (*name).to_owned()).collect(),
+            ..ProviderSetup::default()
+        };
+        TestNode::start_provider_with(domain, &ca, setup, edit)
     };
-    let a = provider("a.example").await;
-    let b = provider("b.example").await;
-    let c = provider("c.example").await;
+    let a = provider("a.example", a_alt_names).await;
+    let b = provider("b.example", &[]).await;
+    let c = provider("c.example", &[]).await;
     connect_providers(&[&a, &b, &c]);
     let club = RoomId::parse("mimi://a.example/r/club").expect("valid room id");
     let mut alice = a.client("alice", "phone", key_packages).await;
@@ -846,4 +950,31 @@ pub fn state_digest(node: &TestNode) -> Vec<Vec<u8>> {
             shards.machine(shard).snapshot()
         })
         .collect()
+}
+
+/// Waits until the hub recorded every follower's acknowledgement of `room`'s fan-out (the
+/// cursor records, MIMI.md §5.4), so that its replicated state changes no more on its own.
+pub async fn wait_fanout_recorded(hub: &TestNode, room: &RoomId) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let done = {
+            let shard = hub.node().hub().shards().for_room(room).read();
+            let state = shard.room(room).expect("hosted");
+            let done = state.followers().all(|provider| {
+                state
+                    .fanout_backlog(provider, state.fanout_cursor(provider))
+                    .next()
+                    .is_none()
+            });
+            done
+        };
+        if done {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fan-out of {room} not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
