@@ -58,6 +58,10 @@ impl Sender for CrossSender {
         // A message dropped at its timeout may still reach Bob later: `receive` skips it.
         self.alice.on_abandoned();
     }
+
+    fn operation(&self) -> &'static str {
+        self.alice.operation()
+    }
 }
 
 impl CrossSender {

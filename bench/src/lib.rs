@@ -11,13 +11,15 @@
 //! attached members), `density` (the idle-density scenario: a `mimid` child process, rooms
 //! created, memory and idle CPU from `/proc`), `load`
 //! (the timed phase: workers, ticker), `schedule` and `stats` (sans-IO timetable and
-//! recorder), `system` (machine and CPU accounting from `/proc`).
+//! recorder), `system` (machine and CPU accounting from `/proc`), `progress` (per-second lines
+//! and progress bars on stderr).
 
 pub mod cli;
 pub mod cluster;
 pub mod cross;
 pub mod density;
 pub mod load;
+pub mod progress;
 pub mod provider;
 pub mod run;
 pub mod scenario;

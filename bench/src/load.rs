@@ -20,7 +20,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use parking_lot::Mutex;
@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::cli::LoadModel;
 use crate::schedule::OpenSchedule;
-use crate::stats::{round_millis, ErrorKind, Interval, Recorder, Sample, Totals};
+use crate::stats::{round_millis, ErrorKind, Interval, LoggedInterval, Recorder, Sample, Totals};
 
 /// Failures in a row after which a sender is retired for the rest of the phase.
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 16;
@@ -57,6 +57,13 @@ pub trait Sender: Send + 'static {
 
     /// Called when an operation was dropped at its timeout, mid-flight.
     fn on_abandoned(&mut self);
+
+    /// The operation the last [`Sender::run`] performed (asked once it returned or was
+    /// abandoned), for the per-operation histograms: `message`, `commit`, `add`, ... A sender
+    /// that chooses among several kinds decides inside `run`.
+    fn operation(&self) -> &'static str {
+        crate::stats::DEFAULT_OPERATION
+    }
 }
 
 /// How a phase is run.
@@ -88,6 +95,9 @@ pub enum StopReason {
 /// What a phase measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseReport {
+    /// When the timed phase started (Unix time, milliseconds): the base time of the interval
+    /// logs.
+    pub started_unix_ms: u64,
     pub senders: usize,
     pub workers: usize,
     /// From the start until the last operation was answered (or timed out).
@@ -99,6 +109,10 @@ pub struct PhaseReport {
     #[serde(flatten)]
     pub totals: Totals,
     pub intervals: Vec<Interval>,
+    /// Each interval's histograms per operation, for the interval logs (`--out-dir`); not in
+    /// the JSON summary.
+    #[serde(skip)]
+    pub interval_log: Vec<LoggedInterval>,
 }
 
 /// When an operation was meant to start.
@@ -163,14 +177,15 @@ impl Shared {
             },
             Start::Immediate => Sample::immediate(started, finished),
         };
+        let operation = sender.operation();
         let mut recorder = self.recorder.lock();
         match outcome {
             Ok(()) => {
-                recorder.handle_success(sample);
+                recorder.handle_success_of(sample, operation);
                 (finished, false)
             }
             Err(kind) => {
-                recorder.handle_failure(sample, kind);
+                recorder.handle_failure_of(sample, kind, operation);
                 (finished, true)
             }
         }
@@ -199,6 +214,12 @@ pub async fn run_phase<S: Sender>(
 ) -> anyhow::Result<(Vec<S>, PhaseReport)> {
     let n_senders = senders.len();
     anyhow::ensure!(n_senders > 0, "a phase needs at least one sender");
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
+    crate::progress::phase_started(config.duration, config.progress);
     let shared = Arc::new(Shared {
         start: Instant::now(),
         config: config.clone(),
@@ -257,7 +278,9 @@ pub async fn run_phase<S: Sender>(
         StopReason::Duration
     };
     let recorder = shared.recorder.lock();
+    crate::progress::phase_ended();
     let report = PhaseReport {
+        started_unix_ms,
         senders: n_senders,
         workers: n_workers,
         elapsed_s: round_millis(elapsed.as_secs_f64()),
@@ -269,6 +292,7 @@ pub async fn run_phase<S: Sender>(
         retired_senders: retired,
         totals: recorder.totals(),
         intervals,
+        interval_log: recorder.interval_log().to_vec(),
     };
     Ok((senders, report))
 }
@@ -341,10 +365,10 @@ async fn ticker(shared: Arc<Shared>, mut stop: oneshot::Receiver<Duration>) -> V
     let mut tick = tokio::time::interval_at(shared.start + TICK, TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if shared.config.progress {
-        eprintln!(
+        crate::progress::line(&format!(
             "{:>8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "elapsed", "ops/s", "errors", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms"
-        );
+        ));
     }
     // Bounded: the phase always sends the stop signal (or drops it) when its workers end.
     loop {
@@ -372,7 +396,7 @@ fn print_interval(shared: &Shared, interval: &Interval) {
     }
     let ms = |us: u64| us as f64 / 1000.0;
     let latency = &interval.latency;
-    eprintln!(
+    crate::progress::line(&format!(
         "{:>7.1}s {:>9} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
         interval.elapsed_s,
         interval.ops_per_s,
@@ -382,6 +406,15 @@ fn print_interval(shared: &Shared, interval: &Interval) {
         ms(latency.p99_us),
         ms(latency.p999_us),
         ms(latency.max_us),
+    ));
+    crate::progress::phase_tick(
+        Duration::from_secs_f64(interval.elapsed_s),
+        &format!(
+            "{} ops/s, p99 {:.2} ms, {} errors",
+            interval.ops_per_s,
+            ms(latency.p99_us),
+            interval.errors
+        ),
     );
 }
 

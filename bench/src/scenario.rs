@@ -126,6 +126,13 @@ impl Sender for RoomSender {
             self.broken = true;
         }
     }
+
+    fn operation(&self) -> &'static str {
+        match self.operation {
+            Operation::PregeneratedMessage | Operation::LiveMessage { .. } => "message",
+            Operation::SelfUpdate => "commit",
+        }
+    }
 }
 
 /// What a phase needs from its senders besides [`Sender`]: messages encrypted in advance, and

@@ -15,10 +15,16 @@
 //!
 //! In the closed model operations start when the previous one ends, so the two are equal.
 //! Only successful operations are put into the histograms; failures are counted by kind.
+//!
+//! Each sample also names its operation (`message`, `commit`, `add`, `join`, ...): the recorder
+//! keeps both histograms per operation as well, and at the end of every interval it encodes
+//! each operation's interval histograms (HdrHistogram V2 encoding) into [`LoggedInterval`]s, from
+//! which `output` writes HdrHistogram interval logs, the format of HdrHistogram's own tools.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -29,6 +35,8 @@ use crate::schedule::late_by;
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Significant decimal digits kept by the histograms (0.1% relative error).
 const SIGNIFICANT_DIGITS: u8 = 3;
+/// The operation of samples recorded without a name ([`Recorder::handle_success`]).
+pub const DEFAULT_OPERATION: &str = "op";
 
 /// When one operation was meant to start, could start, started and was answered, from the
 /// phase start.
@@ -120,7 +128,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(histogram: &Histogram<u64>) -> Percentiles {
+    pub fn of(histogram: &Histogram<u64>) -> Percentiles {
         Percentiles {
             count: histogram.len(),
             mean_us: (histogram.mean() * 10.0).round() / 10.0,
@@ -157,6 +165,68 @@ pub struct Totals {
     pub max_start_lateness_us: u64,
     pub latency_corrected: Percentiles,
     pub latency_raw: Percentiles,
+    /// The same per operation (`message`, `commit`, `add`, `remove`, `update`, `join`, ...),
+    /// for scenarios whose senders perform several kinds.
+    pub by_operation: BTreeMap<String, OperationTotals>,
+}
+
+/// Totals of one kind of operation in a phase.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperationTotals {
+    pub ops_ok: u64,
+    pub ops_failed: u64,
+    pub latency_corrected: Percentiles,
+    pub latency_raw: Percentiles,
+}
+
+/// One interval of one operation, its histograms encoded (HdrHistogram V2, uncompressed) for
+/// an interval log: what `output` writes to `<phase>.<operation>.{corrected,raw}.hlog`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedInterval {
+    pub operation: &'static str,
+    /// Start of the interval, from the phase start.
+    pub start: Duration,
+    pub length: Duration,
+    pub corrected: Vec<u8>,
+    pub raw: Vec<u8>,
+}
+
+impl LoggedInterval {
+    /// Decodes one of the two histograms (`corrected` or `raw`).
+    pub fn decode(encoded: &[u8]) -> anyhow::Result<Histogram<u64>> {
+        let mut reader = encoded;
+        hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut reader)
+            .map_err(|e| anyhow::anyhow!("decoding an interval histogram: {e:?}"))
+    }
+}
+
+/// The histograms and counts of one operation.
+struct OperationRecorder {
+    corrected: Histogram<u64>,
+    raw: Histogram<u64>,
+    interval_corrected: Histogram<u64>,
+    interval_raw: Histogram<u64>,
+    ops_ok: u64,
+    ops_failed: u64,
+}
+
+impl OperationRecorder {
+    fn new() -> OperationRecorder {
+        OperationRecorder {
+            corrected: histogram(),
+            raw: histogram(),
+            interval_corrected: histogram(),
+            interval_raw: histogram(),
+            ops_ok: 0,
+            ops_failed: 0,
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGNIFICANT_DIGITS)
+        .expect("constant bounds are valid: 1 <= low, high >= 2*low, sigfig <= 5")
 }
 
 /// Accumulates samples of one phase.
@@ -171,14 +241,12 @@ pub struct Recorder {
     errors: BTreeMap<ErrorKind, u64>,
     late_starts: u64,
     max_lateness: Duration,
+    operations: BTreeMap<&'static str, OperationRecorder>,
+    log: Vec<LoggedInterval>,
 }
 
 impl Recorder {
     pub fn new() -> Recorder {
-        let histogram = || {
-            Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGNIFICANT_DIGITS)
-                .expect("constant bounds are valid: 1 <= low, high >= 2*low, sigfig <= 5")
-        };
         Recorder {
             corrected: histogram(),
             raw: histogram(),
@@ -190,11 +258,23 @@ impl Recorder {
             errors: BTreeMap::new(),
             late_starts: 0,
             max_lateness: Duration::ZERO,
+            operations: BTreeMap::new(),
+            log: Vec::new(),
         }
     }
 
-    /// Records an operation that succeeded.
+    /// Records an operation that succeeded, as [`DEFAULT_OPERATION`].
     pub fn handle_success(&mut self, sample: Sample) {
+        self.handle_success_of(sample, DEFAULT_OPERATION);
+    }
+
+    /// Records an operation that failed with `kind`, as [`DEFAULT_OPERATION`].
+    pub fn handle_failure(&mut self, sample: Sample, kind: ErrorKind) {
+        self.handle_failure_of(sample, kind, DEFAULT_OPERATION);
+    }
+
+    /// Records a successful `operation`.
+    pub fn handle_success_of(&mut self, sample: Sample, operation: &'static str) {
         self.count_start(sample);
         let raw = sample.finished.saturating_sub(sample.started);
         let held_back = sample.ready.saturating_sub(sample.intended);
@@ -204,13 +284,26 @@ impl Recorder {
         self.interval.saturating_record(corrected);
         self.ops_ok += 1;
         self.interval_ok += 1;
+        let op = self
+            .operations
+            .entry(operation)
+            .or_insert_with(OperationRecorder::new);
+        op.corrected.saturating_record(corrected);
+        op.raw.saturating_record(raw);
+        op.interval_corrected.saturating_record(corrected);
+        op.interval_raw.saturating_record(raw);
+        op.ops_ok += 1;
     }
 
-    /// Records an operation that failed with `kind`.
-    pub fn handle_failure(&mut self, sample: Sample, kind: ErrorKind) {
+    /// Records an `operation` that failed with `kind`.
+    pub fn handle_failure_of(&mut self, sample: Sample, kind: ErrorKind, operation: &'static str) {
         self.count_start(sample);
         *self.errors.entry(kind).or_insert(0) += 1;
         self.interval_errors += 1;
+        self.operations
+            .entry(operation)
+            .or_insert_with(OperationRecorder::new)
+            .ops_failed += 1;
     }
 
     fn count_start(&mut self, sample: Sample) {
@@ -234,11 +327,28 @@ impl Recorder {
             },
             latency: Percentiles::of(&self.interval),
         };
+        let interval_length = now.saturating_sub(self.interval_start);
+        for (operation, op) in &mut self.operations {
+            self.log.push(LoggedInterval {
+                operation,
+                start: self.interval_start,
+                length: interval_length,
+                corrected: encode(&op.interval_corrected),
+                raw: encode(&op.interval_raw),
+            });
+            op.interval_corrected.reset();
+            op.interval_raw.reset();
+        }
         self.interval.reset();
         self.interval_ok = 0;
         self.interval_errors = 0;
         self.interval_start = now;
         interval
+    }
+
+    /// Every interval closed so far, per operation, in order (see [`LoggedInterval`]).
+    pub fn interval_log(&self) -> &[LoggedInterval] {
+        &self.log
     }
 
     pub fn ops_ok(&self) -> u64 {
@@ -254,8 +364,32 @@ impl Recorder {
             max_start_lateness_us: micros(self.max_lateness),
             latency_corrected: Percentiles::of(&self.corrected),
             latency_raw: Percentiles::of(&self.raw),
+            by_operation: self
+                .operations
+                .iter()
+                .map(|(name, op)| {
+                    (
+                        name.to_string(),
+                        OperationTotals {
+                            ops_ok: op.ops_ok,
+                            ops_failed: op.ops_failed,
+                            latency_corrected: Percentiles::of(&op.corrected),
+                            latency_raw: Percentiles::of(&op.raw),
+                        },
+                    )
+                })
+                .collect(),
         }
     }
+}
+
+/// A histogram in HdrHistogram's V2 encoding.
+fn encode(histogram: &Histogram<u64>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    V2Serializer::new()
+        .serialize(histogram, &mut bytes)
+        .expect("a u64 histogram encodes into memory");
+    bytes
 }
 
 impl Default for Recorder {
@@ -371,6 +505,64 @@ mod tests {
         assert!(latency.p50_us.abs_diff(500_000) <= 500, "{latency:?}");
         assert!(latency.p99_us.abs_diff(990_000) <= 1000, "{latency:?}");
         assert!(latency.max_us.abs_diff(1_000_000) <= 1000, "{latency:?}");
+    }
+
+    #[test]
+    fn each_operation_has_its_own_histograms_and_the_totals_hold_them_all() {
+        let mut recorder = Recorder::new();
+        recorder.handle_success_of(sample(0, 0, 2), "add");
+        recorder.handle_success_of(sample(10, 10, 30), "remove");
+        recorder.handle_success_of(sample(20, 20, 24), "add");
+        recorder.handle_failure_of(sample(30, 30, 31), ErrorKind::WrongEpoch, "update");
+        let totals = recorder.totals();
+        assert_eq!(totals.ops_ok, 3);
+        assert_eq!(totals.latency_corrected.count, 3);
+        let add = &totals.by_operation["add"];
+        assert_eq!((add.ops_ok, add.ops_failed), (2, 0));
+        assert_eq!(whole_ms(add.latency_raw.max_us), 4);
+        assert_eq!(
+            whole_ms(totals.by_operation["remove"].latency_raw.max_us),
+            20
+        );
+        let update = &totals.by_operation["update"];
+        assert_eq!((update.ops_ok, update.ops_failed), (0, 1));
+        assert_eq!(update.latency_corrected.count, 0);
+        recorder.handle_success(sample(40, 40, 41));
+        assert!(recorder
+            .totals()
+            .by_operation
+            .contains_key(DEFAULT_OPERATION));
+    }
+
+    #[test]
+    fn every_interval_is_logged_per_operation_with_its_own_samples() {
+        let mut recorder = Recorder::new();
+        // The second sample was held back 40 ms behind the first: corrected 50, raw 10.
+        recorder.handle_success_of(sample(0, 0, 5), "join");
+        recorder.handle_success_of(
+            Sample {
+                intended: ms(100),
+                ready: ms(140),
+                started: ms(141),
+                finished: ms(151),
+            },
+            "join",
+        );
+        recorder.take_interval(ms(1000));
+        recorder.handle_success_of(sample(1100, 1100, 1103), "join");
+        recorder.take_interval(ms(1500));
+        let log = recorder.interval_log();
+        assert_eq!(log.len(), 2);
+        assert_eq!((log[0].start, log[0].length), (ms(0), ms(1000)));
+        assert_eq!((log[1].start, log[1].length), (ms(1000), ms(500)));
+        let corrected = LoggedInterval::decode(&log[0].corrected).expect("decodes");
+        let raw = LoggedInterval::decode(&log[0].raw).expect("decodes");
+        assert_eq!((corrected.len(), raw.len()), (2, 2));
+        assert_eq!(whole_ms(corrected.max()), 50);
+        assert_eq!(whole_ms(raw.max()), 10);
+        let second = LoggedInterval::decode(&log[1].raw).expect("decodes");
+        assert_eq!(second.len(), 1, "the interval histograms were reset");
+        assert!(LoggedInterval::decode(b"not a histogram").is_err());
     }
 
     #[test]
