@@ -285,9 +285,15 @@ pub struct OutputArgs {
     /// Write the JSON summary to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Do not print the per-second lines (stderr).
+    /// Do not print the per-second lines and progress bars (stderr). Bars are drawn only on
+    /// a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// Also write every output file into DIR (created if missing): summary.json,
+    /// intervals.csv, percentiles.csv, HdrHistogram interval logs (*.hlog), throughput.png
+    /// and latency.png.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// How load is offered in a phase.

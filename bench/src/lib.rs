@@ -12,13 +12,16 @@
 //! created, memory and idle CPU from `/proc`), `load`
 //! (the timed phase: workers, ticker), `schedule` and `stats` (sans-IO timetable and
 //! recorder), `system` (machine and CPU accounting from `/proc`), `progress` (per-second lines
-//! and progress bars on stderr).
+//! and progress bars on stderr), `output` (`--out-dir`: JSON, CSV, HdrHistogram interval logs,
+//! PNG) with `plot`.
 
 pub mod cli;
 pub mod cluster;
 pub mod cross;
 pub mod density;
 pub mod load;
+pub mod output;
+pub mod plot;
 pub mod progress;
 pub mod provider;
 pub mod run;

@@ -68,6 +68,9 @@ fn write_json(output: &OutputArgs, report: &impl serde::Serialize) -> anyhow::Re
 
 fn output_density(output: &OutputArgs, report: &DensityReport) -> anyhow::Result<()> {
     write_json(output, report)?;
+    if let Some(dir) = &output.out_dir {
+        mimid_bench::output::write_summary(dir, report)?;
+    }
     let density = &report.density;
     let creation = &report.creation;
     eprintln!(
@@ -95,6 +98,10 @@ fn output_density(output: &OutputArgs, report: &DensityReport) -> anyhow::Result
 
 fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
     write_json(scenario.output(), report)?;
+    if let Some(dir) = &scenario.output().out_dir {
+        let files = mimid_bench::output::write_run(dir, report)?;
+        eprintln!("# wrote {} files into {}", files.len(), dir.display());
+    }
     for phase in &report.phases {
         let ms = |us: u64| us as f64 / 1000.0;
         let corrected = &phase.measured.totals.latency_corrected;

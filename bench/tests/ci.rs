@@ -1,12 +1,14 @@
 //! CI profile of the bench: the real `mimid-bench` binary runs each scenario for a second or
 //! two at a low load against in-process nodes (real quinn on loopback, sled in a temporary
 //! directory, openmls clients), or for idle-density against a real `mimid` child process, and
-//! must finish with zero errors and a well-formed JSON report.
+//! must finish with zero errors and a well-formed JSON report; with `--out-dir`, the CSVs,
+//! HdrHistogram interval logs and PNGs must be there and well-formed too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use serde_json::Value;
 
 fn bench(args: &[&str], data_dir: &Path) -> Output {
@@ -64,9 +66,160 @@ fn check_phase(phase: &Value, expect_senders: u64) {
     );
 }
 
+/// The phase name as `--out-dir` names its interval logs.
+fn slug(name: &str) -> String {
+    let slug: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    slug.trim_matches('-').to_string()
+}
+
+/// Standard base64 (RFC 4648 §4, with padding), as interval logs carry their histograms.
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bytes = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut buffer, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let value = ALPHABET
+            .iter()
+            .position(|a| *a == c)
+            .unwrap_or_else(|| panic!("{c} is not base64")) as u32;
+        buffer = buffer << 6 | value;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            bytes.push((buffer >> bits) as u8);
+        }
+    }
+    bytes
+}
+
+/// Checks every file `--out-dir` wrote for `report` (the JSON on stdout or in `--json`):
+/// summary.json is that report; intervals.csv has its header and a row per interval of each
+/// phase, adding up to the phase's operations; percentiles.csv has each phase's totals;
+/// every operation of every phase has a corrected and a raw HdrHistogram interval log with a
+/// V2-compressed histogram per interval; both PNGs are PNGs of one 300-pixel panel per phase.
+fn check_out_dir(dir: &Path, report: &Value) {
+    let summary: Value = serde_json::from_slice(
+        &std::fs::read(dir.join("summary.json")).expect("summary.json written"),
+    )
+    .expect("summary.json is JSON");
+    assert_eq!(&summary, report, "summary.json is the report");
+    let phases = report["phases"].as_array().expect("phases");
+
+    let intervals = std::fs::read_to_string(dir.join("intervals.csv")).expect("intervals.csv");
+    let mut lines = intervals.lines();
+    assert_eq!(
+        lines.next(),
+        Some("phase,elapsed_s,ops,ops_per_s,errors,p50_us,p95_us,p99_us,p999_us,max_us")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|line| line.split(',').collect()).collect();
+    assert!(!rows.is_empty(), "intervals.csv has rows");
+    assert!(rows.iter().all(|row| row.len() == 10), "{intervals}");
+    for phase in phases {
+        let name = phase["name"].as_str().expect("name");
+        let ops: u64 = rows
+            .iter()
+            .filter(|row| row[0] == name)
+            .map(|row| row[2].parse::<u64>().expect("ops is a number"))
+            .sum();
+        assert_eq!(ops, phase["ops_ok"].as_u64().expect("ops_ok"), "{name}");
+        assert_eq!(
+            rows.iter().filter(|row| row[0] == name).count(),
+            phase["intervals"].as_array().expect("intervals").len(),
+            "{name}: a row per interval"
+        );
+    }
+
+    let percentiles =
+        std::fs::read_to_string(dir.join("percentiles.csv")).expect("percentiles.csv");
+    assert!(
+        percentiles.starts_with("phase,operation,latency,ops_ok,ops_failed,ops_per_s,count,"),
+        "{percentiles}"
+    );
+    for phase in phases {
+        let name = phase["name"].as_str().expect("name");
+        let all = format!("{name},all,corrected,{},", phase["ops_ok"]);
+        assert!(
+            percentiles.lines().any(|line| line.starts_with(&all)),
+            "{all} in {percentiles}"
+        );
+    }
+
+    for phase in phases {
+        let name = phase["name"].as_str().expect("name");
+        let intervals = phase["intervals"].as_array().expect("intervals").len();
+        let operations = phase["by_operation"].as_object().expect("by_operation");
+        assert!(!operations.is_empty(), "{name}");
+        for operation in operations.keys() {
+            for kind in ["corrected", "raw"] {
+                let path = dir.join(format!("{}.{operation}.{kind}.hlog", slug(name)));
+                let log =
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let text = String::from_utf8_lossy(&log);
+                assert!(text.contains("#[BaseTime: "), "{text}");
+                let histograms: Vec<_> = IntervalLogIterator::new(&log)
+                    .map(|entry| entry.expect("the interval log parses"))
+                    .filter_map(|entry| match entry {
+                        LogEntry::Interval(h) => Some(h),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(histograms.len(), intervals, "{}", path.display());
+                assert!(
+                    histograms
+                        .iter()
+                        .all(|h| h.encoded_histogram().starts_with("HISTFAAA")),
+                    "V2 compressed histograms: {text}"
+                );
+                let recorded: u64 = histograms
+                    .iter()
+                    .map(|h| {
+                        let bytes = base64_decode(h.encoded_histogram());
+                        let histogram: hdrhistogram::Histogram<u64> =
+                            hdrhistogram::serialization::Deserializer::new()
+                                .deserialize(&mut bytes.as_slice())
+                                .expect("the histogram decodes");
+                        histogram.len()
+                    })
+                    .sum();
+                assert_eq!(
+                    recorded,
+                    operations[operation]["ops_ok"],
+                    "{}: every success is in one interval",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    for png in ["throughput.png", "latency.png"] {
+        let bytes = std::fs::read(dir.join(png)).expect("PNG written");
+        assert!(bytes.len() > 100, "{png} has {} bytes", bytes.len());
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is a PNG");
+        assert_eq!(&bytes[12..16], b"IHDR", "{png}");
+        let width = u32::from_be_bytes(bytes[16..20].try_into().expect("4 bytes"));
+        let height = u32::from_be_bytes(bytes[20..24].try_into().expect("4 bytes"));
+        assert_eq!(
+            (width, height),
+            (1000, 300 * phases.len() as u32),
+            "{png}: a panel per phase"
+        );
+    }
+}
+
 #[test]
 fn messages_open_model_reports_to_stdout_without_errors_protocol06_5_3() {
     let dir = tempfile::tempdir().expect("temporary directory");
+    let out = tempfile::tempdir().expect("temporary directory");
+    let out_dir = out.path().join("out");
     let output = bench(
         &[
             "messages",
@@ -77,10 +230,17 @@ fn messages_open_model_reports_to_stdout_without_errors_protocol06_5_3() {
             "--duration",
             "1500ms",
             "--no-progress",
+            "--out-dir",
+            out_dir.to_str().expect("UTF-8 path"),
         ],
         dir.path(),
     );
     let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON report");
+    check_out_dir(&out_dir, &report);
+    assert!(
+        out_dir.join("messages.message.corrected.hlog").is_file(),
+        "the interval log of the phase's one operation"
+    );
     assert_eq!(report["scenario"], "messages");
     assert_eq!(report["config"]["load_model"], "open");
     assert_eq!(report["config"]["encryption"], "pregenerated");
@@ -125,6 +285,8 @@ fn commits_closed_model_at_two_group_sizes_writes_the_json_file_rfc9420_12_4() {
             "1s",
             "--json",
             json.to_str().expect("UTF-8 path"),
+            "--out-dir",
+            dir.path().join("out").to_str().expect("UTF-8 path"),
         ],
         &data,
     );
@@ -147,6 +309,7 @@ fn commits_closed_model_at_two_group_sizes_writes_the_json_file_rfc9420_12_4() {
             "closed model: corrected and raw latency are the same"
         );
     }
+    check_out_dir(&dir.path().join("out"), &report);
 }
 
 #[test]

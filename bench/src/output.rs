@@ -1,0 +1,356 @@
+//! `--out-dir DIR`: every file of a run in one directory.
+//!
+//! - `summary.json`: the JSON report (the same as on stdout or in `--json`).
+//! - `intervals.csv`: one row per phase and second: `phase, elapsed_s, ops, ops_per_s, errors,
+//!   p50_us, p95_us, p99_us, p999_us, max_us` (corrected latency of the operations answered in
+//!   that second).
+//! - `percentiles.csv`: the final percentiles per phase, operation (`all` and each kind) and
+//!   latency (`corrected`, `raw`).
+//! - `<phase>.<operation>.corrected.hlog` and `.raw.hlog`: HdrHistogram interval logs, one
+//!   histogram per second, V2 compressed, values in microseconds, base time the phase start
+//!   (HdrHistogram's `HistogramLogProcessor -i FILE -outputValueUnitRatio 1000` prints them in
+//!   milliseconds).
+//! - `throughput.png` and `latency.png`: operations per second and the latency percentiles
+//!   (p50, p95, p99, p99.9, max, logarithmic) over time, one panel per phase (`plot`).
+//!
+//! A scenario without a timed phase (idle-density) writes `summary.json` only.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context;
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::V2DeflateSerializer;
+use serde::Serialize;
+
+use crate::plot::{write_png, Panel, Series, PALETTE};
+use crate::run::Report;
+use crate::stats::{LoggedInterval, Percentiles};
+
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const INTERVALS_FILE: &str = "intervals.csv";
+pub const PERCENTILES_FILE: &str = "percentiles.csv";
+pub const THROUGHPUT_FILE: &str = "throughput.png";
+pub const LATENCY_FILE: &str = "latency.png";
+
+/// Writes `summary.json` alone into `dir` (created if missing); returns its path.
+pub fn write_summary(dir: &Path, report: &impl Serialize) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(SUMMARY_FILE);
+    let json = serde_json::to_string_pretty(report).context("encoding the report")?;
+    std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Writes every file of a run with timed phases into `dir` (created if missing); returns their
+/// paths.
+pub fn write_run(dir: &Path, report: &Report) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = vec![write_summary(dir, report)?];
+    let path = dir.join(INTERVALS_FILE);
+    write_file(&path, &intervals_csv(report))?;
+    written.push(path);
+    let path = dir.join(PERCENTILES_FILE);
+    write_file(&path, &percentiles_csv(report))?;
+    written.push(path);
+    written.extend(write_interval_logs(dir, report)?);
+    let path = dir.join(THROUGHPUT_FILE);
+    write_png(&path, &throughput_panels(report), "ELAPSED S")?;
+    written.push(path);
+    let path = dir.join(LATENCY_FILE);
+    write_png(&path, &latency_panels(report), "ELAPSED S")?;
+    written.push(path);
+    Ok(written)
+}
+
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A CSV field: quoted when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// The per-second rows of every phase.
+pub fn intervals_csv(report: &Report) -> String {
+    let mut csv =
+        String::from("phase,elapsed_s,ops,ops_per_s,errors,p50_us,p95_us,p99_us,p999_us,max_us\n");
+    for phase in &report.phases {
+        for interval in &phase.measured.intervals {
+            let l = &interval.latency;
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                csv,
+                "{},{},{},{},{},{},{},{},{},{}",
+                csv_field(&phase.name),
+                interval.elapsed_s,
+                interval.ops_ok,
+                interval.ops_per_s,
+                interval.errors,
+                l.p50_us,
+                l.p95_us,
+                l.p99_us,
+                l.p999_us,
+                l.max_us
+            );
+        }
+    }
+    csv
+}
+
+/// The final percentiles of every phase, for all operations together and per operation.
+pub fn percentiles_csv(report: &Report) -> String {
+    let mut csv = String::from(
+        "phase,operation,latency,ops_ok,ops_failed,ops_per_s,count,mean_us,p50_us,p95_us,\
+         p99_us,p999_us,max_us\n",
+    );
+    let mut row = |phase: &str,
+                   operation: &str,
+                   kind: &str,
+                   ok: u64,
+                   failed: u64,
+                   elapsed_s: f64,
+                   p: &Percentiles| {
+        let rate = if elapsed_s > 0.0 {
+            (ok as f64 / elapsed_s * 10.0).round() / 10.0
+        } else {
+            0.0
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            csv,
+            "{},{},{kind},{ok},{failed},{rate},{},{},{},{},{},{},{}",
+            csv_field(phase),
+            csv_field(operation),
+            p.count,
+            p.mean_us,
+            p.p50_us,
+            p.p95_us,
+            p.p99_us,
+            p.p999_us,
+            p.max_us
+        );
+    };
+    for phase in &report.phases {
+        let m = &phase.measured;
+        let t = &m.totals;
+        for (kind, p) in [("corrected", &t.latency_corrected), ("raw", &t.latency_raw)] {
+            row(
+                &phase.name,
+                "all",
+                kind,
+                t.ops_ok,
+                t.ops_failed,
+                m.elapsed_s,
+                p,
+            );
+        }
+        for (operation, op) in &t.by_operation {
+            for (kind, p) in [
+                ("corrected", &op.latency_corrected),
+                ("raw", &op.latency_raw),
+            ] {
+                row(
+                    &phase.name,
+                    operation,
+                    kind,
+                    op.ops_ok,
+                    op.ops_failed,
+                    m.elapsed_s,
+                    p,
+                );
+            }
+        }
+    }
+    csv
+}
+
+/// A phase name as a file name: letters, digits, `-` and `_`.
+fn slug(name: &str) -> String {
+    let slug: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    slug.trim_matches('-').to_string()
+}
+
+/// `<phase>.<operation>.{corrected,raw}.hlog` for every phase and operation.
+fn write_interval_logs(dir: &Path, report: &Report) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    for (index, phase) in report.phases.iter().enumerate() {
+        let mut stem = slug(&phase.name);
+        if stem.is_empty() || !used.insert(stem.clone()) {
+            stem = format!("{stem}-{}", index + 1);
+            used.insert(stem.clone());
+        }
+        let log = &phase.measured.interval_log;
+        let mut operations: Vec<&'static str> = log.iter().map(|e| e.operation).collect();
+        operations.sort_unstable();
+        operations.dedup();
+        for operation in operations {
+            for corrected in [true, false] {
+                let kind = if corrected { "corrected" } else { "raw" };
+                let path = dir.join(format!("{stem}.{}.{kind}.hlog", slug(operation)));
+                let entries = log.iter().filter(|e| e.operation == operation);
+                let comment = format!(
+                    "mimid-bench {} phase \"{}\": {kind} latency of {operation}, microseconds",
+                    report.scenario, phase.name
+                );
+                write_interval_log(
+                    &path,
+                    &comment,
+                    phase.measured.started_unix_ms,
+                    entries,
+                    corrected,
+                )?;
+                written.push(path);
+            }
+        }
+    }
+    Ok(written)
+}
+
+fn write_interval_log<'a>(
+    path: &Path,
+    comment: &str,
+    started_unix_ms: u64,
+    entries: impl Iterator<Item = &'a LoggedInterval>,
+    corrected: bool,
+) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut serializer = V2DeflateSerializer::new();
+    let start = UNIX_EPOCH + Duration::from_millis(started_unix_ms);
+    let mut writer = IntervalLogWriterBuilder::new()
+        .add_comment(comment)
+        .with_start_time(start)
+        .with_base_time(start)
+        // The max column in milliseconds.
+        .with_max_value_divisor(1000.0)
+        .begin_log_with(&mut out, &mut serializer)
+        .with_context(|| format!("writing {}", path.display()))?;
+    for entry in entries {
+        let encoded = if corrected {
+            &entry.corrected
+        } else {
+            &entry.raw
+        };
+        let histogram = LoggedInterval::decode(encoded)?;
+        writer
+            .write_histogram(&histogram, entry.start, entry.length, None)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", path.display()))?;
+    }
+    drop(writer);
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A panel's title: the scenario and the phase, or the scenario alone when the phase has its
+/// name.
+fn title(scenario: &str, phase: &str) -> String {
+    if scenario == phase {
+        scenario.to_string()
+    } else {
+        format!("{scenario}: {phase}")
+    }
+}
+
+/// One panel per phase: operations per second (and failures per second, if any).
+fn throughput_panels(report: &Report) -> Vec<Panel> {
+    report
+        .phases
+        .iter()
+        .map(|phase| {
+            let intervals = &phase.measured.intervals;
+            let mut series = vec![Series {
+                label: "ops/s".into(),
+                color: PALETTE[0],
+                points: intervals
+                    .iter()
+                    .map(|i| (i.elapsed_s, i.ops_per_s))
+                    .collect(),
+            }];
+            if intervals.iter().any(|i| i.errors > 0) {
+                series.push(Series {
+                    label: "errors".into(),
+                    color: PALETTE[2],
+                    points: intervals
+                        .iter()
+                        .map(|i| (i.elapsed_s, i.errors as f64))
+                        .collect(),
+                });
+            }
+            Panel {
+                title: title(report.scenario, &phase.name),
+                y_label: "OPS/S".into(),
+                log_y: false,
+                series,
+            }
+        })
+        .collect()
+}
+
+/// One panel per phase: the corrected latency percentiles of each second, in milliseconds.
+fn latency_panels(report: &Report) -> Vec<Panel> {
+    report
+        .phases
+        .iter()
+        .map(|phase| {
+            let intervals = &phase.measured.intervals;
+            let percentile = |label: &str, color, pick: fn(&Percentiles) -> u64| Series {
+                label: label.into(),
+                color,
+                points: intervals
+                    .iter()
+                    .filter(|i| i.latency.count > 0)
+                    .map(|i| (i.elapsed_s, pick(&i.latency) as f64 / 1000.0))
+                    .collect(),
+            };
+            Panel {
+                title: title(report.scenario, &phase.name),
+                y_label: "LATENCY MS".into(),
+                log_y: true,
+                series: vec![
+                    percentile("p50", PALETTE[0], |p| p.p50_us),
+                    percentile("p95", PALETTE[3], |p| p.p95_us),
+                    percentile("p99", PALETTE[1], |p| p.p99_us),
+                    percentile("p99.9", PALETTE[2], |p| p.p999_us),
+                    percentile("max", PALETTE[4], |p| p.max_us),
+                ],
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        assert_eq!(csv_field("commits group_size=2"), "commits group_size=2");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn slugs_are_file_names() {
+        assert_eq!(slug("commits group_size=2"), "commits-group_size-2");
+        assert_eq!(slug("small-rooms"), "small-rooms");
+        assert_eq!(slug("../x"), "x");
+    }
+}
