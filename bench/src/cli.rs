@@ -344,6 +344,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(millis.round() as u64))
 }
 
+/// What the command line asks for: a scenario of [`Cli`], or one of the commands beside them
+/// ([`crate::side_by_side::ExtraCommand`]: `nats`, `etcd`, `compare`, `commit-floor`), which
+/// `mimid-bench --help` lists with the scenarios.
+#[derive(Debug, Clone)]
+pub enum Invocation {
+    Scenario(Cli),
+    Extra(crate::side_by_side::ExtraCommand),
+}
+
+/// Parses the process's arguments into an [`Invocation`]; exits with clap's message on an
+/// error or for `--help`/`--version`.
+pub fn parse_invocation() -> Invocation {
+    parse_invocation_from(std::env::args_os()).unwrap_or_else(|error| error.exit())
+}
+
+/// Parses `args` (the program name first) into an [`Invocation`].
+pub fn parse_invocation_from<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use crate::side_by_side::ExtraCommand;
+    use clap::{CommandFactory, FromArgMatches};
+    let command = ExtraCommand::augment_subcommands(Cli::command());
+    let matches = command.try_get_matches_from(args)?;
+    match matches.subcommand_name() {
+        Some(name) if ExtraCommand::has_subcommand(name) => {
+            Ok(Invocation::Extra(ExtraCommand::from_arg_matches(&matches)?))
+        }
+        _ => Ok(Invocation::Scenario(Cli::from_arg_matches(&matches)?)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +489,49 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["b", "idle-density", "--rooms", "0"]).is_err());
         assert!(Cli::try_parse_from(["b", "idle-density", "--rate", "10"]).is_err());
+    }
+
+    #[test]
+    fn the_extra_commands_parse_beside_the_scenarios() {
+        use crate::side_by_side::ExtraCommand;
+        let Ok(Invocation::Extra(ExtraCommand::Nats(args))) = parse_invocation_from([
+            "b",
+            "nats",
+            "--rooms",
+            "6",
+            "--concurrency",
+            "6",
+            "--duration",
+            "2s",
+        ]) else {
+            panic!("nats expected");
+        };
+        assert_eq!((args.rooms, args.nodes, args.message_bytes), (6, 3, 256));
+        assert_eq!(
+            args.load.model(),
+            LoadModel::Closed {
+                concurrency: Some(6)
+            }
+        );
+        assert!(matches!(
+            parse_invocation_from(["b", "etcd", "--no-subscribers"]),
+            Ok(Invocation::Extra(ExtraCommand::Etcd(_)))
+        ));
+        assert!(matches!(
+            parse_invocation_from(["b", "commit-floor", "--group-size", "2,16"]),
+            Ok(Invocation::Extra(ExtraCommand::CommitFloor(_)))
+        ));
+        assert!(matches!(
+            parse_invocation_from(["b", "messages", "--rooms", "4"]),
+            Ok(Invocation::Scenario(_))
+        ));
+        assert!(
+            parse_invocation_from(["b", "compare"]).is_err(),
+            "--mimid is required"
+        );
+        assert!(parse_invocation_from(["b", "nats", "--rate", "1", "--concurrency", "1"]).is_err());
+        use clap::CommandFactory;
+        ExtraCommand::augment_subcommands(Cli::command()).debug_assert();
     }
 
     #[test]

@@ -14,18 +14,26 @@
 //! recorder), `system` (machine and CPU accounting from `/proc`), `progress` (per-second lines
 //! and progress bars on stderr), `output` (`--out-dir`: JSON, CSV, HdrHistogram interval logs,
 //! PNG) with `plot`.
+//! Beside the scenarios (`side_by_side`): the peers `nats` and `etcd` run as child processes
+//! under the same load engine (`peer`: their options, processes and report), `compare` (the
+//! ratio table) and `floor` (commit-floor: mimid's Commits against the hub's openmls floor).
 
 pub mod cli;
 pub mod cluster;
 pub mod cross;
 pub mod density;
+pub mod etcd;
+pub mod floor;
 pub mod load;
+pub mod nats;
 pub mod output;
+pub mod peer;
 pub mod plot;
 pub mod progress;
 pub mod provider;
 pub mod run;
 pub mod scenario;
 pub mod schedule;
+pub mod side_by_side;
 pub mod stats;
 pub mod system;

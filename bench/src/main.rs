@@ -4,14 +4,16 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use mimid_bench::cli::{Cli, OutputArgs, Scenario};
+use mimid_bench::cli::{Invocation, OutputArgs, Scenario};
 use mimid_bench::density::DensityReport;
 use mimid_bench::load::StopReason;
 use mimid_bench::run::{run, Report};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match mimid_bench::cli::parse_invocation() {
+        Invocation::Scenario(cli) => cli,
+        Invocation::Extra(command) => return mimid_bench::side_by_side::main(command),
+    };
     // The node's logs are off unless asked for: they would interleave with the progress lines.
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
