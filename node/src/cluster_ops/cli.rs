@@ -1,8 +1,8 @@
-//! `mimid node status | drain | undrain | add | decommission --host ADDR`: the cluster
-//! routes of a node's admin listener ([`super::http`]) over plain HTTP/1.1, like
-//! `mimid backup`, with the admin token (`--token-file`, `--data-dir` or
-//! `MIMID_ADMIN_TOKEN_FILE`: [`crate::admin::auth`]). Any node's admin listener will do;
-//! registry changes reach shard 0's leader from there.
+//! `mimid node status | drain | undrain | add | decommission --host ADDR` and `mimid init
+//! --host ADDR`: the cluster routes of a node's admin listener ([`super::http`],
+//! [`super::bootstrap`]) over plain HTTP/1.1, like `mimid backup`, with the admin token
+//! (`--token-file`, `--data-dir` or `MIMID_ADMIN_TOKEN_FILE`: [`crate::admin::auth`]). Any
+//! node's admin listener will do; registry changes reach shard 0's leader from there.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde::de::DeserializeOwned;
 
+use super::bootstrap::{InitAnswer, INIT_PATH};
 use super::http::{
     AddNodeRequest, ClusterStatus, DrainAnswer, NodeAnswer, ADD_NODE_PATH, DRAIN_PATH, STATUS_PATH,
     UNDRAIN_PATH,
@@ -44,7 +45,7 @@ pub enum NodeCommand {
         host: String,
     },
     /// Register a new node; start it with cluster.join_existing = true and it receives
-    /// replicas (ops/runbooks/scale-out.md).
+    /// replicas (ops/runbooks/scale-out.md). A node started with --join registers itself.
     Add {
         /// A node's admin listener, `HOST:PORT`.
         #[arg(long, value_name = "ADDR")]
@@ -174,12 +175,39 @@ pub async fn run_node_command(
     }
 }
 
+/// Runs `mimid init --host ADDR` with the admin `token`: the cluster the nodes started with
+/// `--join` form, created on the node at `host` (ops/runbooks/bootstrap.md). Fails, with the
+/// node's reason, when the cluster exists already (409) or the node does not use
+/// `cluster.join`.
+///
+/// Cancel safety: a cancelled init may still have created the cluster; `mimid node status`
+/// shows its id, and a repeated init answers 409 with it.
+pub async fn run_init(host: &str, token: Option<&AdminToken>) -> anyhow::Result<Vec<String>> {
+    let answer: InitAnswer = call_json(host, token, "POST", INIT_PATH, b"", 200).await?;
+    Ok(vec![format!(
+        "cluster {} initialized by node {}{}; the nodes started with --join adopt it, register \
+         themselves and are given replicas (mimid node status --host {host})",
+        answer.cluster_id,
+        answer.node_id,
+        if answer.running {
+            ""
+        } else {
+            " (still starting: watch its /readyz)"
+        }
+    )])
+}
+
 /// The table `mimid node status` prints.
 pub fn render_status(status: &ClusterStatus) -> Vec<String> {
     let mut lines = vec![format!(
-        "asked node {}{}; replication factor {}",
+        "asked node {}{}; {}replication factor {}",
         status.node_id,
         if status.draining { " (draining)" } else { "" },
+        status
+            .cluster_id
+            .as_ref()
+            .map(|id| format!("cluster id {id}; "))
+            .unwrap_or_default(),
         status.replication_factor
     )];
     lines.push(format!(

@@ -1,6 +1,7 @@
-//! The operations' background tasks: the registry watcher (every node), the placement
-//! driver (the node leading shard 0) and the drain loop (a draining node). Shells only: what
-//! placement wants is [`super::placement`]'s.
+//! The operations' background tasks: the registry watcher (every node; with `cluster.join`
+//! it also seeds the registry of the node that took `init`, and registers every other node),
+//! the placement driver (the node leading shard 0) and the drain loop (a draining node).
+//! Shells only: what placement wants is [`super::placement`]'s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,8 +25,8 @@ const REGISTRY_RETRY: Duration = Duration::from_secs(1);
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Keeps the transport's peers in line with the registry, seeds the registry of a new
-/// cluster, and records this node's address in it when it moved (module docs of
-/// [`super`]).
+/// cluster, records this node's address in it when it moved, and registers a node that joined
+/// with `cluster.join` until the registry names it (module docs of [`super`]).
 ///
 /// Cancel safety: runs until aborted; safe to abort at any await.
 pub(super) async fn watch_registry(ops: Arc<ClusterOps>) {
@@ -34,12 +35,21 @@ pub(super) async fn watch_registry(ops: Arc<ClusterOps>) {
     // The registry's addresses as last seen: a change there is a node that moved.
     let mut seen: BTreeMap<NodeId, Option<SocketAddr>> = BTreeMap::new();
     let mut last_proposal: Option<Instant> = None;
+    let mut registered = !ops.settings.register;
+    let mut last_registration: Option<Instant> = None;
     loop {
         tick.tick().await;
         let (Some(hub), Some(net)) = (ops.hub(), &ops.net) else {
             continue;
         };
         let meta = hub.cluster_meta();
+        if !registered && meta.node(ops.node_id).is_some() {
+            registered = true;
+        }
+        if !registered && last_registration.is_none_or(|at| at.elapsed() >= REGISTRY_RETRY) {
+            last_registration = Some(Instant::now());
+            registered = ops.register_self().await;
+        }
         for (&id, record) in meta.nodes() {
             let Some(addr) = record.cluster_addr else {
                 continue;
@@ -85,8 +95,47 @@ pub(super) async fn watch_registry(ops: Arc<ClusterOps>) {
 }
 
 impl ClusterOps {
+    /// Asks the connected nodes, one after the other, to register this node (a node that
+    /// joined with `cluster.join`, `OpsRequest::Register`); true once one did, or once one
+    /// said it never will (the refusal is logged).
+    ///
+    /// Cancel safety: safe to drop; a registration may still be applied.
+    async fn register_self(&self) -> bool {
+        let (Some(net), Some(cluster_id), Some(cluster_addr)) = (
+            &self.net,
+            self.settings.cluster_id,
+            self.settings.advertised,
+        ) else {
+            tracing::warn!("cannot register this node: no cluster id or no dialable address");
+            return true;
+        };
+        let request = OpsRequest::Register {
+            cluster_id,
+            cluster_addr,
+        };
+        for peer in net.connected_peers().into_keys() {
+            match rpc::call(net, peer, &request, rpc::CHANGE_TIMEOUT).await {
+                Ok(OpsAnswer::Registered(Ok(changed))) => {
+                    tracing::info!(via = peer, %cluster_addr, changed, "this node is registered in the cluster");
+                    return true;
+                }
+                Ok(OpsAnswer::Registered(Err(Refusal::Invalid(reason)))) => {
+                    tracing::warn!(via = peer, %reason, "this node cannot be registered; not asking again");
+                    return true;
+                }
+                Ok(OpsAnswer::Registered(Err(Refusal::Retry(reason)))) => {
+                    tracing::debug!(via = peer, %reason, "registration postponed");
+                }
+                Ok(other) => tracing::debug!(via = peer, ?other, "no registration"),
+                Err(reason) => tracing::debug!(via = peer, %reason, "no registration"),
+            }
+        }
+        false
+    }
+
     /// What this node wants of the registry for itself: the seed of a new cluster (only the
-    /// leader of shard 0, and never a joining node), or its own address when it moved.
+    /// leader of shard 0, and never a joining node; with the cluster id of a cluster formed by
+    /// `mimid init`), or its own address when it moved.
     fn own_registry_change(&self, meta: &ClusterMeta) -> Option<MetaChange> {
         if !meta.is_seeded() {
             let leads = self.cluster.leader(METADATA_SHARD) == Some(self.node_id);
@@ -106,9 +155,17 @@ impl ClusterOps {
                     (id, addr)
                 })
                 .collect();
-            return Some(MetaChange::Seed {
-                nodes,
-                replication_factor: self.settings.replication_factor,
+            let replication_factor = self.settings.replication_factor;
+            return Some(match self.settings.cluster_id {
+                Some(cluster_id) => MetaChange::Bootstrap {
+                    cluster_id,
+                    nodes,
+                    replication_factor,
+                },
+                None => MetaChange::Seed {
+                    nodes,
+                    replication_factor,
+                },
             });
         }
         let record = meta.node(self.node_id)?;

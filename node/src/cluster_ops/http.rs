@@ -12,6 +12,11 @@
 //! - `POST /admin/cluster/nodes/{id}/decommission`: starts moving node `id`'s replicas away
 //!   (200 with [`NodeAnswer`]; 409 when the Active nodes other than it are fewer than the
 //!   replication factor, or it is decommissioned already; 404 for an unknown node).
+//! - `POST /admin/cluster/init` ([`super::bootstrap`]): on a node started with `cluster.join`
+//!   and not initialized yet, creates the cluster (200 with [`super::InitAnswer`]); 409
+//!   "cluster already initialized (cluster id …)" once the cluster exists, and on a node that
+//!   does not use `cluster.join`. A node waiting for `init` serves this route (and the probes)
+//!   only.
 //!
 //! Registry changes are proposed to shard 0 through the hub (its leader may be another node);
 //! a shard 0 without a leader is a 503 with the reason. A node running alone (no
@@ -37,6 +42,7 @@ use mimid_actors::hub::HubError;
 use mimid_cluster::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 
+use super::bootstrap::{init_response, INIT_PATH};
 use super::{leader_reports, ClusterOps, ShardReport};
 
 /// `GET`: the cluster's nodes and shards.
@@ -58,6 +64,10 @@ pub struct ClusterStatus {
     /// The registry's replication factor (0: the registry is not seeded, or the node runs
     /// alone).
     pub replication_factor: u32,
+    /// The cluster id of a cluster formed with `cluster.join` and `mimid init`; `None` for a
+    /// statically configured cluster or a node alone.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
     /// Registered nodes, and nodes that answered without being registered, by id.
     pub nodes: Vec<NodeEntry>,
     /// Every shard, by id.
@@ -153,6 +163,7 @@ pub fn routes(ops: Arc<ClusterOps>) -> Router {
         .route(UNDRAIN_PATH, post(undrain))
         .route(ADD_NODE_PATH, post(add_node))
         .route("/admin/cluster/nodes/{id}/decommission", post(decommission))
+        .route(INIT_PATH, post(init))
         .with_state(ops)
 }
 
@@ -225,6 +236,10 @@ impl ClusterOps {
             node_id: self.node_id,
             draining: self.is_draining(),
             replication_factor: meta.replication_factor(),
+            cluster_id: meta
+                .cluster_id()
+                .or(self.settings.cluster_id)
+                .map(|id| id.to_string()),
             nodes,
             shards,
         }
@@ -350,6 +365,11 @@ async fn add_node(State(ops): State<Arc<ClusterOps>>, body: Bytes) -> Response {
     };
     ops.change_registry(change, request.id, StatusCode::CREATED)
         .await
+}
+
+/// Cancel safety: safe to drop (`Bootstrap::init`).
+async fn init(State(ops): State<Arc<ClusterOps>>) -> Response {
+    init_response(ops.bootstrap().map(Arc::as_ref)).await
 }
 
 async fn decommission(State(ops): State<Arc<ClusterOps>>, Path(id): Path<String>) -> Response {

@@ -22,19 +22,26 @@
 //!   handed to another voter, again whenever it leads one, and `/readyz` answers 503
 //!   "draining" until `undrain` or a restart.
 //! - **The admin routes** ([`http`]) and **the CLI** ([`cli`]: `mimid node status | drain |
-//!   undrain | add | decommission`).
+//!   undrain | add | decommission`, `mimid init`).
+//! - **Bootstrap with `cluster.join`** ([`bootstrap`]): the cluster id, waiting for `mimid
+//!   init`, gossip of the known nodes, the init itself; once the node runs, the node that took
+//!   `init` seeds the registry with the cluster id ([`driver`]), and every other node registers
+//!   itself through a connected node (`OpsRequest::Register`) so the placement driver gives it
+//!   replicas.
 //!
 //! What it does not do: decide anything about rooms (that is the shards' apply), change a
 //! shard's members on a node that does not lead it (the cluster crate refuses; we ask the
 //! leader), or move replicas faster than one step at a time.
 
+pub mod bootstrap;
 mod cli;
 mod driver;
 mod http;
 mod placement;
 mod rpc;
 
-pub use cli::{render_status, run_node_command, NodeCommand};
+pub use bootstrap::{Bootstrap, InitAnswer, Role, INIT_PATH};
+pub use cli::{render_status, run_init, run_node_command, NodeCommand};
 pub use http::{
     routes, AddNodeRequest, ClusterStatus, DrainAnswer, NodeAnswer, NodeEntry, ShardEntry,
     ADD_NODE_PATH, DRAIN_PATH, STATUS_PATH, UNDRAIN_PATH,
@@ -44,10 +51,10 @@ pub use rpc::{NodeReport, OpsRpc, ShardReport};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use mimid_actors::cluster_meta::{ClusterMeta, NodeState};
+use mimid_actors::cluster_meta::{ClusterId, ClusterMeta, NodeState};
 use mimid_actors::hub::Hub;
 use mimid_actors::shard::ShardMachine;
 use mimid_cluster::{ClusterHandle, NodeId, ShardId};
@@ -80,6 +87,12 @@ pub struct OpsSettings {
     pub advertised: Option<SocketAddr>,
     /// [`PLACEMENT_STEP`]; tests may shorten it.
     pub placement_step: Duration,
+    /// The cluster id of a cluster formed with `cluster.join` (`None`: static or alone). With
+    /// `join_existing` false, this node is an initial voter and may seed the registry with it.
+    pub cluster_id: Option<ClusterId>,
+    /// Register this node through a connected node until the registry names it (a node that
+    /// joined with `cluster.join`, the automatic `mimid node add`).
+    pub register: bool,
 }
 
 impl OpsSettings {
@@ -94,7 +107,27 @@ impl OpsSettings {
             configured_peers: cluster.peer_addresses(config.node_id).unwrap_or_default(),
             advertised: bound.filter(|addr| !addr.ip().is_unspecified() && addr.port() != 0),
             placement_step: PLACEMENT_STEP,
+            cluster_id: None,
+            register: false,
         }
+    }
+
+    /// These settings for node `own` that formed or joined its cluster with `cluster.join` in
+    /// `role`: an initial voter may seed the registry with the initial voters and the cluster
+    /// id; every other node joins the existing shards and registers itself.
+    pub fn joined(mut self, own: NodeId, role: &Role) -> Self {
+        let member = role.is_initial_voter(own);
+        self.cluster_id = Some(role.cluster_id);
+        self.initial_voters = role.initial_voters.iter().map(|&(id, _)| id).collect();
+        self.configured_peers = role
+            .initial_voters
+            .iter()
+            .filter(|&&(id, _)| id != own)
+            .copied()
+            .collect();
+        self.join_existing = !member;
+        self.register = !member;
+        self
     }
 }
 
@@ -115,6 +148,8 @@ pub struct ClusterOps {
     known_peers: Mutex<BTreeMap<NodeId, SocketAddr>>,
     /// Shards whose leadership transfer for draining is under way.
     draining_transfers: Arc<Mutex<BTreeSet<ShardId>>>,
+    /// The bootstrap of a node using `cluster.join` (for `POST /admin/cluster/init`).
+    bootstrap: OnceLock<Arc<Bootstrap>>,
 }
 
 impl ClusterOps {
@@ -141,7 +176,27 @@ impl ClusterOps {
             draining: AtomicBool::new(false),
             known_peers: Mutex::new(known_peers),
             draining_transfers: Arc::default(),
+            bootstrap: OnceLock::new(),
         })
+    }
+
+    /// Makes `POST /admin/cluster/init` answer from `bootstrap` (a node using `cluster.join`;
+    /// without it the route answers 409). A second call changes nothing.
+    pub fn set_bootstrap(&self, bootstrap: Arc<Bootstrap>) {
+        let _ = self.bootstrap.set(bootstrap);
+    }
+
+    /// The bootstrap of a node using `cluster.join`.
+    pub fn bootstrap(&self) -> Option<&Arc<Bootstrap>> {
+        self.bootstrap.get()
+    }
+
+    /// The cluster id (a cluster formed with `cluster.join`): the registry's, else this
+    /// node's.
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.registry()
+            .and_then(|meta| meta.cluster_id())
+            .or(self.settings.cluster_id)
     }
 
     /// Starts the registry watcher, the placement driver and the drain loop on the current

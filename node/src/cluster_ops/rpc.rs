@@ -4,20 +4,28 @@
 //! leader (only the leader takes them, `mimid_cluster::ClusterHandle::change_members`).
 //!
 //! The transport has one RPC handler per node; [`OpsRpc`] shares it with the forwarded
-//! proposals (`crate::cluster_net::ForwardedProposals`): a request that starts with
-//! [`OPS_MARKER`] is ours, anything else is handed on unchanged. A forwarded proposal is a
-//! postcard enum, whose first byte is a small variant index, never `0xff`.
+//! proposals (`crate::cluster_net::ForwardedProposals`) and the bootstrap's gossip
+//! ([`super::bootstrap`]): a request that starts with [`OPS_MARKER`] is ours, one that starts
+//! with `BOOT_MARKER` the bootstrap's (answered before the node runs, too), anything else is
+//! handed on unchanged. A forwarded proposal is a postcard enum, whose first byte is a small
+//! variant index, never `0xff`.
 //!
 //! ```text
-//! request (postcard):  OPS_MARKER | OpsRequest::{Status, ChangeMembers, TransferLeader}
-//! answer  (postcard):  OpsAnswer::{Status, Changed, Transferred, Refused}
+//! request (postcard):  OPS_MARKER | OpsRequest::{Status, ChangeMembers, TransferLeader, Register}
+//! answer  (postcard):  OpsAnswer::{Status, Changed, Transferred, Refused, Registered}
 //! ```
+//!
+//! `Register` is the automatic `mimid node add` of a node that joined with `cluster.join`: it
+//! asks a connected node of its cluster to put it into the registry (its own replica of shard
+//! 0 is empty until the placement driver, which places registered nodes only, gives it one).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use mimid_actors::cluster_meta::{ClusterId, MetaChange, MetaRefusal, NodeState};
 use mimid_actors::hub::Hub;
 use mimid_cluster::{
     MembershipChange, MembershipError, NodeId, ShardId, ShardStatus, TransferError,
@@ -25,6 +33,7 @@ use mimid_cluster::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::bootstrap::{Bootstrap, BOOT_MARKER};
 use super::ClusterOps;
 use crate::cluster_net::{CallError, ForwardedProposals, NetSender, RpcHandler};
 
@@ -47,6 +56,12 @@ pub(crate) enum OpsRequest {
     ChangeMembers { shard: ShardId, change: Change },
     /// Hand the leadership of `shard` to voter `to`.
     TransferLeader { shard: ShardId, to: NodeId },
+    /// Register the sender (a node that joined cluster `cluster_id` with `cluster.join`) at
+    /// `cluster_addr`, or record that it moved there.
+    Register {
+        cluster_id: ClusterId,
+        cluster_addr: SocketAddr,
+    },
 }
 
 /// A membership change on the wire (`MembershipChange` is not serialisable).
@@ -66,6 +81,8 @@ pub(crate) enum OpsAnswer {
     Transferred(Result<(), Refusal>),
     /// The request could not be read.
     Refused(String),
+    /// Whether the registry changed, or why the sender was not registered.
+    Registered(Result<bool, Refusal>),
 }
 
 /// Why the leader did not make a change or a transfer. Every refusal changed nothing.
@@ -215,8 +232,8 @@ impl ClusterOps {
         }
     }
 
-    /// Answers one request from another node.
-    async fn answer(&self, request: OpsRequest) -> OpsAnswer {
+    /// Answers one request from node `from`.
+    async fn answer(&self, from: NodeId, request: OpsRequest) -> OpsAnswer {
         match request {
             OpsRequest::Status => OpsAnswer::Status(self.report()),
             OpsRequest::ChangeMembers { shard, change } => {
@@ -225,6 +242,75 @@ impl ClusterOps {
             OpsRequest::TransferLeader { shard, to } => {
                 OpsAnswer::Transferred(self.transfer_here(shard, to).await)
             }
+            OpsRequest::Register {
+                cluster_id,
+                cluster_addr,
+            } => OpsAnswer::Registered(self.register(from, cluster_id, cluster_addr).await),
+        }
+    }
+
+    /// Registers node `id` of cluster `cluster_id` at `addr` in the registry (through shard 0's
+    /// leader), or records its new address; `Ok(false)` when the registry said so already.
+    ///
+    /// Cancel safety: safe to drop; the change may still be applied.
+    pub(crate) async fn register(
+        &self,
+        id: NodeId,
+        cluster_id: ClusterId,
+        addr: SocketAddr,
+    ) -> Result<bool, Refusal> {
+        match self.settings.cluster_id {
+            Some(own) if own == cluster_id => {}
+            Some(own) => {
+                return Err(Refusal::Invalid(format!(
+                    "cluster id {cluster_id} is not this cluster's {own}"
+                )))
+            }
+            None => {
+                return Err(Refusal::Invalid(
+                    "this node does not form its cluster with cluster.join".into(),
+                ))
+            }
+        }
+        let hub = self
+            .hub()
+            .ok_or_else(|| Refusal::Retry("the node is stopping".into()))?;
+        let change = |change| {
+            let hub = hub.clone();
+            async move {
+                match hub.change_cluster_meta(change).await {
+                    Ok(verdict) => Ok(verdict),
+                    Err(e) => Err(Refusal::Retry(e.to_string())),
+                }
+            }
+        };
+        let added = change(MetaChange::AddNode {
+            id,
+            cluster_addr: addr,
+        })
+        .await?;
+        match added {
+            Ok(changed) => Ok(changed),
+            Err(MetaRefusal::AlreadyRegistered {
+                state: NodeState::Decommissioned,
+                ..
+            }) => Err(Refusal::Invalid(format!(
+                "node {id} is decommissioned: a node that comes back needs a new node_id and an \
+                 empty data directory"
+            ))),
+            Err(MetaRefusal::AlreadyRegistered { .. }) => {
+                match change(MetaChange::SetAddress {
+                    id,
+                    cluster_addr: addr,
+                })
+                .await?
+                {
+                    Ok(changed) => Ok(changed),
+                    Err(refusal) => Err(Refusal::Invalid(refusal.to_string())),
+                }
+            }
+            Err(refusal @ MetaRefusal::NotSeeded) => Err(Refusal::Retry(refusal.to_string())),
+            Err(refusal) => Err(Refusal::Invalid(refusal.to_string())),
         }
     }
 }
@@ -248,11 +334,14 @@ pub(crate) async fn call(
         .map_err(|e| format!("node {to} answered something this node cannot read: {e}"))
 }
 
-/// The node's RPC handler: cluster operations here, forwarded proposals to
-/// [`ForwardedProposals`]. Holds the operations weakly and answers "starting" until
-/// [`OpsRpc::set`], like the forwarded proposals' handler.
+/// The node's RPC handler: cluster operations here, bootstrap gossip to the [`Bootstrap`],
+/// forwarded proposals to [`ForwardedProposals`]. Holds the operations and the bootstrap
+/// weakly (the transport, which holds this handler, must not keep them alive) and answers
+/// "starting" until [`OpsRpc::set_ops`] / [`OpsRpc::set_bootstrap`], like the forwarded
+/// proposals' handler.
 pub struct OpsRpc {
     ops: OnceLock<Weak<ClusterOps>>,
+    bootstrap: OnceLock<Weak<Bootstrap>>,
     forwarded: Arc<ForwardedProposals>,
 }
 
@@ -261,8 +350,14 @@ impl OpsRpc {
     pub fn new(forwarded: Arc<ForwardedProposals>) -> Arc<Self> {
         Arc::new(OpsRpc {
             ops: OnceLock::new(),
+            bootstrap: OnceLock::new(),
             forwarded,
         })
+    }
+
+    /// Starts answering bootstrap gossip with `bootstrap`. A second call changes nothing.
+    pub fn set_bootstrap(&self, bootstrap: &Arc<Bootstrap>) {
+        let _ = self.bootstrap.set(Arc::downgrade(bootstrap));
     }
 
     /// Starts answering forwarded proposals with `hub` ([`ForwardedProposals::set`]).
@@ -278,6 +373,19 @@ impl OpsRpc {
 
 impl RpcHandler for OpsRpc {
     fn handle(&self, from: NodeId, body: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+        if let Some(request) = body.strip_prefix(BOOT_MARKER.as_slice()) {
+            return match self.bootstrap.get().and_then(Weak::upgrade) {
+                Some(bootstrap) => bootstrap.answer(from, request),
+                None => {
+                    let answer = super::bootstrap::BootAnswer::Refused(
+                        "this node does not form its cluster with cluster.join".into(),
+                    );
+                    let bytes =
+                        postcard::to_stdvec(&answer).expect("serialising into memory cannot fail");
+                    Box::pin(async move { bytes })
+                }
+            };
+        }
         let Some(request) = body.strip_prefix(OPS_MARKER.as_slice()) else {
             return self.forwarded.handle(from, body);
         };
@@ -289,7 +397,7 @@ impl RpcHandler for OpsRpc {
                     "node {from} sent an operation this node cannot read: {e}"
                 )),
                 (Ok(_), None) => OpsAnswer::Refused("this node is starting or stopping".into()),
-                (Ok(request), Some(ops)) => ops.answer(request).await,
+                (Ok(request), Some(ops)) => ops.answer(from, request).await,
             };
             postcard::to_stdvec(&answer).expect("serialising into memory cannot fail")
         })
@@ -309,6 +417,10 @@ mod tests {
                 change: Change::Promote(4),
             },
             OpsRequest::TransferLeader { shard: 1, to: 2 },
+            OpsRequest::Register {
+                cluster_id: ClusterId::from_bytes([7; 16]),
+                cluster_addr: "127.0.0.1:7004".parse().unwrap(),
+            },
         ] {
             let encoded = postcard::to_stdvec(&request).unwrap();
             let decoded: OpsRequest = postcard::from_bytes(&encoded).unwrap();
