@@ -15,6 +15,16 @@
 //! local shard has a leader and has applied what was committed before the restart, and again
 //! whenever a shard loses its leader (a node cut off from a quorum).
 //!
+//! With `cluster.join` ([`start_joining`]; ops/runbooks/bootstrap.md) the start has two
+//! phases. First the node-to-node transport (dialling the join addresses, gossiping,
+//! [`crate::cluster_ops::bootstrap`]) and an admin listener serving the probes and `POST
+//! /admin/cluster/init`; `/readyz` answers 503 "cluster not initialized" and no shard group
+//! exists. Once the node knows its cluster id (it took `mimid init`, or it adopted the id from
+//! another node) and has written it to its data directory, the rest starts as above on the same
+//! transport and admin address: the node that took `init` bootstraps every shard alone, every
+//! other node starts its groups empty (`join_existing`) and registers itself. A node whose data
+//! directory names its cluster id already goes through the first phase at once.
+//!
 //! The provider keys (hub signing key, franking keys; [`crate::key_file`]) are replicated
 //! state and settled once the hub is up: the HTTP/3 listener is bound at once, but the client
 //! and federation APIs are served only when the keys are known, and `/readyz` answers 503
@@ -23,6 +33,7 @@
 //! returns; a node of a cluster without them waits for their shard's quorum in the background,
 //! since its peers may start only after it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use mimid_actors::actor::ActorLimits;
+use mimid_actors::cluster_meta::ClusterId;
 use mimid_actors::hub::{Clock, Hub, HubConfig, ProposalRouter};
 use mimid_actors::provider_keys::ProviderKeys;
 use mimid_actors::room::fanout::FanoutLimits;
@@ -44,6 +56,7 @@ use crate::certs::ensure_dev_certs;
 use crate::cluster_net::{
     ClusterNet, ClusterSink, ForwardedProposals, NetRouter, NetSender, NetSettings,
 };
+use crate::cluster_ops::bootstrap::{has_raft_state, load_role, Bootstrap, Phase, Role};
 use crate::cluster_ops::{ClusterOps, OpsRpc, OpsSettings};
 use crate::config::{dev_cert_dir, Config};
 use crate::federation::{DirectoryDocument, FederationApi, FederationService, Peers, Routes};
@@ -80,6 +93,9 @@ pub struct Node {
     net: Option<NetSender>,
     /// The cluster operations (registry upkeep, placement, drain).
     ops: Arc<ClusterOps>,
+    /// Tasks of a node started with `cluster.join` that ran before the rest (gossip, the
+    /// waiting admin listener while its last requests finish).
+    early: Vec<AbortOnDrop>,
 }
 
 impl Node {
@@ -115,6 +131,19 @@ impl Node {
     /// Bound UDP address of the node-to-node listener; `None` for a single node.
     pub fn cluster_addr(&self) -> Option<SocketAddr> {
         self.net.as_ref().map(NetSender::local_addr)
+    }
+
+    /// The cluster id of a cluster formed with `cluster.join` (`None`: static or alone).
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.net.as_ref().and_then(NetSender::cluster_id)
+    }
+
+    /// The node-to-node peers the transport knows, at the addresses it dials.
+    pub fn cluster_peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.net
+            .as_ref()
+            .map(NetSender::peer_addresses)
+            .unwrap_or_default()
     }
 
     /// Adds the cluster's node `id` at `addr` (its `cluster.listen`), or moves it there. Nodes
@@ -160,9 +189,13 @@ impl Node {
             cluster,
             net,
             tasks,
+            early,
             ..
         } = self;
-        for task in tasks {
+        for task in tasks
+            .into_iter()
+            .chain(early.into_iter().map(AbortOnDrop::into_handle))
+        {
             task.abort();
             // Dropped once cancelled, with the references to the hub it held.
             let _ = task.await;
@@ -213,9 +246,88 @@ pub(crate) fn cluster_config(config: &Config) -> ClusterConfig {
 }
 
 /// Starts a node from a validated configuration. Without configured TLS files the node uses
-/// development certificates under `data_dir/certs`, generated on first start.
+/// development certificates under `data_dir/certs`, generated on first start. A node with
+/// `cluster.join` that is not initialized yet returns only once it is ([`start_joining`]
+/// returns at once).
 pub async fn start(config: Config) -> anyhow::Result<Node> {
     start_inner(config, None).await
+}
+
+/// A node started with `cluster.join` ([`start_joining`]): its transport and admin listener
+/// run; the rest starts once it knows its cluster id.
+pub struct Joining {
+    admin_addr: SocketAddr,
+    cluster_addr: SocketAddr,
+    bootstrap: Arc<Bootstrap>,
+    /// The rest of the start; it owns gossip and the waiting admin listener, so aborting it
+    /// (dropping this) stops them.
+    start: JoinHandle<anyhow::Result<Node>>,
+}
+
+impl Joining {
+    /// Bound TCP address of the admin listener (the probes, `POST /admin/cluster/init`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Bound UDP address of the node-to-node listener.
+    pub fn cluster_addr(&self) -> SocketAddr {
+        self.cluster_addr
+    }
+
+    /// Where the bootstrap is.
+    pub fn phase(&self) -> Phase {
+        self.bootstrap.phase()
+    }
+
+    /// The cluster id, once known.
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.bootstrap.net().cluster_id()
+    }
+
+    /// The node-to-node peers the transport knows (from the join addresses, from nodes that
+    /// dialled this one, from gossip), at the addresses it dials.
+    pub fn cluster_peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.bootstrap.net().peer_addresses()
+    }
+
+    /// The peers this node is connected to now: those an `init` here makes initial voters.
+    pub fn connected_peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.bootstrap.net().connected_peers()
+    }
+
+    /// Waits until the node knows its cluster id and has started; the running node.
+    pub async fn running(mut self) -> anyhow::Result<Node> {
+        (&mut self.start)
+            .await
+            .context("the node's start-up task")?
+    }
+
+    /// Stops the node, started or not.
+    pub async fn shutdown(mut self) {
+        self.start.abort();
+        if let Ok(Ok(node)) = (&mut self.start).await {
+            node.shutdown().await;
+        }
+        self.bootstrap.net().shutdown(NET_SHUTDOWN_GRACE).await;
+    }
+}
+
+impl Drop for Joining {
+    fn drop(&mut self) {
+        // Once the node runs, this aborts nothing: the node is the caller's.
+        self.start.abort();
+    }
+}
+
+/// Starts a node with `cluster.join` and returns once its transport dials the join addresses
+/// and its admin listener serves `/readyz` (503 "cluster not initialized" until the cluster id
+/// is known) and `POST /admin/cluster/init`; the rest of the start follows in the background
+/// once the node knows its cluster id ([`Joining::running`]). Fails for a configuration
+/// without `cluster.join`, and for a data directory with Raft state but no cluster id (a node
+/// of a statically configured cluster).
+pub async fn start_joining(config: Config) -> anyhow::Result<Joining> {
+    start_joining_with(config, None).await
 }
 
 /// [`start`] with `service` answering the server-to-server endpoints (MIMI protocol-06 §5)
@@ -233,6 +345,160 @@ async fn start_inner(
     config: Config,
     service: Option<Arc<dyn FederationService>>,
 ) -> anyhow::Result<Node> {
+    if config.cluster.uses_join() {
+        return start_joining_with(config, service).await?.running().await;
+    }
+    start_node(config, service, None).await
+}
+
+/// What the first phase of a node with `cluster.join` hands to the rest of its start.
+struct Joined {
+    metrics: Arc<Metrics>,
+    auth: Arc<AdminAuth>,
+    net: NetSender,
+    sink: Arc<ClusterSink<ShardMachine>>,
+    rpc: Arc<OpsRpc>,
+    bootstrap: Arc<Bootstrap>,
+    role: Role,
+    /// The admin socket (a second handle of the one the waiting listener serves).
+    admin: std::net::TcpListener,
+    /// Stops the waiting admin listener gracefully once the node's own serves.
+    stop_waiting_admin: Option<tokio::sync::oneshot::Sender<()>>,
+    early: Vec<AbortOnDrop>,
+}
+
+/// [`start_joining`] with `service` for the server-to-server endpoints.
+async fn start_joining_with(
+    config: Config,
+    service: Option<Arc<dyn FederationService>>,
+) -> anyhow::Result<Joining> {
+    anyhow::ensure!(
+        config.cluster.uses_join(),
+        "start_joining needs cluster.join in the configuration"
+    );
+    let role = load_role(&config.data_dir)?;
+    if role.is_none() && has_raft_state(&config.data_dir) {
+        anyhow::bail!(
+            "{} holds Raft state but no cluster id ({}): it belongs to a node that was not \
+             started with cluster.join (a statically configured cluster, or a restored backup); \
+             start it with its former configuration, or use an empty data directory",
+            config.data_dir.display(),
+            crate::cluster_ops::bootstrap::CLUSTER_ID_FILE
+        );
+    }
+    let auth = Arc::new(AdminAuth::from_config(&config)?);
+    let metrics = Arc::new(Metrics::new());
+    let mut settings =
+        NetSettings::from_config(&config).context("cluster.join needs cluster.listen")?;
+    if let Some(join) = settings.join.as_mut() {
+        join.cluster_id = role.as_ref().map(|role| role.cluster_id);
+    }
+    let files = config
+        .cluster
+        .tls
+        .files()
+        .context("[cluster.tls] cert, key and ca are required with cluster.listen")?;
+    let material = TlsMaterial::load(&files).context("loading the node-to-node TLS material")?;
+    let bound = ClusterNet::bind(settings, &material, metrics.clone())
+        .context("binding the node-to-node listener")?;
+    let cluster_addr = bound.local_addr();
+    let sink = ClusterSink::<ShardMachine>::new();
+    let rpc = OpsRpc::new(ForwardedProposals::new());
+    let net = bound
+        .start(BTreeMap::new(), sink.clone(), rpc.clone())
+        .context("starting the node-to-node transport")?;
+    let waiting = role.is_none();
+    let bootstrap = Bootstrap::new(config.node_id, &config.data_dir, net.clone(), role);
+    rpc.set_bootstrap(&bootstrap);
+    let mut early = vec![AbortOnDrop::new(tokio::spawn(
+        bootstrap.clone().gossip_loop(),
+    ))];
+
+    let admin = std::net::TcpListener::bind(config.admin_listen)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .with_context(|| format!("binding admin HTTP on {}", config.admin_listen))?;
+    let admin_addr = admin.local_addr()?;
+    let mut stop_waiting_admin = None;
+    if waiting {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let listener = tokio::net::TcpListener::from_std(admin.try_clone()?)?;
+        let state = AdminState {
+            ready: {
+                let bootstrap = bootstrap.clone();
+                Arc::new(move || bootstrap.readiness())
+            },
+            metrics: metrics.clone(),
+            backups: Arc::new(Backups::new(
+                config.domain.clone(),
+                Arc::new(|_| Err(mimid_cluster::SnapshotAllError::NotReady { shard: 0 })),
+                metrics.clone(),
+            )),
+            hub: None,
+            auth: auth.clone(),
+        };
+        let app = crate::admin::router(
+            state,
+            crate::cluster_ops::bootstrap::routes(bootstrap.clone()),
+        )
+        .into_make_service_with_connect_info::<SocketAddr>();
+        early.push(AbortOnDrop::new(tokio::spawn(async move {
+            let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(err) = serving.await {
+                tracing::error!(%err, "admin listener failed");
+            }
+        })));
+        stop_waiting_admin = Some(stop);
+        tracing::info!(
+            %admin_addr, %cluster_addr, node_id = config.node_id,
+            join = ?config.cluster.join,
+            "node waiting for its cluster: run `mimid init` against one node"
+        );
+    }
+
+    let start = tokio::spawn({
+        let bootstrap = bootstrap.clone();
+        async move {
+            let role = match bootstrap.role().await {
+                Ok(role) => role,
+                Err(e) => {
+                    bootstrap.started(Err(format!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            let joined = Joined {
+                metrics,
+                auth,
+                net,
+                sink,
+                rpc,
+                bootstrap: bootstrap.clone(),
+                role,
+                admin,
+                stop_waiting_admin,
+                early,
+            };
+            let started = start_node(config, service, Some(joined)).await;
+            bootstrap.started(started.as_ref().map(drop).map_err(|e| format!("{e:#}")));
+            started
+        }
+    });
+    Ok(Joining {
+        admin_addr,
+        cluster_addr,
+        bootstrap,
+        start,
+    })
+}
+
+/// Starts the node's replication, actors, listeners and operations; with `joined`, on the
+/// transport and admin socket of a node with `cluster.join` in the role it took.
+async fn start_node(
+    config: Config,
+    service: Option<Arc<dyn FederationService>>,
+    mut joined: Option<Joined>,
+) -> anyhow::Result<Node> {
     let tls_files = match config.tls.files()? {
         Some(files) => files,
         None => ensure_dev_certs(&dev_cert_dir(&config.data_dir), SystemTime::now())
@@ -242,9 +508,15 @@ async fn start_inner(
     let tls = server_config(&material).context("building the TLS configuration")?;
     // Read before anything starts: a missing or malformed token file, or none on a public
     // admin_listen, stops the start (issue 6, crate::admin::auth).
-    let admin_auth = Arc::new(AdminAuth::from_config(&config)?);
+    let admin_auth = match &joined {
+        Some(joined) => joined.auth.clone(),
+        None => Arc::new(AdminAuth::from_config(&config)?),
+    };
 
-    let metrics = Arc::new(Metrics::new());
+    let metrics = match &joined {
+        Some(joined) => joined.metrics.clone(),
+        None => Arc::new(Metrics::new()),
+    };
     let peers = Arc::new(
         Peers::new(
             &config.domain,
@@ -260,7 +532,10 @@ async fn start_inner(
     // first start: what it offers when the provider has none installed (crate::key_file).
     let local_keys =
         local_provider_keys(&config.data_dir).context("loading the provider's key files")?;
-    let (cluster, net) = start_replication(&config, &shards, &metrics).await?;
+    let (cluster, net) = match &joined {
+        Some(joined) => start_joined_replication(&config, &shards, joined).await?,
+        None => start_replication(&config, &shards, &metrics).await?,
+    };
     let router = net.as_ref().map(|(net, _)| {
         let router = NetRouter::new(metrics.clone());
         router.set(net.clone());
@@ -300,8 +575,13 @@ async fn start_inner(
         }
         None => (None, None),
     };
+    let mut ops_settings =
+        OpsSettings::from_config(&config, net.as_ref().map(NetSender::local_addr));
+    if let Some(joined) = &joined {
+        ops_settings = ops_settings.joined(config.node_id, &joined.role);
+    }
     let ops = ClusterOps::new(
-        OpsSettings::from_config(&config, net.as_ref().map(NetSender::local_addr)),
+        ops_settings,
         cluster.handle(),
         &hub,
         net.clone(),
@@ -309,6 +589,9 @@ async fn start_inner(
     );
     if let Some(rpc) = &ops_rpc {
         rpc.set_ops(&ops);
+    }
+    if let Some(joined) = &joined {
+        ops.set_bootstrap(joined.bootstrap.clone());
     }
 
     // Per node and in memory (ARCHITECTURE.md "Rate limits"); shared by both APIs so a
@@ -355,7 +638,7 @@ async fn start_inner(
             match api.serve(h3, &keys) {
                 Ok(serving) => {
                     status.known();
-                    let serving = AbortOnDrop(serving);
+                    let serving = AbortOnDrop::new(serving);
                     let _ = serving.wait().await;
                 }
                 Err(e) => {
@@ -368,9 +651,13 @@ async fn start_inner(
     };
     let mut tasks = vec![serving];
 
-    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("binding admin HTTP on {}", config.admin_listen))?;
+    let admin_listener = match joined.as_mut() {
+        // The socket the waiting listener serves too, until it stops below.
+        Some(joined) => tokio::net::TcpListener::from_std(joined.admin.try_clone()?)?,
+        None => tokio::net::TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("binding admin HTTP on {}", config.admin_listen))?,
+    };
     let admin_addr = admin_listener.local_addr()?;
     let cluster_handle = cluster.handle();
     let readiness_ops = ops.clone();
@@ -411,6 +698,16 @@ async fn start_inner(
         )
         .await,
     );
+    let early = match joined {
+        Some(mut joined) => {
+            if let Some(stop) = joined.stop_waiting_admin.take() {
+                // In-flight requests (an `init` waiting for this start) finish first.
+                let _ = stop.send(());
+            }
+            joined.early
+        }
+        None => Vec::new(),
+    };
     tasks.extend(ops.spawn());
     tasks.push(tokio::spawn(refresh_metrics(
         metrics,
@@ -433,6 +730,7 @@ async fn start_inner(
         cluster,
         net,
         ops,
+        early,
     })
 }
 
@@ -504,17 +802,31 @@ impl Api {
 }
 
 /// A task aborted when this is dropped (the listener a background start-up task serves).
-struct AbortOnDrop(JoinHandle<()>);
+struct AbortOnDrop(Option<JoinHandle<()>>);
 
 impl AbortOnDrop {
+    fn new(task: JoinHandle<()>) -> Self {
+        AbortOnDrop(Some(task))
+    }
+
     async fn wait(mut self) -> Result<(), tokio::task::JoinError> {
-        (&mut self.0).await
+        match self.0.as_mut() {
+            Some(task) => task.await,
+            None => Ok(()),
+        }
+    }
+
+    /// The task's handle, no longer aborted on drop.
+    fn into_handle(mut self) -> JoinHandle<()> {
+        self.0.take().expect("taken only here")
     }
 }
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -572,6 +884,44 @@ async fn start_replication(
     };
     let _ = sink.set(cluster.handle());
     Ok((cluster, Some((net, rpc))))
+}
+
+/// Starts the replication layer of a node with `cluster.join` on the transport of its first
+/// phase: an initial voter bootstraps every shard it has no state for with the initial voters
+/// `init` decided (each of them the same configuration); every other node starts them empty,
+/// to be placed by the cluster.
+async fn start_joined_replication(
+    config: &Config,
+    shards: &Shards,
+    joined: &Joined,
+) -> anyhow::Result<(Cluster<ShardMachine>, Option<(NetSender, Arc<OpsRpc>)>)> {
+    let role = &joined.role;
+    for &(id, addr) in &role.initial_voters {
+        if id != config.node_id {
+            joined.net.learn_peer(id, addr);
+        }
+    }
+    let mut cluster_config = cluster_config(config);
+    if role.is_initial_voter(config.node_id) {
+        cluster_config.voters = role.initial_voters.iter().map(|&(id, _)| id).collect();
+        cluster_config.join_existing = false;
+    } else {
+        cluster_config.voters = vec![config.node_id];
+        cluster_config.join_existing = true;
+    }
+    let factory = {
+        let shards = shards.clone();
+        move |shard| shards.machine(shard)
+    };
+    let transport = Box::new(joined.net.clone());
+    let cluster = tokio::task::spawn_blocking(move || {
+        Cluster::start_with_transport(cluster_config, factory, transport)
+    })
+    .await
+    .context("replication start-up task")?
+    .context("starting replication")?;
+    let _ = joined.sink.set(cluster.handle());
+    Ok((cluster, Some((joined.net.clone(), joined.rpc.clone()))))
 }
 
 /// Copies counters owned by other layers into the Prometheus registry.
