@@ -22,8 +22,13 @@
 //! - `mimid node status | drain | undrain | add | decommission --host ADDR`: the nodes and
 //!   shards of a running cluster, and its node-level operations ([`crate::cluster_ops`];
 //!   ops/runbooks/scale-out.md, ops/runbooks/drain-decommission.md).
+//! - `mimid start --join ADDR,ADDR --config FILE` and `mimid init --host ADDR`: a cluster
+//!   formed CockroachDB-style (`cluster.join`, [`crate::cluster_ops::bootstrap`];
+//!   ops/runbooks/bootstrap.md): every node started with the node-to-node addresses of one or
+//!   more others waits, printing `mimid waiting for init: admin=http://…`, until `mimid init`
+//!   runs once against one of them.
 //!
-//! `mimid backup`, `mimid abuse …` and `mimid node …` send the node's admin token
+//! `mimid backup`, `mimid abuse …`, `mimid node …` and `mimid init` send the node's admin token
 //! ([`AdminAuthFlags`], [`crate::admin::auth`]) from `--token-file FILE`, else from
 //! `--data-dir DIR` (the `DIR/admin.token` of a `mimid dev` node), else from the file named by
 //! `$MIMID_ADMIN_TOKEN_FILE`; with none of them they send no token, which only a node without
@@ -82,6 +87,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Show a running cluster's nodes and shards, drain a node, add or decommission one.
     Node(NodeArgs),
+    /// Create the cluster the nodes started with `mimid start --join` form, on one of them
+    /// (once; a second init is refused).
+    Init(InitArgs),
     /// Read abuse reports and block or unblock users and providers on a running node.
     Abuse(AbuseArgs),
 }
@@ -115,6 +123,18 @@ pub struct NodeArgs {
     /// The operation.
     #[command(subcommand)]
     pub command: crate::cluster_ops::NodeCommand,
+    /// The admin token.
+    #[command(flatten)]
+    pub auth: AdminAuthFlags,
+}
+
+/// `mimid init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The admin listener of one node started with --join, `HOST:PORT` [config:
+    /// admin_listen]; it bootstraps the cluster.
+    #[arg(long, value_name = "ADDR")]
+    pub host: String,
     /// The admin token.
     #[command(flatten)]
     pub auth: AdminAuthFlags,
@@ -209,6 +229,11 @@ pub struct StartArgs {
     /// TOML configuration file; it must name the TLS files.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// Form or join a cluster: the node-to-node addresses (cluster.listen) of other nodes,
+    /// comma-separated; this node's own may be among them. A new node waits for `mimid init`
+    /// [config: cluster.join].
+    #[arg(long, value_name = "ADDR,ADDR", value_delimiter = ',')]
+    pub join: Vec<SocketAddr>,
     /// Overrides.
     #[command(flatten)]
     pub flags: ConfigFlags,
@@ -324,7 +349,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             run_node(config)
         }
         Command::Start(args) => {
-            let config = start_config(&args.config, &args.flags, config::process_env())?;
+            let mut config = start_config(&args.config, &args.flags, config::process_env())?;
+            if !args.join.is_empty() {
+                config.cluster.join = args.join;
+                config.validate()?;
+            }
             run_node(config)
         }
         Command::Config(args) => {
@@ -357,6 +386,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             let command = crate::cluster_ops::run_node_command(&args.command, token.as_ref());
             for line in runtime.block_on(command)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Init(args) => {
+            let token = args.auth.token(&config::process_env())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            for line in
+                runtime.block_on(crate::cluster_ops::run_init(&args.host, token.as_ref()))?
+            {
                 println!("{line}");
             }
             Ok(())
@@ -723,9 +765,33 @@ fn run_node(config: Config) -> anyhow::Result<()> {
                  reports and drain the node; set it (mimid admin-token --out FILE)"
             ),
         }
-        let node = crate::server::start(config)
-            .await
-            .context("starting the node")?;
+        let node = if config.cluster.uses_join() {
+            let joining = crate::server::start_joining(config)
+                .await
+                .context("starting the node")?;
+            if matches!(
+                joining.phase(),
+                crate::cluster_ops::bootstrap::Phase::Waiting
+            ) {
+                println!(
+                    "mimid waiting for init: admin=http://{} cluster={} (run `mimid init --host \
+                     {0}` against one node, once)",
+                    joining.admin_addr(),
+                    joining.cluster_addr()
+                );
+            }
+            tokio::select! {
+                node = joining.running() => node.context("starting the node")?,
+                signal = shutdown_signal() => {
+                    tracing::info!("shutting down before the cluster was initialized");
+                    return signal.context("waiting for a shutdown signal");
+                }
+            }
+        } else {
+            crate::server::start(config)
+                .await
+                .context("starting the node")?
+        };
         println!(
             "mimid listening: quic={} admin=http://{}",
             node.quic_addr(),
@@ -951,9 +1017,11 @@ mod tests {
                 "--data-dir",
                 path(dir.path()),
             ],
+            &["init", "--host", "x:1", "--data-dir", path(dir.path())],
         ] {
             let auth = match parse(args).command {
                 Command::Node(args) => args.auth,
+                Command::Init(args) => args.auth,
                 Command::Abuse(args) => args.auth,
                 Command::Backup(args) => args.auth,
                 _ => panic!("{args:?}"),
@@ -972,6 +1040,42 @@ mod tests {
         };
         let err = missing.token(&[]).unwrap_err();
         assert!(format!("{err:#}").contains("absent"), "{err:#}");
+    }
+
+    /// Issue 4 bootstrap: `mimid start --join` takes comma-separated node-to-node addresses
+    /// (cluster.join), `mimid init` a node's admin listener.
+    #[test]
+    fn start_takes_join_addresses_and_init_a_host() {
+        let Command::Start(args) = parse(&[
+            "start",
+            "--config",
+            "/etc/mimid.toml",
+            "--join",
+            "10.0.0.1:7443,10.0.0.2:7443",
+        ])
+        .command
+        else {
+            panic!("not start");
+        };
+        assert_eq!(
+            args.join,
+            vec![
+                "10.0.0.1:7443".parse::<SocketAddr>().unwrap(),
+                "10.0.0.2:7443".parse().unwrap()
+            ]
+        );
+        let Command::Start(args) = parse(&["start", "--config", "/etc/mimid.toml"]).command else {
+            panic!("not start");
+        };
+        assert!(args.join.is_empty());
+        assert!(
+            Cli::try_parse_from(["mimid", "start", "--config", "x", "--join", "nope"]).is_err()
+        );
+        let Command::Init(args) = parse(&["init", "--host", "127.0.0.1:9090"]).command else {
+            panic!("not init");
+        };
+        assert_eq!(args.host, "127.0.0.1:9090");
+        assert!(Cli::try_parse_from(["mimid", "init"]).is_err());
     }
 
     #[test]
