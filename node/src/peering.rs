@@ -344,21 +344,48 @@ impl MimiService {
         }
         let (items, franks) =
             received_items(&self.hub, &req.headers, &req.body, &self.limits).await?;
-        let mirrored = self
+        // The last hub seq the mirror appended, if we mirror the room (read from the local
+        // replica, which holds only applied entries: it may lag, never lead).
+        let mirrored_up_to = self
             .hub
             .shards()
             .for_room(&room)
             .read()
             .mirror(&room)
-            .is_some();
-        if !mirrored && !welcomes_a_local_client(&items) {
-            // Decided again in apply; answered here with the specific status.
-            return Err(not_found(format!(
-                "no client of {} is in {room}",
-                self.domain
-            )));
+            .map(|mirror| mirror.hub_seq());
+        let Some(mirrored_up_to) = mirrored_up_to else {
+            if !welcomes_a_local_client(&items) {
+                // Decided again in apply; answered here with the specific status.
+                return Err(not_found(format!(
+                    "no client of {} is in {room}",
+                    self.domain
+                )));
+            }
+            return self.record_notify(room, items, franks, &req.body).await;
+        };
+        // MIMI.md §5.4: a resend of items the mirror has (a lost 201, a restarted hub) is
+        // acknowledged as it is, without a Raft write: apply would append nothing and only
+        // remember the body.
+        if !items.is_empty()
+            && items
+                .iter()
+                .all(|item| item.hub_seq.is_some_and(|seq| seq <= mirrored_up_to))
+        {
+            tracing::debug!(%room, "notify of items received before");
+            return Ok(Response::full(StatusCode::CREATED, Bytes::new()));
         }
-        let body_hash: [u8; 32] = Sha256::digest(&req.body).into();
+        self.record_notify(room, items, franks, &req.body).await
+    }
+
+    /// Appends a notify's items to the room's mirror (durably, before the 201).
+    async fn record_notify(
+        &self,
+        room: RoomId,
+        items: Vec<ReceivedItem>,
+        franks: Vec<ReceivedFrank>,
+        body: &[u8],
+    ) -> Answer {
+        let body_hash: [u8; 32] = Sha256::digest(body).into();
         let appended = if franks.is_empty() {
             self.hub
                 .receive_fanout(room.clone(), items, body_hash)
