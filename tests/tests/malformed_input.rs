@@ -100,8 +100,9 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::types::SignatureScheme;
 
 use hostile::{
-    check_answer, codec_refusal, decode_as, hostile_uris, parse_uri, percent_encode, read_varint,
-    refused, text, varint, wire_mutations, Decoder, Expect, Tally, UriKind, WireBase, TRAILING,
+    check_answer, codec_refusal, decode_as, epoch_of, hostile_uris, parse_uri, percent_encode,
+    read_varint, refused, text, varint, wire_mutations, with_epoch, Decoder, Expect, Tally,
+    UriKind, WireBase, CUT, TRAILING,
 };
 
 /// The node's `limits.max_body_bytes` in these tests: small, so the 413 path is cheap to reach,
@@ -343,6 +344,7 @@ fn wire_cases(base: &Base) -> Vec<Case> {
         limits: limits(),
         prefixes: base.prefixes,
         cuts: base.cuts,
+        cut: CUT,
         trailing: TRAILING,
     })
     .into_iter()
@@ -505,27 +507,6 @@ async fn assert_ready(node: &TestNode, after: &str) {
 
 // ---------------------------------------------------------------------------------------------
 // MLS byte surgery.
-
-/// Offset of `epoch` in an MLSMessage carrying a PublicMessage or PrivateMessage: after
-/// `version` (uint16), `wire_format` (uint16) and `group_id<V>` (RFC 9420 §6, §6.2, §6.3).
-fn epoch_offset(message: &[u8]) -> usize {
-    let (group_id_len, width) = read_varint(message, 4);
-    4 + width + group_id_len
-}
-
-fn epoch_of(message: &[u8]) -> u64 {
-    let at = epoch_offset(message);
-    u64::from_be_bytes(message[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// `message` claiming another epoch. The signature no longer verifies, but the hub decides on
-/// the epoch and the sender before it verifies anything (MIMI.md §7.3 steps 1-2).
-fn with_epoch(message: &[u8], epoch: u64) -> Vec<u8> {
-    let at = epoch_offset(message);
-    let mut out = message.to_vec();
-    out[at..at + 8].copy_from_slice(&epoch.to_be_bytes());
-    out
-}
 
 /// A fresh KeyPackage of `client`, bare (as `PublishKeyPackagesRequest` carries it).
 fn key_package(client: &MimiClient) -> Mls<KeyPackageIn> {

@@ -333,6 +333,9 @@ pub struct WireBase {
     pub prefixes: usize,
     /// About how many cut points: every `len / cuts`-th offset, plus the first and last.
     pub cuts: usize,
+    /// What a cut body is ([`CUT`] for every structure of a fixed shape; an empty batch is
+    /// refused as such).
+    pub cut: &'static [&'static str],
     /// What one extra byte after the body is: `trailing_bytes` for every structure that knows
     /// its end; a batch read until the input ends sees the start of another element instead.
     pub trailing: &'static [&'static str],
@@ -366,7 +369,7 @@ pub fn wire_mutations(base: &WireBase) -> Vec<(String, Vec<u8>, Expect)> {
             (
                 format!("cut to {cut} of {len} bytes"),
                 body[..cut].to_vec(),
-                CUT,
+                base.cut,
             )
         })
         .collect();
@@ -430,6 +433,31 @@ impl WireBase {
     fn decode(&self, body: &[u8]) -> bool {
         (self.decode)(body, &self.limits).is_ok()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLS byte surgery.
+
+/// Offset of `epoch` in an MLSMessage carrying a PublicMessage or PrivateMessage: after
+/// `version` (uint16), `wire_format` (uint16) and `group_id<V>` (RFC 9420 §6, §6.2, §6.3).
+pub fn epoch_offset(message: &[u8]) -> usize {
+    let (group_id_len, width) = read_varint(message, 4);
+    4 + width + group_id_len
+}
+
+pub fn epoch_of(message: &[u8]) -> u64 {
+    let at = epoch_offset(message);
+    u64::from_be_bytes(message[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// `message` (or a body that starts with it) claiming another epoch. The signature no longer
+/// verifies, but the hub decides on the epoch and the sender before it verifies anything
+/// (MIMI.md §7.3 steps 1-2).
+pub fn with_epoch(message: &[u8], epoch: u64) -> Vec<u8> {
+    let at = epoch_offset(message);
+    let mut out = message.to_vec();
+    out[at..at + 8].copy_from_slice(&epoch.to_be_bytes());
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
