@@ -795,7 +795,9 @@ impl<S: StateMachine> ClusterHandle<S> {
     /// True once every local shard knows a leader and has applied everything committed at start
     /// (for `/readyz`); false again if a shard fails, the driver stops, or a shard loses its
     /// leader (a node cut off from a quorum: its leaders step down by check-quorum, its
-    /// followers forget the leader when their election timeout passes).
+    /// followers forget the leader when their election timeout passes; a hibernating shard's
+    /// replicas do neither until the transport reports the leader, or on the leader a member,
+    /// unreachable and wakes them).
     pub fn is_ready(&self) -> bool {
         self.inner.shared.ready.load(Ordering::Relaxed)
     }
