@@ -17,14 +17,14 @@
 //! | submitMessage/{roomId} | 145 |
 //! | keyMaterial/{targetUser} | 227 |
 //! | groupInfo/{roomId} | 123 |
-//! | notify/{roomId} (a notifying b, c pretending) | 114 |
+//! | notify/{roomId} (a notifying b, c pretending) | 116 |
 //! | requestConsent/{targetUser} | 241 |
 //! | updateConsent/{requesterUser} | 240 |
 //! | identifierQuery/{domain} | 113 |
 //! | reportAbuse/{roomId} | 190 |
 //! | proxyDownload/{downloadUrl} | 25 |
 //! | unknown endpoints | 6 |
-//! | **total** (`peer_requests_refuse_hostile_input_and_change_nothing_protocol06_5`) | **1 542** |
+//! | **total** (`peer_requests_refuse_hostile_input_and_change_nothing_protocol06_5`) | **1 544** |
 //!
 //! Per endpoint: the transport's refusals (no client certificate; b's certificate claiming to be
 //! c or the hub; c's claiming b; no, two or malformed `From`; a misdirected request; wrong
@@ -2352,6 +2352,37 @@ async fn peer_requests_refuse_hostile_input_and_change_nothing_protocol06_5() {
         .expect("encodes")
     };
     let two = [valid_notify.clone(), valid_notify.clone()].concat();
+    // FanoutMessages whose MLSMessage has a wire format a notify does not carry (MIMI.md §5.4).
+    let wrong_formats: Vec<(&str, Vec<u8>)> = {
+        let key_package = MlsMessage::wrap(
+            &Mls::<openmls::prelude::KeyPackageIn>::from_bytes(
+                &carol
+                    .key_package(false)
+                    .expect("KeyPackage")
+                    .tls_serialize_detached()
+                    .expect("serialises"),
+            )
+            .expect("decodes"),
+        )
+        .expect("wrapped");
+        let group_info = {
+            let shard = a.node().hub().shards().for_room(&club).read();
+            shard
+                .room(&club)
+                .expect("hosted")
+                .group_info()
+                .expect("a GroupInfo")
+                .to_vec()
+        };
+        let timestamp = report_me.ts_ms.to_be_bytes();
+        vec![
+            (
+                "a KeyPackage",
+                [&timestamp[..], key_package.bytes()].concat(),
+            ),
+            ("a GroupInfo", [&timestamp[..], &group_info].concat()),
+        ]
+    };
     let c_from = from_header("mimi@c.example");
     cases.extend([
         notify_case(
@@ -2481,6 +2512,34 @@ async fn peer_requests_refuse_hostile_input_and_change_nothing_protocol06_5() {
             refused(
                 StatusCode::BAD_REQUEST,
                 &["mimi-hub-seqs is not increasing"],
+            ),
+        ),
+        notify_case(
+            "a KeyPackage as a FanoutMessage",
+            Conn::AToB,
+            club_uri,
+            hub_seqs(report_me_seq.as_bytes()),
+            wrong_formats[0].1.clone(),
+            hostile::codec_refusal(
+                "notify: a KeyPackage",
+                decode_notify,
+                &limits(),
+                &wrong_formats[0].1,
+                &["unexpected_mls_message"],
+            ),
+        ),
+        notify_case(
+            "a GroupInfo as a FanoutMessage",
+            Conn::AToB,
+            club_uri,
+            hub_seqs(report_me_seq.as_bytes()),
+            wrong_formats[1].1.clone(),
+            hostile::codec_refusal(
+                "notify: a GroupInfo",
+                decode_notify,
+                &limits(),
+                &wrong_formats[1].1,
+                &["unexpected_mls_message"],
             ),
         ),
         notify_case(
@@ -2743,7 +2802,7 @@ async fn peer_requests_refuse_hostile_input_and_change_nothing_protocol06_5() {
                 ("submitMessage", 145),
                 ("keyMaterial", 227),
                 ("groupInfo", 123),
-                ("notify", 114),
+                ("notify", 116),
                 ("requestConsent", 241),
                 ("updateConsent", 240),
                 ("identifierQuery", 113),
@@ -2751,7 +2810,7 @@ async fn peer_requests_refuse_hostile_input_and_change_nothing_protocol06_5() {
                 ("proxyDownload", 25),
                 ("unknown paths", 6),
             ],
-            1542,
+            1544,
         );
     federation.close().await;
     for client in [alice, bob, cathy, dave, carol, bob_tablet] {
