@@ -14,7 +14,7 @@
 //!
 //! Generated cases (`hostile::wire_mutations`, `hostile::hostile_uris`): cuts at every k-th
 //! byte, trailing bytes, every length prefix our codec reads made non-minimal, reserved, over
-//! the limit and beyond the input, and 28-30 hostile `mimi:` URIs (bad UTF-8, over-long, wrong
+//! the limit and beyond the input, and 29-30 hostile `mimi:` URIs (bad UTF-8, over-long, wrong
 //! scheme, bad authority, query, bad paths, wrong kind) in every URI field and room path
 //! parameter. Their expectations come from the node's own decoders and parsers, checked against
 //! the class of damage done.
