@@ -11,11 +11,12 @@
 //!   set here by `init`, or adopted from another node, in a hello (`crate::cluster_net`) or in
 //!   a gossip answer. Meanwhile `/readyz` answers 503 "cluster not initialized" and no shard
 //!   group exists.
-//! - **Gossip** ([`Bootstrap::gossip_loop`]): every [`GOSSIP_WAITING`] while waiting (every
-//!   [`GOSSIP_MEMBER`] after), each connected peer is sent this node's cluster id (if any) and
-//!   the peers it is connected to, and answers with its own; unknown nodes are added to the
-//!   transport's peers and an unknown cluster id is adopted. So a node that knows one join
-//!   address reaches every node that one knows.
+//! - **Gossip** ([`Bootstrap::gossip_loop`]): every [`GOSSIP_WAITING`] until the node runs
+//!   (every [`GOSSIP_MEMBER`] after), each connected peer is sent this node's cluster id (if
+//!   any), `init`'s decision (if known) and the peers it is connected to, and answers with its
+//!   own; unknown nodes are added to the transport's peers, an unknown cluster id is adopted,
+//!   and the decision of this node's cluster is taken. So a node that knows one join address
+//!   reaches every node that one knows.
 //! - **`init`** ([`Bootstrap::init`], `POST /admin/cluster/init`, `mimid init`): refused (409,
 //!   "cluster already initialized (cluster id …)") when this node, or a connected node asked
 //!   first, knows a cluster id; otherwise it draws a random 128-bit cluster id and decides the
@@ -76,9 +77,9 @@ pub const INIT_PATH: &str = "/admin/cluster/init";
 /// The file in the data directory that holds the cluster id ([`Role`], TOML).
 pub const CLUSTER_ID_FILE: &str = "cluster_id.toml";
 
-/// Gossip interval while the node waits for its cluster id.
+/// Gossip interval until the node runs.
 pub const GOSSIP_WAITING: Duration = Duration::from_millis(250);
-/// Gossip interval once the node knows its cluster id (new nodes still learn the peers).
+/// Gossip interval once the node runs (nodes that join later still learn the peers).
 pub const GOSSIP_MEMBER: Duration = Duration::from_secs(2);
 /// How long one gossip call waits for its answer.
 const GOSSIP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -561,10 +562,11 @@ impl Bootstrap {
     /// Cancel safety: safe to abort at any await.
     pub async fn gossip_loop(self: Arc<Self>) {
         loop {
-            let interval = if self.net.cluster_id().is_none() {
-                GOSSIP_WAITING
-            } else {
-                GOSSIP_MEMBER
+            // Fast until the node runs: one that adopted the id in a hello still needs the
+            // decision from the gossip.
+            let interval = match self.phase() {
+                Phase::Running(_) | Phase::Failed(_) => GOSSIP_MEMBER,
+                Phase::Waiting | Phase::Starting(_) => GOSSIP_WAITING,
             };
             tokio::time::sleep(interval).await;
             self.gossip_round().await;
