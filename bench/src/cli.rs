@@ -43,6 +43,24 @@ pub enum Scenario {
     /// `mimid start` child process (so its memory is measured alone), N rooms created through
     /// the client API, then an idle window measured from /proc/PID.
     IdleDensity(IdleDensityArgs),
+    /// 1:1 rooms with both members attached by their push streams, taking turns: an
+    /// operation is one message, counted when the other member has decrypted it.
+    Dm(DmArgs),
+    /// Rooms of 8 members (`--members`), every one attached and taking turns: an operation is
+    /// one message, counted when all 7 others have decrypted it; recipient deliveries/s too.
+    SmallRooms(SmallRoomsArgs),
+    /// A few rooms of 1,000+ members spread over up to three providers (a.example hosts the
+    /// rooms, b.example and c.example follow), every member attached by its push stream: an
+    /// operation is one message, counted when every member has been pushed it; recipient
+    /// deliveries/s per provider.
+    LargeRoomFanout(LargeRoomFanoutArgs),
+    /// Membership Commits at given group sizes (2 to 2,048): a mix of adds, removes and
+    /// updates by each room's creator, one Commit at a time per room; commits/s and latency
+    /// per kind.
+    CommitChurn(CommitChurnArgs),
+    /// Joins by external commit (MIMI.md §6.6): new devices of each room's creator fetch the
+    /// room's GroupInfo (protocol-06 §5.5) and commit themselves in, at a target rate.
+    JoinStorm(JoinStormArgs),
 }
 
 impl Scenario {
@@ -54,6 +72,11 @@ impl Scenario {
             Scenario::CrossProvider(_) => "cross-provider",
             Scenario::Cluster(_) => "cluster",
             Scenario::IdleDensity(_) => "idle-density",
+            Scenario::Dm(_) => "dm",
+            Scenario::SmallRooms(_) => "small-rooms",
+            Scenario::LargeRoomFanout(_) => "large-room-fanout",
+            Scenario::CommitChurn(_) => "commit-churn",
+            Scenario::JoinStorm(_) => "join-storm",
         }
     }
 
@@ -66,6 +89,11 @@ impl Scenario {
             Scenario::CrossProvider(args) => Some(&args.common),
             Scenario::Cluster(args) => Some(&args.common),
             Scenario::IdleDensity(_) => None,
+            Scenario::Dm(args) => Some(&args.common),
+            Scenario::SmallRooms(args) => Some(&args.common),
+            Scenario::LargeRoomFanout(args) => Some(&args.common),
+            Scenario::CommitChurn(args) => Some(&args.common),
+            Scenario::JoinStorm(args) => Some(&args.common),
         }
     }
 
@@ -77,6 +105,11 @@ impl Scenario {
             Scenario::CrossProvider(args) => &args.common.output,
             Scenario::Cluster(args) => &args.common.output,
             Scenario::IdleDensity(args) => &args.output,
+            Scenario::Dm(args) => &args.common.output,
+            Scenario::SmallRooms(args) => &args.common.output,
+            Scenario::LargeRoomFanout(args) => &args.common.output,
+            Scenario::CommitChurn(args) => &args.common.output,
+            Scenario::JoinStorm(args) => &args.common.output,
         }
     }
 }
@@ -202,6 +235,101 @@ pub struct IdleDensityArgs {
     pub data_dir: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DmArgs {
+    /// 1:1 rooms; one message in flight per room.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rooms: u32,
+    /// Length of each message's text (MIMI content text/plain), in bytes.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(i64::from(crate::cross::MIN_TEXT_BYTES)..=65_536))]
+    pub message_bytes: u32,
+    /// When messages are encrypted: all before the timed phase (`pregenerated`) or one by one
+    /// in it (`live`). Recipients decrypt inside the timed phase either way.
+    #[arg(long, value_enum, default_value_t = Encryption::Pregenerated)]
+    pub encryption: Encryption,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SmallRoomsArgs {
+    /// Rooms; one message in flight per room.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rooms: u32,
+    /// Members per room, every one attached and sending in turn.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=64))]
+    pub members: u32,
+    /// Length of each message's text (MIMI content text/plain), in bytes.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(i64::from(crate::cross::MIN_TEXT_BYTES)..=65_536))]
+    pub message_bytes: u32,
+    /// When messages are encrypted: all before the timed phase (`pregenerated`) or one by one
+    /// in it (`live`). Recipients decrypt inside the timed phase either way.
+    #[arg(long, value_enum, default_value_t = Encryption::Pregenerated)]
+    pub encryption: Encryption,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LargeRoomFanoutArgs {
+    /// Rooms, set up one after another.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rooms: u32,
+    /// Members per room, the senders included; member j is at provider j mod --providers.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(2..=20_000))]
+    pub members: u32,
+    /// Providers in this process: a.example (the rooms' hub), then b.example and c.example.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3))]
+    pub providers: u32,
+    /// Senders per room, at the hub (the creator and more members); one message in flight
+    /// each. The other members only receive.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub senders: u32,
+    /// Receiving members sharing one QUIC connection (1: a connection each, as separate
+    /// devices would have).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub members_per_connection: u32,
+    /// Length of each message's text (MIMI content text/plain), in bytes.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub message_bytes: u32,
+    /// In-process providers only: `--target` is refused.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommitChurnArgs {
+    /// Rooms committing in parallel, each with one committer.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rooms: u32,
+    /// Members per room at the start; several sizes (`2,128,2048`) run one after another as
+    /// separate phases.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2",
+        value_parser = clap::value_parser!(u32).range(2..=2048)
+    )]
+    pub group_size: Vec<u32>,
+    /// Relative weights of the Commits: `add=1,remove=1,update=1`; a kind left out weighs 0.
+    #[arg(long, default_value = "add=1,remove=1,update=1", value_parser = crate::churn::parse_mix)]
+    pub mix: crate::churn::Mix,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JoinStormArgs {
+    /// Rooms; joins into one room are sequential, at most 63 per room.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rooms: u32,
+    /// Members per room before the joins (the creator included).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub members: u32,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -532,6 +660,54 @@ mod tests {
         assert!(parse_invocation_from(["b", "nats", "--rate", "1", "--concurrency", "1"]).is_err());
         use clap::CommandFactory;
         ExtraCommand::augment_subcommands(Cli::command()).debug_assert();
+    }
+
+    #[test]
+    fn the_fanout_churn_and_join_scenarios_parse_with_their_defaults() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.scenario);
+        let Ok(Scenario::LargeRoomFanout(large)) = parse(&["b", "large-room-fanout"]) else {
+            panic!("large-room-fanout expected");
+        };
+        assert_eq!((large.rooms, large.members, large.providers), (1, 1000, 3));
+        assert_eq!((large.senders, large.members_per_connection), (1, 1));
+        assert!(parse(&["b", "large-room-fanout", "--providers", "4"]).is_err());
+        let Ok(Scenario::CommitChurn(churn)) = parse(&[
+            "b",
+            "commit-churn",
+            "--group-size",
+            "2,2048",
+            "--mix",
+            "add=2,update=1",
+        ]) else {
+            panic!("commit-churn expected");
+        };
+        assert_eq!(churn.group_size, vec![2, 2048]);
+        assert_eq!(
+            churn.mix,
+            crate::churn::Mix {
+                add: 2,
+                remove: 0,
+                update: 1
+            }
+        );
+        assert!(parse(&["b", "commit-churn", "--group-size", "2049"]).is_err());
+        assert!(parse(&["b", "commit-churn", "--mix", "add=0"]).is_err());
+        let Ok(Scenario::SmallRooms(small)) = parse(&["b", "small-rooms"]) else {
+            panic!("small-rooms expected");
+        };
+        assert_eq!(small.members, 8);
+        let Ok(Scenario::Dm(dm)) = parse(&["b", "dm", "--out-dir", "out"]) else {
+            panic!("dm expected");
+        };
+        assert_eq!(dm.common.output.out_dir, Some(PathBuf::from("out")));
+        assert!(
+            parse(&["b", "dm", "--message-bytes", "8"]).is_err(),
+            "texts must hold the sender index and message number"
+        );
+        let Ok(Scenario::JoinStorm(join)) = parse(&["b", "join-storm", "--rate", "50"]) else {
+            panic!("join-storm expected");
+        };
+        assert_eq!((join.rooms, join.members), (20, 2));
     }
 
     #[test]

@@ -71,24 +71,7 @@ impl CrossSender {
     /// Cancel safety: safe; an item read but not yet matched stays processed by Bob's client,
     /// and the next call skips what it no longer waits for.
     async fn receive(&mut self, k: u64) -> Result<(), ErrorKind> {
-        let idx = self.alice.idx();
-        loop {
-            let event = self
-                .bob
-                .next_event(self.receive_wait)
-                .await
-                .map_err(|e| error_kind(&e))?
-                .ok_or(ErrorKind::Timeout)?;
-            let Event::Message { content, .. } = event else {
-                continue; // Nothing but messages is expected; a Commit would not be ours.
-            };
-            let text = content.text().ok_or(ErrorKind::Delivery)?;
-            match message_number(text, idx) {
-                Some(got) if got == k => return Ok(()),
-                Some(got) if got < k => continue,
-                _ => return Err(ErrorKind::Delivery),
-            }
-        }
+        receive_message(&mut self.bob, self.alice.idx(), k, self.receive_wait, false).await
     }
 
     /// Closes both clients' connections.
@@ -217,6 +200,40 @@ async fn set_up_pair(
     }
     wait_for_welcome(&mut bob, &room).await?;
     Ok((RoomSender::new(room_idx, alice, room, operation), bob))
+}
+
+/// Reads `client`'s push stream until message `k` of sender `idx` (its text made by
+/// [`crate::scenario::message_text`]) arrives, waiting at most `wait` for each event. Earlier
+/// messages of that sender (whose operation timed out before they arrived) are skipped; so are
+/// other senders' messages when `other_senders` (rooms where several members send in turn);
+/// anything else is a delivery error.
+///
+/// Cancel safety: safe; an item read but not yet matched stays processed by the client, and
+/// the next call skips what it no longer waits for.
+pub(crate) async fn receive_message(
+    client: &mut MimiClient,
+    idx: u64,
+    k: u64,
+    wait: Duration,
+    other_senders: bool,
+) -> Result<(), ErrorKind> {
+    loop {
+        let event = client
+            .next_event(wait)
+            .await
+            .map_err(|e| error_kind(&e))?
+            .ok_or(ErrorKind::Timeout)?;
+        let Event::Message { content, .. } = event else {
+            continue; // Nothing but messages is expected; a Commit would not be ours.
+        };
+        let text = content.text().ok_or(ErrorKind::Delivery)?;
+        match message_number(text, idx) {
+            Some(got) if got == k => return Ok(()),
+            Some(got) if got < k => continue,
+            None if other_senders => continue,
+            _ => return Err(ErrorKind::Delivery),
+        }
+    }
 }
 
 /// The `k` of a text made by [`crate::scenario::message_text`] for room `idx`, if it is one.

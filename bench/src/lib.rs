@@ -11,19 +11,27 @@
 //! attached members), `density` (the idle-density scenario: a `mimid` child process, rooms
 //! created, memory and idle CPU from `/proc`), `load`
 //! (the timed phase: workers, ticker), `schedule` and `stats` (sans-IO timetable and
-//! recorder), `system` (machine and CPU accounting from `/proc`), `progress` (per-second lines
-//! and progress bars on stderr), `output` (`--out-dir`: JSON, CSV, HdrHistogram interval logs,
-//! PNG) with `plot`.
+//! recorder), `system` (machine and CPU accounting from `/proc`). The other scenarios: `group`
+//! (dm and small-rooms: every member attached, taking turns), `fanout` (large-room-fanout:
+//! 1,000+ members over several providers), `churn` (commit-churn: adds, removes, updates),
+//! `join` (join-storm: external commits), with `light` (members without an MLS group, for
+//! large rooms and pregenerated KeyPackages). Output: `progress` (per-second lines and bars on
+//! stderr), `output` (`--out-dir`: JSON, CSV, HdrHistogram interval logs, PNG) with `plot`.
 //! Beside the scenarios (`side_by_side`): the peers `nats` and `etcd` run as child processes
 //! under the same load engine (`peer`: their options, processes and report), `compare` (the
 //! ratio table) and `floor` (commit-floor: mimid's Commits against the hub's openmls floor).
 
+pub mod churn;
 pub mod cli;
 pub mod cluster;
 pub mod cross;
 pub mod density;
 pub mod etcd;
+pub mod fanout;
 pub mod floor;
+pub mod group;
+pub mod join;
+pub mod light;
 pub mod load;
 pub mod nats;
 pub mod output;

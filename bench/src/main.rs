@@ -160,6 +160,52 @@ fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
                 });
             eprintln!("#   cluster: {}; {delivery}", nodes.join(", "));
         }
+        if let Some(fanout) = &phase.fanout {
+            let by_provider: Vec<String> = fanout
+                .deliveries_by_provider
+                .iter()
+                .map(|(domain, n)| format!("{domain} {n}"))
+                .collect();
+            eprintln!(
+                "#   fanout: {} recipients per message, {} deliveries ({} /s){}{}",
+                fanout.recipients_per_message,
+                fanout.deliveries,
+                fanout.deliveries_per_s,
+                if by_provider.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", by_provider.join(", "))
+                },
+                if fanout.streams_lost > 0 {
+                    format!("; {} streams lost", fanout.streams_lost)
+                } else {
+                    String::new()
+                },
+            );
+        }
+        if phase.measured.totals.by_operation.len() > 1 {
+            let kinds: Vec<String> = phase
+                .measured
+                .totals
+                .by_operation
+                .iter()
+                .map(|(name, op)| {
+                    format!(
+                        "{name} {} ok, p50 {:.2} ms, p99 {:.2} ms",
+                        op.ops_ok,
+                        ms(op.latency_corrected.p50_us),
+                        ms(op.latency_corrected.p99_us)
+                    )
+                })
+                .collect();
+            eprintln!("#   by operation: {}", kinds.join("; "));
+        }
+        if let Some(sizes) = &phase.group_size {
+            eprintln!(
+                "#   rooms: {} members at the start, {}-{} (mean {}) at the end",
+                sizes.start, sizes.end_min, sizes.end_max, sizes.end_mean
+            );
+        }
     }
     Ok(())
 }

@@ -52,6 +52,8 @@ pub struct Provider {
     /// The second provider (cross-provider scenario), whose users are added to the rooms of
     /// the first.
     pub follower: Option<Follower>,
+    /// Every provider but the first, in order, when several run (the second is `follower`).
+    pub followers: Vec<Follower>,
     /// The nodes of the provider's cluster (cluster scenario), in node id order; empty
     /// otherwise. `endpoint` is then the first node's.
     pub cluster: Vec<ClusterMember>,
@@ -60,6 +62,7 @@ pub struct Provider {
 }
 
 /// The follower provider of the cross-provider scenario.
+#[derive(Clone)]
 pub struct Follower {
     pub endpoint: Endpoint,
     pub domain: String,
@@ -147,6 +150,7 @@ impl Provider {
                 domain: args.domain.clone(),
             },
             follower: None,
+            followers: Vec::new(),
             cluster: Vec::new(),
             in_process: None,
         })
@@ -156,18 +160,30 @@ impl Provider {
     /// process, each with the in-process node options of `args`. Must not be called from inside
     /// a tokio runtime.
     pub fn start_federation(args: &NodeArgs) -> anyhow::Result<Provider> {
-        if args.target.is_some() {
+        let provider = Provider::start_providers(args, &FEDERATION_DOMAINS)?;
+        if provider.followers.len() != 1 {
             bail!(
-                "cross-provider runs its two providers in this process: --target is not \
-                 supported"
+                "start_providers started {} providers, not 2",
+                provider.followers.len() + 1
             );
+        }
+        Ok(provider)
+    }
+
+    /// Starts one provider per domain of `domains` in this process
+    /// (`mimid_node::demo::start_providers`), each with the in-process node options of `args`:
+    /// the first is the provider the clients' rooms are hosted by, the others are
+    /// `followers`. Must not be called from inside a tokio runtime.
+    pub fn start_providers(args: &NodeArgs, domains: &[&str]) -> anyhow::Result<Provider> {
+        if args.target.is_some() {
+            bail!("this scenario runs its providers in this process: --target is not supported");
         }
         let parent = data_dir_parent(args);
         let config = node_config(args);
         let runtime = node_runtime()?;
         let providers = runtime
             .block_on(start_providers(
-                &FEDERATION_DOMAINS,
+                domains,
                 DataDir::Temporary {
                     parent: parent.clone(),
                     prefix: DATA_DIR_PREFIX,
@@ -175,29 +191,30 @@ impl Provider {
                 &config,
             ))
             .context("starting the in-process providers")?;
-        let [hub, follower] = providers.providers() else {
-            bail!(
-                "start_providers returned {} providers, not 2",
-                providers.providers().len()
-            );
+        let Some((hub, others)) = providers.providers().split_first() else {
+            bail!("start_providers started no provider");
         };
         let (endpoint, domain, admin) = (
             hub.endpoint(),
             hub.domain().to_owned(),
             hub.node().admin_addr(),
         );
-        let follower = Follower {
-            endpoint: follower.endpoint(),
-            domain: follower.domain().to_owned(),
-            admin: follower.node().admin_addr(),
-        };
+        let followers: Vec<Follower> = others
+            .iter()
+            .map(|follower| Follower {
+                endpoint: follower.endpoint(),
+                domain: follower.domain().to_owned(),
+                admin: follower.node().admin_addr(),
+            })
+            .collect();
         Ok(Provider {
             endpoint,
             domain,
             admin: Some(admin),
-            follower: Some(follower),
+            follower: followers.first().cloned(),
+            followers,
             cluster: Vec::new(),
-            description: in_process_description(&config, &parent, Some(&FEDERATION_DOMAINS), None),
+            description: in_process_description(&config, &parent, Some(domains), None),
             in_process: Some(InProcess {
                 runtime,
                 nodes: Nodes::Federation(providers),
@@ -242,6 +259,7 @@ impl Provider {
             // Each node's counters are read through `cluster`.
             admin: None,
             follower: None,
+            followers: Vec::new(),
             cluster: members,
             description: in_process_description(&config, &parent, None, Some(nodes)),
             in_process: Some(InProcess {
@@ -278,6 +296,7 @@ impl Provider {
             domain: config.domain.clone(),
             admin: Some(node.admin_addr()),
             follower: None,
+            followers: Vec::new(),
             cluster: Vec::new(),
             description: in_process_description(&config, &parent, None, None),
             in_process: Some(InProcess {
@@ -334,6 +353,10 @@ pub fn node_config(args: &NodeArgs) -> Config {
     config.limits.rate.user_burst = 1_000_000_000;
     config.limits.rate.peer_requests_per_sec = 1e9;
     config.limits.rate.peer_burst = 1_000_000_000;
+    // commit-churn adds the same users again and again, large-room-fanout claims a thousand
+    // KeyPackages in a minute: the hourly claim limits would refuse them.
+    config.limits.rate.key_material_claims_per_pair_per_hour = 1_000_000_000;
+    config.limits.rate.key_material_claims_per_target_per_hour = 1_000_000_000;
     if let Some(shards) = args.shards {
         config.cluster.shards = shards;
     }

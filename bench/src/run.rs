@@ -11,9 +11,15 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::churn::{set_up_churn, Mix};
 use crate::cli::{CommonArgs, Encryption, LoadModel, Scenario};
 use crate::cluster::{sender_node, set_up_cluster_rooms, Delivery, Receivers};
 use crate::cross::{set_up_pairs, Pairs};
+use crate::fanout::{
+    per_second, set_up_large_rooms, FanoutReport, LargeRooms, LightReceivers, Site,
+};
+use crate::group::set_up_groups;
+use crate::join::link_joiners;
 use crate::load::{run_phase, PhaseConfig, PhaseReport};
 use crate::provider::{
     node_sample, raft_counters, NodeDescription, NodeSample, Provider, RaftCounters,
@@ -25,6 +31,16 @@ use crate::system::{CpuSample, CpuUsage, Machine};
 
 /// Messages encrypted in advance for a closed-model phase without `--max-ops`.
 pub const DEFAULT_CLOSED_PREGENERATED: u64 = 200_000;
+/// commit-churn: Commits per room the users' KeyPackages are published for, in a closed-model
+/// phase without `--max-ops` (adds beyond them fall back to removes and updates).
+pub const DEFAULT_CLOSED_CHURN_PER_ROOM: u64 = 2_000;
+/// large-room-fanout: messages encrypted in advance per sender for a closed-model phase without
+/// `--max-ops`.
+pub const DEFAULT_CLOSED_FANOUT_PER_SENDER: u64 = 5_000;
+/// join-storm: joiners linked per room for a closed-model phase without `--max-ops`.
+pub const DEFAULT_CLOSED_JOINS_PER_ROOM: u64 = 20;
+/// The large-room-fanout scenario's providers, the rooms' hub first.
+pub const FANOUT_DOMAINS: [&str; 3] = ["a.example", "b.example", "c.example"];
 /// Name of the generator's runtime threads (see `system`).
 pub(crate) const CLIENT_THREADS_NAME: &str = "bench-client";
 /// Cluster scenario: how long the attached members may take after the phase to have every
@@ -42,6 +58,9 @@ pub struct Report {
     pub scenario: &'static str,
     pub started_unix_s: u64,
     pub config: RunConfig,
+    /// Options of the scenario beyond `config` (large-room-fanout, commit-churn).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub options: Option<ScenarioOptions>,
     pub node: NodeDescription,
     pub machine: Machine,
     pub phases: Vec<PhaseSummary>,
@@ -78,6 +97,24 @@ pub struct RunConfig {
     pub setup_concurrency: u32,
 }
 
+/// The options of the newer scenarios that `RunConfig` has no field for (`options` in the
+/// report).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScenarioOptions {
+    /// large-room-fanout: providers the members are spread over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub providers: Option<u32>,
+    /// large-room-fanout: senders per room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub senders_per_room: Option<u32>,
+    /// large-room-fanout: receiving members per QUIC connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members_per_connection: Option<u32>,
+    /// commit-churn: weights of adds, removes and updates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mix: Option<Mix>,
+}
+
 /// One phase: its set-up and what the timed part measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseSummary {
@@ -104,6 +141,22 @@ pub struct PhaseSummary {
     /// the attached members received.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterReport>,
+    /// dm, small-rooms, large-room-fanout: recipient deliveries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<FanoutReport>,
+    /// commit-churn, join-storm: the rooms' sizes after the phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<GroupSizeReport>,
+}
+
+/// The sizes of a phase's rooms after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupSizeReport {
+    /// Members per room at the start of the phase.
+    pub start: u32,
+    pub end_min: usize,
+    pub end_max: usize,
+    pub end_mean: f64,
 }
 
 /// The cluster scenario's view of its nodes over a phase.
@@ -183,6 +236,11 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
         Scenario::CrossProvider(args) => args.rooms,
         Scenario::Cluster(args) => args.rooms,
         Scenario::IdleDensity(args) => args.rooms,
+        Scenario::Dm(args) => args.rooms,
+        Scenario::SmallRooms(args) => args.rooms,
+        Scenario::LargeRoomFanout(args) => args.rooms * args.senders,
+        Scenario::CommitChurn(args) => args.rooms,
+        Scenario::JoinStorm(args) => args.rooms,
     };
     if let Some(concurrency) = common.load.concurrency {
         if concurrency > senders_per_phase {
@@ -218,6 +276,14 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             );
             Provider::start_cluster(&common.node, args.nodes)?
         }
+        Scenario::LargeRoomFanout(args) => {
+            let domains = &FANOUT_DOMAINS[..args.providers as usize];
+            progress(
+                common,
+                &format!("starting the providers {}", domains.join(", ")),
+            );
+            Provider::start_providers(&common.node, domains)?
+        }
         _ => {
             progress(common, "starting the provider");
             Provider::start(&common.node)?
@@ -244,6 +310,7 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
         scenario: scenario.name(),
         started_unix_s: started_unix_s.as_secs(),
         config: run_config(scenario, common),
+        options: scenario_options(scenario),
         notes: notes(scenario, &node),
         node,
         machine,
@@ -272,7 +339,7 @@ async fn listen_for_interrupt(interrupted: Arc<AtomicBool>) {
 
 fn progress(common: &CommonArgs, line: &str) {
     if !common.output.no_progress {
-        eprintln!("# {line}");
+        crate::progress::line(&format!("# {line}"));
     }
 }
 
@@ -350,6 +417,76 @@ async fn run_phases(
             };
             Ok(vec![run_one(provider, common, phase, interrupted).await?])
         }
+        Scenario::Dm(args) => {
+            let phase = PhasePlan {
+                name: "dm".into(),
+                naming: naming(0),
+                rooms: args.rooms,
+                members: 2,
+                operation: message_operation(args.encryption, args.message_bytes),
+                text_bytes: args.message_bytes as usize,
+                kind: PhaseKind::Group,
+            };
+            Ok(vec![run_one(provider, common, phase, interrupted).await?])
+        }
+        Scenario::SmallRooms(args) => {
+            let phase = PhasePlan {
+                name: "small-rooms".into(),
+                naming: naming(0),
+                rooms: args.rooms,
+                members: args.members,
+                operation: message_operation(args.encryption, args.message_bytes),
+                text_bytes: args.message_bytes as usize,
+                kind: PhaseKind::Group,
+            };
+            Ok(vec![run_one(provider, common, phase, interrupted).await?])
+        }
+        Scenario::LargeRoomFanout(args) => {
+            let phase = PhasePlan {
+                name: "large-room-fanout".into(),
+                naming: naming(0),
+                rooms: args.rooms,
+                members: args.members,
+                operation: Operation::PregeneratedMessage,
+                text_bytes: args.message_bytes as usize,
+                kind: PhaseKind::LargeRoom {
+                    senders: args.senders,
+                    members_per_connection: args.members_per_connection,
+                },
+            };
+            Ok(vec![run_one(provider, common, phase, interrupted).await?])
+        }
+        Scenario::CommitChurn(args) => {
+            let mut phases = Vec::new();
+            for (idx, &group_size) in args.group_size.iter().enumerate() {
+                let phase = PhasePlan {
+                    name: format!("commit-churn group_size={group_size}"),
+                    naming: naming(idx),
+                    rooms: args.rooms,
+                    members: group_size,
+                    operation: Operation::SelfUpdate,
+                    text_bytes: 0,
+                    kind: PhaseKind::Churn { mix: args.mix },
+                };
+                phases.push(run_one(provider, common, phase, interrupted).await?);
+                if interrupted.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            Ok(phases)
+        }
+        Scenario::JoinStorm(args) => {
+            let phase = PhasePlan {
+                name: "join-storm".into(),
+                naming: naming(0),
+                rooms: args.rooms,
+                members: args.members,
+                operation: Operation::SelfUpdate,
+                text_bytes: 0,
+                kind: PhaseKind::Join,
+            };
+            Ok(vec![run_one(provider, common, phase, interrupted).await?])
+        }
         Scenario::IdleDensity(_) => bail!("idle-density has no timed phase"),
     }
 }
@@ -383,6 +520,32 @@ enum PhaseKind {
     /// Each room's creator on one node of the cluster, its member on the next, attached by its
     /// push stream or not (`cluster`).
     Cluster { attached: bool },
+    /// Every member attached, taking turns; an operation ends when all others have it (`group`:
+    /// dm, small-rooms).
+    Group,
+    /// Light members at every provider, `senders` full clients per room at the hub (`fanout`).
+    LargeRoom {
+        senders: u32,
+        members_per_connection: u32,
+    },
+    /// The creator adds, removes and updates (`churn`).
+    Churn { mix: Mix },
+    /// New devices of the creator join by external commit (`join`).
+    Join,
+}
+
+/// What besides the senders a phase keeps running and reports on.
+enum Attached {
+    None,
+    /// The cluster scenario's attached members.
+    Cluster(Receivers),
+    /// Every operation awaited this many recipients (dm, small-rooms).
+    Recipients(u64),
+    /// The large rooms' light members, each message awaited at `recipients` of them.
+    Light {
+        receivers: LightReceivers,
+        recipients: u64,
+    },
 }
 
 async fn run_one(
@@ -415,7 +578,7 @@ async fn run_one(
                 common,
                 plan,
                 senders,
-                None,
+                Attached::None,
                 setup_start,
                 interrupted,
             )
@@ -436,13 +599,167 @@ async fn run_one(
                 attached,
             )
             .await?;
-            let receivers = attached.then(|| Receivers::start(members));
+            let receivers = if attached {
+                Attached::Cluster(Receivers::start(members))
+            } else {
+                Attached::None
+            };
             measure(
                 provider,
                 common,
                 plan,
                 senders,
                 receivers,
+                setup_start,
+                interrupted,
+            )
+            .await
+        }
+        PhaseKind::Group => {
+            let _spinner = crate::progress::Spinner::start(
+                !common.output.no_progress,
+                &format!("{}: setting up rooms", plan.name),
+            );
+            let senders = set_up_groups(
+                &provider.endpoint,
+                &plan.naming,
+                plan.rooms,
+                plan.members,
+                plan.operation,
+                common.setup_concurrency as usize,
+                Duration::from_millis(common.load.timeout_ms),
+            )
+            .await?;
+            drop(_spinner);
+            let recipients = u64::from(plan.members) - 1;
+            measure(
+                provider,
+                common,
+                plan,
+                senders,
+                Attached::Recipients(recipients),
+                setup_start,
+                interrupted,
+            )
+            .await
+        }
+        PhaseKind::LargeRoom {
+            senders,
+            members_per_connection,
+        } => {
+            let mut sites = vec![Site {
+                domain: provider.domain.clone(),
+                endpoint: provider.endpoint.clone(),
+            }];
+            sites.extend(provider.followers.iter().map(|f| Site {
+                domain: f.domain.clone(),
+                endpoint: f.endpoint.clone(),
+            }));
+            let print = |line: &str| progress(common, line);
+            let large = LargeRooms {
+                sites: &sites,
+                naming: &plan.naming,
+                rooms: plan.rooms,
+                members: plan.members,
+                senders,
+                members_per_connection,
+                setup_concurrency: common.setup_concurrency as usize,
+                progress: &print,
+            };
+            let _spinner = crate::progress::Spinner::start(
+                !common.output.no_progress,
+                &format!("{}: setting up rooms", plan.name),
+            );
+            let (senders, receivers) = set_up_large_rooms(&large).await?;
+            drop(_spinner);
+            let recipients = u64::from(plan.members - large.senders);
+            measure(
+                provider,
+                common,
+                plan,
+                senders,
+                Attached::Light {
+                    receivers,
+                    recipients,
+                },
+                setup_start,
+                interrupted,
+            )
+            .await
+        }
+        PhaseKind::Churn { mix } => {
+            let budget = ops_budget(
+                common.load.model(),
+                common,
+                plan.rooms as usize,
+                u64::from(plan.rooms) * DEFAULT_CLOSED_CHURN_PER_ROOM,
+            )?;
+            let adds = budget
+                .iter()
+                .map(|ops| mix.adds_in(*ops))
+                .max()
+                .unwrap_or(0);
+            let _spinner = crate::progress::Spinner::start(
+                !common.output.no_progress,
+                &format!("{}: setting up rooms", plan.name),
+            );
+            let senders = set_up_churn(
+                &provider.endpoint,
+                &plan.naming,
+                plan.rooms,
+                plan.members,
+                mix,
+                adds,
+                common.setup_concurrency as usize,
+            )
+            .await?;
+            drop(_spinner);
+            measure(
+                provider,
+                common,
+                plan,
+                senders,
+                Attached::None,
+                setup_start,
+                interrupted,
+            )
+            .await
+        }
+        PhaseKind::Join => {
+            let joins = ops_budget(
+                common.load.model(),
+                common,
+                plan.rooms as usize,
+                u64::from(plan.rooms) * DEFAULT_CLOSED_JOINS_PER_ROOM,
+            )?;
+            let _spinner = crate::progress::Spinner::start(
+                !common.output.no_progress,
+                &format!("{}: setting up rooms and linking the joiners", plan.name),
+            );
+            let creators = set_up_rooms(
+                &provider.endpoint,
+                &plan.naming,
+                plan.rooms,
+                plan.members,
+                plan.operation,
+                common.setup_concurrency as usize,
+            )
+            .await?;
+            let senders = link_joiners(
+                creators,
+                &plan.naming,
+                &joins,
+                plan.members as usize,
+                common.setup_concurrency as usize,
+            )
+            .await?;
+            drop(_spinner);
+            measure(
+                provider,
+                common,
+                plan,
+                senders,
+                Attached::None,
                 setup_start,
                 interrupted,
             )
@@ -476,7 +793,7 @@ async fn run_one(
                 common,
                 plan,
                 senders,
-                None,
+                Attached::None,
                 setup_start,
                 interrupted,
             )
@@ -493,7 +810,7 @@ async fn measure<S: PhaseSender>(
     common: &CommonArgs,
     plan: PhasePlan,
     mut senders: Vec<S>,
-    receivers: Option<Receivers>,
+    attached: Attached,
     setup_start: Instant,
     interrupted: &Arc<AtomicBool>,
 ) -> anyhow::Result<PhaseSummary> {
@@ -503,7 +820,12 @@ async fn measure<S: PhaseSender>(
     let mut pregenerated = None;
     let mut pregenerate_s = None;
     if plan.operation == Operation::PregeneratedMessage {
-        let counts = pregenerate_counts(model, common, senders.len())?;
+        // A large room's sender manages tens of messages a second, not thousands.
+        let closed_default = match plan.kind {
+            PhaseKind::LargeRoom { .. } => senders.len() as u64 * DEFAULT_CLOSED_FANOUT_PER_SENDER,
+            _ => DEFAULT_CLOSED_PREGENERATED,
+        };
+        let counts = ops_budget(model, common, senders.len(), closed_default)?;
         let total: u64 = counts.iter().sum();
         progress(
             common,
@@ -540,6 +862,10 @@ async fn measure<S: PhaseSender>(
     let raft_before = read_raft(provider.admin).await;
     let follower_before = read_raft(follower_admin).await;
     let cluster_before = read_cluster(provider).await;
+    let light_before = match &attached {
+        Attached::Light { receivers, .. } => receivers.delivered(),
+        _ => Vec::new(),
+    };
     let cpu_before = CpuSample::take();
     let config = PhaseConfig {
         model,
@@ -554,14 +880,38 @@ async fn measure<S: PhaseSender>(
     let raft_after = read_raft(provider.admin).await;
     let follower_after = read_raft(follower_admin).await;
     let cluster_after = settled_cluster(provider).await;
+    let group_size = group_sizes(&senders, plan.members);
     S::close_all(senders).await;
-    let delivery = match receivers {
-        Some(receivers) => Some(
-            receivers
-                .finish(measured.totals.ops_ok, CATCH_UP_DEADLINE)
-                .await,
+    let elapsed_s = measured.elapsed_s;
+    let (delivery, fanout) = match attached {
+        Attached::None => (None, None),
+        Attached::Cluster(receivers) => (
+            Some(
+                receivers
+                    .finish(measured.totals.ops_ok, CATCH_UP_DEADLINE)
+                    .await,
+            ),
+            None,
         ),
-        None => None,
+        Attached::Recipients(recipients) => {
+            let deliveries = measured.totals.ops_ok * recipients;
+            let fanout = FanoutReport {
+                recipients_per_message: recipients,
+                receivers: u64::from(plan.rooms) * (recipients + 1),
+                deliveries,
+                deliveries_per_s: per_second(deliveries, elapsed_s),
+                ..FanoutReport::default()
+            };
+            (None, Some(fanout))
+        }
+        Attached::Light {
+            receivers,
+            recipients,
+        } => {
+            let fanout = receivers.report(&light_before, recipients, elapsed_s);
+            receivers.finish().await;
+            (None, Some(fanout))
+        }
     };
     let (cluster, cluster_raft) = match (&cluster_before, &cluster_after) {
         (Some(before), Some(after)) => (
@@ -616,6 +966,20 @@ async fn measure<S: PhaseSender>(
             _ => None,
         },
         cluster,
+        fanout,
+        group_size,
+    })
+}
+
+/// The sizes of the senders' rooms (for senders that change them), or `None`.
+fn group_sizes<S: PhaseSender>(senders: &[S], start: u32) -> Option<GroupSizeReport> {
+    let sizes: Vec<usize> = senders.iter().filter_map(PhaseSender::group_size).collect();
+    let (min, max) = (sizes.iter().min()?, sizes.iter().max()?);
+    Some(GroupSizeReport {
+        start,
+        end_min: *min,
+        end_max: *max,
+        end_mean: (sizes.iter().sum::<usize>() as f64 / sizes.len() as f64 * 10.0).round() / 10.0,
     })
 }
 
@@ -627,6 +991,17 @@ fn pregenerate_counts(
     common: &CommonArgs,
     n_senders: usize,
 ) -> anyhow::Result<Vec<u64>> {
+    ops_budget(model, common, n_senders, DEFAULT_CLOSED_PREGENERATED)
+}
+
+/// How many operations each sender may perform: its open-model timetable over the phase, or
+/// an equal share of `--max-ops` (default `closed_default` in all) in the closed model.
+fn ops_budget(
+    model: LoadModel,
+    common: &CommonArgs,
+    n_senders: usize,
+    closed_default: u64,
+) -> anyhow::Result<Vec<u64>> {
     let n = n_senders as u64;
     Ok(match model {
         LoadModel::Open { rate } => {
@@ -637,7 +1012,7 @@ fn pregenerate_counts(
                 .collect()
         }
         LoadModel::Closed { .. } => {
-            let total = common.load.max_ops.unwrap_or(DEFAULT_CLOSED_PREGENERATED);
+            let total = common.load.max_ops.unwrap_or(closed_default);
             (0..n)
                 .map(|i| total / n + u64::from(i < total % n))
                 .collect()
@@ -818,8 +1193,50 @@ fn run_config(scenario: &Scenario, common: &CommonArgs) -> RunConfig {
             config.attached_members = Some(!args.detached_members);
         }
         Scenario::IdleDensity(args) => config.rooms = args.rooms,
+        Scenario::Dm(args) => {
+            config.rooms = args.rooms;
+            config.members = Some(2);
+            config.message_bytes = Some(args.message_bytes);
+            config.encryption = Some(encryption_name(args.encryption));
+        }
+        Scenario::SmallRooms(args) => {
+            config.rooms = args.rooms;
+            config.members = Some(args.members);
+            config.message_bytes = Some(args.message_bytes);
+            config.encryption = Some(encryption_name(args.encryption));
+        }
+        Scenario::LargeRoomFanout(args) => {
+            config.rooms = args.rooms;
+            config.members = Some(args.members);
+            config.message_bytes = Some(args.message_bytes);
+            config.encryption = Some(encryption_name(Encryption::Pregenerated));
+        }
+        Scenario::CommitChurn(args) => {
+            config.rooms = args.rooms;
+            config.group_sizes = Some(args.group_size.clone());
+        }
+        Scenario::JoinStorm(args) => {
+            config.rooms = args.rooms;
+            config.members = Some(args.members);
+        }
     }
     config
+}
+
+fn scenario_options(scenario: &Scenario) -> Option<ScenarioOptions> {
+    match scenario {
+        Scenario::LargeRoomFanout(args) => Some(ScenarioOptions {
+            providers: Some(args.providers),
+            senders_per_room: Some(args.senders),
+            members_per_connection: Some(args.members_per_connection),
+            ..ScenarioOptions::default()
+        }),
+        Scenario::CommitChurn(args) => Some(ScenarioOptions {
+            mix: Some(args.mix),
+            ..ScenarioOptions::default()
+        }),
+        _ => None,
+    }
 }
 
 fn encryption_name(encryption: Encryption) -> &'static str {
@@ -827,6 +1244,92 @@ fn encryption_name(encryption: Encryption) -> &'static str {
         Encryption::Pregenerated => "pregenerated",
         Encryption::Live => "live",
     }
+}
+
+/// What an operation is in the scenarios of `group`, `fanout`, `churn` and `join`.
+fn more_notes(scenario: &Scenario) -> Option<Vec<String>> {
+    let corrected = "latency_corrected counts from the intended start (open model, coordinated \
+        omission corrected); latency_raw from the actual start. They are equal in the closed \
+        model."
+        .to_string();
+    let encryption = |encryption: Encryption| match encryption {
+        Encryption::Pregenerated => "Messages were encrypted (MimiClient::prepare_text) \
+            before the timed phase; the recipients' decryption is inside the measured path."
+            .to_string(),
+        Encryption::Live => "Messages were encrypted one by one inside the timed phase \
+            (--encryption live), and every recipient decrypts each: both compete for the CPU."
+            .to_string(),
+    };
+    Some(match scenario {
+        Scenario::Dm(args) => vec![
+            "Rooms of 2 members, both attached by their push streams and sending in turn. An \
+             operation is one message, counted when the other member has it: accepted by the \
+             provider (durable in its Raft log, applied), pushed on the other member's stream \
+             and decrypted by its client. One message in flight per room."
+                .to_string(),
+            encryption(args.encryption),
+            corrected,
+        ],
+        Scenario::SmallRooms(args) => vec![
+            format!(
+                "Rooms of {} members, every one attached by its push stream and sending in \
+                 turn. An operation is one message, counted when all {} other members have \
+                 it (pushed and decrypted): the latency is that of the last recipient. One \
+                 message in flight per room; fanout.deliveries counts every recipient.",
+                args.members,
+                args.members - 1
+            ),
+            encryption(args.encryption),
+            corrected,
+        ],
+        Scenario::LargeRoomFanout(args) => vec![
+            format!(
+                "Rooms of {} members over {} provider(s) in this process (member j at provider \
+                 j mod {}; a.example hosts the rooms and notifies the others, protocol-06 \
+                 §5.4). {} sender(s) per room at the hub, the other members attached by their \
+                 push streams. An operation is one message, counted when every attached \
+                 member has been pushed it.",
+                args.members, args.providers, args.providers, args.senders
+            ),
+            "The receiving members are light clients: real KeyPackages, added by real \
+             Commits, reading their real push streams, but without an MLS group of their own: \
+             they count the messages pushed to them (matched by the hash of the ciphertext) \
+             instead of decrypting them, so the generator's openmls does not bound the figure. \
+             fanout.deliveries is what they counted during the phase."
+                .to_string(),
+            "The senders' messages were encrypted before the timed phase.".to_string(),
+            corrected,
+        ],
+        Scenario::CommitChurn(args) => vec![
+            format!(
+                "Each room's creator commits, one Commit at a time, adds, removes and updates \
+                 in the ratio {}:{}:{} (by_operation: add, remove, update). An add claims one \
+                 KeyPackage of a user outside the room (protocol-06 §5.1) and commits the Add \
+                 with the participant-list update; a remove commits the Remove of a member's \
+                 client with the participant-list update; an update is an empty Commit with a \
+                 path (RFC 9420 §12.4). Counted when the hub accepted the Commit (durable, \
+                 applied) and the creator merged it.",
+                args.mix.add, args.mix.remove, args.mix.update
+            ),
+            "The other members are light clients that never come online (registered with \
+             enough KeyPackages before the phase); nobody but the hub processes the Commits, \
+             and building each Commit (openmls, client side) is inside the timed phase: see \
+             cpu.threads_s.bench-client."
+                .to_string(),
+            corrected,
+        ],
+        Scenario::JoinStorm(_) => vec![
+            "An operation is one join by external commit (MIMI.md §6.6): a new device of the \
+             room creator's user fetches the room's GroupInfo, ratchet tree and pending \
+             proposals from the hub (protocol-06 §5.5, HPKE-encrypted to it and signed with \
+             the hub's key), builds the external commit and submits it; counted when the hub \
+             accepted it (durable, applied). Joins into one room are sequential; rooms run in \
+             parallel. The devices were registered before the phase."
+                .to_string(),
+            corrected,
+        ],
+        _ => return None,
+    })
 }
 
 fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
@@ -883,6 +1386,8 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
              closed model."
                 .to_string(),
         );
+    } else if let Some(scenario_notes) = more_notes(scenario) {
+        notes.extend(scenario_notes);
     } else {
         notes.extend([
             "Operations are counted when the provider accepted them: durable in the Raft log \
@@ -925,7 +1430,13 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
              (--encryption live): the generator's MLS encryption competes for the CPU."
                 .into(),
         ),
-        Scenario::CrossProvider(_) | Scenario::IdleDensity(_) => {}
+        Scenario::CrossProvider(_)
+        | Scenario::IdleDensity(_)
+        | Scenario::Dm(_)
+        | Scenario::SmallRooms(_)
+        | Scenario::LargeRoomFanout(_)
+        | Scenario::CommitChurn(_)
+        | Scenario::JoinStorm(_) => {}
     }
     if matches!(node, NodeDescription::InProcess { .. }) {
         notes.push(
@@ -933,6 +1444,15 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
              cpu.threads_s separates mimid-node-rt (QUIC, API), mimid-raft (Raft driver, sled, \
              fsync), mimid-actors/actix (rooms, openmls PublicGroup) and bench-client \
              (the clients)."
+                .into(),
+        );
+    }
+    if matches!(scenario, Scenario::LargeRoomFanout(_)) {
+        notes.push(
+            "Every provider runs in this process (one runtime, threads mimid-node-rt; each has \
+             its own Raft driver mimid-raft and sled): cpu.server_s is all providers together, \
+             raft is a.example's and raft_follower b.example's; \
+             fanout.deliveries_by_provider gives each provider's share of the pushes."
                 .into(),
         );
     }
@@ -968,6 +1488,11 @@ mod tests {
             Scenario::Commits(c) => c.common,
             Scenario::CrossProvider(x) => x.common,
             Scenario::Cluster(c) => c.common,
+            Scenario::Dm(d) => d.common,
+            Scenario::SmallRooms(s) => s.common,
+            Scenario::LargeRoomFanout(l) => l.common,
+            Scenario::CommitChurn(c) => c.common,
+            Scenario::JoinStorm(j) => j.common,
             Scenario::IdleDensity(_) => panic!("idle-density has no common options"),
         }
     }

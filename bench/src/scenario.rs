@@ -81,11 +81,18 @@ impl Naming {
     }
 
     pub fn client(&self, room_idx: u64, member: u32) -> anyhow::Result<ClientId> {
+        self.device(room_idx, member, 0)
+    }
+
+    /// Device `device` of member `member` of room `room_idx` (device 0 is
+    /// [`Naming::client`]; further devices are linked to it).
+    pub fn device(&self, room_idx: u64, member: u32, device: u32) -> anyhow::Result<ClientId> {
         let text = format!(
-            "mimi://{}/d/{}m{}/d0",
+            "mimi://{}/d/{}m{}/d{}",
             self.domain,
             self.stem(room_idx),
-            member
+            member,
+            device
         );
         ClientId::parse(&text).with_context(|| format!("client id {text}"))
     }
@@ -151,6 +158,12 @@ pub trait PhaseSender: Sender + Sized {
 
     /// Closes every sender's connections.
     fn close_all(senders: Vec<Self>) -> impl Future<Output = ()> + Send;
+
+    /// Members of the sender's room now, for scenarios that change it (commit-churn,
+    /// join-storm).
+    fn group_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl PhaseSender for RoomSender {
@@ -194,6 +207,32 @@ impl RoomSender {
     /// The `k` of the message the next operation sends ([`message_text`]`(idx, k, len)`).
     pub fn next_message_k(&self) -> u64 {
         self.sent - self.pregenerated.len() as u64
+    }
+
+    /// The encrypted message the next operation submits, when messages were encrypted in
+    /// advance.
+    pub fn next_pregenerated(&self) -> Option<&[u8]> {
+        self.pregenerated.front().map(Vec::as_slice)
+    }
+
+    /// The room the sender acts in.
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    /// The sender's client.
+    pub fn client(&self) -> &MimiClient {
+        &self.client
+    }
+
+    /// The sender's client, e.g. to read its push stream between its operations.
+    pub fn client_mut(&mut self) -> &mut MimiClient {
+        &mut self.client
+    }
+
+    /// Marks the sender unusable for the rest of the phase (a Commit of unknown fate).
+    pub fn set_broken(&mut self) {
+        self.broken = true;
     }
 
     /// Closes the client's connection.

@@ -472,6 +472,214 @@ fn cluster_closed_model_with_detached_members_reports_no_delivery() {
     }
 }
 
+/// Runs `args` with `--out-dir` and `--no-progress`; returns the report on stdout, after
+/// checking the out-dir files and that the in-process providers' data directory is gone.
+fn bench_with_out_dir(args: &[&str]) -> Value {
+    let data = tempfile::tempdir().expect("temporary directory");
+    let out = tempfile::tempdir().expect("temporary directory");
+    let mut args = args.to_vec();
+    let out_dir = out.path().join("out");
+    args.extend([
+        "--no-progress",
+        "--out-dir",
+        out_dir.to_str().expect("UTF-8"),
+    ]);
+    let output = bench(&args, data.path());
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON report");
+    assert_eq!(report["scenario"], args[0]);
+    check_out_dir(&out_dir, &report);
+    assert_eq!(
+        std::fs::read_dir(data.path()).expect("readable").count(),
+        0,
+        "the providers' data directories are removed"
+    );
+    report
+}
+
+#[test]
+fn dm_delivers_every_message_to_the_other_member_protocol06_5_3() {
+    let report = bench_with_out_dir(&[
+        "dm",
+        "--rooms",
+        "3",
+        "--rate",
+        "30",
+        "--duration",
+        "1500ms",
+        "--message-bytes",
+        "64",
+    ]);
+    assert_eq!(report["config"]["members"], 2);
+    let phase = &report["phases"][0];
+    check_phase(phase, 3);
+    assert_eq!(
+        phase["ops_ok"], 45,
+        "every scheduled message reached the other member"
+    );
+    let fanout = &phase["fanout"];
+    assert_eq!(fanout["recipients_per_message"], 1);
+    assert_eq!(fanout["deliveries"], 45);
+    assert_eq!(
+        fanout["receivers"], 6,
+        "both members of each room are attached"
+    );
+}
+
+#[test]
+fn small_rooms_deliver_every_message_to_all_other_members_mimi_6_4() {
+    let report = bench_with_out_dir(&[
+        "small-rooms",
+        "--rooms",
+        "2",
+        "--members",
+        "4",
+        "--concurrency",
+        "2",
+        "--duration",
+        "1s",
+        "--max-ops",
+        "400",
+        "--message-bytes",
+        "64",
+    ]);
+    assert_eq!(report["config"]["members"], 4);
+    let phase = &report["phases"][0];
+    assert_eq!(phase["members"], 4);
+    assert_eq!(phase["ops_failed"], 0, "{}", phase["errors"]);
+    let ops = phase["ops_ok"].as_u64().expect("ops_ok");
+    assert!(ops > 0);
+    let fanout = &phase["fanout"];
+    assert_eq!(fanout["recipients_per_message"], 3);
+    assert_eq!(
+        fanout["deliveries"],
+        ops * 3,
+        "each message was decrypted by the 3 other members"
+    );
+    assert!(fanout["deliveries_per_s"].as_f64().is_some_and(|d| d > 0.0));
+}
+
+#[test]
+fn large_room_fanout_pushes_every_message_to_every_member_at_three_providers_protocol06_5_4() {
+    let report = bench_with_out_dir(&[
+        "large-room-fanout",
+        "--members",
+        "26",
+        "--senders",
+        "2",
+        "--members-per-connection",
+        "4",
+        "--rate",
+        "20",
+        "--duration",
+        "1500ms",
+    ]);
+    assert_eq!(
+        report["node"]["providers"],
+        serde_json::json!(["a.example", "b.example", "c.example"])
+    );
+    assert_eq!(report["options"]["providers"], 3);
+    assert_eq!(report["options"]["senders_per_room"], 2);
+    let phase = &report["phases"][0];
+    check_phase(phase, 2);
+    assert_eq!(
+        phase["ops_ok"], 30,
+        "every scheduled message reached every member"
+    );
+    let fanout = &phase["fanout"];
+    assert_eq!(fanout["recipients_per_message"], 24);
+    assert_eq!(fanout["receivers"], 24);
+    assert_eq!(
+        fanout["deliveries"],
+        30 * 24,
+        "the members counted every push: {fanout}"
+    );
+    assert_eq!(fanout["streams_lost"], 0, "{fanout}");
+    // Members 1..=24 at provider j mod 3: 8 each.
+    for domain in ["a.example", "b.example", "c.example"] {
+        assert_eq!(fanout["receivers_by_provider"][domain], 8, "{fanout}");
+        assert_eq!(fanout["deliveries_by_provider"][domain], 30 * 8, "{fanout}");
+    }
+    assert!(
+        phase["raft_follower"]["applied"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "b.example appended the notified messages: {}",
+        phase["raft_follower"]
+    );
+}
+
+#[test]
+fn commit_churn_adds_removes_and_updates_at_two_group_sizes_mimi_6_2_6_5() {
+    let report = bench_with_out_dir(&[
+        "commit-churn",
+        "--rooms",
+        "2",
+        "--group-size",
+        "2,8",
+        "--mix",
+        "add=1,remove=1,update=1",
+        "--concurrency",
+        "2",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(report["config"]["group_sizes"], serde_json::json!([2, 8]));
+    assert_eq!(
+        report["options"]["mix"],
+        serde_json::json!({"add": 1, "remove": 1, "update": 1})
+    );
+    let phases = report["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 2);
+    for (phase, size) in phases.iter().zip([2u64, 8]) {
+        check_phase(phase, 2);
+        let kinds = phase["by_operation"].as_object().expect("by_operation");
+        let mut counts = Vec::new();
+        for kind in ["add", "remove", "update"] {
+            let ok = kinds[kind]["ops_ok"].as_u64().expect("ops_ok");
+            assert!(ok > 0, "{kind} at {size}: {}", phase["by_operation"]);
+            assert_eq!(kinds[kind]["ops_failed"], 0);
+            counts.push(ok);
+        }
+        let (most, least) = (counts.iter().max().unwrap(), counts.iter().min().unwrap());
+        assert!(most - least <= 2, "the kinds take turns 1:1:1: {counts:?}");
+        assert_eq!(
+            counts.iter().sum::<u64>(),
+            phase["ops_ok"].as_u64().unwrap()
+        );
+        let sizes = &phase["group_size"];
+        assert_eq!(sizes["start"], size);
+        assert!(
+            sizes["end_min"].as_u64() >= Some(size) && sizes["end_max"].as_u64() <= Some(size + 1),
+            "adds and removes alternate around the group size: {sizes}"
+        );
+    }
+}
+
+#[test]
+fn join_storm_joins_by_external_commit_at_the_offered_rate_mimi_6_6() {
+    let report = bench_with_out_dir(&[
+        "join-storm",
+        "--rooms",
+        "3",
+        "--rate",
+        "6",
+        "--duration",
+        "1500ms",
+    ]);
+    assert_eq!(report["config"]["load_model"], "open");
+    let phase = &report["phases"][0];
+    check_phase(phase, 3);
+    assert_eq!(phase["ops_ok"], 9, "every scheduled join was accepted");
+    assert_eq!(phase["by_operation"]["join"]["ops_ok"], 9);
+    let sizes = &phase["group_size"];
+    assert_eq!(sizes["start"], 2);
+    assert_eq!(
+        (sizes["end_min"].as_u64(), sizes["end_max"].as_u64()),
+        (Some(5), Some(5)),
+        "three joins into each room: {sizes}"
+    );
+}
+
 /// The `mimid` binary of this build, built by cargo itself, so it is never missing or stale:
 /// `cargo build --workspace --bins --test ci` in this test's profile and target directory.
 /// Selecting every workspace member and a test target resolves features exactly as

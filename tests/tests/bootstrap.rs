@@ -279,6 +279,15 @@ async fn nodes_started_with_join_addresses_form_one_cluster_at_init() {
         logs[0],
         "the new node's replica holds the room's log"
     );
+
+    // A restart needs no init: the node reads its cluster id and starts its shards at once,
+    // here on another port of its certified address, which the others follow.
+    cluster.stop(0).await;
+    cluster.nodes[0].config.cluster.listen = Some("127.0.0.1:0".parse().unwrap());
+    cluster.restart(0).await;
+    assert_eq!(cluster.nodes[0].node().cluster_id(), Some(id));
+    let (code, body) = init(&cluster, &cluster.admin(0)).await;
+    assert_eq!(code, 409, "{body}");
     cluster.shutdown().await;
 }
 
