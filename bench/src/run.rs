@@ -983,17 +983,6 @@ fn group_sizes<S: PhaseSender>(senders: &[S], start: u32) -> Option<GroupSizeRep
     })
 }
 
-/// How many messages each sender needs in advance: its open-model timetable over the phase,
-/// or an equal share of `--max-ops` (default [`DEFAULT_CLOSED_PREGENERATED`]) in the closed
-/// model.
-fn pregenerate_counts(
-    model: LoadModel,
-    common: &CommonArgs,
-    n_senders: usize,
-) -> anyhow::Result<Vec<u64>> {
-    ops_budget(model, common, n_senders, DEFAULT_CLOSED_PREGENERATED)
-}
-
 /// How many operations each sender may perform: its open-model timetable over the phase, or
 /// an equal share of `--max-ops` (default `closed_default` in all) in the closed model.
 fn ops_budget(
@@ -1500,14 +1489,16 @@ mod tests {
     #[test]
     fn closed_model_shares_the_pregeneration_budget_evenly() {
         let common = common_of(&["b", "messages", "--max-ops", "10"]);
-        let counts = pregenerate_counts(common.load.model(), &common, 4).expect("counts");
+        let counts = ops_budget(common.load.model(), &common, 4, DEFAULT_CLOSED_PREGENERATED)
+            .expect("counts");
         assert_eq!(counts, vec![3, 3, 2, 2]);
     }
 
     #[test]
     fn open_model_pregenerates_each_senders_timetable() {
         let common = common_of(&["b", "messages", "--rate", "100", "--duration", "2s"]);
-        let counts = pregenerate_counts(common.load.model(), &common, 3).expect("counts");
+        let counts = ops_budget(common.load.model(), &common, 3, DEFAULT_CLOSED_PREGENERATED)
+            .expect("counts");
         assert_eq!(counts.iter().sum::<u64>(), 200);
         assert_eq!(counts, vec![67, 67, 66]);
     }
