@@ -93,7 +93,7 @@ use raft::eraftpb::{Message, MessageType};
 use crate::backup::{ShardSnapshot, SnapshotAllError, SnapshotAllRequest};
 use crate::group::{catch, error_chain, Group, GroupError, Outbox, Proposed};
 use crate::membership::AdminRequest;
-use crate::metrics::{add, bump};
+use crate::metrics::{add, bump, micros};
 use crate::read_barrier::{BarrierRequest, Barriers};
 use crate::reply::Reply;
 use crate::storage::{RaftDb, StoreError, WriteBatch};
@@ -104,6 +104,8 @@ pub(crate) struct Proposal<O> {
     pub(crate) shard: ShardId,
     pub(crate) command: Vec<u8>,
     pub(crate) reply: Reply<O>,
+    /// When the handle queued it (the start of its measured latency, `metrics.rs`).
+    pub(crate) queued: Instant,
 }
 
 /// A frame received from another node, decoded and checked by `ClusterHandle::receive`.
@@ -328,8 +330,10 @@ impl<S: StateMachine> Driver<S> {
         if !readied.is_empty() {
             bump(&self.shared.metrics.ready_turns);
         }
+        self.observe_answered(&readied);
         self.write_staged()?;
         self.handle_persisted(&readied, now);
+        self.observe_answered(&readied);
         self.settle_barriers(now);
         self.write_staged()?;
         if self.snapshot_aged(now) {
@@ -534,6 +538,14 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn step_proposals(&mut self, first: Option<Proposal<S::Output>>) {
+        let waiting = self.inbox.len() + usize::from(first.is_some());
+        if waiting > 0 {
+            self.shared
+                .metrics
+                .histograms
+                .inbox_depth
+                .observe(waiting as u64);
+        }
         let mut first = first;
         for _ in 0..self.settings.max_proposals_per_turn {
             let Some(proposal) = first.take().or_else(|| self.inbox.try_recv().ok()) else {
@@ -660,6 +672,7 @@ impl<S: StateMachine> Driver<S> {
             shard,
             command,
             reply,
+            queued,
         } = proposal;
         // Handles check the shard range, so a missing slot would be a bug; answer anyway.
         let Some(Slot::Running(group)) = self.groups.get_mut(shard_slot(shard)) else {
@@ -672,7 +685,7 @@ impl<S: StateMachine> Driver<S> {
         };
         group.wake_for_request();
         let metrics = &self.shared.metrics;
-        match catch(|| group.propose(command, reply, metrics)).and_then(|result| result) {
+        match catch(|| group.propose(command, reply, queued, metrics)).and_then(|result| result) {
             Ok(Proposed::Accepted) => {}
             Ok(Proposed::Refused(reply, error)) => reply.send(Err(error)),
             Err(err) => self.fail_group(shard, &err),
@@ -712,6 +725,20 @@ impl<S: StateMachine> Driver<S> {
             }
         }
         readied
+    }
+
+    /// Measures the latency of the proposals the groups in `readied` answered since the last
+    /// call, with one clock read: right after the phase that applied them.
+    fn observe_answered(&mut self, readied: &[ShardId]) {
+        let now = Instant::now();
+        let latency = &self.shared.metrics.histograms.proposal_micros;
+        for &shard in readied {
+            if let Slot::Running(group) = &mut self.groups[shard_slot(shard)] {
+                for queued in group.take_answered() {
+                    latency.observe(micros(now.saturating_duration_since(queued)));
+                }
+            }
+        }
     }
 
     /// Phase two for the groups that handled a `Ready` this turn.
@@ -771,8 +798,15 @@ impl<S: StateMachine> Driver<S> {
                 group.take_staged(&mut batch);
             }
         }
+        let metrics = &self.shared.metrics;
+        add(&metrics.written_bytes, batch.bytes());
+        let started = Instant::now();
         if self.db.write(batch)? {
-            bump(&self.shared.metrics.flushes);
+            metrics
+                .histograms
+                .flush_micros
+                .observe(micros(started.elapsed()));
+            bump(&metrics.flushes);
         }
         Ok(())
     }

@@ -91,6 +91,9 @@ pub(crate) struct Group<S: StateMachine> {
     transfer_ticks: usize,
     /// Whether the group is asleep here, and a leader's count of quiet ticks (`hibernate.rs`).
     hibernation: Hibernation,
+    /// When the proposals answered with their output since the driver last asked were queued
+    /// ([`Self::take_answered`]); the driver, which owns the clock, measures their latency.
+    answered: Vec<Instant>,
 }
 
 impl<S: StateMachine> Group<S> {
@@ -139,6 +142,7 @@ impl<S: StateMachine> Group<S> {
             admin: Admin::default(),
             transfer_ticks: config.election_tick.saturating_mul(2),
             hibernation: Hibernation::new(config.hibernate_after_ticks, config.election_tick),
+            answered: Vec::new(),
         })
     }
 
@@ -194,10 +198,13 @@ impl<S: StateMachine> Group<S> {
         Ok(())
     }
 
+    /// Appends `command` to the log if this replica leads; `queued` is when its handle queued
+    /// it, for the latency measured once it applies.
     pub(crate) fn propose(
         &mut self,
         command: Vec<u8>,
         reply: Reply<S::Output>,
+        queued: Instant,
         metrics: &Metrics,
     ) -> Result<Proposed<S::Output>, GroupError> {
         let raft = &self.node.raft;
@@ -216,7 +223,7 @@ impl<S: StateMachine> Group<S> {
         }
         let term = self.node.raft.term;
         let index = self.node.raft.raft_log.last_index();
-        self.pending.push(term, index, reply, metrics);
+        self.pending.push(term, index, reply, queued, metrics);
         bump(&metrics.proposals);
         Ok(Proposed::Accepted)
     }
@@ -383,6 +390,11 @@ impl<S: StateMachine> Group<S> {
         std::mem::take(&mut self.read_states)
     }
 
+    /// When the proposals answered with their output since the last call were queued.
+    pub(crate) fn take_answered(&mut self) -> std::vec::Drain<'_, Instant> {
+        self.answered.drain(..)
+    }
+
     /// The index of the last entry applied to the state machine.
     pub(crate) fn applied_index(&self) -> u64 {
         self.applied_index
@@ -408,8 +420,11 @@ impl<S: StateMachine> Group<S> {
             self.settle_change(&entry, metrics);
             // Answer last, so a caller that sees the answer also sees the apply counted.
             match (reply, output) {
-                (Some(reply), Some(output)) => reply.send(Ok(output)),
-                (Some(reply), None) => answer_dropped(reply, metrics),
+                (Some((reply, queued)), Some(output)) => {
+                    reply.send(Ok(output));
+                    self.answered.push(queued);
+                }
+                (Some((reply, _)), None) => answer_dropped(reply, metrics),
                 (None, _) => {}
             }
         }

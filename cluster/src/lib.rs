@@ -140,7 +140,10 @@ pub use crate::membership::{
     ChangeDone, Membership, MembershipChange, MembershipError, ShardStatus, TransferDone,
     TransferError,
 };
-pub use crate::metrics::ClusterMetrics;
+pub use crate::metrics::{
+    ClusterMetrics, Histogram, HistogramSnapshot, DEPTH_BOUNDS, FLUSH_MICROS_BOUNDS,
+    PROPOSAL_MICROS_BOUNDS,
+};
 pub use crate::read_barrier::{BarrierDone, ReadBarrierError};
 pub use crate::storage::StoreError;
 
@@ -646,6 +649,7 @@ impl<S: StateMachine> ClusterHandle<S> {
             shard,
             command,
             reply: Reply::new(done),
+            queued: std::time::Instant::now(),
         };
         match inner.inbox.try_send(proposal) {
             Ok(()) => Ok(()),

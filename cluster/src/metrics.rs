@@ -1,8 +1,20 @@
-//! Counters of the replication layer, shared between the driver thread and handles.
+//! Counters and histograms of the replication layer, shared between the driver thread and
+//! handles.
 //!
 //! Plain relaxed atomics: each counter is monotonic on its own and readers only need a recent
 //! value, so no ordering between counters is promised. Exporting them (Prometheus, OpenTelemetry)
 //! is `node`'s job (STYLE.md §9).
+//!
+//! Histograms ([`Histogram`]) have fixed buckets chosen here, in integer units (microseconds,
+//! proposals); an exporter converts them. Three are measured by the driver:
+//! - proposal latency: from [`crate::ClusterHandle::propose`] queueing a proposal to the
+//!   driver answering it with its entry's output (durable on a quorum, committed and applied
+//!   here, so only on the shard's leader), read with the driver's clock right after the phase
+//!   of the turn that applied it (`driver.rs`);
+//! - flush latency: each durable write of a turn's batch (sled `apply_batch`, `flush` and,
+//!   with `fsync`, `fdatasync`), the cost every answered proposal waited for once;
+//! - inbox depth: the proposals waiting in the driver's inbox at the start of each turn that
+//!   steps proposals (the one that woke the driver included).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,6 +62,122 @@ pub struct ClusterMetrics {
     pub messages_refused: u64,
     /// Driver ticks (each ticks every awake shard group; hibernating ones are skipped).
     pub ticks: u64,
+    /// Bytes of keys and values written to the Raft database in turn batches (log entries,
+    /// hard states, conf states, snapshot records; snapshot data files not included).
+    pub written_bytes: u64,
+    /// Microseconds from `propose` to the answer with the applied output, per proposal
+    /// answered `Ok` (leader only; dropped and refused proposals are not observed).
+    pub proposal_micros: HistogramSnapshot,
+    /// Microseconds of each durable write of the Raft database (batch, flush, `fdatasync`).
+    pub flush_micros: HistogramSnapshot,
+    /// Proposals waiting in the driver's inbox at the start of each turn that steps some.
+    pub inbox_depth: HistogramSnapshot,
+}
+
+/// Bucket bounds of [`ClusterMetrics::proposal_micros`]: 100 µs doubling to about 13 s.
+pub const PROPOSAL_MICROS_BOUNDS: [u64; 18] = doubling(100);
+/// Bucket bounds of [`ClusterMetrics::flush_micros`]: 25 µs doubling to about 1.6 s.
+pub const FLUSH_MICROS_BOUNDS: [u64; 17] = doubling(25);
+/// Bucket bounds of [`ClusterMetrics::inbox_depth`]: 1 doubling to 65 536 (the default
+/// `inbox_capacity`).
+pub const DEPTH_BOUNDS: [u64; 17] = doubling(1);
+
+/// `first`, `2 * first`, `4 * first`, ...
+const fn doubling<const N: usize>(first: u64) -> [u64; N] {
+    let mut bounds = [0; N];
+    let mut i = 0;
+    let mut bound = first;
+    while i < N {
+        bounds[i] = bound;
+        bound = bound.saturating_mul(2);
+        i += 1;
+    }
+    bounds
+}
+
+/// A histogram of fixed buckets over `u64` observations, updated lock-free: one relaxed
+/// `fetch_add` for the bucket and one for the sum per observation. Shared by reference between
+/// the thread that observes and the ones that take snapshots; other crates use it for their
+/// own bounded histograms (the room mailboxes of `mimid-actors`).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [u64],
+    /// `bounds.len() + 1` buckets, the last for everything above the last bound.
+    buckets: Box<[AtomicU64]>,
+    sum: AtomicU64,
+}
+
+/// A copy of a [`Histogram`]: per-bucket counts, not cumulative.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// The inclusive upper bound of each bucket, ascending; one more bucket, unbounded, follows.
+    pub bounds: Vec<u64>,
+    /// Observations per bucket, `bounds.len() + 1` of them (the last: above every bound).
+    pub counts: Vec<u64>,
+    /// The sum of every observation (saturating).
+    pub sum: u64,
+}
+
+impl Histogram {
+    /// An empty histogram with these inclusive upper bounds (ascending).
+    pub fn new(bounds: &'static [u64]) -> Self {
+        debug_assert!(bounds.windows(2).all(|pair| pair[0] < pair[1]));
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one observation of `value`.
+    pub fn observe(&self, value: u64) {
+        let bucket = self.bounds.partition_point(|&bound| bound < value);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        // Saturating: a sum that stopped growing is better than one that wrapped.
+        let _ = self
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |sum| {
+                Some(sum.saturating_add(value))
+            });
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            bounds: self.bounds.to_vec(),
+            counts: self
+                .buckets
+                .iter()
+                .map(|bucket| bucket.load(Ordering::Relaxed))
+                .collect(),
+            sum: self.sum.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl HistogramSnapshot {
+    /// How many observations there were.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// The driver's histograms ([`ClusterMetrics`] has what they measure).
+#[derive(Debug)]
+pub(crate) struct Histograms {
+    pub(crate) proposal_micros: Histogram,
+    pub(crate) flush_micros: Histogram,
+    pub(crate) inbox_depth: Histogram,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms {
+            proposal_micros: Histogram::new(&PROPOSAL_MICROS_BOUNDS),
+            flush_micros: Histogram::new(&FLUSH_MICROS_BOUNDS),
+            inbox_depth: Histogram::new(&DEPTH_BOUNDS),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +200,8 @@ pub(crate) struct Metrics {
     pub(crate) frames_malformed: AtomicU64,
     pub(crate) messages_refused: AtomicU64,
     pub(crate) ticks: AtomicU64,
+    pub(crate) written_bytes: AtomicU64,
+    pub(crate) histograms: Histograms,
 }
 
 impl Metrics {
@@ -95,6 +225,10 @@ impl Metrics {
             frames_malformed: self.frames_malformed.load(Ordering::Relaxed),
             messages_refused: self.messages_refused.load(Ordering::Relaxed),
             ticks: self.ticks.load(Ordering::Relaxed),
+            written_bytes: self.written_bytes.load(Ordering::Relaxed),
+            proposal_micros: self.histograms.proposal_micros.snapshot(),
+            flush_micros: self.histograms.flush_micros.snapshot(),
+            inbox_depth: self.histograms.inbox_depth.snapshot(),
         }
     }
 }
@@ -107,4 +241,37 @@ pub(crate) fn bump(counter: &AtomicU64) {
 /// Adds `n` to a counter.
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Whole microseconds of `duration`, saturating.
+pub(crate) fn micros(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static BOUNDS: [u64; 3] = [10, 20, 40];
+
+    #[test]
+    fn observations_land_in_the_first_bucket_whose_bound_is_not_below_them() {
+        let histogram = Histogram::new(&BOUNDS);
+        for value in [0, 10, 11, 20, 40, 41, u64::MAX] {
+            histogram.observe(value);
+        }
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.bounds, vec![10, 20, 40]);
+        assert_eq!(snapshot.counts, vec![2, 2, 1, 2]);
+        assert_eq!(snapshot.count(), 7);
+        assert_eq!(snapshot.sum, u64::MAX, "the sum saturates");
+    }
+
+    #[test]
+    fn doubling_bounds_start_where_asked() {
+        assert_eq!(PROPOSAL_MICROS_BOUNDS[0], 100);
+        assert_eq!(PROPOSAL_MICROS_BOUNDS[17], 100 << 17);
+        assert_eq!(FLUSH_MICROS_BOUNDS[16], 25 << 16);
+        assert_eq!(DEPTH_BOUNDS[16], 65_536);
+    }
 }

@@ -6,8 +6,12 @@
 //! as entry `(term, index)` succeeded iff the entry applied at `index` has that `term`. Entries
 //! apply in index order, so any proposal whose index was passed without a match is answered
 //! `Dropped` right there.
+//!
+//! Each proposal keeps the time it was queued by its handle, so the driver can measure how long
+//! it took to apply (`ClusterMetrics::proposal_micros`).
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use crate::metrics::{bump, Metrics};
 use crate::reply::Reply;
@@ -22,6 +26,8 @@ struct Pending<O> {
     term: u64,
     index: u64,
     reply: Reply<O>,
+    /// When `ClusterHandle::propose` queued it.
+    queued: Instant,
 }
 
 impl<O> PendingProposals<O> {
@@ -36,24 +42,42 @@ impl<O> PendingProposals<O> {
         self.queue.is_empty()
     }
 
-    /// Records the proposal the leader just appended as `(term, index)`. Older proposals at or
-    /// after `index` can only be left over from an overwritten log suffix: they are dropped.
-    pub(crate) fn push(&mut self, term: u64, index: u64, reply: Reply<O>, metrics: &Metrics) {
+    /// Records the proposal the leader just appended as `(term, index)`, queued at `queued`.
+    /// Older proposals at or after `index` can only be left over from an overwritten log
+    /// suffix: they are dropped.
+    pub(crate) fn push(
+        &mut self,
+        term: u64,
+        index: u64,
+        reply: Reply<O>,
+        queued: Instant,
+        metrics: &Metrics,
+    ) {
         while self.queue.back().is_some_and(|last| last.index >= index) {
             let stale = self.queue.pop_back().expect("back exists");
             answer_dropped(stale.reply, metrics);
         }
-        self.queue.push_back(Pending { term, index, reply });
+        self.queue.push_back(Pending {
+            term,
+            index,
+            reply,
+            queued,
+        });
     }
 
-    /// Returns the reply of the proposal made as entry `(term, index)`, which is being applied.
-    /// Every pending proposal before `index`, and one at `index` from another term, is answered
-    /// `Dropped`.
-    pub(crate) fn take(&mut self, term: u64, index: u64, metrics: &Metrics) -> Option<Reply<O>> {
+    /// Returns the reply of the proposal made as entry `(term, index)`, which is being applied,
+    /// with the time it was queued. Every pending proposal before `index`, and one at `index`
+    /// from another term, is answered `Dropped`.
+    pub(crate) fn take(
+        &mut self,
+        term: u64,
+        index: u64,
+        metrics: &Metrics,
+    ) -> Option<(Reply<O>, Instant)> {
         while self.queue.front().is_some_and(|front| front.index <= index) {
             let pending = self.queue.pop_front().expect("front exists");
             if pending.index == index && pending.term == term {
-                return Some(pending.reply);
+                return Some((pending.reply, pending.queued));
             }
             answer_dropped(pending.reply, metrics);
         }
@@ -101,11 +125,12 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let metrics = Metrics::default();
         let mut pending = PendingProposals::new();
-        pending.push(2, 10, reply(10, &tx), &metrics);
-        pending.push(2, 11, reply(11, &tx), &metrics);
+        pending.push(2, 10, reply(10, &tx), Instant::now(), &metrics);
+        pending.push(2, 11, reply(11, &tx), Instant::now(), &metrics);
         pending
             .take(2, 10, &metrics)
             .expect("entry (2, 10) is ours")
+            .0
             .send(Ok(()));
         assert_eq!(answers(&rx), vec![(10, Ok(()))]);
         assert!(pending.take(2, 11, &metrics).is_some());
@@ -113,11 +138,22 @@ mod tests {
     }
 
     #[test]
+    fn the_reply_comes_back_with_the_time_it_was_queued() {
+        let (tx, _rx) = mpsc::channel();
+        let metrics = Metrics::default();
+        let mut pending = PendingProposals::new();
+        let queued = Instant::now();
+        pending.push(3, 4, reply(4, &tx), queued, &metrics);
+        let (_, at) = pending.take(3, 4, &metrics).expect("entry (3, 4) is ours");
+        assert_eq!(at, queued);
+    }
+
+    #[test]
     fn raft_5_3_entry_overwritten_by_another_term_is_dropped() {
         let (tx, rx) = mpsc::channel();
         let metrics = Metrics::default();
         let mut pending = PendingProposals::new();
-        pending.push(2, 10, reply(10, &tx), &metrics);
+        pending.push(2, 10, reply(10, &tx), Instant::now(), &metrics);
         // A new leader (term 3) committed its own entry at index 10.
         assert!(pending.take(3, 10, &metrics).is_none());
         assert_eq!(answers(&rx), vec![(10, Err(ProposeError::Dropped))]);
@@ -130,7 +166,7 @@ mod tests {
         let metrics = Metrics::default();
         let mut pending = PendingProposals::new();
         for index in [5, 6, 9] {
-            pending.push(1, index, reply(index, &tx), &metrics);
+            pending.push(1, index, reply(index, &tx), Instant::now(), &metrics);
         }
         // Applying index 7 (someone else's) passes 5 and 6 without a match.
         assert!(pending.take(4, 7, &metrics).is_none());
@@ -149,10 +185,10 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let metrics = Metrics::default();
         let mut pending = PendingProposals::new();
-        pending.push(1, 5, reply(5, &tx), &metrics);
-        pending.push(1, 6, reply(6, &tx), &metrics);
+        pending.push(1, 5, reply(5, &tx), Instant::now(), &metrics);
+        pending.push(1, 6, reply(6, &tx), Instant::now(), &metrics);
         // Re-elected in term 2 after losing 6: the new proposal lands at 6 again.
-        pending.push(2, 6, reply(60, &tx), &metrics);
+        pending.push(2, 6, reply(60, &tx), Instant::now(), &metrics);
         assert_eq!(answers(&rx), vec![(6, Err(ProposeError::Dropped))]);
         assert!(pending.take(1, 5, &metrics).is_some());
         assert!(pending.take(2, 6, &metrics).is_some());
@@ -163,8 +199,8 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let metrics = Metrics::default();
         let mut pending = PendingProposals::new();
-        pending.push(1, 1, reply(1, &tx), &metrics);
-        pending.push(1, 2, reply(2, &tx), &metrics);
+        pending.push(1, 1, reply(1, &tx), Instant::now(), &metrics);
+        pending.push(1, 2, reply(2, &tx), Instant::now(), &metrics);
         pending.drop_all(&metrics);
         assert_eq!(
             answers(&rx),

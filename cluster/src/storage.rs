@@ -153,6 +153,8 @@ enum Durability {
 pub(crate) struct WriteBatch {
     batch: sled::Batch,
     ops: usize,
+    /// Bytes of the keys and values in `batch` (for `ClusterMetrics::written_bytes`).
+    bytes: u64,
     must_sync: bool,
     /// Snapshot files replaced by records in `batch`: deleted once `batch` is durable.
     retired_files: Vec<PathBuf>,
@@ -267,14 +269,21 @@ impl RaftDb {
 }
 
 impl WriteBatch {
+    /// Bytes of the keys and values written so far into this batch.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Moves the writes staged by `storage` into this batch.
     pub(crate) fn take_from(&mut self, storage: &mut ShardStorage) {
         for (key, value) in std::mem::take(&mut storage.staged) {
+            let len = key.len() + value.as_ref().map_or(0, Vec::len);
             match value {
                 Some(value) => self.batch.insert(key, value),
                 None => self.batch.remove(key),
             }
             self.ops += 1;
+            self.bytes += len as u64;
         }
         self.must_sync |= std::mem::take(&mut storage.must_sync);
         self.retired_files.append(&mut storage.retired_files);
