@@ -25,7 +25,7 @@
 //! (so a follower is not sent each item by every node); a node that gains the leadership
 //! resumes from the durable cursors (`hub::Hub::start`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ use crate::command::{Command, HandshakeBundle, Submitter};
 use crate::hub::{Busy, HubError, Proposer};
 use crate::ids::{ClientId, RoomId, UserId};
 use crate::room::core::{Push, RoomCore, RoomRef, RoomView};
-use crate::room::fanout::{FanoutCore, FanoutLimits};
+use crate::room::fanout::{FanoutCore, FanoutLag, FanoutLimits};
 use crate::room::log::LogItem;
 use crate::shard::{ApplyOutput, Shards};
 
@@ -55,7 +55,7 @@ pub struct Delivery {
 }
 
 /// Counters of the actor layer that the node exports as metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ActorMetrics {
     /// Push streams closed because their bounded queue was full (`limits.stream_queue`).
     pub stream_overflows: AtomicU64,
@@ -65,6 +65,63 @@ pub struct ActorMetrics {
     pub notifies_failed: AtomicU64,
     /// (Hosted room, follower provider) pairs whose last notify failed: they are retrying.
     pub rooms_behind: AtomicU64,
+    /// Requests queued at a room (in its actor's mailbox or proposed and not yet answered;
+    /// at most `room_mailbox`), sampled as each request is admitted, itself included.
+    pub room_mailbox_depth: mimid_cluster::Histogram,
+    /// How far behind its follower providers each hosted room is, as its actor last saw it.
+    pub fanout_lag: FanoutLags,
+}
+
+impl Default for ActorMetrics {
+    fn default() -> Self {
+        ActorMetrics {
+            stream_overflows: AtomicU64::new(0),
+            notifies_delivered: AtomicU64::new(0),
+            notifies_failed: AtomicU64::new(0),
+            rooms_behind: AtomicU64::new(0),
+            room_mailbox_depth: mimid_cluster::Histogram::new(&mimid_cluster::DEPTH_BOUNDS),
+            fanout_lag: FanoutLags::default(),
+        }
+    }
+}
+
+/// The fan-out lag of hosted rooms ([`FanoutCore::lag`]) by room, as each room's actor last
+/// reported it: only rooms with a follower behind, on the node leading the room's shard (the
+/// node that does the room's fan-out). An actor reports when it pumps the fan-out (each apply,
+/// each notify answered, each retry) and clears its room when it stops or loses the lead.
+#[derive(Debug, Default)]
+pub struct FanoutLags {
+    rooms: Mutex<HashMap<RoomId, BTreeMap<String, FanoutLag>>>,
+}
+
+impl FanoutLags {
+    /// Replaces what `room` reported; empty clears it.
+    fn report(&self, room: &RoomId, lags: BTreeMap<String, FanoutLag>) {
+        let mut rooms = self.rooms.lock();
+        if lags.is_empty() {
+            rooms.remove(room);
+        } else {
+            rooms.insert(room.clone(), lags);
+        }
+    }
+
+    /// Per follower provider, over every room behind on it: the items summed and the oldest
+    /// item's hub time. Costs one pass over the rooms behind.
+    pub fn by_provider(&self) -> BTreeMap<String, FanoutLag> {
+        let mut total: BTreeMap<String, FanoutLag> = BTreeMap::new();
+        for lags in self.rooms.lock().values() {
+            for (provider, lag) in lags {
+                total
+                    .entry(provider.clone())
+                    .and_modify(|sum| {
+                        sum.items = sum.items.saturating_add(lag.items);
+                        sum.oldest_ts_ms = sum.oldest_ts_ms.min(lag.oldest_ts_ms);
+                    })
+                    .or_insert(*lag);
+            }
+        }
+        total
+    }
 }
 
 /// Why a notify did not get its 201.
@@ -165,6 +222,9 @@ pub struct RoomActor {
     fanout: FanoutCore,
     /// A `record_cursors` is scheduled.
     record_scheduled: bool,
+    /// The fan-out lag last reported to `ActorMetrics::fanout_lag` (reported again only when
+    /// it changes).
+    reported_lag: BTreeMap<String, FanoutLag>,
 }
 
 impl RoomActor {
@@ -178,6 +238,7 @@ impl RoomActor {
     /// Sends what the fan-out core says is due (hosted rooms only, on the shard's leader only).
     fn pump_fanout(&mut self, ctx: &mut Context<Self>) {
         if !self.leads() {
+            self.report_lag(BTreeMap::new());
             return;
         }
         let now_ms = self.ctx.proposer.now_ms();
@@ -186,7 +247,9 @@ impl RoomActor {
             return;
         };
         let batches = self.fanout.poll(state, now_ms, &self.ctx.limits.fanout);
+        let lag = self.fanout.lag(state);
         drop(shard);
+        self.report_lag(lag);
         for batch in batches {
             let provider = batch.provider;
             let last = batch.items.last().map_or(0, |item| item.seq);
@@ -209,6 +272,14 @@ impl RoomActor {
             ctx.spawn(send.into_actor(self).map(move |result, actor, ctx| {
                 span.in_scope(|| actor.notified(provider, result, ctx))
             }));
+        }
+    }
+
+    /// Reports the room's fan-out lag for the node's metrics if it changed.
+    fn report_lag(&mut self, lag: BTreeMap<String, FanoutLag>) {
+        if lag != self.reported_lag {
+            self.ctx.metrics.fanout_lag.report(&self.room, lag.clone());
+            self.reported_lag = lag;
         }
     }
 
@@ -375,6 +446,11 @@ impl Actor for RoomActor {
                 ctx.stop();
             }
         });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // Whoever runs the room next reports its lag afresh.
+        self.report_lag(BTreeMap::new());
     }
 }
 
@@ -566,6 +642,7 @@ impl Router {
             in_flight: in_flight.clone(),
             fanout: FanoutCore::default(),
             record_scheduled: false,
+            reported_lag: BTreeMap::new(),
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| actor);
         rooms.insert(
@@ -607,9 +684,15 @@ impl Router {
         // An actor may stop between lookup and send (idle); one retry starts a fresh one.
         for _ in 0..2 {
             let (addr, in_flight) = self.handle(room);
-            let Ok(permit) = in_flight.try_acquire_owned() else {
+            let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
                 return Err(HubError::Busy(Busy::Room));
             };
+            let depth = self
+                .ctx
+                .limits
+                .room_mailbox
+                .saturating_sub(in_flight.available_permits());
+            self.ctx.metrics.room_mailbox_depth.observe(depth as u64);
             let traced = Traced {
                 request: make(permit),
                 caller: tracing::Span::current(),
@@ -623,5 +706,52 @@ impl Router {
             }
         }
         Err(HubError::Unavailable("room actor stopped".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lag(items: u64, oldest_ts_ms: u64) -> FanoutLag {
+        FanoutLag {
+            items,
+            oldest_ts_ms,
+        }
+    }
+
+    #[test]
+    fn fanout_lags_sum_items_and_keep_the_oldest_per_provider() {
+        let lags = FanoutLags::default();
+        let club = RoomId::parse("mimi://a.example/r/club").unwrap();
+        let den = RoomId::parse("mimi://a.example/r/den").unwrap();
+        lags.report(
+            &club,
+            BTreeMap::from([
+                ("b.example".to_owned(), lag(3, 2_000)),
+                ("c.example".to_owned(), lag(1, 5_000)),
+            ]),
+        );
+        lags.report(
+            &den,
+            BTreeMap::from([("b.example".to_owned(), lag(4, 1_000))]),
+        );
+        assert_eq!(
+            lags.by_provider(),
+            BTreeMap::from([
+                ("b.example".to_owned(), lag(7, 1_000)),
+                ("c.example".to_owned(), lag(1, 5_000)),
+            ])
+        );
+        // A room that caught up (or whose actor stopped) reports nothing.
+        lags.report(&den, BTreeMap::new());
+        lags.report(
+            &club,
+            BTreeMap::from([("c.example".to_owned(), lag(2, 5_000))]),
+        );
+        assert_eq!(
+            lags.by_provider(),
+            BTreeMap::from([("c.example".to_owned(), lag(2, 5_000))])
+        );
     }
 }

@@ -18,6 +18,9 @@
 //! Failures: a failed notify is retried after an exponential backoff from `retry_initial_ms` up
 //! to `retry_max_ms`, or after the follower's `Retry-After` if that is longer, forever: a
 //! `success` verdict is a promise of distribution (MIMI.md §7.3 step 8).
+//!
+//! Lag ([`FanoutCore::lag`]): per follower, how far the room's log is ahead of what the follower
+//! acknowledged, for the node's metrics (`mimid_fanout_lag_items`, `mimid_fanout_lag_seconds`).
 
 use std::collections::BTreeMap;
 
@@ -33,6 +36,17 @@ pub struct FanoutLimits {
     pub retry_initial_ms: u64,
     /// Longest retry delay, in milliseconds.
     pub retry_max_ms: u64,
+}
+
+/// How far a hosted room's log is ahead of a follower provider ([`FanoutCore::lag`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutLag {
+    /// Items from the oldest item the follower is to receive and has not acknowledged to the
+    /// end of the log: exact, except that Welcomes for other providers' clients after that
+    /// item count too (finding them would mean a scan of the whole backlog).
+    pub items: u64,
+    /// The hub time (ms since the UNIX epoch) at which that oldest item was accepted.
+    pub oldest_ts_ms: u64,
 }
 
 /// One notify to send: `items` (in log order) of the room to follower `provider`.
@@ -137,6 +151,31 @@ impl FanoutCore {
         self.destinations
             .values()
             .all(|d| d.in_flight.is_none() && d.retry_at_ms.is_none() && d.unrecorded.is_none())
+    }
+
+    /// Every follower with something to receive that it has not acknowledged (in flight,
+    /// waiting for a retry, or not sent yet), and how far behind it is. Followers with nothing
+    /// due are left out. Costs what [`FanoutCore::poll`] does: per follower, a look at the log
+    /// after its cursor until the first item for it.
+    pub fn lag(&self, room: &RoomState) -> BTreeMap<String, FanoutLag> {
+        let last = room.last_seq();
+        room.followers()
+            .filter_map(|provider| {
+                let acknowledged = self
+                    .destinations
+                    .get(provider)
+                    .map_or(0, |d| d.sent_up_to)
+                    .max(room.fanout_cursor(provider));
+                let oldest = room.fanout_backlog(provider, acknowledged).next()?;
+                Some((
+                    provider.to_owned(),
+                    FanoutLag {
+                        items: last.saturating_sub(oldest.seq) + 1,
+                        oldest_ts_ms: oldest.ts_ms,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Consecutive failures of `provider`'s notifies (0 when the last one succeeded).

@@ -1955,6 +1955,79 @@ mod fanout {
         assert_eq!(after_restart.len(), 1);
         assert_eq!(after_restart[0].provider, "b.example");
     }
+
+    /// The lag the node exports per follower (`mimid_fanout_lag_items`,
+    /// `mimid_fanout_lag_seconds`): from the oldest item a follower is to receive and has not
+    /// acknowledged to the end of the log, whether in flight, backing off or not sent yet; a
+    /// follower acknowledged (in memory or durably) to the end has none.
+    #[test]
+    fn lag_counts_from_the_oldest_unacknowledged_item_per_follower() {
+        let mut room = three_member_room();
+        for (i, text) in [b"1", b"2", b"3", b"4"].iter().enumerate() {
+            let message = room.alice.send(*text);
+            success_seq_message(room.state.handle_app_message(
+                &Submitter::Client(room.alice.id.clone()),
+                &room.alice.user(),
+                &message,
+                30_000 + i as u64,
+            ));
+        }
+        let last = room.state.last_seq();
+        let mut core = FanoutCore::default();
+        let lag = core.lag(&room.state);
+        assert_eq!(
+            lag.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["b.example", "c.example"]
+        );
+        for (provider, lag) in &lag {
+            let oldest = room.state.fanout_backlog(provider, 0).next().unwrap();
+            assert_eq!(lag.items, last - oldest.seq + 1, "{provider}");
+            assert_eq!(lag.oldest_ts_ms, oldest.ts_ms, "{provider}");
+        }
+
+        // In flight is still behind; acknowledged is not.
+        let batches = core.poll(&room.state, 0, &limits(2));
+        assert_eq!(core.lag(&room.state), lag, "sent but not acknowledged");
+        let acknowledged = batches[0].items[1].seq;
+        core.on_delivered("b.example");
+        let after_ack = core.lag(&room.state);
+        assert_eq!(after_ack["b.example"].items, last - acknowledged);
+        let next = &room.state.items_after(acknowledged)[0];
+        assert_eq!(after_ack["b.example"].oldest_ts_ms, next.ts_ms);
+        assert_eq!(after_ack["c.example"], lag["c.example"]);
+
+        // A failed notify leaves the follower behind until it is acknowledged.
+        core.on_failed("c.example", 0, None, &limits(2));
+        assert_eq!(core.lag(&room.state)["c.example"], lag["c.example"]);
+        let rest = core.poll(&room.state, 0, &limits(64));
+        assert_eq!(rest.len(), 1, "b's rest; c backs off");
+        core.on_delivered("b.example");
+        assert!(!core.lag(&room.state).contains_key("b.example"));
+
+        // The durable cursor counts as acknowledged, for a fresh core too (which knows of no
+        // acknowledgement not recorded yet).
+        room.state.fanout_delivered("c.example", last);
+        assert!(core.lag(&room.state).is_empty());
+        let fresh = FanoutCore::default().lag(&room.state);
+        assert_eq!(fresh.keys().collect::<Vec<_>>(), vec!["b.example"]);
+        room.state.fanout_delivered("b.example", last);
+        assert!(FanoutCore::default().lag(&room.state).is_empty());
+
+        // A new item puts both behind by one, dated with its hub time.
+        let message = room.alice.send(b"5");
+        success_seq_message(room.state.handle_app_message(
+            &Submitter::Client(room.alice.id.clone()),
+            &room.alice.user(),
+            &message,
+            31_000,
+        ));
+        let one = crate::room::fanout::FanoutLag {
+            items: 1,
+            oldest_ts_ms: 31_000,
+        };
+        assert_eq!(core.lag(&room.state)["b.example"], one);
+        assert_eq!(core.lag(&room.state)["c.example"], one);
+    }
 }
 
 // External joins (MIMI.md §6.6, RFC 9420 §12.4.3.2).
