@@ -8,16 +8,32 @@
 //!
 //! Raft counters live in the cluster driver; rather than double-counting them here, the node
 //! copies the driver's cumulative totals in with [`Metrics::set_raft_totals`] (e.g. on every
-//! scrape or on a timer) and a collector reports them as counters.
+//! scrape or on a timer) and a collector reports them as counters. The same holds for the
+//! histograms measured by other layers (proposal latency, durable-write latency and inbox depth
+//! in the cluster driver, room mailbox depth in the actors): [`Metrics::observe_replication`]
+//! and [`Metrics::observe_actors`] copy their snapshots in, and a collector reports them as
+//! histograms.
+//!
+//! Label sets that depend on the deployment are bounded too: `shard` (at most the configured
+//! shard count, only shards this node leads), `peer` of the node-to-node series (the cluster's
+//! nodes), `provider` of the fan-out lag (the [`FANOUT_LAG_PROVIDERS`] providers with the most
+//! items behind, the rest summed under `other`), and `peer` of the federation series (the
+//! first [`FEDERATION_PEER_SERIES`] peer domains that answered this node, any other under
+//! `other`).
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mimid_actors::actor::ActorMetrics;
+use mimid_cluster::{ClusterMetrics, HistogramSnapshot, NodeId, ShardStatus};
+use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    NoLabelSet,
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -27,6 +43,21 @@ use prometheus_client::registry::{Registry, Unit};
 
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Follower providers with a series of their own in `mimid_fanout_lag_items` and
+/// `mimid_fanout_lag_seconds` (those with the most items behind); the others are summed under
+/// `provider="other"`. Which providers have users in rooms hosted here is up to the users, so
+/// the label set is capped.
+pub const FANOUT_LAG_PROVIDERS: usize = 10;
+
+/// Peer domains with series of their own in the `mimid_federation_peer_*` families: the first
+/// ones that answered this node since it started; requests to any other count under
+/// `peer="other"` (which has no RTT). Peers are whoever has users in rooms here, so the label
+/// set is capped.
+pub const FEDERATION_PEER_SERIES: usize = 32;
+
+/// The label value that sums what a capped label set leaves out.
+pub const OTHER: &str = "other";
 
 /// All metrics of one node. Cheap to share behind an `Arc`; every update is a lock-free atomic
 /// operation except the first use of a new label set.
@@ -53,6 +84,117 @@ pub struct Metrics {
     blocked_requests: Family<BlockedLabels, Counter>,
     raft: Arc<RaftCounters>,
     cluster_net: ClusterNetMetrics,
+    layers: Arc<LayerHistograms>,
+    log_lag: Family<ShardLabels, Gauge>,
+    /// The shards `log_lag` has a series for.
+    log_lag_shards: Mutex<BTreeSet<u64>>,
+    fanout_lag: FanoutLagMetrics,
+    federation: FederationPeerMetrics,
+}
+
+/// Labels of `mimid_raft_log_lag_entries`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    /// The shard.
+    pub shard: u64,
+}
+
+/// Labels of `mimid_fanout_lag_items` and `mimid_fanout_lag_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// The follower provider's domain, or [`OTHER`].
+    pub provider: String,
+}
+
+/// Labels of the `mimid_federation_peer_*` series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FederationPeerLabels {
+    /// The peer provider's domain, or [`OTHER`].
+    pub peer: String,
+}
+
+/// The fan-out lag series and the providers they have series for.
+#[derive(Debug, Default)]
+struct FanoutLagMetrics {
+    items: Family<ProviderLabels, Gauge>,
+    seconds: Family<ProviderLabels, Gauge<f64, AtomicU64>>,
+    providers: Mutex<BTreeSet<String>>,
+}
+
+/// The QUIC path of this node's connections to peer providers (`crate::federation::Peers`).
+#[derive(Debug, Default)]
+struct FederationPeerMetrics {
+    rtt: Family<FederationPeerLabels, Gauge<f64, AtomicU64>>,
+    lost_packets: Family<FederationPeerLabels, Counter>,
+    sent_packets: Family<FederationPeerLabels, Counter>,
+    in_flight: Family<FederationPeerLabels, Gauge>,
+    /// The domains with a label of their own (at most [`FEDERATION_PEER_SERIES`]).
+    labelled: Mutex<BTreeSet<String>>,
+    /// Per label, the connection last sampled and its totals then.
+    path: Mutex<HashMap<String, PathTotals>>,
+}
+
+/// A connection's cumulative path counters as last sampled, so each sample adds only what is
+/// new to the counters (a new connection starts from zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PathTotals {
+    connection: usize,
+    lost: u64,
+    sent: u64,
+}
+
+impl PathTotals {
+    /// What `stats` of `connection` adds to the counters since `last`: all of it for another
+    /// connection, the growth for the same one.
+    fn delta(last: Option<PathTotals>, connection: usize, lost: u64, sent: u64) -> (u64, u64) {
+        match last {
+            Some(last) if last.connection == connection => (
+                lost.saturating_sub(last.lost),
+                sent.saturating_sub(last.sent),
+            ),
+            _ => (lost, sent),
+        }
+    }
+}
+
+/// A QUIC connection's path figures as sampled ([`Metrics::sample_cluster_peer`],
+/// [`Metrics::sample_federation_peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathSample {
+    /// `quinn::Connection::stable_id`: a new connection's counters start again from zero.
+    pub connection: usize,
+    /// The RTT estimate.
+    pub rtt: Duration,
+    /// Packets the connection declared lost so far.
+    pub lost_packets: u64,
+    /// Packets the connection sent so far.
+    pub sent_packets: u64,
+}
+
+impl PathSample {
+    /// The figures of `connection` now.
+    pub fn of(connection: &quinn::Connection) -> PathSample {
+        let path = connection.stats().path;
+        PathSample {
+            connection: connection.stable_id(),
+            rtt: path.rtt,
+            lost_packets: path.lost_packets,
+            sent_packets: path.sent_packets,
+        }
+    }
+}
+
+/// Counts a request or RPC as in flight for as long as it lives.
+#[derive(Debug)]
+#[must_use = "the request counts as in flight only while the guard lives"]
+pub struct InFlightGuard {
+    gauge: Gauge,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// The node-to-node transport's series (`mimid_cluster_*`, [`crate::cluster_net`]). Peer labels
@@ -66,12 +208,18 @@ struct ClusterNetMetrics {
     frames_dropped: Family<FrameDropLabels, Counter>,
     peer_connected: Family<ClusterPeerLabels, Gauge>,
     peer_rtt: Family<ClusterPeerLabels, Gauge<f64, AtomicU64>>,
+    peer_lost_packets: Family<ClusterPeerLabels, Counter>,
+    peer_sent_packets: Family<ClusterPeerLabels, Counter>,
+    peer_rpcs_in_flight: Family<ClusterPeerLabels, Gauge>,
+    /// Per peer, the connection last sampled and its totals then.
+    peer_path: Mutex<HashMap<NodeId, PathTotals>>,
     handshakes_refused: Family<HandshakeRefusalLabels, Counter>,
     rpc_calls: Family<RpcLabels, Counter>,
 }
 
 /// Labels of the per-peer node-to-node series (`mimid_cluster_peer_connected`,
-/// `mimid_cluster_peer_rtt_seconds`).
+/// `mimid_cluster_peer_rtt_seconds`, `mimid_cluster_peer_lost_packets_total`,
+/// `mimid_cluster_peer_sent_packets_total`, `mimid_cluster_peer_rpcs_in_flight`).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterPeerLabels {
     /// The peer's node id.
@@ -728,6 +876,48 @@ impl Metrics {
         let raft = Arc::new(RaftCounters::default());
         registry.register_collector(Box::new(raft.clone()));
         let cluster_net = ClusterNetMetrics::register(&mut registry);
+        let layers = Arc::new(LayerHistograms::default());
+        registry.register_collector(Box::new(layers.clone()));
+        let log_lag = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "raft_log_lag_entries",
+            "On each shard this node leads: entries between the leader's last persisted log index and the slowest member's matched index (0 when every member has everything)",
+            AlwaysDeclared(log_lag.clone()),
+        );
+        let fanout_lag = FanoutLagMetrics::default();
+        registry.register(
+            "fanout_lag_items",
+            "Items hosted rooms hold for the follower provider that it has not acknowledged, summed over the rooms behind on it (the providers with most items; the rest under provider=\"other\")",
+            AlwaysDeclared(fanout_lag.items.clone()),
+        );
+        registry.register_with_unit(
+            "fanout_lag",
+            "Age of the oldest item a hosted room holds for the follower provider that it has not acknowledged (hub time of the item to now)",
+            Unit::Seconds,
+            AlwaysDeclared(fanout_lag.seconds.clone()),
+        );
+        let federation = FederationPeerMetrics::default();
+        registry.register_with_unit(
+            "federation_peer_rtt",
+            "QUIC round-trip time estimate of the connection to the peer provider, as of this node's last request to it",
+            Unit::Seconds,
+            AlwaysDeclared(federation.rtt.clone()),
+        );
+        registry.register(
+            "federation_peer_lost_packets",
+            "QUIC packets this node's connections to the peer provider declared lost (sampled after each request)",
+            AlwaysDeclared(federation.lost_packets.clone()),
+        );
+        registry.register(
+            "federation_peer_sent_packets",
+            "QUIC packets this node's connections to the peer provider sent (sampled with the lost ones, for a loss ratio)",
+            AlwaysDeclared(federation.sent_packets.clone()),
+        );
+        registry.register(
+            "federation_peer_requests_in_flight",
+            "Server-to-server requests to the peer provider waiting for their answer (each is one HTTP/3 request stream once connected)",
+            AlwaysDeclared(federation.in_flight.clone()),
+        );
         Metrics {
             registry,
             requests,
@@ -750,6 +940,11 @@ impl Metrics {
             blocked_requests,
             raft,
             cluster_net,
+            layers,
+            log_lag,
+            log_lag_shards: Mutex::default(),
+            fanout_lag,
+            federation,
         }
     }
 
@@ -977,6 +1172,175 @@ impl Metrics {
             .inc();
     }
 
+    /// Samples the QUIC path of this node's connection to `peer`: the RTT gauge, and what the
+    /// lost and sent packet counters gained since the last sample.
+    pub fn sample_cluster_peer(&self, peer: NodeId, sample: PathSample) {
+        let net = &self.cluster_net;
+        let labels = ClusterPeerLabels { peer };
+        net.peer_rtt
+            .get_or_create(&labels)
+            .set(sample.rtt.as_secs_f64());
+        let mut paths = net.peer_path.lock();
+        let (lost, sent) = PathTotals::delta(
+            paths.get(&peer).copied(),
+            sample.connection,
+            sample.lost_packets,
+            sample.sent_packets,
+        );
+        paths.insert(
+            peer,
+            PathTotals {
+                connection: sample.connection,
+                lost: sample.lost_packets,
+                sent: sample.sent_packets,
+            },
+        );
+        drop(paths);
+        net.peer_lost_packets.get_or_create(&labels).inc_by(lost);
+        net.peer_sent_packets.get_or_create(&labels).inc_by(sent);
+    }
+
+    /// Counts an RPC to `peer` as in flight until the returned guard is dropped.
+    pub fn cluster_rpc_in_flight(&self, peer: NodeId) -> InFlightGuard {
+        let gauge = self
+            .cluster_net
+            .peer_rpcs_in_flight
+            .get_or_create(&ClusterPeerLabels { peer })
+            .clone();
+        gauge.inc();
+        InFlightGuard { gauge }
+    }
+
+    /// The label of peer provider `domain`: its own once a request to it was answered (then
+    /// `answered`), for the first [`FEDERATION_PEER_SERIES`] such domains; else [`OTHER`]. So
+    /// names that never answer (a client may ask for any domain) take no label.
+    fn federation_label(&self, domain: &str, answered: bool) -> FederationPeerLabels {
+        let mut labelled = self.federation.labelled.lock();
+        if labelled.contains(domain) || (answered && labelled.len() < FEDERATION_PEER_SERIES) {
+            labelled.insert(domain.to_owned());
+            return FederationPeerLabels {
+                peer: domain.to_owned(),
+            };
+        }
+        FederationPeerLabels {
+            peer: OTHER.to_owned(),
+        }
+    }
+
+    /// Counts a request to peer provider `domain` as in flight until the returned guard is
+    /// dropped (under [`OTHER`] until a request to `domain` was answered).
+    pub fn federation_request_in_flight(&self, domain: &str) -> InFlightGuard {
+        let labels = self.federation_label(domain, false);
+        let gauge = self.federation.in_flight.get_or_create(&labels).clone();
+        gauge.inc();
+        InFlightGuard { gauge }
+    }
+
+    /// Samples the QUIC path of this node's connection to peer provider `domain` (after a
+    /// request on it): the RTT gauge, and what the lost and sent packet counters gained.
+    pub fn sample_federation_peer(&self, domain: &str, sample: PathSample) {
+        let labels = self.federation_label(domain, true);
+        let federation = &self.federation;
+        if labels.peer != OTHER {
+            federation
+                .rtt
+                .get_or_create(&labels)
+                .set(sample.rtt.as_secs_f64());
+        }
+        // `other` mixes connections: each domain's totals are kept apart under its own key.
+        let mut paths = federation.path.lock();
+        let (lost, sent) = PathTotals::delta(
+            paths.get(domain).copied(),
+            sample.connection,
+            sample.lost_packets,
+            sample.sent_packets,
+        );
+        if labels.peer != OTHER || paths.len() < 4 * FEDERATION_PEER_SERIES {
+            paths.insert(
+                domain.to_owned(),
+                PathTotals {
+                    connection: sample.connection,
+                    lost: sample.lost_packets,
+                    sent: sample.sent_packets,
+                },
+            );
+        }
+        drop(paths);
+        federation.lost_packets.get_or_create(&labels).inc_by(lost);
+        federation.sent_packets.get_or_create(&labels).inc_by(sent);
+    }
+
+    /// Removes the RTT of peer provider `domain`: its connection is gone.
+    pub fn forget_federation_peer_rtt(&self, domain: &str) {
+        self.federation.rtt.remove(&FederationPeerLabels {
+            peer: domain.to_owned(),
+        });
+    }
+
+    /// Copies what the replication layer measured: its histograms and written bytes from
+    /// `cluster` (`ClusterHandle::metrics`), and from `status` (`ClusterHandle::status`) the
+    /// log lag of every shard node `node` leads (series of shards it no longer leads go).
+    pub fn observe_replication(
+        &self,
+        cluster: &ClusterMetrics,
+        node: NodeId,
+        status: &[ShardStatus],
+    ) {
+        {
+            let mut histograms = self.layers.histograms.lock();
+            histograms.proposal_micros = cluster.proposal_micros.clone();
+            histograms.flush_micros = cluster.flush_micros.clone();
+            histograms.inbox_depth = cluster.inbox_depth.clone();
+        }
+        self.layers
+            .written_bytes
+            .store(cluster.written_bytes, Ordering::Relaxed);
+        let lags = log_lags(node, status);
+        let mut shards = self.log_lag_shards.lock();
+        for gone in shards.difference(&lags.keys().copied().collect()) {
+            self.log_lag.remove(&ShardLabels { shard: *gone });
+        }
+        for (&shard, &lag) in &lags {
+            self.log_lag
+                .get_or_create(&ShardLabels { shard })
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
+        *shards = lags.into_keys().collect();
+    }
+
+    /// Copies what the actor layer measured: the room mailbox depths, and the fan-out lag per
+    /// follower provider (capped at [`FANOUT_LAG_PROVIDERS`] series plus `other`) with the age
+    /// of each one's oldest item as of `now`.
+    pub fn observe_actors(&self, actors: &ActorMetrics, now: SystemTime) {
+        self.layers.histograms.lock().room_mailbox_depth = actors.room_mailbox_depth.snapshot();
+        let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
+        let capped = cap_providers(actors.fanout_lag.by_provider(), FANOUT_LAG_PROVIDERS);
+        let lag = &self.fanout_lag;
+        let mut providers = lag.providers.lock();
+        for gone in providers.iter().filter(|p| !capped.contains_key(*p)) {
+            let labels = ProviderLabels {
+                provider: gone.clone(),
+            };
+            lag.items.remove(&labels);
+            lag.seconds.remove(&labels);
+        }
+        for (provider, (items, oldest_ts_ms)) in &capped {
+            let labels = ProviderLabels {
+                provider: provider.clone(),
+            };
+            lag.items
+                .get_or_create(&labels)
+                .set(i64::try_from(*items).unwrap_or(i64::MAX));
+            let age_ms = now_ms.saturating_sub(*oldest_ts_ms);
+            lag.seconds
+                .get_or_create(&labels)
+                .set(age_ms as f64 / 1000.0);
+        }
+        *providers = capped.into_keys().collect();
+    }
+
     /// All metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -1050,6 +1414,10 @@ impl ClusterNetMetrics {
             frames_dropped: Family::default(),
             peer_connected: Family::default(),
             peer_rtt: Family::default(),
+            peer_lost_packets: Family::default(),
+            peer_sent_packets: Family::default(),
+            peer_rpcs_in_flight: Family::default(),
+            peer_path: Mutex::default(),
             handshakes_refused: Family::default(),
             rpc_calls: Family::default(),
         };
@@ -1099,6 +1467,21 @@ impl ClusterNetMetrics {
             AlwaysDeclared(metrics.peer_rtt.clone()),
         );
         registry.register(
+            "cluster_peer_lost_packets",
+            "QUIC packets this node's connections to the peer node declared lost (sampled every few seconds while connected)",
+            AlwaysDeclared(metrics.peer_lost_packets.clone()),
+        );
+        registry.register(
+            "cluster_peer_sent_packets",
+            "QUIC packets this node's connections to the peer node sent (sampled with the lost ones, for a loss ratio)",
+            AlwaysDeclared(metrics.peer_sent_packets.clone()),
+        );
+        registry.register(
+            "cluster_peer_rpcs_in_flight",
+            "Node-to-node RPCs to the peer node waiting for their answer (each is one QUIC stream while it runs)",
+            AlwaysDeclared(metrics.peer_rpcs_in_flight.clone()),
+        );
+        registry.register(
             "cluster_handshakes_refused",
             "Node-to-node connections this node refused, by reason",
             metrics.handshakes_refused.clone(),
@@ -1142,6 +1525,154 @@ impl<M: EncodeMetric> EncodeMetric for AlwaysDeclared<M> {
 
     fn is_empty(&self) -> bool {
         false
+    }
+}
+
+/// Per shard `node` leads (per `status`), the entries between its own matched index (its last
+/// persisted index) and the lowest matched index of any member.
+fn log_lags(node: NodeId, status: &[ShardStatus]) -> BTreeMap<u64, u64> {
+    status
+        .iter()
+        .filter(|shard| shard.leader == Some(node) && !shard.failed)
+        .filter_map(|shard| {
+            let head = shard.progress.get(&node).copied()?;
+            let slowest = shard.progress.values().copied().min()?;
+            Some((shard.shard, head.saturating_sub(slowest)))
+        })
+        .collect()
+}
+
+/// The `limit` providers with the most items behind (ties by name) with their items and oldest
+/// item's time; the others summed under [`OTHER`] (items added, the oldest time kept).
+fn cap_providers(
+    lags: BTreeMap<String, mimid_actors::room::fanout::FanoutLag>,
+    limit: usize,
+) -> BTreeMap<String, (u64, u64)> {
+    let mut ranked: Vec<(String, u64, u64)> = lags
+        .into_iter()
+        .map(|(provider, lag)| (provider, lag.items, lag.oldest_ts_ms))
+        .collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut capped = BTreeMap::new();
+    for (rank, (provider, items, oldest)) in ranked.into_iter().enumerate() {
+        let key = if rank < limit {
+            provider
+        } else {
+            OTHER.to_owned()
+        };
+        let entry = capped.entry(key).or_insert((0u64, u64::MAX));
+        entry.0 = entry.0.saturating_add(items);
+        entry.1 = entry.1.min(oldest);
+    }
+    capped
+}
+
+/// Histograms measured by other layers, copied in by [`Metrics::observe_replication`] and
+/// [`Metrics::observe_actors`], and the Raft database's written bytes.
+#[derive(Debug)]
+struct LayerHistograms {
+    histograms: Mutex<LayerSnapshots>,
+    written_bytes: AtomicU64,
+}
+
+#[derive(Debug)]
+struct LayerSnapshots {
+    proposal_micros: HistogramSnapshot,
+    flush_micros: HistogramSnapshot,
+    inbox_depth: HistogramSnapshot,
+    room_mailbox_depth: HistogramSnapshot,
+}
+
+impl Default for LayerHistograms {
+    fn default() -> Self {
+        let empty = |bounds: &'static [u64]| mimid_cluster::Histogram::new(bounds).snapshot();
+        LayerHistograms {
+            histograms: Mutex::new(LayerSnapshots {
+                proposal_micros: empty(&mimid_cluster::PROPOSAL_MICROS_BOUNDS),
+                flush_micros: empty(&mimid_cluster::FLUSH_MICROS_BOUNDS),
+                inbox_depth: empty(&mimid_cluster::DEPTH_BOUNDS),
+                room_mailbox_depth: empty(&mimid_cluster::DEPTH_BOUNDS),
+            }),
+            written_bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Encodes `snapshot` as an OpenMetrics histogram, each bound and the sum divided by `divisor`
+/// (1e6 turns microseconds into seconds; dividing keeps bounds like 0.0001 exact in the text).
+fn encode_snapshot(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    snapshot: &HistogramSnapshot,
+    divisor: f64,
+) -> Result<(), fmt::Error> {
+    let buckets: Vec<(f64, u64)> = snapshot
+        .bounds
+        .iter()
+        .map(|&bound| bound as f64 / divisor)
+        .chain(std::iter::once(f64::MAX))
+        .zip(snapshot.counts.iter().copied())
+        .collect();
+    let mut metric = encoder.encode_descriptor(
+        name,
+        help,
+        unit,
+        prometheus_client::metrics::MetricType::Histogram,
+    )?;
+    metric.encode_histogram::<NoLabelSet>(
+        snapshot.sum as f64 / divisor,
+        snapshot.count(),
+        &buckets,
+        None,
+    )
+}
+
+impl Collector for LayerHistograms {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let histograms = self.histograms.lock();
+        encode_snapshot(
+            &mut encoder,
+            "raft_proposal_duration",
+            "Time from a proposal entering the replication layer to its answer with the applied output (committed on a quorum, durable and applied on this node, its shard's leader); 100 us to 13 s buckets",
+            Some(&Unit::Seconds),
+            &histograms.proposal_micros,
+            1e6,
+        )?;
+        encode_snapshot(
+            &mut encoder,
+            "storage_flush_duration",
+            "Time of each durable write of the Raft database: one sled batch, flush and fdatasync per driver turn at most; 25 us to 1.6 s buckets",
+            Some(&Unit::Seconds),
+            &histograms.flush_micros,
+            1e6,
+        )?;
+        encode_snapshot(
+            &mut encoder,
+            "raft_inbox_depth",
+            "Proposals waiting in the replication driver's inbox at the start of each turn that steps proposals (cluster.inbox_capacity bounds it)",
+            None,
+            &histograms.inbox_depth,
+            1.0,
+        )?;
+        encode_snapshot(
+            &mut encoder,
+            "room_mailbox_depth",
+            "Requests queued at a room (in its actor's mailbox or proposed and not answered yet; limits.room_mailbox bounds it), sampled as each is admitted, itself included",
+            None,
+            &histograms.room_mailbox_depth,
+            1.0,
+        )?;
+        drop(histograms);
+        let written = ConstCounter::new(self.written_bytes.load(Ordering::Relaxed));
+        let metric = encoder.encode_descriptor(
+            "storage_written",
+            "Bytes of keys and values written to the Raft database (log entries, hard and conf states, snapshot records; not snapshot files)",
+            Some(&Unit::Bytes),
+            written.metric_type(),
+        )?;
+        written.encode(metric)
     }
 }
 
@@ -1424,6 +1955,253 @@ mod tests {
         assert!(Metrics::new()
             .encode()
             .contains("# TYPE mimid_cluster_peer_connected gauge"));
+    }
+
+    fn sample(connection: usize, rtt_ms: u64, lost: u64, sent: u64) -> PathSample {
+        PathSample {
+            connection,
+            rtt: Duration::from_millis(rtt_ms),
+            lost_packets: lost,
+            sent_packets: sent,
+        }
+    }
+
+    #[test]
+    fn quic_path_samples_add_only_what_is_new_and_survive_reconnects() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for family in [
+            "# TYPE mimid_cluster_peer_lost_packets counter",
+            "# TYPE mimid_cluster_peer_sent_packets counter",
+            "# TYPE mimid_cluster_peer_rpcs_in_flight gauge",
+            "# TYPE mimid_federation_peer_rtt_seconds gauge",
+            "# TYPE mimid_federation_peer_lost_packets counter",
+            "# TYPE mimid_federation_peer_sent_packets counter",
+            "# TYPE mimid_federation_peer_requests_in_flight gauge",
+        ] {
+            assert!(text.contains(family), "{family} declared:\n{text}");
+        }
+        metrics.sample_cluster_peer(2, sample(7, 3, 1, 100));
+        metrics.sample_cluster_peer(2, sample(7, 4, 3, 150));
+        // A new connection counts from zero again; the counters keep growing.
+        metrics.sample_cluster_peer(2, sample(8, 5, 1, 20));
+        let guard = metrics.cluster_rpc_in_flight(2);
+        let second = metrics.cluster_rpc_in_flight(2);
+        let text = metrics.encode();
+        for (series, value) in [
+            ("mimid_cluster_peer_rtt_seconds{peer=\"2\"}", 0.005),
+            ("mimid_cluster_peer_lost_packets_total{peer=\"2\"}", 4.0),
+            ("mimid_cluster_peer_sent_packets_total{peer=\"2\"}", 170.0),
+            ("mimid_cluster_peer_rpcs_in_flight{peer=\"2\"}", 2.0),
+        ] {
+            assert_eq!(line_value(&text, series), Some(value), "{series}\n{text}");
+        }
+        drop((guard, second));
+        assert_eq!(
+            line_value(
+                &metrics.encode(),
+                "mimid_cluster_peer_rpcs_in_flight{peer=\"2\"}"
+            ),
+            Some(0.0)
+        );
+
+        let waiting = metrics.federation_request_in_flight("b.example");
+        assert_eq!(
+            line_value(
+                &metrics.encode(),
+                "mimid_federation_peer_requests_in_flight{peer=\"other\"}"
+            ),
+            Some(1.0),
+            "a domain that never answered has no label of its own"
+        );
+        drop(waiting);
+        metrics.sample_federation_peer("b.example", sample(1, 12, 0, 40));
+        metrics.sample_federation_peer("b.example", sample(1, 10, 2, 90));
+        let _in_flight = metrics.federation_request_in_flight("b.example");
+        let text = metrics.encode();
+        for (series, value) in [
+            (
+                "mimid_federation_peer_rtt_seconds{peer=\"b.example\"}",
+                0.01,
+            ),
+            (
+                "mimid_federation_peer_lost_packets_total{peer=\"b.example\"}",
+                2.0,
+            ),
+            (
+                "mimid_federation_peer_sent_packets_total{peer=\"b.example\"}",
+                90.0,
+            ),
+            (
+                "mimid_federation_peer_requests_in_flight{peer=\"b.example\"}",
+                1.0,
+            ),
+        ] {
+            assert_eq!(line_value(&text, series), Some(value), "{series}\n{text}");
+        }
+        metrics.forget_federation_peer_rtt("b.example");
+        assert!(!metrics
+            .encode()
+            .contains("mimid_federation_peer_rtt_seconds{peer=\"b.example\"}"));
+    }
+
+    #[test]
+    fn federation_peers_beyond_the_cap_share_the_other_series() {
+        let metrics = Metrics::new();
+        for n in 0..FEDERATION_PEER_SERIES + 3 {
+            metrics.sample_federation_peer(&format!("p{n}.example"), sample(n, 1, 1, 10));
+        }
+        let text = metrics.encode();
+        let labelled = text
+            .lines()
+            .filter(|line| line.starts_with("mimid_federation_peer_sent_packets_total{"))
+            .count();
+        assert_eq!(labelled, FEDERATION_PEER_SERIES + 1, "{text}");
+        assert_eq!(
+            line_value(
+                &text,
+                "mimid_federation_peer_sent_packets_total{peer=\"other\"}"
+            ),
+            Some(30.0)
+        );
+        assert!(!text.contains("mimid_federation_peer_rtt_seconds{peer=\"other\"}"));
+    }
+
+    fn status(shard: u64, leader: u64, progress: &[(u64, u64)]) -> ShardStatus {
+        ShardStatus {
+            shard,
+            leader: Some(leader),
+            progress: progress.iter().copied().collect(),
+            ..ShardStatus::default()
+        }
+    }
+
+    #[test]
+    fn log_lag_is_the_leaders_index_minus_the_slowest_member_on_shards_led_here() {
+        let metrics = Metrics::new();
+        assert!(metrics
+            .encode()
+            .contains("# TYPE mimid_raft_log_lag_entries gauge"));
+        let statuses = [
+            status(0, 1, &[(1, 50), (2, 50), (3, 41)]),
+            status(1, 1, &[(1, 7), (2, 7), (3, 7)]),
+            // Led elsewhere: this node has no progress to report.
+            status(2, 2, &[]),
+        ];
+        metrics.observe_replication(&ClusterMetrics::default(), 1, &statuses);
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "mimid_raft_log_lag_entries{shard=\"0\"}"),
+            Some(9.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(&text, "mimid_raft_log_lag_entries{shard=\"1\"}"),
+            Some(0.0)
+        );
+        assert!(!text.contains("mimid_raft_log_lag_entries{shard=\"2\"}"));
+        // Shard 0's leadership moved away: its series goes.
+        metrics.observe_replication(
+            &ClusterMetrics::default(),
+            1,
+            &[status(0, 3, &[]), statuses[1].clone()],
+        );
+        let text = metrics.encode();
+        assert!(!text.contains("mimid_raft_log_lag_entries{shard=\"0\"}"));
+        assert_eq!(
+            line_value(&text, "mimid_raft_log_lag_entries{shard=\"1\"}"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn replication_histograms_are_exported_in_seconds_and_counts() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for family in [
+            "# TYPE mimid_raft_proposal_duration_seconds histogram",
+            "# TYPE mimid_storage_flush_duration_seconds histogram",
+            "# TYPE mimid_raft_inbox_depth histogram",
+            "# TYPE mimid_room_mailbox_depth histogram",
+            "# TYPE mimid_storage_written_bytes counter",
+        ] {
+            assert!(text.contains(family), "{family}:\n{text}");
+        }
+        let proposals = mimid_cluster::Histogram::new(&mimid_cluster::PROPOSAL_MICROS_BOUNDS);
+        proposals.observe(150); // 100 < 150 <= 200 µs
+        proposals.observe(3_000_000); // 3 s
+        let cluster = ClusterMetrics {
+            proposal_micros: proposals.snapshot(),
+            written_bytes: 4096,
+            ..ClusterMetrics::default()
+        };
+        metrics.observe_replication(&cluster, 1, &[]);
+        let text = metrics.encode();
+        for (series, value) in [
+            ("mimid_raft_proposal_duration_seconds_count", 2.0),
+            (
+                "mimid_raft_proposal_duration_seconds_bucket{le=\"0.0001\"}",
+                0.0,
+            ),
+            (
+                "mimid_raft_proposal_duration_seconds_bucket{le=\"0.0002\"}",
+                1.0,
+            ),
+            (
+                "mimid_raft_proposal_duration_seconds_bucket{le=\"+Inf\"}",
+                2.0,
+            ),
+            ("mimid_storage_written_bytes_total", 4096.0),
+            ("mimid_storage_flush_duration_seconds_count", 0.0),
+        ] {
+            assert_eq!(line_value(&text, series), Some(value), "{series}\n{text}");
+        }
+        let sum = line_value(&text, "mimid_raft_proposal_duration_seconds_sum").unwrap();
+        assert!((sum - 3.000_15).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn fanout_lag_is_capped_to_the_providers_most_behind_and_dated() {
+        use mimid_actors::room::fanout::FanoutLag;
+        let lags: BTreeMap<String, FanoutLag> = (0..FANOUT_LAG_PROVIDERS as u64 + 2)
+            .map(|n| {
+                (
+                    format!("p{n:02}.example"),
+                    FanoutLag {
+                        items: n + 1,
+                        oldest_ts_ms: 10_000 + n,
+                    },
+                )
+            })
+            .collect();
+        let capped = cap_providers(lags, FANOUT_LAG_PROVIDERS);
+        assert_eq!(capped.len(), FANOUT_LAG_PROVIDERS + 1);
+        // p00 (1 item) and p01 (2 items) are the least behind.
+        assert_eq!(capped[OTHER], (3, 10_000));
+        assert_eq!(capped["p11.example"], (12, 10_011));
+        assert!(!capped.contains_key("p00.example"));
+
+        let metrics = Metrics::new();
+        assert!(metrics
+            .encode()
+            .contains("# TYPE mimid_fanout_lag_items gauge"));
+        assert!(metrics
+            .encode()
+            .contains("# TYPE mimid_fanout_lag_seconds gauge"));
+        let actors = ActorMetrics::default();
+        actors.room_mailbox_depth.observe(3);
+        metrics.observe_actors(&actors, UNIX_EPOCH + Duration::from_secs(20));
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "mimid_room_mailbox_depth_count"),
+            Some(1.0)
+        );
+        assert_eq!(
+            line_value(&text, "mimid_room_mailbox_depth_bucket{le=\"4.0\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(!text.contains("mimid_fanout_lag_items{"), "nothing behind");
     }
 
     #[test]

@@ -20,6 +20,10 @@
 //! address the map no longer names. Nothing is retried here: every [`PeerError`] tells the
 //! caller what failed, and fan-out retries with its own backoff.
 //!
+//! Metrics: every request is counted by outcome, in flight per peer while it runs, and the
+//! connection's QUIC path (RTT, lost and sent packets) is sampled after each answer
+//! (`mimid_federation_peer_*`, [`Metrics::sample_federation_peer`]).
+//!
 //! Bounds: responses up to `federation.max_response_bytes`; one connection and one directory
 //! per peer; a peer not used for a directory TTL is forgotten (its connection closed) the next
 //! time another peer is added, so the table holds the peers used within one TTL plus the ones
@@ -44,7 +48,7 @@ use super::directory::{Directory, DIRECTORY_PATH};
 use super::S2sEndpoint;
 use crate::config::{check_domain, FederationSettings};
 use crate::h3::{ClientLimits, H3Client, H3ClientError};
-use crate::metrics::{Metrics, PeerOutcome};
+use crate::metrics::{Metrics, PathSample, PeerOutcome};
 use crate::tls::{client_config_with_identity, TlsError, TlsMaterial};
 
 /// The default port of HTTPS, where a peer found through DNS listens (MIMI.md §3.1).
@@ -309,6 +313,7 @@ impl Peers {
             domain: domain.clone(),
             reason,
         })?;
+        let _in_flight = self.metrics.federation_request_in_flight(&domain);
         let slot = self.slot(&domain);
         let link = Link {
             domain: &domain,
@@ -334,8 +339,13 @@ impl Peers {
         let mut slots = self.slots.lock();
         if !slots.contains_key(domain) {
             let ttl = self.directory_ttl;
-            slots.retain(|_, slot| {
-                Arc::strong_count(slot) > 1 || now.duration_since(*slot.last_used.lock()) < ttl
+            slots.retain(|domain, slot| {
+                let keep =
+                    Arc::strong_count(slot) > 1 || now.duration_since(*slot.last_used.lock()) < ttl;
+                if !keep {
+                    self.metrics.forget_federation_peer_rtt(domain);
+                }
+                keep
             });
         }
         let slot = slots
@@ -458,6 +468,8 @@ impl Peers {
         match connection.client.request(method, path, headers, body).await {
             Ok((status, headers, body)) => {
                 connection.answered.store(true, Ordering::Relaxed);
+                self.metrics
+                    .sample_federation_peer(domain, PathSample::of(connection.client.connection()));
                 Ok(PeerResponse {
                     status,
                     headers,
@@ -479,6 +491,7 @@ impl Peers {
                         .is_some_and(|current| Arc::ptr_eq(current, connection))
                     {
                         *cached = None;
+                        self.metrics.forget_federation_peer_rtt(domain);
                     }
                 }
                 if connection.answered.load(Ordering::Relaxed) {

@@ -201,6 +201,11 @@ impl H3Client {
         Ok((head.status(), chunks_rx))
     }
 
+    /// The QUIC connection, for its statistics (RTT, lost and sent packets).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
     /// Closes the connection and waits until the server has been told. Call it after every
     /// response was received (floors.md pitfall 18: closing loses data the peer has not yet
     /// read).
