@@ -957,6 +957,8 @@ async fn refresh_metrics(
             busy_rejections: raft.busy_rejections,
             failed_shards: raft.failed_shards,
         });
+        metrics.observe_replication(&raft, cluster.node_id(), &cluster.status());
+        metrics.observe_actors(actors, std::time::SystemTime::now());
         metrics.set_rooms_active(hub.active_rooms() as u64);
         metrics.set_ready(cluster.is_ready());
         let node = cluster.node_id();

@@ -553,6 +553,7 @@ impl NetSender {
         let metrics = self.inner.shared.metrics.clone();
         let max_bytes = self.inner.shared.settings.max_frame_bytes as usize;
         async move {
+            let _in_flight = metrics.cluster_rpc_in_flight(to);
             let result = if body.len() > max_bytes {
                 Err(CallError::TooLarge)
             } else if let Some(link) = link {

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::handshake::{close, reconcile, Hello, HelloError, MAX_HELLO_BYTES};
 use super::Shared;
-use crate::metrics::{FrameDrop, HandshakeRefusal};
+use crate::metrics::{FrameDrop, HandshakeRefusal, PathSample};
 
 /// How often the RTT gauge of an idle connection is refreshed.
 const RTT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
@@ -223,7 +223,7 @@ impl PeerTask {
         let mut epoch = self.shared.epoch.subscribe();
         self.link.send_replace(Link::Up(conn.clone()));
         metrics.set_cluster_peer_connected(self.peer, true);
-        metrics.set_cluster_peer_rtt(self.peer, Some(conn.rtt()));
+        metrics.sample_cluster_peer(self.peer, PathSample::of(conn));
         let mut stream = match conn.open_uni().await {
             Ok(stream) => stream,
             Err(err) => return PumpEnd::Lost(err.to_string()),
@@ -241,7 +241,7 @@ impl PeerTask {
                 _ = epoch.changed() => return PumpEnd::Replaced,
                 err = conn.closed() => return PumpEnd::Lost(err.to_string()),
                 _ = rtt_tick.tick() => {
-                    metrics.set_cluster_peer_rtt(self.peer, Some(conn.rtt()));
+                    metrics.sample_cluster_peer(self.peer, PathSample::of(conn));
                     continue;
                 }
                 frame = self.queue.recv() => match frame {
