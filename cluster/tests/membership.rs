@@ -297,6 +297,67 @@ fn add_a_fourth_node_as_learner_then_promote_then_remove_an_original_under_load(
     }
 }
 
+/// A shard whose only voter is the leader commits its own entries in the second half of a
+/// driver turn (`Group::handle_persisted`: raft-rs commits them once they are persisted), with
+/// the new commit index still staged. A conf change applied there makes raft-rs read the log
+/// for the new member at once (`post_conf_change` probes it). That read used to meet the
+/// staged write and, in debug builds, the storage's check stopped the shard group (`init` on a
+/// node alone, then `mimid node add`, takes this path for every shard).
+#[test]
+fn a_second_node_joins_shards_with_a_single_voter_and_is_promoted() {
+    let mut cluster = TestCluster::start_nodes(&[1], no_tweak);
+    let mut acked = cluster.propose_all(&[1], "alone", 10);
+    cluster.wait_converged(&[1], &acked);
+
+    cluster.start_joining_node(2);
+    let pair = [1, 2];
+    for shard in 0..SHARDS {
+        let added = change_on_leader(&cluster, &[1], shard, MembershipChange::AddLearner(2));
+        assert_eq!(added, membership(&[1], &[2]), "shard {shard}");
+        // Entries committed by node 1 alone while node 2 learns, read back for node 2.
+        let rx = propose(
+            &cluster.handle(1),
+            shard,
+            format!("learning-{shard}").into_bytes(),
+        );
+        let position = answer(&rx).expect("the single voter commits alone");
+        acked
+            .entry(shard)
+            .or_default()
+            .push((format!("learning-{shard}").into_bytes(), position));
+        let promoted = change_on_leader(&cluster, &[1], shard, MembershipChange::Promote(2));
+        assert_eq!(promoted, membership(&[1, 2], &[]), "shard {shard}");
+    }
+    for id in pair {
+        let handle = cluster.handle(id);
+        wait_until("both nodes to apply both changes", || {
+            handle
+                .status()
+                .iter()
+                .all(|status| status.voters == pair && status.learners.is_empty())
+        });
+        assert_eq!(handle.metrics().failed_shards, 0, "node {id}");
+    }
+    // Two voters: every write now needs node 2 too, and both replicas hold every one.
+    merge(&mut acked, cluster.propose_all(&pair, "pair", 10));
+    cluster.wait_converged(&pair, &acked);
+    wait_until("node 2 to be ready", || cluster.handle(2).is_ready());
+    // Both vote: the leader cut off from the other commits nothing (check-quorum deposes it
+    // within an election timeout, which drops the proposal).
+    let shard = 0;
+    let leader = leader_of(&cluster, &pair, shard);
+    let other = if leader == 1 { 2 } else { 1 };
+    cluster.isolate(other);
+    let rx = propose(&cluster.handle(leader), shard, b"without a quorum".to_vec());
+    assert_eq!(answer(&rx), Err(ProposeError::Dropped));
+    cluster.heal();
+    merge(&mut acked, cluster.propose_all(&pair, "healed", 2));
+    cluster.wait_converged(&pair, &acked);
+    for id in pair {
+        assert_eq!(cluster.handle(id).metrics().failed_shards, 0, "node {id}");
+    }
+}
+
 #[test]
 fn transfer_leader_moves_leadership() {
     let cluster = TestCluster::start(no_tweak);

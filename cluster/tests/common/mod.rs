@@ -2,7 +2,8 @@
 //! (sled in a temp dir each) in one process, connected by an in-memory [`Transport`] that hands
 //! every frame to the destination's `ClusterHandle::receive`, with switches to cut a node off
 //! (partition), to lose a snapshot on the way, and to stop and restart a node from its data
-//! dir. Nodes 1-3 are the first voters; more can join a running cluster.
+//! dir. Nodes 1-3 are the first voters (or those given to
+//! `TestCluster::start_nodes`); more can join a running cluster.
 //!
 //! Ticks are 10 ms and elections take 200-400 ms, so every fault resolves well within a second
 //! or two. Nothing sleeps to synchronise: conditions are polled with a deadline
@@ -166,6 +167,8 @@ pub struct TestCluster {
     tweak: fn(&mut ClusterConfig),
     /// Shards of every node: [`SHARDS`] unless `tweak` sets another count.
     shards: u64,
+    /// The first voters of every shard: [`NODES`] unless started with [`Self::start_nodes`].
+    voters: Vec<NodeId>,
 }
 
 pub type Answer = Result<usize, ProposeError>;
@@ -173,6 +176,11 @@ pub type Answer = Result<usize, ProposeError>;
 impl TestCluster {
     /// Starts nodes 1, 2 and 3 of a new cluster; `tweak` adjusts every node's configuration.
     pub fn start(tweak: fn(&mut ClusterConfig)) -> Self {
+        Self::start_nodes(&NODES, tweak)
+    }
+
+    /// Starts a new cluster whose first voters are `voters` (one node alone, say).
+    pub fn start_nodes(voters: &[NodeId], tweak: fn(&mut ClusterConfig)) -> Self {
         let mut probe = ClusterConfig::new(1, "/unused");
         probe.shards = SHARDS;
         tweak(&mut probe);
@@ -181,8 +189,9 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             tweak,
             shards: probe.shards,
+            voters: voters.to_vec(),
         };
-        for id in NODES {
+        for &id in voters {
             cluster
                 .nodes
                 .insert(id, TestNode::new(false, cluster.shards));
@@ -202,7 +211,7 @@ impl TestCluster {
     pub fn config(&self, id: NodeId, dir: &Path) -> ClusterConfig {
         let mut config = ClusterConfig::new(id, dir);
         config.shards = SHARDS;
-        config.voters = NODES.to_vec();
+        config.voters = self.voters.clone();
         config.join_existing = self.nodes[&id].joins;
         config.tick_interval = Duration::from_millis(10);
         config.election_tick = 20;
