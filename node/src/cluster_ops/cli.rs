@@ -232,8 +232,8 @@ pub fn render_status(status: &ClusterStatus) -> Vec<String> {
         ));
     }
     lines.push(format!(
-        "{:>5}  {:<6} {:>6} {:>9} {:<16} {:<12} {}",
-        "SHARD", "LEADER", "TERM", "COMMIT", "VOTERS", "LEARNERS", "LAG"
+        "{:>5}  {:<6} {:>6} {:>9} {:<16} {:<12} {:<6} {}",
+        "SHARD", "LEADER", "TERM", "COMMIT", "VOTERS", "LEARNERS", "ASLEEP", "LAG"
     ));
     for shard in &status.shards {
         let lag = if shard.lag.is_empty() {
@@ -247,7 +247,7 @@ pub fn render_status(status: &ClusterStatus) -> Vec<String> {
                 .join(" ")
         };
         lines.push(format!(
-            "{:>5}  {:<6} {:>6} {:>9} {:<16} {:<12} {}",
+            "{:>5}  {:<6} {:>6} {:>9} {:<16} {:<12} {:<6} {}",
             shard.shard,
             shard
                 .leader
@@ -260,6 +260,7 @@ pub fn render_status(status: &ClusterStatus) -> Vec<String> {
             } else {
                 join(&shard.learners)
             },
+            if shard.hibernating { "yes" } else { "no" },
             lag
         ));
     }

@@ -107,6 +107,10 @@ pub struct ShardEntry {
     pub lag: BTreeMap<NodeId, u64>,
     /// The node whose replica this entry describes.
     pub reported_by: NodeId,
+    /// The answering node's replica hibernates (idle: it neither ticks nor heartbeats until a
+    /// write, a message or an unreachable leader wakes it).
+    #[serde(default)]
+    pub hibernating: bool,
 }
 
 impl ShardEntry {
@@ -123,6 +127,7 @@ impl ShardEntry {
             learners: report.learners.clone(),
             lag,
             reported_by,
+            hibernating: false,
         }
     }
 }
@@ -186,6 +191,7 @@ impl ClusterOps {
         let shard_count = self.cluster.shard_count();
         let leaders = leader_reports(&reports, shard_count);
         let own = &reports[&self.node_id];
+        let asleep = self.cluster.status();
         let shards: Vec<ShardEntry> = own
             .shards
             .iter()
@@ -204,6 +210,12 @@ impl ClusterOps {
                     ShardEntry::from_report(report, *leader, lag)
                 }
                 None => ShardEntry::from_report(local, self.node_id, BTreeMap::new()),
+            })
+            .map(|mut entry| {
+                entry.hibernating = asleep
+                    .iter()
+                    .any(|status| status.shard == entry.shard && status.hibernating);
+                entry
             })
             .collect();
         let ids: std::collections::BTreeSet<NodeId> =
