@@ -7,6 +7,7 @@
 //! engine's ticker prints through [`line`] without knowing whether a bar is drawn.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -17,6 +18,8 @@ const STEADY_TICK: Duration = Duration::from_millis(200);
 
 /// The bar currently drawn, if any.
 static BAR: Mutex<Option<ProgressBar>> = parking_lot::const_mutex(None);
+/// Bumped whenever the bar is replaced, so a spinner removes only itself.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// Whether bars are drawn: progress is on and stderr is a terminal.
 pub fn bars_enabled(progress: bool) -> bool {
@@ -62,16 +65,17 @@ pub fn phase_ended() {
     replace(None);
 }
 
-/// A spinner with a message while something untimed runs (room set-up), removed when dropped.
+/// A spinner with a message while something untimed runs (room set-up), removed when dropped
+/// unless a phase bar replaced it already.
 pub struct Spinner {
-    active: bool,
+    generation: Option<u64>,
 }
 
 impl Spinner {
     /// Shows `message` with a spinner and the elapsed time (when bars are enabled).
     pub fn start(progress: bool, message: &str) -> Spinner {
         if !bars_enabled(progress) {
-            return Spinner { active: false };
+            return Spinner { generation: None };
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         bar.set_style(
@@ -80,22 +84,30 @@ impl Spinner {
         );
         bar.set_message(message.to_string());
         bar.enable_steady_tick(STEADY_TICK);
-        replace(Some(bar));
-        Spinner { active: true }
+        Spinner {
+            generation: Some(replace(Some(bar))),
+        }
     }
 }
 
 impl Drop for Spinner {
     fn drop(&mut self) {
-        if self.active {
-            replace(None);
+        let mut current = BAR.lock();
+        if self.generation == Some(GENERATION.load(Ordering::Relaxed)) {
+            GENERATION.fetch_add(1, Ordering::Relaxed);
+            if let Some(spinner) = current.take() {
+                spinner.finish_and_clear();
+            }
         }
     }
 }
 
-fn replace(bar: Option<ProgressBar>) {
-    let previous = std::mem::replace(&mut *BAR.lock(), bar);
-    if let Some(previous) = previous {
+/// Draws `bar` instead of the current one; returns the new generation.
+fn replace(bar: Option<ProgressBar>) -> u64 {
+    let mut current = BAR.lock();
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some(previous) = std::mem::replace(&mut *current, bar) {
         previous.finish_and_clear();
     }
+    generation
 }

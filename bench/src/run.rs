@@ -562,6 +562,11 @@ async fn run_one(
         ),
     );
     let setup_start = Instant::now();
+    // Replaced by the phase's bar once the timed phase starts.
+    let _spinner = crate::progress::Spinner::start(
+        !common.output.no_progress,
+        &format!("{}: setting up", plan.name),
+    );
     match plan.kind {
         PhaseKind::Rooms => {
             let senders = set_up_rooms(
@@ -616,10 +621,6 @@ async fn run_one(
             .await
         }
         PhaseKind::Group => {
-            let _spinner = crate::progress::Spinner::start(
-                !common.output.no_progress,
-                &format!("{}: setting up rooms", plan.name),
-            );
             let senders = set_up_groups(
                 &provider.endpoint,
                 &plan.naming,
@@ -630,7 +631,6 @@ async fn run_one(
                 Duration::from_millis(common.load.timeout_ms),
             )
             .await?;
-            drop(_spinner);
             let recipients = u64::from(plan.members) - 1;
             measure(
                 provider,
@@ -666,12 +666,7 @@ async fn run_one(
                 setup_concurrency: common.setup_concurrency as usize,
                 progress: &print,
             };
-            let _spinner = crate::progress::Spinner::start(
-                !common.output.no_progress,
-                &format!("{}: setting up rooms", plan.name),
-            );
             let (senders, receivers) = set_up_large_rooms(&large).await?;
-            drop(_spinner);
             let recipients = u64::from(plan.members - large.senders);
             measure(
                 provider,
@@ -699,10 +694,6 @@ async fn run_one(
                 .map(|ops| mix.adds_in(*ops))
                 .max()
                 .unwrap_or(0);
-            let _spinner = crate::progress::Spinner::start(
-                !common.output.no_progress,
-                &format!("{}: setting up rooms", plan.name),
-            );
             let senders = set_up_churn(
                 &provider.endpoint,
                 &plan.naming,
@@ -713,7 +704,6 @@ async fn run_one(
                 common.setup_concurrency as usize,
             )
             .await?;
-            drop(_spinner);
             measure(
                 provider,
                 common,
@@ -732,10 +722,6 @@ async fn run_one(
                 plan.rooms as usize,
                 u64::from(plan.rooms) * DEFAULT_CLOSED_JOINS_PER_ROOM,
             )?;
-            let _spinner = crate::progress::Spinner::start(
-                !common.output.no_progress,
-                &format!("{}: setting up rooms and linking the joiners", plan.name),
-            );
             let creators = set_up_rooms(
                 &provider.endpoint,
                 &plan.naming,
@@ -753,7 +739,6 @@ async fn run_one(
                 common.setup_concurrency as usize,
             )
             .await?;
-            drop(_spinner);
             measure(
                 provider,
                 common,
