@@ -71,6 +71,7 @@ fn cores_take_time_and_randomness_as_inputs_and_do_no_io() {
         "actors/src/directory/profile.rs",
         "actors/src/directory/consent.rs",
         "actors/src/cluster_meta.rs",
+        "actors/src/provider_keys.rs",
         "actors/src/moderation.rs",
         "actors/src/franking.rs",
         "actors/src/room/mirror.rs",
@@ -82,6 +83,10 @@ fn cores_take_time_and_randomness_as_inputs_and_do_no_io() {
         "actors/src/room/storage.rs",
         "actors/src/room/identity.rs",
         "cluster/src/group.rs",
+        "cluster/src/group/admin.rs",
+        "cluster/src/group/hibernate.rs",
+        "cluster/src/read_barrier.rs",
+        "cluster/src/frame.rs",
     ]
     .iter()
     .map(|p| root.join(p))
