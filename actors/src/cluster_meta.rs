@@ -36,7 +36,18 @@
 //! registry holds a cluster id, no change replaces it ([`MetaRefusal::ClusterIdMismatch`]).
 //! A statically configured cluster's registry has none.
 //!
-//! Bounds (STYLE.md P9): at most [`MAX_NODES`] nodes, decommissioned ones included.
+//! Each node also has a **locality** ([`Locality`], issue 9): ordered `key=value` tiers, most
+//! significant first (`region=eu,zone=eu-1`), which the placement driver reads to spread a
+//! shard's voters over regions and zones. A node's own configuration (`locality`, `mimid start
+//! --locality`) is the authority: a node whose configured locality differs from its record
+//! tells the registry ([`MetaChange::SetLocality`]); `mimid node add --locality` and the
+//! registration of a node that joined with `cluster.join` record it with the node
+//! ([`MetaChange::AddNodeWithLocality`]). A seed names no localities (the seeding node knows
+//! only its own): every seeded node sets its own right after.
+//!
+//! Bounds (STYLE.md P9): at most [`MAX_NODES`] nodes, decommissioned ones included; at most
+//! [`MAX_LOCALITY_TIERS`] tiers per locality, keys of at most [`MAX_LOCALITY_KEY_LEN`] and values
+//! of at most [`MAX_LOCALITY_VALUE_LEN`] bytes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,18 +65,158 @@ pub const MAX_NODES: usize = 1024;
 /// slows every commit down).
 pub const MAX_REPLICATION_FACTOR: u32 = 15;
 
-/// The replicated node registry (module docs).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Most tiers a [`Locality`] has.
+pub const MAX_LOCALITY_TIERS: usize = 8;
+/// Longest key of a locality tier, in bytes.
+pub const MAX_LOCALITY_KEY_LEN: usize = 32;
+/// Longest value of a locality tier, in bytes.
+pub const MAX_LOCALITY_VALUE_LEN: usize = 64;
+
+/// The replicated node registry (module docs). Serialised only into shard 0's snapshot
+/// ([`Self::snapshot_prefix`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterMeta {
     nodes: BTreeMap<NodeId, NodeRecord>,
     /// Voters per shard the placement driver keeps on Active nodes; 0 while unseeded.
     replication_factor: u32,
     /// The cluster id of a cluster bootstrapped with `mimid init`; `None` for a statically
-    /// configured one. Not part of the serialised struct: it rides behind the registry in the
-    /// snapshot prefix ([`Self::snapshot_prefix`]), so registries without one keep the bytes
-    /// they had before cluster ids existed.
-    #[serde(skip)]
+    /// configured one.
     cluster_id: Option<ClusterId>,
+}
+
+/// Where a node runs (module docs): ordered `key=value` tiers, most significant first, e.g.
+/// `region=eu,zone=eu-1`. Written and parsed in that form ([`std::fmt::Display`],
+/// [`std::str::FromStr`]); the empty string is the empty locality (a node that said nothing).
+///
+/// Keys are 1 to [`MAX_LOCALITY_KEY_LEN`] bytes of `a-z`, `0-9`, `-` and `_`, starting with a
+/// letter; values 1 to [`MAX_LOCALITY_VALUE_LEN`] bytes of `a-z`, `A-Z`, `0-9`, `-`, `_` and
+/// `.`; no key twice; at most [`MAX_LOCALITY_TIERS`] tiers. The tiers named `region` and `zone`
+/// have a meaning of their own: data residency and the leader preference name regions
+/// ([`Locality::region`]); placement compares whole tier prefixes, so a zone is told apart
+/// within its region.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Locality {
+    tiers: Vec<(String, String)>,
+}
+
+impl Locality {
+    /// The locality of these tiers, most significant first, once checked (type docs).
+    pub fn new(tiers: Vec<(String, String)>) -> Result<Self, String> {
+        let locality = Locality { tiers };
+        locality.check()?;
+        Ok(locality)
+    }
+
+    /// The tiers, most significant first.
+    pub fn tiers(&self) -> &[(String, String)] {
+        &self.tiers
+    }
+
+    /// Whether the node said nothing about where it runs.
+    pub fn is_empty(&self) -> bool {
+        self.tiers.is_empty()
+    }
+
+    /// The value of tier `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.tiers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The value of the `region` tier.
+    pub fn region(&self) -> Option<&str> {
+        self.get("region")
+    }
+
+    /// The value of the `zone` tier.
+    pub fn zone(&self) -> Option<&str> {
+        self.get("zone")
+    }
+
+    /// Whether the tiers keep the rules of the type docs (a locality read from a snapshot or
+    /// a command was never checked by [`Locality::new`]).
+    pub fn check(&self) -> Result<(), String> {
+        if self.tiers.len() > MAX_LOCALITY_TIERS {
+            return Err(format!(
+                "a locality has at most {MAX_LOCALITY_TIERS} tiers, not {}",
+                self.tiers.len()
+            ));
+        }
+        for (at, (key, value)) in self.tiers.iter().enumerate() {
+            check_locality_key(key)?;
+            check_locality_value(key, value)?;
+            if self.tiers[..at].iter().any(|(earlier, _)| earlier == key) {
+                return Err(format!("locality key {key:?} appears twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a locality tier's key (the [`Locality`] docs).
+fn check_locality_key(key: &str) -> Result<(), String> {
+    let starts_with_letter = key.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+    let charset = key
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if key.len() > MAX_LOCALITY_KEY_LEN || !starts_with_letter || !charset {
+        return Err(format!(
+            "locality key {key:?} must be 1 to {MAX_LOCALITY_KEY_LEN} characters of a-z, 0-9, \
+             '-' and '_', starting with a letter"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the value of locality tier `key` (the [`Locality`] docs); also the form of a region
+/// named alone (data residency, the leader preference).
+pub fn check_locality_value(key: &str, value: &str) -> Result<(), String> {
+    let charset = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if value.is_empty() || value.len() > MAX_LOCALITY_VALUE_LEN || !charset {
+        return Err(format!(
+            "locality value {value:?} of {key:?} must be 1 to {MAX_LOCALITY_VALUE_LEN} \
+             characters of a-z, A-Z, 0-9, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for Locality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (at, (key, value)) in self.tiers.iter().enumerate() {
+            if at > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{key}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Locality {
+    type Err = String;
+
+    /// Parses `key=value,key=value` (the [`std::fmt::Display`] form; blanks around the tiers
+    /// are not allowed); the empty string is the empty locality.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() {
+            return Ok(Locality::default());
+        }
+        let tiers = text
+            .split(',')
+            .map(|tier| match tier.split_once('=') {
+                Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+                None => Err(format!(
+                    "locality tier {tier:?} is not key=value (e.g. region=eu,zone=eu-1)"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Locality::new(tiers)
+    }
 }
 
 /// The id of a cluster formed by `mimid init`: 128 random bits, drawn once by the node that
@@ -137,6 +288,8 @@ pub struct NodeRecord {
     pub cluster_addr: Option<SocketAddr>,
     /// Where it is in its life.
     pub state: NodeState,
+    /// Where it runs (empty until it or an operator tells).
+    pub locality: Locality,
 }
 
 /// A registered node's state.
@@ -181,6 +334,16 @@ pub enum MetaChange {
         cluster_id: ClusterId,
         nodes: Vec<(NodeId, Option<SocketAddr>)>,
         replication_factor: u32,
+    },
+    /// A registered node tells where it runs (its configured `locality`). Appended after the
+    /// older variants so logs written before localities existed decode unchanged.
+    SetLocality { id: NodeId, locality: Locality },
+    /// Registers a new node, Active, with its locality (`mimid node add --locality`, the
+    /// registration of a node that joined with `cluster.join`).
+    AddNodeWithLocality {
+        id: NodeId,
+        cluster_addr: SocketAddr,
+        locality: Locality,
     },
 }
 
@@ -234,6 +397,9 @@ pub enum MetaRefusal {
         registry: Option<ClusterId>,
         offered: ClusterId,
     },
+    /// A locality that breaks the [`Locality`] rules.
+    #[error("invalid locality: {0}")]
+    InvalidLocality(String),
 }
 
 fn describe(id: &Option<ClusterId>) -> String {
@@ -303,7 +469,18 @@ impl ClusterMeta {
             MetaChange::Seed { .. } | MetaChange::Bootstrap { .. } => {
                 unreachable!("handled above")
             }
-            MetaChange::AddNode { id, cluster_addr } => self.add(id, cluster_addr),
+            MetaChange::AddNode { id, cluster_addr } => {
+                self.add(id, cluster_addr, Locality::default())
+            }
+            MetaChange::AddNodeWithLocality {
+                id,
+                cluster_addr,
+                locality,
+            } => {
+                locality.check().map_err(MetaRefusal::InvalidLocality)?;
+                self.add(id, cluster_addr, locality)
+            }
+            MetaChange::SetLocality { id, locality } => self.set_locality(id, locality),
             MetaChange::SetAddress { id, cluster_addr } => self.set_address(id, cluster_addr),
             MetaChange::Decommission { id } => self.decommission(id),
             MetaChange::MarkDecommissioned { id } => self.mark_decommissioned(id),
@@ -336,6 +513,7 @@ impl ClusterMeta {
             let record = NodeRecord {
                 cluster_addr: addr,
                 state: NodeState::Active,
+                locality: Locality::default(),
             };
             if records.insert(id, record).is_some() {
                 return invalid("a node is listed twice");
@@ -369,7 +547,12 @@ impl ClusterMeta {
         Ok(true)
     }
 
-    fn add(&mut self, id: NodeId, addr: SocketAddr) -> Result<bool, MetaRefusal> {
+    fn add(
+        &mut self,
+        id: NodeId,
+        addr: SocketAddr,
+        locality: Locality,
+    ) -> Result<bool, MetaRefusal> {
         if id == 0 {
             return Err(MetaRefusal::InvalidNode);
         }
@@ -386,8 +569,25 @@ impl ClusterMeta {
         let record = NodeRecord {
             cluster_addr: Some(addr),
             state: NodeState::Active,
+            locality,
         };
         self.nodes.insert(id, record);
+        Ok(true)
+    }
+
+    fn set_locality(&mut self, id: NodeId, locality: Locality) -> Result<bool, MetaRefusal> {
+        locality.check().map_err(MetaRefusal::InvalidLocality)?;
+        let record = self
+            .nodes
+            .get_mut(&id)
+            .ok_or(MetaRefusal::UnknownNode(id))?;
+        if record.state == NodeState::Decommissioned {
+            return Err(MetaRefusal::Decommissioned(id));
+        }
+        if record.locality == locality {
+            return Ok(false);
+        }
+        record.locality = locality;
         Ok(true)
     }
 
@@ -461,22 +661,56 @@ impl ClusterMeta {
     }
 
     /// The registry's part of shard 0's snapshot: nothing while unseeded (so every other
-    /// shard's snapshot is byte for byte what it was before the registry existed), otherwise
-    /// [`SNAPSHOT_MARKER`] and the registry, ahead of the shard's own snapshot bytes; a
-    /// registry with a cluster id starts with [`SNAPSHOT_MARKER_WITH_ID`] instead, and the id's
-    /// 16 bytes follow the registry.
+    /// shard's snapshot is byte for byte what it was before the registry existed), otherwise a
+    /// marker and the registry, ahead of the shard's own snapshot bytes:
+    /// - a registry in which no node has a locality keeps the bytes it had before localities
+    ///   existed (so an older node reads it): [`SNAPSHOT_MARKER`] and the registry, or
+    ///   [`SNAPSHOT_MARKER_WITH_ID`], the registry and the cluster id's 16 bytes;
+    /// - any other starts with [`SNAPSHOT_MARKER_WITH_LOCALITIES`], followed by the registry
+    ///   with every node's locality and the cluster id in one postcard value.
     pub fn snapshot_prefix(&self) -> Vec<u8> {
         if !self.is_seeded() {
             return Vec::new();
+        }
+        if self
+            .nodes
+            .values()
+            .any(|record| !record.locality.is_empty())
+        {
+            let wire = WireMeta {
+                nodes: self.nodes.clone(),
+                replication_factor: self.replication_factor,
+                cluster_id: self.cluster_id,
+            };
+            let mut bytes = SNAPSHOT_MARKER_WITH_LOCALITIES.to_vec();
+            bytes.extend(
+                postcard::to_stdvec(&wire)
+                    .expect("serialising the registry into memory cannot fail"),
+            );
+            return bytes;
         }
         let marker = match self.cluster_id {
             Some(_) => SNAPSHOT_MARKER_WITH_ID,
             None => SNAPSHOT_MARKER,
         };
+        let legacy = LegacyMeta {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(&id, record)| {
+                    let legacy = LegacyRecord {
+                        cluster_addr: record.cluster_addr,
+                        state: record.state,
+                    };
+                    (id, legacy)
+                })
+                .collect(),
+            replication_factor: self.replication_factor,
+        };
         let mut bytes = marker.to_vec();
-        let registry =
-            postcard::to_stdvec(self).expect("serialising the registry into memory cannot fail");
-        bytes.extend_from_slice(&registry);
+        bytes.extend(
+            postcard::to_stdvec(&legacy).expect("serialising the registry into memory cannot fail"),
+        );
         if let Some(id) = self.cluster_id {
             bytes.extend_from_slice(id.as_bytes());
         }
@@ -484,30 +718,92 @@ impl ClusterMeta {
     }
 
     /// Splits a shard snapshot into the registry ([`Self::snapshot_prefix`]; empty when there
-    /// is none) and the rest, the shard's own snapshot.
+    /// is none) and the rest, the shard's own snapshot. Reads every form a release wrote.
     pub fn split_snapshot(snapshot: &[u8]) -> Result<(ClusterMeta, &[u8]), String> {
-        let (rest, with_id) = if let Some(rest) = snapshot.strip_prefix(SNAPSHOT_MARKER.as_slice())
-        {
-            (rest, false)
-        } else if let Some(rest) = snapshot.strip_prefix(SNAPSHOT_MARKER_WITH_ID.as_slice()) {
-            (rest, true)
-        } else {
-            return Ok((ClusterMeta::default(), snapshot));
-        };
-        let (mut meta, mut rest): (ClusterMeta, &[u8]) = postcard::take_from_bytes(rest)
-            .map_err(|e| format!("node registry in the shard snapshot: {e}"))?;
+        let unreadable = |e: postcard::Error| format!("node registry in the shard snapshot: {e}");
+        let (meta, rest) =
+            if let Some(rest) = snapshot.strip_prefix(SNAPSHOT_MARKER_WITH_LOCALITIES.as_slice()) {
+                let (wire, rest): (WireMeta, &[u8]) =
+                    postcard::take_from_bytes(rest).map_err(unreadable)?;
+                for (id, record) in &wire.nodes {
+                    record.locality.check().map_err(|e| {
+                        format!("node registry in the shard snapshot: node {id}: {e}")
+                    })?;
+                }
+                let meta = ClusterMeta {
+                    nodes: wire.nodes,
+                    replication_factor: wire.replication_factor,
+                    cluster_id: wire.cluster_id,
+                };
+                (meta, rest)
+            } else {
+                let (rest, with_id) = if let Some(rest) =
+                    snapshot.strip_prefix(SNAPSHOT_MARKER.as_slice())
+                {
+                    (rest, false)
+                } else if let Some(rest) = snapshot.strip_prefix(SNAPSHOT_MARKER_WITH_ID.as_slice())
+                {
+                    (rest, true)
+                } else {
+                    return Ok((ClusterMeta::default(), snapshot));
+                };
+                let (legacy, mut rest): (LegacyMeta, &[u8]) =
+                    postcard::take_from_bytes(rest).map_err(unreadable)?;
+                let mut cluster_id = None;
+                if with_id {
+                    let (id, after) = rest
+                        .split_first_chunk::<16>()
+                        .ok_or("node registry in the shard snapshot: truncated cluster id")?;
+                    cluster_id = Some(ClusterId(*id));
+                    rest = after;
+                }
+                let nodes = legacy
+                    .nodes
+                    .into_iter()
+                    .map(|(id, record)| {
+                        let record = NodeRecord {
+                            cluster_addr: record.cluster_addr,
+                            state: record.state,
+                            locality: Locality::default(),
+                        };
+                        (id, record)
+                    })
+                    .collect();
+                let meta = ClusterMeta {
+                    nodes,
+                    replication_factor: legacy.replication_factor,
+                    cluster_id,
+                };
+                (meta, rest)
+            };
         if !meta.is_seeded() {
             return Err("node registry in the shard snapshot is not seeded".into());
         }
-        if with_id {
-            let (id, after) = rest
-                .split_first_chunk::<16>()
-                .ok_or("node registry in the shard snapshot: truncated cluster id")?;
-            meta.cluster_id = Some(ClusterId(*id));
-            rest = after;
-        }
         Ok((meta, rest))
     }
+}
+
+/// The registry in a snapshot that starts with [`SNAPSHOT_MARKER_WITH_LOCALITIES`].
+#[derive(Serialize, Deserialize)]
+struct WireMeta {
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    replication_factor: u32,
+    cluster_id: Option<ClusterId>,
+}
+
+/// The registry as releases before localities wrote it ([`SNAPSHOT_MARKER`],
+/// [`SNAPSHOT_MARKER_WITH_ID`]); the cluster id, if any, follows it.
+#[derive(Serialize, Deserialize)]
+struct LegacyMeta {
+    nodes: BTreeMap<NodeId, LegacyRecord>,
+    replication_factor: u32,
+}
+
+/// A [`NodeRecord`] without its locality ([`LegacyMeta`]).
+#[derive(Serialize, Deserialize)]
+struct LegacyRecord {
+    cluster_addr: Option<SocketAddr>,
+    state: NodeState,
 }
 
 /// Marks a shard snapshot that starts with the node registry. Ten `0xff` bytes are not a
@@ -520,6 +816,12 @@ pub const SNAPSHOT_MARKER: [u8; 16] = [
 /// [`SNAPSHOT_MARKER`] of a registry with a cluster id (16 bytes after the registry).
 pub const SNAPSHOT_MARKER_WITH_ID: [u8; 16] = [
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'e', b't', b'a', b'/', 2,
+];
+
+/// [`SNAPSHOT_MARKER`] of a registry in which a node has a locality: the registry, localities
+/// and cluster id included, in one postcard value ([`ClusterMeta::snapshot_prefix`]).
+pub const SNAPSHOT_MARKER_WITH_LOCALITIES: [u8; 16] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'e', b't', b'a', b'/', 3,
 ];
 
 /// Whether other nodes can dial `addr`.
@@ -622,7 +924,8 @@ mod tests {
             meta.node(4),
             Some(&NodeRecord {
                 cluster_addr: Some(addr(7004)),
-                state: NodeState::Active
+                state: NodeState::Active,
+                locality: Locality::default(),
             })
         );
         let refusals = [
@@ -902,5 +1205,166 @@ mod tests {
             shards.get(0).read().cluster_meta()
         );
         assert_eq!(restored.snapshot(), snapshot);
+    }
+
+    fn locality(text: &str) -> Locality {
+        text.parse().expect("a valid locality")
+    }
+
+    /// Issue 9: `--locality region=eu,zone=eu-1` keeps its order and prints as it was given;
+    /// broken ones are refused with the rule they break.
+    #[test]
+    fn localities_parse_in_order_and_refuse_what_breaks_the_rules() {
+        let eu = locality("region=eu,zone=eu-1");
+        assert_eq!(
+            eu.tiers(),
+            [
+                ("region".to_owned(), "eu".to_owned()),
+                ("zone".to_owned(), "eu-1".to_owned())
+            ]
+        );
+        assert_eq!((eu.region(), eu.zone()), (Some("eu"), Some("eu-1")));
+        assert_eq!(eu.to_string(), "region=eu,zone=eu-1");
+        assert_eq!(locality("zone=b,region=a").to_string(), "zone=b,region=a");
+        assert_eq!(locality(""), Locality::default());
+        assert!(locality("").is_empty());
+        assert_eq!(locality("cloud=aws").region(), None);
+        let nine = (0..9)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let long_key = format!("{}=v", "k".repeat(MAX_LOCALITY_KEY_LEN + 1));
+        let long_value = format!("k={}", "v".repeat(MAX_LOCALITY_VALUE_LEN + 1));
+        for (bad, reason) in [
+            ("region", "not key=value"),
+            ("region=eu,", "not key=value"),
+            (",region=eu", "not key=value"),
+            ("region=eu,region=us", "twice"),
+            ("Region=eu", "locality key"),
+            ("1region=eu", "locality key"),
+            ("=eu", "locality key"),
+            ("re gion=eu", "locality key"),
+            ("region=", "locality value"),
+            ("region=e u", "locality value"),
+            ("region=eu=1", "locality value"),
+            ("region=\u{e9}u", "locality value"),
+            (nine.as_str(), "at most 8 tiers"),
+            (long_key.as_str(), "locality key"),
+            (long_value.as_str(), "locality value"),
+        ] {
+            let refusal = bad.parse::<Locality>().expect_err(bad);
+            assert!(refusal.contains(reason), "{bad:?}: {refusal}");
+        }
+    }
+
+    /// Issue 9: a node's locality is recorded with it or set afterwards, validated in apply;
+    /// setting the same one again changes nothing, and a decommissioned node's stays.
+    #[test]
+    fn localities_are_recorded_and_changed_in_apply() {
+        let meta = seeded(&[1, 2, 3], 3);
+        assert!(meta.nodes().values().all(|r| r.locality.is_empty()));
+        let set = |id, text: &str| MetaChange::SetLocality {
+            id,
+            locality: locality(text),
+        };
+        let (outcome, meta) = check(&meta, set(1, "region=eu,zone=eu-1"));
+        assert_eq!(outcome, Ok(true));
+        assert_eq!(
+            meta.node(1).unwrap().locality,
+            locality("region=eu,zone=eu-1")
+        );
+        assert_eq!(check(&meta, set(1, "region=eu,zone=eu-1")).0, Ok(false));
+        assert_eq!(
+            check(&meta, set(9, "region=eu")).0,
+            Err(MetaRefusal::UnknownNode(9))
+        );
+        let unchecked = Locality {
+            tiers: vec![("Region".into(), "eu".into())],
+        };
+        for change in [
+            MetaChange::SetLocality {
+                id: 2,
+                locality: unchecked.clone(),
+            },
+            MetaChange::AddNodeWithLocality {
+                id: 4,
+                cluster_addr: addr(7004),
+                locality: unchecked,
+            },
+        ] {
+            assert!(matches!(
+                check(&meta, change).0,
+                Err(MetaRefusal::InvalidLocality(_))
+            ));
+        }
+        let (outcome, meta) = check(
+            &meta,
+            MetaChange::AddNodeWithLocality {
+                id: 4,
+                cluster_addr: addr(7004),
+                locality: locality("region=us,zone=us-1"),
+            },
+        );
+        assert_eq!(outcome, Ok(true));
+        let four = meta.node(4).unwrap();
+        assert_eq!(four.state, NodeState::Active);
+        assert_eq!(four.locality, locality("region=us,zone=us-1"));
+        assert!(matches!(
+            check(
+                &meta,
+                MetaChange::AddNodeWithLocality {
+                    id: 4,
+                    cluster_addr: addr(7009),
+                    locality: Locality::default(),
+                }
+            )
+            .0,
+            Err(MetaRefusal::AlreadyRegistered { id: 4, .. })
+        ));
+        let (_, leaving) = check(&meta, MetaChange::Decommission { id: 4 });
+        let (_, gone) = check(&leaving, MetaChange::MarkDecommissioned { id: 4 });
+        assert_eq!(
+            check(&gone, set(4, "region=eu")).0,
+            Err(MetaRefusal::Decommissioned(4))
+        );
+    }
+
+    /// Issue 9: a registry with localities travels in shard 0's snapshot behind a marker of its
+    /// own (cluster id included); one without keeps the bytes older releases wrote, and those
+    /// bytes still decode.
+    #[test]
+    fn localities_ride_in_the_snapshot_and_older_snapshots_still_decode() {
+        // Written by the release before localities: node 1 at 10.0.0.1:7001, Active, R = 3.
+        let mut older = SNAPSHOT_MARKER.to_vec();
+        older.extend_from_slice(&[1, 1, 1, 0, 10, 0, 0, 1, 0xd9, 0x36, 0, 3]);
+        older.extend_from_slice(b"shard");
+        let (meta, rest) = ClusterMeta::split_snapshot(&older).expect("an older snapshot");
+        assert_eq!(rest, b"shard");
+        assert_eq!(meta, seeded(&[1], 3));
+        assert_eq!(meta.snapshot_prefix(), older[..older.len() - 5]);
+
+        let id = ClusterId::from_bytes([9; 16]);
+        let mut meta = ClusterMeta::default();
+        let seed = MetaChange::Bootstrap {
+            cluster_id: id,
+            nodes: vec![(1, Some(addr(7001))), (2, None)],
+            replication_factor: 3,
+        };
+        assert_eq!(meta.apply(seed), Ok(true));
+        assert!(meta.snapshot_prefix().starts_with(&SNAPSHOT_MARKER_WITH_ID));
+        let located = MetaChange::SetLocality {
+            id: 2,
+            locality: locality("region=eu,zone=eu-2"),
+        };
+        assert_eq!(meta.apply(located), Ok(true));
+        let mut snapshot = meta.snapshot_prefix();
+        assert!(snapshot.starts_with(&SNAPSHOT_MARKER_WITH_LOCALITIES));
+        snapshot.extend_from_slice(b"shard");
+        let (restored, rest) = ClusterMeta::split_snapshot(&snapshot).expect("splits");
+        assert_eq!(restored, meta);
+        assert_eq!(restored.cluster_id(), Some(id));
+        assert_eq!(rest, b"shard");
+        let truncated = &snapshot[..SNAPSHOT_MARKER_WITH_LOCALITIES.len() + 3];
+        assert!(ClusterMeta::split_snapshot(truncated).is_err());
     }
 }
