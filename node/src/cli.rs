@@ -234,6 +234,11 @@ pub struct StartArgs {
     /// [config: cluster.join].
     #[arg(long, value_name = "ADDR,ADDR", value_delimiter = ',')]
     pub join: Vec<SocketAddr>,
+    /// Where this node runs: ordered key=value tiers, most significant first, e.g.
+    /// `region=eu,zone=eu-1`; placement spreads each shard's voters over regions and zones
+    /// [config: locality].
+    #[arg(long, value_name = "KEY=VALUE,…")]
+    pub locality: Option<String>,
     /// Overrides.
     #[command(flatten)]
     pub flags: ConfigFlags,
@@ -352,8 +357,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = start_config(&args.config, &args.flags, config::process_env())?;
             if !args.join.is_empty() {
                 config.cluster.join = args.join;
-                config.validate()?;
             }
+            if let Some(locality) = args.locality {
+                config.locality = locality;
+            }
+            config.validate()?;
             run_node(config)
         }
         Command::Config(args) => {
@@ -1075,6 +1083,7 @@ mod tests {
             panic!("not init");
         };
         assert_eq!(args.host, "127.0.0.1:9090");
+        assert_eq!(args_locality(&[]), None);
         assert!(Cli::try_parse_from(["mimid", "init"]).is_err());
     }
 
@@ -1320,5 +1329,56 @@ mod tests {
 
     fn path(path: &Path) -> &str {
         path.to_str().expect("temp paths are UTF-8")
+    }
+
+    fn args_locality(extra: &[&str]) -> Option<String> {
+        let mut args = vec!["start", "--config", "/etc/mimid.toml"];
+        args.extend_from_slice(extra);
+        let Command::Start(args) = parse(&args).command else {
+            panic!("not start");
+        };
+        args.locality
+    }
+
+    /// Issue 9: `mimid start --locality region=eu,zone=eu-1` sets `locality` over the file's,
+    /// and a malformed one stops the start with the rule it breaks; `mimid node add` takes one.
+    #[test]
+    fn start_takes_a_locality_and_validates_it() {
+        assert_eq!(
+            args_locality(&["--locality", "region=eu,zone=eu-1"]).as_deref(),
+            Some("region=eu,zone=eu-1")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mimid.toml");
+        std::fs::write(&file, "locality = \"region=us,zone=us-1\"\n").unwrap();
+        let config = load(Some(file.clone()), &ConfigFlags::default(), Vec::new()).unwrap();
+        assert_eq!(config.locality().to_string(), "region=us,zone=us-1");
+        std::fs::write(&file, "locality = \"region=us,region=eu\"\n").unwrap();
+        let config = load(Some(file), &ConfigFlags::default(), Vec::new()).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("locality: locality key \"region\" appears twice"),
+            "{err}"
+        );
+        let Command::Node(args) = parse(&[
+            "node",
+            "add",
+            "--host",
+            "127.0.0.1:9090",
+            "--id",
+            "4",
+            "--addr",
+            "10.0.0.4:7443",
+            "--locality",
+            "region=eu,zone=eu-2",
+        ])
+        .command
+        else {
+            panic!("not node");
+        };
+        let crate::cluster_ops::NodeCommand::Add { locality, .. } = args.command else {
+            panic!("not add");
+        };
+        assert_eq!(locality.as_deref(), Some("region=eu,zone=eu-2"));
     }
 }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
+use mimid_actors::cluster_meta::{check_locality_value, Locality};
 use rustls::pki_types::DnsName;
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,15 @@ pub struct Config {
     /// start. Default unset; `mimid dev` uses `data_dir/admin.token`, generated on first start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+    /// Where this node runs, as ordered `key=value` tiers, most significant first:
+    /// `region=eu,zone=eu-1` (`mimid start --locality`). The placement driver spreads each
+    /// shard's voters over regions, then zones (never two in one zone while another zone has
+    /// a node); data residency and `cluster.leader_region` name regions (the `region` tier).
+    /// Keys: 1 to 32 characters of `a-z`, `0-9`, `-`, `_`, starting with a letter; values: 1 to
+    /// 64 characters of `a-z`, `A-Z`, `0-9`, `-`, `_`, `.`; no key twice, at most 8 tiers. The
+    /// node records it in the cluster's node registry when it starts (ARCHITECTURE.md
+    /// "Cluster"). Default empty (no locality).
+    pub locality: String,
     /// TLS material for the QUIC listener.
     pub tls: TlsSettings,
     /// Replication settings.
@@ -169,6 +179,14 @@ pub struct ClusterSettings {
     /// first leader of shard 0 of a new cluster; the registry's value holds after that. 1 to
     /// 15. A node without `cluster.listen` (`mimid dev`) runs alone: one replica. Default 3.
     pub replication_factor: u32,
+    /// The region shard leaderships should be in (a `region` value of the nodes' `locality`):
+    /// the placement driver hands each shard that has a voter there to such a voter, so reads
+    /// and writes that region's clients make are served without a cross-region round trip to
+    /// the leader. Shards without a voter there keep their leaders where they are. Read by the
+    /// node leading shard 0 (set it the same on every node). Default unset (leaderships spread
+    /// evenly over all nodes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_region: Option<String>,
     /// Start as a node added to a running cluster: shards without local state wait empty until
     /// the placement driver adds this node to them and a leader sends it a snapshot (ops
     /// runbook scale-out.md: register the node with `mimid node add` first). Shards with state
@@ -496,6 +514,12 @@ impl Config {
             _ => {}
         }
 
+        if let Err(reason) = self.locality.parse::<Locality>() {
+            problems.push(ConfigProblem {
+                key: "locality",
+                reason,
+            });
+        }
         self.tls.check(&mut problems);
         self.cluster.check(&mut problems);
         self.cluster
@@ -510,6 +534,12 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// This node's `locality`, parsed (empty when it does not parse: [`Config::validate`]
+    /// reports that).
+    pub fn locality(&self) -> Locality {
+        self.locality.parse().unwrap_or_default()
     }
 
     /// The effective configuration as TOML, as `mimid config` prints it.
@@ -527,6 +557,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             admin_token_file: None,
+            locality: String::new(),
             tls: TlsSettings::default(),
             cluster: ClusterSettings::default(),
             limits: LimitsSettings::default(),
@@ -596,6 +627,7 @@ impl Default for ClusterSettings {
             peers: BTreeMap::new(),
             voters: Vec::new(),
             replication_factor: 3,
+            leader_region: None,
             join_existing: false,
             join: Vec::new(),
             peer_queue_frames: 1024,
@@ -665,6 +697,14 @@ impl ClusterSettings {
                     mimid_actors::cluster_meta::MAX_REPLICATION_FACTOR
                 ),
             });
+        }
+        if let Some(region) = &self.leader_region {
+            if let Err(reason) = check_locality_value("region", region) {
+                problems.push(ConfigProblem {
+                    key: "cluster.leader_region",
+                    reason,
+                });
+            }
         }
     }
 
@@ -2114,5 +2154,30 @@ mod tests {
         })
         .expect("reload");
         assert_eq!(loaded, config);
+    }
+
+    /// Issue 9: `locality` and `cluster.leader_region` are checked like the registry checks
+    /// them; the environment sets them too.
+    #[test]
+    fn locality_and_leader_region_are_validated() {
+        let mut config = Config::default();
+        assert_eq!(config.locality(), Locality::default());
+        config.locality = "region=eu,zone=eu-1".into();
+        config.cluster.leader_region = Some("eu".into());
+        assert_eq!(problems(&config), Vec::<&str>::new());
+        assert_eq!(config.locality().zone(), Some("eu-1"));
+        config.locality = "region eu".into();
+        config.cluster.leader_region = Some("e u".into());
+        assert_eq!(problems(&config), vec!["locality", "cluster.leader_region"]);
+        let loaded = Config::load(&ConfigSources {
+            env: vec![
+                ("MIMID_LOCALITY".into(), "region=us,zone=us-2".into()),
+                ("MIMID_CLUSTER__LEADER_REGION".into(), "us".into()),
+            ],
+            ..ConfigSources::default()
+        })
+        .expect("loads");
+        assert_eq!(loaded.locality, "region=us,zone=us-2");
+        assert_eq!(loaded.cluster.leader_region.as_deref(), Some("us"));
     }
 }

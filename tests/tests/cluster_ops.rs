@@ -475,6 +475,7 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
             host: cluster.admin(1),
             id: 4,
             addr: fourth_addr.to_string(),
+            locality: None,
         },
         Some(&cluster.admin_token()),
     )

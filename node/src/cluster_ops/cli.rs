@@ -56,6 +56,10 @@ pub enum NodeCommand {
         /// The new node's cluster.listen as the other nodes dial it, `IP:PORT`.
         #[arg(long, value_name = "IP:PORT")]
         addr: String,
+        /// Where the new node runs, `region=eu,zone=eu-1`; the node records its own
+        /// configured locality when it starts, which wins [config of the new node: locality].
+        #[arg(long, value_name = "KEY=VALUE,…")]
+        locality: Option<String>,
     },
     /// Move every replica off a node; refused when the other active nodes are fewer than the
     /// replication factor (ops/runbooks/drain-decommission.md).
@@ -112,18 +116,29 @@ pub async fn run_node_command(
                 }
             )])
         }
-        NodeCommand::Add { host, id, addr } => {
+        NodeCommand::Add {
+            host,
+            id,
+            addr,
+            locality,
+        } => {
             let body = serde_json::to_vec(&AddNodeRequest {
                 id: *id,
                 cluster_addr: addr.clone(),
+                locality: locality.clone(),
             })?;
             let answer: NodeAnswer =
                 call_json(host, token, "POST", ADD_NODE_PATH, &body, 201).await?;
             Ok(vec![format!(
-                "node {} registered at {}; start it with cluster.join_existing = true and it \
+                "node {} registered at {}{}; start it with cluster.join_existing = true and it \
                  receives replicas",
                 answer.id,
-                answer.cluster_addr.as_deref().unwrap_or("?")
+                answer.cluster_addr.as_deref().unwrap_or("?"),
+                if answer.locality.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in {}", answer.locality)
+                }
             )])
         }
         NodeCommand::Decommission {
@@ -200,7 +215,7 @@ pub async fn run_init(host: &str, token: Option<&AdminToken>) -> anyhow::Result<
 /// The table `mimid node status` prints.
 pub fn render_status(status: &ClusterStatus) -> Vec<String> {
     let mut lines = vec![format!(
-        "asked node {}{}; {}replication factor {}",
+        "asked node {}{}; {}replication factor {}{}",
         status.node_id,
         if status.draining { " (draining)" } else { "" },
         status
@@ -208,15 +223,20 @@ pub fn render_status(status: &ClusterStatus) -> Vec<String> {
             .as_ref()
             .map(|id| format!("cluster id {id}; "))
             .unwrap_or_default(),
-        status.replication_factor
+        status.replication_factor,
+        status
+            .leader_region
+            .as_ref()
+            .map(|region| format!("; leaders preferred in region {region}"))
+            .unwrap_or_default(),
     )];
     lines.push(format!(
-        "{:>5}  {:<5} {:<16} {:<22} {:>6} {:>8} {:>5} {:>8}",
-        "NODE", "LIVE", "STATE", "ADDRESS", "VOTER", "LEARNER", "LEADS", "DRAINING"
+        "{:>5}  {:<5} {:<16} {:<22} {:>6} {:>8} {:>5} {:>8}  {}",
+        "NODE", "LIVE", "STATE", "ADDRESS", "VOTER", "LEARNER", "LEADS", "DRAINING", "LOCALITY"
     ));
     for node in &status.nodes {
         lines.push(format!(
-            "{:>5}  {:<5} {:<16} {:<22} {:>6} {:>8} {:>5} {:>8}",
+            "{:>5}  {:<5} {:<16} {:<22} {:>6} {:>8} {:>5} {:>8}  {}",
             node.id,
             if node.live { "live" } else { "dead" },
             node.state,
@@ -228,6 +248,11 @@ pub fn render_status(status: &ClusterStatus) -> Vec<String> {
                 Some(true) => "yes",
                 Some(false) => "no",
                 None => "?",
+            },
+            if node.locality.is_empty() {
+                "-"
+            } else {
+                &node.locality
             }
         ));
     }

@@ -3,7 +3,7 @@
 //! the placement driver (the node leading shard 0) and the drain loop (a draining node).
 //! Shells only: what placement wants is [`super::placement`]'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,11 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 const REGISTRY_RETRY: Duration = Duration::from_secs(1);
 /// How often a draining node looks for shards it leads.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a shard's commit index must stay where it is before the placement driver moves
+/// its leadership for balance or the leader preference (`placement::View::busy`): a transfer
+/// answers the requests in flight on the old leader 503. Elections commit an entry, so a
+/// shard also waits this long after its leader changed.
+const LEADER_QUIET: Duration = Duration::from_secs(5);
 
 /// Keeps the transport's peers in line with the registry, seeds the registry of a new
 /// cluster, records this node's address in it when it moved, and registers a node that joined
@@ -109,9 +114,10 @@ impl ClusterOps {
             tracing::warn!("cannot register this node: no cluster id or no dialable address");
             return true;
         };
-        let request = OpsRequest::Register {
+        let request = OpsRequest::RegisterWithLocality {
             cluster_id,
             cluster_addr,
+            locality: self.settings.locality.clone(),
         };
         for peer in net.connected_peers().into_keys() {
             match rpc::call(net, peer, &request, rpc::CHANGE_TIMEOUT).await {
@@ -135,7 +141,8 @@ impl ClusterOps {
 
     /// What this node wants of the registry for itself: the seed of a new cluster (only the
     /// leader of shard 0, and never a joining node; with the cluster id of a cluster formed by
-    /// `mimid init`), or its own address when it moved.
+    /// `mimid init`), its configured locality when the record says otherwise (a configured
+    /// one wins; an empty one leaves the record alone), or its own address when it moved.
     fn own_registry_change(&self, meta: &ClusterMeta) -> Option<MetaChange> {
         if !meta.is_seeded() {
             let leads = self.cluster.leader(METADATA_SHARD) == Some(self.node_id);
@@ -169,17 +176,31 @@ impl ClusterOps {
             });
         }
         let record = meta.node(self.node_id)?;
+        if record.state == NodeState::Decommissioned {
+            return None;
+        }
+        let locality = &self.settings.locality;
+        if !locality.is_empty() && record.locality != *locality {
+            return Some(MetaChange::SetLocality {
+                id: self.node_id,
+                locality: locality.clone(),
+            });
+        }
         let advertised = self.settings.advertised?;
-        let moved =
-            record.state != NodeState::Decommissioned && record.cluster_addr != Some(advertised);
-        moved.then_some(MetaChange::SetAddress {
+        (record.cluster_addr != Some(advertised)).then_some(MetaChange::SetAddress {
             id: self.node_id,
             cluster_addr: advertised,
         })
     }
 
-    /// The planner's view from the registry and this round's reports.
-    fn placement_view(&self, meta: &ClusterMeta, reports: &BTreeMap<NodeId, NodeReport>) -> View {
+    /// The planner's view from the registry, this round's reports and the shards written to
+    /// lately (`busy`).
+    fn placement_view(
+        &self,
+        meta: &ClusterMeta,
+        reports: &BTreeMap<NodeId, NodeReport>,
+        busy: BTreeSet<ShardId>,
+    ) -> View {
         let shard_count = self.cluster.shard_count();
         let shards = leader_reports(reports, shard_count)
             .into_iter()
@@ -201,6 +222,12 @@ impl ClusterOps {
                 .iter()
                 .map(|(&id, record)| (id, record.state))
                 .collect(),
+            localities: meta
+                .nodes()
+                .iter()
+                .filter(|(_, record)| !record.locality.is_empty())
+                .map(|(&id, record)| (id, record.locality.clone()))
+                .collect(),
             replication_factor: meta.replication_factor() as usize,
             shard_count,
             shards,
@@ -210,6 +237,9 @@ impl ClusterOps {
                 .filter(|report| report.draining)
                 .map(|report| report.node_id)
                 .collect(),
+            residency: BTreeMap::new(),
+            leader_region: self.settings.leader_region.clone(),
+            busy,
         }
     }
 
@@ -306,6 +336,7 @@ fn unexpected(node: NodeId, answer: OpsAnswer) -> Refusal {
 pub(super) async fn run_placement(ops: Arc<ClusterOps>) {
     let mut tick = tokio::time::interval(ops.settings.placement_step);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut commits = CommitWatch::default();
     loop {
         tick.tick().await;
         let leads = ops.cluster.leader(METADATA_SHARD) == Some(ops.node_id);
@@ -313,11 +344,19 @@ pub(super) async fn run_placement(ops: Arc<ClusterOps>) {
             Some(meta) if leads && ops.net.is_some() && meta.is_seeded() => meta,
             _ => {
                 ops.metrics.set_placement_pending(0);
+                commits = CommitWatch::default();
                 continue;
             }
         };
         let reports = ops.gather(&meta).await;
-        let view = ops.placement_view(&meta, &reports);
+        let leaders = leader_reports(&reports, ops.cluster.shard_count());
+        let busy = commits.busy(
+            leaders
+                .iter()
+                .map(|(&shard, (_, report))| (shard, report.commit)),
+            Instant::now(),
+        );
+        let view = ops.placement_view(&meta, &reports, busy);
         let plan = placement::plan(&view);
         ops.metrics.set_placement_pending(plan.pending);
         let Some(step) = plan.next else {
@@ -339,6 +378,39 @@ pub(super) async fn run_placement(ops: Arc<ClusterOps>) {
             }
         };
         ops.metrics.count_placement_move(outcome);
+    }
+}
+
+/// When each shard's commit index last moved, as the placement driver saw it: a shard is busy
+/// until its commit index stayed put for [`LEADER_QUIET`] (a shard seen for the first time,
+/// e.g. by a new leader of shard 0, counts as just written).
+#[derive(Debug, Default)]
+struct CommitWatch {
+    seen: BTreeMap<ShardId, (u64, Instant)>,
+}
+
+impl CommitWatch {
+    /// Records this round's commit indexes (by shard, from the shards' leaders) at `now`; the
+    /// shards that are busy. Shards not reported keep their record.
+    fn busy(
+        &mut self,
+        commits: impl Iterator<Item = (ShardId, u64)>,
+        now: Instant,
+    ) -> BTreeSet<ShardId> {
+        for (shard, commit) in commits {
+            match self.seen.get_mut(&shard) {
+                Some((known, _)) if *known == commit => {}
+                Some(entry) => *entry = (commit, now),
+                None => {
+                    self.seen.insert(shard, (commit, now));
+                }
+            }
+        }
+        self.seen
+            .iter()
+            .filter(|(_, (_, since))| now.saturating_duration_since(*since) < LEADER_QUIET)
+            .map(|(&shard, _)| shard)
+            .collect()
     }
 }
 
@@ -394,5 +466,36 @@ impl ClusterOps {
                     std::cmp::Reverse(*node),
                 )
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard is busy until its commit index stood still for LEADER_QUIET, and again after
+    /// it moves; a shard seen for the first time counts as just written.
+    #[test]
+    fn shards_are_busy_until_their_commit_index_stands_still() {
+        let start = Instant::now();
+        let mut watch = CommitWatch::default();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        assert_eq!(
+            watch.busy([(0, 10), (1, 20)].into_iter(), at(0)),
+            BTreeSet::from([0, 1])
+        );
+        assert_eq!(
+            watch.busy([(0, 10), (1, 21)].into_iter(), at(3)),
+            BTreeSet::from([0, 1])
+        );
+        assert_eq!(
+            watch.busy([(0, 10), (1, 21)].into_iter(), at(6)),
+            BTreeSet::from([1])
+        );
+        assert_eq!(watch.busy([(0, 10)].into_iter(), at(9)), BTreeSet::new());
+        assert_eq!(
+            watch.busy([(0, 11)].into_iter(), at(10)),
+            BTreeSet::from([0])
+        );
     }
 }

@@ -6,9 +6,10 @@
 //!   when the leader answered, each member's lag behind it in entries) ([`ClusterStatus`]).
 //! - `POST /admin/cluster/drain` and `/undrain`: starts or stops handing this node's
 //!   leaderships away ([`DrainAnswer`]); in memory only, a restart ends it.
-//! - `POST /admin/cluster/nodes` with `{"id": N, "cluster_addr": "IP:PORT"}`: registers a new
-//!   node (201 with [`NodeAnswer`]; 409 when the id or the address is taken; 400 for id 0 or
-//!   an address other nodes cannot dial).
+//! - `POST /admin/cluster/nodes` with `{"id": N, "cluster_addr": "IP:PORT"}` and optionally
+//!   `"locality": "region=eu,zone=eu-1"`: registers a new node (201 with [`NodeAnswer`]; 409
+//!   when the id or the address is taken; 400 for id 0, an address other nodes cannot dial or
+//!   a malformed locality).
 //! - `POST /admin/cluster/nodes/{id}/decommission`: starts moving node `id`'s replicas away
 //!   (200 with [`NodeAnswer`]; 409 when the Active nodes other than it are fewer than the
 //!   replication factor, or it is decommissioned already; 404 for an unknown node).
@@ -37,7 +38,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use mimid_actors::cluster_meta::{MetaChange, MetaRefusal, NodeState};
+use mimid_actors::cluster_meta::{Locality, MetaChange, MetaRefusal, NodeState};
 use mimid_actors::hub::HubError;
 use mimid_cluster::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,9 @@ pub struct ClusterStatus {
     /// statically configured cluster or a node alone.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// `cluster.leader_region` of the answering node (the placement driver's, where it runs).
+    #[serde(default)]
+    pub leader_region: Option<String>,
     /// Registered nodes, and nodes that answered without being registered, by id.
     pub nodes: Vec<NodeEntry>,
     /// Every shard, by id.
@@ -82,6 +86,9 @@ pub struct NodeEntry {
     pub state: String,
     /// Its node-to-node address in the registry.
     pub cluster_addr: Option<String>,
+    /// Its locality in the registry (`region=eu,zone=eu-1`; empty: none).
+    #[serde(default)]
+    pub locality: String,
     /// Connected to the answering node's transport (always true for the answering node).
     pub live: bool,
     /// Whether it drains, when it answered.
@@ -147,6 +154,10 @@ pub struct AddNodeRequest {
     pub id: NodeId,
     /// `IP:PORT` of its `cluster.listen`, as the other nodes dial it.
     pub cluster_addr: String,
+    /// Its locality, `region=eu,zone=eu-1` (optional; the node records its configured one
+    /// when it starts, which wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
 }
 
 /// A registry change's answer: the node as the registry holds it now.
@@ -155,6 +166,9 @@ pub struct NodeAnswer {
     pub id: NodeId,
     pub state: String,
     pub cluster_addr: Option<String>,
+    /// Its locality in the registry (empty: none).
+    #[serde(default)]
+    pub locality: String,
     /// Whether this request changed the registry.
     pub changed: bool,
 }
@@ -236,6 +250,7 @@ impl ClusterOps {
                         .map_or("unregistered", |r| state_name(r.state))
                         .into(),
                     cluster_addr: record.and_then(|r| r.cluster_addr).map(|a| a.to_string()),
+                    locality: record.map(|r| r.locality.to_string()).unwrap_or_default(),
                     live: id == self.node_id || self.metrics.cluster_peer_connected(id),
                     draining: reports.get(&id).map(|report| report.draining),
                     voter_of: count(|shard| &shard.voters),
@@ -252,6 +267,7 @@ impl ClusterOps {
                 .cluster_id()
                 .or(self.settings.cluster_id)
                 .map(|id| id.to_string()),
+            leader_region: self.settings.leader_region.clone(),
             nodes,
             shards,
         }
@@ -286,6 +302,7 @@ impl ClusterOps {
                         .map_or("unregistered", |r| state_name(r.state))
                         .into(),
                     cluster_addr: record.and_then(|r| r.cluster_addr).map(|a| a.to_string()),
+                    locality: record.map(|r| r.locality.to_string()).unwrap_or_default(),
                     changed,
                 };
                 let status = if changed { created } else { StatusCode::OK };
@@ -313,7 +330,8 @@ fn refusal_status(refusal: &MetaRefusal) -> StatusCode {
         MetaRefusal::UnknownNode(_) => StatusCode::NOT_FOUND,
         MetaRefusal::InvalidNode
         | MetaRefusal::UndiallableAddress(_)
-        | MetaRefusal::InvalidSeed(_) => StatusCode::BAD_REQUEST,
+        | MetaRefusal::InvalidSeed(_)
+        | MetaRefusal::InvalidLocality(_) => StatusCode::BAD_REQUEST,
         MetaRefusal::NotSeeded => StatusCode::SERVICE_UNAVAILABLE,
         MetaRefusal::AlreadyRegistered { .. }
         | MetaRefusal::AddressInUse { .. }
@@ -355,7 +373,10 @@ async fn add_node(State(ops): State<Arc<ClusterOps>>, body: Bytes) -> Response {
         Err(e) => {
             return text(
                 StatusCode::BAD_REQUEST,
-                &format!("the body must be {{\"id\": N, \"cluster_addr\": \"IP:PORT\"}}: {e}"),
+                &format!(
+                    "the body must be {{\"id\": N, \"cluster_addr\": \"IP:PORT\"}} (and \
+                     optionally \"locality\": \"region=…,zone=…\"): {e}"
+                ),
             )
         }
     };
@@ -371,9 +392,22 @@ async fn add_node(State(ops): State<Arc<ClusterOps>>, body: Bytes) -> Response {
             )
         }
     };
-    let change = MetaChange::AddNode {
-        id: request.id,
-        cluster_addr,
+    let locality = match request.locality.as_deref().map(str::parse::<Locality>) {
+        None => Locality::default(),
+        Some(Ok(locality)) => locality,
+        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, &format!("locality: {e}")),
+    };
+    let change = if locality.is_empty() {
+        MetaChange::AddNode {
+            id: request.id,
+            cluster_addr,
+        }
+    } else {
+        MetaChange::AddNodeWithLocality {
+            id: request.id,
+            cluster_addr,
+            locality,
+        }
     };
     ops.change_registry(change, request.id, StatusCode::CREATED)
         .await

@@ -13,8 +13,10 @@
 //!   configuration change.
 //! - **The placement driver** ([`driver`], the core in [`placement`]): on the node leading
 //!   shard 0 only, one membership step per [`PLACEMENT_STEP`] at most, each awaited before the
-//!   next: learners on every Active node, `replication_factor` voters per shard spread
-//!   evenly, nothing on Decommissioning nodes, which it marks Decommissioned once empty. Steps
+//!   next: learners on every Active node, `replication_factor` voters per shard spread over
+//!   the nodes' localities (regions, then zones; issue 9) and evenly over nodes, nothing on
+//!   Decommissioning nodes, which it marks Decommissioned once empty, and leaderships moved to
+//!   `cluster.leader_region` and balanced while their shards are quiet. Steps
 //!   are asked of each shard's leader (only a leader changes its shard's members) over the
 //!   node-to-node RPCs of [`rpc`]. `mimid_placement_moves_total{outcome}` counts the steps,
 //!   `mimid_placement_pending` what is left.
@@ -38,6 +40,8 @@ mod cli;
 mod driver;
 mod http;
 mod placement;
+#[cfg(test)]
+mod placement_sim;
 mod rpc;
 
 pub use bootstrap::{Bootstrap, InitAnswer, Role, INIT_PATH};
@@ -54,7 +58,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use mimid_actors::cluster_meta::{ClusterId, ClusterMeta, NodeState};
+use mimid_actors::cluster_meta::{ClusterId, ClusterMeta, Locality, NodeState};
 use mimid_actors::hub::Hub;
 use mimid_actors::shard::ShardMachine;
 use mimid_cluster::{ClusterHandle, NodeId, ShardId};
@@ -93,6 +97,10 @@ pub struct OpsSettings {
     /// Register this node through a connected node until the registry names it (a node that
     /// joined with `cluster.join`, the automatic `mimid node add`).
     pub register: bool,
+    /// This node's `locality`, which it records in the registry (issue 9).
+    pub locality: Locality,
+    /// `cluster.leader_region`: the placement driver moves leaderships there.
+    pub leader_region: Option<String>,
 }
 
 impl OpsSettings {
@@ -109,6 +117,8 @@ impl OpsSettings {
             placement_step: PLACEMENT_STEP,
             cluster_id: None,
             register: false,
+            locality: config.locality(),
+            leader_region: cluster.leader_region.clone(),
         }
     }
 

@@ -4,42 +4,71 @@
 //! runs at most one step at a time and plans again from fresh reports.
 //!
 //! What placement wants, for every shard (ARCHITECTURE.md "Cluster"):
-//! - `target = min(R, Active nodes)` **voters**, all on Active nodes (R is the registry's
-//!   replication factor);
-//! - every other Active node a **learner**: the node serves every shard's reads and push
-//!   streams from its own replica (every node applies every shard), so a node without a
-//!   replica of a shard could not serve its clients' rooms there. Learners receive the log
-//!   without voting, so commits wait for R nodes however many there are;
-//! - nothing on Decommissioning or Decommissioned nodes, or on nodes the registry does not
-//!   name ("leaving" nodes);
-//! - voters spread evenly: no Active node holds two voters more than another.
+//! - the shard's **eligible** nodes: the Active nodes, and where the shard is constrained to a
+//!   set of regions (data residency, issue 9: [`View::residency`]) only those whose locality's
+//!   `region` is one of them. Nothing is ever added outside them, whatever else is missing;
+//! - `target = min(R, eligible nodes)` **voters**, all on eligible nodes (R is the registry's
+//!   replication factor). A constrained shard whose regions have no Active node keeps what it
+//!   has (its voters cannot be removed for nothing) and counts as pending;
+//! - every other eligible node a **learner**: the node serves every shard's reads and push
+//!   streams from its own replica (every node applies every shard it may hold), so a node
+//!   without a replica of a shard could not serve its clients' rooms there. Learners receive
+//!   the log without voting, so commits wait for R nodes however many there are;
+//! - nothing on Decommissioning or Decommissioned nodes, on nodes the registry does not name,
+//!   or outside a shard's regions ("leaving" members);
+//! - voters **spread over localities** (issue 9): a node's locality is ordered tiers
+//!   (`region=eu,zone=eu-1`); a voter set's [`Spread`] counts the distinct tier prefixes at
+//!   every depth (distinct regions, then distinct region+zone pairs, ...), compared
+//!   lexicographically, and placement makes it as large as the eligible nodes allow: voters
+//!   in as many regions as possible, then never two in one zone while a zone without one has
+//!   an eligible node. Nodes without a locality share one (empty) domain;
+//! - voters spread evenly over nodes as far as the spread allows: no move that keeps the
+//!   spread takes a voter from a node holding two more than another;
+//! - **leaders** in the preferred region (`cluster.leader_region`, [`View::leader_region`])
+//!   wherever a shard has a voter there, and spread evenly over the nodes that may lead: the
+//!   leadership counts are balanced as far as the shards' voters allow (no chain of transfers
+//!   would take a leadership from a node leading two more than another).
 //!
 //! The steps, most urgent first (one rule is tried on every shard before the next rule):
-//! 1. a shard with fewer than `target` voters on Active nodes promotes a caught-up learner
-//!    (on the Active node with the fewest voters);
-//! 2. a voter on a leaving node is removed once the shard has `target` Active voters, after
+//! 1. a shard with fewer than `target` eligible voters promotes a caught-up eligible learner
+//!    (the one that adds the most spread; then not draining; then the least loaded node);
+//! 2. a voter on a leaving node is removed once the shard has `target` eligible voters, after
 //!    its leadership is transferred if it leads;
-//! 3. an Active node that is no member of a shard is added as a learner (it catches up by
+//! 3. an eligible node that is no member of a shard is added as a learner (it catches up by
 //!    snapshot);
-//! 4. a shard with more than `target` Active voters removes one, the most loaded (a new
-//!    cluster of more than R nodes starts with every node a voter; rebalancing promotes
-//!    before it demotes); rule 3 then adds the node back as a learner;
+//! 4. a shard with more than `target` eligible voters removes one: the one whose removal
+//!    leaves the most spread, then the most loaded (a new cluster of more than R nodes starts
+//!    with every node a voter; the other rules promote before this one demotes); rule 3 then
+//!    adds the node back as a learner;
 //! 5. a learner on a leaving node is removed;
-//! 6. once every shard is as wanted, the most loaded node hands one voter to the least
-//!    loaded while they differ by more than one: the least loaded node's learner is
-//!    promoted in a shard the most loaded node votes in, and rule 4 removes a most loaded
-//!    voter;
-//! 7. a Decommissioning node that is no member of any shard is marked Decommissioned.
+//! 6. a shard whose voters could be spread wider by swapping one voter for one of its learners
+//!    promotes that learner; rule 4 then removes the voter the swap replaces;
+//! 7. once every shard is as rules 1 to 5 want it, a node holding two voters more than another
+//!    hands one over: the less loaded node's learner is promoted in a shard the other votes in
+//!    where the swap keeps the spread, and rule 4 removes a voter at least as loaded;
+//! 8. a Decommissioning node that is no member of any shard is marked Decommissioned;
+//! 9. once nothing else is left, leaderships move, one transfer at a time: to the preferred
+//!    region where a shard has a voter there, then from nodes leading more to nodes leading
+//!    fewer (along the shortest chain of shards whose voters could lead, the last transfer of
+//!    the chain first). Only leaderships of shards that are not [`View::busy`] move: a
+//!    transfer costs the requests in flight on the old leader a 503, so balance waits for a
+//!    quiet moment of each shard.
 //!
 //! A step needs a caught-up target (its matched index within [`CATCH_UP_SLACK`] entries of the
 //! leader's commit) to promote it or to make it the leader, and a removed node that is up is
 //! removed only once it is caught up too, so that it hears of its removal (the cluster crate's
 //! `membership` docs). Nodes that do not answer are never made learners, voters or leaders.
 //! Shards whose leader did not report are left alone this round.
+//!
+//! Every rule moves a measure the others do not undo (rules 1 to 5 the shape of each shard,
+//! rule 6 a shard's spread, rule 7 the sum of squared voter counts at an equal spread, rule 9
+//! the sum of squared leadership counts or, at an equal sum, the length of the chain), so
+//! placement reaches a fixpoint after each change of the cluster; the seeded simulation in
+//! `placement_sim.rs` checks that, and the goals above at every fixpoint.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use mimid_actors::cluster_meta::NodeState;
+use mimid_actors::cluster_meta::{Locality, NodeState};
 use mimid_cluster::{NodeId, ShardId};
 
 /// A member whose matched index is at most this many entries behind the leader's commit is
@@ -51,6 +80,8 @@ pub(crate) const CATCH_UP_SLACK: u64 = 64;
 pub(crate) struct View {
     /// The registry.
     pub nodes: BTreeMap<NodeId, NodeState>,
+    /// The registry's localities (nodes absent: none).
+    pub localities: BTreeMap<NodeId, Locality>,
     /// The registry's replication factor.
     pub replication_factor: usize,
     /// Number of shards.
@@ -61,6 +92,15 @@ pub(crate) struct View {
     pub live: BTreeSet<NodeId>,
     /// Nodes that said they drain.
     pub draining: BTreeSet<NodeId>,
+    /// Shards whose replicas must stay in these regions (data residency); shards absent are
+    /// unconstrained.
+    pub residency: BTreeMap<ShardId, BTreeSet<String>>,
+    /// The region leaders should be in (`cluster.leader_region`).
+    pub leader_region: Option<String>,
+    /// Shards written to lately (the shell's judgement): rule 9 moves none of their
+    /// leaderships, since a transfer answers the requests in flight on the old leader 503
+    /// ("may have taken effect"). Removals (rules 2 and 4) transfer regardless.
+    pub busy: BTreeSet<ShardId>,
 }
 
 /// One shard as its leader sees it.
@@ -107,11 +147,19 @@ pub(crate) struct Plan {
     /// The step to take now; `None` when placement is as wanted or every step waits (a learner
     /// catching up, a leader not reporting).
     pub next: Option<Step>,
-    /// Replicas not where placement wants them (`mimid_placement_pending`): missing learners,
-    /// members on leaving nodes, voters missing or in excess, voters above the even share, and
-    /// emptied Decommissioning nodes not yet marked.
+    /// What is not yet as placement wants it (`mimid_placement_pending`): missing learners,
+    /// members on leaving nodes, voters missing or in excess, shards whose voters could spread
+    /// wider, voters above the even share while a move is left or other work is pending,
+    /// emptied Decommissioning nodes not yet marked, leaderships outside the preferred region
+    /// that could move there, and one more while a balancing transfer is left.
     pub pending: u64,
 }
+
+/// How widely a set of nodes spreads over localities: for each tier depth from 1 to the
+/// deepest locality in the view, the number of distinct tier prefixes of that depth among the
+/// nodes (distinct regions, then distinct region+zone pairs, ...). Compared lexicographically:
+/// more regions first, then more zones.
+pub(crate) type Spread = Vec<usize>;
 
 /// Voters per Active node over the reported shards (Active nodes without any: 0).
 type Loads = BTreeMap<NodeId, usize>;
@@ -122,13 +170,16 @@ type Rule = fn(&View, &ShardView, &Loads) -> Option<Step>;
 /// The next step towards the placement the module docs describe.
 pub(crate) fn plan(view: &View) -> Plan {
     let loads = view.loads();
-    let rules: [Rule; 5] = [
+    let rules: [Rule; 6] = [
         promote_for_missing_voter,
         move_off_leaving_voter,
         add_missing_learner,
         remove_excess_voter,
         remove_leaving_learner,
+        widen_spread,
     ];
+    let settled = view.settled();
+    let rebalanced = settled.then(|| rebalance(view, &loads)).flatten();
     let next = rules
         .iter()
         .find_map(|rule| {
@@ -136,12 +187,19 @@ pub(crate) fn plan(view: &View) -> Plan {
                 .values()
                 .find_map(|shard| rule(view, shard, &loads))
         })
-        .or_else(|| view.settled().then(|| rebalance(view, &loads)).flatten())
-        .or_else(|| mark_decommissioned(view));
-    Plan {
-        next,
-        pending: view.pending(&loads),
+        .or(rebalanced)
+        .or_else(|| mark_decommissioned(view))
+        .or_else(|| settled.then(|| move_leadership(view)).flatten());
+    let mut pending = view.pending();
+    if rebalanced.is_some() {
+        pending += view.above_share(&loads).max(1);
+    } else if !settled {
+        pending += view.above_share(&loads);
     }
+    if settled && rebalanced.is_none() && balance_leaders(view).is_some() {
+        pending += 1;
+    }
+    Plan { next, pending }
 }
 
 impl View {
@@ -160,9 +218,56 @@ impl View {
             .map(|(id, _)| *id)
     }
 
-    /// Voters a shard should have on Active nodes.
-    fn target(&self) -> usize {
-        self.replication_factor.min(self.active().count())
+    fn region(&self, node: NodeId) -> Option<&str> {
+        self.localities.get(&node).and_then(Locality::region)
+    }
+
+    /// Whether `node` may hold a replica of `shard`: Active, and in one of the shard's regions
+    /// when it has any.
+    fn eligible(&self, shard: ShardId, node: NodeId) -> bool {
+        self.is_active(node)
+            && self.residency.get(&shard).is_none_or(|regions| {
+                self.region(node)
+                    .is_some_and(|region| regions.contains(region))
+            })
+    }
+
+    fn eligible_nodes(&self, shard: ShardId) -> impl Iterator<Item = NodeId> + '_ {
+        self.active()
+            .filter(move |&node| self.eligible(shard, node))
+    }
+
+    /// Voters `shard` should have on eligible nodes.
+    fn target(&self, shard: ShardId) -> usize {
+        self.replication_factor
+            .min(self.eligible_nodes(shard).count())
+    }
+
+    /// The deepest locality's number of tiers.
+    fn depth(&self) -> usize {
+        self.localities
+            .values()
+            .map(|locality| locality.tiers().len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The [`Spread`] of `nodes`.
+    pub(crate) fn spread(&self, nodes: impl IntoIterator<Item = NodeId>) -> Spread {
+        let nodes: Vec<NodeId> = nodes.into_iter().collect();
+        let none: &[(String, String)] = &[];
+        (1..=self.depth())
+            .map(|depth| {
+                nodes
+                    .iter()
+                    .map(|node| {
+                        let tiers = self.localities.get(node).map_or(none, |l| l.tiers());
+                        &tiers[..depth.min(tiers.len())]
+                    })
+                    .collect::<BTreeSet<_>>()
+                    .len()
+            })
+            .collect()
     }
 
     fn loads(&self) -> Loads {
@@ -184,32 +289,41 @@ impl View {
             .count()
     }
 
+    /// Whether rules 1 to 5 want nothing of `shard` (a constrained shard without an eligible
+    /// node counts as shaped: nothing can be done for it).
+    fn shaped(&self, shard: &ShardView) -> bool {
+        let target = self.target(shard.shard);
+        target == 0
+            || (shard.members().all(|node| self.eligible(shard.shard, node))
+                && shard.voters.len() == target
+                && self
+                    .eligible_nodes(shard.shard)
+                    .filter(|&node| self.is_live(node))
+                    .all(|node| shard.is_member(node)))
+    }
+
     /// Every shard reported and is as rules 1 to 5 want it.
     fn settled(&self) -> bool {
         let all_reported = (0..self.shard_count).all(|shard| self.shards.contains_key(&shard));
-        all_reported
-            && self.shards.values().all(|shard| {
-                shard.members().all(|node| self.is_active(node))
-                    && shard.voters.len() == self.target()
-                    && self
-                        .active()
-                        .filter(|&node| self.is_live(node))
-                        .all(|node| shard.is_member(node))
-            })
+        all_reported && self.shards.values().all(|shard| self.shaped(shard))
     }
 
-    /// The voter of `shard` other than `leaving` to hand its leadership to: live, Active, not
-    /// draining, caught up if one is; the most advanced, then the one leading fewest shards.
+    /// The voter of `shard` other than `leaving` to hand its leadership to: live, eligible,
+    /// not draining, caught up if one is; in the preferred region if one is; the most
+    /// advanced, then the one leading fewest shards.
     fn transfer_target(&self, shard: &ShardView, leaving: NodeId) -> Option<NodeId> {
         shard
             .voters
             .iter()
             .copied()
-            .filter(|&node| node != leaving && self.is_active(node) && self.is_live(node))
+            .filter(|&node| {
+                node != leaving && self.eligible(shard.shard, node) && self.is_live(node)
+            })
             .min_by_key(|&node| {
                 (
                     self.draining.contains(&node),
                     !shard.is_caught_up(node),
+                    !self.preferred(node),
                     std::cmp::Reverse(shard.matched(node)),
                     self.leaderships(node),
                     node,
@@ -217,22 +331,48 @@ impl View {
             })
     }
 
-    /// The learner of `shard` to promote: Active, live and caught up; the least loaded,
-    /// preferring nodes that do not drain.
+    /// Whether `node` is in the preferred leader region (every node is when there is none).
+    fn preferred(&self, node: NodeId) -> bool {
+        self.leader_region
+            .as_deref()
+            .is_none_or(|region| self.region(node) == Some(region))
+    }
+
+    /// The learner of `shard` to promote: eligible, live and caught up; the one adding the
+    /// most spread, then one that does not drain, then the least loaded.
     fn promotion_target(&self, shard: &ShardView, loads: &Loads) -> Option<NodeId> {
+        let voters: Vec<NodeId> = shard.eligible_voters(self).collect();
         shard
             .learners
             .iter()
             .copied()
-            .filter(|&node| self.is_active(node) && self.is_live(node))
+            .filter(|&node| self.eligible(shard.shard, node) && self.is_live(node))
             .filter(|&node| shard.is_caught_up(node))
             .min_by_key(|&node| {
                 (
+                    std::cmp::Reverse(self.spread(voters.iter().copied().chain([node]))),
                     self.draining.contains(&node),
                     loads.get(&node).copied().unwrap_or(0),
                     node,
                 )
             })
+    }
+
+    /// Of `voters` (one more than the target), the one to remove: the one whose removal leaves
+    /// the most spread, then the most loaded, then one that does not lead, then the highest id.
+    fn excess_victim(&self, shard: &ShardView, voters: &[NodeId], loads: &Loads) -> NodeId {
+        *voters
+            .iter()
+            .max_by_key(|&&node| {
+                let rest = voters.iter().copied().filter(|&other| other != node);
+                (
+                    self.spread(rest),
+                    loads.get(&node).copied().unwrap_or(0),
+                    node != shard.leader,
+                    node,
+                )
+            })
+            .expect("a shard in excess has voters")
     }
 
     /// `Remove(node)` once it can hear of it (caught up, or not answering anyway).
@@ -243,28 +383,75 @@ impl View {
         })
     }
 
-    fn pending(&self, loads: &Loads) -> u64 {
-        let target = self.target();
+    /// The best spread `shard`'s voters reach by swapping one of them for one of the eligible
+    /// nodes in `candidates`, with the candidate that reaches it; `None` when no swap widens it.
+    fn widening(
+        &self,
+        shard: &ShardView,
+        candidates: impl Iterator<Item = NodeId>,
+    ) -> Option<(Spread, NodeId)> {
+        let current = self.spread(shard.voters.iter().copied());
+        candidates
+            .filter(|&node| !shard.voters.contains(&node))
+            .filter_map(|node| {
+                let best = shard
+                    .voters
+                    .iter()
+                    .map(|&out| {
+                        let rest = shard.voters.iter().copied().filter(|&v| v != out);
+                        self.spread(rest.chain([node]))
+                    })
+                    .max()?;
+                (best > current).then_some((best, node))
+            })
+            .max_by(|(a, _), (b, _)| a.cmp(b))
+    }
+
+    fn pending(&self) -> u64 {
         let mut pending = 0;
         for shard in self.shards.values() {
-            let active_voters = shard.active_voters(self).count();
-            let missing = self.active().filter(|&node| !shard.is_member(node)).count();
+            let target = self.target(shard.shard);
+            let eligible_voters = shard.eligible_voters(self).count();
+            let missing = self
+                .eligible_nodes(shard.shard)
+                .filter(|&node| !shard.is_member(node))
+                .count();
             let leaving = shard
                 .members()
-                .filter(|&node| !self.is_active(node))
+                .filter(|&node| !self.eligible(shard.shard, node))
                 .count();
-            pending += missing + leaving + active_voters.abs_diff(target);
-        }
-        let total: usize = loads.values().sum();
-        if !loads.is_empty() {
-            let share = total.div_ceil(loads.len());
-            pending += loads
-                .values()
-                .map(|&load| load.saturating_sub(share))
-                .sum::<usize>();
+            pending += missing + leaving + eligible_voters.abs_diff(target);
+            let shaped = shard.voters.len() == target
+                && shard.voters.iter().all(|&v| self.eligible(shard.shard, v));
+            if shaped
+                && self
+                    .widening(shard, self.eligible_nodes(shard.shard))
+                    .is_some()
+            {
+                pending += 1;
+            }
+            let movable_to_preferred = self.leader_candidates(shard).is_some_and(|candidates| {
+                !self.preferred(shard.leader) && candidates.iter().any(|&n| self.preferred(n))
+            });
+            if movable_to_preferred {
+                pending += 1;
+            }
         }
         pending += self.emptied_decommissioning().count();
         pending as u64
+    }
+
+    /// Voters above the even share, summed over nodes.
+    fn above_share(&self, loads: &Loads) -> u64 {
+        if loads.is_empty() {
+            return 0;
+        }
+        let total: usize = loads.values().sum();
+        let share = total.div_ceil(loads.len());
+        loads
+            .values()
+            .map(|&load| load.saturating_sub(share) as u64)
+            .sum()
     }
 
     /// Decommissioning nodes that no reported shard has as a member, once every shard
@@ -276,6 +463,33 @@ impl View {
             .filter(move |(_, state)| all_reported && **state == NodeState::Decommissioning)
             .map(|(id, _)| *id)
             .filter(|&node| self.shards.values().all(|shard| !shard.is_member(node)))
+    }
+
+    /// The voters that may lead `shard`: eligible, live, not draining, caught up; only those
+    /// in the preferred region when one of them is. `None` when no voter may.
+    fn leader_candidates(&self, shard: &ShardView) -> Option<BTreeSet<NodeId>> {
+        let able: BTreeSet<NodeId> = shard
+            .voters
+            .iter()
+            .copied()
+            .filter(|&node| {
+                self.eligible(shard.shard, node)
+                    && self.is_live(node)
+                    && !self.draining.contains(&node)
+                    && (node == shard.leader || shard.is_caught_up(node))
+            })
+            .collect();
+        let preferred: BTreeSet<NodeId> = able
+            .iter()
+            .copied()
+            .filter(|&node| self.preferred(node))
+            .collect();
+        let candidates = if preferred.is_empty() {
+            able
+        } else {
+            preferred
+        };
+        (!candidates.is_empty()).then_some(candidates)
     }
 }
 
@@ -298,17 +512,17 @@ impl ShardView {
             .is_some_and(|&matched| matched.saturating_add(CATCH_UP_SLACK) >= self.commit)
     }
 
-    fn active_voters<'a>(&'a self, view: &'a View) -> impl Iterator<Item = NodeId> + 'a {
+    fn eligible_voters<'a>(&'a self, view: &'a View) -> impl Iterator<Item = NodeId> + 'a {
         self.voters
             .iter()
             .copied()
-            .filter(|&node| view.is_active(node))
+            .filter(|&node| view.eligible(self.shard, node))
     }
 }
 
 /// Rule 1.
 fn promote_for_missing_voter(view: &View, shard: &ShardView, loads: &Loads) -> Option<Step> {
-    if shard.active_voters(view).count() >= view.target() {
+    if shard.eligible_voters(view).count() >= view.target(shard.shard) {
         return None;
     }
     let node = view.promotion_target(shard, loads)?;
@@ -324,9 +538,11 @@ fn move_off_leaving_voter(view: &View, shard: &ShardView, _: &Loads) -> Option<S
         .voters
         .iter()
         .copied()
-        .find(|&node| !view.is_active(node))?;
-    if shard.active_voters(view).count() < view.target() {
-        // Rule 1 promotes a replacement first (or waits for one to catch up).
+        .find(|&node| !view.eligible(shard.shard, node))?;
+    let target = view.target(shard.shard);
+    if target == 0 || shard.eligible_voters(view).count() < target {
+        // Rule 1 promotes a replacement first (or waits for one to catch up); with nowhere to
+        // go, the voter stays.
         return None;
     }
     if leaving == shard.leader {
@@ -343,7 +559,7 @@ fn move_off_leaving_voter(view: &View, shard: &ShardView, _: &Loads) -> Option<S
 /// Rule 3.
 fn add_missing_learner(view: &View, shard: &ShardView, _: &Loads) -> Option<Step> {
     let node = view
-        .active()
+        .eligible_nodes(shard.shard)
         .find(|&node| view.is_live(node) && !shard.is_member(node))?;
     Some(Step::AddLearner {
         shard: shard.shard,
@@ -353,20 +569,17 @@ fn add_missing_learner(view: &View, shard: &ShardView, _: &Loads) -> Option<Step
 
 /// Rule 4.
 fn remove_excess_voter(view: &View, shard: &ShardView, loads: &Loads) -> Option<Step> {
-    if shard.voters.iter().any(|&node| !view.is_active(node)) {
+    if shard
+        .voters
+        .iter()
+        .any(|&node| !view.eligible(shard.shard, node))
+    {
         return None;
     }
-    if shard.voters.len() <= view.target() {
+    if shard.voters.len() <= view.target(shard.shard) {
         return None;
     }
-    // The most loaded voter; on a tie one that does not lead, then the highest id.
-    let node = shard.voters.iter().copied().max_by_key(|&node| {
-        (
-            loads.get(&node).copied().unwrap_or(0),
-            node != shard.leader,
-            node,
-        )
-    })?;
+    let node = view.excess_victim(shard, &shard.voters, loads);
     if node == shard.leader {
         let to = view.transfer_target(shard, node)?;
         return Some(Step::TransferLeader {
@@ -384,39 +597,198 @@ fn remove_leaving_learner(view: &View, shard: &ShardView, _: &Loads) -> Option<S
         .learners
         .iter()
         .copied()
-        .find(|&node| !view.is_active(node))?;
+        .find(|&node| !view.eligible(shard.shard, node))?;
     Some(Step::Remove {
         shard: shard.shard,
         node,
     })
 }
 
-/// Rule 6: promote the least loaded node's learner where the most loaded node votes.
-fn rebalance(view: &View, loads: &Loads) -> Option<Step> {
-    let (&most, &most_load) = loads.iter().max_by_key(|(node, load)| (**load, **node))?;
-    let (&least, &least_load) = loads
-        .iter()
-        .filter(|(node, _)| view.is_live(**node) && !view.draining.contains(*node))
-        .min_by_key(|(node, load)| (**load, **node))?;
-    if most_load <= least_load + 1 {
+/// Rule 6: promote the learner that lets a swap widen the voters' spread the most (then the
+/// least loaded one).
+fn widen_spread(view: &View, shard: &ShardView, loads: &Loads) -> Option<Step> {
+    if shard.voters.len() != view.target(shard.shard)
+        || shard
+            .voters
+            .iter()
+            .any(|&node| !view.eligible(shard.shard, node))
+    {
         return None;
     }
-    view.shards
-        .values()
-        .filter(|shard| shard.voters.contains(&most) && shard.learners.contains(&least))
-        .filter(|shard| shard.is_caught_up(least))
-        // Where the most loaded node does not lead, no transfer is needed afterwards.
-        .min_by_key(|shard| (shard.leader == most, shard.shard))
-        .map(|shard| Step::Promote {
-            shard: shard.shard,
-            node: least,
+    let candidates = shard.learners.iter().copied().filter(|&node| {
+        view.eligible(shard.shard, node) && view.is_live(node) && shard.is_caught_up(node)
+    });
+    let (best, _) = view.widening(shard, candidates.clone())?;
+    let node = candidates
+        .filter(|&node| {
+            view.widening(shard, std::iter::once(node))
+                .is_some_and(|(spread, _)| spread == best)
         })
+        .min_by_key(|&node| {
+            (
+                view.draining.contains(&node),
+                loads.get(&node).copied().unwrap_or(0),
+                node,
+            )
+        })?;
+    Some(Step::Promote {
+        shard: shard.shard,
+        node,
+    })
 }
 
-/// Rule 7.
+/// Rule 7: promote a less loaded node's learner where a node holding two voters more votes,
+/// if the swap keeps the shard's spread and rule 4 will then remove a voter that loaded.
+fn rebalance(view: &View, loads: &Loads) -> Option<Step> {
+    let mut by_load: Vec<(NodeId, usize)> = loads.iter().map(|(&n, &l)| (n, l)).collect();
+    by_load.sort_by_key(|&(node, load)| (load, node));
+    let receivers: Vec<(NodeId, usize)> = by_load
+        .iter()
+        .copied()
+        .filter(|&(node, _)| view.is_live(node) && !view.draining.contains(&node))
+        .collect();
+    for &(from, from_load) in by_load.iter().rev() {
+        for &(to, to_load) in &receivers {
+            if from_load < to_load + 2 {
+                break;
+            }
+            let step = view
+                .shards
+                .values()
+                .filter(|shard| shard.voters.contains(&from) && shard.learners.contains(&to))
+                .filter(|shard| view.eligible(shard.shard, to) && shard.is_caught_up(to))
+                .filter(|shard| {
+                    let before = view.spread(shard.voters.iter().copied());
+                    let rest = shard.voters.iter().copied().filter(|&v| v != from);
+                    if view.spread(rest.chain([to])) < before {
+                        return false;
+                    }
+                    let mut grown = shard.voters.clone();
+                    grown.push(to);
+                    let mut after = loads.clone();
+                    *after.entry(to).or_default() += 1;
+                    let victim = view.excess_victim(shard, &grown, &after);
+                    victim != to && loads.get(&victim).copied().unwrap_or(0) >= to_load + 2
+                })
+                // Where the loaded node does not lead, no transfer is needed afterwards.
+                .min_by_key(|shard| (shard.leader == from, shard.shard))
+                .map(|shard| Step::Promote {
+                    shard: shard.shard,
+                    node: to,
+                });
+            if step.is_some() {
+                return step;
+            }
+        }
+    }
+    None
+}
+
+/// Rule 8.
 fn mark_decommissioned(view: &View) -> Option<Step> {
     let node = view.emptied_decommissioning().next()?;
     Some(Step::MarkDecommissioned { node })
+}
+
+/// Rule 9: a leadership to the preferred region, else the next transfer that balances
+/// leaderships.
+fn move_leadership(view: &View) -> Option<Step> {
+    let preferred = view.shards.values().find_map(|shard| {
+        if view.busy.contains(&shard.shard) {
+            return None;
+        }
+        let candidates = view.leader_candidates(shard)?;
+        if candidates.contains(&shard.leader) || view.preferred(shard.leader) {
+            return None;
+        }
+        let to = candidates
+            .iter()
+            .copied()
+            .filter(|&node| view.preferred(node))
+            .min_by_key(|&node| (view.leaderships(node), node))?;
+        Some(Step::TransferLeader {
+            shard: shard.shard,
+            from: shard.leader,
+            to,
+        })
+    });
+    preferred.or_else(|| balance_leaders(view))
+}
+
+/// The next transfer that balances leaderships (module docs, rule 9): of every pair of nodes
+/// `x`, `y` where `y` leads at least two shards fewer than `x` and a chain of transfers leads
+/// from `x` to `y` (each link a shard led by one node that the next may lead), the shortest
+/// chain, and its last link.
+fn balance_leaders(view: &View) -> Option<Step> {
+    let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
+    // Links: node -> (shard it leads, node that may lead it instead).
+    let mut links: BTreeMap<NodeId, Vec<(ShardId, NodeId)>> = BTreeMap::new();
+    for shard in view.shards.values() {
+        *counts.entry(shard.leader).or_default() += 1;
+        let Some(candidates) = view.leader_candidates(shard) else {
+            continue;
+        };
+        if view.busy.contains(&shard.shard) {
+            // Its leadership stays for now, but its voters may still take others.
+            for &node in &candidates {
+                counts.entry(node).or_default();
+            }
+            continue;
+        }
+        if !candidates.contains(&shard.leader) {
+            // Rule 2, the drain or the preference moves it; it is no link of a chain.
+            continue;
+        }
+        for &to in &candidates {
+            counts.entry(to).or_default();
+            if to != shard.leader {
+                links
+                    .entry(shard.leader)
+                    .or_default()
+                    .push((shard.shard, to));
+            }
+        }
+    }
+    let mut best: Option<(usize, Step)> = None;
+    for (&start, &start_count) in &counts {
+        if start_count < 2 {
+            continue;
+        }
+        // Breadth first from `start`; the first node found leading two fewer ends the chain.
+        let mut reached: BTreeMap<NodeId, (NodeId, ShardId)> = BTreeMap::new();
+        let mut queue = VecDeque::from([(start, 0usize)]);
+        let mut found = None;
+        'search: while let Some((node, hops)) = queue.pop_front() {
+            for &(shard, next) in links.get(&node).map_or(&[][..], Vec::as_slice) {
+                if next == start || reached.contains_key(&next) {
+                    continue;
+                }
+                reached.insert(next, (node, shard));
+                if counts[&next] + 2 <= start_count {
+                    found = Some((next, hops + 1));
+                    break 'search;
+                }
+                queue.push_back((next, hops + 1));
+            }
+        }
+        let Some((end, length)) = found else {
+            continue;
+        };
+        if best
+            .as_ref()
+            .is_some_and(|(shortest, _)| *shortest <= length)
+        {
+            continue;
+        }
+        let (from, shard) = reached[&end];
+        let step = Step::TransferLeader {
+            shard,
+            from,
+            to: end,
+        };
+        best = Some((length, step));
+    }
+    best.map(|(_, step)| step)
 }
 
 #[cfg(test)]
@@ -459,7 +831,7 @@ mod tests {
             shard_count: shards.len() as u64,
             shards,
             live: nodes.iter().map(|(id, _)| *id).collect(),
-            draining: BTreeSet::new(),
+            ..View::default()
         }
     }
 
@@ -514,7 +886,7 @@ mod tests {
             apply(view, step);
             for shard in view.shards.values() {
                 assert!(
-                    shard.voters.len() >= view.target(),
+                    shard.voters.len() >= view.target(shard.shard),
                     "shard {} fell to {:?} after {step:?}",
                     shard.shard,
                     shard.voters
@@ -531,7 +903,10 @@ mod tests {
 
     #[test]
     fn three_nodes_with_r3_need_nothing() {
-        let mut v = view(&active(&[1, 2, 3]), 3, &[(1, &[1, 2, 3][..], &[][..]); 4]);
+        let shards: Vec<(NodeId, &[NodeId], &[NodeId])> = (0..4)
+            .map(|shard| ((shard % 3 + 1) as NodeId, &[1, 2, 3][..], &[][..]))
+            .collect();
+        let mut v = view(&active(&[1, 2, 3]), 3, &shards);
         assert_eq!(
             plan(&v),
             Plan {
@@ -668,5 +1043,289 @@ mod tests {
                 to: 3
             })
         );
+    }
+
+    fn located(view: &mut View, localities: &[(NodeId, &str)]) {
+        for &(node, text) in localities {
+            view.localities
+                .insert(node, text.parse().expect("a valid locality"));
+        }
+    }
+
+    fn zone_of(view: &View, node: NodeId) -> String {
+        view.localities[&node].zone().unwrap_or_default().to_owned()
+    }
+
+    fn leaders_per_node(view: &View) -> BTreeMap<NodeId, usize> {
+        let mut counts = BTreeMap::new();
+        for shard in view.shards.values() {
+            *counts.entry(shard.leader).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Issue 9: six nodes in three zones, every shard starting with its three voters in one
+    /// zone; placement ends with one voter per zone in every shard, voters even over nodes.
+    #[test]
+    fn voters_spread_over_zones() {
+        let all: &[NodeId] = &[1, 2, 3, 4, 5, 6];
+        let mut v = view(&active(all), 3, &[(1, &[1, 2, 3][..], &[4, 5, 6][..]); 6]);
+        located(
+            &mut v,
+            &[
+                (1, "region=eu,zone=a"),
+                (2, "region=eu,zone=a"),
+                (3, "region=eu,zone=a"),
+                (4, "region=eu,zone=b"),
+                (5, "region=eu,zone=b"),
+                (6, "region=eu,zone=c"),
+            ],
+        );
+        let first = plan(&v);
+        assert!(first.pending >= 6, "six shards spread too narrowly");
+        assert!(
+            matches!(first.next, Some(Step::Promote { node: 4 | 6, .. })),
+            "{first:?}"
+        );
+        settle(&mut v);
+        for shard in v.shards.values() {
+            assert_eq!(shard.members().count(), 6, "every node holds every shard");
+            let zones: BTreeSet<String> = shard.voters.iter().map(|&n| zone_of(&v, n)).collect();
+            assert_eq!(zones.len(), 3, "shard {} votes in {zones:?}", shard.shard);
+        }
+        // Zone c has one node: it votes everywhere; the others share the rest evenly.
+        let loads = voters_per_node(&v);
+        // Zone c has one node: it votes everywhere; zone a's three nodes share six voters, zone
+        // b's two nodes six more.
+        assert_eq!(
+            loads,
+            BTreeMap::from([(1, 2), (2, 2), (3, 2), (4, 3), (5, 3), (6, 6)])
+        );
+        assert_eq!(plan(&v).pending, 0);
+    }
+
+    /// Issue 9: with two regions, a shard keeps voters in both, then in distinct zones; a
+    /// third voter joins the region with more zones only once both regions have one.
+    #[test]
+    fn voters_spread_over_regions_before_zones() {
+        let all: &[NodeId] = &[1, 2, 3, 4, 5];
+        let mut v = view(&active(all), 3, &[(1, &[1, 2, 3][..], &[4, 5][..]); 3]);
+        located(
+            &mut v,
+            &[
+                (1, "region=eu,zone=eu-1"),
+                (2, "region=eu,zone=eu-2"),
+                (3, "region=eu,zone=eu-3"),
+                (4, "region=us,zone=us-1"),
+                (5, "region=us,zone=us-1"),
+            ],
+        );
+        settle(&mut v);
+        for shard in v.shards.values() {
+            assert_eq!(
+                v.spread(shard.voters.iter().copied()),
+                vec![2, 3],
+                "{shard:?}"
+            );
+        }
+        assert_eq!(plan(&v).pending, 0);
+    }
+
+    /// Issue 9: leaderships move to the preferred region where a shard has a voter there (to
+    /// that shard's voter there), and a shard without one (kept in us) keeps its leader.
+    #[test]
+    fn leaders_move_to_the_preferred_region() {
+        let all: &[NodeId] = &[1, 2, 3, 4];
+        let mut shards: Vec<(NodeId, &[NodeId], &[NodeId])> = (0..6)
+            .map(|shard| {
+                if shard % 2 == 0 {
+                    (3, &[1, 3][..], &[2, 4][..])
+                } else {
+                    (4, &[2, 4][..], &[1, 3][..])
+                }
+            })
+            .collect();
+        shards.push((4, &[3, 4], &[]));
+        let mut v = view(&active(all), 2, &shards);
+        located(
+            &mut v,
+            &[
+                (1, "region=eu,zone=eu-1"),
+                (2, "region=eu,zone=eu-2"),
+                (3, "region=us,zone=us-1"),
+                (4, "region=us,zone=us-2"),
+            ],
+        );
+        v.residency.insert(6, BTreeSet::from(["us".to_owned()]));
+        // Without a preference, the leaderships only balance: seven over four nodes.
+        assert_eq!(plan(&v).pending, 1, "a balancing transfer is left");
+        let steps = settle(&mut v);
+        assert!(
+            steps
+                .iter()
+                .all(|s| matches!(s, Step::TransferLeader { .. })),
+            "{steps:?}"
+        );
+        let mut counts: Vec<usize> = leaders_per_node(&v).into_values().collect();
+        counts.sort();
+        assert_eq!(counts, [1, 2, 2, 2]);
+        v.leader_region = Some("eu".into());
+        assert!(plan(&v).pending >= 2, "leaders outside eu could be there");
+        let steps = settle(&mut v);
+        assert!(
+            steps
+                .iter()
+                .all(|s| matches!(s, Step::TransferLeader { .. })),
+            "{steps:?}"
+        );
+        let counts = leaders_per_node(&v);
+        assert_eq!(
+            (counts.get(&1), counts.get(&2)),
+            (Some(&3), Some(&3)),
+            "{counts:?}"
+        );
+        assert_eq!(
+            v.shards[&6].leader, 4,
+            "shard 6 has no voter in eu: it stays"
+        );
+        assert_eq!(plan(&v).pending, 0);
+    }
+
+    /// Leaderships balance even when it takes a chain: node 1 leads four shards whose other
+    /// voters (2) lead two, and node 3 leads nothing but can take over only from node 2.
+    #[test]
+    fn leaders_balance_along_a_chain_of_transfers() {
+        let all: &[NodeId] = &[1, 2, 3];
+        let shards: Vec<(NodeId, &[NodeId], &[NodeId])> = vec![
+            (1, &[1, 2], &[3]),
+            (1, &[1, 2], &[3]),
+            (1, &[1, 2], &[3]),
+            (2, &[2, 3], &[1]),
+            (2, &[2, 3], &[1]),
+            (1, &[1, 2], &[3]),
+        ];
+        let mut v = view(&active(all), 2, &shards);
+        // Voters are as wanted already (four, four and two are not movable with R = 2
+        // within the spread): keep them and look at the leaders only.
+        let steps = settle(&mut v);
+        let transfers: Vec<&Step> = steps
+            .iter()
+            .filter(|s| matches!(s, Step::TransferLeader { .. }))
+            .collect();
+        assert!(!transfers.is_empty(), "{steps:?}");
+        let counts = leaders_per_node(&v);
+        let (max, min) = (
+            counts.values().max().copied().unwrap_or(0),
+            [1, 2, 3]
+                .iter()
+                .map(|n| counts.get(n).copied().unwrap_or(0))
+                .min()
+                .unwrap_or(0),
+        );
+        assert!(max - min <= 1, "{counts:?} after {steps:?}");
+    }
+
+    /// Issue 9 data residency: a shard kept in eu gets learners and voters on eu nodes only,
+    /// loses its members elsewhere once eu holds enough, and with no eu node left keeps what
+    /// it has (pending) rather than placing anything outside.
+    #[test]
+    fn a_constrained_shard_stays_in_its_regions() {
+        let all: &[NodeId] = &[1, 2, 3, 4, 5];
+        let mut v = view(
+            &active(all),
+            3,
+            &[
+                (1, &[1, 2, 3][..], &[4, 5][..]),
+                (1, &[1, 2, 3][..], &[4, 5][..]),
+            ],
+        );
+        located(
+            &mut v,
+            &[
+                (1, "region=us,zone=us-1"),
+                (2, "region=us,zone=us-2"),
+                (3, "region=eu,zone=eu-1"),
+                (4, "region=eu,zone=eu-2"),
+                (5, "region=eu,zone=eu-3"),
+            ],
+        );
+        v.residency.insert(1, BTreeSet::from(["eu".to_owned()]));
+        let steps = settle(&mut v);
+        let eu = |n: NodeId| [3, 4, 5].contains(&n);
+        for step in &steps {
+            if let Step::AddLearner { shard: 1, node } | Step::Promote { shard: 1, node } = *step {
+                assert!(eu(node), "{step:?}");
+            }
+        }
+        let pinned = &v.shards[&1];
+        assert_eq!(pinned.voters.iter().copied().filter(|&n| eu(n)).count(), 3);
+        assert!(pinned.members().all(eu), "{pinned:?}");
+        assert_eq!(
+            v.shards[&0].members().count(),
+            5,
+            "the other shard is everywhere"
+        );
+        assert_eq!(plan(&v).pending, 0);
+
+        // Every eu node decommissioning (the registry allows it: five nodes, R = 3): shard 1
+        // has nowhere to go and keeps its members; nothing is placed outside eu.
+        for node in [3, 4, 5] {
+            v.nodes.insert(node, NodeState::Decommissioning);
+        }
+        let steps = settle(&mut v);
+        assert!(
+            steps.iter().all(|step| !matches!(
+                step,
+                Step::AddLearner { shard: 1, .. }
+                    | Step::Promote { shard: 1, .. }
+                    | Step::Remove { shard: 1, .. }
+            )),
+            "{steps:?}"
+        );
+        assert!(v.shards[&1].members().all(eu));
+        assert!(
+            plan(&v).pending > 0,
+            "a shard with nowhere to go is pending"
+        );
+    }
+
+    /// Rule 9 leaves the leadership of a busy shard where it is (balance and preference
+    /// alike), and moves it once the shard is quiet.
+    #[test]
+    fn busy_shards_keep_their_leaders_until_quiet() {
+        let shards: Vec<(NodeId, &[NodeId], &[NodeId])> = vec![(1, &[1, 2, 3], &[]); 3];
+        let mut v = view(&active(&[1, 2, 3]), 3, &shards);
+        v.busy = BTreeSet::from([0, 1, 2]);
+        assert_eq!(plan(&v).next, None);
+        v.busy = BTreeSet::from([0, 1]);
+        assert_eq!(
+            plan(&v).next,
+            Some(Step::TransferLeader {
+                shard: 2,
+                from: 1,
+                to: 2
+            })
+        );
+        located(
+            &mut v,
+            &[
+                (1, "region=us,zone=a"),
+                (2, "region=eu,zone=b"),
+                (3, "region=us,zone=c"),
+            ],
+        );
+        v.leader_region = Some("eu".into());
+        v.busy = BTreeSet::from([0, 2]);
+        assert_eq!(
+            plan(&v).next,
+            Some(Step::TransferLeader {
+                shard: 1,
+                from: 1,
+                to: 2
+            })
+        );
+        v.busy.clear();
+        settle(&mut v);
+        assert!(v.shards.values().all(|shard| shard.leader == 2));
     }
 }

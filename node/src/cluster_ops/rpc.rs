@@ -11,7 +11,8 @@
 //! variant index, never `0xff`.
 //!
 //! ```text
-//! request (postcard):  OPS_MARKER | OpsRequest::{Status, ChangeMembers, TransferLeader, Register}
+//! request (postcard):  OPS_MARKER | OpsRequest::{Status, ChangeMembers, TransferLeader, Register,
+//!                                               RegisterWithLocality}
 //! answer  (postcard):  OpsAnswer::{Status, Changed, Transferred, Refused, Registered}
 //! ```
 //!
@@ -25,7 +26,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use mimid_actors::cluster_meta::{ClusterId, MetaChange, MetaRefusal, NodeState};
+use mimid_actors::cluster_meta::{ClusterId, Locality, MetaChange, MetaRefusal, NodeState};
 use mimid_actors::hub::Hub;
 use mimid_cluster::{
     MembershipChange, MembershipError, NodeId, ShardId, ShardStatus, TransferError,
@@ -61,6 +62,13 @@ pub(crate) enum OpsRequest {
     Register {
         cluster_id: ClusterId,
         cluster_addr: SocketAddr,
+    },
+    /// [`OpsRequest::Register`] with the sender's `locality` (issue 9), recorded with it.
+    /// Appended, so a node of the release before reads the other requests as before.
+    RegisterWithLocality {
+        cluster_id: ClusterId,
+        cluster_addr: SocketAddr,
+        locality: Locality,
     },
 }
 
@@ -245,12 +253,25 @@ impl ClusterOps {
             OpsRequest::Register {
                 cluster_id,
                 cluster_addr,
-            } => OpsAnswer::Registered(self.register(from, cluster_id, cluster_addr).await),
+            } => OpsAnswer::Registered(
+                self.register(from, cluster_id, cluster_addr, Locality::default())
+                    .await,
+            ),
+            OpsRequest::RegisterWithLocality {
+                cluster_id,
+                cluster_addr,
+                locality,
+            } => OpsAnswer::Registered(
+                self.register(from, cluster_id, cluster_addr, locality)
+                    .await,
+            ),
         }
     }
 
     /// Registers node `id` of cluster `cluster_id` at `addr` in the registry (through shard 0's
-    /// leader), or records its new address; `Ok(false)` when the registry said so already.
+    /// leader) with its `locality` (none: empty), or records its new address (a registered
+    /// node sets its locality itself: `driver.rs`); `Ok(false)` when the registry said so
+    /// already.
     ///
     /// Cancel safety: safe to drop; the change may still be applied.
     pub(crate) async fn register(
@@ -258,6 +279,7 @@ impl ClusterOps {
         id: NodeId,
         cluster_id: ClusterId,
         addr: SocketAddr,
+        locality: Locality,
     ) -> Result<bool, Refusal> {
         match self.settings.cluster_id {
             Some(own) if own == cluster_id => {}
@@ -284,11 +306,19 @@ impl ClusterOps {
                 }
             }
         };
-        let added = change(MetaChange::AddNode {
-            id,
-            cluster_addr: addr,
-        })
-        .await?;
+        let add = if locality.is_empty() {
+            MetaChange::AddNode {
+                id,
+                cluster_addr: addr,
+            }
+        } else {
+            MetaChange::AddNodeWithLocality {
+                id,
+                cluster_addr: addr,
+                locality,
+            }
+        };
+        let added = change(add).await?;
         match added {
             Ok(changed) => Ok(changed),
             Err(MetaRefusal::AlreadyRegistered {
@@ -420,6 +450,11 @@ mod tests {
             OpsRequest::Register {
                 cluster_id: ClusterId::from_bytes([7; 16]),
                 cluster_addr: "127.0.0.1:7004".parse().unwrap(),
+            },
+            OpsRequest::RegisterWithLocality {
+                cluster_id: ClusterId::from_bytes([7; 16]),
+                cluster_addr: "127.0.0.1:7004".parse().unwrap(),
+                locality: "region=eu,zone=eu-1".parse().unwrap(),
             },
         ] {
             let encoded = postcard::to_stdvec(&request).unwrap();
