@@ -98,6 +98,18 @@ pub enum MembershipChange {
     Remove(NodeId),
 }
 
+impl MembershipChange {
+    /// The rules [`ClusterHandle::change_members`] checks against the configuration, as a pure
+    /// function: this change checked against the applied configuration `conf` of a shard led
+    /// by `leader`, as the single-change `ConfChangeV2` to propose, or the rule that refuses it.
+    /// The leader checks its own state first (it leads, no change is pending, a promoted
+    /// learner is replicating), so `conf` is the configuration the change will apply to. Public
+    /// for the deterministic simulator (`tests/src/sim`), which drives raft-rs directly.
+    pub fn plan(self, conf: &ConfState, leader: NodeId) -> Result<ConfChangeV2, MembershipError> {
+        plan_change(conf, self, leader)
+    }
+}
+
 /// A shard's configuration: its voters and learners, each in ascending order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Membership {
