@@ -215,6 +215,16 @@ pub struct ClusterSettings {
     /// nothing; a smaller one drops the frames above it, i.e. the snapshots of shards whose
     /// state outgrew it, and a replica needing one never catches up. Default 512 MiB.
     pub max_frame_bytes: u64,
+    /// Interval of QUIC keep-alives on node-to-node connections, in milliseconds: a quiet
+    /// connection still carries a packet this often, so a peer that stopped answering is
+    /// noticed after `cluster.idle_timeout_ms`. Below `cluster.idle_timeout_ms`. Default 1000.
+    pub keep_alive_ms: u64,
+    /// Milliseconds without a packet from a peer node after which its connection counts as
+    /// lost: the transport reports the node unreachable, which wakes the hibernating shards it
+    /// led so they elect another leader, and reconnects (ARCHITECTURE.md "Cluster"). The
+    /// smaller value of the two ends applies. Above `cluster.keep_alive_ms`, at most 3600000.
+    /// Default 3000.
+    pub idle_timeout_ms: u64,
     /// TLS material of the node-to-node transport (`[cluster.tls]`), required when
     /// `cluster.listen` is set.
     pub tls: ClusterTlsSettings,
@@ -632,6 +642,8 @@ impl Default for ClusterSettings {
             join: Vec::new(),
             peer_queue_frames: 1024,
             max_frame_bytes: mimid_cluster::MAX_FRAME_BYTES as u64,
+            keep_alive_ms: crate::cluster_net::DEFAULT_KEEP_ALIVE_MS,
+            idle_timeout_ms: crate::cluster_net::DEFAULT_IDLE_TIMEOUT_MS,
             tls: ClusterTlsSettings::default(),
         }
     }
@@ -740,7 +752,8 @@ impl ClusterSettings {
     }
 
     /// The checks of the node-to-node transport keys (name, listen, peers, queue, frame size,
-    /// `[cluster.tls]`). `own` and `client_listen` are `node_id` and `listen`.
+    /// keep-alive and idle timeout, `[cluster.tls]`). `own` and `client_listen` are `node_id`
+    /// and `listen`.
     fn check_transport(
         &self,
         own: u64,
@@ -770,6 +783,17 @@ impl ClusterSettings {
                     "must be at least cluster.max_size_per_msg ({}), or a full Raft append \
                      message cannot be sent",
                     self.max_size_per_msg
+                ),
+            });
+        }
+        at_least_one(problems, "cluster.keep_alive_ms", self.keep_alive_ms);
+        if self.idle_timeout_ms <= self.keep_alive_ms || self.idle_timeout_ms > MAX_IDLE_TIMEOUT_MS
+        {
+            problems.push(ConfigProblem {
+                key: "cluster.idle_timeout_ms",
+                reason: format!(
+                    "must be above cluster.keep_alive_ms ({}) and at most {MAX_IDLE_TIMEOUT_MS}",
+                    self.keep_alive_ms
                 ),
             });
         }
@@ -1334,6 +1358,9 @@ fn merge_overrides(mut figment: Figment, overrides: &Overrides) -> Figment {
     figment
 }
 
+/// Upper bound of `cluster.idle_timeout_ms` (an hour).
+const MAX_IDLE_TIMEOUT_MS: u64 = 3_600_000;
+
 /// Upper bound of `federation.directory_ttl_secs`.
 const MAX_DIRECTORY_TTL_SECS: u64 = 86_400;
 
@@ -1849,6 +1876,35 @@ mod tests {
         assert!(cluster.voters.is_empty());
         assert_eq!(cluster.tls.files(), None);
         assert_eq!(cluster.peer_addresses(1), Ok(BTreeMap::new()));
+    }
+
+    /// Node-to-node keep-alives (1 s) and idle timeout (3 s) by default, so a crashed peer is
+    /// noticed within seconds; the keep-alive must be positive and below the bounded idle
+    /// timeout.
+    #[test]
+    fn keep_alive_and_idle_timeout_default_to_seconds_and_are_checked() {
+        let defaults = ClusterSettings::default();
+        assert_eq!(
+            (defaults.keep_alive_ms, defaults.idle_timeout_ms),
+            (1_000, 3_000)
+        );
+        let cases: [(u64, u64, &[&str]); 5] = [
+            (0, 3_000, &["cluster.keep_alive_ms"]),
+            (1_000, 1_000, &["cluster.idle_timeout_ms"]),
+            (2_000, 1_000, &["cluster.idle_timeout_ms"]),
+            (1_000, 3_600_001, &["cluster.idle_timeout_ms"]),
+            (250, 750, &[]),
+        ];
+        for (keep_alive_ms, idle_timeout_ms, expected) in cases {
+            let mut config = Config::default();
+            config.cluster.keep_alive_ms = keep_alive_ms;
+            config.cluster.idle_timeout_ms = idle_timeout_ms;
+            assert_eq!(
+                problems(&config),
+                expected,
+                "{keep_alive_ms} ms, {idle_timeout_ms} ms"
+            );
+        }
     }
 
     /// Issue 4: R voting replicas per shard (3 by default), and a node that joins a running

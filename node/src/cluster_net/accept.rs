@@ -7,9 +7,11 @@
 //! a node joining too whose given address the certificate names: that node is added to the
 //! peers. A hello with the cluster id this node does not know yet makes it adopt the id. When
 //! the cluster id becomes known, every connection served before is closed
-//! ([`close::REPLACED`]), so its dialler reconnects with a hello that carries the id. Frames arrive on unidirectional streams as records
-//! `u32 BE length | bytes`; a record longer than `max_frame_bytes` closes the connection with
-//! [`close::FRAME_TOO_LARGE`] before any of it is buffered. Bounds: [`MAX_CONNECTIONS`]
+//! ([`close::REPLACED`]), so its dialler reconnects with a hello that carries the id. A
+//! connection that ends otherwise (idle timeout, reset, the peer's close) reports the peer
+//! unreachable to the sink, like the dialling side (`peer`). Frames arrive on unidirectional
+//! streams as records `u32 BE length | bytes`; a record longer than `max_frame_bytes` closes
+//! the connection with [`close::FRAME_TOO_LARGE`] before any of it is buffered. Bounds: [`MAX_CONNECTIONS`]
 //! connections at once (further attempts are refused before their handshake), one frame
 //! stream and [`super::RPC_STREAMS`] RPC streams per connection (QUIC stream limits).
 
@@ -22,6 +24,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::handshake::{close, Expectation, Hello, Refusal, MAX_HELLO_BYTES};
+use super::peer::peer_may_be_gone;
 use super::{rpc, Shared};
 use crate::metrics::{FrameDrop, HandshakeRefusal};
 
@@ -205,7 +208,7 @@ async fn serve(
                     tasks.spawn(read_frames(stream, conn.clone(), from, shared.clone()));
                 }
                 Err(err) => {
-                    tracing::debug!(peer = from, %err, "peer node connection ended");
+                    connection_ended(&shared, from, &err);
                     break;
                 }
             },
@@ -220,7 +223,7 @@ async fn serve(
                     ));
                 }
                 Err(err) => {
-                    tracing::debug!(peer = from, %err, "peer node connection ended");
+                    connection_ended(&shared, from, &err);
                     break;
                 }
             },
@@ -232,6 +235,16 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// The peer's connection to us ended with `err`: the sink hears that the peer is unreachable
+/// when that may mean it is gone (`peer::peer_may_be_gone`), as this node's own connection to
+/// it would say about the same time; whichever notices first wakes the shards it led.
+fn connection_ended(shared: &Shared, from: NodeId, err: &quinn::ConnectionError) {
+    tracing::debug!(peer = from, %err, "peer node connection ended");
+    if peer_may_be_gone(err) {
+        shared.sink.unreachable(from);
     }
 }
 

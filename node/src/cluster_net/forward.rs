@@ -10,8 +10,12 @@
 //! The leader stamps the command with its own clock and proposes it locally, never forwarding
 //! it again: a node that does not lead the shard answers `ForwardError::NotLeader`, and the
 //! origin's proposer asks its replica for the leader again and retries once. An RPC that gets no
-//! answer (unreachable leader, timeout) is a 503 for the client, who may resend: the request may
-//! still have taken effect, and resends are idempotent (ARCHITECTURE.md "Retries").
+//! answer (unreachable leader, connection lost, timeout) is a 503 for the client, who may
+//! resend: the request may still have taken effect, and resends are idempotent
+//! (ARCHITECTURE.md "Retries"). It also reports the leader unreachable to the cluster
+//! ([`super::FrameSink::unreachable`]), like a lost connection: a shard that hibernated under
+//! that leader wakes here and elects another one if the leader stays silent, so the client's
+//! resend finds a leader.
 //!
 //! Both sides are set up before the hub and the transport exist (they start in a cycle, see
 //! [`super::glue`]) and bound later: until then the router answers 503 and the handler refuses.
@@ -68,6 +72,17 @@ impl NetRouter {
     pub fn set(&self, net: NetSender) {
         let _ = self.net.set(net);
     }
+
+    /// [`NetRouter::new`] waiting `timeout` for the leader's answer instead of
+    /// [`FORWARD_TIMEOUT`].
+    #[cfg(test)]
+    pub(super) fn with_timeout(metrics: Arc<Metrics>, timeout: Duration) -> Arc<Self> {
+        Arc::new(NetRouter {
+            net: OnceLock::new(),
+            metrics,
+            timeout,
+        })
+    }
 }
 
 impl ProposalRouter for NetRouter {
@@ -81,6 +96,7 @@ impl ProposalRouter for NetRouter {
         let request = encode(&NodeRequest::Propose { shard, command });
         let call = net.call(leader, request, self.timeout);
         let timeout = self.timeout;
+        let net = net.clone();
         Box::pin(async move {
             let (result, outcome) = match call.await {
                 Ok(answer) => match postcard::from_bytes::<NodeAnswer>(&answer) {
@@ -101,10 +117,18 @@ impl ProposalRouter for NetRouter {
                         ForwardOutcome::Failed,
                     ),
                 },
-                Err(e) => (
-                    Err(HubError::Unavailable(call_failed(leader, shard, &e, timeout)).into()),
-                    ForwardOutcome::Failed,
-                ),
+                Err(e) => {
+                    if matches!(
+                        e,
+                        CallError::Unreachable | CallError::Closed | CallError::Timeout
+                    ) {
+                        net.report_unreachable(leader);
+                    }
+                    (
+                        Err(HubError::Unavailable(call_failed(leader, shard, &e, timeout)).into()),
+                        ForwardOutcome::Failed,
+                    )
+                }
             };
             metrics.count_forwarded_proposal(outcome);
             result

@@ -42,9 +42,17 @@
 //! Bounds (STYLE.md P9), each counted when hit: a queue of `cluster.peer_queue_frames` per peer
 //! (`mimid_cluster_frames_dropped_total{reason="queue_full"}`); frames and RPC bodies of at most
 //! `cluster.max_frame_bytes` (`reason="too_large"`; an incoming oversized record closes its
-//! connection); frames to an unreachable peer are dropped (`reason="disconnected"`) and the sink
-//! hears [`FrameSink::unreachable`] once per failed connect attempt; incoming connections,
-//! frame streams and RPC streams are capped ([`accept::MAX_CONNECTIONS`], QUIC stream limits).
+//! connection); frames to an unreachable peer are dropped (`reason="disconnected"`); incoming
+//! connections, frame streams and RPC streams are capped ([`accept::MAX_CONNECTIONS`], QUIC
+//! stream limits).
+//!
+//! A peer that is gone: the sink hears [`FrameSink::unreachable`] as soon as a connection to or
+//! from it is lost (no packet for `cluster.idle_timeout_ms`, a stateless reset from its
+//! restarted process, its close, a failed write; not when it renews the connection), once per
+//! failed connect attempt after that, and when a forwarded proposal's call to it fails
+//! (`forward`). Keep-alives every `cluster.keep_alive_ms` (default 1 s) keep a quiet connection
+//! alive, so a crashed peer is noticed after the idle timeout (default 3 s); hibernating
+//! shards it led depend on that signal to elect another leader (ARCHITECTURE.md "Cluster").
 //!
 //! The cluster crate's side (module `glue`): [`NetSender`] implements
 //! `mimid_cluster::Transport`, and [`ClusterSink`] (or a `ClusterHandle` itself) is the
@@ -93,13 +101,20 @@ const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 /// Per-connection QUIC receive and send window.
 const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
+/// Default `cluster.keep_alive_ms`.
+pub const DEFAULT_KEEP_ALIVE_MS: u64 = 1_000;
+/// Default `cluster.idle_timeout_ms`: three keep-alives in a row lost.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 3_000;
+
 /// Where incoming Raft frames go; implemented for the cluster's handle ([`ClusterSink`]).
 /// Called from the transport's tasks, so both methods must return quickly and never block.
 pub trait FrameSink: Send + Sync + 'static {
     /// A frame from a peer node, exactly as the peer passed it to [`NetSender::send`].
     fn deliver(&self, frame: &[u8]);
-    /// A connect attempt to `node` just failed; frames to it are being dropped (Raft then stops
-    /// optimistic replication to it until it answers again).
+    /// `node` may be gone: a connection to or from it was lost, a connect attempt to it failed
+    /// (frames to it are being dropped), or a call to it got no answer. Raft stops optimistic
+    /// replication to it until it answers again, and hibernating shards it leads wake up.
+    /// Reported again on every such event, so it must be cheap.
     fn unreachable(&self, node: NodeId);
 }
 
@@ -212,9 +227,11 @@ pub struct NetSettings {
     pub max_frame_bytes: u32,
     /// Time for one connect attempt: QUIC and TLS handshakes and the hello. Default 5 s.
     pub connect_timeout: Duration,
-    /// QUIC idle timeout; keep-alives keep quiet connections open. Default 10 s.
+    /// QUIC idle timeout (`cluster.idle_timeout_ms`): a connection without a packet from the
+    /// peer for this long is lost, and the peer reported unreachable. Default 3 s.
     pub idle_timeout: Duration,
-    /// Interval of QUIC keep-alives. Default 2 s.
+    /// Interval of QUIC keep-alives (`cluster.keep_alive_ms`), which keep quiet connections
+    /// open and make a silent peer's connection time out. Default 1 s.
     pub keep_alive: Duration,
     /// First wait after a failed connect attempt. Default 50 ms.
     pub backoff_initial: Duration,
@@ -288,8 +305,8 @@ impl NetSettings {
             peer_queue_frames: 1024,
             max_frame_bytes: mimid_cluster::MAX_FRAME_BYTES as u32,
             connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            keep_alive: Duration::from_millis(DEFAULT_KEEP_ALIVE_MS),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             join: None,
@@ -305,6 +322,8 @@ impl NetSettings {
         // Validation keeps it below 2^32; saturate rather than wrap if it was skipped.
         settings.max_frame_bytes =
             u32::try_from(config.cluster.max_frame_bytes).unwrap_or(u32::MAX);
+        settings.keep_alive = Duration::from_millis(config.cluster.keep_alive_ms);
+        settings.idle_timeout = Duration::from_millis(config.cluster.idle_timeout_ms);
         settings.join = config.cluster.uses_join().then(|| JoinSettings {
             addresses: config.cluster.join.clone(),
             cluster_id: None,
@@ -459,6 +478,12 @@ impl ClusterNet {
                 shared: shared.clone(),
             }),
         };
+        // The peers first: a peer that dialled us before we started is judged by its hello as
+        // soon as the acceptor runs, and must be known by then (else it is refused as an
+        // unknown node, and its frames are dropped until its next attempt).
+        for (id, addr) in peers {
+            shared.set_peer(id, addr)?;
+        }
         let span = tracing::info_span!(
             "cluster_listener",
             addr = %self.local_addr,
@@ -467,9 +492,6 @@ impl ClusterNet {
         shared
             .runtime
             .spawn(accept::accept_loop(shared.clone()).instrument(span));
-        for (id, addr) in peers {
-            shared.set_peer(id, addr)?;
-        }
         if let Some(join) = &shared.settings.join {
             for &addr in &join.addresses {
                 if Some(addr) == advertised || addr == self.local_addr {
@@ -637,6 +659,12 @@ impl NetSender {
     /// known one.
     pub fn adopt_cluster_id(&self, id: ClusterId, from: NodeId) -> Result<bool, ClusterIdError> {
         self.inner.shared.adopt(id, Some(from))
+    }
+
+    /// Tells the sink that `node` did not answer (a forwarded proposal's call failed), as a lost
+    /// connection does.
+    fn report_unreachable(&self, node: NodeId) {
+        self.inner.shared.sink.unreachable(node);
     }
 
     /// Stops the transport: every task ends, every connection is closed (peers see code 0,

@@ -12,9 +12,15 @@
 //! Failure handling, in order: a failed connect attempt marks the link down, tells the sink
 //! (`FrameSink::unreachable`, once per attempt), drops what is queued and what arrives during
 //! the backoff (`reason="disconnected"`), and retries after the backoff, which doubles from
-//! `backoff_initial` up to `backoff_max`. A connection that ends after being up reconnects at
-//! once if it lasted at least `backoff_max`, else after the backoff, so a peer that accepts and
-//! then drops every connection does not make this task spin.
+//! `backoff_initial` up to `backoff_max`. A connection that ends after being up tells the sink
+//! at once ([`peer_may_be_gone`]: the idle timeout passed without a packet from the peer, a
+//! stateless reset came from a restarted process, the peer closed it, a write failed), before
+//! any reconnect: hibernating shards the peer led learn of a crash within
+//! `cluster.idle_timeout_ms` instead of that plus a failed connect attempt
+//! (ARCHITECTURE.md "Cluster"). Only this node's own close and the peer renewing the
+//! connection ([`close::REPLACED`]) say nothing. It then reconnects at once if it lasted at
+//! least `backoff_max`, else after the backoff, so a peer that accepts and then drops every
+//! connection does not make this task spin.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,7 +107,45 @@ enum PumpEnd {
     Shutdown,
     Removed,
     Replaced,
-    Lost(String),
+    /// The connection or its frame stream failed; `peer_gone` when that may mean the peer is
+    /// gone ([`peer_may_be_gone`]).
+    Lost {
+        reason: String,
+        peer_gone: bool,
+    },
+}
+
+impl PumpEnd {
+    fn lost(err: &quinn::ConnectionError) -> PumpEnd {
+        PumpEnd::Lost {
+            reason: err.to_string(),
+            peer_gone: peer_may_be_gone(err),
+        }
+    }
+
+    fn write_failed(err: &quinn::WriteError) -> PumpEnd {
+        PumpEnd::Lost {
+            reason: err.to_string(),
+            peer_gone: match err {
+                quinn::WriteError::ConnectionLost(err) => peer_may_be_gone(err),
+                // The peer stopped reading our frame stream (its reader failed).
+                _ => true,
+            },
+        }
+    }
+}
+
+/// Whether a connection that ended with `err` may have ended because the peer is gone
+/// (crashed, restarted, shutting down, cut off): everything but this node's own close and the
+/// peer renewing the connection ([`close::REPLACED`]: its address changed, or it learned the
+/// cluster id). A peer that is still there costs a Raft probe and, for the hibernating shards
+/// it leads, one round trip (`mimid_cluster` crate docs, "Hibernation").
+pub(crate) fn peer_may_be_gone(err: &quinn::ConnectionError) -> bool {
+    match err {
+        quinn::ConnectionError::LocallyClosed => false,
+        quinn::ConnectionError::ApplicationClosed(closed) => closed.error_code != close::REPLACED,
+        _ => true,
+    }
 }
 
 impl PeerTask {
@@ -185,13 +229,16 @@ impl PeerTask {
                     conn.close(close::REPLACED, b"peer address changed");
                     backoff = settings.backoff_initial;
                 }
-                PumpEnd::Lost(reason) => {
+                PumpEnd::Lost { reason, peer_gone } => {
                     tracing::info!(
                         peer = self.peer,
                         %addr,
                         %reason,
                         "connection to peer node lost"
                     );
+                    if peer_gone {
+                        self.shared.sink.unreachable(self.peer);
+                    }
                     if stable {
                         backoff = settings.backoff_initial;
                     } else {
@@ -226,7 +273,7 @@ impl PeerTask {
         metrics.sample_cluster_peer(self.peer, PathSample::of(conn));
         let mut stream = match conn.open_uni().await {
             Ok(stream) => stream,
-            Err(err) => return PumpEnd::Lost(err.to_string()),
+            Err(err) => return PumpEnd::lost(&err),
         };
         let mut rtt_tick = tokio::time::interval(RTT_SAMPLE_INTERVAL);
         rtt_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -239,7 +286,7 @@ impl PeerTask {
                     Err(_) => PumpEnd::Removed,
                 },
                 _ = epoch.changed() => return PumpEnd::Replaced,
-                err = conn.closed() => return PumpEnd::Lost(err.to_string()),
+                err = conn.closed() => return PumpEnd::lost(&err),
                 _ = rtt_tick.tick() => {
                     metrics.sample_cluster_peer(self.peer, PathSample::of(conn));
                     continue;
@@ -267,14 +314,14 @@ impl PeerTask {
                 _ = shutdown.wait_for(|stop| *stop) => return PumpEnd::Shutdown,
                 err = conn.closed() => {
                     metrics.count_cluster_frames_dropped(FrameDrop::Disconnected, 1);
-                    return PumpEnd::Lost(err.to_string());
+                    return PumpEnd::lost(&err);
                 }
             };
             match written {
                 Ok(()) => metrics.count_cluster_frame_sent(len),
                 Err(err) => {
                     metrics.count_cluster_frames_dropped(FrameDrop::Disconnected, 1);
-                    return PumpEnd::Lost(err.to_string());
+                    return PumpEnd::write_failed(&err);
                 }
             }
         }

@@ -190,6 +190,20 @@ async fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until each node's connections to exactly the given peers are up.
+async fn wait_connected(nodes: &[(&TestNode, &[NodeId])]) {
+    poll_until("every connection to be up", || {
+        nodes.iter().all(|(node, peers)| {
+            node.net
+                .connected_peers()
+                .keys()
+                .copied()
+                .eq(peers.iter().copied())
+        })
+    })
+    .await;
+}
+
 /// Sends a frame from `from` to `to` every poll until `to`'s sink has one with `seq` or later:
 /// frames to an unreachable peer are dropped, so a test waiting for a (re)connection keeps
 /// sending.
@@ -296,6 +310,13 @@ async fn three_nodes_deliver_every_frame_to_its_destination_in_order_per_sender(
         })
         .collect();
 
+    // Connected first: frames queued behind a failed first connect attempt are dropped.
+    wait_connected(&[
+        (&nodes[&1], &[2, 3]),
+        (&nodes[&2], &[1, 3]),
+        (&nodes[&3], &[1, 2]),
+    ])
+    .await;
     const N: u64 = 200;
     const BIG: usize = 5 << 20;
     let big_seq = N / 2;
@@ -646,6 +667,101 @@ async fn a_killed_and_restarted_peer_resets_the_stale_connection_at_once() {
     let (b2_net, b2_metrics) = rebind(settings(2, "test"), &b_tls, b_addr).await;
     let b2 = start(b2_net, b2_metrics, &[(1, a_addr)]);
     send_until_received(&a, 2, &b2, 2_000).await;
+    // The reset ended a connection that was up: A told the cluster at once (no connect
+    // attempt failed here), so shards hibernating under B wake up.
+    poll_until("A to report the reset peer unreachable", || {
+        a.sink.unreachable_reports(2) >= 1
+    })
+    .await;
+}
+
+/// A peer killed without a goodbye and not restarted: the keep-alives go unanswered, the
+/// connection times out after the idle timeout, and the sink hears that the peer is
+/// unreachable then, without waiting for a connect attempt to fail (which here would take
+/// two minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_peer_is_reported_unreachable_at_the_idle_timeout() {
+    let pki = Pki::new();
+    let quick = |node_id| {
+        let mut settings = settings(node_id, "test");
+        settings.keep_alive = Duration::from_millis(100);
+        settings.idle_timeout = Duration::from_millis(600);
+        settings.connect_timeout = Duration::from_secs(120);
+        settings
+    };
+    let (a_net, a_metrics) = bind(quick(1), &pki.node("a", LOOPBACK, &pki));
+    let a_addr = a_net.local_addr();
+    let b_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime for B");
+    let (b, b_addr) = {
+        let _entered = b_runtime.enter();
+        let (b_net, b_metrics) = bind(quick(2), &pki.node("b", LOOPBACK, &pki));
+        let b_addr = b_net.local_addr();
+        (start(b_net, b_metrics, &[(1, a_addr)]), b_addr)
+    };
+    let a = start(a_net, a_metrics, &[(2, b_addr)]);
+    send_until_received(&a, 2, &b, 0).await;
+    send_until_received(&b, 1, &a, 0).await;
+    // Quiet connections stay up on keep-alives alone, well past the idle timeout.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(1_500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(a.sink.unreachable_reports(2), 0, "a live peer reported");
+    }
+    assert_eq!(a.metric("mimid_cluster_peer_connected{peer=\"2\"}"), 1.0);
+
+    b_runtime.shutdown_background();
+    drop(b);
+    let killed = Instant::now();
+    poll_until("A to report the dead peer unreachable", || {
+        a.sink.unreachable_reports(2) >= 1
+    })
+    .await;
+    let noticed = killed.elapsed();
+    assert!(
+        noticed < Duration::from_secs(5),
+        "reported after {noticed:?}, idle timeout 600 ms"
+    );
+    // Both of A's connections with B time out: the one B dialled may say so first.
+    poll_until("A's own connection to B to be down", || {
+        a.metric("mimid_cluster_peer_connected{peer=\"2\"}") == 0.0
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        killed.elapsed()
+    );
+}
+
+/// A forwarded proposal whose call cannot reach the leader reports the leader unreachable,
+/// like a lost connection, besides answering 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_proposal_that_gets_no_answer_reports_the_leader_unreachable() {
+    use mimid_actors::hub::ProposalRouter as _;
+
+    let pki = Pki::new();
+    // A socket that never answers: the connect attempt lasts its whole (long) timeout, so no
+    // failed attempt reports anything meanwhile.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut settings = settings(1, "test");
+    settings.connect_timeout = Duration::from_secs(120);
+    let (net, metrics) = bind(settings, &pki.node("a", LOOPBACK, &pki));
+    let a = start(net, metrics.clone(), &[(2, silent.local_addr().unwrap())]);
+    let router = NetRouter::with_timeout(metrics, Duration::from_millis(300));
+    router.set(a.net.clone());
+
+    assert_eq!(a.sink.unreachable_reports(2), 0);
+    let answer = router.forward(2, 0, b"command".to_vec()).await;
+    assert!(answer.is_err(), "{answer:?}");
+    assert_eq!(a.sink.unreachable_reports(2), 1);
+    assert_eq!(
+        a.metric("mimid_raft_forwarded_proposals_total{outcome=\"failed\"}"),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -653,6 +769,9 @@ async fn rpcs_round_trip_and_refuse_what_exceeds_either_side() {
     let pki = Pki::new();
     let (a, b) = start_asymmetric_pair(&pki);
     let timeout = Duration::from_secs(10);
+    // Connected first: a first connect attempt may fail on a loaded machine (the next one
+    // follows the backoff), and a call answers `Unreachable` in between.
+    wait_connected(&[(&a, &[2]), (&b, &[1])]).await;
 
     assert_eq!(
         a.net.call(2, b"ping".to_vec(), timeout).await,
