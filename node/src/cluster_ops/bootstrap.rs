@@ -35,11 +35,9 @@
 //! (`join_existing`) and registers itself through a connected node (`OpsRequest::Register`,
 //! the automatic `mimid node add`); placement gives it learners, then its share of voters,
 //! caught up by snapshot. The other choice, the node that takes `init` bootstrapping alone and
-//! placement adding every other node, needs no decision to travel, but a membership change of
-//! a one-voter group trips the cluster crate's storage check ("read with staged writes", a
-//! `debug_assert` in `ShardStorage::entries`: the change commits in the persisted phase of the
-//! turn, with the commit index staged); so `init` on a node that is alone still leaves nodes
-//! that join later to that path.
+//! placement adding every other node, needs no decision to travel, but it makes every new
+//! cluster spend its first minutes moving replicas one membership change at a time; `init` on
+//! a node that is alone still leaves nodes that join later to that path.
 //!
 //! A voter that never learns the decision (it stopped before the gossip reached it) is a dead
 //! voter like any other: the others keep a quorum when they are a majority, and `mimid node
