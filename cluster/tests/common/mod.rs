@@ -15,6 +15,8 @@
 // Each test binary uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod delay;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,7 +171,12 @@ pub struct TestCluster {
     shards: u64,
     /// The first voters of every shard: [`NODES`] unless started with [`Self::start_nodes`].
     voters: Vec<NodeId>,
+    /// Wraps each node's transport when it starts (e.g. in a `delay::DelayTransport`).
+    wrap: Option<Wrap>,
 }
+
+/// Wraps node `id`'s in-memory transport in another [`Transport`] (delays, say).
+pub type Wrap = Arc<dyn Fn(NodeId, Box<dyn Transport>) -> Box<dyn Transport> + Send + Sync>;
 
 pub type Answer = Result<usize, ProposeError>;
 
@@ -181,6 +188,16 @@ impl TestCluster {
 
     /// Starts a new cluster whose first voters are `voters` (one node alone, say).
     pub fn start_nodes(voters: &[NodeId], tweak: fn(&mut ClusterConfig)) -> Self {
+        Self::start_wrapped(voters, tweak, None)
+    }
+
+    /// Like [`Self::start_nodes`], with every node's transport (also after a restart, and of
+    /// nodes started later) wrapped by `wrap`.
+    pub fn start_wrapped(
+        voters: &[NodeId],
+        tweak: fn(&mut ClusterConfig),
+        wrap: Option<Wrap>,
+    ) -> Self {
         let mut probe = ClusterConfig::new(1, "/unused");
         probe.shards = SHARDS;
         tweak(&mut probe);
@@ -190,6 +207,7 @@ impl TestCluster {
             tweak,
             shards: probe.shards,
             voters: voters.to_vec(),
+            wrap,
         };
         for &id in voters {
             cluster
@@ -232,12 +250,15 @@ impl TestCluster {
             log.lock().expect("log lock").clear();
             Recorder { log }
         };
-        let transport = NetTransport {
+        let mut transport: Box<dyn Transport> = Box::new(NetTransport {
             from: id,
             net: Arc::clone(&self.net),
-        };
-        let cluster = Cluster::start_with_transport(config, factory, Box::new(transport))
-            .expect("cluster starts");
+        });
+        if let Some(wrap) = &self.wrap {
+            transport = wrap(id, transport);
+        }
+        let cluster =
+            Cluster::start_with_transport(config, factory, transport).expect("cluster starts");
         self.net
             .handles
             .lock()
