@@ -26,6 +26,12 @@
 //! every point a prefix of it. What the follower acknowledged (201) must survive its crashes;
 //! the hub's durable fan-out cursor never passes what the follower acknowledged; after the
 //! faults heal, every follower replica holds the whole projection.
+//!
+//! Membership (both providers' groups): every entry whose apply output was acknowledged must,
+//! from then on, be durable on enough voters of the group's current configuration that losing
+//! any minority of them cannot lose it ([`survives_minority_loss`]); a replica removed from
+//! the configuration no longer counts, and its data may be deleted. A replica that applied its
+//! own removal never takes a proposal.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -88,6 +94,14 @@ fn mirrors(hub: &LogItem, got: &LogItem, follower: &str) -> bool {
     }
 }
 
+/// Whether an entry durable on `holders` of a configuration's `voters` voters survives the
+/// loss of any minority of them: the voters without it cannot form a quorum (Raft's leader
+/// completeness, so every future leader has it).
+pub fn survives_minority_loss(voters: usize, holders: usize) -> bool {
+    let quorum = voters / 2 + 1;
+    voters.saturating_sub(holders) < quorum
+}
+
 /// What kind of invariant broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ViolationKind {
@@ -137,6 +151,14 @@ pub enum ViolationKind {
     NotifiedItemLost,
     /// The hub's durable fan-out cursor moved past what the follower acknowledged.
     FanoutCursorAhead,
+    /// An acknowledged entry is durable on too few voters of the current configuration: the
+    /// voters without it form a quorum (a removed replica counted, or data lost).
+    QuorumLost,
+    /// A replica removed from its group took a proposal.
+    RemovedReplicaServed,
+    /// A membership change the simulated operator started did not finish after the faults
+    /// healed.
+    MembershipStuck,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -958,6 +980,22 @@ mod tests {
                 ViolationKind::NotConverged
             ]
         );
+    }
+
+    /// A committed entry must survive the loss of any minority of the voters: on 2 of 3, 2 of
+    /// 4 and 1 of 2 it does; on 1 of 3 or 1 of 4 (the others a quorum) it does not.
+    #[test]
+    fn raft_an_acknowledged_entry_survives_any_minority() {
+        assert!(survives_minority_loss(3, 2));
+        assert!(survives_minority_loss(3, 3));
+        assert!(!survives_minority_loss(3, 1));
+        assert!(survives_minority_loss(4, 2));
+        assert!(!survives_minority_loss(4, 1));
+        assert!(survives_minority_loss(2, 1));
+        assert!(!survives_minority_loss(2, 0));
+        assert!(survives_minority_loss(1, 1));
+        assert!(!survives_minority_loss(5, 2));
+        assert!(survives_minority_loss(5, 3));
     }
 
     #[test]

@@ -23,12 +23,26 @@
 //! times out. b.example clients read the room from the follower's mirror, never from the hub,
 //! and submit to the hub as their provider would forward it (`Submitter::Provider`).
 //!
+//! Membership changes run on both providers' groups (`world::membership`), interleaved with
+//! the faults: each provider's spare replica (raft id 7 for the hub, 8 for the follower) starts
+//! empty, as a node started with `join_existing`, is added as a learner, caught up by a
+//! snapshot that names it and promoted, and one original voter is removed (in some runs the
+//! leader, after a leadership transfer) and its data deleted, in one of three orders. Each
+//! change goes to the leader as `ClusterHandle::change_members` would: one at a time, refused
+//! by the product's rules (`MembershipChange::plan`, the same code, and the leader's checks of
+//! `cluster::group::admin`: leading, no change pending, promoting only a replicating learner),
+//! with the placement driver's own rules on top (a learner promoted once caught up, no removal
+//! below a quorum of the original voters, the leader never removed, a removed replica stopped
+//! once it heard of its removal).
+//!
 //! What is simulated: time (a manual clock; every delay is an event in one queue), the network
-//! between all six replicas (`network`: drops, duplicates, reordering delays, one-way and
+//! between all eight replicas (`network`: drops, duplicates, reordering delays, one-way and
 //! two-way partitions inside a provider and between the providers, all healing later), disks
-//! (`storage`: writes are lost by a crash until synced), crashes and restarts of either
-//! provider's replicas, per-replica clock skew (the leader's stamp), and client connections
-//! (requests go to the replica a client believes leads; a crash fails its pending requests).
+//! (`storage`: writes are lost by a crash until synced; a removed replica's are deleted),
+//! crashes and restarts of either provider's replicas, per-replica clock skew (the leader's
+//! stamp), and client connections (requests go to the replica a client believes leads; a
+//! crash fails its pending requests; a removed replica refuses reads and answers `NotLeader`
+//! without a hint, so the client goes elsewhere).
 //!
 //! What is checked: see `checker` (one log, one Commit per epoch, no acknowledged item lost,
 //! nothing from removed members, every request answered, convergence and liveness after the
@@ -37,7 +51,13 @@
 //! acknowledged is lost by its crashes; the hub's durable cursor never passes what the follower
 //! acknowledged; after healing it holds everything up to the hub's last item for it), plus what
 //! real members observe (each can process every item it is delivered, from the hub or from the
-//! mirror, and decrypts exactly what was sent).
+//! mirror, and decrypts exactly what was sent). For membership: every entry whose apply output
+//! was acknowledged (a client's answer, a notify's 201, a recorded cursor) stays durable on
+//! enough voters of the group's latest configuration that losing any minority of them would
+//! not lose it, checked when acknowledged, at every configuration change, when a removed
+//! replica's data is deleted and at the end (a removed replica counts for nothing once its
+//! removal applied); a replica that applied its removal takes no proposal; every membership
+//! plan finishes after healing, and the final configuration's members converge.
 //!
 //! Determinism: every choice comes from a ChaCha RNG seeded with the seed, and the clients'
 //! openmls providers are seeded from it too (`crypto`), so MLS bytes are reproducible and the
@@ -46,17 +66,22 @@
 //! clock, so the harness picks a window that covers today.
 //!
 //! Not covered yet: the `cluster` crate's own driver and sled storage (threaded and
-//! sled-bound; this drives raft-rs directly in the same order), membership changes, several
-//! shards, the actix room actors and fan-out to push streams, the QUIC edges and the
-//! federation wire codecs (notifies carry the command the edge would build), the follower's
-//! `Forwarder` (b.example clients submit to the hub replicas directly, with the submitter the
-//! forwarder would get), the KeyPackage directory (Welcome recipients are read from the hub's
-//! item), external joins, Retry-After from a rate limit, standalone proposals, clock jumps
-//! during a run, torn writes and bit flips. The next step is to drive `cluster`'s own group
-//! code through storage and transport traits instead of this copy of its Ready order.
+//! sled-bound; this drives raft-rs directly in the same order, and mirrors `group::admin`'s
+//! leader checks, transfer retries and step-aside, since `Group` is private to the crate), the
+//! placement driver itself (`node/src/cluster_ops`; the operator here follows its rules for one
+//! spare per group), re-adding a removed node, more than one membership plan per group and
+//! run, hibernation, several shards, the actix room actors and fan-out to push streams, the
+//! QUIC edges and the federation wire codecs (notifies carry the command the edge would
+//! build), the follower's `Forwarder` (b.example clients submit to the hub replicas directly,
+//! with the submitter the forwarder would get), the KeyPackage directory (Welcome recipients
+//! are read from the hub's item), external joins, Retry-After from a rate limit, standalone
+//! proposals, clock jumps during a run, torn writes and bit flips. The next step is to drive
+//! `cluster`'s own group code (its Ready order and membership checks) through storage and
+//! transport traits instead of this copy.
 
 mod checker;
 mod client;
+mod conf_change;
 mod crypto;
 mod network;
 mod replica;
@@ -84,6 +109,11 @@ pub enum PlantedBug {
     /// byte-identical notify bodies (MIMI.md §5.4 without `mimi-hub-seqs`): a resend batched
     /// differently is appended twice.
     FollowerIgnoresHubSeqs,
+    /// A leader that applies the removal of a voter keeps counting the removed voter toward its
+    /// quorum: its Raft drops another voter in its place (the configuration it stores and
+    /// reports is the right one), so entries are acknowledged with the removed replica, whose
+    /// data is then deleted, standing in for a voter that lacks them.
+    CountsRemovedVoter,
 }
 
 /// How long a simulated client's KeyPackages and leaves are valid, from
@@ -150,6 +180,17 @@ pub struct FaultCounts {
     pub provider_partitions: u64,
     /// Moments all members were told to commit at once.
     pub commit_storms: u64,
+    /// Spare replicas added to a group as learners (`MembershipChange::AddLearner`), applied.
+    pub learners_added: u64,
+    /// Learners promoted to voters (`MembershipChange::Promote`), applied.
+    pub learners_promoted: u64,
+    /// Original voters removed (`MembershipChange::Remove`), applied.
+    pub voters_removed: u64,
+    /// Of those, replicas that led their group when their removal was planned: leadership was
+    /// transferred (or the group elected anew) first.
+    pub leaders_removed: u64,
+    /// Removed replicas stopped and their data deleted.
+    pub removed_data_deleted: u64,
 }
 
 impl FaultCounts {
@@ -160,7 +201,7 @@ impl FaultCounts {
     }
 
     /// (name, count) for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 12] {
+    pub fn fields(&self) -> [(&'static str, u64); 17] {
         [
             ("messages dropped", self.messages_dropped),
             ("messages duplicated", self.messages_duplicated),
@@ -174,11 +215,16 @@ impl FaultCounts {
             ("crashes losing unsynced writes", self.crashes_losing_writes),
             ("restarts", self.restarts),
             ("commit storms", self.commit_storms),
+            ("learners added", self.learners_added),
+            ("learners promoted", self.learners_promoted),
+            ("voters removed", self.voters_removed),
+            ("leaders removed", self.leaders_removed),
+            ("removed replicas' data deleted", self.removed_data_deleted),
         ]
     }
 
     /// The counters in the order of [`FaultCounts::fields`].
-    fn values_mut(&mut self) -> [&mut u64; 12] {
+    fn values_mut(&mut self) -> [&mut u64; 17] {
         [
             &mut self.messages_dropped,
             &mut self.messages_duplicated,
@@ -192,6 +238,11 @@ impl FaultCounts {
             &mut self.crashes_losing_writes,
             &mut self.restarts,
             &mut self.commit_storms,
+            &mut self.learners_added,
+            &mut self.learners_promoted,
+            &mut self.voters_removed,
+            &mut self.leaders_removed,
+            &mut self.removed_data_deleted,
         ]
     }
 }
@@ -247,6 +298,29 @@ pub struct Coverage {
     pub fanout_cores_started: u64,
     /// `FanoutDelivered` cursors committed through the hub's Raft.
     pub fanout_cursors_recorded: u64,
+    /// Membership changes the leader refused by rule (`MembershipError`: not leader, another
+    /// change in progress, learner behind, already a member, ...); each changed nothing.
+    pub membership_refused: u64,
+    /// Of those, promotions refused because the learner had not caught up.
+    pub learners_behind_refused: u64,
+    /// Of those, changes refused because another was in progress (one at a time).
+    pub changes_in_progress_refused: u64,
+    /// Membership changes dropped (leadership moved before they applied).
+    pub membership_dropped: u64,
+    /// Leadership transfers completed (the target led).
+    pub leader_transfers: u64,
+    /// Client requests and reads that reached a replica removed from its group (answered
+    /// `NotLeader` without a hint, or refused, so the client went elsewhere).
+    pub removed_replica_redirects: u64,
+    /// Acknowledged entries audited for durability on the voters of the configuration.
+    pub durability_audits: u64,
+    /// Leaders that applied their own removal (leadership moved to them after the removal was
+    /// proposed) and then panicked in raft-rs 0.7's `maybe_commit`; their group stopped, as
+    /// the cluster driver stops a group that panics, and the others elected anew.
+    pub removed_leader_panics: u64,
+    /// Housekeeping writes the operator proposed so a learner that has everything, left in
+    /// raft-rs' probe state on an idle group, could be promoted.
+    pub housekeeping_writes: u64,
 }
 
 impl Coverage {
@@ -263,6 +337,15 @@ impl Coverage {
         self.notified_items_deduplicated += other.notified_items_deduplicated;
         self.fanout_cores_started += other.fanout_cores_started;
         self.fanout_cursors_recorded += other.fanout_cursors_recorded;
+        self.membership_refused += other.membership_refused;
+        self.learners_behind_refused += other.learners_behind_refused;
+        self.changes_in_progress_refused += other.changes_in_progress_refused;
+        self.membership_dropped += other.membership_dropped;
+        self.leader_transfers += other.leader_transfers;
+        self.removed_replica_redirects += other.removed_replica_redirects;
+        self.durability_audits += other.durability_audits;
+        self.removed_leader_panics += other.removed_leader_panics;
+        self.housekeeping_writes += other.housekeeping_writes;
     }
 }
 

@@ -14,8 +14,22 @@
 //! `Dropped` when the entry at their index turned out to be another leader's or this replica
 //! stopped leading, `Crashed` when it crashed first (floors pitfall 13). A replica never panics
 //! on purpose: storage faults and Raft errors stop it and are reported as violations.
+//!
+//! Membership changes follow `cluster::group::admin` (the `membership` module documents them):
+//! [`Replica::change_members`] checks the leader's own state (it leads and transfers nothing, no
+//! change is pending, a promoted learner is replicating), then the product's rules on the
+//! configuration ([`MembershipChange::plan`], the same code `ClusterHandle::change_members`
+//! runs) and proposes one single-change `ConfChangeV2`, answered once its entry applies here
+//! or dropped. Every replica applies the entry at its index, stores the configuration with
+//! the next sync, and snapshots at the end of the turn when a member is missing from its latest
+//! snapshot (so a new member catches up from a snapshot that names it). A leader that is no
+//! voter of its configuration hands leadership over; [`Replica::transfer_leader`] retries and
+//! times out as `ClusterHandle::transfer_leader` does. A replica of a joining node starts with
+//! an empty disk ([`Replica::joining`]) and waits for the leader's snapshot; a replica removed
+//! from the group answers requests `NotLeader` without a hint, as a removed node's group does.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use mimid_actors::command::{
     Command, HandshakeBundle, ReceivedItem, Stamped, SubmitVerdict, UpdateVerdict,
@@ -25,16 +39,22 @@ use mimid_actors::room::core::RoomView;
 use mimid_actors::room::log::LogItem;
 use mimid_actors::room::state::RoomState;
 use mimid_actors::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
-use mimid_cluster::StateMachine;
-use raft::eraftpb::{Entry, EntryType, Message, Snapshot};
-use raft::{RawNode, Ready, SnapshotStatus, StateRole};
+use mimid_cluster::{MembershipChange, MembershipError, StateMachine, TransferError};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
+};
+use raft::{ProgressState, RawNode, Ready, SnapshotStatus, StateRole};
 
+use crate::sim::conf_change;
 use crate::sim::storage::{Disk, SimStorage};
 use crate::sim::trace::{Event, Trace};
 use crate::sim::PlantedBug;
 
 /// Identifies a client request across the simulation.
 pub type RequestId = u64;
+
+/// Identifies a membership change or leadership transfer the operator asked for.
+pub type AdminId = u64;
 
 /// How a replica answers a client request.
 #[derive(Debug)]
@@ -66,6 +86,19 @@ pub struct Outbox {
     pub restored: bool,
     /// The replica stopped for good.
     pub failure: Option<String>,
+    /// Entries whose apply output went to a requester as `Answer::Applied`: (index, term).
+    pub acknowledged: Vec<(u64, u64)>,
+    /// Configurations applied here, by the index of their conf-change entry.
+    pub configurations: Vec<(u64, ConfState)>,
+    /// Answers to membership changes: the configuration once applied here, or the refusal.
+    pub changes: Vec<(AdminId, Result<ConfState, MembershipError>)>,
+    /// Answers to leadership transfers.
+    pub transfers: Vec<(AdminId, Result<(), TransferError>)>,
+    /// A proposal was taken while this replica is no voter of its own configuration.
+    pub proposed_as_non_voter: bool,
+    /// The failure is a raft-rs panic of a replica that had applied its own removal (raft-rs
+    /// 0.7 `maybe_commit` unwraps the leader's own progress, gone once it removed itself).
+    pub removed_leader_panicked: bool,
 }
 
 /// Raft timing and limits of the simulated group.
@@ -92,6 +125,18 @@ pub struct Replica {
 struct Running {
     node: RawNode<SimStorage>,
     machine: Machine,
+    bug: PlantedBug,
+    /// Ticks a leadership transfer may take (twice the election timeout).
+    transfer_ticks: usize,
+    /// The membership change this leader proposed, not applied yet: (term, index, id).
+    change: Option<(u64, u64, AdminId)>,
+    /// The leadership transfer this leader runs.
+    transfer: Option<Transfer>,
+    /// A member is missing from the latest snapshot: snapshot at the end of the turn.
+    snapshot_due: bool,
+    /// [`PlantedBug::CountsRemovedVoter`] struck: Raft's tracker differs from the stored
+    /// configuration, which later changes keep right.
+    miscounting: bool,
     /// Proposals by log index, with the term they were proposed in.
     pending: BTreeMap<u64, (u64, RequestId)>,
     applied_index: u64,
@@ -109,6 +154,15 @@ enum Input {
     Message(Message),
     Request(RequestId, Command, u64),
     SnapshotReport(u64, SnapshotStatus),
+    Change(AdminId, MembershipChange),
+    Transfer(AdminId, u64),
+}
+
+/// A leadership transfer in progress (`cluster::group::admin::PendingTransfer`).
+struct Transfer {
+    to: u64,
+    ticks_left: usize,
+    waiters: Vec<AdminId>,
 }
 
 impl Replica {
@@ -121,6 +175,65 @@ impl Replica {
             disk: Disk::bootstrap(voters),
             running: None,
         }
+    }
+
+    /// A replica of a node joining the running group (`ClusterConfig::join_existing`): no
+    /// configuration, no log; it never campaigns and waits for the leader's snapshot.
+    pub fn joining(id: u64, settings: RaftSettings, bug: PlantedBug) -> Self {
+        Replica {
+            id,
+            settings,
+            bug,
+            disk: Disk::empty(),
+            running: None,
+        }
+    }
+
+    /// The node's data directory is deleted (it must be down): it holds nothing any more.
+    pub fn wipe(&mut self) {
+        assert!(self.running.is_none(), "wipe of a running replica");
+        self.disk = Disk::empty();
+    }
+
+    /// Whether the entry at `index` of `term` is durable on this replica's disk.
+    pub fn holds(&self, index: u64, term: u64) -> bool {
+        self.disk.holds(index, term)
+    }
+
+    /// The applied configuration while running (the default one while joining).
+    pub fn conf_state(&self) -> Option<&ConfState> {
+        self.running
+            .as_ref()
+            .map(|running| running.node.store().conf_state())
+    }
+
+    /// Running, with a configuration, and no member of it: this replica applied its removal.
+    pub fn is_removed(&self) -> bool {
+        self.running.as_ref().is_some_and(Running::is_removed)
+    }
+
+    /// On a leader that is a voter and transfers nothing: its term, commit index and every
+    /// member's (matched index, replicating normally), as `ShardStatus` reports them.
+    pub fn leader_view(&self) -> Option<LeaderView> {
+        let running = self.running.as_ref()?;
+        let raft = &running.node.raft;
+        let voter = running.node.store().conf_state().voters.contains(&self.id);
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() || !voter {
+            return None;
+        }
+        let progress = raft
+            .prs()
+            .iter()
+            .map(|(id, progress)| {
+                let replicating = progress.state == ProgressState::Replicate;
+                (*id, (progress.matched, replicating))
+            })
+            .collect();
+        Some(LeaderView {
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            progress,
+        })
     }
 
     pub fn is_up(&self) -> bool {
@@ -191,6 +304,12 @@ impl Replica {
         self.running = Some(Running {
             node,
             machine,
+            bug: self.bug,
+            transfer_ticks: self.settings.election_tick * 2,
+            change: None,
+            transfer: None,
+            snapshot_due: false,
+            miscounting: false,
             pending: BTreeMap::new(),
             applied_index,
             applied_term,
@@ -204,6 +323,123 @@ impl Replica {
         Ok(())
     }
 
+    /// Runs `f`, turning a raft-rs panic into this replica's failure, as the cluster driver
+    /// does (`catch` in `cluster::driver`: the group stops). `Outbox::removed_leader_panicked`
+    /// tells a replica that had applied its own removal.
+    fn guarded<R>(
+        &mut self,
+        out: &mut Outbox,
+        failed: R,
+        f: impl FnOnce(&mut Self, &mut Outbox) -> R,
+    ) -> R {
+        match catch_unwind(AssertUnwindSafe(|| f(self, out))) {
+            Ok(result) => result,
+            Err(payload) => {
+                out.removed_leader_panicked = self.is_removed();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                self.fail(format!("panicked: {message}"), out);
+                failed
+            }
+        }
+    }
+
+    pub fn on_tick(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
+        self.guarded(out, (), |replica, out| {
+            replica.on_tick_unguarded(trace, now, out)
+        })
+    }
+
+    /// Returns false when the message had to be dropped (down, or inbox full).
+    pub fn on_message(
+        &mut self,
+        message: Message,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) -> bool {
+        self.guarded(out, true, |replica, out| {
+            replica.on_message_unguarded(message, trace, now, out)
+        })
+    }
+
+    /// The transport's report on a snapshot this replica sent to `to`. raft-rs keeps a
+    /// follower's progress in the snapshot state until told (the follower's answer alone does
+    /// not release it if that answer is lost), so a transport must report both outcomes.
+    pub fn on_snapshot_report(
+        &mut self,
+        to: u64,
+        delivered: bool,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        self.guarded(out, (), |replica, out| {
+            replica.on_snapshot_report_unguarded(to, delivered, trace, now, out)
+        })
+    }
+
+    /// A client request; `stamp_ms` is this replica's clock, stamped into the entry if it
+    /// leads (DESIGN.md §2: apply never reads a clock).
+    pub fn on_request(
+        &mut self,
+        request: RequestId,
+        command: Command,
+        stamp_ms: u64,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        self.guarded(out, (), |replica, out| {
+            replica.on_request_unguarded(request, command, stamp_ms, trace, now, out)
+        })
+    }
+
+    /// A membership change from the operator (`ClusterHandle::change_members` on this node).
+    pub fn change_members(
+        &mut self,
+        id: AdminId,
+        change: MembershipChange,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        self.guarded(out, (), |replica, out| {
+            replica.change_members_unguarded(id, change, trace, now, out)
+        })
+    }
+
+    /// A leadership transfer from the operator (`ClusterHandle::transfer_leader` on this node).
+    pub fn transfer_leader(
+        &mut self,
+        id: AdminId,
+        to: u64,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        self.guarded(out, (), |replica, out| {
+            replica.transfer_leader_unguarded(id, to, trace, now, out)
+        })
+    }
+
+    /// Phase two of the Ready in flight, once the simulated disk finished its sync.
+    pub fn on_synced(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
+        self.guarded(out, (), |replica, out| {
+            replica.on_synced_unguarded(trace, now, out)
+        })
+    }
+
+    /// Handles the Ready a (re)started replica may have at once (entries to re-apply).
+    pub fn resume(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
+        self.guarded(out, (), |replica, out| {
+            replica.resume_unguarded(trace, now, out)
+        })
+    }
+
     /// Power loss: everything not synced is gone. Returns whether unsynced writes were lost.
     pub fn crash(&mut self, out: &mut Outbox) -> bool {
         let Some(running) = self.running.take() else {
@@ -213,14 +449,27 @@ impl Replica {
             out.answers.push((request, Answer::Crashed));
         }
         for input in running.inbox {
-            if let Input::Request(request, _, _) = input {
-                out.answers.push((request, Answer::Unavailable));
+            match input {
+                Input::Request(request, _, _) => out.answers.push((request, Answer::Unavailable)),
+                Input::Change(id, _) => out.changes.push((id, Err(MembershipError::Stopped))),
+                Input::Transfer(id, _) => out.transfers.push((id, Err(TransferError::Stopped))),
+                Input::Message(_) | Input::SnapshotReport(..) => {}
             }
+        }
+        if let Some((_, _, id)) = running.change {
+            out.changes.push((id, Err(MembershipError::Stopped)));
+        }
+        for id in running
+            .transfer
+            .into_iter()
+            .flat_map(|transfer| transfer.waiters)
+        {
+            out.transfers.push((id, Err(TransferError::Stopped)));
         }
         running.dirty || running.in_flight.is_some()
     }
 
-    pub fn on_tick(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
+    fn on_tick_unguarded(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
         let Some(running) = self.running.as_mut() else {
             return;
         };
@@ -228,13 +477,12 @@ impl Replica {
             running.ticks_due = (running.ticks_due + 1).min(MAX_TICKS_DUE);
             return;
         }
-        running.node.tick();
+        running.tick(out);
         trace.record(now, Event::Tick { node: self.id });
         self.drive(trace, now, out);
     }
 
-    /// Returns false when the message had to be dropped (down, or inbox full).
-    pub fn on_message(
+    fn on_message_unguarded(
         &mut self,
         message: Message,
         trace: &mut Trace,
@@ -258,10 +506,7 @@ impl Replica {
         true
     }
 
-    /// The transport's report on a snapshot this replica sent to `to`. raft-rs keeps a
-    /// follower's progress in the snapshot state until told (the follower's answer alone does
-    /// not release it if that answer is lost), so a transport must report both outcomes.
-    pub fn on_snapshot_report(
+    fn on_snapshot_report_unguarded(
         &mut self,
         to: u64,
         delivered: bool,
@@ -286,9 +531,7 @@ impl Replica {
         self.drive(trace, now, out);
     }
 
-    /// A client request; `stamp_ms` is this replica's clock, stamped into the entry if it
-    /// leads (DESIGN.md §2: apply never reads a clock).
-    pub fn on_request(
+    fn on_request_unguarded(
         &mut self,
         request: RequestId,
         command: Command,
@@ -316,8 +559,48 @@ impl Replica {
         self.drive(trace, now, out);
     }
 
-    /// Phase two of the Ready in flight, once the simulated disk finished its sync.
-    pub fn on_synced(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
+    fn change_members_unguarded(
+        &mut self,
+        id: AdminId,
+        change: MembershipChange,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        let Some(running) = self.running.as_mut() else {
+            out.changes.push((id, Err(MembershipError::Stopped)));
+            return;
+        };
+        if running.in_flight.is_some() {
+            // The driver takes admin requests between turns; never dropped.
+            running.inbox.push_back(Input::Change(id, change));
+            return;
+        }
+        running.change_members(id, change, out);
+        self.drive(trace, now, out);
+    }
+
+    fn transfer_leader_unguarded(
+        &mut self,
+        id: AdminId,
+        to: u64,
+        trace: &mut Trace,
+        now: u64,
+        out: &mut Outbox,
+    ) {
+        let Some(running) = self.running.as_mut() else {
+            out.transfers.push((id, Err(TransferError::Stopped)));
+            return;
+        };
+        if running.in_flight.is_some() {
+            running.inbox.push_back(Input::Transfer(id, to));
+            return;
+        }
+        running.transfer_leader(id, to, out);
+        self.drive(trace, now, out);
+    }
+
+    fn on_synced_unguarded(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
         let Some(running) = self.running.as_mut() else {
             return;
         };
@@ -363,8 +646,7 @@ impl Replica {
         data.room(room).map(f)
     }
 
-    /// Handles the Ready a (re)started replica may have at once (entries to re-apply).
-    pub fn resume(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
+    fn resume_unguarded(&mut self, trace: &mut Trace, now: u64, out: &mut Outbox) {
         self.drive(trace, now, out);
     }
 
@@ -461,13 +743,269 @@ impl Running {
                     self.propose(request, command, stamp_ms, out)
                 }
                 Input::SnapshotReport(to, status) => self.node.report_snapshot(to, status),
+                Input::Change(id, change) => self.change_members(id, change, out),
+                Input::Transfer(id, to) => self.transfer_leader(id, to, out),
             }
         }
         for _ in 0..std::mem::take(&mut self.ticks_due) {
-            self.node.tick();
+            self.tick(out);
             trace.record(now, Event::Tick { node });
         }
         Ok(())
+    }
+
+    fn is_removed(&self) -> bool {
+        let conf = self.node.store().conf_state();
+        *conf != ConfState::default() && !is_member(conf, self.node.raft.id)
+    }
+
+    /// The leader this replica knows (0: none; always 0 once removed, as `Group::leader_id`).
+    fn leader_hint(&self) -> u64 {
+        if self.is_removed() {
+            0
+        } else {
+            self.node.raft.leader_id
+        }
+    }
+
+    /// One Raft tick, then the transfer's retries and deadline and the step aside of a leader
+    /// that is no voter (`Group::tick`, `admin_tick`).
+    fn tick(&mut self, out: &mut Outbox) {
+        self.node.tick();
+        let retry_every = (self.transfer_ticks / 8).max(1);
+        if let Some(transfer) = &mut self.transfer {
+            transfer.ticks_left = transfer.ticks_left.saturating_sub(1);
+            let raft = &mut self.node.raft;
+            let ours = raft.state == StateRole::Leader && raft.lead_transferee == Some(transfer.to);
+            if transfer.ticks_left == 0 {
+                if ours {
+                    raft.abort_leader_transfer();
+                }
+                let leader = (raft.leader_id != 0).then_some(raft.leader_id);
+                let transfer = self.transfer.take().expect("checked above");
+                for id in transfer.waiters {
+                    out.transfers
+                        .push((id, Err(TransferError::TimedOut { leader })));
+                }
+            } else if transfer.ticks_left % retry_every == 0 {
+                let to = transfer.to;
+                if ours {
+                    let caught_up = raft
+                        .prs()
+                        .get(to)
+                        .is_some_and(|progress| progress.matched == raft.raft_log.last_index());
+                    if caught_up {
+                        raft.send_timeout_now(to);
+                    }
+                } else if raft.state == StateRole::Leader {
+                    self.node.transfer_leader(to);
+                }
+            }
+        }
+        self.step_aside_if_no_voter();
+    }
+
+    /// `Group::change_members`: the leader's own state, then the product's rules.
+    fn change_members(&mut self, id: AdminId, change: MembershipChange, out: &mut Outbox) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+            out.changes.push((id, Err(MembershipError::NotLeader)));
+            return;
+        }
+        if self.change.is_some() || raft.has_pending_conf() {
+            out.changes
+                .push((id, Err(MembershipError::ChangeInProgress)));
+            return;
+        }
+        let conf_change = match change.plan(self.node.store().conf_state(), raft.id) {
+            Ok(conf_change) => conf_change,
+            Err(refused) => {
+                out.changes.push((id, Err(refused)));
+                return;
+            }
+        };
+        if let MembershipChange::Promote(node) = change {
+            let replicating = raft
+                .prs()
+                .get(node)
+                .is_some_and(|progress| progress.state == ProgressState::Replicate);
+            if !replicating {
+                out.changes
+                    .push((id, Err(MembershipError::LearnerBehind(node))));
+                return;
+            }
+        }
+        if self
+            .node
+            .propose_conf_change(Vec::new(), conf_change)
+            .is_err()
+        {
+            out.changes.push((id, Err(MembershipError::Busy)));
+            return;
+        }
+        let raft = &self.node.raft;
+        let index = raft.raft_log.last_index();
+        if raft.pending_conf_index != index {
+            out.changes.push((id, Err(MembershipError::Dropped)));
+            return;
+        }
+        self.change = Some((raft.term, index, id));
+    }
+
+    /// `Group::transfer_leader`.
+    fn transfer_leader(&mut self, id: AdminId, to: u64, out: &mut Outbox) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            out.transfers.push((id, Err(TransferError::NotLeader)));
+            return;
+        }
+        if to == raft.id {
+            out.transfers.push((id, Ok(())));
+            return;
+        }
+        if !self.node.store().conf_state().voters.contains(&to) {
+            out.transfers.push((id, Err(TransferError::NotAVoter(to))));
+            return;
+        }
+        match &mut self.transfer {
+            Some(transfer) if transfer.to == to => {
+                transfer.waiters.push(id);
+                return;
+            }
+            Some(transfer) => {
+                let busy = transfer.to;
+                out.transfers
+                    .push((id, Err(TransferError::InProgress(busy))));
+                return;
+            }
+            None => {}
+        }
+        self.node.transfer_leader(to);
+        self.transfer = Some(Transfer {
+            to,
+            ticks_left: self.transfer_ticks,
+            waiters: vec![id],
+        });
+    }
+
+    /// A leader that is no voter of its applied configuration (removed while leadership moved
+    /// to it) hands leadership to the most up-to-date voter (`step_aside_if_no_voter`).
+    fn step_aside_if_no_voter(&mut self) {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+            return;
+        }
+        let voters = &self.node.store().conf_state().voters;
+        if voters.contains(&raft.id) {
+            return;
+        }
+        let best = voters
+            .iter()
+            .filter_map(|id| raft.prs().get(*id).map(|progress| (progress.matched, *id)))
+            .max();
+        if let Some((_, to)) = best {
+            self.node.transfer_leader(to);
+        }
+    }
+
+    /// Applies a committed conf change (`Group::apply_entry`, `on_conf_applied`).
+    fn apply_conf_change(&mut self, entry: &Entry, out: &mut Outbox) -> Result<(), String> {
+        let change = conf_change::decode(&entry.data)
+            .map_err(|err| format!("decode conf change {}: {err}", entry.index))?;
+        let conf = match self.counted_removed_voter(&change) {
+            Some(conf) => {
+                self.miscounting = true;
+                conf
+            }
+            None => {
+                let conf = self
+                    .node
+                    .apply_conf_change(&change)
+                    .map_err(|err| format!("apply conf change {}: {err}", entry.index))?;
+                if self.miscounting {
+                    simple_change(self.node.store().conf_state(), &change)
+                } else {
+                    conf
+                }
+            }
+        };
+        self.node.mut_store().set_conf_state(&conf);
+        self.dirty = true;
+        let named = self.node.store().snapshot_conf_state();
+        if conf
+            .voters
+            .iter()
+            .chain(&conf.learners)
+            .any(|node| !is_member(named, *node))
+        {
+            self.snapshot_due = true;
+        }
+        self.step_aside_if_no_voter();
+        out.configurations.push((entry.index, conf));
+        Ok(())
+    }
+
+    /// The planted bug [`PlantedBug::CountsRemovedVoter`]: a leader applying the removal of
+    /// another voter removes a third voter from its own Raft instead, so the removed one keeps
+    /// counting toward its quorum; the configuration it stores and reports is the right one.
+    fn counted_removed_voter(&mut self, change: &ConfChangeV2) -> Option<ConfState> {
+        if self.bug != PlantedBug::CountsRemovedVoter || self.node.raft.state != StateRole::Leader {
+            return None;
+        }
+        let [single] = change.changes.as_slice() else {
+            return None;
+        };
+        let removed = single.node_id;
+        let me = self.node.raft.id;
+        let conf = self.node.store().conf_state().clone();
+        if single.get_change_type() != ConfChangeType::RemoveNode
+            || removed == me
+            || !conf.voters.contains(&removed)
+        {
+            return None;
+        }
+        let instead = *conf
+            .voters
+            .iter()
+            .find(|id| **id != removed && **id != me)?;
+        let mut wrong = ConfChangeSingle {
+            node_id: instead,
+            ..ConfChangeSingle::default()
+        };
+        wrong.set_change_type(ConfChangeType::RemoveNode);
+        let mut wrong_change = ConfChangeV2::default();
+        wrong_change.mut_changes().push(wrong);
+        self.node.apply_conf_change(&wrong_change).ok()?;
+        let mut right = conf;
+        right.voters.retain(|id| *id != removed);
+        Some(right)
+    }
+
+    /// Answers the pending change once `entry` (just applied) is its entry or passed it.
+    fn settle_change(&mut self, entry: &Entry, out: &mut Outbox) {
+        let Some((term, index, id)) = self.change else {
+            return;
+        };
+        if entry.index < index {
+            return;
+        }
+        self.change = None;
+        let is_conf_change = matches!(
+            entry.get_entry_type(),
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+        );
+        if entry.index == index && entry.term == term && is_conf_change {
+            let conf = self.node.store().conf_state().clone();
+            out.changes.push((id, Ok(conf)));
+        } else {
+            out.changes.push((id, Err(MembershipError::Dropped)));
+        }
+    }
+
+    fn drop_pending_change(&mut self, out: &mut Outbox) {
+        if let Some((_, _, id)) = self.change.take() {
+            out.changes.push((id, Err(MembershipError::Dropped)));
+        }
     }
 
     fn propose(&mut self, request: RequestId, command: Command, stamp_ms: u64, out: &mut Outbox) {
@@ -476,10 +1014,13 @@ impl Running {
             out.answers.push((
                 request,
                 Answer::NotLeader {
-                    leader: raft.leader_id,
+                    leader: self.leader_hint(),
                 },
             ));
             return;
+        }
+        if !self.node.store().conf_state().voters.contains(&raft.id) {
+            out.proposed_as_non_voter = true;
         }
         let entry = Stamped {
             ts_ms: stamp_ms,
@@ -511,6 +1052,7 @@ impl Running {
         for (_, (_, request)) in std::mem::take(&mut self.pending) {
             out.answers.push((request, Answer::Dropped));
         }
+        self.drop_pending_change(out);
         out.restored = true;
         Ok(())
     }
@@ -536,24 +1078,34 @@ impl Running {
                 }
                 // The empty entry of a new leader (Raft §8).
                 EntryType::EntryNormal => None,
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry, out)?;
+                    None
+                }
+                EntryType::EntryConfChange => {
                     return Err(format!(
-                        "configuration change at {} that nobody proposed",
+                        "version 1 configuration change at {} that nobody proposed",
                         entry.index
                     ));
                 }
             };
             self.applied_index = entry.index;
             self.applied_term = entry.term;
+            let outcome = match (&output, entry.get_entry_type()) {
+                (Some(output), _) => outcome_name(output),
+                (None, EntryType::EntryNormal) => "empty",
+                (None, _) => "conf-change",
+            };
             trace.record(
                 now,
                 Event::Applied {
                     node,
                     index: entry.index,
                     term: entry.term,
-                    outcome: output.as_ref().map_or("empty", outcome_name),
+                    outcome,
                 },
             );
+            self.settle_change(&entry, out);
             out.applied |= output.is_some();
             // Proposals below this index can no longer apply (another leader's entries won).
             while let Some((&index, _)) = self.pending.first_key_value() {
@@ -566,6 +1118,7 @@ impl Running {
             if let Some((term, request)) = self.pending.remove(&entry.index) {
                 match output {
                     Some(output) if term == entry.term => {
+                        out.acknowledged.push((entry.index, entry.term));
                         out.answers.push((request, Answer::Applied(output)))
                     }
                     _ => out.answers.push((request, Answer::Dropped)),
@@ -591,6 +1144,14 @@ impl Running {
                 out.answers.push((request, Answer::Dropped));
             }
         }
+        if role != StateRole::Leader {
+            self.drop_pending_change(out);
+        }
+        if let Some(transfer) = self.transfer.take_if(|transfer| transfer.to == leader) {
+            for id in transfer.waiters {
+                out.transfers.push((id, Ok(())));
+            }
+        }
         if role != self.role || leader != self.leader {
             trace.record(
                 now,
@@ -609,7 +1170,9 @@ impl Running {
     /// Runs after `advance`, when everything applied is also within the stored commit index.
     fn maybe_snapshot(&mut self, interval: u64) -> Result<(), String> {
         let snapshot_index = self.node.store().snapshot_index();
-        if self.applied_index < snapshot_index + interval {
+        let unsnapshotted = self.applied_index.saturating_sub(snapshot_index);
+        let membership_due = std::mem::take(&mut self.snapshot_due);
+        if unsnapshotted < interval && !(membership_due && unsnapshotted > 0) {
             return Ok(());
         }
         let mut snapshot = Snapshot {
@@ -750,6 +1313,41 @@ impl Machine {
             .cloned()
             .collect()
     }
+}
+
+/// `conf` after the single changes of `change`, as raft-rs' simple changes make it (for a
+/// replica whose Raft tracks something else: [`PlantedBug::CountsRemovedVoter`]).
+fn simple_change(conf: &ConfState, change: &ConfChangeV2) -> ConfState {
+    let mut conf = conf.clone();
+    for single in &change.changes {
+        let node = single.node_id;
+        conf.voters.retain(|id| *id != node);
+        conf.learners.retain(|id| *id != node);
+        match single.get_change_type() {
+            ConfChangeType::AddNode => conf.voters.push(node),
+            ConfChangeType::AddLearnerNode => conf.learners.push(node),
+            ConfChangeType::RemoveNode => {}
+        }
+    }
+    conf
+}
+
+/// What a leader reports of its group (`ShardStatus` on the leader).
+#[derive(Debug, Clone)]
+pub struct LeaderView {
+    pub term: u64,
+    pub commit: u64,
+    /// Every member's (matched index, replicating normally), this node included.
+    pub progress: BTreeMap<u64, (u64, bool)>,
+}
+
+/// Whether `node` is a voter (in either half) or a learner of `conf` (`membership::is_member`).
+pub fn is_member(conf: &ConfState, node: u64) -> bool {
+    conf.voters
+        .iter()
+        .chain(&conf.voters_outgoing)
+        .chain(&conf.learners)
+        .any(|id| *id == node)
 }
 
 /// A short, stable name of an apply outcome for the trace.

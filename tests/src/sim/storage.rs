@@ -40,9 +40,27 @@ impl Disk {
         }
     }
 
+    /// A replica of a node joining a running group (`ClusterConfig::join_existing`): no
+    /// configuration and no log until the leader's snapshot names it.
+    pub fn empty() -> Self {
+        Disk::default()
+    }
+
     /// The stored snapshot, if one was taken or received (index > 0).
     pub fn snapshot(&self) -> Option<&Snapshot> {
         (self.snapshot.get_metadata().index > 0).then_some(&self.snapshot)
+    }
+
+    /// Whether the entry at `index` of term `term` is durable here: in the log, or covered by
+    /// the snapshot (which holds only committed, hence agreed, entries).
+    pub fn holds(&self, index: u64, term: u64) -> bool {
+        let snapshot = self.snapshot_index();
+        if index <= snapshot {
+            return index > 0;
+        }
+        self.entries
+            .get((index - snapshot - 1) as usize)
+            .is_some_and(|entry| entry.index == index && entry.term == term)
     }
 
     fn snapshot_index(&self) -> u64 {
@@ -82,6 +100,17 @@ impl SimStorage {
 
     pub fn conf_state(&self) -> &ConfState {
         &self.live.conf_state
+    }
+
+    /// The configuration of the stored snapshot (the bootstrap configuration at index 0).
+    pub fn snapshot_conf_state(&self) -> &ConfState {
+        self.live.snapshot.get_metadata().get_conf_state()
+    }
+
+    /// The configuration an applied conf change produced, written with the next sync (as
+    /// `cluster::group` stages it with the turn's write).
+    pub fn set_conf_state(&mut self, conf_state: &ConfState) {
+        self.live.conf_state = conf_state.clone();
     }
 
     /// Appends `entries`, dropping any conflicting suffix (Raft §5.3).
@@ -213,9 +242,19 @@ impl Storage for SimStorage {
         Ok(self.live.last_index())
     }
 
-    /// The stored snapshot; raft-rs retries later while it is older than requested.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.live.snapshot_index() >= request_index.max(1) {
+    /// The stored snapshot; raft-rs retries later while it is older than requested, or while
+    /// it was taken before `to` joined: raft-rs on `to` refuses a snapshot whose configuration
+    /// does not name it, and every replica snapshots right after applying a change that adds
+    /// a member (as `cluster::storage` and `cluster::group` do).
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let conf = self.live.snapshot.get_metadata().get_conf_state();
+        let names_to = conf
+            .voters
+            .iter()
+            .chain(&conf.learners)
+            .chain(&conf.voters_outgoing)
+            .any(|id| *id == to);
+        if self.live.snapshot_index() >= request_index.max(1) && names_to {
             Ok(self.live.snapshot.clone())
         } else {
             Err(raft::Error::Store(
@@ -241,6 +280,9 @@ mod tests {
         let mut snapshot = Snapshot::default();
         snapshot.mut_metadata().index = index;
         snapshot.mut_metadata().term = term;
+        snapshot
+            .mut_metadata()
+            .set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
         snapshot
     }
 
@@ -300,6 +342,45 @@ mod tests {
         assert!(storage.append(&[entry(2, 3)]).is_err(), "compacted");
         assert_eq!(storage.snapshot(0, 2).unwrap().get_metadata().index, 2);
         assert!(storage.snapshot(3, 2).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_goes_only_to_a_node_its_configuration_names() {
+        let mut storage = SimStorage::recover(&Disk::bootstrap(&[1, 2]));
+        storage.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+        storage.set_commit(2);
+        let mut taken = snapshot(2, 1);
+        let learner = ConfState::from((vec![1, 2], vec![3]));
+        taken.mut_metadata().set_conf_state(learner.clone());
+        storage.set_conf_state(&learner);
+        storage.compact(taken).unwrap();
+        assert_eq!(storage.snapshot(1, 3).unwrap().get_metadata().index, 2);
+        assert_eq!(storage.snapshot(2, 2).unwrap().get_metadata().index, 2);
+        assert!(storage.snapshot(2, 4).is_err(), "node 4 is no member");
+        assert_eq!(storage.snapshot_conf_state(), &learner);
+    }
+
+    #[test]
+    fn durable_entries_are_held_and_a_joining_replica_holds_nothing() {
+        let mut storage = SimStorage::recover(&Disk::bootstrap(&[1]));
+        storage
+            .append(&[entry(1, 1), entry(2, 1), entry(3, 2)])
+            .unwrap();
+        storage.set_commit(3);
+        storage.compact(snapshot(2, 1)).unwrap();
+        let disk = storage.sync();
+        assert!(disk.holds(1, 1) && disk.holds(2, 1) && disk.holds(3, 2));
+        assert!(!disk.holds(3, 1), "another term at that index");
+        assert!(!disk.holds(4, 2));
+        assert!(!disk.holds(0, 0));
+        let empty = Disk::empty();
+        assert!(!empty.holds(1, 1));
+        let joining = SimStorage::recover(&empty);
+        assert_eq!(
+            joining.initial_state().unwrap().conf_state,
+            ConfState::default()
+        );
+        assert!(joining.snapshot(0, 1).is_err());
     }
 
     #[test]

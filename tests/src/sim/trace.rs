@@ -96,6 +96,27 @@ pub enum Event<'a> {
         seq: u64,
         hub_seq: u64,
     },
+    /// The operator sent membership request `id` (a change of `target`, or a leadership
+    /// transfer to it) to replica `node`.
+    Admin {
+        id: u64,
+        node: u64,
+        action: &'a str,
+        target: u64,
+    },
+    /// How membership request `id` ended.
+    AdminOutcome {
+        id: u64,
+        outcome: &'a str,
+    },
+    /// A group's configuration moved on: the latest one applied, at the conf change `index`
+    /// (provider 0 is the hub's group, 1 the follower's).
+    Configuration {
+        provider: u64,
+        index: u64,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    },
 }
 
 pub struct Trace {

@@ -24,7 +24,10 @@ use mimid_actors::shard::{ApplyOutput, CreateRoomRejection};
 use openmls::prelude::Lifetime;
 use rand::Rng;
 
-use super::{index_of, is_hub, Ev, RequestRecord, World, FOLLOWER, FOLLOWER_REPLICAS, REPLICAS};
+use super::{
+    index_of, is_hub, next_in_group, Ev, RequestRecord, World, FOLLOWER_NODES, GROUP_NODES,
+    HUB_NODES,
+};
 use crate::sim::checker::{digest, Attempt, BodyDigest, Submission, ViolationKind};
 use crate::sim::client::{Change, Seen, SimClient};
 use crate::sim::replica::{outcome_name, Answer, RequestId};
@@ -155,11 +158,11 @@ impl World<'_> {
         }
         let node = if self.actors[client].remote {
             // Any follower replica, possibly a stale one.
-            FOLLOWER + self.rng.gen_range(0..FOLLOWER_REPLICAS)
+            FOLLOWER_NODES[self.rng.gen_range(0..GROUP_NODES)]
         } else if self.rng.gen_bool(0.5) {
             self.actors[client].leader_guess
         } else {
-            self.rng.gen_range(0..REPLICAS)
+            HUB_NODES[self.rng.gen_range(0..GROUP_NODES)]
         };
         let actor = &mut self.actors[client];
         actor.busy = Busy::Reading;
@@ -180,7 +183,7 @@ impl World<'_> {
         let Some(items) = items else {
             // The replica is down: try another one soon.
             if is_hub(node) {
-                self.actors[client].leader_guess = (node + 1) % REPLICAS;
+                self.actors[client].leader_guess = next_in_group(node);
             }
             let delay = self.rng.gen_range(20..=200);
             return self.schedule_wake(client, delay);
@@ -539,7 +542,7 @@ impl World<'_> {
                 self.attempt(request, &outstanding, Attempt::Refused);
                 self.actors[client].leader_guess = match index_of(leader) {
                     Some(leader) => leader,
-                    None => self.rng.gen_range(0..REPLICAS),
+                    None => HUB_NODES[self.rng.gen_range(0..GROUP_NODES)],
                 };
                 self.retry(client, outstanding);
             }
@@ -547,7 +550,7 @@ impl World<'_> {
                 self.counts.refused += 1;
                 self.attempt(request, &outstanding, Attempt::Refused);
                 let guess = &mut self.actors[client].leader_guess;
-                *guess = (*guess + 1) % REPLICAS;
+                *guess = next_in_group(*guess);
                 self.retry(client, outstanding);
             }
             Answer::Dropped | Answer::Crashed => {

@@ -30,7 +30,7 @@ use mimid_actors::shard::ApplyOutput;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use super::{index_of, is_hub, Ev, World, FOLLOWER, FOLLOWER_REPLICAS, NODES};
+use super::{index_of, is_hub, next_in_group, Ev, World, NODES};
 use crate::sim::checker::ViolationKind;
 use crate::sim::replica::{Answer, Outbox, RequestId};
 use crate::sim::trace::Event;
@@ -183,6 +183,7 @@ impl World<'_> {
             return;
         };
         let command = sent.command.clone();
+        self.reached_removed(node);
         let request = self.next_request;
         self.next_request += 1;
         self.notify_requests.insert(
@@ -293,7 +294,7 @@ impl World<'_> {
     }
 
     fn next_follower_guess(&mut self) {
-        self.follower_guess = FOLLOWER + (self.follower_guess - FOLLOWER + 1) % FOLLOWER_REPLICAS;
+        self.follower_guess = next_in_group(self.follower_guess);
     }
 
     /// The notify's outcome, for the fan-out core that sent it if it still runs.
