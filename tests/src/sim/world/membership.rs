@@ -17,7 +17,9 @@
 //! * a learner is promoted once caught up (replicating, matched within [`CATCH_UP_SLACK`] of
 //!   the commit index); now and then the operator asks early and the leader refuses it
 //!   (`LearnerBehind`), and now and then a request goes twice, as a retrying operator's would
-//!   (refused: `ChangeInProgress`, `AlreadyMember`, ...);
+//!   (refused: `ChangeInProgress`, `AlreadyMember`, ...); a learner that has everything but
+//!   sits in raft-rs' probe state on an idle group gets a housekeeping write, as the product's
+//!   periodic housekeeping would give it, since the leader sends a probed member nothing more;
 //! * no removal below quorum: a voter is removed only if the voters left still form a quorum
 //!   of the original three; a removed voter that is up is removed once caught up, so it hears
 //!   of its removal;
