@@ -259,11 +259,11 @@ fn write_interval_log<'a>(
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// A panel's title: the scenario and the phase, or the scenario alone when the phase has its
-/// name.
+/// A panel's title: the scenario and the phase, or the phase alone when its name starts with
+/// the scenario's.
 fn title(scenario: &str, phase: &str) -> String {
-    if scenario == phase {
-        scenario.to_string()
+    if phase.starts_with(scenario) {
+        phase.to_string()
     } else {
         format!("{scenario}: {phase}")
     }
@@ -345,6 +345,16 @@ mod tests {
         assert_eq!(csv_field("commits group_size=2"), "commits group_size=2");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn titles_name_the_scenario_once() {
+        assert_eq!(title("dm", "dm"), "dm");
+        assert_eq!(
+            title("commit-churn", "commit-churn group_size=2"),
+            "commit-churn group_size=2"
+        );
+        assert_eq!(title("commits", "messages"), "commits: messages");
     }
 
     #[test]

@@ -232,7 +232,9 @@ fn draw_panel(
             ))
             .map_err(draw_error)?;
         let (px, py) = to_pixel(value, y_min);
-        draw_text(area, &label, px - text_width(&label) / 2, py + 8, AXIS)?;
+        // Centred under its tick, but inside the picture.
+        let x = (px - text_width(&label) / 2).min(WIDTH as i32 - 2 - text_width(&label));
+        draw_text(area, &label, x, py + 8, AXIS)?;
     }
     // The frame of the plotting area.
     let (left, top) = to_pixel(x_min, y_max);
