@@ -376,8 +376,8 @@ async fn ticker(shared: Arc<Shared>, mut stop: oneshot::Receiver<Duration>) -> V
             _ = tick.tick() => shared.elapsed(),
             end = &mut stop => {
                 let end = end.unwrap_or_else(|_| shared.elapsed());
-                let last = shared.recorder.lock().take_interval(end);
-                if last.ops_ok + last.errors > 0 {
+                let last = shared.recorder.lock().take_final_interval(end);
+                if let Some(last) = last {
                     print_interval(&shared, &last);
                     intervals.push(last);
                 }

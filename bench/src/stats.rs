@@ -346,6 +346,19 @@ impl Recorder {
         interval
     }
 
+    /// Closes the last interval of a phase, ending at `now`: like [`Recorder::take_interval`],
+    /// but an interval in which nothing was answered is left out (of the interval log too).
+    pub fn take_final_interval(&mut self, now: Duration) -> Option<Interval> {
+        let logged = self.log.len();
+        let interval = self.take_interval(now);
+        if interval.ops_ok + interval.errors > 0 {
+            Some(interval)
+        } else {
+            self.log.truncate(logged);
+            None
+        }
+    }
+
     /// Every interval closed so far, per operation, in order (see [`LoggedInterval`]).
     pub fn interval_log(&self) -> &[LoggedInterval] {
         &self.log
@@ -563,6 +576,15 @@ mod tests {
         let second = LoggedInterval::decode(&log[1].raw).expect("decodes");
         assert_eq!(second.len(), 1, "the interval histograms were reset");
         assert!(LoggedInterval::decode(b"not a histogram").is_err());
+        assert_eq!(
+            recorder.take_final_interval(ms(1600)),
+            None,
+            "nothing answered"
+        );
+        assert_eq!(recorder.interval_log().len(), 2, "and nothing logged");
+        recorder.handle_success_of(sample(1600, 1600, 1601), "join");
+        assert!(recorder.take_final_interval(ms(1700)).is_some());
+        assert_eq!(recorder.interval_log().len(), 3);
     }
 
     #[test]
