@@ -243,6 +243,9 @@ pub fn compare(systems: Vec<SystemFigures>) -> Comparison {
             }
         };
         let throughput = div(a.throughput_ops_s, b.throughput_ops_s);
+        // Under the open model both were offered the same rate: the throughput goals are about
+        // saturation (closed model), so they do not apply.
+        let goal = goal.filter(|_| !(a.load_model == "open" && b.load_model == "open"));
         Ratio {
             numerator: a.label.clone(),
             denominator: b.label.clone(),
@@ -297,6 +300,14 @@ pub fn compare(systems: Vec<SystemFigures>) -> Comparison {
                 ));
             }
         }
+    }
+    if !systems.is_empty() && systems.iter().all(|s| s.load_model == "open") {
+        warnings.push(
+            "open model: every system was offered the same rate, so msg/s match and the \
+             throughput goals (about saturation, closed model) do not apply; compare latency \
+             and CPU per message"
+                .to_string(),
+        );
     }
     for system in &systems {
         if system.ops_failed > 0 {
@@ -580,5 +591,29 @@ mod tests {
         assert!(comparison.warnings[0].contains("another load"));
         assert!(comparison.warnings[1].contains("3 operations failed"));
         assert!(figures("x", path, &serde_json::json!({"scenario": "etcd"})).is_err());
+    }
+
+    #[test]
+    fn under_the_open_model_the_throughput_goals_do_not_apply() {
+        let open = |scenario: &str| {
+            let mut report = report(scenario, 2000.0, 1_000, 2_000, serde_json::json!({}));
+            report["config"]["load_model"] = serde_json::json!("open");
+            report["config"]["rate"] = serde_json::json!(2000.0);
+            report
+        };
+        let path = Path::new("x.json");
+        let comparison = compare(vec![
+            figures(LABEL_MIMID, path, &open("cluster")).expect("mimid"),
+            figures(LABEL_NATS, path, &open("nats")).expect("nats"),
+        ]);
+        assert_eq!(comparison.ratios.len(), 1);
+        assert_eq!(comparison.ratios[0].goal, None);
+        assert_eq!(comparison.ratios[0].meets_goal, None);
+        assert!(
+            comparison.warnings[0].contains("open model"),
+            "{:?}",
+            comparison.warnings
+        );
+        assert!(!comparison.table().contains("NOT met"));
     }
 }
