@@ -662,6 +662,8 @@ impl ClientApi {
                     let frame = DeliveredItem::from_log(&delivery.room, &delivery.item)
                         .map(|mut item| {
                             // MIMI.md §5.3.1: the receiver keeps the Frank with the message.
+                            // Signed once per message on this node, not per stream: the
+                            // streams of its other recipients get the cached bytes.
                             if let DeliveredBody::Application { frank, .. } = &mut item.body {
                                 *frank = franking.frank_of_item(&delivery.room, &delivery.item);
                             }

@@ -288,6 +288,11 @@ pub struct LimitsSettings {
     /// QUIC idle timeout, in milliseconds: a connection without any packet for this long is
     /// dropped. Clients keep long-lived streams alive with QUIC keep-alives. Default 30000.
     pub idle_timeout_ms: u64,
+    /// Franks kept in memory for the messages franked last (protocol-06 §5.4.1): a message's
+    /// Frank is signed once and its bytes shared by its submit answer, notifies and every push
+    /// stream delivering it. A delivery further behind signs it again (same bytes;
+    /// `mimid_limit_hits_total{limit="frank_cache"}`). About 0.5 KiB each. Default 4096.
+    pub frank_cache_entries: usize,
     /// Rate limits per peer provider, per user and on KeyPackage claims (`[limits.rate]`).
     pub rate: RateLimitSettings,
 }
@@ -961,6 +966,7 @@ impl Default for LimitsSettings {
             max_header_bytes: 16 << 10,
             request_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,
+            frank_cache_entries: 4096,
             rate: RateLimitSettings::default(),
         }
     }
@@ -968,7 +974,7 @@ impl Default for LimitsSettings {
 
 impl LimitsSettings {
     fn check(&self, problems: &mut Vec<ConfigProblem>) {
-        let all: [(&'static str, u64); 14] = [
+        let all: [(&'static str, u64); 15] = [
             ("limits.max_body_bytes", self.max_body_bytes as u64),
             (
                 "limits.max_key_packages_per_publish",
@@ -992,6 +998,10 @@ impl LimitsSettings {
             ("limits.max_header_bytes", self.max_header_bytes),
             ("limits.request_timeout_ms", self.request_timeout_ms),
             ("limits.idle_timeout_ms", self.idle_timeout_ms),
+            (
+                "limits.frank_cache_entries",
+                self.frank_cache_entries as u64,
+            ),
         ];
         for (key, value) in all {
             at_least_one(problems, key, value);
@@ -1580,6 +1590,7 @@ mod tests {
         config.cluster.election_tick = 2;
         config.node_id = 0;
         config.limits.stream_queue = 0;
+        config.limits.frank_cache_entries = 0;
         config.limits.max_connections = usize::MAX;
         config.log.level = "info,mimid=loud".into();
         let keys = problems(&config);
@@ -1590,6 +1601,7 @@ mod tests {
                 "cluster.shards",
                 "cluster.election_tick",
                 "limits.stream_queue",
+                "limits.frank_cache_entries",
                 "limits.max_connections",
                 "log.level"
             ]

@@ -34,14 +34,25 @@
 //! `frank_aad` (component 0x0002 lists 0x0020); both are fixed at creation (the hub refuses
 //! AppDataUpdates of components it does not manage), so the answer is cached per room.
 //!
+//! A Frank depends only on its message (the tag, the sender, the room and the accepted time:
+//! `ServerFrankingContext`), never on who it is delivered to, so each node signs it once: the
+//! Franks it made are kept in a bounded cache keyed by that signed input
+//! ([`Franking::new`]'s `cache_entries`, `limits.frank_cache_entries`), shared by the
+//! submitMessage answer, the notifies and every push stream delivering the message. An evicted
+//! Frank that is needed again is signed again; HMAC and Ed25519 (RFC 8032 §5.1.6) are
+//! deterministic, so it is the same bytes (counted in
+//! `mimid_limit_hits_total{limit="frank_cache"}`).
+//!
 //! [IMPL CHOICE] `application_data` is the MIMI content bytes (no ApplicationFraming: rooms do
 //! not advertise content types).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::hash::BuildHasher as _;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use mimid_actors::actor::{Federation, NotifyError};
 use mimid_actors::command::Submitter;
@@ -68,6 +79,7 @@ use crate::content::{MimiContent, SALT_LEN};
 use crate::key_file::{
     load_or_generate, load_or_generate_signing_key_bytes, signing_key_from_bytes, KeyFileError,
 };
+use crate::metrics::{Limit, Metrics};
 use crate::wire::abuse::{AbuseReport, AbusiveMessage};
 use crate::wire::sign::{sign_with_label, verify_with_label, SignatureError};
 use crate::wire::submit::{Frank, FrankingAgentData, FrankingIntegrityTbs, ServerFrankingContext};
@@ -502,22 +514,118 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What a Frank signs besides the keys (protocol-06 §5.4.1): the message's franking tag and
+/// its `ServerFrankingContext` (sender, room, accepted time). Nothing of the recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FrankInput {
+    room: RoomId,
+    sender: UserId,
+    franking_tag: [u8; FRANKING_TAG_LEN],
+    accepted_ts_ms: u64,
+}
+
+/// One cached Frank; the first caller signs, concurrent callers for the same message wait for
+/// it rather than sign too. `None`: signing failed (deterministic: an encoding error).
+type FrankSlot = Arc<OnceLock<Option<Frank>>>;
+
+/// The Franks this node signed, by their signed input, at most `capacity` of them; the oldest
+/// is evicted first. A message is delivered right after it is accepted (the submit answer, a
+/// notify per follower, every attached stream), so insertion order is use order; a stream that
+/// reads a backlog further back than `capacity` messages signs its Franks again.
+struct FrankCache {
+    capacity: usize,
+    state: Mutex<FrankCacheState>,
+}
+
+#[derive(Default)]
+struct FrankCacheState {
+    slots: HashMap<Arc<FrankInput>, FrankSlot>,
+    /// The keys of `slots`, oldest first.
+    order: VecDeque<Arc<FrankInput>>,
+    /// Hashes of the last `capacity` evicted inputs, oldest first, to tell a Frank signed again
+    /// because the bound evicted it from one never signed (a hash collision at worst miscounts
+    /// the metric; the Frank is always the signature of its own input).
+    evicted: HashSet<u64>,
+    evicted_order: VecDeque<u64>,
+}
+
+impl FrankCache {
+    fn new(capacity: usize) -> Self {
+        FrankCache {
+            capacity: capacity.max(1),
+            state: Mutex::new(FrankCacheState::default()),
+        }
+    }
+
+    /// The slot of `input`, created (evicting the oldest when full) if missing; `true` when
+    /// `input` was evicted before, i.e. its Frank is about to be signed a second time.
+    fn slot(&self, input: &FrankInput) -> (FrankSlot, bool) {
+        let mut state = self.state.lock();
+        if let Some(slot) = state.slots.get(input) {
+            return (slot.clone(), false);
+        }
+        let hash = state.slots.hasher().hash_one(input);
+        let signed_before = state.evicted.remove(&hash);
+        if state.order.len() >= self.capacity {
+            if let Some(oldest) = state.order.pop_front() {
+                state.slots.remove(&*oldest);
+                let oldest = state.slots.hasher().hash_one(&*oldest);
+                state.evicted.insert(oldest);
+                state.evicted_order.push_back(oldest);
+                if state.evicted_order.len() > self.capacity {
+                    if let Some(forgotten) = state.evicted_order.pop_front() {
+                        state.evicted.remove(&forgotten);
+                    }
+                }
+            }
+        }
+        let input = Arc::new(input.clone());
+        let slot = FrankSlot::default();
+        state.order.push_back(input.clone());
+        state.slots.insert(input, slot.clone());
+        (slot, signed_before)
+    }
+}
+
 /// The node's franking service: the keys, and the Franks of messages of the rooms this
-/// node's replicas hold, computed at delivery (module docs).
+/// node's replicas hold, computed at delivery, once per message (module docs).
 pub struct Franking {
     keys: FrankingKeys,
     shards: Shards,
     /// Rooms hosted here and whether they are franked by our key (fixed at creation).
     franked_rooms: Mutex<BTreeMap<RoomId, bool>>,
+    /// The Franks signed lately, shared by every delivery of their message.
+    cache: FrankCache,
+    /// Franks signed since start (one Ed25519 signature each).
+    signatures: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Franking {
-    pub fn new(keys: FrankingKeys, shards: Shards) -> Self {
+    /// The franking service with `keys` over the node's `shards`, keeping the Franks of the
+    /// last `cache_entries` messages it franked (at least one; `limits.frank_cache_entries`).
+    /// A Frank signed again after its eviction counts in `metrics` as a hit of
+    /// [`Limit::FrankCache`].
+    pub fn new(
+        keys: FrankingKeys,
+        shards: Shards,
+        cache_entries: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Franking {
             keys,
             shards,
             franked_rooms: Mutex::new(BTreeMap::new()),
+            cache: FrankCache::new(cache_entries),
+            signatures: AtomicU64::new(0),
+            metrics,
         }
+    }
+
+    /// Franks this node signed since it started: one per message while its Frank stays in the
+    /// cache, however many times the message is delivered.
+    pub fn signatures(&self) -> u64 {
+        self.signatures.load(Ordering::Relaxed)
     }
 
     pub fn keys(&self) -> &FrankingKeys {
@@ -565,7 +673,8 @@ impl Franking {
     }
 
     /// The Frank to deliver with `item` of `room` (hosted or mirrored here): computed for a
-    /// hosted room's franked message, as received for a mirrored room's.
+    /// hosted room's franked message (signed once per message: every stream, notify and answer
+    /// delivering it gets the cached bytes), as received for a mirrored room's.
     pub fn frank_of_item(&self, room: &RoomId, item: &LogItem) -> Option<Frank> {
         if !matches!(item.body, ItemBody::Application { .. }) {
             return None;
@@ -577,11 +686,22 @@ impl Franking {
             .franks()
             .get(room, item.seq)
             .cloned()?;
+        self.frank_of_record(room, record, item.ts_ms)
+    }
+
+    /// The Frank of an item of `room` accepted at `accepted_ts_ms` that apply recorded as
+    /// `record`.
+    fn frank_of_record(
+        &self,
+        room: &RoomId,
+        record: FrankRecord,
+        accepted_ts_ms: u64,
+    ) -> Option<Frank> {
         match record {
             FrankRecord::Hub {
                 sender,
                 franking_tag,
-            } => self.frank_of(room, &sender, &franking_tag, item.ts_ms),
+            } => self.frank_of(room, &sender, &franking_tag, accepted_ts_ms),
             FrankRecord::Received { frank } => Frank::from_bytes(
                 &frank,
                 &Limits {
@@ -592,6 +712,7 @@ impl Franking {
         }
     }
 
+    /// The Frank of a message of a franked room, from the cache or signed now (and kept).
     fn frank_of(
         &self,
         room: &RoomId,
@@ -602,10 +723,27 @@ impl Franking {
         if !self.franks(room) {
             return None;
         }
-        match self.keys.frank(tag, context(sender, room, accepted_ts_ms)) {
+        let input = FrankInput {
+            room: room.clone(),
+            sender: sender.clone(),
+            franking_tag: *tag,
+            accepted_ts_ms,
+        };
+        let (slot, signed_before) = self.cache.slot(&input);
+        if signed_before {
+            self.metrics.count_limit_hit(Limit::FrankCache);
+        }
+        slot.get_or_init(|| self.sign(&input)).clone()
+    }
+
+    /// Signs the Frank of `input` (the HMAC and one Ed25519 signature).
+    fn sign(&self, input: &FrankInput) -> Option<Frank> {
+        self.signatures.fetch_add(1, Ordering::Relaxed);
+        let context = context(&input.sender, &input.room, input.accepted_ts_ms);
+        match self.keys.frank(&input.franking_tag, context) {
             Ok(frank) => Some(frank),
             Err(e) => {
-                tracing::error!(%room, error = %e, "cannot frank a message");
+                tracing::error!(room = %input.room, error = %e, "cannot frank a message");
                 None
             }
         }
@@ -797,6 +935,141 @@ mod tests {
             FrankingKeys::from_replicated("a.example", &mismatched),
             Err(KeyFileError::Replicated { .. })
         ));
+    }
+
+    /// A franking service over one empty shard, the `room()` marked franked by our key (as
+    /// `Franking::franks` decides from a hosted room's GroupContext), keeping `entries` Franks.
+    fn franking(dir: &Path, entries: usize) -> (Franking, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let franking = Franking::new(keys(dir), Shards::new(1), entries, metrics.clone());
+        franking.franked_rooms.lock().insert(room(), true);
+        (franking, metrics)
+    }
+
+    /// What apply records for alice's message with the franking tag `[tag; 32]`.
+    fn hub_record(tag: u8) -> FrankRecord {
+        FrankRecord::Hub {
+            sender: alice(),
+            franking_tag: [tag; FRANKING_TAG_LEN],
+        }
+    }
+
+    /// `mimid_limit_hits_total{limit="frank_cache"}` of `metrics`.
+    fn frank_cache_hits(metrics: &Metrics) -> u64 {
+        let series = format!(
+            "mimid_limit_hits_total{{limit=\"{}\"}} ",
+            Limit::FrankCache.as_str()
+        );
+        metrics
+            .encode()
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map_or(0, |value| value.parse().unwrap())
+    }
+
+    /// protocol-06 §5.4.1: a Frank depends on the message only (tag, sender, room, accepted
+    /// time), so a message pushed to 1 000 streams at once (from four threads), notified and
+    /// answered is signed once, and every delivery carries the same bytes, which verify and
+    /// equal a Frank signed without the cache.
+    #[test]
+    fn a_message_delivered_to_many_streams_is_signed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (franking, metrics) = franking(dir.path(), 16);
+        let delivered: Vec<Frank> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..250)
+                            .map(|_| {
+                                franking
+                                    .frank_of_record(&room(), hub_record(1), 42)
+                                    .unwrap()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().unwrap())
+                .collect()
+        });
+        let answered = franking
+            .frank_submitted(&room(), &alice(), Some([1; FRANKING_TAG_LEN]), 42)
+            .unwrap();
+        assert_eq!(delivered.len(), 1000);
+        assert_eq!(
+            franking.signatures(),
+            1,
+            "one signature for 1 000 deliveries"
+        );
+        let expected = franking
+            .keys()
+            .frank(&[1; FRANKING_TAG_LEN], context(&alice(), &room(), 42))
+            .unwrap();
+        let bytes = expected.to_bytes().unwrap();
+        for frank in delivered.iter().chain([&answered]) {
+            assert_eq!(frank.to_bytes().unwrap(), bytes, "byte-identical Franks");
+        }
+        verify_signature(
+            franking.keys().public_key(),
+            &answered,
+            context(&alice(), &room(), 42),
+        )
+        .unwrap();
+
+        // Another message (here: the same tag, accepted later) is a Frank of its own.
+        let later = franking
+            .frank_of_record(&room(), hub_record(1), 43)
+            .unwrap();
+        assert_ne!(later, expected);
+        assert_eq!(franking.signatures(), 2);
+        // A follower's received Frank is decoded, not signed; an unknown room is not franked.
+        let received = FrankRecord::Received { frank: bytes };
+        assert_eq!(
+            franking.frank_of_record(&room(), received, 42),
+            Some(expected)
+        );
+        let elsewhere = RoomId::parse("mimi://a.example/r/unknown").unwrap();
+        assert_eq!(
+            franking.frank_of_record(&elsewhere, hub_record(1), 42),
+            None
+        );
+        assert_eq!(franking.signatures(), 2);
+        assert_eq!(frank_cache_hits(&metrics), 0);
+    }
+
+    /// protocol-06 §5.4.1 with a bound (`limits.frank_cache_entries`): past it the oldest Frank
+    /// is evicted; a delivery that needs it again signs it again, to the same bytes (Ed25519 is
+    /// deterministic, RFC 8032 §5.1.6), and counts a `frank_cache` limit hit; a new message
+    /// evicting one counts none.
+    #[test]
+    fn an_evicted_frank_is_signed_again_to_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (franking, metrics) = franking(dir.path(), 2);
+        let deliver = |tag: u8| {
+            franking
+                .frank_of_record(&room(), hub_record(tag), 7)
+                .unwrap()
+        };
+        let first = deliver(1);
+        deliver(2);
+        deliver(3); // evicts 1
+        assert_eq!((franking.signatures(), frank_cache_hits(&metrics)), (3, 0));
+        deliver(3);
+        assert_eq!(franking.signatures(), 3, "3 is still cached");
+        assert_eq!(deliver(1), first, "signed again: the same bytes");
+        assert_eq!((franking.signatures(), frank_cache_hits(&metrics)), (4, 1));
+        deliver(3);
+        assert_eq!(franking.signatures(), 4, "1 evicted 2, not 3");
+        deliver(2);
+        assert_eq!((franking.signatures(), frank_cache_hits(&metrics)), (5, 2));
+        deliver(4);
+        assert_eq!(
+            (franking.signatures(), frank_cache_hits(&metrics)),
+            (6, 2),
+            "a message never franked before is no hit"
+        );
     }
 
     /// A recording stand-in for the notify sender (the tested part is the gate before it).

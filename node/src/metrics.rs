@@ -566,6 +566,10 @@ pub enum Limit {
     /// A user's consent records (requests, decisions or its own requests) were at their bound
     /// (MIMI.md §5.6); a request is dropped, a decision refused.
     ConsentRecords,
+    /// A message's Frank was signed again because `limits.frank_cache_entries` had evicted it
+    /// (a delivery further behind than that many franked messages): CPU only, the Frank is the
+    /// same bytes (`crate::franking`).
+    FrankCache,
 }
 
 /// Labels of `mimid_blocked_requests_total`.
@@ -1394,6 +1398,7 @@ impl Limit {
             Limit::KeyMaterialClaims => "key_material_claims",
             Limit::AbuseReports => "abuse_reports",
             Limit::ConsentRecords => "consent_records",
+            Limit::FrankCache => "frank_cache",
         }
     }
 }

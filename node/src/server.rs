@@ -758,6 +758,8 @@ impl Api {
             FrankingKeys::from_replicated(&config.domain, keys)
                 .context("the provider's franking keys")?,
             self.hub.shards().clone(),
+            config.limits.frank_cache_entries,
+            self.metrics.clone(),
         ));
         self.notify.set(Arc::new(NotifySender::new(
             self.peers.clone(),
