@@ -174,7 +174,10 @@ pub async fn serve_admin(
 /// `state.auth` ([`auth::require_token`]): the gate wraps the whole router, the fallback
 /// included, so no route added here or merged in can skip it.
 pub fn router(state: AdminState, operator_routes: Router) -> Router {
-    let gate = state.auth.clone();
+    let gate = auth::Gate {
+        auth: state.auth.clone(),
+        metrics: state.metrics.clone(),
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -210,7 +213,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 async fn metrics(State(state): State<AdminState>) -> Response {
     (
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        state.auth.append_metrics(state.metrics.encode()),
+        state.metrics.encode(),
     )
         .into_response()
 }

@@ -41,6 +41,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::admin::auth::AdminOutcome;
+
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -73,6 +75,7 @@ pub struct Metrics {
     notifies: Family<NotifyLabels, Counter>,
     rooms_behind: Gauge,
     backups: Family<BackupLabels, Counter>,
+    admin_requests: Family<AdminRequestLabels, Counter>,
     push_streams: Gauge,
     rooms_active: Gauge,
     ready: Gauge,
@@ -714,6 +717,13 @@ impl EncodeLabelValue for BackupResult {
     }
 }
 
+/// Labels of `mimid_admin_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminRequestLabels {
+    /// What the admin listener's token gate decided (`crate::admin::auth`).
+    pub outcome: AdminOutcome,
+}
+
 /// Cumulative Raft counters of the cluster driver, copied in by [`Metrics::set_raft_totals`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RaftTotals {
@@ -813,6 +823,17 @@ impl Metrics {
         );
         for result in BackupResult::ALL {
             drop(backups.get_or_create(&BackupLabels { result }));
+        }
+        let admin_requests = Family::<AdminRequestLabels, Counter>::default();
+        registry.register(
+            "admin_requests",
+            "Requests to the admin listener's operator routes (all but /healthz, /readyz and \
+             /metrics), by outcome: authorized, open (no admin_token_file), missing_token (401), \
+             wrong_token (403)",
+            admin_requests.clone(),
+        );
+        for outcome in AdminOutcome::COUNTED {
+            drop(admin_requests.get_or_create(&AdminRequestLabels { outcome }));
         }
         let push_streams = Gauge::default();
         registry.register(
@@ -933,6 +954,7 @@ impl Metrics {
             notifies,
             rooms_behind,
             backups,
+            admin_requests,
             push_streams,
             rooms_active,
             ready,
@@ -1021,6 +1043,16 @@ impl Metrics {
     /// Records how a backup request ended.
     pub fn count_backup(&self, result: BackupResult) {
         self.backups.get_or_create(&BackupLabels { result }).inc();
+    }
+
+    /// Records what the admin listener's gate decided about an operator request (probes and
+    /// the scrape are not counted: [`AdminOutcome::Probe`] changes nothing).
+    pub fn count_admin_request(&self, outcome: AdminOutcome) {
+        if outcome != AdminOutcome::Probe {
+            self.admin_requests
+                .get_or_create(&AdminRequestLabels { outcome })
+                .inc();
+        }
     }
 
     /// Records how an outgoing peer request ended.
@@ -1864,6 +1896,33 @@ mod tests {
             line_value(&metrics.encode(), "mimid_backups_total{result=\"busy\"}"),
             Some(1.0)
         );
+    }
+
+    /// The admin gate's counter is in the node's one registry: every counted outcome has a
+    /// series from the start, probes are not counted.
+    #[test]
+    fn admin_requests_are_in_the_node_registry() {
+        let metrics = Metrics::new();
+        for outcome in AdminOutcome::COUNTED {
+            let series = format!(
+                "mimid_admin_requests_total{{outcome=\"{}\"}}",
+                outcome.as_str()
+            );
+            assert_eq!(
+                line_value(&metrics.encode(), &series),
+                Some(0.0),
+                "{series}"
+            );
+        }
+        metrics.count_admin_request(AdminOutcome::WrongToken);
+        metrics.count_admin_request(AdminOutcome::Probe);
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "mimid_admin_requests_total{outcome=\"wrong_token\"}"),
+            Some(1.0)
+        );
+        assert!(!text.contains("outcome=\"probe\""), "{text}");
+        assert_eq!(text.matches("# HELP mimid_admin_requests").count(), 1);
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! - a bearer token that is not the node's: 403;
 //! - the node's token: the route answers.
 //!
-//! Every operator request is counted in `mimid_admin_requests_total{outcome}` and every refusal
-//! is logged (method, path, peer address, never the token presented).
+//! Every operator request is counted in `mimid_admin_requests_total{outcome}`, a family of the
+//! node's one registry ([`Metrics::count_admin_request`]), and every refusal is logged (method,
+//! path, peer address, never the token presented).
 //!
 //! The comparison is constant-time: the node keeps only the SHA-256 of its token and compares
 //! the SHA-256 of the presented one with [`digests_equal`], which looks at every byte whatever
@@ -46,14 +47,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// Paths answered without a token, to `GET` and `HEAD` only: the probes and the scrape.
 pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -252,41 +251,29 @@ impl EncodeLabelValue for AdminOutcome {
     }
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: AdminOutcome,
-}
-
-/// The admin listener's gate: the SHA-256 of the node's token (or none) and the counter of
-/// operator requests. The counter lives in a registry of its own, encoded after the node's
-/// ([`AdminAuth::append_metrics`]), because the gate belongs to the admin listener.
+/// The admin listener's gate: the SHA-256 of the node's token, or none. What it decides is
+/// counted in the node's registry ([`AdminAuth::admit`]).
 #[derive(Debug)]
 pub struct AdminAuth {
     expected: Option<[u8; 32]>,
-    registry: Registry,
-    requests: Family<OutcomeLabels, Counter>,
+}
+
+/// What the gate middleware ([`require_token`]) holds: the gate and the node's metrics, which
+/// count its decisions.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// The token check.
+    pub auth: Arc<AdminAuth>,
+    /// The node's registry, with `mimid_admin_requests_total`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AdminAuth {
     /// A gate that asks for `token` on every operator route, or lets every request through
     /// without one.
     pub fn new(token: Option<&AdminToken>) -> AdminAuth {
-        let mut registry = Registry::with_prefix("mimid");
-        let requests = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "admin_requests",
-            "Requests to the admin listener's operator routes (all but /healthz, /readyz and \
-             /metrics), by outcome: authorized, open (no admin_token_file), missing_token (401), \
-             wrong_token (403)",
-            requests.clone(),
-        );
-        for outcome in AdminOutcome::COUNTED {
-            drop(requests.get_or_create(&OutcomeLabels { outcome }));
-        }
         AdminAuth {
             expected: token.map(|token| digest(token.secret().as_bytes())),
-            registry,
-            requests,
         }
     }
 
@@ -312,7 +299,7 @@ impl AdminAuth {
     }
 
     /// The decision for a request of `method` to `path` with the `Authorization` header's
-    /// value `authorization`, counted.
+    /// value `authorization` (not counted: [`AdminAuth::admit`] counts).
     pub fn check(
         &self,
         method: &Method,
@@ -322,7 +309,7 @@ impl AdminAuth {
         if (method == Method::GET || method == Method::HEAD) && OPEN_PATHS.contains(&path) {
             return AdminOutcome::Probe;
         }
-        let outcome = match &self.expected {
+        match &self.expected {
             None => AdminOutcome::Open,
             Some(expected) => match authorization.and_then(bearer) {
                 None => AdminOutcome::MissingToken,
@@ -331,23 +318,21 @@ impl AdminAuth {
                 }
                 Some(_) => AdminOutcome::WrongToken,
             },
-        };
-        self.requests
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
-        outcome
+        }
     }
 
-    /// `text`, the node's registry in the OpenMetrics text format, followed by this gate's
-    /// counter, with one `# EOF` at the end.
-    pub fn append_metrics(&self, text: String) -> String {
-        let mut text = match text.strip_suffix("# EOF\n") {
-            Some(head) => head.to_owned(),
-            None => text,
-        };
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("encoding into a String cannot fail: counters never return errors");
-        text
+    /// [`AdminAuth::check`], with an operator request's outcome counted in `metrics`
+    /// (`mimid_admin_requests_total{outcome}`).
+    pub fn admit(
+        &self,
+        metrics: &Metrics,
+        method: &Method,
+        path: &str,
+        authorization: Option<&HeaderValue>,
+    ) -> AdminOutcome {
+        let outcome = self.check(method, path, authorization);
+        metrics.count_admin_request(outcome);
+        outcome
     }
 }
 
@@ -355,12 +340,9 @@ impl AdminAuth {
 /// operator routes need the token when the node has one.
 ///
 /// Cancel safety: cancel safe (the check keeps nothing; the route's own safety applies).
-pub async fn require_token(
-    State(auth): State<Arc<AdminAuth>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let outcome = auth.check(
+pub async fn require_token(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    let outcome = gate.auth.admit(
+        &gate.metrics,
         request.method(),
         request.uri().path(),
         request.headers().get(header::AUTHORIZATION),
@@ -572,6 +554,7 @@ mod tests {
     #[test]
     fn operator_routes_need_the_bearer_token_rfc_6750() {
         let auth = AdminAuth::new(Some(&token()));
+        let metrics = Metrics::new();
         assert!(auth.requires_token());
         let right = value(&format!("Bearer {}", token().secret()));
         let cases: &[(&Method, &str, Option<&HeaderValue>, AdminOutcome)] = &[
@@ -597,7 +580,7 @@ mod tests {
         ];
         for (method, path, header, expected) in cases {
             assert_eq!(
-                auth.check(method, path, *header),
+                auth.admit(&metrics, method, path, *header),
                 *expected,
                 "{method} {path}"
             );
@@ -609,7 +592,12 @@ mod tests {
             format!("Bearer {}", AdminToken::generate().secret()),
         ];
         for header in &wrong {
-            let outcome = auth.check(&Method::POST, "/admin/backup", Some(&value(header)));
+            let outcome = auth.admit(
+                &metrics,
+                &Method::POST,
+                "/admin/backup",
+                Some(&value(header)),
+            );
             assert_eq!(outcome, AdminOutcome::WrongToken, "{header}");
         }
         for header in [
@@ -618,17 +606,27 @@ mod tests {
             "Bearer    ".to_owned(),
             token().secret().to_owned(),
         ] {
-            let outcome = auth.check(&Method::POST, "/admin/backup", Some(&value(&header)));
+            let outcome = auth.admit(
+                &metrics,
+                &Method::POST,
+                "/admin/backup",
+                Some(&value(&header)),
+            );
             assert_eq!(outcome, AdminOutcome::MissingToken, "{header}");
         }
         // The scheme is case-insensitive; spaces around the token do not matter.
         let lower = value(&format!("bearer  {} ", token().secret()));
         assert_eq!(
-            auth.check(&Method::POST, "/admin/backup", Some(&lower)),
+            auth.admit(&metrics, &Method::POST, "/admin/backup", Some(&lower)),
             AdminOutcome::Authorized
         );
+        // `check` decides the same without counting.
+        assert_eq!(
+            auth.check(&Method::POST, "/admin/backup", None),
+            AdminOutcome::MissingToken
+        );
 
-        let text = auth.append_metrics("# EOF\n".into());
+        let text = metrics.encode();
         for (outcome, count) in [
             ("authorized", 2),
             ("open", 0),
@@ -645,16 +643,17 @@ mod tests {
     #[test]
     fn without_a_token_operator_routes_are_open_and_counted() {
         let auth = AdminAuth::new(None);
+        let metrics = Metrics::new();
         assert!(!auth.requires_token());
         assert_eq!(
-            auth.check(&Method::POST, "/admin/backup", None),
+            auth.admit(&metrics, &Method::POST, "/admin/backup", None),
             AdminOutcome::Open
         );
         assert_eq!(
-            auth.check(&Method::GET, "/healthz", None),
+            auth.admit(&metrics, &Method::GET, "/healthz", None),
             AdminOutcome::Probe
         );
-        let text = auth.append_metrics(String::new());
+        let text = metrics.encode();
         assert!(
             text.contains("mimid_admin_requests_total{outcome=\"open\"} 1"),
             "{text}"
