@@ -994,6 +994,140 @@ fn every_alert_has_a_severity_a_runbook_and_a_promtool_case() {
     assert_eq!(pages, runbooks, "every alert runbook belongs to an alert");
 }
 
+/// How `promtool` (Prometheus' own checker) judged one file.
+struct PromtoolRun {
+    ok: bool,
+    output: String,
+}
+
+/// Runs `promtool ARGS` in `dir`; `None` when there is no promtool on `PATH` (or at
+/// `$PROMTOOL`). Under `CI` a missing promtool fails the test: `.ci/run` installs it.
+fn promtool(dir: &Path, args: &[&str]) -> Option<PromtoolRun> {
+    let program = std::env::var_os("PROMTOOL").unwrap_or_else(|| "promtool".into());
+    match std::process::Command::new(&program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+    {
+        Ok(output) => Some(PromtoolRun {
+            ok: output.status.success(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+            assert!(
+                !ci,
+                "promtool is not installed ({program:?} not found) and CI is set: .ci/run \
+                 installs it (Debian package prometheus)"
+            );
+            None
+        }
+        Err(e) => panic!("running {program:?}: {e}"),
+    }
+}
+
+/// What a YAML file under `ops/` is to Prometheus, by its top-level keys: rule files
+/// (`groups:`), rule unit tests (`tests:`, run by `promtool test rules`) and scrape
+/// configurations (`scrape_configs:`); anything else (Kubernetes manifests) is not its.
+fn prometheus_files() -> (Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut rules, mut tests, mut configs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut files = files_with_extension(&ops(), "yml");
+    files.extend(files_with_extension(&ops(), "yaml"));
+    for file in files {
+        let text = read(&file);
+        let top = |key: &str| text.lines().any(|line| line.trim_end() == key);
+        if top("tests:") {
+            tests.push(file);
+        } else if top("groups:") {
+            rules.push(file);
+        } else if top("scrape_configs:") {
+            configs.push(file);
+        }
+    }
+    (rules, tests, configs)
+}
+
+/// Every Prometheus file under `ops/` passes promtool: the alert rules parse and their PromQL
+/// type-checks (`check rules`), every promtool case in the rule tests holds (`test rules`:
+/// each alert fires when it should and stays silent nearby), and the scrape configuration is
+/// valid (`check config`). A broken rule is refused, so the check can fail. Without promtool
+/// the test says so and passes, except under `CI`, where `.ci/run` installs it.
+#[test]
+fn promtool_checks_the_rules_runs_their_tests_and_the_scrape_config() {
+    let (rules, tests, configs) = prometheus_files();
+    assert!(
+        rules.iter().any(|f| file_name(f) == "alerts.yml"),
+        "{rules:?}"
+    );
+    assert!(
+        tests.iter().any(|f| file_name(f) == "alerts_test.yml"),
+        "{tests:?}"
+    );
+    assert!(
+        configs.iter().any(|f| file_name(f) == "prometheus.yml"),
+        "{configs:?}"
+    );
+    let dir = |file: &Path| file.parent().expect("a file's directory").to_path_buf();
+    let Some(version) = promtool(&ops(), &["--version"]) else {
+        eprintln!("promtool not installed: the alert rules were not checked by promtool");
+        return;
+    };
+    assert!(version.ok, "promtool --version: {}", version.output);
+    for (command, files) in [
+        (&["check", "rules"][..], &rules),
+        (&["test", "rules"][..], &tests),
+        (&["check", "config"][..], &configs),
+    ] {
+        for file in files {
+            let mut args = command.to_vec();
+            args.push(file_name(file));
+            let run = promtool(&dir(file), &args).expect("promtool ran before");
+            assert!(
+                run.ok,
+                "promtool {} {}:\n{}",
+                command.join(" "),
+                file.display(),
+                run.output
+            );
+        }
+    }
+
+    // The checks can fail: a rule with broken PromQL and a case expecting an alert that never
+    // fires are refused.
+    let scratch = tempfile::tempdir().expect("temporary directory");
+    std::fs::write(
+        scratch.path().join("broken.yml"),
+        "groups:\n  - name: broken\n    rules:\n      - alert: MimidBroken\n        \
+         expr: rate(mimid_requests_total[5m) > 1\n",
+    )
+    .unwrap();
+    let run = promtool(scratch.path(), &["check", "rules", "broken.yml"]).expect("promtool");
+    assert!(!run.ok, "a broken rule passed: {}", run.output);
+    std::fs::write(
+        scratch.path().join("silent.yml"),
+        "groups:\n  - name: silent\n    rules:\n      - alert: MimidNever\n        \
+         expr: vector(1) < 0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        scratch.path().join("silent_test.yml"),
+        "rule_files:\n  - silent.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    \
+         input_series: []\n    alert_rule_test:\n      - eval_time: 1m\n        \
+         alertname: MimidNever\n        exp_alerts:\n          - exp_labels: {}\n",
+    )
+    .unwrap();
+    let run = promtool(scratch.path(), &["test", "rules", "silent_test.yml"]).expect("promtool");
+    assert!(
+        !run.ok,
+        "a case expecting a silent alert passed: {}",
+        run.output
+    );
+}
+
 #[test]
 fn runbook_and_readme_links_resolve() {
     let mut broken = Vec::new();
