@@ -120,6 +120,10 @@ pub type Forwarding = Pin<Box<dyn Future<Output = Result<ApplyOutput, ForwardErr
 pub trait ProposalRouter: Send + Sync + 'static {
     /// Sends `command` (a postcard-encoded, unstamped [`Command`]) for `shard` to node
     /// `leader` and resolves with the output of its apply there, or why there is none.
+    ///
+    /// Called with the proposal's `raft_proposal` span current (`Proposer::propose_to`), so
+    /// the router can carry that span's trace context to the leader, whose handling of it
+    /// ([`Hub::propose_forwarded`] in a span with that remote parent) continues the trace.
     fn forward(&self, leader: NodeId, shard: ShardId, command: Vec<u8>) -> Forwarding;
 }
 
@@ -965,6 +969,10 @@ impl Hub {
     /// does not lead the shard (any more) answers [`ForwardError::NotLeader`], and the origin
     /// asks again. A command that does not decode, or whose key is not in `shard`, is refused
     /// (`HubError::Rejected`) without a proposal.
+    ///
+    /// Tracing: its `raft_proposal` span (field `forwarded`) is a child of the current span;
+    /// the node makes that one the child of the origin's (W3C trace context carried with the
+    /// forwarded proposal), so the origin's request and this proposal are one trace.
     pub async fn propose_forwarded(
         &self,
         shard: ShardId,

@@ -9,7 +9,10 @@
 //!   `tracing-opentelemetry`, on an SDK tracer provider carrying `service.name`.
 //! - Propagation (W3C Trace Context): [`inject_context`] writes a span's `traceparent` and
 //!   `tracestate` into outgoing server-to-server requests; [`set_remote_parent`] makes an
-//!   incoming request's span the child of the caller's, so one trace crosses providers.
+//!   incoming request's span the child of the caller's, so one trace crosses providers. The
+//!   node-to-node RPC of forwarded proposals carries the same two fields as name-value pairs
+//!   ([`trace_fields`], [`set_remote_parent_from_fields`]), so a proposal forwarded to its
+//!   shard's leader stays in the client request's trace.
 //! - Export: with `telemetry.otlp_endpoint` set, spans go as OTLP/HTTP protobuf to
 //!   `<endpoint>/v1/traces` through a batch span processor that runs, with its HTTP client
 //!   (hyper, HTTP/1.1, plain `http://`), on a one-thread tokio runtime of its own
@@ -268,11 +271,66 @@ pub fn inject_context(span: &tracing::Span, headers: &mut HeaderMap) {
 /// `tracestate`), so the request's trace continues here. Call it before `span` is first
 /// entered. A missing or malformed `traceparent` leaves `span` as it was (a new trace).
 pub fn set_remote_parent(span: &tracing::Span, headers: &HeaderMap) {
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    set_parent_from(span, &HeaderExtractor(headers));
+}
+
+/// `span`'s W3C trace context as name-value pairs (`traceparent`, and `tracestate` when there
+/// is one), for carriers that are not HTTP headers (the node-to-node RPC,
+/// `crate::cluster_net::forward`). Empty when the span is disabled by the filter or no tracing
+/// subscriber is installed.
+pub fn trace_fields(span: &tracing::Span) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut FieldsInjector(&mut fields));
+    fields
+}
+
+/// [`set_remote_parent`] for the name-value pairs [`trace_fields`] wrote (names compared
+/// without regard to ASCII case). Missing, malformed or unknown fields leave `span` as it was.
+pub fn set_remote_parent_from_fields(span: &tracing::Span, fields: &[(String, String)]) {
+    set_parent_from(span, &FieldsExtractor(fields));
+}
+
+/// Makes `span` the child of the remote span `carrier` names, when it names a valid one.
+fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
+    let parent = TraceContextPropagator::new().extract(carrier);
     if parent.span().span_context().is_valid() {
         // Only fails if tracing is off for this span or the span has started: then it stays
         // a trace of its own.
         let _ = span.set_parent(parent);
+    }
+}
+
+/// [`Injector`] over name-value pairs; a name written twice keeps its last value, and an empty
+/// value is not written (an empty `tracestate` says nothing, W3C Trace Context §3.3).
+struct FieldsInjector<'a>(&'a mut Vec<(String, String)>);
+
+impl Injector for FieldsInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            self.0.retain(|(name, _)| name != key);
+            return;
+        }
+        match self.0.iter_mut().find(|(name, _)| name == key) {
+            Some((_, old)) => *old = value,
+            None => self.0.push((key.to_owned(), value)),
+        }
+    }
+}
+
+/// [`Extractor`] over name-value pairs: the first pair whose name matches without regard to
+/// ASCII case.
+struct FieldsExtractor<'a>(&'a [(String, String)]);
+
+impl Extractor for FieldsExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(key))
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_str()).collect()
     }
 }
 
@@ -436,6 +494,55 @@ mod tests {
             let mut headers = HeaderMap::new();
             inject_context(&quiet, &mut headers);
             assert!(headers.is_empty(), "{headers:?}");
+            assert_eq!(trace_fields(&quiet), vec![]);
+        });
+    }
+
+    /// The node-to-node carrier: the same W3C fields as name-value pairs; the callee's span
+    /// continues the caller's trace, and fields that name no valid parent change nothing.
+    #[test]
+    fn trace_fields_continue_the_callers_trace_across_nodes() {
+        tracing::subscriber::with_default(local_subscriber(), || {
+            let caller = tracing::info_span!("forward_call");
+            let fields = trace_fields(&caller);
+            let sent = span_context(&caller);
+            assert_eq!(
+                fields,
+                vec![(
+                    "traceparent".to_owned(),
+                    format!("00-{}-{}-01", sent.trace_id(), sent.span_id())
+                )],
+                "no tracestate when the caller has none"
+            );
+            let callee = tracing::info_span!(parent: None, "forwarded_proposal");
+            set_remote_parent_from_fields(&callee, &fields);
+            let received = span_context(&callee);
+            assert_eq!(received.trace_id(), sent.trace_id(), "one trace");
+            assert_ne!(received.span_id(), sent.span_id());
+
+            let upper: Vec<_> = fields
+                .iter()
+                .map(|(name, value)| (name.to_ascii_uppercase(), value.clone()))
+                .collect();
+            let callee = tracing::info_span!(parent: None, "forwarded_proposal");
+            set_remote_parent_from_fields(&callee, &upper);
+            assert_eq!(span_context(&callee).trace_id(), sent.trace_id());
+
+            for bad in [
+                vec![],
+                vec![("traceparent".to_owned(), "garbage".to_owned())],
+                vec![("tracestate".to_owned(), "k=v".to_owned())],
+                vec![(
+                    "traceparent".to_owned(),
+                    "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_owned(),
+                )],
+            ] {
+                let root = tracing::info_span!(parent: None, "forwarded_proposal");
+                set_remote_parent_from_fields(&root, &bad);
+                let root = span_context(&root);
+                assert!(root.is_valid(), "{bad:?}");
+                assert_ne!(root.trace_id(), sent.trace_id(), "{bad:?}: a new trace");
+            }
         });
     }
 }

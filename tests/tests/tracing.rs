@@ -1,19 +1,43 @@
-//! One trace across providers (issue "Observability and operations"): W3C Trace Context
-//! (`traceparent`) on every server-to-server request (MIMI.md §3.1), spans collected in memory.
+//! One trace across providers and across the nodes of one provider (issue "Observability and
+//! operations"): W3C Trace Context (`traceparent`) on every server-to-server request (MIMI.md
+//! §3.1) and on proposals forwarded to their shard's leader, spans collected in memory.
 //!
-//! One test only: the tracing subscriber is global to the test process, so this file installs
-//! it once, with an in-memory exporter, and both providers run in this process.
+//! The tracing subscriber is global to the test process, so this file installs it once
+//! ([`exporter`]), with an in-memory exporter that every test reads; the tests run in this
+//! process side by side, so each finds its own spans by its own room and never resets the
+//! exporter.
 
+use std::collections::HashSet;
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use mimid_actors::ids::{RoomId, UserId};
 use mimid_node::certs::{CertAuthority, CA_VALIDITY};
 use mimid_node::client::{Event, SubmitResult, UpdateResult};
 use mimid_node::config::{LogFormat, LogSettings, TelemetrySettings};
-use mimid_node::telemetry::{self, Installed};
-use mimid_tests::{connect_providers, TestNode, WAIT};
+use mimid_node::telemetry::{self, Installed, TelemetryGuard};
+use mimid_tests::{connect_providers, TestCluster, TestNode, WAIT};
 use opentelemetry::trace::{SpanId, SpanKind};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+
+/// The process's exporter, installed with the global subscriber by the first test that asks.
+fn exporter() -> &'static InMemorySpanExporter {
+    static INSTALLED: OnceLock<(TelemetryGuard, InMemorySpanExporter)> = OnceLock::new();
+    let (_, exporter) = INSTALLED.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let log = LogSettings {
+            format: LogFormat::Text,
+            // Request spans are INFO; other crates' chatter stays out of the test output.
+            level: "warn,mimid_node=info,mimid_actors=info".into(),
+        };
+        let (guard, installed) =
+            telemetry::init_with_exporter(&log, &TelemetrySettings::default(), exporter.clone())
+                .expect("telemetry installs");
+        assert_eq!(installed, Installed::Now, "nothing else set a subscriber");
+        (guard, exporter)
+    });
+    exporter
+}
 
 /// The value of attribute `key` of `span`, as text.
 fn attr(span: &SpanData, key: &str) -> Option<String> {
@@ -89,16 +113,7 @@ async fn wait_for<T>(
 /// crosses back: a's notify, a's call to b and b's handling of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_message_is_one_trace_across_providers_protocol06_5_3() {
-    let exporter = InMemorySpanExporter::default();
-    let log = LogSettings {
-        format: LogFormat::Text,
-        // Request spans are INFO; other crates' chatter stays out of the test output.
-        level: "warn,mimid_node=info,mimid_actors=info".into(),
-    };
-    let (_guard, installed) =
-        telemetry::init_with_exporter(&log, &TelemetrySettings::default(), exporter.clone())
-            .expect("telemetry installs");
-    assert_eq!(installed, Installed::Now, "nothing else set a subscriber");
+    let exporter = exporter();
 
     let ca = CertAuthority::generate(SystemTime::now(), CA_VALIDITY).expect("test CA");
     let a = TestNode::start_provider("a.example", &ca).await;
@@ -120,12 +135,11 @@ async fn a_forwarded_message_is_one_trace_across_providers_protocol06_5_3() {
         other => panic!("bob expected a Welcome, got {other:?}"),
     }
 
-    exporter.reset();
     let sent = bob.send_text(&club, "traced").await.expect("submit works");
     assert!(matches!(sent, SubmitResult::Accepted { .. }), "{sent:?}");
 
     // b: the client's request and its forwarding to a.
-    let (b_client, b_call) = wait_for(&exporter, "client_api -> peer_call at b", |all| {
+    let (b_client, b_call) = wait_for(exporter, "client_api -> peer_call at b", |all| {
         let client = spans(all, "client_api", &[("room", club.as_str())])
             .into_iter()
             .find(|span| attr(span, "path").is_some_and(|p| p.contains("submitMessage")))?
@@ -147,7 +161,7 @@ async fn a_forwarded_message_is_one_trace_across_providers_protocol06_5_3() {
 
     // a: the incoming request is the child of b's call, then the room actor and Raft.
     let (a_incoming, a_room, a_proposal) =
-        wait_for(&exporter, "federation_api -> raft_proposal at a", |all| {
+        wait_for(exporter, "federation_api -> raft_proposal at a", |all| {
             let incoming = children(all, &b_call, "federation_api")
                 .into_iter()
                 .next()?
@@ -187,7 +201,7 @@ async fn a_forwarded_message_is_one_trace_across_providers_protocol06_5_3() {
     assert_ne!(a_proposal.parent_span_id, SpanId::INVALID);
 
     // The fan-out back to b: a's notify, a's call to b, b's handling and b's proposal.
-    let (notify, b_incoming) = wait_for(&exporter, "fanout_notify -> federation_api at b", |all| {
+    let (notify, b_incoming) = wait_for(exporter, "fanout_notify -> federation_api at b", |all| {
         spans(
             all,
             "fanout_notify",
@@ -217,4 +231,143 @@ async fn a_forwarded_message_is_one_trace_across_providers_protocol06_5_3() {
 
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// The spans of one client request whose proposal went to another node: the origin's request
+/// and proposal, the call to the leader, and the leader's handling and proposal.
+struct ForwardedChain {
+    client: SpanData,
+    proposal: SpanData,
+    call: SpanData,
+    handled: SpanData,
+    leader_proposal: SpanData,
+}
+
+/// One provider on three nodes (ARCHITECTURE.md "Cluster", "Forwarding"; protocol-06 §5.3):
+/// alice's client on a node that does not lead the room's shard sends a message, so the
+/// origin's room actor forwards the unstamped proposal to the leader over the node-to-node RPC.
+/// The origin's `client_api` → `room_request` → `raft_proposal` (`forwarded_to` the leader)
+/// → `forward_call`, and the leader's `forwarded_proposal` (whose remote parent is that
+/// call) → `raft_proposal` (forwarded, from proposal to the apply's verdict) are one trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_forwarded_to_the_shard_leader_stays_in_the_request_trace_protocol06_5_3() {
+    let exporter = exporter();
+    let cluster = TestCluster::start(3).await;
+    let room = cluster.room("forwarded-trace");
+    let leader = cluster.leader_of(&room).await;
+    let origin = (leader + 1) % cluster.nodes.len();
+    let origin_id = cluster.nodes[origin].id();
+    let mut alice = cluster.client(origin, "alice", "phone", 1).await;
+    alice.create_room(&room).await.expect("room created");
+
+    // Leaderships may still move for balance right after the start: a message whose proposal
+    // happened to be local (the origin leads the shard by then) is followed by another.
+    let mut seen = HashSet::new();
+    let mut chain = None;
+    for attempt in 0..5 {
+        let sent = alice
+            .send_text(&room, &format!("forwarded {attempt}"))
+            .await
+            .expect("submit works");
+        assert!(matches!(sent, SubmitResult::Accepted { .. }), "{sent:?}");
+        let (client, proposal) = wait_for(
+            exporter,
+            "client_api -> raft_proposal at the origin",
+            |all| {
+                spans(all, "client_api", &[("room", room.as_str())])
+                    .into_iter()
+                    .filter(|span| attr(span, "path").is_some_and(|p| p.contains("submitMessage")))
+                    .filter(|span| !seen.contains(&span.span_context.span_id()))
+                    .find_map(|client| {
+                        let request = children(all, client, "room_request").into_iter().next()?;
+                        let proposal =
+                            children(all, request, "raft_proposal").into_iter().next()?;
+                        Some((client.clone(), proposal.clone()))
+                    })
+            },
+        )
+        .await;
+        seen.insert(client.span_context.span_id());
+        if attr(&proposal, "forwarded_to").is_none() {
+            continue;
+        }
+        let found = wait_for(
+            exporter,
+            "forward_call -> forwarded_proposal -> raft_proposal",
+            |all| {
+                let call = children(all, &proposal, "forward_call")
+                    .into_iter()
+                    .next()?;
+                let handled = children(all, call, "forwarded_proposal")
+                    .into_iter()
+                    .next()?;
+                let leader_proposal = children(all, handled, "raft_proposal").into_iter().next()?;
+                Some(ForwardedChain {
+                    client: client.clone(),
+                    proposal: proposal.clone(),
+                    call: call.clone(),
+                    handled: handled.clone(),
+                    leader_proposal: leader_proposal.clone(),
+                })
+            },
+        )
+        .await;
+        chain = Some(found);
+        break;
+    }
+    let chain = chain.expect("one of five messages was proposed through another node");
+
+    let trace = chain.client.span_context.trace_id();
+    let leader_id = attr(&chain.proposal, "forwarded_to").expect("forwarded");
+    assert_ne!(
+        leader_id,
+        origin_id.to_string(),
+        "another node leads the shard"
+    );
+    for span in [
+        &chain.proposal,
+        &chain.call,
+        &chain.handled,
+        &chain.leader_proposal,
+    ] {
+        assert_eq!(
+            span.span_context.trace_id(),
+            trace,
+            "one trace: {}",
+            describe(span)
+        );
+    }
+    assert_eq!(chain.call.span_kind, SpanKind::Client);
+    assert_eq!(attr(&chain.call, "leader"), Some(leader_id.clone()));
+    assert_eq!(attr(&chain.call, "outcome").as_deref(), Some("applied"));
+    assert!(
+        chain.handled.parent_span_is_remote,
+        "its parent is the origin's call"
+    );
+    assert_eq!(chain.handled.span_kind, SpanKind::Server);
+    assert_eq!(attr(&chain.handled, "from"), Some(origin_id.to_string()));
+    assert_eq!(
+        attr(&chain.handled, "shard"),
+        attr(&chain.proposal, "shard")
+    );
+    assert_eq!(
+        attr(&chain.leader_proposal, "forwarded").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        attr(&chain.leader_proposal, "shard"),
+        attr(&chain.proposal, "shard")
+    );
+    assert_eq!(
+        attr(&chain.leader_proposal, "error"),
+        None,
+        "the leader's proposal got its verdict"
+    );
+    // The leader's proposal lies within the origin's: proposed after the call went out,
+    // decided before the origin heard the answer.
+    assert!(chain.leader_proposal.start_time >= chain.call.start_time);
+    assert!(chain.leader_proposal.end_time <= chain.proposal.end_time);
+
+    alice.close().await;
+    cluster.shutdown().await;
 }

@@ -4,8 +4,21 @@
 //!
 //! ```text
 //! request (postcard):  NodeRequest::Propose { shard, command }   command: unstamped Command
+//!                      [RequestContext { trace }]                 optional, appended
 //! answer  (postcard):  NodeAnswer::Proposed(Result<ApplyOutput, ForwardError>)
 //! ```
+//!
+//! Tracing (ARCHITECTURE.md "Tracing"): the origin's `forward_call` span (a child of the
+//! proposal's `raft_proposal` span) sends its W3C trace context (`traceparent`, `tracestate`,
+//! [`crate::telemetry::trace_fields`]) in a [`RequestContext`] after the request; the leader's
+//! `forwarded_proposal` span takes it as its remote parent, and the leader's own
+//! `raft_proposal` span (proposal to verdict, apply included) is that span's child, so a
+//! client request whose proposal went to another node is still one trace. The context is
+//! appended, not a field of the request: postcard reads a value from the front of the bytes
+//! and ignores what follows, so a leader of the release before reads the request as before
+//! and ignores the context, and a request without one (from such an origin) or with one this
+//! node cannot read starts a trace of its own on the leader. A request is never refused over
+//! its context.
 //!
 //! The leader stamps the command with its own clock and proposes it locally, never forwarding
 //! it again: a node that does not lead the shard answers `ForwardError::NotLeader`, and the
@@ -28,6 +41,7 @@ use mimid_actors::hub::{ForwardError, Forwarding, Hub, HubError, ProposalRouter}
 use mimid_actors::shard::ApplyOutput;
 use mimid_cluster::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 use super::{CallError, NetSender, RpcHandler};
 use crate::metrics::{ForwardOutcome, Metrics};
@@ -43,6 +57,19 @@ enum NodeRequest {
     /// receiver is believed to lead.
     Propose { shard: ShardId, command: Vec<u8> },
 }
+
+/// What travels after a [`NodeRequest`] in the same request body (module docs). Fields are
+/// only ever appended, for the same reason.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RequestContext {
+    /// The W3C trace context of the origin's `forward_call` span, as name-value pairs.
+    trace: Vec<(String, String)>,
+}
+
+/// Longest [`RequestContext`] a leader reads; a longer one is ignored. A `traceparent` is 55
+/// bytes and W3C Trace Context §3.3.1.5 lets a `tracestate` be cut at 512 characters, so
+/// this is ample.
+const MAX_CONTEXT_BYTES: usize = 2048;
 
 /// The answer to a [`NodeRequest`].
 #[derive(Debug, Serialize, Deserialize)]
@@ -93,11 +120,24 @@ impl ProposalRouter for NetRouter {
             let error = HubError::Unavailable("the node-to-node transport is starting".into());
             return Box::pin(async move { Err(error.into()) });
         };
-        let request = encode(&NodeRequest::Propose { shard, command });
+        // A child of the current span, which the hub's proposer makes the proposal's
+        // `raft_proposal` (`mimid_actors::hub::ProposalRouter::forward`).
+        let span = tracing::info_span!(
+            "forward_call",
+            otel.kind = "client",
+            leader,
+            shard,
+            outcome = tracing::field::Empty,
+        );
+        let context = RequestContext {
+            trace: crate::telemetry::trace_fields(&span),
+        };
+        let request = encode_request(&NodeRequest::Propose { shard, command }, &context);
         let call = net.call(leader, request, self.timeout);
         let timeout = self.timeout;
         let net = net.clone();
-        Box::pin(async move {
+        let call_span = span.clone();
+        let forwarded = async move {
             let (result, outcome) = match call.await {
                 Ok(answer) => match postcard::from_bytes::<NodeAnswer>(&answer) {
                     Ok(NodeAnswer::Proposed(result)) => {
@@ -131,8 +171,10 @@ impl ProposalRouter for NetRouter {
                 }
             };
             metrics.count_forwarded_proposal(outcome);
+            call_span.record("outcome", outcome.as_str());
             result
-        })
+        };
+        Box::pin(forwarded.instrument(span))
     }
 }
 
@@ -177,17 +219,34 @@ impl RpcHandler for ForwardedProposals {
     fn handle(&self, from: NodeId, body: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
         let hub = self.hub.get().and_then(Weak::upgrade);
         Box::pin(async move {
-            let result = match postcard::from_bytes::<NodeRequest>(&body) {
+            let result = match decode_request(&body) {
                 Err(e) => Err(HubError::Rejected(format!(
                     "node {from} sent a request this node cannot read: {e}"
                 ))
                 .into()),
-                Ok(NodeRequest::Propose { shard, command }) => match hub {
-                    Some(hub) => hub.propose_forwarded(shard, &command).await,
-                    None => Err(
-                        HubError::Unavailable("this node is starting or stopping".into()).into(),
-                    ),
-                },
+                Ok((NodeRequest::Propose { shard, command }, context)) => {
+                    // The origin's trace continues here (module docs), whatever span the
+                    // transport's connection task runs in.
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "forwarded_proposal",
+                        otel.kind = "server",
+                        from,
+                        shard,
+                    );
+                    crate::telemetry::set_remote_parent_from_fields(&span, &context.trace);
+                    match hub {
+                        Some(hub) => {
+                            hub.propose_forwarded(shard, &command)
+                                .instrument(span)
+                                .await
+                        }
+                        None => Err(HubError::Unavailable(
+                            "this node is starting or stopping".into(),
+                        )
+                        .into()),
+                    }
+                }
             };
             encode(&NodeAnswer::Proposed(result))
         })
@@ -196,6 +255,27 @@ impl RpcHandler for ForwardedProposals {
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("serialising into memory cannot fail")
+}
+
+/// `request`, then `context` unless it is empty (module docs).
+fn encode_request(request: &NodeRequest, context: &RequestContext) -> Vec<u8> {
+    let mut bytes = encode(request);
+    if *context != RequestContext::default() {
+        bytes.extend(encode(context));
+    }
+    bytes
+}
+
+/// The request at the front of `body` and the context after it: an empty, oversized or
+/// unreadable context is the default one (module docs). Only the request can fail.
+fn decode_request(body: &[u8]) -> Result<(NodeRequest, RequestContext), postcard::Error> {
+    let (request, rest) = postcard::take_from_bytes::<NodeRequest>(body)?;
+    let context = if rest.is_empty() || rest.len() > MAX_CONTEXT_BYTES {
+        RequestContext::default()
+    } else {
+        postcard::from_bytes(rest).unwrap_or_default()
+    };
+    Ok((request, context))
 }
 
 #[cfg(test)]
@@ -228,6 +308,49 @@ mod tests {
             let decoded: NodeAnswer = postcard::from_bytes(&encode(&answer)).expect("decodes");
             assert_eq!(format!("{decoded:?}"), format!("{answer:?}"));
         }
+    }
+
+    /// The trace context is appended to the request: a node of the release before (which
+    /// reads a `NodeRequest` with `postcard::from_bytes`) reads the request unchanged, a
+    /// request without a context or with one this node cannot read still decodes, and only a
+    /// request that does not decode is an error.
+    #[test]
+    fn the_trace_context_rides_after_the_request_and_never_refuses_it() {
+        let request = || NodeRequest::Propose {
+            shard: 3,
+            command: vec![1, 2, 3],
+        };
+        let context = RequestContext {
+            trace: vec![(
+                "traceparent".into(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            )],
+        };
+        let bytes = encode_request(&request(), &context);
+        let plain = encode(&request());
+        assert!(bytes.len() > plain.len() && bytes.starts_with(&plain));
+        let shape = |r: &NodeRequest| format!("{r:?}");
+        // The release before: the request as before, the context ignored.
+        let old: NodeRequest = postcard::from_bytes(&bytes).expect("an older node reads it");
+        assert_eq!(shape(&old), shape(&request()));
+        let (new, read) = decode_request(&bytes).expect("decodes");
+        assert_eq!((shape(&new), read), (shape(&request()), context));
+        // No context (an older origin, or tracing off): nothing is appended.
+        assert_eq!(
+            encode_request(&request(), &RequestContext::default()),
+            plain
+        );
+        let (_, read) = decode_request(&plain).expect("decodes");
+        assert_eq!(read, RequestContext::default());
+        // A context this node cannot read, or an oversized one, is ignored.
+        for tail in [vec![0xff; 7], vec![1; MAX_CONTEXT_BYTES + 1]] {
+            let mut odd = plain.clone();
+            odd.extend(tail);
+            let (new, read) = decode_request(&odd).expect("the request still decodes");
+            assert_eq!(shape(&new), shape(&request()));
+            assert_eq!(read, RequestContext::default());
+        }
+        assert!(decode_request(&[0xff, 0xff]).is_err());
     }
 
     #[tokio::test]
