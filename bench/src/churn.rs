@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mimid_actors::ids::UserId;
 use mimid_node::client::{Endpoint, MimiClient, UpdateResult};
@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::light::{Connection, LightMember};
 use crate::load::{Availability, Sender};
-use crate::scenario::{error_kind, Naming, Operation, PhaseSender, RoomSender};
+use crate::scenario::{add_users, error_kind, Naming, Operation, PhaseSender, RoomSender};
 use crate::stats::ErrorKind;
 
 /// Users outside each room at the start, to be added.
@@ -368,14 +368,7 @@ async fn set_up_room(
     connection.close().await;
     let (inside, outside) = registered.split_at(members as usize);
     for batch in inside.chunks(ADD_BATCH) {
-        match creator
-            .add_users(&room, batch)
-            .await
-            .context("adding the members")?
-        {
-            UpdateResult::Accepted { .. } => {}
-            other => bail!("the hub refused to add members: {other:?}"),
-        }
+        add_users(&mut creator, &room, batch, "the members").await?;
     }
     Ok(ChurnSender {
         sender: RoomSender::new(room_idx, creator, room, Operation::SelfUpdate),

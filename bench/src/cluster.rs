@@ -19,15 +19,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use mimid_node::client::{Endpoint, Event, MimiClient, UpdateResult};
+use mimid_node::client::{Endpoint, Event, MimiClient};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::scenario::{wait_for_welcome, Naming, Operation, RoomSender};
+use crate::scenario::{add_users, wait_for_welcome, Naming, Operation, RoomSender};
 
 /// Time allowed to set up one room (registrations, KeyPackage, the add, the join).
 const ROOM_SETUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -115,14 +115,7 @@ async fn set_up_room(
         .create_room(&room)
         .await
         .context("creating the room")?;
-    match creator
-        .add_users(&room, &[member.user()])
-        .await
-        .context("adding the member")?
-    {
-        UpdateResult::Accepted { .. } => {}
-        other => bail!("the hub refused to add the member: {other:?}"),
-    }
+    add_users(&mut creator, &room, &[member.user()], "the member").await?;
     wait_for_welcome(&mut member, &room).await?;
     if attached {
         Ok((creator, Some(member), room))

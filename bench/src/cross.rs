@@ -15,13 +15,14 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use mimid_node::client::{Endpoint, Event, MimiClient, UpdateResult};
+use mimid_node::client::{Endpoint, Event, MimiClient};
 
 use crate::load::{Availability, Sender};
 use crate::scenario::{
-    error_kind, pregenerate, wait_for_welcome, Naming, Operation, PhaseSender, RoomSender,
+    add_users, error_kind, pregenerate, wait_for_welcome, Naming, Operation, PhaseSender,
+    RoomSender,
 };
 use crate::stats::ErrorKind;
 
@@ -190,14 +191,13 @@ async fn set_up_pair(
         .create_room(&room)
         .await
         .context("creating the room")?;
-    match alice
-        .add_users(&room, &[bob.user()])
-        .await
-        .context("adding bob (keyMaterial through the follower)")?
-    {
-        UpdateResult::Accepted { .. } => {}
-        other => bail!("the hub refused to add bob: {other:?}"),
-    }
+    add_users(
+        &mut alice,
+        &room,
+        &[bob.user()],
+        "bob (keyMaterial through the follower)",
+    )
+    .await?;
     wait_for_welcome(&mut bob, &room).await?;
     Ok((RoomSender::new(room_idx, alice, room, operation), bob))
 }

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mimid_node::certs::{CertAuthority, SubjectName, CA_VALIDITY, LEAF_VALIDITY, PROVIDER_STEM};
-use mimid_node::client::{Endpoint, MimiClient, UpdateResult};
+use mimid_node::client::{Endpoint, MimiClient};
 use mimid_node::config::{Config, TlsSettings};
 use mimid_node::demo::{admin_get, wait_ready};
 use serde::Serialize;
@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use crate::cli::{IdleDensityArgs, NodeArgs};
 use crate::provider::{metric_value, node_config};
 use crate::run::CLIENT_THREADS_NAME;
-use crate::scenario::Naming;
+use crate::scenario::{add_users, Naming};
 use crate::stats::round_millis;
 use crate::system::{machine_cpu_now, own_cpu_now, Machine, ProcessSample};
 
@@ -733,14 +733,7 @@ async fn create_block(
                     .create_room(&room)
                     .await
                     .context("creating the room")?;
-                match creator
-                    .add_users(&room, &[member.user()])
-                    .await
-                    .context("adding the member")?
-                {
-                    UpdateResult::Accepted { .. } => Ok(()),
-                    other => bail!("the hub refused to add the member: {other:?}"),
-                }
+                add_users(&mut creator, &room, &[member.user()], "the member").await
             })
             .await
             .with_context(|| format!("room {room_idx}: creation timed out"))?

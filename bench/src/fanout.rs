@@ -30,7 +30,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mimid_actors::ids::UserId;
-use mimid_node::client::{Endpoint, MimiClient, UpdateResult};
+use mimid_node::client::{Endpoint, MimiClient};
 use mimid_node::h3::H3ClientError;
 use mimid_node::wire::client::{DeliveredBody, FrameDecoder};
 use mimid_node::wire::Limits;
@@ -42,7 +42,9 @@ use tokio::time::Instant;
 
 use crate::light::{Connection, LightMember};
 use crate::load::{Availability, Sender};
-use crate::scenario::{pregenerate, wait_for_welcome, Naming, Operation, PhaseSender, RoomSender};
+use crate::scenario::{
+    add_users, pregenerate, wait_for_welcome, Naming, Operation, PhaseSender, RoomSender,
+};
 use crate::stats::ErrorKind;
 
 /// A push stream's body, as it arrives.
@@ -526,14 +528,7 @@ async fn set_up_large_room(
 
     let adding = Instant::now();
     for batch in users.chunks(ADD_BATCH) {
-        match creator
-            .add_users(&room, batch)
-            .await
-            .context("adding members")?
-        {
-            UpdateResult::Accepted { .. } => {}
-            other => bail!("the hub refused to add members: {other:?}"),
-        }
+        add_users(&mut creator, &room, batch, "members").await?;
     }
     let deadline = Instant::now() + WELCOME_DEADLINE;
     // Bounded by WELCOME_DEADLINE.
@@ -580,14 +575,7 @@ async fn set_up_large_room(
     }
     if !extra.is_empty() {
         let users: Vec<UserId> = extra.iter().map(|c| c.user()).collect();
-        match creator
-            .add_users(&room, &users)
-            .await
-            .context("adding the senders")?
-        {
-            UpdateResult::Accepted { .. } => {}
-            other => bail!("the hub refused to add the senders: {other:?}"),
-        }
+        add_users(&mut creator, &room, &users, "the senders").await?;
         for client in &mut extra {
             wait_for_welcome(client, &room).await?;
             client.disconnect_stream();

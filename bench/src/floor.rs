@@ -56,13 +56,13 @@ use mimid_actors::policy::{
 use mimid_actors::room::identity::credential_of_client;
 use mimid_actors::room::state::ROOM_CIPHERSUITE;
 use mimid_actors::room::storage::HubStorage;
-use mimid_node::client::{Endpoint, MimiClient, UpdateResult};
+use mimid_node::client::{Endpoint, MimiClient};
 
 use crate::cli::{parse_duration, CommonArgs, LoadModel};
 use crate::load::{run_phase, PhaseConfig, PhaseReport};
 use crate::provider::Provider;
 use crate::run::CLIENT_THREADS_NAME;
-use crate::scenario::{close_all, Naming, Operation, RoomSender};
+use crate::scenario::{add_users, close_all, Naming, Operation, RoomSender};
 use crate::stats::{round_millis, Percentiles, Recorder, Sample};
 use crate::system::{own_cpu_now, CpuSample, CpuUsage, Machine};
 
@@ -512,16 +512,7 @@ async fn set_up_room(
         .buffer_unordered(MEMBER_SETUP_CONCURRENCY)
         .try_collect()
         .await?;
-    if !users.is_empty() {
-        match creator
-            .add_users(&room, &users)
-            .await
-            .context("adding the members")?
-        {
-            UpdateResult::Accepted { .. } => {}
-            other => bail!("the hub refused to add the members: {other:?}"),
-        }
-    }
+    add_users(&mut creator, &room, &users, "the members").await?;
     Ok(RoomSender::new(
         room_idx,
         creator,

@@ -16,14 +16,16 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use mimid_actors::ids::UserId;
-use mimid_node::client::{Endpoint, MimiClient, UpdateResult};
+use mimid_node::client::{Endpoint, MimiClient};
 
 use crate::cross::receive_message;
 use crate::load::{Availability, Sender};
-use crate::scenario::{pregenerate, wait_for_welcome, Naming, Operation, PhaseSender, RoomSender};
+use crate::scenario::{
+    create_and_add, pregenerate, wait_for_welcome, AddedRoom, Naming, Operation, PhaseSender,
+    RoomSender,
+};
 use crate::stats::ErrorKind;
 
 /// Time allowed to set up one room (registrations, KeyPackages, the add, every join).
@@ -199,38 +201,11 @@ async fn set_up_group(
     room_idx: u64,
     members: u32,
 ) -> anyhow::Result<Vec<MimiClient>> {
-    let room = naming.room(room_idx)?;
-    let mut creator = MimiClient::register(endpoint.clone(), naming.client(room_idx, 0)?)
-        .await
-        .context("registering the creator")?;
-    let mut joiners = Vec::new();
-    for member in 1..members {
-        let mut client = MimiClient::register(endpoint.clone(), naming.client(room_idx, member)?)
-            .await
-            .with_context(|| format!("registering member {member}"))?;
-        client
-            .publish_key_packages(1)
-            .await
-            .with_context(|| format!("publishing member {member}'s KeyPackage"))?;
-        client
-            .connect_stream()
-            .await
-            .with_context(|| format!("opening member {member}'s push stream"))?;
-        joiners.push(client);
-    }
-    creator
-        .create_room(&room)
-        .await
-        .context("creating the room")?;
-    let users: Vec<UserId> = joiners.iter().map(|c| c.user()).collect();
-    match creator
-        .add_users(&room, &users)
-        .await
-        .context("adding the members")?
-    {
-        UpdateResult::Accepted { .. } => {}
-        other => bail!("the hub refused to add the members: {other:?}"),
-    }
+    let AddedRoom {
+        room,
+        mut creator,
+        joiners,
+    } = create_and_add(endpoint, naming, room_idx, members).await?;
     // The stream resumes after the creator's cursor: its own Commit comes back as an echo,
     // which its client skips.
     creator

@@ -319,6 +319,36 @@ async fn set_up_room(
     room_idx: u64,
     members: u32,
 ) -> anyhow::Result<(MimiClient, RoomId)> {
+    let AddedRoom {
+        room,
+        creator,
+        joiners,
+    } = create_and_add(endpoint, naming, room_idx, members).await?;
+    for mut joiner in joiners {
+        wait_for_welcome(&mut joiner, &room).await?;
+        joiner.close().await;
+    }
+    Ok((creator, room))
+}
+
+/// A room as [`create_and_add`] leaves it: created by its creator, the other members added by
+/// one Commit but not joined yet (their Welcomes wait on their open push streams).
+pub(crate) struct AddedRoom {
+    pub room: RoomId,
+    pub creator: MimiClient,
+    /// Members 1.., in member order.
+    pub joiners: Vec<MimiClient>,
+}
+
+/// Room `room_idx` of `members` members, set up as a client would (MIMI.md §6.1, §6.2): the
+/// creator registers; every other member registers, publishes one KeyPackage and opens its
+/// push stream; the creator creates the room and adds them all in one Commit.
+pub(crate) async fn create_and_add(
+    endpoint: &Endpoint,
+    naming: &Naming,
+    room_idx: u64,
+    members: u32,
+) -> anyhow::Result<AddedRoom> {
     let room = naming.room(room_idx)?;
     let mut creator = MimiClient::register(endpoint.clone(), naming.client(room_idx, 0)?)
         .await
@@ -342,22 +372,35 @@ async fn set_up_room(
         .create_room(&room)
         .await
         .context("creating the room")?;
-    if !joiners.is_empty() {
-        let users: Vec<UserId> = joiners.iter().map(|c| c.user()).collect();
-        match creator
-            .add_users(&room, &users)
-            .await
-            .context("adding the members")?
-        {
-            UpdateResult::Accepted { .. } => {}
-            other => bail!("the hub refused to add the members: {other:?}"),
-        }
+    let users: Vec<UserId> = joiners.iter().map(|c| c.user()).collect();
+    add_users(&mut creator, &room, &users, "the members").await?;
+    Ok(AddedRoom {
+        room,
+        creator,
+        joiners,
+    })
+}
+
+/// `creator` adds `users` (`who`, for the error) to `room` in one Commit (protocol-06 §5.1,
+/// §5.2: their KeyPackages claimed through keyMaterial); fails unless the hub accepts it.
+/// Adding nobody does nothing.
+pub(crate) async fn add_users(
+    creator: &mut MimiClient,
+    room: &RoomId,
+    users: &[UserId],
+    who: &str,
+) -> anyhow::Result<()> {
+    if users.is_empty() {
+        return Ok(());
     }
-    for mut joiner in joiners {
-        wait_for_welcome(&mut joiner, &room).await?;
-        joiner.close().await;
+    match creator
+        .add_users(room, users)
+        .await
+        .with_context(|| format!("adding {who}"))?
+    {
+        UpdateResult::Accepted { .. } => Ok(()),
+        other => bail!("the hub refused to add {who}: {other:?}"),
     }
-    Ok((creator, room))
 }
 
 pub(crate) async fn wait_for_welcome(client: &mut MimiClient, room: &RoomId) -> anyhow::Result<()> {
