@@ -350,145 +350,128 @@ async fn run_phases(
     tag: &str,
     interrupted: &Arc<AtomicBool>,
 ) -> anyhow::Result<Vec<PhaseSummary>> {
+    let plans = phase_plans(scenario, &provider.domain, tag)?;
+    let mut phases = Vec::with_capacity(plans.len());
+    for plan in plans {
+        phases.push(run_one(provider, common, plan, interrupted).await?);
+        if interrupted.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    Ok(phases)
+}
+
+/// The phases of `scenario`, in the order they run: one per group size (commits,
+/// commit-churn), one otherwise. Phase `i`'s users and rooms are named with `i`.
+fn phase_plans(scenario: &Scenario, domain: &str, tag: &str) -> anyhow::Result<Vec<PhasePlan>> {
     let naming = |phase| Naming {
-        domain: provider.domain.clone(),
+        domain: domain.to_string(),
         tag: tag.to_string(),
         phase,
     };
-    match scenario {
-        Scenario::Messages(args) => {
-            let phase = PhasePlan {
-                name: "messages".into(),
-                naming: naming(0),
-                rooms: args.rooms,
-                members: args.members,
-                operation: message_operation(args.encryption, args.message_bytes),
-                text_bytes: args.message_bytes as usize,
-                kind: PhaseKind::Rooms,
-            };
-            Ok(vec![
-                run_one(provider, &args.common, phase, interrupted).await?,
-            ])
-        }
-        Scenario::Commits(args) => {
-            let mut phases = Vec::new();
-            for (idx, &group_size) in args.group_size.iter().enumerate() {
-                let phase = PhasePlan {
-                    name: format!("commits group_size={group_size}"),
-                    naming: naming(idx),
-                    rooms: args.rooms,
-                    members: group_size,
-                    operation: Operation::SelfUpdate,
-                    text_bytes: 0,
-                    kind: PhaseKind::Rooms,
-                };
-                phases.push(run_one(provider, &args.common, phase, interrupted).await?);
-                if interrupted.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-            Ok(phases)
-        }
-        Scenario::CrossProvider(args) => {
-            let phase = PhasePlan {
-                name: "cross-provider".into(),
-                naming: naming(0),
-                rooms: args.rooms,
-                members: 2,
-                operation: message_operation(args.encryption, args.message_bytes),
-                text_bytes: args.message_bytes as usize,
-                kind: PhaseKind::CrossProvider,
-            };
-            Ok(vec![
-                run_one(provider, &args.common, phase, interrupted).await?,
-            ])
-        }
-        Scenario::Cluster(args) => {
-            let phase = PhasePlan {
-                name: "cluster".into(),
-                naming: naming(0),
-                rooms: args.rooms,
-                members: 2,
-                operation: message_operation(args.encryption, args.message_bytes),
-                text_bytes: args.message_bytes as usize,
-                kind: PhaseKind::Cluster {
-                    attached: !args.detached_members,
-                },
-            };
-            Ok(vec![run_one(provider, common, phase, interrupted).await?])
-        }
-        Scenario::Dm(args) => {
-            let phase = PhasePlan {
-                name: "dm".into(),
-                naming: naming(0),
-                rooms: args.rooms,
-                members: 2,
-                operation: message_operation(args.encryption, args.message_bytes),
-                text_bytes: args.message_bytes as usize,
-                kind: PhaseKind::Group,
-            };
-            Ok(vec![run_one(provider, common, phase, interrupted).await?])
-        }
-        Scenario::SmallRooms(args) => {
-            let phase = PhasePlan {
-                name: "small-rooms".into(),
-                naming: naming(0),
-                rooms: args.rooms,
-                members: args.members,
-                operation: message_operation(args.encryption, args.message_bytes),
-                text_bytes: args.message_bytes as usize,
-                kind: PhaseKind::Group,
-            };
-            Ok(vec![run_one(provider, common, phase, interrupted).await?])
-        }
-        Scenario::LargeRoomFanout(args) => {
-            let phase = PhasePlan {
-                name: "large-room-fanout".into(),
-                naming: naming(0),
-                rooms: args.rooms,
-                members: args.members,
-                operation: Operation::PregeneratedMessage,
-                text_bytes: args.message_bytes as usize,
-                kind: PhaseKind::LargeRoom {
-                    senders: args.senders,
-                    members_per_connection: args.members_per_connection,
-                },
-            };
-            Ok(vec![run_one(provider, common, phase, interrupted).await?])
-        }
-        Scenario::CommitChurn(args) => {
-            let mut phases = Vec::new();
-            for (idx, &group_size) in args.group_size.iter().enumerate() {
-                let phase = PhasePlan {
-                    name: format!("commit-churn group_size={group_size}"),
-                    naming: naming(idx),
-                    rooms: args.rooms,
-                    members: group_size,
-                    operation: Operation::SelfUpdate,
-                    text_bytes: 0,
-                    kind: PhaseKind::Churn { mix: args.mix },
-                };
-                phases.push(run_one(provider, common, phase, interrupted).await?);
-                if interrupted.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-            Ok(phases)
-        }
-        Scenario::JoinStorm(args) => {
-            let phase = PhasePlan {
-                name: "join-storm".into(),
-                naming: naming(0),
-                rooms: args.rooms,
-                members: args.members,
+    // One phase of application messages.
+    let messages = |name: &str, rooms, members, encryption, message_bytes: u32, kind| {
+        vec![PhasePlan {
+            name: name.into(),
+            naming: naming(0),
+            rooms,
+            members,
+            operation: message_operation(encryption, message_bytes),
+            text_bytes: message_bytes as usize,
+            kind,
+        }]
+    };
+    // A phase of Commits per group size.
+    let by_size = |name: &str, rooms, sizes: &[u32], kind| -> Vec<PhasePlan> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(idx, &size)| PhasePlan {
+                name: format!("{name} group_size={size}"),
+                naming: naming(idx),
+                rooms,
+                members: size,
                 operation: Operation::SelfUpdate,
                 text_bytes: 0,
-                kind: PhaseKind::Join,
-            };
-            Ok(vec![run_one(provider, common, phase, interrupted).await?])
+                kind,
+            })
+            .collect()
+    };
+    Ok(match scenario {
+        Scenario::Messages(args) => messages(
+            "messages",
+            args.rooms,
+            args.members,
+            args.encryption,
+            args.message_bytes,
+            PhaseKind::Rooms,
+        ),
+        Scenario::Commits(args) => {
+            by_size("commits", args.rooms, &args.group_size, PhaseKind::Rooms)
         }
+        Scenario::CrossProvider(args) => messages(
+            "cross-provider",
+            args.rooms,
+            2,
+            args.encryption,
+            args.message_bytes,
+            PhaseKind::CrossProvider,
+        ),
+        Scenario::Cluster(args) => messages(
+            "cluster",
+            args.rooms,
+            2,
+            args.encryption,
+            args.message_bytes,
+            PhaseKind::Cluster {
+                attached: !args.detached_members,
+            },
+        ),
+        Scenario::Dm(args) => messages(
+            "dm",
+            args.rooms,
+            2,
+            args.encryption,
+            args.message_bytes,
+            PhaseKind::Group,
+        ),
+        Scenario::SmallRooms(args) => messages(
+            "small-rooms",
+            args.rooms,
+            args.members,
+            args.encryption,
+            args.message_bytes,
+            PhaseKind::Group,
+        ),
+        Scenario::LargeRoomFanout(args) => messages(
+            "large-room-fanout",
+            args.rooms,
+            args.members,
+            // The senders' messages are always encrypted in advance.
+            Encryption::Pregenerated,
+            args.message_bytes,
+            PhaseKind::LargeRoom {
+                senders: args.senders,
+                members_per_connection: args.members_per_connection,
+            },
+        ),
+        Scenario::CommitChurn(args) => by_size(
+            "commit-churn",
+            args.rooms,
+            &args.group_size,
+            PhaseKind::Churn { mix: args.mix },
+        ),
+        Scenario::JoinStorm(args) => vec![PhasePlan {
+            name: "join-storm".into(),
+            naming: naming(0),
+            rooms: args.rooms,
+            members: args.members,
+            operation: Operation::SelfUpdate,
+            text_bytes: 0,
+            kind: PhaseKind::Join,
+        }],
         Scenario::IdleDensity(_) => bail!("idle-density has no timed phase"),
-    }
+    })
 }
 
 fn message_operation(encryption: Encryption, message_bytes: u32) -> Operation {
@@ -561,12 +544,21 @@ async fn run_one(
             plan.name, plan.rooms, plan.members
         ),
     );
-    let setup_start = Instant::now();
     // Replaced by the phase's bar once the timed phase starts.
     let _spinner = crate::progress::Spinner::start(
         !common.output.no_progress,
         &format!("{}: setting up", plan.name),
     );
+    let run = PhaseRun {
+        provider,
+        common,
+        plan,
+        setup_start: Instant::now(),
+        interrupted,
+    };
+    let plan = &run.plan;
+    let setup_concurrency = common.setup_concurrency as usize;
+    let timeout = Duration::from_millis(common.load.timeout_ms);
     match plan.kind {
         PhaseKind::Rooms => {
             let senders = set_up_rooms(
@@ -575,19 +567,10 @@ async fn run_one(
                 plan.rooms,
                 plan.members,
                 plan.operation,
-                common.setup_concurrency as usize,
+                setup_concurrency,
             )
             .await?;
-            measure(
-                provider,
-                common,
-                plan,
-                senders,
-                Attached::None,
-                setup_start,
-                interrupted,
-            )
-            .await
+            run.measure(senders, Attached::None).await
         }
         PhaseKind::Cluster { attached } => {
             let nodes: Vec<_> = provider
@@ -600,7 +583,7 @@ async fn run_one(
                 &plan.naming,
                 plan.rooms,
                 plan.operation,
-                common.setup_concurrency as usize,
+                setup_concurrency,
                 attached,
             )
             .await?;
@@ -609,16 +592,7 @@ async fn run_one(
             } else {
                 Attached::None
             };
-            measure(
-                provider,
-                common,
-                plan,
-                senders,
-                receivers,
-                setup_start,
-                interrupted,
-            )
-            .await
+            run.measure(senders, receivers).await
         }
         PhaseKind::Group => {
             let senders = set_up_groups(
@@ -627,21 +601,12 @@ async fn run_one(
                 plan.rooms,
                 plan.members,
                 plan.operation,
-                common.setup_concurrency as usize,
-                Duration::from_millis(common.load.timeout_ms),
+                setup_concurrency,
+                timeout,
             )
             .await?;
             let recipients = u64::from(plan.members) - 1;
-            measure(
-                provider,
-                common,
-                plan,
-                senders,
-                Attached::Recipients(recipients),
-                setup_start,
-                interrupted,
-            )
-            .await
+            run.measure(senders, Attached::Recipients(recipients)).await
         }
         PhaseKind::LargeRoom {
             senders,
@@ -663,24 +628,16 @@ async fn run_one(
                 members: plan.members,
                 senders,
                 members_per_connection,
-                setup_concurrency: common.setup_concurrency as usize,
+                setup_concurrency,
                 progress: &print,
             };
             let (senders, receivers) = set_up_large_rooms(&large).await?;
             let recipients = u64::from(plan.members - large.senders);
-            measure(
-                provider,
-                common,
-                plan,
-                senders,
-                Attached::Light {
-                    receivers,
-                    recipients,
-                },
-                setup_start,
-                interrupted,
-            )
-            .await
+            let attached = Attached::Light {
+                receivers,
+                recipients,
+            };
+            run.measure(senders, attached).await
         }
         PhaseKind::Churn { mix } => {
             let budget = ops_budget(
@@ -701,19 +658,10 @@ async fn run_one(
                 plan.members,
                 mix,
                 adds,
-                common.setup_concurrency as usize,
+                setup_concurrency,
             )
             .await?;
-            measure(
-                provider,
-                common,
-                plan,
-                senders,
-                Attached::None,
-                setup_start,
-                interrupted,
-            )
-            .await
+            run.measure(senders, Attached::None).await
         }
         PhaseKind::Join => {
             let joins = ops_budget(
@@ -728,7 +676,7 @@ async fn run_one(
                 plan.rooms,
                 plan.members,
                 plan.operation,
-                common.setup_concurrency as usize,
+                setup_concurrency,
             )
             .await?;
             let senders = link_joiners(
@@ -736,19 +684,10 @@ async fn run_one(
                 &plan.naming,
                 &joins,
                 plan.members as usize,
-                common.setup_concurrency as usize,
+                setup_concurrency,
             )
             .await?;
-            measure(
-                provider,
-                common,
-                plan,
-                senders,
-                Attached::None,
-                setup_start,
-                interrupted,
-            )
-            .await
+            run.measure(senders, Attached::None).await
         }
         PhaseKind::CrossProvider => {
             let follower = provider
@@ -769,191 +708,198 @@ async fn run_one(
                 &pairs,
                 plan.rooms,
                 plan.operation,
-                common.setup_concurrency as usize,
-                Duration::from_millis(common.load.timeout_ms),
+                setup_concurrency,
+                timeout,
             )
             .await?;
-            measure(
-                provider,
-                common,
-                plan,
-                senders,
-                Attached::None,
-                setup_start,
-                interrupted,
-            )
-            .await
+            run.measure(senders, Attached::None).await
         }
     }
 }
 
-/// The rest of a phase once its senders (and in the cluster scenario its attached members'
-/// `receivers`) are set up: encryption in advance, the timed phase, and the CPU and Raft
-/// accounting.
-async fn measure<S: PhaseSender>(
-    provider: &Provider,
-    common: &CommonArgs,
+/// One phase of a run: what [`PhaseRun::measure`] needs once the phase's senders are set up.
+struct PhaseRun<'a> {
+    provider: &'a Provider,
+    common: &'a CommonArgs,
     plan: PhasePlan,
-    mut senders: Vec<S>,
-    attached: Attached,
+    /// When the phase's set-up began.
     setup_start: Instant,
-    interrupted: &Arc<AtomicBool>,
-) -> anyhow::Result<PhaseSummary> {
-    let model = common.load.model();
-    let setup_s = round_millis(setup_start.elapsed().as_secs_f64());
+    interrupted: &'a Arc<AtomicBool>,
+}
 
-    let mut pregenerated = None;
-    let mut pregenerate_s = None;
-    if plan.operation == Operation::PregeneratedMessage {
-        // A large room's sender manages tens of messages a second, not thousands.
-        let closed_default = match plan.kind {
-            PhaseKind::LargeRoom { .. } => senders.len() as u64 * DEFAULT_CLOSED_FANOUT_PER_SENDER,
-            _ => DEFAULT_CLOSED_PREGENERATED,
-        };
-        let counts = ops_budget(model, common, senders.len(), closed_default)?;
-        let total: u64 = counts.iter().sum();
+impl PhaseRun<'_> {
+    /// The rest of a phase once its `senders` (and what else it keeps running, `attached`)
+    /// are set up: encryption in advance, the timed phase, and the CPU and Raft accounting.
+    async fn measure<S: PhaseSender>(
+        self,
+        mut senders: Vec<S>,
+        attached: Attached,
+    ) -> anyhow::Result<PhaseSummary> {
+        let PhaseRun {
+            provider,
+            common,
+            plan,
+            setup_start,
+            interrupted,
+        } = self;
+        let model = common.load.model();
+        let setup_s = round_millis(setup_start.elapsed().as_secs_f64());
+
+        let mut pregenerated = None;
+        let mut pregenerate_s = None;
+        if plan.operation == Operation::PregeneratedMessage {
+            // A large room's sender manages tens of messages a second, not thousands.
+            let closed_default = match plan.kind {
+                PhaseKind::LargeRoom { .. } => {
+                    senders.len() as u64 * DEFAULT_CLOSED_FANOUT_PER_SENDER
+                }
+                _ => DEFAULT_CLOSED_PREGENERATED,
+            };
+            let counts = ops_budget(model, common, senders.len(), closed_default)?;
+            let total: u64 = counts.iter().sum();
+            progress(
+                common,
+                &format!("{}: encrypting {total} messages in advance", plan.name),
+            );
+            let started = Instant::now();
+            senders = S::pregenerate_all(
+                senders,
+                &counts,
+                plan.text_bytes,
+                common.client_threads as usize,
+            )
+            .await?;
+            pregenerate_s = Some(round_millis(started.elapsed().as_secs_f64()));
+            pregenerated = Some(senders.iter().map(|s| s.pregenerated() as u64).sum());
+        }
+
         progress(
             common,
-            &format!("{}: encrypting {total} messages in advance", plan.name),
-        );
-        let started = Instant::now();
-        senders = S::pregenerate_all(
-            senders,
-            &counts,
-            plan.text_bytes,
-            common.client_threads as usize,
-        )
-        .await?;
-        pregenerate_s = Some(round_millis(started.elapsed().as_secs_f64()));
-        pregenerated = Some(senders.iter().map(|s| s.pregenerated() as u64).sum());
-    }
-
-    progress(
-        common,
-        &format!(
-            "{}: {} for {:?}",
-            plan.name,
-            match model {
-                LoadModel::Open { rate } => format!("open model at {rate} ops/s"),
-                LoadModel::Closed { concurrency } => format!(
-                    "closed model with {} in flight",
-                    concurrency.unwrap_or(plan.rooms)
-                ),
-            },
-            common.load.duration
-        ),
-    );
-    let follower_admin = provider.follower.as_ref().map(|f| f.admin);
-    let raft_before = read_raft(provider.admin).await;
-    let follower_before = read_raft(follower_admin).await;
-    let cluster_before = read_cluster(provider).await;
-    let light_before = match &attached {
-        Attached::Light { receivers, .. } => receivers.delivered(),
-        _ => Vec::new(),
-    };
-    let cpu_before = CpuSample::take();
-    let config = PhaseConfig {
-        model,
-        duration: common.load.duration,
-        max_ops: common.load.max_ops,
-        op_timeout: Duration::from_millis(common.load.timeout_ms),
-        progress: !common.output.no_progress,
-        interrupted: interrupted.clone(),
-    };
-    let (senders, measured) = run_phase(senders, config).await?;
-    let cpu = CpuSample::take().since(&cpu_before);
-    let raft_after = read_raft(provider.admin).await;
-    let follower_after = read_raft(follower_admin).await;
-    let cluster_after = settled_cluster(provider).await;
-    let group_size = group_sizes(&senders, plan.members);
-    S::close_all(senders).await;
-    let elapsed_s = measured.elapsed_s;
-    let (delivery, fanout) = match attached {
-        Attached::None => (None, None),
-        Attached::Cluster(receivers) => (
-            Some(
-                receivers
-                    .finish(measured.totals.ops_ok, CATCH_UP_DEADLINE)
-                    .await,
+            &format!(
+                "{}: {} for {:?}",
+                plan.name,
+                match model {
+                    LoadModel::Open { rate } => format!("open model at {rate} ops/s"),
+                    LoadModel::Closed { concurrency } => format!(
+                        "closed model with {} in flight",
+                        concurrency.unwrap_or(plan.rooms)
+                    ),
+                },
+                common.load.duration
             ),
-            None,
-        ),
-        Attached::Recipients(recipients) => {
-            let deliveries = measured.totals.ops_ok * recipients;
-            let fanout = FanoutReport {
-                recipients_per_message: recipients,
-                receivers: u64::from(plan.rooms) * (recipients + 1),
-                deliveries,
-                deliveries_per_s: per_second(deliveries, elapsed_s),
-                ..FanoutReport::default()
-            };
-            (None, Some(fanout))
-        }
-        Attached::Light {
-            receivers,
-            recipients,
-        } => {
-            let fanout = receivers.report(&light_before, recipients, elapsed_s);
-            receivers.finish().await;
-            (None, Some(fanout))
-        }
-    };
-    let (cluster, cluster_raft) = match (&cluster_before, &cluster_after) {
-        (Some(before), Some(after)) => (
-            Some(cluster_report(
-                provider,
-                plan.rooms,
-                measured.totals.ops_ok,
-                before,
-                after,
-                delivery,
-            )),
-            Some(raft_report(raft_sum(before), raft_sum(after))),
-        ),
-        _ => (None, None),
-    };
+        );
+        let follower_admin = provider.follower.as_ref().map(|f| f.admin);
+        let raft_before = read_raft(provider.admin).await;
+        let follower_before = read_raft(follower_admin).await;
+        let cluster_before = read_cluster(provider).await;
+        let light_before = match &attached {
+            Attached::Light { receivers, .. } => receivers.delivered(),
+            _ => Vec::new(),
+        };
+        let cpu_before = CpuSample::take();
+        let config = PhaseConfig {
+            model,
+            duration: common.load.duration,
+            max_ops: common.load.max_ops,
+            op_timeout: Duration::from_millis(common.load.timeout_ms),
+            progress: !common.output.no_progress,
+            interrupted: interrupted.clone(),
+        };
+        let (senders, measured) = run_phase(senders, config).await?;
+        let cpu = CpuSample::take().since(&cpu_before);
+        let raft_after = read_raft(provider.admin).await;
+        let follower_after = read_raft(follower_admin).await;
+        let cluster_after = settled_cluster(provider).await;
+        let group_size = group_sizes(&senders, plan.members);
+        S::close_all(senders).await;
+        let elapsed_s = measured.elapsed_s;
+        let (delivery, fanout) = match attached {
+            Attached::None => (None, None),
+            Attached::Cluster(receivers) => (
+                Some(
+                    receivers
+                        .finish(measured.totals.ops_ok, CATCH_UP_DEADLINE)
+                        .await,
+                ),
+                None,
+            ),
+            Attached::Recipients(recipients) => {
+                let deliveries = measured.totals.ops_ok * recipients;
+                let fanout = FanoutReport {
+                    recipients_per_message: recipients,
+                    receivers: u64::from(plan.rooms) * (recipients + 1),
+                    deliveries,
+                    deliveries_per_s: per_second(deliveries, elapsed_s),
+                    ..FanoutReport::default()
+                };
+                (None, Some(fanout))
+            }
+            Attached::Light {
+                receivers,
+                recipients,
+            } => {
+                let fanout = receivers.report(&light_before, recipients, elapsed_s);
+                receivers.finish().await;
+                (None, Some(fanout))
+            }
+        };
+        let (cluster, cluster_raft) = match (&cluster_before, &cluster_after) {
+            (Some(before), Some(after)) => (
+                Some(cluster_report(
+                    provider,
+                    plan.rooms,
+                    measured.totals.ops_ok,
+                    before,
+                    after,
+                    delivery,
+                )),
+                Some(raft_report(raft_sum(before), raft_sum(after))),
+            ),
+            _ => (None, None),
+        };
 
-    let per_1000_ops = |seconds: f64| {
-        (measured.totals.ops_ok > 0)
-            .then(|| (seconds * 1000.0 / measured.totals.ops_ok as f64 * 1e4).round() / 1e4)
-    };
-    let generator_s = cpu
-        .threads_s
-        .get(CLIENT_THREADS_NAME)
-        .copied()
-        .unwrap_or(0.0);
-    let server_s = provider.is_in_process().then(|| {
-        let all: f64 = cpu.threads_s.values().sum();
-        ((all - generator_s) * 1000.0).round() / 1000.0
-    });
-    let cpu = CpuReport {
-        per_1000_ops_s: cpu.process_s.and_then(per_1000_ops),
-        generator_s,
-        server_s,
-        server_per_1000_ops_s: server_s.and_then(per_1000_ops),
-        usage: cpu,
-    };
-    Ok(PhaseSummary {
-        name: plan.name,
-        rooms: plan.rooms,
-        members: plan.members,
-        setup_s,
-        pregenerated_messages: pregenerated,
-        pregenerate_s,
-        measured,
-        cpu,
-        raft: match (raft_before, raft_after) {
-            (Some(before), Some(after)) => Some(raft_report(before, after)),
-            _ => cluster_raft,
-        },
-        raft_follower: match (follower_before, follower_after) {
-            (Some(before), Some(after)) => Some(raft_report(before, after)),
-            _ => None,
-        },
-        cluster,
-        fanout,
-        group_size,
-    })
+        let per_1000_ops = |seconds: f64| {
+            (measured.totals.ops_ok > 0)
+                .then(|| (seconds * 1000.0 / measured.totals.ops_ok as f64 * 1e4).round() / 1e4)
+        };
+        let generator_s = cpu
+            .threads_s
+            .get(CLIENT_THREADS_NAME)
+            .copied()
+            .unwrap_or(0.0);
+        let server_s = provider.is_in_process().then(|| {
+            let all: f64 = cpu.threads_s.values().sum();
+            ((all - generator_s) * 1000.0).round() / 1000.0
+        });
+        let cpu = CpuReport {
+            per_1000_ops_s: cpu.process_s.and_then(per_1000_ops),
+            generator_s,
+            server_s,
+            server_per_1000_ops_s: server_s.and_then(per_1000_ops),
+            usage: cpu,
+        };
+        Ok(PhaseSummary {
+            name: plan.name,
+            rooms: plan.rooms,
+            members: plan.members,
+            setup_s,
+            pregenerated_messages: pregenerated,
+            pregenerate_s,
+            measured,
+            cpu,
+            raft: match (raft_before, raft_after) {
+                (Some(before), Some(after)) => Some(raft_report(before, after)),
+                _ => cluster_raft,
+            },
+            raft_follower: match (follower_before, follower_after) {
+                (Some(before), Some(after)) => Some(raft_report(before, after)),
+                _ => None,
+            },
+            cluster,
+            fanout,
+            group_size,
+        })
+    }
 }
 
 /// The sizes of the senders' rooms (for senders that change them), or `None`.
@@ -1486,6 +1432,45 @@ mod tests {
             .expect("counts");
         assert_eq!(counts.iter().sum::<u64>(), 200);
         assert_eq!(counts, vec![67, 67, 66]);
+    }
+
+    #[test]
+    fn phases_are_one_per_group_size_or_one() {
+        let plans = |args: &[&str]| {
+            let scenario = Cli::try_parse_from(args).expect("valid").scenario;
+            phase_plans(&scenario, "localhost", "t").expect("plans")
+        };
+        let churn = plans(&["b", "commit-churn", "--group-size", "2,8"]);
+        let names: Vec<&str> = churn.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["commit-churn group_size=2", "commit-churn group_size=8"]
+        );
+        assert_eq!(
+            churn
+                .iter()
+                .map(|p| (p.members, p.naming.phase))
+                .collect::<Vec<_>>(),
+            [(2, 0), (8, 1)],
+            "each size has its own members and names"
+        );
+        assert!(churn.iter().all(|p| p.operation == Operation::SelfUpdate));
+        let dm = plans(&["b", "dm", "--message-bytes", "64", "--encryption", "live"]);
+        assert_eq!(dm.len(), 1);
+        assert_eq!((dm[0].name.as_str(), dm[0].members), ("dm", 2));
+        assert_eq!(dm[0].operation, Operation::LiveMessage { text_bytes: 64 });
+        assert_eq!(dm[0].kind, PhaseKind::Group);
+        let large = plans(&["b", "large-room-fanout", "--senders", "3"]);
+        assert_eq!(large[0].operation, Operation::PregeneratedMessage);
+        assert_eq!(
+            large[0].kind,
+            PhaseKind::LargeRoom {
+                senders: 3,
+                members_per_connection: 1
+            }
+        );
+        let density = Cli::try_parse_from(["b", "idle-density"]).expect("valid");
+        assert!(phase_plans(&density.scenario, "localhost", "t").is_err());
     }
 
     #[test]
