@@ -21,7 +21,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,14 +35,11 @@ use tokio::time::Instant;
 
 use crate::load::{Availability, Sender};
 use crate::peer::{
-    binary_version, cluster_dir, find_binary, listen_for_interrupt, measure, now_unix_s, progress,
-    with_port_retries, ChildGuard, PeerArgs, PeerPhasePlan, PeerReport, PeerSystem,
-    SubscriberCounters, Subscribers,
+    run_peer, ChildGuard, PeerArgs, PeerCluster, PeerReport, PeerRun, PeerSystem,
+    SubscriberCounters, Subscribers, LATENCY_NOTE,
 };
-use crate::run::CLIENT_THREADS_NAME;
 use crate::scenario::message_text;
 use crate::stats::ErrorKind;
-use crate::system::Machine;
 
 /// Time allowed for the cluster to elect a leader and answer on every member.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,63 +55,13 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Runs the etcd side of the side-by-side comparison. Must not be called from inside a tokio
 /// runtime.
 pub fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
-    args.check()?;
-    let started_unix_s = now_unix_s()?;
-    let machine = Machine::describe();
-    let binary = find_binary(args.binary.as_deref(), "etcd")?;
-    let binary_version = binary_version(&binary, "--version");
-    let setup_start = Instant::now();
-    let dir = cluster_dir(args.data_dir.as_deref(), "mimid-bench-etcd-")?;
-    progress(
-        args,
-        &format!(
-            "starting {} etcd members ({binary_version}) in {}",
-            args.nodes,
-            dir.path().display()
-        ),
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.client_threads as usize)
-        .thread_name(CLIENT_THREADS_NAME)
-        .enable_all()
-        .build()
-        .context("building the driver's runtime")?;
-    let cluster = with_port_retries("etcd cluster", 2 * args.nodes as usize, |attempt, ports| {
-        let attempt_dir = dir.path().join(format!("attempt{attempt}"));
-        std::fs::create_dir(&attempt_dir)
-            .with_context(|| format!("creating {}", attempt_dir.display()))?;
-        let mut cluster = EtcdCluster::start(&binary, &attempt_dir, args.nodes, ports)?;
-        runtime.block_on(cluster.ready())?;
-        Ok(cluster)
-    })?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    runtime.spawn(listen_for_interrupt(interrupted.clone()));
-    let phase = runtime.block_on(async {
-        let senders = connect_senders(&cluster, args).await?;
-        let subscribers = if args.subscribers() {
-            Some(start_watchers(&cluster, args).await?)
-        } else {
-            None
-        };
-        let revision_before = revision(cluster.clients[0]).await?;
-        let plan = PeerPhasePlan {
-            name: "etcd",
-            args,
-            pids: cluster.pids(),
-            setup_start,
-            interrupted: interrupted.clone(),
-        };
-        let (_senders, mut phase) = measure(plan, senders, subscribers).await?;
-        let revision_after = revision(cluster.clients[0]).await?;
-        phase.stored = Some(revision_after.saturating_sub(revision_before));
-        anyhow::Ok(phase)
-    });
-    let mut cluster = cluster;
-    let still_running = cluster.check_running();
-    drop(cluster);
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    let phase = phase?;
-    still_running?;
+    let PeerRun {
+        started_unix_s,
+        machine,
+        binary,
+        binary_version,
+        phase,
+    } = run_peer::<EtcdCluster>(args, "etcd")?;
     Ok(PeerReport {
         tool: "mimid-bench",
         version: env!("CARGO_PKG_VERSION"),
@@ -151,12 +98,7 @@ pub fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
             ]
             .into_iter()
             .collect(),
-            data_dir_parent: args
-                .data_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir)
-                .display()
-                .to_string(),
+            data_dir_parent: args.data_dir_parent(),
         },
         machine,
         phases: vec![phase],
@@ -180,10 +122,7 @@ pub fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
              (cpu.server_s, from /proc/<pid>/stat). stored is the store revision's increase \
              over the phase (one per committed put)."
                 .into(),
-            "latency_corrected counts from the intended start (open model, coordinated \
-             omission corrected); latency_raw from the actual start. They are equal in the \
-             closed model."
-                .into(),
+            LATENCY_NOTE.into(),
         ],
     })
 }
@@ -194,7 +133,12 @@ struct EtcdCluster {
     clients: Vec<SocketAddr>,
 }
 
-impl EtcdCluster {
+impl PeerCluster for EtcdCluster {
+    type Sender = EtcdSender;
+    const BINARY: &'static str = "etcd";
+    const DIR_PREFIX: &'static str = "mimid-bench-etcd-";
+    const SERVERS: &'static str = "etcd members";
+
     /// Starts every member: `ports` holds a client port per member, then a peer port per
     /// member.
     fn start(binary: &Path, dir: &Path, nodes: u64, ports: &[u16]) -> anyhow::Result<Self> {
@@ -235,18 +179,28 @@ impl EtcdCluster {
         Ok(EtcdCluster { children, clients })
     }
 
-    fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(ChildGuard::pid).collect()
+    fn children(&self) -> &[ChildGuard] {
+        &self.children
     }
 
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        self.children
-            .iter_mut()
-            .try_for_each(ChildGuard::check_running)
+    fn children_mut(&mut self) -> &mut [ChildGuard] {
+        &mut self.children
+    }
+
+    async fn connect_senders(&self, args: &PeerArgs) -> anyhow::Result<Vec<EtcdSender>> {
+        connect_senders(self, args).await
+    }
+
+    async fn start_subscribers(&self, args: &PeerArgs) -> anyhow::Result<Subscribers> {
+        start_watchers(self, args).await
+    }
+
+    async fn stored(&self) -> anyhow::Result<u64> {
+        revision(self.clients[0]).await
     }
 
     /// Waits until a put through every member is answered (a leader is elected and known).
-    async fn ready(&mut self) -> anyhow::Result<()> {
+    async fn ready(&mut self, _nodes: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         for (node, addr) in self.clients.clone().into_iter().enumerate() {
             let body = put_body(&format!("setup/{node}"), b"setup");

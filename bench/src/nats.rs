@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,14 +39,11 @@ use tokio::time::Instant;
 
 use crate::load::{Availability, Sender};
 use crate::peer::{
-    binary_version, cluster_dir, find_binary, listen_for_interrupt, measure, now_unix_s, progress,
-    with_port_retries, ChildGuard, PeerArgs, PeerPhasePlan, PeerReport, PeerSystem,
-    SubscriberCounters, Subscribers,
+    run_peer, ChildGuard, PeerArgs, PeerCluster, PeerReport, PeerRun, PeerSystem,
+    SubscriberCounters, Subscribers, LATENCY_NOTE,
 };
-use crate::run::CLIENT_THREADS_NAME;
 use crate::scenario::message_text;
 use crate::stats::ErrorKind;
-use crate::system::Machine;
 
 /// The stream every room's subject is stored in.
 pub const STREAM: &str = "ROOMS";
@@ -69,63 +66,13 @@ const MAX_PAYLOAD: usize = 8 * 1024 * 1024;
 /// Runs the NATS JetStream side of the side-by-side comparison. Must not be called from inside
 /// a tokio runtime.
 pub fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
-    args.check()?;
-    let started_unix_s = now_unix_s()?;
-    let machine = Machine::describe();
-    let binary = find_binary(args.binary.as_deref(), "nats-server")?;
-    let binary_version = binary_version(&binary, "--version");
-    let setup_start = Instant::now();
-    let dir = cluster_dir(args.data_dir.as_deref(), "mimid-bench-nats-")?;
-    progress(
-        args,
-        &format!(
-            "starting {} nats-server nodes ({binary_version}) in {}",
-            args.nodes,
-            dir.path().display()
-        ),
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.client_threads as usize)
-        .thread_name(CLIENT_THREADS_NAME)
-        .enable_all()
-        .build()
-        .context("building the driver's runtime")?;
-    let cluster = with_port_retries("nats cluster", 2 * args.nodes as usize, |attempt, ports| {
-        let attempt_dir = dir.path().join(format!("attempt{attempt}"));
-        std::fs::create_dir(&attempt_dir)
-            .with_context(|| format!("creating {}", attempt_dir.display()))?;
-        let mut cluster = NatsCluster::start(&binary, &attempt_dir, args.nodes, ports)?;
-        runtime.block_on(cluster.ready(args.nodes))?;
-        Ok(cluster)
-    })?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    runtime.spawn(listen_for_interrupt(interrupted.clone()));
-    let phase = runtime.block_on(async {
-        let senders = connect_senders(&cluster, args).await?;
-        let subscribers = if args.subscribers() {
-            Some(start_subscribers(&cluster, args).await?)
-        } else {
-            None
-        };
-        let stored_before = stream_messages(cluster.clients[0]).await?;
-        let plan = PeerPhasePlan {
-            name: "nats",
-            args,
-            pids: cluster.pids(),
-            setup_start,
-            interrupted: interrupted.clone(),
-        };
-        let (_senders, mut phase) = measure(plan, senders, subscribers).await?;
-        let stored_after = stream_messages(cluster.clients[0]).await?;
-        phase.stored = Some(stored_after.saturating_sub(stored_before));
-        anyhow::Ok(phase)
-    });
-    let mut cluster = cluster;
-    let still_running = cluster.check_running();
-    drop(cluster);
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    let phase = phase?;
-    still_running?;
+    let PeerRun {
+        started_unix_s,
+        machine,
+        binary,
+        binary_version,
+        phase,
+    } = run_peer::<NatsCluster>(args, "nats")?;
     let replicas = args.nodes;
     Ok(PeerReport {
         tool: "mimid-bench",
@@ -165,12 +112,7 @@ pub fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
             ]
             .into_iter()
             .collect(),
-            data_dir_parent: args
-                .data_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir)
-                .display()
-                .to_string(),
+            data_dir_parent: args.data_dir_parent(),
         },
         machine,
         phases: vec![phase],
@@ -196,10 +138,7 @@ pub fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
              (cpu.server_s, from /proc/<pid>/stat). stored is the stream's message count \
              difference over the phase."
                 .into(),
-            "latency_corrected counts from the intended start (open model, coordinated \
-             omission corrected); latency_raw from the actual start. They are equal in the \
-             closed model."
-                .into(),
+            LATENCY_NOTE.into(),
         ],
     })
 }
@@ -210,7 +149,12 @@ struct NatsCluster {
     clients: Vec<SocketAddr>,
 }
 
-impl NatsCluster {
+impl PeerCluster for NatsCluster {
+    type Sender = NatsSender;
+    const BINARY: &'static str = "nats-server";
+    const DIR_PREFIX: &'static str = "mimid-bench-nats-";
+    const SERVERS: &'static str = "nats-server nodes";
+
     /// Writes each node's configuration and starts it: `ports` holds a client port per node,
     /// then a route port per node.
     fn start(binary: &Path, dir: &Path, nodes: u64, ports: &[u16]) -> anyhow::Result<Self> {
@@ -254,14 +198,24 @@ impl NatsCluster {
         Ok(NatsCluster { children, clients })
     }
 
-    fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(ChildGuard::pid).collect()
+    fn children(&self) -> &[ChildGuard] {
+        &self.children
     }
 
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        self.children
-            .iter_mut()
-            .try_for_each(ChildGuard::check_running)
+    fn children_mut(&mut self) -> &mut [ChildGuard] {
+        &mut self.children
+    }
+
+    async fn connect_senders(&self, args: &PeerArgs) -> anyhow::Result<Vec<NatsSender>> {
+        connect_senders(self, args).await
+    }
+
+    async fn start_subscribers(&self, args: &PeerArgs) -> anyhow::Result<Subscribers> {
+        start_subscribers(self, args).await
+    }
+
+    async fn stored(&self) -> anyhow::Result<u64> {
+        stream_messages(self.clients[0]).await
     }
 
     /// Waits until every server answers, the stream exists and every server's publishes are

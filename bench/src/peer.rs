@@ -9,6 +9,11 @@
 //! `mimid-bench compare` reads all three the same way. Where mimid's report has `node`, a
 //! peer's has `system` (binary, version, nodes, durability setting).
 //!
+//! Running one: [`run_peer`] does what every peer does (find the binary, start its cluster on
+//! free ports with retries, connect the senders and subscribers, the timed phase with
+//! [`measure`], the servers' own count of what they stored, and the clean-up); each peer
+//! implements [`PeerCluster`] for its servers and protocol and writes its report.
+//!
 //! CPU: a peer's servers are child processes, so `cpu.server_s` is the children's
 //! `utime + stime` from `/proc/<pid>/stat` (10 ms ticks) over the phase, and
 //! `cpu.generator_s` this process's (the drivers). `other_processes_s` is the machine's busy
@@ -33,7 +38,7 @@ use tokio::time::Instant;
 
 use crate::cli::{LoadArgs, LoadModel, OutputArgs};
 use crate::load::{run_phase, PhaseConfig, PhaseReport, Sender};
-use crate::run::RunConfig;
+use crate::run::{RunConfig, CLIENT_THREADS_NAME};
 use crate::stats::round_millis;
 use crate::system::{machine_cpu_now, own_cpu_now, Machine, MachineCpu, ProcessSample};
 
@@ -48,6 +53,10 @@ const CATCH_UP_DEADLINE: Duration = Duration::from_secs(15);
 const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// Bytes of a child's log shown when it fails.
 const LOG_TAIL_BYTES: u64 = 2048;
+/// How the peers' reports read the two latencies (as the scenarios' notes do).
+pub const LATENCY_NOTE: &str = "latency_corrected counts from the intended start (open model, \
+    coordinated omission corrected); latency_raw from the actual start. They are equal in the \
+    closed model.";
 
 /// Options of a side-by-side peer (`mimid-bench nats`, `mimid-bench etcd`): the shape of the
 /// `cluster` scenario's workload (rooms, 256-byte messages, subscribers on another node) and
@@ -113,6 +122,15 @@ impl PeerArgs {
             }
         }
         Ok(())
+    }
+
+    /// The parent of the cluster's temporary directory, for the report.
+    pub fn data_dir_parent(&self) -> String {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+            .display()
+            .to_string()
     }
 
     /// The `config` section of the report, as the mimid scenarios write it.
@@ -611,6 +629,137 @@ pub async fn listen_for_interrupt(interrupted: Arc<AtomicBool>) {
     if tokio::signal::ctrl_c().await.is_ok() {
         std::process::exit(130);
     }
+}
+
+/// A side-by-side peer's cluster of server processes, as [`run_peer`] starts, drives and
+/// stops it.
+pub trait PeerCluster: Sized {
+    /// One room's sender.
+    type Sender: Sender;
+    /// The server binary looked for on PATH (`find_binary`).
+    const BINARY: &'static str;
+    /// Prefix of the cluster's temporary directory.
+    const DIR_PREFIX: &'static str;
+    /// The servers, as the progress line names them (`etcd members`).
+    const SERVERS: &'static str;
+
+    /// Starts `nodes` servers from `binary` in `dir`; `ports` holds two free ports per node.
+    fn start(binary: &Path, dir: &Path, nodes: u64, ports: &[u16]) -> anyhow::Result<Self>;
+    /// Waits until writes through every node are acknowledged.
+    fn ready(&mut self, nodes: u64) -> impl std::future::Future<Output = anyhow::Result<()>>;
+    /// The server processes, in node order.
+    fn children(&self) -> &[ChildGuard];
+    fn children_mut(&mut self) -> &mut [ChildGuard];
+    /// One sender per room, in room order, each with its own connection (`sender_node`).
+    fn connect_senders(
+        &self,
+        args: &PeerArgs,
+    ) -> impl std::future::Future<Output = anyhow::Result<Vec<Self::Sender>>>;
+    /// One subscriber per node for what the previous node's senders send
+    /// (`subscriber_node`), running once this returns.
+    fn start_subscribers(
+        &self,
+        args: &PeerArgs,
+    ) -> impl std::future::Future<Output = anyhow::Result<Subscribers>>;
+    /// The servers' own count of what they stored so far.
+    fn stored(&self) -> impl std::future::Future<Output = anyhow::Result<u64>>;
+
+    /// The server processes' ids, in node order.
+    fn pids(&self) -> Vec<u32> {
+        self.children().iter().map(ChildGuard::pid).collect()
+    }
+
+    /// Fails if a server has ended, with its log.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        self.children_mut()
+            .iter_mut()
+            .try_for_each(ChildGuard::check_running)
+    }
+}
+
+/// What [`run_peer`] found and measured.
+pub struct PeerRun {
+    pub started_unix_s: u64,
+    pub machine: Machine,
+    pub binary: PathBuf,
+    /// First line of `<binary> --version`.
+    pub binary_version: String,
+    /// The timed phase, `stored` filled in.
+    pub phase: PeerPhase,
+}
+
+/// Runs peer `C` (its phase named `name`): starts its cluster in a temporary directory (new
+/// ports on a failed start), connects the senders and, unless `--no-subscribers`, the
+/// subscribers, runs the timed phase with [`measure`], takes the difference of the servers'
+/// stored count over it, and stops the servers and removes the directory, also on an error.
+/// Must not be called from inside a tokio runtime.
+pub fn run_peer<C: PeerCluster>(args: &PeerArgs, name: &'static str) -> anyhow::Result<PeerRun> {
+    args.check()?;
+    let started_unix_s = now_unix_s()?;
+    let machine = Machine::describe();
+    let binary = find_binary(args.binary.as_deref(), C::BINARY)?;
+    let binary_version = binary_version(&binary, "--version");
+    let setup_start = Instant::now();
+    let dir = cluster_dir(args.data_dir.as_deref(), C::DIR_PREFIX)?;
+    progress(
+        args,
+        &format!(
+            "starting {} {} ({binary_version}) in {}",
+            args.nodes,
+            C::SERVERS,
+            dir.path().display()
+        ),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads as usize)
+        .thread_name(CLIENT_THREADS_NAME)
+        .enable_all()
+        .build()
+        .context("building the driver's runtime")?;
+    let what = format!("{name} cluster");
+    let cluster = with_port_retries(&what, 2 * args.nodes as usize, |attempt, ports| {
+        let attempt_dir = dir.path().join(format!("attempt{attempt}"));
+        std::fs::create_dir(&attempt_dir)
+            .with_context(|| format!("creating {}", attempt_dir.display()))?;
+        let mut cluster = C::start(&binary, &attempt_dir, args.nodes, ports)?;
+        runtime.block_on(cluster.ready(args.nodes))?;
+        Ok(cluster)
+    })?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    runtime.spawn(listen_for_interrupt(interrupted.clone()));
+    let phase = runtime.block_on(async {
+        let senders = cluster.connect_senders(args).await?;
+        let subscribers = if args.subscribers() {
+            Some(cluster.start_subscribers(args).await?)
+        } else {
+            None
+        };
+        let stored_before = cluster.stored().await?;
+        let plan = PeerPhasePlan {
+            name,
+            args,
+            pids: cluster.pids(),
+            setup_start,
+            interrupted: interrupted.clone(),
+        };
+        let (_senders, mut phase) = measure(plan, senders, subscribers).await?;
+        let stored_after = cluster.stored().await?;
+        phase.stored = Some(stored_after.saturating_sub(stored_before));
+        anyhow::Ok(phase)
+    });
+    let mut cluster = cluster;
+    let still_running = cluster.check_running();
+    drop(cluster);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let phase = phase?;
+    still_running?;
+    Ok(PeerRun {
+        started_unix_s,
+        machine,
+        binary,
+        binary_version,
+        phase,
+    })
 }
 
 /// Starts a cluster with `start` (given the attempt's number and fresh ports) up to
