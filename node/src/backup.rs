@@ -43,8 +43,18 @@
 //! [`restore`] turns a backup into a new data directory: it checks the file, the domain and the
 //! shard count against the configuration and that every part restores into a [`ShardMachine`],
 //! and only then lets [`mimid_cluster::restore_data_dir`] start each shard's Raft storage from
-//! its part, as a snapshot at the backed-up index. A node started on it recovers every shard
-//! like after a clean restart.
+//! its part, as a snapshot at the backed-up index with the configured node as the only voter.
+//! A node started on it recovers every shard like after a clean restart.
+//!
+//! With a configuration that uses `cluster.join` the new data directory seeds a **new
+//! cluster** (`crate::cluster_ops::bootstrap`, "A cluster from a backup"): shard 0's part is
+//! restored without the backed-up cluster's node registry (its node ids and addresses belong
+//! to the old cluster; the new one seeds its own registry with the restored node and the new
+//! id), and once the Raft state is in place [`restore`] writes the cluster id file naming a
+//! new cluster id and the restored node as the only initial voter. `mimid start --join` on it
+//! starts at once; nodes started with `--join` naming it join that cluster and are placed.
+//! Without `cluster.join` (a node alone or a statically configured cluster) the registry is
+//! restored as it was and no cluster id is written.
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -56,6 +66,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
+use mimid_actors::cluster_meta::{ClusterId, ClusterMeta, METADATA_SHARD};
 use mimid_actors::shard::Shards;
 use mimid_cluster::{ShardSnapshot, SnapshotAllError, SnapshotsDone, StateMachine as _};
 use sha2::{Digest as _, Sha256};
@@ -63,6 +74,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::admin::auth::node_answered;
 use crate::admin::AdminToken;
+use crate::cluster_ops::bootstrap::{store_role, Role};
 use crate::config::{check_domain, Config};
 use crate::metrics::{BackupResult, Metrics};
 
@@ -503,15 +515,25 @@ pub struct Restored {
     pub rooms: usize,
     /// `shard@index/term` of every part.
     pub positions: String,
+    /// With `cluster.join`: the id of the new cluster the restored node seeds (in its cluster
+    /// id file); `None` for a node alone or a statically configured cluster.
+    pub cluster_id: Option<ClusterId>,
 }
 
 /// `mimid restore`: creates `config.data_dir` (it must be missing or empty) from the backup file
-/// `from`, so that a node started with `config` resumes every shard at its backed-up index.
-/// Refuses, before writing anything, a damaged file, a backup of another domain, a shard count
-/// other than `cluster.shards`, and a part that does not restore.
+/// `from`, so that a node started with `config` resumes every shard at its backed-up index;
+/// with `cluster.join`, as the seed of a new cluster (module docs). Refuses, before writing
+/// anything, a damaged file, a backup of another domain, a shard count other than
+/// `cluster.shards`, a part that does not restore, and for `cluster.join` a `cluster.listen`
+/// the other nodes cannot dial.
 pub fn restore(from: &Path, config: &Config) -> anyhow::Result<Restored> {
+    let seed = match (config.cluster.uses_join(), config.cluster.listen) {
+        (false, _) => None,
+        (true, Some(listen)) => Some(Role::restored_seed(config.node_id, listen)?),
+        (true, None) => bail!("cluster.join needs cluster.listen"),
+    };
     let bytes = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-    let file =
+    let mut file =
         BackupFile::decode(&bytes).with_context(|| format!("checking {}", from.display()))?;
     drop(bytes);
     if file.domain != config.domain {
@@ -530,6 +552,19 @@ pub fn restore(from: &Path, config: &Config) -> anyhow::Result<Restored> {
             config.cluster.shards
         );
     }
+    if seed.is_some() {
+        // The new cluster seeds its own registry (module docs).
+        if let Some(part) = file
+            .shards
+            .iter_mut()
+            .find(|part| part.shard == METADATA_SHARD)
+        {
+            let (_, rest) = ClusterMeta::split_snapshot(&part.data).map_err(|reason| {
+                anyhow::anyhow!("shard {} does not restore: {reason}", part.shard)
+            })?;
+            part.data = rest.to_vec();
+        }
+    }
     // Every part must restore into a real shard state machine before anything is written.
     let shards = Shards::new(count);
     for part in &file.shards {
@@ -547,9 +582,21 @@ pub fn restore(from: &Path, config: &Config) -> anyhow::Result<Restored> {
         shards: file.shards.len(),
         rooms: shards.room_count(),
         positions,
+        cluster_id: seed.as_ref().map(|role| role.cluster_id),
     };
     let cluster = crate::server::cluster_config(config);
-    if let Err(err) = mimid_cluster::restore_data_dir(&cluster, file.shards) {
+    // The Raft state first, then the cluster id: a data directory with a cluster id whose
+    // node is an initial voter but has no Raft state would start an empty cluster; one with
+    // Raft state and no id is refused by `mimid start --join` with the reason.
+    let written = mimid_cluster::restore_data_dir(&cluster, file.shards)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| match &seed {
+            Some(role) => store_role(data_dir, role),
+            None => Ok(()),
+        });
+    if let Err(err) = written {
+        // Nothing of this restore is left behind: the directory was empty before.
+        let _ = fs::remove_dir_all(data_dir.join("raft"));
         if created {
             let _ = fs::remove_dir(data_dir);
         }
@@ -841,6 +888,81 @@ mod tests {
         fs::remove_dir(data_dir.join("certs")).unwrap();
         let restored = restore(&file, &config).expect("restored");
         assert_eq!((restored.shards, restored.rooms), (2, 0));
+        assert!(data_dir.join("raft").is_dir());
+        assert_eq!(restored.cluster_id, None, "no cluster.join, no cluster id");
+        assert_eq!(
+            crate::cluster_ops::bootstrap::load_role(&data_dir).unwrap(),
+            None
+        );
+    }
+
+    /// With `cluster.join` the restored directory seeds a new cluster: a cluster id file with a
+    /// new id and the restored node as the only initial voter, and shard 0 without the
+    /// backed-up registry. A `cluster.listen` nobody can dial is refused before anything is
+    /// written.
+    #[test]
+    fn a_restore_for_cluster_join_seeds_a_new_cluster_without_the_old_registry() {
+        use mimid_actors::cluster_meta::MetaChange;
+
+        let dir = tempfile::tempdir().unwrap();
+        let shards = Shards::new(2);
+        let mut registry = ClusterMeta::default();
+        let old_id = ClusterId::from_bytes([7; 16]);
+        let changed = registry.apply(MetaChange::Bootstrap {
+            cluster_id: old_id,
+            nodes: vec![(1, Some("10.9.9.1:7443".parse().unwrap()))],
+            replication_factor: 3,
+        });
+        assert_eq!(changed, Ok(true));
+        let part = |shard: u64| {
+            let mut data = shards.machine(shard).snapshot();
+            if shard == METADATA_SHARD {
+                let mut with_registry = registry.snapshot_prefix();
+                with_registry.extend(data);
+                data = with_registry;
+            }
+            ShardSnapshot {
+                shard,
+                applied_index: 9,
+                applied_term: 2,
+                data,
+            }
+        };
+        let backup = BackupFile {
+            domain: "a.example".into(),
+            taken_at_ms: 1,
+            shards: (0..2).map(part).collect(),
+        };
+        assert!(ClusterMeta::split_snapshot(&backup.shards[0].data)
+            .unwrap()
+            .0
+            .is_seeded());
+        let file = dir.path().join("backup");
+        fs::write(&file, backup.encode()).unwrap();
+
+        let data_dir = dir.path().join("data");
+        let mut config = Config {
+            domain: "a.example".into(),
+            data_dir: data_dir.clone(),
+            node_id: 5,
+            ..Config::default()
+        };
+        config.cluster.shards = 2;
+        config.cluster.join = vec!["10.0.0.2:7443".parse().unwrap()];
+        config.cluster.listen = Some("0.0.0.0:7443".parse().unwrap());
+        let err = restore(&file, &config).unwrap_err();
+        assert!(format!("{err:#}").contains("cluster.listen"), "{err:#}");
+        assert!(!data_dir.exists(), "nothing written");
+
+        let listen = "10.0.0.5:7443".parse().unwrap();
+        config.cluster.listen = Some(listen);
+        let restored = restore(&file, &config).expect("restored");
+        let role = crate::cluster_ops::bootstrap::load_role(&data_dir)
+            .unwrap()
+            .expect("a cluster id file");
+        assert_eq!(restored.cluster_id, Some(role.cluster_id));
+        assert_ne!(role.cluster_id, old_id, "a new cluster");
+        assert_eq!(role.initial_voters, vec![(5, listen)]);
         assert!(data_dir.join("raft").is_dir());
     }
 }

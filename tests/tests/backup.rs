@@ -2,25 +2,32 @@
 //! a provider keeps serving while `POST /admin/backup` takes every shard's state machine
 //! through the Raft driver, `mimid restore` turns the file into a new data directory, and a new
 //! node started on it holds every room (members, epoch, log order), the directory (users,
-//! clients, tokens, KeyPackages) and a follower's mirror rooms as they were at backup time.
+//! clients, tokens, KeyPackages) and a follower's mirror rooms as they were at backup time. A
+//! cluster's backup restored for `cluster.join` seeds a fresh cluster that other `--join` nodes
+//! join, every node of it holding every room as backed up.
 //!
 //! Housekeeping is pushed out of the tests' reach, so the only writes are the ones the tests
 //! make and shard states can be compared byte for byte.
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_actors::room::log::LogItem;
 use mimid_cluster::{ShardId, StateMachine as _};
+use mimid_node::admin::admin_call;
 use mimid_node::admin::AdminToken;
 use mimid_node::backup::{backup_to_file, restore, BackupFile, DEFAULT_FETCH_TIMEOUT};
 use mimid_node::certs::{CertAuthority, CA_VALIDITY};
 use mimid_node::client::{Event, MimiClient, SubmitResult, UpdateResult};
+use mimid_node::cluster_ops::bootstrap::load_role;
+use mimid_node::cluster_ops::INIT_PATH;
 use mimid_node::config::Config;
 use mimid_node::hub_key::HUB_KEY_FILE;
+use mimid_node::server::Node;
 use mimid_tests::{
-    connect_providers, group_info_hub_key, metric, room, scrape, test_config, user, TestNode, WAIT,
+    connect_providers, group_info_hub_key, metric, room, scrape, test_config, user, TestCluster,
+    TestNode, WAIT,
 };
 
 /// Longer than any test: no housekeeping entry changes a shard behind the tests' back.
@@ -40,15 +47,57 @@ struct Hosted {
 }
 
 fn hosted(node: &TestNode, room: &RoomId) -> Hosted {
-    let hub = node.node().hub();
+    hosted_at(node.node(), room).expect("the room is hosted here")
+}
+
+/// What `node`'s replica holds of `room`, if it holds the room.
+fn hosted_at(node: &Node, room: &RoomId) -> Option<Hosted> {
+    let hub = node.hub();
     let shard = hub.shards().for_room(room).read();
-    let state = shard.room(room).expect("the room is hosted here");
-    Hosted {
+    let state = shard.room(room)?;
+    Some(Hosted {
         snapshot: state.to_snapshot(),
         epoch: state.epoch(),
         members: state.members(),
         items: state.items_after(0).to_vec(),
+    })
+}
+
+/// Polls `check` until it answers `Ok`, failing with its last `Err` after `within`.
+async fn eventually<T>(within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(why) => assert!(Instant::now() < deadline, "after {within:?}: {why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until every running node of `cluster` holds `room` exactly as `expected` (a learner
+/// catches up by snapshot, a replica applies a moment after the leader answered).
+async fn every_replica_holds(cluster: &TestCluster, room: &RoomId, expected: &Hosted) {
+    eventually(3 * WAIT, || {
+        for member in cluster.running() {
+            match hosted_at(member.node(), room) {
+                Some(held) if held == *expected => {}
+                Some(held) => {
+                    return Err(format!(
+                        "node {} holds {room} at epoch {} with {} items, not epoch {} with {}",
+                        member.id(),
+                        held.epoch,
+                        held.items.len(),
+                        expected.epoch,
+                        expected.items.len()
+                    ))
+                }
+                None => return Err(format!("node {} does not hold {room}", member.id())),
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Every shard's state machine serialised, as a backup or a snapshot would hold it.
@@ -424,4 +473,210 @@ async fn a_restored_follower_keeps_its_mirror_rooms() {
     b2.shutdown().await;
     a.shutdown().await;
     drop(b);
+}
+
+/// Issue 6 "backup, then restore into a new cluster" for a cluster formed with `--join`
+/// (ARCHITECTURE.md "Cluster", "Bootstrap"; protocol-06 §5.1-§5.3 state): a backup of a
+/// three-node cluster (two rooms with members on different nodes, several epochs, messages, a
+/// removed member) is restored with a `cluster.join` configuration into the first node of a
+/// new cluster, which writes a new cluster id naming that node alone; it starts at once, two
+/// empty nodes started with `--join` naming it adopt the id and are placed on every shard, and
+/// every node then holds every room exactly as backed up: snapshot bytes, epoch, member list
+/// and log order. The registry is the new cluster's (its id, the new nodes at their new
+/// addresses), `mimid init` answers 409 with that id, and clients carry on through the new
+/// nodes with their tokens and the KeyPackages they published before the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_backup_restores_into_a_fresh_cluster_formed_with_join() {
+    let old = TestCluster::start_with(3, quiet).await;
+    let garden = old.room("garden");
+    let attic = old.room("attic");
+    let mut alice = old.client(0, "alice", "phone", 1).await;
+    let mut bob = old.client(1, "bob", "phone", 2).await;
+    let mut carol = old.client(2, "carol", "laptop", 2).await;
+    let mut dave = old.client(1, "dave", "phone", 1).await;
+    let mut erin = old.client(2, "erin", "tablet", 2).await;
+    // Frank's KeyPackages are only claimed in the restored cluster.
+    let mut frank = old.client(0, "frank", "phone", 2).await;
+    for client in [&mut alice, &mut bob, &mut carol, &mut dave, &mut erin] {
+        client.connect_stream().await.expect("stream opens");
+    }
+
+    // garden: alice adds bob and carol, they talk, alice removes carol, bob updates.
+    alice.create_room(&garden).await.expect("room created");
+    add(&mut alice, &garden, &[old.user("bob"), old.user("carol")]).await;
+    expect_event(&mut bob, "a Welcome", is_joined).await;
+    expect_event(&mut carol, "a Welcome", is_joined).await;
+    send(&mut alice, &garden, "garden 1").await;
+    send(&mut bob, &garden, "garden 2").await;
+    expect_message(&mut alice, "garden 2").await;
+    expect_message(&mut bob, "garden 1").await;
+    let removed = alice
+        .remove_user(&garden, &old.user("carol"))
+        .await
+        .expect("remove answered");
+    assert!(
+        matches!(removed, UpdateResult::Accepted { .. }),
+        "{removed:?}"
+    );
+    expect_event(&mut bob, "carol's removal", is_committed).await;
+    self_update(&mut bob, &garden).await;
+    expect_event(&mut alice, "bob's update", is_committed).await;
+    send(&mut alice, &garden, "garden 3").await;
+
+    // attic: dave adds erin, both update, both talk.
+    dave.create_room(&attic).await.expect("room created");
+    add(&mut dave, &attic, &[old.user("erin")]).await;
+    expect_event(&mut erin, "a Welcome", is_joined).await;
+    self_update(&mut erin, &attic).await;
+    expect_event(&mut dave, "erin's update", is_committed).await;
+    send(&mut dave, &attic, "attic 1").await;
+    expect_message(&mut erin, "attic 1").await;
+    send(&mut erin, &attic, "attic 2").await;
+
+    // Every replica of the old cluster agrees; that is the state to restore.
+    let leader = old.leader_of(&garden).await;
+    let garden_before = hosted_at(old.nodes[leader].node(), &garden).expect("garden");
+    let leader = old.leader_of(&attic).await;
+    let attic_before = hosted_at(old.nodes[leader].node(), &attic).expect("attic");
+    every_replica_holds(&old, &garden, &garden_before).await;
+    every_replica_holds(&old, &attic, &attic_before).await;
+    assert_eq!(garden_before.epoch, 3, "create, add, remove, update");
+    assert_eq!(attic_before.epoch, 2, "create, add, update");
+    assert_eq!(garden_before.members.len(), 2);
+    assert!(garden_before.members.contains(alice.id()));
+    assert!(garden_before.members.contains(bob.id()));
+    assert!(!garden_before.members.contains(carol.id()));
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("cluster.backup");
+    let saved = backup_to_file(
+        &old.admin(2),
+        Some(&old.admin_token()),
+        &file,
+        DEFAULT_FETCH_TIMEOUT,
+    )
+    .await
+    .expect("backup taken");
+    assert_eq!(saved.domain, old.domain);
+    let old_registry: Vec<_> = {
+        let hub = old.nodes[0].node().hub();
+        let shard = hub.shards().get(0).read();
+        let meta = shard.cluster_meta();
+        assert!(
+            meta.is_seeded() && meta.cluster_id().is_none(),
+            "a static cluster"
+        );
+        meta.nodes()
+            .iter()
+            .map(|(&id, record)| (id, record.cluster_addr))
+            .collect()
+    };
+    old.shutdown().await;
+
+    // The new cluster: node 1 restored for cluster.join, nodes 2 and 3 empty, all three
+    // started with --join naming node 1.
+    let mut new = TestCluster::start_joining(
+        3,
+        |_| vec![0],
+        |config| {
+            quiet(config);
+            if config.node_id == 1 {
+                // The harness keeps the node's certificate in its directory; restore wants
+                // an empty one.
+                config.data_dir = config.data_dir.join("restored");
+                let restored = restore(&file, config).expect("restore works");
+                assert!(restored.cluster_id.is_some(), "a seed of a new cluster");
+                assert_eq!(restored.rooms, 2);
+            }
+        },
+    )
+    .await;
+    let role = load_role(&new.nodes[0].config.data_dir)
+        .expect("readable")
+        .expect("restore wrote the cluster id");
+    let seed_addr = new.nodes[0].config.cluster.listen.expect("a fixed port");
+    assert_eq!(role.initial_voters, vec![(1, seed_addr)]);
+    new.await_running().await;
+    new.wait_ready().await;
+    for member in new.running() {
+        assert_eq!(
+            member.node().cluster_id(),
+            Some(role.cluster_id),
+            "node {}",
+            member.id()
+        );
+    }
+
+    // Every node holds every room as it was backed up.
+    every_replica_holds(&new, &garden, &garden_before).await;
+    every_replica_holds(&new, &attic, &attic_before).await;
+
+    // The registry is the new cluster's: its id, the three new nodes at their addresses; the
+    // backed-up one (a static cluster's, other addresses) is gone.
+    let addresses: Vec<_> = new
+        .nodes
+        .iter()
+        .map(|member| (member.id(), member.config.cluster.listen))
+        .collect();
+    eventually(3 * WAIT, || {
+        let hub = new.nodes[0].node().hub();
+        let shard = hub.shards().get(0).read();
+        let meta = shard.cluster_meta();
+        let nodes: Vec<_> = meta
+            .nodes()
+            .iter()
+            .map(|(&id, record)| (id, record.cluster_addr))
+            .collect();
+        if meta.cluster_id() == Some(role.cluster_id) && nodes == addresses {
+            Ok(())
+        } else {
+            Err(format!(
+                "registry {:?} {nodes:?}, expected {} {addresses:?}",
+                meta.cluster_id(),
+                role.cluster_id
+            ))
+        }
+    })
+    .await;
+    assert_ne!(old_registry, addresses);
+
+    // Nothing to initialize: init on any node is a 409 naming the restored cluster's id.
+    let token = new.admin_token();
+    for index in [1, 0] {
+        let (code, body) = admin_call(&new.admin(index), Some(&token), "POST", INIT_PATH, b"")
+            .await
+            .expect("the admin listener answers");
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 409, "{body}");
+        assert!(body.contains(&role.cluster_id.to_string()), "{body}");
+    }
+
+    // Clients carry on through the new nodes: tokens authenticate, Frank's KeyPackages from
+    // before the backup are claimed, the logs continue in order on every replica.
+    dave.reconnect(new.endpoint(2))
+        .await
+        .expect("dave's token authenticates on the new cluster");
+    erin.reconnect(new.endpoint(1))
+        .await
+        .expect("erin's token authenticates on the new cluster");
+    frank
+        .reconnect(new.endpoint(0))
+        .await
+        .expect("frank's token authenticates on the new cluster");
+    add(&mut dave, &attic, &[new.user("frank")]).await;
+    expect_event(&mut frank, "a Welcome", is_joined).await;
+    expect_event(&mut erin, "the commit adding frank", is_committed).await;
+    send(&mut dave, &attic, "after the restore").await;
+    expect_message(&mut erin, "after the restore").await;
+    expect_message(&mut frank, "after the restore").await;
+    let leader = new.leader_of(&attic).await;
+    let attic_now = hosted_at(new.nodes[leader].node(), &attic).expect("attic");
+    assert_eq!(attic_now.epoch, attic_before.epoch + 1);
+    assert!(attic_now.items.starts_with(&attic_before.items));
+    every_replica_holds(&new, &attic, &attic_now).await;
+
+    for client in [alice, bob, carol, dave, erin, frank] {
+        client.close().await;
+    }
+    new.shutdown().await;
 }

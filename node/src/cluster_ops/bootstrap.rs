@@ -44,6 +44,23 @@
 //! decommission` removes it. A node that adopted the cluster id waits until it also has the
 //! decision before it creates any shard group.
 //!
+//! **A cluster from a backup** (`mimid restore` with a configuration that uses `cluster.join`,
+//! `crate::backup::restore`; ops/runbooks/backup-restore.md): the restored data directory is
+//! a node whose cluster was just initialized with itself as the only initial voter. Restore
+//! writes every shard as a snapshot with the restored node as its only voter, leaves the
+//! backed-up cluster's node registry out of shard 0 (the new cluster seeds its own), and then
+//! writes [`CLUSTER_ID_FILE`] with a new cluster id and that one voter
+//! ([`Role::restored_seed`]). So the restored node, started with `--join`, reads its id and
+//! starts at once like any restarted node, the first leader of shard 0 (itself) seeds the
+//! registry with it and the new id, and every other node started with `--join` naming it
+//! adopts the id at its first hello, takes the decision from the gossip and joins as a
+//! non-voter that registers itself and is placed, caught up by snapshot: the path of `init`
+//! on a node alone. `mimid init` is not needed and answers 409 (the id exists). The order is
+//! the safety argument: the empty nodes never decide anything, because the restored node
+//! knows its cluster id before it first connects; had `init` instead been run on an empty node
+//! connected to it, that node would have bootstrapped empty shards with voters of its own
+//! choosing beside the restored ones.
+//!
 //! Races: two `init`s on two nodes that have not heard of each other's (within the moment it
 //! takes the id to spread) would form two clusters; the nodes of one refuse the other's at
 //! every hello from then on. `init` asks the connected nodes first, which closes the window
@@ -103,6 +120,31 @@ pub struct Role {
 }
 
 impl Role {
+    /// The role of a new cluster with these initial voters and a random 128-bit cluster id
+    /// from the operating system's random source.
+    pub fn new_cluster(mut initial_voters: Vec<(NodeId, SocketAddr)>) -> Role {
+        initial_voters.sort_unstable();
+        let mut bytes = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Role {
+            cluster_id: ClusterId::from_bytes(bytes),
+            initial_voters,
+        }
+    }
+
+    /// The role `mimid restore` writes for a node with `cluster.join` (module docs): a new
+    /// cluster whose only initial voter is the restored node `node_id`, which other nodes dial
+    /// at `listen` (`cluster.listen`; it must name an address and a port).
+    pub fn restored_seed(node_id: NodeId, listen: SocketAddr) -> anyhow::Result<Role> {
+        anyhow::ensure!(
+            !listen.ip().is_unspecified() && listen.port() != 0,
+            "cluster.listen is {listen}: a node restored for a cluster formed with cluster.join \
+             seeds that cluster, and the other nodes learn its address from it, so \
+             cluster.listen must be the address they dial (not 0.0.0.0 or port 0)"
+        );
+        Ok(Role::new_cluster(vec![(node_id, listen)]))
+    }
+
     /// Whether node `id` is one of the initial voters.
     pub fn is_initial_voter(&self, id: NodeId) -> bool {
         self.initial_voters.iter().any(|&(voter, _)| voter == id)
@@ -433,20 +475,14 @@ impl Bootstrap {
             );
         };
         let connected = self.net.connected_peers();
-        let mut initial_voters: Vec<(NodeId, SocketAddr)> = answers
+        let initial_voters: Vec<(NodeId, SocketAddr)> = answers
             .iter()
             .filter(|(_, gossip)| gossip.cluster_id.is_none() && gossip.decision.is_none())
             .filter_map(|(peer, _)| Some((*peer, *connected.get(peer)?)))
             .chain(std::iter::once((self.node_id, own)))
             .collect();
-        initial_voters.sort_unstable();
-        let mut bytes = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let cluster_id = ClusterId::from_bytes(bytes);
-        let role = Role {
-            cluster_id,
-            initial_voters,
-        };
+        let role = Role::new_cluster(initial_voters);
+        let cluster_id = role.cluster_id;
         // The id first (another node's may have been adopted meanwhile), then the decision: a
         // node that hears the id asks for the decision in its next gossip.
         match self.net.set_cluster_id(cluster_id) {
@@ -678,6 +714,30 @@ mod tests {
         assert!(refused.to_string().contains("names cluster"), "{refused}");
         assert_eq!(load_role(dir.path()).unwrap(), Some(role));
         assert!(!dir.path().join(format!("{CLUSTER_ID_FILE}.tmp")).exists());
+    }
+
+    /// A restored node seeds a new cluster alone, at an address the others can dial; each
+    /// restore draws another cluster id.
+    #[test]
+    fn a_restored_seed_is_the_only_initial_voter_of_a_new_cluster() {
+        let addr: SocketAddr = "10.0.0.1:7443".parse().unwrap();
+        let seed = Role::restored_seed(4, addr).unwrap();
+        assert_eq!(seed.initial_voters, vec![(4, addr)]);
+        assert!(seed.is_initial_voter(4) && !seed.is_initial_voter(1));
+        assert_ne!(
+            Role::restored_seed(4, addr).unwrap().cluster_id,
+            seed.cluster_id
+        );
+        for listen in ["0.0.0.0:7443", "[::]:7443", "10.0.0.1:0"] {
+            let err = Role::restored_seed(4, listen.parse().unwrap()).unwrap_err();
+            assert!(
+                err.to_string().contains("cluster.listen"),
+                "{listen}: {err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        store_role(dir.path(), &seed).unwrap();
+        assert_eq!(load_role(dir.path()).unwrap(), Some(seed));
     }
 
     #[test]
