@@ -69,12 +69,6 @@ use crate::system::{own_cpu_now, CpuSample, CpuUsage, Machine};
 /// The Raft driver thread's group in `cpu.threads_s` (`mimid-raft-<node>`): where apply, and
 /// so the hub's openmls work, runs.
 const RAFT_THREAD: &str = "mimid-raft";
-/// The generator's thread group.
-const CLIENT_THREAD: &str = "bench-client";
-/// Threads without a name of their own carry the process's: rayon's global pool, where
-/// openmls encrypts a Commit's UpdatePath for the generator's clients (the hub does not
-/// encrypt paths), so they count as the generator, not the node.
-const UNNAMED_THREADS: &str = "mimid-bench";
 /// Fewest Commits the floor measures per size, whatever the budget.
 const MIN_FLOOR_COMMITS: u32 = 5;
 /// mimid side: members of one room registered concurrently.
@@ -210,16 +204,20 @@ pub struct MimidCommits {
     pub ops_failed: u64,
     pub commits_per_s: f64,
     pub latency_corrected: Percentiles,
-    /// The node's CPU per accepted Commit (all its threads), in microseconds: the scenario's
-    /// `cpu.server_s` without the unnamed threads (rayon's pool, which encrypts the clients'
-    /// UpdatePaths).
+    /// The node's CPU per accepted Commit (all its threads: `server_threads`), in
+    /// microseconds, as the scenarios' `cpu.server_s`.
     pub server_cpu_us_per_commit: Option<f64>,
     /// The Raft driver thread's CPU per accepted Commit: durable write and apply, where the
     /// openmls validation runs.
     pub raft_thread_cpu_us_per_commit: Option<f64>,
-    /// The generator's CPU per accepted Commit (building and merging them: `bench-client`
-    /// and rayon's unnamed pool threads).
+    /// The generator's CPU per accepted Commit (building and merging them:
+    /// `generator_threads`, i.e. `bench-client`, rayon's pool `bench-rayon` and the main
+    /// thread `bench-main`).
     pub generator_cpu_us_per_commit: Option<f64>,
+    /// The thread groups in `generator_cpu_us_per_commit`.
+    pub generator_threads: Vec<String>,
+    /// The thread groups in `server_cpu_us_per_commit`: every other thread of the process.
+    pub server_threads: Vec<String>,
     pub other_processes_s: Option<f64>,
     /// Setting up the rooms (registrations, KeyPackages, the Commit adding the members).
     pub setup_s: f64,
@@ -384,8 +382,10 @@ pub fn run(args: &FloorArgs) -> anyhow::Result<FloorReport> {
              does not depend on it). The generator builds each Commit inside the timed phase on \
              the same CPUs, so at larger sizes mimid's commits/s is bounded by the clients, not \
              the hub: compare the CPU per Commit (ratios.server_cpu_over_floor, \
-             raft_thread_cpu_over_floor). The node's CPU excludes bench-client and the unnamed \
-             rayon threads where openmls encrypts the clients' UpdatePaths."
+             raft_thread_cpu_over_floor). The node's CPU is every thread but the generator's \
+             (bench-client, rayon's pool bench-rayon where openmls encrypts the clients' \
+             UpdatePaths, and the main thread bench-main): see generator_threads and \
+             server_threads."
                 .into(),
             "scaling: least-squares fit of the floor's mean time per Commit to a + b*n, and the \
              log-log slope between consecutive sizes (1 = linear, 2 = quadratic)."
@@ -525,22 +525,22 @@ fn mimid_figures(rooms: u32, setup_s: f64, measured: PhaseReport, cpu: CpuUsage)
     let ops_ok = measured.totals.ops_ok;
     let per_commit_us =
         |seconds: f64| (ops_ok > 0).then(|| (seconds * 1e6 / ops_ok as f64 * 10.0).round() / 10.0);
-    let thread = |name: &str| cpu.threads_s.get(name).copied().unwrap_or(0.0);
-    let all: f64 = cpu.threads_s.values().sum();
-    let generator = thread(CLIENT_THREAD) + thread(UNNAMED_THREADS);
+    let split = cpu.split();
     MimidCommits {
         rooms,
         ops_ok,
         ops_failed: measured.totals.ops_failed,
         commits_per_s: measured.throughput_ops_s,
         latency_corrected: measured.totals.latency_corrected,
-        server_cpu_us_per_commit: per_commit_us((all - generator).max(0.0)),
+        server_cpu_us_per_commit: per_commit_us(split.server_s),
         raft_thread_cpu_us_per_commit: cpu
             .threads_s
             .get(RAFT_THREAD)
             .copied()
             .and_then(per_commit_us),
-        generator_cpu_us_per_commit: per_commit_us(generator),
+        generator_cpu_us_per_commit: per_commit_us(split.generator_s),
+        generator_threads: split.generator_threads,
+        server_threads: split.server_threads,
         other_processes_s: cpu.other_processes_s,
         setup_s,
         measured,

@@ -10,6 +10,11 @@ use mimid_bench::load::StopReason;
 use mimid_bench::run::{run, Report};
 
 fn main() -> ExitCode {
+    // Before anything uses rayon (openmls does): its threads are then told apart from the
+    // in-process node's in the CPU accounting.
+    if let Err(error) = mimid_bench::system::name_rayon_pool() {
+        eprintln!("mimid-bench: rayon's pool keeps unnamed threads: {error}");
+    }
     let cli = match mimid_bench::cli::parse_invocation() {
         Invocation::Scenario(cli) => cli,
         Invocation::Extra(command) => return mimid_bench::side_by_side::main(command),

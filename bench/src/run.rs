@@ -42,7 +42,7 @@ pub const DEFAULT_CLOSED_JOINS_PER_ROOM: u64 = 20;
 /// The large-room-fanout scenario's providers, the rooms' hub first.
 pub const FANOUT_DOMAINS: [&str; 3] = ["a.example", "b.example", "c.example"];
 /// Name of the generator's runtime threads (see `system`).
-pub(crate) const CLIENT_THREADS_NAME: &str = "bench-client";
+pub(crate) const CLIENT_THREADS_NAME: &str = crate::system::CLIENT_GROUP;
 /// Cluster scenario: how long the attached members may take after the phase to have every
 /// accepted message.
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(15);
@@ -206,10 +206,17 @@ pub struct CpuReport {
     /// Process CPU seconds per 1000 successful operations (anchors.md: fair when server and
     /// generator share the machine).
     pub per_1000_ops_s: Option<f64>,
-    /// The generator's threads (`bench-client`): the clients, their QUIC and openmls work.
+    /// The generator's threads (`generator_threads`): the clients' runtime `bench-client`
+    /// (the clients, their QUIC and openmls work), rayon's pool `bench-rayon` (where openmls
+    /// encrypts and derives the clients' UpdatePaths) and the main thread `bench-main`.
     pub generator_s: f64,
-    /// In-process node only: every other thread of the process (the node's).
+    /// The thread groups in `generator_s`.
+    pub generator_threads: Vec<String>,
+    /// In-process node only: every other thread of the process (`server_threads`: the
+    /// node's runtime, Raft driver, sled, actors; every node's in a multi-node run).
     pub server_s: Option<f64>,
+    /// In-process node only: the thread groups in `server_s`.
+    pub server_threads: Option<Vec<String>>,
     /// In-process node only: the node's CPU seconds per 1000 successful operations, what the
     /// server would need on its own.
     pub server_per_1000_ops_s: Option<f64>,
@@ -862,19 +869,15 @@ impl PhaseRun<'_> {
             (measured.totals.ops_ok > 0)
                 .then(|| (seconds * 1000.0 / measured.totals.ops_ok as f64 * 1e4).round() / 1e4)
         };
-        let generator_s = cpu
-            .threads_s
-            .get(CLIENT_THREADS_NAME)
-            .copied()
-            .unwrap_or(0.0);
-        let server_s = provider.is_in_process().then(|| {
-            let all: f64 = cpu.threads_s.values().sum();
-            ((all - generator_s) * 1000.0).round() / 1000.0
-        });
+        let split = cpu.split();
+        let in_process = provider.is_in_process();
+        let server_s = in_process.then_some(split.server_s);
         let cpu = CpuReport {
             per_1000_ops_s: cpu.process_s.and_then(per_1000_ops),
-            generator_s,
+            generator_s: split.generator_s,
+            generator_threads: split.generator_threads,
             server_s,
+            server_threads: in_process.then_some(split.server_threads),
             server_per_1000_ops_s: server_s.and_then(per_1000_ops),
             usage: cpu,
         };
@@ -1234,7 +1237,7 @@ fn more_notes(scenario: &Scenario) -> Option<Vec<String>> {
             "The other members are light clients that never come online (registered with \
              enough KeyPackages before the phase); nobody but the hub processes the Commits, \
              and building each Commit (openmls, client side) is inside the timed phase: see \
-             cpu.threads_s.bench-client."
+             cpu.generator_threads."
                 .to_string(),
             corrected,
         ],
@@ -1337,7 +1340,7 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
         Scenario::Commits(_) => notes.push(
             "Self-update Commits (RFC 9420 §12.4) by each room's creator on a bare tree: each \
              UpdatePath encrypts to every other member. Building each Commit (openmls, client \
-             side) happens inside the timed phase: see cpu.threads_s.bench-client."
+             side) happens inside the timed phase: see cpu.generator_s."
                 .into(),
         ),
         Scenario::Cluster(args) if args.encryption == Encryption::Pregenerated => notes.push(
@@ -1362,8 +1365,13 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
         notes.push(
             "The node runs in this process on the same CPUs as the generator: \
              cpu.threads_s separates mimid-node-rt (QUIC, API), mimid-raft (Raft driver, sled, \
-             fsync), mimid-actors/actix (rooms, openmls PublicGroup) and bench-client \
-             (the clients)."
+             fsync, apply with openmls PublicGroup), actix (rooms), sled-io from the \
+             generator's threads: bench-client (the clients, their QUIC and openmls), \
+             bench-rayon (rayon's pool, where openmls encrypts and derives the clients' \
+             UpdatePaths) and bench-main (the main thread, which drives the phase). \
+             cpu.generator_s sums cpu.generator_threads, cpu.server_s every other thread \
+             (cpu.server_threads); threads that ended during the phase are only in \
+             cpu.process_s."
                 .into(),
         );
     }

@@ -8,6 +8,14 @@
 //! and commits) are told apart by thread name. A group near 1 s of CPU per wall-clock second
 //! is a saturated single thread.
 //!
+//! In process, every thread of the generator carries a `bench-` name, so that everything else
+//! is the node's: the clients' runtime `bench-client` (its workers and blocking pool), rayon's
+//! global pool `bench-rayon` (named by [`name_rayon_pool`] before anything uses it: openmls
+//! encrypts and derives a Commit's UpdatePath there, which only clients do, as a hub's
+//! `PublicGroup` holds no path secrets) and the main thread `bench-main` (told by its thread id,
+//! since the threads it starts inherit its name), which drives the phases. [`CpuUsage::split`]
+//! divides a phase's CPU that way.
+//!
 //! The whole machine's busy time is sampled too, so a run that shared the CPUs with other
 //! processes (a build, another benchmark) shows it in `other_processes_s` instead of passing
 //! for a slow server.
@@ -18,6 +26,27 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
+
+/// Thread group of the clients' runtime (its workers and blocking threads).
+pub const CLIENT_GROUP: &str = "bench-client";
+/// Thread group of rayon's global pool, once [`name_rayon_pool`] named it.
+pub const RAYON_GROUP: &str = "bench-rayon";
+/// Thread group of the process's main thread, whatever its name.
+pub const MAIN_GROUP: &str = "bench-main";
+/// The generator's thread groups; every other thread of the process is the in-process node's.
+pub const GENERATOR_GROUPS: [&str; 3] = [CLIENT_GROUP, RAYON_GROUP, MAIN_GROUP];
+
+/// Names rayon's global pool's threads `bench-rayon-<i>`. Call it first thing in `main`:
+/// rayon builds the pool on first use, and its unnamed threads would carry the name of
+/// whichever thread first used it (a client's, or the main thread's, which node threads
+/// share). Fails if the pool already exists.
+pub fn name_rayon_pool() -> Result<(), rayon::ThreadPoolBuildError> {
+    rayon_pool_builder().build_global()
+}
+
+fn rayon_pool_builder() -> rayon::ThreadPoolBuilder {
+    rayon::ThreadPoolBuilder::new().thread_name(|index| format!("{RAYON_GROUP}-{index}"))
+}
 
 /// Linux reports `utime`/`stime` in `/proc/*/stat` in USER_HZ, a fixed ABI constant of 100 on
 /// every mainstream architecture (`sysconf(_SC_CLK_TCK)`).
@@ -63,6 +92,8 @@ impl CpuSample {
         let process = std::fs::read_to_string("/proc/self/stat")
             .ok()
             .and_then(|stat| process_cpu(&stat));
+        // The main thread's id is the process id.
+        let main_tid = u64::from(std::process::id());
         let mut threads = BTreeMap::new();
         if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
             for task in tasks.flatten() {
@@ -77,7 +108,12 @@ impl CpuSample {
                 else {
                     continue;
                 };
-                threads.insert(tid, (thread_group(comm.trim()), on_cpu));
+                let group = if tid == main_tid {
+                    MAIN_GROUP.to_string()
+                } else {
+                    thread_group(comm.trim())
+                };
+                threads.insert(tid, (group, on_cpu));
             }
         }
         let machine = std::fs::read_to_string("/proc/stat")
@@ -139,6 +175,37 @@ pub struct CpuUsage {
     /// Time the hypervisor gave to other guests while this one wanted to run.
     pub steal_s: Option<f64>,
     pub threads_s: BTreeMap<String, f64>,
+}
+
+impl CpuUsage {
+    /// The phase's CPU split between the generator ([`GENERATOR_GROUPS`]) and everything else
+    /// in the process (the in-process node's threads), by thread group. Threads that exited
+    /// during the phase are in neither (only in `process_s`).
+    pub fn split(&self) -> CpuSplit {
+        let mut split = CpuSplit::default();
+        for (group, seconds) in &self.threads_s {
+            if GENERATOR_GROUPS.contains(&group.as_str()) {
+                split.generator_s += seconds;
+                split.generator_threads.push(group.clone());
+            } else {
+                split.server_s += seconds;
+                split.server_threads.push(group.clone());
+            }
+        }
+        split.generator_s = round3(split.generator_s);
+        split.server_s = round3(split.server_s);
+        split
+    }
+}
+
+/// [`CpuUsage::split`]: CPU seconds of the generator and of the rest, and which thread groups
+/// each one sums.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CpuSplit {
+    pub generator_s: f64,
+    pub server_s: f64,
+    pub generator_threads: Vec<String>,
+    pub server_threads: Vec<String>,
 }
 
 /// Memory and CPU time of one process (the idle-density scenario's child node), from
@@ -398,5 +465,65 @@ mod tests {
         assert_eq!(usage.threads_s.get("a"), Some(&0.3));
         assert_eq!(usage.threads_s.get("b"), Some(&0.3));
         assert!(!usage.threads_s.contains_key("idle"));
+    }
+
+    #[test]
+    fn the_generator_is_its_named_threads_and_the_node_everything_else() {
+        let usage = CpuUsage {
+            process_s: Some(10.0),
+            other_processes_s: None,
+            steal_s: None,
+            threads_s: [
+                ("bench-client", 2.0),
+                ("bench-rayon", 1.5),
+                ("bench-main", 0.25),
+                ("mimid-raft", 3.0),
+                ("mimid-node-rt", 2.0),
+                // An unnamed thread the main thread started (the node's).
+                ("mimid-bench", 0.125),
+            ]
+            .into_iter()
+            .map(|(name, seconds)| (name.to_string(), seconds))
+            .collect(),
+        };
+        let split = usage.split();
+        assert_eq!(split.generator_s, 3.75);
+        assert_eq!(split.server_s, 5.125);
+        assert_eq!(
+            split.generator_threads,
+            ["bench-client", "bench-main", "bench-rayon"]
+        );
+        assert_eq!(
+            split.server_threads,
+            ["mimid-bench", "mimid-node-rt", "mimid-raft"]
+        );
+    }
+
+    #[test]
+    fn rayon_threads_are_sampled_as_bench_rayon() {
+        let pool = rayon_pool_builder().num_threads(2).build().expect("a pool");
+        let tids = pool.broadcast(|_| {
+            std::fs::read_link("/proc/thread-self")
+                .ok()
+                .and_then(|path| path.file_name()?.to_str()?.parse::<u64>().ok())
+        });
+        let sample = CpuSample::take();
+        for tid in tids {
+            let tid = tid.expect("/proc/thread-self names the thread");
+            assert_eq!(
+                sample.threads.get(&tid).map(|(group, _)| group.as_str()),
+                Some(RAYON_GROUP)
+            );
+        }
+    }
+
+    #[test]
+    fn the_main_thread_is_its_own_group() {
+        let sample = CpuSample::take();
+        let main = sample
+            .threads
+            .get(&u64::from(std::process::id()))
+            .expect("the main thread is sampled");
+        assert_eq!(main.0, MAIN_GROUP);
     }
 }
