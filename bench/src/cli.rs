@@ -419,7 +419,8 @@ pub struct OutputArgs {
     pub no_progress: bool,
     /// Also write every output file into DIR (created if missing): summary.json,
     /// intervals.csv, percentiles.csv, HdrHistogram interval logs (*.hlog), throughput.png
-    /// and latency.png.
+    /// and latency.png; for idle-density summary.json, samples.csv, rss.png and
+    /// timeline.png.
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
 }

@@ -24,6 +24,10 @@
 //!    so the bench's own memory stays bounded;
 //! 3. idle: no client is connected; the node idles for `--idle` and its CPU time and memory
 //!    over that window are the result.
+//!
+//! Through all three the node is also sampled once a second (and at the start and end of
+//! each), for `--out-dir`: memory and CPU against the rooms created and over time
+//! ([`DensitySample`], `output::write_density`).
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
@@ -39,6 +43,7 @@ use mimid_node::certs::{CertAuthority, SubjectName, CA_VALIDITY, LEAF_VALIDITY, 
 use mimid_node::client::{Endpoint, MimiClient};
 use mimid_node::config::{Config, TlsSettings};
 use mimid_node::demo::{admin_get, wait_ready};
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -69,6 +74,9 @@ const TICK: Duration = Duration::from_secs(1);
 const LOG_TAIL_BYTES: u64 = 4096;
 /// Time allowed for closing one client after its block.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shortest interval a sample's CPU share is computed over (the next sample's share counts
+/// from the last one that had one).
+const MIN_CPU_INTERVAL: Duration = Duration::from_millis(500);
 /// Bytes in a MiB and in a GiB.
 const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
@@ -93,7 +101,93 @@ pub struct DensityReport {
     /// The node's own counters at the end of the idle window.
     pub node_metrics: NodeMetrics,
     pub notes: Vec<String>,
+    /// The node sampled through the run, in order (`--out-dir`: samples.csv and the plots).
+    #[serde(skip)]
+    pub samples: Vec<DensitySample>,
 }
+
+/// One sample of the child node: a row of `samples.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DensitySample {
+    /// The stretch it belongs to: [`STAGE_BASELINE`], [`STAGE_CREATION`] or [`STAGE_IDLE`].
+    pub stage: &'static str,
+    /// Seconds since the baseline window began.
+    pub elapsed_s: f64,
+    /// Rooms created so far.
+    pub rooms: u64,
+    /// VmRSS and VmHWM.
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    /// The node's CPU time (user + system) since the baseline window began.
+    pub node_cpu_s: f64,
+    /// The node's CPU since the previous sample at least [`MIN_CPU_INTERVAL`] earlier, in
+    /// percent of one core (`None` for the first sample and those closer to the previous
+    /// one: CPU time comes in 10 ms ticks).
+    pub cpu_percent_of_core: Option<f64>,
+}
+
+/// The stages of a [`DensitySample`].
+pub const STAGE_BASELINE: &str = "baseline";
+pub const STAGE_CREATION: &str = "creation";
+pub const STAGE_IDLE: &str = "idle";
+
+/// Collects [`DensitySample`]s of the node `pid`, shared by the windows and the creation
+/// ticker.
+#[derive(Debug)]
+struct Sampler {
+    pid: u32,
+    /// When the first sample was taken, and the node's CPU time then.
+    origin: Option<(Instant, Duration)>,
+    /// The previous sample's time and CPU time.
+    previous: Option<(Instant, Duration)>,
+    samples: Vec<DensitySample>,
+}
+
+impl Sampler {
+    fn new(pid: u32) -> Sampler {
+        Sampler {
+            pid,
+            origin: None,
+            previous: None,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Records `sample`, taken now, in `stage` with `rooms` created.
+    fn record(&mut self, stage: &'static str, rooms: u64, sample: &ProcessSample) {
+        let now = Instant::now();
+        let (origin, cpu_origin) = *self.origin.get_or_insert((now, sample.cpu));
+        let previous = self
+            .previous
+            .filter(|(at, _)| now.duration_since(*at) >= MIN_CPU_INTERVAL);
+        let cpu_percent_of_core = previous.map(|(at, cpu)| {
+            let seconds = now.duration_since(at).as_secs_f64();
+            round2(sample.cpu.saturating_sub(cpu).as_secs_f64() / seconds * 100.0)
+        });
+        if self.previous.is_none() || previous.is_some() {
+            self.previous = Some((now, sample.cpu));
+        }
+        self.samples.push(DensitySample {
+            stage,
+            elapsed_s: round_millis(now.duration_since(origin).as_secs_f64()),
+            rooms,
+            rss_kib: sample.rss_kib,
+            hwm_kib: sample.hwm_kib,
+            node_cpu_s: round_millis(sample.cpu.saturating_sub(cpu_origin).as_secs_f64()),
+            cpu_percent_of_core,
+        });
+    }
+
+    /// Takes a sample of the node now and records it; `None` if the node is gone.
+    fn take(&mut self, stage: &'static str, rooms: u64) -> Option<ProcessSample> {
+        let sample = ProcessSample::take(self.pid)?;
+        self.record(stage, rooms, &sample);
+        Some(sample)
+    }
+}
+
+/// A [`Sampler`] shared between tasks.
+type SharedSampler = Arc<Mutex<Sampler>>;
 
 /// The options the run was made with.
 #[derive(Debug, Clone, Serialize)]
@@ -266,6 +360,7 @@ pub fn run(args: &IdleDensityArgs) -> anyhow::Result<DensityReport> {
         density,
         node_metrics: measured.metrics,
         notes: notes(args, config),
+        samples: measured.samples,
     })
 }
 
@@ -352,6 +447,7 @@ struct Measured {
     creation: Creation,
     idle: IdleWindow,
     metrics: NodeMetrics,
+    samples: Vec<DensitySample>,
 }
 
 async fn measure(
@@ -377,8 +473,9 @@ async fn measure(
         wait_ready(child.admin)
             .await
             .context("waiting for the node to be ready")?;
+        let sampler: SharedSampler = Arc::new(Mutex::new(Sampler::new(child.pid)));
         say(&format!("baseline: idle for {:?}", args.baseline));
-        let baseline = idle_window(child.pid, args.baseline, progress).await?;
+        let baseline = idle_window(&sampler, STAGE_BASELINE, 0, args.baseline, progress).await?;
         let roots =
             mimid_node::tls::read_roots(&prepared.ca_file).context("reading the generated CA")?;
         let endpoint = Endpoint {
@@ -390,18 +487,20 @@ async fn measure(
             "creating {} rooms of {MEMBERS} members ({} per user, {} blocks at a time)",
             args.rooms, args.rooms_per_user, args.setup_concurrency
         ));
-        let creation = create_rooms(&endpoint, args, child.pid, tag, progress).await?;
+        let creation = create_rooms(&endpoint, args, &sampler, tag, progress).await?;
         say(&format!(
             "idle: {} rooms, no client, for {:?}",
             args.rooms, args.idle
         ));
-        let idle = idle_window(child.pid, args.idle, progress).await?;
+        let idle = idle_window(&sampler, STAGE_IDLE, creation.rooms, args.idle, progress).await?;
         let metrics = node_metrics(child.admin).await;
+        let samples = std::mem::take(&mut sampler.lock().samples);
         Ok::<_, anyhow::Error>(Measured {
             baseline,
             creation,
             idle,
             metrics,
+            samples,
         })
     }
     .await;
@@ -525,10 +624,19 @@ fn log_tail(dir: &Path) -> String {
     }
 }
 
-/// Samples the node `pid` over `window` (memory once a second, CPU at both ends).
-async fn idle_window(pid: u32, window: Duration, progress: bool) -> anyhow::Result<IdleWindow> {
+/// Samples the node over `window` (memory once a second, CPU at both ends), recording every
+/// sample in `sampler` as `stage` with `rooms` rooms.
+async fn idle_window(
+    sampler: &SharedSampler,
+    stage: &'static str,
+    rooms: u64,
+    window: Duration,
+    progress: bool,
+) -> anyhow::Result<IdleWindow> {
+    let pid = sampler.lock().pid;
     let gone = || anyhow::anyhow!("the node (pid {pid}) is gone");
-    let start = ProcessSample::take(pid).ok_or_else(gone)?;
+    let take = || sampler.lock().take(stage, rooms).ok_or_else(gone);
+    let start = take()?;
     let machine_start = machine_cpu_now();
     let own_start = own_cpu_now();
     let started = Instant::now();
@@ -541,7 +649,7 @@ async fn idle_window(pid: u32, window: Duration, progress: bool) -> anyhow::Resu
     // Bounded by `window`.
     while next < started + window {
         tokio::time::sleep_until(next).await;
-        let sample = ProcessSample::take(pid).ok_or_else(gone)?;
+        let sample = take()?;
         rss_max = rss_max.max(sample.rss_kib);
         if progress {
             let cpu = sample.cpu.saturating_sub(previous.cpu).as_secs_f64() / TICK.as_secs_f64();
@@ -556,7 +664,7 @@ async fn idle_window(pid: u32, window: Duration, progress: bool) -> anyhow::Resu
         next += TICK;
     }
     tokio::time::sleep_until(started + window).await;
-    let end = ProcessSample::take(pid).ok_or_else(gone)?;
+    let end = take()?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = end.cpu.saturating_sub(start.cpu);
     Ok(IdleWindow {
@@ -603,7 +711,7 @@ fn block_rooms(block: u64, rooms: u32, per_user: u32) -> std::ops::Range<u64> {
 async fn create_rooms(
     endpoint: &Endpoint,
     args: &IdleDensityArgs,
-    pid: u32,
+    sampler: &SharedSampler,
     tag: &str,
     progress: bool,
 ) -> anyhow::Result<Creation> {
@@ -614,14 +722,17 @@ async fn create_rooms(
     };
     let created = Arc::new(AtomicU64::new(0));
     let (stop_ticker, stopped) = tokio::sync::oneshot::channel();
-    let node_start = ProcessSample::take(pid).context("the node is gone")?;
+    let node_start = sampler
+        .lock()
+        .take(STAGE_CREATION, 0)
+        .context("the node is gone")?;
     let machine_start = machine_cpu_now();
     let own_start = own_cpu_now();
     let started = Instant::now();
     let ticker = tokio::spawn(creation_ticker(
         created.clone(),
         stopped,
-        pid,
+        sampler.clone(),
         args.rooms,
         progress,
     ));
@@ -635,10 +746,13 @@ async fn create_rooms(
         .try_for_each(|()| async { Ok(()) })
         .await;
     let elapsed = started.elapsed().as_secs_f64();
-    let node_end = ProcessSample::take(pid).context("the node is gone");
-    // The ticker only prints; if it is gone, nothing measured changes.
+    // The ticker only prints and samples; if it is gone, nothing in the report changes.
     let _ = stop_ticker.send(());
     let _ = ticker.await;
+    let node_end = sampler
+        .lock()
+        .take(STAGE_CREATION, created.load(Ordering::Relaxed))
+        .context("the node is gone");
     result?;
     let node_end = node_end?;
     let node_cpu = node_end.cpu.saturating_sub(node_start.cpu);
@@ -660,23 +774,23 @@ async fn create_rooms(
     })
 }
 
-/// One line per second while rooms are created: rooms so far, rate, the node's memory.
+/// Once a second while rooms are created: samples the node (rooms so far, memory, CPU) and,
+/// with `progress`, prints a line.
 async fn creation_ticker(
     created: Arc<AtomicU64>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
-    pid: u32,
+    sampler: SharedSampler,
     rooms: u32,
     progress: bool,
 ) {
-    if !progress {
-        return;
-    }
     let started = Instant::now();
     let mut previous = 0;
-    eprintln!(
-        "{:>8} {:>10} {:>9} {:>10}",
-        "elapsed", "rooms", "rooms/s", "rss MiB"
-    );
+    if progress {
+        eprintln!(
+            "{:>8} {:>10} {:>9} {:>10}",
+            "elapsed", "rooms", "rooms/s", "rss MiB"
+        );
+    }
     let mut tick = tokio::time::interval_at(started + TICK, TICK);
     // Bounded by `stop`, which create_rooms sends (or drops) when the last block ended.
     loop {
@@ -685,14 +799,17 @@ async fn creation_ticker(
             _ = &mut stop => return,
         }
         let now = created.load(Ordering::Relaxed);
-        let rss = ProcessSample::take(pid).map_or(0.0, |s| s.rss_kib as f64 / 1024.0);
-        eprintln!(
-            "{:>7.1}s {:>10} {:>9} {:>10.1}",
-            started.elapsed().as_secs_f64(),
-            format!("{now}/{rooms}"),
-            now - previous,
-            rss
-        );
+        let sample = sampler.lock().take(STAGE_CREATION, now);
+        if progress {
+            let rss = sample.map_or(0.0, |s| s.rss_kib as f64 / 1024.0);
+            eprintln!(
+                "{:>7.1}s {:>10} {:>9} {:>10.1}",
+                started.elapsed().as_secs_f64(),
+                format!("{now}/{rooms}"),
+                now - previous,
+                rss
+            );
+        }
         previous = now;
     }
 }
@@ -823,6 +940,45 @@ mod tests {
         assert_eq!(
             parse_listening("quic=nowhere admin=http://127.0.0.1:9090"),
             None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn samples_count_from_the_first_and_give_cpu_since_the_previous() {
+        let at = |cpu_ms: u64, rss_kib: u64| ProcessSample {
+            rss_kib,
+            hwm_kib: rss_kib + 1,
+            cpu: Duration::from_millis(cpu_ms),
+        };
+        let mut sampler = Sampler::new(1);
+        sampler.record(STAGE_BASELINE, 0, &at(1000, 100));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        sampler.record(STAGE_CREATION, 5, &at(1500, 200));
+        sampler.record(STAGE_CREATION, 6, &at(1510, 200));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        sampler.record(STAGE_IDLE, 6, &at(1600, 200));
+        assert_eq!(sampler.samples[0].elapsed_s, 0.0);
+        assert_eq!(sampler.samples[0].cpu_percent_of_core, None);
+        assert_eq!(
+            sampler.samples[1],
+            DensitySample {
+                stage: STAGE_CREATION,
+                elapsed_s: 2.0,
+                rooms: 5,
+                rss_kib: 200,
+                hwm_kib: 201,
+                node_cpu_s: 0.5,
+                cpu_percent_of_core: Some(25.0),
+            }
+        );
+        assert_eq!(
+            sampler.samples[2].cpu_percent_of_core, None,
+            "too close to the previous sample"
+        );
+        assert_eq!(
+            sampler.samples[3].cpu_percent_of_core,
+            Some(20.0),
+            "since the last sample with a share"
         );
     }
 

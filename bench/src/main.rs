@@ -76,7 +76,8 @@ fn write_json(output: &OutputArgs, report: &impl serde::Serialize) -> anyhow::Re
 fn output_density(output: &OutputArgs, report: &DensityReport) -> anyhow::Result<()> {
     write_json(output, report)?;
     if let Some(dir) = &output.out_dir {
-        mimid_bench::output::write_summary(dir, report)?;
+        let files = mimid_bench::output::write_density(dir, report)?;
+        eprintln!("# wrote {} files into {}", files.len(), dir.display());
     }
     let density = &report.density;
     let creation = &report.creation;

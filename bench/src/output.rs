@@ -13,7 +13,10 @@
 //! - `throughput.png` and `latency.png`: operations per second and the latency percentiles
 //!   (p50, p95, p99, p99.9, max, logarithmic) over time, one panel per phase (`plot`).
 //!
-//! A scenario without a timed phase (idle-density) writes `summary.json` only.
+//! idle-density has no timed phase; it writes (`write_density`) `summary.json`, `samples.csv`
+//! (the node's memory and CPU once a second through the baseline, the creation of the rooms
+//! and the idle window), `rss.png` (memory over the rooms created) and `timeline.png` (memory
+//! and CPU over time).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -25,6 +28,7 @@ use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use serde::Serialize;
 
+use crate::density::{DensityReport, DensitySample, STAGE_BASELINE, STAGE_CREATION, STAGE_IDLE};
 use crate::plot::{write_png, Panel, Series, PALETTE};
 use crate::run::Report;
 use crate::stats::{LoggedInterval, Percentiles};
@@ -34,6 +38,13 @@ pub const INTERVALS_FILE: &str = "intervals.csv";
 pub const PERCENTILES_FILE: &str = "percentiles.csv";
 pub const THROUGHPUT_FILE: &str = "throughput.png";
 pub const LATENCY_FILE: &str = "latency.png";
+/// idle-density's files beside `summary.json`.
+pub const SAMPLES_FILE: &str = "samples.csv";
+pub const RSS_FILE: &str = "rss.png";
+pub const TIMELINE_FILE: &str = "timeline.png";
+/// Header of `samples.csv`.
+pub const SAMPLES_HEADER: &str =
+    "stage,elapsed_s,rooms,rss_kib,hwm_kib,node_cpu_s,cpu_percent_of_core";
 
 /// Writes `summary.json` alone into `dir` (created if missing); returns its path.
 pub fn write_summary(dir: &Path, report: &impl Serialize) -> anyhow::Result<PathBuf> {
@@ -62,6 +73,109 @@ pub fn write_run(dir: &Path, report: &Report) -> anyhow::Result<Vec<PathBuf>> {
     write_png(&path, &latency_panels(report), "ELAPSED S")?;
     written.push(path);
     Ok(written)
+}
+
+/// Writes every file of an idle-density run into `dir` (created if missing): `summary.json`,
+/// `samples.csv`, `rss.png` and `timeline.png`; returns their paths.
+pub fn write_density(dir: &Path, report: &DensityReport) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = vec![write_summary(dir, report)?];
+    let path = dir.join(SAMPLES_FILE);
+    write_file(&path, &samples_csv(&report.samples))?;
+    written.push(path);
+    let path = dir.join(RSS_FILE);
+    write_png(
+        &path,
+        &[rss_by_rooms_panel(&report.samples)],
+        "ROOMS CREATED",
+    )?;
+    written.push(path);
+    let path = dir.join(TIMELINE_FILE);
+    write_png(&path, &timeline_panels(&report.samples), "ELAPSED S")?;
+    written.push(path);
+    Ok(written)
+}
+
+/// One row per sample of the node; an unknown CPU share is an empty field.
+pub fn samples_csv(samples: &[DensitySample]) -> String {
+    let mut csv = format!("{SAMPLES_HEADER}\n");
+    for sample in samples {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{}",
+            sample.stage,
+            sample.elapsed_s,
+            sample.rooms,
+            sample.rss_kib,
+            sample.hwm_kib,
+            sample.node_cpu_s,
+            sample
+                .cpu_percent_of_core
+                .map_or(String::new(), |p| p.to_string())
+        );
+    }
+    csv
+}
+
+/// The stages of idle-density in order, each with its colour.
+const STAGES: [(&str, usize); 3] = [(STAGE_BASELINE, 4), (STAGE_CREATION, 0), (STAGE_IDLE, 3)];
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The node's VmRSS against the rooms created so far: while creating them, then through the
+/// idle window (at the final count).
+fn rss_by_rooms_panel(samples: &[DensitySample]) -> Panel {
+    Panel {
+        title: "idle-density: node RSS over rooms created".into(),
+        y_label: "RSS MIB".into(),
+        log_y: false,
+        series: STAGES[1..]
+            .iter()
+            .map(|&(stage, color)| Series {
+                label: stage.into(),
+                color: PALETTE[color],
+                points: samples
+                    .iter()
+                    .filter(|s| s.stage == stage)
+                    .map(|s| (s.rooms as f64, mib(s.rss_kib)))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The node's VmRSS and CPU over the run, a series per stage.
+fn timeline_panels(samples: &[DensitySample]) -> Vec<Panel> {
+    let by_stage = |value: fn(&DensitySample) -> Option<f64>| -> Vec<Series> {
+        STAGES
+            .iter()
+            .map(|&(stage, color)| Series {
+                label: stage.into(),
+                color: PALETTE[color],
+                points: samples
+                    .iter()
+                    .filter(|s| s.stage == stage)
+                    .filter_map(|s| Some((s.elapsed_s, value(s)?)))
+                    .collect(),
+            })
+            .collect()
+    };
+    vec![
+        Panel {
+            title: "idle-density: node RSS".into(),
+            y_label: "RSS MIB".into(),
+            log_y: false,
+            series: by_stage(|s| Some(mib(s.rss_kib))),
+        },
+        Panel {
+            title: "idle-density: node CPU".into(),
+            y_label: "% OF A CORE".into(),
+            log_y: false,
+            series: by_stage(|s| s.cpu_percent_of_core),
+        },
+    ]
 }
 
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -355,6 +469,47 @@ mod tests {
             "commit-churn group_size=2"
         );
         assert_eq!(title("commits", "messages"), "commits: messages");
+    }
+
+    #[test]
+    fn density_samples_make_a_csv_row_each_and_a_series_per_stage() {
+        let sample = |stage, elapsed_s, rooms, rss_kib, cpu| DensitySample {
+            stage,
+            elapsed_s,
+            rooms,
+            rss_kib,
+            hwm_kib: rss_kib,
+            node_cpu_s: rooms as f64 / 1000.0,
+            cpu_percent_of_core: cpu,
+        };
+        let samples = [
+            sample(STAGE_BASELINE, 0.0, 0, 20_480, None),
+            sample(STAGE_BASELINE, 1.0, 0, 20_480, Some(0.5)),
+            sample(STAGE_CREATION, 1.1, 0, 20_480, Some(1.0)),
+            sample(STAGE_CREATION, 2.1, 150, 30_720, Some(95.5)),
+            sample(STAGE_IDLE, 2.2, 200, 33_792, Some(2.0)),
+        ];
+        let csv = samples_csv(&samples);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], SAMPLES_HEADER);
+        assert_eq!(lines[1], "baseline,0,0,20480,20480,0,");
+        assert_eq!(lines[4], "creation,2.1,150,30720,30720,0.15,95.5");
+        assert_eq!(lines.len(), 6);
+
+        let rss = rss_by_rooms_panel(&samples);
+        let labels: Vec<&str> = rss.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["creation", "idle"]);
+        assert_eq!(rss.series[0].points, vec![(0.0, 20.0), (150.0, 30.0)]);
+        assert_eq!(rss.series[1].points, vec![(200.0, 33.0)]);
+
+        let timeline = timeline_panels(&samples);
+        assert_eq!(timeline.len(), 2);
+        assert_eq!(
+            timeline[1].series[0].points,
+            vec![(1.0, 0.5)],
+            "no CPU share at first"
+        );
+        assert_eq!(timeline[0].series[2].points, vec![(2.2, 33.0)]);
     }
 
     #[test]
