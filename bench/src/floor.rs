@@ -138,6 +138,27 @@ pub struct FloorReport {
     pub notes: Vec<String>,
 }
 
+impl FloorReport {
+    /// mimid's phases (one per group size) as `--out-dir` writes them; the floor has no
+    /// timed phase.
+    pub fn view(&self) -> crate::output::RunView<'_> {
+        crate::output::RunView {
+            scenario: self.scenario,
+            phases: self
+                .sizes
+                .iter()
+                .filter_map(|size| {
+                    let mimid = size.mimid.as_ref()?;
+                    Some(crate::output::PhaseView {
+                        name: format!("{} group_size={}", self.scenario, size.group_size),
+                        measured: &mimid.measured,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct FloorConfig {
     pub group_sizes: Vec<u32>,

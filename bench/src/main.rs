@@ -107,7 +107,7 @@ fn output_density(output: &OutputArgs, report: &DensityReport) -> anyhow::Result
 fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
     write_json(scenario.output(), report)?;
     if let Some(dir) = &scenario.output().out_dir {
-        let files = mimid_bench::output::write_run(dir, report)?;
+        let files = mimid_bench::output::write_run(dir, report, &report.into())?;
         eprintln!("# wrote {} files into {}", files.len(), dir.display());
     }
     for phase in &report.phases {

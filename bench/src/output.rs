@@ -29,6 +29,7 @@ use hdrhistogram::serialization::V2DeflateSerializer;
 use serde::Serialize;
 
 use crate::density::{DensityReport, DensitySample, STAGE_BASELINE, STAGE_CREATION, STAGE_IDLE};
+use crate::load::PhaseReport;
 use crate::plot::{write_png, Panel, Series, PALETTE};
 use crate::run::Report;
 use crate::stats::{LoggedInterval, Percentiles};
@@ -55,10 +56,47 @@ pub fn write_summary(dir: &Path, report: &impl Serialize) -> anyhow::Result<Path
     Ok(path)
 }
 
-/// Writes every file of a run with timed phases into `dir` (created if missing); returns their
+/// A timed phase as the output files see it: its name and what the load engine measured.
+#[derive(Debug, Clone)]
+pub struct PhaseView<'a> {
+    pub name: String,
+    pub measured: &'a PhaseReport,
+}
+
+/// A run with timed phases as the output files see it: the scenarios' [`Report`], and the
+/// reports of the commands beside them (`nats`, `etcd`, `commit-floor`), which measure with the
+/// same load engine.
+#[derive(Debug, Clone)]
+pub struct RunView<'a> {
+    pub scenario: &'a str,
+    pub phases: Vec<PhaseView<'a>>,
+}
+
+impl<'a> From<&'a Report> for RunView<'a> {
+    fn from(report: &'a Report) -> Self {
+        RunView {
+            scenario: report.scenario,
+            phases: report
+                .phases
+                .iter()
+                .map(|phase| PhaseView {
+                    name: phase.name.clone(),
+                    measured: &phase.measured,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Writes every file of a run with timed phases into `dir` (created if missing): `summary`
+/// as summary.json, and the CSVs, interval logs and PNGs of `report`'s phases; returns their
 /// paths.
-pub fn write_run(dir: &Path, report: &Report) -> anyhow::Result<Vec<PathBuf>> {
-    let mut written = vec![write_summary(dir, report)?];
+pub fn write_run(
+    dir: &Path,
+    summary: &impl Serialize,
+    report: &RunView,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = vec![write_summary(dir, summary)?];
     let path = dir.join(INTERVALS_FILE);
     write_file(&path, &intervals_csv(report))?;
     written.push(path);
@@ -192,7 +230,7 @@ fn csv_field(text: &str) -> String {
 }
 
 /// The per-second rows of every phase.
-pub fn intervals_csv(report: &Report) -> String {
+pub fn intervals_csv(report: &RunView) -> String {
     let mut csv =
         String::from("phase,elapsed_s,ops,ops_per_s,errors,p50_us,p95_us,p99_us,p999_us,max_us\n");
     for phase in &report.phases {
@@ -219,7 +257,7 @@ pub fn intervals_csv(report: &Report) -> String {
 }
 
 /// The final percentiles of every phase, for all operations together and per operation.
-pub fn percentiles_csv(report: &Report) -> String {
+pub fn percentiles_csv(report: &RunView) -> String {
     let mut csv = String::from(
         "phase,operation,latency,ops_ok,ops_failed,ops_per_s,count,mean_us,p50_us,p95_us,\
          p99_us,p999_us,max_us\n",
@@ -301,7 +339,7 @@ fn slug(name: &str) -> String {
 }
 
 /// `<phase>.<operation>.{corrected,raw}.hlog` for every phase and operation.
-fn write_interval_logs(dir: &Path, report: &Report) -> anyhow::Result<Vec<PathBuf>> {
+fn write_interval_logs(dir: &Path, report: &RunView) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let mut used = std::collections::BTreeSet::new();
     for (index, phase) in report.phases.iter().enumerate() {
@@ -384,7 +422,7 @@ fn title(scenario: &str, phase: &str) -> String {
 }
 
 /// One panel per phase: operations per second (and failures per second, if any).
-fn throughput_panels(report: &Report) -> Vec<Panel> {
+fn throughput_panels(report: &RunView) -> Vec<Panel> {
     report
         .phases
         .iter()
@@ -419,7 +457,7 @@ fn throughput_panels(report: &Report) -> Vec<Panel> {
 }
 
 /// One panel per phase: the corrected latency percentiles of each second, in milliseconds.
-fn latency_panels(report: &Report) -> Vec<Panel> {
+fn latency_panels(report: &RunView) -> Vec<Panel> {
     report
         .phases
         .iter()

@@ -173,6 +173,23 @@ pub struct PeerReport {
     pub notes: Vec<String>,
 }
 
+impl PeerReport {
+    /// The phases as `--out-dir` writes them.
+    pub fn view(&self) -> crate::output::RunView<'_> {
+        crate::output::RunView {
+            scenario: self.scenario,
+            phases: self
+                .phases
+                .iter()
+                .map(|phase| crate::output::PhaseView {
+                    name: phase.name.clone(),
+                    measured: &phase.measured,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The peer under test.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerSystem {

@@ -15,6 +15,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cli::OutputArgs;
 use crate::floor::{FloorArgs, FloorReport};
 use crate::peer::{PeerArgs, PeerReport};
 
@@ -74,11 +75,13 @@ pub fn main(command: ExtraCommand) -> ExitCode {
     let result = match &command {
         ExtraCommand::Nats(args) => crate::nats::run(args).and_then(|report| {
             write_json(args.output.json.as_deref(), &report)?;
+            write_out_dir(&args.output, &report, &report.view())?;
             print_peer(&report);
             Ok(())
         }),
         ExtraCommand::Etcd(args) => crate::etcd::run(args).and_then(|report| {
             write_json(args.output.json.as_deref(), &report)?;
+            write_out_dir(&args.output, &report, &report.view())?;
             print_peer(&report);
             Ok(())
         }),
@@ -89,6 +92,7 @@ pub fn main(command: ExtraCommand) -> ExitCode {
         }),
         ExtraCommand::CommitFloor(args) => crate::floor::run(args).and_then(|report| {
             write_json(args.common.output.json.as_deref(), &report)?;
+            write_out_dir(&args.common.output, &report, &report.view())?;
             eprint!("{}", floor_table(&report));
             Ok(())
         }),
@@ -111,6 +115,19 @@ fn write_json(path: Option<&Path>, value: &impl Serialize) -> anyhow::Result<()>
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{json}").context("writing the report")?;
         }
+    }
+    Ok(())
+}
+
+/// With `--out-dir`, the report's files as the scenarios write them (`output::write_run`).
+fn write_out_dir(
+    output: &OutputArgs,
+    summary: &impl Serialize,
+    view: &crate::output::RunView,
+) -> anyhow::Result<()> {
+    if let Some(dir) = &output.out_dir {
+        let files = crate::output::write_run(dir, summary, view)?;
+        eprintln!("# wrote {} files into {}", files.len(), dir.display());
     }
     Ok(())
 }
