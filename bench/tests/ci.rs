@@ -1,15 +1,18 @@
 //! CI profile of the bench: the real `mimid-bench` binary runs each scenario for a second or
 //! two at a low load against in-process nodes (real quinn on loopback, sled in a temporary
 //! directory, openmls clients), or for idle-density against a real `mimid` child process, and
-//! must finish with zero errors and a well-formed JSON report; with `--out-dir`, the CSVs,
-//! HdrHistogram interval logs and PNGs must be there and well-formed too.
+//! must finish with zero errors and a well-formed JSON report. Every scenario's run writes
+//! `--out-dir`, and its files must be there and well-formed: for the timed scenarios the CSVs,
+//! HdrHistogram interval logs and PNGs; for idle-density the samples' CSV and its two PNGs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use serde_json::Value;
+
+mod common;
+use common::{check_out_dir, check_png};
 
 fn bench(args: &[&str], data_dir: &Path) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_mimid-bench"))
@@ -55,174 +58,163 @@ fn check_phase(phase: &Value, expect_senders: u64) {
         interval_ops, ops_ok,
         "{name}: intervals add up to the total"
     );
-    assert!(phase["cpu"]["process_s"].as_f64().is_some(), "{name}");
-    assert!(
-        phase["cpu"]["server_s"].as_f64().is_some_and(|s| s > 0.0),
-        "{name}: the in-process node's CPU is told apart"
-    );
+    check_cpu(phase);
     assert!(
         phase["raft"]["applied"].as_u64().is_some(),
         "{name}: the in-process node's Raft counters are reported"
     );
 }
 
-/// The phase name as `--out-dir` names its interval logs.
-fn slug(name: &str) -> String {
-    let slug: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    slug.trim_matches('-').to_string()
-}
-
-/// Standard base64 (RFC 4648 §4, with padding), as interval logs carry their histograms.
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bytes = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut buffer, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|c| *c != b'=') {
-        let value = ALPHABET
+/// Checks a phase's CPU attribution: the generator is its `bench-` threads (the clients'
+/// runtime, rayon's pool, the main thread), the in-process node every other thread, and the
+/// two add up to the threads' total.
+fn check_cpu(phase: &Value) {
+    let name = phase["name"].as_str().expect("phase name");
+    let cpu = &phase["cpu"];
+    assert!(cpu["process_s"].as_f64().is_some(), "{name}");
+    let server_s = cpu["server_s"].as_f64().expect("server_s");
+    assert!(
+        server_s > 0.0,
+        "{name}: the in-process node's CPU is told apart"
+    );
+    let generator_s = cpu["generator_s"].as_f64().expect("generator_s");
+    let groups = |key: &str| -> Vec<String> {
+        cpu[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {key}: {cpu}"))
             .iter()
-            .position(|a| *a == c)
-            .unwrap_or_else(|| panic!("{c} is not base64")) as u32;
-        buffer = buffer << 6 | value;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            bytes.push((buffer >> bits) as u8);
-        }
+            .map(|g| g.as_str().expect("a thread group").to_string())
+            .collect()
+    };
+    let (generator, server) = (groups("generator_threads"), groups("server_threads"));
+    assert!(
+        generator.contains(&"bench-client".to_string()),
+        "{name}: {cpu}"
+    );
+    for group in &generator {
+        assert!(
+            ["bench-client", "bench-rayon", "bench-main"].contains(&group.as_str()),
+            "{name}: {group} is not the generator's: {cpu}"
+        );
     }
-    bytes
+    assert!(
+        server.iter().all(|group| !group.starts_with("bench-")),
+        "{name}: a generator thread counted as the node's: {cpu}"
+    );
+    assert!(
+        server.iter().any(|group| group == "mimid-raft"),
+        "{name}: {cpu}"
+    );
+    let threads = cpu["threads_s"].as_object().expect("threads_s");
+    let sum = |groups: &[String]| -> f64 {
+        groups
+            .iter()
+            .map(|g| threads[g.as_str()].as_f64().expect("seconds"))
+            .sum()
+    };
+    assert!(
+        (sum(&generator) - generator_s).abs() < 0.002 && (sum(&server) - server_s).abs() < 0.002,
+        "{name}: generator_s and server_s are their groups' sums: {cpu}"
+    );
+    assert_eq!(
+        generator.len() + server.len(),
+        threads.len(),
+        "{name}: every thread group is counted once: {cpu}"
+    );
 }
 
-/// Checks every file `--out-dir` wrote for `report` (the JSON on stdout or in `--json`):
-/// summary.json is that report; intervals.csv has its header and a row per interval of each
-/// phase, adding up to the phase's operations; percentiles.csv has each phase's totals;
-/// every operation of every phase has a corrected and a raw HdrHistogram interval log with a
-/// V2-compressed histogram per interval; both PNGs are PNGs of one 300-pixel panel per phase.
-fn check_out_dir(dir: &Path, report: &Value) {
+/// Checks idle-density's `--out-dir` for `report` (its JSON): summary.json is the report;
+/// samples.csv has its header and rows of the baseline (no room yet), the creation (rooms
+/// rising to every room) and the idle window (every room), in time order; rss.png has one
+/// panel and timeline.png two.
+fn check_density_out_dir(dir: &Path, report: &Value) {
     let summary: Value = serde_json::from_slice(
         &std::fs::read(dir.join("summary.json")).expect("summary.json written"),
     )
     .expect("summary.json is JSON");
     assert_eq!(&summary, report, "summary.json is the report");
-    let phases = report["phases"].as_array().expect("phases");
+    let rooms = report["config"]["rooms"].as_u64().expect("rooms");
 
-    let intervals = std::fs::read_to_string(dir.join("intervals.csv")).expect("intervals.csv");
-    let mut lines = intervals.lines();
+    let csv = std::fs::read_to_string(dir.join("samples.csv")).expect("samples.csv");
+    let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("phase,elapsed_s,ops,ops_per_s,errors,p50_us,p95_us,p99_us,p999_us,max_us")
+        Some("stage,elapsed_s,rooms,rss_kib,hwm_kib,node_cpu_s,cpu_percent_of_core")
     );
     let rows: Vec<Vec<&str>> = lines.map(|line| line.split(',').collect()).collect();
-    assert!(!rows.is_empty(), "intervals.csv has rows");
-    assert!(rows.iter().all(|row| row.len() == 10), "{intervals}");
-    for phase in phases {
-        let name = phase["name"].as_str().expect("name");
-        let ops: u64 = rows
-            .iter()
-            .filter(|row| row[0] == name)
-            .map(|row| row[2].parse::<u64>().expect("ops is a number"))
-            .sum();
-        assert_eq!(ops, phase["ops_ok"].as_u64().expect("ops_ok"), "{name}");
-        assert_eq!(
-            rows.iter().filter(|row| row[0] == name).count(),
-            phase["intervals"].as_array().expect("intervals").len(),
-            "{name}: a row per interval"
-        );
-    }
-
-    let percentiles =
-        std::fs::read_to_string(dir.join("percentiles.csv")).expect("percentiles.csv");
-    assert!(
-        percentiles.starts_with("phase,operation,latency,ops_ok,ops_failed,ops_per_s,count,"),
-        "{percentiles}"
-    );
-    for phase in phases {
-        let name = phase["name"].as_str().expect("name");
-        let all = format!("{name},all,corrected,{},", phase["ops_ok"]);
+    assert!(rows.iter().all(|row| row.len() == 7), "{csv}");
+    let number = |field: &str| {
+        field
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("{field}: {csv}"))
+    };
+    let stages: Vec<&str> = rows.iter().map(|row| row[0]).collect();
+    let stage_rows =
+        |stage: &str| -> Vec<&Vec<&str>> { rows.iter().filter(|row| row[0] == stage).collect() };
+    for stage in ["baseline", "creation", "idle"] {
         assert!(
-            percentiles.lines().any(|line| line.starts_with(&all)),
-            "{all} in {percentiles}"
+            stage_rows(stage).len() >= 2,
+            "{stage}: a sample at its start and end at least: {csv}"
         );
     }
+    let mut sorted = stages.clone();
+    sorted.sort_by_key(|stage| {
+        ["baseline", "creation", "idle"]
+            .iter()
+            .position(|s| s == stage)
+    });
+    assert_eq!(stages, sorted, "the stages in order: {csv}");
+    assert!(
+        stage_rows("baseline").iter().all(|row| row[2] == "0"),
+        "{csv}"
+    );
+    let created: Vec<f64> = stage_rows("creation")
+        .iter()
+        .map(|row| number(row[2]))
+        .collect();
+    assert!(
+        created.windows(2).all(|w| w[0] <= w[1]) && created.last() == Some(&(rooms as f64)),
+        "rooms created rise to {rooms}: {csv}"
+    );
+    assert!(
+        stage_rows("idle")
+            .iter()
+            .all(|row| number(row[2]) == rooms as f64),
+        "{csv}"
+    );
+    let elapsed: Vec<f64> = rows.iter().map(|row| number(row[1])).collect();
+    assert!(elapsed.windows(2).all(|w| w[0] <= w[1]), "{csv}");
+    assert!(
+        rows.iter()
+            .all(|row| number(row[3]) > 0.0 && number(row[4]) >= number(row[3])),
+        "RSS and its peak: {csv}"
+    );
+    assert_eq!(
+        rows[0][6], "",
+        "no CPU share before a first interval: {csv}"
+    );
+    let cores = report["machine"]["nproc"].as_f64().expect("nproc");
+    let shares: Vec<f64> = rows[1..]
+        .iter()
+        .filter(|row| !row[6].is_empty())
+        .map(|row| number(row[6]))
+        .collect();
+    assert!(
+        !shares.is_empty()
+            && shares
+                .iter()
+                .all(|p| (0.0..=cores * 100.0 + 5.0).contains(p)),
+        "CPU shares within the machine's cores: {csv}"
+    );
+    let last_rss = number(rows.last().expect("rows")[3]);
+    assert_eq!(
+        last_rss,
+        report["idle"]["rss_end_kib"].as_f64().expect("rss_end_kib"),
+        "the last sample is the end of the idle window"
+    );
 
-    for phase in phases {
-        let name = phase["name"].as_str().expect("name");
-        let intervals = phase["intervals"].as_array().expect("intervals").len();
-        let operations = phase["by_operation"].as_object().expect("by_operation");
-        assert!(!operations.is_empty(), "{name}");
-        for operation in operations.keys() {
-            for kind in ["corrected", "raw"] {
-                let path = dir.join(format!("{}.{operation}.{kind}.hlog", slug(name)));
-                let log =
-                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                let text = String::from_utf8_lossy(&log);
-                assert!(text.contains("#[BaseTime: "), "{text}");
-                let histograms: Vec<_> = IntervalLogIterator::new(&log)
-                    .map(|entry| entry.expect("the interval log parses"))
-                    .filter_map(|entry| match entry {
-                        LogEntry::Interval(h) => Some(h),
-                        _ => None,
-                    })
-                    .collect();
-                // One histogram per second from the operation's first one on (a phase of one
-                // operation: from the first second).
-                assert!(
-                    (1..=intervals).contains(&histograms.len()),
-                    "{}: {} histograms, {intervals} intervals",
-                    path.display(),
-                    histograms.len()
-                );
-                if operations.len() == 1 {
-                    assert_eq!(histograms.len(), intervals, "{}", path.display());
-                }
-                assert!(
-                    histograms
-                        .iter()
-                        .all(|h| h.encoded_histogram().starts_with("HISTFAAA")),
-                    "V2 compressed histograms: {text}"
-                );
-                let recorded: u64 = histograms
-                    .iter()
-                    .map(|h| {
-                        let bytes = base64_decode(h.encoded_histogram());
-                        let histogram: hdrhistogram::Histogram<u64> =
-                            hdrhistogram::serialization::Deserializer::new()
-                                .deserialize(&mut bytes.as_slice())
-                                .expect("the histogram decodes");
-                        histogram.len()
-                    })
-                    .sum();
-                assert_eq!(
-                    recorded,
-                    operations[operation]["ops_ok"],
-                    "{}: every success is in one interval",
-                    path.display()
-                );
-            }
-        }
-    }
-
-    for png in ["throughput.png", "latency.png"] {
-        let bytes = std::fs::read(dir.join(png)).expect("PNG written");
-        assert!(bytes.len() > 100, "{png} has {} bytes", bytes.len());
-        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is a PNG");
-        assert_eq!(&bytes[12..16], b"IHDR", "{png}");
-        let width = u32::from_be_bytes(bytes[16..20].try_into().expect("4 bytes"));
-        let height = u32::from_be_bytes(bytes[20..24].try_into().expect("4 bytes"));
-        assert_eq!(
-            (width, height),
-            (1000, 300 * phases.len() as u32),
-            "{png}: a panel per phase"
-        );
-    }
+    check_png(&dir.join("rss.png"), 1);
+    check_png(&dir.join("timeline.png"), 2);
 }
 
 #[test]
@@ -319,29 +311,38 @@ fn commits_closed_model_at_two_group_sizes_writes_the_json_file_rfc9420_12_4() {
             "closed model: corrected and raw latency are the same"
         );
     }
+    // At 3 members an UpdatePath has two nodes, which openmls encrypts on rayon's pool: that
+    // CPU is the generator's, not the node's.
+    let cpu = &phases[1]["cpu"];
+    assert!(
+        cpu["threads_s"]["bench-rayon"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0),
+        "{cpu}"
+    );
+    assert!(
+        cpu["generator_threads"]
+            .as_array()
+            .is_some_and(|groups| groups.iter().any(|g| g == "bench-rayon")),
+        "{cpu}"
+    );
     check_out_dir(&dir.path().join("out"), &report);
 }
 
 #[test]
 fn cross_provider_open_model_delivers_every_message_to_the_other_provider_protocol06_5_4() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let output = bench(
-        &[
-            "cross-provider",
-            "--rooms",
-            "3",
-            "--rate",
-            "30",
-            "--duration",
-            "1500ms",
-            "--message-bytes",
-            "64",
-            "--no-progress",
-        ],
-        dir.path(),
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON report");
-    assert_eq!(report["scenario"], "cross-provider");
+    // bench_with_out_dir also checks that both providers' data directories are removed.
+    let report = bench_with_out_dir(&[
+        "cross-provider",
+        "--rooms",
+        "3",
+        "--rate",
+        "30",
+        "--duration",
+        "1500ms",
+        "--message-bytes",
+        "64",
+    ]);
     assert_eq!(report["config"]["load_model"], "open");
     assert_eq!(report["config"]["members"], 2);
     assert_eq!(report["node"]["mode"], "in-process");
@@ -362,33 +363,22 @@ fn cross_provider_open_model_delivers_every_message_to_the_other_provider_protoc
         "the follower's Raft counters are reported too: {}",
         phase["raft_follower"]
     );
-    assert_eq!(
-        std::fs::read_dir(dir.path()).expect("readable").count(),
-        0,
-        "both providers' data directory is removed"
-    );
 }
 
 #[test]
 fn cluster_open_model_replicates_forwards_and_delivers_on_three_nodes_issue4() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let output = bench(
-        &[
-            "cluster",
-            "--rooms",
-            "6",
-            "--rate",
-            "60",
-            "--duration",
-            "2s",
-            "--message-bytes",
-            "64",
-            "--no-progress",
-        ],
-        dir.path(),
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON report");
-    assert_eq!(report["scenario"], "cluster");
+    // bench_with_out_dir also checks that every node's data directory is removed.
+    let report = bench_with_out_dir(&[
+        "cluster",
+        "--rooms",
+        "6",
+        "--rate",
+        "60",
+        "--duration",
+        "2s",
+        "--message-bytes",
+        "64",
+    ]);
     assert_eq!(report["config"]["load_model"], "open");
     assert_eq!(report["config"]["nodes"], 3);
     assert_eq!(report["config"]["attached_members"], true);
@@ -441,33 +431,22 @@ fn cluster_open_model_replicates_forwards_and_delivers_on_three_nodes_issue4() {
     );
     assert_eq!(delivery["caught_up"], true);
     assert_eq!(delivery["streams_lost"], 0);
-    assert_eq!(
-        std::fs::read_dir(dir.path()).expect("readable").count(),
-        0,
-        "every node's data directory is removed"
-    );
 }
 
 #[test]
 fn cluster_closed_model_with_detached_members_reports_no_delivery() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let output = bench(
-        &[
-            "cluster",
-            "--rooms",
-            "3",
-            "--concurrency",
-            "3",
-            "--duration",
-            "1s",
-            "--max-ops",
-            "300",
-            "--detached-members",
-            "--no-progress",
-        ],
-        dir.path(),
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON report");
+    let report = bench_with_out_dir(&[
+        "cluster",
+        "--rooms",
+        "3",
+        "--concurrency",
+        "3",
+        "--duration",
+        "1s",
+        "--max-ops",
+        "300",
+        "--detached-members",
+    ]);
     assert_eq!(report["config"]["load_model"], "closed");
     assert_eq!(report["config"]["attached_members"], false);
     let phase = &report["phases"][0];
@@ -751,6 +730,7 @@ fn mimid_binary() -> &'static Path {
 fn idle_density_measures_a_mimid_child_holding_200_rooms_issue4_g5() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let json = dir.path().join("density.json");
+    let out_dir = dir.path().join("out");
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("data parent");
     let output = bench(
@@ -766,6 +746,8 @@ fn idle_density_measures_a_mimid_child_holding_200_rooms_issue4_g5() {
             mimid_binary().to_str().expect("UTF-8 path"),
             "--json",
             json.to_str().expect("UTF-8 path"),
+            "--out-dir",
+            out_dir.to_str().expect("UTF-8 path"),
         ],
         &data,
     );
@@ -773,6 +755,7 @@ fn idle_density_measures_a_mimid_child_holding_200_rooms_issue4_g5() {
     assert!(stderr.contains("rooms/GiB"), "summary line: {stderr}");
     let report: Value =
         serde_json::from_slice(&std::fs::read(&json).expect("report written")).expect("JSON");
+    check_density_out_dir(&out_dir, &report);
     assert_eq!(report["scenario"], "idle-density");
     assert_eq!(report["node"]["mode"], "child-process");
     assert_eq!(report["node"]["fsync"], true);

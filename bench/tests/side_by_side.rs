@@ -4,7 +4,8 @@
 //! drives each for two seconds with the bench's load engine, and must write a well-formed
 //! report with every operation acknowledged, nothing failed, every acknowledged message
 //! delivered to the subscribers, and no server process or data left behind. commit-floor runs
-//! at group sizes 2 and 16 for a second each.
+//! at group sizes 2 and 16 for a second each. Each writes `--out-dir` too, checked as the
+//! scenarios' (`common`).
 //!
 //! The bench runs in its own process group; the guard kills the whole group if a test fails
 //! or times out, so no server outlives a test.
@@ -15,6 +16,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod common;
+use common::{check_out_dir, check_out_dir_of};
 
 /// Time allowed to one bench run (cluster start, set-up, a short phase, shutdown).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -164,6 +168,7 @@ fn run_peer(scenario: &str, load: &[&str]) -> Value {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("data parent");
     let json = dir.path().join("report.json");
+    let out_dir = dir.path().join("out");
     let mut args = vec![
         scenario,
         "--rooms",
@@ -175,7 +180,15 @@ fn run_peer(scenario: &str, load: &[&str]) -> Value {
     args.extend_from_slice(load);
     let data_arg = data.to_str().expect("UTF-8 path");
     let json_arg = json.to_str().expect("UTF-8 path");
-    args.extend_from_slice(&["--data-dir", data_arg, "--json", json_arg]);
+    let out_arg = out_dir.to_str().expect("UTF-8 path");
+    args.extend_from_slice(&[
+        "--data-dir",
+        data_arg,
+        "--json",
+        json_arg,
+        "--out-dir",
+        out_arg,
+    ]);
     bench_ok(&args, dir.path());
     assert_eq!(
         std::fs::read_dir(&data).expect("readable").count(),
@@ -187,7 +200,9 @@ fn run_peer(scenario: &str, load: &[&str]) -> Value {
         Vec::<String>::new(),
         "{scenario}: no server outlives the run"
     );
-    report_of(&json)
+    let report = report_of(&json);
+    check_out_dir(&out_dir, &report);
+    report
 }
 
 #[test]
@@ -277,6 +292,7 @@ fn commit_floor_at_two_and_sixteen_members_rfc9420_12_4() {
     let data: PathBuf = dir.path().join("data");
     std::fs::create_dir(&data).expect("data parent");
     let json = dir.path().join("floor.json");
+    let out_dir = dir.path().join("out");
     bench_ok(
         &[
             "commit-floor",
@@ -295,11 +311,25 @@ fn commit_floor_at_two_and_sixteen_members_rfc9420_12_4() {
             data.to_str().expect("UTF-8"),
             "--json",
             json.to_str().expect("UTF-8"),
+            "--out-dir",
+            out_dir.to_str().expect("UTF-8"),
         ],
         dir.path(),
     );
     let report = report_of(&json);
     assert_eq!(report["scenario"], "commit-floor");
+    // mimid's side at each size is a timed phase, written as the scenarios' phases are.
+    let phases: Vec<Value> = report["sizes"]
+        .as_array()
+        .expect("sizes")
+        .iter()
+        .map(|size| {
+            let mut phase = size["mimid"].clone();
+            phase["name"] = format!("commit-floor group_size={}", size["group_size"]).into();
+            phase
+        })
+        .collect();
+    check_out_dir_of(&out_dir, &report, &phases);
     let sizes = report["sizes"].as_array().expect("sizes");
     assert_eq!(sizes.len(), 2);
     for (size, expected) in sizes.iter().zip([2, 16]) {
@@ -318,6 +348,22 @@ fn commit_floor_at_two_and_sixteen_members_rfc9420_12_4() {
         assert_eq!(mimid["ops_failed"], 0, "{mimid}");
         assert_eq!(mimid["rooms"], 2);
         assert!(mimid["raft_thread_cpu_us_per_commit"].as_f64().is_some());
+        let generator = mimid["generator_threads"].as_array().expect("groups");
+        assert!(generator.iter().any(|g| g == "bench-client"), "{mimid}");
+        assert!(
+            mimid["server_threads"]
+                .as_array()
+                .expect("groups")
+                .iter()
+                .all(|g| g.as_str().is_some_and(|g| !g.starts_with("bench-"))),
+            "{mimid}"
+        );
+        if expected == 16 {
+            assert!(
+                generator.iter().any(|g| g == "bench-rayon"),
+                "openmls encrypts a 16-member UpdatePath on rayon's pool: {mimid}"
+            );
+        }
         assert!(size["ratios"]["throughput"]
             .as_f64()
             .is_some_and(|r| r > 0.0));
