@@ -35,8 +35,7 @@ use tokio::time::Instant;
 
 use crate::load::{Availability, Sender};
 use crate::peer::{
-    run_peer, ChildGuard, PeerArgs, PeerCluster, PeerReport, PeerRun, PeerSystem,
-    SubscriberCounters, Subscribers, LATENCY_NOTE,
+    run_peer, Peer, PeerArgs, PeerDescription, PeerReport, Servers, SubscriberCounters, Subscribers,
 };
 use crate::scenario::message_text;
 use crate::stats::ErrorKind;
@@ -55,24 +54,11 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Runs the etcd side of the side-by-side comparison. Must not be called from inside a tokio
 /// runtime.
 pub fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
-    let PeerRun {
-        started_unix_s,
-        machine,
-        binary,
-        binary_version,
-        phase,
-    } = run_peer::<EtcdCluster>(args, "etcd")?;
-    Ok(PeerReport {
-        tool: "mimid-bench",
-        version: env!("CARGO_PKG_VERSION"),
-        scenario: "etcd",
-        started_unix_s,
-        config: args.run_config(),
-        system: PeerSystem {
+    let run = run_peer::<Etcd>(args, "etcd")?;
+    Ok(run.report(
+        args,
+        PeerDescription {
             name: "etcd",
-            binary: binary.display().to_string(),
-            binary_version,
-            nodes: args.nodes,
             replicas: args.nodes,
             durability: format!(
                 "put answered once committed on a quorum of the {} members and applied; each \
@@ -98,42 +84,32 @@ pub fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
             ]
             .into_iter()
             .collect(),
-            data_dir_parent: args.data_dir_parent(),
+            notes: vec![
+                format!(
+                    "etcd: {} members on loopback. An operation is one put of a {}-byte value \
+                     to room i's key from its sender (connected to member i mod {}), counted \
+                     when the answer arrives: committed on a quorum (each member's WAL fsynced) \
+                     and applied.",
+                    args.nodes, args.message_bytes, args.nodes
+                ),
+                if args.subscribers() {
+                    "Each member has one watcher on the key prefix of the rooms whose senders \
+                     are on the previous member, so committed puts are delivered to another \
+                     node; delivery says what they got (events)."
+                        .into()
+                } else {
+                    "No watchers (--no-subscribers).".into()
+                },
+            ],
+            stored: "the store revision's increase over the phase (one per committed put)",
         },
-        machine,
-        phases: vec![phase],
-        notes: vec![
-            format!(
-                "etcd: {} members on loopback. An operation is one put of a {}-byte value to \
-                 room i's key from its sender (connected to member i mod {}), counted when the \
-                 answer arrives: committed on a quorum (each member's WAL fsynced) and \
-                 applied.",
-                args.nodes, args.message_bytes, args.nodes
-            ),
-            if args.subscribers() {
-                "Each member has one watcher on the key prefix of the rooms whose senders are \
-                 on the previous member, so committed puts are delivered to another node; \
-                 delivery says what they got (events)."
-                    .into()
-            } else {
-                "No watchers (--no-subscribers).".into()
-            },
-            "The driver is this process (cpu.generator_s); the servers are child processes \
-             (cpu.server_s, from /proc/<pid>/stat). stored is the store revision's increase \
-             over the phase (one per committed put)."
-                .into(),
-            LATENCY_NOTE.into(),
-        ],
-    })
+    ))
 }
 
-/// The cluster's member processes and their client addresses.
-struct EtcdCluster {
-    children: Vec<ChildGuard>,
-    clients: Vec<SocketAddr>,
-}
+/// etcd as a side-by-side peer (`peer::run_peer`).
+pub struct Etcd;
 
-impl PeerCluster for EtcdCluster {
+impl Peer for Etcd {
     type Sender = EtcdSender;
     const BINARY: &'static str = "etcd";
     const DIR_PREFIX: &'static str = "mimid-bench-etcd-";
@@ -141,7 +117,7 @@ impl PeerCluster for EtcdCluster {
 
     /// Starts every member: `ports` holds a client port per member, then a peer port per
     /// member.
-    fn start(binary: &Path, dir: &Path, nodes: u64, ports: &[u16]) -> anyhow::Result<Self> {
+    fn start(binary: &Path, dir: &Path, nodes: u64, ports: &[u16]) -> anyhow::Result<Servers> {
         let n = nodes as usize;
         let (client_ports, peer_ports) = ports.split_at(n);
         let initial_cluster: Vec<String> = peer_ports
@@ -150,8 +126,7 @@ impl PeerCluster for EtcdCluster {
             .map(|(node, port)| format!("e{node}=http://127.0.0.1:{port}"))
             .collect();
         let initial_cluster = initial_cluster.join(",");
-        let mut children = Vec::with_capacity(n);
-        let mut clients = Vec::with_capacity(n);
+        let mut servers = Servers::default();
         for node in 0..n {
             let client_url = format!("http://127.0.0.1:{}", client_ports[node]);
             let peer_url = format!("http://127.0.0.1:{}", peer_ports[node]);
@@ -169,44 +144,109 @@ impl PeerCluster for EtcdCluster {
                 .args(["--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", "mimid-bench"])
                 .args(["--logger", "zap", "--log-level", "warn"]);
-            children.push(ChildGuard::spawn(
+            servers.spawn(
                 &format!("etcd e{node}"),
                 &mut command,
                 &dir.join(format!("e{node}.log")),
-            )?);
-            clients.push(SocketAddr::from(([127, 0, 0, 1], client_ports[node])));
+                client_ports[node],
+            )?;
         }
-        Ok(EtcdCluster { children, clients })
+        Ok(servers)
     }
 
-    fn children(&self) -> &[ChildGuard] {
-        &self.children
+    /// One sender per room, in room order, each with its own connection to its member.
+    async fn connect_senders(
+        servers: &Servers,
+        args: &PeerArgs,
+    ) -> anyhow::Result<Vec<EtcdSender>> {
+        let mut senders = Vec::with_capacity(args.rooms as usize);
+        for room in 0..u64::from(args.rooms) {
+            let node = args.sender_node(room);
+            let addr = servers.clients[node];
+            let conn = HttpConn::connect(addr)
+                .await
+                .with_context(|| format!("connecting room {room}'s sender to e{node}"))?;
+            senders.push(EtcdSender {
+                idx: room,
+                addr,
+                key: format!("room/{node}/{room}"),
+                conn: Some(conn),
+                message_bytes: args.message_bytes as usize,
+                sent: 0,
+            });
+        }
+        Ok(senders)
     }
 
-    fn children_mut(&mut self) -> &mut [ChildGuard] {
-        &mut self.children
+    /// One watcher per member, on the key prefix of the previous member's senders; returns once
+    /// every watch is created (so every later revision reaches it).
+    async fn start_subscribers(servers: &Servers, args: &PeerArgs) -> anyhow::Result<Subscribers> {
+        let counters = Arc::new(SubscriberCounters::default());
+        let mut subscribers = Subscribers::new(counters.clone());
+        for sender_node in 0..args.nodes as usize {
+            let node = args.subscriber_node(sender_node);
+            let prefix = format!("room/{sender_node}/");
+            let body = serde_json::json!({
+                "create_request": {
+                    "key": b64(prefix.as_bytes()),
+                    "range_end": b64(&prefix_range_end(prefix.as_bytes())),
+                }
+            })
+            .to_string();
+            let mut conn = HttpConn::connect(servers.clients[node])
+                .await
+                .with_context(|| format!("connecting the watcher to e{node}"))?;
+            let mut watch = tokio::time::timeout(SETUP_TIMEOUT, async {
+                conn.send_post("/v3/watch", body.as_bytes()).await?;
+                let (status, framing) = conn.read_head().await?;
+                if status != 200 || framing != Framing::Chunked {
+                    bail!("watch answered HTTP {status} ({framing:?})");
+                }
+                let mut watch = WatchStream::new(conn);
+                // The first result confirms the watch.
+                let first = watch.next_result().await?;
+                if first["result"]["created"] != Value::Bool(true) {
+                    bail!("the first watch result is not `created`: {first}");
+                }
+                anyhow::Ok(watch)
+            })
+            .await
+            .with_context(|| format!("creating the watch on e{node}: timed out"))?
+            .with_context(|| format!("creating the watch on e{node}"))?;
+            let counters = counters.clone();
+            subscribers.spawn(async move {
+                // Bounded: aborted by Subscribers::finish.
+                loop {
+                    match watch.next_result().await {
+                        Ok(result) => {
+                            let events = result["result"]["events"]
+                                .as_array()
+                                .map_or(0, |events| events.len() as u64);
+                            counters.delivered.fetch_add(events, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            counters.failed(format!("watcher: {error:#}"));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        Ok(subscribers)
     }
 
-    async fn connect_senders(&self, args: &PeerArgs) -> anyhow::Result<Vec<EtcdSender>> {
-        connect_senders(self, args).await
-    }
-
-    async fn start_subscribers(&self, args: &PeerArgs) -> anyhow::Result<Subscribers> {
-        start_watchers(self, args).await
-    }
-
-    async fn stored(&self) -> anyhow::Result<u64> {
-        revision(self.clients[0]).await
+    async fn stored(servers: &Servers) -> anyhow::Result<u64> {
+        revision(servers.clients[0]).await
     }
 
     /// Waits until a put through every member is answered (a leader is elected and known).
-    async fn ready(&mut self, _nodes: u64) -> anyhow::Result<()> {
+    async fn ready(servers: &mut Servers, _nodes: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        for (node, addr) in self.clients.clone().into_iter().enumerate() {
+        for (node, addr) in servers.clients.clone().into_iter().enumerate() {
             let body = put_body(&format!("setup/{node}"), b"setup");
             // Bounded by READY_TIMEOUT.
             loop {
-                self.check_running()?;
+                servers.check_running()?;
                 let attempt = tokio::time::timeout(SETUP_TIMEOUT, async {
                     let mut conn = HttpConn::connect(addr).await?;
                     conn.post("/v3/kv/put", &body).await
@@ -271,87 +311,6 @@ fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
     }
     // Every byte 0xff: the range to the end of the keyspace.
     vec![0]
-}
-
-/// One sender per room, in room order, each with its own connection to its member.
-async fn connect_senders(
-    cluster: &EtcdCluster,
-    args: &PeerArgs,
-) -> anyhow::Result<Vec<EtcdSender>> {
-    let mut senders = Vec::with_capacity(args.rooms as usize);
-    for room in 0..u64::from(args.rooms) {
-        let node = args.sender_node(room);
-        let addr = cluster.clients[node];
-        let conn = HttpConn::connect(addr)
-            .await
-            .with_context(|| format!("connecting room {room}'s sender to e{node}"))?;
-        senders.push(EtcdSender {
-            idx: room,
-            addr,
-            key: format!("room/{node}/{room}"),
-            conn: Some(conn),
-            message_bytes: args.message_bytes as usize,
-            sent: 0,
-        });
-    }
-    Ok(senders)
-}
-
-/// One watcher per member, on the key prefix of the previous member's senders; returns once
-/// every watch is created (so every later revision reaches it).
-async fn start_watchers(cluster: &EtcdCluster, args: &PeerArgs) -> anyhow::Result<Subscribers> {
-    let counters = Arc::new(SubscriberCounters::default());
-    let mut subscribers = Subscribers::new(counters.clone());
-    for sender_node in 0..args.nodes as usize {
-        let node = args.subscriber_node(sender_node);
-        let prefix = format!("room/{sender_node}/");
-        let body = serde_json::json!({
-            "create_request": {
-                "key": b64(prefix.as_bytes()),
-                "range_end": b64(&prefix_range_end(prefix.as_bytes())),
-            }
-        })
-        .to_string();
-        let mut conn = HttpConn::connect(cluster.clients[node])
-            .await
-            .with_context(|| format!("connecting the watcher to e{node}"))?;
-        let mut watch = tokio::time::timeout(SETUP_TIMEOUT, async {
-            conn.send_post("/v3/watch", body.as_bytes()).await?;
-            let (status, framing) = conn.read_head().await?;
-            if status != 200 || framing != Framing::Chunked {
-                bail!("watch answered HTTP {status} ({framing:?})");
-            }
-            let mut watch = WatchStream::new(conn);
-            // The first result confirms the watch.
-            let first = watch.next_result().await?;
-            if first["result"]["created"] != Value::Bool(true) {
-                bail!("the first watch result is not `created`: {first}");
-            }
-            anyhow::Ok(watch)
-        })
-        .await
-        .with_context(|| format!("creating the watch on e{node}: timed out"))?
-        .with_context(|| format!("creating the watch on e{node}"))?;
-        let counters = counters.clone();
-        subscribers.spawn(async move {
-            // Bounded: aborted by Subscribers::finish.
-            loop {
-                match watch.next_result().await {
-                    Ok(result) => {
-                        let events = result["result"]["events"]
-                            .as_array()
-                            .map_or(0, |events| events.len() as u64);
-                        counters.delivered.fetch_add(events, Ordering::Relaxed);
-                    }
-                    Err(error) => {
-                        counters.failed(format!("watcher: {error:#}"));
-                        return;
-                    }
-                }
-            }
-        });
-    }
-    Ok(subscribers)
 }
 
 /// Room `idx`'s sender: puts to its key and waits for the answer.

@@ -39,8 +39,7 @@ use tokio::time::Instant;
 
 use crate::load::{Availability, Sender};
 use crate::peer::{
-    run_peer, ChildGuard, PeerArgs, PeerCluster, PeerReport, PeerRun, PeerSystem,
-    SubscriberCounters, Subscribers, LATENCY_NOTE,
+    run_peer, Peer, PeerArgs, PeerDescription, PeerReport, Servers, SubscriberCounters, Subscribers,
 };
 use crate::scenario::message_text;
 use crate::stats::ErrorKind;
@@ -66,25 +65,12 @@ const MAX_PAYLOAD: usize = 8 * 1024 * 1024;
 /// Runs the NATS JetStream side of the side-by-side comparison. Must not be called from inside
 /// a tokio runtime.
 pub fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
-    let PeerRun {
-        started_unix_s,
-        machine,
-        binary,
-        binary_version,
-        phase,
-    } = run_peer::<NatsCluster>(args, "nats")?;
+    let run = run_peer::<Nats>(args, "nats")?;
     let replicas = args.nodes;
-    Ok(PeerReport {
-        tool: "mimid-bench",
-        version: env!("CARGO_PKG_VERSION"),
-        scenario: "nats",
-        started_unix_s,
-        config: args.run_config(),
-        system: PeerSystem {
+    Ok(run.report(
+        args,
+        PeerDescription {
             name: "nats-jetstream",
-            binary: binary.display().to_string(),
-            binary_version,
-            nodes: args.nodes,
             replicas,
             durability: format!(
                 "PubAck after a quorum of the {replicas} stream replicas wrote the message to \
@@ -112,44 +98,34 @@ pub fn run(args: &PeerArgs) -> anyhow::Result<PeerReport> {
             ]
             .into_iter()
             .collect(),
-            data_dir_parent: args.data_dir_parent(),
+            notes: vec![
+                format!(
+                    "NATS JetStream: {} nats-server processes on loopback, one file-storage \
+                     stream with {replicas} replicas. An operation is one publish of a {}-byte \
+                     message to room i's subject from its sender (connected to server i mod \
+                     {}), counted when the PubAck arrives: the stream leader stored it on a \
+                     quorum (see system.durability: no fsync).",
+                    args.nodes, args.message_bytes, args.nodes
+                ),
+                if args.subscribers() {
+                    "Each server has one subscriber: an ephemeral push consumer of the stream \
+                     (ack none, deliver new) filtered to the rooms whose senders are on the \
+                     previous server, so stored messages are delivered to another node; \
+                     delivery says what they got."
+                        .into()
+                } else {
+                    "No subscribers (--no-subscribers).".into()
+                },
+            ],
+            stored: "the stream's message count difference over the phase",
         },
-        machine,
-        phases: vec![phase],
-        notes: vec![
-            format!(
-                "NATS JetStream: {} nats-server processes on loopback, one file-storage stream \
-                 with {replicas} replicas. An operation is one publish of a {}-byte message to \
-                 room i's subject from its sender (connected to server i mod {}), counted when \
-                 the PubAck arrives: the stream leader stored it on a quorum (see \
-                 system.durability: no fsync).",
-                args.nodes, args.message_bytes, args.nodes
-            ),
-            if args.subscribers() {
-                "Each server has one subscriber: an ephemeral push consumer of the stream \
-                 (ack none, deliver new) filtered to the rooms whose senders are on the \
-                 previous server, so stored messages are delivered to another node; \
-                 delivery says what they got."
-                    .into()
-            } else {
-                "No subscribers (--no-subscribers).".into()
-            },
-            "The driver is this process (cpu.generator_s); the servers are child processes \
-             (cpu.server_s, from /proc/<pid>/stat). stored is the stream's message count \
-             difference over the phase."
-                .into(),
-            LATENCY_NOTE.into(),
-        ],
-    })
+    ))
 }
 
-/// The cluster's server processes and their client addresses.
-struct NatsCluster {
-    children: Vec<ChildGuard>,
-    clients: Vec<SocketAddr>,
-}
+/// NATS JetStream as a side-by-side peer (`peer::run_peer`).
+pub struct Nats;
 
-impl PeerCluster for NatsCluster {
+impl Peer for Nats {
     type Sender = NatsSender;
     const BINARY: &'static str = "nats-server";
     const DIR_PREFIX: &'static str = "mimid-bench-nats-";
@@ -157,11 +133,10 @@ impl PeerCluster for NatsCluster {
 
     /// Writes each node's configuration and starts it: `ports` holds a client port per node,
     /// then a route port per node.
-    fn start(binary: &Path, dir: &Path, nodes: u64, ports: &[u16]) -> anyhow::Result<Self> {
+    fn start(binary: &Path, dir: &Path, nodes: u64, ports: &[u16]) -> anyhow::Result<Servers> {
         let n = nodes as usize;
         let (client_ports, route_ports) = ports.split_at(n);
-        let mut children = Vec::with_capacity(n);
-        let mut clients = Vec::with_capacity(n);
+        let mut servers = Servers::default();
         for node in 0..n {
             let store = dir.join(format!("n{node}-store"));
             let mut config = format!(
@@ -188,45 +163,94 @@ impl PeerCluster for NatsCluster {
                 .with_context(|| format!("writing {}", config_file.display()))?;
             let mut command = Command::new(binary);
             command.arg("-c").arg(&config_file);
-            children.push(ChildGuard::spawn(
+            servers.spawn(
                 &format!("nats-server n{node}"),
                 &mut command,
                 &dir.join(format!("n{node}.log")),
-            )?);
-            clients.push(SocketAddr::from(([127, 0, 0, 1], client_ports[node])));
+                client_ports[node],
+            )?;
         }
-        Ok(NatsCluster { children, clients })
+        Ok(servers)
     }
 
-    fn children(&self) -> &[ChildGuard] {
-        &self.children
+    /// One sender per room, in room order, each with its own connection to its node.
+    async fn connect_senders(
+        servers: &Servers,
+        args: &PeerArgs,
+    ) -> anyhow::Result<Vec<NatsSender>> {
+        let mut senders = Vec::with_capacity(args.rooms as usize);
+        for room in 0..u64::from(args.rooms) {
+            let node = args.sender_node(room);
+            let addr = servers.clients[node];
+            let conn = NatsConn::connect(addr, &format!("sender-{room}"))
+                .await
+                .with_context(|| format!("connecting room {room}'s sender to n{node}"))?;
+            senders.push(NatsSender {
+                idx: room,
+                addr,
+                subject: format!("room.{node}.{room}"),
+                conn: Some(conn),
+                message_bytes: args.message_bytes as usize,
+                sent: 0,
+            });
+        }
+        Ok(senders)
     }
 
-    fn children_mut(&mut self) -> &mut [ChildGuard] {
-        &mut self.children
+    /// One subscriber per node: a connection to it subscribed to a deliver subject, and an
+    /// ephemeral push consumer of the stream that delivers there the messages of the previous
+    /// node's senders.
+    async fn start_subscribers(servers: &Servers, args: &PeerArgs) -> anyhow::Result<Subscribers> {
+        let counters = Arc::new(SubscriberCounters::default());
+        let mut subscribers = Subscribers::new(counters.clone());
+        let nodes = args.nodes as usize;
+        for sender_node in 0..nodes {
+            let node = args.subscriber_node(sender_node);
+            let mut conn = NatsConn::connect(servers.clients[node], &format!("subscriber-{node}"))
+                .await
+                .with_context(|| format!("connecting the subscriber to n{node}"))?;
+            let deliver = format!("deliver.n{node}.{}", conn.token);
+            conn.subscribe(&deliver, DELIVER_SID).await?;
+            let consumer = serde_json::json!({
+                "stream_name": STREAM,
+                "config": {
+                    "deliver_subject": deliver,
+                    "filter_subject": format!("room.{sender_node}.*"),
+                    "deliver_policy": "new",
+                    "ack_policy": "none",
+                    "replay_policy": "instant",
+                }
+            });
+            let answer = conn
+                .request(
+                    &format!("$JS.API.CONSUMER.CREATE.{STREAM}"),
+                    consumer.to_string().as_bytes(),
+                    API_TIMEOUT,
+                )
+                .await
+                .with_context(|| format!("creating the push consumer for n{node}"))?;
+            if let Some(error) = api_error(&answer) {
+                bail!("creating the push consumer for n{node}: {error}");
+            }
+            let counters = counters.clone();
+            subscribers.spawn(async move { subscriber(conn, counters).await });
+        }
+        Ok(subscribers)
     }
 
-    async fn connect_senders(&self, args: &PeerArgs) -> anyhow::Result<Vec<NatsSender>> {
-        connect_senders(self, args).await
-    }
-
-    async fn start_subscribers(&self, args: &PeerArgs) -> anyhow::Result<Subscribers> {
-        start_subscribers(self, args).await
-    }
-
-    async fn stored(&self) -> anyhow::Result<u64> {
-        stream_messages(self.clients[0]).await
+    async fn stored(servers: &Servers) -> anyhow::Result<u64> {
+        stream_messages(servers.clients[0]).await
     }
 
     /// Waits until every server answers, the stream exists and every server's publishes are
     /// acknowledged (the stream has a leader the whole cluster knows).
-    async fn ready(&mut self, nodes: u64) -> anyhow::Result<()> {
+    async fn ready(servers: &mut Servers, nodes: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let mut conns = Vec::with_capacity(self.clients.len());
-        for (node, addr) in self.clients.clone().into_iter().enumerate() {
+        let mut conns = Vec::with_capacity(servers.clients.len());
+        for (node, addr) in servers.clients.clone().into_iter().enumerate() {
             // Bounded by READY_TIMEOUT.
             let conn = loop {
-                self.check_running()?;
+                servers.check_running()?;
                 match NatsConn::connect(addr, &format!("ready-{node}")).await {
                     Ok(conn) => break conn,
                     Err(error) if Instant::now() >= deadline => {
@@ -251,7 +275,7 @@ impl PeerCluster for NatsCluster {
         let create = format!("$JS.API.STREAM.CREATE.{STREAM}");
         // Bounded by READY_TIMEOUT: the meta leader is elected within seconds.
         loop {
-            self.check_running()?;
+            servers.check_running()?;
             match conns[0]
                 .request(&create, config.to_string().as_bytes(), API_TIMEOUT)
                 .await
@@ -269,7 +293,7 @@ impl PeerCluster for NatsCluster {
                 }
                 Err(_) => {
                     // No answer in time: the connection may hold a late one; start afresh.
-                    conns[0] = NatsConn::connect(self.clients[0], "ready-0").await?;
+                    conns[0] = NatsConn::connect(servers.clients[0], "ready-0").await?;
                 }
             }
         }
@@ -277,7 +301,7 @@ impl PeerCluster for NatsCluster {
             let subject = format!("room.setup.n{node}");
             // Bounded by READY_TIMEOUT.
             loop {
-                self.check_running()?;
+                servers.check_running()?;
                 match conn.request(&subject, b"setup", API_TIMEOUT).await {
                     Ok(answer) if api_error(&answer).is_none() => break,
                     _ if Instant::now() >= deadline => {
@@ -285,7 +309,7 @@ impl PeerCluster for NatsCluster {
                     }
                     Ok(_) => tokio::time::sleep(RETRY_PAUSE).await,
                     Err(_) => {
-                        *conn = NatsConn::connect(self.clients[node], "ready").await?;
+                        *conn = NatsConn::connect(servers.clients[node], "ready").await?;
                     }
                 }
             }
@@ -316,71 +340,6 @@ fn api_error(answer: &[u8]) -> Option<String> {
         Ok(value) => value.get("error").map(|e| e.to_string()),
         Err(error) => Some(format!("not JSON ({error})")),
     }
-}
-
-/// One sender per room, in room order, each with its own connection to its node.
-async fn connect_senders(
-    cluster: &NatsCluster,
-    args: &PeerArgs,
-) -> anyhow::Result<Vec<NatsSender>> {
-    let mut senders = Vec::with_capacity(args.rooms as usize);
-    for room in 0..u64::from(args.rooms) {
-        let node = args.sender_node(room);
-        let addr = cluster.clients[node];
-        let conn = NatsConn::connect(addr, &format!("sender-{room}"))
-            .await
-            .with_context(|| format!("connecting room {room}'s sender to n{node}"))?;
-        senders.push(NatsSender {
-            idx: room,
-            addr,
-            subject: format!("room.{node}.{room}"),
-            conn: Some(conn),
-            message_bytes: args.message_bytes as usize,
-            sent: 0,
-        });
-    }
-    Ok(senders)
-}
-
-/// One subscriber per node: a connection to it subscribed to a deliver subject, and an
-/// ephemeral push consumer of the stream that delivers there the messages of the previous
-/// node's senders.
-async fn start_subscribers(cluster: &NatsCluster, args: &PeerArgs) -> anyhow::Result<Subscribers> {
-    let counters = Arc::new(SubscriberCounters::default());
-    let mut subscribers = Subscribers::new(counters.clone());
-    let nodes = args.nodes as usize;
-    for sender_node in 0..nodes {
-        let node = args.subscriber_node(sender_node);
-        let mut conn = NatsConn::connect(cluster.clients[node], &format!("subscriber-{node}"))
-            .await
-            .with_context(|| format!("connecting the subscriber to n{node}"))?;
-        let deliver = format!("deliver.n{node}.{}", conn.token);
-        conn.subscribe(&deliver, DELIVER_SID).await?;
-        let consumer = serde_json::json!({
-            "stream_name": STREAM,
-            "config": {
-                "deliver_subject": deliver,
-                "filter_subject": format!("room.{sender_node}.*"),
-                "deliver_policy": "new",
-                "ack_policy": "none",
-                "replay_policy": "instant",
-            }
-        });
-        let answer = conn
-            .request(
-                &format!("$JS.API.CONSUMER.CREATE.{STREAM}"),
-                consumer.to_string().as_bytes(),
-                API_TIMEOUT,
-            )
-            .await
-            .with_context(|| format!("creating the push consumer for n{node}"))?;
-        if let Some(error) = api_error(&answer) {
-            bail!("creating the push consumer for n{node}: {error}");
-        }
-        let counters = counters.clone();
-        subscribers.spawn(async move { subscriber(conn, counters).await });
-    }
-    Ok(subscribers)
 }
 
 /// Counts the messages delivered to the consumer's subscription until its connection fails

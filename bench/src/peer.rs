@@ -12,7 +12,7 @@
 //! Running one: [`run_peer`] does what every peer does (find the binary, start its cluster on
 //! free ports with retries, connect the senders and subscribers, the timed phase with
 //! [`measure`], the servers' own count of what they stored, and the clean-up); each peer
-//! implements [`PeerCluster`] for its servers and protocol and writes its report.
+//! implements [`Peer`] for its servers ([`Servers`]) and protocol and writes its report.
 //!
 //! CPU: a peer's servers are child processes, so `cpu.server_s` is the children's
 //! `utime + stime` from `/proc/<pid>/stat` (10 ms ticks) over the phase, and
@@ -54,7 +54,7 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// Bytes of a child's log shown when it fails.
 const LOG_TAIL_BYTES: u64 = 2048;
 /// How the peers' reports read the two latencies (as the scenarios' notes do).
-pub const LATENCY_NOTE: &str = "latency_corrected counts from the intended start (open model, \
+const LATENCY_NOTE: &str = "latency_corrected counts from the intended start (open model, \
     coordinated omission corrected); latency_raw from the actual start. They are equal in the \
     closed model.";
 
@@ -648,9 +648,45 @@ pub async fn listen_for_interrupt(interrupted: Arc<AtomicBool>) {
     }
 }
 
-/// A side-by-side peer's cluster of server processes, as [`run_peer`] starts, drives and
-/// stops it.
-pub trait PeerCluster: Sized {
+/// A peer cluster's server processes, killed when dropped, and the addresses their clients
+/// connect to, both in node order.
+#[derive(Default)]
+pub struct Servers {
+    children: Vec<ChildGuard>,
+    pub clients: Vec<SocketAddr>,
+}
+
+impl Servers {
+    /// Starts the next node's server: `command`, named `name` in errors, its output in `log`,
+    /// serving clients on 127.0.0.1:`client_port`.
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        command: &mut Command,
+        log: &Path,
+        client_port: u16,
+    ) -> anyhow::Result<()> {
+        self.children.push(ChildGuard::spawn(name, command, log)?);
+        self.clients
+            .push(SocketAddr::from(([127, 0, 0, 1], client_port)));
+        Ok(())
+    }
+
+    /// The server processes' ids, in node order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(ChildGuard::pid).collect()
+    }
+
+    /// Fails if a server has ended, with its log.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        self.children
+            .iter_mut()
+            .try_for_each(ChildGuard::check_running)
+    }
+}
+
+/// A side-by-side peer: how [`run_peer`] starts its servers and speaks its protocol.
+pub trait Peer {
     /// One room's sender.
     type Sender: Sender;
     /// The server binary looked for on PATH (`find_binary`).
@@ -661,41 +697,31 @@ pub trait PeerCluster: Sized {
     const SERVERS: &'static str;
 
     /// Starts `nodes` servers from `binary` in `dir`; `ports` holds two free ports per node.
-    fn start(binary: &Path, dir: &Path, nodes: u64, ports: &[u16]) -> anyhow::Result<Self>;
+    fn start(binary: &Path, dir: &Path, nodes: u64, ports: &[u16]) -> anyhow::Result<Servers>;
     /// Waits until writes through every node are acknowledged.
-    fn ready(&mut self, nodes: u64) -> impl std::future::Future<Output = anyhow::Result<()>>;
-    /// The server processes, in node order.
-    fn children(&self) -> &[ChildGuard];
-    fn children_mut(&mut self) -> &mut [ChildGuard];
+    fn ready(
+        servers: &mut Servers,
+        nodes: u64,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>>;
     /// One sender per room, in room order, each with its own connection (`sender_node`).
     fn connect_senders(
-        &self,
+        servers: &Servers,
         args: &PeerArgs,
     ) -> impl std::future::Future<Output = anyhow::Result<Vec<Self::Sender>>>;
     /// One subscriber per node for what the previous node's senders send
     /// (`subscriber_node`), running once this returns.
     fn start_subscribers(
-        &self,
+        servers: &Servers,
         args: &PeerArgs,
     ) -> impl std::future::Future<Output = anyhow::Result<Subscribers>>;
     /// The servers' own count of what they stored so far.
-    fn stored(&self) -> impl std::future::Future<Output = anyhow::Result<u64>>;
-
-    /// The server processes' ids, in node order.
-    fn pids(&self) -> Vec<u32> {
-        self.children().iter().map(ChildGuard::pid).collect()
-    }
-
-    /// Fails if a server has ended, with its log.
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        self.children_mut()
-            .iter_mut()
-            .try_for_each(ChildGuard::check_running)
-    }
+    fn stored(servers: &Servers) -> impl std::future::Future<Output = anyhow::Result<u64>>;
 }
 
 /// What [`run_peer`] found and measured.
 pub struct PeerRun {
+    /// The peer's name as a scenario (`nats`, `etcd`), also its phase's.
+    pub scenario: &'static str,
     pub started_unix_s: u64,
     pub machine: Machine,
     pub binary: PathBuf,
@@ -705,12 +731,61 @@ pub struct PeerRun {
     pub phase: PeerPhase,
 }
 
+/// What a peer says of itself in its report, beside what [`run_peer`] found.
+pub struct PeerDescription {
+    /// `system.name`.
+    pub name: &'static str,
+    /// Copies of every message.
+    pub replicas: u64,
+    /// When an acknowledgement is sent relative to the disk, in words.
+    pub durability: String,
+    /// The settings that matter for the figures.
+    pub settings: BTreeMap<&'static str, String>,
+    /// What an operation is and what the subscribers get, first in the notes.
+    pub notes: Vec<String>,
+    /// What `stored` counts, for the notes.
+    pub stored: &'static str,
+}
+
+impl PeerRun {
+    /// The report of this run made with `args`.
+    pub fn report(self, args: &PeerArgs, description: PeerDescription) -> PeerReport {
+        let mut notes = description.notes;
+        notes.push(format!(
+            "The driver is this process (cpu.generator_s); the servers are child processes \
+             (cpu.server_s, from /proc/<pid>/stat). stored is {}.",
+            description.stored
+        ));
+        notes.push(LATENCY_NOTE.into());
+        PeerReport {
+            tool: "mimid-bench",
+            version: env!("CARGO_PKG_VERSION"),
+            scenario: self.scenario,
+            started_unix_s: self.started_unix_s,
+            config: args.run_config(),
+            system: PeerSystem {
+                name: description.name,
+                binary: self.binary.display().to_string(),
+                binary_version: self.binary_version,
+                nodes: args.nodes,
+                replicas: description.replicas,
+                durability: description.durability,
+                settings: description.settings,
+                data_dir_parent: args.data_dir_parent(),
+            },
+            machine: self.machine,
+            phases: vec![self.phase],
+            notes,
+        }
+    }
+}
+
 /// Runs peer `C` (its phase named `name`): starts its cluster in a temporary directory (new
 /// ports on a failed start), connects the senders and, unless `--no-subscribers`, the
 /// subscribers, runs the timed phase with [`measure`], takes the difference of the servers'
 /// stored count over it, and stops the servers and removes the directory, also on an error.
 /// Must not be called from inside a tokio runtime.
-pub fn run_peer<C: PeerCluster>(args: &PeerArgs, name: &'static str) -> anyhow::Result<PeerRun> {
+pub fn run_peer<C: Peer>(args: &PeerArgs, name: &'static str) -> anyhow::Result<PeerRun> {
     args.check()?;
     let started_unix_s = now_unix_s()?;
     let machine = Machine::describe();
@@ -734,43 +809,43 @@ pub fn run_peer<C: PeerCluster>(args: &PeerArgs, name: &'static str) -> anyhow::
         .build()
         .context("building the driver's runtime")?;
     let what = format!("{name} cluster");
-    let cluster = with_port_retries(&what, 2 * args.nodes as usize, |attempt, ports| {
+    let mut servers = with_port_retries(&what, 2 * args.nodes as usize, |attempt, ports| {
         let attempt_dir = dir.path().join(format!("attempt{attempt}"));
         std::fs::create_dir(&attempt_dir)
             .with_context(|| format!("creating {}", attempt_dir.display()))?;
-        let mut cluster = C::start(&binary, &attempt_dir, args.nodes, ports)?;
-        runtime.block_on(cluster.ready(args.nodes))?;
-        Ok(cluster)
+        let mut servers = C::start(&binary, &attempt_dir, args.nodes, ports)?;
+        runtime.block_on(C::ready(&mut servers, args.nodes))?;
+        Ok(servers)
     })?;
     let interrupted = Arc::new(AtomicBool::new(false));
     runtime.spawn(listen_for_interrupt(interrupted.clone()));
     let phase = runtime.block_on(async {
-        let senders = cluster.connect_senders(args).await?;
+        let senders = C::connect_senders(&servers, args).await?;
         let subscribers = if args.subscribers() {
-            Some(cluster.start_subscribers(args).await?)
+            Some(C::start_subscribers(&servers, args).await?)
         } else {
             None
         };
-        let stored_before = cluster.stored().await?;
+        let stored_before = C::stored(&servers).await?;
         let plan = PeerPhasePlan {
             name,
             args,
-            pids: cluster.pids(),
+            pids: servers.pids(),
             setup_start,
             interrupted: interrupted.clone(),
         };
         let (_senders, mut phase) = measure(plan, senders, subscribers).await?;
-        let stored_after = cluster.stored().await?;
+        let stored_after = C::stored(&servers).await?;
         phase.stored = Some(stored_after.saturating_sub(stored_before));
         anyhow::Ok(phase)
     });
-    let mut cluster = cluster;
-    let still_running = cluster.check_running();
-    drop(cluster);
+    let still_running = servers.check_running();
+    drop(servers);
     runtime.shutdown_timeout(Duration::from_secs(2));
     let phase = phase?;
     still_running?;
     Ok(PeerRun {
+        scenario: name,
         started_unix_s,
         machine,
         binary,
