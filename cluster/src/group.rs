@@ -262,6 +262,7 @@ impl<S: StateMachine> Group<S> {
             self.apply_received_snapshot(ready.snapshot(), metrics)?;
         }
         self.apply_committed(ready.take_committed_entries(), metrics)?;
+        self.step_down_if_removed(outbox);
         self.node.mut_store().stage_entries(ready.entries())?;
         if let Some(hard_state) = ready.hs() {
             self.node.mut_store().stage_hard_state(hard_state)?;
@@ -293,6 +294,7 @@ impl<S: StateMachine> Group<S> {
         }
         send(self.shard, outbox, light.take_messages());
         self.apply_committed(light.take_committed_entries(), metrics)?;
+        self.step_down_if_removed(outbox);
         self.node.advance_apply();
         let unsnapshotted = self
             .applied_index

@@ -137,8 +137,8 @@ use crate::storage::{RaftDb, WriteBatch};
 pub use crate::backup::{restore_data_dir, ShardSnapshot, SnapshotAllError, SnapshotsDone};
 pub use crate::frame::MAX_FRAME_BYTES;
 pub use crate::membership::{
-    ChangeDone, Membership, MembershipChange, MembershipError, ShardStatus, TransferDone,
-    TransferError,
+    learner_caught_up, step_down_if_removed, ChangeDone, Handoff, Membership, MembershipChange,
+    MembershipError, ShardStatus, StepDown, TransferDone, TransferError,
 };
 pub use crate::metrics::{
     ClusterMetrics, Histogram, HistogramSnapshot, DEPTH_BOUNDS, FLUSH_MICROS_BOUNDS,

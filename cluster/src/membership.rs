@@ -15,10 +15,12 @@
 //!
 //! The change is validated on the leader against its applied configuration, which is exactly
 //! the configuration the change will apply to (no other change is pending): adding a node that
-//! is already a member, promoting a node that is not a learner (or a learner the leader is not
-//! yet replicating to normally), removing a non-member, the last voter, or the leader itself
-//! are refused with their own [`MembershipError`] variants and change nothing. The leader never
-//! removes itself: transfer leadership first ([`ClusterHandle::transfer_leader`]).
+//! is already a member, promoting a node that is not a learner (or a learner that has not caught
+//! up: the leader neither replicates to it normally nor knows it holds the leader's whole log),
+//! removing a non-member, the last voter, or the leader itself are refused with their own
+//! [`MembershipError`] variants and change nothing. The leader never removes itself: transfer
+//! leadership first ([`ClusterHandle::transfer_leader`]). [`MembershipChange::plan_on_leader`]
+//! is the whole check as a pure function of the leader's raft-rs state.
 //!
 //! The answer comes once the conf-change entry is applied on the leader, with the membership
 //! it produced. Every replica applies the same entry at the same index, stores the new
@@ -56,8 +58,19 @@
 //! with a fresh data directory and `join_existing` and add it like a new one (re-adding it with
 //! its old data is not tested).
 //!
-//! A leader that finds itself no longer a voter (possible only if leadership moved between the
-//! change's validation and its application) hands leadership to the most up-to-date voter.
+//! A leader that applies its own removal (possible only if leadership moved to the node after
+//! the change was proposed: raft-rs lets a voter campaign while a removal of it sits
+//! uncommitted in its log, and a new leader commits it with its first entry) steps down in the
+//! same turn, before anything else touches its Raft state ([`step_down_if_removed`]). raft-rs
+//! 0.7 leaves such a leader leading without its own progress entry (`post_conf_change` returns
+//! early; its "step down" is a TODO), and the next commit or persisted entry of that leader
+//! unwraps that entry and panics (`maybe_commit`, `on_persist_entries`), which stopped the
+//! shard group on that node. Refusing to campaign with a removal in the log instead would cost
+//! liveness: with the old leader down, the node holding the uncommitted removal may be the only
+//! one the others can elect. The stepped-down node then tells the most up-to-date voter to
+//! campaign at once ([`Handoff`]) on its next ticks, when that voter has applied the removal
+//! too (raft-rs refuses to campaign with a committed conf change unapplied); if that fails, the
+//! voters elect a leader after an election timeout.
 //!
 //! # Leadership transfer
 //!
@@ -81,7 +94,8 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crossbeam_channel::TrySendError;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Message};
+use raft::{ProgressState, Raft, StateRole, Storage};
 
 use crate::metrics::bump;
 use crate::{ClusterHandle, NodeId, ShardId, StateMachine};
@@ -108,6 +122,122 @@ impl MembershipChange {
     pub fn plan(self, conf: &ConfState, leader: NodeId) -> Result<ConfChangeV2, MembershipError> {
         plan_change(conf, self, leader)
     }
+
+    /// Everything [`ClusterHandle::change_members`] checks on the shard's leader, as a pure
+    /// function of its raft-rs state `raft` and applied configuration `conf`: it leads and
+    /// transfers nothing ([`MembershipError::NotLeader`]); no change is pending
+    /// (`change_pending`: one this leader proposed and has not applied; raft-rs' pending index
+    /// covers one a predecessor left unapplied) ([`MembershipError::ChangeInProgress`]); the
+    /// configuration rules of [`Self::plan`]; and a learner to promote has caught up
+    /// ([`learner_caught_up`], else [`MembershipError::LearnerBehind`]). Public for the
+    /// deterministic simulator (`tests/src/sim`), which drives raft-rs directly.
+    pub fn plan_on_leader<T: Storage>(
+        self,
+        raft: &Raft<T>,
+        conf: &ConfState,
+        change_pending: bool,
+    ) -> Result<ConfChangeV2, MembershipError> {
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+            return Err(MembershipError::NotLeader);
+        }
+        // raft-rs would turn a second conf change into an empty entry without a word.
+        if change_pending || raft.has_pending_conf() {
+            return Err(MembershipError::ChangeInProgress);
+        }
+        let conf_change = self.plan(conf, raft.id)?;
+        if let MembershipChange::Promote(node) = self {
+            if !learner_caught_up(raft, node) {
+                return Err(MembershipError::LearnerBehind(node));
+            }
+        }
+        Ok(conf_change)
+    }
+}
+
+/// Whether the leader `raft` may promote learner `node`: it replicates to it normally, or the
+/// learner holds the leader's whole log (matched at its last index) whatever raft-rs' progress
+/// state. raft-rs leaves a follower in the probe state until an append moves its matched index
+/// (a report of it unreachable, or a snapshot answered while still counted in flight, puts it
+/// there), and a leader whose log does not grow sends a member that matched its last index no
+/// append: a caught-up learner of an idle (or hibernating) shard would be refused until a write.
+pub fn learner_caught_up<T: Storage>(raft: &Raft<T>, node: NodeId) -> bool {
+    raft.prs().get(node).is_some_and(|progress| {
+        progress.state == ProgressState::Replicate || progress.matched >= raft.raft_log.last_index()
+    })
+}
+
+/// What a leader that applied its own removal did ([`step_down_if_removed`]).
+#[derive(Debug)]
+pub struct StepDown {
+    /// Messages raft-rs queued while the node still led (appends, commit broadcasts): send them
+    /// with the turn's others. They must leave raft-rs now: `RawNode::advance` refuses a
+    /// follower with messages queued.
+    pub messages: Vec<Message>,
+    /// The voter to hand leadership to, if any voter's progress was known.
+    pub handoff: Option<Handoff>,
+}
+
+/// A removed leader's hand-off: on each of its next ticks (an election timeout's worth), while
+/// its term stands, it tells the most up-to-date voter to campaign at once (`MsgTimeoutNow`).
+/// Not at the step-down itself: that voter learns the removal's commit in the same frame and
+/// refuses to campaign until it applied it. A repeat after the voter campaigned carries an
+/// older term and is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handoff {
+    to: NodeId,
+    term: u64,
+    ticks_left: usize,
+}
+
+impl Handoff {
+    /// The voter told to campaign.
+    pub fn to(&self) -> NodeId {
+        self.to
+    }
+
+    /// Once per tick of the stepped-down replica `raft`: tells the voter to campaign. Returns
+    /// false once the hand-off is over (it was the last tick, or `raft` moved to a newer term);
+    /// then drop it.
+    pub fn tick<T: Storage>(&mut self, raft: &mut Raft<T>) -> bool {
+        if self.ticks_left == 0 || raft.term != self.term || raft.state == StateRole::Leader {
+            return false;
+        }
+        self.ticks_left -= 1;
+        raft.send_timeout_now(self.to);
+        self.ticks_left > 0
+    }
+}
+
+/// Steps `raft` down if it leads but is no voter of its configuration, which happens when it
+/// just applied its own removal (module docs, "Removing a node"): call it right after applying
+/// committed entries, before anything else steps or advances the node. raft-rs 0.7 keeps such a
+/// leader leading without its own progress entry and panics at its next commit. It becomes a
+/// follower of no leader in the same term (its vote stands, so it cannot lead that term
+/// again, and as a non-voter it never campaigns). Returns `None` when `raft` is not such a
+/// leader. Public for the deterministic simulator (`tests/src/sim`).
+pub fn step_down_if_removed<T: Storage>(raft: &mut Raft<T>) -> Option<StepDown> {
+    if raft.state != StateRole::Leader || raft.promotable() {
+        return None;
+    }
+    // The most up-to-date voter, read before `become_follower` resets every progress.
+    let voters = raft.prs().conf().voters();
+    let best = raft
+        .prs()
+        .iter()
+        .filter(|(id, _)| voters.contains(**id))
+        .map(|(id, progress)| (progress.matched, *id))
+        .max();
+    let messages = std::mem::take(&mut raft.msgs);
+    let term = raft.term;
+    raft.become_follower(term, raft::INVALID_ID);
+    Some(StepDown {
+        messages,
+        handoff: best.map(|(_, to)| Handoff {
+            to,
+            term,
+            ticks_left: raft.election_timeout(),
+        }),
+    })
 }
 
 /// A shard's configuration: its voters and learners, each in ascending order.

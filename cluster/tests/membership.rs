@@ -9,14 +9,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mimid_cluster::{
-    ClusterHandle, Membership, MembershipChange, MembershipError, NodeId, ProposeError, ShardId,
-    TransferError,
+    ClusterConfig, ClusterHandle, Membership, MembershipChange, MembershipError, NodeId,
+    ProposeError, ShardId, TransferError, Transport,
 };
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
 
 use common::*;
 
@@ -673,4 +675,277 @@ fn status_reports_voters_learners_and_leader_consistently_across_nodes() {
     // Its other shards are still waiting to be added: not ready.
     assert!(fourth.shard_status(1).expect("shard").voters.is_empty());
     assert!(!fourth.is_ready());
+}
+
+/// Which Raft messages the network drops: `(from, to, message)`, true to drop.
+type DropRule = Box<dyn Fn(NodeId, NodeId, &Message) -> bool + Send>;
+
+/// A rule every node's [`Filtered`] transport applies, replaced by the test as it goes.
+#[derive(Clone, Default)]
+struct Filter(Arc<Mutex<Option<DropRule>>>);
+
+impl Filter {
+    fn set(&self, rule: impl Fn(NodeId, NodeId, &Message) -> bool + Send + 'static) {
+        *self.0.lock().expect("filter lock") = Some(Box::new(rule));
+    }
+
+    fn clear(&self) {
+        *self.0.lock().expect("filter lock") = None;
+    }
+
+    /// Wraps every node's transport in a [`Filtered`] one applying this rule.
+    fn wrap(&self) -> Wrap {
+        let filter = self.clone();
+        Arc::new(move |from, inner| {
+            Box::new(Filtered {
+                from,
+                inner,
+                filter: filter.clone(),
+            })
+        })
+    }
+}
+
+/// Drops single messages out of frames, as the frame format documents them (`frame.rs`:
+/// version ‖ from ‖ to ‖ count ‖ (shard ‖ length ‖ protobuf message)*, big-endian).
+struct Filtered {
+    from: NodeId,
+    inner: Box<dyn Transport>,
+    filter: Filter,
+}
+
+impl Transport for Filtered {
+    fn send(&mut self, to: NodeId, frame: Vec<u8>) {
+        let kept = {
+            let rule = self.filter.0.lock().expect("filter lock");
+            let Some(rule) = rule.as_ref() else {
+                return self.inner.send(to, frame);
+            };
+            let mut kept = Vec::new();
+            let mut rest = &frame[21..];
+            while !rest.is_empty() {
+                let length = u32::from_be_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
+                let message =
+                    Message::parse_from_bytes(&rest[12..12 + length]).expect("a raft message");
+                if !rule(self.from, to, &message) {
+                    kept.push(&rest[..12 + length]);
+                }
+                rest = &rest[12 + length..];
+            }
+            if kept.is_empty() {
+                return;
+            }
+            let mut out = frame[..17].to_vec();
+            out.extend_from_slice(&(kept.len() as u32).to_be_bytes());
+            for message in kept {
+                out.extend_from_slice(message);
+            }
+            out
+        };
+        self.inner.send(to, kept);
+    }
+}
+
+fn is(message: &Message, kind: MessageType) -> bool {
+    message.get_msg_type() == kind
+}
+
+/// One shard, one entry per append message (so a follower can be sent part of the log), no
+/// hibernation, and a 1 s election timeout (the hand-off below has that long).
+fn one_shard_one_entry_per_append(config: &mut ClusterConfig) {
+    config.shards = 1;
+    config.max_size_per_msg = 1;
+    config.hibernate_after_ticks = 0;
+    config.election_tick = 100;
+}
+
+/// Leadership moves to a voter whose removal is proposed but not committed (raft-rs lets it
+/// campaign: only a committed, unapplied conf change stops a campaign); as leader it commits
+/// the removal with its first entry and applies it while entries it took after that are still
+/// uncommitted. raft-rs 0.7 keeps such a leader leading without its own progress, and the next
+/// commit panicked (`raft.rs` `maybe_commit`: `get_mut(self_id).unwrap()`), which stopped the
+/// shard group on that node. Now it steps down as it applies its removal and tells the most
+/// up-to-date voter to campaign (`membership` module docs, "Removing a node").
+///
+/// Five voters, one shard; the network is steered message by message, so every step waits for
+/// a state, not for time: node 1 leads and proposes `Remove(3)`, which reaches node 3 only;
+/// node 1 hands leadership to node 3 (whose log is then the longest, so every voter elects
+/// it); node 3 takes four proposals that reach node 1 only; node 2 gets node 3's log up to its
+/// first entry, which commits the removal there; then nodes 4 and 5 catch up, which commits
+/// the four proposals in the new configuration (the panic), and pre-votes stay dropped so that
+/// only node 3's hand-off can elect a leader.
+#[test]
+fn a_leader_that_applies_its_own_removal_steps_down_and_hands_leadership_over() {
+    const FIVE: [NodeId; 5] = [1, 2, 3, 4, 5];
+    let rest = [1, 2, 4, 5];
+    let filter = Filter::default();
+    let cluster =
+        TestCluster::start_wrapped(&FIVE, one_shard_one_entry_per_append, Some(filter.wrap()));
+    let shard = 0;
+    let acked = cluster.propose_all(&FIVE, "before", 3);
+    cluster.wait_converged(&FIVE, &acked);
+    let leader = leader_of(&cluster, &FIVE, shard);
+    if leader != 1 {
+        assert_eq!(transfer(&cluster.handle(leader), shard, 1), Ok(()));
+    }
+    let first = cluster.handle(1);
+    let third = cluster.handle(3);
+    let status = |handle: &ClusterHandle<Recorder>| handle.shard_status(shard).expect("shard");
+    let last = |handle: &ClusterHandle<Recorder>, node: NodeId| {
+        status(handle).progress.get(&node).copied().unwrap_or(0)
+    };
+    let mut end = 0;
+    wait_until("node 1 to lead with every voter caught up", || {
+        let view = status(&first);
+        end = view.progress.get(&1).copied().unwrap_or(0);
+        view.leader == Some(1)
+            && view.commit == end
+            && view.progress.len() == FIVE.len()
+            && view.progress.values().all(|&matched| matched == end)
+    });
+    let removal = end + 1;
+
+    // The removal reaches node 3 only: two of five voters hold it, uncommitted.
+    filter.set(|from, to, message| from == 1 && to != 3 && is(message, MessageType::MsgAppend));
+    let (tx, removal_answer) = mpsc::channel();
+    first
+        .change_members(
+            shard,
+            MembershipChange::Remove(3),
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        )
+        .expect("queued");
+    wait_until("node 3 to hold the removal", || {
+        last(&first, 1) >= removal && last(&first, 3) >= removal
+    });
+    assert!(status(&first).commit < removal);
+
+    // Node 3 leads; its appends reach node 1 only, and its hand-off is held back for now.
+    filter.set(|from, to, message| match from {
+        1 | 3 => {
+            (is(message, MessageType::MsgAppend) && to != 1 && to != 3)
+                || (from == 3 && is(message, MessageType::MsgTimeoutNow))
+        }
+        _ => false,
+    });
+    assert_eq!(transfer(&first, shard, 3), Ok(()));
+    let behind: Vec<(Vec<u8>, _)> = (0..4)
+        .map(|n| {
+            let command = format!("behind the removal {n}").into_bytes();
+            let rx = propose(&third, shard, command.clone());
+            (command, rx)
+        })
+        .collect();
+    // Node 3's first entry is at `removal + 1`, the four proposals after it.
+    let tail = removal + 1 + 4;
+    wait_until("nodes 3 and 1 to hold the proposals", || {
+        last(&third, 3) >= tail && last(&third, 1) >= tail
+    });
+    assert!(status(&third).commit < removal, "committed too early");
+
+    // Node 2 gets node 3's log up to its first entry: the removal commits and applies.
+    filter.set(move |from, to, message| {
+        from == 3
+            && match message.get_msg_type() {
+                MessageType::MsgAppend if to == 2 => message
+                    .entries
+                    .iter()
+                    .any(|entry| entry.index > removal + 1),
+                MessageType::MsgAppend => to == 4 || to == 5,
+                MessageType::MsgTimeoutNow => true,
+                _ => false,
+            }
+    });
+    wait_until("node 3 to apply its removal", || {
+        status(&third).applied > removal || third.metrics().failed_shards > 0
+    });
+
+    // Nodes 4 and 5 may catch up, and node 3 may hand leadership over; nobody else campaigns.
+    filter.set(|_, _, message| is(message, MessageType::MsgRequestPreVote));
+    wait_until("a leader of the rest, or node 3 failing", || {
+        status(&first).leader == Some(1) || third.metrics().failed_shards > 0
+    });
+    assert_eq!(
+        third.metrics().failed_shards,
+        0,
+        "node 3's shard group stopped (raft-rs panicked in a leader that removed itself)"
+    );
+    assert_eq!(
+        leader_of(&cluster, &rest, shard),
+        1,
+        "node 3 handed leadership to the most up-to-date voter"
+    );
+    filter.clear();
+
+    // Node 3 dropped the proposals it took as it stepped down; node 1 then committed them.
+    assert_eq!(
+        removal_answer.recv_timeout(TIMEOUT).expect("answered"),
+        Err(MembershipError::Dropped)
+    );
+    for (_, rx) in &behind {
+        assert_eq!(answer(rx), Err(ProposeError::Dropped));
+    }
+    let mut acked = acked;
+    merge(&mut acked, cluster.propose_all(&rest, "after", 3));
+    cluster.wait_converged(&rest, &acked);
+    let log = cluster.log(1, shard);
+    for (command, _) in &behind {
+        assert_eq!(log.iter().filter(|applied| *applied == command).count(), 1);
+    }
+    let view = status(&third);
+    assert_eq!(
+        (view.leader, view.voters, view.failed),
+        (None, rest.to_vec(), false)
+    );
+    assert_eq!(
+        answer(&propose(&third, shard, b"at the removed node".to_vec())),
+        Err(ProposeError::NotLeader)
+    );
+    for id in rest {
+        assert_eq!(cluster.handle(id).metrics().failed_shards, 0, "node {id}");
+    }
+}
+
+/// A learner that has the leader's whole log but sits in raft-rs' probe state (here: the
+/// transport reported it unreachable) gets no append on an idle shard, since the leader has
+/// nothing new for it, so raft-rs never moves it back to replicating. Its promotion was refused
+/// with `LearnerBehind` until a write reached the shard; matched at the leader's last index, it
+/// is caught up (`mimid_cluster::learner_caught_up`).
+#[test]
+fn a_caught_up_learner_left_in_the_probe_state_of_an_idle_shard_is_promoted() {
+    let mut cluster = TestCluster::start(|config| config.shards = 1);
+    let shard = 0;
+    let acked = cluster.propose_all(&NODES, "before", 5);
+    cluster.wait_converged(&NODES, &acked);
+    cluster.start_joining_node(4);
+    let added = change_on_leader(&cluster, &NODES, shard, MembershipChange::AddLearner(4));
+    assert_eq!(added, membership(&[1, 2, 3], &[4]));
+    let leader = leader_of(&cluster, &NODES, shard);
+    let handle = cluster.handle(leader);
+    // Idle and caught up: every member matched the leader's last index, and the shard sleeps.
+    wait_until("the learner to catch up and the shard to hibernate", || {
+        let status = handle.shard_status(shard).expect("shard");
+        let end = status.progress.get(&leader).copied().unwrap_or(0);
+        status.progress.get(&4) == Some(&end) && status.hibernating
+    });
+
+    let writes = handle.metrics().proposals;
+    handle.report_unreachable(4);
+    // The driver applies unreachable reports at the start of a turn, and may take an admin
+    // request before that in the turn it wakes for: three answered round trips make sure a
+    // turn started after the report (a transfer to the leader itself is answered at once).
+    for _ in 0..3 {
+        assert_eq!(transfer(&handle, shard, leader), Ok(()));
+    }
+    assert_eq!(
+        change(&handle, shard, MembershipChange::Promote(4)),
+        Ok(membership(&[1, 2, 3, 4], &[]))
+    );
+    assert_eq!(
+        handle.metrics().proposals,
+        writes,
+        "a write reached the shard"
+    );
 }

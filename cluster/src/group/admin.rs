@@ -2,12 +2,12 @@
 //! module documents the behaviour).
 
 use raft::eraftpb::{ConfState, Entry, EntryType};
-use raft::{ProgressState, StateRole};
+use raft::StateRole;
 
-use super::{Group, GroupError};
+use super::{send, Group, GroupError, Outbox};
 use crate::membership::{
-    is_member, plan_change, ChangeAnswer, Membership, MembershipChange, MembershipError,
-    ShardStatus, TransferAnswer, TransferError,
+    is_member, step_down_if_removed, ChangeAnswer, Handoff, Membership, MembershipChange,
+    MembershipError, ShardStatus, TransferAnswer, TransferError,
 };
 use crate::metrics::{bump, Metrics};
 use crate::{NodeId, StateMachine};
@@ -35,6 +35,8 @@ pub(super) struct Admin {
     /// A change added a member the latest snapshot does not name: snapshot at the end of the
     /// turn, so the leader can send the new member a snapshot that names it.
     snapshot_due: bool,
+    /// This node led, applied its own removal and stepped down: the voter it tells to campaign.
+    handoff: Option<Handoff>,
 }
 
 impl<S: StateMachine> Group<S> {
@@ -45,33 +47,18 @@ impl<S: StateMachine> Group<S> {
         reply: ChangeAnswer,
         metrics: &Metrics,
     ) -> Result<(), GroupError> {
-        let raft = &self.node.raft;
-        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
-            reply.send(Err(MembershipError::NotLeader));
-            return Ok(());
-        }
-        // raft-rs would turn a second conf change into an empty entry without a word.
-        if self.admin.change.is_some() || raft.has_pending_conf() {
-            reply.send(Err(MembershipError::ChangeInProgress));
-            return Ok(());
-        }
-        let conf_change = match plan_change(self.node.store().conf_state(), change, raft.id) {
+        let planned = change.plan_on_leader(
+            &self.node.raft,
+            self.node.store().conf_state(),
+            self.admin.change.is_some(),
+        );
+        let conf_change = match planned {
             Ok(conf_change) => conf_change,
             Err(refused) => {
                 reply.send(Err(refused));
                 return Ok(());
             }
         };
-        if let MembershipChange::Promote(node) = change {
-            let replicating = raft
-                .prs()
-                .get(node)
-                .is_some_and(|progress| progress.state == ProgressState::Replicate);
-            if !replicating {
-                reply.send(Err(MembershipError::LearnerBehind(node)));
-                return Ok(());
-            }
-        }
         match self.node.propose_conf_change(Vec::new(), conf_change) {
             Ok(()) => {}
             Err(raft::Error::ProposalDropped) => {
@@ -212,13 +199,28 @@ impl<S: StateMachine> Group<S> {
         if conf.voters.iter().chain(&conf.learners).any(unnamed) {
             self.admin.snapshot_due = true;
         }
-        self.step_aside_if_no_voter();
         if !self.is_member() {
             tracing::info!(
                 shard = self.shard,
                 "this node was removed from the shard; its group no longer takes part"
             );
         }
+    }
+
+    /// Right after applying committed entries: a leader that applied its own removal steps
+    /// down before raft-rs is stepped, ticked or advanced again (`step_down_if_removed`; its
+    /// queued messages go out with the turn's), and hands leadership over on its next ticks.
+    pub(super) fn step_down_if_removed(&mut self, outbox: &mut Outbox) {
+        let Some(stepped) = step_down_if_removed(&mut self.node.raft) else {
+            return;
+        };
+        send(self.shard, outbox, stepped.messages);
+        tracing::info!(
+            shard = self.shard,
+            to = stepped.handoff.map(|handoff| handoff.to()),
+            "leader applied its own removal; stepped down and hands leadership over"
+        );
+        self.admin.handoff = stepped.handoff;
     }
 
     /// Whether a snapshot is due because of a membership change; clears the flag.
@@ -258,8 +260,7 @@ impl<S: StateMachine> Group<S> {
         }
     }
 
-    /// Once per tick: transfer retries and deadlines, and a leader that is no voter steps
-    /// aside.
+    /// Once per tick: transfer retries and deadlines, and a stepped-down leader's hand-off.
     ///
     /// raft-rs tells the target to campaign (`MsgTimeoutNow`) once, when it has caught up; a
     /// target that has not applied its own promotion yet ignores it, and the message may be
@@ -305,32 +306,10 @@ impl<S: StateMachine> Group<S> {
                 }
             }
         }
-        self.step_aside_if_no_voter();
-    }
-
-    /// A leader that is not a voter of the applied configuration (it was removed while
-    /// leadership moved to it) hands leadership to the most up-to-date voter; raft-rs would
-    /// otherwise keep it leading a group it is no voter of.
-    fn step_aside_if_no_voter(&mut self) {
-        let raft = &self.node.raft;
-        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
-            return;
-        }
-        let voters = &self.node.store().conf_state().voters;
-        if voters.contains(&raft.id) {
-            return;
-        }
-        let best = voters
-            .iter()
-            .filter_map(|id| raft.prs().get(*id).map(|progress| (progress.matched, *id)))
-            .max();
-        if let Some((_, to)) = best {
-            tracing::info!(
-                shard = self.shard,
-                to,
-                "leader is no voter; transferring leadership"
-            );
-            self.node.transfer_leader(to);
+        if let Some(handoff) = &mut self.admin.handoff {
+            if !handoff.tick(&mut self.node.raft) {
+                self.admin.handoff = None;
+            }
         }
     }
 }
