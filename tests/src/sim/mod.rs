@@ -315,12 +315,13 @@ pub struct Coverage {
     /// Acknowledged entries audited for durability on the voters of the configuration.
     pub durability_audits: u64,
     /// Leaders that applied their own removal (leadership moved to them after the removal was
-    /// proposed) and then panicked in raft-rs 0.7's `maybe_commit`; their group stopped, as
-    /// the cluster driver stops a group that panics, and the others elected anew.
-    pub removed_leader_panics: u64,
-    /// Housekeeping writes the operator proposed so a learner that has everything, left in
-    /// raft-rs' probe state on an idle group, could be promoted.
-    pub housekeeping_writes: u64,
+    /// proposed) and stepped down there, as `cluster::membership::step_down_if_removed` makes
+    /// them (raft-rs 0.7 panicked at their next commit before).
+    pub removed_leaders_stepped_down: u64,
+    /// Promotions proposed for a learner raft-rs held in the probe state, accepted because it
+    /// matched the leader's last index (`cluster::membership::learner_caught_up`; refused
+    /// `LearnerBehind` until a write before).
+    pub probed_learners_promoted: u64,
 }
 
 impl Coverage {
@@ -344,8 +345,8 @@ impl Coverage {
         self.leader_transfers += other.leader_transfers;
         self.removed_replica_redirects += other.removed_replica_redirects;
         self.durability_audits += other.durability_audits;
-        self.removed_leader_panics += other.removed_leader_panics;
-        self.housekeeping_writes += other.housekeeping_writes;
+        self.removed_leaders_stepped_down += other.removed_leaders_stepped_down;
+        self.probed_learners_promoted += other.probed_learners_promoted;
     }
 }
 

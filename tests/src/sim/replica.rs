@@ -16,17 +16,19 @@
 //! on purpose: storage faults and Raft errors stop it and are reported as violations.
 //!
 //! Membership changes follow `cluster::group::admin` (the `membership` module documents them):
-//! [`Replica::change_members`] checks the leader's own state (it leads and transfers nothing, no
-//! change is pending, a promoted learner is replicating), then the product's rules on the
-//! configuration ([`MembershipChange::plan`], the same code `ClusterHandle::change_members`
-//! runs) and proposes one single-change `ConfChangeV2`, answered once its entry applies here
-//! or dropped. Every replica applies the entry at its index, stores the configuration with
-//! the next sync, and snapshots at the end of the turn when a member is missing from its latest
-//! snapshot (so a new member catches up from a snapshot that names it). A leader that is no
-//! voter of its configuration hands leadership over; [`Replica::transfer_leader`] retries and
-//! times out as `ClusterHandle::transfer_leader` does. A replica of a joining node starts with
-//! an empty disk ([`Replica::joining`]) and waits for the leader's snapshot; a replica removed
-//! from the group answers requests `NotLeader` without a hint, as a removed node's group does.
+//! [`Replica::change_members`] checks the change with the product's own code
+//! ([`MembershipChange::plan_on_leader`], which `ClusterHandle::change_members` runs: the
+//! leader leads and transfers nothing, no change is pending, the configuration rules, a
+//! promoted learner has caught up) and proposes one single-change `ConfChangeV2`, answered once
+//! its entry applies here or dropped. Every replica applies the entry at its index, stores the
+//! configuration with the next sync, and snapshots at the end of the turn when a member is
+//! missing from its latest snapshot (so a new member catches up from a snapshot that names it).
+//! A leader that applies its own removal steps down right after applying and hands leadership
+//! over on its next ticks, with the product's code ([`step_down_if_removed`], [`Handoff`]);
+//! [`Replica::transfer_leader`] retries and times out as `ClusterHandle::transfer_leader` does.
+//! A replica of a joining node starts with an empty disk ([`Replica::joining`]) and waits for
+//! the leader's snapshot; a replica removed from the group answers requests `NotLeader` without
+//! a hint, as a removed node's group does.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -39,7 +41,9 @@ use mimid_actors::room::core::RoomView;
 use mimid_actors::room::log::LogItem;
 use mimid_actors::room::state::RoomState;
 use mimid_actors::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
-use mimid_cluster::{MembershipChange, MembershipError, StateMachine, TransferError};
+use mimid_cluster::{
+    step_down_if_removed, Handoff, MembershipChange, MembershipError, StateMachine, TransferError,
+};
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
 };
@@ -96,9 +100,10 @@ pub struct Outbox {
     pub transfers: Vec<(AdminId, Result<(), TransferError>)>,
     /// A proposal was taken while this replica is no voter of its own configuration.
     pub proposed_as_non_voter: bool,
-    /// The failure is a raft-rs panic of a replica that had applied its own removal (raft-rs
-    /// 0.7 `maybe_commit` unwraps the leader's own progress, gone once it removed itself).
-    pub removed_leader_panicked: bool,
+    /// This replica led, applied its own removal and stepped down.
+    pub stepped_down: bool,
+    /// A learner raft-rs held in the probe state was promoted (caught up by its matched index).
+    pub promoted_while_probed: bool,
 }
 
 /// Raft timing and limits of the simulated group.
@@ -132,6 +137,9 @@ struct Running {
     change: Option<(u64, u64, AdminId)>,
     /// The leadership transfer this leader runs.
     transfer: Option<Transfer>,
+    /// This replica led, applied its own removal and stepped down: the voter it tells to
+    /// campaign.
+    handoff: Option<Handoff>,
     /// A member is missing from the latest snapshot: snapshot at the end of the turn.
     snapshot_due: bool,
     /// [`PlantedBug::CountsRemovedVoter`] struck: Raft's tracker differs from the stored
@@ -213,7 +221,7 @@ impl Replica {
     }
 
     /// On a leader that is a voter and transfers nothing: its term, commit index and every
-    /// member's (matched index, replicating normally), as `ShardStatus` reports them.
+    /// member's matched index, as `ShardStatus` reports them.
     pub fn leader_view(&self) -> Option<LeaderView> {
         let running = self.running.as_ref()?;
         let raft = &running.node.raft;
@@ -224,10 +232,7 @@ impl Replica {
         let progress = raft
             .prs()
             .iter()
-            .map(|(id, progress)| {
-                let replicating = progress.state == ProgressState::Replicate;
-                (*id, (progress.matched, replicating))
-            })
+            .map(|(id, progress)| (*id, progress.matched))
             .collect();
         Some(LeaderView {
             term: raft.term,
@@ -308,6 +313,7 @@ impl Replica {
             transfer_ticks: self.settings.election_tick * 2,
             change: None,
             transfer: None,
+            handoff: None,
             snapshot_due: false,
             miscounting: false,
             pending: BTreeMap::new(),
@@ -324,8 +330,7 @@ impl Replica {
     }
 
     /// Runs `f`, turning a raft-rs panic into this replica's failure, as the cluster driver
-    /// does (`catch` in `cluster::driver`: the group stops). `Outbox::removed_leader_panicked`
-    /// tells a replica that had applied its own removal.
+    /// does (`catch` in `cluster::driver`: the group stops); the simulation reports it.
     fn guarded<R>(
         &mut self,
         out: &mut Outbox,
@@ -335,7 +340,6 @@ impl Replica {
         match catch_unwind(AssertUnwindSafe(|| f(self, out))) {
             Ok(result) => result,
             Err(payload) => {
-                out.removed_leader_panicked = self.is_removed();
                 let message = payload
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
@@ -696,6 +700,7 @@ impl Running {
         out.messages.extend(ready.take_messages());
         self.install_snapshot(ready.snapshot(), out)?;
         self.apply_committed(ready.take_committed_entries(), node, trace, now, out)?;
+        self.step_down_if_removed(out);
         let storage = self.node.mut_store();
         storage
             .append(ready.entries())
@@ -731,6 +736,7 @@ impl Running {
         }
         out.messages.extend(light.take_messages());
         self.apply_committed(light.take_committed_entries(), node, trace, now, out)?;
+        self.step_down_if_removed(out);
         self.node.advance_apply();
         self.maybe_snapshot(snapshot_interval)?;
         for input in std::mem::take(&mut self.inbox) {
@@ -768,8 +774,8 @@ impl Running {
         }
     }
 
-    /// One Raft tick, then the transfer's retries and deadline and the step aside of a leader
-    /// that is no voter (`Group::tick`, `admin_tick`).
+    /// One Raft tick, then the transfer's retries and deadline and a stepped-down leader's
+    /// hand-off (`Group::tick`, `admin_tick`).
     fn tick(&mut self, out: &mut Outbox) {
         self.node.tick();
         let retry_every = (self.transfer_ticks / 8).max(1);
@@ -802,39 +808,42 @@ impl Running {
                 }
             }
         }
-        self.step_aside_if_no_voter();
+        if let Some(handoff) = &mut self.handoff {
+            if !handoff.tick(&mut self.node.raft) {
+                self.handoff = None;
+            }
+        }
     }
 
-    /// `Group::change_members`: the leader's own state, then the product's rules.
+    /// `Group::step_down_if_removed`: right after applying, a leader that applied its own
+    /// removal steps down (its queued messages go out now) and hands leadership over.
+    fn step_down_if_removed(&mut self, out: &mut Outbox) {
+        if let Some(stepped) = step_down_if_removed(&mut self.node.raft) {
+            out.messages.extend(stepped.messages);
+            out.stepped_down = true;
+            self.handoff = stepped.handoff;
+        }
+    }
+
+    /// `Group::change_members`: the product's checks on the leader, then the proposal.
     fn change_members(&mut self, id: AdminId, change: MembershipChange, out: &mut Outbox) {
         let raft = &self.node.raft;
-        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
-            out.changes.push((id, Err(MembershipError::NotLeader)));
-            return;
-        }
-        if self.change.is_some() || raft.has_pending_conf() {
-            out.changes
-                .push((id, Err(MembershipError::ChangeInProgress)));
-            return;
-        }
-        let conf_change = match change.plan(self.node.store().conf_state(), raft.id) {
+        let planned =
+            change.plan_on_leader(raft, self.node.store().conf_state(), self.change.is_some());
+        let conf_change = match planned {
             Ok(conf_change) => conf_change,
             Err(refused) => {
                 out.changes.push((id, Err(refused)));
                 return;
             }
         };
-        if let MembershipChange::Promote(node) = change {
-            let replicating = raft
-                .prs()
+        let probed = |node| {
+            raft.prs()
                 .get(node)
-                .is_some_and(|progress| progress.state == ProgressState::Replicate);
-            if !replicating {
-                out.changes
-                    .push((id, Err(MembershipError::LearnerBehind(node))));
-                return;
-            }
-        }
+                .is_some_and(|progress| progress.state == ProgressState::Probe)
+        };
+        let promoted_while_probed =
+            matches!(change, MembershipChange::Promote(node) if probed(node));
         if self
             .node
             .propose_conf_change(Vec::new(), conf_change)
@@ -850,6 +859,7 @@ impl Running {
             return;
         }
         self.change = Some((raft.term, index, id));
+        out.promoted_while_probed |= promoted_while_probed;
     }
 
     /// `Group::transfer_leader`.
@@ -888,26 +898,6 @@ impl Running {
         });
     }
 
-    /// A leader that is no voter of its applied configuration (removed while leadership moved
-    /// to it) hands leadership to the most up-to-date voter (`step_aside_if_no_voter`).
-    fn step_aside_if_no_voter(&mut self) {
-        let raft = &self.node.raft;
-        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
-            return;
-        }
-        let voters = &self.node.store().conf_state().voters;
-        if voters.contains(&raft.id) {
-            return;
-        }
-        let best = voters
-            .iter()
-            .filter_map(|id| raft.prs().get(*id).map(|progress| (progress.matched, *id)))
-            .max();
-        if let Some((_, to)) = best {
-            self.node.transfer_leader(to);
-        }
-    }
-
     /// Applies a committed conf change (`Group::apply_entry`, `on_conf_applied`).
     fn apply_conf_change(&mut self, entry: &Entry, out: &mut Outbox) -> Result<(), String> {
         let change = conf_change::decode(&entry.data)
@@ -940,7 +930,6 @@ impl Running {
         {
             self.snapshot_due = true;
         }
-        self.step_aside_if_no_voter();
         out.configurations.push((entry.index, conf));
         Ok(())
     }
@@ -1337,8 +1326,8 @@ fn simple_change(conf: &ConfState, change: &ConfChangeV2) -> ConfState {
 pub struct LeaderView {
     pub term: u64,
     pub commit: u64,
-    /// Every member's (matched index, replicating normally), this node included.
-    pub progress: BTreeMap<u64, (u64, bool)>,
+    /// Every member's matched index, this node included.
+    pub progress: BTreeMap<u64, u64>,
 }
 
 /// Whether `node` is a voter (in either half) or a learner of `conf` (`membership::is_member`).

@@ -107,8 +107,6 @@ pub struct World<'c> {
     plans: Vec<Plan>,
     admin_requests: BTreeMap<AdminId, AdminRecord>,
     next_admin: AdminId,
-    /// Housekeeping writes the operator proposed (`membership`); their answers are dropped.
-    housekeeping: BTreeSet<RequestId>,
 }
 
 struct Scheduled {
@@ -313,7 +311,6 @@ impl<'c> World<'c> {
             plans,
             admin_requests: BTreeMap::new(),
             next_admin: 1,
-            housekeeping: BTreeSet::new(),
         };
         for node in 0..NODES {
             if world.dormant[node] {
@@ -549,8 +546,6 @@ impl<'c> World<'c> {
                 if matches!(answer, Answer::Applied(ApplyOutput::FanoutDelivered)) {
                     self.coverage.fanout_cursors_recorded += 1;
                 }
-            } else if self.housekeeping.remove(&request) {
-                // Only the write mattered.
             } else {
                 let latency = self.client_latency();
                 self.schedule(latency, Ev::AnswerArrives(request, answer));
@@ -575,24 +570,23 @@ impl<'c> World<'c> {
         if let Some(reason) = out.failure {
             self.failed[node] = true;
             self.incarnations[node] += 1;
-            if out.removed_leader_panicked {
-                // raft-rs 0.7 panics in a leader that applied its own removal (`maybe_commit`
-                // unwraps its own progress); the driver stops that group, as here, and the
-                // others elect anew. Recorded, not a violation: the replica is out anyway.
-                self.coverage.removed_leader_panics += 1;
-                self.trace.record(
-                    self.now,
-                    Event::Fault {
-                        kind: "removed-leader-panicked",
-                        detail: node as u64 + 1,
-                    },
-                );
-            } else {
-                self.checker.violation(
-                    ViolationKind::ReplicaFailed,
-                    format!("replica {} stopped: {reason}", node + 1),
-                );
-            }
+            self.checker.violation(
+                ViolationKind::ReplicaFailed,
+                format!("replica {} stopped: {reason}", node + 1),
+            );
+        }
+        if out.stepped_down {
+            self.coverage.removed_leaders_stepped_down += 1;
+            self.trace.record(
+                self.now,
+                Event::Fault {
+                    kind: "removed-leader-stepped-down",
+                    detail: node as u64 + 1,
+                },
+            );
+        }
+        if out.promoted_while_probed {
+            self.coverage.probed_learners_promoted += 1;
         }
         if out.proposed_as_non_voter {
             self.checker.violation(

@@ -14,12 +14,14 @@
 //!   `MembershipChange::plan`) and answers once the entry applied there, or drops or refuses
 //!   it; the operator has one request in flight and plans again from fresh state after each
 //!   answer (one change at a time);
-//! * a learner is promoted once caught up (replicating, matched within [`CATCH_UP_SLACK`] of
-//!   the commit index); now and then the operator asks early and the leader refuses it
-//!   (`LearnerBehind`), and now and then a request goes twice, as a retrying operator's would
-//!   (refused: `ChangeInProgress`, `AlreadyMember`, ...); a learner that has everything but
-//!   sits in raft-rs' probe state on an idle group gets a housekeeping write, as the product's
-//!   periodic housekeeping would give it, since the leader sends a probed member nothing more;
+//! * a learner is promoted once caught up as placement sees it (matched within
+//!   [`CATCH_UP_SLACK`] of the commit index); the leader's rule has the last word (it refuses
+//!   a learner it neither replicates to normally nor knows to hold its whole log:
+//!   `LearnerBehind`, and the operator asks again later); now and then the operator asks early,
+//!   and now and then a request goes twice, as a retrying operator's would (refused:
+//!   `ChangeInProgress`, `AlreadyMember`, ...). A learner that has everything but sits in
+//!   raft-rs' probe state on an idle group is promoted as it is (`learner_caught_up`; the
+//!   operator used to propose a write for it, found at seed 52437);
 //! * no removal below quorum: a voter is removed only if the voters left still form a quorum
 //!   of the original three; a removed voter that is up is removed once caught up, so it hears
 //!   of its removal;
@@ -39,7 +41,6 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use mimid_actors::command::Command;
 use mimid_cluster::{MembershipChange, MembershipError, TransferError};
 use raft::eraftpb::ConfState;
 use rand::Rng;
@@ -49,7 +50,6 @@ use super::{group_nodes, index_of, tick_ms, Ev, World, PROVIDERS};
 use crate::sim::checker::{survives_minority_loss, ViolationKind};
 use crate::sim::replica::{is_member, AdminId, LeaderView, Outbox};
 use crate::sim::trace::Event;
-use crate::sim::SIM_EPOCH_MS;
 
 /// One step of the operator's plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,8 +74,6 @@ pub(super) struct Plan {
     removed: Option<(u64, u64)>,
     /// The request in flight and when the operator stops waiting for its answer.
     in_flight: Option<(AdminId, u64)>,
-    /// No housekeeping write before this time.
-    next_write: u64,
     done: bool,
 }
 
@@ -100,7 +98,6 @@ impl Plan {
             victim_led: false,
             removed: None,
             in_flight: None,
-            next_write: 0,
             done: false,
         }
     }
@@ -208,7 +205,7 @@ impl World<'_> {
         while let Some(&goal) = self.plans[provider].goals.front() {
             let request = match goal {
                 Goal::AddSpare => self.add_spare(provider, &conf),
-                Goal::PromoteSpare => self.promote_spare(provider, leader, &conf, &view),
+                Goal::PromoteSpare => self.promote_spare(provider, &conf, &view),
                 Goal::RemoveOriginal => self.remove_original(provider, leader, &conf, &view),
             };
             match request {
@@ -230,13 +227,7 @@ impl World<'_> {
         Step::Send(AdminRequest::Change(MembershipChange::AddLearner(spare)))
     }
 
-    fn promote_spare(
-        &mut self,
-        provider: usize,
-        leader: usize,
-        conf: &ConfState,
-        view: &LeaderView,
-    ) -> Step {
+    fn promote_spare(&mut self, provider: usize, conf: &ConfState, view: &LeaderView) -> Step {
         let spare = self.plans[provider].spare as u64 + 1;
         if conf.voters.contains(&spare) {
             self.faults.learners_promoted += 1;
@@ -245,18 +236,11 @@ impl World<'_> {
         if !conf.learners.contains(&spare) {
             return Step::Wait;
         }
-        let (matched, replicating) = view.progress.get(&spare).copied().unwrap_or((0, false));
-        if !replicating && matched >= view.commit && self.now >= self.plans[provider].next_write {
-            // raft-rs can leave a learner that has everything in the probe state (its answer to
-            // the snapshot came while the leader still counted the snapshot as in flight), and
-            // a leader sends nothing more to a probed member that matched its last index: on
-            // an idle group the leader refuses the promotion (`LearnerBehind`) until a write.
-            // The product's housekeeping writes to every shard each `limits.housekeeping_secs`;
-            // the operator here proposes that write itself (found at seed 52437).
-            self.plans[provider].next_write = self.now + HOUSEKEEPING_EVERY_MS;
-            self.propose_housekeeping(leader);
-        }
-        let caught_up = replicating && matched + CATCH_UP_SLACK >= view.commit;
+        // Placement's test (`caught_up` in `node/src/cluster_ops/placement.rs`).
+        let caught_up = view
+            .progress
+            .get(&spare)
+            .is_some_and(|&matched| matched + CATCH_UP_SLACK >= view.commit);
         // An impatient operator: the leader's rule refuses a learner that has not caught up.
         if caught_up || self.rng.gen_range(0..4) == 0 {
             return Step::Send(AdminRequest::Change(MembershipChange::Promote(spare)));
@@ -324,11 +308,7 @@ impl World<'_> {
                 .voters
                 .iter()
                 .filter(|&&voter| voter != id)
-                .filter_map(|voter| {
-                    view.progress
-                        .get(voter)
-                        .map(|(matched, _)| (*matched, *voter))
-                })
+                .filter_map(|voter| view.progress.get(voter).map(|matched| (*matched, *voter)))
                 .max();
             return match target {
                 Some((_, to)) => Step::Send(AdminRequest::Transfer(to)),
@@ -338,7 +318,7 @@ impl World<'_> {
         let caught_up = view
             .progress
             .get(&id)
-            .is_some_and(|&(matched, _)| matched + CATCH_UP_SLACK >= view.commit);
+            .is_some_and(|&matched| matched + CATCH_UP_SLACK >= view.commit);
         if self.replicas[victim].is_up() && !caught_up {
             return Step::Wait;
         }
@@ -564,28 +544,6 @@ impl World<'_> {
         }
     }
 
-    /// Proposes the product's housekeeping (`Command::Housekeeping`; a retention that trims
-    /// nothing) to `node`, as the hub does on every shard it leads; the answer is not awaited.
-    fn propose_housekeeping(&mut self, node: usize) {
-        let request = self.next_request;
-        self.next_request += 1;
-        self.housekeeping.insert(request);
-        self.coverage.housekeeping_writes += 1;
-        let stamp_ms = (SIM_EPOCH_MS + self.now).saturating_add_signed(self.skew_ms[node]);
-        let mut out = Outbox::default();
-        self.replicas[node].on_request(
-            request,
-            Command::Housekeeping {
-                log_retention_ms: u64::MAX,
-            },
-            stamp_ms,
-            &mut self.trace,
-            self.now,
-            &mut out,
-        );
-        self.dispatch(node, out);
-    }
-
     /// Counts a request or read that reached a replica removed from its group.
     pub(super) fn reached_removed(&mut self, node: usize) -> bool {
         let removed = self.replicas[node].is_removed();
@@ -617,5 +575,3 @@ const CATCH_UP_SLACK: u64 = 64;
 const DECOMMISSION_WAIT_MS: u64 = 3_000;
 /// How long the operator waits for an answer before planning again.
 const ADMIN_TIMEOUT_MS: u64 = 5_000;
-/// At most one housekeeping write per group this often, for a learner left in the probe state.
-const HOUSEKEEPING_EVERY_MS: u64 = 1_000;
