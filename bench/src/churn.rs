@@ -21,14 +21,15 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::stream::{self, StreamExt, TryStreamExt};
 use mimid_actors::ids::UserId;
 use mimid_node::client::{Endpoint, MimiClient, UpdateResult};
 use serde::Serialize;
 
 use crate::light::{Connection, LightMember};
 use crate::load::{Availability, Sender};
-use crate::scenario::{add_users, error_kind, Naming, Operation, PhaseSender, RoomSender};
+use crate::scenario::{
+    add_users, error_kind, set_up_each_room, Naming, Operation, PhaseSender, RoomSender,
+};
 use crate::stats::ErrorKind;
 
 /// Users outside each room at the start, to be added.
@@ -316,21 +317,10 @@ pub async fn set_up_churn(
     adds_per_room: u64,
     setup_concurrency: usize,
 ) -> anyhow::Result<Vec<ChurnSender>> {
-    let mut senders: Vec<ChurnSender> = stream::iter(0..u64::from(rooms))
-        .map(|room_idx| async move {
-            tokio::time::timeout(
-                ROOM_SETUP_TIMEOUT,
-                set_up_room(endpoint, naming, room_idx, group_size, mix, adds_per_room),
-            )
-            .await
-            .with_context(|| format!("room {room_idx}: set-up timed out"))?
-            .with_context(|| format!("setting up room {room_idx}"))
-        })
-        .buffer_unordered(setup_concurrency)
-        .try_collect()
-        .await?;
-    senders.sort_by_key(|s| s.sender.idx());
-    Ok(senders)
+    set_up_each_room(rooms, setup_concurrency, ROOM_SETUP_TIMEOUT, |room_idx| {
+        set_up_room(endpoint, naming, room_idx, group_size, mix, adds_per_room)
+    })
+    .await
 }
 
 /// KeyPackages each user of a room publishes: one for every time it may be added. Users

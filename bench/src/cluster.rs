@@ -20,14 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 use mimid_node::client::{Endpoint, Event, MimiClient};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::scenario::{add_users, wait_for_welcome, Naming, Operation, RoomSender};
+use crate::scenario::{
+    add_users, set_up_each_room, wait_for_welcome, Naming, Operation, RoomSender,
+};
 
 /// Time allowed to set up one room (registrations, KeyPackage, the add, the join).
 const ROOM_SETUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -64,21 +66,16 @@ pub async fn set_up_cluster_rooms(
     attached: bool,
 ) -> anyhow::Result<(Vec<RoomSender>, Vec<MimiClient>)> {
     anyhow::ensure!(!nodes.is_empty(), "the cluster has no node");
-    let mut set_up: Vec<(RoomSender, Option<MimiClient>)> = stream::iter(0..u64::from(rooms))
-        .map(|room_idx| async move {
-            let (creator, member, room) = tokio::time::timeout(
-                ROOM_SETUP_TIMEOUT,
-                set_up_room(nodes, naming, room_idx, attached),
-            )
-            .await
-            .with_context(|| format!("room {room_idx}: set-up timed out"))?
-            .with_context(|| format!("setting up room {room_idx}"))?;
-            Ok::<_, anyhow::Error>((RoomSender::new(room_idx, creator, room, operation), member))
-        })
-        .buffer_unordered(setup_concurrency)
-        .try_collect()
-        .await?;
-    set_up.sort_by_key(|(sender, _)| sender.idx());
+    let set_up = set_up_each_room(
+        rooms,
+        setup_concurrency,
+        ROOM_SETUP_TIMEOUT,
+        |room_idx| async move {
+            let (creator, member, room) = set_up_room(nodes, naming, room_idx, attached).await?;
+            Ok((RoomSender::new(room_idx, creator, room, operation), member))
+        },
+    )
+    .await?;
     let mut senders = Vec::with_capacity(set_up.len());
     let mut members = Vec::new();
     for (sender, member) in set_up {

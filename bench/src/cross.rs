@@ -16,13 +16,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 use mimid_node::client::{Endpoint, Event, MimiClient};
 
 use crate::load::{Availability, Sender};
 use crate::scenario::{
-    add_users, error_kind, pregenerate, wait_for_welcome, Naming, Operation, PhaseSender,
-    RoomSender,
+    add_users, error_kind, pregenerate, set_up_each_room, wait_for_welcome, Naming, Operation,
+    PhaseSender, RoomSender,
 };
 use crate::stats::ErrorKind;
 
@@ -146,24 +146,20 @@ pub async fn set_up_pairs(
     setup_concurrency: usize,
     receive_wait: Duration,
 ) -> anyhow::Result<Vec<CrossSender>> {
-    let mut senders: Vec<CrossSender> = stream::iter(0..u64::from(rooms))
-        .map(|room_idx| async move {
-            let (alice, bob) =
-                tokio::time::timeout(PAIR_SETUP_TIMEOUT, set_up_pair(pairs, room_idx, operation))
-                    .await
-                    .with_context(|| format!("room {room_idx}: set-up timed out"))?
-                    .with_context(|| format!("setting up room {room_idx}"))?;
-            Ok::<_, anyhow::Error>(CrossSender {
+    set_up_each_room(
+        rooms,
+        setup_concurrency,
+        PAIR_SETUP_TIMEOUT,
+        |room_idx| async move {
+            let (alice, bob) = set_up_pair(pairs, room_idx, operation).await?;
+            Ok(CrossSender {
                 alice,
                 bob,
                 receive_wait,
             })
-        })
-        .buffer_unordered(setup_concurrency)
-        .try_collect()
-        .await?;
-    senders.sort_by_key(|s| s.alice.idx());
-    Ok(senders)
+        },
+    )
+    .await
 }
 
 async fn set_up_pair(

@@ -62,7 +62,7 @@ use crate::cli::{parse_duration, CommonArgs, LoadModel};
 use crate::load::{run_phase, PhaseConfig, PhaseReport};
 use crate::provider::Provider;
 use crate::run::CLIENT_THREADS_NAME;
-use crate::scenario::{add_users, close_all, Naming, Operation, RoomSender};
+use crate::scenario::{add_users, close_all, set_up_each_room, Naming, Operation, RoomSender};
 use crate::stats::{round_millis, Percentiles, Recorder, Sample};
 use crate::system::{own_cpu_now, CpuSample, CpuUsage, Machine};
 
@@ -448,23 +448,14 @@ fn run_mimid(args: &FloorArgs, size: u32, rooms: u32) -> anyhow::Result<MimidCom
             eprintln!("# commit-floor: setting up {rooms} rooms of {size} members");
         }
         let setup_start = Instant::now();
-        let senders: Vec<RoomSender> = stream::iter(0..u64::from(rooms))
-            .map(|room_idx| {
-                let endpoint = &provider.endpoint;
-                let naming = &naming;
-                async move {
-                    tokio::time::timeout(
-                        ROOM_SETUP_TIMEOUT,
-                        set_up_room(endpoint, naming, room_idx, size),
-                    )
-                    .await
-                    .with_context(|| format!("room {room_idx}: set-up timed out"))?
-                    .with_context(|| format!("setting up room {room_idx}"))
-                }
-            })
-            .buffer_unordered(common.setup_concurrency as usize)
-            .try_collect()
-            .await?;
+        let (endpoint, naming) = (&provider.endpoint, &naming);
+        let senders = set_up_each_room(
+            rooms,
+            common.setup_concurrency as usize,
+            ROOM_SETUP_TIMEOUT,
+            |room_idx| set_up_room(endpoint, naming, room_idx, size),
+        )
+        .await?;
         let setup_s = round_millis(setup_start.elapsed().as_secs_f64());
         let config = PhaseConfig {
             model: load.model(),

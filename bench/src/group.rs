@@ -17,14 +17,14 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 use mimid_node::client::{Endpoint, MimiClient};
 
 use crate::cross::receive_message;
 use crate::load::{Availability, Sender};
 use crate::scenario::{
-    create_and_add, pregenerate, wait_for_welcome, AddedRoom, Naming, Operation, PhaseSender,
-    RoomSender,
+    create_and_add, pregenerate, set_up_each_room, wait_for_welcome, AddedRoom, Naming, Operation,
+    PhaseSender, RoomSender,
 };
 use crate::stats::ErrorKind;
 
@@ -162,18 +162,15 @@ pub async fn set_up_groups(
     receive_wait: Duration,
 ) -> anyhow::Result<Vec<GroupSender>> {
     anyhow::ensure!(members >= 2, "a room needs a sender and a recipient");
-    let mut senders: Vec<GroupSender> = stream::iter(0..u64::from(rooms))
-        .map(|room_idx| async move {
-            let clients = tokio::time::timeout(
-                ROOM_SETUP_TIMEOUT,
-                set_up_group(endpoint, naming, room_idx, members),
-            )
-            .await
-            .with_context(|| format!("room {room_idx}: set-up timed out"))?
-            .with_context(|| format!("setting up room {room_idx}"))?;
+    set_up_each_room(
+        rooms,
+        setup_concurrency,
+        ROOM_SETUP_TIMEOUT,
+        |room_idx| async move {
+            let clients = set_up_group(endpoint, naming, room_idx, members).await?;
             let room = naming.room(room_idx)?;
             let n = u64::from(members);
-            Ok::<_, anyhow::Error>(GroupSender {
+            Ok(GroupSender {
                 idx: room_idx,
                 members: clients
                     .into_iter()
@@ -185,12 +182,9 @@ pub async fn set_up_groups(
                 turn: 0,
                 receive_wait,
             })
-        })
-        .buffer_unordered(setup_concurrency)
-        .try_collect()
-        .await?;
-    senders.sort_by_key(|s| s.idx);
-    Ok(senders)
+        },
+    )
+    .await
 }
 
 /// One room: its members in member order (the creator first), every one with its push stream

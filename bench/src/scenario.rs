@@ -295,22 +295,49 @@ pub async fn set_up_rooms(
     operation: Operation,
     setup_concurrency: usize,
 ) -> anyhow::Result<Vec<RoomSender>> {
-    let mut senders: Vec<RoomSender> = stream::iter(0..u64::from(rooms))
-        .map(|room_idx| async move {
-            let (client, room) = tokio::time::timeout(
-                ROOM_SETUP_TIMEOUT,
-                set_up_room(endpoint, naming, room_idx, members),
-            )
-            .await
-            .with_context(|| format!("room {room_idx}: set-up timed out"))?
-            .with_context(|| format!("setting up room {room_idx}"))?;
-            Ok::<_, anyhow::Error>(RoomSender::new(room_idx, client, room, operation))
+    set_up_each_room(
+        rooms,
+        setup_concurrency,
+        ROOM_SETUP_TIMEOUT,
+        |room_idx| async move {
+            let (client, room) = set_up_room(endpoint, naming, room_idx, members).await?;
+            Ok(RoomSender::new(room_idx, client, room, operation))
+        },
+    )
+    .await
+}
+
+/// Runs `set_up(room)` for the rooms `0..rooms`, `concurrency` at a time, each within
+/// `timeout`, and returns what they made in room order; the first failure (or timeout) fails
+/// it, naming its room.
+///
+/// Cancel safety: not safe; what was set up so far is dropped.
+pub(crate) async fn set_up_each_room<T, F, Fut>(
+    rooms: u32,
+    concurrency: usize,
+    timeout: Duration,
+    set_up: F,
+) -> anyhow::Result<Vec<T>>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut done: Vec<(u64, T)> = stream::iter(0..u64::from(rooms))
+        .map(|room_idx| {
+            let made = tokio::time::timeout(timeout, set_up(room_idx));
+            async move {
+                let made = made
+                    .await
+                    .with_context(|| format!("room {room_idx}: set-up timed out"))?
+                    .with_context(|| format!("setting up room {room_idx}"))?;
+                anyhow::Ok((room_idx, made))
+            }
         })
-        .buffer_unordered(setup_concurrency)
+        .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await?;
-    senders.sort_by_key(|s| s.idx);
-    Ok(senders)
+    done.sort_by_key(|(room_idx, _)| *room_idx);
+    Ok(done.into_iter().map(|(_, made)| made).collect())
 }
 
 async fn set_up_room(
