@@ -17,6 +17,7 @@ use crate::franking::ReceivedFrank;
 use crate::ids::{ClientId, RoomId, UserId};
 use crate::moderation::{AbuseReport, BlockTarget};
 use crate::provider_keys::{ProviderKeys, PROVIDER_KEYS_SHARD_KEY};
+use crate::shard_descriptors::ShardDescriptor;
 
 /// A command with the hub timestamp the leader assigned when proposing it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +182,10 @@ pub enum Command {
     /// that holds keys keeps them (`provider_keys` module docs). Lives in the shard of
     /// `PROVIDER_KEYS_SHARD_KEY`.
     InstallProviderKeys { keys: ProviderKeys },
+    /// Records where a shard lives, as its leader sees it (`shard_descriptors` module docs;
+    /// issue 4 build item 1). Proposed to shard 0, the metadata shard, directly: no shard key.
+    /// Appended after the older variants so older logs decode unchanged.
+    RecordShardDescriptor(ShardDescriptor),
 }
 
 impl Command {
@@ -208,7 +213,7 @@ impl Command {
             | Command::MirrorJoin { room, .. }
             | Command::Ack { room, .. } => room.as_bytes().to_vec(),
             Command::Housekeeping { .. } | Command::SetBlock { .. } => return None,
-            Command::ClusterMeta(_) => return None,
+            Command::ClusterMeta(_) | Command::RecordShardDescriptor(_) => return None,
             Command::InstallProviderKeys { .. } => PROVIDER_KEYS_SHARD_KEY.to_vec(),
         })
     }

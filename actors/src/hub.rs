@@ -32,6 +32,7 @@ use tracing::Instrument;
 use crate::actor::{
     ActorLimits, ActorMetrics, Delivery, Federation, RoomContext, RoomRequest, Router, Streams,
 };
+use crate::cluster_meta::METADATA_SHARD;
 use crate::command::{
     user_shard_key, Command, HandshakeBundle, ReceivedItem, Stamped, SubmitVerdict, Submitter,
     UpdateVerdict,
@@ -43,6 +44,7 @@ use crate::directory::{
 };
 use crate::ids::{ClientId, RoomId, UserId};
 use crate::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
+use crate::shard_descriptors::{Reporter, ShardDescriptor, REPORT_POLL};
 
 mod cluster_meta;
 mod moderation;
@@ -218,10 +220,39 @@ impl Proposer {
         .instrument(span)
     }
 
-    /// One try of `command` on the node the local replica names as `shard`'s leader.
+    /// Whether this node holds a replica of `shard`: a voter or learner of its applied
+    /// configuration (a replica waiting for its first snapshot holds nothing yet).
+    pub(crate) fn holds(&self, shard: ShardId) -> bool {
+        let me = self.cluster.node_id();
+        self.cluster
+            .shard_status(shard)
+            .is_some_and(|status| status.voters.contains(&me) || status.learners.contains(&me))
+    }
+
+    /// The node to send `shard`'s proposals to: the leader the local replica names when this
+    /// node holds one, else the leader shard 0's descriptor of the shard names
+    /// (`shard_descriptors` module docs); `None` while neither knows one.
+    pub(crate) fn route(&self, shard: ShardId) -> Option<NodeId> {
+        if let Some(leader) = self.cluster.leader(shard) {
+            return Some(leader);
+        }
+        if self.holds(shard) {
+            return None;
+        }
+        let me = self.cluster.node_id();
+        self.shards
+            .get(METADATA_SHARD)
+            .read()
+            .shard_descriptors()
+            .get(shard)
+            .map(|descriptor| descriptor.leader)
+            .filter(|&leader| leader != me)
+    }
+
+    /// One try of `command` on the node [`Self::route`] names as `shard`'s leader.
     fn attempt(&self, shard: ShardId, command: &Command) -> Attempt {
         let span = tracing::Span::current();
-        match self.cluster.leader(shard) {
+        match self.route(shard) {
             None => {
                 let error = no_leader(shard);
                 Box::pin(async move { Err(Some(error)) })
@@ -248,11 +279,11 @@ impl Proposer {
                 span.record("bytes", bytes.len());
                 span.record("forwarded_to", leader);
                 let forwarded = router.forward(leader, shard, bytes);
-                let cluster = self.cluster.clone();
+                let proposer = self.clone();
                 Box::pin(async move {
                     // A leader that dies with the request leaves the call waiting for its
-                    // connection; once the local replica names another leader (or none), the
-                    // client hears it at once rather than after the call's timeout.
+                    // connection; once the route names another leader (or none), the client
+                    // hears it at once rather than after the call's timeout.
                     let mut forwarded = std::pin::pin!(forwarded);
                     let mut poll = tokio::time::interval(LEADERSHIP_POLL);
                     loop {
@@ -264,7 +295,7 @@ impl Proposer {
                                 });
                             }
                             _ = poll.tick() => {
-                                if cluster.leader(shard) != Some(leader) {
+                                if proposer.route(shard) != Some(leader) {
                                     return Err(Some(HubError::Unavailable(format!(
                                         "shard {shard}: node {leader} stopped leading it while \
                                          the request was with it; it may have taken effect"
@@ -407,6 +438,49 @@ fn wake_pending_fanout(shards: &Shards, router: &Router, shard: ShardId) {
     }
 }
 
+/// Records in shard 0 where the shards this node leads live, whenever that changed
+/// (`shard_descriptors` module docs, "Who writes them"): every [`REPORT_POLL`], the shards the
+/// [`Reporter`] finds due are proposed one after the other.
+async fn report_descriptors(proposer: Proposer) {
+    let mut reporter = Reporter::default();
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(REPORT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let me = proposer.cluster.node_id();
+        let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due: Vec<ShardDescriptor> = (0..proposer.shards.count())
+            .filter(|&shard| proposer.leads(shard))
+            .filter_map(|shard| {
+                let status = proposer.cluster.shard_status(shard)?;
+                let held = proposer
+                    .shards
+                    .get(METADATA_SHARD)
+                    .read()
+                    .shard_descriptors()
+                    .get(shard)
+                    .cloned();
+                reporter.due(now_ms, me, &status, held.as_ref())
+            })
+            .collect();
+        for descriptor in due {
+            let shard = descriptor.shard;
+            let command = Command::RecordShardDescriptor(descriptor);
+            match proposer.propose_to(METADATA_SHARD, command).await {
+                Ok(ApplyOutput::ShardDescriptor(Ok(_))) => {}
+                // A newer record is held, or this replica has not applied as far as the
+                // previous leader had: the reporter tries again later.
+                Ok(ApplyOutput::ShardDescriptor(Err(refusal))) => {
+                    tracing::debug!(shard, %refusal, "shard descriptor not recorded");
+                }
+                Ok(other) => tracing::warn!(shard, ?other, "unexpected descriptor answer"),
+                Err(e) => tracing::debug!(shard, error = %e, "shard descriptor not recorded"),
+            }
+        }
+    }
+}
+
 fn unexpected(output: ApplyOutput) -> HubError {
     match output {
         ApplyOutput::Rejected(reason) => HubError::Rejected(reason),
@@ -504,6 +578,10 @@ impl Hub {
                 }
             }
         });
+        if config.router.is_some() {
+            // Only a node of a cluster records where its shards live: nobody else asks.
+            arbiters[0].spawn(report_descriptors(proposer.clone()));
+        }
         Ok(Hub {
             proposer,
             shards,

@@ -14,3 +14,4 @@ pub mod policy;
 pub mod provider_keys;
 pub mod room;
 pub mod shard;
+pub mod shard_descriptors;

@@ -30,6 +30,7 @@ use crate::room::core::{RoomRef, RoomView};
 use crate::room::log::ItemBody;
 use crate::room::mirror::MirrorRoom;
 use crate::room::state::RoomState;
+use crate::shard_descriptors::{DescriptorRefusal, ShardDescriptors};
 
 /// What applying one command produced; the proposer receives it. Serialisable because a
 /// proposal forwarded to its shard's leader gets its output back from that node
@@ -78,6 +79,10 @@ pub enum ApplyOutput {
         keys: ProviderKeys,
         installed: bool,
     },
+    /// A shard descriptor was recorded (`Ok(true)`), was held already (`Ok(false)`), or was
+    /// refused (`Command::RecordShardDescriptor`, shard 0 only; `shard_descriptors` module
+    /// docs).
+    ShardDescriptor(Result<bool, DescriptorRefusal>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +114,9 @@ pub struct ShardData {
     /// The provider's secret keys: held in the shard of `PROVIDER_KEYS_SHARD_KEY` once
     /// installed, `None` in every other shard (`provider_keys` module docs).
     provider_keys: Option<ProviderKeys>,
+    /// Where every shard lives, as their leaders recorded it: in shard 0 only
+    /// ([`METADATA_SHARD`], `shard_descriptors` module docs), empty in every other shard.
+    descriptors: ShardDescriptors,
 }
 
 impl ShardData {
@@ -157,6 +165,11 @@ impl ShardData {
         &self.cluster_meta
     }
 
+    /// The shard descriptors (recorded in shard 0 only).
+    pub fn shard_descriptors(&self) -> &ShardDescriptors {
+        &self.descriptors
+    }
+
     /// The provider's secret keys (in the shard of `PROVIDER_KEYS_SHARD_KEY` only, once
     /// installed).
     pub fn provider_keys(&self) -> Option<&ProviderKeys> {
@@ -189,6 +202,10 @@ impl ShardData {
         match stamped.command {
             Command::ClusterMeta(change) => (
                 ApplyOutput::ClusterMeta(self.cluster_meta.apply(change)),
+                None,
+            ),
+            Command::RecordShardDescriptor(descriptor) => (
+                ApplyOutput::ShardDescriptor(self.descriptors.record(descriptor)),
                 None,
             ),
             Command::InstallProviderKeys { keys } => (
@@ -582,11 +599,18 @@ impl StateMachine for ShardMachine {
                 return ApplyOutput::Rejected(format!("undecodable command: {e}"));
             }
         };
-        if self.shard != METADATA_SHARD && matches!(stamped.command, Command::ClusterMeta(_)) {
-            return ApplyOutput::Rejected(format!(
-                "the node registry lives in shard {METADATA_SHARD}, not in shard {}",
-                self.shard
-            ));
+        if self.shard != METADATA_SHARD {
+            let what = match stamped.command {
+                Command::ClusterMeta(_) => Some("the node registry lives"),
+                Command::RecordShardDescriptor(_) => Some("shard descriptors live"),
+                _ => None,
+            };
+            if let Some(what) = what {
+                return ApplyOutput::Rejected(format!(
+                    "{what} in shard {METADATA_SHARD}, not in shard {}",
+                    self.shard
+                ));
+            }
         }
         let (output, changed_room) = self.data.write().apply(stamped);
         if let Some(room) = changed_room {
@@ -613,6 +637,7 @@ impl StateMachine for ShardMachine {
         // snapshot starts with.
         let mut bytes = data.cluster_meta.snapshot_prefix();
         bytes.extend(ProviderKeys::snapshot_prefix(data.provider_keys.as_ref()));
+        bytes.extend(data.descriptors.snapshot_prefix());
         bytes.extend(
             postcard::to_stdvec(&snapshot).expect("serialising a snapshot into memory cannot fail"),
         );
@@ -622,6 +647,7 @@ impl StateMachine for ShardMachine {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         let (cluster_meta, snapshot) = ClusterMeta::split_snapshot(snapshot)?;
         let (provider_keys, snapshot) = ProviderKeys::split_snapshot(snapshot)?;
+        let (descriptors, snapshot) = ShardDescriptors::split_snapshot(snapshot)?;
         let snapshot: ShardSnapshot = match postcard::from_bytes(snapshot) {
             Ok(snapshot) => snapshot,
             Err(e) => match postcard::from_bytes::<ShardSnapshotBeforeModeration>(snapshot) {
@@ -646,6 +672,7 @@ impl StateMachine for ShardMachine {
         };
         data.cluster_meta = cluster_meta;
         data.provider_keys = provider_keys;
+        data.descriptors = descriptors;
         let mirrored: Vec<RoomId> = data.mirrors.keys().cloned().collect();
         for id in &mirrored {
             data.index_members(id);

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use mimid_actors::ids::RoomId;
+use mimid_actors::shard_descriptors::DescriptorRefusal;
 use mimid_node::admin::{admin_call, AdminToken};
 use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::cluster_ops::{
@@ -54,6 +55,19 @@ async fn wait_for_status(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether every shard's descriptor in shard 0 (`ShardEntry::recorded`, as the asked node's
+/// replica holds it) names the leader, voters and learners its leader reported.
+fn descriptors_current(status: &ClusterStatus) -> bool {
+    status.shards.iter().all(|shard| {
+        !shard.lag.is_empty()
+            && shard.recorded.as_ref().is_some_and(|recorded| {
+                Some(recorded.leader) == shard.leader
+                    && recorded.voters == shard.voters
+                    && recorded.learners == shard.learners
+            })
+    })
 }
 
 /// A POST to an admin route with `token`: status and body.
@@ -493,6 +507,7 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
                     .iter()
                     .all(|node| node.live && node.voter_of == 3 && node.learner_of == 1)
                 && s.shards.iter().all(|shard| !shard.lag.is_empty())
+                && descriptors_current(s)
         },
     )
     .await;
@@ -532,8 +547,9 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
     println!("{}", lines.join("\n"));
     assert!(lines[0].contains("node 1: decommissioning"), "{lines:?}");
     assert!(lines[1].contains("holds no replica"), "{lines:?}");
+    // The descriptors in shard 0 follow the membership changes (issue 4 build item 1).
     let after = wait_for_status(&cluster, 1, "node 1 gone from every shard", WAIT, |s| {
-        s.shards.iter().all(|shard| !shard.lag.is_empty())
+        s.shards.iter().all(|shard| !shard.lag.is_empty()) && descriptors_current(s)
     })
     .await;
     println!(
@@ -552,6 +568,8 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
     for shard in &after.shards {
         assert_eq!(shard.voters, [2, 3, 4], "shard {}", shard.shard);
         assert!(shard.learners.is_empty(), "shard {}", shard.shard);
+        let recorded = shard.recorded.as_ref().expect("recorded");
+        assert_eq!(recorded.voters, [2, 3, 4], "shard {}", shard.shard);
     }
     let (code, reason) = readyz(&cluster, 0).await;
     assert_eq!(code, 503);
@@ -605,6 +623,115 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
     assert_eq!(
         cluster.application_messages(1, &room),
         cluster.application_messages(3, &room)
+    );
+    cluster.shutdown().await;
+}
+
+/// Issue 4 build item 1 (CockroachDB's meta ranges): every shard's leader records in shard 0
+/// where its shard lives, and the records follow the leaderships on every node: after a drain
+/// moves a node's leaderships away and after the node leading most shards is killed. A record
+/// older than the held one (a deposed leader's) is refused and changes nothing; the held one
+/// again is taken as already held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_descriptors_follow_elections_and_refuse_stale_records() {
+    let mut cluster = TestCluster::start(3).await;
+    for index in 0..3 {
+        wait_for_status(&cluster, index, "descriptors recorded", WAIT, |s| {
+            descriptors_current(s)
+        })
+        .await;
+    }
+    let (code, body) = post(
+        &cluster.admin(0),
+        &cluster.admin_token(),
+        "/admin/cluster/drain",
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    for index in 0..3 {
+        let seen = wait_for_status(
+            &cluster,
+            index,
+            "node 1's leaderships recorded away",
+            WAIT,
+            |s| {
+                descriptors_current(s)
+                    && s.shards
+                        .iter()
+                        .all(|shard| shard.recorded.as_ref().is_some_and(|r| r.leader != 1))
+            },
+        )
+        .await;
+        let table = render_status(&seen).join("\n");
+        assert!(table.contains("RECORDED"), "{table}");
+    }
+
+    // A stale record: the held one's term minus one, even one that claims to have applied
+    // further, is refused through any node; the held one again changes nothing.
+    let hub = cluster.nodes[2].node().hub().clone();
+    let held = hub
+        .shard_descriptors()
+        .iter()
+        .max_by_key(|descriptor| descriptor.term)
+        .cloned()
+        .expect("recorded");
+    let shard = held.shard;
+    assert!(held.term >= 1, "{held:?}");
+    let mut stale = held.clone();
+    stale.term -= 1;
+    stale.as_of += 1_000;
+    let verdict = hub
+        .record_shard_descriptor(stale)
+        .await
+        .expect("shard 0 answers");
+    assert!(
+        matches!(verdict, Err(DescriptorRefusal::Stale { shard: refused, .. }) if refused == shard),
+        "{verdict:?}"
+    );
+    let again = hub
+        .record_shard_descriptor(held.clone())
+        .await
+        .expect("shard 0 answers");
+    assert_eq!(again, Ok(false));
+    let now = hub
+        .shard_descriptors()
+        .get(shard)
+        .cloned()
+        .expect("recorded");
+    assert!(
+        now.term >= held.term && now.as_of >= held.as_of,
+        "a refused record changed the held one: {held:?} -> {now:?}"
+    );
+
+    // Kill the node leading most shards: the survivors re-elect and record the new leaders.
+    let leads = |status: &ClusterStatus, id: u64| {
+        status
+            .shards
+            .iter()
+            .filter(|shard| shard.leader == Some(id))
+            .count()
+    };
+    let before = status(&cluster, 2).await;
+    let victim = (1..3)
+        .max_by_key(|&index| leads(&before, cluster.nodes[index].id()))
+        .expect("two candidates");
+    let victim_id = cluster.nodes[victim].id();
+    let survivor = if victim == 1 { 2 } else { 1 };
+    cluster.kill(victim).await;
+    let seen = wait_for_status(&cluster, survivor, "the new leaders recorded", WAIT, |s| {
+        descriptors_current(s)
+            && s.shards.iter().all(|shard| {
+                shard
+                    .recorded
+                    .as_ref()
+                    .is_some_and(|r| r.leader != victim_id)
+            })
+    })
+    .await;
+    println!(
+        "after killing node {victim_id}:\n{}",
+        render_status(&seen).join("\n")
     );
     cluster.shutdown().await;
 }

@@ -6,6 +6,7 @@ use super::{unexpected, Hub, HubError};
 use crate::cluster_meta::{ClusterMeta, MetaChange, MetaRefusal, METADATA_SHARD};
 use crate::command::Command;
 use crate::shard::ApplyOutput;
+use crate::shard_descriptors::{DescriptorRefusal, ShardDescriptor, ShardDescriptors};
 
 impl Hub {
     /// Proposes `change` to the node registry and resolves with its apply's verdict:
@@ -44,6 +45,36 @@ impl Hub {
             .get(METADATA_SHARD)
             .read()
             .cluster_meta()
+            .clone()
+    }
+
+    /// Proposes a shard descriptor to shard 0 and resolves with its apply's verdict
+    /// (`shard_descriptors` module docs): `Ok(true)` recorded, `Ok(false)` held already, or
+    /// the refusal (a stale or malformed record, which changed nothing). Each shard's leader
+    /// records its own on its own; this is for tools and tests.
+    ///
+    /// Cancel safety: safe to drop; the record may still be applied.
+    pub async fn record_shard_descriptor(
+        &self,
+        descriptor: ShardDescriptor,
+    ) -> Result<Result<bool, DescriptorRefusal>, HubError> {
+        match self
+            .proposer
+            .propose_to(METADATA_SHARD, Command::RecordShardDescriptor(descriptor))
+            .await?
+        {
+            ApplyOutput::ShardDescriptor(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Where every shard lives as their leaders recorded it in shard 0
+    /// (`shard_descriptors` module docs), as this node's replica of shard 0 holds it.
+    pub fn shard_descriptors(&self) -> ShardDescriptors {
+        self.shards
+            .get(METADATA_SHARD)
+            .read()
+            .shard_descriptors()
             .clone()
     }
 }

@@ -257,8 +257,8 @@ pub fn render_status(status: &ClusterStatus) -> Vec<String> {
         ));
     }
     lines.push(format!(
-        "{:>5}  {:<6} {:>6} {:>9} {:<16} {:<12} {:<6} {}",
-        "SHARD", "LEADER", "TERM", "COMMIT", "VOTERS", "LEARNERS", "ASLEEP", "LAG"
+        "{:>5}  {:<6} {:>6} {:>9} {:<16} {:<12} {:<6} {:<24} {}",
+        "SHARD", "LEADER", "TERM", "COMMIT", "VOTERS", "LEARNERS", "ASLEEP", "RECORDED", "LAG"
     ));
     for shard in &status.shards {
         let lag = if shard.lag.is_empty() {
@@ -271,8 +271,21 @@ pub fn render_status(status: &ClusterStatus) -> Vec<String> {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        // The descriptor in shard 0: leader, then voters / learners.
+        let recorded = shard.recorded.as_ref().map_or("-".to_owned(), |recorded| {
+            format!(
+                "{}:{}/{}",
+                recorded.leader,
+                join(&recorded.voters),
+                if recorded.learners.is_empty() {
+                    "-".to_owned()
+                } else {
+                    join(&recorded.learners)
+                }
+            )
+        });
         lines.push(format!(
-            "{:>5}  {:<6} {:>6} {:>9} {:<16} {:<12} {:<6} {}",
+            "{:>5}  {:<6} {:>6} {:>9} {:<16} {:<12} {:<6} {:<24} {}",
             shard.shard,
             shard
                 .leader
@@ -286,6 +299,7 @@ pub fn render_status(status: &ClusterStatus) -> Vec<String> {
                 join(&shard.learners)
             },
             if shard.hibernating { "yes" } else { "no" },
+            recorded,
             lag
         ));
     }

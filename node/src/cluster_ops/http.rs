@@ -40,6 +40,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use mimid_actors::cluster_meta::{Locality, MetaChange, MetaRefusal, NodeState};
 use mimid_actors::hub::HubError;
+use mimid_actors::shard_descriptors::ShardDescriptor;
 use mimid_cluster::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +119,34 @@ pub struct ShardEntry {
     /// write, a message or an unreachable leader wakes it).
     #[serde(default)]
     pub hibernating: bool,
+    /// Where the shard lives as its leader recorded it in shard 0 (the shard descriptor,
+    /// `mimid_actors::shard_descriptors`), as the answering node's replica of shard 0 holds
+    /// it; `None` before the first record.
+    #[serde(default)]
+    pub recorded: Option<RecordedPlacement>,
+}
+
+/// A shard's descriptor in [`ShardEntry::recorded`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedPlacement {
+    pub leader: NodeId,
+    pub term: u64,
+    /// The index the leader had applied when it recorded it.
+    pub as_of: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+impl From<&ShardDescriptor> for RecordedPlacement {
+    fn from(descriptor: &ShardDescriptor) -> Self {
+        RecordedPlacement {
+            leader: descriptor.leader,
+            term: descriptor.term,
+            as_of: descriptor.as_of,
+            voters: descriptor.voters.clone(),
+            learners: descriptor.learners.clone(),
+        }
+    }
 }
 
 impl ShardEntry {
@@ -135,6 +164,7 @@ impl ShardEntry {
             lag,
             reported_by,
             hibernating: false,
+            recorded: None,
         }
     }
 }
@@ -206,6 +236,10 @@ impl ClusterOps {
         let leaders = leader_reports(&reports, shard_count);
         let own = &reports[&self.node_id];
         let asleep = self.cluster.status();
+        let descriptors = self
+            .hub()
+            .map(|hub| hub.shard_descriptors())
+            .unwrap_or_default();
         let shards: Vec<ShardEntry> = own
             .shards
             .iter()
@@ -229,6 +263,7 @@ impl ClusterOps {
                 entry.hibernating = asleep
                     .iter()
                     .any(|status| status.shard == entry.shard && status.hibernating);
+                entry.recorded = descriptors.get(entry.shard).map(RecordedPlacement::from);
                 entry
             })
             .collect();

@@ -47,8 +47,8 @@ mod rpc;
 pub use bootstrap::{Bootstrap, InitAnswer, Role, INIT_PATH};
 pub use cli::{render_status, run_init, run_node_command, NodeCommand};
 pub use http::{
-    routes, AddNodeRequest, ClusterStatus, DrainAnswer, NodeAnswer, NodeEntry, ShardEntry,
-    ADD_NODE_PATH, DRAIN_PATH, STATUS_PATH, UNDRAIN_PATH,
+    routes, AddNodeRequest, ClusterStatus, DrainAnswer, NodeAnswer, NodeEntry, RecordedPlacement,
+    ShardEntry, ADD_NODE_PATH, DRAIN_PATH, STATUS_PATH, UNDRAIN_PATH,
 };
 pub use rpc::{NodeReport, OpsRpc, ShardReport};
 

@@ -1355,6 +1355,7 @@ pub fn outcome_name(output: &ApplyOutput) -> &'static str {
         ApplyOutput::Rejected(_) => "rejected",
         ApplyOutput::ClusterMeta(_) => "cluster-meta",
         ApplyOutput::ProviderKeys { .. } => "provider-keys",
+        ApplyOutput::ShardDescriptor(_) => "shard-descriptor",
         ApplyOutput::Registered(_)
         | ApplyOutput::Published(_)
         | ApplyOutput::Claimed(_)
