@@ -179,6 +179,13 @@ pub struct ClusterSettings {
     /// first leader of shard 0 of a new cluster; the registry's value holds after that. 1 to
     /// 15. A node without `cluster.listen` (`mimid dev`) runs alone: one replica. Default 3.
     pub replication_factor: u32,
+    /// Which nodes hold a shard (ARCHITECTURE.md "Cluster", issue 4 build item 1): `"r"`, its
+    /// `replication_factor` voters only (a learner only on its way to vote), so storage per
+    /// node shrinks as nodes are added and a node serves the shards it lacks through other
+    /// nodes; or `"all"`, every Active node (the others as learners). Shard 0, the metadata
+    /// shard, is on every node either way. Read by the node leading shard 0 (placement) and by
+    /// each node (readiness): set it the same on every node. Default `"all"`.
+    pub replicas: Replicas,
     /// The region shard leaderships should be in (a `region` value of the nodes' `locality`):
     /// the placement driver hands each shard that has a voter there to such a voter, so reads
     /// and writes that region's clients make are served without a cross-region round trip to
@@ -228,6 +235,18 @@ pub struct ClusterSettings {
     /// TLS material of the node-to-node transport (`[cluster.tls]`), required when
     /// `cluster.listen` is set.
     pub tls: ClusterTlsSettings,
+}
+
+/// `cluster.replicas`: which nodes hold a shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Replicas {
+    /// The shard's voters only (`"r"`).
+    #[serde(rename = "r")]
+    R,
+    /// Every Active node (`"all"`).
+    #[default]
+    #[serde(rename = "all")]
+    All,
 }
 
 /// Paths to PEM files for the node-to-node transport's mutual TLS (`[cluster.tls]`): a node
@@ -642,6 +661,7 @@ impl Default for ClusterSettings {
             peers: BTreeMap::new(),
             voters: Vec::new(),
             replication_factor: 3,
+            replicas: Replicas::default(),
             leader_region: None,
             join_existing: false,
             join: Vec::new(),

@@ -240,6 +240,8 @@ impl ClusterOps {
             residency: BTreeMap::new(),
             leader_region: self.settings.leader_region.clone(),
             busy,
+            partial: self.settings.partial,
+            everywhere: BTreeSet::from([METADATA_SHARD]),
         }
     }
 

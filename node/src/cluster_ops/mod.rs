@@ -101,6 +101,9 @@ pub struct OpsSettings {
     pub locality: Locality,
     /// `cluster.leader_region`: the placement driver moves leaderships there.
     pub leader_region: Option<String>,
+    /// `cluster.replicas = "r"`: the placement driver keeps each shard on its voters only
+    /// (shard 0 stays on every node).
+    pub partial: bool,
 }
 
 impl OpsSettings {
@@ -119,6 +122,7 @@ impl OpsSettings {
             register: false,
             locality: config.locality(),
             leader_region: cluster.leader_region.clone(),
+            partial: cluster.replicas == crate::config::Replicas::R,
         }
     }
 

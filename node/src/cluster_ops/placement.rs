@@ -10,10 +10,10 @@
 //! - `target = min(R, eligible nodes)` **voters**, all on eligible nodes (R is the registry's
 //!   replication factor). A constrained shard whose regions have no Active node keeps what it
 //!   has (its voters cannot be removed for nothing) and counts as pending;
-//! - every other eligible node a **learner**: the node serves every shard's reads and push
-//!   streams from its own replica (every node applies every shard it may hold), so a node
-//!   without a replica of a shard could not serve its clients' rooms there. Learners receive
-//!   the log without voting, so commits wait for R nodes however many there are;
+//! - with `cluster.replicas = "all"`, every other eligible node a **learner**: learners
+//!   receive the log without voting, so commits wait for R nodes however many there are;
+//!   with `"r"` ([`View::partial`], "Replicas on R nodes" below) no other member at all,
+//!   except in the shards held everywhere ([`View::everywhere`]: the metadata shard);
 //! - nothing on Decommissioning or Decommissioned nodes, on nodes the registry does not name,
 //!   or outside a shard's regions ("leaving" members);
 //! - voters **spread over localities** (issue 9): a node's locality is ordered tiers
@@ -53,6 +53,14 @@
 //!    the chain first). Only leaderships of shards that are not [`View::busy`] move: a
 //!    transfer costs the requests in flight on the old leader a 503, so balance waits for a
 //!    quiet moment of each shard.
+//!
+//! **Replicas on R nodes** (`cluster.replicas = "r"`, issue 4 build item 1): learners are only
+//! on their way to vote. Rule 3 adds one only to a shard short of voters with no live learner
+//! on its way (on the node adding the most spread, then not draining, then the least loaded);
+//! rule 6 adds one on the node a swap would widen the spread with, and rule 7 on the less
+//! loaded node of a swap (one shard at a time), then promotes it once caught up, and rule 4
+//! removes the voter it replaces, which is then gone from the shard; and
+//! 10. once every shard is shaped, a learner that neither rule 6 nor rule 7 wants is removed.
 //!
 //! A step needs a caught-up target (its matched index within [`CATCH_UP_SLACK`] entries of the
 //! leader's commit) to promote it or to make it the leader, and a removed node that is up is
@@ -101,6 +109,11 @@ pub(crate) struct View {
     /// leaderships, since a transfer answers the requests in flight on the old leader 503
     /// ("may have taken effect"). Removals (rules 2 and 4) transfer regardless.
     pub busy: BTreeSet<ShardId>,
+    /// `cluster.replicas = "r"`: shards live on their voters only (module docs, "Replicas on
+    /// R nodes"); `false` (`"all"`): every eligible node holds every shard.
+    pub partial: bool,
+    /// Shards every eligible node holds even when `partial` (the metadata shard).
+    pub everywhere: BTreeSet<ShardId>,
 }
 
 /// One shard as its leader sees it.
@@ -188,6 +201,15 @@ pub(crate) fn plan(view: &View) -> Plan {
                 .find_map(|shard| rule(view, shard, &loads))
         })
         .or(rebalanced)
+        .or_else(|| {
+            settled
+                .then(|| {
+                    view.shards
+                        .values()
+                        .find_map(|shard| remove_spare_learner(view, shard, &loads))
+                })
+                .flatten()
+        })
         .or_else(|| mark_decommissioned(view))
         .or_else(|| settled.then(|| move_leadership(view)).flatten());
     let mut pending = view.pending();
@@ -230,6 +252,11 @@ impl View {
                 self.region(node)
                     .is_some_and(|region| regions.contains(region))
             })
+    }
+
+    /// Whether every eligible node holds `shard` (not `partial`, or a shard held everywhere).
+    fn full(&self, shard: ShardId) -> bool {
+        !self.partial || self.everywhere.contains(&shard)
     }
 
     fn eligible_nodes(&self, shard: ShardId) -> impl Iterator<Item = NodeId> + '_ {
@@ -296,10 +323,11 @@ impl View {
         target == 0
             || (shard.members().all(|node| self.eligible(shard.shard, node))
                 && shard.voters.len() == target
-                && self
-                    .eligible_nodes(shard.shard)
-                    .filter(|&node| self.is_live(node))
-                    .all(|node| shard.is_member(node)))
+                && (!self.full(shard.shard)
+                    || self
+                        .eligible_nodes(shard.shard)
+                        .filter(|&node| self.is_live(node))
+                        .all(|node| shard.is_member(node))))
     }
 
     /// Every shard reported and is as rules 1 to 5 want it.
@@ -412,10 +440,20 @@ impl View {
         for shard in self.shards.values() {
             let target = self.target(shard.shard);
             let eligible_voters = shard.eligible_voters(self).count();
-            let missing = self
-                .eligible_nodes(shard.shard)
-                .filter(|&node| !shard.is_member(node))
-                .count();
+            let missing = if self.full(shard.shard) {
+                self.eligible_nodes(shard.shard)
+                    .filter(|&node| !shard.is_member(node))
+                    .count()
+            } else if eligible_voters >= target {
+                // Learners are transient: each one left is a step to take.
+                shard
+                    .learners
+                    .iter()
+                    .filter(|&&node| self.eligible(shard.shard, node))
+                    .count()
+            } else {
+                0
+            };
             let leaving = shard
                 .members()
                 .filter(|&node| !self.eligible(shard.shard, node))
@@ -556,8 +594,36 @@ fn move_off_leaving_voter(view: &View, shard: &ShardView, _: &Loads) -> Option<S
     view.removal(shard, leaving)
 }
 
-/// Rule 3.
-fn add_missing_learner(view: &View, shard: &ShardView, _: &Loads) -> Option<Step> {
+/// Rule 3. With `partial`, only a shard short of voters gets a learner (to promote), and
+/// only while no live learner of it is on its way: on the node that adds the most spread,
+/// then one that does not drain, then the least loaded.
+fn add_missing_learner(view: &View, shard: &ShardView, loads: &Loads) -> Option<Step> {
+    if !view.full(shard.shard) {
+        let on_the_way = shard
+            .learners
+            .iter()
+            .filter(|&&node| view.eligible(shard.shard, node) && view.is_live(node))
+            .count();
+        if shard.eligible_voters(view).count() + on_the_way >= view.target(shard.shard) {
+            return None;
+        }
+        let voters: Vec<NodeId> = shard.eligible_voters(view).collect();
+        let node = view
+            .eligible_nodes(shard.shard)
+            .filter(|&node| view.is_live(node) && !shard.is_member(node))
+            .min_by_key(|&node| {
+                (
+                    std::cmp::Reverse(view.spread(voters.iter().copied().chain([node]))),
+                    view.draining.contains(&node),
+                    loads.get(&node).copied().unwrap_or(0),
+                    node,
+                )
+            })?;
+        return Some(Step::AddLearner {
+            shard: shard.shard,
+            node,
+        });
+    }
     let node = view
         .eligible_nodes(shard.shard)
         .find(|&node| view.is_live(node) && !shard.is_member(node))?;
@@ -615,6 +681,9 @@ fn widen_spread(view: &View, shard: &ShardView, loads: &Loads) -> Option<Step> {
     {
         return None;
     }
+    if !view.full(shard.shard) {
+        return widen_spread_partial(view, shard, loads);
+    }
     let candidates = shard.learners.iter().copied().filter(|&node| {
         view.eligible(shard.shard, node) && view.is_live(node) && shard.is_caught_up(node)
     });
@@ -637,6 +706,103 @@ fn widen_spread(view: &View, shard: &ShardView, loads: &Loads) -> Option<Step> {
     })
 }
 
+/// Rule 6 with `partial`: the widest swap over the live eligible learners and non-members;
+/// promote a caught-up learner that reaches it, wait for one on its way, or add the best
+/// non-member as a learner.
+fn widen_spread_partial(view: &View, shard: &ShardView, loads: &Loads) -> Option<Step> {
+    let candidates: Vec<NodeId> = view
+        .eligible_nodes(shard.shard)
+        .filter(|&node| view.is_live(node) && !shard.voters.contains(&node))
+        .collect();
+    let (best, _) = view.widening(shard, candidates.iter().copied())?;
+    let reaching: Vec<NodeId> = candidates
+        .into_iter()
+        .filter(|&node| {
+            view.widening(shard, std::iter::once(node))
+                .is_some_and(|(spread, _)| spread == best)
+        })
+        .collect();
+    let pick = |nodes: &mut dyn Iterator<Item = NodeId>| {
+        nodes.min_by_key(|&node| {
+            (
+                view.draining.contains(&node),
+                loads.get(&node).copied().unwrap_or(0),
+                node,
+            )
+        })
+    };
+    let learners = reaching
+        .iter()
+        .copied()
+        .filter(|&n| shard.learners.contains(&n));
+    if let Some(node) = pick(&mut learners.clone().filter(|&n| shard.is_caught_up(n))) {
+        return Some(Step::Promote {
+            shard: shard.shard,
+            node,
+        });
+    }
+    if learners.clone().next().is_some() {
+        return None;
+    }
+    let node = pick(&mut reaching.iter().copied())?;
+    Some(Step::AddLearner {
+        shard: shard.shard,
+        node,
+    })
+}
+
+/// Whether rule 7 would swap voter `from` of `shard` for node `to` (a learner there, or with
+/// `partial` a non-member): `from` holds at least two voters more than `to`, `to` may hold
+/// the shard, the swap keeps the shard's spread, and rule 4 would then remove a voter at least
+/// as loaded as `from` was above `to`.
+fn rebalance_swap(view: &View, loads: &Loads, shard: &ShardView, from: NodeId, to: NodeId) -> bool {
+    let from_load = loads.get(&from).copied().unwrap_or(0);
+    let to_load = loads.get(&to).copied().unwrap_or(0);
+    if from_load < to_load + 2
+        || !shard.voters.contains(&from)
+        || shard.voters.contains(&to)
+        || !view.eligible(shard.shard, to)
+        || !view.is_live(to)
+        || view.draining.contains(&to)
+    {
+        return false;
+    }
+    let before = view.spread(shard.voters.iter().copied());
+    let rest = shard.voters.iter().copied().filter(|&v| v != from);
+    if view.spread(rest.chain([to])) < before {
+        return false;
+    }
+    let mut grown = shard.voters.clone();
+    grown.push(to);
+    let mut after = loads.clone();
+    *after.entry(to).or_default() += 1;
+    let victim = view.excess_victim(shard, &grown, &after);
+    victim != to && loads.get(&victim).copied().unwrap_or(0) >= to_load + 2
+}
+
+/// Rule 10, with `partial` once every shard is shaped: a learner that no promotion wants
+/// (rule 6 would not widen with it, rule 7 would not swap it in) is removed: learners are
+/// only on their way to vote.
+fn remove_spare_learner(view: &View, shard: &ShardView, loads: &Loads) -> Option<Step> {
+    if view.full(shard.shard) || shard.eligible_voters(view).count() < view.target(shard.shard) {
+        return None;
+    }
+    let node = shard.learners.iter().copied().find(|&node| {
+        let widens = view.is_live(node)
+            && view.eligible(shard.shard, node)
+            && view.widening(shard, std::iter::once(node)).is_some();
+        let swaps = shard
+            .voters
+            .iter()
+            .any(|&from| rebalance_swap(view, loads, shard, from, node));
+        !widens && !swaps
+    })?;
+    Some(Step::Remove {
+        shard: shard.shard,
+        node,
+    })
+}
+
 /// Rule 7: promote a less loaded node's learner where a node holding two voters more votes,
 /// if the swap keeps the shard's spread and rule 4 will then remove a voter that loaded.
 fn rebalance(view: &View, loads: &Loads) -> Option<Step> {
@@ -651,6 +817,32 @@ fn rebalance(view: &View, loads: &Loads) -> Option<Step> {
         for &(to, to_load) in &receivers {
             if from_load < to_load + 2 {
                 break;
+            }
+            if view.partial {
+                // A learner swapped in is added for it (one shard at a time), caught up, then
+                // promoted.
+                let swaps: Vec<&ShardView> = view
+                    .shards
+                    .values()
+                    .filter(|shard| !view.full(shard.shard))
+                    .filter(|shard| rebalance_swap(view, loads, shard, from, to))
+                    .collect();
+                if let Some(shard) = swaps.iter().find(|shard| shard.learners.contains(&to)) {
+                    return shard.is_caught_up(to).then_some(Step::Promote {
+                        shard: shard.shard,
+                        node: to,
+                    });
+                }
+                let fresh = swaps
+                    .iter()
+                    .filter(|shard| !shard.is_member(to))
+                    .min_by_key(|shard| (shard.leader == from, shard.shard));
+                if let Some(shard) = fresh {
+                    return Some(Step::AddLearner {
+                        shard: shard.shard,
+                        node: to,
+                    });
+                }
             }
             let step = view
                 .shards
@@ -915,6 +1107,93 @@ mod tests {
             }
         );
         assert!(settle(&mut v).is_empty());
+    }
+
+    /// `cluster.replicas = "r"` (issue 4 build item 1): a fourth node joins shard 0 as a
+    /// learner (it stays on every node) and takes its share of the other shards' voters by
+    /// learners added one at a time, caught up, promoted, and the replaced voter removed; no
+    /// learner is left, each node holds 3 of the 8 shards' replicas plus shard 0, and no shard
+    /// ever has fewer than three voters.
+    #[test]
+    fn with_replicas_r_a_new_node_takes_its_share_of_shards_and_no_learner_stays() {
+        let shards: Vec<(NodeId, &[NodeId], &[NodeId])> = (0..9)
+            .map(|shard| ((shard % 3 + 1) as NodeId, &[1, 2, 3][..], &[][..]))
+            .collect();
+        let mut v = view(&active(&[1, 2, 3, 4]), 3, &shards);
+        v.partial = true;
+        v.everywhere = BTreeSet::from([0]);
+        let first = plan(&v);
+        assert_eq!(first.next, Some(Step::AddLearner { shard: 0, node: 4 }));
+        assert_eq!(
+            first.pending,
+            1 + 6,
+            "shard 0's learner, 6 voters above the share"
+        );
+        let steps = settle(&mut v);
+        let mut loads: Vec<usize> = voters_per_node(&v).into_values().collect();
+        loads.sort_unstable();
+        assert_eq!(loads, [6, 7, 7, 7], "27 voters spread evenly");
+        assert_eq!(v.shards[&0].members().count(), 4, "shard 0 is everywhere");
+        for shard in v.shards.values().filter(|shard| shard.shard != 0) {
+            assert_eq!(shard.voters.len(), 3, "shard {}", shard.shard);
+            assert!(shard.learners.is_empty(), "shard {}", shard.shard);
+        }
+        let held = |node: NodeId| v.shards.values().filter(|s| s.is_member(node)).count();
+        assert!(
+            (1..=4).all(|node| (6..=7).contains(&held(node))),
+            "each node holds 6 or 7 of the 9 shards"
+        );
+        assert!(steps
+            .iter()
+            .all(|step| !matches!(step, Step::AddLearner { node, .. } if *node != 4)));
+        assert_eq!(plan(&v).pending, 0);
+
+        // Decommissioning node 1 moves its voters to learners added for them; node 1 ends
+        // with nothing and no learner stays.
+        v.nodes.insert(1, NodeState::Decommissioning);
+        settle(&mut v);
+        assert_eq!(v.nodes[&1], NodeState::Decommissioned);
+        for shard in v.shards.values() {
+            assert!(!shard.is_member(1), "shard {}", shard.shard);
+            assert_eq!(shard.voters.len(), 3, "shard {}", shard.shard);
+            assert!(shard.learners.is_empty(), "shard {}", shard.shard);
+        }
+    }
+
+    /// With `cluster.replicas = "r"`, a learner nobody wants (left over from a change of
+    /// plan) is removed, and one on its way to replace a voter is kept while it catches up,
+    /// with no second one added meanwhile.
+    #[test]
+    fn with_replicas_r_spare_learners_go_and_wanted_ones_stay() {
+        let shards: Vec<(NodeId, &[NodeId], &[NodeId])> = vec![
+            (1, &[1, 2, 3][..], &[4][..]),
+            (2, &[1, 2, 4][..], &[3][..]),
+            (3, &[1, 3, 4][..], &[][..]),
+            (4, &[2, 3, 4][..], &[][..]),
+        ];
+        let mut v = view(&active(&[1, 2, 3, 4]), 3, &shards);
+        v.partial = true;
+        v.everywhere = BTreeSet::from([0]);
+        // Every node votes in three shards; shard 1 does not need node 3: its learner goes,
+        // shard 0's stays (shard 0 is on every node).
+        let plan_now = plan(&v);
+        assert_eq!(plan_now.next, Some(Step::Remove { shard: 1, node: 3 }));
+        assert_eq!(plan_now.pending, 1);
+        // Node 2 leaves: shard 1's learner on node 3 replaces it; while it catches up it is
+        // neither removed nor joined by another learner.
+        v.nodes.insert(2, NodeState::Decommissioning);
+        v.shards.get_mut(&1).unwrap().progress.insert(3, 0);
+        let loads = v.loads();
+        let shard = v.shards[&1].clone();
+        assert_eq!(remove_spare_learner(&v, &shard, &loads), None);
+        assert_eq!(add_missing_learner(&v, &shard, &loads), None);
+        assert_eq!(promote_for_missing_voter(&v, &shard, &loads), None);
+        v.shards.get_mut(&1).unwrap().progress.insert(3, COMMIT);
+        let shard = v.shards[&1].clone();
+        assert_eq!(
+            promote_for_missing_voter(&v, &shard, &loads),
+            Some(Step::Promote { shard: 1, node: 3 })
+        );
     }
 
     /// Issue 4: a fourth node becomes a learner of every shard, then takes its share of voters
