@@ -52,6 +52,10 @@ const FANOUT_RECORD_DELAY: Duration = Duration::from_millis(50);
 pub struct Delivery {
     pub room: RoomId,
     pub item: LogItem,
+    /// The Frank to deliver with the item when the node that produced the delivery computed
+    /// it already (a delivery relayed from a node holding the room's shard, which this node
+    /// does not); `None`: the stream computes it from the local replica, if any.
+    pub frank: Option<Vec<u8>>,
 }
 
 /// Counters of the actor layer that the node exports as metrics.
@@ -163,7 +167,7 @@ impl Streams {
     }
 
     /// The open stream of `client`; a stream whose receiver is gone is forgotten here.
-    fn sender(&self, client: &ClientId) -> Option<(u64, mpsc::Sender<Delivery>)> {
+    pub(crate) fn sender(&self, client: &ClientId) -> Option<(u64, mpsc::Sender<Delivery>)> {
         let mut open = self.open.lock();
         match open.get(client) {
             Some((_, tx)) if tx.is_closed() => {
@@ -180,6 +184,12 @@ impl Streams {
         if open.get(client).is_some_and(|(g, _)| *g == generation) {
             open.remove(client);
         }
+    }
+
+    /// Whether `client`'s stream of this generation is still the open one.
+    pub fn is_open(&self, client: &ClientId, generation: u64) -> bool {
+        self.sender(client)
+            .is_some_and(|(open, _)| open == generation)
     }
 
     pub fn is_connected(&self, client: &ClientId) -> bool {
@@ -383,6 +393,7 @@ impl RoomActor {
                 let delivery = Delivery {
                     room: self.room.clone(),
                     item,
+                    frank: None,
                 };
                 match tx.try_send(delivery) {
                     Ok(()) => {}

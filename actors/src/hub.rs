@@ -4,7 +4,8 @@
 //! is answered with the verdict of the apply, i.e. only once the entry is durable on the shard's
 //! quorum and applied (DESIGN.md §2). Room-scoped requests go through the room's actor
 //! (`actor::Router`); directory requests go straight to their shard. Reads (authentication,
-//! room existence) use the local shard data.
+//! room existence, the directory) use the local shard data of the shards this node holds, and
+//! ask a node that holds the shard otherwise ([`remote`]; push streams too).
 //!
 //! In a cluster (ARCHITECTURE.md "Cluster"), only a shard's leader takes proposals: the
 //! [`Proposer`] proposes locally on the leader and otherwise hands the unstamped command to the
@@ -49,6 +50,7 @@ use crate::shard_descriptors::{Reporter, ShardDescriptor, REPORT_POLL};
 mod cluster_meta;
 mod moderation;
 mod provider_keys;
+pub mod remote;
 
 /// Milliseconds since the UNIX epoch. Injected so tests and the simulator control time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -127,7 +129,19 @@ pub trait ProposalRouter: Send + Sync + 'static {
     /// the router can carry that span's trace context to the leader, whose handling of it
     /// ([`Hub::propose_forwarded`] in a span with that remote parent) continues the trace.
     fn forward(&self, leader: NodeId, shard: ShardId, command: Vec<u8>) -> Forwarding;
+
+    /// Sends `read` (a postcard-encoded [`remote::RemoteRead`]) of `shard`, which this node
+    /// does not hold, to node `node`, which answers with [`Hub::serve_read`].
+    fn read(&self, node: NodeId, shard: ShardId, read: Vec<u8>) -> ReadForwarding;
+
+    /// Sends `request` (a postcard-encoded [`remote::PullRequest`]) for `shard` to node
+    /// `node`, which answers with [`Hub::pull`] (postcard [`remote::Pulled`], Franks filled
+    /// in).
+    fn pull(&self, node: NodeId, shard: ShardId, request: Vec<u8>) -> ReadForwarding;
 }
+
+/// A future of a remote read's answer (postcard bytes).
+pub type ReadForwarding = Pin<Box<dyn Future<Output = Result<Vec<u8>, HubError>> + Send>>;
 
 /// Why a forwarded proposal has no apply output.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -223,10 +237,24 @@ impl Proposer {
     /// Whether this node holds a replica of `shard`: a voter or learner of its applied
     /// configuration (a replica waiting for its first snapshot holds nothing yet).
     pub(crate) fn holds(&self, shard: ShardId) -> bool {
+        if self.router.is_none() {
+            // A node alone holds every shard.
+            return true;
+        }
         let me = self.cluster.node_id();
-        self.cluster
-            .shard_status(shard)
-            .is_some_and(|status| status.voters.contains(&me) || status.learners.contains(&me))
+        let Some(status) = self.cluster.shard_status(shard) else {
+            return false;
+        };
+        if !status.voters.contains(&me) && !status.learners.contains(&me) {
+            return false;
+        }
+        // A replica removed while it was not hearing from the leader still counts itself a
+        // member (the cluster crate's "Removing a node"); shard 0's descriptor, recorded by
+        // the shard's leader at a later index without this node, says otherwise.
+        let data = self.shards.get(METADATA_SHARD).read();
+        data.shard_descriptors()
+            .get(shard)
+            .is_none_or(|recorded| recorded.as_of <= status.applied || recorded.has_member(me))
     }
 
     /// The node to send `shard`'s proposals to: the leader the local replica names when this
@@ -378,6 +406,49 @@ impl Proposer {
                 Ok(result) => result.map_err(unconfirmed),
                 Err(_) => Err(HubError::Unavailable("replication stopped".into())),
             }
+        }
+    }
+}
+
+/// Another source of a client's push stream (the node's relay of shards it does not hold):
+/// pushes into the stream's bounded queue; a full queue closes the stream, as the room actors
+/// do (`ActorMetrics::stream_overflows`), and the client resumes from its cursor.
+#[derive(Clone)]
+pub struct StreamFeed {
+    client: ClientId,
+    generation: u64,
+    sender: mpsc::Sender<Delivery>,
+    streams: Arc<Streams>,
+    metrics: Arc<ActorMetrics>,
+}
+
+impl StreamFeed {
+    /// The client whose stream this feeds.
+    pub fn client(&self) -> &ClientId {
+        &self.client
+    }
+
+    /// Whether the stream is gone (closed, or replaced by a newer one).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed() || !self.streams.is_open(&self.client, self.generation)
+    }
+
+    /// Pushes `delivery`; `false` when the stream is gone or was full (then it is closed).
+    pub fn push(&self, delivery: Delivery) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        match self.sender.try_send(delivery) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics
+                    .stream_overflows
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(client = %self.client, "push stream full: closing it");
+                self.streams.close(&self.client, self.generation);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -638,6 +709,13 @@ impl Hub {
         token_hash: &[u8; 32],
     ) -> Result<bool, HubError> {
         let shard = self.shards.shard_of(&user_shard_key(&client.user()));
+        if !self.holds(shard) {
+            let read = remote::RemoteRead::Authenticate {
+                client: client.clone(),
+                token_hash: *token_hash,
+            };
+            return self.remote(shard, read).await;
+        }
         let known = || {
             self.shards
                 .get(shard)
@@ -778,73 +856,189 @@ impl Hub {
         .await
     }
 
-    /// Answers an identifier query (MIMI.md §5.7) from local replicas (no Raft write):
-    /// which user the ANDed `terms` name at `own_domain`, if `requester` (`None`: the query
-    /// names none) may find it. A user the requester may not find is `NotFound`, exactly like
-    /// an unknown one.
-    pub fn identifier_query(
+    /// Answers an identifier query (MIMI.md §5.7) from the replicas (no Raft write): which
+    /// user the ANDed `terms` name at `own_domain`, if `requester` (`None`: the query names
+    /// none) may find it. A user the requester may not find is `NotFound`, exactly like an
+    /// unknown one. Shards this node does not hold are read remotely (`remote` module docs).
+    pub async fn identifier_query(
         &self,
         terms: &[SearchTerm],
         requester: Option<&UserId>,
         own_domain: &str,
-    ) -> QueryOutcome {
-        let outcome = self
-            .shards
-            .get(self.shards.shard_of(PROFILES_SHARD_KEY))
-            .read()
-            .directory()
-            .find(terms, own_domain);
-        match outcome {
+    ) -> Result<QueryOutcome, HubError> {
+        match self.find_user(terms, own_domain).await? {
             QueryOutcome::Found(user) => {
-                let shard = self.shards.shard_of(&user_shard_key(&user));
-                if self
-                    .shards
-                    .get(shard)
-                    .read()
-                    .directory()
-                    .discoverable_by(&user, requester)
-                {
-                    QueryOutcome::Found(user)
+                if self.discoverable(&user, requester).await? {
+                    Ok(QueryOutcome::Found(user))
                 } else {
-                    QueryOutcome::NotFound
+                    Ok(QueryOutcome::NotFound)
                 }
             }
-            other => other,
+            other => Ok(other),
         }
     }
 
-    /// `user`'s profile, if it set one (local read).
-    pub fn profile(&self, user: &UserId) -> Option<Profile> {
-        self.shards
-            .get(self.shards.shard_of(PROFILES_SHARD_KEY))
+    /// The handle index's answer to `terms`, before discoverability.
+    async fn find_user(
+        &self,
+        terms: &[SearchTerm],
+        own_domain: &str,
+    ) -> Result<QueryOutcome, HubError> {
+        let shard = self.shards.shard_of(PROFILES_SHARD_KEY);
+        if !self.holds(shard) {
+            let read = remote::RemoteRead::FindUser {
+                terms: terms.to_vec(),
+                own_domain: own_domain.to_owned(),
+            };
+            return self.remote(shard, read).await;
+        }
+        Ok(self
+            .shards
+            .get(shard)
+            .read()
+            .directory()
+            .find(terms, own_domain))
+    }
+
+    /// Whether `requester` may find `user` (its discoverability).
+    async fn discoverable(
+        &self,
+        user: &UserId,
+        requester: Option<&UserId>,
+    ) -> Result<bool, HubError> {
+        let shard = self.shards.shard_of(&user_shard_key(user));
+        if !self.holds(shard) {
+            let read = remote::RemoteRead::Discoverable {
+                user: user.clone(),
+                requester: requester.cloned(),
+            };
+            return self.remote(shard, read).await;
+        }
+        Ok(self
+            .shards
+            .get(shard)
+            .read()
+            .directory()
+            .discoverable_by(user, requester))
+    }
+
+    /// `user`'s profile, if it set one.
+    pub async fn profile(&self, user: &UserId) -> Result<Option<Profile>, HubError> {
+        let shard = self.shards.shard_of(PROFILES_SHARD_KEY);
+        if !self.holds(shard) {
+            let read = remote::RemoteRead::Profile { user: user.clone() };
+            return self.remote(shard, read).await;
+        }
+        Ok(self
+            .shards
+            .get(shard)
             .read()
             .directory()
             .profiles()
             .profile(user)
-            .cloned()
+            .cloned())
     }
 
-    /// `user`'s preferences; the defaults for a user without clients (local read).
-    pub fn preferences(&self, user: &UserId) -> Preferences {
+    /// `user`'s preferences; the defaults for a user without clients.
+    pub async fn preferences(&self, user: &UserId) -> Result<Preferences, HubError> {
         let shard = self.shards.shard_of(&user_shard_key(user));
-        self.shards
+        if !self.holds(shard) {
+            let read = remote::RemoteRead::Preferences { user: user.clone() };
+            return self.remote(shard, read).await;
+        }
+        Ok(self
+            .shards
             .get(shard)
             .read()
             .directory()
             .preferences(user)
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
-    /// `user`'s preferences (defaults for a user without clients) and consent records
-    /// (local read).
-    pub fn consents(&self, user: &UserId) -> (Preferences, ConsentListing) {
+    /// `user`'s preferences (defaults for a user without clients) and consent records.
+    pub async fn consents(&self, user: &UserId) -> Result<(Preferences, ConsentListing), HubError> {
         let shard = self.shards.shard_of(&user_shard_key(user));
+        if !self.holds(shard) {
+            let read = remote::RemoteRead::Consents { user: user.clone() };
+            return self.remote(shard, read).await;
+        }
         let data = self.shards.get(shard).read();
         let directory = data.directory();
-        (
+        Ok((
             directory.preferences(user).unwrap_or_default(),
             directory.consents(user),
-        )
+        ))
+    }
+
+    /// What a groupInfo answer (protocol-06 §5.5) for `joiner` takes from `room`, hosted
+    /// here: `None` for an unknown room (after a read barrier), the reason an external join of
+    /// `joiner` is refused, or the parts.
+    pub async fn group_info_parts(
+        &self,
+        room: &RoomId,
+        joiner: &ClientId,
+    ) -> Result<Option<Result<remote::GroupInfoParts, String>>, HubError> {
+        let shard = self.shards.shard_of(room.as_bytes());
+        if !self.holds(shard) {
+            let read = remote::RemoteRead::GroupInfoParts {
+                room: room.clone(),
+                joiner: joiner.clone(),
+            };
+            return self.remote(shard, read).await;
+        }
+        if !self.hosts(room).await? {
+            return Ok(None);
+        }
+        let data = self.shards.get(shard).read();
+        let Some(state) = data.room(room) else {
+            return Ok(None);
+        };
+        if let Err(reason) = state.check_external_join(joiner) {
+            return Ok(Some(Err(reason)));
+        }
+        Ok(Some(Ok(remote::GroupInfoParts {
+            group_info: state.group_info().map(<[u8]>::to_vec),
+            ratchet_tree: state.ratchet_tree(),
+            pending_proposals: state
+                .pending_proposals()
+                .into_iter()
+                .map(|(at, bytes)| (at, bytes.to_vec()))
+                .collect(),
+        })))
+    }
+
+    /// The latest GroupInfo (`MLSMessage` bytes) of `room`, hosted here; `None` for a room
+    /// the replica does not know (no barrier: a caller that needs it comes after a write that
+    /// made the room known).
+    pub async fn room_group_info(&self, room: &RoomId) -> Result<Option<Vec<u8>>, HubError> {
+        let shard = self.shards.shard_of(room.as_bytes());
+        if !self.holds(shard) {
+            let read = remote::RemoteRead::RoomGroupInfo { room: room.clone() };
+            return self.remote(shard, read).await;
+        }
+        Ok(self
+            .shards
+            .get(shard)
+            .read()
+            .room(room)
+            .and_then(|state| state.group_info().map(<[u8]>::to_vec)))
+    }
+
+    /// The last hub seq the mirror of `room` (hosted elsewhere) appended; `None` when this
+    /// provider does not mirror it. The replica holds only applied entries: it may lag, never
+    /// lead.
+    pub async fn mirror_seq(&self, room: &RoomId) -> Result<Option<u64>, HubError> {
+        let shard = self.shards.shard_of(room.as_bytes());
+        if !self.holds(shard) {
+            let read = remote::RemoteRead::MirrorSeq { room: room.clone() };
+            return self.remote(shard, read).await;
+        }
+        Ok(self
+            .shards
+            .get(shard)
+            .read()
+            .mirror(room)
+            .map(|mirror| mirror.hub_seq()))
     }
 
     /// Proposes a consent step (`ConsentAsTarget`, `ConsentAsRequester`); its apply answers
@@ -884,6 +1078,14 @@ impl Hub {
     /// Whether `room` is hosted here; an unknown room is checked again after a read barrier,
     /// since this node's replica may lag the shard's leader.
     async fn check_room(&self, room: &RoomId) -> Result<(), HubError> {
+        let shard = self.shards.shard_of(room.as_bytes());
+        if !self.holds(shard) {
+            let read = remote::RemoteRead::HostsRoom { room: room.clone() };
+            return match self.remote::<bool>(shard, read).await? {
+                true => Ok(()),
+                false => Err(HubError::UnknownRoom),
+            };
+        }
         let known = || self.shards.for_room(room).read().room(room).is_some();
         if known() {
             return Ok(());
@@ -992,38 +1194,53 @@ impl Hub {
     }
 
     /// Welcome routing (MIMI.md §4): the local clients whose claimed KeyPackages these
-    /// `KeyPackageRef`s name, in the order given; unknown references are skipped. When some
-    /// reference is unknown to the local replica (it may lag: the claim went through another
-    /// node), every shard is read again after a read barrier (the claim records live in the
-    /// claimed user's shard, which a reference does not name); `Err` when that cannot be
-    /// confirmed.
+    /// `KeyPackageRef`s name, in the order given; unknown references are skipped. The claim
+    /// records live in the claimed user's shard, which a reference does not name, so every
+    /// shard is asked: those this node holds from the local replica (read again after a read
+    /// barrier when some reference is unknown there: the claim may have gone through another
+    /// node), the others remotely (`remote` module docs); `Err` when a shard cannot answer.
     pub async fn welcome_recipients(&self, refs: &[Vec<u8>]) -> Result<Vec<ClientId>, HubError> {
-        let found = self.local_welcome_recipients(refs);
-        if found.len() == refs.len() {
-            return Ok(found);
+        let mut found: Vec<Option<ClientId>> = vec![None; refs.len()];
+        for shard in 0..self.shards.count() {
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+            let in_shard = if self.holds(shard) {
+                self.welcome_refs_in(shard, refs).await?
+            } else {
+                let read = remote::RemoteRead::WelcomeRefs {
+                    refs: refs.to_vec(),
+                };
+                self.remote(shard, read).await?
+            };
+            for (slot, client) in found.iter_mut().zip(in_shard) {
+                if slot.is_none() {
+                    *slot = client;
+                }
+            }
         }
-        let barriers: Vec<_> = (0..self.shards.count())
-            .map(|shard| self.proposer.read_barrier(shard))
-            .collect();
-        for barrier in barriers {
-            barrier.await?;
-        }
-        Ok(self.local_welcome_recipients(refs))
+        Ok(found.into_iter().flatten().collect())
     }
 
-    fn local_welcome_recipients(&self, refs: &[Vec<u8>]) -> Vec<ClientId> {
-        refs.iter()
-            .filter_map(|reference| {
-                (0..self.shards.count()).find_map(|shard| {
-                    self.shards
-                        .get(shard)
-                        .read()
-                        .directory()
-                        .client_for_ref(reference)
-                        .cloned()
-                })
-            })
-            .collect()
+    /// The clients these references name in `shard`'s claim records, held here (one per
+    /// reference); when one is unknown, read again after a read barrier.
+    async fn welcome_refs_in(
+        &self,
+        shard: ShardId,
+        refs: &[Vec<u8>],
+    ) -> Result<Vec<Option<ClientId>>, HubError> {
+        let local = || -> Vec<Option<ClientId>> {
+            let data = self.shards.get(shard).read();
+            refs.iter()
+                .map(|reference| data.directory().client_for_ref(reference).cloned())
+                .collect()
+        };
+        let found = local();
+        if found.iter().all(Option::is_some) {
+            return Ok(found);
+        }
+        self.proposer.read_barrier(shard).await?;
+        Ok(local())
     }
 
     /// Whether `room` is hosted here. A room this node's replica does not know is looked for
@@ -1113,12 +1330,44 @@ impl Hub {
 
     /// Opens `client`'s push stream (replacing an older one): every room it is in sends what
     /// follows its acknowledged cursor, then everything new, in per-room order.
+    ///
+    /// Only the rooms of shards this node holds are attached here; the node relays the others
+    /// from nodes that hold them into [`StreamFeed`] (`remote` module docs).
     pub fn open_stream(&self, client: &ClientId) -> mpsc::Receiver<Delivery> {
+        self.open_stream_with_feed(client).0
+    }
+
+    /// [`Hub::open_stream`], with the feed other sources push into the same stream.
+    pub fn open_stream_with_feed(
+        &self,
+        client: &ClientId,
+    ) -> (mpsc::Receiver<Delivery>, StreamFeed) {
         let (generation, rx) = self.streams.open(client.clone(), self.limits.stream_queue);
-        for room in self.shards.rooms_of(client) {
-            self.router.attach(&room, client.clone(), generation);
+        let sender = self
+            .streams
+            .sender(client)
+            .map(|(_, tx)| tx)
+            .expect("a stream just opened is open");
+        for shard in (0..self.shards.count()).filter(|&shard| self.holds(shard)) {
+            let rooms: Vec<RoomId> = self
+                .shards
+                .get(shard)
+                .read()
+                .rooms_of(client)
+                .cloned()
+                .collect();
+            for room in rooms {
+                self.router.attach(&room, client.clone(), generation);
+            }
         }
-        rx
+        let feed = StreamFeed {
+            client: client.clone(),
+            generation,
+            sender,
+            streams: self.streams.clone(),
+            metrics: self.metrics.clone(),
+        };
+        (rx, feed)
     }
 
     /// The hub time now (ms since the UNIX epoch).

@@ -586,6 +586,7 @@ pub struct ShardMachine {
     shard: ShardId,
     data: Arc<RwLock<ShardData>>,
     applied: Arc<AppliedRooms>,
+    changed: Arc<Notify>,
 }
 
 impl StateMachine for ShardMachine {
@@ -616,6 +617,7 @@ impl StateMachine for ShardMachine {
         if let Some(room) = changed_room {
             self.applied.record(room);
         }
+        self.changed.notify_waiters();
         output
     }
 
@@ -688,6 +690,7 @@ impl StateMachine for ShardMachine {
         for room in rooms {
             self.applied.record(room);
         }
+        self.changed.notify_waiters();
         Ok(())
     }
 }
@@ -698,6 +701,8 @@ impl StateMachine for ShardMachine {
 pub struct Shards {
     data: Arc<Vec<Arc<RwLock<ShardData>>>>,
     applied: Arc<AppliedRooms>,
+    /// Per shard, woken after every apply and restore (remote pulls wait on it).
+    changed: Arc<Vec<Arc<Notify>>>,
 }
 
 impl Shards {
@@ -705,6 +710,7 @@ impl Shards {
         Shards {
             data: Arc::new((0..count).map(|_| Arc::default()).collect()),
             applied: Arc::default(),
+            changed: Arc::new((0..count).map(|_| Arc::default()).collect()),
         }
     }
 
@@ -714,7 +720,13 @@ impl Shards {
             shard,
             data: self.data[shard as usize].clone(),
             applied: self.applied.clone(),
+            changed: self.changed[shard as usize].clone(),
         }
+    }
+
+    /// Woken (`notify_waiters`) after each entry `shard` applies and each snapshot it restores.
+    pub fn changed(&self, shard: ShardId) -> &Notify {
+        &self.changed[shard as usize]
     }
 
     pub fn count(&self) -> u64 {

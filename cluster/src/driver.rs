@@ -122,6 +122,8 @@ pub(crate) struct DriverSettings {
     pub(crate) snapshot_max_age: Duration,
     pub(crate) max_snapshots_per_turn: usize,
     pub(crate) snapshot_on_shutdown: bool,
+    /// `ClusterConfig::required_shards`.
+    pub(crate) required_shards: Option<Vec<ShardId>>,
 }
 
 pub(crate) struct Driver<S: StateMachine> {
@@ -445,6 +447,17 @@ impl<S: StateMachine> Driver<S> {
                             applied_index,
                             applied_term,
                             data,
+                        });
+                        Ok(())
+                    }
+                    // A shard this node was never given (`required_shards`): an empty part
+                    // at index 0, which the caller fills from a node that holds the shard.
+                    Ok(None) if !requires(&self.settings, shard) && !group.is_initialized() => {
+                        request.parts.push(ShardSnapshot {
+                            shard: shard as ShardId,
+                            applied_index: 0,
+                            applied_term: 0,
+                            data: Vec::new(),
                         });
                         Ok(())
                     }
@@ -817,6 +830,11 @@ impl<S: StateMachine> Driver<S> {
     /// forgets its leader when it starts a pre-vote), so it reports not ready within about an
     /// election timeout of being awake (a hibernating shard wakes when the transport reports
     /// its leader or, on the leader, a member unreachable).
+    /// Whether readiness and `snapshot_all` need `shard` (`ClusterConfig::required_shards`).
+    fn requires(&self, shard: usize) -> bool {
+        requires(&self.settings, shard)
+    }
+
     fn publish_readiness(&self) {
         let hibernating = self
             .groups
@@ -833,10 +851,16 @@ impl<S: StateMachine> Driver<S> {
             };
             leader.store(id, Ordering::Relaxed);
         }
-        let ready = self.groups.iter().all(|slot| match slot {
-            Slot::Running(group) => group.is_caught_up(),
-            Slot::Failed => false,
-        });
+        let ready = self
+            .groups
+            .iter()
+            .enumerate()
+            .all(|(shard, slot)| match slot {
+                Slot::Running(group) => {
+                    group.is_caught_up() || (!self.requires(shard) && !group.is_initialized())
+                }
+                Slot::Failed => false,
+            });
         // A node removed from every shard serves none (`membership.rs`).
         let member_somewhere = self.groups.iter().any(|slot| match slot {
             Slot::Running(group) => group.is_member(),
@@ -957,6 +981,14 @@ fn snapshots_due(
 
 fn shard_slot(shard: ShardId) -> usize {
     usize::try_from(shard).unwrap_or(usize::MAX)
+}
+
+/// Whether readiness and `snapshot_all` need `shard` (`ClusterConfig::required_shards`).
+fn requires(settings: &DriverSettings, shard: usize) -> bool {
+    settings
+        .required_shards
+        .as_ref()
+        .is_none_or(|required| required.contains(&(shard as ShardId)))
 }
 
 #[cfg(test)]

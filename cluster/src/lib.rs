@@ -255,6 +255,12 @@ pub struct ClusterConfig {
     /// this node (its leaders never ask, its followers never agree). Default 30, three election
     /// timeouts at the default `election_tick`.
     pub hibernate_after_ticks: usize,
+    /// Which shards must be caught up for this node to be ready ([`ClusterHandle::is_ready`]).
+    /// `None`: every shard (every node holds every shard). `Some(shards)`: these, and every
+    /// shard this node's replica has a configuration of (a member, or a former member, which
+    /// counts as caught up); a shard this node was never given, whose group is uninitialised,
+    /// does not count (a cluster whose shards live on some nodes only). Default `None`.
+    pub required_shards: Option<Vec<ShardId>>,
 }
 
 impl ClusterConfig {
@@ -281,6 +287,7 @@ impl ClusterConfig {
             voters: vec![node_id],
             network_inbox_capacity: 4096,
             hibernate_after_ticks: 30,
+            required_shards: None,
         }
     }
 
@@ -516,6 +523,7 @@ impl<S: StateMachine> Cluster<S> {
             snapshot_max_age: config.snapshot_max_age,
             max_snapshots_per_turn: config.max_snapshots_per_turn,
             snapshot_on_shutdown: config.snapshot_on_shutdown,
+            required_shards: config.required_shards.clone(),
         };
         let driver = Driver::new(
             db,
@@ -671,6 +679,10 @@ impl<S: StateMachine> ClusterHandle<S> {
     /// with one [`ShardSnapshot`] per shard in shard order, or with the first shard that could
     /// not be serialised. Returns `Err(Busy)` at once (and never calls `done`) while another
     /// `snapshot_all` runs, and `Err(Stopped)` once the driver stopped.
+    ///
+    /// With [`ClusterConfig::required_shards`], a shard this node was never given (its group
+    /// is uninitialised) has an empty part at index 0 instead of failing the request with
+    /// `NotReady`; the caller gets that shard's part from a node that holds it.
     ///
     /// ```
     /// # use mimid_cluster::{Cluster, ClusterConfig, StateMachine};

@@ -41,7 +41,7 @@ use crate::wire::key_material::{
     ClientKeyMaterial, ClientMaterial, KeyMaterialClientCode, KeyMaterialRequest,
     KeyMaterialResponse, KeyMaterialUserCode,
 };
-use crate::wire::submit::{SubmitMessageRequest, SubmitMessageResponse};
+use crate::wire::submit::{Frank, SubmitMessageRequest, SubmitMessageResponse};
 use crate::wire::types::{IdentifierUri, Protocol};
 use crate::wire::update::{
     HandshakeBundle as WireBundle, UpdateOutcome, UpdateRequest, UpdateRoomResponse,
@@ -535,7 +535,8 @@ impl ClientApi {
         if self.is_local(&room) {
             return self
                 .group_info
-                .answer(&room, &request, Requester::Client(&client));
+                .answer(&room, &request, Requester::Client(&client))
+                .await;
         }
         let requester =
             client_of_credential(request.tbs.requesting_credential.value()).map_err(|e| {
@@ -614,6 +615,7 @@ impl ClientApi {
             _ => Outcome::Rejected,
         });
         let mut response = ClientSubmitResponse::from(&verdict);
+        self.franking.learn_room(&self.hub, &room).await;
         response.response = submit_response(
             &self.franking,
             &room,
@@ -636,7 +638,10 @@ impl ClientApi {
     }
 
     fn stream(&self, client: ClientId) -> Answer {
-        let mut deliveries = self.hub.open_stream(&client);
+        let (mut deliveries, feed) = self.hub.open_stream_with_feed(&client);
+        // Rooms of shards this node does not hold come from nodes that do (the hub's relay;
+        // ARCHITECTURE.md "Cluster", "Remote reads"): the same stream, deduplicated below.
+        tokio::spawn(self.hub.clone().relay(feed));
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let guard = self.metrics.push_stream_opened();
         let max_frame = self.max_frame;
@@ -647,6 +652,11 @@ impl ClientApi {
         tokio::spawn(
             async move {
                 let _guard = guard;
+                // The last seq delivered per room: the local room actors and the relay of a
+                // shard this node stopped or started holding may both deliver an item; the
+                // client gets each (room, seq) once, in order.
+                let mut delivered: std::collections::HashMap<RoomId, u64> =
+                    std::collections::HashMap::new();
                 loop {
                     let delivery = tokio::select! {
                         delivery = deliveries.recv() => delivery,
@@ -658,6 +668,11 @@ impl ClientApi {
                         }
                     };
                     let Some(delivery) = delivery else { break };
+                    let last = delivered.entry(delivery.room.clone()).or_insert(0);
+                    if delivery.item.seq <= *last {
+                        continue;
+                    }
+                    *last = delivery.item.seq;
                     heartbeat.reset();
                     let frame = DeliveredItem::from_log(&delivery.room, &delivery.item)
                         .map(|mut item| {
@@ -665,7 +680,17 @@ impl ClientApi {
                             // Signed once per message on this node, not per stream: the
                             // streams of its other recipients get the cached bytes.
                             if let DeliveredBody::Application { frank, .. } = &mut item.body {
-                                *frank = franking.frank_of_item(&delivery.room, &delivery.item);
+                                *frank = match &delivery.frank {
+                                    // Computed by the node holding the room (a relayed item).
+                                    Some(bytes) => Frank::from_bytes(
+                                        bytes,
+                                        &Limits {
+                                            max_body_len: bytes.len(),
+                                        },
+                                    )
+                                    .ok(),
+                                    None => franking.frank_of_item(&delivery.room, &delivery.item),
+                                };
                             }
                             item
                         })
@@ -768,7 +793,7 @@ impl ClientApi {
                     self.group_info(req, client, room).await
                 }
                 "client_stream" => self.stream(client),
-                "client_get_profile" => self.get_profile(client),
+                "client_get_profile" => self.get_profile(client).await,
                 "client_profile" => self.set_profile(req, client).await,
                 "client_preferences" => self.set_preferences(req, client).await,
                 "client_identifier_query" => {
@@ -777,7 +802,7 @@ impl ClientApi {
                 }
                 "client_request_consent" => self.request_consent(req, client).await,
                 "client_update_consent" => self.update_consent(req, client).await,
-                "client_consents" => self.consents(client),
+                "client_consents" => self.consents(client).await,
                 "client_franking_agent" => self.franking_agent(),
                 "client_report_abuse" => {
                     let room = self.room(param.unwrap_or_default())?;

@@ -14,6 +14,11 @@
 //! (a client's rooms in other shards) is only ever read, never relied on as an invariant. The
 //! node keeps serving while a backup is taken.
 //!
+//! With `cluster.replicas = "r"` a node holds only some shards: the parts of the others come
+//! from a node that holds them (`Hub::snapshot_part`, over the node-to-node transport), so a
+//! backup taken on any node has every shard; a shard no reachable node can serialise fails
+//! the backup (503).
+//!
 //! The provider's secret keys are in a backup: the hub signing key and the franking keys are
 //! replicated state (`mimid_actors::provider_keys`), in the part of their shard, so a restored
 //! provider signs and franks with the keys it had. A backup must therefore be protected like
@@ -67,6 +72,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use mimid_actors::cluster_meta::{ClusterId, ClusterMeta, METADATA_SHARD};
+use mimid_actors::hub::Hub;
 use mimid_actors::shard::Shards;
 use mimid_cluster::{ShardSnapshot, SnapshotAllError, SnapshotsDone, StateMachine as _};
 use sha2::{Digest as _, Sha256};
@@ -220,6 +226,8 @@ pub struct Backups {
     source: SnapshotSource,
     metrics: Arc<Metrics>,
     running: AtomicBool,
+    /// Where the parts of shards this node does not hold come from (`None`: it holds all).
+    hub: Option<Arc<Hub>>,
 }
 
 /// Why no backup was produced.
@@ -244,7 +252,14 @@ impl Backups {
             source,
             metrics,
             running: AtomicBool::new(false),
+            hub: None,
         }
+    }
+
+    /// Takes the parts of shards this node does not hold from nodes that do, through `hub`.
+    pub fn with_hub(mut self, hub: Arc<Hub>) -> Self {
+        self.hub = Some(hub);
+        self
     }
 
     /// Whether a backup is being taken now.
@@ -283,10 +298,31 @@ impl Backups {
             let _ = tx.send(result);
         }))
         .map_err(refusal)?;
-        let shards = match rx.await {
+        let mut shards = match rx.await {
             Ok(result) => result.map_err(refusal)?,
             Err(_) => return Err(refusal(SnapshotAllError::Stopped)),
         };
+        if let Some(hub) = &self.hub {
+            for part in &mut shards {
+                if hub.holds(part.shard) {
+                    continue;
+                }
+                let (applied_index, applied_term, data) =
+                    hub.snapshot_part(part.shard).await.map_err(|e| {
+                        BackupRefused::NotReady(format!(
+                            "shard {} is not held here and no node that holds it sent its \
+                             part: {e}",
+                            part.shard
+                        ))
+                    })?;
+                *part = ShardSnapshot {
+                    shard: part.shard,
+                    applied_index,
+                    applied_term,
+                    data,
+                };
+            }
+        }
         let file = BackupFile {
             domain: self.domain.clone(),
             taken_at_ms: unix_ms(SystemTime::now()),

@@ -184,7 +184,7 @@ pub struct ClusterSettings {
     /// node shrinks as nodes are added and a node serves the shards it lacks through other
     /// nodes; or `"all"`, every Active node (the others as learners). Shard 0, the metadata
     /// shard, is on every node either way. Read by the node leading shard 0 (placement) and by
-    /// each node (readiness): set it the same on every node. Default `"all"`.
+    /// each node (readiness): set it the same on every node. Default `"r"`.
     pub replicas: Replicas,
     /// The region shard leaderships should be in (a `region` value of the nodes' `locality`):
     /// the placement driver hands each shard that has a voter there to such a voter, so reads
@@ -241,10 +241,10 @@ pub struct ClusterSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Replicas {
     /// The shard's voters only (`"r"`).
+    #[default]
     #[serde(rename = "r")]
     R,
     /// Every Active node (`"all"`).
-    #[default]
     #[serde(rename = "all")]
     All,
 }
@@ -1945,17 +1945,29 @@ mod tests {
     fn replication_factor_and_join_existing_load_and_are_checked() {
         let cluster = ClusterSettings::default();
         assert_eq!(cluster.replication_factor, 3);
+        assert_eq!(
+            cluster.replicas,
+            Replicas::R,
+            "replicas on R nodes by default"
+        );
         assert!(!cluster.join_existing);
         let loaded = Config::load(&ConfigSources {
             env: env(&[
                 ("MIMID_CLUSTER__REPLICATION_FACTOR", "5"),
                 ("MIMID_CLUSTER__JOIN_EXISTING", "true"),
+                ("MIMID_CLUSTER__REPLICAS", "all"),
             ]),
             ..ConfigSources::default()
         })
         .expect("load");
         assert_eq!(loaded.cluster.replication_factor, 5);
+        assert_eq!(loaded.cluster.replicas, Replicas::All);
         assert!(loaded.cluster.join_existing);
+        let unknown = Config::load(&ConfigSources {
+            env: env(&[("MIMID_CLUSTER__REPLICAS", "some")]),
+            ..ConfigSources::default()
+        });
+        assert!(unknown.is_err(), "cluster.replicas is \"r\" or \"all\"");
         // Joining needs the node-to-node transport; 0 or 16 voters per shard is refused.
         assert_eq!(problems(&loaded), vec!["cluster.join_existing"]);
         let mut config = Config::default();

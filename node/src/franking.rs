@@ -57,6 +57,7 @@ use std::sync::{Arc, OnceLock};
 use mimid_actors::actor::{Federation, NotifyError};
 use mimid_actors::command::Submitter;
 use mimid_actors::franking::{FrankRecord, FRANKING_TAG_LEN};
+use mimid_actors::hub::Hub;
 use mimid_actors::ids::{RoomId, UserId};
 use mimid_actors::moderation::{AbuseReport as StoredAbuseReport, ReportedMessage};
 use mimid_actors::policy::component;
@@ -643,19 +644,44 @@ impl Franking {
             let Some(state) = data.room(room) else {
                 return false;
             };
-            state
-                .group_info()
-                .and_then(group_context_extensions)
-                .and_then(|extensions| room_franking_agent(&extensions))
-                .is_some_and(|agent| {
-                    self.keys.agent().is_ok_and(|ours| {
-                        agent.franking_signature_key == ours.franking_signature_key
-                            && agent.credential == ours.credential
-                    })
-                })
+            self.franked_by_us(state.group_info())
         };
         self.franked_rooms.lock().insert(room.clone(), decided);
         decided
+    }
+
+    /// Makes [`Franking::franks`] know `room` when this node holds no replica of the room's
+    /// shard: its GroupInfo comes from a node that does (`Hub::room_group_info`). Nothing to do
+    /// for a room already decided or held here; a room unknown there stays undecided.
+    pub async fn learn_room(&self, hub: &Hub, room: &RoomId) {
+        if self.franked_rooms.lock().contains_key(room)
+            || hub.holds(hub.shards().shard_of(room.as_bytes()))
+        {
+            return;
+        }
+        match hub.room_group_info(room).await {
+            Ok(Some(group_info)) => {
+                let decided = self.franked_by_us(Some(&group_info));
+                self.franked_rooms.lock().insert(room.clone(), decided);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::info!(%room, error = %e, "franking: the room's GroupInfo is out of reach")
+            }
+        }
+    }
+
+    /// Whether a room with this GroupInfo names our franking agent.
+    fn franked_by_us(&self, group_info: Option<&[u8]>) -> bool {
+        group_info
+            .and_then(group_context_extensions)
+            .and_then(|extensions| room_franking_agent(&extensions))
+            .is_some_and(|agent| {
+                self.keys.agent().is_ok_and(|ours| {
+                    agent.franking_signature_key == ours.franking_signature_key
+                        && agent.credential == ours.credential
+                })
+            })
     }
 
     /// The Frank of an application message `sender` submitted to `room`, hosted here, with

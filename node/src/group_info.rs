@@ -7,7 +7,7 @@
 //! request, [`crate::peering::MimiService`]) and the client API for rooms hosted here
 //! ([`crate::api::ClientApi`]). The edge says who asks ([`Requester`]); this module checks the
 //! request (signature, credential) and asks the room whether the credential's client may join
-//! ([`RoomState::check_external_join`], the same question the apply of the external commit
+//! (`RoomState::check_external_join`, the same question the apply of the external commit
 //! asks).
 //!
 //! The answer is read from the local replica of the room's shard without a Raft write: it
@@ -23,9 +23,10 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, StatusCode};
+use mimid_actors::hub::remote::GroupInfoParts;
 use mimid_actors::hub::Hub;
 use mimid_actors::ids::{ClientId, RoomId};
-use mimid_actors::room::state::{RoomState, ROOM_CIPHERSUITE};
+use mimid_actors::room::state::ROOM_CIPHERSUITE;
 use openmls::messages::group_info::VerifiableGroupInfo;
 
 use crate::api::{ok_body, Answer, Refusal};
@@ -70,7 +71,7 @@ impl GroupInfoService {
     /// protocol-06 §5.5 for `room`, which the caller checked is in this provider's domain.
     /// Malformed input is a 400, a client that is not the requester's a 403; everything else
     /// is a `GroupInfoResponse`.
-    pub(crate) fn answer(
+    pub(crate) async fn answer(
         &self,
         room: &RoomId,
         request: &GroupInfoRequest,
@@ -84,18 +85,19 @@ impl GroupInfoService {
             Err(e) => return Err(Refusal::bad_request(format!("{}: {e}", e.code()))),
         };
         check_requester(&joiner, requester)?;
-        let plaintext = {
-            let shard = self.hub.shards().for_room(room).read();
-            let Some(state) = shard.room(room) else {
+        // From the replica of the room's shard, here or on a node that holds it.
+        let parts = match self.hub.group_info_parts(room, &joiner).await? {
+            None => {
                 tracing::debug!(%room, %joiner, "groupInfo for an unknown room");
                 return not_authorized(room, NOT_AUTHORIZED);
-            };
-            if let Err(reason) = state.check_external_join(&joiner) {
+            }
+            Some(Err(reason)) => {
                 tracing::debug!(%room, %joiner, %reason, "groupInfo refused");
                 return not_authorized(room, NOT_AUTHORIZED);
             }
-            group_info_tbe(state)?
+            Some(Ok(parts)) => parts,
         };
+        let plaintext = group_info_tbe(&parts)?;
         let encrypted = encrypt_with_label(
             ROOM_CIPHERSUITE,
             request.tbs.group_info_public_key.as_bytes(),
@@ -136,23 +138,24 @@ fn check_requester(joiner: &ClientId, requester: Requester<'_>) -> Result<(), Re
 /// `GroupInfoRatchetTreeTBE` of the room's current epoch: the latest GroupInfo the committer
 /// supplied (the hub keeps it as an `MLSMessage`; the TBE carries the bare GroupInfo), the
 /// full ratchet tree, and the pending proposals with their accepted times.
-fn group_info_tbe(state: &RoomState) -> Result<Vec<u8>, Refusal> {
-    let group_info = state
-        .group_info()
+fn group_info_tbe(parts: &GroupInfoParts) -> Result<Vec<u8>, Refusal> {
+    let group_info = parts
+        .group_info
+        .as_deref()
         .ok_or_else(|| internal("the room holds no GroupInfo"))?;
     let group_info = MlsMessage::from_bytes(group_info)
         .and_then(|message| {
             message.unwrap_body::<VerifiableGroupInfo>("GroupInfoRatchetTreeTBE.groupInfo")
         })
         .map_err(internal)?;
-    let ratchet_tree = Mls::from_bytes(&state.ratchet_tree()).map_err(internal)?;
-    let pending_proposals = state
-        .pending_proposals()
-        .into_iter()
+    let ratchet_tree = Mls::from_bytes(&parts.ratchet_tree).map_err(internal)?;
+    let pending_proposals = parts
+        .pending_proposals
+        .iter()
         .map(|(hub_accepted_time, bytes)| {
             Ok(PendingProposal {
                 proposal: MlsMessage::from_bytes(bytes)?,
-                hub_accepted_time,
+                hub_accepted_time: *hub_accepted_time,
             })
         })
         .collect::<Result<Vec<_>, crate::wire::WireError>>()

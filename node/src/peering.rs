@@ -237,6 +237,7 @@ impl MimiService {
             command::SubmitVerdict::Accepted { .. } => Outcome::Accepted,
             _ => Outcome::Rejected,
         });
+        self.franking.learn_room(&self.hub, &room).await;
         let response = submit_response(&self.franking, &room, &sending, franking_tag, &verdict);
         ok_body(StatusCode::OK, &response)
     }
@@ -324,6 +325,7 @@ impl MimiService {
         }
         self.group_info
             .answer(&room, &request, Requester::Provider(&req.from))
+            .await
     }
 
     /// protocol-06 §5.4, follower side: only the room's hub may notify; what it sends is
@@ -346,13 +348,7 @@ impl MimiService {
             received_items(&self.hub, &req.headers, &req.body, &self.limits).await?;
         // The last hub seq the mirror appended, if we mirror the room (read from the local
         // replica, which holds only applied entries: it may lag, never lead).
-        let mirrored_up_to = self
-            .hub
-            .shards()
-            .for_room(&room)
-            .read()
-            .mirror(&room)
-            .map(|mirror| mirror.hub_seq());
+        let mirrored_up_to = self.hub.mirror_seq(&room).await?;
         let Some(mirrored_up_to) = mirrored_up_to else {
             if !welcomes_a_local_client(&items) {
                 // Decided again in apply; answered here with the specific status.

@@ -242,6 +242,11 @@ pub(crate) fn cluster_config(config: &Config) -> ClusterConfig {
     cluster.fsync = c.fsync;
     cluster.voters = c.initial_voters(config.node_id);
     cluster.join_existing = c.join_existing;
+    if c.replicas == crate::config::Replicas::R {
+        // Shards live on some nodes only: ready once shard 0 (on every node) and the shards
+        // this node was given are caught up.
+        cluster.required_shards = Some(vec![mimid_actors::cluster_meta::METADATA_SHARD]);
+    }
     cluster
 }
 
@@ -614,6 +619,7 @@ async fn start_node(
         rate_limits,
         service,
         notify,
+        rpc: ops_rpc.clone(),
     };
     let keys_status = KeysStatus::default();
     let serving = if hub.provider_keys().is_some() || net.is_none() {
@@ -678,11 +684,9 @@ async fn start_node(
         let cluster = cluster.handle();
         Arc::new(move |done| cluster.snapshot_all(done))
     };
-    let backups = Arc::new(Backups::new(
-        config.domain.clone(),
-        snapshots,
-        metrics.clone(),
-    ));
+    let backups = Arc::new(
+        Backups::new(config.domain.clone(), snapshots, metrics.clone()).with_hub(hub.clone()),
+    );
     let admin_token = admin_auth.requires_token();
     tasks.push(
         serve_admin(
@@ -744,6 +748,8 @@ struct Api {
     /// The server-to-server service; `None`: MIMI's ([`MimiService`]).
     service: Option<Arc<dyn FederationService>>,
     notify: Arc<NotifyWhenKeysKnown>,
+    /// The node-to-node RPC handler, which franks the items other nodes pull from here.
+    rpc: Option<Arc<OpsRpc>>,
 }
 
 impl Api {
@@ -761,6 +767,9 @@ impl Api {
             config.limits.frank_cache_entries,
             self.metrics.clone(),
         ));
+        if let Some(rpc) = &self.rpc {
+            rpc.set_franking(&franking);
+        }
         self.notify.set(Arc::new(NotifySender::new(
             self.peers.clone(),
             franking.clone(),

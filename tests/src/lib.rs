@@ -639,6 +639,23 @@ impl TestCluster {
         RoomId::parse(&format!("mimi://{}/r/{name}", self.domain)).expect("valid room id")
     }
 
+    /// The indexes of the running nodes that hold a replica of `room`'s shard (with
+    /// `cluster.replicas = "r"`, three of them; a node that does not serves it through
+    /// them).
+    pub fn holders_of(&self, room: &RoomId) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, member)| {
+                member.node.as_ref().is_some_and(|node| {
+                    let hub = node.hub();
+                    hub.holds(hub.shards().shard_of(room.as_bytes()))
+                })
+            })
+            .map(|(index, _)| index)
+            .collect()
+    }
+
     /// The application messages of `room` in node `index`'s replica, in log order.
     pub fn application_messages(&self, index: usize, room: &RoomId) -> Vec<Vec<u8>> {
         replica_messages(self.nodes[index].node(), room)

@@ -264,21 +264,47 @@ async fn nodes_started_with_join_addresses_form_one_cluster_at_init() {
     cluster.await_running().await;
     cluster.wait_ready().await;
     assert_eq!(cluster.nodes[fourth].node().cluster_id(), Some(id));
+    // With `cluster.replicas = "r"` (the default) it gets its share of voters (12 over four
+    // nodes) and shard 0, which is on every node.
     let grown = status_until(&cluster, 0, "node 4 registered and placed", |status| {
-        status.nodes.iter().any(|node| {
-            node.id == 4 && node.state == "active" && node.voter_of + node.learner_of == 4
-        })
+        status
+            .nodes
+            .iter()
+            .any(|node| node.id == 4 && node.state == "active" && node.voter_of == 3)
+            && status.shards.iter().all(|shard| {
+                let members = shard.voters.len() + shard.learners.len();
+                members == if shard.shard == 0 { 4 } else { 3 }
+            })
     })
     .await;
     assert_eq!(
         grown.cluster_id.as_deref(),
         Some(answer.cluster_id.as_str())
     );
+    let holders = cluster.holders_of(&room);
+    let shard = cluster.nodes[0]
+        .node()
+        .hub()
+        .shards()
+        .shard_of(room.as_bytes());
+    // Shard 0 is on every node, every other shard on three.
+    let expected = if shard == 0 { 4 } else { 3 };
     assert_eq!(
-        cluster.application_messages(fourth, &room),
-        logs[0],
-        "the new node's replica holds the room's log"
+        holders.len(),
+        expected,
+        "shard {shard}'s holders {holders:?}"
     );
+    for index in holders {
+        let deadline = Instant::now() + WAIT;
+        while cluster.application_messages(index, &room) != logs[0] {
+            assert!(
+                Instant::now() < deadline,
+                "node {}'s replica holds the room's log",
+                index + 1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
     // A restart needs no init: the node reads its cluster id and starts its shards at once,
     // here on another port of its certified address, which the others follow.

@@ -10,6 +10,9 @@
 use std::time::{Duration, Instant};
 
 use mimid_actors::ids::RoomId;
+use mimid_actors::shard::Shards;
+use mimid_cluster::StateMachine as _;
+use mimid_node::backup::{backup_to_file, BackupFile, DEFAULT_FETCH_TIMEOUT};
 use mimid_node::client::{ClientError, Event, FrankCheck, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::franking::FRANKING_SIGNING_KEY_FILE;
 use mimid_node::hub_key::HUB_KEY_FILE;
@@ -138,6 +141,208 @@ async fn clients_on_every_node_see_one_order_exactly_once() {
     )
     .await;
     println!("shards led by node: {led:?}; proposals forwarded by node: {forwarded:?}");
+    cluster.shutdown().await;
+}
+
+/// The leader of `shard` and its voters and learners, as the leader's replica has them.
+fn leader_view(cluster: &TestCluster, shard: u64) -> Option<(u64, Vec<u64>, Vec<u64>)> {
+    cluster.running().find_map(|member| {
+        let status = member.node().cluster_handle().shard_status(shard)?;
+        (status.leader == Some(member.id())).then(|| (member.id(), status.voters, status.learners))
+    })
+}
+
+/// With `cluster.replicas = "r"` (the default) on four nodes: waits until shard 0 is on every
+/// node, every other shard on its three voters only, every node's hub agrees which shards it
+/// holds, and shard 0's descriptors name every shard's leader and members on every node.
+/// Returns each shard's members, by shard.
+async fn placed_on_three(cluster: &TestCluster, shards: u64) -> Vec<Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let views: Vec<_> = (0..shards)
+            .map(|shard| leader_view(cluster, shard))
+            .collect();
+        let settled = views.iter().enumerate().all(|(shard, view)| {
+            view.as_ref().is_some_and(|(_, voters, learners)| {
+                let members = voters.len() + learners.len();
+                voters.len() == 3 && members == if shard == 0 { 4 } else { 3 }
+            })
+        });
+        if settled {
+            let members: Vec<Vec<u64>> = views
+                .iter()
+                .map(|view| {
+                    let (_, voters, learners) = view.as_ref().expect("settled");
+                    let mut all: Vec<u64> = voters.iter().chain(learners).copied().collect();
+                    all.sort_unstable();
+                    all
+                })
+                .collect();
+            let agreed = cluster.running().all(|member| {
+                let hub = member.node().hub();
+                let descriptors = hub.shard_descriptors();
+                (0..shards).all(|shard| {
+                    let (leader, voters, learners) =
+                        views[shard as usize].clone().expect("settled");
+                    let recorded = descriptors.get(shard).is_some_and(|d| {
+                        d.leader == leader && d.voters == voters && d.learners == learners
+                    });
+                    recorded && hub.holds(shard) == members[shard as usize].contains(&member.id())
+                })
+            });
+            if agreed {
+                return members;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "placement on three nodes never settled: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 4 build item 1 ("each shard is a raft-rs group replicated on R nodes"): four nodes,
+/// R = 3, `cluster.replicas = "r"`. Each shard but the metadata shard lives on three nodes,
+/// so each node lacks some. Alice's node holds no replica of the room's shard: her writes go
+/// to its leader by shard 0's descriptor, her reads (authentication, the room's existence,
+/// Welcome routing) to a node that holds it, and her push stream is relayed from one. Clients
+/// on all four nodes see one order, each message exactly once (MIMI.md §5.3-§5.4 within one
+/// provider), and storage per node shrinks: 13 replicas of 4 shards over 4 nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_r_clients_on_a_node_without_the_rooms_shard_see_one_order_exactly_once() {
+    let cluster = TestCluster::start(4).await;
+    let shards = cluster.nodes[0].config.cluster.shards;
+    let placed = placed_on_three(&cluster, shards).await;
+    let shard_of = |room: &RoomId| {
+        cluster.nodes[0]
+            .node()
+            .hub()
+            .shards()
+            .shard_of(room.as_bytes())
+    };
+    let room = (0..)
+        .map(|n| cluster.room(&format!("relayed-{n}")))
+        .find(|room| shard_of(room) != 0)
+        .expect("a room outside shard 0");
+    let shard = shard_of(&room);
+    let lacking = (0..4)
+        .find(|&index| !placed[shard as usize].contains(&(index as u64 + 1)))
+        .expect("three of four nodes hold the shard");
+    let holders: Vec<usize> = (0..4).filter(|&index| index != lacking).collect();
+    assert_eq!(cluster.holders_of(&room), holders);
+
+    let mut alice = cluster.client(lacking, "alice", "phone", 2).await;
+    let mut others = Vec::new();
+    for (&index, name) in holders.iter().zip(["bob", "carol", "dave"]) {
+        others.push(cluster.client(index, name, "phone", 2).await);
+    }
+    for client in std::iter::once(&mut alice).chain(others.iter_mut()) {
+        client.connect_stream().await.expect("stream opens");
+    }
+    alice.create_room(&room).await.expect("room created");
+    let added = alice
+        .add_users(
+            &room,
+            &[
+                cluster.user("bob"),
+                cluster.user("carol"),
+                cluster.user("dave"),
+            ],
+        )
+        .await
+        .expect("add works");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    for client in &mut others {
+        expect_joined(client).await;
+    }
+    const EACH: usize = 8;
+    let tasks: Vec<_> = std::iter::once(alice)
+        .chain(others)
+        .map(|client| tokio::spawn(send_many(client, room.clone(), EACH)))
+        .collect();
+    let mut transcripts = Vec::new();
+    let mut clients = Vec::new();
+    for task in tasks {
+        let (client, sent) = task.await.expect("sender finished");
+        clients.push(client);
+        transcripts.push(sent);
+    }
+    for (client, transcript) in clients.iter_mut().zip(&mut transcripts) {
+        read_until(client, 4 * EACH, transcript).await;
+    }
+    assert_eq!(transcripts[0].len(), 4 * EACH);
+    for (other, transcript) in transcripts.iter().enumerate().skip(1) {
+        assert_eq!(
+            &transcripts[0], transcript,
+            "alice and client {other} differ"
+        );
+    }
+    // Nothing more arrives: each message came once, relayed or not.
+    for client in &mut clients {
+        match client.next_event(Duration::from_millis(300)).await {
+            Ok(None) | Err(_) => {}
+            Ok(Some(event)) => panic!("{} got one more event: {event:?}", client.id()),
+        }
+    }
+    // The three holders' replicas have the log; the fourth node holds none of it.
+    let logs: Vec<_> = holders
+        .iter()
+        .map(|&index| cluster.application_messages(index, &room))
+        .collect();
+    assert_eq!(logs[0].len(), 4 * EACH);
+    assert!(logs.windows(2).all(|pair| pair[0] == pair[1]));
+    assert!(cluster.application_messages(lacking, &room).is_empty());
+    // Storage per node: shard 0 everywhere, every other shard on three nodes.
+    let held: Vec<usize> = cluster
+        .running()
+        .map(|member| {
+            let hub = member.node().hub();
+            (0..shards).filter(|&shard| hub.holds(shard)).count()
+        })
+        .collect();
+    assert_eq!(
+        held.iter().sum::<usize>(),
+        4 + 3 * (shards as usize - 1),
+        "{held:?}"
+    );
+    assert!(
+        held.iter().all(|&count| count < shards as usize + 1),
+        "{held:?}"
+    );
+    assert!(held[lacking] < shards as usize, "{held:?}");
+    println!("shards held per node: {held:?}");
+
+    // A backup taken on the node without the room's shard holds every shard: the parts it
+    // does not hold come from nodes that do, the room's among them.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("replicas-r.backup");
+    backup_to_file(
+        &cluster.admin(lacking),
+        Some(&cluster.admin_token()),
+        &file,
+        DEFAULT_FETCH_TIMEOUT,
+    )
+    .await
+    .expect("backup taken");
+    let backup = BackupFile::decode(&std::fs::read(&file).expect("backup file")).expect("valid");
+    assert_eq!(backup.shards.len() as u64, shards);
+    assert!(
+        backup.shards.iter().all(|part| part.applied_index > 0),
+        "every shard has its part"
+    );
+    let restored = Shards::new(shards);
+    restored
+        .machine(shard)
+        .restore(&backup.shards[shard as usize].data)
+        .expect("the part restores");
+    let messages = restored
+        .get(shard)
+        .read()
+        .room(&room)
+        .map(|state| state.last_seq())
+        .expect("the room is in the backup");
+    assert!(messages >= 4 * EACH as u64, "{messages}");
     cluster.shutdown().await;
 }
 

@@ -123,7 +123,7 @@ pub enum ConsentState {
 
 /// One consent scope as listed to a user (`incoming`: the user is the target; `outgoing`: the
 /// user is the requester).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentRecord {
     /// Who asks (or may fetch).
     pub requester: UserId,
@@ -141,7 +141,7 @@ pub struct ConsentRecord {
 
 /// Everything a user sees of its consent: requests to it and its decisions (`incoming`), and
 /// its own requests with their answers (`outgoing`), each in scope order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentListing {
     /// The user is the target.
     pub incoming: Vec<ConsentRecord>,

@@ -397,7 +397,7 @@ impl Profile {
 /// One element of an identifier query (protocol-06 §5.8 `QueryElement`), as the edge decoded
 /// it. Search values are matched after the same normalisation as stored handles; a value that
 /// is not a valid handle of its kind matches nobody.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SearchTerm {
     /// `handle`: a whole handle URI, `im:<nick>@<domain>`.
     Handle(String),
@@ -414,7 +414,7 @@ pub enum SearchTerm {
 
 /// What an identifier query names, before discoverability is applied (protocol-06 §5.8
 /// `IdentifierQueryCode`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueryOutcome {
     /// Every element matched this one user.
     Found(UserId),

@@ -20,6 +20,19 @@ impl Hub {
         self.shards.shard_of(BLOCKLIST_SHARD_KEY)
     }
 
+    /// The shard whose copy of the blocklist this node reads: the authoritative one when it
+    /// holds it, else shard 0's, which every node holds (every shard keeps a copy, set right
+    /// after the authoritative one; a `set_block` that failed half way is repeated by the
+    /// operator).
+    fn readable_blocklist_shard(&self) -> ShardId {
+        let home = self.blocklist_shard();
+        if self.holds(home) {
+            home
+        } else {
+            crate::cluster_meta::METADATA_SHARD
+        }
+    }
+
     /// Blocks (`blocked`) or unblocks `target` (MIMI.md §13): proposed to every shard in
     /// turn, the shard of [`BLOCKLIST_SHARD_KEY`] first, and answered once every shard applied
     /// it. Returns whether the authoritative copy changed. A shard that cannot take it (no
@@ -53,7 +66,7 @@ impl Hub {
     /// The operator's blocklist (local read of the authoritative copy).
     pub fn blocklist(&self) -> Blocklist {
         self.shards
-            .get(self.blocklist_shard())
+            .get(self.readable_blocklist_shard())
             .read()
             .blocklist()
             .clone()
@@ -61,7 +74,7 @@ impl Hub {
 
     /// Why provider `domain`'s requests are refused, if it is blocked (local read).
     pub fn provider_refusal(&self, domain: &str) -> Option<String> {
-        let data = self.shards.get(self.blocklist_shard()).read();
+        let data = self.shards.get(self.readable_blocklist_shard()).read();
         data.blocklist()
             .blocks_provider(domain)
             .then(|| format!("provider blocked: {domain}"))
@@ -70,7 +83,7 @@ impl Hub {
     /// Why `user` may not act here, if it (or its provider) is blocked (local read).
     pub fn user_refusal(&self, user: &crate::ids::UserId) -> Option<String> {
         self.shards
-            .get(self.blocklist_shard())
+            .get(self.readable_blocklist_shard())
             .read()
             .blocklist()
             .refusal_of_user(user)
@@ -94,9 +107,12 @@ impl Hub {
         }
     }
 
-    /// Every abuse report of the rooms this node's replicas host, by room (local read).
+    /// Every abuse report of the rooms this node's replicas host, by room (local read of the
+    /// shards this node holds; with `cluster.replicas = "r"` the others' reports are listed by
+    /// the nodes that hold them).
     pub fn abuse_reports(&self) -> Vec<(RoomId, StoredReport)> {
         (0..self.shards.count())
+            .filter(|&shard| self.holds(shard))
             .flat_map(|shard| {
                 self.shards
                     .get(shard)
@@ -133,13 +149,27 @@ impl Hub {
         }
     }
 
-    /// What this node's replica keeps about the franked item at `seq` of `room` (local read).
-    pub fn frank_record(&self, room: &RoomId, seq: u64) -> Option<FrankRecord> {
-        self.shards
-            .for_room(room)
+    /// What the replicas keep about the franked item at `seq` of `room` (a remote read when
+    /// this node does not hold the room's shard).
+    pub async fn frank_record(
+        &self,
+        room: &RoomId,
+        seq: u64,
+    ) -> Result<Option<FrankRecord>, HubError> {
+        let shard = self.shards.shard_of(room.as_bytes());
+        if !self.holds(shard) {
+            let read = super::remote::RemoteRead::FrankRecord {
+                room: room.clone(),
+                seq,
+            };
+            return self.remote(shard, read).await;
+        }
+        Ok(self
+            .shards
+            .get(shard)
             .read()
             .franks()
             .get(room, seq)
-            .cloned()
+            .cloned())
     }
 }

@@ -35,14 +35,15 @@ use crate::wire::{Decode, Encode};
 
 impl ClientApi {
     /// `GET profile`: the user's profile (empty if it set none) and preferences.
-    pub(super) fn get_profile(&self, client: ClientId) -> Answer {
+    pub(super) async fn get_profile(&self, client: ClientId) -> Answer {
         let user = client.user();
         let profile = self
             .hub
             .profile(&user)
+            .await?
             .map(|profile| ProfileBody::from(&profile))
             .unwrap_or_default();
-        let preferences = self.hub.preferences(&user);
+        let preferences = self.hub.preferences(&user).await?;
         ok_body(
             StatusCode::OK,
             &ProfileResponse {
@@ -82,7 +83,7 @@ impl ClientApi {
         let user = client.user();
         let request = with_requester(&request, &user)?;
         if domain == self.domain {
-            return answer_identifier_query(&self.hub, &self.domain, &request, Some(&user));
+            return answer_identifier_query(&self.hub, &self.domain, &request, Some(&user)).await;
         }
         let answer = self
             .forwarder
@@ -229,8 +230,8 @@ impl ClientApi {
 
     /// `GET consents`: the requests to the user and its decisions, its own requests and their
     /// answers.
-    pub(super) fn consents(&self, client: ClientId) -> Answer {
-        let (_, listing) = self.hub.consents(&client.user());
+    pub(super) async fn consents(&self, client: ClientId) -> Answer {
+        let (_, listing) = self.hub.consents(&client.user()).await?;
         let records = |records: &[mimid_actors::directory::consent::ConsentRecord]| {
             records
                 .iter()

@@ -6,6 +6,10 @@
 //! request (postcard):  NodeRequest::Propose { shard, command }   command: unstamped Command
 //!                      [RequestContext { trace }]                 optional, appended
 //! answer  (postcard):  NodeAnswer::Proposed(Result<ApplyOutput, ForwardError>)
+//! request (postcard):  NodeRequest::Read { shard, read }         read: RemoteRead
+//! answer  (postcard):  NodeAnswer::Read(Result<Vec<u8>, HubError>)
+//! request (postcard):  NodeRequest::Pull { shard, request }      request: PullRequest
+//! answer  (postcard):  NodeAnswer::Pulled(Result<Vec<u8>, HubError>)   Pulled, Franks filled
 //! ```
 //!
 //! Tracing (ARCHITECTURE.md "Tracing"): the origin's `forward_call` span (a child of the
@@ -19,6 +23,11 @@
 //! and ignores the context, and a request without one (from such an origin) or with one this
 //! node cannot read starts a trace of its own on the leader. A request is never refused over
 //! its context.
+//!
+//! Reads and pulls serve a node that holds no replica of the shard (`mimid_actors::hub::remote`
+//! module docs): the answering node reads its own replica ([`Hub::serve_read`],
+//! [`Hub::pull`]; a pull's items get the Franks this node computes for its own streams) or
+//! answers `Unavailable` when it holds none either.
 //!
 //! The leader stamps the command with its own clock and proposes it locally, never forwarding
 //! it again: a node that does not lead the shard answers `ForwardError::NotLeader`, and the
@@ -37,14 +46,17 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use mimid_actors::hub::{ForwardError, Forwarding, Hub, HubError, ProposalRouter};
+use mimid_actors::hub::remote::{PullRequest, MAX_PULL_WAIT};
+use mimid_actors::hub::{ForwardError, Forwarding, Hub, HubError, ProposalRouter, ReadForwarding};
 use mimid_actors::shard::ApplyOutput;
 use mimid_cluster::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
 use super::{CallError, NetSender, RpcHandler};
+use crate::franking::Franking;
 use crate::metrics::{ForwardOutcome, Metrics};
+use crate::wire::Encode as _;
 
 /// How long the origin waits for the leader's answer: the leader answers once the entry is
 /// durable on a quorum and applied, which takes milliseconds unless leadership is moving.
@@ -56,6 +68,10 @@ enum NodeRequest {
     /// Propose `command` (a postcard-encoded, unstamped `Command`) to `shard`, which the
     /// receiver is believed to lead.
     Propose { shard: ShardId, command: Vec<u8> },
+    /// Read `shard` for a node that holds no replica of it (`read`: a postcard `RemoteRead`).
+    Read { shard: ShardId, read: Vec<u8> },
+    /// Pull a client's items of `shard` (`request`: a postcard `PullRequest`).
+    Pull { shard: ShardId, request: Vec<u8> },
 }
 
 /// What travels after a [`NodeRequest`] in the same request body (module docs). Fields are
@@ -76,6 +92,10 @@ const MAX_CONTEXT_BYTES: usize = 2048;
 enum NodeAnswer {
     /// The output of the proposal's apply on the leader, or why there is none.
     Proposed(Result<ApplyOutput, ForwardError>),
+    /// A read's answer (postcard), or why there is none.
+    Read(Result<Vec<u8>, HubError>),
+    /// A pull's answer (postcard `Pulled`), or why there is none.
+    Pulled(Result<Vec<u8>, HubError>),
 }
 
 /// The origin side: the hub's [`ProposalRouter`] over the node-to-node transport.
@@ -112,7 +132,57 @@ impl NetRouter {
     }
 }
 
+impl NetRouter {
+    /// Sends `request` to `node` and hands back the bytes of a read or pull answer.
+    fn ask(
+        &self,
+        node: NodeId,
+        shard: ShardId,
+        request: NodeRequest,
+        wait: Duration,
+    ) -> ReadForwarding {
+        let Some(net) = self.net.get() else {
+            let error = HubError::Unavailable("the node-to-node transport is starting".into());
+            return Box::pin(async move { Err(error) });
+        };
+        let call = net.call(node, encode(&request), wait);
+        let net = net.clone();
+        Box::pin(async move {
+            match call.await {
+                Ok(answer) => match postcard::from_bytes::<NodeAnswer>(&answer) {
+                    Ok(NodeAnswer::Read(result) | NodeAnswer::Pulled(result)) => result,
+                    Ok(NodeAnswer::Proposed(_)) | Err(_) => Err(HubError::Unavailable(format!(
+                        "node {node} answered a read of shard {shard} with something this node \
+                         cannot read"
+                    ))),
+                },
+                Err(e) => {
+                    if matches!(
+                        e,
+                        CallError::Unreachable | CallError::Closed | CallError::Timeout
+                    ) {
+                        net.report_unreachable(node);
+                    }
+                    Err(HubError::Unavailable(format!(
+                        "reading shard {shard} on node {node} failed: {e}"
+                    )))
+                }
+            }
+        })
+    }
+}
+
 impl ProposalRouter for NetRouter {
+    fn read(&self, node: NodeId, shard: ShardId, read: Vec<u8>) -> ReadForwarding {
+        self.ask(node, shard, NodeRequest::Read { shard, read }, self.timeout)
+    }
+
+    fn pull(&self, node: NodeId, shard: ShardId, request: Vec<u8>) -> ReadForwarding {
+        // The answer may wait up to the pull's own wait (at most MAX_PULL_WAIT) on the node.
+        let wait = self.timeout + MAX_PULL_WAIT;
+        self.ask(node, shard, NodeRequest::Pull { shard, request }, wait)
+    }
+
     fn forward(&self, leader: NodeId, shard: ShardId, command: Vec<u8>) -> Forwarding {
         let metrics = self.metrics.clone();
         let Some(net) = self.net.get() else {
@@ -148,6 +218,14 @@ impl ProposalRouter for NetRouter {
                         };
                         (result, outcome)
                     }
+                    Ok(NodeAnswer::Read(_) | NodeAnswer::Pulled(_)) => (
+                        Err(HubError::Unavailable(format!(
+                            "node {leader}, leader of shard {shard}, answered a proposal with a \
+                             read's answer; the request may have taken effect"
+                        ))
+                        .into()),
+                        ForwardOutcome::Failed,
+                    ),
                     Err(e) => (
                         Err(HubError::Unavailable(format!(
                             "node {leader}, leader of shard {shard}, answered something this \
@@ -199,6 +277,7 @@ fn call_failed(leader: NodeId, shard: ShardId, error: &CallError, timeout: Durat
 /// weakly, so a stopping node's hub is not kept alive by the transport.
 pub struct ForwardedProposals {
     hub: OnceLock<Weak<Hub>>,
+    franking: OnceLock<Weak<Franking>>,
 }
 
 impl ForwardedProposals {
@@ -206,6 +285,7 @@ impl ForwardedProposals {
     pub fn new() -> Arc<Self> {
         Arc::new(ForwardedProposals {
             hub: OnceLock::new(),
+            franking: OnceLock::new(),
         })
     }
 
@@ -213,17 +293,25 @@ impl ForwardedProposals {
     pub fn set(&self, hub: &Arc<Hub>) {
         let _ = self.hub.set(Arc::downgrade(hub));
     }
+
+    /// Franks pulled items with `franking` (until then they go without: a relay that asks
+    /// before it is set delivers them unfranked, as a stream would before the keys are known).
+    pub fn set_franking(&self, franking: &Arc<Franking>) {
+        let _ = self.franking.set(Arc::downgrade(franking));
+    }
 }
 
 impl RpcHandler for ForwardedProposals {
     fn handle(&self, from: NodeId, body: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
         let hub = self.hub.get().and_then(Weak::upgrade);
+        let franking = self.franking.get().and_then(Weak::upgrade);
         Box::pin(async move {
-            let result = match decode_request(&body) {
-                Err(e) => Err(HubError::Rejected(format!(
+            let starting = || HubError::Unavailable("this node is starting or stopping".into());
+            match decode_request(&body) {
+                Err(e) => encode(&NodeAnswer::Proposed(Err(HubError::Rejected(format!(
                     "node {from} sent a request this node cannot read: {e}"
                 ))
-                .into()),
+                .into()))),
                 Ok((NodeRequest::Propose { shard, command }, context)) => {
                     // The origin's trace continues here (module docs), whatever span the
                     // transport's connection task runs in.
@@ -235,22 +323,57 @@ impl RpcHandler for ForwardedProposals {
                         shard,
                     );
                     crate::telemetry::set_remote_parent_from_fields(&span, &context.trace);
-                    match hub {
+                    let result = match hub {
                         Some(hub) => {
                             hub.propose_forwarded(shard, &command)
                                 .instrument(span)
                                 .await
                         }
-                        None => Err(HubError::Unavailable(
-                            "this node is starting or stopping".into(),
-                        )
-                        .into()),
-                    }
+                        None => Err(starting().into()),
+                    };
+                    encode(&NodeAnswer::Proposed(result))
                 }
-            };
-            encode(&NodeAnswer::Proposed(result))
+                Ok((NodeRequest::Read { shard, read }, _)) => {
+                    let result = match hub {
+                        Some(hub) => hub.serve_read(shard, &read).await,
+                        None => Err(starting()),
+                    };
+                    encode(&NodeAnswer::Read(result))
+                }
+                Ok((NodeRequest::Pull { shard, request }, _)) => {
+                    let result = match hub {
+                        Some(hub) => serve_pull(&hub, franking.as_deref(), shard, &request).await,
+                        None => Err(starting()),
+                    };
+                    encode(&NodeAnswer::Pulled(result))
+                }
+            }
         })
     }
+}
+
+/// [`Hub::pull`] for another node's relay, with the Franks this node computes for its own
+/// streams.
+async fn serve_pull(
+    hub: &Hub,
+    franking: Option<&Franking>,
+    shard: ShardId,
+    request: &[u8],
+) -> Result<Vec<u8>, HubError> {
+    let request: PullRequest = postcard::from_bytes(request)
+        .map_err(|e| HubError::Rejected(format!("a pull that does not decode: {e}")))?;
+    let wait = Duration::from_millis(request.wait_ms);
+    let mut pulled = hub
+        .pull(shard, &request.client, &request.cursors, wait)
+        .await?;
+    if let Some(franking) = franking {
+        for pulled in &mut pulled.items {
+            pulled.frank = franking
+                .frank_of_item(&pulled.room, &pulled.item)
+                .and_then(|frank| frank.to_bytes().ok());
+        }
+    }
+    Ok(encode(&pulled))
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -373,6 +496,24 @@ mod tests {
             Ok(NodeAnswer::Proposed(Err(ForwardError::Hub(
                 HubError::Unavailable(_)
             ))))
+        ));
+        // Reads and pulls of a node without a hub are unavailable too: the asker tries
+        // another member of the shard.
+        let read = encode(&NodeRequest::Read {
+            shard: 1,
+            read: vec![],
+        });
+        assert!(matches!(
+            postcard::from_bytes::<NodeAnswer>(&handler.handle(2, read).await),
+            Ok(NodeAnswer::Read(Err(HubError::Unavailable(_))))
+        ));
+        let pull = encode(&NodeRequest::Pull {
+            shard: 1,
+            request: vec![],
+        });
+        assert!(matches!(
+            postcard::from_bytes::<NodeAnswer>(&handler.handle(2, pull).await),
+            Ok(NodeAnswer::Pulled(Err(HubError::Unavailable(_))))
         ));
     }
 }

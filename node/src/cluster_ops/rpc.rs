@@ -395,6 +395,11 @@ impl OpsRpc {
         self.forwarded.set(hub);
     }
 
+    /// Franks the items other nodes' relays pull from here with `franking`.
+    pub fn set_franking(&self, franking: &Arc<crate::franking::Franking>) {
+        self.forwarded.set_franking(franking);
+    }
+
     /// Starts answering cluster operations with `ops`. A second call changes nothing.
     pub fn set_ops(&self, ops: &Arc<ClusterOps>) {
         let _ = self.ops.set(Arc::downgrade(ops));

@@ -57,7 +57,7 @@ impl MimiService {
             }
             self.refuse_blocked(requester)?;
         }
-        answer_identifier_query(&self.hub, &self.domain, &request, requester.as_ref())
+        answer_identifier_query(&self.hub, &self.domain, &request, requester.as_ref()).await
     }
 
     /// protocol-06 §5.7 `requestConsent` (MIMI.md §5.6): a `request` or `cancel` of a user of
@@ -151,14 +151,14 @@ impl MimiService {
 /// The answer to an identifier query for our users (MIMI.md §5.7), from our replicas: a user
 /// `requester` may not find, or whom the operator blocked (MIMI.md §13), is `notFound`, byte
 /// for byte like an unknown one.
-pub(crate) fn answer_identifier_query(
+pub(crate) async fn answer_identifier_query(
     hub: &Hub,
     domain: &str,
     request: &IdentifierRequest,
     requester: Option<&UserId>,
 ) -> Answer {
     let terms = search_terms(&request.query_elements);
-    let response = match hub.identifier_query(&terms, requester, domain) {
+    let response = match hub.identifier_query(&terms, requester, domain).await? {
         QueryOutcome::Found(user) if hub.user_refusal(&user).is_some() => {
             identifier_response(IdentifierQueryCode::NotFound, None)
         }
