@@ -82,6 +82,7 @@ pub struct Metrics {
     shards_led: Gauge,
     hibernating_groups: Gauge,
     forwarded_proposals: Family<ForwardLabels, Counter>,
+    remote_reads: Family<RemoteReadLabels, Counter>,
     placement_moves: Family<PlacementLabels, Counter>,
     placement_pending: Gauge,
     blocked_requests: Family<BlockedLabels, Counter>,
@@ -452,6 +453,17 @@ impl EncodeLabelValue for ForwardOutcome {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
+}
+
+/// Labels of `mimid_remote_reads_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemoteReadLabels {
+    /// `read` (one read of a shard this node does not hold) or `pull` (a push-stream relay's
+    /// long poll).
+    pub kind: &'static str,
+    /// `answered`, `refused` (the node asked answered an error: it does not hold the shard,
+    /// or could not confirm a negative read) or `failed` (no answer).
+    pub outcome: &'static str,
 }
 
 /// Labels of `mimid_placement_moves_total`.
@@ -874,6 +886,17 @@ impl Metrics {
         for outcome in ForwardOutcome::ALL {
             drop(forwarded_proposals.get_or_create(&ForwardLabels { outcome }));
         }
+        let remote_reads = Family::<RemoteReadLabels, Counter>::default();
+        registry.register(
+            "remote_reads",
+            "Reads and push-stream pulls of shards this node holds no replica of, sent to a node that holds one (ARCHITECTURE.md \"Remote reads\"), by kind and outcome",
+            remote_reads.clone(),
+        );
+        for kind in ["read", "pull"] {
+            for outcome in ["answered", "refused", "failed"] {
+                drop(remote_reads.get_or_create(&RemoteReadLabels { kind, outcome }));
+            }
+        }
         let blocked_requests = Family::<BlockedLabels, Counter>::default();
         registry.register(
             "blocked_requests",
@@ -961,6 +984,7 @@ impl Metrics {
             shards_led,
             hibernating_groups,
             forwarded_proposals,
+            remote_reads,
             placement_moves,
             placement_pending,
             blocked_requests,
@@ -1097,6 +1121,14 @@ impl Metrics {
     pub fn count_forwarded_proposal(&self, outcome: ForwardOutcome) {
         self.forwarded_proposals
             .get_or_create(&ForwardLabels { outcome })
+            .inc();
+    }
+
+    /// Counts one remote read (`kind` `read` or `pull`) by how it ended (`answered`,
+    /// `refused`, `failed`).
+    pub fn count_remote_read(&self, kind: &'static str, outcome: &'static str) {
+        self.remote_reads
+            .get_or_create(&RemoteReadLabels { kind, outcome })
             .inc();
     }
 

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use mimid_actors::hub::HubError;
 use mimid_actors::ids::RoomId;
 use mimid_actors::shard::Shards;
 use mimid_cluster::StateMachine as _;
@@ -312,6 +313,45 @@ async fn with_replicas_r_clients_on_a_node_without_the_rooms_shard_see_one_order
     );
     assert!(held[lacking] < shards as usize, "{held:?}");
     println!("shards held per node: {held:?}");
+    // What the relay asks of a holder (`Hub::pull`): Alice's items of the shard after a
+    // cursor, in order; nothing after the last; and a node without the shard refuses.
+    let alice_id = clients[0].id().clone();
+    let holder = cluster.nodes[holders[0]].node().hub();
+    let all = holder
+        .pull(shard, &alice_id, &[], Duration::ZERO)
+        .await
+        .expect("the holder answers");
+    let seqs: Vec<u64> = all.items.iter().map(|pulled| pulled.item.seq).collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "{seqs:?}");
+    assert!(all.items.len() >= 4 * EACH, "{}", all.items.len());
+    let last = *seqs.last().expect("items");
+    let after = holder
+        .pull(
+            shard,
+            &alice_id,
+            &[(room.clone(), last)],
+            Duration::from_millis(50),
+        )
+        .await
+        .expect("the holder answers");
+    assert!(after.items.is_empty(), "{:?}", after.items);
+    assert_eq!(after.cursors, [(room.clone(), last)]);
+    let refused = cluster.nodes[lacking]
+        .node()
+        .hub()
+        .pull(shard, &alice_id, &[], Duration::ZERO)
+        .await;
+    assert!(
+        matches!(refused, Err(HubError::Unavailable(_))),
+        "{refused:?}"
+    );
+    // Alice's node read and relayed from the holders.
+    let scraped = scrape(&cluster.nodes[lacking]).await;
+    for kind in ["read", "pull"] {
+        let series = format!("mimid_remote_reads_total{{kind=\"{kind}\",outcome=\"answered\"}}");
+        let answered = metric(&scraped, &series).unwrap_or(0.0);
+        assert!(answered >= 1.0, "{series} {answered}");
+    }
 
     // A backup taken on the node without the room's shard holds every shard: the parts it
     // does not hold come from nodes that do, the room's among them.

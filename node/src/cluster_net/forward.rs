@@ -145,16 +145,31 @@ impl NetRouter {
             let error = HubError::Unavailable("the node-to-node transport is starting".into());
             return Box::pin(async move { Err(error) });
         };
+        let kind = match request {
+            NodeRequest::Pull { .. } => "pull",
+            _ => "read",
+        };
         let call = net.call(node, encode(&request), wait);
         let net = net.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
-            match call.await {
+            let (result, outcome) = match call.await {
                 Ok(answer) => match postcard::from_bytes::<NodeAnswer>(&answer) {
-                    Ok(NodeAnswer::Read(result) | NodeAnswer::Pulled(result)) => result,
-                    Ok(NodeAnswer::Proposed(_)) | Err(_) => Err(HubError::Unavailable(format!(
-                        "node {node} answered a read of shard {shard} with something this node \
-                         cannot read"
-                    ))),
+                    Ok(NodeAnswer::Read(result) | NodeAnswer::Pulled(result)) => {
+                        let outcome = if result.is_ok() {
+                            "answered"
+                        } else {
+                            "refused"
+                        };
+                        (result, outcome)
+                    }
+                    Ok(NodeAnswer::Proposed(_)) | Err(_) => (
+                        Err(HubError::Unavailable(format!(
+                            "node {node} answered a read of shard {shard} with something this \
+                             node cannot read"
+                        ))),
+                        "failed",
+                    ),
                 },
                 Err(e) => {
                     if matches!(
@@ -163,11 +178,16 @@ impl NetRouter {
                     ) {
                         net.report_unreachable(node);
                     }
-                    Err(HubError::Unavailable(format!(
-                        "reading shard {shard} on node {node} failed: {e}"
-                    )))
+                    (
+                        Err(HubError::Unavailable(format!(
+                            "reading shard {shard} on node {node} failed: {e}"
+                        ))),
+                        "failed",
+                    )
                 }
-            }
+            };
+            metrics.count_remote_read(kind, outcome);
+            result
         })
     }
 }
