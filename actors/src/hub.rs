@@ -485,6 +485,9 @@ pub struct Hub {
     limits: ActorLimits,
     clock: Clock,
     system: Option<(actix::System, JoinHandle<()>)>,
+    /// Which shards this node holds ([`Proposer::holds`]), as of the last look (every
+    /// `LEADERSHIP_POLL`): push-stream relays wait on it instead of asking each shard.
+    held: tokio::sync::watch::Receiver<Vec<bool>>,
 }
 
 /// Wakes every hosted room of `shard` with a follower provider behind its durable fan-out
@@ -606,6 +609,10 @@ impl Hub {
         // cursors.
         let watcher = router.clone();
         let watched = proposer.clone();
+        let holding: Vec<bool> = (0..shards.count())
+            .map(|shard| proposer.holds(shard))
+            .collect();
+        let (held_tx, held) = tokio::sync::watch::channel(holding);
         arbiters[0].spawn(async move {
             let mut led = vec![false; usize::try_from(watched.shards.count()).unwrap_or(0)];
             let mut tick = tokio::time::interval(LEADERSHIP_POLL);
@@ -620,6 +627,14 @@ impl Hub {
                     }
                     *was_leader = leads;
                 }
+                let holding: Vec<bool> = (0..watched.shards.count())
+                    .map(|shard| watched.holds(shard))
+                    .collect();
+                held_tx.send_if_modified(|held| {
+                    let changed = *held != holding;
+                    *held = holding;
+                    changed
+                });
             }
         });
         let dispatcher = router.clone();
@@ -662,6 +677,7 @@ impl Hub {
             limits: config.limits,
             clock,
             system: Some((system, thread)),
+            held,
         })
     }
 

@@ -128,8 +128,11 @@ pub struct PullRequest {
 /// How long a relay's pull waits on the node it asks (short enough that a relay notices a
 /// closed stream or a shard that came here soon).
 const RELAY_WAIT: Duration = Duration::from_secs(2);
-/// How often a stream's relay looks for shards this node stopped or started holding.
-const RELAY_CHECK: Duration = Duration::from_millis(500);
+/// How often a stream's relay checks that its stream is still open (a change of the shards
+/// this node holds wakes it at once).
+const RELAY_CHECK: Duration = Duration::from_secs(2);
+/// How long a relay of a shard waits before asking again when it knows no holder.
+const RELAY_RETRY: Duration = Duration::from_millis(250);
 /// Longest pause between a relay's failed pulls.
 const RELAY_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -367,17 +370,21 @@ impl Hub {
             return;
         }
         let mut running: BTreeMap<ShardId, tokio::task::JoinHandle<()>> = BTreeMap::new();
-        let mut tick = tokio::time::interval(RELAY_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut held = self.held.clone();
         while !feed.is_closed() {
             running.retain(|_, task| !task.is_finished());
-            for shard in 0..self.shards.count() {
-                if !running.contains_key(&shard) && !self.holds(shard) {
+            let holding = held.borrow_and_update().clone();
+            for (shard, holds) in (0..).zip(holding) {
+                if !running.contains_key(&shard) && !holds {
                     let relay = self.clone().relay_shard(shard, feed.clone());
                     running.insert(shard, tokio::spawn(relay));
                 }
             }
-            tick.tick().await;
+            // A shard this node stopped or started holding, or a look at the stream.
+            if let Ok(Err(_)) = tokio::time::timeout(RELAY_CHECK, held.changed()).await {
+                // The hub is stopping: no more changes come.
+                tokio::time::sleep(RELAY_CHECK).await;
+            }
         }
         for task in running.into_values() {
             task.abort();
@@ -395,7 +402,7 @@ impl Hub {
             }
             let targets = self.read_targets(shard);
             let Some(&node) = targets.get(failures % targets.len().max(1)) else {
-                tokio::time::sleep(RELAY_CHECK).await;
+                tokio::time::sleep(RELAY_RETRY).await;
                 continue;
             };
             let request = PullRequest {
@@ -419,7 +426,7 @@ impl Hub {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     tracing::debug!(shard, node, error = %e, "relay pull failed");
-                    let pause = RELAY_CHECK.saturating_mul(failures.min(4) as u32);
+                    let pause = RELAY_RETRY.saturating_mul(failures.min(4) as u32);
                     tokio::time::sleep(pause.min(RELAY_MAX_BACKOFF)).await;
                 }
             }
