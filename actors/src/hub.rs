@@ -154,6 +154,31 @@ pub enum ForwardError {
     /// client as is.
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// Like [`ForwardError::NotLeader`], naming the node this one's replica knows as the
+    /// shard's leader: the origin retries there (the way a node without a replica of the shard
+    /// learns of a new leader before shard 0's descriptor says so). Appended after the older
+    /// variants: an older origin reads it as an answer it cannot read (a 503).
+    #[error("the node does not lead the shard; node {0} does")]
+    NotLeaderNaming(NodeId),
+}
+
+/// How one attempt of a proposal missed its verdict.
+enum Missed {
+    /// The node asked does not lead the shard; the proposal may be retried, at the node named
+    /// if any.
+    Elsewhere(Option<NodeId>),
+    /// No verdict, answered to the caller as is.
+    Failed(HubError),
+}
+
+impl From<ForwardError> for Missed {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::NotLeader => Missed::Elsewhere(None),
+            ForwardError::NotLeaderNaming(node) => Missed::Elsewhere(Some(node)),
+            ForwardError::Hub(e) => Missed::Failed(e),
+        }
+    }
 }
 
 /// Stamps commands with the hub time and proposes them to their shard: locally when this node
@@ -166,9 +191,8 @@ pub(crate) struct Proposer {
     router: Option<Arc<dyn ProposalRouter>>,
 }
 
-/// One attempt of a proposal: `Err(None)` means the node asked does not lead the shard and the
-/// proposal may be retried elsewhere.
-type Attempt = Pin<Box<dyn Future<Output = Result<ApplyOutput, Option<HubError>>> + Send>>;
+/// One attempt of a proposal.
+type Attempt = Pin<Box<dyn Future<Output = Result<ApplyOutput, Missed>> + Send>>;
 
 impl Proposer {
     /// Proposes `command` to the shard its key hashes to (or, for commands without a key,
@@ -193,7 +217,9 @@ impl Proposer {
     /// When this node leads the shard, the command is stamped and queued before this returns
     /// (so a caller's proposals keep its order); otherwise it goes unstamped to the leader
     /// through the [`ProposalRouter`]. A node that turns out not to lead the shard (leadership
-    /// just moved) makes it retry once with the leader the local replica names then. No known
+    /// just moved) makes it retry once with the leader the local replica names then, or, when
+    /// it names none (a shard this node does not hold), the one the refusing node named
+    /// ([`ForwardError::NotLeaderNaming`]) or shard 0's descriptor names. No known
     /// leader is `HubError::Unavailable` (HTTP 503 with Retry-After at the edges).
     ///
     /// Tracing: one `raft_proposal` span (fields `shard`, `bytes`, and `forwarded_to` when it
@@ -212,18 +238,19 @@ impl Proposer {
             forwarded_to = tracing::field::Empty,
             error = tracing::field::Empty,
         );
-        let first = span.in_scope(|| self.attempt(shard, &command));
+        let first = span.in_scope(|| self.attempt(shard, &command, None));
         let proposer = self.clone();
         async move {
             let verdict = match first.await {
-                Err(None) => match proposer.attempt(shard, &command).await {
-                    Err(None) => Err(HubError::Unavailable(format!(
+                Err(Missed::Elsewhere(hint)) => match proposer.attempt(shard, &command, hint).await
+                {
+                    Err(Missed::Elsewhere(_)) => Err(HubError::Unavailable(format!(
                         "shard {shard}: leadership is moving (the named leader refused twice)"
                     ))),
-                    Err(Some(e)) => Err(e),
+                    Err(Missed::Failed(e)) => Err(e),
                     Ok(output) => Ok(output),
                 },
-                Err(Some(e)) => Err(e),
+                Err(Missed::Failed(e)) => Err(e),
                 Ok(output) => Ok(output),
             };
             if let Err(e) = &verdict {
@@ -277,22 +304,23 @@ impl Proposer {
             .filter(|&leader| leader != me)
     }
 
-    /// One try of `command` on the node [`Self::route`] names as `shard`'s leader.
-    fn attempt(&self, shard: ShardId, command: &Command) -> Attempt {
+    /// One try of `command` on the node [`Self::route`] names as `shard`'s leader, or, when
+    /// the local replica names none, on `hint` (the leader a node that refused named).
+    fn attempt(&self, shard: ShardId, command: &Command, hint: Option<NodeId>) -> Attempt {
         let span = tracing::Span::current();
-        match self.route(shard) {
+        let route = self.route(shard);
+        let target = match self.cluster.leader(shard) {
+            Some(leader) => Some(leader),
+            None => hint.or(route),
+        };
+        match target {
             None => {
                 let error = no_leader(shard);
-                Box::pin(async move { Err(Some(error)) })
+                Box::pin(async move { Err(Missed::Failed(error)) })
             }
             Some(leader) if leader == self.cluster.node_id() => {
                 let queued = self.propose_local(shard, command.clone(), &span);
-                Box::pin(async move {
-                    queued.await.map_err(|e| match e {
-                        ForwardError::NotLeader => None,
-                        ForwardError::Hub(e) => Some(e),
-                    })
-                })
+                Box::pin(async move { queued.await.map_err(Missed::from) })
             }
             Some(leader) => {
                 let Some(router) = &self.router else {
@@ -300,7 +328,7 @@ impl Proposer {
                         "shard {shard} is led by node {leader}, and this node has no \
                          node-to-node transport"
                     ));
-                    return Box::pin(async move { Err(Some(error)) });
+                    return Box::pin(async move { Err(Missed::Failed(error)) });
                 };
                 let bytes = postcard::to_stdvec(command)
                     .expect("serialising a command into memory cannot fail");
@@ -317,14 +345,14 @@ impl Proposer {
                     loop {
                         tokio::select! {
                             result = &mut forwarded => {
-                                return result.map_err(|e| match e {
-                                    ForwardError::NotLeader => None,
-                                    ForwardError::Hub(e) => Some(e),
-                                });
+                                return result.map_err(Missed::from);
                             }
                             _ = poll.tick() => {
-                                if proposer.route(shard) != Some(leader) {
-                                    return Err(Some(HubError::Unavailable(format!(
+                                // The route changed since the request left (a hinted target
+                                // is not the route; only a change of the route counts).
+                                let now = proposer.route(shard);
+                                if now != route && now != Some(leader) {
+                                    return Err(Missed::Failed(HubError::Unavailable(format!(
                                         "shard {shard}: node {leader} stopped leading it while \
                                          the request was with it; it may have taken effect"
                                     ))));
@@ -1319,7 +1347,15 @@ impl Hub {
         if let Err(e) = &outcome {
             span.record("error", tracing::field::display(e));
         }
-        outcome
+        // Name the leader this replica knows, so an origin without a replica of the shard need
+        // not wait for shard 0's descriptor to learn of it.
+        let me = self.proposer.cluster.node_id();
+        match (outcome, self.proposer.cluster.leader(shard)) {
+            (Err(ForwardError::NotLeader), Some(leader)) if leader != me => {
+                Err(ForwardError::NotLeaderNaming(leader))
+            }
+            (outcome, _) => outcome,
+        }
     }
 
     /// Moves `client`'s delivery cursors. Cursors only move forward (apply ignores

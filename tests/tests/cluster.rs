@@ -9,7 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use mimid_actors::hub::HubError;
+use mimid_actors::command::Command;
+use mimid_actors::hub::{ForwardError, HubError};
 use mimid_actors::ids::RoomId;
 use mimid_actors::shard::Shards;
 use mimid_cluster::StateMachine as _;
@@ -343,6 +344,27 @@ async fn with_replicas_r_clients_on_a_node_without_the_rooms_shard_see_one_order
         .await;
     assert!(
         matches!(refused, Err(HubError::Unavailable(_))),
+        "{refused:?}"
+    );
+    // A holder that does not lead the shard refuses a forwarded proposal naming the leader,
+    // so an origin without a replica retries there without waiting for the descriptor.
+    let (leader, _, _) = leader_view(&cluster, shard).expect("a leader");
+    let follower = holders
+        .iter()
+        .copied()
+        .find(|&index| cluster.nodes[index].id() != leader)
+        .expect("a holder that follows");
+    let housekeeping = postcard::to_stdvec(&Command::Housekeeping {
+        log_retention_ms: u64::MAX,
+    })
+    .expect("encodes");
+    let refused = cluster.nodes[follower]
+        .node()
+        .hub()
+        .propose_forwarded(shard, &housekeeping)
+        .await;
+    assert!(
+        matches!(refused, Err(ForwardError::NotLeaderNaming(named)) if named == leader),
         "{refused:?}"
     );
     // Alice's node read and relayed from the holders.

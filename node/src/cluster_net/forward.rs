@@ -233,7 +233,9 @@ impl ProposalRouter for NetRouter {
                     Ok(NodeAnswer::Proposed(result)) => {
                         let outcome = match &result {
                             Ok(_) => ForwardOutcome::Applied,
-                            Err(ForwardError::NotLeader) => ForwardOutcome::NotLeader,
+                            Err(ForwardError::NotLeader | ForwardError::NotLeaderNaming(_)) => {
+                                ForwardOutcome::NotLeader
+                            }
                             Err(ForwardError::Hub(_)) => ForwardOutcome::Refused,
                         };
                         (result, outcome)
@@ -445,6 +447,7 @@ mod tests {
                 },
             )))),
             NodeAnswer::Proposed(Err(ForwardError::NotLeader)),
+            NodeAnswer::Proposed(Err(ForwardError::NotLeaderNaming(3))),
             NodeAnswer::Proposed(Err(HubError::Unavailable("x".into()).into())),
         ];
         for answer in answers {
