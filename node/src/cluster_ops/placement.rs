@@ -844,24 +844,13 @@ fn rebalance(view: &View, loads: &Loads) -> Option<Step> {
                     });
                 }
             }
+            // A caught-up learner of `to` that rule 7 swaps in for `from` (`to` is live, not
+            // draining and two voters lighter: `receivers` and the loop's bound say so).
             let step = view
                 .shards
                 .values()
-                .filter(|shard| shard.voters.contains(&from) && shard.learners.contains(&to))
-                .filter(|shard| view.eligible(shard.shard, to) && shard.is_caught_up(to))
-                .filter(|shard| {
-                    let before = view.spread(shard.voters.iter().copied());
-                    let rest = shard.voters.iter().copied().filter(|&v| v != from);
-                    if view.spread(rest.chain([to])) < before {
-                        return false;
-                    }
-                    let mut grown = shard.voters.clone();
-                    grown.push(to);
-                    let mut after = loads.clone();
-                    *after.entry(to).or_default() += 1;
-                    let victim = view.excess_victim(shard, &grown, &after);
-                    victim != to && loads.get(&victim).copied().unwrap_or(0) >= to_load + 2
-                })
+                .filter(|shard| shard.learners.contains(&to) && shard.is_caught_up(to))
+                .filter(|shard| rebalance_swap(view, loads, shard, from, to))
                 // Where the loaded node does not lead, no transfer is needed afterwards.
                 .min_by_key(|shard| (shard.leader == from, shard.shard))
                 .map(|shard| Step::Promote {
