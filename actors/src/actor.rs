@@ -242,7 +242,7 @@ impl RoomActor {
     fn leads(&self) -> bool {
         self.ctx
             .proposer
-            .leads(self.ctx.shards.shard_of(self.room.as_bytes()))
+            .leads(self.ctx.shards.room_shard(&self.room))
     }
 
     /// Sends what the fan-out core says is due (hosted rooms only, on the shard's leader only).

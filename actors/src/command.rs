@@ -18,6 +18,7 @@ use crate::ids::{ClientId, RoomId, UserId};
 use crate::moderation::{AbuseReport, BlockTarget};
 use crate::provider_keys::{ProviderKeys, PROVIDER_KEYS_SHARD_KEY};
 use crate::shard_descriptors::ShardDescriptor;
+use mimid_cluster::ShardId;
 
 /// A command with the hub timestamp the leader assigned when proposing it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +187,10 @@ pub enum Command {
     /// issue 4 build item 1). Proposed to shard 0, the metadata shard, directly: no shard key.
     /// Appended after the older variants so older logs decode unchanged.
     RecordShardDescriptor(ShardDescriptor),
+    /// Pins `room` to residency shard `shard` (`residency` module docs): lives in the room's
+    /// home shard, the one its id hashes to, and is proposed there before the room is
+    /// created in `shard`. Appended after the older variants so older logs decode unchanged.
+    PinRoom { room: RoomId, shard: ShardId },
 }
 
 impl Command {
@@ -203,7 +208,9 @@ impl Command {
             Command::SetPreferences { user, .. } => user_shard_key(user),
             Command::ConsentAsRequester { requester, .. } => user_shard_key(requester),
             Command::SetProfile { .. } => PROFILES_SHARD_KEY.to_vec(),
-            Command::CreateRoom { room, .. }
+            // A pin lives in the room's home shard, whatever shard the room is pinned to.
+            Command::PinRoom { room, .. }
+            | Command::CreateRoom { room, .. }
             | Command::RecordAbuseReport { room, .. }
             | Command::FanoutReceivedFranked { room, .. }
             | Command::Handshake { room, .. }
@@ -216,6 +223,38 @@ impl Command {
             Command::ClusterMeta(_) | Command::RecordShardDescriptor(_) => return None,
             Command::InstallProviderKeys { .. } => PROVIDER_KEYS_SHARD_KEY.to_vec(),
         })
+    }
+
+    /// The room a room command is about: it lives in that room's shard, the home shard its
+    /// id hashes to or, for a pinned room, the residency shard it is pinned to
+    /// (`Shards::room_shard`). `None` for every other command (a [`Command::PinRoom`]
+    /// included: it lives in the home shard).
+    pub fn room(&self) -> Option<&RoomId> {
+        match self {
+            Command::CreateRoom { room, .. }
+            | Command::RecordAbuseReport { room, .. }
+            | Command::FanoutReceivedFranked { room, .. }
+            | Command::Handshake { room, .. }
+            | Command::AppMessage { room, .. }
+            | Command::FanoutDelivered { room, .. }
+            | Command::FanoutReceived { room, .. }
+            | Command::MirrorJoin { room, .. }
+            | Command::Ack { room, .. } => Some(room),
+            Command::RegisterClient { .. }
+            | Command::PublishKeyPackages { .. }
+            | Command::ClaimKeyPackages { .. }
+            | Command::ClaimKeyPackagesInRoom { .. }
+            | Command::ConsentAsTarget { .. }
+            | Command::ConsentAsRequester { .. }
+            | Command::SetPreferences { .. }
+            | Command::SetProfile { .. }
+            | Command::Housekeeping { .. }
+            | Command::SetBlock { .. }
+            | Command::ClusterMeta(_)
+            | Command::RecordShardDescriptor(_)
+            | Command::InstallProviderKeys { .. }
+            | Command::PinRoom { .. } => None,
+        }
     }
 }
 

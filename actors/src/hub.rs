@@ -51,6 +51,7 @@ mod cluster_meta;
 mod moderation;
 mod provider_keys;
 pub mod remote;
+pub mod residency;
 
 /// Milliseconds since the UNIX epoch. Injected so tests and the simulator control time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -195,15 +196,20 @@ pub(crate) struct Proposer {
 type Attempt = Pin<Box<dyn Future<Output = Result<ApplyOutput, Missed>> + Send>>;
 
 impl Proposer {
-    /// Proposes `command` to the shard its key hashes to (or, for commands without a key,
-    /// shard 0; use `propose_to` for those).
+    /// Proposes `command` to its shard: a room command to its room's shard
+    /// (`Shards::room_shard`: the callers resolved the room first), anything else to the
+    /// shard its key hashes to (or, for commands without a key, shard 0; use `propose_to`
+    /// for those).
     pub(crate) fn propose(
         &self,
         command: Command,
     ) -> impl Future<Output = Result<ApplyOutput, HubError>> + Send + 'static {
-        let shard = command
-            .shard_key()
-            .map_or(0, |key| self.shards.shard_of(&key));
+        let shard = match command.room() {
+            Some(room) => self.shards.room_shard(room),
+            None => command
+                .shard_key()
+                .map_or(0, |key| self.shards.shard_of(&key)),
+        };
         self.propose_to(shard, command)
     }
 
@@ -1022,7 +1028,17 @@ impl Hub {
         room: &RoomId,
         joiner: &ClientId,
     ) -> Result<Option<Result<remote::GroupInfoParts, String>>, HubError> {
-        let shard = self.shards.shard_of(room.as_bytes());
+        let shard = self.room_shard(room).await?;
+        self.group_info_parts_in(shard, room, joiner).await
+    }
+
+    /// [`Self::group_info_parts`] of `room` in `shard`.
+    async fn group_info_parts_in(
+        &self,
+        shard: ShardId,
+        room: &RoomId,
+        joiner: &ClientId,
+    ) -> Result<Option<Result<remote::GroupInfoParts, String>>, HubError> {
         if !self.holds(shard) {
             let read = remote::RemoteRead::GroupInfoParts {
                 room: room.clone(),
@@ -1030,7 +1046,7 @@ impl Hub {
             };
             return self.remote(shard, read).await;
         }
-        if !self.hosts(room).await? {
+        if !self.hosts_in(shard, room).await? {
             return Ok(None);
         }
         let data = self.shards.get(shard).read();
@@ -1055,7 +1071,16 @@ impl Hub {
     /// the replica does not know (no barrier: a caller that needs it comes after a write that
     /// made the room known).
     pub async fn room_group_info(&self, room: &RoomId) -> Result<Option<Vec<u8>>, HubError> {
-        let shard = self.shards.shard_of(room.as_bytes());
+        let shard = self.room_shard(room).await?;
+        self.room_group_info_in(shard, room).await
+    }
+
+    /// [`Self::room_group_info`] of `room` in `shard`.
+    async fn room_group_info_in(
+        &self,
+        shard: ShardId,
+        room: &RoomId,
+    ) -> Result<Option<Vec<u8>>, HubError> {
         if !self.holds(shard) {
             let read = remote::RemoteRead::RoomGroupInfo { room: room.clone() };
             return self.remote(shard, read).await;
@@ -1097,23 +1122,29 @@ impl Hub {
         }
     }
 
+    /// Creates `room` (protocol-06 §5.1 is out of band: the client API's createRoom). With
+    /// `residency`, the room is pinned to that residency set (`crate::residency` module
+    /// docs); without, it lives in its home shard.
     pub async fn create_room(
         &self,
         room: RoomId,
         creator: ClientId,
         group_info: Vec<u8>,
         ratchet_tree: Vec<u8>,
+        residency: Option<&str>,
     ) -> Result<Result<(), CreateRoomRejection>, HubError> {
-        match self
-            .proposer
-            .propose(Command::CreateRoom {
-                room,
-                creator,
-                group_info,
-                ratchet_tree,
-            })
-            .await?
-        {
+        let command = Command::CreateRoom {
+            room: room.clone(),
+            creator,
+            group_info,
+            ratchet_tree,
+        };
+        if let Some(set) = residency {
+            return self.create_pinned_room(set, command).await;
+        }
+        // Unpinned: its home shard, whose apply refuses it over a pin.
+        let home = self.shards.shard_of(room.as_bytes());
+        match self.proposer.propose_to(home, command).await? {
             ApplyOutput::RoomCreated(result) => Ok(result),
             other => Err(unexpected(other)),
         }
@@ -1122,26 +1153,26 @@ impl Hub {
     /// Whether `room` is hosted here; an unknown room is checked again after a read barrier,
     /// since this node's replica may lag the shard's leader.
     async fn check_room(&self, room: &RoomId) -> Result<(), HubError> {
-        let shard = self.shards.shard_of(room.as_bytes());
+        let shard = self.room_shard(room).await?;
+        match self.hosts_in(shard, room).await? {
+            true => Ok(()),
+            false => Err(HubError::UnknownRoom),
+        }
+    }
+
+    /// Whether `shard` hosts `room`: read where it is held, after a read barrier before
+    /// "no".
+    async fn hosts_in(&self, shard: ShardId, room: &RoomId) -> Result<bool, HubError> {
         if !self.holds(shard) {
             let read = remote::RemoteRead::HostsRoom { room: room.clone() };
-            return match self.remote::<bool>(shard, read).await? {
-                true => Ok(()),
-                false => Err(HubError::UnknownRoom),
-            };
+            return self.remote::<bool>(shard, read).await;
         }
-        let known = || self.shards.for_room(room).read().room(room).is_some();
+        let known = || self.shards.get(shard).read().room(room).is_some();
         if known() {
-            return Ok(());
+            return Ok(true);
         }
-        self.proposer
-            .read_barrier(self.shards.shard_of(room.as_bytes()))
-            .await?;
-        if known() {
-            Ok(())
-        } else {
-            Err(HubError::UnknownRoom)
-        }
+        self.proposer.read_barrier(shard).await?;
+        Ok(known())
     }
 
     /// protocol-06 §5.2 for a room hosted here, from a local client or a peer provider.
@@ -1326,7 +1357,10 @@ impl Hub {
         }
         let command: Command = postcard::from_bytes(command)
             .map_err(|e| HubError::Rejected(format!("forwarded command does not decode: {e}")))?;
-        if let Some(key) = command.shard_key() {
+        // A pinned room's commands go to a residency shard, whose leader need not know the
+        // pin: a room command may come for its home shard or any residency shard.
+        let pinned = command.room().is_some() && self.shards.layout().set_of_shard(shard).is_some();
+        if let Some(key) = command.shard_key().filter(|_| !pinned) {
             let home = self.shards.shard_of(&key);
             if home != shard {
                 return Err(HubError::Rejected(format!(
@@ -1361,16 +1395,18 @@ impl Hub {
     /// Moves `client`'s delivery cursors. Cursors only move forward (apply ignores
     /// regressions), so a repeated or reordered acknowledgement is harmless.
     pub async fn ack(&self, client: ClientId, acks: Vec<(RoomId, u64)>) -> Result<(), HubError> {
-        let proposals: Vec<_> = acks
-            .into_iter()
-            .map(|(room, seq)| {
-                self.proposer.propose(Command::Ack {
+        let mut proposals = Vec::with_capacity(acks.len());
+        for (room, seq) in acks {
+            let shard = self.room_shard(&room).await?;
+            proposals.push(self.proposer.propose_to(
+                shard,
+                Command::Ack {
                     room,
                     client: client.clone(),
                     seq,
-                })
-            })
-            .collect();
+                },
+            ));
+        }
         for proposal in proposals {
             match proposal.await? {
                 ApplyOutput::Acked => {}

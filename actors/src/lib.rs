@@ -12,6 +12,8 @@ pub mod ids;
 pub mod moderation;
 pub mod policy;
 pub mod provider_keys;
+pub mod residency;
 pub mod room;
 pub mod shard;
 pub mod shard_descriptors;
+pub mod snapshot_section;

@@ -106,21 +106,20 @@ impl ProviderKeys {
         let Some(keys) = keys else {
             return Vec::new();
         };
-        let mut bytes = SNAPSHOT_MARKER.to_vec();
-        bytes.extend(
-            postcard::to_stdvec(keys).expect("serialising the keys into memory cannot fail"),
-        );
-        bytes
+        crate::snapshot_section::encode(&SNAPSHOT_MARKER, keys)
     }
 
     /// Splits a shard snapshot (without the node registry's prefix) into the keys
     /// ([`Self::snapshot_prefix`]; `None` when there are none) and the rest.
     pub fn split_snapshot(snapshot: &[u8]) -> Result<(Option<ProviderKeys>, &[u8]), String> {
-        let Some(rest) = snapshot.strip_prefix(SNAPSHOT_MARKER.as_slice()) else {
-            return Ok((None, snapshot));
+        let (keys, rest) = crate::snapshot_section::split::<ProviderKeys>(
+            &SNAPSHOT_MARKER,
+            snapshot,
+            "provider keys",
+        )?;
+        let Some(keys) = keys else {
+            return Ok((None, rest));
         };
-        let (keys, rest): (ProviderKeys, &[u8]) = postcard::take_from_bytes(rest)
-            .map_err(|e| format!("provider keys in the shard snapshot: {e}"))?;
         keys.check()
             .map_err(|reason| format!("shard snapshot: {reason}"))?;
         Ok((Some(keys), rest))

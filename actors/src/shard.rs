@@ -1,7 +1,8 @@
 //! The shard state machine: what one Raft group replicates (DESIGN.md §3).
 //!
 //! A shard holds the rooms whose id hashes to it and the users (clients, tokens, KeyPackages)
-//! whose id hashes to it. `ShardMachine::apply` decodes a committed `Stamped` command and
+//! whose id hashes to it; a residency shard holds the rooms pinned to it instead, and a
+//! pinned room's home shard holds its pin (`residency` module docs). `ShardMachine::apply` decodes a committed `Stamped` command and
 //! decides its verdict deterministically from the ordered log (STYLE.md P5): the same log gives
 //! every replica the same rooms, the same verdicts and the same bytes in `snapshot`.
 //!
@@ -10,7 +11,7 @@
 //! changed a room's log, the room id is recorded in `AppliedRooms`, a coalescing set that the
 //! node drains to wake the room's actor for fan-out: bounded by the number of rooms, lossless.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use mimid_cluster::{ShardId, StateMachine};
@@ -26,6 +27,7 @@ use crate::franking::{frank_aad_of, FrankRecord, FrankRecords, ReceivedFrank};
 use crate::ids::{ClientId, RoomId};
 use crate::moderation::{AbuseReports, Blocklist, BlocklistFull, ReportsFull};
 use crate::provider_keys::ProviderKeys;
+use crate::residency::{Layout, PinRefusal, RoomPins};
 use crate::room::core::{RoomRef, RoomView};
 use crate::room::log::ItemBody;
 use crate::room::mirror::MirrorRoom;
@@ -83,6 +85,9 @@ pub enum ApplyOutput {
     /// refused (`Command::RecordShardDescriptor`, shard 0 only; `shard_descriptors` module
     /// docs).
     ShardDescriptor(Result<bool, DescriptorRefusal>),
+    /// A room was pinned to a residency shard (`Command::PinRoom`), or was refused
+    /// `AlreadyExists` (it exists here unpinned or is pinned elsewhere).
+    RoomPinned(Result<(), CreateRoomRejection>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +122,8 @@ pub struct ShardData {
     /// Where every shard lives, as their leaders recorded it: in shard 0 only
     /// ([`METADATA_SHARD`], `shard_descriptors` module docs), empty in every other shard.
     descriptors: ShardDescriptors,
+    /// Pinned rooms whose home this shard is (`residency` module docs).
+    pins: RoomPins,
 }
 
 impl ShardData {
@@ -166,6 +173,11 @@ impl ShardData {
     }
 
     /// The shard descriptors (recorded in shard 0 only).
+    /// The residency shard `room` is pinned to, when this is its home shard and it is pinned.
+    pub fn pin(&self, room: &RoomId) -> Option<ShardId> {
+        self.pins.get(room)
+    }
+
     pub fn shard_descriptors(&self) -> &ShardDescriptors {
         &self.descriptors
     }
@@ -208,6 +220,14 @@ impl ShardData {
                 ApplyOutput::ShardDescriptor(self.descriptors.record(descriptor)),
                 None,
             ),
+            Command::PinRoom { room, shard } => {
+                let created_here = self.rooms.contains_key(&room);
+                let verdict = match self.pins.pin(&room, shard, created_here) {
+                    Ok(_) => Ok(()),
+                    Err(PinRefusal::RoomExists) => Err(CreateRoomRejection::AlreadyExists),
+                };
+                (ApplyOutput::RoomPinned(verdict), None)
+            }
             Command::InstallProviderKeys { keys } => (
                 match crate::provider_keys::install(&mut self.provider_keys, keys) {
                     Ok((keys, installed)) => ApplyOutput::ProviderKeys { keys, installed },
@@ -254,7 +274,8 @@ impl ShardData {
                 group_info,
                 ratchet_tree,
             } => {
-                if self.rooms.contains_key(&room) {
+                // A room pinned elsewhere exists there (or will, once its create is retried).
+                if self.rooms.contains_key(&room) || self.pins.get(&room).is_some() {
                     return (
                         ApplyOutput::RoomCreated(Err(CreateRoomRejection::AlreadyExists)),
                         None,
@@ -635,11 +656,12 @@ impl StateMachine for ShardMachine {
             abuse_reports: data.abuse_reports.clone(),
             franks: data.franks.clone(),
         };
-        // Shard 0's registry goes first, then the provider keys, each behind a marker no older
-        // snapshot starts with.
+        // Shard 0's registry goes first, then the provider keys, the descriptors and the room
+        // pins, each behind a marker no older snapshot starts with.
         let mut bytes = data.cluster_meta.snapshot_prefix();
         bytes.extend(ProviderKeys::snapshot_prefix(data.provider_keys.as_ref()));
         bytes.extend(data.descriptors.snapshot_prefix());
+        bytes.extend(data.pins.snapshot_prefix());
         bytes.extend(
             postcard::to_stdvec(&snapshot).expect("serialising a snapshot into memory cannot fail"),
         );
@@ -650,6 +672,7 @@ impl StateMachine for ShardMachine {
         let (cluster_meta, snapshot) = ClusterMeta::split_snapshot(snapshot)?;
         let (provider_keys, snapshot) = ProviderKeys::split_snapshot(snapshot)?;
         let (descriptors, snapshot) = ShardDescriptors::split_snapshot(snapshot)?;
+        let (pins, snapshot) = RoomPins::split_snapshot(snapshot)?;
         let snapshot: ShardSnapshot = match postcard::from_bytes(snapshot) {
             Ok(snapshot) => snapshot,
             Err(e) => match postcard::from_bytes::<ShardSnapshotBeforeModeration>(snapshot) {
@@ -675,6 +698,7 @@ impl StateMachine for ShardMachine {
         data.cluster_meta = cluster_meta;
         data.provider_keys = provider_keys;
         data.descriptors = descriptors;
+        data.pins = pins;
         let mirrored: Vec<RoomId> = data.mirrors.keys().cloned().collect();
         for id in &mirrored {
             data.index_members(id);
@@ -703,15 +727,35 @@ pub struct Shards {
     applied: Arc<AppliedRooms>,
     /// Per shard, woken after every apply and restore (remote pulls wait on it).
     changed: Arc<Vec<Arc<Notify>>>,
+    layout: Arc<Layout>,
+    /// Pins this node learned from home shards it does not hold (`Hub::room_shard`): pins
+    /// never change, so a cached one is never stale. At most [`MAX_RESOLVED_PINS`].
+    resolved: Arc<RwLock<HashMap<RoomId, ShardId>>>,
 }
 
+/// Most pins [`Shards`] caches; a full cache is emptied (every entry can be read again).
+pub const MAX_RESOLVED_PINS: usize = 100_000;
+
 impl Shards {
+    /// `count` hashed shards, no residency set.
     pub fn new(count: u64) -> Self {
+        Shards::with_layout(Layout::hashed(count))
+    }
+
+    /// The shards of `layout`: the hashed ones and every residency set's.
+    pub fn with_layout(layout: Layout) -> Self {
+        let count = layout.total();
         Shards {
             data: Arc::new((0..count).map(|_| Arc::default()).collect()),
             applied: Arc::default(),
             changed: Arc::new((0..count).map(|_| Arc::default()).collect()),
+            layout: Arc::new(layout),
+            resolved: Arc::default(),
         }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// The state machine for `shard`, sharing its data with this registry.
@@ -733,17 +777,49 @@ impl Shards {
         self.data.len() as u64
     }
 
+    /// The hashed shard `key` belongs to (a room's home shard, for a room id).
     pub fn shard_of(&self, key: &[u8]) -> ShardId {
-        mimid_cluster::shard_for(key, self.count())
+        self.layout.home(key)
+    }
+
+    /// The shard `room` lives in, as far as this node knows without asking anyone: the
+    /// residency shard its home shard's local replica, the pin cache or a local residency
+    /// replica says, else its home shard. The hub resolves a room it was asked about first
+    /// (`Hub::room_shard`), so its routing after that finds the pin here.
+    pub fn room_shard(&self, room: &RoomId) -> ShardId {
+        let home = self.shard_of(room.as_bytes());
+        if !self.layout.has_residency() {
+            return home;
+        }
+        if let Some(pinned) = self.get(home).read().pin(room) {
+            return pinned;
+        }
+        if let Some(&pinned) = self.resolved.read().get(room) {
+            return pinned;
+        }
+        // A leader of a residency shard routes its own rooms' commands (fan-out cursors)
+        // without having asked for their pins.
+        (self.layout.hashed_count()..self.count())
+            .find(|&shard| self.get(shard).read().room(room).is_some())
+            .unwrap_or(home)
+    }
+
+    /// Caches that `room` is pinned to `shard` (read from its home shard on another node).
+    pub fn remember_pin(&self, room: &RoomId, shard: ShardId) {
+        let mut resolved = self.resolved.write();
+        if resolved.len() >= MAX_RESOLVED_PINS {
+            resolved.clear();
+        }
+        resolved.insert(room.clone(), shard);
     }
 
     pub fn get(&self, shard: ShardId) -> &RwLock<ShardData> {
         &self.data[shard as usize]
     }
 
-    /// The data of the shard that hosts `room`.
+    /// The data of the shard that hosts `room` ([`Self::room_shard`]).
     pub fn for_room(&self, room: &RoomId) -> &RwLock<ShardData> {
-        self.get(self.shard_of(room.as_bytes()))
+        self.get(self.room_shard(room))
     }
 
     pub fn applied(&self) -> &Arc<AppliedRooms> {
@@ -787,6 +863,66 @@ mod tests {
             ApplyOutput::Rejected(_)
         ));
         assert_eq!(machine.snapshot(), before);
+    }
+
+    /// Data residency (issue 9): a pin in the home shard refuses a later unpinned create of
+    /// the same id, is idempotent for a retried pinned create, and rides in the snapshot;
+    /// `Shards::room_shard` routes by it.
+    #[test]
+    fn a_pin_in_the_home_shard_refuses_an_unpinned_create_and_routes_the_room() {
+        let layout =
+            Layout::new(2, [("eu".to_owned(), BTreeSet::from(["eu".to_owned()]), 1)]).unwrap();
+        let shards = Shards::with_layout(layout);
+        assert_eq!(shards.count(), 3);
+        let room = RoomId::parse("mimi://a.example/r/pinned").unwrap();
+        let home = shards.shard_of(room.as_bytes());
+        assert!(home < 2);
+        assert_eq!(shards.room_shard(&room), home);
+        let mut machine = shards.machine(home);
+        let pin = |shard| Stamped {
+            ts_ms: 1,
+            command: Command::PinRoom {
+                room: room.clone(),
+                shard,
+            },
+        };
+        assert!(matches!(
+            machine.apply(1, &pin(2).encode()),
+            ApplyOutput::RoomPinned(Ok(()))
+        ));
+        assert_eq!(shards.room_shard(&room), 2);
+        assert!(matches!(
+            machine.apply(2, &pin(2).encode()),
+            ApplyOutput::RoomPinned(Ok(()))
+        ));
+        assert!(matches!(
+            machine.apply(3, &pin(1).encode()),
+            ApplyOutput::RoomPinned(Err(CreateRoomRejection::AlreadyExists))
+        ));
+        let create = Stamped {
+            ts_ms: 2,
+            command: Command::CreateRoom {
+                room: room.clone(),
+                creator: ClientId::parse("mimi://a.example/d/alice/phone").unwrap(),
+                group_info: vec![1],
+                ratchet_tree: vec![2],
+            },
+        };
+        assert!(matches!(
+            machine.apply(4, &create.encode()),
+            ApplyOutput::RoomCreated(Err(CreateRoomRejection::AlreadyExists))
+        ));
+        // The pin survives a snapshot into a fresh node's replica.
+        let snapshot = machine.snapshot();
+        let fresh = Shards::with_layout(shards.layout().clone());
+        fresh.machine(home).restore(&snapshot).unwrap();
+        assert_eq!(fresh.room_shard(&room), 2);
+        assert_eq!(fresh.machine(home).snapshot(), snapshot);
+        // A node without the home shard learns the pin and routes by it.
+        let elsewhere = Shards::with_layout(shards.layout().clone());
+        assert_eq!(elsewhere.room_shard(&room), home);
+        elsewhere.remember_pin(&room, 2);
+        assert_eq!(elsewhere.room_shard(&room), 2);
     }
 
     #[test]

@@ -204,22 +204,21 @@ impl ShardDescriptors {
         if self.is_empty() {
             return Vec::new();
         }
-        let mut bytes = SNAPSHOT_MARKER.to_vec();
-        bytes.extend(
-            postcard::to_stdvec(self).expect("serialising the descriptors into memory cannot fail"),
-        );
-        bytes
+        crate::snapshot_section::encode(&SNAPSHOT_MARKER, self)
     }
 
     /// Splits the rest of a shard snapshot (after the registry's and the provider keys'
     /// prefixes) into the descriptors ([`Self::snapshot_prefix`]; empty when there are none)
     /// and the shard's own bytes.
     pub fn split_snapshot(snapshot: &[u8]) -> Result<(ShardDescriptors, &[u8]), String> {
-        let Some(rest) = snapshot.strip_prefix(SNAPSHOT_MARKER.as_slice()) else {
-            return Ok((ShardDescriptors::default(), snapshot));
+        let (descriptors, rest) = crate::snapshot_section::split::<ShardDescriptors>(
+            &SNAPSHOT_MARKER,
+            snapshot,
+            "shard descriptors",
+        )?;
+        let Some(descriptors) = descriptors else {
+            return Ok((ShardDescriptors::default(), rest));
         };
-        let (descriptors, rest): (ShardDescriptors, &[u8]) = postcard::take_from_bytes(rest)
-            .map_err(|e| format!("shard descriptors in the shard snapshot: {e}"))?;
         for (shard, descriptor) in &descriptors.by_shard {
             if descriptor.shard != *shard {
                 return Err(format!(

@@ -17,6 +17,7 @@ use mimid_actors::command::{self, SubmitVerdict, UpdateVerdict};
 use mimid_actors::directory::{ClaimOutcome, ClientClaimResult, DirectoryError};
 use mimid_actors::hub::{Busy, Hub, HubError, PublishError};
 use mimid_actors::ids::{ClientId, RoomId, UserId};
+use mimid_actors::residency::RESIDENCY_HEADER;
 use mimid_actors::room::identity::client_of_credential;
 use mimid_actors::shard::CreateRoomRejection;
 use rand::RngCore;
@@ -445,6 +446,14 @@ impl ClientApi {
                 self.domain
             )));
         }
+        // Data residency (issue 9): `Mimid-Residency: <set>` pins the room to a configured
+        // residency set (ARCHITECTURE.md "Data residency").
+        let residency = match req.headers.get(RESIDENCY_HEADER) {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                Refusal::bad_request(format!("{RESIDENCY_HEADER} must be a residency set name"))
+            })?),
+        };
         let result = self
             .hub
             .create_room(
@@ -452,6 +461,7 @@ impl ClientApi {
                 client,
                 body.group_info.into_bytes(),
                 body.ratchet_tree.into_bytes(),
+                residency,
             )
             .await?;
         let (status, response) = match result {

@@ -581,11 +581,12 @@ pub fn restore(from: &Path, config: &Config) -> anyhow::Result<Restored> {
         );
     }
     let count = file.shards.len() as u64;
-    if count != config.cluster.shards {
+    if count != config.cluster.shard_count() {
         bail!(
-            "the backup has {count} shards but the configuration asks for cluster.shards = {}; \
-             rooms hash to shards, so set cluster.shards = {count}",
-            config.cluster.shards
+            "the backup has {count} shards but the configuration asks for cluster.shards = {} \
+             plus {} in [[cluster.residency]]; rooms hash to shards, so configure {count} in all",
+            config.cluster.shards,
+            config.cluster.shard_count() - config.cluster.shards
         );
     }
     if seed.is_some() {

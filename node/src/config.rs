@@ -21,6 +21,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use mimid_actors::cluster_meta::{check_locality_value, Locality};
+use mimid_actors::residency::Layout;
 use rustls::pki_types::DnsName;
 use serde::{Deserialize, Serialize};
 
@@ -194,6 +195,14 @@ pub struct ClusterSettings {
     /// evenly over all nodes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leader_region: Option<String>,
+    /// Data residency sets (`[[cluster.residency]]`, issue 9; ARCHITECTURE.md "Data
+    /// residency"): each adds `shards` shards, numbered after the `cluster.shards` hashed ones
+    /// in this order, whose replicas stay on nodes whose `locality` region is one of
+    /// `regions`. A client pins a room to a set at creation (the `Mimid-Residency` header of
+    /// createRoom). Needs `cluster.replicas = "r"`. Like `cluster.shards`, fixed when the
+    /// cluster is formed: configure every node alike. Default none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub residency: Vec<ResidencySettings>,
     /// Start as a node added to a running cluster: shards without local state wait empty until
     /// the placement driver adds this node to them and a leader sends it a snapshot (ops
     /// runbook scale-out.md: register the node with `mimid node add` first). Shards with state
@@ -235,6 +244,23 @@ pub struct ClusterSettings {
     /// TLS material of the node-to-node transport (`[cluster.tls]`), required when
     /// `cluster.listen` is set.
     pub tls: ClusterTlsSettings,
+}
+
+/// One `[[cluster.residency]]` set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencySettings {
+    /// What `Mimid-Residency` names, e.g. `"eu"`.
+    pub name: String,
+    /// The `region` locality values its replicas may be on, e.g. `["eu"]`.
+    pub regions: Vec<String>,
+    /// How many shards its rooms spread over. Default 1.
+    #[serde(default = "one_shard")]
+    pub shards: u64,
+}
+
+fn one_shard() -> u64 {
+    1
 }
 
 /// `cluster.replicas`: which nodes hold a shard.
@@ -663,6 +689,7 @@ impl Default for ClusterSettings {
             replication_factor: 3,
             replicas: Replicas::default(),
             leader_region: None,
+            residency: Vec::new(),
             join_existing: false,
             join: Vec::new(),
             peer_queue_frames: 1024,
@@ -743,6 +770,44 @@ impl ClusterSettings {
                 });
             }
         }
+        if !self.residency.is_empty() {
+            if let Err(reason) = self.layout() {
+                problems.push(ConfigProblem {
+                    key: "cluster.residency",
+                    reason,
+                });
+            }
+            if self.replicas != Replicas::R {
+                problems.push(ConfigProblem {
+                    key: "cluster.residency",
+                    reason: "needs cluster.replicas = \"r\": with \"all\" every node holds every \
+                             shard"
+                        .into(),
+                });
+            }
+        }
+    }
+
+    /// How the shards are numbered: `cluster.shards` hashed ones, then every residency set's
+    /// (`mimid_actors::residency`).
+    pub fn layout(&self) -> Result<Layout, String> {
+        Layout::new(
+            self.shards,
+            self.residency.iter().map(|set| {
+                (
+                    set.name.clone(),
+                    set.regions.iter().cloned().collect(),
+                    set.shards,
+                )
+            }),
+        )
+    }
+
+    /// Every shard: `cluster.shards` plus the residency sets'.
+    pub fn shard_count(&self) -> u64 {
+        self.residency
+            .iter()
+            .fold(self.shards, |count, set| count.saturating_add(set.shards))
     }
 
     /// The voters a new cluster's shards start with (`cluster.voters`, or else `own` and the
@@ -2254,6 +2319,64 @@ mod tests {
         })
         .expect("reload");
         assert_eq!(loaded, config);
+    }
+
+    /// Issue 9 data residency: `[[cluster.residency]]` parses, numbers its shards after the
+    /// hashed ones, and is refused with the reason when malformed or with replicas = "all".
+    #[test]
+    fn residency_sets_parse_count_their_shards_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mimid.toml");
+        std::fs::write(
+            &path,
+            r#"
+[cluster]
+shards = 4
+
+[[cluster.residency]]
+name = "eu"
+regions = ["eu"]
+shards = 2
+
+[[cluster.residency]]
+name = "apac"
+regions = ["ap", "au"]
+"#,
+        )
+        .unwrap();
+        let config = Config::load(&ConfigSources {
+            file: Some(path),
+            ..ConfigSources::default()
+        })
+        .unwrap();
+        assert_eq!(config.cluster.shard_count(), 7);
+        let layout = config.cluster.layout().unwrap();
+        assert_eq!(layout.set("eu").unwrap().shards, 4..6);
+        assert_eq!(layout.set("apac").unwrap().shards, 6..7);
+
+        let mut config = Config::default();
+        config.cluster.residency = vec![ResidencySettings {
+            name: "eu".into(),
+            regions: vec![],
+            shards: 1,
+        }];
+        config.cluster.replicas = Replicas::All;
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("refused");
+        };
+        let reasons: Vec<String> = problems
+            .into_iter()
+            .filter(|problem| problem.key == "cluster.residency")
+            .map(|problem| problem.reason)
+            .collect();
+        assert!(
+            reasons.iter().any(|r| r.contains("names no region")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("replicas = \"r\"")),
+            "{reasons:?}"
+        );
     }
 
     /// Issue 9: `locality` and `cluster.leader_region` are checked like the registry checks

@@ -227,7 +227,7 @@ fn system_clock() -> Clock {
 pub(crate) fn cluster_config(config: &Config) -> ClusterConfig {
     let c = &config.cluster;
     let mut cluster = ClusterConfig::new(config.node_id, &config.data_dir);
-    cluster.shards = c.shards;
+    cluster.shards = c.shard_count();
     cluster.tick_interval = Duration::from_millis(c.tick_ms);
     cluster.election_tick = c.election_tick;
     cluster.heartbeat_tick = c.heartbeat_tick;
@@ -532,7 +532,11 @@ async fn start_node(
         .context("building the client for peer providers")?,
     );
 
-    let shards = Shards::new(config.cluster.shards);
+    let layout = config
+        .cluster
+        .layout()
+        .map_err(|reason| anyhow::anyhow!("cluster.residency: {reason}"))?;
+    let shards = Shards::with_layout(layout);
     // The provider keys as this node's files hold them (MIMI.md §5.3.1, §5.5), generated on
     // first start: what it offers when the provider has none installed (crate::key_file).
     let local_keys =

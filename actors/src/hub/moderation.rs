@@ -156,7 +156,17 @@ impl Hub {
         room: &RoomId,
         seq: u64,
     ) -> Result<Option<FrankRecord>, HubError> {
-        let shard = self.shards.shard_of(room.as_bytes());
+        let shard = self.room_shard(room).await?;
+        self.frank_record_in(shard, room, seq).await
+    }
+
+    /// [`Self::frank_record`] of `room` in `shard`.
+    pub(super) async fn frank_record_in(
+        &self,
+        shard: ShardId,
+        room: &RoomId,
+        seq: u64,
+    ) -> Result<Option<FrankRecord>, HubError> {
         if !self.holds(shard) {
             let read = super::remote::RemoteRead::FrankRecord {
                 room: room.clone(),

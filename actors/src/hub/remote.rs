@@ -86,6 +86,9 @@ pub enum RemoteRead {
     /// The shard's state machine at its applied index, for a backup taken on a node without a
     /// replica → `(applied_index, applied_term, data)`.
     SnapshotPart,
+    /// The shard a room lives in, asked of a holder of its home shard (`Hub::room_shard`) →
+    /// `ShardId`.
+    RoomShard { room: RoomId },
 }
 
 /// What a groupInfo answer (protocol-06 §5.5) takes from a hosted room: its latest GroupInfo
@@ -223,11 +226,16 @@ impl Hub {
             RemoteRead::Authenticate { client, .. } => {
                 home(&user_shard_key(&client.user())) == shard
             }
+            // A pinned room lives in a residency shard (`crate::residency`).
             RemoteRead::HostsRoom { room }
             | RemoteRead::GroupInfoParts { room, .. }
             | RemoteRead::RoomGroupInfo { room }
-            | RemoteRead::MirrorSeq { room }
-            | RemoteRead::FrankRecord { room, .. } => home(room.as_bytes()) == shard,
+            | RemoteRead::FrankRecord { room, .. } => {
+                home(room.as_bytes()) == shard || self.shards.layout().set_of_shard(shard).is_some()
+            }
+            RemoteRead::MirrorSeq { room } | RemoteRead::RoomShard { room } => {
+                home(room.as_bytes()) == shard
+            }
             RemoteRead::Preferences { user }
             | RemoteRead::Consents { user }
             | RemoteRead::Discoverable { user, .. } => home(&user_shard_key(user)) == shard,
@@ -246,7 +254,8 @@ impl Hub {
             RemoteRead::Authenticate { client, token_hash } => {
                 encode(&self.authenticate(&client, &token_hash).await?)
             }
-            RemoteRead::HostsRoom { room } => encode(&self.hosts(&room).await?),
+            // Room reads are answered for the shard asked, never routed on from here.
+            RemoteRead::HostsRoom { room } => encode(&self.hosts_in(shard, &room).await?),
             RemoteRead::WelcomeRefs { refs } => encode(&self.welcome_refs_in(shard, &refs).await?),
             RemoteRead::Profile { user } => encode(&self.profile(&user).await?),
             RemoteRead::Preferences { user } => encode(&self.preferences(&user).await?),
@@ -258,11 +267,16 @@ impl Hub {
                 encode(&self.discoverable(&user, requester.as_ref()).await?)
             }
             RemoteRead::GroupInfoParts { room, joiner } => {
-                encode(&self.group_info_parts(&room, &joiner).await?)
+                encode(&self.group_info_parts_in(shard, &room, &joiner).await?)
             }
-            RemoteRead::RoomGroupInfo { room } => encode(&self.room_group_info(&room).await?),
+            RemoteRead::RoomGroupInfo { room } => {
+                encode(&self.room_group_info_in(shard, &room).await?)
+            }
             RemoteRead::MirrorSeq { room } => encode(&self.mirror_seq(&room).await?),
-            RemoteRead::FrankRecord { room, seq } => encode(&self.frank_record(&room, seq).await?),
+            RemoteRead::FrankRecord { room, seq } => {
+                encode(&self.frank_record_in(shard, &room, seq).await?)
+            }
+            RemoteRead::RoomShard { room } => encode(&self.room_shard(&room).await?),
             RemoteRead::SnapshotPart => encode(&self.snapshot_part(shard).await?),
         })
     }

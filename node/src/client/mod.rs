@@ -473,6 +473,16 @@ impl MimiClient {
     /// (this client's user as admin; MIMI.md §6.1), franked by the provider (its franking
     /// agent in the GroupContext, SafeAAD with `frank_aad` required; MIMI.md §5.3.1).
     pub async fn create_room(&mut self, room: &RoomId) -> Result<(), ClientError> {
+        self.create_room_in(room, None).await
+    }
+
+    /// [`Self::create_room`], pinned to the provider's residency set `residency` when given
+    /// (the `Mimid-Residency` header; ARCHITECTURE.md "Data residency").
+    pub async fn create_room_in(
+        &mut self,
+        room: &RoomId,
+        residency: Option<&str>,
+    ) -> Result<(), ClientError> {
         let policy = default_room_policy(&self.user());
         let agent = self.franking_agent().await?;
         let extensions =
@@ -505,7 +515,23 @@ impl MimiClient {
             ratchet_tree: Mls::from_bytes(&tree)?,
         }
         .to_bytes()?;
-        let (status, bytes) = self.post(&format!("{PREFIX}rooms"), body).await?;
+        let mut headers = self.auth_headers();
+        if let Some(set) = residency {
+            let value = HeaderValue::from_str(set).map_err(|_| ClientError::Status {
+                status: StatusCode::BAD_REQUEST,
+                reason: format!("residency set {set:?} is not a header value"),
+            })?;
+            headers.insert(mimid_actors::residency::RESIDENCY_HEADER, value);
+        }
+        let (status, _, bytes) = self
+            .http
+            .request(
+                Method::POST,
+                &format!("{PREFIX}rooms"),
+                headers,
+                body.into(),
+            )
+            .await?;
         if status != StatusCode::CREATED {
             let reason = CreateRoomResponse::from_bytes(&bytes, &self.limits)
                 .map(|r| match r.status {

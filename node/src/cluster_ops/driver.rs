@@ -237,7 +237,7 @@ impl ClusterOps {
                 .filter(|report| report.draining)
                 .map(|report| report.node_id)
                 .collect(),
-            residency: BTreeMap::new(),
+            residency: self.settings.residency.clone(),
             leader_region: self.settings.leader_region.clone(),
             busy,
             partial: self.settings.partial,

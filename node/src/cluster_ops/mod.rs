@@ -104,6 +104,8 @@ pub struct OpsSettings {
     /// `cluster.replicas = "r"`: the placement driver keeps each shard on its voters only
     /// (shard 0 stays on every node).
     pub partial: bool,
+    /// The regions each residency shard's replicas must stay in (`[[cluster.residency]]`).
+    pub residency: BTreeMap<ShardId, BTreeSet<String>>,
 }
 
 impl OpsSettings {
@@ -123,6 +125,10 @@ impl OpsSettings {
             locality: config.locality(),
             leader_region: cluster.leader_region.clone(),
             partial: cluster.replicas == crate::config::Replicas::R,
+            residency: cluster
+                .layout()
+                .map(|layout| layout.regions_by_shard())
+                .unwrap_or_default(),
         }
     }
 

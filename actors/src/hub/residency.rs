@@ -1,0 +1,166 @@
+//! The hub's side of data residency (`crate::residency` module docs): finding the shard a
+//! room lives in, creating a pinned room, and a room's placement status.
+
+use mimid_cluster::{NodeId, ShardId};
+use serde::{Deserialize, Serialize};
+
+use super::remote::RemoteRead;
+use super::{unexpected, Hub, HubError};
+use crate::cluster_meta::METADATA_SHARD;
+use crate::command::Command;
+use crate::ids::RoomId;
+use crate::residency::placed_within;
+use crate::shard::{ApplyOutput, CreateRoomRejection};
+
+/// Where a room lives and under which constraint (`mimid room status`,
+/// `GET /admin/rooms/{room}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomStatus {
+    pub room: String,
+    /// Whether the room exists (hosted by this provider).
+    pub exists: bool,
+    /// The shard it lives in.
+    pub shard: ShardId,
+    /// The residency set it is pinned to; `None` for a room in a hashed shard.
+    pub residency: Option<String>,
+    /// The regions its replicas must stay in (empty without a residency).
+    pub regions: Vec<String>,
+    /// The shard's leader, voters and learners as shard 0's descriptor records them, each
+    /// with its region (`None`: the node has none).
+    pub leader: Option<NodeId>,
+    pub voters: Vec<(NodeId, Option<String>)>,
+    pub learners: Vec<(NodeId, Option<String>)>,
+}
+
+impl Hub {
+    /// The shard `room` lives in: its home shard, or the residency shard its home shard's pin
+    /// names. Without residency sets this is the hash. Otherwise a node holding the home
+    /// shard reads the pin locally (after a read barrier when it finds neither the room nor
+    /// a pin: its replica may lag the create); a node that does not asks a holder
+    /// ([`RemoteRead::RoomShard`]) and caches a pin it learns (pins never change).
+    pub async fn room_shard(&self, room: &RoomId) -> Result<ShardId, HubError> {
+        let home = self.shards.shard_of(room.as_bytes());
+        let known = self.shards.room_shard(room);
+        if known != home || !self.shards.layout().has_residency() {
+            return Ok(known);
+        }
+        if !self.holds(home) {
+            let read = RemoteRead::RoomShard { room: room.clone() };
+            let shard: ShardId = self.remote(home, read).await?;
+            if shard != home {
+                if self.shards.layout().set_of_shard(shard).is_none() {
+                    return Err(HubError::Unavailable(format!(
+                        "the holder of shard {home} pins {room} to shard {shard}, which is not a \
+                         residency shard here (are the nodes configured alike?)"
+                    )));
+                }
+                self.shards.remember_pin(room, shard);
+            }
+            return Ok(shard);
+        }
+        if self.shards.get(home).read().room(room).is_some() {
+            return Ok(home);
+        }
+        self.proposer.read_barrier(home).await?;
+        Ok(self.shards.room_shard(room))
+    }
+
+    /// Creates `room` pinned to the residency set `set` (`crate::residency` module docs):
+    /// pins it in its home shard, then creates it in its set's shard. Refused without a
+    /// change: an unknown set (`Rejected`), a shard with members outside the set's regions
+    /// (`Unavailable`: placement is still moving it), a room that exists unpinned or pinned
+    /// to another set (`AlreadyExists`). A pin whose create then fails stays, and a retry
+    /// of the same create (same set) completes it.
+    pub(super) async fn create_pinned_room(
+        &self,
+        set: &str,
+        command: Command,
+    ) -> Result<Result<(), CreateRoomRejection>, HubError> {
+        let Command::CreateRoom { room, .. } = &command else {
+            return Err(HubError::Rejected("not a room creation".into()));
+        };
+        let layout = self.shards.layout();
+        let set = layout.set(set).ok_or_else(|| {
+            let known: Vec<&str> = layout.sets().iter().map(|set| set.name.as_str()).collect();
+            HubError::Rejected(format!(
+                "unknown residency set {set:?}; this provider has {known:?}"
+            ))
+        })?;
+        let shard = layout.residency_shard(set, room);
+        {
+            let meta = self.shards.get(METADATA_SHARD).read();
+            let members: Vec<NodeId> = match meta.shard_descriptors().get(shard) {
+                Some(descriptor) => descriptor.members().collect(),
+                // A node alone holds every shard and records no descriptor.
+                None if self.proposer.router.is_none() => vec![self.proposer.cluster.node_id()],
+                None => Vec::new(),
+            };
+            let region_of = |node: NodeId| {
+                meta.cluster_meta()
+                    .node(node)
+                    .and_then(|record| record.locality.region())
+            };
+            placed_within(set, members, region_of).map_err(|reason| {
+                HubError::Unavailable(format!(
+                    "residency set {:?} (shard {shard}) cannot take rooms yet: {reason}",
+                    set.name
+                ))
+            })?;
+        }
+        let home = layout.home(room.as_bytes());
+        let pin = Command::PinRoom {
+            room: room.clone(),
+            shard,
+        };
+        match self.proposer.propose_to(home, pin).await? {
+            ApplyOutput::RoomPinned(Ok(())) => {}
+            ApplyOutput::RoomPinned(Err(rejection)) => return Ok(Err(rejection)),
+            other => return Err(unexpected(other)),
+        }
+        self.shards.remember_pin(room, shard);
+        match self.proposer.propose_to(shard, command).await? {
+            ApplyOutput::RoomCreated(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Where `room` lives (the shard and its members as shard 0 records them) and the
+    /// residency it is pinned to.
+    pub async fn room_status(&self, room: &RoomId) -> Result<RoomStatus, HubError> {
+        let shard = self.room_shard(room).await?;
+        let exists = self.hosts_in(shard, room).await?;
+        let layout = self.shards.layout();
+        let set = layout.set_of_shard(shard);
+        let meta = self.shards.get(METADATA_SHARD).read();
+        let region = |node: NodeId| {
+            let region = meta
+                .cluster_meta()
+                .node(node)
+                .and_then(|record| record.locality.region());
+            (node, region.map(str::to_owned))
+        };
+        let descriptor = meta.shard_descriptors().get(shard);
+        Ok(RoomStatus {
+            room: room.to_string(),
+            exists,
+            shard,
+            residency: set.map(|set| set.name.clone()),
+            regions: set
+                .map(|set| set.regions.iter().cloned().collect())
+                .unwrap_or_default(),
+            leader: descriptor.map(|descriptor| descriptor.leader),
+            voters: descriptor
+                .map(|descriptor| descriptor.voters.iter().map(|&node| region(node)).collect())
+                .unwrap_or_default(),
+            learners: descriptor
+                .map(|descriptor| {
+                    descriptor
+                        .learners
+                        .iter()
+                        .map(|&node| region(node))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
