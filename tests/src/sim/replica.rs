@@ -1356,6 +1356,7 @@ pub fn outcome_name(output: &ApplyOutput) -> &'static str {
         ApplyOutput::ClusterMeta(_) => "cluster-meta",
         ApplyOutput::ProviderKeys { .. } => "provider-keys",
         ApplyOutput::ShardDescriptor(_) => "shard-descriptor",
+        ApplyOutput::RoomPinned(_) => "room-pinned",
         ApplyOutput::Registered(_)
         | ApplyOutput::Published(_)
         | ApplyOutput::Claimed(_)
