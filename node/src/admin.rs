@@ -19,6 +19,13 @@
 //!     user URI (`mimi://b.example/u/bob`) or a provider domain (`b.example`): 200 with
 //!     [`BlockAnswer`] once every shard applied it; 400 for a target that is neither, 507
 //!     when the blocklist is full, 503 when a shard has no leader (repeat it).
+//! - `POST /admin/rooms/status` with `{"room": "mimi://<domain>/r/<name>"}` (data residency,
+//!   issue 9; `mimid room status`): where the room lives, as
+//!   [`RoomStatus`](mimid_actors::hub::residency::RoomStatus): whether it exists, its shard,
+//!   the residency set it is pinned to and that set's regions, and the shard's leader, voters
+//!   and learners with their regions as shard 0's descriptor records them. 400 for a body or
+//!   room id that does not parse, 503 while the shard the room lives in (or its home shard,
+//!   holding the pin) cannot be read (repeat it).
 //! - `/admin/cluster/*` (status, drain, undrain, add and decommission nodes): served on the same
 //!   listener by [`crate::cluster_ops::routes`], merged in by `server.rs`; the cluster
 //!   operations add their part to the readiness check (draining, decommissioning).
@@ -27,12 +34,13 @@
 //! route behind a bearer token ([`auth`], issue 6): a backup carries everything the provider
 //! replicates (room state and logs, the directory with token hashes and KeyPackages, the
 //! provider's private keys), abuse reports carry message contents, the block routes change who
-//! may use the provider, and the cluster routes change which nodes hold its data. With
-//! `admin_token_file` set they answer 401 without `Authorization: Bearer <token>` and 403 with
-//! another token; without it they are open, which the configuration allows only on a loopback
-//! `admin_listen`. The token crosses the listener in clear text: keep `admin_listen` on loopback
-//! or a private interface only reachable by operators and scrapers, never on a public one. The
-//! listener deliberately has no other routes.
+//! may use the provider, a room status tells which rooms exist and where their data is, and
+//! the cluster routes change which nodes hold its data. With `admin_token_file` set they
+//! answer 401 without `Authorization: Bearer <token>` and 403 with another token; without it
+//! they are open, which the configuration allows only on a loopback `admin_listen`. The token
+//! crosses the listener in clear text: keep `admin_listen` on loopback or a private interface
+//! only reachable by operators and scrapers, never on a public one. The listener deliberately
+//! has no other routes.
 
 pub mod auth;
 
@@ -49,7 +57,8 @@ use axum::Router;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use mimid_actors::command::Submitter;
-use mimid_actors::hub::Hub;
+use mimid_actors::hub::{Hub, HubError};
+use mimid_actors::ids::RoomId;
 use mimid_actors::moderation::BlockTarget;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -69,6 +78,9 @@ pub const BLOCKS_PATH: &str = "/admin/abuse/blocks";
 pub const BLOCK_PATH: &str = "/admin/abuse/block";
 /// `POST {"target": T}`: unblocks a user or a provider.
 pub const UNBLOCK_PATH: &str = "/admin/abuse/unblock";
+/// `POST {"room": R}`: where room `R` lives
+/// ([`RoomStatus`](mimid_actors::hub::residency::RoomStatus)).
+pub const ROOM_STATUS_PATH: &str = "/admin/rooms/status";
 /// Longest admin answer [`admin_call`] reads.
 const MAX_ADMIN_ANSWER: u64 = 64 << 20;
 /// How long [`admin_call`] waits for an answer.
@@ -88,7 +100,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The backups behind `POST /admin/backup`.
     pub backups: Arc<Backups>,
-    /// The hub behind the abuse routes; `None` answers them 503.
+    /// The hub behind the abuse and room status routes; `None` answers them 503.
     pub hub: Option<Arc<Hub>>,
     /// The gate in front of the operator routes ([`auth`]).
     pub auth: Arc<AdminAuth>,
@@ -154,6 +166,13 @@ pub struct BlockAnswer {
     pub changed: bool,
 }
 
+/// The body of `POST /admin/rooms/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomStatusRequest {
+    /// The room's URI, `mimi://<domain>/r/<name>`.
+    pub room: String,
+}
+
 /// Serves the admin routes and `operator_routes` (the cluster routes, in `server.rs`) on
 /// `listener` until the returned task is aborted or the listener fails (logged as an error).
 pub async fn serve_admin(
@@ -187,6 +206,7 @@ pub fn router(state: AdminState, operator_routes: Router) -> Router {
         .route(BLOCKS_PATH, get(blocks))
         .route(BLOCK_PATH, post(block))
         .route(UNBLOCK_PATH, post(unblock))
+        .route(ROOM_STATUS_PATH, post(room_status))
         .with_state(state)
         .merge(operator_routes)
         .layer(axum::middleware::from_fn_with_state(
@@ -374,9 +394,63 @@ async fn set_block(state: AdminState, body: Bytes, blocked: bool) -> Response {
     }
 }
 
+/// `POST /admin/rooms/status`. The body is checked before anything is read, so a bad one is
+/// a 400 on any listener.
+///
+/// Cancel safety: cancel safe (it only reads).
+async fn room_status(State(state): State<AdminState>, body: Bytes) -> Response {
+    let request: RoomStatusRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"room\": \"mimi://<domain>/r/<name>\"}}: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let room = match RoomId::parse(&request.room) {
+        Ok(room) => room,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "room {:?} is not a room id (mimi://<domain>/r/<name>): {e}\n",
+                    request.room
+                ),
+            )
+                .into_response()
+        }
+    };
+    let Some(hub) = &state.hub else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "room status is not available on this listener\n",
+        )
+            .into_response();
+    };
+    match hub.room_status(&room).await {
+        Ok(status) => json(&status),
+        Err(HubError::Rejected(reason)) => {
+            (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
+        }
+        Err(e @ (HubError::Unavailable(_) | HubError::Busy(_))) => {
+            tracing::info!(%room, error = %e, "room status not available");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; repeat the request\n"),
+            )
+                .into_response()
+        }
+        Err(HubError::UnknownRoom) => {
+            (StatusCode::NOT_FOUND, format!("unknown room {room}\n")).into_response()
+        }
+    }
+}
+
 /// One request to a node's admin listener at `admin` (`host:port`, optionally with
 /// `http://`) over plain HTTP/1.1, with `token` as `Authorization: Bearer` when given: its
-/// status and body. For `mimid abuse`, `mimid node` and tests.
+/// status and body. For `mimid abuse`, `mimid room`, `mimid node` and tests.
 ///
 /// Cancel safety: cancel safe (nothing is kept between calls).
 pub async fn admin_call(
@@ -683,6 +757,74 @@ mod tests {
                 .0,
             405
         );
+        task.abort();
+    }
+
+    /// `POST /admin/rooms/status` (issue 9, `mimid room status`) is an operator route: 401
+    /// without the token and 403 with another, before the body is looked at. With the token, a
+    /// body that is not `{"room": R}` and an `R` that is not a room id are 400s naming what is
+    /// wrong; a well-formed request on a listener without a hub is 503; other methods 405.
+    #[tokio::test]
+    async fn room_status_needs_the_token_and_refuses_bad_bodies() {
+        let metrics = Arc::new(Metrics::new());
+        let source: SnapshotSource = Arc::new(|_| Err(SnapshotAllError::Stopped));
+        let backups = Arc::new(Backups::new("a.example".into(), source, metrics.clone()));
+        let token = AdminToken::generate();
+        let (addr, task) = start_gated(
+            Arc::new(|| Ok(())),
+            metrics,
+            backups,
+            Some(&token),
+            Router::new(),
+        )
+        .await;
+        let admin = addr.to_string();
+        let good = br#"{"room":"mimi://a.example/r/club"}"#;
+        let call = |token: Option<AdminToken>, method: &'static str, body: &'static [u8]| {
+            let admin = admin.clone();
+            async move {
+                let (status, body) =
+                    admin_call(&admin, token.as_ref(), method, ROOM_STATUS_PATH, body)
+                        .await
+                        .expect("the listener answers");
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+
+        let (status, body) = call(None, "POST", good).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("admin_token_file"), "{body}");
+        let (status, body) = call(Some(AdminToken::generate()), "POST", good).await;
+        assert_eq!(status, 403, "{body}");
+
+        let refused: [(&'static [u8], &str); 6] = [
+            (b"mimi://a.example/r/club", "the body must be {\"room\""),
+            (
+                br#"{"target":"mimi://a.example/r/club"}"#,
+                "missing field `room`",
+            ),
+            (br#"{"room":7}"#, "the body must be"),
+            (
+                br#"{"room":"mimi://a.example/u/alice"}"#,
+                "is not a room id (mimi://<domain>/r/<name>): URI is a user URI, expected a room",
+            ),
+            (
+                br#"{"room":"https://a.example/r/club"}"#,
+                "URI scheme is not mimi://",
+            ),
+            (br#"{"room":""}"#, "is not a room id"),
+        ];
+        for (request, reason) in refused {
+            let (status, body) = call(Some(token.clone()), "POST", request).await;
+            let shown = String::from_utf8_lossy(request);
+            assert_eq!(status, 400, "{shown}: {body}");
+            assert!(body.contains(reason), "{shown}: {body}");
+        }
+
+        let (status, body) = call(Some(token.clone()), "POST", good).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("room status is not available"), "{body}");
+        assert_eq!(call(Some(token.clone()), "GET", b"").await.0, 405);
         task.abort();
     }
 

@@ -19,6 +19,9 @@
 //! - `mimid abuse reports | blocks | block TARGET | unblock TARGET --admin ADDR`: the abuse
 //!   reports and the blocklist of a running node, through its admin listener
 //!   ([`crate::admin`]; ops/runbooks/abuse.md).
+//! - `mimid room status ROOM --admin ADDR`: where a room lives (data residency, issue 9): its
+//!   shard, the residency set it is pinned to and the shard's leader, voters and learners with
+//!   their regions ([`crate::admin`] `POST /admin/rooms/status`; ops/topology/multi-region.md).
 //! - `mimid node status | drain | undrain | add | decommission --host ADDR`: the nodes and
 //!   shards of a running cluster, and its node-level operations ([`crate::cluster_ops`];
 //!   ops/runbooks/scale-out.md, ops/runbooks/drain-decommission.md).
@@ -28,11 +31,11 @@
 //!   more others waits, printing `mimid waiting for init: admin=http://…`, until `mimid init`
 //!   runs once against one of them.
 //!
-//! `mimid backup`, `mimid abuse …`, `mimid node …` and `mimid init` send the node's admin token
-//! ([`AdminAuthFlags`], [`crate::admin::auth`]) from `--token-file FILE`, else from
-//! `--data-dir DIR` (the `DIR/admin.token` of a `mimid dev` node), else from the file named by
-//! `$MIMID_ADMIN_TOKEN_FILE`; with none of them they send no token, which only a node without
-//! `admin_token_file` (loopback) accepts.
+//! `mimid backup`, `mimid abuse …`, `mimid room …`, `mimid node …` and `mimid init` send the
+//! node's admin token ([`AdminAuthFlags`], [`crate::admin::auth`]) from `--token-file FILE`,
+//! else from `--data-dir DIR` (the `DIR/admin.token` of a `mimid dev` node), else from the file
+//! named by `$MIMID_ADMIN_TOKEN_FILE`; with none of them they send no token, which only a node
+//! without `admin_token_file` (loopback) accepts.
 //!
 //! Configuration layering (defaults, file, `MIMID_*` environment, flags) is
 //! [`crate::config`]'s; this module maps flags onto it.
@@ -92,10 +95,13 @@ pub enum Command {
     Init(InitArgs),
     /// Read abuse reports and block or unblock users and providers on a running node.
     Abuse(AbuseArgs),
+    /// Show where a room lives: its shard, its residency set and the shard's replicas.
+    Room(RoomArgs),
 }
 
-/// Where the admin commands (`mimid backup`, `mimid abuse …`, `mimid node …`) find the node's
-/// admin token, first given first: `--token-file`, `--data-dir`, `$MIMID_ADMIN_TOKEN_FILE`.
+/// Where the admin commands (`mimid backup`, `mimid abuse …`, `mimid room …`, `mimid node …`)
+/// find the node's admin token, first given first: `--token-file`, `--data-dir`,
+/// `$MIMID_ADMIN_TOKEN_FILE`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct AdminAuthFlags {
     /// The file holding the node's admin token [config: admin_token_file]; default: the file
@@ -149,6 +155,31 @@ pub struct AbuseArgs {
     /// The admin token.
     #[command(flatten)]
     pub auth: AdminAuthFlags,
+}
+
+/// `mimid room …`.
+#[derive(Debug, Args)]
+pub struct RoomArgs {
+    /// The operation.
+    #[command(subcommand)]
+    pub command: RoomCommand,
+    /// The admin token.
+    #[command(flatten)]
+    pub auth: AdminAuthFlags,
+}
+
+/// `mimid room …`: through a running node's admin listener.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RoomCommand {
+    /// Where a room lives: whether it exists, its shard, the residency set it is pinned to
+    /// and the shard's leader, voters and learners with their regions.
+    Status {
+        /// The node's admin listener, `HOST:PORT` [config: admin_listen].
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
+        /// The room, `mimi://<domain>/r/<name>`.
+        room: String,
+    },
 }
 
 /// Arguments of `mimid admin-token`.
@@ -426,6 +457,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Room(args) => {
+            let token = args.auth.token(&config::process_env())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            for line in runtime.block_on(run_room(&args.command, token.as_ref()))? {
+                println!("{line}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -537,6 +579,66 @@ pub async fn run_abuse(
             )])
         }
     }
+}
+
+/// Runs `mimid room …` against the node's admin listener with the admin `token` (when the
+/// node has one); returns the lines to print ([`room_status_lines`]).
+///
+/// Cancel safety: cancel safe (it only reads).
+pub async fn run_room(
+    command: &RoomCommand,
+    token: Option<&AdminToken>,
+) -> anyhow::Result<Vec<String>> {
+    use crate::admin::auth::node_answered;
+    use crate::admin::{admin_call, RoomStatusRequest, ROOM_STATUS_PATH};
+    match command {
+        RoomCommand::Status { admin, room } => {
+            let body = serde_json::to_vec(&RoomStatusRequest { room: room.clone() })?;
+            let (status, answer) =
+                admin_call(admin, token, "POST", ROOM_STATUS_PATH, &body).await?;
+            if status != 200 {
+                return Err(node_answered(status, &answer));
+            }
+            let status: mimid_actors::hub::residency::RoomStatus =
+                serde_json::from_slice(&answer).context("reading the room status")?;
+            Ok(room_status_lines(&status))
+        }
+    }
+}
+
+/// What `mimid room status` prints: `room <id>`, `exists yes|no`, `shard N`, `residency <set>
+/// (regions eu, …)` or `residency none`, `leader N` (or `none`: no descriptor recorded, as on
+/// a node running alone), `voters 1 (eu), 2 (eu), 3 (eu)` and `learners …` (`none` when
+/// empty; a node without a region shows `(no region)`).
+pub fn room_status_lines(status: &mimid_actors::hub::residency::RoomStatus) -> Vec<String> {
+    let members = |nodes: &[(u64, Option<String>)]| {
+        if nodes.is_empty() {
+            return "none".to_owned();
+        }
+        nodes
+            .iter()
+            .map(|(node, region)| match region {
+                Some(region) => format!("{node} ({region})"),
+                None => format!("{node} (no region)"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    vec![
+        format!("room {}", status.room),
+        format!("exists {}", if status.exists { "yes" } else { "no" }),
+        format!("shard {}", status.shard),
+        match &status.residency {
+            Some(set) => format!("residency {set} (regions {})", status.regions.join(", ")),
+            None => "residency none".to_owned(),
+        },
+        match status.leader {
+            Some(leader) => format!("leader {leader}"),
+            None => "leader none".to_owned(),
+        },
+        format!("voters {}", members(&status.voters)),
+        format!("learners {}", members(&status.learners)),
+    ]
 }
 
 /// Runs `mimid backup` with the admin `token` (when the node has one); returns the line to
@@ -951,6 +1053,129 @@ mod tests {
         assert!(Cli::try_parse_from(["mimid", "abuse", "reports"]).is_err());
     }
 
+    #[test]
+    fn room_status_takes_the_admin_listener_and_a_room() {
+        let Command::Room(RoomArgs {
+            command: RoomCommand::Status { admin, room },
+            auth,
+        }) = parse(&[
+            "room",
+            "status",
+            "mimi://a.example/r/club",
+            "--admin",
+            "127.0.0.1:9090",
+        ])
+        .command
+        else {
+            panic!("not room status");
+        };
+        assert_eq!(admin, "127.0.0.1:9090");
+        assert_eq!(room, "mimi://a.example/r/club");
+        assert_eq!((auth.token_file, auth.data_dir), (None, None));
+        assert!(Cli::try_parse_from(["mimid", "room", "status", "--admin", "x:1"]).is_err());
+        assert!(Cli::try_parse_from(["mimid", "room", "status", "mimi://a.example/r/c"]).is_err());
+        assert!(Cli::try_parse_from(["mimid", "room", "--admin", "x:1"]).is_err());
+    }
+
+    /// The lines `mimid room status` prints for a pinned room with a learner on its way out
+    /// (no region) and for a room in a hashed shard of a node running alone (no descriptor).
+    #[test]
+    fn room_status_lines_show_the_residency_and_the_replicas_with_their_regions() {
+        use mimid_actors::hub::residency::RoomStatus;
+        let pinned = RoomStatus {
+            room: "mimi://a.example/r/club".into(),
+            exists: true,
+            shard: 17,
+            residency: Some("eu".into()),
+            regions: vec!["eu".into(), "eu-west".into()],
+            leader: Some(2),
+            voters: vec![
+                (1, Some("eu".into())),
+                (2, Some("eu".into())),
+                (3, Some("eu-west".into())),
+            ],
+            learners: vec![(4, None)],
+        };
+        assert_eq!(
+            room_status_lines(&pinned),
+            [
+                "room mimi://a.example/r/club",
+                "exists yes",
+                "shard 17",
+                "residency eu (regions eu, eu-west)",
+                "leader 2",
+                "voters 1 (eu), 2 (eu), 3 (eu-west)",
+                "learners 4 (no region)",
+            ]
+        );
+        let hashed = RoomStatus {
+            room: "mimi://a.example/r/new".into(),
+            exists: false,
+            shard: 3,
+            residency: None,
+            regions: Vec::new(),
+            leader: None,
+            voters: Vec::new(),
+            learners: Vec::new(),
+        };
+        assert_eq!(
+            room_status_lines(&hashed),
+            [
+                "room mimi://a.example/r/new",
+                "exists no",
+                "shard 3",
+                "residency none",
+                "leader none",
+                "voters none",
+                "learners none",
+            ]
+        );
+    }
+
+    /// `mimid room status` against a real admin listener: the route's refusals come back as
+    /// errors with the node's status and reason (a bad room id, no hub, a missing token).
+    #[tokio::test]
+    async fn room_status_reports_what_the_node_answered() {
+        use crate::admin::{serve_admin, AdminAuth, AdminState};
+        use crate::backup::{Backups, SnapshotSource};
+        use crate::metrics::Metrics;
+        use std::sync::Arc;
+        let metrics = Arc::new(Metrics::new());
+        let source: SnapshotSource = Arc::new(|_| Err(mimid_cluster::SnapshotAllError::Stopped));
+        let token = AdminToken::generate();
+        let state = AdminState {
+            ready: Arc::new(|| Ok(())),
+            metrics: metrics.clone(),
+            backups: Arc::new(Backups::new("a.example".into(), source, metrics)),
+            hub: None,
+            auth: Arc::new(AdminAuth::new(Some(&token))),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap().to_string();
+        let task = serve_admin(listener, state, axum::Router::new()).await;
+        let status = |room: &str| RoomCommand::Status {
+            admin: admin.clone(),
+            room: room.to_owned(),
+        };
+
+        let error = run_room(&status("mimi://a.example/u/alice"), Some(&token))
+            .await
+            .unwrap_err();
+        let error = format!("{error:#}");
+        assert!(error.contains("the node answered 400"), "{error}");
+        assert!(error.contains("expected a room URI"), "{error}");
+        let error = run_room(&status("mimi://a.example/r/club"), Some(&token))
+            .await
+            .unwrap_err();
+        let error = format!("{error:#}");
+        assert!(error.contains("the node answered 503"), "{error}");
+        let error = run_room(&status("mimi://a.example/r/club"), None)
+            .await
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("--token-file"), "{error:#}");
+        task.abort();
+    }
+
     /// A node that does not answer is an error naming the listener, not a hang.
     #[tokio::test]
     async fn abuse_commands_report_an_unreachable_admin_listener() {
@@ -1026,11 +1251,21 @@ mod tests {
                 path(dir.path()),
             ],
             &["init", "--host", "x:1", "--data-dir", path(dir.path())],
+            &[
+                "room",
+                "status",
+                "mimi://a.example/r/club",
+                "--admin",
+                "x:1",
+                "--token-file",
+                path(&file),
+            ],
         ] {
             let auth = match parse(args).command {
                 Command::Node(args) => args.auth,
                 Command::Init(args) => args.auth,
                 Command::Abuse(args) => args.auth,
+                Command::Room(args) => args.auth,
                 Command::Backup(args) => args.auth,
                 _ => panic!("{args:?}"),
             };
