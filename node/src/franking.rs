@@ -654,8 +654,7 @@ impl Franking {
     /// shard: its GroupInfo comes from a node that does (`Hub::room_group_info`). Nothing to do
     /// for a room already decided or held here; a room unknown there stays undecided.
     pub async fn learn_room(&self, hub: &Hub, room: &RoomId) {
-        if self.franked_rooms.lock().contains_key(room)
-            || hub.holds(hub.shards().shard_of(room.as_bytes()))
+        if self.franked_rooms.lock().contains_key(room) || hub.holds(hub.shards().room_shard(room))
         {
             return;
         }

@@ -582,7 +582,7 @@ impl TestCluster {
                 .running()
                 .map(|member| {
                     let hub = member.node().hub();
-                    let shard = hub.shards().shard_of(room.as_bytes());
+                    let shard = hub.shards().room_shard(room);
                     member.node().cluster_handle().leader(shard)
                 })
                 .collect();
@@ -649,7 +649,7 @@ impl TestCluster {
             .filter(|(_, member)| {
                 member.node.as_ref().is_some_and(|node| {
                     let hub = node.hub();
-                    hub.holds(hub.shards().shard_of(room.as_bytes()))
+                    hub.holds(hub.shards().room_shard(room))
                 })
             })
             .map(|(index, _)| index)

@@ -1,16 +1,23 @@
-//! Locality-aware placement (issue 9) on in-process nodes over loopback (real quinn between
-//! nodes, raft-rs in sled per node): nodes started with a `locality` record it in the node
-//! registry, `mimid node status` shows it, and the placement driver spreads every shard's
-//! voters over regions and zones and moves its leaders to `cluster.leader_region`.
+//! Locality-aware placement and data residency (issue 9) on in-process nodes over loopback
+//! (real quinn between nodes, raft-rs in sled per node): nodes started with a `locality`
+//! record it in the node registry, `mimid node status` shows it, and the placement driver
+//! spreads every shard's voters over regions and zones and moves its leaders to
+//! `cluster.leader_region`; a room pinned to a residency set lives only on nodes of its
+//! regions and is served from every node.
 //!
 //! Waits are polls with a deadline.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use mimid_node::admin::admin_call;
+use http::StatusCode;
+use mimid_actors::hub::residency::RoomStatus;
+use mimid_actors::ids::RoomId;
+use mimid_node::admin::{admin_call, ROOM_STATUS_PATH};
+use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::cluster_ops::{render_status, ClusterStatus, STATUS_PATH};
-use mimid_tests::TestCluster;
+use mimid_node::config::ResidencySettings;
+use mimid_tests::{read_until, TestCluster, Transcript};
 
 /// Longest placement may take to settle here.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -108,5 +115,199 @@ async fn localities_reach_the_registry_and_placement_spreads_voters_over_zones()
         .map(|node| node.voter_of)
         .sum::<usize>();
     assert_eq!(in_eu_1, settled.shards.len(), "{table}");
+    cluster.shutdown().await;
+}
+
+/// `POST /admin/rooms/status` of `room` on node `index`.
+async fn room_status(cluster: &TestCluster, index: usize, room: &RoomId) -> RoomStatus {
+    let token = cluster.admin_token();
+    let body = serde_json::json!({ "room": room.to_string() }).to_string();
+    let (code, body) = admin_call(
+        &cluster.admin(index),
+        Some(&token),
+        "POST",
+        ROOM_STATUS_PATH,
+        body.as_bytes(),
+    )
+    .await
+    .expect("room status answers");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Creates `room` pinned to `set`, again while the set's shard is still being placed (503).
+async fn create_pinned(client: &mut MimiClient, room: &RoomId, set: &str) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match client.create_room_in(room, Some(set)).await {
+            Ok(()) => return,
+            Err(ClientError::Status { status, reason })
+                if status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline =>
+            {
+                println!("pinned create waits: {reason}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("pinned create of {room}: {e}"),
+        }
+    }
+}
+
+fn refused_with(result: Result<(), ClientError>, want: StatusCode, what: &str) {
+    match result {
+        Err(ClientError::Status { status, reason }) => {
+            assert_eq!(status, want, "{reason}");
+            assert!(reason.contains(what), "{reason} should say {what}");
+        }
+        other => panic!("expected {want}, got {other:?}"),
+    }
+}
+
+/// Sends `count` texts; the transcript of the accepted ones.
+async fn send_texts(client: &mut MimiClient, room: &RoomId, count: usize) -> Transcript {
+    let mut sent = Transcript::new();
+    let name = client.id().to_string();
+    for n in 0..count {
+        let text = format!("{name} {n}");
+        match client.send_text(room, &text).await.expect("submit works") {
+            SubmitResult::Accepted { seq, .. } => {
+                sent.insert(seq, (name.clone(), text));
+            }
+            other => panic!("{name} could not send: {other:?}"),
+        }
+    }
+    sent
+}
+
+/// Issue 9 build item 2, must show "a room pinned to region eu never has a replica
+/// elsewhere": four nodes (three in eu, one in us), R = 3, a residency set `eu` of one shard
+/// (shard 4, after the four hashed ones). Placement keeps shard 4 on the eu nodes only;
+/// Alice, on the us node, creates a room pinned to `eu` (`Mimid-Residency`), adds Bob and
+/// Carol on eu nodes, and all three see one order exactly once, the us node holding nothing
+/// of the room while it routes her writes, reads and push stream through the eu nodes.
+/// `mimid room status` shows the constraint. The pin refuses an unpinned create of the same
+/// id; an unknown set and a pinned create of an existing room are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_node() {
+    const LOCALITIES: [&str; 4] = [
+        "region=eu,zone=eu-1",
+        "region=eu,zone=eu-1",
+        "region=eu,zone=eu-2",
+        "region=us,zone=us-1",
+    ];
+    const EU_SHARD: u64 = 4;
+    const US: usize = 3;
+    let cluster = TestCluster::start_with(4, |config| {
+        config.cluster.shards = 4;
+        config.cluster.replication_factor = 3;
+        config.locality = LOCALITIES[config.node_id as usize - 1].into();
+        config.cluster.residency = vec![ResidencySettings {
+            name: "eu".into(),
+            regions: vec!["eu".into()],
+            shards: 1,
+        }];
+    })
+    .await;
+    let in_eu = |status: &ClusterStatus| {
+        status.shards.len() == 5
+            && status.shards.iter().any(|shard| {
+                shard.shard == EU_SHARD
+                    && shard.voters == [1, 2, 3]
+                    && shard.learners.is_empty()
+                    && shard.leader.is_some_and(|leader| leader <= 3)
+            })
+    };
+    wait_for_status(&cluster, US, "the eu shard on the eu nodes only", in_eu).await;
+
+    let room = cluster.room("pinned");
+    let mut alice = cluster.client(US, "alice", "phone", 2).await;
+    let mut bob = cluster.client(0, "bob", "phone", 2).await;
+    let mut carol = cluster.client(2, "carol", "laptop", 2).await;
+    for client in [&mut alice, &mut bob, &mut carol] {
+        client.connect_stream().await.expect("stream opens");
+    }
+    create_pinned(&mut alice, &room, "eu").await;
+    let added = alice
+        .add_users(&room, &[cluster.user("bob"), cluster.user("carol")])
+        .await
+        .expect("add works");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    for client in [&mut bob, &mut carol] {
+        match client.next_event(SETTLE).await.expect("push stream works") {
+            Some(Event::Joined { .. }) => {}
+            other => panic!("{} expected a Welcome, got {other:?}", client.id()),
+        }
+    }
+    const EACH: usize = 5;
+    let mut transcripts = vec![
+        send_texts(&mut alice, &room, EACH).await,
+        send_texts(&mut bob, &room, EACH).await,
+    ];
+    let sent: Transcript = transcripts
+        .iter()
+        .flatten()
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    transcripts.push(Transcript::new());
+    for (client, transcript) in [&mut alice, &mut bob, &mut carol]
+        .into_iter()
+        .zip(&mut transcripts)
+    {
+        read_until(client, 2 * EACH, transcript).await;
+        assert_eq!(*transcript, sent, "{} saw another order", client.id());
+    }
+
+    // Where the room lives: shard 4, on the three eu nodes, never on the us node.
+    let pinned = room_status(&cluster, US, &room).await;
+    assert!(pinned.exists, "{pinned:?}");
+    assert_eq!(pinned.shard, EU_SHARD, "{pinned:?}");
+    assert_eq!(pinned.residency.as_deref(), Some("eu"));
+    assert_eq!(pinned.regions, ["eu"]);
+    let regions: BTreeSet<Option<&str>> = pinned
+        .voters
+        .iter()
+        .chain(&pinned.learners)
+        .map(|(_, region)| region.as_deref())
+        .collect();
+    assert_eq!(regions, BTreeSet::from([Some("eu")]), "{pinned:?}");
+    assert_eq!(room_status(&cluster, 0, &room).await, pinned);
+    assert_eq!(cluster.holders_of(&room), vec![0, 1, 2]);
+    for index in 0..3 {
+        assert_eq!(cluster.application_messages(index, &room).len(), 2 * EACH);
+    }
+    let us_hub = cluster.nodes[US].node().hub();
+    assert!(!us_hub.holds(EU_SHARD));
+    assert!(us_hub.shards().get(EU_SHARD).read().room(&room).is_none());
+    assert_eq!(us_hub.shards().get(EU_SHARD).read().room_count(), 0);
+    // A room that is not pinned lives in its home shard and says so.
+    let plain = cluster.room("plain");
+    bob.create_room(&plain)
+        .await
+        .expect("unpinned room created");
+    let plain_status = room_status(&cluster, US, &plain).await;
+    assert!(plain_status.shard < EU_SHARD && plain_status.residency.is_none());
+
+    // The pin in the room's home shard refuses the same id unpinned, from any node; a pinned
+    // create of an existing room and an unknown set are refused too.
+    let mut dave = cluster.client(1, "dave", "phone", 1).await;
+    refused_with(
+        dave.create_room(&room).await,
+        StatusCode::CONFLICT,
+        "exists",
+    );
+    refused_with(
+        dave.create_room_in(&plain, Some("eu")).await,
+        StatusCode::CONFLICT,
+        "exists",
+    );
+    refused_with(
+        dave.create_room_in(&cluster.room("elsewhere"), Some("mars"))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "unknown residency set",
+    );
+    // After all of it, the eu shard still has no member outside eu.
+    let settled = status(&cluster, US).await;
+    assert!(in_eu(&settled), "{}", render_status(&settled).join("\n"));
     cluster.shutdown().await;
 }

@@ -494,7 +494,7 @@ impl MimiClient {
             .use_ratchet_tree_extension(false)
             .with_group_context_extensions(extensions)
             .build();
-        let group = MlsGroup::new_with_group_id(
+        let mut group = MlsGroup::new_with_group_id(
             &self.provider,
             &self.signer,
             &config,
@@ -515,6 +515,24 @@ impl MimiClient {
             ratchet_tree: Mls::from_bytes(&tree)?,
         }
         .to_bytes()?;
+        // A refused create leaves no group behind, so the same room can be created again.
+        if let Err(e) = self.send_create(body, residency).await {
+            group.delete(self.provider.storage()).map_err(mls)?;
+            return Err(e);
+        }
+        self.rooms.insert(
+            room.clone(),
+            Room {
+                group,
+                processed: 0,
+                first_epoch: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sends a createRoom `body`, pinned to `residency` when given; `Ok` on 201.
+    async fn send_create(&self, body: Vec<u8>, residency: Option<&str>) -> Result<(), ClientError> {
         let mut headers = self.auth_headers();
         if let Some(set) = residency {
             let value = HeaderValue::from_str(set).map_err(|_| ClientError::Status {
@@ -541,14 +559,6 @@ impl MimiClient {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
             return Err(ClientError::Status { status, reason });
         }
-        self.rooms.insert(
-            room.clone(),
-            Room {
-                group,
-                processed: 0,
-                first_epoch: 0,
-            },
-        );
         Ok(())
     }
 
