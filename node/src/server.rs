@@ -54,7 +54,7 @@ use crate::api::ClientApi;
 use crate::backup::{Backups, SnapshotSource};
 use crate::certs::ensure_dev_certs;
 use crate::cluster_net::{
-    ClusterNet, ClusterSink, ForwardedProposals, NetRouter, NetSender, NetSettings,
+    ClusterNet, ClusterSink, ForwardedProposals, LinkDelays, NetRouter, NetSender, NetSettings,
 };
 use crate::cluster_ops::bootstrap::{has_raft_state, load_role, Bootstrap, Phase, Role};
 use crate::cluster_ops::{ClusterOps, OpsRpc, OpsSettings};
@@ -155,6 +155,18 @@ impl Node {
             .context("this node runs alone: cluster.listen is not set")?;
         net.set_peer(id, addr)?;
         self.ops.note_peer(id, addr);
+        Ok(())
+    }
+
+    /// Fault injection for tests (WAN delays, `tests/tests/wan_quic.rs`): from now on this
+    /// node delays every frame and RPC it sends to the peers `delays` names
+    /// ([`LinkDelays`]; empty: none). Not configurable in production.
+    pub fn set_link_delays(&self, delays: LinkDelays) -> anyhow::Result<()> {
+        let net = self
+            .net
+            .as_ref()
+            .context("this node runs alone: cluster.listen is not set")?;
+        net.set_link_delays(delays);
         Ok(())
     }
 

@@ -220,6 +220,7 @@ async fn serve(
                         from,
                         shared.rpc.clone(),
                         shared.settings.max_frame_bytes as usize,
+                        shared.answer_delay(from),
                     ));
                 }
                 Err(err) => {

@@ -54,6 +54,10 @@
 //! alive, so a crashed peer is noticed after the idle timeout (default 3 s); hibernating
 //! shards it led depend on that signal to elect another leader (ARCHITECTURE.md "Cluster").
 //!
+//! Fault injection ([`LinkDelays`], module `delay`): a per-destination one-way delay on every
+//! frame and RPC this node sends, for WAN tests over the real transport. Empty by default,
+//! and then free; never read from the configuration file.
+//!
 //! The cluster crate's side (module `glue`): [`NetSender`] implements
 //! `mimid_cluster::Transport`, and [`ClusterSink`] (or a `ClusterHandle` itself) is the
 //! [`FrameSink`] that hands frames to `ClusterHandle::receive` and failed peers to
@@ -62,6 +66,7 @@
 //! running node is `server.rs`.
 
 mod accept;
+mod delay;
 mod forward;
 mod glue;
 mod handshake;
@@ -70,6 +75,7 @@ mod peer;
 mod reset_key;
 mod rpc;
 
+pub use delay::LinkDelays;
 pub use forward::{ForwardedProposals, NetRouter, FORWARD_TIMEOUT};
 pub use glue::ClusterSink;
 pub use handshake::Membership;
@@ -77,6 +83,7 @@ pub use handshake::Membership;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,8 +93,9 @@ use mimid_cluster::NodeId;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use self::delay::LinkDelay;
 use self::handshake::close;
-use self::peer::{Link, PeerTask};
+use self::peer::{Link, Outgoing, PeerTask};
 use crate::config::{check_cluster_name, Config};
 use crate::metrics::{FrameDrop, Metrics};
 use crate::tls::{cluster_client_config, cluster_server_config, TlsError, TlsMaterial};
@@ -239,6 +247,9 @@ pub struct NetSettings {
     pub backoff_max: Duration,
     /// `cluster.join`; `None`: the static configuration (`cluster.peers`).
     pub join: Option<JoinSettings>,
+    /// Fault injection: delays on what this node sends to each peer (module `delay`). Empty
+    /// (no delay) unless a test sets it; never read from the configuration.
+    pub link_delays: LinkDelays,
 }
 
 /// The bound endpoint, not yet accepting or dialling.
@@ -281,6 +292,11 @@ pub(crate) struct Shared {
     /// Bumped when the cluster id becomes known: every connection made before is renewed, so
     /// each one carries a hello with the id.
     epoch: watch::Sender<u64>,
+    /// The link delays peers added from now on get ([`NetSender::set_link_delays`]); locked
+    /// after `peers` where both are.
+    link_delays: parking_lot::Mutex<LinkDelays>,
+    /// Whether any link is delayed: incoming calls look their link up only then.
+    any_link_delayed: AtomicBool,
 }
 
 struct Running {
@@ -289,9 +305,11 @@ struct Running {
 
 /// The sending side of one peer's task.
 struct PeerHandle {
-    queue: mpsc::Sender<Vec<u8>>,
+    queue: mpsc::Sender<Outgoing>,
     addr: watch::Sender<SocketAddr>,
     link: watch::Receiver<Link>,
+    /// Fault injection: the delay on what is sent to this peer; `None`, the usual case: none.
+    delay: Option<Arc<LinkDelay>>,
 }
 
 impl NetSettings {
@@ -310,6 +328,7 @@ impl NetSettings {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             join: None,
+            link_delays: LinkDelays::default(),
         }
     }
 
@@ -458,6 +477,8 @@ impl ClusterNet {
                 id,
                 learned_from: None,
             });
+        let any_link_delayed = AtomicBool::new(!self.settings.link_delays.is_empty());
+        let link_delays = parking_lot::Mutex::new(self.settings.link_delays.clone());
         let shared = Arc::new(Shared {
             settings: self.settings,
             endpoint: self.endpoint,
@@ -472,6 +493,8 @@ impl ClusterNet {
             advertised,
             cluster_id: watch::Sender::new(known),
             epoch: watch::Sender::new(0),
+            link_delays,
+            any_link_delayed,
         });
         let sender = NetSender {
             inner: Arc::new(Running {
@@ -526,7 +549,8 @@ impl NetSender {
     /// Queues `frame` for node `to` without blocking. The frame is dropped, and counted in
     /// `mimid_cluster_frames_dropped_total{reason}`, when it exceeds `cluster.max_frame_bytes`
     /// (`too_large`), `to` is not a peer (`unknown_peer`), the peer is unreachable
-    /// (`disconnected`) or its queue is full (`queue_full`).
+    /// (`disconnected`) or its queue is full (`queue_full`). On a delayed link
+    /// ([`LinkDelays`]) the frame is stamped with the instant it may leave.
     pub fn send(&self, to: NodeId, frame: Vec<u8>) {
         let metrics = &self.inner.shared.metrics;
         if frame.len() > self.inner.shared.settings.max_frame_bytes as usize {
@@ -542,7 +566,12 @@ impl NetSender {
             metrics.count_cluster_frames_dropped(FrameDrop::Disconnected, 1);
             return;
         }
-        match peer.queue.try_send(frame) {
+        // Fault injection only: the clock is read when the link is delayed.
+        let due = peer
+            .delay
+            .as_ref()
+            .map(|delay| delay.due(std::time::Instant::now()));
+        match peer.queue.try_send(Outgoing { frame, due }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics.count_cluster_frames_dropped(FrameDrop::QueueFull, 1);
@@ -556,7 +585,8 @@ impl NetSender {
     /// Sends `body` to node `to` and waits up to `timeout` for its [`RpcHandler`]'s answer.
     /// While a connect attempt to `to` is under way the call waits for it; if the last attempt
     /// failed, the call fails at once with [`CallError::Unreachable`]. Counted in
-    /// `mimid_cluster_rpc_calls_total{outcome}`.
+    /// `mimid_cluster_rpc_calls_total{outcome}`. On a delayed link ([`LinkDelays`]) the
+    /// request waits for its delay first, within `timeout`.
     ///
     /// Cancel safety: safe to drop; the call's stream is reset and its answer discarded.
     pub fn call(
@@ -565,13 +595,17 @@ impl NetSender {
         body: Vec<u8>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static {
-        let link = self
+        let (link, delay) = self
             .inner
             .shared
             .peers
             .read()
             .get(&to)
-            .map(|peer| peer.link.clone());
+            .map(|peer| {
+                let delay = peer.delay.as_ref().map(|delay| delay.draw());
+                (Some(peer.link.clone()), delay)
+            })
+            .unwrap_or((None, None));
         let metrics = self.inner.shared.metrics.clone();
         let max_bytes = self.inner.shared.settings.max_frame_bytes as usize;
         async move {
@@ -579,7 +613,13 @@ impl NetSender {
             let result = if body.len() > max_bytes {
                 Err(CallError::TooLarge)
             } else if let Some(link) = link {
-                tokio::time::timeout(timeout, call_over(link, body, max_bytes))
+                let call = async move {
+                    if let Some(delay) = delay {
+                        tokio::time::sleep(delay).await;
+                    }
+                    call_over(link, body, max_bytes).await
+                };
+                tokio::time::timeout(timeout, call)
                     .await
                     .unwrap_or(Err(CallError::Timeout))
             } else {
@@ -605,6 +645,21 @@ impl NetSender {
             return false;
         }
         shared.set_peer(id, addr).is_ok()
+    }
+
+    /// Fault injection: from now on, frames and calls to each peer named in `delays` wait
+    /// for its one-way delay (module `delay`), and answers to its calls too; an empty value
+    /// ends every delay. Frames queued before keep the instant they were stamped with.
+    pub fn set_link_delays(&self, delays: LinkDelays) {
+        let shared = &self.inner.shared;
+        let mut peers = shared.peers.write();
+        for (&id, peer) in peers.iter_mut() {
+            peer.delay = delays.link(id).map(Arc::new);
+        }
+        shared
+            .any_link_delayed
+            .store(!delays.is_empty(), Ordering::Relaxed);
+        *shared.link_delays.lock() = delays;
     }
 
     /// Every peer the transport knows, at the address it dials.
@@ -723,7 +778,18 @@ impl Shared {
             queue: queue_tx,
             addr: addr_tx,
             link: link_rx,
+            delay: self.link_delays.lock().link(id).map(Arc::new),
         }
+    }
+
+    /// Fault injection: how long an answer to a call from `peer` waits before it is sent
+    /// (module `delay`); `None` on an undelayed link.
+    fn answer_delay(&self, peer: NodeId) -> Option<Duration> {
+        if !self.any_link_delayed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let peers = self.peers.read();
+        peers.get(&peer)?.delay.as_ref().map(|delay| delay.draw())
     }
 
     /// How this node forms its cluster, as its hello says.

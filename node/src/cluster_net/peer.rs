@@ -21,6 +21,10 @@
 //! connection ([`close::REPLACED`]) say nothing. It then reconnects at once if it lasted at
 //! least `backoff_max`, else after the backoff, so a peer that accepts and then drops every
 //! connection does not make this task spin.
+//!
+//! Fault injection (module `delay`): a frame stamped with the instant it is due is held until
+//! then before it is written; the frames behind it wait in the queue, so the link's order
+//! holds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,11 +53,19 @@ pub(crate) enum Link {
     Down,
 }
 
+/// One frame in a peer's queue.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) frame: Vec<u8>,
+    /// Fault injection: not written before this instant (module `delay`); `None`: at once.
+    pub(crate) due: Option<std::time::Instant>,
+}
+
 /// The per-peer task's inputs and outputs.
 pub(crate) struct PeerTask {
     pub(crate) shared: Arc<Shared>,
     pub(crate) peer: NodeId,
-    pub(crate) queue: mpsc::Receiver<Vec<u8>>,
+    pub(crate) queue: mpsc::Receiver<Outgoing>,
     pub(crate) addr: watch::Receiver<SocketAddr>,
     pub(crate) link: watch::Sender<Link>,
 }
@@ -278,7 +290,7 @@ impl PeerTask {
         let mut rtt_tick = tokio::time::interval(RTT_SAMPLE_INTERVAL);
         rtt_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            let frame = tokio::select! {
+            let Outgoing { frame, due } = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => return PumpEnd::Shutdown,
                 changed = self.addr.changed() => return match changed {
@@ -296,6 +308,21 @@ impl PeerTask {
                     None => return PumpEnd::Removed,
                 },
             };
+            if let Some(due) = due {
+                // Fault injection: the link's delay. A frame held here is lost like any
+                // frame in flight if the connection ends meanwhile.
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => return PumpEnd::Shutdown,
+                    changed = self.addr.changed() => return match changed {
+                        Ok(()) => PumpEnd::Replaced,
+                        Err(_) => PumpEnd::Removed,
+                    },
+                    _ = epoch.changed() => return PumpEnd::Replaced,
+                    err = conn.closed() => return PumpEnd::lost(&err),
+                    () = tokio::time::sleep_until(Instant::from_std(due)) => {}
+                }
+            }
             let len = frame.len();
             let Ok(prefix) = u32::try_from(len) else {
                 metrics.count_cluster_frames_dropped(FrameDrop::TooLarge, 1);

@@ -12,6 +12,7 @@
 //! own encoding inside a `0x00` answer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mimid_cluster::NodeId;
 
@@ -53,7 +54,8 @@ pub(crate) async fn call_on(
 }
 
 /// Serves one incoming call from `from`: reads the request within `max_bytes`, runs the
-/// handler, answers.
+/// handler, answers, after `answer_delay` when the link to `from` is delayed (fault
+/// injection, module `delay`).
 ///
 /// Cancel safety: safe to drop (the connection's task set aborts calls when the connection
 /// ends); the stream is then reset.
@@ -63,6 +65,7 @@ pub(crate) async fn serve_call(
     from: NodeId,
     handler: Arc<dyn RpcHandler>,
     max_bytes: usize,
+    answer_delay: Option<Duration>,
 ) {
     let answer = match recv.read_to_end(max_bytes).await {
         Ok(body) => {
@@ -96,6 +99,9 @@ pub(crate) async fn serve_call(
             return;
         }
     };
+    if let Some(delay) = answer_delay {
+        tokio::time::sleep(delay).await;
+    }
     if send.write_all(&answer).await.is_ok() {
         let _ = send.finish();
     }

@@ -53,12 +53,16 @@ impl Pki {
 #[derive(Default)]
 struct RecordingSink {
     frames: parking_lot::Mutex<Vec<Vec<u8>>>,
+    /// When each frame of `frames` arrived.
+    arrivals: parking_lot::Mutex<Vec<Instant>>,
     unreachable: parking_lot::Mutex<Vec<NodeId>>,
 }
 
 impl FrameSink for RecordingSink {
     fn deliver(&self, frame: &[u8]) {
-        self.frames.lock().push(frame.to_vec());
+        let mut frames = self.frames.lock();
+        frames.push(frame.to_vec());
+        self.arrivals.lock().push(Instant::now());
     }
 
     fn unreachable(&self, node: NodeId) {
@@ -383,6 +387,130 @@ async fn three_nodes_deliver_every_frame_to_its_destination_in_order_per_sender(
     );
     assert!(node1.metric("mimid_cluster_peer_rtt_seconds{peer=\"3\"}") > 0.0);
     for node in nodes.values() {
+        node.net.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// Fault injection (module `delay`, issue 9 item 4): node 1 delays what it sends to node 2 by
+/// 40 ms and to node 3 by 10 ms, plus up to 20 ms of seeded jitter. Every frame arrives no
+/// sooner than its link's delay after it was sent, in send order per link, though the jitter
+/// alone would reorder them; a call waits for the caller's delay and its answer for the
+/// answering node's, here set on node 2 while it runs; nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_link_delivers_no_frame_before_its_delay_and_keeps_its_order() {
+    const TO_2: Duration = Duration::from_millis(40);
+    const TO_3: Duration = Duration::from_millis(10);
+    const JITTER: Duration = Duration::from_millis(20);
+    const BACK_TO_1: Duration = Duration::from_millis(30);
+    let pki = Pki::new();
+    let bound: Vec<(NodeId, ClusterNet, Arc<Metrics>)> = (1..=3)
+        .map(|id| {
+            let mut settings = settings(id, "test");
+            if id == 1 {
+                settings.link_delays = LinkDelays {
+                    one_way: BTreeMap::from([(2, TO_2), (3, TO_3)]),
+                    jitter: JITTER,
+                    seed: 9,
+                };
+            }
+            let tls = pki.node(&format!("node{id}"), LOOPBACK, &pki);
+            let (net, metrics) = bind(settings, &tls);
+            (id, net, metrics)
+        })
+        .collect();
+    let addrs: Vec<(NodeId, SocketAddr)> = bound
+        .iter()
+        .map(|(id, net, _)| (*id, net.local_addr()))
+        .collect();
+    let nodes: BTreeMap<NodeId, TestNode> = bound
+        .into_iter()
+        .map(|(id, net, metrics)| {
+            let peers: Vec<_> = addrs.iter().copied().filter(|(p, _)| *p != id).collect();
+            (id, start(net, metrics, &peers))
+        })
+        .collect();
+    wait_connected(&[
+        (&nodes[&1], &[2, 3]),
+        (&nodes[&2], &[1, 3]),
+        (&nodes[&3], &[1, 2]),
+    ])
+    .await;
+
+    const N: u64 = 200;
+    let mut sent = Vec::new();
+    for seq in 0..N {
+        let to = if seq % 2 == 0 { 2 } else { 3 };
+        sent.push(Instant::now());
+        nodes[&1].net.send(to, frame(1, to, seq, 64));
+    }
+    for to in [2, 3] {
+        poll_until(&format!("node {to} to receive {} frames", N / 2), || {
+            nodes[&to].sink.count() >= (N / 2) as usize
+        })
+        .await;
+    }
+    for (to, one_way) in [(2, TO_2), (3, TO_3)] {
+        let sink = &nodes[&to].sink;
+        let frames = sink.frames.lock().clone();
+        let arrivals = sink.arrivals.lock().clone();
+        assert_eq!(frames.len(), (N / 2) as usize, "node {to}: no extra frames");
+        let mut last = None;
+        let mut longest = Duration::ZERO;
+        for (received, &at) in frames.iter().zip(&arrivals) {
+            let (_, dest, seq) = parse_frame(received);
+            assert_eq!(dest, to);
+            assert!(
+                last.is_none_or(|last| seq > last),
+                "frame {seq} to node {to} overtook frame {last:?}"
+            );
+            last = Some(seq);
+            let took = at - sent[seq as usize];
+            assert!(
+                took >= one_way,
+                "frame {seq} reached node {to} after {took:?}, before its delay {one_way:?}"
+            );
+            longest = longest.max(took);
+        }
+        assert!(
+            longest >= one_way + JITTER / 2,
+            "no jitter on the link to node {to}: at most {longest:?}"
+        );
+    }
+
+    // Calls: node 1's delay on the request, node 2's (set now) on the answer.
+    nodes[&2].net.set_link_delays(LinkDelays {
+        one_way: BTreeMap::from([(1, BACK_TO_1)]),
+        jitter: Duration::ZERO,
+        seed: 0,
+    });
+    for _ in 0..3 {
+        let started = Instant::now();
+        let answer = nodes[&1]
+            .net
+            .call(2, b"ping".to_vec(), DEADLINE)
+            .await
+            .expect("answered");
+        assert_eq!(answer, b"from 1: ping".to_vec());
+        let took = started.elapsed();
+        assert!(took >= TO_2 + BACK_TO_1, "a call took {took:?}");
+    }
+    // Node 2's frames to node 1 wait for the delay set while it runs.
+    let sent_back = Instant::now();
+    nodes[&2].net.send(1, frame(2, 1, 0, 64));
+    poll_until("node 1 to receive node 2's frame", || {
+        nodes[&1].sink.count() == 1
+    })
+    .await;
+    let took = nodes[&1].sink.arrivals.lock()[0] - sent_back;
+    assert!(took >= BACK_TO_1, "node 2's frame took {took:?}");
+    for node in nodes.values() {
+        for reason in FrameDrop::ALL {
+            let series = format!(
+                "mimid_cluster_frames_dropped_total{{reason=\"{}\"}}",
+                reason.as_str()
+            );
+            assert_eq!(node.metric(&series), 0.0, "{series}");
+        }
         node.net.shutdown(Duration::from_secs(1)).await;
     }
 }
