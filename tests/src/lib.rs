@@ -17,6 +17,7 @@ use mimid_node::certs::{
     CertAuthority, SubjectName, CA_VALIDITY, LEAF_VALIDITY, NODE_STEM, PROVIDER_STEM,
 };
 use mimid_node::client::{Endpoint, Event, MimiClient, UpdateResult};
+use mimid_node::cluster_net::LinkDelays;
 use mimid_node::config::{dev_cert_dir, ClusterTlsSettings, Config, TlsFiles, TlsSettings};
 use mimid_node::federation::FederationService;
 use mimid_node::server::{start, start_joining, start_with_service, Joining, Node};
@@ -368,6 +369,9 @@ pub struct TestCluster {
     /// Nodes started with `cluster.join` that wait for their cluster
     /// ([`TestCluster::start_joining`]), by index; `None` once running (or never waiting).
     waiting: Vec<Option<Joining>>,
+    /// Fault injection: what each node (by index) delays on its links, set again at every
+    /// start ([`TestCluster::set_link_delays`]).
+    link_delays: std::collections::BTreeMap<usize, LinkDelays>,
     _dir: tempfile::TempDir,
 }
 
@@ -426,6 +430,7 @@ impl TestCluster {
             cluster_ca_cert,
             admin_token_file,
             waiting: Vec::new(),
+            link_delays: Default::default(),
             _dir: dir,
         };
         for id in 1..=count {
@@ -507,11 +512,26 @@ impl TestCluster {
         AdminToken::load(&self.admin_token_file).expect("the admin token file holds a token")
     }
 
-    /// Starts node `index` (stopped) from its data directory, without waiting.
+    /// Starts node `index` (stopped) from its data directory, without waiting; its link
+    /// delays apply before it is introduced to the others.
     async fn launch(&mut self, index: usize) {
         let member = &mut self.nodes[index];
         assert!(member.node.is_none(), "node {} is running", member.id());
-        member.node = Some(start(member.config.clone()).await.expect("node starts"));
+        let node = start(member.config.clone()).await.expect("node starts");
+        if let Some(delays) = self.link_delays.get(&index) {
+            node.set_link_delays(delays.clone()).expect("clustered");
+        }
+        member.node = Some(node);
+    }
+
+    /// Fault injection (a WAN in one process, `tests/tests/wan_quic.rs`): node `index` delays
+    /// every frame and RPC it sends to the nodes `delays` names, now if it runs and again
+    /// whenever it starts.
+    pub fn set_link_delays(&mut self, index: usize, delays: LinkDelays) {
+        if let Some(node) = &self.nodes[index].node {
+            node.set_link_delays(delays.clone()).expect("clustered");
+        }
+        self.link_delays.insert(index, delays);
     }
 
     /// Tells every running node every other running node's current node-to-node address.
