@@ -11,7 +11,7 @@
 //! changed a room's log, the room id is recorded in `AppliedRooms`, a coalescing set that the
 //! node drains to wake the room's actor for fan-out: bounded by the number of rooms, lossless.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mimid_cluster::{ShardId, StateMachine};
@@ -730,7 +730,7 @@ pub struct Shards {
     layout: Arc<Layout>,
     /// Pins this node learned from home shards it does not hold (`Hub::room_shard`): pins
     /// never change, so a cached one is never stale. At most [`MAX_RESOLVED_PINS`].
-    resolved: Arc<RwLock<HashMap<RoomId, ShardId>>>,
+    resolved: Arc<RwLock<BTreeMap<RoomId, ShardId>>>,
 }
 
 /// Most pins [`Shards`] caches; a full cache is emptied (every entry can be read again).

@@ -15,7 +15,9 @@ use mimid_actors::hub::residency::RoomStatus;
 use mimid_actors::ids::RoomId;
 use mimid_node::admin::{admin_call, ROOM_STATUS_PATH};
 use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateResult};
-use mimid_node::cluster_ops::{render_status, ClusterStatus, STATUS_PATH};
+use mimid_node::cluster_ops::{
+    render_status, run_node_command, ClusterStatus, NodeCommand, STATUS_PATH,
+};
 use mimid_node::config::ResidencySettings;
 use mimid_tests::{read_until, TestCluster, Transcript};
 
@@ -197,7 +199,7 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
     ];
     const EU_SHARD: u64 = 4;
     const US: usize = 3;
-    let cluster = TestCluster::start_with(4, |config| {
+    let mut cluster = TestCluster::start_with(4, |config| {
         config.cluster.shards = 4;
         config.cluster.replication_factor = 3;
         config.locality = LOCALITIES[config.node_id as usize - 1].into();
@@ -270,7 +272,21 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
         .map(|(_, region)| region.as_deref())
         .collect();
     assert_eq!(regions, BTreeSet::from([Some("eu")]), "{pinned:?}");
-    assert_eq!(room_status(&cluster, 0, &room).await, pinned);
+    let same_place = |status: &RoomStatus| {
+        let members_in_eu = status
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .all(|(_, region)| region.as_deref() == Some("eu"));
+        status.exists
+            && status.shard == pinned.shard
+            && status.residency == pinned.residency
+            && status.regions == pinned.regions
+            && members_in_eu
+    };
+    // Another node says the same (the members as its copy of shard 0 has them).
+    let from_eu = room_status(&cluster, 0, &room).await;
+    assert!(same_place(&from_eu), "{from_eu:?}");
     assert_eq!(cluster.holders_of(&room), vec![0, 1, 2]);
     for index in 0..3 {
         assert_eq!(cluster.application_messages(index, &room).len(), 2 * EACH);
@@ -306,6 +322,60 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
         StatusCode::BAD_REQUEST,
         "unknown residency set",
     );
+    // Scale-out by a second us node: placement rebalances the hashed shards onto it and
+    // never gives it (or the other us node) a replica of the eu shard, at any step seen.
+    let fifth = cluster
+        .add_node(|config| {
+            config.cluster.shards = 4;
+            config.cluster.replication_factor = 3;
+            config.locality = "region=us,zone=us-2".into();
+            config.cluster.residency = vec![ResidencySettings {
+                name: "eu".into(),
+                regions: vec!["eu".into()],
+                shards: 1,
+            }];
+        })
+        .await;
+    let fifth_addr = cluster.nodes[fifth]
+        .node()
+        .cluster_addr()
+        .expect("clustered");
+    run_node_command(
+        &NodeCommand::Add {
+            host: cluster.admin(0),
+            id: 5,
+            addr: fifth_addr.to_string(),
+            locality: Some("region=us,zone=us-2".into()),
+        },
+        Some(&cluster.admin_token()),
+    )
+    .await
+    .expect("mimid node add");
+    let rebalanced = wait_for_status(&cluster, 0, "node 5 placed, eu kept", |status| {
+        let eu = status.shards.iter().find(|shard| shard.shard == EU_SHARD);
+        if let Some(eu) = eu {
+            assert!(
+                eu.voters.iter().chain(&eu.learners).all(|&node| node <= 3),
+                "a replica of the eu shard outside eu:\n{}",
+                render_status(status).join("\n")
+            );
+        }
+        let trimmed = status
+            .shards
+            .iter()
+            .filter(|shard| shard.shard != 0)
+            .all(|shard| shard.voters.len() == 3 && shard.learners.is_empty());
+        in_eu(status)
+            && trimmed
+            && status
+                .nodes
+                .iter()
+                .any(|node| node.id == 5 && node.live && node.voter_of >= 1)
+    })
+    .await;
+    println!("{}", render_status(&rebalanced).join("\n"));
+    let from_fifth = room_status(&cluster, fifth, &room).await;
+    assert!(same_place(&from_fifth), "{from_fifth:?}");
     // After all of it, the eu shard still has no member outside eu.
     let settled = status(&cluster, US).await;
     assert!(in_eu(&settled), "{}", render_status(&settled).join("\n"));

@@ -13,7 +13,7 @@ use crate::residency::placed_within;
 use crate::shard::{ApplyOutput, CreateRoomRejection};
 
 /// Where a room lives and under which constraint (`mimid room status`,
-/// `GET /admin/rooms/{room}`).
+/// `POST /admin/rooms/status`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomStatus {
     pub room: String,
