@@ -193,43 +193,19 @@ pub enum Command {
     PinRoom { room: RoomId, shard: ShardId },
 }
 
-impl Command {
-    /// The key whose hash picks the shard this command belongs to: the room for room
-    /// commands, the user for everything a user owns (`user_shard_key`). `None` for commands
-    /// addressed to a shard directly.
-    pub fn shard_key(&self) -> Option<Vec<u8>> {
-        Some(match self {
-            Command::RegisterClient { client, .. } | Command::PublishKeyPackages { client, .. } => {
-                user_shard_key(&client.user())
-            }
-            Command::ClaimKeyPackages { target, .. }
-            | Command::ClaimKeyPackagesInRoom { target, .. }
-            | Command::ConsentAsTarget { target, .. } => user_shard_key(target),
-            Command::SetPreferences { user, .. } => user_shard_key(user),
-            Command::ConsentAsRequester { requester, .. } => user_shard_key(requester),
-            Command::SetProfile { .. } => PROFILES_SHARD_KEY.to_vec(),
-            // A pin lives in the room's home shard, whatever shard the room is pinned to.
-            Command::PinRoom { room, .. }
-            | Command::CreateRoom { room, .. }
-            | Command::RecordAbuseReport { room, .. }
-            | Command::FanoutReceivedFranked { room, .. }
-            | Command::Handshake { room, .. }
-            | Command::AppMessage { room, .. }
-            | Command::FanoutDelivered { room, .. }
-            | Command::FanoutReceived { room, .. }
-            | Command::MirrorJoin { room, .. }
-            | Command::Ack { room, .. } => room.as_bytes().to_vec(),
-            Command::Housekeeping { .. } | Command::SetBlock { .. } => return None,
-            Command::ClusterMeta(_) | Command::RecordShardDescriptor(_) => return None,
-            Command::InstallProviderKeys { .. } => PROVIDER_KEYS_SHARD_KEY.to_vec(),
-        })
-    }
+/// Where a command lives ([`Command::placement`]).
+enum Placement<'a> {
+    /// In its room's shard (`Shards::room_shard`).
+    Room(&'a RoomId),
+    /// In the shard this key hashes to.
+    Key(Vec<u8>),
+    /// In the shard it is proposed to directly.
+    Direct,
+}
 
-    /// The room a room command is about: it lives in that room's shard, the home shard its
-    /// id hashes to or, for a pinned room, the residency shard it is pinned to
-    /// (`Shards::room_shard`). `None` for every other command (a [`Command::PinRoom`]
-    /// included: it lives in the home shard).
-    pub fn room(&self) -> Option<&RoomId> {
+impl Command {
+    /// The one place that says where each command lives.
+    fn placement(&self) -> Placement<'_> {
         match self {
             Command::CreateRoom { room, .. }
             | Command::RecordAbuseReport { room, .. }
@@ -239,21 +215,47 @@ impl Command {
             | Command::FanoutDelivered { room, .. }
             | Command::FanoutReceived { room, .. }
             | Command::MirrorJoin { room, .. }
-            | Command::Ack { room, .. } => Some(room),
-            Command::RegisterClient { .. }
-            | Command::PublishKeyPackages { .. }
-            | Command::ClaimKeyPackages { .. }
-            | Command::ClaimKeyPackagesInRoom { .. }
-            | Command::ConsentAsTarget { .. }
-            | Command::ConsentAsRequester { .. }
-            | Command::SetPreferences { .. }
-            | Command::SetProfile { .. }
-            | Command::Housekeeping { .. }
+            | Command::Ack { room, .. } => Placement::Room(room),
+            Command::RegisterClient { client, .. } | Command::PublishKeyPackages { client, .. } => {
+                Placement::Key(user_shard_key(&client.user()))
+            }
+            Command::ClaimKeyPackages { target, .. }
+            | Command::ClaimKeyPackagesInRoom { target, .. }
+            | Command::ConsentAsTarget { target, .. } => Placement::Key(user_shard_key(target)),
+            Command::SetPreferences { user, .. } => Placement::Key(user_shard_key(user)),
+            Command::ConsentAsRequester { requester, .. } => {
+                Placement::Key(user_shard_key(requester))
+            }
+            Command::SetProfile { .. } => Placement::Key(PROFILES_SHARD_KEY.to_vec()),
+            // A pin lives in the room's home shard, whatever shard the room is pinned to.
+            Command::PinRoom { room, .. } => Placement::Key(room.as_bytes().to_vec()),
+            Command::InstallProviderKeys { .. } => Placement::Key(PROVIDER_KEYS_SHARD_KEY.to_vec()),
+            Command::Housekeeping { .. }
             | Command::SetBlock { .. }
             | Command::ClusterMeta(_)
-            | Command::RecordShardDescriptor(_)
-            | Command::InstallProviderKeys { .. }
-            | Command::PinRoom { .. } => None,
+            | Command::RecordShardDescriptor(_) => Placement::Direct,
+        }
+    }
+
+    /// The key whose hash picks the shard this command belongs to: the room for room
+    /// commands, the user for everything a user owns (`user_shard_key`). `None` for commands
+    /// addressed to a shard directly.
+    pub fn shard_key(&self) -> Option<Vec<u8>> {
+        match self.placement() {
+            Placement::Room(room) => Some(room.as_bytes().to_vec()),
+            Placement::Key(key) => Some(key),
+            Placement::Direct => None,
+        }
+    }
+
+    /// The room a room command is about: it lives in that room's shard, the home shard its
+    /// id hashes to or, for a pinned room, the residency shard it is pinned to
+    /// (`Shards::room_shard`). `None` for every other command (a [`Command::PinRoom`]
+    /// included: it lives in the home shard).
+    pub fn room(&self) -> Option<&RoomId> {
+        match self.placement() {
+            Placement::Room(room) => Some(room),
+            Placement::Key(_) | Placement::Direct => None,
         }
     }
 }
@@ -383,6 +385,15 @@ mod tests {
             seq: 1,
         };
         assert_eq!(ack.shard_key().as_deref(), Some(room.as_bytes()));
+        assert_eq!(ack.room(), Some(&room));
+        // A pin lives in the room's home shard: keyed by the room, but not a room command
+        // (which would follow the pin to the residency shard).
+        let pin = Command::PinRoom {
+            room: room.clone(),
+            shard: 7,
+        };
+        assert_eq!(pin.shard_key().as_deref(), Some(room.as_bytes()));
+        assert_eq!(pin.room(), None);
         assert_eq!(
             Command::Housekeeping {
                 log_retention_ms: 0
