@@ -138,7 +138,8 @@ pub use crate::backup::{restore_data_dir, ShardSnapshot, SnapshotAllError, Snaps
 pub use crate::frame::MAX_FRAME_BYTES;
 pub use crate::membership::{
     learner_caught_up, step_down_if_removed, ChangeDone, Handoff, Membership, MembershipChange,
-    MembershipError, ShardStatus, StepDown, TransferDone, TransferError,
+    MembershipError, ShardStatus, StepDown, TransferDeadline, TransferDone, TransferError,
+    TransferStep,
 };
 pub use crate::metrics::{
     ClusterMetrics, Histogram, HistogramSnapshot, DEPTH_BOUNDS, FLUSH_MICROS_BOUNDS,

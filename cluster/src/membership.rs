@@ -95,7 +95,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crossbeam_channel::TrySendError;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Message};
-use raft::{ProgressState, Raft, StateRole, Storage};
+use raft::{ProgressState, Raft, RawNode, StateRole, Storage};
 
 use crate::metrics::bump;
 use crate::{ClusterHandle, NodeId, ShardId, StateMachine};
@@ -205,6 +205,115 @@ impl Handoff {
         self.ticks_left -= 1;
         raft.send_timeout_now(self.to);
         self.ticks_left > 0
+    }
+}
+
+/// A leadership transfer a leader runs ([`ClusterHandle::transfer_leader`]): its target and
+/// its deadline in ticks. [`Self::tick`] is the sans-IO step the driver takes once per tick
+/// (and the deterministic simulator, `tests/src/sim`, with it): from the transfer and the
+/// leader's raft-rs state it says what to do, [`TransferStep::perform`] does it.
+///
+/// raft-rs tells the target to campaign (`MsgTimeoutNow`) once, when it has caught up; a
+/// target that has not applied its own promotion yet ignores it, and the message may be lost.
+/// So the leader tells it again every eighth of the deadline while it still leads (a
+/// candidate or a newer leader ignores the repeat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferDeadline {
+    to: NodeId,
+    /// Ticks until the transfer times out.
+    ticks_left: usize,
+    /// Ticks between two repeats: an eighth of the deadline, at least one.
+    retry_every: usize,
+}
+
+/// What a leader does about its leadership transfer at one tick ([`TransferDeadline::tick`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferStep {
+    /// Nothing this tick.
+    Wait,
+    /// raft-rs still transfers to this caught-up target: tell it again to campaign
+    /// (`Raft::send_timeout_now`). Not by stepping the transfer again: that would also restart
+    /// the leader's election clock and so postpone its check-quorum.
+    TellAgain(NodeId),
+    /// This node still leads but raft-rs gave its transfer up (after one election timeout;
+    /// the deadline is two): start it again (`RawNode::transfer_leader`).
+    Restart(NodeId),
+    /// The deadline passed: answer every waiter [`TransferError::TimedOut`] and drop the
+    /// transfer. `abort`: raft-rs still transfers to the target, so abort that first, and
+    /// proposals are taken again at once, not after raft-rs' own timeout.
+    TimedOut {
+        /// Whether raft-rs' own transfer is to be aborted.
+        abort: bool,
+    },
+}
+
+impl TransferDeadline {
+    /// A transfer to `to` that times out after `deadline_ticks` ticks (twice the election
+    /// timeout in the driver).
+    pub fn new(to: NodeId, deadline_ticks: usize) -> Self {
+        TransferDeadline {
+            to,
+            ticks_left: deadline_ticks,
+            retry_every: (deadline_ticks / 8).max(1),
+        }
+    }
+
+    /// The node leadership goes to.
+    pub fn to(&self) -> NodeId {
+        self.to
+    }
+
+    /// One tick of the leader `raft` that runs this transfer: counts the tick and says what to
+    /// do. Reads `raft` only.
+    pub fn tick<T: Storage>(&mut self, raft: &Raft<T>) -> TransferStep {
+        self.ticks_left = self.ticks_left.saturating_sub(1);
+        let leads = raft.state == StateRole::Leader;
+        let ours = leads && raft.lead_transferee == Some(self.to);
+        if self.ticks_left == 0 {
+            return TransferStep::TimedOut { abort: ours };
+        }
+        if !self.ticks_left.is_multiple_of(self.retry_every) {
+            return TransferStep::Wait;
+        }
+        if ours {
+            let caught_up = raft
+                .prs()
+                .get(self.to)
+                .is_some_and(|progress| progress.matched == raft.raft_log.last_index());
+            if caught_up {
+                TransferStep::TellAgain(self.to)
+            } else {
+                TransferStep::Wait
+            }
+        } else if leads {
+            TransferStep::Restart(self.to)
+        } else {
+            TransferStep::Wait
+        }
+    }
+}
+
+impl TransferStep {
+    /// Does the step's raft-rs part on `node`. Returns whether the transfer timed out: then
+    /// answer its waiters `TimedOut` and drop it.
+    pub fn perform<T: Storage>(self, node: &mut RawNode<T>) -> bool {
+        match self {
+            TransferStep::Wait => false,
+            TransferStep::TellAgain(to) => {
+                node.raft.send_timeout_now(to);
+                false
+            }
+            TransferStep::Restart(to) => {
+                node.transfer_leader(to);
+                false
+            }
+            TransferStep::TimedOut { abort } => {
+                if abort {
+                    node.raft.abort_leader_transfer();
+                }
+                true
+            }
+        }
     }
 }
 
@@ -761,6 +870,62 @@ mod tests {
         );
         assert!(is_member(&joint, 3));
         assert!(!is_member(&joint, 5));
+    }
+
+    /// Node 1 leading voters 1 and 2, over raft-rs' in-memory storage.
+    fn leader_of_two() -> RawNode<raft::storage::MemStorage> {
+        let storage = raft::storage::MemStorage::new_with_conf_state(conf(&[1, 2], &[]));
+        let config = raft::Config {
+            id: 1,
+            ..raft::Config::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut node = RawNode::new(&config, storage, &logger).expect("raft node");
+        node.raft.become_candidate();
+        node.raft.become_leader();
+        node
+    }
+
+    #[test]
+    fn a_transfer_is_told_again_every_eighth_of_its_deadline_then_times_out() {
+        let mut node = leader_of_two();
+        let mut deadline = TransferDeadline::new(2, 16);
+        let mut ticks = |node: &RawNode<_>, n| -> Vec<TransferStep> {
+            (0..n).map(|_| deadline.tick(&node.raft)).collect()
+        };
+        // raft-rs transfers to node 2, which has not matched the leader's log: only waits.
+        node.raft.lead_transferee = Some(2);
+        assert!(ticks(&node, 4)
+            .iter()
+            .all(|&step| step == TransferStep::Wait));
+        // Caught up: told again on every second tick (16 / 8).
+        let last = node.raft.raft_log.last_index();
+        node.raft.mut_prs().get_mut(2).expect("progress").matched = last;
+        assert_eq!(
+            ticks(&node, 2),
+            [TransferStep::Wait, TransferStep::TellAgain(2)]
+        );
+        // raft-rs gave its transfer up while this node still leads: started again.
+        node.raft.lead_transferee = None;
+        assert_eq!(
+            ticks(&node, 2),
+            [TransferStep::Wait, TransferStep::Restart(2)]
+        );
+        // No longer leading: nothing to repeat, and nothing of raft-rs' to abort at the end.
+        let term = node.raft.term;
+        node.raft.become_follower(term + 1, 2);
+        let rest = ticks(&node, 8);
+        assert!(rest[..7].iter().all(|&step| step == TransferStep::Wait));
+        assert_eq!(rest[7], TransferStep::TimedOut { abort: false });
+
+        // Still transferring at the deadline: raft-rs' transfer is aborted.
+        let mut node = leader_of_two();
+        node.raft.lead_transferee = Some(2);
+        let step = TransferDeadline::new(2, 1).tick(&node.raft);
+        assert_eq!(step, TransferStep::TimedOut { abort: true });
+        assert!(step.perform(&mut node), "timed out");
+        assert_eq!(node.raft.lead_transferee, None);
+        assert!(!TransferStep::Wait.perform(&mut node));
     }
 
     #[test]

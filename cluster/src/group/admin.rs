@@ -7,7 +7,7 @@ use raft::StateRole;
 use super::{send, Group, GroupError, Outbox};
 use crate::membership::{
     is_member, step_down_if_removed, ChangeAnswer, Handoff, Membership, MembershipChange,
-    MembershipError, ShardStatus, TransferAnswer, TransferError,
+    MembershipError, ShardStatus, TransferAnswer, TransferDeadline, TransferError,
 };
 use crate::metrics::{bump, Metrics};
 use crate::{NodeId, StateMachine};
@@ -21,9 +21,8 @@ pub(super) struct PendingChange {
 
 /// The leadership transfer in progress on this leader.
 pub(super) struct PendingTransfer {
-    to: NodeId,
-    /// Ticks until it is answered `TimedOut`.
-    ticks_left: usize,
+    /// The target and the deadline (answered `TimedOut` then).
+    deadline: TransferDeadline,
     waiters: Vec<TransferAnswer>,
 }
 
@@ -105,12 +104,12 @@ impl<S: StateMachine> Group<S> {
             return;
         }
         match &mut self.admin.transfer {
-            Some(transfer) if transfer.to == to => {
+            Some(transfer) if transfer.deadline.to() == to => {
                 transfer.waiters.push(reply);
                 return;
             }
             Some(transfer) => {
-                reply.send(Err(TransferError::InProgress(transfer.to)));
+                reply.send(Err(TransferError::InProgress(transfer.deadline.to())));
                 return;
             }
             None => {}
@@ -118,8 +117,7 @@ impl<S: StateMachine> Group<S> {
         tracing::info!(shard = self.shard, to, "transferring leadership");
         self.node.transfer_leader(to);
         self.admin.transfer = Some(PendingTransfer {
-            to,
-            ticks_left: self.transfer_ticks,
+            deadline: TransferDeadline::new(to, self.transfer_ticks),
             waiters: vec![reply],
         });
     }
@@ -246,12 +244,12 @@ impl<S: StateMachine> Group<S> {
             .admin
             .transfer
             .as_ref()
-            .is_some_and(|transfer| transfer.to == self.leader_id);
+            .is_some_and(|transfer| transfer.deadline.to() == self.leader_id);
         if done {
             let transfer = self.admin.transfer.take().expect("checked above");
             tracing::info!(
                 shard = self.shard,
-                to = transfer.to,
+                to = transfer.deadline.to(),
                 "leadership transferred"
             );
             for waiter in transfer.waiters {
@@ -260,49 +258,22 @@ impl<S: StateMachine> Group<S> {
         }
     }
 
-    /// Once per tick: transfer retries and deadlines, and a stepped-down leader's hand-off.
-    ///
-    /// raft-rs tells the target to campaign (`MsgTimeoutNow`) once, when it has caught up; a
-    /// target that has not applied its own promotion yet ignores it, and the message may be
-    /// lost. So the leader tells it again every eighth of the deadline while it still leads
-    /// (a candidate or a newer leader ignores the repeat).
+    /// Once per tick: transfer retries and deadlines ([`TransferDeadline::tick`]), and a
+    /// stepped-down leader's hand-off.
     pub(super) fn admin_tick(&mut self) {
-        let retry_every = (self.transfer_ticks / 8).max(1);
         if let Some(transfer) = &mut self.admin.transfer {
-            transfer.ticks_left = transfer.ticks_left.saturating_sub(1);
-            let raft = &mut self.node.raft;
-            let ours = raft.state == StateRole::Leader && raft.lead_transferee == Some(transfer.to);
-            if transfer.ticks_left == 0 {
-                if ours {
-                    // Proposals are taken again at once, not after raft-rs' own timeout.
-                    raft.abort_leader_transfer();
-                }
+            let step = transfer.deadline.tick(&self.node.raft);
+            if step.perform(&mut self.node) {
                 let transfer = self.admin.transfer.take().expect("checked above");
                 let leader = (self.leader_id != 0).then_some(self.leader_id);
                 tracing::info!(
                     shard = self.shard,
-                    to = transfer.to,
+                    to = transfer.deadline.to(),
                     ?leader,
                     "leadership transfer timed out"
                 );
                 for waiter in transfer.waiters {
                     waiter.send(Err(TransferError::TimedOut { leader }));
-                }
-            } else if transfer.ticks_left % retry_every == 0 {
-                let to = transfer.to;
-                if ours {
-                    // Told again directly: re-stepping the transfer would also restart the
-                    // leader's election clock and so postpone its check-quorum.
-                    let caught_up = raft
-                        .prs()
-                        .get(to)
-                        .is_some_and(|progress| progress.matched == raft.raft_log.last_index());
-                    if caught_up {
-                        raft.send_timeout_now(to);
-                    }
-                } else if raft.state == StateRole::Leader {
-                    // raft-rs gave up after one election timeout; the deadline is two.
-                    self.node.transfer_leader(to);
                 }
             }
         }

@@ -42,7 +42,8 @@ use mimid_actors::room::log::LogItem;
 use mimid_actors::room::state::RoomState;
 use mimid_actors::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
 use mimid_cluster::{
-    step_down_if_removed, Handoff, MembershipChange, MembershipError, StateMachine, TransferError,
+    step_down_if_removed, Handoff, MembershipChange, MembershipError, StateMachine,
+    TransferDeadline, TransferError,
 };
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
@@ -168,8 +169,8 @@ enum Input {
 
 /// A leadership transfer in progress (`cluster::group::admin::PendingTransfer`).
 struct Transfer {
-    to: u64,
-    ticks_left: usize,
+    /// The target and the deadline, stepped by the product's `TransferDeadline::tick`.
+    deadline: TransferDeadline,
     waiters: Vec<AdminId>,
 }
 
@@ -778,33 +779,15 @@ impl Running {
     /// hand-off (`Group::tick`, `admin_tick`).
     fn tick(&mut self, out: &mut Outbox) {
         self.node.tick();
-        let retry_every = (self.transfer_ticks / 8).max(1);
         if let Some(transfer) = &mut self.transfer {
-            transfer.ticks_left = transfer.ticks_left.saturating_sub(1);
-            let raft = &mut self.node.raft;
-            let ours = raft.state == StateRole::Leader && raft.lead_transferee == Some(transfer.to);
-            if transfer.ticks_left == 0 {
-                if ours {
-                    raft.abort_leader_transfer();
-                }
+            let step = transfer.deadline.tick(&self.node.raft);
+            if step.perform(&mut self.node) {
+                let raft = &self.node.raft;
                 let leader = (raft.leader_id != 0).then_some(raft.leader_id);
                 let transfer = self.transfer.take().expect("checked above");
                 for id in transfer.waiters {
                     out.transfers
                         .push((id, Err(TransferError::TimedOut { leader })));
-                }
-            } else if transfer.ticks_left % retry_every == 0 {
-                let to = transfer.to;
-                if ours {
-                    let caught_up = raft
-                        .prs()
-                        .get(to)
-                        .is_some_and(|progress| progress.matched == raft.raft_log.last_index());
-                    if caught_up {
-                        raft.send_timeout_now(to);
-                    }
-                } else if raft.state == StateRole::Leader {
-                    self.node.transfer_leader(to);
                 }
             }
         }
@@ -878,12 +861,12 @@ impl Running {
             return;
         }
         match &mut self.transfer {
-            Some(transfer) if transfer.to == to => {
+            Some(transfer) if transfer.deadline.to() == to => {
                 transfer.waiters.push(id);
                 return;
             }
             Some(transfer) => {
-                let busy = transfer.to;
+                let busy = transfer.deadline.to();
                 out.transfers
                     .push((id, Err(TransferError::InProgress(busy))));
                 return;
@@ -892,8 +875,7 @@ impl Running {
         }
         self.node.transfer_leader(to);
         self.transfer = Some(Transfer {
-            to,
-            ticks_left: self.transfer_ticks,
+            deadline: TransferDeadline::new(to, self.transfer_ticks),
             waiters: vec![id],
         });
     }
@@ -1136,7 +1118,10 @@ impl Running {
         if role != StateRole::Leader {
             self.drop_pending_change(out);
         }
-        if let Some(transfer) = self.transfer.take_if(|transfer| transfer.to == leader) {
+        if let Some(transfer) = self
+            .transfer
+            .take_if(|transfer| transfer.deadline.to() == leader)
+        {
             for id in transfer.waiters {
                 out.transfers.push((id, Ok(())));
             }
