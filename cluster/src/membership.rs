@@ -54,9 +54,22 @@
 //! deleted; nothing deletes it automatically. A removed node that missed the commit (cut off
 //! at the time, or still being probed by a leader elected just before) still believes it is a
 //! member and, no longer hearing from the leader, pre-votes periodically; pre-vote keeps it
-//! from disturbing anyone, and it should be stopped. To bring a removed node back, start it
-//! with a fresh data directory and `join_existing` and add it like a new one (re-adding it with
-//! its old data is not tested).
+//! from disturbing anyone (its log lacks the removal, so no one grants it a vote).
+//!
+//! A removed node can be added back to the shard with the replica it kept, in memory or restarted
+//! from disk (the node crate's placement may move a shard back to a node it left): `AddLearner`,
+//! then `Promote`, as for a new node. The kept log agrees with the leader's up to the node's commit
+//! index (an uncommitted tail that differs is replaced, as on any follower): the leader's first
+//! append moves the node to the leader's term, raft-rs' probe finds where the two logs part, and
+//! the leader sends what follows; or, once it compacted past that point, a snapshot, which raft-rs
+//! accepts as long as its configuration names the node (raft-rs 0.7 `Raft::restore`), whatever
+//! configuration the node believed in, and which replaces the state machine. From the log, the node
+//! applies what it lacks like any other entries (its new addition, and its removal if it missed
+//! it); either way it ends with exactly the leader's state. `cluster/tests/membership.rs`
+//! (`removed_node_added_back`) checks this for a node that applied its removal, one restarted
+//! since, and one removed while cut off (still a voter at an older term in its own eyes), each by
+//! log and by snapshot. Starting the node with a fresh data directory and `join_existing` and
+//! adding it like a new one works too.
 //!
 //! A leader that applies its own removal (possible only if leadership moved to the node after
 //! the change was proposed: raft-rs lets a voter campaign while a removal of it sits

@@ -2,11 +2,12 @@
 //! `transfer_leader`, `shard_status`) on the in-memory harness (`common`): a fourth node joins
 //! a loaded cluster as a learner, catches up by snapshot, is promoted, and an original node is
 //! removed; leadership is drained from a node; refused changes leave the membership as it was;
-//! every node reports the same membership and leader.
+//! every node reports the same membership and leader; a removed node is added back with the
+//! replica it kept (`removed_node_added_back`).
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -73,6 +74,21 @@ fn leader_of(cluster: &TestCluster, among: &[NodeId], shard: ShardId) -> NodeId 
             && cluster.handle(leader).leader(shard) == Some(leader)
     });
     found
+}
+
+/// Waits until the leader of `shard` among `among` matched on `node` everything it had
+/// committed when asked: it then replicates to `node` normally, so `node` hears of a change
+/// that removes it (`membership` module docs, "Removing a node").
+fn wait_replicating(cluster: &TestCluster, among: &[NodeId], shard: ShardId, node: NodeId) {
+    let leader = cluster.handle(leader_of(cluster, among, shard));
+    let commit = leader.shard_status(shard).expect("shard").commit;
+    wait_until("the leader to replicate to the node", || {
+        let status = leader.shard_status(shard).expect("shard");
+        status
+            .progress
+            .get(&node)
+            .is_some_and(|&matched| matched >= commit)
+    });
 }
 
 /// Applies `wanted` through the shard's leader among `among`, retrying while leadership is
@@ -239,19 +255,7 @@ fn add_a_fourth_node_as_learner_then_promote_then_remove_an_original_under_load(
         // A node the leader is not replicating to normally when it is removed (a new leader
         // still probing it, say) may never hear of its removal (`membership` module docs).
         // Node 1 is healthy: wait until the leader replicates to it, so it does.
-        let leader = leader_of(&cluster, &all, shard);
-        let commit = cluster
-            .handle(leader)
-            .shard_status(shard)
-            .expect("shard")
-            .commit;
-        wait_until("the leader to replicate to node 1", || {
-            let status = cluster.handle(leader).shard_status(shard).expect("shard");
-            status
-                .progress
-                .get(&1)
-                .is_some_and(|&matched| matched >= commit)
-        });
+        wait_replicating(&cluster, &all, shard, 1);
         let removed = change_on_leader(&cluster, &all, shard, MembershipChange::Remove(1));
         assert_eq!(removed, membership(&[2, 3, 4], &[]), "shard {shard}");
         load.wait_for_more("writes to continue after the change", 8);
@@ -948,4 +952,229 @@ fn a_caught_up_learner_left_in_the_probe_state_of_an_idle_shard_is_promoted() {
         writes,
         "a write reached the shard"
     );
+}
+
+/// How node 4 leaves the shards before it is added back ([`removed_node_added_back`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// Removed while the leader replicates to it: it applies its own removal and stops
+    /// counting itself a member.
+    Heard,
+    /// As `Heard`, then restarted from its data dir while away: the stale replica it is
+    /// added back with comes from disk, not from memory.
+    HeardThenRestarted,
+    /// Removed while cut off: it never hears of it and still believes it is a voter, at the
+    /// term it was cut off in, while the others elect new leaders in later terms.
+    CutOff,
+}
+
+/// Node 4 held every shard and left; added back, it starts from the replica it kept (its log,
+/// hard state and configuration on disk, its state machine in memory: "Removing a node" in
+/// the `membership` module docs). With `compact`, every shard snapshots every 16 entries, so
+/// the leaders compact past node 4's last index while it is away and it must catch up by
+/// snapshot; without, the leaders keep their logs and append after node 4's stale entries.
+/// Either way it ends with exactly the leader's applied state, every command once, in order;
+/// no shard group fails, and node 4 then leads every shard and commits.
+fn removed_node_added_back(departure: Departure, compact: bool) {
+    let tweak: fn(&mut ClusterConfig) = if compact {
+        |config| config.snapshot_interval = 16
+    } else {
+        no_tweak
+    };
+    let mut cluster = TestCluster::start(tweak);
+    let all = [1, 2, 3, 4];
+    let mut acked = cluster.propose_all(&NODES, "before", 5);
+    cluster.wait_converged(&NODES, &acked);
+
+    // Node 4 joins every shard, votes and gets data.
+    cluster.start_joining_node(4);
+    let mut fourth = cluster.handle(4);
+    for shard in 0..SHARDS {
+        change_on_leader(&cluster, &NODES, shard, MembershipChange::AddLearner(4));
+        let promoted = change_on_leader(&cluster, &NODES, shard, MembershipChange::Promote(4));
+        assert_eq!(promoted, membership(&all, &[]), "shard {shard}");
+    }
+    merge(&mut acked, cluster.propose_all(&all, "with-4", 5));
+    cluster.wait_converged(&all, &acked);
+    wait_until("node 4 to apply its promotion everywhere", || {
+        fourth.status().iter().all(|status| status.voters == all)
+    });
+    // The leader never removes itself: node 4 hands over what it leads.
+    for shard in 0..SHARDS {
+        if leader_of(&cluster, &all, shard) == 4 {
+            assert_eq!(transfer(&fourth, shard, 1), Ok(()), "shard {shard}");
+        }
+    }
+    // Nothing on its way to node 4 any more: what it holds now is what it keeps.
+    for shard in 0..SHARDS {
+        let leader = cluster.handle(leader_of(&cluster, &all, shard));
+        wait_until("node 4 to apply all the leader applied", || {
+            let leading = leader.shard_status(shard).expect("shard");
+            let own = fourth.shard_status(shard).expect("shard");
+            leading.commit == leading.applied && own.applied == leading.applied
+        });
+    }
+
+    // Node 4 is removed from every shard.
+    if departure == Departure::CutOff {
+        cluster.isolate(4);
+    }
+    for shard in 0..SHARDS {
+        if departure != Departure::CutOff {
+            // It hears of its removal only from a leader that replicates to it normally.
+            wait_replicating(&cluster, &NODES, shard, 4);
+        }
+        let removed = change_on_leader(&cluster, &NODES, shard, MembershipChange::Remove(4));
+        assert_eq!(removed, membership(&NODES, &[]), "shard {shard}");
+    }
+    match departure {
+        Departure::Heard | Departure::HeardThenRestarted => {
+            wait_until("node 4 to apply its removal everywhere", || {
+                fourth
+                    .status()
+                    .iter()
+                    .all(|status| status.voters == NODES && status.leader.is_none())
+            })
+        }
+        Departure::CutOff => {
+            // New leaders in later terms, which node 4 does not see either.
+            for shard in 0..SHARDS {
+                let leader = leader_of(&cluster, &NODES, shard);
+                let to = NODES
+                    .iter()
+                    .copied()
+                    .find(|&id| id != leader)
+                    .expect("a node");
+                assert_eq!(transfer(&cluster.handle(leader), shard, to), Ok(()));
+            }
+        }
+    }
+    let stale: Vec<Vec<Vec<u8>>> = (0..SHARDS).map(|shard| cluster.log(4, shard)).collect();
+    if departure == Departure::HeardThenRestarted {
+        drop(fourth);
+        cluster.stop_node(4);
+        cluster.start_node(4);
+        fourth = cluster.handle(4);
+        wait_until("node 4 to recover its stale replicas", || {
+            (0..SHARDS).all(|shard| cluster.log(4, shard) == stale[shard as usize])
+                && fourth
+                    .status()
+                    .iter()
+                    .all(|status| status.voters == NODES && status.leader.is_none())
+        });
+    }
+    let snapshots_before = fourth.metrics().snapshots_received;
+
+    // Enough entries without node 4 that, with `compact`, every leader snapshots (every 16
+    // applied entries) and compacts its log past node 4's last index more than once.
+    merge(&mut acked, cluster.propose_all(&NODES, "without-4", 40));
+    cluster.wait_converged(&NODES, &acked);
+    for shard in 0..SHARDS {
+        assert_eq!(
+            cluster.log(4, shard),
+            stale[shard as usize],
+            "shard {shard}: node 4 got entries while it was no member"
+        );
+        let own = fourth.shard_status(shard).expect("shard");
+        let leader = leader_of(&cluster, &NODES, shard);
+        let leading = cluster.handle(leader).shard_status(shard).expect("shard");
+        assert!(own.applied < leading.applied, "shard {shard}");
+        if departure == Departure::CutOff {
+            assert_eq!(own.voters, all, "shard {shard}: it still believes it votes");
+            assert!(
+                own.term < leading.term,
+                "shard {shard}: node 4 at term {}, the leader at {}",
+                own.term,
+                leading.term
+            );
+        }
+    }
+
+    // Added back: a learner again, then a voter.
+    cluster.heal();
+    for shard in 0..SHARDS {
+        let added = change_on_leader(&cluster, &NODES, shard, MembershipChange::AddLearner(4));
+        assert_eq!(added, membership(&NODES, &[4]), "shard {shard}");
+        let promoted = change_on_leader(&cluster, &NODES, shard, MembershipChange::Promote(4));
+        assert_eq!(promoted, membership(&all, &[]), "shard {shard}");
+    }
+    merge(&mut acked, cluster.propose_all(&all, "re-added", 5));
+    cluster.wait_converged(&all, &acked);
+    let received = fourth.metrics().snapshots_received - snapshots_before;
+    if compact {
+        assert!(
+            received >= SHARDS,
+            "node 4 caught up without a snapshot after the leaders compacted: {received}"
+        );
+    } else {
+        assert_eq!(
+            received, 0,
+            "the leaders still held the entries node 4 lacked"
+        );
+    }
+    for shard in 0..SHARDS {
+        // The same applied state as the leader: the same commands in the same order
+        // (`wait_converged`), each once, every acknowledged one at its position.
+        let log = cluster.log(4, shard);
+        let distinct: BTreeSet<&Vec<u8>> = log.iter().collect();
+        assert_eq!(distinct.len(), log.len(), "shard {shard}: a command twice");
+        let leader = leader_of(&cluster, &all, shard);
+        wait_until("node 4 to apply as far as the leader", || {
+            let leading = cluster.handle(leader).shard_status(shard).expect("shard");
+            let own = fourth.shard_status(shard).expect("shard");
+            own.applied == leading.applied && own.voters == all && own.learners.is_empty()
+        });
+    }
+
+    // Node 4 leads every shard and commits.
+    for shard in 0..SHARDS {
+        let leader = leader_of(&cluster, &all, shard);
+        if leader != 4 {
+            assert_eq!(
+                transfer(&cluster.handle(leader), shard, 4),
+                Ok(()),
+                "shard {shard}"
+            );
+        }
+        assert_eq!(leader_of(&cluster, &all, shard), 4);
+        let command = format!("led-by-4-{shard}").into_bytes();
+        let position = answer(&propose(&fourth, shard, command.clone())).expect("committed");
+        acked.entry(shard).or_default().push((command, position));
+    }
+    cluster.wait_converged(&all, &acked);
+    for id in all {
+        let handle = cluster.handle(id);
+        assert_eq!(handle.metrics().failed_shards, 0, "node {id}");
+        assert!(
+            handle.status().iter().all(|status| !status.failed),
+            "node {id}"
+        );
+    }
+    let refused = cluster.net.refused.lock().expect("refused lock").clone();
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
+/// One test per way node 4 leaves and way it catches up when added back.
+macro_rules! added_back_tests {
+    ($($name:ident: $departure:ident, compact: $compact:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            removed_node_added_back(Departure::$departure, $compact);
+        }
+    )*};
+}
+
+added_back_tests! {
+    a_removed_node_added_back_catches_up_by_snapshot_past_its_stale_log:
+        Heard, compact: true;
+    a_removed_node_added_back_catches_up_from_the_log_after_its_stale_entries:
+        Heard, compact: false;
+    a_removed_node_restarted_and_added_back_catches_up_by_snapshot:
+        HeardThenRestarted, compact: true;
+    a_removed_node_restarted_and_added_back_catches_up_from_the_log:
+        HeardThenRestarted, compact: false;
+    a_node_removed_while_cut_off_and_added_back_catches_up_by_snapshot:
+        CutOff, compact: true;
+    a_node_removed_while_cut_off_and_added_back_catches_up_from_the_log:
+        CutOff, compact: false;
 }
