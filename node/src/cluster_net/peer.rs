@@ -292,13 +292,7 @@ impl PeerTask {
         loop {
             let Outgoing { frame, due } = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => return PumpEnd::Shutdown,
-                changed = self.addr.changed() => return match changed {
-                    Ok(()) => PumpEnd::Replaced,
-                    Err(_) => PumpEnd::Removed,
-                },
-                _ = epoch.changed() => return PumpEnd::Replaced,
-                err = conn.closed() => return PumpEnd::lost(&err),
+                end = pump_ended(shutdown, &mut self.addr, &mut epoch, conn) => return end,
                 _ = rtt_tick.tick() => {
                     metrics.sample_cluster_peer(self.peer, PathSample::of(conn));
                     continue;
@@ -313,13 +307,7 @@ impl PeerTask {
                 // frame in flight if the connection ends meanwhile.
                 tokio::select! {
                     biased;
-                    _ = shutdown.wait_for(|stop| *stop) => return PumpEnd::Shutdown,
-                    changed = self.addr.changed() => return match changed {
-                        Ok(()) => PumpEnd::Replaced,
-                        Err(_) => PumpEnd::Removed,
-                    },
-                    _ = epoch.changed() => return PumpEnd::Replaced,
-                    err = conn.closed() => return PumpEnd::lost(&err),
+                    end = pump_ended(shutdown, &mut self.addr, &mut epoch, conn) => return end,
                     () = tokio::time::sleep_until(Instant::from_std(due)) => {}
                 }
             }
@@ -482,5 +470,26 @@ impl DialError {
             }
             other => DialError::Connection(other),
         }
+    }
+}
+
+/// What ends a pump while it waits for a frame or a link delay: this node's shutdown, the
+/// peer's new address (or its removal), a new cluster-id epoch, or the connection's loss.
+/// Cancel safety: every branch is, so it may lose a `select!`.
+async fn pump_ended(
+    shutdown: &mut watch::Receiver<bool>,
+    addr: &mut watch::Receiver<SocketAddr>,
+    epoch: &mut watch::Receiver<u64>,
+    conn: &quinn::Connection,
+) -> PumpEnd {
+    tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|stop| *stop) => PumpEnd::Shutdown,
+        changed = addr.changed() => match changed {
+            Ok(()) => PumpEnd::Replaced,
+            Err(_) => PumpEnd::Removed,
+        },
+        _ = epoch.changed() => PumpEnd::Replaced,
+        err = conn.closed() => PumpEnd::lost(&err),
     }
 }

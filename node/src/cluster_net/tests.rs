@@ -195,6 +195,53 @@ async fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// Waits until each node's connections to exactly the given peers are up.
+/// Nodes 1 to 3 of cluster "test" (their settings changed by `edit`), started with each
+/// other as peers and connected: frames queued behind a failed first connect attempt would
+/// be dropped.
+async fn three_connected(
+    pki: &Pki,
+    edit: impl Fn(NodeId, &mut NetSettings),
+) -> BTreeMap<NodeId, TestNode> {
+    let bound: Vec<(NodeId, ClusterNet, Arc<Metrics>)> = (1..=3)
+        .map(|id| {
+            let mut settings = settings(id, "test");
+            edit(id, &mut settings);
+            let tls = pki.node(&format!("node{id}"), LOOPBACK, pki);
+            let (net, metrics) = bind(settings, &tls);
+            (id, net, metrics)
+        })
+        .collect();
+    let addrs: Vec<(NodeId, SocketAddr)> = bound
+        .iter()
+        .map(|(id, net, _)| (*id, net.local_addr()))
+        .collect();
+    let nodes: BTreeMap<NodeId, TestNode> = bound
+        .into_iter()
+        .map(|(id, net, metrics)| {
+            let peers: Vec<_> = addrs.iter().copied().filter(|(p, _)| *p != id).collect();
+            (id, start(net, metrics, &peers))
+        })
+        .collect();
+    wait_connected(&[
+        (&nodes[&1], &[2, 3]),
+        (&nodes[&2], &[1, 3]),
+        (&nodes[&3], &[1, 2]),
+    ])
+    .await;
+    nodes
+}
+
+/// `node` counted no dropped frame, for any reason.
+fn assert_nothing_dropped(node: &TestNode) {
+    for reason in FrameDrop::ALL {
+        let series = format!(
+            "mimid_cluster_frames_dropped_total{{reason=\"{}\"}}",
+            reason.as_str()
+        );
+        assert_eq!(node.metric(&series), 0.0, "{series}");
+    }
+}
+
 async fn wait_connected(nodes: &[(&TestNode, &[NodeId])]) {
     poll_until("every connection to be up", || {
         nodes.iter().all(|(node, peers)| {
@@ -291,36 +338,7 @@ async fn raw_connect(tls: rustls::ClientConfig, addr: SocketAddr) -> RawOutcome 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_deliver_every_frame_to_its_destination_in_order_per_sender() {
     let pki = Pki::new();
-    let bound: Vec<(NodeId, ClusterNet, Arc<Metrics>)> = (1..=3)
-        .map(|id| {
-            let tls = pki.node(&format!("node{id}"), LOOPBACK, &pki);
-            let (net, metrics) = bind(settings(id, "test"), &tls);
-            (id, net, metrics)
-        })
-        .collect();
-    let addrs: Vec<(NodeId, SocketAddr)> = bound
-        .iter()
-        .map(|(id, net, _)| (*id, net.local_addr()))
-        .collect();
-    let nodes: BTreeMap<NodeId, TestNode> = bound
-        .into_iter()
-        .map(|(id, net, metrics)| {
-            let peers: Vec<_> = addrs
-                .iter()
-                .copied()
-                .filter(|(peer, _)| *peer != id)
-                .collect();
-            (id, start(net, metrics, &peers))
-        })
-        .collect();
-
-    // Connected first: frames queued behind a failed first connect attempt are dropped.
-    wait_connected(&[
-        (&nodes[&1], &[2, 3]),
-        (&nodes[&2], &[1, 3]),
-        (&nodes[&3], &[1, 2]),
-    ])
-    .await;
+    let nodes = three_connected(&pki, |_, _| {}).await;
     const N: u64 = 200;
     const BIG: usize = 5 << 20;
     let big_seq = N / 2;
@@ -373,13 +391,7 @@ async fn three_nodes_deliver_every_frame_to_its_destination_in_order_per_sender(
         2.0 * N as f64
     );
     for node in nodes.values() {
-        for reason in FrameDrop::ALL {
-            let series = format!(
-                "mimid_cluster_frames_dropped_total{{reason=\"{}\"}}",
-                reason.as_str()
-            );
-            assert_eq!(node.metric(&series), 0.0, "{series}");
-        }
+        assert_nothing_dropped(node);
     }
     assert_eq!(
         node1.metric("mimid_cluster_peer_connected{peer=\"2\"}"),
@@ -403,37 +415,15 @@ async fn a_delayed_link_delivers_no_frame_before_its_delay_and_keeps_its_order()
     const JITTER: Duration = Duration::from_millis(20);
     const BACK_TO_1: Duration = Duration::from_millis(30);
     let pki = Pki::new();
-    let bound: Vec<(NodeId, ClusterNet, Arc<Metrics>)> = (1..=3)
-        .map(|id| {
-            let mut settings = settings(id, "test");
-            if id == 1 {
-                settings.link_delays = LinkDelays {
-                    one_way: BTreeMap::from([(2, TO_2), (3, TO_3)]),
-                    jitter: JITTER,
-                    seed: 9,
-                };
-            }
-            let tls = pki.node(&format!("node{id}"), LOOPBACK, &pki);
-            let (net, metrics) = bind(settings, &tls);
-            (id, net, metrics)
-        })
-        .collect();
-    let addrs: Vec<(NodeId, SocketAddr)> = bound
-        .iter()
-        .map(|(id, net, _)| (*id, net.local_addr()))
-        .collect();
-    let nodes: BTreeMap<NodeId, TestNode> = bound
-        .into_iter()
-        .map(|(id, net, metrics)| {
-            let peers: Vec<_> = addrs.iter().copied().filter(|(p, _)| *p != id).collect();
-            (id, start(net, metrics, &peers))
-        })
-        .collect();
-    wait_connected(&[
-        (&nodes[&1], &[2, 3]),
-        (&nodes[&2], &[1, 3]),
-        (&nodes[&3], &[1, 2]),
-    ])
+    let nodes = three_connected(&pki, |id, settings| {
+        if id == 1 {
+            settings.link_delays = LinkDelays {
+                one_way: BTreeMap::from([(2, TO_2), (3, TO_3)]),
+                jitter: JITTER,
+                seed: 9,
+            };
+        }
+    })
     .await;
 
     const N: u64 = 200;
@@ -504,13 +494,7 @@ async fn a_delayed_link_delivers_no_frame_before_its_delay_and_keeps_its_order()
     let took = nodes[&1].sink.arrivals.lock()[0] - sent_back;
     assert!(took >= BACK_TO_1, "node 2's frame took {took:?}");
     for node in nodes.values() {
-        for reason in FrameDrop::ALL {
-            let series = format!(
-                "mimid_cluster_frames_dropped_total{{reason=\"{}\"}}",
-                reason.as_str()
-            );
-            assert_eq!(node.metric(&series), 0.0, "{series}");
-        }
+        assert_nothing_dropped(node);
         node.net.shutdown(Duration::from_secs(1)).await;
     }
 }
