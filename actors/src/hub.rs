@@ -1271,12 +1271,14 @@ impl Hub {
     /// Welcome routing (MIMI.md §4): the local clients whose claimed KeyPackages these
     /// `KeyPackageRef`s name, in the order given; unknown references are skipped. The claim
     /// records live in the claimed user's shard, which a reference does not name, so every
-    /// shard is asked: those this node holds from the local replica (read again after a read
+    /// hashed shard is asked: those this node holds from the local replica (read again after a read
     /// barrier when some reference is unknown there: the claim may have gone through another
     /// node), the others remotely (`remote` module docs); `Err` when a shard cannot answer.
     pub async fn welcome_recipients(&self, refs: &[Vec<u8>]) -> Result<Vec<ClientId>, HubError> {
         let mut found: Vec<Option<ClientId>> = vec![None; refs.len()];
-        for shard in 0..self.shards.count() {
+        // Claims live in users' shards, which are hashed ones: a residency shard holds rooms
+        // only.
+        for shard in 0..self.shards.layout().hashed_count() {
             if found.iter().all(Option::is_some) {
                 break;
             }

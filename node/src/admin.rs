@@ -106,10 +106,21 @@ pub struct AdminState {
     pub auth: Arc<AdminAuth>,
 }
 
-/// `GET /admin/abuse/reports`.
+/// `GET /admin/abuse/reports`: the reports of every shard, read where each is held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportsListing {
     pub reports: Vec<ReportEntry>,
+    /// Shards no node could answer for just now, with the reason: their reports are missing
+    /// from `reports` (repeat the request).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_shards: Vec<MissingShard>,
+}
+
+/// A shard whose reports a listing lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingShard {
+    pub shard: u64,
+    pub reason: String,
 }
 
 /// One stored abuse report.
@@ -300,8 +311,8 @@ async fn reports(State(state): State<AdminState>) -> Response {
     let Some(hub) = &state.hub else {
         return no_hub();
     };
-    let reports = hub
-        .abuse_reports()
+    let (reports, missing) = hub.abuse_reports().await;
+    let reports = reports
         .into_iter()
         .map(|(room, stored)| {
             let report = stored.report;
@@ -331,7 +342,13 @@ async fn reports(State(state): State<AdminState>) -> Response {
             }
         })
         .collect();
-    json(&ReportsListing { reports })
+    json(&ReportsListing {
+        reports,
+        missing_shards: missing
+            .into_iter()
+            .map(|(shard, reason)| MissingShard { shard, reason })
+            .collect(),
+    })
 }
 
 async fn blocks(State(state): State<AdminState>) -> Response {

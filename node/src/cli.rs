@@ -538,6 +538,12 @@ pub async fn run_abuse(
                     ));
                 }
             }
+            for missing in listing.missing_shards {
+                lines.push(format!(
+                    "shard {} could not be read, its reports are missing (repeat): {}",
+                    missing.shard, missing.reason
+                ));
+            }
             Ok(lines)
         }
         AbuseCommand::Blocks { admin } => {

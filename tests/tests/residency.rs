@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use mimid_actors::hub::residency::RoomStatus;
 use mimid_actors::ids::RoomId;
-use mimid_node::admin::{admin_call, ROOM_STATUS_PATH};
-use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateResult};
+use mimid_node::admin::{admin_call, ReportsListing, REPORTS_PATH, ROOM_STATUS_PATH};
+use mimid_node::client::{ClientError, Event, FrankCheck, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::cluster_ops::{
     render_status, run_node_command, ClusterStatus, NodeCommand, STATUS_PATH,
 };
@@ -259,6 +259,46 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
         assert_eq!(*transcript, sent, "{} saw another order", client.id());
     }
 
+    // An abuse report of Alice's franked message, handed in by Carol on an eu node, is stored
+    // in the room's shard and listed by the us node, which reads it from a holder.
+    let accepted = match alice
+        .send_text(&room, "report me")
+        .await
+        .expect("submit works")
+    {
+        SubmitResult::Accepted { timestamp, .. } => timestamp,
+        other => panic!("alice could not send: {other:?}"),
+    };
+    let kept = loop {
+        match carol.next_event(SETTLE).await.expect("push stream works") {
+            Some(Event::Message {
+                frank: FrankCheck::Verified(frank),
+                timestamp,
+                ..
+            }) if timestamp == accepted => break *frank,
+            Some(Event::Message { frank, .. }) => panic!("carol's Frank: {frank:?}"),
+            Some(_) => continue,
+            None => panic!("carol waited for alice's message"),
+        }
+    };
+    carol
+        .report_abuse(&room, &cluster.user("alice"), 0, "spam", &[&kept])
+        .await
+        .expect("the report is validated and stored");
+    let token = cluster.admin_token();
+    let (code, body) = admin_call(&cluster.admin(US), Some(&token), "GET", REPORTS_PATH, b"")
+        .await
+        .expect("reports answer");
+    let listing: ReportsListing = serde_json::from_slice(&body).expect("a listing");
+    assert_eq!(code, 200);
+    assert!(listing.missing_shards.is_empty(), "{listing:?}");
+    assert_eq!(listing.reports.len(), 1, "{listing:?}");
+    assert_eq!(listing.reports[0].room, room.to_string());
+    assert_eq!(
+        listing.reports[0].alleged_abuser,
+        cluster.user("alice").to_string()
+    );
+
     // Where the room lives: shard 4, on the three eu nodes, never on the us node.
     let pinned = room_status(&cluster, US, &room).await;
     assert!(pinned.exists, "{pinned:?}");
@@ -289,7 +329,10 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
     assert!(same_place(&from_eu), "{from_eu:?}");
     assert_eq!(cluster.holders_of(&room), vec![0, 1, 2]);
     for index in 0..3 {
-        assert_eq!(cluster.application_messages(index, &room).len(), 2 * EACH);
+        assert_eq!(
+            cluster.application_messages(index, &room).len(),
+            2 * EACH + 1
+        );
     }
     let us_hub = cluster.nodes[US].node().hub();
     assert!(!us_hub.holds(EU_SHARD));

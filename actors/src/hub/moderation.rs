@@ -107,22 +107,40 @@ impl Hub {
         }
     }
 
-    /// Every abuse report of the rooms this node's replicas host, by room (local read of the
-    /// shards this node holds; with `cluster.replicas = "r"` the others' reports are listed by
-    /// the nodes that hold them).
-    pub fn abuse_reports(&self) -> Vec<(RoomId, StoredReport)> {
-        (0..self.shards.count())
-            .filter(|&shard| self.holds(shard))
-            .flat_map(|shard| {
-                self.shards
-                    .get(shard)
-                    .read()
-                    .abuse_reports()
-                    .iter()
-                    .map(|(room, report)| (room.clone(), report.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+    /// Every abuse report of the rooms this provider hosts, by room: read locally from the
+    /// shards this node holds and from a holder for each other shard (`hub::remote`). A shard
+    /// no node could answer for is listed with the reason instead of failing the whole
+    /// listing.
+    pub async fn abuse_reports(&self) -> (Vec<(RoomId, StoredReport)>, Vec<(ShardId, String)>) {
+        let mut reports = Vec::new();
+        let mut missing = Vec::new();
+        for shard in 0..self.shards.count() {
+            match self.abuse_reports_in(shard).await {
+                Ok(found) => reports.extend(found),
+                Err(e) => missing.push((shard, e.to_string())),
+            }
+        }
+        (reports, missing)
+    }
+
+    /// The abuse reports `shard` holds, read where it is held.
+    pub(super) async fn abuse_reports_in(
+        &self,
+        shard: ShardId,
+    ) -> Result<Vec<(RoomId, StoredReport)>, HubError> {
+        if !self.holds(shard) {
+            return self
+                .remote(shard, super::remote::RemoteRead::AbuseReports)
+                .await;
+        }
+        Ok(self
+            .shards
+            .get(shard)
+            .read()
+            .abuse_reports()
+            .iter()
+            .map(|(room, report)| (room.clone(), report.clone()))
+            .collect())
     }
 
     /// Follower side of protocol-06 §5.4 with the Franks the notify carried (see

@@ -89,6 +89,8 @@ pub enum RemoteRead {
     /// The shard a room lives in, asked of a holder of its home shard (`Hub::room_shard`) →
     /// `ShardId`.
     RoomShard { room: RoomId },
+    /// The abuse reports of the shard's hosted rooms → `Vec<(RoomId, StoredReport)>`.
+    AbuseReports,
 }
 
 /// What a groupInfo answer (protocol-06 §5.5) takes from a hosted room: its latest GroupInfo
@@ -242,7 +244,9 @@ impl Hub {
             RemoteRead::Profile { .. } | RemoteRead::FindUser { .. } => {
                 home(PROFILES_SHARD_KEY) == shard
             }
-            RemoteRead::WelcomeRefs { .. } | RemoteRead::SnapshotPart => true,
+            RemoteRead::WelcomeRefs { .. }
+            | RemoteRead::SnapshotPart
+            | RemoteRead::AbuseReports => true,
         };
         if !belongs {
             return Err(HubError::Rejected(format!(
@@ -277,6 +281,7 @@ impl Hub {
                 encode(&self.frank_record_in(shard, &room, seq).await?)
             }
             RemoteRead::RoomShard { room } => encode(&self.room_shard(&room).await?),
+            RemoteRead::AbuseReports => encode(&self.abuse_reports_in(shard).await?),
             RemoteRead::SnapshotPart => encode(&self.snapshot_part(shard).await?),
         })
     }
