@@ -36,8 +36,9 @@ pub enum Scenario {
     /// Replicated application messages per second and their acknowledgement latency on one
     /// provider run as a cluster of nodes in this process (3 by default; ARCHITECTURE.md
     /// "Cluster"): each room's sender is connected to node `room % nodes` and its other member
-    /// to the next node, attached by its push stream, so two thirds of the messages are
-    /// forwarded to their shard's leader and every node pushes to its own streams.
+    /// to the next node, attached by its push stream, so with 3 nodes two thirds of the
+    /// messages are forwarded to their shard's leader and every node pushes to its own streams
+    /// (`--replicas`, `--nodes` above R: from its own replicas or through relays).
     Cluster(ClusterArgs),
     /// Resident memory and idle CPU of a node holding N mostly idle rooms of 2 members: a real
     /// `mimid start` child process (so its memory is measured alone), N rooms created through
@@ -174,9 +175,16 @@ pub struct ClusterArgs {
     /// nodes.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rooms: u32,
-    /// Nodes of the provider's cluster; every shard has a replica on each.
+    /// Nodes of the provider's cluster. Every shard has R voters (`cluster.replication_factor`,
+    /// 3; all nodes when fewer) and, with `--replicas r`, lives on those R nodes only: a node
+    /// serves the rooms of shards it lacks through remote reads and push-stream relays.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=mimid_node::demo::MAX_LOOPBACK_NODES))]
     pub nodes: u64,
+    /// `cluster.replicas` of the nodes: `r`, each shard on its R voters only (the node's
+    /// default), or `all`, a learner of every shard on every other node as well. The timed
+    /// phase starts once placement has trimmed the shards to that layout.
+    #[arg(long, value_enum, default_value_t = ClusterReplicas::R)]
+    pub replicas: ClusterReplicas,
     /// Length of each message's text (MIMI content text/plain), in bytes.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub message_bytes: u32,
@@ -336,6 +344,25 @@ pub struct JoinStormArgs {
 pub enum Encryption {
     Pregenerated,
     Live,
+}
+
+/// `--replicas`: which nodes hold a shard (`mimid_node::config::Replicas`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterReplicas {
+    /// The shard's R voters only.
+    #[value(name = "r")]
+    R,
+    /// Every node (learners beside the R voters).
+    All,
+}
+
+impl From<ClusterReplicas> for mimid_node::config::Replicas {
+    fn from(replicas: ClusterReplicas) -> Self {
+        match replicas {
+            ClusterReplicas::R => mimid_node::config::Replicas::R,
+            ClusterReplicas::All => mimid_node::config::Replicas::All,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -590,6 +617,7 @@ mod tests {
         };
         assert_eq!(args.nodes, 3);
         assert!(!args.detached_members);
+        assert_eq!(args.replicas, ClusterReplicas::R, "the node's default");
         assert_eq!(
             args.common.load.model(),
             LoadModel::Closed {
@@ -598,6 +626,26 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["b", "cluster", "--nodes", "0"]).is_err());
         assert!(Cli::try_parse_from(["b", "cluster", "--nodes", "10"]).is_err());
+        let Cli {
+            scenario: Scenario::Cluster(all),
+        } = Cli::try_parse_from(["b", "cluster", "--nodes", "4", "--replicas", "all"])
+            .expect("valid")
+        else {
+            panic!("cluster expected");
+        };
+        assert_eq!((all.nodes, all.replicas), (4, ClusterReplicas::All));
+        assert_eq!(
+            mimid_node::config::Replicas::from(all.replicas),
+            mimid_node::config::Replicas::All
+        );
+        assert_eq!(
+            mimid_node::config::Replicas::from(ClusterReplicas::R),
+            mimid_node::config::Replicas::R
+        );
+        assert!(
+            Cli::try_parse_from(["b", "cluster", "--replicas", "3"]).is_err(),
+            "r or all"
+        );
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //! the creator and joins from its Welcome (MIMI.md §6.1, §6.2). Rooms hash onto the shards,
 //! whose leaders spread over the nodes by election, so with three nodes about two thirds of the
 //! messages reach a node that does not lead their shard and are forwarded to the leader
-//! (`cluster_net/forward.rs`); every message is replicated to every node (fsync on each) and
-//! applied on each, and each node's room actors push it to the streams connected there.
+//! (`cluster_net/forward.rs`). Every message is replicated (fsync on each) and applied on the
+//! nodes holding its shard: its R voters, and with `--replicas all` every other node as a
+//! learner. A node holding the shard pushes it to the streams connected there from its room
+//! actors; a node that lacks it (`--replicas r`, more nodes than R) feeds them through a relay
+//! pulling from a holder, and reads for its clients' requests from a holder too.
 //!
 //! The members stay attached (unless `--detached-members`): a [`Receivers`] task per member
 //! reads its push stream and decrypts each message, so stream fan-out runs on the node of each

@@ -5,7 +5,8 @@
 //! a generated CA and each other's addresses set, or (cluster scenario) one provider as a
 //! cluster of nodes in this process (`mimid_node::demo::start_cluster`: a data directory per
 //! node, node certificates from a cluster CA, node-to-node listeners on loopback introduced to
-//! each other after start).
+//! each other after start, then given the time placement needs to trim every shard to the
+//! layout `--replicas` asks for).
 //!
 //! The in-process node runs on its own tokio runtime with threads named `mimid-node-rt`,
 //! separate from the generator's `bench-client` runtime, so the CPU report can tell server
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use mimid_node::client::Endpoint;
-use mimid_node::config::{dev_cert_dir, Config};
+use mimid_node::config::{dev_cert_dir, Config, Replicas};
 use mimid_node::demo::{
     admin_get, start_cluster, start_providers, wait_ready, DataDir, LoopbackCluster,
     LoopbackProviders,
@@ -41,6 +42,12 @@ pub const FEDERATION_DOMAINS: [&str; 2] = ["a.example", "b.example"];
 pub const CLUSTER_DOMAIN: &str = "a.example";
 /// Prefix of the in-process providers' temporary data directory.
 const DATA_DIR_PREFIX: &str = "mimid-bench-";
+/// Time allowed for placement to bring a new cluster's shards to their layout (it takes a
+/// step at most every 200 ms: with 16 shards on 4 nodes, 16 removals and the leaderships'
+/// balancing).
+const PLACEMENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Interval of the checks while waiting for placement.
+const PLACEMENT_POLL: Duration = Duration::from_millis(100);
 
 /// Where the clients connect and how the node is described in the report.
 pub struct Provider {
@@ -108,6 +115,12 @@ pub enum NodeDescription {
         /// Nodes of the provider's cluster (cluster scenario).
         #[serde(skip_serializing_if = "Option::is_none")]
         nodes: Option<u64>,
+        /// `cluster.replicas` of those nodes (cluster scenario): `"r"` or `"all"`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replicas: Option<Replicas>,
+        /// `cluster.replication_factor` (R) of those nodes (cluster scenario).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replication_factor: Option<u32>,
     },
     Target {
         addr: SocketAddr,
@@ -224,13 +237,20 @@ impl Provider {
 
     /// Starts the cluster scenario's provider, [`CLUSTER_DOMAIN`], as `nodes` nodes in this
     /// process (`mimid_node::demo::start_cluster`), each with the in-process node options of
-    /// `args`. Must not be called from inside a tokio runtime.
-    pub fn start_cluster(args: &NodeArgs, nodes: u64) -> anyhow::Result<Provider> {
+    /// `args` and `cluster.replicas = replicas`, and waits until placement has brought every
+    /// shard to that layout ([`placement_settled`]). Must not be called from inside a tokio
+    /// runtime.
+    pub fn start_cluster(
+        args: &NodeArgs,
+        nodes: u64,
+        replicas: Replicas,
+    ) -> anyhow::Result<Provider> {
         if args.target.is_some() {
             bail!("cluster runs its nodes in this process: --target is not supported");
         }
         let parent = data_dir_parent(args);
-        let config = node_config(args);
+        let mut config = node_config(args);
+        config.cluster.replicas = replicas;
         let runtime = node_runtime()?;
         let cluster = runtime
             .block_on(start_cluster(
@@ -243,6 +263,16 @@ impl Provider {
                 &config,
             ))
             .context("starting the in-process cluster")?;
+        if let Err(error) = runtime.block_on(wait_for_placement(
+            &cluster,
+            replicas,
+            config.cluster.replication_factor,
+        )) {
+            // The wait's failure is the error to report; a failed shutdown adds nothing to it.
+            let _ = runtime.block_on(cluster.shutdown());
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            return Err(error);
+        }
         let members: Vec<ClusterMember> = cluster
             .nodes()
             .iter()
@@ -390,7 +420,102 @@ fn in_process_description(
         data_dir_parent: parent.display().to_string(),
         providers: providers.map(|domains| domains.iter().map(|d| d.to_string()).collect()),
         nodes,
+        replicas: nodes.map(|_| config.cluster.replicas),
+        replication_factor: nodes.map(|_| config.cluster.replication_factor),
     }
+}
+
+/// One shard as one node's replica last saw it (from `ClusterHandle::status`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct ShardView {
+    leader: Option<u64>,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+}
+
+/// Polls the nodes of `cluster` until [`placement_settled`] holds, for at most
+/// [`PLACEMENT_TIMEOUT`].
+///
+/// Cancel safety: safe; it only reads.
+async fn wait_for_placement(
+    cluster: &LoopbackCluster,
+    replicas: Replicas,
+    replication_factor: u32,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + PLACEMENT_TIMEOUT;
+    // Bounded by PLACEMENT_TIMEOUT.
+    loop {
+        let views: Vec<Vec<ShardView>> = cluster
+            .nodes()
+            .iter()
+            .map(|node| {
+                node.cluster_handle()
+                    .status()
+                    .into_iter()
+                    .map(|status| ShardView {
+                        leader: status.leader,
+                        voters: status.voters,
+                        learners: status.learners,
+                    })
+                    .collect()
+            })
+            .collect();
+        if placement_settled(&views, replicas, replication_factor) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "placement did not bring every shard to {} voters{} within {PLACEMENT_TIMEOUT:?}",
+                replication_factor.min(views.len() as u32),
+                match replicas {
+                    Replicas::R => " and no other replica",
+                    Replicas::All => " and a learner on every other node",
+                }
+            );
+        }
+        tokio::time::sleep(PLACEMENT_POLL).await;
+    }
+}
+
+/// Whether every shard is laid out as `cluster.replicas` wants (ARCHITECTURE.md "Cluster",
+/// "Shards on R nodes"), from `views[i][shard]`, node `i + 1`'s replica of each shard: a node
+/// that says it leads the shard has `min(R, nodes)` voters and, as learners, every other node
+/// (shard 0, the metadata shard, always; every shard with `Replicas::All`) or none, and every
+/// member's own replica has applied a configuration that includes it.
+fn placement_settled(
+    views: &[Vec<ShardView>],
+    replicas: Replicas,
+    replication_factor: u32,
+) -> bool {
+    let nodes = views.len();
+    let Some(shards) = views.first().map(Vec::len) else {
+        return false;
+    };
+    let voters = (replication_factor as usize).min(nodes);
+    (0..shards).all(|shard| {
+        let leading = views.iter().enumerate().find_map(|(index, node)| {
+            let view = node.get(shard)?;
+            (view.leader == Some(index as u64 + 1)).then_some(view)
+        });
+        let Some(leader) = leading else {
+            return false;
+        };
+        let learners = if shard == 0 || replicas == Replicas::All {
+            nodes - voters
+        } else {
+            0
+        };
+        leader.voters.len() == voters
+            && leader.learners.len() == learners
+            && leader.voters.iter().chain(&leader.learners).all(|&member| {
+                let own = usize::try_from(member)
+                    .ok()
+                    .and_then(|id| views.get(id.checked_sub(1)?)?.get(shard));
+                own.is_some_and(|view| {
+                    view.voters.contains(&member) || view.learners.contains(&member)
+                })
+            })
+    })
 }
 
 /// Reads the node's cumulative Raft counters from its `/metrics` (OpenMetrics text).
@@ -419,6 +544,9 @@ pub struct NodeSample {
     /// Proposals this node forwarded to another node leading their shard, by outcome
     /// (`mimid_raft_forwarded_proposals_total{outcome}`), cumulative.
     pub forwarded: BTreeMap<String, u64>,
+    /// Remote reads and relay pulls this node sent, by `kind/outcome`
+    /// (`mimid_remote_reads_total{kind,outcome}`), cumulative.
+    pub remote_reads: BTreeMap<String, u64>,
     /// Client push streams open on this node.
     pub push_streams: u64,
     /// Room actors running on this node.
@@ -446,25 +574,36 @@ fn parse_node_sample(body: &str) -> anyhow::Result<NodeSample> {
             flushes: value("mimid_raft_flushes_total")?,
         },
         shards_led: value("mimid_raft_shards_led")?,
-        forwarded: labelled_values(body, "mimid_raft_forwarded_proposals_total", "outcome"),
+        forwarded: labelled_values(body, "mimid_raft_forwarded_proposals_total", &["outcome"]),
+        remote_reads: labelled_values(body, "mimid_remote_reads_total", &["kind", "outcome"]),
         push_streams: value("mimid_push_streams")?,
         rooms_active: value("mimid_rooms_active")?,
     })
 }
 
-/// The samples of `name` with one label `label`, by that label's value, in OpenMetrics text.
-fn labelled_values(text: &str, name: &str, label: &str) -> BTreeMap<String, u64> {
-    let prefix = format!("{label}=\"");
+/// The samples of `name` with the labels `labels`, by those labels' values joined with `/`,
+/// in OpenMetrics text.
+fn labelled_values(text: &str, name: &str, labels: &[&str]) -> BTreeMap<String, u64> {
     text.lines()
         .filter_map(|line| {
             let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-            let (labels, value) = rest.split_once('}')?;
-            let start = labels.find(&prefix)? + prefix.len();
-            let label_value = labels[start..].split('"').next()?;
+            let (set, value) = rest.split_once('}')?;
+            let values = labels
+                .iter()
+                .map(|label| label_value(set, label))
+                .collect::<Option<Vec<&str>>>()?;
             let value = value.split_whitespace().next()?.parse::<f64>().ok()?;
-            Some((label_value.to_string(), value as u64))
+            Some((values.join("/"), value as u64))
         })
         .collect()
+}
+
+/// The value of `label` in a sample's label set `set` (`a="x",b="y"`).
+fn label_value<'a>(set: &'a str, label: &str) -> Option<&'a str> {
+    set.split(',').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == label).then(|| value.trim().trim_matches('"'))
+    })
 }
 
 /// The value of an unlabelled sample `name` in OpenMetrics text.
@@ -501,7 +640,10 @@ mod tests {
                     mimid_rooms_active 7\n\
                     mimid_raft_forwarded_proposals_total{outcome=\"applied\"} 20\n\
                     mimid_raft_forwarded_proposals_total{outcome=\"not_leader\"} 1\n\
-                    mimid_raft_forwarded_proposals_total_other{outcome=\"applied\"} 9\n";
+                    mimid_raft_forwarded_proposals_total_other{outcome=\"applied\"} 9\n\
+                    mimid_remote_reads_total{kind=\"read\",outcome=\"answered\"} 4\n\
+                    mimid_remote_reads_total{kind=\"pull\",outcome=\"answered\"} 6\n\
+                    mimid_remote_reads_total{kind=\"pull\",outcome=\"failed\"} 0\n";
         let sample = parse_node_sample(text).expect("complete");
         assert_eq!(sample.shards_led, 5);
         assert_eq!(sample.raft.applied, 30);
@@ -510,6 +652,106 @@ mod tests {
             sample.forwarded,
             BTreeMap::from([("applied".to_string(), 20), ("not_leader".to_string(), 1)])
         );
+        assert_eq!(
+            sample.remote_reads,
+            BTreeMap::from([
+                ("pull/answered".to_string(), 6),
+                ("pull/failed".to_string(), 0),
+                ("read/answered".to_string(), 4)
+            ])
+        );
         assert!(parse_node_sample("mimid_raft_proposals_total 1\n").is_err());
+    }
+
+    fn view(leader: u64, voters: &[u64], learners: &[u64]) -> ShardView {
+        ShardView {
+            leader: Some(leader),
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+        }
+    }
+
+    /// Four nodes, R = 3, two shards (0, the metadata shard, and 1), each led by node 1.
+    fn four_nodes(shard0: ShardView, shard1: [ShardView; 4]) -> Vec<Vec<ShardView>> {
+        shard1
+            .into_iter()
+            .map(|one| vec![shard0.clone(), one])
+            .collect()
+    }
+
+    #[test]
+    fn placement_is_settled_when_each_shard_has_r_voters_and_the_learners_replicas_asks_for() {
+        let meta = view(1, &[1, 2, 3], &[4]);
+        let trimmed = view(1, &[1, 2, 3], &[]);
+        let r = four_nodes(
+            meta.clone(),
+            [
+                trimmed.clone(),
+                trimmed.clone(),
+                trimmed.clone(),
+                // Node 4's replica was removed before it applied its removal.
+                view(1, &[1, 2, 3, 4], &[]),
+            ],
+        );
+        assert!(placement_settled(&r, Replicas::R, 3));
+        assert!(
+            !placement_settled(&r, Replicas::All, 3),
+            "with all, node 4 keeps a learner"
+        );
+        let initial = view(1, &[1, 2, 3, 4], &[]);
+        let untrimmed = four_nodes(meta.clone(), std::array::from_fn(|_| initial.clone()));
+        assert!(!placement_settled(&untrimmed, Replicas::R, 3));
+        let all = view(1, &[1, 2, 3], &[4]);
+        let mut catching_up = four_nodes(meta.clone(), std::array::from_fn(|_| all.clone()));
+        catching_up[3][1] = ShardView::default();
+        assert!(
+            !placement_settled(&catching_up, Replicas::All, 3),
+            "node 4's learner has not applied a configuration yet"
+        );
+        catching_up[3][1] = all.clone();
+        assert!(placement_settled(&catching_up, Replicas::All, 3));
+        let mut leaderless = catching_up.clone();
+        for node in &mut leaderless {
+            node[1].leader = None;
+        }
+        assert!(!placement_settled(&leaderless, Replicas::All, 3));
+        let meta_without_learner = four_nodes(
+            view(1, &[1, 2, 3], &[]),
+            std::array::from_fn(|_| trimmed.clone()),
+        );
+        assert!(
+            !placement_settled(&meta_without_learner, Replicas::R, 3),
+            "shard 0 is on every node either way"
+        );
+        let one = vec![vec![view(1, &[1], &[]), view(1, &[1], &[])]];
+        assert!(
+            placement_settled(&one, Replicas::R, 3),
+            "R capped by the nodes"
+        );
+        assert!(!placement_settled(&[], Replicas::R, 3));
+    }
+
+    #[test]
+    fn a_clusters_description_names_its_replicas_and_replication_factor() {
+        let mut config = Config::default();
+        config.cluster.replicas = Replicas::All;
+        let described = serde_json::to_value(in_process_description(
+            &config,
+            Path::new("/tmp"),
+            None,
+            Some(4),
+        ))
+        .expect("serialisable");
+        assert_eq!(described["nodes"], 4);
+        assert_eq!(described["replicas"], "all");
+        assert_eq!(described["replication_factor"], 3);
+        let single = serde_json::to_value(in_process_description(
+            &config,
+            Path::new("/tmp"),
+            None,
+            None,
+        ))
+        .expect("serialisable");
+        assert!(single.get("replicas").is_none(), "{single}");
     }
 }

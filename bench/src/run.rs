@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::churn::{set_up_churn, Mix};
-use crate::cli::{CommonArgs, Encryption, LoadModel, Scenario};
+use crate::cli::{ClusterReplicas, CommonArgs, Encryption, LoadModel, Scenario};
 use crate::cluster::{sender_node, set_up_cluster_rooms, Delivery, Receivers};
 use crate::cross::{set_up_pairs, Pairs};
 use crate::fanout::{
@@ -196,6 +196,10 @@ pub struct ClusterNodeReport {
     pub forwarded: BTreeMap<String, u64>,
     /// The same since the node started (room set-up included).
     pub forwarded_since_start: BTreeMap<String, u64>,
+    /// Reads (`read/…`) and push-stream relay pulls (`pull/…`) this node sent during the phase
+    /// to a node holding a shard it lacks, by kind and outcome
+    /// (`mimid_remote_reads_total{kind,outcome}`); none when it holds every shard.
+    pub remote_reads: BTreeMap<String, u64>,
 }
 
 /// CPU time of this process during the timed phase.
@@ -276,12 +280,13 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             progress(
                 common,
                 &format!(
-                    "starting provider {} on {} nodes",
+                    "starting provider {} on {} nodes (replicas {}), waiting for placement",
                     crate::provider::CLUSTER_DOMAIN,
-                    args.nodes
+                    args.nodes,
+                    replicas_name(args.replicas)
                 ),
             );
-            Provider::start_cluster(&common.node, args.nodes)?
+            Provider::start_cluster(&common.node, args.nodes, args.replicas.into())?
         }
         Scenario::LargeRoomFanout(args) => {
             let domains = &FANOUT_DOMAINS[..args.providers as usize];
@@ -1040,6 +1045,15 @@ fn cluster_report(
                 .filter(|(_, n)| **n > 0)
                 .map(|(outcome, n)| (outcome.clone(), *n))
                 .collect(),
+            remote_reads: after
+                .remote_reads
+                .iter()
+                .map(|(key, n)| {
+                    let earlier = before.remote_reads.get(key).copied().unwrap_or(0);
+                    (key.clone(), n.saturating_sub(earlier))
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect(),
         })
         .collect();
     let forwarded_applied: u64 = nodes
@@ -1162,6 +1176,13 @@ fn scenario_options(scenario: &Scenario) -> Option<ScenarioOptions> {
     }
 }
 
+fn replicas_name(replicas: ClusterReplicas) -> &'static str {
+    match replicas {
+        ClusterReplicas::R => "r",
+        ClusterReplicas::All => "all",
+    }
+}
+
 fn encryption_name(encryption: Encryption) -> &'static str {
     match encryption {
         Encryption::Pregenerated => "pregenerated",
@@ -1281,13 +1302,26 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
                 .to_string(),
         });
     } else if let Scenario::Cluster(args) = scenario {
+        let layout = match args.replicas {
+            ClusterReplicas::All => "every shard has R voters (cluster.replication_factor, \
+                all nodes when fewer) and a learner on every other node (--replicas all), so \
+                every node persists and applies every entry"
+                .to_string(),
+            ClusterReplicas::R => "every shard lives on its R voters only \
+                (cluster.replication_factor, all nodes when fewer; --replicas r), so with more \
+                nodes than R a node serves the rooms of shards it lacks through remote reads \
+                and its push streams through one relay per such shard pulling from a holder \
+                (ARCHITECTURE.md \"Remote reads\"; cluster.nodes[].remote_reads)"
+                .to_string(),
+        };
         notes.push(format!(
-            "One provider ({}) runs as a cluster of {} nodes in this process, every shard \
-             replicated on each node (sled flush + fdatasync on each when fsync is on). An \
-             operation is one application message, counted when its sender has the answer: \
-             committed by a quorum of the shard's replicas and applied at the leader. Room i's \
-             sender is connected to node i mod {}: a message reaching a node that does not \
-             lead its room's shard is forwarded to the leader (cluster.forwarded_applied).",
+            "One provider ({}) runs as a cluster of {} nodes in this process; {layout} (sled \
+             flush + fdatasync on each when fsync is on). The timed phase started after \
+             placement had brought every shard to that layout. An operation is one \
+             application message, counted when its sender has the answer: committed by a \
+             quorum of the shard's voters and applied at the leader. Room i's sender is \
+             connected to node i mod {}: a message reaching a node that does not lead its \
+             room's shard is forwarded to the leader (cluster.forwarded_applied).",
             crate::provider::CLUSTER_DOMAIN,
             args.nodes,
             args.nodes
