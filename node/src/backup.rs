@@ -581,12 +581,21 @@ pub fn restore(from: &Path, config: &Config) -> anyhow::Result<Restored> {
         );
     }
     let count = file.shards.len() as u64;
+    let residency = config.cluster.shard_count() - config.cluster.shards;
     if count != config.cluster.shard_count() {
+        if residency == 0 {
+            bail!(
+                "the backup has {count} shards but the configuration asks for cluster.shards = \
+                 {}; rooms hash to shards, so set cluster.shards = {count}",
+                config.cluster.shards
+            );
+        }
         bail!(
-            "the backup has {count} shards but the configuration asks for cluster.shards = {} \
-             plus {} in [[cluster.residency]]; rooms hash to shards, so configure {count} in all",
-            config.cluster.shards,
-            config.cluster.shard_count() - config.cluster.shards
+            "the backup has {count} shards but the configuration has {} (cluster.shards = {} \
+             and {residency} in [[cluster.residency]]); restore with the backed-up cluster's \
+             cluster.shards and residency sets",
+            config.cluster.shard_count(),
+            config.cluster.shards
         );
     }
     if seed.is_some() {
