@@ -585,6 +585,10 @@ pub enum Limit {
     /// (a delivery further behind than that many franked messages): CPU only, the Frank is the
     /// same bytes (`crate::franking`).
     FrankCache,
+    /// A push-stream relay waited for one of the long polls a node may have open to one peer
+    /// (`cluster_net::PULL_STREAMS`): the relayed items wait; writes and reads, which have
+    /// streams of their own, do not.
+    RelayStreams,
 }
 
 /// Labels of `mimid_blocked_requests_total`.
@@ -1463,6 +1467,7 @@ impl Limit {
             Limit::AbuseReports => "abuse_reports",
             Limit::ConsentRecords => "consent_records",
             Limit::FrankCache => "frank_cache",
+            Limit::RelayStreams => "relay_streams",
         }
     }
 }

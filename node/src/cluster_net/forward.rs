@@ -42,6 +42,7 @@
 //! Both sides are set up before the hub and the transport exist (they start in a cycle, see
 //! [`super::glue`]) and bound later: until then the router answers 503 and the handler refuses.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -50,12 +51,14 @@ use mimid_actors::hub::remote::{PullRequest, MAX_PULL_WAIT};
 use mimid_actors::hub::{ForwardError, Forwarding, Hub, HubError, ProposalRouter, ReadForwarding};
 use mimid_actors::shard::ApplyOutput;
 use mimid_cluster::{NodeId, ShardId};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use super::{CallError, NetSender, RpcHandler};
 use crate::franking::Franking;
-use crate::metrics::{ForwardOutcome, Metrics};
+use crate::metrics::{ForwardOutcome, Limit, Metrics};
 use crate::wire::Encode as _;
 
 /// How long the origin waits for the leader's answer: the leader answers once the entry is
@@ -103,6 +106,9 @@ pub struct NetRouter {
     net: OnceLock<NetSender>,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// Per peer, the long polls relays may have open to it ([`super::PULL_STREAMS`]).
+    pull_slots: Mutex<BTreeMap<NodeId, Arc<Semaphore>>>,
+    slots_per_peer: usize,
 }
 
 impl NetRouter {
@@ -112,6 +118,8 @@ impl NetRouter {
             net: OnceLock::new(),
             metrics,
             timeout: FORWARD_TIMEOUT,
+            pull_slots: Mutex::default(),
+            slots_per_peer: super::PULL_STREAMS,
         })
     }
 
@@ -124,10 +132,23 @@ impl NetRouter {
     /// [`FORWARD_TIMEOUT`].
     #[cfg(test)]
     pub(super) fn with_timeout(metrics: Arc<Metrics>, timeout: Duration) -> Arc<Self> {
+        Self::with_pull_slots(metrics, timeout, super::PULL_STREAMS)
+    }
+
+    /// [`NetRouter::with_timeout`] with `slots` long polls per peer instead of
+    /// [`super::PULL_STREAMS`].
+    #[cfg(test)]
+    pub(super) fn with_pull_slots(
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+        slots: usize,
+    ) -> Arc<Self> {
         Arc::new(NetRouter {
             net: OnceLock::new(),
             metrics,
             timeout,
+            pull_slots: Mutex::default(),
+            slots_per_peer: slots,
         })
     }
 }
@@ -200,7 +221,27 @@ impl ProposalRouter for NetRouter {
     fn pull(&self, node: NodeId, shard: ShardId, request: Vec<u8>) -> ReadForwarding {
         // The answer may wait up to the pull's own wait (at most MAX_PULL_WAIT) on the node.
         let wait = self.timeout + MAX_PULL_WAIT;
-        self.ask(node, shard, NodeRequest::Pull { shard, request }, wait)
+        let slots = self
+            .pull_slots
+            .lock()
+            .entry(node)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.slots_per_peer)))
+            .clone();
+        let metrics = self.metrics.clone();
+        let ask = self.ask(node, shard, NodeRequest::Pull { shard, request }, wait);
+        Box::pin(async move {
+            let _slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    metrics.count_limit_hit(Limit::RelayStreams);
+                    slots
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| HubError::Unavailable("the relay slots closed".into()))?
+                }
+            };
+            ask.await
+        })
     }
 
     fn forward(&self, leader: NodeId, shard: ShardId, command: Vec<u8>) -> Forwarding {

@@ -101,7 +101,13 @@ use crate::metrics::{FrameDrop, Metrics};
 use crate::tls::{cluster_client_config, cluster_server_config, TlsError, TlsMaterial};
 
 /// Concurrent RPC streams one peer node may open on its connection to us.
-pub const RPC_STREAMS: u32 = 64;
+pub const RPC_STREAMS: u32 = 1024;
+/// Of [`RPC_STREAMS`], how many push-stream relays' long polls (`NodeRequest::Pull`, up to
+/// `MAX_PULL_WAIT` each) a node keeps open to one peer at most: the rest stay free for
+/// forwarded proposals and reads, which a wall of idle polls would otherwise hold up to the
+/// poll's wait each. A relay past the bound waits its turn (`mimid_limit_hits_total{limit=
+/// "relay_streams"}`).
+pub const PULL_STREAMS: usize = RPC_STREAMS as usize - 64;
 
 /// Per-stream QUIC receive window: large enough that a multi-megabyte snapshot frame streams
 /// at loopback or LAN speed without waiting for window updates every few packets.

@@ -876,6 +876,41 @@ async fn a_forwarded_proposal_that_gets_no_answer_reports_the_leader_unreachable
     );
 }
 
+/// Relays' long polls have a bound of their own per peer (`PULL_STREAMS`): a pull past it
+/// waits and is counted, and a forwarded proposal to the same peer does not wait behind the
+/// polls (here it fails at its own timeout against a peer that never answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_pulls_past_their_bound_wait_and_leave_proposals_alone() {
+    use mimid_actors::hub::ProposalRouter as _;
+
+    let pki = Pki::new();
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut settings = settings(1, "test");
+    settings.connect_timeout = Duration::from_secs(120);
+    let (net, metrics) = bind(settings, &pki.node("a", LOOPBACK, &pki));
+    let a = start(net, metrics.clone(), &[(2, silent.local_addr().unwrap())]);
+    let router = NetRouter::with_pull_slots(metrics, Duration::from_millis(300), 1);
+    router.set(a.net.clone());
+
+    let first = tokio::spawn(router.pull(2, 1, b"pull".to_vec()));
+    let second = tokio::spawn(router.pull(2, 1, b"pull".to_vec()));
+    poll_until("the second pull to wait for a slot", || {
+        a.metric("mimid_limit_hits_total{limit=\"relay_streams\"}") == 1.0
+    })
+    .await;
+    let started = Instant::now();
+    let answer = router.forward(2, 1, b"command".to_vec()).await;
+    assert!(answer.is_err(), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!first.is_finished() && !second.is_finished());
+    first.abort();
+    second.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpcs_round_trip_and_refuse_what_exceeds_either_side() {
     let pki = Pki::new();
