@@ -975,49 +975,35 @@ impl Hub {
     /// `user`'s profile, if it set one.
     pub async fn profile(&self, user: &UserId) -> Result<Option<Profile>, HubError> {
         let shard = self.shards.shard_of(PROFILES_SHARD_KEY);
-        if !self.holds(shard) {
-            let read = remote::RemoteRead::Profile { user: user.clone() };
-            return self.remote(shard, read).await;
-        }
-        Ok(self
-            .shards
-            .get(shard)
-            .read()
-            .directory()
-            .profiles()
-            .profile(user)
-            .cloned())
+        let read = || remote::RemoteRead::Profile { user: user.clone() };
+        self.read_shard(shard, read, |data| {
+            data.directory().profiles().profile(user).cloned()
+        })
+        .await
     }
 
     /// `user`'s preferences; the defaults for a user without clients.
     pub async fn preferences(&self, user: &UserId) -> Result<Preferences, HubError> {
         let shard = self.shards.shard_of(&user_shard_key(user));
-        if !self.holds(shard) {
-            let read = remote::RemoteRead::Preferences { user: user.clone() };
-            return self.remote(shard, read).await;
-        }
-        Ok(self
-            .shards
-            .get(shard)
-            .read()
-            .directory()
-            .preferences(user)
-            .unwrap_or_default())
+        let read = || remote::RemoteRead::Preferences { user: user.clone() };
+        self.read_shard(shard, read, |data| {
+            data.directory().preferences(user).unwrap_or_default()
+        })
+        .await
     }
 
     /// `user`'s preferences (defaults for a user without clients) and consent records.
     pub async fn consents(&self, user: &UserId) -> Result<(Preferences, ConsentListing), HubError> {
         let shard = self.shards.shard_of(&user_shard_key(user));
-        if !self.holds(shard) {
-            let read = remote::RemoteRead::Consents { user: user.clone() };
-            return self.remote(shard, read).await;
-        }
-        let data = self.shards.get(shard).read();
-        let directory = data.directory();
-        Ok((
-            directory.preferences(user).unwrap_or_default(),
-            directory.consents(user),
-        ))
+        let read = || remote::RemoteRead::Consents { user: user.clone() };
+        self.read_shard(shard, read, |data| {
+            let directory = data.directory();
+            (
+                directory.preferences(user).unwrap_or_default(),
+                directory.consents(user),
+            )
+        })
+        .await
     }
 
     /// What a groupInfo answer (protocol-06 §5.5) for `joiner` takes from `room`, hosted
@@ -1081,16 +1067,12 @@ impl Hub {
         shard: ShardId,
         room: &RoomId,
     ) -> Result<Option<Vec<u8>>, HubError> {
-        if !self.holds(shard) {
-            let read = remote::RemoteRead::RoomGroupInfo { room: room.clone() };
-            return self.remote(shard, read).await;
-        }
-        Ok(self
-            .shards
-            .get(shard)
-            .read()
-            .room(room)
-            .and_then(|state| state.group_info().map(<[u8]>::to_vec)))
+        let read = || remote::RemoteRead::RoomGroupInfo { room: room.clone() };
+        self.read_shard(shard, read, |data| {
+            data.room(room)
+                .and_then(|state| state.group_info().map(<[u8]>::to_vec))
+        })
+        .await
     }
 
     /// The last hub seq the mirror of `room` (hosted elsewhere) appended; `None` when this
@@ -1098,16 +1080,11 @@ impl Hub {
     /// lead.
     pub async fn mirror_seq(&self, room: &RoomId) -> Result<Option<u64>, HubError> {
         let shard = self.shards.shard_of(room.as_bytes());
-        if !self.holds(shard) {
-            let read = remote::RemoteRead::MirrorSeq { room: room.clone() };
-            return self.remote(shard, read).await;
-        }
-        Ok(self
-            .shards
-            .get(shard)
-            .read()
-            .mirror(room)
-            .map(|mirror| mirror.hub_seq()))
+        let read = || remote::RemoteRead::MirrorSeq { room: room.clone() };
+        self.read_shard(shard, read, |data| {
+            data.mirror(room).map(|mirror| mirror.hub_seq())
+        })
+        .await
     }
 
     /// Proposes a consent step (`ConsentAsTarget`, `ConsentAsRequester`); its apply answers

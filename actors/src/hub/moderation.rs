@@ -128,19 +128,14 @@ impl Hub {
         &self,
         shard: ShardId,
     ) -> Result<Vec<(RoomId, StoredReport)>, HubError> {
-        if !self.holds(shard) {
-            return self
-                .remote(shard, super::remote::RemoteRead::AbuseReports)
-                .await;
-        }
-        Ok(self
-            .shards
-            .get(shard)
-            .read()
-            .abuse_reports()
-            .iter()
-            .map(|(room, report)| (room.clone(), report.clone()))
-            .collect())
+        let read = || super::remote::RemoteRead::AbuseReports;
+        self.read_shard(shard, read, |data| {
+            data.abuse_reports()
+                .iter()
+                .map(|(room, report)| (room.clone(), report.clone()))
+                .collect()
+        })
+        .await
     }
 
     /// Follower side of protocol-06 §5.4 with the Franks the notify carried (see
@@ -185,19 +180,11 @@ impl Hub {
         room: &RoomId,
         seq: u64,
     ) -> Result<Option<FrankRecord>, HubError> {
-        if !self.holds(shard) {
-            let read = super::remote::RemoteRead::FrankRecord {
-                room: room.clone(),
-                seq,
-            };
-            return self.remote(shard, read).await;
-        }
-        Ok(self
-            .shards
-            .get(shard)
-            .read()
-            .franks()
-            .get(room, seq)
-            .cloned())
+        let read = || super::remote::RemoteRead::FrankRecord {
+            room: room.clone(),
+            seq,
+        };
+        self.read_shard(shard, read, |data| data.franks().get(room, seq).cloned())
+            .await
     }
 }

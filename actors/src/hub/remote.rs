@@ -37,6 +37,7 @@ use crate::command::user_shard_key;
 use crate::directory::profile::{SearchTerm, PROFILES_SHARD_KEY};
 use crate::ids::{ClientId, RoomId, UserId};
 use crate::room::log::LogItem;
+use crate::shard::ShardData;
 
 /// Most items one [`Hub::pull`] answers with.
 pub const MAX_PULL_ITEMS: usize = 256;
@@ -163,6 +164,20 @@ impl Hub {
         );
         targets.retain(|&node| node != me);
         targets
+    }
+
+    /// Reads `shard` with `local` on this node's replica when it holds one, else asks a
+    /// holder to do `read` (module docs): a read that needs no barrier.
+    pub(crate) async fn read_shard<T: DeserializeOwned>(
+        &self,
+        shard: ShardId,
+        read: impl FnOnce() -> RemoteRead,
+        local: impl FnOnce(&ShardData) -> T,
+    ) -> Result<T, HubError> {
+        if !self.holds(shard) {
+            return self.remote(shard, read()).await;
+        }
+        Ok(local(&self.shards.get(shard).read()))
     }
 
     /// Asks a node holding `shard` to do `read` and decodes its answer as `T` (module docs).
