@@ -129,13 +129,7 @@ impl NetRouter {
     }
 
     /// [`NetRouter::new`] waiting `timeout` for the leader's answer instead of
-    /// [`FORWARD_TIMEOUT`].
-    #[cfg(test)]
-    pub(super) fn with_timeout(metrics: Arc<Metrics>, timeout: Duration) -> Arc<Self> {
-        Self::with_pull_slots(metrics, timeout, super::PULL_STREAMS)
-    }
-
-    /// [`NetRouter::with_timeout`] with `slots` long polls per peer instead of
+    /// [`FORWARD_TIMEOUT`], with `slots` long polls per peer instead of
     /// [`super::PULL_STREAMS`].
     #[cfg(test)]
     pub(super) fn with_pull_slots(

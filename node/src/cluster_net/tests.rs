@@ -849,23 +849,28 @@ async fn a_silently_dead_peer_is_reported_unreachable_at_the_idle_timeout() {
     );
 }
 
+/// Node 1 with a router (300 ms timeout, `pull_slots` long polls per peer) to peer 2 at a
+/// socket that never answers: a connect attempt lasts its whole (long) timeout, so no failed
+/// attempt reports anything meanwhile. Keep the socket.
+fn routing_to_a_silent_peer(pull_slots: usize) -> (TestNode, Arc<NetRouter>, UdpSocket) {
+    let pki = Pki::new();
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut settings = settings(1, "test");
+    settings.connect_timeout = Duration::from_secs(120);
+    let (net, metrics) = bind(settings, &pki.node("a", LOOPBACK, &pki));
+    let a = start(net, metrics.clone(), &[(2, silent.local_addr().unwrap())]);
+    let router = NetRouter::with_pull_slots(metrics, Duration::from_millis(300), pull_slots);
+    router.set(a.net.clone());
+    (a, router, silent)
+}
+
 /// A forwarded proposal whose call cannot reach the leader reports the leader unreachable,
 /// like a lost connection, besides answering 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_proposal_that_gets_no_answer_reports_the_leader_unreachable() {
     use mimid_actors::hub::ProposalRouter as _;
 
-    let pki = Pki::new();
-    // A socket that never answers: the connect attempt lasts its whole (long) timeout, so no
-    // failed attempt reports anything meanwhile.
-    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut settings = settings(1, "test");
-    settings.connect_timeout = Duration::from_secs(120);
-    let (net, metrics) = bind(settings, &pki.node("a", LOOPBACK, &pki));
-    let a = start(net, metrics.clone(), &[(2, silent.local_addr().unwrap())]);
-    let router = NetRouter::with_timeout(metrics, Duration::from_millis(300));
-    router.set(a.net.clone());
-
+    let (a, router, _silent) = routing_to_a_silent_peer(PULL_STREAMS);
     assert_eq!(a.sink.unreachable_reports(2), 0);
     let answer = router.forward(2, 0, b"command".to_vec()).await;
     assert!(answer.is_err(), "{answer:?}");
@@ -883,15 +888,7 @@ async fn a_forwarded_proposal_that_gets_no_answer_reports_the_leader_unreachable
 async fn relay_pulls_past_their_bound_wait_and_leave_proposals_alone() {
     use mimid_actors::hub::ProposalRouter as _;
 
-    let pki = Pki::new();
-    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut settings = settings(1, "test");
-    settings.connect_timeout = Duration::from_secs(120);
-    let (net, metrics) = bind(settings, &pki.node("a", LOOPBACK, &pki));
-    let a = start(net, metrics.clone(), &[(2, silent.local_addr().unwrap())]);
-    let router = NetRouter::with_pull_slots(metrics, Duration::from_millis(300), 1);
-    router.set(a.net.clone());
-
+    let (a, router, _silent) = routing_to_a_silent_peer(1);
     let first = tokio::spawn(router.pull(2, 1, b"pull".to_vec()));
     let second = tokio::spawn(router.pull(2, 1, b"pull".to_vec()));
     poll_until("the second pull to wait for a slot", || {
