@@ -733,7 +733,8 @@ pub struct Shards {
     resolved: Arc<RwLock<BTreeMap<RoomId, ShardId>>>,
 }
 
-/// Most pins [`Shards`] caches; a full cache is emptied (every entry can be read again).
+/// Most pins [`Shards`] caches; a full cache drops one entry for each new one (an entry
+/// dropped is read again from its room's home shard when next needed).
 pub const MAX_RESOLVED_PINS: usize = 100_000;
 
 impl Shards {
@@ -807,8 +808,9 @@ impl Shards {
     /// Caches that `room` is pinned to `shard` (read from its home shard on another node).
     pub fn remember_pin(&self, room: &RoomId, shard: ShardId) {
         let mut resolved = self.resolved.write();
-        if resolved.len() >= MAX_RESOLVED_PINS {
-            resolved.clear();
+        if resolved.len() >= MAX_RESOLVED_PINS && !resolved.contains_key(room) {
+            // Any one entry: it is read again from its home shard when next needed.
+            resolved.pop_first();
         }
         resolved.insert(room.clone(), shard);
     }
@@ -923,6 +925,23 @@ mod tests {
         assert_eq!(elsewhere.room_shard(&room), home);
         elsewhere.remember_pin(&room, 2);
         assert_eq!(elsewhere.room_shard(&room), 2);
+    }
+
+    /// The pin cache holds at most `MAX_RESOLVED_PINS`, dropping one entry per new one.
+    #[test]
+    fn the_pin_cache_is_bounded_and_keeps_the_newest_pin() {
+        let layout =
+            Layout::new(2, [("eu".to_owned(), BTreeSet::from(["eu".to_owned()]), 1)]).unwrap();
+        let shards = Shards::with_layout(layout);
+        let room = |n: usize| RoomId::parse(&format!("mimi://a.example/r/r{n}")).unwrap();
+        for n in 0..=MAX_RESOLVED_PINS {
+            shards.remember_pin(&room(n), 2);
+        }
+        assert_eq!(shards.resolved.read().len(), MAX_RESOLVED_PINS);
+        assert_eq!(shards.room_shard(&room(MAX_RESOLVED_PINS)), 2);
+        // Remembering a pin already held drops nothing.
+        shards.remember_pin(&room(MAX_RESOLVED_PINS), 2);
+        assert_eq!(shards.resolved.read().len(), MAX_RESOLVED_PINS);
     }
 
     #[test]
