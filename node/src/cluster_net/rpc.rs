@@ -69,7 +69,17 @@ pub(crate) async fn serve_call(
 ) {
     let answer = match recv.read_to_end(max_bytes).await {
         Ok(body) => {
-            let answer = handler.handle(from, body).await;
+            // A caller that gave up (its timeout, or a relay whose stream closed) stops the
+            // stream when it drops it: the handler is dropped then, instead of holding a task
+            // and one of the connection's RPC streams until it ends by itself.
+            let gone = send.stopped();
+            let answer = tokio::select! {
+                answer = handler.handle(from, body) => answer,
+                _ = gone => {
+                    tracing::debug!(from, "RPC caller gave up; handler dropped");
+                    return;
+                }
+            };
             if answer.len() > max_bytes {
                 tracing::warn!(
                     from,

@@ -91,12 +91,30 @@ impl RecordingSink {
     }
 }
 
-/// Answers "from N: " followed by the request.
+/// Answers "from N: " followed by the request; never answers [`HANG`].
 struct Echo;
+
+/// A request [`Echo`] never answers.
+const HANG: &[u8] = b"hang";
+/// [`HANG`] requests whose handler was dropped before it answered.
+static HANGS_DROPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a dropped [`HANG`] handler.
+struct HangGuard;
+
+impl Drop for HangGuard {
+    fn drop(&mut self) {
+        HANGS_DROPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 impl RpcHandler for Echo {
     fn handle(&self, from: NodeId, body: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
         Box::pin(async move {
+            if body == HANG {
+                let _guard = HangGuard;
+                std::future::pending::<()>().await;
+            }
             let mut answer = format!("from {from}: ").into_bytes();
             answer.extend_from_slice(&body);
             answer
@@ -906,6 +924,33 @@ async fn relay_pulls_past_their_bound_wait_and_leave_proposals_alone() {
     assert!(!first.is_finished() && !second.is_finished());
     first.abort();
     second.abort();
+}
+
+/// A caller that gives up (here its timeout) stops its call's stream, and the answering node
+/// drops the handler then instead of keeping it (and one of the connection's RPC streams)
+/// until it ends by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_its_caller_gave_up_on_is_dropped_on_the_answering_node() {
+    let pki = Pki::new();
+    let (a, b) = start_asymmetric_pair(&pki);
+    wait_connected(&[(&a, &[2]), (&b, &[1])]).await;
+    let before = HANGS_DROPPED.load(std::sync::atomic::Ordering::SeqCst);
+    let answer = a
+        .net
+        .call(2, HANG.to_vec(), Duration::from_millis(200))
+        .await;
+    assert_eq!(answer, Err(CallError::Timeout));
+    poll_until("node 2 to drop the hanging handler", || {
+        HANGS_DROPPED.load(std::sync::atomic::Ordering::SeqCst) > before
+    })
+    .await;
+    // The connection still answers.
+    assert_eq!(
+        a.net
+            .call(2, b"ping".to_vec(), Duration::from_secs(10))
+            .await,
+        Ok(b"from 1: ping".to_vec())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
