@@ -594,7 +594,9 @@ impl NetSender {
     /// `mimid_cluster_rpc_calls_total{outcome}`. On a delayed link ([`LinkDelays`]) the
     /// request waits for its delay first, within `timeout`.
     ///
-    /// Cancel safety: safe to drop; the call's stream is reset and its answer discarded.
+    /// Cancel safety: safe to drop; the call's stream is stopped and its answer discarded,
+    /// and the answering node drops its handler then (`rpc::serve_call`): every
+    /// [`RpcHandler`] must be safe to drop, its effect possibly taken.
     pub fn call(
         &self,
         to: NodeId,
