@@ -547,6 +547,24 @@ async fn a_cluster_backup_restores_into_a_fresh_cluster_formed_with_join() {
     assert!(garden_before.members.contains(bob.id()));
     assert!(!garden_before.members.contains(carol.id()));
 
+    // Shard 0's leader seeds the registry within a placement step or so of the start, which
+    // a quick run of the above may beat: the backup is to carry a seeded registry.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !old.nodes[0]
+        .node()
+        .hub()
+        .shards()
+        .get(0)
+        .read()
+        .cluster_meta()
+        .is_seeded()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old cluster's registry is never seeded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let dir = tempfile::tempdir().expect("temporary directory");
     let file = dir.path().join("cluster.backup");
     let saved = backup_to_file(
