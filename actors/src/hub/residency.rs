@@ -125,10 +125,13 @@ impl Hub {
     }
 
     /// Where `room` lives (the shard and its members as shard 0 records them) and the
-    /// residency it is pinned to.
+    /// residency it is pinned to. Shard 0 is read after a read barrier: a replica of a quiet
+    /// shard 0 may not have applied the latest descriptors yet, and an operator asking two
+    /// nodes should not get an older answer from one.
     pub async fn room_status(&self, room: &RoomId) -> Result<RoomStatus, HubError> {
         let shard = self.room_shard(room).await?;
         let exists = self.hosts_in(shard, room).await?;
+        self.proposer.read_barrier(METADATA_SHARD).await?;
         let layout = self.shards.layout();
         let set = layout.set_of_shard(shard);
         let meta = self.shards.get(METADATA_SHARD).read();
