@@ -281,12 +281,17 @@ async fn wan_latency_per_placement_and_a_lost_region_over_the_quic_transport() {
 
     println!(
         "commit latency over QUIC, client send to acknowledgement (ms; RTT A-B {}, B-C {}, \
-         A-C {}, jitter up to {} one way; one voter per region, fsync on; debug build, \
+         A-C {}, jitter up to {} one way; one voter per region, fsync on; {} build, \
          three nodes in one process): p50 / max of {TIMED} sequential sends, [floor]",
         millis(RTT_AB),
         millis(RTT_BC),
         millis(RTT_AC),
-        millis(JITTER)
+        millis(JITTER),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     println!("| leader | client in A | client in B | client in C |");
     println!("|---|---|---|---|");
