@@ -323,8 +323,9 @@ pub fn percentiles_csv(report: &RunView) -> String {
     csv
 }
 
-/// A phase name as a file name: letters, digits, `-` and `_`.
-fn slug(name: &str) -> String {
+/// A phase name as a file name: letters, digits, `-` and `_` (the stem of its `--out-dir`
+/// interval logs).
+pub fn slug(name: &str) -> String {
     let slug: String = name
         .chars()
         .map(|c| {

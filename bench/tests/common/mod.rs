@@ -6,43 +6,11 @@
 
 use std::path::Path;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use mimid_bench::output::slug;
 use serde_json::Value;
-
-/// The phase name as `--out-dir` names its interval logs.
-fn slug(name: &str) -> String {
-    let slug: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    slug.trim_matches('-').to_string()
-}
-
-/// Standard base64 (RFC 4648 §4, with padding), as interval logs carry their histograms.
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bytes = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut buffer, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|c| *c != b'=') {
-        let value = ALPHABET
-            .iter()
-            .position(|a| *a == c)
-            .unwrap_or_else(|| panic!("{c} is not base64")) as u32;
-        buffer = buffer << 6 | value;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            bytes.push((buffer >> bits) as u8);
-        }
-    }
-    bytes
-}
 
 /// Checks every file `--out-dir` wrote for `report` (the JSON on stdout or in `--json`) of a
 /// run with timed phases: summary.json is that report; intervals.csv has its header and a row
@@ -141,7 +109,10 @@ pub fn check_out_dir_of(dir: &Path, report: &Value, phases: &[Value]) {
                 let recorded: u64 = histograms
                     .iter()
                     .map(|h| {
-                        let bytes = base64_decode(h.encoded_histogram());
+                        // Interval logs carry standard base64 (RFC 4648 §4).
+                        let bytes = STANDARD
+                            .decode(h.encoded_histogram())
+                            .expect("the histogram is base64");
                         let histogram: hdrhistogram::Histogram<u64> =
                             hdrhistogram::serialization::Deserializer::new()
                                 .deserialize(&mut bytes.as_slice())
