@@ -836,6 +836,53 @@ async fn register_client(
 /// (seq, sender client, text) of every application message a client has seen or sent.
 pub type Transcript = std::collections::BTreeMap<u64, (String, String)>;
 
+/// Sends `count` messages (`"<client> <n>"`); returns the client and its transcript of
+/// accepted sends.
+pub async fn send_many(
+    mut client: MimiClient,
+    room: RoomId,
+    count: usize,
+) -> (MimiClient, Transcript) {
+    let mut sent = Transcript::new();
+    let name = client.id().to_string();
+    for n in 0..count {
+        let text = format!("{name} {n}");
+        match client.send_text(&room, &text).await.expect("submit works") {
+            mimid_node::client::SubmitResult::Accepted { seq, .. } => {
+                sent.insert(seq, (name.clone(), text));
+            }
+            other => panic!("{name} could not send: {other:?}"),
+        }
+    }
+    (client, sent)
+}
+
+/// Every client sends `each` messages to `room` at once ([`send_many`]), then each reads
+/// until it has seen everyone's ([`read_until`]): the clients and their transcripts, in the
+/// order given.
+pub async fn all_send_then_read(
+    clients: Vec<MimiClient>,
+    room: &RoomId,
+    each: usize,
+) -> (Vec<MimiClient>, Vec<Transcript>) {
+    let total = clients.len() * each;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| tokio::spawn(send_many(client, room.clone(), each)))
+        .collect();
+    let mut transcripts = Vec::new();
+    let mut clients = Vec::new();
+    for task in tasks {
+        let (client, sent) = task.await.expect("sender finished");
+        clients.push(client);
+        transcripts.push(sent);
+    }
+    for (client, transcript) in clients.iter_mut().zip(&mut transcripts) {
+        read_until(client, total, transcript).await;
+    }
+    (clients, transcripts)
+}
+
 /// Reads `client`'s events until `transcript` holds `total` messages, asserting that seqs only
 /// grow on the stream (no item twice, none out of order) and that no seq is delivered twice.
 pub async fn read_until(client: &mut MimiClient, total: usize, transcript: &mut Transcript) {

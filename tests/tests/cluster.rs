@@ -19,8 +19,8 @@ use mimid_node::client::{ClientError, Event, FrankCheck, MimiClient, SubmitResul
 use mimid_node::franking::FRANKING_SIGNING_KEY_FILE;
 use mimid_node::hub_key::HUB_KEY_FILE;
 use mimid_tests::{
-    group_info_hub_key, http_get, http_get_status, metric, read_until, ClusterNode, TestCluster,
-    TestNode, Transcript, WAIT,
+    all_send_then_read, group_info_hub_key, http_get, http_get_status, metric, read_until,
+    send_many, ClusterNode, TestCluster, TestNode, Transcript, WAIT,
 };
 
 /// `node`'s /metrics.
@@ -83,22 +83,6 @@ async fn three_members(
     [alice, bob, carol]
 }
 
-/// Sends `count` messages; returns the client and its transcript of accepted sends.
-async fn send_many(mut client: MimiClient, room: RoomId, count: usize) -> (MimiClient, Transcript) {
-    let mut sent = Transcript::new();
-    let name = client.id().to_string();
-    for n in 0..count {
-        let text = format!("{name} {n}");
-        match client.send_text(&room, &text).await.expect("submit works") {
-            SubmitResult::Accepted { seq, .. } => {
-                sent.insert(seq, (name.clone(), text));
-            }
-            other => panic!("{name} could not send: {other:?}"),
-        }
-    }
-    (client, sent)
-}
-
 /// Issue 4, must show: clients connected to any node see per-room order and exactly-once
 /// delivery (MIMI.md §5.3-§5.4 within one provider: one hub, three replicas).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,20 +91,7 @@ async fn clients_on_every_node_see_one_order_exactly_once() {
     let room = cluster.room("clubhouse");
     let members = three_members(&cluster, &room, [0, 1, 2]).await;
     const EACH: usize = 10;
-    let tasks: Vec<_> = members
-        .into_iter()
-        .map(|client| tokio::spawn(send_many(client, room.clone(), EACH)))
-        .collect();
-    let mut transcripts = Vec::new();
-    let mut clients = Vec::new();
-    for task in tasks {
-        let (client, sent) = task.await.expect("sender finished");
-        clients.push(client);
-        transcripts.push(sent);
-    }
-    for (client, transcript) in clients.iter_mut().zip(&mut transcripts) {
-        read_until(client, 3 * EACH, transcript).await;
-    }
+    let (_clients, transcripts) = all_send_then_read(members.into(), &room, EACH).await;
     assert_eq!(transcripts[0].len(), 3 * EACH);
     assert_eq!(transcripts[0], transcripts[1], "alice@1 and bob@2 differ");
     assert_eq!(transcripts[0], transcripts[2], "alice@1 and carol@3 differ");
@@ -259,20 +230,8 @@ async fn with_replicas_r_clients_on_a_node_without_the_rooms_shard_see_one_order
         expect_joined(client).await;
     }
     const EACH: usize = 8;
-    let tasks: Vec<_> = std::iter::once(alice)
-        .chain(others)
-        .map(|client| tokio::spawn(send_many(client, room.clone(), EACH)))
-        .collect();
-    let mut transcripts = Vec::new();
-    let mut clients = Vec::new();
-    for task in tasks {
-        let (client, sent) = task.await.expect("sender finished");
-        clients.push(client);
-        transcripts.push(sent);
-    }
-    for (client, transcript) in clients.iter_mut().zip(&mut transcripts) {
-        read_until(client, 4 * EACH, transcript).await;
-    }
+    let senders = std::iter::once(alice).chain(others).collect();
+    let (mut clients, transcripts) = all_send_then_read(senders, &room, EACH).await;
     assert_eq!(transcripts[0].len(), 4 * EACH);
     for (other, transcript) in transcripts.iter().enumerate().skip(1) {
         assert_eq!(

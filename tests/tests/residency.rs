@@ -19,7 +19,7 @@ use mimid_node::cluster_ops::{
     render_status, run_node_command, ClusterStatus, NodeCommand, STATUS_PATH,
 };
 use mimid_node::config::ResidencySettings;
-use mimid_tests::{read_until, TestCluster, Transcript};
+use mimid_tests::{read_until, send_many, TestCluster, Transcript};
 
 /// Longest placement may take to settle here.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -165,22 +165,6 @@ fn refused_with(result: Result<(), ClientError>, want: StatusCode, what: &str) {
     }
 }
 
-/// Sends `count` texts; the transcript of the accepted ones.
-async fn send_texts(client: &mut MimiClient, room: &RoomId, count: usize) -> Transcript {
-    let mut sent = Transcript::new();
-    let name = client.id().to_string();
-    for n in 0..count {
-        let text = format!("{name} {n}");
-        match client.send_text(room, &text).await.expect("submit works") {
-            SubmitResult::Accepted { seq, .. } => {
-                sent.insert(seq, (name.clone(), text));
-            }
-            other => panic!("{name} could not send: {other:?}"),
-        }
-    }
-    sent
-}
-
 /// Issue 9 build item 2, must show "a room pinned to region eu never has a replica
 /// elsewhere": four nodes (three in eu, one in us), R = 3, a residency set `eu` of one shard
 /// (shard 4, after the four hashed ones). Placement keeps shard 4 on the eu nodes only;
@@ -241,10 +225,9 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
         }
     }
     const EACH: usize = 5;
-    let mut transcripts = vec![
-        send_texts(&mut alice, &room, EACH).await,
-        send_texts(&mut bob, &room, EACH).await,
-    ];
+    let (mut alice, alice_sent) = send_many(alice, room.clone(), EACH).await;
+    let (mut bob, bob_sent) = send_many(bob, room.clone(), EACH).await;
+    let mut transcripts = vec![alice_sent, bob_sent];
     let sent: Transcript = transcripts
         .iter()
         .flatten()
