@@ -52,11 +52,14 @@ pub struct ResidencySet {
     pub shards: Range<ShardId>,
 }
 
-/// How a cluster's shards are numbered (module docs).
+/// How a cluster's shards are numbered (module docs): the hashed shards, every residency
+/// set's, then the split shards (`crate::room_move` module docs: groups kept for rooms moved
+/// out of a hot or large shard).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     hashed: u64,
     sets: Vec<ResidencySet>,
+    split: Range<ShardId>,
 }
 
 impl Layout {
@@ -65,15 +68,18 @@ impl Layout {
         Layout {
             hashed: count,
             sets: Vec::new(),
+            split: count..count,
         }
     }
 
-    /// `hashed` shards, then per `(name, regions, shard count)` that many shards, in order.
-    /// Refused: no hashed shard, a set without a name, regions or shards, a name twice, a
-    /// region or name not of the locality value form.
+    /// `hashed` shards, then per `(name, regions, shard count)` that many shards, in order,
+    /// then `split` split shards. Refused: no hashed shard, a set without a name, regions or
+    /// shards, a name twice, a region or name not of the locality value form, more shards
+    /// than shard descriptors can name.
     pub fn new(
         hashed: u64,
         sets: impl IntoIterator<Item = (String, BTreeSet<String>, u64)>,
+        split: u64,
     ) -> Result<Layout, String> {
         if hashed == 0 {
             return Err("at least one hashed shard is needed".into());
@@ -110,7 +116,15 @@ impl Layout {
             });
             next = end;
         }
-        Ok(Layout { hashed, sets: out })
+        let end = next
+            .checked_add(split)
+            .filter(|&end| end <= crate::shard_descriptors::MAX_SHARDS)
+            .ok_or_else(|| format!("{split} split shards are too many"))?;
+        Ok(Layout {
+            hashed,
+            sets: out,
+            split: next..end,
+        })
     }
 
     /// Shards keys hash over.
@@ -118,9 +132,21 @@ impl Layout {
         self.hashed
     }
 
-    /// Every shard: the hashed ones and every set's.
+    /// Every shard: the hashed ones, every set's and the split shards.
     pub fn total(&self) -> u64 {
-        self.sets.last().map_or(self.hashed, |set| set.shards.end)
+        self.split.end
+    }
+
+    /// The split shards: where rooms moved out of a hot or large shard go
+    /// (`crate::room_move`).
+    pub fn split_shards(&self) -> Range<ShardId> {
+        self.split.clone()
+    }
+
+    /// Whether a room may live in a shard other than its home shard, so that routing must
+    /// look for a pin: a residency set or a split shard is configured.
+    pub fn has_pins(&self) -> bool {
+        self.has_residency() || !self.split.is_empty()
     }
 
     pub fn sets(&self) -> &[ResidencySet] {
@@ -288,6 +314,7 @@ mod tests {
                 ("eu".to_owned(), regions(&["eu"]), 2),
                 ("apac".to_owned(), regions(&["ap", "au"]), 1),
             ],
+            2,
         )
         .unwrap()
     }
@@ -300,13 +327,15 @@ mod tests {
     fn residency_shards_follow_the_hashed_ones_in_configuration_order() {
         let layout = layout();
         assert_eq!(layout.hashed_count(), 4);
-        assert_eq!(layout.total(), 7);
         assert_eq!(layout.set("eu").unwrap().shards, 4..6);
         assert_eq!(layout.set("apac").unwrap().shards, 6..7);
         assert_eq!(layout.set_of_shard(3), None);
         assert_eq!(layout.set_of_shard(5).unwrap().name, "eu");
         assert_eq!(layout.set_of_shard(6).unwrap().name, "apac");
         assert_eq!(layout.set_of_shard(7), None);
+        assert_eq!(layout.split_shards(), 7..9);
+        assert_eq!(layout.total(), 9);
+        assert!(layout.has_pins());
         assert_eq!(
             layout.regions_by_shard(),
             BTreeMap::from([
@@ -316,6 +345,10 @@ mod tests {
             ])
         );
         assert_eq!(Layout::hashed(16).total(), 16);
+        assert!(!Layout::hashed(16).has_pins());
+        let split_only = Layout::new(4, [], 3).unwrap();
+        assert_eq!(split_only.split_shards(), 4..7);
+        assert!(split_only.has_pins() && !split_only.has_residency());
     }
 
     /// Keys hash over the hashed shards only, so adding residency sets moves no unpinned room,
@@ -341,7 +374,7 @@ mod tests {
     fn bad_layouts_are_refused_with_the_reason() {
         let set = |name: &str, r: &[&str], n: u64| (name.to_owned(), regions(r), n);
         let refused = |hashed, sets: Vec<(String, BTreeSet<String>, u64)>, what: &str| {
-            let err = Layout::new(hashed, sets).unwrap_err();
+            let err = Layout::new(hashed, sets, 0).unwrap_err();
             assert!(err.contains(what), "{err} should mention {what}");
         };
         refused(0, vec![], "hashed shard");
@@ -355,6 +388,8 @@ mod tests {
         refused(4, vec![set("e u", &["eu"], 1)], "residency set");
         refused(4, vec![set("eu", &["e/u"], 1)], "region");
         refused(4, vec![set("eu", &["eu"], u64::MAX)], "too many shards");
+        let err = Layout::new(4, [], u64::MAX).unwrap_err();
+        assert!(err.contains("split shards are too many"), "{err}");
     }
 
     #[test]

@@ -872,8 +872,12 @@ mod tests {
     /// `Shards::room_shard` routes by it.
     #[test]
     fn a_pin_in_the_home_shard_refuses_an_unpinned_create_and_routes_the_room() {
-        let layout =
-            Layout::new(2, [("eu".to_owned(), BTreeSet::from(["eu".to_owned()]), 1)]).unwrap();
+        let layout = Layout::new(
+            2,
+            [("eu".to_owned(), BTreeSet::from(["eu".to_owned()]), 1)],
+            0,
+        )
+        .unwrap();
         let shards = Shards::with_layout(layout);
         assert_eq!(shards.count(), 3);
         let room = RoomId::parse("mimi://a.example/r/pinned").unwrap();
@@ -930,8 +934,12 @@ mod tests {
     /// The pin cache holds at most `MAX_RESOLVED_PINS`, dropping one entry per new one.
     #[test]
     fn the_pin_cache_is_bounded_and_keeps_the_newest_pin() {
-        let layout =
-            Layout::new(2, [("eu".to_owned(), BTreeSet::from(["eu".to_owned()]), 1)]).unwrap();
+        let layout = Layout::new(
+            2,
+            [("eu".to_owned(), BTreeSet::from(["eu".to_owned()]), 1)],
+            0,
+        )
+        .unwrap();
         let shards = Shards::with_layout(layout);
         let room = |n: usize| RoomId::parse(&format!("mimi://a.example/r/r{n}")).unwrap();
         for n in 0..=MAX_RESOLVED_PINS {

@@ -581,9 +581,9 @@ pub fn restore(from: &Path, config: &Config) -> anyhow::Result<Restored> {
         );
     }
     let count = file.shards.len() as u64;
-    let residency = config.cluster.shard_count() - config.cluster.shards;
+    let more = config.cluster.shard_count() - config.cluster.shards;
     if count != config.cluster.shard_count() {
-        if residency == 0 {
+        if more == 0 {
             bail!(
                 "the backup has {count} shards but the configuration asks for cluster.shards = \
                  {}; rooms hash to shards, so set cluster.shards = {count}",
@@ -591,11 +591,13 @@ pub fn restore(from: &Path, config: &Config) -> anyhow::Result<Restored> {
             );
         }
         bail!(
-            "the backup has {count} shards but the configuration has {} (cluster.shards = {} \
-             and {residency} in [[cluster.residency]]); restore with the backed-up cluster's \
-             cluster.shards and residency sets",
+            "the backup has {count} shards but the configuration has {} (cluster.shards = {}, \
+             {} in [[cluster.residency]] and cluster.split_shards = {}); restore with the \
+             backed-up cluster's cluster.shards, residency sets and split shards",
             config.cluster.shard_count(),
-            config.cluster.shards
+            config.cluster.shards,
+            more - config.cluster.split_shards,
+            config.cluster.split_shards
         );
     }
     if seed.is_some() {

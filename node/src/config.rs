@@ -203,6 +203,12 @@ pub struct ClusterSettings {
     /// cluster is formed: configure every node alike. Default none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub residency: Vec<ResidencySettings>,
+    /// Split shards (issue 9 build item 3; ARCHITECTURE.md "Shard splits"): Raft groups,
+    /// numbered after the residency sets' shards, that start empty and take the rooms a hot or
+    /// large shard hands off when it splits. Placed like the hashed shards; an empty one
+    /// hibernates. Like `cluster.shards`, fixed when the cluster is formed: configure every node
+    /// alike. Default 0 (no split possible).
+    pub split_shards: u64,
     /// Start as a node added to a running cluster: shards without local state wait empty until
     /// the placement driver adds this node to them and a leader sends it a snapshot (ops
     /// runbook scale-out.md: register the node with `mimid node add` first). Shards with state
@@ -690,6 +696,7 @@ impl Default for ClusterSettings {
             replicas: Replicas::default(),
             leader_region: None,
             residency: Vec::new(),
+            split_shards: 0,
             join_existing: false,
             join: Vec::new(),
             peer_queue_frames: 1024,
@@ -770,13 +777,17 @@ impl ClusterSettings {
                 });
             }
         }
+        if let Err(reason) = self.layout() {
+            problems.push(ConfigProblem {
+                key: if self.residency.is_empty() {
+                    "cluster.split_shards"
+                } else {
+                    "cluster.residency"
+                },
+                reason,
+            });
+        }
         if !self.residency.is_empty() {
-            if let Err(reason) = self.layout() {
-                problems.push(ConfigProblem {
-                    key: "cluster.residency",
-                    reason,
-                });
-            }
             if self.replicas != Replicas::R {
                 problems.push(ConfigProblem {
                     key: "cluster.residency",
@@ -788,8 +799,8 @@ impl ClusterSettings {
         }
     }
 
-    /// How the shards are numbered: `cluster.shards` hashed ones, then every residency set's
-    /// (`mimid_actors::residency`).
+    /// How the shards are numbered: `cluster.shards` hashed ones, then every residency set's,
+    /// then the split shards (`mimid_actors::residency`).
     pub fn layout(&self) -> Result<Layout, String> {
         Layout::new(
             self.shards,
@@ -800,14 +811,16 @@ impl ClusterSettings {
                     set.shards,
                 )
             }),
+            self.split_shards,
         )
     }
 
-    /// Every shard: `cluster.shards` plus the residency sets'.
+    /// Every shard: `cluster.shards` plus the residency sets' and the split shards.
     pub fn shard_count(&self) -> u64 {
         self.residency
             .iter()
             .fold(self.shards, |count, set| count.saturating_add(set.shards))
+            .saturating_add(self.split_shards)
     }
 
     /// The voters a new cluster's shards start with (`cluster.voters`, or else `own` and the
@@ -2322,7 +2335,8 @@ mod tests {
     }
 
     /// Issue 9 data residency: `[[cluster.residency]]` parses, numbers its shards after the
-    /// hashed ones, and is refused with the reason when malformed or with replicas = "all".
+    /// hashed ones (and the split shards after them), and is refused with the reason when
+    /// malformed or with replicas = "all".
     #[test]
     fn residency_sets_parse_count_their_shards_and_are_validated() {
         let dir = tempfile::tempdir().unwrap();
@@ -2332,6 +2346,7 @@ mod tests {
             r#"
 [cluster]
 shards = 4
+split_shards = 3
 
 [[cluster.residency]]
 name = "eu"
@@ -2349,10 +2364,24 @@ regions = ["ap", "au"]
             ..ConfigSources::default()
         })
         .unwrap();
-        assert_eq!(config.cluster.shard_count(), 7);
+        assert_eq!(config.cluster.shard_count(), 10);
         let layout = config.cluster.layout().unwrap();
         assert_eq!(layout.set("eu").unwrap().shards, 4..6);
         assert_eq!(layout.set("apac").unwrap().shards, 6..7);
+        assert_eq!(layout.split_shards(), 7..10);
+
+        let mut config = Config::default();
+        config.cluster.split_shards = u64::MAX;
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("refused");
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|problem| problem.key == "cluster.split_shards"
+                    && problem.reason.contains("too many")),
+            "{problems:?}"
+        );
 
         let mut config = Config::default();
         config.cluster.residency = vec![ResidencySettings {
