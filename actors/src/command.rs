@@ -191,6 +191,27 @@ pub enum Command {
     /// home shard, the one its id hashes to, and is proposed there before the room is
     /// created in `shard`. Appended after the older variants so older logs decode unchanged.
     PinRoom { room: RoomId, shard: ShardId },
+    /// Step 1 of a room move (`room_move` module docs): freezes `room`, hosted in the shard
+    /// this is proposed to, for a move to the split shard `to`; the output carries the room's
+    /// export. Proposed to the room's current shard directly: no shard key.
+    FreezeRoom { room: RoomId, to: ShardId },
+    /// Step 2 of a room move: installs `room` from `export` (a `room_move::RoomExport` from
+    /// the freeze in `from`). Proposed to the target split shard directly: no shard key.
+    AdoptRoom {
+        room: RoomId,
+        from: ShardId,
+        export: Vec<u8>,
+    },
+    /// Step 3 of a room move: the room's home shard pins it to `to`, where it was in `from`.
+    /// Lives in the room's home shard, like [`Command::PinRoom`].
+    RepinRoom {
+        room: RoomId,
+        from: ShardId,
+        to: ShardId,
+    },
+    /// Step 4 of a room move: `room`, frozen for `to`, leaves the shard this is proposed to,
+    /// which keeps a tombstone. Proposed to the room's source shard directly: no shard key.
+    ReleaseRoom { room: RoomId, to: ShardId },
 }
 
 /// Where a command lives ([`Command::placement`]).
@@ -228,12 +249,19 @@ impl Command {
             }
             Command::SetProfile { .. } => Placement::Key(PROFILES_SHARD_KEY.to_vec()),
             // A pin lives in the room's home shard, whatever shard the room is pinned to.
-            Command::PinRoom { room, .. } => Placement::Key(room.as_bytes().to_vec()),
+            Command::PinRoom { room, .. } | Command::RepinRoom { room, .. } => {
+                Placement::Key(room.as_bytes().to_vec())
+            }
             Command::InstallProviderKeys { .. } => Placement::Key(PROVIDER_KEYS_SHARD_KEY.to_vec()),
             Command::Housekeeping { .. }
             | Command::SetBlock { .. }
             | Command::ClusterMeta(_)
-            | Command::RecordShardDescriptor(_) => Placement::Direct,
+            | Command::RecordShardDescriptor(_)
+            // A move's other steps go to the room's source or target shard, named by the
+            // coordinator; neither need be the shard the room's id hashes to.
+            | Command::FreezeRoom { .. }
+            | Command::AdoptRoom { .. }
+            | Command::ReleaseRoom { .. } => Placement::Direct,
         }
     }
 
@@ -250,8 +278,9 @@ impl Command {
 
     /// The room a room command is about: it lives in that room's shard, the home shard its
     /// id hashes to or, for a pinned room, the residency shard it is pinned to
-    /// (`Shards::room_shard`). `None` for every other command (a [`Command::PinRoom`]
-    /// included: it lives in the home shard).
+    /// (`Shards::room_shard`). `None` for every other command (a [`Command::PinRoom`] and a
+    /// [`Command::RepinRoom`] included: they live in the home shard; and a move's other steps:
+    /// they are proposed to a named shard).
     pub fn room(&self) -> Option<&RoomId> {
         match self.placement() {
             Placement::Room(room) => Some(room),
@@ -516,6 +545,50 @@ mod tests {
             target: UserId::parse("mimi://a.example/u/bob").unwrap(),
         };
         for (command, index) in [(old_claim, 2), (block, 16), (report, 17), (franked, 18)] {
+            let stamped = Stamped { ts_ms: 1, command };
+            assert_eq!(stamped.encode()[1], index);
+            assert_eq!(Stamped::decode(&stamped.encode()).unwrap(), stamped);
+        }
+    }
+
+    /// Issue 9 build item 3: a move's freeze, adopt and release are proposed to the shard the
+    /// coordinator names (no key, no room route), the repin to the room's home shard like a
+    /// pin; the variants come after `PinRoom`, so older logs decode unchanged.
+    #[test]
+    fn room_move_commands_are_appended_and_placed_where_the_coordinator_names() {
+        let room = RoomId::parse("mimi://a.example/r/club").unwrap();
+        let freeze = Command::FreezeRoom {
+            room: room.clone(),
+            to: 5,
+        };
+        let adopt = Command::AdoptRoom {
+            room: room.clone(),
+            from: 1,
+            export: vec![1, 2],
+        };
+        let repin = Command::RepinRoom {
+            room: room.clone(),
+            from: 1,
+            to: 5,
+        };
+        let release = Command::ReleaseRoom {
+            room: room.clone(),
+            to: 5,
+        };
+        for direct in [&freeze, &adopt, &release] {
+            assert_eq!(direct.shard_key(), None, "{direct:?}");
+            assert_eq!(direct.room(), None, "{direct:?}");
+        }
+        assert_eq!(repin.shard_key().as_deref(), Some(room.as_bytes()));
+        assert_eq!(repin.room(), None);
+        let pin = Command::PinRoom { room, shard: 5 };
+        for (command, index) in [
+            (pin, 22),
+            (freeze, 23),
+            (adopt, 24),
+            (repin, 25),
+            (release, 26),
+        ] {
             let stamped = Stamped { ts_ms: 1, command };
             assert_eq!(stamped.encode()[1], index);
             assert_eq!(Stamped::decode(&stamped.encode()).unwrap(), stamped);

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod provider_keys;
 pub mod residency;
 pub mod room;
+pub mod room_move;
 pub mod shard;
 pub mod shard_descriptors;
 pub mod snapshot_section;

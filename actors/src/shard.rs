@@ -32,6 +32,7 @@ use crate::room::core::{RoomRef, RoomView};
 use crate::room::log::ItemBody;
 use crate::room::mirror::MirrorRoom;
 use crate::room::state::RoomState;
+use crate::room_move::{MoveRefusal, RoomMoves};
 use crate::shard_descriptors::{DescriptorRefusal, ShardDescriptors};
 
 /// What applying one command produced; the proposer receives it. Serialisable because a
@@ -88,6 +89,27 @@ pub enum ApplyOutput {
     /// A room was pinned to a residency shard (`Command::PinRoom`), or was refused
     /// `AlreadyExists` (it exists here unpinned or is pinned elsewhere).
     RoomPinned(Result<(), CreateRoomRejection>),
+    /// A room was frozen for a move (`Command::FreezeRoom`): its `room_move::RoomExport`
+    /// bytes, the same again for a repeated freeze; or why not.
+    RoomFrozen(Result<Vec<u8>, MoveRefusal>),
+    /// A room was installed from its export (`Command::AdoptRoom`; `Ok` too when hosted here
+    /// already), or why not.
+    RoomAdopted(Result<(), MoveRefusal>),
+    /// The room's home shard pins it to the move's target (`Command::RepinRoom`; `Ok` too when
+    /// it did already), or why not.
+    RoomRepinned(Result<(), MoveRefusal>),
+    /// A frozen room left this shard, which keeps a tombstone (`Command::ReleaseRoom`; `Ok`
+    /// too when it had left already), or why not.
+    RoomReleased(Result<(), MoveRefusal>),
+    /// The room is frozen for a move to shard `to`: the command was not applied (nothing
+    /// changed); retry it where the room is once the move is done.
+    RoomMoving {
+        to: ShardId,
+    },
+    /// The room left this shard for shard `to`: the command was not applied; retry it there.
+    RoomMoved {
+        to: ShardId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +146,9 @@ pub struct ShardData {
     descriptors: ShardDescriptors,
     /// Pinned rooms whose home this shard is (`residency` module docs).
     pins: RoomPins,
+    /// Rooms frozen for a move out of this shard, and tombstones of rooms that left it
+    /// (`room_move` module docs).
+    moves: RoomMoves,
 }
 
 impl ShardData {
@@ -172,12 +197,33 @@ impl ShardData {
         &self.cluster_meta
     }
 
-    /// The shard descriptors (recorded in shard 0 only).
-    /// The residency shard `room` is pinned to, when this is its home shard and it is pinned.
+    /// The shard `room` is pinned to, when this is its home shard and it is pinned (to a
+    /// residency shard at creation, or to a split shard by a move).
     pub fn pin(&self, room: &RoomId) -> Option<ShardId> {
         self.pins.get(room)
     }
 
+    /// The split shard `room`, hosted here, is frozen for a move to (`room_move` module docs).
+    pub fn moving_to(&self, room: &RoomId) -> Option<ShardId> {
+        self.moves.moving_to(room)
+    }
+
+    /// The shard `room` moved to when it left this shard (its tombstone).
+    pub fn moved_to(&self, room: &RoomId) -> Option<ShardId> {
+        self.moves.moved_to(room)
+    }
+
+    /// Every room of this shard frozen for a move, with the shard it moves to, by room id.
+    pub fn frozen_rooms(&self) -> impl Iterator<Item = (&RoomId, ShardId)> {
+        self.moves.frozen_rooms()
+    }
+
+    /// This shard's frozen rooms and tombstones.
+    pub fn room_moves(&self) -> &RoomMoves {
+        &self.moves
+    }
+
+    /// The shard descriptors (recorded in shard 0 only).
     pub fn shard_descriptors(&self) -> &ShardDescriptors {
         &self.descriptors
     }
@@ -486,6 +532,13 @@ impl ShardData {
                     None,
                 )
             }
+            Command::FreezeRoom { .. }
+            | Command::AdoptRoom { .. }
+            | Command::RepinRoom { .. }
+            | Command::ReleaseRoom { .. } => (
+                ApplyOutput::Rejected("room moves are not built yet".into()),
+                None,
+            ),
         }
     }
 
@@ -656,12 +709,13 @@ impl StateMachine for ShardMachine {
             abuse_reports: data.abuse_reports.clone(),
             franks: data.franks.clone(),
         };
-        // Shard 0's registry goes first, then the provider keys, the descriptors and the room
-        // pins, each behind a marker no older snapshot starts with.
+        // Shard 0's registry goes first, then the provider keys, the descriptors, the room
+        // pins and the room moves, each behind a marker no older snapshot starts with.
         let mut bytes = data.cluster_meta.snapshot_prefix();
         bytes.extend(ProviderKeys::snapshot_prefix(data.provider_keys.as_ref()));
         bytes.extend(data.descriptors.snapshot_prefix());
         bytes.extend(data.pins.snapshot_prefix());
+        bytes.extend(data.moves.snapshot_prefix());
         bytes.extend(
             postcard::to_stdvec(&snapshot).expect("serialising a snapshot into memory cannot fail"),
         );
@@ -673,6 +727,7 @@ impl StateMachine for ShardMachine {
         let (provider_keys, snapshot) = ProviderKeys::split_snapshot(snapshot)?;
         let (descriptors, snapshot) = ShardDescriptors::split_snapshot(snapshot)?;
         let (pins, snapshot) = RoomPins::split_snapshot(snapshot)?;
+        let (moves, snapshot) = RoomMoves::split_snapshot(snapshot)?;
         let snapshot: ShardSnapshot = match postcard::from_bytes(snapshot) {
             Ok(snapshot) => snapshot,
             Err(e) => match postcard::from_bytes::<ShardSnapshotBeforeModeration>(snapshot) {
@@ -699,6 +754,7 @@ impl StateMachine for ShardMachine {
         data.provider_keys = provider_keys;
         data.descriptors = descriptors;
         data.pins = pins;
+        data.moves = moves;
         let mirrored: Vec<RoomId> = data.mirrors.keys().cloned().collect();
         for id in &mirrored {
             data.index_members(id);

@@ -1342,6 +1342,12 @@ pub fn outcome_name(output: &ApplyOutput) -> &'static str {
         ApplyOutput::ProviderKeys { .. } => "provider-keys",
         ApplyOutput::ShardDescriptor(_) => "shard-descriptor",
         ApplyOutput::RoomPinned(_) => "room-pinned",
+        ApplyOutput::RoomFrozen(_)
+        | ApplyOutput::RoomAdopted(_)
+        | ApplyOutput::RoomRepinned(_)
+        | ApplyOutput::RoomReleased(_) => "room-move",
+        ApplyOutput::RoomMoving { .. } => "room-moving",
+        ApplyOutput::RoomMoved { .. } => "room-moved",
         ApplyOutput::Registered(_)
         | ApplyOutput::Published(_)
         | ApplyOutput::Claimed(_)
