@@ -209,6 +209,10 @@ pub struct ClusterSettings {
     /// hibernates. Like `cluster.shards`, fixed when the cluster is formed: configure every node
     /// alike. Default 0 (no split possible).
     pub split_shards: u64,
+    /// When a shard splits on its own (`[cluster.split]`; ops/runbooks/shard-split.md):
+    /// thresholds the node checks on every shard it leads. Off by default; `mimid shard split`
+    /// splits by hand either way.
+    pub split: SplitSettings,
     /// Start as a node added to a running cluster: shards without local state wait empty until
     /// the placement driver adds this node to them and a leader sends it a snapshot (ops
     /// runbook scale-out.md: register the node with `mimid node add` first). Shards with state
@@ -251,6 +255,87 @@ pub struct ClusterSettings {
     /// `cluster.listen` is set.
     pub tls: ClusterTlsSettings,
 }
+
+/// `[cluster.split]`: automatic shard splits (issue 9 build item 3; ARCHITECTURE.md "Shard
+/// splits"). The node leading a shard checks it every `check_interval_ms` and hands about half
+/// of its rooms to the split shard holding the fewest rooms when it holds more than
+/// `max_rooms` rooms or its rooms took more than `max_items_per_sec` items a second over each
+/// of the last two checks (`crate::cluster_ops::split`). Residency shards never split. Needs
+/// `cluster.split_shards` when a threshold is on. Read by every node (each checks the shards
+/// it leads): set it the same on every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitSettings {
+    /// A shard holding more rooms than this splits. 0 turns the room threshold off.
+    /// Default 0.
+    pub max_rooms: u64,
+    /// A shard whose rooms' logs grew by more than this many items a second over each of the
+    /// last two checks splits. 0 turns the rate threshold off. Default 0.
+    pub max_items_per_sec: u64,
+    /// Seconds after a split (or a failed one) before the same shard, and the split shard
+    /// that took its rooms, may split again on their own. Default 60.
+    pub cooldown_secs: u64,
+    /// Milliseconds between two checks of the shards this node leads. 100 to 3600000.
+    /// Default 5000.
+    pub check_interval_ms: u64,
+}
+
+impl Default for SplitSettings {
+    fn default() -> Self {
+        SplitSettings {
+            max_rooms: 0,
+            max_items_per_sec: 0,
+            cooldown_secs: 60,
+            check_interval_ms: 5000,
+        }
+    }
+}
+
+impl SplitSettings {
+    /// Least and greatest `check_interval_ms`: a check reads every led shard's rooms, so not
+    /// more often than ten times a second; and at least once an hour.
+    pub const CHECK_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+
+    /// Whether a threshold is on, so that shards split on their own.
+    pub fn is_automatic(&self) -> bool {
+        self.max_rooms != 0 || self.max_items_per_sec != 0
+    }
+
+    fn check(&self, split_shards: u64, problems: &mut Vec<ConfigProblem>) {
+        if self.is_automatic() && split_shards == 0 {
+            let key = if self.max_rooms != 0 {
+                "cluster.split.max_rooms"
+            } else {
+                "cluster.split.max_items_per_sec"
+            };
+            problems.push(ConfigProblem {
+                key,
+                reason: "automatic splits need split shards: set cluster.split_shards (fixed \
+                         when the cluster is formed), or leave the thresholds at 0"
+                    .into(),
+            });
+        }
+        if !Self::CHECK_INTERVAL_MS.contains(&self.check_interval_ms) {
+            problems.push(ConfigProblem {
+                key: "cluster.split.check_interval_ms",
+                reason: format!(
+                    "must be {} to {}",
+                    Self::CHECK_INTERVAL_MS.start(),
+                    Self::CHECK_INTERVAL_MS.end()
+                ),
+            });
+        }
+        if self.cooldown_secs > MAX_SPLIT_COOLDOWN_SECS {
+            problems.push(ConfigProblem {
+                key: "cluster.split.cooldown_secs",
+                reason: format!("must be at most {MAX_SPLIT_COOLDOWN_SECS} (a week)"),
+            });
+        }
+    }
+}
+
+/// Greatest `cluster.split.cooldown_secs`: a week.
+const MAX_SPLIT_COOLDOWN_SECS: u64 = 7 * 24 * 3600;
 
 /// One `[[cluster.residency]]` set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -697,6 +782,7 @@ impl Default for ClusterSettings {
             leader_region: None,
             residency: Vec::new(),
             split_shards: 0,
+            split: SplitSettings::default(),
             join_existing: false,
             join: Vec::new(),
             peer_queue_frames: 1024,
@@ -777,7 +863,8 @@ impl ClusterSettings {
                 });
             }
         }
-        if let Err(reason) = self.layout() {
+        // Without a hashed shard the layout fails too; `cluster.shards` said so already.
+        if let (Err(reason), true) = (self.layout(), self.shards != 0) {
             problems.push(ConfigProblem {
                 key: if self.residency.is_empty() {
                     "cluster.split_shards"
@@ -787,6 +874,7 @@ impl ClusterSettings {
                 reason,
             });
         }
+        self.split.check(self.split_shards, problems);
         if !self.residency.is_empty() {
             if self.replicas != Replicas::R {
                 problems.push(ConfigProblem {
@@ -2406,6 +2494,105 @@ regions = ["ap", "au"]
             reasons.iter().any(|r| r.contains("replicas = \"r\"")),
             "{reasons:?}"
         );
+    }
+
+    /// Issue 9 build item 3: `[cluster.split]` parses from a file and the environment, is off
+    /// by default, and is refused with the key and the reason when a threshold is on without
+    /// split shards or the check interval or cooldown is out of range.
+    #[test]
+    fn split_thresholds_parse_default_off_and_need_split_shards() {
+        let defaults = Config::default().cluster.split;
+        assert!(!defaults.is_automatic());
+        assert_eq!(
+            (defaults.cooldown_secs, defaults.check_interval_ms),
+            (60, 5000)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mimid.toml");
+        std::fs::write(
+            &path,
+            r#"
+[cluster]
+split_shards = 2
+
+[cluster.split]
+max_rooms = 500
+cooldown_secs = 5
+"#,
+        )
+        .unwrap();
+        let loaded = Config::load(&ConfigSources {
+            file: Some(path.clone()),
+            env: vec![(
+                "MIMID_CLUSTER__SPLIT__MAX_ITEMS_PER_SEC".into(),
+                "2000".into(),
+            )],
+            ..ConfigSources::default()
+        })
+        .expect("loads");
+        let split = &loaded.cluster.split;
+        assert_eq!(
+            (
+                split.max_rooms,
+                split.max_items_per_sec,
+                split.cooldown_secs,
+                split.check_interval_ms
+            ),
+            (500, 2000, 5, 5000)
+        );
+        assert!(split.is_automatic());
+        assert_eq!(problems(&loaded), Vec::<&str>::new());
+
+        let reasons = |config: &Config| -> Vec<(&'static str, String)> {
+            match config.validate() {
+                Ok(()) => Vec::new(),
+                Err(ConfigError::Invalid(problems)) => problems
+                    .into_iter()
+                    .map(|problem| (problem.key, problem.reason))
+                    .collect(),
+                Err(other) => panic!("unexpected error {other}"),
+            }
+        };
+        let mut config = loaded.clone();
+        config.cluster.split_shards = 0;
+        let found = reasons(&config);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "cluster.split.max_rooms");
+        assert!(
+            found[0]
+                .1
+                .contains("automatic splits need split shards: set cluster.split_shards"),
+            "{found:?}"
+        );
+        config.cluster.split.max_rooms = 0;
+        assert_eq!(problems(&config), vec!["cluster.split.max_items_per_sec"]);
+        config.cluster.split.max_items_per_sec = 0;
+        assert_eq!(
+            problems(&config),
+            Vec::<&str>::new(),
+            "thresholds off need no split shard"
+        );
+
+        config.cluster.split.check_interval_ms = 99;
+        config.cluster.split.cooldown_secs = 7 * 24 * 3600 + 1;
+        let found = reasons(&config);
+        assert_eq!(
+            found.iter().map(|(key, _)| *key).collect::<Vec<_>>(),
+            vec![
+                "cluster.split.check_interval_ms",
+                "cluster.split.cooldown_secs"
+            ]
+        );
+        assert!(found[0].1.contains("100 to 3600000"), "{found:?}");
+
+        std::fs::write(&path, "[cluster.split]\nmax_room = 5\n").unwrap();
+        let error = Config::load(&ConfigSources {
+            file: Some(path),
+            ..ConfigSources::default()
+        })
+        .expect_err("a misspelt key is refused");
+        assert!(error.to_string().contains("max_room"), "{error}");
     }
 
     /// Issue 9: `locality` and `cluster.leader_region` are checked like the registry checks
