@@ -96,6 +96,26 @@ impl FrankRecords {
             .insert(seq, record);
     }
 
+    /// Every record of `room`, by log position (empty when it has none).
+    pub fn of_room(&self, room: &RoomId) -> BTreeMap<u64, FrankRecord> {
+        self.rooms.get(room).cloned().unwrap_or_default()
+    }
+
+    /// Takes out every record of `room` (the room leaves the shard, `room_move` module docs).
+    pub(crate) fn take_room(&mut self, room: &RoomId) -> BTreeMap<u64, FrankRecord> {
+        self.rooms.remove(room).unwrap_or_default()
+    }
+
+    /// Puts in `records` as the records of `room` (the room came to the shard), replacing any;
+    /// none leaves no entry.
+    pub(crate) fn put_room(&mut self, room: &RoomId, records: BTreeMap<u64, FrankRecord>) {
+        if records.is_empty() {
+            self.rooms.remove(room);
+        } else {
+            self.rooms.insert(room.clone(), records);
+        }
+    }
+
     /// Drops the records of `room` before `first_retained` (the log dropped those items).
     pub(crate) fn trim(&mut self, room: &RoomId, first_retained: u64) {
         if let Some(records) = self.rooms.get_mut(room) {

@@ -354,6 +354,21 @@ impl AbuseReports {
         self.rooms.get(room).map_or(&[], Vec::as_slice)
     }
 
+    /// Takes out every report of `room` (the room leaves the shard, `room_move` module docs).
+    pub(crate) fn take_room(&mut self, room: &RoomId) -> Vec<StoredReport> {
+        self.rooms.remove(room).unwrap_or_default()
+    }
+
+    /// Puts in `reports` as the reports of `room` (the room came to the shard), replacing any;
+    /// none leaves no entry, so the shard's snapshot is as if the room never had one.
+    pub(crate) fn put_room(&mut self, room: &RoomId, reports: Vec<StoredReport>) {
+        if reports.is_empty() {
+            self.rooms.remove(room);
+        } else {
+            self.rooms.insert(room.clone(), reports);
+        }
+    }
+
     /// Every report, by room, oldest first within a room.
     pub fn iter(&self) -> impl Iterator<Item = (&RoomId, &StoredReport)> {
         self.rooms

@@ -16,9 +16,11 @@
 //! (the hashed one, [`Layout::home`]) as a [`RoomPins`] entry, written by
 //! `Command::PinRoom` before the room is created in its residency shard. Every router can so
 //! find the room from its id alone (the hub's resolver reads the home shard, locally or
-//! remotely, and caches the answer: pins never change), and a create of the same id without
-//! a residency serializes with the pin in the home shard's log: whichever applies second is
-//! refused "room exists". The pin holds no room data, only the id and the shard number.
+//! remotely, and caches the answer: a residency pin never changes), and a create of the same
+//! id without a residency serializes with the pin in the home shard's log: whichever applies
+//! second is refused "room exists". The pin holds no room data, only the id and the shard
+//! number. A room moved out of its shard to a split shard is pinned there the same way, and
+//! repinned when it moves again (`crate::room_move`); a residency pin is never repinned.
 //!
 //! **When a pinned create is taken.** Only while every member of the target shard, as shard
 //! 0's descriptor records it, has a locality in one of the set's regions
@@ -273,6 +275,12 @@ impl RoomPins {
                 Ok(true)
             }
         }
+    }
+
+    /// Points `room`'s pin at `shard`, whatever it named before: a room move's repin
+    /// (`crate::room_move`), whose apply checked where the room was.
+    pub(crate) fn repin(&mut self, room: &RoomId, shard: ShardId) {
+        self.by_room.insert(room.clone(), shard);
     }
 
     /// The pins' section of a shard snapshot (empty without pins, so a shard without any has

@@ -175,7 +175,6 @@ impl RoomMoves {
         self.frozen.is_empty() && self.moved.is_empty()
     }
 
-    #[allow(dead_code)] // until the applies use it
     pub(crate) fn freeze(&mut self, room: &RoomId, to: ShardId, since_ms: u64) {
         self.frozen
             .entry(room.clone())
@@ -183,14 +182,12 @@ impl RoomMoves {
     }
 
     /// `room` left for `to`: no longer frozen, a tombstone instead.
-    #[allow(dead_code)] // until the applies use it
     pub(crate) fn release(&mut self, room: &RoomId, to: ShardId) {
         self.frozen.remove(room);
         self.moved.insert(room.clone(), to);
     }
 
     /// `room` came (back) to this shard: a tombstone of an earlier move out goes.
-    #[allow(dead_code)] // until the applies use it
     pub(crate) fn adopted(&mut self, room: &RoomId) {
         self.moved.remove(room);
     }
@@ -218,3 +215,93 @@ impl RoomMoves {
 pub const SNAPSHOT_MARKER: [u8; 16] = [
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'o', b'v', b'e', b's', 1,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Submitter;
+    use crate::ids::UserId;
+    use crate::moderation::AbuseReport;
+
+    fn room(name: &str) -> RoomId {
+        RoomId::parse(&format!("mimi://a.example/r/{name}")).unwrap()
+    }
+
+    #[test]
+    fn an_export_round_trips_and_refuses_other_formats_and_trailing_bytes() {
+        let export = RoomExport {
+            format: EXPORT_FORMAT,
+            room: room("club"),
+            state: vec![1, 2, 3],
+            reports: vec![StoredReport {
+                received_ts_ms: 5,
+                report: AbuseReport {
+                    submitter: Submitter::Provider("b.example".into()),
+                    reporting_user: None,
+                    alleged_abuser: UserId::parse("mimi://a.example/u/m").unwrap(),
+                    reason_code: 0,
+                    note: String::new(),
+                    messages: Vec::new(),
+                },
+            }],
+            franks: BTreeMap::from([(4, FrankRecord::Received { frank: vec![9; 3] })]),
+        };
+        let bytes = export.encode();
+        assert_eq!(RoomExport::decode(&bytes), Ok(export.clone()));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            RoomExport::decode(&longer),
+            Err(MoveRefusal::BadExport("1 bytes after the export".into()))
+        );
+        assert!(matches!(
+            RoomExport::decode(&bytes[..bytes.len() - 1]),
+            Err(MoveRefusal::BadExport(_))
+        ));
+        let other = RoomExport {
+            format: EXPORT_FORMAT + 1,
+            ..export
+        };
+        let refusal = RoomExport::decode(&other.encode()).unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            "the room's export is unusable: format 2 (this build reads 1)"
+        );
+    }
+
+    #[test]
+    fn moves_ride_in_their_own_snapshot_section_only_when_there_are_any() {
+        let (empty, rest) = RoomMoves::split_snapshot(b"shard bytes").unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(rest, b"shard bytes");
+        assert!(RoomMoves::default().snapshot_prefix().is_empty());
+
+        let mut moves = RoomMoves::default();
+        moves.freeze(&room("a"), 4, 10);
+        moves.freeze(&room("a"), 4, 20);
+        assert_eq!(
+            moves.frozen(&room("a")),
+            Some(&Frozen {
+                to: 4,
+                since_ms: 10
+            })
+        );
+        moves.freeze(&room("b"), 5, 30);
+        moves.release(&room("b"), 5);
+        assert_eq!(moves.moving_to(&room("b")), None);
+        assert_eq!(moves.moved_to(&room("b")), Some(5));
+        assert_eq!(moves.tombstones(), 1);
+        let mut bytes = moves.snapshot_prefix();
+        bytes.extend_from_slice(b"shard bytes");
+        let (back, rest) = RoomMoves::split_snapshot(&bytes).unwrap();
+        assert_eq!(back, moves);
+        assert_eq!(rest, b"shard bytes");
+
+        moves.adopted(&room("b"));
+        assert_eq!(moves.moved_to(&room("b")), None);
+        let mut cut = SNAPSHOT_MARKER.to_vec();
+        cut.push(0xff);
+        assert!(RoomMoves::split_snapshot(&cut).is_err());
+        assert_ne!(SNAPSHOT_MARKER, crate::residency::SNAPSHOT_MARKER);
+    }
+}

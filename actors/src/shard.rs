@@ -32,7 +32,7 @@ use crate::room::core::{RoomRef, RoomView};
 use crate::room::log::ItemBody;
 use crate::room::mirror::MirrorRoom;
 use crate::room::state::RoomState;
-use crate::room_move::{MoveRefusal, RoomMoves};
+use crate::room_move::{MoveRefusal, RoomExport, RoomMoves, EXPORT_FORMAT};
 use crate::shard_descriptors::{DescriptorRefusal, ShardDescriptors};
 
 /// What applying one command produced; the proposer receives it. Serialisable because a
@@ -255,8 +255,23 @@ impl ShardData {
         }
     }
 
-    fn apply(&mut self, stamped: Stamped) -> (ApplyOutput, Option<RoomId>) {
+    /// Applies one command in shard `shard` of `layout`; returns the output and the room
+    /// whose log or membership changed (recorded in `AppliedRooms`).
+    fn apply(
+        &mut self,
+        shard: ShardId,
+        layout: &Layout,
+        stamped: Stamped,
+    ) -> (ApplyOutput, Option<RoomId>) {
         let ts_ms = stamped.ts_ms;
+        // A room frozen for a move or moved out changes no more here (`room_move` module docs).
+        if let Some(room) = stamped.command.room() {
+            if !matches!(stamped.command, Command::CreateRoom { .. }) {
+                if let Some(answer) = self.move_answer(room) {
+                    return (answer, None);
+                }
+            }
+        }
         match stamped.command {
             Command::ClusterMeta(change) => (
                 ApplyOutput::ClusterMeta(self.cluster_meta.apply(change)),
@@ -320,8 +335,12 @@ impl ShardData {
                 group_info,
                 ratchet_tree,
             } => {
-                // A room pinned elsewhere exists there (or will, once its create is retried).
-                if self.rooms.contains_key(&room) || self.pins.get(&room).is_some() {
+                // A room pinned elsewhere exists there (or will, once its create is retried);
+                // one that moved out exists where it went.
+                if self.rooms.contains_key(&room)
+                    || self.pins.get(&room).is_some()
+                    || self.moves.moved_to(&room).is_some()
+                {
                     return (
                         ApplyOutput::RoomCreated(Err(CreateRoomRejection::AlreadyExists)),
                         None,
@@ -449,6 +468,10 @@ impl ShardData {
             Command::Housekeeping { log_retention_ms } => {
                 self.directory.expire(ts_ms);
                 for state in self.rooms.values_mut() {
+                    // A frozen room's export must stay what its freeze said.
+                    if self.moves.moving_to(state.room()).is_some() {
+                        continue;
+                    }
                     state.trim(ts_ms, log_retention_ms);
                     self.franks.trim(state.room(), state.first_retained_seq());
                 }
@@ -532,14 +555,207 @@ impl ShardData {
                     None,
                 )
             }
-            Command::FreezeRoom { .. }
-            | Command::AdoptRoom { .. }
-            | Command::RepinRoom { .. }
-            | Command::ReleaseRoom { .. } => (
-                ApplyOutput::Rejected("room moves are not built yet".into()),
+            Command::FreezeRoom { room, to } => (
+                ApplyOutput::RoomFrozen(self.freeze_room(shard, layout, &room, to, ts_ms)),
                 None,
             ),
+            Command::AdoptRoom { room, from, export } => {
+                match self.adopt_room(shard, layout, &room, from, &export) {
+                    Ok(changed) => (ApplyOutput::RoomAdopted(Ok(())), changed.then_some(room)),
+                    Err(refusal) => (ApplyOutput::RoomAdopted(Err(refusal)), None),
+                }
+            }
+            Command::RepinRoom { room, from, to } => {
+                match self.repin_room(shard, layout, &room, from, to) {
+                    Ok(changed) => (ApplyOutput::RoomRepinned(Ok(())), changed.then_some(room)),
+                    Err(refusal) => (ApplyOutput::RoomRepinned(Err(refusal)), None),
+                }
+            }
+            Command::ReleaseRoom { room, to } => match self.release_room(shard, &room, to) {
+                Ok(changed) => (ApplyOutput::RoomReleased(Ok(())), changed.then_some(room)),
+                Err(refusal) => (ApplyOutput::RoomReleased(Err(refusal)), None),
+            },
         }
+    }
+
+    /// What a room command for `room` is answered instead of being applied: `RoomMoving` while
+    /// the room is frozen for a move, `RoomMoved` once it left (`room_move` module docs).
+    fn move_answer(&self, room: &RoomId) -> Option<ApplyOutput> {
+        if let Some(to) = self.moves.moving_to(room) {
+            return Some(ApplyOutput::RoomMoving { to });
+        }
+        self.moves
+            .moved_to(room)
+            .map(|to| ApplyOutput::RoomMoved { to })
+    }
+
+    /// Step 1 of a move (`room_move` module docs): freezes `room` for `to` and exports it.
+    fn freeze_room(
+        &mut self,
+        shard: ShardId,
+        layout: &Layout,
+        room: &RoomId,
+        to: ShardId,
+        ts_ms: u64,
+    ) -> Result<Vec<u8>, MoveRefusal> {
+        if let Some(moved) = self.moves.moved_to(room) {
+            return Err(MoveRefusal::Moved { to: moved });
+        }
+        let Some(state) = self.rooms.get(room) else {
+            return Err(MoveRefusal::UnknownRoom { shard });
+        };
+        if layout.set_of_shard(shard).is_some() {
+            return Err(MoveRefusal::Residency { shard });
+        }
+        if to == shard {
+            return Err(MoveRefusal::SameShard { shard });
+        }
+        if !layout.split_shards().contains(&to) {
+            return Err(MoveRefusal::NotASplitShard { shard: to });
+        }
+        match self.moves.moving_to(room) {
+            Some(moving) if moving != to => {
+                return Err(MoveRefusal::MovingElsewhere { to: moving })
+            }
+            _ => {}
+        }
+        let export = RoomExport {
+            format: EXPORT_FORMAT,
+            room: room.clone(),
+            state: state.to_snapshot(),
+            reports: self.abuse_reports.of_room(room).to_vec(),
+            franks: self.franks.of_room(room),
+        };
+        self.moves.freeze(room, to, ts_ms);
+        Ok(export.encode())
+    }
+
+    /// Step 2 of a move: installs `room` from `export` in this split shard; `Ok(true)` when it
+    /// was installed now, `Ok(false)` when it was hosted here already.
+    fn adopt_room(
+        &mut self,
+        shard: ShardId,
+        layout: &Layout,
+        room: &RoomId,
+        from: ShardId,
+        export: &[u8],
+    ) -> Result<bool, MoveRefusal> {
+        if self.rooms.contains_key(room) {
+            return Ok(false);
+        }
+        if !layout.split_shards().contains(&shard) {
+            return Err(MoveRefusal::NotASplitShard { shard });
+        }
+        if from == shard {
+            return Err(MoveRefusal::SameShard { shard });
+        }
+        let export = RoomExport::decode(export)?;
+        if &export.room != room {
+            return Err(MoveRefusal::BadExport(format!(
+                "it is the export of {}",
+                export.room
+            )));
+        }
+        let state = RoomState::from_snapshot(&export.state)
+            .map_err(|e| MoveRefusal::BadExport(format!("room state: {e}")))?;
+        if state.room() != room {
+            return Err(MoveRefusal::BadExport(format!(
+                "its state is of {}",
+                state.room()
+            )));
+        }
+        self.rooms.insert(room.clone(), state);
+        self.abuse_reports.put_room(room, export.reports);
+        self.franks.put_room(room, export.franks);
+        // A room coming back drops the tombstone of its earlier move out.
+        self.moves.adopted(room);
+        self.index_members(room);
+        Ok(true)
+    }
+
+    /// Step 3 of a move, in `room`'s home shard: its pin names `to` from now on, where it was
+    /// `from`; `Ok(true)` when the pin changed now, `Ok(false)` when it named `to` already.
+    fn repin_room(
+        &mut self,
+        shard: ShardId,
+        layout: &Layout,
+        room: &RoomId,
+        from: ShardId,
+        to: ShardId,
+    ) -> Result<bool, MoveRefusal> {
+        let home = layout.home(room.as_bytes());
+        if home != shard {
+            return Err(MoveRefusal::NotHome { shard, home });
+        }
+        let hosted_here = self.rooms.contains_key(room);
+        let current = self.pins.get(room).or_else(|| hosted_here.then_some(shard));
+        if current == Some(to) {
+            return Ok(false);
+        }
+        if let Some(pinned) = current.filter(|&pinned| layout.set_of_shard(pinned).is_some()) {
+            return Err(MoveRefusal::Residency { shard: pinned });
+        }
+        if current != Some(from) {
+            return Err(MoveRefusal::WrongSource {
+                expected: from,
+                actual: current,
+            });
+        }
+        if !layout.split_shards().contains(&to) {
+            return Err(MoveRefusal::NotASplitShard { shard: to });
+        }
+        // The room leaves this very shard: it must be frozen for `to`, or commands applied
+        // here after the pin moved would be lost to the move.
+        if current == Some(shard) {
+            match self.moves.moving_to(room) {
+                Some(moving) if moving == to => {}
+                Some(moving) => return Err(MoveRefusal::MovingElsewhere { to: moving }),
+                None => return Err(MoveRefusal::NotFrozen),
+            }
+        }
+        self.pins.repin(room, to);
+        Ok(true)
+    }
+
+    /// Step 4 of a move: `room`, frozen for `to`, leaves this shard for a tombstone;
+    /// `Ok(true)` when it left now, `Ok(false)` when it had left for `to` already.
+    fn release_room(
+        &mut self,
+        shard: ShardId,
+        room: &RoomId,
+        to: ShardId,
+    ) -> Result<bool, MoveRefusal> {
+        if let Some(moved) = self.moves.moved_to(room) {
+            return if moved == to {
+                Ok(false)
+            } else {
+                Err(MoveRefusal::Moved { to: moved })
+            };
+        }
+        if !self.rooms.contains_key(room) {
+            return Err(MoveRefusal::UnknownRoom { shard });
+        }
+        match self.moves.moving_to(room) {
+            Some(moving) if moving == to => {}
+            Some(moving) => return Err(MoveRefusal::MovingElsewhere { to: moving }),
+            None => return Err(MoveRefusal::NotFrozen),
+        }
+        let state = self
+            .rooms
+            .remove(room)
+            .expect("the room is hosted here: checked above");
+        for client in state.clients_with_history() {
+            if let Some(rooms) = self.client_rooms.get_mut(client) {
+                rooms.remove(room);
+                if rooms.is_empty() {
+                    self.client_rooms.remove(client);
+                }
+            }
+        }
+        self.abuse_reports.take_room(room);
+        self.franks.take_room(room);
+        self.moves.release(room, to);
+        Ok(true)
     }
 
     /// Follower side of a notify (MIMI.md §5.4): appends what is new to the room's mirror and
@@ -658,6 +874,7 @@ impl AppliedRooms {
 /// The `StateMachine` the cluster drives for one shard.
 pub struct ShardMachine {
     shard: ShardId,
+    layout: Arc<Layout>,
     data: Arc<RwLock<ShardData>>,
     applied: Arc<AppliedRooms>,
     changed: Arc<Notify>,
@@ -687,7 +904,7 @@ impl StateMachine for ShardMachine {
                 ));
             }
         }
-        let (output, changed_room) = self.data.write().apply(stamped);
+        let (output, changed_room) = self.data.write().apply(self.shard, &self.layout, stamped);
         if let Some(room) = changed_room {
             self.applied.record(room);
         }
@@ -784,14 +1001,21 @@ pub struct Shards {
     /// Per shard, woken after every apply and restore (remote pulls wait on it).
     changed: Arc<Vec<Arc<Notify>>>,
     layout: Arc<Layout>,
-    /// Pins this node learned from home shards it does not hold (`Hub::room_shard`): pins
-    /// never change, so a cached one is never stale. At most [`MAX_RESOLVED_PINS`].
+    /// Pins this node learned from home shards it does not hold (`Hub::room_shard`) or from a
+    /// move's answers (`ApplyOutput::RoomMoved`). A residency pin never changes; a moved
+    /// room's may, so a cached one can be stale: a tombstone in a local replica corrects it
+    /// ([`Shards::room_shard`]), and so does the `RoomMoved` answer of the shard it names. At
+    /// most [`MAX_RESOLVED_PINS`].
     resolved: Arc<RwLock<BTreeMap<RoomId, ShardId>>>,
 }
 
 /// Most pins [`Shards`] caches; a full cache drops one entry for each new one (an entry
 /// dropped is read again from its room's home shard when next needed).
 pub const MAX_RESOLVED_PINS: usize = 100_000;
+
+/// Most tombstones [`Shards::room_shard`] follows from one shard to the next (a room moved
+/// several times, seen by replicas that lag one another).
+pub const MAX_MOVE_HOPS: usize = 4;
 
 impl Shards {
     /// `count` hashed shards, no residency set.
@@ -819,6 +1043,7 @@ impl Shards {
     pub fn machine(&self, shard: ShardId) -> ShardMachine {
         ShardMachine {
             shard,
+            layout: self.layout.clone(),
             data: self.data[shard as usize].clone(),
             applied: self.applied.clone(),
             changed: self.changed[shard as usize].clone(),
@@ -839,29 +1064,63 @@ impl Shards {
         self.layout.home(key)
     }
 
-    /// The shard `room` lives in, as far as this node knows without asking anyone: the
-    /// residency shard its home shard's local replica, the pin cache or a local residency
-    /// replica says, else its home shard. The hub resolves a room it was asked about first
+    /// The shard `room` lives in, as far as this node knows without asking anyone: the shard
+    /// its home shard's local replica pins it to, else the pin cache's, else a local
+    /// residency or split replica that hosts it (one not frozen for a move first), else its
+    /// home shard. When the local replica of that shard has a tombstone for the room (it
+    /// moved on: `room_move` module docs), the tombstone is followed, a few hops at most, and
+    /// the pin cache corrected. The hub resolves a room it was asked about first
     /// (`Hub::room_shard`), so its routing after that finds the pin here.
     pub fn room_shard(&self, room: &RoomId) -> ShardId {
         let home = self.shard_of(room.as_bytes());
-        if !self.layout.has_residency() {
+        if !self.layout.has_pins() {
             return home;
         }
-        if let Some(pinned) = self.get(home).read().pin(room) {
-            return pinned;
+        let pinned = self.get(home).read().pin(room);
+        let cached = self.resolved.read().get(room).copied();
+        let found = pinned
+            .or(cached)
+            .unwrap_or_else(|| self.local_host(room, home));
+        let shard = self.follow_tombstones(room, found);
+        if shard != found {
+            self.remember_pin(room, shard);
         }
-        if let Some(&pinned) = self.resolved.read().get(room) {
-            return pinned;
-        }
-        // A leader of a residency shard routes its own rooms' commands (fan-out cursors)
-        // without having asked for their pins.
-        (self.layout.hashed_count()..self.count())
-            .find(|&shard| self.get(shard).read().room(room).is_some())
-            .unwrap_or(home)
+        shard
     }
 
-    /// Caches that `room` is pinned to `shard` (read from its home shard on another node).
+    /// A local residency or split replica hosting `room`, preferring one where it is not
+    /// frozen (a move's target that adopted it already); else `home`. A leader of such a
+    /// shard routes its own rooms' commands (fan-out cursors) without having asked for their
+    /// pins.
+    fn local_host(&self, room: &RoomId, home: ShardId) -> ShardId {
+        let mut frozen = None;
+        for shard in self.layout.hashed_count()..self.count() {
+            let data = self.get(shard).read();
+            if data.room(room).is_none() {
+                continue;
+            }
+            if data.moving_to(room).is_none() {
+                return shard;
+            }
+            frozen.get_or_insert(shard);
+        }
+        frozen.unwrap_or(home)
+    }
+
+    /// Where the tombstones of `room` in the local replicas lead from `shard`, at most
+    /// [`MAX_MOVE_HOPS`] of them.
+    fn follow_tombstones(&self, room: &RoomId, mut shard: ShardId) -> ShardId {
+        for _ in 0..MAX_MOVE_HOPS {
+            match self.get(shard).read().moved_to(room) {
+                Some(next) if next != shard && next < self.count() => shard = next,
+                _ => break,
+            }
+        }
+        shard
+    }
+
+    /// Caches that `room` lives in `shard` (read from its home shard on another node, or
+    /// learned from a move's `RoomMoved` answer), replacing what the cache said.
     pub fn remember_pin(&self, room: &RoomId, shard: ShardId) {
         let mut resolved = self.resolved.write();
         if resolved.len() >= MAX_RESOLVED_PINS && !resolved.contains_key(room) {
@@ -1308,5 +1567,835 @@ mod tests {
             .directory()
             .authenticate(&client, &[3; 32]));
         assert!(restored.restore(b"not a snapshot").is_err());
+    }
+
+    /// Room moves (issue 9 build item 3, `room_move` module docs), each step applied to the
+    /// real state machines with rooms of real openmls groups.
+    mod moves {
+        use super::*;
+        use crate::command::{HandshakeBundle, SubmitVerdict};
+        use crate::policy::room_leaf_capabilities;
+        use crate::policy::{component, default_room_policy, room_group_context_extensions};
+        use crate::room::identity::credential_of_client;
+        use crate::room::state::ROOM_CIPHERSUITE;
+        use crate::room_move::{Frozen, RoomExport, SNAPSHOT_MARKER};
+        use openmls::framing::{SafeAad, SafeAadItem};
+        use openmls::prelude::{
+            CredentialWithKey, MlsGroup, OpenMlsProvider, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
+        };
+        use openmls_basic_credential::SignatureKeyPair;
+        use openmls_rust_crypto::OpenMlsRustCrypto;
+        use tls_codec::Serialize as _;
+
+        /// Hashed shards 0 and 1, residency set "eu" in shard 2, split shards 3 and 4.
+        fn layout() -> Layout {
+            Layout::new(
+                2,
+                [("eu".to_owned(), BTreeSet::from(["eu".to_owned()]), 1)],
+                2,
+            )
+            .unwrap()
+        }
+
+        const EU: ShardId = 2;
+        const T: ShardId = 3;
+        const T2: ShardId = 4;
+
+        /// A room's creator with its own openmls group (like `room::tests`), alone in it.
+        struct Creator {
+            id: ClientId,
+            provider: OpenMlsRustCrypto,
+            signer: SignatureKeyPair,
+            group: MlsGroup,
+        }
+
+        impl Creator {
+            fn new(name: &str) -> Creator {
+                let id = ClientId::parse(&format!("mimi://a.example/d/{name}/phone")).unwrap();
+                let provider = OpenMlsRustCrypto::default();
+                let signer = SignatureKeyPair::new(ROOM_CIPHERSUITE.signature_algorithm()).unwrap();
+                signer.store(provider.storage()).unwrap();
+                let extensions = room_group_context_extensions(&default_room_policy(&id.user()));
+                let credential = CredentialWithKey {
+                    credential: credential_of_client(&id),
+                    signature_key: signer.public().to_vec().into(),
+                };
+                let group = MlsGroup::builder()
+                    .ciphersuite(ROOM_CIPHERSUITE)
+                    .with_capabilities(room_leaf_capabilities())
+                    .with_group_context_extensions(extensions)
+                    .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+                    .use_ratchet_tree_extension(false)
+                    .build(&provider, &signer, credential)
+                    .unwrap();
+                Creator {
+                    id,
+                    provider,
+                    signer,
+                    group,
+                }
+            }
+
+            /// MIMI.md §6.1: the create of `room` with this creator's GroupInfo and tree.
+            fn create(&self, room: &RoomId) -> Command {
+                let group_info = self
+                    .group
+                    .export_group_info(self.provider.crypto(), &self.signer, false)
+                    .unwrap()
+                    .tls_serialize_detached()
+                    .unwrap();
+                let ratchet_tree = self
+                    .group
+                    .export_ratchet_tree()
+                    .tls_serialize_detached()
+                    .unwrap();
+                Command::CreateRoom {
+                    room: room.clone(),
+                    creator: self.id.clone(),
+                    group_info,
+                    ratchet_tree,
+                }
+            }
+
+            /// An application message (protocol-06 §5.3) whose SafeAAD carries a franking tag.
+            fn message(&mut self, room: &RoomId, text: &[u8], tag: u8) -> Command {
+                let aad = SafeAad::from_items(vec![SafeAadItem::new(
+                    component::FRANK_AAD,
+                    vec![tag; 32],
+                )])
+                .unwrap()
+                .tls_serialize_detached()
+                .unwrap();
+                self.group.set_aad(aad);
+                let message = self
+                    .group
+                    .create_message(&self.provider, &self.signer, text)
+                    .unwrap()
+                    .tls_serialize_detached()
+                    .unwrap();
+                Command::AppMessage {
+                    room: room.clone(),
+                    sender: Submitter::Client(self.id.clone()),
+                    sending_user: self.id.user(),
+                    message,
+                }
+            }
+        }
+
+        fn report(room: &RoomId) -> Command {
+            Command::RecordAbuseReport {
+                room: room.clone(),
+                report: AbuseReport {
+                    submitter: Submitter::Provider("b.example".into()),
+                    reporting_user: None,
+                    alleged_abuser: crate::ids::UserId::parse("mimi://a.example/u/m").unwrap(),
+                    reason_code: 1,
+                    note: "spam".into(),
+                    messages: Vec::new(),
+                },
+            }
+        }
+
+        /// A room whose home is hashed shard `home`.
+        fn room_at_home(shards: &Shards, home: ShardId) -> RoomId {
+            (0..)
+                .map(|n| RoomId::parse(&format!("mimi://a.example/r/club{n}")).unwrap())
+                .find(|room| shards.shard_of(room.as_bytes()) == home)
+                .unwrap()
+        }
+
+        /// Applies commands to the shards' machines, numbering the entries.
+        struct Log {
+            shards: Shards,
+            index: u64,
+            ts_ms: u64,
+        }
+
+        impl Log {
+            fn new(shards: &Shards) -> Log {
+                Log {
+                    shards: shards.clone(),
+                    index: 0,
+                    ts_ms: 1_000,
+                }
+            }
+
+            fn apply(&mut self, shard: ShardId, command: Command) -> ApplyOutput {
+                self.index += 1;
+                self.ts_ms += 10;
+                let entry = Stamped {
+                    ts_ms: self.ts_ms,
+                    command,
+                };
+                self.shards
+                    .machine(shard)
+                    .apply(self.index, &entry.encode())
+            }
+
+            fn snapshot(&self, shard: ShardId) -> Vec<u8> {
+                self.shards.machine(shard).snapshot()
+            }
+
+            /// Creates `room` in `shard` with one franked message and one abuse report.
+            fn busy_room(&mut self, shard: ShardId, room: &RoomId, alice: &mut Creator) {
+                assert!(matches!(
+                    self.apply(shard, alice.create(room)),
+                    ApplyOutput::RoomCreated(Ok(()))
+                ));
+                assert!(matches!(
+                    self.apply(shard, alice.message(room, b"hello", 7)),
+                    ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 1, .. })
+                ));
+                assert!(matches!(
+                    self.apply(shard, report(room)),
+                    ApplyOutput::AbuseReported(Ok(1))
+                ));
+            }
+
+            fn freeze(&mut self, shard: ShardId, room: &RoomId, to: ShardId) -> Vec<u8> {
+                match self.apply(
+                    shard,
+                    Command::FreezeRoom {
+                        room: room.clone(),
+                        to,
+                    },
+                ) {
+                    ApplyOutput::RoomFrozen(Ok(export)) => export,
+                    other => panic!("freeze: {other:?}"),
+                }
+            }
+
+            /// All four steps of a move of `room` from `from` to `to`.
+            fn move_room(&mut self, room: &RoomId, from: ShardId, to: ShardId) {
+                let export = self.freeze(from, room, to);
+                let adopt = Command::AdoptRoom {
+                    room: room.clone(),
+                    from,
+                    export,
+                };
+                assert!(matches!(
+                    self.apply(to, adopt),
+                    ApplyOutput::RoomAdopted(Ok(()))
+                ));
+                let home = self.shards.shard_of(room.as_bytes());
+                let repin = Command::RepinRoom {
+                    room: room.clone(),
+                    from,
+                    to,
+                };
+                assert!(matches!(
+                    self.apply(home, repin),
+                    ApplyOutput::RoomRepinned(Ok(()))
+                ));
+                let release = Command::ReleaseRoom {
+                    room: room.clone(),
+                    to,
+                };
+                assert!(matches!(
+                    self.apply(from, release),
+                    ApplyOutput::RoomReleased(Ok(()))
+                ));
+            }
+        }
+
+        fn applied(shards: &Shards) -> BTreeSet<RoomId> {
+            std::mem::take(&mut *shards.applied().rooms.lock())
+        }
+
+        #[test]
+        fn a_frozen_room_answers_moving_and_changes_nothing() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &room, &mut alice);
+            assert!(matches!(
+                log.apply(1, alice.message(&room, b"again", 7)),
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
+            ));
+            let ack = Command::Ack {
+                room: room.clone(),
+                client: alice.id.clone(),
+                seq: 2,
+            };
+            assert!(matches!(log.apply(1, ack.clone()), ApplyOutput::Acked));
+            // Another room of the shard, alike but not frozen, shows what housekeeping does.
+            let other = RoomId::parse(&format!("{room}-other")).unwrap();
+            let mut bob = Creator::new("bob");
+            log.busy_room(1, &other, &mut bob);
+            log.apply(1, bob.message(&other, b"again", 7));
+            let ack_other = Command::Ack {
+                room: other.clone(),
+                client: bob.id.clone(),
+                seq: 2,
+            };
+            assert!(matches!(log.apply(1, ack_other), ApplyOutput::Acked));
+            applied(&shards);
+
+            let export = log.freeze(1, &room, T);
+            assert!(applied(&shards).is_empty(), "a freeze changes no room");
+            let decoded = RoomExport::decode(&export).unwrap();
+            assert_eq!(decoded.room, room);
+            assert_eq!(decoded.reports.len(), 1);
+            assert_eq!(decoded.franks.len(), 2, "the franked messages' records");
+            {
+                let data = shards.get(1).read();
+                assert_eq!(decoded.state, data.room(&room).unwrap().to_snapshot());
+                assert_eq!(data.moving_to(&room), Some(T));
+                assert_eq!(data.frozen_rooms().collect::<Vec<_>>(), vec![(&room, T)]);
+            }
+
+            let before = shards.get(1).read().room(&room).unwrap().to_snapshot();
+            let moving = |output: ApplyOutput| matches!(output, ApplyOutput::RoomMoving { to: T });
+            let message = alice.message(&room, b"while frozen", 8);
+            assert!(moving(log.apply(1, message)));
+            let handshake = Command::Handshake {
+                room: room.clone(),
+                sender: Submitter::Client(alice.id.clone()),
+                bundle: HandshakeBundle::Proposals {
+                    proposals: vec![vec![1]],
+                },
+            };
+            assert!(moving(log.apply(1, handshake)));
+            let delivered = Command::FanoutDelivered {
+                room: room.clone(),
+                provider: "b.example".into(),
+                seq: 1,
+            };
+            assert!(moving(log.apply(1, delivered)));
+            assert!(moving(log.apply(1, ack)));
+            assert!(moving(log.apply(1, report(&room))));
+            // Housekeeping would trim the acknowledged item of an unfrozen room: it skips
+            // this one.
+            let housekeeping = Command::Housekeeping {
+                log_retention_ms: 0,
+            };
+            assert!(matches!(log.apply(1, housekeeping), ApplyOutput::Housekept));
+            assert!(matches!(
+                log.apply(1, alice.create(&room)),
+                ApplyOutput::RoomCreated(Err(CreateRoomRejection::AlreadyExists))
+            ));
+            {
+                let data = shards.get(1).read();
+                let frozen = data.room(&room).unwrap();
+                assert_eq!(frozen.to_snapshot(), before, "nothing rejected was applied");
+                assert_eq!(frozen.first_retained_seq(), 1);
+                assert_eq!(data.abuse_reports().of_room(&room).len(), 1);
+                assert_eq!(data.room(&other).unwrap().first_retained_seq(), 2);
+            }
+            assert!(applied(&shards).is_empty());
+
+            // Frozen again for the same shard: the same export; for another: refused.
+            assert_eq!(log.freeze(1, &room, T), export);
+            assert!(matches!(
+                log.apply(
+                    1,
+                    Command::FreezeRoom {
+                        room: room.clone(),
+                        to: T2
+                    }
+                ),
+                ApplyOutput::RoomFrozen(Err(MoveRefusal::MovingElsewhere { to: T }))
+            ));
+        }
+
+        #[test]
+        fn freeze_refusals_name_their_reason_and_change_nothing() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 0);
+            let mut alice = Creator::new("alice");
+            log.busy_room(0, &room, &mut alice);
+            let pinned = room_at_home(&shards, 1);
+            let pin = Command::PinRoom {
+                room: pinned.clone(),
+                shard: EU,
+            };
+            assert!(matches!(log.apply(1, pin), ApplyOutput::RoomPinned(Ok(()))));
+            let mut bob = Creator::new("bob");
+            log.busy_room(EU, &pinned, &mut bob);
+            let before: Vec<Vec<u8>> = (0..5).map(|shard| log.snapshot(shard)).collect();
+
+            let mut refused = |shard, room: &RoomId, to, expected: MoveRefusal, text: &str| {
+                let freeze = Command::FreezeRoom {
+                    room: room.clone(),
+                    to,
+                };
+                match log.apply(shard, freeze) {
+                    ApplyOutput::RoomFrozen(Err(refusal)) => {
+                        assert_eq!(refusal, expected);
+                        assert_eq!(refusal.to_string(), text);
+                    }
+                    other => panic!("freeze of {room} in {shard}: {other:?}"),
+                }
+            };
+            refused(
+                1,
+                &room,
+                T,
+                MoveRefusal::UnknownRoom { shard: 1 },
+                "the room is not hosted in shard 1",
+            );
+            refused(
+                0,
+                &room,
+                0,
+                MoveRefusal::SameShard { shard: 0 },
+                "the room is in shard 0 already",
+            );
+            refused(
+                0,
+                &room,
+                1,
+                MoveRefusal::NotASplitShard { shard: 1 },
+                "shard 1 is not a split shard",
+            );
+            refused(
+                0,
+                &room,
+                EU,
+                MoveRefusal::NotASplitShard { shard: EU },
+                "shard 2 is not a split shard",
+            );
+            refused(
+                EU,
+                &pinned,
+                T,
+                MoveRefusal::Residency { shard: EU },
+                "the room is pinned to residency shard 2 and never moves",
+            );
+            let after: Vec<Vec<u8>> = (0..5).map(|shard| log.snapshot(shard)).collect();
+            assert_eq!(after, before);
+            assert_eq!(shards.get(0).read().frozen_rooms().count(), 0);
+        }
+
+        #[test]
+        fn adopt_is_idempotent_and_indexes_members() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &room, &mut alice);
+            let export = log.freeze(1, &room, T);
+            let refused_message = alice.message(&room, b"sent during the move", 9);
+            assert!(matches!(
+                log.apply(1, refused_message.clone()),
+                ApplyOutput::RoomMoving { to: T }
+            ));
+            applied(&shards);
+
+            let adopt = |export: Vec<u8>| Command::AdoptRoom {
+                room: room.clone(),
+                from: 1,
+                export,
+            };
+            // Unusable exports are refused and change nothing.
+            let before = log.snapshot(T);
+            let bad = |output| {
+                matches!(
+                    output,
+                    ApplyOutput::RoomAdopted(Err(MoveRefusal::BadExport(_)))
+                )
+            };
+            assert!(bad(log.apply(T, adopt(b"not an export".to_vec()))));
+            assert!(bad(log.apply(T, adopt(export[..export.len() - 1].to_vec()))));
+            let mut other = RoomExport::decode(&export).unwrap();
+            other.room = RoomId::parse("mimi://a.example/r/elsewhere").unwrap();
+            assert!(bad(log.apply(T, adopt(other.encode()))));
+            let mut broken = RoomExport::decode(&export).unwrap();
+            broken.state.truncate(10);
+            assert!(bad(log.apply(T, adopt(broken.encode()))));
+            let mut future = RoomExport::decode(&export).unwrap();
+            future.format += 1;
+            assert!(bad(log.apply(T, adopt(future.encode()))));
+            assert!(matches!(
+                log.apply(0, adopt(export.clone())),
+                ApplyOutput::RoomAdopted(Err(MoveRefusal::NotASplitShard { shard: 0 }))
+            ));
+            assert_eq!(log.snapshot(T), before);
+            assert!(applied(&shards).is_empty());
+
+            assert!(matches!(
+                log.apply(T, adopt(export.clone())),
+                ApplyOutput::RoomAdopted(Ok(()))
+            ));
+            assert_eq!(applied(&shards), BTreeSet::from([room.clone()]));
+            {
+                let data = shards.get(T).read();
+                assert_eq!(data.rooms_of(&alice.id).collect::<Vec<_>>(), vec![&room]);
+                assert_eq!(data.abuse_reports().of_room(&room).len(), 1);
+                assert!(data.franks().get(&room, 1).is_some());
+                let source = shards.get(1).read();
+                assert_eq!(
+                    data.room(&room).unwrap().to_snapshot(),
+                    source.room(&room).unwrap().to_snapshot()
+                );
+            }
+            let adopted = log.snapshot(T);
+            assert!(matches!(
+                log.apply(T, adopt(export)),
+                ApplyOutput::RoomAdopted(Ok(()))
+            ));
+            assert_eq!(log.snapshot(T), adopted, "a repeated adopt changes nothing");
+            assert!(applied(&shards).is_empty());
+
+            // What the frozen source refused is taken by the target, once, after the rest.
+            assert!(matches!(
+                log.apply(T, refused_message),
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
+            ));
+            assert!(shards.get(T).read().franks().get(&room, 2).is_some());
+        }
+
+        #[test]
+        fn release_leaves_a_tombstone_that_redirects() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &room, &mut alice);
+            let release = |to| Command::ReleaseRoom {
+                room: room.clone(),
+                to,
+            };
+            assert!(matches!(
+                log.apply(1, release(T)),
+                ApplyOutput::RoomReleased(Err(MoveRefusal::NotFrozen))
+            ));
+            assert!(matches!(
+                log.apply(0, release(T)),
+                ApplyOutput::RoomReleased(Err(MoveRefusal::UnknownRoom { shard: 0 }))
+            ));
+            log.freeze(1, &room, T);
+            assert!(matches!(
+                log.apply(1, release(T2)),
+                ApplyOutput::RoomReleased(Err(MoveRefusal::MovingElsewhere { to: T }))
+            ));
+            applied(&shards);
+            log.move_room(&room, 1, T);
+            assert_eq!(applied(&shards), BTreeSet::from([room.clone()]));
+            {
+                let data = shards.get(1).read();
+                assert!(data.room(&room).is_none());
+                assert_eq!(data.moved_to(&room), Some(T));
+                assert_eq!(data.moving_to(&room), None);
+                assert!(data.abuse_reports().is_empty());
+                assert!(data.franks().is_empty());
+                assert_eq!(data.rooms_of(&alice.id).count(), 0);
+            }
+            assert_eq!(shards.rooms_of(&alice.id), vec![room.clone()]);
+
+            let released = log.snapshot(1);
+            assert!(matches!(
+                log.apply(1, release(T)),
+                ApplyOutput::RoomReleased(Ok(()))
+            ));
+            assert!(applied(&shards).is_empty());
+            assert!(matches!(
+                log.apply(1, release(T2)),
+                ApplyOutput::RoomReleased(Err(MoveRefusal::Moved { to: T }))
+            ));
+            assert!(matches!(
+                log.apply(
+                    1,
+                    Command::FreezeRoom {
+                        room: room.clone(),
+                        to: T2
+                    }
+                ),
+                ApplyOutput::RoomFrozen(Err(MoveRefusal::Moved { to: T }))
+            ));
+            let moved = |output| matches!(output, ApplyOutput::RoomMoved { to: T });
+            assert!(moved(log.apply(1, alice.message(&room, b"late", 3))));
+            assert!(moved(log.apply(1, report(&room))));
+            let ack = Command::Ack {
+                room: room.clone(),
+                client: alice.id.clone(),
+                seq: 1,
+            };
+            assert!(moved(log.apply(1, ack)));
+            assert!(matches!(
+                log.apply(1, alice.create(&room)),
+                ApplyOutput::RoomCreated(Err(CreateRoomRejection::AlreadyExists))
+            ));
+            assert_eq!(log.snapshot(1), released);
+            // The target hosts it and takes its commands.
+            assert!(matches!(
+                log.apply(T, alice.message(&room, b"after", 4)),
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
+            ));
+            assert_eq!(shards.room_shard(&room), T);
+        }
+
+        #[test]
+        fn repin_moves_routing_and_refuses_a_wrong_source() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            // The home shard is the source: the pin in it takes precedence over its data.
+            let room = room_at_home(&shards, 0);
+            let mut alice = Creator::new("alice");
+            log.busy_room(0, &room, &mut alice);
+            assert_eq!(shards.room_shard(&room), 0);
+            let repin = |from, to| Command::RepinRoom {
+                room: room.clone(),
+                from,
+                to,
+            };
+            let refused = |output: ApplyOutput| match output {
+                ApplyOutput::RoomRepinned(Err(refusal)) => refusal,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(refused(log.apply(0, repin(0, T))), MoveRefusal::NotFrozen);
+            log.freeze(0, &room, T);
+            let before = log.snapshot(0);
+            let wrong = refused(log.apply(0, repin(1, T)));
+            assert_eq!(
+                wrong,
+                MoveRefusal::WrongSource {
+                    expected: 1,
+                    actual: Some(0)
+                }
+            );
+            assert_eq!(
+                wrong.to_string(),
+                "the room's home shard has it in shard 0, not in shard 1"
+            );
+            assert_eq!(
+                refused(log.apply(0, repin(0, T2))),
+                MoveRefusal::MovingElsewhere { to: T }
+            );
+            assert_eq!(
+                refused(log.apply(0, repin(0, EU))),
+                MoveRefusal::NotASplitShard { shard: EU }
+            );
+            assert_eq!(
+                refused(log.apply(1, repin(0, T))),
+                MoveRefusal::NotHome { shard: 1, home: 0 }
+            );
+            let unknown = room_at_home(&shards, 0);
+            let unknown = RoomId::parse(&format!("{unknown}-nowhere")).unwrap();
+            let nowhere = Command::RepinRoom {
+                room: unknown.clone(),
+                from: 0,
+                to: T,
+            };
+            let home_of_unknown = shards.shard_of(unknown.as_bytes());
+            assert_eq!(
+                refused(log.apply(home_of_unknown, nowhere)),
+                MoveRefusal::WrongSource {
+                    expected: 0,
+                    actual: None
+                }
+            );
+            assert_eq!(log.snapshot(0), before);
+            assert_eq!(shards.room_shard(&room), 0);
+            applied(&shards);
+
+            assert!(matches!(
+                log.apply(0, repin(0, T)),
+                ApplyOutput::RoomRepinned(Ok(()))
+            ));
+            assert_eq!(applied(&shards), BTreeSet::from([room.clone()]));
+            assert_eq!(shards.get(0).read().pin(&room), Some(T));
+            assert_eq!(shards.room_shard(&room), T);
+            let repinned = log.snapshot(0);
+            assert!(matches!(
+                log.apply(0, repin(0, T)),
+                ApplyOutput::RoomRepinned(Ok(()))
+            ));
+            assert_eq!(
+                log.snapshot(0),
+                repinned,
+                "a repeated repin changes nothing"
+            );
+            assert!(applied(&shards).is_empty());
+
+            // A residency pin is never repinned.
+            let pinned = room_at_home(&shards, 1);
+            let pin = Command::PinRoom {
+                room: pinned.clone(),
+                shard: EU,
+            };
+            assert!(matches!(log.apply(1, pin), ApplyOutput::RoomPinned(Ok(()))));
+            let repin_pinned = Command::RepinRoom {
+                room: pinned.clone(),
+                from: EU,
+                to: T,
+            };
+            assert_eq!(
+                refused(log.apply(1, repin_pinned)),
+                MoveRefusal::Residency { shard: EU }
+            );
+        }
+
+        #[test]
+        fn a_room_moves_on_and_back_and_its_tombstone_goes() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &room, &mut alice);
+            log.move_room(&room, 1, T);
+            log.move_room(&room, T, T2);
+            assert_eq!(shards.room_shard(&room), T2);
+            assert_eq!(shards.get(T).read().moved_to(&room), Some(T2));
+            log.move_room(&room, T2, T);
+            assert_eq!(shards.room_shard(&room), T);
+            let data = shards.get(T).read();
+            assert!(data.room(&room).is_some());
+            assert_eq!(data.moved_to(&room), None, "the tombstone went");
+            assert_eq!(data.abuse_reports().of_room(&room).len(), 1);
+            assert_eq!(shards.get(T2).read().moved_to(&room), Some(T));
+            assert_eq!(shards.get(1).read().moved_to(&room), Some(T));
+            assert_eq!(shards.rooms_of(&alice.id), vec![room.clone()]);
+        }
+
+        #[test]
+        fn frozen_rooms_and_tombstones_survive_a_snapshot() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let gone = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &gone, &mut alice);
+            log.move_room(&gone, 1, T);
+            let frozen = RoomId::parse(&format!("{gone}-frozen")).unwrap();
+            let mut bob = Creator::new("bob");
+            log.busy_room(1, &frozen, &mut bob);
+            let export = log.freeze(1, &frozen, T2);
+            let since_ms = log.ts_ms;
+
+            let snapshot = log.snapshot(1);
+            // The home shard's pin of the moved room, then the moves.
+            let (pins, rest) = RoomPins::split_snapshot(&snapshot).unwrap();
+            assert_eq!(pins.get(&gone), Some(T));
+            assert!(rest.starts_with(&SNAPSHOT_MARKER));
+            let fresh = Shards::with_layout(layout());
+            fresh.machine(1).restore(&snapshot).unwrap();
+            assert_eq!(fresh.machine(1).snapshot(), snapshot);
+            let data = fresh.get(1).read();
+            assert_eq!(data.moved_to(&gone), Some(T));
+            assert_eq!(data.moving_to(&frozen), Some(T2));
+            assert_eq!(
+                data.room_moves().frozen(&frozen),
+                Some(&Frozen { to: T2, since_ms })
+            );
+            assert_eq!(data.frozen_rooms().collect::<Vec<_>>(), vec![(&frozen, T2)]);
+            drop(data);
+            // The restored replica answers as the original does, and exports the same.
+            let mut restored = Log::new(&fresh);
+            assert_eq!(restored.freeze(1, &frozen, T2), export);
+            assert!(matches!(
+                restored.apply(1, bob.message(&frozen, b"x", 1)),
+                ApplyOutput::RoomMoving { to: T2 }
+            ));
+            assert!(matches!(
+                restored.apply(1, alice.message(&gone, b"x", 1)),
+                ApplyOutput::RoomMoved { to: T }
+            ));
+        }
+
+        #[test]
+        fn a_shard_without_moves_keeps_its_snapshot_bytes() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &room, &mut alice);
+            let snapshot = log.snapshot(1);
+            // The bytes a shard wrote before moves existed: no section, the shard's own.
+            let data = shards.get(1).read();
+            let old = ShardSnapshot {
+                rooms: vec![(room.clone(), data.room(&room).unwrap().to_snapshot())],
+                mirrors: BTreeMap::new(),
+                directory: data.directory().clone(),
+                blocklist: Blocklist::default(),
+                abuse_reports: data.abuse_reports().clone(),
+                franks: data.franks().clone(),
+            };
+            assert_eq!(snapshot, postcard::to_stdvec(&old).unwrap());
+            drop(data);
+            let fresh = Shards::with_layout(layout());
+            fresh.machine(1).restore(&snapshot).unwrap();
+            assert!(fresh.get(1).read().room_moves().is_empty());
+            // A move out and its tombstone add the section; the target of a move has none.
+            log.move_room(&room, 1, T);
+            let moved = log.snapshot(1);
+            assert!(moved.windows(16).any(|window| window == SNAPSHOT_MARKER));
+            assert!(!log
+                .snapshot(T)
+                .windows(16)
+                .any(|window| window == SNAPSHOT_MARKER));
+        }
+
+        #[test]
+        fn routing_follows_a_repin_a_tombstone_and_a_stale_cache() {
+            let all = Shards::with_layout(layout());
+            let mut log = Log::new(&all);
+            let room = room_at_home(&all, 1);
+            let mut alice = Creator::new("alice");
+            // A node holding only the source and the target (not the home shard): with no pin
+            // known, the host that is not frozen is where the room is.
+            let partial = Shards::with_layout(layout());
+            let mut partial_log = Log::new(&partial);
+            for command in [
+                alice.create(&room),
+                alice.message(&room, b"hello", 1),
+                report(&room),
+            ] {
+                log.apply(1, command.clone());
+                partial_log.apply(1, command);
+            }
+            assert_eq!(partial.room_shard(&room), 1);
+            let export = log.freeze(1, &room, T);
+            assert_eq!(partial_log.freeze(1, &room, T), export);
+            let adopt = Command::AdoptRoom {
+                room: room.clone(),
+                from: 1,
+                export,
+            };
+            assert!(matches!(
+                partial_log.apply(T, adopt.clone()),
+                ApplyOutput::RoomAdopted(Ok(()))
+            ));
+            assert_eq!(partial.room_shard(&room), T);
+            // A cache naming the source is followed through the source's tombstone and
+            // corrected.
+            assert!(matches!(
+                log.apply(T, adopt),
+                ApplyOutput::RoomAdopted(Ok(()))
+            ));
+            let repin = Command::RepinRoom {
+                room: room.clone(),
+                from: 1,
+                to: T,
+            };
+            assert!(matches!(
+                log.apply(1, repin),
+                ApplyOutput::RoomRepinned(Ok(()))
+            ));
+            let release = Command::ReleaseRoom {
+                room: room.clone(),
+                to: T,
+            };
+            assert!(matches!(
+                partial_log.apply(1, release),
+                ApplyOutput::RoomReleased(Ok(()))
+            ));
+            partial.remember_pin(&room, 1);
+            assert_eq!(partial.room_shard(&room), T);
+            assert_eq!(partial.resolved.read().get(&room), Some(&T));
+            // The home shard's pin routes a node holding it.
+            assert_eq!(all.room_shard(&room), T);
+            // A node holding nothing routes by its cache, which a move's answer overwrites.
+            let bare = Shards::with_layout(layout());
+            assert_eq!(bare.room_shard(&room), 1);
+            bare.remember_pin(&room, 1);
+            bare.remember_pin(&room, T);
+            assert_eq!(bare.room_shard(&room), T);
+            // Without residency or split shards, the hash alone.
+            let hashed = Shards::new(2);
+            hashed.remember_pin(&room, 0);
+            assert_eq!(hashed.room_shard(&room), 1);
+        }
     }
 }

@@ -537,6 +537,12 @@ impl RoomState {
         self.log.visible_to(item, client)
     }
 
+    /// Every client that ever was a member (and so was indexed for the room), sorted: what
+    /// a shard unindexes when the room leaves it (`room_move` module docs).
+    pub fn clients_with_history(&self) -> impl Iterator<Item = &ClientId> {
+        self.log.clients()
+    }
+
     /// The current MLS members (credential identities), sorted.
     pub fn members(&self) -> Vec<ClientId> {
         self.members.iter().cloned().collect()
