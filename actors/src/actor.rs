@@ -19,6 +19,15 @@
 //! follower's progress through Raft (`Command::FanoutDelivered`). A mirrored room (a room
 //! hosted elsewhere) only delivers to local streams.
 //!
+//! Room moves (`crate::room_move`, `hub::split`): a proposal refused because its room is
+//! frozen for a move or has left the shard is proposed again where the room is then
+//! (`hub::Proposer::propose_following`). The actor's proposals keep their order across that:
+//! each takes a [`MoveTicket`] of the room's [`RoomOrder`] in mailbox order, and a proposal
+//! is sent to a shard only when every earlier one still unanswered was sent to that same
+//! shard (so it is queued behind them there); a refused one waits to be sent again, and so
+//! does every later one, until it is. Without moves every proposal goes to the same shard at
+//! once, as before.
+//!
 //! In a cluster, every node runs actors for the rooms its clients use, and each delivers to
 //! the streams connected to its node from the local replica's applied log. Fan-out to follower
 //! providers and the cursor records are the duty of the node leading the room's shard alone
@@ -31,8 +40,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use mimid_cluster::ShardId;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::command::{Command, HandshakeBundle, Submitter};
@@ -74,6 +84,20 @@ pub struct ActorMetrics {
     pub room_mailbox_depth: mimid_cluster::Histogram,
     /// How far behind its follower providers each hosted room is, as its actor last saw it.
     pub fanout_lag: FanoutLags,
+    /// Rooms this node moved to a split shard (`hub::split`: the coordinator's moves and the
+    /// moves it resumed), each counted once the room was released from its source shard.
+    pub rooms_moved: AtomicU64,
+    /// Room moves this node started or resumed that ended in an error (a refusal, or a step
+    /// that stayed unavailable); a move left frozen is finished by the source shard's leader.
+    pub room_moves_failed: AtomicU64,
+    /// Room commands refused because their room was moving (`ApplyOutput::RoomMoving`: each
+    /// wait) or had moved (`ApplyOutput::RoomMoved`: each hop), and so sent again
+    /// (`hub::Proposer::propose_following`).
+    pub move_retries: AtomicU64,
+    /// Microseconds from a room's freeze to its release, per room moved
+    /// ([`mimid_cluster::PROPOSAL_MICROS_BOUNDS`]: 100 µs doubling to about 13 s); its sum is
+    /// the total move time.
+    pub room_move_micros: mimid_cluster::Histogram,
 }
 
 impl Default for ActorMetrics {
@@ -85,6 +109,10 @@ impl Default for ActorMetrics {
             rooms_behind: AtomicU64::new(0),
             room_mailbox_depth: mimid_cluster::Histogram::new(&mimid_cluster::DEPTH_BOUNDS),
             fanout_lag: FanoutLags::default(),
+            rooms_moved: AtomicU64::new(0),
+            room_moves_failed: AtomicU64::new(0),
+            move_retries: AtomicU64::new(0),
+            room_move_micros: mimid_cluster::Histogram::new(&mimid_cluster::PROPOSAL_MICROS_BOUNDS),
         }
     }
 }
@@ -197,6 +225,94 @@ impl Streams {
     }
 }
 
+/// The order of one room's proposals across moves of the room (module docs): numbered
+/// tickets, in the order the room's actor took the requests, each with the shard its proposal
+/// was last sent to while it waits for the answer.
+#[derive(Default)]
+pub(crate) struct RoomOrder {
+    state: Mutex<OrderState>,
+    /// Woken whenever a ticket is sent, refused (to be sent again) or answered.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct OrderState {
+    next: u64,
+    /// Unanswered tickets by number: where each was last sent; `None` while it waits to be
+    /// sent (again).
+    open: BTreeMap<u64, Option<ShardId>>,
+}
+
+impl RoomOrder {
+    /// The next ticket, after every ticket taken before.
+    pub(crate) fn ticket(self: &Arc<Self>) -> MoveTicket {
+        let mut state = self.state.lock();
+        let number = state.next;
+        state.next += 1;
+        state.open.insert(number, None);
+        MoveTicket {
+            order: self.clone(),
+            number,
+        }
+    }
+}
+
+/// One proposal's place in its room's [`RoomOrder`]; answered (and forgotten) when dropped.
+pub(crate) struct MoveTicket {
+    order: Arc<RoomOrder>,
+    number: u64,
+}
+
+impl MoveTicket {
+    /// Whether the proposal may be sent to `shard` now: every earlier unanswered one was sent
+    /// there (so this one queues behind them). If so, it counts as sent there.
+    pub(crate) fn try_send(&self, shard: ShardId) -> bool {
+        let mut state = self.order.state.lock();
+        let due = state
+            .open
+            .range(..self.number)
+            .all(|(_, sent)| *sent == Some(shard));
+        if due {
+            state.open.insert(self.number, Some(shard));
+            drop(state);
+            self.order.changed.notify_waiters();
+        }
+        due
+    }
+
+    /// Waits until the proposal may be sent to the shard `target` names (asked again at
+    /// every change of the room's order: the room may have moved meanwhile); returns that
+    /// shard, the ticket counting as sent there. Nothing may await between this and the
+    /// proposal being queued.
+    pub(crate) async fn send_when_due(&self, target: impl Fn() -> ShardId) -> ShardId {
+        loop {
+            // Registered before the look, so a change after it wakes this.
+            let changed = self.order.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let shard = target();
+            if self.try_send(shard) {
+                return shard;
+            }
+            changed.await;
+        }
+    }
+
+    /// The proposal was refused because the room moves: it waits to be sent again, and every
+    /// later proposal of the room waits for it.
+    pub(crate) fn unsent(&self) {
+        self.order.state.lock().open.insert(self.number, None);
+        self.order.changed.notify_waiters();
+    }
+}
+
+impl Drop for MoveTicket {
+    fn drop(&mut self) {
+        self.order.state.lock().open.remove(&self.number);
+        self.order.changed.notify_waiters();
+    }
+}
+
 /// Limits of the actor layer (from the node's configuration).
 #[derive(Debug, Clone)]
 pub struct ActorLimits {
@@ -229,6 +345,8 @@ pub struct RoomActor {
     router: Router,
     last_activity: Instant,
     in_flight: Arc<Semaphore>,
+    /// The order of this room's proposals across moves (module docs).
+    order: Arc<RoomOrder>,
     fanout: FanoutCore,
     /// A `record_cursors` is scheduled.
     record_scheduled: bool,
@@ -597,7 +715,15 @@ impl Handler<Traced> for RoomActor {
             ),
         };
         let span = tracing::info_span!(parent: &caller, "room_request", room = %self.room);
-        let proposal = span.in_scope(|| self.ctx.proposer.propose(command));
+        // Taken here, in mailbox order: a proposal the room's move refused is sent again
+        // before any later one of the room (module docs).
+        let ticket = self.order.ticket();
+        let shard = self.ctx.shards.room_shard(&self.room);
+        let proposal = span.in_scope(|| {
+            self.ctx
+                .proposer
+                .propose_following(shard, command, Some(ticket))
+        });
         Box::pin(
             async move {
                 let output = proposal.await;
@@ -651,6 +777,7 @@ impl Router {
             router: self.clone(),
             last_activity: Instant::now(),
             in_flight: in_flight.clone(),
+            order: Arc::default(),
             fanout: FanoutCore::default(),
             record_scheduled: false,
             reported_lag: BTreeMap::new(),
@@ -729,6 +856,54 @@ mod tests {
             items,
             oldest_ts_ms,
         }
+    }
+
+    /// A room's proposals keep their order across a move (module docs): a later one is sent
+    /// only behind earlier ones sent to the same shard, and one the move refused is sent
+    /// again before any later one.
+    #[test]
+    fn a_refused_proposal_is_sent_again_before_any_later_one_of_its_room() {
+        let order = Arc::new(RoomOrder::default());
+        let (first, second) = (order.ticket(), order.ticket());
+        // Pipelined to the same shard: both go at once.
+        assert!(first.try_send(1));
+        assert!(second.try_send(1));
+        // Both refused (the room moves): the second may not go anywhere before the first.
+        first.unsent();
+        second.unsent();
+        assert!(!second.try_send(2));
+        assert!(first.try_send(2));
+        assert!(second.try_send(2));
+        // A third, resolved to another shard while the first two are unanswered there,
+        // waits for their answers rather than overtake them.
+        let third = order.ticket();
+        assert!(!third.try_send(3));
+        drop(first);
+        assert!(!third.try_send(3));
+        drop(second);
+        assert!(third.try_send(3));
+        // A ticket taken later still queues behind it at the same shard.
+        let fourth = order.ticket();
+        assert!(!fourth.try_send(2));
+        assert!(fourth.try_send(3));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_proposal_is_sent_once_the_earlier_one_is_answered() {
+        let order = Arc::new(RoomOrder::default());
+        let first = order.ticket();
+        assert!(first.try_send(1));
+        first.unsent();
+        let second = order.ticket();
+        let waiting = tokio::spawn(async move { second.send_when_due(|| 2).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        let sent = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the answer of the earlier proposal wakes the later one")
+            .unwrap();
+        assert_eq!(sent, 2);
     }
 
     #[test]

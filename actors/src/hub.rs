@@ -16,11 +16,17 @@
 //! providers, cursor records and housekeeping run only on the node leading the shard; a node
 //! that gains a shard's leadership wakes that shard's rooms with a follower behind.
 //!
+//! With split shards, rooms move between shards ([`split`], `crate::room_move`): a room
+//! command refused because its room is frozen for a move or has left the shard is proposed
+//! again where the room is (`Proposer::propose_following`), in the room's order, and a
+//! router whose cached pin went stale follows the move (`Hub::follow_move`).
+//!
 //! The hub runs its actors on its own actix system (a thread with `arbiters` arbiters), so it
 //! can be driven from any async runtime: every method is a plain future.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,7 +37,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::actor::{
-    ActorLimits, ActorMetrics, Delivery, Federation, RoomContext, RoomRequest, Router, Streams,
+    ActorLimits, ActorMetrics, Delivery, Federation, MoveTicket, RoomContext, RoomRequest, Router,
+    Streams,
 };
 use crate::cluster_meta::METADATA_SHARD;
 use crate::command::{
@@ -44,7 +51,7 @@ use crate::directory::{
     validate_key_package, ClaimOutcome, DirectoryError, KeyPackageError, TargetAction,
 };
 use crate::ids::{ClientId, RoomId, UserId};
-use crate::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
+use crate::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards, MAX_MOVE_HOPS};
 use crate::shard_descriptors::{Reporter, ShardDescriptor, REPORT_POLL};
 
 mod cluster_meta;
@@ -52,6 +59,9 @@ mod moderation;
 mod provider_keys;
 pub mod remote;
 pub mod residency;
+pub mod split;
+
+pub use split::{ShardLoad, SplitOutcome};
 
 /// Milliseconds since the UNIX epoch. Injected so tests and the simulator control time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -111,6 +121,16 @@ pub enum PublishError {
     #[error(transparent)]
     Hub(#[from] HubError),
 }
+
+/// Longest a room command waits while its room is frozen for a move
+/// (`ApplyOutput::RoomMoving`) before it is answered `HubError::Unavailable` (HTTP 503 with
+/// Retry-After at the edges); a move takes four proposals, well within it.
+pub const MOVE_WAIT: Duration = Duration::from_secs(5);
+/// First pause before a command of a frozen room is tried again; it doubles up to
+/// [`MOVE_BACKOFF_MAX`].
+pub const MOVE_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest pause between two tries of a command of a frozen room.
+pub const MOVE_BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// How long a read barrier on a negative local read waits for the leader's confirmation.
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -190,6 +210,8 @@ pub(crate) struct Proposer {
     shards: Shards,
     clock: Clock,
     router: Option<Arc<dyn ProposalRouter>>,
+    /// Counts room commands sent again after a move ([`ActorMetrics::move_retries`]).
+    metrics: Arc<ActorMetrics>,
 }
 
 /// One attempt of a proposal.
@@ -200,6 +222,8 @@ impl Proposer {
     /// (`Shards::room_shard`: the callers resolved the room first), anything else to the
     /// shard its key hashes to (or, for commands without a key, shard 0; use `propose_to`
     /// for those).
+    ///
+    /// A room command follows its room's moves ([`Self::propose_following`]).
     pub(crate) fn propose(
         &self,
         command: Command,
@@ -210,7 +234,116 @@ impl Proposer {
                 .shard_key()
                 .map_or(0, |key| self.shards.shard_of(&key)),
         };
-        self.propose_to(shard, command)
+        self.propose_following(shard, command, None)
+    }
+
+    /// Proposes `command` to `shard` ([`Self::propose_to`]); a room command refused because
+    /// its room moves is proposed again where the room is (`crate::room_move`; a refused
+    /// command changed nothing, so this is safe):
+    ///
+    /// - `ApplyOutput::RoomMoved { to }` (the room left `shard`): the pin is cached
+    ///   (`Shards::remember_pin`) and the command goes to `to`, following at most
+    ///   [`MAX_MOVE_HOPS`] moves (as many as `Shards::room_shard` follows tombstones);
+    /// - `ApplyOutput::RoomMoving { to }` (the room is frozen in `shard` for a move): it waits
+    ///   ([`MOVE_BACKOFF`] doubling to [`MOVE_BACKOFF_MAX`]), resolves the room's shard again
+    ///   (`Shards::room_shard`) and retries, for at most [`MOVE_WAIT`] from the first such
+    ///   answer, then answers `HubError::Unavailable` naming the move.
+    ///
+    /// `ticket` keeps the order of a room actor's proposals (`actor` module docs): the first
+    /// try is queued before this returns if the ticket allows it, and every try waits its
+    /// turn. Without residency sets or split shards nothing moves, and nothing is kept for a
+    /// retry.
+    pub(crate) fn propose_following(
+        &self,
+        shard: ShardId,
+        command: Command,
+        ticket: Option<MoveTicket>,
+    ) -> impl Future<Output = Result<ApplyOutput, HubError>> + Send + 'static {
+        let follow = command
+            .room()
+            .filter(|_| self.shards.layout().has_pins())
+            .cloned()
+            .map(|room| (room, command.clone()));
+        let ticket = ticket.filter(|_| follow.is_some());
+        let first = match &ticket {
+            Some(ticket) if !ticket.try_send(shard) => None,
+            _ => Some(self.propose_to(shard, command)),
+        };
+        let proposer = self.clone();
+        async move {
+            let Some((room, command)) = follow else {
+                let proposal = first.expect("without a ticket the first try is sent at once");
+                return proposal.await;
+            };
+            // Where the next try goes: a shard a tombstone named, or `None`: wherever the
+            // room resolves to then (also for a first try that waits its turn: the room may
+            // move meanwhile).
+            let mut target = first.is_some().then_some(shard);
+            let mut pending = first;
+            let mut sent_to = shard;
+            let mut hops = 0;
+            let mut waited_since: Option<tokio::time::Instant> = None;
+            let mut backoff = MOVE_BACKOFF;
+            loop {
+                let proposal = match pending.take() {
+                    Some(proposal) => proposal,
+                    None => {
+                        let resolve =
+                            || target.unwrap_or_else(|| proposer.shards.room_shard(&room));
+                        sent_to = match &ticket {
+                            Some(ticket) => ticket.send_when_due(resolve).await,
+                            None => resolve(),
+                        };
+                        proposer.propose_to(sent_to, command.clone())
+                    }
+                };
+                match proposal.await? {
+                    ApplyOutput::RoomMoved { to } => {
+                        hops += 1;
+                        if hops > MAX_MOVE_HOPS || to == sent_to {
+                            return Err(HubError::Unavailable(format!(
+                                "room {room} keeps moving (followed {MAX_MOVE_HOPS} moves, the \
+                                 last from shard {sent_to} to shard {to}); try again"
+                            )));
+                        }
+                        tracing::debug!(%room, from = sent_to, to, "room moved: following it");
+                        proposer
+                            .metrics
+                            .move_retries
+                            .fetch_add(1, Ordering::Relaxed);
+                        proposer.shards.remember_pin(&room, to);
+                        if let Some(ticket) = &ticket {
+                            ticket.unsent();
+                        }
+                        target = Some(to);
+                    }
+                    ApplyOutput::RoomMoving { to } => {
+                        let now = tokio::time::Instant::now();
+                        let since = *waited_since.get_or_insert(now);
+                        let left = MOVE_WAIT.saturating_sub(now - since);
+                        if left.is_zero() {
+                            return Err(HubError::Unavailable(format!(
+                                "room {room} is moving from shard {sent_to} to shard {to} and \
+                                 the move did not finish within {} s; try again shortly",
+                                MOVE_WAIT.as_secs()
+                            )));
+                        }
+                        tracing::debug!(%room, from = sent_to, to, "room moving: waiting for it");
+                        proposer
+                            .metrics
+                            .move_retries
+                            .fetch_add(1, Ordering::Relaxed);
+                        if let Some(ticket) = &ticket {
+                            ticket.unsent();
+                        }
+                        tokio::time::sleep(backoff.min(left)).await;
+                        backoff = (backoff * 2).min(MOVE_BACKOFF_MAX);
+                        target = None;
+                    }
+                    output => return Ok(output),
+                }
+            }
+        }
     }
 
     /// The hub time now (ms since the UNIX epoch).
@@ -522,6 +655,8 @@ pub struct Hub {
     /// Which shards this node holds ([`Proposer::holds`]), as of the last look (every
     /// `LEADERSHIP_POLL`): push-stream relays wait on it instead of asking each shard.
     held: tokio::sync::watch::Receiver<Vec<bool>>,
+    /// Runs room moves: shard splits and the resume of moves left frozen ([`split`]).
+    mover: split::Mover,
 }
 
 /// Wakes every hosted room of `shard` with a follower provider behind its durable fan-out
@@ -620,14 +755,15 @@ impl Hub {
         let (system, arbiters) = ready_rx
             .recv()
             .map_err(|_| std::io::Error::other("actor system failed to start"))?;
+        let metrics = Arc::new(ActorMetrics::default());
         let proposer = Proposer {
             cluster,
             shards: shards.clone(),
             clock: clock.clone(),
             router: config.router.clone(),
+            metrics: metrics.clone(),
         };
         let streams = Arc::new(Streams::default());
-        let metrics = Arc::new(ActorMetrics::default());
         let ctx = Arc::new(RoomContext {
             shards: shards.clone(),
             proposer: proposer.clone(),
@@ -637,12 +773,14 @@ impl Hub {
             federation: config.federation.clone(),
         });
         let router = Router::new(arbiters.clone(), ctx);
+        let mover = split::Mover::new(proposer.clone(), shards.clone(), metrics.clone());
         // Fan-out is the shard leader's duty (MIMI.md §5.4: retried until acknowledged): when
         // this node becomes a shard's leader (at start, or later when leadership moves here),
         // every hosted room of that shard with a follower behind resumes from the durable
         // cursors.
         let watcher = router.clone();
         let watched = proposer.clone();
+        let resumer = mover.clone();
         let holding: Vec<bool> = (0..shards.count())
             .map(|shard| proposer.holds(shard))
             .collect();
@@ -658,6 +796,8 @@ impl Hub {
                     if leads && !*was_leader {
                         tracing::info!(shard, "this node leads the shard now");
                         wake_pending_fanout(&watched.shards, &watcher, shard);
+                        // Moves a coordinator left frozen there are this node's to finish.
+                        resumer.leadership_gained();
                     }
                     *was_leader = leads;
                 }
@@ -702,6 +842,10 @@ impl Hub {
             // Only a node of a cluster records where its shards live: nobody else asks.
             arbiters[0].spawn(report_descriptors(proposer.clone()));
         }
+        if !shards.layout().split_shards().is_empty() {
+            // Without split shards no room ever moves, so nothing is ever left frozen.
+            arbiters[0].spawn(split::resume_moves(mover.clone()));
+        }
         Ok(Hub {
             proposer,
             shards,
@@ -712,6 +856,7 @@ impl Hub {
             clock,
             system: Some((system, thread)),
             held,
+            mover,
         })
     }
 
@@ -1015,7 +1160,13 @@ impl Hub {
         joiner: &ClientId,
     ) -> Result<Option<Result<remote::GroupInfoParts, String>>, HubError> {
         let shard = self.room_shard(room).await?;
-        self.group_info_parts_in(shard, room, joiner).await
+        match self.group_info_parts_in(shard, room, joiner).await? {
+            None => match self.follow_move(room, shard).await? {
+                Some(moved) => self.group_info_parts_in(moved, room, joiner).await,
+                None => Ok(None),
+            },
+            found => Ok(found),
+        }
     }
 
     /// [`Self::group_info_parts`] of `room` in `shard`.
@@ -1058,7 +1209,13 @@ impl Hub {
     /// made the room known).
     pub async fn room_group_info(&self, room: &RoomId) -> Result<Option<Vec<u8>>, HubError> {
         let shard = self.room_shard(room).await?;
-        self.room_group_info_in(shard, room).await
+        match self.room_group_info_in(shard, room).await? {
+            None if self.shards.layout().has_pins() => match self.follow_move(room, shard).await? {
+                Some(moved) => self.room_group_info_in(moved, room).await,
+                None => Ok(None),
+            },
+            found => Ok(found),
+        }
     }
 
     /// [`Self::room_group_info`] of `room` in `shard`.
@@ -1128,12 +1285,16 @@ impl Hub {
     }
 
     /// Whether `room` is hosted here; an unknown room is checked again after a read barrier,
-    /// since this node's replica may lag the shard's leader.
+    /// since this node's replica may lag the shard's leader. A room that moved away from the shard this node resolved it to is followed
+    /// ([`Self::follow_move`]).
     async fn check_room(&self, room: &RoomId) -> Result<(), HubError> {
         let shard = self.room_shard(room).await?;
-        match self.hosts_in(shard, room).await? {
-            true => Ok(()),
-            false => Err(HubError::UnknownRoom),
+        if self.hosts_in(shard, room).await? {
+            return Ok(());
+        }
+        match self.follow_move(room, shard).await? {
+            Some(_) => Ok(()),
+            None => Err(HubError::UnknownRoom),
         }
     }
 
@@ -1336,9 +1497,10 @@ impl Hub {
         }
         let command: Command = postcard::from_bytes(command)
             .map_err(|e| HubError::Rejected(format!("forwarded command does not decode: {e}")))?;
-        // A pinned room's commands go to a residency shard, whose leader need not know the
-        // pin: a room command may come for its home shard or any residency shard.
-        let pinned = command.room().is_some() && self.shards.layout().set_of_shard(shard).is_some();
+        // A pinned room's commands go to a residency shard, a moved room's to a split shard,
+        // whose leader need not know the pin: a room command may come for its home shard or
+        // any residency or split shard.
+        let pinned = command.room().is_some() && self.may_host_pinned(shard);
         if let Some(key) = command.shard_key().filter(|_| !pinned) {
             let home = self.shards.shard_of(&key);
             if home != shard {
@@ -1377,13 +1539,16 @@ impl Hub {
         let mut proposals = Vec::with_capacity(acks.len());
         for (room, seq) in acks {
             let shard = self.room_shard(&room).await?;
-            proposals.push(self.proposer.propose_to(
+            // An ack of a room that moves follows it (cursors only move forward, so an ack
+            // overtaking another of the same room on the way is harmless).
+            proposals.push(self.proposer.propose_following(
                 shard,
                 Command::Ack {
                     room,
                     client: client.clone(),
                     seq,
                 },
+                None,
             ));
         }
         for proposal in proposals {
@@ -1415,17 +1580,14 @@ impl Hub {
             .sender(client)
             .map(|(_, tx)| tx)
             .expect("a stream just opened is open");
+        // A room moving between two shards held here is indexed in both for a moment
+        // (adopted, not yet released): attached once.
+        let mut rooms = std::collections::BTreeSet::new();
         for shard in (0..self.shards.count()).filter(|&shard| self.holds(shard)) {
-            let rooms: Vec<RoomId> = self
-                .shards
-                .get(shard)
-                .read()
-                .rooms_of(client)
-                .cloned()
-                .collect();
-            for room in rooms {
-                self.router.attach(&room, client.clone(), generation);
-            }
+            rooms.extend(self.shards.get(shard).read().rooms_of(client).cloned());
+        }
+        for room in rooms {
+            self.router.attach(&room, client.clone(), generation);
         }
         let feed = StreamFeed {
             client: client.clone(),

@@ -92,6 +92,12 @@ pub enum RemoteRead {
     RoomShard { room: RoomId },
     /// The abuse reports of the shard's hosted rooms → `Vec<(RoomId, StoredReport)>`.
     AbuseReports,
+    /// How many rooms the shard hosts and their items (`Hub::shard_load`) →
+    /// `super::split::ShardLoad`: a split picks the split shard with the fewest rooms.
+    ShardLoad,
+    /// The shard's hosted rooms that may move, each with its last seq (`Hub::split_shard`
+    /// picks which) → `Vec<(RoomId, u64)>`.
+    MovableRooms,
 }
 
 /// What a groupInfo answer (protocol-06 §5.5) takes from a hosted room: its latest GroupInfo
@@ -243,12 +249,13 @@ impl Hub {
             RemoteRead::Authenticate { client, .. } => {
                 home(&user_shard_key(&client.user())) == shard
             }
-            // A pinned room lives in a residency shard (`crate::residency`).
+            // A pinned room lives in a residency shard (`crate::residency`), a moved one in a
+            // split shard (`crate::room_move`).
             RemoteRead::HostsRoom { room }
             | RemoteRead::GroupInfoParts { room, .. }
             | RemoteRead::RoomGroupInfo { room }
             | RemoteRead::FrankRecord { room, .. } => {
-                home(room.as_bytes()) == shard || self.shards.layout().set_of_shard(shard).is_some()
+                home(room.as_bytes()) == shard || self.may_host_pinned(shard)
             }
             RemoteRead::MirrorSeq { room } | RemoteRead::RoomShard { room } => {
                 home(room.as_bytes()) == shard
@@ -261,7 +268,9 @@ impl Hub {
             }
             RemoteRead::WelcomeRefs { .. }
             | RemoteRead::SnapshotPart
-            | RemoteRead::AbuseReports => true,
+            | RemoteRead::AbuseReports
+            | RemoteRead::ShardLoad
+            | RemoteRead::MovableRooms => true,
         };
         if !belongs {
             return Err(HubError::Rejected(format!(
@@ -298,6 +307,8 @@ impl Hub {
             RemoteRead::RoomShard { room } => encode(&self.room_shard(&room).await?),
             RemoteRead::AbuseReports => encode(&self.abuse_reports_in(shard).await?),
             RemoteRead::SnapshotPart => encode(&self.snapshot_part(shard).await?),
+            RemoteRead::ShardLoad => encode(&self.read_shard_load(shard).await?),
+            RemoteRead::MovableRooms => encode(&self.movable_rooms(shard).await?),
         })
     }
 
@@ -552,6 +563,8 @@ mod tests {
                 joiner: client,
             },
             RemoteRead::FrankRecord { room, seq: 9 },
+            RemoteRead::ShardLoad,
+            RemoteRead::MovableRooms,
         ] {
             let bytes = postcard::to_stdvec(&read).unwrap();
             assert_eq!(postcard::from_bytes::<RemoteRead>(&bytes).unwrap(), read);
