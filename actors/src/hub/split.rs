@@ -24,7 +24,7 @@
 //! **Metrics** (`ActorMetrics`): `rooms_moved`, `room_moves_failed`, `room_move_micros`
 //! (freeze to release per room).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use mimid_cluster::ShardId;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::remote::RemoteRead;
@@ -41,7 +42,8 @@ use crate::command::Command;
 use crate::ids::RoomId;
 use crate::shard::{ApplyOutput, ShardData, Shards};
 
-/// Room moves one split runs at once.
+/// Room moves a node runs at once (a split's, `Hub::move_room`'s and the resume task's
+/// together), and rooms one split has in flight.
 pub const MOVES_IN_FLIGHT: usize = 8;
 /// How often the hub looks for moves left frozen in the shards it leads.
 pub const MOVE_RESUME_PERIOD: Duration = Duration::from_secs(2);
@@ -115,8 +117,8 @@ pub fn pick_rooms(mut rooms: Vec<(RoomId, u64)>, count: usize) -> Vec<RoomId> {
 /// When a move started, for its duration (`ActorMetrics::room_move_micros`).
 #[derive(Debug, Clone, Copy)]
 enum Started {
-    /// This node froze the room at this instant.
-    Here(Instant),
+    /// This node freezes the room now (once it has a permit).
+    Here,
     /// The room was frozen at this hub time (ms since the UNIX epoch; a resumed move).
     Frozen(u64),
 }
@@ -132,6 +134,8 @@ pub(crate) struct Mover {
     running: Arc<Mutex<BTreeSet<RoomId>>>,
     /// Woken when this node gains a shard's leadership: the resume task looks at once.
     gained: Arc<Notify>,
+    /// [`MOVES_IN_FLIGHT`] permits, one per move running.
+    permits: Arc<Semaphore>,
 }
 
 /// A room in [`Mover::running`] until dropped.
@@ -154,6 +158,7 @@ impl Mover {
             metrics,
             running: Arc::default(),
             gained: Arc::default(),
+            permits: Arc::new(Semaphore::new(MOVES_IN_FLIGHT)),
         }
     }
 
@@ -163,7 +168,7 @@ impl Mover {
     }
 
     /// Moves `room` from `from` to `to`: freeze, adopt, repin, release (module docs), counted
-    /// in the metrics.
+    /// in the metrics; waits for one of the node's [`MOVES_IN_FLIGHT`] permits first.
     async fn run(
         &self,
         room: &RoomId,
@@ -183,6 +188,10 @@ impl Mover {
                 room: room.clone(),
             }
         };
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Err(HubError::Unavailable("room moves stopped".into()));
+        };
+        let began = Instant::now();
         let span = tracing::info_span!(
             "room_move",
             %room,
@@ -195,9 +204,7 @@ impl Mover {
         match &result {
             Ok(()) => {
                 let micros = match started {
-                    Started::Here(at) => {
-                        u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX)
-                    }
+                    Started::Here => u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX),
                     Started::Frozen(since_ms) => self
                         .proposer
                         .now_ms()
@@ -409,9 +416,7 @@ impl Hub {
         if from == to {
             return Ok(());
         }
-        self.mover
-            .run(room, from, to, Started::Here(Instant::now()))
-            .await
+        self.mover.run(room, from, to, Started::Here).await
     }
 
     /// Splits `from`, a hashed or split shard: moves `rooms` of its rooms (default: half,
@@ -487,37 +492,34 @@ impl Hub {
         let span = tracing::info_span!("split_shard", from, to, rooms = picked.len());
         async move {
             tracing::info!("splitting the shard");
-            // Each move a task of its own, so a caller that goes away (an admin request cut
-            // off) does not leave a move half done; at most MOVES_IN_FLIGHT run at once.
-            let permits = Arc::new(Semaphore::new(MOVES_IN_FLIGHT));
-            let moves: Vec<(RoomId, tokio::task::JoinHandle<Result<(), HubError>>)> = picked
-                .into_iter()
-                .map(|room| {
-                    let mover = self.mover.clone();
-                    let permits = permits.clone();
-                    let moving = room.clone();
-                    let task = tokio::spawn(
-                        async move {
-                            let _permit = permits
-                                .acquire_owned()
-                                .await
-                                .map_err(|_| HubError::Unavailable("split stopped".into()))?;
-                            mover
-                                .run(&moving, from, to, Started::Here(Instant::now()))
-                                .await
-                        }
-                        .in_current_span(),
-                    );
-                    (room, task)
-                })
-                .collect();
             let mut outcome = SplitOutcome {
                 from,
                 to,
                 moved: Vec::new(),
                 failed: Vec::new(),
             };
-            for (room, task) in moves {
+            // Each move a task of its own, so a caller that goes away (an admin request cut
+            // off) leaves no move half done; at most MOVES_IN_FLIGHT of them at a time,
+            // answered in the order picked.
+            let mut moves: VecDeque<(RoomId, JoinHandle<Result<(), HubError>>)> =
+                VecDeque::with_capacity(MOVES_IN_FLIGHT);
+            let mut picked = picked.into_iter();
+            loop {
+                while moves.len() < MOVES_IN_FLIGHT {
+                    let Some(room) = picked.next() else {
+                        break;
+                    };
+                    let mover = self.mover.clone();
+                    let moving = room.clone();
+                    let task = tokio::spawn(
+                        async move { mover.run(&moving, from, to, Started::Here).await }
+                            .in_current_span(),
+                    );
+                    moves.push_back((room, task));
+                }
+                let Some((room, task)) = moves.pop_front() else {
+                    break;
+                };
                 match task.await {
                     Ok(Ok(())) => outcome.moved.push(room),
                     Ok(Err(e)) => outcome.failed.push((room, e.to_string())),

@@ -755,3 +755,33 @@ async fn commands_sent_while_the_room_is_frozen_wait_and_land_after_the_move() {
     let texts = read_up_to(&mut stream, &mut bob, &room, first - 1, first + 3).await;
     assert_eq!(texts, ["first", "a", "b", "c"]);
 }
+
+/// The rooms a split picks carry about half of the load, largest first; a smaller count
+/// takes the largest rooms; ties go by room id, so every node picks the same.
+#[test]
+fn a_split_picks_rooms_so_both_halves_carry_about_the_same_load() {
+    let room = |name: &str| RoomId::parse(&format!("mimi://a.example/r/{name}")).unwrap();
+    let loads = |rooms: &[(&str, u64)]| -> Vec<(RoomId, u64)> {
+        rooms
+            .iter()
+            .map(|&(name, load)| (room(name), load))
+            .collect()
+    };
+    // Three and three of 10, 9, 8, 1, 1, 1: 10 with two 1s (12 against 18) is as even as it
+    // gets (alternating alone would take 10, 8, 1: 19 against 11).
+    let picked = pick_rooms(
+        loads(&[("a", 1), ("b", 9), ("c", 1), ("d", 10), ("e", 8), ("f", 1)]),
+        3,
+    );
+    assert_eq!(picked, vec![room("d"), room("a"), room("c")]);
+    let picked = pick_rooms(loads(&[("d", 5), ("c", 5), ("b", 5), ("a", 5)]), 2);
+    assert_eq!(picked, vec![room("a"), room("c")], "ties by room id");
+    let picked = pick_rooms(loads(&[("a", 1), ("b", 100), ("c", 50)]), 1);
+    assert_eq!(picked, vec![room("b")], "one room: the largest");
+    assert_eq!(
+        pick_rooms(loads(&[("a", 1)]), 5),
+        vec![room("a")],
+        "at most all"
+    );
+    assert!(pick_rooms(Vec::new(), 3).is_empty());
+}
