@@ -25,13 +25,17 @@
 //! - `mimid node status | drain | undrain | add | decommission --host ADDR`: the nodes and
 //!   shards of a running cluster, and its node-level operations ([`crate::cluster_ops`];
 //!   ops/runbooks/scale-out.md, ops/runbooks/drain-decommission.md).
+//! - `mimid shard split N [--rooms M] --admin ADDR`: hands about half (or `M`) of shard `N`'s
+//!   rooms to a split shard and prints which moved (`POST /admin/shards/split`,
+//!   [`crate::cluster_ops::split`]; ops/runbooks/shard-split.md).
 //! - `mimid start --join ADDR,ADDR --config FILE` and `mimid init --host ADDR`: a cluster
 //!   formed CockroachDB-style (`cluster.join`, [`crate::cluster_ops::bootstrap`];
 //!   ops/runbooks/bootstrap.md): every node started with the node-to-node addresses of one or
 //!   more others waits, printing `mimid waiting for init: admin=http://…`, until `mimid init`
 //!   runs once against one of them.
 //!
-//! `mimid backup`, `mimid abuse …`, `mimid room …`, `mimid node …` and `mimid init` send the
+//! `mimid backup`, `mimid abuse …`, `mimid room …`, `mimid node …`, `mimid shard …` and
+//! `mimid init` send the
 //! node's admin token ([`AdminAuthFlags`], [`crate::admin::auth`]) from `--token-file FILE`,
 //! else from `--data-dir DIR` (the `DIR/admin.token` of a `mimid dev` node), else from the file
 //! named by `$MIMID_ADMIN_TOKEN_FILE`; with none of them they send no token, which only a node
@@ -97,11 +101,13 @@ pub enum Command {
     Abuse(AbuseArgs),
     /// Show where a room lives: its shard, its residency set and the shard's replicas.
     Room(RoomArgs),
+    /// Split a shard: hand about half its rooms to a split shard (cluster.split_shards).
+    Shard(ShardArgs),
 }
 
-/// Where the admin commands (`mimid backup`, `mimid abuse …`, `mimid room …`, `mimid node …`)
-/// find the node's admin token, first given first: `--token-file`, `--data-dir`,
-/// `$MIMID_ADMIN_TOKEN_FILE`.
+/// Where the admin commands (`mimid backup`, `mimid abuse …`, `mimid room …`, `mimid node …`,
+/// `mimid shard …`) find the node's admin token, first given first: `--token-file`,
+/// `--data-dir`, `$MIMID_ADMIN_TOKEN_FILE`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct AdminAuthFlags {
     /// The file holding the node's admin token [config: admin_token_file]; default: the file
@@ -129,6 +135,17 @@ pub struct NodeArgs {
     /// The operation.
     #[command(subcommand)]
     pub command: crate::cluster_ops::NodeCommand,
+    /// The admin token.
+    #[command(flatten)]
+    pub auth: AdminAuthFlags,
+}
+
+/// `mimid shard …`.
+#[derive(Debug, Args)]
+pub struct ShardArgs {
+    /// The operation.
+    #[command(subcommand)]
+    pub command: crate::cluster_ops::ShardCommand,
     /// The admin token.
     #[command(flatten)]
     pub auth: AdminAuthFlags,
@@ -424,6 +441,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             let command = crate::cluster_ops::run_node_command(&args.command, token.as_ref());
+            for line in runtime.block_on(command)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Shard(args) => {
+            let token = args.auth.token(&config::process_env())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let command = crate::cluster_ops::run_shard_command(&args.command, token.as_ref());
             for line in runtime.block_on(command)? {
                 println!("{line}");
             }
@@ -1081,6 +1110,93 @@ mod tests {
         assert!(Cli::try_parse_from(["mimid", "room", "status", "--admin", "x:1"]).is_err());
         assert!(Cli::try_parse_from(["mimid", "room", "status", "mimi://a.example/r/c"]).is_err());
         assert!(Cli::try_parse_from(["mimid", "room", "--admin", "x:1"]).is_err());
+    }
+
+    /// `mimid shard split N [--rooms M] --admin ADDR`: the shard is positional, `--rooms`
+    /// optional and at least 1, the admin listener required; the token flags apply.
+    #[test]
+    fn shard_split_takes_a_shard_the_admin_listener_and_optionally_rooms() {
+        use crate::cluster_ops::ShardCommand;
+        let Command::Shard(ShardArgs {
+            command:
+                ShardCommand::Split {
+                    admin,
+                    shard,
+                    rooms,
+                },
+            auth,
+        }) = parse(&[
+            "shard",
+            "split",
+            "3",
+            "--rooms",
+            "10",
+            "--admin",
+            "127.0.0.1:9090",
+            "--token-file",
+            "/etc/mimid/admin.token",
+        ])
+        .command
+        else {
+            panic!("not shard split");
+        };
+        assert_eq!(
+            (admin.as_str(), shard, rooms),
+            ("127.0.0.1:9090", 3, Some(10))
+        );
+        assert_eq!(
+            auth.token_file.as_deref(),
+            Some(Path::new("/etc/mimid/admin.token"))
+        );
+        let Command::Shard(ShardArgs {
+            command: ShardCommand::Split { rooms, .. },
+            ..
+        }) = parse(&["shard", "split", "0", "--admin", "x:1"]).command
+        else {
+            panic!("not shard split");
+        };
+        assert_eq!(rooms, None);
+        for refused in [
+            &["mimid", "shard", "split", "--admin", "x:1"][..],
+            &["mimid", "shard", "split", "3"],
+            &["mimid", "shard", "split", "three", "--admin", "x:1"],
+            &[
+                "mimid", "shard", "split", "3", "--rooms", "0", "--admin", "x:1",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(refused).is_err(), "{refused:?}");
+        }
+    }
+
+    /// What `mimid shard split` prints: the summary, each moved room, each failed one with
+    /// its reason and what to do about it.
+    #[test]
+    fn shard_split_lines_name_every_room() {
+        use mimid_actors::hub::SplitOutcome;
+        use mimid_actors::ids::RoomId;
+        let room = |name: &str| RoomId::parse(&format!("mimi://a.example/r/{name}")).unwrap();
+        let outcome = SplitOutcome {
+            from: 1,
+            to: 17,
+            moved: vec![room("a"), room("b")],
+            failed: vec![(room("c"), "unavailable: shard 17 has no leader".into())],
+        };
+        let lines = crate::cluster_ops::render_split(&outcome);
+        assert_eq!(
+            lines[..4],
+            [
+                "shard 1 split into shard 17: 2 rooms moved, 1 failed",
+                "moved mimi://a.example/r/a",
+                "moved mimi://a.example/r/b",
+                "failed mimi://a.example/r/c: unavailable: shard 17 has no leader",
+            ]
+        );
+        assert!(lines[4].contains("mimid room status"), "{lines:?}");
+        let clean = SplitOutcome {
+            failed: Vec::new(),
+            ..outcome
+        };
+        assert_eq!(crate::cluster_ops::render_split(&clean).len(), 3);
     }
 
     /// The lines `mimid room status` prints for a pinned room with a learner on its way out

@@ -875,15 +875,12 @@ impl ClusterSettings {
             });
         }
         self.split.check(self.split_shards, problems);
-        if !self.residency.is_empty() {
-            if self.replicas != Replicas::R {
-                problems.push(ConfigProblem {
-                    key: "cluster.residency",
-                    reason: "needs cluster.replicas = \"r\": with \"all\" every node holds every \
-                             shard"
-                        .into(),
-                });
-            }
+        if !self.residency.is_empty() && self.replicas != Replicas::R {
+            problems.push(ConfigProblem {
+                key: "cluster.residency",
+                reason: "needs cluster.replicas = \"r\": with \"all\" every node holds every shard"
+                    .into(),
+            });
         }
     }
 

@@ -10,9 +10,9 @@
 //! copies the driver's cumulative totals in with [`Metrics::set_raft_totals`] (e.g. on every
 //! scrape or on a timer) and a collector reports them as counters. The same holds for the
 //! histograms measured by other layers (proposal latency, durable-write latency and inbox depth
-//! in the cluster driver, room mailbox depth in the actors): [`Metrics::observe_replication`]
-//! and [`Metrics::observe_actors`] copy their snapshots in, and a collector reports them as
-//! histograms.
+//! in the cluster driver, room mailbox depth and room move times in the actors):
+//! [`Metrics::observe_replication`] and [`Metrics::observe_actors`] copy their snapshots in,
+//! and a collector reports them as histograms (and the actors' room move totals as counters).
 //!
 //! Label sets that depend on the deployment are bounded too: `shard` (at most the configured
 //! shard count, only shards this node leads), `peer` of the node-to-node series (the cluster's
@@ -85,6 +85,7 @@ pub struct Metrics {
     remote_reads: Family<RemoteReadLabels, Counter>,
     placement_moves: Family<PlacementLabels, Counter>,
     placement_pending: Gauge,
+    shard_splits: Family<SplitLabels, Counter>,
     blocked_requests: Family<BlockedLabels, Counter>,
     raft: Arc<RaftCounters>,
     cluster_net: ClusterNetMetrics,
@@ -511,6 +512,78 @@ impl EncodeLabelValue for PlacementOutcome {
     }
 }
 
+/// Labels of `mimid_shard_splits_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SplitLabels {
+    /// Who asked for the split.
+    pub trigger: SplitTrigger,
+    /// How it ended.
+    pub outcome: SplitOutcomeLabel,
+}
+
+/// Who asked for a shard split (`crate::cluster_ops::split`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum SplitTrigger {
+    /// The node's split policy (`[cluster.split]` thresholds).
+    Automatic,
+    /// The operator (`POST /admin/shards/split`, `mimid shard split`).
+    Operator,
+}
+
+impl SplitTrigger {
+    /// Every trigger, in a fixed order.
+    pub const ALL: [SplitTrigger; 2] = [SplitTrigger::Automatic, SplitTrigger::Operator];
+
+    /// The label value, e.g. `automatic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitTrigger::Automatic => "automatic",
+            SplitTrigger::Operator => "operator",
+        }
+    }
+}
+
+impl EncodeLabelValue for SplitTrigger {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// How a shard split ended. Every value has a series from the start.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum SplitOutcomeLabel {
+    /// It moved at least one room (some may have failed: the log names them).
+    Moved,
+    /// Refused before anything moved (no split shard, a residency shard, no room to move).
+    Refused,
+    /// It moved no room: the cluster could not take the moves (no leader, a timeout).
+    Failed,
+}
+
+impl SplitOutcomeLabel {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [SplitOutcomeLabel; 3] = [
+        SplitOutcomeLabel::Moved,
+        SplitOutcomeLabel::Refused,
+        SplitOutcomeLabel::Failed,
+    ];
+
+    /// The label value, e.g. `moved`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitOutcomeLabel::Moved => "moved",
+            SplitOutcomeLabel::Refused => "refused",
+            SplitOutcomeLabel::Failed => "failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for SplitOutcomeLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
 /// Labels of `mimid_requests_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -925,6 +998,17 @@ impl Metrics {
             "Membership changes the placement driver still wants (replicas not where placement wants them); 0 on nodes not leading shard 0",
             placement_pending.clone(),
         );
+        let shard_splits = Family::<SplitLabels, Counter>::default();
+        registry.register(
+            "shard_splits",
+            "Shard splits this node ran (about half a shard's rooms handed to a split shard; ops/runbooks/shard-split.md), by trigger and outcome",
+            shard_splits.clone(),
+        );
+        for trigger in SplitTrigger::ALL {
+            for outcome in SplitOutcomeLabel::ALL {
+                drop(shard_splits.get_or_create(&SplitLabels { trigger, outcome }));
+            }
+        }
         let raft = Arc::new(RaftCounters::default());
         registry.register_collector(Box::new(raft.clone()));
         let cluster_net = ClusterNetMetrics::register(&mut registry);
@@ -991,6 +1075,7 @@ impl Metrics {
             remote_reads,
             placement_moves,
             placement_pending,
+            shard_splits,
             blocked_requests,
             raft,
             cluster_net,
@@ -1140,6 +1225,13 @@ impl Metrics {
     pub fn count_placement_move(&self, outcome: PlacementOutcome) {
         self.placement_moves
             .get_or_create(&PlacementLabels { outcome })
+            .inc();
+    }
+
+    /// Counts one shard split this node ran, by who asked and how it ended.
+    pub fn count_shard_split(&self, trigger: SplitTrigger, outcome: SplitOutcomeLabel) {
+        self.shard_splits
+            .get_or_create(&SplitLabels { trigger, outcome })
             .inc();
     }
 
@@ -1380,11 +1472,23 @@ impl Metrics {
         *shards = lags.into_keys().collect();
     }
 
-    /// Copies what the actor layer measured: the room mailbox depths, and the fan-out lag per
-    /// follower provider (capped at [`FANOUT_LAG_PROVIDERS`] series plus `other`) with the age
+    /// Copies what the actor layer measured: the room mailbox depths, the room moves of shard
+    /// splits (moved, failed, commands sent again after one, freeze-to-release times), and the
+    /// fan-out lag per follower provider (capped at [`FANOUT_LAG_PROVIDERS`] series plus `other`) with the age
     /// of each one's oldest item as of `now`.
     pub fn observe_actors(&self, actors: &ActorMetrics, now: SystemTime) {
-        self.layers.histograms.lock().room_mailbox_depth = actors.room_mailbox_depth.snapshot();
+        {
+            let mut histograms = self.layers.histograms.lock();
+            histograms.room_mailbox_depth = actors.room_mailbox_depth.snapshot();
+            histograms.room_move_micros = actors.room_move_micros.snapshot();
+        }
+        for (total, from) in [
+            (&self.layers.rooms_moved, &actors.rooms_moved),
+            (&self.layers.room_moves_failed, &actors.room_moves_failed),
+            (&self.layers.room_move_retries, &actors.move_retries),
+        ] {
+            total.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |since| {
             u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
         });
@@ -1642,11 +1746,15 @@ fn cap_providers(
 }
 
 /// Histograms measured by other layers, copied in by [`Metrics::observe_replication`] and
-/// [`Metrics::observe_actors`], and the Raft database's written bytes.
+/// [`Metrics::observe_actors`], the Raft database's written bytes and the actors' room move
+/// totals.
 #[derive(Debug)]
 struct LayerHistograms {
     histograms: Mutex<LayerSnapshots>,
     written_bytes: AtomicU64,
+    rooms_moved: AtomicU64,
+    room_moves_failed: AtomicU64,
+    room_move_retries: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -1655,6 +1763,7 @@ struct LayerSnapshots {
     flush_micros: HistogramSnapshot,
     inbox_depth: HistogramSnapshot,
     room_mailbox_depth: HistogramSnapshot,
+    room_move_micros: HistogramSnapshot,
 }
 
 impl Default for LayerHistograms {
@@ -1666,8 +1775,12 @@ impl Default for LayerHistograms {
                 flush_micros: empty(&mimid_cluster::FLUSH_MICROS_BOUNDS),
                 inbox_depth: empty(&mimid_cluster::DEPTH_BOUNDS),
                 room_mailbox_depth: empty(&mimid_cluster::DEPTH_BOUNDS),
+                room_move_micros: empty(&mimid_cluster::PROPOSAL_MICROS_BOUNDS),
             }),
             written_bytes: AtomicU64::new(0),
+            rooms_moved: AtomicU64::new(0),
+            room_moves_failed: AtomicU64::new(0),
+            room_move_retries: AtomicU64::new(0),
         }
     }
 }
@@ -1738,6 +1851,14 @@ impl Collector for LayerHistograms {
             &histograms.room_mailbox_depth,
             1.0,
         )?;
+        encode_snapshot(
+            &mut encoder,
+            "room_move_duration",
+            "Time from a room's freeze in its source shard to its release there, per room this node moved to a split shard (shard splits, ops/runbooks/shard-split.md); 100 us to 13 s buckets",
+            Some(&Unit::Seconds),
+            &histograms.room_move_micros,
+            1e6,
+        )?;
         drop(histograms);
         let written = ConstCounter::new(self.written_bytes.load(Ordering::Relaxed));
         let metric = encoder.encode_descriptor(
@@ -1746,7 +1867,30 @@ impl Collector for LayerHistograms {
             Some(&Unit::Bytes),
             written.metric_type(),
         )?;
-        written.encode(metric)
+        written.encode(metric)?;
+        let moves = [
+            (
+                "rooms_moved",
+                "Rooms this node moved to a split shard (its splits' moves and the moves it resumed), each counted at its release from the source shard",
+                &self.rooms_moved,
+            ),
+            (
+                "room_moves_failed",
+                "Room moves this node started or resumed that ended in an error (a refusal, or a step whose shard stayed unavailable); a room left frozen is finished by its source shard's leader",
+                &self.room_moves_failed,
+            ),
+            (
+                "room_move_retries",
+                "Room commands sent again because their room was moving (each wait) or had moved (each hop to its new shard)",
+                &self.room_move_retries,
+            ),
+        ];
+        for (name, help, value) in moves {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }
 
@@ -2303,6 +2447,57 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("mimid_fanout_lag_items{"), "nothing behind");
+    }
+
+    /// Shard splits: the hub's room move totals and freeze-to-release times are copied in
+    /// from the actors and served as counters and a histogram in seconds; the splits this
+    /// node ran have a series per trigger and outcome from the start.
+    #[test]
+    fn room_moves_and_shard_splits_are_counted() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for trigger in ["automatic", "operator"] {
+            for outcome in ["moved", "refused", "failed"] {
+                let series = format!(
+                    "mimid_shard_splits_total{{trigger=\"{trigger}\",outcome=\"{outcome}\"}}"
+                );
+                assert_eq!(line_value(&text, &series), Some(0.0), "{series}\n{text}");
+            }
+        }
+        assert_eq!(line_value(&text, "mimid_rooms_moved_total"), Some(0.0));
+        metrics.count_shard_split(SplitTrigger::Automatic, SplitOutcomeLabel::Moved);
+        metrics.count_shard_split(SplitTrigger::Operator, SplitOutcomeLabel::Refused);
+        metrics.count_shard_split(SplitTrigger::Operator, SplitOutcomeLabel::Refused);
+
+        let actors = ActorMetrics::default();
+        actors.rooms_moved.store(5, Ordering::Relaxed);
+        actors.room_moves_failed.store(1, Ordering::Relaxed);
+        actors.move_retries.store(7, Ordering::Relaxed);
+        actors.room_move_micros.observe(3_000);
+        metrics.observe_actors(&actors, UNIX_EPOCH + Duration::from_secs(20));
+        let text = metrics.encode();
+        for (series, value) in [
+            (
+                "mimid_shard_splits_total{trigger=\"automatic\",outcome=\"moved\"}",
+                1.0,
+            ),
+            (
+                "mimid_shard_splits_total{trigger=\"operator\",outcome=\"refused\"}",
+                2.0,
+            ),
+            ("mimid_rooms_moved_total", 5.0),
+            ("mimid_room_moves_failed_total", 1.0),
+            ("mimid_room_move_retries_total", 7.0),
+            ("mimid_room_move_duration_seconds_count", 1.0),
+            ("mimid_room_move_duration_seconds_sum", 0.003),
+        ] {
+            assert_eq!(line_value(&text, series), Some(value), "{series}\n{text}");
+        }
+        assert!(text.contains("# TYPE mimid_rooms_moved counter"), "{text}");
+        assert!(
+            text.contains("# TYPE mimid_room_move_duration_seconds histogram"),
+            "{text}"
+        );
     }
 
     #[test]

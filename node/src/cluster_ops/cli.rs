@@ -1,19 +1,22 @@
-//! `mimid node status | drain | undrain | add | decommission --host ADDR` and `mimid init
-//! --host ADDR`: the cluster routes of a node's admin listener ([`super::http`],
-//! [`super::bootstrap`]) over plain HTTP/1.1, like `mimid backup`, with the admin token
-//! (`--token-file`, `--data-dir` or `MIMID_ADMIN_TOKEN_FILE`: [`crate::admin::auth`]). Any
-//! node's admin listener will do; registry changes reach shard 0's leader from there.
+//! `mimid node status | drain | undrain | add | decommission --host ADDR`, `mimid shard split
+//! N --admin ADDR` and `mimid init --host ADDR`: the cluster routes of a node's admin listener
+//! ([`super::http`], [`super::bootstrap`]) over plain HTTP/1.1, like `mimid backup`, with the
+//! admin token (`--token-file`, `--data-dir` or `MIMID_ADMIN_TOKEN_FILE`:
+//! [`crate::admin::auth`]). Any node's admin listener will do; registry changes reach shard 0's
+//! leader from there, and a split's moves each shard's leader.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
+use mimid_actors::hub::SplitOutcome;
+use mimid_cluster::ShardId;
 use serde::de::DeserializeOwned;
 
 use super::bootstrap::{InitAnswer, INIT_PATH};
 use super::http::{
-    AddNodeRequest, ClusterStatus, DrainAnswer, NodeAnswer, ADD_NODE_PATH, DRAIN_PATH, STATUS_PATH,
-    UNDRAIN_PATH,
+    AddNodeRequest, ClusterStatus, DrainAnswer, NodeAnswer, SplitRequest, ADD_NODE_PATH,
+    DRAIN_PATH, SPLIT_PATH, STATUS_PATH, UNDRAIN_PATH,
 };
 use crate::admin::auth::node_answered;
 use crate::admin::{admin_call, AdminToken};
@@ -78,6 +81,82 @@ pub enum NodeCommand {
               value_parser = clap::value_parser!(u64).range(1..))]
         wait_timeout_secs: u64,
     },
+}
+
+/// `mimid shard …`: through a running node's admin listener.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ShardCommand {
+    /// Hand rooms of a shard (a hashed shard or a split shard) to the split shard holding the
+    /// fewest rooms (cluster.split_shards; ops/runbooks/shard-split.md). Rooms pinned to a
+    /// residency set never move.
+    Split {
+        /// A node's admin listener, `HOST:PORT` [config: admin_listen].
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
+        /// The shard to split.
+        #[arg(value_name = "SHARD")]
+        shard: ShardId,
+        /// How many of its rooms move; default about half (the two halves carrying about the
+        /// same number of log items).
+        #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+        rooms: Option<u64>,
+    },
+}
+
+/// Runs `mimid shard …` with the admin `token` (when the node has one); returns the lines to
+/// print ([`render_split`]).
+///
+/// Cancel safety: safe to drop; the node finishes a split it started.
+pub async fn run_shard_command(
+    command: &ShardCommand,
+    token: Option<&AdminToken>,
+) -> anyhow::Result<Vec<String>> {
+    match command {
+        ShardCommand::Split {
+            admin,
+            shard,
+            rooms,
+        } => {
+            let rooms = rooms
+                .map(usize::try_from)
+                .transpose()
+                .context("--rooms is too large")?;
+            let body = serde_json::to_vec(&SplitRequest {
+                shard: *shard,
+                rooms,
+            })?;
+            let answer: SplitOutcome =
+                call_json(admin, token, "POST", SPLIT_PATH, &body, 200).await?;
+            Ok(render_split(&answer))
+        }
+    }
+}
+
+/// What `mimid shard split` prints: `shard N split into shard T: K rooms moved, F failed`,
+/// then `moved <room>` and `failed <room>: <reason>` per room.
+pub fn render_split(answer: &SplitOutcome) -> Vec<String> {
+    let mut lines = vec![format!(
+        "shard {} split into shard {}: {} rooms moved, {} failed",
+        answer.from,
+        answer.to,
+        answer.moved.len(),
+        answer.failed.len()
+    )];
+    lines.extend(answer.moved.iter().map(|room| format!("moved {room}")));
+    lines.extend(
+        answer
+            .failed
+            .iter()
+            .map(|(room, reason)| format!("failed {room}: {reason}")),
+    );
+    if !answer.failed.is_empty() {
+        lines.push(
+            "`mimid room status ROOM` shows where a failed room lives now; repeating the split \
+             moves more rooms"
+                .to_owned(),
+        );
+    }
+    lines
 }
 
 /// Runs `mimid node …` with the admin `token` (when the node has one); returns the lines to

@@ -19,6 +19,17 @@
 //!   does not use `cluster.join`. A node waiting for `init` serves this route (and the probes)
 //!   only.
 //!
+//! - `POST /admin/shards/split` with `{"shard": N}` and optionally `"rooms": M` (issue 9 build
+//!   item 3; [`super::split`], ops/runbooks/shard-split.md): hands `M` rooms of shard `N`
+//!   (default about half) to the split shard holding the fewest rooms, and answers 200 with
+//!   what moved ([`SplitOutcome`](super::split::SplitOutcome): `{"from", "to", "moved":
+//!   [room], "failed": [[room, reason]]}`). 400 with the reason for a body that does not parse, `rooms` 0, a shard the
+//!   cluster does not have, a residency shard, no split shards (`cluster.split_shards`), a
+//!   split shard with no other split shard to go to, or a shard with no room that can move;
+//!   409 while another split runs on this node; 503 with `Retry-After` when the cluster cannot
+//!   take the moves now (repeat it: moves are idempotent). The split runs to its end even if
+//!   the caller goes away.
+//!
 //! Registry changes are proposed to shard 0 through the hub (its leader may be another node);
 //! a shard 0 without a leader is a 503 with the reason. A node running alone (no
 //! `cluster.listen`) answers the registry routes 409: there is no cluster to change.
@@ -45,7 +56,9 @@ use mimid_cluster::{NodeId, ShardId};
 use serde::{Deserialize, Serialize};
 
 use super::bootstrap::{init_response, INIT_PATH};
+use super::split::split;
 use super::{leader_reports, ClusterOps, ShardReport};
+use crate::metrics::SplitTrigger;
 
 /// `GET`: the cluster's nodes and shards.
 pub const STATUS_PATH: &str = "/admin/cluster/status";
@@ -55,6 +68,10 @@ pub const DRAIN_PATH: &str = "/admin/cluster/drain";
 pub const UNDRAIN_PATH: &str = "/admin/cluster/undrain";
 /// `POST {"id", "cluster_addr"}`: register a node.
 pub const ADD_NODE_PATH: &str = "/admin/cluster/nodes";
+/// `POST {"shard": N, "rooms": M}`: split shard `N` ([`SplitRequest`]).
+pub const SPLIT_PATH: &str = "/admin/shards/split";
+/// What a 503 of the split route asks the caller to wait, in seconds.
+const SPLIT_RETRY_AFTER_SECS: u64 = 5;
 
 /// `GET /admin/cluster/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +207,17 @@ pub struct AddNodeRequest {
     pub locality: Option<String>,
 }
 
+/// The body of `POST /admin/shards/split`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitRequest {
+    /// The shard to split: a hashed shard or a split shard.
+    pub shard: ShardId,
+    /// How many of its rooms move; default about half.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<usize>,
+}
+
 /// A registry change's answer: the node as the registry holds it now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAnswer {
@@ -213,6 +241,7 @@ pub fn routes(ops: Arc<ClusterOps>) -> Router {
         .route(ADD_NODE_PATH, post(add_node))
         .route("/admin/cluster/nodes/{id}/decommission", post(decommission))
         .route(INIT_PATH, post(init))
+        .route(SPLIT_PATH, post(split_shard))
         .with_state(ops)
 }
 
@@ -462,6 +491,60 @@ async fn decommission(State(ops): State<Arc<ClusterOps>>, Path(id): Path<String>
     };
     ops.change_registry(MetaChange::Decommission { id }, id, StatusCode::OK)
         .await
+}
+
+/// `POST /admin/shards/split` (module docs): `Hub::split_shard`, whose refusals (decided
+/// before anything moves) are the 400s.
+///
+/// Cancel safety: safe to drop; the split runs to its end in a task of its own.
+async fn split_shard(State(ops): State<Arc<ClusterOps>>, body: Bytes) -> Response {
+    let request: SplitRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the body must be {{\"shard\": N}} (and optionally \"rooms\": M, how many \
+                     rooms move): {e}"
+                ),
+            )
+        }
+    };
+    let Some(hub) = ops.hub() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+    };
+    let Some(_running) = ops.begin_split(request.shard) else {
+        let running = ops
+            .split_running()
+            .map_or("another shard".to_owned(), |shard| format!("shard {shard}"));
+        return text(
+            StatusCode::CONFLICT,
+            &format!("a split of {running} runs on this node; repeat when it is done"),
+        );
+    };
+    tracing::info!(shard = request.shard, rooms = ?request.rooms, "shard split asked by the operator");
+    match split(
+        &ops,
+        &hub,
+        request.shard,
+        request.rooms,
+        SplitTrigger::Operator,
+    )
+    .await
+    {
+        Ok(outcome) => json(&outcome),
+        Err(HubError::Rejected(reason)) => text(StatusCode::BAD_REQUEST, &reason),
+        Err(HubError::UnknownRoom) => text(
+            StatusCode::BAD_REQUEST,
+            &format!("shard {}: a room to move is unknown", request.shard),
+        ),
+        Err(e @ (HubError::Unavailable(_) | HubError::Busy(_))) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, SPLIT_RETRY_AFTER_SECS.to_string())],
+            format!("{e}; repeat the request (rooms already moved stay moved)\n"),
+        )
+            .into_response(),
+    }
 }
 
 fn text(status: StatusCode, reason: &str) -> Response {

@@ -23,8 +23,13 @@
 //! - **Drain** (in memory, not replicated): while draining, every shard this node leads is
 //!   handed to another voter, again whenever it leads one, and `/readyz` answers 503
 //!   "draining" until `undrain` or a restart.
+//! - **Shard splits** ([`split`]; issue 9 build item 3): on every node of a cluster with split
+//!   shards and a `[cluster.split]` threshold on, a sans-IO policy watches the shards the node
+//!   leads and has the hub hand about half the rooms of a large or hot one to a split shard;
+//!   `POST /admin/shards/split` and `mimid shard split` do it by hand. One split at a time per
+//!   node. `mimid_shard_splits_total{trigger, outcome}` counts them.
 //! - **The admin routes** ([`http`]) and **the CLI** ([`cli`]: `mimid node status | drain |
-//!   undrain | add | decommission`, `mimid init`).
+//!   undrain | add | decommission`, `mimid shard split`, `mimid init`).
 //! - **Bootstrap with `cluster.join`** ([`bootstrap`]): the cluster id, waiting for `mimid
 //!   init`, gossip of the known nodes, the init itself; once the node runs, the node that took
 //!   `init` seeds the registry with the cluster id ([`driver`]), and every other node registers
@@ -43,12 +48,16 @@ mod placement;
 #[cfg(test)]
 mod placement_sim;
 mod rpc;
+pub mod split;
 
 pub use bootstrap::{Bootstrap, InitAnswer, Role, INIT_PATH};
-pub use cli::{render_status, run_init, run_node_command, NodeCommand};
+pub use cli::{
+    render_split, render_status, run_init, run_node_command, run_shard_command, NodeCommand,
+    ShardCommand,
+};
 pub use http::{
     routes, AddNodeRequest, ClusterStatus, DrainAnswer, NodeAnswer, NodeEntry, RecordedPlacement,
-    ShardEntry, ADD_NODE_PATH, DRAIN_PATH, STATUS_PATH, UNDRAIN_PATH,
+    ShardEntry, SplitRequest, ADD_NODE_PATH, DRAIN_PATH, SPLIT_PATH, STATUS_PATH, UNDRAIN_PATH,
 };
 pub use rpc::{NodeReport, OpsRpc, ShardReport};
 
@@ -66,7 +75,7 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::cluster_net::NetSender;
-use crate::config::Config;
+use crate::config::{Config, SplitSettings};
 use crate::metrics::Metrics;
 
 /// The readiness reason of a node that holds no replica any more.
@@ -105,7 +114,10 @@ pub struct OpsSettings {
     /// (shard 0 stays on every node).
     pub partial: bool,
     /// The regions each residency shard's replicas must stay in (`[[cluster.residency]]`).
+    /// Split shards are not in it: placement treats them like the hashed shards.
     pub residency: BTreeMap<ShardId, BTreeSet<String>>,
+    /// `[cluster.split]`: when shards split on their own ([`split`]).
+    pub split: SplitSettings,
 }
 
 impl OpsSettings {
@@ -129,6 +141,7 @@ impl OpsSettings {
                 .layout()
                 .map(|layout| layout.regions_by_shard())
                 .unwrap_or_default(),
+            split: cluster.split.clone(),
         }
     }
 
@@ -170,6 +183,8 @@ pub struct ClusterOps {
     draining_transfers: Arc<Mutex<BTreeSet<ShardId>>>,
     /// The bootstrap of a node using `cluster.join` (for `POST /admin/cluster/init`).
     bootstrap: OnceLock<Arc<Bootstrap>>,
+    /// The shard whose split runs on this node ([`ClusterOps::begin_split`]).
+    splitting: Mutex<Option<ShardId>>,
 }
 
 impl ClusterOps {
@@ -197,6 +212,7 @@ impl ClusterOps {
             known_peers: Mutex::new(known_peers),
             draining_transfers: Arc::default(),
             bootstrap: OnceLock::new(),
+            splitting: Mutex::new(None),
         })
     }
 
@@ -219,14 +235,19 @@ impl ClusterOps {
             .or(self.settings.cluster_id)
     }
 
-    /// Starts the registry watcher, the placement driver and the drain loop on the current
-    /// tokio runtime; abort the tasks to stop them.
+    /// Starts the registry watcher, the placement driver, the drain loop and, with split
+    /// shards and a `[cluster.split]` threshold on, the automatic splits on the current tokio
+    /// runtime; abort the tasks to stop them.
     pub fn spawn(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
-        vec![
+        let mut tasks = vec![
             tokio::spawn(driver::watch_registry(self.clone())),
             tokio::spawn(driver::run_placement(self.clone())),
             tokio::spawn(driver::drain_leaderships(self.clone())),
-        ]
+        ];
+        if self.settings.split.is_automatic() {
+            tasks.push(tokio::spawn(split::run_splits(self.clone())));
+        }
+        tasks
     }
 
     /// This node's id.

@@ -1557,6 +1557,58 @@ mod tests {
         );
     }
 
+    /// Issue 9 item 3: split shards are placed like the hashed shards. The residency map the
+    /// driver builds from a layout with a residency set and split shards constrains the set's
+    /// shard only; the split shards end spread over both regions and balanced like hashed
+    /// shard 0, while the residency shard stays in eu.
+    #[test]
+    fn split_shards_are_placed_like_hashed_shards() {
+        let layout = mimid_actors::residency::Layout::new(
+            1,
+            [("eu".to_owned(), BTreeSet::from(["eu".to_owned()]), 1)],
+            2,
+        )
+        .unwrap();
+        assert_eq!(layout.split_shards(), 2..4);
+        let all: &[NodeId] = &[1, 2, 3, 4, 5, 6];
+        let us_only: (NodeId, &[NodeId], &[NodeId]) = (1, &[1, 2, 3], &[]);
+        let mut v = view(&active(all), 3, &[us_only; 4]);
+        v.partial = true;
+        v.everywhere = BTreeSet::from([0]);
+        located(
+            &mut v,
+            &[
+                (1, "region=us,zone=us-1"),
+                (2, "region=us,zone=us-2"),
+                (3, "region=us,zone=us-3"),
+                (4, "region=eu,zone=eu-1"),
+                (5, "region=eu,zone=eu-2"),
+                (6, "region=eu,zone=eu-3"),
+            ],
+        );
+        v.residency = layout.regions_by_shard();
+        assert_eq!(
+            v.residency.keys().copied().collect::<Vec<_>>(),
+            vec![1],
+            "only the residency shard is constrained"
+        );
+        settle(&mut v);
+        assert_eq!(plan(&v).pending, 0);
+        let eu = |n: NodeId| (4..=6).contains(&n);
+        assert!(v.shards[&1].members().all(eu), "{:?}", v.shards[&1]);
+        for shard in layout.split_shards() {
+            let voters = &v.shards[&shard].voters;
+            assert_eq!(voters.len(), 3, "shard {shard}: {voters:?}");
+            assert!(
+                voters.iter().any(|&n| eu(n)) && voters.iter().any(|&n| !eu(n)),
+                "split shard {shard} spreads over both regions like a hashed shard: {voters:?}"
+            );
+            assert_eq!(v.shards[&shard].learners, Vec::<NodeId>::new());
+        }
+        let hashed = &v.shards[&0].voters;
+        assert!(hashed.iter().any(|&n| eu(n)) && hashed.iter().any(|&n| !eu(n)));
+    }
+
     /// Rule 9 leaves the leadership of a busy shard where it is (balance and preference
     /// alike), and moves it once the shard is quiet.
     #[test]
