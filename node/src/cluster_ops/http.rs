@@ -513,7 +513,7 @@ async fn split_shard(State(ops): State<Arc<ClusterOps>>, body: Bytes) -> Respons
     let Some(hub) = ops.hub() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
     };
-    let Some(_running) = ops.begin_split(request.shard) else {
+    let Some(running) = ops.begin_split(request.shard) else {
         let running = ops
             .split_running()
             .map_or("another shard".to_owned(), |shard| format!("shard {shard}"));
@@ -523,15 +523,7 @@ async fn split_shard(State(ops): State<Arc<ClusterOps>>, body: Bytes) -> Respons
         );
     };
     tracing::info!(shard = request.shard, rooms = ?request.rooms, "shard split asked by the operator");
-    match split(
-        &ops,
-        &hub,
-        request.shard,
-        request.rooms,
-        SplitTrigger::Operator,
-    )
-    .await
-    {
+    match split(running, hub, request.rooms, SplitTrigger::Operator).await {
         Ok(outcome) => json(&outcome),
         Err(HubError::Rejected(reason)) => text(StatusCode::BAD_REQUEST, &reason),
         Err(HubError::UnknownRoom) => text(

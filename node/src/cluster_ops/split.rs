@@ -328,12 +328,12 @@ pub(super) async fn run_splits(ops: Arc<ClusterOps>) {
             continue;
         };
         // An operator's split runs: this one waits for a later check.
-        let Some(_running) = ops.begin_split(decision.shard) else {
+        let Some(running) = ops.begin_split(decision.shard) else {
             continue;
         };
         policy.started(decision.shard);
         tracing::info!(shard = decision.shard, reason = %decision.reason, "shard splits");
-        let result = split(&ops, &hub, decision.shard, None, SplitTrigger::Automatic).await;
+        let result = split(running, hub, None, SplitTrigger::Automatic).await;
         let to = result.as_ref().ok().map(|outcome| outcome.to);
         policy.finished(Instant::now(), decision.shard, to);
     }
@@ -341,14 +341,17 @@ pub(super) async fn run_splits(ops: Arc<ClusterOps>) {
 
 impl ClusterOps {
     /// Marks a split of `shard` as running on this node, or `None` when one runs already; the
-    /// mark goes with the returned guard.
-    pub(super) fn begin_split(&self, shard: ShardId) -> Option<SplitRunning<'_>> {
+    /// mark goes with the returned guard ([`split`] keeps it until the split ends).
+    pub(super) fn begin_split(self: &Arc<Self>, shard: ShardId) -> Option<SplitRunning> {
         let mut running = self.splitting.lock();
         if running.is_some() {
             return None;
         }
         *running = Some(shard);
-        Some(SplitRunning { ops: self })
+        Some(SplitRunning {
+            ops: self.clone(),
+            shard,
+        })
     }
 
     /// The shard whose split runs on this node.
@@ -357,37 +360,52 @@ impl ClusterOps {
     }
 }
 
-/// A split running on this node ([`ClusterOps::begin_split`]).
-pub(super) struct SplitRunning<'a> {
-    ops: &'a ClusterOps,
+/// A split running on this node ([`ClusterOps::begin_split`]); dropping it ends the mark.
+pub(super) struct SplitRunning {
+    ops: Arc<ClusterOps>,
+    shard: ShardId,
 }
 
-impl Drop for SplitRunning<'_> {
+impl Drop for SplitRunning {
     fn drop(&mut self) {
         *self.ops.splitting.lock() = None;
     }
 }
 
-/// Runs `Hub::split_shard(shard, rooms)` to its end in a task of its own (a caller that goes
-/// away does not cut a room's move in the middle), logs and counts the outcome.
+/// Runs `Hub::split_shard` of the shard `running` marks, moving `rooms` of its rooms, to its
+/// end in a task of its own that keeps the mark, logs and counts the outcome: a caller that
+/// goes away cuts no room's move in the middle and lets no second split start meanwhile.
 ///
 /// Cancel safety: safe to drop; the split goes on.
 pub(super) async fn split(
-    ops: &ClusterOps,
-    hub: &Arc<Hub>,
-    shard: ShardId,
+    running: SplitRunning,
+    hub: Arc<Hub>,
     rooms: Option<usize>,
     trigger: SplitTrigger,
 ) -> Result<SplitOutcome, HubError> {
-    let task = {
-        let hub = hub.clone();
-        tokio::spawn(async move { hub.split_shard(shard, rooms).await })
-    };
-    let result = match task.await {
+    let shard = running.shard;
+    let task = tokio::spawn(async move {
+        let result = hub.split_shard(shard, rooms).await;
+        let outcome = report(shard, trigger, &result);
+        running.ops.metrics.count_shard_split(trigger, outcome);
+        drop(running);
+        result
+    });
+    match task.await {
         Ok(result) => result,
-        Err(e) => Err(HubError::Unavailable(format!("the split stopped: {e}"))),
-    };
-    let outcome = match &result {
+        Err(e) => Err(HubError::Unavailable(format!(
+            "the split of shard {shard} stopped: {e}"
+        ))),
+    }
+}
+
+/// Logs how the split of `shard` ended; its label for `mimid_shard_splits_total`.
+fn report(
+    shard: ShardId,
+    trigger: SplitTrigger,
+    result: &Result<SplitOutcome, HubError>,
+) -> SplitOutcomeLabel {
+    match result {
         Ok(outcome) if !outcome.moved.is_empty() => {
             tracing::info!(
                 shard,
@@ -420,9 +438,7 @@ pub(super) async fn split(
             tracing::warn!(shard, error = %e, trigger = trigger.as_str(), "shard split failed");
             SplitOutcomeLabel::Failed
         }
-    };
-    ops.metrics.count_shard_split(trigger, outcome);
-    result
+    }
 }
 
 #[cfg(test)]
