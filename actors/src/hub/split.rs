@@ -380,8 +380,7 @@ impl Hub {
     fn check_shard(&self, shard: ShardId) -> Result<(), HubError> {
         if shard >= self.shards.count() {
             return Err(HubError::Rejected(format!(
-                "there is no shard {shard}: this provider has {} (0..{})",
-                self.shards.count(),
+                "unknown shard {shard}: this provider has shards 0..{}",
                 self.shards.count()
             )));
         }

@@ -604,7 +604,7 @@ async fn a_split_moves_about_half_the_rooms_to_the_emptiest_split_shard() {
         Err(HubError::Rejected(reason)) => assert!(reason.contains(what), "{reason}"),
         other => panic!("expected a refusal naming {what:?}, got {other:?}"),
     };
-    refused(hub.split_shard(9, None).await, "there is no shard 9");
+    refused(hub.split_shard(9, None).await, "unknown shard 9");
     refused(hub.split_shard(0, Some(0)).await, "at least 1");
     refused(hub.split_shard(1, None).await, "no room that can move");
     refused(hub.split_shard(0, None).await, "half of it is none");
