@@ -678,7 +678,9 @@ mod tests {
     /// `cluster.split_shards = 2`, so shards 2 and 3 are split shards): rooms created through
     /// the client library move by `POST /admin/shards/split` and `mimid shard split`, behind the
     /// admin token; the outcome names them, room status shows their new shard, sends go on in
-    /// them; bad requests are 400s naming the reason and change nothing; each split is counted.
+    /// them; bad requests (a bad body, an unknown shard, `rooms` 0, a shard without rooms, and
+    /// on a provider formed without split shards any split) are 400s naming the reason and
+    /// change nothing; each split is counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn splits_by_hand_move_rooms_through_the_admin_route_and_the_cli() {
         use crate::admin::{admin_call, AdminToken, RoomStatusRequest, ROOM_STATUS_PATH};
@@ -761,25 +763,34 @@ mod tests {
         // Refusals: the token first, then the body, then what the hub refuses.
         let (status, _) = call(split_body(1, None), false).await;
         assert_eq!(status, 401);
-        let refused: [(Vec<u8>, &str); 6] = [
+        // Each refusal with the fragments its reason must name.
+        let refused: [(Vec<u8>, &[&str]); 6] = [
             (
                 b"{\"shard\": \"one\"}".to_vec(),
-                "the body must be {\"shard\": N}",
+                &["the body must be {\"shard\": N}"],
             ),
             (
                 b"{\"shard\": 1, \"room\": 2}".to_vec(),
-                "unknown field `room`",
+                &["unknown field `room`"],
             ),
-            (split_body(4, None), "there is no shard 4"),
-            (split_body(1, Some(0)), "rooms must be at least 1"),
-            (split_body(0, None), "shard 0 hosts no room that can move"),
-            (split_body(2, None), "shard 2 hosts no room that can move"),
+            (split_body(4, None), &["shard 4", "0..4"]),
+            (split_body(1, Some(0)), &["rooms must be at least 1"]),
+            (
+                split_body(0, None),
+                &["shard 0 hosts no room that can move"],
+            ),
+            (
+                split_body(2, None),
+                &["shard 2 hosts no room that can move"],
+            ),
         ];
-        for (body, reason) in refused {
+        for (body, fragments) in refused {
             let shown = String::from_utf8_lossy(&body).into_owned();
             let (status, answer) = call(body, true).await;
             assert_eq!(status, 400, "{shown}: {answer}");
-            assert!(answer.contains(reason), "{shown}: {answer}");
+            for fragment in fragments {
+                assert!(answer.contains(fragment), "{shown}: {answer}");
+            }
         }
         for room in &rooms {
             assert_eq!(shard_of(room.clone()).await, 1, "refusals moved nothing");
@@ -845,6 +856,31 @@ mod tests {
             assert!(text.contains(&series), "{series}\n{text}");
         }
         client.close().await;
+        providers.shutdown().await.unwrap();
+
+        // A provider formed without split shards refuses every split, saying how to get them.
+        let mut plain = crate::config::Config::default();
+        plain.cluster.shards = 2;
+        let providers = crate::demo::start_providers(
+            &["b.example"],
+            crate::demo::DataDir::Temporary {
+                parent: parent.path().to_path_buf(),
+                prefix: "no-split-",
+            },
+            &plain,
+        )
+        .await
+        .expect("provider starts");
+        let admin = providers.providers()[0].node().admin_addr().to_string();
+        let (status, answer) = admin_call(&admin, None, "POST", SPLIT_PATH, &split_body(1, None))
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer.contains("no split shards: set cluster.split_shards"),
+            "{answer}"
+        );
         providers.shutdown().await.unwrap();
     }
 
