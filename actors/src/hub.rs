@@ -1285,8 +1285,8 @@ impl Hub {
     }
 
     /// Whether `room` is hosted here; an unknown room is checked again after a read barrier,
-    /// since this node's replica may lag the shard's leader. A room that moved away from the shard this node resolved it to is followed
-    /// ([`Self::follow_move`]).
+    /// since this node's replica may lag the shard's leader. A room that moved away from the
+    /// shard this node resolved it to is followed ([`Self::follow_move`]).
     async fn check_room(&self, room: &RoomId) -> Result<(), HubError> {
         let shard = self.room_shard(room).await?;
         if self.hosts_in(shard, room).await? {

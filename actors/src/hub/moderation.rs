@@ -163,14 +163,22 @@ impl Hub {
     }
 
     /// What the replicas keep about the franked item at `seq` of `room` (a remote read when
-    /// this node does not hold the room's shard).
+    /// this node does not hold the room's shard), following the room when it moved away from
+    /// the shard this node resolved it to (`Hub::follow_move`).
     pub async fn frank_record(
         &self,
         room: &RoomId,
         seq: u64,
     ) -> Result<Option<FrankRecord>, HubError> {
         let shard = self.room_shard(room).await?;
-        self.frank_record_in(shard, room, seq).await
+        match self.frank_record_in(shard, room, seq).await? {
+            // The room may have moved on since this node resolved it: its records moved too.
+            None if self.shards.layout().has_pins() => match self.follow_move(room, shard).await? {
+                Some(moved) => self.frank_record_in(moved, room, seq).await,
+                None => Ok(None),
+            },
+            found => Ok(found),
+        }
     }
 
     /// [`Self::frank_record`] of `room` in `shard`.
