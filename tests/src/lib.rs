@@ -145,6 +145,22 @@ impl TestNode {
         self.node().admin_addr().to_string()
     }
 
+    /// `POST path` with the JSON `body` on the node's admin listener, with its admin token:
+    /// the status and the body.
+    pub async fn admin_post(&self, path: &str, body: &str) -> (u16, String) {
+        let token = self.admin_token();
+        let (code, answer) = mimid_node::admin::admin_call(
+            &self.admin(),
+            Some(&token),
+            "POST",
+            path,
+            body.as_bytes(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        (code, String::from_utf8_lossy(&answer).into_owned())
+    }
+
     /// Stops the node (if running) and starts it again on the same data directory.
     pub async fn restart(&mut self) {
         if let Some(node) = self.node.take() {
@@ -510,6 +526,22 @@ impl TestCluster {
     /// The provider's admin token (every node's `admin_token_file`).
     pub fn admin_token(&self) -> AdminToken {
         AdminToken::load(&self.admin_token_file).expect("the admin token file holds a token")
+    }
+
+    /// `POST path` with the JSON `body` on node `index`'s admin listener, with the admin
+    /// token (e.g. `/admin/rooms/status`, `/admin/shards/split`): the status and the body.
+    pub async fn admin_post(&self, index: usize, path: &str, body: &str) -> (u16, String) {
+        let token = self.admin_token();
+        let (code, answer) = mimid_node::admin::admin_call(
+            &self.admin(index),
+            Some(&token),
+            "POST",
+            path,
+            body.as_bytes(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("POST {path} on node index {index}: {e}"));
+        (code, String::from_utf8_lossy(&answer).into_owned())
     }
 
     /// Starts node `index` (stopped) from its data directory, without waiting; its link
