@@ -196,9 +196,44 @@ pub struct ClusterArgs {
     /// fan-out, like the messages scenario: for a like-for-like ratio).
     #[arg(long)]
     pub detached_members: bool,
+    /// `cluster.split_shards` of the nodes: Raft groups kept empty for the rooms of a shard
+    /// that splits (ARCHITECTURE.md "Shard splits"). 0: none (the node's default).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub split_shards: u64,
+    /// Split a shard this far into the timed phase (`10`, `10s`, `1500ms`; needs
+    /// `--split-shards`): the hashed shard holding the most of the bench's rooms, through the
+    /// admin route `POST /admin/shards/split` of node 1. The report's `split` has the call, the
+    /// rooms moved, and the latency of the operations meant to start before, during and after
+    /// it.
+    #[arg(long, value_name = "SECS", requires = "split_shards", value_parser = parse_duration)]
+    pub split_at: Option<Duration>,
     /// In-process nodes only: `--target` is refused.
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+impl ClusterArgs {
+    /// When to split a shard (`--split-at`), refused when the options do not go together:
+    /// no split shard to move rooms to, or a moment outside the timed phase.
+    pub fn split_at(&self) -> Result<Option<Duration>, String> {
+        let Some(at) = self.split_at else {
+            return Ok(None);
+        };
+        if self.split_shards == 0 {
+            return Err(
+                "--split-at needs --split-shards 1 or more: a split moves rooms to a \
+                        split shard"
+                    .into(),
+            );
+        }
+        if at >= self.common.load.duration {
+            return Err(format!(
+                "--split-at {:?} is not within the timed phase (--duration {:?})",
+                at, self.common.load.duration
+            ));
+        }
+        Ok(Some(at))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -646,6 +681,66 @@ mod tests {
             Cli::try_parse_from(["b", "cluster", "--replicas", "3"]).is_err(),
             "r or all"
         );
+    }
+
+    #[test]
+    fn cluster_takes_split_shards_and_a_split_moment_that_need_each_other() {
+        let cluster = |args: &[&str]| -> Result<ClusterArgs, clap::Error> {
+            let mut argv = vec!["b", "cluster"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv)?.scenario {
+                Scenario::Cluster(args) => Ok(args),
+                other => panic!("cluster expected, not {}", other.name()),
+            }
+        };
+        let plain = cluster(&[]).expect("valid");
+        assert_eq!((plain.split_shards, plain.split_at), (0, None), "unchanged");
+        assert_eq!(plain.split_at(), Ok(None));
+        let split = cluster(&[
+            "--split-shards",
+            "2",
+            "--split-at",
+            "10",
+            "--duration",
+            "30s",
+            "--shards",
+            "4",
+        ])
+        .expect("valid");
+        assert_eq!(split.split_shards, 2);
+        assert_eq!(split.common.node.shards, Some(4));
+        assert_eq!(split.split_at(), Ok(Some(Duration::from_secs(10))));
+        assert_eq!(
+            cluster(&["--split-shards", "1", "--split-at", "1500ms"])
+                .expect("valid")
+                .split_at(),
+            Ok(Some(Duration::from_millis(1500)))
+        );
+        let shards_only = cluster(&["--split-shards", "3"]).expect("valid");
+        assert_eq!(shards_only.split_at(), Ok(None), "split shards, no split");
+
+        let refused = cluster(&["--split-at", "5"]).expect_err("no split shard");
+        assert!(refused.to_string().contains("--split-shards"), "{refused}");
+        let mut unchecked = plain.clone();
+        unchecked.split_at = Some(Duration::from_secs(5));
+        let refused = unchecked.split_at().expect_err("no split shard");
+        assert!(refused.contains("--split-shards"), "{refused}");
+        let zero = cluster(&["--split-shards", "0", "--split-at", "5"]).expect("parses");
+        assert!(zero.split_at().is_err(), "0 split shards are none");
+        let late = cluster(&[
+            "--split-shards",
+            "2",
+            "--split-at",
+            "10",
+            "--duration",
+            "10s",
+        ])
+        .expect("parses");
+        let refused = late.split_at().expect_err("at the end of the phase");
+        assert!(refused.contains("--duration"), "{refused}");
+        assert!(cluster(&["--split-shards", "65"]).is_err());
+        assert!(cluster(&["--split-shards", "2", "--split-at", "soon"]).is_err());
+        assert!(cluster(&["--split-shards", "2", "--split-at", "0"]).is_err());
     }
 
     #[test]

@@ -16,8 +16,13 @@
 //! reads its push stream and decrypts each message, so stream fan-out runs on the node of each
 //! member and no stream is closed for being slow. The operation itself ends with the sender's
 //! acknowledgement (durable on a quorum and applied at the leader); what the members got is
-//! counted and checked after the phase.
+//! counted and checked after the phase: each member counts how many times it got each message
+//! of its room's sender (by the number in its text, `scenario::message_text`), and
+//! [`Receivers::finish`] holds that against what the sender's provider acknowledged, so a
+//! message lost, delivered twice or out of order shows (with a shard split during the phase,
+//! across the moves of the rooms).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +35,9 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::cross::message_number;
 use crate::scenario::{
-    add_users, set_up_each_room, wait_for_welcome, Naming, Operation, RoomSender,
+    add_users, set_up_each_room, wait_for_welcome, Acknowledged, Naming, Operation, RoomSender,
 };
 
 /// Time allowed to set up one room (registrations, KeyPackage, the add, the join).
@@ -40,6 +46,12 @@ const ROOM_SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 const RECEIVE_POLL: Duration = Duration::from_millis(200);
 /// Interval of the checks while waiting for the receivers to catch up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(20);
+/// Interval of the message-by-message checks while waiting for the receivers to catch up,
+/// once they have as many messages as were acknowledged.
+const EXACT_CHECK_POLL: Duration = Duration::from_millis(100);
+/// Message numbers above this are not the bench's (its senders send at most
+/// `scenario::MAX_PREGENERATED` in a phase, live ones fewer).
+const MAX_MESSAGE_NUMBER: u64 = 100_000_000;
 /// Time allowed to close one receiver's connection at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Receivers closed concurrently at the end.
@@ -57,7 +69,8 @@ pub fn receiver_node(room_idx: u64, nodes: usize) -> usize {
 
 /// Sets up `rooms` rooms over the cluster's `nodes` (`setup_concurrency` at a time) and returns
 /// their creators as senders performing `operation`, in room order, and the members still
-/// connected with their push streams (none if not `attached`), in room order.
+/// connected with their push streams with their room index (none if not `attached`), in room
+/// order.
 ///
 /// Cancel safety: not safe; clients set up so far are dropped without a clean close.
 pub async fn set_up_cluster_rooms(
@@ -67,7 +80,7 @@ pub async fn set_up_cluster_rooms(
     operation: Operation,
     setup_concurrency: usize,
     attached: bool,
-) -> anyhow::Result<(Vec<RoomSender>, Vec<MimiClient>)> {
+) -> anyhow::Result<(Vec<RoomSender>, Vec<(u64, MimiClient)>)> {
     anyhow::ensure!(!nodes.is_empty(), "the cluster has no node");
     let set_up = set_up_each_room(
         rooms,
@@ -82,8 +95,8 @@ pub async fn set_up_cluster_rooms(
     let mut senders = Vec::with_capacity(set_up.len());
     let mut members = Vec::new();
     for (sender, member) in set_up {
+        members.extend(member.map(|member| (sender.idx(), member)));
         senders.push(sender);
-        members.extend(member);
     }
     Ok((senders, members))
 }
@@ -132,8 +145,21 @@ pub struct Delivery {
     pub receivers: usize,
     /// Application messages decrypted by the members.
     pub delivered: u64,
-    /// Whether `delivered` reached the accepted messages before the catch-up deadline.
+    /// Whether every acknowledged message had reached its member before the catch-up
+    /// deadline (without message numbers: whether `delivered` reached the accepted count).
     pub caught_up: bool,
+    /// Acknowledged messages their member never got, by the number in each text; `null` when
+    /// the texts are too short to carry it (`--message-bytes` below 48).
+    pub lost: Option<u64>,
+    /// Deliveries of a message beyond its first.
+    pub duplicated: Option<u64>,
+    /// Messages that reached their member after a later message of the same sender.
+    pub out_of_order: Option<u64>,
+    /// Messages whose operation failed or timed out that reached the member all the same
+    /// (the provider accepted them but did not answer in time): not an error.
+    pub unacknowledged_delivered: Option<u64>,
+    /// Messages whose text is not one of the room's numbered messages.
+    pub unrecognised: Option<u64>,
     /// Time from the end of the phase until the members had every accepted message.
     pub catch_up_s: Option<f64>,
     /// Push streams that ended or failed during the phase (a slow stream is closed by the node).
@@ -141,6 +167,84 @@ pub struct Delivery {
     /// The first such failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+}
+
+/// How many times one member got each message of its room's sender.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Deliveries of message `k`, at index `k`.
+    times: Vec<u32>,
+    /// The highest `k` got so far.
+    highest: Option<u64>,
+    out_of_order: u64,
+    unrecognised: u64,
+}
+
+impl Tally {
+    /// Counts a message of room `idx` whose text is `text`.
+    pub fn count(&mut self, idx: u64, text: Option<&str>) {
+        let Some(k) = text
+            .and_then(|text| message_number(text, idx))
+            .filter(|&k| k <= MAX_MESSAGE_NUMBER)
+        else {
+            self.unrecognised += 1;
+            return;
+        };
+        let at = k as usize;
+        if self.times.len() <= at {
+            self.times.resize(at + 1, 0);
+        }
+        self.times[at] += 1;
+        if self.highest.is_some_and(|highest| k < highest) {
+            self.out_of_order += 1;
+        }
+        self.highest = self.highest.max(Some(k));
+    }
+
+    /// This member's messages held against what its sender's provider acknowledged.
+    pub fn check(&self, acknowledged: &Acknowledged) -> Check {
+        let times = |k: u64| self.times.get(k as usize).copied().unwrap_or(0);
+        Check {
+            lost: (0..acknowledged.attempted)
+                .filter(|&k| acknowledged.contains(k) && times(k) == 0)
+                .count() as u64,
+            duplicated: self
+                .times
+                .iter()
+                .map(|&n| u64::from(n.saturating_sub(1)))
+                .sum(),
+            out_of_order: self.out_of_order,
+            unacknowledged_delivered: (0..self.times.len() as u64)
+                .filter(|&k| times(k) > 0 && !acknowledged.contains(k))
+                .count() as u64,
+            unrecognised: self.unrecognised,
+        }
+    }
+}
+
+/// [`Tally::check`]: the exactly-once check of one member's messages, or of all together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Check {
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub unacknowledged_delivered: u64,
+    pub unrecognised: u64,
+}
+
+impl std::ops::Add for Check {
+    type Output = Check;
+
+    fn add(self, other: Check) -> Check {
+        Check {
+            lost: self.lost + other.lost,
+            duplicated: self.duplicated + other.duplicated,
+            out_of_order: self.out_of_order + other.out_of_order,
+            unacknowledged_delivered: self.unacknowledged_delivered
+                + other.unacknowledged_delivered,
+            unrecognised: self.unrecognised + other.unrecognised,
+        }
+    }
 }
 
 /// One task per attached member, reading its push stream until stopped.
@@ -151,24 +255,34 @@ pub struct Receivers {
     delivered: Arc<AtomicU64>,
     lost: Arc<AtomicU64>,
     first_error: Arc<Mutex<Option<String>>>,
+    /// Each member's room index and tally.
+    tallies: Vec<(u64, Arc<Mutex<Tally>>)>,
 }
 
 impl Receivers {
-    /// Starts reading every member's push stream (on the current runtime).
-    pub fn start(members: Vec<MimiClient>) -> Receivers {
+    /// Starts reading every member's push stream (on the current runtime); each member is
+    /// given with its room's index.
+    pub fn start(members: Vec<(u64, MimiClient)>) -> Receivers {
         let stop = Arc::new(AtomicBool::new(false));
         let delivered = Arc::new(AtomicU64::new(0));
         let lost = Arc::new(AtomicU64::new(0));
         let first_error = Arc::new(Mutex::new(None));
         let count = members.len();
         let mut tasks = JoinSet::new();
-        for member in members {
+        let mut tallies = Vec::with_capacity(count);
+        for (idx, member) in members {
+            let tally = Arc::new(Mutex::new(Tally::default()));
+            tallies.push((idx, tally.clone()));
             tasks.spawn(receive(
                 member,
-                stop.clone(),
-                delivered.clone(),
-                lost.clone(),
-                first_error.clone(),
+                Member {
+                    idx,
+                    tally,
+                    stop: stop.clone(),
+                    delivered: delivered.clone(),
+                    lost: lost.clone(),
+                    first_error: first_error.clone(),
+                },
             ));
         }
         Receivers {
@@ -178,7 +292,24 @@ impl Receivers {
             delivered,
             lost,
             first_error,
+            tallies,
         }
+    }
+
+    /// Every member's messages held against `acknowledged` (by room index; a member whose
+    /// sender is missing from it is held against nothing acknowledged).
+    fn check(&self, acknowledged: &BTreeMap<u64, Acknowledged>) -> Check {
+        self.tallies
+            .iter()
+            .map(|(idx, tally)| {
+                let none = Acknowledged {
+                    idx: *idx,
+                    attempted: 0,
+                    unacknowledged: Vec::new(),
+                };
+                tally.lock().check(acknowledged.get(idx).unwrap_or(&none))
+            })
+            .fold(Check::default(), |sum, check| sum + check)
     }
 
     /// Messages delivered so far.
@@ -186,19 +317,45 @@ impl Receivers {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Waits (polling) until `accepted` messages were delivered or every stream was lost, for
-    /// at most `deadline`; then stops the receivers, closes the members' connections and says
-    /// what they got.
+    /// Waits (polling) until every acknowledged message was delivered or every stream was
+    /// lost, for at most `deadline`; then stops the receivers, closes the members' connections
+    /// and says what they got. `acknowledged` holds each sender's acknowledged messages when
+    /// the texts carry their numbers (each member's are then checked one by one); without it,
+    /// only the count of `accepted` messages is awaited.
     ///
     /// Cancel safety: not safe; the receivers are dropped without a clean close.
-    pub async fn finish(mut self, accepted: u64, deadline: Duration) -> Delivery {
+    pub async fn finish(
+        mut self,
+        accepted: u64,
+        acknowledged: Option<Vec<Acknowledged>>,
+        deadline: Duration,
+    ) -> Delivery {
+        let acknowledged: Option<BTreeMap<u64, Acknowledged>> = acknowledged.map(|senders| {
+            senders
+                .into_iter()
+                .map(|acked| (acked.idx, acked))
+                .collect()
+        });
         let started = Instant::now();
         let mut caught_up = false;
+        let mut next_exact_check = started;
         // Bounded by `deadline`.
         loop {
             if self.delivered() >= accepted {
-                caught_up = true;
-                break;
+                match &acknowledged {
+                    None => {
+                        caught_up = true;
+                        break;
+                    }
+                    Some(acknowledged) if Instant::now() >= next_exact_check => {
+                        if self.check(acknowledged).lost == 0 {
+                            caught_up = true;
+                            break;
+                        }
+                        next_exact_check = Instant::now() + EXACT_CHECK_POLL;
+                    }
+                    Some(_) => {}
+                }
             }
             if self.lost.load(Ordering::Relaxed) >= self.count as u64
                 || started.elapsed() >= deadline
@@ -225,10 +382,18 @@ impl Receivers {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, member.close()).await;
             })
             .await;
+        let check = acknowledged
+            .as_ref()
+            .map(|acknowledged| self.check(acknowledged));
         Delivery {
             receivers: self.count,
             delivered: self.delivered(),
             caught_up,
+            lost: check.map(|c| c.lost),
+            duplicated: check.map(|c| c.duplicated),
+            out_of_order: check.map(|c| c.out_of_order),
+            unacknowledged_delivered: check.map(|c| c.unacknowledged_delivered),
+            unrecognised: check.map(|c| c.unrecognised),
             catch_up_s,
             streams_lost: self.lost.load(Ordering::Relaxed),
             first_error: self.first_error.lock().clone(),
@@ -236,32 +401,39 @@ impl Receivers {
     }
 }
 
-/// Reads `member`'s push stream, counting application messages, until `stop` is set or the
-/// stream fails; returns the client for a clean close.
-async fn receive(
-    mut member: MimiClient,
+/// What one receiver task shares with [`Receivers`].
+struct Member {
+    /// Its room's index.
+    idx: u64,
+    tally: Arc<Mutex<Tally>>,
     stop: Arc<AtomicBool>,
     delivered: Arc<AtomicU64>,
     lost: Arc<AtomicU64>,
     first_error: Arc<Mutex<Option<String>>>,
-) -> MimiClient {
+}
+
+/// Reads `client`'s push stream, counting application messages in its tally, until `stop` is
+/// set or the stream fails; returns the client for a clean close.
+async fn receive(mut client: MimiClient, member: Member) -> MimiClient {
     // Bounded by `stop`, which `Receivers::finish` sets; each wait is at most RECEIVE_POLL.
-    while !stop.load(Ordering::Relaxed) {
-        match member.next_event(RECEIVE_POLL).await {
-            Ok(Some(Event::Message { .. })) => {
-                delivered.fetch_add(1, Ordering::Relaxed);
+    while !member.stop.load(Ordering::Relaxed) {
+        match client.next_event(RECEIVE_POLL).await {
+            Ok(Some(Event::Message { content, .. })) => {
+                member.tally.lock().count(member.idx, content.text());
+                member.delivered.fetch_add(1, Ordering::Relaxed);
             }
             Ok(_) => {}
             Err(error) => {
-                lost.fetch_add(1, Ordering::Relaxed);
-                first_error
+                member.lost.fetch_add(1, Ordering::Relaxed);
+                member
+                    .first_error
                     .lock()
-                    .get_or_insert_with(|| format!("{}: {error}", member.id()));
+                    .get_or_insert_with(|| format!("{}: {error}", client.id()));
                 break;
             }
         }
     }
-    member
+    client
 }
 
 #[cfg(test)]
@@ -276,5 +448,49 @@ mod tests {
         assert_eq!(receivers, vec![1, 2, 0, 1, 2, 0]);
         assert!((0..100).all(|i| sender_node(i, 3) != receiver_node(i, 3)));
         assert_eq!(receiver_node(5, 1), 0, "one node holds both");
+    }
+
+    #[test]
+    fn a_tally_finds_lost_duplicated_and_reordered_messages() {
+        use crate::scenario::message_text;
+        let text = |k| message_text(3, k, 64);
+        let acked = Acknowledged {
+            idx: 3,
+            attempted: 6,
+            unacknowledged: vec![4],
+        };
+        let mut exact = Tally::default();
+        for k in [0, 1, 2, 3, 5] {
+            exact.count(3, Some(&text(k)));
+        }
+        assert_eq!(exact.check(&acked), Check::default(), "each once, in order");
+
+        let mut bad = Tally::default();
+        // 1 twice, 3 before 2, 5 never; 4 (unanswered) arrived; one message of room 7 and one
+        // without text.
+        for k in [0, 1, 1, 3, 2, 4] {
+            bad.count(3, Some(&text(k)));
+        }
+        bad.count(3, Some(&message_text(7, 0, 64)));
+        bad.count(3, None);
+        let check = bad.check(&acked);
+        assert_eq!(
+            check,
+            Check {
+                lost: 1,
+                duplicated: 1,
+                out_of_order: 1,
+                unacknowledged_delivered: 1,
+                unrecognised: 2,
+            }
+        );
+        assert_eq!((check + check).lost, 2);
+        let mut huge = Tally::default();
+        huge.count(3, Some(&format!("3:{}:", u64::MAX)));
+        assert_eq!(
+            huge.check(&acked).unrecognised,
+            1,
+            "not a number the bench sends"
+        );
     }
 }

@@ -233,7 +233,7 @@ pub(crate) async fn receive_message(
 }
 
 /// The `k` of a text made by [`crate::scenario::message_text`] for room `idx`, if it is one.
-fn message_number(text: &str, idx: u64) -> Option<u64> {
+pub(crate) fn message_number(text: &str, idx: u64) -> Option<u64> {
     let mut parts = text.splitn(3, ':');
     let room: u64 = parts.next()?.parse().ok()?;
     let k = parts.next()?.parse().ok()?;

@@ -152,6 +152,7 @@ impl FloorReport {
                     Some(crate::output::PhaseView {
                         name: format!("{} group_size={}", self.scenario, size.group_size),
                         measured: &mimid.measured,
+                        windows: &mimid.measured.windows,
                     })
                 })
                 .collect(),

@@ -8,8 +8,9 @@
 //! (in-process node or target, two in-process providers, or one provider on several
 //! in-process nodes), `scenario` (room set-up and the clients' operations), `cross` (the
 //! cross-provider scenario's pairs of clients), `cluster` (the cluster scenario's senders and
-//! attached members), `density` (the idle-density scenario: a `mimid` child process, rooms
-//! created, memory and idle CPU from `/proc`), `load`
+//! attached members), `split` (the cluster scenario's shard split under load), `density` (the
+//! idle-density scenario: a `mimid` child process, rooms created, memory and idle CPU from
+//! `/proc`), `load`
 //! (the timed phase: workers, ticker), `schedule` and `stats` (sans-IO timetable and
 //! recorder), `system` (machine and CPU accounting from `/proc`). The other scenarios: `group`
 //! (dm and small-rooms: every member attached, taking turns), `fanout` (large-room-fanout:
@@ -43,5 +44,6 @@ pub mod run;
 pub mod scenario;
 pub mod schedule;
 pub mod side_by_side;
+pub mod split;
 pub mod stats;
 pub mod system;

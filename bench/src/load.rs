@@ -16,6 +16,10 @@
 //! operation is bounded by `--timeout-ms`. An interruption (Ctrl-C, see [`PhaseConfig`]) ends
 //! the phase like the end of `--duration`. Workers are joined before the report is made, so
 //! the phase ends once the last operation in flight has been answered or timed out.
+//!
+//! [`run_phase_with`] also runs a task beside the workers (the cluster scenario's shard split)
+//! with a [`PhaseClock`]: the phase's time, a wait for a moment of it, and the windows of the
+//! recorder (`stats`), which count each operation by its intended start.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,13 +29,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::cli::LoadModel;
 use crate::schedule::OpenSchedule;
-use crate::stats::{round_millis, ErrorKind, Interval, LoggedInterval, Recorder, Sample, Totals};
+use crate::stats::{
+    round_millis, ErrorKind, Interval, LoggedInterval, Recorder, Sample, Totals, WindowReport,
+};
 
 /// Failures in a row after which a sender is retired for the rest of the phase.
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 16;
@@ -109,6 +115,10 @@ pub struct PhaseReport {
     #[serde(flatten)]
     pub totals: Totals,
     pub intervals: Vec<Interval>,
+    /// The windows the task beside the workers cut the phase into ([`run_phase_with`]), by
+    /// the operations' intended start; empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowReport>,
     /// Each interval's histograms per operation, for the interval logs (`--out-dir`); not in
     /// the JSON summary.
     #[serde(skip)]
@@ -133,6 +143,9 @@ struct Shared {
     max_ops_reached: AtomicBool,
     exhausted: AtomicUsize,
     retired: AtomicUsize,
+    /// Set once every worker has ended ([`PhaseClock::wait_until`] gives up then).
+    ended: AtomicBool,
+    end: Notify,
 }
 
 impl Shared {
@@ -205,6 +218,48 @@ impl Shared {
     }
 }
 
+/// The time of a running phase, for a task beside its workers ([`run_phase_with`]).
+#[derive(Clone)]
+pub struct PhaseClock {
+    shared: Arc<Shared>,
+}
+
+impl PhaseClock {
+    /// Time since the phase started.
+    pub fn elapsed(&self) -> Duration {
+        self.shared.elapsed()
+    }
+
+    /// Waits until `at` into the phase; `false` if the phase ended first (every worker done,
+    /// e.g. interrupted, or `at` beyond its end).
+    ///
+    /// Cancel safety: safe.
+    pub async fn wait_until(&self, at: Duration) -> bool {
+        let ended = self.shared.end.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if self.shared.ended.load(Ordering::Acquire) {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(self.shared.start + at) => {
+                !self.shared.ended.load(Ordering::Acquire)
+            }
+            () = ended => false,
+        }
+    }
+
+    /// Opens window `name` of the recorder now; returns when, from the phase start. Every
+    /// operation meant to start from then on is counted in it, until the next window opens.
+    pub fn open_window(&self, name: &'static str) -> Duration {
+        let mut recorder = self.shared.recorder.lock();
+        // Read under the lock: every sample recorded before was meant to start before `now`.
+        let now = self.shared.elapsed();
+        recorder.open_window(name, now);
+        now
+    }
+}
+
 /// Runs one timed phase with `senders` and gives them back with the report.
 ///
 /// Cancel safety: not safe; dropping the future aborts the workers and loses the senders.
@@ -212,6 +267,29 @@ pub async fn run_phase<S: Sender>(
     senders: Vec<S>,
     config: PhaseConfig,
 ) -> anyhow::Result<(Vec<S>, PhaseReport)> {
+    let (senders, report, ()) = run_phase_with(senders, config, None, |_| async {}).await?;
+    Ok((senders, report))
+}
+
+/// [`run_phase`] with `beside(clock)` running as a task of its own from the phase start, the
+/// phase's samples counted in windows from `first_window` on (opened at the start) and those
+/// the task opens ([`PhaseClock::open_window`]). The phase's elapsed time is when its last
+/// operation was answered; the report is made once the task has ended too (it is awaited,
+/// so it must end on its own: [`PhaseClock::wait_until`] gives up when the workers are done).
+///
+/// Cancel safety: not safe; dropping the future aborts the workers and loses the senders.
+pub async fn run_phase_with<S, F, Fut, T>(
+    senders: Vec<S>,
+    config: PhaseConfig,
+    first_window: Option<&'static str>,
+    beside: F,
+) -> anyhow::Result<(Vec<S>, PhaseReport, T)>
+where
+    S: Sender,
+    F: FnOnce(PhaseClock) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
     let n_senders = senders.len();
     anyhow::ensure!(n_senders > 0, "a phase needs at least one sender");
     let started_unix_ms = SystemTime::now()
@@ -228,7 +306,15 @@ pub async fn run_phase<S: Sender>(
         max_ops_reached: AtomicBool::new(false),
         exhausted: AtomicUsize::new(0),
         retired: AtomicUsize::new(0),
+        ended: AtomicBool::new(false),
+        end: Notify::new(),
     });
+    if let Some(name) = first_window {
+        shared.recorder.lock().open_window(name, Duration::ZERO);
+    }
+    let beside = tokio::spawn(beside(PhaseClock {
+        shared: shared.clone(),
+    }));
     let (stop_ticker, stopped) = oneshot::channel();
     let ticker = tokio::spawn(ticker(shared.clone(), stopped));
 
@@ -259,12 +345,21 @@ pub async fn run_phase<S: Sender>(
     };
     let mut senders = Vec::with_capacity(n_senders);
     while let Some(joined) = workers.join_next().await {
-        senders.extend(joined.context("a load worker panicked")?);
+        match joined {
+            Ok(own) => senders.extend(own),
+            Err(error) => {
+                beside.abort();
+                return Err(error).context("a load worker panicked");
+            }
+        }
     }
     let elapsed = shared.elapsed();
+    shared.ended.store(true, Ordering::Release);
+    shared.end.notify_waiters();
     // The ticker only prints; if it is gone, the report is still complete.
     let _ = stop_ticker.send(elapsed);
     let intervals = ticker.await.unwrap_or_default();
+    let beside = beside.await.context("the task beside the phase panicked")?;
 
     let exhausted = shared.exhausted.load(Ordering::Relaxed);
     let retired = shared.retired.load(Ordering::Relaxed);
@@ -292,9 +387,16 @@ pub async fn run_phase<S: Sender>(
         retired_senders: retired,
         totals: recorder.totals(),
         intervals,
+        // Operations were meant to start until the end of the timetable, or until the phase
+        // ended if earlier.
+        windows: recorder.windows(if stop_reason == StopReason::Duration {
+            config.duration
+        } else {
+            elapsed.min(config.duration)
+        }),
         interval_log: recorder.interval_log().to_vec(),
     };
-    Ok((senders, report))
+    Ok((senders, report, beside))
 }
 
 async fn open_worker<S: Sender>(
@@ -585,6 +687,58 @@ mod tests {
         assert_eq!(report.totals.errors.get("timeout"), Some(&1));
         assert_eq!(senders[0].budget, 0, "on_abandoned was called");
         assert_eq!(report.exhausted_senders, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_beside_the_phase_cuts_it_into_windows_by_intended_start() {
+        // One sender at 100 ops/s (every 10 ms), 5 ms each, for 1 s; the task opens "during"
+        // at 400 ms and "after" 100 ms later.
+        let (_, report, opened) = run_phase_with(
+            vec![Fake::new(5, u64::MAX)],
+            config(LoadModel::Open { rate: 100.0 }, 1000),
+            Some("before"),
+            |clock| async move {
+                assert!(clock.wait_until(Duration::from_millis(400)).await);
+                let during = clock.open_window("during");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let after = clock.open_window("after");
+                (during, after)
+            },
+        )
+        .await
+        .expect("phase runs");
+        assert_eq!(opened.0, Duration::from_millis(400));
+        assert_eq!(opened.1, Duration::from_millis(500));
+        let counts: Vec<(&str, u64, f64, f64)> = report
+            .windows
+            .iter()
+            .map(|w| (w.name.as_str(), w.ops_ok, w.start_s, w.end_s))
+            .collect();
+        // Slots 0..390 ms, 400..490 ms and 500..990 ms; the operation meant for 490 ms is
+        // answered at 495 ms, the one meant for 500 ms at 505 ms, after "after" opened.
+        assert_eq!(
+            counts,
+            [
+                ("before", 40, 0.0, 0.4),
+                ("during", 10, 0.4, 0.5),
+                ("after", 50, 0.5, 1.0)
+            ]
+        );
+        assert_eq!(report.totals.ops_ok, 100);
+
+        // A moment past the phase's end is never reached: the task learns it when the
+        // workers are done.
+        let (_, report, reached) = run_phase_with(
+            vec![Fake::new(1, u64::MAX)],
+            config(LoadModel::Open { rate: 10.0 }, 500),
+            None,
+            |clock| async move { clock.wait_until(Duration::from_secs(60)).await },
+        )
+        .await
+        .expect("phase runs");
+        assert!(!reached);
+        assert!(report.windows.is_empty());
+        assert!(report.elapsed_s < 1.0);
     }
 
     #[tokio::test(start_paused = true)]

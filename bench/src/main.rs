@@ -160,11 +160,51 @@ fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
                 .as_ref()
                 .map_or("members detached".to_string(), |d| {
                     format!(
-                        "{} delivered to {} attached members ({} streams lost)",
-                        d.delivered, d.receivers, d.streams_lost
+                        "{} delivered to {} attached members ({} streams lost{})",
+                        d.delivered,
+                        d.receivers,
+                        d.streams_lost,
+                        match (d.lost, d.duplicated, d.out_of_order) {
+                            (Some(lost), Some(duplicated), Some(reordered)) => format!(
+                                "; {lost} lost, {duplicated} duplicated, {reordered} out of order"
+                            ),
+                            _ => String::new(),
+                        }
                     )
                 });
             eprintln!("#   cluster: {}; {delivery}", nodes.join(", "));
+        }
+        if let Some(split) = &phase.split {
+            let windows: Vec<String> = split
+                .windows
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{} {} ok p50 {:.2} p99 {:.2} p99.9 {:.2} ms",
+                        w.name,
+                        w.ops_ok,
+                        ms(w.latency_corrected.p50_us),
+                        ms(w.latency_corrected.p99_us),
+                        ms(w.latency_corrected.p999_us)
+                    )
+                })
+                .collect();
+            eprintln!(
+                "#   split: shard {} -> {}: {} rooms moved, {} failed, call {} s, mean move {} ms; {}",
+                split.shard,
+                split.to.map_or("-".to_string(), |to| to.to_string()),
+                split.rooms_moved,
+                split.rooms_failed,
+                split.call_s.map_or("-".to_string(), |s| s.to_string()),
+                split
+                    .moves
+                    .mean_move_ms
+                    .map_or("-".to_string(), |ms| ms.to_string()),
+                windows.join("; ")
+            );
+            if let Some(error) = &split.error {
+                eprintln!("#   split: {error}");
+            }
         }
         if let Some(fanout) = &phase.fanout {
             let by_provider: Vec<String> = fanout

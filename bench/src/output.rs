@@ -5,13 +5,16 @@
 //!   p50_us, p95_us, p99_us, p999_us, max_us` (corrected latency of the operations answered in
 //!   that second).
 //! - `percentiles.csv`: the final percentiles per phase, operation (`all` and each kind) and
-//!   latency (`corrected`, `raw`).
+//!   latency (`corrected`, `raw`); for a phase cut into windows (the cluster scenario's shard
+//!   split) also per window, as operation `window:<name>` (`window:before_split`, ...).
+//!   `ops_per_s` is over the phase, or over the window's length.
 //! - `<phase>.<operation>.corrected.hlog` and `.raw.hlog`: HdrHistogram interval logs, one
 //!   histogram per second, V2 compressed, values in microseconds, base time the phase start
 //!   (HdrHistogram's `HistogramLogProcessor -i FILE -outputValueUnitRatio 1000` prints them in
 //!   milliseconds).
 //! - `throughput.png` and `latency.png`: operations per second and the latency percentiles
-//!   (p50, p95, p99, p99.9, max, logarithmic) over time, one panel per phase (`plot`).
+//!   (p50, p95, p99, p99.9, max, logarithmic) over time, one panel per phase (`plot`); a
+//!   phase cut into windows names where each began in its panels' title.
 //!
 //! idle-density has no timed phase; it writes (`write_density`) `summary.json`, `samples.csv`
 //! (the node's memory and CPU once a second through the baseline, the creation of the rooms
@@ -32,7 +35,7 @@ use crate::density::{DensityReport, DensitySample, STAGE_BASELINE, STAGE_CREATIO
 use crate::load::PhaseReport;
 use crate::plot::{write_png, Panel, Series, PALETTE};
 use crate::run::Report;
-use crate::stats::{LoggedInterval, Percentiles};
+use crate::stats::{LoggedInterval, Percentiles, WindowReport};
 
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const INTERVALS_FILE: &str = "intervals.csv";
@@ -61,6 +64,9 @@ pub fn write_summary(dir: &Path, report: &impl Serialize) -> anyhow::Result<Path
 pub struct PhaseView<'a> {
     pub name: String,
     pub measured: &'a PhaseReport,
+    /// The windows the phase was cut into (the cluster scenario's split: the report keeps them
+    /// in the phase's `split`), or none.
+    pub windows: &'a [WindowReport],
 }
 
 /// A run with timed phases as the output files see it: the scenarios' [`Report`], and the
@@ -82,6 +88,10 @@ impl<'a> From<&'a Report> for RunView<'a> {
                 .map(|phase| PhaseView {
                     name: phase.name.clone(),
                     measured: &phase.measured,
+                    windows: phase
+                        .split
+                        .as_ref()
+                        .map_or(&phase.measured.windows[..], |split| &split.windows[..]),
                 })
                 .collect(),
         }
@@ -319,6 +329,22 @@ pub fn percentiles_csv(report: &RunView) -> String {
                 );
             }
         }
+        for window in phase.windows {
+            for (kind, p) in [
+                ("corrected", &window.latency_corrected),
+                ("raw", &window.latency_raw),
+            ] {
+                row(
+                    &phase.name,
+                    &format!("window:{}", window.name),
+                    kind,
+                    window.ops_ok,
+                    window.ops_failed,
+                    window.end_s - window.start_s,
+                    p,
+                );
+            }
+        }
     }
     csv
 }
@@ -414,6 +440,25 @@ fn write_interval_log<'a>(
 
 /// A panel's title: the scenario and the phase, or the phase alone when its name starts with
 /// the scenario's.
+/// A panel's title: [`title`], and where each window began.
+fn panel_title(scenario: &str, phase: &PhaseView) -> String {
+    let title = title(scenario, &phase.name);
+    if phase.windows.len() < 2 {
+        return title;
+    }
+    let starts: Vec<String> = phase.windows[1..]
+        .iter()
+        .map(|w| {
+            format!(
+                "{} {:.2} S",
+                w.name.to_uppercase().replace('_', " "),
+                w.start_s
+            )
+        })
+        .collect();
+    format!("{title} ({})", starts.join(", "))
+}
+
 fn title(scenario: &str, phase: &str) -> String {
     if phase.starts_with(scenario) {
         phase.to_string()
@@ -448,7 +493,7 @@ fn throughput_panels(report: &RunView) -> Vec<Panel> {
                 });
             }
             Panel {
-                title: title(report.scenario, &phase.name),
+                title: panel_title(report.scenario, phase),
                 y_label: "OPS/S".into(),
                 log_y: false,
                 series,
@@ -474,7 +519,7 @@ fn latency_panels(report: &RunView) -> Vec<Panel> {
                     .collect(),
             };
             Panel {
-                title: title(report.scenario, &phase.name),
+                title: panel_title(report.scenario, phase),
                 y_label: "LATENCY MS".into(),
                 log_y: true,
                 series: vec![
@@ -549,6 +594,62 @@ mod tests {
             "no CPU share at first"
         );
         assert_eq!(timeline[0].series[2].points, vec![(2.2, 33.0)]);
+    }
+
+    #[test]
+    fn a_phase_cut_into_windows_has_their_percentiles_and_names_them_in_its_title() {
+        use crate::load::StopReason;
+        use crate::stats::{Recorder, Sample};
+        let mut recorder = Recorder::new();
+        recorder.open_window("before_split", Duration::ZERO);
+        let ms = Duration::from_millis;
+        recorder.handle_success(Sample::immediate(ms(100), ms(102)));
+        recorder.open_window("during_split", ms(1000));
+        recorder.handle_success(Sample::immediate(ms(1100), ms(1140)));
+        recorder.open_window("after_split", ms(1500));
+        let measured = PhaseReport {
+            started_unix_ms: 0,
+            senders: 1,
+            workers: 1,
+            elapsed_s: 2.0,
+            throughput_ops_s: 1.0,
+            stop_reason: StopReason::Duration,
+            exhausted_senders: 0,
+            retired_senders: 0,
+            totals: recorder.totals(),
+            intervals: Vec::new(),
+            windows: Vec::new(),
+            interval_log: Vec::new(),
+        };
+        let windows = recorder.windows(ms(2000));
+        let run = RunView {
+            scenario: "cluster",
+            phases: vec![PhaseView {
+                name: "cluster".into(),
+                measured: &measured,
+                windows: &windows,
+            }],
+        };
+        let csv = percentiles_csv(&run);
+        let rows: Vec<&str> = csv
+            .lines()
+            .filter(|line| line.contains(",window:"))
+            .collect();
+        assert_eq!(rows.len(), 6, "corrected and raw per window: {csv}");
+        assert!(
+            rows[2].starts_with("cluster,window:during_split,corrected,1,0,2,1,"),
+            "one operation over half a second: {csv}"
+        );
+        assert!(rows[4].starts_with("cluster,window:after_split,corrected,0,0,0,0,"));
+        assert_eq!(
+            panel_title("cluster", &run.phases[0]),
+            "cluster (DURING SPLIT 1.00 S, AFTER SPLIT 1.50 S)"
+        );
+        let plain = PhaseView {
+            windows: &[],
+            ..run.phases[0].clone()
+        };
+        assert_eq!(panel_title("cluster", &plain), "cluster");
     }
 
     #[test]

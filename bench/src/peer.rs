@@ -152,6 +152,8 @@ impl PeerArgs {
             encryption: None,
             nodes: Some(self.nodes),
             attached_members: Some(self.subscribers()),
+            split_shards: None,
+            split_at_s: None,
             client_threads: self.client_threads,
             setup_concurrency: self.rooms,
         }
@@ -184,6 +186,7 @@ impl PeerReport {
                 .map(|phase| crate::output::PhaseView {
                     name: phase.name.clone(),
                     measured: &phase.measured,
+                    windows: &phase.measured.windows,
                 })
                 .collect(),
         }

@@ -121,6 +121,10 @@ pub enum NodeDescription {
         /// `cluster.replication_factor` (R) of those nodes (cluster scenario).
         #[serde(skip_serializing_if = "Option::is_none")]
         replication_factor: Option<u32>,
+        /// `cluster.split_shards` of those nodes, when any (cluster scenario, `--split-shards`):
+        /// shards numbered after the `shards` hashed ones.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        split_shards: Option<u64>,
     },
     Target {
         addr: SocketAddr,
@@ -237,13 +241,14 @@ impl Provider {
 
     /// Starts the cluster scenario's provider, [`CLUSTER_DOMAIN`], as `nodes` nodes in this
     /// process (`mimid_node::demo::start_cluster`), each with the in-process node options of
-    /// `args` and `cluster.replicas = replicas`, and waits until placement has brought every
-    /// shard to that layout ([`placement_settled`]). Must not be called from inside a tokio
-    /// runtime.
+    /// `args`, `cluster.replicas = replicas` and `cluster.split_shards = split_shards`, and
+    /// waits until placement has brought every shard to that layout ([`placement_settled`]).
+    /// Must not be called from inside a tokio runtime.
     pub fn start_cluster(
         args: &NodeArgs,
         nodes: u64,
         replicas: Replicas,
+        split_shards: u64,
     ) -> anyhow::Result<Provider> {
         if args.target.is_some() {
             bail!("cluster runs its nodes in this process: --target is not supported");
@@ -251,6 +256,7 @@ impl Provider {
         let parent = data_dir_parent(args);
         let mut config = node_config(args);
         config.cluster.replicas = replicas;
+        config.cluster.split_shards = split_shards;
         let runtime = node_runtime()?;
         let cluster = runtime
             .block_on(start_cluster(
@@ -422,6 +428,7 @@ fn in_process_description(
         nodes,
         replicas: nodes.map(|_| config.cluster.replicas),
         replication_factor: nodes.map(|_| config.cluster.replication_factor),
+        split_shards: (config.cluster.split_shards > 0).then_some(config.cluster.split_shards),
     }
 }
 
@@ -551,6 +558,82 @@ pub struct NodeSample {
     pub push_streams: u64,
     /// Room actors running on this node.
     pub rooms_active: u64,
+    /// This node's room moves (shard splits), cumulative.
+    pub moves: MoveCounters,
+}
+
+/// A node's room-move counters (ARCHITECTURE.md "Shard splits"), cumulative; zero on a node
+/// without them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MoveCounters {
+    /// Rooms this node moved (`mimid_rooms_moved_total`).
+    pub moved: u64,
+    /// Moves it started or resumed that failed (`mimid_room_moves_failed_total`).
+    pub failed: u64,
+    /// Room commands sent again because their room was moving or had moved
+    /// (`mimid_room_move_retries_total`).
+    pub retries: u64,
+    /// Moves timed, freeze to release (`mimid_room_move_duration_seconds_count`).
+    pub timed: u64,
+    /// Their total time in microseconds (`mimid_room_move_duration_seconds_sum`).
+    pub total_us: u64,
+    /// The histogram's cumulative buckets: upper bound in microseconds (`u64::MAX` for
+    /// `+Inf`) and moves at or below it, ascending.
+    pub buckets: Vec<(u64, u64)>,
+}
+
+impl MoveCounters {
+    /// What happened between `before` and `self`.
+    pub fn since(&self, before: &MoveCounters) -> MoveCounters {
+        MoveCounters {
+            moved: self.moved.saturating_sub(before.moved),
+            failed: self.failed.saturating_sub(before.failed),
+            retries: self.retries.saturating_sub(before.retries),
+            timed: self.timed.saturating_sub(before.timed),
+            total_us: self.total_us.saturating_sub(before.total_us),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|&(le, n)| {
+                    let earlier = before
+                        .buckets
+                        .iter()
+                        .find(|(other, _)| *other == le)
+                        .map_or(0, |(_, n)| *n);
+                    (le, n.saturating_sub(earlier))
+                })
+                .collect(),
+        }
+    }
+
+    /// The sum of two nodes' counters (buckets by bound).
+    pub fn plus(&self, other: &MoveCounters) -> MoveCounters {
+        let mut buckets: BTreeMap<u64, u64> = self.buckets.iter().copied().collect();
+        for &(le, n) in &other.buckets {
+            *buckets.entry(le).or_insert(0) += n;
+        }
+        MoveCounters {
+            moved: self.moved + other.moved,
+            failed: self.failed + other.failed,
+            retries: self.retries + other.retries,
+            timed: self.timed + other.timed,
+            total_us: self.total_us + other.total_us,
+            buckets: buckets.into_iter().collect(),
+        }
+    }
+
+    /// The bound of the lowest bucket holding every timed move: the slowest move took at most
+    /// this long (microseconds); `None` without moves or when it is only in `+Inf`.
+    pub fn slowest_at_most_us(&self) -> Option<u64> {
+        if self.timed == 0 {
+            return None;
+        }
+        self.buckets
+            .iter()
+            .find(|(_, n)| *n >= self.timed)
+            .map(|(le, _)| *le)
+            .filter(|le| *le != u64::MAX)
+    }
 }
 
 /// Reads one cluster node's counters and gauges from its `/metrics`.
@@ -578,7 +661,39 @@ fn parse_node_sample(body: &str) -> anyhow::Result<NodeSample> {
         remote_reads: labelled_values(body, "mimid_remote_reads_total", &["kind", "outcome"]),
         push_streams: value("mimid_push_streams")?,
         rooms_active: value("mimid_rooms_active")?,
+        moves: move_counters(body),
     })
+}
+
+/// The room-move counters in a node's `/metrics` (zero when missing).
+fn move_counters(body: &str) -> MoveCounters {
+    let counter = |name: &str| metric_value(body, name).unwrap_or(0);
+    let micros = |seconds: f64| (seconds * 1e6).round() as u64;
+    let bucket = "mimid_room_move_duration_seconds_bucket";
+    let mut buckets: Vec<(u64, u64)> = body
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(bucket)?.strip_prefix('{')?;
+            let (set, value) = rest.split_once('}')?;
+            let le = match label_value(set, "le")? {
+                "+Inf" => u64::MAX,
+                bound => micros(bound.parse::<f64>().ok()?),
+            };
+            Some((
+                le,
+                value.split_whitespace().next()?.parse::<f64>().ok()? as u64,
+            ))
+        })
+        .collect();
+    buckets.sort_unstable();
+    MoveCounters {
+        moved: counter("mimid_rooms_moved_total"),
+        failed: counter("mimid_room_moves_failed_total"),
+        retries: counter("mimid_room_move_retries_total"),
+        timed: counter("mimid_room_move_duration_seconds_count"),
+        total_us: metric_f64(body, "mimid_room_move_duration_seconds_sum").map_or(0, micros),
+        buckets,
+    }
 }
 
 /// The samples of `name` with the labels `labels`, by those labels' values joined with `/`,
@@ -608,10 +723,15 @@ fn label_value<'a>(set: &'a str, label: &str) -> Option<&'a str> {
 
 /// The value of an unlabelled sample `name` in OpenMetrics text.
 pub(crate) fn metric_value(text: &str, name: &str) -> Option<u64> {
+    metric_f64(text, name).map(|v| v as u64)
+}
+
+/// [`metric_value`] unrounded (a histogram's `_sum` in seconds).
+fn metric_f64(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         let value = rest.strip_prefix(' ')?.split_whitespace().next()?;
-        value.parse::<f64>().ok().map(|v| v as u64)
+        value.parse::<f64>().ok()
     })
 }
 
@@ -661,6 +781,41 @@ mod tests {
             ])
         );
         assert!(parse_node_sample("mimid_raft_proposals_total 1\n").is_err());
+        assert_eq!(sample.moves, MoveCounters::default(), "no moves: zero");
+    }
+
+    #[test]
+    fn room_move_counters_give_the_moves_their_time_and_the_slowest_bucket() {
+        let at = |moved: u64, timed: u64, sum: f64, buckets: [u64; 3]| {
+            format!(
+                "mimid_rooms_moved_total {moved}\n\
+                 mimid_room_moves_failed_total 1\n\
+                 mimid_room_move_retries_total {}\n\
+                 mimid_room_move_duration_seconds_sum {sum}\n\
+                 mimid_room_move_duration_seconds_count {timed}\n\
+                 mimid_room_move_duration_seconds_bucket{{le=\"0.01\"}} {}\n\
+                 mimid_room_move_duration_seconds_bucket{{le=\"0.1\"}} {}\n\
+                 mimid_room_move_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
+                moved * 3,
+                buckets[0],
+                buckets[1],
+                buckets[2]
+            )
+        };
+        let before = move_counters(&at(2, 2, 0.004, [2, 2, 2]));
+        let after = move_counters(&at(12, 12, 0.3245, [8, 12, 12]));
+        assert_eq!(after.total_us, 324_500);
+        let moves = after.since(&before);
+        assert_eq!((moves.moved, moves.failed, moves.retries), (10, 0, 30));
+        assert_eq!((moves.timed, moves.total_us), (10, 320_500));
+        assert_eq!(moves.buckets, [(10_000, 6), (100_000, 10), (u64::MAX, 10)]);
+        assert_eq!(moves.slowest_at_most_us(), Some(100_000));
+        let both = moves.plus(&moves);
+        assert_eq!((both.moved, both.timed), (20, 20));
+        assert_eq!(both.slowest_at_most_us(), Some(100_000));
+        assert_eq!(MoveCounters::default().slowest_at_most_us(), None);
+        let slow = move_counters(&at(1, 1, 20.0, [0, 0, 1]));
+        assert_eq!(slow.slowest_at_most_us(), None, "only +Inf bounds it");
     }
 
     fn view(leader: u64, voters: &[u64], learners: &[u64]) -> ShardView {

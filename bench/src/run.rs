@@ -20,12 +20,13 @@ use crate::fanout::{
 };
 use crate::group::set_up_groups;
 use crate::join::link_joiners;
-use crate::load::{run_phase, PhaseConfig, PhaseReport};
+use crate::load::{run_phase, run_phase_with, PhaseConfig, PhaseReport};
 use crate::provider::{
     node_sample, raft_counters, NodeDescription, NodeSample, Provider, RaftCounters,
 };
-use crate::scenario::{set_up_rooms, Naming, Operation, PhaseSender};
+use crate::scenario::{set_up_rooms, Acknowledged, Naming, Operation, PhaseSender};
 use crate::schedule::OpenSchedule;
+use crate::split::{run_split, MoveReport, SplitPlan, SplitReport};
 use crate::stats::round_millis;
 use crate::system::{CpuSample, CpuUsage, Machine};
 
@@ -93,6 +94,12 @@ pub struct RunConfig {
     /// Cluster scenario: whether the members stay attached by their push streams.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attached_members: Option<bool>,
+    /// Cluster scenario: `--split-shards`, when any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split_shards: Option<u64>,
+    /// Cluster scenario: `--split-at`, seconds into the timed phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split_at_s: Option<f64>,
     pub client_threads: u32,
     pub setup_concurrency: u32,
 }
@@ -147,6 +154,10 @@ pub struct PhaseSummary {
     /// commit-churn, join-storm: the rooms' sizes after the phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_size: Option<GroupSizeReport>,
+    /// Cluster scenario with `--split-at`: the shard split during the phase, and the
+    /// operations before, during and after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitReport>,
 }
 
 /// The sizes of a phase's rooms after it.
@@ -241,6 +252,9 @@ pub struct RaftReport {
 /// report. Must not be called from inside a tokio runtime.
 pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
     let common = common(scenario)?;
+    if let Scenario::Cluster(args) = scenario {
+        args.split_at().map_err(anyhow::Error::msg)?;
+    }
     let senders_per_phase = match scenario {
         Scenario::Messages(args) => args.rooms,
         Scenario::Commits(args) => args.rooms,
@@ -280,13 +294,23 @@ pub fn run(scenario: &Scenario) -> anyhow::Result<Report> {
             progress(
                 common,
                 &format!(
-                    "starting provider {} on {} nodes (replicas {}), waiting for placement",
+                    "starting provider {} on {} nodes (replicas {}{}), waiting for placement",
                     crate::provider::CLUSTER_DOMAIN,
                     args.nodes,
-                    replicas_name(args.replicas)
+                    replicas_name(args.replicas),
+                    if args.split_shards > 0 {
+                        format!(", {} split shards", args.split_shards)
+                    } else {
+                        String::new()
+                    }
                 ),
             );
-            Provider::start_cluster(&common.node, args.nodes, args.replicas.into())?
+            Provider::start_cluster(
+                &common.node,
+                args.nodes,
+                args.replicas.into(),
+                args.split_shards,
+            )?
         }
         Scenario::LargeRoomFanout(args) => {
             let domains = &FANOUT_DOMAINS[..args.providers as usize];
@@ -437,6 +461,13 @@ fn phase_plans(scenario: &Scenario, domain: &str, tag: &str) -> anyhow::Result<V
             args.message_bytes,
             PhaseKind::Cluster {
                 attached: !args.detached_members,
+                split: args
+                    .split_at()
+                    .map_err(anyhow::Error::msg)?
+                    .map(|at| SplitAsk {
+                        at,
+                        split_shards: args.split_shards,
+                    }),
             },
         ),
         Scenario::Dm(args) => messages(
@@ -513,8 +544,11 @@ enum PhaseKind {
     /// Alice at the hub sends, Bob at the follower receives (`cross`).
     CrossProvider,
     /// Each room's creator on one node of the cluster, its member on the next, attached by its
-    /// push stream or not (`cluster`).
-    Cluster { attached: bool },
+    /// push stream or not (`cluster`); a shard split during the phase, if asked.
+    Cluster {
+        attached: bool,
+        split: Option<SplitAsk>,
+    },
     /// Every member attached, taking turns; an operation ends when all others have it (`group`:
     /// dm, small-rooms).
     Group,
@@ -527,6 +561,15 @@ enum PhaseKind {
     Churn { mix: Mix },
     /// New devices of the creator join by external commit (`join`).
     Join,
+}
+
+/// A shard split asked for during the cluster scenario's phase (`--split-at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SplitAsk {
+    /// When, from the phase start.
+    at: Duration,
+    /// `cluster.split_shards` of the nodes.
+    split_shards: u64,
 }
 
 /// What besides the senders a phase keeps running and reports on.
@@ -561,12 +604,13 @@ async fn run_one(
         !common.output.no_progress,
         &format!("{}: setting up", plan.name),
     );
-    let run = PhaseRun {
+    let mut run = PhaseRun {
         provider,
         common,
         plan,
         setup_start: Instant::now(),
         interrupted,
+        split: None,
     };
     let plan = &run.plan;
     let setup_concurrency = common.setup_concurrency as usize;
@@ -584,7 +628,7 @@ async fn run_one(
             .await?;
             run.measure(senders, Attached::None).await
         }
-        PhaseKind::Cluster { attached } => {
+        PhaseKind::Cluster { attached, split } => {
             let nodes: Vec<_> = provider
                 .cluster
                 .iter()
@@ -599,6 +643,9 @@ async fn run_one(
                 attached,
             )
             .await?;
+            if let Some(ask) = split {
+                run.split = Some(split_plan(provider, ask, &senders)?);
+            }
             let receivers = if attached {
                 Attached::Cluster(Receivers::start(members))
             } else {
@@ -729,6 +776,28 @@ async fn run_one(
     }
 }
 
+/// The plan of the split `ask` asks for: the hashed shard holding the most of the rooms of
+/// `senders`, split through node 1.
+fn split_plan(
+    provider: &Provider,
+    ask: SplitAsk,
+    senders: &[crate::scenario::RoomSender],
+) -> anyhow::Result<SplitPlan> {
+    let NodeDescription::InProcess { shards, .. } = provider.description else {
+        bail!("a split needs the in-process cluster");
+    };
+    let layout = mimid_actors::residency::Layout::new(shards, [], ask.split_shards)
+        .map_err(anyhow::Error::msg)
+        .context("the cluster's shard layout")?;
+    let node = provider
+        .cluster
+        .first()
+        .context("a split needs the cluster's nodes")?;
+    let rooms: Vec<_> = senders.iter().map(|s| s.room().clone()).collect();
+    SplitPlan::new(ask.at, &layout, &rooms, node.node_id, node.admin)
+        .context("a split needs rooms to move")
+}
+
 /// One phase of a run: what [`PhaseRun::measure`] needs once the phase's senders are set up.
 struct PhaseRun<'a> {
     provider: &'a Provider,
@@ -737,6 +806,8 @@ struct PhaseRun<'a> {
     /// When the phase's set-up began.
     setup_start: Instant,
     interrupted: &'a Arc<AtomicBool>,
+    /// The shard split to run during the phase (cluster scenario, `--split-at`).
+    split: Option<SplitPlan>,
 }
 
 impl PhaseRun<'_> {
@@ -753,6 +824,7 @@ impl PhaseRun<'_> {
             plan,
             setup_start,
             interrupted,
+            split,
         } = self;
         let model = common.load.model();
         let setup_s = round_millis(setup_start.elapsed().as_secs_f64());
@@ -817,12 +889,31 @@ impl PhaseRun<'_> {
             progress: !common.output.no_progress,
             interrupted: interrupted.clone(),
         };
-        let (senders, measured) = run_phase(senders, config).await?;
+        let (senders, mut measured, split_run) = match &split {
+            Some(split) => {
+                let (task_plan, shown) = (split.clone(), !common.output.no_progress);
+                let (senders, measured, run) =
+                    run_phase_with(senders, config, Some(crate::split::BEFORE), move |clock| {
+                        run_split(clock, task_plan, shown)
+                    })
+                    .await?;
+                (senders, measured, Some(run))
+            }
+            None => {
+                let (senders, measured) = run_phase(senders, config).await?;
+                (senders, measured, None)
+            }
+        };
         let cpu = CpuSample::take().since(&cpu_before);
         let raft_after = read_raft(provider.admin).await;
         let follower_after = read_raft(follower_admin).await;
         let cluster_after = settled_cluster(provider).await;
         let group_size = group_sizes(&senders, plan.members);
+        // The receivers check each message by the number in its text when it has room for it.
+        let acknowledged: Option<Vec<Acknowledged>> = (plan.text_bytes
+            >= crate::cross::MIN_TEXT_BYTES as usize)
+            .then(|| senders.iter().map(PhaseSender::acknowledged).collect())
+            .flatten();
         S::close_all(senders).await;
         let elapsed_s = measured.elapsed_s;
         let (delivery, fanout) = match attached {
@@ -830,7 +921,7 @@ impl PhaseRun<'_> {
             Attached::Cluster(receivers) => (
                 Some(
                     receivers
-                        .finish(measured.totals.ops_ok, CATCH_UP_DEADLINE)
+                        .finish(measured.totals.ops_ok, acknowledged, CATCH_UP_DEADLINE)
                         .await,
                 ),
                 None,
@@ -855,6 +946,22 @@ impl PhaseRun<'_> {
                 (None, Some(fanout))
             }
         };
+        let split = match (&split, &split_run) {
+            (Some(plan), Some(run)) => {
+                let moves = match (&cluster_before, &cluster_after) {
+                    (Some(before), Some(after)) => {
+                        let counters = |samples: &[NodeSample]| -> Vec<_> {
+                            samples.iter().map(|s| s.moves.clone()).collect()
+                        };
+                        MoveReport::over(&counters(before), &counters(after))
+                    }
+                    _ => MoveReport::default(),
+                };
+                let windows = std::mem::take(&mut measured.windows);
+                Some(SplitReport::new(plan, run, windows, moves))
+            }
+            _ => None,
+        };
         let (cluster, cluster_raft) = match (&cluster_before, &cluster_after) {
             (Some(before), Some(after)) => (
                 Some(cluster_report(
@@ -874,15 +981,15 @@ impl PhaseRun<'_> {
             (measured.totals.ops_ok > 0)
                 .then(|| (seconds * 1000.0 / measured.totals.ops_ok as f64 * 1e4).round() / 1e4)
         };
-        let split = cpu.split();
+        let cpu_split = cpu.split();
         let in_process = provider.is_in_process();
-        let server_s = in_process.then_some(split.server_s);
+        let server_s = in_process.then_some(cpu_split.server_s);
         let cpu = CpuReport {
             per_1000_ops_s: cpu.process_s.and_then(per_1000_ops),
-            generator_s: split.generator_s,
-            generator_threads: split.generator_threads,
+            generator_s: cpu_split.generator_s,
+            generator_threads: cpu_split.generator_threads,
             server_s,
-            server_threads: in_process.then_some(split.server_threads),
+            server_threads: in_process.then_some(cpu_split.server_threads),
             server_per_1000_ops_s: server_s.and_then(per_1000_ops),
             usage: cpu,
         };
@@ -906,6 +1013,7 @@ impl PhaseRun<'_> {
             cluster,
             fanout,
             group_size,
+            split,
         })
     }
 }
@@ -979,11 +1087,15 @@ async fn read_cluster(provider: &Provider) -> Option<Vec<NodeSample>> {
 }
 
 /// [`read_cluster`], read again (for at most [`LEADERS_SETTLE`]) while the nodes' leadership
-/// gauges do not add up to the shard count: each node updates its gauge on its own, so a
-/// leadership that just moved may be counted twice or not at all.
+/// gauges do not add up to the shard count (split shards included): each node updates its
+/// gauge on its own, so a leadership that just moved may be counted twice or not at all.
 async fn settled_cluster(provider: &Provider) -> Option<Vec<NodeSample>> {
     let shards = match provider.description {
-        NodeDescription::InProcess { shards, .. } => shards,
+        NodeDescription::InProcess {
+            shards,
+            split_shards,
+            ..
+        } => shards + split_shards.unwrap_or(0),
         NodeDescription::Target { .. } => return None,
     };
     let deadline = Instant::now() + LEADERS_SETTLE;
@@ -1101,6 +1213,8 @@ fn run_config(scenario: &Scenario, common: &CommonArgs) -> RunConfig {
         encryption: None,
         nodes: None,
         attached_members: None,
+        split_shards: None,
+        split_at_s: None,
         client_threads: common.client_threads,
         setup_concurrency: common.setup_concurrency,
     };
@@ -1128,6 +1242,8 @@ fn run_config(scenario: &Scenario, common: &CommonArgs) -> RunConfig {
             config.encryption = Some(encryption_name(args.encryption));
             config.nodes = Some(args.nodes);
             config.attached_members = Some(!args.detached_members);
+            config.split_shards = (args.split_shards > 0).then_some(args.split_shards);
+            config.split_at_s = args.split_at.map(|at| round_millis(at.as_secs_f64()));
         }
         Scenario::IdleDensity(args) => config.rooms = args.rooms,
         Scenario::Dm(args) => {
@@ -1343,6 +1459,34 @@ fn notes(scenario: &Scenario, node: &NodeDescription) -> Vec<String> {
              closed model."
                 .to_string(),
         );
+        if !args.detached_members {
+            notes.push(
+                "cluster.delivery checks every message by the number in its text: lost \
+                 (acknowledged, never delivered), duplicated (delivered more than once) and \
+                 out_of_order (after a later message of its sender) must be 0; \
+                 unacknowledged_delivered are messages whose send failed or timed out but \
+                 which the provider had accepted (null without numbers: --message-bytes below \
+                 48)."
+                    .to_string(),
+            );
+        }
+        if let Some(at) = args.split_at {
+            notes.push(format!(
+                "At {:.3} s into the phase the hashed shard holding the most of the bench's \
+                 rooms split ({} split shards, cluster.split_shards), through POST \
+                 /admin/shards/split on node 1, as an operator would ask: about half its \
+                 rooms moved to a split shard one by one (freeze, adopt, repin, release; \
+                 ARCHITECTURE.md \"Shard splits\") while the senders went on. split.windows \
+                 has the operations meant to start before the request, between the request \
+                 and its answer, and after, by their intended start (latency_corrected \
+                 includes a send's wait for its room's move); split.moves what the nodes' \
+                 room-move metrics counted over the phase. Every node runs in this process on \
+                 the same CPUs: a split adds no CPU, so this shows the cost of the moves, not a \
+                 gain in throughput.",
+                at.as_secs_f64(),
+                args.split_shards
+            ));
+        }
     } else if let Some(scenario_notes) = more_notes(scenario) {
         notes.extend(scenario_notes);
     } else {

@@ -59,6 +59,34 @@ pub struct RoomSender {
     pregenerated: VecDeque<Vec<u8>>,
     sent: u64,
     broken: bool,
+    /// The `k` of the message being sent, while its operation runs.
+    in_flight: Option<u64>,
+    /// The `k`s of the messages whose operation failed or was abandoned (the provider may
+    /// still have accepted one it did not answer in time).
+    unacknowledged: Vec<u64>,
+}
+
+/// Which messages a sender's provider acknowledged: messages `0..attempted` (by their `k`,
+/// [`message_text`]) but those in `unacknowledged`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// The sender's room index.
+    pub idx: u64,
+    pub attempted: u64,
+    /// Ascending.
+    pub unacknowledged: Vec<u64>,
+}
+
+impl Acknowledged {
+    /// Whether message `k` was acknowledged.
+    pub fn contains(&self, k: u64) -> bool {
+        k < self.attempted && self.unacknowledged.binary_search(&k).is_err()
+    }
+
+    /// How many messages were acknowledged.
+    pub fn count(&self) -> u64 {
+        self.attempted - self.unacknowledged.len() as u64
+    }
 }
 
 /// Names of one phase's users and rooms: unique per run (`tag`) and per phase, so runs against
@@ -110,21 +138,33 @@ impl Sender for RoomSender {
     }
 
     async fn run(&mut self) -> Result<(), ErrorKind> {
-        match self.operation {
+        let outcome = match self.operation {
             Operation::PregeneratedMessage => {
+                let k = self.next_message_k();
                 let message = self.pregenerated.pop_front().ok_or(ErrorKind::Client)?;
+                self.in_flight = Some(k);
                 submitted(self.client.submit_raw(&self.room, message).await)
             }
             Operation::LiveMessage { text_bytes } => {
                 let text = message_text(self.idx, self.sent, text_bytes);
+                self.in_flight = Some(self.sent);
                 self.sent += 1;
                 submitted(self.client.send_text(&self.room, &text).await)
             }
             Operation::SelfUpdate => committed(self.client.self_update(&self.room).await),
+        };
+        if let Some(k) = self.in_flight.take() {
+            if outcome.is_err() {
+                self.unacknowledged.push(k);
+            }
         }
+        outcome
     }
 
     fn on_abandoned(&mut self) {
+        if let Some(k) = self.in_flight.take() {
+            self.unacknowledged.push(k);
+        }
         // A dropped Commit may still win its epoch at the hub, while the client discards
         // nothing and keeps it pending: without reading its push stream the client cannot
         // learn the outcome (RFC 9420 §14), so it stops committing. A dropped message leaves
@@ -164,6 +204,12 @@ pub trait PhaseSender: Sender + Sized {
     fn group_size(&self) -> Option<usize> {
         None
     }
+
+    /// Which of its messages the provider acknowledged, for senders of numbered messages
+    /// ([`message_text`]).
+    fn acknowledged(&self) -> Option<Acknowledged> {
+        None
+    }
 }
 
 impl PhaseSender for RoomSender {
@@ -183,6 +229,10 @@ impl PhaseSender for RoomSender {
     async fn close_all(senders: Vec<Self>) {
         close_all(senders).await
     }
+
+    fn acknowledged(&self) -> Option<Acknowledged> {
+        (self.operation != Operation::SelfUpdate).then(|| RoomSender::acknowledged(self))
+    }
 }
 
 impl RoomSender {
@@ -196,6 +246,18 @@ impl RoomSender {
             pregenerated: VecDeque::new(),
             sent: 0,
             broken: false,
+            in_flight: None,
+            unacknowledged: Vec::new(),
+        }
+    }
+
+    /// Which of its messages the provider acknowledged so far (meaningless for Commits).
+    pub fn acknowledged(&self) -> Acknowledged {
+        Acknowledged {
+            idx: self.idx,
+            attempted: self.next_message_k(),
+            // Pushed in the order sent, so ascending.
+            unacknowledged: self.unacknowledged.clone(),
         }
     }
 
@@ -523,6 +585,18 @@ mod tests {
         assert_eq!(message_text(3, 17, 2), "3:");
         assert_ne!(message_text(1, 23, 64), message_text(12, 3, 64));
         assert_eq!(message_text(99, 12345, 256).len(), 256);
+    }
+
+    #[test]
+    fn acknowledged_messages_are_those_attempted_but_the_unanswered() {
+        let acked = Acknowledged {
+            idx: 4,
+            attempted: 6,
+            unacknowledged: vec![1, 4],
+        };
+        let which: Vec<u64> = (0..8).filter(|&k| acked.contains(k)).collect();
+        assert_eq!(which, [0, 2, 3, 5]);
+        assert_eq!(acked.count(), 4);
     }
 
     #[test]

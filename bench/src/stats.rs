@@ -20,6 +20,12 @@
 //! keeps both histograms per operation as well, and at the end of every interval it encodes
 //! each operation's interval histograms (HdrHistogram V2 encoding) into [`LoggedInterval`]s, from
 //! which `output` writes HdrHistogram interval logs, the format of HdrHistogram's own tools.
+//!
+//! A phase may also be cut into *windows* ([`Recorder::open_window`]: before, during and after
+//! a shard split in the cluster scenario). Every sample belongs to the window its *intended
+//! start* falls in, whenever it is answered, and each window keeps both histograms and its
+//! counts ([`WindowReport`]). A window opens at the phase time it is asked for, and every
+//! sample recorded before that was meant to start before it: the windows are exact.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -201,6 +207,35 @@ impl LoggedInterval {
     }
 }
 
+/// The operations meant to start within one window of a phase ([`Recorder::open_window`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowReport {
+    pub name: String,
+    /// Start of the window, seconds from the phase start.
+    pub start_s: f64,
+    /// Its end: the next window's start, or for the last one the end of the phase's timetable
+    /// (`--duration`, or when the phase ended if earlier).
+    pub end_s: f64,
+    /// Operations meant to start in the window that succeeded.
+    pub ops_ok: u64,
+    pub ops_failed: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// `ops_ok` over the window's length.
+    pub ops_per_s: f64,
+    pub latency_corrected: Percentiles,
+    pub latency_raw: Percentiles,
+}
+
+/// The histograms and counts of one window.
+struct WindowRecorder {
+    name: &'static str,
+    start: Duration,
+    corrected: Histogram<u64>,
+    raw: Histogram<u64>,
+    ops_ok: u64,
+    errors: BTreeMap<ErrorKind, u64>,
+}
+
 /// The histograms and counts of one operation.
 struct OperationRecorder {
     corrected: Histogram<u64>,
@@ -243,6 +278,8 @@ pub struct Recorder {
     max_lateness: Duration,
     operations: BTreeMap<&'static str, OperationRecorder>,
     log: Vec<LoggedInterval>,
+    /// The phase's windows in the order they opened; none unless asked for.
+    windows: Vec<WindowRecorder>,
 }
 
 impl Recorder {
@@ -260,7 +297,68 @@ impl Recorder {
             max_lateness: Duration::ZERO,
             operations: BTreeMap::new(),
             log: Vec::new(),
+            windows: Vec::new(),
         }
+    }
+
+    /// Opens window `name` at `at` (from the phase start): the samples meant to start from
+    /// then on, until the next window opens, are counted in it. A window opened before the
+    /// previous one's start opens at that start instead (windows never overlap). Samples meant
+    /// to start before the first window are in no window.
+    pub fn open_window(&mut self, name: &'static str, at: Duration) {
+        let at = self.windows.last().map_or(at, |last| at.max(last.start));
+        self.windows.push(WindowRecorder {
+            name,
+            start: at,
+            corrected: histogram(),
+            raw: histogram(),
+            ops_ok: 0,
+            errors: BTreeMap::new(),
+        });
+    }
+
+    /// The window an operation meant to start at `intended` belongs to.
+    fn window_of(&mut self, intended: Duration) -> Option<&mut WindowRecorder> {
+        self.windows
+            .iter_mut()
+            .rev()
+            .find(|window| window.start <= intended)
+    }
+
+    /// Every window opened so far, the last one ending at `end` (from the phase start; at
+    /// its start if earlier).
+    pub fn windows(&self, end: Duration) -> Vec<WindowReport> {
+        self.windows
+            .iter()
+            .enumerate()
+            .map(|(index, window)| {
+                let until = self
+                    .windows
+                    .get(index + 1)
+                    .map_or(end, |next| next.start)
+                    .max(window.start);
+                let length = (until - window.start).as_secs_f64();
+                WindowReport {
+                    name: window.name.to_string(),
+                    start_s: round_millis(window.start.as_secs_f64()),
+                    end_s: round_millis(until.as_secs_f64()),
+                    ops_ok: window.ops_ok,
+                    ops_failed: window.errors.values().sum(),
+                    errors: window
+                        .errors
+                        .iter()
+                        .map(|(kind, n)| (kind.label(), *n))
+                        .collect(),
+                    ops_per_s: if length > 0.0 {
+                        (window.ops_ok as f64 / length * 10.0).round() / 10.0
+                    } else {
+                        0.0
+                    },
+                    latency_corrected: Percentiles::of(&window.corrected),
+                    latency_raw: Percentiles::of(&window.raw),
+                }
+            })
+            .collect()
     }
 
     /// Records an operation that succeeded, as [`DEFAULT_OPERATION`].
@@ -293,11 +391,19 @@ impl Recorder {
         op.interval_corrected.saturating_record(corrected);
         op.interval_raw.saturating_record(raw);
         op.ops_ok += 1;
+        if let Some(window) = self.window_of(sample.intended) {
+            window.corrected.saturating_record(corrected);
+            window.raw.saturating_record(raw);
+            window.ops_ok += 1;
+        }
     }
 
     /// Records an `operation` that failed with `kind`.
     pub fn handle_failure_of(&mut self, sample: Sample, kind: ErrorKind, operation: &'static str) {
         self.count_start(sample);
+        if let Some(window) = self.window_of(sample.intended) {
+            *window.errors.entry(kind.clone()).or_insert(0) += 1;
+        }
         *self.errors.entry(kind).or_insert(0) += 1;
         self.interval_errors += 1;
         self.operations
@@ -585,6 +691,60 @@ mod tests {
         recorder.handle_success_of(sample(1600, 1600, 1601), "join");
         assert!(recorder.take_final_interval(ms(1700)).is_some());
         assert_eq!(recorder.interval_log().len(), 3);
+    }
+
+    #[test]
+    fn windows_count_each_sample_by_its_intended_start_whenever_it_is_answered() {
+        let mut recorder = Recorder::new();
+        recorder.handle_success(sample(0, 0, 1));
+        assert!(
+            recorder.windows(ms(10)).is_empty(),
+            "no window unless asked for"
+        );
+        recorder.open_window("before", ms(0));
+        recorder.handle_success(sample(10, 10, 12));
+        // Meant for 90 ms, held up behind its sender's previous operation, answered during the
+        // next window: it is the first window's (corrected 40 ms, raw 10 ms).
+        recorder.open_window("during", ms(100));
+        recorder.handle_success(Sample {
+            intended: ms(90),
+            ready: ms(120),
+            started: ms(120),
+            finished: ms(130),
+        });
+        recorder.handle_success(sample(100, 100, 400));
+        recorder.handle_failure(sample(150, 150, 160), ErrorKind::Status(503));
+        recorder.open_window("after", ms(500));
+        // Asked for at a time before "after" opened: it opens with it, and "after" stays empty.
+        recorder.open_window("late", ms(450));
+        recorder.handle_success(sample(600, 600, 603));
+        let windows = recorder.windows(ms(1000));
+        let names: Vec<&str> = windows.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["before", "during", "after", "late"]);
+        let [before, during, after, late] = &windows[..] else {
+            panic!("four windows");
+        };
+        assert_eq!((before.start_s, before.end_s), (0.0, 0.1));
+        assert_eq!((before.ops_ok, before.ops_failed), (2, 0));
+        assert_eq!(whole_ms(before.latency_corrected.max_us), 40);
+        assert_eq!(whole_ms(before.latency_raw.max_us), 10);
+        assert_eq!(before.ops_per_s, 20.0);
+        assert_eq!((during.ops_ok, during.ops_failed), (1, 1));
+        assert_eq!(during.errors.get("http_503"), Some(&1));
+        assert_eq!(whole_ms(during.latency_corrected.p50_us), 300);
+        assert_eq!(
+            (after.start_s, after.end_s),
+            (0.5, 0.5),
+            "ends where late opens"
+        );
+        assert_eq!((after.ops_ok, after.ops_per_s), (0, 0.0));
+        assert_eq!((late.start_s, late.end_s, late.ops_ok), (0.5, 1.0, 1));
+        let totals = recorder.totals();
+        assert_eq!(
+            totals.ops_ok, 5,
+            "the totals hold every sample, windows or not"
+        );
+        assert_eq!(totals.ops_failed, 1);
     }
 
     #[test]

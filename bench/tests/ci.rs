@@ -461,6 +461,140 @@ fn cluster_closed_model_with_detached_members_reports_no_delivery() {
     }
 }
 
+#[test]
+fn cluster_splits_a_shard_under_load_and_every_message_arrives_exactly_once_issue9() {
+    // Two hashed shards and two split shards: about half of the rooms of the busier hashed
+    // shard move while the senders go on.
+    let report = bench_with_out_dir(&[
+        "cluster",
+        "--rooms",
+        "12",
+        "--shards",
+        "2",
+        "--split-shards",
+        "2",
+        "--split-at",
+        "1",
+        "--rate",
+        "60",
+        "--duration",
+        "3s",
+        "--message-bytes",
+        "64",
+    ]);
+    assert_eq!(report["config"]["split_shards"], 2);
+    assert_eq!(report["config"]["split_at_s"], 1.0);
+    assert_eq!(report["node"]["split_shards"], 2);
+    let phase = &report["phases"][0];
+    check_phase(phase, 12);
+    assert_eq!(
+        phase["ops_ok"], 180,
+        "every scheduled message was acknowledged"
+    );
+    assert_eq!(
+        phase["cluster"]["shards_led_total"], 4,
+        "the split shards have leaders too: {}",
+        phase["cluster"]
+    );
+    let split = &phase["split"];
+    assert_eq!(split["status"], 200, "{split}");
+    let shard = split["shard"].as_u64().expect("the shard split");
+    assert!(shard < 2, "a hashed shard: {split}");
+    assert_eq!(split["from"], shard);
+    assert!(
+        [2, 3].contains(&split["to"].as_u64().expect("a split shard")),
+        "{split}"
+    );
+    let on_shard = split["bench_rooms_by_shard"][shard.to_string()]
+        .as_u64()
+        .expect("the bench's rooms on the shard");
+    let moved = split["rooms_moved"].as_u64().expect("rooms moved");
+    assert_eq!(moved, on_shard / 2, "half of the shard's rooms: {split}");
+    assert_eq!(split["bench_rooms_moved"], moved);
+    assert_eq!(split["rooms_failed"], 0, "{split}");
+    assert_eq!(
+        split["moves"]["moved"], moved,
+        "the nodes counted the moves"
+    );
+    assert_eq!(split["moves"]["timed"], moved);
+    assert!(split["moves"]["mean_move_ms"]
+        .as_f64()
+        .is_some_and(|ms| ms > 0.0));
+    let asked = split["asked_at_s"].as_f64().expect("asked");
+    let answered = split["answered_at_s"].as_f64().expect("answered");
+    assert!((1.0..answered).contains(&asked), "{split}");
+    let windows = split["windows"].as_array().expect("windows");
+    let names: Vec<&str> = windows
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["before_split", "during_split", "after_split"]);
+    assert_eq!(windows[1]["start_s"], asked);
+    assert_eq!(windows[2]["start_s"], answered);
+    let in_windows: u64 = windows.iter().map(|w| w["ops_ok"].as_u64().unwrap()).sum();
+    assert_eq!(in_windows, 180, "each operation is in one window");
+    assert!(windows[0]["ops_ok"].as_u64().is_some_and(|n| n >= 55));
+    assert!(windows[2]["ops_ok"].as_u64().is_some_and(|n| n > 0));
+    assert!(phase.get("windows").is_none(), "only under split");
+    let delivery = &phase["cluster"]["delivery"];
+    assert_eq!(delivery["delivered"], 180, "{delivery}");
+    for field in ["lost", "duplicated", "out_of_order", "unrecognised"] {
+        assert_eq!(delivery[field], 0, "{field}: {delivery}");
+    }
+    assert_eq!(delivery["caught_up"], true);
+}
+
+#[test]
+fn a_split_without_split_shards_or_outside_the_phase_is_refused_before_anything_starts() {
+    let data = tempfile::tempdir().expect("temporary directory");
+    for (args, says) in [
+        (&["cluster", "--split-at", "5"][..], "--split-shards"),
+        (
+            &[
+                "cluster",
+                "--split-shards",
+                "0",
+                "--split-at",
+                "5",
+                "--duration",
+                "10s",
+            ][..],
+            "--split-shards 1 or more",
+        ),
+        (
+            &[
+                "cluster",
+                "--split-shards",
+                "2",
+                "--split-at",
+                "10",
+                "--duration",
+                "5s",
+            ][..],
+            "not within the timed phase",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_mimid-bench"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .expect("mimid-bench starts");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("starting provider"),
+            "{args:?}: refused before any node starts: {stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(data.path()).expect("readable").count(),
+        0,
+        "nothing was created"
+    );
+}
+
 /// Runs `args` with `--out-dir` and `--no-progress`; returns the report on stdout, after
 /// checking the out-dir files and that the in-process providers' data directory is gone.
 fn bench_with_out_dir(args: &[&str]) -> Value {
