@@ -179,8 +179,19 @@ fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
                 .windows
                 .iter()
                 .map(|w| {
+                    let moved = w
+                        .by_operation
+                        .get(mimid_bench::scenario::MOVED_MESSAGE)
+                        .map_or(String::new(), |op| {
+                            format!(
+                                " (moved rooms {} ok p50 {:.2} p99 {:.2} ms)",
+                                op.ops_ok,
+                                ms(op.latency_corrected.p50_us),
+                                ms(op.latency_corrected.p99_us)
+                            )
+                        });
                     format!(
-                        "{} {} ok p50 {:.2} p99 {:.2} p99.9 {:.2} ms",
+                        "{} {} ok p50 {:.2} p99 {:.2} p99.9 {:.2} ms{moved}",
                         w.name,
                         w.ops_ok,
                         ms(w.latency_corrected.p50_us),

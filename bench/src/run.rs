@@ -26,7 +26,7 @@ use crate::provider::{
 };
 use crate::scenario::{set_up_rooms, Acknowledged, Naming, Operation, PhaseSender};
 use crate::schedule::OpenSchedule;
-use crate::split::{run_split, MoveReport, SplitPlan, SplitReport};
+use crate::split::{run_split, MoveReport, MovedFlags, SplitPlan, SplitReport};
 use crate::stats::round_millis;
 use crate::system::{CpuSample, CpuUsage, Machine};
 
@@ -643,8 +643,16 @@ async fn run_one(
                 attached,
             )
             .await?;
+            let mut senders = senders;
             if let Some(ask) = split {
-                run.split = Some(split_plan(provider, ask, &senders)?);
+                let plan = split_plan(provider, ask, &senders)?;
+                let flags = plan.flags();
+                for sender in &mut senders {
+                    if let Some(flag) = flags.get(sender.room()) {
+                        sender.watch_move(flag.clone());
+                    }
+                }
+                run.split = Some((plan, flags));
             }
             let receivers = if attached {
                 Attached::Cluster(Receivers::start(members))
@@ -806,8 +814,9 @@ struct PhaseRun<'a> {
     /// When the phase's set-up began.
     setup_start: Instant,
     interrupted: &'a Arc<AtomicBool>,
-    /// The shard split to run during the phase (cluster scenario, `--split-at`).
-    split: Option<SplitPlan>,
+    /// The shard split to run during the phase (cluster scenario, `--split-at`), and the
+    /// flags its rooms' senders watch.
+    split: Option<(SplitPlan, MovedFlags)>,
 }
 
 impl PhaseRun<'_> {
@@ -890,11 +899,12 @@ impl PhaseRun<'_> {
             interrupted: interrupted.clone(),
         };
         let (senders, mut measured, split_run) = match &split {
-            Some(split) => {
-                let (task_plan, shown) = (split.clone(), !common.output.no_progress);
+            Some((split, flags)) => {
+                let (task_plan, flags) = (split.clone(), flags.clone());
+                let shown = !common.output.no_progress;
                 let (senders, measured, run) =
                     run_phase_with(senders, config, Some(crate::split::BEFORE), move |clock| {
-                        run_split(clock, task_plan, shown)
+                        run_split(clock, task_plan, flags, shown)
                     })
                     .await?;
                 (senders, measured, Some(run))
@@ -947,7 +957,7 @@ impl PhaseRun<'_> {
             }
         };
         let split = match (&split, &split_run) {
-            (Some(plan), Some(run)) => {
+            (Some((plan, _)), Some(run)) => {
                 let moves = match (&cluster_before, &cluster_after) {
                     (Some(before), Some(after)) => {
                         let counters = |samples: &[NodeSample]| -> Vec<_> {

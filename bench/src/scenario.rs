@@ -16,6 +16,8 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -64,7 +66,14 @@ pub struct RoomSender {
     /// The `k`s of the messages whose operation failed or was abandoned (the provider may
     /// still have accepted one it did not answer in time).
     unacknowledged: Vec<u64>,
+    /// Set once the room moved to another shard (the cluster scenario's split): its messages
+    /// are then [`MOVED_MESSAGE`]s.
+    moved: Option<Arc<AtomicBool>>,
 }
+
+/// The operation of a message sent in a room that moved to another shard during the phase
+/// (the cluster scenario's split), once it had.
+pub const MOVED_MESSAGE: &str = "message_moved";
 
 /// Which messages a sender's provider acknowledged: messages `0..attempted` (by their `k`,
 /// [`message_text`]) but those in `unacknowledged`.
@@ -176,6 +185,14 @@ impl Sender for RoomSender {
 
     fn operation(&self) -> &'static str {
         match self.operation {
+            Operation::PregeneratedMessage | Operation::LiveMessage { .. }
+                if self
+                    .moved
+                    .as_ref()
+                    .is_some_and(|moved| moved.load(Ordering::Relaxed)) =>
+            {
+                MOVED_MESSAGE
+            }
             Operation::PregeneratedMessage | Operation::LiveMessage { .. } => "message",
             Operation::SelfUpdate => "commit",
         }
@@ -248,7 +265,13 @@ impl RoomSender {
             broken: false,
             in_flight: None,
             unacknowledged: Vec::new(),
+            moved: None,
         }
+    }
+
+    /// Counts the sender's messages as [`MOVED_MESSAGE`]s once `moved` is set.
+    pub fn watch_move(&mut self, moved: Arc<AtomicBool>) {
+        self.moved = Some(moved);
     }
 
     /// Which of its messages the provider acknowledged so far (meaningless for Commits).

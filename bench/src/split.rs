@@ -9,7 +9,9 @@
 //! the request to its answer, `after_split` from then on. An operation belongs to the window
 //! its intended start falls in (coordinated-omission corrected in the open model), so a send
 //! scheduled just before the request that waited for its room's move counts before it, with
-//! its wait. The report ([`SplitReport`]) has the call (when, how long, the answer), the rooms
+//! its wait. The messages of the rooms that moved count as `message_moved` once they had
+//! (`scenario::MOVED_MESSAGE`, [`MovedFlags`]), so each window also tells them apart from the
+//! rooms that stayed. The report ([`SplitReport`]) has the call (when, how long, the answer), the rooms
 //! moved and failed, the three windows, and what the nodes' room-move metrics counted over the
 //! phase (every node's together: the moves run on the node asked, a move resumed on the
 //! source shard's leader).
@@ -19,6 +21,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mimid_actors::hub::SplitOutcome;
@@ -46,6 +50,10 @@ pub const AFTER: &str = "after_split";
 const FAILED_LISTED: usize = 10;
 /// Characters of a refusal's text kept in the report.
 const ERROR_CHARS: usize = 500;
+
+/// One flag per room of the shard to split, set when the split's answer says it moved (the
+/// room's sender then counts its messages as `scenario::MOVED_MESSAGE`).
+pub type MovedFlags = BTreeMap<RoomId, Arc<AtomicBool>>;
 
 /// What to split and when, decided once the rooms are set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +101,14 @@ impl SplitPlan {
             admin,
         })
     }
+
+    /// A flag, unset, for each of the bench's rooms on the shard.
+    pub fn flags(&self) -> MovedFlags {
+        self.rooms
+            .iter()
+            .map(|room| (room.clone(), Arc::new(AtomicBool::new(false))))
+            .collect()
+    }
 }
 
 /// What the split task did during the phase.
@@ -109,11 +125,16 @@ pub struct SplitRun {
 }
 
 /// Splits `plan.shard` at `plan.at` into the phase of `clock`, opening the windows
-/// [`DURING`] at the request and [`AFTER`] at its answer; prints a line for each when
-/// `progress`.
+/// [`DURING`] at the request and [`AFTER`] at its answer, and sets the `moved` flag of each
+/// room the answer says moved; prints a line for each when `progress`.
 ///
 /// Cancel safety: not safe; a split asked for runs to its end on the node anyway.
-pub async fn run_split(clock: PhaseClock, plan: SplitPlan, progress: bool) -> SplitRun {
+pub async fn run_split(
+    clock: PhaseClock,
+    plan: SplitPlan,
+    moved: MovedFlags,
+    progress: bool,
+) -> SplitRun {
     if !clock.wait_until(plan.at).await {
         return SplitRun {
             asked: None,
@@ -145,21 +166,30 @@ pub async fn run_split(clock: PhaseClock, plan: SplitPlan, progress: bool) -> Sp
         .map_err(|error| format!("{error:#}"));
     let call = started.elapsed();
     let answered = clock.open_window(AFTER);
+    let outcome = match &answer {
+        Ok((200, body)) => serde_json::from_slice::<SplitOutcome>(body).ok(),
+        _ => None,
+    };
+    for room in outcome.iter().flat_map(|outcome| &outcome.moved) {
+        if let Some(flag) = moved.get(room) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
     say(format!(
         "# split answered in {:.3} s: {}",
         call.as_secs_f64(),
-        match &answer {
-            Ok((status, body)) => match serde_json::from_slice::<SplitOutcome>(body) {
-                Ok(outcome) if *status == 200 => format!(
-                    "shard {} into {}, {} rooms moved, {} failed",
-                    outcome.from,
-                    outcome.to,
-                    outcome.moved.len(),
-                    outcome.failed.len()
-                ),
-                _ => format!("{status} {}", String::from_utf8_lossy(body).trim()),
-            },
-            Err(error) => error.clone(),
+        match (&outcome, &answer) {
+            (Some(outcome), _) => format!(
+                "shard {} into {}, {} rooms moved, {} failed",
+                outcome.from,
+                outcome.to,
+                outcome.moved.len(),
+                outcome.failed.len()
+            ),
+            (None, Ok((status, body))) => {
+                format!("{status} {}", String::from_utf8_lossy(body).trim())
+            }
+            (None, Err(error)) => error.clone(),
         }
     ));
     SplitRun {
@@ -338,6 +368,9 @@ mod tests {
             "the lowest of the largest"
         );
         assert_eq!(plan.rooms.len(), most);
+        let flags = plan.flags();
+        assert!(flags.keys().eq(plan.rooms.iter()));
+        assert!(flags.values().all(|flag| !flag.load(Ordering::Relaxed)));
         assert!(plan
             .rooms
             .iter()

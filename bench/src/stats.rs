@@ -224,6 +224,9 @@ pub struct WindowReport {
     pub ops_per_s: f64,
     pub latency_corrected: Percentiles,
     pub latency_raw: Percentiles,
+    /// The same per operation (the cluster scenario's split: `message` and `message_moved`,
+    /// the messages of the rooms that moved once they had).
+    pub by_operation: BTreeMap<String, OperationTotals>,
 }
 
 /// The histograms and counts of one window.
@@ -234,6 +237,26 @@ struct WindowRecorder {
     raw: Histogram<u64>,
     ops_ok: u64,
     errors: BTreeMap<ErrorKind, u64>,
+    operations: BTreeMap<&'static str, WindowOperation>,
+}
+
+/// One operation's histograms and counts in a window.
+struct WindowOperation {
+    corrected: Histogram<u64>,
+    raw: Histogram<u64>,
+    ops_ok: u64,
+    ops_failed: u64,
+}
+
+impl WindowOperation {
+    fn new() -> WindowOperation {
+        WindowOperation {
+            corrected: histogram(),
+            raw: histogram(),
+            ops_ok: 0,
+            ops_failed: 0,
+        }
+    }
 }
 
 /// The histograms and counts of one operation.
@@ -314,6 +337,7 @@ impl Recorder {
             raw: histogram(),
             ops_ok: 0,
             errors: BTreeMap::new(),
+            operations: BTreeMap::new(),
         });
     }
 
@@ -356,6 +380,21 @@ impl Recorder {
                     },
                     latency_corrected: Percentiles::of(&window.corrected),
                     latency_raw: Percentiles::of(&window.raw),
+                    by_operation: window
+                        .operations
+                        .iter()
+                        .map(|(name, op)| {
+                            (
+                                name.to_string(),
+                                OperationTotals {
+                                    ops_ok: op.ops_ok,
+                                    ops_failed: op.ops_failed,
+                                    latency_corrected: Percentiles::of(&op.corrected),
+                                    latency_raw: Percentiles::of(&op.raw),
+                                },
+                            )
+                        })
+                        .collect(),
                 }
             })
             .collect()
@@ -395,6 +434,13 @@ impl Recorder {
             window.corrected.saturating_record(corrected);
             window.raw.saturating_record(raw);
             window.ops_ok += 1;
+            let op = window
+                .operations
+                .entry(operation)
+                .or_insert_with(WindowOperation::new);
+            op.corrected.saturating_record(corrected);
+            op.raw.saturating_record(raw);
+            op.ops_ok += 1;
         }
     }
 
@@ -403,6 +449,11 @@ impl Recorder {
         self.count_start(sample);
         if let Some(window) = self.window_of(sample.intended) {
             *window.errors.entry(kind.clone()).or_insert(0) += 1;
+            window
+                .operations
+                .entry(operation)
+                .or_insert_with(WindowOperation::new)
+                .ops_failed += 1;
         }
         *self.errors.entry(kind).or_insert(0) += 1;
         self.interval_errors += 1;
@@ -718,6 +769,7 @@ mod tests {
         // Asked for at a time before "after" opened: it opens with it, and "after" stays empty.
         recorder.open_window("late", ms(450));
         recorder.handle_success(sample(600, 600, 603));
+        recorder.handle_success_of(sample(700, 700, 710), "moved");
         let windows = recorder.windows(ms(1000));
         let names: Vec<&str> = windows.iter().map(|w| w.name.as_str()).collect();
         assert_eq!(names, ["before", "during", "after", "late"]);
@@ -731,6 +783,9 @@ mod tests {
         assert_eq!(before.ops_per_s, 20.0);
         assert_eq!((during.ops_ok, during.ops_failed), (1, 1));
         assert_eq!(during.errors.get("http_503"), Some(&1));
+        let op = &during.by_operation[DEFAULT_OPERATION];
+        assert_eq!((op.ops_ok, op.ops_failed), (1, 1));
+        assert_eq!(op.latency_corrected, during.latency_corrected);
         assert_eq!(whole_ms(during.latency_corrected.p50_us), 300);
         assert_eq!(
             (after.start_s, after.end_s),
@@ -738,10 +793,17 @@ mod tests {
             "ends where late opens"
         );
         assert_eq!((after.ops_ok, after.ops_per_s), (0, 0.0));
-        assert_eq!((late.start_s, late.end_s, late.ops_ok), (0.5, 1.0, 1));
+        assert_eq!((late.start_s, late.end_s, late.ops_ok), (0.5, 1.0, 2));
+        let ops: Vec<(&str, u64)> = late
+            .by_operation
+            .iter()
+            .map(|(name, op)| (name.as_str(), op.ops_ok))
+            .collect();
+        assert_eq!(ops, [("moved", 1), (DEFAULT_OPERATION, 1)]);
+        assert_eq!(whole_ms(late.by_operation["moved"].latency_raw.max_us), 10);
         let totals = recorder.totals();
         assert_eq!(
-            totals.ops_ok, 5,
+            totals.ops_ok, 6,
             "the totals hold every sample, windows or not"
         );
         assert_eq!(totals.ops_failed, 1);

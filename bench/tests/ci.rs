@@ -535,6 +535,23 @@ fn cluster_splits_a_shard_under_load_and_every_message_arrives_exactly_once_issu
     assert_eq!(in_windows, 180, "each operation is in one window");
     assert!(windows[0]["ops_ok"].as_u64().is_some_and(|n| n >= 55));
     assert!(windows[2]["ops_ok"].as_u64().is_some_and(|n| n > 0));
+    // The moved rooms' messages after their move are told apart.
+    let moved_after = windows[2]["by_operation"]["message_moved"]["ops_ok"]
+        .as_u64()
+        .expect("the moved rooms' messages after the split");
+    assert!(moved_after > 0, "{}", windows[2]);
+    assert!(
+        windows[0]["by_operation"].get("message_moved").is_none(),
+        "no room had moved before the split: {}",
+        windows[0]
+    );
+    assert!(
+        phase["by_operation"]["message_moved"]["ops_ok"]
+            .as_u64()
+            .is_some_and(|n| n >= moved_after),
+        "{}",
+        phase["by_operation"]
+    );
     assert!(phase.get("windows").is_none(), "only under split");
     let delivery = &phase["cluster"]["delivery"];
     assert_eq!(delivery["delivered"], 180, "{delivery}");
