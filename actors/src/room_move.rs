@@ -21,10 +21,21 @@
 //!    leave S, which keeps a *tombstone* ([`RoomMoves::moved_to`]): commands for R reaching S
 //!    later answer `ApplyOutput::RoomMoved { to }`, and the proposer retries at T.
 //!
-//! Frozen rooms and tombstones ride in S's snapshot, in a section of their own
-//! ([`RoomMoves::snapshot_prefix`]) that a shard without moves leaves out, so its snapshot
-//! keeps the bytes it had before moves existed. Determinism: the maps are `BTreeMap`s, and
-//! the only time recorded is the freeze's `Stamped::ts_ms`.
+//! **Generations.** Moves of one room may overlap: a coordinator dies between steps and the
+//! resume task finishes its move later, while the room, changeable in T since the adopt,
+//! moves on (a split of T, another node's move); Raft may apply a step twice. So a copy of a
+//! room counts the moves that brought it where it is: its *generation* (0 where it was
+//! created, the export's [`RoomExport::generation`] where it was adopted), kept in
+//! [`RoomMoves`] with a tombstone's too. An adopt of an export no newer than the copy T
+//! hosts or released answers `Ok` and installs nothing (it is a repeat, or the room moved on
+//! since: the source's copy is stale and its move may finish); an export newer than a copy
+//! T holds frozen (T's own move out was overtaken by the room coming back) replaces it. So no
+//! stale export ever overwrites or resurrects a room, and no newer one is dropped.
+//!
+//! Frozen rooms, tombstones and generations ride in the shard's snapshot, in a section of
+//! their own ([`RoomMoves::snapshot_prefix`]) that a shard without moves leaves out, so its
+//! snapshot keeps the bytes it had before moves existed. Determinism: the maps are
+//! `BTreeMap`s, and the only time recorded is the freeze's `Stamped::ts_ms`.
 
 use std::collections::BTreeMap;
 
@@ -92,6 +103,9 @@ fn shard_or_nowhere(shard: Option<ShardId>) -> String {
 pub struct RoomExport {
     pub format: u32,
     pub room: RoomId,
+    /// The generation of the room's copy once adopted (module docs, "Generations"): the
+    /// source's generation plus one.
+    pub generation: u64,
     /// `RoomState::to_snapshot` bytes.
     pub state: Vec<u8>,
     /// The room's abuse reports, oldest first.
@@ -101,27 +115,29 @@ pub struct RoomExport {
 }
 
 /// The [`RoomExport`] format this build writes and reads.
-pub const EXPORT_FORMAT: u32 = 1;
+pub const EXPORT_FORMAT: u32 = 2;
 
 impl RoomExport {
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("serialising a room export into memory cannot fail")
     }
 
-    /// Decodes an export, refusing trailing bytes and other formats.
+    /// Decodes an export, refusing trailing bytes and other formats (the format is read
+    /// first: another format's fields are not this one's).
     pub fn decode(bytes: &[u8]) -> Result<RoomExport, MoveRefusal> {
+        let (format, _): (u32, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|e| MoveRefusal::BadExport(e.to_string()))?;
+        if format != EXPORT_FORMAT {
+            return Err(MoveRefusal::BadExport(format!(
+                "format {format} (this build reads {EXPORT_FORMAT})"
+            )));
+        }
         let (export, rest): (RoomExport, &[u8]) =
             postcard::take_from_bytes(bytes).map_err(|e| MoveRefusal::BadExport(e.to_string()))?;
         if !rest.is_empty() {
             return Err(MoveRefusal::BadExport(format!(
                 "{} bytes after the export",
                 rest.len()
-            )));
-        }
-        if export.format != EXPORT_FORMAT {
-            return Err(MoveRefusal::BadExport(format!(
-                "format {} (this build reads {EXPORT_FORMAT})",
-                export.format
             )));
         }
         Ok(export)
@@ -137,10 +153,30 @@ pub struct Frozen {
     pub since_ms: u64,
 }
 
-/// The moves of one shard: its rooms frozen for a move and the tombstones of the rooms that
-/// left it (module docs).
+/// A room that left a shard (its tombstone there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moved {
+    /// The shard it moved to.
+    pub to: ShardId,
+    /// The generation of the copy that left (module docs, "Generations").
+    pub generation: u64,
+}
+
+/// The moves of one shard: its rooms frozen for a move, the tombstones of the rooms that
+/// left it and the generations of the rooms that came to it (module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomMoves {
+    frozen: BTreeMap<RoomId, Frozen>,
+    moved: BTreeMap<RoomId, Moved>,
+    /// Hosted rooms that came by a move, with their generation (a room created here is of
+    /// generation 0 and not listed).
+    generations: BTreeMap<RoomId, u64>,
+}
+
+/// [`RoomMoves`] as the first builds wrote it, before generations (its tombstones read as
+/// generation 0).
+#[derive(Deserialize)]
+struct RoomMovesV1 {
     frozen: BTreeMap<RoomId, Frozen>,
     moved: BTreeMap<RoomId, ShardId>,
 }
@@ -158,7 +194,18 @@ impl RoomMoves {
 
     /// The shard `room` moved to, when it left this shard.
     pub fn moved_to(&self, room: &RoomId) -> Option<ShardId> {
-        self.moved.get(room).copied()
+        self.moved.get(room).map(|moved| moved.to)
+    }
+
+    /// The tombstone of `room`, when it left this shard.
+    pub fn moved(&self, room: &RoomId) -> Option<&Moved> {
+        self.moved.get(room)
+    }
+
+    /// The generation of `room` as hosted here (module docs, "Generations"): 0 unless it came
+    /// by a move.
+    pub fn generation(&self, room: &RoomId) -> u64 {
+        self.generations.get(room).copied().unwrap_or(0)
     }
 
     /// Every frozen room with the shard it moves to, by room id.
@@ -172,7 +219,7 @@ impl RoomMoves {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frozen.is_empty() && self.moved.is_empty()
+        self.frozen.is_empty() && self.moved.is_empty() && self.generations.is_empty()
     }
 
     pub(crate) fn freeze(&mut self, room: &RoomId, to: ShardId, since_ms: u64) {
@@ -181,15 +228,19 @@ impl RoomMoves {
             .or_insert(Frozen { to, since_ms });
     }
 
-    /// `room` left for `to`: no longer frozen, a tombstone instead.
+    /// `room` left for `to`: no longer frozen, a tombstone (of its generation) instead.
     pub(crate) fn release(&mut self, room: &RoomId, to: ShardId) {
         self.frozen.remove(room);
-        self.moved.insert(room.clone(), to);
+        let generation = self.generations.remove(room).unwrap_or(0);
+        self.moved.insert(room.clone(), Moved { to, generation });
     }
 
-    /// `room` came (back) to this shard: a tombstone of an earlier move out goes.
-    pub(crate) fn adopted(&mut self, room: &RoomId) {
+    /// `room` came (back) to this shard at `generation`: a tombstone of an earlier move out
+    /// goes, and so does the freeze of a stale copy it replaces.
+    pub(crate) fn adopted(&mut self, room: &RoomId, generation: u64) {
         self.moved.remove(room);
+        self.frozen.remove(room);
+        self.generations.insert(room.clone(), generation);
     }
 
     /// The moves' section of a shard snapshot (empty without moves, so a shard without any
@@ -202,17 +253,36 @@ impl RoomMoves {
     }
 
     /// Splits the rest of a shard snapshot (after the pins' section) into the moves and the
-    /// shard's own bytes.
+    /// shard's own bytes (a section of the first builds, [`SNAPSHOT_MARKER_V1`], too).
     pub fn split_snapshot(snapshot: &[u8]) -> Result<(RoomMoves, &[u8]), String> {
         let (moves, rest) =
             snapshot_section::split::<RoomMoves>(&SNAPSHOT_MARKER, snapshot, "room moves")?;
-        Ok((moves.unwrap_or_default(), rest))
+        if let Some(moves) = moves {
+            return Ok((moves, rest));
+        }
+        let (old, rest) =
+            snapshot_section::split::<RoomMovesV1>(&SNAPSHOT_MARKER_V1, rest, "room moves")?;
+        let moves = old.map_or_else(RoomMoves::default, |old| RoomMoves {
+            frozen: old.frozen,
+            moved: old
+                .moved
+                .into_iter()
+                .map(|(room, to)| (room, Moved { to, generation: 0 }))
+                .collect(),
+            generations: BTreeMap::new(),
+        });
+        Ok((moves, rest))
     }
 }
 
 /// Marks a shard snapshot that carries room moves: like the other sections' markers, ten
 /// `0xff` bytes (not a postcard varint) and a name.
 pub const SNAPSHOT_MARKER: [u8; 16] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'o', b'v', b'e', b's', 2,
+];
+
+/// The marker of the first builds' section, without generations (read, no longer written).
+pub const SNAPSHOT_MARKER_V1: [u8; 16] = [
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'o', b'v', b'e', b's', 1,
 ];
 
@@ -232,6 +302,7 @@ mod tests {
         let export = RoomExport {
             format: EXPORT_FORMAT,
             room: room("club"),
+            generation: 1,
             state: vec![1, 2, 3],
             reports: vec![StoredReport {
                 received_ts_ms: 5,
@@ -265,7 +336,7 @@ mod tests {
         let refusal = RoomExport::decode(&other.encode()).unwrap_err();
         assert_eq!(
             refusal.to_string(),
-            "the room's export is unusable: format 2 (this build reads 1)"
+            "the room's export is unusable: format 3 (this build reads 2)"
         );
     }
 
@@ -297,11 +368,75 @@ mod tests {
         assert_eq!(back, moves);
         assert_eq!(rest, b"shard bytes");
 
-        moves.adopted(&room("b"));
+        moves.adopted(&room("b"), 2);
         assert_eq!(moves.moved_to(&room("b")), None);
+        assert_eq!(moves.generation(&room("b")), 2);
         let mut cut = SNAPSHOT_MARKER.to_vec();
         cut.push(0xff);
         assert!(RoomMoves::split_snapshot(&cut).is_err());
         assert_ne!(SNAPSHOT_MARKER, crate::residency::SNAPSHOT_MARKER);
+    }
+
+    /// Module docs, "Generations": a copy counts the moves that brought it; a tombstone keeps
+    /// the generation that left; an adopt over a stale frozen copy drops its freeze.
+    #[test]
+    fn generations_go_with_hosted_copies_and_tombstones() {
+        let mut moves = RoomMoves::default();
+        assert_eq!(moves.generation(&room("a")), 0);
+        moves.freeze(&room("a"), 4, 10);
+        moves.release(&room("a"), 4);
+        assert_eq!(
+            moves.moved(&room("a")),
+            Some(&Moved {
+                to: 4,
+                generation: 0
+            })
+        );
+        moves.adopted(&room("a"), 3);
+        moves.freeze(&room("a"), 5, 20);
+        moves.adopted(&room("a"), 5);
+        assert_eq!(moves.moving_to(&room("a")), None, "the stale freeze went");
+        assert_eq!(moves.moved(&room("a")), None);
+        moves.freeze(&room("a"), 4, 30);
+        moves.release(&room("a"), 4);
+        assert_eq!(moves.generation(&room("a")), 0);
+        assert_eq!(
+            moves.moved(&room("a")).map(|moved| moved.generation),
+            Some(5)
+        );
+        assert!(moves.generations.is_empty());
+        // A target's section holds the generation of what it adopted.
+        let mut target = RoomMoves::default();
+        target.adopted(&room("b"), 1);
+        assert!(!target.is_empty());
+        let (back, _) = RoomMoves::split_snapshot(&target.snapshot_prefix()).unwrap();
+        assert_eq!(back.generation(&room("b")), 1);
+    }
+
+    /// The first builds' section (no generations) still reads: its tombstones as generation 0.
+    #[test]
+    fn a_section_without_generations_still_reads() {
+        #[derive(Serialize)]
+        struct V1 {
+            frozen: BTreeMap<RoomId, Frozen>,
+            moved: BTreeMap<RoomId, ShardId>,
+        }
+        let v1 = V1 {
+            frozen: BTreeMap::from([(room("a"), Frozen { to: 4, since_ms: 7 })]),
+            moved: BTreeMap::from([(room("b"), 5)]),
+        };
+        let mut bytes = snapshot_section::encode(&SNAPSHOT_MARKER_V1, &v1);
+        bytes.extend_from_slice(b"shard bytes");
+        let (moves, rest) = RoomMoves::split_snapshot(&bytes).unwrap();
+        assert_eq!(rest, b"shard bytes");
+        assert_eq!(moves.moving_to(&room("a")), Some(4));
+        assert_eq!(
+            moves.moved(&room("b")),
+            Some(&Moved {
+                to: 5,
+                generation: 0
+            })
+        );
+        assert_ne!(SNAPSHOT_MARKER_V1, SNAPSHOT_MARKER);
     }
 }

@@ -622,6 +622,7 @@ impl ShardData {
         let export = RoomExport {
             format: EXPORT_FORMAT,
             room: room.clone(),
+            generation: self.moves.generation(room) + 1,
             state: state.to_snapshot(),
             reports: self.abuse_reports.of_room(room).to_vec(),
             franks: self.franks.of_room(room),
@@ -631,7 +632,10 @@ impl ShardData {
     }
 
     /// Step 2 of a move: installs `room` from `export` in this split shard; `Ok(true)` when it
-    /// was installed now, `Ok(false)` when it was hosted here already.
+    /// was installed now, `Ok(false)` when this generation of it or a later one was here
+    /// already (hosted, or moved on: the export is a repeat or stale, and installs nothing).
+    /// An export newer than a copy frozen here replaces it: this shard's own move out of it
+    /// was overtaken (`room_move` module docs, "Generations").
     fn adopt_room(
         &mut self,
         shard: ShardId,
@@ -640,9 +644,6 @@ impl ShardData {
         from: ShardId,
         export: &[u8],
     ) -> Result<bool, MoveRefusal> {
-        if self.rooms.contains_key(room) {
-            return Ok(false);
-        }
         if !layout.split_shards().contains(&shard) {
             return Err(MoveRefusal::NotASplitShard { shard });
         }
@@ -656,6 +657,26 @@ impl ShardData {
                 export.room
             )));
         }
+        let generation = export.generation;
+        if self.rooms.contains_key(room) {
+            let here = self.moves.generation(room);
+            if here >= generation {
+                return Ok(false);
+            }
+            if self.moves.moving_to(room).is_none() {
+                // Never so in a run of the protocol: the copy here would be changeable and
+                // stale at once.
+                return Err(MoveRefusal::BadExport(format!(
+                    "it is of generation {generation}, and this shard may still change the room                      at generation {here}"
+                )));
+            }
+        } else if self
+            .moves
+            .moved(room)
+            .is_some_and(|moved| moved.generation >= generation)
+        {
+            return Ok(false);
+        }
         let state = RoomState::from_snapshot(&export.state)
             .map_err(|e| MoveRefusal::BadExport(format!("room state: {e}")))?;
         if state.room() != room {
@@ -664,17 +685,38 @@ impl ShardData {
                 state.room()
             )));
         }
+        // A stale frozen copy gives way.
+        self.remove_room(room);
         self.rooms.insert(room.clone(), state);
         self.abuse_reports.put_room(room, export.reports);
         self.franks.put_room(room, export.franks);
         // A room coming back drops the tombstone of its earlier move out.
-        self.moves.adopted(room);
+        self.moves.adopted(room, generation);
         self.index_members(room);
         Ok(true)
     }
 
+    /// Takes `room` out of this shard's data: its state, its clients' index entries, its
+    /// abuse reports and its frank records (not its freeze or tombstone).
+    fn remove_room(&mut self, room: &RoomId) {
+        let Some(state) = self.rooms.remove(room) else {
+            return;
+        };
+        for client in state.clients_with_history() {
+            if let Some(rooms) = self.client_rooms.get_mut(client) {
+                rooms.remove(room);
+                if rooms.is_empty() {
+                    self.client_rooms.remove(client);
+                }
+            }
+        }
+        self.abuse_reports.take_room(room);
+        self.franks.take_room(room);
+    }
+
     /// Step 3 of a move, in `room`'s home shard: its pin names `to` from now on, where it was
-    /// `from`; `Ok(true)` when the pin changed now, `Ok(false)` when it named `to` already.
+    /// `from`; `Ok(true)` when the pin changed now, `Ok(false)` when it named `to` already or
+    /// names another split shard (the room moved on: `room_move` module docs, "Generations").
     fn repin_room(
         &mut self,
         shard: ShardId,
@@ -695,14 +737,21 @@ impl ShardData {
         if let Some(pinned) = current.filter(|&pinned| layout.set_of_shard(pinned).is_some()) {
             return Err(MoveRefusal::Residency { shard: pinned });
         }
+        if !layout.split_shards().contains(&to) {
+            return Err(MoveRefusal::NotASplitShard { shard: to });
+        }
         if current != Some(from) {
+            // Pinned to another split shard: the room moved on from `to` (this move was
+            // overtaken: its source's stale copy is released next, and routers follow the
+            // tombstones from the pin), or it reached `from` by a move whose repin is yet to
+            // come (the tombstone `from` leaves leads on from there). Nothing to change.
+            if current.is_some_and(|pinned| layout.split_shards().contains(&pinned)) {
+                return Ok(false);
+            }
             return Err(MoveRefusal::WrongSource {
                 expected: from,
                 actual: current,
             });
-        }
-        if !layout.split_shards().contains(&to) {
-            return Err(MoveRefusal::NotASplitShard { shard: to });
         }
         // The room leaves this very shard: it must be frozen for `to`, or commands applied
         // here after the pin moved would be lost to the move.
@@ -740,20 +789,7 @@ impl ShardData {
             Some(moving) => return Err(MoveRefusal::MovingElsewhere { to: moving }),
             None => return Err(MoveRefusal::NotFrozen),
         }
-        let state = self
-            .rooms
-            .remove(room)
-            .expect("the room is hosted here: checked above");
-        for client in state.clients_with_history() {
-            if let Some(rooms) = self.client_rooms.get_mut(client) {
-                rooms.remove(room);
-                if rooms.is_empty() {
-                    self.client_rooms.remove(client);
-                }
-            }
-        }
-        self.abuse_reports.take_room(room);
-        self.franks.take_room(room);
+        self.remove_room(room);
         self.moves.release(room, to);
         Ok(true)
     }
@@ -2228,6 +2264,203 @@ mod tests {
             );
         }
 
+        /// The parts of a move taken one at a time (a coordinator that dies between steps,
+        /// the resume task, another node's move of the same room).
+        impl Log {
+            fn adopt(&mut self, room: &RoomId, from: ShardId, to: ShardId, export: &[u8]) {
+                let adopt = Command::AdoptRoom {
+                    room: room.clone(),
+                    from,
+                    export: export.to_vec(),
+                };
+                match self.apply(to, adopt) {
+                    ApplyOutput::RoomAdopted(Ok(())) => {}
+                    other => panic!("adopt in {to}: {other:?}"),
+                }
+            }
+
+            fn repin(&mut self, room: &RoomId, from: ShardId, to: ShardId) {
+                let home = self.shards.shard_of(room.as_bytes());
+                let repin = Command::RepinRoom {
+                    room: room.clone(),
+                    from,
+                    to,
+                };
+                match self.apply(home, repin) {
+                    ApplyOutput::RoomRepinned(Ok(())) => {}
+                    other => panic!("repin {from} -> {to}: {other:?}"),
+                }
+            }
+
+            fn release(&mut self, room: &RoomId, from: ShardId, to: ShardId) -> ApplyOutput {
+                let release = Command::ReleaseRoom {
+                    room: room.clone(),
+                    to,
+                };
+                self.apply(from, release)
+            }
+
+            /// The shards hosting `room`, each with whether it is frozen there.
+            fn hosts(&self, room: &RoomId) -> Vec<(ShardId, bool)> {
+                (0..self.shards.count())
+                    .filter_map(|shard| {
+                        let data = self.shards.get(shard).read();
+                        data.room(room)
+                            .map(|_| (shard, data.moving_to(room).is_some()))
+                    })
+                    .collect()
+            }
+        }
+
+        /// Found by `move_sim` (seed 12 of its first version): a move's coordinator died
+        /// after the repin, the room moved on from the target, and then the resume task
+        /// finished the first move from its freeze. The target's tombstone is of that
+        /// export's generation: the adopt installs nothing (it used to bring the stale copy
+        /// back, changeable beside the real one), the repin finds the room pinned further on
+        /// and the release drops the source's stale copy.
+        #[test]
+        fn a_resumed_move_that_the_room_outran_brings_nothing_back() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &room, &mut alice);
+            let stale = log.freeze(1, &room, T);
+            log.adopt(&room, 1, T, &stale);
+            log.repin(&room, 1, T);
+            // The coordinator is gone; the room takes a message in T and moves on to T2.
+            assert!(matches!(
+                log.apply(T, alice.message(&room, b"in T", 2)),
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
+            ));
+            log.move_room(&room, T, T2);
+            let before_t = log.snapshot(T);
+            let before_t2 = log.snapshot(T2);
+
+            // The resume task: freeze again (the same export), adopt, repin, release.
+            assert_eq!(log.freeze(1, &room, T), stale);
+            log.adopt(&room, 1, T, &stale);
+            assert_eq!(
+                log.snapshot(T),
+                before_t,
+                "the stale export installed nothing"
+            );
+            log.repin(&room, 1, T);
+            assert_eq!(shards.get(1).read().pin(&room), Some(T2));
+            assert!(matches!(
+                log.release(&room, 1, T),
+                ApplyOutput::RoomReleased(Ok(()))
+            ));
+            assert_eq!(log.hosts(&room), vec![(T2, false)]);
+            assert_eq!(log.snapshot(T2), before_t2);
+            assert_eq!(shards.room_shard(&room), T2);
+            assert!(matches!(
+                log.apply(T2, alice.message(&room, b"after", 3)),
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 3, .. })
+            ));
+        }
+
+        /// Found by `move_sim` (seed 11 of its first version): the room left T for T2 (pinned
+        /// there, T's release still to come) and came back before T released its copy. T's
+        /// frozen copy is older than the export coming back: the adopt replaces it (it used to
+        /// keep it and answer Ok, and T's release then dropped the room everywhere), and the
+        /// late release of T's own move finds nothing frozen to take. A repeat of an older
+        /// adopt changes nothing.
+        #[test]
+        fn a_room_coming_back_replaces_the_stale_copy_it_left_frozen() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &room, &mut alice);
+            let first = log.freeze(1, &room, T);
+            log.adopt(&room, 1, T, &first);
+            log.repin(&room, 1, T);
+            assert!(matches!(
+                log.release(&room, 1, T),
+                ApplyOutput::RoomReleased(Ok(()))
+            ));
+            // T -> T2 up to the repin; its coordinator stalls before the release.
+            let out = log.freeze(T, &room, T2);
+            log.adopt(&room, T, T2, &out);
+            log.repin(&room, T, T2);
+            assert!(matches!(
+                log.apply(T2, alice.message(&room, b"in T2", 2)),
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
+            ));
+            log.apply(T2, report(&room));
+            // Another node moves the room back: T2 -> T.
+            let back = log.freeze(T2, &room, T);
+            assert_eq!(RoomExport::decode(&back).unwrap().generation, 3);
+            log.adopt(&room, T2, T, &back);
+            assert_eq!(log.hosts(&room), vec![(T, false), (T2, true)]);
+            {
+                let data = shards.get(T).read();
+                assert_eq!(data.room(&room).unwrap().last_seq(), 2);
+                assert_eq!(data.abuse_reports().of_room(&room).len(), 2);
+                assert!(data.franks().get(&room, 2).is_some());
+                assert_eq!(data.room_moves().generation(&room), 3);
+            }
+            log.repin(&room, T2, T);
+            assert!(matches!(
+                log.release(&room, T2, T),
+                ApplyOutput::RoomReleased(Ok(()))
+            ));
+            let settled = log.snapshot(T);
+            // The stalled coordinator's release, and repeats of both adopts into T.
+            assert!(matches!(
+                log.release(&room, T, T2),
+                ApplyOutput::RoomReleased(Err(MoveRefusal::NotFrozen))
+            ));
+            log.adopt(&room, 1, T, &first);
+            log.adopt(&room, T2, T, &back);
+            assert_eq!(log.snapshot(T), settled);
+            assert_eq!(log.hosts(&room), vec![(T, false)]);
+            assert_eq!(shards.room_shard(&room), T);
+            assert!(matches!(
+                log.apply(T, alice.message(&room, b"after", 3)),
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 3, .. })
+            ));
+        }
+
+        /// FIXME(stale release): `ReleaseRoom { room, to }` names no generation, so the late
+        /// release of a move that the room outran takes a newer copy frozen for the same
+        /// target since, before that target adopted it: no shard hosts the room, which lives
+        /// on only in the export the newer move's coordinator holds (and is lost if that
+        /// coordinator dies). The release should carry its export's generation (the
+        /// coordinator knows it) and the source release only that generation. Until then this
+        /// asserts today's behaviour; `move_sim`'s coordinators skip such a release.
+        #[test]
+        fn a_stale_release_takes_a_newer_copy() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &room, &mut alice);
+            log.move_room(&room, 1, T);
+            // T -> T2 stalls before its release; the room comes back to T meanwhile.
+            let out = log.freeze(T, &room, T2);
+            log.adopt(&room, T, T2, &out);
+            log.repin(&room, T, T2);
+            log.move_room(&room, T2, T);
+            // A new move T -> T2 freezes T's (newer) copy; then the stalled release lands.
+            let newer = log.freeze(T, &room, T2);
+            assert!(matches!(
+                log.release(&room, T, T2),
+                ApplyOutput::RoomReleased(Ok(()))
+            ));
+            assert_eq!(
+                log.hosts(&room),
+                vec![],
+                "FIXME: the room is hosted nowhere"
+            );
+            assert_eq!(shards.get(T).read().moved_to(&room), Some(T2));
+            assert_eq!(shards.get(T2).read().moved_to(&room), Some(T));
+            // Only the newer move's adopt brings it back.
+            log.adopt(&room, T, T2, &newer);
+            assert_eq!(log.hosts(&room), vec![(T2, false)]);
+        }
+
         #[test]
         fn a_room_moves_on_and_back_and_its_tombstone_goes() {
             let shards = Shards::with_layout(layout());
@@ -2317,14 +2550,16 @@ mod tests {
             let fresh = Shards::with_layout(layout());
             fresh.machine(1).restore(&snapshot).unwrap();
             assert!(fresh.get(1).read().room_moves().is_empty());
-            // A move out and its tombstone add the section; the target of a move has none.
+            // A move out and its tombstone add the section, and so does an adopt (the
+            // generation of the copy that came: `room_move` module docs, "Generations").
             log.move_room(&room, 1, T);
             let moved = log.snapshot(1);
             assert!(moved.windows(16).any(|window| window == SNAPSHOT_MARKER));
-            assert!(!log
-                .snapshot(T)
-                .windows(16)
-                .any(|window| window == SNAPSHOT_MARKER));
+            let adopted = log.snapshot(T);
+            assert!(adopted.starts_with(&SNAPSHOT_MARKER));
+            let fresh = Shards::with_layout(layout());
+            fresh.machine(T).restore(&adopted).unwrap();
+            assert_eq!(fresh.get(T).read().room_moves().generation(&room), 1);
         }
 
         #[test]
