@@ -1196,6 +1196,9 @@ impl Shards {
 }
 
 #[cfg(test)]
+mod move_sim;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::command::Submitter;
@@ -1607,7 +1610,8 @@ mod tests {
 
     /// Room moves (issue 9 build item 3, `room_move` module docs), each step applied to the
     /// real state machines with rooms of real openmls groups.
-    mod moves {
+    /// Also the openmls helpers of the move simulation (`move_sim`).
+    pub(super) mod moves {
         use super::*;
         use crate::command::{HandshakeBundle, SubmitVerdict};
         use crate::policy::room_leaf_capabilities;
@@ -1638,15 +1642,15 @@ mod tests {
         const T2: ShardId = 4;
 
         /// A room's creator with its own openmls group (like `room::tests`), alone in it.
-        struct Creator {
-            id: ClientId,
+        pub(in crate::shard) struct Creator {
+            pub(in crate::shard) id: ClientId,
             provider: OpenMlsRustCrypto,
             signer: SignatureKeyPair,
             group: MlsGroup,
         }
 
         impl Creator {
-            fn new(name: &str) -> Creator {
+            pub(in crate::shard) fn new(name: &str) -> Creator {
                 let id = ClientId::parse(&format!("mimi://a.example/d/{name}/phone")).unwrap();
                 let provider = OpenMlsRustCrypto::default();
                 let signer = SignatureKeyPair::new(ROOM_CIPHERSUITE.signature_algorithm()).unwrap();
@@ -1673,7 +1677,7 @@ mod tests {
             }
 
             /// MIMI.md §6.1: the create of `room` with this creator's GroupInfo and tree.
-            fn create(&self, room: &RoomId) -> Command {
+            pub(in crate::shard) fn create(&self, room: &RoomId) -> Command {
                 let group_info = self
                     .group
                     .export_group_info(self.provider.crypto(), &self.signer, false)
@@ -1694,7 +1698,12 @@ mod tests {
             }
 
             /// An application message (protocol-06 §5.3) whose SafeAAD carries a franking tag.
-            fn message(&mut self, room: &RoomId, text: &[u8], tag: u8) -> Command {
+            pub(in crate::shard) fn message(
+                &mut self,
+                room: &RoomId,
+                text: &[u8],
+                tag: u8,
+            ) -> Command {
                 let aad = SafeAad::from_items(vec![SafeAadItem::new(
                     component::FRANK_AAD,
                     vec![tag; 32],
@@ -1718,7 +1727,7 @@ mod tests {
             }
         }
 
-        fn report(room: &RoomId) -> Command {
+        pub(in crate::shard) fn report(room: &RoomId) -> Command {
             Command::RecordAbuseReport {
                 room: room.clone(),
                 report: AbuseReport {
