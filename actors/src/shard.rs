@@ -402,11 +402,17 @@ impl ShardData {
                         None,
                     );
                 }
+                let last_seq = state.last_seq();
                 let verdict = state.handle_app_message(&sender, &sending_user, &message, ts_ms);
                 let SubmitVerdict::Accepted { seq, .. } = verdict else {
                     return (ApplyOutput::Submitted(verdict), None);
                 };
-                // The edge franks the message at delivery from these (MIMI.md §5.3.1).
+                // The edge franks the message at delivery from these (MIMI.md §5.3.1). A resend
+                // (answered from the retry cache) changes nothing: its record is there, or went
+                // with its trimmed log item.
+                if seq <= last_seq {
+                    return (ApplyOutput::Submitted(verdict), Some(room));
+                }
                 if let Some(franking_tag) = frank_aad_of(&message) {
                     self.franks.insert(
                         &room,
@@ -1610,6 +1616,66 @@ mod tests {
 
     /// Room moves (issue 9 build item 3, `room_move` module docs), each step applied to the
     /// real state machines with rooms of real openmls groups.
+    /// Found by `move_sim` (seed 370): a resent message (MIMI.md §7.6, answered from the
+    /// retry cache) whose log item housekeeping trimmed put its frank record back, outside
+    /// the retained log. A resend changes nothing.
+    #[test]
+    fn a_resend_after_its_item_was_trimmed_adds_no_frank_record() {
+        let shards = Shards::new(2);
+        let room = RoomId::parse("mimi://a.example/r/resent").unwrap();
+        let shard = shards.shard_of(room.as_bytes());
+        let mut machine = shards.machine(shard);
+        let mut alice = moves::Creator::new("alice");
+        let mut index = 0;
+        let mut apply = |command: Command| {
+            index += 1;
+            let entry = Stamped {
+                ts_ms: 1_000 + index,
+                command,
+            };
+            machine.apply(index, &entry.encode())
+        };
+        assert!(matches!(
+            apply(alice.create(&room)),
+            ApplyOutput::RoomCreated(Ok(()))
+        ));
+        let first = alice.message(&room, b"one", 1);
+        for (command, expected) in [(first.clone(), 1), (alice.message(&room, b"two", 2), 2)] {
+            match apply(command) {
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq, .. }) => {
+                    assert_eq!(seq, expected)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let ack = Command::Ack {
+            room: room.clone(),
+            client: alice.id.clone(),
+            seq: 2,
+        };
+        apply(ack);
+        apply(Command::Housekeeping {
+            log_retention_ms: 0,
+        });
+        assert_eq!(
+            shards
+                .get(shard)
+                .read()
+                .room(&room)
+                .unwrap()
+                .first_retained_seq(),
+            2
+        );
+        assert!(shards.get(shard).read().franks().get(&room, 1).is_none());
+        let before = shards.machine(shard).snapshot();
+        assert!(matches!(
+            apply(first),
+            ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 1, .. })
+        ));
+        assert!(shards.get(shard).read().franks().get(&room, 1).is_none());
+        assert_eq!(shards.machine(shard).snapshot(), before);
+    }
+
     /// Also the openmls helpers of the move simulation (`move_sim`).
     pub(super) mod moves {
         use super::*;
