@@ -173,14 +173,6 @@ pub struct RoomMoves {
     generations: BTreeMap<RoomId, u64>,
 }
 
-/// [`RoomMoves`] as the first builds wrote it, before generations (its tombstones read as
-/// generation 0).
-#[derive(Deserialize)]
-struct RoomMovesV1 {
-    frozen: BTreeMap<RoomId, Frozen>,
-    moved: BTreeMap<RoomId, ShardId>,
-}
-
 impl RoomMoves {
     /// The shard `room` is frozen for a move to.
     pub fn moving_to(&self, room: &RoomId) -> Option<ShardId> {
@@ -253,37 +245,20 @@ impl RoomMoves {
     }
 
     /// Splits the rest of a shard snapshot (after the pins' section) into the moves and the
-    /// shard's own bytes (a section of the first builds, [`SNAPSHOT_MARKER_V1`], too).
+    /// shard's own bytes.
     pub fn split_snapshot(snapshot: &[u8]) -> Result<(RoomMoves, &[u8]), String> {
         let (moves, rest) =
             snapshot_section::split::<RoomMoves>(&SNAPSHOT_MARKER, snapshot, "room moves")?;
-        if let Some(moves) = moves {
-            return Ok((moves, rest));
-        }
-        let (old, rest) =
-            snapshot_section::split::<RoomMovesV1>(&SNAPSHOT_MARKER_V1, rest, "room moves")?;
-        let moves = old.map_or_else(RoomMoves::default, |old| RoomMoves {
-            frozen: old.frozen,
-            moved: old
-                .moved
-                .into_iter()
-                .map(|(room, to)| (room, Moved { to, generation: 0 }))
-                .collect(),
-            generations: BTreeMap::new(),
-        });
-        Ok((moves, rest))
+        Ok((moves.unwrap_or_default(), rest))
     }
 }
 
 /// Marks a shard snapshot that carries room moves: like the other sections' markers, ten
-/// `0xff` bytes (not a postcard varint) and a name.
+/// `0xff` bytes (not a postcard varint) and a name, then the section's version. Version 1
+/// (without generations) was written on main for an hour, never by a release, and is not
+/// read.
 pub const SNAPSHOT_MARKER: [u8; 16] = [
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'o', b'v', b'e', b's', 2,
-];
-
-/// The marker of the first builds' section, without generations (read, no longer written).
-pub const SNAPSHOT_MARKER_V1: [u8; 16] = [
-    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'o', b'v', b'e', b's', 1,
 ];
 
 #[cfg(test)]
@@ -411,32 +386,5 @@ mod tests {
         assert!(!target.is_empty());
         let (back, _) = RoomMoves::split_snapshot(&target.snapshot_prefix()).unwrap();
         assert_eq!(back.generation(&room("b")), 1);
-    }
-
-    /// The first builds' section (no generations) still reads: its tombstones as generation 0.
-    #[test]
-    fn a_section_without_generations_still_reads() {
-        #[derive(Serialize)]
-        struct V1 {
-            frozen: BTreeMap<RoomId, Frozen>,
-            moved: BTreeMap<RoomId, ShardId>,
-        }
-        let v1 = V1 {
-            frozen: BTreeMap::from([(room("a"), Frozen { to: 4, since_ms: 7 })]),
-            moved: BTreeMap::from([(room("b"), 5)]),
-        };
-        let mut bytes = snapshot_section::encode(&SNAPSHOT_MARKER_V1, &v1);
-        bytes.extend_from_slice(b"shard bytes");
-        let (moves, rest) = RoomMoves::split_snapshot(&bytes).unwrap();
-        assert_eq!(rest, b"shard bytes");
-        assert_eq!(moves.moving_to(&room("a")), Some(4));
-        assert_eq!(
-            moves.moved(&room("b")),
-            Some(&Moved {
-                to: 5,
-                generation: 0
-            })
-        );
-        assert_ne!(SNAPSHOT_MARKER_V1, SNAPSHOT_MARKER);
     }
 }
