@@ -202,16 +202,25 @@ pub enum Command {
         from: ShardId,
         export: Vec<u8>,
     },
-    /// Step 3 of a room move: the room's home shard pins it to `to`, where it was in `from`.
-    /// Lives in the room's home shard, like [`Command::PinRoom`].
+    /// Step 3 of a room move: the room's home shard pins it to `to`, where it was in `from`
+    /// at `generation` (the generation of the copy the move froze in `from`: its export's
+    /// minus one; `room_move` module docs, "Generations"). A pin never goes back to an older
+    /// generation. Lives in the room's home shard, like [`Command::PinRoom`].
     RepinRoom {
         room: RoomId,
         from: ShardId,
         to: ShardId,
+        generation: u64,
     },
-    /// Step 4 of a room move: `room`, frozen for `to`, leaves the shard this is proposed to,
-    /// which keeps a tombstone. Proposed to the room's source shard directly: no shard key.
-    ReleaseRoom { room: RoomId, to: ShardId },
+    /// Step 4 of a room move: `room`, frozen for `to` at `generation` (the generation of the
+    /// copy the move froze, as for [`Command::RepinRoom`]), leaves the shard this is proposed
+    /// to, which keeps a tombstone; a release of another generation is a stale repeat and
+    /// changes nothing. Proposed to the room's source shard directly: no shard key.
+    ReleaseRoom {
+        room: RoomId,
+        to: ShardId,
+        generation: u64,
+    },
 }
 
 /// Where a command lives ([`Command::placement`]).
@@ -570,10 +579,12 @@ mod tests {
             room: room.clone(),
             from: 1,
             to: 5,
+            generation: 2,
         };
         let release = Command::ReleaseRoom {
             room: room.clone(),
             to: 5,
+            generation: 2,
         };
         for direct in [&freeze, &adopt, &release] {
             assert_eq!(direct.shard_key(), None, "{direct:?}");

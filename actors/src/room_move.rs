@@ -15,11 +15,15 @@
 //!    proposer waits and retries where R is then), and housekeeping skips it, so a second
 //!    freeze gives the same export.
 //! 2. `Command::AdoptRoom { room, from: S, export }` in T: R is installed from the export.
-//! 3. `Command::RepinRoom { room, from: S, to: T }` in H: H's pin of R (`RoomPins`) names T.
-//!    A pin in H takes precedence over H's own data, so routers find R in T from then on.
-//! 4. `Command::ReleaseRoom { room, to: T }` in S: R, its reports and its frank records
-//!    leave S, which keeps a *tombstone* ([`RoomMoves::moved_to`]): commands for R reaching S
-//!    later answer `ApplyOutput::RoomMoved { to }`, and the proposer retries at T.
+//! 3. `Command::RepinRoom { room, from: S, to: T, generation }` in H: H's pin of R
+//!    (`RoomPins`) names T. A pin in H takes precedence over H's own data, so routers find R
+//!    in T from then on.
+//! 4. `Command::ReleaseRoom { room, to: T, generation }` in S: R, its reports and its frank
+//!    records leave S, which keeps a *tombstone* ([`RoomMoves::moved_to`]): commands for R
+//!    reaching S later answer `ApplyOutput::RoomMoved { to }`, and the proposer retries at T.
+//!
+//! The `generation` of steps 3 and 4 is the generation of the copy the freeze took (the
+//! export's [`RoomExport::generation`] minus one): the coordinator reads it from the export.
 //!
 //! **Generations.** Moves of one room may overlap: a coordinator dies between steps and the
 //! resume task finishes its move later, while the room, changeable in T since the adopt,
@@ -31,6 +35,16 @@
 //! since: the source's copy is stale and its move may finish); an export newer than a copy
 //! T holds frozen (T's own move out was overtaken by the room coming back) replaces it. So no
 //! stale export ever overwrites or resurrects a room, and no newer one is dropped.
+//!
+//! The later steps name the generation their move froze, so a late one (a slow coordinator's,
+//! a step Raft applied twice) cannot act on a newer copy: a release takes the copy of its
+//! generation only (a newer copy of R may be frozen in S for the same T, its own move not yet
+//! adopted: releasing it would leave R in that move's export alone), and answers `Ok` without
+//! changing anything for any other generation (a stale repeat: the copy it froze left or was
+//! replaced already). H keeps the generation of the copy its pin names
+//! ([`RoomMoves::pin_generation`]) and a repin moves the pin to a newer copy only, so a stale
+//! repin never takes the pin back to a shard the room left, and a pin that fell behind
+//! (repins of overlapping moves landing out of order) catches up with the next newer repin.
 //!
 //! Frozen rooms, tombstones and generations ride in the shard's snapshot, in a section of
 //! their own ([`RoomMoves::snapshot_prefix`]) that a shard without moves leaves out, so its
@@ -163,7 +177,8 @@ pub struct Moved {
 }
 
 /// The moves of one shard: its rooms frozen for a move, the tombstones of the rooms that
-/// left it and the generations of the rooms that came to it (module docs).
+/// left it, the generations of the rooms that came to it and, in a home shard, of the copies
+/// its pins name (module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomMoves {
     frozen: BTreeMap<RoomId, Frozen>,
@@ -171,6 +186,8 @@ pub struct RoomMoves {
     /// Hosted rooms that came by a move, with their generation (a room created here is of
     /// generation 0 and not listed).
     generations: BTreeMap<RoomId, u64>,
+    /// Rooms this home shard repinned, with the generation of the copy the pin names.
+    pinned: BTreeMap<RoomId, u64>,
 }
 
 impl RoomMoves {
@@ -200,6 +217,12 @@ impl RoomMoves {
         self.generations.get(room).copied().unwrap_or(0)
     }
 
+    /// The generation of the copy this home shard's pin of `room` names (module docs,
+    /// "Generations"): 0 unless a move repinned it.
+    pub fn pin_generation(&self, room: &RoomId) -> u64 {
+        self.pinned.get(room).copied().unwrap_or(0)
+    }
+
     /// Every frozen room with the shard it moves to, by room id.
     pub fn frozen_rooms(&self) -> impl Iterator<Item = (&RoomId, ShardId)> {
         self.frozen.iter().map(|(room, frozen)| (room, frozen.to))
@@ -211,7 +234,10 @@ impl RoomMoves {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frozen.is_empty() && self.moved.is_empty() && self.generations.is_empty()
+        self.frozen.is_empty()
+            && self.moved.is_empty()
+            && self.generations.is_empty()
+            && self.pinned.is_empty()
     }
 
     pub(crate) fn freeze(&mut self, room: &RoomId, to: ShardId, since_ms: u64) {
@@ -235,6 +261,11 @@ impl RoomMoves {
         self.generations.insert(room.clone(), generation);
     }
 
+    /// This home shard's pin of `room` names a copy of `generation` now.
+    pub(crate) fn repinned(&mut self, room: &RoomId, generation: u64) {
+        self.pinned.insert(room.clone(), generation);
+    }
+
     /// The moves' section of a shard snapshot (empty without moves, so a shard without any
     /// keeps the bytes it had before moves existed).
     pub fn snapshot_prefix(&self) -> Vec<u8> {
@@ -254,11 +285,11 @@ impl RoomMoves {
 }
 
 /// Marks a shard snapshot that carries room moves: like the other sections' markers, ten
-/// `0xff` bytes (not a postcard varint) and a name, then the section's version. Version 1
-/// (without generations) was written on main for an hour, never by a release, and is not
-/// read.
+/// `0xff` bytes (not a postcard varint) and a name, then the section's version. Version 3
+/// (the pins' generations); versions 1 and 2 were written on main for a few hours, never by a
+/// release, and are not read.
 pub const SNAPSHOT_MARKER: [u8; 16] = [
-    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'o', b'v', b'e', b's', 2,
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, b'm', b'o', b'v', b'e', b's', 3,
 ];
 
 #[cfg(test)]
@@ -386,5 +417,27 @@ mod tests {
         assert!(!target.is_empty());
         let (back, _) = RoomMoves::split_snapshot(&target.snapshot_prefix()).unwrap();
         assert_eq!(back.generation(&room("b")), 1);
+        // A home shard's section holds the generation its pin names.
+        let mut home = RoomMoves::default();
+        assert_eq!(home.pin_generation(&room("c")), 0);
+        home.repinned(&room("c"), 2);
+        assert!(!home.is_empty());
+        let (back, _) = RoomMoves::split_snapshot(&home.snapshot_prefix()).unwrap();
+        assert_eq!(back.pin_generation(&room("c")), 2);
+        assert_eq!(back, home);
+    }
+
+    /// The sections of the builds before pins had generations (versions 1 and 2, never
+    /// released) are not read as moves: their bytes are left to the shard's own decoding,
+    /// which refuses them.
+    #[test]
+    fn only_the_current_section_version_is_read() {
+        let mut bytes = SNAPSHOT_MARKER.to_vec();
+        *bytes.last_mut().unwrap() = 2;
+        bytes.extend_from_slice(b"older section");
+        let (moves, rest) = RoomMoves::split_snapshot(&bytes).unwrap();
+        assert!(moves.is_empty());
+        assert_eq!(rest, &bytes[..]);
+        assert_eq!(SNAPSHOT_MARKER[15], 3);
     }
 }

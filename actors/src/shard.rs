@@ -571,13 +571,20 @@ impl ShardData {
                     Err(refusal) => (ApplyOutput::RoomAdopted(Err(refusal)), None),
                 }
             }
-            Command::RepinRoom { room, from, to } => {
-                match self.repin_room(shard, layout, &room, from, to) {
-                    Ok(changed) => (ApplyOutput::RoomRepinned(Ok(())), changed.then_some(room)),
-                    Err(refusal) => (ApplyOutput::RoomRepinned(Err(refusal)), None),
-                }
-            }
-            Command::ReleaseRoom { room, to } => match self.release_room(shard, &room, to) {
+            Command::RepinRoom {
+                room,
+                from,
+                to,
+                generation,
+            } => match self.repin_room(shard, layout, &room, from, to, generation) {
+                Ok(changed) => (ApplyOutput::RoomRepinned(Ok(())), changed.then_some(room)),
+                Err(refusal) => (ApplyOutput::RoomRepinned(Err(refusal)), None),
+            },
+            Command::ReleaseRoom {
+                room,
+                to,
+                generation,
+            } => match self.release_room(shard, &room, to, generation) {
                 Ok(changed) => (ApplyOutput::RoomReleased(Ok(())), changed.then_some(room)),
                 Err(refusal) => (ApplyOutput::RoomReleased(Err(refusal)), None),
             },
@@ -720,9 +727,12 @@ impl ShardData {
         self.franks.take_room(room);
     }
 
-    /// Step 3 of a move, in `room`'s home shard: its pin names `to` from now on, where it was
-    /// `from`; `Ok(true)` when the pin changed now, `Ok(false)` when it named `to` already or
-    /// names another split shard (the room moved on: `room_move` module docs, "Generations").
+    /// Step 3 of a move, in `room`'s home shard: its pin names `to` from now on, where the
+    /// move froze the copy of `generation` in `from`; `Ok(true)` when the pin changed now,
+    /// `Ok(false)` when it names that copy (in `to`) or a newer one already: a repeat, or a
+    /// stale repin of a move the room outran, which must not take the pin back (`room_move`
+    /// module docs, "Generations"). A pin older than the move's copy catches up even when it
+    /// does not name `from` (repins of overlapping moves landing out of order).
     fn repin_room(
         &mut self,
         shard: ShardId,
@@ -730,65 +740,83 @@ impl ShardData {
         room: &RoomId,
         from: ShardId,
         to: ShardId,
+        generation: u64,
     ) -> Result<bool, MoveRefusal> {
         let home = layout.home(room.as_bytes());
         if home != shard {
             return Err(MoveRefusal::NotHome { shard, home });
         }
-        let hosted_here = self.rooms.contains_key(room);
-        let current = self.pins.get(room).or_else(|| hosted_here.then_some(shard));
-        if current == Some(to) {
-            return Ok(false);
-        }
-        if let Some(pinned) = current.filter(|&pinned| layout.set_of_shard(pinned).is_some()) {
+        // Where this shard has the room (its pin, else its own copy) and that copy's generation.
+        let current = match self.pins.get(room) {
+            Some(pinned) => Some((pinned, self.moves.pin_generation(room))),
+            None => self
+                .rooms
+                .contains_key(room)
+                .then(|| (shard, self.moves.generation(room))),
+        };
+        if let Some((pinned, _)) = current.filter(|&(at, _)| layout.set_of_shard(at).is_some()) {
             return Err(MoveRefusal::Residency { shard: pinned });
         }
         if !layout.split_shards().contains(&to) {
             return Err(MoveRefusal::NotASplitShard { shard: to });
         }
-        if current != Some(from) {
-            // Pinned to another split shard: the room moved on from `to` (this move was
-            // overtaken: its source's stale copy is released next, and routers follow the
-            // tombstones from the pin), or it reached `from` by a move whose repin is yet to
-            // come (the tombstone `from` leaves leads on from there). Nothing to change.
-            if current.is_some_and(|pinned| layout.split_shards().contains(&pinned)) {
-                return Ok(false);
-            }
+        let Some((at, at_generation)) = current else {
             return Err(MoveRefusal::WrongSource {
                 expected: from,
-                actual: current,
+                actual: None,
+            });
+        };
+        // The copy the move brought to `to` is of the next generation.
+        if at_generation > generation {
+            return Ok(false);
+        }
+        // The copy of the move's generation is where this shard has it: only one copy of a
+        // generation ever exists.
+        if at_generation == generation && at != from {
+            return Err(MoveRefusal::WrongSource {
+                expected: from,
+                actual: Some(at),
             });
         }
-        // The room leaves this very shard: it must be frozen for `to`, or commands applied
-        // here after the pin moved would be lost to the move.
-        if current == Some(shard) {
+        // The room leaves this very shard's copy: it must be frozen (for `to`, when this copy
+        // is the one the move took), or commands applied here after the pin moved would be
+        // lost to the move.
+        if at == shard {
             match self.moves.moving_to(room) {
-                Some(moving) if moving == to => {}
+                Some(moving) if moving == to || at_generation < generation => {}
                 Some(moving) => return Err(MoveRefusal::MovingElsewhere { to: moving }),
                 None => return Err(MoveRefusal::NotFrozen),
             }
         }
         self.pins.repin(room, to);
+        self.moves.repinned(room, generation + 1);
         Ok(true)
     }
 
-    /// Step 4 of a move: `room`, frozen for `to`, leaves this shard for a tombstone;
-    /// `Ok(true)` when it left now, `Ok(false)` when it had left for `to` already.
+    /// Step 4 of a move: `room`, frozen for `to` at `generation`, leaves this shard for a
+    /// tombstone; `Ok(true)` when it left now, `Ok(false)` when it had left for `to` already
+    /// or the copy here (hosted or left) is of another generation: a stale release, whose copy
+    /// left or was replaced by a newer one already (`room_move` module docs, "Generations"),
+    /// changes nothing.
     fn release_room(
         &mut self,
         shard: ShardId,
         room: &RoomId,
         to: ShardId,
+        generation: u64,
     ) -> Result<bool, MoveRefusal> {
-        if let Some(moved) = self.moves.moved_to(room) {
-            return if moved == to {
+        if let Some(moved) = self.moves.moved(room) {
+            return if moved.generation != generation || moved.to == to {
                 Ok(false)
             } else {
-                Err(MoveRefusal::Moved { to: moved })
+                Err(MoveRefusal::Moved { to: moved.to })
             };
         }
         if !self.rooms.contains_key(room) {
             return Err(MoveRefusal::UnknownRoom { shard });
+        }
+        if self.moves.generation(room) != generation {
+            return Ok(false);
         }
         match self.moves.moving_to(room) {
             Some(moving) if moving == to => {}
@@ -1879,6 +1907,7 @@ mod tests {
             /// All four steps of a move of `room` from `from` to `to`.
             fn move_room(&mut self, room: &RoomId, from: ShardId, to: ShardId) {
                 let export = self.freeze(from, room, to);
+                let generation = frozen_generation(&export);
                 let adopt = Command::AdoptRoom {
                     room: room.clone(),
                     from,
@@ -1893,6 +1922,7 @@ mod tests {
                     room: room.clone(),
                     from,
                     to,
+                    generation,
                 };
                 assert!(matches!(
                     self.apply(home, repin),
@@ -1901,12 +1931,19 @@ mod tests {
                 let release = Command::ReleaseRoom {
                     room: room.clone(),
                     to,
+                    generation,
                 };
                 assert!(matches!(
                     self.apply(from, release),
                     ApplyOutput::RoomReleased(Ok(()))
                 ));
             }
+        }
+
+        /// The generation of the copy a freeze took: its export's minus one (the generation
+        /// a move's repin and release name).
+        fn frozen_generation(export: &[u8]) -> u64 {
+            RoomExport::decode(export).unwrap().generation - 1
         }
 
         fn applied(shards: &Shards) -> BTreeSet<RoomId> {
@@ -2165,10 +2202,12 @@ mod tests {
             let room = room_at_home(&shards, 1);
             let mut alice = Creator::new("alice");
             log.busy_room(1, &room, &mut alice);
-            let release = |to| Command::ReleaseRoom {
+            let release_of = |to, generation| Command::ReleaseRoom {
                 room: room.clone(),
                 to,
+                generation,
             };
+            let release = |to| release_of(to, 0);
             assert!(matches!(
                 log.apply(1, release(T)),
                 ApplyOutput::RoomReleased(Err(MoveRefusal::NotFrozen))
@@ -2182,7 +2221,16 @@ mod tests {
                 log.apply(1, release(T2)),
                 ApplyOutput::RoomReleased(Err(MoveRefusal::MovingElsewhere { to: T }))
             ));
+            // A release of another generation than the frozen copy's is a stale repeat: Ok,
+            // and nothing changes.
+            let frozen = log.snapshot(1);
             applied(&shards);
+            assert!(matches!(
+                log.apply(1, release_of(T, 1)),
+                ApplyOutput::RoomReleased(Ok(()))
+            ));
+            assert_eq!(log.snapshot(1), frozen);
+            assert!(applied(&shards).is_empty());
             log.move_room(&room, 1, T);
             assert_eq!(applied(&shards), BTreeSet::from([room.clone()]));
             {
@@ -2206,6 +2254,13 @@ mod tests {
                 log.apply(1, release(T2)),
                 ApplyOutput::RoomReleased(Err(MoveRefusal::Moved { to: T }))
             ));
+            // Of another copy than the one that left: stale, whatever its target.
+            for stale in [release_of(T, 3), release_of(T2, 3)] {
+                assert!(matches!(
+                    log.apply(1, stale),
+                    ApplyOutput::RoomReleased(Ok(()))
+                ));
+            }
             assert!(matches!(
                 log.apply(
                     1,
@@ -2251,6 +2306,7 @@ mod tests {
                 room: room.clone(),
                 from,
                 to,
+                generation: 0,
             };
             let refused = |output: ApplyOutput| match output {
                 ApplyOutput::RoomRepinned(Err(refusal)) => refusal,
@@ -2289,6 +2345,7 @@ mod tests {
                 room: unknown.clone(),
                 from: 0,
                 to: T,
+                generation: 0,
             };
             let home_of_unknown = shards.shard_of(unknown.as_bytes());
             assert_eq!(
@@ -2332,6 +2389,7 @@ mod tests {
                 room: pinned.clone(),
                 from: EU,
                 to: T,
+                generation: 0,
             };
             assert_eq!(
                 refused(log.apply(1, repin_pinned)),
@@ -2354,12 +2412,14 @@ mod tests {
                 }
             }
 
-            fn repin(&mut self, room: &RoomId, from: ShardId, to: ShardId) {
+            /// The repin of a move that froze the copy of `generation` in `from`.
+            fn repin(&mut self, room: &RoomId, from: ShardId, to: ShardId, generation: u64) {
                 let home = self.shards.shard_of(room.as_bytes());
                 let repin = Command::RepinRoom {
                     room: room.clone(),
                     from,
                     to,
+                    generation,
                 };
                 match self.apply(home, repin) {
                     ApplyOutput::RoomRepinned(Ok(())) => {}
@@ -2367,10 +2427,18 @@ mod tests {
                 }
             }
 
-            fn release(&mut self, room: &RoomId, from: ShardId, to: ShardId) -> ApplyOutput {
+            /// The release of a move that froze the copy of `generation` in `from`.
+            fn release(
+                &mut self,
+                room: &RoomId,
+                from: ShardId,
+                to: ShardId,
+                generation: u64,
+            ) -> ApplyOutput {
                 let release = Command::ReleaseRoom {
                     room: room.clone(),
                     to,
+                    generation,
                 };
                 self.apply(from, release)
             }
@@ -2402,7 +2470,7 @@ mod tests {
             log.busy_room(1, &room, &mut alice);
             let stale = log.freeze(1, &room, T);
             log.adopt(&room, 1, T, &stale);
-            log.repin(&room, 1, T);
+            log.repin(&room, 1, T, 0);
             // The coordinator is gone; the room takes a message in T and moves on to T2.
             assert!(matches!(
                 log.apply(T, alice.message(&room, b"in T", 2)),
@@ -2420,10 +2488,10 @@ mod tests {
                 before_t,
                 "the stale export installed nothing"
             );
-            log.repin(&room, 1, T);
+            log.repin(&room, 1, T, 0);
             assert_eq!(shards.get(1).read().pin(&room), Some(T2));
             assert!(matches!(
-                log.release(&room, 1, T),
+                log.release(&room, 1, T, 0),
                 ApplyOutput::RoomReleased(Ok(()))
             ));
             assert_eq!(log.hosts(&room), vec![(T2, false)]);
@@ -2439,8 +2507,8 @@ mod tests {
         /// there, T's release still to come) and came back before T released its copy. T's
         /// frozen copy is older than the export coming back: the adopt replaces it (it used to
         /// keep it and answer Ok, and T's release then dropped the room everywhere), and the
-        /// late release of T's own move finds nothing frozen to take. A repeat of an older
-        /// adopt changes nothing.
+        /// late release of T's own move names a generation T no longer holds: Ok, nothing
+        /// changes. A repeat of an older adopt changes nothing.
         #[test]
         fn a_room_coming_back_replaces_the_stale_copy_it_left_frozen() {
             let shards = Shards::with_layout(layout());
@@ -2450,15 +2518,15 @@ mod tests {
             log.busy_room(1, &room, &mut alice);
             let first = log.freeze(1, &room, T);
             log.adopt(&room, 1, T, &first);
-            log.repin(&room, 1, T);
+            log.repin(&room, 1, T, 0);
             assert!(matches!(
-                log.release(&room, 1, T),
+                log.release(&room, 1, T, 0),
                 ApplyOutput::RoomReleased(Ok(()))
             ));
             // T -> T2 up to the repin; its coordinator stalls before the release.
             let out = log.freeze(T, &room, T2);
             log.adopt(&room, T, T2, &out);
-            log.repin(&room, T, T2);
+            log.repin(&room, T, T2, 1);
             assert!(matches!(
                 log.apply(T2, alice.message(&room, b"in T2", 2)),
                 ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
@@ -2476,16 +2544,16 @@ mod tests {
                 assert!(data.franks().get(&room, 2).is_some());
                 assert_eq!(data.room_moves().generation(&room), 3);
             }
-            log.repin(&room, T2, T);
+            log.repin(&room, T2, T, 2);
             assert!(matches!(
-                log.release(&room, T2, T),
+                log.release(&room, T2, T, 2),
                 ApplyOutput::RoomReleased(Ok(()))
             ));
             let settled = log.snapshot(T);
             // The stalled coordinator's release, and repeats of both adopts into T.
             assert!(matches!(
-                log.release(&room, T, T2),
-                ApplyOutput::RoomReleased(Err(MoveRefusal::NotFrozen))
+                log.release(&room, T, T2, 1),
+                ApplyOutput::RoomReleased(Ok(()))
             ));
             log.adopt(&room, 1, T, &first);
             log.adopt(&room, T2, T, &back);
@@ -2498,15 +2566,15 @@ mod tests {
             ));
         }
 
-        /// FIXME(stale release): `ReleaseRoom { room, to }` names no generation, so the late
-        /// release of a move that the room outran takes a newer copy frozen for the same
-        /// target since, before that target adopted it: no shard hosts the room, which lives
-        /// on only in the export the newer move's coordinator holds (and is lost if that
-        /// coordinator dies). The release should carry its export's generation (the
-        /// coordinator knows it) and the source release only that generation. Until then this
-        /// asserts today's behaviour; `move_sim`'s coordinators skip such a release.
+        /// Found by `move_sim` (seeds 842 and 950 of 1000 without its coordinators' skip): the
+        /// late release of a move that the room outran (T -> T2, stalled before its release
+        /// while the room came back to T) lands after a newer move T -> T2 froze T's newer
+        /// copy, before T2 adopted it. A release names the generation its move froze, and T's
+        /// copy is of another one: the release is a stale repeat, Ok, and changes nothing (it
+        /// used to take the newer copy, leaving the room hosted nowhere but in the newer
+        /// move's export). The newer copy stays frozen and its own move finishes.
         #[test]
-        fn a_stale_release_takes_a_newer_copy() {
+        fn a_stale_release_leaves_a_newer_copy_frozen_for_its_own_move() {
             let shards = Shards::with_layout(layout());
             let mut log = Log::new(&shards);
             let room = room_at_home(&shards, 1);
@@ -2515,25 +2583,140 @@ mod tests {
             log.move_room(&room, 1, T);
             // T -> T2 stalls before its release; the room comes back to T meanwhile.
             let out = log.freeze(T, &room, T2);
+            let stalled = frozen_generation(&out);
+            assert_eq!(stalled, 1);
             log.adopt(&room, T, T2, &out);
-            log.repin(&room, T, T2);
+            log.repin(&room, T, T2, stalled);
             log.move_room(&room, T2, T);
-            // A new move T -> T2 freezes T's (newer) copy; then the stalled release lands.
-            let newer = log.freeze(T, &room, T2);
             assert!(matches!(
-                log.release(&room, T, T2),
+                log.apply(T, alice.message(&room, b"back in T", 2)),
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
+            ));
+            // A new move T -> T2 freezes T's (newer) copy; then the stalled release lands,
+            // twice (Raft applied it again).
+            let newer = log.freeze(T, &room, T2);
+            assert_eq!(frozen_generation(&newer), 3);
+            let frozen = log.snapshot(T);
+            applied(&shards);
+            for _ in 0..2 {
+                assert!(matches!(
+                    log.release(&room, T, T2, stalled),
+                    ApplyOutput::RoomReleased(Ok(()))
+                ));
+            }
+            assert_eq!(log.snapshot(T), frozen, "the stale release changed nothing");
+            assert!(applied(&shards).is_empty());
+            assert_eq!(log.hosts(&room), vec![(T, true)]);
+            assert_eq!(shards.get(T).read().moving_to(&room), Some(T2));
+            assert_eq!(
+                RoomExport::decode(&log.freeze(T, &room, T2)).unwrap(),
+                RoomExport::decode(&newer).unwrap(),
+                "the frozen copy still exports what its freeze did"
+            );
+            // The newer move finishes: T2 adopts the newer copy over its tombstone.
+            log.adopt(&room, T, T2, &newer);
+            assert_eq!(log.hosts(&room), vec![(T, true), (T2, false)]);
+            log.repin(&room, T, T2, 3);
+            assert!(matches!(
+                log.release(&room, T, T2, 3),
                 ApplyOutput::RoomReleased(Ok(()))
             ));
-            assert_eq!(
-                log.hosts(&room),
-                vec![],
-                "FIXME: the room is hosted nowhere"
-            );
-            assert_eq!(shards.get(T).read().moved_to(&room), Some(T2));
-            assert_eq!(shards.get(T2).read().moved_to(&room), Some(T));
-            // Only the newer move's adopt brings it back.
-            log.adopt(&room, T, T2, &newer);
             assert_eq!(log.hosts(&room), vec![(T2, false)]);
+            assert_eq!(shards.room_shard(&room), T2);
+            assert!(matches!(
+                log.apply(T2, alice.message(&room, b"in T2", 3)),
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 3, .. })
+            ));
+        }
+
+        /// A repin names the generation its move froze, and the home shard keeps the
+        /// generation its pin names: a stale repin (a duplicate, or a slow coordinator's,
+        /// landing after the room moved on and back) never takes the pin back to a shard the
+        /// room left. Without generations the repin T -> T2 of the room's second move, applied
+        /// again once the room was back in T, found the pin naming its source T and moved it
+        /// to T2, where only a tombstone is left; and a pin behind the room stayed behind for
+        /// good (every later repin's source was not the pin's shard).
+        #[test]
+        fn a_stale_repin_never_takes_the_pin_back() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &room, &mut alice);
+            log.move_room(&room, 1, T);
+            log.move_room(&room, T, T2);
+            log.move_room(&room, T2, T);
+            {
+                let home = shards.get(1).read();
+                assert_eq!(home.pin(&room), Some(T));
+                assert_eq!(home.room_moves().pin_generation(&room), 3);
+            }
+            let settled = log.snapshot(1);
+            applied(&shards);
+            // The second move's repin again, and the first's.
+            log.repin(&room, T, T2, 1);
+            log.repin(&room, 1, T, 0);
+            assert_eq!(shards.get(1).read().pin(&room), Some(T));
+            assert_eq!(log.snapshot(1), settled, "stale repins changed nothing");
+            assert!(applied(&shards).is_empty());
+            assert_eq!(shards.room_shard(&room), T);
+        }
+
+        /// Repins of overlapping moves may land out of order: the first move's coordinator
+        /// stalls before its repin while the room, adopted in T, moves on to T2. The second
+        /// move's repin (the newer copy) moves the pin at once, though the home shard still
+        /// has the room in its own frozen copy (it used to be refused WrongSource until the
+        /// first move's repin landed); the first move's repin then finds a newer pin and
+        /// changes nothing, and its release drops the home shard's copy.
+        #[test]
+        fn repins_landing_out_of_order_leave_the_pin_on_the_newest_copy() {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, 1);
+            let mut alice = Creator::new("alice");
+            log.busy_room(1, &room, &mut alice);
+            let first = log.freeze(1, &room, T);
+            log.adopt(&room, 1, T, &first);
+            // The first coordinator stalls; another node moves the room on from T.
+            let second = log.freeze(T, &room, T2);
+            log.adopt(&room, T, T2, &second);
+            // Its repin naming a source that is not the copy of its generation is refused.
+            let wrong = Command::RepinRoom {
+                room: room.clone(),
+                from: 0,
+                to: T2,
+                generation: 0,
+            };
+            assert!(matches!(
+                log.apply(1, wrong),
+                ApplyOutput::RoomRepinned(Err(MoveRefusal::WrongSource {
+                    expected: 0,
+                    actual: Some(1)
+                }))
+            ));
+            log.repin(&room, T, T2, 1);
+            assert_eq!(shards.get(1).read().pin(&room), Some(T2));
+            assert_eq!(shards.room_shard(&room), T2);
+            assert!(matches!(
+                log.release(&room, T, T2, 1),
+                ApplyOutput::RoomReleased(Ok(()))
+            ));
+            // The first move resumes: the same export, an adopt that installs nothing, a repin
+            // that keeps the newer pin, a release of the home shard's copy.
+            assert_eq!(log.freeze(1, &room, T), first);
+            log.adopt(&room, 1, T, &first);
+            log.repin(&room, 1, T, 0);
+            assert_eq!(shards.get(1).read().pin(&room), Some(T2));
+            assert!(matches!(
+                log.release(&room, 1, T, 0),
+                ApplyOutput::RoomReleased(Ok(()))
+            ));
+            assert_eq!(log.hosts(&room), vec![(T2, false)]);
+            assert_eq!(shards.room_shard(&room), T2);
+            assert!(matches!(
+                log.apply(T2, alice.message(&room, b"in T2", 2)),
+                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
+            ));
         }
 
         #[test]
@@ -2582,6 +2765,8 @@ mod tests {
             assert_eq!(fresh.machine(1).snapshot(), snapshot);
             let data = fresh.get(1).read();
             assert_eq!(data.moved_to(&gone), Some(T));
+            assert_eq!(data.pin(&gone), Some(T));
+            assert_eq!(data.room_moves().pin_generation(&gone), 1);
             assert_eq!(data.moving_to(&frozen), Some(T2));
             assert_eq!(
                 data.room_moves().frozen(&frozen),
@@ -2600,6 +2785,14 @@ mod tests {
                 restored.apply(1, alice.message(&gone, b"x", 1)),
                 ApplyOutput::RoomMoved { to: T }
             ));
+            // A section of an earlier version (never released) is refused, not misread.
+            let at = snapshot.len() - rest.len();
+            let mut older = snapshot.clone();
+            older[at + 15] = 2;
+            assert!(Shards::with_layout(layout())
+                .machine(1)
+                .restore(&older)
+                .is_err());
         }
 
         #[test]
@@ -2678,6 +2871,7 @@ mod tests {
                 room: room.clone(),
                 from: 1,
                 to: T,
+                generation: 0,
             };
             assert!(matches!(
                 log.apply(1, repin),
@@ -2686,6 +2880,7 @@ mod tests {
             let release = Command::ReleaseRoom {
                 room: room.clone(),
                 to: T,
+                generation: 0,
             };
             assert!(matches!(
                 partial_log.apply(1, release),

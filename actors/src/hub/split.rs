@@ -4,11 +4,13 @@
 //! The cluster cannot create Raft groups at runtime, so a split hands rooms of a hot or large
 //! shard to a *split shard* (`Layout::split_shards`), one room at a time. A room's move is the
 //! four replicated steps of `crate::room_move` (freeze in its source shard S, adopt in the
-//! target T, repin in its home shard H, release in S), each decided in apply and idempotent;
-//! [`Hub::move_room`] runs them in order, each retried while its shard is unavailable
-//! ([`STEP_DEADLINE`]), and a refusal ends the move with its reason. [`Hub::split_shard`]
-//! picks the target (the split shard with the fewest rooms) and which rooms of the shard move
-//! (about half of its load, [`pick_rooms`]), and moves them [`MOVES_IN_FLIGHT`] at a time.
+//! target T, repin in its home shard H, release in S; the repin and the release name the
+//! generation of the copy the freeze took, read from its export), each decided in apply and
+//! idempotent; [`Hub::move_room`] runs them in order, each retried while its shard is
+//! unavailable ([`STEP_DEADLINE`]), and a refusal ends the move with its reason.
+//! [`Hub::split_shard`] picks the target (the split shard with the fewest rooms) and which
+//! rooms of the shard move (about half of its load, [`pick_rooms`]), and moves them
+//! [`MOVES_IN_FLIGHT`] at a time.
 //!
 //! **Resume.** A coordinator may die between steps, leaving its room frozen in S: every
 //! [`MOVE_RESUME_PERIOD`], and when it gains a shard's leadership, the hub looks at the
@@ -40,6 +42,7 @@ use super::{unexpected, Hub, HubError, Proposer};
 use crate::actor::ActorMetrics;
 use crate::command::Command;
 use crate::ids::RoomId;
+use crate::room_move::RoomExport;
 use crate::shard::{ApplyOutput, ShardData, Shards};
 
 /// Room moves a node runs at once (a split's, `Hub::move_room`'s and the resume task's
@@ -242,6 +245,13 @@ impl Mover {
             ApplyOutput::RoomFrozen(Err(refusal)) => return Err(refused("freeze", from, &refusal)),
             other => return Err(unexpected(other)),
         };
+        // The generation of the copy frozen (the export's minus one), named by the repin and
+        // the release so that neither acts on a newer copy if this move was overtaken
+        // (`room_move` module docs, "Generations").
+        let generation = RoomExport::decode(&export)
+            .map_err(|refusal| refused("freeze", from, &refusal))?
+            .generation
+            .saturating_sub(1);
         let adopt = Command::AdoptRoom {
             room: room.clone(),
             from,
@@ -257,6 +267,7 @@ impl Mover {
             room: room.clone(),
             from,
             to,
+            generation,
         };
         match self.step(home, repin).await? {
             ApplyOutput::RoomRepinned(Ok(())) => {}
@@ -270,6 +281,7 @@ impl Mover {
         let release = Command::ReleaseRoom {
             room: room.clone(),
             to,
+            generation,
         };
         match self.step(from, release).await? {
             ApplyOutput::RoomReleased(Ok(())) => Ok(()),

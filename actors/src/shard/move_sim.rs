@@ -760,6 +760,7 @@ impl<'s> World<'s> {
                     room: room.clone(),
                     from,
                     to,
+                    generation: generation - 1,
                 };
                 match self.propose(fx.home, repin, &what) {
                     ApplyOutput::RoomRepinned(Ok(())) => {
@@ -778,7 +779,11 @@ impl<'s> World<'s> {
                 if self.stale_release(from, r, to, generation) {
                     return self.end_move(i, Some("release of an overtaken copy skipped".into()));
                 }
-                let release = Command::ReleaseRoom { room, to };
+                let release = Command::ReleaseRoom {
+                    room,
+                    to,
+                    generation: generation - 1,
+                };
                 match self.propose_move_step(from, release, Some(generation), &what) {
                     ApplyOutput::RoomReleased(Ok(())) => self.end_move(i, None),
                     ApplyOutput::RoomReleased(Err(refusal)) => {
@@ -828,7 +833,7 @@ impl<'s> World<'s> {
             return;
         }
         let (shard, command, generation) = self.recent[self.rng.below(self.recent.len())].clone();
-        if let (Command::ReleaseRoom { room, to }, Some(generation)) = (&command, generation) {
+        if let (Command::ReleaseRoom { room, to, .. }, Some(generation)) = (&command, generation) {
             let r = self.room_index(room);
             if self.stale_release(shard, r, *to, generation) {
                 return;
