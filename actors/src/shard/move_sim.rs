@@ -30,18 +30,23 @@
 //! with the room and leave nothing behind; routing (a node holding every shard, and one
 //! following tombstones from its cache) reaches a copy; every accepted message took the next
 //! seq in the order sent, a resend answers its first seq, and a refused command changed
-//! nothing. At the end every move is drained (the frozen rooms resumed until none is left,
-//! which also finds a move that can never finish), every queued message delivered; then each
-//! room is hosted once, unfrozen, with every message once in order, and each shard's snapshot
-//! restores to the same bytes and routes every room there. The first seeds run twice and
-//! compare a hash of their trace (hidden nondeterminism).
+//! nothing; nor did a release or repin taken already or outrun by the room (a stale one
+//! answers Ok), and the home shard's pin never goes back to an older copy. At the end every
+//! move is drained (the frozen rooms resumed until none is left, which also finds a move that
+//! can never finish), every queued message delivered; then each room is hosted once,
+//! unfrozen, with every message once in order, and each shard's snapshot restores to the same
+//! bytes and routes every room there. The first seeds run twice and compare a hash of their
+//! trace (hidden nondeterminism).
 //!
 //! What it found: overlapping moves of one room lost it or let two shards change it (an
 //! adopt answered Ok over a stale frozen copy, or brought a stale export back over a
 //! tombstone) or left it frozen for good (a repin refused once the room had moved on): the
-//! generations of `room_move` (module docs, "Generations") fix those. One hazard remains,
-//! outside what apply can decide: a release names no generation (FIXME(stale release) on
-//! [`World::stale_release`]).
+//! generations of `room_move` (module docs, "Generations") fix those. And a late release
+//! (a slow coordinator's, a duplicate) took a newer copy frozen for the same target before
+//! that target adopted it, losing the room (seeds 842 and 950 of 1000): a release names the
+//! generation its move froze now, and so does a repin. Stale releases and repins are
+//! proposed like any other step; each must answer Ok and change nothing, and the home
+//! shard's pin never goes back to an older copy.
 //!
 //! `MIMID_MOVE_SIM_SEEDS=N` runs seeds 0..N (default [`DEFAULT_SEEDS`], split over a few
 //! threads); `MIMID_MOVE_SIM_SEED=S` replays seed S alone; `MIMID_MOVE_SIM_KEEP_GOING=1` runs
@@ -252,8 +257,18 @@ struct Move {
     from: ShardId,
     to: ShardId,
     step: Step,
-    /// The generation its freeze exported.
+    /// The generation of the copy its freeze took (its export's minus one), named by its
+    /// repin and release.
     generation: u64,
+}
+
+/// A release or repin that can change nothing ([`World::outdated`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outdated {
+    /// Taken already: answered as the first time, or refused.
+    Repeat,
+    /// For a copy older than the one the shard has (hosted, left or pinned): answered Ok.
+    Stale,
 }
 
 /// Counts over all seeds, for the report.
@@ -271,7 +286,10 @@ struct Stats {
     resumes: u64,
     duplicates: u64,
     restores: u64,
+    /// Releases proposed for a copy the source no longer has (answered Ok, changing nothing).
     stale_releases: u64,
+    /// Repins of a copy older than the one the home shard pins (likewise).
+    stale_repins: u64,
 }
 
 impl Stats {
@@ -291,6 +309,7 @@ impl Stats {
         self.duplicates += other.duplicates;
         self.restores += other.restores;
         self.stale_releases += other.stale_releases;
+        self.stale_repins += other.stale_repins;
     }
 }
 
@@ -306,8 +325,11 @@ struct World<'s> {
     rooms: Vec<RoomSim>,
     moves: Vec<Move>,
     next_move: u64,
-    /// Recent proposals, with the export generation of a release's move.
-    recent: VecDeque<(ShardId, Command, Option<u64>)>,
+    /// Recent proposals.
+    recent: VecDeque<(ShardId, Command)>,
+    /// The generation of the copy each room's home shard pins, as last checked: it never
+    /// goes down.
+    pin_generations: Vec<u64>,
     /// Each frozen copy's export, as its freeze answered it.
     exports: BTreeMap<(ShardId, usize), RoomExport>,
     /// What changed since the last check: (shard, room) for a command naming the room, (shard,
@@ -343,6 +365,7 @@ impl<'s> World<'s> {
             moves: Vec::new(),
             next_move: 0,
             recent: VecDeque::new(),
+            pin_generations: vec![0; fixtures.len()],
             exports: BTreeMap::new(),
             touched: (0..SHARDS).map(|shard| (shard, None)).collect(),
             by_hash: fixtures
@@ -426,47 +449,92 @@ impl<'s> World<'s> {
             )
         });
         format!(
-            "{state:?} {:?} {:?} {:?} {:?} {} {}",
+            "{state:?} {:?} {:?} {:?} {:?} {:?} {} {}",
             data.moving_to(room),
-            data.moved_to(room),
+            data.room_moves().moved(room),
             data.room_moves().generation(room),
             data.pin(room),
+            data.room_moves().pin_generation(room),
             data.abuse_reports().of_room(room).len(),
             data.rooms_of(&fx.client).any(|indexed| indexed == room),
         ) + &format!("{:?}", data.franks().of_room(room))
     }
 
-    /// Applies `command` in `shard`: checks that a refusal changed nothing there, and accounts
-    /// for what was accepted (whoever proposed it: a duplicate's answer reaches no one).
-    fn propose(&mut self, shard: ShardId, command: Command, what: &str) -> ApplyOutput {
-        self.propose_move_step(shard, command, None, what)
+    /// Whether `command` is a release or repin that `shard` took already or that its move's
+    /// room outran (`room_move` module docs, "Generations"): either changes nothing.
+    fn outdated(&self, shard: ShardId, command: &Command) -> Option<Outdated> {
+        let data = self.shards.get(shard).read();
+        let moves = data.room_moves();
+        match command {
+            Command::ReleaseRoom {
+                room, generation, ..
+            } => match moves.moved(room) {
+                Some(moved) if moved.generation == *generation => Some(Outdated::Repeat),
+                Some(_) => Some(Outdated::Stale),
+                None if data.room(room).is_some() && moves.generation(room) != *generation => {
+                    Some(Outdated::Stale)
+                }
+                None => None,
+            },
+            // The copy the move brought to `to` is of the next generation.
+            Command::RepinRoom {
+                room, generation, ..
+            } if data.pin(room).is_some() => {
+                match moves.pin_generation(room).checked_sub(*generation + 1) {
+                    Some(0) => Some(Outdated::Repeat),
+                    Some(_) => Some(Outdated::Stale),
+                    None => None,
+                }
+            }
+            _ => None,
+        }
     }
 
-    /// [`Self::propose`] of a release, with its move's export generation (for a duplicate).
-    fn propose_move_step(
-        &mut self,
-        shard: ShardId,
-        command: Command,
-        generation: Option<u64>,
-        what: &str,
-    ) -> ApplyOutput {
+    /// Applies `command` in `shard`: checks that a refusal, a stale release or a stale repin
+    /// changed nothing there, and accounts for what was accepted (whoever proposed it: a
+    /// duplicate's answer reaches no one).
+    fn propose(&mut self, shard: ShardId, command: Command, what: &str) -> ApplyOutput {
         let r = room_of(&command).map(|room| self.room_index(room));
         let before = r.map(|r| self.fingerprint(shard, r));
+        let outdated = self.outdated(shard, &command);
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back((shard, command.clone(), generation));
+        self.recent.push_back((shard, command.clone()));
         let output = self.apply(shard, command.clone());
-        self.event(format!("{what} @{shard} -> {}", brief(&output)));
+        self.event(format!(
+            "{what} @{shard} -> {}{}",
+            brief(&output),
+            match outdated {
+                Some(Outdated::Stale) => " (stale)",
+                Some(Outdated::Repeat) => " (repeat)",
+                None => "",
+            }
+        ));
         match &output {
             ApplyOutput::RoomMoving { .. } => self.stats.moving_answers += 1,
             ApplyOutput::RoomMoved { .. } => self.stats.moved_answers += 1,
             _ => {}
         }
+        if outdated == Some(Outdated::Stale) {
+            match &output {
+                ApplyOutput::RoomReleased(Ok(())) => self.stats.stale_releases += 1,
+                ApplyOutput::RoomRepinned(Ok(())) => self.stats.stale_repins += 1,
+                other => self.fail(format!(
+                    "{what}: a stale step answered {} (not Ok)",
+                    brief(other)
+                )),
+            }
+        }
         if let (Some(r), Some(before)) = (r, before) {
-            if refused(&output) && self.fingerprint(shard, r) != before {
+            if (outdated.is_some() || refused(&output)) && self.fingerprint(shard, r) != before {
                 self.fail(format!(
-                    "{what}: refused ({}) but changed shard {shard}",
+                    "{what}: {} ({}) but changed shard {shard}",
+                    match outdated {
+                        Some(Outdated::Stale) => "stale",
+                        Some(Outdated::Repeat) => "a repeat",
+                        None => "refused",
+                    },
                     brief(&output)
                 ));
             }
@@ -734,7 +802,8 @@ impl<'s> World<'s> {
                 let what = label("freeze");
                 match self.propose(from, Command::FreezeRoom { room, to }, &what) {
                     ApplyOutput::RoomFrozen(Ok(export)) => {
-                        self.moves[i].generation = self.exports[&(from, r)].generation;
+                        // Like the hub: the generation of the copy frozen, from the export.
+                        self.moves[i].generation = self.exports[&(from, r)].generation - 1;
                         self.moves[i].step = Step::Adopt(export);
                     }
                     ApplyOutput::RoomFrozen(Err(refusal)) => {
@@ -760,7 +829,7 @@ impl<'s> World<'s> {
                     room: room.clone(),
                     from,
                     to,
-                    generation: generation - 1,
+                    generation,
                 };
                 match self.propose(fx.home, repin, &what) {
                     ApplyOutput::RoomRepinned(Ok(())) => {
@@ -776,15 +845,12 @@ impl<'s> World<'s> {
             }
             Step::Release => {
                 let what = label("release");
-                if self.stale_release(from, r, to, generation) {
-                    return self.end_move(i, Some("release of an overtaken copy skipped".into()));
-                }
                 let release = Command::ReleaseRoom {
                     room,
                     to,
-                    generation: generation - 1,
+                    generation,
                 };
-                match self.propose_move_step(from, release, Some(generation), &what) {
+                match self.propose(from, release, &what) {
                     ApplyOutput::RoomReleased(Ok(())) => self.end_move(i, None),
                     ApplyOutput::RoomReleased(Err(refusal)) => {
                         self.end_move(i, Some(format!("release: {refusal:?}")))
@@ -832,38 +898,9 @@ impl<'s> World<'s> {
         if self.recent.is_empty() {
             return;
         }
-        let (shard, command, generation) = self.recent[self.rng.below(self.recent.len())].clone();
-        if let (Command::ReleaseRoom { room, to, .. }, Some(generation)) = (&command, generation) {
-            let r = self.room_index(room);
-            if self.stale_release(shard, r, *to, generation) {
-                return;
-            }
-        }
+        let (shard, command) = self.recent[self.rng.below(self.recent.len())].clone();
         self.stats.duplicates += 1;
-        self.propose_move_step(shard, command, generation, "duplicate");
-    }
-
-    /// FIXME(stale release): `ReleaseRoom { room, to }` names no generation, so a release
-    /// decided for one copy (a slow coordinator's, a duplicate's) releases a newer copy frozen
-    /// for the same target since, before that target adopted it: the room is lost (the
-    /// regression test `shard::tests::moves::a_stale_release_takes_a_newer_copy`). Until the
-    /// release carries its export's generation and the source checks it, the simulation's
-    /// coordinators check it themselves and skip such a release (counted in
-    /// `Stats::stale_releases`), so the rest stays checked.
-    fn stale_release(&mut self, shard: ShardId, r: usize, to: ShardId, generation: u64) -> bool {
-        let room = &self.rooms[r].fx.room;
-        let stale = {
-            let data = self.shards.get(shard).read();
-            data.moving_to(room) == Some(to) && data.room_moves().generation(room) + 1 != generation
-        };
-        if stale {
-            self.stats.stale_releases += 1;
-            self.event(format!(
-                "release of room{r} in {shard} (generation {generation}) skipped: the copy there \
-                 is newer"
-            ));
-        }
-        stale
+        self.propose(shard, command, "duplicate");
     }
 
     /// A replica restarts from a snapshot: a fresh one reproduces the bytes and the client
@@ -926,6 +963,20 @@ impl<'s> World<'s> {
         });
         for r in 0..self.rooms.len() {
             self.check_room(r);
+            let fx = self.rooms[r].fx;
+            let pinned = self
+                .shards
+                .get(fx.home)
+                .read()
+                .room_moves()
+                .pin_generation(&fx.room);
+            if pinned < self.pin_generations[r] {
+                self.fail(format!(
+                    "room{r}'s pin went back from generation {} to {pinned}",
+                    self.pin_generations[r]
+                ));
+            }
+            self.pin_generations[r] = pinned;
         }
         self.touched.clear();
     }
