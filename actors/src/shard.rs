@@ -1843,6 +1843,17 @@ mod tests {
                 .unwrap()
         }
 
+        /// A fresh set of shards whose hashed shard `home` hosts a busy room (`Log::busy_room`)
+        /// of alice's.
+        fn busy_room_at(home: ShardId) -> (Shards, Log, RoomId, Creator) {
+            let shards = Shards::with_layout(layout());
+            let mut log = Log::new(&shards);
+            let room = room_at_home(&shards, home);
+            let mut alice = Creator::new("alice");
+            log.busy_room(home, &room, &mut alice);
+            (shards, log, room, alice)
+        }
+
         /// Applies commands to the shards' machines, numbering the entries.
         struct Log {
             shards: Shards,
@@ -1881,26 +1892,35 @@ mod tests {
                     self.apply(shard, alice.create(room)),
                     ApplyOutput::RoomCreated(Ok(()))
                 ));
-                assert!(matches!(
-                    self.apply(shard, alice.message(room, b"hello", 7)),
-                    ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 1, .. })
-                ));
+                self.accepted(shard, alice.message(room, b"hello", 7), 1);
                 assert!(matches!(
                     self.apply(shard, report(room)),
                     ApplyOutput::AbuseReported(Ok(1))
                 ));
             }
 
+            fn try_freeze(&mut self, shard: ShardId, room: &RoomId, to: ShardId) -> ApplyOutput {
+                let freeze = Command::FreezeRoom {
+                    room: room.clone(),
+                    to,
+                };
+                self.apply(shard, freeze)
+            }
+
             fn freeze(&mut self, shard: ShardId, room: &RoomId, to: ShardId) -> Vec<u8> {
-                match self.apply(
-                    shard,
-                    Command::FreezeRoom {
-                        room: room.clone(),
-                        to,
-                    },
-                ) {
+                match self.try_freeze(shard, room, to) {
                     ApplyOutput::RoomFrozen(Ok(export)) => export,
                     other => panic!("freeze: {other:?}"),
+                }
+            }
+
+            /// Applies a submission that the room must accept as its item `seq`.
+            fn accepted(&mut self, shard: ShardId, command: Command, seq: u64) {
+                match self.apply(shard, command) {
+                    ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: taken, .. }) => {
+                        assert_eq!(taken, seq, "submit in {shard}")
+                    }
+                    other => panic!("submit in {shard}: {other:?}"),
                 }
             }
 
@@ -1952,15 +1972,8 @@ mod tests {
 
         #[test]
         fn a_frozen_room_answers_moving_and_changes_nothing() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 1);
-            let mut alice = Creator::new("alice");
-            log.busy_room(1, &room, &mut alice);
-            assert!(matches!(
-                log.apply(1, alice.message(&room, b"again", 7)),
-                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
-            ));
+            let (shards, mut log, room, mut alice) = busy_room_at(1);
+            log.accepted(1, alice.message(&room, b"again", 7), 2);
             let ack = Command::Ack {
                 room: room.clone(),
                 client: alice.id.clone(),
@@ -2036,24 +2049,14 @@ mod tests {
             // Frozen again for the same shard: the same export; for another: refused.
             assert_eq!(log.freeze(1, &room, T), export);
             assert!(matches!(
-                log.apply(
-                    1,
-                    Command::FreezeRoom {
-                        room: room.clone(),
-                        to: T2
-                    }
-                ),
+                log.try_freeze(1, &room, T2),
                 ApplyOutput::RoomFrozen(Err(MoveRefusal::MovingElsewhere { to: T }))
             ));
         }
 
         #[test]
         fn freeze_refusals_name_their_reason_and_change_nothing() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 0);
-            let mut alice = Creator::new("alice");
-            log.busy_room(0, &room, &mut alice);
+            let (shards, mut log, room, _) = busy_room_at(0);
             let pinned = room_at_home(&shards, 1);
             let pin = Command::PinRoom {
                 room: pinned.clone(),
@@ -2064,19 +2067,16 @@ mod tests {
             log.busy_room(EU, &pinned, &mut bob);
             let before: Vec<Vec<u8>> = (0..5).map(|shard| log.snapshot(shard)).collect();
 
-            let mut refused = |shard, room: &RoomId, to, expected: MoveRefusal, text: &str| {
-                let freeze = Command::FreezeRoom {
-                    room: room.clone(),
-                    to,
-                };
-                match log.apply(shard, freeze) {
+            let mut refused =
+                |shard, room: &RoomId, to, expected: MoveRefusal, text: &str| match log
+                    .try_freeze(shard, room, to)
+                {
                     ApplyOutput::RoomFrozen(Err(refusal)) => {
                         assert_eq!(refusal, expected);
                         assert_eq!(refusal.to_string(), text);
                     }
                     other => panic!("freeze of {room} in {shard}: {other:?}"),
-                }
-            };
+                };
             refused(
                 1,
                 &room,
@@ -2119,11 +2119,7 @@ mod tests {
 
         #[test]
         fn adopt_is_idempotent_and_indexes_members() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 1);
-            let mut alice = Creator::new("alice");
-            log.busy_room(1, &room, &mut alice);
+            let (shards, mut log, room, mut alice) = busy_room_at(1);
             let export = log.freeze(1, &room, T);
             let refused_message = alice.message(&room, b"sent during the move", 9);
             assert!(matches!(
@@ -2197,11 +2193,7 @@ mod tests {
 
         #[test]
         fn release_leaves_a_tombstone_that_redirects() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 1);
-            let mut alice = Creator::new("alice");
-            log.busy_room(1, &room, &mut alice);
+            let (shards, mut log, room, mut alice) = busy_room_at(1);
             let release_of = |to, generation| Command::ReleaseRoom {
                 room: room.clone(),
                 to,
@@ -2262,13 +2254,7 @@ mod tests {
                 ));
             }
             assert!(matches!(
-                log.apply(
-                    1,
-                    Command::FreezeRoom {
-                        room: room.clone(),
-                        to: T2
-                    }
-                ),
+                log.try_freeze(1, &room, T2),
                 ApplyOutput::RoomFrozen(Err(MoveRefusal::Moved { to: T }))
             ));
             let moved = |output| matches!(output, ApplyOutput::RoomMoved { to: T });
@@ -2286,21 +2272,14 @@ mod tests {
             ));
             assert_eq!(log.snapshot(1), released);
             // The target hosts it and takes its commands.
-            assert!(matches!(
-                log.apply(T, alice.message(&room, b"after", 4)),
-                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
-            ));
+            log.accepted(T, alice.message(&room, b"after", 4), 2);
             assert_eq!(shards.room_shard(&room), T);
         }
 
         #[test]
         fn repin_moves_routing_and_refuses_a_wrong_source() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
             // The home shard is the source: the pin in it takes precedence over its data.
-            let room = room_at_home(&shards, 0);
-            let mut alice = Creator::new("alice");
-            log.busy_room(0, &room, &mut alice);
+            let (shards, mut log, room, _) = busy_room_at(0);
             assert_eq!(shards.room_shard(&room), 0);
             let repin = |from, to| Command::RepinRoom {
                 room: room.clone(),
@@ -2443,6 +2422,24 @@ mod tests {
                 self.apply(from, release)
             }
 
+            /// A release that must answer Ok: it drops the frozen copy, or it is a stale or
+            /// repeated one and changes nothing.
+            fn released(&mut self, room: &RoomId, from: ShardId, to: ShardId, generation: u64) {
+                match self.release(room, from, to, generation) {
+                    ApplyOutput::RoomReleased(Ok(())) => {}
+                    other => panic!("release {from} -> {to}: {other:?}"),
+                }
+            }
+
+            /// How every move ends: `room` is hosted in `shard` alone, not frozen, routed
+            /// there, and takes alice's next message as its item `seq`.
+            fn settled_in(&mut self, room: &RoomId, shard: ShardId, alice: &mut Creator, seq: u64) {
+                assert_eq!(self.hosts(room), vec![(shard, false)]);
+                assert_eq!(self.shards.room_shard(room), shard);
+                let message = alice.message(room, b"after the moves", seq as u8);
+                self.accepted(shard, message, seq);
+            }
+
             /// The shards hosting `room`, each with whether it is frozen there.
             fn hosts(&self, room: &RoomId) -> Vec<(ShardId, bool)> {
                 (0..self.shards.count())
@@ -2463,19 +2460,12 @@ mod tests {
         /// and the release drops the source's stale copy.
         #[test]
         fn a_resumed_move_that_the_room_outran_brings_nothing_back() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 1);
-            let mut alice = Creator::new("alice");
-            log.busy_room(1, &room, &mut alice);
+            let (shards, mut log, room, mut alice) = busy_room_at(1);
             let stale = log.freeze(1, &room, T);
             log.adopt(&room, 1, T, &stale);
             log.repin(&room, 1, T, 0);
             // The coordinator is gone; the room takes a message in T and moves on to T2.
-            assert!(matches!(
-                log.apply(T, alice.message(&room, b"in T", 2)),
-                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
-            ));
+            log.accepted(T, alice.message(&room, b"in T", 2), 2);
             log.move_room(&room, T, T2);
             let before_t = log.snapshot(T);
             let before_t2 = log.snapshot(T2);
@@ -2490,17 +2480,9 @@ mod tests {
             );
             log.repin(&room, 1, T, 0);
             assert_eq!(shards.get(1).read().pin(&room), Some(T2));
-            assert!(matches!(
-                log.release(&room, 1, T, 0),
-                ApplyOutput::RoomReleased(Ok(()))
-            ));
-            assert_eq!(log.hosts(&room), vec![(T2, false)]);
+            log.released(&room, 1, T, 0);
             assert_eq!(log.snapshot(T2), before_t2);
-            assert_eq!(shards.room_shard(&room), T2);
-            assert!(matches!(
-                log.apply(T2, alice.message(&room, b"after", 3)),
-                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 3, .. })
-            ));
+            log.settled_in(&room, T2, &mut alice, 3);
         }
 
         /// Found by `move_sim` (seed 11 of its first version): the room left T for T2 (pinned
@@ -2511,26 +2493,16 @@ mod tests {
         /// changes. A repeat of an older adopt changes nothing.
         #[test]
         fn a_room_coming_back_replaces_the_stale_copy_it_left_frozen() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 1);
-            let mut alice = Creator::new("alice");
-            log.busy_room(1, &room, &mut alice);
+            let (shards, mut log, room, mut alice) = busy_room_at(1);
             let first = log.freeze(1, &room, T);
             log.adopt(&room, 1, T, &first);
             log.repin(&room, 1, T, 0);
-            assert!(matches!(
-                log.release(&room, 1, T, 0),
-                ApplyOutput::RoomReleased(Ok(()))
-            ));
+            log.released(&room, 1, T, 0);
             // T -> T2 up to the repin; its coordinator stalls before the release.
             let out = log.freeze(T, &room, T2);
             log.adopt(&room, T, T2, &out);
             log.repin(&room, T, T2, 1);
-            assert!(matches!(
-                log.apply(T2, alice.message(&room, b"in T2", 2)),
-                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
-            ));
+            log.accepted(T2, alice.message(&room, b"in T2", 2), 2);
             log.apply(T2, report(&room));
             // Another node moves the room back: T2 -> T.
             let back = log.freeze(T2, &room, T);
@@ -2545,25 +2517,14 @@ mod tests {
                 assert_eq!(data.room_moves().generation(&room), 3);
             }
             log.repin(&room, T2, T, 2);
-            assert!(matches!(
-                log.release(&room, T2, T, 2),
-                ApplyOutput::RoomReleased(Ok(()))
-            ));
+            log.released(&room, T2, T, 2);
             let settled = log.snapshot(T);
             // The stalled coordinator's release, and repeats of both adopts into T.
-            assert!(matches!(
-                log.release(&room, T, T2, 1),
-                ApplyOutput::RoomReleased(Ok(()))
-            ));
+            log.released(&room, T, T2, 1);
             log.adopt(&room, 1, T, &first);
             log.adopt(&room, T2, T, &back);
             assert_eq!(log.snapshot(T), settled);
-            assert_eq!(log.hosts(&room), vec![(T, false)]);
-            assert_eq!(shards.room_shard(&room), T);
-            assert!(matches!(
-                log.apply(T, alice.message(&room, b"after", 3)),
-                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 3, .. })
-            ));
+            log.settled_in(&room, T, &mut alice, 3);
         }
 
         /// Found by `move_sim` (seeds 842 and 950 of 1000 without its coordinators' skip): the
@@ -2575,11 +2536,7 @@ mod tests {
         /// move's export). The newer copy stays frozen and its own move finishes.
         #[test]
         fn a_stale_release_leaves_a_newer_copy_frozen_for_its_own_move() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 1);
-            let mut alice = Creator::new("alice");
-            log.busy_room(1, &room, &mut alice);
+            let (shards, mut log, room, mut alice) = busy_room_at(1);
             log.move_room(&room, 1, T);
             // T -> T2 stalls before its release; the room comes back to T meanwhile.
             let out = log.freeze(T, &room, T2);
@@ -2588,10 +2545,7 @@ mod tests {
             log.adopt(&room, T, T2, &out);
             log.repin(&room, T, T2, stalled);
             log.move_room(&room, T2, T);
-            assert!(matches!(
-                log.apply(T, alice.message(&room, b"back in T", 2)),
-                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
-            ));
+            log.accepted(T, alice.message(&room, b"back in T", 2), 2);
             // A new move T -> T2 freezes T's (newer) copy; then the stalled release lands,
             // twice (Raft applied it again).
             let newer = log.freeze(T, &room, T2);
@@ -2599,10 +2553,7 @@ mod tests {
             let frozen = log.snapshot(T);
             applied(&shards);
             for _ in 0..2 {
-                assert!(matches!(
-                    log.release(&room, T, T2, stalled),
-                    ApplyOutput::RoomReleased(Ok(()))
-                ));
+                log.released(&room, T, T2, stalled);
             }
             assert_eq!(log.snapshot(T), frozen, "the stale release changed nothing");
             assert!(applied(&shards).is_empty());
@@ -2617,16 +2568,8 @@ mod tests {
             log.adopt(&room, T, T2, &newer);
             assert_eq!(log.hosts(&room), vec![(T, true), (T2, false)]);
             log.repin(&room, T, T2, 3);
-            assert!(matches!(
-                log.release(&room, T, T2, 3),
-                ApplyOutput::RoomReleased(Ok(()))
-            ));
-            assert_eq!(log.hosts(&room), vec![(T2, false)]);
-            assert_eq!(shards.room_shard(&room), T2);
-            assert!(matches!(
-                log.apply(T2, alice.message(&room, b"in T2", 3)),
-                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 3, .. })
-            ));
+            log.released(&room, T, T2, 3);
+            log.settled_in(&room, T2, &mut alice, 3);
         }
 
         /// A repin names the generation its move froze, and the home shard keeps the
@@ -2638,11 +2581,7 @@ mod tests {
         /// good (every later repin's source was not the pin's shard).
         #[test]
         fn a_stale_repin_never_takes_the_pin_back() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 1);
-            let mut alice = Creator::new("alice");
-            log.busy_room(1, &room, &mut alice);
+            let (shards, mut log, room, _) = busy_room_at(1);
             log.move_room(&room, 1, T);
             log.move_room(&room, T, T2);
             log.move_room(&room, T2, T);
@@ -2670,11 +2609,7 @@ mod tests {
         /// changes nothing, and its release drops the home shard's copy.
         #[test]
         fn repins_landing_out_of_order_leave_the_pin_on_the_newest_copy() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 1);
-            let mut alice = Creator::new("alice");
-            log.busy_room(1, &room, &mut alice);
+            let (shards, mut log, room, mut alice) = busy_room_at(1);
             let first = log.freeze(1, &room, T);
             log.adopt(&room, 1, T, &first);
             // The first coordinator stalls; another node moves the room on from T.
@@ -2697,35 +2632,20 @@ mod tests {
             log.repin(&room, T, T2, 1);
             assert_eq!(shards.get(1).read().pin(&room), Some(T2));
             assert_eq!(shards.room_shard(&room), T2);
-            assert!(matches!(
-                log.release(&room, T, T2, 1),
-                ApplyOutput::RoomReleased(Ok(()))
-            ));
+            log.released(&room, T, T2, 1);
             // The first move resumes: the same export, an adopt that installs nothing, a repin
             // that keeps the newer pin, a release of the home shard's copy.
             assert_eq!(log.freeze(1, &room, T), first);
             log.adopt(&room, 1, T, &first);
             log.repin(&room, 1, T, 0);
             assert_eq!(shards.get(1).read().pin(&room), Some(T2));
-            assert!(matches!(
-                log.release(&room, 1, T, 0),
-                ApplyOutput::RoomReleased(Ok(()))
-            ));
-            assert_eq!(log.hosts(&room), vec![(T2, false)]);
-            assert_eq!(shards.room_shard(&room), T2);
-            assert!(matches!(
-                log.apply(T2, alice.message(&room, b"in T2", 2)),
-                ApplyOutput::Submitted(SubmitVerdict::Accepted { seq: 2, .. })
-            ));
+            log.released(&room, 1, T, 0);
+            log.settled_in(&room, T2, &mut alice, 2);
         }
 
         #[test]
         fn a_room_moves_on_and_back_and_its_tombstone_goes() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 1);
-            let mut alice = Creator::new("alice");
-            log.busy_room(1, &room, &mut alice);
+            let (shards, mut log, room, alice) = busy_room_at(1);
             log.move_room(&room, 1, T);
             log.move_room(&room, T, T2);
             assert_eq!(shards.room_shard(&room), T2);
@@ -2797,11 +2717,7 @@ mod tests {
 
         #[test]
         fn a_shard_without_moves_keeps_its_snapshot_bytes() {
-            let shards = Shards::with_layout(layout());
-            let mut log = Log::new(&shards);
-            let room = room_at_home(&shards, 1);
-            let mut alice = Creator::new("alice");
-            log.busy_room(1, &room, &mut alice);
+            let (shards, mut log, room, _) = busy_room_at(1);
             let snapshot = log.snapshot(1);
             // The bytes a shard wrote before moves existed: no section, the shard's own.
             let data = shards.get(1).read();
