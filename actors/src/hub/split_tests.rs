@@ -10,29 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mimid_cluster::{Cluster, ClusterConfig};
-use openmls::prelude::{
-    tls_codec::Serialize as _, CredentialWithKey, DeserializeBytes as _, KeyPackage, MlsGroup,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, OpenMlsProvider, ProcessedMessageContent,
-    Proposal, RatchetTreeIn, StagedWelcome, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
-};
-use openmls_basic_credential::SignatureKeyPair;
-use openmls_rust_crypto::OpenMlsRustCrypto;
 use tokio::sync::mpsc;
 
 use super::*;
 use crate::actor::{ActorLimits, Delivery, Federation, NotifyError};
-use crate::command::{HandshakeBundle, SubmitVerdict, Submitter, UpdateVerdict};
+use crate::command::{SubmitVerdict, Submitter, UpdateVerdict};
 use crate::hub::HubConfig;
 use crate::ids::ClientId;
-use crate::policy::{
-    self, default_room_policy, room_group_context_extensions, room_leaf_capabilities, RoomPolicy,
-    DEFAULT_ROLE_MEMBER,
-};
 use crate::residency::Layout;
 use crate::room::fanout::FanoutLimits;
-use crate::room::identity::credential_of_client;
-use crate::room::log::{ItemBody, LogItem};
-use crate::room::state::ROOM_CIPHERSUITE;
+use crate::room::log::LogItem;
+use crate::room::tests::TestClient as Client;
 use crate::shard::{ShardMachine, Shards};
 
 const ALICE: &str = "mimi://a.example/d/alice/phone";
@@ -164,203 +152,6 @@ fn room_in(shard: ShardId, n: usize) -> RoomId {
         .unwrap()
 }
 
-/// An openmls client of the tests (its own crypto provider, its MLS group once it has one).
-struct Client {
-    id: ClientId,
-    provider: OpenMlsRustCrypto,
-    signer: SignatureKeyPair,
-    group: Option<MlsGroup>,
-}
-
-impl Client {
-    fn new(uri: &str) -> Client {
-        let provider = OpenMlsRustCrypto::default();
-        let signer = SignatureKeyPair::new(ROOM_CIPHERSUITE.signature_algorithm()).unwrap();
-        signer.store(provider.storage()).unwrap();
-        Client {
-            id: ClientId::parse(uri).unwrap(),
-            provider,
-            signer,
-            group: None,
-        }
-    }
-
-    fn credential(&self) -> CredentialWithKey {
-        CredentialWithKey {
-            credential: credential_of_client(&self.id),
-            signature_key: self.signer.public().to_vec().into(),
-        }
-    }
-
-    fn join_config() -> MlsGroupJoinConfig {
-        MlsGroupJoinConfig::builder()
-            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .use_ratchet_tree_extension(false)
-            .build()
-    }
-
-    fn key_package(&self) -> KeyPackage {
-        KeyPackage::builder()
-            .leaf_node_capabilities(room_leaf_capabilities())
-            .build(
-                ROOM_CIPHERSUITE,
-                &self.provider,
-                &self.signer,
-                self.credential(),
-            )
-            .unwrap()
-            .key_package()
-            .clone()
-    }
-
-    /// MIMI.md §6.1: a new group with the default room policy; the GroupInfo (without tree)
-    /// and ratchet tree a createRoom uploads.
-    fn create_group(&mut self) -> (Vec<u8>, Vec<u8>) {
-        let extensions = room_group_context_extensions(&default_room_policy(&self.id.user()));
-        let group = MlsGroup::builder()
-            .ciphersuite(ROOM_CIPHERSUITE)
-            .with_capabilities(room_leaf_capabilities())
-            .with_group_context_extensions(extensions)
-            .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .use_ratchet_tree_extension(false)
-            .build(&self.provider, &self.signer, self.credential())
-            .unwrap();
-        let group_info = group
-            .export_group_info(self.provider.crypto(), &self.signer, false)
-            .unwrap()
-            .tls_serialize_detached()
-            .unwrap();
-        let tree = group
-            .export_ratchet_tree()
-            .tls_serialize_detached()
-            .unwrap();
-        self.group = Some(group);
-        (group_info, tree)
-    }
-
-    /// A Commit adding `joiner` as a member (room-policy: a participant with the member
-    /// role), with its Welcome; merged once the hub accepted it ([`Self::merge`]).
-    fn add(&mut self, joiner: &Client) -> HandshakeBundle {
-        let group = self.group.as_mut().unwrap();
-        let policy = RoomPolicy::from_extensions(group.extensions()).unwrap();
-        let dictionary = group
-            .extensions()
-            .app_data_dictionary()
-            .map(|extension| extension.dictionary().clone());
-        let proposal = policy
-            .add_participants_proposal(&[(joiner.id.user(), DEFAULT_ROLE_MEMBER)])
-            .unwrap();
-        let mut stage = group
-            .commit_builder()
-            .propose_adds([joiner.key_package()])
-            .add_proposals([Proposal::AppDataUpdate(Box::new(proposal))])
-            .load_psks(self.provider.storage())
-            .unwrap()
-            .create_group_info(true);
-        let committed: Vec<_> = stage.app_data_update_proposals().cloned().collect();
-        let updates = policy::resolve_app_data_updates(
-            &policy,
-            dictionary.as_ref(),
-            committed.iter().map(|proposal| ((), proposal)),
-        )
-        .unwrap()
-        .into_parts()
-        .1;
-        stage.with_app_data_dictionary_updates(updates);
-        let (commit, welcome, group_info) = stage
-            .build(
-                self.provider.rand(),
-                self.provider.crypto(),
-                &self.signer,
-                |_| true,
-            )
-            .unwrap()
-            .stage_commit(&self.provider)
-            .unwrap()
-            .into_messages();
-        HandshakeBundle::Commit {
-            commit: commit.tls_serialize_detached().unwrap(),
-            welcome: welcome.map(|welcome| welcome.tls_serialize_detached().unwrap()),
-            group_info: group_info.map(|info| info.tls_serialize_detached().unwrap()),
-        }
-    }
-
-    fn merge(&mut self) {
-        let provider = &self.provider;
-        self.group
-            .as_mut()
-            .unwrap()
-            .merge_pending_commit(provider)
-            .unwrap();
-    }
-
-    fn join(&mut self, item: &LogItem) {
-        let ItemBody::Welcome {
-            welcome,
-            ratchet_tree,
-            ..
-        } = &item.body
-        else {
-            panic!("expected a Welcome, got {item:?}");
-        };
-        let MlsMessageBodyIn::Welcome(welcome) = MlsMessageIn::tls_deserialize_exact_bytes(welcome)
-            .unwrap()
-            .extract()
-        else {
-            panic!("expected a Welcome message");
-        };
-        let tree = RatchetTreeIn::tls_deserialize_exact_bytes(ratchet_tree).unwrap();
-        let group = StagedWelcome::new_from_welcome(
-            &self.provider,
-            &Self::join_config(),
-            welcome,
-            Some(tree),
-        )
-        .unwrap()
-        .into_group(&self.provider)
-        .unwrap();
-        self.group = Some(group);
-    }
-
-    /// An application message (`MLSMessage` with a PrivateMessage) carrying `text`.
-    fn message(&mut self, text: &str) -> Vec<u8> {
-        let provider = &self.provider;
-        let signer = &self.signer;
-        self.group
-            .as_mut()
-            .unwrap()
-            .create_message(provider, signer, text.as_bytes())
-            .unwrap()
-            .tls_serialize_detached()
-            .unwrap()
-    }
-
-    /// The text of an application message item.
-    fn read(&mut self, item: &LogItem) -> String {
-        let ItemBody::Application { message } = &item.body else {
-            panic!("expected an application message, got {item:?}");
-        };
-        let message = MlsMessageIn::tls_deserialize_exact_bytes(message)
-            .unwrap()
-            .try_into_protocol_message()
-            .unwrap();
-        let provider = &self.provider;
-        match self
-            .group
-            .as_mut()
-            .unwrap()
-            .process_message(provider, message)
-            .unwrap()
-            .into_content()
-        {
-            ProcessedMessageContent::ApplicationMessage(message) => {
-                String::from_utf8(message.into_bytes()).unwrap()
-            }
-            other => panic!("expected an application message, got {other:?}"),
-        }
-    }
-}
-
 /// Alice's room `room` with Bob as a member, Bob joined from the Welcome his push stream
 /// brought; Bob's stream is returned for more, with the Welcome's seq.
 async fn room_with_bob(
@@ -371,7 +162,7 @@ async fn room_with_bob(
 ) -> (mpsc::Receiver<Delivery>, u64) {
     let mut stream = hub.open_stream(&bob.id);
     create(hub, room, alice).await;
-    let add = alice.add(bob);
+    let add = alice.add(&[&*bob]);
     let verdict = hub
         .update(room.clone(), Submitter::Client(alice.id.clone()), add)
         .await
@@ -380,7 +171,7 @@ async fn room_with_bob(
         matches!(verdict, UpdateVerdict::Success { .. }),
         "{verdict:?}"
     );
-    alice.merge();
+    alice.accepted();
     let welcome = next(&mut stream).await;
     bob.join(&welcome.item);
     (stream, welcome.item.seq)
@@ -396,7 +187,7 @@ async fn create(hub: &Hub, room: &RoomId, alice: &mut Client) {
 
 /// Alice sends `text` in `room`: the seq the hub gave it.
 async fn send(hub: &Hub, room: &RoomId, alice: &mut Client, text: &str) -> u64 {
-    let message = alice.message(text);
+    let message = alice.send(text.as_bytes());
     match submit(hub, room, &alice.id, message).await {
         SubmitVerdict::Accepted { seq, .. } => seq,
         other => panic!("{text:?} not accepted: {other:?}"),
@@ -705,7 +496,7 @@ async fn commands_sent_while_the_room_is_frozen_wait_and_land_after_the_move() {
     // Three messages sent while frozen, pipelined through the room's actor in this order.
     let messages: Vec<Vec<u8>> = ["a", "b", "c"]
         .into_iter()
-        .map(|text| alice.message(text))
+        .map(|text| alice.send(text.as_bytes()))
         .collect();
     let sender = alice.id.clone();
     let waiting = {

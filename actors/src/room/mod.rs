@@ -12,4 +12,4 @@ pub mod state;
 pub mod storage;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

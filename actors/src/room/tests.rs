@@ -31,9 +31,10 @@ const BOB: &str = "mimi://b.example/d/bob/laptop";
 const CATHY: &str = "mimi://c.example/d/cathy/tablet";
 const DAVE: &str = "mimi://c.example/d/dave/phone";
 
-/// A client with its own crypto provider and (once it joined) its MLS group.
-struct TestClient {
-    id: ClientId,
+/// A client with its own crypto provider and (once it joined) its MLS group; also the
+/// openmls client of the hub's split tests (`hub::split::tests`).
+pub(crate) struct TestClient {
+    pub(crate) id: ClientId,
     provider: OpenMlsRustCrypto,
     signer: SignatureKeyPair,
     group: Option<MlsGroup>,
@@ -50,7 +51,7 @@ struct CommitSpec {
 }
 
 impl TestClient {
-    fn new(uri: &str) -> Self {
+    pub(crate) fn new(uri: &str) -> Self {
         let provider = OpenMlsRustCrypto::default();
         let signer = SignatureKeyPair::new(ROOM_CIPHERSUITE.signature_algorithm()).unwrap();
         signer.store(provider.storage()).unwrap();
@@ -100,7 +101,7 @@ impl TestClient {
 
     /// MIMI.md §6.1: creates the MLS group with the default room policy and returns what the
     /// client uploads (GroupInfo, ratchet tree).
-    fn create_group(&mut self) -> (Vec<u8>, Vec<u8>) {
+    pub(crate) fn create_group(&mut self) -> (Vec<u8>, Vec<u8>) {
         let extensions = room_group_context_extensions(&default_room_policy(&self.user()));
         let group = MlsGroup::builder()
             .ciphersuite(ROOM_CIPHERSUITE)
@@ -203,7 +204,22 @@ impl TestClient {
         }
     }
 
-    fn accepted(&mut self) {
+    /// A commit adding `joiners`' users (room-policy: participants with the member role) and
+    /// clients, with its Welcome; merged once the hub accepts it ([`Self::accepted`]).
+    pub(crate) fn add(&mut self, joiners: &[&TestClient]) -> HandshakeBundle {
+        let users: Vec<(UserId, u32)> = joiners
+            .iter()
+            .map(|client| (client.user(), DEFAULT_ROLE_MEMBER))
+            .collect();
+        let proposal = self.policy().add_participants_proposal(&users).unwrap();
+        self.commit(CommitSpec {
+            adds: joiners.iter().map(|client| client.key_package()).collect(),
+            proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
+            ..CommitSpec::default()
+        })
+    }
+
+    pub(crate) fn accepted(&mut self) {
         let provider = &self.provider;
         self.group
             .as_mut()
@@ -229,7 +245,7 @@ impl TestClient {
             .index
     }
 
-    fn join(&mut self, item: &LogItem) {
+    pub(crate) fn join(&mut self, item: &LogItem) {
         let ItemBody::Welcome {
             welcome,
             ratchet_tree,
@@ -313,7 +329,16 @@ impl TestClient {
         plaintext
     }
 
-    fn send(&mut self, text: &[u8]) -> Vec<u8> {
+    /// The text of an application message item.
+    pub(crate) fn read(&mut self, item: &LogItem) -> String {
+        assert!(
+            matches!(item.body, ItemBody::Application { .. }),
+            "expected an application message, got {item:?}"
+        );
+        String::from_utf8(self.process(item).unwrap()).unwrap()
+    }
+
+    pub(crate) fn send(&mut self, text: &[u8]) -> Vec<u8> {
         let provider = &self.provider;
         let signer = &self.signer;
         self.group
@@ -401,16 +426,8 @@ fn create_room(alice: &mut TestClient) -> RoomState {
 
 /// Alice adds `users` (with the member role) and their clients in one commit.
 fn add_members(state: &mut RoomState, alice: &mut TestClient, added: &mut [&mut TestClient]) {
-    let users: Vec<(UserId, u32)> = added
-        .iter()
-        .map(|client| (client.user(), DEFAULT_ROLE_MEMBER))
-        .collect();
-    let proposal = alice.policy().add_participants_proposal(&users).unwrap();
-    let bundle = alice.commit(CommitSpec {
-        adds: added.iter().map(|client| client.key_package()).collect(),
-        proposals: vec![Proposal::AppDataUpdate(Box::new(proposal))],
-        ..CommitSpec::default()
-    });
+    let joiners: Vec<&TestClient> = added.iter().map(|client| &**client).collect();
+    let bundle = alice.add(&joiners);
     let seq =
         success_seq(&state.handle_handshake(&Submitter::Client(alice.id.clone()), &bundle, 2_000));
     alice.accepted();
