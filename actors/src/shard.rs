@@ -1708,17 +1708,10 @@ mod tests {
     pub(super) mod moves {
         use super::*;
         use crate::command::{HandshakeBundle, SubmitVerdict};
-        use crate::policy::room_leaf_capabilities;
-        use crate::policy::{component, default_room_policy, room_group_context_extensions};
-        use crate::room::identity::credential_of_client;
-        use crate::room::state::ROOM_CIPHERSUITE;
+        use crate::policy::component;
+        use crate::room::tests::TestClient;
         use crate::room_move::{Frozen, RoomExport, SNAPSHOT_MARKER};
         use openmls::framing::{SafeAad, SafeAadItem};
-        use openmls::prelude::{
-            CredentialWithKey, MlsGroup, OpenMlsProvider, PURE_PLAINTEXT_WIRE_FORMAT_POLICY,
-        };
-        use openmls_basic_credential::SignatureKeyPair;
-        use openmls_rust_crypto::OpenMlsRustCrypto;
         use tls_codec::Serialize as _;
 
         /// Hashed shards 0 and 1, residency set "eu" in shard 2, split shards 3 and 4.
@@ -1735,54 +1728,25 @@ mod tests {
         const T: ShardId = 3;
         const T2: ShardId = 4;
 
-        /// A room's creator with its own openmls group (like `room::tests`), alone in it.
+        /// A room's creator with its own openmls group (`room::tests::TestClient`), alone in it.
         pub(in crate::shard) struct Creator {
             pub(in crate::shard) id: ClientId,
-            provider: OpenMlsRustCrypto,
-            signer: SignatureKeyPair,
-            group: MlsGroup,
+            client: TestClient,
         }
 
         impl Creator {
             pub(in crate::shard) fn new(name: &str) -> Creator {
-                let id = ClientId::parse(&format!("mimi://a.example/d/{name}/phone")).unwrap();
-                let provider = OpenMlsRustCrypto::default();
-                let signer = SignatureKeyPair::new(ROOM_CIPHERSUITE.signature_algorithm()).unwrap();
-                signer.store(provider.storage()).unwrap();
-                let extensions = room_group_context_extensions(&default_room_policy(&id.user()));
-                let credential = CredentialWithKey {
-                    credential: credential_of_client(&id),
-                    signature_key: signer.public().to_vec().into(),
-                };
-                let group = MlsGroup::builder()
-                    .ciphersuite(ROOM_CIPHERSUITE)
-                    .with_capabilities(room_leaf_capabilities())
-                    .with_group_context_extensions(extensions)
-                    .with_wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-                    .use_ratchet_tree_extension(false)
-                    .build(&provider, &signer, credential)
-                    .unwrap();
+                let mut client = TestClient::new(&format!("mimi://a.example/d/{name}/phone"));
+                client.create_group();
                 Creator {
-                    id,
-                    provider,
-                    signer,
-                    group,
+                    id: client.id.clone(),
+                    client,
                 }
             }
 
             /// MIMI.md §6.1: the create of `room` with this creator's GroupInfo and tree.
             pub(in crate::shard) fn create(&self, room: &RoomId) -> Command {
-                let group_info = self
-                    .group
-                    .export_group_info(self.provider.crypto(), &self.signer, false)
-                    .unwrap()
-                    .tls_serialize_detached()
-                    .unwrap();
-                let ratchet_tree = self
-                    .group
-                    .export_ratchet_tree()
-                    .tls_serialize_detached()
-                    .unwrap();
+                let (group_info, ratchet_tree) = self.client.upload();
                 Command::CreateRoom {
                     room: room.clone(),
                     creator: self.id.clone(),
@@ -1805,13 +1769,8 @@ mod tests {
                 .unwrap()
                 .tls_serialize_detached()
                 .unwrap();
-                self.group.set_aad(aad);
-                let message = self
-                    .group
-                    .create_message(&self.provider, &self.signer, text)
-                    .unwrap()
-                    .tls_serialize_detached()
-                    .unwrap();
+                self.client.group().set_aad(aad);
+                let message = self.client.send(text);
                 Command::AppMessage {
                     room: room.clone(),
                     sender: Submitter::Client(self.id.clone()),

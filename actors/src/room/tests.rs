@@ -88,7 +88,7 @@ impl TestClient {
             .clone()
     }
 
-    fn group(&mut self) -> &mut MlsGroup {
+    pub(crate) fn group(&mut self) -> &mut MlsGroup {
         self.group.as_mut().expect("client is in the group")
     }
 
@@ -116,7 +116,7 @@ impl TestClient {
     }
 
     /// The current GroupInfo (without tree) and ratchet tree.
-    fn upload(&mut self) -> (Vec<u8>, Vec<u8>) {
+    pub(crate) fn upload(&self) -> (Vec<u8>, Vec<u8>) {
         let group = self.group.as_ref().unwrap();
         let group_info = group
             .export_group_info(self.provider.crypto(), &self.signer, false)
