@@ -1887,35 +1887,9 @@ mod tests {
             fn move_room(&mut self, room: &RoomId, from: ShardId, to: ShardId) {
                 let export = self.freeze(from, room, to);
                 let generation = frozen_generation(&export);
-                let adopt = Command::AdoptRoom {
-                    room: room.clone(),
-                    from,
-                    export,
-                };
-                assert!(matches!(
-                    self.apply(to, adopt),
-                    ApplyOutput::RoomAdopted(Ok(()))
-                ));
-                let home = self.shards.shard_of(room.as_bytes());
-                let repin = Command::RepinRoom {
-                    room: room.clone(),
-                    from,
-                    to,
-                    generation,
-                };
-                assert!(matches!(
-                    self.apply(home, repin),
-                    ApplyOutput::RoomRepinned(Ok(()))
-                ));
-                let release = Command::ReleaseRoom {
-                    room: room.clone(),
-                    to,
-                    generation,
-                };
-                assert!(matches!(
-                    self.apply(from, release),
-                    ApplyOutput::RoomReleased(Ok(()))
-                ));
+                self.adopt(room, from, to, &export);
+                self.repin(room, from, to, generation);
+                self.released(room, from, to, generation);
             }
         }
 
