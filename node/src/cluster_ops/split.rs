@@ -479,6 +479,50 @@ mod tests {
         policy.decide(now).map(|decision| decision.shard)
     }
 
+    /// One provider `domain` on loopback, configured by `config`, its data in a temporary
+    /// directory `<prefix>…` under `parent`.
+    async fn start_provider(
+        parent: &tempfile::TempDir,
+        domain: &str,
+        prefix: &'static str,
+        config: &crate::config::Config,
+    ) -> crate::demo::LoopbackProviders {
+        crate::demo::start_providers(
+            &[domain],
+            crate::demo::DataDir::Temporary {
+                parent: parent.path().to_path_buf(),
+                prefix,
+            },
+            config,
+        )
+        .await
+        .expect("provider starts")
+    }
+
+    /// Alice of the one provider of `providers`, registered, and `count` rooms she created
+    /// whose ids (`mimi://a.example/r/<name>-<n>`) hash to shard 1.
+    async fn alice_with_rooms_in_shard_1(
+        providers: &crate::demo::LoopbackProviders,
+        name: &str,
+        count: usize,
+    ) -> (MimiClient, Vec<RoomId>) {
+        let provider = &providers.providers()[0];
+        let layout = provider.node().hub().shards().layout().clone();
+        let rooms: Vec<RoomId> = (0..)
+            .map(|n| RoomId::parse(&format!("mimi://a.example/r/{name}-{n}")).unwrap())
+            .filter(|room| layout.home(room.as_bytes()) == 1)
+            .take(count)
+            .collect();
+        let alice = ClientId::parse("mimi://a.example/d/alice/phone").unwrap();
+        let mut client = MimiClient::register(provider.endpoint(), alice)
+            .await
+            .expect("registered");
+        for room in &rooms {
+            client.create_room(room).await.expect("room created");
+        }
+        (client, rooms)
+    }
+
     /// Issue 9 item 3: a shard above `max_rooms` is large and splits; at the threshold it
     /// does not; the most loaded of two candidates goes first.
     #[test]
@@ -694,16 +738,7 @@ mod tests {
         base.cluster.shards = 2;
         base.cluster.split_shards = 2;
         base.admin_token_file = Some(token_file);
-        let providers = crate::demo::start_providers(
-            &["a.example"],
-            crate::demo::DataDir::Temporary {
-                parent: parent.path().to_path_buf(),
-                prefix: "split-",
-            },
-            &base,
-        )
-        .await
-        .expect("provider starts");
+        let providers = start_provider(&parent, "a.example", "split-", &base).await;
         let provider = &providers.providers()[0];
         let admin = provider.node().admin_addr().to_string();
         let hub = provider.node().hub().clone();
@@ -711,18 +746,9 @@ mod tests {
         assert_eq!(layout.split_shards(), 2..4);
 
         // Six rooms whose ids hash to shard 1, each with a message; shard 0 gets none.
-        let rooms: Vec<RoomId> = (0..)
-            .map(|n| RoomId::parse(&format!("mimi://a.example/r/split-{n}")).unwrap())
-            .filter(|room| layout.home(room.as_bytes()) == 1)
-            .take(6)
-            .collect();
-        let alice = ClientId::parse("mimi://a.example/d/alice/phone").unwrap();
-        let mut client = MimiClient::register(provider.endpoint(), alice)
-            .await
-            .expect("registered");
+        let (mut client, rooms) = alice_with_rooms_in_shard_1(&providers, "split", 6).await;
         let mut seqs = BTreeMap::new();
         for room in &rooms {
-            client.create_room(room).await.expect("room created");
             match client.send_text(room, "before").await.expect("sent") {
                 SubmitResult::Accepted { seq, .. } => seqs.insert(room.clone(), seq),
                 other => panic!("{other:?}"),
@@ -861,16 +887,7 @@ mod tests {
         // A provider formed without split shards refuses every split, saying how to get them.
         let mut plain = crate::config::Config::default();
         plain.cluster.shards = 2;
-        let providers = crate::demo::start_providers(
-            &["b.example"],
-            crate::demo::DataDir::Temporary {
-                parent: parent.path().to_path_buf(),
-                prefix: "no-split-",
-            },
-            &plain,
-        )
-        .await
-        .expect("provider starts");
+        let providers = start_provider(&parent, "b.example", "no-split-", &plain).await;
         let admin = providers.providers()[0].node().admin_addr().to_string();
         let (status, answer) = admin_call(&admin, None, "POST", SPLIT_PATH, &split_body(1, None))
             .await
@@ -900,31 +917,11 @@ mod tests {
             cooldown_secs: 1,
             check_interval_ms: 100,
         };
-        let providers = crate::demo::start_providers(
-            &["a.example"],
-            crate::demo::DataDir::Temporary {
-                parent: parent.path().to_path_buf(),
-                prefix: "split-",
-            },
-            &base,
-        )
-        .await
-        .expect("provider starts");
+        let providers = start_provider(&parent, "a.example", "split-", &base).await;
         let provider = &providers.providers()[0];
         let hub = provider.node().hub().clone();
         let layout = hub.shards().layout().clone();
-        let rooms: Vec<RoomId> = (0..)
-            .map(|n| RoomId::parse(&format!("mimi://a.example/r/auto-{n}")).unwrap())
-            .filter(|room| layout.home(room.as_bytes()) == 1)
-            .take(7)
-            .collect();
-        let alice = ClientId::parse("mimi://a.example/d/alice/phone").unwrap();
-        let mut client = MimiClient::register(provider.endpoint(), alice)
-            .await
-            .expect("registered");
-        for room in &rooms {
-            client.create_room(room).await.expect("room created");
-        }
+        let (mut client, rooms) = alice_with_rooms_in_shard_1(&providers, "auto", 7).await;
 
         let loads = || -> Vec<usize> {
             (0..layout.total())
