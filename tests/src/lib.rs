@@ -708,6 +708,66 @@ impl TestCluster {
             .collect()
     }
 
+    /// With `cluster.replicas = "r"`: waits (60 s at the most) until shard 0 is on every
+    /// running node and each of the other `shards` on `replicas` voters only, every node's hub
+    /// agrees which shards it holds, and every node's copy of shard 0 names every shard's
+    /// leader and members as its leader has them. Returns each shard's members (sorted), by
+    /// shard.
+    pub async fn wait_placed(&self, shards: u64, replicas: usize) -> Vec<Vec<u64>> {
+        let nodes = self.running().count();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            // Each shard's leader and its voters and learners, as the leader's replica has them.
+            let views: Vec<_> = (0..shards)
+                .map(|shard| {
+                    self.running().find_map(|member| {
+                        let status = member.node().cluster_handle().shard_status(shard)?;
+                        (status.leader == Some(member.id()))
+                            .then(|| (member.id(), status.voters, status.learners))
+                    })
+                })
+                .collect();
+            let settled = views.iter().enumerate().all(|(shard, view)| {
+                view.as_ref().is_some_and(|(_, voters, learners)| {
+                    let members = voters.len() + learners.len();
+                    voters.len() == replicas && members == if shard == 0 { nodes } else { replicas }
+                })
+            });
+            if settled {
+                let members: Vec<Vec<u64>> = views
+                    .iter()
+                    .map(|view| {
+                        let (_, voters, learners) = view.as_ref().expect("settled");
+                        let mut all: Vec<u64> = voters.iter().chain(learners).copied().collect();
+                        all.sort_unstable();
+                        all
+                    })
+                    .collect();
+                let agreed = self.running().all(|member| {
+                    let hub = member.node().hub();
+                    let descriptors = hub.shard_descriptors();
+                    (0..shards).all(|shard| {
+                        let (leader, voters, learners) =
+                            views[shard as usize].clone().expect("settled");
+                        let recorded = descriptors.get(shard).is_some_and(|d| {
+                            d.leader == leader && d.voters == voters && d.learners == learners
+                        });
+                        recorded
+                            && hub.holds(shard) == members[shard as usize].contains(&member.id())
+                    })
+                });
+                if agreed {
+                    return members;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "placement on {replicas} nodes per shard never settled: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The application messages of `room` in node `index`'s replica, in log order.
     pub fn application_messages(&self, index: usize, room: &RoomId) -> Vec<Vec<u8>> {
         replica_messages(self.nodes[index].node(), room)

@@ -125,56 +125,6 @@ fn leader_view(cluster: &TestCluster, shard: u64) -> Option<(u64, Vec<u64>, Vec<
     })
 }
 
-/// With `cluster.replicas = "r"` (the default) on four nodes: waits until shard 0 is on every
-/// node, every other shard on its three voters only, every node's hub agrees which shards it
-/// holds, and shard 0's descriptors name every shard's leader and members on every node.
-/// Returns each shard's members, by shard.
-async fn placed_on_three(cluster: &TestCluster, shards: u64) -> Vec<Vec<u64>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let views: Vec<_> = (0..shards)
-            .map(|shard| leader_view(cluster, shard))
-            .collect();
-        let settled = views.iter().enumerate().all(|(shard, view)| {
-            view.as_ref().is_some_and(|(_, voters, learners)| {
-                let members = voters.len() + learners.len();
-                voters.len() == 3 && members == if shard == 0 { 4 } else { 3 }
-            })
-        });
-        if settled {
-            let members: Vec<Vec<u64>> = views
-                .iter()
-                .map(|view| {
-                    let (_, voters, learners) = view.as_ref().expect("settled");
-                    let mut all: Vec<u64> = voters.iter().chain(learners).copied().collect();
-                    all.sort_unstable();
-                    all
-                })
-                .collect();
-            let agreed = cluster.running().all(|member| {
-                let hub = member.node().hub();
-                let descriptors = hub.shard_descriptors();
-                (0..shards).all(|shard| {
-                    let (leader, voters, learners) =
-                        views[shard as usize].clone().expect("settled");
-                    let recorded = descriptors.get(shard).is_some_and(|d| {
-                        d.leader == leader && d.voters == voters && d.learners == learners
-                    });
-                    recorded && hub.holds(shard) == members[shard as usize].contains(&member.id())
-                })
-            });
-            if agreed {
-                return members;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "placement on three nodes never settled: {views:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Issue 4 build item 1 ("each shard is a raft-rs group replicated on R nodes"): four nodes,
 /// R = 3, `cluster.replicas = "r"`. Each shard but the metadata shard lives on three nodes,
 /// so each node lacks some. Alice's node holds no replica of the room's shard: her writes go
@@ -186,7 +136,7 @@ async fn placed_on_three(cluster: &TestCluster, shards: u64) -> Vec<Vec<u64>> {
 async fn with_replicas_r_clients_on_a_node_without_the_rooms_shard_see_one_order_exactly_once() {
     let cluster = TestCluster::start(4).await;
     let shards = cluster.nodes[0].config.cluster.shards;
-    let placed = placed_on_three(&cluster, shards).await;
+    let placed = cluster.wait_placed(shards, 3).await;
     let shard_of = |room: &RoomId| {
         cluster.nodes[0]
             .node()

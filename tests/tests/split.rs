@@ -631,50 +631,6 @@ async fn splits_that_cannot_be_done_are_refused() {
     node.shutdown().await;
 }
 
-/// With `cluster.replication_factor = replicas` and `cluster.replicas = "r"`: waits until
-/// every shard but shard 0 lives on `replicas` voters only (shard 0 on every node), every
-/// node's hub agrees which shards it holds, and every node's copy of shard 0 names every
-/// shard's leader and members.
-async fn placed_on(cluster: &TestCluster, shards: u64, replicas: usize) {
-    let nodes = cluster.running().count();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let placed = (0..shards).all(|shard| {
-            let Some(status) = cluster.running().find_map(|member| {
-                let status = member.node().cluster_handle().shard_status(shard)?;
-                (status.leader == Some(member.id())).then_some(status)
-            }) else {
-                return false;
-            };
-            let members: Vec<u64> = status
-                .voters
-                .iter()
-                .chain(&status.learners)
-                .copied()
-                .collect();
-            status.voters.len() == replicas
-                && members.len() == if shard == 0 { nodes } else { replicas }
-                && cluster.running().all(|member| {
-                    let hub = member.node().hub();
-                    let described = hub.shard_descriptors().get(shard).is_some_and(|d| {
-                        Some(d.leader) == status.leader
-                            && d.voters == status.voters
-                            && d.learners == status.learners
-                    });
-                    described && hub.holds(shard) == members.contains(&member.id())
-                })
-        });
-        if placed {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "placement on {replicas} nodes per shard never settled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Issue 9 build item 3, stale pins: three nodes, one replica per shard (R = 1, so a node
 /// lacks most shards), two hashed and two split shards. The room moves from its home shard
 /// (shard 1) to a split shard, then on to the other one. Alice then talks through a node
@@ -692,7 +648,7 @@ async fn a_node_without_the_rooms_shards_follows_a_room_moved_twice() {
         config.cluster.replication_factor = 1;
     })
     .await;
-    placed_on(&cluster, 4, 1).await;
+    cluster.wait_placed(4, 1).await;
     let room = rooms_homed_in(&cluster, "far", HOME, 1).remove(0);
     let mut alice = cluster.client(0, "alice", "phone", 1).await;
     let mut bob = cluster.client(1, "bob", "phone", 1).await;
