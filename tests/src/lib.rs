@@ -1090,6 +1090,27 @@ pub async fn three_providers_in_a_room_with(
     }
 }
 
+/// `adder` adds the users of `joiners` to `room` (the Commit accepted), and each joiner, its
+/// push stream open, receives the Welcome to `room` next.
+pub async fn add_and_expect_joined(
+    adder: &mut MimiClient,
+    room: &RoomId,
+    joiners: &mut [&mut MimiClient],
+) {
+    let users: Vec<UserId> = joiners.iter().map(|client| client.id().user()).collect();
+    let added = adder.add_users(room, &users).await.expect("add answered");
+    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
+    for client in joiners.iter_mut() {
+        match client.next_event(WAIT).await.expect("push stream works") {
+            Some(Event::Joined { room: joined, .. }) if joined == *room => {}
+            other => panic!(
+                "{} expected a Welcome to {room}, got {other:?}",
+                client.id()
+            ),
+        }
+    }
+}
+
 /// The hub key a groupInfo answer (protocol-06 §5.5) for `room` through `client`'s node was
 /// signed with, after checking the signature under it.
 pub async fn group_info_hub_key(client: &MimiClient, room: &RoomId) -> Vec<u8> {

@@ -19,9 +19,10 @@ use mimid_actors::actor::ActorMetrics;
 use mimid_actors::hub::residency::RoomStatus;
 use mimid_actors::ids::RoomId;
 use mimid_node::admin::ROOM_STATUS_PATH;
-use mimid_node::client::{Event, MimiClient, SubmitResult, UpdateResult};
+use mimid_node::client::{Event, MimiClient, SubmitResult};
 use mimid_tests::{
-    all_send_then_read, http_get, metric, state_digest, TestCluster, TestNode, Transcript, WAIT,
+    add_and_expect_joined, all_send_then_read, http_get, metric, state_digest, TestCluster,
+    TestNode, Transcript, WAIT,
 };
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
@@ -156,16 +157,6 @@ async fn wait_replicas_agree(cluster: &TestCluster, room: &RoomId, count: usize)
     }
 }
 
-async fn expect_joined(client: &mut MimiClient, room: &RoomId) {
-    match client.next_event(WAIT).await.expect("push stream works") {
-        Some(Event::Joined { room: joined, .. }) if joined == *room => {}
-        other => panic!(
-            "{} expected a Welcome to {room}, got {other:?}",
-            client.id()
-        ),
-    }
-}
-
 /// Alice (node index 0) creates each of `rooms` and adds Bob (node index 1) and Carol (node
 /// index 2); all three have their push streams open on their nodes.
 async fn three_members_in(cluster: &TestCluster, rooms: &[RoomId]) -> [MimiClient; 3] {
@@ -177,13 +168,7 @@ async fn three_members_in(cluster: &TestCluster, rooms: &[RoomId]) -> [MimiClien
     }
     for room in rooms {
         alice.create_room(room).await.expect("room created");
-        let added = alice
-            .add_users(room, &[cluster.user("bob"), cluster.user("carol")])
-            .await
-            .expect("add works");
-        assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
-        expect_joined(&mut bob, room).await;
-        expect_joined(&mut carol, room).await;
+        add_and_expect_joined(&mut alice, room, &mut [&mut bob, &mut carol]).await;
     }
     [alice, bob, carol]
 }
@@ -535,12 +520,7 @@ async fn an_automatic_split_by_room_count() {
 
     // Moved and unmoved rooms take Commits, Welcomes and messages alike.
     for room in &rooms {
-        let added = alice
-            .add_users(room, &[cluster.user("bob")])
-            .await
-            .expect("add works");
-        assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
-        expect_joined(&mut bob, room).await;
+        add_and_expect_joined(&mut alice, room, &mut [&mut bob]).await;
     }
     let mut clients = vec![alice, bob];
     for room in &rooms {
@@ -656,12 +636,7 @@ async fn a_node_without_the_rooms_shards_follows_a_room_moved_twice() {
         client.connect_stream().await.expect("stream opens");
     }
     alice.create_room(&room).await.expect("room created");
-    let added = alice
-        .add_users(&room, &[cluster.user("bob")])
-        .await
-        .expect("add works");
-    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
-    expect_joined(&mut bob, &room).await;
+    add_and_expect_joined(&mut alice, &room, &mut [&mut bob]).await;
     let (mut clients, transcripts) = all_send_then_read(vec![alice, bob], &room, 2).await;
     assert_eq!(
         transcripts[0], transcripts[1],
