@@ -112,6 +112,7 @@ mod pending;
 mod read_barrier;
 mod reply;
 mod snapshot_file;
+pub mod splitmix;
 mod storage;
 
 use std::collections::BTreeSet;

@@ -58,6 +58,7 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use mimid_cluster::splitmix::SplitMix64;
 use mimid_cluster::{ShardId, StateMachine};
 use sha2::{Digest, Sha256};
 
@@ -90,24 +91,16 @@ fn layout() -> Layout {
     Layout::new(HASHED, std::iter::empty(), SPLIT).unwrap()
 }
 
-/// splitmix64: small, seedable, and stable across crate versions (a seed replays forever).
-struct Rng(u64);
+/// The simulation's seeded generator (`mimid_cluster::splitmix`: a seed replays forever).
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.below(n as u64) as usize
     }
 
     fn percent(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
+        self.0.below(100) < p
     }
 }
 
@@ -348,7 +341,7 @@ impl<'s> World<'s> {
         let shards = Shards::with_layout(layout());
         let mut world = World {
             seed,
-            rng: Rng(seed),
+            rng: Rng(SplitMix64::new(seed)),
             bare: Shards::with_layout(layout()),
             index: vec![0; SHARDS as usize],
             ts_ms: 1_000_000,

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use mimid_cluster::splitmix::SplitMix64;
 use mimid_cluster::{NodeId, Transport};
 
 /// A region's name ("A", "B", "C").
@@ -123,26 +124,10 @@ impl Ord for Delayed {
     }
 }
 
-/// SplitMix64: a small, seeded, deterministic generator for the jitter.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..=max` at microsecond resolution.
-    fn below(&mut self, max: Duration) -> Duration {
-        let micros = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
-        if micros == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_micros(self.next() % (micros + 1))
-    }
+/// A jitter draw: uniform in `0..=max` at microsecond resolution.
+fn jitter_below(rng: &mut SplitMix64, max: Duration) -> Duration {
+    let micros = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(rng.below(micros.saturating_add(1)))
 }
 
 /// Node `from`'s transport behind the WAN's delays (module docs).
@@ -170,7 +155,7 @@ impl DelayTransport {
         DelayTransport {
             from,
             wan,
-            rng: SplitMix64(seed),
+            rng: SplitMix64::new(seed),
             last_due: BTreeMap::new(),
             seq: 0,
             queue: Some(queue),
@@ -181,7 +166,7 @@ impl DelayTransport {
 
 impl Transport for DelayTransport {
     fn send(&mut self, to: NodeId, frame: Vec<u8>) {
-        let delay = self.wan.one_way(self.from, to) + self.rng.below(self.wan.jitter);
+        let delay = self.wan.one_way(self.from, to) + jitter_below(&mut self.rng, self.wan.jitter);
         let mut due = Instant::now() + delay;
         if let Some(&last) = self.last_due.get(&to) {
             // Jitter must not let a frame overtake the previous one on its link.

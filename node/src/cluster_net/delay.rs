@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mimid_cluster::NodeId;
+use mimid_cluster::{splitmix, NodeId};
 
 /// Per-destination one-way delays for what this node sends (module docs). Empty: no delay.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,9 +69,6 @@ pub(crate) struct LinkDelay {
     state: AtomicU64,
 }
 
-/// SplitMix64's increment.
-const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
 impl LinkDelay {
     /// The delay of one frame or call: the one-way delay plus a jitter draw.
     pub(crate) fn draw(&self) -> Duration {
@@ -88,14 +85,11 @@ impl LinkDelay {
         if micros == 0 {
             return Duration::ZERO;
         }
-        let mut z = self
+        let state = self
             .state
-            .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
-            .wrapping_add(GOLDEN_GAMMA);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        Duration::from_micros(z % micros.saturating_add(1))
+            .fetch_add(splitmix::GAMMA, Ordering::Relaxed)
+            .wrapping_add(splitmix::GAMMA);
+        Duration::from_micros(splitmix::mix(state) % micros.saturating_add(1))
     }
 }
 

@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use mimid_actors::cluster_meta::{Locality, NodeState};
+use mimid_cluster::splitmix::SplitMix64;
 use mimid_cluster::{NodeId, ShardId};
 
 use super::placement::{plan, ShardView, Step, View, CATCH_UP_SLACK};
@@ -35,20 +36,16 @@ const EVENTS_PER_SEED: usize = 14;
 /// Most steps placement may take to reach a fixpoint after one event.
 const MAX_STEPS_PER_EVENT: usize = 600;
 
-/// SplitMix64: a seeded generator with no dependency.
-struct Rng(u64);
+/// The simulation's seeded generator.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.below(n)
     }
 
     fn chance(&mut self, percent: u64) -> bool {
@@ -98,7 +95,7 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let mut rng = Rng(seed);
+        let mut rng = Rng(SplitMix64::new(seed));
         let labelled = !rng.chance(20);
         let topology = if labelled {
             (0..1 + rng.below(3))
@@ -293,7 +290,7 @@ impl Sim {
     /// Lets some members that are behind catch up (only live ones replicate).
     fn replicate(&mut self) {
         let down = self.down.clone();
-        let mut rng = Rng(self.rng.next());
+        let mut rng = Rng(SplitMix64::new(self.rng.next()));
         for shard in self.shards.values_mut() {
             if shard.leader.is_none_or(|l| down.contains(&l)) {
                 continue;
