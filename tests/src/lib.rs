@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mimid_actors::hub::residency::RoomStatus;
 use mimid_actors::ids::{ClientId, RoomId, UserId};
 use mimid_node::admin::AdminToken;
 use mimid_node::certs::{
@@ -542,6 +543,28 @@ impl TestCluster {
         .await
         .unwrap_or_else(|e| panic!("POST {path} on node index {index}: {e}"));
         (code, String::from_utf8_lossy(&answer).into_owned())
+    }
+
+    /// `POST /admin/rooms/status` of `room` on node `index`. A 503 (the status reads shard 0
+    /// after a read barrier, which answers so while shard 0 elects a leader) is asked again
+    /// until [`WAIT`] has passed; any other answer than 200 fails the test.
+    pub async fn room_status(&self, index: usize, room: &RoomId) -> RoomStatus {
+        let body = serde_json::json!({ "room": room.to_string() }).to_string();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (code, answer) = self
+                .admin_post(index, mimid_node::admin::ROOM_STATUS_PATH, &body)
+                .await;
+            if code == 503 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            assert_eq!(
+                code, 200,
+                "room status of {room} on node index {index}: {answer}"
+            );
+            return serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        }
     }
 
     /// Starts node `index` (stopped) from its data directory, without waiting; its link

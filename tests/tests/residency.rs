@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use mimid_actors::hub::residency::RoomStatus;
 use mimid_actors::ids::RoomId;
-use mimid_node::admin::{admin_call, ReportsListing, REPORTS_PATH, ROOM_STATUS_PATH};
+use mimid_node::admin::{admin_call, ReportsListing, REPORTS_PATH};
 use mimid_node::client::{ClientError, Event, FrankCheck, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::cluster_ops::{
     render_status, run_node_command, ClusterStatus, NodeCommand, STATUS_PATH,
@@ -118,24 +118,6 @@ async fn localities_reach_the_registry_and_placement_spreads_voters_over_zones()
         .sum::<usize>();
     assert_eq!(in_eu_1, settled.shards.len(), "{table}");
     cluster.shutdown().await;
-}
-
-/// `POST /admin/rooms/status` of `room` on node `index`.
-async fn room_status(cluster: &TestCluster, index: usize, room: &RoomId) -> RoomStatus {
-    let token = cluster.admin_token();
-    let body = serde_json::json!({ "room": room.to_string() }).to_string();
-    let (code, body) = admin_call(
-        &cluster.admin(index),
-        Some(&token),
-        "POST",
-        ROOM_STATUS_PATH,
-        body.as_bytes(),
-    )
-    .await
-    .expect("room status answers");
-    let body = String::from_utf8_lossy(&body);
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 /// Creates `room` pinned to `set`, again while the set's shard is still being placed (503).
@@ -283,7 +265,7 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
     );
 
     // Where the room lives: shard 4, on the three eu nodes, never on the us node.
-    let pinned = room_status(&cluster, US, &room).await;
+    let pinned = cluster.room_status(US, &room).await;
     assert!(pinned.exists, "{pinned:?}");
     assert_eq!(pinned.shard, EU_SHARD, "{pinned:?}");
     assert_eq!(pinned.residency.as_deref(), Some("eu"));
@@ -308,7 +290,7 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
             && members_in_eu
     };
     // Another node says the same (the members as its copy of shard 0 has them).
-    let from_eu = room_status(&cluster, 0, &room).await;
+    let from_eu = cluster.room_status(0, &room).await;
     assert!(same_place(&from_eu), "{from_eu:?}");
     assert_eq!(cluster.holders_of(&room), vec![0, 1, 2]);
     for index in 0..3 {
@@ -326,7 +308,7 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
     bob.create_room(&plain)
         .await
         .expect("unpinned room created");
-    let plain_status = room_status(&cluster, US, &plain).await;
+    let plain_status = cluster.room_status(US, &plain).await;
     assert!(plain_status.shard < EU_SHARD && plain_status.residency.is_none());
 
     // The pin in the room's home shard refuses the same id unpinned, from any node; a pinned
@@ -400,7 +382,7 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
     })
     .await;
     println!("{}", render_status(&rebalanced).join("\n"));
-    let from_fifth = room_status(&cluster, fifth, &room).await;
+    let from_fifth = cluster.room_status(fifth, &room).await;
     assert!(same_place(&from_fifth), "{from_fifth:?}");
     // After all of it, the eu shard still has no member outside eu.
     let settled = status(&cluster, US).await;

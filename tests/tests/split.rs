@@ -16,9 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mimid_actors::actor::ActorMetrics;
-use mimid_actors::hub::residency::RoomStatus;
 use mimid_actors::ids::RoomId;
-use mimid_node::admin::ROOM_STATUS_PATH;
 use mimid_node::client::{Event, MimiClient, SubmitResult};
 use mimid_tests::{
     add_and_expect_joined, all_send_then_read, http_get, metric, state_digest, TestCluster,
@@ -55,19 +53,11 @@ async fn split(
         .await
 }
 
-/// `POST /admin/rooms/status` of `room` on node `index`.
-async fn room_status(cluster: &TestCluster, index: usize, room: &RoomId) -> RoomStatus {
-    let body = serde_json::json!({ "room": room.to_string() }).to_string();
-    let (code, body) = cluster.admin_post(index, ROOM_STATUS_PATH, &body).await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
 /// Polls node `index`'s room status of `room` until it exists in `shard`.
 async fn wait_room_in(cluster: &TestCluster, index: usize, room: &RoomId, shard: u64) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let status = room_status(cluster, index, room).await;
+        let status = cluster.room_status(index, room).await;
         if status.exists && status.shard == shard {
             return;
         }
@@ -484,7 +474,7 @@ async fn an_automatic_split_by_room_count() {
     let moved = loop {
         let mut placed = Vec::new();
         for room in &rooms {
-            placed.push(room_status(&cluster, 1, room).await.shard);
+            placed.push(cluster.room_status(1, room).await.shard);
         }
         let moved: Vec<RoomId> = rooms
             .iter()
@@ -534,7 +524,7 @@ async fn an_automatic_split_by_room_count() {
     // more, and the split shard never splits into itself).
     for room in &rooms {
         let shard = if moved.contains(room) { TARGET } else { SOURCE };
-        assert_eq!(room_status(&cluster, 2, room).await.shard, shard, "{room}");
+        assert_eq!(cluster.room_status(2, room).await.shard, shard, "{room}");
     }
     assert_eq!(metric_sum(&cluster, AUTOMATIC_MOVED).await, 1.0);
     let others = [
