@@ -501,9 +501,17 @@ async fn killing_the_leader_loses_no_acknowledged_message() {
     }
     assert_eq!(seen[0], all, "an acknowledged message is missing or moved");
     assert_eq!(seen[1], all, "an acknowledged message is missing or moved");
-    // Both surviving replicas hold exactly these messages, in this order.
+    // Both surviving replicas hold exactly these messages, in this order. A client's own
+    // sends are in its transcript from their acknowledgements, which the leader gives once it
+    // applied them: a follower may apply the last of them a moment later.
     let expected: Vec<String> = all.values().map(|(_, text)| text.clone()).collect();
     for &index in &others {
+        let deadline = Instant::now() + WAIT;
+        while cluster.application_messages(index, &room).len() < expected.len()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(
             cluster.application_messages(index, &room).len(),
             expected.len(),
