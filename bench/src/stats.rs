@@ -237,47 +237,65 @@ struct WindowRecorder {
     raw: Histogram<u64>,
     ops_ok: u64,
     errors: BTreeMap<ErrorKind, u64>,
-    operations: BTreeMap<&'static str, WindowOperation>,
+    operations: BTreeMap<&'static str, OperationCounts>,
 }
 
-/// One operation's histograms and counts in a window.
-struct WindowOperation {
+/// One operation's histograms and counts, over a phase or a window.
+struct OperationCounts {
     corrected: Histogram<u64>,
     raw: Histogram<u64>,
     ops_ok: u64,
     ops_failed: u64,
 }
 
-impl WindowOperation {
-    fn new() -> WindowOperation {
-        WindowOperation {
+impl OperationCounts {
+    fn new() -> OperationCounts {
+        OperationCounts {
             corrected: histogram(),
             raw: histogram(),
             ops_ok: 0,
             ops_failed: 0,
         }
     }
+
+    fn record_ok(&mut self, corrected: u64, raw: u64) {
+        self.corrected.saturating_record(corrected);
+        self.raw.saturating_record(raw);
+        self.ops_ok += 1;
+    }
+
+    fn totals(&self) -> OperationTotals {
+        OperationTotals {
+            ops_ok: self.ops_ok,
+            ops_failed: self.ops_failed,
+            latency_corrected: Percentiles::of(&self.corrected),
+            latency_raw: Percentiles::of(&self.raw),
+        }
+    }
+}
+
+/// Each operation's [`OperationTotals`], by name.
+fn totals_by_operation<'a>(
+    operations: impl Iterator<Item = (&'a &'static str, &'a OperationCounts)>,
+) -> BTreeMap<String, OperationTotals> {
+    operations
+        .map(|(name, counts)| (name.to_string(), counts.totals()))
+        .collect()
 }
 
 /// The histograms and counts of one operation.
 struct OperationRecorder {
-    corrected: Histogram<u64>,
-    raw: Histogram<u64>,
+    counts: OperationCounts,
     interval_corrected: Histogram<u64>,
     interval_raw: Histogram<u64>,
-    ops_ok: u64,
-    ops_failed: u64,
 }
 
 impl OperationRecorder {
     fn new() -> OperationRecorder {
         OperationRecorder {
-            corrected: histogram(),
-            raw: histogram(),
+            counts: OperationCounts::new(),
             interval_corrected: histogram(),
             interval_raw: histogram(),
-            ops_ok: 0,
-            ops_failed: 0,
         }
     }
 }
@@ -380,21 +398,7 @@ impl Recorder {
                     },
                     latency_corrected: Percentiles::of(&window.corrected),
                     latency_raw: Percentiles::of(&window.raw),
-                    by_operation: window
-                        .operations
-                        .iter()
-                        .map(|(name, op)| {
-                            (
-                                name.to_string(),
-                                OperationTotals {
-                                    ops_ok: op.ops_ok,
-                                    ops_failed: op.ops_failed,
-                                    latency_corrected: Percentiles::of(&op.corrected),
-                                    latency_raw: Percentiles::of(&op.raw),
-                                },
-                            )
-                        })
-                        .collect(),
+                    by_operation: totals_by_operation(window.operations.iter()),
                 }
             })
             .collect()
@@ -425,22 +429,18 @@ impl Recorder {
             .operations
             .entry(operation)
             .or_insert_with(OperationRecorder::new);
-        op.corrected.saturating_record(corrected);
-        op.raw.saturating_record(raw);
+        op.counts.record_ok(corrected, raw);
         op.interval_corrected.saturating_record(corrected);
         op.interval_raw.saturating_record(raw);
-        op.ops_ok += 1;
         if let Some(window) = self.window_of(sample.intended) {
             window.corrected.saturating_record(corrected);
             window.raw.saturating_record(raw);
             window.ops_ok += 1;
-            let op = window
+            window
                 .operations
                 .entry(operation)
-                .or_insert_with(WindowOperation::new);
-            op.corrected.saturating_record(corrected);
-            op.raw.saturating_record(raw);
-            op.ops_ok += 1;
+                .or_insert_with(OperationCounts::new)
+                .record_ok(corrected, raw);
         }
     }
 
@@ -452,7 +452,7 @@ impl Recorder {
             window
                 .operations
                 .entry(operation)
-                .or_insert_with(WindowOperation::new)
+                .or_insert_with(OperationCounts::new)
                 .ops_failed += 1;
         }
         *self.errors.entry(kind).or_insert(0) += 1;
@@ -460,6 +460,7 @@ impl Recorder {
         self.operations
             .entry(operation)
             .or_insert_with(OperationRecorder::new)
+            .counts
             .ops_failed += 1;
     }
 
@@ -534,21 +535,9 @@ impl Recorder {
             max_start_lateness_us: micros(self.max_lateness),
             latency_corrected: Percentiles::of(&self.corrected),
             latency_raw: Percentiles::of(&self.raw),
-            by_operation: self
-                .operations
-                .iter()
-                .map(|(name, op)| {
-                    (
-                        name.to_string(),
-                        OperationTotals {
-                            ops_ok: op.ops_ok,
-                            ops_failed: op.ops_failed,
-                            latency_corrected: Percentiles::of(&op.corrected),
-                            latency_raw: Percentiles::of(&op.raw),
-                        },
-                    )
-                })
-                .collect(),
+            by_operation: totals_by_operation(
+                self.operations.iter().map(|(name, op)| (name, &op.counts)),
+            ),
         }
     }
 }
