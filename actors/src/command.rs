@@ -233,6 +233,31 @@ enum Placement<'a> {
     Direct,
 }
 
+/// Where a command lives, without its key ([`Command::scope`]): a room command, a command
+/// keyed by a user or a shared key (a pin included), or one proposed to a named shard
+/// (metadata, housekeeping, a move's steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandScope {
+    Room,
+    Key,
+    Direct,
+}
+
+impl CommandScope {
+    /// Every scope, in a fixed order.
+    pub const ALL: [CommandScope; 3] =
+        [CommandScope::Room, CommandScope::Key, CommandScope::Direct];
+
+    /// The label value, e.g. `room`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandScope::Room => "room",
+            CommandScope::Key => "key",
+            CommandScope::Direct => "direct",
+        }
+    }
+}
+
 impl Command {
     /// The one place that says where each command lives.
     fn placement(&self) -> Placement<'_> {
@@ -282,6 +307,16 @@ impl Command {
             Placement::Room(room) => Some(room.as_bytes().to_vec()),
             Placement::Key(key) => Some(key),
             Placement::Direct => None,
+        }
+    }
+
+    /// Where the command lives, as a label for the metrics of proposals
+    /// (`mimid_raft_forwarded_proposals_total{scope}`).
+    pub fn scope(&self) -> CommandScope {
+        match self.placement() {
+            Placement::Room(_) => CommandScope::Room,
+            Placement::Key(_) => CommandScope::Key,
+            Placement::Direct => CommandScope::Direct,
         }
     }
 

@@ -42,8 +42,8 @@ use crate::actor::{
 };
 use crate::cluster_meta::METADATA_SHARD;
 use crate::command::{
-    user_shard_key, Command, HandshakeBundle, ReceivedItem, Stamped, SubmitVerdict, Submitter,
-    UpdateVerdict,
+    user_shard_key, Command, CommandScope, HandshakeBundle, ReceivedItem, Stamped, SubmitVerdict,
+    Submitter, UpdateVerdict,
 };
 use crate::directory::consent::{ConsentListing, Preferences, RequesterAction};
 use crate::directory::profile::{Profile, QueryOutcome, SearchTerm, PROFILES_SHARD_KEY};
@@ -143,13 +143,19 @@ pub type Forwarding = Pin<Box<dyn Future<Output = Result<ApplyOutput, ForwardErr
 /// Carries proposals for shards another node leads to that node. The node implements it over
 /// its node-to-node transport; the leader answers through [`Hub::propose_forwarded`].
 pub trait ProposalRouter: Send + Sync + 'static {
-    /// Sends `command` (a postcard-encoded, unstamped [`Command`]) for `shard` to node
-    /// `leader` and resolves with the output of its apply there, or why there is none.
+    /// Sends `command` (a postcard-encoded, unstamped [`Command`] of `scope`) for `shard` to
+    /// node `leader` and resolves with the output of its apply there, or why there is none.
     ///
     /// Called with the proposal's `raft_proposal` span current (`Proposer::propose_to`), so
     /// the router can carry that span's trace context to the leader, whose handling of it
     /// ([`Hub::propose_forwarded`] in a span with that remote parent) continues the trace.
-    fn forward(&self, leader: NodeId, shard: ShardId, command: Vec<u8>) -> Forwarding;
+    fn forward(
+        &self,
+        leader: NodeId,
+        shard: ShardId,
+        scope: CommandScope,
+        command: Vec<u8>,
+    ) -> Forwarding;
 
     /// Sends `read` (a postcard-encoded [`remote::RemoteRead`]) of `shard`, which this node
     /// does not hold, to node `node`, which answers with [`Hub::serve_read`].
@@ -473,7 +479,7 @@ impl Proposer {
                     .expect("serialising a command into memory cannot fail");
                 span.record("bytes", bytes.len());
                 span.record("forwarded_to", leader);
-                let forwarded = router.forward(leader, shard, bytes);
+                let forwarded = router.forward(leader, shard, command.scope(), bytes);
                 let proposer = self.clone();
                 Box::pin(async move {
                     // A leader that dies with the request leaves the call waiting for its

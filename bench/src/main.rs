@@ -7,7 +7,7 @@ use anyhow::Context;
 use mimid_bench::cli::{Invocation, OutputArgs, Scenario};
 use mimid_bench::density::DensityReport;
 use mimid_bench::load::StopReason;
-use mimid_bench::run::{run, Report};
+use mimid_bench::run::{run, Report, FORWARDED_ROOM_APPLIED};
 
 fn main() -> ExitCode {
     // Before anything uses rayon (openmls does): its threads are then told apart from the
@@ -151,7 +151,10 @@ fn output(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {
                         "node {}: {} shards led, {} forwarded",
                         node.node_id,
                         node.shards_led,
-                        node.forwarded.get("applied").copied().unwrap_or(0)
+                        node.forwarded
+                            .get(FORWARDED_ROOM_APPLIED)
+                            .copied()
+                            .unwrap_or(0)
                     )
                 })
                 .collect();

@@ -548,8 +548,8 @@ pub struct NodeSample {
     pub raft: RaftCounters,
     /// Shards whose leader this node is (`mimid_raft_shards_led`).
     pub shards_led: u64,
-    /// Proposals this node forwarded to another node leading their shard, by outcome
-    /// (`mimid_raft_forwarded_proposals_total{outcome}`), cumulative.
+    /// Proposals this node forwarded to another node leading their shard, by
+    /// `scope/outcome` (`mimid_raft_forwarded_proposals_total{scope,outcome}`), cumulative.
     pub forwarded: BTreeMap<String, u64>,
     /// Remote reads and relay pulls this node sent, by `kind/outcome`
     /// (`mimid_remote_reads_total{kind,outcome}`), cumulative.
@@ -657,7 +657,11 @@ fn parse_node_sample(body: &str) -> anyhow::Result<NodeSample> {
             flushes: value("mimid_raft_flushes_total")?,
         },
         shards_led: value("mimid_raft_shards_led")?,
-        forwarded: labelled_values(body, "mimid_raft_forwarded_proposals_total", &["outcome"]),
+        forwarded: labelled_values(
+            body,
+            "mimid_raft_forwarded_proposals_total",
+            &["scope", "outcome"],
+        ),
         remote_reads: labelled_values(body, "mimid_remote_reads_total", &["kind", "outcome"]),
         push_streams: value("mimid_push_streams")?,
         rooms_active: value("mimid_rooms_active")?,
@@ -758,9 +762,10 @@ mod tests {
                     mimid_raft_shards_led 5\n\
                     mimid_push_streams 2\n\
                     mimid_rooms_active 7\n\
-                    mimid_raft_forwarded_proposals_total{outcome=\"applied\"} 20\n\
-                    mimid_raft_forwarded_proposals_total{outcome=\"not_leader\"} 1\n\
-                    mimid_raft_forwarded_proposals_total_other{outcome=\"applied\"} 9\n\
+                    mimid_raft_forwarded_proposals_total{scope=\"room\",outcome=\"applied\"} 20\n\
+                    mimid_raft_forwarded_proposals_total{scope=\"room\",outcome=\"not_leader\"} 1\n\
+                    mimid_raft_forwarded_proposals_total{scope=\"direct\",outcome=\"applied\"} 3\n\
+                    mimid_raft_forwarded_proposals_total_other{scope=\"room\",outcome=\"applied\"} 9\n\
                     mimid_remote_reads_total{kind=\"read\",outcome=\"answered\"} 4\n\
                     mimid_remote_reads_total{kind=\"pull\",outcome=\"answered\"} 6\n\
                     mimid_remote_reads_total{kind=\"pull\",outcome=\"failed\"} 0\n";
@@ -770,7 +775,11 @@ mod tests {
         assert_eq!((sample.push_streams, sample.rooms_active), (2, 7));
         assert_eq!(
             sample.forwarded,
-            BTreeMap::from([("applied".to_string(), 20), ("not_leader".to_string(), 1)])
+            BTreeMap::from([
+                ("direct/applied".to_string(), 3),
+                ("room/applied".to_string(), 20),
+                ("room/not_leader".to_string(), 1)
+            ])
         );
         assert_eq!(
             sample.remote_reads,

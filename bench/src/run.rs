@@ -30,6 +30,10 @@ use crate::split::{run_split, MoveReport, MovedFlags, SplitPlan, SplitReport};
 use crate::stats::round_millis;
 use crate::system::{CpuSample, CpuUsage, Machine};
 
+/// The key of a node's forwarded room commands that were applied, in
+/// [`ClusterNodeReport::forwarded`] (`scope/outcome`).
+pub const FORWARDED_ROOM_APPLIED: &str = "room/applied";
+
 /// Messages encrypted in advance for a closed-model phase without `--max-ops`.
 pub const DEFAULT_CLOSED_PREGENERATED: u64 = 200_000;
 /// commit-churn: Commits per room the users' KeyPackages are published for, in a closed-model
@@ -177,8 +181,10 @@ pub struct ClusterReport {
     /// Shards led by the nodes together, read after the phase: the shard count when every
     /// shard has exactly one leader.
     pub shards_led_total: u64,
-    /// Proposals the nodes forwarded to a shard leader on another node and got applied
-    /// during the phase (`mimid_raft_forwarded_proposals_total{outcome="applied"}`).
+    /// Room commands (the messages) the nodes forwarded to a shard leader on another node
+    /// and got applied during the phase
+    /// (`mimid_raft_forwarded_proposals_total{scope="room",outcome="applied"}`; the nodes'
+    /// own background proposals, such as shard descriptors, are `direct`).
     pub forwarded_applied: u64,
     /// `forwarded_applied` over the phase's accepted operations.
     pub forwarded_share: Option<f64>,
@@ -203,7 +209,7 @@ pub struct ClusterNodeReport {
     /// as a leader (its own and forwarded ones), `applied` every entry it applied.
     pub raft: RaftReport,
     /// Proposals this node forwarded to the leader of their shard during the phase, by
-    /// outcome.
+    /// `scope/outcome` (e.g. [`FORWARDED_ROOM_APPLIED`]).
     pub forwarded: BTreeMap<String, u64>,
     /// The same since the node started (room set-up included).
     pub forwarded_since_start: BTreeMap<String, u64>,
@@ -1180,7 +1186,12 @@ fn cluster_report(
         .collect();
     let forwarded_applied: u64 = nodes
         .iter()
-        .map(|node| node.forwarded.get("applied").copied().unwrap_or(0))
+        .map(|node| {
+            node.forwarded
+                .get(FORWARDED_ROOM_APPLIED)
+                .copied()
+                .unwrap_or(0)
+        })
         .sum();
     ClusterReport {
         shards_led_total: nodes.iter().map(|node| node.shards_led).sum(),

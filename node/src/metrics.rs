@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mimid_actors::actor::ActorMetrics;
+use mimid_actors::command::CommandScope;
 use mimid_cluster::{ClusterMetrics, HistogramSnapshot, NodeId, ShardStatus};
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
@@ -411,8 +412,20 @@ impl EncodeLabelValue for RpcOutcome {
 /// Labels of `mimid_raft_forwarded_proposals_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ForwardLabels {
+    /// Where the command lives: `room`, `key` or `direct` (`mimid_actors::command::CommandScope`).
+    pub scope: ScopeLabel,
     /// How the forwarded proposal ended.
     pub outcome: ForwardOutcome,
+}
+
+/// A command's scope as a label value.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct ScopeLabel(pub CommandScope);
+
+impl EncodeLabelValue for ScopeLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        EncodeLabelValue::encode(&self.0.as_str(), encoder)
+    }
 }
 
 /// How a proposal sent to its shard's leader ended (`crate::cluster_net::forward`). Every
@@ -957,11 +970,16 @@ impl Metrics {
         let forwarded_proposals = Family::<ForwardLabels, Counter>::default();
         registry.register(
             "raft_forwarded_proposals",
-            "Proposals sent to the node leading their shard, by outcome",
+            "Proposals sent to the node leading their shard, by the command's scope (room, key or direct) and outcome",
             forwarded_proposals.clone(),
         );
-        for outcome in ForwardOutcome::ALL {
-            drop(forwarded_proposals.get_or_create(&ForwardLabels { outcome }));
+        for scope in CommandScope::ALL {
+            for outcome in ForwardOutcome::ALL {
+                drop(forwarded_proposals.get_or_create(&ForwardLabels {
+                    scope: ScopeLabel(scope),
+                    outcome,
+                }));
+            }
         }
         let remote_reads = Family::<RemoteReadLabels, Counter>::default();
         registry.register(
@@ -1206,10 +1224,13 @@ impl Metrics {
             .set(i64::try_from(groups).unwrap_or(i64::MAX));
     }
 
-    /// Counts a proposal forwarded to its shard's leader by how it ended.
-    pub fn count_forwarded_proposal(&self, outcome: ForwardOutcome) {
+    /// Counts a proposal of `scope` forwarded to its shard's leader by how it ended.
+    pub fn count_forwarded_proposal(&self, scope: CommandScope, outcome: ForwardOutcome) {
         self.forwarded_proposals
-            .get_or_create(&ForwardLabels { outcome })
+            .get_or_create(&ForwardLabels {
+                scope: ScopeLabel(scope),
+                outcome,
+            })
             .inc();
     }
 

@@ -109,7 +109,7 @@ async fn clients_on_every_node_see_one_order_exactly_once() {
     .await;
     let forwarded = wait_for_metrics(
         &cluster,
-        "mimid_raft_forwarded_proposals_total{outcome=\"applied\"}",
+        "mimid_raft_forwarded_proposals_total{scope=\"room\",outcome=\"applied\"}",
         |n| n.iter().sum::<f64>() >= 2.0 * EACH as f64,
     )
     .await;

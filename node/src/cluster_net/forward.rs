@@ -47,6 +47,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use mimid_actors::command::CommandScope;
 use mimid_actors::hub::remote::{PullRequest, MAX_PULL_WAIT};
 use mimid_actors::hub::{ForwardError, Forwarding, Hub, HubError, ProposalRouter, ReadForwarding};
 use mimid_actors::shard::ApplyOutput;
@@ -238,10 +239,16 @@ impl ProposalRouter for NetRouter {
         })
     }
 
-    fn forward(&self, leader: NodeId, shard: ShardId, command: Vec<u8>) -> Forwarding {
+    fn forward(
+        &self,
+        leader: NodeId,
+        shard: ShardId,
+        scope: CommandScope,
+        command: Vec<u8>,
+    ) -> Forwarding {
         let metrics = self.metrics.clone();
         let Some(net) = self.net.get() else {
-            metrics.count_forwarded_proposal(ForwardOutcome::Failed);
+            metrics.count_forwarded_proposal(scope, ForwardOutcome::Failed);
             let error = HubError::Unavailable("the node-to-node transport is starting".into());
             return Box::pin(async move { Err(error.into()) });
         };
@@ -305,7 +312,7 @@ impl ProposalRouter for NetRouter {
                     )
                 }
             };
-            metrics.count_forwarded_proposal(outcome);
+            metrics.count_forwarded_proposal(scope, outcome);
             call_span.record("outcome", outcome.as_str());
             result
         };

@@ -9,6 +9,7 @@ use super::*;
 use crate::certs::{CertAuthority, SubjectName, NODE_STEM};
 use crate::config::TlsFiles;
 use crate::tls::ALPN_CLUSTER;
+use mimid_actors::command::CommandScope;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 /// How long a poll waits before the test fails.
@@ -890,11 +891,13 @@ async fn a_forwarded_proposal_that_gets_no_answer_reports_the_leader_unreachable
 
     let (a, router, _silent) = routing_to_a_silent_peer(PULL_STREAMS);
     assert_eq!(a.sink.unreachable_reports(2), 0);
-    let answer = router.forward(2, 0, b"command".to_vec()).await;
+    let answer = router
+        .forward(2, 0, CommandScope::Room, b"command".to_vec())
+        .await;
     assert!(answer.is_err(), "{answer:?}");
     assert_eq!(a.sink.unreachable_reports(2), 1);
     assert_eq!(
-        a.metric("mimid_raft_forwarded_proposals_total{outcome=\"failed\"}"),
+        a.metric("mimid_raft_forwarded_proposals_total{scope=\"room\",outcome=\"failed\"}"),
         1.0
     );
 }
@@ -914,7 +917,9 @@ async fn relay_pulls_past_their_bound_wait_and_leave_proposals_alone() {
     })
     .await;
     let started = Instant::now();
-    let answer = router.forward(2, 1, b"command".to_vec()).await;
+    let answer = router
+        .forward(2, 1, CommandScope::Room, b"command".to_vec())
+        .await;
     assert!(answer.is_err(), "{answer:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
