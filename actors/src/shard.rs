@@ -98,9 +98,10 @@ pub enum ApplyOutput {
     /// The room's home shard pins it to the move's target (`Command::RepinRoom`; `Ok` too when
     /// it did already), or why not.
     RoomRepinned(Result<(), MoveRefusal>),
-    /// A frozen room left this shard, which keeps a tombstone (`Command::ReleaseRoom`; `Ok`
-    /// too when it had left already), or why not.
-    RoomReleased(Result<(), MoveRefusal>),
+    /// A frozen room left this shard, which keeps a tombstone (`Command::ReleaseRoom`):
+    /// `Ok(true)` when this command released it, `Ok(false)` for a repeated or stale release
+    /// (nothing changed), or why not.
+    RoomReleased(Result<bool, MoveRefusal>),
     /// The room is frozen for a move to shard `to`: the command was not applied (nothing
     /// changed); retry it where the room is once the move is done.
     RoomMoving {
@@ -585,7 +586,10 @@ impl ShardData {
                 to,
                 generation,
             } => match self.release_room(shard, &room, to, generation) {
-                Ok(changed) => (ApplyOutput::RoomReleased(Ok(())), changed.then_some(room)),
+                Ok(changed) => (
+                    ApplyOutput::RoomReleased(Ok(changed)),
+                    changed.then_some(room),
+                ),
                 Err(refusal) => (ApplyOutput::RoomReleased(Err(refusal)), None),
             },
         }
@@ -2152,7 +2156,7 @@ mod tests {
             applied(&shards);
             assert!(matches!(
                 log.apply(1, release_of(T, 1)),
-                ApplyOutput::RoomReleased(Ok(()))
+                ApplyOutput::RoomReleased(Ok(false))
             ));
             assert_eq!(log.snapshot(1), frozen);
             assert!(applied(&shards).is_empty());
@@ -2172,7 +2176,7 @@ mod tests {
             let released = log.snapshot(1);
             assert!(matches!(
                 log.apply(1, release(T)),
-                ApplyOutput::RoomReleased(Ok(()))
+                ApplyOutput::RoomReleased(Ok(false))
             ));
             assert!(applied(&shards).is_empty());
             assert!(matches!(
@@ -2183,7 +2187,7 @@ mod tests {
             for stale in [release_of(T, 3), release_of(T2, 3)] {
                 assert!(matches!(
                     log.apply(1, stale),
-                    ApplyOutput::RoomReleased(Ok(()))
+                    ApplyOutput::RoomReleased(Ok(false))
                 ));
             }
             assert!(matches!(
@@ -2359,7 +2363,7 @@ mod tests {
             /// repeated one and changes nothing.
             fn released(&mut self, room: &RoomId, from: ShardId, to: ShardId, generation: u64) {
                 match self.release(room, from, to, generation) {
-                    ApplyOutput::RoomReleased(Ok(())) => {}
+                    ApplyOutput::RoomReleased(Ok(_)) => {}
                     other => panic!("release {from} -> {to}: {other:?}"),
                 }
             }
@@ -2733,7 +2737,7 @@ mod tests {
             };
             assert!(matches!(
                 partial_log.apply(1, release),
-                ApplyOutput::RoomReleased(Ok(()))
+                ApplyOutput::RoomReleased(Ok(true))
             ));
             partial.remember_pin(&room, 1);
             assert_eq!(partial.room_shard(&room), T);

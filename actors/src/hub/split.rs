@@ -24,7 +24,10 @@
 //! None is lost or applied twice: a refused command changed nothing.
 //!
 //! **Metrics** (`ActorMetrics`): `rooms_moved`, `room_moves_failed`, `room_move_micros`
-//! (freeze to release per room).
+//! (freeze to release per room). A move is counted once, by the coordinator whose release
+//! took the room out of its source (the release answers whether it did): one finished by both
+//! its coordinator and the resume task is not counted twice, and one whose release answer
+//! was lost on a leader change is not counted.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -205,7 +208,9 @@ impl Mover {
         let result = self.steps(room, from, to).instrument(span.clone()).await;
         drop(running);
         match &result {
-            Ok(()) => {
+            // Finished by another coordinator: that one counted it.
+            Ok(false) => span.in_scope(|| tracing::info!("room moved (released by another try)")),
+            Ok(true) => {
                 let micros = match started {
                     Started::Here => u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX),
                     Started::Frozen(since_ms) => self
@@ -228,11 +233,13 @@ impl Mover {
                 span.in_scope(|| tracing::warn!(error = %e, "room move failed"));
             }
         }
-        result
+        result.map(|_| ())
     }
 
     /// The four steps; a refusal is `HubError::Rejected` naming the step and its reason.
-    async fn steps(&self, room: &RoomId, from: ShardId, to: ShardId) -> Result<(), HubError> {
+    /// `Ok(true)` when this release took the room out of `from`, `Ok(false)` when another
+    /// coordinator's (the resume task's, or this one's own try whose answer was lost) did.
+    async fn steps(&self, room: &RoomId, from: ShardId, to: ShardId) -> Result<bool, HubError> {
         let refused = |step: &str, shard: ShardId, reason: &dyn std::fmt::Display| {
             HubError::Rejected(format!("{step} of room {room} in shard {shard}: {reason}"))
         };
@@ -284,7 +291,7 @@ impl Mover {
             generation,
         };
         match self.step(from, release).await? {
-            ApplyOutput::RoomReleased(Ok(())) => Ok(()),
+            ApplyOutput::RoomReleased(Ok(released)) => Ok(released),
             ApplyOutput::RoomReleased(Err(refusal)) => Err(refused("release", from, &refusal)),
             other => Err(unexpected(other)),
         }

@@ -511,7 +511,7 @@ impl<'s> World<'s> {
         }
         if outdated == Some(Outdated::Stale) {
             match &output {
-                ApplyOutput::RoomReleased(Ok(())) => self.stats.stale_releases += 1,
+                ApplyOutput::RoomReleased(Ok(false)) => self.stats.stale_releases += 1,
                 ApplyOutput::RoomRepinned(Ok(())) => self.stats.stale_repins += 1,
                 other => self.fail(format!(
                     "{what}: a stale step answered {} (not Ok)",
@@ -844,7 +844,7 @@ impl<'s> World<'s> {
                     generation,
                 };
                 match self.propose(from, release, &what) {
-                    ApplyOutput::RoomReleased(Ok(())) => self.end_move(i, None),
+                    ApplyOutput::RoomReleased(Ok(_)) => self.end_move(i, None),
                     ApplyOutput::RoomReleased(Err(refusal)) => {
                         self.end_move(i, Some(format!("release: {refusal:?}")))
                     }
