@@ -775,7 +775,24 @@ async fn decommission_is_refused_when_the_rest_cannot_hold_the_replication_facto
             .map(|member| member.node().hub().cluster_meta())
             .collect::<Vec<_>>()
     };
-    let registry = registries(&cluster);
+    // The reference is taken once every node's replica holds the whole registry: a follower
+    // applies a moment after the leader (CI once caught node 3's without node 1's address).
+    let deadline = Instant::now() + WAIT;
+    let registry = loop {
+        let now = registries(&cluster);
+        let complete = now.iter().all(|meta| {
+            meta == &now[0]
+                && meta
+                    .nodes()
+                    .values()
+                    .all(|node| node.cluster_addr.is_some())
+        });
+        if complete {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the registries differ: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
 
     let admin = cluster.admin(1);
     let token = cluster.admin_token();
