@@ -91,7 +91,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use raft::eraftpb::{Message, MessageType};
 
 use crate::backup::{ShardSnapshot, SnapshotAllError, SnapshotAllRequest};
-use crate::group::{catch, error_chain, Group, GroupError, Outbox, Proposed};
+use crate::group::{catch, error_chain, Group, GroupError, Outbox, Proposed, Wait, Write};
 use crate::membership::AdminRequest;
 use crate::metrics::{add, bump, micros};
 use crate::read_barrier::{BarrierRequest, Barriers};
@@ -338,7 +338,7 @@ impl<S: StateMachine> Driver<S> {
         self.observe_answered(&readied);
         self.settle_barriers(now);
         self.write_staged()?;
-        if self.snapshot_aged(now) {
+        if self.snapshot_aged(now) | self.finish_compactions(now) {
             self.write_staged()?;
         }
         self.send_outbox();
@@ -770,6 +770,30 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
+    /// Stages the compactions of the snapshots whose files the writer thread finished
+    /// (`snapshot_file::SnapshotWriter`); a file that could not be written fails its shard,
+    /// like a failed snapshot did when it was written here. Returns whether anything was
+    /// staged.
+    fn finish_compactions(&mut self, now: Instant) -> bool {
+        let mut staged = false;
+        for shard in 0..self.groups.len() {
+            let Slot::Running(group) = &mut self.groups[shard] else {
+                continue;
+            };
+            if !group.is_compacting() {
+                continue;
+            }
+            let metrics = &self.shared.metrics;
+            match catch(|| group.finish_compaction(Wait::Poll, Some(now), metrics))
+                .and_then(|result| result)
+            {
+                Ok(finished) => staged |= finished,
+                Err(err) => self.fail_group(shard as ShardId, &err),
+            }
+        }
+        staged
+    }
+
     /// Snapshots the shards whose oldest unsnapshotted entry is older than `snapshot_max_age`,
     /// oldest first and at most `max_snapshots_per_turn` of them, so a restart never replays
     /// more than about that age of log and one turn never serialises every shard. Runs after
@@ -781,6 +805,8 @@ impl<S: StateMachine> Driver<S> {
             .iter()
             .enumerate()
             .map(|(shard, slot)| match slot {
+                // One whose snapshot is being written takes no other meanwhile.
+                Slot::Running(group) if group.is_compacting() => (shard as ShardId, None),
                 Slot::Running(group) => (shard as ShardId, group.unsnapshotted_age(now)),
                 Slot::Failed => (shard as ShardId, None),
             });
@@ -795,7 +821,9 @@ impl<S: StateMachine> Driver<S> {
                 continue;
             };
             let metrics = &self.shared.metrics;
-            match catch(|| group.snapshot_if_unsnapshotted(metrics)).and_then(|result| result) {
+            match catch(|| group.snapshot_if_unsnapshotted(Write::Background, metrics))
+                .and_then(|result| result)
+            {
                 Ok(taken) => staged |= taken,
                 Err(err) => self.fail_group(shard, &err),
             }
@@ -888,14 +916,26 @@ impl<S: StateMachine> Driver<S> {
     fn shut_down(mut self) {
         self.close_inbox();
         self.abort_snapshot_all();
+        // Snapshots taken already land, whether or not the shutdown takes its own.
+        for shard in 0..self.groups.len() {
+            let Slot::Running(group) = &mut self.groups[shard] else {
+                continue;
+            };
+            let metrics = &self.shared.metrics;
+            if let Err(err) =
+                catch(|| group.finish_compaction(Wait::Block, None, metrics)).and_then(|r| r)
+            {
+                self.fail_group(shard as ShardId, &err);
+            }
+        }
         if self.settings.snapshot_on_shutdown {
             for shard in 0..self.groups.len() {
                 let Slot::Running(group) = &mut self.groups[shard] else {
                     continue;
                 };
                 let metrics = &self.shared.metrics;
-                if let Err(err) =
-                    catch(|| group.snapshot_if_unsnapshotted(metrics)).and_then(|result| result)
+                if let Err(err) = catch(|| group.snapshot_if_unsnapshotted(Write::Here, metrics))
+                    .and_then(|result| result)
                 {
                     // The shard's log is intact; it is replayed at the next start instead.
                     self.fail_group(shard as ShardId, &err);

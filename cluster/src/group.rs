@@ -25,7 +25,8 @@ use raft::{RawNode, ReadState, Ready, SnapshotStatus, StateRole};
 use crate::metrics::{bump, Metrics};
 use crate::pending::{answer_dropped, PendingProposals};
 use crate::reply::Reply;
-use crate::storage::{new_snapshot, ShardStorage, StoreError, WriteBatch};
+use crate::snapshot_file::PendingWrite;
+use crate::storage::{new_snapshot, snapshot_metadata, ShardStorage, StoreError, WriteBatch};
 use crate::{ClusterConfig, NodeId, ProposeError, ShardId, StateMachine};
 
 use self::admin::Admin;
@@ -81,6 +82,10 @@ pub(crate) struct Group<S: StateMachine> {
     /// applied; `None` when the snapshot covers everything applied. Drives the age-based
     /// snapshot that bounds replay at restart (`ClusterConfig::snapshot_max_age`).
     unsnapshotted_since: Option<Instant>,
+    /// The snapshot whose file the writer thread is writing (`snapshot_file::SnapshotWriter`);
+    /// it becomes the latest snapshot, and the log is compacted, in
+    /// [`Self::finish_compaction`]. One at a time: no other snapshot is taken meanwhile.
+    compacting: Option<PendingWrite>,
     /// The `Ready` between phase one and phase two of the current turn.
     in_flight: Option<Ready>,
     /// Read indexes received for this node's read barriers, not yet taken by the driver.
@@ -137,6 +142,7 @@ impl<S: StateMachine> Group<S> {
             recovered_commit,
             snapshot_interval: config.snapshot_interval,
             unsnapshotted_since: None,
+            compacting: None,
             in_flight: None,
             read_states: Vec::new(),
             admin: Admin::default(),
@@ -296,12 +302,23 @@ impl<S: StateMachine> Group<S> {
         self.apply_committed(light.take_committed_entries(), metrics)?;
         self.step_down_if_removed(outbox);
         self.node.advance_apply();
-        let unsnapshotted = self
-            .applied_index
-            .saturating_sub(self.node.store().snapshot_index());
-        let membership_due = self.take_membership_snapshot_due();
-        if unsnapshotted >= self.snapshot_interval || (membership_due && unsnapshotted > 0) {
-            self.take_snapshot(metrics)?;
+        let unsnapshotted = |group: &Self| {
+            group
+                .applied_index
+                .saturating_sub(group.node.store().snapshot_index())
+        };
+        if self.take_membership_snapshot_due() && unsnapshotted(self) > 0 {
+            // A new member must get a snapshot that names it, never the log from its start
+            // (`membership.rs`): this one is staged, and the log compacted, before the next
+            // `Ready` can send the member anything. Membership changes are rare, so its file
+            // is written here (after the one being written, if any).
+            self.finish_compaction(Wait::Block, Some(now), metrics)?;
+            if unsnapshotted(self) > 0 {
+                self.take_snapshot(Write::Here, metrics)?;
+            }
+        } else if self.compacting.is_none() && unsnapshotted(self) >= self.snapshot_interval {
+            // The file is written on the writer thread; the next snapshot waits for it.
+            self.take_snapshot(Write::Background, metrics)?;
         }
         // A snapshot received from the leader also covers everything applied.
         self.unsnapshotted_since = if self.has_unsnapshotted() {
@@ -320,18 +337,75 @@ impl<S: StateMachine> Group<S> {
     }
 
     /// Snapshots the state machine and compacts the log if any applied entry is not covered by
-    /// the latest snapshot; returns whether a snapshot was taken. For the age-based and the
-    /// shutdown snapshots: call only between turns (after [`Self::handle_persisted`]), when
+    /// the latest snapshot; returns whether anything was staged. For the age-based snapshots
+    /// (`write` [`Write::Background`]: the compaction is staged once the file is written) and
+    /// the shutdown ones ([`Write::Here`], after the file being written, if any, is complete
+    /// and staged): call only between turns (after [`Self::handle_persisted`]), when
     /// everything applied is also committed in the written hard state.
     pub(crate) fn snapshot_if_unsnapshotted(
         &mut self,
+        write: Write,
         metrics: &Metrics,
     ) -> Result<bool, GroupError> {
-        if self.in_flight.is_some() || !self.has_unsnapshotted() {
+        if self.in_flight.is_some() {
             return Ok(false);
         }
-        self.take_snapshot(metrics)?;
+        let staged = match write {
+            Write::Background if self.compacting.is_some() => return Ok(false),
+            Write::Background => false,
+            Write::Here => self.finish_compaction(Wait::Block, None, metrics)?,
+        };
+        if !self.has_unsnapshotted() {
+            return Ok(staged);
+        }
+        self.take_snapshot(write, metrics)?;
+        Ok(staged || write == Write::Here)
+    }
+
+    /// Stages the compaction of the snapshot whose file the writer thread finished (with
+    /// [`Wait::Block`], once it has), like [`Self::snapshot_if_unsnapshotted`] only between
+    /// turns; returns whether anything was staged. Entries applied since that snapshot was
+    /// taken are dated `now` (`None`: the driver is shutting down and dates nothing).
+    pub(crate) fn finish_compaction(
+        &mut self,
+        wait: Wait,
+        now: Option<Instant>,
+        metrics: &Metrics,
+    ) -> Result<bool, GroupError> {
+        if self.in_flight.is_some() {
+            return Ok(false);
+        }
+        let Some(pending) = self.compacting.take() else {
+            return Ok(false);
+        };
+        let written = match wait {
+            Wait::Block => pending.wait(),
+            Wait::Poll => match pending.try_finish() {
+                Some(written) => written,
+                None => {
+                    self.compacting = Some(pending);
+                    return Ok(false);
+                }
+            },
+        };
+        let record = written?;
+        let index = record.metadata().index;
+        let staged = self.node.mut_store().finish_compaction(record)?;
+        if staged {
+            bump(&metrics.snapshots_taken);
+        }
+        tracing::debug!(shard = self.shard, index, staged, "snapshot written");
+        self.unsnapshotted_since = if self.has_unsnapshotted() {
+            self.unsnapshotted_since.and(now)
+        } else {
+            None
+        };
         Ok(true)
+    }
+
+    /// Whether a snapshot's file is being written.
+    pub(crate) fn is_compacting(&self) -> bool {
+        self.compacting.is_some()
     }
 
     /// The state machine serialised at the applied index, with that index and the term of the
@@ -463,6 +537,9 @@ impl<S: StateMachine> Group<S> {
         snapshot: &Snapshot,
         metrics: &Metrics,
     ) -> Result<(), GroupError> {
+        // A snapshot of ours being written is older than this one: its file is waited for
+        // (so that the two never write one file) and retired once this one is staged.
+        let written = self.compacting.take().map(PendingWrite::wait);
         let meta = snapshot.get_metadata();
         self.machine
             .restore(&snapshot.data)
@@ -471,6 +548,17 @@ impl<S: StateMachine> Group<S> {
                 reason,
             })?;
         self.node.mut_store().stage_received_snapshot(snapshot)?;
+        match written {
+            Some(Ok(record)) => {
+                self.node.mut_store().finish_compaction(record)?;
+            }
+            Some(Err(err)) => tracing::warn!(
+                shard = self.shard,
+                error = %error_chain(&err),
+                "snapshot file not written; the leader's snapshot replaces it anyway"
+            ),
+            None => {}
+        }
         self.applied_index = meta.index;
         self.applied_term = meta.term;
         self.pending.drop_all(metrics);
@@ -509,25 +597,57 @@ impl<S: StateMachine> Group<S> {
     /// Runs only at the end of a turn (phase two or between turns), when everything applied is
     /// also committed in the staged hard state, so the stored snapshot never gets ahead of the
     /// stored commit index.
-    fn take_snapshot(&mut self, metrics: &Metrics) -> Result<(), GroupError> {
-        // Serialising and storing run on the driver thread and hold up every shard; the size
-        // is logged (the driver's turn timing covers the time).
+    /// With [`Write::Background`] only the serialising runs here; the writer thread writes
+    /// the file and [`Self::finish_compaction`] stages the compaction afterwards.
+    fn take_snapshot(&mut self, write: Write, metrics: &Metrics) -> Result<(), GroupError> {
+        debug_assert!(self.compacting.is_none(), "one snapshot written at a time");
+        // Serialising runs on the driver thread and holds up every shard; the size is logged
+        // (the driver's turn timing covers the time).
         let data = self.machine.snapshot();
         let bytes = data.len();
         let conf_state = self.node.store().conf_state().clone();
-        let snapshot = new_snapshot(self.applied_index, self.applied_term, conf_state, data);
-        self.node.mut_store().stage_compaction(&snapshot)?;
-        self.unsnapshotted_since = None;
-        bump(&metrics.snapshots_taken);
+        let (index, term) = (self.applied_index, self.applied_term);
+        match write {
+            Write::Here => {
+                let snapshot = new_snapshot(index, term, conf_state, data);
+                self.node.mut_store().stage_compaction(&snapshot)?;
+                self.unsnapshotted_since = None;
+                bump(&metrics.snapshots_taken);
+            }
+            Write::Background => {
+                let metadata = snapshot_metadata(index, term, conf_state);
+                let pending = self.node.store().begin_compaction(metadata, data)?;
+                self.compacting = Some(pending);
+            }
+        }
         tracing::debug!(
             shard = self.shard,
             index = self.applied_index,
             bytes,
+            ?write,
             "took snapshot"
         );
         Ok(())
     }
 }
+
+/// Where a snapshot's file is written ([`Group::snapshot_if_unsnapshotted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// On the driver thread, staged at once (shutdown).
+    Here,
+    /// On the writer thread, staged by a later [`Group::finish_compaction`].
+    Background,
+}
+
+/// Whether [`Group::finish_compaction`] waits for the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    Block,
+    Poll,
+}
+
+impl<S: StateMachine> Group<S> {}
 
 /// Formats an error with its whole `source` chain, for log lines and error reasons.
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {

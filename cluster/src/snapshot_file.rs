@@ -39,6 +39,7 @@ use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
 use sha2::{Digest as _, Sha256};
@@ -280,6 +281,96 @@ fn file_error(context: &'static str, path: &Path, source: io::Error) -> StoreErr
         context,
         path: path.to_owned(),
         source,
+    }
+}
+
+/// Writes the files of snapshots a group took (hash, write, `fdatasync`, rename, directory
+/// `fsync`) on a thread of its own, `mimid-snap-io`, so that the driver thread, which runs
+/// every shard of the node, serialises the state machine and goes on while the bytes reach the
+/// disk (ops/capacity.md M13: writing and syncing took more of a snapshot's stall than
+/// serialising it). The group stages the record, and with it the log compaction, once the
+/// file is complete ([`PendingWrite::try_finish`]); until then its latest snapshot is the
+/// previous one. Cloning shares the thread, which ends when the last clone is dropped.
+#[derive(Clone)]
+pub(crate) struct SnapshotWriter {
+    jobs: mpsc::SyncSender<WriteJob>,
+}
+
+struct WriteJob {
+    shard: ShardId,
+    metadata: SnapshotMetadata,
+    data: Vec<u8>,
+    done: mpsc::SyncSender<Result<SnapshotRecord, StoreError>>,
+}
+
+/// A snapshot file being written: the record once the file is complete.
+pub(crate) struct PendingWrite {
+    done: mpsc::Receiver<Result<SnapshotRecord, StoreError>>,
+}
+
+impl SnapshotWriter {
+    /// Starts the writer thread over `files`, with room for `capacity` queued files (a group
+    /// has at most one being written, so the node's shard count).
+    pub(crate) fn spawn(files: SnapshotFiles, capacity: usize) -> Result<Self, StoreError> {
+        let (jobs, queue) = mpsc::sync_channel::<WriteJob>(capacity.max(1));
+        std::thread::Builder::new()
+            .name("mimid-snap-io".into())
+            .spawn(move || {
+                for job in queue {
+                    let record = SnapshotRecord::new(job.metadata, &job.data);
+                    let written = files.write(job.shard, &record, &job.data).map(|()| record);
+                    // A group that stopped meanwhile is gone; its file is an unreferenced
+                    // leftover the next start removes.
+                    let _ = job.done.send(written);
+                }
+            })
+            .map_err(|source| StoreError::Io {
+                context: "start the snapshot writer thread",
+                source,
+            })?;
+        Ok(SnapshotWriter { jobs })
+    }
+
+    /// Queues the file of `shard`'s snapshot with `metadata` and state-machine `data`.
+    pub(crate) fn submit(
+        &self,
+        shard: ShardId,
+        metadata: SnapshotMetadata,
+        data: Vec<u8>,
+    ) -> Result<PendingWrite, StoreError> {
+        let (done, finished) = mpsc::sync_channel(1);
+        let job = WriteJob {
+            shard,
+            metadata,
+            data,
+            done,
+        };
+        self.jobs.send(job).map_err(|_| writer_stopped())?;
+        Ok(PendingWrite { done: finished })
+    }
+}
+
+impl PendingWrite {
+    /// The record of the complete file, or why it could not be written; `None` while it is
+    /// being written.
+    pub(crate) fn try_finish(&self) -> Option<Result<SnapshotRecord, StoreError>> {
+        match self.done.try_recv() {
+            Ok(result) => Some(result),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Err(writer_stopped())),
+        }
+    }
+
+    /// Waits until the file is complete (or failed).
+    pub(crate) fn wait(self) -> Result<SnapshotRecord, StoreError> {
+        self.done.recv().unwrap_or_else(|_| Err(writer_stopped()))
+    }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Io {
+        context: "write a snapshot file",
+        source: io::Error::other("the snapshot writer thread stopped"),
     }
 }
 

@@ -55,7 +55,7 @@ use raft::{GetEntriesContext, RaftState};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional as _;
 
-use crate::snapshot_file::{SnapshotFiles, SnapshotRecord};
+use crate::snapshot_file::{PendingWrite, SnapshotFiles, SnapshotRecord, SnapshotWriter};
 use crate::ShardId;
 
 /// Why the Raft storage could not be read or written.
@@ -141,6 +141,8 @@ pub(crate) struct RaftDb {
     db: sled::Db,
     tree: sled::Tree,
     files: SnapshotFiles,
+    /// Writes the files of the snapshots the groups take, off the driver thread.
+    writer: SnapshotWriter,
     durability: Durability,
     /// Held for as long as the database is open; declared last so it is released after sled.
     _dir_lock: File,
@@ -171,6 +173,7 @@ pub(crate) struct ShardStorage {
     shard: ShardId,
     tree: sled::Tree,
     files: SnapshotFiles,
+    writer: SnapshotWriter,
     hard_state: HardState,
     conf_state: ConfState,
     /// The latest snapshot (stored or staged); its file is complete whenever this is set.
@@ -213,10 +216,13 @@ impl RaftDb {
         } else {
             Durability::FlushOnly
         };
+        let writer =
+            SnapshotWriter::spawn(files.clone(), usize::try_from(shards).unwrap_or(usize::MAX))?;
         let mut raft_db = RaftDb {
             db,
             tree,
             files,
+            writer,
             durability,
             _dir_lock: dir_lock,
         };
@@ -234,7 +240,12 @@ impl RaftDb {
         &self,
         shard: ShardId,
     ) -> Result<(ShardStorage, Option<Snapshot>), StoreError> {
-        ShardStorage::load(shard, self.tree.clone(), self.files.clone())
+        ShardStorage::load(
+            shard,
+            self.tree.clone(),
+            self.files.clone(),
+            self.writer.clone(),
+        )
     }
 
     /// Applies `batch` atomically. When any staged write must be durable (log entries, term,
@@ -301,6 +312,7 @@ impl ShardStorage {
         shard: ShardId,
         tree: sled::Tree,
         files: SnapshotFiles,
+        writer: SnapshotWriter,
     ) -> Result<(Self, Option<Snapshot>), StoreError> {
         let hard_state: HardState =
             read_message(&tree, shard, Kind::HardState)?.unwrap_or_default();
@@ -314,6 +326,7 @@ impl ShardStorage {
             shard,
             tree,
             files,
+            writer,
             hard_state,
             conf_state,
             snapshot: record,
@@ -503,29 +516,76 @@ impl ShardStorage {
     }
 
     /// Stages a snapshot of the applied state at `snapshot`'s index and deletes the log up to
-    /// and including it. The snapshot must cover only committed entries, so that the stored
-    /// commit index never falls below the snapshot after a crash.
+    /// and including it, writing the snapshot's file on this thread. The snapshot must cover
+    /// only committed entries, so that the stored commit index never falls below the snapshot
+    /// after a crash.
     pub(crate) fn stage_compaction(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
         let meta = snapshot.get_metadata();
-        if meta.index <= self.snapshot_index {
-            return Err(self.invalid(format!(
-                "compaction to {} is not past the snapshot at {}",
-                meta.index, self.snapshot_index
-            )));
-        }
-        if meta.index > self.hard_state.commit {
-            return Err(self.invalid(format!(
-                "compaction to {} is beyond the commit index {}",
-                meta.index, self.hard_state.commit
-            )));
-        }
+        self.check_compaction(meta.index)?;
         self.stage_snapshot(snapshot)?;
-        for index in self.snapshot_index + 1..=meta.index {
+        self.compact_to(meta.index, meta.term);
+        Ok(())
+    }
+
+    /// Starts a compaction like [`Self::stage_compaction`] whose file the snapshot writer
+    /// thread writes; [`Self::finish_compaction`] stages it once the file is complete. Until
+    /// then the latest snapshot and the log stay as they are.
+    pub(crate) fn begin_compaction(
+        &self,
+        metadata: SnapshotMetadata,
+        data: Vec<u8>,
+    ) -> Result<PendingWrite, StoreError> {
+        self.check_compaction(metadata.index)?;
+        self.writer.submit(self.shard, metadata, data)
+    }
+
+    /// Stages the record of a snapshot whose file [`Self::begin_compaction`] had written, and
+    /// deletes the log up to its index; `false` (nothing staged, the file retired) when a
+    /// snapshot received from the leader meanwhile covers that index already.
+    pub(crate) fn finish_compaction(&mut self, record: SnapshotRecord) -> Result<bool, StoreError> {
+        let (index, term) = (record.metadata().index, record.metadata().term);
+        if index <= self.snapshot_index {
+            let superseded = self.files.path(self.shard, &record);
+            let current = self
+                .snapshot
+                .as_ref()
+                .map(|r| self.files.path(self.shard, r));
+            if current.as_ref() != Some(&superseded) {
+                self.retired_files.push(superseded);
+            }
+            return Ok(false);
+        }
+        self.check_compaction(index)?;
+        let value = record.encode(self.shard)?;
+        self.stage_record(record, value);
+        self.compact_to(index, term);
+        Ok(true)
+    }
+
+    /// Why a compaction to `index` may not be staged, if it may not.
+    fn check_compaction(&self, index: u64) -> Result<(), StoreError> {
+        if index <= self.snapshot_index {
+            return Err(self.invalid(format!(
+                "compaction to {index} is not past the snapshot at {}",
+                self.snapshot_index
+            )));
+        }
+        if index > self.hard_state.commit {
+            return Err(self.invalid(format!(
+                "compaction to {index} is beyond the commit index {}",
+                self.hard_state.commit
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes the log up to and including `index`, now covered by the staged snapshot.
+    fn compact_to(&mut self, index: u64, term: u64) {
+        for index in self.snapshot_index + 1..=index {
             self.staged.insert(entry_key(self.shard, index), None);
         }
-        self.snapshot_index = meta.index;
-        self.snapshot_term = meta.term;
-        Ok(())
+        self.snapshot_index = index;
+        self.snapshot_term = term;
     }
 
     /// Writes the snapshot's data file (complete and synced when this returns) and stages the
@@ -536,12 +596,18 @@ impl ShardStorage {
         let record = SnapshotRecord::new(snapshot.get_metadata().clone(), &snapshot.data);
         let value = record.encode(self.shard)?;
         self.files.write(self.shard, &record, &snapshot.data)?;
+        self.stage_record(record, value);
+        Ok(())
+    }
+
+    /// Stages `record` (encoded: `value`), whose file is complete; the file it replaces is
+    /// retired with the staged writes.
+    fn stage_record(&mut self, record: SnapshotRecord, value: Vec<u8>) {
         self.staged
             .insert(meta_key(self.shard, Kind::Snapshot), Some(value));
         if let Some(old) = self.snapshot.replace(record) {
             self.retired_files.push(self.files.path(self.shard, &old));
         }
-        Ok(())
     }
 
     /// The latest snapshot, with its data read from its file, if the group has one. The file is
@@ -755,6 +821,17 @@ impl raft::Storage for ShardStorage {
     }
 }
 
+/// The metadata of a snapshot of the state at `index` (of `term`) with `conf_state`.
+pub(crate) fn snapshot_metadata(index: u64, term: u64, conf_state: ConfState) -> SnapshotMetadata {
+    let mut metadata = SnapshotMetadata {
+        index,
+        term,
+        ..SnapshotMetadata::default()
+    };
+    metadata.set_conf_state(conf_state);
+    metadata
+}
+
 /// Builds the `Snapshot` message stored by [`ShardStorage::stage_compaction`].
 pub(crate) fn new_snapshot(
     index: u64,
@@ -762,12 +839,7 @@ pub(crate) fn new_snapshot(
     conf_state: ConfState,
     data: Vec<u8>,
 ) -> Snapshot {
-    let mut metadata = SnapshotMetadata {
-        index,
-        term,
-        ..SnapshotMetadata::default()
-    };
-    metadata.set_conf_state(conf_state);
+    let metadata = snapshot_metadata(index, term, conf_state);
     let mut snapshot = Snapshot {
         data: data.into(),
         ..Snapshot::default()
@@ -1585,6 +1657,70 @@ mod tests {
     /// Data large enough that sled would have stored it as a blob (a quarter of a segment).
     fn big_state(seed: u8) -> Vec<u8> {
         (0..300 * 1024u32).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    #[test]
+    fn a_compaction_written_by_the_writer_thread_is_staged_only_once_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = open(dir.path());
+        let mut ours = committed_log(&mut db, 1, 10);
+        let state = big_state(3);
+        let pending = ours
+            .begin_compaction(snapshot_metadata(6, 1, voters(&[1])), state.clone())
+            .expect("begin");
+        // Until it is finished the log and the latest snapshot stay as they were.
+        assert_eq!(ours.first_index().expect("first"), 1);
+        assert!(ours.stored_snapshot().expect("read").is_none());
+        let record = pending.wait().expect("written");
+        assert_eq!(
+            snapshot_files(dir.path()),
+            [snapshot_path(dir.path(), 1, 1, 6)
+                .file_name()
+                .and_then(|name| name.to_str())
+                .expect("name")
+                .to_string()]
+        );
+        assert!(ours.finish_compaction(record).expect("finish"));
+        commit(&mut db, &mut ours);
+        assert_eq!(ours.first_index().expect("first"), 7);
+        drop((ours, db));
+
+        let db = open(dir.path());
+        let (ours, stored) = db.load_shard(1).expect("reload");
+        assert_eq!(stored.expect("snapshot").data.as_ref(), state.as_slice());
+        assert_eq!(ours.first_index().expect("first"), 7);
+        assert_eq!(ours.last_index().expect("last"), 10);
+    }
+
+    #[test]
+    fn a_compaction_overtaken_by_a_received_snapshot_stages_nothing_and_its_file_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = open(dir.path());
+        let mut ours = committed_log(&mut db, 0, 5);
+        // Refused before any file is written: past the commit index, or not past the latest
+        // snapshot.
+        let beyond = ours.begin_compaction(snapshot_metadata(6, 1, voters(&[1])), Vec::new());
+        assert!(matches!(beyond, Err(StoreError::InvalidWrite { .. })));
+        let zero = ours.begin_compaction(snapshot_metadata(0, 0, voters(&[1])), Vec::new());
+        assert!(matches!(zero, Err(StoreError::InvalidWrite { .. })));
+        assert!(snapshot_files(dir.path()).is_empty());
+
+        let pending = ours
+            .begin_compaction(snapshot_metadata(4, 1, voters(&[1])), b"ours".to_vec())
+            .expect("begin");
+        let record = pending.wait().expect("written");
+        // The leader's snapshot arrives before the compaction is staged.
+        let received = new_snapshot(9, 2, voters(&[1, 2]), b"leader's".to_vec());
+        ours.stage_received_snapshot(&received).expect("received");
+        assert!(!ours.finish_compaction(record).expect("finish"));
+        commit(&mut db, &mut ours);
+        assert_eq!(
+            snapshot_files(dir.path()),
+            ["0000000000000000-0000000000000002-0000000000000009.snap"]
+        );
+        let stored = ours.stored_snapshot().expect("read").expect("snapshot");
+        assert_eq!(stored.data.as_ref(), b"leader's");
+        assert_eq!(ours.first_index().expect("first"), 10);
     }
 
     #[test]
