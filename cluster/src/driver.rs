@@ -25,15 +25,19 @@
 //! 4. One atomic sled batch with every group's staged writes, one `flush`, one `fdatasync`
 //!    ([`RaftDb::write`]).
 //! 5. Phase two, the same groups ([`Group::handle_persisted`]): queue `persisted_messages`,
-//!    `advance`, the `LightReady`, `advance_apply`, snapshot + compaction when due.
+//!    `advance`, the `LightReady`, `advance_apply`, and the snapshot a membership change made
+//!    due (written here; it compacts at once). A shard that reached `snapshot_interval` is
+//!    queued for step 7.
 //! 6. Apply phase two's writes (commit index, conf states, compactions). They need no flush of
 //!    their own: the commit index is recoverable, and a compaction is atomic with its snapshot
-//!    record, whose data file was synced when it was staged. Only a compaction that replaces an
-//!    older snapshot is flushed, because the older file may be deleted only once the new record
-//!    is durable (`snapshot_file.rs`).
-//! 7. Age-based snapshots: the shards whose oldest unsnapshotted applied entry is older than
-//!    `snapshot_max_age`, oldest first and at most `max_snapshots_per_turn`, snapshot and
-//!    compact, and those writes are applied like step 6's.
+//!    record, whose data file was synced before it was staged. Only a compaction that replaces
+//!    an older snapshot is flushed, because the older file may be deleted only once the new
+//!    record is durable (`snapshot_file.rs`).
+//! 7. Snapshots, at most `max_snapshots_per_turn`: first the queued shards that reached
+//!    `snapshot_interval`, then those whose oldest unsnapshotted applied entry is older than
+//!    `snapshot_max_age`, oldest first. Each serialises here and hands its file to the writer
+//!    thread (`snapshot_file::SnapshotWriter`). The compactions of the files the writer
+//!    finished are staged, and those writes are applied like step 6's.
 //! 8. Send the outbox: one frame per destination node with every group's messages for it, in
 //!    the order the groups produced them (`frame.rs`), one [`Transport::send`] each. Every
 //!    message goes after the turn's durable write, which is always safe for Raft (a message may
@@ -82,7 +86,7 @@
 //! message that contradicts what this replica holds committed, after which its state cannot be
 //! trusted.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,6 +159,8 @@ pub(crate) struct Driver<S: StateMachine> {
     /// Whether each shard's published status says it hibernates: a hibernating shard's status
     /// does not change, so ticks republish it only when that changed.
     published_hibernating: Vec<bool>,
+    /// Shards that reached `snapshot_interval` and wait for a turn's snapshot budget.
+    interval_due: BTreeSet<ShardId>,
 }
 
 enum Slot<S: StateMachine> {
@@ -207,6 +213,7 @@ impl<S: StateMachine> Driver<S> {
             barrier_requests: None,
             admin_requests: None,
             published_hibernating,
+            interval_due: BTreeSet::new(),
         }
     }
 
@@ -338,7 +345,8 @@ impl<S: StateMachine> Driver<S> {
         self.observe_answered(&readied);
         self.settle_barriers(now);
         self.write_staged()?;
-        if self.snapshot_aged(now) | self.finish_compactions(now) {
+        let snapshots = self.snapshot_by_interval();
+        if self.snapshot_aged(now, snapshots) | self.finish_compactions(now) {
             self.write_staged()?;
         }
         self.send_outbox();
@@ -755,6 +763,7 @@ impl<S: StateMachine> Driver<S> {
     }
 
     /// Phase two for the groups that handled a `Ready` this turn.
+    /// Shards that reached `snapshot_interval` are queued for [`Self::snapshot_by_interval`].
     fn handle_persisted(&mut self, readied: &[ShardId], now: Instant) {
         for &shard in readied {
             let Slot::Running(group) = &mut self.groups[shard_slot(shard)] else {
@@ -762,12 +771,44 @@ impl<S: StateMachine> Driver<S> {
             };
             let outbox = &mut self.outbox;
             let metrics = &self.shared.metrics;
-            if let Err(err) =
-                catch(|| group.handle_persisted(outbox, metrics, now)).and_then(|result| result)
+            match catch(|| group.handle_persisted(outbox, metrics, now)).and_then(|r| r) {
+                Ok(()) if group.interval_snapshot_due() => {
+                    self.interval_due.insert(shard);
+                }
+                Ok(()) => {}
+                Err(err) => self.fail_group(shard, &err),
+            }
+        }
+    }
+
+    /// Snapshots the queued shards that reached `snapshot_interval`, lowest shard first and at
+    /// most `max_snapshots_per_turn` (shards under even load reach it together, and each
+    /// serialises on this thread: spread over turns, no turn holds every shard up). Their
+    /// files are written by the writer thread. Returns how many of the turn's snapshots are
+    /// left for [`Self::snapshot_aged`].
+    fn snapshot_by_interval(&mut self) -> usize {
+        let groups = &self.groups;
+        let due = take_queued(
+            &mut self.interval_due,
+            self.settings.max_snapshots_per_turn,
+            |shard| {
+                matches!(&groups[shard_slot(shard)], Slot::Running(group)
+                    if group.interval_snapshot_due())
+            },
+        );
+        let left = self.settings.max_snapshots_per_turn - due.len();
+        for shard in due {
+            let Slot::Running(group) = &mut self.groups[shard_slot(shard)] else {
+                continue;
+            };
+            let metrics = &self.shared.metrics;
+            if let Err(err) = catch(|| group.snapshot_if_unsnapshotted(Write::Background, metrics))
+                .and_then(|r| r)
             {
                 self.fail_group(shard, &err);
             }
         }
+        left
     }
 
     /// Stages the compactions of the snapshots whose files the writer thread finished
@@ -795,11 +836,12 @@ impl<S: StateMachine> Driver<S> {
     }
 
     /// Snapshots the shards whose oldest unsnapshotted entry is older than `snapshot_max_age`,
-    /// oldest first and at most `max_snapshots_per_turn` of them, so a restart never replays
+    /// oldest first and at most `limit` of them (what the turn's `max_snapshots_per_turn` left
+    /// after the interval snapshots of [`Self::snapshot_by_interval`]), so a restart never replays
     /// more than about that age of log and one turn never serialises every shard. Runs after
     /// the turn's writes, when every applied entry is committed in the written hard state.
     /// Returns whether anything was staged.
-    fn snapshot_aged(&mut self, now: Instant) -> bool {
+    fn snapshot_aged(&mut self, now: Instant, limit: usize) -> bool {
         let ages = self
             .groups
             .iter()
@@ -810,11 +852,7 @@ impl<S: StateMachine> Driver<S> {
                 Slot::Running(group) => (shard as ShardId, group.unsnapshotted_age(now)),
                 Slot::Failed => (shard as ShardId, None),
             });
-        let due = snapshots_due(
-            ages,
-            self.settings.snapshot_max_age,
-            self.settings.max_snapshots_per_turn,
-        );
+        let due = snapshots_due(ages, self.settings.snapshot_max_age, limit);
         let mut staged = false;
         for shard in due {
             let Slot::Running(group) = &mut self.groups[shard_slot(shard)] else {
@@ -1019,6 +1057,25 @@ fn snapshots_due(
         .collect()
 }
 
+/// Takes up to `limit` shards off `queue`, lowest first, skipping (and dropping) those no
+/// longer `due`; the rest stay queued for the next turns.
+fn take_queued(
+    queue: &mut BTreeSet<ShardId>,
+    limit: usize,
+    mut due: impl FnMut(ShardId) -> bool,
+) -> Vec<ShardId> {
+    let mut taken = Vec::new();
+    while taken.len() < limit {
+        let Some(shard) = queue.pop_first() else {
+            break;
+        };
+        if due(shard) {
+            taken.push(shard);
+        }
+    }
+    taken
+}
+
 fn shard_slot(shard: ShardId) -> usize {
     usize::try_from(shard).unwrap_or(usize::MAX)
 }
@@ -1058,6 +1115,18 @@ mod tests {
     fn equal_ages_are_picked_by_shard_id() {
         let ages = [(5, Some(MAX_AGE)), (1, Some(MAX_AGE)), (3, Some(MAX_AGE))];
         assert_eq!(snapshots_due(ages.into_iter(), MAX_AGE, 2), vec![1, 3]);
+    }
+
+    #[test]
+    fn interval_snapshots_wait_in_a_queue_for_the_turns_budget() {
+        let mut queue = BTreeSet::from([3, 0, 2, 1]);
+        assert_eq!(take_queued(&mut queue, 2, |_| true), [0, 1]);
+        assert_eq!(queue, BTreeSet::from([2, 3]));
+        // A shard no longer due (a received snapshot covered it) leaves without using the
+        // budget.
+        assert_eq!(take_queued(&mut queue, 1, |shard| shard != 2), [3]);
+        assert!(queue.is_empty());
+        assert!(take_queued(&mut queue, 2, |_| true).is_empty());
     }
 
     #[test]

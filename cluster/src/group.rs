@@ -281,9 +281,11 @@ impl<S: StateMachine> Group<S> {
     }
 
     /// Phase two, after the turn's writes are durable: `persisted_messages`, `advance`, the
-    /// `LightReady` (commit index, messages, committed entries), `advance_apply`, then a snapshot
-    /// if enough entries were applied since the last one. `now` is the driver's clock for this
-    /// turn: entries applied in it and left unsnapshotted are dated with it.
+    /// `LightReady` (commit index, messages, committed entries), `advance_apply`, then the
+    /// snapshot a membership change made due. (One due by `snapshot_interval`, see
+    /// [`Self::interval_snapshot_due`], the driver takes when the turn's budget allows.) `now`
+    /// is the driver's clock for this turn: entries applied in it and left unsnapshotted are
+    /// dated with it.
     pub(crate) fn handle_persisted(
         &mut self,
         outbox: &mut Outbox,
@@ -302,23 +304,15 @@ impl<S: StateMachine> Group<S> {
         self.apply_committed(light.take_committed_entries(), metrics)?;
         self.step_down_if_removed(outbox);
         self.node.advance_apply();
-        let unsnapshotted = |group: &Self| {
-            group
-                .applied_index
-                .saturating_sub(group.node.store().snapshot_index())
-        };
-        if self.take_membership_snapshot_due() && unsnapshotted(self) > 0 {
+        if self.take_membership_snapshot_due() && self.has_unsnapshotted() {
             // A new member must get a snapshot that names it, never the log from its start
             // (`membership.rs`): this one is staged, and the log compacted, before the next
             // `Ready` can send the member anything. Membership changes are rare, so its file
             // is written here (after the one being written, if any).
             self.finish_compaction(Wait::Block, Some(now), metrics)?;
-            if unsnapshotted(self) > 0 {
+            if self.has_unsnapshotted() {
                 self.take_snapshot(Write::Here, metrics)?;
             }
-        } else if self.compacting.is_none() && unsnapshotted(self) >= self.snapshot_interval {
-            // The file is written on the writer thread; the next snapshot waits for it.
-            self.take_snapshot(Write::Background, metrics)?;
         }
         // A snapshot received from the leader also covers everything applied.
         self.unsnapshotted_since = if self.has_unsnapshotted() {
@@ -401,6 +395,16 @@ impl<S: StateMachine> Group<S> {
             None
         };
         Ok(true)
+    }
+
+    /// Whether `snapshot_interval` entries were applied since the latest snapshot and none is
+    /// being written.
+    pub(crate) fn interval_snapshot_due(&self) -> bool {
+        self.compacting.is_none()
+            && self
+                .applied_index
+                .saturating_sub(self.node.store().snapshot_index())
+                >= self.snapshot_interval
     }
 
     /// Whether a snapshot's file is being written.

@@ -222,9 +222,11 @@ pub struct ClusterConfig {
     /// `tick_interval` (more while other shards wait their turn, see
     /// `max_snapshots_per_turn`). Default 10 minutes.
     pub snapshot_max_age: Duration,
-    /// Age-based snapshots taken per driver turn at most (oldest first), so one turn never
-    /// stalls every shard serialising its state; likewise the snapshots received from leaders
-    /// restored per turn. Default 2.
+    /// Snapshots taken per driver turn at most, by `snapshot_interval` and by age (oldest
+    /// first), so one turn never stalls every shard serialising its state (shards under even
+    /// load reach the interval together); likewise the snapshots received from leaders
+    /// restored per turn. A membership change's snapshot is taken whatever the count.
+    /// Default 2.
     pub max_snapshots_per_turn: usize,
     /// Snapshot every shard with unsnapshotted applied entries on a graceful shutdown, so a
     /// clean restart replays no log. Turn off only to exercise crash recovery. Default true.

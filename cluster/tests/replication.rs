@@ -281,6 +281,41 @@ fn stored_log(dir: &Path, shard: ShardId) -> (usize, Option<u64>) {
     (keys.len(), first)
 }
 
+/// Shards that reach `snapshot_interval` together serialise in turns of their own, one per
+/// turn here (`max_snapshots_per_turn`), and each still gets its snapshot though nothing more
+/// is proposed after the burst.
+#[test]
+fn shards_that_reach_the_interval_together_each_snapshot_in_turn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.snapshot_interval = 5;
+    config.max_snapshots_per_turn = 1;
+    // Every file below comes from an interval snapshot.
+    config.snapshot_on_shutdown = false;
+    let cluster = start(config);
+    let handle = cluster.handle();
+    let receivers: Vec<_> = (0..4)
+        .flat_map(|shard| (0..6).map(move |n| (shard, n)))
+        .map(|(shard, n)| propose(&handle, shard, &command(shard, n)))
+        .collect();
+    for rx in &receivers {
+        answer(rx).expect("applied");
+    }
+    wait_until("every shard's interval snapshot", || {
+        handle.metrics().snapshots_taken >= 4
+    });
+    cluster.shutdown();
+    let files = snapshot_files(dir.path());
+    assert_eq!(files.len(), 4, "{files:?}");
+    for shard in 0..4 {
+        let (_, first) = stored_log(dir.path(), shard);
+        assert!(
+            first.is_none_or(|first| first > 5),
+            "shard {shard}: {first:?}"
+        );
+    }
+}
+
 #[test]
 fn snapshots_compact_the_log_and_restart_restores_from_them() {
     let dir = tempfile::tempdir().expect("tempdir");

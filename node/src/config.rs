@@ -138,8 +138,8 @@ pub struct ClusterSettings {
     /// anyway, bounding restart replay on quiet shards (ARCHITECTURE.md "Durability").
     /// Default 600.
     pub snapshot_max_age_secs: u64,
-    /// Age-triggered snapshots taken per driver turn, so one turn never stalls on every
-    /// shard. Default 2.
+    /// Snapshots (by interval or by age) serialised per driver turn, so one turn never stalls
+    /// on every shard. Default 2.
     pub max_snapshots_per_turn: usize,
     /// Proposals one driver turn steps into Raft; bounds the work per Ready (floors.md
     /// pitfall 13). Default 1024.
