@@ -331,8 +331,9 @@ impl<S: StateMachine> Group<S> {
     }
 
     /// Snapshots the state machine and compacts the log if any applied entry is not covered by
-    /// the latest snapshot; returns whether anything was staged. For the age-based snapshots
-    /// (`write` [`Write::Background`]: the compaction is staged once the file is written) and
+    /// the latest snapshot; returns whether anything was staged. For the interval and
+    /// age-based snapshots the driver takes (`write` [`Write::Background`]: the compaction is
+    /// staged once the file is written) and
     /// the shutdown ones ([`Write::Here`], after the file being written, if any, is complete
     /// and staged): call only between turns (after [`Self::handle_persisted`]), when
     /// everything applied is also committed in the written hard state.
@@ -638,7 +639,7 @@ impl<S: StateMachine> Group<S> {
 /// Where a snapshot's file is written ([`Group::snapshot_if_unsnapshotted`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Write {
-    /// On the driver thread, staged at once (shutdown).
+    /// On the driver thread, staged at once (shutdown, a membership change).
     Here,
     /// On the writer thread, staged by a later [`Group::finish_compaction`].
     Background,
