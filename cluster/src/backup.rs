@@ -3,7 +3,7 @@
 //! # Taking a backup
 //!
 //! [`ClusterHandle::snapshot_all`](crate::ClusterHandle::snapshot_all) asks the driver thread,
-//! which owns the state machines, to serialise each shard with [`StateMachine::snapshot`]
+//! which owns the state machines, to serialise each shard with [`crate::StateMachine::snapshot`]
 //! between two turns: after the turn's writes, when nothing of a shard is half applied. Each
 //! part is therefore a consistent image of one shard at its applied index (and the term of the
 //! entry there), taken without stopping anything and without reading state from another thread
