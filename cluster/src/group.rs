@@ -22,7 +22,7 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, ReadState, Ready, SnapshotStatus, StateRole};
 
-use crate::metrics::{bump, Metrics};
+use crate::metrics::{bump, micros, Metrics};
 use crate::pending::{answer_dropped, PendingProposals};
 use crate::reply::Reply;
 use crate::snapshot_file::PendingWrite;
@@ -383,9 +383,13 @@ impl<S: StateMachine> Group<S> {
                 }
             },
         };
-        let record = written?;
-        let index = record.metadata().index;
-        let staged = self.node.mut_store().finish_compaction(record)?;
+        let written = written?;
+        metrics
+            .histograms
+            .snapshot_write_micros
+            .observe(micros(written.took));
+        let index = written.record.metadata().index;
+        let staged = self.node.mut_store().finish_compaction(written.record)?;
         if staged {
             bump(&metrics.snapshots_taken);
         }
@@ -554,8 +558,8 @@ impl<S: StateMachine> Group<S> {
             })?;
         self.node.mut_store().stage_received_snapshot(snapshot)?;
         match written {
-            Some(Ok(record)) => {
-                self.node.mut_store().finish_compaction(record)?;
+            Some(Ok(written)) => {
+                self.node.mut_store().finish_compaction(written.record)?;
             }
             Some(Err(err)) => tracing::warn!(
                 shard = self.shard,
@@ -608,14 +612,24 @@ impl<S: StateMachine> Group<S> {
         debug_assert!(self.compacting.is_none(), "one snapshot written at a time");
         // Serialising runs on the driver thread and holds up every shard; the size is logged
         // (the driver's turn timing covers the time).
+        let started = Instant::now();
         let data = self.machine.snapshot();
+        metrics
+            .histograms
+            .snapshot_serialize_micros
+            .observe(micros(started.elapsed()));
         let bytes = data.len();
         let conf_state = self.node.store().conf_state().clone();
         let (index, term) = (self.applied_index, self.applied_term);
         match write {
             Write::Here => {
                 let snapshot = new_snapshot(index, term, conf_state, data);
+                let started = Instant::now();
                 self.node.mut_store().stage_compaction(&snapshot)?;
+                metrics
+                    .histograms
+                    .snapshot_write_micros
+                    .observe(micros(started.elapsed()));
                 self.unsnapshotted_since = None;
                 bump(&metrics.snapshots_taken);
             }

@@ -144,7 +144,7 @@ pub use crate::membership::{
 };
 pub use crate::metrics::{
     ClusterMetrics, Histogram, HistogramSnapshot, DEPTH_BOUNDS, FLUSH_MICROS_BOUNDS,
-    PROPOSAL_MICROS_BOUNDS,
+    PROPOSAL_MICROS_BOUNDS, SNAPSHOT_MICROS_BOUNDS,
 };
 pub use crate::read_barrier::{BarrierDone, ReadBarrierError};
 pub use crate::storage::StoreError;

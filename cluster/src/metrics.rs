@@ -6,7 +6,7 @@
 //! is `node`'s job (STYLE.md §9).
 //!
 //! Histograms ([`Histogram`]) have fixed buckets chosen here, in integer units (microseconds,
-//! proposals); an exporter converts them. Three are measured by the driver:
+//! proposals); an exporter converts them. Five are measured by the driver:
 //! - proposal latency: from [`crate::ClusterHandle::propose`] queueing a proposal to the
 //!   driver answering it with its entry's output (durable on a quorum, committed and applied
 //!   here, so only on the shard's leader), read with the driver's clock right after the phase
@@ -14,7 +14,11 @@
 //! - flush latency: each durable write of a turn's batch (sled `apply_batch`, `flush` and,
 //!   with `fsync`, `fdatasync`), the cost every answered proposal waited for once;
 //! - inbox depth: the proposals waiting in the driver's inbox at the start of each turn that
-//!   steps proposals (the one that woke the driver included).
+//!   steps proposals (the one that woke the driver included);
+//! - snapshot serialisation: each state-machine snapshot a group took, serialised on the
+//!   driver thread (every shard of the node waits through it);
+//! - snapshot writing: the file of each snapshot hashed, written and synced, on the snapshot
+//!   writer thread or, for a membership change's and the shutdown's, on the driver thread.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -72,6 +76,10 @@ pub struct ClusterMetrics {
     pub flush_micros: HistogramSnapshot,
     /// Proposals waiting in the driver's inbox at the start of each turn that steps some.
     pub inbox_depth: HistogramSnapshot,
+    /// Microseconds the driver thread spent serialising each snapshot a group took.
+    pub snapshot_serialize_micros: HistogramSnapshot,
+    /// Microseconds each snapshot's file took to hash, write and sync.
+    pub snapshot_write_micros: HistogramSnapshot,
 }
 
 /// Bucket bounds of [`ClusterMetrics::proposal_micros`]: 100 µs doubling to about 13 s.
@@ -81,6 +89,9 @@ pub const FLUSH_MICROS_BOUNDS: [u64; 17] = doubling(25);
 /// Bucket bounds of [`ClusterMetrics::inbox_depth`]: 1 doubling to 65 536 (the default
 /// `inbox_capacity`).
 pub const DEPTH_BOUNDS: [u64; 17] = doubling(1);
+/// Bucket bounds of [`ClusterMetrics::snapshot_serialize_micros`] and
+/// [`ClusterMetrics::snapshot_write_micros`]: 1 ms doubling to about 65 s.
+pub const SNAPSHOT_MICROS_BOUNDS: [u64; 17] = doubling(1_000);
 
 /// `first`, `2 * first`, `4 * first`, ...
 const fn doubling<const N: usize>(first: u64) -> [u64; N] {
@@ -168,6 +179,8 @@ pub(crate) struct Histograms {
     pub(crate) proposal_micros: Histogram,
     pub(crate) flush_micros: Histogram,
     pub(crate) inbox_depth: Histogram,
+    pub(crate) snapshot_serialize_micros: Histogram,
+    pub(crate) snapshot_write_micros: Histogram,
 }
 
 impl Default for Histograms {
@@ -176,6 +189,8 @@ impl Default for Histograms {
             proposal_micros: Histogram::new(&PROPOSAL_MICROS_BOUNDS),
             flush_micros: Histogram::new(&FLUSH_MICROS_BOUNDS),
             inbox_depth: Histogram::new(&DEPTH_BOUNDS),
+            snapshot_serialize_micros: Histogram::new(&SNAPSHOT_MICROS_BOUNDS),
+            snapshot_write_micros: Histogram::new(&SNAPSHOT_MICROS_BOUNDS),
         }
     }
 }
@@ -229,6 +244,8 @@ impl Metrics {
             proposal_micros: self.histograms.proposal_micros.snapshot(),
             flush_micros: self.histograms.flush_micros.snapshot(),
             inbox_depth: self.histograms.inbox_depth.snapshot(),
+            snapshot_serialize_micros: self.histograms.snapshot_serialize_micros.snapshot(),
+            snapshot_write_micros: self.histograms.snapshot_write_micros.snapshot(),
         }
     }
 }

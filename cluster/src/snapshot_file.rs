@@ -40,6 +40,7 @@ use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
 use sha2::{Digest as _, Sha256};
@@ -300,12 +301,18 @@ struct WriteJob {
     shard: ShardId,
     metadata: SnapshotMetadata,
     data: Vec<u8>,
-    done: mpsc::SyncSender<Result<SnapshotRecord, StoreError>>,
+    done: mpsc::SyncSender<Result<Written, StoreError>>,
 }
 
 /// A snapshot file being written: the record once the file is complete.
 pub(crate) struct PendingWrite {
-    done: mpsc::Receiver<Result<SnapshotRecord, StoreError>>,
+    done: mpsc::Receiver<Result<Written, StoreError>>,
+}
+
+/// A complete snapshot file: its record, and how long the writer took.
+pub(crate) struct Written {
+    pub(crate) record: SnapshotRecord,
+    pub(crate) took: Duration,
 }
 
 impl SnapshotWriter {
@@ -317,8 +324,14 @@ impl SnapshotWriter {
             .name("mimid-snap-io".into())
             .spawn(move || {
                 for job in queue {
+                    let started = Instant::now();
                     let record = SnapshotRecord::new(job.metadata, &job.data);
-                    let written = files.write(job.shard, &record, &job.data).map(|()| record);
+                    let written = files
+                        .write(job.shard, &record, &job.data)
+                        .map(|()| Written {
+                            record,
+                            took: started.elapsed(),
+                        });
                     // A group that stopped meanwhile is gone; its file is an unreferenced
                     // leftover the next start removes.
                     let _ = job.done.send(written);
@@ -353,7 +366,7 @@ impl SnapshotWriter {
 impl PendingWrite {
     /// The record of the complete file, or why it could not be written; `None` while it is
     /// being written.
-    pub(crate) fn try_finish(&self) -> Option<Result<SnapshotRecord, StoreError>> {
+    pub(crate) fn try_finish(&self) -> Option<Result<Written, StoreError>> {
         match self.done.try_recv() {
             Ok(result) => Some(result),
             Err(mpsc::TryRecvError::Empty) => None,
@@ -362,7 +375,7 @@ impl PendingWrite {
     }
 
     /// Waits until the file is complete (or failed).
-    pub(crate) fn wait(self) -> Result<SnapshotRecord, StoreError> {
+    pub(crate) fn wait(self) -> Result<Written, StoreError> {
         self.done.recv().unwrap_or_else(|_| Err(writer_stopped()))
     }
 }

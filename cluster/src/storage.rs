@@ -1671,7 +1671,7 @@ mod tests {
         // Until it is finished the log and the latest snapshot stay as they were.
         assert_eq!(ours.first_index().expect("first"), 1);
         assert!(ours.stored_snapshot().expect("read").is_none());
-        let record = pending.wait().expect("written");
+        let record = pending.wait().expect("written").record;
         assert_eq!(
             snapshot_files(dir.path()),
             [snapshot_path(dir.path(), 1, 1, 6)
@@ -1708,7 +1708,7 @@ mod tests {
         let pending = ours
             .begin_compaction(snapshot_metadata(4, 1, voters(&[1])), b"ours".to_vec())
             .expect("begin");
-        let record = pending.wait().expect("written");
+        let record = pending.wait().expect("written").record;
         // The leader's snapshot arrives before the compaction is staged.
         let received = new_snapshot(9, 2, voters(&[1, 2]), b"leader's".to_vec());
         ours.stage_received_snapshot(&received).expect("received");

@@ -304,6 +304,16 @@ fn shards_that_reach_the_interval_together_each_snapshot_in_turn() {
     wait_until("every shard's interval snapshot", || {
         handle.metrics().snapshots_taken >= 4
     });
+    // Each was serialised on the driver thread and written on the writer thread, and both
+    // took time.
+    let metrics = handle.metrics();
+    for (what, histogram) in [
+        ("serialised", &metrics.snapshot_serialize_micros),
+        ("written", &metrics.snapshot_write_micros),
+    ] {
+        assert!(histogram.count() >= 4, "{what}: {histogram:?}");
+    }
+    assert!(metrics.snapshot_write_micros.sum > 0);
     cluster.shutdown();
     let files = snapshot_files(dir.path());
     assert_eq!(files.len(), 4, "{files:?}");

@@ -70,6 +70,8 @@ async fn replication_and_room_histograms_count_the_traffic() {
         "# TYPE mimid_raft_proposal_duration_seconds histogram",
         "# TYPE mimid_storage_flush_duration_seconds histogram",
         "# TYPE mimid_raft_inbox_depth histogram",
+        "# TYPE mimid_raft_snapshot_serialize_duration_seconds histogram",
+        "# TYPE mimid_raft_snapshot_write_duration_seconds histogram",
         "# TYPE mimid_room_mailbox_depth histogram",
         "# TYPE mimid_storage_written_bytes counter",
         "# TYPE mimid_raft_log_lag_entries gauge",
