@@ -265,7 +265,7 @@ impl Sender for ChurnSender {
         self.sender.set_broken();
     }
 
-    fn operation(&self) -> &'static str {
+    fn operation(&self, _offered_at: Duration) -> &'static str {
         self.last.label()
     }
 }

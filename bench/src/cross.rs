@@ -60,8 +60,8 @@ impl Sender for CrossSender {
         self.alice.on_abandoned();
     }
 
-    fn operation(&self) -> &'static str {
-        self.alice.operation()
+    fn operation(&self, offered_at: Duration) -> &'static str {
+        self.alice.operation(offered_at)
     }
 }
 

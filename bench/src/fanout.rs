@@ -158,7 +158,7 @@ impl Sender for FanoutSender {
         }
     }
 
-    fn operation(&self) -> &'static str {
+    fn operation(&self, _offered_at: Duration) -> &'static str {
         "message"
     }
 }

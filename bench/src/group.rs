@@ -91,7 +91,7 @@ impl Sender for GroupSender {
         // A message dropped at its timeout may still arrive later: the recipients skip it.
     }
 
-    fn operation(&self) -> &'static str {
+    fn operation(&self, _offered_at: Duration) -> &'static str {
         "message"
     }
 }

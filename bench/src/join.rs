@@ -95,7 +95,7 @@ impl Sender for JoinSender {
         // so the room stays joinable.
     }
 
-    fn operation(&self) -> &'static str {
+    fn operation(&self, _offered_at: Duration) -> &'static str {
         "join"
     }
 }

@@ -66,8 +66,10 @@ pub trait Sender: Send + 'static {
 
     /// The operation the last [`Sender::run`] performed (asked once it returned or was
     /// abandoned), for the per-operation histograms: `message`, `commit`, `add`, ... A sender
-    /// that chooses among several kinds decides inside `run`.
-    fn operation(&self) -> &'static str {
+    /// that chooses among several kinds decides inside `run`. `offered_at` is when the
+    /// operation was offered, from the phase start: its intended start (coordinated-omission
+    /// corrected), the clock its window is chosen by, else its start.
+    fn operation(&self, _offered_at: Duration) -> &'static str {
         crate::stats::DEFAULT_OPERATION
     }
 }
@@ -190,7 +192,7 @@ impl Shared {
             },
             Start::Immediate => Sample::immediate(started, finished),
         };
-        let operation = sender.operation();
+        let operation = sender.operation(sample.intended);
         let mut recorder = self.recorder.lock();
         match outcome {
             Ok(()) => {

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,13 +66,13 @@ pub struct RoomSender {
     /// The `k`s of the messages whose operation failed or was abandoned (the provider may
     /// still have accepted one it did not answer in time).
     unacknowledged: Vec<u64>,
-    /// Set once the room moved to another shard (the cluster scenario's split): its messages
-    /// are then [`MOVED_MESSAGE`]s.
-    moved: Option<Arc<AtomicBool>>,
+    /// When the room's move to another shard was answered (the cluster scenario's split,
+    /// `split::MovedFlags`): its messages offered from then on are [`MOVED_MESSAGE`]s.
+    moved: Option<Arc<AtomicU64>>,
 }
 
 /// The operation of a message sent in a room that moved to another shard during the phase
-/// (the cluster scenario's split), once it had.
+/// (the cluster scenario's split), offered once it had.
 pub const MOVED_MESSAGE: &str = "message_moved";
 
 /// Which messages a sender's provider acknowledged: messages `0..attempted` (by their `k`,
@@ -183,13 +183,12 @@ impl Sender for RoomSender {
         }
     }
 
-    fn operation(&self) -> &'static str {
+    fn operation(&self, offered_at: Duration) -> &'static str {
         match self.operation {
             Operation::PregeneratedMessage | Operation::LiveMessage { .. }
-                if self
-                    .moved
-                    .as_ref()
-                    .is_some_and(|moved| moved.load(Ordering::Relaxed)) =>
+                if self.moved.as_ref().is_some_and(|moved| {
+                    u128::from(moved.load(Ordering::Relaxed)) <= offered_at.as_micros()
+                }) =>
             {
                 MOVED_MESSAGE
             }
@@ -269,8 +268,9 @@ impl RoomSender {
         }
     }
 
-    /// Counts the sender's messages as [`MOVED_MESSAGE`]s once `moved` is set.
-    pub fn watch_move(&mut self, moved: Arc<AtomicBool>) {
+    /// Counts the sender's messages offered from the time `moved` names on as
+    /// [`MOVED_MESSAGE`]s.
+    pub fn watch_move(&mut self, moved: Arc<AtomicU64>) {
         self.moved = Some(moved);
     }
 

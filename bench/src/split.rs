@@ -9,9 +9,10 @@
 //! the request to its answer, `after_split` from then on. An operation belongs to the window
 //! its intended start falls in (coordinated-omission corrected in the open model), so a send
 //! scheduled just before the request that waited for its room's move counts before it, with
-//! its wait. The messages of the rooms that moved count as `message_moved` once they had
-//! (`scenario::MOVED_MESSAGE`, [`MovedFlags`]), so each window also tells them apart from the
-//! rooms that stayed. The report ([`SplitReport`]) has the call (when, how long, the answer), the rooms
+//! its wait. The messages of the rooms that moved count as `message_moved` when they were
+//! offered after the split's answer (`scenario::MOVED_MESSAGE`, [`MovedFlags`]): by the same
+//! clock as the windows, so `after_split` alone has them, told apart from the rooms that
+//! stayed. The report ([`SplitReport`]) has the call (when, how long, the answer), the rooms
 //! moved and failed, the three windows, and what the nodes' room-move metrics counted over the
 //! phase (every node's together: the moves run on the node asked, a move resumed on the
 //! source shard's leader).
@@ -21,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,9 +52,13 @@ const FAILED_LISTED: usize = 10;
 /// Characters of a refusal's text kept in the report.
 const ERROR_CHARS: usize = 500;
 
-/// One flag per room of the shard to split, set when the split's answer says it moved (the
-/// room's sender then counts its messages as `scenario::MOVED_MESSAGE`).
-pub type MovedFlags = BTreeMap<RoomId, Arc<AtomicBool>>;
+/// One flag per room of the shard to split: [`NOT_MOVED`], or when the split's answer saying it
+/// moved came, in microseconds from the phase start (the room's sender counts its messages
+/// offered from then on as `scenario::MOVED_MESSAGE`).
+pub type MovedFlags = BTreeMap<RoomId, Arc<AtomicU64>>;
+
+/// A [`MovedFlags`] value: the room did not move (yet).
+pub const NOT_MOVED: u64 = u64::MAX;
 
 /// What to split and when, decided once the rooms are set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,11 +107,11 @@ impl SplitPlan {
         })
     }
 
-    /// A flag, unset, for each of the bench's rooms on the shard.
+    /// A flag, [`NOT_MOVED`], for each of the bench's rooms on the shard.
     pub fn flags(&self) -> MovedFlags {
         self.rooms
             .iter()
-            .map(|room| (room.clone(), Arc::new(AtomicBool::new(false))))
+            .map(|room| (room.clone(), Arc::new(AtomicU64::new(NOT_MOVED))))
             .collect()
     }
 }
@@ -170,9 +175,10 @@ pub async fn run_split(
         Ok((200, body)) => serde_json::from_slice::<SplitOutcome>(body).ok(),
         _ => None,
     };
+    let answered_us = u64::try_from(answered.as_micros()).unwrap_or(NOT_MOVED - 1);
     for room in outcome.iter().flat_map(|outcome| &outcome.moved) {
         if let Some(flag) = moved.get(room) {
-            flag.store(true, Ordering::Relaxed);
+            flag.store(answered_us, Ordering::Relaxed);
         }
     }
     say(format!(
@@ -370,7 +376,9 @@ mod tests {
         assert_eq!(plan.rooms.len(), most);
         let flags = plan.flags();
         assert!(flags.keys().eq(plan.rooms.iter()));
-        assert!(flags.values().all(|flag| !flag.load(Ordering::Relaxed)));
+        assert!(flags
+            .values()
+            .all(|flag| flag.load(Ordering::Relaxed) == NOT_MOVED));
         assert!(plan
             .rooms
             .iter()
