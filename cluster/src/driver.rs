@@ -346,7 +346,8 @@ impl<S: StateMachine> Driver<S> {
         self.settle_barriers(now);
         self.write_staged()?;
         let snapshots = self.snapshot_by_interval();
-        if self.snapshot_aged(now, snapshots) | self.finish_compactions(now) {
+        self.snapshot_aged(now, snapshots);
+        if self.finish_compactions(now) {
             self.write_staged()?;
         }
         self.send_outbox();
@@ -798,17 +799,30 @@ impl<S: StateMachine> Driver<S> {
         );
         let left = self.settings.max_snapshots_per_turn - due.len();
         for shard in due {
-            let Slot::Running(group) = &mut self.groups[shard_slot(shard)] else {
-                continue;
-            };
-            let metrics = &self.shared.metrics;
-            if let Err(err) = catch(|| group.snapshot_if_unsnapshotted(Write::Background, metrics))
-                .and_then(|r| r)
-            {
-                self.fail_group(shard, &err);
-            }
+            self.snapshot_in_background(shard);
         }
         left
+    }
+
+    /// Serialises `shard`'s state machine here and hands the snapshot's file to the writer
+    /// thread (its compaction is staged by [`Self::finish_compactions`]), timed for
+    /// `ClusterMetrics::snapshot_serialize_micros`; a failure fails the shard.
+    fn snapshot_in_background(&mut self, shard: ShardId) {
+        let Slot::Running(group) = &mut self.groups[shard_slot(shard)] else {
+            return;
+        };
+        let metrics = &self.shared.metrics;
+        let was_compacting = group.is_compacting();
+        let started = Instant::now();
+        match catch(|| group.snapshot_if_unsnapshotted(Write::Background, metrics)).and_then(|r| r)
+        {
+            Ok(_) if !was_compacting && group.is_compacting() => metrics
+                .histograms
+                .snapshot_serialize_micros
+                .observe(micros(started.elapsed())),
+            Ok(_) => {}
+            Err(err) => self.fail_group(shard, &err),
+        }
     }
 
     /// Stages the compactions of the snapshots whose files the writer thread finished
@@ -840,8 +854,7 @@ impl<S: StateMachine> Driver<S> {
     /// after the interval snapshots of [`Self::snapshot_by_interval`]), so a restart never replays
     /// more than about that age of log and one turn never serialises every shard. Runs after
     /// the turn's writes, when every applied entry is committed in the written hard state.
-    /// Returns whether anything was staged.
-    fn snapshot_aged(&mut self, now: Instant, limit: usize) -> bool {
+    fn snapshot_aged(&mut self, now: Instant, limit: usize) {
         let ages = self
             .groups
             .iter()
@@ -853,20 +866,9 @@ impl<S: StateMachine> Driver<S> {
                 Slot::Failed => (shard as ShardId, None),
             });
         let due = snapshots_due(ages, self.settings.snapshot_max_age, limit);
-        let mut staged = false;
         for shard in due {
-            let Slot::Running(group) = &mut self.groups[shard_slot(shard)] else {
-                continue;
-            };
-            let metrics = &self.shared.metrics;
-            match catch(|| group.snapshot_if_unsnapshotted(Write::Background, metrics))
-                .and_then(|result| result)
-            {
-                Ok(taken) => staged |= taken,
-                Err(err) => self.fail_group(shard, &err),
-            }
+            self.snapshot_in_background(shard);
         }
-        staged
     }
 
     /// Writes every running group's staged writes as one atomic batch.

@@ -612,24 +612,14 @@ impl<S: StateMachine> Group<S> {
         debug_assert!(self.compacting.is_none(), "one snapshot written at a time");
         // Serialising runs on the driver thread and holds up every shard; the size is logged
         // (the driver's turn timing covers the time).
-        let started = Instant::now();
         let data = self.machine.snapshot();
-        metrics
-            .histograms
-            .snapshot_serialize_micros
-            .observe(micros(started.elapsed()));
         let bytes = data.len();
         let conf_state = self.node.store().conf_state().clone();
         let (index, term) = (self.applied_index, self.applied_term);
         match write {
             Write::Here => {
                 let snapshot = new_snapshot(index, term, conf_state, data);
-                let started = Instant::now();
                 self.node.mut_store().stage_compaction(&snapshot)?;
-                metrics
-                    .histograms
-                    .snapshot_write_micros
-                    .observe(micros(started.elapsed()));
                 self.unsnapshotted_since = None;
                 bump(&metrics.snapshots_taken);
             }

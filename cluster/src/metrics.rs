@@ -15,10 +15,11 @@
 //!   with `fsync`, `fdatasync`), the cost every answered proposal waited for once;
 //! - inbox depth: the proposals waiting in the driver's inbox at the start of each turn that
 //!   steps proposals (the one that woke the driver included);
-//! - snapshot serialisation: each state-machine snapshot a group took, serialised on the
-//!   driver thread (every shard of the node waits through it);
-//! - snapshot writing: the file of each snapshot hashed, written and synced, on the snapshot
-//!   writer thread or, for a membership change's and the shutdown's, on the driver thread.
+//! - snapshot serialisation: each state-machine snapshot taken by `snapshot_interval` or by
+//!   age, serialised on the driver thread (every shard of the node waits through it);
+//! - snapshot writing: the file of each such snapshot hashed, written and synced on the
+//!   snapshot writer thread. (A membership change's and the shutdown's snapshots, written on
+//!   the driver thread, are in neither.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -76,9 +77,10 @@ pub struct ClusterMetrics {
     pub flush_micros: HistogramSnapshot,
     /// Proposals waiting in the driver's inbox at the start of each turn that steps some.
     pub inbox_depth: HistogramSnapshot,
-    /// Microseconds the driver thread spent serialising each snapshot a group took.
+    /// Microseconds the driver thread spent serialising each snapshot taken by interval or
+    /// age.
     pub snapshot_serialize_micros: HistogramSnapshot,
-    /// Microseconds each snapshot's file took to hash, write and sync.
+    /// Microseconds the writer thread took to hash, write and sync each such snapshot's file.
     pub snapshot_write_micros: HistogramSnapshot,
 }
 

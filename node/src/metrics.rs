@@ -1873,7 +1873,7 @@ impl Collector for LayerHistograms {
         encode_snapshot(
             &mut encoder,
             "raft_snapshot_serialize_duration",
-            "Time the replication driver thread spent serialising each shard snapshot it took; every shard of the node waits through it (cluster.max_snapshots_per_turn bounds how many per turn); 1 ms to 65 s buckets",
+            "Time the replication driver thread spent serialising each shard snapshot taken by cluster.snapshot_interval or by age; every shard of the node waits through it (cluster.max_snapshots_per_turn bounds how many per turn); 1 ms to 65 s buckets",
             Some(&Unit::Seconds),
             &histograms.snapshot_serialize_micros,
             1e6,
@@ -1881,7 +1881,7 @@ impl Collector for LayerHistograms {
         encode_snapshot(
             &mut encoder,
             "raft_snapshot_write_duration",
-            "Time each shard snapshot's file took to hash, write and sync, on the snapshot writer thread (a membership change's and the shutdown's on the driver thread); 1 ms to 65 s buckets",
+            "Time the snapshot writer thread took to hash, write and sync each such snapshot's file; 1 ms to 65 s buckets",
             Some(&Unit::Seconds),
             &histograms.snapshot_write_micros,
             1e6,
