@@ -1399,10 +1399,23 @@ mod tests {
                 .collect();
             let agreed =
                 named.iter().all(|n| *n == named[0]) && named[0].iter().all(Option::is_some);
-            if agreed {
+            // The placement driver moves leaderships until no node leads two more than
+            // another; a request meeting such a transfer is answered 503, so the client
+            // requests below wait for balanced leaders (nothing left to move).
+            let leads: Vec<usize> = (1..=3)
+                .map(|node| named[0].iter().filter(|l| **l == Some(node)).count())
+                .collect();
+            let (most, fewest) = (leads.iter().max(), leads.iter().min());
+            let balanced = most
+                .zip(fewest)
+                .is_some_and(|(most, fewest)| most < &(fewest + 2));
+            if agreed && balanced {
                 break;
             }
-            assert!(Instant::now() < deadline, "no agreed leaders: {named:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no agreed, balanced leaders: {named:?}"
+            );
             tokio::time::sleep(POLL).await;
         }
         let alice = ClientId::parse("mimi://a.example/d/alice/phone").expect("valid id");
