@@ -203,15 +203,29 @@ async fn mimid_start_join_then_mimid_init_forms_one_cluster() {
     for (index, (_, admin)) in nodes.iter().enumerate() {
         wait_ready(*admin, &format!("node {}", index + 1)).await;
     }
-    let (code, body) = http(nodes[1].1, "GET", STATUS_PATH, Some(&token))
-        .await
-        .expect("status answers");
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    let status: ClusterStatus = serde_json::from_slice(&body).expect("a cluster status");
+    // Node 2 lists the registry of its own replica of shard 0 and the nodes that answered
+    // it: a node registers through whichever node it reached, and node 2's replica (or its
+    // status call to node 3) may be a moment behind node 3's readiness. Ask again until it
+    // names all three.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let (code, body) = http(nodes[1].1, "GET", STATUS_PATH, Some(&token))
+            .await
+            .expect("status answers");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        let status: ClusterStatus = serde_json::from_slice(&body).expect("a cluster status");
+        let ids: Vec<u64> = status.nodes.iter().map(|node| node.id).collect();
+        if ids == [1, 2, 3] {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 2 does not list nodes 1 to 3: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let cluster_id = status.cluster_id.clone().expect("a cluster id");
     assert!(stdout.contains(&cluster_id), "{stdout}");
-    let ids: Vec<u64> = status.nodes.iter().map(|node| node.id).collect();
-    assert_eq!(ids, [1, 2, 3], "{status:?}");
 
     let second = nodes[2].1.to_string();
     let (ok, _, stderr) = mimid(
