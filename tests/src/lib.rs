@@ -264,16 +264,22 @@ pub fn provider_tls_files(
     }
 }
 
+/// How long a node may take to be ready: elections, and for a node joining a cluster the
+/// placement steps and snapshots that give it its replicas, take long on a loaded machine.
+const READY_WAIT: Duration = Duration::from_secs(60);
+
 async fn wait_ready(node: &Node) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
     let url = format!("http://{}/readyz", node.admin_addr());
     loop {
-        if http_get_status(&url).await == Some(200) {
-            return;
-        }
+        let last = match http_get(&url).await {
+            Some((200, _)) => return,
+            answer => answer,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "node not ready within {WAIT:?}"
+            "node {} not ready within {READY_WAIT:?}: {last:?}",
+            node.admin_addr()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -676,6 +682,89 @@ impl TestCluster {
         }
     }
 
+    /// Waits (60 s at the most) until every shard has a leader the running nodes agree on, no
+    /// running node leads two shards more than another, and no leadership moved for a second.
+    /// The placement driver moves a shard's leadership for balance once the shard was quiet for
+    /// seconds, so a cluster just started may move some while a test begins, and a request that
+    /// meets the hand-over is answered 503: for a Commit, with an outcome the client cannot
+    /// tell (the entry may still be applied), so it cannot simply be made again. For clusters
+    /// whose every running node may lead every shard (no `cluster.leader_region`, each node a
+    /// voter of each shard).
+    pub async fn wait_leaders_settled(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut last = None;
+        let mut since = tokio::time::Instant::now();
+        loop {
+            let shards = self
+                .running()
+                .next()
+                .expect("a running node")
+                .node()
+                .hub()
+                .shards()
+                .count();
+            let leaders: Vec<Option<u64>> = (0..shards)
+                .map(|shard| {
+                    let named: std::collections::BTreeSet<Option<u64>> = self
+                        .running()
+                        .map(|member| member.node().cluster_handle().leader(shard))
+                        .collect();
+                    match named.into_iter().collect::<Vec<_>>()[..] {
+                        [Some(leader)] => Some(leader),
+                        _ => None,
+                    }
+                })
+                .collect();
+            let leads: Vec<usize> = self
+                .running()
+                .map(|member| leaders.iter().filter(|&&l| l == Some(member.id())).count())
+                .collect();
+            let balanced = leaders.iter().all(Option::is_some)
+                && leads
+                    .iter()
+                    .max()
+                    .zip(leads.iter().min())
+                    .is_some_and(|(most, fewest)| *most < fewest + 2);
+            if !balanced || last.as_ref() != Some(&leaders) {
+                since = tokio::time::Instant::now();
+            }
+            if balanced && since.elapsed() >= Duration::from_secs(1) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "leaderships never settled: leaders by shard {leaders:?}"
+            );
+            last = Some(leaders);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// [`TestCluster::leader_of`] `room`'s shard and the term it leads in, as its own replica
+    /// has them. The same pair asked again later means that node led the shard all along (a
+    /// node elected again leads in a higher term), so a test can tell whether leadership moved
+    /// in between (placement moves quiet shards' leaders for balance; a loaded machine may
+    /// hold an election).
+    pub async fn leader_and_term(&self, room: &RoomId) -> (usize, u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let index = self.leader_of(room).await;
+            let member = &self.nodes[index];
+            let node = member.node();
+            let shard = node.hub().shards().room_shard(room);
+            if let Some(status) = node.cluster_handle().shard_status(shard) {
+                if status.leader == Some(member.id()) {
+                    return (index, status.term);
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader of {room} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// How clients reach node `index` now.
     pub fn endpoint(&self, index: usize) -> Endpoint {
         Endpoint {
@@ -890,9 +979,11 @@ impl TestCluster {
     pub async fn await_running(&mut self) {
         for index in 0..self.waiting.len() {
             if let Some(joining) = self.waiting[index].take() {
-                let node = tokio::time::timeout(WAIT, joining.running())
+                let node = tokio::time::timeout(READY_WAIT, joining.running())
                     .await
-                    .unwrap_or_else(|_| panic!("node index {index} not running within {WAIT:?}"))
+                    .unwrap_or_else(|_| {
+                        panic!("node index {index} not running within {READY_WAIT:?}")
+                    })
                     .expect("node starts");
                 self.nodes[index].node = Some(node);
             }
@@ -936,14 +1027,21 @@ async fn register_client(
 ) -> MimiClient {
     let id =
         ClientId::parse(&format!("mimi://{domain}/d/{user}/{device}")).expect("valid client id");
-    let client = MimiClient::register(endpoint, id)
-        .await
-        .expect("client registers");
+    // Both are asked again while the user's shard has no leader to take them.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let client = loop {
+        match MimiClient::register(endpoint.clone(), id.clone()).await {
+            Err(e) if again_after(&e, deadline).await => continue,
+            other => break other.expect("client registers"),
+        }
+    };
     if key_packages > 0 {
-        client
-            .publish_key_packages(key_packages)
-            .await
-            .expect("KeyPackages published");
+        loop {
+            match client.publish_key_packages(key_packages).await {
+                Err(e) if again_after(&e, deadline).await => continue,
+                other => break other.expect("KeyPackages published"),
+            }
+        }
     }
     client
 }
@@ -951,8 +1049,122 @@ async fn register_client(
 /// (seq, sender client, text) of every application message a client has seen or sent.
 pub type Transcript = std::collections::BTreeMap<u64, (String, String)>;
 
-/// Sends `count` messages (`"<client> <n>"`); returns the client and its transcript of
-/// accepted sends.
+/// Whether `error` is a refusal to resend the same request after (MIMI.md §7.6: a resend of
+/// one that took effect gets the original answer): a 503 while a shard elects a leader, its
+/// leadership moves (the placement driver balances quiet shards' leaders, an election on a
+/// loaded machine) or its replication is busy. A room move that did not finish in time is not
+/// one: tests assert that a move makes requests wait, never refuses them.
+pub fn is_transient(error: &mimid_node::client::ClientError) -> bool {
+    match error {
+        mimid_node::client::ClientError::Status { status, reason } => {
+            *status == 503
+                && !reason.contains("is moving from shard")
+                && !reason.contains("keeps moving")
+        }
+        _ => false,
+    }
+}
+
+/// Whether `error` is a 503 for a request refused before anything was proposed, because its
+/// shard had no leader to take it: an election, or a leadership being handed over (placement
+/// moves a quiet shard's leader for balance, and the first request after the quiet may meet
+/// the hand-over). Repeating such a request is safe even when it is not idempotent (a
+/// commit, a createRoom, a registration, a KeyPackage claim).
+pub fn is_leaderless(error: &mimid_node::client::ClientError) -> bool {
+    match error {
+        mimid_node::client::ClientError::Status { status, reason } => {
+            *status == 503
+                && (reason.contains("has no leader") || reason.contains("leadership is moving"))
+        }
+        _ => false,
+    }
+}
+
+/// Whether to ask again after `error`: a leaderless refusal ([`is_leaderless`]) before
+/// `deadline`.
+async fn again_after(
+    error: &mimid_node::client::ClientError,
+    deadline: tokio::time::Instant,
+) -> bool {
+    if is_leaderless(error) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        return true;
+    }
+    false
+}
+
+/// `client` creates `room` ([`MimiClient::create_room`]), again while the room's shard has no
+/// leader to take it ([`is_leaderless`]: a refused create leaves no group behind), for
+/// [`WAIT`] at most.
+pub async fn create_room_when_led(
+    client: &mut MimiClient,
+    room: &RoomId,
+) -> Result<(), mimid_node::client::ClientError> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match client.create_room(room).await {
+            Err(e) if again_after(&e, deadline).await => continue,
+            other => return other,
+        }
+    }
+}
+
+/// `client` adds `users` to `room` ([`MimiClient::add_users`]: one KeyPackage claimed per
+/// client of each, one Commit), each claim and the Commit asked again while their shard has
+/// no leader to take them ([`is_leaderless`]: a refused Commit is cleared, and the KeyPackages
+/// claimed go into the next one), for [`WAIT`] at most.
+pub async fn add_users_when_led(
+    client: &mut MimiClient,
+    room: &RoomId,
+    users: &[UserId],
+) -> Result<UpdateResult, mimid_node::client::ClientError> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut key_packages = Vec::new();
+    for user in users {
+        let claimed = loop {
+            match client.claim(user, room).await {
+                Err(e) if again_after(&e, deadline).await => continue,
+                other => break other?,
+            }
+        };
+        if claimed.is_empty() {
+            return Err(mimid_node::client::ClientError::NoKeyPackages(user.clone()));
+        }
+        key_packages.extend(claimed);
+    }
+    loop {
+        match client.commit_adds(room, users, key_packages.clone()).await {
+            Err(e) if again_after(&e, deadline).await => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Submits the encrypted `message` to `room` until it is answered, resending it as is after
+/// a transient refusal ([`is_transient`]) for [`WAIT`] at most; the answer and the number of
+/// resends.
+pub async fn submit_resending(
+    client: &mut MimiClient,
+    room: &RoomId,
+    message: Vec<u8>,
+) -> (mimid_node::client::SubmitResult, usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut resent = 0;
+    loop {
+        match client.submit_raw(room, message.clone()).await {
+            Ok(answer) => return (answer, resent),
+            Err(e) if is_transient(&e) && tokio::time::Instant::now() < deadline => {
+                resent += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{}: submit to {room}: {e}", client.id()),
+        }
+    }
+}
+
+/// Sends `count` messages (`"<client> <n>"`), each resent as is while it is refused
+/// transiently ([`submit_resending`]); returns the client and its transcript of accepted
+/// sends.
 pub async fn send_many(
     mut client: MimiClient,
     room: RoomId,
@@ -962,7 +1174,8 @@ pub async fn send_many(
     let name = client.id().to_string();
     for n in 0..count {
         let text = format!("{name} {n}");
-        match client.send_text(&room, &text).await.expect("submit works") {
+        let message = client.prepare_text(&room, &text).expect("encrypts");
+        match submit_resending(&mut client, &room, message).await.0 {
             mimid_node::client::SubmitResult::Accepted { seq, .. } => {
                 sent.insert(seq, (name.clone(), text));
             }
@@ -1121,7 +1334,9 @@ pub async fn add_and_expect_joined(
     joiners: &mut [&mut MimiClient],
 ) {
     let users: Vec<UserId> = joiners.iter().map(|client| client.id().user()).collect();
-    let added = adder.add_users(room, &users).await.expect("add answered");
+    let added = add_users_when_led(adder, room, &users)
+        .await
+        .expect("add answered");
     assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
     for client in joiners.iter_mut() {
         match client.next_event(WAIT).await.expect("push stream works") {
@@ -1159,6 +1374,36 @@ pub async fn group_info_hub_key(client: &MimiClient, room: &RoomId) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{}: groupInfo answer does not verify: {e}", client.id()));
     let (key, _) = hub_sender_parts(&success.hub_sender).expect("hub_sender");
     key.as_bytes().to_vec()
+}
+
+/// [`mimid_node::backup::backup_to_file`] from the admin listener `admin`, asked again while
+/// the node answers 503 for [`WAIT`] at most: a backup needs every shard to have a leader, and
+/// a shard may be between two (the admin route says to repeat the request then).
+pub async fn backup_when_ready(
+    admin: &str,
+    token: &AdminToken,
+    file: &Path,
+) -> mimid_node::backup::SavedBackup {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match mimid_node::backup::backup_to_file(
+            admin,
+            Some(token),
+            file,
+            mimid_node::backup::DEFAULT_FETCH_TIMEOUT,
+        )
+        .await
+        {
+            Ok(saved) => return saved,
+            Err(e)
+                if format!("{e:#}").contains("answered 503")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("backup from {admin}: {e:#}"),
+        }
+    }
 }
 
 /// Every shard's replicated state, as a snapshot holds it: equal bytes, nothing changed.
