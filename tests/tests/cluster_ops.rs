@@ -17,10 +17,12 @@ use mimid_node::cluster_ops::{
     render_status, run_node_command, ClusterStatus, NodeCommand, ADD_NODE_PATH, STATUS_PATH,
 };
 use mimid_tests::{
-    http_get, http_get_status, metric, read_until, TestCluster, TestNode, Transcript, WAIT,
+    add_users_when_led, create_room_when_led, http_get, http_get_status, metric, read_until,
+    TestCluster, TestNode, Transcript, WAIT,
 };
 
-/// Longest a whole add or decommission may take here.
+/// Longest a whole add or decommission, or the re-election and records after a kill, may take
+/// here.
 const MOVES: Duration = Duration::from_secs(60);
 
 /// `GET /admin/cluster/status` of node `index`, with the admin token.
@@ -70,12 +72,27 @@ fn descriptors_current(status: &ClusterStatus) -> bool {
     })
 }
 
-/// A POST to an admin route with `token`: status and body.
+/// A POST to an admin route with `token`: status and body. Asked again while the answer is a
+/// 503 of shard 0 between two leaders ("repeat the request": nothing was proposed), for
+/// [`WAIT`] at most.
 async fn post(admin: &str, token: &AdminToken, path: &str, body: &str) -> (u16, String) {
-    let (code, answer) = admin_call(admin, Some(token), "POST", path, body.as_bytes())
-        .await
-        .expect("the admin listener answers");
-    (code, String::from_utf8_lossy(&answer).into_owned())
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, answer) = admin_call(admin, Some(token), "POST", path, body.as_bytes())
+            .await
+            .expect("the admin listener answers");
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        if !(code == 503 && leaderless(&answer) && Instant::now() < deadline) {
+            return (code, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a 503's reason is a shard without a leader to take the request (an election, or a
+/// leadership being handed over).
+fn leaderless(reason: &str) -> bool {
+    reason.contains("has no leader") || reason.contains("leadership is moving")
 }
 
 async fn readyz(cluster: &TestCluster, index: usize) -> (u16, String) {
@@ -136,10 +153,17 @@ async fn status_reports_every_node_and_shard() {
         assert_eq!(shard.lag.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(shard.lag[&leader], 0);
     }
-    // Another node tells the same registry and leaders.
-    let other = status(&cluster, 2).await;
+    // Another node tells the same registry, once its replica of shard 0 applied what node 1's
+    // did (a follower applies a moment after the leader).
+    let other = wait_for_status(
+        &cluster,
+        2,
+        "node 3's registry as node 1's",
+        WAIT,
+        |other| states(other) == states(&seen),
+    )
+    .await;
     assert_eq!(other.node_id, 3);
-    assert_eq!(states(&other), states(&seen));
     // The command line prints one row per node and per shard.
     let lines = run_node_command(
         &NodeCommand::Status {
@@ -295,7 +319,9 @@ async fn drain_moves_every_leadership_away_and_readyz_turns_503() {
     assert_eq!(readyz(&cluster, other).await.0, 200);
     let mut alice = cluster.client(drained, "alice", "phone", 1).await;
     let room = cluster.room("drained");
-    alice.create_room(&room).await.expect("room created");
+    create_room_when_led(&mut alice, &room)
+        .await
+        .expect("room created");
 
     // Leadership given back to the draining node (as an election could) is handed away
     // again: two more terms, and the shard is led elsewhere.
@@ -458,6 +484,8 @@ async fn sum_metric(cluster: &TestCluster, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_a_fourth_node_then_decommission_an_original_under_load() {
     let mut cluster = TestCluster::start(3).await;
+    // Leaderships balanced first: a Commit that meets a hand-over gets a 503 it cannot repeat.
+    cluster.wait_leaders_settled().await;
     wait_for_status(&cluster, 1, "registry seeded", WAIT, |status| {
         status.nodes.iter().all(|node| node.cluster_addr.is_some()) && status.nodes.len() == 3
     })
@@ -468,9 +496,10 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
     for client in [&mut alice, &mut bob] {
         client.connect_stream().await.expect("stream opens");
     }
-    alice.create_room(&room).await.expect("room created");
-    let added = alice
-        .add_users(&room, &[cluster.user("bob")])
+    create_room_when_led(&mut alice, &room)
+        .await
+        .expect("room created");
+    let added = add_users_when_led(&mut alice, &room, &[cluster.user("bob")])
         .await
         .expect("add works");
     assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
@@ -539,13 +568,25 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
     assert!(snapshots >= 3, "node 4 caught up by snapshots: {snapshots}");
     // Storage per node shrinks: 4 + 3 x 3 replicas over four nodes (shard 0 on every node,
     // the others on three each), so not every node holds every shard.
-    let held: Vec<usize> = (0..4)
-        .map(|index| {
-            let hub = cluster.nodes[index].node().hub();
-            (0..4).filter(|&shard| hub.holds(shard)).count()
-        })
-        .collect();
-    assert_eq!(held.iter().sum::<usize>(), 4 + 3 * 3, "{held:?}");
+    // Each node tells from its own replicas (and its copy of shard 0's descriptors), which
+    // learn of a removal a moment after the leader that reported it.
+    let held_by_each = || -> Vec<usize> {
+        (0..4)
+            .map(|index| {
+                let hub = cluster.nodes[index].node().hub();
+                (0..4).filter(|&shard| hub.holds(shard)).count()
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    let held = loop {
+        let held = held_by_each();
+        if held.iter().sum::<usize>() == 4 + 3 * 3 {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "replicas held: {held:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(held.iter().any(|&count| count < 4), "{held:?}");
     let moves_after_add =
         sum_metric(&cluster, "mimid_placement_moves_total{outcome=\"applied\"}").await;
@@ -592,9 +633,21 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
         let recorded = shard.recorded.as_ref().expect("recorded");
         assert_eq!(recorded.voters, [2, 3, 4], "shard {}", shard.shard);
     }
-    let (code, reason) = readyz(&cluster, 0).await;
-    assert_eq!(code, 503);
-    assert!(reason.contains("decommissioned"), "{reason}");
+    // Node 1 learns of its last removal when the leader's broadcast of that commit reaches
+    // it, which may be after the registry marked it decommissioned.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, reason) = readyz(&cluster, 0).await;
+        if code == 503 && reason.contains("decommissioned") {
+            break;
+        }
+        assert_eq!(code, 503, "{reason}");
+        assert!(
+            Instant::now() < deadline,
+            "node 1 does not say it is decommissioned: {reason}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let moves = sum_metric(&cluster, "mimid_placement_moves_total{outcome=\"applied\"}").await;
 
     // Node 1 can be stopped; the rest goes on.
@@ -659,7 +712,7 @@ async fn add_a_fourth_node_then_decommission_an_original_under_load() {
 async fn shard_descriptors_follow_elections_and_refuse_stale_records() {
     let mut cluster = TestCluster::start(3).await;
     for index in 0..3 {
-        wait_for_status(&cluster, index, "descriptors recorded", WAIT, |s| {
+        wait_for_status(&cluster, index, "descriptors recorded", MOVES, |s| {
             descriptors_current(s)
         })
         .await;
@@ -677,7 +730,7 @@ async fn shard_descriptors_follow_elections_and_refuse_stale_records() {
             &cluster,
             index,
             "node 1's leaderships recorded away",
-            WAIT,
+            MOVES,
             |s| {
                 descriptors_current(s)
                     && s.shards
@@ -691,32 +744,50 @@ async fn shard_descriptors_follow_elections_and_refuse_stale_records() {
     }
 
     // A stale record: the held one's term minus one, even one that claims to have applied
-    // further, is refused through any node; the held one again changes nothing.
+    // further, is refused through any node; the held one again changes nothing. Tried again if
+    // shard 0 answered 503 (between leaders) or the shard's leader recorded anew meanwhile
+    // (an election), which the refusal of the held one names.
     let hub = cluster.nodes[2].node().hub().clone();
-    let held = hub
-        .shard_descriptors()
-        .iter()
-        .max_by_key(|descriptor| descriptor.term)
-        .cloned()
-        .expect("recorded");
-    let shard = held.shard;
-    assert!(held.term >= 1, "{held:?}");
-    let mut stale = held.clone();
-    stale.term -= 1;
-    stale.as_of += 1_000;
-    let verdict = hub
-        .record_shard_descriptor(stale)
-        .await
-        .expect("shard 0 answers");
-    assert!(
-        matches!(verdict, Err(DescriptorRefusal::Stale { shard: refused, .. }) if refused == shard),
-        "{verdict:?}"
-    );
-    let again = hub
-        .record_shard_descriptor(held.clone())
-        .await
-        .expect("shard 0 answers");
-    assert_eq!(again, Ok(false));
+    let deadline = Instant::now() + WAIT;
+    let (held, shard) = loop {
+        let held = hub
+            .shard_descriptors()
+            .iter()
+            .max_by_key(|descriptor| descriptor.term)
+            .cloned()
+            .expect("recorded");
+        let shard = held.shard;
+        assert!(held.term >= 1, "{held:?}");
+        let mut stale = held.clone();
+        stale.term -= 1;
+        stale.as_of += 1_000;
+        let verdict = hub.record_shard_descriptor(stale).await;
+        let again = match &verdict {
+            Ok(verdict) => {
+                assert!(
+                    matches!(verdict, Err(DescriptorRefusal::Stale { shard: refused, .. }) if *refused == shard),
+                    "{verdict:?}"
+                );
+                hub.record_shard_descriptor(held.clone()).await
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let moved_on = match &again {
+            Ok(Ok(false)) => break (held, shard),
+            Ok(Err(DescriptorRefusal::Stale {
+                held_term,
+                held_as_of,
+                ..
+            })) => (*held_term, *held_as_of) != (held.term, held.as_of),
+            Err(_) => true,
+            Ok(_) => false,
+        };
+        assert!(
+            moved_on && Instant::now() < deadline,
+            "the held record {held:?} again: {again:?} (the stale one: {verdict:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let now = hub
         .shard_descriptors()
         .get(shard)
@@ -742,7 +813,10 @@ async fn shard_descriptors_follow_elections_and_refuse_stale_records() {
     let victim_id = cluster.nodes[victim].id();
     let survivor = if victim == 1 { 2 } else { 1 };
     cluster.kill(victim).await;
-    let seen = wait_for_status(&cluster, survivor, "the new leaders recorded", WAIT, |s| {
+    // The survivors notice the killed node (hibernating shards it led by their connections'
+    // idle timeout), elect, and each new leader records its shard: seconds each on a loaded
+    // machine.
+    let seen = wait_for_status(&cluster, survivor, "the new leaders recorded", MOVES, |s| {
         descriptors_current(s)
             && s.shards.iter().all(|shard| {
                 shard
@@ -802,18 +876,26 @@ async fn decommission_is_refused_when_the_rest_cannot_hold_the_replication_facto
         reason.contains("would leave 2 active nodes, fewer than the replication factor 3"),
         "{reason}"
     );
-    let refused = run_node_command(
-        &NodeCommand::Decommission {
-            host: admin.clone(),
-            id: 2,
-            wait: true,
-            wait_timeout_secs: 5,
-        },
-        Some(&cluster.admin_token()),
-    )
-    .await
-    .expect_err("refused");
-    assert!(format!("{refused:#}").contains("409"), "{refused:#}");
+    let deadline = Instant::now() + WAIT;
+    let refused = loop {
+        let refused = run_node_command(
+            &NodeCommand::Decommission {
+                host: admin.clone(),
+                id: 2,
+                wait: true,
+                wait_timeout_secs: 5,
+            },
+            Some(&cluster.admin_token()),
+        )
+        .await
+        .expect_err("refused");
+        let text = format!("{refused:#}");
+        if !(text.contains("503") && leaderless(&text) && Instant::now() < deadline) {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(refused.contains("409"), "{refused}");
 
     let bad = [
         (
@@ -884,11 +966,14 @@ async fn decommission_is_refused_when_the_rest_cannot_hold_the_replication_facto
             (&was.voters, &was.learners)
         );
     }
+    // Ready, every node (a moment of 503 is a shard between two leaders, not a change).
     for index in 0..3 {
-        assert_eq!(
-            http_get_status(&format!("http://{}/readyz", cluster.admin(index))).await,
-            Some(200)
-        );
+        let url = format!("http://{}/readyz", cluster.admin(index));
+        let deadline = Instant::now() + WAIT;
+        while http_get_status(&url).await != Some(200) {
+            assert!(Instant::now() < deadline, "node index {index} not ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     cluster.shutdown().await;
 }

@@ -19,7 +19,10 @@ use mimid_node::cluster_ops::{
     render_status, run_node_command, ClusterStatus, NodeCommand, STATUS_PATH,
 };
 use mimid_node::config::ResidencySettings;
-use mimid_tests::{read_until, send_many, TestCluster, Transcript};
+use mimid_tests::{
+    add_users_when_led, create_room_when_led, is_leaderless, read_until, send_many,
+    submit_resending, TestCluster, Transcript,
+};
 
 /// Longest placement may take to settle here.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -137,13 +140,29 @@ async fn create_pinned(client: &mut MimiClient, room: &RoomId, set: &str) {
     }
 }
 
-fn refused_with(result: Result<(), ClientError>, want: StatusCode, what: &str) {
-    match result {
-        Err(ClientError::Status { status, reason }) => {
-            assert_eq!(status, want, "{reason}");
-            assert!(reason.contains(what), "{reason} should say {what}");
+/// `client` creates `room` (pinned to `set` when given), which must be refused with `want`
+/// and a reason saying `what`; asked again while the shard deciding it has no leader to take
+/// it (`is_leaderless`: a 503 that is no verdict on the create).
+async fn create_refused(
+    client: &mut MimiClient,
+    room: &RoomId,
+    set: Option<&str>,
+    want: StatusCode,
+    what: &str,
+) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match client.create_room_in(room, set).await {
+            Err(e) if is_leaderless(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(ClientError::Status { status, reason }) => {
+                assert_eq!(status, want, "{reason}");
+                assert!(reason.contains(what), "{reason} should say {what}");
+                return;
+            }
+            other => panic!("expected {want}, got {other:?}"),
         }
-        other => panic!("expected {want}, got {other:?}"),
     }
 }
 
@@ -195,10 +214,13 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
         client.connect_stream().await.expect("stream opens");
     }
     create_pinned(&mut alice, &room, "eu").await;
-    let added = alice
-        .add_users(&room, &[cluster.user("bob"), cluster.user("carol")])
-        .await
-        .expect("add works");
+    let added = add_users_when_led(
+        &mut alice,
+        &room,
+        &[cluster.user("bob"), cluster.user("carol")],
+    )
+    .await
+    .expect("add works");
     assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
     for client in [&mut bob, &mut carol] {
         match client.next_event(SETTLE).await.expect("push stream works") {
@@ -226,11 +248,8 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
 
     // An abuse report of Alice's franked message, handed in by Carol on an eu node, is stored
     // in the room's shard and listed by the us node, which reads it from a holder.
-    let accepted = match alice
-        .send_text(&room, "report me")
-        .await
-        .expect("submit works")
-    {
+    let message = alice.prepare_text(&room, "report me").expect("encrypts");
+    let accepted = match submit_resending(&mut alice, &room, message).await.0 {
         SubmitResult::Accepted { timestamp, .. } => timestamp,
         other => panic!("alice could not send: {other:?}"),
     };
@@ -293,11 +312,22 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
     let from_eu = cluster.room_status(0, &room).await;
     assert!(same_place(&from_eu), "{from_eu:?}");
     assert_eq!(cluster.holders_of(&room), vec![0, 1, 2]);
+    // Every holder's replica holds the messages (a follower applies the last a moment after
+    // the leader acknowledged it; no client reads from node 2's).
+    let deadline = Instant::now() + SETTLE;
     for index in 0..3 {
-        assert_eq!(
-            cluster.application_messages(index, &room).len(),
-            2 * EACH + 1
-        );
+        loop {
+            let held = cluster.application_messages(index, &room).len();
+            if held == 2 * EACH + 1 {
+                break;
+            }
+            assert!(
+                held < 2 * EACH + 1 && Instant::now() < deadline,
+                "node {} holds {held} messages",
+                index + 1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let us_hub = cluster.nodes[US].node().hub();
     assert!(!us_hub.holds(EU_SHARD));
@@ -305,7 +335,7 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
     assert_eq!(us_hub.shards().get(EU_SHARD).read().room_count(), 0);
     // A room that is not pinned lives in its home shard and says so.
     let plain = cluster.room("plain");
-    bob.create_room(&plain)
+    create_room_when_led(&mut bob, &plain)
         .await
         .expect("unpinned room created");
     let plain_status = cluster.room_status(US, &plain).await;
@@ -314,22 +344,23 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
     // The pin in the room's home shard refuses the same id unpinned, from any node; a pinned
     // create of an existing room and an unknown set are refused too.
     let mut dave = cluster.client(1, "dave", "phone", 1).await;
-    refused_with(
-        dave.create_room(&room).await,
+    create_refused(&mut dave, &room, None, StatusCode::CONFLICT, "exists").await;
+    create_refused(
+        &mut dave,
+        &plain,
+        Some("eu"),
         StatusCode::CONFLICT,
         "exists",
-    );
-    refused_with(
-        dave.create_room_in(&plain, Some("eu")).await,
-        StatusCode::CONFLICT,
-        "exists",
-    );
-    refused_with(
-        dave.create_room_in(&cluster.room("elsewhere"), Some("mars"))
-            .await,
+    )
+    .await;
+    create_refused(
+        &mut dave,
+        &cluster.room("elsewhere"),
+        Some("mars"),
         StatusCode::BAD_REQUEST,
         "unknown residency set",
-    );
+    )
+    .await;
     // Scale-out by a second us node: placement rebalances the hashed shards onto it and
     // never gives it (or the other us node) a replica of the eu shard, at any step seen.
     let fifth = cluster
@@ -359,7 +390,8 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
     )
     .await
     .expect("mimid node add");
-    let rebalanced = wait_for_status(&cluster, 0, "node 5 placed, eu kept", |status| {
+    // Checked at every status seen: no member of the eu shard outside eu.
+    let eu_only = |status: &ClusterStatus| {
         let eu = status.shards.iter().find(|shard| shard.shard == EU_SHARD);
         if let Some(eu) = eu {
             assert!(
@@ -368,6 +400,9 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
                 render_status(status).join("\n")
             );
         }
+    };
+    let rebalanced = wait_for_status(&cluster, 0, "node 5 placed, eu kept", |status| {
+        eu_only(status);
         let trimmed = status
             .shards
             .iter()
@@ -384,8 +419,17 @@ async fn a_room_pinned_to_eu_has_replicas_only_in_eu_and_is_served_from_every_no
     println!("{}", render_status(&rebalanced).join("\n"));
     let from_fifth = cluster.room_status(fifth, &room).await;
     assert!(same_place(&from_fifth), "{from_fifth:?}");
-    // After all of it, the eu shard still has no member outside eu.
-    let settled = status(&cluster, US).await;
-    assert!(in_eu(&settled), "{}", render_status(&settled).join("\n"));
+    // After all of it, the eu shard still has no member outside eu (and a leader in eu, once
+    // any move of its leadership for balance is over).
+    wait_for_status(
+        &cluster,
+        US,
+        "the eu shard on the eu nodes only",
+        |status| {
+            eu_only(status);
+            in_eu(status)
+        },
+    )
+    .await;
     cluster.shutdown().await;
 }

@@ -16,7 +16,9 @@ use mimid_node::certs::{CertAuthority, CA_VALIDITY};
 use mimid_node::client::{Event, SubmitResult, UpdateResult};
 use mimid_node::config::{LogFormat, LogSettings, TelemetrySettings};
 use mimid_node::telemetry::{self, Installed, TelemetryGuard};
-use mimid_tests::{connect_providers, TestCluster, TestNode, WAIT};
+use mimid_tests::{
+    connect_providers, create_room_when_led, submit_resending, TestCluster, TestNode, WAIT,
+};
 use opentelemetry::trace::{SpanId, SpanKind};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 
@@ -253,22 +255,28 @@ struct ForwardedChain {
 async fn a_proposal_forwarded_to_the_shard_leader_stays_in_the_request_trace_protocol06_5_3() {
     let exporter = exporter();
     let cluster = TestCluster::start(3).await;
+    // Leaderships balanced first: a Commit that meets a hand-over gets a 503 it cannot repeat.
+    cluster.wait_leaders_settled().await;
     let room = cluster.room("forwarded-trace");
     let leader = cluster.leader_of(&room).await;
     let origin = (leader + 1) % cluster.nodes.len();
     let origin_id = cluster.nodes[origin].id();
     let mut alice = cluster.client(origin, "alice", "phone", 1).await;
-    alice.create_room(&room).await.expect("room created");
+    create_room_when_led(&mut alice, &room)
+        .await
+        .expect("room created");
 
     // Leaderships may still move for balance right after the start: a message whose proposal
     // happened to be local (the origin leads the shard by then) is followed by another.
     let mut seen = HashSet::new();
     let mut chain = None;
     for attempt in 0..5 {
-        let sent = alice
-            .send_text(&room, &format!("forwarded {attempt}"))
-            .await
-            .expect("submit works");
+        // A 503 of a shard between leaders is resent as is (the refused try's spans record
+        // its error and are passed over below).
+        let message = alice
+            .prepare_text(&room, &format!("forwarded {attempt}"))
+            .expect("encrypts");
+        let (sent, _) = submit_resending(&mut alice, &room, message).await;
         assert!(matches!(sent, SubmitResult::Accepted { .. }), "{sent:?}");
         let (client, proposal) = wait_for(
             exporter,
@@ -280,8 +288,9 @@ async fn a_proposal_forwarded_to_the_shard_leader_stays_in_the_request_trace_pro
                     .filter(|span| !seen.contains(&span.span_context.span_id()))
                     .find_map(|client| {
                         let request = children(all, client, "room_request").into_iter().next()?;
-                        let proposal =
-                            children(all, request, "raft_proposal").into_iter().next()?;
+                        let proposal = children(all, request, "raft_proposal")
+                            .into_iter()
+                            .find(|span| attr(span, "error").is_none())?;
                         Some((client.clone(), proposal.clone()))
                     })
             },
@@ -295,13 +304,21 @@ async fn a_proposal_forwarded_to_the_shard_leader_stays_in_the_request_trace_pro
             exporter,
             "forward_call -> forwarded_proposal -> raft_proposal",
             |all| {
-                let call = children(all, &proposal, "forward_call")
+                // The call that reached the leader: a first try may have gone to a node that
+                // had just stopped leading, whose proposal records its refusal (the proposer
+                // then tries the leader it names).
+                let (call, handled, leader_proposal) = children(all, &proposal, "forward_call")
                     .into_iter()
-                    .next()?;
-                let handled = children(all, call, "forwarded_proposal")
-                    .into_iter()
-                    .next()?;
-                let leader_proposal = children(all, handled, "raft_proposal").into_iter().next()?;
+                    .find_map(|call| {
+                        children(all, call, "forwarded_proposal")
+                            .into_iter()
+                            .find_map(|handled| {
+                                let leader_proposal = children(all, handled, "raft_proposal")
+                                    .into_iter()
+                                    .find(|span| attr(span, "error").is_none())?;
+                                Some((call, handled, leader_proposal))
+                            })
+                    })?;
                 Some(ForwardedChain {
                     client: client.clone(),
                     proposal: proposal.clone(),

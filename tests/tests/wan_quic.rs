@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use mimid_actors::ids::RoomId;
 use mimid_node::client::{ClientError, Event, MimiClient, SubmitResult, UpdateResult};
 use mimid_node::cluster_net::LinkDelays;
-use mimid_tests::{TestCluster, WAIT};
+use mimid_tests::{add_users_when_led, create_room_when_led, TestCluster, WAIT};
 
 /// The regions, by node index (node id = index + 1).
 const REGIONS: [&str; 3] = ["A", "B", "C"];
@@ -229,11 +229,13 @@ async fn wan_latency_per_placement_and_a_lost_region_over_the_quic_transport() {
     }
     for room in &rooms {
         let (creator, others) = clients.split_first_mut().expect("three clients");
-        creator.create_room(room).await.expect("room created");
-        let added = creator
-            .add_users(room, &[cluster.user("bob"), cluster.user("carol")])
+        create_room_when_led(creator, room)
             .await
-            .expect("add works");
+            .expect("room created");
+        let added =
+            add_users_when_led(creator, room, &[cluster.user("bob"), cluster.user("carol")])
+                .await
+                .expect("add works");
         assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
         for client in others {
             expect_joined(client, room).await;
