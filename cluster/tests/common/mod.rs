@@ -31,8 +31,10 @@ use mimid_cluster::{
     ShardStatus, StateMachine, Transport,
 };
 
-/// Guard against hangs; never reached when the code under test works.
-pub const TIMEOUT: Duration = Duration::from_secs(20);
+/// Guard against hangs; never reached when the code under test works. Generous: waits poll,
+/// so it costs nothing when all is well, and a loaded machine slows elections, snapshot
+/// transfers and fsyncs many times over.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 pub const SHARDS: u64 = 4;
 pub const NODES: [NodeId; 3] = [1, 2, 3];
 
@@ -89,8 +91,8 @@ pub struct Net {
     pub handles: Mutex<BTreeMap<NodeId, ClusterHandle<Recorder>>>,
     /// Nodes cut off from everyone: frames from or to them are dropped.
     pub isolated: Mutex<BTreeSet<NodeId>>,
-    /// The first frame sent from node 1 to node 2, for the misaddressed-frame test.
-    pub captured: Mutex<Option<Vec<u8>>>,
+    /// The first frame sent on each link `(from, to)`, for the misaddressed-frame test.
+    pub captured: Mutex<BTreeMap<(NodeId, NodeId), Vec<u8>>>,
     /// Why a destination refused a frame a node sent: must stay empty.
     pub refused: Mutex<Vec<String>>,
     /// Drop the next frame to this node that carries a `MsgSnapshot`.
@@ -122,12 +124,11 @@ impl Transport for NetTransport {
         net.frames.fetch_add(1, Ordering::Relaxed);
         net.messages
             .fetch_add(u64::from(message_count(&frame)), Ordering::Relaxed);
-        if self.from == 1 && to == 2 {
-            net.captured
-                .lock()
-                .expect("capture lock")
-                .get_or_insert_with(|| frame.clone());
-        }
+        net.captured
+            .lock()
+            .expect("capture lock")
+            .entry((self.from, to))
+            .or_insert_with(|| frame.clone());
         {
             let isolated = net.isolated.lock().expect("isolated lock");
             if isolated.contains(&self.from) || isolated.contains(&to) {
@@ -280,6 +281,11 @@ impl TestCluster {
 
     pub fn heal(&self) {
         self.net.isolated.lock().expect("isolated lock").clear();
+    }
+
+    /// Node `id`'s data dir (`raft/` holds its Raft database and snapshot files).
+    pub fn data_dir(&self, id: NodeId) -> &Path {
+        self.nodes[&id].dir.path()
     }
 
     /// The number of shards.
