@@ -331,25 +331,8 @@ async fn a_split_under_load_moves_rooms_and_loses_nothing() {
     // Still under load, the split shard splits again, asked through node 2 (which neither
     // ran the first split nor, perhaps, leads either shard): one room moves on to the other
     // split shard, so its home shard's pin changes twice and shard 1's tombstone names a
-    // shard it left too. Node 2 picks the rooms to move from its own replica of the split
-    // shard, which applies the adoptions a moment after that shard's leader answered them.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let hosted = {
-            let shards = cluster.nodes[1].node().hub().shards();
-            let data = shards.get(outcome.to).read();
-            moved.iter().all(|room| data.room(room).is_some())
-        };
-        if hosted {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 2's replica of shard {} lacks rooms moved there",
-            outcome.to
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // shard it left too. Node 2 plans from its own replica of the split shard, after a read
+    // barrier, so it sees the rooms just adopted there even if its replica lagged.
     let begun = Instant::now();
     let (code, body) = split(&cluster, 1, outcome.to, Some(1)).await;
     let took = begun.elapsed();

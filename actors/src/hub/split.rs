@@ -380,9 +380,15 @@ impl Hub {
     }
 
     /// The rooms of `shard` that may move (hosted, not frozen for a move), each with its last
-    /// seq; read locally when held, else from a holder ([`RemoteRead::MovableRooms`]).
+    /// seq; read locally when held, else from a holder ([`RemoteRead::MovableRooms`]). A
+    /// held replica is read after a read barrier: a split asked through a follower whose
+    /// replica had not yet applied the rooms a previous split adopted would otherwise plan
+    /// without them, or refuse as if the shard hosted none.
     pub async fn movable_rooms(&self, shard: ShardId) -> Result<Vec<(RoomId, u64)>, HubError> {
         self.check_shard(shard)?;
+        if self.holds(shard) {
+            self.proposer.read_barrier(shard).await?;
+        }
         self.read_shard(
             shard,
             || RemoteRead::MovableRooms,
