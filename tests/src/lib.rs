@@ -614,6 +614,16 @@ impl TestCluster {
         self.nodes.iter().filter(|member| member.node.is_some())
     }
 
+    /// The shard layout, as the first running node has it (every node has the same).
+    pub fn shards(&self) -> &mimid_actors::shard::Shards {
+        self.running()
+            .next()
+            .expect("a running node")
+            .node()
+            .hub()
+            .shards()
+    }
+
     /// Waits until every running node answers `/readyz` with 200.
     pub async fn wait_ready(&self) {
         for member in self.running() {
@@ -695,14 +705,7 @@ impl TestCluster {
         let mut last = None;
         let mut since = tokio::time::Instant::now();
         loop {
-            let shards = self
-                .running()
-                .next()
-                .expect("a running node")
-                .node()
-                .hub()
-                .shards()
-                .count();
+            let shards = self.shards().count();
             let leaders: Vec<Option<u64>> = (0..shards)
                 .map(|shard| {
                     let named: std::collections::BTreeSet<Option<u64>> = self
@@ -772,6 +775,23 @@ impl TestCluster {
             server_name: self.domain.clone(),
             roots: read_roots(&self.provider_ca_cert),
         }
+    }
+
+    /// Alice (node `a`) creates `room` and adds Bob (node `b`) and Carol (node `c`), each
+    /// registered with two KeyPackages; all three have their push streams open on their
+    /// nodes, and Bob and Carol have taken their Welcome.
+    pub async fn three_members(&self, room: &RoomId, [a, b, c]: [usize; 3]) -> [MimiClient; 3] {
+        let mut alice = self.client(a, "alice", "phone", 2).await;
+        let mut bob = self.client(b, "bob", "phone", 2).await;
+        let mut carol = self.client(c, "carol", "laptop", 2).await;
+        for client in [&mut alice, &mut bob, &mut carol] {
+            client.connect_stream().await.expect("stream opens");
+        }
+        create_room_when_led(&mut alice, room)
+            .await
+            .expect("room created");
+        add_and_expect_joined(&mut alice, room, &mut [&mut bob, &mut carol]).await;
+        [alice, bob, carol]
     }
 
     /// Registers `mimi://a.example/d/<user>/<device>` through node `index`, with

@@ -10,13 +10,10 @@ use std::time::{Duration, Instant};
 
 use mimid_actors::ids::RoomId;
 use mimid_node::admin::admin_call;
-use mimid_node::client::{Event, MimiClient, SubmitResult, UpdateResult};
+use mimid_node::client::{MimiClient, SubmitResult};
 use mimid_node::cluster_ops::{run_init, ClusterStatus, InitAnswer, Role, INIT_PATH, STATUS_PATH};
 use mimid_node::server::start_joining;
-use mimid_tests::{
-    add_users_when_led, create_room_when_led, http_get, metric, read_until, submit_resending,
-    TestCluster, Transcript, WAIT,
-};
+use mimid_tests::{http_get, metric, read_until, submit_resending, TestCluster, Transcript, WAIT};
 
 /// `POST /admin/cluster/init` on the admin listener `admin`, with the provider's token.
 async fn init(cluster: &TestCluster, admin: &str) -> (u16, String) {
@@ -63,30 +60,7 @@ async fn one_room_three_nodes(
     [a, b, c]: [usize; 3],
     each: usize,
 ) -> Vec<Transcript> {
-    let mut alice = cluster.client(a, "alice", "phone", 2).await;
-    let mut bob = cluster.client(b, "bob", "phone", 2).await;
-    let mut carol = cluster.client(c, "carol", "laptop", 2).await;
-    for client in [&mut alice, &mut bob, &mut carol] {
-        client.connect_stream().await.expect("stream opens");
-    }
-    create_room_when_led(&mut alice, room)
-        .await
-        .expect("room created");
-    let added = add_users_when_led(
-        &mut alice,
-        room,
-        &[cluster.user("bob"), cluster.user("carol")],
-    )
-    .await
-    .expect("add works");
-    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
-    for client in [&mut bob, &mut carol] {
-        match client.next_event(WAIT).await.expect("push stream works") {
-            Some(Event::Joined { .. }) => {}
-            other => panic!("{} expected a Welcome, got {other:?}", client.id()),
-        }
-    }
-    let mut clients: Vec<MimiClient> = vec![alice, bob, carol];
+    let mut clients: Vec<MimiClient> = cluster.three_members(room, [a, b, c]).await.into();
     let mut transcripts = vec![Transcript::new(); 3];
     for n in 0..each {
         for (client, transcript) in clients.iter_mut().zip(&mut transcripts) {

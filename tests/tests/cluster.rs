@@ -60,35 +60,6 @@ async fn expect_joined(client: &mut MimiClient) {
     }
 }
 
-/// Alice (node `a`) creates `room` and adds Bob (node `b`) and Carol (node `c`); all three
-/// have their push streams open on their nodes.
-async fn three_members(
-    cluster: &TestCluster,
-    room: &RoomId,
-    [a, b, c]: [usize; 3],
-) -> [MimiClient; 3] {
-    let mut alice = cluster.client(a, "alice", "phone", 2).await;
-    let mut bob = cluster.client(b, "bob", "phone", 2).await;
-    let mut carol = cluster.client(c, "carol", "laptop", 2).await;
-    for client in [&mut alice, &mut bob, &mut carol] {
-        client.connect_stream().await.expect("stream opens");
-    }
-    create_room_when_led(&mut alice, room)
-        .await
-        .expect("room created");
-    let added = add_users_when_led(
-        &mut alice,
-        room,
-        &[cluster.user("bob"), cluster.user("carol")],
-    )
-    .await
-    .expect("add works");
-    assert!(matches!(added, UpdateResult::Accepted { .. }), "{added:?}");
-    expect_joined(&mut bob).await;
-    expect_joined(&mut carol).await;
-    [alice, bob, carol]
-}
-
 /// Issue 4, must show: clients connected to any node see per-room order and exactly-once
 /// delivery (MIMI.md §5.3-§5.4 within one provider: one hub, three replicas).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +68,7 @@ async fn clients_on_every_node_see_one_order_exactly_once() {
     // Leaderships balanced first: a Commit that meets a hand-over gets a 503 it cannot repeat.
     cluster.wait_leaders_settled().await;
     let room = cluster.room("clubhouse");
-    let members = three_members(&cluster, &room, [0, 1, 2]).await;
+    let members = cluster.three_members(&room, [0, 1, 2]).await;
     // Who leads the room's shard, just written to (placement moves only a quiet shard's
     // leader), and again after the sends: an election on a loaded machine may move it.
     let leading = cluster.leader_and_term(&room).await;
@@ -495,7 +466,9 @@ async fn killing_the_leader_loses_no_acknowledged_message() {
     let room = cluster.room("busy");
     let leader = cluster.leader_of(&room).await;
     let others: Vec<usize> = (0..3).filter(|&index| index != leader).collect();
-    let [alice, bob, _carol] = three_members(&cluster, &room, [others[0], others[1], leader]).await;
+    let [alice, bob, _carol] = cluster
+        .three_members(&room, [others[0], others[1], leader])
+        .await;
 
     let (killed_tx, killed) = tokio::sync::watch::channel(None);
     const AFTER_KILL: usize = 5;
@@ -588,7 +561,7 @@ async fn a_whole_cluster_restart_recovers_everything() {
     // Leaderships balanced first: a Commit that meets a hand-over gets a 503 it cannot repeat.
     cluster.wait_leaders_settled().await;
     let room = cluster.room("durable");
-    let [alice, bob, mut carol] = three_members(&cluster, &room, [0, 1, 2]).await;
+    let [alice, bob, mut carol] = cluster.three_members(&room, [0, 1, 2]).await;
     let (mut alice, alice_sent) = send_many(alice, room.clone(), 3).await;
     let (mut bob, bob_sent) = send_many(bob, room.clone(), 3).await;
     let mut before_restart: Transcript = alice_sent
@@ -652,7 +625,7 @@ async fn a_node_cut_off_from_quorum_is_not_ready() {
     // Leaderships balanced first: a Commit that meets a hand-over gets a 503 it cannot repeat.
     cluster.wait_leaders_settled().await;
     let room = cluster.room("partitioned");
-    let [mut alice, mut bob, _carol] = three_members(&cluster, &room, [0, 1, 2]).await;
+    let [mut alice, mut bob, _carol] = cluster.three_members(&room, [0, 1, 2]).await;
     let (cut, cut_id) = (0, cluster.nodes[0].id());
     let admin = cluster.nodes[cut].node().admin_addr();
     let shard = cluster.nodes[cut]
@@ -805,7 +778,7 @@ async fn every_node_franks_and_signs_with_the_provider_keys_mimi_5_3_1_and_5_5()
     // Leaderships balanced first: a Commit that meets a hand-over gets a 503 it cannot repeat.
     cluster.wait_leaders_settled().await;
     let room = cluster.room("keys");
-    let [mut alice, mut bob, mut carol] = three_members(&cluster, &room, [0, 1, 2]).await;
+    let [mut alice, mut bob, mut carol] = cluster.three_members(&room, [0, 1, 2]).await;
 
     let mut agents = Vec::new();
     for client in [&alice, &bob, &carol] {

@@ -257,14 +257,7 @@ async fn cluster_series_follow_a_stopped_member_and_its_return() {
     // an election), so each look asks whoever leads the shard then.
     let club = cluster.room("lagging");
     let leader = cluster.leader_of(&club).await;
-    let shard = cluster
-        .running()
-        .next()
-        .expect("a running node")
-        .node()
-        .hub()
-        .shards()
-        .shard_of(club.as_bytes());
+    let shard = cluster.shards().shard_of(club.as_bytes());
     let lag = format!("mimid_raft_log_lag_entries{{shard=\"{shard}\"}}");
     let mut alice = cluster.client(leader, "alice", "phone", 1).await;
     create_room_when_led(&mut alice, &club)
