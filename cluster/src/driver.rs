@@ -719,6 +719,7 @@ impl<S: StateMachine> Driver<S> {
         bump(&self.shared.metrics.ticks);
         for shard in 0..self.groups.len() {
             if let Slot::Running(group) = &mut self.groups[shard] {
+                group.tick_orphans(&self.shared.metrics);
                 if group.is_hibernating() {
                     continue;
                 }

@@ -94,6 +94,12 @@ pub(crate) struct Group<S: StateMachine> {
     admin: Admin,
     /// Ticks a leadership transfer may take before it is answered `TimedOut`.
     transfer_ticks: usize,
+    /// `ClusterConfig::lost_leadership_wait_ticks`: how long orphaned proposals wait for
+    /// their entries after this node stopped leading (`pending.rs`).
+    orphan_wait_ticks: usize,
+    /// Ticks left before the orphans still waiting are answered `Dropped`; `None` when there
+    /// are none.
+    orphan_ticks_left: Option<usize>,
     /// Whether the group is asleep here, and a leader's count of quiet ticks (`hibernate.rs`).
     hibernation: Hibernation,
     /// When the proposals answered with their output since the driver last asked were queued
@@ -147,6 +153,8 @@ impl<S: StateMachine> Group<S> {
             read_states: Vec::new(),
             admin: Admin::default(),
             transfer_ticks: config.election_tick.saturating_mul(2),
+            orphan_wait_ticks: config.lost_leadership_wait_ticks,
+            orphan_ticks_left: None,
             hibernation: Hibernation::new(config.hibernate_after_ticks, config.election_tick),
             answered: Vec::new(),
         })
@@ -232,6 +240,21 @@ impl<S: StateMachine> Group<S> {
         self.pending.push(term, index, reply, queued, metrics);
         bump(&metrics.proposals);
         Ok(Proposed::Accepted)
+    }
+
+    /// Counts one tick of the wait for orphaned proposals (`pending.rs`), hibernating or
+    /// not (a replica asleep may still hold orphans past the leader's last index); answers
+    /// those still waiting `Dropped` when it ends.
+    pub(crate) fn tick_orphans(&mut self, metrics: &Metrics) {
+        let Some(left) = self.orphan_ticks_left else {
+            return;
+        };
+        if left > 1 && self.pending.has_orphans() {
+            self.orphan_ticks_left = Some(left - 1);
+        } else {
+            self.pending.drop_orphans(metrics);
+            self.orphan_ticks_left = None;
+        }
     }
 
     /// One Raft tick, unless the group hibernates (`hibernate.rs`); a quiet leader counts it
@@ -585,9 +608,15 @@ impl<S: StateMachine> Group<S> {
 
     fn on_soft_state(&mut self, role: StateRole, leader_id: NodeId, metrics: &Metrics) {
         if self.role == StateRole::Leader && role != StateRole::Leader {
-            // raft-rs forgets our uncommitted proposals silently when it steps down; they may
-            // still commit under the next leader, but nobody here will know (floors pitfall 13).
-            self.pending.drop_all(metrics);
+            // raft-rs forgets our uncommitted proposals silently when it steps down (floors
+            // pitfall 13); they often commit under the next leader, whose log this replica
+            // applies: they wait for their entries as orphans (`pending.rs`).
+            self.pending.orphan_all();
+            if self.orphan_wait_ticks == 0 {
+                self.pending.drop_orphans(metrics);
+            } else if self.pending.has_orphans() {
+                self.orphan_ticks_left = Some(self.orphan_wait_ticks);
+            }
         }
         if leader_id != 0 && leader_id != self.leader_id {
             bump(&metrics.leader_changes);

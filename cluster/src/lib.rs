@@ -33,7 +33,8 @@
 //! leader they know; [`ClusterHandle::read_barrier`] (Raft ReadIndex) makes a replica, leader or
 //! not, catch up with everything its leader acknowledged before a read. Groups run with
 //! check-quorum and pre-vote: a leader cut off from a quorum
-//! steps down (its pending proposals are answered `Dropped` and the node stops being ready),
+//! steps down (its pending proposals wait a while for the next leader to commit them, see
+//! [`ClusterConfig::lost_leadership_wait_ticks`], and the node stops being ready),
 //! and a node rejoining after a partition does not unseat the leader. A replica too far behind
 //! the leader's compacted log catches up from a snapshot sent inside a frame.
 //!
@@ -259,6 +260,13 @@ pub struct ClusterConfig {
     /// this node (its leaders never ask, its followers never agree). Default 30, three election
     /// timeouts at the default `election_tick`.
     pub hibernate_after_ticks: usize,
+    /// Ticks a node that stopped leading a shard keeps the proposals it had not yet seen
+    /// applied waiting for their entries (`pending.rs`, "orphans"): the next leader usually
+    /// commits them, and this replica applies them and answers each with its real outcome.
+    /// Those still unresolved then are answered [`ProposeError::Dropped`] (outcome unknown).
+    /// 0 answers them `Dropped` at the step-down. Default 20, two election timeouts at the
+    /// default `election_tick`.
+    pub lost_leadership_wait_ticks: usize,
     /// Which shards must be caught up for this node to be ready ([`ClusterHandle::is_ready`]).
     /// `None`: every shard (every node holds every shard). `Some(shards)`: these, and every
     /// shard this node's replica has a configuration of (a member, or a former member, which
@@ -291,6 +299,7 @@ impl ClusterConfig {
             voters: vec![node_id],
             network_inbox_capacity: 4096,
             hibernate_after_ticks: 30,
+            lost_leadership_wait_ticks: 20,
             required_shards: None,
         }
     }
@@ -351,8 +360,9 @@ pub enum ProposeError {
     #[error("this node does not lead the shard")]
     NotLeader,
     /// The entry was overwritten by another leader's, or this node stopped leading before it
-    /// committed. After a leadership loss the entry may still commit under the next leader:
-    /// the outcome is unknown, so retries must be idempotent in `apply`.
+    /// committed and did not see it applied within
+    /// [`ClusterConfig::lost_leadership_wait_ticks`]: then the entry may still commit, the
+    /// outcome is unknown, so retries must be idempotent in `apply`.
     #[error("proposal dropped before it was applied")]
     Dropped,
     /// The driver stopped, or the shard group failed. A proposal already in the log may still

@@ -7,6 +7,14 @@
 //! apply in index order, so any proposal whose index was passed without a match is answered
 //! `Dropped` right there.
 //!
+//! A leader that steps down keeps its proposals as **orphans** rather than answering them
+//! `Dropped` at once: the next leader usually holds their entries (a leadership transfer
+//! waits until the transferee has every entry; an election winner has every committed one
+//! and often the rest) and commits them, and this replica, now a follower, applies them and
+//! answers each with its real outcome. Only orphans still unresolved when the wait ends
+//! (`ClusterConfig::lost_leadership_wait_ticks`, counted by the group) are answered
+//! `Dropped`, the answer whose outcome is unknown.
+//!
 //! Each proposal keeps the time it was queued by its handle, so the driver can measure how long
 //! it took to apply (`ClusterMetrics::proposal_micros`).
 
@@ -28,6 +36,8 @@ struct Pending<O> {
     reply: Reply<O>,
     /// When `ClusterHandle::propose` queued it.
     queued: Instant,
+    /// Proposed by this node as a leader it no longer is (module docs).
+    orphaned: bool,
 }
 
 impl<O> PendingProposals<O> {
@@ -62,7 +72,33 @@ impl<O> PendingProposals<O> {
             index,
             reply,
             queued,
+            orphaned: false,
         });
+    }
+
+    /// Marks every pending proposal an orphan (this node stopped leading): each is still
+    /// answered by the entry applied at its index, until [`Self::drop_orphans`].
+    pub(crate) fn orphan_all(&mut self) {
+        for pending in &mut self.queue {
+            pending.orphaned = true;
+        }
+    }
+
+    /// Whether any orphan waits for its entry.
+    pub(crate) fn has_orphans(&self) -> bool {
+        self.queue.iter().any(|pending| pending.orphaned)
+    }
+
+    /// Answers every orphan `Dropped` (the wait for its entry ended); proposals made since,
+    /// as leader again, keep waiting.
+    pub(crate) fn drop_orphans(&mut self, metrics: &Metrics) {
+        let (orphans, kept) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|pending| pending.orphaned);
+        self.queue = kept;
+        for pending in orphans {
+            answer_dropped(pending.reply, metrics);
+        }
     }
 
     /// Returns the reply of the proposal made as entry `(term, index)`, which is being applied,
@@ -84,8 +120,8 @@ impl<O> PendingProposals<O> {
         None
     }
 
-    /// Answers every pending proposal `Dropped` (leadership lost, or the log was replaced by a
-    /// snapshot).
+    /// Answers every pending proposal `Dropped` (the log was replaced by a snapshot, which
+    /// says nothing of the entries it covers).
     pub(crate) fn drop_all(&mut self, metrics: &Metrics) {
         for pending in self.queue.drain(..) {
             answer_dropped(pending.reply, metrics);
@@ -192,6 +228,58 @@ mod tests {
         assert_eq!(answers(&rx), vec![(6, Err(ProposeError::Dropped))]);
         assert!(pending.take(1, 5, &metrics).is_some());
         assert!(pending.take(2, 6, &metrics).is_some());
+    }
+
+    /// A leader that steps down keeps its proposals: the next leader's log, applied here,
+    /// answers each by its entry, an entry it committed with the output, one it overwrote
+    /// (another term at the index) `Dropped`.
+    #[test]
+    fn orphans_are_answered_by_the_entries_the_next_leader_commits() {
+        let (tx, rx) = mpsc::channel();
+        let metrics = Metrics::default();
+        let mut pending = PendingProposals::new();
+        for index in [5, 6, 7] {
+            pending.push(2, index, reply(index, &tx), Instant::now(), &metrics);
+        }
+        pending.orphan_all();
+        assert!(pending.has_orphans());
+        assert!(answers(&rx).is_empty(), "nothing answered at the step-down");
+        // The term-3 leader held 5 and 6 and committed them; it overwrote 7.
+        for index in [5, 6] {
+            let (reply, _) = pending.take(2, index, &metrics).expect("an orphan of ours");
+            reply.send(Ok(()));
+        }
+        assert!(pending.take(3, 7, &metrics).is_none());
+        assert_eq!(
+            answers(&rx),
+            vec![(5, Ok(())), (6, Ok(())), (7, Err(ProposeError::Dropped))]
+        );
+        assert!(!pending.has_orphans());
+        assert_eq!(metrics.dropped_proposals.load(Ordering::Relaxed), 1);
+    }
+
+    /// The wait for the orphans ends: they are answered `Dropped`; a proposal made since (as
+    /// leader again) keeps waiting for its entry.
+    #[test]
+    fn dropping_orphans_keeps_later_proposals() {
+        let (tx, rx) = mpsc::channel();
+        let metrics = Metrics::default();
+        let mut pending = PendingProposals::new();
+        pending.push(2, 5, reply(5, &tx), Instant::now(), &metrics);
+        pending.push(2, 6, reply(6, &tx), Instant::now(), &metrics);
+        pending.orphan_all();
+        // Elected again in term 4 (5 and 6 still in its log), it proposes 8.
+        pending.push(4, 8, reply(8, &tx), Instant::now(), &metrics);
+        pending.drop_orphans(&metrics);
+        assert_eq!(
+            answers(&rx),
+            vec![
+                (5, Err(ProposeError::Dropped)),
+                (6, Err(ProposeError::Dropped))
+            ]
+        );
+        assert!(!pending.has_orphans());
+        assert!(pending.take(4, 8, &metrics).is_some());
     }
 
     #[test]

@@ -234,6 +234,69 @@ fn a_partitioned_node_refuses_writes_then_catches_up() {
     }
 }
 
+/// A leader that steps down answers the proposals it had not seen commit by the next
+/// leader's log, not `Dropped` (`pending.rs`, "orphans"): it sends its entries to both
+/// followers but hears no acknowledgement, is cut off, and steps down by check-quorum; a
+/// follower is elected with the entries and commits them; once the old leader hears again,
+/// it applies them and answers each proposal with its position, which holds on every replica.
+#[test]
+fn a_leader_that_steps_down_answers_its_proposals_from_the_next_leaders_log() {
+    let cluster = TestCluster::start(|config| {
+        config.shards = 1;
+        // Long enough that the answer cannot come from the wait running out.
+        config.lost_leadership_wait_ticks = 3_000;
+    });
+    let mut acked = cluster.propose_all(&NODES, "before", 1);
+    cluster.wait_converged(&NODES, &acked);
+    let old = cluster.wait_for_leaders(&NODES)[0];
+    let others: Vec<NodeId> = NODES.iter().copied().filter(|&id| id != old).collect();
+
+    cluster.record_appends_from(old);
+    cluster.deafen(old);
+    let commands: Vec<Vec<u8>> = (0..3).map(|n| format!("orphan {n}").into_bytes()).collect();
+    let handle = cluster.handle(old);
+    let answers: Vec<_> = commands
+        .iter()
+        .map(|command| propose(&handle, 0, command.clone()))
+        .collect();
+    wait_until("both followers to hold the entries", || {
+        others.iter().all(|&id| {
+            let appended = cluster.appended(id);
+            commands.iter().all(|command| appended.contains(command))
+        })
+    });
+    cluster.isolate(old);
+    for &id in &others {
+        cluster.handle(id).report_unreachable(old);
+    }
+    wait_until("the old leader to step down", || handle.leader(0).is_none());
+    wait_until("a follower to be elected", || {
+        others
+            .iter()
+            .any(|&id| cluster.handle(id).leader(0) == Some(id))
+    });
+    for rx in &answers {
+        let early = rx.try_recv();
+        assert!(
+            early.is_err(),
+            "answered before the old leader heard from the new one: {early:?}"
+        );
+    }
+    assert_eq!(handle.metrics().dropped_proposals, 0);
+
+    cluster.heal();
+    let positions: Vec<usize> = answers
+        .iter()
+        .map(|rx| answer(rx).expect("committed by the next leader"))
+        .collect();
+    merge(
+        &mut acked,
+        [(0, commands.into_iter().zip(positions).collect())].into(),
+    );
+    cluster.wait_converged(&NODES, &acked);
+    assert_eq!(handle.metrics().dropped_proposals, 0);
+}
+
 #[test]
 fn a_lagging_replica_catches_up_by_snapshot() {
     let mut cluster = TestCluster::start(|config| config.snapshot_interval = 16);

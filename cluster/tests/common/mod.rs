@@ -1,7 +1,8 @@
 //! The in-memory multi-node harness shared by the cluster's integration tests: real clusters
 //! (sled in a temp dir each) in one process, connected by an in-memory [`Transport`] that hands
 //! every frame to the destination's `ClusterHandle::receive`, with switches to cut a node off
-//! (partition), to lose a snapshot on the way, and to stop and restart a node from its data
+//! (partition), to make it deaf (its frames go out, none come in), to lose a snapshot on the
+//! way, and to stop and restart a node from its data
 //! dir. Nodes 1-3 are the first voters (or those given to
 //! `TestCluster::start_nodes`); more can join a running cluster.
 //!
@@ -84,6 +85,9 @@ impl StateMachine for Recorder {
     }
 }
 
+/// Entries (their data) delivered in `MsgAppend`s, by destination.
+pub type Appends = BTreeMap<NodeId, BTreeSet<Vec<u8>>>;
+
 /// The in-memory network: who is reachable, and the frames in transit (none: delivery is a
 /// direct call of the destination's `receive`, which only queues).
 #[derive(Default)]
@@ -97,6 +101,11 @@ pub struct Net {
     pub refused: Mutex<Vec<String>>,
     /// Drop the next frame to this node that carries a `MsgSnapshot`.
     pub lose_snapshot_to: Mutex<Option<NodeId>>,
+    /// Nodes that hear nothing: frames to them are dropped, theirs still go out.
+    pub deaf: Mutex<BTreeSet<NodeId>>,
+    /// The entries (their data) of the `MsgAppend`s delivered from this node, by destination:
+    /// recorded only for the node named here.
+    pub appends_from: Mutex<Option<(NodeId, Appends)>>,
     /// Frames every node handed to its transport, delivered or not.
     pub frames: AtomicU64,
     /// Raft messages in those frames.
@@ -133,6 +142,17 @@ impl Transport for NetTransport {
             let isolated = net.isolated.lock().expect("isolated lock");
             if isolated.contains(&self.from) || isolated.contains(&to) {
                 return;
+            }
+        }
+        if net.deaf.lock().expect("deaf lock").contains(&to) {
+            return;
+        }
+        if let Some((from, delivered)) = net.appends_from.lock().expect("appends lock").as_mut() {
+            if *from == self.from {
+                delivered
+                    .entry(to)
+                    .or_default()
+                    .extend(appended_entries(&frame));
             }
         }
         {
@@ -279,8 +299,32 @@ impl TestCluster {
         self.net.isolated.lock().expect("isolated lock").insert(id);
     }
 
+    /// Ends every isolation and deafness.
     pub fn heal(&self) {
         self.net.isolated.lock().expect("isolated lock").clear();
+        self.net.deaf.lock().expect("deaf lock").clear();
+    }
+
+    /// Drops every frame to node `id` from now on (its own frames still go out), until
+    /// [`Self::heal`].
+    pub fn deafen(&self, id: NodeId) {
+        self.net.deaf.lock().expect("deaf lock").insert(id);
+    }
+
+    /// Starts recording the entries node `id` delivers in `MsgAppend`s ([`Self::appended`]).
+    pub fn record_appends_from(&self, id: NodeId) {
+        *self.net.appends_from.lock().expect("appends lock") = Some((id, BTreeMap::new()));
+    }
+
+    /// The entries (data) delivered in `MsgAppend`s from the recorded node to `to`.
+    pub fn appended(&self, to: NodeId) -> BTreeSet<Vec<u8>> {
+        self.net
+            .appends_from
+            .lock()
+            .expect("appends lock")
+            .as_ref()
+            .and_then(|(_, delivered)| delivered.get(&to).cloned())
+            .unwrap_or_default()
     }
 
     /// Node `id`'s data dir (`raft/` holds its Raft database and snapshot files).
@@ -493,18 +537,39 @@ pub fn message_count(frame: &[u8]) -> u32 {
     u32::from_be_bytes(frame[17..21].try_into().expect("4 bytes"))
 }
 
-/// Whether a frame holds a `MsgSnapshot`, read as its documented format says (version,
-/// from, to, count, then shard ‖ length ‖ protobuf per message, big-endian).
-pub fn carries_snapshot(frame: &[u8]) -> bool {
+/// The Raft messages of a frame, read as its documented format says (version, from, to,
+/// count, then shard ‖ length ‖ protobuf per message, big-endian).
+pub fn frame_messages(frame: &[u8]) -> Vec<raft::eraftpb::Message> {
+    let mut messages = Vec::new();
     let mut rest = &frame[21..];
     while !rest.is_empty() {
         let length = u32::from_be_bytes(rest[8..12].try_into().expect("4 bytes")) as usize;
-        let message = raft::eraftpb::Message::parse_from_bytes(&rest[12..12 + length])
-            .expect("a raft message");
-        if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
-            return true;
-        }
+        messages.push(
+            raft::eraftpb::Message::parse_from_bytes(&rest[12..12 + length])
+                .expect("a raft message"),
+        );
         rest = &rest[12 + length..];
     }
-    false
+    messages
+}
+
+/// Whether a frame holds a `MsgSnapshot`.
+pub fn carries_snapshot(frame: &[u8]) -> bool {
+    frame_messages(frame)
+        .iter()
+        .any(|message| message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+}
+
+/// The data of the entries a frame's `MsgAppend`s carry.
+pub fn appended_entries(frame: &[u8]) -> Vec<Vec<u8>> {
+    frame_messages(frame)
+        .iter()
+        .filter(|message| message.get_msg_type() == raft::eraftpb::MessageType::MsgAppend)
+        .flat_map(|message| {
+            message
+                .get_entries()
+                .iter()
+                .map(|entry| entry.data.to_vec())
+        })
+        .collect()
 }
