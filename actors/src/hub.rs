@@ -136,6 +136,10 @@ pub const MOVE_BACKOFF_MAX: Duration = Duration::from_millis(100);
 const READ_BARRIER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the hub looks for shards whose leadership this node gained.
 const LEADERSHIP_POLL: Duration = Duration::from_millis(50);
+/// How long a forwarded proposal still waits for the node it went to once that node no
+/// longer leads the shard: a leader that stepped down learns its entries' outcome from the
+/// next leader's log, usually within a heartbeat or two; a dead one never answers.
+const STEPPED_DOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// A future of a forwarded proposal's outcome.
 pub type Forwarding = Pin<Box<dyn Future<Output = Result<ApplyOutput, ForwardError>> + Send>>;
@@ -484,9 +488,13 @@ impl Proposer {
                 Box::pin(async move {
                     // A leader that dies with the request leaves the call waiting for its
                     // connection; once the route names another leader (or none), the client
-                    // hears it at once rather than after the call's timeout.
+                    // hears it within STEPPED_DOWN_GRACE rather than after the call's
+                    // timeout. A leader that merely stepped down answers within the grace
+                    // as a rule: the next leader's log tells it the entry's outcome
+                    // (`mimid_cluster`'s pending proposals, "orphans").
                     let mut forwarded = std::pin::pin!(forwarded);
                     let mut poll = tokio::time::interval(LEADERSHIP_POLL);
+                    let mut moved_at: Option<tokio::time::Instant> = None;
                     loop {
                         tokio::select! {
                             result = &mut forwarded => {
@@ -496,10 +504,15 @@ impl Proposer {
                                 // The route changed since the request left (a hinted target
                                 // is not the route; only a change of the route counts).
                                 let now = proposer.route(shard);
-                                if now != route && now != Some(leader) {
+                                if now == route || now == Some(leader) {
+                                    continue;
+                                }
+                                let since = *moved_at.get_or_insert_with(tokio::time::Instant::now);
+                                if since.elapsed() >= STEPPED_DOWN_GRACE {
                                     return Err(Missed::Failed(HubError::Unavailable(format!(
                                         "shard {shard}: node {leader} stopped leading it while \
-                                         the request was with it; it may have taken effect"
+                                         the request was with it and did not answer within \
+                                         {STEPPED_DOWN_GRACE:?}; it may have taken effect"
                                     ))));
                                 }
                             }
