@@ -11,8 +11,10 @@
 //!    arrived meanwhile.
 //!
 //! Proposals are tracked by `(term, index)` and answered exactly once: with the apply output,
-//! `Dropped` when the entry at their index turned out to be another leader's or this replica
-//! stopped leading, `Crashed` when it crashed first (floors pitfall 13). A replica never panics
+//! `Dropped` when the entry at their index turned out to be another leader's, or this replica
+//! stopped leading and did not apply it within two election timeouts (the orphans of
+//! `cluster::pending`, with the product's default wait), `Crashed` when it crashed first
+//! (floors pitfall 13). A replica never panics
 //! on purpose: storage faults and Raft errors stop it and are reported as violations.
 //!
 //! Membership changes follow `cluster::group::admin` (the `membership` module documents them):
@@ -146,8 +148,13 @@ struct Running {
     /// [`PlantedBug::CountsRemovedVoter`] struck: Raft's tracker differs from the stored
     /// configuration, which later changes keep right.
     miscounting: bool,
-    /// Proposals by log index, with the term they were proposed in.
-    pending: BTreeMap<u64, (u64, RequestId)>,
+    /// Proposals by log index, with the term they were proposed in and whether they are
+    /// orphans (proposed as a leader this replica no longer is).
+    pending: BTreeMap<u64, (u64, RequestId, bool)>,
+    /// How long orphans wait for their entries (`ClusterConfig::lost_leadership_wait_ticks`).
+    orphan_wait_ticks: usize,
+    /// Ticks left before the orphans still waiting are answered `Dropped`.
+    orphan_ticks_left: Option<usize>,
     applied_index: u64,
     applied_term: u64,
     role: StateRole,
@@ -312,12 +319,15 @@ impl Replica {
             machine,
             bug: self.bug,
             transfer_ticks: self.settings.election_tick * 2,
+            // The product's default `lost_leadership_wait_ticks`: two election timeouts.
+            orphan_wait_ticks: self.settings.election_tick * 2,
             change: None,
             transfer: None,
             handoff: None,
             snapshot_due: false,
             miscounting: false,
             pending: BTreeMap::new(),
+            orphan_ticks_left: None,
             applied_index,
             applied_term,
             role,
@@ -450,7 +460,7 @@ impl Replica {
         let Some(running) = self.running.take() else {
             return false;
         };
-        for (_, (_, request)) in running.pending {
+        for (_, (_, request, _)) in running.pending {
             out.answers.push((request, Answer::Crashed));
         }
         for input in running.inbox {
@@ -778,6 +788,7 @@ impl Running {
     /// One Raft tick, then the transfer's retries and deadline and a stepped-down leader's
     /// hand-off (`Group::tick`, `admin_tick`).
     fn tick(&mut self, out: &mut Outbox) {
+        self.tick_orphans(out);
         self.node.tick();
         if let Some(transfer) = &mut self.transfer {
             let step = transfer.deadline.tick(&self.node.raft);
@@ -795,6 +806,30 @@ impl Running {
             if !handoff.tick(&mut self.node.raft) {
                 self.handoff = None;
             }
+        }
+    }
+
+    /// `Group::tick_orphans`: the orphans still waiting when the wait ends are answered
+    /// `Dropped`.
+    fn tick_orphans(&mut self, out: &mut Outbox) {
+        let Some(left) = self.orphan_ticks_left else {
+            return;
+        };
+        let waiting = self.pending.values().any(|(_, _, orphaned)| *orphaned);
+        if left > 1 && waiting {
+            self.orphan_ticks_left = Some(left - 1);
+            return;
+        }
+        self.orphan_ticks_left = None;
+        let orphans: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, _, orphaned))| *orphaned)
+            .map(|(&index, _)| index)
+            .collect();
+        for index in orphans {
+            let (_, request, _) = self.pending.remove(&index).expect("listed above");
+            out.answers.push((request, Answer::Dropped));
         }
     }
 
@@ -1005,7 +1040,12 @@ impl Running {
         }
         let term = self.node.raft.term;
         let index = self.node.raft.raft_log.last_index();
-        self.pending.insert(index, (term, request));
+        // Orphans at or after the new entry's index were in a suffix another leader
+        // overwrote (`PendingProposals::push`).
+        for (_, (_, stale, _)) in self.pending.split_off(&index) {
+            out.answers.push((stale, Answer::Dropped));
+        }
+        self.pending.insert(index, (term, request, false));
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot, out: &mut Outbox) -> Result<(), String> {
@@ -1020,7 +1060,7 @@ impl Running {
         let meta = snapshot.get_metadata();
         self.applied_index = meta.index;
         self.applied_term = meta.term;
-        for (_, (_, request)) in std::mem::take(&mut self.pending) {
+        for (_, (_, request, _)) in std::mem::take(&mut self.pending) {
             out.answers.push((request, Answer::Dropped));
         }
         self.drop_pending_change(out);
@@ -1083,10 +1123,10 @@ impl Running {
                 if index >= entry.index {
                     break;
                 }
-                let (_, (_, request)) = self.pending.pop_first().expect("checked above");
+                let (_, (_, request, _)) = self.pending.pop_first().expect("checked above");
                 out.answers.push((request, Answer::Dropped));
             }
-            if let Some((term, request)) = self.pending.remove(&entry.index) {
+            if let Some((term, request, _)) = self.pending.remove(&entry.index) {
                 match output {
                     Some(output) if term == entry.term => {
                         out.acknowledged.push((entry.index, entry.term));
@@ -1109,10 +1149,14 @@ impl Running {
         out: &mut Outbox,
     ) {
         if self.role == StateRole::Leader && role != StateRole::Leader {
-            // raft-rs forgets uncommitted proposals silently when it steps down; they may still
-            // commit under the next leader, so their outcome is unknown.
-            for (_, (_, request)) in std::mem::take(&mut self.pending) {
-                out.answers.push((request, Answer::Dropped));
+            // raft-rs forgets uncommitted proposals silently when it steps down; they often
+            // commit under the next leader, whose log this replica applies: orphans wait for
+            // their entries (`Group::on_soft_state`).
+            for (_, _, orphaned) in self.pending.values_mut() {
+                *orphaned = true;
+            }
+            if !self.pending.is_empty() {
+                self.orphan_ticks_left = Some(self.orphan_wait_ticks);
             }
         }
         if role != StateRole::Leader {
