@@ -50,9 +50,9 @@
 //! 9. once nothing else is left, leaderships move, one transfer at a time: to the preferred
 //!    region where a shard has a voter there, then from nodes leading more to nodes leading
 //!    fewer (along the shortest chain of shards whose voters could lead, the last transfer of
-//!    the chain first). Only leaderships of shards that are not [`View::busy`] move: a
-//!    transfer costs the requests in flight on the old leader a 503, so balance waits for a
-//!    quiet moment of each shard.
+//!    the chain first). Only leaderships of shards that are not [`View::busy`] move: requests
+//!    arriving during a hand-over are refused and those in flight wait for the next leader's
+//!    log, so balance waits for a quiet moment of each shard.
 //!
 //! **Replicas on R nodes** (`cluster.replicas = "r"`, issue 4 build item 1): learners are only
 //! on their way to vote. Rule 3 adds one only to a shard short of voters with no live learner
@@ -106,8 +106,9 @@ pub(crate) struct View {
     /// The region leaders should be in (`cluster.leader_region`).
     pub leader_region: Option<String>,
     /// Shards written to lately (the shell's judgement): rule 9 moves none of their
-    /// leaderships, since a transfer answers the requests in flight on the old leader 503
-    /// ("may have taken effect"). Removals (rules 2 and 4) transfer regardless.
+    /// leaderships, since requests arriving during the hand-over are refused (`NotLeader`,
+    /// then a 503 when no leader is known yet), and those in flight on the old leader wait for
+    /// the next leader's log. Removals (rules 2 and 4) transfer regardless.
     pub busy: BTreeSet<ShardId>,
     /// `cluster.replicas = "r"`: shards live on their voters only (module docs, "Replicas on
     /// R nodes"); `false` (`"all"`): every eligible node holds every shard.
