@@ -70,7 +70,8 @@ pub(crate) struct Group<S: StateMachine> {
     shard: ShardId,
     node: RawNode<ShardStorage>,
     machine: S,
-    pending: PendingProposals<S::Output>,
+    /// Each proposal's reply and when `ClusterHandle::propose` queued it.
+    pending: PendingProposals<(Reply<S::Output>, Instant)>,
     role: StateRole,
     leader_id: NodeId,
     applied_index: u64,
@@ -97,9 +98,6 @@ pub(crate) struct Group<S: StateMachine> {
     /// `ClusterConfig::lost_leadership_wait_ticks`: how long orphaned proposals wait for
     /// their entries after this node stopped leading (`pending.rs`).
     orphan_wait_ticks: usize,
-    /// Ticks left before the orphans still waiting are answered `Dropped`; `None` when there
-    /// are none.
-    orphan_ticks_left: Option<usize>,
     /// Whether the group is asleep here, and a leader's count of quiet ticks (`hibernate.rs`).
     hibernation: Hibernation,
     /// When the proposals answered with their output since the driver last asked were queued
@@ -142,7 +140,7 @@ impl<S: StateMachine> Group<S> {
             leader_id: node.raft.leader_id,
             node,
             machine,
-            pending: PendingProposals::new(),
+            pending: PendingProposals::default(),
             applied_index,
             applied_term,
             recovered_commit,
@@ -154,7 +152,6 @@ impl<S: StateMachine> Group<S> {
             admin: Admin::default(),
             transfer_ticks: config.election_tick.saturating_mul(2),
             orphan_wait_ticks: config.lost_leadership_wait_ticks,
-            orphan_ticks_left: None,
             hibernation: Hibernation::new(config.hibernate_after_ticks, config.election_tick),
             answered: Vec::new(),
         })
@@ -237,7 +234,10 @@ impl<S: StateMachine> Group<S> {
         }
         let term = self.node.raft.term;
         let index = self.node.raft.raft_log.last_index();
-        self.pending.push(term, index, reply, queued, metrics);
+        self.pending
+            .push(term, index, (reply, queued), |(stale, _)| {
+                answer_dropped(stale, metrics)
+            });
         bump(&metrics.proposals);
         Ok(Proposed::Accepted)
     }
@@ -246,15 +246,8 @@ impl<S: StateMachine> Group<S> {
     /// not (a replica asleep may still hold orphans past the leader's last index); answers
     /// those still waiting `Dropped` when it ends.
     pub(crate) fn tick_orphans(&mut self, metrics: &Metrics) {
-        let Some(left) = self.orphan_ticks_left else {
-            return;
-        };
-        if left > 1 && self.pending.has_orphans() {
-            self.orphan_ticks_left = Some(left - 1);
-        } else {
-            self.pending.drop_orphans(metrics);
-            self.orphan_ticks_left = None;
-        }
+        self.pending
+            .tick(|(reply, _)| answer_dropped(reply, metrics));
     }
 
     /// One Raft tick, unless the group hibernates (`hibernate.rs`); a quiet leader counts it
@@ -520,7 +513,9 @@ impl<S: StateMachine> Group<S> {
                     applied: self.applied_index,
                 });
             }
-            let reply = self.pending.take(entry.term, entry.index, metrics);
+            let reply = self.pending.take(entry.term, entry.index, |(reply, _)| {
+                answer_dropped(reply, metrics)
+            });
             let output = self.apply_entry(&entry)?;
             self.applied_index = entry.index;
             self.applied_term = entry.term;
@@ -593,7 +588,8 @@ impl<S: StateMachine> Group<S> {
         }
         self.applied_index = meta.index;
         self.applied_term = meta.term;
-        self.pending.drop_all(metrics);
+        self.pending
+            .drain(|(reply, _)| answer_dropped(reply, metrics));
         self.drop_pending_change(metrics);
         bump(&metrics.snapshots_received);
         tracing::info!(
@@ -611,12 +607,10 @@ impl<S: StateMachine> Group<S> {
             // raft-rs forgets our uncommitted proposals silently when it steps down (floors
             // pitfall 13); they often commit under the next leader, whose log this replica
             // applies: they wait for their entries as orphans (`pending.rs`).
-            self.pending.orphan_all();
-            if self.orphan_wait_ticks == 0 {
-                self.pending.drop_orphans(metrics);
-            } else if self.pending.has_orphans() {
-                self.orphan_ticks_left = Some(self.orphan_wait_ticks);
-            }
+            self.pending
+                .orphan_all(self.orphan_wait_ticks, |(reply, _)| {
+                    answer_dropped(reply, metrics)
+                });
         }
         if leader_id != 0 && leader_id != self.leader_id {
             bump(&metrics.leader_changes);

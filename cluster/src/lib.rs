@@ -147,6 +147,7 @@ pub use crate::metrics::{
     ClusterMetrics, Histogram, HistogramSnapshot, DEPTH_BOUNDS, FLUSH_MICROS_BOUNDS,
     PROPOSAL_MICROS_BOUNDS, SNAPSHOT_MICROS_BOUNDS,
 };
+pub use crate::pending::PendingProposals;
 pub use crate::read_barrier::{BarrierDone, ReadBarrierError};
 pub use crate::storage::StoreError;
 

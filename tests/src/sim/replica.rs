@@ -10,11 +10,11 @@
 //!    `LightReady`, `advance_apply`, snapshot and compact when due, then work through what
 //!    arrived meanwhile.
 //!
-//! Proposals are tracked by `(term, index)` and answered exactly once: with the apply output,
-//! `Dropped` when the entry at their index turned out to be another leader's, or this replica
-//! stopped leading and did not apply it within two election timeouts (the orphans of
-//! `cluster::pending`, with the product's default wait), `Crashed` when it crashed first
-//! (floors pitfall 13). A replica never panics
+//! Proposals are tracked by `(term, index)` in the product's own queue
+//! ([`PendingProposals`]) and answered exactly once: with the apply output, `Dropped` when the
+//! entry at their index turned out to be another leader's, or this replica stopped leading and
+//! did not apply it within two election timeouts (orphans, with the product's default wait),
+//! `Crashed` when it crashed first (floors pitfall 13). A replica never panics
 //! on purpose: storage faults and Raft errors stop it and are reported as violations.
 //!
 //! Membership changes follow `cluster::group::admin` (the `membership` module documents them):
@@ -44,8 +44,8 @@ use mimid_actors::room::log::LogItem;
 use mimid_actors::room::state::RoomState;
 use mimid_actors::shard::{ApplyOutput, CreateRoomRejection, ShardMachine, Shards};
 use mimid_cluster::{
-    step_down_if_removed, Handoff, MembershipChange, MembershipError, StateMachine,
-    TransferDeadline, TransferError,
+    step_down_if_removed, Handoff, MembershipChange, MembershipError, PendingProposals,
+    StateMachine, TransferDeadline, TransferError,
 };
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
@@ -148,13 +148,10 @@ struct Running {
     /// [`PlantedBug::CountsRemovedVoter`] struck: Raft's tracker differs from the stored
     /// configuration, which later changes keep right.
     miscounting: bool,
-    /// Proposals by log index, with the term they were proposed in and whether they are
-    /// orphans (proposed as a leader this replica no longer is).
-    pending: BTreeMap<u64, (u64, RequestId, bool)>,
+    /// Proposals waiting for their entries.
+    pending: PendingProposals<RequestId>,
     /// How long orphans wait for their entries (`ClusterConfig::lost_leadership_wait_ticks`).
     orphan_wait_ticks: usize,
-    /// Ticks left before the orphans still waiting are answered `Dropped`.
-    orphan_ticks_left: Option<usize>,
     applied_index: u64,
     applied_term: u64,
     role: StateRole,
@@ -326,8 +323,7 @@ impl Replica {
             handoff: None,
             snapshot_due: false,
             miscounting: false,
-            pending: BTreeMap::new(),
-            orphan_ticks_left: None,
+            pending: PendingProposals::default(),
             applied_index,
             applied_term,
             role,
@@ -460,9 +456,8 @@ impl Replica {
         let Some(running) = self.running.take() else {
             return false;
         };
-        for (_, (_, request, _)) in running.pending {
-            out.answers.push((request, Answer::Crashed));
-        }
+        let mut pending = running.pending;
+        pending.drain(|request| out.answers.push((request, Answer::Crashed)));
         for input in running.inbox {
             match input {
                 Input::Request(request, _, _) => out.answers.push((request, Answer::Unavailable)),
@@ -812,25 +807,8 @@ impl Running {
     /// `Group::tick_orphans`: the orphans still waiting when the wait ends are answered
     /// `Dropped`.
     fn tick_orphans(&mut self, out: &mut Outbox) {
-        let Some(left) = self.orphan_ticks_left else {
-            return;
-        };
-        let waiting = self.pending.values().any(|(_, _, orphaned)| *orphaned);
-        if left > 1 && waiting {
-            self.orphan_ticks_left = Some(left - 1);
-            return;
-        }
-        self.orphan_ticks_left = None;
-        let orphans: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, (_, _, orphaned))| *orphaned)
-            .map(|(&index, _)| index)
-            .collect();
-        for index in orphans {
-            let (_, request, _) = self.pending.remove(&index).expect("listed above");
-            out.answers.push((request, Answer::Dropped));
-        }
+        self.pending
+            .tick(|request| out.answers.push((request, Answer::Dropped)));
     }
 
     /// `Group::step_down_if_removed`: right after applying, a leader that applied its own
@@ -1040,12 +1018,9 @@ impl Running {
         }
         let term = self.node.raft.term;
         let index = self.node.raft.raft_log.last_index();
-        // Orphans at or after the new entry's index were in a suffix another leader
-        // overwrote (`PendingProposals::push`).
-        for (_, (_, stale, _)) in self.pending.split_off(&index) {
-            out.answers.push((stale, Answer::Dropped));
-        }
-        self.pending.insert(index, (term, request, false));
+        self.pending.push(term, index, request, |stale| {
+            out.answers.push((stale, Answer::Dropped))
+        });
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot, out: &mut Outbox) -> Result<(), String> {
@@ -1060,9 +1035,8 @@ impl Running {
         let meta = snapshot.get_metadata();
         self.applied_index = meta.index;
         self.applied_term = meta.term;
-        for (_, (_, request, _)) in std::mem::take(&mut self.pending) {
-            out.answers.push((request, Answer::Dropped));
-        }
+        self.pending
+            .drain(|request| out.answers.push((request, Answer::Dropped)));
         self.drop_pending_change(out);
         out.restored = true;
         Ok(())
@@ -1118,21 +1092,18 @@ impl Running {
             );
             self.settle_change(&entry, out);
             out.applied |= output.is_some();
-            // Proposals below this index can no longer apply (another leader's entries won).
-            while let Some((&index, _)) = self.pending.first_key_value() {
-                if index >= entry.index {
-                    break;
-                }
-                let (_, (_, request, _)) = self.pending.pop_first().expect("checked above");
-                out.answers.push((request, Answer::Dropped));
-            }
-            if let Some((term, request, _)) = self.pending.remove(&entry.index) {
+            // Proposals before this entry, or another term's at its index, can no longer apply
+            // (another leader's entries won).
+            let ours = self.pending.take(entry.term, entry.index, |request| {
+                out.answers.push((request, Answer::Dropped))
+            });
+            if let Some(request) = ours {
                 match output {
-                    Some(output) if term == entry.term => {
+                    Some(output) => {
                         out.acknowledged.push((entry.index, entry.term));
                         out.answers.push((request, Answer::Applied(output)))
                     }
-                    _ => out.answers.push((request, Answer::Dropped)),
+                    None => out.answers.push((request, Answer::Dropped)),
                 }
             }
         }
@@ -1152,12 +1123,9 @@ impl Running {
             // raft-rs forgets uncommitted proposals silently when it steps down; they often
             // commit under the next leader, whose log this replica applies: orphans wait for
             // their entries (`Group::on_soft_state`).
-            for (_, _, orphaned) in self.pending.values_mut() {
-                *orphaned = true;
-            }
-            if !self.pending.is_empty() {
-                self.orphan_ticks_left = Some(self.orphan_wait_ticks);
-            }
+            self.pending.orphan_all(self.orphan_wait_ticks, |request| {
+                out.answers.push((request, Answer::Dropped))
+            });
         }
         if role != StateRole::Leader {
             self.drop_pending_change(out);
